@@ -1,0 +1,178 @@
+//! The configuration the agent enforces, built whole from a snapshot or from the one it holds
+//! plus a delta, and swapped in atomically: readers never see half of an update and never take
+//! a lock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use proto::v1 as pb;
+use warden_core::{Admission, Config, Document, Kind, ResourceKey};
+
+/// Where the enforced configuration came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Received from the control plane in this run.
+    ControlPlane,
+    /// Loaded from the last good snapshot on disk at start.
+    Disk,
+}
+
+/// One applied configuration version.
+pub struct Applied {
+    /// Store the version belongs to.
+    pub store_id: String,
+    /// Configuration version.
+    pub version: u64,
+    /// The resources as received, kept to apply deltas and to persist.
+    pub resources: BTreeMap<ResourceKey, pb::Resource>,
+    /// The compiled configuration.
+    pub config: Config,
+    /// Where it came from.
+    pub source: Source,
+}
+
+impl Applied {
+    /// The snapshot that reproduces this configuration (what is persisted).
+    pub fn to_snapshot(&self) -> pb::Snapshot {
+        pb::Snapshot {
+            store_id: self.store_id.clone(),
+            version: self.version,
+            resources: self.resources.values().cloned().collect(),
+        }
+    }
+}
+
+/// Builds a configuration from a full snapshot.
+pub fn from_snapshot(snapshot: pb::Snapshot, source: Source) -> Result<Applied, String> {
+    let mut resources = BTreeMap::new();
+    for r in snapshot.resources {
+        let key = resource_key(&r.kind, &r.name)?;
+        if resources.insert(key.clone(), r).is_some() {
+            return Err(format!("{key} appears twice in the snapshot"));
+        }
+    }
+    build(snapshot.store_id, snapshot.version, resources, source)
+}
+
+/// Builds the configuration that `delta` makes of `current`.
+pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied, String> {
+    let current = current.ok_or("received changes but holds no configuration to apply them to")?;
+    if current.store_id != delta.store_id || current.version != delta.base_version {
+        return Err(format!(
+            "changes are based on version {} but version {} is applied",
+            delta.base_version, current.version
+        ));
+    }
+    let mut resources = current.resources.clone();
+    for r in delta.removals {
+        resources.remove(&resource_key(&r.kind, &r.name)?);
+    }
+    for r in delta.upserts {
+        resources.insert(resource_key(&r.kind, &r.name)?, r);
+    }
+    build(delta.store_id, delta.version, resources, Source::ControlPlane)
+}
+
+fn resource_key(kind: &str, name: &str) -> Result<ResourceKey, String> {
+    let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    Ok(ResourceKey { kind, name: name.to_string() })
+}
+
+fn build(
+    store_id: String,
+    version: u64,
+    resources: BTreeMap<ResourceKey, pb::Resource>,
+    source: Source,
+) -> Result<Applied, String> {
+    let mut documents = Vec::with_capacity(resources.len());
+    for (key, r) in &resources {
+        // The same parser the control plane admitted the document with.
+        let doc = Document::from_json_bytes(&r.document_json, &Admission::from_control_plane())
+            .map_err(|e| format!("{key}: {e}"))?;
+        if doc.key() != *key {
+            return Err(format!("{key}: the document inside is {}", doc.key()));
+        }
+        documents.push(doc);
+    }
+    let config = Config::build(&documents).map_err(|e| e.to_string())?;
+    Ok(Applied { store_id, version, resources, config, source })
+}
+
+/// The configuration in force, shared by everything that enforces it.
+#[derive(Clone, Default)]
+pub struct Current(Arc<ArcSwapOption<Applied>>);
+
+impl Current {
+    /// The configuration in force; `None` until one was ever applied (then everything is
+    /// denied).
+    pub fn get(&self) -> Option<Arc<Applied>> {
+        self.0.load_full()
+    }
+
+    /// Puts `applied` in force.
+    pub fn set(&self, applied: Applied) {
+        self.0.store(Some(Arc::new(applied)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(name: &str, version: u64) -> pb::Resource {
+        let doc = serde_json::json!({
+            "apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": name},
+            "spec": {"issuer": "https://idp.example.com", "keys": {"jwksUri": "https://idp.example.com/jwks"}, "allowedAlgorithms": ["ES256"]}
+        });
+        pb::Resource {
+            kind: "TrustedIssuer".into(),
+            name: name.into(),
+            resource_version: version,
+            document_json: serde_json::to_vec(&doc).unwrap(),
+        }
+    }
+
+    fn snapshot(version: u64, resources: Vec<pb::Resource>) -> pb::Snapshot {
+        pb::Snapshot { store_id: "s".into(), version, resources }
+    }
+
+    #[test]
+    fn a_delta_applies_only_on_the_version_it_is_based_on() {
+        let base = from_snapshot(snapshot(3, vec![issuer("a", 3)]), Source::ControlPlane).unwrap();
+        let delta = pb::Delta {
+            store_id: "s".into(),
+            base_version: 3,
+            version: 4,
+            upserts: vec![issuer("b", 4)],
+            removals: vec![pb::ResourceRef { kind: "TrustedIssuer".into(), name: "a".into() }],
+        };
+        let next = from_delta(Some(&base), delta.clone()).unwrap();
+        assert_eq!(next.version, 4);
+        assert_eq!(next.config.issuers.keys().collect::<Vec<_>>(), ["b"]);
+        let stale = pb::Delta { base_version: 2, ..delta.clone() };
+        assert!(from_delta(Some(&base), stale).err().unwrap().contains("based on version 2"));
+        assert!(from_delta(None, delta).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_with_one_bad_resource_is_refused_whole() {
+        let mut bad = issuer("b", 5);
+        bad.document_json =
+            br#"{"apiVersion":"warden.dev/v1","kind":"TrustedIssuer","metadata":{"name":"b"},"spec":{}}"#.to_vec();
+        let err = from_snapshot(snapshot(5, vec![issuer("a", 5), bad]), Source::ControlPlane).err().unwrap();
+        assert!(err.starts_with("TrustedIssuer/b: spec"), "{err}");
+        let mut mislabelled = issuer("c", 5);
+        mislabelled.name = "d".into();
+        assert!(from_snapshot(snapshot(5, vec![mislabelled]), Source::ControlPlane).is_err());
+    }
+
+    #[test]
+    fn nothing_is_in_force_until_something_is_applied() {
+        let current = Current::default();
+        assert!(current.get().is_none());
+        current.set(from_snapshot(snapshot(1, vec![issuer("a", 1)]), Source::Disk).unwrap());
+        assert_eq!(current.get().unwrap().version, 1);
+    }
+}

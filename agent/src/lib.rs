@@ -1,0 +1,208 @@
+//! `warden-agent`: joins the fleet once, then keeps a configuration stream to the control
+//! plane, applies each version whole, persists the last good one and enforces it, online or
+//! not.
+//!
+//! Start-up order matters: the last good snapshot is loaded *before* the control plane is
+//! contacted, so a restarted agent enforces its last configuration at once; an agent that never
+//! had one enforces nothing and denies everything.
+#![forbid(unsafe_code)]
+
+pub mod applied;
+pub mod identity;
+pub mod last_good;
+pub mod status;
+pub mod sync;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::applied::{Current, Source};
+use crate::identity::{Files, Identity, IdentityError};
+use crate::last_good::LastGood;
+use crate::sync::{Backoff, Link, Sync};
+
+/// Everything `run` needs, parsed and validated by `main`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This agent's id (its SPIFFE ID's last segment).
+    pub agent_id: String,
+    /// Labels McpServer selectors match on.
+    pub labels: BTreeMap<String, String>,
+    /// Identity files and the last good snapshot.
+    pub data_dir: PathBuf,
+    /// Control-plane addresses (`host:port`), tried in turn.
+    pub control_planes: Vec<String>,
+    /// One-time join token, needed only on the first start.
+    pub join_token: Option<String>,
+    /// The local status endpoint.
+    pub status_listen: Option<SocketAddr>,
+    /// Reconnect backoff.
+    pub backoff: Backoff,
+    /// Agent heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// A stream silent this long is dropped and reconnected.
+    pub idle_timeout: Duration,
+}
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No identity could be had.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The data directory or status port could not be prepared.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|e| RunError::Io(format!("creating {}: {e}", options.data_dir.display())))?;
+    let current = Current::default();
+    let last_good = Arc::new(LastGood::new(&options.data_dir));
+    match last_good.load() {
+        Ok(Some(snapshot)) => match applied::from_snapshot(snapshot, Source::Disk) {
+            Ok(applied) => {
+                tracing::info!(version = applied.version, "enforcing the last good configuration from disk");
+                current.set(applied);
+            }
+            Err(e) => tracing::error!(
+                "the stored configuration does not apply ({e}); denying everything until the control plane answers"
+            ),
+        },
+        Ok(None) => tracing::warn!("no configuration yet: denying everything until the control plane answers"),
+        Err(e) => tracing::error!(
+            "the stored configuration is unreadable ({e}); denying everything until the control plane answers"
+        ),
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (link_tx, link_rx) = watch::channel(Link::default());
+    let (not_after_tx, not_after_rx) = watch::channel(0i64);
+    let status_task = match options.status_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| RunError::Io(format!("binding status endpoint {addr}: {e}")))?;
+            tracing::info!(%addr, "status endpoint listening");
+            let app = status::router(options.agent_id.clone(), current.clone(), link_rx, not_after_rx);
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let files = Files::new(&options.data_dir);
+    let identity = tokio::select! {
+        id = obtain_identity(&options, &files) => id?,
+        _ = wait(stop_rx.clone()) => return Ok(()),
+    };
+    not_after_tx.send_replace(identity.not_after);
+    let (identity_tx, identity_rx) = watch::channel(identity);
+
+    let sync = Sync {
+        agent_id: options.agent_id.clone(),
+        labels: options.labels.clone(),
+        addresses: options.control_planes.clone(),
+        identity: identity_rx,
+        current,
+        last_good,
+        backoff: options.backoff,
+        idle_timeout: options.idle_timeout,
+        heartbeat_interval: options.heartbeat_interval,
+        link: link_tx,
+    };
+    let renewal = tokio::spawn(renew_forever(options.clone(), identity_tx, not_after_tx, stop_rx.clone()));
+    sync.run(stop_rx.clone()).await;
+    renewal.abort();
+    if let Some(task) = status_task {
+        let _ = task.await;
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+async fn wait(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The stored identity, or a new one from the join token. A refused join token is final (the
+/// operator must create another); an unreachable control plane is retried.
+async fn obtain_identity(options: &Options, files: &Files) -> Result<Identity, RunError> {
+    if let Some(id) = files.load()? {
+        return Ok(id);
+    }
+    let token = options.join_token.as_deref().ok_or(IdentityError::NotJoined)?;
+    let mut attempt = 0;
+    loop {
+        for address in &options.control_planes {
+            match identity::join(files, address, token, &options.agent_id, &options.labels).await {
+                Ok(id) => return Ok(id),
+                Err(e @ (IdentityError::Refused(_) | IdentityError::BadToken(_))) => return Err(e.into()),
+                Err(e) => tracing::warn!(control_plane = %address, "join: {e}"),
+            }
+        }
+        tokio::time::sleep(options.backoff.delay(attempt)).await;
+        attempt += 1;
+    }
+}
+
+/// Renews the certificate two thirds into its life, retrying with backoff until it expires.
+async fn renew_forever(
+    options: Options,
+    identity_tx: watch::Sender<Identity>,
+    not_after_tx: watch::Sender<i64>,
+    stop: watch::Receiver<bool>,
+) {
+    let files = Files::new(&options.data_dir);
+    let mut attempt = 0;
+    let mut next_address = 0usize;
+    loop {
+        let current = identity_tx.borrow().clone();
+        let wait_secs = (current.renew_at() - identity::now_unix()).max(0) as u64;
+        if wait_secs > 0 {
+            tokio::time::sleep(Duration::from_secs(wait_secs)).await;
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let address = &options.control_planes[next_address % options.control_planes.len()];
+        next_address += 1;
+        match identity::renew(&files, address, &options.agent_id, &current).await {
+            Ok(id) => {
+                attempt = 0;
+                not_after_tx.send_replace(id.not_after);
+                identity_tx.send_replace(id);
+            }
+            Err(e) => {
+                if identity::now_unix() >= current.not_after {
+                    tracing::error!(
+                        "certificate expired and could not be renewed ({e}); the agent must join again with a new join token"
+                    );
+                } else {
+                    tracing::warn!(control_plane = %address, "certificate renewal failed: {e}");
+                }
+                tokio::time::sleep(options.backoff.delay(attempt).max(Duration::from_secs(1))).await;
+                attempt += 1;
+            }
+        }
+    }
+}

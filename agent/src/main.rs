@@ -1,0 +1,94 @@
+//! `warden-agent`: parses flags and hands off to [`agent::run`].
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Warden agent.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// This agent's id [default: the host name].
+    #[arg(long, env = "WARDEN_AGENT_ID")]
+    id: Option<String>,
+    /// Labels, `key=value` (repeatable or comma-separated).
+    #[arg(long = "label", env = "WARDEN_AGENT_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Data directory: identity and the last good configuration.
+    #[arg(long, env = "WARDEN_DATA_DIR", default_value = "/var/lib/warden-agent")]
+    data_dir: PathBuf,
+    /// Control-plane addresses `host:port` (repeatable or comma-separated).
+    #[arg(long = "control-plane", env = "WARDEN_CONTROL_PLANES", value_delimiter = ',', required = true)]
+    control_planes: Vec<String>,
+    /// One-time join token, needed on the first start only.
+    #[arg(long, env = "WARDEN_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Local status endpoint (`/status`, `/healthz`, `/readyz`).
+    #[arg(long, env = "WARDEN_STATUS_LISTEN", default_value = "127.0.0.1:7480")]
+    status_listen: SocketAddr,
+    /// First reconnect delay.
+    #[arg(long, default_value = "200ms", value_parser = warden_core::duration::parse)]
+    backoff_base: Duration,
+    /// Largest reconnect delay.
+    #[arg(long, default_value = "10s", value_parser = warden_core::duration::parse)]
+    backoff_max: Duration,
+    /// Heartbeat interval.
+    #[arg(long, default_value = "15s", value_parser = warden_core::duration::parse)]
+    heartbeat_interval: Duration,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Printed whole, without a backtrace: this is what an operator reads.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let agent_id = match args.id {
+        Some(id) => id,
+        None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_default(),
+    };
+    warden_core::resource::validate_name(&agent_id).map_err(|m| anyhow::anyhow!("agent id: {m}"))?;
+    let mut labels = BTreeMap::new();
+    for label in args.labels.iter().filter(|l| !l.is_empty()) {
+        let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("label {label:?} is not key=value"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let options = agent::Options {
+        agent_id,
+        labels,
+        data_dir: args.data_dir,
+        control_planes: args.control_planes,
+        join_token: args.join_token,
+        status_listen: Some(args.status_listen),
+        backoff: agent::sync::Backoff { base: args.backoff_base, max: args.backoff_max },
+        heartbeat_interval: args.heartbeat_interval,
+        idle_timeout: args.heartbeat_interval * 3 + Duration::from_secs(15),
+    };
+    agent::run(options, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

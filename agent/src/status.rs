@@ -1,0 +1,86 @@
+//! The local status endpoint: what the agent enforces, where it came from, and whether it is
+//! connected. Plain HTTP, meant for loopback.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::applied::{Current, Source};
+use crate::sync::Link;
+
+/// What `/status` reports.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// This agent.
+    pub agent_id: String,
+    /// False until a configuration was ever applied: until then every request is denied.
+    pub enforcing: bool,
+    /// Where the configuration in force came from.
+    pub source: Option<Source>,
+    /// Its store and version.
+    pub store_id: String,
+    /// See `store_id`.
+    pub version: u64,
+    /// Resources in force, by kind.
+    pub resources: BTreeMap<&'static str, usize>,
+    /// The control-plane link.
+    pub link: Link,
+    /// Expiry of the agent's certificate, seconds since the epoch.
+    pub certificate_not_after: i64,
+}
+
+#[derive(Clone)]
+struct Shared {
+    agent_id: String,
+    current: Current,
+    link: watch::Receiver<Link>,
+    not_after: watch::Receiver<i64>,
+}
+
+/// The status routes: `/status` (JSON), `/healthz` (the process runs), `/readyz` (a
+/// configuration is in force).
+pub fn router(
+    agent_id: String,
+    current: Current,
+    link: watch::Receiver<Link>,
+    not_after: watch::Receiver<i64>,
+) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(Shared { agent_id, current, link, not_after })
+}
+
+async fn status(State(s): State<Shared>) -> Json<Status> {
+    let applied = s.current.get();
+    let mut resources = BTreeMap::new();
+    if let Some(a) = &applied {
+        resources.insert("TrustedIssuer", a.config.issuers.len());
+        resources.insert("McpServer", a.config.servers.len());
+        resources.insert("Policy", a.config.policies.len());
+    }
+    Json(Status {
+        agent_id: s.agent_id.clone(),
+        enforcing: applied.is_some(),
+        source: applied.as_ref().map(|a| a.source),
+        store_id: applied.as_ref().map(|a| a.store_id.clone()).unwrap_or_default(),
+        version: applied.as_ref().map_or(0, |a| a.version),
+        resources,
+        link: s.link.borrow().clone(),
+        certificate_not_after: *s.not_after.borrow(),
+    })
+}
+
+async fn ready(State(s): State<Shared>) -> (StatusCode, &'static str) {
+    match s.current.get() {
+        Some(_) => (StatusCode::OK, "ready"),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no configuration yet: denying everything"),
+    }
+}

@@ -1,0 +1,190 @@
+//! The configuration stream: connect to one of the control-plane addresses, say hello, apply
+//! every snapshot or delta whole (or refuse it whole), answer ACK or NACK, and reconnect with
+//! backoff and jitter when the connection is lost.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::v1 as pb;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::applied::{self, Applied, Current, Source};
+use crate::identity::Identity;
+use crate::last_good::LastGood;
+use crate::tls;
+
+/// Reconnect backoff bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// First delay.
+    pub base: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// A delay drawn uniformly from [0, min(max, base * 2^attempt)] ("full jitter"), so a fleet
+    /// that lost its control plane does not reconnect in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Connection state, for the status endpoint.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Link {
+    /// Whether a stream is open.
+    pub connected: bool,
+    /// The address of the control plane it is open to, or was last tried.
+    pub control_plane: String,
+    /// The last connection error.
+    pub last_error: String,
+}
+
+/// Everything the stream client needs.
+pub struct Sync {
+    /// This agent's id.
+    pub agent_id: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Control-plane addresses, tried in turn.
+    pub addresses: Vec<String>,
+    /// The current identity (replaced on renewal).
+    pub identity: watch::Receiver<Identity>,
+    /// The configuration in force.
+    pub current: Current,
+    /// Where the last good snapshot is kept.
+    pub last_good: Arc<LastGood>,
+    /// Reconnect backoff.
+    pub backoff: Backoff,
+    /// A stream that carried nothing for this long is considered dead.
+    pub idle_timeout: Duration,
+    /// How often the agent sends a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Published connection state.
+    pub link: watch::Sender<Link>,
+}
+
+impl Sync {
+    /// Runs until `shutdown` flips to true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut attempt = 0u32;
+        let mut next = rand::random::<u32>() as usize % self.addresses.len().max(1);
+        loop {
+            let address = self.addresses[next % self.addresses.len()].clone();
+            next += 1;
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.session(&address) => r,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let error = match result {
+                Ok(()) => "the control plane closed the stream".to_string(),
+                Err(e) => e,
+            };
+            tracing::warn!(control_plane = %address, "configuration stream: {error}");
+            self.link.send_modify(|l| {
+                l.connected = false;
+                l.control_plane = address.clone();
+                l.last_error = error;
+            });
+            // A stream that lived a while was a success; start backing off afresh.
+            if started.elapsed() > Duration::from_secs(30) {
+                attempt = 0;
+            }
+            let delay = self.backoff.delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One connection, until it fails or the control plane closes it.
+    async fn session(&self, address: &str) -> Result<(), String> {
+        let config = self.identity.borrow().client_config().map_err(|e| e.to_string())?;
+        let channel = tls::connect(address, config).await.map_err(|e| e.to_string())?;
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(8);
+        let held = self.current.get();
+        let hello = pb::Hello {
+            agent_id: self.agent_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            labels: self.labels.clone().into_iter().collect(),
+            applied_store_id: held.as_ref().map(|a| a.store_id.clone()).unwrap_or_default(),
+            applied_version: held.as_ref().map_or(0, |a| a.version),
+        };
+        send(&tx, pb::agent_message::Message::Hello(hello)).await?;
+        let mut inbound = client
+            .stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("{} ({})", s.message(), tls::error_chain(&s)))?
+            .into_inner();
+        tracing::info!(control_plane = %address, "configuration stream open");
+        self.link.send_modify(|l| {
+            l.connected = true;
+            l.control_plane = address.to_string();
+            l.last_error.clear();
+        });
+        let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                message = tokio::time::timeout(self.idle_timeout, inbound.message()) => {
+                    let message = match message {
+                        Err(_) => return Err(format!("nothing heard for {:?}", self.idle_timeout)),
+                        Ok(Err(status)) => return Err(format!("{}: {}", status.code(), status.message())),
+                        Ok(Ok(None)) => return Ok(()),
+                        Ok(Ok(Some(m))) => m,
+                    };
+                    if let Some(reply) = self.handle(message) {
+                        send(&tx, reply).await?;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let version = self.current.get().map_or(0, |a| a.version);
+                    send(&tx, pb::agent_message::Message::Heartbeat(pb::Heartbeat { applied_version: version })).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies one control message; returns the ACK or NACK to send.
+    fn handle(&self, message: pb::ControlMessage) -> Option<pb::agent_message::Message> {
+        use pb::control_message::Message;
+        let (version, result) = match message.message? {
+            Message::Snapshot(s) => (s.version, applied::from_snapshot(s, Source::ControlPlane)),
+            Message::Delta(d) => (d.version, applied::from_delta(self.current.get().as_deref(), d)),
+            Message::Heartbeat(_) => return None,
+        };
+        Some(match result {
+            Ok(applied) => {
+                self.enforce(applied);
+                pb::agent_message::Message::Ack(pb::Ack { version })
+            }
+            Err(error) => {
+                tracing::warn!(version, %error, "configuration refused; keeping the one in force");
+                pb::agent_message::Message::Nack(pb::Nack { version, error })
+            }
+        })
+    }
+
+    fn enforce(&self, applied: Applied) {
+        // Persist first so a crash right after the ACK still restarts on this version; a disk
+        // failure does not stop the newer configuration from being enforced.
+        if let Err(e) = self.last_good.store(&applied.to_snapshot()) {
+            tracing::error!("could not persist the configuration: {e}");
+        }
+        tracing::info!(version = applied.version, resources = applied.resources.len(), "configuration applied");
+        self.current.set(applied);
+    }
+}
+
+async fn send(tx: &mpsc::Sender<pb::AgentMessage>, message: pb::agent_message::Message) -> Result<(), String> {
+    tx.send(pb::AgentMessage { message: Some(message) }).await.map_err(|_| "the stream closed".to_string())
+}

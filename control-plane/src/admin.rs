@@ -1,0 +1,253 @@
+//! The operators' gRPC service: apply, get, delete, fleet status, join tokens, history.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use warden_core::{Document, Kind, ResourceKey};
+
+use crate::ControlPlane;
+use crate::peer::admin_actor;
+use crate::state::{self, WriteError};
+use crate::store::{AuditEntry, Change};
+
+/// Most documents in one apply.
+pub const MAX_DOCUMENTS_PER_APPLY: usize = 1000;
+/// Largest single document.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// Longest join-token lifetime.
+pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The admin service over a shared [`ControlPlane`].
+pub struct AdminService {
+    cp: Arc<ControlPlane>,
+}
+
+impl AdminService {
+    /// A service answering from `cp`.
+    pub fn new(cp: Arc<ControlPlane>) -> AdminService {
+        AdminService { cp }
+    }
+
+    fn actor<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        admin_actor(request, self.cp.ca.trust_domain())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn parse_kind(text: &str) -> Result<Kind, Status> {
+    Kind::parse_loose(text).ok_or_else(|| {
+        Status::invalid_argument(format!("unknown kind {text:?}; expected TrustedIssuer, McpServer or Policy"))
+    })
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminService {
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let actor = self.actor(&request)?;
+        let request = request.into_inner();
+        if request.documents_json.len() > MAX_DOCUMENTS_PER_APPLY {
+            return Err(Status::invalid_argument(format!(
+                "{} documents in one apply; the limit is {MAX_DOCUMENTS_PER_APPLY}",
+                request.documents_json.len()
+            )));
+        }
+        let mut documents = Vec::with_capacity(request.documents_json.len());
+        for (i, bytes) in request.documents_json.iter().enumerate() {
+            if bytes.len() > MAX_DOCUMENT_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "document {}: {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
+                    i + 1,
+                    bytes.len()
+                )));
+            }
+            let doc = Document::from_json_bytes(bytes, &self.cp.admission)
+                .map_err(|error| WriteError::Document { index: i + 1, error })?;
+            documents.push(doc);
+        }
+        let _writer = self.cp.writer.lock().await;
+        let current = self.cp.state.borrow().clone();
+        let plan = state::plan_apply(&current, documents)?;
+        let results = plan
+            .results
+            .iter()
+            .map(|(key, action, stored)| pb::ApplyResult {
+                kind: key.kind.as_str().into(),
+                name: key.name.clone(),
+                action: action.as_str().into(),
+                resource_version: *stored,
+            })
+            .collect::<Vec<_>>();
+        if request.dry_run || plan.is_noop() {
+            return Ok(Response::new(pb::ApplyResponse { results, version: current.version }));
+        }
+        let version = self.cp.commit(&current, plan, &actor, "apply").await?;
+        let results = results
+            .into_iter()
+            .map(|mut r| {
+                if r.action != "unchanged" {
+                    r.resource_version = version;
+                }
+                r
+            })
+            .collect();
+        Ok(Response::new(pb::ApplyResponse { results, version }))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        self.actor(&request)?;
+        let request = request.into_inner();
+        let kind = if request.kind.is_empty() { None } else { Some(parse_kind(&request.kind)?) };
+        let state = self.cp.state.borrow().clone();
+        let resources: Vec<pb::Resource> = state
+            .snapshot()
+            .resources
+            .into_iter()
+            .filter(|r| kind.is_none_or(|k| r.kind == k.as_str()))
+            .filter(|r| request.name.is_empty() || r.name == request.name)
+            .collect();
+        if !request.name.is_empty() && resources.is_empty() {
+            return Err(Status::not_found(format!(
+                "{}/{} not found",
+                kind.map_or("resource", Kind::as_str),
+                request.name
+            )));
+        }
+        Ok(Response::new(pb::GetResponse { resources, version: state.version }))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let actor = self.actor(&request)?;
+        let request = request.into_inner();
+        let key = ResourceKey { kind: parse_kind(&request.kind)?, name: request.name };
+        let _writer = self.cp.writer.lock().await;
+        let current = self.cp.state.borrow().clone();
+        let plan = state::plan_delete(&current, key, request.expected_resource_version)?;
+        let version = self.cp.commit(&current, plan, &actor, "delete").await?;
+        Ok(Response::new(pb::DeleteResponse { version }))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.actor(&request)?;
+        let store = self.cp.store.clone();
+        let registered = tokio::task::spawn_blocking(move || store.agents())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let agents = self.cp.presence.report(registered);
+        Ok(Response::new(pb::ListAgentsResponse { agents, version: self.cp.state.borrow().version }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let actor = self.actor(&request)?;
+        let ttl = Duration::from_secs(request.into_inner().ttl_seconds);
+        if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+            return Err(Status::invalid_argument("join token ttl must be between 1s and 7 days"));
+        }
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let id = b64.encode(rand::random::<[u8; 6]>());
+        let secret = b64.encode(rand::random::<[u8; 24]>());
+        let expires_unix = now_ms() / 1000 + ttl.as_secs() as i64;
+        let hash = warden_core::identity::secret_hash(&secret);
+        let store = self.cp.store.clone();
+        let id_for_store = id.clone();
+        tokio::task::spawn_blocking(move || store.create_join_token(&id_for_store, &hash, expires_unix))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(%actor, token_id = %id, expires_unix, "join token created");
+        let token = warden_core::identity::JoinToken { id, secret, ca_pin: self.cp.ca.pin() };
+        Ok(Response::new(pb::CreateJoinTokenResponse { token: token.to_text(), expires_unix }))
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.actor(&request)?;
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let store = self.cp.store.clone();
+        let entries = tokio::task::spawn_blocking(move || store.audit(limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let records = entries
+            .into_iter()
+            .map(|e| pb::AuditRecord {
+                version: e.version,
+                time_unix_ms: e.time_unix_ms,
+                actor: e.actor,
+                operation: e.operation,
+                kind: e.kind,
+                name: e.name,
+                resource_version: e.previous_resource_version,
+            })
+            .collect();
+        Ok(Response::new(pb::HistoryResponse { records }))
+    }
+}
+
+impl ControlPlane {
+    /// Writes a validated plan, records who did it, and publishes the new state to every agent
+    /// session. The caller holds the writer lock.
+    async fn commit(
+        &self,
+        current: &Arc<state::FleetState>,
+        plan: state::Plan,
+        actor: &str,
+        operation: &str,
+    ) -> Result<u64, WriteError> {
+        let version = current.version + 1;
+        let time_unix_ms = now_ms();
+        let audit = |key: &ResourceKey, previous: u64| AuditEntry {
+            version,
+            time_unix_ms,
+            actor: actor.to_string(),
+            operation: operation.to_string(),
+            kind: key.kind.as_str().to_string(),
+            name: key.name.clone(),
+            previous_resource_version: previous,
+        };
+        let mut entries: Vec<AuditEntry> = Vec::new();
+        for (key, _action, previous) in plan.results.iter().filter(|(_, a, _)| *a != state::Action::Unchanged) {
+            entries.push(audit(key, *previous));
+        }
+        for (key, previous) in &plan.deletes {
+            entries.push(audit(key, *previous));
+        }
+        let puts: Vec<(ResourceKey, Vec<u8>)> = plan.puts.iter().map(|(k, _, j)| (k.clone(), j.clone())).collect();
+        let deletes: Vec<ResourceKey> = plan.deletes.iter().map(|(k, _)| k.clone()).collect();
+        let store = self.store.clone();
+        let base = current.version;
+        let written = tokio::task::spawn_blocking(move || {
+            let changes: Vec<Change<'_>> = puts
+                .iter()
+                .map(|(key, json)| Change::Put { key, json })
+                .chain(deletes.iter().map(Change::Delete))
+                .collect();
+            store.commit(base, &changes, &entries)
+        })
+        .await
+        .map_err(|e| {
+            WriteError::Store(crate::store::StoreError::Corrupt { key: "commit".into(), message: e.to_string() })
+        })??;
+        debug_assert_eq!(written, version);
+        let next = Arc::new(state::next_state(current, plan, version));
+        for entry in next.resources.iter().filter(|(_, e)| e.resource_version == version) {
+            tracing::info!(%actor, resource = %entry.0, version, "{operation}");
+        }
+        self.state.send_replace(next);
+        Ok(version)
+    }
+}

@@ -1,0 +1,257 @@
+//! The agent-facing gRPC service: join, certificate renewal, and the configuration stream.
+//!
+//! Each connected agent has one [`session`] task. It is level-triggered: whenever the published
+//! state moves, it sends the agent whatever takes it from what it holds to the current state (a
+//! delta when it holds a version of this store, a full snapshot otherwise).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use warden_core::identity::{FleetIdentity, JoinToken, secret_hash};
+use warden_core::resource::validate_name;
+
+use crate::ControlPlane;
+use crate::peer::certificate_identity;
+use crate::state::FleetState;
+use crate::store::{AgentRecord, JoinTokenError};
+
+/// How long an agent has to say hello after opening its stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent service over a shared [`ControlPlane`].
+pub struct AgentService {
+    cp: Arc<ControlPlane>,
+}
+
+impl AgentService {
+    /// A service answering from `cp`.
+    pub fn new(cp: Arc<ControlPlane>) -> AgentService {
+        AgentService { cp }
+    }
+
+    /// The agent id in the caller's certificate; refuses anyone else.
+    fn agent_id<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        match certificate_identity(request, self.cp.ca.trust_domain()) {
+            Some(FleetIdentity::Agent(id)) => Ok(id),
+            _ => Err(Status::unauthenticated("this call needs an agent certificate issued by the fleet CA")),
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn blocking_error(e: tokio::task::JoinError) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl From<JoinTokenError> for Status {
+    fn from(e: JoinTokenError) -> Status {
+        match e {
+            JoinTokenError::Store(e) => Status::internal(e.to_string()),
+            e => Status::unauthenticated(e.to_string()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentService {
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let request = request.into_inner();
+        validate_name(&request.agent_id).map_err(|m| Status::invalid_argument(format!("agent id: {m}")))?;
+        let (id, secret) = request
+            .token
+            .split_once('.')
+            .ok_or_else(|| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
+        // Parse the pin-less form through the same checks as a full token.
+        JoinToken::parse(&format!("{}.x", request.token))
+            .map_err(|_| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
+        let spiffe_id = self.cp.ca.agent_spiffe_id(&request.agent_id);
+        let cert = self
+            .cp
+            .ca
+            .sign_client_csr(&request.csr_pem, &spiffe_id, self.cp.options.agent_cert_ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let record = AgentRecord {
+            id: request.agent_id.clone(),
+            labels: request.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            joined_unix: now_unix(),
+            certificate_not_after_unix: cert.not_after_unix,
+        };
+        let store = self.cp.store.clone();
+        let (id, hash) = (id.to_string(), secret_hash(secret));
+        let token_id = id.clone();
+        tokio::task::spawn_blocking(move || store.consume_join_token(&id, &hash, now_unix(), &record))
+            .await
+            .map_err(blocking_error)?
+            .inspect_err(|e| tracing::warn!(%token_id, agent = %request.agent_id, "join refused: {e}"))?;
+        tracing::info!(%token_id, agent = %request.agent_id, "agent joined");
+        Ok(Response::new(pb::JoinResponse {
+            certificate_pem: cert.pem,
+            ca_pem: self.cp.ca.cert_pem().to_string(),
+            spiffe_id,
+        }))
+    }
+
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        let agent = self.agent_id(&request)?;
+        let store = self.cp.store.clone();
+        let mut record = tokio::task::spawn_blocking(move || store.agents())
+            .await
+            .map_err(blocking_error)?
+            .map_err(|e| Status::internal(e.to_string()))?
+            .remove(&agent)
+            .ok_or_else(|| Status::permission_denied(format!("agent {agent} is not registered")))?;
+        let spiffe_id = self.cp.ca.agent_spiffe_id(&agent);
+        let cert = self
+            .cp
+            .ca
+            .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.cp.options.agent_cert_ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        record.certificate_not_after_unix = cert.not_after_unix;
+        let store = self.cp.store.clone();
+        tokio::task::spawn_blocking(move || store.put_agent(&record))
+            .await
+            .map_err(blocking_error)?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(%agent, not_after = cert.not_after_unix, "agent certificate renewed");
+        Ok(Response::new(pb::RenewResponse { certificate_pem: cert.pem, ca_pem: self.cp.ca.cert_pem().to_string() }))
+    }
+
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send + 'static>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let agent = self.agent_id(&request)?;
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::AgentMessage { message: Some(pb::agent_message::Message::Hello(hello)) }))) => hello,
+            Ok(Err(status)) => return Err(status),
+            Ok(_) => return Err(Status::invalid_argument("the first message on the stream must be Hello")),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+        };
+        if hello.agent_id != agent {
+            return Err(Status::permission_denied(format!(
+                "Hello names agent {:?} but the certificate is for {agent:?}",
+                hello.agent_id
+            )));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(session(self.cp.clone(), agent, hello, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// What the session last sent, to decide between a delta and a snapshot.
+enum Sent {
+    /// The agent holds this state (it ACKed it, or said so in Hello, or was just sent it).
+    State(Arc<FleetState>, bool),
+    /// The agent's state is unknown (it refused the last delta): send a snapshot next.
+    Unknown,
+}
+
+fn control(message: pb::control_message::Message) -> Result<pb::ControlMessage, Status> {
+    Ok(pb::ControlMessage { message: Some(message) })
+}
+
+/// One agent's stream, until the agent goes away or the control plane shuts down.
+async fn session(
+    cp: Arc<ControlPlane>,
+    agent: String,
+    hello: pb::Hello,
+    mut inbound: Streaming<pb::AgentMessage>,
+    tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
+) {
+    use pb::agent_message::Message as In;
+    use pb::control_message::Message as Out;
+
+    let generation = cp.presence.connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
+    let mut state_rx = cp.state.subscribe();
+    let mut shutdown = cp.shutdown.clone();
+    let mut heartbeat = tokio::time::interval(cp.options.heartbeat_interval);
+    heartbeat.tick().await;
+
+    let current = state_rx.borrow_and_update().clone();
+    let mut sent = if hello.applied_store_id == current.store_id && hello.applied_version == current.version {
+        tracing::info!(%agent, version = current.version, "agent connected, up to date");
+        Sent::State(current, false)
+    } else {
+        tracing::info!(%agent, from = hello.applied_version, to = current.version, "agent connected, sending snapshot");
+        let snapshot = current.snapshot();
+        if tx.send(control(Out::Snapshot(snapshot))).await.is_err() {
+            cp.presence.disconnected(&agent, generation);
+            return;
+        }
+        Sent::State(current, true)
+    };
+
+    loop {
+        tokio::select! {
+            changed = state_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = state_rx.borrow_and_update().clone();
+                let message = match &sent {
+                    Sent::State(held, _) if held.version == current.version && held.store_id == current.store_id => continue,
+                    Sent::State(held, _) if held.store_id == current.store_id => Out::Delta(current.delta_from(held)),
+                    _ => Out::Snapshot(current.snapshot()),
+                };
+                let was_snapshot = matches!(message, Out::Snapshot(_));
+                if tx.send(control(message)).await.is_err() {
+                    break;
+                }
+                sent = Sent::State(current, was_snapshot);
+            }
+            message = inbound.message() => {
+                match message {
+                    Ok(Some(pb::AgentMessage { message: Some(In::Ack(ack)) })) => {
+                        tracing::debug!(%agent, version = ack.version, "ACK");
+                        cp.presence.acked(&agent, ack.version);
+                    }
+                    Ok(Some(pb::AgentMessage { message: Some(In::Nack(nack)) })) => {
+                        tracing::warn!(%agent, version = nack.version, error = %nack.error, "NACK");
+                        cp.presence.nacked(&agent, &nack.error);
+                        // A refused delta means the agent does not hold what we thought: resend
+                        // whole. A refused snapshot is not retried until the configuration moves.
+                        if let Sent::State(_, false) = sent {
+                            let current = cp.state.borrow().clone();
+                            if tx.send(control(Out::Snapshot(current.snapshot()))).await.is_err() {
+                                break;
+                            }
+                            sent = Sent::State(current, true);
+                        } else {
+                            sent = Sent::Unknown;
+                        }
+                    }
+                    Ok(Some(pb::AgentMessage { message: Some(In::Heartbeat(_)) })) => cp.presence.seen(&agent),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(%agent, "stream error: {}", status.message());
+                        break;
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let version = cp.state.borrow().version;
+                if tx.send(control(Out::Heartbeat(pb::Heartbeat { applied_version: version }))).await.is_err() {
+                    break;
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    tracing::info!(%agent, "agent disconnected");
+    cp.presence.disconnected(&agent, generation);
+}

@@ -1,0 +1,175 @@
+//! `warden-cp`: the fleet's source of truth.
+//!
+//! It stores resources (embedded redb store), validates every write against the whole
+//! configuration, runs the fleet CA, admits agents with one-time join tokens, and pushes each
+//! new configuration version to every connected agent over its mTLS stream.
+//!
+//! [`run`] is the whole server: the binary's `main` only parses flags and binds.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod agents;
+pub mod peer;
+pub mod pki;
+pub mod presence;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1 as pb;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Mutex, watch};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use warden_core::Admission;
+
+use crate::pki::{CaSource, FleetCa};
+use crate::presence::Presence;
+use crate::state::FleetState;
+use crate::store::Store;
+
+/// Everything `run` needs, parsed and validated by `main`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Holds the store, the generated CA and the admin socket.
+    pub data_dir: PathBuf,
+    /// The admin socket (default `<data_dir>/admin.sock`).
+    pub admin_socket: PathBuf,
+    /// SPIFFE trust domain of fleet identities.
+    pub trust_domain: String,
+    /// DNS names and IP addresses agents use to reach this control plane (serving certificate
+    /// SANs).
+    pub server_names: Vec<String>,
+    /// Operator-provided CA certificate and key; generated in the data dir when absent.
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Lifetime of agent client certificates; agents renew at two thirds of it.
+    pub agent_cert_ttl: Duration,
+    /// How often each stream carries a heartbeat when nothing else moves.
+    pub heartbeat_interval: Duration,
+    /// Accept http:// issuer URLs (local testing only).
+    pub allow_http_issuers: bool,
+}
+
+/// Why the control plane could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory or the admin socket could not be prepared.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The CA could not be loaded or a certificate issued.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// A gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// State shared by every service of one control plane.
+pub struct ControlPlane {
+    options: Options,
+    admission: Admission,
+    store: Arc<Store>,
+    ca: FleetCa,
+    /// The current configuration; every agent session watches it.
+    state: watch::Sender<Arc<FleetState>>,
+    /// Serialises writes so each plans against the state it commits over.
+    writer: Mutex<()>,
+    presence: Presence,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let context = context.into();
+    move |source| RunError::Io { context, source }
+}
+
+/// Runs the control plane until `shutdown` resolves: the agent/operator TLS port on `listener`
+/// and the admin socket. On shutdown, agent streams are closed and both servers drain.
+pub async fn run(
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    std::fs::create_dir_all(&options.data_dir).map_err(io(format!("creating {}", options.data_dir.display())))?;
+    std::fs::set_permissions(&options.data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("restricting the data dir to its owner"))?;
+
+    let store = Store::open(&options.data_dir)?;
+    let loaded = store.load()?;
+    tracing::info!(store_id = %loaded.store_id, version = loaded.version, resources = loaded.resources.len(), "store loaded");
+    let state = FleetState::from_loaded(loaded);
+
+    let ca_source = match &options.ca_files {
+        Some((cert, key)) => CaSource::Files { cert, key },
+        None => CaSource::DataDir(&options.data_dir),
+    };
+    let ca = FleetCa::load_or_create(ca_source, &options.trust_domain)?;
+    // The serving certificate is reissued at every start; its key is never written down.
+    let (chain_pem, key_pem) = ca.issue_server(&options.server_names, Duration::from_secs(90 * 24 * 3600))?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(chain_pem, key_pem))
+        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+        // Join is the one call made before the agent has a certificate; every other call checks
+        // the caller's certificate identity itself.
+        .client_auth_optional(true);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cp = Arc::new(ControlPlane {
+        admission: Admission { allow_http_issuers: options.allow_http_issuers },
+        store: Arc::new(store),
+        ca,
+        state: watch::Sender::new(Arc::new(state)),
+        writer: Mutex::new(()),
+        presence: Presence::default(),
+        shutdown: stop_rx.clone(),
+        options,
+    });
+
+    let _ = std::fs::remove_file(&cp.options.admin_socket);
+    let admin_listener = UnixListener::bind(&cp.options.admin_socket)
+        .map_err(io(format!("binding {}", cp.options.admin_socket.display())))?;
+    std::fs::set_permissions(&cp.options.admin_socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restricting the admin socket to its owner"))?;
+
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, admin_socket = %cp.options.admin_socket.display(), "control plane listening");
+
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tls_server = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(pb::agent_service_server::AgentServiceServer::new(agents::AgentService::new(cp.clone())))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(admin::AdminService::new(cp.clone())))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stopped(stop_rx.clone()));
+    let admin_server = Server::builder()
+        .add_service(pb::admin_service_server::AdminServiceServer::new(admin::AdminService::new(cp.clone())))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx.clone()));
+
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing agent streams");
+        let _ = stop_tx.send(true);
+    });
+    let (a, b) = tokio::join!(tls_server, admin_server);
+    let _ = std::fs::remove_file(&cp.options.admin_socket);
+    a?;
+    b?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `warden-cp`: parses flags, binds, and hands off to [`control_plane::run`].
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Warden control plane.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Data directory: the embedded store, the generated fleet CA and the admin socket.
+    #[arg(long, env = "WARDEN_DATA_DIR", default_value = "/var/lib/warden-cp")]
+    data_dir: PathBuf,
+    /// Address of the agent/operator mTLS port.
+    #[arg(long, env = "WARDEN_LISTEN", default_value = "0.0.0.0:7443")]
+    listen: SocketAddr,
+    /// Admin socket path [default: <data-dir>/admin.sock].
+    #[arg(long, env = "WARDEN_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
+    /// SPIFFE trust domain of fleet identities.
+    #[arg(long, env = "WARDEN_TRUST_DOMAIN", default_value = "warden.local")]
+    trust_domain: String,
+    /// Names and addresses agents use to reach this control plane (repeatable; serving
+    /// certificate SANs).
+    #[arg(long = "server-name", env = "WARDEN_SERVER_NAMES", value_delimiter = ',', default_values = ["localhost", "127.0.0.1", "::1"])]
+    server_names: Vec<String>,
+    /// Operator-provided fleet CA certificate (PEM); share it between replicas.
+    #[arg(long, env = "WARDEN_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Operator-provided fleet CA key (PEM).
+    #[arg(long, env = "WARDEN_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of agent client certificates.
+    #[arg(long, env = "WARDEN_AGENT_CERT_TTL", default_value = "24h", value_parser = humantime_duration)]
+    agent_cert_ttl: Duration,
+    /// Heartbeat interval on agent streams.
+    #[arg(long, default_value = "15s", value_parser = humantime_duration)]
+    heartbeat_interval: Duration,
+    /// Accept http:// issuer URLs. For local testing only.
+    #[arg(long)]
+    allow_http_issuers: bool,
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    warden_core::duration::parse(text)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Printed whole, without a backtrace: this is what an operator reads.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.agent_cert_ttl < Duration::from_secs(60) {
+        anyhow::bail!("--agent-cert-ttl must be at least 1m");
+    }
+    let options = control_plane::Options {
+        admin_socket: args.admin_socket.unwrap_or_else(|| args.data_dir.join("admin.sock")),
+        data_dir: args.data_dir,
+        trust_domain: args.trust_domain,
+        server_names: args.server_names,
+        ca_files: args.ca_cert.zip(args.ca_key),
+        agent_cert_ttl: args.agent_cert_ttl,
+        heartbeat_interval: args.heartbeat_interval,
+        allow_http_issuers: args.allow_http_issuers,
+    };
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    control_plane::run(options, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,102 @@
+//! Which agents are connected, what they applied and when they were last heard from. Kept in
+//! memory: after a restart every agent reconnects and reports again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::v1 as pb;
+
+use crate::store::AgentRecord;
+
+#[derive(Default)]
+struct Live {
+    connected: bool,
+    /// Bumped on every connection, so a stale session's goodbye does not mark a newer one gone.
+    generation: u64,
+    labels: BTreeMap<String, String>,
+    applied_version: u64,
+    last_seen_unix_ms: i64,
+    last_error: String,
+}
+
+/// Live status of every agent that connected since the control plane started.
+#[derive(Default)]
+pub struct Presence {
+    agents: Mutex<HashMap<String, Live>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Presence {
+    fn with<R>(&self, id: &str, f: impl FnOnce(&mut Live) -> R) -> R {
+        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let live = agents.entry(id.to_string()).or_default();
+        live.last_seen_unix_ms = now_ms();
+        f(live)
+    }
+
+    /// An agent opened its stream; returns the connection's generation.
+    pub fn connected(&self, id: &str, labels: BTreeMap<String, String>, applied_version: u64) -> u64 {
+        self.with(id, |live| {
+            live.connected = true;
+            live.generation += 1;
+            live.labels = labels;
+            live.applied_version = applied_version;
+            live.generation
+        })
+    }
+
+    /// The agent applied `version`.
+    pub fn acked(&self, id: &str, version: u64) {
+        self.with(id, |live| {
+            live.applied_version = version;
+            live.last_error.clear();
+        });
+    }
+
+    /// The agent refused `version`.
+    pub fn nacked(&self, id: &str, error: &str) {
+        self.with(id, |live| live.last_error = error.to_string());
+    }
+
+    /// The agent was heard from.
+    pub fn seen(&self, id: &str) {
+        self.with(id, |_| ());
+    }
+
+    /// The stream of connection `generation` ended.
+    pub fn disconnected(&self, id: &str, generation: u64) {
+        self.with(id, |live| {
+            if live.generation == generation {
+                live.connected = false;
+            }
+        });
+    }
+
+    /// Registered agents with their live status, by id.
+    pub fn report(&self, registered: BTreeMap<String, AgentRecord>) -> Vec<pb::AgentStatus> {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        registered
+            .into_values()
+            .map(|record| {
+                let live = agents.get(&record.id);
+                pb::AgentStatus {
+                    labels: live
+                        .filter(|l| l.generation > 0)
+                        .map_or(record.labels.clone(), |l| l.labels.clone())
+                        .into_iter()
+                        .collect(),
+                    connected: live.is_some_and(|l| l.connected),
+                    applied_version: live.map_or(0, |l| l.applied_version),
+                    last_seen_unix_ms: live.map_or(0, |l| l.last_seen_unix_ms),
+                    last_error: live.map_or(String::new(), |l| l.last_error.clone()),
+                    certificate_not_after_unix: record.certificate_not_after_unix,
+                    id: record.id,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,83 @@
+use super::*;
+use crate::store::LoadedResource;
+use warden_core::{Admission, Kind};
+
+fn doc(value: serde_json::Value) -> Document {
+    Document::from_json(value, &Admission::default()).unwrap()
+}
+
+fn issuer(name: &str) -> Document {
+    doc(serde_json::json!({
+        "apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": name},
+        "spec": {"issuer": "https://idp.example.com", "keys": {"discovery": true}, "allowedAlgorithms": ["RS256"]}
+    }))
+}
+
+fn server(name: &str, issuer: &str) -> Document {
+    doc(serde_json::json!({
+        "apiVersion": "warden.dev/v1", "kind": "McpServer", "metadata": {"name": name},
+        "spec": {"resource": "https://mcp.example.com", "issuers": [issuer], "upstream": "http://127.0.0.1:1/mcp"}
+    }))
+}
+
+fn state(version: u64, docs: Vec<Document>) -> FleetState {
+    let resources =
+        docs.into_iter().map(|d| (d.key(), LoadedResource { resource_version: version, document: d })).collect();
+    FleetState::from_loaded(Loaded { store_id: "s".into(), version, resources })
+}
+
+#[test]
+fn apply_reports_created_configured_and_unchanged() {
+    let current = state(4, vec![issuer("a")]);
+    let mut changed = issuer("a");
+    if let warden_core::resource::Spec::TrustedIssuer(s) = &mut changed.spec {
+        s.allowed_algorithms.push(warden_core::issuer::Algorithm::ES256);
+    }
+    let plan = plan_apply(&current, vec![issuer("a")]).unwrap();
+    assert!(plan.is_noop());
+    assert_eq!(plan.results[0].1, Action::Unchanged);
+    let plan = plan_apply(&current, vec![changed, issuer("b")]).unwrap();
+    let actions: Vec<Action> = plan.results.iter().map(|r| r.1).collect();
+    assert_eq!(actions, [Action::Configured, Action::Created]);
+    let next = next_state(&current, plan, 5);
+    assert_eq!(next.resources.len(), 2);
+    assert!(next.resources.values().all(|e| e.resource_version == 5));
+}
+
+#[test]
+fn stale_resource_versions_conflict() {
+    let current = state(4, vec![issuer("a")]);
+    let mut stale = issuer("a");
+    stale.metadata.resource_version = Some(3);
+    assert!(matches!(plan_apply(&current, vec![stale]), Err(WriteError::Conflict { expected: 3, stored: 4, .. })));
+    let mut fresh = issuer("a");
+    fresh.metadata.resource_version = Some(4);
+    plan_apply(&current, vec![fresh]).unwrap();
+    assert!(matches!(plan_delete(&current, issuer("a").key(), 2), Err(WriteError::Conflict { .. })));
+}
+
+#[test]
+fn writes_that_break_references_are_refused_whole() {
+    let current = state(1, vec![issuer("a"), server("s", "a")]);
+    // Deleting an issuer a server still names.
+    assert!(matches!(plan_delete(&current, issuer("a").key(), 0), Err(WriteError::Config(_))));
+    // A batch whose second document names a missing issuer: nothing of it is planned.
+    assert!(matches!(plan_apply(&current, vec![issuer("b"), server("t", "zzz")]), Err(WriteError::Config(_))));
+    assert!(matches!(plan_apply(&current, vec![issuer("b"), issuer("b")]), Err(WriteError::Duplicate(_))));
+    let missing = ResourceKey { kind: Kind::Policy, name: "p".into() };
+    assert!(matches!(plan_delete(&current, missing, 0), Err(WriteError::NotFound(_))));
+}
+
+#[test]
+fn deltas_carry_only_what_moved() {
+    let base = state(1, vec![issuer("a"), issuer("b")]);
+    let plan = plan_apply(&base, vec![server("s", "a")]).unwrap();
+    let mid = next_state(&base, plan, 2);
+    let plan = plan_delete(&mid, issuer("b").key(), 0).unwrap();
+    let head = next_state(&mid, plan, 3);
+    let delta = head.delta_from(&base);
+    assert_eq!((delta.base_version, delta.version), (1, 3));
+    assert_eq!(delta.upserts.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["s"]);
+    assert_eq!(delta.removals.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(head.snapshot().resources.len(), 2);
+}

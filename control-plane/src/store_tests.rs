@@ -1,0 +1,82 @@
+use super::*;
+use warden_core::Kind;
+
+fn issuer(name: &str, url: &str) -> Document {
+    let value = serde_json::json!({
+        "apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": name},
+        "spec": {"issuer": url, "keys": {"jwksUri": format!("{url}/jwks")}, "allowedAlgorithms": ["ES256"]}
+    });
+    Document::from_json(value, &Admission::default()).unwrap()
+}
+
+fn agent(id: &str) -> AgentRecord {
+    AgentRecord { id: id.into(), labels: BTreeMap::new(), joined_unix: 1, certificate_not_after_unix: 2 }
+}
+
+#[test]
+fn writes_survive_reopening_and_versions_only_move_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = issuer("a", "https://a.example.com");
+    let key = a.key();
+    let json = a.to_canonical_json();
+    let store_id = {
+        let store = Store::open(dir.path()).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.version, 0);
+        assert_eq!(store.commit(0, &[Change::Put { key: &key, json: &json }], &[]).unwrap(), 1);
+        // A write based on a version that is no longer current is refused and changes nothing.
+        let err = store.commit(0, &[Change::Delete(&key)], &[]).unwrap_err();
+        assert!(matches!(err, StoreError::VersionMoved { expected: 0, found: 1 }), "{err}");
+        loaded.store_id
+    };
+    let store = Store::open(dir.path()).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.store_id, store_id, "the store keeps its identity");
+    assert_eq!(loaded.version, 1);
+    let stored = &loaded.resources[&key];
+    assert_eq!(stored.resource_version, 1);
+    assert_eq!(stored.document, a);
+    store.commit(1, &[Change::Delete(&key)], &[]).unwrap();
+    assert!(store.load().unwrap().resources.is_empty());
+}
+
+#[test]
+fn audit_entries_are_kept_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let key = ResourceKey { kind: Kind::TrustedIssuer, name: "a".into() };
+    let json = issuer("a", "https://a.example.com").to_canonical_json();
+    for base in 0..3u64 {
+        let entry = AuditEntry {
+            version: base + 1,
+            time_unix_ms: 0,
+            actor: "uid:0".into(),
+            operation: "apply".into(),
+            kind: "TrustedIssuer".into(),
+            name: "a".into(),
+            previous_resource_version: base,
+        };
+        store.commit(base, &[Change::Put { key: &key, json: &json }], &[entry]).unwrap();
+    }
+    let entries = store.audit(2).unwrap();
+    assert_eq!(entries.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
+}
+
+#[test]
+fn a_join_token_admits_one_agent_once_before_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let hash = warden_core::identity::secret_hash("s3cret");
+    store.create_join_token("t1", &hash, 1_000).unwrap();
+    let wrong = warden_core::identity::secret_hash("guess");
+    assert!(matches!(store.consume_join_token("t1", &wrong, 10, &agent("a1")), Err(JoinTokenError::Invalid)));
+    assert!(matches!(store.consume_join_token("nope", &hash, 10, &agent("a1")), Err(JoinTokenError::Invalid)));
+    assert!(matches!(store.consume_join_token("t1", &hash, 1_000, &agent("a1")), Err(JoinTokenError::Expired(1_000))));
+    assert!(store.agents().unwrap().is_empty(), "refused joins register nothing");
+    store.consume_join_token("t1", &hash, 999, &agent("a1")).unwrap();
+    match store.consume_join_token("t1", &hash, 999, &agent("a2")) {
+        Err(JoinTokenError::Used(by)) => assert_eq!(by, "a1"),
+        other => panic!("expected Used, got {other:?}"),
+    }
+    assert_eq!(store.agents().unwrap().keys().collect::<Vec<_>>(), ["a1"]);
+}

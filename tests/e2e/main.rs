@@ -1,0 +1,5 @@
+//! End-to-end suites: the real binaries, together, on loopback. One test binary so it links
+//! once.
+
+mod fleet_pki;
+mod fleet_sync;

@@ -1,0 +1,326 @@
+//! The harness for end-to-end suites: starts the real `warden-cp` and `warden-agent` binaries on
+//! loopback ports in temporary directories, drives them with the real `wardenctl`, and reads the
+//! agents' status endpoints. Every wait is bounded.
+#![forbid(unsafe_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any wait in a test may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The path of a workspace binary, built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
+    let path = exe.parent().and_then(Path::parent).expect("target dir").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after [`PATIENCE`] with `what`.
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when dropped; its output goes to a log file kept for failures.
+pub struct Process {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(mut command: Command, log: PathBuf) -> Process {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        command.stdout(file.try_clone().expect("log file")).stderr(file).stdin(Stdio::null());
+        command.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
+        let child = command.spawn().expect("spawn");
+        Process { child: Some(child), log }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns whether it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "process did not exit; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A control plane on a loopback port with its data in `dir`.
+pub struct ControlPlane {
+    /// The running process (None while stopped).
+    pub process: Option<Process>,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// `127.0.0.1:<port>`.
+    pub address: String,
+    extra: Vec<String>,
+}
+
+impl ControlPlane {
+    /// Starts a control plane in `dir/cp` and waits until its admin API answers.
+    pub fn start(dir: &Path, extra: &[&str]) -> ControlPlane {
+        let mut cp = ControlPlane {
+            process: None,
+            data_dir: dir.join("cp"),
+            address: format!("127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        cp.restart();
+        cp
+    }
+
+    /// Starts it again on the same port and data (after [`ControlPlane::stop`]).
+    pub fn restart(&mut self) {
+        let mut command = Command::new(bin("warden-cp"));
+        command
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", &self.address, "--heartbeat-interval", "2s"])
+            .args(&self.extra);
+        std::fs::create_dir_all(&self.data_dir).expect("data dir");
+        let log = self.data_dir.with_extension("log");
+        self.process = Some(Process::spawn(command, log));
+        wait_for("the control plane's admin socket", || self.ctl(&["get", "all"]).status.success().then_some(()));
+    }
+
+    /// Stops it with SIGTERM and asserts a clean exit.
+    pub fn stop(&mut self) {
+        let mut process = self.process.take().expect("running");
+        assert!(process.terminate(), "control plane did not shut down cleanly:\n{}", process.log_text());
+    }
+
+    /// The admin socket.
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+
+    /// Runs `wardenctl` against this control plane.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("wardenctl"))
+            .env("WARDEN_ADMIN_SOCKET", self.socket())
+            .env_remove("RUST_BACKTRACE")
+            .args(args)
+            .output()
+            .expect("run wardenctl")
+    }
+
+    /// Runs `wardenctl` and returns its stdout, failing the test if it fails.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(out.status.success(), "wardenctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// `wardenctl <args> -o json`, parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.ctl_ok(&args)).expect("JSON output")
+    }
+
+    /// Applies YAML text; returns the command's output.
+    pub fn apply(&self, yaml: &str) -> Output {
+        let file = self.data_dir.with_extension(format!("apply-{}.yaml", rand_suffix()));
+        std::fs::write(&file, yaml).expect("write manifest");
+        self.ctl(&["apply", "-f", file.to_str().expect("utf-8 path")])
+    }
+
+    /// The configuration version.
+    pub fn version(&self) -> u64 {
+        self.ctl_json(&["get", "agents"])["version"].as_u64().expect("version")
+    }
+
+    /// A new join token.
+    pub fn join_token(&self, ttl: &str) -> String {
+        self.ctl_ok(&["join-token", "create", "--ttl", ttl]).trim().to_string()
+    }
+
+    /// Waits until every agent in `ids` is connected and has applied `version`.
+    pub fn wait_converged(&self, ids: &[&str], version: u64) {
+        wait_for(&format!("agents {ids:?} to ACK version {version}"), || {
+            let agents = self.ctl_json(&["get", "agents"]);
+            let all = agents["agents"].as_array()?;
+            ids.iter()
+                .all(|id| {
+                    all.iter().any(|a| {
+                        a["id"] == *id && a["connected"] == true && a["appliedVersion"].as_u64() == Some(version)
+                    })
+                })
+                .then_some(())
+        });
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An agent with its data in `dir/<id>` and a status endpoint on a loopback port.
+pub struct Agent {
+    /// The running process (None while stopped).
+    pub process: Option<Process>,
+    /// Its id.
+    pub id: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Status endpoint port.
+    pub status_port: u16,
+    control_planes: Vec<String>,
+}
+
+impl Agent {
+    /// Starts an agent; `join_token` is needed on its first start only.
+    pub fn start(dir: &Path, id: &str, control_planes: &[&str], join_token: Option<&str>) -> Agent {
+        let mut agent = Agent {
+            process: None,
+            id: id.to_string(),
+            data_dir: dir.join(id),
+            status_port: free_port(),
+            control_planes: control_planes.iter().map(|s| s.to_string()).collect(),
+        };
+        agent.launch(join_token);
+        agent
+    }
+
+    fn launch(&mut self, join_token: Option<&str>) {
+        let mut command = Command::new(bin("warden-agent"));
+        command
+            .args(["--id", &self.id, "--label", "role=test"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--control-plane", &self.control_planes.join(",")])
+            .args(["--status-listen", &format!("127.0.0.1:{}", self.status_port)])
+            .args(["--backoff-base", "50ms", "--backoff-max", "500ms", "--heartbeat-interval", "2s"]);
+        if let Some(token) = join_token {
+            command.args(["--join-token", token]);
+        }
+        std::fs::create_dir_all(&self.data_dir).expect("data dir");
+        self.process = Some(Process::spawn(command, self.data_dir.with_extension("log")));
+    }
+
+    /// Starts it again with the same identity and data.
+    pub fn restart(&mut self) {
+        self.launch(None);
+        wait_for("the agent's status endpoint", || self.try_status());
+    }
+
+    /// Stops it with SIGTERM and asserts a clean exit.
+    pub fn stop(&mut self) {
+        let mut process = self.process.take().expect("running");
+        assert!(process.terminate(), "agent did not shut down cleanly:\n{}", process.log_text());
+    }
+
+    /// `/status`, if the endpoint answers.
+    pub fn try_status(&self) -> Option<Value> {
+        let url = format!("http://127.0.0.1:{}/status", self.status_port);
+        ureq::get(&url).call().ok()?.body_mut().read_json().ok()
+    }
+
+    /// `/status`, waiting for the endpoint to come up.
+    pub fn status(&self) -> Value {
+        wait_for("the agent's status endpoint", || self.try_status())
+    }
+
+    /// The HTTP status code of `/readyz`.
+    pub fn readyz(&self) -> Option<u16> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.status_port);
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        agent.get(&url).call().ok().map(|r| r.status().as_u16())
+    }
+
+    /// Everything the agent printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// A fleet definition with one issuer, one server and one policy, whose policy text can be
+/// varied to produce new versions.
+pub fn fleet_yaml(allowed_tool: &str) -> String {
+    format!(
+        r#"
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: corp-idp}}
+spec:
+  issuer: https://idp.example.com
+  keys: {{jwksUri: https://idp.example.com/jwks}}
+  allowedAlgorithms: [ES256]
+  maxTokenLifetime: 15m
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: github}}
+spec:
+  resource: https://mcp.example.com/github
+  issuers: [corp-idp]
+  upstream: http://127.0.0.1:3001/mcp
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {{name: github-tools}}
+spec:
+  servers: [github]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource) when {{ resource.name == "{allowed_tool}" }};
+"#
+    )
+}

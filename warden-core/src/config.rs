@@ -1,0 +1,131 @@
+//! The compiled configuration: every resource at one version, cross-checked and with its
+//! policies assembled into one Cedar policy set.
+//!
+//! The control plane builds one before it commits a write (a write that would leave the fleet's
+//! configuration inconsistent is refused); the agent builds one from each snapshot before it
+//! swaps it in. Both use [`Config::build`], so they agree on what is valid.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cedar_policy::{PolicyId, PolicySet};
+
+use crate::issuer::TrustedIssuerSpec;
+use crate::policy::PolicySpec;
+use crate::resource::{Document, Kind, ResourceKey, Spec};
+use crate::server::McpServerSpec;
+
+/// Why a set of documents does not form a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The same kind and name appear twice.
+    #[error("{0} appears more than once")]
+    Duplicate(ResourceKey),
+    /// A resource names another that does not exist.
+    #[error("{from}: {field} names {missing}, which does not exist")]
+    DanglingReference {
+        /// The resource holding the reference.
+        from: ResourceKey,
+        /// The field holding it.
+        field: &'static str,
+        /// What it names.
+        missing: ResourceKey,
+    },
+    /// Assembling the policies failed.
+    #[error("{from}: {message}")]
+    Policy {
+        /// The Policy resource.
+        from: ResourceKey,
+        /// Cedar's message.
+        message: String,
+    },
+}
+
+/// A consistent configuration at one version.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Trusted issuers by name.
+    pub issuers: BTreeMap<String, TrustedIssuerSpec>,
+    /// MCP servers by name.
+    pub servers: BTreeMap<String, McpServerSpec>,
+    /// Policies by name.
+    pub policies: BTreeMap<String, PolicySpec>,
+    /// Every policy of every `Policy` resource, each with the id `<resource>.<n>`.
+    pub policy_set: PolicySet,
+}
+
+impl Config {
+    /// The configuration of a fleet that has none: no issuer, so every token is refused.
+    pub fn empty() -> Config {
+        Config {
+            issuers: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            policy_set: PolicySet::new(),
+        }
+    }
+
+    /// Cross-checks `documents` (each already valid on its own) and compiles them.
+    pub fn build<'a>(documents: impl IntoIterator<Item = &'a Document>) -> Result<Config, ConfigError> {
+        let mut config = Config::empty();
+        let mut seen = BTreeSet::new();
+        for doc in documents {
+            if !seen.insert(doc.key()) {
+                return Err(ConfigError::Duplicate(doc.key()));
+            }
+            let name = doc.metadata.name.clone();
+            match &doc.spec {
+                Spec::TrustedIssuer(s) => {
+                    config.issuers.insert(name, s.clone());
+                }
+                Spec::McpServer(s) => {
+                    config.servers.insert(name, s.clone());
+                }
+                Spec::Policy(s) => {
+                    config.policies.insert(name, s.clone());
+                }
+            }
+        }
+        for (name, server) in &config.servers {
+            for issuer in &server.issuers {
+                if !config.issuers.contains_key(issuer) {
+                    return Err(ConfigError::DanglingReference {
+                        from: key(Kind::McpServer, name),
+                        field: "spec.issuers",
+                        missing: key(Kind::TrustedIssuer, issuer),
+                    });
+                }
+            }
+        }
+        for (name, policy) in &config.policies {
+            for server in &policy.servers {
+                if !config.servers.contains_key(server) {
+                    return Err(ConfigError::DanglingReference {
+                        from: key(Kind::Policy, name),
+                        field: "spec.servers",
+                        missing: key(Kind::McpServer, server),
+                    });
+                }
+            }
+            let from = || key(Kind::Policy, name);
+            let set = policy.parse().map_err(|e| ConfigError::Policy { from: from(), message: e.to_string() })?;
+            // Cedar numbers policies per text ("policy0", ...); prefix with the resource name so
+            // ids stay unique across resources and a decision can name the resource it came from.
+            for (i, p) in set.policies().enumerate() {
+                let renamed = p.new_id(PolicyId::new(format!("{name}.{i}")));
+                config
+                    .policy_set
+                    .add(renamed)
+                    .map_err(|e| ConfigError::Policy { from: from(), message: e.to_string() })?;
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn key(kind: Kind, name: &str) -> ResourceKey {
+    ResourceKey { kind, name: name.to_string() }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,18 @@
+//! Warden's pure logic: the resource model operators apply, its validation, and the compiled
+//! configuration agents enforce.
+//!
+//! **Architecture invariant**: this crate does no I/O and knows nothing about the wire format,
+//! storage or async runtimes, so everything in it can be unit-tested and fuzzed directly.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod duration;
+pub mod identity;
+pub mod issuer;
+pub mod jwks;
+pub mod policy;
+pub mod resource;
+pub mod server;
+
+pub use config::{Config, ConfigError};
+pub use resource::{Admission, Document, DocumentError, Kind, ResourceKey};

@@ -1,0 +1,87 @@
+//! `Policy`: Cedar policy text scoped to servers, validated against Warden's schema
+//! (`schema.cedarschema`) before it is accepted.
+
+use std::sync::OnceLock;
+
+use cedar_policy::{PolicySet, Schema, ValidationMode, Validator};
+use serde::{Deserialize, Serialize};
+
+use crate::resource::{DocumentError, validate_name};
+
+/// The Cedar schema every policy is validated against; see `schema.cedarschema`.
+pub const SCHEMA_TEXT: &str = include_str!("schema.cedarschema");
+
+/// Largest accepted policy text, so one resource cannot balloon every agent's memory.
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+
+/// The parsed schema, built once.
+pub fn schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA_TEXT).expect("the built-in schema parses");
+        schema
+    })
+}
+
+fn validator() -> &'static Validator {
+    static VALIDATOR: OnceLock<Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| Validator::new(schema().clone()))
+}
+
+/// `spec` of a `Policy`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySpec {
+    /// Names of the `McpServer`s this policy applies to; empty means every server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// One or more Cedar policies.
+    pub cedar: String,
+}
+
+impl PolicySpec {
+    pub(crate) fn validate(&self) -> Result<(), DocumentError> {
+        for (i, name) in self.servers.iter().enumerate() {
+            validate_name(name).map_err(|m| DocumentError::field(format!("spec.servers[{i}]"), m))?;
+        }
+        self.parse()?;
+        Ok(())
+    }
+
+    /// Parses and validates the Cedar text.
+    pub fn parse(&self) -> Result<PolicySet, DocumentError> {
+        if self.cedar.len() > MAX_POLICY_BYTES {
+            return Err(DocumentError::field(
+                "spec.cedar",
+                format!("is {} bytes; the limit is {MAX_POLICY_BYTES}", self.cedar.len()),
+            ));
+        }
+        let set: PolicySet = self.cedar.parse().map_err(|e: cedar_policy::ParseErrors| {
+            DocumentError::field("spec.cedar", format!("does not parse: {}", render(&e)))
+        })?;
+        if set.is_empty() {
+            return Err(DocumentError::field("spec.cedar", "holds no policy"));
+        }
+        let result = validator().validate(&set, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let errors: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
+            return Err(DocumentError::field(
+                "spec.cedar",
+                format!("does not validate against the Warden schema: {}", errors.join("; ")),
+            ));
+        }
+        Ok(set)
+    }
+}
+
+/// Cedar's errors carry the detail in their sources; join them into one line.
+fn render(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

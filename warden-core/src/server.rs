@@ -1,0 +1,88 @@
+//! `McpServer`: an MCP server behind Warden agents, named by its resource identifier.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resource::{DocumentError, validate_name};
+
+/// How a token must be bound to its presenter on this server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Binding {
+    /// Bearer tokens are accepted.
+    #[default]
+    None,
+    /// Certificate-bound tokens (`cnf.x5t#S256`, RFC 8705) over mTLS.
+    Mtls,
+    /// DPoP-bound tokens (RFC 9449).
+    Dpop,
+}
+
+/// Which agents serve a server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentSelector {
+    /// Agents whose labels include all of these; empty selects every agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl AgentSelector {
+    /// Whether an agent with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// `spec` of an `McpServer`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct McpServerSpec {
+    /// The server's resource identifier (RFC 8707): the audience tokens must name.
+    pub resource: String,
+    /// Names of the `TrustedIssuer`s whose tokens this server accepts.
+    pub issuers: Vec<String>,
+    /// Where the agent forwards allowed requests (http or https URL).
+    pub upstream: String,
+    /// Where the agent's gateway listens for this server, e.g. `127.0.0.1:8443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Which agents serve this server.
+    #[serde(default)]
+    pub agents: AgentSelector,
+    /// Token binding required of callers.
+    #[serde(default)]
+    pub binding: Binding,
+}
+
+impl McpServerSpec {
+    pub(crate) fn validate(&self) -> Result<(), DocumentError> {
+        let resource = url::Url::parse(&self.resource).map_err(|e| {
+            DocumentError::field("spec.resource", format!("{:?} is not an absolute URI: {e}", self.resource))
+        })?;
+        if resource.fragment().is_some() {
+            return Err(DocumentError::field("spec.resource", "must not have a fragment (RFC 8707)"));
+        }
+        if self.issuers.is_empty() {
+            return Err(DocumentError::field("spec.issuers", "name at least one TrustedIssuer"));
+        }
+        for (i, name) in self.issuers.iter().enumerate() {
+            validate_name(name).map_err(|m| DocumentError::field(format!("spec.issuers[{i}]"), m))?;
+        }
+        let upstream = url::Url::parse(&self.upstream)
+            .map_err(|e| DocumentError::field("spec.upstream", format!("{:?} is not a URL: {e}", self.upstream)))?;
+        if !matches!(upstream.scheme(), "http" | "https") || upstream.host().is_none() {
+            return Err(DocumentError::field("spec.upstream", "must be an http or https URL with a host"));
+        }
+        if let Some(listen) = &self.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(DocumentError::field(
+                "spec.listen",
+                format!("{listen:?} is not an address like 127.0.0.1:8443"),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! `wardenctl`: the operators' CLI. Declarative resources (`apply`, `get`, `delete`, `diff`),
+//! fleet status, join tokens and the admin history, over the control plane's local admin socket
+//! or with an operator certificate.
+#![forbid(unsafe_code)]
+
+mod client;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use proto::v1 as pb;
+use warden_core::{Admission, Document, Kind};
+
+/// Warden operators' CLI.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The control plane's admin socket.
+    #[arg(long, env = "WARDEN_ADMIN_SOCKET", default_value = "/var/lib/warden-cp/admin.sock", global = true)]
+    socket: PathBuf,
+    /// Use the control plane's TLS port (`host:port`) with an operator certificate instead of
+    /// the socket.
+    #[arg(long, env = "WARDEN_SERVER", global = true, requires_all = ["cert", "key", "ca"])]
+    server: Option<String>,
+    /// Operator certificate (PEM), with --server.
+    #[arg(long, env = "WARDEN_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Operator key (PEM), with --server.
+    #[arg(long, env = "WARDEN_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Fleet CA certificate (PEM), with --server.
+    #[arg(long, env = "WARDEN_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable table.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or update resources from YAML files or directories (all documents in one
+    /// transaction: all are accepted or none).
+    Apply {
+        /// Files or directories (*.yaml, *.yml, *.json).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate on the control plane and report what would change, without changing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show resources (`get issuers`, `get policy NAME`, `get all`) or agents (`get agents`).
+    Get {
+        /// `issuers`, `servers`, `policies`, `all` or `agents`.
+        what: String,
+        /// One resource's name.
+        name: Option<String>,
+    },
+    /// Delete a resource.
+    Delete {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Refuse unless the stored resource is at this version.
+        #[arg(long)]
+        resource_version: Option<u64>,
+    },
+    /// Show what `apply` would change. Exits 1 when there are differences.
+    Diff {
+        /// Files or directories.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Join tokens for new agents.
+    JoinToken {
+        #[command(subcommand)]
+        command: JoinTokenCommand,
+    },
+    /// The record of admin changes.
+    History {
+        /// How many of the newest entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum JoinTokenCommand {
+    /// Create a one-time join token.
+    Create {
+        /// How long the token stays usable.
+        #[arg(long, default_value = "1h", value_parser = warden_core::duration::parse)]
+        ttl: Duration,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let target = match &cli.server {
+        Some(server) => client::Target::Tls {
+            address: server.clone(),
+            cert: cli.cert.clone().unwrap_or_default(),
+            key: cli.key.clone().unwrap_or_default(),
+            ca: cli.ca.clone().unwrap_or_default(),
+        },
+        None => client::Target::Socket(cli.socket.clone()),
+    };
+    match cli.command {
+        Command::Apply { files, dry_run } => {
+            let documents = read_documents(&files)?;
+            let mut admin = client::connect(&target).await?;
+            let response = admin
+                .apply(pb::ApplyRequest {
+                    documents_json: documents.iter().map(|(_, d)| d.to_canonical_json_with_version()).collect(),
+                    dry_run,
+                })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            output::apply(&response, dry_run, cli.output)?;
+        }
+        Command::Get { what, name } => {
+            let mut admin = client::connect(&target).await?;
+            if what == "agents" || what == "agent" {
+                let response = admin.list_agents(pb::ListAgentsRequest {}).await.map_err(client::status)?.into_inner();
+                output::agents(&response, name.as_deref(), cli.output)?;
+            } else {
+                let kind = match what.as_str() {
+                    "all" => String::new(),
+                    other => Kind::parse_loose(other)
+                        .with_context(|| {
+                            format!("unknown kind {other:?}: use issuers, servers, policies, all or agents")
+                        })?
+                        .as_str()
+                        .to_string(),
+                };
+                let response = admin
+                    .get(pb::GetRequest { kind, name: name.unwrap_or_default() })
+                    .await
+                    .map_err(client::status)?
+                    .into_inner();
+                output::resources(&response.resources, cli.output)?;
+            }
+        }
+        Command::Delete { kind, name, resource_version } => {
+            let kind = Kind::parse_loose(&kind).with_context(|| format!("unknown kind {kind:?}"))?;
+            let mut admin = client::connect(&target).await?;
+            let response = admin
+                .delete(pb::DeleteRequest {
+                    kind: kind.as_str().into(),
+                    name: name.clone(),
+                    expected_resource_version: resource_version.unwrap_or(0),
+                })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            println!("{kind}/{name} deleted (configuration version {})", response.version);
+        }
+        Command::Diff { files } => {
+            let documents = read_documents(&files)?;
+            let mut admin = client::connect(&target).await?;
+            let stored = admin.get(pb::GetRequest::default()).await.map_err(client::status)?.into_inner().resources;
+            let changed = output::diff(&documents, &stored)?;
+            return Ok(if changed { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        }
+        Command::JoinToken { command: JoinTokenCommand::Create { ttl } } => {
+            let mut admin = client::connect(&target).await?;
+            let response = admin
+                .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: ttl.as_secs().max(1) })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            output::join_token(&response, cli.output)?;
+        }
+        Command::History { limit } => {
+            let mut admin = client::connect(&target).await?;
+            let response = admin.history(pb::HistoryRequest { limit }).await.map_err(client::status)?.into_inner();
+            output::history(&response, cli.output)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads every YAML/JSON document under `paths`, validating each locally first so mistakes are
+/// reported with their file; the control plane validates again, authoritatively.
+fn read_documents(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Document)>> {
+    let mut files = Vec::new();
+    for path in paths {
+        collect_files(path, &mut files)?;
+    }
+    if files.is_empty() {
+        bail!("no .yaml, .yml or .json files in {paths:?}");
+    }
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let values = warden_core::resource::yaml_documents(&text).with_context(|| file.display().to_string())?;
+        for (i, value) in values.into_iter().enumerate() {
+            // http issuers are an admission rule of the control plane: let it decide.
+            let doc = Document::from_json(value, &Admission { allow_http_issuers: true })
+                .with_context(|| format!("{} (document {})", file.display(), i + 1))?;
+            out.push((file.clone(), doc));
+        }
+    }
+    Ok(out)
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for entry in entries {
+            let is_doc =
+                entry.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            if entry.is_dir() || is_doc {
+                collect_files(&entry, out)?;
+            }
+        }
+    } else {
+        if !path.exists() {
+            bail!("{}: no such file or directory", path.display());
+        }
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// The wire form of a document for apply: canonical JSON, keeping `metadata.resourceVersion`
+/// when the operator set it (optimistic concurrency).
+trait WithVersion {
+    fn to_canonical_json_with_version(&self) -> Vec<u8>;
+}
+
+impl WithVersion for Document {
+    fn to_canonical_json_with_version(&self) -> Vec<u8> {
+        let json = self.to_canonical_json();
+        let Some(version) = self.metadata.resource_version else { return json };
+        let mut value: serde_json::Value = serde_json::from_slice(&json).expect("canonical JSON parses");
+        value["metadata"]["resourceVersion"] = version.into();
+        serde_json::to_vec(&value).expect("serializes")
+    }
+}

@@ -1,0 +1,248 @@
+//! Printing results: aligned tables for people, JSON or YAML for programs.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::v1 as pb;
+use serde_json::{Value, json};
+use warden_core::Document;
+
+use crate::Format;
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn emit(value: &Value, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json | Format::Table => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => print!("{}", serde_norway::to_string(value)?),
+    }
+    Ok(())
+}
+
+/// A stored resource as the operator sees it: the document with `metadata.resourceVersion`.
+fn document(r: &pb::Resource) -> anyhow::Result<Value> {
+    let mut value: Value = serde_json::from_slice(&r.document_json)?;
+    value["metadata"]["resourceVersion"] = r.resource_version.into();
+    Ok(value)
+}
+
+/// `get <kind>`.
+pub fn resources(resources: &[pb::Resource], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Table => {
+            let rows = resources
+                .iter()
+                .map(|r| {
+                    let doc: Value = serde_json::from_slice(&r.document_json).unwrap_or_default();
+                    let spec = &doc["spec"];
+                    let detail = match r.kind.as_str() {
+                        "TrustedIssuer" => spec["issuer"].as_str().unwrap_or_default().to_string(),
+                        "McpServer" => format!(
+                            "{} -> {}",
+                            spec["resource"].as_str().unwrap_or_default(),
+                            spec["upstream"].as_str().unwrap_or_default()
+                        ),
+                        "Policy" => match spec["servers"].as_array() {
+                            Some(s) => {
+                                format!("servers: {}", s.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                            }
+                            None => "servers: all".to_string(),
+                        },
+                        _ => String::new(),
+                    };
+                    vec![r.kind.clone(), r.name.clone(), r.resource_version.to_string(), detail]
+                })
+                .collect();
+            print_table(&["KIND", "NAME", "VERSION", "DETAIL"], rows);
+            Ok(())
+        }
+        Format::Json => emit(&Value::Array(resources.iter().map(document).collect::<Result<_, _>>()?), format),
+        Format::Yaml => {
+            for r in resources {
+                println!("---");
+                print!("{}", serde_norway::to_string(&document(r)?)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `apply`.
+pub fn apply(response: &pb::ApplyResponse, dry_run: bool, format: Format) -> anyhow::Result<()> {
+    if format != Format::Table {
+        let results: Vec<Value> = response
+            .results
+            .iter()
+            .map(|r| json!({"kind": r.kind, "name": r.name, "action": r.action, "resourceVersion": r.resource_version}))
+            .collect();
+        return emit(&json!({"version": response.version, "dryRun": dry_run, "results": results}), format);
+    }
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    for r in &response.results {
+        println!("{}/{} {}{suffix}", r.kind, r.name, r.action);
+    }
+    println!("configuration version {}", response.version);
+    Ok(())
+}
+
+fn ago(unix_ms: i64) -> String {
+    if unix_ms == 0 {
+        return "never".into();
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let secs = ((now - unix_ms) / 1000).max(0);
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+/// `get agents`.
+pub fn agents(response: &pb::ListAgentsResponse, only: Option<&str>, format: Format) -> anyhow::Result<()> {
+    let agents: Vec<&pb::AgentStatus> = response.agents.iter().filter(|a| only.is_none_or(|id| a.id == id)).collect();
+    if let Some(id) = only
+        && agents.is_empty()
+    {
+        anyhow::bail!("agent {id} not found");
+    }
+    let lag = |a: &pb::AgentStatus| response.version.saturating_sub(a.applied_version);
+    if format != Format::Table {
+        let values: Vec<Value> = agents
+            .iter()
+            .map(|a| {
+                json!({
+                    "id": a.id,
+                    "labels": a.labels,
+                    "connected": a.connected,
+                    "appliedVersion": a.applied_version,
+                    "lag": lag(a),
+                    "lastSeenUnixMs": a.last_seen_unix_ms,
+                    "lastError": a.last_error,
+                    "certificateNotAfterUnix": a.certificate_not_after_unix,
+                })
+            })
+            .collect();
+        return emit(&json!({"version": response.version, "agents": values}), format);
+    }
+    let rows = agents
+        .iter()
+        .map(|a| {
+            let mut labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            vec![
+                a.id.clone(),
+                if labels.is_empty() { "-".into() } else { labels.join(",") },
+                if a.connected { "yes".into() } else { "no".into() },
+                a.applied_version.to_string(),
+                lag(a).to_string(),
+                ago(a.last_seen_unix_ms),
+                if a.last_error.is_empty() { "-".into() } else { a.last_error.clone() },
+            ]
+        })
+        .collect();
+    print_table(&["ID", "LABELS", "CONNECTED", "APPLIED", "LAG", "LAST SEEN", "LAST ERROR"], rows);
+    Ok(())
+}
+
+/// `join-token create`.
+pub fn join_token(response: &pb::CreateJoinTokenResponse, format: Format) -> anyhow::Result<()> {
+    if format == Format::Table {
+        // The token alone on stdout, so it can be captured by a script.
+        println!("{}", response.token);
+        eprintln!("one-time join token; expires at unix time {}", response.expires_unix);
+        return Ok(());
+    }
+    emit(&json!({"token": response.token, "expiresUnix": response.expires_unix}), format)
+}
+
+/// `history`.
+pub fn history(response: &pb::HistoryResponse, format: Format) -> anyhow::Result<()> {
+    if format != Format::Table {
+        let values: Vec<Value> = response
+            .records
+            .iter()
+            .map(|r| {
+                json!({"version": r.version, "timeUnixMs": r.time_unix_ms, "actor": r.actor, "operation": r.operation,
+                       "kind": r.kind, "name": r.name, "previousResourceVersion": r.resource_version})
+            })
+            .collect();
+        return emit(&Value::Array(values), format);
+    }
+    let rows = response
+        .records
+        .iter()
+        .map(|r| {
+            vec![
+                r.version.to_string(),
+                ago(r.time_unix_ms),
+                r.actor.clone(),
+                r.operation.clone(),
+                format!("{}/{}", r.kind, r.name),
+                r.resource_version.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["VERSION", "WHEN", "ACTOR", "OPERATION", "RESOURCE", "PREVIOUS"], rows);
+    Ok(())
+}
+
+/// `diff`: prints each document's difference from the stored one; returns whether any differs.
+pub fn diff(documents: &[(PathBuf, Document)], stored: &[pb::Resource]) -> anyhow::Result<bool> {
+    let mut changed = false;
+    for (_, doc) in documents {
+        let key = doc.key();
+        let ours: Value = serde_json::from_slice(&doc.to_canonical_json())?;
+        let theirs = stored
+            .iter()
+            .find(|r| r.kind == key.kind.as_str() && r.name == key.name)
+            .map(|r| serde_json::from_slice::<Value>(&r.document_json))
+            .transpose()?;
+        match theirs {
+            None => {
+                changed = true;
+                println!("+ {key} (new)");
+                for line in serde_norway::to_string(&ours)?.lines() {
+                    println!("+   {line}");
+                }
+            }
+            Some(theirs) if theirs == ours => println!("= {key} (unchanged)"),
+            Some(theirs) => {
+                changed = true;
+                println!("~ {key}");
+                let (old, new) = (serde_norway::to_string(&theirs)?, serde_norway::to_string(&ours)?);
+                for change in similar::TextDiff::from_lines(&old, &new).iter_all_changes() {
+                    let sign = match change.tag() {
+                        similar::ChangeTag::Delete => "-",
+                        similar::ChangeTag::Insert => "+",
+                        similar::ChangeTag::Equal => " ",
+                    };
+                    print!("{sign}   {change}");
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
