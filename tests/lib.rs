@@ -15,9 +15,13 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The path of a workspace binary, built next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
-    let path = exe.parent().and_then(Path::parent).expect("target dir").join(name);
+    let exe = std::env::current_exe().expect("executable path");
+    // Tests run from target/<profile>/deps/, harness binaries from target/<profile>/.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
+    let path = dir.join(name);
     assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
     path
 }
@@ -89,6 +93,11 @@ impl Process {
     /// Everything the process printed so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 }
 
@@ -292,6 +301,15 @@ impl Agent {
     }
 }
 
+/// [`fleet_yaml`] as the JSON documents an apply request carries.
+pub fn fleet_yaml_documents(allowed_tool: &str) -> Vec<Vec<u8>> {
+    warden_core::resource::yaml_documents(&fleet_yaml(allowed_tool))
+        .expect("fleet YAML parses")
+        .iter()
+        .map(|v| serde_json::to_vec(v).expect("serializes"))
+        .collect()
+}
+
 /// A fleet definition with one issuer, one server and one policy, whose policy text can be
 /// varied to produce new versions.
 pub fn fleet_yaml(allowed_tool: &str) -> String {
@@ -302,7 +320,7 @@ kind: TrustedIssuer
 metadata: {{name: corp-idp}}
 spec:
   issuer: https://idp.example.com
-  keys: {{jwksUri: https://idp.example.com/jwks}}
+  keys: {{jwks: {{keys: [{{kty: EC, kid: k1, crv: P-256, x: f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU, y: x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0}}]}}}}
   allowedAlgorithms: [ES256]
   maxTokenLifetime: 15m
 ---
@@ -323,4 +341,62 @@ spec:
     permit(principal, action == Action::"tools/call", resource) when {{ resource.name == "{allowed_tool}" }};
 "#
     )
+}
+
+/// An identity provider's static endpoints (OIDC discovery document and JWKS) served by
+/// Python's `http.server` on a loopback port: a real HTTP server written by others.
+pub struct StaticIdp {
+    /// The server process.
+    pub process: Option<Process>,
+    /// The directory it serves.
+    pub root: PathBuf,
+    /// `http://127.0.0.1:<port>`, also the issuer URL.
+    pub issuer: String,
+    port: u16,
+}
+
+impl StaticIdp {
+    /// Serves a discovery document and a JWKS holding keys `kids` from `dir/idp`.
+    pub fn start(dir: &Path, kids: &[&str]) -> StaticIdp {
+        let port = free_port();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let root = dir.join("idp");
+        std::fs::create_dir_all(root.join(".well-known")).expect("idp dir");
+        let discovery = serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks.json")});
+        std::fs::write(root.join(".well-known/openid-configuration"), discovery.to_string()).expect("write");
+        let mut idp = StaticIdp { process: None, root, issuer, port };
+        idp.publish(kids);
+        idp.restart();
+        idp
+    }
+
+    /// Replaces the published JWKS with EC keys named `kids`.
+    pub fn publish(&self, kids: &[&str]) {
+        let keys: Vec<serde_json::Value> = kids
+            .iter()
+            .map(|kid| {
+                serde_json::json!({"kty": "EC", "kid": kid, "crv": "P-256",
+                    "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"})
+            })
+            .collect();
+        let tmp = self.root.join("jwks.json.tmp");
+        std::fs::write(&tmp, serde_json::json!({ "keys": keys }).to_string()).expect("write jwks");
+        std::fs::rename(tmp, self.root.join("jwks.json")).expect("publish jwks");
+    }
+
+    /// Starts (again) serving.
+    pub fn restart(&mut self) {
+        let mut command = Command::new("python3");
+        command
+            .args(["-m", "http.server", &self.port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(&self.root);
+        self.process = Some(Process::spawn(command, self.root.with_extension("log")));
+        let url = format!("{}/jwks.json", self.issuer);
+        wait_for("the IdP to serve", || ureq::get(&url).call().ok().map(|_| ()));
+    }
+
+    /// Stops serving.
+    pub fn stop(&mut self) {
+        drop(self.process.take());
+    }
 }

@@ -27,6 +27,8 @@ pub struct Applied {
     pub version: u64,
     /// The resources as received, kept to apply deltas and to persist.
     pub resources: BTreeMap<ResourceKey, pb::Resource>,
+    /// Fetched issuer keys as received, by issuer name.
+    pub keys: BTreeMap<String, pb::IssuerKeys>,
     /// The compiled configuration.
     pub config: Config,
     /// Where it came from.
@@ -40,6 +42,7 @@ impl Applied {
             store_id: self.store_id.clone(),
             version: self.version,
             resources: self.resources.values().cloned().collect(),
+            issuer_keys: self.keys.values().cloned().collect(),
         }
     }
 }
@@ -53,7 +56,8 @@ pub fn from_snapshot(snapshot: pb::Snapshot, source: Source) -> Result<Applied, 
             return Err(format!("{key} appears twice in the snapshot"));
         }
     }
-    build(snapshot.store_id, snapshot.version, resources, source)
+    let keys = snapshot.issuer_keys.into_iter().map(|k| (k.issuer.clone(), k)).collect();
+    build(snapshot.store_id, snapshot.version, resources, keys, source)
 }
 
 /// Builds the configuration that `delta` makes of `current`.
@@ -72,7 +76,14 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
     for r in delta.upserts {
         resources.insert(resource_key(&r.kind, &r.name)?, r);
     }
-    build(delta.store_id, delta.version, resources, Source::ControlPlane)
+    let mut keys = current.keys.clone();
+    for issuer in delta.removed_keys {
+        keys.remove(&issuer);
+    }
+    for k in delta.upserted_keys {
+        keys.insert(k.issuer.clone(), k);
+    }
+    build(delta.store_id, delta.version, resources, keys, Source::ControlPlane)
 }
 
 fn resource_key(kind: &str, name: &str) -> Result<ResourceKey, String> {
@@ -84,6 +95,7 @@ fn build(
     store_id: String,
     version: u64,
     resources: BTreeMap<ResourceKey, pb::Resource>,
+    keys: BTreeMap<String, pb::IssuerKeys>,
     source: Source,
 ) -> Result<Applied, String> {
     let mut documents = Vec::with_capacity(resources.len());
@@ -96,8 +108,13 @@ fn build(
         }
         documents.push(doc);
     }
-    let config = Config::build(&documents).map_err(|e| e.to_string())?;
-    Ok(Applied { store_id, version, resources, config, source })
+    let mut fetched = Vec::with_capacity(keys.len());
+    for (issuer, k) in &keys {
+        let jwks = serde_json::from_slice(&k.jwks_json).map_err(|e| format!("keys of issuer {issuer}: {e}"))?;
+        fetched.push((issuer.clone(), jwks));
+    }
+    let config = Config::build(&documents).and_then(|c| c.with_fetched_keys(fetched)).map_err(|e| e.to_string())?;
+    Ok(Applied { store_id, version, resources, keys, config, source })
 }
 
 /// The configuration in force, shared by everything that enforces it.
@@ -135,7 +152,53 @@ mod tests {
     }
 
     fn snapshot(version: u64, resources: Vec<pb::Resource>) -> pb::Snapshot {
-        pb::Snapshot { store_id: "s".into(), version, resources }
+        pb::Snapshot { store_id: "s".into(), version, resources, issuer_keys: vec![] }
+    }
+
+    fn keys(issuer: &str, kid: &str) -> pb::IssuerKeys {
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "kid": kid, "crv": "P-256", "x": "x", "y": "y"}]});
+        pb::IssuerKeys {
+            issuer: issuer.into(),
+            version: 1,
+            jwks_json: serde_json::to_vec(&jwks).unwrap(),
+            fetched_at_unix: 1,
+            source_uri: String::new(),
+        }
+    }
+
+    #[test]
+    fn fetched_keys_travel_with_snapshots_and_deltas() {
+        let mut s = snapshot(3, vec![issuer("a", 3)]);
+        s.issuer_keys.push(keys("a", "k1"));
+        let base = from_snapshot(s.clone(), Source::ControlPlane).unwrap();
+        assert_eq!(warden_core::jwks::kids(&base.config.keys["a"]), ["k1"]);
+        assert_eq!(base.to_snapshot(), s, "what is persisted reproduces the snapshot");
+        let rotate = pb::Delta {
+            store_id: "s".into(),
+            base_version: 3,
+            version: 4,
+            upserted_keys: vec![keys("a", "k2")],
+            ..Default::default()
+        };
+        let next = from_delta(Some(&base), rotate).unwrap();
+        assert_eq!(warden_core::jwks::kids(&next.config.keys["a"]), ["k2"]);
+        let drop = pb::Delta {
+            store_id: "s".into(),
+            base_version: 4,
+            version: 5,
+            removed_keys: vec!["a".into()],
+            ..Default::default()
+        };
+        assert!(from_delta(Some(&next), drop).unwrap().config.keys.is_empty());
+        // Keys for an issuer the configuration does not have are refused whole.
+        let stray = pb::Delta {
+            store_id: "s".into(),
+            base_version: 3,
+            version: 4,
+            upserted_keys: vec![keys("zzz", "k1")],
+            ..Default::default()
+        };
+        assert!(from_delta(Some(&base), stray).is_err());
     }
 
     #[test]
@@ -147,6 +210,7 @@ mod tests {
             version: 4,
             upserts: vec![issuer("b", 4)],
             removals: vec![pb::ResourceRef { kind: "TrustedIssuer".into(), name: "a".into() }],
+            ..Default::default()
         };
         let next = from_delta(Some(&base), delta.clone()).unwrap();
         assert_eq!(next.version, 4);

@@ -10,12 +10,19 @@ use proto::v1 as pb;
 /// The snapshot file in a data directory.
 pub struct LastGood {
     path: PathBuf,
+    durable: bool,
 }
 
 impl LastGood {
     /// `snapshot.pb` under `data_dir`.
     pub fn new(data_dir: &Path) -> LastGood {
-        LastGood { path: data_dir.join("snapshot.pb") }
+        LastGood { path: data_dir.join("snapshot.pb"), durable: true }
+    }
+
+    /// Like [`LastGood::new`] but without fsync: for load harnesses that simulate many agents
+    /// sharing one disk, where each real agent would sync its own.
+    pub fn without_fsync(data_dir: &Path) -> LastGood {
+        LastGood { path: data_dir.join("snapshot.pb"), durable: false }
     }
 
     /// The stored snapshot, if any. A file that does not decode is reported, not trusted.
@@ -34,9 +41,13 @@ impl LastGood {
         let tmp = self.path.with_extension("pb.tmp");
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&snapshot.encode_to_vec())?;
-        f.sync_all()?;
+        if self.durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
+        if self.durable
+            && let Some(dir) = self.path.parent()
+        {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())

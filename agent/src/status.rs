@@ -29,6 +29,8 @@ pub struct Status {
     pub version: u64,
     /// Resources in force, by kind.
     pub resources: BTreeMap<&'static str, usize>,
+    /// Key ids in force, by issuer (inline or fetched by the control plane).
+    pub issuer_keys: BTreeMap<String, Vec<String>>,
     /// The control-plane link.
     pub link: Link,
     /// Expiry of the agent's certificate, seconds since the epoch.
@@ -73,6 +75,10 @@ async fn status(State(s): State<Shared>) -> Json<Status> {
         store_id: applied.as_ref().map(|a| a.store_id.clone()).unwrap_or_default(),
         version: applied.as_ref().map_or(0, |a| a.version),
         resources,
+        issuer_keys: applied
+            .as_ref()
+            .map(|a| a.config.keys.iter().map(|(k, v)| (k.clone(), warden_core::jwks::kids(v))).collect())
+            .unwrap_or_default(),
         link: s.link.borrow().clone(),
         certificate_not_after: *s.not_after.borrow(),
     })

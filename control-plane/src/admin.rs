@@ -1,7 +1,7 @@
 //! The operators' gRPC service: apply, get, delete, fleet status, join tokens, history.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use proto::v1 as pb;
@@ -11,12 +11,13 @@ use warden_core::{Document, Kind, ResourceKey};
 use crate::ControlPlane;
 use crate::peer::admin_actor;
 use crate::state::{self, WriteError};
-use crate::store::{AuditEntry, Change};
 
 /// Most documents in one apply.
 pub const MAX_DOCUMENTS_PER_APPLY: usize = 1000;
 /// Largest single document.
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// Longest operator-certificate lifetime.
+pub const MAX_OPERATOR_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Longest join-token lifetime.
 pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -37,7 +38,7 @@ impl AdminService {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    crate::now_unix_ms()
 }
 
 fn parse_kind(text: &str) -> Result<Kind, Status> {
@@ -118,7 +119,24 @@ impl pb::admin_service_server::AdminService for AdminService {
                 request.name
             )));
         }
-        Ok(Response::new(pb::GetResponse { resources, version: state.version }))
+        let statuses = self.cp.key_status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let issuer_keys = resources
+            .iter()
+            .filter(|r| r.kind == Kind::TrustedIssuer.as_str())
+            .filter_map(|r| {
+                let status = statuses.get(&r.name);
+                let keys = state.keys.get(&r.name);
+                (status.is_some() || keys.is_some()).then(|| pb::IssuerKeyStatus {
+                    issuer: r.name.clone(),
+                    kids: keys.map(|k| warden_core::jwks::kids(&k.jwks)).unwrap_or_default(),
+                    fetched_at_unix: keys.map_or(0, |k| k.fetched_at_unix),
+                    source_uri: keys.map(|k| k.source_uri.clone()).unwrap_or_default(),
+                    last_error: status.map(|s| s.last_error.clone()).unwrap_or_default(),
+                    next_refresh_unix: status.map_or(0, |s| s.next_refresh_unix),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::GetResponse { resources, version: state.version, issuer_keys }))
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -196,58 +214,32 @@ impl pb::admin_service_server::AdminService for AdminService {
             .collect();
         Ok(Response::new(pb::HistoryResponse { records }))
     }
-}
 
-impl ControlPlane {
-    /// Writes a validated plan, records who did it, and publishes the new state to every agent
-    /// session. The caller holds the writer lock.
-    async fn commit(
+    async fn sign_operator_certificate(
         &self,
-        current: &Arc<state::FleetState>,
-        plan: state::Plan,
-        actor: &str,
-        operation: &str,
-    ) -> Result<u64, WriteError> {
-        let version = current.version + 1;
-        let time_unix_ms = now_ms();
-        let audit = |key: &ResourceKey, previous: u64| AuditEntry {
-            version,
-            time_unix_ms,
-            actor: actor.to_string(),
-            operation: operation.to_string(),
-            kind: key.kind.as_str().to_string(),
-            name: key.name.clone(),
-            previous_resource_version: previous,
-        };
-        let mut entries: Vec<AuditEntry> = Vec::new();
-        for (key, _action, previous) in plan.results.iter().filter(|(_, a, _)| *a != state::Action::Unchanged) {
-            entries.push(audit(key, *previous));
+        request: Request<pb::SignOperatorCertificateRequest>,
+    ) -> Result<Response<pb::SignOperatorCertificateResponse>, Status> {
+        let actor = self.actor(&request)?;
+        if !actor.starts_with("uid:") {
+            return Err(Status::permission_denied("operator certificates are issued only over the local admin socket"));
         }
-        for (key, previous) in &plan.deletes {
-            entries.push(audit(key, *previous));
+        let request = request.into_inner();
+        warden_core::resource::validate_name(&request.name)
+            .map_err(|m| Status::invalid_argument(format!("operator name: {m}")))?;
+        let ttl = Duration::from_secs(request.ttl_seconds);
+        if ttl.is_zero() || ttl > MAX_OPERATOR_CERT_TTL {
+            return Err(Status::invalid_argument("operator certificate ttl must be between 1s and 90 days"));
         }
-        let puts: Vec<(ResourceKey, Vec<u8>)> = plan.puts.iter().map(|(k, _, j)| (k.clone(), j.clone())).collect();
-        let deletes: Vec<ResourceKey> = plan.deletes.iter().map(|(k, _)| k.clone()).collect();
-        let store = self.store.clone();
-        let base = current.version;
-        let written = tokio::task::spawn_blocking(move || {
-            let changes: Vec<Change<'_>> = puts
-                .iter()
-                .map(|(key, json)| Change::Put { key, json })
-                .chain(deletes.iter().map(Change::Delete))
-                .collect();
-            store.commit(base, &changes, &entries)
-        })
-        .await
-        .map_err(|e| {
-            WriteError::Store(crate::store::StoreError::Corrupt { key: "commit".into(), message: e.to_string() })
-        })??;
-        debug_assert_eq!(written, version);
-        let next = Arc::new(state::next_state(current, plan, version));
-        for entry in next.resources.iter().filter(|(_, e)| e.resource_version == version) {
-            tracing::info!(%actor, resource = %entry.0, version, "{operation}");
-        }
-        self.state.send_replace(next);
-        Ok(version)
+        let spiffe_id = self.cp.ca.operator_spiffe_id(&request.name);
+        let cert = self
+            .cp
+            .ca
+            .sign_client_csr(&request.csr_pem, &spiffe_id, ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(%actor, operator = %request.name, not_after = cert.not_after_unix, "operator certificate issued");
+        Ok(Response::new(pb::SignOperatorCertificateResponse {
+            certificate_pem: cert.pem,
+            ca_pem: self.cp.ca.cert_pem().to_string(),
+        }))
     }
 }

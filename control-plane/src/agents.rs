@@ -235,6 +235,11 @@ async fn session(
                         }
                     }
                     Ok(Some(pb::AgentMessage { message: Some(In::Heartbeat(_)) })) => cp.presence.seen(&agent),
+                    Ok(Some(pb::AgentMessage { message: Some(In::KeyRefresh(request)) })) => {
+                        tracing::debug!(%agent, issuer = %request.issuer, "key refresh requested");
+                        // Full queue: a refresh is already pending; the resolver rate-limits anyway.
+                        let _ = cp.key_refresh.try_send(request.issuer);
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(status) => {

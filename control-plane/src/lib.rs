@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod issuer_keys;
 pub mod peer;
 pub mod pki;
 pub mod presence;
@@ -19,19 +20,19 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1 as pb;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Mutex, watch};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use warden_core::Admission;
+use warden_core::{Admission, ResourceKey};
 
 use crate::pki::{CaSource, FleetCa};
 use crate::presence::Presence;
-use crate::state::FleetState;
-use crate::store::Store;
+use crate::state::{FleetState, WriteError};
+use crate::store::{AuditEntry, Change, Store};
 
 /// Everything `run` needs, parsed and validated by `main`.
 #[derive(Clone, Debug)]
@@ -53,6 +54,8 @@ pub struct Options {
     pub heartbeat_interval: Duration,
     /// Accept http:// issuer URLs (local testing only).
     pub allow_http_issuers: bool,
+    /// When issuers' keys are refreshed.
+    pub key_refresh: issuer_keys::RefreshPolicy,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -88,7 +91,78 @@ pub struct ControlPlane {
     /// Serialises writes so each plans against the state it commits over.
     writer: Mutex<()>,
     presence: Presence,
+    /// Issuer key resolution status, for operators.
+    key_status: std::sync::Mutex<std::collections::HashMap<String, issuer_keys::KeyStatus>>,
+    /// Agents' requests for a prompt key refresh, by issuer name.
+    key_refresh: tokio::sync::mpsc::Sender<String>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl ControlPlane {
+    /// Writes a validated plan, records who did it, and publishes the new state to every agent
+    /// session. The caller holds the writer lock.
+    pub(crate) async fn commit(
+        &self,
+        current: &Arc<FleetState>,
+        plan: state::Plan,
+        actor: &str,
+        operation: &str,
+    ) -> Result<u64, WriteError> {
+        let version = current.version + 1;
+        let time_unix_ms = now_unix_ms();
+        let audit = |key: &ResourceKey, previous: u64| AuditEntry {
+            version,
+            time_unix_ms,
+            actor: actor.to_string(),
+            operation: operation.to_string(),
+            kind: key.kind.as_str().to_string(),
+            name: key.name.clone(),
+            previous_resource_version: previous,
+        };
+        let mut entries: Vec<AuditEntry> = Vec::new();
+        for (key, _action, previous) in plan.results.iter().filter(|(_, a, _)| *a != state::Action::Unchanged) {
+            entries.push(audit(key, *previous));
+        }
+        for (key, previous) in &plan.deletes {
+            entries.push(audit(key, *previous));
+        }
+        for (issuer, _) in &plan.key_puts {
+            entries.push(audit(&ResourceKey { kind: warden_core::Kind::TrustedIssuer, name: issuer.clone() }, 0));
+        }
+        let puts: Vec<(ResourceKey, Vec<u8>)> = plan.puts.iter().map(|(k, _, j)| (k.clone(), j.clone())).collect();
+        let deletes: Vec<ResourceKey> = plan.deletes.iter().map(|(k, _)| k.clone()).collect();
+        let key_puts = plan.key_puts.clone();
+        let key_deletes = plan.key_deletes.clone();
+        let entries_logged = entries.clone();
+        let store = self.store.clone();
+        let base = current.version;
+        let written = tokio::task::spawn_blocking(move || {
+            let changes: Vec<Change<'_>> = puts
+                .iter()
+                .map(|(key, json)| Change::Put { key, json })
+                .chain(deletes.iter().map(Change::Delete))
+                .chain(key_puts.iter().map(|(issuer, record)| Change::PutKeys { issuer, record }))
+                .chain(key_deletes.iter().map(|issuer| Change::DeleteKeys(issuer)))
+                .collect();
+            store.commit(base, &changes, &entries)
+        })
+        .await
+        .map_err(|e| {
+            WriteError::Store(crate::store::StoreError::Corrupt { key: "commit".into(), message: e.to_string() })
+        })??;
+        debug_assert_eq!(written, version);
+        let next = Arc::new(state::next_state(current, plan, version));
+        for entry in &entries_logged {
+            tracing::info!(%actor, resource = %format!("{}/{}", entry.kind, entry.name), version, "{operation}");
+        }
+        self.state.send_replace(next);
+        Ok(version)
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -127,6 +201,7 @@ pub async fn run(
         .client_auth_optional(true);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(64);
     let cp = Arc::new(ControlPlane {
         admission: Admission { allow_http_issuers: options.allow_http_issuers },
         store: Arc::new(store),
@@ -134,6 +209,8 @@ pub async fn run(
         state: watch::Sender::new(Arc::new(state)),
         writer: Mutex::new(()),
         presence: Presence::default(),
+        key_status: Default::default(),
+        key_refresh: refresh_tx,
         shutdown: stop_rx.clone(),
         options,
     });
@@ -161,6 +238,7 @@ pub async fn run(
         .add_service(pb::admin_service_server::AdminServiceServer::new(admin::AdminService::new(cp.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx.clone()));
 
+    tokio::spawn(issuer_keys::run(cp.clone(), refresh_rx));
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: closing agent streams");

@@ -43,6 +43,18 @@ struct Args {
     /// Accept http:// issuer URLs. For local testing only.
     #[arg(long)]
     allow_http_issuers: bool,
+    /// Issuer key refresh interval when the provider sends no Cache-Control max-age.
+    #[arg(long, default_value = "1h", value_parser = humantime_duration)]
+    key_refresh_default: Duration,
+    /// Lower bound on the provider's max-age.
+    #[arg(long, default_value = "5m", value_parser = humantime_duration)]
+    key_refresh_min: Duration,
+    /// Upper bound on the provider's max-age.
+    #[arg(long, default_value = "24h", value_parser = humantime_duration)]
+    key_refresh_max: Duration,
+    /// How often an agent's request for a prompt key refresh (unknown kid) is honoured per issuer.
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    key_refresh_request_interval: Duration,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -67,8 +79,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn start() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.agent_cert_ttl < Duration::from_secs(60) {
-        anyhow::bail!("--agent-cert-ttl must be at least 1m");
+    if args.agent_cert_ttl < Duration::from_secs(10) {
+        anyhow::bail!("--agent-cert-ttl must be at least 10s");
+    }
+    if args.key_refresh_min.is_zero() || args.key_refresh_min > args.key_refresh_max {
+        anyhow::bail!("--key-refresh-min must be more than 0s and at most --key-refresh-max");
     }
     let options = control_plane::Options {
         admin_socket: args.admin_socket.unwrap_or_else(|| args.data_dir.join("admin.sock")),
@@ -79,6 +94,12 @@ async fn start() -> anyhow::Result<()> {
         agent_cert_ttl: args.agent_cert_ttl,
         heartbeat_interval: args.heartbeat_interval,
         allow_http_issuers: args.allow_http_issuers,
+        key_refresh: control_plane::issuer_keys::RefreshPolicy {
+            default_interval: args.key_refresh_default,
+            min_interval: args.key_refresh_min,
+            max_interval: args.key_refresh_max,
+            request_interval: args.key_refresh_request_interval,
+        },
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -139,13 +139,6 @@ impl FleetCa {
         self.sign_client(&csr.public_key, spiffe_id, ttl)
     }
 
-    /// Issues an operator client certificate and its key (PEM), for `wardenctl --server`.
-    pub fn issue_operator(&self, name: &str, ttl: Duration) -> Result<(IssuedCert, String), PkiError> {
-        let key = KeyPair::generate()?;
-        let cert = self.sign_client(&key, &self.operator_spiffe_id(name), ttl)?;
-        Ok((cert, key.serialize_pem()))
-    }
-
     fn sign_client(
         &self,
         public_key: &impl rcgen::PublicKeyData,

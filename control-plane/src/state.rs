@@ -12,7 +12,7 @@ use std::sync::Arc;
 use proto::v1 as pb;
 use warden_core::{Config, ConfigError, Document, DocumentError, ResourceKey};
 
-use crate::store::{Loaded, StoreError};
+use crate::store::{KeyRecord, Loaded, StoreError};
 
 /// One stored resource.
 #[derive(Debug)]
@@ -45,6 +45,18 @@ pub struct FleetState {
     pub version: u64,
     /// Every resource.
     pub resources: BTreeMap<ResourceKey, Arc<Entry>>,
+    /// Fetched issuer keys, by issuer name.
+    pub keys: BTreeMap<String, Arc<KeyRecord>>,
+}
+
+fn keys_to_proto(issuer: &str, record: &KeyRecord) -> pb::IssuerKeys {
+    pb::IssuerKeys {
+        issuer: issuer.to_string(),
+        version: record.version,
+        jwks_json: serde_json::to_vec(&record.jwks).expect("JSON values serialize"),
+        fetched_at_unix: record.fetched_at_unix,
+        source_uri: record.source_uri.clone(),
+    }
 }
 
 impl FleetState {
@@ -58,7 +70,8 @@ impl FleetState {
                 (key, Arc::new(Entry { resource_version: r.resource_version, document: r.document, json }))
             })
             .collect();
-        FleetState { store_id: loaded.store_id, version: loaded.version, resources }
+        let keys = loaded.keys.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
+        FleetState { store_id: loaded.store_id, version: loaded.version, resources, keys }
     }
 
     /// The full snapshot agents apply.
@@ -67,6 +80,7 @@ impl FleetState {
             store_id: self.store_id.clone(),
             version: self.version,
             resources: self.resources.iter().map(|(k, e)| e.to_proto(k)).collect(),
+            issuer_keys: self.keys.iter().map(|(issuer, r)| keys_to_proto(issuer, r)).collect(),
         }
     }
 
@@ -84,12 +98,21 @@ impl FleetState {
             .filter(|k| !self.resources.contains_key(*k))
             .map(|k| pb::ResourceRef { kind: k.kind.as_str().to_string(), name: k.name.clone() })
             .collect();
+        let upserted_keys = self
+            .keys
+            .iter()
+            .filter(|(k, r)| base.keys.get(*k).is_none_or(|b| b.version != r.version))
+            .map(|(issuer, r)| keys_to_proto(issuer, r))
+            .collect();
+        let removed_keys = base.keys.keys().filter(|k| !self.keys.contains_key(*k)).cloned().collect();
         pb::Delta {
             store_id: self.store_id.clone(),
             base_version: base.version,
             version: self.version,
             upserts,
             removals,
+            upserted_keys,
+            removed_keys,
         }
     }
 }
@@ -174,18 +197,40 @@ pub struct Plan {
     pub puts: Vec<(ResourceKey, Document, Vec<u8>)>,
     /// Resources removed.
     pub deletes: Vec<(ResourceKey, u64)>,
+    /// Fetched key sets stored.
+    pub key_puts: Vec<(String, KeyRecord)>,
+    /// Fetched key sets dropped (their issuer is gone or now takes keys from elsewhere).
+    pub key_deletes: Vec<String>,
 }
 
 impl Plan {
+    fn empty() -> Plan {
+        Plan {
+            results: Vec::new(),
+            puts: Vec::new(),
+            deletes: Vec::new(),
+            key_puts: Vec::new(),
+            key_deletes: Vec::new(),
+        }
+    }
+
     /// Whether committing would change nothing.
     pub fn is_noop(&self) -> bool {
-        self.puts.is_empty() && self.deletes.is_empty()
+        self.puts.is_empty() && self.deletes.is_empty() && self.key_puts.is_empty() && self.key_deletes.is_empty()
+    }
+}
+
+/// Where an issuer's keys come from: fetched keys stay valid only while this is unchanged.
+fn key_origin(doc: &Document) -> Option<(&str, &warden_core::issuer::KeySource)> {
+    match &doc.spec {
+        warden_core::resource::Spec::TrustedIssuer(s) => Some((s.issuer.as_str(), &s.keys)),
+        _ => None,
     }
 }
 
 /// Plans an apply of `documents` onto `current`.
 pub fn plan_apply(current: &FleetState, documents: Vec<Document>) -> Result<Plan, WriteError> {
-    let mut plan = Plan { results: Vec::new(), puts: Vec::new(), deletes: Vec::new() };
+    let mut plan = Plan::empty();
     for doc in documents {
         let key = doc.key();
         if plan.results.iter().any(|(k, _, _)| *k == key) {
@@ -205,6 +250,12 @@ pub fn plan_apply(current: &FleetState, documents: Vec<Document>) -> Result<Plan
             Some(_) => Action::Configured,
         };
         plan.results.push((key.clone(), action, stored));
+        if let Some(e) = existing
+            && current.keys.contains_key(&key.name)
+            && key_origin(&e.document) != key_origin(&doc)
+        {
+            plan.key_deletes.push(key.name.clone());
+        }
         if action != Action::Unchanged {
             plan.puts.push((key, doc, json));
         }
@@ -220,9 +271,26 @@ pub fn plan_delete(current: &FleetState, key: ResourceKey, expected: u64) -> Res
     if expected != 0 && expected != stored {
         return Err(WriteError::Conflict { key, expected, stored });
     }
-    let plan = Plan { results: Vec::new(), puts: Vec::new(), deletes: vec![(key, stored)] };
+    let mut plan = Plan::empty();
+    if key.kind == warden_core::Kind::TrustedIssuer && current.keys.contains_key(&key.name) {
+        plan.key_deletes.push(key.name.clone());
+    }
+    plan.deletes.push((key, stored));
     check(current, &plan)?;
     Ok(plan)
+}
+
+/// Plans storing freshly fetched keys of `issuer`; a no-op when they are what agents already
+/// have. The issuer must still exist with the key origin the keys were fetched for.
+pub fn plan_keys(current: &FleetState, issuer: &str, origin_version: u64, record: KeyRecord) -> Plan {
+    let mut plan = Plan::empty();
+    let key = ResourceKey { kind: warden_core::Kind::TrustedIssuer, name: issuer.to_string() };
+    let still_current = current.resources.get(&key).is_some_and(|e| e.resource_version == origin_version);
+    let unchanged = current.keys.get(issuer).is_some_and(|r| r.jwks == record.jwks);
+    if still_current && !unchanged {
+        plan.key_puts.push((issuer.to_string(), record));
+    }
+    plan
 }
 
 /// The configuration after `plan` must compile, or the write is refused: a bad configuration
@@ -248,7 +316,14 @@ pub fn next_state(current: &FleetState, plan: Plan, version: u64) -> FleetState 
     for (key, _) in plan.deletes {
         resources.remove(&key);
     }
-    FleetState { store_id: current.store_id.clone(), version, resources }
+    let mut keys = current.keys.clone();
+    for issuer in plan.key_deletes {
+        keys.remove(&issuer);
+    }
+    for (issuer, record) in plan.key_puts {
+        keys.insert(issuer, Arc::new(KeyRecord { version, ..record }));
+    }
+    FleetState { store_id: current.store_id.clone(), version, resources, keys }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ fn server(name: &str, issuer: &str) -> Document {
 fn state(version: u64, docs: Vec<Document>) -> FleetState {
     let resources =
         docs.into_iter().map(|d| (d.key(), LoadedResource { resource_version: version, document: d })).collect();
-    FleetState::from_loaded(Loaded { store_id: "s".into(), version, resources })
+    FleetState::from_loaded(Loaded { store_id: "s".into(), version, resources, keys: Default::default() })
 }
 
 #[test]
@@ -80,4 +80,43 @@ fn deltas_carry_only_what_moved() {
     assert_eq!(delta.upserts.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["s"]);
     assert_eq!(delta.removals.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
     assert_eq!(head.snapshot().resources.len(), 2);
+}
+
+fn keys(kid: &str) -> KeyRecord {
+    KeyRecord {
+        version: 0,
+        jwks: serde_json::json!({"keys": [{"kty": "EC", "kid": kid}]}),
+        fetched_at_unix: 1,
+        source_uri: "https://idp.example.com/jwks".into(),
+    }
+}
+
+#[test]
+fn fetched_keys_are_stored_once_and_dropped_with_their_origin() {
+    let base = state(1, vec![issuer("a")]);
+    let plan = plan_keys(&base, "a", 1, keys("k1"));
+    assert_eq!(plan.key_puts.len(), 1);
+    let with_keys = next_state(&base, plan, 2);
+    assert_eq!(with_keys.keys["a"].version, 2);
+    // The same keys again change nothing; keys fetched for an older issuer spec are dropped.
+    assert!(plan_keys(&with_keys, "a", 1, keys("k1")).is_noop());
+    assert!(plan_keys(&with_keys, "a", 0, keys("k2")).is_noop());
+    let delta = next_state(&with_keys, plan_keys(&with_keys, "a", 1, keys("k2")), 3).delta_from(&with_keys);
+    assert_eq!(delta.upserted_keys.len(), 1);
+    assert!(delta.upserts.is_empty());
+
+    // Deleting the issuer, or pointing it elsewhere, drops its fetched keys in the same write.
+    let plan = plan_delete(&with_keys, issuer("a").key(), 0).unwrap();
+    assert_eq!(plan.key_deletes, ["a"]);
+    let mut moved = issuer("a");
+    if let warden_core::resource::Spec::TrustedIssuer(s) = &mut moved.spec {
+        s.keys = warden_core::issuer::KeySource {
+            jwks_uri: Some("https://other.example.com/jwks".into()),
+            ..Default::default()
+        };
+    }
+    let plan = plan_apply(&with_keys, vec![moved]).unwrap();
+    assert_eq!(plan.key_deletes, ["a"]);
+    let gone = next_state(&with_keys, plan, 3);
+    assert_eq!(gone.delta_from(&with_keys).removed_keys, ["a"]);
 }

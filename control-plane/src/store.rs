@@ -15,6 +15,7 @@ const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources"
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const ISSUER_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("issuer_keys");
 
 const META_STORE_ID: &str = "store_id";
 const META_VERSION: &str = "version";
@@ -77,6 +78,21 @@ pub struct LoadedResource {
     pub document: Document,
 }
 
+/// An issuer's fetched public keys, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRecord {
+    /// Configuration version of the last change (set by the store on commit).
+    #[serde(default)]
+    pub version: u64,
+    /// The JWKS.
+    pub jwks: serde_json::Value,
+    /// When it was fetched, seconds since the epoch.
+    pub fetched_at_unix: i64,
+    /// Where from.
+    pub source_uri: String,
+}
+
 /// Everything needed to serve the configuration after a start.
 pub struct Loaded {
     /// This store's identity; versions of two stores are not comparable.
@@ -85,6 +101,8 @@ pub struct Loaded {
     pub version: u64,
     /// Every resource.
     pub resources: BTreeMap<ResourceKey, LoadedResource>,
+    /// Fetched issuer keys, by issuer name.
+    pub keys: BTreeMap<String, KeyRecord>,
 }
 
 /// One change in a write.
@@ -98,6 +116,15 @@ pub enum Change<'a> {
     },
     /// Remove a resource.
     Delete(&'a ResourceKey),
+    /// Store an issuer's fetched keys.
+    PutKeys {
+        /// The issuer's name.
+        issuer: &'a str,
+        /// The keys.
+        record: &'a KeyRecord,
+    },
+    /// Forget an issuer's fetched keys.
+    DeleteKeys(&'a str),
 }
 
 /// An admin change, as recorded.
@@ -175,6 +202,7 @@ impl Store {
             txn.open_table(JOIN_TOKENS).map_err(db_err)?;
             txn.open_table(AGENTS).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
+            txn.open_table(ISSUER_KEYS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store { db })
@@ -201,7 +229,14 @@ impl Store {
                 .map_err(|e| corrupt(key_text, e))?;
             resources.insert(document.key(), LoadedResource { resource_version: record.resource_version, document });
         }
-        Ok(Loaded { store_id, version, resources })
+        let table = txn.open_table(ISSUER_KEYS).map_err(db_err)?;
+        let mut keys = BTreeMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let record: KeyRecord = serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+            keys.insert(k.value().to_string(), record);
+        }
+        Ok(Loaded { store_id, version, resources, keys })
     }
 
     /// Writes `changes` as configuration version `base + 1`, with their audit entries, in one
@@ -217,6 +252,7 @@ impl Store {
             }
             meta.insert(META_VERSION, next.to_be_bytes().as_slice()).map_err(db_err)?;
             let mut table = txn.open_table(RESOURCES).map_err(db_err)?;
+            let mut keys = txn.open_table(ISSUER_KEYS).map_err(db_err)?;
             for change in changes {
                 match change {
                     Change::Put { key, json } => {
@@ -228,6 +264,14 @@ impl Store {
                     }
                     Change::Delete(key) => {
                         table.remove(resource_key_text(key).as_str()).map_err(db_err)?;
+                    }
+                    Change::PutKeys { issuer, record } => {
+                        let record = KeyRecord { version: next, ..(*record).clone() };
+                        let bytes = serde_json::to_vec(&record).expect("records serialize");
+                        keys.insert(*issuer, bytes.as_slice()).map_err(db_err)?;
+                    }
+                    Change::DeleteKeys(issuer) => {
+                        keys.remove(*issuer).map_err(db_err)?;
                     }
                 }
             }

@@ -89,3 +89,97 @@ fn a_certificate_from_another_ca_is_refused() {
     let agents = cp.ctl_json(&["get", "agents"]);
     assert!(agents["agents"].as_array().unwrap().is_empty(), "{agents}");
 }
+
+#[test]
+fn operators_with_a_certificate_use_the_tls_port_and_agents_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]);
+    let creds = dir.path().join("alice");
+    cp.ctl_ok(&["operator-cert", "create", "--name", "alice", "--out", creds.to_str().unwrap(), "--ttl", "1h"]);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(creds.join("operator.key")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    let remote = |cert: &std::path::Path, key: &std::path::Path, args: &[&str]| {
+        let mut all: Vec<String> = ["--server", &cp.address, "--ca"].iter().map(|s| s.to_string()).collect();
+        all.push(creds.join("ca.crt").display().to_string());
+        all.extend(["--cert".to_string(), cert.display().to_string(), "--key".to_string(), key.display().to_string()]);
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        cp.ctl(&refs)
+    };
+    let file = dir.path().join("fleet.yaml");
+    std::fs::write(&file, tests::fleet_yaml("search")).unwrap();
+    let out =
+        remote(&creds.join("operator.crt"), &creds.join("operator.key"), &["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let history = cp.ctl_json(&["history"]);
+    assert_eq!(history[0]["actor"], "operator:alice", "{history}");
+
+    // An operator certificate cannot mint more operators.
+    let more = remote(
+        &creds.join("operator.crt"),
+        &creds.join("operator.key"),
+        &["operator-cert", "create", "--name", "mallory", "--out", dir.path().join("m").to_str().unwrap()],
+    );
+    assert!(!more.status.success());
+    assert!(String::from_utf8_lossy(&more.stderr).contains("only over the local admin socket"));
+
+    // An agent's certificate is a fleet certificate too, but not an operator's.
+    let token = cp.join_token("5m");
+    let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+    cp.wait_converged(&["agent-0"], 1);
+    let out = remote(&agent.data_dir.join("agent.crt"), &agent.data_dir.join("agent.key"), &["get", "all"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("operator client certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn agents_renew_their_certificate_before_it_expires_and_stay_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    // Renewal is due two thirds into the certificate's life: about 8s here.
+    let cp = ControlPlane::start(dir.path(), &["--agent-cert-ttl", "12s"]);
+    let token = cp.join_token("5m");
+    let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+    cp.wait_converged(&["agent-0"], 0);
+    let first = agent.status()["certificateNotAfter"].as_i64().unwrap();
+    let key_before = std::fs::read(agent.data_dir.join("agent.key")).unwrap();
+    let renewed = wait_for("the certificate to be renewed", || {
+        let now = agent.status()["certificateNotAfter"].as_i64()?;
+        (now > first).then_some(now)
+    });
+    assert!(renewed > first);
+    assert_ne!(std::fs::read(agent.data_dir.join("agent.key")).unwrap(), key_before, "renewal uses a fresh key");
+    // The renewed identity is the one the control plane now sees, and it still takes updates.
+    assert!(cp.apply(&tests::fleet_yaml("search")).status.success());
+    cp.wait_converged(&["agent-0"], 1);
+    let agents = cp.ctl_json(&["get", "agents"]);
+    assert_eq!(agents["agents"][0]["certificateNotAfterUnix"].as_i64(), Some(renewed));
+}
+
+#[test]
+fn an_operator_provided_ca_signs_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("fleet-ca.crt"), dir.path().join("fleet-ca.key"));
+    std::fs::write(&cert_file, ca.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let cp = ControlPlane::start(
+        dir.path(),
+        &["--ca-cert", cert_file.to_str().unwrap(), "--ca-key", key_file.to_str().unwrap()],
+    );
+    assert!(!cp.data_dir.join("ca.key").exists(), "no CA of its own is generated");
+    let token = cp.join_token("5m");
+    let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+    cp.wait_converged(&["agent-0"], 0);
+    assert_eq!(std::fs::read_to_string(agent.data_dir.join("ca.crt")).unwrap(), ca.pem());
+}

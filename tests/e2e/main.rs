@@ -3,3 +3,4 @@
 
 mod fleet_pki;
 mod fleet_sync;
+mod issuer_keys;

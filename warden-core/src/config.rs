@@ -6,6 +6,7 @@
 //! swaps it in. Both use [`Config::build`], so they agree on what is valid.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use cedar_policy::{PolicyId, PolicySet};
 
@@ -30,6 +31,14 @@ pub enum ConfigError {
         /// What it names.
         missing: ResourceKey,
     },
+    /// A fetched key set is unusable or names no known issuer.
+    #[error("keys of issuer {issuer}: {message}")]
+    Keys {
+        /// The TrustedIssuer's name.
+        issuer: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Assembling the policies failed.
     #[error("{from}: {message}")]
     Policy {
@@ -51,6 +60,9 @@ pub struct Config {
     pub policies: BTreeMap<String, PolicySpec>,
     /// Every policy of every `Policy` resource, each with the id `<resource>.<n>`.
     pub policy_set: PolicySet,
+    /// Each issuer's public keys (a JWKS): inline from its document, or as the control plane
+    /// fetched them. An issuer with no entry accepts no token.
+    pub keys: BTreeMap<String, Arc<serde_json::Value>>,
 }
 
 impl Config {
@@ -61,6 +73,7 @@ impl Config {
             servers: BTreeMap::new(),
             policies: BTreeMap::new(),
             policy_set: PolicySet::new(),
+            keys: BTreeMap::new(),
         }
     }
 
@@ -75,6 +88,9 @@ impl Config {
             let name = doc.metadata.name.clone();
             match &doc.spec {
                 Spec::TrustedIssuer(s) => {
+                    if let Some(jwks) = &s.keys.jwks {
+                        config.keys.insert(name.clone(), Arc::new(jwks.clone()));
+                    }
                     config.issuers.insert(name, s.clone());
                 }
                 Spec::McpServer(s) => {
@@ -119,6 +135,25 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// Adds key sets the control plane fetched (OIDC discovery or JWKS URL). Each must belong to
+    /// an issuer of this configuration that does not carry its keys inline, and hold public keys
+    /// only.
+    pub fn with_fetched_keys(
+        mut self,
+        fetched: impl IntoIterator<Item = (String, serde_json::Value)>,
+    ) -> Result<Config, ConfigError> {
+        for (issuer, jwks) in fetched {
+            let error = |message: String| ConfigError::Keys { issuer: issuer.clone(), message };
+            let spec = self.issuers.get(&issuer).ok_or_else(|| error("no such TrustedIssuer".into()))?;
+            if spec.keys.jwks.is_some() {
+                return Err(error("the issuer's keys are inline; fetched keys are not used".into()));
+            }
+            crate::jwks::check_public_jwks(&jwks).map_err(error)?;
+            self.keys.insert(issuer, Arc::new(jwks));
+        }
+        Ok(self)
     }
 }
 

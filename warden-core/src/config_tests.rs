@@ -64,3 +64,16 @@ fn the_empty_configuration_holds_nothing() {
     let config = Config::empty();
     assert!(config.issuers.is_empty() && config.policy_set.is_empty());
 }
+
+#[test]
+fn fetched_keys_attach_to_issuers_that_fetch_them_only() {
+    let docs = documents(FLEET);
+    let jwks = serde_json::json!({"keys": [{"kty": "RSA", "kid": "r1", "n": "AQAB", "e": "AQAB"}]});
+    let config = Config::build(&docs).unwrap().with_fetched_keys([("corp-idp".to_string(), jwks.clone())]).unwrap();
+    assert_eq!(crate::jwks::kids(&config.keys["corp-idp"]), ["r1"]);
+    let unknown = Config::build(&docs).unwrap().with_fetched_keys([("nobody".to_string(), jwks)]);
+    assert!(matches!(unknown, Err(ConfigError::Keys { .. })));
+    let private = serde_json::json!({"keys": [{"kty": "RSA", "kid": "r1", "n": "AQAB", "e": "AQAB", "d": "x"}]});
+    let refused = Config::build(&docs).unwrap().with_fetched_keys([("corp-idp".to_string(), private)]);
+    assert!(matches!(refused, Err(ConfigError::Keys { .. })));
+}

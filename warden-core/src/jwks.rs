@@ -24,3 +24,11 @@ pub fn check_public_jwks(jwks: &serde_json::Value) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The key ids in a JWKS, for status displays.
+pub fn kids(jwks: &serde_json::Value) -> Vec<String> {
+    jwks.get("keys")
+        .and_then(|k| k.as_array())
+        .map(|keys| keys.iter().filter_map(|k| k.get("kid")?.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}

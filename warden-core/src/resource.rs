@@ -169,6 +169,10 @@ struct Envelope {
     kind: String,
     metadata: serde_json::Value,
     spec: serde_json::Value,
+    /// What the control plane reports (`wardenctl get -o yaml`); ignored on input so a document
+    /// read back can be applied again.
+    #[serde(default, rename = "status")]
+    _status: serde_json::Value,
 }
 
 #[derive(Serialize)]

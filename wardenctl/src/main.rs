@@ -3,8 +3,9 @@
 //! or with an operator certificate.
 #![forbid(unsafe_code)]
 
-mod client;
 mod output;
+
+use wardenctl::client;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -93,11 +94,33 @@ enum Command {
         #[command(subcommand)]
         command: JoinTokenCommand,
     },
+    /// Operator client certificates, for `--server` access from another machine.
+    OperatorCert {
+        #[command(subcommand)]
+        command: OperatorCertCommand,
+    },
     /// The record of admin changes.
     History {
         /// How many of the newest entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCertCommand {
+    /// Generate a key here and have the control plane certify it (admin socket only). Writes
+    /// operator.key (0600), operator.crt and ca.crt into --out.
+    Create {
+        /// The operator's name: spiffe://<trust-domain>/operator/<name>.
+        #[arg(long)]
+        name: String,
+        /// Directory to write the files into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate lifetime.
+        #[arg(long, default_value = "24h", value_parser = warden_core::duration::parse)]
+        ttl: Duration,
     },
 }
 
@@ -167,7 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(client::status)?
                     .into_inner();
-                output::resources(&response.resources, cli.output)?;
+                output::resources(&response, cli.output)?;
             }
         }
         Command::Delete { kind, name, resource_version } => {
@@ -200,6 +223,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into_inner();
             output::join_token(&response, cli.output)?;
         }
+        Command::OperatorCert { command: OperatorCertCommand::Create { name, out, ttl } } => {
+            let key = rcgen::KeyPair::generate()?;
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name.as_str());
+            let csr_pem = params.serialize_request(&key)?.pem()?;
+            let mut admin = client::connect(&target).await?;
+            let response = admin
+                .sign_operator_certificate(pb::SignOperatorCertificateRequest {
+                    name: name.clone(),
+                    csr_pem,
+                    ttl_seconds: ttl.as_secs().max(1),
+                })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            write_private(&out.join("operator.key"), &key.serialize_pem())?;
+            write_private(&out.join("operator.crt"), &response.certificate_pem)?;
+            write_private(&out.join("ca.crt"), &response.ca_pem)?;
+            println!("operator certificate for {name} written to {}", out.display());
+        }
         Command::History { limit } => {
             let mut admin = client::connect(&target).await?;
             let response = admin.history(pb::HistoryRequest { limit }).await.map_err(client::status)?.into_inner();
@@ -207,6 +252,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Reads every YAML/JSON document under `paths`, validating each locally first so mistakes are

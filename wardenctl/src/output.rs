@@ -41,15 +41,28 @@ fn emit(value: &Value, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A stored resource as the operator sees it: the document with `metadata.resourceVersion`.
-fn document(r: &pb::Resource) -> anyhow::Result<Value> {
+/// A stored resource as the operator sees it: the document with `metadata.resourceVersion`
+/// and, for issuers whose keys are fetched, a `status` of the key resolution.
+fn document(r: &pb::Resource, keys: Option<&pb::IssuerKeyStatus>) -> anyhow::Result<Value> {
     let mut value: Value = serde_json::from_slice(&r.document_json)?;
     value["metadata"]["resourceVersion"] = r.resource_version.into();
+    if let Some(k) = keys {
+        value["status"] = json!({
+            "kids": k.kids,
+            "fetchedAtUnix": k.fetched_at_unix,
+            "sourceUri": k.source_uri,
+            "lastError": k.last_error,
+            "nextRefreshUnix": k.next_refresh_unix,
+        });
+    }
     Ok(value)
 }
 
 /// `get <kind>`.
-pub fn resources(resources: &[pb::Resource], format: Format) -> anyhow::Result<()> {
+pub fn resources(response: &pb::GetResponse, format: Format) -> anyhow::Result<()> {
+    let resources = &response.resources;
+    let keys_of =
+        |r: &pb::Resource| response.issuer_keys.iter().find(|k| r.kind == "TrustedIssuer" && k.issuer == r.name);
     match format {
         Format::Table => {
             let rows = resources
@@ -58,7 +71,16 @@ pub fn resources(resources: &[pb::Resource], format: Format) -> anyhow::Result<(
                     let doc: Value = serde_json::from_slice(&r.document_json).unwrap_or_default();
                     let spec = &doc["spec"];
                     let detail = match r.kind.as_str() {
-                        "TrustedIssuer" => spec["issuer"].as_str().unwrap_or_default().to_string(),
+                        "TrustedIssuer" => {
+                            let mut detail = spec["issuer"].as_str().unwrap_or_default().to_string();
+                            if let Some(k) = keys_of(r) {
+                                detail.push_str(&format!(" keys: [{}]", k.kids.join(",")));
+                                if !k.last_error.is_empty() {
+                                    detail.push_str(&format!(" (refresh failing: {})", k.last_error));
+                                }
+                            }
+                            detail
+                        }
                         "McpServer" => format!(
                             "{} -> {}",
                             spec["resource"].as_str().unwrap_or_default(),
@@ -78,11 +100,14 @@ pub fn resources(resources: &[pb::Resource], format: Format) -> anyhow::Result<(
             print_table(&["KIND", "NAME", "VERSION", "DETAIL"], rows);
             Ok(())
         }
-        Format::Json => emit(&Value::Array(resources.iter().map(document).collect::<Result<_, _>>()?), format),
+        Format::Json => {
+            let docs = resources.iter().map(|r| document(r, keys_of(r))).collect::<Result<_, _>>()?;
+            emit(&Value::Array(docs), format)
+        }
         Format::Yaml => {
             for r in resources {
                 println!("---");
-                print!("{}", serde_norway::to_string(&document(r)?)?);
+                print!("{}", serde_norway::to_string(&document(r, keys_of(r))?)?);
             }
             Ok(())
         }

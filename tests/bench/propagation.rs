@@ -1,0 +1,176 @@
+//! Propagation load harness: one real `warden-cp` (embedded store) and N agents simulated in
+//! this process with the agent's real join and stream code. Measures, per apply, the time from
+//! sending the apply to the moment the last agent has applied the new version (its ACK follows
+//! immediately; the harness checks the control plane received every ACK), and the control
+//! plane's resident memory per idle connected agent against its own idle baseline, measured in
+//! the same run.
+//!
+//! `ulimit -n 16384 && cargo run --release -p tests --bin propagation -- --agents 1000 --rounds 50`
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::applied::Current;
+use agent::identity::{self, Files};
+use agent::last_good::LastGood;
+use agent::sync::{Backoff, Link, Sync};
+use proto::v1 as pb;
+use tests::ControlPlane;
+use tokio::sync::watch;
+
+struct Args {
+    agents: usize,
+    rounds: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { agents: 1000, rounds: 50 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let n: usize = value.parse().map_err(|_| format!("{flag}: {value:?} is not a number"))?;
+        match flag.as_str() {
+            "--agents" => args.agents = n.clamp(1, 10_000),
+            "--rounds" => args.rounds = n.clamp(1, 1_000),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}\nusage: propagation [--agents N] [--rounds R]");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let needed = (args.agents as u64) * 2 + 256;
+    if open_files_limit().is_some_and(|l| l < needed) {
+        eprintln!("error: {} agents need about {needed} open files here; raise it first: ulimit -n 16384", args.agents);
+        return std::process::ExitCode::FAILURE;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Heartbeats well apart so idle memory is measured idle.
+    let cp = ControlPlane::start(dir.path(), &["--heartbeat-interval", "60s"]);
+    let pid = cp.process.as_ref().map(|p| p.pid()).expect("running");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(run(args, dir.path(), &cp, pid));
+    std::process::ExitCode::SUCCESS
+}
+
+async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
+    let target = wardenctl::client::Target::Socket(cp.socket());
+    let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
+    let apply = |tool: String| pb::ApplyRequest { documents_json: tests::fleet_yaml_documents(&tool), dry_run: false };
+    admin.apply(apply("warmup".into())).await.expect("first apply");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(pid);
+
+    // Join every agent with its own one-time token, key and certificate.
+    let started = Instant::now();
+    let mut agents = Vec::with_capacity(args.agents);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    for i in 0..args.agents {
+        let token = admin
+            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600 })
+            .await
+            .expect("join token")
+            .into_inner()
+            .token;
+        let id = format!("sim-{i}");
+        let data = dir.join(&id);
+        std::fs::create_dir_all(&data).expect("agent dir");
+        let files = Files::new(&data);
+        let identity = identity::join(&files, &cp.address, &token, &id, &BTreeMap::new()).await.expect("join");
+        let current = Current::default();
+        let (link, _) = watch::channel(Link::default());
+        let sync = Sync {
+            agent_id: id,
+            labels: BTreeMap::new(),
+            addresses: vec![cp.address.clone()],
+            identity: watch::channel(identity).1,
+            current: current.clone(),
+            last_good: Arc::new(LastGood::without_fsync(&data)),
+            backoff: Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) },
+            idle_timeout: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(60),
+            link,
+        };
+        tokio::spawn(sync.run(stop_rx.clone()));
+        agents.push(current);
+    }
+    let version = admin.get(pb::GetRequest::default()).await.expect("get").into_inner().version;
+    wait_all(&agents, version, Duration::from_secs(120)).await.expect("initial convergence");
+    println!("joined and converged {} agents in {:.1}s", args.agents, started.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded_rss = rss_kib(pid);
+
+    let mut samples = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        let t0 = Instant::now();
+        let response = admin.apply(apply(format!("tool-{round}"))).await.expect("apply").into_inner();
+        if wait_all(&agents, response.version, Duration::from_secs(30)).await.is_none() {
+            eprintln!("round {round}: not every agent applied version {} within 30s", response.version);
+            std::process::exit(1);
+        }
+        samples.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every ACK reached the control plane.
+    let last = admin.list_agents(pb::ListAgentsRequest {}).await.expect("agents").into_inner();
+    let acked = last.agents.iter().filter(|a| a.applied_version == last.version && a.connected).count();
+    samples.sort();
+    let per_agent = (loaded_rss.saturating_sub(idle_rss)) as f64 / args.agents as f64;
+    println!("agents: {}  rounds: {}  acked at control plane: {acked}/{}", args.agents, args.rounds, args.agents);
+    println!(
+        "apply -> last agent applied: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().expect("samples"))
+    );
+    println!(
+        "control-plane RSS: idle {idle_rss} KiB (baseline), with {} idle agents {loaded_rss} KiB: {per_agent:.1} KiB per agent",
+        args.agents
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Waits until every agent enforces `version`; returns how long that took.
+async fn wait_all(agents: &[Current], version: u64, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    loop {
+        if agents.iter().all(|c| c.get().is_some_and(|a| a.version >= version)) {
+            return Some(t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
