@@ -76,6 +76,12 @@ impl Process {
         }
     }
 
+    /// Whether the process has exited, with its code.
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        Some(status.code())
+    }
+
     /// Waits (bounded) for the process to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;
@@ -137,15 +143,21 @@ impl ControlPlane {
     /// Starts it again on the same port and data (after [`ControlPlane::stop`]).
     pub fn restart(&mut self) {
         let mut command = Command::new(bin("warden-cp"));
-        command
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--listen", &self.address, "--heartbeat-interval", "2s"])
-            .args(&self.extra);
+        command.arg("--data-dir").arg(&self.data_dir).args(["--listen", &self.address]).args(&self.extra);
+        if !self.extra.iter().any(|a| a == "--heartbeat-interval") {
+            command.args(["--heartbeat-interval", "2s"]);
+        }
         std::fs::create_dir_all(&self.data_dir).expect("data dir");
         let log = self.data_dir.with_extension("log");
         self.process = Some(Process::spawn(command, log));
-        wait_for("the control plane's admin socket", || self.ctl(&["get", "all"]).status.success().then_some(()));
+        wait_for("the control plane's admin socket", || {
+            if let Some(p) = self.process.as_mut()
+                && let Some(code) = p.exited()
+            {
+                panic!("the control plane exited with {code:?}:\n{}", p.log_text());
+            }
+            self.ctl(&["get", "all"]).status.success().then_some(())
+        });
     }
 
     /// Stops it with SIGTERM and asserts a clean exit.
@@ -393,6 +405,11 @@ impl StaticIdp {
         self.process = Some(Process::spawn(command, self.root.with_extension("log")));
         let url = format!("{}/jwks.json", self.issuer);
         wait_for("the IdP to serve", || ureq::get(&url).call().ok().map(|_| ()));
+    }
+
+    /// The server's request log.
+    pub fn log_text(&self) -> String {
+        self.process.as_ref().map(Process::log_text).unwrap_or_default()
     }
 
     /// Stops serving.

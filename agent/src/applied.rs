@@ -27,6 +27,8 @@ pub struct Applied {
     pub version: u64,
     /// The resources as received, kept to apply deltas and to persist.
     pub resources: BTreeMap<ResourceKey, pb::Resource>,
+    /// The same, parsed; a delta parses only what it changes.
+    documents: BTreeMap<ResourceKey, Arc<Document>>,
     /// Fetched issuer keys as received, by issuer name.
     pub keys: BTreeMap<String, pb::IssuerKeys>,
     /// The compiled configuration.
@@ -50,14 +52,16 @@ impl Applied {
 /// Builds a configuration from a full snapshot.
 pub fn from_snapshot(snapshot: pb::Snapshot, source: Source) -> Result<Applied, String> {
     let mut resources = BTreeMap::new();
+    let mut documents = BTreeMap::new();
     for r in snapshot.resources {
         let key = resource_key(&r.kind, &r.name)?;
+        documents.insert(key.clone(), parse(&key, &r)?);
         if resources.insert(key.clone(), r).is_some() {
             return Err(format!("{key} appears twice in the snapshot"));
         }
     }
     let keys = snapshot.issuer_keys.into_iter().map(|k| (k.issuer.clone(), k)).collect();
-    build(snapshot.store_id, snapshot.version, resources, keys, source)
+    build(snapshot.store_id, snapshot.version, resources, documents, keys, source)
 }
 
 /// Builds the configuration that `delta` makes of `current`.
@@ -70,11 +74,16 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
         ));
     }
     let mut resources = current.resources.clone();
+    let mut documents = current.documents.clone();
     for r in delta.removals {
-        resources.remove(&resource_key(&r.kind, &r.name)?);
+        let key = resource_key(&r.kind, &r.name)?;
+        resources.remove(&key);
+        documents.remove(&key);
     }
     for r in delta.upserts {
-        resources.insert(resource_key(&r.kind, &r.name)?, r);
+        let key = resource_key(&r.kind, &r.name)?;
+        documents.insert(key.clone(), parse(&key, &r)?);
+        resources.insert(key, r);
     }
     let mut keys = current.keys.clone();
     for issuer in delta.removed_keys {
@@ -83,7 +92,7 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
     for k in delta.upserted_keys {
         keys.insert(k.issuer.clone(), k);
     }
-    build(delta.store_id, delta.version, resources, keys, Source::ControlPlane)
+    build(delta.store_id, delta.version, resources, documents, keys, Source::ControlPlane)
 }
 
 fn resource_key(kind: &str, name: &str) -> Result<ResourceKey, String> {
@@ -91,30 +100,33 @@ fn resource_key(kind: &str, name: &str) -> Result<ResourceKey, String> {
     Ok(ResourceKey { kind, name: name.to_string() })
 }
 
+/// Parses one received resource with the same parser the control plane admitted it with.
+fn parse(key: &ResourceKey, r: &pb::Resource) -> Result<Arc<Document>, String> {
+    let doc = Document::from_json_bytes(&r.document_json, &Admission::from_control_plane())
+        .map_err(|e| format!("{key}: {e}"))?;
+    if doc.key() != *key {
+        return Err(format!("{key}: the document inside is {}", doc.key()));
+    }
+    Ok(Arc::new(doc))
+}
+
 fn build(
     store_id: String,
     version: u64,
     resources: BTreeMap<ResourceKey, pb::Resource>,
+    documents: BTreeMap<ResourceKey, Arc<Document>>,
     keys: BTreeMap<String, pb::IssuerKeys>,
     source: Source,
 ) -> Result<Applied, String> {
-    let mut documents = Vec::with_capacity(resources.len());
-    for (key, r) in &resources {
-        // The same parser the control plane admitted the document with.
-        let doc = Document::from_json_bytes(&r.document_json, &Admission::from_control_plane())
-            .map_err(|e| format!("{key}: {e}"))?;
-        if doc.key() != *key {
-            return Err(format!("{key}: the document inside is {}", doc.key()));
-        }
-        documents.push(doc);
-    }
     let mut fetched = Vec::with_capacity(keys.len());
     for (issuer, k) in &keys {
         let jwks = serde_json::from_slice(&k.jwks_json).map_err(|e| format!("keys of issuer {issuer}: {e}"))?;
         fetched.push((issuer.clone(), jwks));
     }
-    let config = Config::build(&documents).and_then(|c| c.with_fetched_keys(fetched)).map_err(|e| e.to_string())?;
-    Ok(Applied { store_id, version, resources, keys, config, source })
+    let config = Config::build(documents.values().map(|d| d.as_ref()))
+        .and_then(|c| c.with_fetched_keys(fetched))
+        .map_err(|e| e.to_string())?;
+    Ok(Applied { store_id, version, resources, documents, keys, config, source })
 }
 
 /// The configuration in force, shared by everything that enforces it.

@@ -9,10 +9,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pb::control_message::Message as Out;
 use proto::v1 as pb;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use warden_core::identity::{FleetIdentity, JoinToken, secret_hash};
 use warden_core::resource::validate_name;
@@ -146,117 +146,133 @@ impl pb::agent_service_server::AgentService for AgentService {
                 hello.agent_id
             )));
         }
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(session(self.cp.clone(), agent, hello, inbound, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let session = Session::start(self.cp.clone(), agent, hello, inbound);
+        let stream = futures_util::stream::unfold(session, |mut session| async move {
+            let message = session.next().await?;
+            Some((Ok(pb::ControlMessage { message: Some(message) }), session))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
 /// What the session last sent, to decide between a delta and a snapshot.
 enum Sent {
-    /// The agent holds this state (it ACKed it, or said so in Hello, or was just sent it).
+    /// The agent holds this state (it ACKed it, said so in Hello, or was just sent it); the flag
+    /// says whether it went as a snapshot.
     State(Arc<FleetState>, bool),
-    /// The agent's state is unknown (it refused the last delta): send a snapshot next.
+    /// The agent's state is unknown (it refused a snapshot): send a snapshot on the next change.
     Unknown,
 }
 
-fn control(message: pb::control_message::Message) -> Result<pb::ControlMessage, Status> {
-    Ok(pb::ControlMessage { message: Some(message) })
-}
-
-/// One agent's stream, until the agent goes away or the control plane shuts down.
-async fn session(
+/// One agent's stream. It *is* the response stream (no task, no channel): tonic polls it when
+/// the connection can take a message, so a slow agent applies back-pressure to its own session
+/// only, and an idle session costs only this struct.
+struct Session {
     cp: Arc<ControlPlane>,
     agent: String,
-    hello: pb::Hello,
-    mut inbound: Streaming<pb::AgentMessage>,
-    tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
-) {
-    use pb::agent_message::Message as In;
-    use pb::control_message::Message as Out;
+    generation: u64,
+    inbound: Streaming<pb::AgentMessage>,
+    state_rx: watch::Receiver<Arc<FleetState>>,
+    shutdown: watch::Receiver<bool>,
+    heartbeat: tokio::time::Interval,
+    sent: Sent,
+    /// A message decided before the next poll (the answer to Hello).
+    pending: Option<Out>,
+}
 
-    let generation = cp.presence.connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
-    let mut state_rx = cp.state.subscribe();
-    let mut shutdown = cp.shutdown.clone();
-    let mut heartbeat = tokio::time::interval(cp.options.heartbeat_interval);
-    heartbeat.tick().await;
+impl Session {
+    fn start(cp: Arc<ControlPlane>, agent: String, hello: pb::Hello, inbound: Streaming<pb::AgentMessage>) -> Session {
+        let generation = cp.presence.connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
+        let mut state_rx = cp.state.subscribe();
+        let current = state_rx.borrow_and_update().clone();
+        let (sent, pending) = if hello.applied_store_id == current.store_id && hello.applied_version == current.version
+        {
+            tracing::info!(%agent, version = current.version, "agent connected, up to date");
+            (Sent::State(current, false), None)
+        } else {
+            tracing::info!(%agent, from = hello.applied_version, to = current.version, "agent connected, sending snapshot");
+            let snapshot = Out::Snapshot(current.snapshot());
+            (Sent::State(current, true), Some(snapshot))
+        };
+        let mut heartbeat = tokio::time::interval(cp.options.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Session { shutdown: cp.shutdown.clone(), cp, agent, generation, inbound, state_rx, heartbeat, sent, pending }
+    }
 
-    let current = state_rx.borrow_and_update().clone();
-    let mut sent = if hello.applied_store_id == current.store_id && hello.applied_version == current.version {
-        tracing::info!(%agent, version = current.version, "agent connected, up to date");
-        Sent::State(current, false)
-    } else {
-        tracing::info!(%agent, from = hello.applied_version, to = current.version, "agent connected, sending snapshot");
-        let snapshot = current.snapshot();
-        if tx.send(control(Out::Snapshot(snapshot))).await.is_err() {
-            cp.presence.disconnected(&agent, generation);
-            return;
+    /// The next message for the agent; `None` ends the stream.
+    async fn next(&mut self) -> Option<Out> {
+        if let Some(message) = self.pending.take() {
+            return Some(message);
         }
-        Sent::State(current, true)
-    };
-
-    loop {
-        tokio::select! {
-            changed = state_rx.changed() => {
-                if changed.is_err() {
-                    break;
+        loop {
+            tokio::select! {
+                changed = self.state_rx.changed() => {
+                    changed.ok()?;
+                    let current = self.state_rx.borrow_and_update().clone();
+                    let message = match &self.sent {
+                        Sent::State(held, _) if held.store_id == current.store_id && held.version == current.version => continue,
+                        Sent::State(held, _) if held.store_id == current.store_id => Out::Delta(current.delta_from(held)),
+                        _ => Out::Snapshot(current.snapshot()),
+                    };
+                    self.sent = Sent::State(current, matches!(message, Out::Snapshot(_)));
+                    return Some(message);
                 }
-                let current = state_rx.borrow_and_update().clone();
-                let message = match &sent {
-                    Sent::State(held, _) if held.version == current.version && held.store_id == current.store_id => continue,
-                    Sent::State(held, _) if held.store_id == current.store_id => Out::Delta(current.delta_from(held)),
-                    _ => Out::Snapshot(current.snapshot()),
-                };
-                let was_snapshot = matches!(message, Out::Snapshot(_));
-                if tx.send(control(message)).await.is_err() {
-                    break;
+                message = self.inbound.message() => {
+                    if let Some(reply) = self.handle(message)? {
+                        return Some(reply);
+                    }
                 }
-                sent = Sent::State(current, was_snapshot);
+                _ = self.heartbeat.tick() => {
+                    let version = self.cp.state.borrow().version;
+                    return Some(Out::Heartbeat(pb::Heartbeat { applied_version: version }));
+                }
+                _ = self.shutdown.changed() => return None,
             }
-            message = inbound.message() => {
-                match message {
-                    Ok(Some(pb::AgentMessage { message: Some(In::Ack(ack)) })) => {
-                        tracing::debug!(%agent, version = ack.version, "ACK");
-                        cp.presence.acked(&agent, ack.version);
-                    }
-                    Ok(Some(pb::AgentMessage { message: Some(In::Nack(nack)) })) => {
-                        tracing::warn!(%agent, version = nack.version, error = %nack.error, "NACK");
-                        cp.presence.nacked(&agent, &nack.error);
-                        // A refused delta means the agent does not hold what we thought: resend
-                        // whole. A refused snapshot is not retried until the configuration moves.
-                        if let Sent::State(_, false) = sent {
-                            let current = cp.state.borrow().clone();
-                            if tx.send(control(Out::Snapshot(current.snapshot()))).await.is_err() {
-                                break;
-                            }
-                            sent = Sent::State(current, true);
-                        } else {
-                            sent = Sent::Unknown;
-                        }
-                    }
-                    Ok(Some(pb::AgentMessage { message: Some(In::Heartbeat(_)) })) => cp.presence.seen(&agent),
-                    Ok(Some(pb::AgentMessage { message: Some(In::KeyRefresh(request)) })) => {
-                        tracing::debug!(%agent, issuer = %request.issuer, "key refresh requested");
-                        // Full queue: a refresh is already pending; the resolver rate-limits anyway.
-                        let _ = cp.key_refresh.try_send(request.issuer);
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(%agent, "stream error: {}", status.message());
-                        break;
-                    }
-                }
-            }
-            _ = heartbeat.tick() => {
-                let version = cp.state.borrow().version;
-                if tx.send(control(Out::Heartbeat(pb::Heartbeat { applied_version: version }))).await.is_err() {
-                    break;
-                }
-            }
-            _ = shutdown.changed() => break,
         }
     }
-    tracing::info!(%agent, "agent disconnected");
-    cp.presence.disconnected(&agent, generation);
+
+    /// Handles one message from the agent: `None` ends the stream, `Some(Some(m))` answers.
+    fn handle(&mut self, message: Result<Option<pb::AgentMessage>, Status>) -> Option<Option<Out>> {
+        use pb::agent_message::Message as In;
+        let (cp, agent) = (&self.cp, &self.agent);
+        match message {
+            Ok(Some(pb::AgentMessage { message: Some(In::Ack(ack)) })) => {
+                tracing::debug!(%agent, version = ack.version, "ACK");
+                cp.presence.acked(agent, ack.version);
+            }
+            Ok(Some(pb::AgentMessage { message: Some(In::Nack(nack)) })) => {
+                tracing::warn!(%agent, version = nack.version, error = %nack.error, "NACK");
+                cp.presence.nacked(agent, &nack.error);
+                // A refused delta means the agent does not hold what we thought: resend whole.
+                // A refused snapshot is not retried until the configuration moves.
+                if let Sent::State(_, false) = self.sent {
+                    let current = cp.state.borrow().clone();
+                    let snapshot = Out::Snapshot(current.snapshot());
+                    self.sent = Sent::State(current, true);
+                    return Some(Some(snapshot));
+                }
+                self.sent = Sent::Unknown;
+            }
+            Ok(Some(pb::AgentMessage { message: Some(In::Heartbeat(_)) })) => cp.presence.seen(agent),
+            Ok(Some(pb::AgentMessage { message: Some(In::KeyRefresh(request)) })) => {
+                tracing::debug!(%agent, issuer = %request.issuer, "key refresh requested");
+                // Full queue: a refresh is already pending; the resolver rate-limits anyway.
+                let _ = cp.key_refresh.try_send(request.issuer);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(status) => {
+                tracing::info!(%agent, "stream error: {}", status.message());
+                return None;
+            }
+        }
+        Some(None)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        tracing::info!(agent = %self.agent, "agent disconnected");
+        self.cp.presence.disconnected(&self.agent, self.generation);
+    }
 }

@@ -3,6 +3,8 @@
 //! Conversions into domain types live at the edge of each crate that uses them.
 #![forbid(unsafe_code)]
 
+pub mod codec;
+
 /// Version 1 of the `warden.v1` package.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

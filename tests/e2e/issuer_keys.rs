@@ -88,3 +88,54 @@ fn a_discovery_document_for_another_issuer_is_refused() {
     assert!(error.contains("\"issuer\" is not"), "{error}");
     assert_eq!(cp.ctl_json(&["get", "issuers"])[0]["status"]["kids"], serde_json::json!([]));
 }
+
+/// Opens a stream as agent `id` (with its stored identity) and asks for a key refresh `times`
+/// times in a row.
+fn request_refresh(cp: &ControlPlane, agent: &Agent, times: usize) {
+    use proto::v1 as pb;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let identity = agent::identity::Files::new(&agent.data_dir).load().unwrap().unwrap();
+        let channel = agent::tls::connect(&cp.address, identity.client_config().unwrap()).await.unwrap();
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let message = |m| pb::AgentMessage { message: Some(m) };
+        let hello = pb::Hello { agent_id: agent.id.clone(), ..Default::default() };
+        tx.send(message(pb::agent_message::Message::Hello(hello))).await.unwrap();
+        for _ in 0..times {
+            let request = pb::KeyRefreshRequest { issuer: "corp-idp".into(), kid: "k2".into() };
+            tx.send(message(pb::agent_message::Message::KeyRefresh(request))).await.unwrap();
+        }
+        let mut inbound = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        // The snapshot answering Hello shows the stream was accepted; give the requests time to land.
+        inbound.message().await.unwrap().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    });
+}
+
+#[test]
+fn an_unknown_kid_prompts_one_refresh_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = StaticIdp::start(dir.path(), &["k1"]);
+    // No scheduled refresh during the test (1h): only requests can cause one, at most one per 3s
+    // counting from the last fetch of any kind.
+    let cp = ControlPlane::start(dir.path(), &["--allow-http-issuers", "--key-refresh-request-interval", "3s"]);
+    let token = cp.join_token("5m");
+    let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+    assert!(cp.apply(&issuer_yaml(&idp.issuer)).status.success());
+    wait_kids(&agent, &["k1"]);
+    let fetches = || idp.log_text().matches("GET /jwks.json").count();
+    let before = fetches();
+    // Right after the initial fetch a request is within the interval and changes nothing.
+    idp.publish(&["k1", "k2"]);
+    request_refresh(&cp, &agent, 1);
+    assert_eq!(fetches(), before, "rate-limited right after the initial fetch");
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+
+    // The provider rotated; an agent meets the new kid and asks, several times over.
+    request_refresh(&cp, &agent, 3);
+    wait_kids(&agent, &["k1", "k2"]);
+    assert_eq!(fetches(), before + 1, "one refresh for a burst of requests");
+    request_refresh(&cp, &agent, 2);
+    assert_eq!(fetches(), before + 1, "no further refresh within the interval");
+}

@@ -123,7 +123,7 @@ impl Config {
                 }
             }
             let from = || key(Kind::Policy, name);
-            let set = policy.parse().map_err(|e| ConfigError::Policy { from: from(), message: e.to_string() })?;
+            let set = policy.compiled().map_err(|e| ConfigError::Policy { from: from(), message: e.to_string() })?;
             // Cedar numbers policies per text ("policy0", ...); prefix with the resource name so
             // ids stay unique across resources and a decision can name the resource it came from.
             for (i, p) in set.policies().enumerate() {

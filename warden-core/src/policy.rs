@@ -1,7 +1,7 @@
 //! `Policy`: Cedar policy text scoped to servers, validated against Warden's schema
 //! (`schema.cedarschema`) before it is accepted.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cedar_policy::{PolicySet, Schema, ValidationMode, Validator};
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,7 @@ fn validator() -> &'static Validator {
 }
 
 /// `spec` of a `Policy`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicySpec {
     /// Names of the `McpServer`s this policy applies to; empty means every server.
@@ -37,15 +37,39 @@ pub struct PolicySpec {
     pub servers: Vec<String>,
     /// One or more Cedar policies.
     pub cedar: String,
+    /// The parsed and validated policies, kept from validation so that assembling a
+    /// configuration never parses the same text twice.
+    #[serde(skip)]
+    compiled: Option<Arc<PolicySet>>,
+}
+
+impl PartialEq for PolicySpec {
+    fn eq(&self, other: &PolicySpec) -> bool {
+        self.servers == other.servers && self.cedar == other.cedar
+    }
 }
 
 impl PolicySpec {
-    pub(crate) fn validate(&self) -> Result<(), DocumentError> {
+    /// A spec for `cedar` scoped to `servers`, not yet validated.
+    pub fn new(servers: Vec<String>, cedar: String) -> PolicySpec {
+        PolicySpec { servers, cedar, compiled: None }
+    }
+
+    pub(crate) fn validate(&mut self) -> Result<(), DocumentError> {
         for (i, name) in self.servers.iter().enumerate() {
             validate_name(name).map_err(|m| DocumentError::field(format!("spec.servers[{i}]"), m))?;
         }
-        self.parse()?;
+        self.compiled = Some(Arc::new(self.parse()?));
         Ok(())
+    }
+
+    /// The validated policies: from validation when this spec went through it, parsed now
+    /// otherwise.
+    pub fn compiled(&self) -> Result<Arc<PolicySet>, DocumentError> {
+        match &self.compiled {
+            Some(set) => Ok(set.clone()),
+            None => self.parse().map(Arc::new),
+        }
     }
 
     /// Parses and validates the Cedar text.

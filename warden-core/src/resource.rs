@@ -234,7 +234,7 @@ impl Document {
                 Spec::McpServer(spec)
             }
             Kind::Policy => {
-                let spec: PolicySpec = typed("spec", envelope.spec)?;
+                let mut spec: PolicySpec = typed("spec", envelope.spec)?;
                 spec.validate()?;
                 Spec::Policy(spec)
             }
