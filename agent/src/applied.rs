@@ -130,19 +130,36 @@ fn build(
 }
 
 /// The configuration in force, shared by everything that enforces it.
-#[derive(Clone, Default)]
-pub struct Current(Arc<ArcSwapOption<Applied>>);
+#[derive(Clone)]
+pub struct Current {
+    applied: Arc<ArcSwapOption<Applied>>,
+    /// The version in force, for those who wait for one rather than read it per request.
+    version: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Current {
+    fn default() -> Current {
+        Current { applied: Arc::default(), version: tokio::sync::watch::Sender::new(0) }
+    }
+}
 
 impl Current {
     /// The configuration in force; `None` until one was ever applied (then everything is
     /// denied).
     pub fn get(&self) -> Option<Arc<Applied>> {
-        self.0.load_full()
+        self.applied.load_full()
     }
 
     /// Puts `applied` in force.
     pub fn set(&self, applied: Applied) {
-        self.0.store(Some(Arc::new(applied)));
+        let version = applied.version;
+        self.applied.store(Some(Arc::new(applied)));
+        self.version.send_replace(version);
+    }
+
+    /// Follows the version in force.
+    pub fn watch_version(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 }
 

@@ -54,6 +54,15 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process used so far.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -72,12 +81,20 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {} agents need about {needed} open files here; raise it first: ulimit -n 16384", args.agents);
         return std::process::ExitCode::FAILURE;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
+    // Each real agent persists to its own disk; 1000 simulated ones sharing this machine's one
+    // filesystem would measure its metadata locking instead, so their files go to tmpfs. The
+    // control plane's store stays on disk, with its fsyncs.
+    let cp_dir = tempfile::tempdir().expect("temp dir");
+    let agents_dir = match std::path::Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm"),
+        false => tempfile::tempdir(),
+    }
+    .expect("temp dir");
     // Heartbeats well apart so idle memory is measured idle.
-    let cp = ControlPlane::start(dir.path(), &["--heartbeat-interval", "60s"]);
+    let cp = ControlPlane::start(cp_dir.path(), &["--heartbeat-interval", "60s"]);
     let pid = cp.process.as_ref().map(|p| p.pid()).expect("running");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    runtime.block_on(run(args, dir.path(), &cp, pid));
+    runtime.block_on(run(args, agents_dir.path(), &cp, pid));
     std::process::ExitCode::SUCCESS
 }
 
@@ -120,7 +137,7 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
             link,
         };
         tokio::spawn(sync.run(stop_rx.clone()));
-        agents.push(current);
+        agents.push(current.watch_version());
     }
     let version = admin.get(pb::GetRequest::default()).await.expect("get").into_inner().version;
     wait_all(&agents, version, Duration::from_secs(120)).await.expect("initial convergence");
@@ -128,6 +145,7 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded_rss = rss_kib(pid);
 
+    let (cp_cpu0, own_cpu0) = (cpu_time(&pid.to_string()), cpu_time("self"));
     let mut samples = Vec::with_capacity(args.rounds);
     for round in 0..args.rounds {
         let t0 = Instant::now();
@@ -139,6 +157,9 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
         samples.push(t0.elapsed());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let rounds = args.rounds as u32;
+    let cp_cpu = (cpu_time(&pid.to_string()) - cp_cpu0) / rounds;
+    let own_cpu = (cpu_time("self") - own_cpu0) / rounds;
     // Every ACK reached the control plane.
     let last = admin.list_agents(pb::ListAgentsRequest {}).await.expect("agents").into_inner();
     let acked = last.agents.iter().filter(|a| a.applied_version == last.version && a.connected).count();
@@ -152,6 +173,12 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
         ms(*samples.last().expect("samples"))
     );
     println!(
+        "CPU per round: control plane {:.1} ms, the {} simulated agents {:.1} ms (both on this machine's cores)",
+        ms(cp_cpu),
+        args.agents,
+        ms(own_cpu)
+    );
+    println!(
         "control-plane RSS: idle {idle_rss} KiB (baseline), with {} idle agents {loaded_rss} KiB: {per_agent:.1} KiB per agent",
         args.agents
     );
@@ -161,16 +188,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Waits until every agent enforces `version`; returns how long that took.
-async fn wait_all(agents: &[Current], version: u64, limit: Duration) -> Option<Duration> {
+/// Waits until every agent enforces `version`; returns how long that took. Waiting is by
+/// notification, so the harness spends no CPU polling while agents work.
+async fn wait_all(agents: &[watch::Receiver<u64>], version: u64, limit: Duration) -> Option<Duration> {
     let t0 = Instant::now();
-    loop {
-        if agents.iter().all(|c| c.get().is_some_and(|a| a.version >= version)) {
-            return Some(t0.elapsed());
+    let all = async {
+        for agent in agents {
+            let mut agent = agent.clone();
+            agent.wait_for(|v| *v >= version).await.ok()?;
         }
-        if t0.elapsed() > limit {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
+        Some(())
+    };
+    tokio::time::timeout(limit, all).await.ok().flatten().map(|()| t0.elapsed())
 }
