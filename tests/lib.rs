@@ -26,19 +26,44 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+/// A loopback address (`127.a.b.c:port`) nobody listens on, for one server of one test.
+///
+/// Tests run in parallel processes, so a port that is free when chosen can be taken before the
+/// server binds it (by another test's server, or as the source port of an outgoing connection).
+/// A random address among 127.0.0.0/8's sixteen million, with a port below the ephemeral
+/// range, makes that practically impossible.
+pub fn loopback_addr() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0u64..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        let r = h.finish();
+        let ip = std::net::Ipv4Addr::new(127, (r >> 8) as u8, (r >> 16) as u8, ((r >> 24) as u8).max(2));
+        let port = 20_000 + ((r >> 32) % 12_000) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return format!("{ip}:{port}");
+        }
+    }
+    panic!("no free loopback address");
+}
+
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }
 
 /// Polls `check` until it returns `Some`, or fails the test after [`PATIENCE`] with `what`.
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, String::new, check)
+}
+
+/// [`wait_for`], adding `context()` to the failure message.
+pub fn wait_for_or<T>(what: &str, context: impl Fn() -> String, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", context());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -133,7 +158,7 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             process: None,
             data_dir: dir.join("cp"),
-            address: format!("127.0.0.1:{}", free_port()),
+            address: loopback_addr(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         cp.restart();
@@ -143,7 +168,11 @@ impl ControlPlane {
     /// Starts it again on the same port and data (after [`ControlPlane::stop`]).
     pub fn restart(&mut self) {
         let mut command = Command::new(bin("warden-cp"));
-        command.arg("--data-dir").arg(&self.data_dir).args(["--listen", &self.address]).args(&self.extra);
+        command
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", &self.address, "--server-name", host_of(&self.address)])
+            .args(&self.extra);
         if !self.extra.iter().any(|a| a == "--heartbeat-interval") {
             command.args(["--heartbeat-interval", "2s"]);
         }
@@ -214,7 +243,17 @@ impl ControlPlane {
 
     /// Waits until every agent in `ids` is connected and has applied `version`.
     pub fn wait_converged(&self, ids: &[&str], version: u64) {
-        wait_for(&format!("agents {ids:?} to ACK version {version}"), || {
+        let what = format!("agents {ids:?} to ACK version {version}");
+        let context = || {
+            let log = self.process.as_ref().map(Process::log_text).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            format!(
+                "{}\ncontrol plane log (last lines, newest first):\n{}",
+                self.ctl_ok(&["get", "agents"]),
+                tail.join("\n")
+            )
+        };
+        wait_for_or(&what, context, || {
             let agents = self.ctl_json(&["get", "agents"]);
             let all = agents["agents"].as_array()?;
             ids.iter()
@@ -242,8 +281,8 @@ pub struct Agent {
     pub id: String,
     /// Its data directory.
     pub data_dir: PathBuf,
-    /// Status endpoint port.
-    pub status_port: u16,
+    /// Status endpoint address.
+    pub status_addr: String,
     control_planes: Vec<String>,
 }
 
@@ -254,7 +293,7 @@ impl Agent {
             process: None,
             id: id.to_string(),
             data_dir: dir.join(id),
-            status_port: free_port(),
+            status_addr: loopback_addr(),
             control_planes: control_planes.iter().map(|s| s.to_string()).collect(),
         };
         agent.launch(join_token);
@@ -268,7 +307,7 @@ impl Agent {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--control-plane", &self.control_planes.join(",")])
-            .args(["--status-listen", &format!("127.0.0.1:{}", self.status_port)])
+            .args(["--status-listen", &self.status_addr])
             .args(["--backoff-base", "50ms", "--backoff-max", "500ms", "--heartbeat-interval", "2s"]);
         if let Some(token) = join_token {
             command.args(["--join-token", token]);
@@ -291,7 +330,7 @@ impl Agent {
 
     /// `/status`, if the endpoint answers.
     pub fn try_status(&self) -> Option<Value> {
-        let url = format!("http://127.0.0.1:{}/status", self.status_port);
+        let url = format!("http://{}/status", self.status_addr);
         ureq::get(&url).call().ok()?.body_mut().read_json().ok()
     }
 
@@ -302,7 +341,7 @@ impl Agent {
 
     /// The HTTP status code of `/readyz`.
     pub fn readyz(&self) -> Option<u16> {
-        let url = format!("http://127.0.0.1:{}/readyz", self.status_port);
+        let url = format!("http://{}/readyz", self.status_addr);
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         agent.get(&url).call().ok().map(|r| r.status().as_u16())
     }
@@ -362,21 +401,21 @@ pub struct StaticIdp {
     pub process: Option<Process>,
     /// The directory it serves.
     pub root: PathBuf,
-    /// `http://127.0.0.1:<port>`, also the issuer URL.
+    /// `http://127.a.b.c:<port>`, also the issuer URL.
     pub issuer: String,
-    port: u16,
+    addr: String,
 }
 
 impl StaticIdp {
     /// Serves a discovery document and a JWKS holding keys `kids` from `dir/idp`.
     pub fn start(dir: &Path, kids: &[&str]) -> StaticIdp {
-        let port = free_port();
-        let issuer = format!("http://127.0.0.1:{port}");
+        let addr = loopback_addr();
+        let issuer = format!("http://{addr}");
         let root = dir.join("idp");
         std::fs::create_dir_all(root.join(".well-known")).expect("idp dir");
         let discovery = serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks.json")});
         std::fs::write(root.join(".well-known/openid-configuration"), discovery.to_string()).expect("write");
-        let mut idp = StaticIdp { process: None, root, issuer, port };
+        let mut idp = StaticIdp { process: None, root, issuer, addr };
         idp.publish(kids);
         idp.restart();
         idp
@@ -399,9 +438,8 @@ impl StaticIdp {
     /// Starts (again) serving.
     pub fn restart(&mut self) {
         let mut command = Command::new("python3");
-        command
-            .args(["-m", "http.server", &self.port.to_string(), "--bind", "127.0.0.1", "--directory"])
-            .arg(&self.root);
+        let (host, port) = self.addr.rsplit_once(':').expect("host:port");
+        command.args(["-m", "http.server", port, "--bind", host, "--directory"]).arg(&self.root);
         self.process = Some(Process::spawn(command, self.root.with_extension("log")));
         let url = format!("{}/jwks.json", self.issuer);
         wait_for("the IdP to serve", || ureq::get(&url).call().ok().map(|_| ()));

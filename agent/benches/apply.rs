@@ -12,28 +12,48 @@ use prost::Message;
 use proto::v1 as pb;
 
 fn resource(kind: &str, name: &str, version: u64, doc: serde_json::Value) -> pb::Resource {
-    pb::Resource { kind: kind.into(), name: name.into(), resource_version: version, document_json: serde_json::to_vec(&doc).unwrap() }
+    pb::Resource {
+        kind: kind.into(),
+        name: name.into(),
+        resource_version: version,
+        document_json: serde_json::to_vec(&doc).unwrap(),
+    }
 }
 
 fn policy(name: &str, tool: &str, version: u64) -> pb::Resource {
-    resource("Policy", name, version, serde_json::json!({
-        "apiVersion": "warden.dev/v1", "kind": "Policy", "metadata": {"name": name},
-        "spec": {"servers": ["github"], "cedar": format!(
-            "permit(principal, action == Action::\"tools/call\", resource) when {{ resource.name == \"{tool}\" }};\n\
-             forbid(principal, action == Action::\"tools/call\", resource) when {{ context.scopes.contains(\"read-only\") && resource.name == \"delete\" }};")}
-    }))
+    resource(
+        "Policy",
+        name,
+        version,
+        serde_json::json!({
+            "apiVersion": "warden.dev/v1", "kind": "Policy", "metadata": {"name": name},
+            "spec": {"servers": ["github"], "cedar": format!(
+                "permit(principal, action == Action::\"tools/call\", resource) when {{ resource.name == \"{tool}\" }};\n\
+                 forbid(principal, action == Action::\"tools/call\", resource) when {{ context.scopes.contains(\"read-only\") && resource.name == \"delete\" }};")}
+        }),
+    )
 }
 
 fn snapshot(policies: usize) -> pb::Snapshot {
     let mut resources = vec![
-        resource("TrustedIssuer", "corp-idp", 1, serde_json::json!({
-            "apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": "corp-idp"},
-            "spec": {"issuer": "https://idp.example.com", "keys": {"jwksUri": "https://idp.example.com/jwks"}, "allowedAlgorithms": ["ES256"]}
-        })),
-        resource("McpServer", "github", 1, serde_json::json!({
-            "apiVersion": "warden.dev/v1", "kind": "McpServer", "metadata": {"name": "github"},
-            "spec": {"resource": "https://mcp.example.com/github", "issuers": ["corp-idp"], "upstream": "http://127.0.0.1:3001/mcp"}
-        })),
+        resource(
+            "TrustedIssuer",
+            "corp-idp",
+            1,
+            serde_json::json!({
+                "apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": "corp-idp"},
+                "spec": {"issuer": "https://idp.example.com", "keys": {"jwksUri": "https://idp.example.com/jwks"}, "allowedAlgorithms": ["ES256"]}
+            }),
+        ),
+        resource(
+            "McpServer",
+            "github",
+            1,
+            serde_json::json!({
+                "apiVersion": "warden.dev/v1", "kind": "McpServer", "metadata": {"name": "github"},
+                "spec": {"resource": "https://mcp.example.com/github", "issuers": ["corp-idp"], "upstream": "http://127.0.0.1:3001/mcp"}
+            }),
+        ),
     ];
     resources.extend((0..policies).map(|i| policy(&format!("p{i}"), &format!("tool-{i}"), 1)));
     pb::Snapshot { store_id: "s".into(), version: 1, resources, issuer_keys: vec![] }

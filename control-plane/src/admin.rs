@@ -37,10 +37,6 @@ impl AdminService {
     }
 }
 
-fn now_ms() -> i64 {
-    crate::now_unix_ms()
-}
-
 fn parse_kind(text: &str) -> Result<Kind, Status> {
     Kind::parse_loose(text).ok_or_else(|| {
         Status::invalid_argument(format!("unknown kind {text:?}; expected TrustedIssuer, McpServer or Policy"))
@@ -174,9 +170,10 @@ impl pb::admin_service_server::AdminService for AdminService {
             return Err(Status::invalid_argument("join token ttl must be between 1s and 7 days"));
         }
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let id = b64.encode(rand::random::<[u8; 6]>());
+        // Hex, so a token never starts with '-' and reads as a flag on a command line.
+        let id: String = rand::random::<[u8; 6]>().iter().map(|b| format!("{b:02x}")).collect();
         let secret = b64.encode(rand::random::<[u8; 24]>());
-        let expires_unix = now_ms() / 1000 + ttl.as_secs() as i64;
+        let expires_unix = crate::now_unix_ms() / 1000 + ttl.as_secs() as i64;
         let hash = warden_core::identity::secret_hash(&secret);
         let store = self.cp.store.clone();
         let id_for_store = id.clone();

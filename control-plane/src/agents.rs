@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use pb::control_message::Message as Out;
 use proto::v1 as pb;
@@ -46,7 +46,7 @@ impl AgentService {
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    crate::now_unix_ms() / 1000
 }
 
 fn blocking_error(e: tokio::task::JoinError) -> Status {
@@ -67,12 +67,7 @@ impl pb::agent_service_server::AgentService for AgentService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let request = request.into_inner();
         validate_name(&request.agent_id).map_err(|m| Status::invalid_argument(format!("agent id: {m}")))?;
-        let (id, secret) = request
-            .token
-            .split_once('.')
-            .ok_or_else(|| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
-        // Parse the pin-less form through the same checks as a full token.
-        JoinToken::parse(&format!("{}.x", request.token))
+        let (id, secret) = JoinToken::parse_credential(&request.token)
             .map_err(|_| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
         let spiffe_id = self.cp.ca.agent_spiffe_id(&request.agent_id);
         let cert = self

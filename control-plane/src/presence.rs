@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::v1 as pb;
 
@@ -26,15 +25,11 @@ pub struct Presence {
     agents: Mutex<HashMap<String, Live>>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 impl Presence {
     fn with<R>(&self, id: &str, f: impl FnOnce(&mut Live) -> R) -> R {
         let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
         let live = agents.entry(id.to_string()).or_default();
-        live.last_seen_unix_ms = now_ms();
+        live.last_seen_unix_ms = crate::now_unix_ms();
         f(live)
     }
 

@@ -161,7 +161,7 @@ fn a_control_plane_restart_keeps_all_state_and_agents_reconverge() {
 fn an_agent_that_never_had_a_configuration_denies_everything() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens there: the agent cannot join and has nothing on disk.
-    let nowhere = format!("127.0.0.1:{}", tests::free_port());
+    let nowhere = tests::loopback_addr();
     let token = "abc.def.ghi";
     let agent = Agent::start(dir.path(), "lonely", &[&nowhere], Some(token));
     let status = agent.status();

@@ -56,11 +56,18 @@ impl JoinToken {
         let (Some(id), Some(secret), Some(pin), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err("a join token has three dot-separated parts: <id>.<secret>.<ca-pin>");
         };
-        let b64 = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !(b64(id) && b64(secret) && b64(pin)) {
+        if !(is_b64url(id) && is_b64url(secret) && is_b64url(pin)) {
             return Err("a join token holds only base64url characters and dots");
         }
         Ok(JoinToken { id: id.into(), secret: secret.into(), ca_pin: pin.into() })
+    }
+
+    /// Parses the credential an agent sends, `<id>.<secret>`, into its two parts.
+    pub fn parse_credential(text: &str) -> Result<(&str, &str), &'static str> {
+        match text.split_once('.') {
+            Some((id, secret)) if is_b64url(id) && is_b64url(secret) => Ok((id, secret)),
+            _ => Err("a join credential is <id>.<secret> in base64url"),
+        }
     }
 
     /// The part sent to the control plane: `<id>.<secret>`.
@@ -72,6 +79,10 @@ impl JoinToken {
     pub fn to_text(&self) -> String {
         format!("{}.{}.{}", self.id, self.secret, self.ca_pin)
     }
+}
+
+fn is_b64url(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The stored form of a join token's secret.
@@ -109,6 +120,9 @@ mod tests {
         assert!(JoinToken::parse("a.b.c.d").is_err());
         assert!(JoinToken::parse("a.b c.d").is_err());
         assert!(JoinToken::parse("a..c").is_err());
+        assert_eq!(JoinToken::parse_credential("abc.s3cr3t"), Ok(("abc", "s3cr3t")));
+        assert!(JoinToken::parse_credential("abc.s3.cr3t").is_err());
+        assert!(JoinToken::parse_credential("abc").is_err());
     }
 
     #[test]
