@@ -13,6 +13,7 @@ pub mod jwks;
 pub mod policy;
 pub mod resource;
 pub mod server;
+pub mod token;
 
 pub use config::{Config, ConfigError};
 pub use resource::{Admission, Document, DocumentError, Kind, ResourceKey};

@@ -1,0 +1,92 @@
+//! Token verification cost next to the bare signature check it contains, in the same run:
+//! `Verifier::verify` (header and claims parsing, issuer/key lookup, signature, every claim rule)
+//! against ring's signature verification of the same token with the same key. Goal: at most
+//! 1.2× the bare verify. jsonwebtoken's own verification (pure-Rust backend) of the same token is
+//! measured too, as the reason the verifier calls ring directly.
+//!
+//! `cargo bench -p warden-core --bench token`
+
+use std::hint::black_box;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use serde_json::json;
+use warden_core::token::{Presenter, Revocations, Verifier};
+use warden_core::{Admission, Config, Document};
+
+const NOW: i64 = 1_800_000_000;
+
+fn setup(alg: Algorithm) -> (String, serde_json::Value, EncodingKey) {
+    let (pair, jwk) = match alg {
+        Algorithm::ES256 => {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let raw = pair.public_key_raw().to_vec();
+            let jwk = json!({"kty": "EC", "kid": "k1", "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])});
+            (pair, jwk)
+        }
+        _ => {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+            let jwk = json!({"kty": "OKP", "kid": "k1", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(pair.public_key_raw())});
+            (pair, jwk)
+        }
+    };
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(),
+        _ => EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some("k1".into());
+    let claims = json!({"iss": "https://idp.example.com", "sub": "ci-runner", "aud": "https://mcp.example.com/github",
+        "iat": NOW - 60, "exp": NOW + 600, "jti": "t-1", "scope": "repo:read"});
+    (jsonwebtoken::encode(&header, &claims, &key).unwrap(), jwk, key)
+}
+
+fn config(jwk: &serde_json::Value, alg: &str) -> Config {
+    let docs = [
+        json!({"apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": "corp-idp"},
+            "spec": {"issuer": "https://idp.example.com", "keys": {"jwks": {"keys": [jwk]}}, "allowedAlgorithms": [alg]}}),
+        json!({"apiVersion": "warden.dev/v1", "kind": "McpServer", "metadata": {"name": "github"},
+            "spec": {"resource": "https://mcp.example.com/github", "issuers": ["corp-idp"], "upstream": "http://127.0.0.1:1/mcp"}}),
+    ];
+    let docs: Vec<Document> =
+        docs.into_iter().map(|d| Document::from_json(d, &Admission::default()).unwrap()).collect();
+    Config::build(&docs).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    for (alg, name) in [(Algorithm::ES256, "ES256"), (Algorithm::EdDSA, "EdDSA")] {
+        let (token, jwk, _) = setup(alg);
+        let (verifier, _) = Verifier::new(&config(&jwk, name));
+        let key = DecodingKey::from_jwk(&serde_json::from_value::<Jwk>(jwk.clone()).unwrap()).unwrap();
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let raw_signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        let b64 = |f: &str| URL_SAFE_NO_PAD.decode(jwk[f].as_str().unwrap()).unwrap();
+        let (ring_alg, raw_key): (&'static dyn ring::signature::VerificationAlgorithm, Vec<u8>) = match alg {
+            Algorithm::ES256 => (&ring::signature::ECDSA_P256_SHA256_FIXED, [vec![4u8], b64("x"), b64("y")].concat()),
+            _ => (&ring::signature::ED25519, b64("x")),
+        };
+        let revocations = Revocations::default();
+        c.bench_function(&format!("{name}: bare signature verify, ring (baseline)"), |b| {
+            b.iter(|| {
+                ring::signature::UnparsedPublicKey::new(ring_alg, &raw_key)
+                    .verify(black_box(message.as_bytes()), &raw_signature)
+                    .unwrap()
+            })
+        });
+        c.bench_function(&format!("{name}: jsonwebtoken verify, rust_crypto (reference)"), |b| {
+            b.iter(|| {
+                assert!(jsonwebtoken::crypto::verify(black_box(signature), message.as_bytes(), &key, alg).unwrap())
+            })
+        });
+        c.bench_function(&format!("{name}: full token verification"), |b| {
+            b.iter(|| verifier.verify(black_box(&token), "github", NOW, &revocations, Presenter::default()).unwrap())
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

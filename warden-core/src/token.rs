@@ -1,0 +1,432 @@
+//! Verifying a workload's bearer token for one MCP server: signature by `kid` against the
+//! issuer's keys, algorithm pinned by key and allow-list, `iss`, `aud` (RFC 8707), `exp`/`nbf`/
+//! `iat` with bounded skew, lifetime, required claims, revocation, and certificate binding
+//! (RFC 8705). Every refusal has a stable [`Reason`] code; nothing here logs or keeps the token.
+//!
+//! A [`Verifier`] is compiled once per configuration version (JWKs parsed into keys up front),
+//! so a request costs the signature check plus a few map lookups. Signatures are checked with
+//! `ring` directly: the same algorithms through jsonwebtoken's pure-Rust backend cost about 5×
+//! more for ES256 (see BENCHMARKS.md); the tests sign with jsonwebtoken, so every token is made
+//! by one implementation and checked by another.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use base64::Engine;
+use ring::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::issuer::Algorithm;
+use crate::server::Binding;
+
+/// Longest token accepted, before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Why a token was refused. The codes are stable: telemetry and operators rely on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not a compact JWS of three base64url parts with JSON header and claims, or too large.
+    Malformed,
+    /// `alg: none`: unsigned tokens are never accepted.
+    AlgNone,
+    /// The algorithm is not allowed for this issuer, or does not fit the key (HMAC included).
+    AlgNotAllowed,
+    /// No trusted issuer has this `iss`.
+    UntrustedIssuer,
+    /// The issuer is trusted, but not for this server.
+    IssuerNotAllowed,
+    /// No key of the issuer has this `kid` (the issuer may have rotated: refresh and retry).
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// `aud` does not name this server's resource.
+    WrongAudience,
+    /// Past `exp` (plus skew).
+    Expired,
+    /// Before `nbf` (minus skew).
+    NotYetValid,
+    /// `iat` is in the future (beyond skew).
+    IssuedInFuture,
+    /// `exp - iat` exceeds the issuer's maximum lifetime.
+    LifetimeTooLong,
+    /// A required claim (including `exp`, `iat` and the subject claim) is missing or mistyped.
+    MissingClaim,
+    /// Revoked by `jti` or by subject.
+    Revoked,
+    /// The server requires a certificate-bound token and this one is not bound.
+    BindingRequired,
+    /// The token is bound to another certificate than the one presented.
+    BindingMismatch,
+}
+
+impl Reason {
+    /// The stable code, as it appears in telemetry and `WWW-Authenticate` descriptions.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::AlgNone => "alg_none",
+            Reason::AlgNotAllowed => "alg_not_allowed",
+            Reason::UntrustedIssuer => "untrusted_issuer",
+            Reason::IssuerNotAllowed => "issuer_not_allowed",
+            Reason::UnknownKey => "unknown_kid",
+            Reason::BadSignature => "bad_signature",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::IssuedInFuture => "issued_in_future",
+            Reason::LifetimeTooLong => "lifetime_too_long",
+            Reason::MissingClaim => "missing_claim",
+            Reason::Revoked => "revoked",
+            Reason::BindingRequired => "binding_required",
+            Reason::BindingMismatch => "binding_mismatch",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// What the token proved.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// The TrustedIssuer's name.
+    pub issuer: String,
+    /// The subject claim's value.
+    pub subject: String,
+    /// `jti`, when present.
+    pub jti: Option<String>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: i64,
+    /// Scopes (`scope` split on spaces, or `scp`).
+    pub scopes: Vec<String>,
+    /// Every claim, for policy context.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Revoked tokens: by `(issuer, jti)`, and by `(issuer, subject)` for every token issued at or
+/// before a time.
+#[derive(Clone, Debug, Default)]
+pub struct Revocations {
+    /// `(issuer name, jti)`.
+    pub by_jti: HashSet<(String, String)>,
+    /// `(issuer name, subject)` → tokens with `iat` at or before this are revoked.
+    pub subjects_before: HashMap<(String, String), i64>,
+}
+
+/// The presenter's proof, for bound tokens.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Presenter<'a> {
+    /// The DER of the client certificate presented over mTLS, if any.
+    pub client_certificate: Option<&'a [u8]>,
+}
+
+struct IssuerRules {
+    name: String,
+    allowed: Vec<Algorithm>,
+    audiences: Vec<String>,
+    max_lifetime: i64,
+    skew: i64,
+    required: Vec<String>,
+    subject_claim: String,
+    /// Keys by `kid`.
+    keys: HashMap<String, Arc<PublicKey>>,
+}
+
+/// A public key from a JWK, ready for ring.
+enum Material {
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    P256(Vec<u8>),
+    P384(Vec<u8>),
+    Ed25519(Vec<u8>),
+}
+
+struct PublicKey {
+    material: Material,
+    /// The algorithm the JWK pins with its own `alg`, if it does.
+    pinned: Option<Algorithm>,
+}
+
+impl PublicKey {
+    /// Reads a public JWK; `None` for anything malformed or unsupported.
+    fn from_jwk(jwk: &serde_json::Value) -> Option<PublicKey> {
+        let field = |name: &str| -> Option<Vec<u8>> {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()
+        };
+        let material = match (jwk.get("kty")?.as_str()?, jwk.get("crv").and_then(|c| c.as_str())) {
+            ("RSA", _) => Material::Rsa { n: field("n")?, e: field("e")? },
+            ("EC", Some(curve @ ("P-256" | "P-384"))) => {
+                let (x, y) = (field("x")?, field("y")?);
+                let size = if curve == "P-256" { 32 } else { 48 };
+                if x.len() != size || y.len() != size {
+                    return None;
+                }
+                // Uncompressed SEC1 point, what ring expects.
+                let point = [&[4u8][..], &x, &y].concat();
+                if size == 32 { Material::P256(point) } else { Material::P384(point) }
+            }
+            ("OKP", Some("Ed25519")) => Material::Ed25519(field("x")?),
+            _ => return None,
+        };
+        let pinned = match jwk.get("alg") {
+            None => None,
+            Some(alg) => Some(serde_json::from_value::<Algorithm>(alg.clone()).ok()?),
+        };
+        Some(PublicKey { material, pinned })
+    }
+
+    /// Checks `signature` over `message` with `alg`, which must fit this key's type: no
+    /// algorithm confusion, and HMAC does not exist here at all.
+    fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), Reason> {
+        if self.pinned.is_some_and(|p| p != alg) {
+            return Err(Reason::AlgNotAllowed);
+        }
+        let checked = match (&self.material, alg) {
+            (Material::Rsa { n, e }, _) => {
+                let params = match alg {
+                    Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                    Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+                    Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+                    Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+                    Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+                    Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+                    _ => return Err(Reason::AlgNotAllowed),
+                };
+                RsaPublicKeyComponents { n, e }.verify(params, message, signature)
+            }
+            (Material::P256(point), Algorithm::ES256) => {
+                ring_verify(&sig::ECDSA_P256_SHA256_FIXED, point, message, signature)
+            }
+            (Material::P384(point), Algorithm::ES384) => {
+                ring_verify(&sig::ECDSA_P384_SHA384_FIXED, point, message, signature)
+            }
+            (Material::Ed25519(x), Algorithm::EdDSA) => ring_verify(&sig::ED25519, x, message, signature),
+            _ => return Err(Reason::AlgNotAllowed),
+        };
+        checked.map_err(|_| Reason::BadSignature)
+    }
+}
+
+fn ring_verify(
+    alg: &'static dyn VerificationAlgorithm,
+    key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), ring::error::Unspecified> {
+    UnparsedPublicKey::new(alg, key).verify(message, signature)
+}
+
+struct ServerRules {
+    resource: String,
+    issuers: Vec<String>,
+    binding: Binding,
+}
+
+/// Token rules of one configuration version, compiled for per-request use.
+pub struct Verifier {
+    /// By exact `iss` value.
+    issuers: HashMap<String, IssuerRules>,
+    servers: HashMap<String, ServerRules>,
+}
+
+/// Parses a JOSE `alg` value among those Warden can verify.
+fn parse_alg(text: &str) -> Option<Algorithm> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
+}
+
+impl Verifier {
+    /// Compiles the token rules of `config`. Keys that do not parse are skipped (and counted):
+    /// a token signed with one is refused as `unknown_kid`, never accepted.
+    pub fn new(config: &Config) -> (Verifier, usize) {
+        let mut skipped = 0;
+        let mut issuers = HashMap::new();
+        for (name, spec) in &config.issuers {
+            let mut keys = HashMap::new();
+            let jwks = config.keys.get(name).and_then(|j| j.get("keys")).and_then(|k| k.as_array());
+            for value in jwks.into_iter().flatten() {
+                let kid = value.get("kid").and_then(|k| k.as_str());
+                match (kid, PublicKey::from_jwk(value)) {
+                    (Some(kid), Some(key)) => {
+                        keys.insert(kid.to_string(), Arc::new(key));
+                    }
+                    _ => skipped += 1,
+                }
+            }
+            issuers.insert(
+                spec.issuer.clone(),
+                IssuerRules {
+                    name: name.clone(),
+                    allowed: spec.allowed_algorithms.clone(),
+                    audiences: spec.audiences.clone(),
+                    max_lifetime: spec.max_token_lifetime.0.as_secs() as i64,
+                    skew: spec.clock_skew.0.as_secs() as i64,
+                    required: spec.required_claims.clone(),
+                    subject_claim: spec.subject_claim.clone(),
+                    keys,
+                },
+            );
+        }
+        let servers = config
+            .servers
+            .iter()
+            .map(|(name, s)| {
+                let rules =
+                    ServerRules { resource: s.resource.clone(), issuers: s.issuers.clone(), binding: s.binding };
+                (name.clone(), rules)
+            })
+            .collect();
+        (Verifier { issuers, servers }, skipped)
+    }
+
+    /// Verifies `token` for server `server` at `now` (seconds since the epoch).
+    pub fn verify(
+        &self,
+        token: &str,
+        server: &str,
+        now: i64,
+        revocations: &Revocations,
+        presenter: Presenter<'_>,
+    ) -> Result<Verified, Reason> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Reason::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(claims_b64), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reason::Malformed);
+        };
+        let header: Header = decode_json(header_b64)?;
+        let alg = match header.alg.as_str() {
+            "none" | "None" | "NONE" => return Err(Reason::AlgNone),
+            // HS256 and anything else unknown: not an algorithm Warden verifies.
+            other => parse_alg(other).ok_or(Reason::AlgNotAllowed)?,
+        };
+        let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64)?;
+        let iss = claims.get("iss").and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?;
+        let issuer = self.issuers.get(iss).ok_or(Reason::UntrustedIssuer)?;
+        let server = self.servers.get(server).ok_or(Reason::IssuerNotAllowed)?;
+        if !server.issuers.contains(&issuer.name) {
+            return Err(Reason::IssuerNotAllowed);
+        }
+        // The algorithm must be allowed for the issuer, fit the key's type, and match the key's
+        // own `alg` when it pins one (`PublicKey::verify`).
+        if !issuer.allowed.contains(&alg) {
+            return Err(Reason::AlgNotAllowed);
+        }
+        let kid = header.kid.as_deref().ok_or(Reason::UnknownKey)?;
+        let key = issuer.keys.get(kid).ok_or(Reason::UnknownKey)?;
+        let signature =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reason::BadSignature)?;
+        let message_len = header_b64.len() + 1 + claims_b64.len();
+        key.verify(alg, &token.as_bytes()[..message_len], &signature)?;
+
+        // Claims are trusted from here on.
+        let audience_ok = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => *a == server.resource,
+            Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(server.resource.as_str())),
+            _ => false,
+        };
+        if !audience_ok || !(issuer.audiences.is_empty() || issuer.audiences.contains(&server.resource)) {
+            return Err(Reason::WrongAudience);
+        }
+        let exp = int_claim(&claims, "exp")?.ok_or(Reason::MissingClaim)?;
+        let iat = int_claim(&claims, "iat")?.ok_or(Reason::MissingClaim)?;
+        if now > exp.saturating_add(issuer.skew) {
+            return Err(Reason::Expired);
+        }
+        if let Some(nbf) = int_claim(&claims, "nbf")?
+            && now.saturating_add(issuer.skew) < nbf
+        {
+            return Err(Reason::NotYetValid);
+        }
+        if iat > now.saturating_add(issuer.skew) {
+            return Err(Reason::IssuedInFuture);
+        }
+        if exp.saturating_sub(iat) > issuer.max_lifetime {
+            return Err(Reason::LifetimeTooLong);
+        }
+        if issuer.required.iter().any(|c| !claims.contains_key(c)) {
+            return Err(Reason::MissingClaim);
+        }
+        let subject =
+            claims.get(&issuer.subject_claim).and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?.to_string();
+        let jti = claims.get("jti").and_then(|v| v.as_str()).map(str::to_string);
+
+        if let Some(jti) = &jti
+            && revocations.by_jti.contains(&(issuer.name.clone(), jti.clone()))
+        {
+            return Err(Reason::Revoked);
+        }
+        if revocations.subjects_before.get(&(issuer.name.clone(), subject.clone())).is_some_and(|before| iat <= *before)
+        {
+            return Err(Reason::Revoked);
+        }
+
+        let bound = claims.get("cnf").and_then(|c| c.get("x5t#S256")).and_then(|v| v.as_str());
+        match (server.binding, bound) {
+            (_, Some(thumbprint)) => {
+                // A bound token is only ever usable with its certificate, whatever the server asks.
+                let presented = presenter.client_certificate.map(certificate_thumbprint);
+                if presented.as_deref() != Some(thumbprint) {
+                    return Err(Reason::BindingMismatch);
+                }
+            }
+            (Binding::Mtls, None) => return Err(Reason::BindingRequired),
+            // DPoP proofs are checked by the gateway, which holds the HTTP request.
+            (Binding::Dpop, None) if claims.get("cnf").and_then(|c| c.get("jkt")).is_none() => {
+                return Err(Reason::BindingRequired);
+            }
+            _ => {}
+        }
+
+        let scopes = match (claims.get("scope"), claims.get("scp")) {
+            (Some(serde_json::Value::String(s)), _) => {
+                s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect()
+            }
+            (_, Some(serde_json::Value::Array(list))) => {
+                list.iter().filter_map(|s| s.as_str().map(String::from)).collect()
+            }
+            _ => Vec::new(),
+        };
+        Ok(Verified { issuer: issuer.name.clone(), subject, jti, expires_at: exp, scopes, claims })
+    }
+
+    /// The issuer name for an `iss` value, if trusted (for key-refresh requests on `unknown_kid`).
+    pub fn issuer_name(&self, iss: &str) -> Option<&str> {
+        self.issuers.get(iss).map(|i| i.name.as_str())
+    }
+}
+
+/// RFC 8705 §3.1: base64url (no padding) SHA-256 of the certificate's DER.
+pub fn certificate_thumbprint(der: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der))
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).map_err(|_| Reason::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
+}
+
+/// A NumericDate claim: absent is `None`; present but not an integer is refused.
+fn int_claim(claims: &serde_json::Map<String, serde_json::Value>, name: &str) -> Result<Option<i64>, Reason> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)).map(Some).ok_or(Reason::MissingClaim),
+    }
+}
+
+#[cfg(test)]
+#[path = "token_tests.rs"]
+mod tests;
