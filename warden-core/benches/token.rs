@@ -14,7 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::json;
-use warden_core::token::{Presenter, Revocations, Verifier};
+use warden_core::token::{CACHE_CAPACITY, Presenter, Revocations, Verifier};
 use warden_core::{Admission, Config, Document};
 
 const NOW: i64 = 1_800_000_000;
@@ -45,6 +45,14 @@ fn setup(alg: Algorithm) -> (String, serde_json::Value, EncodingKey) {
     (jsonwebtoken::encode(&header, &claims, &key).unwrap(), jwk, key)
 }
 
+fn sign_with_jti(alg: Algorithm, key: &EncodingKey, jti: usize) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some("k1".into());
+    let claims = json!({"iss": "https://idp.example.com", "sub": "ci-runner", "aud": "https://mcp.example.com/github",
+        "iat": NOW - 60, "exp": NOW + 600, "jti": format!("t-{jti}"), "scope": "repo:read"});
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
 fn config(jwk: &serde_json::Value, alg: &str) -> Config {
     let docs = [
         json!({"apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": "corp-idp"},
@@ -59,8 +67,9 @@ fn config(jwk: &serde_json::Value, alg: &str) -> Config {
 
 fn bench(c: &mut Criterion) {
     for (alg, name) in [(Algorithm::ES256, "ES256"), (Algorithm::EdDSA, "EdDSA")] {
-        let (token, jwk, _) = setup(alg);
+        let (token, jwk, encoding) = setup(alg);
         let (verifier, _) = Verifier::new(&config(&jwk, name));
+        let uncached = Verifier::new(&config(&jwk, name));
         let key = DecodingKey::from_jwk(&serde_json::from_value::<Jwk>(jwk.clone()).unwrap()).unwrap();
         let (message, signature) = token.rsplit_once('.').unwrap();
         let raw_signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
@@ -82,7 +91,18 @@ fn bench(c: &mut Criterion) {
                 assert!(jsonwebtoken::crypto::verify(black_box(signature), message.as_bytes(), &key, alg).unwrap())
             })
         });
-        c.bench_function(&format!("{name}: full token verification"), |b| {
+        // One more distinct token than the cache holds, used in turn: with oldest-first eviction
+        // every use misses, so each iteration pays the whole verification.
+        let fresh: Vec<String> = (0..=CACHE_CAPACITY).map(|i| sign_with_jti(alg, &encoding, i)).collect();
+        let mut next = 0usize;
+        c.bench_function(&format!("{name}: full token verification, uncached"), |b| {
+            b.iter(|| {
+                next = (next + 1) % fresh.len();
+                let (verifier, _) = &uncached;
+                verifier.verify(black_box(&fresh[next]), "github", NOW, &revocations, Presenter::default()).unwrap()
+            })
+        });
+        c.bench_function(&format!("{name}: full token verification, cached"), |b| {
             b.iter(|| verifier.verify(black_box(&token), "github", NOW, &revocations, Presenter::default()).unwrap())
         });
     }

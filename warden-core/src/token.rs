@@ -9,8 +9,8 @@
 //! more for ES256 (see BENCHMARKS.md); the tests sign with jsonwebtoken, so every token is made
 //! by one implementation and checked by another.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use ring::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
@@ -23,6 +23,9 @@ use crate::server::Binding;
 
 /// Longest token accepted, before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Verified tokens remembered per configuration version.
+pub const CACHE_CAPACITY: usize = 4096;
 
 /// Why a token was refused. The codes are stable: telemetry and operators rely on them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,6 +105,12 @@ pub struct Verified {
     pub jti: Option<String>,
     /// `exp`, seconds since the epoch.
     pub expires_at: i64,
+    /// `iat`, seconds since the epoch.
+    pub issued_at: i64,
+    /// `exp` plus the issuer's clock skew: refused after this.
+    valid_until: i64,
+    /// `cnf.x5t#S256`, when the token is certificate-bound.
+    bound_certificate: Option<String>,
     /// Scopes (`scope` split on spaces, or `scp`).
     pub scopes: Vec<String>,
     /// Every claim, for policy context.
@@ -226,11 +235,60 @@ struct ServerRules {
     binding: Binding,
 }
 
-/// Token rules of one configuration version, compiled for per-request use.
+/// Token rules of one configuration version, compiled for per-request use, with the tokens it
+/// verified. A new configuration (rotated keys, new revocations, changed rules) gets a new
+/// `Verifier` and so an empty cache.
 pub struct Verifier {
     /// By exact `iss` value.
     issuers: HashMap<String, IssuerRules>,
     servers: HashMap<String, ServerRules>,
+    cache: TokenCache,
+}
+
+/// Verified tokens by a hash of (server, token): the token itself is never kept. Bounded; the
+/// oldest entry goes first. What can change between two uses of one token — the clock,
+/// revocations, the presented certificate — is checked again on every hit.
+struct TokenCache {
+    entries: Mutex<CacheEntries>,
+}
+
+/// Entries by key, and keys oldest first.
+type CacheEntries = (HashMap<[u8; 32], Arc<Verified>>, VecDeque<[u8; 32]>);
+
+impl TokenCache {
+    fn key(server: &str, token: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(server.as_bytes());
+        h.update([0]);
+        h.update(token.as_bytes());
+        h.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32], now: i64) -> Option<Arc<Verified>> {
+        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = guard.0.get(key)?.clone();
+        if now > hit.valid_until {
+            // Dropped at expiry; the position in the order queue goes with the next eviction.
+            guard.0.remove(key);
+        }
+        Some(hit)
+    }
+
+    fn insert(&self, key: [u8; 32], verified: Arc<Verified>) {
+        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *guard;
+        while map.len() >= CACHE_CAPACITY || order.len() >= 2 * CACHE_CAPACITY {
+            match order.pop_front() {
+                Some(old) => {
+                    map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if map.insert(key, verified).is_none() {
+            order.push_back(key);
+        }
+    }
 }
 
 /// Parses a JOSE `alg` value among those Warden can verify.
@@ -279,10 +337,12 @@ impl Verifier {
                 (name.clone(), rules)
             })
             .collect();
-        (Verifier { issuers, servers }, skipped)
+        let cache = TokenCache { entries: Mutex::new((HashMap::new(), VecDeque::new())) };
+        (Verifier { issuers, servers, cache }, skipped)
     }
 
-    /// Verifies `token` for server `server` at `now` (seconds since the epoch).
+    /// Verifies `token` for server `server` at `now` (seconds since the epoch). A token verified
+    /// before under this configuration skips the signature and the static claim checks.
     pub fn verify(
         &self,
         token: &str,
@@ -290,10 +350,25 @@ impl Verifier {
         now: i64,
         revocations: &Revocations,
         presenter: Presenter<'_>,
-    ) -> Result<Verified, Reason> {
+    ) -> Result<Arc<Verified>, Reason> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Reason::Malformed);
         }
+        let key = TokenCache::key(server, token);
+        let verified = match self.cache.get(&key, now) {
+            Some(hit) => hit,
+            None => {
+                let fresh = Arc::new(self.verify_uncached(token, server, now)?);
+                self.cache.insert(key, fresh.clone());
+                fresh
+            }
+        };
+        live_checks(&verified, now, revocations, presenter)?;
+        Ok(verified)
+    }
+
+    /// Everything that depends only on the token, the configuration and (for time claims) now.
+    fn verify_uncached(&self, token: &str, server: &str, now: i64) -> Result<Verified, Reason> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -357,25 +432,9 @@ impl Verifier {
             claims.get(&issuer.subject_claim).and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?.to_string();
         let jti = claims.get("jti").and_then(|v| v.as_str()).map(str::to_string);
 
-        if let Some(jti) = &jti
-            && revocations.by_jti.contains(&(issuer.name.clone(), jti.clone()))
-        {
-            return Err(Reason::Revoked);
-        }
-        if revocations.subjects_before.get(&(issuer.name.clone(), subject.clone())).is_some_and(|before| iat <= *before)
-        {
-            return Err(Reason::Revoked);
-        }
-
-        let bound = claims.get("cnf").and_then(|c| c.get("x5t#S256")).and_then(|v| v.as_str());
-        match (server.binding, bound) {
-            (_, Some(thumbprint)) => {
-                // A bound token is only ever usable with its certificate, whatever the server asks.
-                let presented = presenter.client_certificate.map(certificate_thumbprint);
-                if presented.as_deref() != Some(thumbprint) {
-                    return Err(Reason::BindingMismatch);
-                }
-            }
+        let bound_certificate =
+            claims.get("cnf").and_then(|c| c.get("x5t#S256")).and_then(|v| v.as_str()).map(str::to_string);
+        match (server.binding, &bound_certificate) {
             (Binding::Mtls, None) => return Err(Reason::BindingRequired),
             // DPoP proofs are checked by the gateway, which holds the HTTP request.
             (Binding::Dpop, None) if claims.get("cnf").and_then(|c| c.get("jkt")).is_none() => {
@@ -393,13 +452,50 @@ impl Verifier {
             }
             _ => Vec::new(),
         };
-        Ok(Verified { issuer: issuer.name.clone(), subject, jti, expires_at: exp, scopes, claims })
+        Ok(Verified {
+            issuer: issuer.name.clone(),
+            subject,
+            jti,
+            expires_at: exp,
+            issued_at: iat,
+            valid_until: exp.saturating_add(issuer.skew),
+            bound_certificate,
+            scopes,
+            claims,
+        })
     }
 
     /// The issuer name for an `iss` value, if trusted (for key-refresh requests on `unknown_kid`).
     pub fn issuer_name(&self, iss: &str) -> Option<&str> {
         self.issuers.get(iss).map(|i| i.name.as_str())
     }
+}
+
+/// What can change between two uses of the same verified token: the clock, revocations, and the
+/// certificate it is presented with.
+fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Presenter<'_>) -> Result<(), Reason> {
+    if now > v.valid_until {
+        return Err(Reason::Expired);
+    }
+    if let Some(jti) = &v.jti
+        && revocations.by_jti.contains(&(v.issuer.clone(), jti.clone()))
+    {
+        return Err(Reason::Revoked);
+    }
+    if revocations
+        .subjects_before
+        .get(&(v.issuer.clone(), v.subject.clone()))
+        .is_some_and(|before| v.issued_at <= *before)
+    {
+        return Err(Reason::Revoked);
+    }
+    // A bound token is only ever usable with its certificate, whatever the server asks.
+    if let Some(thumbprint) = &v.bound_certificate
+        && presenter.client_certificate.map(certificate_thumbprint).as_ref() != Some(thumbprint)
+    {
+        return Err(Reason::BindingMismatch);
+    }
+    Ok(())
 }
 
 /// RFC 8705 §3.1: base64url (no padding) SHA-256 of the certificate's DER.

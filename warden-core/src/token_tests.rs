@@ -92,7 +92,7 @@ spec:
     verifier
 }
 
-fn check(v: &Verifier, token: &str) -> Result<Verified, Reason> {
+fn check(v: &Verifier, token: &str) -> Result<Arc<Verified>, Reason> {
     v.verify(token, "github", NOW, &Revocations::default(), Presenter::default())
 }
 
@@ -281,4 +281,33 @@ fn reason_codes_are_stable() {
     let codes: HashSet<&str> = all.iter().map(|r| r.code()).collect();
     assert_eq!(codes.len(), all.len(), "codes are distinct");
     assert_eq!(Reason::UnknownKey.code(), "unknown_kid");
+}
+
+#[test]
+fn a_cached_token_is_still_refused_once_expired_revoked_or_presented_without_its_certificate() {
+    let es = ec_signer("k1");
+    let v = verifier(&[&es], "[ES256]", "none");
+    let token = es.sign(&claims());
+    let first = check(&v, &token).unwrap();
+    let again = check(&v, &token).unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "the second use is served from the cache");
+    // exp is NOW + 600, skew 30s.
+    let later = |now| v.verify(&token, "github", now, &Revocations::default(), Presenter::default());
+    later(NOW + 630).unwrap();
+    assert_eq!(later(NOW + 631).unwrap_err(), Reason::Expired);
+    let mut revoked = Revocations::default();
+    revoked.by_jti.insert(("corp-idp".into(), "t-1".into()));
+    assert_eq!(v.verify(&token, "github", NOW, &revoked, Presenter::default()).unwrap_err(), Reason::Revoked);
+    // Another server is another cache entry, checked from scratch (and refused: wrong audience).
+    assert_eq!(
+        v.verify(&token, "no-such-server", NOW, &Revocations::default(), Presenter::default()).unwrap_err(),
+        Reason::IssuerNotAllowed
+    );
+    // The cache stays bounded.
+    for i in 0..CACHE_CAPACITY + 10 {
+        let mut c = claims();
+        c["jti"] = json!(format!("t-{i}"));
+        check(&v, &es.sign(&c)).unwrap();
+    }
+    assert!(v.cache.entries.lock().unwrap().0.len() <= CACHE_CAPACITY);
 }
