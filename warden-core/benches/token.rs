@@ -14,6 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::json;
+use warden_core::authorize::{Authorizer, RequestFacts, Target};
 use warden_core::token::{CACHE_CAPACITY, Presenter, Revocations, Verifier};
 use warden_core::{Admission, Config, Document};
 
@@ -59,6 +60,8 @@ fn config(jwk: &serde_json::Value, alg: &str) -> Config {
             "spec": {"issuer": "https://idp.example.com", "keys": {"jwks": {"keys": [jwk]}}, "allowedAlgorithms": [alg]}}),
         json!({"apiVersion": "warden.dev/v1", "kind": "McpServer", "metadata": {"name": "github"},
             "spec": {"resource": "https://mcp.example.com/github", "issuers": ["corp-idp"], "upstream": "http://127.0.0.1:1/mcp"}}),
+        json!({"apiVersion": "warden.dev/v1", "kind": "Policy", "metadata": {"name": "github-tools"},
+            "spec": {"servers": ["github"], "cedar": "permit(principal, action == Action::\"tools/call\", resource) when { [\"search\", \"get_file\"].contains(resource.name) && context.scopes.contains(\"repo:read\") };\nforbid(principal, action, resource) when { principal has tenant && principal.tenant == \"blocked\" };"}}),
     ];
     let docs: Vec<Document> =
         docs.into_iter().map(|d| Document::from_json(d, &Admission::default()).unwrap()).collect();
@@ -104,6 +107,24 @@ fn bench(c: &mut Criterion) {
         });
         c.bench_function(&format!("{name}: full token verification, cached"), |b| {
             b.iter(|| verifier.verify(black_box(&token), "github", NOW, &revocations, Presenter::default()).unwrap())
+        });
+        // The decision: token verification plus Cedar evaluation of a tools/call.
+        let authorizer = Authorizer::new(&config(&jwk, name));
+        let facts = RequestFacts { source_ip: "10.1.2.3".parse().unwrap(), now: NOW, granted_tools: &[] };
+        let decide = |verifier: &Verifier, token: &str| {
+            let workload = verifier.verify(token, "github", NOW, &revocations, Presenter::default()).unwrap();
+            let outcome =
+                authorizer.authorize("github", &workload, "tools/call", Target::Tool("search"), &facts).unwrap();
+            assert!(outcome.allowed);
+        };
+        c.bench_function(&format!("{name}: decision (verify + policy), uncached"), |b| {
+            b.iter(|| {
+                next = (next + 1) % fresh.len();
+                decide(&uncached.0, black_box(&fresh[next]))
+            })
+        });
+        c.bench_function(&format!("{name}: decision (verify + policy), cached"), |b| {
+            b.iter(|| decide(&verifier, black_box(&token)))
         });
     }
 }

@@ -108,9 +108,9 @@ pub struct Verified {
     /// `iat`, seconds since the epoch.
     pub issued_at: i64,
     /// `exp` plus the issuer's clock skew: refused after this.
-    valid_until: i64,
+    pub(crate) valid_until: i64,
     /// `cnf.x5t#S256`, when the token is certificate-bound.
-    bound_certificate: Option<String>,
+    pub(crate) bound_certificate: Option<String>,
     /// Scopes (`scope` split on spaces, or `scp`).
     pub scopes: Vec<String>,
     /// Every claim, for policy context.

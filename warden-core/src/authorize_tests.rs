@@ -1,0 +1,162 @@
+use super::*;
+use crate::resource::{Admission, Document, yaml_documents};
+
+const NOW: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z, a Tuesday
+
+fn authorizer(policies: &str) -> Authorizer {
+    let yaml = format!(
+        r#"
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: corp-idp}}
+spec:
+  issuer: https://idp.example.com
+  keys: {{jwksUri: https://idp.example.com/jwks}}
+  allowedAlgorithms: [ES256]
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: github}}
+spec:
+  resource: https://mcp.example.com/github
+  issuers: [corp-idp]
+  upstream: http://127.0.0.1:3000/mcp
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: billing}}
+spec:
+  resource: https://mcp.example.com/billing
+  issuers: [corp-idp]
+  upstream: http://127.0.0.1:3001/mcp
+{policies}"#
+    );
+    let docs: Vec<Document> = yaml_documents(&yaml)
+        .unwrap()
+        .into_iter()
+        .map(|v| Document::from_json(v, &Admission::default()).unwrap())
+        .collect();
+    Authorizer::new(&Config::build(&docs).unwrap())
+}
+
+fn workload(subject: &str, claims: serde_json::Value) -> Verified {
+    Verified {
+        issuer: "corp-idp".into(),
+        subject: subject.into(),
+        jti: None,
+        expires_at: NOW + 600,
+        issued_at: NOW - 60,
+        valid_until: NOW + 660,
+        bound_certificate: None,
+        scopes: vec!["repo:read".into()],
+        claims: claims.as_object().cloned().unwrap_or_default(),
+    }
+}
+
+fn facts() -> RequestFacts<'static> {
+    RequestFacts { source_ip: "10.1.2.3".parse().unwrap(), now: NOW, granted_tools: &[] }
+}
+
+const COOKBOOK: &str = r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: github-tools}
+spec:
+  servers: [github]
+  cedar: |
+    permit(principal, action == Action::"tools/list", resource);
+    permit(principal, action == Action::"tools/call", resource)
+    when { ["search", "get_file"].contains(resource.name) && context.scopes.contains("repo:read") };
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: tenant-isolation}
+spec:
+  cedar: |
+    forbid(principal, action, resource)
+    when { principal has tenant && principal.tenant == "blocked" };
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: billing-office-hours}
+spec:
+  servers: [billing]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource)
+    when { resource.name == "invoice" && context.time.toTime() >= duration("8h") && context.time.toTime() < duration("18h") };
+"#;
+
+#[test]
+fn per_tool_permits_with_default_deny() {
+    let a = authorizer(COOKBOOK);
+    let w = workload("ci-runner", serde_json::json!({}));
+    let call = |server, tool| a.authorize(server, &w, "tools/call", Target::Tool(tool), &facts()).unwrap();
+    let ok = call("github", "search");
+    assert!(ok.allowed, "{ok:?}");
+    assert_eq!(ok.policies, ["github-tools.1"]);
+    assert!(!call("github", "delete_repo").allowed, "not permitted: default deny");
+    assert!(a.authorize("github", &w, "tools/list", Target::Server, &facts()).unwrap().allowed);
+    // The github policy is scoped to github: it grants nothing on billing.
+    assert!(!call("billing", "search").allowed);
+    assert!(!call("no-such-server", "search").allowed);
+}
+
+#[test]
+fn claims_and_scopes_feed_the_decision_and_forbid_wins() {
+    let a = authorizer(COOKBOOK);
+    let mut w = workload("ci-runner", serde_json::json!({"tenant": "blocked"}));
+    let denied = a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.policies, ["tenant-isolation.0"], "the forbid decided");
+    w.claims.insert("tenant".into(), "acme".into());
+    assert!(a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap().allowed);
+    w.scopes.clear();
+    assert!(!a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap().allowed);
+}
+
+#[test]
+fn time_windows_use_the_request_time() {
+    let a = authorizer(COOKBOOK);
+    let w = workload("accountant", serde_json::json!({}));
+    let at = |now| {
+        let facts = RequestFacts { now, ..facts() };
+        a.authorize("billing", &w, "tools/call", Target::Tool("invoice"), &facts).unwrap().allowed
+    };
+    assert!(!at(NOW), "22:13 UTC is outside office hours");
+    assert!(at(NOW - 10 * 3600), "12:13 UTC is inside");
+}
+
+#[test]
+fn unknown_methods_are_not_authorized() {
+    let a = authorizer(COOKBOOK);
+    let w = workload("ci-runner", serde_json::json!({}));
+    assert!(a.authorize("github", &w, "tools/exec", Target::Tool("search"), &facts()).is_err());
+}
+
+#[test]
+fn iso8601_dates() {
+    assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+    assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20Z");
+    assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(iso8601(4_102_444_800), "2100-01-01T00:00:00Z");
+}
+
+#[test]
+fn a_policy_that_fails_at_evaluation_denies() {
+    // Validates (types are right), but overflows at run time for every request.
+    let overflow = r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: broken-forbid}
+spec:
+  cedar: |
+    forbid(principal, action, resource) when { 9223372036854775807 + 1 > 0 };
+"#;
+    let a = authorizer(&format!("{COOKBOOK}{overflow}"));
+    let w = workload("ci-runner", serde_json::json!({}));
+    let outcome = a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap();
+    assert!(!outcome.allowed, "{outcome:?}");
+    assert_eq!(outcome.errors.len(), 1);
+}
