@@ -1,5 +1,5 @@
 use super::*;
-use crate::resource::{Admission, Document, yaml_documents};
+use crate::resource::test_documents;
 
 const NOW: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z, a Tuesday
 
@@ -31,11 +31,7 @@ spec:
   upstream: http://127.0.0.1:3001/mcp
 {policies}"#
     );
-    let docs: Vec<Document> = yaml_documents(&yaml)
-        .unwrap()
-        .into_iter()
-        .map(|v| Document::from_json(v, &Admission::default()).unwrap())
-        .collect();
+    let docs = test_documents(&yaml);
     Authorizer::new(&Config::build(&docs).unwrap())
 }
 

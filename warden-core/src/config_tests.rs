@@ -1,9 +1,5 @@
 use super::*;
-use crate::resource::{Admission, yaml_documents};
-
-fn documents(yaml: &str) -> Vec<Document> {
-    yaml_documents(yaml).unwrap().into_iter().map(|v| Document::from_json(v, &Admission::default()).unwrap()).collect()
-}
+use crate::resource::test_documents as documents;
 
 const FLEET: &str = r#"
 apiVersion: warden.dev/v1

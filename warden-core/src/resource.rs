@@ -313,6 +313,12 @@ pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, DocumentErro
     Ok(out)
 }
 
+/// Test fixture: every document of `yaml`, each parsed and validated (panics otherwise).
+#[cfg(test)]
+pub(crate) fn test_documents(yaml: &str) -> Vec<Document> {
+    yaml_documents(yaml).unwrap().into_iter().map(|v| Document::from_json(v, &Admission::default()).unwrap()).collect()
+}
+
 #[cfg(test)]
 #[path = "resource_tests.rs"]
 mod tests;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::resource::{Admission, Document, yaml_documents};
+use crate::resource::test_documents;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm as JwtAlgorithm, EncodingKey, Header as JwtHeader, encode};
 use serde_json::json;
@@ -82,11 +82,7 @@ spec:
 "#,
         jwks = json!({ "keys": keys })
     );
-    let docs: Vec<Document> = yaml_documents(&yaml)
-        .unwrap()
-        .into_iter()
-        .map(|v| Document::from_json(v, &Admission::default()).unwrap())
-        .collect();
+    let docs = test_documents(&yaml);
     let (verifier, skipped) = Verifier::new(&Config::build(&docs).unwrap());
     assert_eq!(skipped, 0);
     verifier
