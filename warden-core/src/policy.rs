@@ -50,11 +50,6 @@ impl PartialEq for PolicySpec {
 }
 
 impl PolicySpec {
-    /// A spec for `cedar` scoped to `servers`, not yet validated.
-    pub fn new(servers: Vec<String>, cedar: String) -> PolicySpec {
-        PolicySpec { servers, cedar, compiled: None }
-    }
-
     pub(crate) fn validate(&mut self) -> Result<(), DocumentError> {
         for (i, name) in self.servers.iter().enumerate() {
             validate_name(name).map_err(|m| DocumentError::field(format!("spec.servers[{i}]"), m))?;

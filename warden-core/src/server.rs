@@ -28,13 +28,6 @@ pub struct AgentSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
-impl AgentSelector {
-    /// Whether an agent with `labels` is selected.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
-}
-
 /// `spec` of an `McpServer`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

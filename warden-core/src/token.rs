@@ -464,11 +464,6 @@ impl Verifier {
             claims,
         })
     }
-
-    /// The issuer name for an `iss` value, if trusted (for key-refresh requests on `unknown_kid`).
-    pub fn issuer_name(&self, iss: &str) -> Option<&str> {
-        self.issuers.get(iss).map(|i| i.name.as_str())
-    }
 }
 
 /// What can change between two uses of the same verified token: the clock, revocations, and the
