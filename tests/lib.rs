@@ -455,3 +455,97 @@ impl StaticIdp {
         drop(self.process.take());
     }
 }
+
+/// The Python interpreter with the peers' packages (`bash tests/peers/setup.sh` makes it).
+pub fn python() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    assert!(path.exists(), "{} is missing: run `bash tests/peers/setup.sh` first", path.display());
+    path
+}
+
+/// A script of `tests/peers/`.
+pub fn peer(script: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers").join(script)
+}
+
+/// An identity provider that serves OIDC discovery and a JWKS, and mints tokens with PyJWT
+/// (`tests/peers/idp.py`).
+pub struct MintingIdp {
+    /// The server process.
+    pub process: Process,
+    /// `http://127.a.b.c:<port>`, also the issuer URL.
+    pub issuer: String,
+}
+
+impl MintingIdp {
+    /// Starts one in `dir` and waits until it serves its keys.
+    pub fn start(dir: &Path) -> MintingIdp {
+        let addr = loopback_addr();
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let mut command = Command::new(python());
+        command.arg(peer("idp.py")).args([host, port]);
+        let process = Process::spawn(command, dir.join("minting-idp.log"));
+        let issuer = format!("http://{addr}");
+        let url = format!("{issuer}/jwks");
+        wait_for_or("the IdP to serve", || process.log_text(), || ureq::get(&url).call().ok().map(|_| ()));
+        MintingIdp { process, issuer }
+    }
+
+    /// A token: `request` as `idp.py` documents it (claims, key, kid, attack).
+    pub fn mint(&self, request: &Value) -> String {
+        let url = format!("{}/mint", self.issuer);
+        ureq::post(&url).send_json(request).expect("mint").body_mut().read_to_string().expect("token")
+    }
+
+    /// Publishes a new ES256 key `kid` (mint with `"key": kid`).
+    pub fn rotate(&self, kid: &str) {
+        let url = format!("{}/rotate", self.issuer);
+        ureq::post(&url).send_json(serde_json::json!({ "kid": kid })).expect("rotate");
+    }
+}
+
+/// An MCP server written with the official Python SDK (`tests/peers/mcp_server.py`).
+pub struct McpUpstream {
+    /// The server process.
+    pub process: Process,
+    /// Its MCP endpoint, `http://127.a.b.c:<port>/mcp`.
+    pub url: String,
+}
+
+impl McpUpstream {
+    /// Starts one in `dir` and waits until it accepts connections.
+    pub fn start(dir: &Path) -> McpUpstream {
+        let addr = loopback_addr();
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let mut command = Command::new(python());
+        command.arg(peer("mcp_server.py")).args([host, port]);
+        let process = Process::spawn(command, dir.join("mcp-upstream.log"));
+        wait_for_or(
+            "the MCP server to listen",
+            || process.log_text(),
+            || std::net::TcpStream::connect(&addr).ok().map(|_| ()),
+        );
+        McpUpstream { process, url: format!("http://{addr}/mcp") }
+    }
+}
+
+/// Runs the official Python SDK's client (`tests/peers/mcp_client.py`) through `steps`, each
+/// `(token, [operation, args…])` on a connection of its own; their JSON reports, in order.
+pub fn mcp_client(url: &str, mode: &str, steps: &[(&str, &[&str])]) -> Vec<Value> {
+    use std::io::Write;
+    let script: Vec<Value> = steps.iter().map(|(token, op)| serde_json::json!({"token": token, "op": op})).collect();
+    let mut child = Command::new(python())
+        .arg(peer("mcp_client.py"))
+        .args([url, mode])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the MCP client");
+    child.stdin.take().expect("stdin").write_all(Value::Array(script).to_string().as_bytes()).expect("steps");
+    let out = child.wait_with_output().expect("the MCP client finishes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("MCP client output is not JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+    })
+}

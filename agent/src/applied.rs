@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use proto::v1 as pb;
+use warden_core::authorize::Authorizer;
+use warden_core::token::{Revocations, Verifier};
 use warden_core::{Admission, Config, Document, Kind, ResourceKey};
 
 /// Where the enforced configuration came from.
@@ -33,6 +35,12 @@ pub struct Applied {
     pub keys: BTreeMap<String, pb::IssuerKeys>,
     /// The compiled configuration.
     pub config: Config,
+    /// Its token rules, with the tokens verified under them.
+    pub verifier: Verifier,
+    /// Its policies, per server.
+    pub authorizer: Authorizer,
+    /// Revoked tokens and subjects.
+    pub revocations: Revocations,
     /// Where it came from.
     pub source: Source,
 }
@@ -126,7 +134,14 @@ fn build(
     let config = Config::build(documents.values().map(|d| d.as_ref()))
         .and_then(|c| c.with_fetched_keys(fetched))
         .map_err(|e| e.to_string())?;
-    Ok(Applied { store_id, version, resources, documents, keys, config, source })
+    let (verifier, skipped) = Verifier::new(&config);
+    if skipped > 0 {
+        // Tokens signed with these keys are refused as unknown_kid, never accepted.
+        tracing::warn!(version, skipped, "issuer keys that do not parse were left out");
+    }
+    let authorizer = Authorizer::new(&config);
+    let revocations = Revocations::default();
+    Ok(Applied { store_id, version, resources, documents, keys, config, verifier, authorizer, revocations, source })
 }
 
 /// The configuration in force, shared by everything that enforces it.

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod applied;
+pub mod gateway;
 pub mod identity;
 pub mod last_good;
 pub mod status;
@@ -48,6 +49,8 @@ pub struct Options {
     pub heartbeat_interval: Duration,
     /// A stream silent this long is dropped and reconnected.
     pub idle_timeout: Duration,
+    /// Bounds on gateway requests.
+    pub gateway_limits: gateway::Limits,
 }
 
 /// Why the agent stopped with an error.
@@ -110,6 +113,11 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         let _ = stop_tx.send(true);
     });
 
+    // The gateway serves from the last good configuration even before the control plane answers.
+    let (key_refresh_tx, key_refresh_rx) = tokio::sync::mpsc::channel(16);
+    let shared = Arc::new(gateway::Shared::new(current.clone(), options.gateway_limits, key_refresh_tx));
+    let gateway_task = tokio::spawn(gateway::run(shared, stop_rx.clone()));
+
     let files = Files::new(&options.data_dir);
     let identity = tokio::select! {
         id = obtain_identity(&options, &files) => id?,
@@ -129,10 +137,12 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         idle_timeout: options.idle_timeout,
         heartbeat_interval: options.heartbeat_interval,
         link: link_tx,
+        key_refresh: tokio::sync::Mutex::new(key_refresh_rx),
     };
     let renewal = tokio::spawn(renew_forever(options.clone(), identity_tx, not_after_tx, stop_rx.clone()));
     sync.run(stop_rx.clone()).await;
     renewal.abort();
+    let _ = gateway_task.await;
     if let Some(task) = status_task {
         let _ = task.await;
     }

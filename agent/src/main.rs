@@ -39,6 +39,15 @@ struct Args {
     /// Heartbeat interval.
     #[arg(long, default_value = "15s", value_parser = warden_core::duration::parse)]
     heartbeat_interval: Duration,
+    /// Largest MCP request body the gateway accepts, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_request_bytes: usize,
+    /// Deepest JSON nesting the gateway accepts.
+    #[arg(long, default_value_t = 64)]
+    max_json_depth: usize,
+    /// Most JSON-RPC messages in one batch.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
 }
 
 #[tokio::main]
@@ -46,6 +55,8 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: logs that go to files stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match start().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -79,6 +90,10 @@ async fn start() -> anyhow::Result<()> {
         backoff: agent::sync::Backoff { base: args.backoff_base, max: args.backoff_max },
         heartbeat_interval: args.heartbeat_interval,
         idle_timeout: args.heartbeat_interval * 3 + Duration::from_secs(15),
+        gateway_limits: agent::gateway::Limits {
+            max_body_bytes: args.max_request_bytes,
+            json: warden_core::mcp::Limits { max_depth: args.max_json_depth, max_batch: args.max_batch },
+        },
     };
     agent::run(options, shutdown_signal()).await?;
     Ok(())

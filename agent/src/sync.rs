@@ -67,6 +67,18 @@ pub struct Sync {
     pub heartbeat_interval: Duration,
     /// Published connection state.
     pub link: watch::Sender<Link>,
+    /// Key refreshes the gateway asks for; sent while a stream is open, dropped otherwise (the
+    /// control plane refreshes on its own schedule anyway).
+    pub key_refresh: tokio::sync::Mutex<mpsc::Receiver<KeyRefresh>>,
+}
+
+/// A token named a key its issuer's keys lack: the issuer may have rotated.
+#[derive(Clone, Debug)]
+pub struct KeyRefresh {
+    /// The TrustedIssuer's name.
+    pub issuer: String,
+    /// The unknown `kid`.
+    pub kid: String,
 }
 
 impl Sync {
@@ -133,6 +145,7 @@ impl Sync {
         });
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.tick().await;
+        let mut key_refresh = self.key_refresh.lock().await;
         loop {
             tokio::select! {
                 message = tokio::time::timeout(self.idle_timeout, inbound.message()) => {
@@ -145,6 +158,10 @@ impl Sync {
                     if let Some(reply) = self.handle(message) {
                         send(&tx, reply).await?;
                     }
+                }
+                Some(KeyRefresh { issuer, kid }) = key_refresh.recv() => {
+                    tracing::info!(%issuer, %kid, "asking the control plane to refresh an issuer's keys");
+                    send(&tx, pb::agent_message::Message::KeyRefresh(pb::KeyRefreshRequest { issuer, kid })).await?;
                 }
                 _ = heartbeat.tick() => {
                     let version = self.current.get().map_or(0, |a| a.version);

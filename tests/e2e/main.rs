@@ -3,4 +3,5 @@
 
 mod fleet_pki;
 mod fleet_sync;
+mod gateway;
 mod issuer_keys;

@@ -6,11 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod authorize;
+pub mod bounded;
 pub mod config;
 pub mod duration;
 pub mod identity;
 pub mod issuer;
 pub mod jwks;
+pub mod mcp;
 pub mod policy;
 pub mod resource;
 pub mod server;

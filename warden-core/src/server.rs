@@ -47,6 +47,14 @@ pub struct McpServerSpec {
     /// Token binding required of callers.
     #[serde(default)]
     pub binding: Binding,
+    /// Scopes every token must carry for this server; a token without one is answered 403
+    /// `insufficient_scope`. Also advertised as `scopes_supported` in the resource metadata.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Browser origins allowed to call the server besides the resource's own (requests from any
+    /// other `Origin` are refused, against DNS rebinding).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl McpServerSpec {
@@ -67,6 +75,28 @@ impl McpServerSpec {
             .map_err(|e| DocumentError::field("spec.upstream", format!("{:?} is not a URL: {e}", self.upstream)))?;
         if !matches!(upstream.scheme(), "http" | "https") || upstream.host().is_none() {
             return Err(DocumentError::field("spec.upstream", "must be an http or https URL with a host"));
+        }
+        for (i, scope) in self.scopes.iter().enumerate() {
+            // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+            if scope.is_empty()
+                || !scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+            {
+                return Err(DocumentError::field(
+                    format!("spec.scopes[{i}]"),
+                    format!("{scope:?} is not a scope token"),
+                ));
+            }
+        }
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            let parsed = url::Url::parse(origin)
+                .ok()
+                .filter(|u| u.origin().is_tuple() && u.path() == "/" && u.query().is_none());
+            if parsed.is_none() || origin.ends_with('/') {
+                return Err(DocumentError::field(
+                    format!("spec.allowedOrigins[{i}]"),
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                ));
+            }
         }
         if let Some(listen) = &self.listen
             && listen.parse::<std::net::SocketAddr>().is_err()

@@ -9,7 +9,7 @@
 //! more for ES256 (see BENCHMARKS.md); the tests sign with jsonwebtoken, so every token is made
 //! by one implementation and checked by another.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -17,6 +17,7 @@ use ring::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey, Ve
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::bounded::BoundedMap;
 use crate::config::Config;
 use crate::issuer::Algorithm;
 use crate::server::Binding;
@@ -249,11 +250,8 @@ pub struct Verifier {
 /// oldest entry goes first. What can change between two uses of one token — the clock,
 /// revocations, the presented certificate — is checked again on every hit.
 struct TokenCache {
-    entries: Mutex<CacheEntries>,
+    entries: Mutex<BoundedMap<[u8; 32], Arc<Verified>>>,
 }
-
-/// Entries by key, and keys oldest first.
-type CacheEntries = (HashMap<[u8; 32], Arc<Verified>>, VecDeque<[u8; 32]>);
 
 impl TokenCache {
     fn key(server: &str, token: &str) -> [u8; 32] {
@@ -265,29 +263,17 @@ impl TokenCache {
     }
 
     fn get(&self, key: &[u8; 32], now: i64) -> Option<Arc<Verified>> {
-        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = guard.0.get(key)?.clone();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = entries.get(key)?.clone();
         if now > hit.valid_until {
-            // Dropped at expiry; the position in the order queue goes with the next eviction.
-            guard.0.remove(key);
+            // Dropped at expiry (the caller refuses it).
+            entries.remove(key);
         }
         Some(hit)
     }
 
     fn insert(&self, key: [u8; 32], verified: Arc<Verified>) {
-        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, order) = &mut *guard;
-        while map.len() >= CACHE_CAPACITY || order.len() >= 2 * CACHE_CAPACITY {
-            match order.pop_front() {
-                Some(old) => {
-                    map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        if map.insert(key, verified).is_none() {
-            order.push_back(key);
-        }
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, verified);
     }
 }
 
@@ -337,7 +323,7 @@ impl Verifier {
                 (name.clone(), rules)
             })
             .collect();
-        let cache = TokenCache { entries: Mutex::new((HashMap::new(), VecDeque::new())) };
+        let cache = TokenCache { entries: Mutex::new(BoundedMap::new(CACHE_CAPACITY)) };
         (Verifier { issuers, servers, cache }, skipped)
     }
 

@@ -305,5 +305,5 @@ fn a_cached_token_is_still_refused_once_expired_revoked_or_presented_without_its
         c["jti"] = json!(format!("t-{i}"));
         check(&v, &es.sign(&c)).unwrap();
     }
-    assert!(v.cache.entries.lock().unwrap().0.len() <= CACHE_CAPACITY);
+    assert!(v.cache.entries.lock().unwrap().len() <= CACHE_CAPACITY);
 }

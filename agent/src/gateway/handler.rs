@@ -1,0 +1,420 @@
+//! One request through the gateway, in the order of PRODUCT.md's "What a request goes through
+//! at the agent": route, Origin, token, scopes, body, policy, forward, filter.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::Value;
+use warden_core::authorize::{RequestFacts, Target};
+use warden_core::mcp;
+use warden_core::server::McpServerSpec;
+use warden_core::token::{Presenter, Reason, Verified};
+
+use super::filter::{self, Allows, Lists};
+use super::reply::{self, Body, Route};
+use super::{Shared, proxy, sessions};
+use crate::applied::Applied;
+use crate::sync::KeyRefresh;
+
+/// Bounds on what callers may send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// JSON depth and batch size.
+    pub json: mcp::Limits,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_body_bytes: 1024 * 1024, json: mcp::Limits::default() }
+    }
+}
+
+/// Handles one request for `server`.
+pub async fn handle(
+    shared: &Shared,
+    server: &Arc<str>,
+    peer: SocketAddr,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    // Fail closed: with no configuration ever received there is nothing to enforce.
+    let Some(applied) = shared.current.get() else {
+        return reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration received yet; every request is refused",
+        );
+    };
+    let Some(spec) = applied.config.servers.get(&**server) else {
+        return reply::error(StatusCode::NOT_FOUND, format!("server {server} is no longer configured"));
+    };
+    let Some(route) = Route::new(spec) else {
+        return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "the server's resource is not a URL");
+    };
+    let path = request.uri().path();
+    if route.is_metadata(path) {
+        return match *request.method() {
+            Method::GET | Method::HEAD => {
+                let issuers =
+                    spec.issuers.iter().filter_map(|i| applied.config.issuers.get(i)).map(|i| i.issuer.clone());
+                reply::metadata(server, spec, issuers.collect())
+            }
+            _ => method_not_allowed("GET"),
+        };
+    }
+    if path != route.mcp_path {
+        return reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path));
+    }
+    if let Some(origin) = request.headers().get(header::ORIGIN)
+        && !origin_allowed(origin, &route, spec)
+    {
+        // Against DNS rebinding: a browser page from another origin must not reach the server.
+        return reply::error(StatusCode::FORBIDDEN, "this Origin may not call the server");
+    }
+
+    let now = crate::identity::now_unix();
+    let verified = {
+        let token = match bearer(request.headers(), request.uri().query()) {
+            Ok(Some(token)) => token,
+            Ok(None) => return reply::unauthorized(&route, None),
+            Err(message) => return reply::error(StatusCode::BAD_REQUEST, message),
+        };
+        match applied.verifier.verify(token, server, now, &applied.revocations, Presenter::default()) {
+            Ok(v) => v,
+            Err(reason) => {
+                tracing::info!(server = %server, reason = %reason, "token refused");
+                if reason == Reason::UnknownKey {
+                    ask_for_keys(shared, &applied, token);
+                }
+                return reply::unauthorized(&route, Some(reason));
+            }
+        }
+    };
+    if !spec.scopes.iter().all(|s| verified.scopes.contains(s)) {
+        return reply::insufficient_scope(&route, &spec.scopes);
+    }
+    let principal = sessions::principal(&verified);
+    if let Some(session) = request.headers().get("mcp-session-id")
+        && !shared.sessions.allows(session.as_bytes(), &principal)
+    {
+        tracing::warn!(server = %server, "a session was presented by another workload than the one that opened it");
+        return reply::error(StatusCode::NOT_FOUND, "no such session for this workload");
+    }
+
+    let decider = Decider { applied: applied.clone(), server: server.clone(), verified, source_ip: peer.ip(), now };
+    match *request.method() {
+        Method::POST => post(shared, decider, principal, request).await,
+        Method::GET | Method::DELETE => {
+            let (parts, _) = request.into_parts();
+            forward(shared, &decider, principal, &parts, Bytes::new(), None).await
+        }
+        _ => method_not_allowed("GET, POST, DELETE"),
+    }
+}
+
+/// The caller's decisions for one request: its verified token under the configuration that
+/// verified it.
+#[derive(Clone)]
+struct Decider {
+    applied: Arc<Applied>,
+    server: Arc<str>,
+    verified: Arc<Verified>,
+    source_ip: IpAddr,
+    now: i64,
+}
+
+impl Allows for Decider {
+    fn allows(&self, method: &str, target: Target<'_>) -> bool {
+        let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools: &[] };
+        match self.applied.authorizer.authorize(&self.server, &self.verified, method, target, &facts) {
+            Ok(outcome) => {
+                for e in &outcome.errors {
+                    tracing::warn!(server = %self.server, method, "policy evaluation error (denied): {e}");
+                }
+                tracing::debug!(
+                    server = %self.server, method, ?target, allowed = outcome.allowed,
+                    policies = ?outcome.policies, "decision"
+                );
+                outcome.allowed
+            }
+            Err(e) => {
+                tracing::warn!(server = %self.server, method, "{e} (denied)");
+                false
+            }
+        }
+    }
+}
+
+async fn post(
+    shared: &Shared,
+    decider: Decider,
+    principal: sessions::Principal,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let json_content = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if !json_content {
+        return reply::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "MCP requests are application/json");
+    }
+    let limit = shared.limits.max_body_bytes;
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit);
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
+        Err(e) => return reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+    };
+    let (lists, refusal) = decide_body(&decider, &parts.headers, &bytes, shared.limits.json);
+    if let Some(refusal) = refusal {
+        return refusal;
+    }
+    forward(shared, &decider, principal, &parts, bytes, Some(lists)).await
+}
+
+fn too_large(limit: usize) -> Response<Body> {
+    let message = format!("the body exceeds {limit} bytes");
+    reply::jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, None, mcp::INVALID_REQUEST, &message)
+}
+
+/// Checks the body and decides each message; the list requests whose answers need filtering,
+/// or the response that refuses the request.
+fn decide_body(
+    decider: &Decider,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    limits: mcp::Limits,
+) -> (Vec<(Value, mcp::ListFilter)>, Option<Response<Body>>) {
+    let refuse = |response| (Vec::new(), Some(response));
+    let body = match mcp::parse(bytes, limits) {
+        Ok(b) => b,
+        Err(e) => return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string())),
+    };
+    let version = headers.get("mcp-protocol-version").map(|v| v.to_str().unwrap_or(""));
+    if let Some(v) = version
+        && !mcp::PROTOCOL_VERSIONS.contains(&v)
+    {
+        let message = format!("unsupported MCP-Protocol-Version; supported: {}", mcp::PROTOCOL_VERSIONS.join(", "));
+        return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, mcp::INVALID_REQUEST, &message));
+    }
+    let routed =
+        version.is_some_and(|v| mcp::ROUTING_HEADER_VERSIONS.contains(&v)) || headers.contains_key("mcp-method");
+    if routed {
+        let first_id = body.messages.first().and_then(|m| m.id);
+        let mismatch =
+            |message: &str| reply::jsonrpc_error(StatusCode::BAD_REQUEST, first_id, mcp::HEADER_MISMATCH, message);
+        if body.batch {
+            return refuse(mismatch("batches cannot carry routing headers"));
+        }
+        for name in ["mcp-method", "mcp-name", "mcp-protocol-version"] {
+            if headers.get_all(name).iter().count() > 1 {
+                return refuse(mismatch(&format!("{name} header appears more than once")));
+            }
+        }
+        let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        if let Err(message) = mcp::check_routing_headers(&body.messages[0], header("mcp-method"), header("mcp-name")) {
+            return refuse(mismatch(&message));
+        }
+    }
+
+    let mut denied = Vec::new();
+    let mut lists = Vec::new();
+    for (i, m) in body.messages.iter().enumerate() {
+        let Some(method) = m.method.as_deref() else { continue };
+        let target = match mcp::target(method, m.name.as_deref()) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(message) => {
+                return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message));
+            }
+        };
+        if !decider.allows(method, target) {
+            denied.push(i);
+        } else if let Some(filter) = mcp::list_filter(method)
+            && let Some(id) = m.id.and_then(|id| serde_json::from_str::<Value>(id.get()).ok())
+        {
+            lists.push((id, filter));
+        }
+    }
+    if denied.is_empty() {
+        return (lists, None);
+    }
+    let error = |m: &mcp::Message<'_>, message: &str| {
+        reply::jsonrpc_error_value(
+            m.id,
+            mcp::POLICY_DENIED,
+            message,
+            Some(serde_json::json!({"reason": "policy_denied"})),
+        )
+    };
+    if !body.batch {
+        let m = &body.messages[0];
+        // A denied notification has no id to answer; the HTTP status carries the refusal.
+        let status = if m.id.is_some() { StatusCode::OK } else { StatusCode::FORBIDDEN };
+        return refuse(reply::json(status, &error(m, "denied by policy")));
+    }
+    // A batch goes upstream whole or not at all: each request gets an error.
+    let answers: Vec<Value> = body
+        .messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.id.is_some())
+        .map(|(i, m)| {
+            if denied.contains(&i) {
+                error(m, "denied by policy")
+            } else {
+                error(m, "not sent: another request in the batch was denied")
+            }
+        })
+        .collect();
+    refuse(reply::json(StatusCode::OK, &Value::Array(answers)))
+}
+
+async fn forward(
+    shared: &Shared,
+    decider: &Decider,
+    principal: sessions::Principal,
+    parts: &http::request::Parts,
+    body: Bytes,
+    lists: Option<Vec<(Value, mcp::ListFilter)>>,
+) -> Response<Body> {
+    let spec: &McpServerSpec = match decider.applied.config.servers.get(&*decider.server) {
+        Some(s) => s,
+        None => return reply::error(StatusCode::NOT_FOUND, "the server is no longer configured"),
+    };
+    let upstream = match proxy::request(&spec.upstream, &parts.method, &parts.headers, body, &decider.verified) {
+        Ok(r) => r,
+        Err(e) => return reply::error(StatusCode::BAD_GATEWAY, e),
+    };
+    let response = match shared.client.request(upstream).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(server = %decider.server, "upstream: {e}");
+            return reply::error(StatusCode::BAD_GATEWAY, "the upstream MCP server did not answer");
+        }
+    };
+    if let Some(session) = response.headers().get("mcp-session-id") {
+        shared.sessions.bind(session.as_bytes(), principal);
+    }
+    if parts.method == Method::DELETE
+        && response.status().is_success()
+        && let Some(session) = parts.headers.get("mcp-session-id")
+    {
+        shared.sessions.end(session.as_bytes());
+    }
+    let (mut head, incoming) = response.into_parts();
+    head.headers = proxy::forwardable(&head.headers);
+    let lists = lists.filter(|l| !l.is_empty() && head.status.is_success());
+    let Some(requests) = lists else {
+        return Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync());
+    };
+    let media = head.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let lists = Arc::new(Lists { requests, allows: decider.clone() });
+    head.headers.remove(header::CONTENT_LENGTH);
+    if media.starts_with("text/event-stream") {
+        return Response::from_parts(head, filter::sse(lists, incoming));
+    }
+    let bytes = match Limited::new(incoming, filter::MAX_FILTERED_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::warn!(server = %decider.server, "upstream list answer not read: {e}");
+            return reply::error(StatusCode::BAD_GATEWAY, "the upstream's list answer could not be filtered");
+        }
+    };
+    match lists.json(&bytes) {
+        Some(filtered) => Response::from_parts(head, reply::full(filtered)),
+        None => reply::error(StatusCode::BAD_GATEWAY, "the upstream's list answer could not be filtered"),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = reply::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// The bearer token of `Authorization` (RFC 6750 §2.1); the query form is refused outright
+/// (the MCP authorization spec forbids it) and so is more than one `Authorization` header.
+fn bearer<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<Option<&'h str>, &'static str> {
+    if query.is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token="))) {
+        return Err("tokens are accepted only in the Authorization header");
+    }
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("more than one Authorization header");
+    }
+    let value = value.to_str().map_err(|_| "the Authorization header is not ASCII")?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(Some(token.trim()))
+        }
+        // Another scheme (Basic, DPoP before DPoP support): as if no usable token was sent.
+        _ => Ok(None),
+    }
+}
+
+/// The resource's own origin, localhost forms of it, and the configured ones.
+fn origin_allowed(origin: &HeaderValue, route: &Route, spec: &McpServerSpec) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    origin == route.origin || spec.allowed_origins.iter().any(|o| o == origin)
+}
+
+/// Names the issuer of a token signed with a `kid` its keys lack, so the control plane can
+/// refetch them. The claims are read unverified only to name the issuer: the control plane
+/// rate-limits refreshes per issuer, so a forged token costs at most one early refresh.
+fn ask_for_keys(shared: &Shared, applied: &Applied, token: &str) {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let decode = |part: Option<&str>| -> Option<Value> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part?).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    };
+    let (Some(header), Some(claims)) = (decode(parts.next()), decode(parts.next())) else {
+        return;
+    };
+    let (Some(kid), Some(iss)) = (header["kid"].as_str(), claims["iss"].as_str()) else {
+        return;
+    };
+    if let Some((name, _)) = applied.config.issuers.iter().find(|(_, spec)| spec.issuer == iss) {
+        // Full queue: a refresh is already on its way.
+        let _ = shared.key_refresh.try_send(KeyRefresh { issuer: name.clone(), kid: kid.to_string() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_comes_from_one_bearer_authorization_header_only() {
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer abc")]), None), Ok(Some("abc")));
+        assert_eq!(bearer(&headers(&[("authorization", "bearer  abc ")]), None), Ok(Some("abc")));
+        assert_eq!(bearer(&headers(&[("authorization", "Basic dTpw")]), None), Ok(None));
+        assert_eq!(bearer(&headers(&[("authorization", "Bearer ")]), None), Ok(None));
+        assert_eq!(bearer(&headers(&[]), None), Ok(None));
+        assert!(bearer(&headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]), None).is_err());
+        assert!(bearer(&headers(&[]), Some("x=1&access_token=abc")).is_err());
+    }
+}

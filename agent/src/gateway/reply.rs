@@ -1,0 +1,141 @@
+//! The answers the gateway gives itself: JSON-RPC errors, the OAuth challenges the MCP
+//! authorization spec requires (RFC 6750 §3, RFC 9728 §5.1), and protected resource metadata.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use warden_core::server::{Binding, McpServerSpec};
+use warden_core::token::Reason;
+
+/// Errors of bodies the gateway streams.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body: the gateway's own, or an upstream's passed through.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body of known bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A plain error from the gateway, as `{"error": "..."}`.
+pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    json(status, &json!({ "error": message.to_string() }))
+}
+
+/// One JSON-RPC error object answering the request with `id` (`null` when unknown).
+pub fn jsonrpc_error_value(id: Option<&RawValue>, code: i64, message: &str, data: Option<Value>) -> Value {
+    let id: Value = id.and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or(Value::Null);
+    let mut error = json!({ "code": code, "message": message });
+    if let Some(data) = data {
+        error["data"] = data;
+    }
+    json!({ "jsonrpc": "2.0", "id": id, "error": error })
+}
+
+/// A JSON-RPC error as the whole response.
+pub fn jsonrpc_error(status: StatusCode, id: Option<&RawValue>, code: i64, message: &str) -> Response<Body> {
+    json(status, &jsonrpc_error_value(id, code, message, None))
+}
+
+/// Where a server's URLs are: the MCP endpoint path and the metadata document, derived from its
+/// resource identifier.
+pub struct Route {
+    /// The path MCP requests are served on (the resource's path).
+    pub mcp_path: String,
+    /// RFC 9728 §3.1: the well-known path with the resource's path inserted after it.
+    pub metadata_path: String,
+    /// The same as an absolute URL, for `resource_metadata`.
+    pub metadata_url: String,
+    /// The resource's origin, always allowed as a browser `Origin`.
+    pub origin: String,
+}
+
+const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+impl Route {
+    /// The routes of `spec` (its resource was validated as an absolute URL on admission).
+    pub fn new(spec: &McpServerSpec) -> Option<Route> {
+        let url = url::Url::parse(&spec.resource).ok()?;
+        let path = url.path().trim_end_matches('/');
+        let metadata_path = format!("{WELL_KNOWN}{path}");
+        let origin = url.origin().ascii_serialization();
+        Some(Route {
+            mcp_path: if path.is_empty() { "/".into() } else { path.to_string() },
+            metadata_url: format!("{origin}{metadata_path}"),
+            metadata_path,
+            origin,
+        })
+    }
+
+    /// Whether `path` asks for the metadata: the path-inserted form or the root form.
+    pub fn is_metadata(&self, path: &str) -> bool {
+        path == self.metadata_path || path == WELL_KNOWN
+    }
+}
+
+/// RFC 9728 §2: what a client needs to get a token for this server.
+pub fn metadata(server: &str, spec: &McpServerSpec, issuer_urls: Vec<String>) -> Response<Body> {
+    let mut doc = json!({
+        "resource": spec.resource,
+        "resource_name": server,
+        "authorization_servers": issuer_urls,
+        "bearer_methods_supported": ["header"],
+        "tls_client_certificate_bound_access_tokens": spec.binding == Binding::Mtls,
+        "dpop_bound_access_tokens_required": spec.binding == Binding::Dpop,
+    });
+    if !spec.scopes.is_empty() {
+        doc["scopes_supported"] = json!(spec.scopes);
+    }
+    let mut response = json(StatusCode::OK, &doc);
+    response.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    response
+}
+
+/// 401: no token (no error code, RFC 6750 §3.1) or a refused one (`invalid_token` with the
+/// reason code as description; never anything from the token itself).
+pub fn unauthorized(route: &Route, reason: Option<Reason>) -> Response<Body> {
+    let (challenge, body) = match reason {
+        None => (
+            format!("Bearer resource_metadata=\"{}\"", route.metadata_url),
+            json!({ "error": "unauthorized", "error_description": "a bearer token is required" }),
+        ),
+        Some(reason) => (
+            format!(
+                "Bearer resource_metadata=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                route.metadata_url,
+                reason.code()
+            ),
+            json!({ "error": "invalid_token", "error_description": reason.code() }),
+        ),
+    };
+    challenged(StatusCode::UNAUTHORIZED, challenge, &body)
+}
+
+/// 403 `insufficient_scope` naming the scopes the server requires (RFC 6750 §3.1).
+pub fn insufficient_scope(route: &Route, scopes: &[String]) -> Response<Body> {
+    let scope = scopes.join(" ");
+    let challenge =
+        format!("Bearer resource_metadata=\"{}\", error=\"insufficient_scope\", scope=\"{scope}\"", route.metadata_url);
+    challenged(StatusCode::FORBIDDEN, challenge, &json!({ "error": "insufficient_scope", "scope": scope }))
+}
+
+fn challenged(status: StatusCode, challenge: String, body: &Value) -> Response<Body> {
+    let mut response = json(status, body);
+    // Every part comes from validated configuration (URLs, scope tokens) or a fixed code.
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+    }
+    response
+}

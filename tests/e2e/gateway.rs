@@ -1,0 +1,352 @@
+//! The gateway end to end: the official MCP Python SDK as client and as server, the agent in
+//! between, tokens minted by PyJWT at an identity provider found by OIDC discovery.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, mcp_client, wait_for_or};
+
+/// Everything one test needs running.
+struct Fleet {
+    idp: MintingIdp,
+    _upstream: McpUpstream,
+    cp: ControlPlane,
+    agent: Agent,
+    /// The gateway of server `notes`.
+    gateway: String,
+    /// The gateway of server `bound` (requires certificate-bound tokens).
+    bound_gateway: String,
+    _dir: tempfile::TempDir,
+}
+
+const POLICY: &str = r#"
+    permit(principal, action in [Action::"tools/list", Action::"prompts/list", Action::"resources/list"], resource);
+    permit(principal, action == Action::"tools/call", resource)
+      when { ["echo", "count", "seen_headers"].contains(resource.name) };
+    permit(principal, action == Action::"tools/call", resource)
+      when { principal has groups && principal.groups.contains("admins") };
+    permit(principal, action == Action::"resources/read", resource) when { resource.uri == "notes://public" };
+    permit(principal, action == Action::"prompts/get", resource);
+"#;
+
+impl Fleet {
+    fn start() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let idp = MintingIdp::start(dir.path());
+        let upstream = McpUpstream::start(dir.path());
+        let cp = ControlPlane::start(
+            dir.path(),
+            &["--allow-http-issuers", "--key-refresh-default", "1h", "--key-refresh-request-interval", "1s"],
+        );
+        let token = cp.join_token("5m");
+        let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+        let (gateway, bound_gateway) = (loopback_addr(), loopback_addr());
+        let policy: String = POLICY.lines().map(|l| format!("    {l}\n")).collect();
+        let yaml = format!(
+            r#"
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: test-idp}}
+spec:
+  issuer: {issuer}
+  keys: {{discovery: true}}
+  allowedAlgorithms: [ES256, ES384, RS256, PS256, EdDSA]
+  maxTokenLifetime: 10m
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: notes}}
+spec:
+  resource: http://{gateway}/mcp
+  issuers: [test-idp]
+  upstream: {upstream}
+  listen: {gateway}
+  scopes: [notes.use]
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: bound}}
+spec:
+  resource: http://{bound_gateway}/mcp
+  issuers: [test-idp]
+  upstream: {upstream}
+  listen: {bound_gateway}
+  binding: mtls
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {{name: notes-access}}
+spec:
+  servers: [notes]
+  cedar: |
+{policy}"#,
+            issuer = idp.issuer,
+            upstream = upstream.url,
+        );
+        let out = cp.apply(&yaml);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let fleet = Fleet { idp, _upstream: upstream, cp, agent, gateway, bound_gateway, _dir: dir };
+        let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
+        wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
+        fleet
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.gateway)
+    }
+
+    /// A token for `sub` on server `notes` with `extra` claims merged in (and `options` for
+    /// the IdP: key, kid, attack).
+    fn token(&self, sub: &str, extra: Value, options: Value) -> String {
+        let now = now();
+        let mut claims = json!({
+            "iss": self.idp.issuer, "sub": sub, "aud": self.url(), "iat": now, "exp": now + 300,
+            "jti": format!("{sub}-{now}-{}", rand_suffix()), "scope": "notes.use",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        let mut request = json!({ "claims": claims });
+        for (k, v) in options.as_object().unwrap() {
+            request[k] = v.clone();
+        }
+        self.idp.mint(&request)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// A raw HTTP exchange with the gateway (for what the SDK client hides).
+struct Answer {
+    status: u16,
+    challenge: String,
+    session: Option<String>,
+    body: String,
+}
+
+fn post(url: &str, token: Option<&str>, headers: &[(&str, &str)], body: &str) -> Answer {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut request = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let mut response = request.send(body).expect("the gateway answers");
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (challenge, session) = (header("www-authenticate").unwrap_or_default(), header("mcp-session-id"));
+    Answer {
+        status: response.status().as_u16(),
+        challenge,
+        session,
+        body: response.body_mut().read_to_string().unwrap(),
+    }
+}
+
+fn call(tool: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"text": "hi"}}})
+        .to_string()
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+#[test]
+fn real_mcp_clients_get_allowed_tools_only_and_the_server_never_sees_their_token() {
+    let fleet = Fleet::start();
+    let alice = fleet.token("alice", json!({}), json!({}));
+    let admin = fleet.token("root", json!({"groups": ["admins"]}), json!({"key": "eddsa"}));
+    let expired = fleet.token("alice", json!({"iat": now() - 600, "exp": now() - 300}), json!({}));
+    for mode in ["legacy", "modern"] {
+        let steps: [(&str, &[&str]); 14] = [
+            (&alice, &["list-tools"]),
+            (&alice, &["call", "echo", r#"{"text":"hello"}"#]),
+            (&alice, &["call", "delete_repository", r#"{"name":"warden"}"#]),
+            (&admin, &["list-tools"]),
+            (&admin, &["call", "delete_repository", r#"{"name":"warden"}"#]),
+            (&alice, &["count", "3"]),
+            (&alice, &["list-resources"]),
+            (&alice, &["read", "notes://public"]),
+            (&alice, &["read", "notes://secret"]),
+            (&alice, &["list-prompts"]),
+            (&alice, &["call", "seen_headers", "{}"]),
+            (&expired, &["list-tools"]),
+            ("-", &["list-tools"]),
+            (&alice, &["get-prompt", "review"]),
+        ];
+        let out = mcp_client(&fleet.url(), mode, &steps);
+        let context = |i: usize| format!("{mode} {:?}: {}", steps[i].1, out[i]);
+        // The denied tool is hidden from the list, and refused when called anyway.
+        assert_eq!(out[0]["result"], json!(["count", "echo", "seen_headers"]), "{}", context(0));
+        assert_eq!(out[1]["result"]["text"], json!(["hello"]), "{}", context(1));
+        assert_eq!(out[2]["error"], json!({"code": -32001, "message": "denied by policy"}), "{}", context(2));
+        // Admins see and may call everything.
+        assert_eq!(out[3]["result"].as_array().map(Vec::len), Some(4), "{}", context(3));
+        assert_eq!(out[4]["result"]["text"], json!(["deleted warden"]), "{}", context(4));
+        // Progress notifications arrive through the SSE stream before the result.
+        assert_eq!(out[5]["result"]["progress"], json!(["step 1", "step 2", "step 3"]), "{}", context(5));
+        assert_eq!(out[5]["result"]["text"], json!(["counted to 3"]), "{}", context(5));
+        // Resources and prompts are filtered and decided the same way.
+        assert_eq!(out[6]["result"], json!(["notes://public"]), "{}", context(6));
+        assert_eq!(out[7]["result"], json!(["public"]), "{}", context(7));
+        assert_eq!(out[8]["error"]["code"], -32001, "{}", context(8));
+        assert_eq!(out[9]["result"], json!(["review"]), "{}", context(9));
+        assert_eq!(out[13]["result"], json!(["Review this: x"]), "{}", context(13));
+        // The upstream sees the identity context, never the caller's token.
+        let seen = out[10]["result"]["text"][0].as_str().unwrap_or_default();
+        assert!(seen.contains("x-warden-subject=alice"), "{}", context(10));
+        assert!(seen.contains("x-warden-issuer=test-idp"), "{}", context(10));
+        assert!(!seen.contains("authorization"), "the token reached the upstream: {}", context(10));
+        // Real clients with an expired token or none are turned away at the gateway.
+        assert_eq!(out[11]["ok"], false, "{}", context(11));
+        assert_eq!(out[12]["ok"], false, "{}", context(12));
+    }
+    let log = fleet.agent.log_text();
+    assert!(log.contains("token refused server=notes reason=expired"), "{log}");
+}
+
+#[test]
+fn each_bad_token_is_refused_with_its_reason() {
+    let fleet = Fleet::start();
+    let url = fleet.url();
+    let metadata_url = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
+
+    // No token: 401 pointing at the resource metadata (RFC 9728), which names the issuer.
+    let none = post(&url, None, &[], &call("echo"));
+    assert_eq!(none.status, 401);
+    assert_eq!(none.challenge, format!("Bearer resource_metadata=\"{metadata_url}\""));
+    for path in ["/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-protected-resource"] {
+        let doc: Value =
+            ureq::get(&format!("http://{}{path}", fleet.gateway)).call().unwrap().body_mut().read_json().unwrap();
+        assert_eq!(doc["resource"], url);
+        assert_eq!(doc["authorization_servers"], json!([fleet.idp.issuer]));
+        assert_eq!(doc["scopes_supported"], json!(["notes.use"]));
+    }
+
+    let now = now();
+    let cases: Vec<(&str, Value, Value)> = vec![
+        ("expired", json!({"iat": now - 600, "exp": now - 120}), json!({})),
+        ("not_yet_valid", json!({"nbf": now + 600}), json!({})),
+        ("wrong_audience", json!({"aud": "http://elsewhere.example/mcp"}), json!({})),
+        ("untrusted_issuer", json!({"iss": "http://impostor.example"}), json!({})),
+        ("lifetime_too_long", json!({"exp": now + 3600}), json!({})),
+        ("bad_signature", json!({}), json!({"key": "rogue"})),
+        ("alg_none", json!({}), json!({"attack": "none"})),
+        ("alg_not_allowed", json!({}), json!({"attack": "hs256-public-key"})),
+        ("unknown_kid", json!({}), json!({"kid": "retired-key"})),
+        ("missing_claim", json!({"sub": null}), json!({})),
+    ];
+    for (reason, claims, options) in cases {
+        let token = fleet.token("alice", claims, options);
+        let answer = post(&url, Some(&token), &[], &call("echo"));
+        assert_eq!(answer.status, 401, "{reason}: {}", answer.body);
+        let expected = format!(
+            "Bearer resource_metadata=\"{metadata_url}\", error=\"invalid_token\", error_description=\"{reason}\""
+        );
+        assert_eq!(answer.challenge, expected, "{reason}");
+    }
+    // Every algorithm the issuer allows works, signed by PyJWT.
+    for key in ["es256", "es384", "rs256", "ps256", "eddsa"] {
+        let token = fleet.token("alice", json!({}), json!({"key": key}));
+        assert_eq!(post(&url, Some(&token), &[], INITIALIZE).status, 200, "{key}");
+    }
+    // A token without the server's required scope: 403 naming it.
+    let unscoped = fleet.token("alice", json!({"scope": "other"}), json!({}));
+    let answer = post(&url, Some(&unscoped), &[], &call("echo"));
+    assert_eq!(answer.status, 403);
+    assert!(answer.challenge.ends_with("error=\"insufficient_scope\", scope=\"notes.use\""), "{}", answer.challenge);
+    // A bearer token on a server that requires certificate-bound tokens.
+    let bound_url = format!("http://{}/mcp", fleet.bound_gateway);
+    let token = fleet.idp.mint(&json!({"claims": {
+        "iss": fleet.idp.issuer, "sub": "alice", "aud": bound_url, "iat": now, "exp": now + 300,
+    }}));
+    let answer = post(&bound_url, Some(&token), &[], &call("echo"));
+    assert_eq!(answer.status, 401);
+    assert!(answer.challenge.ends_with("error_description=\"binding_required\""), "{}", answer.challenge);
+}
+
+#[test]
+fn a_rotated_issuer_key_is_fetched_when_a_token_first_names_it() {
+    let fleet = Fleet::start();
+    fleet.idp.rotate("es256-2");
+    let token = fleet.token("alice", json!({}), json!({"key": "es256-2"}));
+    // The first request is refused (the agent does not have the key yet) and makes the agent
+    // ask the control plane, whose periodic refresh is an hour away, to refetch now.
+    let first = post(&fleet.url(), Some(&token), &[], INITIALIZE);
+    assert_eq!(first.status, 401);
+    assert!(first.challenge.ends_with("\"unknown_kid\""), "{}", first.challenge);
+    wait_for_or(
+        "the new key to be accepted",
+        || format!("{}\n{}", fleet.agent.log_text(), fleet.cp.process.as_ref().unwrap().log_text()),
+        || (post(&fleet.url(), Some(&token), &[], INITIALIZE).status == 200).then_some(()),
+    );
+}
+
+#[test]
+fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
+    let fleet = Fleet::start();
+    let url = fleet.url();
+    let alice = fleet.token("alice", json!({}), json!({}));
+    let error_code = |a: &Answer| serde_json::from_str::<Value>(&a.body).unwrap()["error"]["code"].clone();
+
+    let not_json = post(&url, Some(&alice), &[], "{\"jsonrpc\":");
+    assert_eq!((not_json.status, error_code(&not_json)), (400, json!(-32700)), "{}", not_json.body);
+    let deep = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{}{}}}",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let deep = post(&url, Some(&alice), &[], &deep);
+    assert_eq!((deep.status, error_code(&deep)), (400, json!(-32600)), "{}", deep.body);
+    // A body declared larger than the limit is refused before it is read.
+    let huge = 2 << 20;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {alice}\r\ncontent-type: application/json\r\ncontent-length: {huge}\r\n\r\n",
+        fleet.gateway
+    );
+    let mut stream = std::net::TcpStream::connect(&fleet.gateway).unwrap();
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    let mut status_line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+    let nameless = post(&url, Some(&alice), &[], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#);
+    assert_eq!((nameless.status, error_code(&nameless)), (400, json!(-32602)));
+    let unknown_version = post(&url, Some(&alice), &[("mcp-protocol-version", "1999-01-01")], INITIALIZE);
+    assert_eq!(unknown_version.status, 400);
+
+    // 2026-07-28: the routing headers must name what the body asks for.
+    let modern = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")];
+    let mismatch = post(&url, Some(&alice), &modern, &call("delete_repository"));
+    assert_eq!((mismatch.status, error_code(&mismatch)), (400, json!(-32020)), "{}", mismatch.body);
+    let missing = post(&url, Some(&alice), &modern[..1], &call("echo"));
+    assert_eq!((missing.status, error_code(&missing)), (400, json!(-32020)), "{}", missing.body);
+
+    // A browser page from another origin is refused; the resource's own origin is not.
+    let evil = post(&url, Some(&alice), &[("origin", "http://evil.example")], INITIALIZE);
+    assert_eq!(evil.status, 403);
+    let own = format!("http://{}", fleet.gateway);
+    assert_eq!(post(&url, Some(&alice), &[("origin", &own)], INITIALIZE).status, 200);
+
+    // A session belongs to the workload that opened it.
+    let opened = post(&url, Some(&alice), &[], INITIALIZE);
+    let session = opened.session.expect("the upstream opened a session");
+    let bob = fleet.token("bob", json!({}), json!({}));
+    let ping = r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#;
+    let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    assert_eq!(post(&url, Some(&bob), &with_session, ping).status, 404);
+    assert_eq!(post(&url, Some(&alice), &with_session, ping).status, 200);
+}

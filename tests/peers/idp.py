@@ -1,0 +1,109 @@
+"""A test identity provider: OIDC discovery and a JWKS for keys generated at start, and a /mint
+endpoint that signs tokens with PyJWT, a JOSE implementation other than Warden's.
+
+Usage: idp.py HOST PORT
+
+POST /mint {"claims": {...}, "key": NAME, "kid": optional override, "attack": optional}
+  NAME:   es256 | es384 | rs256 | ps256 | eddsa | rogue (a P-256 key that is not published)
+  attack: "none" (unsigned) | "hs256-public-key" (HMAC keyed with the published public key)
+  → the compact token as text/plain
+POST /rotate {"kid": KID} publishes a new P-256 key as KID, minted with as key "KID"
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+KEYS = {
+    # name: (private key, kid, alg, published)
+    "es256": (ec.generate_private_key(ec.SECP256R1()), "es256-1", "ES256", True),
+    "es384": (ec.generate_private_key(ec.SECP384R1()), "es384-1", "ES384", True),
+    "rs256": (rsa.generate_private_key(public_exponent=65537, key_size=2048), "rsa-1", "RS256", True),
+    "eddsa": (ed25519.Ed25519PrivateKey.generate(), "ed-1", "EdDSA", True),
+    "rogue": (ec.generate_private_key(ec.SECP256R1()), "es256-1", "ES256", False),
+}
+KEYS["ps256"] = (KEYS["rs256"][0], "rsa-1", "PS256", False)  # same RSA key, PSS padding
+
+
+def public_jwk(name):
+    key, kid, alg, _ = KEYS[name]
+    if alg.startswith("ES"):
+        jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    elif alg == "EdDSA":
+        jwk = json.loads(OKPAlgorithm.to_jwk(key.public_key()))
+    else:
+        jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwk["kid"] = kid
+    return jwk
+
+
+JWKS = {"keys": [public_jwk(n) for n, (_, _, _, published) in KEYS.items() if published]}
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def mint(request):
+    claims = request["claims"]
+    name = request.get("key", "es256")
+    key, kid, alg, _ = KEYS[name]
+    kid = request.get("kid", kid)
+    attack = request.get("attack")
+    if attack == "none":
+        header = {"alg": "none", "typ": "JWT", "kid": kid}
+        return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}."
+    if attack == "hs256-public-key":
+        # What a confused verifier would accept: HMAC keyed with the public key it publishes.
+        header = {"alg": "HS256", "typ": "JWT", "kid": kid}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        secret = json.dumps(public_jwk(name)).encode()
+        mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{b64(mac)}"
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+
+
+class Handler(BaseHTTPRequestHandler):
+    def send(self, status, body, content_type="application/json"):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        issuer = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
+        if self.path == "/.well-known/openid-configuration":
+            self.send(200, json.dumps({"issuer": issuer, "jwks_uri": f"{issuer}/jwks"}))
+        elif self.path == "/jwks":
+            self.send(200, json.dumps(JWKS))
+        else:
+            self.send(404, "{}")
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/mint":
+            self.send(200, mint(request), "text/plain")
+        elif self.path == "/rotate":
+            kid = request["kid"]
+            KEYS[kid] = (ec.generate_private_key(ec.SECP256R1()), kid, "ES256", True)
+            JWKS["keys"].append(public_jwk(kid))
+            self.send(200, "{}")
+        else:
+            self.send(404, "{}")
+
+    def log_message(self, format, *args):
+        sys.stderr.write("idp: " + (format % args) + "\n")
+
+
+if __name__ == "__main__":
+    host, port = sys.argv[1], int(sys.argv[2])
+    ThreadingHTTPServer((host, port), Handler).serve_forever()

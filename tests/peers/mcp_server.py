@@ -1,0 +1,70 @@
+"""An MCP server written with the official Python SDK, for the gateway's end-to-end tests.
+
+It knows nothing about identity. Its `seen_headers` tool reports which request headers reached
+it, so a test can prove the caller's token never did.
+
+Usage: mcp_server.py HOST PORT
+"""
+
+import asyncio
+import sys
+
+from mcp.server.mcpserver import Context, MCPServer
+
+server = MCPServer("warden-test-upstream")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Returns its argument."""
+    return text
+
+
+@server.tool()
+def delete_repository(name: str) -> str:
+    """A tool the policies keep from most callers."""
+    return f"deleted {name}"
+
+
+@server.tool()
+async def count(to: int, ctx: Context) -> str:
+    """Reports progress once per step, so the answer comes as an SSE stream."""
+    for i in range(1, to + 1):
+        await ctx.report_progress(i, to, f"step {i}")
+        await asyncio.sleep(0.05)
+    return f"counted to {to}"
+
+
+@server.tool()
+def seen_headers(ctx: Context) -> str:
+    """The names (and for identity headers, values) of the request headers that reached us."""
+    headers = ctx.headers or {}
+    shown = []
+    for name in sorted(headers.keys()):
+        lower = name.lower()
+        if lower.startswith("x-warden-") or lower in ("authorization", "dpop", "host"):
+            shown.append(f"{lower}={headers[name]}")
+        else:
+            shown.append(lower)
+    return "\n".join(shown)
+
+
+@server.prompt()
+def review(code: str) -> str:
+    """A prompt."""
+    return f"Review this: {code}"
+
+
+@server.resource("notes://public")
+def public_notes() -> str:
+    return "public"
+
+
+@server.resource("notes://secret")
+def secret_notes() -> str:
+    return "secret"
+
+
+if __name__ == "__main__":
+    host, port = sys.argv[1], int(sys.argv[2])
+    asyncio.run(server.run_streamable_http_async(host=host, port=port, streamable_http_path="/mcp"))

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepares the Python peers of the end-to-end suites in target/pyenv (idempotent; reinstalls
+# only when requirements.txt changes). Needs python3 with venv (Debian: python3-venv).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+env="$root/target/pyenv"
+requirements="$root/tests/peers/requirements.txt"
+stamp="$env/.requirements"
+if [ -f "$stamp" ] && cmp -s "$stamp" "$requirements"; then
+  exit 0
+fi
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq python3-venv
+  else
+    echo "python3 venv support is missing: install python3-venv" >&2
+    exit 1
+  fi
+fi
+rm -rf "$env"
+python3 -m venv "$env"
+"$env/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+cp "$requirements" "$stamp"
