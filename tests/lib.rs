@@ -75,7 +75,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: PathBuf) -> Process {
+    /// Starts `command` with its output appended to `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> Process {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         command.stdout(file.try_clone().expect("log file")).stderr(file).stdin(Stdio::null());
         command.env("RUST_LOG", "info").env_remove("RUST_BACKTRACE");
@@ -139,6 +140,16 @@ impl Drop for Process {
             let _ = child.wait();
         }
     }
+}
+
+/// Resident memory of process `pid`, in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A control plane on a loopback port with its data in `dir`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use proto::v1 as pb;
 use warden_core::authorize::Authorizer;
-use warden_core::token::{Revocations, Verifier};
+use warden_core::token::Verifier;
 use warden_core::{Admission, Config, Document, Kind, ResourceKey};
 
 /// Where the enforced configuration came from.
@@ -39,8 +39,6 @@ pub struct Applied {
     pub verifier: Verifier,
     /// Its policies, per server.
     pub authorizer: Authorizer,
-    /// Revoked tokens and subjects.
-    pub revocations: Revocations,
     /// Where it came from.
     pub source: Source,
 }
@@ -140,8 +138,7 @@ fn build(
         tracing::warn!(version, skipped, "issuer keys that do not parse were left out");
     }
     let authorizer = Authorizer::new(&config);
-    let revocations = Revocations::default();
-    Ok(Applied { store_id, version, resources, documents, keys, config, verifier, authorizer, revocations, source })
+    Ok(Applied { store_id, version, resources, documents, keys, config, verifier, authorizer, source })
 }
 
 /// The configuration in force, shared by everything that enforces it.

@@ -39,7 +39,9 @@ impl AdminService {
 
 fn parse_kind(text: &str) -> Result<Kind, Status> {
     Kind::parse_loose(text).ok_or_else(|| {
-        Status::invalid_argument(format!("unknown kind {text:?}; expected TrustedIssuer, McpServer or Policy"))
+        Status::invalid_argument(format!(
+            "unknown kind {text:?}; expected TrustedIssuer, McpServer, Policy or Revocation"
+        ))
     })
 }
 

@@ -16,7 +16,7 @@ use agent::identity::{self, Files};
 use agent::last_good::LastGood;
 use agent::sync::{Backoff, Link, Sync};
 use proto::v1 as pb;
-use tests::ControlPlane;
+use tests::{ControlPlane, rss_kib};
 use tokio::sync::watch;
 
 struct Args {
@@ -43,15 +43,6 @@ fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// CPU time (user + system) a process used so far.

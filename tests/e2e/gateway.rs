@@ -279,6 +279,53 @@ fn each_bad_token_is_refused_with_its_reason() {
     assert!(answer.challenge.ends_with("error_description=\"binding_required\""), "{}", answer.challenge);
 }
 
+fn rfc3339(unix: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap();
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+#[test]
+fn revoked_tokens_and_subjects_are_refused_once_the_revocation_arrives() {
+    let fleet = Fleet::start();
+    let url = fleet.url();
+    let now = now();
+    let leaked = fleet.token("alice", json!({"jti": "leaked-1"}), json!({}));
+    let mallory_old = fleet.token("mallory", json!({"iat": now - 30}), json!({}));
+    for token in [&leaked, &mallory_old] {
+        assert_eq!(post(&url, Some(token), &[], INITIALIZE).status, 200, "valid before the revocation");
+    }
+    let yaml = format!(
+        r#"
+apiVersion: warden.dev/v1
+kind: Revocation
+metadata: {{name: leaked-1}}
+spec: {{issuer: test-idp, jti: leaked-1}}
+---
+apiVersion: warden.dev/v1
+kind: Revocation
+metadata: {{name: mallory}}
+spec: {{issuer: test-idp, subject: mallory, issuedBefore: "{}"}}
+"#,
+        rfc3339(now - 10)
+    );
+    let out = fleet.cp.apply(&yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Cached verifications do not outlive the revocation.
+    for token in [&leaked, &mallory_old] {
+        let refused = wait_for_or(
+            "the revocation to reach the agent",
+            || fleet.agent.log_text(),
+            || Some(post(&url, Some(token), &[], INITIALIZE)).filter(|a| a.status == 401),
+        );
+        assert!(refused.challenge.ends_with("error_description=\"revoked\""), "{}", refused.challenge);
+    }
+    // Other tokens of alice, and mallory's tokens issued after the cut-off, still work.
+    let other = fleet.token("alice", json!({"jti": "fine-2"}), json!({}));
+    let mallory_new = fleet.token("mallory", json!({}), json!({}));
+    assert_eq!(post(&url, Some(&other), &[], INITIALIZE).status, 200);
+    assert_eq!(post(&url, Some(&mallory_new), &[], INITIALIZE).status, 200);
+}
+
 #[test]
 fn a_rotated_issuer_key_is_fetched_when_a_token_first_names_it() {
     let fleet = Fleet::start();

@@ -13,7 +13,9 @@ use cedar_policy::{PolicyId, PolicySet};
 use crate::issuer::TrustedIssuerSpec;
 use crate::policy::PolicySpec;
 use crate::resource::{Document, Kind, ResourceKey, Spec};
+use crate::revocation::RevocationSpec;
 use crate::server::McpServerSpec;
+use crate::token::Revocations;
 
 /// Why a set of documents does not form a configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +62,10 @@ pub struct Config {
     pub policies: BTreeMap<String, PolicySpec>,
     /// Every policy of every `Policy` resource, each with the id `<resource>.<n>`.
     pub policy_set: PolicySet,
+    /// Revocations by name.
+    pub revocations: BTreeMap<String, RevocationSpec>,
+    /// The same, compiled for per-request checks.
+    pub revoked: Revocations,
     /// Each issuer's public keys (a JWKS): inline from its document, or as the control plane
     /// fetched them. An issuer with no entry accepts no token.
     pub keys: BTreeMap<String, Arc<serde_json::Value>>,
@@ -73,6 +79,8 @@ impl Config {
             servers: BTreeMap::new(),
             policies: BTreeMap::new(),
             policy_set: PolicySet::new(),
+            revocations: BTreeMap::new(),
+            revoked: Revocations::default(),
             keys: BTreeMap::new(),
         }
     }
@@ -99,6 +107,26 @@ impl Config {
                 Spec::Policy(s) => {
                     config.policies.insert(name, s.clone());
                 }
+                Spec::Revocation(s) => {
+                    config.revocations.insert(name, s.clone());
+                }
+            }
+        }
+        for (name, revocation) in &config.revocations {
+            if !config.issuers.contains_key(&revocation.issuer) {
+                return Err(ConfigError::DanglingReference {
+                    from: key(Kind::Revocation, name),
+                    field: "spec.issuer",
+                    missing: key(Kind::TrustedIssuer, &revocation.issuer),
+                });
+            }
+            let issuer = revocation.issuer.clone();
+            if let Some(jti) = &revocation.jti {
+                config.revoked.by_jti.insert((issuer.clone(), jti.clone()));
+            }
+            if let (Some(subject), Some(before)) = (&revocation.subject, revocation.issued_before_unix()) {
+                let entry = config.revoked.subjects_before.entry((issuer, subject.clone())).or_insert(before);
+                *entry = (*entry).max(before);
             }
         }
         for (name, server) in &config.servers {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::issuer::TrustedIssuerSpec;
 use crate::policy::PolicySpec;
+use crate::revocation::RevocationSpec;
 use crate::server::McpServerSpec;
 
 /// The only `apiVersion` this release accepts.
@@ -29,12 +30,14 @@ pub enum Kind {
     McpServer,
     /// Cedar policy text scoped to servers.
     Policy,
+    /// Tokens cut off before they expire.
+    Revocation,
 }
 
 impl Kind {
     /// Every kind, in the order they are listed and applied (issuers before the servers that
     /// name them, servers before the policies scoped to them).
-    pub const ALL: [Kind; 3] = [Kind::TrustedIssuer, Kind::McpServer, Kind::Policy];
+    pub const ALL: [Kind; 4] = [Kind::TrustedIssuer, Kind::McpServer, Kind::Policy, Kind::Revocation];
 
     /// The canonical name, as written in `kind:`.
     pub fn as_str(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Kind {
             Kind::TrustedIssuer => "TrustedIssuer",
             Kind::McpServer => "McpServer",
             Kind::Policy => "Policy",
+            Kind::Revocation => "Revocation",
         }
     }
 
@@ -52,6 +56,7 @@ impl Kind {
             "trustedissuer" | "trustedissuers" | "issuer" | "issuers" => Some(Kind::TrustedIssuer),
             "mcpserver" | "mcpservers" | "server" | "servers" => Some(Kind::McpServer),
             "policy" | "policies" => Some(Kind::Policy),
+            "revocation" | "revocations" => Some(Kind::Revocation),
             _ => None,
         }
     }
@@ -106,6 +111,8 @@ pub enum Spec {
     McpServer(McpServerSpec),
     /// `kind: Policy`.
     Policy(PolicySpec),
+    /// `kind: Revocation`.
+    Revocation(RevocationSpec),
 }
 
 /// One validated resource document.
@@ -191,6 +198,7 @@ impl Document {
             Spec::TrustedIssuer(_) => Kind::TrustedIssuer,
             Spec::McpServer(_) => Kind::McpServer,
             Spec::Policy(_) => Kind::Policy,
+            Spec::Revocation(_) => Kind::Revocation,
         }
     }
 
@@ -212,7 +220,10 @@ impl Document {
         let kind = Kind::parse_exact(&envelope.kind).ok_or_else(|| {
             DocumentError::field(
                 "kind",
-                format!("unknown kind {:?}; expected one of TrustedIssuer, McpServer, Policy", envelope.kind),
+                format!(
+                    "unknown kind {:?}; expected one of TrustedIssuer, McpServer, Policy, Revocation",
+                    envelope.kind
+                ),
             )
         })?;
         let mut metadata: Metadata = typed("metadata", envelope.metadata)?;
@@ -238,6 +249,11 @@ impl Document {
                 spec.validate()?;
                 Spec::Policy(spec)
             }
+            Kind::Revocation => {
+                let spec: RevocationSpec = typed("spec", envelope.spec)?;
+                spec.validate()?;
+                Spec::Revocation(spec)
+            }
         };
         metadata.resource_version = expected;
         Ok(Document { metadata, spec })
@@ -260,6 +276,7 @@ impl Document {
             Spec::TrustedIssuer(s) => serde_json::to_vec(&env(kind, &metadata, s)),
             Spec::McpServer(s) => serde_json::to_vec(&env(kind, &metadata, s)),
             Spec::Policy(s) => serde_json::to_vec(&env(kind, &metadata, s)),
+            Spec::Revocation(s) => serde_json::to_vec(&env(kind, &metadata, s)),
         };
         out.expect("documents always serialize")
     }

@@ -92,6 +92,15 @@ pub fn resources(response: &pb::GetResponse, format: Format) -> anyhow::Result<(
                             }
                             None => "servers: all".to_string(),
                         },
+                        "Revocation" => match (spec["jti"].as_str(), spec["subject"].as_str()) {
+                            (Some(jti), _) => format!("{}: jti {jti}", spec["issuer"].as_str().unwrap_or_default()),
+                            (_, Some(subject)) => format!(
+                                "{}: subject {subject} up to {}",
+                                spec["issuer"].as_str().unwrap_or_default(),
+                                spec["issuedBefore"].as_str().unwrap_or_default()
+                            ),
+                            _ => String::new(),
+                        },
                         _ => String::new(),
                     };
                     vec![r.kind.clone(), r.name.clone(), r.resource_version.to_string(), detail]

@@ -83,7 +83,7 @@ pub async fn handle(
             Ok(None) => return reply::unauthorized(&route, None),
             Err(message) => return reply::error(StatusCode::BAD_REQUEST, message),
         };
-        match applied.verifier.verify(token, server, now, &applied.revocations, Presenter::default()) {
+        match applied.verifier.verify(token, server, now, &applied.config.revoked, Presenter::default()) {
             Ok(v) => v,
             Err(reason) => {
                 tracing::info!(server = %server, reason = %reason, "token refused");

@@ -1,0 +1,310 @@
+//! Gateway load harness: the same `wrk` load, in one run, against
+//!   1. the upstream directly,
+//!   2. nginx as a plain reverse proxy (no authentication) in front of it,
+//!   3. the Warden gateway (token validation + Cedar policy on every request) in front of it,
+//!
+//! interleaved over several rounds, reporting the median of each with ratios against the
+//! direct connection and nginx. The upstream is nginx answering a fixed JSON-RPC result (a
+//! trivial upstream, so the proxies' own cost shows). Then the agent's resident memory with one
+//! policy and with `--policies` policies loaded.
+//!
+//! Needs nginx and wrk (Debian: `apt-get install nginx wrk`) and release binaries:
+//! `cargo build --release --workspace --bins && ./target/release/gateway-bench`
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tests::{Agent, ControlPlane, loopback_addr, rss_kib, wait_for};
+
+struct Args {
+    duration_secs: u64,
+    connections: u64,
+    rounds: usize,
+    policies: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { duration_secs: 10, connections: 32, rounds: 3, policies: 1000 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let n: u64 = value.parse().map_err(|_| format!("{flag}: {value:?} is not a number"))?;
+        match flag.as_str() {
+            "--duration" => args.duration_secs = n.clamp(1, 120),
+            "--connections" => args.connections = n.clamp(1, 1000),
+            "--rounds" => args.rounds = n.clamp(1, 20) as usize,
+            "--policies" => args.policies = n.clamp(1, 10_000) as usize,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+const BODY: &str =
+    r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
+
+/// nginx serving the upstream on `upstream` and proxying `proxy` → `upstream`.
+fn nginx(dir: &Path, upstream: &str, proxy: &str) -> tests::Process {
+    let conf = format!(
+        r#"
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream mcp {{ server {upstream}; keepalive 64; }}
+  server {{
+    listen {upstream};
+    location = /mcp {{ default_type application/json; return 200 '{RESULT}'; }}
+  }}
+  server {{
+    listen {proxy};
+    location = /mcp {{
+      proxy_pass http://mcp;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let mut command = Command::new("nginx");
+    command.arg("-c").arg(&path).arg("-p").arg(dir);
+    tests::Process::spawn(command, dir.join("nginx.log"))
+}
+
+/// An ES256 key pair: the JWKS for the issuer and a signed token.
+fn signed_token(issuer: &str, audience: &str) -> (String, String) {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let point = key.public_key_raw();
+    let jwks = format!(
+        r#"{{keys: [{{kty: EC, kid: bench, crv: P-256, x: "{}", y: "{}"}}]}}"#,
+        b64(&point[1..33]),
+        b64(&point[33..65])
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = b64(br#"{"alg":"ES256","kid":"bench","typ":"JWT"}"#);
+    let claims = serde_json::json!({
+        "iss": issuer, "sub": "bench", "aud": audience, "iat": now, "exp": now + 3000, "scope": "mcp",
+    });
+    let claims = b64(claims.to_string().as_bytes());
+    let signing_input = format!("{header}.{claims}");
+    let pkcs8 = key.serialize_der();
+    let rng = ring::rand::SystemRandom::new();
+    let signer =
+        ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
+            .expect("signing key");
+    let signature = signer.sign(&rng, signing_input.as_bytes()).expect("sign");
+    (jwks, format!("{signing_input}.{}", b64(signature.as_ref())))
+}
+
+struct Load {
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+fn wrk(url: &str, script: &Path, args: &Args, duration_secs: u64) -> Load {
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{}", args.connections), &format!("-d{duration_secs}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("run wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| -> Option<&str> {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|rest| rest.split_whitespace().next().unwrap_or(""))
+    };
+    let millis = |v: &str| -> f64 {
+        let (number, factor) = if let Some(n) = v.strip_suffix("us") {
+            (n, 0.001)
+        } else if let Some(n) = v.strip_suffix("ms") {
+            (n, 1.0)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1000.0)
+        } else {
+            (v, f64::NAN)
+        };
+        number.parse::<f64>().unwrap_or(f64::NAN) * factor
+    };
+    Load {
+        requests_per_sec: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        p50_ms: field("50%").map(millis).unwrap_or(f64::NAN),
+        p99_ms: field("99%").map(millis).unwrap_or(f64::NAN),
+        non_2xx: field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}\nusage: gateway-bench [--duration S] [--connections N] [--rounds N] [--policies N]");
+        std::process::exit(2)
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (upstream, proxy, gateway) = (loopback_addr(), loopback_addr(), loopback_addr());
+    let _nginx = nginx(dir.path(), &upstream, &proxy);
+
+    let cp = ControlPlane::start(dir.path(), &[]);
+    let join = cp.join_token("5m");
+    let agent = Agent::start(dir.path(), "bench-agent", &[&cp.address], Some(&join));
+    let resource = format!("http://{gateway}/mcp");
+    let (jwks, token) = signed_token("https://idp.bench.example", &resource);
+    let base = format!(
+        r#"
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: bench-idp}}
+spec:
+  issuer: https://idp.bench.example
+  keys: {{jwks: {jwks}}}
+  allowedAlgorithms: [ES256]
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: bench}}
+spec:
+  resource: {resource}
+  issuers: [bench-idp]
+  upstream: http://{upstream}/mcp
+  listen: {gateway}
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {{name: bench-tools}}
+spec:
+  servers: [bench]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource) when {{ resource.name == "echo" }};
+"#
+    );
+    let out = cp.apply(&base);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = dir.path().join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"Accept\"] = \"application/json, text/event-stream\"\n\
+             wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+        ),
+    )
+    .expect("wrk script");
+    let targets = [
+        ("direct", format!("http://{upstream}/mcp")),
+        ("nginx", format!("http://{proxy}/mcp")),
+        ("warden", format!("http://{gateway}/mcp")),
+    ];
+    for (name, url) in &targets {
+        wait_for(&format!("{name} to answer 200"), || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let response = agent
+                .post(url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("authorization", &format!("Bearer {token}"))
+                .send(BODY)
+                .ok()?;
+            (response.status() == 200).then_some(())
+        });
+    }
+
+    println!(
+        "wrk -t2 -c{} -d{}s, {} rounds interleaved, POST tools/call ({} bytes), median of rounds",
+        args.connections,
+        args.duration_secs,
+        args.rounds,
+        BODY.len()
+    );
+    let mut results: Vec<Vec<Load>> = targets.iter().map(|_| Vec::new()).collect();
+    for (_, url) in &targets {
+        wrk(url, &script, &args, 2); // warm-up: connections, pools, caches
+    }
+    for _ in 0..args.rounds {
+        for (i, (_, url)) in targets.iter().enumerate() {
+            results[i].push(wrk(url, &script, &args, args.duration_secs));
+        }
+    }
+    let summary: Vec<(f64, f64, f64, u64)> = results
+        .iter()
+        .map(|r| {
+            (
+                median(r.iter().map(|l| l.requests_per_sec).collect()),
+                median(r.iter().map(|l| l.p50_ms).collect()),
+                median(r.iter().map(|l| l.p99_ms).collect()),
+                r.iter().map(|l| l.non_2xx).sum(),
+            )
+        })
+        .collect();
+    let (direct, nginx) = (summary[0], summary[1]);
+    println!(
+        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8}",
+        "target", "req/s", "vs direct", "vs nginx", "p50 ms", "added p50", "p99 ms", "non-2xx"
+    );
+    for ((name, _), s) in targets.iter().zip(&summary) {
+        println!(
+            "{:<8} {:>10.0} {:>9.2} {:>9.2} {:>9.3} {:>12.3} {:>10.3} {:>8}",
+            name,
+            s.0,
+            s.0 / direct.0,
+            s.0 / nginx.0,
+            s.1,
+            s.1 - direct.1,
+            s.2,
+            s.3
+        );
+    }
+
+    // Memory: the agent with one policy, then with many.
+    let pid = agent.process.as_ref().expect("agent runs").pid();
+    let one = rss_kib(pid);
+    let mut many = String::new();
+    for i in 0..args.policies {
+        many.push_str(&format!(
+            "---\napiVersion: warden.dev/v1\nkind: Policy\nmetadata: {{name: p{i}}}\nspec:\n  servers: [bench]\n  cedar: |\n    \
+             permit(principal, action == Action::\"tools/call\", resource) when {{ resource.name == \"tool-{i}\" && context.scopes.contains(\"s{i}\") }};\n"
+        ));
+    }
+    let out = cp.apply(&many);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let version = cp.version();
+    cp.wait_converged(&["bench-agent"], version);
+    std::thread::sleep(Duration::from_secs(1));
+    // A request through the gateway, so the per-server policy set is in use.
+    let ok = ureq::post(&targets[2].1)
+        .header("content-type", "application/json")
+        .header("authorization", &format!("Bearer {token}"))
+        .send(BODY)
+        .map(|r| r.status() == 200)
+        .unwrap_or(false);
+    let loaded = rss_kib(pid);
+    println!(
+        "agent RSS: {:.1} MiB with 1 policy, {:.1} MiB with {} policies (request through the gateway: {})",
+        one as f64 / 1024.0,
+        loaded as f64 / 1024.0,
+        args.policies + 1,
+        if ok { "allowed" } else { "FAILED" }
+    );
+}
