@@ -152,6 +152,30 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) process `pid` used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// CPU time of process `pid` and its direct children (e.g. nginx's master and workers).
+pub fn cpu_time_with_children(pid: u32) -> Duration {
+    let mut total = cpu_time(pid);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += cpu_time(child);
+        }
+    }
+    total
+}
+
 /// A control plane on a loopback port with its data in `dir`.
 pub struct ControlPlane {
     /// The running process (None while stopped).
@@ -295,17 +319,30 @@ pub struct Agent {
     /// Status endpoint address.
     pub status_addr: String,
     control_planes: Vec<String>,
+    extra: Vec<String>,
 }
 
 impl Agent {
     /// Starts an agent; `join_token` is needed on its first start only.
     pub fn start(dir: &Path, id: &str, control_planes: &[&str], join_token: Option<&str>) -> Agent {
+        Agent::start_with(dir, id, control_planes, join_token, &[])
+    }
+
+    /// [`Agent::start`] with `extra` flags.
+    pub fn start_with(
+        dir: &Path,
+        id: &str,
+        control_planes: &[&str],
+        join_token: Option<&str>,
+        extra: &[&str],
+    ) -> Agent {
         let mut agent = Agent {
             process: None,
             id: id.to_string(),
             data_dir: dir.join(id),
             status_addr: loopback_addr(),
             control_planes: control_planes.iter().map(|s| s.to_string()).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         agent.launch(join_token);
         agent
@@ -319,7 +356,8 @@ impl Agent {
             .arg(&self.data_dir)
             .args(["--control-plane", &self.control_planes.join(",")])
             .args(["--status-listen", &self.status_addr])
-            .args(["--backoff-base", "50ms", "--backoff-max", "500ms", "--heartbeat-interval", "2s"]);
+            .args(["--backoff-base", "50ms", "--backoff-max", "500ms", "--heartbeat-interval", "2s"])
+            .args(&self.extra);
         if let Some(token) = join_token {
             command.args(["--join-token", token]);
         }
@@ -543,8 +581,21 @@ impl McpUpstream {
 /// Runs the official Python SDK's client (`tests/peers/mcp_client.py`) through `steps`, each
 /// `(token, [operation, args…])` on a connection of its own; their JSON reports, in order.
 pub fn mcp_client(url: &str, mode: &str, steps: &[(&str, &[&str])]) -> Vec<Value> {
+    mcp_client_with(url, mode, &serde_json::json!({}), steps)
+}
+
+/// [`mcp_client`] with TLS settings for every step: `{"ca": PEM file, "cert": …, "key": …}`.
+pub fn mcp_client_with(url: &str, mode: &str, tls: &Value, steps: &[(&str, &[&str])]) -> Vec<Value> {
     use std::io::Write;
-    let script: Vec<Value> = steps.iter().map(|(token, op)| serde_json::json!({"token": token, "op": op})).collect();
+    let script: Vec<Value> = steps
+        .iter()
+        .map(|(token, op)| {
+            let mut step = tls.clone();
+            step["token"] = serde_json::json!(token);
+            step["op"] = serde_json::json!(op);
+            step
+        })
+        .collect();
     let mut child = Command::new(python())
         .arg(peer("mcp_client.py"))
         .args([url, mode])

@@ -39,6 +39,8 @@ pub struct Applied {
     pub verifier: Verifier,
     /// Its policies, per server.
     pub authorizer: Authorizer,
+    /// The gateway's routes per server, derived on first use.
+    pub(crate) routes: std::sync::OnceLock<std::collections::HashMap<String, crate::gateway::Route>>,
     /// Where it came from.
     pub source: Source,
 }
@@ -138,7 +140,8 @@ fn build(
         tracing::warn!(version, skipped, "issuer keys that do not parse were left out");
     }
     let authorizer = Authorizer::new(&config);
-    Ok(Applied { store_id, version, resources, documents, keys, config, verifier, authorizer, source })
+    let routes = std::sync::OnceLock::new();
+    Ok(Applied { store_id, version, resources, documents, keys, config, verifier, authorizer, routes, source })
 }
 
 /// The configuration in force, shared by everything that enforces it.

@@ -29,7 +29,7 @@ use crate::last_good::LastGood;
 use crate::sync::{Backoff, Link, Sync};
 
 /// Everything `run` needs, parsed and validated by `main`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// This agent's id (its SPIFFE ID's last segment).
     pub agent_id: String,
@@ -51,6 +51,10 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Bounds on gateway requests.
     pub gateway_limits: gateway::Limits,
+    /// Gateway worker threads.
+    pub gateway_workers: usize,
+    /// The gateway's TLS identity, for servers with an `https` resource.
+    pub gateway_tls: Option<gateway::GatewayTls>,
 }
 
 /// Why the agent stopped with an error.
@@ -115,8 +119,10 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
 
     // The gateway serves from the last good configuration even before the control plane answers.
     let (key_refresh_tx, key_refresh_rx) = tokio::sync::mpsc::channel(16);
-    let shared = Arc::new(gateway::Shared::new(current.clone(), options.gateway_limits, key_refresh_tx));
-    let gateway_task = tokio::spawn(gateway::run(shared, stop_rx.clone()));
+    let shared =
+        gateway::Shared::new(current.clone(), options.gateway_limits, key_refresh_tx, options.gateway_tls.clone());
+    let gateway_workers = gateway::start(shared, options.gateway_workers, stop_rx.clone())
+        .map_err(|e| RunError::Io(format!("starting gateway workers: {e}")))?;
 
     let files = Files::new(&options.data_dir);
     let identity = tokio::select! {
@@ -142,7 +148,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let renewal = tokio::spawn(renew_forever(options.clone(), identity_tx, not_after_tx, stop_rx.clone()));
     sync.run(stop_rx.clone()).await;
     renewal.abort();
-    let _ = gateway_task.await;
+    let _ = tokio::task::spawn_blocking(move || gateway_workers.into_iter().for_each(|w| drop(w.join()))).await;
     if let Some(task) = status_task {
         let _ = task.await;
     }

@@ -48,6 +48,15 @@ struct Args {
     /// Most JSON-RPC messages in one batch.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
+    /// Gateway worker threads [default: one per CPU].
+    #[arg(long)]
+    gateway_workers: Option<usize>,
+    /// The gateway's TLS certificate chain (PEM), for servers with an https resource.
+    #[arg(long, requires = "gateway_tls_key")]
+    gateway_tls_cert: Option<PathBuf>,
+    /// The gateway's TLS private key (PEM).
+    #[arg(long, requires = "gateway_tls_cert")]
+    gateway_tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -80,7 +89,16 @@ async fn start() -> anyhow::Result<()> {
         let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("label {label:?} is not key=value"))?;
         labels.insert(k.to_string(), v.to_string());
     }
+    let gateway_tls = match (&args.gateway_tls_cert, &args.gateway_tls_key) {
+        (Some(cert), Some(key)) => {
+            let read =
+                |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()));
+            Some(agent::gateway::GatewayTls::from_pem(&read(cert)?, &read(key)?)?)
+        }
+        _ => None,
+    };
     let options = agent::Options {
+        gateway_tls,
         agent_id,
         labels,
         data_dir: args.data_dir,
@@ -90,6 +108,9 @@ async fn start() -> anyhow::Result<()> {
         backoff: agent::sync::Backoff { base: args.backoff_base, max: args.backoff_max },
         heartbeat_interval: args.heartbeat_interval,
         idle_timeout: args.heartbeat_interval * 3 + Duration::from_secs(15),
+        gateway_workers: args
+            .gateway_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         gateway_limits: agent::gateway::Limits {
             max_body_bytes: args.max_request_bytes,
             json: warden_core::mcp::Limits { max_depth: args.max_json_depth, max_batch: args.max_batch },

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use tests::{Agent, ControlPlane, loopback_addr, rss_kib, wait_for};
+use tests::{Agent, ControlPlane, cpu_time_with_children, loopback_addr, rss_kib, wait_for};
 
 struct Args {
     duration_secs: u64,
@@ -45,8 +45,9 @@ const BODY: &str =
     r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
 const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
 
-/// nginx serving the upstream on `upstream` and proxying `proxy` → `upstream`.
-fn nginx(dir: &Path, upstream: &str, proxy: &str) -> tests::Process {
+/// An nginx instance in `dir` with `servers` (http-level configuration).
+fn nginx(dir: &Path, servers: &str) -> tests::Process {
+    std::fs::create_dir_all(dir).expect("nginx dir");
     let conf = format!(
         r#"
 worker_processes auto;
@@ -61,19 +62,7 @@ http {{
   fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
-  upstream mcp {{ server {upstream}; keepalive 64; }}
-  server {{
-    listen {upstream};
-    location = /mcp {{ default_type application/json; return 200 '{RESULT}'; }}
-  }}
-  server {{
-    listen {proxy};
-    location = /mcp {{
-      proxy_pass http://mcp;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-  }}
+{servers}
 }}
 "#,
         dir = dir.display()
@@ -113,13 +102,16 @@ fn signed_token(issuer: &str, audience: &str) -> (String, String) {
 }
 
 struct Load {
+    /// CPU the proxy itself used per request (none for the direct connection).
+    proxy_cpu_us: f64,
     requests_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
     non_2xx: u64,
 }
 
-fn wrk(url: &str, script: &Path, args: &Args, duration_secs: u64) -> Load {
+fn wrk(url: &str, script: &Path, args: &Args, duration_secs: u64, proxy: Option<u32>) -> Load {
+    let cpu_before = proxy.map(cpu_time_with_children);
     let out = Command::new("wrk")
         .args(["-t2", &format!("-c{}", args.connections), &format!("-d{duration_secs}s"), "--latency", "-s"])
         .arg(script)
@@ -145,8 +137,11 @@ fn wrk(url: &str, script: &Path, args: &Args, duration_secs: u64) -> Load {
         };
         number.parse::<f64>().unwrap_or(f64::NAN) * factor
     };
+    let requests_per_sec: f64 = field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let cpu = proxy.zip(cpu_before).map(|(pid, before)| cpu_time_with_children(pid) - before);
     Load {
-        requests_per_sec: field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        proxy_cpu_us: cpu.map_or(0.0, |c| c.as_secs_f64() * 1e6 / (requests_per_sec * duration_secs as f64)),
+        requests_per_sec,
         p50_ms: field("50%").map(millis).unwrap_or(f64::NAN),
         p99_ms: field("99%").map(millis).unwrap_or(f64::NAN),
         non_2xx: field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -165,7 +160,21 @@ fn main() {
     });
     let dir = tempfile::tempdir().expect("temp dir");
     let (upstream, proxy, gateway) = (loopback_addr(), loopback_addr(), loopback_addr());
-    let _nginx = nginx(dir.path(), &upstream, &proxy);
+    // Two instances, so the proxy's CPU is told apart from the upstream's and both proxies hand
+    // requests to another process, as the gateway does.
+    let _upstream = nginx(
+        &dir.path().join("upstream"),
+        &format!(
+            "server {{ listen {upstream}; location = /mcp {{ default_type application/json; return 200 '{RESULT}'; }} }}"
+        ),
+    );
+    let nginx_proxy = nginx(
+        &dir.path().join("proxy"),
+        &format!(
+            "upstream mcp {{ server {upstream}; keepalive 64; }}\n  server {{ listen {proxy}; location = /mcp {{ \
+             proxy_pass http://mcp; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        ),
+    );
 
     let cp = ControlPlane::start(dir.path(), &[]);
     let join = cp.join_token("5m");
@@ -212,12 +221,13 @@ spec:
         ),
     )
     .expect("wrk script");
+    let agent_pid = agent.process.as_ref().expect("agent runs").pid();
     let targets = [
-        ("direct", format!("http://{upstream}/mcp")),
-        ("nginx", format!("http://{proxy}/mcp")),
-        ("warden", format!("http://{gateway}/mcp")),
+        ("direct", format!("http://{upstream}/mcp"), None),
+        ("nginx", format!("http://{proxy}/mcp"), Some(nginx_proxy.pid())),
+        ("warden", format!("http://{gateway}/mcp"), Some(agent_pid)),
     ];
-    for (name, url) in &targets {
+    for (name, url, _) in &targets {
         wait_for(&format!("{name} to answer 200"), || {
             let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
             let response = agent
@@ -239,47 +249,41 @@ spec:
         BODY.len()
     );
     let mut results: Vec<Vec<Load>> = targets.iter().map(|_| Vec::new()).collect();
-    for (_, url) in &targets {
-        wrk(url, &script, &args, 2); // warm-up: connections, pools, caches
+    for (_, url, pid) in &targets {
+        wrk(url, &script, &args, 2, *pid); // warm-up: connections, pools, caches
     }
     for _ in 0..args.rounds {
-        for (i, (_, url)) in targets.iter().enumerate() {
-            results[i].push(wrk(url, &script, &args, args.duration_secs));
+        for (i, (_, url, pid)) in targets.iter().enumerate() {
+            results[i].push(wrk(url, &script, &args, args.duration_secs, *pid));
         }
     }
-    let summary: Vec<(f64, f64, f64, u64)> = results
-        .iter()
-        .map(|r| {
-            (
-                median(r.iter().map(|l| l.requests_per_sec).collect()),
-                median(r.iter().map(|l| l.p50_ms).collect()),
-                median(r.iter().map(|l| l.p99_ms).collect()),
-                r.iter().map(|l| l.non_2xx).sum(),
-            )
-        })
-        .collect();
-    let (direct, nginx) = (summary[0], summary[1]);
+    let median_of = |r: &[Load], f: fn(&Load) -> f64| median(r.iter().map(f).collect());
+    let (direct, nginx) =
+        (median_of(&results[0], |l| l.requests_per_sec), median_of(&results[1], |l| l.requests_per_sec));
+    let direct_p50 = median_of(&results[0], |l| l.p50_ms);
     println!(
-        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8}",
-        "target", "req/s", "vs direct", "vs nginx", "p50 ms", "added p50", "p99 ms", "non-2xx"
+        "{:<8} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8} {:>14} {:>8}",
+        "target", "req/s", "vs direct", "vs nginx", "p50 ms", "added p50", "p99 ms", "proxy CPU/req", "non-2xx"
     );
-    for ((name, _), s) in targets.iter().zip(&summary) {
+    for ((name, _, _), r) in targets.iter().zip(&results) {
+        let rps = median_of(r, |l| l.requests_per_sec);
+        let p50 = median_of(r, |l| l.p50_ms);
         println!(
-            "{:<8} {:>10.0} {:>9.2} {:>9.2} {:>9.3} {:>12.3} {:>10.3} {:>8}",
+            "{:<8} {:>9.0} {:>9.2} {:>9.2} {:>8.3} {:>10.3} {:>8.3} {:>11.1} µs {:>8}",
             name,
-            s.0,
-            s.0 / direct.0,
-            s.0 / nginx.0,
-            s.1,
-            s.1 - direct.1,
-            s.2,
-            s.3
+            rps,
+            rps / direct,
+            rps / nginx,
+            p50,
+            p50 - direct_p50,
+            median_of(r, |l| l.p99_ms),
+            median_of(r, |l| l.proxy_cpu_us),
+            r.iter().map(|l| l.non_2xx).sum::<u64>()
         );
     }
 
     // Memory: the agent with one policy, then with many.
-    let pid = agent.process.as_ref().expect("agent runs").pid();
-    let one = rss_kib(pid);
+    let one = rss_kib(agent_pid);
     let mut many = String::new();
     for i in 0..args.policies {
         many.push_str(&format!(
@@ -299,7 +303,7 @@ spec:
         .send(BODY)
         .map(|r| r.status() == 200)
         .unwrap_or(false);
-    let loaded = rss_kib(pid);
+    let loaded = rss_kib(agent_pid);
     println!(
         "agent RSS: {:.1} MiB with 1 policy, {:.1} MiB with {} policies (request through the gateway: {})",
         one as f64 / 1024.0,

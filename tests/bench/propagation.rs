@@ -16,7 +16,7 @@ use agent::identity::{self, Files};
 use agent::last_good::LastGood;
 use agent::sync::{Backoff, Link, Sync};
 use proto::v1 as pb;
-use tests::{ControlPlane, rss_kib};
+use tests::{ControlPlane, cpu_time, rss_kib};
 use tokio::sync::watch;
 
 struct Args {
@@ -43,16 +43,6 @@ fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// CPU time (user + system) a process used so far.
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -138,7 +128,7 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded_rss = rss_kib(pid);
 
-    let (cp_cpu0, own_cpu0) = (cpu_time(&pid.to_string()), cpu_time("self"));
+    let (cp_cpu0, own_cpu0) = (cpu_time(pid), cpu_time(std::process::id()));
     let mut samples = Vec::with_capacity(args.rounds);
     for round in 0..args.rounds {
         let t0 = Instant::now();
@@ -151,8 +141,8 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rounds = args.rounds as u32;
-    let cp_cpu = (cpu_time(&pid.to_string()) - cp_cpu0) / rounds;
-    let own_cpu = (cpu_time("self") - own_cpu0) / rounds;
+    let cp_cpu = (cpu_time(pid) - cp_cpu0) / rounds;
+    let own_cpu = (cpu_time(std::process::id()) - own_cpu0) / rounds;
     // Every ACK reached the control plane.
     let last = admin.list_agents(pb::ListAgentsRequest {}).await.expect("agents").into_inner();
     let acked = last.agents.iter().filter(|a| a.applied_version == last.version && a.connected).count();

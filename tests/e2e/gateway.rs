@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, mcp_client, wait_for_or};
+use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, mcp_client, mcp_client_with, wait_for_or};
 
 /// Everything one test needs running.
 struct Fleet {
@@ -14,9 +14,11 @@ struct Fleet {
     agent: Agent,
     /// The gateway of server `notes`.
     gateway: String,
-    /// The gateway of server `bound` (requires certificate-bound tokens).
+    /// The gateway of server `bound` (TLS; requires certificate-bound tokens).
     bound_gateway: String,
-    _dir: tempfile::TempDir,
+    /// The gateway's TLS certificate (self-signed, for the bound gateway's address).
+    gateway_ca: std::path::PathBuf,
+    dir: tempfile::TempDir,
 }
 
 const POLICY: &str = r#"
@@ -39,8 +41,18 @@ impl Fleet {
             &["--allow-http-issuers", "--key-refresh-default", "1h", "--key-refresh-request-interval", "1s"],
         );
         let token = cp.join_token("5m");
-        let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
         let (gateway, bound_gateway) = (loopback_addr(), loopback_addr());
+        let host = bound_gateway.rsplit_once(':').unwrap().0.to_string();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::IpAddress(host.parse().unwrap())];
+        let cert = params.self_signed(&key).unwrap();
+        let (gateway_ca, gateway_key) = (dir.path().join("gateway.crt"), dir.path().join("gateway.key"));
+        std::fs::write(&gateway_ca, cert.pem()).unwrap();
+        std::fs::write(&gateway_key, key.serialize_pem()).unwrap();
+        let tls_flags =
+            ["--gateway-tls-cert", gateway_ca.to_str().unwrap(), "--gateway-tls-key", gateway_key.to_str().unwrap()];
+        let agent = Agent::start_with(dir.path(), "agent-0", &[&cp.address], Some(&token), &tls_flags);
         let policy: String = POLICY.lines().map(|l| format!("    {l}\n")).collect();
         let yaml = format!(
             r#"
@@ -67,7 +79,7 @@ apiVersion: warden.dev/v1
 kind: McpServer
 metadata: {{name: bound}}
 spec:
-  resource: http://{bound_gateway}/mcp
+  resource: https://{bound_gateway}/mcp
   issuers: [test-idp]
   upstream: {upstream}
   listen: {bound_gateway}
@@ -77,7 +89,7 @@ apiVersion: warden.dev/v1
 kind: Policy
 metadata: {{name: notes-access}}
 spec:
-  servers: [notes]
+  servers: [notes, bound]
   cedar: |
 {policy}"#,
             issuer = idp.issuer,
@@ -85,7 +97,7 @@ spec:
         );
         let out = cp.apply(&yaml);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let fleet = Fleet { idp, _upstream: upstream, cp, agent, gateway, bound_gateway, _dir: dir };
+        let fleet = Fleet { idp, _upstream: upstream, cp, agent, gateway, bound_gateway, gateway_ca, dir };
         let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
         wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
         fleet
@@ -269,14 +281,6 @@ fn each_bad_token_is_refused_with_its_reason() {
     let answer = post(&url, Some(&unscoped), &[], &call("echo"));
     assert_eq!(answer.status, 403);
     assert!(answer.challenge.ends_with("error=\"insufficient_scope\", scope=\"notes.use\""), "{}", answer.challenge);
-    // A bearer token on a server that requires certificate-bound tokens.
-    let bound_url = format!("http://{}/mcp", fleet.bound_gateway);
-    let token = fleet.idp.mint(&json!({"claims": {
-        "iss": fleet.idp.issuer, "sub": "alice", "aud": bound_url, "iat": now, "exp": now + 300,
-    }}));
-    let answer = post(&bound_url, Some(&token), &[], &call("echo"));
-    assert_eq!(answer.status, 401);
-    assert!(answer.challenge.ends_with("error_description=\"binding_required\""), "{}", answer.challenge);
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -396,4 +400,49 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
     let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-11-25")];
     assert_eq!(post(&url, Some(&bob), &with_session, ping).status, 404);
     assert_eq!(post(&url, Some(&alice), &with_session, ping).status, 200);
+}
+
+/// A self-signed client certificate in `dir`: (certificate PEM path, key PEM path, DER).
+fn client_certificate(dir: &std::path::Path, name: &str) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![format!("{name}.workload.test")]).unwrap().self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path.to_str().unwrap().into(), key_path.to_str().unwrap().into(), cert.der().to_vec())
+}
+
+#[test]
+fn certificate_bound_tokens_work_only_with_their_certificate() {
+    let fleet = Fleet::start();
+    let url = format!("https://{}/mcp", fleet.bound_gateway);
+    let (a_cert, a_key, a_der) = client_certificate(fleet.dir.path(), "workload-a");
+    let (b_cert, b_key, _) = client_certificate(fleet.dir.path(), "workload-b");
+    let now = now();
+    let mint = |cnf: Option<Value>| {
+        let mut claims = json!({"iss": fleet.idp.issuer, "sub": "alice", "aud": url, "iat": now, "exp": now + 300});
+        if let Some(cnf) = cnf {
+            claims["cnf"] = cnf;
+        }
+        fleet.idp.mint(&json!({ "claims": claims }))
+    };
+    let bound = mint(Some(json!({"x5t#S256": warden_core::token::certificate_thumbprint(&a_der)})));
+    let bearer = mint(None);
+    let ca = fleet.gateway_ca.to_str().unwrap();
+    let with = |cert: &str, key: &str| json!({"ca": ca, "cert": cert, "key": key});
+    let op: &[&str] = &["call", "echo", r#"{"text":"bound"}"#];
+    // The token's own certificate: the call goes through (the SDK client over mutual TLS).
+    let ok = mcp_client_with(&url, "legacy", &with(&a_cert, &a_key), &[(&bound, op)]);
+    assert_eq!(ok[0]["result"]["text"], json!(["bound"]), "{ok:?}\n{}", fleet.agent.log_text());
+    // Another certificate, or a bearer token with the right certificate: refused, with reasons.
+    let stolen = mcp_client_with(&url, "legacy", &with(&b_cert, &b_key), &[(&bound, op)]);
+    assert_eq!(stolen[0]["ok"], false, "{stolen:?}");
+    let unbound = mcp_client_with(&url, "legacy", &with(&a_cert, &a_key), &[(&bearer, op)]);
+    assert_eq!(unbound[0]["ok"], false, "{unbound:?}");
+    let log = fleet.agent.log_text();
+    assert!(log.contains("token refused server=bound reason=binding_mismatch"), "{log}");
+    assert!(log.contains("token refused server=bound reason=binding_required"), "{log}");
+    // Without any client certificate the TLS handshake itself fails.
+    let anonymous = mcp_client_with(&url, "legacy", &json!({"ca": ca}), &[(&bound, op)]);
+    assert_eq!(anonymous[0]["ok"], false, "{anonymous:?}");
 }

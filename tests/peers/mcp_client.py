@@ -1,8 +1,9 @@
 """An MCP client written with the official Python SDK, for the gateway's end-to-end tests.
 
-Reads a JSON list of steps on stdin, each {"token": T, "op": [OP, ARGS...]}; runs each as its own
-connection to URL with `Authorization: Bearer T` (none when T is "-"), and prints a JSON list of
-results, one per step: {"ok": true, "result": ...} or {"ok": false, "error": ...}.
+Reads a JSON list of steps on stdin, each {"token": T, "op": [OP, ARGS...]} and optionally
+"ca" (PEM file trusted for https URLs) and "cert"/"key" (a client certificate to present); runs
+each as its own connection to URL with `Authorization: Bearer T` (none when T is "-"), and
+prints a JSON list of results, one per step: {"ok": true, "result": ...} or {"ok": false, ...}.
 
 Usage: mcp_client.py URL MODE < steps.json
   MODE: legacy (initialize handshake, 2025-11-25) or modern (2026-07-28, per-request envelope)
@@ -12,7 +13,10 @@ Usage: mcp_client.py URL MODE < steps.json
 
 import asyncio
 import json
+import ssl
 import sys
+
+import httpx2
 
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -20,14 +24,23 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 
-async def run(url, token, mode, op, args):
+def http_client(headers, tls):
+    if not tls.get("ca"):
+        return create_mcp_http_client(headers=headers)
+    context = ssl.create_default_context(cafile=tls["ca"])
+    if tls.get("cert"):
+        context.load_cert_chain(tls["cert"], tls["key"])
+    return httpx2.AsyncClient(headers=headers, verify=context, timeout=httpx2.Timeout(30, read=300))
+
+
+async def run(url, token, mode, op, args, tls):
     headers = {} if token == "-" else {"Authorization": f"Bearer {token}"}
     progress = []
 
     async def on_progress(p, total, message):
         progress.append(message)
 
-    async with create_mcp_http_client(headers=headers) as http:
+    async with http_client(headers, tls) as http:
         transport = streamable_http_client(url, http_client=http)
         client_mode = "legacy" if mode == "legacy" else "2026-07-28"
         async with Client(transport, mode=client_mode, cache=None) as client:
@@ -53,9 +66,9 @@ async def run(url, token, mode, op, args):
             raise SystemExit(f"unknown operation {op}")
 
 
-async def step(url, mode, token, op, args):
+async def step(url, mode, token, op, args, tls):
     try:
-        return {"ok": True, "result": await run(url, token, mode, op, args)}
+        return {"ok": True, "result": await run(url, token, mode, op, args, tls)}
     except Exception as e:  # noqa: BLE001 - errors arrive wrapped in exception groups
         mcp_error = find_mcp_error(e)
         if mcp_error is not None:
@@ -64,7 +77,7 @@ async def step(url, mode, token, op, args):
 
 
 async def steps(url, mode, script):
-    return [await step(url, mode, s["token"], s["op"][0], s["op"][1:]) for s in script]
+    return [await step(url, mode, s["token"], s["op"][0], s["op"][1:], s) for s in script]
 
 
 def main():

@@ -46,10 +46,10 @@ fn setup(alg: Algorithm) -> (String, serde_json::Value, EncodingKey) {
     (jsonwebtoken::encode(&header, &claims, &key).unwrap(), jwk, key)
 }
 
-fn sign_with_jti(alg: Algorithm, key: &EncodingKey, jti: usize) -> String {
+fn sign_with_jti(alg: Algorithm, key: &EncodingKey, jti: usize, subject: &str) -> String {
     let mut header = Header::new(alg);
     header.kid = Some("k1".into());
-    let claims = json!({"iss": "https://idp.example.com", "sub": "ci-runner", "aud": "https://mcp.example.com/github",
+    let claims = json!({"iss": "https://idp.example.com", "sub": subject, "aud": "https://mcp.example.com/github",
         "iat": NOW - 60, "exp": NOW + 600, "jti": format!("t-{jti}"), "scope": "repo:read"});
     jsonwebtoken::encode(&header, &claims, key).unwrap()
 }
@@ -96,7 +96,10 @@ fn bench(c: &mut Criterion) {
         });
         // One more distinct token than the cache holds, used in turn: with oldest-first eviction
         // every use misses, so each iteration pays the whole verification.
-        let fresh: Vec<String> = (0..=CACHE_CAPACITY).map(|i| sign_with_jti(alg, &encoding, i)).collect();
+        let fresh: Vec<String> = (0..=CACHE_CAPACITY).map(|i| sign_with_jti(alg, &encoding, i, "ci-runner")).collect();
+        // The same, each token for another workload: nothing the authorizer built is reused.
+        let strangers: Vec<String> =
+            (0..=CACHE_CAPACITY).map(|i| sign_with_jti(alg, &encoding, i, &format!("workload-{i}"))).collect();
         let mut next = 0usize;
         c.bench_function(&format!("{name}: full token verification, uncached"), |b| {
             b.iter(|| {
@@ -121,6 +124,12 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 next = (next + 1) % fresh.len();
                 decide(&uncached.0, black_box(&fresh[next]))
+            })
+        });
+        c.bench_function(&format!("{name}: decision (verify + policy), uncached, a new workload each time"), |b| {
+            b.iter(|| {
+                next = (next + 1) % strangers.len();
+                decide(&uncached.0, black_box(&strangers[next]))
             })
         });
         c.bench_function(&format!("{name}: decision (verify + policy), cached"), |b| {

@@ -2,17 +2,25 @@
 //! Cedar against the policies scoped to the server. Default deny; a `forbid` wins.
 //!
 //! [`Authorizer`] is compiled once per configuration version (one policy set per server), like
-//! the token [`Verifier`](crate::token::Verifier).
+//! the token [`Verifier`](crate::token::Verifier). The principal, the context and the entity
+//! set of a request are each built once per distinct input and reused (bounded caches keyed by
+//! a digest of everything they are built from): pure functions of their inputs, so reuse
+//! cannot change a decision, only skip Cedar's costly construction (text-parsed `ip()` and
+//! `datetime()` values, the entities' transitive closure).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     Authorizer as CedarAuthorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
     Request, RestrictedExpression,
 };
 
+use sha2::{Digest, Sha256};
+
+use crate::bounded::BoundedMap;
 use crate::config::Config;
 use crate::policy::schema;
 use crate::token::Verified;
@@ -59,9 +67,57 @@ pub struct RequestError(String);
 
 /// The policies of one configuration version, per server.
 pub struct Authorizer {
-    per_server: HashMap<String, PolicySet>,
-    resources: HashMap<String, String>,
+    per_server: HashMap<String, ServerPolicies>,
     cedar: CedarAuthorizer,
+    /// Principal entities by a digest of the claims they are built from.
+    principals: Mutex<BoundedMap<[u8; 32], Arc<Principal>>>,
+    /// Contexts by a digest of their inputs (scopes, granted tools, tenant, address, second).
+    contexts: Mutex<BoundedMap<[u8; 32], Context>>,
+    /// The entities of a (principal, server, target), by digest: building them computes a
+    /// transitive closure, which costs more than evaluating the policies.
+    entities: Mutex<BoundedMap<[u8; 32], Arc<Entities>>>,
+}
+
+/// One server's policies and its entity.
+struct ServerPolicies {
+    set: PolicySet,
+    uid: EntityUid,
+    entity: Entity,
+}
+
+/// A workload as Cedar sees it.
+struct Principal {
+    /// Digest of the claims it was built from.
+    key: [u8; 32],
+    uid: EntityUid,
+    /// The workload and its issuer.
+    entities: [Entity; 2],
+}
+
+/// Entries each of the caches above keeps per configuration version.
+pub const CACHE_ENTRIES: usize = 4096;
+
+/// SHA-256 over length-prefixed fields, so no two distinct inputs encode alike.
+fn digest<'a>(fields: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for field in fields {
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field);
+    }
+    h.finalize().into()
+}
+
+fn cached<V: Clone>(
+    cache: &Mutex<BoundedMap<[u8; 32], V>>,
+    key: [u8; 32],
+    build: impl FnOnce() -> Result<V, RequestError>,
+) -> Result<V, RequestError> {
+    if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(hit.clone());
+    }
+    let value = build()?;
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, value.clone());
+    Ok(value)
 }
 
 /// Entity type names, parsed once: parsing a name runs Cedar's parser.
@@ -92,7 +148,7 @@ impl Authorizer {
     /// Compiles the per-server policy sets of `config`: a policy with no `servers` applies to all.
     pub fn new(config: &Config) -> Authorizer {
         let mut per_server = HashMap::new();
-        for server in config.servers.keys() {
+        for (server, spec) in &config.servers {
             let mut set = PolicySet::new();
             for (name, policy) in &config.policies {
                 if !(policy.servers.is_empty() || policy.servers.contains(server)) {
@@ -107,10 +163,22 @@ impl Authorizer {
                     let _ = set.add(p.clone());
                 }
             }
-            per_server.insert(server.clone(), set);
+            let uid = uid("Server", server);
+            let attrs =
+                HashMap::from([("resource".to_string(), RestrictedExpression::new_string(spec.resource.clone()))]);
+            let Ok(entity) = Entity::new(uid.clone(), attrs, HashSet::new()) else {
+                // A string attribute always evaluates; without an entity the server denies all.
+                continue;
+            };
+            per_server.insert(server.clone(), ServerPolicies { set, uid, entity });
         }
-        let resources = config.servers.iter().map(|(n, s)| (n.clone(), s.resource.clone())).collect();
-        Authorizer { per_server, resources, cedar: CedarAuthorizer::new() }
+        Authorizer {
+            per_server,
+            cedar: CedarAuthorizer::new(),
+            principals: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
+            contexts: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
+            entities: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
+        }
     }
 
     /// Decides whether `workload` may call `method` on `target` of `server`.
@@ -125,61 +193,33 @@ impl Authorizer {
         let Some(policies) = self.per_server.get(server) else {
             return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new() });
         };
-        let server_uid = uid("Server", server);
-        let resource_uri = self.resources.get(server).cloned().unwrap_or_default();
-        let server_entity = Entity::new(
-            server_uid.clone(),
-            HashMap::from([("resource".to_string(), RestrictedExpression::new_string(resource_uri))]),
-            HashSet::new(),
-        )
-        .map_err(err)?;
-        let issuer_uid = uid("Issuer", &workload.issuer);
-        let mut attrs = HashMap::from([
-            ("issuer".to_string(), RestrictedExpression::new_string(workload.issuer.clone())),
-            ("subject".to_string(), RestrictedExpression::new_string(workload.subject.clone())),
-            ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
-        ]);
-        for claim in ["tenant", "email"] {
-            if let Some(v) = workload.claims.get(claim).and_then(|v| v.as_str()) {
-                attrs.insert(claim.to_string(), RestrictedExpression::new_string(v.to_string()));
-            }
-        }
-        if let Some(groups) = workload.claims.get("groups").and_then(|v| v.as_array()) {
-            attrs.insert("groups".into(), string_set(groups.iter().filter_map(|g| g.as_str().map(String::from))));
-        }
-        let principal = uid("Workload", &format!("{}/{}", workload.issuer, workload.subject));
-        let principal_entity =
-            Entity::new(principal.clone(), attrs, HashSet::from([issuer_uid.clone()])).map_err(err)?;
-        let issuer_entity = Entity::new_no_attrs(issuer_uid, HashSet::new());
-
-        let (resource, resource_entity) = match target {
-            Target::Server => (server_uid.clone(), None),
-            Target::Tool(name) => child("Tool", "name", server, name, &server_uid)?,
-            Target::Resource(uri) => child("McpResource", "uri", server, uri, &server_uid)?,
-            Target::Prompt(name) => child("Prompt", "name", server, name, &server_uid)?,
+        let principal = self.principal(workload)?;
+        let (kind, attr, name) = match target {
+            Target::Server => ("Server", "", ""),
+            Target::Tool(name) => ("Tool", "name", name),
+            Target::Resource(uri) => ("McpResource", "uri", uri),
+            Target::Prompt(name) => ("Prompt", "name", name),
         };
-        // Entities are built here from typed values, so they are not validated against the schema
-        // again per request (that costs more than the evaluation); the request itself is.
-        let entities = Entities::from_entities(
-            [server_entity, principal_entity, issuer_entity].into_iter().chain(resource_entity),
-            None,
-        )
-        .map_err(err)?;
-
-        let mut context = vec![
-            ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
-            ("granted_tools".to_string(), string_set(facts.granted_tools.iter().cloned())),
-            // Built directly, not parsed from Cedar text: parsing costs tens of µs per request.
-            ("source_ip".to_string(), RestrictedExpression::new_ip(facts.source_ip.to_string())),
-            ("time".to_string(), RestrictedExpression::new_datetime(iso8601(facts.now))),
-        ];
-        if let Some(tenant) = workload.claims.get("tenant").and_then(|v| v.as_str()) {
-            context.push(("tenant".to_string(), RestrictedExpression::new_string(tenant.to_string())));
-        }
+        let resource = if kind == "Server" { policies.uid.clone() } else { uid(kind, &format!("{server}/{name}")) };
+        let key = digest([&principal.key[..], server.as_bytes(), kind.as_bytes(), name.as_bytes()]);
+        let entities = cached(&self.entities, key, || {
+            let child = (kind != "Server")
+                .then(|| {
+                    let attrs = HashMap::from([(attr.to_string(), RestrictedExpression::new_string(name.to_string()))]);
+                    Entity::new(resource.clone(), attrs, HashSet::from([policies.uid.clone()])).map_err(err)
+                })
+                .transpose()?;
+            // Built here from typed values, so not validated against the schema again.
+            let all = [policies.entity.clone()].into_iter().chain(principal.entities.iter().cloned()).chain(child);
+            Ok(Arc::new(Entities::from_entities(all, None).map_err(err)?))
+        })?;
+        let context = self.context(workload, facts)?;
         let action = uid("Action", method);
-        let context = Context::from_pairs(context).map_err(err)?;
-        let request = Request::new(principal, action, resource, context, Some(schema())).map_err(err)?;
-        let response = self.cedar.is_authorized(&request, policies, &entities);
+        // Principal, resource and context are built to the schema's types right here; tests (debug
+        // builds) validate every request against the schema, release builds skip the cost.
+        let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
+        let request = Request::new(principal.uid.clone(), action, resource, context, schema).map_err(err)?;
+        let response = self.cedar.is_authorized(&request, &policies.set, &entities);
         let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
         Ok(Outcome {
             // Cedar skips a policy whose evaluation fails; a skipped `forbid` must not turn into
@@ -189,24 +229,78 @@ impl Authorizer {
             errors,
         })
     }
-}
 
-/// A tool, resource or prompt entity, child of its server; its id is `<server>/<name>`.
-fn child(
-    kind: &str,
-    attr: &str,
-    server: &str,
-    name: &str,
-    server_uid: &EntityUid,
-) -> Result<(EntityUid, Option<Entity>), RequestError> {
-    let id = uid(kind, &format!("{server}/{name}"));
-    let entity = Entity::new(
-        id.clone(),
-        HashMap::from([(attr.to_string(), RestrictedExpression::new_string(name.to_string()))]),
-        HashSet::from([server_uid.clone()]),
-    )
-    .map_err(err)?;
-    Ok((id, Some(entity)))
+    /// The workload's entities, built once per distinct set of the claims they carry.
+    fn principal(&self, workload: &Verified) -> Result<Arc<Principal>, RequestError> {
+        let claim = |name| workload.claims.get(name).and_then(|v: &serde_json::Value| v.as_str());
+        let (tenant, email) = (claim("tenant"), claim("email"));
+        let groups: Option<Vec<&str>> = workload
+            .claims
+            .get("groups")
+            .and_then(|v| v.as_array())
+            .map(|g| g.iter().filter_map(|g| g.as_str()).collect());
+        let counts = [workload.scopes.len() as u64, groups.as_ref().map_or(u64::MAX, |g| g.len() as u64)];
+        let counts: Vec<[u8; 8]> = counts.iter().map(|n| n.to_le_bytes()).collect();
+        let absent: &[u8] = &[0xff];
+        let key = digest(
+            [workload.issuer.as_bytes(), workload.subject.as_bytes(), &counts[0]]
+                .into_iter()
+                .chain(workload.scopes.iter().map(|s| s.as_bytes()))
+                .chain([tenant.map_or(absent, str::as_bytes), email.map_or(absent, str::as_bytes), &counts[1]])
+                .chain(groups.iter().flatten().map(|g| g.as_bytes())),
+        );
+        cached(&self.principals, key, || {
+            let issuer_uid = uid("Issuer", &workload.issuer);
+            let mut attrs = HashMap::from([
+                ("issuer".to_string(), RestrictedExpression::new_string(workload.issuer.clone())),
+                ("subject".to_string(), RestrictedExpression::new_string(workload.subject.clone())),
+                ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
+            ]);
+            for (name, value) in [("tenant", tenant), ("email", email)] {
+                if let Some(v) = value {
+                    attrs.insert(name.to_string(), RestrictedExpression::new_string(v.to_string()));
+                }
+            }
+            if let Some(groups) = &groups {
+                attrs.insert("groups".into(), string_set(groups.iter().map(|g| g.to_string())));
+            }
+            let principal = uid("Workload", &format!("{}/{}", workload.issuer, workload.subject));
+            let entity = Entity::new(principal.clone(), attrs, HashSet::from([issuer_uid.clone()])).map_err(err)?;
+            let issuer = Entity::new_no_attrs(issuer_uid, HashSet::new());
+            Ok(Arc::new(Principal { key, uid: principal, entities: [entity, issuer] }))
+        })
+    }
+
+    /// The request context, built once per distinct input: Cedar parses `ip()` and
+    /// `datetime()` values from text, which costs more than most evaluations.
+    fn context(&self, workload: &Verified, facts: &RequestFacts<'_>) -> Result<Context, RequestError> {
+        let tenant = workload.claims.get("tenant").and_then(|v| v.as_str());
+        let ip = facts.source_ip.to_string();
+        let counts = [workload.scopes.len() as u64, facts.granted_tools.len() as u64].map(u64::to_le_bytes);
+        let now = facts.now.to_le_bytes();
+        let absent: &[u8] = &[0xff];
+        let key = digest(
+            [&counts[0][..]]
+                .into_iter()
+                .chain(workload.scopes.iter().map(|s| s.as_bytes()))
+                .chain([&counts[1][..]])
+                .chain(facts.granted_tools.iter().map(|s| s.as_bytes()))
+                .chain([tenant.map_or(absent, str::as_bytes), ip.as_bytes(), &now]),
+        );
+        cached(&self.contexts, key, || {
+            let mut pairs = vec![
+                ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
+                ("granted_tools".to_string(), string_set(facts.granted_tools.iter().cloned())),
+                // Built directly, not parsed from Cedar text: parsing costs tens of µs.
+                ("source_ip".to_string(), RestrictedExpression::new_ip(ip.clone())),
+                ("time".to_string(), RestrictedExpression::new_datetime(iso8601(facts.now))),
+            ];
+            if let Some(tenant) = tenant {
+                pairs.push(("tenant".to_string(), RestrictedExpression::new_string(tenant.to_string())));
+            }
+            Context::from_pairs(pairs).map_err(err)
+        })
+    }
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDThh:mm:ssZ`, what Cedar's `datetime()` reads.

@@ -44,6 +44,7 @@ fn workload(subject: &str, claims: serde_json::Value) -> Verified {
         issued_at: NOW - 60,
         valid_until: NOW + 660,
         bound_certificate: None,
+        bound_dpop_key: None,
         scopes: vec!["repo:read".into()],
         claims: claims.as_object().cloned().unwrap_or_default(),
     }
@@ -155,4 +156,33 @@ spec:
     let outcome = a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap();
     assert!(!outcome.allowed, "{outcome:?}");
     assert_eq!(outcome.errors.len(), 1);
+}
+
+#[test]
+fn reused_principals_contexts_and_entities_never_cross_inputs() {
+    let a = authorizer(
+        r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: ops-from-inside}
+spec:
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource)
+    when { resource.name == "restart" && context.source_ip.isInRange(ip("10.0.0.0/8"))
+           && principal has groups && principal.groups.contains("ops") };
+"#,
+    );
+    let decide = |groups: serde_json::Value, ip: &str, tool: &str| {
+        let w = workload("alice", serde_json::json!({ "groups": groups }));
+        let facts = RequestFacts { source_ip: ip.parse().unwrap(), ..facts() };
+        a.authorize("github", &w, "tools/call", Target::Tool(tool), &facts).unwrap().allowed
+    };
+    // Each case right after one that shares all but one input with it.
+    assert!(decide(serde_json::json!(["ops"]), "10.1.2.3", "restart"));
+    assert!(!decide(serde_json::json!(["ops"]), "192.168.1.1", "restart"));
+    assert!(!decide(serde_json::json!(["dev"]), "10.1.2.3", "restart"));
+    assert!(!decide(serde_json::json!(["ops"]), "10.1.2.3", "delete"));
+    assert!(!decide(serde_json::json!([]), "10.1.2.3", "restart"));
+    assert!(decide(serde_json::json!(["ops"]), "10.1.2.3", "restart"));
 }

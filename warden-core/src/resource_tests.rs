@@ -142,6 +142,11 @@ spec:
     assert_eq!(field_error(&server.replace("http://127.0.0.1:3000/mcp", "unix:/x")).0, "spec.upstream");
     assert_eq!(field_error(&server.replace("/github", "/github#frag")).0, "spec.resource");
     assert_eq!(field_error(&server.replace("mtls", "psk")).0, "spec.binding");
+    assert_eq!(field_error(&server.replace("mtls", "dpop")).0, "spec.binding");
+    assert_eq!(field_error(&server.replace("https://mcp", "http://mcp")).0, "spec.binding");
+    assert_eq!(field_error(&server.replace("[corp-idp]", "[corp-idp]\n  scopes: [\"bad scope\"]")).0, "spec.scopes[0]");
+    let origins = server.replace("[corp-idp]", "[corp-idp]\n  allowedOrigins: [https://app.example.com/x]");
+    assert_eq!(field_error(&origins).0, "spec.allowedOrigins[0]");
 }
 
 const POLICY: &str = r#"

@@ -65,6 +65,21 @@ impl McpServerSpec {
         if resource.fragment().is_some() {
             return Err(DocumentError::field("spec.resource", "must not have a fragment (RFC 8707)"));
         }
+        match self.binding {
+            Binding::Mtls if resource.scheme() != "https" => {
+                return Err(DocumentError::field(
+                    "spec.binding",
+                    "mtls needs an https resource: callers present their certificate to the gateway over TLS",
+                ));
+            }
+            Binding::Dpop => {
+                return Err(DocumentError::field(
+                    "spec.binding",
+                    "dpop is not enforced by this release's agents yet (DPoP-bound tokens are refused everywhere); use mtls or none",
+                ));
+            }
+            _ => {}
+        }
         if self.issuers.is_empty() {
             return Err(DocumentError::field("spec.issuers", "name at least one TrustedIssuer"));
         }

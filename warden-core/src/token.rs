@@ -112,6 +112,8 @@ pub struct Verified {
     pub(crate) valid_until: i64,
     /// `cnf.x5t#S256`, when the token is certificate-bound.
     pub(crate) bound_certificate: Option<String>,
+    /// `cnf.jkt`, when the token is DPoP-bound (RFC 9449).
+    pub(crate) bound_dpop_key: Option<String>,
     /// Scopes (`scope` split on spaces, or `scp`).
     pub scopes: Vec<String>,
     /// Every claim, for policy context.
@@ -133,6 +135,9 @@ pub struct Revocations {
 pub struct Presenter<'a> {
     /// The DER of the client certificate presented over mTLS, if any.
     pub client_certificate: Option<&'a [u8]>,
+    /// The RFC 7638 thumbprint of the key of a DPoP proof that was verified for this request,
+    /// if any. (The gateway does not verify DPoP proofs yet, so DPoP-bound tokens are refused.)
+    pub dpop_key_thumbprint: Option<&'a str>,
 }
 
 struct IssuerRules {
@@ -418,14 +423,12 @@ impl Verifier {
             claims.get(&issuer.subject_claim).and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?.to_string();
         let jti = claims.get("jti").and_then(|v| v.as_str()).map(str::to_string);
 
-        let bound_certificate =
-            claims.get("cnf").and_then(|c| c.get("x5t#S256")).and_then(|v| v.as_str()).map(str::to_string);
-        match (server.binding, &bound_certificate) {
-            (Binding::Mtls, None) => return Err(Reason::BindingRequired),
-            // DPoP proofs are checked by the gateway, which holds the HTTP request.
-            (Binding::Dpop, None) if claims.get("cnf").and_then(|c| c.get("jkt")).is_none() => {
-                return Err(Reason::BindingRequired);
-            }
+        let confirmation =
+            |member: &str| claims.get("cnf").and_then(|c| c.get(member)).and_then(|v| v.as_str()).map(str::to_string);
+        let (bound_certificate, bound_dpop_key) = (confirmation("x5t#S256"), confirmation("jkt"));
+        match server.binding {
+            Binding::Mtls if bound_certificate.is_none() => return Err(Reason::BindingRequired),
+            Binding::Dpop if bound_dpop_key.is_none() => return Err(Reason::BindingRequired),
             _ => {}
         }
 
@@ -446,6 +449,7 @@ impl Verifier {
             issued_at: iat,
             valid_until: exp.saturating_add(issuer.skew),
             bound_certificate,
+            bound_dpop_key,
             scopes,
             claims,
         })
@@ -470,9 +474,14 @@ fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Pre
     {
         return Err(Reason::Revoked);
     }
-    // A bound token is only ever usable with its certificate, whatever the server asks.
+    // A bound token is only ever usable with its key, whatever the server asks.
     if let Some(thumbprint) = &v.bound_certificate
         && presenter.client_certificate.map(certificate_thumbprint).as_ref() != Some(thumbprint)
+    {
+        return Err(Reason::BindingMismatch);
+    }
+    if let Some(thumbprint) = &v.bound_dpop_key
+        && presenter.dpop_key_thumbprint != Some(thumbprint.as_str())
     {
         return Err(Reason::BindingMismatch);
     }

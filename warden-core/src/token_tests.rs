@@ -230,7 +230,8 @@ fn certificate_bound_tokens_need_their_certificate() {
     bound["cnf"] = json!({"x5t#S256": certificate_thumbprint(cert)});
     let token = es.sign(&bound);
     let present = |der: Option<&[u8]>| {
-        v.verify(&token, "github", NOW, &Revocations::default(), Presenter { client_certificate: der })
+        let presenter = Presenter { client_certificate: der, ..Presenter::default() };
+        v.verify(&token, "github", NOW, &Revocations::default(), presenter)
     };
     present(Some(cert)).unwrap();
     assert_eq!(present(Some(b"another certificate")).unwrap_err(), Reason::BindingMismatch);
@@ -239,6 +240,25 @@ fn certificate_bound_tokens_need_their_certificate() {
     // Bound tokens stay bound on servers that do not require binding.
     let lax = verifier(&[&es], "[ES256]", "none");
     assert_eq!(check(&lax, &token).unwrap_err(), Reason::BindingMismatch);
+}
+
+#[test]
+fn dpop_bound_tokens_need_a_verified_proof_of_their_key() {
+    let es = ec_signer("k1");
+    let mut bound = claims();
+    bound["cnf"] = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
+    let token = es.sign(&bound);
+    // Servers cannot require DPoP yet (refused on admission), but a DPoP-bound token stays
+    // bound wherever it is presented.
+    let v = verifier(&[&es], "[ES256]", "none");
+    let present = |jkt: Option<&str>| {
+        let presenter = Presenter { dpop_key_thumbprint: jkt, ..Presenter::default() };
+        v.verify(&token, "github", NOW, &Revocations::default(), presenter)
+    };
+    // Used as a bearer token, or with a proof by another key: refused.
+    assert_eq!(present(None).unwrap_err(), Reason::BindingMismatch);
+    assert_eq!(present(Some("another-key")).unwrap_err(), Reason::BindingMismatch);
+    present(Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")).unwrap();
 }
 
 #[test]

@@ -16,7 +16,7 @@ use warden_core::token::{Presenter, Reason, Verified};
 
 use super::filter::{self, Allows, Lists};
 use super::reply::{self, Body, Route};
-use super::{Shared, proxy, sessions};
+use super::{Worker, proxy, sessions};
 use crate::applied::Applied;
 use crate::sync::KeyRefresh;
 
@@ -35,13 +35,22 @@ impl Default for Limits {
     }
 }
 
+/// Who is calling, as the connection tells.
+pub(super) struct Caller<'a> {
+    /// The peer's address.
+    pub address: SocketAddr,
+    /// The DER of the certificate it presented over mutual TLS.
+    pub certificate: Option<&'a [u8]>,
+}
+
 /// Handles one request for `server`.
-pub async fn handle(
-    shared: &Shared,
+pub(super) async fn handle(
+    worker: &Worker,
     server: &Arc<str>,
-    peer: SocketAddr,
+    caller: Caller<'_>,
     request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
+    let shared = &worker.shared;
     // Fail closed: with no configuration ever received there is nothing to enforce.
     let Some(applied) = shared.current.get() else {
         return reply::error(
@@ -52,7 +61,10 @@ pub async fn handle(
     let Some(spec) = applied.config.servers.get(&**server) else {
         return reply::error(StatusCode::NOT_FOUND, format!("server {server} is no longer configured"));
     };
-    let Some(route) = Route::new(spec) else {
+    let routes = applied
+        .routes
+        .get_or_init(|| applied.config.servers.iter().filter_map(|(n, s)| Some((n.clone(), Route::new(s)?))).collect());
+    let Some(route) = routes.get(&**server) else {
         return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "the server's resource is not a URL");
     };
     let path = request.uri().path();
@@ -70,7 +82,7 @@ pub async fn handle(
         return reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path));
     }
     if let Some(origin) = request.headers().get(header::ORIGIN)
-        && !origin_allowed(origin, &route, spec)
+        && !origin_allowed(origin, route, spec)
     {
         // Against DNS rebinding: a browser page from another origin must not reach the server.
         return reply::error(StatusCode::FORBIDDEN, "this Origin may not call the server");
@@ -80,22 +92,23 @@ pub async fn handle(
     let verified = {
         let token = match bearer(request.headers(), request.uri().query()) {
             Ok(Some(token)) => token,
-            Ok(None) => return reply::unauthorized(&route, None),
+            Ok(None) => return reply::unauthorized(route, None),
             Err(message) => return reply::error(StatusCode::BAD_REQUEST, message),
         };
-        match applied.verifier.verify(token, server, now, &applied.config.revoked, Presenter::default()) {
+        let presenter = Presenter { client_certificate: caller.certificate, ..Presenter::default() };
+        match applied.verifier.verify(token, server, now, &applied.config.revoked, presenter) {
             Ok(v) => v,
             Err(reason) => {
                 tracing::info!(server = %server, reason = %reason, "token refused");
                 if reason == Reason::UnknownKey {
                     ask_for_keys(shared, &applied, token);
                 }
-                return reply::unauthorized(&route, Some(reason));
+                return reply::unauthorized(route, Some(reason));
             }
         }
     };
     if !spec.scopes.iter().all(|s| verified.scopes.contains(s)) {
-        return reply::insufficient_scope(&route, &spec.scopes);
+        return reply::insufficient_scope(route, &spec.scopes);
     }
     let principal = sessions::principal(&verified);
     if let Some(session) = request.headers().get("mcp-session-id")
@@ -105,12 +118,13 @@ pub async fn handle(
         return reply::error(StatusCode::NOT_FOUND, "no such session for this workload");
     }
 
-    let decider = Decider { applied: applied.clone(), server: server.clone(), verified, source_ip: peer.ip(), now };
+    let decider =
+        Decider { applied: applied.clone(), server: server.clone(), verified, source_ip: caller.address.ip(), now };
     match *request.method() {
-        Method::POST => post(shared, decider, principal, request).await,
+        Method::POST => post(worker, decider, principal, request).await,
         Method::GET | Method::DELETE => {
             let (parts, _) = request.into_parts();
-            forward(shared, &decider, principal, &parts, Bytes::new(), None).await
+            forward(worker, &decider, principal, &parts, Bytes::new(), None).await
         }
         _ => method_not_allowed("GET, POST, DELETE"),
     }
@@ -150,7 +164,7 @@ impl Allows for Decider {
 }
 
 async fn post(
-    shared: &Shared,
+    worker: &Worker,
     decider: Decider,
     principal: sessions::Principal,
     request: Request<hyper::body::Incoming>,
@@ -163,7 +177,7 @@ async fn post(
     if !json_content {
         return reply::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "MCP requests are application/json");
     }
-    let limit = shared.limits.max_body_bytes;
+    let limit = worker.shared.limits.max_body_bytes;
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large(limit);
@@ -174,11 +188,11 @@ async fn post(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
     };
-    let (lists, refusal) = decide_body(&decider, &parts.headers, &bytes, shared.limits.json);
+    let (lists, refusal) = decide_body(&decider, &parts.headers, &bytes, worker.shared.limits.json);
     if let Some(refusal) = refusal {
         return refusal;
     }
-    forward(shared, &decider, principal, &parts, bytes, Some(lists)).await
+    forward(worker, &decider, principal, &parts, bytes, Some(lists)).await
 }
 
 fn too_large(limit: usize) -> Response<Body> {
@@ -280,7 +294,7 @@ fn decide_body(
 }
 
 async fn forward(
-    shared: &Shared,
+    worker: &Worker,
     decider: &Decider,
     principal: sessions::Principal,
     parts: &http::request::Parts,
@@ -295,13 +309,14 @@ async fn forward(
         Ok(r) => r,
         Err(e) => return reply::error(StatusCode::BAD_GATEWAY, e),
     };
-    let response = match shared.client.request(upstream).await {
+    let response = match worker.client.request(upstream).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(server = %decider.server, "upstream: {e}");
             return reply::error(StatusCode::BAD_GATEWAY, "the upstream MCP server did not answer");
         }
     };
+    let shared = &worker.shared;
     if let Some(session) = response.headers().get("mcp-session-id") {
         shared.sessions.bind(session.as_bytes(), principal);
     }
@@ -376,7 +391,7 @@ fn origin_allowed(origin: &HeaderValue, route: &Route, spec: &McpServerSpec) -> 
 /// Names the issuer of a token signed with a `kid` its keys lack, so the control plane can
 /// refetch them. The claims are read unverified only to name the issuer: the control plane
 /// rate-limits refreshes per issuer, so a forged token costs at most one early refresh.
-fn ask_for_keys(shared: &Shared, applied: &Applied, token: &str) {
+fn ask_for_keys(shared: &super::Shared, applied: &Applied, token: &str) {
     use base64::Engine;
     let mut parts = token.split('.');
     let decode = |part: Option<&str>| -> Option<Value> {

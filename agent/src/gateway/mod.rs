@@ -7,16 +7,25 @@
 //! headers → Cedar per message → forward → filter list results → stream the answer back.
 //! Listeners follow the configuration: a server added, moved or removed gets its listener
 //! started, moved or stopped without touching the others.
+//!
+//! Threading: like nginx's workers and Envoy's worker threads, the gateway runs one
+//! single-threaded runtime per worker, each with its own `SO_REUSEPORT` listener per server and
+//! its own upstream connection pool, so a request is read, decided, forwarded and answered on
+//! one thread. (On a shared work-stealing runtime, waking the upstream connection's task on
+//! another thread cost more than the decision itself.) Workers share only the configuration
+//! (an `ArcSwap`) and the session bindings.
 
 mod filter;
 mod handler;
 mod proxy;
 mod reply;
 mod sessions;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -27,49 +36,113 @@ use crate::applied::Current;
 use crate::sync::KeyRefresh;
 
 pub use handler::Limits;
+pub use reply::Route;
+pub use tls::GatewayTls;
 
-/// Everything the request handlers share.
+/// What every worker shares.
+#[derive(Clone)]
 pub struct Shared {
     /// The configuration in force.
     pub current: Current,
-    /// Connections to upstreams, pooled.
-    client: proxy::Client,
     /// Which workload opened which MCP session.
-    sessions: sessions::Sessions,
+    sessions: Arc<sessions::Sessions>,
     /// Request bounds.
     limits: Limits,
     /// Asks the control plane to refetch an issuer's keys (a token named a `kid` we lack).
     key_refresh: mpsc::Sender<KeyRefresh>,
+    /// The gateway's TLS identity, for `https` servers.
+    tls: Option<GatewayTls>,
 }
 
 impl Shared {
-    /// State for the gateway's handlers.
-    pub fn new(current: Current, limits: Limits, key_refresh: mpsc::Sender<KeyRefresh>) -> Shared {
-        Shared { current, client: proxy::client(), sessions: sessions::Sessions::default(), limits, key_refresh }
+    /// State for the gateway's workers.
+    pub fn new(
+        current: Current,
+        limits: Limits,
+        key_refresh: mpsc::Sender<KeyRefresh>,
+        tls: Option<GatewayTls>,
+    ) -> Shared {
+        Shared { current, sessions: Arc::default(), limits, key_refresh, tls }
     }
+}
+
+/// How a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    Tls,
+    MutualTls,
+}
+
+impl Transport {
+    fn of(spec: &warden_core::server::McpServerSpec) -> Transport {
+        match (spec.resource.starts_with("https:"), spec.binding) {
+            (_, warden_core::server::Binding::Mtls) => Transport::MutualTls,
+            (true, _) => Transport::Tls,
+            (false, _) => Transport::Plain,
+        }
+    }
+}
+
+/// One worker's state: the shared part and its own upstream pool.
+struct Worker {
+    shared: Shared,
+    /// Connections to upstreams, pooled per worker (its connections' tasks run on its thread).
+    client: proxy::Client,
+}
+
+/// Starts `workers` gateway threads; they stop when `stop` turns true.
+pub fn start(shared: Shared, workers: usize, stop: watch::Receiver<bool>) -> std::io::Result<Vec<JoinHandle<()>>> {
+    (0..workers.max(1))
+        .map(|i| {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::Builder::new().name(format!("gateway-{i}")).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("gateway worker {i} has no runtime: {e}");
+                        return;
+                    }
+                };
+                let worker = Arc::new(Worker { shared, client: proxy::client() });
+                runtime.block_on(run(worker, stop));
+            })
+        })
+        .collect()
+}
+
+/// A listener other workers can share: the kernel spreads connections over them.
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 struct Listening {
     addr: SocketAddr,
+    transport: Transport,
     stop: watch::Sender<bool>,
 }
 
 /// Keeps one listener per served server until `stop` turns true.
-pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut version = shared.current.watch_version();
+async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    let mut version = worker.shared.current.watch_version();
     let mut listening: HashMap<String, Listening> = HashMap::new();
     loop {
-        let desired: BTreeMap<String, SocketAddr> = match shared.current.get() {
+        let desired: BTreeMap<String, (SocketAddr, Transport)> = match worker.shared.current.get() {
             Some(applied) => applied
                 .config
                 .servers
                 .iter()
-                .filter_map(|(name, s)| Some((name.clone(), s.listen.as_deref()?.parse().ok()?)))
+                .filter_map(|(name, s)| Some((name.clone(), (s.listen.as_deref()?.parse().ok()?, Transport::of(s)))))
                 .collect(),
             None => BTreeMap::new(),
         };
         listening.retain(|name, l| {
-            let keep = desired.get(name) == Some(&l.addr);
+            let keep = desired.get(name) == Some(&(l.addr, l.transport));
             if !keep {
                 tracing::info!(server = %name, addr = %l.addr, "gateway listener stopped");
                 l.stop.send_replace(true);
@@ -77,16 +150,26 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             keep
         });
         let mut failed = false;
-        for (name, addr) in desired {
+        for (name, (addr, transport)) in desired {
             if listening.contains_key(&name) {
                 continue;
             }
-            match tokio::net::TcpListener::bind(addr).await {
+            let tls = match (transport, &worker.shared.tls) {
+                (Transport::Plain, _) => None,
+                (Transport::Tls, Some(t)) => Some(t.server_only.clone()),
+                (Transport::MutualTls, Some(t)) => Some(t.mutual.clone()),
+                (_, None) => {
+                    // Not retried: only a restart with --gateway-tls-cert/--gateway-tls-key helps.
+                    tracing::error!(server = %name, "the server needs TLS but the agent has no gateway certificate");
+                    continue;
+                }
+            };
+            match bind(addr) {
                 Ok(listener) => {
-                    tracing::info!(server = %name, %addr, "gateway listening");
+                    tracing::debug!(server = %name, %addr, "gateway worker listening");
                     let (stop_tx, stop_rx) = watch::channel(false);
-                    tokio::spawn(serve(shared.clone(), Arc::from(name.as_str()), listener, stop_rx));
-                    listening.insert(name, Listening { addr, stop: stop_tx });
+                    tokio::spawn(serve(worker.clone(), Arc::from(name.as_str()), listener, tls, stop_rx));
+                    listening.insert(name, Listening { addr, transport, stop: stop_tx });
                 }
                 Err(e) => {
                     // Retried below: the port may be freed by a listener this update moved.
@@ -114,9 +197,10 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn serve(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     server: Arc<str>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -133,25 +217,54 @@ async fn serve(
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         };
         let _ = stream.set_nodelay(true);
-        let (shared, server, mut stop) = (shared.clone(), server.clone(), stop.clone());
+        let (worker, server, stop, tls) = (worker.clone(), server.clone(), stop.clone(), tls.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let (shared, server) = (shared.clone(), server.clone());
-                async move { Ok::<_, std::convert::Infallible>(handler::handle(&shared, &server, peer, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .max_buf_size(64 * 1024)
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            let Some(config) = tls else {
+                return connection(worker, server, peer, None, TokioIo::new(stream), stop).await;
+            };
+            let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+            let stream = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(server = %server, %peer, "TLS handshake: {e}"),
+                Err(_) => return tracing::debug!(server = %server, %peer, "TLS handshake timed out"),
+            };
+            let certificate: Option<Arc<[u8]>> =
+                stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(c.as_ref()));
+            connection(worker, server, peer, certificate, TokioIo::new(stream), stop).await;
         });
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted connection (after TLS, if any) until it closes or the
+/// listener stops.
+async fn connection<IO>(
+    worker: Arc<Worker>,
+    server: Arc<str>,
+    peer: SocketAddr,
+    certificate: Option<Arc<[u8]>>,
+    io: IO,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let (worker, server, certificate) = (worker.clone(), server.clone(), certificate.clone());
+        async move {
+            let caller = handler::Caller { address: peer, certificate: certificate.as_deref() };
+            Ok::<_, std::convert::Infallible>(handler::handle(&worker, &server, caller, req).await)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_buf_size(64 * 1024)
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
