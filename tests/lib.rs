@@ -586,7 +586,6 @@ pub fn mcp_client(url: &str, mode: &str, steps: &[(&str, &[&str])]) -> Vec<Value
 
 /// [`mcp_client`] with TLS settings for every step: `{"ca": PEM file, "cert": …, "key": …}`.
 pub fn mcp_client_with(url: &str, mode: &str, tls: &Value, steps: &[(&str, &[&str])]) -> Vec<Value> {
-    use std::io::Write;
     let script: Vec<Value> = steps
         .iter()
         .map(|(token, op)| {
@@ -596,18 +595,30 @@ pub fn mcp_client_with(url: &str, mode: &str, tls: &Value, steps: &[(&str, &[&st
             step
         })
         .collect();
+    run_peer("mcp_client.py", &[url, mode], &Value::Array(script))
+}
+
+/// Calls the local check API at `target` (`unix:/path`) with Envoy's own generated ext_authz
+/// stubs (`tests/peers/ext_authz_client.py`); one result per check.
+pub fn ext_authz_client(target: &str, checks: &Value) -> Vec<Value> {
+    run_peer("ext_authz_client.py", &[target], checks)
+}
+
+/// Runs a Python peer with `input` as JSON on stdin; its JSON list on stdout.
+fn run_peer(script: &str, args: &[&str], input: &Value) -> Vec<Value> {
+    use std::io::Write;
     let mut child = Command::new(python())
-        .arg(peer("mcp_client.py"))
-        .args([url, mode])
+        .arg(peer(script))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run the MCP client");
-    child.stdin.take().expect("stdin").write_all(Value::Array(script).to_string().as_bytes()).expect("steps");
-    let out = child.wait_with_output().expect("the MCP client finishes");
+        .expect("run a Python peer");
+    child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes()).expect("input");
+    let out = child.wait_with_output().expect("the peer finishes");
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("MCP client output is not JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
+        panic!("{script} output is not JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr))
     })
 }

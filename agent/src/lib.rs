@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod applied;
+pub mod ext_authz;
 pub mod gateway;
 pub mod identity;
 pub mod last_good;
@@ -55,6 +56,8 @@ pub struct Options {
     pub gateway_workers: usize,
     /// The gateway's TLS identity, for servers with an `https` resource.
     pub gateway_tls: Option<gateway::GatewayTls>,
+    /// Where the local check API (Envoy ext_authz) listens: `unix:/path` or `host:port`.
+    pub ext_authz_listen: Option<String>,
 }
 
 /// Why the agent stopped with an error.
@@ -121,6 +124,14 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let (key_refresh_tx, key_refresh_rx) = tokio::sync::mpsc::channel(16);
     let shared =
         gateway::Shared::new(current.clone(), options.gateway_limits, key_refresh_tx, options.gateway_tls.clone());
+    let ext_authz_task = options.ext_authz_listen.clone().map(|listen| {
+        let (shared, stop) = (shared.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = ext_authz::serve(shared, listen, stop).await {
+                tracing::error!("local check API: {e}");
+            }
+        })
+    });
     let gateway_workers = gateway::start(shared, options.gateway_workers, stop_rx.clone())
         .map_err(|e| RunError::Io(format!("starting gateway workers: {e}")))?;
 
@@ -149,6 +160,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     sync.run(stop_rx.clone()).await;
     renewal.abort();
     let _ = tokio::task::spawn_blocking(move || gateway_workers.into_iter().for_each(|w| drop(w.join()))).await;
+    if let Some(task) = ext_authz_task {
+        let _ = task.await;
+    }
     if let Some(task) = status_task {
         let _ = task.await;
     }

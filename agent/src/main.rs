@@ -57,6 +57,9 @@ struct Args {
     /// The gateway's TLS private key (PEM).
     #[arg(long, requires = "gateway_tls_cert")]
     gateway_tls_key: Option<PathBuf>,
+    /// Serve the local check API (Envoy ext_authz v3 gRPC) on `unix:/path` or a loopback `host:port`.
+    #[arg(long, env = "WARDEN_EXT_AUTHZ_LISTEN")]
+    ext_authz_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -99,6 +102,7 @@ async fn start() -> anyhow::Result<()> {
     };
     let options = agent::Options {
         gateway_tls,
+        ext_authz_listen: args.ext_authz_listen,
         agent_id,
         labels,
         data_dir: args.data_dir,

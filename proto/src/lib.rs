@@ -10,3 +10,45 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("warden.v1");
 }
+
+/// Envoy's external authorization API (v3), trimmed to what the agent's local check uses; same
+/// packages and field numbers as Envoy's, so Envoy (and its generated clients) speak it.
+pub mod envoy {
+    #![allow(clippy::all, missing_docs)]
+    /// `envoy.service.*`
+    pub mod service {
+        /// `envoy.service.auth.*`
+        pub mod auth {
+            /// `envoy.service.auth.v3`
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.auth.v3");
+            }
+        }
+    }
+    /// `envoy.config.*`
+    pub mod config {
+        /// `envoy.config.core.*`
+        pub mod core {
+            /// `envoy.config.core.v3`
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    /// `envoy.type.*`
+    pub mod r#type {
+        /// `envoy.type.v3`
+        pub mod v3 {
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+}
+
+/// `google.rpc`
+pub mod google {
+    #![allow(clippy::all, missing_docs)]
+    /// `google.rpc`
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}

@@ -4,7 +4,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, mcp_client, mcp_client_with, wait_for_or};
+use tests::{
+    Agent, ControlPlane, McpUpstream, MintingIdp, ext_authz_client, loopback_addr, mcp_client, mcp_client_with,
+    wait_for_or,
+};
 
 /// Everything one test needs running.
 struct Fleet {
@@ -50,9 +53,16 @@ impl Fleet {
         let (gateway_ca, gateway_key) = (dir.path().join("gateway.crt"), dir.path().join("gateway.key"));
         std::fs::write(&gateway_ca, cert.pem()).unwrap();
         std::fs::write(&gateway_key, key.serialize_pem()).unwrap();
-        let tls_flags =
-            ["--gateway-tls-cert", gateway_ca.to_str().unwrap(), "--gateway-tls-key", gateway_key.to_str().unwrap()];
-        let agent = Agent::start_with(dir.path(), "agent-0", &[&cp.address], Some(&token), &tls_flags);
+        let ext_authz = format!("unix:{}", dir.path().join("authz.sock").display());
+        let flags = [
+            "--gateway-tls-cert",
+            gateway_ca.to_str().unwrap(),
+            "--gateway-tls-key",
+            gateway_key.to_str().unwrap(),
+            "--ext-authz-listen",
+            &ext_authz,
+        ];
+        let agent = Agent::start_with(dir.path(), "agent-0", &[&cp.address], Some(&token), &flags);
         let policy: String = POLICY.lines().map(|l| format!("    {l}\n")).collect();
         let yaml = format!(
             r#"
@@ -445,4 +455,67 @@ fn certificate_bound_tokens_work_only_with_their_certificate() {
     // Without any client certificate the TLS handshake itself fails.
     let anonymous = mcp_client_with(&url, "legacy", &json!({"ca": ca}), &[(&bound, op)]);
     assert_eq!(anonymous[0]["ok"], false, "{anonymous:?}");
+}
+
+#[test]
+fn envoy_ext_authz_checks_are_answered_like_the_gateway_answers() {
+    let fleet = Fleet::start();
+    let socket = fleet.dir.path().join("authz.sock");
+    wait_for_or("the local check API", || fleet.agent.log_text(), || socket.exists().then_some(()));
+    let alice = fleet.token("alice", json!({}), json!({}));
+    let expired = fleet.token("alice", json!({"iat": now() - 600, "exp": now() - 300}), json!({}));
+    let host = fleet.gateway.clone();
+    let check = |token: Option<&str>, body: String, host: &str, extensions: Value| {
+        let mut headers =
+            json!({":authority": host, ":method": "POST", ":path": "/mcp", "content-type": "application/json"});
+        if let Some(token) = token {
+            headers["authorization"] = json!(format!("Bearer {token}"));
+        }
+        json!({"path": "/mcp", "host": host, "headers": headers, "body": body, "context_extensions": extensions})
+    };
+    let checks = json!([
+        check(Some(&alice), call("echo"), &host, json!({})),
+        check(Some(&alice), call("delete_repository"), &host, json!({})),
+        check(None, call("echo"), &host, json!({})),
+        check(Some(&expired), call("echo"), &host, json!({})),
+        // Envoy names the server per route; the host then does not matter.
+        check(Some(&alice), call("echo"), "envoy.internal:10000", json!({"mcp_server": "notes"})),
+        check(Some(&alice), call("echo"), "envoy.internal:10000", json!({})),
+        {"method": "GET", "path": "/.well-known/oauth-protected-resource/mcp", "host": host, "headers": {}},
+    ]);
+    let out = ext_authz_client(&format!("unix:{}", socket.display()), &checks);
+    let context = |i: usize| format!("check {i}: {}", out[i]);
+    // Allowed: identity headers added, credentials removed before Envoy forwards.
+    assert_eq!((out[0]["allowed"].clone(), out[0]["code"].clone()), (json!(true), json!(0)), "{}", context(0));
+    assert_eq!(out[0]["headers"]["x-warden-subject"], "alice", "{}", context(0));
+    assert!(out[0]["headers_to_remove"].as_array().unwrap().contains(&json!("authorization")), "{}", context(0));
+    // A denied tool: the gateway's JSON-RPC error, as Envoy will answer it.
+    assert_eq!(
+        (out[1]["allowed"].clone(), out[1]["http_status"].clone()),
+        (json!(false), json!(200)),
+        "{}",
+        context(1)
+    );
+    let error: Value = serde_json::from_str(out[1]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], -32001, "{}", context(1));
+    // No token, an expired one: 401 with the gateway's challenge; gRPC code UNAUTHENTICATED.
+    let metadata = format!("http://{host}/.well-known/oauth-protected-resource/mcp");
+    assert_eq!((out[2]["http_status"].clone(), out[2]["code"].clone()), (json!(401), json!(16)), "{}", context(2));
+    assert_eq!(out[2]["headers"]["www-authenticate"], format!("Bearer resource_metadata=\"{metadata}\""));
+    assert!(
+        out[3]["headers"]["www-authenticate"].as_str().unwrap().ends_with("error_description=\"expired\""),
+        "{}",
+        context(3)
+    );
+    assert_eq!(out[4]["allowed"], true, "{}", context(4));
+    assert_eq!(
+        (out[5]["allowed"].clone(), out[5]["http_status"].clone()),
+        (json!(false), json!(404)),
+        "{}",
+        context(5)
+    );
+    // The metadata document is served through the denied response (status 200).
+    assert_eq!(out[6]["http_status"], 200, "{}", context(6));
+    let doc: Value = serde_json::from_str(out[6]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["resource"], fleet.url(), "{}", context(6));
 }

@@ -16,7 +16,7 @@ use warden_core::token::{Presenter, Reason, Verified};
 
 use super::filter::{self, Allows, Lists};
 use super::reply::{self, Body, Route};
-use super::{Worker, proxy, sessions};
+use super::{Shared, Worker, proxy, sessions};
 use crate::applied::Applied;
 use crate::sync::KeyRefresh;
 
@@ -36,7 +36,7 @@ impl Default for Limits {
 }
 
 /// Who is calling, as the connection tells.
-pub(super) struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     /// The peer's address.
     pub address: SocketAddr,
     /// The DER of the certificate it presented over mutual TLS.
@@ -50,50 +50,88 @@ pub(super) async fn handle(
     caller: Caller<'_>,
     request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
-    let shared = &worker.shared;
+    let admitted = match admit(&worker.shared, server, &caller, request.method(), request.uri(), request.headers()) {
+        Ok(a) => a,
+        Err(answer) => return *answer,
+    };
+    match *request.method() {
+        Method::POST => post(worker, admitted, request).await,
+        _ => {
+            let (parts, _) = request.into_parts();
+            forward(worker, &admitted.decider, admitted.principal, &parts, Bytes::new(), None).await
+        }
+    }
+}
+
+/// The answer that refuses a request, boxed: refusals are the rare path.
+pub(crate) type Refused = Box<Response<Body>>;
+
+/// A request that passed everything but its body: route, Origin, token, scopes, session.
+pub(crate) struct Admitted {
+    decider: Decider,
+    principal: sessions::Principal,
+}
+
+impl Admitted {
+    /// The verified workload.
+    pub(crate) fn workload(&self) -> &Verified {
+        &self.decider.verified
+    }
+}
+
+/// Everything decided before the body: the gateway and the local check API (ext_authz) share
+/// it. `Err` is the answer that refuses the request (or, for the metadata document, serves it).
+pub(crate) fn admit(
+    shared: &Shared,
+    server: &Arc<str>,
+    caller: &Caller<'_>,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<Admitted, Refused> {
     // Fail closed: with no configuration ever received there is nothing to enforce.
     let Some(applied) = shared.current.get() else {
-        return reply::error(
+        return Err(Box::new(reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no configuration received yet; every request is refused",
-        );
+        )));
     };
     let Some(spec) = applied.config.servers.get(&**server) else {
-        return reply::error(StatusCode::NOT_FOUND, format!("server {server} is no longer configured"));
+        return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("server {server} is no longer configured"))));
     };
     let routes = applied
         .routes
         .get_or_init(|| applied.config.servers.iter().filter_map(|(n, s)| Some((n.clone(), Route::new(s)?))).collect());
     let Some(route) = routes.get(&**server) else {
-        return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "the server's resource is not a URL");
+        return Err(Box::new(reply::error(StatusCode::INTERNAL_SERVER_ERROR, "the server's resource is not a URL")));
     };
-    let path = request.uri().path();
+    let path = uri.path();
     if route.is_metadata(path) {
-        return match *request.method() {
+        return Err(Box::new(match *method {
             Method::GET | Method::HEAD => {
                 let issuers =
                     spec.issuers.iter().filter_map(|i| applied.config.issuers.get(i)).map(|i| i.issuer.clone());
                 reply::metadata(server, spec, issuers.collect())
             }
             _ => method_not_allowed("GET"),
-        };
+        }));
     }
     if path != route.mcp_path {
-        return reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path));
+        return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path))));
     }
-    if let Some(origin) = request.headers().get(header::ORIGIN)
+    if let Some(origin) = headers.get(header::ORIGIN)
         && !origin_allowed(origin, route, spec)
     {
         // Against DNS rebinding: a browser page from another origin must not reach the server.
-        return reply::error(StatusCode::FORBIDDEN, "this Origin may not call the server");
+        return Err(Box::new(reply::error(StatusCode::FORBIDDEN, "this Origin may not call the server")));
     }
 
     let now = crate::identity::now_unix();
     let verified = {
-        let token = match bearer(request.headers(), request.uri().query()) {
+        let token = match bearer(headers, uri.query()) {
             Ok(Some(token)) => token,
-            Ok(None) => return reply::unauthorized(route, None),
-            Err(message) => return reply::error(StatusCode::BAD_REQUEST, message),
+            Ok(None) => return Err(Box::new(reply::unauthorized(route, None))),
+            Err(message) => return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, message))),
         };
         let presenter = Presenter { client_certificate: caller.certificate, ..Presenter::default() };
         match applied.verifier.verify(token, server, now, &applied.config.revoked, presenter) {
@@ -103,31 +141,26 @@ pub(super) async fn handle(
                 if reason == Reason::UnknownKey {
                     ask_for_keys(shared, &applied, token);
                 }
-                return reply::unauthorized(route, Some(reason));
+                return Err(Box::new(reply::unauthorized(route, Some(reason))));
             }
         }
     };
     if !spec.scopes.iter().all(|s| verified.scopes.contains(s)) {
-        return reply::insufficient_scope(route, &spec.scopes);
+        return Err(Box::new(reply::insufficient_scope(route, &spec.scopes)));
     }
     let principal = sessions::principal(&verified);
-    if let Some(session) = request.headers().get("mcp-session-id")
+    if let Some(session) = headers.get("mcp-session-id")
         && !shared.sessions.allows(session.as_bytes(), &principal)
     {
         tracing::warn!(server = %server, "a session was presented by another workload than the one that opened it");
-        return reply::error(StatusCode::NOT_FOUND, "no such session for this workload");
+        return Err(Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload")));
     }
-
+    if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
+        return Err(Box::new(method_not_allowed("GET, POST, DELETE")));
+    }
     let decider =
         Decider { applied: applied.clone(), server: server.clone(), verified, source_ip: caller.address.ip(), now };
-    match *request.method() {
-        Method::POST => post(worker, decider, principal, request).await,
-        Method::GET | Method::DELETE => {
-            let (parts, _) = request.into_parts();
-            forward(worker, &decider, principal, &parts, Bytes::new(), None).await
-        }
-        _ => method_not_allowed("GET, POST, DELETE"),
-    }
+    Ok(Admitted { decider, principal })
 }
 
 /// The caller's decisions for one request: its verified token under the configuration that
@@ -163,19 +196,9 @@ impl Allows for Decider {
     }
 }
 
-async fn post(
-    worker: &Worker,
-    decider: Decider,
-    principal: sessions::Principal,
-    request: Request<hyper::body::Incoming>,
-) -> Response<Body> {
-    let json_content = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
-    if !json_content {
-        return reply::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "MCP requests are application/json");
+async fn post(worker: &Worker, admitted: Admitted, request: Request<hyper::body::Incoming>) -> Response<Body> {
+    if let Err(answer) = json_content(request.headers()) {
+        return *answer;
     }
     let limit = worker.shared.limits.max_body_bytes;
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -188,11 +211,38 @@ async fn post(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
     };
-    let (lists, refusal) = decide_body(&decider, &parts.headers, &bytes, worker.shared.limits.json);
-    if let Some(refusal) = refusal {
-        return refusal;
+    let lists = match decide_body(&admitted.decider, &parts.headers, &bytes, worker.shared.limits.json) {
+        Ok(lists) => lists,
+        Err(refusal) => return *refusal,
+    };
+    forward(worker, &admitted.decider, admitted.principal, &parts, bytes, Some(lists)).await
+}
+
+/// The local check API's body step: the body Envoy buffered, checked and decided like the
+/// gateway's. (List answers cannot be filtered there: Envoy does not show them to ext_authz.)
+pub(crate) fn check_body(
+    shared: &Shared,
+    admitted: &Admitted,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Refused> {
+    json_content(headers)?;
+    if body.len() > shared.limits.max_body_bytes {
+        return Err(Box::new(too_large(shared.limits.max_body_bytes)));
     }
-    forward(worker, &decider, principal, &parts, bytes, Some(lists)).await
+    decide_body(&admitted.decider, headers, body, shared.limits.json).map(drop)
+}
+
+fn json_content(headers: &HeaderMap) -> Result<(), Refused> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if json {
+        Ok(())
+    } else {
+        Err(Box::new(reply::error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "MCP requests are application/json")))
+    }
 }
 
 fn too_large(limit: usize) -> Response<Body> {
@@ -207,8 +257,8 @@ fn decide_body(
     headers: &HeaderMap,
     bytes: &[u8],
     limits: mcp::Limits,
-) -> (Vec<(Value, mcp::ListFilter)>, Option<Response<Body>>) {
-    let refuse = |response| (Vec::new(), Some(response));
+) -> Result<Vec<(Value, mcp::ListFilter)>, Refused> {
+    let refuse = |answer| Err(Box::new(answer));
     let body = match mcp::parse(bytes, limits) {
         Ok(b) => b,
         Err(e) => return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string())),
@@ -260,7 +310,7 @@ fn decide_body(
         }
     }
     if denied.is_empty() {
-        return (lists, None);
+        return Ok(lists);
     }
     let error = |m: &mcp::Message<'_>, message: &str| {
         reply::jsonrpc_error_value(

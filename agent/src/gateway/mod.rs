@@ -36,6 +36,8 @@ use crate::applied::Current;
 use crate::sync::KeyRefresh;
 
 pub use handler::Limits;
+pub(crate) use handler::{Caller, admit, check_body};
+pub use reply::Body;
 pub use reply::Route;
 pub use tls::GatewayTls;
 

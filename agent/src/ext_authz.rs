@@ -1,0 +1,221 @@
+//! The local check API: Envoy's external authorization service (ext_authz v3, gRPC), for
+//! proxies and servers that terminate MCP traffic themselves but want the fleet's decisions.
+//! It answers from the same engine as the gateway (`gateway::admit` and the same body checks),
+//! on a Unix socket or a loopback address.
+//!
+//! Which `McpServer` a check is for: the route's `context_extensions["mcp_server"]` (set per
+//! route in Envoy's filter configuration), or else the server whose resource has the request's
+//! host and path. Allowed requests get `ok_response` with the identity headers added and the
+//! caller's credentials removed; refused ones get `denied_response` with exactly the status,
+//! `WWW-Authenticate` and body the gateway would have answered.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http_body_util::BodyExt;
+use proto::envoy::config::core::v3 as core;
+use proto::envoy::service::auth::v3::attribute_context::HttpRequest;
+use proto::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use proto::envoy::service::auth::v3::{self as auth, CheckRequest, CheckResponse};
+use proto::envoy::r#type::v3::HttpStatus;
+use proto::google::rpc::Status as RpcStatus;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::gateway::{self, Caller, Shared};
+
+/// The service.
+pub struct LocalCheck {
+    shared: Shared,
+}
+
+/// gRPC status codes used in `CheckResponse.status`.
+const OK: i32 = 0;
+const INVALID_ARGUMENT: i32 = 3;
+const NOT_FOUND: i32 = 5;
+const PERMISSION_DENIED: i32 = 7;
+const UNAVAILABLE: i32 = 14;
+const UNAUTHENTICATED: i32 = 16;
+
+#[tonic::async_trait]
+impl Authorization for LocalCheck {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let attributes = request.into_inner().attributes.unwrap_or_default();
+        let Some(http) = attributes.request.and_then(|r| r.http) else {
+            return Err(Status::invalid_argument("attributes.request.http is required"));
+        };
+        let source = attributes.source.unwrap_or_default();
+        let address = source_address(source.address.as_ref());
+        let certificate = client_certificate(&source.certificate);
+        let caller = Caller { address, certificate: certificate.as_deref() };
+        let server = match attributes.context_extensions.get("mcp_server") {
+            Some(name) => Arc::from(name.as_str()),
+            None => match self.server_for(&http) {
+                Some(name) => name,
+                None => return Ok(Response::new(denied(&self.not_found(&http)))),
+            },
+        };
+        let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| Status::invalid_argument("bad method"))?;
+        let uri: http::Uri = http.path.parse().map_err(|_| Status::invalid_argument("bad path"))?;
+        let headers = header_map(&http);
+        let admitted = match gateway::admit(&self.shared, &server, &caller, &method, &uri, &headers) {
+            Ok(a) => a,
+            Err(answer) => return Ok(Response::new(denied(&answer_parts(*answer).await))),
+        };
+        if method == Method::POST {
+            let body = if http.raw_body.is_empty() { http.body.as_bytes() } else { &http.raw_body };
+            if let Err(answer) = gateway::check_body(&self.shared, &admitted, &headers, body) {
+                return Ok(Response::new(denied(&answer_parts(*answer).await)));
+            }
+        }
+        let workload = admitted.workload();
+        let add = |key: &str, value: &str| core::HeaderValueOption {
+            header: Some(core::HeaderValue { key: key.into(), value: value.into(), raw_value: Vec::new() }),
+            append: None,
+            append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        };
+        let ok = auth::OkHttpResponse {
+            headers: vec![add("x-warden-issuer", &workload.issuer), add("x-warden-subject", &workload.subject)],
+            headers_to_remove: vec!["authorization".into(), "dpop".into()],
+            response_headers_to_add: Vec::new(),
+        };
+        Ok(Response::new(CheckResponse {
+            status: Some(RpcStatus { code: OK, message: String::new(), details: Vec::new() }),
+            http_response: Some(auth::check_response::HttpResponse::OkResponse(ok)),
+        }))
+    }
+}
+
+/// An answer taken apart: status, headers, body.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+async fn answer_parts(answer: http::Response<gateway::Body>) -> Answer {
+    let (parts, body) = answer.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    Answer { status: parts.status.as_u16(), headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+fn denied(answer: &Answer) -> CheckResponse {
+    let code = match answer.status {
+        401 => UNAUTHENTICATED,
+        400 | 413 | 415 => INVALID_ARGUMENT,
+        404 => NOT_FOUND,
+        503 => UNAVAILABLE,
+        _ => PERMISSION_DENIED,
+    };
+    let headers = answer
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some(core::HeaderValueOption {
+                header: Some(core::HeaderValue {
+                    key: k.as_str().into(),
+                    value: v.to_str().ok()?.into(),
+                    raw_value: Vec::new(),
+                }),
+                append: None,
+                append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            })
+        })
+        .collect();
+    let response = auth::DeniedHttpResponse {
+        status: Some(HttpStatus { code: i32::from(answer.status) }),
+        headers,
+        body: answer.body.clone(),
+    };
+    CheckResponse {
+        status: Some(RpcStatus { code, message: format!("HTTP {}", answer.status), details: Vec::new() }),
+        http_response: Some(auth::check_response::HttpResponse::DeniedResponse(response)),
+    }
+}
+
+impl LocalCheck {
+    /// The server whose resource has the request's host and path.
+    fn server_for(&self, http: &HttpRequest) -> Option<Arc<str>> {
+        let applied = self.shared.current.get()?;
+        let path = http.path.split('?').next().unwrap_or_default();
+        applied.config.servers.iter().find_map(|(name, spec)| {
+            let url = url::Url::parse(&spec.resource).ok()?;
+            let authority = match url.port() {
+                Some(port) => format!("{}:{port}", url.host_str()?),
+                None => url.host_str()?.to_string(),
+            };
+            let endpoint = url.path().trim_end_matches('/');
+            let on_path = path == endpoint || path.starts_with("/.well-known/oauth-protected-resource");
+            (authority.eq_ignore_ascii_case(&http.host) && on_path).then(|| Arc::from(name.as_str()))
+        })
+    }
+
+    fn not_found(&self, http: &HttpRequest) -> Answer {
+        let body = serde_json::json!({ "error": format!("no McpServer for {}{}", http.host, http.path) });
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Answer { status: 404, headers, body: body.to_string() }
+    }
+}
+
+fn header_map(http: &HttpRequest) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(http.headers.len());
+    for (k, v) in &http.headers {
+        // Pseudo-headers (`:authority`, `:path`, …) are carried in their own fields.
+        if k.starts_with(':') {
+            continue;
+        }
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            headers.append(k, v);
+        }
+    }
+    headers
+}
+
+fn source_address(address: Option<&core::Address>) -> SocketAddr {
+    let unknown = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+    let Some(core::address::Address::SocketAddress(socket)) = address.and_then(|a| a.address.as_ref()) else {
+        return unknown;
+    };
+    let port = match socket.port_specifier {
+        Some(core::socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).unwrap_or(0),
+        _ => 0,
+    };
+    socket.address.parse().map_or(unknown, |ip| SocketAddr::new(ip, port))
+}
+
+/// Envoy sends the client certificate as URL-encoded PEM.
+fn client_certificate(encoded: &str) -> Option<Vec<u8>> {
+    if encoded.is_empty() {
+        return None;
+    }
+    let pem = url::form_urlencoded::parse(format!("c={encoded}").as_bytes()).next()?.1.into_owned();
+    crate::tls::certs_from_pem(&pem).ok()?.into_iter().next().map(|c| c.as_ref().to_vec())
+}
+
+/// Serves the local check API on `listen` (`unix:/path` or `host:port`) until `stop`.
+pub async fn serve(shared: Shared, listen: String, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    let service = AuthorizationServer::new(LocalCheck { shared });
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let router = tonic::transport::Server::builder().add_service(service);
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
+        // Only this user may ask: a caller that can reach the socket learns decisions.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("restricting {path}: {e}"))?;
+        tracing::info!(%path, "local check API (ext_authz) listening");
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| e.to_string())
+    } else {
+        let addr: SocketAddr = listen.parse().map_err(|_| format!("{listen:?} is not unix:/path or host:port"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
+        tracing::info!(%addr, "local check API (ext_authz) listening");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| e.to_string())
+    }
+}
