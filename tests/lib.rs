@@ -546,6 +546,14 @@ impl MintingIdp {
         ureq::post(&url).send_json(request).expect("mint").body_mut().read_to_string().expect("token")
     }
 
+    /// A DPoP proof by client `client`'s key for (`htm`, `htu`, `token`), and that key's
+    /// thumbprint: `{"proof": …, "jkt": …}`.
+    pub fn dpop(&self, client: &str, htm: &str, htu: &str, token: &str) -> Value {
+        let url = format!("{}/dpop", self.issuer);
+        let request = serde_json::json!({"client": client, "htm": htm, "htu": htu, "token": token});
+        ureq::post(&url).send_json(request).expect("dpop").body_mut().read_json().expect("proof")
+    }
+
     /// Publishes a new ES256 key `kid` (mint with `"key": kid`).
     pub fn rotate(&self, kid: &str) {
         let url = format!("{}/rotate", self.issuer);

@@ -48,7 +48,7 @@ impl Authorization for LocalCheck {
         let source = attributes.source.unwrap_or_default();
         let address = source_address(source.address.as_ref());
         let certificate = client_certificate(&source.certificate);
-        let caller = Caller { address, certificate: certificate.as_deref() };
+        let caller = Caller { address, certificate: certificate.as_deref(), tls: http.scheme == "https" };
         let server = match attributes.context_extensions.get("mcp_server") {
             Some(name) => Arc::from(name.as_str()),
             None => match self.server_for(&http) {
@@ -169,6 +169,12 @@ fn header_map(http: &HttpRequest) -> HeaderMap {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
             headers.append(k, v);
         }
+    }
+    // HTTP/2-style requests name their host only as `:authority` (the `host` field).
+    if !headers.contains_key(http::header::HOST)
+        && let Ok(host) = HeaderValue::from_str(&http.host)
+    {
+        headers.insert(http::header::HOST, host);
     }
     headers
 }

@@ -122,8 +122,13 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
 
     // The gateway serves from the last good configuration even before the control plane answers.
     let (key_refresh_tx, key_refresh_rx) = tokio::sync::mpsc::channel(16);
-    let shared =
-        gateway::Shared::new(current.clone(), options.gateway_limits, key_refresh_tx, options.gateway_tls.clone());
+    let shared = gateway::Shared::new(
+        current.clone(),
+        options.gateway_limits,
+        key_refresh_tx,
+        options.gateway_tls.clone(),
+        options.labels.clone(),
+    );
     let ext_authz_task = options.ext_authz_listen.clone().map(|listen| {
         let (shared, stop) = (shared.clone(), stop_rx.clone());
         tokio::spawn(async move {

@@ -19,6 +19,10 @@ struct Fleet {
     gateway: String,
     /// The gateway of server `bound` (TLS; requires certificate-bound tokens).
     bound_gateway: String,
+    /// The gateway of server `proofs` (requires DPoP-bound tokens).
+    dpop_gateway: String,
+    /// Where server `elsewhere` (for agents labelled role=other only) would listen.
+    elsewhere: String,
     /// The gateway's TLS certificate (self-signed, for the bound gateway's address).
     gateway_ca: std::path::PathBuf,
     dir: tempfile::TempDir,
@@ -44,7 +48,8 @@ impl Fleet {
             &["--allow-http-issuers", "--key-refresh-default", "1h", "--key-refresh-request-interval", "1s"],
         );
         let token = cp.join_token("5m");
-        let (gateway, bound_gateway) = (loopback_addr(), loopback_addr());
+        let (gateway, bound_gateway, elsewhere) = (loopback_addr(), loopback_addr(), loopback_addr());
+        let dpop_gateway = loopback_addr();
         let host = bound_gateway.rsplit_once(':').unwrap().0.to_string();
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -96,10 +101,30 @@ spec:
   binding: mtls
 ---
 apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: proofs}}
+spec:
+  resource: http://{dpop_gateway}/mcp
+  issuers: [test-idp]
+  upstream: {upstream}
+  listen: {dpop_gateway}
+  binding: dpop
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: elsewhere}}
+spec:
+  resource: http://{elsewhere}/mcp
+  issuers: [test-idp]
+  upstream: {upstream}
+  listen: {elsewhere}
+  agents: {{matchLabels: {{role: other}}}}
+---
+apiVersion: warden.dev/v1
 kind: Policy
 metadata: {{name: notes-access}}
 spec:
-  servers: [notes, bound]
+  servers: [notes, bound, proofs]
   cedar: |
 {policy}"#,
             issuer = idp.issuer,
@@ -107,7 +132,18 @@ spec:
         );
         let out = cp.apply(&yaml);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let fleet = Fleet { idp, _upstream: upstream, cp, agent, gateway, bound_gateway, gateway_ca, dir };
+        let fleet = Fleet {
+            idp,
+            _upstream: upstream,
+            cp,
+            agent,
+            gateway,
+            bound_gateway,
+            dpop_gateway,
+            elsewhere,
+            gateway_ca,
+            dir,
+        };
         let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
         wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
         fleet
@@ -286,6 +322,9 @@ fn each_bad_token_is_refused_with_its_reason() {
         let token = fleet.token("alice", json!({}), json!({"key": key}));
         assert_eq!(post(&url, Some(&token), &[], INITIALIZE).status, 200, "{key}");
     }
+    // The agent (labelled role=test) does not serve a server selected for role=other agents:
+    // nothing listens at its address.
+    assert!(std::net::TcpStream::connect(&fleet.elsewhere).is_err(), "an unselected server is served");
     // A token without the server's required scope: 403 naming it.
     let unscoped = fleet.token("alice", json!({"scope": "other"}), json!({}));
     let answer = post(&url, Some(&unscoped), &[], &call("echo"));
@@ -518,4 +557,52 @@ fn envoy_ext_authz_checks_are_answered_like_the_gateway_answers() {
     assert_eq!(out[6]["http_status"], 200, "{}", context(6));
     let doc: Value = serde_json::from_str(out[6]["body"].as_str().unwrap()).unwrap();
     assert_eq!(doc["resource"], fleet.url(), "{}", context(6));
+}
+
+#[test]
+fn dpop_bound_tokens_need_a_fresh_proof_by_their_key() {
+    let fleet = Fleet::start();
+    let url = format!("http://{}/mcp", fleet.dpop_gateway);
+    let now = now();
+    let claims = |cnf: Option<Value>| {
+        let mut c = json!({"iss": fleet.idp.issuer, "sub": "alice", "aud": url, "iat": now, "exp": now + 300});
+        if let Some(cnf) = cnf {
+            c["cnf"] = cnf;
+        }
+        fleet.idp.mint(&json!({ "claims": c }))
+    };
+    // The thumbprint of client a's key, as PyJWT's side computes it.
+    let jkt = fleet.idp.dpop("a", "POST", &url, "-")["jkt"].as_str().unwrap().to_string();
+    let token = claims(Some(json!({ "jkt": jkt })));
+    let with_proof = |proof: &Value| {
+        let proof = proof["proof"].as_str().unwrap().to_string();
+        post(&url, None, &[("authorization", &format!("DPoP {token}")), ("dpop", &proof)], INITIALIZE)
+    };
+    let proof = fleet.idp.dpop("a", "POST", &url, &token);
+    let ok = with_proof(&proof);
+    assert_eq!(ok.status, 200, "{}\n{}", ok.body, fleet.agent.log_text());
+    let refused = |answer: Answer, error: &str, why: &str| {
+        assert_eq!(answer.status, 401, "{why}: {}", answer.body);
+        let tail = format!("error=\"{error}\", error_description=\"{why}\"");
+        assert!(
+            answer.challenge.starts_with("DPoP algs=\"") && answer.challenge.ends_with(&tail),
+            "{}",
+            answer.challenge
+        );
+    };
+    refused(with_proof(&proof), "invalid_dpop_proof", "replayed");
+    refused(with_proof(&fleet.idp.dpop("b", "POST", &url, &token)), "invalid_token", "binding_mismatch");
+    refused(with_proof(&fleet.idp.dpop("a", "GET", &url, &token)), "invalid_dpop_proof", "wrong_request");
+    refused(with_proof(&fleet.idp.dpop("a", "POST", &url, "another-token")), "invalid_dpop_proof", "wrong_token_hash");
+    // The bound token as a bearer token, and an unbound token: refused by the token rules.
+    refused(post(&url, Some(&token), &[], &call("echo")), "invalid_token", "binding_mismatch");
+    refused(post(&url, Some(&claims(None)), &[], &call("echo")), "invalid_token", "binding_required");
+    let doc: Value = ureq::get(&format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.dpop_gateway))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(doc["dpop_bound_access_tokens_required"], true);
+    assert!(doc["dpop_signing_alg_values_supported"].as_array().unwrap().contains(&json!("ES256")));
 }

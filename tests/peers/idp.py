@@ -8,6 +8,9 @@ POST /mint {"claims": {...}, "key": NAME, "kid": optional override, "attack": op
   attack: "none" (unsigned) | "hs256-public-key" (HMAC keyed with the published public key)
   → the compact token as text/plain
 POST /rotate {"kid": KID} publishes a new P-256 key as KID, minted with as key "KID"
+POST /dpop {"client": NAME, "htm", "htu", "token", "iat": optional} → {"proof", "jkt"}: a DPoP
+  proof (RFC 9449) signed by client NAME's own P-256 key (made on first use), and that key's
+  RFC 7638 thumbprint, computed here independently of Warden
 """
 
 import base64
@@ -15,6 +18,7 @@ import hashlib
 import hmac
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
@@ -70,6 +74,28 @@ def mint(request):
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
 
 
+CLIENTS = {}
+
+
+def dpop(request):
+    name = request["client"]
+    if name not in CLIENTS:
+        CLIENTS[name] = ec.generate_private_key(ec.SECP256R1())
+    key = CLIENTS[name]
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    canonical = json.dumps({m: jwk[m] for m in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    jkt = b64(hashlib.sha256(canonical.encode()).digest())
+    claims = {
+        "jti": b64(hashlib.sha256(f"{name}{time.time_ns()}".encode()).digest()[:12]),
+        "htm": request["htm"],
+        "htu": request["htu"],
+        "iat": request.get("iat", int(time.time())),
+        "ath": b64(hashlib.sha256(request["token"].encode()).digest()),
+    }
+    proof = jwt.encode(claims, key, algorithm="ES256", headers={"typ": "dpop+jwt", "jwk": jwk})
+    return {"proof": proof, "jkt": jkt}
+
+
 class Handler(BaseHTTPRequestHandler):
     def send(self, status, body, content_type="application/json"):
         data = body.encode()
@@ -92,6 +118,8 @@ class Handler(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/mint":
             self.send(200, mint(request), "text/plain")
+        elif self.path == "/dpop":
+            self.send(200, json.dumps(dpop(request)))
         elif self.path == "/rotate":
             kid = request["kid"]
             KEYS[kid] = (ec.generate_private_key(ec.SECP256R1()), kid, "ES256", True)

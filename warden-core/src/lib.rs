@@ -8,6 +8,7 @@
 pub mod authorize;
 pub mod bounded;
 pub mod config;
+pub mod dpop;
 pub mod duration;
 pub mod identity;
 pub mod issuer;

@@ -137,12 +137,19 @@ spec:
     let doc = parse(server).unwrap();
     let Spec::McpServer(spec) = &doc.spec else { panic!("wrong kind") };
     assert_eq!(spec.binding, crate::server::Binding::Mtls);
+    let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert!(spec.agents.matches(&labels(&[])), "no selector selects every agent");
+    let selected =
+        parse(&server.replace("binding: mtls", "binding: mtls\n  agents: {matchLabels: {role: github}}")).unwrap();
+    let Spec::McpServer(selected) = &selected.spec else { panic!("wrong kind") };
+    assert!(selected.agents.matches(&labels(&[("role", "github"), ("zone", "a")])));
+    assert!(!selected.agents.matches(&labels(&[("role", "gitlab")])));
+    assert!(!selected.agents.matches(&labels(&[])));
     assert_eq!(field_error(&server.replace("[corp-idp]", "[]")).0, "spec.issuers");
     assert_eq!(field_error(&server.replace("127.0.0.1:8443", "localhost")).0, "spec.listen");
     assert_eq!(field_error(&server.replace("http://127.0.0.1:3000/mcp", "unix:/x")).0, "spec.upstream");
     assert_eq!(field_error(&server.replace("/github", "/github#frag")).0, "spec.resource");
     assert_eq!(field_error(&server.replace("mtls", "psk")).0, "spec.binding");
-    assert_eq!(field_error(&server.replace("mtls", "dpop")).0, "spec.binding");
     assert_eq!(field_error(&server.replace("https://mcp", "http://mcp")).0, "spec.binding");
     assert_eq!(field_error(&server.replace("[corp-idp]", "[corp-idp]\n  scopes: [\"bad scope\"]")).0, "spec.scopes[0]");
     let origins = server.replace("[corp-idp]", "[corp-idp]\n  allowedOrigins: [https://app.example.com/x]");

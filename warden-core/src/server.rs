@@ -28,6 +28,13 @@ pub struct AgentSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
+impl AgentSelector {
+    /// Whether an agent with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
 /// `spec` of an `McpServer`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -70,12 +77,6 @@ impl McpServerSpec {
                 return Err(DocumentError::field(
                     "spec.binding",
                     "mtls needs an https resource: callers present their certificate to the gateway over TLS",
-                ));
-            }
-            Binding::Dpop => {
-                return Err(DocumentError::field(
-                    "spec.binding",
-                    "dpop is not enforced by this release's agents yet (DPoP-bound tokens are refused everywhere); use mtls or none",
                 ));
             }
             _ => {}

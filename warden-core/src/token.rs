@@ -160,7 +160,7 @@ enum Material {
     Ed25519(Vec<u8>),
 }
 
-struct PublicKey {
+pub(crate) struct PublicKey {
     material: Material,
     /// The algorithm the JWK pins with its own `alg`, if it does.
     pinned: Option<Algorithm>,
@@ -168,7 +168,7 @@ struct PublicKey {
 
 impl PublicKey {
     /// Reads a public JWK; `None` for anything malformed or unsupported.
-    fn from_jwk(jwk: &serde_json::Value) -> Option<PublicKey> {
+    pub(crate) fn from_jwk(jwk: &serde_json::Value) -> Option<PublicKey> {
         let field = |name: &str| -> Option<Vec<u8>> {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()
         };
@@ -196,7 +196,7 @@ impl PublicKey {
 
     /// Checks `signature` over `message` with `alg`, which must fit this key's type: no
     /// algorithm confusion, and HMAC does not exist here at all.
-    fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), Reason> {
+    pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), Reason> {
         if self.pinned.is_some_and(|p| p != alg) {
             return Err(Reason::AlgNotAllowed);
         }
@@ -283,7 +283,7 @@ impl TokenCache {
 }
 
 /// Parses a JOSE `alg` value among those Warden can verify.
-fn parse_alg(text: &str) -> Option<Algorithm> {
+pub(crate) fn parse_alg(text: &str) -> Option<Algorithm> {
     serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
 }
 
@@ -500,7 +500,7 @@ struct Header {
     kid: Option<String>,
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> {
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).map_err(|_| Reason::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
 }

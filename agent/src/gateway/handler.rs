@@ -10,9 +10,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use warden_core::authorize::{RequestFacts, Target};
-use warden_core::mcp;
 use warden_core::server::McpServerSpec;
 use warden_core::token::{Presenter, Reason, Verified};
+use warden_core::{dpop, mcp};
 
 use super::filter::{self, Allows, Lists};
 use super::reply::{self, Body, Route};
@@ -41,6 +41,8 @@ pub(crate) struct Caller<'a> {
     pub address: SocketAddr,
     /// The DER of the certificate it presented over mutual TLS.
     pub certificate: Option<&'a [u8]>,
+    /// Whether the connection is TLS (for the URL a DPoP proof names).
+    pub tls: bool,
 }
 
 /// Handles one request for `server`.
@@ -96,8 +98,8 @@ pub(crate) fn admit(
             "no configuration received yet; every request is refused",
         )));
     };
-    let Some(spec) = applied.config.servers.get(&**server) else {
-        return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("server {server} is no longer configured"))));
+    let Some(spec) = applied.config.servers.get(&**server).filter(|s| shared.serves(s)) else {
+        return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("server {server} is not served here"))));
     };
     let routes = applied
         .routes
@@ -128,12 +130,22 @@ pub(crate) fn admit(
 
     let now = crate::identity::now_unix();
     let verified = {
-        let token = match bearer(headers, uri.query()) {
-            Ok(Some(token)) => token,
+        let (scheme, token) = match credentials(headers, uri.query()) {
+            Ok(Some(credentials)) => credentials,
             Ok(None) => return Err(Box::new(reply::unauthorized(route, None))),
             Err(message) => return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, message))),
         };
-        let presenter = Presenter { client_certificate: caller.certificate, ..Presenter::default() };
+        let jkt = match scheme {
+            Scheme::Dpop => {
+                let reached = headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|host| format!("{}://{host}{path}", if caller.tls { "https" } else { "http" }));
+                Some(dpop_proof(shared, route, reached.as_deref(), method, headers, token, now)?)
+            }
+            Scheme::Bearer => None,
+        };
+        let presenter = Presenter { client_certificate: caller.certificate, dpop_key_thumbprint: jkt.as_deref() };
         match applied.verifier.verify(token, server, now, &applied.config.revoked, presenter) {
             Ok(v) => v,
             Err(reason) => {
@@ -407,9 +419,18 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     response
 }
 
-/// The bearer token of `Authorization` (RFC 6750 §2.1); the query form is refused outright
-/// (the MCP authorization spec forbids it) and so is more than one `Authorization` header.
-fn bearer<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<Option<&'h str>, &'static str> {
+/// How the token was presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    /// `Authorization: Bearer` (RFC 6750).
+    Bearer,
+    /// `Authorization: DPoP` with a `DPoP` proof header (RFC 9449).
+    Dpop,
+}
+
+/// The token of `Authorization` (RFC 6750 §2.1, RFC 9449 §7.1); the query form is refused
+/// outright (the MCP authorization spec forbids it) and so is more than one `Authorization`.
+fn credentials<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<Option<(Scheme, &'h str)>, &'static str> {
     if query.is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token="))) {
         return Err("tokens are accepted only in the Authorization header");
     }
@@ -421,13 +442,44 @@ fn bearer<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<Option<&'h 
         return Err("more than one Authorization header");
     }
     let value = value.to_str().map_err(|_| "the Authorization header is not ASCII")?;
-    match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-            Ok(Some(token.trim()))
-        }
-        // Another scheme (Basic, DPoP before DPoP support): as if no usable token was sent.
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return Ok(None);
+    };
+    let token = token.trim();
+    match scheme {
+        _ if token.is_empty() => Ok(None),
+        s if s.eq_ignore_ascii_case("bearer") => Ok(Some((Scheme::Bearer, token))),
+        s if s.eq_ignore_ascii_case("dpop") => Ok(Some((Scheme::Dpop, token))),
+        // Another scheme (Basic, …): as if no usable token was sent.
         _ => Ok(None),
     }
+}
+
+/// Checks the DPoP proof sent with `token`; the thumbprint of the key it proves.
+fn dpop_proof(
+    shared: &Shared,
+    route: &Route,
+    reached: Option<&str>,
+    method: &Method,
+    headers: &HeaderMap,
+    token: &str,
+    now: i64,
+) -> Result<String, Refused> {
+    let refuse = |why: &str| Box::new(reply::invalid_dpop_proof(route, why));
+    let mut proofs = headers.get_all("dpop").iter();
+    let (Some(proof), None) = (proofs.next(), proofs.next()) else {
+        return Err(refuse("one DPoP header is required"));
+    };
+    let proof = proof.to_str().map_err(|_| refuse("malformed"))?;
+    // The URL the client was told (the resource) and the one it reached (this listener).
+    let uris: Vec<&str> = [Some(route.url.as_str()), reached].into_iter().flatten().collect();
+    let request =
+        dpop::Request { method: method.as_str(), uris: &uris, access_token: token, now, max_age: 60, skew: 5 };
+    let proven = dpop::verify(proof, &request).map_err(|e| refuse(&e.to_string()))?;
+    if !shared.first_use_of_proof(&proven) {
+        return Err(refuse(&dpop::ProofError::Replayed.to_string()));
+    }
+    Ok(proven.jkt)
 }
 
 /// The resource's own origin, localhost forms of it, and the configured ones.
@@ -473,13 +525,15 @@ mod tests {
     }
 
     #[test]
-    fn the_token_comes_from_one_bearer_authorization_header_only() {
-        assert_eq!(bearer(&headers(&[("authorization", "Bearer abc")]), None), Ok(Some("abc")));
-        assert_eq!(bearer(&headers(&[("authorization", "bearer  abc ")]), None), Ok(Some("abc")));
-        assert_eq!(bearer(&headers(&[("authorization", "Basic dTpw")]), None), Ok(None));
-        assert_eq!(bearer(&headers(&[("authorization", "Bearer ")]), None), Ok(None));
-        assert_eq!(bearer(&headers(&[]), None), Ok(None));
-        assert!(bearer(&headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]), None).is_err());
-        assert!(bearer(&headers(&[]), Some("x=1&access_token=abc")).is_err());
+    fn the_token_comes_from_one_authorization_header_only() {
+        let bearer = |t| Ok(Some((Scheme::Bearer, t)));
+        assert_eq!(credentials(&headers(&[("authorization", "Bearer abc")]), None), bearer("abc"));
+        assert_eq!(credentials(&headers(&[("authorization", "bearer  abc ")]), None), bearer("abc"));
+        assert_eq!(credentials(&headers(&[("authorization", "DPoP abc")]), None), Ok(Some((Scheme::Dpop, "abc"))));
+        assert_eq!(credentials(&headers(&[("authorization", "Basic dTpw")]), None), Ok(None));
+        assert_eq!(credentials(&headers(&[("authorization", "Bearer ")]), None), Ok(None));
+        assert_eq!(credentials(&headers(&[]), None), Ok(None));
+        assert!(credentials(&headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]), None).is_err());
+        assert!(credentials(&headers(&[]), Some("x=1&access_token=abc")).is_err());
     }
 }

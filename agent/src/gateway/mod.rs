@@ -54,6 +54,11 @@ pub struct Shared {
     key_refresh: mpsc::Sender<KeyRefresh>,
     /// The gateway's TLS identity, for `https` servers.
     tls: Option<GatewayTls>,
+    /// This agent's labels: it serves the servers whose `agents` selector matches them.
+    labels: Arc<BTreeMap<String, String>>,
+    /// DPoP proofs seen (by key and `jti`), against replay. Proofs older than a minute are
+    /// refused anyway, so this only has to outlast that at the request rates it sees.
+    dpop_proofs_seen: Arc<std::sync::Mutex<warden_core::bounded::BoundedMap<[u8; 32], ()>>>,
 }
 
 impl Shared {
@@ -63,10 +68,46 @@ impl Shared {
         limits: Limits,
         key_refresh: mpsc::Sender<KeyRefresh>,
         tls: Option<GatewayTls>,
+        labels: BTreeMap<String, String>,
     ) -> Shared {
-        Shared { current, sessions: Arc::default(), limits, key_refresh, tls }
+        let dpop_proofs_seen =
+            Arc::new(std::sync::Mutex::new(warden_core::bounded::BoundedMap::new(DPOP_PROOFS_REMEMBERED)));
+        Shared {
+            current,
+            sessions: Arc::default(),
+            limits,
+            key_refresh,
+            tls,
+            labels: Arc::new(labels),
+            dpop_proofs_seen,
+        }
+    }
+
+    /// Records a DPoP proof; false when it was seen before (a replay).
+    fn first_use_of_proof(&self, proven: &warden_core::dpop::Proven) -> bool {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::new()
+            .chain_update(proven.jkt.as_bytes())
+            .chain_update([0])
+            .chain_update(proven.jti.as_bytes())
+            .finalize()
+            .into();
+        let mut seen = self.dpop_proofs_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains_key(&key) {
+            return false;
+        }
+        seen.insert(key, ());
+        true
+    }
+
+    /// Whether this agent serves `spec`.
+    fn serves(&self, spec: &warden_core::server::McpServerSpec) -> bool {
+        spec.agents.matches(&self.labels)
     }
 }
+
+/// DPoP proofs remembered against replay.
+pub const DPOP_PROOFS_REMEMBERED: usize = 65_536;
 
 /// How a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +180,7 @@ async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
                 .config
                 .servers
                 .iter()
+                .filter(|(_, s)| worker.shared.serves(s))
                 .filter_map(|(name, s)| Some((name.clone(), (s.listen.as_deref()?.parse().ok()?, Transport::of(s)))))
                 .collect(),
             None => BTreeMap::new(),
@@ -222,7 +264,7 @@ async fn serve(
         let (worker, server, stop, tls) = (worker.clone(), server.clone(), stop.clone(), tls.clone());
         tokio::spawn(async move {
             let Some(config) = tls else {
-                return connection(worker, server, peer, None, TokioIo::new(stream), stop).await;
+                return connection(worker, server, peer, (false, None), TokioIo::new(stream), stop).await;
             };
             let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
             let stream = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
@@ -232,7 +274,7 @@ async fn serve(
             };
             let certificate: Option<Arc<[u8]>> =
                 stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(c.as_ref()));
-            connection(worker, server, peer, certificate, TokioIo::new(stream), stop).await;
+            connection(worker, server, peer, (true, certificate), TokioIo::new(stream), stop).await;
         });
     }
 }
@@ -243,7 +285,7 @@ async fn connection<IO>(
     worker: Arc<Worker>,
     server: Arc<str>,
     peer: SocketAddr,
-    certificate: Option<Arc<[u8]>>,
+    (tls, certificate): (bool, Option<Arc<[u8]>>),
     io: IO,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -252,7 +294,7 @@ async fn connection<IO>(
     let service = hyper::service::service_fn(move |req| {
         let (worker, server, certificate) = (worker.clone(), server.clone(), certificate.clone());
         async move {
-            let caller = handler::Caller { address: peer, certificate: certificate.as_deref() };
+            let caller = handler::Caller { address: peer, certificate: certificate.as_deref(), tls };
             Ok::<_, std::convert::Infallible>(handler::handle(&worker, &server, caller, req).await)
         }
     });

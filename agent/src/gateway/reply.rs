@@ -60,6 +60,11 @@ pub struct Route {
     pub metadata_url: String,
     /// The resource's origin, always allowed as a browser `Origin`.
     pub origin: String,
+    /// The resource's URL without query: what a DPoP proof's `htu` names.
+    pub url: String,
+    /// The start of every challenge: the scheme the server expects (`DPoP` with the accepted
+    /// algorithms for `binding: dpop`, else `Bearer`) and the metadata URL.
+    challenge: String,
 }
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
@@ -71,12 +76,13 @@ impl Route {
         let path = url.path().trim_end_matches('/');
         let metadata_path = format!("{WELL_KNOWN}{path}");
         let origin = url.origin().ascii_serialization();
-        Some(Route {
-            mcp_path: if path.is_empty() { "/".into() } else { path.to_string() },
-            metadata_url: format!("{origin}{metadata_path}"),
-            metadata_path,
-            origin,
-        })
+        let metadata_url = format!("{origin}{metadata_path}");
+        let challenge = match spec.binding {
+            Binding::Dpop => format!("DPoP algs=\"{}\", resource_metadata=\"{metadata_url}\"", dpop_algs().join(" ")),
+            _ => format!("Bearer resource_metadata=\"{metadata_url}\""),
+        };
+        let mcp_path = if path.is_empty() { "/".to_string() } else { path.to_string() };
+        Some(Route { url: format!("{origin}{mcp_path}"), mcp_path, metadata_url, metadata_path, origin, challenge })
     }
 
     /// Whether `path` asks for the metadata: the path-inserted form or the root form.
@@ -98,6 +104,9 @@ pub fn metadata(server: &str, spec: &McpServerSpec, issuer_urls: Vec<String>) ->
     if !spec.scopes.is_empty() {
         doc["scopes_supported"] = json!(spec.scopes);
     }
+    if spec.binding == Binding::Dpop {
+        doc["dpop_signing_alg_values_supported"] = json!(dpop_algs());
+    }
     let mut response = json(StatusCode::OK, &doc);
     response.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
     response
@@ -106,29 +115,38 @@ pub fn metadata(server: &str, spec: &McpServerSpec, issuer_urls: Vec<String>) ->
 /// 401: no token (no error code, RFC 6750 §3.1) or a refused one (`invalid_token` with the
 /// reason code as description; never anything from the token itself).
 pub fn unauthorized(route: &Route, reason: Option<Reason>) -> Response<Body> {
-    let (challenge, body) = match reason {
-        None => (
-            format!("Bearer resource_metadata=\"{}\"", route.metadata_url),
-            json!({ "error": "unauthorized", "error_description": "a bearer token is required" }),
+    match reason {
+        None => challenged(
+            StatusCode::UNAUTHORIZED,
+            route.challenge.clone(),
+            &json!({ "error": "unauthorized", "error_description": "a bearer token is required" }),
         ),
-        Some(reason) => (
-            format!(
-                "Bearer resource_metadata=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
-                route.metadata_url,
-                reason.code()
-            ),
-            json!({ "error": "invalid_token", "error_description": reason.code() }),
-        ),
-    };
-    challenged(StatusCode::UNAUTHORIZED, challenge, &body)
+        Some(reason) => refused(route, "invalid_token", reason.code()),
+    }
+}
+
+/// 401 `invalid_dpop_proof` (RFC 9449 §7.1).
+pub fn invalid_dpop_proof(route: &Route, why: &str) -> Response<Body> {
+    refused(route, "invalid_dpop_proof", why)
+}
+
+fn refused(route: &Route, error: &str, description: &str) -> Response<Body> {
+    let challenge = format!("{}, error=\"{error}\", error_description=\"{description}\"", route.challenge);
+    challenged(StatusCode::UNAUTHORIZED, challenge, &json!({ "error": error, "error_description": description }))
 }
 
 /// 403 `insufficient_scope` naming the scopes the server requires (RFC 6750 §3.1).
 pub fn insufficient_scope(route: &Route, scopes: &[String]) -> Response<Body> {
     let scope = scopes.join(" ");
-    let challenge =
-        format!("Bearer resource_metadata=\"{}\", error=\"insufficient_scope\", scope=\"{scope}\"", route.metadata_url);
+    let challenge = format!("{}, error=\"insufficient_scope\", scope=\"{scope}\"", route.challenge);
     challenged(StatusCode::FORBIDDEN, challenge, &json!({ "error": "insufficient_scope", "scope": scope }))
+}
+
+fn dpop_algs() -> Vec<String> {
+    warden_core::dpop::ALGORITHMS
+        .iter()
+        .map(|a| serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+        .collect()
 }
 
 fn challenged(status: StatusCode, challenge: String, body: &Value) -> Response<Body> {
