@@ -35,9 +35,17 @@ step "wardenctl apply -f deploy/examples/"
 
 step "join an agent with a one-time token"
 token=$("$bin/wardenctl" join-token create --ttl 10m 2>/dev/null)
+# The example server's resource is https: its gateway listener needs a certificate. A
+# self-signed one for 127.0.0.1 does for the demo (skipped where openssl is missing).
+gateway_tls=()
+if command -v openssl >/dev/null 2>&1; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$work/gateway.key" -out "$work/gateway.crt" 2>/dev/null
+  gateway_tls=(--gateway-tls-cert "$work/gateway.crt" --gateway-tls-key "$work/gateway.key")
+fi
 "$bin/warden-agent" --id demo-agent --label role=github --data-dir "$work/agent" \
   --control-plane "127.0.0.1:$cp_port" --join-token "$token" \
-  --status-listen "127.0.0.1:$status_port" 2>"$work/agent.log" &
+  --status-listen "127.0.0.1:$status_port" "${gateway_tls[@]}" 2>"$work/agent.log" &
 pids+=($!)
 
 wait_version() {
@@ -52,6 +60,18 @@ wait_version() {
 wait_version 1
 "$bin/wardenctl" get agents
 echo "agent status: $(curl -s "127.0.0.1:$status_port/status" 2>/dev/null || echo unavailable)"
+
+if [ ${#gateway_tls[@]} -gt 0 ]; then
+  step "the gateway for server github on https://127.0.0.1:8443/github"
+  for _ in $(seq 50); do curl -sk -o /dev/null https://127.0.0.1:8443/ && break; sleep 0.1; done
+  echo "protected resource metadata (RFC 9728):"
+  curl -sk https://127.0.0.1:8443/.well-known/oauth-protected-resource/github; echo
+  echo "a request without a token:"
+  curl -sk -o /dev/null -D - -X POST https://127.0.0.1:8443/github | grep -iE '^(HTTP|www-authenticate)'
+  echo "a request with a forged token:"
+  curl -sk -o /dev/null -D - -X POST -H 'authorization: Bearer eyJhbGciOiJub25lIn0.e30.' \
+    https://127.0.0.1:8443/github | grep -iE '^(HTTP|www-authenticate)'
+fi
 
 step "change a policy: the agent converges on version 2"
 sed 's/"search_repositories", //' deploy/examples/fleet.yaml > "$work/changed.yaml"

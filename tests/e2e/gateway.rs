@@ -12,7 +12,7 @@ use tests::{
 /// Everything one test needs running.
 struct Fleet {
     idp: MintingIdp,
-    _upstream: McpUpstream,
+    upstream: McpUpstream,
     cp: ControlPlane,
     agent: Agent,
     /// The gateway of server `notes`.
@@ -132,18 +132,8 @@ spec:
         );
         let out = cp.apply(&yaml);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let fleet = Fleet {
-            idp,
-            _upstream: upstream,
-            cp,
-            agent,
-            gateway,
-            bound_gateway,
-            dpop_gateway,
-            elsewhere,
-            gateway_ca,
-            dir,
-        };
+        let fleet =
+            Fleet { idp, upstream, cp, agent, gateway, bound_gateway, dpop_gateway, elsewhere, gateway_ca, dir };
         let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
         wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
         fleet
@@ -605,4 +595,31 @@ fn dpop_bound_tokens_need_a_fresh_proof_by_their_key() {
         .unwrap();
     assert_eq!(doc["dpop_bound_access_tokens_required"], true);
     assert!(doc["dpop_signing_alg_values_supported"].as_array().unwrap().contains(&json!("ES256")));
+}
+
+#[test]
+fn a_stopping_agent_lets_calls_in_flight_finish() {
+    let mut fleet = Fleet::start();
+    let alice = fleet.token("alice", json!({}), json!({}));
+    let url = fleet.url();
+    let session = post(&url, Some(&alice), &[], INITIALIZE).session.expect("a session");
+    let headers = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(post(&url, Some(&alice), &headers, initialized).status, 202);
+    // A call whose answer streams (SSE) for about two seconds.
+    let count = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"count","arguments":{"to":40},"_meta":{"progressToken":1}}}"#;
+    let call = std::thread::spawn(move || {
+        let headers = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-11-25")];
+        post(&url, Some(&alice), &headers, count)
+    });
+    wait_for_or(
+        "the call to reach the upstream",
+        || fleet.upstream.process.log_text(),
+        || fleet.upstream.process.log_text().contains("count to 40 started").then_some(()),
+    );
+    fleet.agent.stop();
+    let answer = call.join().unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("counted to 40"), "{}\n{}", answer.body, fleet.agent.log_text());
+    assert_eq!(answer.body.matches("notifications/progress").count(), 40, "{}", answer.body);
 }

@@ -29,6 +29,7 @@ def delete_repository(name: str) -> str:
 @server.tool()
 async def count(to: int, ctx: Context) -> str:
     """Reports progress once per step, so the answer comes as an SSE stream."""
+    print(f"count to {to} started", file=sys.stderr, flush=True)
     for i in range(1, to + 1):
         await ctx.report_progress(i, to, f"step {i}")
         await asyncio.sleep(0.05)

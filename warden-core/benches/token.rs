@@ -21,29 +21,27 @@ use warden_core::{Admission, Config, Document};
 const NOW: i64 = 1_800_000_000;
 
 fn setup(alg: Algorithm) -> (String, serde_json::Value, EncodingKey) {
-    let (pair, jwk) = match alg {
+    let (jwk, key) = match alg {
         Algorithm::ES256 => {
             let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let raw = pair.public_key_raw().to_vec();
             let jwk = json!({"kty": "EC", "kid": "k1", "crv": "P-256",
                 "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])});
-            (pair, jwk)
+            (jwk, EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap())
         }
-        _ => {
+        Algorithm::EdDSA => {
             let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
             let jwk = json!({"kty": "OKP", "kid": "k1", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(pair.public_key_raw())});
-            (pair, jwk)
+            (jwk, EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap())
+        }
+        // ring cannot generate RSA keys: a fixed 2048-bit bench key (made with Python's
+        // cryptography), used for RS256 and PS256.
+        _ => {
+            let jwk: serde_json::Value = serde_json::from_str(include_str!("rsa-2048.jwk.json")).unwrap();
+            (jwk, EncodingKey::from_rsa_pem(include_bytes!("rsa-2048.pem")).unwrap())
         }
     };
-    let key = match alg {
-        Algorithm::ES256 => EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(),
-        _ => EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap(),
-    };
-    let mut header = Header::new(alg);
-    header.kid = Some("k1".into());
-    let claims = json!({"iss": "https://idp.example.com", "sub": "ci-runner", "aud": "https://mcp.example.com/github",
-        "iat": NOW - 60, "exp": NOW + 600, "jti": "t-1", "scope": "repo:read"});
-    (jsonwebtoken::encode(&header, &claims, &key).unwrap(), jwk, key)
+    (sign_with_jti(alg, &key, 1, "ci-runner"), jwk, key)
 }
 
 fn sign_with_jti(alg: Algorithm, key: &EncodingKey, jti: usize, subject: &str) -> String {
@@ -69,7 +67,13 @@ fn config(jwk: &serde_json::Value, alg: &str) -> Config {
 }
 
 fn bench(c: &mut Criterion) {
-    for (alg, name) in [(Algorithm::ES256, "ES256"), (Algorithm::EdDSA, "EdDSA")] {
+    let algorithms = [
+        (Algorithm::ES256, "ES256"),
+        (Algorithm::EdDSA, "EdDSA"),
+        (Algorithm::RS256, "RS256"),
+        (Algorithm::PS256, "PS256"),
+    ];
+    for (alg, name) in algorithms {
         let (token, jwk, encoding) = setup(alg);
         let (verifier, _) = Verifier::new(&config(&jwk, name));
         let uncached = Verifier::new(&config(&jwk, name));
@@ -77,17 +81,32 @@ fn bench(c: &mut Criterion) {
         let (message, signature) = token.rsplit_once('.').unwrap();
         let raw_signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
         let b64 = |f: &str| URL_SAFE_NO_PAD.decode(jwk[f].as_str().unwrap()).unwrap();
-        let (ring_alg, raw_key): (&'static dyn ring::signature::VerificationAlgorithm, Vec<u8>) = match alg {
-            Algorithm::ES256 => (&ring::signature::ECDSA_P256_SHA256_FIXED, [vec![4u8], b64("x"), b64("y")].concat()),
-            _ => (&ring::signature::ED25519, b64("x")),
+        // Key bytes decoded once, outside the measured closure.
+        let field = |f: &str| jwk.get(f).and_then(|v| v.as_str()).map(|_| b64(f)).unwrap_or_default();
+        let (n, e, x, y) = (field("n"), field("e"), field("x"), field("y"));
+        let point = [vec![4u8], x.clone(), y].concat();
+        let bare = |message: &[u8]| match alg {
+            Algorithm::ES256 => {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+                    .verify(message, &raw_signature)
+            }
+            Algorithm::EdDSA => {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &x).verify(message, &raw_signature)
+            }
+            Algorithm::RS256 => ring::signature::RsaPublicKeyComponents { n: &n, e: &e }.verify(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                message,
+                &raw_signature,
+            ),
+            _ => ring::signature::RsaPublicKeyComponents { n: &n, e: &e }.verify(
+                &ring::signature::RSA_PSS_2048_8192_SHA256,
+                message,
+                &raw_signature,
+            ),
         };
         let revocations = Revocations::default();
         c.bench_function(&format!("{name}: bare signature verify, ring (baseline)"), |b| {
-            b.iter(|| {
-                ring::signature::UnparsedPublicKey::new(ring_alg, &raw_key)
-                    .verify(black_box(message.as_bytes()), &raw_signature)
-                    .unwrap()
-            })
+            b.iter(|| bare(black_box(message.as_bytes())).unwrap())
         });
         c.bench_function(&format!("{name}: jsonwebtoken verify, rust_crypto (reference)"), |b| {
             b.iter(|| {

@@ -132,6 +132,28 @@ struct Worker {
     shared: Shared,
     /// Connections to upstreams, pooled per worker (its connections' tasks run on its thread).
     client: proxy::Client,
+    /// Client connections open on this worker, for draining at shutdown.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// How long a stopping worker lets open connections finish their requests (SSE streams that
+/// never end are cut after this).
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// Counts an open connection while it lives.
+struct Open(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Open {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Starts `workers` gateway threads; they stop when `stop` turns true.
@@ -147,8 +169,17 @@ pub fn start(shared: Shared, workers: usize, stop: watch::Receiver<bool>) -> std
                         return;
                     }
                 };
-                let worker = Arc::new(Worker { shared, client: proxy::client() });
-                runtime.block_on(run(worker, stop));
+                let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let worker = Arc::new(Worker { shared, client: proxy::client(), open: open.clone() });
+                runtime.block_on(async move {
+                    run(worker, stop).await;
+                    // Listeners are closed; connections were told to finish what they serve.
+                    let deadline = tokio::time::Instant::now() + DRAIN;
+                    while open.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                });
             })
         })
         .collect()
@@ -291,6 +322,7 @@ async fn connection<IO>(
 ) where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let _open = Open::new(&worker.open);
     let service = hyper::service::service_fn(move |req| {
         let (worker, server, certificate) = (worker.clone(), server.clone(), certificate.clone());
         async move {
