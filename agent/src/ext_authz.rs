@@ -3,9 +3,10 @@
 //! It answers from the same engine as the gateway (`gateway::admit` and the same body checks),
 //! on a Unix socket or a loopback address.
 //!
-//! Which `McpServer` a check is for: the route's `context_extensions["mcp_server"]` (set per
-//! route in Envoy's filter configuration), or else the server whose resource has the request's
-//! host and path. Allowed requests get `ok_response` with the identity headers added and the
+//! Which `McpServer` a check is for: the route's `context_extensions["mcp_server"]`, set per
+//! route in Envoy's filter configuration. It is required: guessing the server from the
+//! request's `Host` would let a caller have the check made against another server's token
+//! rules and policies than the one Envoy routes it to. Allowed requests get `ok_response` with the identity headers added and the
 //! caller's credentials removed; refused ones get `denied_response` with exactly the status,
 //! `WWW-Authenticate` and body the gateway would have answered.
 
@@ -48,13 +49,9 @@ impl Authorization for LocalCheck {
         let source = attributes.source.unwrap_or_default();
         let address = source_address(source.address.as_ref());
         let certificate = client_certificate(&source.certificate);
-        let caller = Caller { address, certificate: certificate.as_deref(), tls: http.scheme == "https" };
-        let server = match attributes.context_extensions.get("mcp_server") {
-            Some(name) => Arc::from(name.as_str()),
-            None => match self.server_for(&http) {
-                Some(name) => name,
-                None => return Ok(Response::new(denied(&self.not_found(&http)))),
-            },
+        let caller = Caller { address, certificate: certificate.as_deref() };
+        let Some(server) = attributes.context_extensions.get("mcp_server").map(|n| Arc::<str>::from(n.as_str())) else {
+            return Ok(Response::new(denied(&unnamed())));
         };
         let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| Status::invalid_argument("bad method"))?;
         let uri: http::Uri = http.path.parse().map_err(|_| Status::invalid_argument("bad path"))?;
@@ -134,29 +131,12 @@ fn denied(answer: &Answer) -> CheckResponse {
     }
 }
 
-impl LocalCheck {
-    /// The server whose resource has the request's host and path.
-    fn server_for(&self, http: &HttpRequest) -> Option<Arc<str>> {
-        let applied = self.shared.current.get()?;
-        let path = http.path.split('?').next().unwrap_or_default();
-        applied.config.servers.iter().find_map(|(name, spec)| {
-            let url = url::Url::parse(&spec.resource).ok()?;
-            let authority = match url.port() {
-                Some(port) => format!("{}:{port}", url.host_str()?),
-                None => url.host_str()?.to_string(),
-            };
-            let endpoint = url.path().trim_end_matches('/');
-            let on_path = path == endpoint || path.starts_with("/.well-known/oauth-protected-resource");
-            (authority.eq_ignore_ascii_case(&http.host) && on_path).then(|| Arc::from(name.as_str()))
-        })
-    }
-
-    fn not_found(&self, http: &HttpRequest) -> Answer {
-        let body = serde_json::json!({ "error": format!("no McpServer for {}{}", http.host, http.path) });
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Answer { status: 404, headers, body: body.to_string() }
-    }
+/// The answer to a check whose route names no server.
+fn unnamed() -> Answer {
+    let body = serde_json::json!({ "error": "the route sets no context_extensions.mcp_server" });
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Answer { status: 500, headers, body: body.to_string() }
 }
 
 fn header_map(http: &HttpRequest) -> HeaderMap {

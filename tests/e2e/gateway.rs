@@ -418,6 +418,27 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
     let unknown_version = post(&url, Some(&alice), &[("mcp-protocol-version", "1999-01-01")], INITIALIZE);
     assert_eq!(unknown_version.status, 400);
 
+    // One id, one spelling: `-0` would be answered as `0`.
+    let odd_id = post(&url, Some(&alice), &[], r#"{"jsonrpc":"2.0","id":-0,"method":"tools/list"}"#);
+    assert_eq!((odd_id.status, error_code(&odd_id)), (400, json!(-32600)), "{}", odd_id.body);
+    // Completing a resource's arguments is decided as reading it.
+    let completion = r#"{"jsonrpc":"2.0","id":9,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"notes://secret"},"argument":{"name":"a","value":"b"}}}"#;
+    let denied = post(&url, Some(&alice), &[], completion);
+    assert_eq!((denied.status, error_code(&denied)), (200, json!(-32001)), "{}", denied.body);
+    // Two session ids: the upstream might pick the one not checked here.
+    let two = [("mcp-session-id", "a"), ("mcp-session-id", "b")];
+    assert_eq!(post(&url, Some(&alice), &two, INITIALIZE).status, 400);
+    // A DELETE whose length promises a body that is never forwarded would desync the upstream.
+    let head = format!(
+        "DELETE /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {alice}\r\ncontent-length: 5\r\n\r\nhello",
+        fleet.gateway
+    );
+    let mut stream = std::net::TcpStream::connect(&fleet.gateway).unwrap();
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    let mut status_line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 400"), "{status_line}");
+
     // 2026-07-28: the routing headers must name what the body asks for.
     let modern = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")];
     let mismatch = post(&url, Some(&alice), &modern, &call("delete_repository"));
@@ -502,15 +523,18 @@ fn envoy_ext_authz_checks_are_answered_like_the_gateway_answers() {
         }
         json!({"path": "/mcp", "host": host, "headers": headers, "body": body, "context_extensions": extensions})
     };
+    let notes = json!({"mcp_server": "notes"});
     let checks = json!([
+        check(Some(&alice), call("echo"), &host, notes.clone()),
+        check(Some(&alice), call("delete_repository"), &host, notes.clone()),
+        check(None, call("echo"), &host, notes.clone()),
+        check(Some(&expired), call("echo"), &host, notes.clone()),
+        // Envoy names the server per route; the host does not matter.
+        check(Some(&alice), call("echo"), "envoy.internal:10000", notes.clone()),
+        // A route that names no server: refused, even with the gateway's own host.
         check(Some(&alice), call("echo"), &host, json!({})),
-        check(Some(&alice), call("delete_repository"), &host, json!({})),
-        check(None, call("echo"), &host, json!({})),
-        check(Some(&expired), call("echo"), &host, json!({})),
-        // Envoy names the server per route; the host then does not matter.
-        check(Some(&alice), call("echo"), "envoy.internal:10000", json!({"mcp_server": "notes"})),
-        check(Some(&alice), call("echo"), "envoy.internal:10000", json!({})),
-        {"method": "GET", "path": "/.well-known/oauth-protected-resource/mcp", "host": host, "headers": {}},
+        {"method": "GET", "path": "/.well-known/oauth-protected-resource/mcp", "host": host, "headers": {},
+         "context_extensions": notes},
     ]);
     let out = ext_authz_client(&format!("unix:{}", socket.display()), &checks);
     let context = |i: usize| format!("check {i}: {}", out[i]);
@@ -539,7 +563,7 @@ fn envoy_ext_authz_checks_are_answered_like_the_gateway_answers() {
     assert_eq!(out[4]["allowed"], true, "{}", context(4));
     assert_eq!(
         (out[5]["allowed"].clone(), out[5]["http_status"].clone()),
-        (json!(false), json!(404)),
+        (json!(false), json!(500)),
         "{}",
         context(5)
     );

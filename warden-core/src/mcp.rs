@@ -91,8 +91,12 @@ pub struct Message<'a> {
     pub id: Option<&'a RawValue>,
     /// The method of requests and notifications.
     pub method: Option<Cow<'a, str>>,
-    /// `params.name` (tools, prompts) or `params.uri` (resources) of the methods that name one.
+    /// `params.name` (tools, prompts) or `params.uri` (resources) of the methods that name one;
+    /// for `completion/complete`, the name or URI of the prompt or resource it completes.
     pub name: Option<Cow<'a, str>>,
+    /// For `completion/complete`: the method whose policy decides (`prompts/get` for a
+    /// `ref/prompt`, `resources/read` for a `ref/resource`).
+    pub completes: Option<&'static str>,
 }
 
 /// A parsed body.
@@ -117,6 +121,19 @@ struct Wire<'a> {
 
 #[derive(Deserialize, Default)]
 struct Params<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "ref")]
+    reference: Option<Reference<'a>>,
+}
+
+/// `completion/complete`'s `params.ref`.
+#[derive(Deserialize)]
+struct Reference<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
     #[serde(borrow, default)]
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -149,13 +166,29 @@ fn message(text: &str) -> Result<Message<'_>, BodyError> {
     if wire.jsonrpc != "2.0" {
         return Err(BodyError::NotJsonRpc("\"jsonrpc\" must be \"2.0\"".into()));
     }
+    // MCP request ids are strings or integers; one number in one spelling, so every party
+    // reads the same id (no `-0`, `1.0`, `1e0`).
+    if wire.method.is_some()
+        && let Some(id) = wire.id
+        && !id.get().starts_with('"')
+        && id.get().parse::<i64>().map(|n| n.to_string()).as_deref() != Ok(id.get())
+    {
+        return Err(BodyError::NotJsonRpc("a request id is a string or an integer".into()));
+    }
     let params = wire.params.unwrap_or_default();
-    let name = match wire.method.as_deref() {
-        Some("tools/call" | "prompts/get") => params.name,
-        Some("resources/read") => params.uri,
-        _ => None,
+    let (name, completes) = match wire.method.as_deref() {
+        Some("tools/call" | "prompts/get") => (params.name, None),
+        Some("resources/read") => (params.uri, None),
+        // Completing a prompt's or resource's arguments runs server code for it: decided as
+        // using it. An unknown reference type is decided as a prompt with no name (refused).
+        Some("completion/complete") => match params.reference {
+            Some(r) if r.kind == "ref/resource" => (r.uri, Some("resources/read")),
+            Some(r) if r.kind == "ref/prompt" => (r.name, Some("prompts/get")),
+            _ => (None, Some("prompts/get")),
+        },
+        _ => (None, None),
     };
-    Ok(Message { id: wire.id, method: wire.method, name })
+    Ok(Message { id: wire.id, method: wire.method, name, completes })
 }
 
 /// Refuses nesting deeper than `max` without building anything: one pass over the bytes.
@@ -184,6 +217,20 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), BodyError> {
         }
     }
     Ok(())
+}
+
+/// The policy action and target that decide `message`, if any (`Err` when it lacks the name
+/// its method needs).
+pub fn decision<'m>(message: &'m Message<'_>) -> Result<Option<(&'m str, Target<'m>)>, &'static str> {
+    let Some(method) = message.method.as_deref() else {
+        return Ok(None);
+    };
+    let action = message.completes.unwrap_or(method);
+    let target = match message.completes {
+        Some(_) => target(action, message.name.as_deref()).map_err(|_| "completion/complete needs params.ref")?,
+        None => target(method, message.name.as_deref())?,
+    };
+    Ok(target.map(|t| (action, t)))
 }
 
 /// What policy decides about a method, if anything. `Err` when the method needs a name the
@@ -291,7 +338,7 @@ mod tests {
     #[test]
     fn bad_bodies_get_the_json_rpc_error_that_fits() {
         let limits = Limits { max_depth: 4, max_batch: 2 };
-        let cases: [(&[u8], i64); 7] = [
+        let cases: [(&[u8], i64); 9] = [
             (b"{not json", PARSE_ERROR),
             (b"", PARSE_ERROR),
             (b"[]", INVALID_REQUEST),
@@ -302,6 +349,8 @@ mod tests {
             (br#"{"jsonrpc":"1.0","method":"a"}"#, INVALID_REQUEST),
             (br#"{"jsonrpc":"2.0","method":"a","params":{"x":[[[[1]]]]}}"#, INVALID_REQUEST),
             (br#"{"jsonrpc":"2.0","method":7}"#, INVALID_REQUEST),
+            (br#"{"jsonrpc":"2.0","id":-0,"method":"tools/list"}"#, INVALID_REQUEST),
+            (br#"{"jsonrpc":"2.0","id":1.0,"method":"tools/list"}"#, INVALID_REQUEST),
         ];
         for (body, code) in cases {
             let e = parse(body, limits).expect_err(std::str::from_utf8(body).unwrap());
@@ -320,6 +369,23 @@ mod tests {
         assert!(target("tools/call", None).is_err());
         assert_eq!(target("initialize", None), Ok(None));
         assert_eq!(target("ping", None), Ok(None));
+    }
+
+    #[test]
+    fn completions_are_decided_as_using_what_they_complete() {
+        let decide = |body: &str| {
+            let parsed = parse(body.as_bytes(), Limits::default()).unwrap();
+            decision(&parsed.messages[0]).map(|d| d.map(|(a, t)| (a.to_string(), format!("{t:?}"))))
+        };
+        let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"review"},"argument":{"name":"code","value":"x"}}}"#;
+        assert_eq!(decide(prompt), Ok(Some(("prompts/get".into(), "Prompt(\"review\")".into()))));
+        let resource =
+            prompt.replace(r#""type":"ref/prompt","name":"review""#, r#""type":"ref/resource","uri":"notes://{id}""#);
+        assert_eq!(decide(&resource), Ok(Some(("resources/read".into(), "Resource(\"notes://{id}\")".into()))));
+        let unknown = prompt.replace("ref/prompt", "ref/other");
+        assert!(decide(&unknown).is_err());
+        assert!(decide(r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{}}"#).is_err());
+        assert_eq!(decide(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), Ok(None));
     }
 
     #[test]

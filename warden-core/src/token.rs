@@ -423,9 +423,23 @@ impl Verifier {
             claims.get(&issuer.subject_claim).and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?.to_string();
         let jti = claims.get("jti").and_then(|v| v.as_str()).map(str::to_string);
 
-        let confirmation =
-            |member: &str| claims.get("cnf").and_then(|c| c.get(member)).and_then(|v| v.as_str()).map(str::to_string);
-        let (bound_certificate, bound_dpop_key) = (confirmation("x5t#S256"), confirmation("jkt"));
+        // RFC 7800 confirmation: only the methods Warden can enforce. A token bound some other
+        // way (`jwk`, `jku`, a non-string thumbprint) must not pass as a bearer token.
+        let (mut bound_certificate, mut bound_dpop_key) = (None, None);
+        if let Some(cnf) = claims.get("cnf") {
+            let members = cnf.as_object().ok_or(Reason::BindingMismatch)?;
+            for (member, value) in members {
+                let value = value.as_str().ok_or(Reason::BindingMismatch)?.to_string();
+                match member.as_str() {
+                    "x5t#S256" => bound_certificate = Some(value),
+                    "jkt" => bound_dpop_key = Some(value),
+                    _ => return Err(Reason::BindingMismatch),
+                }
+            }
+            if bound_certificate.is_none() && bound_dpop_key.is_none() {
+                return Err(Reason::BindingMismatch);
+            }
+        }
         match server.binding {
             Binding::Mtls if bound_certificate.is_none() => return Err(Reason::BindingRequired),
             Binding::Dpop if bound_dpop_key.is_none() => return Err(Reason::BindingRequired),

@@ -257,6 +257,12 @@ fn dpop_bound_tokens_need_a_verified_proof_of_their_key() {
     };
     // Used as a bearer token, or with a proof by another key: refused.
     assert_eq!(present(None).unwrap_err(), Reason::BindingMismatch);
+    // Bound in a way Warden cannot check: never a bearer token either.
+    for cnf in [json!({"jwk": {"kty": "EC"}}), json!({"jkt": 7}), json!("x"), json!({})] {
+        let mut other = claims();
+        other["cnf"] = cnf.clone();
+        assert_eq!(check(&v, &es.sign(&other)).unwrap_err(), Reason::BindingMismatch, "{cnf}");
+    }
     assert_eq!(present(Some("another-key")).unwrap_err(), Reason::BindingMismatch);
     present(Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")).unwrap();
 }

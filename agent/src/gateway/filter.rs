@@ -23,10 +23,12 @@ pub trait Allows: Send + Sync + 'static {
     fn allows(&self, method: &str, target: Target<'_>) -> bool;
 }
 
-/// The list requests of one POST, by JSON-RPC id, and who asks.
+/// The kinds of list answer to filter in one response, and who asks. Any message of the
+/// response carrying such a list is filtered, whatever its id: matching ids would let a caller
+/// slip past with an id the upstream rewrites (`-0` answered as `0`).
 pub struct Lists<A> {
-    /// By JSON-RPC id.
-    pub requests: Vec<(Value, mcp::ListFilter)>,
+    /// The list kinds.
+    pub kinds: Vec<mcp::ListFilter>,
     /// The caller's decisions.
     pub allows: A,
 }
@@ -42,22 +44,22 @@ impl<A: Allows> Lists<A> {
             }
             return changed;
         }
-        let Some(mcp::ListFilter { array, key, decided_by }) =
-            message.get("id").and_then(|id| self.requests.iter().find(|(r, _)| r == id)).map(|r| r.1)
-        else {
-            return false;
-        };
-        let Some(items) = message.get_mut("result").and_then(|r| r.get_mut(array)).and_then(Value::as_array_mut) else {
-            return false;
-        };
-        items.retain(|item| {
-            let name = item.get(key).and_then(Value::as_str);
-            match mcp::target(decided_by, name) {
-                Ok(Some(target)) => self.allows.allows(decided_by, target),
-                _ => false,
-            }
-        });
-        true
+        let mut changed = false;
+        for &mcp::ListFilter { array, key, decided_by } in &self.kinds {
+            let Some(items) = message.get_mut("result").and_then(|r| r.get_mut(array)).and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            items.retain(|item| {
+                let name = item.get(key).and_then(Value::as_str);
+                match mcp::target(decided_by, name) {
+                    Ok(Some(target)) => self.allows.allows(decided_by, target),
+                    _ => false,
+                }
+            });
+            changed = true;
+        }
+        changed
     }
 
     /// Filters a whole JSON answer. `None` when it is not JSON (it is then refused).
@@ -129,6 +131,8 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 struct SseState<B, A> {
     body: B,
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no event end (rescanning it would be quadratic).
+    scanned: usize,
     done: bool,
     lists: Arc<Lists<A>>,
 }
@@ -140,19 +144,24 @@ where
     B::Error: Into<BoxError>,
     A: Allows,
 {
-    let state = SseState { body, buf: Vec::new(), done: false, lists };
+    let state = SseState { body, buf: Vec::new(), scanned: 0, done: false, lists };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
-            if let Some(end) = event_end(&st.buf) {
+            // A terminator may straddle the previous scan's end: step back over its length.
+            let from = st.scanned.saturating_sub(3).min(st.buf.len());
+            if let Some(end) = event_end(&st.buf[from..]).map(|e| e + from) {
                 let event: Vec<u8> = st.buf.drain(..end).collect();
+                st.scanned = 0;
                 return Some((Ok(Frame::data(st.lists.sse_event(&event))), st));
             }
+            st.scanned = st.buf.len();
             if st.done {
                 if st.buf.is_empty() {
                     return None;
                 }
                 // An unterminated last event is filtered like any other.
                 let rest = std::mem::take(&mut st.buf);
+                st.scanned = 0;
                 return Some((Ok(Frame::data(st.lists.sse_event(&rest))), st));
             }
             match st.body.frame().await {
@@ -193,7 +202,7 @@ mod tests {
     }
 
     fn lists() -> Arc<Lists<OnlyEcho>> {
-        Arc::new(Lists { requests: vec![(json!(2), mcp::list_filter("tools/list").unwrap())], allows: OnlyEcho })
+        Arc::new(Lists { kinds: vec![mcp::list_filter("tools/list").unwrap()], allows: OnlyEcho })
     }
 
     const LIST: &str =
@@ -203,9 +212,12 @@ mod tests {
     fn json_answers_keep_only_allowed_entries() {
         let out: Value = serde_json::from_slice(&lists().json(LIST.as_bytes()).unwrap()).unwrap();
         assert_eq!(out["result"]["tools"], json!([{"name": "echo"}]));
-        // Another id is not ours to filter.
-        let other = LIST.replace("\"id\":2", "\"id\":3");
-        assert_eq!(lists().json(other.as_bytes()).unwrap(), other.as_bytes());
+        // Whatever the id says: a list in the answer is filtered.
+        let other = LIST.replace("\"id\":2", "\"id\":0");
+        let out: Value = serde_json::from_slice(&lists().json(other.as_bytes()).unwrap()).unwrap();
+        assert_eq!(out["result"]["tools"], json!([{"name": "echo"}]));
+        let plain = r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#;
+        assert_eq!(lists().json(plain.as_bytes()).unwrap(), plain.as_bytes());
         assert!(lists().json(b"<html>").is_none());
     }
 

@@ -41,8 +41,6 @@ pub(crate) struct Caller<'a> {
     pub address: SocketAddr,
     /// The DER of the certificate it presented over mutual TLS.
     pub certificate: Option<&'a [u8]>,
-    /// Whether the connection is TLS (for the URL a DPoP proof names).
-    pub tls: bool,
 }
 
 /// Handles one request for `server`.
@@ -60,7 +58,11 @@ pub(super) async fn handle(
         Method::POST => post(worker, admitted, request).await,
         _ => {
             let (parts, _) = request.into_parts();
-            forward(worker, &admitted.decider, admitted.principal, &parts, Bytes::new(), None).await
+            // A GET stream may replay earlier answers (resumption), lists included.
+            let lists = (parts.method == Method::GET).then(|| {
+                ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
+            });
+            forward(worker, &admitted.decider, admitted.principal, &parts, Bytes::new(), lists).await
         }
     }
 }
@@ -135,18 +137,18 @@ pub(crate) fn admit(
             Ok(None) => return Err(Box::new(reply::unauthorized(route, None))),
             Err(message) => return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, message))),
         };
-        let jkt = match scheme {
-            Scheme::Dpop => {
-                let reached = headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(|host| format!("{}://{host}{path}", if caller.tls { "https" } else { "http" }));
-                Some(dpop_proof(shared, route, reached.as_deref(), method, headers, token, now)?)
-            }
+        let proven = match scheme {
+            Scheme::Dpop => Some(dpop_proof(route, method, headers, token, now)?),
             Scheme::Bearer => None,
         };
-        let presenter = Presenter { client_certificate: caller.certificate, dpop_key_thumbprint: jkt.as_deref() };
+        let jkt = proven.as_ref().map(|p| p.jkt.as_str());
+        let presenter = Presenter { client_certificate: caller.certificate, dpop_key_thumbprint: jkt };
         match applied.verifier.verify(token, server, now, &applied.config.revoked, presenter) {
+            // A proof's jti is remembered only once the token it came with is accepted, so
+            // strangers cannot flood the replay set.
+            Ok(_) if proven.as_ref().is_some_and(|p| !shared.first_use_of_proof(p)) => {
+                return Err(Box::new(reply::invalid_dpop_proof(route, &dpop::ProofError::Replayed.to_string())));
+            }
             Ok(v) => v,
             Err(reason) => {
                 tracing::info!(server = %server, reason = %reason, "token refused");
@@ -161,11 +163,24 @@ pub(crate) fn admit(
         return Err(Box::new(reply::insufficient_scope(route, &spec.scopes)));
     }
     let principal = sessions::principal(&verified);
-    if let Some(session) = headers.get("mcp-session-id")
+    let mut sessions = headers.get_all("mcp-session-id").iter();
+    let session = sessions.next();
+    // One session id, without commas: proxies join repeated headers with commas, and the
+    // upstream might pick another value than the one checked here.
+    if sessions.next().is_some() || session.is_some_and(|s| s.as_bytes().contains(&b',')) {
+        return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, "one Mcp-Session-Id header, one value")));
+    }
+    if let Some(session) = session
         && !shared.sessions.allows(session.as_bytes(), &principal)
     {
         tracing::warn!(server = %server, "a session was presented by another workload than the one that opened it");
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload")));
+    }
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if matches!(*method, Method::GET | Method::DELETE) && has_body {
+        // Its body is not forwarded; a length that promises one would desync the upstream.
+        return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, "GET and DELETE carry no body")));
     }
     if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
         return Err(Box::new(method_not_allowed("GET, POST, DELETE")));
@@ -269,7 +284,7 @@ fn decide_body(
     headers: &HeaderMap,
     bytes: &[u8],
     limits: mcp::Limits,
-) -> Result<Vec<(Value, mcp::ListFilter)>, Refused> {
+) -> Result<Vec<mcp::ListFilter>, Refused> {
     let refuse = |answer| Err(Box::new(answer));
     let body = match mcp::parse(bytes, limits) {
         Ok(b) => b,
@@ -306,19 +321,19 @@ fn decide_body(
     let mut lists = Vec::new();
     for (i, m) in body.messages.iter().enumerate() {
         let Some(method) = m.method.as_deref() else { continue };
-        let target = match mcp::target(method, m.name.as_deref()) {
-            Ok(Some(t)) => t,
+        let (action, target) = match mcp::decision(m) {
+            Ok(Some(d)) => d,
             Ok(None) => continue,
             Err(message) => {
                 return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message));
             }
         };
-        if !decider.allows(method, target) {
+        if !decider.allows(action, target) {
             denied.push(i);
         } else if let Some(filter) = mcp::list_filter(method)
-            && let Some(id) = m.id.and_then(|id| serde_json::from_str::<Value>(id.get()).ok())
+            && !lists.contains(&filter)
         {
-            lists.push((id, filter));
+            lists.push(filter);
         }
     }
     if denied.is_empty() {
@@ -361,7 +376,7 @@ async fn forward(
     principal: sessions::Principal,
     parts: &http::request::Parts,
     body: Bytes,
-    lists: Option<Vec<(Value, mcp::ListFilter)>>,
+    lists: Option<Vec<mcp::ListFilter>>,
 ) -> Response<Body> {
     let spec: &McpServerSpec = match decider.applied.config.servers.get(&*decider.server) {
         Some(s) => s,
@@ -391,11 +406,11 @@ async fn forward(
     let (mut head, incoming) = response.into_parts();
     head.headers = proxy::forwardable(&head.headers);
     let lists = lists.filter(|l| !l.is_empty() && head.status.is_success());
-    let Some(requests) = lists else {
+    let Some(kinds) = lists else {
         return Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync());
     };
     let media = head.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let lists = Arc::new(Lists { requests, allows: decider.clone() });
+    let lists = Arc::new(Lists { kinds, allows: decider.clone() });
     head.headers.remove(header::CONTENT_LENGTH);
     if media.starts_with("text/event-stream") {
         return Response::from_parts(head, filter::sse(lists, incoming));
@@ -455,31 +470,26 @@ fn credentials<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<Option
     }
 }
 
-/// Checks the DPoP proof sent with `token`; the thumbprint of the key it proves.
+/// Checks the DPoP proof sent with `token` (its `jti` is checked against replay once the token
+/// is accepted).
 fn dpop_proof(
-    shared: &Shared,
     route: &Route,
-    reached: Option<&str>,
     method: &Method,
     headers: &HeaderMap,
     token: &str,
     now: i64,
-) -> Result<String, Refused> {
+) -> Result<dpop::Proven, Refused> {
     let refuse = |why: &str| Box::new(reply::invalid_dpop_proof(route, why));
     let mut proofs = headers.get_all("dpop").iter();
     let (Some(proof), None) = (proofs.next(), proofs.next()) else {
         return Err(refuse("one DPoP header is required"));
     };
     let proof = proof.to_str().map_err(|_| refuse("malformed"))?;
-    // The URL the client was told (the resource) and the one it reached (this listener).
-    let uris: Vec<&str> = [Some(route.url.as_str()), reached].into_iter().flatten().collect();
+    // Only the server's own URL: a Host header is the caller's to choose.
+    let uris = [route.url.as_str()];
     let request =
         dpop::Request { method: method.as_str(), uris: &uris, access_token: token, now, max_age: 60, skew: 5 };
-    let proven = dpop::verify(proof, &request).map_err(|e| refuse(&e.to_string()))?;
-    if !shared.first_use_of_proof(&proven) {
-        return Err(refuse(&dpop::ProofError::Replayed.to_string()));
-    }
-    Ok(proven.jkt)
+    dpop::verify(proof, &request).map_err(|e| Box::new(reply::invalid_dpop_proof(route, &e.to_string())))
 }
 
 /// The resource's own origin, localhost forms of it, and the configured ones.

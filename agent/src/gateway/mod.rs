@@ -295,7 +295,7 @@ async fn serve(
         let (worker, server, stop, tls) = (worker.clone(), server.clone(), stop.clone(), tls.clone());
         tokio::spawn(async move {
             let Some(config) = tls else {
-                return connection(worker, server, peer, (false, None), TokioIo::new(stream), stop).await;
+                return connection(worker, server, peer, None, TokioIo::new(stream), stop).await;
             };
             let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
             let stream = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
@@ -305,7 +305,7 @@ async fn serve(
             };
             let certificate: Option<Arc<[u8]>> =
                 stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(c.as_ref()));
-            connection(worker, server, peer, (true, certificate), TokioIo::new(stream), stop).await;
+            connection(worker, server, peer, certificate, TokioIo::new(stream), stop).await;
         });
     }
 }
@@ -316,7 +316,7 @@ async fn connection<IO>(
     worker: Arc<Worker>,
     server: Arc<str>,
     peer: SocketAddr,
-    (tls, certificate): (bool, Option<Arc<[u8]>>),
+    certificate: Option<Arc<[u8]>>,
     io: IO,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -326,7 +326,7 @@ async fn connection<IO>(
     let service = hyper::service::service_fn(move |req| {
         let (worker, server, certificate) = (worker.clone(), server.clone(), certificate.clone());
         async move {
-            let caller = handler::Caller { address: peer, certificate: certificate.as_deref(), tls };
+            let caller = handler::Caller { address: peer, certificate: certificate.as_deref() };
             Ok::<_, std::convert::Infallible>(handler::handle(&worker, &server, caller, req).await)
         }
     });

@@ -53,6 +53,10 @@ fn dropped(name: &HeaderName) -> bool {
 
 /// Copies `from` without hop-by-hop headers, those `Connection` names, and credentials.
 pub fn forwardable(from: &HeaderMap) -> HeaderMap {
+    forwardable_except(from, |_| false)
+}
+
+fn forwardable_except(from: &HeaderMap, also: fn(&HeaderName) -> bool) -> HeaderMap {
     let named: Vec<String> = from
         .get_all(header::CONNECTION)
         .iter()
@@ -61,11 +65,17 @@ pub fn forwardable(from: &HeaderMap) -> HeaderMap {
         .collect();
     let mut out = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
-        if !dropped(name) && !named.iter().any(|n| n == name.as_str()) {
+        if !dropped(name) && !also(name) && !named.iter().any(|n| n == name.as_str()) {
             out.append(name.clone(), value.clone());
         }
     }
     out
+}
+
+/// Headers that describe the body as the caller sent it: hyper frames the forwarded body
+/// itself, so a caller's length can never disagree with what reaches the upstream.
+fn framing(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "content-length" | "expect")
 }
 
 /// The request to send upstream for an allowed one.
@@ -94,7 +104,7 @@ fn request_as(
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
-    let mut forwarded = forwardable(headers);
+    let mut forwarded = forwardable_except(headers, framing);
     forwarded.insert(ISSUER_HEADER, header_value(issuer));
     forwarded.insert(SUBJECT_HEADER, header_value(subject));
     *request.headers_mut() = forwarded;
@@ -131,13 +141,17 @@ mod tests {
             ("mcp-session-id", "s1"),
             ("mcp-protocol-version", "2025-11-25"),
             ("traceparent", "00-abc-def-01"),
+            ("content-length", "300"),
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let out = forwardable(&h);
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
-        assert_eq!(names, ["mcp-protocol-version", "mcp-session-id", "traceparent"]);
+        assert_eq!(names, ["content-length", "mcp-protocol-version", "mcp-session-id", "traceparent"]);
+        // On the request the body's framing is hyper's: the caller's length never goes on.
+        let r = request_as("http://127.0.0.1:9/mcp", &Method::DELETE, &h, Bytes::new(), "corp", "s").unwrap();
+        assert!(r.headers().get("content-length").is_none());
     }
 
     #[test]
