@@ -19,9 +19,6 @@ pub const PROTOCOL_VERSIONS: [&str; 5] = ["2024-11-05", "2025-03-26", "2025-06-1
 /// match the body.
 pub const ROUTING_HEADER_VERSIONS: [&str; 1] = ["2026-07-28"];
 
-/// The version a request without `MCP-Protocol-Version` is taken to speak (2025-06-18 §2.7).
-pub const DEFAULT_PROTOCOL_VERSION: &str = "2025-03-26";
-
 /// JSON-RPC: the body is not JSON.
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC: the body is JSON but not a valid request.
