@@ -22,10 +22,12 @@ struct Args {
     connections: u64,
     rounds: usize,
     policies: usize,
+    /// The agent's `--gateway-workers` (its default, one per CPU, when absent).
+    workers: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { duration_secs: 10, connections: 32, rounds: 3, policies: 1000 };
+    let mut args = Args { duration_secs: 10, connections: 32, rounds: 3, policies: 1000, workers: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -35,6 +37,7 @@ fn parse_args() -> Result<Args, String> {
             "--connections" => args.connections = n.clamp(1, 1000),
             "--rounds" => args.rounds = n.clamp(1, 20) as usize,
             "--policies" => args.policies = n.clamp(1, 10_000) as usize,
+            "--gateway-workers" => args.workers = Some(n.clamp(1, 64)),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -155,7 +158,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}\nusage: gateway-bench [--duration S] [--connections N] [--rounds N] [--policies N]");
+        eprintln!("{e}\nusage: gateway-bench [--duration S] [--connections N] [--rounds N] [--policies N] [--gateway-workers N]");
         std::process::exit(2)
     });
     let dir = tempfile::tempdir().expect("temp dir");
@@ -178,7 +181,9 @@ fn main() {
 
     let cp = ControlPlane::start(dir.path(), &[]);
     let join = cp.join_token("5m");
-    let agent = Agent::start(dir.path(), "bench-agent", &[&cp.address], Some(&join));
+    let workers = args.workers.map(|n| n.to_string());
+    let flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
+    let agent = Agent::start_with(dir.path(), "bench-agent", &[&cp.address], Some(&join), &flags);
     let resource = format!("http://{gateway}/mcp");
     let (jwks, token) = signed_token("https://idp.bench.example", &resource);
     let base = format!(

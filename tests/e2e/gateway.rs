@@ -425,6 +425,10 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
     let completion = r#"{"jsonrpc":"2.0","id":9,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"notes://secret"},"argument":{"name":"a","value":"b"}}}"#;
     let denied = post(&url, Some(&alice), &[], completion);
     assert_eq!((denied.status, error_code(&denied)), (200, json!(-32001)), "{}", denied.body);
+    // So is subscribing to a resource's updates.
+    let subscribe = r#"{"jsonrpc":"2.0","id":10,"method":"resources/subscribe","params":{"uri":"notes://secret"}}"#;
+    let denied = post(&url, Some(&alice), &[], subscribe);
+    assert_eq!((denied.status, error_code(&denied)), (200, json!(-32001)), "{}", denied.body);
     // Two session ids: the upstream might pick the one not checked here.
     let two = [("mcp-session-id", "a"), ("mcp-session-id", "b")];
     assert_eq!(post(&url, Some(&alice), &two, INITIALIZE).status, 400);

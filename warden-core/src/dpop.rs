@@ -2,7 +2,9 @@
 //! bound to (`cnf.jkt`). A proof is a JWS signed by that key, carrying the key (`jwk` header),
 //! the request's method and URI, a fresh `iat`, a unique `jti` and the access token's hash.
 //!
-//! This checks one proof; remembering `jti`s against replay is the caller's (it holds state).
+//! [`verify`] checks one proof; a [`ReplayCache`] held by the caller remembers the `jti`s seen.
+
+use std::collections::{HashSet, VecDeque};
 
 use base64::Engine;
 use serde::Deserialize;
@@ -43,9 +45,13 @@ pub enum ProofError {
     /// `ath` is not the hash of the access token presented with it.
     #[error("wrong_token_hash")]
     WrongTokenHash,
-    /// A `jti` already seen (the caller checks).
+    /// A `jti` already seen ([`ReplayCache`]).
     #[error("replayed")]
     Replayed,
+    /// More proofs within one freshness window than the [`ReplayCache`] can remember: refused
+    /// rather than forgetting one that could then be replayed.
+    #[error("replay_cache_full")]
+    ReplayCacheFull,
 }
 
 /// What a valid proof establishes.
@@ -154,6 +160,67 @@ pub fn thumbprint(jwk: &serde_json::Value) -> Option<String> {
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.to_string().as_bytes())))
 }
 
+/// The proofs seen, each remembered until it would be refused as stale anyway, so a replay is
+/// caught however many proofs came in between. Bounded: when every slot holds a proof still
+/// fresh, new proofs are refused ([`ProofError::ReplayCacheFull`]) — forgetting one early would
+/// let it be replayed.
+pub struct ReplayCache {
+    seen: HashSet<[u8; 16]>,
+    /// Keys with the time they may be forgotten, in insertion order, which is also the order
+    /// of those times (they are `now` plus a constant).
+    order: VecDeque<([u8; 16], i64)>,
+    capacity: usize,
+}
+
+impl ReplayCache {
+    /// Remembers at most `capacity` proofs at a time.
+    pub fn new(capacity: usize) -> ReplayCache {
+        ReplayCache { seen: HashSet::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+    }
+
+    /// Records `proven`, accepted at `now` (seconds) by a check that refuses proofs more than
+    /// `fresh_for` seconds away from their `iat` (`max_age + skew`); `Err` when it was seen
+    /// before or there is no room to remember it.
+    pub fn record(&mut self, proven: &Proven, now: i64, fresh_for: i64) -> Result<(), ProofError> {
+        while let Some(&(key, forget_at)) = self.order.front() {
+            if forget_at >= now {
+                break;
+            }
+            self.seen.remove(&key);
+            self.order.pop_front();
+        }
+        // The key's JWK thumbprint scopes the jti: two keys may pick the same one. 128 bits of
+        // SHA-256 keep collisions out of reach while halving the memory per entry.
+        let digest = Sha256::new()
+            .chain_update(proven.jkt.as_bytes())
+            .chain_update([0])
+            .chain_update(proven.jti.as_bytes())
+            .finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        if self.seen.contains(&key) {
+            return Err(ProofError::Replayed);
+        }
+        if self.seen.len() >= self.capacity {
+            return Err(ProofError::ReplayCacheFull);
+        }
+        self.seen.insert(key);
+        // Stale after `iat + max_age`, and `iat` is at most `now + skew`.
+        self.order.push_back((key, now + fresh_for));
+        Ok(())
+    }
+
+    /// Proofs remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +265,23 @@ mod tests {
 
     fn request(token: &str) -> Request<'_> {
         Request { method: "POST", uris: &[URI], access_token: token, now: NOW, max_age: 60, skew: 5 }
+    }
+
+    #[test]
+    fn replays_are_caught_until_the_proof_is_stale_and_a_full_cache_refuses() {
+        let proven = |jkt: &str, jti: &str| Proven { jkt: jkt.into(), jti: jti.into() };
+        let mut cache = ReplayCache::new(2);
+        assert_eq!(cache.record(&proven("k1", "a"), NOW, 65), Ok(()));
+        assert_eq!(cache.record(&proven("k1", "a"), NOW + 30, 65), Err(ProofError::Replayed));
+        // The same jti under another key is another proof.
+        assert_eq!(cache.record(&proven("k2", "a"), NOW + 1, 65), Ok(()));
+        // Full of fresh proofs: refused, and the remembered ones stay remembered.
+        assert_eq!(cache.record(&proven("k1", "b"), NOW + 2, 65), Err(ProofError::ReplayCacheFull));
+        assert_eq!(cache.record(&proven("k1", "a"), NOW + 64, 65), Err(ProofError::Replayed));
+        // Once a proof would be refused as stale anyway, its slot is free again.
+        assert_eq!(cache.record(&proven("k1", "b"), NOW + 66, 65), Ok(()));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.record(&proven("k1", "a"), NOW + 67, 65), Ok(()));
     }
 
     #[test]

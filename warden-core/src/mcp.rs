@@ -91,9 +91,10 @@ pub struct Message<'a> {
     /// `params.name` (tools, prompts) or `params.uri` (resources) of the methods that name one;
     /// for `completion/complete`, the name or URI of the prompt or resource it completes.
     pub name: Option<Cow<'a, str>>,
-    /// For `completion/complete`: the method whose policy decides (`prompts/get` for a
-    /// `ref/prompt`, `resources/read` for a `ref/resource`).
-    pub completes: Option<&'static str>,
+    /// For methods that use a prompt or resource another method names: the method whose
+    /// policy decides (`completion/complete` of a `ref/prompt` → `prompts/get`, of a
+    /// `ref/resource` → `resources/read`; `resources/subscribe` → `resources/read`).
+    pub decided_as: Option<&'static str>,
 }
 
 /// A parsed body.
@@ -173,9 +174,11 @@ fn message(text: &str) -> Result<Message<'_>, BodyError> {
         return Err(BodyError::NotJsonRpc("a request id is a string or an integer".into()));
     }
     let params = wire.params.unwrap_or_default();
-    let (name, completes) = match wire.method.as_deref() {
+    let (name, decided_as) = match wire.method.as_deref() {
         Some("tools/call" | "prompts/get") => (params.name, None),
         Some("resources/read") => (params.uri, None),
+        // A subscription streams the resource's updates: decided as reading it.
+        Some("resources/subscribe") => (params.uri, Some("resources/read")),
         // Completing a prompt's or resource's arguments runs server code for it: decided as
         // using it. An unknown reference type is decided as a prompt with no name (refused).
         Some("completion/complete") => match params.reference {
@@ -185,7 +188,7 @@ fn message(text: &str) -> Result<Message<'_>, BodyError> {
         },
         _ => (None, None),
     };
-    Ok(Message { id: wire.id, method: wire.method, name, completes })
+    Ok(Message { id: wire.id, method: wire.method, name, decided_as })
 }
 
 /// Refuses nesting deeper than `max` without building anything: one pass over the bytes.
@@ -222,9 +225,9 @@ pub fn decision<'m>(message: &'m Message<'_>) -> Result<Option<(&'m str, Target<
     let Some(method) = message.method.as_deref() else {
         return Ok(None);
     };
-    let action = message.completes.unwrap_or(method);
-    let target = match message.completes {
-        Some(_) => target(action, message.name.as_deref()).map_err(|_| "completion/complete needs params.ref")?,
+    let action = message.decided_as.unwrap_or(method);
+    let target = match message.decided_as {
+        Some(_) => target(action, message.name.as_deref()).map_err(|_| "needs params.ref or params.uri")?,
         None => target(method, message.name.as_deref())?,
     };
     Ok(target.map(|t| (action, t)))
@@ -279,7 +282,12 @@ pub fn check_routing_headers(
     if method_header != Some(method) {
         return Err("Mcp-Method header does not match the request body's method".into());
     }
-    if let Some(name) = message.name.as_deref()
+    // `Mcp-Name` is required for the methods that name their target; the ones decided as
+    // another method (completions, subscriptions) need not send it, but may not contradict.
+    let Some(name) = message.name.as_deref() else {
+        return Ok(());
+    };
+    if (message.decided_as.is_none() || name_header.is_some())
         && decode_header_value(name_header).as_deref() != Some(name)
     {
         return Err("Mcp-Name header does not match the request body's name".into());
@@ -383,6 +391,9 @@ mod tests {
         assert!(decide(&unknown).is_err());
         assert!(decide(r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{}}"#).is_err());
         assert_eq!(decide(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), Ok(None));
+        let subscribe = r#"{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"notes://a"}}"#;
+        assert_eq!(decide(subscribe), Ok(Some(("resources/read".into(), "Resource(\"notes://a\")".into()))));
+        assert!(decide(r#"{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{}}"#).is_err());
     }
 
     #[test]
@@ -403,5 +414,15 @@ mod tests {
         assert!(check_routing_headers(m, Some("tools/call"), Some("=?base64?Y2Fmw6l=?=")).is_err());
         let list = parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Limits::default()).unwrap();
         assert!(check_routing_headers(&list.messages[0], Some("tools/list"), None).is_ok());
+        // A subscription names its resource in the body only; a header, if sent, must agree.
+        let sub = parse(
+            br#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"notes://a"}}"#,
+            Limits::default(),
+        )
+        .unwrap();
+        let m = &sub.messages[0];
+        assert!(check_routing_headers(m, Some("resources/subscribe"), None).is_ok());
+        assert!(check_routing_headers(m, Some("resources/subscribe"), Some("notes://a")).is_ok());
+        assert!(check_routing_headers(m, Some("resources/subscribe"), Some("notes://b")).is_err());
     }
 }

@@ -146,10 +146,10 @@ pub(crate) fn admit(
         match applied.verifier.verify(token, server, now, &applied.config.revoked, presenter) {
             // A proof's jti is remembered only once the token it came with is accepted, so
             // strangers cannot flood the replay set.
-            Ok(_) if proven.as_ref().is_some_and(|p| !shared.first_use_of_proof(p)) => {
-                return Err(Box::new(reply::invalid_dpop_proof(route, &dpop::ProofError::Replayed.to_string())));
-            }
-            Ok(v) => v,
+            Ok(v) => match proven.as_ref().map(|p| shared.record_proof(p, now, PROOF_MAX_AGE + PROOF_SKEW)) {
+                Some(Err(e)) => return Err(Box::new(reply::invalid_dpop_proof(route, &e.to_string()))),
+                _ => v,
+            },
             Err(reason) => {
                 tracing::info!(server = %server, reason = %reason, "token refused");
                 if reason == Reason::UnknownKey {
@@ -470,6 +470,10 @@ fn credentials<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<Option
     }
 }
 
+/// How old a DPoP proof may be (seconds), and how far ahead of our clock.
+const PROOF_MAX_AGE: i64 = 60;
+const PROOF_SKEW: i64 = 5;
+
 /// Checks the DPoP proof sent with `token` (its `jti` is checked against replay once the token
 /// is accepted).
 fn dpop_proof(
@@ -487,8 +491,14 @@ fn dpop_proof(
     let proof = proof.to_str().map_err(|_| refuse("malformed"))?;
     // Only the server's own URL: a Host header is the caller's to choose.
     let uris = [route.url.as_str()];
-    let request =
-        dpop::Request { method: method.as_str(), uris: &uris, access_token: token, now, max_age: 60, skew: 5 };
+    let request = dpop::Request {
+        method: method.as_str(),
+        uris: &uris,
+        access_token: token,
+        now,
+        max_age: PROOF_MAX_AGE,
+        skew: PROOF_SKEW,
+    };
     dpop::verify(proof, &request).map_err(|e| Box::new(reply::invalid_dpop_proof(route, &e.to_string())))
 }
 
