@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod applied;
+pub mod decisions;
 pub mod ext_authz;
 pub mod gateway;
 pub mod identity;
@@ -58,6 +59,8 @@ pub struct Options {
     pub gateway_tls: Option<gateway::GatewayTls>,
     /// Where the local check API (Envoy ext_authz) listens: `unix:/path` or `host:port`.
     pub ext_authz_listen: Option<String>,
+    /// Bounds of the decision records' outbox.
+    pub decisions: decisions::Limits,
 }
 
 /// Why the agent stopped with an error.
@@ -93,8 +96,12 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         ),
     }
 
+    let outbox = decisions::Outbox::open(&options.data_dir, options.decisions)
+        .map_err(|e| RunError::Io(format!("opening the decision spool: {e}")))?;
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let (link_tx, link_rx) = watch::channel(Link::default());
+    let spiller = tokio::spawn(outbox.clone().run_spiller(link_rx.clone(), stop_rx.clone()));
     let (not_after_tx, not_after_rx) = watch::channel(0i64);
     let status_task = match options.status_listen {
         Some(addr) => {
@@ -128,6 +135,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         key_refresh_tx,
         options.gateway_tls.clone(),
         options.labels.clone(),
+        outbox.clone(),
     );
     let ext_authz_task = options.ext_authz_listen.clone().map(|listen| {
         let (shared, stop) = (shared.clone(), stop_rx.clone());
@@ -160,6 +168,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         heartbeat_interval: options.heartbeat_interval,
         link: link_tx,
         key_refresh: tokio::sync::Mutex::new(key_refresh_rx),
+        outbox: Some(outbox.clone()),
     };
     let renewal = tokio::spawn(renew_forever(options.clone(), identity_tx, not_after_tx, stop_rx.clone()));
     sync.run(stop_rx.clone()).await;
@@ -171,6 +180,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     if let Some(task) = status_task {
         let _ = task.await;
     }
+    // The gateway has stopped: no record can be added after this.
+    let _ = spiller.await;
+    outbox.persist().await;
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -60,6 +60,13 @@ struct Args {
     /// Serve the local check API (Envoy ext_authz v3 gRPC) on `unix:/path` or a loopback `host:port`.
     #[arg(long, env = "WARDEN_EXT_AUTHZ_LISTEN")]
     ext_authz_listen: Option<String>,
+    /// Decision records held in memory on their way to the control plane.
+    #[arg(long, default_value_t = 10_000)]
+    decision_memory_records: usize,
+    /// Decision records kept on disk (in the data directory) while the control plane is
+    /// unreachable; past this, records are dropped and the drops counted and reported.
+    #[arg(long, default_value_t = 1_000_000)]
+    decision_spool_records: u64,
 }
 
 #[tokio::main]
@@ -115,6 +122,11 @@ async fn start() -> anyhow::Result<()> {
         gateway_workers: args
             .gateway_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        decisions: agent::decisions::Limits {
+            memory_records: args.decision_memory_records.max(2),
+            spool_records: args.decision_spool_records,
+            ..agent::decisions::Limits::default()
+        },
         gateway_limits: agent::gateway::Limits {
             max_body_bytes: args.max_request_bytes,
             json: warden_core::mcp::Limits { max_depth: args.max_json_depth, max_batch: args.max_batch },

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::applied::{self, Applied, Current, Source};
+use crate::decisions::{InFlight, Outbox};
 use crate::identity::Identity;
 use crate::last_good::LastGood;
 use crate::tls;
@@ -70,6 +71,9 @@ pub struct Sync {
     /// Key refreshes the gateway asks for; sent while a stream is open, dropped otherwise (the
     /// control plane refreshes on its own schedule anyway).
     pub key_refresh: tokio::sync::Mutex<mpsc::Receiver<KeyRefresh>>,
+    /// Decision records to send up (none for agents that make no decisions, such as the
+    /// propagation benchmark's simulated ones).
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 /// A token named a key its issuer's keys lack: the issuer may have rotated.
@@ -146,7 +150,12 @@ impl Sync {
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.tick().await;
         let mut key_refresh = self.key_refresh.lock().await;
+        // One batch of decision records in flight at a time; unacknowledged ones are resent on
+        // the next stream (the outbox forgets a record only when acknowledged).
+        let mut in_flight: Option<InFlight> = None;
+        let mut outbox_retry: Option<tokio::time::Instant> = None;
         loop {
+            let can_send = self.outbox.is_some() && in_flight.is_none() && outbox_retry.is_none();
             tokio::select! {
                 message = tokio::time::timeout(self.idle_timeout, inbound.message()) => {
                     let message = match message {
@@ -155,9 +164,35 @@ impl Sync {
                         Ok(Ok(None)) => return Ok(()),
                         Ok(Ok(Some(m))) => m,
                     };
+                    if let Some(pb::control_message::Message::DecisionsAck(ack)) = &message.message {
+                        match in_flight.take() {
+                            Some(batch) if batch.boot() == ack.boot => {
+                                if let Some(outbox) = &self.outbox
+                                    && let Err(e) = outbox.acknowledge(batch, ack.sequence).await
+                                {
+                                    tracing::error!("{e}");
+                                }
+                            }
+                            other => in_flight = other,
+                        }
+                        continue;
+                    }
                     if let Some(reply) = self.handle(message) {
                         send(&tx, reply).await?;
                     }
+                }
+                batch = next_batch(self.outbox.as_deref()), if can_send => match batch {
+                    Ok((batch, flight)) => {
+                        send(&tx, pb::agent_message::Message::Decisions(batch)).await?;
+                        in_flight = Some(flight);
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}; retrying in 5s");
+                        outbox_retry = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                    }
+                },
+                _ = async { tokio::time::sleep_until(outbox_retry.unwrap_or_else(tokio::time::Instant::now)).await }, if outbox_retry.is_some() => {
+                    outbox_retry = None;
                 }
                 Some(KeyRefresh { issuer, kid }) = key_refresh.recv() => {
                     tracing::info!(%issuer, %kid, "asking the control plane to refresh an issuer's keys");
@@ -177,7 +212,7 @@ impl Sync {
         let (version, result) = match message.message? {
             Message::Snapshot(s) => (s.version, applied::from_snapshot(s, Source::ControlPlane)),
             Message::Delta(d) => (d.version, applied::from_delta(self.current.get().as_deref(), d)),
-            Message::Heartbeat(_) => return None,
+            Message::Heartbeat(_) | Message::DecisionsAck(_) => return None,
         };
         Some(match result {
             Ok(applied) => {
@@ -199,6 +234,15 @@ impl Sync {
         }
         tracing::info!(version = applied.version, resources = applied.resources.len(), "configuration applied");
         self.current.set(applied);
+    }
+}
+
+async fn next_batch(
+    outbox: Option<&Outbox>,
+) -> Result<(pb::DecisionBatch, InFlight), crate::decisions::spool::SpoolError> {
+    match outbox {
+        Some(outbox) => outbox.next_batch().await,
+        None => std::future::pending().await,
     }
 }
 

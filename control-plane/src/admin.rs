@@ -188,6 +188,20 @@ impl pb::admin_service_server::AdminService for AdminService {
         Ok(Response::new(pb::CreateJoinTokenResponse { token: token.to_text(), expires_unix }))
     }
 
+    async fn list_decisions(
+        &self,
+        request: Request<pb::ListDecisionsRequest>,
+    ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
+        self.actor(&request)?;
+        let filter = request.into_inner();
+        let cp = self.cp.clone();
+        let answer = tokio::task::spawn_blocking(move || cp.decisions.list(&filter))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(answer))
+    }
+
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         self.actor(&request)?;
         let limit = match request.into_inner().limit {

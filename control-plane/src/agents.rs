@@ -213,6 +213,9 @@ impl Session {
                     return Some(message);
                 }
                 message = self.inbound.message() => {
+                    if let Ok(Some(pb::AgentMessage { message: Some(pb::agent_message::Message::Decisions(batch)) })) = message {
+                        return self.store_decisions(batch).await;
+                    }
                     if let Some(reply) = self.handle(message)? {
                         return Some(reply);
                     }
@@ -222,6 +225,20 @@ impl Session {
                     return Some(Out::Heartbeat(pb::Heartbeat { applied_version: version }));
                 }
                 _ = self.shutdown.changed() => return None,
+            }
+        }
+    }
+
+    /// Stores a batch of decision records, then acknowledges it. While this waits for the disk
+    /// the session reads nothing more from its agent: back-pressure on that agent alone. A
+    /// store failure ends the stream; the agent keeps the records and resends them.
+    async fn store_decisions(&self, batch: pb::DecisionBatch) -> Option<Out> {
+        let boot = batch.boot;
+        match self.cp.decisions.ingest(&self.agent, batch).await {
+            Ok(sequence) => Some(Out::DecisionsAck(pb::DecisionAck { boot, sequence })),
+            Err(e) => {
+                tracing::error!(agent = %self.agent, "{e}");
+                None
             }
         }
     }

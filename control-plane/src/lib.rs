@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod decisions;
 pub mod issuer_keys;
 pub mod peer;
 pub mod pki;
@@ -56,6 +57,8 @@ pub struct Options {
     pub allow_http_issuers: bool,
     /// When issuers' keys are refreshed.
     pub key_refresh: issuer_keys::RefreshPolicy,
+    /// Decision records kept (the oldest are deleted past this).
+    pub decision_retention: u64,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -72,6 +75,9 @@ pub enum RunError {
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The decision store could not be opened.
+    #[error(transparent)]
+    Decisions(#[from] decisions::DecisionError),
     /// The CA could not be loaded or a certificate issued.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
@@ -91,6 +97,8 @@ pub struct ControlPlane {
     /// Serialises writes so each plans against the state it commits over.
     writer: Mutex<()>,
     presence: Presence,
+    /// Decision records from the agents.
+    decisions: decisions::Decisions,
     /// Issuer key resolution status, for operators.
     key_status: std::sync::Mutex<std::collections::HashMap<String, issuer_keys::KeyStatus>>,
     /// Agents' requests for a prompt key refresh, by issuer name.
@@ -200,6 +208,7 @@ pub async fn run(
         // the caller's certificate identity itself.
         .client_auth_optional(true);
 
+    let decisions = decisions::Decisions::open(&options.data_dir, options.decision_retention)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(64);
     let cp = Arc::new(ControlPlane {
@@ -209,6 +218,7 @@ pub async fn run(
         state: watch::Sender::new(Arc::new(state)),
         writer: Mutex::new(()),
         presence: Presence::default(),
+        decisions,
         key_status: Default::default(),
         key_refresh: refresh_tx,
         shutdown: stop_rx.clone(),

@@ -55,6 +55,9 @@ struct Args {
     /// How often an agent's request for a prompt key refresh (unknown kid) is honoured per issuer.
     #[arg(long, default_value = "30s", value_parser = humantime_duration)]
     key_refresh_request_interval: Duration,
+    /// Decision records kept in the data directory; the oldest are deleted past this.
+    #[arg(long, default_value_t = 5_000_000)]
+    decision_retention: u64,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -102,6 +105,7 @@ async fn start() -> anyhow::Result<()> {
             max_interval: args.key_refresh_max,
             request_interval: args.key_refresh_request_interval,
         },
+        decision_retention: args.decision_retention,
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -71,6 +71,12 @@ if [ ${#gateway_tls[@]} -gt 0 ]; then
   echo "a request with a forged token:"
   curl -sk -o /dev/null -D - -X POST -H 'authorization: Bearer eyJhbGciOiJub25lIn0.e30.' \
     https://127.0.0.1:8443/github | grep -iE '^(HTTP|www-authenticate)'
+  step "wardenctl decisions: both refusals, recorded by the agent and sent to the control plane"
+  for _ in $(seq 50); do
+    [ "$("$bin/wardenctl" decisions -o json | wc -l)" -ge 2 ] && break
+    sleep 0.1
+  done
+  "$bin/wardenctl" decisions
 fi
 
 step "change a policy: the agent converges on version 2"

@@ -5,8 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tests::{
-    Agent, ControlPlane, McpUpstream, MintingIdp, ext_authz_client, loopback_addr, mcp_client, mcp_client_with,
-    wait_for_or,
+    Agent, Answer, ControlPlane, McpUpstream, MintingIdp, ext_authz_client, loopback_addr, mcp_client, mcp_client_with,
+    post, wait_for_or,
 };
 
 /// Everything one test needs running.
@@ -173,37 +173,6 @@ fn now() -> i64 {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new().build_hasher().finish()
-}
-
-/// A raw HTTP exchange with the gateway (for what the SDK client hides).
-struct Answer {
-    status: u16,
-    challenge: String,
-    session: Option<String>,
-    body: String,
-}
-
-fn post(url: &str, token: Option<&str>, headers: &[(&str, &str)], body: &str) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut request = agent
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream");
-    if let Some(token) = token {
-        request = request.header("authorization", &format!("Bearer {token}"));
-    }
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let mut response = request.send(body).expect("the gateway answers");
-    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (challenge, session) = (header("www-authenticate").unwrap_or_default(), header("mcp-session-id"));
-    Answer {
-        status: response.status().as_u16(),
-        challenge,
-        session,
-        body: response.body_mut().read_to_string().unwrap(),
-    }
 }
 
 fn call(tool: &str) -> String {

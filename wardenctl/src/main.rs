@@ -9,7 +9,7 @@ use wardenctl::client;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -99,12 +99,51 @@ enum Command {
         #[command(subcommand)]
         command: OperatorCertCommand,
     },
+    /// Decisions the agents made (oldest first), filtered; `--follow` keeps printing new ones.
+    Decisions {
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this McpServer's.
+        #[arg(long)]
+        server: Option<String>,
+        /// Only about this tool, prompt or resource URI.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only this subject's.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only allows or only denies.
+        #[arg(long, value_enum)]
+        decision: Option<DecisionFilter>,
+        /// Only with this reason code (e.g. policy_denied, expired).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only made within this long before now (e.g. 10m, 2h).
+        #[arg(long, value_parser = warden_core::duration::parse)]
+        since: Option<Duration>,
+        /// At most this many (the newest of those matching).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Keep printing new decisions as they arrive.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print a summary instead: top denied tools, top deny reasons, decisions per agent.
+        #[arg(long, conflicts_with = "follow")]
+        summary: bool,
+    },
     /// The record of admin changes.
     History {
         /// How many of the newest entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DecisionFilter {
+    Allow,
+    Deny,
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,6 +283,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             write_private(&out.join("operator.crt"), &response.certificate_pem)?;
             write_private(&out.join("ca.crt"), &response.ca_pem)?;
             println!("operator certificate for {name} written to {}", out.display());
+        }
+        Command::Decisions { agent, server, tool, subject, decision, reason, since, limit, follow, summary } => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let mut filter = pb::ListDecisionsRequest {
+                agent: agent.unwrap_or_default(),
+                server: server.unwrap_or_default(),
+                target: tool.unwrap_or_default(),
+                subject: subject.unwrap_or_default(),
+                decision: match decision {
+                    None => pb::Decision::Unspecified,
+                    Some(DecisionFilter::Allow) => pb::Decision::Allow,
+                    Some(DecisionFilter::Deny) => pb::Decision::Deny,
+                } as i32,
+                reason: reason.unwrap_or_default(),
+                since_unix_nanos: since.map_or(0, |s| now.saturating_sub(s).as_nanos() as i64),
+                ..Default::default()
+            };
+            let mut admin = client::connect(&target).await?;
+            // Everything matching so far, keeping the newest `limit` (or all, for the summary).
+            let mut kept = std::collections::VecDeque::new();
+            let (dropped, received) = loop {
+                let page = admin.list_decisions(filter.clone()).await.map_err(client::status)?.into_inner();
+                let done = page.next == filter.after;
+                filter.after = page.next;
+                kept.extend(page.decisions);
+                while !summary && kept.len() > limit {
+                    kept.pop_front();
+                }
+                if done {
+                    break (page.dropped, page.received);
+                }
+            };
+            if summary {
+                output::decision_summary(kept.make_contiguous(), &dropped, received, cli.output)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            output::decisions(kept.make_contiguous(), cli.output, true)?;
+            if !follow {
+                return Ok(ExitCode::SUCCESS);
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let page = admin.list_decisions(filter.clone()).await.map_err(client::status)?.into_inner();
+                filter.after = page.next;
+                output::decisions(&page.decisions, cli.output, false)?;
+            }
         }
         Command::History { limit } => {
             let mut admin = client::connect(&target).await?;

@@ -243,6 +243,144 @@ pub fn history(response: &pb::HistoryResponse, format: Format) -> anyhow::Result
     Ok(())
 }
 
+fn rfc3339(unix_nanos: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(unix_nanos as i128)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix_nanos.to_string())
+}
+
+fn decision_name(decision: i32) -> &'static str {
+    match pb::Decision::try_from(decision) {
+        Ok(pb::Decision::Allow) => "allow",
+        Ok(pb::Decision::Deny) => "deny",
+        _ => "unknown",
+    }
+}
+
+fn decision_value(d: &pb::StoredDecision) -> Value {
+    let r = d.record.clone().unwrap_or_default();
+    json!({
+        "cursor": d.cursor, "agent": d.agent, "time": rfc3339(r.time_unix_nanos), "server": r.server,
+        "method": r.method, "targetKind": r.target_kind, "target": r.target, "subject": r.subject,
+        "issuer": r.issuer, "decision": decision_name(r.decision), "reason": r.reason, "policies": r.policies,
+        "latencyMicros": r.latency_micros, "traceId": r.trace_id, "jtiHash": r.jti_hash, "via": r.via,
+    })
+}
+
+/// `decisions`: a table (with its header when `header`), or one JSON object per line (so
+/// `--follow` output can be piped), or YAML documents.
+pub fn decisions(decisions: &[pb::StoredDecision], format: Format, header: bool) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            for d in decisions {
+                println!("{}", serde_json::to_string(&decision_value(d))?);
+            }
+        }
+        Format::Yaml => {
+            for d in decisions {
+                print!("---\n{}", serde_norway::to_string(&decision_value(d))?);
+            }
+        }
+        Format::Table => {
+            if decisions.is_empty() && !header {
+                return Ok(());
+            }
+            let rows = decisions
+                .iter()
+                .map(|d| {
+                    let r = d.record.clone().unwrap_or_default();
+                    let target = if r.target.is_empty() { "-".to_string() } else { r.target };
+                    vec![
+                        rfc3339(r.time_unix_nanos),
+                        d.agent.clone(),
+                        r.server,
+                        r.method,
+                        target,
+                        if r.subject.is_empty() { "-".into() } else { r.subject },
+                        decision_name(r.decision).into(),
+                        if r.reason.is_empty() { "-".into() } else { r.reason },
+                        format!("{}µs", r.latency_micros),
+                    ]
+                })
+                .collect();
+            let names = ["TIME", "AGENT", "SERVER", "METHOD", "TARGET", "SUBJECT", "DECISION", "REASON", "LATENCY"];
+            if header {
+                print_table(&names, rows);
+            } else {
+                print_rows(&names, rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Table rows without the header (for `--follow`), aligned to the header's widths at least.
+fn print_rows(header: &[&str], rows: Vec<Vec<String>>) {
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(header).map(|(cell, h)| format!("{cell:<w$}", w = h.len())).collect();
+        println!("{}", cells.join("   ").trim_end());
+    }
+}
+
+/// `decisions --summary`.
+pub fn decision_summary(
+    decisions: &[pb::StoredDecision],
+    dropped: &std::collections::HashMap<String, u64>,
+    received: u64,
+    format: Format,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let mut denied_targets: BTreeMap<String, u64> = BTreeMap::new();
+    let mut deny_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for d in decisions {
+        let Some(r) = &d.record else { continue };
+        let deny = r.decision == pb::Decision::Deny as i32;
+        let entry = per_agent.entry(d.agent.clone()).or_default();
+        if deny {
+            entry.1 += 1;
+            *deny_reasons.entry(r.reason.clone()).or_default() += 1;
+            if !r.target.is_empty() {
+                *denied_targets.entry(format!("{}/{}", r.server, r.target)).or_default() += 1;
+            }
+        } else {
+            entry.0 += 1;
+        }
+    }
+    let top = |counts: BTreeMap<String, u64>| {
+        let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(10);
+        v
+    };
+    let (targets, reasons) = (top(denied_targets), top(deny_reasons));
+    if format != Format::Table {
+        let value = json!({
+            "decisions": decisions.len(), "receivedTotal": received, "dropped": dropped,
+            "topDeniedTargets": targets.iter().map(|(t, n)| json!({"target": t, "denies": n})).collect::<Vec<_>>(),
+            "topDenyReasons": reasons.iter().map(|(r, n)| json!({"reason": r, "denies": n})).collect::<Vec<_>>(),
+            "agents": per_agent.iter().map(|(a, (allow, deny))| json!({"agent": a, "allows": allow, "denies": deny,
+                "dropped": dropped.get(a).copied().unwrap_or(0)})).collect::<Vec<_>>(),
+        });
+        return emit(&value, format);
+    }
+    println!("{} decisions ({} received in all)\n", decisions.len(), received);
+    print_table(&["DENIED TARGET", "DENIES"], targets.into_iter().map(|(t, n)| vec![t, n.to_string()]).collect());
+    println!();
+    print_table(&["DENY REASON", "DENIES"], reasons.into_iter().map(|(r, n)| vec![r, n.to_string()]).collect());
+    println!();
+    let rows = per_agent
+        .into_iter()
+        .map(|(a, (allow, deny))| {
+            let lost = dropped.get(&a).copied().unwrap_or(0);
+            vec![a, allow.to_string(), deny.to_string(), lost.to_string()]
+        })
+        .collect();
+    print_table(&["AGENT", "ALLOWS", "DENIES", "DROPPED"], rows);
+    Ok(())
+}
+
 /// `diff`: prints each document's difference from the stored one; returns whether any differs.
 pub fn diff(documents: &[(PathBuf, Document)], stored: &[pb::Resource]) -> anyhow::Result<bool> {
     let mut changed = false;

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -15,6 +16,7 @@ use warden_core::token::{Presenter, Reason, Verified};
 use warden_core::{dpop, mcp};
 
 use super::filter::{self, Allows, Lists};
+use super::record::{self, Decision};
 use super::reply::{self, Body, Route};
 use super::{Shared, Worker, proxy, sessions};
 use crate::applied::Applied;
@@ -41,6 +43,10 @@ pub(crate) struct Caller<'a> {
     pub address: SocketAddr,
     /// The DER of the certificate it presented over mutual TLS.
     pub certificate: Option<&'a [u8]>,
+    /// When the request arrived (decision latency is measured from here).
+    pub arrived: Instant,
+    /// Which front door: "gateway" or "ext_authz" (for decision records).
+    pub via: &'static str,
 }
 
 /// Handles one request for `server`.
@@ -62,6 +68,7 @@ pub(super) async fn handle(
             let lists = (parts.method == Method::GET).then(|| {
                 ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
             });
+            admitted.decider.record(&parts.headers, parts.method.as_str(), None, (true, "", Vec::new()));
             forward(worker, &admitted.decider, admitted.principal, &parts, Bytes::new(), lists).await
         }
     }
@@ -120,6 +127,19 @@ pub(crate) fn admit(
             _ => method_not_allowed("GET"),
         }));
     }
+    // Every refusal from here on is a decision, recorded with its reason.
+    let refused = |workload: Option<&Verified>, reason: &str| {
+        let decision = Decision {
+            server,
+            method: method.as_str(),
+            target: None,
+            workload,
+            allowed: false,
+            reason,
+            policies: Vec::new(),
+        };
+        record::record(&shared.outbox, caller.arrived, caller.via, headers, decision);
+    };
     if path != route.mcp_path {
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path))));
     }
@@ -127,6 +147,7 @@ pub(crate) fn admit(
         && !origin_allowed(origin, route, spec)
     {
         // Against DNS rebinding: a browser page from another origin must not reach the server.
+        refused(None, "origin_refused");
         return Err(Box::new(reply::error(StatusCode::FORBIDDEN, "this Origin may not call the server")));
     }
 
@@ -134,11 +155,23 @@ pub(crate) fn admit(
     let verified = {
         let (scheme, token) = match credentials(headers, uri.query()) {
             Ok(Some(credentials)) => credentials,
-            Ok(None) => return Err(Box::new(reply::unauthorized(route, None))),
-            Err(message) => return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, message))),
+            Ok(None) => {
+                refused(None, "missing_token");
+                return Err(Box::new(reply::unauthorized(route, None)));
+            }
+            Err(message) => {
+                refused(None, "malformed_credentials");
+                return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, message)));
+            }
         };
         let proven = match scheme {
-            Scheme::Dpop => Some(dpop_proof(route, method, headers, token, now)?),
+            Scheme::Dpop => match dpop_proof(route, method, headers, token, now) {
+                Ok(p) => Some(p),
+                Err(answer) => {
+                    refused(None, "invalid_dpop_proof");
+                    return Err(answer);
+                }
+            },
             Scheme::Bearer => None,
         };
         let jkt = proven.as_ref().map(|p| p.jkt.as_str());
@@ -147,11 +180,15 @@ pub(crate) fn admit(
             // A proof's jti is remembered only once the token it came with is accepted, so
             // strangers cannot flood the replay set.
             Ok(v) => match proven.as_ref().map(|p| shared.record_proof(p, now, PROOF_MAX_AGE + PROOF_SKEW)) {
-                Some(Err(e)) => return Err(Box::new(reply::invalid_dpop_proof(route, &e.to_string()))),
+                Some(Err(e)) => {
+                    refused(Some(&v), "invalid_dpop_proof");
+                    return Err(Box::new(reply::invalid_dpop_proof(route, &e.to_string())));
+                }
                 _ => v,
             },
             Err(reason) => {
                 tracing::info!(server = %server, reason = %reason, "token refused");
+                refused(None, reason.code());
                 if reason == Reason::UnknownKey {
                     ask_for_keys(shared, &applied, token);
                 }
@@ -160,6 +197,7 @@ pub(crate) fn admit(
         }
     };
     if !spec.scopes.iter().all(|s| verified.scopes.contains(s)) {
+        refused(Some(&verified), "insufficient_scope");
         return Err(Box::new(reply::insufficient_scope(route, &spec.scopes)));
     }
     let principal = sessions::principal(&verified);
@@ -174,6 +212,7 @@ pub(crate) fn admit(
         && !shared.sessions.allows(session.as_bytes(), &principal)
     {
         tracing::warn!(server = %server, "a session was presented by another workload than the one that opened it");
+        refused(Some(&verified), "session_mismatch");
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload")));
     }
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
@@ -185,8 +224,16 @@ pub(crate) fn admit(
     if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
         return Err(Box::new(method_not_allowed("GET, POST, DELETE")));
     }
-    let decider =
-        Decider { applied: applied.clone(), server: server.clone(), verified, source_ip: caller.address.ip(), now };
+    let decider = Decider {
+        applied: applied.clone(),
+        server: server.clone(),
+        verified,
+        source_ip: caller.address.ip(),
+        now,
+        arrived: caller.arrived,
+        via: caller.via,
+        outbox: shared.outbox.clone(),
+    };
     Ok(Admitted { decider, principal })
 }
 
@@ -199,27 +246,60 @@ struct Decider {
     verified: Arc<Verified>,
     source_ip: IpAddr,
     now: i64,
+    arrived: Instant,
+    via: &'static str,
+    outbox: Arc<crate::decisions::Outbox>,
 }
 
-impl Allows for Decider {
-    fn allows(&self, method: &str, target: Target<'_>) -> bool {
+impl Decider {
+    /// Puts one MCP method on one target to policy: allowed, and the reason code when not,
+    /// with the ids of the policies that decided.
+    fn decide(&self, method: &str, target: Target<'_>) -> (bool, &'static str, Vec<String>) {
         let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools: &[] };
         match self.applied.authorizer.authorize(&self.server, &self.verified, method, target, &facts) {
             Ok(outcome) => {
                 for e in &outcome.errors {
                     tracing::warn!(server = %self.server, method, "policy evaluation error (denied): {e}");
                 }
-                tracing::debug!(
-                    server = %self.server, method, ?target, allowed = outcome.allowed,
-                    policies = ?outcome.policies, "decision"
-                );
-                outcome.allowed
+                let reason = match (outcome.allowed, outcome.errors.is_empty()) {
+                    (true, _) => "",
+                    (false, true) => "policy_denied",
+                    (false, false) => "policy_error",
+                };
+                (outcome.allowed, reason, outcome.policies)
             }
             Err(e) => {
                 tracing::warn!(server = %self.server, method, "{e} (denied)");
-                false
+                (false, "policy_error", Vec::new())
             }
         }
+    }
+
+    /// Records a decision about this caller's request.
+    fn record(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        target: Option<Target<'_>>,
+        outcome: (bool, &str, Vec<String>),
+    ) {
+        let (allowed, reason, policies) = outcome;
+        let decision = Decision {
+            server: &self.server,
+            method,
+            target,
+            workload: Some(&self.verified),
+            allowed,
+            reason,
+            policies,
+        };
+        record::record(&self.outbox, self.arrived, self.via, headers, decision);
+    }
+}
+
+impl Allows for Decider {
+    fn allows(&self, method: &str, target: Target<'_>) -> bool {
+        self.decide(method, target).0
     }
 }
 
@@ -323,12 +403,19 @@ fn decide_body(
         let Some(method) = m.method.as_deref() else { continue };
         let (action, target) = match mcp::decision(m) {
             Ok(Some(d)) => d,
-            Ok(None) => continue,
+            Ok(None) => {
+                // A method no policy decides (initialize, ping, notifications): the token was enough.
+                decider.record(headers, method, None, (true, "", Vec::new()));
+                continue;
+            }
             Err(message) => {
                 return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message));
             }
         };
-        if !decider.allows(action, target) {
+        let outcome = decider.decide(action, target);
+        let allowed = outcome.0;
+        decider.record(headers, action, Some(target), outcome);
+        if !allowed {
             denied.push(i);
         } else if let Some(filter) = mcp::list_filter(method)
             && !lists.contains(&filter)

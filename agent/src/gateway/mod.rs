@@ -18,6 +18,7 @@
 mod filter;
 mod handler;
 mod proxy;
+mod record;
 mod reply;
 mod sessions;
 mod tls;
@@ -56,6 +57,8 @@ pub struct Shared {
     tls: Option<GatewayTls>,
     /// This agent's labels: it serves the servers whose `agents` selector matches them.
     labels: Arc<BTreeMap<String, String>>,
+    /// Where decision records go.
+    outbox: Arc<crate::decisions::Outbox>,
     /// DPoP proofs seen (by key and `jti`), against replay.
     dpop_proofs_seen: Arc<std::sync::Mutex<warden_core::dpop::ReplayCache>>,
 }
@@ -68,6 +71,7 @@ impl Shared {
         key_refresh: mpsc::Sender<KeyRefresh>,
         tls: Option<GatewayTls>,
         labels: BTreeMap<String, String>,
+        outbox: Arc<crate::decisions::Outbox>,
     ) -> Shared {
         let dpop_proofs_seen =
             Arc::new(std::sync::Mutex::new(warden_core::dpop::ReplayCache::new(DPOP_PROOFS_REMEMBERED)));
@@ -78,6 +82,7 @@ impl Shared {
             key_refresh,
             tls,
             labels: Arc::new(labels),
+            outbox,
             dpop_proofs_seen,
         }
     }
@@ -320,7 +325,12 @@ async fn connection<IO>(
     let service = hyper::service::service_fn(move |req| {
         let (worker, server, certificate) = (worker.clone(), server.clone(), certificate.clone());
         async move {
-            let caller = handler::Caller { address: peer, certificate: certificate.as_deref() };
+            let caller = handler::Caller {
+                address: peer,
+                certificate: certificate.as_deref(),
+                arrived: std::time::Instant::now(),
+                via: "gateway",
+            };
             Ok::<_, std::convert::Infallible>(handler::handle(&worker, &server, caller, req).await)
         }
     });

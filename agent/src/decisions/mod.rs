@@ -1,0 +1,326 @@
+//! Decision records on their way to the control plane: nothing lost silently.
+//!
+//! The gateway hands each record to the [`Outbox`] (a bounded queue in memory). The sync stream
+//! sends them up in batches, one batch in flight at a time, and forgets a record only when the
+//! control plane acknowledges having stored it (at least once; the control plane drops
+//! duplicates by `(agent, boot, sequence)`). While the control plane is unreachable, or the
+//! memory queue fills, records move to the on-disk [`spool::Spool`] in the data directory, which
+//! is sent first on reconnect, so order is kept. Records are dropped only when both are full;
+//! the drops are counted and reported with the next batch. On SIGTERM whatever is still in
+//! memory goes to the spool.
+//!
+//! Ordering invariant: every record in the spool is older than every record in memory. The
+//! spool's lock is held from "take what memory holds" to "appended to the spool", and by the
+//! sender from "the spool is empty" to "took a batch from memory", so no batch ever overtakes
+//! older records (the control plane would take the older ones for duplicates).
+
+pub mod spool;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::v1 as pb;
+use tokio::sync::{Notify, watch};
+
+use crate::sync::Link;
+use spool::{Front, Spool, SpoolError};
+
+/// Bounds of the outbox.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Records held in memory; past half of it they move to the spool.
+    pub memory_records: usize,
+    /// Records held on disk; past it new records are dropped (and counted).
+    pub spool_records: u64,
+    /// Records per batch sent.
+    pub batch_records: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { memory_records: 10_000, spool_records: 1_000_000, batch_records: 1_000 }
+    }
+}
+
+/// A batch on its way, to be matched with its acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    boot: u64,
+    /// Its last record's sequence (0 for a batch carrying only a drop count).
+    last: u64,
+    dropped: u64,
+}
+
+impl InFlight {
+    /// The run of the agent its records come from.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+}
+
+struct Memory {
+    next_sequence: u64,
+    records: VecDeque<pb::DecisionRecord>,
+    /// Records of this run dropped: memory full while the spool could not take them, or the
+    /// spool full.
+    dropped: u64,
+    /// The drop count the control plane acknowledged.
+    dropped_acknowledged: u64,
+}
+
+/// The queue between the gateway and the control plane.
+pub struct Outbox {
+    /// This run of the agent.
+    boot: u64,
+    memory: Mutex<Memory>,
+    spool: Arc<tokio::sync::Mutex<Spool>>,
+    /// Records arrived (for the sender).
+    arrived: Notify,
+    /// Memory is filling (for the spiller).
+    pressure: Notify,
+    limits: Limits,
+}
+
+impl Outbox {
+    /// Opens the spool in `data_dir` (records of earlier runs in it are sent first).
+    pub fn open(data_dir: &std::path::Path, limits: Limits) -> Result<Arc<Outbox>, SpoolError> {
+        let spool = Spool::open(&data_dir.join("decisions.redb"), limits.spool_records)?;
+        if !spool.is_empty() {
+            tracing::info!(records = spool.len(), "decision records of an earlier run are waiting to be sent");
+        }
+        Ok(Arc::new(Outbox {
+            boot: rand::random(),
+            memory: Mutex::new(Memory {
+                next_sequence: 0,
+                records: VecDeque::new(),
+                dropped: 0,
+                dropped_acknowledged: 0,
+            }),
+            spool: Arc::new(tokio::sync::Mutex::new(spool)),
+            arrived: Notify::new(),
+            pressure: Notify::new(),
+            limits,
+        }))
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one record (its sequence is assigned here). Never blocks on I/O: with memory full
+    /// (the spool writer behind), the record is dropped and counted.
+    pub fn record(&self, mut record: pb::DecisionRecord) {
+        let mut memory = self.memory();
+        if memory.records.len() >= self.limits.memory_records {
+            memory.dropped += 1;
+            return;
+        }
+        memory.next_sequence += 1;
+        record.sequence = memory.next_sequence;
+        memory.records.push_back(record);
+        let filling = memory.records.len() >= self.limits.memory_records / 2;
+        drop(memory);
+        self.arrived.notify_one();
+        if filling {
+            self.pressure.notify_one();
+        }
+    }
+
+    /// Records made so far by this run: sent, queued or dropped.
+    pub fn made(&self) -> (u64, u64) {
+        let memory = self.memory();
+        (memory.next_sequence, memory.dropped)
+    }
+
+    /// The next batch to send, waiting until there is one: the spool's oldest records first
+    /// (or an earlier run's drop count), then memory's, then this run's drop count.
+    pub async fn next_batch(&self) -> Result<(pb::DecisionBatch, InFlight), SpoolError> {
+        let max = self.limits.batch_records;
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            // Held until memory is read, so a spill cannot slip older records past us.
+            let guard = self.spool.clone().lock_owned().await;
+            let (guard, spooled) = if guard.is_empty() && guard.pending_drops() == 0 {
+                (guard, Ok(None))
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    let front = guard.front(max);
+                    (guard, front)
+                })
+                .await
+                .map_err(|e| SpoolError::Db(format!("spool task: {e}")))?
+            };
+            let front = match spooled? {
+                Some(front) => Some(front),
+                None => self.memory_front(max),
+            };
+            drop(guard);
+            if let Some(Front { boot, records, dropped }) = front {
+                let in_flight = InFlight { boot, last: records.last().map_or(0, |r| r.sequence), dropped };
+                return Ok((pb::DecisionBatch { boot, records, dropped }, in_flight));
+            }
+            arrived.await;
+        }
+    }
+
+    fn memory_front(&self, max: usize) -> Option<Front> {
+        let memory = self.memory();
+        if memory.records.is_empty() && memory.dropped == memory.dropped_acknowledged {
+            return None;
+        }
+        let records = memory.records.iter().take(max).cloned().collect();
+        Some(Front { boot: self.boot, records, dropped: memory.dropped })
+    }
+
+    /// The control plane stored `batch` (acknowledged up to `sequence`): forget it.
+    pub async fn acknowledge(&self, batch: InFlight, sequence: u64) -> Result<(), SpoolError> {
+        let mut guard = self.spool.clone().lock_owned().await;
+        // Whatever of it is in the spool (it may have been spilled while in flight).
+        if !guard.is_empty() || guard.pending_drops() > 0 {
+            let (boot, dropped) = (batch.boot, batch.dropped);
+            guard = tokio::task::spawn_blocking(move || guard.acknowledge(boot, sequence, dropped).map(|()| guard))
+                .await
+                .map_err(|e| SpoolError::Db(format!("spool task: {e}")))??;
+        }
+        if batch.boot == self.boot {
+            let mut memory = self.memory();
+            while memory.records.front().is_some_and(|r| r.sequence <= sequence) {
+                memory.records.pop_front();
+            }
+            memory.dropped_acknowledged = memory.dropped_acknowledged.max(batch.dropped);
+        }
+        drop(guard);
+        Ok(())
+    }
+
+    /// Moves what memory holds to the spool (as much as fits; the rest is dropped and counted).
+    pub async fn spill(&self) -> Result<(), SpoolError> {
+        let mut guard = self.spool.clone().lock_owned().await;
+        let (records, dropped) = {
+            let mut memory = self.memory();
+            let room = guard.room().min(memory.records.len() as u64) as usize;
+            let lost = memory.records.len() - room;
+            memory.dropped += lost as u64;
+            let records: Vec<_> = memory.records.drain(..).take(room).collect();
+            (records, memory.dropped)
+        };
+        if records.is_empty() && dropped == 0 {
+            return Ok(());
+        }
+        let boot = self.boot;
+        tokio::task::spawn_blocking(move || guard.append(boot, &records, dropped))
+            .await
+            .map_err(|e| SpoolError::Db(format!("spool task: {e}")))?
+    }
+
+    /// Spills when memory fills, and every second while the control plane is unreachable,
+    /// until `stop`; then spills what is left.
+    pub async fn run_spiller(self: Arc<Self>, link: watch::Receiver<Link>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let due = tokio::select! {
+                _ = self.pressure.notified() => true,
+                _ = tick.tick() => !link.borrow().connected && !self.memory().records.is_empty(),
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            if due && let Err(e) = self.spill().await {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    /// At shutdown, after the gateway stopped: everything still in memory goes to disk.
+    pub async fn persist(&self) {
+        let (made, dropped) = self.made();
+        match self.spill().await {
+            Ok(()) => tracing::info!(made, dropped, "decision records persisted for the next run"),
+            Err(e) => tracing::error!("decision records could not be persisted: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> pb::DecisionRecord {
+        pb::DecisionRecord { server: "s".into(), ..Default::default() }
+    }
+
+    fn outbox(dir: &std::path::Path, memory: usize, spool: u64) -> Arc<Outbox> {
+        Outbox::open(dir, Limits { memory_records: memory, spool_records: spool, batch_records: 3 }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn batches_come_oldest_first_and_go_only_when_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = outbox(dir.path(), 100, 100);
+        for _ in 0..4 {
+            outbox.record(record());
+        }
+        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        assert_eq!(batch.records.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3]);
+        // Not acknowledged (the stream broke): the same records again.
+        let (again, _) = outbox.next_batch().await.unwrap();
+        assert_eq!(again, batch);
+        outbox.acknowledge(in_flight, 3).await.unwrap();
+        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        assert_eq!(batch.records.iter().map(|r| r.sequence).collect::<Vec<_>>(), [4]);
+        // Spilled while in flight: the acknowledgement still finds them.
+        outbox.record(record());
+        outbox.spill().await.unwrap();
+        outbox.acknowledge(in_flight, 4).await.unwrap();
+        let (batch, _) = outbox.next_batch().await.unwrap();
+        assert_eq!(batch.records.iter().map(|r| r.sequence).collect::<Vec<_>>(), [5]);
+    }
+
+    #[tokio::test]
+    async fn spilled_records_go_before_newer_ones_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_boot = {
+            let outbox = outbox(dir.path(), 100, 100);
+            outbox.record(record());
+            outbox.record(record());
+            outbox.persist().await;
+            outbox.boot
+        };
+        let outbox = outbox(dir.path(), 100, 100);
+        outbox.record(record());
+        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        assert_eq!((batch.boot, batch.records.len()), (first_boot, 2));
+        outbox.acknowledge(in_flight, 2).await.unwrap();
+        let (batch, _) = outbox.next_batch().await.unwrap();
+        assert_eq!((batch.boot, batch.records.len()), (outbox.boot, 1));
+    }
+
+    #[tokio::test]
+    async fn past_both_bounds_records_are_dropped_counted_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = outbox(dir.path(), 4, 2);
+        for _ in 0..6 {
+            outbox.record(record());
+        }
+        // Memory took 4, two were dropped; the spool takes 2 of the 4, two more dropped.
+        outbox.spill().await.unwrap();
+        assert_eq!(outbox.made(), (4, 4));
+        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        assert_eq!((batch.records.len(), batch.dropped), (2, 4));
+        outbox.acknowledge(in_flight, 2).await.unwrap();
+        // Memory again: four kept, one dropped; the count rides with the next batches.
+        for _ in 0..5 {
+            outbox.record(record());
+        }
+        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        let sequences: Vec<u64> = batch.records.iter().map(|r| r.sequence).collect();
+        assert_eq!((sequences, batch.dropped), (vec![5, 6, 7], 5));
+        outbox.acknowledge(in_flight, 7).await.unwrap();
+        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        assert_eq!((batch.records.len(), batch.dropped), (1, 5));
+        outbox.acknowledge(in_flight, 8).await.unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(100), outbox.next_batch()).await;
+        assert!(pending.is_err(), "nothing more to send");
+    }
+}

@@ -1,0 +1,234 @@
+//! Decision records end to end: the real gateway's allows and denies reach the control plane
+//! with who, what and why, each exactly once, through a control-plane outage, an agent restart
+//! in the middle of it, and a disk bound that is reached.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, post, wait_for_or};
+
+struct Fleet {
+    idp: MintingIdp,
+    _upstream: McpUpstream,
+    cp: ControlPlane,
+    agent: Agent,
+    gateway: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start(agent_flags: &[&str]) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let idp = MintingIdp::start(dir.path());
+        let upstream = McpUpstream::start(dir.path());
+        let cp = ControlPlane::start(dir.path(), &["--allow-http-issuers"]);
+        let token = cp.join_token("5m");
+        let gateway = loopback_addr();
+        let agent = Agent::start_with(dir.path(), "agent-d", &[&cp.address], Some(&token), agent_flags);
+        let yaml = format!(
+            r#"
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: test-idp}}
+spec:
+  issuer: {issuer}
+  keys: {{discovery: true}}
+  allowedAlgorithms: [ES256]
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: notes}}
+spec:
+  resource: http://{gateway}/mcp
+  issuers: [test-idp]
+  upstream: {upstream}
+  listen: {gateway}
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {{name: echo-only}}
+spec:
+  servers: [notes]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource) when {{ resource.name == "echo" }};
+"#,
+            issuer = idp.issuer,
+            upstream = upstream.url,
+        );
+        let out = cp.apply(&yaml);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let fleet = Fleet { idp, _upstream: upstream, cp, agent, gateway, _dir: dir };
+        let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
+        wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
+        fleet
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.gateway)
+    }
+
+    /// A token for `sub`, issued and expiring these many seconds from now.
+    fn token(&self, sub: &str, jti: &str, issued: i64, expires: i64) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let claims = json!({
+            "iss": self.idp.issuer, "sub": sub, "aud": self.url(), "iat": now + issued, "exp": now + expires,
+            "jti": jti,
+        });
+        self.idp.mint(&json!({ "claims": claims }))
+    }
+
+    /// One request that makes exactly one decision: `tool` called by `token`.
+    fn call(&self, token: Option<&str>, tool: &str) -> u16 {
+        let body =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
+        post(&self.url(), token, &[], &body.to_string()).status
+    }
+
+    /// Every stored decision (JSON lines of `wardenctl decisions -o json`).
+    fn decisions(&self) -> Vec<Value> {
+        let out = self.cp.ctl_ok(&["decisions", "--limit", "100000", "-o", "json"]);
+        out.lines().map(|l| serde_json::from_str(l).expect("a JSON object per line")).collect()
+    }
+
+    fn summary(&self) -> Value {
+        self.cp.ctl_json(&["decisions", "--summary"])
+    }
+
+    /// Waits until `n` decisions are stored.
+    fn wait_for_decisions(&self, n: usize) -> Vec<Value> {
+        wait_for_or(
+            &format!("{n} decisions at the control plane"),
+            || format!("{}\n{}", self.agent.log_text(), self.cp.ctl_ok(&["decisions", "--limit", "100000"])),
+            || {
+                let all = self.decisions();
+                (all.len() >= n).then_some(all)
+            },
+        )
+    }
+}
+
+#[test]
+fn decisions_arrive_with_who_what_and_why() {
+    let fleet = Fleet::start(&[]);
+    let alice = fleet.token("alice", "jti-alice-1", -10, 300);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "secret-argument"}}});
+    let traced = [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")];
+    post(&fleet.url(), Some(&alice), &traced, &body.to_string());
+    fleet.call(Some(&alice), "delete_repository");
+    assert_eq!(fleet.call(None, "echo"), 401);
+    let expired = fleet.token("bob", "jti-bob-1", -600, -300);
+    assert_eq!(fleet.call(Some(&expired), "echo"), 401);
+
+    let all = fleet.wait_for_decisions(4);
+    assert_eq!(all.len(), 4, "{all:#?}");
+    let (allowed, denied, anonymous, stale) = (&all[0], &all[1], &all[2], &all[3]);
+    for (field, want) in [
+        ("agent", "agent-d"),
+        ("server", "notes"),
+        ("method", "tools/call"),
+        ("targetKind", "tool"),
+        ("target", "echo"),
+        ("subject", "alice"),
+        ("issuer", "test-idp"),
+        ("decision", "allow"),
+        ("reason", ""),
+        ("traceId", trace),
+        ("via", "gateway"),
+    ] {
+        assert_eq!(allowed[field], want, "{field} of {allowed:#}");
+    }
+    assert_eq!(allowed["policies"], json!(["echo-only.0"]));
+    assert!(allowed["latencyMicros"].as_u64().unwrap() > 0);
+    // The jti is linked, not revealed; no token or argument value is anywhere in a record.
+    let jti_hash = allowed["jtiHash"].as_str().unwrap();
+    assert_eq!(jti_hash.len(), 32);
+    assert_eq!(denied["jtiHash"], jti_hash);
+    let text = serde_json::to_string(&all).unwrap();
+    for secret in ["jti-alice-1", "secret-argument", alice.as_str(), expired.as_str()] {
+        assert!(!text.contains(secret), "a record reveals {secret:?}");
+    }
+    assert_eq!((denied["target"].as_str(), denied["decision"].as_str()), (Some("delete_repository"), Some("deny")));
+    assert_eq!(denied["reason"], "policy_denied");
+    assert_eq!((anonymous["reason"].as_str(), anonymous["subject"].as_str()), (Some("missing_token"), Some("")));
+    assert_eq!((stale["reason"].as_str(), stale["decision"].as_str()), (Some("expired"), Some("deny")));
+
+    // Filters, and the summary operators read.
+    let denies = fleet.cp.ctl_ok(&["decisions", "--decision", "deny", "-o", "json"]);
+    assert_eq!(denies.lines().count(), 3);
+    let by_tool = fleet.cp.ctl_ok(&["decisions", "--tool", "delete_repository", "-o", "json"]);
+    assert_eq!(by_tool.lines().count(), 1);
+    let summary = fleet.summary();
+    assert_eq!(summary["topDeniedTargets"][0], json!({"target": "notes/delete_repository", "denies": 1}));
+    assert_eq!(summary["agents"][0]["denies"], 3);
+    assert_eq!(summary["agents"][0]["dropped"], 0);
+}
+
+#[test]
+fn nothing_is_lost_through_a_control_plane_outage_and_an_agent_restart() {
+    let mut fleet = Fleet::start(&[]);
+    let alice = fleet.token("alice", "jti-a", -10, 600);
+    let mut made = 0;
+    for tool in ["echo", "delete_repository", "echo"] {
+        fleet.call(Some(&alice), tool);
+        made += 1;
+    }
+    fleet.wait_for_decisions(made);
+
+    // The control plane goes away; the agent keeps deciding (and recording).
+    fleet.cp.stop();
+    for i in 0..20 {
+        fleet.call(Some(&alice), if i % 2 == 0 { "echo" } else { "delete_repository" });
+        made += 1;
+    }
+    // Stopped while still cut off: what it holds must survive to its next run.
+    fleet.agent.stop();
+    fleet.agent.restart();
+    let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
+    wait_for_or("the gateway to serve again", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok());
+    for _ in 0..5 {
+        fleet.call(Some(&alice), "echo");
+        made += 1;
+    }
+    fleet.cp.restart();
+
+    let all = fleet.wait_for_decisions(made);
+    assert_eq!(all.len(), made, "each decision stored once");
+    let ids: HashSet<(String, u64)> =
+        all.iter().map(|d| (d["agent"].to_string(), d["cursor"].as_u64().unwrap())).collect();
+    assert_eq!(ids.len(), made);
+    let summary = fleet.summary();
+    assert_eq!(summary["agents"][0]["dropped"], 0, "nothing dropped below the disk bound");
+    assert_eq!(summary["receivedTotal"], made);
+    let denies = all.iter().filter(|d| d["decision"] == "deny").count();
+    assert_eq!(denies, 1 + 10);
+    // In the order they were made: the ones from before the outage first, the restarted
+    // agent's last.
+    let order: Vec<&str> = all.iter().map(|d| d["target"].as_str().unwrap()).collect();
+    assert_eq!(order[..4], ["echo", "delete_repository", "echo", "echo"]);
+    assert_eq!(order[order.len() - 5..], ["echo"; 5]);
+}
+
+#[test]
+fn past_the_disk_bound_records_are_dropped_and_counted() {
+    let mut fleet = Fleet::start(&["--decision-memory-records", "4", "--decision-spool-records", "3"]);
+    let alice = fleet.token("alice", "jti-b", -10, 600);
+    fleet.cp.stop();
+    let made = 20;
+    for _ in 0..made {
+        fleet.call(Some(&alice), "echo");
+    }
+    fleet.cp.restart();
+    let summary = wait_for_or(
+        "every record stored or reported dropped",
+        || fleet.agent.log_text(),
+        || {
+            let s = fleet.summary();
+            let dropped = s["agents"][0]["dropped"].as_u64().unwrap_or(0);
+            (s["receivedTotal"].as_u64()? + dropped == made).then_some(s)
+        },
+    );
+    let dropped = summary["agents"][0]["dropped"].as_u64().unwrap();
+    assert!(dropped > 0 && summary["receivedTotal"].as_u64().unwrap() >= 3, "{summary:#}");
+}
