@@ -3,6 +3,8 @@
 //! agents' status endpoints. Every wait is bounded.
 #![forbid(unsafe_code)]
 
+pub mod otlp;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -185,16 +187,23 @@ pub struct ControlPlane {
     /// `127.0.0.1:<port>`.
     pub address: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ControlPlane {
     /// Starts a control plane in `dir/cp` and waits until its admin API answers.
     pub fn start(dir: &Path, extra: &[&str]) -> ControlPlane {
+        ControlPlane::start_with_env(dir, extra, &[])
+    }
+
+    /// [`ControlPlane::start`] with environment variables (`OTEL_*`, …).
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ControlPlane {
         let mut cp = ControlPlane {
             process: None,
             data_dir: dir.join("cp"),
             address: loopback_addr(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         cp.restart();
         cp
@@ -207,7 +216,8 @@ impl ControlPlane {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", &self.address, "--server-name", host_of(&self.address)])
-            .args(&self.extra);
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if !self.extra.iter().any(|a| a == "--heartbeat-interval") {
             command.args(["--heartbeat-interval", "2s"]);
         }

@@ -25,7 +25,8 @@ const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const CURSORS: TableDefinition<(&str, u64), u64> = TableDefinition::new("cursors");
 /// (agent, boot) → records that run reported dropping (cumulative).
 const DROPS: TableDefinition<(&str, u64), u64> = TableDefinition::new("drops");
-/// "received" → records stored since the file was created.
+/// "received" → records stored since the file was created; "exported" → the cursor of the last
+/// record the OTLP exporter delivered.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// Records examined per query at most (a query that matched little returns where it stopped).
@@ -51,6 +52,8 @@ struct Ingest {
 /// The store and its writer.
 pub struct Decisions {
     db: Arc<Database>,
+    /// Woken after every commit of new records.
+    stored: Arc<tokio::sync::Notify>,
     ingest: Option<mpsc::Sender<Ingest>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -68,12 +71,13 @@ impl Decisions {
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
         let (ingest, queue) = mpsc::channel(1024);
-        let writer = db.clone();
+        let (writer, stored) = (db.clone(), Arc::new(tokio::sync::Notify::new()));
+        let notify = stored.clone();
         let writer = std::thread::Builder::new()
             .name("decision-writer".into())
-            .spawn(move || write_forever(&writer, queue, retention.max(1)))
+            .spawn(move || write_forever(&writer, queue, retention.max(1), &notify))
             .map_err(|e| DecisionError(format!("starting the writer: {e}")))?;
-        Ok(Decisions { db, ingest: Some(ingest), writer: Some(writer) })
+        Ok(Decisions { db, stored, ingest: Some(ingest), writer: Some(writer) })
     }
 
     /// Stores `batch` from `agent` (the identity of its certificate); the highest sequence of
@@ -84,6 +88,43 @@ impl Decisions {
         let queue = self.ingest.as_ref().ok_or_else(|| DecisionError("the writer stopped".into()))?;
         queue.send(request).await.map_err(|_| DecisionError("the writer stopped".into()))?;
         answer.await.map_err(|_| DecisionError("the writer stopped".into()))?
+    }
+
+    /// Resolves after the next commit of new records (create it before checking for them).
+    pub fn stored_notification(&self) -> tokio::sync::futures::Notified<'_> {
+        self.stored.notified()
+    }
+
+    /// Up to `max` records after the export cursor, with the cursor of the last (blocking).
+    pub fn unexported(&self, max: usize) -> Result<(u64, Vec<pb::StoredDecision>), DecisionError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let exported =
+            txn.open_table(COUNTERS).map_err(db_err)?.get("exported").map_err(db_err)?.map_or(0, |v| v.value());
+        let records = txn.open_table(RECORDS).map_err(db_err)?;
+        let mut out = Vec::new();
+        let mut last = exported;
+        for entry in records.range(exported + 1..).map_err(db_err)?.take(max) {
+            let (key, value) = entry.map_err(db_err)?;
+            if out.is_empty() && key.value() > exported + 1 && exported > 0 {
+                tracing::warn!(
+                    lost = key.value() - exported - 1,
+                    "decision records were deleted by retention before they could be exported"
+                );
+            }
+            last = key.value();
+            out.push(
+                pb::StoredDecision::decode(value.value())
+                    .map_err(|e| DecisionError(format!("record {last} does not decode: {e}")))?,
+            );
+        }
+        Ok((last, out))
+    }
+
+    /// Records everything up to `cursor` as exported (blocking).
+    pub fn set_exported(&self, cursor: u64) -> Result<(), DecisionError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(COUNTERS).map_err(db_err)?.insert("exported", cursor).map_err(db_err)?;
+        txn.commit().map_err(db_err)
     }
 
     /// Records matching `filter`, oldest first (blocking: call from `spawn_blocking`).
@@ -141,7 +182,7 @@ fn matches(filter: &pb::ListDecisionsRequest, stored: &pb::StoredDecision) -> bo
 }
 
 /// The writer: takes every batch waiting, stores them in one transaction, answers each.
-fn write_forever(db: &Database, mut queue: mpsc::Receiver<Ingest>, retention: u64) {
+fn write_forever(db: &Database, mut queue: mpsc::Receiver<Ingest>, retention: u64, stored: &tokio::sync::Notify) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < 256 {
@@ -152,6 +193,7 @@ fn write_forever(db: &Database, mut queue: mpsc::Receiver<Ingest>, retention: u6
         }
         match write_group(db, &group, retention) {
             Ok(acks) => {
+                stored.notify_waiters();
                 for (ingest, ack) in group.into_iter().zip(acks) {
                     let _ = ingest.done.send(Ok(ack));
                 }
@@ -186,7 +228,12 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Vec<u6
                     continue;
                 }
                 cursor = record.sequence;
-                let stored = pb::StoredDecision { cursor: next, agent: agent.clone(), record: Some(record.clone()) };
+                let stored = pb::StoredDecision {
+                    cursor: next,
+                    agent: agent.clone(),
+                    record: Some(record.clone()),
+                    boot: batch.boot,
+                };
                 value.clear();
                 stored.encode(&mut value).expect("a Vec grows as needed");
                 records.insert(next, value.as_slice()).map_err(db_err)?;

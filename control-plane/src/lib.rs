@@ -11,6 +11,7 @@ pub mod admin;
 pub mod agents;
 pub mod decisions;
 pub mod issuer_keys;
+pub mod otlp;
 pub mod peer;
 pub mod pki;
 pub mod presence;
@@ -59,6 +60,8 @@ pub struct Options {
     pub key_refresh: issuer_keys::RefreshPolicy,
     /// Decision records kept (the oldest are deleted past this).
     pub decision_retention: u64,
+    /// OpenTelemetry export (from the `OTEL_*` variables).
+    pub otlp: otlp::Config,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -98,7 +101,7 @@ pub struct ControlPlane {
     writer: Mutex<()>,
     presence: Presence,
     /// Decision records from the agents.
-    decisions: decisions::Decisions,
+    decisions: Arc<decisions::Decisions>,
     /// Issuer key resolution status, for operators.
     key_status: std::sync::Mutex<std::collections::HashMap<String, issuer_keys::KeyStatus>>,
     /// Agents' requests for a prompt key refresh, by issuer name.
@@ -208,7 +211,7 @@ pub async fn run(
         // the caller's certificate identity itself.
         .client_auth_optional(true);
 
-    let decisions = decisions::Decisions::open(&options.data_dir, options.decision_retention)?;
+    let decisions = Arc::new(decisions::Decisions::open(&options.data_dir, options.decision_retention)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(64);
     let cp = Arc::new(ControlPlane {
@@ -249,12 +252,20 @@ pub async fn run(
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx.clone()));
 
     tokio::spawn(issuer_keys::run(cp.clone(), refresh_rx));
+    let exporter = cp.options.otlp.logs.clone().map(|endpoint| {
+        let stats = Arc::new(otlp::ExportStats::default());
+        let resource = cp.options.otlp.resource.clone();
+        tokio::spawn(otlp::export_decisions(cp.decisions.clone(), endpoint, resource, stats, stop_rx.clone()))
+    });
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: closing agent streams");
         let _ = stop_tx.send(true);
     });
     let (a, b) = tokio::join!(tls_server, admin_server);
+    if let Some(exporter) = exporter {
+        let _ = exporter.await;
+    }
     let _ = std::fs::remove_file(&cp.options.admin_socket);
     a?;
     b?;

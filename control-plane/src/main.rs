@@ -106,6 +106,7 @@ async fn start() -> anyhow::Result<()> {
             request_interval: args.key_refresh_request_interval,
         },
         decision_retention: args.decision_retention,
+        otlp: control_plane::otlp::Config::from_env("warden-cp", control_plane::otlp::process_env)?,
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use tests::otlp::{OtlpReceiver, Protocol};
 use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, post, wait_for_or};
 
 struct Fleet {
@@ -19,10 +20,15 @@ struct Fleet {
 
 impl Fleet {
     fn start(agent_flags: &[&str]) -> Fleet {
+        Fleet::start_with(agent_flags, &[])
+    }
+
+    /// With `cp_env` in the control plane's environment.
+    fn start_with(agent_flags: &[&str], cp_env: &[(&str, &str)]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let idp = MintingIdp::start(dir.path());
         let upstream = McpUpstream::start(dir.path());
-        let cp = ControlPlane::start(dir.path(), &["--allow-http-issuers"]);
+        let cp = ControlPlane::start_with_env(dir.path(), &["--allow-http-issuers"], cp_env);
         let token = cp.join_token("5m");
         let gateway = loopback_addr();
         let agent = Agent::start_with(dir.path(), "agent-d", &[&cp.address], Some(&token), agent_flags);
@@ -231,4 +237,76 @@ fn past_the_disk_bound_records_are_dropped_and_counted() {
     );
     let dropped = summary["agents"][0]["dropped"].as_u64().unwrap();
     assert!(dropped > 0 && summary["receivedTotal"].as_u64().unwrap() >= 3, "{summary:#}");
+}
+
+/// Decision records reach an OTLP receiver (built from the official protobufs) as log records
+/// with their attributes, none lost while the receiver is down or the control plane restarts.
+fn exported_as_otlp_logs(protocol: Protocol) {
+    let mut receiver = OtlpReceiver::start(protocol);
+    let endpoint = receiver.endpoint();
+    let protocol_name = if protocol == Protocol::Grpc { "grpc" } else { "http/protobuf" };
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol_name),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
+    ];
+    let mut fleet = Fleet::start_with(&[], &env);
+    let alice = fleet.token("alice", "jti-otlp", -10, 600);
+    let mut made = 0;
+    for tool in ["echo", "delete_repository"] {
+        fleet.call(Some(&alice), tool);
+        made += 1;
+    }
+    let logs = wait_for_or(
+        "the first records at the receiver",
+        || fleet.cp.process.as_ref().unwrap().log_text(),
+        || {
+            let logs = receiver.logs();
+            (logs.len() >= made).then_some(logs)
+        },
+    );
+    let denied = logs.iter().find(|l| l.attribute("warden.decision").as_deref() == Some("deny")).expect("a deny");
+    assert_eq!(denied.attribute("gen_ai.tool.name").as_deref(), Some("delete_repository"));
+    assert_eq!(denied.attribute("mcp.method.name").as_deref(), Some("tools/call"));
+    assert_eq!(denied.attribute("warden.reason").as_deref(), Some("policy_denied"));
+    assert_eq!(denied.attribute("warden.agent").as_deref(), Some("agent-d"));
+    assert_eq!(denied.attribute("warden.subject").as_deref(), Some("alice"));
+    assert_eq!(denied.record.event_name, "warden.decision");
+    assert_eq!(denied.resource.get("service.name").map(String::as_str), Some("warden-cp"));
+    assert_eq!(denied.resource.get("deployment.environment").map(String::as_str), Some("e2e"));
+    let allowed = logs.iter().find(|l| l.attribute("warden.decision").as_deref() == Some("allow")).unwrap();
+    assert_eq!(allowed.attribute("warden.policies").as_deref(), Some("echo-only.0"));
+
+    // The backend goes away, decisions keep coming, the control plane restarts; then the
+    // backend is back and gets everything, each record once.
+    receiver.stop();
+    for _ in 0..10 {
+        fleet.call(Some(&alice), "echo");
+        made += 1;
+    }
+    fleet.wait_for_decisions(made);
+    fleet.cp.stop();
+    fleet.cp.restart();
+    receiver.restart();
+    let logs = wait_for_or(
+        "every record at the receiver",
+        || fleet.cp.process.as_ref().unwrap().log_text(),
+        || {
+            let logs = receiver.logs();
+            let ids: HashSet<String> = logs.iter().filter_map(|l| l.attribute("warden.record.id")).collect();
+            (ids.len() >= made).then_some(logs)
+        },
+    );
+    let ids: HashSet<String> = logs.iter().filter_map(|l| l.attribute("warden.record.id")).collect();
+    assert_eq!(ids.len(), made, "every decision exported");
+}
+
+#[test]
+fn decision_records_are_exported_as_otlp_logs_over_grpc() {
+    exported_as_otlp_logs(Protocol::Grpc);
+}
+
+#[test]
+fn decision_records_are_exported_as_otlp_logs_over_http() {
+    exported_as_otlp_logs(Protocol::HttpProtobuf);
 }
