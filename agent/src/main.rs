@@ -61,12 +61,15 @@ struct Args {
     #[arg(long, env = "WARDEN_EXT_AUTHZ_LISTEN")]
     ext_authz_listen: Option<String>,
     /// Decision records held in memory on their way to the control plane.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 20_000)]
     decision_memory_records: usize,
     /// Decision records kept on disk (in the data directory) while the control plane is
     /// unreachable; past this, records are dropped and the drops counted and reported.
     #[arg(long, default_value_t = 1_000_000)]
     decision_spool_records: u64,
+    /// Keep no decision records at all (nothing is sent to the control plane).
+    #[arg(long)]
+    no_decision_records: bool,
 }
 
 #[tokio::main]
@@ -125,6 +128,7 @@ async fn start() -> anyhow::Result<()> {
         decisions: agent::decisions::Limits {
             memory_records: args.decision_memory_records.max(2),
             spool_records: args.decision_spool_records,
+            enabled: !args.no_decision_records,
             ..agent::decisions::Limits::default()
         },
         gateway_limits: agent::gateway::Limits {

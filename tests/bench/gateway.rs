@@ -1,7 +1,9 @@
 //! Gateway load harness: the same `wrk` load, in one run, against
 //!   1. the upstream directly,
 //!   2. nginx as a plain reverse proxy (no authentication) in front of it,
-//!   3. the Warden gateway (token validation + Cedar policy on every request) in front of it,
+//!   3. the Warden gateway (token validation + Cedar policy on every request, each decision
+//!      recorded and sent to the control plane) in front of it,
+//!   4. the same with decision records off (`--no-decision-records`), for their cost,
 //!
 //! interleaved over several rounds, reporting the median of each with ratios against the
 //! direct connection and nginx. The upstream is nginx answering a fixed JSON-RPC result (a
@@ -77,8 +79,8 @@ http {{
     tests::Process::spawn(command, dir.join("nginx.log"))
 }
 
-/// An ES256 key pair: the JWKS for the issuer and a signed token.
-fn signed_token(issuer: &str, audience: &str) -> (String, String) {
+/// An ES256 key pair: the JWKS for the issuer and a token signed by it for each audience.
+fn signed_tokens(issuer: &str, audiences: &[&str]) -> (String, Vec<String>) {
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
@@ -90,18 +92,24 @@ fn signed_token(issuer: &str, audience: &str) -> (String, String) {
     );
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let header = b64(br#"{"alg":"ES256","kid":"bench","typ":"JWT"}"#);
-    let claims = serde_json::json!({
-        "iss": issuer, "sub": "bench", "aud": audience, "iat": now, "exp": now + 3000, "scope": "mcp",
-    });
-    let claims = b64(claims.to_string().as_bytes());
-    let signing_input = format!("{header}.{claims}");
     let pkcs8 = key.serialize_der();
     let rng = ring::rand::SystemRandom::new();
     let signer =
         ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
             .expect("signing key");
-    let signature = signer.sign(&rng, signing_input.as_bytes()).expect("sign");
-    (jwks, format!("{signing_input}.{}", b64(signature.as_ref())))
+    let tokens = audiences
+        .iter()
+        .map(|audience| {
+            let claims = serde_json::json!({
+                "iss": issuer, "sub": "bench", "aud": audience, "iat": now, "exp": now + 3000, "scope": "mcp",
+                "jti": format!("bench-{audience}"),
+            });
+            let signing_input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+            let signature = signer.sign(&rng, signing_input.as_bytes()).expect("sign");
+            format!("{signing_input}.{}", b64(signature.as_ref()))
+        })
+        .collect();
+    (jwks, tokens)
 }
 
 struct Load {
@@ -162,7 +170,8 @@ fn main() {
         std::process::exit(2)
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    let (upstream, proxy, gateway) = (loopback_addr(), loopback_addr(), loopback_addr());
+    let (upstream, proxy, gateway, quiet_gateway) =
+        (loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr());
     // Two instances, so the proxy's CPU is told apart from the upstream's and both proxies hand
     // requests to another process, as the gateway does.
     let _upstream = nginx(
@@ -182,10 +191,17 @@ fn main() {
     let cp = ControlPlane::start(dir.path(), &[]);
     let join = cp.join_token("5m");
     let workers = args.workers.map(|n| n.to_string());
-    let flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
+    let mut flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
+    flags.extend(["--label", "records=on"]);
     let agent = Agent::start_with(dir.path(), "bench-agent", &[&cp.address], Some(&join), &flags);
+    let quiet_join = cp.join_token("5m");
+    let mut quiet_flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
+    quiet_flags.extend(["--label", "records=off", "--no-decision-records"]);
+    let quiet = Agent::start_with(dir.path(), "bench-quiet", &[&cp.address], Some(&quiet_join), &quiet_flags);
     let resource = format!("http://{gateway}/mcp");
-    let (jwks, token) = signed_token("https://idp.bench.example", &resource);
+    let quiet_resource = format!("http://{quiet_gateway}/mcp");
+    let (jwks, tokens) = signed_tokens("https://idp.bench.example", &[&resource, &quiet_resource]);
+    let (token, quiet_token) = (tokens[0].clone(), tokens[1].clone());
     let base = format!(
         r#"
 apiVersion: warden.dev/v1
@@ -204,35 +220,52 @@ spec:
   issuers: [bench-idp]
   upstream: http://{upstream}/mcp
   listen: {gateway}
+  agents: {{matchLabels: {{records: "on"}}}}
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: bench-quiet}}
+spec:
+  resource: {quiet_resource}
+  issuers: [bench-idp]
+  upstream: http://{upstream}/mcp
+  listen: {quiet_gateway}
+  agents: {{matchLabels: {{records: "off"}}}}
 ---
 apiVersion: warden.dev/v1
 kind: Policy
 metadata: {{name: bench-tools}}
 spec:
-  servers: [bench]
+  servers: [bench, bench-quiet]
   cedar: |
     permit(principal, action == Action::"tools/call", resource) when {{ resource.name == "echo" }};
 "#
     );
     let out = cp.apply(&base);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let script = dir.path().join("post.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
-             wrk.headers[\"Accept\"] = \"application/json, text/event-stream\"\n\
-             wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
-        ),
-    )
-    .expect("wrk script");
+    let script = |name: &str, token: &str| {
+        let path = dir.path().join(format!("{name}.lua"));
+        std::fs::write(
+            &path,
+            format!(
+                "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+                 wrk.headers[\"Accept\"] = \"application/json, text/event-stream\"\n\
+                 wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+            ),
+        )
+        .expect("wrk script");
+        path
+    };
+    let (script, quiet_script) = (script("post", &token), script("quiet", &quiet_token));
     let agent_pid = agent.process.as_ref().expect("agent runs").pid();
+    let quiet_pid = quiet.process.as_ref().expect("agent runs").pid();
     let targets = [
-        ("direct", format!("http://{upstream}/mcp"), None),
-        ("nginx", format!("http://{proxy}/mcp"), Some(nginx_proxy.pid())),
-        ("warden", format!("http://{gateway}/mcp"), Some(agent_pid)),
+        ("direct", format!("http://{upstream}/mcp"), None, &script, &token),
+        ("nginx", format!("http://{proxy}/mcp"), Some(nginx_proxy.pid()), &script, &token),
+        ("warden", format!("http://{gateway}/mcp"), Some(agent_pid), &script, &token),
+        ("no-records", format!("http://{quiet_gateway}/mcp"), Some(quiet_pid), &quiet_script, &quiet_token),
     ];
-    for (name, url, _) in &targets {
+    for (name, url, _, _, token) in &targets {
         wait_for(&format!("{name} to answer 200"), || {
             let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
             let response = agent
@@ -254,12 +287,12 @@ spec:
         BODY.len()
     );
     let mut results: Vec<Vec<Load>> = targets.iter().map(|_| Vec::new()).collect();
-    for (_, url, pid) in &targets {
-        wrk(url, &script, &args, 2, *pid); // warm-up: connections, pools, caches
+    for (_, url, pid, script, _) in &targets {
+        wrk(url, script, &args, 2, *pid); // warm-up: connections, pools, caches
     }
     for _ in 0..args.rounds {
-        for (i, (_, url, pid)) in targets.iter().enumerate() {
-            results[i].push(wrk(url, &script, &args, args.duration_secs, *pid));
+        for (i, (_, url, pid, script, _)) in targets.iter().enumerate() {
+            results[i].push(wrk(url, script, &args, args.duration_secs, *pid));
         }
     }
     let median_of = |r: &[Load], f: fn(&Load) -> f64| median(r.iter().map(f).collect());
@@ -267,14 +300,14 @@ spec:
         (median_of(&results[0], |l| l.requests_per_sec), median_of(&results[1], |l| l.requests_per_sec));
     let direct_p50 = median_of(&results[0], |l| l.p50_ms);
     println!(
-        "{:<8} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8} {:>14} {:>8}",
+        "{:<10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8} {:>14} {:>8}",
         "target", "req/s", "vs direct", "vs nginx", "p50 ms", "added p50", "p99 ms", "proxy CPU/req", "non-2xx"
     );
-    for ((name, _, _), r) in targets.iter().zip(&results) {
+    for ((name, ..), r) in targets.iter().zip(&results) {
         let rps = median_of(r, |l| l.requests_per_sec);
         let p50 = median_of(r, |l| l.p50_ms);
         println!(
-            "{:<8} {:>9.0} {:>9.2} {:>9.2} {:>8.3} {:>10.3} {:>8.3} {:>11.1} µs {:>8}",
+            "{:<10} {:>9.0} {:>9.2} {:>9.2} {:>8.3} {:>10.3} {:>8.3} {:>11.1} µs {:>8}",
             name,
             rps,
             rps / direct,
@@ -286,9 +319,17 @@ spec:
             r.iter().map(|l| l.non_2xx).sum::<u64>()
         );
     }
+    let (with, without) =
+        (median_of(&results[2], |l| l.requests_per_sec), median_of(&results[3], |l| l.requests_per_sec));
+    println!("throughput with decision records / without: {:.3}", with / without);
 
     // Memory: the agent with one policy, then with many.
     let one = rss_kib(agent_pid);
+    println!(
+        "agent RSS after the load: {:.1} MiB (without decision records: {:.1} MiB)",
+        one as f64 / 1024.0,
+        rss_kib(quiet_pid) as f64 / 1024.0
+    );
     let mut many = String::new();
     for i in 0..args.policies {
         many.push_str(&format!(

@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prost::Message;
 use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
 
@@ -29,17 +30,23 @@ use spool::{Front, Spool, SpoolError};
 /// Bounds of the outbox.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Records held in memory; past half of it they move to the spool.
+    /// Records held in memory; past three quarters of it they move to the spool (the control
+    /// plane is not keeping up).
     pub memory_records: usize,
     /// Records held on disk; past it new records are dropped (and counted).
     pub spool_records: u64,
     /// Records per batch sent.
     pub batch_records: usize,
+    /// Whether records are kept at all (off: for benchmarks, or hosts whose decisions need no
+    /// record).
+    pub enabled: bool,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { memory_records: 10_000, spool_records: 1_000_000, batch_records: 1_000 }
+        // A batch of 2,000 records is about 500 kB on the wire; one in flight per round trip
+        // (the control plane's fsync included) keeps up with a busy gateway.
+        Limits { memory_records: 20_000, spool_records: 1_000_000, batch_records: 2_000, enabled: true }
     }
 }
 
@@ -59,9 +66,24 @@ impl InFlight {
     }
 }
 
+/// How long a batch smaller than `batch_records` waits for more records before it goes: fewer,
+/// larger batches cost the gateway host less per record (measured in BENCHMARKS.md), and a
+/// decision reaches the control plane at most this much later.
+const LINGER: Duration = Duration::from_millis(50);
+
+/// A queued record, encoded: one allocation instead of a dozen strings, made and freed on the
+/// gateway thread that built the record (cross-thread frees of many small strings grew the
+/// allocator's per-thread arenas under load; see BENCHMARKS.md).
+struct Queued {
+    sequence: u64,
+    encoded: Box<[u8]>,
+}
+
 struct Memory {
     next_sequence: u64,
-    records: VecDeque<pb::DecisionRecord>,
+    records: VecDeque<Queued>,
+    /// When the oldest unsent record was queued (for [`LINGER`]).
+    oldest_at: Option<tokio::time::Instant>,
     /// Records of this run dropped: memory full while the spool could not take them, or the
     /// spool full.
     dropped: u64,
@@ -94,6 +116,7 @@ impl Outbox {
             memory: Mutex::new(Memory {
                 next_sequence: 0,
                 records: VecDeque::new(),
+                oldest_at: None,
                 dropped: 0,
                 dropped_acknowledged: 0,
             }),
@@ -108,6 +131,11 @@ impl Outbox {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether records are kept (the gateway skips building them otherwise).
+    pub fn enabled(&self) -> bool {
+        self.limits.enabled
+    }
+
     /// Queues one record (its sequence is assigned here). Never blocks on I/O: with memory full
     /// (the spool writer behind), the record is dropped and counted.
     pub fn record(&self, mut record: pb::DecisionRecord) {
@@ -118,11 +146,19 @@ impl Outbox {
         }
         memory.next_sequence += 1;
         record.sequence = memory.next_sequence;
-        memory.records.push_back(record);
-        let filling = memory.records.len() >= self.limits.memory_records / 2;
+        let queued = Queued { sequence: record.sequence, encoded: record.encode_to_vec().into_boxed_slice() };
+        memory.records.push_back(queued);
+        let queued = memory.records.len();
+        if queued == 1 {
+            memory.oldest_at = Some(tokio::time::Instant::now());
+        }
         drop(memory);
-        self.arrived.notify_one();
-        if filling {
+        // The sender waits for the first record and for a full batch; waking it for every
+        // record would cost a cross-thread wake-up per request.
+        if queued == 1 || queued == self.limits.batch_records {
+            self.arrived.notify_one();
+        }
+        if queued >= self.limits.memory_records / 4 * 3 {
             self.pressure.notify_one();
         }
     }
@@ -155,7 +191,17 @@ impl Outbox {
             };
             let front = match spooled? {
                 Some(front) => Some(front),
-                None => self.memory_front(max),
+                None => match self.memory_front(max) {
+                    Ok(front) => front,
+                    Err(linger) => {
+                        drop(guard);
+                        tokio::select! {
+                            _ = tokio::time::sleep(linger) => {}
+                            _ = arrived => {}
+                        }
+                        continue;
+                    }
+                },
             };
             drop(guard);
             if let Some(Front { boot, records, dropped }) = front {
@@ -166,13 +212,27 @@ impl Outbox {
         }
     }
 
-    fn memory_front(&self, max: usize) -> Option<Front> {
+    /// The next batch from memory; `Err(wait)` while a partial batch is still lingering.
+    fn memory_front(&self, max: usize) -> Result<Option<Front>, Duration> {
         let memory = self.memory();
         if memory.records.is_empty() && memory.dropped == memory.dropped_acknowledged {
-            return None;
+            return Ok(None);
         }
-        let records = memory.records.iter().take(max).cloned().collect();
-        Some(Front { boot: self.boot, records, dropped: memory.dropped })
+        if memory.records.len() < max
+            && let Some(at) = memory.oldest_at
+        {
+            let waited = at.elapsed();
+            if waited < LINGER {
+                return Err(LINGER - waited);
+            }
+        }
+        let records = memory
+            .records
+            .iter()
+            .take(max)
+            .map(|q| pb::DecisionRecord::decode(&*q.encoded).expect("encoded here"))
+            .collect();
+        Ok(Some(Front { boot: self.boot, records, dropped: memory.dropped }))
     }
 
     /// The control plane stored `batch` (acknowledged up to `sequence`): forget it.
@@ -190,6 +250,8 @@ impl Outbox {
             while memory.records.front().is_some_and(|r| r.sequence <= sequence) {
                 memory.records.pop_front();
             }
+            // What is left came after the batch: it has waited at least since now.
+            memory.oldest_at = (!memory.records.is_empty()).then(tokio::time::Instant::now);
             memory.dropped_acknowledged = memory.dropped_acknowledged.max(batch.dropped);
         }
         drop(guard);
@@ -204,7 +266,7 @@ impl Outbox {
             let room = guard.room().min(memory.records.len() as u64) as usize;
             let lost = memory.records.len() - room;
             memory.dropped += lost as u64;
-            let records: Vec<_> = memory.records.drain(..).take(room).collect();
+            let records: Vec<Box<[u8]>> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
             (records, memory.dropped)
         };
         if records.is_empty() && dropped == 0 {
@@ -251,7 +313,8 @@ mod tests {
     }
 
     fn outbox(dir: &std::path::Path, memory: usize, spool: u64) -> Arc<Outbox> {
-        Outbox::open(dir, Limits { memory_records: memory, spool_records: spool, batch_records: 3 }).unwrap()
+        Outbox::open(dir, Limits { memory_records: memory, spool_records: spool, batch_records: 3, enabled: true })
+            .unwrap()
     }
 
     #[tokio::test]

@@ -81,9 +81,9 @@ impl Spool {
         self.capacity.saturating_sub(self.len)
     }
 
-    /// Appends `records` of `boot` (the caller keeps within [`Spool::room`]) and records that
-    /// run's drop count, in one transaction.
-    pub fn append(&mut self, boot: u64, records: &[pb::DecisionRecord], dropped: u64) -> Result<(), SpoolError> {
+    /// Appends `records` of `boot` (each an encoded `DecisionRecord`; the caller keeps within
+    /// [`Spool::room`]) and records that run's drop count, in one transaction.
+    pub fn append(&mut self, boot: u64, records: &[Box<[u8]>], dropped: u64) -> Result<(), SpoolError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(RECORDS).map_err(db_err)?;
@@ -91,7 +91,7 @@ impl Spool {
             for (i, record) in records.iter().enumerate() {
                 value.clear();
                 value.extend_from_slice(&boot.to_le_bytes());
-                record.encode(&mut value).expect("a Vec grows as needed");
+                value.extend_from_slice(record);
                 table.insert(self.next + i as u64, value.as_slice()).map_err(db_err)?;
             }
             if dropped > 0 {
@@ -176,8 +176,10 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn records(from: u64, to: u64) -> Vec<pb::DecisionRecord> {
-        (from..=to).map(|sequence| pb::DecisionRecord { sequence, ..Default::default() }).collect()
+    fn records(from: u64, to: u64) -> Vec<Box<[u8]>> {
+        (from..=to)
+            .map(|sequence| pb::DecisionRecord { sequence, ..Default::default() }.encode_to_vec().into_boxed_slice())
+            .collect()
     }
 
     fn sequences(front: &Front) -> Vec<u64> {

@@ -27,6 +27,9 @@ pub(crate) struct Decision<'a> {
 /// Queues the record of `decision` for the control plane; the request arrived at `arrived`
 /// through `via` ("gateway" or "ext_authz").
 pub(crate) fn record(outbox: &Outbox, arrived: Instant, via: &str, headers: &HeaderMap, decision: Decision<'_>) {
+    if !outbox.enabled() {
+        return;
+    }
     let (target_kind, target) = match decision.target {
         None => ("", ""),
         Some(Target::Server) => ("server", ""),
@@ -71,9 +74,15 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> Option<String> {
 
 /// Links decisions made with one token without revealing its `jti`.
 pub(crate) fn jti_hash(issuer: &str, jti: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest =
         Sha256::new().chain_update(issuer.as_bytes()).chain_update([0]).chain_update(jti.as_bytes()).finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 #[cfg(test)]
