@@ -109,7 +109,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
                 .await
                 .map_err(|e| RunError::Io(format!("binding status endpoint {addr}: {e}")))?;
             tracing::info!(%addr, "status endpoint listening");
-            let app = status::router(options.agent_id.clone(), current.clone(), link_rx, not_after_rx);
+            let app = status::router(options.agent_id.clone(), current.clone(), link_rx, not_after_rx, outbox.clone());
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)

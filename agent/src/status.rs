@@ -2,6 +2,7 @@
 //! connected. Plain HTTP, meant for loopback.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,7 +11,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use warden_core::prometheus::Exposition;
+
 use crate::applied::{Current, Source};
+use crate::decisions::Outbox;
 use crate::sync::Link;
 
 /// What `/status` reports.
@@ -43,21 +47,57 @@ struct Shared {
     current: Current,
     link: watch::Receiver<Link>,
     not_after: watch::Receiver<i64>,
+    outbox: Arc<Outbox>,
 }
 
-/// The status routes: `/status` (JSON), `/healthz` (the process runs), `/readyz` (a
-/// configuration is in force).
+/// The status routes: `/status` (JSON), `/metrics` (Prometheus text), `/healthz` (the process
+/// runs), `/readyz` (a configuration is in force).
 pub fn router(
     agent_id: String,
     current: Current,
     link: watch::Receiver<Link>,
     not_after: watch::Receiver<i64>,
+    outbox: Arc<Outbox>,
 ) -> Router {
     Router::new()
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(Shared { agent_id, current, link, not_after })
+        .with_state(Shared { agent_id, current, link, not_after, outbox })
+}
+
+async fn metrics(State(s): State<Shared>) -> impl axum::response::IntoResponse {
+    let mut e = Exposition::default();
+    e.family(
+        "warden_agent_config_version",
+        "gauge",
+        "The configuration version this agent enforces (0: none, everything denied).",
+    );
+    e.sample("warden_agent_config_version", &[], s.current.get().map_or(0, |a| a.version) as f64);
+    e.family("warden_agent_connected", "gauge", "Whether the stream to a control plane is open.");
+    e.sample("warden_agent_connected", &[], if s.link.borrow().connected { 1.0 } else { 0.0 });
+    let (made, dropped) = s.outbox.made();
+    let (queued, spooled) = s.outbox.depths();
+    e.family(
+        "warden_agent_decision_records_total",
+        "counter",
+        "Decision records this run of the agent queued for the control plane.",
+    );
+    e.sample("warden_agent_decision_records_total", &[], made as f64);
+    e.family(
+        "warden_agent_decision_records_dropped_total",
+        "counter",
+        "Decision records dropped: memory and disk bounds both reached.",
+    );
+    e.sample("warden_agent_decision_records_dropped_total", &[], dropped as f64);
+    e.family("warden_agent_decision_queue_records", "gauge", "Decision records waiting in memory.");
+    e.sample("warden_agent_decision_queue_records", &[], queued as f64);
+    if let Some(spooled) = spooled {
+        e.family("warden_agent_decision_spool_records", "gauge", "Decision records waiting on disk.");
+        e.sample("warden_agent_decision_spool_records", &[], spooled as f64);
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], e.finish())
 }
 
 async fn status(State(s): State<Shared>) -> Json<Status> {

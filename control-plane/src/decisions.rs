@@ -60,8 +60,8 @@ pub struct Decisions {
 
 impl Decisions {
     /// Opens `decisions.redb` in `data_dir`, keeping at most `retention` records, and starts
-    /// the writer.
-    pub fn open(data_dir: &Path, retention: u64) -> Result<Decisions, DecisionError> {
+    /// the writer, which counts what it stores into `counts`.
+    pub fn open(data_dir: &Path, retention: u64, counts: crate::metrics::Counts) -> Result<Decisions, DecisionError> {
         let db = Database::create(data_dir.join("decisions.redb")).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(RECORDS).map_err(db_err)?;
@@ -75,7 +75,7 @@ impl Decisions {
         let notify = stored.clone();
         let writer = std::thread::Builder::new()
             .name("decision-writer".into())
-            .spawn(move || write_forever(&writer, queue, retention.max(1), &notify))
+            .spawn(move || write_forever(&writer, queue, retention.max(1), &notify, &counts))
             .map_err(|e| DecisionError(format!("starting the writer: {e}")))?;
         Ok(Decisions { db, stored, ingest: Some(ingest), writer: Some(writer) })
     }
@@ -182,7 +182,13 @@ fn matches(filter: &pb::ListDecisionsRequest, stored: &pb::StoredDecision) -> bo
 }
 
 /// The writer: takes every batch waiting, stores them in one transaction, answers each.
-fn write_forever(db: &Database, mut queue: mpsc::Receiver<Ingest>, retention: u64, stored: &tokio::sync::Notify) {
+fn write_forever(
+    db: &Database,
+    mut queue: mpsc::Receiver<Ingest>,
+    retention: u64,
+    stored: &tokio::sync::Notify,
+    counts: &crate::metrics::Counts,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < 256 {
@@ -192,8 +198,21 @@ fn write_forever(db: &Database, mut queue: mpsc::Receiver<Ingest>, retention: u6
             }
         }
         match write_group(db, &group, retention) {
-            Ok(acks) => {
+            Ok((acks, drops)) => {
                 stored.notify_waiters();
+                let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+                for (ingest, ack) in group.iter().zip(&acks) {
+                    // The records above the previous cursor are the ones stored now.
+                    let first_new = ack.1;
+                    for r in ingest.batch.records.iter().filter(|r| r.sequence >= first_new && r.sequence <= ack.0) {
+                        counts.observe(&ingest.agent, r);
+                    }
+                }
+                for (agent, before, now) in drops {
+                    counts.dropped(&agent, before, now);
+                }
+                drop(counts);
+                let acks: Vec<u64> = acks.into_iter().map(|(ack, _)| ack).collect();
                 for (ingest, ack) in group.into_iter().zip(acks) {
                     let _ = ingest.done.send(Ok(ack));
                 }
@@ -208,9 +227,14 @@ fn write_forever(db: &Database, mut queue: mpsc::Receiver<Ingest>, retention: u6
     }
 }
 
-fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Vec<u64>, DecisionError> {
+/// Per ingest: the sequence to acknowledge and the first sequence stored now (records from it to
+/// the acknowledged one are new); and the drop counts that moved: (agent, before, now).
+type Written = (Vec<(u64, u64)>, Vec<(String, u64, u64)>);
+
+fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Written, DecisionError> {
     let txn = db.begin_write().map_err(db_err)?;
     let mut acks = Vec::with_capacity(group.len());
+    let mut moved_drops = Vec::new();
     {
         let mut records = txn.open_table(RECORDS).map_err(db_err)?;
         let mut cursors = txn.open_table(CURSORS).map_err(db_err)?;
@@ -222,6 +246,7 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Vec<u6
         for Ingest { agent, batch, .. } in group {
             let key = (agent.as_str(), batch.boot);
             let mut cursor = cursors.get(key).map_err(db_err)?.map_or(0, |v| v.value());
+            let first_new = cursor + 1;
             for record in &batch.records {
                 // Already stored (a resend): skipped, so each record is kept once.
                 if record.sequence <= cursor {
@@ -245,8 +270,9 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Vec<u6
             if batch.dropped > known {
                 tracing::warn!(%agent, dropped = batch.dropped, "an agent reports dropped decision records");
                 drops.insert(key, batch.dropped).map_err(db_err)?;
+                moved_drops.push((agent.clone(), known, batch.dropped));
             }
-            acks.push(cursor);
+            acks.push((cursor, first_new));
         }
         counters.insert("received", received).map_err(db_err)?;
         // Retention: the oldest go first.
@@ -256,7 +282,7 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Vec<u6
         }
     }
     txn.commit().map_err(db_err)?;
-    Ok(acks)
+    Ok((acks, moved_drops))
 }
 
 #[cfg(test)]
@@ -273,7 +299,7 @@ mod tests {
     #[tokio::test]
     async fn each_record_is_kept_once_whatever_is_resent() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Decisions::open(dir.path(), 100).unwrap();
+        let store = Decisions::open(dir.path(), 100, Default::default()).unwrap();
         assert_eq!(store.ingest("a1", batch(7, 1..=3, 0)).await.unwrap(), 3);
         // Resent whole, resent in part with new ones, and another run of the same agent.
         assert_eq!(store.ingest("a1", batch(7, 1..=3, 0)).await.unwrap(), 3);
@@ -302,13 +328,13 @@ mod tests {
     async fn the_oldest_records_go_past_the_retention_bound_and_cursors_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Decisions::open(dir.path(), 4).unwrap();
+            let store = Decisions::open(dir.path(), 4, Default::default()).unwrap();
             store.ingest("a1", batch(1, 1..=6, 0)).await.unwrap();
             let all = store.list(&pb::ListDecisionsRequest::default()).unwrap();
             let kept: Vec<u64> = all.decisions.iter().map(|d| d.record.as_ref().unwrap().sequence).collect();
             assert_eq!((kept, all.received), (vec![3, 4, 5, 6], 6));
         }
-        let store = Decisions::open(dir.path(), 4).unwrap();
+        let store = Decisions::open(dir.path(), 4, Default::default()).unwrap();
         assert_eq!(store.ingest("a1", batch(1, 5..=7, 0)).await.unwrap(), 7);
         assert_eq!(store.list(&pb::ListDecisionsRequest::default()).unwrap().received, 7);
     }

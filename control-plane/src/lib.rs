@@ -11,6 +11,7 @@ pub mod admin;
 pub mod agents;
 pub mod decisions;
 pub mod issuer_keys;
+pub mod metrics;
 pub mod otlp;
 pub mod peer;
 pub mod pki;
@@ -62,6 +63,8 @@ pub struct Options {
     pub decision_retention: u64,
     /// OpenTelemetry export (from the `OTEL_*` variables).
     pub otlp: otlp::Config,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -102,6 +105,10 @@ pub struct ControlPlane {
     presence: Presence,
     /// Decision records from the agents.
     decisions: Arc<decisions::Decisions>,
+    /// Counts of the stored decision records, for `/metrics`.
+    decision_counts: metrics::Counts,
+    /// The OTLP log export's counts (zero when it is off).
+    export_stats: Arc<otlp::ExportStats>,
     /// Issuer key resolution status, for operators.
     key_status: std::sync::Mutex<std::collections::HashMap<String, issuer_keys::KeyStatus>>,
     /// Agents' requests for a prompt key refresh, by issuer name.
@@ -211,7 +218,9 @@ pub async fn run(
         // the caller's certificate identity itself.
         .client_auth_optional(true);
 
-    let decisions = Arc::new(decisions::Decisions::open(&options.data_dir, options.decision_retention)?);
+    let decision_counts = metrics::Counts::default();
+    let decisions =
+        Arc::new(decisions::Decisions::open(&options.data_dir, options.decision_retention, decision_counts.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(64);
     let cp = Arc::new(ControlPlane {
@@ -222,6 +231,8 @@ pub async fn run(
         writer: Mutex::new(()),
         presence: Presence::default(),
         decisions,
+        decision_counts,
+        export_stats: Arc::default(),
         key_status: Default::default(),
         key_refresh: refresh_tx,
         shutdown: stop_rx.clone(),
@@ -253,10 +264,16 @@ pub async fn run(
 
     tokio::spawn(issuer_keys::run(cp.clone(), refresh_rx));
     let exporter = cp.options.otlp.logs.clone().map(|endpoint| {
-        let stats = Arc::new(otlp::ExportStats::default());
-        let resource = cp.options.otlp.resource.clone();
+        let (stats, resource) = (cp.export_stats.clone(), cp.options.otlp.resource.clone());
         tokio::spawn(otlp::export_decisions(cp.decisions.clone(), endpoint, resource, stats, stop_rx.clone()))
     });
+    let metrics_server = match cp.options.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the metrics endpoint {addr}")))?;
+            Some(tokio::spawn(metrics::serve(cp.clone(), listener, stop_rx.clone())))
+        }
+        None => None,
+    };
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: closing agent streams");
@@ -265,6 +282,9 @@ pub async fn run(
     let (a, b) = tokio::join!(tls_server, admin_server);
     if let Some(exporter) = exporter {
         let _ = exporter.await;
+    }
+    if let Some(server) = metrics_server {
+        let _ = server.await;
     }
     let _ = std::fs::remove_file(&cp.options.admin_socket);
     a?;

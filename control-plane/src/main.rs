@@ -58,6 +58,9 @@ struct Args {
     /// Decision records kept in the data directory; the oldest are deleted past this.
     #[arg(long, default_value_t = 5_000_000)]
     decision_retention: u64,
+    /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this address.
+    #[arg(long, env = "WARDEN_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -106,6 +109,7 @@ async fn start() -> anyhow::Result<()> {
             request_interval: args.key_refresh_request_interval,
         },
         decision_retention: args.decision_retention,
+        metrics_listen: args.metrics_listen,
         otlp: control_plane::otlp::Config::from_env("warden-cp", control_plane::otlp::process_env)?,
     };
     let listener =

@@ -78,7 +78,10 @@ fn main() -> std::process::ExitCode {
     // Baseline: the same batches into the decision store in-process, on the same disk.
     let baseline_dir = tempfile::tempdir().expect("temp dir");
     let baseline = runtime.block_on(async {
-        let store = Arc::new(control_plane::decisions::Decisions::open(baseline_dir.path(), u64::MAX).expect("store"));
+        let store = Arc::new(
+            control_plane::decisions::Decisions::open(baseline_dir.path(), u64::MAX, Default::default())
+                .expect("store"),
+        );
         // Built before the clock starts, as the real run fills its outboxes first.
         let batches: Vec<Vec<pb::DecisionBatch>> = (0..args.agents)
             .map(|agent| {

@@ -20,15 +20,16 @@ struct Fleet {
 
 impl Fleet {
     fn start(agent_flags: &[&str]) -> Fleet {
-        Fleet::start_with(agent_flags, &[])
+        Fleet::start_with(agent_flags, &[], &[])
     }
 
-    /// With `cp_env` in the control plane's environment.
-    fn start_with(agent_flags: &[&str], cp_env: &[(&str, &str)]) -> Fleet {
+    /// With `cp_flags` and `cp_env` for the control plane.
+    fn start_with(agent_flags: &[&str], cp_flags: &[&str], cp_env: &[(&str, &str)]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let idp = MintingIdp::start(dir.path());
         let upstream = McpUpstream::start(dir.path());
-        let cp = ControlPlane::start_with_env(dir.path(), &["--allow-http-issuers"], cp_env);
+        let flags: Vec<&str> = ["--allow-http-issuers"].into_iter().chain(cp_flags.iter().copied()).collect();
+        let cp = ControlPlane::start_with_env(dir.path(), &flags, cp_env);
         let token = cp.join_token("5m");
         let gateway = loopback_addr();
         let agent = Agent::start_with(dir.path(), "agent-d", &[&cp.address], Some(&token), agent_flags);
@@ -250,7 +251,7 @@ fn exported_as_otlp_logs(protocol: Protocol) {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol_name),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
     ];
-    let mut fleet = Fleet::start_with(&[], &env);
+    let mut fleet = Fleet::start_with(&[], &[], &env);
     let alice = fleet.token("alice", "jti-otlp", -10, 600);
     let mut made = 0;
     for tool in ["echo", "delete_repository"] {
@@ -309,4 +310,35 @@ fn decision_records_are_exported_as_otlp_logs_over_grpc() {
 #[test]
 fn decision_records_are_exported_as_otlp_logs_over_http() {
     exported_as_otlp_logs(Protocol::HttpProtobuf);
+}
+
+/// The counts operators scrape: the control plane's per-decision counters and latency
+/// histograms, and each agent's outbox.
+#[test]
+fn decisions_are_counted_on_the_metrics_endpoints() {
+    let metrics_addr = loopback_addr();
+    let fleet = Fleet::start_with(&[], &["--metrics-listen", &metrics_addr], &[]);
+    let alice = fleet.token("alice", "jti-metrics", -10, 600);
+    for tool in ["echo", "delete_repository", "delete_repository"] {
+        fleet.call(Some(&alice), tool);
+    }
+    fleet.wait_for_decisions(3);
+    let get = |url: &str| ureq::get(url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok());
+    let cp = get(&format!("http://{metrics_addr}/metrics")).expect("the control plane's /metrics");
+    let denied = r#"warden_decisions_total{agent="agent-d",server="notes",tool="delete_repository",decision="deny",reason="policy_denied"} 2"#;
+    assert!(cp.contains(denied), "{cp}");
+    assert!(
+        cp.contains(
+            r#"warden_decisions_total{agent="agent-d",server="notes",tool="echo",decision="allow",reason=""} 1"#
+        ),
+        "{cp}"
+    );
+    assert!(cp.contains(r#"warden_decision_latency_seconds_count{server="notes",decision="deny"} 2"#), "{cp}");
+    assert!(cp.contains("warden_agents_connected 1\n"), "{cp}");
+    assert!(cp.contains(r#"warden_agent_config_lag_versions{agent="agent-d"} 0"#), "{cp}");
+    assert_eq!(get(&format!("http://{metrics_addr}/readyz")).as_deref(), Some("ready"));
+    let agent = get(&format!("http://{}/metrics", fleet.agent.status_addr)).expect("the agent's /metrics");
+    assert!(agent.contains("warden_agent_decision_records_total 3\n"), "{agent}");
+    assert!(agent.contains("warden_agent_decision_records_dropped_total 0\n"), "{agent}");
+    assert!(agent.contains("warden_agent_connected 1\n"), "{agent}");
 }

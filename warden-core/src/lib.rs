@@ -15,6 +15,7 @@ pub mod issuer;
 pub mod jwks;
 pub mod mcp;
 pub mod policy;
+pub mod prometheus;
 pub mod resource;
 pub mod revocation;
 pub mod server;

@@ -163,6 +163,13 @@ impl Outbox {
         }
     }
 
+    /// Records queued in memory and on disk (the disk figure is the last known one while the
+    /// spool is busy).
+    pub fn depths(&self) -> (usize, Option<u64>) {
+        let queued = self.memory().records.len();
+        (queued, self.spool.try_lock().ok().map(|s| s.len()))
+    }
+
     /// Records made so far by this run: sent, queued or dropped.
     pub fn made(&self) -> (u64, u64) {
         let memory = self.memory();

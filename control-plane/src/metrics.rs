@@ -1,0 +1,162 @@
+//! The control plane's metrics, kept from what it stores and sees, and its HTTP endpoint:
+//! `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use proto::v1 as pb;
+use tokio::sync::watch;
+use warden_core::prometheus::{Exposition, Histogram, LATENCY_BUCKETS};
+
+use crate::ControlPlane;
+
+/// Label sets kept per family; past this, decisions are counted in an overflow counter only, so
+/// hostile or runaway tool names cannot grow the control plane's memory.
+const MAX_SERIES: usize = 10_000;
+
+/// (agent, server, tool/resource/prompt, decision, reason).
+type DecisionKey = (String, String, String, &'static str, String);
+
+/// Decision counts from the records stored since the control plane started.
+#[derive(Default)]
+pub struct DecisionCounts {
+    decisions: HashMap<DecisionKey, u64>,
+    /// (server, decision) → decision latency.
+    latency: HashMap<(String, &'static str), Histogram>,
+    overflow: u64,
+    /// Records agents reported dropping, all runs (cumulative).
+    dropped: HashMap<String, u64>,
+}
+
+fn decision_name(d: i32) -> &'static str {
+    if d == pb::Decision::Allow as i32 { "allow" } else { "deny" }
+}
+
+impl DecisionCounts {
+    /// Counts one stored record of `agent`.
+    pub fn observe(&mut self, agent: &str, r: &pb::DecisionRecord) {
+        let decision = decision_name(r.decision);
+        let key = (agent.to_string(), r.server.clone(), r.target.clone(), decision, r.reason.clone());
+        if let Some(n) = self.decisions.get_mut(&key) {
+            *n += 1;
+        } else if self.decisions.len() < MAX_SERIES {
+            self.decisions.insert(key, 1);
+        } else {
+            self.overflow += 1;
+        }
+        let series = (r.server.clone(), decision);
+        if !self.latency.contains_key(&series) && self.latency.len() >= MAX_SERIES {
+            return;
+        }
+        self.latency
+            .entry(series)
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(r.latency_micros as f64 / 1e6);
+    }
+
+    /// An agent's cumulative drop count for one run moved from `before` to `now`.
+    pub fn dropped(&mut self, agent: &str, before: u64, now: u64) {
+        *self.dropped.entry(agent.to_string()).or_default() += now.saturating_sub(before);
+    }
+}
+
+/// Shared handle to the counts.
+pub type Counts = Arc<Mutex<DecisionCounts>>;
+
+/// The Prometheus text of everything the control plane knows.
+pub fn render(cp: &ControlPlane) -> String {
+    let mut e = Exposition::default();
+    {
+        let counts = cp.decision_counts.lock().unwrap_or_else(|p| p.into_inner());
+        e.family(
+            "warden_decisions_total",
+            "counter",
+            "Decisions the agents made, stored by this control plane since it started.",
+        );
+        for ((agent, server, tool, decision, reason), n) in &counts.decisions {
+            let labels = [
+                ("agent", agent.as_str()),
+                ("server", server.as_str()),
+                ("tool", tool.as_str()),
+                ("decision", decision),
+                ("reason", reason.as_str()),
+            ];
+            e.sample("warden_decisions_total", &labels, *n as f64);
+        }
+        e.family(
+            "warden_decisions_overflow_total",
+            "counter",
+            "Decisions not broken down by labels: too many label sets.",
+        );
+        e.sample("warden_decisions_overflow_total", &[], counts.overflow as f64);
+        e.family(
+            "warden_decision_latency_seconds",
+            "histogram",
+            "Time from a request's arrival at the agent to its decision.",
+        );
+        for ((server, decision), h) in &counts.latency {
+            e.histogram("warden_decision_latency_seconds", &[("server", server), ("decision", decision)], h);
+        }
+        e.family(
+            "warden_decision_records_dropped_total",
+            "counter",
+            "Decision records agents dropped because their disk bound was reached.",
+        );
+        for (agent, n) in &counts.dropped {
+            e.sample("warden_decision_records_dropped_total", &[("agent", agent)], *n as f64);
+        }
+    }
+    let version = cp.state.borrow().version;
+    e.family("warden_config_version", "gauge", "The configuration version in force.");
+    e.sample("warden_config_version", &[], version as f64);
+    let agents = cp.presence.report(cp.store.agents().unwrap_or_default());
+    e.family("warden_agents_connected", "gauge", "Agents with an open stream to this control plane.");
+    e.sample("warden_agents_connected", &[], agents.iter().filter(|a| a.connected).count() as f64);
+    e.family(
+        "warden_agent_config_lag_versions",
+        "gauge",
+        "Versions between the configuration in force and what each connected agent applied.",
+    );
+    for a in agents.iter().filter(|a| a.connected) {
+        e.sample(
+            "warden_agent_config_lag_versions",
+            &[("agent", &a.id)],
+            version.saturating_sub(a.applied_version) as f64,
+        );
+    }
+    e.family("warden_otlp_log_records_exported_total", "counter", "Decision records an OTLP receiver accepted.");
+    e.sample("warden_otlp_log_records_exported_total", &[], cp.export_stats.exported.load(Relaxed) as f64);
+    e.family(
+        "warden_otlp_log_records_rejected_total",
+        "counter",
+        "Decision records an OTLP receiver refused for good.",
+    );
+    e.sample("warden_otlp_log_records_rejected_total", &[], cp.export_stats.rejected.load(Relaxed) as f64);
+    e.finish()
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
+pub async fn serve(cp: Arc<ControlPlane>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    use axum::routing::get;
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "metrics endpoint listening");
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|axum::extract::State(cp): axum::extract::State<Arc<ControlPlane>>| async move {
+                let text = tokio::task::spawn_blocking(move || render(&cp)).await.unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        // Serving means the store was loaded and the CA is in place: nothing else gates it.
+        .route("/readyz", get(|| async { "ready" }))
+        .with_state(cp);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+}
