@@ -1,6 +1,6 @@
 //! An OTLP receiver for the tests, built from the official OpenTelemetry protobufs
-//! (`opentelemetry-proto`): the logs service over gRPC, and `POST /v1/logs` over HTTP with
-//! protobuf bodies. It keeps what it receives; it can be stopped and started again on the same
+//! (`opentelemetry-proto`): the logs and metrics services over gRPC, and `POST /v1/logs` and
+//! `/v1/metrics` over HTTP with protobuf bodies. It keeps what it receives; it can be stopped and started again on the same
 //! port to play a backend outage.
 
 use std::collections::HashMap;
@@ -9,8 +9,13 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use prost::Message;
 
 /// How the receiver listens.
@@ -54,7 +59,58 @@ fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     })
 }
 
+/// One data point as received: a sum's or gauge's value, or a histogram's count.
+#[derive(Clone, Debug)]
+pub struct ReceivedPoint {
+    pub metric: String,
+    pub attributes: HashMap<String, String>,
+    pub value: f64,
+}
+
+fn points(request: ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
+    let mut out = Vec::new();
+    for scope in request.resource_metrics.into_iter().flat_map(|r| r.scope_metrics) {
+        for m in scope.metrics {
+            let attrs =
+                |a: &[KeyValue]| a.iter().filter_map(|kv| Some((kv.key.clone(), attribute(a, &kv.key)?))).collect();
+            let number = |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| match p.value {
+                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                Some(number_data_point::Value::AsDouble(d)) => d,
+                None => f64::NAN,
+            };
+            let mut push = |attributes, value| out.push(ReceivedPoint { metric: m.name.clone(), attributes, value });
+            match &m.data {
+                Some(metric::Data::Sum(sum)) => {
+                    sum.data_points.iter().for_each(|p| push(attrs(&p.attributes), number(p)))
+                }
+                Some(metric::Data::Gauge(g)) => {
+                    g.data_points.iter().for_each(|p| push(attrs(&p.attributes), number(p)))
+                }
+                Some(metric::Data::Histogram(h)) => {
+                    h.data_points.iter().for_each(|p| push(attrs(&p.attributes), p.count as f64))
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 type Received = Arc<Mutex<Vec<ReceivedLog>>>;
+type ReceivedMetrics = Arc<Mutex<Vec<Vec<ReceivedPoint>>>>;
+
+struct Metrics(ReceivedMetrics);
+
+#[tonic::async_trait]
+impl MetricsService for Metrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(points(request.into_inner()));
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
 
 fn keep(received: &Received, request: ExportLogsServiceRequest) {
     let mut all = received.lock().unwrap();
@@ -92,14 +148,20 @@ pub struct OtlpReceiver {
     pub address: String,
     protocol: Protocol,
     received: Received,
+    metrics: ReceivedMetrics,
     stop: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl OtlpReceiver {
     /// Starts one on a free loopback port.
     pub fn start(protocol: Protocol) -> OtlpReceiver {
-        let mut receiver =
-            OtlpReceiver { address: crate::loopback_addr(), protocol, received: Arc::default(), stop: None };
+        let mut receiver = OtlpReceiver {
+            address: crate::loopback_addr(),
+            protocol,
+            received: Arc::default(),
+            metrics: Arc::default(),
+            stop: None,
+        };
         receiver.restart();
         receiver
     }
@@ -114,6 +176,7 @@ impl OtlpReceiver {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (address, protocol, received) = (self.address.clone(), self.protocol, self.received.clone());
+        let metrics = self.metrics.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
@@ -127,11 +190,25 @@ impl OtlpReceiver {
                         let incoming = tonic::transport::server::TcpIncoming::from(listener);
                         let _ = tonic::transport::Server::builder()
                             .add_service(LogsServiceServer::new(Logs(received)))
+                            .add_service(MetricsServiceServer::new(Metrics(metrics)))
                             .serve_with_incoming_shutdown(incoming, stopped)
                             .await;
                     }
                     Protocol::HttpProtobuf => {
-                        let app = axum::Router::new().route(
+                        let metrics_route = axum::routing::post(move |body: axum::body::Bytes| {
+                            let metrics = metrics.clone();
+                            async move {
+                                match ExportMetricsServiceRequest::decode(body) {
+                                    Ok(request) => {
+                                        metrics.lock().unwrap().push(points(request));
+                                        let answer = ExportMetricsServiceResponse::default().encode_to_vec();
+                                        (axum::http::StatusCode::OK, answer)
+                                    }
+                                    Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
+                                }
+                            }
+                        });
+                        let app = axum::Router::new().route("/v1/metrics", metrics_route).route(
                             "/v1/logs",
                             axum::routing::post(move |body: axum::body::Bytes| {
                                 let received = received.clone();
@@ -162,6 +239,11 @@ impl OtlpReceiver {
             let _ = stop.send(());
             let _ = thread.join();
         }
+    }
+
+    /// The data points of the newest metrics export received.
+    pub fn latest_metrics(&self) -> Vec<ReceivedPoint> {
+        self.metrics.lock().unwrap().last().cloned().unwrap_or_default()
     }
 
     /// Every log record received so far.

@@ -109,6 +109,8 @@ pub struct ControlPlane {
     decision_counts: metrics::Counts,
     /// The OTLP log export's counts (zero when it is off).
     export_stats: Arc<otlp::ExportStats>,
+    /// When this process started: the start of every cumulative metric.
+    started: SystemTime,
     /// Issuer key resolution status, for operators.
     key_status: std::sync::Mutex<std::collections::HashMap<String, issuer_keys::KeyStatus>>,
     /// Agents' requests for a prompt key refresh, by issuer name.
@@ -233,6 +235,7 @@ pub async fn run(
         decisions,
         decision_counts,
         export_stats: Arc::default(),
+        started: SystemTime::now(),
         key_status: Default::default(),
         key_refresh: refresh_tx,
         shutdown: stop_rx.clone(),
@@ -267,6 +270,10 @@ pub async fn run(
         let (stats, resource) = (cp.export_stats.clone(), cp.options.otlp.resource.clone());
         tokio::spawn(otlp::export_decisions(cp.decisions.clone(), endpoint, resource, stats, stop_rx.clone()))
     });
+    let metrics_exporter = cp.options.otlp.metrics.clone().map(|endpoint| {
+        let (resource, interval) = (cp.options.otlp.resource.clone(), cp.options.otlp.metric_interval);
+        tokio::spawn(otlp::export_metrics(cp.clone(), endpoint, resource, interval, stop_rx.clone()))
+    });
     let metrics_server = match cp.options.metrics_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the metrics endpoint {addr}")))?;
@@ -285,6 +292,9 @@ pub async fn run(
     }
     if let Some(server) = metrics_server {
         let _ = server.await;
+    }
+    if let Some(exporter) = metrics_exporter {
+        let _ = exporter.await;
     }
     let _ = std::fs::remove_file(&cp.options.admin_socket);
     a?;

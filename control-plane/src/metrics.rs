@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
+use opentelemetry_proto::tonic as otel;
+use opentelemetry_proto::tonic::metrics::v1 as om;
 use proto::v1 as pb;
 use tokio::sync::watch;
 use warden_core::prometheus::{Exposition, Histogram, LATENCY_BUCKETS};
@@ -135,6 +137,126 @@ pub fn render(cp: &ControlPlane) -> String {
     );
     e.sample("warden_otlp_log_records_rejected_total", &[], cp.export_stats.rejected.load(Relaxed) as f64);
     e.finish()
+}
+
+fn nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn attributes(pairs: &[(&str, &str)]) -> Vec<otel::common::v1::KeyValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| otel::common::v1::KeyValue {
+            key: k.to_string(),
+            value: Some(otel::common::v1::AnyValue {
+                value: Some(otel::common::v1::any_value::Value::StringValue(v.to_string())),
+            }),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The same figures as OTLP metrics (cumulative since the process started), named in
+/// OpenTelemetry's dotted style.
+pub fn otlp(cp: &ControlPlane) -> Vec<om::Metric> {
+    use om::metric::Data;
+    let (start, now) = (nanos(cp.started), nanos(std::time::SystemTime::now()));
+    let cumulative = om::AggregationTemporality::Cumulative as i32;
+    let point = |pairs: &[(&str, &str)], value: f64| om::NumberDataPoint {
+        attributes: attributes(pairs),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(om::number_data_point::Value::AsInt(value as i64)),
+        ..Default::default()
+    };
+    let sum = |name: &str, unit: &str, description: &str, data_points| om::Metric {
+        name: name.into(),
+        unit: unit.into(),
+        description: description.into(),
+        data: Some(Data::Sum(om::Sum { data_points, aggregation_temporality: cumulative, is_monotonic: true })),
+        ..Default::default()
+    };
+    let gauge = |name: &str, unit: &str, description: &str, data_points| om::Metric {
+        name: name.into(),
+        unit: unit.into(),
+        description: description.into(),
+        data: Some(Data::Gauge(om::Gauge { data_points })),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    {
+        let counts = cp.decision_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let points = counts
+            .decisions
+            .iter()
+            .map(|((agent, server, tool, decision, reason), n)| {
+                let pairs = [
+                    ("warden.agent", agent.as_str()),
+                    ("warden.server", server.as_str()),
+                    ("gen_ai.tool.name", tool.as_str()),
+                    ("warden.decision", decision),
+                    ("warden.reason", reason.as_str()),
+                ];
+                point(&pairs, *n as f64)
+            })
+            .collect();
+        out.push(sum(
+            "warden.decisions",
+            "{decision}",
+            "Decisions the agents made, stored by this control plane.",
+            points,
+        ));
+        let histograms = counts
+            .latency
+            .iter()
+            .map(|((server, decision), h)| om::HistogramDataPoint {
+                attributes: attributes(&[("warden.server", server), ("warden.decision", decision)]),
+                start_time_unix_nano: start,
+                time_unix_nano: now,
+                count: h.count(),
+                sum: Some(h.sum()),
+                bucket_counts: h.bucket_counts().to_vec(),
+                explicit_bounds: h.bounds().to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        out.push(om::Metric {
+            name: "warden.decision.duration".into(),
+            unit: "s".into(),
+            description: "Time from a request's arrival at the agent to its decision.".into(),
+            data: Some(Data::Histogram(om::Histogram { data_points: histograms, aggregation_temporality: cumulative })),
+            ..Default::default()
+        });
+        let dropped = counts.dropped.iter().map(|(agent, n)| point(&[("warden.agent", agent)], *n as f64)).collect();
+        out.push(sum(
+            "warden.decision_records.dropped",
+            "{record}",
+            "Decision records agents dropped (disk bound reached).",
+            dropped,
+        ));
+    }
+    let version = cp.state.borrow().version;
+    let agents = cp.presence.report(cp.store.agents().unwrap_or_default());
+    let connected = agents.iter().filter(|a| a.connected).count();
+    out.push(gauge(
+        "warden.agents.connected",
+        "{agent}",
+        "Agents with an open stream.",
+        vec![point(&[], connected as f64)],
+    ));
+    let lag = agents
+        .iter()
+        .filter(|a| a.connected)
+        .map(|a| point(&[("warden.agent", &a.id)], version.saturating_sub(a.applied_version) as f64))
+        .collect();
+    out.push(gauge("warden.agent.config_lag", "{version}", "Versions each connected agent is behind.", lag));
+    out.push(gauge(
+        "warden.config.version",
+        "{version}",
+        "The configuration version in force.",
+        vec![point(&[], version as f64)],
+    ));
+    out
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.

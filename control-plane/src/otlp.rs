@@ -13,9 +13,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, logs_service_client};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_client,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse, metrics_service_client,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
+use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use proto::v1 as pb;
@@ -47,10 +53,14 @@ pub struct Endpoint {
 }
 
 /// The export configuration: off unless an endpoint is set.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Where decision records go as logs.
     pub logs: Option<Endpoint>,
+    /// Where metrics go.
+    pub metrics: Option<Endpoint>,
+    /// How often metrics are exported (`OTEL_METRIC_EXPORT_INTERVAL`, default 60 s).
+    pub metric_interval: Duration,
     /// The resource: `service.name` and `OTEL_RESOURCE_ATTRIBUTES`.
     pub resource: Vec<(String, String)>,
 }
@@ -99,6 +109,12 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+impl Default for Config {
+    fn default() -> Config {
+        Config { logs: None, metrics: None, metric_interval: Duration::from_secs(60), resource: Vec::new() }
+    }
+}
+
 impl Config {
     /// Reads the standard variables through `var` (the process environment in production).
     /// `service` is the default `service.name`.
@@ -119,7 +135,24 @@ impl Config {
             resource.push(("service.name".into(), name));
         }
         resource.push(("service.version".into(), env!("CARGO_PKG_VERSION").into()));
-        Ok(Config { logs: endpoint("LOGS", "logs", &get)?, resource })
+        let metric_interval = match get("OTEL_METRIC_EXPORT_INTERVAL") {
+            Some(ms) => match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(bad(
+                        "OTEL_METRIC_EXPORT_INTERVAL",
+                        format!("{ms:?} is not a positive number of milliseconds"),
+                    ));
+                }
+            },
+            None => Duration::from_secs(60),
+        };
+        Ok(Config {
+            logs: endpoint("LOGS", "logs", &get)?,
+            metrics: endpoint("METRICS", "metrics", &get)?,
+            metric_interval,
+            resource,
+        })
     }
 }
 
@@ -275,10 +308,58 @@ struct ExportError {
     message: String,
 }
 
-/// Sends export requests to one endpoint.
+/// Sends export requests of one signal to one endpoint.
 enum Sender {
-    Grpc(logs_service_client::LogsServiceClient<tonic::transport::Channel>, Endpoint),
+    Grpc(tonic::transport::Channel, Endpoint),
     Http(Endpoint),
+}
+
+/// What the receiver refused of an accepted request (OTLP partial success).
+trait Refused {
+    fn refused(&self) -> i64;
+}
+
+impl Refused for ExportLogsServiceResponse {
+    fn refused(&self) -> i64 {
+        self.partial_success.as_ref().map_or(0, |p| p.rejected_log_records)
+    }
+}
+
+impl Refused for ExportMetricsServiceResponse {
+    fn refused(&self) -> i64 {
+        self.partial_success.as_ref().map_or(0, |p| p.rejected_data_points)
+    }
+}
+
+fn with_headers<T>(request: T, endpoint: &Endpoint) -> tonic::Request<T> {
+    let mut call = tonic::Request::new(request);
+    for (k, v) in &endpoint.headers {
+        let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            tonic::metadata::MetadataValue::try_from(v.as_str()),
+        ) else {
+            continue;
+        };
+        call.metadata_mut().insert(k, v);
+    }
+    call
+}
+
+fn grpc_error(status: tonic::Status) -> ExportError {
+    use tonic::Code;
+    // The OTLP specification's retryable codes (and Unknown, which a restarting receiver sends).
+    let retry = matches!(
+        status.code(),
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
+            | Code::Unknown
+    );
+    ExportError { retry, message: format!("{}: {}", status.code(), status.message()) }
 }
 
 impl Sender {
@@ -290,75 +371,118 @@ impl Sender {
                     .timeout(endpoint.timeout)
                     .connect_timeout(endpoint.timeout)
                     .connect_lazy();
-                Sender::Grpc(logs_service_client::LogsServiceClient::new(channel), endpoint.clone())
+                Sender::Grpc(channel, endpoint.clone())
             }
             Protocol::HttpProtobuf => Sender::Http(endpoint.clone()),
         })
     }
 
-    /// Sends one request; `Ok` with the number of records the receiver refused.
-    async fn send(&mut self, request: ExportLogsServiceRequest) -> Result<i64, ExportError> {
+    /// Sends logs; `Ok` with the number of records the receiver refused.
+    async fn logs(&self, request: ExportLogsServiceRequest) -> Result<i64, ExportError> {
         match self {
-            Sender::Grpc(client, endpoint) => {
-                let mut call = tonic::Request::new(request);
-                for (k, v) in &endpoint.headers {
-                    let (Ok(k), Ok(v)) = (
-                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                        tonic::metadata::MetadataValue::try_from(v.as_str()),
-                    ) else {
-                        continue;
-                    };
-                    call.metadata_mut().insert(k, v);
-                }
-                match client.export(call).await {
-                    Ok(response) => Ok(response.into_inner().partial_success.map_or(0, |p| p.rejected_log_records)),
-                    Err(status) => {
-                        use tonic::Code;
-                        let retry = matches!(
-                            status.code(),
-                            Code::Cancelled
-                                | Code::DeadlineExceeded
-                                | Code::Aborted
-                                | Code::OutOfRange
-                                | Code::Unavailable
-                                | Code::DataLoss
-                                | Code::ResourceExhausted
-                                | Code::Unknown
-                        );
-                        Err(ExportError { retry, message: format!("{}: {}", status.code(), status.message()) })
-                    }
-                }
+            Sender::Grpc(channel, endpoint) => {
+                let mut client = logs_service_client::LogsServiceClient::new(channel.clone());
+                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
+                Ok(answer.into_inner().refused())
+            }
+            Sender::Http(endpoint) => http_post::<ExportLogsServiceResponse>(endpoint, request.encode_to_vec()).await,
+        }
+    }
+
+    /// Sends metrics; `Ok` with the number of data points the receiver refused.
+    async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<i64, ExportError> {
+        match self {
+            Sender::Grpc(channel, endpoint) => {
+                let mut client = metrics_service_client::MetricsServiceClient::new(channel.clone());
+                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
+                Ok(answer.into_inner().refused())
             }
             Sender::Http(endpoint) => {
-                let endpoint = endpoint.clone();
-                let body = request.encode_to_vec();
-                tokio::task::spawn_blocking(move || http_post(&endpoint, &body))
-                    .await
-                    .map_err(|e| ExportError { retry: true, message: e.to_string() })?
+                http_post::<ExportMetricsServiceResponse>(endpoint, request.encode_to_vec()).await
             }
         }
     }
 }
 
-fn http_post(endpoint: &Endpoint, body: &[u8]) -> Result<i64, ExportError> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(endpoint.timeout)).http_status_as_error(false).build().into();
-    let mut request = agent.post(&endpoint.url).header("content-type", "application/x-protobuf");
-    for (k, v) in &endpoint.headers {
-        request = request.header(k, v);
+/// OTLP/HTTP: POST of the protobuf body (ureq blocks: off the async threads).
+async fn http_post<R: Message + Default + Refused>(endpoint: &Endpoint, body: Vec<u8>) -> Result<i64, ExportError> {
+    let endpoint = endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(endpoint.timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut request = agent.post(&endpoint.url).header("content-type", "application/x-protobuf");
+        for (k, v) in &endpoint.headers {
+            request = request.header(k, v);
+        }
+        let mut response = request
+            .send(&body[..])
+            .map_err(|e| ExportError { retry: true, message: format!("{}: {e}", endpoint.url) })?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            let bytes = response.body_mut().read_to_vec().unwrap_or_default();
+            return Ok(R::decode(bytes.as_slice()).map_or(0, |r| r.refused()));
+        }
+        // OTLP/HTTP: these are worth retrying; any other failure is final for this request.
+        let retry = matches!(status, 429 | 502 | 503 | 504);
+        Err(ExportError { retry, message: format!("{}: HTTP {status}", endpoint.url) })
+    })
+    .await
+    .map_err(|e| ExportError { retry: true, message: e.to_string() })?
+}
+
+/// Exports the control plane's metrics (cumulative) every `interval` until `stop`. Nothing is
+/// kept for a failed export: the next one carries the totals.
+pub async fn export_metrics(
+    cp: Arc<crate::ControlPlane>,
+    endpoint: Endpoint,
+    resource: Vec<(String, String)>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let sender = match Sender::new(&endpoint) {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("OTLP metrics exporter: {e}"),
+    };
+    tracing::info!(endpoint = %endpoint.url, protocol = ?endpoint.protocol, ?interval, "exporting metrics over OTLP");
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let snapshot = {
+            let cp = cp.clone();
+            tokio::task::spawn_blocking(move || crate::metrics::otlp(&cp)).await.unwrap_or_default()
+        };
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: resource.iter().map(|(k, v)| attribute(k, v)).collect(),
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "warden.control_plane".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    metrics: snapshot,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        match sender.metrics(request).await {
+            Ok(0) => {}
+            Ok(refused) => tracing::warn!(refused, "the OTLP receiver refused some data points"),
+            Err(ExportError { message, .. }) => tracing::warn!("OTLP metrics export failed: {message}"),
+        }
     }
-    let mut response =
-        request.send(body).map_err(|e| ExportError { retry: true, message: format!("{}: {e}", endpoint.url) })?;
-    let status = response.status().as_u16();
-    if (200..300).contains(&status) {
-        let bytes = response.body_mut().read_to_vec().unwrap_or_default();
-        let answer =
-            opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(bytes.as_slice());
-        return Ok(answer.ok().and_then(|a| a.partial_success).map_or(0, |p| p.rejected_log_records));
-    }
-    // OTLP/HTTP: these are worth retrying; any other failure is final for this batch.
-    let retry = matches!(status, 429 | 502 | 503 | 504);
-    Err(ExportError { retry, message: format!("{}: HTTP {status}", endpoint.url) })
 }
 
 /// Counts of the log export, for operators.
@@ -379,7 +503,7 @@ pub async fn export_decisions(
     mut stop: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut sender = match Sender::new(&endpoint) {
+    let sender = match Sender::new(&endpoint) {
         Ok(s) => s,
         Err(e) => return tracing::error!("OTLP logs exporter: {e}"),
     };
@@ -414,7 +538,7 @@ pub async fn export_decisions(
         }
         let count = records.len() as u64;
         let outcome = tokio::select! {
-            r = sender.send(logs_request(&resource, &records)) => r,
+            r = sender.logs(logs_request(&resource, &records)) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         let advance = match outcome {
@@ -477,6 +601,8 @@ mod tests {
             .unwrap();
         let logs = http.logs.unwrap();
         assert_eq!((logs.url.as_str(), logs.protocol), ("http://collector:4318/v1/logs", Protocol::HttpProtobuf));
+        assert_eq!(http.metrics.unwrap().url, "http://collector:4318/v1/metrics");
+        assert_eq!(http.metric_interval, Duration::from_secs(60));
         let grpc = Config::from_env(
             "warden-cp",
             env_of(&[
@@ -521,6 +647,7 @@ mod tests {
                 .contains("not milliseconds")
         );
         assert!(err(&[("OTEL_RESOURCE_ATTRIBUTES", "a=%zz")]).starts_with("OTEL_RESOURCE_ATTRIBUTES:"));
+        assert!(err(&[("OTEL_METRIC_EXPORT_INTERVAL", "0")]).starts_with("OTEL_METRIC_EXPORT_INTERVAL:"));
     }
 
     #[test]

@@ -342,3 +342,46 @@ fn decisions_are_counted_on_the_metrics_endpoints() {
     assert!(agent.contains("warden_agent_decision_records_dropped_total 0\n"), "{agent}");
     assert!(agent.contains("warden_agent_connected 1\n"), "{agent}");
 }
+
+/// The same counts reach an OTLP receiver as metrics (cumulative sums, histograms, gauges).
+#[test]
+fn decisions_are_exported_as_otlp_metrics() {
+    let receiver = OtlpReceiver::start(Protocol::Grpc);
+    let endpoint = receiver.endpoint();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+    ];
+    let fleet = Fleet::start_with(&[], &[], &env);
+    let alice = fleet.token("alice", "jti-otlp-metrics", -10, 600);
+    for tool in ["echo", "delete_repository", "delete_repository"] {
+        fleet.call(Some(&alice), tool);
+    }
+    fleet.wait_for_decisions(3);
+    let denied = |points: &[tests::otlp::ReceivedPoint]| {
+        points
+            .iter()
+            .find(|p| {
+                p.metric == "warden.decisions"
+                    && p.attributes.get("gen_ai.tool.name").map(String::as_str) == Some("delete_repository")
+            })
+            .map(|p| (p.value, p.attributes.clone()))
+    };
+    let (value, attributes) = wait_for_or(
+        "the counts at the receiver",
+        || fleet.cp.process.as_ref().unwrap().log_text(),
+        || denied(&receiver.latest_metrics()).filter(|(v, _)| *v >= 2.0),
+    );
+    assert_eq!(value, 2.0);
+    assert_eq!(attributes.get("warden.decision").map(String::as_str), Some("deny"));
+    assert_eq!(attributes.get("warden.reason").map(String::as_str), Some("policy_denied"));
+    assert_eq!(attributes.get("warden.agent").map(String::as_str), Some("agent-d"));
+    let points = receiver.latest_metrics();
+    let connected = points.iter().find(|p| p.metric == "warden.agents.connected").map(|p| p.value);
+    assert_eq!(connected, Some(1.0));
+    let latency: f64 = points.iter().filter(|p| p.metric == "warden.decision.duration").map(|p| p.value).sum();
+    assert_eq!(latency, 3.0, "every decision's latency counted");
+    // No log endpoint configured: none exported.
+    assert!(receiver.logs().is_empty());
+}

@@ -34,6 +34,21 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    /// The upper bounds.
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
+    /// Counts per bucket (not cumulative), the last for values above every bound.
+    pub fn bucket_counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// The sum of the values counted.
+    pub fn sum(&self) -> f64 {
+        self.sum
+    }
 }
 
 /// Text being written, family by family.
