@@ -90,9 +90,9 @@ impl Decisions {
         answer.await.map_err(|_| DecisionError("the writer stopped".into()))?
     }
 
-    /// Resolves after the next commit of new records (create it before checking for them).
-    pub fn stored_notification(&self) -> tokio::sync::futures::Notified<'_> {
-        self.stored.notified()
+    /// Notified after every commit of new records.
+    pub fn stored_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.stored.clone()
     }
 
     /// Up to `max` records after the export cursor, with the cursor of the last (blocking).

@@ -266,10 +266,23 @@ pub async fn run(
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx.clone()));
 
     tokio::spawn(issuer_keys::run(cp.clone(), refresh_rx));
-    let exporter = cp.options.otlp.logs.clone().map(|endpoint| {
-        let (stats, resource) = (cp.export_stats.clone(), cp.options.otlp.resource.clone());
-        tokio::spawn(otlp::export_decisions(cp.decisions.clone(), endpoint, resource, stats, stop_rx.clone()))
-    });
+    let exporters: Vec<_> = match cp.options.otlp.logs.clone() {
+        Some(endpoint) => {
+            let resource = cp.options.otlp.resource.clone();
+            let (decisions, audit) = (cp.decisions.clone(), Arc::new(otlp::AuditTrail(cp.store.clone())));
+            vec![
+                tokio::spawn(otlp::export_logs(
+                    decisions,
+                    endpoint.clone(),
+                    resource.clone(),
+                    cp.export_stats.clone(),
+                    stop_rx.clone(),
+                )),
+                tokio::spawn(otlp::export_logs(audit, endpoint, resource, Arc::default(), stop_rx.clone())),
+            ]
+        }
+        None => Vec::new(),
+    };
     let metrics_exporter = cp.options.otlp.metrics.clone().map(|endpoint| {
         let (resource, interval) = (cp.options.otlp.resource.clone(), cp.options.otlp.metric_interval);
         tokio::spawn(otlp::export_metrics(cp.clone(), endpoint, resource, interval, stop_rx.clone()))
@@ -287,7 +300,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let (a, b) = tokio::join!(tls_server, admin_server);
-    if let Some(exporter) = exporter {
+    for exporter in exporters {
         let _ = exporter.await;
     }
     if let Some(server) = metrics_server {

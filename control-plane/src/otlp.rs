@@ -280,7 +280,7 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
 }
 
 /// The request carrying `records`.
-pub fn logs_request(resource: &[(String, String)], records: &[pb::StoredDecision]) -> ExportLogsServiceRequest {
+pub fn logs_request(resource: &[(String, String)], scope: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(Resource {
@@ -289,11 +289,11 @@ pub fn logs_request(resource: &[(String, String)], records: &[pb::StoredDecision
             }),
             scope_logs: vec![ScopeLogs {
                 scope: Some(InstrumentationScope {
-                    name: "warden.decisions".into(),
+                    name: scope.into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
-                log_records: records.iter().map(log_record).collect(),
+                log_records: records,
                 ..Default::default()
             }],
             ..Default::default()
@@ -494,37 +494,122 @@ pub struct ExportStats {
     pub rejected: std::sync::atomic::AtomicU64,
 }
 
-/// Exports stored decision records as logs until `stop`, from the persisted cursor on.
-pub async fn export_decisions(
-    decisions: Arc<Decisions>,
+/// Records exported as logs from a durable cursor. The methods block (storage): they are called
+/// from `spawn_blocking`.
+pub trait LogSource: Send + Sync + 'static {
+    /// The instrumentation scope of the records (`warden.decisions`, `warden.audit`).
+    fn scope(&self) -> &'static str;
+    /// Up to `max` records after the delivered cursor, with the cursor of the last.
+    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), String>;
+    /// Everything up to `cursor` was delivered (or refused for good).
+    fn delivered(&self, cursor: u64) -> Result<(), String>;
+    /// Woken when new records are stored, if the source can tell (otherwise polled each second).
+    fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+}
+
+impl LogSource for Decisions {
+    fn scope(&self) -> &'static str {
+        "warden.decisions"
+    }
+
+    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), String> {
+        let (cursor, stored) = self.unexported(max).map_err(|e| e.to_string())?;
+        Ok((cursor, stored.iter().map(log_record).collect()))
+    }
+
+    fn delivered(&self, cursor: u64) -> Result<(), String> {
+        self.set_exported(cursor).map_err(|e| e.to_string())
+    }
+
+    fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.stored_notify())
+    }
+}
+
+/// The audit trail of admin changes, from the configuration store.
+pub struct AuditTrail(pub Arc<crate::store::Store>);
+
+impl LogSource for AuditTrail {
+    fn scope(&self) -> &'static str {
+        "warden.audit"
+    }
+
+    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), String> {
+        let after = self.0.audit_exported().map_err(|e| e.to_string())?;
+        let entries = self.0.audit_after(after, max).map_err(|e| e.to_string())?;
+        let cursor = entries.last().map_or(after, |(seq, _)| *seq);
+        Ok((cursor, entries.iter().map(|(_, e)| audit_record(e)).collect()))
+    }
+
+    fn delivered(&self, cursor: u64) -> Result<(), String> {
+        self.0.set_audit_exported(cursor).map_err(|e| e.to_string())
+    }
+}
+
+/// One admin change as an OTLP log record.
+pub fn audit_record(e: &crate::store::AuditEntry) -> LogRecord {
+    let resource = format!("{}/{}", e.kind, e.name);
+    let body = format!("{} {resource} by {} (configuration version {})", e.operation, e.actor, e.version);
+    let int = |key: &str, value: u64| KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::IntValue(value as i64)) }),
+        ..Default::default()
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    LogRecord {
+        time_unix_nano: (e.time_unix_ms.max(0) as u64).saturating_mul(1_000_000),
+        observed_time_unix_nano: now,
+        severity_number: SeverityNumber::Info as i32,
+        severity_text: "INFO".into(),
+        body: string(body),
+        attributes: vec![
+            attribute("warden.audit.actor", &e.actor),
+            attribute("warden.audit.operation", &e.operation),
+            attribute("warden.resource.kind", &e.kind),
+            attribute("warden.resource.name", &e.name),
+            int("warden.config.version", e.version),
+            int("warden.resource.previous_version", e.previous_resource_version),
+        ],
+        event_name: "warden.audit".into(),
+        ..Default::default()
+    }
+}
+
+/// Exports `source`'s records as logs until `stop`, from its persisted cursor on.
+pub async fn export_logs<S: LogSource>(
+    source: Arc<S>,
     endpoint: Endpoint,
     resource: Vec<(String, String)>,
     stats: Arc<ExportStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let scope = source.scope();
     let sender = match Sender::new(&endpoint) {
         Ok(s) => s,
-        Err(e) => return tracing::error!("OTLP logs exporter: {e}"),
+        Err(e) => return tracing::error!(scope, "OTLP logs exporter: {e}"),
     };
-    tracing::info!(endpoint = %endpoint.url, protocol = ?endpoint.protocol, "exporting decision records as OTLP logs");
+    tracing::info!(scope, endpoint = %endpoint.url, protocol = ?endpoint.protocol, "exporting as OTLP logs");
+    let wakeup = source.wakeup().unwrap_or_default();
     let mut failures = 0u32;
     loop {
-        let stored = decisions.stored_notification();
+        let stored = wakeup.notified();
         tokio::pin!(stored);
         stored.as_mut().enable();
         let batch = {
-            let decisions = decisions.clone();
-            tokio::task::spawn_blocking(move || decisions.unexported(BATCH)).await
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || source.after_cursor(BATCH)).await
         };
         let (cursor, records) = match batch {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
-                tracing::error!("OTLP logs exporter: {e}");
+                tracing::error!(scope, "OTLP logs exporter: {e}");
                 (0, Vec::new())
             }
             Err(e) => {
-                tracing::error!("OTLP logs exporter: {e}");
+                tracing::error!(scope, "OTLP logs exporter: {e}");
                 (0, Vec::new())
             }
         };
@@ -538,28 +623,33 @@ pub async fn export_decisions(
         }
         let count = records.len() as u64;
         let outcome = tokio::select! {
-            r = sender.logs(logs_request(&resource, &records)) => r,
+            r = sender.logs(logs_request(&resource, scope, records)) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         let advance = match outcome {
             Ok(rejected) => {
                 failures = 0;
+                let rejected = (rejected.max(0) as u64).min(count);
                 if rejected > 0 {
-                    tracing::warn!(rejected, "the OTLP receiver refused some decision records");
+                    tracing::warn!(scope, rejected, "the OTLP receiver refused some records");
                 }
-                stats.exported.fetch_add(count - (rejected.max(0) as u64).min(count), Relaxed);
-                stats.rejected.fetch_add((rejected.max(0) as u64).min(count), Relaxed);
+                stats.exported.fetch_add(count - rejected, Relaxed);
+                stats.rejected.fetch_add(rejected, Relaxed);
                 true
             }
             Err(ExportError { retry: false, message }) => {
-                tracing::error!(records = count, "the OTLP receiver refused a batch for good ({message}); skipped");
+                tracing::error!(
+                    scope,
+                    records = count,
+                    "the OTLP receiver refused a batch for good ({message}); skipped"
+                );
                 stats.rejected.fetch_add(count, Relaxed);
                 true
             }
             Err(ExportError { retry: true, message }) => {
                 failures = failures.saturating_add(1);
                 let delay = Duration::from_millis(200u64 << failures.min(7)).min(Duration::from_secs(30));
-                tracing::warn!("OTLP logs export failed ({message}); retrying in {delay:?}");
+                tracing::warn!(scope, "OTLP logs export failed ({message}); retrying in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.wait_for(|s| *s) => return,
@@ -568,11 +658,11 @@ pub async fn export_decisions(
             }
         };
         if advance {
-            let decisions = decisions.clone();
-            match tokio::task::spawn_blocking(move || decisions.set_exported(cursor)).await {
+            let source = source.clone();
+            match tokio::task::spawn_blocking(move || source.delivered(cursor)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!("OTLP logs exporter: {e}"),
-                Err(e) => tracing::error!("OTLP logs exporter: {e}"),
+                Ok(Err(e)) => tracing::error!(scope, "OTLP logs exporter: {e}"),
+                Err(e) => tracing::error!(scope, "OTLP logs exporter: {e}"),
             }
         }
     }

@@ -19,6 +19,8 @@ const ISSUER_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("issuer_k
 
 const META_STORE_ID: &str = "store_id";
 const META_VERSION: &str = "version";
+/// The last audit entry delivered to the OTLP receiver.
+const META_AUDIT_EXPORTED: &str = "audit_exported";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +299,37 @@ impl Store {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Audit entries after sequence `after`, oldest first, at most `max`, with their sequence.
+    pub fn audit_after(&self, after: u64, max: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let log = txn.open_table(AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in log.range(after.saturating_add(1)..).map_err(db_err)?.take(max) {
+            let (k, v) = row.map_err(db_err)?;
+            let entry = serde_json::from_slice(v.value()).map_err(|e| corrupt(&k.value().to_string(), e))?;
+            out.push((k.value(), entry));
+        }
+        Ok(out)
+    }
+
+    /// The sequence of the last audit entry exported over OTLP (0: none).
+    pub fn audit_exported(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let value = meta.get(META_AUDIT_EXPORTED).map_err(db_err)?;
+        Ok(value.and_then(|v| v.value().try_into().ok()).map_or(0, u64::from_be_bytes))
+    }
+
+    /// Records that audit entries up to `sequence` were exported.
+    pub fn set_audit_exported(&self, sequence: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(META)
+            .map_err(db_err)?
+            .insert(META_AUDIT_EXPORTED, sequence.to_be_bytes().as_slice())
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
     }
 
     /// Records a new join token (only the hash of its secret).

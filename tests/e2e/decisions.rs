@@ -258,11 +258,14 @@ fn exported_as_otlp_logs(protocol: Protocol) {
         fleet.call(Some(&alice), tool);
         made += 1;
     }
+    let decisions_of = |logs: Vec<tests::otlp::ReceivedLog>| -> Vec<tests::otlp::ReceivedLog> {
+        logs.into_iter().filter(|l| l.record.event_name == "warden.decision").collect()
+    };
     let logs = wait_for_or(
         "the first records at the receiver",
         || fleet.cp.process.as_ref().unwrap().log_text(),
         || {
-            let logs = receiver.logs();
+            let logs = decisions_of(receiver.logs());
             (logs.len() >= made).then_some(logs)
         },
     );
@@ -293,13 +296,34 @@ fn exported_as_otlp_logs(protocol: Protocol) {
         "every record at the receiver",
         || fleet.cp.process.as_ref().unwrap().log_text(),
         || {
-            let logs = receiver.logs();
+            let logs = decisions_of(receiver.logs());
             let ids: HashSet<String> = logs.iter().filter_map(|l| l.attribute("warden.record.id")).collect();
             (ids.len() >= made).then_some(logs)
         },
     );
     let ids: HashSet<String> = logs.iter().filter_map(|l| l.attribute("warden.record.id")).collect();
     assert_eq!(ids.len(), made, "every decision exported");
+
+    // The audit trail goes the same way: the three resources the operator applied (and the
+    // control plane's own key refreshes), who did what.
+    let audit: Vec<_> = receiver.logs().into_iter().filter(|l| l.record.event_name == "warden.audit").collect();
+    let mut applied: Vec<(String, String)> = audit
+        .iter()
+        .filter(|l| l.attribute("warden.audit.operation").as_deref() == Some("apply"))
+        .map(|l| (l.attribute("warden.resource.kind").unwrap(), l.attribute("warden.resource.name").unwrap()))
+        .collect();
+    applied.sort();
+    applied.dedup();
+    let expected = [("McpServer", "notes"), ("Policy", "echo-only"), ("TrustedIssuer", "test-idp")];
+    assert_eq!(applied, expected.map(|(k, n)| (k.to_string(), n.to_string())));
+    for entry in &audit {
+        let (operation, actor) = (entry.attribute("warden.audit.operation"), entry.attribute("warden.audit.actor"));
+        match operation.as_deref() {
+            Some("apply") => assert!(actor.is_some_and(|a| a.starts_with("uid:")), "{entry:?}"),
+            Some("refresh-keys") => assert_eq!(actor.as_deref(), Some("control-plane")),
+            other => panic!("unexpected audit operation {other:?}"),
+        }
+    }
 }
 
 #[test]
