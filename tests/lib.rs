@@ -330,6 +330,7 @@ pub struct Agent {
     pub status_addr: String,
     control_planes: Vec<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -346,6 +347,18 @@ impl Agent {
         join_token: Option<&str>,
         extra: &[&str],
     ) -> Agent {
+        Agent::start_with_env(dir, id, control_planes, join_token, extra, &[])
+    }
+
+    /// [`Agent::start_with`] with environment variables (`OTEL_*`, …).
+    pub fn start_with_env(
+        dir: &Path,
+        id: &str,
+        control_planes: &[&str],
+        join_token: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let mut agent = Agent {
             process: None,
             id: id.to_string(),
@@ -353,6 +366,7 @@ impl Agent {
             status_addr: loopback_addr(),
             control_planes: control_planes.iter().map(|s| s.to_string()).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         agent.launch(join_token);
         agent
@@ -367,7 +381,8 @@ impl Agent {
             .args(["--control-plane", &self.control_planes.join(",")])
             .args(["--status-listen", &self.status_addr])
             .args(["--backoff-base", "50ms", "--backoff-max", "500ms", "--heartbeat-interval", "2s"])
-            .args(&self.extra);
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(token) = join_token {
             command.args(["--join-token", token]);
         }

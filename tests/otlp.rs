@@ -13,6 +13,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
@@ -96,6 +98,52 @@ fn points(request: ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
     out
 }
 
+/// A span as received (ids in hex).
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub attributes: HashMap<String, String>,
+}
+
+fn spans_of(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    request
+        .resource_spans
+        .into_iter()
+        .flat_map(|r| r.scope_spans)
+        .flat_map(|s| s.spans)
+        .map(|s| ReceivedSpan {
+            attributes: s
+                .attributes
+                .iter()
+                .filter_map(|kv| Some((kv.key.clone(), attribute(&s.attributes, &kv.key)?)))
+                .collect(),
+            name: s.name,
+            trace_id: hex(&s.trace_id),
+            span_id: hex(&s.span_id),
+            parent_span_id: hex(&s.parent_span_id),
+        })
+        .collect()
+}
+
+type ReceivedSpans = Arc<Mutex<Vec<ReceivedSpan>>>;
+
+struct Traces(ReceivedSpans);
+
+#[tonic::async_trait]
+impl TraceService for Traces {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().extend(spans_of(request.into_inner()));
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
 type Received = Arc<Mutex<Vec<ReceivedLog>>>;
 type ReceivedMetrics = Arc<Mutex<Vec<Vec<ReceivedPoint>>>>;
 
@@ -149,6 +197,7 @@ pub struct OtlpReceiver {
     protocol: Protocol,
     received: Received,
     metrics: ReceivedMetrics,
+    spans: ReceivedSpans,
     stop: Option<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
@@ -160,6 +209,7 @@ impl OtlpReceiver {
             protocol,
             received: Arc::default(),
             metrics: Arc::default(),
+            spans: Arc::default(),
             stop: None,
         };
         receiver.restart();
@@ -176,7 +226,7 @@ impl OtlpReceiver {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (address, protocol, received) = (self.address.clone(), self.protocol, self.received.clone());
-        let metrics = self.metrics.clone();
+        let (metrics, spans) = (self.metrics.clone(), self.spans.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
@@ -191,6 +241,7 @@ impl OtlpReceiver {
                         let _ = tonic::transport::Server::builder()
                             .add_service(LogsServiceServer::new(Logs(received)))
                             .add_service(MetricsServiceServer::new(Metrics(metrics)))
+                            .add_service(TraceServiceServer::new(Traces(spans)))
                             .serve_with_incoming_shutdown(incoming, stopped)
                             .await;
                     }
@@ -239,6 +290,11 @@ impl OtlpReceiver {
             let _ = stop.send(());
             let _ = thread.join();
         }
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap().clone()
     }
 
     /// The data points of the newest metrics export received.

@@ -49,12 +49,7 @@ impl Authorization for LocalCheck {
         let source = attributes.source.unwrap_or_default();
         let address = source_address(source.address.as_ref());
         let certificate = client_certificate(&source.certificate);
-        let caller = Caller {
-            address,
-            certificate: certificate.as_deref(),
-            arrived: std::time::Instant::now(),
-            via: "ext_authz",
-        };
+        let caller = Caller::new(address, certificate.as_deref(), std::time::Instant::now(), "ext_authz");
         let Some(server) = attributes.context_extensions.get("mcp_server").map(|n| Arc::<str>::from(n.as_str())) else {
             return Ok(Response::new(denied(&unnamed())));
         };

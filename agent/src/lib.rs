@@ -13,6 +13,7 @@ pub mod ext_authz;
 pub mod gateway;
 pub mod identity;
 pub mod last_good;
+pub mod spans;
 pub mod status;
 pub mod sync;
 pub mod tls;
@@ -61,6 +62,8 @@ pub struct Options {
     pub ext_authz_listen: Option<String>,
     /// Bounds of the decision records' outbox.
     pub decisions: decisions::Limits,
+    /// OpenTelemetry export (from the `OTEL_*` variables): spans of gateway requests.
+    pub otlp: warden_otlp::Config,
 }
 
 /// Why the agent stopped with an error.
@@ -136,6 +139,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         options.gateway_tls.clone(),
         options.labels.clone(),
         outbox.clone(),
+        options.otlp.traces.clone().map(|e| spans::Spans::start(e, options.otlp.resource.clone(), stop_rx.clone())),
     );
     let ext_authz_task = options.ext_authz_listen.clone().map(|listen| {
         let (shared, stop) = (shared.clone(), stop_rx.clone());

@@ -125,6 +125,7 @@ async fn start() -> anyhow::Result<()> {
         gateway_workers: args
             .gateway_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        otlp: warden_otlp::Config::from_env("warden-agent", warden_otlp::process_env)?,
         decisions: agent::decisions::Limits {
             memory_records: args.decision_memory_records.max(2),
             spool_records: args.decision_spool_records,

@@ -110,7 +110,7 @@ async fn start() -> anyhow::Result<()> {
         },
         decision_retention: args.decision_retention,
         metrics_listen: args.metrics_listen,
-        otlp: control_plane::otlp::Config::from_env("warden-cp", control_plane::otlp::process_env)?,
+        otlp: warden_otlp::Config::from_env("warden-cp", warden_otlp::process_env)?,
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

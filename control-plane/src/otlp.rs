@@ -9,205 +9,23 @@
 //! (`opentelemetry-proto`); the OpenTelemetry SDK's log pipeline is not used because it drops
 //! records when its queue fills or an export fails, and these are audit records.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_client,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse, metrics_service_client,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message;
 use proto::v1 as pb;
 use tokio::sync::watch;
+pub use warden_otlp::{Config, Endpoint};
+use warden_otlp::{ExportError, Sender, attribute, resource as otel_resource, string};
 
 use crate::decisions::Decisions;
 
 /// Decision records per export request.
 const BATCH: usize = 512;
-
-/// How a signal is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// OTLP/gRPC.
-    Grpc,
-    /// OTLP/HTTP with binary protobuf bodies.
-    HttpProtobuf,
-}
-
-/// Where and how one signal is exported.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    /// For gRPC the server's URL; for HTTP the full URL of the signal (`…/v1/logs`).
-    pub url: String,
-    pub protocol: Protocol,
-    /// Sent with every request (`OTEL_EXPORTER_OTLP_HEADERS`).
-    pub headers: Vec<(String, String)>,
-    pub timeout: Duration,
-}
-
-/// The export configuration: off unless an endpoint is set.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Config {
-    /// Where decision records go as logs.
-    pub logs: Option<Endpoint>,
-    /// Where metrics go.
-    pub metrics: Option<Endpoint>,
-    /// How often metrics are exported (`OTEL_METRIC_EXPORT_INTERVAL`, default 60 s).
-    pub metric_interval: Duration,
-    /// The resource: `service.name` and `OTEL_RESOURCE_ATTRIBUTES`.
-    pub resource: Vec<(String, String)>,
-}
-
-/// A malformed `OTEL_*` variable.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{variable}: {message}")]
-pub struct ConfigError {
-    variable: String,
-    message: String,
-}
-
-fn bad(variable: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { variable: variable.to_string(), message: message.into() }
-}
-
-/// `k=v,k2=v2` with percent-encoded values (W3C Baggage-like, as the specification says).
-fn pairs(variable: &str, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').ok_or_else(|| bad(variable, format!("{p:?} is not key=value")))?;
-            let decode = |s: &str| {
-                percent_decode(s.trim()).ok_or_else(|| bad(variable, format!("{s:?} is not percent-encoded UTF-8")))
-            };
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config { logs: None, metrics: None, metric_interval: Duration::from_secs(60), resource: Vec::new() }
-    }
-}
-
-impl Config {
-    /// Reads the standard variables through `var` (the process environment in production).
-    /// `service` is the default `service.name`.
-    pub fn from_env(service: &str, var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let get = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            return Ok(Config::default());
-        }
-        let mut resource = vec![("service.name".to_string(), service.to_string())];
-        if let Some(text) = get("OTEL_RESOURCE_ATTRIBUTES") {
-            for (k, v) in pairs("OTEL_RESOURCE_ATTRIBUTES", &text)? {
-                resource.retain(|(key, _)| *key != k);
-                resource.push((k, v));
-            }
-        }
-        if let Some(name) = get("OTEL_SERVICE_NAME") {
-            resource.retain(|(key, _)| key != "service.name");
-            resource.push(("service.name".into(), name));
-        }
-        resource.push(("service.version".into(), env!("CARGO_PKG_VERSION").into()));
-        let metric_interval = match get("OTEL_METRIC_EXPORT_INTERVAL") {
-            Some(ms) => match ms.parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => {
-                    return Err(bad(
-                        "OTEL_METRIC_EXPORT_INTERVAL",
-                        format!("{ms:?} is not a positive number of milliseconds"),
-                    ));
-                }
-            },
-            None => Duration::from_secs(60),
-        };
-        Ok(Config {
-            logs: endpoint("LOGS", "logs", &get)?,
-            metrics: endpoint("METRICS", "metrics", &get)?,
-            metric_interval,
-            resource,
-        })
-    }
-}
-
-/// The endpoint of one signal, from its own variables or the general ones.
-fn endpoint(signal: &str, path: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Endpoint>, ConfigError> {
-    let specific = |name: &str| format!("OTEL_EXPORTER_OTLP_{signal}_{name}");
-    let either = |name: &str| get(&specific(name)).or_else(|| get(&format!("OTEL_EXPORTER_OTLP_{name}")));
-    let protocol = match either("PROTOCOL").as_deref() {
-        None | Some("http/protobuf") => Protocol::HttpProtobuf,
-        Some("grpc") => Protocol::Grpc,
-        Some(other) => {
-            return Err(bad(
-                &specific("PROTOCOL"),
-                format!("{other:?}: use grpc or http/protobuf (http/json is not supported)"),
-            ));
-        }
-    };
-    // A signal's own endpoint is used as is; the general one gets the signal's path for HTTP.
-    let url = match (get(&specific("ENDPOINT")), get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
-        (Some(url), _) => url,
-        (None, Some(base)) if protocol == Protocol::HttpProtobuf => format!("{}/v1/{path}", base.trim_end_matches('/')),
-        (None, Some(base)) => base,
-        (None, None) => return Ok(None),
-    };
-    if !url.starts_with("http://") {
-        let variable = if get(&specific("ENDPOINT")).is_some() {
-            specific("ENDPOINT")
-        } else {
-            "OTEL_EXPORTER_OTLP_ENDPOINT".into()
-        };
-        return Err(bad(
-            &variable,
-            format!("{url:?}: only http:// endpoints are supported (run a Collector beside the control plane for TLS)"),
-        ));
-    }
-    let headers = match either("HEADERS") {
-        Some(text) => pairs(&specific("HEADERS"), &text)?,
-        None => Vec::new(),
-    };
-    let timeout = match either("TIMEOUT") {
-        Some(ms) => Duration::from_millis(
-            ms.parse().map_err(|_| bad(&specific("TIMEOUT"), format!("{ms:?} is not milliseconds")))?,
-        ),
-        None => Duration::from_secs(10),
-    };
-    Ok(Some(Endpoint { url, protocol, headers, timeout }))
-}
-
-fn string(value: impl Into<String>) -> Option<AnyValue> {
-    Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) })
-}
-
-fn attribute(key: &str, value: impl Into<String>) -> KeyValue {
-    KeyValue { key: key.to_string(), value: string(value), ..Default::default() }
-}
 
 /// One decision as an OTLP log record. Attribute names follow OpenTelemetry's semantic
 /// conventions where they exist (`mcp.method.name`, `gen_ai.tool.name`, `mcp.resource.uri`,
@@ -283,10 +101,7 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
 pub fn logs_request(resource: &[(String, String)], scope: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource {
-                attributes: resource.iter().map(|(k, v)| attribute(k, v)).collect(),
-                ..Default::default()
-            }),
+            resource: Some(otel_resource(resource)),
             scope_logs: vec![ScopeLogs {
                 scope: Some(InstrumentationScope {
                     name: scope.into(),
@@ -299,138 +114,6 @@ pub fn logs_request(resource: &[(String, String)], scope: &str, records: Vec<Log
             ..Default::default()
         }],
     }
-}
-
-/// Why an export failed, and whether to try the same batch again.
-#[derive(Debug)]
-struct ExportError {
-    retry: bool,
-    message: String,
-}
-
-/// Sends export requests of one signal to one endpoint.
-enum Sender {
-    Grpc(tonic::transport::Channel, Endpoint),
-    Http(Endpoint),
-}
-
-/// What the receiver refused of an accepted request (OTLP partial success).
-trait Refused {
-    fn refused(&self) -> i64;
-}
-
-impl Refused for ExportLogsServiceResponse {
-    fn refused(&self) -> i64 {
-        self.partial_success.as_ref().map_or(0, |p| p.rejected_log_records)
-    }
-}
-
-impl Refused for ExportMetricsServiceResponse {
-    fn refused(&self) -> i64 {
-        self.partial_success.as_ref().map_or(0, |p| p.rejected_data_points)
-    }
-}
-
-fn with_headers<T>(request: T, endpoint: &Endpoint) -> tonic::Request<T> {
-    let mut call = tonic::Request::new(request);
-    for (k, v) in &endpoint.headers {
-        let (Ok(k), Ok(v)) = (
-            tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
-            tonic::metadata::MetadataValue::try_from(v.as_str()),
-        ) else {
-            continue;
-        };
-        call.metadata_mut().insert(k, v);
-    }
-    call
-}
-
-fn grpc_error(status: tonic::Status) -> ExportError {
-    use tonic::Code;
-    // The OTLP specification's retryable codes (and Unknown, which a restarting receiver sends).
-    let retry = matches!(
-        status.code(),
-        Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::OutOfRange
-            | Code::Unavailable
-            | Code::DataLoss
-            | Code::ResourceExhausted
-            | Code::Unknown
-    );
-    ExportError { retry, message: format!("{}: {}", status.code(), status.message()) }
-}
-
-impl Sender {
-    fn new(endpoint: &Endpoint) -> Result<Sender, String> {
-        Ok(match endpoint.protocol {
-            Protocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())
-                    .map_err(|e| format!("{}: {e}", endpoint.url))?
-                    .timeout(endpoint.timeout)
-                    .connect_timeout(endpoint.timeout)
-                    .connect_lazy();
-                Sender::Grpc(channel, endpoint.clone())
-            }
-            Protocol::HttpProtobuf => Sender::Http(endpoint.clone()),
-        })
-    }
-
-    /// Sends logs; `Ok` with the number of records the receiver refused.
-    async fn logs(&self, request: ExportLogsServiceRequest) -> Result<i64, ExportError> {
-        match self {
-            Sender::Grpc(channel, endpoint) => {
-                let mut client = logs_service_client::LogsServiceClient::new(channel.clone());
-                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
-                Ok(answer.into_inner().refused())
-            }
-            Sender::Http(endpoint) => http_post::<ExportLogsServiceResponse>(endpoint, request.encode_to_vec()).await,
-        }
-    }
-
-    /// Sends metrics; `Ok` with the number of data points the receiver refused.
-    async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<i64, ExportError> {
-        match self {
-            Sender::Grpc(channel, endpoint) => {
-                let mut client = metrics_service_client::MetricsServiceClient::new(channel.clone());
-                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
-                Ok(answer.into_inner().refused())
-            }
-            Sender::Http(endpoint) => {
-                http_post::<ExportMetricsServiceResponse>(endpoint, request.encode_to_vec()).await
-            }
-        }
-    }
-}
-
-/// OTLP/HTTP: POST of the protobuf body (ureq blocks: off the async threads).
-async fn http_post<R: Message + Default + Refused>(endpoint: &Endpoint, body: Vec<u8>) -> Result<i64, ExportError> {
-    let endpoint = endpoint.clone();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(endpoint.timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut request = agent.post(&endpoint.url).header("content-type", "application/x-protobuf");
-        for (k, v) in &endpoint.headers {
-            request = request.header(k, v);
-        }
-        let mut response = request
-            .send(&body[..])
-            .map_err(|e| ExportError { retry: true, message: format!("{}: {e}", endpoint.url) })?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            let bytes = response.body_mut().read_to_vec().unwrap_or_default();
-            return Ok(R::decode(bytes.as_slice()).map_or(0, |r| r.refused()));
-        }
-        // OTLP/HTTP: these are worth retrying; any other failure is final for this request.
-        let retry = matches!(status, 429 | 502 | 503 | 504);
-        Err(ExportError { retry, message: format!("{}: HTTP {status}", endpoint.url) })
-    })
-    .await
-    .map_err(|e| ExportError { retry: true, message: e.to_string() })?
 }
 
 /// Exports the control plane's metrics (cumulative) every `interval` until `stop`. Nothing is
@@ -461,10 +144,7 @@ pub async fn export_metrics(
         };
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
-                resource: Some(Resource {
-                    attributes: resource.iter().map(|(k, v)| attribute(k, v)).collect(),
-                    ..Default::default()
-                }),
+                resource: Some(otel_resource(&resource)),
                 scope_metrics: vec![ScopeMetrics {
                     scope: Some(InstrumentationScope {
                         name: "warden.control_plane".into(),
@@ -668,77 +348,9 @@ pub async fn export_logs<S: LogSource>(
     }
 }
 
-/// The process environment as a lookup.
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
-/// For tests: a lookup over fixed pairs.
-pub fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    move |name| map.get(name).cloned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_standard_variables_configure_the_export() {
-        let none = Config::from_env("warden-cp", env_of(&[])).unwrap();
-        assert_eq!(none.logs, None);
-        let http = Config::from_env("warden-cp", env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]))
-            .unwrap();
-        let logs = http.logs.unwrap();
-        assert_eq!((logs.url.as_str(), logs.protocol), ("http://collector:4318/v1/logs", Protocol::HttpProtobuf));
-        assert_eq!(http.metrics.unwrap().url, "http://collector:4318/v1/metrics");
-        assert_eq!(http.metric_interval, Duration::from_secs(60));
-        let grpc = Config::from_env(
-            "warden-cp",
-            env_of(&[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4317"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20x, team = sec"),
-                ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "2500"),
-                ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,service.name=ignored"),
-                ("OTEL_SERVICE_NAME", "cp-eu"),
-            ]),
-        )
-        .unwrap();
-        let logs = grpc.logs.unwrap();
-        assert_eq!((logs.url.as_str(), logs.protocol), ("http://logs:4317", Protocol::Grpc));
-        assert_eq!(logs.headers, [("authorization".into(), "Bearer x".into()), ("team".into(), "sec".into())]);
-        assert_eq!(logs.timeout, Duration::from_millis(2500));
-        let resource: HashMap<_, _> = grpc.resource.into_iter().collect();
-        assert_eq!(resource["service.name"], "cp-eu");
-        assert_eq!(resource["deployment.environment"], "prod");
-        let disabled = Config::from_env(
-            "x",
-            env_of(&[("OTEL_SDK_DISABLED", "true"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")]),
-        );
-        assert_eq!(disabled.unwrap().logs, None);
-    }
-
-    #[test]
-    fn malformed_variables_are_named_in_the_error() {
-        let err = |pairs: &[(&str, &str)]| Config::from_env("x", env_of(pairs)).unwrap_err().to_string();
-        assert!(
-            err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
-                .starts_with("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL:")
-        );
-        assert!(err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")]).starts_with("OTEL_EXPORTER_OTLP_ENDPOINT:"));
-        assert!(
-            err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")])
-                .contains("not key=value")
-        );
-        assert!(
-            err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")])
-                .contains("not milliseconds")
-        );
-        assert!(err(&[("OTEL_RESOURCE_ATTRIBUTES", "a=%zz")]).starts_with("OTEL_RESOURCE_ATTRIBUTES:"));
-        assert!(err(&[("OTEL_METRIC_EXPORT_INTERVAL", "0")]).starts_with("OTEL_METRIC_EXPORT_INTERVAL:"));
-    }
 
     #[test]
     fn a_decision_becomes_a_log_record_with_semantic_attributes() {

@@ -20,11 +20,16 @@ struct Fleet {
 
 impl Fleet {
     fn start(agent_flags: &[&str]) -> Fleet {
-        Fleet::start_with(agent_flags, &[], &[])
+        Fleet::start_with(agent_flags, &[], &[], &[])
     }
 
-    /// With `cp_flags` and `cp_env` for the control plane.
-    fn start_with(agent_flags: &[&str], cp_flags: &[&str], cp_env: &[(&str, &str)]) -> Fleet {
+    /// With `cp_flags` and `cp_env` for the control plane, `agent_env` for the agent.
+    fn start_with(
+        agent_flags: &[&str],
+        cp_flags: &[&str],
+        cp_env: &[(&str, &str)],
+        agent_env: &[(&str, &str)],
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let idp = MintingIdp::start(dir.path());
         let upstream = McpUpstream::start(dir.path());
@@ -32,7 +37,7 @@ impl Fleet {
         let cp = ControlPlane::start_with_env(dir.path(), &flags, cp_env);
         let token = cp.join_token("5m");
         let gateway = loopback_addr();
-        let agent = Agent::start_with(dir.path(), "agent-d", &[&cp.address], Some(&token), agent_flags);
+        let agent = Agent::start_with_env(dir.path(), "agent-d", &[&cp.address], Some(&token), agent_flags, agent_env);
         let yaml = format!(
             r#"
 apiVersion: warden.dev/v1
@@ -58,7 +63,8 @@ metadata: {{name: echo-only}}
 spec:
   servers: [notes]
   cedar: |
-    permit(principal, action == Action::"tools/call", resource) when {{ resource.name == "echo" }};
+    permit(principal, action == Action::"tools/call", resource) when {{ ["echo", "seen_headers"].contains(resource.name) }};
+    permit(principal, action == Action::"tools/list", resource);
 "#,
             issuer = idp.issuer,
             upstream = upstream.url,
@@ -251,7 +257,7 @@ fn exported_as_otlp_logs(protocol: Protocol) {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol_name),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
     ];
-    let mut fleet = Fleet::start_with(&[], &[], &env);
+    let mut fleet = Fleet::start_with(&[], &[], &env, &[]);
     let alice = fleet.token("alice", "jti-otlp", -10, 600);
     let mut made = 0;
     for tool in ["echo", "delete_repository"] {
@@ -341,7 +347,7 @@ fn decision_records_are_exported_as_otlp_logs_over_http() {
 #[test]
 fn decisions_are_counted_on_the_metrics_endpoints() {
     let metrics_addr = loopback_addr();
-    let fleet = Fleet::start_with(&[], &["--metrics-listen", &metrics_addr], &[]);
+    let fleet = Fleet::start_with(&[], &["--metrics-listen", &metrics_addr], &[], &[]);
     let alice = fleet.token("alice", "jti-metrics", -10, 600);
     for tool in ["echo", "delete_repository", "delete_repository"] {
         fleet.call(Some(&alice), tool);
@@ -377,7 +383,7 @@ fn decisions_are_exported_as_otlp_metrics() {
         ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
     ];
-    let fleet = Fleet::start_with(&[], &[], &env);
+    let fleet = Fleet::start_with(&[], &[], &env, &[]);
     let alice = fleet.token("alice", "jti-otlp-metrics", -10, 600);
     for tool in ["echo", "delete_repository", "delete_repository"] {
         fleet.call(Some(&alice), tool);
@@ -408,4 +414,48 @@ fn decisions_are_exported_as_otlp_metrics() {
     assert_eq!(latency, 3.0, "every decision's latency counted");
     // No log endpoint configured: none exported.
     assert!(receiver.logs().is_empty());
+}
+
+/// With tracing on, each gateway request is a span (MCP semantic conventions) in the caller's
+/// trace, and the upstream MCP server gets this span as its parent.
+#[test]
+fn gateway_requests_are_spans_whose_context_reaches_the_upstream() {
+    let receiver = OtlpReceiver::start(Protocol::Grpc);
+    let endpoint = receiver.endpoint();
+    let env = [("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+    let fleet = Fleet::start_with(&[], &[], &[], &env);
+    let alice = fleet.token("alice", "jti-traces", -10, 600);
+    let call: &[&str] = &["call", "seen_headers", "{}"];
+    let results = tests::mcp_client(&fleet.url(), "legacy", &[(alice.as_str(), call)]);
+    let seen = results[0]["result"]["text"][0].as_str().unwrap_or_else(|| panic!("{results:?}")).to_string();
+    let traceparent = seen.lines().find_map(|l| l.strip_prefix("traceparent=")).expect("a traceparent upstream");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let (trace_id, parent) = (parts[1].to_string(), parts[2].to_string());
+    let span = wait_for_or(
+        "the span at the receiver",
+        || fleet.agent.log_text(),
+        || receiver.spans().into_iter().find(|s| s.name == "tools/call seen_headers"),
+    );
+    assert_eq!((span.trace_id.as_str(), span.span_id.as_str()), (trace_id.as_str(), parent.as_str()));
+    for (key, value) in [
+        ("mcp.method.name", "tools/call"),
+        ("gen_ai.tool.name", "seen_headers"),
+        ("warden.decision", "allow"),
+        ("http.request.method", "POST"),
+        ("http.response.status_code", "200"),
+    ] {
+        assert_eq!(span.attributes.get(key).map(String::as_str), Some(value), "{key} of {span:?}");
+    }
+    // A denied call is a span too, with its reason; a caller's own trace is continued.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let headers = [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")];
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_repository"}});
+    post(&fleet.url(), Some(&alice), &headers, &body.to_string());
+    let denied = wait_for_or(
+        "the denied call's span",
+        || fleet.agent.log_text(),
+        || receiver.spans().into_iter().find(|s| s.name == "tools/call delete_repository"),
+    );
+    assert_eq!((denied.trace_id.as_str(), denied.parent_span_id.as_str()), (caller_trace, "00f067aa0ba902b7"));
+    assert_eq!(denied.attributes.get("warden.reason").map(String::as_str), Some("policy_denied"));
 }

@@ -43,7 +43,7 @@ def seen_headers(ctx: Context) -> str:
     shown = []
     for name in sorted(headers.keys()):
         lower = name.lower()
-        if lower.startswith("x-warden-") or lower in ("authorization", "dpop", "host"):
+        if lower.startswith("x-warden-") or lower in ("authorization", "dpop", "host", "traceparent"):
             shown.append(f"{lower}={headers[name]}")
         else:
             shown.append(lower)

@@ -2,7 +2,7 @@
 //! at the agent": route, Origin, token, scopes, body, policy, forward, filter.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use super::record::{self, Decision};
 use super::reply::{self, Body, Route};
 use super::{Shared, Worker, proxy, sessions};
 use crate::applied::Applied;
+use crate::spans::{Facts, TraceContext};
 use crate::sync::KeyRefresh;
 
 /// Bounds on what callers may send.
@@ -47,6 +48,15 @@ pub(crate) struct Caller<'a> {
     pub arrived: Instant,
     /// Which front door: "gateway" or "ext_authz" (for decision records).
     pub via: &'static str,
+    /// With tracing on: the request's trace context and what its span will say.
+    pub trace: Option<(TraceContext, Arc<Mutex<Facts>>)>,
+}
+
+impl<'a> Caller<'a> {
+    /// A caller without a trace.
+    pub fn new(address: SocketAddr, certificate: Option<&'a [u8]>, arrived: Instant, via: &'static str) -> Caller<'a> {
+        Caller { address, certificate, arrived, via, trace: None }
+    }
 }
 
 /// Handles one request for `server`.
@@ -139,6 +149,9 @@ pub(crate) fn admit(
             policies: Vec::new(),
         };
         record::record(&shared.outbox, caller.arrived, caller.via, headers, decision);
+        if let Some((_, facts)) = &caller.trace {
+            facts.lock().unwrap_or_else(|p| p.into_inner()).decided(method.as_str(), None, false, reason);
+        }
     };
     if path != route.mcp_path {
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path))));
@@ -233,6 +246,7 @@ pub(crate) fn admit(
         arrived: caller.arrived,
         via: caller.via,
         outbox: shared.outbox.clone(),
+        trace: caller.trace.clone(),
     };
     Ok(Admitted { decider, principal })
 }
@@ -249,6 +263,7 @@ struct Decider {
     arrived: Instant,
     via: &'static str,
     outbox: Arc<crate::decisions::Outbox>,
+    trace: Option<(TraceContext, Arc<Mutex<Facts>>)>,
 }
 
 impl Decider {
@@ -284,6 +299,15 @@ impl Decider {
         outcome: (bool, &str, Vec<String>),
     ) {
         let (allowed, reason, policies) = outcome;
+        if let Some((_, facts)) = &self.trace {
+            let named = target.map(|t| match t {
+                Target::Server => ("server", ""),
+                Target::Tool(n) => ("tool", n),
+                Target::Resource(u) => ("resource", u),
+                Target::Prompt(n) => ("prompt", n),
+            });
+            facts.lock().unwrap_or_else(|p| p.into_inner()).decided(method, named, allowed, reason);
+        }
         let decision = Decision {
             server: &self.server,
             method,
@@ -469,10 +493,16 @@ async fn forward(
         Some(s) => s,
         None => return reply::error(StatusCode::NOT_FOUND, "the server is no longer configured"),
     };
-    let upstream = match proxy::request(&spec.upstream, &parts.method, &parts.headers, body, &decider.verified) {
+    let mut upstream = match proxy::request(&spec.upstream, &parts.method, &parts.headers, body, &decider.verified) {
         Ok(r) => r,
         Err(e) => return reply::error(StatusCode::BAD_GATEWAY, e),
     };
+    // The upstream's parent span is this request's (W3C trace context).
+    if let Some((context, _)) = &decider.trace
+        && let Ok(value) = HeaderValue::from_str(&context.traceparent())
+    {
+        upstream.headers_mut().insert("traceparent", value);
+    }
     let response = match worker.client.request(upstream).await {
         Ok(r) => r,
         Err(e) => {

@@ -59,6 +59,8 @@ pub struct Shared {
     labels: Arc<BTreeMap<String, String>>,
     /// Where decision records go.
     outbox: Arc<crate::decisions::Outbox>,
+    /// Where spans go, when tracing is on.
+    spans: Option<Arc<crate::spans::Spans>>,
     /// DPoP proofs seen (by key and `jti`), against replay.
     dpop_proofs_seen: Arc<std::sync::Mutex<warden_core::dpop::ReplayCache>>,
 }
@@ -72,6 +74,7 @@ impl Shared {
         tls: Option<GatewayTls>,
         labels: BTreeMap<String, String>,
         outbox: Arc<crate::decisions::Outbox>,
+        spans: Option<Arc<crate::spans::Spans>>,
     ) -> Shared {
         let dpop_proofs_seen =
             Arc::new(std::sync::Mutex::new(warden_core::dpop::ReplayCache::new(DPOP_PROOFS_REMEMBERED)));
@@ -83,6 +86,7 @@ impl Shared {
             tls,
             labels: Arc::new(labels),
             outbox,
+            spans,
             dpop_proofs_seen,
         }
     }
@@ -325,13 +329,22 @@ async fn connection<IO>(
     let service = hyper::service::service_fn(move |req| {
         let (worker, server, certificate) = (worker.clone(), server.clone(), certificate.clone());
         async move {
-            let caller = handler::Caller {
-                address: peer,
-                certificate: certificate.as_deref(),
-                arrived: std::time::Instant::now(),
-                via: "gateway",
+            let arrived = std::time::Instant::now();
+            let Some(spans) = worker.shared.spans.clone() else {
+                let caller = handler::Caller::new(peer, certificate.as_deref(), arrived, "gateway");
+                return Ok::<_, std::convert::Infallible>(handler::handle(&worker, &server, caller, req).await);
             };
-            Ok::<_, std::convert::Infallible>(handler::handle(&worker, &server, caller, req).await)
+            let (context, started) = (crate::spans::TraceContext::from_headers(req.headers()), crate::spans::started());
+            let facts = Arc::new(std::sync::Mutex::new(crate::spans::Facts {
+                server: server.to_string(),
+                ..Default::default()
+            }));
+            let http_method = req.method().clone();
+            let mut caller = handler::Caller::new(peer, certificate.as_deref(), arrived, "gateway");
+            caller.trace = Some((context, facts.clone()));
+            let response = handler::handle(&worker, &server, caller, req).await;
+            spans.finish(&context, started, &facts, http_method.as_str(), response.status().as_u16());
+            Ok(response)
         }
     });
     let conn = http1::Builder::new()

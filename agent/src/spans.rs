@@ -1,0 +1,261 @@
+//! A span per gateway request, exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with W3C trace context continued from the
+//! caller and passed on to the upstream MCP server. Best effort, unlike decision records: a
+//! bounded queue whose overflow is counted, never a wait on the request path.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use tokio::sync::{mpsc, watch};
+use warden_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
+use warden_otlp::proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use warden_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
+use warden_otlp::{Endpoint, Sender, attribute};
+
+/// Spans waiting to be exported at most; past this they are dropped and counted.
+const QUEUE: usize = 8_192;
+/// Spans per export request.
+const BATCH: usize = 512;
+
+/// A request's place in a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// This request's span.
+    pub span_id: [u8; 8],
+    /// The caller's span, when it sent a `traceparent`.
+    pub parent: Option<[u8; 8]>,
+    pub sampled: bool,
+}
+
+fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl TraceContext {
+    /// Continues the caller's trace (a valid W3C `traceparent`) or starts one.
+    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+        let span_id = loop {
+            let id: [u8; 8] = rand::random();
+            if id != [0; 8] {
+                break id;
+            }
+        };
+        let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|v| {
+            let mut parts = v.split('-');
+            let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            if version == "ff" || hex::<1>(version).is_none() {
+                return None;
+            }
+            let (trace, parent, flags) = (hex::<16>(trace)?, hex::<8>(parent)?, hex::<1>(flags)?);
+            (trace != [0; 16] && parent != [0; 8]).then_some((trace, parent, flags[0] & 1 == 1))
+        });
+        match parent {
+            Some((trace_id, parent, sampled)) => TraceContext { trace_id, span_id, parent: Some(parent), sampled },
+            None => TraceContext { trace_id: rand::random(), span_id, parent: None, sampled: true },
+        }
+    }
+
+    /// The `traceparent` for the upstream request: this request's span as the parent.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-{:02x}", to_hex(&self.trace_id), to_hex(&self.span_id), u8::from(self.sampled))
+    }
+}
+
+/// What the request turned out to be, filled in as it is decided.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub method: Option<String>,
+    pub target: Option<(&'static str, String)>,
+    pub allowed: Option<bool>,
+    pub reason: String,
+    pub server: String,
+}
+
+impl Facts {
+    /// Notes a decision (the first denial wins: it is why the request failed).
+    pub fn decided(&mut self, method: &str, target: Option<(&'static str, &str)>, allowed: bool, reason: &str) {
+        if self.allowed == Some(false) {
+            return;
+        }
+        self.method = Some(method.to_string());
+        self.target = target.map(|(k, t)| (k, t.to_string()));
+        self.allowed = Some(allowed);
+        self.reason = reason.to_string();
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The exporter's queue.
+pub struct Spans {
+    queue: mpsc::Sender<Span>,
+    dropped: AtomicU64,
+}
+
+impl Spans {
+    /// Starts exporting to `endpoint` on the current runtime until `stop`.
+    pub fn start(endpoint: Endpoint, resource: Vec<(String, String)>, stop: watch::Receiver<bool>) -> Arc<Spans> {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(export(rx, endpoint, resource, stop));
+        Arc::new(Spans { queue, dropped: AtomicU64::new(0) })
+    }
+
+    /// Spans dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// Ends the span of a request that started at `started` (nanoseconds since the epoch) and
+    /// was answered with `status`.
+    pub fn finish(&self, context: &TraceContext, started: u64, facts: &Mutex<Facts>, http_method: &str, status: u16) {
+        if !context.sampled {
+            return;
+        }
+        let facts = facts.lock().unwrap_or_else(|p| p.into_inner());
+        let method = facts.method.as_deref().unwrap_or(http_method);
+        // MCP semantic conventions: "{mcp.method.name} {target}".
+        let name = match &facts.target {
+            Some((_, target)) if !target.is_empty() => format!("{method} {target}"),
+            _ => method.to_string(),
+        };
+        let int = |key: &str, value: i64| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(value)) }),
+            ..Default::default()
+        };
+        let mut attributes = vec![
+            attribute("http.request.method", http_method),
+            int("http.response.status_code", i64::from(status)),
+            attribute("warden.server", &facts.server),
+        ];
+        if let Some(m) = &facts.method {
+            attributes.push(attribute("mcp.method.name", m));
+        }
+        match &facts.target {
+            Some(("tool", t)) => attributes.push(attribute("gen_ai.tool.name", t)),
+            Some(("resource", t)) => attributes.push(attribute("mcp.resource.uri", t)),
+            Some(("prompt", t)) => attributes.push(attribute("gen_ai.prompt.name", t)),
+            _ => {}
+        }
+        if let Some(allowed) = facts.allowed {
+            attributes.push(attribute("warden.decision", if allowed { "allow" } else { "deny" }));
+        }
+        if !facts.reason.is_empty() {
+            attributes.push(attribute("warden.reason", &facts.reason));
+        }
+        let failed = status >= 500;
+        let span = Span {
+            trace_id: context.trace_id.to_vec(),
+            span_id: context.span_id.to_vec(),
+            parent_span_id: context.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name,
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: started,
+            end_time_unix_nano: now_nanos(),
+            attributes,
+            status: Some(Status {
+                code: if failed { status::StatusCode::Error } else { status::StatusCode::Unset } as i32,
+                ..Default::default()
+            }),
+            flags: 0x100 | u32::from(context.sampled),
+            ..Default::default()
+        };
+        if self.queue.try_send(span).is_err() {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Now, for a span's start.
+pub fn started() -> u64 {
+    now_nanos()
+}
+
+async fn export(
+    mut rx: mpsc::Receiver<Span>,
+    endpoint: Endpoint,
+    resource: Vec<(String, String)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let sender = match Sender::new(&endpoint) {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("OTLP traces exporter: {e}"),
+    };
+    tracing::info!(endpoint = %endpoint.url, "exporting gateway spans over OTLP");
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        // A moment for more, so requests become batches rather than one export each.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while batch.len() < BATCH
+            && let Ok(more) = rx.try_recv()
+        {
+            batch.push(more);
+        }
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(warden_otlp::resource(&resource)),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "warden.gateway".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans: batch,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        if let Err(e) = sender.traces(request).await {
+            tracing::warn!("OTLP traces export failed ({}); those spans are dropped", e.message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callers_trace_is_continued_and_a_bad_traceparent_starts_a_new_one() {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        let ctx = TraceContext::from_headers(&headers);
+        assert_eq!(to_hex(&ctx.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent.map(|p| to_hex(&p)).as_deref(), Some("00f067aa0ba902b7"));
+        let upstream = ctx.traceparent();
+        assert!(upstream.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!upstream.contains("00f067aa0ba902b7"), "the upstream's parent is our span");
+        assert!(upstream.ends_with("-01"));
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            headers.insert("traceparent", bad.parse().unwrap());
+            let fresh = TraceContext::from_headers(&headers);
+            assert_eq!(fresh.parent, None, "{bad}");
+            assert_ne!(fresh.trace_id, [0; 16]);
+        }
+    }
+}

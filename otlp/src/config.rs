@@ -1,0 +1,255 @@
+//! The standard `OTEL_*` variables: where each signal goes, how, and the resource.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How a signal is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with binary protobuf bodies.
+    HttpProtobuf,
+}
+
+/// Where and how one signal is exported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// For gRPC the server's URL; for HTTP the full URL of the signal (`…/v1/logs`).
+    pub url: String,
+    pub protocol: Protocol,
+    /// Sent with every request (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// The export configuration: off unless an endpoint is set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where decision records go as logs.
+    pub logs: Option<Endpoint>,
+    /// Where metrics go.
+    pub metrics: Option<Endpoint>,
+    /// Where spans go.
+    pub traces: Option<Endpoint>,
+    /// How often metrics are exported (`OTEL_METRIC_EXPORT_INTERVAL`, default 60 s).
+    pub metric_interval: Duration,
+    /// The resource: `service.name` and `OTEL_RESOURCE_ATTRIBUTES`.
+    pub resource: Vec<(String, String)>,
+}
+
+/// A malformed `OTEL_*` variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    variable: String,
+    message: String,
+}
+
+fn bad(variable: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { variable: variable.to_string(), message: message.into() }
+}
+
+/// `k=v,k2=v2` with percent-encoded values (W3C Baggage-like, as the specification says).
+fn pairs(variable: &str, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').ok_or_else(|| bad(variable, format!("{p:?} is not key=value")))?;
+            let decode = |s: &str| {
+                percent_decode(s.trim()).ok_or_else(|| bad(variable, format!("{s:?} is not percent-encoded UTF-8")))
+            };
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            logs: None,
+            metrics: None,
+            traces: None,
+            metric_interval: Duration::from_secs(60),
+            resource: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the standard variables through `var` (the process environment in production).
+    /// `service` is the default `service.name`.
+    pub fn from_env(service: &str, var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(Config::default());
+        }
+        let mut resource = vec![("service.name".to_string(), service.to_string())];
+        if let Some(text) = get("OTEL_RESOURCE_ATTRIBUTES") {
+            for (k, v) in pairs("OTEL_RESOURCE_ATTRIBUTES", &text)? {
+                resource.retain(|(key, _)| *key != k);
+                resource.push((k, v));
+            }
+        }
+        if let Some(name) = get("OTEL_SERVICE_NAME") {
+            resource.retain(|(key, _)| key != "service.name");
+            resource.push(("service.name".into(), name));
+        }
+        resource.push(("service.version".into(), env!("CARGO_PKG_VERSION").into()));
+        let metric_interval = match get("OTEL_METRIC_EXPORT_INTERVAL") {
+            Some(ms) => match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(bad(
+                        "OTEL_METRIC_EXPORT_INTERVAL",
+                        format!("{ms:?} is not a positive number of milliseconds"),
+                    ));
+                }
+            },
+            None => Duration::from_secs(60),
+        };
+        Ok(Config {
+            logs: endpoint("LOGS", "logs", &get)?,
+            metrics: endpoint("METRICS", "metrics", &get)?,
+            traces: endpoint("TRACES", "traces", &get)?,
+            metric_interval,
+            resource,
+        })
+    }
+}
+
+/// The endpoint of one signal, from its own variables or the general ones.
+fn endpoint(signal: &str, path: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Endpoint>, ConfigError> {
+    let specific = |name: &str| format!("OTEL_EXPORTER_OTLP_{signal}_{name}");
+    let either = |name: &str| get(&specific(name)).or_else(|| get(&format!("OTEL_EXPORTER_OTLP_{name}")));
+    let protocol = match either("PROTOCOL").as_deref() {
+        None | Some("http/protobuf") => Protocol::HttpProtobuf,
+        Some("grpc") => Protocol::Grpc,
+        Some(other) => {
+            return Err(bad(
+                &specific("PROTOCOL"),
+                format!("{other:?}: use grpc or http/protobuf (http/json is not supported)"),
+            ));
+        }
+    };
+    // A signal's own endpoint is used as is; the general one gets the signal's path for HTTP.
+    let url = match (get(&specific("ENDPOINT")), get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+        (Some(url), _) => url,
+        (None, Some(base)) if protocol == Protocol::HttpProtobuf => format!("{}/v1/{path}", base.trim_end_matches('/')),
+        (None, Some(base)) => base,
+        (None, None) => return Ok(None),
+    };
+    if !url.starts_with("http://") {
+        let variable = if get(&specific("ENDPOINT")).is_some() {
+            specific("ENDPOINT")
+        } else {
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into()
+        };
+        return Err(bad(
+            &variable,
+            format!("{url:?}: only http:// endpoints are supported (run a Collector beside the control plane for TLS)"),
+        ));
+    }
+    let headers = match either("HEADERS") {
+        Some(text) => pairs(&specific("HEADERS"), &text)?,
+        None => Vec::new(),
+    };
+    let timeout = match either("TIMEOUT") {
+        Some(ms) => Duration::from_millis(
+            ms.parse().map_err(|_| bad(&specific("TIMEOUT"), format!("{ms:?} is not milliseconds")))?,
+        ),
+        None => Duration::from_secs(10),
+    };
+    Ok(Some(Endpoint { url, protocol, headers, timeout }))
+}
+
+/// The process environment as a lookup.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// For tests: a lookup over fixed pairs.
+pub fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    move |name| map.get(name).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standard_variables_configure_the_export() {
+        let none = Config::from_env("warden-cp", env_of(&[])).unwrap();
+        assert_eq!(none.logs, None);
+        let http = Config::from_env("warden-cp", env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]))
+            .unwrap();
+        let logs = http.logs.unwrap();
+        assert_eq!((logs.url.as_str(), logs.protocol), ("http://collector:4318/v1/logs", Protocol::HttpProtobuf));
+        assert_eq!(http.metrics.unwrap().url, "http://collector:4318/v1/metrics");
+        assert_eq!(http.metric_interval, Duration::from_secs(60));
+        let grpc = Config::from_env(
+            "warden-cp",
+            env_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20x, team = sec"),
+                ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "2500"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,service.name=ignored"),
+                ("OTEL_SERVICE_NAME", "cp-eu"),
+            ]),
+        )
+        .unwrap();
+        let logs = grpc.logs.unwrap();
+        assert_eq!((logs.url.as_str(), logs.protocol), ("http://logs:4317", Protocol::Grpc));
+        assert_eq!(logs.headers, [("authorization".into(), "Bearer x".into()), ("team".into(), "sec".into())]);
+        assert_eq!(logs.timeout, Duration::from_millis(2500));
+        let resource: HashMap<_, _> = grpc.resource.into_iter().collect();
+        assert_eq!(resource["service.name"], "cp-eu");
+        assert_eq!(resource["deployment.environment"], "prod");
+        let disabled = Config::from_env(
+            "x",
+            env_of(&[("OTEL_SDK_DISABLED", "true"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")]),
+        );
+        assert_eq!(disabled.unwrap().logs, None);
+    }
+
+    #[test]
+    fn malformed_variables_are_named_in_the_error() {
+        let err = |pairs: &[(&str, &str)]| Config::from_env("x", env_of(pairs)).unwrap_err().to_string();
+        assert!(
+            err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
+                .starts_with("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL:")
+        );
+        assert!(err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")]).starts_with("OTEL_EXPORTER_OTLP_ENDPOINT:"));
+        assert!(
+            err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")])
+                .contains("not key=value")
+        );
+        assert!(
+            err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")])
+                .contains("not milliseconds")
+        );
+        assert!(err(&[("OTEL_RESOURCE_ATTRIBUTES", "a=%zz")]).starts_with("OTEL_RESOURCE_ATTRIBUTES:"));
+        assert!(err(&[("OTEL_METRIC_EXPORT_INTERVAL", "0")]).starts_with("OTEL_METRIC_EXPORT_INTERVAL:"));
+    }
+}

@@ -1,0 +1,166 @@
+//! Sending export requests to one endpoint, and telling retryable failures from final ones.
+
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_client,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse, metrics_service_client,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client,
+};
+use prost::Message;
+
+use crate::{Endpoint, Protocol};
+
+/// Why an export failed, and whether to try the same batch again.
+#[derive(Debug)]
+pub struct ExportError {
+    /// The OTLP specification says the same request may be tried again.
+    pub retry: bool,
+    pub message: String,
+}
+
+/// Sends export requests of one signal to one endpoint.
+pub enum Sender {
+    Grpc(tonic::transport::Channel, Endpoint),
+    Http(Endpoint),
+}
+
+/// What the receiver refused of an accepted request (OTLP partial success).
+trait Refused {
+    fn refused(&self) -> i64;
+}
+
+impl Refused for ExportLogsServiceResponse {
+    fn refused(&self) -> i64 {
+        self.partial_success.as_ref().map_or(0, |p| p.rejected_log_records)
+    }
+}
+
+impl Refused for ExportMetricsServiceResponse {
+    fn refused(&self) -> i64 {
+        self.partial_success.as_ref().map_or(0, |p| p.rejected_data_points)
+    }
+}
+
+impl Refused for ExportTraceServiceResponse {
+    fn refused(&self) -> i64 {
+        self.partial_success.as_ref().map_or(0, |p| p.rejected_spans)
+    }
+}
+
+fn with_headers<T>(request: T, endpoint: &Endpoint) -> tonic::Request<T> {
+    let mut call = tonic::Request::new(request);
+    for (k, v) in &endpoint.headers {
+        let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            tonic::metadata::MetadataValue::try_from(v.as_str()),
+        ) else {
+            continue;
+        };
+        call.metadata_mut().insert(k, v);
+    }
+    call
+}
+
+fn grpc_error(status: tonic::Status) -> ExportError {
+    use tonic::Code;
+    // The OTLP specification's retryable codes (and Unknown, which a restarting receiver sends).
+    let retry = matches!(
+        status.code(),
+        Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
+            | Code::Unknown
+    );
+    ExportError { retry, message: format!("{}: {}", status.code(), status.message()) }
+}
+
+impl Sender {
+    /// A sender to `endpoint` (gRPC connections are made lazily, on the first request).
+    pub fn new(endpoint: &Endpoint) -> Result<Sender, String> {
+        Ok(match endpoint.protocol {
+            Protocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())
+                    .map_err(|e| format!("{}: {e}", endpoint.url))?
+                    .timeout(endpoint.timeout)
+                    .connect_timeout(endpoint.timeout)
+                    .connect_lazy();
+                Sender::Grpc(channel, endpoint.clone())
+            }
+            Protocol::HttpProtobuf => Sender::Http(endpoint.clone()),
+        })
+    }
+
+    /// Sends logs; `Ok` with the number of records the receiver refused.
+    pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<i64, ExportError> {
+        match self {
+            Sender::Grpc(channel, endpoint) => {
+                let mut client = logs_service_client::LogsServiceClient::new(channel.clone());
+                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
+                Ok(answer.into_inner().refused())
+            }
+            Sender::Http(endpoint) => http_post::<ExportLogsServiceResponse>(endpoint, request.encode_to_vec()).await,
+        }
+    }
+
+    /// Sends spans; `Ok` with the number of spans the receiver refused.
+    pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<i64, ExportError> {
+        match self {
+            Sender::Grpc(channel, endpoint) => {
+                let mut client = trace_service_client::TraceServiceClient::new(channel.clone());
+                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
+                Ok(answer.into_inner().refused())
+            }
+            Sender::Http(endpoint) => http_post::<ExportTraceServiceResponse>(endpoint, request.encode_to_vec()).await,
+        }
+    }
+
+    /// Sends metrics; `Ok` with the number of data points the receiver refused.
+    pub async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<i64, ExportError> {
+        match self {
+            Sender::Grpc(channel, endpoint) => {
+                let mut client = metrics_service_client::MetricsServiceClient::new(channel.clone());
+                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
+                Ok(answer.into_inner().refused())
+            }
+            Sender::Http(endpoint) => {
+                http_post::<ExportMetricsServiceResponse>(endpoint, request.encode_to_vec()).await
+            }
+        }
+    }
+}
+
+/// OTLP/HTTP: POST of the protobuf body (ureq blocks: off the async threads).
+async fn http_post<R: Message + Default + Refused>(endpoint: &Endpoint, body: Vec<u8>) -> Result<i64, ExportError> {
+    let endpoint = endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(endpoint.timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut request = agent.post(&endpoint.url).header("content-type", "application/x-protobuf");
+        for (k, v) in &endpoint.headers {
+            request = request.header(k, v);
+        }
+        let mut response = request
+            .send(&body[..])
+            .map_err(|e| ExportError { retry: true, message: format!("{}: {e}", endpoint.url) })?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            let bytes = response.body_mut().read_to_vec().unwrap_or_default();
+            return Ok(R::decode(bytes.as_slice()).map_or(0, |r| r.refused()));
+        }
+        // OTLP/HTTP: these are worth retrying; any other failure is final for this request.
+        let retry = matches!(status, 429 | 502 | 503 | 504);
+        Err(ExportError { retry, message: format!("{}: HTTP {status}", endpoint.url) })
+    })
+    .await
+    .map_err(|e| ExportError { retry: true, message: e.to_string() })?
+}
