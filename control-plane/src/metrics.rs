@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic as otel;
 use opentelemetry_proto::tonic::metrics::v1 as om;
 use proto::v1 as pb;
 use tokio::sync::watch;
-use warden_core::prometheus::{Exposition, Histogram, LATENCY_BUCKETS};
+use warden_core::prometheus::{Exposition, Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
 
 use crate::ControlPlane;
 
@@ -27,6 +27,8 @@ pub struct DecisionCounts {
     decisions: HashMap<DecisionKey, u64>,
     /// (server, decision) → decision latency.
     latency: HashMap<(String, &'static str), Histogram>,
+    /// Issuer → lifetime (`exp - iat`) of the tokens decisions were made with.
+    lifetimes: HashMap<String, Histogram>,
     overflow: u64,
     /// Records agents reported dropping, all runs (cumulative).
     dropped: HashMap<String, u64>,
@@ -47,6 +49,11 @@ impl DecisionCounts {
             self.decisions.insert(key, 1);
         } else {
             self.overflow += 1;
+        }
+        if r.token_lifetime_seconds > 0 && (self.lifetimes.contains_key(&r.issuer) || self.lifetimes.len() < MAX_SERIES)
+        {
+            let h = self.lifetimes.entry(r.issuer.clone()).or_insert_with(|| Histogram::new(LIFETIME_BUCKETS));
+            h.observe(r.token_lifetime_seconds as f64);
         }
         let series = (r.server.clone(), decision);
         if !self.latency.contains_key(&series) && self.latency.len() >= MAX_SERIES {
@@ -100,6 +107,14 @@ pub fn render(cp: &ControlPlane) -> String {
         );
         for ((server, decision), h) in &counts.latency {
             e.histogram("warden_decision_latency_seconds", &[("server", server), ("decision", decision)], h);
+        }
+        e.family(
+            "warden_token_lifetime_seconds",
+            "histogram",
+            "Lifetime (exp - iat) of the tokens decisions were made with.",
+        );
+        for (issuer, h) in &counts.lifetimes {
+            e.histogram("warden_token_lifetime_seconds", &[("issuer", issuer)], h);
         }
         e.family(
             "warden_decision_records_dropped_total",
@@ -225,6 +240,27 @@ pub fn otlp(cp: &ControlPlane) -> Vec<om::Metric> {
             unit: "s".into(),
             description: "Time from a request's arrival at the agent to its decision.".into(),
             data: Some(Data::Histogram(om::Histogram { data_points: histograms, aggregation_temporality: cumulative })),
+            ..Default::default()
+        });
+        let lifetimes = counts
+            .lifetimes
+            .iter()
+            .map(|(issuer, h)| om::HistogramDataPoint {
+                attributes: attributes(&[("warden.issuer", issuer)]),
+                start_time_unix_nano: start,
+                time_unix_nano: now,
+                count: h.count(),
+                sum: Some(h.sum()),
+                bucket_counts: h.bucket_counts().to_vec(),
+                explicit_bounds: h.bounds().to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        out.push(om::Metric {
+            name: "warden.token.lifetime".into(),
+            unit: "s".into(),
+            description: "Lifetime (exp - iat) of the tokens decisions were made with.".into(),
+            data: Some(Data::Histogram(om::Histogram { data_points: lifetimes, aggregation_temporality: cumulative })),
             ..Default::default()
         });
         let dropped = counts.dropped.iter().map(|(agent, n)| point(&[("warden.agent", agent)], *n as f64)).collect();

@@ -61,6 +61,7 @@ fn record(agent: usize, i: usize) -> pb::DecisionRecord {
         trace_id: format!("{:032x}", (agent as u128) << 64 | i as u128),
         jti_hash: format!("{:032x}", i as u128 * 7919),
         via: "gateway".into(),
+        token_lifetime_seconds: 300,
     }
 }
 

@@ -366,6 +366,9 @@ fn decisions_are_counted_on_the_metrics_endpoints() {
     assert!(cp.contains(r#"warden_decision_latency_seconds_count{server="notes",decision="deny"} 2"#), "{cp}");
     assert!(cp.contains("warden_agents_connected 1\n"), "{cp}");
     assert!(cp.contains(r#"warden_agent_config_lag_versions{agent="agent-d"} 0"#), "{cp}");
+    // Three decisions with one 610 s token: all in the 900 s bucket, none in the 300 s one.
+    assert!(cp.contains(r#"warden_token_lifetime_seconds_bucket{issuer="test-idp",le="300"} 0"#), "{cp}");
+    assert!(cp.contains(r#"warden_token_lifetime_seconds_bucket{issuer="test-idp",le="900"} 3"#), "{cp}");
     assert_eq!(get(&format!("http://{metrics_addr}/readyz")).as_deref(), Some("ready"));
     let agent = get(&format!("http://{}/metrics", fleet.agent.status_addr)).expect("the agent's /metrics");
     assert!(agent.contains("warden_agent_decision_records_total 3\n"), "{agent}");

@@ -6,6 +6,9 @@ use std::fmt::Write;
 /// Decision latency buckets, in seconds: 50 µs to 1 s.
 pub const LATENCY_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0];
 
+/// Token lifetime buckets, in seconds: 1 minute to 1 day.
+pub const LIFETIME_BUCKETS: &[f64] = &[60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0];
+
 /// A histogram with fixed upper bounds.
 #[derive(Clone, Debug)]
 pub struct Histogram {

@@ -54,6 +54,7 @@ pub(crate) fn record(outbox: &Outbox, arrived: Instant, via: &str, headers: &Hea
         trace_id: trace_id(headers).unwrap_or_default(),
         jti_hash: workload.and_then(|w| Some(jti_hash(&w.issuer, w.jti.as_deref()?))).unwrap_or_default(),
         via: via.to_string(),
+        token_lifetime_seconds: workload.map_or(0, |w| w.expires_at.saturating_sub(w.issued_at).max(0) as u64),
     });
 }
 
