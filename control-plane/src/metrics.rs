@@ -221,48 +221,47 @@ pub fn otlp(cp: &ControlPlane) -> Vec<om::Metric> {
             "Decisions the agents made, stored by this control plane.",
             points,
         ));
-        let histograms = counts
+        let histogram = |name: &str, description: &str, series: Vec<(Vec<(&str, &str)>, &Histogram)>| {
+            let data_points = series
+                .into_iter()
+                .map(|(pairs, h)| om::HistogramDataPoint {
+                    attributes: attributes(&pairs),
+                    start_time_unix_nano: start,
+                    time_unix_nano: now,
+                    count: h.count(),
+                    sum: Some(h.sum()),
+                    bucket_counts: h.bucket_counts().to_vec(),
+                    explicit_bounds: h.bounds().to_vec(),
+                    ..Default::default()
+                })
+                .collect();
+            om::Metric {
+                name: name.into(),
+                unit: "s".into(),
+                description: description.into(),
+                data: Some(Data::Histogram(om::Histogram { data_points, aggregation_temporality: cumulative })),
+                ..Default::default()
+            }
+        };
+        let latency = counts
             .latency
             .iter()
-            .map(|((server, decision), h)| om::HistogramDataPoint {
-                attributes: attributes(&[("warden.server", server), ("warden.decision", decision)]),
-                start_time_unix_nano: start,
-                time_unix_nano: now,
-                count: h.count(),
-                sum: Some(h.sum()),
-                bucket_counts: h.bucket_counts().to_vec(),
-                explicit_bounds: h.bounds().to_vec(),
-                ..Default::default()
+            .map(|((server, decision), h)| {
+                (vec![("warden.server", server.as_str()), ("warden.decision", *decision)], h)
             })
             .collect();
-        out.push(om::Metric {
-            name: "warden.decision.duration".into(),
-            unit: "s".into(),
-            description: "Time from a request's arrival at the agent to its decision.".into(),
-            data: Some(Data::Histogram(om::Histogram { data_points: histograms, aggregation_temporality: cumulative })),
-            ..Default::default()
-        });
-        let lifetimes = counts
-            .lifetimes
-            .iter()
-            .map(|(issuer, h)| om::HistogramDataPoint {
-                attributes: attributes(&[("warden.issuer", issuer)]),
-                start_time_unix_nano: start,
-                time_unix_nano: now,
-                count: h.count(),
-                sum: Some(h.sum()),
-                bucket_counts: h.bucket_counts().to_vec(),
-                explicit_bounds: h.bounds().to_vec(),
-                ..Default::default()
-            })
-            .collect();
-        out.push(om::Metric {
-            name: "warden.token.lifetime".into(),
-            unit: "s".into(),
-            description: "Lifetime (exp - iat) of the tokens decisions were made with.".into(),
-            data: Some(Data::Histogram(om::Histogram { data_points: lifetimes, aggregation_temporality: cumulative })),
-            ..Default::default()
-        });
+        out.push(histogram(
+            "warden.decision.duration",
+            "Time from a request's arrival at the agent to its decision.",
+            latency,
+        ));
+        let lifetimes =
+            counts.lifetimes.iter().map(|(issuer, h)| (vec![("warden.issuer", issuer.as_str())], h)).collect();
+        out.push(histogram(
+            "warden.token.lifetime",
+            "Lifetime (exp - iat) of the tokens decisions were made with.",
+            lifetimes,
+        ));
         let dropped = counts.dropped.iter().map(|(agent, n)| point(&[("warden.agent", agent)], *n as f64)).collect();
         out.push(sum(
             "warden.decision_records.dropped",
