@@ -106,13 +106,22 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let (link_tx, link_rx) = watch::channel(Link::default());
     let spiller = tokio::spawn(outbox.clone().run_spiller(link_rx.clone(), stop_rx.clone()));
     let (not_after_tx, not_after_rx) = watch::channel(0i64);
+    let spans =
+        options.otlp.traces.clone().map(|e| spans::Spans::start(e, options.otlp.resource.clone(), stop_rx.clone()));
     let status_task = match options.status_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| RunError::Io(format!("binding status endpoint {addr}: {e}")))?;
             tracing::info!(%addr, "status endpoint listening");
-            let app = status::router(options.agent_id.clone(), current.clone(), link_rx, not_after_rx, outbox.clone());
+            let app = status::router(
+                options.agent_id.clone(),
+                current.clone(),
+                link_rx,
+                not_after_rx,
+                outbox.clone(),
+                spans.clone(),
+            );
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -139,7 +148,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         options.gateway_tls.clone(),
         options.labels.clone(),
         outbox.clone(),
-        options.otlp.traces.clone().map(|e| spans::Spans::start(e, options.otlp.resource.clone(), stop_rx.clone())),
+        spans,
     );
     let ext_authz_task = options.ext_authz_listen.clone().map(|listen| {
         let (shared, stop) = (shared.clone(), stop_rx.clone());

@@ -15,6 +15,7 @@ use warden_core::prometheus::Exposition;
 
 use crate::applied::{Current, Source};
 use crate::decisions::Outbox;
+use crate::spans::Spans;
 use crate::sync::Link;
 
 /// What `/status` reports.
@@ -48,6 +49,7 @@ struct Shared {
     link: watch::Receiver<Link>,
     not_after: watch::Receiver<i64>,
     outbox: Arc<Outbox>,
+    spans: Option<Arc<Spans>>,
 }
 
 /// The status routes: `/status` (JSON), `/metrics` (Prometheus text), `/healthz` (the process
@@ -58,13 +60,14 @@ pub fn router(
     link: watch::Receiver<Link>,
     not_after: watch::Receiver<i64>,
     outbox: Arc<Outbox>,
+    spans: Option<Arc<Spans>>,
 ) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(Shared { agent_id, current, link, not_after, outbox })
+        .with_state(Shared { agent_id, current, link, not_after, outbox, spans })
 }
 
 async fn metrics(State(s): State<Shared>) -> impl axum::response::IntoResponse {
@@ -96,6 +99,10 @@ async fn metrics(State(s): State<Shared>) -> impl axum::response::IntoResponse {
     if let Some(spooled) = spooled {
         e.family("warden_agent_decision_spool_records", "gauge", "Decision records waiting on disk.");
         e.sample("warden_agent_decision_spool_records", &[], spooled as f64);
+    }
+    if let Some(spans) = &s.spans {
+        e.family("warden_agent_spans_dropped_total", "counter", "Spans dropped because the export queue was full.");
+        e.sample("warden_agent_spans_dropped_total", &[], spans.dropped() as f64);
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], e.finish())
 }

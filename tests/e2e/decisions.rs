@@ -440,6 +440,13 @@ fn gateway_requests_are_spans_whose_context_reaches_the_upstream() {
         || receiver.spans().into_iter().find(|s| s.name == "tools/call seen_headers"),
     );
     assert_eq!((span.trace_id.as_str(), span.span_id.as_str()), (trace_id.as_str(), parent.as_str()));
+    // The gateway started this trace (the client sent none); its decision record links to it.
+    let record = wait_for_or(
+        "the call's decision record",
+        || fleet.agent.log_text(),
+        || fleet.decisions().into_iter().find(|d| d["target"] == "seen_headers"),
+    );
+    assert_eq!(record["traceId"], trace_id.as_str());
     for (key, value) in [
         ("mcp.method.name", "tools/call"),
         ("gen_ai.tool.name", "seen_headers"),
@@ -461,4 +468,11 @@ fn gateway_requests_are_spans_whose_context_reaches_the_upstream() {
     );
     assert_eq!((denied.trace_id.as_str(), denied.parent_span_id.as_str()), (caller_trace, "00f067aa0ba902b7"));
     assert_eq!(denied.attributes.get("warden.reason").map(String::as_str), Some("policy_denied"));
+    let metrics = ureq::get(&format!("http://{}/metrics", fleet.agent.status_addr))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("warden_agent_spans_dropped_total 0\n"), "{metrics}");
 }

@@ -148,7 +148,14 @@ pub(crate) fn admit(
             reason,
             policies: Vec::new(),
         };
-        record::record(&shared.outbox, caller.arrived, caller.via, headers, decision);
+        record::record(
+            &shared.outbox,
+            caller.arrived,
+            caller.via,
+            headers,
+            caller.trace.as_ref().map(|(t, _)| t),
+            decision,
+        );
         if let Some((_, facts)) = &caller.trace {
             facts.lock().unwrap_or_else(|p| p.into_inner()).decided(method.as_str(), None, false, reason);
         }
@@ -317,7 +324,7 @@ impl Decider {
             reason,
             policies,
         };
-        record::record(&self.outbox, self.arrived, self.via, headers, decision);
+        record::record(&self.outbox, self.arrived, self.via, headers, self.trace.as_ref().map(|(t, _)| t), decision);
     }
 }
 

@@ -10,6 +10,7 @@ use warden_core::authorize::Target;
 use warden_core::token::Verified;
 
 use crate::decisions::Outbox;
+use crate::spans::TraceContext;
 
 /// What one decision was about.
 pub(crate) struct Decision<'a> {
@@ -25,8 +26,16 @@ pub(crate) struct Decision<'a> {
 }
 
 /// Queues the record of `decision` for the control plane; the request arrived at `arrived`
-/// through `via` ("gateway" or "ext_authz").
-pub(crate) fn record(outbox: &Outbox, arrived: Instant, via: &str, headers: &HeaderMap, decision: Decision<'_>) {
+/// through `via` ("gateway" or "ext_authz"). With tracing on, `trace` is the request's trace
+/// (which the gateway may have started), so the record and the span share one trace id.
+pub(crate) fn record(
+    outbox: &Outbox,
+    arrived: Instant,
+    via: &str,
+    headers: &HeaderMap,
+    trace: Option<&TraceContext>,
+    decision: Decision<'_>,
+) {
     if !outbox.enabled() {
         return;
     }
@@ -51,7 +60,10 @@ pub(crate) fn record(outbox: &Outbox, arrived: Instant, via: &str, headers: &Hea
         reason: decision.reason.to_string(),
         policies: decision.policies,
         latency_micros: Instant::now().saturating_duration_since(arrived).as_micros() as u64,
-        trace_id: trace_id(headers).unwrap_or_default(),
+        trace_id: match trace {
+            Some(context) => context.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
+            None => trace_id(headers).unwrap_or_default(),
+        },
         jti_hash: workload.and_then(|w| Some(jti_hash(&w.issuer, w.jti.as_deref()?))).unwrap_or_default(),
         via: via.to_string(),
         token_lifetime_seconds: workload.map_or(0, |w| w.expires_at.saturating_sub(w.issued_at).max(0) as u64),
