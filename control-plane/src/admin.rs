@@ -256,3 +256,43 @@ impl pb::admin_service_server::AdminService for AdminService {
         }))
     }
 }
+
+/// Applies validated documents on behalf of the control plane itself (the token service's
+/// revocations, expiry of revocations): the same planning, checks and audit as an operator's
+/// apply. Returns the version that holds them (the current one when nothing changed).
+pub(crate) async fn apply_documents(
+    cp: &ControlPlane,
+    documents: Vec<Document>,
+    actor: &str,
+    operation: &str,
+) -> Result<u64, WriteError> {
+    let _writer = cp.writer.lock().await;
+    let current = cp.state.borrow().clone();
+    let plan = state::plan_apply(&current, documents)?;
+    if plan.is_noop() {
+        return Ok(current.version);
+    }
+    cp.commit(&current, plan, actor, operation).await
+}
+
+/// Deletes resources on behalf of the control plane itself; one that is already gone is skipped.
+pub(crate) async fn delete_resources(
+    cp: &ControlPlane,
+    keys: Vec<ResourceKey>,
+    actor: &str,
+    operation: &str,
+) -> Result<u64, WriteError> {
+    let _writer = cp.writer.lock().await;
+    let current = cp.state.borrow().clone();
+    let mut plan = state::Plan::empty();
+    for key in keys {
+        if let Ok(one) = state::plan_delete(&current, key, 0) {
+            plan.deletes.extend(one.deletes);
+            plan.key_deletes.extend(one.key_deletes);
+        }
+    }
+    if plan.is_noop() {
+        return Ok(current.version);
+    }
+    cp.commit(&current, plan, actor, operation).await
+}

@@ -112,6 +112,7 @@ pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
         for (key, entry) in &current.resources {
             if let Spec::TrustedIssuer(spec) = &entry.document.spec
                 && spec.keys.jwks.is_none()
+                && !spec.keys.control_plane
             {
                 fetching.insert(key.name.clone(), (entry.resource_version, spec.clone()));
             }
@@ -188,6 +189,7 @@ async fn store(cp: &ControlPlane, issuer: &str, origin_version: u64, fetched: Fe
         jwks: fetched.jwks,
         fetched_at_unix: crate::now_unix_ms() / 1000,
         source_uri: fetched.source_uri,
+        expires_unix: Default::default(),
     };
     let plan = state::plan_keys(&current, issuer, origin_version, record);
     if plan.is_noop() {

@@ -10,14 +10,18 @@
 pub mod admin;
 pub mod agents;
 pub mod decisions;
+pub mod exchange_log;
 pub mod issuer_keys;
 pub mod metrics;
 pub mod otlp;
 pub mod peer;
 pub mod pki;
 pub mod presence;
+pub mod revocations;
+pub mod signing;
 pub mod state;
 pub mod store;
+pub mod token_service;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -65,6 +69,13 @@ pub struct Options {
     pub otlp: otlp::Config,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the token service (token exchange, revocation) is served over HTTPS, if anywhere.
+    pub token_listen: Option<SocketAddr>,
+    /// The token service's certificate chain and key (PEM files); without them it presents a
+    /// certificate from the fleet CA for `server_names`.
+    pub token_tls_files: Option<(PathBuf, PathBuf)>,
+    /// Rotation and publication of the token service's signing keys.
+    pub signing: signing::Timing,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -115,6 +126,10 @@ pub struct ControlPlane {
     key_status: std::sync::Mutex<std::collections::HashMap<String, issuer_keys::KeyStatus>>,
     /// Agents' requests for a prompt key refresh, by issuer name.
     key_refresh: tokio::sync::mpsc::Sender<String>,
+    /// The token service's signing key (in memory only).
+    signing_keys: signing::SigningKeys,
+    /// Token exchanges, on their way to the decision store.
+    exchange_log: exchange_log::ExchangeLog,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -185,6 +200,38 @@ impl ControlPlane {
     }
 }
 
+/// The token service's TLS configuration: the operator's certificate, or one from the fleet CA.
+fn token_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (chain_pem, key_pem) = match &options.token_tls_files {
+        Some((cert, key)) => (
+            std::fs::read(cert).map_err(io(format!("reading {}", cert.display())))?,
+            std::fs::read(key).map_err(io(format!("reading {}", key.display())))?,
+        ),
+        None => {
+            let (chain, key) = ca.issue_server(&options.server_names, Duration::from_secs(90 * 24 * 3600))?;
+            (chain.into_bytes(), key.into_bytes())
+        }
+    };
+    let invalid = |what: &str, e: &dyn std::fmt::Display| RunError::Io {
+        context: format!("the token service's {what}"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    };
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&chain_pem).collect::<Result<_, _>>().map_err(|e| invalid("certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| invalid("key", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid("certificate", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let context = context.into();
     move |source| RunError::Io { context, source }
@@ -225,6 +272,11 @@ pub async fn run(
         Arc::new(decisions::Decisions::open(&options.data_dir, options.decision_retention, decision_counts.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (refresh_tx, refresh_rx) = tokio::sync::mpsc::channel(64);
+    let (exchange_log, exchange_writer) = exchange_log::ExchangeLog::new();
+    let token_tls = match &options.token_listen {
+        Some(_) => Some(token_tls(&options, &ca)?),
+        None => None,
+    };
     let cp = Arc::new(ControlPlane {
         admission: Admission { allow_http_issuers: options.allow_http_issuers },
         store: Arc::new(store),
@@ -238,6 +290,8 @@ pub async fn run(
         started: SystemTime::now(),
         key_status: Default::default(),
         key_refresh: refresh_tx,
+        signing_keys: Default::default(),
+        exchange_log,
         shutdown: stop_rx.clone(),
         options,
     });
@@ -266,6 +320,16 @@ pub async fn run(
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx.clone()));
 
     tokio::spawn(issuer_keys::run(cp.clone(), refresh_rx));
+    tokio::spawn(signing::run(cp.clone()));
+    tokio::spawn(revocations::expire(cp.clone()));
+    let exchange_writer = tokio::spawn(exchange_log::run(exchange_writer, cp.decisions.clone(), stop_rx.clone()));
+    let token_server = match (cp.options.token_listen, token_tls) {
+        (Some(addr), Some(tls)) => {
+            let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the token service {addr}")))?;
+            Some(tokio::spawn(token_service::serve(cp.clone(), listener, tls, stop_rx.clone())))
+        }
+        _ => None,
+    };
     let exporters: Vec<_> = match cp.options.otlp.logs.clone() {
         Some(endpoint) => {
             let resource = cp.options.otlp.resource.clone();
@@ -309,6 +373,10 @@ pub async fn run(
     if let Some(exporter) = metrics_exporter {
         let _ = exporter.await;
     }
+    if let Some(server) = token_server {
+        let _ = server.await;
+    }
+    let _ = exchange_writer.await;
     let _ = std::fs::remove_file(&cp.options.admin_socket);
     a?;
     b?;

@@ -61,6 +61,24 @@ struct Args {
     /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this address.
     #[arg(long, env = "WARDEN_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the token service (RFC 8693 token exchange, RFC 7009 revocation, RFC 8414
+    /// metadata, JWKS) over HTTPS on this address.
+    #[arg(long, env = "WARDEN_TOKEN_LISTEN")]
+    token_listen: Option<SocketAddr>,
+    /// The token service's certificate chain (PEM) [default: one from the fleet CA for the
+    /// --server-name values].
+    #[arg(long, env = "WARDEN_TOKEN_TLS_CERT", requires = "token_tls_key")]
+    token_tls_cert: Option<PathBuf>,
+    /// The token service's private key (PEM).
+    #[arg(long, env = "WARDEN_TOKEN_TLS_KEY", requires = "token_tls_cert")]
+    token_tls_key: Option<PathBuf>,
+    /// How long a signing key signs task tokens before the next replaces it.
+    #[arg(long, default_value = "6h", value_parser = humantime_duration)]
+    signing_key_rotation: Duration,
+    /// A new signing key is published this long before it signs (and until the connected
+    /// agents applied it, up to 30s).
+    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+    signing_key_publish_delay: Duration,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -90,6 +108,9 @@ async fn start() -> anyhow::Result<()> {
     if args.agent_cert_ttl < Duration::from_secs(10) {
         anyhow::bail!("--agent-cert-ttl must be at least 10s");
     }
+    if args.signing_key_rotation < Duration::from_secs(60) {
+        anyhow::bail!("--signing-key-rotation must be at least 1m");
+    }
     if args.key_refresh_min.is_zero() || args.key_refresh_min > args.key_refresh_max {
         anyhow::bail!("--key-refresh-min must be more than 0s and at most --key-refresh-max");
     }
@@ -110,6 +131,13 @@ async fn start() -> anyhow::Result<()> {
         },
         decision_retention: args.decision_retention,
         metrics_listen: args.metrics_listen,
+        token_listen: args.token_listen,
+        token_tls_files: args.token_tls_cert.zip(args.token_tls_key),
+        signing: control_plane::signing::Timing {
+            rotation: args.signing_key_rotation,
+            publish_delay: args.signing_key_publish_delay,
+            ..Default::default()
+        },
         otlp: warden_otlp::Config::from_env("warden-cp", warden_otlp::process_env)?,
     };
     let listener =

@@ -60,6 +60,8 @@ pub fn log_record(stored: &pb::StoredDecision) -> LogRecord {
         ("warden.subject", &r.subject),
         ("warden.issuer", &r.issuer),
         ("warden.jti_hash", &r.jti_hash),
+        ("warden.actor", &r.actor),
+        ("warden.binding", &r.binding),
     ] {
         if !value.is_empty() {
             attributes.push(attribute(key, value));

@@ -62,6 +62,12 @@ impl Presence {
         self.with(id, |_| ());
     }
 
+    /// How many connected agents have not applied `version` yet.
+    pub fn behind(&self, version: u64) -> usize {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        agents.values().filter(|live| live.connected && live.applied_version < version).count()
+    }
+
     /// The stream of connection `generation` ended.
     pub fn disconnected(&self, id: &str, generation: u64) {
         self.with(id, |live| {

@@ -204,7 +204,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn empty() -> Plan {
+    pub(crate) fn empty() -> Plan {
         Plan {
             results: Vec::new(),
             puts: Vec::new(),

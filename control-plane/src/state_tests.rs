@@ -88,6 +88,7 @@ fn keys(kid: &str) -> KeyRecord {
         jwks: serde_json::json!({"keys": [{"kty": "EC", "kid": kid}]}),
         fetched_at_unix: 1,
         source_uri: "https://idp.example.com/jwks".into(),
+        expires_unix: Default::default(),
     }
 }
 

@@ -93,6 +93,10 @@ pub struct KeyRecord {
     pub fetched_at_unix: i64,
     /// Where from.
     pub source_uri: String,
+    /// For the control plane's own keys: when each (by `kid`) stops being published, seconds
+    /// since the epoch — after the last token it may sign has expired.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub expires_unix: std::collections::BTreeMap<String, i64>,
 }
 
 /// Everything needed to serve the configuration after a start.

@@ -62,6 +62,7 @@ fn record(agent: usize, i: usize) -> pb::DecisionRecord {
         jti_hash: format!("{:032x}", i as u128 * 7919),
         via: "gateway".into(),
         token_lifetime_seconds: 300,
+        ..Default::default()
     }
 }
 

@@ -6,3 +6,4 @@ mod fleet_pki;
 mod fleet_sync;
 mod gateway;
 mod issuer_keys;
+mod token_exchange;

@@ -90,8 +90,9 @@ def dpop(request):
         "htm": request["htm"],
         "htu": request["htu"],
         "iat": request.get("iat", int(time.time())),
-        "ath": b64(hashlib.sha256(request["token"].encode()).digest()),
     }
+    if request.get("token"):  # a proof sent to a token endpoint has no access token to hash
+        claims["ath"] = b64(hashlib.sha256(request["token"].encode()).digest())
     proof = jwt.encode(claims, key, algorithm="ES256", headers={"typ": "dpop+jwt", "jwk": jwk})
     return {"proof": proof, "jkt": jkt}
 

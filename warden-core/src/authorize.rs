@@ -58,7 +58,12 @@ pub struct Outcome {
     pub policies: Vec<String>,
     /// Policy evaluation errors; any error denies the request (fail closed).
     pub errors: Vec<String>,
+    /// Denied before policy: a task token asked for a tool its task was not granted.
+    pub not_granted: bool,
 }
+
+/// The action that authorizes a token exchange, per tool requested.
+pub const EXCHANGE_ACTION: &str = "token/exchange";
 
 /// Why a request could not even be put to the policies (a bug or hostile input; deny).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -191,8 +196,16 @@ impl Authorizer {
         facts: &RequestFacts<'_>,
     ) -> Result<Outcome, RequestError> {
         let Some(policies) = self.per_server.get(server) else {
-            return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new() });
+            return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new(), not_granted: false });
         };
+        // A task token carries the only tools its task may call, whatever else policy allows the
+        // workload (the exchange that granted them was itself put to policy).
+        if let (Some(task), Target::Tool(tool)) = (&workload.task, target)
+            && method != EXCHANGE_ACTION
+            && !task.tools.iter().any(|t| t == tool)
+        {
+            return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new(), not_granted: true });
+        }
         let principal = self.principal(workload)?;
         let (kind, attr, name) = match target {
             Target::Server => ("Server", "", ""),
@@ -227,6 +240,7 @@ impl Authorizer {
             allowed: response.decision() == Decision::Allow && errors.is_empty(),
             policies: response.diagnostics().reason().map(|p| p.to_string()).collect(),
             errors,
+            not_granted: false,
         })
     }
 
@@ -242,17 +256,18 @@ impl Authorizer {
         let counts = [workload.scopes.len() as u64, groups.as_ref().map_or(u64::MAX, |g| g.len() as u64)];
         let counts: Vec<[u8; 8]> = counts.iter().map(|n| n.to_le_bytes()).collect();
         let absent: &[u8] = &[0xff];
+        let issuer = workload.principal_issuer();
         let key = digest(
-            [workload.issuer.as_bytes(), workload.subject.as_bytes(), &counts[0]]
+            [issuer.as_bytes(), workload.subject.as_bytes(), &counts[0]]
                 .into_iter()
                 .chain(workload.scopes.iter().map(|s| s.as_bytes()))
                 .chain([tenant.map_or(absent, str::as_bytes), email.map_or(absent, str::as_bytes), &counts[1]])
                 .chain(groups.iter().flatten().map(|g| g.as_bytes())),
         );
         cached(&self.principals, key, || {
-            let issuer_uid = uid("Issuer", &workload.issuer);
+            let issuer_uid = uid("Issuer", issuer);
             let mut attrs = HashMap::from([
-                ("issuer".to_string(), RestrictedExpression::new_string(workload.issuer.clone())),
+                ("issuer".to_string(), RestrictedExpression::new_string(issuer.to_string())),
                 ("subject".to_string(), RestrictedExpression::new_string(workload.subject.clone())),
                 ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
             ]);
@@ -264,7 +279,7 @@ impl Authorizer {
             if let Some(groups) = &groups {
                 attrs.insert("groups".into(), string_set(groups.iter().map(|g| g.to_string())));
             }
-            let principal = uid("Workload", &format!("{}/{}", workload.issuer, workload.subject));
+            let principal = uid("Workload", &format!("{issuer}/{}", workload.subject));
             let entity = Entity::new(principal.clone(), attrs, HashSet::from([issuer_uid.clone()])).map_err(err)?;
             let issuer = Entity::new_no_attrs(issuer_uid, HashSet::new());
             Ok(Arc::new(Principal { key, uid: principal, entities: [entity, issuer] }))

@@ -47,6 +47,7 @@ fn workload(subject: &str, claims: serde_json::Value) -> Verified {
         bound_dpop_key: None,
         scopes: vec!["repo:read".into()],
         claims: claims.as_object().cloned().unwrap_or_default(),
+        task: None,
     }
 }
 
@@ -185,4 +186,35 @@ spec:
     assert!(!decide(serde_json::json!(["ops"]), "10.1.2.3", "delete"));
     assert!(!decide(serde_json::json!([]), "10.1.2.3", "restart"));
     assert!(decide(serde_json::json!(["ops"]), "10.1.2.3", "restart"));
+}
+
+#[test]
+fn a_task_token_is_its_workload_limited_to_its_granted_tools() {
+    let a = authorizer(
+        r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: alice-everything}
+spec:
+  cedar: |
+    permit(principal == Workload::"corp-idp/alice", action, resource);
+"#,
+    );
+    let mut task = workload("alice", serde_json::json!({}));
+    task.issuer = "warden".into();
+    task.task = Some(crate::token::Task { subject_issuer: "corp-idp".into(), tools: vec!["search".into()] });
+    let granted = ["search".to_string()];
+    let facts = RequestFacts { granted_tools: &granted, ..facts() };
+    let call = |tool| a.authorize("github", &task, "tools/call", Target::Tool(tool), &facts).unwrap();
+    let allowed = call("search");
+    assert!(allowed.allowed, "policies written for corp-idp/alice hold for her task token: {allowed:?}");
+    let other = call("delete_repository");
+    assert!(!other.allowed && other.not_granted, "policy would allow it; the task was not granted it");
+    assert!(a.authorize("github", &task, "tools/list", Target::Server, &facts).unwrap().allowed);
+    // The exchange itself is put to policy, per tool, with its own action.
+    let exchange = a.authorize("github", &task, EXCHANGE_ACTION, Target::Tool("delete_repository"), &facts).unwrap();
+    assert!(exchange.allowed && !exchange.not_granted);
+    let bob = workload("bob", serde_json::json!({}));
+    assert!(!a.authorize("github", &bob, EXCHANGE_ACTION, Target::Tool("search"), &facts).unwrap().allowed);
 }

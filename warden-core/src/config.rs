@@ -112,6 +112,14 @@ impl Config {
                 }
             }
         }
+        let mut token_services = config.issuers.iter().filter(|(_, s)| s.keys.control_plane).map(|(n, _)| n);
+        if let (Some(_), Some(second)) = (token_services.next(), token_services.next()) {
+            return Err(ConfigError::Keys {
+                issuer: second.clone(),
+                message: "only one TrustedIssuer can have controlPlane keys: the control plane is one token service"
+                    .into(),
+            });
+        }
         for (name, revocation) in &config.revocations {
             if !config.issuers.contains_key(&revocation.issuer) {
                 return Err(ConfigError::DanglingReference {
@@ -124,9 +132,16 @@ impl Config {
             if let Some(jti) = &revocation.jti {
                 config.revoked.by_jti.insert((issuer.clone(), jti.clone()));
             }
-            if let (Some(subject), Some(before)) = (&revocation.subject, revocation.issued_before_unix()) {
-                let entry = config.revoked.subjects_before.entry((issuer, subject.clone())).or_insert(before);
-                *entry = (*entry).max(before);
+            match (&revocation.subject, revocation.issued_before_unix()) {
+                (Some(subject), Some(before)) => {
+                    let entry = config.revoked.subjects_before.entry((issuer, subject.clone())).or_insert(before);
+                    *entry = (*entry).max(before);
+                }
+                (None, Some(before)) => {
+                    let entry = config.revoked.issuers_before.entry(issuer).or_insert(before);
+                    *entry = (*entry).max(before);
+                }
+                _ => {}
             }
         }
         for (name, server) in &config.servers {
@@ -163,6 +178,11 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The `TrustedIssuer` whose keys are the control plane's own (the token service), if any.
+    pub fn control_plane_issuer(&self) -> Option<(&str, &TrustedIssuerSpec)> {
+        self.issuers.iter().find(|(_, s)| s.keys.control_plane).map(|(n, s)| (n.as_str(), s))
     }
 
     /// Adds key sets the control plane fetched (OIDC discovery or JWKS URL). Each must belong to

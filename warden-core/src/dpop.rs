@@ -71,8 +71,9 @@ pub struct Request<'a> {
     /// The URIs the request may be named by (scheme, authority, path; no query): e.g. the
     /// server's resource URL and the URL the listener was reached at.
     pub uris: &'a [&'a str],
-    /// The access token presented with the proof.
-    pub access_token: &'a str,
+    /// The access token presented with the proof (its hash must be the proof's `ath`); `None`
+    /// at a token endpoint, where no access token exists yet and the proof carries no `ath`.
+    pub access_token: Option<&'a str>,
     /// Seconds since the epoch.
     pub now: i64,
     /// How old a proof may be, and how far in the future (clock skew), in seconds.
@@ -134,8 +135,10 @@ pub fn verify(proof: &str, request: &Request<'_>) -> Result<Proven, ProofError> 
     if iat < request.now - request.max_age || iat > request.now + request.skew {
         return Err(ProofError::Stale);
     }
-    let ath = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(request.access_token.as_bytes()));
-    if claims.ath.as_deref() != Some(ath.as_str()) {
+    let ath = request
+        .access_token
+        .map(|token| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())));
+    if claims.ath != ath {
         return Err(ProofError::WrongTokenHash);
     }
     Ok(Proven { jkt: thumbprint(&jwk).ok_or(ProofError::BadKey)?, jti })
@@ -264,7 +267,7 @@ mod tests {
     }
 
     fn request(token: &str) -> Request<'_> {
-        Request { method: "POST", uris: &[URI], access_token: token, now: NOW, max_age: 60, skew: 5 }
+        Request { method: "POST", uris: &[URI], access_token: Some(token), now: NOW, max_age: 60, skew: 5 }
     }
 
     #[test]

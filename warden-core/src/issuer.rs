@@ -48,7 +48,14 @@ pub struct KeySource {
     /// The JWKS itself (`{"keys": [...]}`), public keys only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<serde_json::Value>,
+    /// The control plane's own token service: the public halves of the signing keys its
+    /// replicas hold in memory. Task tokens from token exchange carry this issuer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub control_plane: bool,
 }
+
+/// The algorithm the control plane signs task tokens with.
+pub const CONTROL_PLANE_ALGORITHM: Algorithm = Algorithm::EdDSA;
 
 fn default_skew() -> HumanDuration {
     HumanDuration::from_secs(60)
@@ -94,9 +101,32 @@ impl TrustedIssuerSpec {
         check_url("spec.issuer", &self.issuer, admission)?;
         let sources = usize::from(self.keys.discovery)
             + usize::from(self.keys.jwks_uri.is_some())
-            + usize::from(self.keys.jwks.is_some());
+            + usize::from(self.keys.jwks.is_some())
+            + usize::from(self.keys.control_plane);
         if sources != 1 {
-            return Err(DocumentError::field("spec.keys", "set exactly one of discovery: true, jwksUri or jwks"));
+            return Err(DocumentError::field(
+                "spec.keys",
+                "set exactly one of discovery: true, jwksUri, jwks or controlPlane: true",
+            ));
+        }
+        if self.keys.control_plane {
+            // The issuer URL is the token service's base: endpoints are <issuer>/token, ...
+            let path = url::Url::parse(&self.issuer).map(|u| u.path().to_string()).unwrap_or_default();
+            if path != "/" && !path.is_empty() {
+                return Err(DocumentError::field(
+                    "spec.issuer",
+                    "the control plane's issuer is the token service's origin, e.g. https://cp.example.com:8443, with no path",
+                ));
+            }
+            if self.subject_claim != "sub" {
+                return Err(DocumentError::field("spec.subjectClaim", "task tokens name their subject in sub"));
+            }
+        }
+        if self.keys.control_plane && !self.allowed_algorithms.contains(&CONTROL_PLANE_ALGORITHM) {
+            return Err(DocumentError::field(
+                "spec.allowedAlgorithms",
+                "the control plane signs task tokens with EdDSA: list it",
+            ));
         }
         if let Some(uri) = &self.keys.jwks_uri {
             check_url("spec.keys.jwksUri", uri, admission)?;

@@ -10,6 +10,7 @@ pub mod bounded;
 pub mod config;
 pub mod dpop;
 pub mod duration;
+pub mod exchange;
 pub mod identity;
 pub mod issuer;
 pub mod jwks;

@@ -1,6 +1,8 @@
-//! `Revocation`: tokens cut off before they expire — one token by its `jti`, or every token of
-//! a subject issued at or before a time. Agents refuse them as `revoked` from the moment the
-//! configuration version carrying the revocation reaches them.
+//! `Revocation`: tokens cut off before they expire — one token by its `jti`, every token of a
+//! subject issued at or before a time, or every token of an issuer issued at or before a time.
+//! Agents refuse them as `revoked` from the moment the configuration version carrying the
+//! revocation reaches them. A revocation may say when every token it covers has expired
+//! (`expires`); the control plane deletes it then, so the list stays small.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,9 +21,13 @@ pub struct RevocationSpec {
     /// before `issuedBefore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// For a subject revocation: RFC 3339 time, e.g. `2026-11-24T05:00:00Z`.
+    /// For a subject or whole-issuer revocation: RFC 3339 time, e.g. `2026-11-24T05:00:00Z`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_before: Option<String>,
+    /// RFC 3339 time after which every token this covers has expired: the control plane
+    /// deletes the revocation then. Absent: kept until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 /// Longest `jti` or subject accepted.
@@ -36,27 +42,52 @@ impl RevocationSpec {
             }
         }
         match (&self.jti, &self.subject, &self.issued_before) {
-            (Some(_), None, None) => Ok(()),
-            (None, Some(_), Some(t)) => {
+            (Some(_), None, None) => {}
+            (None, _, Some(t)) => {
                 parse_time(t).map_err(|m| DocumentError::field("spec.issuedBefore", m))?;
-                Ok(())
             }
             (None, Some(_), None) => {
-                Err(DocumentError::field("spec.issuedBefore", "a subject revocation needs the time it reaches up to"))
+                return Err(DocumentError::field(
+                    "spec.issuedBefore",
+                    "a subject revocation needs the time it reaches up to",
+                ));
             }
             (Some(_), None, Some(_)) => {
-                Err(DocumentError::field("spec.issuedBefore", "applies to subject revocations only"))
+                return Err(DocumentError::field(
+                    "spec.issuedBefore",
+                    "applies to subject and issuer revocations only",
+                ));
             }
             _ => {
-                Err(DocumentError::field("spec", "revoke either one token (jti) or a subject (subject + issuedBefore)"))
+                return Err(DocumentError::field(
+                    "spec",
+                    "revoke one token (jti), a subject (subject + issuedBefore) or the whole issuer (issuedBefore)",
+                ));
             }
         }
+        if let Some(t) = &self.expires {
+            parse_time(t).map_err(|m| DocumentError::field("spec.expires", m))?;
+        }
+        Ok(())
+    }
+
+    /// `expires` in seconds since the epoch (validated on admission).
+    pub fn expires_unix(&self) -> Option<i64> {
+        self.expires.as_deref().and_then(|t| parse_time(t).ok())
     }
 
     /// `issuedBefore` in seconds since the epoch (validated on admission).
     pub fn issued_before_unix(&self) -> Option<i64> {
         self.issued_before.as_deref().and_then(|t| parse_time(t).ok())
     }
+}
+
+/// Seconds since the epoch as an RFC 3339 time (UTC).
+pub fn format_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "9999-12-31T23:59:59Z".to_string())
 }
 
 /// An RFC 3339 date-time in seconds since the epoch.
@@ -76,6 +107,7 @@ mod tests {
             jti: jti.map(Into::into),
             subject: subject.map(Into::into),
             issued_before: before.map(Into::into),
+            expires: None,
         }
     }
 
@@ -86,6 +118,12 @@ mod tests {
         assert!(by_subject.validate().is_ok());
         // 05:00 at +01:00 is 04:00 UTC.
         assert_eq!(by_subject.issued_before_unix(), Some(1_795_492_800));
+        let whole_issuer = spec(None, None, Some("2026-11-24T05:00:00Z"));
+        assert!(whole_issuer.validate().is_ok());
+        let expiring = RevocationSpec { expires: Some("2026-11-24T06:00:00Z".into()), ..spec(Some("t1"), None, None) };
+        assert_eq!(expiring.expires_unix(), Some(1_795_500_000));
+        let bad_expiry = RevocationSpec { expires: Some("soon".into()), ..spec(Some("t1"), None, None) };
+        assert!(matches!(bad_expiry.validate(), Err(DocumentError::Field { path, .. }) if path == "spec.expires"));
         for (bad, path) in [
             (spec(None, None, None), "spec"),
             (spec(Some("t1"), Some("alice"), None), "spec"),

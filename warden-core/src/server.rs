@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::duration::HumanDuration;
 use crate::resource::{DocumentError, validate_name};
 
 /// How a token must be bound to its presenter on this server.
@@ -62,6 +63,10 @@ pub struct McpServerSpec {
     /// other `Origin` are refused, against DNS rebinding).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// Longest lifetime of a task token for this server from token exchange (default: the
+    /// control plane issuer's `maxTokenLifetime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_task_token_lifetime: Option<HumanDuration>,
 }
 
 impl McpServerSpec {
@@ -80,6 +85,9 @@ impl McpServerSpec {
                 ));
             }
             _ => {}
+        }
+        if self.max_task_token_lifetime.is_some_and(|d| d.0.is_zero()) {
+            return Err(DocumentError::field("spec.maxTaskTokenLifetime", "must be more than 0s"));
         }
         if self.issuers.is_empty() {
             return Err(DocumentError::field("spec.issuers", "name at least one TrustedIssuer"));

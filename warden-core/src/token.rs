@@ -57,7 +57,7 @@ pub enum Reason {
     LifetimeTooLong,
     /// A required claim (including `exp`, `iat` and the subject claim) is missing or mistyped.
     MissingClaim,
-    /// Revoked by `jti` or by subject.
+    /// Revoked by `jti`, by subject or by issuer.
     Revoked,
     /// The server requires a certificate-bound token and this one is not bound.
     BindingRequired,
@@ -118,6 +118,34 @@ pub struct Verified {
     pub scopes: Vec<String>,
     /// Every claim, for policy context.
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Set for a task token, minted by the control plane's token service.
+    pub task: Option<Task>,
+}
+
+/// What a task token (RFC 8693 token exchange at the control plane) adds: whose identity the
+/// control plane vouched for, and the only tools the task may call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// The TrustedIssuer (name) of the subject token the task token was exchanged for.
+    pub subject_issuer: String,
+    /// The tools granted (the `tools` claim).
+    pub tools: Vec<String>,
+}
+
+/// Claims the control plane puts in task tokens beyond the registered ones.
+pub mod task_claims {
+    /// The `iss` of the subject token exchanged: the workload's own identity provider.
+    pub const SUBJECT_ISSUER: &str = "subject_iss";
+    /// The tools granted, an array of names.
+    pub const TOOLS: &str = "tools";
+}
+
+impl Verified {
+    /// The TrustedIssuer that identifies the workload: the issuer of the token, or for a task
+    /// token, the issuer of the subject token it was exchanged for.
+    pub fn principal_issuer(&self) -> &str {
+        self.task.as_ref().map_or(&self.issuer, |t| &t.subject_issuer)
+    }
 }
 
 /// Revoked tokens: by `(issuer, jti)`, and by `(issuer, subject)` for every token issued at or
@@ -128,6 +156,8 @@ pub struct Revocations {
     pub by_jti: HashSet<(String, String)>,
     /// `(issuer name, subject)` → tokens with `iat` at or before this are revoked.
     pub subjects_before: HashMap<(String, String), i64>,
+    /// Issuer name → every token it issued with `iat` at or before this is revoked.
+    pub issuers_before: HashMap<String, i64>,
 }
 
 /// The presenter's proof, for bound tokens.
@@ -142,6 +172,8 @@ pub struct Presenter<'a> {
 
 struct IssuerRules {
     name: String,
+    /// The control plane's token service: its tokens are task tokens.
+    control_plane: bool,
     allowed: Vec<Algorithm>,
     audiences: Vec<String>,
     max_lifetime: i64,
@@ -235,6 +267,15 @@ fn ring_verify(
     UnparsedPublicKey::new(alg, key).verify(message, signature)
 }
 
+/// Whom a token must be for.
+#[derive(Clone, Copy)]
+enum Audience<'a> {
+    /// An MCP server: its resource, issuers and binding.
+    Server(&'a ServerRules),
+    /// The control plane's token service, by its identifier.
+    TokenService(&'a str),
+}
+
 struct ServerRules {
     resource: String,
     issuers: Vec<String>,
@@ -309,6 +350,7 @@ impl Verifier {
                 spec.issuer.clone(),
                 IssuerRules {
                     name: name.clone(),
+                    control_plane: spec.keys.control_plane,
                     allowed: spec.allowed_algorithms.clone(),
                     audiences: spec.audiences.clone(),
                     max_lifetime: spec.max_token_lifetime.0.as_secs() as i64,
@@ -349,7 +391,8 @@ impl Verifier {
         let verified = match self.cache.get(&key, now) {
             Some(hit) => hit,
             None => {
-                let fresh = Arc::new(self.verify_uncached(token, server, now)?);
+                let rules = self.servers.get(server).ok_or(Reason::IssuerNotAllowed)?;
+                let fresh = Arc::new(self.verify_uncached(token, Audience::Server(rules), now)?);
                 self.cache.insert(key, fresh.clone());
                 fresh
             }
@@ -358,8 +401,67 @@ impl Verifier {
         Ok(verified)
     }
 
+    /// Verifies a subject or actor token presented to the control plane's token service, whose
+    /// identifier is `audience`: the same checks as at a server, with any trusted issuer but the
+    /// token service itself (a task token is not exchanged again).
+    pub fn verify_for_exchange(
+        &self,
+        token: &str,
+        audience: &str,
+        now: i64,
+        revocations: &Revocations,
+        presenter: Presenter<'_>,
+    ) -> Result<Arc<Verified>, Reason> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Reason::Malformed);
+        }
+        // A server name is never empty, so this cannot share an entry with a server's.
+        let key = TokenCache::key("", token);
+        let verified = match self.cache.get(&key, now) {
+            Some(hit) => hit,
+            None => {
+                let fresh = Arc::new(self.verify_uncached(token, Audience::TokenService(audience), now)?);
+                self.cache.insert(key, fresh.clone());
+                fresh
+            }
+        };
+        live_checks(&verified, now, revocations, presenter)?;
+        Ok(verified)
+    }
+
+    /// A token presented for revocation (RFC 7009): signed by a trusted issuer's key, not yet
+    /// expired, with a `jti`. Its audience does not matter: the holder of a token for any server
+    /// may revoke it. `None` for anything else, which the caller answers alike.
+    pub fn revocable(&self, token: &str, now: i64) -> Option<Revocable> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(claims_b64), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let header: Header = decode_json(header_b64).ok()?;
+        let alg = parse_alg(&header.alg)?;
+        let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64).ok()?;
+        let issuer = self.issuers.get(claims.get("iss")?.as_str()?)?;
+        if !issuer.allowed.contains(&alg) {
+            return None;
+        }
+        let key = issuer.keys.get(header.kid.as_deref()?)?;
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).ok()?;
+        key.verify(alg, &token.as_bytes()[..header_b64.len() + 1 + claims_b64.len()], &signature).ok()?;
+        let expires_at = int_claim(&claims, "exp").ok()??;
+        if now > expires_at.saturating_add(issuer.skew) {
+            return None;
+        }
+        let jti = claims.get("jti")?.as_str()?.to_string();
+        Some(Revocable { issuer: issuer.name.clone(), jti, expires_at })
+    }
+
     /// Everything that depends only on the token, the configuration and (for time claims) now.
-    fn verify_uncached(&self, token: &str, server: &str, now: i64) -> Result<Verified, Reason> {
+    fn verify_uncached(&self, token: &str, audience: Audience<'_>, now: i64) -> Result<Verified, Reason> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -375,10 +477,11 @@ impl Verifier {
         let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64)?;
         let iss = claims.get("iss").and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?;
         let issuer = self.issuers.get(iss).ok_or(Reason::UntrustedIssuer)?;
-        let server = self.servers.get(server).ok_or(Reason::IssuerNotAllowed)?;
-        if !server.issuers.contains(&issuer.name) {
-            return Err(Reason::IssuerNotAllowed);
-        }
+        let (resource, binding) = match audience {
+            Audience::Server(server) if server.issuers.contains(&issuer.name) => (&server.resource[..], server.binding),
+            Audience::TokenService(resource) if !issuer.control_plane => (resource, Binding::None),
+            _ => return Err(Reason::IssuerNotAllowed),
+        };
         // The algorithm must be allowed for the issuer, fit the key's type, and match the key's
         // own `alg` when it pins one (`PublicKey::verify`).
         if !issuer.allowed.contains(&alg) {
@@ -393,11 +496,11 @@ impl Verifier {
 
         // Claims are trusted from here on.
         let audience_ok = match claims.get("aud") {
-            Some(serde_json::Value::String(a)) => *a == server.resource,
-            Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(server.resource.as_str())),
+            Some(serde_json::Value::String(a)) => a == resource,
+            Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(resource)),
             _ => false,
         };
-        if !audience_ok || !(issuer.audiences.is_empty() || issuer.audiences.contains(&server.resource)) {
+        if !audience_ok || !(issuer.audiences.is_empty() || issuer.audiences.iter().any(|a| a == resource)) {
             return Err(Reason::WrongAudience);
         }
         let exp = int_claim(&claims, "exp")?.ok_or(Reason::MissingClaim)?;
@@ -440,7 +543,7 @@ impl Verifier {
                 return Err(Reason::BindingMismatch);
             }
         }
-        match server.binding {
+        match binding {
             Binding::Mtls if bound_certificate.is_none() => return Err(Reason::BindingRequired),
             Binding::Dpop if bound_dpop_key.is_none() => return Err(Reason::BindingRequired),
             _ => {}
@@ -455,7 +558,19 @@ impl Verifier {
             }
             _ => Vec::new(),
         };
+        let task = if issuer.control_plane {
+            let source =
+                claims.get(task_claims::SUBJECT_ISSUER).and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?;
+            // The workload's own issuer must still be trusted: removing it cuts off its tasks.
+            let source = self.issuers.get(source).filter(|r| !r.control_plane).ok_or(Reason::UntrustedIssuer)?;
+            let tools = claims.get(task_claims::TOOLS).and_then(|v| v.as_array()).ok_or(Reason::MissingClaim)?;
+            let tools = tools.iter().map(|t| t.as_str().map(String::from)).collect::<Option<Vec<_>>>();
+            Some(Task { subject_issuer: source.name.clone(), tools: tools.ok_or(Reason::MissingClaim)? })
+        } else {
+            None
+        };
         Ok(Verified {
+            task,
             issuer: issuer.name.clone(),
             subject,
             jti,
@@ -481,12 +596,15 @@ fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Pre
     {
         return Err(Reason::Revoked);
     }
-    if revocations
-        .subjects_before
-        .get(&(v.issuer.clone(), v.subject.clone()))
-        .is_some_and(|before| v.issued_at <= *before)
-    {
-        return Err(Reason::Revoked);
+    // A task token falls with its workload: revoking the subject or the issuer of the token it
+    // was exchanged for revokes it too.
+    let issuers = [Some(v.issuer.as_str()), v.task.as_ref().map(|t| t.subject_issuer.as_str())];
+    for issuer in issuers.into_iter().flatten() {
+        let subject_cut = revocations.subjects_before.get(&(issuer.to_string(), v.subject.clone()));
+        let issuer_cut = revocations.issuers_before.get(issuer);
+        if subject_cut.into_iter().chain(issuer_cut).any(|before| v.issued_at <= *before) {
+            return Err(Reason::Revoked);
+        }
     }
     // A bound token is only ever usable with its key, whatever the server asks.
     if let Some(thumbprint) = &v.bound_certificate
@@ -500,6 +618,32 @@ fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Pre
         return Err(Reason::BindingMismatch);
     }
     Ok(())
+}
+
+/// A token its holder asked to revoke (RFC 7009), as far as it proved itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocable {
+    /// The TrustedIssuer's name.
+    pub issuer: String,
+    /// The token's `jti`.
+    pub jti: String,
+    /// `exp`: the revocation is needed until then.
+    pub expires_at: i64,
+}
+
+/// The hash that names a token in records and logs instead of its `jti`: 128 bits of SHA-256
+/// over (issuer name, jti), hex. The agent's decision records and the token service's exchange
+/// records use the same, so a decision links to the exchange that issued its token.
+pub fn jti_hash(issuer: &str, jti: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest =
+        Sha256::new().chain_update(issuer.as_bytes()).chain_update([0]).chain_update(jti.as_bytes()).finalize();
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// RFC 8705 §3.1: base64url (no padding) SHA-256 of the certificate's DER.

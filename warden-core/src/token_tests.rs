@@ -333,3 +333,130 @@ fn a_cached_token_is_still_refused_once_expired_revoked_or_presented_without_its
     }
     assert!(v.cache.entries.lock().unwrap().len() <= CACHE_CAPACITY);
 }
+
+const CP_ISS: &str = "https://cp.example.com";
+
+/// corp-idp (ES256, inline) and the control plane's own issuer (EdDSA, keys as the control
+/// plane publishes them), both trusted by `github`.
+fn task_verifier(corp: &Signer, cp: &Signer) -> Verifier {
+    let yaml = format!(
+        r#"
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: corp-idp}}
+spec:
+  issuer: {ISS}
+  keys: {{jwks: {corp}}}
+  allowedAlgorithms: [ES256]
+---
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: warden}}
+spec:
+  issuer: {CP_ISS}
+  keys: {{controlPlane: true}}
+  allowedAlgorithms: [EdDSA]
+  maxTokenLifetime: 15m
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: github}}
+spec:
+  resource: {RESOURCE}
+  issuers: [corp-idp, warden]
+  upstream: http://127.0.0.1:3000/mcp
+"#,
+        corp = json!({ "keys": [corp.jwk] })
+    );
+    let docs = test_documents(&yaml);
+    let config =
+        Config::build(&docs).unwrap().with_fetched_keys([("warden".to_string(), json!({ "keys": [cp.jwk] }))]).unwrap();
+    Verifier::new(&config).0
+}
+
+fn task_claims_for(tools: serde_json::Value) -> serde_json::Value {
+    json!({"iss": CP_ISS, "sub": "ci-runner", "aud": RESOURCE, "iat": NOW - 60, "exp": NOW + 240,
+           "jti": "task-1", "subject_iss": ISS, "tools": tools})
+}
+
+#[test]
+fn a_task_token_speaks_for_the_workload_it_was_exchanged_for_and_carries_its_tools() {
+    let (corp, cp) = (ec_signer("corp-1"), ed_signer("cp-1"));
+    let v = task_verifier(&corp, &cp);
+    let none = Revocations::default();
+    let token = cp.sign(&task_claims_for(json!(["get_issue"])));
+    let verified = v.verify(&token, "github", NOW, &none, Presenter::default()).unwrap();
+    assert_eq!(verified.issuer, "warden");
+    assert_eq!(verified.principal_issuer(), "corp-idp");
+    assert_eq!(verified.task, Some(Task { subject_issuer: "corp-idp".into(), tools: vec!["get_issue".into()] }));
+    // An ordinary token is no task.
+    let plain = corp.sign(&claims());
+    assert_eq!(v.verify(&plain, "github", NOW, &none, Presenter::default()).unwrap().task, None);
+
+    let refused = |claims: serde_json::Value| v.verify(&cp.sign(&claims), "github", NOW, &none, Presenter::default());
+    let mut no_tools = task_claims_for(json!([]));
+    no_tools.as_object_mut().unwrap().remove("tools");
+    assert_eq!(refused(no_tools).unwrap_err(), Reason::MissingClaim);
+    assert_eq!(refused(task_claims_for(json!(["a", 7]))).unwrap_err(), Reason::MissingClaim);
+    let mut unknown = task_claims_for(json!(["a"]));
+    unknown["subject_iss"] = json!("https://unknown.example.com");
+    assert_eq!(refused(unknown).unwrap_err(), Reason::UntrustedIssuer);
+    let mut itself = task_claims_for(json!(["a"]));
+    itself["subject_iss"] = json!(CP_ISS);
+    assert_eq!(refused(itself).unwrap_err(), Reason::UntrustedIssuer);
+    // Another trusted issuer cannot mint task tokens: its key is not the control plane's.
+    assert_eq!(
+        v.verify(&corp.sign(&task_claims_for(json!(["a"]))), "github", NOW, &none, Presenter::default()).unwrap_err(),
+        Reason::AlgNotAllowed
+    );
+}
+
+#[test]
+fn revoking_a_workload_or_its_issuer_revokes_its_task_tokens() {
+    let (corp, cp) = (ec_signer("corp-1"), ed_signer("cp-1"));
+    let v = task_verifier(&corp, &cp);
+    let token = cp.sign(&task_claims_for(json!(["get_issue"])));
+    let mut by_subject = Revocations::default();
+    by_subject.subjects_before.insert(("corp-idp".into(), "ci-runner".into()), NOW);
+    assert_eq!(v.verify(&token, "github", NOW, &by_subject, Presenter::default()).unwrap_err(), Reason::Revoked);
+    let mut earlier = Revocations::default();
+    earlier.subjects_before.insert(("corp-idp".into(), "ci-runner".into()), NOW - 61);
+    assert!(v.verify(&token, "github", NOW, &earlier, Presenter::default()).is_ok(), "issued after the cut");
+    let mut by_issuer = Revocations::default();
+    by_issuer.issuers_before.insert("corp-idp".into(), NOW);
+    assert_eq!(v.verify(&token, "github", NOW, &by_issuer, Presenter::default()).unwrap_err(), Reason::Revoked);
+    let plain = corp.sign(&claims());
+    assert_eq!(v.verify(&plain, "github", NOW, &by_issuer, Presenter::default()).unwrap_err(), Reason::Revoked);
+    let mut by_jti = Revocations::default();
+    by_jti.by_jti.insert(("warden".into(), "task-1".into()));
+    assert_eq!(v.verify(&token, "github", NOW, &by_jti, Presenter::default()).unwrap_err(), Reason::Revoked);
+}
+
+#[test]
+fn the_token_service_accepts_workload_tokens_for_itself_and_never_its_own() {
+    let (corp, cp) = (ec_signer("corp-1"), ed_signer("cp-1"));
+    let v = task_verifier(&corp, &cp);
+    let none = Revocations::default();
+    let mut for_cp = claims();
+    for_cp["aud"] = json!(CP_ISS);
+    let subject = v.verify_for_exchange(&corp.sign(&for_cp), CP_ISS, NOW, &none, Presenter::default()).unwrap();
+    assert_eq!((subject.issuer.as_str(), subject.subject.as_str()), ("corp-idp", "ci-runner"));
+    // A token for an MCP server is not a token for the token service.
+    assert_eq!(
+        v.verify_for_exchange(&corp.sign(&claims()), CP_ISS, NOW, &none, Presenter::default()).unwrap_err(),
+        Reason::WrongAudience
+    );
+    let mut task = task_claims_for(json!(["a"]));
+    task["aud"] = json!(CP_ISS);
+    assert_eq!(
+        v.verify_for_exchange(&cp.sign(&task), CP_ISS, NOW, &none, Presenter::default()).unwrap_err(),
+        Reason::IssuerNotAllowed
+    );
+    // The exchange checks revocation like any server.
+    let mut revoked = Revocations::default();
+    revoked.subjects_before.insert(("corp-idp".into(), "ci-runner".into()), NOW);
+    assert_eq!(
+        v.verify_for_exchange(&corp.sign(&for_cp), CP_ISS, NOW, &revoked, Presenter::default()).unwrap_err(),
+        Reason::Revoked
+    );
+}

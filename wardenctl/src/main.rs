@@ -132,6 +132,24 @@ enum Command {
         #[arg(long, conflicts_with = "follow")]
         summary: bool,
     },
+    /// Revoke tokens across the fleet, now: one token by its `jti`, every token of a subject,
+    /// or every token of an issuer issued up to now (task tokens exchanged for them included).
+    /// The revocation is deleted by the control plane once every token it covers has expired.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["jti", "subject", "all"])))]
+    Revoke {
+        /// The TrustedIssuer (name) whose token(s) to revoke.
+        #[arg(long)]
+        issuer: String,
+        /// One token, by its `jti`.
+        #[arg(long)]
+        jti: Option<String>,
+        /// Every token of this subject issued up to now.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Every token of the issuer issued up to now.
+        #[arg(long)]
+        all: bool,
+    },
     /// The record of admin changes.
     History {
         /// How many of the newest entries.
@@ -245,6 +263,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(client::status)?
                 .into_inner();
             println!("{kind}/{name} deleted (configuration version {})", response.version);
+        }
+        Command::Revoke { issuer, jti, subject, all: _ } => {
+            let mut admin = client::connect(&target).await?;
+            let stored = admin
+                .get(pb::GetRequest { kind: Kind::TrustedIssuer.as_str().into(), name: issuer.clone() })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            let resource = stored.resources.first().with_context(|| format!("no TrustedIssuer {issuer:?}"))?;
+            // Stored documents were admitted already: read back whatever URL rules applied then.
+            let admission = Admission { allow_http_issuers: true };
+            let spec = match Document::from_json_bytes(&resource.document_json, &admission)?.spec {
+                warden_core::resource::Spec::TrustedIssuer(spec) => spec,
+                _ => bail!("{issuer} is not a TrustedIssuer"),
+            };
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+            // Every token issued up to now has expired by then.
+            let expires = now + spec.max_token_lifetime.0.as_secs() as i64 + spec.clock_skew.0.as_secs() as i64;
+            let document = revocation(&issuer, jti.as_deref(), subject.as_deref(), now, expires)?;
+            let key = document.key();
+            let response = admin
+                .apply(pb::ApplyRequest { documents_json: vec![document.to_canonical_json()], dry_run: false })
+                .await
+                .map_err(client::status)?
+                .into_inner();
+            println!("{}/{} applied (configuration version {})", key.kind, key.name, response.version);
         }
         Command::Diff { files } => {
             let documents = read_documents(&files)?;
@@ -413,4 +457,35 @@ impl WithVersion for Document {
         value["metadata"]["resourceVersion"] = version.into();
         serde_json::to_vec(&value).expect("serializes")
     }
+}
+
+/// The `Revocation` document `wardenctl revoke` applies. A token's revocation is named after
+/// the hash of (issuer, jti), as the token service names it, so revoking twice changes nothing.
+fn revocation(
+    issuer: &str,
+    jti: Option<&str>,
+    subject: Option<&str>,
+    now: i64,
+    expires: i64,
+) -> anyhow::Result<Document> {
+    use warden_core::revocation::format_time;
+    let digest = |text: &str| warden_core::token::jti_hash(issuer, text)[..16].to_string();
+    let (name, spec) = match (jti, subject) {
+        (Some(jti), _) => (format!("jti-{}", digest(jti)), serde_json::json!({"jti": jti})),
+        (None, Some(subject)) => (
+            format!("subject-{}-{now}", digest(subject)),
+            serde_json::json!({"subject": subject, "issuedBefore": format_time(now)}),
+        ),
+        (None, None) => (format!("issuer-{}-{now}", digest("")), serde_json::json!({"issuedBefore": format_time(now)})),
+    };
+    let mut spec = spec;
+    spec["issuer"] = issuer.into();
+    spec["expires"] = format_time(expires).into();
+    let document = serde_json::json!({
+        "apiVersion": warden_core::resource::API_VERSION,
+        "kind": "Revocation",
+        "metadata": {"name": name},
+        "spec": spec,
+    });
+    Ok(Document::from_json(document, &Admission::default())?)
 }

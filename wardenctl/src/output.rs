@@ -265,6 +265,7 @@ fn decision_value(d: &pb::StoredDecision) -> Value {
         "method": r.method, "targetKind": r.target_kind, "target": r.target, "subject": r.subject,
         "issuer": r.issuer, "decision": decision_name(r.decision), "reason": r.reason, "policies": r.policies,
         "latencyMicros": r.latency_micros, "traceId": r.trace_id, "jtiHash": r.jti_hash, "via": r.via,
+        "tokenLifetimeSeconds": r.token_lifetime_seconds, "actor": r.actor, "binding": r.binding,
     })
 }
 

@@ -277,7 +277,8 @@ impl Decider {
     /// Puts one MCP method on one target to policy: allowed, and the reason code when not,
     /// with the ids of the policies that decided.
     fn decide(&self, method: &str, target: Target<'_>) -> (bool, &'static str, Vec<String>) {
-        let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools: &[] };
+        let granted_tools = self.verified.task.as_ref().map_or(&[][..], |t| &t.tools[..]);
+        let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools };
         match self.applied.authorizer.authorize(&self.server, &self.verified, method, target, &facts) {
             Ok(outcome) => {
                 for e in &outcome.errors {
@@ -285,6 +286,7 @@ impl Decider {
                 }
                 let reason = match (outcome.allowed, outcome.errors.is_empty()) {
                     (true, _) => "",
+                    (false, _) if outcome.not_granted => "tool_not_granted",
                     (false, true) => "policy_denied",
                     (false, false) => "policy_error",
                 };
@@ -618,7 +620,7 @@ fn dpop_proof(
     let request = dpop::Request {
         method: method.as_str(),
         uris: &uris,
-        access_token: token,
+        access_token: Some(token),
         now,
         max_age: PROOF_MAX_AGE,
         skew: PROOF_SKEW,

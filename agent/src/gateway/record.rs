@@ -5,9 +5,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use proto::v1 as pb;
-use sha2::{Digest, Sha256};
 use warden_core::authorize::Target;
-use warden_core::token::Verified;
+use warden_core::token::{Verified, jti_hash};
 
 use crate::decisions::Outbox;
 use crate::spans::TraceContext;
@@ -67,6 +66,7 @@ pub(crate) fn record(
         jti_hash: workload.and_then(|w| Some(jti_hash(&w.issuer, w.jti.as_deref()?))).unwrap_or_default(),
         via: via.to_string(),
         token_lifetime_seconds: workload.map_or(0, |w| w.expires_at.saturating_sub(w.issued_at).max(0) as u64),
+        ..Default::default()
     });
 }
 
@@ -83,19 +83,6 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> Option<String> {
         && hex(parent, 16)
         && hex(flags, 2);
     valid.then(|| trace.to_string())
-}
-
-/// Links decisions made with one token without revealing its `jti`.
-pub(crate) fn jti_hash(issuer: &str, jti: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest =
-        Sha256::new().chain_update(issuer.as_bytes()).chain_update([0]).chain_update(jti.as_bytes()).finalize();
-    let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 #[cfg(test)]

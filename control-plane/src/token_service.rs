@@ -1,0 +1,559 @@
+//! The just-in-time token service on its own HTTPS listener (`--token-listen`): token exchange
+//! (RFC 8693) for short-lived task tokens, revocation (RFC 7009), authorization server metadata
+//! (RFC 8414) and the JWKS of the keys it signs with.
+//!
+//! The service is the `TrustedIssuer` with `keys: {controlPlane: true}`: its `issuer` URL is the
+//! `iss` of every task token, the audience subject tokens must name, and the base of every
+//! endpoint URL. Subject and actor tokens are verified by the same compiled `Verifier` agents
+//! use, against the same configuration version, and the tools asked for are put to the same
+//! Cedar policies (action `token/exchange`, once per tool). No client secret exists: a client
+//! may prove a key with DPoP (RFC 9449), and the task token is then bound to it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use rand::RngCore;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use warden_core::authorize::{Authorizer, EXCHANGE_ACTION, RequestFacts, Target as PolicyTarget};
+use warden_core::dpop::ReplayCache;
+use warden_core::exchange::{self, Binding, ExchangeRequest, OAuthError, Target, TaskToken};
+use warden_core::issuer::TrustedIssuerSpec;
+use warden_core::resource::Spec;
+use warden_core::token::{Presenter, Verifier};
+use warden_core::{Config, ResourceKey};
+
+use crate::{ControlPlane, exchange_log, state};
+
+/// Default lifetime of a task token when the request names none.
+pub const DEFAULT_LIFETIME_SECONDS: i64 = 300;
+/// DPoP proofs remembered against replay (each is fresh for a minute).
+const DPOP_PROOFS_REMEMBERED: usize = 65_536;
+/// How old a DPoP proof may be, and how far ahead of our clock, in seconds.
+const DPOP_MAX_AGE: i64 = 60;
+const DPOP_SKEW: i64 = 5;
+
+/// The configuration one version of the fleet state compiles to, as the token service uses it.
+pub struct Compiled {
+    version: u64,
+    config: Config,
+    verifier: Verifier,
+    authorizer: Authorizer,
+}
+
+/// What the token service shares between requests.
+pub struct TokenService {
+    cp: Arc<ControlPlane>,
+    compiled: Mutex<Option<Arc<Compiled>>>,
+    replay: Mutex<ReplayCache>,
+}
+
+impl TokenService {
+    /// The service of `cp`.
+    pub fn new(cp: Arc<ControlPlane>) -> TokenService {
+        TokenService { cp, compiled: Mutex::new(None), replay: Mutex::new(ReplayCache::new(DPOP_PROOFS_REMEMBERED)) }
+    }
+
+    /// The current configuration, compiled once per version.
+    fn compiled(&self) -> Result<Arc<Compiled>, OAuthError> {
+        let state = self.cp.state.borrow().clone();
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && c.version == state.version
+        {
+            return Ok(c.clone());
+        }
+        let fresh = Arc::new(compile(&state).map_err(|e| {
+            tracing::error!(version = state.version, "the stored configuration does not compile: {e}");
+            OAuthError::temporarily_unavailable("the configuration cannot be read; try again")
+        })?);
+        *self.compiled.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+fn compile(state: &state::FleetState) -> Result<Compiled, warden_core::ConfigError> {
+    let config = Config::build(state.resources.values().map(|e| &e.document))?
+        .with_fetched_keys(state.keys.iter().map(|(name, r)| (name.clone(), r.jwks.clone())))?;
+    let (verifier, _) = Verifier::new(&config);
+    let authorizer = Authorizer::new(&config);
+    Ok(Compiled { version: state.version, config, verifier, authorizer })
+}
+
+/// The token service issuer of `config`: name, spec.
+fn service_issuer(config: &Config) -> Result<(&str, &TrustedIssuerSpec), OAuthError> {
+    config.control_plane_issuer().ok_or_else(|| {
+        OAuthError::temporarily_unavailable(
+            "the token service is not configured: apply a TrustedIssuer with keys: {controlPlane: true}",
+        )
+    })
+}
+
+fn now() -> i64 {
+    crate::now_unix_ms() / 1000
+}
+
+fn oauth_error(error: &OAuthError) -> Response {
+    let status = match error.code {
+        "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "invalid_client" => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut response = (status, axum::Json(error.body())).into_response();
+    no_store(response.headers_mut());
+    response
+}
+
+/// RFC 6749 §5.1: token responses must not be cached.
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+async fn token(
+    State(service): State<Arc<TokenService>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let started = std::time::Instant::now();
+    let (answer, record) = exchange(&service, peer, &headers, &body);
+    if let Some(mut record) = record {
+        record.latency = started.elapsed();
+        service.cp.exchange_log.record(record);
+    }
+    match answer {
+        Ok(response) => {
+            let mut response = axum::Json(response).into_response();
+            no_store(response.headers_mut());
+            response
+        }
+        Err(error) => oauth_error(&error),
+    }
+}
+
+/// A refusal, with the exchange record when the workload was identified (boxed: refusals are
+/// the rare path and the record is large).
+type Refusal = Box<(OAuthError, Option<exchange_log::Exchange>)>;
+
+/// One token exchange: the answer, and the record of what was decided for whom (absent when
+/// the request did not get as far as a verified subject token).
+fn exchange(
+    service: &TokenService,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (Result<Value, OAuthError>, Option<exchange_log::Exchange>) {
+    match decide(service, peer, headers, body) {
+        Ok((response, record)) => (Ok(response), Some(record)),
+        Err(refusal) => {
+            let (error, record) = *refusal;
+            (Err(error), record)
+        }
+    }
+}
+
+/// Every check in order; the first failure answers.
+fn decide(
+    service: &TokenService,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Value, exchange_log::Exchange), Refusal> {
+    let form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !form.starts_with("application/x-www-form-urlencoded") {
+        return Err(Box::new((
+            OAuthError::invalid_request("send the request as application/x-www-form-urlencoded"),
+            None,
+        )));
+    }
+    let request = ExchangeRequest::from_form(body).map_err(|e| Box::new((e, None)))?;
+    let compiled = service.compiled().map_err(|e| Box::new((e, None)))?;
+    let (issuer_name, issuer) = service_issuer(&compiled.config).map_err(|e| Box::new((e, None)))?;
+    let signer = service.cp.signing_keys.active().ok_or_else(|| {
+        Box::new((
+            OAuthError::temporarily_unavailable("the signing key is still being published to the fleet; retry shortly"),
+            None,
+        ))
+    })?;
+    let now = now();
+    let token_endpoint = format!("{}/token", issuer.issuer.trim_end_matches('/'));
+
+    // Proof of a key, when the client offers one: the task token is then bound to it.
+    let binding = match headers.get("dpop") {
+        None => Binding::None,
+        Some(proof) => {
+            let proof = proof.to_str().map_err(|_| Box::new((invalid_dpop("malformed"), None)))?;
+            let uris = [token_endpoint.as_str()];
+            let request = warden_core::dpop::Request {
+                method: "POST",
+                uris: &uris,
+                access_token: None,
+                now,
+                max_age: DPOP_MAX_AGE,
+                skew: DPOP_SKEW,
+            };
+            let proven = warden_core::dpop::verify(proof, &request)
+                .map_err(|e| Box::new((invalid_dpop(&e.to_string()), None)))?;
+            service
+                .replay
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(&proven, now, DPOP_MAX_AGE + DPOP_SKEW)
+                .map_err(|e| Box::new((invalid_dpop(&e.to_string()), None)))?;
+            Binding::Dpop(proven.jkt)
+        }
+    };
+    let presenter = Presenter {
+        client_certificate: None,
+        dpop_key_thumbprint: match &binding {
+            Binding::Dpop(jkt) => Some(jkt.as_str()),
+            _ => None,
+        },
+    };
+
+    // The target server, before the tokens: an unknown server is the caller's mistake whoever
+    // they are.
+    let (server_name, server) = match &request.target {
+        Target::Resource(r) => compiled.config.servers.iter().find(|(_, s)| s.resource == *r),
+        Target::Audience(a) => compiled.config.servers.get_key_value(a),
+    }
+    .ok_or_else(|| Box::new((OAuthError::invalid_target("no McpServer has this resource (or name)"), None)))?;
+
+    let revoked = &compiled.config.revoked;
+    let subject = compiled
+        .verifier
+        .verify_for_exchange(&request.subject_token, &issuer.issuer, now, revoked, presenter)
+        .map_err(|reason| Box::new((OAuthError::invalid_grant(format!("subject_token refused: {reason}")), None)))?;
+    let subject_issuer_url = compiled.config.issuers.get(&subject.issuer).map(|s| s.issuer.as_str()).unwrap_or("");
+    let actor = match &request.actor_token {
+        None => None,
+        Some(token) => {
+            let actor = compiled
+                .verifier
+                .verify_for_exchange(token, &issuer.issuer, now, revoked, Presenter::default())
+                .map_err(|reason| {
+                    Box::new((OAuthError::invalid_grant(format!("actor_token refused: {reason}")), None))
+                })?;
+            let url = compiled.config.issuers.get(&actor.issuer).map(|s| s.issuer.clone()).unwrap_or_default();
+            Some((actor, url))
+        }
+    };
+
+    let record = |reason: &str, lifetime_seconds: i64, jti_hash: String| exchange_log::Exchange {
+        subject: subject.subject.clone(),
+        issuer: subject.issuer.clone(),
+        actor: actor.as_ref().map(|(a, _)| format!("{}/{}", a.issuer, a.subject)).unwrap_or_default(),
+        server: server_name.to_string(),
+        tools: request.tools.clone(),
+        allowed: reason.is_empty(),
+        reason: reason.to_string(),
+        lifetime_seconds,
+        jti_hash,
+        binding: binding.kind(),
+        latency: std::time::Duration::ZERO,
+    };
+    let refuse =
+        |error: OAuthError, reason: &str| -> Refusal { Box::new((error, Some(record(reason, 0, String::new())))) };
+    if !server.issuers.iter().any(|i| i == issuer_name) {
+        return Err(refuse(
+            OAuthError::invalid_target(format!(
+                "McpServer {server_name} does not accept task tokens: add {issuer_name} to its issuers"
+            )),
+            "server_refuses_task_tokens",
+        ));
+    }
+    if let Some(scope) = request.scopes.iter().find(|s| !server.scopes.contains(s)) {
+        return Err(refuse(
+            OAuthError::invalid_scope(format!("scope {scope:?} is not one of McpServer {server_name}'s scopes")),
+            "unknown_scope",
+        ));
+    }
+    let facts = RequestFacts { source_ip: peer.ip(), now, granted_tools: &request.tools };
+    let mut denied = Vec::new();
+    for tool in &request.tools {
+        let allowed = compiled
+            .authorizer
+            .authorize(server_name, &subject, EXCHANGE_ACTION, PolicyTarget::Tool(tool), &facts)
+            .is_ok_and(|o| o.allowed);
+        if !allowed {
+            denied.push(tool.as_str());
+        }
+    }
+    if !denied.is_empty() {
+        return Err(refuse(
+            OAuthError::invalid_scope(format!("policy does not allow this workload the tools: {}", denied.join(", "))),
+            "policy_denied",
+        ));
+    }
+    let maxima = [issuer.max_token_lifetime.0.as_secs() as i64, signer.tokens_expire_by - now]
+        .into_iter()
+        .chain(server.max_task_token_lifetime.map(|d| d.0.as_secs() as i64));
+    let lifetime = exchange::lifetime(request.lifetime, DEFAULT_LIFETIME_SECONDS, maxima, subject.expires_at, now)
+        .map_err(|e| refuse(e, "subject_expiring"))?;
+
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    let jti = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+    let scopes = &request.scopes;
+    let task = TaskToken {
+        issuer: &issuer.issuer,
+        subject_issuer_url,
+        subject: &subject,
+        actor: actor.as_ref().map(|(v, url)| (&**v, url.as_str())),
+        audience: &server.resource,
+        tools: &request.tools,
+        scopes,
+        jti: &jti,
+        issued_at: now,
+        lifetime,
+        binding: &binding,
+    };
+    let access_token = signer.sign(&task.claims());
+    let granted: Vec<String> = request
+        .tools
+        .iter()
+        .map(|t| format!("{}{t}", exchange::TOOL_SCOPE_PREFIX))
+        .chain(scopes.iter().cloned())
+        .collect();
+    let mut response = json!({
+        "access_token": access_token,
+        "issued_token_type": exchange::ISSUED_TOKEN_TYPE,
+        "token_type": if matches!(binding, Binding::Dpop(_)) { "DPoP" } else { "Bearer" },
+        "expires_in": lifetime,
+        "scope": granted.join(" "),
+    });
+    if request.authorization_details {
+        response["authorization_details"] = json!([{
+            "type": exchange::AUTHORIZATION_DETAILS_TYPE,
+            "locations": [server.resource],
+            "tools": request.tools,
+        }]);
+    }
+    tracing::debug!(server = %server_name, subject = %subject.subject, tools = ?request.tools, lifetime, "task token issued");
+    Ok((response, record("", lifetime, warden_core::token::jti_hash(issuer_name, &jti))))
+}
+
+fn invalid_dpop(code: &str) -> OAuthError {
+    OAuthError { code: "invalid_dpop_proof", description: format!("the DPoP proof was refused: {code}") }
+}
+
+/// RFC 7009: whoever holds a token may revoke it. The answer is 200 whatever the token was
+/// (an unknown or invalid token is not an error, §2.2); a valid token with a `jti` becomes a
+/// `Revocation` that every agent receives, and that is deleted once the token has expired.
+async fn revoke(State(service): State<Arc<TokenService>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !form.starts_with("application/x-www-form-urlencoded") {
+        return oauth_error(&OAuthError::invalid_request("send the request as application/x-www-form-urlencoded"));
+    }
+    if body.len() > exchange::MAX_REQUEST_BYTES {
+        return oauth_error(&OAuthError::invalid_request("the request is too large"));
+    }
+    let token: Vec<String> =
+        url::form_urlencoded::parse(&body).filter(|(k, _)| k == "token").map(|(_, v)| v.into_owned()).collect();
+    let [token] = &token[..] else {
+        return oauth_error(&OAuthError::invalid_request("give exactly one token"));
+    };
+    let compiled = match service.compiled() {
+        Ok(c) => c,
+        Err(e) => return oauth_error(&e),
+    };
+    let now = now();
+    if let Some(revocable) = compiled.verifier.revocable(token, now) {
+        let document = match revocation_document(&compiled.config, &revocable) {
+            Ok(d) => d,
+            Err(e) => {
+                // A jti too long for a revocation: nothing the holder can fix, nothing revoked.
+                tracing::warn!("a presented token cannot be revoked: {e}");
+                return oauth_error(&OAuthError::invalid_request(format!("this token cannot be revoked: {e}")));
+            }
+        };
+        match crate::admin::apply_documents(&service.cp, vec![document], "token-service", "revoke").await {
+            Ok(version) => tracing::info!(
+                issuer = %revocable.issuer,
+                jti_hash = %warden_core::token::jti_hash(&revocable.issuer, &revocable.jti),
+                version,
+                "token revoked by its holder"
+            ),
+            Err(e) => {
+                tracing::error!("storing a revocation failed: {e}");
+                return oauth_error(&OAuthError::temporarily_unavailable("the revocation could not be stored; retry"));
+            }
+        }
+    }
+    let mut response = StatusCode::OK.into_response();
+    no_store(response.headers_mut());
+    response
+}
+
+/// The `Revocation` of one token by `jti`, named after a hash of (issuer, jti) so revoking twice
+/// changes nothing, expiring with the token.
+fn revocation_document(
+    config: &Config,
+    revocable: &warden_core::token::Revocable,
+) -> Result<warden_core::Document, warden_core::DocumentError> {
+    let skew = config.issuers.get(&revocable.issuer).map_or(0, |s| s.clock_skew.0.as_secs() as i64);
+    let key = revocation_key(&revocable.issuer, &revocable.jti);
+    let document = json!({
+        "apiVersion": warden_core::resource::API_VERSION,
+        "kind": "Revocation",
+        "metadata": { "name": key.name },
+        "spec": {
+            "issuer": revocable.issuer,
+            "jti": revocable.jti,
+            "expires": warden_core::revocation::format_time(revocable.expires_at + skew),
+        },
+    });
+    // Through the same validation as any operator's document.
+    warden_core::Document::from_json(document, &warden_core::Admission::default())
+}
+
+/// RFC 8414 metadata; the issuer has no path (admission checks), so root and path-inserted
+/// locations coincide.
+async fn metadata(State(service): State<Arc<TokenService>>) -> Response {
+    let compiled = match service.compiled() {
+        Ok(c) => c,
+        Err(e) => return oauth_error(&e),
+    };
+    let Ok((_, issuer)) = service_issuer(&compiled.config) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let base = issuer.issuer.trim_end_matches('/');
+    axum::Json(json!({
+        "issuer": issuer.issuer,
+        "token_endpoint": format!("{base}/token"),
+        "revocation_endpoint": format!("{base}/revoke"),
+        "jwks_uri": format!("{base}/jwks.json"),
+        "grant_types_supported": [exchange::GRANT_TYPE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "dpop_signing_alg_values_supported": warden_core::dpop::ALGORITHMS,
+        "authorization_details_types_supported": [exchange::AUTHORIZATION_DETAILS_TYPE],
+        "scopes_supported": [format!("{}<tool>", exchange::TOOL_SCOPE_PREFIX)],
+    }))
+    .into_response()
+}
+
+/// The public keys task tokens are signed with (as agents receive them).
+async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
+    let state = service.cp.state.borrow().clone();
+    let keys = state
+        .resources
+        .iter()
+        .find_map(|(key, e)| match &e.document.spec {
+            Spec::TrustedIssuer(s) if s.keys.control_plane => state.keys.get(&key.name).map(|r| r.jwks.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| json!({ "keys": [] }));
+    let mut response = axum::Json(keys).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    response
+}
+
+/// TLS connections, handshaken concurrently off the accept loop, as axum's listener.
+struct TlsListener {
+    incoming: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.recv().await {
+            Some(connection) => connection,
+            // The accept loop ended (shutdown): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// The caller's address, as handlers extract it.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn tls_listener(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+    let local = listener.local_addr()?;
+    let (tx, incoming) = tokio::sync::mpsc::channel(256);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin.
+                    tracing::warn!("token service accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, handshaken) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let _ = handshaken.send((stream, peer)).await;
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok(TlsListener { incoming, local })
+}
+
+/// Serves the token service on `listener` with `tls` until shutdown.
+pub async fn serve(
+    cp: Arc<ControlPlane>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    let listener = match tls_listener(listener, tls) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("token service: {e}");
+            return;
+        }
+    };
+    tracing::info!(addr = ?local, "token service listening");
+    let service = Arc::new(TokenService::new(cp));
+    let app = axum::Router::new()
+        .route("/token", post(token))
+        .route("/revoke", post(revoke))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/jwks.json", get(jwks))
+        .layer(axum::extract::DefaultBodyLimit::max(exchange::MAX_REQUEST_BYTES))
+        .with_state(service);
+    let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+}
+
+/// The `key` of a revocation document (for tests and logs).
+pub fn revocation_key(issuer: &str, jti: &str) -> ResourceKey {
+    let hash = warden_core::token::jti_hash(issuer, jti);
+    ResourceKey { kind: warden_core::Kind::Revocation, name: format!("jti-{}", &hash[..16]) }
+}

@@ -1,0 +1,420 @@
+//! Token exchange and fleet-wide revocation end to end: subject tokens minted by PyJWT, exchanged
+//! at the control plane's token service over HTTPS for task tokens, presented through the agent's
+//! gateway with the official MCP Python SDK as client and server.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, mcp_client, post, wait_for_or};
+
+const POLICY: &str = r#"
+    permit(principal, action in [Action::"tools/list", Action::"tools/call"], resource);
+    permit(principal in Issuer::"test-idp", action == Action::"token/exchange", resource in Server::"notes")
+      when { ["echo", "count", "seen_headers"].contains(resource.name) && principal.subject != "bob" };
+    permit(principal, action == Action::"token/exchange", resource in Server::"other");
+"#;
+
+struct Fleet {
+    idp: MintingIdp,
+    _upstream: McpUpstream,
+    cp: ControlPlane,
+    agent: Agent,
+    /// `https://127.0.0.1:<port>`: the token service, and the issuer of task tokens.
+    service: String,
+    gateway: String,
+    other_gateway: String,
+    http: ureq::Agent,
+    _dir: tempfile::TempDir,
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let idp = MintingIdp::start(dir.path());
+        let upstream = McpUpstream::start(dir.path());
+        let token_listen = loopback_addr();
+        let token_host = token_listen.rsplit_once(':').unwrap().0;
+        let cp = ControlPlane::start(
+            dir.path(),
+            &[
+                "--allow-http-issuers",
+                "--token-listen",
+                &token_listen,
+                "--server-name",
+                token_host,
+                "--signing-key-publish-delay",
+                "0s",
+            ],
+        );
+        let join = cp.join_token("5m");
+        let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&join));
+        let (gateway, other_gateway) = (loopback_addr(), loopback_addr());
+        let service = format!("https://{token_listen}");
+        let policy: String = POLICY.lines().map(|l| format!("    {l}\n")).collect();
+        let yaml = format!(
+            r#"
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: test-idp}}
+spec:
+  issuer: {issuer}
+  keys: {{discovery: true}}
+  allowedAlgorithms: [ES256]
+  maxTokenLifetime: 10m
+---
+apiVersion: warden.dev/v1
+kind: TrustedIssuer
+metadata: {{name: warden}}
+spec:
+  issuer: {service}
+  keys: {{controlPlane: true}}
+  allowedAlgorithms: [EdDSA]
+  maxTokenLifetime: 10m
+  clockSkew: 0s
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: notes}}
+spec:
+  resource: http://{gateway}/mcp
+  issuers: [warden]
+  upstream: {upstream}
+  listen: {gateway}
+---
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: other}}
+spec:
+  resource: http://{other_gateway}/mcp
+  issuers: [warden]
+  upstream: {upstream}
+  listen: {other_gateway}
+  maxTaskTokenLifetime: 2m
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {{name: tasks}}
+spec:
+  cedar: |
+{policy}"#,
+            issuer = idp.issuer,
+            upstream = upstream.url,
+        );
+        let out = cp.apply(&yaml);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // The token service presents a certificate from the fleet CA.
+        let ca = std::fs::read(cp.data_dir.join("ca.crt")).unwrap();
+        let ca = ureq::tls::Certificate::from_pem(&ca).unwrap().to_owned();
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])))
+            .build();
+        let http = ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into();
+        let fleet = Fleet { idp, _upstream: upstream, cp, agent, service, gateway, other_gateway, http, _dir: dir };
+        let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
+        wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
+        fleet
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.gateway)
+    }
+
+    /// `sub`'s identity token from the IdP, for the token service.
+    fn subject_token(&self, sub: &str) -> String {
+        let now = now();
+        let claims = json!({"iss": self.idp.issuer, "sub": sub, "aud": self.service, "iat": now, "exp": now + 600,
+                            "jti": format!("{sub}-{}", rand::random::<u64>())});
+        self.idp.mint(&json!({ "claims": claims }))
+    }
+
+    /// POSTs a form to the token service: (status, JSON body).
+    fn form(&self, path: &str, pairs: &[(&str, &str)], headers: &[(&str, &str)]) -> (u16, Value) {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.service))
+            .header("content-type", "application/x-www-form-urlencoded");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let mut response = request.send(body).expect("the token service answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Exchanges `subject_token` for a task token on `resource` with `extra` parameters.
+    fn exchange(&self, subject_token: &str, resource: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+        self.exchange_with(subject_token, resource, extra, &[])
+    }
+
+    fn exchange_with(
+        &self,
+        subject_token: &str,
+        resource: &str,
+        extra: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut pairs = vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", subject_token),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("resource", resource),
+        ];
+        pairs.extend_from_slice(extra);
+        self.form("/token", &pairs, headers)
+    }
+
+    /// A task token for `tools` on notes, once the service signs.
+    fn task_token(&self, subject_token: &str, scope: &str) -> String {
+        let url = self.url();
+        let (status, body) = wait_for_or(
+            "the token service to issue a task token",
+            || self.cp.process.as_ref().map(|p| p.log_text()).unwrap_or_default(),
+            || Some(self.exchange(subject_token, &url, &[("scope", scope)])).filter(|(s, _)| *s != 503),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until every agent applied the control plane's current configuration.
+    fn converge(&self) {
+        self.cp.wait_converged(&["agent-0"], self.cp.version());
+    }
+}
+
+fn claims(token: &str) -> Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+fn call(tool: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"text": "hi"}}})
+        .to_string()
+}
+
+/// The reason in a 401's challenge.
+fn refusal(answer: &tests::Answer) -> String {
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    answer.challenge.rsplit_once("error_description=\"").map(|(_, r)| r.trim_end_matches('"').to_string()).unwrap()
+}
+
+#[test]
+fn a_workload_exchanges_its_identity_for_a_task_token_that_opens_only_its_tools() {
+    let fleet = Fleet::start();
+    let alice = fleet.subject_token("alice");
+    let token = fleet.task_token(&alice, "tool:echo");
+
+    // The task token: the workload, one server, the tools granted, minutes to live.
+    let c = claims(&token);
+    assert_eq!(c["iss"], fleet.service);
+    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["aud"], fleet.url());
+    assert_eq!(c["subject_iss"], fleet.idp.issuer);
+    assert_eq!(c["tools"], json!(["echo"]));
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 300, "the default lifetime");
+    assert!(c["jti"].as_str().is_some_and(|j| j.len() >= 22));
+    assert!(c.get("cnf").is_none(), "no key was proved: a bearer token");
+
+    // Through the gateway with the MCP SDK: the granted tool works, another is refused (policy
+    // alone would allow it) and hidden from the list.
+    let steps: [(&str, &[&str]); 3] = [
+        (&token, &["list-tools"]),
+        (&token, &["call", "echo", r#"{"text":"hello"}"#]),
+        (&token, &["call", "delete_repository", r#"{"name":"warden"}"#]),
+    ];
+    let out = mcp_client(&fleet.url(), "modern", &steps);
+    assert_eq!(out[0]["result"], json!(["echo"]), "{}", out[0]);
+    assert_eq!(out[1]["result"]["text"], json!(["hello"]), "{}", out[1]);
+    assert_eq!(out[2]["error"]["code"], -32001, "{}", out[2]);
+
+    // Another server does not accept it; the IdP token itself is no good at the gateway either.
+    let other = format!("http://{}/mcp", fleet.other_gateway);
+    assert_eq!(refusal(&post(&other, Some(&token), &[], &call("echo"))), "wrong_audience");
+    assert_eq!(refusal(&post(&fleet.url(), Some(&alice), &[], &call("echo"))), "issuer_not_allowed");
+
+    // Lifetimes: capped by the server's maximum (2m on `other`) and the issuer's (10m).
+    let (status, body) = fleet.exchange(&alice, &other, &[("scope", "tool:echo"), ("expires_in", "3600")]);
+    assert_eq!((status, body["expires_in"].as_i64()), (200, Some(120)), "{body}");
+    // (and by the subject token's own expiry, which is a little under 10m away by now).
+    let (status, body) = fleet.exchange(&alice, &fleet.url(), &[("scope", "tool:echo"), ("expires_in", "3600")]);
+    assert!(status == 200 && (590..=600).contains(&body["expires_in"].as_i64().unwrap()), "{body}");
+    // RFC 9396 authorization_details ask for tools too, and are answered in kind.
+    let details = json!([{"type": "mcp_tools", "locations": [fleet.url()], "tools": ["count"]}]).to_string();
+    let (status, body) = fleet.exchange(&alice, &fleet.url(), &[("authorization_details", &details)]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["authorization_details"][0]["tools"], json!(["count"]));
+    assert_eq!(claims(body["access_token"].as_str().unwrap())["tools"], json!(["count"]));
+
+    // An expired task token is refused.
+    let (_, short) = fleet.exchange(&alice, &fleet.url(), &[("scope", "tool:echo"), ("expires_in", "1")]);
+    let short = short["access_token"].as_str().unwrap().to_string();
+    assert_eq!(post(&fleet.url(), Some(&short), &[], INITIALIZE).status, 200);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(refusal(&post(&fleet.url(), Some(&short), &[], &call("echo"))), "expired");
+
+    // What the exchange refuses, with RFC 6749/8693 error codes.
+    let bob = fleet.subject_token("bob");
+    let for_notes = fleet.url();
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let refused: [Case; 6] = [
+        (alice.clone(), vec![("scope", "tool:delete_repository")], "invalid_scope"),
+        (bob.clone(), vec![("scope", "tool:echo")], "invalid_scope"),
+        (alice.clone(), vec![("scope", "notes.admin tool:echo")], "invalid_scope"),
+        (alice.clone(), vec![], "invalid_scope"),
+        ("not-a-token".into(), vec![("scope", "tool:echo")], "invalid_grant"),
+        (token.clone(), vec![("scope", "tool:echo")], "invalid_grant"),
+    ];
+    for (subject, extra, code) in refused {
+        let (status, body) = fleet.exchange(&subject, &for_notes, &extra);
+        assert_eq!((status, body["error"].as_str()), (400, Some(code)), "{extra:?}: {body}");
+        assert!(!body.to_string().contains(&subject[..subject.len().min(40)]), "errors never echo a token");
+    }
+    let (status, body) = fleet.exchange(&alice, "http://127.0.0.1:1/unknown", &[("scope", "tool:echo")]);
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+    // A token for an MCP server is not a token for the token service.
+    let now = now();
+    let misdirected = fleet.idp.mint(&json!({"claims": {"iss": fleet.idp.issuer, "sub": "alice", "aud": fleet.url(),
+        "iat": now, "exp": now + 300}}));
+    let (status, body) = fleet.exchange(&misdirected, &for_notes, &[("scope", "tool:echo")]);
+    assert_eq!(body["error_description"], "subject_token refused: wrong_audience", "{status}");
+
+    // Metadata (RFC 8414) and the published keys.
+    let metadata: Value = fleet
+        .http
+        .get(format!("{}/.well-known/oauth-authorization-server", fleet.service))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(metadata["token_endpoint"], format!("{}/token", fleet.service));
+    assert_eq!(metadata["revocation_endpoint"], format!("{}/revoke", fleet.service));
+    assert_eq!(metadata["grant_types_supported"], json!(["urn:ietf:params:oauth:grant-type:token-exchange"]));
+    let jwks: Value =
+        fleet.http.get(format!("{}/jwks.json", fleet.service)).call().unwrap().body_mut().read_json().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let kids: Vec<&Value> = jwks["keys"].as_array().unwrap().iter().map(|k| &k["kid"]).collect();
+    assert!(kids.contains(&&header["kid"]), "{jwks} {header}");
+    assert!(jwks["keys"].as_array().unwrap().iter().all(|k| k.get("d").is_none()), "public halves only");
+
+    // Every exchange is on record, named by the same jti hash as the decisions made with the
+    // token it issued.
+    let records = || -> Vec<Value> {
+        let out = fleet.cp.ctl_ok(&["decisions", "--limit", "1000", "-o", "json"]);
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let found = wait_for_or(
+        "the exchange and the gateway's decisions on record",
+        || format!("{:?}", records()),
+        || {
+            let all = records();
+            let exchange = all
+                .iter()
+                .find(|r| r["via"] == "token-exchange" && r["decision"] == "allow" && r["target"] == "echo")?
+                .clone();
+            let decision = all.iter().find(|r| r["via"] == "gateway" && r["jtiHash"] == exchange["jtiHash"])?.clone();
+            let denied = all.iter().find(|r| r["via"] == "token-exchange" && r["subject"] == "bob")?.clone();
+            Some((exchange, decision, denied))
+        },
+    );
+    let (exchange, decision, denied) = found;
+    assert_eq!(exchange["agent"], "control-plane");
+    assert_eq!(exchange["subject"], "alice");
+    assert_eq!(exchange["method"], "token/exchange");
+    assert_eq!(decision["subject"], "alice");
+    assert_eq!((denied["decision"].as_str(), denied["reason"].as_str()), (Some("deny"), Some("policy_denied")));
+}
+
+#[test]
+fn bound_task_tokens_need_their_key_and_revocation_reaches_the_fleet_and_survives_a_restart() {
+    let mut fleet = Fleet::start();
+    let alice = fleet.subject_token("alice");
+    let token_endpoint = format!("{}/token", fleet.service);
+
+    // DPoP at the exchange binds the task token to the client's key.
+    let proof = fleet.idp.dpop("client-a", "POST", &token_endpoint, "");
+    let _ = fleet.task_token(&alice, "tool:echo"); // the service signs by now
+    let (status, body) = fleet.exchange_with(
+        &alice,
+        &fleet.url(),
+        &[("scope", "tool:echo")],
+        &[("dpop", proof["proof"].as_str().unwrap())],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    let bound = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(claims(&bound)["cnf"]["jkt"], proof["jkt"]);
+    // Stolen and presented without the key: refused.
+    assert_eq!(refusal(&post(&fleet.url(), Some(&bound), &[], &call("echo"))), "binding_mismatch");
+    let with_key = fleet.idp.dpop("client-a", "POST", &fleet.url(), &bound);
+    let dpop_headers =
+        [("authorization", format!("DPoP {bound}")), ("dpop", with_key["proof"].as_str().unwrap().into())];
+    let dpop_headers: Vec<(&str, &str)> = dpop_headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let answer = post(&fleet.url(), None, &dpop_headers, INITIALIZE);
+    assert_eq!(answer.status, 200, "{} {}", answer.challenge, answer.body);
+    // A replayed exchange proof is refused.
+    let (status, body) = fleet.exchange_with(
+        &alice,
+        &fleet.url(),
+        &[("scope", "tool:echo")],
+        &[("dpop", proof["proof"].as_str().unwrap())],
+    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_dpop_proof")), "{body}");
+
+    // RFC 7009: the holder revokes its task token at the end of the task; every agent refuses it.
+    let done = fleet.task_token(&alice, "tool:echo");
+    let carol = fleet.subject_token("carol");
+    let carols = fleet.task_token(&carol, "tool:echo");
+    assert_eq!(post(&fleet.url(), Some(&done), &[], INITIALIZE).status, 200);
+    let (status, _) = fleet.form("/revoke", &[("token", &done)], &[]);
+    assert_eq!(status, 200);
+    fleet.converge();
+    assert_eq!(refusal(&post(&fleet.url(), Some(&done), &[], &call("echo"))), "revoked");
+    // Nonsense is answered alike (RFC 7009 §2.2) and changes nothing.
+    let version = fleet.cp.version();
+    assert_eq!(fleet.form("/revoke", &[("token", "garbage")], &[]).0, 200);
+    assert_eq!(fleet.cp.version(), version);
+
+    // wardenctl revoke by subject: alice's task tokens and her identity token are cut off.
+    let before = fleet.task_token(&alice, "tool:echo");
+    let out = fleet.cp.ctl_ok(&["revoke", "--issuer", "test-idp", "--subject", "alice"]);
+    assert!(out.contains("Revocation/subject-"), "{out}");
+    fleet.converge();
+    assert_eq!(refusal(&post(&fleet.url(), Some(&before), &[], &call("echo"))), "revoked");
+    let (status, body) = fleet.exchange(&alice, &fleet.url(), &[("scope", "tool:echo")]);
+    assert_eq!((status, body["error_description"].as_str()), (400, Some("subject_token refused: revoked")));
+    // ...and by jti (the token's own jti, as an operator would read it from a record).
+    let jti = claims(&carols)["jti"].as_str().unwrap().to_string();
+    let still = fleet.task_token(&carol, "tool:echo");
+    fleet.cp.ctl_ok(&["revoke", "--issuer", "warden", "--jti", &jti]);
+    fleet.converge();
+    assert_eq!(refusal(&post(&fleet.url(), Some(&carols), &[], &call("echo"))), "revoked");
+    assert_eq!(post(&fleet.url(), Some(&still), &[], INITIALIZE).status, 200);
+
+    // A control-plane restart: revoked stays revoked, and still-valid tokens stay valid (their
+    // key is still published, though its private half died with the old process).
+    fleet.cp.stop();
+    fleet.cp.restart();
+    let after = fleet.task_token(&carol, "tool:echo");
+    fleet.converge();
+    assert_ne!(claims(&after)["jti"], claims(&still)["jti"]);
+    for (token, expected) in [(&done, Some("revoked")), (&carols, Some("revoked")), (&still, None), (&after, None)] {
+        match expected {
+            Some(reason) => assert_eq!(refusal(&post(&fleet.url(), Some(token), &[], &call("echo"))), reason),
+            None => assert_eq!(post(&fleet.url(), Some(token), &[], INITIALIZE).status, 200),
+        }
+    }
+}
