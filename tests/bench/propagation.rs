@@ -144,6 +144,26 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
     let rounds = args.rounds as u32;
     let cp_cpu = (cpu_time(pid) - cp_cpu0) / rounds;
     let own_cpu = (cpu_time(std::process::id()) - own_cpu0) / rounds;
+
+    // Revocations take the same path: one `Revocation` per round (what `wardenctl revoke` and
+    // the token service's RFC 7009 endpoint write), to the moment the last agent applied it.
+    let mut revocations = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        let document = serde_json::json!({
+            "apiVersion": "warden.dev/v1", "kind": "Revocation", "metadata": {"name": format!("bench-{round}")},
+            "spec": {"issuer": "corp-idp", "jti": format!("token-{round}"), "expires": "2099-01-01T00:00:00Z"},
+        });
+        let request = pb::ApplyRequest { documents_json: vec![serde_json::to_vec(&document).unwrap()], dry_run: false };
+        let t0 = Instant::now();
+        let response = admin.apply(request).await.expect("revoke").into_inner();
+        if wait_all(&agents, response.version, Duration::from_secs(30)).await.is_none() {
+            eprintln!("revocation {round}: not every agent applied version {} within 30s", response.version);
+            std::process::exit(1);
+        }
+        revocations.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    revocations.sort();
     // Every ACK reached the control plane.
     let last = admin.list_agents(pb::ListAgentsRequest {}).await.expect("agents").into_inner();
     let acked = last.agents.iter().filter(|a| a.applied_version == last.version && a.connected).count();
@@ -157,7 +177,13 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
         ms(*samples.last().expect("samples"))
     );
     println!(
-        "CPU per round: control plane {:.1} ms, the {} simulated agents {:.1} ms (both on this machine's cores)",
+        "revocation -> last agent applied: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        ms(percentile(&revocations, 0.5)),
+        ms(percentile(&revocations, 0.99)),
+        ms(*revocations.last().expect("samples"))
+    );
+    println!(
+        "CPU per policy round: control plane {:.1} ms, the {} simulated agents {:.1} ms (both on this machine's cores)",
         ms(cp_cpu),
         args.agents,
         ms(own_cpu)
