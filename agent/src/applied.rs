@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use proto::v1 as pb;
 use warden_core::authorize::Authorizer;
+use warden_core::resource::Spec;
 use warden_core::token::Verifier;
 use warden_core::{Admission, Config, Document, Kind, ResourceKey};
 
@@ -35,10 +36,11 @@ pub struct Applied {
     pub keys: BTreeMap<String, pb::IssuerKeys>,
     /// The compiled configuration.
     pub config: Config,
-    /// Its token rules, with the tokens verified under them.
-    pub verifier: Verifier,
-    /// Its policies, per server.
-    pub authorizer: Authorizer,
+    /// Its token rules, with the tokens verified under them (shared with the previous version
+    /// when only revocations changed: revocations are checked per request, not compiled in).
+    pub verifier: Arc<Verifier>,
+    /// Its policies, per server (shared likewise).
+    pub authorizer: Arc<Authorizer>,
     /// The gateway's routes per server, derived on first use.
     pub(crate) routes: std::sync::OnceLock<std::collections::HashMap<String, crate::gateway::Route>>,
     /// Where it came from.
@@ -83,15 +85,45 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
     }
     let mut resources = current.resources.clone();
     let mut documents = current.documents.clone();
+    let mut changed = Vec::with_capacity(delta.removals.len() + delta.upserts.len());
     for r in delta.removals {
         let key = resource_key(&r.kind, &r.name)?;
         resources.remove(&key);
         documents.remove(&key);
+        changed.push(key);
     }
     for r in delta.upserts {
         let key = resource_key(&r.kind, &r.name)?;
         documents.insert(key.clone(), parse(&key, &r)?);
-        resources.insert(key, r);
+        resources.insert(key.clone(), r);
+        changed.push(key);
+    }
+    // Revocations are what must reach the fleet fastest, and they change no key, server or
+    // policy: keep the compiled rest instead of compiling every policy again.
+    let revocations_only = delta.upserted_keys.is_empty()
+        && delta.removed_keys.is_empty()
+        && changed.iter().all(|key| key.kind == Kind::Revocation);
+    if revocations_only {
+        let revocations = documents
+            .iter()
+            .filter_map(|(key, doc)| match &doc.spec {
+                Spec::Revocation(spec) => Some((key.name.clone(), spec.clone())),
+                _ => None,
+            })
+            .collect();
+        let config = current.config.clone().with_revocations(revocations).map_err(|e| e.to_string())?;
+        return Ok(Applied {
+            store_id: delta.store_id,
+            version: delta.version,
+            resources,
+            documents,
+            keys: current.keys.clone(),
+            config,
+            verifier: current.verifier.clone(),
+            authorizer: current.authorizer.clone(),
+            routes: std::sync::OnceLock::new(),
+            source: Source::ControlPlane,
+        });
     }
     let mut keys = current.keys.clone();
     for issuer in delta.removed_keys {
@@ -139,7 +171,7 @@ fn build(
         // Tokens signed with these keys are refused as unknown_kid, never accepted.
         tracing::warn!(version, skipped, "issuer keys that do not parse were left out");
     }
-    let authorizer = Authorizer::new(&config);
+    let (verifier, authorizer) = (Arc::new(verifier), Arc::new(Authorizer::new(&config)));
     let routes = std::sync::OnceLock::new();
     Ok(Applied { store_id, version, resources, documents, keys, config, verifier, authorizer, routes, source })
 }
@@ -243,6 +275,64 @@ mod tests {
             ..Default::default()
         };
         assert!(from_delta(Some(&base), stray).is_err());
+    }
+
+    fn revocation(name: &str, issuer: &str, jti: &str) -> pb::Resource {
+        let doc = serde_json::json!({
+            "apiVersion": "warden.dev/v1", "kind": "Revocation", "metadata": {"name": name},
+            "spec": {"issuer": issuer, "jti": jti}
+        });
+        pb::Resource {
+            kind: "Revocation".into(),
+            name: name.into(),
+            resource_version: 1,
+            document_json: serde_json::to_vec(&doc).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_revocation_alone_keeps_the_compiled_rules_and_is_in_force() {
+        let base = from_snapshot(snapshot(3, vec![issuer("a", 3)]), Source::ControlPlane).unwrap();
+        let revoke = pb::Delta {
+            store_id: "s".into(),
+            base_version: 3,
+            version: 4,
+            upserts: vec![revocation("r1", "a", "t-1")],
+            ..Default::default()
+        };
+        let next = from_delta(Some(&base), revoke).unwrap();
+        assert!(Arc::ptr_eq(&next.verifier, &base.verifier) && Arc::ptr_eq(&next.authorizer, &base.authorizer));
+        assert!(next.config.revoked.by_jti.contains(&("a".to_string(), "t-1".to_string())));
+        assert_eq!(next.to_snapshot().resources.len(), 2, "persisted with the revocation");
+        // Lifting it: the same shortcut, and the token is good again.
+        let lift = pb::Delta {
+            store_id: "s".into(),
+            base_version: 4,
+            version: 5,
+            removals: vec![pb::ResourceRef { kind: "Revocation".into(), name: "r1".into() }],
+            ..Default::default()
+        };
+        assert!(from_delta(Some(&next), lift).unwrap().config.revoked.by_jti.is_empty());
+        // Checked like any configuration: a revocation of an unknown issuer is refused whole.
+        let dangling = pb::Delta {
+            store_id: "s".into(),
+            base_version: 3,
+            version: 4,
+            upserts: vec![revocation("r2", "zzz", "t-1")],
+            ..Default::default()
+        };
+        assert!(from_delta(Some(&base), dangling).err().unwrap().contains("zzz"));
+        // Anything else in the delta: compiled again.
+        let mixed = pb::Delta {
+            store_id: "s".into(),
+            base_version: 3,
+            version: 4,
+            upserts: vec![revocation("r1", "a", "t-1"), issuer("b", 4)],
+            ..Default::default()
+        };
+        let rebuilt = from_delta(Some(&base), mixed).unwrap();
+        assert!(!Arc::ptr_eq(&rebuilt.verifier, &base.verifier));
+        assert!(rebuilt.config.revoked.by_jti.contains(&("a".to_string(), "t-1".to_string())));
     }
 
     #[test]

@@ -225,7 +225,8 @@ fn token_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid("TLS versions", &e))?
-        .with_no_client_auth()
+        // A client may prove a certificate's key: its task token is then bound to it (RFC 8705).
+        .with_client_cert_verifier(warden_tls::ProofOfPossession::optional())
         .with_single_cert(chain, key)
         .map_err(|e| invalid("certificate", &e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -108,8 +108,8 @@ async fn start() -> anyhow::Result<()> {
     if args.agent_cert_ttl < Duration::from_secs(10) {
         anyhow::bail!("--agent-cert-ttl must be at least 10s");
     }
-    if args.signing_key_rotation < Duration::from_secs(60) {
-        anyhow::bail!("--signing-key-rotation must be at least 1m");
+    if args.signing_key_rotation < Duration::from_secs(1) {
+        anyhow::bail!("--signing-key-rotation must be at least 1s");
     }
     if args.key_refresh_min.is_zero() || args.key_refresh_min > args.key_refresh_max {
         anyhow::bail!("--key-refresh-min must be more than 0s and at most --key-refresh-max");

@@ -117,12 +117,12 @@ fn no_store(headers: &mut HeaderMap) {
 
 async fn token(
     State(service): State<Arc<TokenService>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let started = std::time::Instant::now();
-    let (answer, record) = exchange(&service, peer, &headers, &body);
+    let (answer, record) = exchange(&service, &peer, &headers, &body);
     if let Some(mut record) = record {
         record.latency = started.elapsed();
         service.cp.exchange_log.record(record);
@@ -145,7 +145,7 @@ type Refusal = Box<(OAuthError, Option<exchange_log::Exchange>)>;
 /// the request did not get as far as a verified subject token).
 fn exchange(
     service: &TokenService,
-    peer: SocketAddr,
+    peer: &Peer,
     headers: &HeaderMap,
     body: &[u8],
 ) -> (Result<Value, OAuthError>, Option<exchange_log::Exchange>) {
@@ -161,7 +161,7 @@ fn exchange(
 /// Every check in order; the first failure answers.
 fn decide(
     service: &TokenService,
-    peer: SocketAddr,
+    peer: &Peer,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(Value, exchange_log::Exchange), Refusal> {
@@ -184,9 +184,13 @@ fn decide(
     let now = now();
     let token_endpoint = format!("{}/token", issuer.issuer.trim_end_matches('/'));
 
-    // Proof of a key, when the client offers one: the task token is then bound to it.
+    // Proof of a key, when the client offers one: the task token is then bound to it — to the
+    // DPoP key when a proof is sent, else to the TLS client certificate when one was presented.
     let binding = match headers.get("dpop") {
-        None => Binding::None,
+        None => match &peer.certificate {
+            Some(der) => Binding::Certificate(warden_core::token::certificate_thumbprint(der)),
+            None => Binding::None,
+        },
         Some(proof) => {
             let proof = proof.to_str().map_err(|_| Box::new((invalid_dpop("malformed"), None)))?;
             let uris = [token_endpoint.as_str()];
@@ -210,7 +214,7 @@ fn decide(
         }
     };
     let presenter = Presenter {
-        client_certificate: None,
+        client_certificate: peer.certificate.as_deref(),
         dpop_key_thumbprint: match &binding {
             Binding::Dpop(jkt) => Some(jkt.as_str()),
             _ => None,
@@ -274,7 +278,7 @@ fn decide(
             "unknown_scope",
         ));
     }
-    let facts = RequestFacts { source_ip: peer.ip(), now, granted_tools: &request.tools };
+    let facts = RequestFacts { source_ip: peer.address.ip(), now, granted_tools: &request.tools };
     let mut denied = Vec::new();
     for tool in &request.tools {
         let allowed = compiled
@@ -433,6 +437,7 @@ async fn metadata(State(service): State<Arc<TokenService>>) -> Response {
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "dpop_signing_alg_values_supported": warden_core::dpop::ALGORITHMS,
+        "tls_client_certificate_bound_access_tokens": true,
         "authorization_details_types_supported": [exchange::AUTHORIZATION_DETAILS_TYPE],
         "scopes_supported": [format!("{}<tool>", exchange::TOOL_SCOPE_PREFIX)],
     }))
@@ -478,13 +483,19 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// The caller's address, as handlers extract it.
-#[derive(Clone, Copy, Debug)]
-struct Peer(SocketAddr);
+/// The caller, as handlers extract it: its address, and the certificate whose key it proved
+/// in the handshake, if it presented one.
+#[derive(Clone, Debug)]
+struct Peer {
+    address: SocketAddr,
+    certificate: Option<Arc<[u8]>>,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Peer {
-        Peer(*stream.remote_addr())
+        let certificate =
+            stream.io().get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().into());
+        Peer { address: *stream.remote_addr(), certificate }
     }
 }
 

@@ -148,6 +148,7 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
     // Revocations take the same path: one `Revocation` per round (what `wardenctl revoke` and
     // the token service's RFC 7009 endpoint write), to the moment the last agent applied it.
     let mut revocations = Vec::with_capacity(args.rounds);
+    let (cp_cpu0, own_cpu0) = (cpu_time(pid), cpu_time(std::process::id()));
     for round in 0..args.rounds {
         let document = serde_json::json!({
             "apiVersion": "warden.dev/v1", "kind": "Revocation", "metadata": {"name": format!("bench-{round}")},
@@ -164,6 +165,8 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     revocations.sort();
+    let revocation_cp_cpu = (cpu_time(pid) - cp_cpu0) / rounds;
+    let revocation_own_cpu = (cpu_time(std::process::id()) - own_cpu0) / rounds;
     // Every ACK reached the control plane.
     let last = admin.list_agents(pb::ListAgentsRequest {}).await.expect("agents").into_inner();
     let acked = last.agents.iter().filter(|a| a.applied_version == last.version && a.connected).count();
@@ -181,6 +184,12 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
         ms(percentile(&revocations, 0.5)),
         ms(percentile(&revocations, 0.99)),
         ms(*revocations.last().expect("samples"))
+    );
+    println!(
+        "CPU per revocation round: control plane {:.1} ms, the {} simulated agents {:.1} ms",
+        ms(revocation_cp_cpu),
+        args.agents,
+        ms(revocation_own_cpu)
     );
     println!(
         "CPU per policy round: control plane {:.1} ms, the {} simulated agents {:.1} ms (both on this machine's cores)",

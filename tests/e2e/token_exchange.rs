@@ -35,23 +35,27 @@ fn now() -> i64 {
 
 impl Fleet {
     fn start() -> Fleet {
+        Fleet::start_with(&[])
+    }
+
+    /// With `extra` control-plane flags.
+    fn start_with(extra: &[&str]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let idp = MintingIdp::start(dir.path());
         let upstream = McpUpstream::start(dir.path());
         let token_listen = loopback_addr();
         let token_host = token_listen.rsplit_once(':').unwrap().0;
-        let cp = ControlPlane::start(
-            dir.path(),
-            &[
-                "--allow-http-issuers",
-                "--token-listen",
-                &token_listen,
-                "--server-name",
-                token_host,
-                "--signing-key-publish-delay",
-                "0s",
-            ],
-        );
+        let mut flags = vec![
+            "--allow-http-issuers",
+            "--token-listen",
+            &token_listen,
+            "--server-name",
+            token_host,
+            "--signing-key-publish-delay",
+            "0s",
+        ];
+        flags.extend_from_slice(extra);
+        let cp = ControlPlane::start(dir.path(), &flags);
         let join = cp.join_token("5m");
         let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&join));
         let (gateway, other_gateway) = (loopback_addr(), loopback_addr());
@@ -108,14 +112,7 @@ spec:
         );
         let out = cp.apply(&yaml);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        // The token service presents a certificate from the fleet CA.
-        let ca = std::fs::read(cp.data_dir.join("ca.crt")).unwrap();
-        let ca = ureq::tls::Certificate::from_pem(&ca).unwrap().to_owned();
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])))
-            .build();
-        let http = ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into();
+        let http = https_client(&cp, None);
         let fleet = Fleet { idp, _upstream: upstream, cp, agent, service, gateway, other_gateway, http, _dir: dir };
         let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
         wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
@@ -190,6 +187,24 @@ spec:
     }
 }
 
+/// A client of the token service, which presents a certificate from the fleet CA; with
+/// `client` (certificate PEM, key PEM), one that proves a certificate of its own.
+fn https_client(cp: &ControlPlane, client: Option<(&str, &str)>) -> ureq::Agent {
+    let ca = std::fs::read(cp.data_dir.join("ca.crt")).unwrap();
+    let ca = ureq::tls::Certificate::from_pem(&ca).unwrap().to_owned();
+    let client = client.map(|(cert, key)| {
+        let cert = ureq::tls::Certificate::from_pem(cert.as_bytes()).unwrap().to_owned();
+        let key = ureq::tls::PrivateKey::from_pem(key.as_bytes()).unwrap().to_owned();
+        ureq::tls::ClientCert::new_with_certs(&[cert], key)
+    });
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])))
+        .client_cert(client)
+        .build();
+    ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).build().into()
+}
+
 fn claims(token: &str) -> Value {
     let part = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
@@ -254,6 +269,22 @@ fn a_workload_exchanges_its_identity_for_a_task_token_that_opens_only_its_tools(
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["authorization_details"][0]["tools"], json!(["count"]));
     assert_eq!(claims(body["access_token"].as_str().unwrap())["tools"], json!(["count"]));
+
+    // Delegation: an actor acting for alice is named in the task token's `act` claim.
+    let runner = fleet.subject_token("ci-runner");
+    let (status, body) = fleet.exchange(
+        &alice,
+        &fleet.url(),
+        &[
+            ("scope", "tool:echo"),
+            ("actor_token", &runner),
+            ("actor_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let delegated = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(delegated["sub"], "alice");
+    assert_eq!(delegated["act"], json!({"sub": "ci-runner", "iss": fleet.idp.issuer}));
 
     // An expired task token is refused.
     let (_, short) = fleet.exchange(&alice, &fleet.url(), &[("scope", "tool:echo"), ("expires_in", "1")]);
@@ -335,6 +366,7 @@ fn a_workload_exchanges_its_identity_for_a_task_token_that_opens_only_its_tools(
     assert_eq!(exchange["subject"], "alice");
     assert_eq!(exchange["method"], "token/exchange");
     assert_eq!(decision["subject"], "alice");
+    assert!(records().iter().any(|r| r["via"] == "token-exchange" && r["actor"] == "test-idp/ci-runner"));
     assert_eq!((denied["decision"].as_str(), denied["reason"].as_str()), (Some("deny"), Some("policy_denied")));
 }
 
@@ -365,6 +397,27 @@ fn bound_task_tokens_need_their_key_and_revocation_reaches_the_fleet_and_survive
     let dpop_headers: Vec<(&str, &str)> = dpop_headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let answer = post(&fleet.url(), None, &dpop_headers, INITIALIZE);
     assert_eq!(answer.status, 200, "{} {}", answer.challenge, answer.body);
+    // A certificate proved at the exchange (mutual TLS, RFC 8705) binds the task token to it.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["workload.example".to_string()]).unwrap().self_signed(&key).unwrap();
+    let with_cert = https_client(&fleet.cp, Some((&cert.pem(), &key.serialize_pem())));
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", alice.as_str()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("resource", fleet.url().as_str()),
+            ("scope", "tool:echo"),
+        ])
+        .finish();
+    let mut response =
+        with_cert.post(&token_endpoint).header("content-type", "application/x-www-form-urlencoded").send(body).unwrap();
+    let body: Value = response.body_mut().read_json().unwrap();
+    let cert_bound = body["access_token"].as_str().expect("a task token").to_string();
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(cert.der().as_ref()));
+    assert_eq!(claims(&cert_bound)["cnf"]["x5t#S256"], thumbprint);
+    assert_eq!(refusal(&post(&fleet.url(), Some(&cert_bound), &[], &call("echo"))), "binding_mismatch");
     // A replayed exchange proof is refused.
     let (status, body) = fleet.exchange_with(
         &alice,
@@ -417,4 +470,37 @@ fn bound_task_tokens_need_their_key_and_revocation_reaches_the_fleet_and_survive
             None => assert_eq!(post(&fleet.url(), Some(token), &[], INITIALIZE).status, 200),
         }
     }
+}
+
+#[test]
+fn signing_keys_rotate_without_a_single_refusal() {
+    let fleet = Fleet::start_with(&["--signing-key-rotation", "3s"]);
+    let alice = fleet.subject_token("alice");
+    let first = fleet.task_token(&alice, "tool:echo");
+    let kid = |token: &str| -> Value {
+        let header = token.split('.').next().unwrap();
+        serde_json::from_slice::<Value>(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap())
+            .unwrap()["kid"]
+            .clone()
+    };
+    // Exchange and use task tokens without pause across two rotations: every one is accepted,
+    // because a key signs only once the agents hold it, and stays published while its tokens live.
+    let mut kids = vec![kid(&first)];
+    let started = std::time::Instant::now();
+    let mut used = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        let (status, body) = fleet.exchange(&alice, &fleet.url(), &[("scope", "tool:echo")]);
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap();
+        for t in [token, first.as_str()] {
+            let answer = post(&fleet.url(), Some(t), &[], INITIALIZE);
+            assert_eq!(answer.status, 200, "{} {}", answer.challenge, fleet.agent.log_text());
+        }
+        if !kids.contains(&kid(token)) {
+            kids.push(kid(token));
+        }
+        used += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(kids.len() >= 3, "two rotations in 8s: {kids:?} over {used} exchanges");
 }

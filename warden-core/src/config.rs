@@ -120,30 +120,7 @@ impl Config {
                     .into(),
             });
         }
-        for (name, revocation) in &config.revocations {
-            if !config.issuers.contains_key(&revocation.issuer) {
-                return Err(ConfigError::DanglingReference {
-                    from: key(Kind::Revocation, name),
-                    field: "spec.issuer",
-                    missing: key(Kind::TrustedIssuer, &revocation.issuer),
-                });
-            }
-            let issuer = revocation.issuer.clone();
-            if let Some(jti) = &revocation.jti {
-                config.revoked.by_jti.insert((issuer.clone(), jti.clone()));
-            }
-            match (&revocation.subject, revocation.issued_before_unix()) {
-                (Some(subject), Some(before)) => {
-                    let entry = config.revoked.subjects_before.entry((issuer, subject.clone())).or_insert(before);
-                    *entry = (*entry).max(before);
-                }
-                (None, Some(before)) => {
-                    let entry = config.revoked.issuers_before.entry(issuer).or_insert(before);
-                    *entry = (*entry).max(before);
-                }
-                _ => {}
-            }
-        }
+        config.compile_revocations()?;
         for (name, server) in &config.servers {
             for issuer in &server.issuers {
                 if !config.issuers.contains_key(issuer) {
@@ -178,6 +155,44 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The same configuration with `revocations` in place of its own: what a change of
+    /// revocations alone makes of it, without compiling anything else again.
+    pub fn with_revocations(mut self, revocations: BTreeMap<String, RevocationSpec>) -> Result<Config, ConfigError> {
+        self.revocations = revocations;
+        self.revoked = Revocations::default();
+        self.compile_revocations()?;
+        Ok(self)
+    }
+
+    /// Checks every revocation names an issuer and compiles them for per-request checks.
+    fn compile_revocations(&mut self) -> Result<(), ConfigError> {
+        for (name, revocation) in &self.revocations {
+            if !self.issuers.contains_key(&revocation.issuer) {
+                return Err(ConfigError::DanglingReference {
+                    from: key(Kind::Revocation, name),
+                    field: "spec.issuer",
+                    missing: key(Kind::TrustedIssuer, &revocation.issuer),
+                });
+            }
+            let issuer = revocation.issuer.clone();
+            if let Some(jti) = &revocation.jti {
+                self.revoked.by_jti.insert((issuer.clone(), jti.clone()));
+            }
+            match (&revocation.subject, revocation.issued_before_unix()) {
+                (Some(subject), Some(before)) => {
+                    let entry = self.revoked.subjects_before.entry((issuer, subject.clone())).or_insert(before);
+                    *entry = (*entry).max(before);
+                }
+                (None, Some(before)) => {
+                    let entry = self.revoked.issuers_before.entry(issuer).or_insert(before);
+                    *entry = (*entry).max(before);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The `TrustedIssuer` whose keys are the control plane's own (the token service), if any.

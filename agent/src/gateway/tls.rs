@@ -5,16 +5,13 @@
 //! Caller certificates are not chained to any CA: RFC 8705 §2.2 binds a token to a certificate
 //! by its thumbprint (`cnf.x5t#S256`), so a self-signed certificate is as good as any. What the
 //! handshake does prove is possession of the certificate's private key (the client's
-//! CertificateVerify signature is checked); the thumbprint check against the token happens per
-//! request in the token verifier.
+//! CertificateVerify signature is checked, by `warden_tls::ProofOfPossession`); the thumbprint
+//! check against the token happens per request in the token verifier.
 
 use std::sync::Arc;
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
 
 use crate::tls::{TlsError, certs_from_pem, key_from_pem, provider};
 
@@ -40,48 +37,6 @@ impl GatewayTls {
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             Ok(Arc::new(config))
         };
-        Ok(GatewayTls { server_only: config(None)?, mutual: config(Some(Arc::new(ProofOfPossession)))? })
-    }
-}
-
-/// Accepts any client certificate whose key signed the handshake.
-#[derive(Debug)]
-struct ProofOfPossession;
-
-impl ClientCertVerifier for ProofOfPossession {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        // Which certificate may be used is the token's to say (cnf.x5t#S256), per request.
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        Ok(GatewayTls { server_only: config(None)?, mutual: config(Some(warden_tls::ProofOfPossession::required()))? })
     }
 }
