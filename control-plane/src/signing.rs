@@ -17,7 +17,6 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
-use warden_core::resource::Spec;
 
 use crate::store::KeyRecord;
 use crate::{ControlPlane, state};
@@ -141,18 +140,13 @@ fn next_record(current: Option<&KeyRecord>, signer: Option<&Signer>, skew: i64, 
 async fn publish(cp: &ControlPlane, signer: Option<&Signer>) -> Option<u64> {
     let _writer = cp.writer.lock().await;
     let current = cp.state.borrow().clone();
-    let (name, entry, skew) = current.resources.iter().find_map(|(key, entry)| match &entry.document.spec {
-        Spec::TrustedIssuer(spec) if spec.keys.control_plane => {
-            Some((key.name.clone(), entry.clone(), spec.clock_skew.0.as_secs() as i64))
-        }
-        _ => None,
-    })?;
+    let (name, entry, spec) = current.token_service_issuer()?;
     let now = crate::now_unix_ms() / 1000;
-    let record = next_record(current.keys.get(&name).map(|r| &**r), signer, skew, now);
-    if current.keys.get(&name).is_some_and(|r| r.jwks == record.jwks) {
+    let record = next_record(current.keys.get(name).map(|r| &**r), signer, spec.clock_skew.0.as_secs() as i64, now);
+    if current.keys.get(name).is_some_and(|r| r.jwks == record.jwks) {
         return Some(current.version);
     }
-    let plan = state::plan_keys(&current, &name, entry.resource_version, record);
+    let plan = state::plan_keys(&current, name, entry.resource_version, record);
     match cp.commit(&current, plan, "control-plane", "publish-signing-key").await {
         Ok(version) => Some(version),
         Err(e) => {
@@ -160,18 +154,6 @@ async fn publish(cp: &ControlPlane, signer: Option<&Signer>) -> Option<u64> {
             None
         }
     }
-}
-
-/// The token service issuer in `state`: its name, resource version, lifetime bound and skew.
-fn token_issuer(state: &state::FleetState) -> Option<(String, u64, i64)> {
-    state.resources.iter().find_map(|(key, entry)| match &entry.document.spec {
-        Spec::TrustedIssuer(spec) if spec.keys.control_plane => Some((
-            key.name.clone(),
-            entry.resource_version,
-            spec.max_token_lifetime.0.as_secs() as i64 + spec.clock_skew.0.as_secs() as i64,
-        )),
-        _ => None,
-    })
 }
 
 /// Runs until shutdown: keeps a published key active, rotates it, and drops expired keys.
@@ -184,7 +166,11 @@ pub async fn run(cp: Arc<ControlPlane>) {
     let mut rotate_at = Instant::now();
     loop {
         let current = state_rx.borrow_and_update().clone();
-        let issuer = token_issuer(&current);
+        // The issuer's name and version, and how long a token it issues may be accepted.
+        let issuer = current.token_service_issuer().map(|(name, entry, spec)| {
+            let lifetime = spec.max_token_lifetime.0.as_secs() as i64 + spec.clock_skew.0.as_secs() as i64;
+            (name.to_string(), entry.resource_version, lifetime)
+        });
         let now = crate::now_unix_ms() / 1000;
         let mut wake = Instant::now() + Duration::from_secs(60);
         match issuer {

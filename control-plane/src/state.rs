@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proto::v1 as pb;
+use warden_core::issuer::TrustedIssuerSpec;
+use warden_core::resource::Spec;
 use warden_core::{Config, ConfigError, Document, DocumentError, ResourceKey};
 
 use crate::store::{KeyRecord, Loaded, StoreError};
@@ -72,6 +74,15 @@ impl FleetState {
             .collect();
         let keys = loaded.keys.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
         FleetState { store_id: loaded.store_id, version: loaded.version, resources, keys }
+    }
+
+    /// The token service's issuer (the `TrustedIssuer` with `controlPlane` keys): its name,
+    /// entry and spec. `Config::build` admits at most one.
+    pub fn token_service_issuer(&self) -> Option<(&str, &Arc<Entry>, &TrustedIssuerSpec)> {
+        self.resources.iter().find_map(|(key, entry)| match &entry.document.spec {
+            Spec::TrustedIssuer(spec) if spec.keys.control_plane => Some((key.name.as_str(), entry, spec)),
+            _ => None,
+        })
     }
 
     /// The full snapshot agents apply.

@@ -25,9 +25,8 @@ use warden_core::authorize::{Authorizer, EXCHANGE_ACTION, RequestFacts, Target a
 use warden_core::dpop::ReplayCache;
 use warden_core::exchange::{self, Binding, ExchangeRequest, OAuthError, Target, TaskToken};
 use warden_core::issuer::TrustedIssuerSpec;
-use warden_core::resource::Spec;
 use warden_core::token::{Presenter, Verifier};
-use warden_core::{Config, ResourceKey};
+use warden_core::Config;
 
 use crate::{ControlPlane, exchange_log, state};
 
@@ -402,11 +401,10 @@ fn revocation_document(
     revocable: &warden_core::token::Revocable,
 ) -> Result<warden_core::Document, warden_core::DocumentError> {
     let skew = config.issuers.get(&revocable.issuer).map_or(0, |s| s.clock_skew.0.as_secs() as i64);
-    let key = revocation_key(&revocable.issuer, &revocable.jti);
     let document = json!({
         "apiVersion": warden_core::resource::API_VERSION,
         "kind": "Revocation",
-        "metadata": { "name": key.name },
+        "metadata": { "name": warden_core::revocation::token_revocation_name(&revocable.issuer, &revocable.jti) },
         "spec": {
             "issuer": revocable.issuer,
             "jti": revocable.jti,
@@ -448,13 +446,9 @@ async fn metadata(State(service): State<Arc<TokenService>>) -> Response {
 async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
     let state = service.cp.state.borrow().clone();
     let keys = state
-        .resources
-        .iter()
-        .find_map(|(key, e)| match &e.document.spec {
-            Spec::TrustedIssuer(s) if s.keys.control_plane => state.keys.get(&key.name).map(|r| r.jwks.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| json!({ "keys": [] }));
+        .token_service_issuer()
+        .and_then(|(name, _, _)| state.keys.get(name))
+        .map_or_else(|| json!({ "keys": [] }), |r| r.jwks.clone());
     let mut response = axum::Json(keys).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
     response
@@ -561,10 +555,4 @@ pub async fn serve(
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
-}
-
-/// The `key` of a revocation document (for tests and logs).
-pub fn revocation_key(issuer: &str, jti: &str) -> ResourceKey {
-    let hash = warden_core::token::jti_hash(issuer, jti);
-    ResourceKey { kind: warden_core::Kind::Revocation, name: format!("jti-{}", &hash[..16]) }
 }

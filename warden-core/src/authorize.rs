@@ -201,7 +201,6 @@ impl Authorizer {
         // A task token carries the only tools its task may call, whatever else policy allows the
         // workload (the exchange that granted them was itself put to policy).
         if let (Some(task), Target::Tool(tool)) = (&workload.task, target)
-            && method != EXCHANGE_ACTION
             && !task.tools.iter().any(|t| t == tool)
         {
             return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new(), not_granted: true });

@@ -82,6 +82,13 @@ impl RevocationSpec {
     }
 }
 
+/// The name of the revocation of one token: from the hash of (issuer, jti), so whoever revokes
+/// it — its holder at the token service, an operator with `wardenctl revoke` — writes the same
+/// resource, and revoking twice changes nothing.
+pub fn token_revocation_name(issuer: &str, jti: &str) -> String {
+    format!("jti-{}", &crate::token::jti_hash(issuer, jti)[..16])
+}
+
 /// Seconds since the epoch as an RFC 3339 time (UTC).
 pub fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)

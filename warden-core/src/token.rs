@@ -436,22 +436,7 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(claims_b64), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
-        };
-        let header: Header = decode_json(header_b64).ok()?;
-        let alg = parse_alg(&header.alg)?;
-        let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64).ok()?;
-        let issuer = self.issuers.get(claims.get("iss")?.as_str()?)?;
-        if !issuer.allowed.contains(&alg) {
-            return None;
-        }
-        let key = issuer.keys.get(header.kid.as_deref()?)?;
-        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).ok()?;
-        key.verify(alg, &token.as_bytes()[..header_b64.len() + 1 + claims_b64.len()], &signature).ok()?;
+        let (issuer, claims) = self.signed(token).ok()?;
         let expires_at = int_claim(&claims, "exp").ok()??;
         if now > expires_at.saturating_add(issuer.skew) {
             return None;
@@ -460,8 +445,9 @@ impl Verifier {
         Some(Revocable { issuer: issuer.name.clone(), jti, expires_at })
     }
 
-    /// Everything that depends only on the token, the configuration and (for time claims) now.
-    fn verify_uncached(&self, token: &str, audience: Audience<'_>, now: i64) -> Result<Verified, Reason> {
+    /// The issuer and claims of `token` once its signature verified with that issuer's key for
+    /// its `kid`, under an algorithm the issuer allows: what every use of a token starts with.
+    fn signed(&self, token: &str) -> Result<(&IssuerRules, serde_json::Map<String, serde_json::Value>), Reason> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -477,11 +463,6 @@ impl Verifier {
         let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64)?;
         let iss = claims.get("iss").and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?;
         let issuer = self.issuers.get(iss).ok_or(Reason::UntrustedIssuer)?;
-        let (resource, binding) = match audience {
-            Audience::Server(server) if server.issuers.contains(&issuer.name) => (&server.resource[..], server.binding),
-            Audience::TokenService(resource) if !issuer.control_plane => (resource, Binding::None),
-            _ => return Err(Reason::IssuerNotAllowed),
-        };
         // The algorithm must be allowed for the issuer, fit the key's type, and match the key's
         // own `alg` when it pins one (`PublicKey::verify`).
         if !issuer.allowed.contains(&alg) {
@@ -493,6 +474,17 @@ impl Verifier {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reason::BadSignature)?;
         let message_len = header_b64.len() + 1 + claims_b64.len();
         key.verify(alg, &token.as_bytes()[..message_len], &signature)?;
+        Ok((issuer, claims))
+    }
+
+    /// Everything that depends only on the token, the configuration and (for time claims) now.
+    fn verify_uncached(&self, token: &str, audience: Audience<'_>, now: i64) -> Result<Verified, Reason> {
+        let (issuer, claims) = self.signed(token)?;
+        let (resource, binding) = match audience {
+            Audience::Server(server) if server.issuers.contains(&issuer.name) => (&server.resource[..], server.binding),
+            Audience::TokenService(resource) if !issuer.control_plane => (resource, Binding::None),
+            _ => return Err(Reason::IssuerNotAllowed),
+        };
 
         // Claims are trusted from here on.
         let audience_ok = match claims.get("aud") {

@@ -460,3 +460,12 @@ fn the_token_service_accepts_workload_tokens_for_itself_and_never_its_own() {
         Reason::Revoked
     );
 }
+
+#[test]
+fn the_jti_hash_is_stable_and_reveals_nothing_of_the_jti() {
+    let h = jti_hash("corp", "token-123");
+    assert_eq!(h.len(), 32);
+    assert_eq!(h, jti_hash("corp", "token-123"));
+    assert_ne!(h, jti_hash("other", "token-123"));
+    assert!(!h.contains("123"));
+}

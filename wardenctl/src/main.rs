@@ -471,7 +471,9 @@ fn revocation(
     use warden_core::revocation::format_time;
     let digest = |text: &str| warden_core::token::jti_hash(issuer, text)[..16].to_string();
     let (name, spec) = match (jti, subject) {
-        (Some(jti), _) => (format!("jti-{}", digest(jti)), serde_json::json!({"jti": jti})),
+        (Some(jti), _) => {
+            (warden_core::revocation::token_revocation_name(issuer, jti), serde_json::json!({"jti": jti}))
+        }
         (None, Some(subject)) => (
             format!("subject-{}-{now}", digest(subject)),
             serde_json::json!({"subject": subject, "issuedBefore": format_time(now)}),
