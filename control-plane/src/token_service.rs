@@ -21,12 +21,12 @@ use rand::RngCore;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use warden_core::Config;
 use warden_core::authorize::{Authorizer, EXCHANGE_ACTION, RequestFacts, Target as PolicyTarget};
 use warden_core::dpop::ReplayCache;
 use warden_core::exchange::{self, Binding, ExchangeRequest, OAuthError, Target, TaskToken};
 use warden_core::issuer::TrustedIssuerSpec;
 use warden_core::token::{Presenter, Verifier};
-use warden_core::Config;
 
 use crate::{ControlPlane, exchange_log, state};
 
