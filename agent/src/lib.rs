@@ -140,11 +140,11 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     });
 
     // The gateway serves from the last good configuration even before the control plane answers.
-    let (key_refresh_tx, key_refresh_rx) = tokio::sync::mpsc::channel(16);
+    let (requests, request_queues) = sync::requests();
     let shared = gateway::Shared::new(
         current.clone(),
         options.gateway_limits,
-        key_refresh_tx,
+        requests,
         options.gateway_tls.clone(),
         options.labels.clone(),
         outbox.clone(),
@@ -180,7 +180,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         idle_timeout: options.idle_timeout,
         heartbeat_interval: options.heartbeat_interval,
         link: link_tx,
-        key_refresh: tokio::sync::Mutex::new(key_refresh_rx),
+        requests: tokio::sync::Mutex::new(request_queues),
         outbox: Some(outbox.clone()),
     };
     let renewal = tokio::spawn(renew_forever(options.clone(), identity_tx, not_after_tx, stop_rx.clone()));

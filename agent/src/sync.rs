@@ -68,12 +68,39 @@ pub struct Sync {
     pub heartbeat_interval: Duration,
     /// Published connection state.
     pub link: watch::Sender<Link>,
-    /// Key refreshes the gateway asks for; sent while a stream is open, dropped otherwise (the
-    /// control plane refreshes on its own schedule anyway).
-    pub key_refresh: tokio::sync::Mutex<mpsc::Receiver<KeyRefresh>>,
+    /// What the gateway asks of the control plane, sent while a stream is open.
+    pub requests: tokio::sync::Mutex<RequestQueues>,
     /// Decision records to send up (none for agents that make no decisions, such as the
     /// propagation benchmark's simulated ones).
     pub outbox: Option<Arc<Outbox>>,
+}
+
+/// The gateway's side of its requests to the control plane. Both are bounded and never block
+/// a request: a key refresh is dropped when one is already queued (the control plane refreshes
+/// on its own schedule anyway); an ended task is dropped only past [`ENDED_TASKS_QUEUED`] (the
+/// agent refuses the token itself, and it expires within minutes).
+#[derive(Clone)]
+pub struct Requests {
+    /// Refetch an issuer's keys.
+    pub key_refresh: mpsc::Sender<KeyRefresh>,
+    /// Revoke a task token whose session ended.
+    pub ended_tasks: mpsc::Sender<crate::gateway::EndedTask>,
+}
+
+/// The stream's side of [`Requests`]; what queued while no stream was open is sent on the next.
+pub struct RequestQueues {
+    key_refresh: mpsc::Receiver<KeyRefresh>,
+    ended_tasks: mpsc::Receiver<crate::gateway::EndedTask>,
+}
+
+/// Ended tasks queued for the control plane at most.
+pub const ENDED_TASKS_QUEUED: usize = 4096;
+
+/// A connected pair of request queues.
+pub fn requests() -> (Requests, RequestQueues) {
+    let (key_refresh, key_refresh_rx) = mpsc::channel(16);
+    let (ended_tasks, ended_tasks_rx) = mpsc::channel(ENDED_TASKS_QUEUED);
+    (Requests { key_refresh, ended_tasks }, RequestQueues { key_refresh: key_refresh_rx, ended_tasks: ended_tasks_rx })
 }
 
 /// A token named a key its issuer's keys lack: the issuer may have rotated.
@@ -149,7 +176,8 @@ impl Sync {
         });
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.tick().await;
-        let mut key_refresh = self.key_refresh.lock().await;
+        let mut requests = self.requests.lock().await;
+        let RequestQueues { key_refresh, ended_tasks } = &mut *requests;
         // One batch of decision records in flight at a time; unacknowledged ones are resent on
         // the next stream (the outbox forgets a record only when acknowledged).
         let mut in_flight: Option<InFlight> = None;
@@ -197,6 +225,11 @@ impl Sync {
                 Some(KeyRefresh { issuer, kid }) = key_refresh.recv() => {
                     tracing::info!(%issuer, %kid, "asking the control plane to refresh an issuer's keys");
                     send(&tx, pb::agent_message::Message::KeyRefresh(pb::KeyRefreshRequest { issuer, kid })).await?;
+                }
+                Some(task) = ended_tasks.recv() => {
+                    let crate::gateway::EndedTask { issuer, jti, expires_unix } = task;
+                    tracing::info!(%issuer, jti_hash = %warden_core::token::jti_hash(&issuer, &jti), "a task's session ended: asking the control plane to revoke its token");
+                    send(&tx, pb::agent_message::Message::TaskEnded(pb::TaskEnded { issuer, jti, expires_unix })).await?;
                 }
                 _ = heartbeat.tick() => {
                     let version = self.current.get().map_or(0, |a| a.version);

@@ -271,6 +271,9 @@ impl Session {
                 // Full queue: a refresh is already pending; the resolver rate-limits anyway.
                 let _ = cp.key_refresh.try_send(request.issuer);
             }
+            Ok(Some(pb::AgentMessage { message: Some(In::TaskEnded(task)) })) => {
+                tokio::spawn(crate::revocations::end_task(cp.clone(), agent.clone(), task));
+            }
             Ok(Some(_)) => {}
             Ok(None) => return None,
             Err(status) => {

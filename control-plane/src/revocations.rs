@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::v1 as pb;
+use serde_json::json;
+use warden_core::issuer::TrustedIssuerSpec;
 use warden_core::resource::Spec;
 
 use crate::ControlPlane;
@@ -50,5 +53,63 @@ pub async fn expire(cp: Arc<ControlPlane>) {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// The `Revocation` of one token by `jti`, named after a hash of (issuer, jti) so revoking twice
+/// changes nothing, expiring with the token (plus the issuer's clock skew).
+pub(crate) fn token_revocation(
+    issuer: &str,
+    spec: Option<&TrustedIssuerSpec>,
+    jti: &str,
+    expires_at: i64,
+) -> Result<warden_core::Document, warden_core::DocumentError> {
+    let skew = spec.map_or(0, |s| s.clock_skew.0.as_secs() as i64);
+    let document = json!({
+        "apiVersion": warden_core::resource::API_VERSION,
+        "kind": "Revocation",
+        "metadata": { "name": warden_core::revocation::token_revocation_name(issuer, jti) },
+        "spec": {
+            "issuer": issuer,
+            "jti": jti,
+            "expires": warden_core::revocation::format_time(expires_at + skew),
+        },
+    });
+    // Through the same validation as any operator's document.
+    warden_core::Document::from_json(document, &warden_core::Admission::default())
+}
+
+/// An agent reports that the MCP session a task token opened has ended: the token is revoked
+/// fleet-wide, recorded in the audit trail as done by that agent. Only this control plane's own
+/// task tokens can be revoked this way, and never for longer than such a token can live, so an
+/// agent can neither cut off an identity provider's tokens nor grow the list without bound.
+pub(crate) async fn end_task(cp: Arc<ControlPlane>, agent: String, task: pb::TaskEnded) {
+    let current = cp.state.borrow().clone();
+    let Some((issuer, _, spec)) = current.token_service_issuer() else {
+        tracing::warn!(%agent, "an agent reported an ended task, but no token service issuer is configured");
+        return;
+    };
+    if task.issuer != issuer {
+        tracing::warn!(%agent, issuer = %task.issuer, "an agent asked to revoke a token that is not a task token; ignored");
+        return;
+    }
+    let now = crate::now_unix_ms() / 1000;
+    let expires = task.expires_unix.min(now + spec.max_token_lifetime.0.as_secs() as i64);
+    let jti_hash = warden_core::token::jti_hash(issuer, &task.jti);
+    if expires + (spec.clock_skew.0.as_secs() as i64) < now {
+        tracing::debug!(%agent, %jti_hash, "an ended task's token has expired already");
+        return;
+    }
+    let document = match token_revocation(issuer, Some(spec), &task.jti, expires) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(%agent, %jti_hash, "an ended task's token cannot be revoked: {e}");
+            return;
+        }
+    };
+    let actor = format!("agent:{agent}");
+    match crate::admin::apply_documents(&cp, vec![document], &actor, "end-task").await {
+        Ok(version) => tracing::info!(%agent, %jti_hash, version, "task token revoked: its session ended"),
+        Err(e) => tracing::error!(%agent, %jti_hash, "revoking an ended task's token failed: {e}"),
     }
 }

@@ -368,14 +368,16 @@ async fn revoke(State(service): State<Arc<TokenService>>, headers: HeaderMap, bo
     };
     let now = now();
     if let Some(revocable) = compiled.verifier.revocable(token, now) {
-        let document = match revocation_document(&compiled.config, &revocable) {
-            Ok(d) => d,
-            Err(e) => {
-                // A jti too long for a revocation: nothing the holder can fix, nothing revoked.
-                tracing::warn!("a presented token cannot be revoked: {e}");
-                return oauth_error(&OAuthError::invalid_request(format!("this token cannot be revoked: {e}")));
-            }
-        };
+        let spec = compiled.config.issuers.get(&revocable.issuer);
+        let document =
+            match crate::revocations::token_revocation(&revocable.issuer, spec, &revocable.jti, revocable.expires_at) {
+                Ok(d) => d,
+                Err(e) => {
+                    // A jti too long for a revocation: nothing the holder can fix, nothing revoked.
+                    tracing::warn!("a presented token cannot be revoked: {e}");
+                    return oauth_error(&OAuthError::invalid_request(format!("this token cannot be revoked: {e}")));
+                }
+            };
         match crate::admin::apply_documents(&service.cp, vec![document], "token-service", "revoke").await {
             Ok(version) => tracing::info!(
                 issuer = %revocable.issuer,
@@ -392,27 +394,6 @@ async fn revoke(State(service): State<Arc<TokenService>>, headers: HeaderMap, bo
     let mut response = StatusCode::OK.into_response();
     no_store(response.headers_mut());
     response
-}
-
-/// The `Revocation` of one token by `jti`, named after a hash of (issuer, jti) so revoking twice
-/// changes nothing, expiring with the token.
-fn revocation_document(
-    config: &Config,
-    revocable: &warden_core::token::Revocable,
-) -> Result<warden_core::Document, warden_core::DocumentError> {
-    let skew = config.issuers.get(&revocable.issuer).map_or(0, |s| s.clock_skew.0.as_secs() as i64);
-    let document = json!({
-        "apiVersion": warden_core::resource::API_VERSION,
-        "kind": "Revocation",
-        "metadata": { "name": warden_core::revocation::token_revocation_name(&revocable.issuer, &revocable.jti) },
-        "spec": {
-            "issuer": revocable.issuer,
-            "jti": revocable.jti,
-            "expires": warden_core::revocation::format_time(revocable.expires_at + skew),
-        },
-    });
-    // Through the same validation as any operator's document.
-    warden_core::Document::from_json(document, &warden_core::Admission::default())
 }
 
 /// RFC 8414 metadata; the issuer has no path (admission checks), so root and path-inserted

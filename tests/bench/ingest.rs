@@ -180,7 +180,7 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, to
             idle_timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(60),
             link: watch::channel(Link::default()).0,
-            key_refresh: tokio::sync::Mutex::new(tokio::sync::mpsc::channel(1).1),
+            requests: tokio::sync::Mutex::new(agent::sync::requests().1),
             outbox: Some(outbox),
         });
     }

@@ -117,7 +117,7 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
             idle_timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(60),
             link,
-            key_refresh: tokio::sync::Mutex::new(tokio::sync::mpsc::channel(1).1),
+            requests: tokio::sync::Mutex::new(agent::sync::requests().1),
             outbox: None,
         };
         tokio::spawn(sync.run(stop_rx.clone()));

@@ -473,6 +473,60 @@ fn bound_task_tokens_need_their_key_and_revocation_reaches_the_fleet_and_survive
 }
 
 #[test]
+fn a_task_token_dies_with_the_mcp_session_it_opened_when_the_server_asks_for_it() {
+    let mut fleet = Fleet::start();
+    let yaml = format!(
+        "apiVersion: warden.dev/v1\nkind: McpServer\nmetadata: {{name: notes}}\nspec:\n  resource: {url}\n  \
+         issuers: [warden]\n  upstream: {upstream}\n  listen: {gateway}\n  revokeTaskTokenOnSessionEnd: true\n",
+        url = fleet.url(),
+        upstream = fleet._upstream.url,
+        gateway = fleet.gateway,
+    );
+    let out = fleet.cp.apply(&yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fleet.converge();
+    let alice = fleet.subject_token("alice");
+    let task = fleet.task_token(&alice, "tool:echo");
+    let sibling = fleet.task_token(&alice, "tool:echo");
+    let echo: &[&str] = &["call", "echo", r#"{"text": "hi"}"#];
+
+    // The SDK client opens a session (initialize), calls the tool, and closes the session with
+    // DELETE when it is done: from then on the task token is refused, first by this agent...
+    let version = fleet.cp.version();
+    let out = mcp_client(&fleet.url(), "legacy", &[(&task, echo), (&task, echo)]);
+    assert_eq!(out[0]["ok"], true, "{out:?}");
+    assert_eq!(out[1]["ok"], false, "a second session with the ended task's token: {out:?}");
+    assert_eq!(refusal(&post(&fleet.url(), Some(&task), &[], &call("echo"))), "revoked");
+    // ...then by the whole fleet: the control plane stored the revocation, done by the agent.
+    wait_for_or(
+        "the control plane to revoke the ended task",
+        || fleet.agent.log_text(),
+        || (fleet.cp.version() > version).then_some(()),
+    );
+    let history = fleet.cp.ctl_ok(&["history"]);
+    assert!(history.contains("end-task") && history.contains("agent:agent-0"), "{history}");
+    let jti = claims(&task)["jti"].as_str().unwrap().to_string();
+    let revocations = fleet.cp.ctl_json(&["get", "revocations"]);
+    assert!(revocations.to_string().contains(&jti), "{revocations}");
+    fleet.converge();
+    // A restarted agent forgot what it saw itself, and refuses the token from the configuration.
+    fleet.agent.stop();
+    fleet.agent.restart();
+    assert_eq!(refusal(&post(&fleet.url(), Some(&task), &[], &call("echo"))), "revoked");
+    // Other task tokens of the same workload are untouched.
+    let answer = post(&fleet.url(), Some(&sibling), &[], INITIALIZE);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    // A server that does not ask for it leaves task tokens alive when their sessions end.
+    let other = format!("http://{}/mcp", fleet.other_gateway);
+    let (status, body) = fleet.exchange(&alice, &other, &[("scope", "tool:echo")]);
+    assert_eq!(status, 200, "{body}");
+    let kept = body["access_token"].as_str().unwrap().to_string();
+    let out = mcp_client(&other, "legacy", &[(&kept, echo), (&kept, echo)]);
+    assert!(out.iter().all(|r| r["ok"] == true), "{out:?}");
+}
+
+#[test]
 fn signing_keys_rotate_without_a_single_refusal() {
     let fleet = Fleet::start_with(&["--signing-key-rotation", "3s"]);
     let alice = fleet.subject_token("alice");

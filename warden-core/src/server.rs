@@ -67,6 +67,11 @@ pub struct McpServerSpec {
     /// control plane issuer's `maxTokenLifetime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_task_token_lifetime: Option<HumanDuration>,
+    /// When the MCP session a task token opened is closed (`DELETE`), the agent refuses that
+    /// token from then on and asks the control plane to revoke it across the fleet: one task,
+    /// one session. Off by default, since a client may open several sessions with one token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoke_task_token_on_session_end: bool,
 }
 
 impl McpServerSpec {

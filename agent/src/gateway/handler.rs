@@ -216,6 +216,10 @@ pub(crate) fn admit(
             }
         }
     };
+    if shared.task_ended(&verified, now) {
+        refused(Some(&verified), Reason::Revoked.code());
+        return Err(Box::new(reply::unauthorized(route, Some(Reason::Revoked))));
+    }
     if !spec.scopes.iter().all(|s| verified.scopes.contains(s)) {
         refused(Some(&verified), "insufficient_scope");
         return Err(Box::new(reply::insufficient_scope(route, &spec.scopes)));
@@ -521,13 +525,14 @@ async fn forward(
     };
     let shared = &worker.shared;
     if let Some(session) = response.headers().get("mcp-session-id") {
-        shared.sessions.bind(session.as_bytes(), principal);
+        shared.sessions.bind(session.as_bytes(), principal, ended_task(spec, &decider.verified));
     }
     if parts.method == Method::DELETE
         && response.status().is_success()
         && let Some(session) = parts.headers.get("mcp-session-id")
+        && let Some(task) = shared.sessions.end(session.as_bytes())
     {
-        shared.sessions.end(session.as_bytes());
+        shared.end_task(task);
     }
     let (mut head, incoming) = response.into_parts();
     head.headers = proxy::forwardable(&head.headers);
@@ -552,6 +557,18 @@ async fn forward(
         Some(filtered) => Response::from_parts(head, reply::full(filtered)),
         None => reply::error(StatusCode::BAD_GATEWAY, "the upstream's list answer could not be filtered"),
     }
+}
+
+/// The task token to revoke when the session `verified` opens ends, if the server asks for it.
+fn ended_task(spec: &McpServerSpec, verified: &Verified) -> Option<sessions::EndedTask> {
+    if !spec.revoke_task_token_on_session_end || verified.task.is_none() {
+        return None;
+    }
+    Some(sessions::EndedTask {
+        issuer: verified.issuer.clone(),
+        jti: verified.jti.clone()?,
+        expires_unix: verified.expires_at,
+    })
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
@@ -654,7 +671,7 @@ fn ask_for_keys(shared: &super::Shared, applied: &Applied, token: &str) {
     };
     if let Some((name, _)) = applied.config.issuers.iter().find(|(_, spec)| spec.issuer == iss) {
         // Full queue: a refresh is already on its way.
-        let _ = shared.key_refresh.try_send(KeyRefresh { issuer: name.clone(), kid: kid.to_string() });
+        let _ = shared.requests.key_refresh.try_send(KeyRefresh { issuer: name.clone(), kid: kid.to_string() });
     }
 }
 

@@ -31,15 +31,16 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::applied::Current;
-use crate::sync::KeyRefresh;
+use crate::sync::Requests;
 
 pub use handler::Limits;
 pub(crate) use handler::{Caller, admit, check_body};
 pub use reply::Body;
 pub use reply::Route;
+pub use sessions::EndedTask;
 pub use tls::GatewayTls;
 
 /// What every worker shares.
@@ -51,8 +52,12 @@ pub struct Shared {
     sessions: Arc<sessions::Sessions>,
     /// Request bounds.
     limits: Limits,
-    /// Asks the control plane to refetch an issuer's keys (a token named a `kid` we lack).
-    key_refresh: mpsc::Sender<KeyRefresh>,
+    /// Asks the control plane to refetch an issuer's keys (a token named a `kid` we lack) and
+    /// to revoke the task tokens whose sessions ended.
+    requests: Requests,
+    /// Task tokens whose sessions ended here, by `jti` hash, with their `exp`: refused by this
+    /// agent at once, before the control plane's revocation comes back.
+    ended_tasks: Arc<std::sync::Mutex<warden_core::bounded::BoundedMap<String, i64>>>,
     /// The gateway's TLS identity, for `https` servers.
     tls: Option<GatewayTls>,
     /// This agent's labels: it serves the servers whose `agents` selector matches them.
@@ -70,7 +75,7 @@ impl Shared {
     pub fn new(
         current: Current,
         limits: Limits,
-        key_refresh: mpsc::Sender<KeyRefresh>,
+        requests: Requests,
         tls: Option<GatewayTls>,
         labels: BTreeMap<String, String>,
         outbox: Arc<crate::decisions::Outbox>,
@@ -82,7 +87,8 @@ impl Shared {
             current,
             sessions: Arc::default(),
             limits,
-            key_refresh,
+            requests,
+            ended_tasks: Arc::new(std::sync::Mutex::new(warden_core::bounded::BoundedMap::new(ENDED_TASKS_REMEMBERED))),
             tls,
             labels: Arc::new(labels),
             outbox,
@@ -102,6 +108,23 @@ impl Shared {
         self.dpop_proofs_seen.lock().unwrap_or_else(|e| e.into_inner()).record(proven, now, fresh_for)
     }
 
+    /// A task token's session ended: refuse the token here from now on and have the control
+    /// plane revoke it everywhere.
+    fn end_task(&self, task: EndedTask) {
+        let hash = warden_core::token::jti_hash(&task.issuer, &task.jti);
+        self.ended_tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(hash, task.expires_unix);
+        if self.requests.ended_tasks.try_send(task).is_err() {
+            tracing::warn!("too many ended tasks queued for the control plane; this one is refused here only");
+        }
+    }
+
+    /// Whether `verified` is a task token whose session ended on this agent.
+    fn task_ended(&self, verified: &warden_core::token::Verified, now: i64) -> bool {
+        let (Some(_), Some(jti)) = (&verified.task, &verified.jti) else { return false };
+        let ended = self.ended_tasks.lock().unwrap_or_else(|e| e.into_inner());
+        ended.get(&warden_core::token::jti_hash(&verified.issuer, jti)).is_some_and(|expires| *expires + 300 >= now)
+    }
+
     /// Whether this agent serves `spec`.
     fn serves(&self, spec: &warden_core::server::McpServerSpec) -> bool {
         spec.agents.matches(&self.labels)
@@ -111,6 +134,10 @@ impl Shared {
 /// DPoP proofs remembered against replay, each for the proof freshness window (65 s): a
 /// sustained ~2,000 DPoP requests/s per agent, ~7 MiB when full. Beyond it proofs are refused.
 pub const DPOP_PROOFS_REMEMBERED: usize = 131_072;
+
+/// Task tokens whose sessions ended remembered by the agent itself; past it the oldest is
+/// forgotten (the control plane's revocation covers it).
+pub const ENDED_TASKS_REMEMBERED: usize = 65_536;
 
 /// How a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,6 +30,23 @@ pub fn principal(workload: &Verified) -> Principal {
     h.finalize().into()
 }
 
+/// A task token that opened a session, to be revoked when the session ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndedTask {
+    /// The TrustedIssuer's name (the control plane's token service).
+    pub issuer: String,
+    /// The token's `jti`.
+    pub jti: String,
+    /// The token's `exp`, seconds since the epoch.
+    pub expires_unix: i64,
+}
+
+/// Who opened a session, and the task token to revoke when it ends, if any.
+struct Owner {
+    principal: Principal,
+    task: Option<EndedTask>,
+}
+
 /// Session ids (hashed) → the principal that opened them.
 #[derive(Default)]
 pub struct Sessions {
@@ -38,7 +55,7 @@ pub struct Sessions {
 
 #[derive(Default)]
 struct Table {
-    owner: HashMap<SessionKey, Principal>,
+    owner: HashMap<SessionKey, Owner>,
     /// Each principal's sessions, oldest first.
     opened: HashMap<Principal, VecDeque<SessionKey>>,
     /// All sessions oldest first; may hold keys forgotten since (skipped).
@@ -46,14 +63,15 @@ struct Table {
 }
 
 impl Table {
-    fn forget(&mut self, key: &SessionKey) {
-        let Some(principal) = self.owner.remove(key) else { return };
+    fn forget(&mut self, key: &SessionKey) -> Option<EndedTask> {
+        let Owner { principal, task } = self.owner.remove(key)?;
         if let Some(keys) = self.opened.get_mut(&principal) {
             keys.retain(|k| k != key);
             if keys.is_empty() {
                 self.opened.remove(&principal);
             }
         }
+        task
     }
 }
 
@@ -62,8 +80,9 @@ fn key(session: &[u8]) -> SessionKey {
 }
 
 impl Sessions {
-    /// Binds a session the upstream just opened to `principal` (first binding wins).
-    pub fn bind(&self, session: &[u8], principal: Principal) {
+    /// Binds a session the upstream just opened to `principal` (first binding wins), with the
+    /// task token to revoke when it ends.
+    pub fn bind(&self, session: &[u8], principal: Principal, task: Option<EndedTask>) {
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(session);
         if table.owner.contains_key(&k) {
@@ -77,7 +96,7 @@ impl Sessions {
             let Some(oldest) = table.order.pop_front() else { break };
             table.forget(&oldest);
         }
-        table.owner.insert(k, principal);
+        table.owner.insert(k, Owner { principal, task });
         table.opened.entry(principal).or_default().push_back(k);
         table.order.push_back(k);
     }
@@ -85,12 +104,13 @@ impl Sessions {
     /// Whether `principal` may use `session`: yes unless another principal opened it.
     pub fn allows(&self, session: &[u8], principal: &Principal) -> bool {
         let table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        table.owner.get(&key(session)).is_none_or(|p| p == principal)
+        table.owner.get(&key(session)).is_none_or(|o| o.principal == *principal)
     }
 
-    /// Forgets a session that was deleted.
-    pub fn end(&self, session: &[u8]) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).forget(&key(session));
+    /// Forgets a session that was deleted; the task token that opened it, if it is to be
+    /// revoked.
+    pub fn end(&self, session: &[u8]) -> Option<EndedTask> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).forget(&key(session))
     }
 }
 
@@ -103,21 +123,32 @@ mod tests {
         let s = Sessions::default();
         let (alice, bob) = ([1u8; 32], [2u8; 32]);
         assert!(s.allows(b"s1", &bob), "unknown sessions are the upstream's business");
-        s.bind(b"s1", alice);
-        s.bind(b"s1", bob);
+        s.bind(b"s1", alice, None);
+        s.bind(b"s1", bob, None);
         assert!(s.allows(b"s1", &alice));
         assert!(!s.allows(b"s1", &bob));
-        s.end(b"s1");
+        assert_eq!(s.end(b"s1"), None);
         assert!(s.allows(b"s1", &bob));
+    }
+
+    #[test]
+    fn ending_a_session_names_the_task_token_that_opened_it_once() {
+        let s = Sessions::default();
+        let task = EndedTask { issuer: "warden".into(), jti: "j1".into(), expires_unix: 99 };
+        s.bind(b"s1", [1; 32], Some(task.clone()));
+        // A later answer carrying the same session id does not rebind it to another token.
+        s.bind(b"s1", [1; 32], Some(EndedTask { jti: "j2".into(), ..task.clone() }));
+        assert_eq!(s.end(b"s1"), Some(task));
+        assert_eq!(s.end(b"s1"), None, "a second DELETE revokes nothing more");
     }
 
     #[test]
     fn one_workload_opening_sessions_in_a_loop_pushes_out_only_its_own() {
         let s = Sessions::default();
         let (alice, mallory) = ([1u8; 32], [2u8; 32]);
-        s.bind(b"alice-session", alice);
+        s.bind(b"alice-session", alice, None);
         for i in 0..CAPACITY + 10 {
-            s.bind(format!("m-{i}").as_bytes(), mallory);
+            s.bind(format!("m-{i}").as_bytes(), mallory, None);
         }
         assert!(!s.allows(b"alice-session", &mallory), "alice's binding survives");
         let newest = format!("m-{}", CAPACITY + 9);
