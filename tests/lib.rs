@@ -691,3 +691,177 @@ pub fn post(url: &str, token: Option<&str>, headers: &[(&str, &str)], body: &str
         body: response.body_mut().read_to_string().unwrap(),
     }
 }
+
+/// A real etcd cluster (Debian's `etcd-server`), one process per member, on loopback ports.
+pub struct Etcd {
+    members: Vec<EtcdMember>,
+    cluster: String,
+}
+
+struct EtcdMember {
+    name: String,
+    client: String,
+    peer: String,
+    data_dir: PathBuf,
+    process: Option<Process>,
+}
+
+impl Etcd {
+    /// Starts a cluster of `size` members under `dir/etcd` and waits until it has a leader.
+    pub fn start(dir: &Path, size: usize) -> Etcd {
+        let members: Vec<EtcdMember> = (0..size)
+            .map(|i| {
+                let client = loopback_addr();
+                // The peer port on the client's address, so two members never share an address.
+                let peer = loopback_addr();
+                EtcdMember {
+                    name: format!("m{i}"),
+                    client,
+                    peer,
+                    data_dir: dir.join("etcd").join(format!("m{i}")),
+                    process: None,
+                }
+            })
+            .collect();
+        let cluster = members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
+        let mut etcd = Etcd { members, cluster };
+        for i in 0..size {
+            etcd.launch(i, "new");
+        }
+        etcd.wait_healthy();
+        etcd
+    }
+
+    fn launch(&mut self, i: usize, state: &str) {
+        let member = &mut self.members[i];
+        std::fs::create_dir_all(&member.data_dir).expect("etcd data dir");
+        let mut command = Command::new("etcd");
+        command
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .args(["--listen-client-urls", &format!("http://{}", member.client)])
+            .args(["--advertise-client-urls", &format!("http://{}", member.client)])
+            .args(["--listen-peer-urls", &format!("http://{}", member.peer)])
+            .args(["--initial-advertise-peer-urls", &format!("http://{}", member.peer)])
+            .args(["--initial-cluster", &self.cluster, "--initial-cluster-state", state])
+            .args(["--initial-cluster-token", "warden-tests", "--max-txn-ops", "2048"])
+            .args(["--logger", "zap", "--log-level", "warn"]);
+        member.process = Some(Process::spawn(command, member.data_dir.with_extension("log")));
+    }
+
+    /// `etcd://a,b,c`, for `warden-cp --store`.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.endpoints().join(","))
+    }
+
+    /// Each member's client address.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
+    /// Stops member `i` (SIGTERM).
+    pub fn stop_member(&mut self, i: usize) {
+        let mut process = self.members[i].process.take().expect("running");
+        process.terminate();
+    }
+
+    /// Starts member `i` again on its data.
+    pub fn restart_member(&mut self, i: usize) {
+        self.launch(i, "existing");
+        self.wait_healthy();
+    }
+
+    /// Waits until every running member reports a healthy cluster.
+    pub fn wait_healthy(&self) {
+        let logs = || self.members.iter().filter_map(|m| m.process.as_ref()).map(Process::log_text).collect::<String>();
+        wait_for_or("etcd to be healthy", logs, || {
+            self.members
+                .iter()
+                .filter(|m| m.process.is_some())
+                .all(|m| self.ctl_at(&m.client, &["endpoint", "health"]).is_some())
+                .then_some(())
+        });
+    }
+
+    fn ctl_at(&self, endpoint: &str, args: &[&str]) -> Option<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "--command-timeout", "3s"])
+            .args(args)
+            .output()
+            .expect("run etcdctl (Debian's etcd-client)");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `etcdctl` against the running members; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let endpoints: Vec<String> =
+            self.members.iter().filter(|m| m.process.is_some()).map(|m| m.client.clone()).collect();
+        self.ctl_at(&endpoints.join(","), args).unwrap_or_else(|| panic!("etcdctl {args:?} failed"))
+    }
+
+    /// Compacts etcd's history up to its current revision: watches from before it cannot resume.
+    pub fn compact(&self) -> i64 {
+        let status = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let status: Value = serde_json::from_str(&status).expect("etcdctl JSON");
+        let revision = status[0]["Status"]["header"]["revision"].as_i64().expect("revision");
+        self.ctl(&["compact", &revision.to_string(), "--physical"]);
+        revision
+    }
+}
+
+/// A TCP proxy on a loopback port that a test can cut (every connection closed, new ones
+/// refused) and restore: a network partition between one process and another.
+pub struct Proxy {
+    /// Where clients connect.
+    pub address: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Both ends of every forwarded connection, to shut down on a cut.
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    /// Forwards connections to `target` until dropped.
+    pub fn start(target: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let address = loopback_addr();
+        let listener = TcpListener::bind(&address).expect("proxy listens");
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (target, open2, connections2) = (target.to_string(), open.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !open2.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let mut live = connections2.lock().unwrap();
+                live.extend([client.try_clone().expect("clone"), server.try_clone().expect("clone")]);
+                drop(live);
+                for (mut from, mut to) in
+                    [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { address, open, connections }
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.connections.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

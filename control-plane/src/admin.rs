@@ -69,23 +69,30 @@ impl pb::admin_service_server::AdminService for AdminService {
                 .map_err(|error| WriteError::Document { index: i + 1, error })?;
             documents.push(doc);
         }
-        let _writer = self.cp.writer.lock().await;
-        let current = self.cp.state.borrow().clone();
-        let plan = state::plan_apply(&current, documents)?;
-        let results = plan
-            .results
-            .iter()
-            .map(|(key, action, stored)| pb::ApplyResult {
-                kind: key.kind.as_str().into(),
-                name: key.name.clone(),
-                action: action.as_str().into(),
-                resource_version: *stored,
-            })
-            .collect::<Vec<_>>();
-        if request.dry_run || plan.is_noop() {
-            return Ok(Response::new(pb::ApplyResponse { results, version: current.version }));
+        let results_of = |plan: &state::Plan| {
+            plan.results
+                .iter()
+                .map(|(key, action, stored)| pb::ApplyResult {
+                    kind: key.kind.as_str().into(),
+                    name: key.name.clone(),
+                    action: action.as_str().into(),
+                    resource_version: *stored,
+                })
+                .collect::<Vec<_>>()
+        };
+        if request.dry_run {
+            let current = self.cp.state.borrow().clone();
+            let plan = state::plan_apply(&current, documents)?;
+            return Ok(Response::new(pb::ApplyResponse { results: results_of(&plan), version: current.version }));
         }
-        let version = self.cp.commit(&current, plan, &actor, "apply").await?;
+        let (version, results) = self
+            .cp
+            .write(&actor, "apply", |current| {
+                let plan = state::plan_apply(current, documents.clone())?;
+                let results = results_of(&plan);
+                Ok((plan, results))
+            })
+            .await?;
         let results = results
             .into_iter()
             .map(|mut r| {
@@ -141,10 +148,11 @@ impl pb::admin_service_server::AdminService for AdminService {
         let actor = self.actor(&request)?;
         let request = request.into_inner();
         let key = ResourceKey { kind: parse_kind(&request.kind)?, name: request.name };
-        let _writer = self.cp.writer.lock().await;
-        let current = self.cp.state.borrow().clone();
-        let plan = state::plan_delete(&current, key, request.expected_resource_version)?;
-        let version = self.cp.commit(&current, plan, &actor, "delete").await?;
+        let expected = request.expected_resource_version;
+        let (version, ()) = self
+            .cp
+            .write(&actor, "delete", |current| Ok((state::plan_delete(current, key.clone(), expected)?, ())))
+            .await?;
         Ok(Response::new(pb::DeleteResponse { version }))
     }
 
@@ -154,10 +162,16 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.actor(&request)?;
         let store = self.cp.store.clone();
-        let registered = tokio::task::spawn_blocking(move || store.agents())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let registered = match tokio::task::spawn_blocking(move || store.agents()).await {
+            Ok(Ok(registered)) => registered,
+            // The registry is in the store; without it, this replica still knows who is
+            // connected to it (an etcd outage is when operators look).
+            Ok(Err(e)) => {
+                tracing::warn!("listing agents from what this replica sees: the registry cannot be read: {e}");
+                self.cp.presence.seen_here()
+            }
+            Err(e) => return Err(Status::internal(e.to_string())),
+        };
         let agents = self.cp.presence.report(registered);
         Ok(Response::new(pb::ListAgentsResponse { agents, version: self.cp.state.borrow().version }))
     }
@@ -266,13 +280,9 @@ pub(crate) async fn apply_documents(
     actor: &str,
     operation: &str,
 ) -> Result<u64, WriteError> {
-    let _writer = cp.writer.lock().await;
-    let current = cp.state.borrow().clone();
-    let plan = state::plan_apply(&current, documents)?;
-    if plan.is_noop() {
-        return Ok(current.version);
-    }
-    cp.commit(&current, plan, actor, operation).await
+    let (version, ()) =
+        cp.write(actor, operation, |current| Ok((state::plan_apply(current, documents.clone())?, ()))).await?;
+    Ok(version)
 }
 
 /// Deletes resources on behalf of the control plane itself; one that is already gone is skipped.
@@ -282,17 +292,17 @@ pub(crate) async fn delete_resources(
     actor: &str,
     operation: &str,
 ) -> Result<u64, WriteError> {
-    let _writer = cp.writer.lock().await;
-    let current = cp.state.borrow().clone();
-    let mut plan = state::Plan::empty();
-    for key in keys {
-        if let Ok(one) = state::plan_delete(&current, key, 0) {
-            plan.deletes.extend(one.deletes);
-            plan.key_deletes.extend(one.key_deletes);
-        }
-    }
-    if plan.is_noop() {
-        return Ok(current.version);
-    }
-    cp.commit(&current, plan, actor, operation).await
+    let (version, ()) = cp
+        .write(actor, operation, |current| {
+            let mut plan = state::Plan::empty();
+            for key in &keys {
+                if let Ok(one) = state::plan_delete(current, key.clone(), 0) {
+                    plan.deletes.extend(one.deletes);
+                    plan.key_deletes.extend(one.key_deletes);
+                }
+            }
+            Ok((plan, ()))
+        })
+        .await?;
+    Ok(version)
 }

@@ -182,8 +182,6 @@ fn set_status(cp: &ControlPlane, issuer: &str, last_error: String, next: Duratio
 
 /// Commits fetched keys if they differ from what agents have.
 async fn store(cp: &ControlPlane, issuer: &str, origin_version: u64, fetched: Fetched) {
-    let _writer = cp.writer.lock().await;
-    let current = cp.state.borrow().clone();
     let record = KeyRecord {
         version: 0,
         jwks: fetched.jwks,
@@ -191,11 +189,12 @@ async fn store(cp: &ControlPlane, issuer: &str, origin_version: u64, fetched: Fe
         source_uri: fetched.source_uri,
         expires_unix: Default::default(),
     };
-    let plan = state::plan_keys(&current, issuer, origin_version, record);
-    if plan.is_noop() {
-        return;
-    }
-    if let Err(e) = cp.commit(&current, plan, "control-plane", "refresh-keys").await {
+    let written = cp
+        .write("control-plane", "refresh-keys", |current| {
+            Ok((state::plan_keys(current, issuer, origin_version, record.clone()), ()))
+        })
+        .await;
+    if let Err(e) = written {
         tracing::error!(%issuer, "storing refreshed keys failed: {e}");
     }
 }

@@ -17,6 +17,7 @@ pub mod otlp;
 pub mod peer;
 pub mod pki;
 pub mod presence;
+pub mod replicas;
 pub mod revocations;
 pub mod signing;
 pub mod state;
@@ -41,11 +42,22 @@ use crate::presence::Presence;
 use crate::state::{FleetState, WriteError};
 use crate::store::{AuditEntry, Change, Store};
 
+/// Where the configuration is stored.
+#[derive(Clone, Debug)]
+pub enum StoreOptions {
+    /// The embedded store in the data directory: one control plane.
+    Embedded,
+    /// etcd, shared by several control-plane replicas.
+    Etcd(store::etcd::Options),
+}
+
 /// Everything `run` needs, parsed and validated by `main`.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Holds the store, the generated CA and the admin socket.
+    /// Holds the embedded store, the decision records, the generated CA and the admin socket.
     pub data_dir: PathBuf,
+    /// Where the configuration is stored.
+    pub store: StoreOptions,
     /// The admin socket (default `<data_dir>/admin.sock`).
     pub admin_socket: PathBuf,
     /// SPIFFE trust domain of fleet identities.
@@ -101,6 +113,9 @@ pub enum RunError {
     /// A gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The options do not work together.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// State shared by every service of one control plane.
@@ -138,10 +153,57 @@ pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Attempts of one write when other replicas keep writing first.
+const WRITE_ATTEMPTS: usize = 5;
+
 impl ControlPlane {
+    /// The one write path: plans against the current state with `plan` (which also returns
+    /// what the caller wants to know about the plan), commits, and publishes. Writes are
+    /// serialised on this replica; when another replica sharing the store wrote first, waits
+    /// until its write arrived here and plans again (optimistic concurrency). A no-op plan
+    /// commits nothing and answers the current version.
+    pub(crate) async fn write<T>(
+        &self,
+        actor: &str,
+        operation: &str,
+        mut plan: impl FnMut(&Arc<FleetState>) -> Result<(state::Plan, T), WriteError>,
+    ) -> Result<(u64, T), WriteError> {
+        let _writer = self.writer.lock().await;
+        let mut attempt = 1;
+        loop {
+            let current = self.state.borrow().clone();
+            let (planned, answer) = plan(&current)?;
+            if planned.is_noop() {
+                return Ok((current.version, answer));
+            }
+            match self.commit(&current, planned, actor, operation).await {
+                Err(WriteError::Store(store::StoreError::VersionMoved { found, .. })) if attempt < WRITE_ATTEMPTS => {
+                    tracing::info!(%operation, base = current.version, found, "another replica wrote first; planning again");
+                    let mut states = self.state.subscribe();
+                    let arrived = states.wait_for(|s| s.version >= found);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), arrived).await;
+                    attempt += 1;
+                }
+                result => return result.map(|version| (version, answer)),
+            }
+        }
+    }
+
+    /// Publishes `next` to every agent session, unless this replica already holds that version
+    /// or a newer one (its own write and the watch of it race to get here).
+    pub(crate) fn publish(&self, next: FleetState) -> bool {
+        self.state.send_if_modified(|held| {
+            let newer = next.version > held.version || next.store_id != held.store_id;
+            if newer {
+                *held = Arc::new(next);
+            }
+            newer
+        })
+    }
+
     /// Writes a validated plan, records who did it, and publishes the new state to every agent
     /// session. The caller holds the writer lock.
-    pub(crate) async fn commit(
+    async fn commit(
         &self,
         current: &Arc<FleetState>,
         plan: state::Plan,
@@ -191,11 +253,12 @@ impl ControlPlane {
             WriteError::Store(crate::store::StoreError::Corrupt { key: "commit".into(), message: e.to_string() })
         })??;
         debug_assert_eq!(written, version);
-        let next = Arc::new(state::next_state(current, plan, version));
+        let next = state::next_state(current, plan, version);
         for entry in &entries_logged {
             tracing::info!(%actor, resource = %format!("{}/{}", entry.kind, entry.name), version, "{operation}");
         }
-        self.state.send_replace(next);
+        // Logged and published even if the watch of this write got here first.
+        self.publish(next);
         Ok(version)
     }
 }
@@ -249,9 +312,23 @@ pub async fn run(
     std::fs::set_permissions(&options.data_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("restricting the data dir to its owner"))?;
 
-    let store = Store::open(&options.data_dir)?;
-    let loaded = store.load()?;
-    tracing::info!(store_id = %loaded.store_id, version = loaded.version, resources = loaded.resources.len(), "store loaded");
+    let store = match &options.store {
+        StoreOptions::Embedded => Store::open(&options.data_dir)?,
+        StoreOptions::Etcd(_) if options.ca_files.is_none() => {
+            return Err(RunError::Config(
+                "--store etcd://… needs the fleet CA every replica shares: give --ca-cert and --ca-key (create them \
+                 once with `warden-cp create-ca`)"
+                    .into(),
+            ));
+        }
+        StoreOptions::Etcd(etcd) => Store::Etcd(Box::new(store::etcd::Etcd::connect(etcd).await?)),
+    };
+    let loaded = match &store {
+        Store::Etcd(etcd) => etcd.read_all().await?,
+        embedded => embedded.load()?,
+    };
+    let revision = loaded.revision;
+    tracing::info!(store_id = %loaded.store_id, version = loaded.version, resources = loaded.resources.len(), revision, "store loaded");
     let state = FleetState::from_loaded(loaded);
 
     let ca_source = match &options.ca_files {
@@ -320,6 +397,7 @@ pub async fn run(
         .add_service(pb::admin_service_server::AdminServiceServer::new(admin::AdminService::new(cp.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx.clone()));
 
+    tokio::spawn(replicas::follow(cp.clone(), revision));
     tokio::spawn(issuer_keys::run(cp.clone(), refresh_rx));
     tokio::spawn(signing::run(cp.clone()));
     tokio::spawn(revocations::expire(cp.clone()));

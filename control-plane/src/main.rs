@@ -12,9 +12,27 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Data directory: the embedded store, the generated fleet CA and the admin socket.
     #[arg(long, env = "WARDEN_DATA_DIR", default_value = "/var/lib/warden-cp")]
     data_dir: PathBuf,
+    /// `embedded` (a file in the data dir; one control plane) or `etcd://host:port[,host:port…]`
+    /// (shared by several replicas).
+    #[arg(long, env = "WARDEN_STORE", default_value = "embedded")]
+    store: String,
+    /// Key prefix of this fleet's data in etcd.
+    #[arg(long, env = "WARDEN_ETCD_PREFIX", default_value = "/warden")]
+    etcd_prefix: String,
+    /// CA certificate (PEM) of etcd's members: connect to etcd over TLS.
+    #[arg(long, env = "WARDEN_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to etcd.
+    #[arg(long, env = "WARDEN_ETCD_CERT", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) to present to etcd.
+    #[arg(long, env = "WARDEN_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Address of the agent/operator mTLS port.
     #[arg(long, env = "WARDEN_LISTEN", default_value = "0.0.0.0:7443")]
     listen: SocketAddr,
@@ -81,6 +99,17 @@ struct Args {
     signing_key_publish_delay: Duration,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Creates a fleet CA (ca.crt, ca.key) in a directory, for replicas to share through
+    /// --ca-cert and --ca-key.
+    CreateCa {
+        /// Where to write ca.crt and ca.key (existing files are kept).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     warden_core::duration::parse(text)
 }
@@ -105,6 +134,30 @@ async fn main() -> std::process::ExitCode {
 
 async fn start() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::CreateCa { out }) = &args.command {
+        if out.join("ca.key").exists() {
+            anyhow::bail!("{} already holds a CA; nothing written", out.display());
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let ca = control_plane::pki::FleetCa::load_or_create(
+            control_plane::pki::CaSource::DataDir(out),
+            &args.trust_domain,
+        )?;
+        println!("{}/ca.crt and ca.key created (trust domain {}, pin {})", out.display(), args.trust_domain, ca.pin());
+        return Ok(());
+    }
+    let store = match args.store.as_str() {
+        "embedded" => control_plane::StoreOptions::Embedded,
+        url => {
+            let mut etcd = control_plane::store::etcd::Options::parse(url, &args.etcd_prefix)
+                .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+            etcd.tls = args.etcd_ca.clone().map(|ca| control_plane::store::etcd::Tls {
+                ca,
+                identity: args.etcd_cert.clone().zip(args.etcd_key.clone()),
+            });
+            control_plane::StoreOptions::Etcd(etcd)
+        }
+    };
     if args.agent_cert_ttl < Duration::from_secs(10) {
         anyhow::bail!("--agent-cert-ttl must be at least 10s");
     }
@@ -117,6 +170,7 @@ async fn start() -> anyhow::Result<()> {
     let options = control_plane::Options {
         admin_socket: args.admin_socket.unwrap_or_else(|| args.data_dir.join("admin.sock")),
         data_dir: args.data_dir,
+        store,
         trust_domain: args.trust_domain,
         server_names: args.server_names,
         ca_files: args.ca_cert.zip(args.ca_key),

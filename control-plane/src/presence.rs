@@ -77,6 +77,24 @@ impl Presence {
         });
     }
 
+    /// The agents seen since this process started, as registry records (when the registry
+    /// itself cannot be read).
+    pub fn seen_here(&self) -> BTreeMap<String, AgentRecord> {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        agents
+            .iter()
+            .map(|(id, live)| {
+                let record = AgentRecord {
+                    id: id.clone(),
+                    labels: live.labels.clone(),
+                    joined_unix: 0,
+                    certificate_not_after_unix: 0,
+                };
+                (id.clone(), record)
+            })
+            .collect()
+    }
+
     /// Registered agents with their live status, by id.
     pub fn report(&self, registered: BTreeMap<String, AgentRecord>) -> Vec<pb::AgentStatus> {
         let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());

@@ -138,19 +138,27 @@ fn next_record(current: Option<&KeyRecord>, signer: Option<&Signer>, skew: i64, 
 /// Commits the token service issuer's key set with `signer` added and expired keys dropped;
 /// returns the version that carries it (the current one if nothing changed).
 async fn publish(cp: &ControlPlane, signer: Option<&Signer>) -> Option<u64> {
-    let _writer = cp.writer.lock().await;
-    let current = cp.state.borrow().clone();
-    let (name, entry, spec) = current.token_service_issuer()?;
-    let now = crate::now_unix_ms() / 1000;
-    let record = next_record(current.keys.get(name).map(|r| &**r), signer, spec.clock_skew.0.as_secs() as i64, now);
-    if current.keys.get(name).is_some_and(|r| r.jwks == record.jwks) {
-        return Some(current.version);
-    }
-    let plan = state::plan_keys(&current, name, entry.resource_version, record);
-    match cp.commit(&current, plan, "control-plane", "publish-signing-key").await {
-        Ok(version) => Some(version),
+    // Planned on the latest state at each attempt: another replica may have published its own
+    // key meanwhile, and its keys must stay in the set.
+    let written = cp
+        .write("control-plane", "publish-signing-key", |current| {
+            let Some((name, entry, spec)) = current.token_service_issuer() else {
+                return Ok((state::Plan::empty(), false));
+            };
+            let now = crate::now_unix_ms() / 1000;
+            let existing = current.keys.get(name).map(|r| &**r);
+            let record = next_record(existing, signer, spec.clock_skew.0.as_secs() as i64, now);
+            if existing.is_some_and(|r| r.jwks == record.jwks) {
+                return Ok((state::Plan::empty(), true));
+            }
+            Ok((state::plan_keys(current, name, entry.resource_version, record), true))
+        })
+        .await;
+    match written {
+        Ok((version, true)) => Some(version),
+        Ok((_, false)) => None,
         Err(e) => {
-            tracing::error!(issuer = %name, "publishing the signing key set failed: {e}");
+            tracing::error!("publishing the signing key set failed: {e}");
             None
         }
     }

@@ -173,6 +173,11 @@ impl From<WriteError> for tonic::Status {
             }
             WriteError::Conflict { .. } => tonic::Status::aborted(e.to_string()),
             WriteError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            WriteError::Store(crate::store::StoreError::TooLarge(_)) => tonic::Status::invalid_argument(e.to_string()),
+            WriteError::Store(crate::store::StoreError::VersionMoved { .. }) => {
+                tonic::Status::aborted(format!("{e}: other replicas keep writing; retry"))
+            }
+            WriteError::Store(crate::store::StoreError::Etcd(_)) => tonic::Status::unavailable(e.to_string()),
             WriteError::Store(_) => tonic::Status::internal(e.to_string()),
         }
     }
@@ -316,6 +321,19 @@ fn check(current: &FleetState, plan: &Plan) -> Result<(), WriteError> {
     }
     Config::build(docs.into_values())?;
     Ok(())
+}
+
+/// The write another replica committed, as a plan to apply onto the state it was based on.
+pub fn plan_committed(committed: crate::store::etcd::Committed) -> Plan {
+    let mut plan = Plan::empty();
+    for (key, resource) in committed.puts {
+        let json = resource.document.to_canonical_json();
+        plan.puts.push((key, resource.document, json));
+    }
+    plan.deletes = committed.deletes.into_iter().map(|key| (key, 0)).collect();
+    plan.key_puts = committed.key_puts;
+    plan.key_deletes = committed.key_deletes;
+    plan
 }
 
 /// The state after committing `plan` as `version`.

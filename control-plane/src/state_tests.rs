@@ -23,7 +23,7 @@ fn server(name: &str, issuer: &str) -> Document {
 fn state(version: u64, docs: Vec<Document>) -> FleetState {
     let resources =
         docs.into_iter().map(|d| (d.key(), LoadedResource { resource_version: version, document: d })).collect();
-    FleetState::from_loaded(Loaded { store_id: "s".into(), version, resources, keys: Default::default() })
+    FleetState::from_loaded(Loaded { store_id: "s".into(), version, resources, keys: Default::default(), revision: 0 })
 }
 
 #[test]

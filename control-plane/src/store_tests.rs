@@ -1,5 +1,5 @@
 use super::*;
-use warden_core::Kind;
+use warden_core::{Admission, Kind};
 
 fn issuer(name: &str, url: &str) -> Document {
     let value = serde_json::json!({

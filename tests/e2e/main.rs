@@ -6,4 +6,5 @@ mod fleet_pki;
 mod fleet_sync;
 mod gateway;
 mod issuer_keys;
+mod replicas;
 mod token_exchange;

@@ -1,0 +1,241 @@
+//! The embedded store (redb): resources, the configuration version, join tokens, registered
+//! agents and the audit trail, in one file in the data directory. The default for one node.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{
+    AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, StoreError, corrupt, hex,
+    resource_key_text,
+};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const ISSUER_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("issuer_keys");
+
+const META_STORE_ID: &str = "store_id";
+const META_VERSION: &str = "version";
+/// The last audit entry delivered to the OTLP receiver.
+const META_AUDIT_EXPORTED: &str = "audit_exported";
+
+/// The embedded store: one redb file in the data directory.
+pub struct Embedded {
+    db: Database,
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+impl Embedded {
+    /// Opens (creating on first start) `warden.redb` in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Embedded, StoreError> {
+        let db = Database::create(data_dir.join("warden.redb")).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            if meta.get(META_STORE_ID).map_err(db_err)?.is_none() {
+                let id = format!("{:032x}", rand::random::<u128>());
+                meta.insert(META_STORE_ID, id.as_bytes()).map_err(db_err)?;
+                meta.insert(META_VERSION, 0u64.to_be_bytes().as_slice()).map_err(db_err)?;
+            }
+            txn.open_table(RESOURCES).map_err(db_err)?;
+            txn.open_table(JOIN_TOKENS).map_err(db_err)?;
+            txn.open_table(AGENTS).map_err(db_err)?;
+            txn.open_table(AUDIT).map_err(db_err)?;
+            txn.open_table(ISSUER_KEYS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Embedded { db })
+    }
+
+    /// Reads the whole configuration.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let store_id = meta
+            .get(META_STORE_ID)
+            .map_err(db_err)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned())
+            .ok_or_else(|| corrupt(META_STORE_ID, "missing"))?;
+        let version = read_version(&meta)?;
+        let table = txn.open_table(RESOURCES).map_err(db_err)?;
+        let mut resources = BTreeMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let resource = super::decode_resource(k.value(), v.value())?;
+            resources.insert(resource.document.key(), resource);
+        }
+        let table = txn.open_table(ISSUER_KEYS).map_err(db_err)?;
+        let mut keys = BTreeMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let record: KeyRecord = serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+            keys.insert(k.value().to_string(), record);
+        }
+        Ok(Loaded { store_id, version, resources, keys, revision: 0 })
+    }
+
+    /// Writes `changes` as configuration version `base + 1`, with their audit entries, in one
+    /// transaction. Refused if the stored version is not `base`.
+    pub fn commit(&self, base: u64, changes: &[Change<'_>], audit: &[AuditEntry]) -> Result<u64, StoreError> {
+        let next = base + 1;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let found = read_version(&meta)?;
+            if found != base {
+                return Err(StoreError::VersionMoved { expected: base, found });
+            }
+            meta.insert(META_VERSION, next.to_be_bytes().as_slice()).map_err(db_err)?;
+            let mut table = txn.open_table(RESOURCES).map_err(db_err)?;
+            let mut keys = txn.open_table(ISSUER_KEYS).map_err(db_err)?;
+            for change in changes {
+                match change {
+                    Change::Put { key, json } => {
+                        let bytes = super::encode_resource(key, json, next)?;
+                        table.insert(resource_key_text(key).as_str(), bytes.as_slice()).map_err(db_err)?;
+                    }
+                    Change::Delete(key) => {
+                        table.remove(resource_key_text(key).as_str()).map_err(db_err)?;
+                    }
+                    Change::PutKeys { issuer, record } => {
+                        let record = KeyRecord { version: next, ..(*record).clone() };
+                        let bytes = serde_json::to_vec(&record).expect("records serialize");
+                        keys.insert(*issuer, bytes.as_slice()).map_err(db_err)?;
+                    }
+                    Change::DeleteKeys(issuer) => {
+                        keys.remove(*issuer).map_err(db_err)?;
+                    }
+                }
+            }
+            let mut log = txn.open_table(AUDIT).map_err(db_err)?;
+            let first = log.last().map_err(db_err)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            for (seq, entry) in (first..).zip(audit) {
+                let bytes = serde_json::to_vec(entry).expect("audit entries serialize");
+                log.insert(seq, bytes.as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(next)
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let log = txn.open_table(AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in log.iter().map_err(db_err)?.rev().take(limit) {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(&k.value().to_string(), e))?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Audit entries after sequence `after`, oldest first, at most `max`, with their sequence.
+    pub fn audit_after(&self, after: u64, max: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let log = txn.open_table(AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in log.range(after.saturating_add(1)..).map_err(db_err)?.take(max) {
+            let (k, v) = row.map_err(db_err)?;
+            let entry = serde_json::from_slice(v.value()).map_err(|e| corrupt(&k.value().to_string(), e))?;
+            out.push((k.value(), entry));
+        }
+        Ok(out)
+    }
+
+    /// The sequence of the last audit entry exported over OTLP (0: none).
+    pub fn audit_exported(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let value = meta.get(META_AUDIT_EXPORTED).map_err(db_err)?;
+        Ok(value.and_then(|v| v.value().try_into().ok()).map_or(0, u64::from_be_bytes))
+    }
+
+    /// Records that audit entries up to `sequence` were exported.
+    pub fn set_audit_exported(&self, sequence: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(META)
+            .map_err(db_err)?
+            .insert(META_AUDIT_EXPORTED, sequence.to_be_bytes().as_slice())
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Records a new join token (only the hash of its secret).
+    pub fn create_join_token(&self, id: &str, secret_hash: &[u8; 32], expires_unix: i64) -> Result<(), StoreError> {
+        let record = JoinTokenRecord { secret_sha256: hex(secret_hash), expires_unix, used_by: None };
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(JOIN_TOKENS).map_err(db_err)?;
+            table.insert(id, serde_json::to_vec(&record).expect("serializes").as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Checks a join token and, in the same transaction, marks it used by `agent` and registers
+    /// the agent, so a token can never admit two agents.
+    pub fn consume_join_token(
+        &self,
+        id: &str,
+        secret_hash: &[u8; 32],
+        now_unix: i64,
+        agent: &AgentRecord,
+    ) -> Result<(), JoinTokenError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(JOIN_TOKENS).map_err(db_err)?;
+            let mut record: JoinTokenRecord = match table.get(id).map_err(db_err)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?,
+                None => return Err(JoinTokenError::Invalid),
+            };
+            super::check_join_token(id, &record, secret_hash, now_unix)?;
+            record.used_by = Some(agent.id.clone());
+            table.insert(id, serde_json::to_vec(&record).expect("serializes").as_slice()).map_err(db_err)?;
+            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
+            agents
+                .insert(agent.id.as_str(), serde_json::to_vec(agent).expect("serializes").as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Updates a registered agent (e.g. after a certificate renewal).
+    pub fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
+            agents
+                .insert(agent.id.as_str(), serde_json::to_vec(agent).expect("serializes").as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Every registered agent.
+    pub fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(AGENTS).map_err(db_err)?;
+        let mut out = BTreeMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let record: AgentRecord = serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+            out.insert(record.id.clone(), record);
+        }
+        Ok(out)
+    }
+}
+
+fn read_version(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
+    let v = meta.get(META_VERSION).map_err(db_err)?.ok_or_else(|| corrupt(META_VERSION, "missing"))?;
+    let bytes: [u8; 8] = v.value().try_into().map_err(|_| corrupt(META_VERSION, "not 8 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
+}

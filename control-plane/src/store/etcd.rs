@@ -1,0 +1,579 @@
+//! The etcd store, shared by control-plane replicas. Everything lives under one key prefix
+//! (`--etcd-prefix`, default `/warden`):
+//!
+//! | key                               | value                                                   |
+//! |-----------------------------------|---------------------------------------------------------|
+//! | `<prefix>/store-id`               | the store's identity, set once                          |
+//! | `<prefix>/version`                | the configuration version (decimal)                     |
+//! | `<prefix>/resources/<Kind>/<name>`| `{"resourceVersion", "document"}`                       |
+//! | `<prefix>/keys/<issuer>`          | an issuer's fetched keys                                |
+//! | `<prefix>/audit/<version>`        | that version's audit entries (version zero-padded)      |
+//! | `<prefix>/audit-exported`         | the last audit sequence delivered over OTLP             |
+//! | `<prefix>/join-tokens/<id>`       | a join token (hash of its secret, expiry, user)         |
+//! | `<prefix>/agents/<id>`            | a registered agent                                      |
+//!
+//! A configuration write is one transaction guarded by `value(<prefix>/version) == base`: of two
+//! replicas writing at once, one wins and the other is told [`StoreError::VersionMoved`] and
+//! plans again. The version therefore orders configurations fleet-wide, whichever replica wrote
+//! them, and an agent moving between replicas resumes from the version it holds.
+//!
+//! Every replica follows the prefix with a watch ([`Etcd::follow`]) and publishes what the
+//! others wrote; after a compaction it cannot watch from, it reads everything again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+use tokio::sync::{mpsc, watch};
+use warden_core::{Kind, ResourceKey};
+
+use super::{
+    AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, LoadedResource, StoreError,
+    corrupt, hex, resource_key_text,
+};
+
+/// Audit entries of one version are numbered within it: sequence = version << 20 | index.
+const AUDIT_INDEX_BITS: u32 = 20;
+
+/// How to reach etcd.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this fleet's data (no trailing slash).
+    pub prefix: String,
+    /// TLS to etcd: the CA that signed the members' certificates, and a client certificate and
+    /// key when etcd asks for one.
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings for etcd (PEM files).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// CA certificate(s) that signed the members' certificates.
+    pub ca: PathBuf,
+    /// Client certificate and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl Options {
+    /// Parses `etcd://host:port[,host:port…]`.
+    pub fn parse(url: &str, prefix: &str) -> Result<Options, String> {
+        let rest =
+            url.strip_prefix("etcd://").ok_or_else(|| format!("{url:?}: expected etcd://host:port[,host:port…]"))?;
+        let endpoints: Vec<String> = rest.trim_end_matches('/').split(',').map(|s| s.trim().to_string()).collect();
+        if endpoints.iter().any(|e| e.is_empty() || !e.contains(':') || e.contains('/')) {
+            return Err(format!("{url:?}: each etcd endpoint is host:port"));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        if !prefix.starts_with('/') || prefix.len() < 2 {
+            return Err(format!("etcd prefix {prefix:?}: must start with / and name something"));
+        }
+        Ok(Options { endpoints, prefix: prefix.to_string(), tls: None })
+    }
+}
+
+/// What the watch saw: a configuration write (by any replica), or, after a compaction the
+/// watch could not resume from, the whole configuration read again.
+pub enum Followed {
+    /// One configuration write.
+    Committed(Committed),
+    /// Everything, read again.
+    Reloaded(Loaded),
+}
+
+/// One configuration write as watched: the changes of one etcd transaction.
+pub struct Committed {
+    /// The configuration version it produced.
+    pub version: u64,
+    /// Resources created or replaced.
+    pub puts: Vec<(ResourceKey, LoadedResource)>,
+    /// Resources removed.
+    pub deletes: Vec<ResourceKey>,
+    /// Fetched key sets stored.
+    pub key_puts: Vec<(String, KeyRecord)>,
+    /// Fetched key sets dropped.
+    pub key_deletes: Vec<String>,
+}
+
+/// The etcd store.
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+    /// Synchronous callers (on the blocking pool) wait for etcd on this runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+fn etcd_err(e: etcd_client::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("too many operations in txn request") {
+        return StoreError::TooLarge(
+            "this write has more operations than etcd accepts in one transaction (its --max-txn-ops, 128 by \
+             default): apply fewer documents at once, or raise --max-txn-ops"
+                .into(),
+        );
+    }
+    if text.contains("request is too large") {
+        return StoreError::TooLarge(
+            "this write is larger than etcd accepts in one request (its --max-request-bytes, 1.5 MiB by default): \
+             apply fewer documents at once, or raise --max-request-bytes"
+                .into(),
+        );
+    }
+    StoreError::Etcd(text)
+}
+
+/// How long a call keeps being retried while no etcd member can be reached.
+const UNREACHABLE_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// Runs `call` again while it fails because the member it went to cannot be reached: the
+/// client balances over every endpoint and may pick one that just went away. Any other error
+/// (or the member still unreachable after [`UNREACHABLE_RETRY_FOR`]) is returned. A write
+/// retried after it was in fact applied meets the version guard and is planned again, which
+/// then finds nothing left to do.
+async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
+    mut call: impl FnMut() -> F,
+) -> Result<T, etcd_client::Error> {
+    let deadline = tokio::time::Instant::now() + UNREACHABLE_RETRY_FOR;
+    let mut delay = Duration::from_millis(25);
+    loop {
+        match call().await {
+            Err(e) if unreachable(&e) && tokio::time::Instant::now() + delay < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+fn decimal(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()).ok_or_else(|| corrupt(key, "not a decimal number"))
+}
+
+impl Etcd {
+    /// Connects and, on the first start of a fleet, creates its store identity and version.
+    pub async fn connect(options: &Options) -> Result<Etcd, StoreError> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        let scheme = match &options.tls {
+            Some(tls) => {
+                let read = |path: &PathBuf| {
+                    std::fs::read(path).map_err(|e| StoreError::Etcd(format!("reading {}: {e}", path.display())))
+                };
+                let mut config =
+                    etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+                if let Some((cert, key)) = &tls.identity {
+                    config = config.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+                }
+                connect = connect.with_tls(config);
+                "https"
+            }
+            None => "http",
+        };
+        let endpoints: Vec<String> = options.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();
+        let client = Client::connect(&endpoints, Some(connect)).await.map_err(etcd_err)?;
+        let store = Etcd { client, prefix: options.prefix.clone(), runtime: tokio::runtime::Handle::current() };
+        let id = format!("{:032x}", rand::random::<u128>());
+        let first = etcd_client::Txn::new()
+            .when([Compare::create_revision(store.key("store-id"), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(store.key("store-id"), id, None), TxnOp::put(store.key("version"), "0", None)]);
+        store.txn(first).await?;
+        Ok(store)
+    }
+
+    async fn txn(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        retrying(|| {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(etcd_err)
+    }
+
+    async fn get(&self, key: String, options: Option<GetOptions>) -> Result<etcd_client::GetResponse, StoreError> {
+        retrying(|| {
+            let (mut kv, key, options) = (self.client.kv_client(), key.clone(), options.clone());
+            async move { kv.get(key, options).await }
+        })
+        .await
+        .map_err(etcd_err)
+    }
+
+    async fn put(&self, key: String, value: Vec<u8>) -> Result<(), StoreError> {
+        retrying(|| {
+            let (mut kv, key, value) = (self.client.kv_client(), key.clone(), value.clone());
+            async move { kv.put(key, value, None).await }
+        })
+        .await
+        .map_err(etcd_err)?;
+        Ok(())
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
+    }
+
+    /// The end of the range of keys starting with `<prefix>/<dir>/`.
+    fn dir_end(&self, dir: &str) -> String {
+        // '0' is the byte after '/'.
+        format!("{}/{dir}0", self.prefix)
+    }
+
+    fn wait<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.runtime.block_on(f)
+    }
+
+    /// Reads the whole configuration, at one revision.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        self.wait(self.read_all())
+    }
+
+    /// [`Etcd::load`] for async callers.
+    pub async fn read_all(&self) -> Result<Loaded, StoreError> {
+        let dir = |d: &str| TxnOp::get(self.key(&format!("{d}/")), Some(GetOptions::new().with_prefix()));
+        let read = etcd_client::Txn::new().and_then([
+            TxnOp::get(self.key("store-id"), None),
+            TxnOp::get(self.key("version"), None),
+            dir("resources"),
+            dir("keys"),
+        ]);
+        let response = self.txn(read).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let mut results = response.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(g) => g,
+            _ => unreachable!("a read-only transaction answers gets"),
+        });
+        let (Some(id), Some(version), Some(resources), Some(keys)) =
+            (results.next(), results.next(), results.next(), results.next())
+        else {
+            return Err(corrupt(&self.prefix, "etcd answered fewer reads than asked"));
+        };
+        let store_id = id
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .ok_or_else(|| corrupt(&self.key("store-id"), "missing"))?;
+        let version = match version.kvs().first() {
+            Some(kv) => decimal(&self.key("version"), kv.value())?,
+            None => return Err(corrupt(&self.key("version"), "missing")),
+        };
+        let mut loaded = Loaded { store_id, version, resources: BTreeMap::new(), keys: BTreeMap::new(), revision };
+        for kv in resources.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let resource = super::decode_resource(&key, kv.value())?;
+            loaded.resources.insert(resource.document.key(), resource);
+        }
+        for kv in keys.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let issuer = key.rsplit('/').next().unwrap_or_default().to_string();
+            loaded.keys.insert(issuer, serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?);
+        }
+        Ok(loaded)
+    }
+
+    /// Writes `changes` as version `base + 1` in one transaction, if the version is still `base`.
+    pub fn commit(&self, base: u64, changes: &[Change<'_>], audit: &[AuditEntry]) -> Result<u64, StoreError> {
+        let next = base + 1;
+        let mut ops = vec![TxnOp::put(self.key("version"), next.to_string(), None)];
+        for change in changes {
+            ops.push(match change {
+                Change::Put { key, json } => TxnOp::put(
+                    self.key(&format!("resources/{}", resource_key_text(key))),
+                    super::encode_resource(key, json, next)?,
+                    None,
+                ),
+                Change::Delete(key) => TxnOp::delete(self.key(&format!("resources/{}", resource_key_text(key))), None),
+                Change::PutKeys { issuer, record } => {
+                    let record = KeyRecord { version: next, ..(*record).clone() };
+                    TxnOp::put(
+                        self.key(&format!("keys/{issuer}")),
+                        serde_json::to_vec(&record).expect("serializes"),
+                        None,
+                    )
+                }
+                Change::DeleteKeys(issuer) => TxnOp::delete(self.key(&format!("keys/{issuer}")), None),
+            });
+        }
+        if !audit.is_empty() {
+            let entries = serde_json::to_vec(audit).expect("audit entries serialize");
+            ops.push(TxnOp::put(self.key(&format!("audit/{next:020}")), entries, None));
+        }
+        let write = etcd_client::Txn::new()
+            .when([Compare::value(self.key("version"), CompareOp::Equal, base.to_string())])
+            .and_then(ops)
+            .or_else([TxnOp::get(self.key("version"), None)]);
+        let response = self.wait(self.txn(write))?;
+        if response.succeeded() {
+            return Ok(next);
+        }
+        let found = response
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| decimal(&self.key("version"), kv.value())),
+                _ => None,
+            })
+            .unwrap_or_else(|| Err(corrupt(&self.key("version"), "missing")))?;
+        Err(StoreError::VersionMoved { expected: base, found })
+    }
+
+    async fn audit_rows(&self, options: GetOptions, from: String) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        let response = self.get(from, Some(options)).await?;
+        let mut out = Vec::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let version = decimal(&key, key.rsplit('/').next().unwrap_or_default().as_bytes())?;
+            let entries: Vec<AuditEntry> = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
+            out.extend(entries.into_iter().enumerate().map(|(i, e)| ((version << AUDIT_INDEX_BITS) | i as u64, e)));
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        // Each version holds at least one entry: `limit` versions are enough.
+        let options = GetOptions::new()
+            .with_range(self.dir_end("audit"))
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit as i64);
+        let mut rows = self.wait(self.audit_rows(options, self.key("audit/")))?;
+        rows.sort_by_key(|(seq, _)| *seq);
+        let skip = rows.len().saturating_sub(limit);
+        Ok(rows.into_iter().skip(skip).map(|(_, e)| e).collect())
+    }
+
+    /// Audit entries after sequence `after`, oldest first, at most `max`, with their sequence.
+    pub fn audit_after(&self, after: u64, max: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        let from = self.key(&format!("audit/{:020}", after >> AUDIT_INDEX_BITS));
+        let options = GetOptions::new().with_range(self.dir_end("audit")).with_limit(max as i64 + 1);
+        let rows = self.wait(self.audit_rows(options, from))?;
+        Ok(rows.into_iter().filter(|(seq, _)| *seq > after).take(max).collect())
+    }
+
+    /// The sequence of the last audit entry exported over OTLP (0: none).
+    pub fn audit_exported(&self) -> Result<u64, StoreError> {
+        let key = self.key("audit-exported");
+        let response = self.wait(self.get(key.clone(), None))?;
+        response.kvs().first().map_or(Ok(0), |kv| decimal(&key, kv.value()))
+    }
+
+    /// Records that audit entries up to `sequence` were exported.
+    pub fn set_audit_exported(&self, sequence: u64) -> Result<(), StoreError> {
+        let key = self.key("audit-exported");
+        let value = sequence.to_string();
+        self.wait(self.put(key, value.into_bytes()))?;
+        Ok(())
+    }
+
+    /// Records a new join token (only the hash of its secret).
+    pub fn create_join_token(&self, id: &str, secret_hash: &[u8; 32], expires_unix: i64) -> Result<(), StoreError> {
+        let record = JoinTokenRecord { secret_sha256: hex(secret_hash), expires_unix, used_by: None };
+        let (key, value) = (self.key(&format!("join-tokens/{id}")), serde_json::to_vec(&record).expect("serializes"));
+        self.wait(self.put(key, value))?;
+        Ok(())
+    }
+
+    /// Checks a join token and marks it used by `agent` while registering the agent, in one
+    /// transaction that fails if the token changed since it was read: two replicas cannot both
+    /// admit an agent with it.
+    pub fn consume_join_token(
+        &self,
+        id: &str,
+        secret_hash: &[u8; 32],
+        now_unix: i64,
+        agent: &AgentRecord,
+    ) -> Result<(), JoinTokenError> {
+        let key = self.key(&format!("join-tokens/{id}"));
+        for _ in 0..3 {
+            let response = self.wait(self.get(key.clone(), None))?;
+            let Some(kv) = response.kvs().first() else { return Err(JoinTokenError::Invalid) };
+            let mut record: JoinTokenRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
+            super::check_join_token(id, &record, secret_hash, now_unix)?;
+            record.used_by = Some(agent.id.clone());
+            let claim = etcd_client::Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+                .and_then([
+                    TxnOp::put(key.clone(), serde_json::to_vec(&record).expect("serializes"), None),
+                    TxnOp::put(
+                        self.key(&format!("agents/{}", agent.id)),
+                        serde_json::to_vec(agent).expect("serializes"),
+                        None,
+                    ),
+                ]);
+            let response = self.wait(self.txn(claim))?;
+            if response.succeeded() {
+                return Ok(());
+            }
+            // Changed under us (another replica used it): read it again and say why it fails.
+        }
+        Err(JoinTokenError::Store(StoreError::Etcd(format!("join token {id} keeps changing; retry"))))
+    }
+
+    /// Updates a registered agent.
+    pub fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        let (key, value) = (self.key(&format!("agents/{}", agent.id)), serde_json::to_vec(agent).expect("serializes"));
+        self.wait(self.put(key, value))?;
+        Ok(())
+    }
+
+    /// Every registered agent.
+    pub fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
+        let options = GetOptions::new().with_prefix();
+        let response = self.wait(self.get(self.key("agents/"), Some(options)))?;
+        let mut out = BTreeMap::new();
+        for kv in response.kvs() {
+            let record: AgentRecord =
+                serde_json::from_slice(kv.value()).map_err(|e| corrupt(&String::from_utf8_lossy(kv.key()), e))?;
+            out.insert(record.id.clone(), record);
+        }
+        Ok(out)
+    }
+
+    /// Follows every configuration write after `revision` (whichever replica made it) into
+    /// `out`, until `shutdown`. A broken watch is re-established from the last revision seen;
+    /// one that cannot resume because etcd compacted that history is replaced by a full read.
+    pub async fn follow(&self, mut revision: i64, out: mpsc::Sender<Followed>, mut shutdown: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            if failures > 0 {
+                let delay = Duration::from_millis(100 * u64::from(failures.min(20)));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+            let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+            let mut client = self.client.watch_client();
+            let mut stream = match client.watch(self.key(""), Some(options)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!("etcd watch: {e}; retrying");
+                    continue;
+                }
+            };
+            loop {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                };
+                let response = match message {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("etcd watch: {e}; resuming from revision {revision}");
+                        failures += 1;
+                        break;
+                    }
+                };
+                failures = 0;
+                if response.compact_revision() > 0 {
+                    // The history after `revision` is gone: read everything again.
+                    tracing::warn!(
+                        revision,
+                        compacted = response.compact_revision(),
+                        "etcd compacted past this replica's watch; reading the configuration again"
+                    );
+                    match self.read_all().await {
+                        Ok(loaded) => {
+                            revision = loaded.revision;
+                            if out.send(Followed::Reloaded(loaded)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("reading the configuration from etcd: {e}");
+                            failures += 1;
+                        }
+                    }
+                    break;
+                }
+                if response.canceled() {
+                    tracing::warn!("etcd cancelled the watch: {}", response.cancel_reason());
+                    failures += 1;
+                    break;
+                }
+                for (rev, committed) in self.committed(response.events()) {
+                    revision = revision.max(rev);
+                    if let Some(c) = committed
+                        && out.send(Followed::Committed(c)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Groups watched events by revision (one transaction each) and decodes the configuration
+    /// writes among them: those that moved the version.
+    fn committed(&self, events: &[etcd_client::Event]) -> Vec<(i64, Option<Committed>)> {
+        let mut groups: Vec<(i64, Vec<&etcd_client::Event>)> = Vec::new();
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            match groups.last_mut() {
+                Some((rev, group)) if *rev == kv.mod_revision() => group.push(event),
+                _ => groups.push((kv.mod_revision(), vec![event])),
+            }
+        }
+        groups.into_iter().map(|(rev, group)| (rev, self.decode(&group))).collect()
+    }
+
+    fn decode(&self, events: &[&etcd_client::Event]) -> Option<Committed> {
+        let (version_key, resources, keys) = (self.key("version"), self.key("resources/"), self.key("keys/"));
+        let mut committed = Committed {
+            version: 0,
+            puts: Vec::new(),
+            deletes: Vec::new(),
+            key_puts: Vec::new(),
+            key_deletes: Vec::new(),
+        };
+        let mut is_write = false;
+        for event in events {
+            let kv = event.kv()?;
+            let key = String::from_utf8_lossy(kv.key());
+            let put = event.event_type() == EventType::Put;
+            if key == version_key && put {
+                committed.version = decimal(&key, kv.value()).ok()?;
+                is_write = true;
+            } else if let Some(rest) = key.strip_prefix(&resources) {
+                if put {
+                    match super::decode_resource(&key, kv.value()) {
+                        Ok(r) => committed.puts.push((r.document.key(), r)),
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                } else if let Some((kind, name)) = rest.split_once('/')
+                    && let Some(kind) = Kind::parse_loose(kind)
+                {
+                    committed.deletes.push(ResourceKey { kind, name: name.to_string() });
+                }
+            } else if let Some(issuer) = key.strip_prefix(&keys) {
+                if put {
+                    match serde_json::from_slice(kv.value()) {
+                        Ok(record) => committed.key_puts.push((issuer.to_string(), record)),
+                        Err(e) => tracing::error!("{key}: {e}"),
+                    }
+                } else {
+                    committed.key_deletes.push(issuer.to_string());
+                }
+            }
+        }
+        is_write.then_some(committed)
+    }
+}
