@@ -240,6 +240,11 @@ impl ControlPlane {
         assert!(process.terminate(), "control plane did not shut down cleanly:\n{}", process.log_text());
     }
 
+    /// Replaces its extra flags for the next [`ControlPlane::restart`] (same port and data dir).
+    pub fn set_flags(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// The admin socket.
     pub fn socket(&self) -> PathBuf {
         self.data_dir.join("admin.sock")

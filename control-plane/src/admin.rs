@@ -11,6 +11,7 @@ use warden_core::{Document, Kind, ResourceKey};
 use crate::ControlPlane;
 use crate::peer::admin_actor;
 use crate::state::{self, WriteError};
+use crate::store::StoreError;
 
 /// Most documents in one apply.
 pub const MAX_DOCUMENTS_PER_APPLY: usize = 1000;
@@ -162,17 +163,18 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.actor(&request)?;
         let store = self.cp.store.clone();
-        let registered = match tokio::task::spawn_blocking(move || store.agents()).await {
-            Ok(Ok(registered)) => registered,
+        let read = tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.agents()?, store.presence()?)));
+        let (registered, elsewhere) = match read.await {
+            Ok(Ok(read)) => read,
             // The registry is in the store; without it, this replica still knows who is
             // connected to it (an etcd outage is when operators look).
             Ok(Err(e)) => {
-                tracing::warn!("listing agents from what this replica sees: the registry cannot be read: {e}");
-                self.cp.presence.seen_here()
+                tracing::warn!("listing agents from what this replica sees: the store cannot be read: {e}");
+                (self.cp.presence.seen_here(), Vec::new())
             }
             Err(e) => return Err(Status::internal(e.to_string())),
         };
-        let agents = self.cp.presence.report(registered);
+        let agents = self.cp.presence.report(registered, &elsewhere);
         Ok(Response::new(pb::ListAgentsResponse { agents, version: self.cp.state.borrow().version }))
     }
 

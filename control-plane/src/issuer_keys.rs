@@ -83,6 +83,8 @@ struct Tracked {
     due: Instant,
     failures: u32,
     last_attempt: Option<Instant>,
+    /// An agent asked for these keys: fetched even by a replica that does not lead.
+    prompted: bool,
 }
 
 /// A fetched key set and how long it may be cached.
@@ -105,6 +107,7 @@ pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
     let mut tracked: HashMap<String, Tracked> = HashMap::new();
     let mut state_rx = cp.state.subscribe();
     let mut shutdown = cp.shutdown.clone();
+    let mut leading = cp.leading.subscribe();
     loop {
         // Level-triggered: follow whatever the configuration says now.
         let current = state_rx.borrow_and_update().clone();
@@ -123,15 +126,23 @@ pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
             let fresh = tracked.get(&name).is_none_or(|t| t.origin_version != origin_version);
             if fresh {
                 let due = Instant::now();
-                tracked.insert(name, Tracked { origin_version, spec, due, failures: 0, last_attempt: None });
+                tracked.insert(
+                    name,
+                    Tracked { origin_version, spec, due, failures: 0, last_attempt: None, prompted: false },
+                );
             }
         }
 
+        // Scheduled refreshes are a singleton duty (one replica fetches for the fleet); an
+        // agent's prompt request is served by the replica it asked.
+        let leads = *leading.borrow_and_update();
         let now = Instant::now();
-        let due: Vec<String> = tracked.iter().filter(|(_, t)| t.due <= now).map(|(n, _)| n.clone()).collect();
+        let due: Vec<String> =
+            tracked.iter().filter(|(_, t)| t.due <= now && (leads || t.prompted)).map(|(n, _)| n.clone()).collect();
         for name in due {
             let Some(t) = tracked.get_mut(&name) else { continue };
             t.last_attempt = Some(Instant::now());
+            t.prompted = false;
             let (spec, agent) = (t.spec.clone(), http.clone());
             let result = tokio::task::spawn_blocking(move || fetch(&agent, &spec))
                 .await
@@ -155,16 +166,23 @@ pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
             t.due = Instant::now() + next;
         }
 
-        let wake = tracked.values().map(|t| t.due).min().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let wake = tracked
+            .values()
+            .filter(|t| leads || t.prompted)
+            .map(|t| t.due)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             changed = state_rx.changed() => if changed.is_err() { return },
+            _ = leading.changed() => {}
             Some(issuer) = requests.recv() => {
                 if let Some(t) = tracked.get_mut(&issuer)
                     && t.last_attempt.is_none_or(|at| at.elapsed() >= policy.request_interval)
                 {
                     tracing::info!(%issuer, "prompt key refresh requested by an agent");
                     t.due = Instant::now();
+                    t.prompted = true;
                 }
             }
             _ = shutdown.changed() => return,

@@ -88,6 +88,9 @@ pub struct Options {
     pub token_tls_files: Option<(PathBuf, PathBuf)>,
     /// Rotation and publication of the token service's signing keys.
     pub signing: signing::Timing,
+    /// Lifetime of this replica's etcd lease: how long after a crash its leadership and the
+    /// presence of its agents outlive it.
+    pub lease_ttl: Duration,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -145,6 +148,11 @@ pub struct ControlPlane {
     signing_keys: signing::SigningKeys,
     /// Token exchanges, on their way to the decision store.
     exchange_log: exchange_log::ExchangeLog,
+    /// This process among the replicas sharing the store: `<server name>:<port>/<random>`.
+    replica: String,
+    /// Whether this replica does the singleton duties (scheduled key refresh, expiry of
+    /// revocations, audit export): always on the embedded store, the elected one on etcd.
+    leading: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -321,7 +329,7 @@ pub async fn run(
                     .into(),
             ));
         }
-        StoreOptions::Etcd(etcd) => Store::Etcd(Box::new(store::etcd::Etcd::connect(etcd).await?)),
+        StoreOptions::Etcd(etcd) => Store::Etcd(Box::new(store::etcd::Etcd::open(etcd).await?)),
     };
     let loaded = match &store {
         Store::Etcd(etcd) => etcd.read_all().await?,
@@ -370,6 +378,13 @@ pub async fn run(
         key_refresh: refresh_tx,
         signing_keys: Default::default(),
         exchange_log,
+        replica: format!(
+            "{}:{}/{:06x}",
+            options.server_names.first().map_or("localhost", String::as_str),
+            listener.local_addr().map_or(0, |a| a.port()),
+            rand::random::<u32>() & 0xff_ffff
+        ),
+        leading: watch::Sender::new(matches!(options.store, StoreOptions::Embedded)),
         shutdown: stop_rx.clone(),
         options,
     });
@@ -398,6 +413,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx.clone()));
 
     tokio::spawn(replicas::follow(cp.clone(), revision));
+    let lease = tokio::spawn(replicas::hold_lease(cp.clone()));
     tokio::spawn(issuer_keys::run(cp.clone(), refresh_rx));
     tokio::spawn(signing::run(cp.clone()));
     tokio::spawn(revocations::expire(cp.clone()));
@@ -412,7 +428,10 @@ pub async fn run(
     let exporters: Vec<_> = match cp.options.otlp.logs.clone() {
         Some(endpoint) => {
             let resource = cp.options.otlp.resource.clone();
-            let (decisions, audit) = (cp.decisions.clone(), Arc::new(otlp::AuditTrail(cp.store.clone())));
+            let (decisions, audit) = (
+                cp.decisions.clone(),
+                Arc::new(otlp::AuditTrail { store: cp.store.clone(), leading: cp.leading.subscribe() }),
+            );
             vec![
                 tokio::spawn(otlp::export_logs(
                     decisions,
@@ -456,6 +475,8 @@ pub async fn run(
         let _ = server.await;
     }
     let _ = exchange_writer.await;
+    // Gives up leadership and this replica's presence entries at once.
+    let _ = lease.await;
     let _ = std::fs::remove_file(&cp.options.admin_socket);
     a?;
     b?;

@@ -33,6 +33,10 @@ struct Args {
     /// Client key (PEM) to present to etcd.
     #[arg(long, env = "WARDEN_ETCD_KEY", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
+    /// Lifetime of this replica's etcd lease: after a crash, its leadership and its agents'
+    /// presence last this long.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    etcd_lease_ttl: Duration,
     /// Address of the agent/operator mTLS port.
     #[arg(long, env = "WARDEN_LISTEN", default_value = "0.0.0.0:7443")]
     listen: SocketAddr,
@@ -108,6 +112,43 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Copies the embedded store in --data-dir into the etcd store named by --store (an empty
+    /// prefix), keeping the store's identity and version so agents resume where they are.
+    /// Stop the control plane first.
+    Migrate,
+}
+
+/// `warden-cp migrate`: the embedded store in `data_dir` into etcd.
+async fn migrate(data_dir: &std::path::Path, etcd: &control_plane::store::etcd::Options) -> anyhow::Result<()> {
+    use control_plane::store::{embedded::Embedded, etcd::Etcd};
+    if !data_dir.join("warden.redb").exists() {
+        anyhow::bail!("no embedded store in {}", data_dir.display());
+    }
+    // Opening takes the file's lock: a control plane still running on it is refused here.
+    let dump = Embedded::open(data_dir).and_then(|s| s.dump()).with_context(|| {
+        format!("reading {} (stop its control plane first)", data_dir.join("warden.redb").display())
+    })?;
+    let summary = format!(
+        "store {} at version {}: {} resources, {} key sets, {} audit entries, {} join tokens, {} agents",
+        dump.store_id,
+        dump.version,
+        dump.resources.len(),
+        dump.keys.len(),
+        dump.audit.len(),
+        dump.join_tokens.len(),
+        dump.agents.len()
+    );
+    let target = Etcd::connect(etcd).await?;
+    // Within etcd's default --max-txn-ops (128).
+    target.import(dump, 100).await?;
+    println!("migrated {summary} into {}/", etcd.prefix);
+    if data_dir.join("ca.key").exists() {
+        println!(
+            "the fleet CA stays {0}/ca.crt and {0}/ca.key: give both to every replica (--ca-cert, --ca-key)",
+            data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -158,6 +199,12 @@ async fn start() -> anyhow::Result<()> {
             control_plane::StoreOptions::Etcd(etcd)
         }
     };
+    if let Some(Command::Migrate) = &args.command {
+        let control_plane::StoreOptions::Etcd(etcd) = &store else {
+            anyhow::bail!("migrate: --store must name the etcd store to copy into (etcd://host:port[,…])");
+        };
+        return migrate(&args.data_dir, etcd).await;
+    }
     if args.agent_cert_ttl < Duration::from_secs(10) {
         anyhow::bail!("--agent-cert-ttl must be at least 10s");
     }
@@ -187,6 +234,7 @@ async fn start() -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         token_listen: args.token_listen,
         token_tls_files: args.token_tls_cert.zip(args.token_tls_key),
+        lease_ttl: args.etcd_lease_ttl,
         signing: control_plane::signing::Timing {
             rotation: args.signing_key_rotation,
             publish_delay: args.signing_key_publish_delay,

@@ -128,7 +128,13 @@ pub fn render(cp: &ControlPlane) -> String {
     let version = cp.state.borrow().version;
     e.family("warden_config_version", "gauge", "The configuration version in force.");
     e.sample("warden_config_version", &[], version as f64);
-    let agents = cp.presence.report(cp.store.agents().unwrap_or_default());
+    e.family(
+        "warden_control_plane_leader",
+        "gauge",
+        "1 on the replica doing the singleton duties (key refresh, revocation expiry, audit export).",
+    );
+    e.sample("warden_control_plane_leader", &[], if *cp.leading.borrow() { 1.0 } else { 0.0 });
+    let agents = cp.presence.report(cp.store.agents().unwrap_or_default(), &[]);
     e.family("warden_agents_connected", "gauge", "Agents with an open stream to this control plane.");
     e.sample("warden_agents_connected", &[], agents.iter().filter(|a| a.connected).count() as f64);
     e.family(
@@ -271,7 +277,7 @@ pub fn otlp(cp: &ControlPlane) -> Vec<om::Metric> {
         ));
     }
     let version = cp.state.borrow().version;
-    let agents = cp.presence.report(cp.store.agents().unwrap_or_default());
+    let agents = cp.presence.report(cp.store.agents().unwrap_or_default(), &[]);
     let connected = agents.iter().filter(|a| a.connected).count();
     out.push(gauge(
         "warden.agents.connected",

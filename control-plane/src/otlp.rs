@@ -210,8 +210,14 @@ impl LogSource for Decisions {
     }
 }
 
-/// The audit trail of admin changes, from the configuration store.
-pub struct AuditTrail(pub Arc<crate::store::Store>);
+/// The audit trail of admin changes, from the configuration store. Replicas sharing a store
+/// share its trail (and its export cursor): only the leading one exports it.
+pub struct AuditTrail {
+    /// The configuration store.
+    pub store: Arc<crate::store::Store>,
+    /// Whether this replica leads.
+    pub leading: tokio::sync::watch::Receiver<bool>,
+}
 
 impl LogSource for AuditTrail {
     fn scope(&self) -> &'static str {
@@ -219,14 +225,17 @@ impl LogSource for AuditTrail {
     }
 
     fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), String> {
-        let after = self.0.audit_exported().map_err(|e| e.to_string())?;
-        let entries = self.0.audit_after(after, max).map_err(|e| e.to_string())?;
+        if !*self.leading.borrow() {
+            return Ok((0, Vec::new()));
+        }
+        let after = self.store.audit_exported().map_err(|e| e.to_string())?;
+        let entries = self.store.audit_after(after, max).map_err(|e| e.to_string())?;
         let cursor = entries.last().map_or(after, |(seq, _)| *seq);
         Ok((cursor, entries.iter().map(|(_, e)| audit_record(e)).collect()))
     }
 
     fn delivered(&self, cursor: u64) -> Result<(), String> {
-        self.0.set_audit_exported(cursor).map_err(|e| e.to_string())
+        self.store.set_audit_exported(cursor).map_err(|e| e.to_string())
     }
 }
 

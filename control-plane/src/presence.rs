@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use proto::v1 as pb;
 
-use crate::store::AgentRecord;
+use crate::store::{AgentRecord, PresenceRecord};
 
 #[derive(Default)]
 struct Live {
@@ -95,14 +95,56 @@ impl Presence {
             .collect()
     }
 
-    /// Registered agents with their live status, by id.
-    pub fn report(&self, registered: BTreeMap<String, AgentRecord>) -> Vec<pb::AgentStatus> {
+    /// The agents connected here, as published for the other replicas.
+    pub fn records(&self, replica: &str) -> HashMap<String, PresenceRecord> {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        agents
+            .iter()
+            .filter(|(_, live)| live.connected)
+            .map(|(id, live)| {
+                let record = PresenceRecord {
+                    agent: id.clone(),
+                    replica: replica.to_string(),
+                    labels: live.labels.clone(),
+                    applied_version: live.applied_version,
+                    last_error: live.last_error.clone(),
+                };
+                (id.clone(), record)
+            })
+            .collect()
+    }
+
+    /// Registered agents with their live status, by id: as seen here, or, for an agent not
+    /// connected here, as another replica published it (`elsewhere`).
+    pub fn report(
+        &self,
+        registered: BTreeMap<String, AgentRecord>,
+        elsewhere: &[PresenceRecord],
+    ) -> Vec<pb::AgentStatus> {
         let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
         registered
             .into_values()
             .map(|record| {
                 let live = agents.get(&record.id);
+                let remote = elsewhere
+                    .iter()
+                    .filter(|r| r.agent == record.id)
+                    .max_by_key(|r| r.applied_version)
+                    .filter(|_| !live.is_some_and(|l| l.connected));
+                if let Some(remote) = remote {
+                    return pb::AgentStatus {
+                        labels: remote.labels.clone().into_iter().collect(),
+                        connected: true,
+                        applied_version: remote.applied_version,
+                        last_seen_unix_ms: live.map_or(0, |l| l.last_seen_unix_ms),
+                        last_error: remote.last_error.clone(),
+                        certificate_not_after_unix: record.certificate_not_after_unix,
+                        id: record.id,
+                        control_plane: remote.replica.clone(),
+                    };
+                }
                 pb::AgentStatus {
+                    control_plane: String::new(),
                     labels: live
                         .filter(|l| l.generation > 0)
                         .map_or(record.labels.clone(), |l| l.labels.clone())

@@ -1,15 +1,22 @@
-//! Following the other control-plane replicas that share an etcd store: every configuration
-//! write any replica makes is watched and published here as the next state, exactly as if this
-//! replica had made it, so agents converge whichever replica they are connected to.
+//! Living with the other control-plane replicas that share an etcd store:
+//!
+//! * every configuration write any replica makes is watched and published here as the next
+//!   state, exactly as if this replica had made it, so agents converge whichever replica they
+//!   are connected to ([`follow`]);
+//! * a lease holds this replica's part: the leader key (one replica does the singleton duties)
+//!   and the presence of the agents connected here, so a replica that crashes loses both within
+//!   the lease's lifetime and another takes over ([`hold_lease`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::ControlPlane;
 use crate::state::{self, FleetState};
-use crate::store::Store;
 use crate::store::etcd::Followed;
+use crate::store::{PresenceRecord, Store};
 
 /// Runs until shutdown (nothing to do on the embedded store), following writes after etcd
 /// revision `revision` (where this replica's configuration was read).
@@ -60,6 +67,82 @@ async fn apply(cp: &Arc<ControlPlane>, followed: Followed) {
             if cp.publish(FleetState::from_loaded(loaded)) {
                 tracing::info!(version, "configuration read again after an etcd compaction");
             }
+        }
+    }
+}
+
+/// How often leadership is checked and presence changes are published.
+const LEASE_TICK: Duration = Duration::from_secs(1);
+
+/// Runs until shutdown (on etcd; the embedded store's one control plane always leads): holds
+/// this replica's lease, campaigns for leadership, publishes the agents connected here, and
+/// revokes the lease on the way out so the others take over at once.
+pub async fn hold_lease(cp: Arc<ControlPlane>) {
+    let Store::Etcd(etcd) = &*cp.store else { return };
+    let ttl = cp.options.lease_ttl;
+    let mut shutdown = cp.shutdown.clone();
+    loop {
+        let lease = match etcd.grant(ttl).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!("etcd lease: {e}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(LEASE_TICK) => continue,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        };
+        // What etcd holds under this lease for the agents connected here.
+        let mut published: HashMap<String, PresenceRecord> = HashMap::new();
+        let alive = etcd.keep_alive(lease, ttl);
+        tokio::pin!(alive);
+        let mut tick = tokio::time::interval(LEASE_TICK);
+        loop {
+            tokio::select! {
+                _ = &mut alive => {
+                    tracing::warn!("this replica's etcd lease was lost; no longer leading");
+                    set_leading(&cp, false);
+                    break;
+                }
+                _ = tick.tick() => {
+                    match etcd.lead(lease, &cp.replica).await {
+                        Ok(leading) => set_leading(&cp, leading),
+                        Err(e) => tracing::warn!("etcd leader election: {e}"),
+                    }
+                    let now = cp.presence.records(&cp.replica);
+                    let mut changes: Vec<(String, Option<PresenceRecord>)> = now
+                        .iter()
+                        .filter(|(agent, record)| published.get(*agent) != Some(record))
+                        .map(|(agent, record)| (agent.clone(), Some(record.clone())))
+                        .collect();
+                    changes.extend(published.keys().filter(|a| !now.contains_key(*a)).map(|a| (a.clone(), None)));
+                    if !changes.is_empty() {
+                        match etcd.put_presence(lease, &cp.replica, &changes).await {
+                            Ok(()) => published = now,
+                            Err(e) => tracing::warn!("publishing agent presence: {e}"),
+                        }
+                    }
+                }
+                changed = shutdown.changed() => {
+                    let stopping = changed.is_err() || *shutdown.borrow();
+                    if stopping {
+                        set_leading(&cp, false);
+                        etcd.revoke(lease).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn set_leading(cp: &ControlPlane, leading: bool) {
+    let changed = cp.leading.send_if_modified(|held| std::mem::replace(held, leading) != leading);
+    if changed {
+        if leading {
+            tracing::info!(replica = %cp.replica, "this replica now leads the singleton duties");
+        } else {
+            tracing::info!(replica = %cp.replica, "this replica no longer leads");
         }
     }
 }

@@ -15,11 +15,19 @@ use crate::ControlPlane;
 /// Checked at least this often, and within a second of the next expiry.
 const INTERVAL: Duration = Duration::from_secs(60);
 
-/// Runs until shutdown.
+/// Runs until shutdown, on the leading replica only (a singleton duty).
 pub async fn expire(cp: Arc<ControlPlane>) {
     let mut state_rx = cp.state.subscribe();
     let mut shutdown = cp.shutdown.clone();
+    let mut leading = cp.leading.subscribe();
     loop {
+        if !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
         let current = state_rx.borrow_and_update().clone();
         let now = crate::now_unix_ms() / 1000;
         let mut expired = Vec::new();
@@ -50,6 +58,7 @@ pub async fn expire(cp: Arc<ControlPlane>) {
         }
         tokio::select! {
             changed = state_rx.changed() => if changed.is_err() { return },
+            _ = leading.changed() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }

@@ -176,6 +176,44 @@ pub(crate) struct JoinTokenRecord {
     pub(crate) used_by: Option<String>,
 }
 
+/// An agent's stream to one control-plane replica, as that replica publishes it for the others
+/// (etcd store): bound to the replica's lease, so it disappears with a replica that crashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceRecord {
+    /// The agent's id.
+    pub agent: String,
+    /// The replica it is connected to.
+    pub replica: String,
+    /// Labels it announced.
+    pub labels: BTreeMap<String, String>,
+    /// The version it applied last.
+    pub applied_version: u64,
+    /// Its last NACK's reason (empty after an ACK).
+    pub last_error: String,
+}
+
+/// Everything a store holds, as stored, for moving a fleet to another backend
+/// (`warden-cp migrate`).
+pub struct Dump {
+    /// The store's identity: kept, so agents resume from the version they hold.
+    pub store_id: String,
+    /// The configuration version.
+    pub version: u64,
+    /// Resource records by `Kind/name`.
+    pub resources: Vec<(String, Vec<u8>)>,
+    /// Fetched key records by issuer name.
+    pub keys: Vec<(String, Vec<u8>)>,
+    /// The audit trail, oldest first.
+    pub audit: Vec<AuditEntry>,
+    /// How many of the oldest audit entries were exported over OTLP already.
+    pub audit_exported: usize,
+    /// Join token records by id.
+    pub join_tokens: Vec<(String, Vec<u8>)>,
+    /// Registered agents by id.
+    pub agents: Vec<(String, Vec<u8>)>,
+}
+
 /// The configuration store a control plane runs on.
 pub enum Store {
     /// One redb file in the data directory (one control plane).
@@ -256,6 +294,14 @@ impl Store {
     /// Every registered agent.
     pub fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
         each!(self, s => s.agents())
+    }
+
+    /// Agent streams published by every replica (none on the embedded store: there is one).
+    pub fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(Vec::new()),
+            Store::Etcd(etcd) => etcd.presence(),
+        }
     }
 }
 

@@ -5,7 +5,11 @@
 //! plane's resident memory per idle connected agent against its own idle baseline, measured in
 //! the same run.
 //!
-//! `ulimit -n 16384 && cargo run --release -p tests --bin propagation -- --agents 1000 --rounds 50`
+//! With `--replicas N` (N ≥ 2) the same run then measures N `warden-cp` replicas on one real etcd
+//! member (Debian's `etcd-server`), the agents spread evenly over them, every write made on the
+//! first: from the apply to the last agent applied, wherever it is connected.
+//!
+//! `ulimit -n 16384 && cargo run --release -p tests --bin propagation -- --agents 1000 --rounds 50 --replicas 2`
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,10 +26,11 @@ use tokio::sync::watch;
 struct Args {
     agents: usize,
     rounds: usize,
+    replicas: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { agents: 1000, rounds: 50 };
+    let mut args = Args { agents: 1000, rounds: 50, replicas: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -33,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--agents" => args.agents = n.clamp(1, 10_000),
             "--rounds" => args.rounds = n.clamp(1, 1_000),
+            "--replicas" => args.replicas = n.min(8),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -54,7 +60,7 @@ fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}\nusage: propagation [--agents N] [--rounds R]");
+            eprintln!("error: {e}\nusage: propagation [--agents N] [--rounds R] [--replicas N]");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -76,23 +82,63 @@ fn main() -> std::process::ExitCode {
     let cp = ControlPlane::start(cp_dir.path(), &["--heartbeat-interval", "60s"]);
     let pid = cp.process.as_ref().map(|p| p.pid()).expect("running");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    runtime.block_on(run(args, agents_dir.path(), &cp, pid));
+    let single = runtime.block_on(run(&args, agents_dir.path(), &cp, pid));
+    drop(cp);
+    if args.replicas >= 2 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let agents_dir = match std::path::Path::new("/dev/shm").is_dir() {
+            true => tempfile::tempdir_in("/dev/shm"),
+            false => tempfile::tempdir(),
+        }
+        .expect("temp dir");
+        let etcd = tests::Etcd::start(dir.path(), 1);
+        let ca = dir.path().join("fleet-ca");
+        let created = std::process::Command::new(tests::bin("warden-cp"))
+            .args(["create-ca", "--out"])
+            .arg(&ca)
+            .status()
+            .expect("warden-cp create-ca");
+        assert!(created.success());
+        let (cert, key) = (ca.join("ca.crt"), ca.join("ca.key"));
+        let url = etcd.url();
+        let flags = [
+            "--heartbeat-interval",
+            "60s",
+            "--store",
+            &url,
+            "--ca-cert",
+            cert.to_str().expect("utf-8"),
+            "--ca-key",
+            key.to_str().expect("utf-8"),
+        ];
+        let replicas: Vec<ControlPlane> =
+            (0..args.replicas).map(|i| ControlPlane::start(&dir.path().join(format!("r{i}")), &flags)).collect();
+        let replicated = runtime.block_on(run_replicas(&args, agents_dir.path(), &replicas));
+        println!(
+            "same run, apply -> last agent applied: one control plane (embedded) p50 {:.1} ms p99 {:.1} ms; {} replicas on \
+             etcd p50 {:.1} ms p99 {:.1} ms ({:.2}x at p99)",
+            ms(percentile(&single, 0.5)),
+            ms(percentile(&single, 0.99)),
+            args.replicas,
+            ms(percentile(&replicated, 0.5)),
+            ms(percentile(&replicated, 0.99)),
+            ms(percentile(&replicated, 0.99)) / ms(percentile(&single, 0.99)).max(0.001)
+        );
+    }
     std::process::ExitCode::SUCCESS
 }
 
-async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
-    let target = wardenctl::client::Target::Socket(cp.socket());
-    let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
-    let apply = |tool: String| pb::ApplyRequest { documents_json: tests::fleet_yaml_documents(&tool), dry_run: false };
-    admin.apply(apply("warmup".into())).await.expect("first apply");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss = rss_kib(pid);
-
-    // Join every agent with its own one-time token, key and certificate.
-    let started = Instant::now();
-    let mut agents = Vec::with_capacity(args.agents);
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    for i in 0..args.agents {
+/// Joins `count` simulated agents, agent `i` through and to `addresses[i % len]`, each with its
+/// own one-time token, key and certificate; their applied versions.
+async fn start_agents(
+    admin: &mut proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    dir: &std::path::Path,
+    addresses: &[String],
+    count: usize,
+    stop: &watch::Receiver<bool>,
+) -> Vec<watch::Receiver<u64>> {
+    let mut agents = Vec::with_capacity(count);
+    for i in 0..count {
         let token = admin
             .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600 })
             .await
@@ -103,13 +149,14 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
         let data = dir.join(&id);
         std::fs::create_dir_all(&data).expect("agent dir");
         let files = Files::new(&data);
-        let identity = identity::join(&files, &cp.address, &token, &id, &BTreeMap::new()).await.expect("join");
+        let address = addresses[i % addresses.len()].clone();
+        let identity = identity::join(&files, &address, &token, &id, &BTreeMap::new()).await.expect("join");
         let current = Current::default();
         let (link, _) = watch::channel(Link::default());
         let sync = Sync {
             agent_id: id,
             labels: BTreeMap::new(),
-            addresses: vec![cp.address.clone()],
+            addresses: vec![address],
             identity: watch::channel(identity).1,
             current: current.clone(),
             last_good: Arc::new(LastGood::without_fsync(&data)),
@@ -120,9 +167,66 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
             requests: tokio::sync::Mutex::new(agent::sync::requests().1),
             outbox: None,
         };
-        tokio::spawn(sync.run(stop_rx.clone()));
+        tokio::spawn(sync.run(stop.clone()));
         agents.push(current.watch_version());
     }
+    agents
+}
+
+/// Agents spread over the replicas, every write through the first; the sorted samples.
+async fn run_replicas(args: &Args, dir: &std::path::Path, replicas: &[ControlPlane]) -> Vec<Duration> {
+    let target = wardenctl::client::Target::Socket(replicas[0].socket());
+    let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
+    let apply = |tool: String| pb::ApplyRequest { documents_json: tests::fleet_yaml_documents(&tool), dry_run: false };
+    admin.apply(apply("warmup".into())).await.expect("first apply");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let addresses: Vec<String> = replicas.iter().map(|r| r.address.clone()).collect();
+    let started = Instant::now();
+    let agents = start_agents(&mut admin, dir, &addresses, args.agents, &stop_rx).await;
+    let version = admin.get(pb::GetRequest::default()).await.expect("get").into_inner().version;
+    wait_all(&agents, version, Duration::from_secs(120)).await.expect("initial convergence");
+    println!(
+        "{} replicas on etcd: joined and converged {} agents in {:.1}s",
+        replicas.len(),
+        args.agents,
+        started.elapsed().as_secs_f64()
+    );
+    let mut samples = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        let t0 = Instant::now();
+        let response = admin.apply(apply(format!("tool-{round}"))).await.expect("apply").into_inner();
+        if wait_all(&agents, response.version, Duration::from_secs(30)).await.is_none() {
+            eprintln!("round {round}: not every agent applied version {} within 30s", response.version);
+            std::process::exit(1);
+        }
+        samples.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    samples.sort();
+    println!(
+        "{} replicas on etcd, apply on the first -> last agent applied: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        replicas.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().expect("samples"))
+    );
+    samples
+}
+
+/// One control plane on its embedded store; the sorted policy-round samples.
+async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) -> Vec<Duration> {
+    let target = wardenctl::client::Target::Socket(cp.socket());
+    let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
+    let apply = |tool: String| pb::ApplyRequest { documents_json: tests::fleet_yaml_documents(&tool), dry_run: false };
+    admin.apply(apply("warmup".into())).await.expect("first apply");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(pid);
+
+    // Join every agent with its own one-time token, key and certificate.
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let agents = start_agents(&mut admin, dir, std::slice::from_ref(&cp.address), args.agents, &stop_rx).await;
     let version = admin.get(pb::GetRequest::default()).await.expect("get").into_inner().version;
     wait_all(&agents, version, Duration::from_secs(120)).await.expect("initial convergence");
     println!("joined and converged {} agents in {:.1}s", args.agents, started.elapsed().as_secs_f64());
@@ -201,6 +305,8 @@ async fn run(args: Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) {
         "control-plane RSS: idle {idle_rss} KiB (baseline), with {} idle agents {loaded_rss} KiB: {per_agent:.1} KiB per agent",
         args.agents
     );
+    let _ = stop_tx.send(true);
+    samples
 }
 
 fn ms(d: Duration) -> f64 {

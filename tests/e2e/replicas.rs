@@ -22,7 +22,8 @@ fn shared_ca(dir: &Path) -> (PathBuf, PathBuf) {
 /// A replica named `name` on the store at `url`.
 fn replica(dir: &Path, name: &str, url: &str, ca: &(PathBuf, PathBuf)) -> ControlPlane {
     let (cert, key) = (ca.0.to_str().unwrap(), ca.1.to_str().unwrap());
-    ControlPlane::start(&dir.join(name), &["--store", url, "--ca-cert", cert, "--ca-key", key])
+    let flags = ["--store", url, "--ca-cert", cert, "--ca-key", key, "--etcd-lease-ttl", "3s"];
+    ControlPlane::start(&dir.join(name), &flags)
 }
 
 fn policy(name: &str) -> String {
@@ -75,6 +76,17 @@ fn replicas_on_one_etcd_serve_the_same_fleet_and_agents_fail_over() {
     assert_eq!(on_b.status()["version"], v1);
     wait_for("the other agent to converge", || (either.status()["version"] == v1).then_some(()));
     assert_eq!(on_b.status()["storeId"], either.status()["storeId"], "one store, whichever replica");
+    // Every replica reports the whole fleet: A sees the agent whose stream is on B.
+    wait_for("A to report the agent connected to B", || {
+        let agents = a.ctl_json(&["get", "agents"]);
+        let seen = agents["agents"].as_array()?.iter().find(|x| x["id"] == "agent-b")?.clone();
+        let via_b = seen["controlPlane"].as_str()?.starts_with(b.address.rsplit_once(':')?.0);
+        (seen["connected"] == true && seen["appliedVersion"] == v1 && via_b).then_some(())
+    });
+    // One replica does the singleton duties.
+    let leads = |cp: &ControlPlane| cp.process.as_ref().is_some_and(|p| p.log_text().contains("now leads"));
+    wait_for("a leader", || (leads(&a) || leads(&b)).then_some(()));
+    assert!(!(leads(&a) && leads(&b)), "one leader at a time");
 
     // Writes through both replicas at once: optimistic concurrency loses none of them.
     std::thread::scope(|s| {
@@ -100,11 +112,15 @@ fn replicas_on_one_etcd_serve_the_same_fleet_and_agents_fail_over() {
     let history = b.ctl_ok(&["history"]);
     assert!(history.contains("a4") && history.contains("b4"), "{history}");
 
-    // Replica A goes away: its agents move to B and keep converging.
-    a.stop();
+    // Replica A crashes: its agents move to B and keep converging; when A led, B takes over
+    // once A's lease expires.
+    let pid = a.process.as_ref().unwrap().pid().to_string();
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    a.process.take();
     applied(&b.apply(&fleet_yaml("fetch")));
     let v3 = b.version();
     b.wait_converged(&["agent-b", "agent-ab"], v3);
+    wait_for("B to lead", || leads(&b).then_some(()));
 
     // A comes back and serves the current configuration.
     a.restart();
@@ -153,4 +169,53 @@ fn a_three_member_etcd_loses_a_member_and_a_cut_off_replica_catches_up_after_com
     assert!(log().contains("compacted"), "A read everything again:\n{}", log());
     a.wait_converged(&["agent-a"], v3);
     assert_eq!(policies(&a), ["github-tools", "last", "while-cut-off"]);
+}
+
+/// `warden-cp --data-dir <data_dir> --store <url> migrate`.
+fn migrate(data_dir: &Path, url: &str) -> std::process::Output {
+    Command::new(bin("warden-cp")).arg("--data-dir").arg(data_dir).args(["--store", url, "migrate"]).output().unwrap()
+}
+
+#[test]
+fn an_embedded_store_moves_to_etcd_and_its_agents_carry_on_without_a_resend() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), 1);
+    let mut cp = ControlPlane::start(dir.path(), &[]);
+    let join = cp.join_token("5m");
+    let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&join));
+    applied(&cp.apply(&fleet_yaml("search")));
+    let spare = cp.join_token("5m");
+    let version = cp.version();
+    cp.wait_converged(&["agent-0"], version);
+    let store_id = agent.status()["storeId"].clone();
+
+    // A running control plane holds its store: nothing is copied.
+    let out = migrate(&cp.data_dir, &etcd.url());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop its control plane first"), "{out:?}");
+    cp.stop();
+    let out = migrate(&cp.data_dir, &etcd.url());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("at version {version}")), "{out:?}");
+    // Only into an empty prefix.
+    let again = migrate(&cp.data_dir, &etcd.url());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("empty prefix"), "{again:?}");
+
+    // The control plane comes back on etcd with the CA it had: the agent resumes where it was.
+    let (cert, key) = (cp.data_dir.join("ca.crt"), cp.data_dir.join("ca.key"));
+    let url = etcd.url();
+    cp.set_flags(&["--store", &url, "--ca-cert", cert.to_str().unwrap(), "--ca-key", key.to_str().unwrap()]);
+    cp.restart();
+    assert_eq!(cp.version(), version);
+    cp.wait_converged(&["agent-0"], version);
+    assert_eq!(agent.status()["storeId"], store_id, "the same store, moved");
+    let log = cp.process.as_ref().unwrap().log_text();
+    let after_move = log.rsplit("store loaded").next().unwrap();
+    assert!(after_move.contains("agent connected, up to date"), "no snapshot resent:\n{after_move}");
+    // History, join tokens and the registry came along.
+    assert!(cp.ctl_ok(&["history"]).contains("github-tools"));
+    let _second = Agent::start(dir.path(), "agent-1", &[&cp.address], Some(&spare));
+    applied(&cp.apply(&fleet_yaml("fetch")));
+    cp.wait_converged(&["agent-0", "agent-1"], version + 1);
 }

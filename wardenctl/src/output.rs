@@ -176,6 +176,7 @@ pub fn agents(response: &pb::ListAgentsResponse, only: Option<&str>, format: For
                     "lastSeenUnixMs": a.last_seen_unix_ms,
                     "lastError": a.last_error,
                     "certificateNotAfterUnix": a.certificate_not_after_unix,
+                    "controlPlane": a.control_plane,
                 })
             })
             .collect();

@@ -169,6 +169,44 @@ impl Embedded {
         txn.commit().map_err(db_err)
     }
 
+    /// Everything, in one read transaction.
+    pub fn dump(&self) -> Result<super::Dump, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let rows = |table: TableDefinition<&str, &[u8]>| -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            let table = txn.open_table(table).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        };
+        let (resources, keys, join_tokens, agents) =
+            (rows(RESOURCES)?, rows(ISSUER_KEYS)?, rows(JOIN_TOKENS)?, rows(AGENTS)?);
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let store_id = meta
+            .get(META_STORE_ID)
+            .map_err(db_err)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned())
+            .ok_or_else(|| corrupt(META_STORE_ID, "missing"))?;
+        let version = read_version(&meta)?;
+        let exported = meta
+            .get(META_AUDIT_EXPORTED)
+            .map_err(db_err)?
+            .and_then(|v| v.value().try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        let log = txn.open_table(AUDIT).map_err(db_err)?;
+        let (mut audit, mut audit_exported) = (Vec::new(), 0);
+        for row in log.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            audit.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(&k.value().to_string(), e))?);
+            if k.value() <= exported {
+                audit_exported = audit.len();
+            }
+        }
+        Ok(super::Dump { store_id, version, resources, keys, audit, audit_exported, join_tokens, agents })
+    }
+
     /// Records a new join token (only the hash of its secret).
     pub fn create_join_token(&self, id: &str, secret_hash: &[u8; 32], expires_unix: i64) -> Result<(), StoreError> {
         let record = JoinTokenRecord { secret_sha256: hex(secret_hash), expires_unix, used_by: None };

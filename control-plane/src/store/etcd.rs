@@ -11,6 +11,8 @@
 //! | `<prefix>/audit-exported`         | the last audit sequence delivered over OTLP             |
 //! | `<prefix>/join-tokens/<id>`       | a join token (hash of its secret, expiry, user)         |
 //! | `<prefix>/agents/<id>`            | a registered agent                                      |
+//! | `<prefix>/leader`                 | the replica doing singleton duties (on its lease)       |
+//! | `<prefix>/presence/<agent>/<cp>`  | an agent's stream to replica `cp` (on `cp`'s lease)     |
 //!
 //! A configuration write is one transaction guarded by `value(<prefix>/version) == base`: of two
 //! replicas writing at once, one wins and the other is told [`StoreError::VersionMoved`] and
@@ -32,8 +34,8 @@ use tokio::sync::{mpsc, watch};
 use warden_core::{Kind, ResourceKey};
 
 use super::{
-    AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, LoadedResource, StoreError,
-    corrupt, hex, resource_key_text,
+    AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, LoadedResource,
+    PresenceRecord, StoreError, corrupt, hex, resource_key_text,
 };
 
 /// Audit entries of one version are numbered within it: sequence = version << 20 | index.
@@ -164,7 +166,7 @@ fn decimal(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
 }
 
 impl Etcd {
-    /// Connects and, on the first start of a fleet, creates its store identity and version.
+    /// Connects, without writing anything.
     pub async fn connect(options: &Options) -> Result<Etcd, StoreError> {
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
@@ -188,7 +190,12 @@ impl Etcd {
         };
         let endpoints: Vec<String> = options.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();
         let client = Client::connect(&endpoints, Some(connect)).await.map_err(etcd_err)?;
-        let store = Etcd { client, prefix: options.prefix.clone(), runtime: tokio::runtime::Handle::current() };
+        Ok(Etcd { client, prefix: options.prefix.clone(), runtime: tokio::runtime::Handle::current() })
+    }
+
+    /// Connects and, on the first start of a fleet, creates its store identity and version.
+    pub async fn open(options: &Options) -> Result<Etcd, StoreError> {
+        let store = Etcd::connect(options).await?;
         let id = format!("{:032x}", rand::random::<u128>());
         let first = etcd_client::Txn::new()
             .when([Compare::create_revision(store.key("store-id"), CompareOp::Equal, 0)])
@@ -441,6 +448,178 @@ impl Etcd {
             let record: AgentRecord =
                 serde_json::from_slice(kv.value()).map_err(|e| corrupt(&String::from_utf8_lossy(kv.key()), e))?;
             out.insert(record.id.clone(), record);
+        }
+        Ok(out)
+    }
+
+    /// Writes `dump` into this prefix, which must be empty: everything but the store's identity
+    /// in transactions of at most `batch` operations, then the identity and version in one that
+    /// fails if a replica started on the prefix meanwhile.
+    pub async fn import(&self, dump: super::Dump, batch: usize) -> Result<(), StoreError> {
+        let taken = self.get(self.key(""), Some(GetOptions::new().with_prefix().with_count_only())).await?;
+        if taken.count() > 0 {
+            return Err(StoreError::Etcd(format!(
+                "{}/ already holds {} keys: migrate only into an empty prefix (a replica started on it creates keys)",
+                self.prefix,
+                taken.count()
+            )));
+        }
+        let mut puts: Vec<(String, Vec<u8>)> = Vec::new();
+        let dirs = [
+            ("resources", dump.resources),
+            ("keys", dump.keys),
+            ("join-tokens", dump.join_tokens),
+            ("agents", dump.agents),
+        ];
+        for (dir, rows) in dirs {
+            puts.extend(rows.into_iter().map(|(k, v)| (self.key(&format!("{dir}/{k}")), v)));
+        }
+        // The audit trail, one key per version, numbered as this store numbers it.
+        let mut by_version: BTreeMap<u64, Vec<AuditEntry>> = BTreeMap::new();
+        let mut exported = 0u64;
+        for (i, entry) in dump.audit.into_iter().enumerate() {
+            let entries = by_version.entry(entry.version).or_default();
+            if i < dump.audit_exported {
+                exported = (entry.version << AUDIT_INDEX_BITS) | entries.len() as u64;
+            }
+            entries.push(entry);
+        }
+        for (version, entries) in by_version {
+            puts.push((self.key(&format!("audit/{version:020}")), serde_json::to_vec(&entries).expect("serializes")));
+        }
+        if exported > 0 {
+            puts.push((self.key("audit-exported"), exported.to_string().into_bytes()));
+        }
+        for chunk in puts.chunks(batch.max(1)) {
+            let ops: Vec<TxnOp> = chunk.iter().map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None)).collect();
+            self.txn(etcd_client::Txn::new().and_then(ops)).await?;
+        }
+        let identity = etcd_client::Txn::new()
+            .when([Compare::create_revision(self.key("store-id"), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(self.key("store-id"), dump.store_id, None),
+                TxnOp::put(self.key("version"), dump.version.to_string(), None),
+            ]);
+        if !self.txn(identity).await?.succeeded() {
+            return Err(StoreError::Etcd(format!(
+                "a replica started on {}/ during the migration; start again on an empty prefix",
+                self.prefix
+            )));
+        }
+        Ok(())
+    }
+
+    /// Grants a lease of `ttl`: what this replica's leadership and presence entries hang on.
+    pub async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let ttl = ttl.as_secs().max(2) as i64;
+        let granted = retrying(|| {
+            let mut lease = self.client.lease_client();
+            async move { lease.grant(ttl, None).await }
+        })
+        .await
+        .map_err(etcd_err)?;
+        Ok(granted.id())
+    }
+
+    /// Keeps `lease` alive, refreshing it every third of `ttl`; returns once it is lost (expired,
+    /// revoked, or etcd unreachable for longer than `ttl`).
+    pub async fn keep_alive(&self, lease: i64, ttl: Duration) {
+        let mut refreshed = tokio::time::Instant::now();
+        loop {
+            let remaining = ttl.saturating_sub(refreshed.elapsed());
+            let opened = tokio::time::timeout(remaining, self.client.lease_client().keep_alive(lease)).await;
+            let (mut keeper, mut responses) = match opened {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!("etcd lease keep-alive: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            loop {
+                let remaining = ttl.saturating_sub(refreshed.elapsed());
+                let round = async {
+                    keeper.keep_alive().await?;
+                    responses.message().await
+                };
+                match tokio::time::timeout(remaining, round).await {
+                    // etcd unreachable for as long as the lease lives: it is gone.
+                    Err(_) => return,
+                    Ok(Err(e)) => {
+                        tracing::warn!("etcd lease keep-alive: {e}; reopening");
+                        break;
+                    }
+                    Ok(Ok(Some(answer))) if answer.ttl() > 0 => refreshed = tokio::time::Instant::now(),
+                    // Expired or revoked: nothing left to keep.
+                    Ok(Ok(_)) => return,
+                }
+                tokio::time::sleep(ttl / 3).await;
+            }
+        }
+    }
+
+    /// Ends `lease` at once (a clean shutdown): leadership and presence entries go with it.
+    pub async fn revoke(&self, lease: i64) {
+        let _ = self.client.lease_client().revoke(lease).await;
+    }
+
+    /// Takes `<prefix>/leader` for `replica` on `lease` if nobody holds it; whether `replica`
+    /// holds it now.
+    pub async fn lead(&self, lease: i64, replica: &str) -> Result<bool, StoreError> {
+        let key = self.key("leader");
+        let take = etcd_client::Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), replica, Some(etcd_client::PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key, None)]);
+        let response = self.txn(take).await?;
+        if response.succeeded() {
+            return Ok(true);
+        }
+        Ok(response.op_responses().into_iter().any(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().is_some_and(|kv| kv.value() == replica.as_bytes()),
+            _ => false,
+        }))
+    }
+
+    /// Publishes this replica's agent streams on `lease`: `Some` writes an entry, `None`
+    /// removes it.
+    pub async fn put_presence(
+        &self,
+        lease: i64,
+        replica: &str,
+        changes: &[(String, Option<PresenceRecord>)],
+    ) -> Result<(), StoreError> {
+        // Within etcd's default --max-txn-ops.
+        for chunk in changes.chunks(100) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(agent, record)| {
+                    let key = self.key(&format!("presence/{agent}/{replica}"));
+                    match record {
+                        Some(r) => TxnOp::put(
+                            key,
+                            serde_json::to_vec(r).expect("serializes"),
+                            Some(etcd_client::PutOptions::new().with_lease(lease)),
+                        ),
+                        None => TxnOp::delete(key, None),
+                    }
+                })
+                .collect();
+            self.txn(etcd_client::Txn::new().and_then(ops)).await?;
+        }
+        Ok(())
+    }
+
+    /// Every replica's agent streams.
+    pub fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
+        let response = self.wait(self.get(self.key("presence/"), Some(GetOptions::new().with_prefix())))?;
+        let mut out = Vec::new();
+        for kv in response.kvs() {
+            match serde_json::from_slice(kv.value()) {
+                Ok(record) => out.push(record),
+                Err(e) => tracing::warn!("{}: {e}", String::from_utf8_lossy(kv.key())),
+            }
         }
         Ok(out)
     }
