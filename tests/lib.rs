@@ -806,6 +806,22 @@ impl Etcd {
         self.ctl_at(&endpoints.join(","), args).unwrap_or_else(|| panic!("etcdctl {args:?} failed"))
     }
 
+    /// The index of the member that leads the cluster now.
+    pub fn leader(&self) -> usize {
+        let status = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let status: Value = serde_json::from_str(&status).expect("etcdctl JSON");
+        let leader = status[0]["Status"]["leader"].as_u64().expect("leader id");
+        let endpoint = status
+            .as_array()
+            .expect("statuses")
+            .iter()
+            .find(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader))
+            .and_then(|s| s["Endpoint"].as_str())
+            .expect("the leader answered")
+            .to_string();
+        self.members.iter().position(|m| endpoint.ends_with(&m.client)).expect("a member")
+    }
+
     /// Compacts etcd's history up to its current revision: watches from before it cannot resume.
     pub fn compact(&self) -> i64 {
         let status = self.ctl(&["endpoint", "status", "-w", "json"]);

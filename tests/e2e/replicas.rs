@@ -122,6 +122,22 @@ fn replicas_on_one_etcd_serve_the_same_fleet_and_agents_fail_over() {
     b.wait_converged(&["agent-b", "agent-ab"], v3);
     wait_for("B to lead", || leads(&b).then_some(()));
 
+    // A write larger than etcd takes in one request (1.5 MiB by default) is refused with the
+    // limit named, and changes nothing.
+    let filler = "x".repeat(60 * 1024);
+    let big: String = (0..30)
+        .map(|i| {
+            format!(
+                "---\napiVersion: warden.dev/v1\nkind: Policy\nmetadata: {{name: big{i}}}\nspec:\n  servers: [github]\n  \
+                 cedar: |\n    // {filler}\n    permit(principal, action == Action::\"tools/call\", resource);\n"
+            )
+        })
+        .collect();
+    let refused = b.apply(&big);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("max-request-bytes"), "{refused:?}");
+    assert_eq!(b.version(), v3);
+
     // A comes back and serves the current configuration.
     a.restart();
     assert_eq!(a.version(), v3);
@@ -139,17 +155,18 @@ fn a_three_member_etcd_loses_a_member_and_a_cut_off_replica_catches_up_after_com
     let a = replica(dir.path(), "a", &through_proxy, &ca);
     let b = replica(dir.path(), "b", &etcd.url(), &ca);
     let join = a.join_token("5m");
-    let _agent = Agent::start(dir.path(), "agent-a", &[&a.address], Some(&join));
+    let agent = Agent::start(dir.path(), "agent-a", &[&a.address], Some(&join));
     applied(&b.apply(&fleet_yaml("search")));
     let v1 = b.version();
     a.wait_converged(&["agent-a"], v1);
 
-    // One etcd member stops: writes and propagation go on.
-    etcd.stop_member(0);
+    // etcd's leader stops: a new one is elected, and writes and propagation go on.
+    let leader = etcd.leader();
+    etcd.stop_member(leader);
     applied(&b.apply(&policy("while-degraded")));
     let v2 = b.version();
     a.wait_converged(&["agent-a"], v2);
-    etcd.restart_member(0);
+    etcd.restart_member(leader);
 
     // A is cut off from etcd while B writes and etcd compacts the history A has not seen.
     for proxy in &proxies {
@@ -169,6 +186,19 @@ fn a_three_member_etcd_loses_a_member_and_a_cut_off_replica_catches_up_after_com
     assert!(log().contains("compacted"), "A read everything again:\n{}", log());
     a.wait_converged(&["agent-a"], v3);
     assert_eq!(policies(&a), ["github-tools", "last", "while-cut-off"]);
+
+    // Every replica down: the agent keeps enforcing what it has; everything back, it converges.
+    let (mut a, mut b) = (a, b);
+    a.stop();
+    b.stop();
+    let status = agent.status();
+    assert_eq!((status["enforcing"].as_bool(), status["version"].as_u64()), (Some(true), Some(v3)), "{status}");
+    assert_eq!(agent.readyz(), Some(200));
+    b.restart();
+    a.restart();
+    applied(&b.apply(&policy("after")));
+    let v4 = b.version();
+    a.wait_converged(&["agent-a"], v4);
 }
 
 /// `warden-cp --data-dir <data_dir> --store <url> migrate`.

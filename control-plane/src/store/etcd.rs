@@ -119,7 +119,7 @@ fn etcd_err(e: etcd_client::Error) -> StoreError {
                 .into(),
         );
     }
-    if text.contains("request is too large") {
+    if text.contains("request is too large") || text.contains("larger than max") {
         return StoreError::TooLarge(
             "this write is larger than etcd accepts in one request (its --max-request-bytes, 1.5 MiB by default): \
              apply fewer documents at once, or raise --max-request-bytes"
