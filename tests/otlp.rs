@@ -194,6 +194,9 @@ impl LogsService for Logs {
 pub struct OtlpReceiver {
     /// `127.0.0.1:<port>`.
     pub address: String,
+    /// With TLS: the PEM file of the CA that signed its certificate (for
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`), and its certificate chain and key.
+    pub tls: Option<(std::path::PathBuf, String, String)>,
     protocol: Protocol,
     received: Received,
     metrics: ReceivedMetrics,
@@ -206,6 +209,35 @@ impl OtlpReceiver {
     pub fn start(protocol: Protocol) -> OtlpReceiver {
         let mut receiver = OtlpReceiver {
             address: crate::loopback_addr(),
+            tls: None,
+            protocol,
+            received: Arc::default(),
+            metrics: Arc::default(),
+            spans: Arc::default(),
+            stop: None,
+        };
+        receiver.restart();
+        receiver
+    }
+
+    /// One that serves TLS with a certificate from a CA of its own, written to `dir/otlp-ca.pem`.
+    pub fn start_tls(protocol: Protocol, dir: &std::path::Path) -> OtlpReceiver {
+        let address = crate::loopback_addr();
+        let ip: std::net::IpAddr = address.rsplit_once(':').unwrap().0.parse().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::IpAddress(ip)];
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let ca_file = dir.join("otlp-ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let mut receiver = OtlpReceiver {
+            address,
+            tls: Some((ca_file, cert.pem(), key.serialize_pem())),
             protocol,
             received: Arc::default(),
             metrics: Arc::default(),
@@ -218,7 +250,8 @@ impl OtlpReceiver {
 
     /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
     }
 
     /// Starts it again on the same port (after [`OtlpReceiver::stop`]).
@@ -226,6 +259,7 @@ impl OtlpReceiver {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (address, protocol, received) = (self.address.clone(), self.protocol, self.received.clone());
+        let tls = self.tls.as_ref().map(|(_, cert, key)| (cert.clone(), key.clone()));
         let (metrics, spans) = (self.metrics.clone(), self.spans.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -238,7 +272,13 @@ impl OtlpReceiver {
                 match protocol {
                     Protocol::Grpc => {
                         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                        let _ = tonic::transport::Server::builder()
+                        let mut server = tonic::transport::Server::builder();
+                        if let Some((cert, key)) = tls {
+                            let identity = tonic::transport::Identity::from_pem(cert, key);
+                            server =
+                                server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).unwrap();
+                        }
+                        let _ = server
                             .add_service(LogsServiceServer::new(Logs(received)))
                             .add_service(MetricsServiceServer::new(Metrics(metrics)))
                             .add_service(TraceServiceServer::new(Traces(spans)))
@@ -275,7 +315,15 @@ impl OtlpReceiver {
                                 }
                             }),
                         );
-                        let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+                        match tls {
+                            None => {
+                                let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+                            }
+                            Some((cert, key)) => {
+                                let listener = TlsListener::new(listener, &cert, &key);
+                                let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+                            }
+                        }
                     }
                 }
             });
@@ -311,5 +359,45 @@ impl OtlpReceiver {
 impl Drop for OtlpReceiver {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A TLS listener for axum: handshakes accepted connections, dropping failed ones.
+struct TlsListener {
+    inner: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    fn new(inner: tokio::net::TcpListener, cert_pem: &str, key_pem: &str) -> TlsListener {
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain.unwrap(), key)
+            .unwrap();
+        TlsListener { inner, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.inner.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
     }
 }

@@ -128,7 +128,7 @@ pub struct ControlPlane {
     store: Arc<Store>,
     ca: FleetCa,
     /// The current configuration; every agent session watches it.
-    state: watch::Sender<Arc<FleetState>>,
+    state: Arc<watch::Sender<Arc<FleetState>>>,
     /// Serialises writes so each plans against the state it commits over.
     writer: Mutex<()>,
     presence: Presence,
@@ -200,13 +200,7 @@ impl ControlPlane {
     /// Publishes `next` to every agent session, unless this replica already holds that version
     /// or a newer one (its own write and the watch of it race to get here).
     pub(crate) fn publish(&self, next: FleetState) -> bool {
-        self.state.send_if_modified(|held| {
-            let newer = next.version > held.version || next.store_id != held.store_id;
-            if newer {
-                *held = Arc::new(next);
-            }
-            newer
-        })
+        publish_to(&self.state, next)
     }
 
     /// Writes a validated plan, records who did it, and publishes the new state to every agent
@@ -244,8 +238,11 @@ impl ControlPlane {
         let key_puts = plan.key_puts.clone();
         let key_deletes = plan.key_deletes.clone();
         let entries_logged = entries.clone();
-        let store = self.store.clone();
+        let (store, states) = (self.store.clone(), self.state.clone());
         let base = current.version;
+        let next = state::next_state(current, plan, version);
+        // Committed and published on the blocking pool: a caller that goes away mid-write (an
+        // operator's Ctrl-C) cannot leave a committed version unpublished.
         let written = tokio::task::spawn_blocking(move || {
             let changes: Vec<Change<'_>> = puts
                 .iter()
@@ -254,21 +251,32 @@ impl ControlPlane {
                 .chain(key_puts.iter().map(|(issuer, record)| Change::PutKeys { issuer, record }))
                 .chain(key_deletes.iter().map(|issuer| Change::DeleteKeys(issuer)))
                 .collect();
-            store.commit(base, &changes, &entries)
+            let written = store.commit(base, &changes, &entries)?;
+            // Even if the watch of this write got here first: then this changes nothing.
+            publish_to(&states, next);
+            Ok::<_, crate::store::StoreError>(written)
         })
         .await
         .map_err(|e| {
             WriteError::Store(crate::store::StoreError::Corrupt { key: "commit".into(), message: e.to_string() })
         })??;
         debug_assert_eq!(written, version);
-        let next = state::next_state(current, plan, version);
         for entry in &entries_logged {
             tracing::info!(%actor, resource = %format!("{}/{}", entry.kind, entry.name), version, "{operation}");
         }
-        // Logged and published even if the watch of this write got here first.
-        self.publish(next);
         Ok(version)
     }
+}
+
+/// Publishes `next` unless `states` holds that version or a newer one already.
+fn publish_to(states: &watch::Sender<Arc<FleetState>>, next: FleetState) -> bool {
+    states.send_if_modified(|held| {
+        let newer = next.version > held.version || next.store_id != held.store_id;
+        if newer {
+            *held = Arc::new(next);
+        }
+        newer
+    })
 }
 
 /// The token service's TLS configuration: the operator's certificate, or one from the fleet CA.
@@ -367,7 +375,7 @@ pub async fn run(
         admission: Admission { allow_http_issuers: options.allow_http_issuers },
         store: Arc::new(store),
         ca,
-        state: watch::Sender::new(Arc::new(state)),
+        state: Arc::new(watch::Sender::new(Arc::new(state))),
         writer: Mutex::new(()),
         presence: Presence::default(),
         decisions,

@@ -79,10 +79,9 @@ const LEASE_TICK: Duration = Duration::from_secs(1);
 /// revokes the lease on the way out so the others take over at once.
 pub async fn hold_lease(cp: Arc<ControlPlane>) {
     let Store::Etcd(etcd) = &*cp.store else { return };
-    let ttl = cp.options.lease_ttl;
     let mut shutdown = cp.shutdown.clone();
     loop {
-        let lease = match etcd.grant(ttl).await {
+        let (lease, ttl) = match etcd.grant(cp.options.lease_ttl).await {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!("etcd lease: {e}; retrying");
@@ -94,9 +93,18 @@ pub async fn hold_lease(cp: Arc<ControlPlane>) {
         };
         // What etcd holds under this lease for the agents connected here.
         let mut published: HashMap<String, PresenceRecord> = HashMap::new();
-        let alive = etcd.keep_alive(lease, ttl);
-        tokio::pin!(alive);
+        // Refreshed on a task of its own, so slow elections or presence writes never delay it.
+        let mut alive = {
+            let cp = cp.clone();
+            tokio::spawn(async move {
+                if let Store::Etcd(etcd) = &*cp.store {
+                    etcd.keep_alive(lease, ttl).await;
+                }
+            })
+        };
+        let _stop_refreshing = AbortOnDrop(alive.abort_handle());
         let mut tick = tokio::time::interval(LEASE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut alive => {
@@ -133,6 +141,15 @@ pub async fn hold_lease(cp: Arc<ControlPlane>) {
                 }
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

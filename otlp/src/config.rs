@@ -21,6 +21,19 @@ pub struct Endpoint {
     /// Sent with every request (`OTEL_EXPORTER_OTLP_HEADERS`).
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// For an `https://` URL.
+    pub tls: Option<Tls>,
+}
+
+/// TLS to an `https://` endpoint, from PEM files read at start: the CA certificates to trust
+/// (`OTEL_EXPORTER_OTLP_CERTIFICATE`; without it, the Mozilla roots compiled in) and a client
+/// certificate and key (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// CA certificates (PEM).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key (PEM).
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The export configuration: off unless an endpoint is set.
@@ -157,17 +170,29 @@ fn endpoint(signal: &str, path: &str, get: &dyn Fn(&str) -> Option<String>) -> R
         (None, Some(base)) => base,
         (None, None) => return Ok(None),
     };
-    if !url.starts_with("http://") {
-        let variable = if get(&specific("ENDPOINT")).is_some() {
-            specific("ENDPOINT")
-        } else {
-            "OTEL_EXPORTER_OTLP_ENDPOINT".into()
+    // The variable that gave a setting: the signal's own, else the general one.
+    let which = |name: &str| match get(&specific(name)) {
+        Some(_) => specific(name),
+        None => format!("OTEL_EXPORTER_OTLP_{name}"),
+    };
+    let tls = if url.starts_with("https://") {
+        let file = |name: &str| -> Result<Option<Vec<u8>>, ConfigError> {
+            match either(name) {
+                None => Ok(None),
+                Some(path) => std::fs::read(&path).map(Some).map_err(|e| bad(&which(name), format!("{path}: {e}"))),
+            }
         };
-        return Err(bad(
-            &variable,
-            format!("{url:?}: only http:// endpoints are supported (run a Collector beside the control plane for TLS)"),
-        ));
-    }
+        let client_pem = match (file("CLIENT_CERTIFICATE")?, file("CLIENT_KEY")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(bad(&which("CLIENT_KEY"), "give both CLIENT_CERTIFICATE and CLIENT_KEY, or neither")),
+        };
+        Some(Tls { ca_pem: file("CERTIFICATE")?, client_pem })
+    } else if url.starts_with("http://") {
+        None
+    } else {
+        return Err(bad(&which("ENDPOINT"), format!("{url:?}: use an http:// or https:// URL")));
+    };
     let headers = match either("HEADERS") {
         Some(text) => pairs(&specific("HEADERS"), &text)?,
         None => Vec::new(),
@@ -178,7 +203,7 @@ fn endpoint(signal: &str, path: &str, get: &dyn Fn(&str) -> Option<String>) -> R
         ),
         None => Duration::from_secs(10),
     };
-    Ok(Some(Endpoint { url, protocol, headers, timeout }))
+    Ok(Some(Endpoint { url, protocol, headers, timeout, tls }))
 }
 
 /// The process environment as a lookup.
@@ -206,6 +231,9 @@ mod tests {
         assert_eq!((logs.url.as_str(), logs.protocol), ("http://collector:4318/v1/logs", Protocol::HttpProtobuf));
         assert_eq!(http.metrics.unwrap().url, "http://collector:4318/v1/metrics");
         assert_eq!(http.metric_interval, Duration::from_secs(60));
+        assert_eq!(logs.tls, None);
+        let https = Config::from_env("x", env_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")]));
+        assert_eq!(https.unwrap().logs.unwrap().tls, Some(Tls::default()), "the compiled-in roots");
         let grpc = Config::from_env(
             "warden-cp",
             env_of(&[
@@ -240,7 +268,18 @@ mod tests {
             err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
                 .starts_with("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL:")
         );
-        assert!(err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")]).starts_with("OTEL_EXPORTER_OTLP_ENDPOINT:"));
+        assert!(err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c")]).starts_with("OTEL_EXPORTER_OTLP_ENDPOINT:"));
+        assert!(
+            err(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c"),
+                ("OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "/nonexistent")
+            ])
+            .starts_with("OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE: /nonexistent")
+        );
+        assert!(
+            err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c"), ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/hostname")])
+                .contains("give both")
+        );
         assert!(
             err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")])
                 .contains("not key=value")

@@ -7,7 +7,7 @@
 mod config;
 mod sender;
 
-pub use config::{Config, ConfigError, Endpoint, Protocol, env_of, process_env};
+pub use config::{Config, ConfigError, Endpoint, Protocol, Tls, env_of, process_env};
 pub use opentelemetry_proto::tonic as proto;
 pub use sender::{ExportError, Sender};
 

@@ -86,12 +86,22 @@ impl Sender {
     pub fn new(endpoint: &Endpoint) -> Result<Sender, String> {
         Ok(match endpoint.protocol {
             Protocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())
+                let mut channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())
                     .map_err(|e| format!("{}: {e}", endpoint.url))?
                     .timeout(endpoint.timeout)
-                    .connect_timeout(endpoint.timeout)
-                    .connect_lazy();
-                Sender::Grpc(channel, endpoint.clone())
+                    .connect_timeout(endpoint.timeout);
+                if let Some(tls) = &endpoint.tls {
+                    let mut config = tonic::transport::ClientTlsConfig::new();
+                    config = match &tls.ca_pem {
+                        Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                        None => config.with_webpki_roots(),
+                    };
+                    if let Some((cert, key)) = &tls.client_pem {
+                        config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+                    }
+                    channel = channel.tls_config(config).map_err(|e| format!("{}: {e}", endpoint.url))?;
+                }
+                Sender::Grpc(channel.connect_lazy(), endpoint.clone())
             }
             Protocol::HttpProtobuf => Sender::Http(endpoint.clone()),
         })
@@ -140,11 +150,16 @@ impl Sender {
 async fn http_post<R: Message + Default + Refused>(endpoint: &Endpoint, body: Vec<u8>) -> Result<i64, ExportError> {
     let endpoint = endpoint.clone();
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(endpoint.timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let mut config =
+            ureq::Agent::config_builder().timeout_global(Some(endpoint.timeout)).http_status_as_error(false);
+        if let Some(tls) = &endpoint.tls {
+            config =
+                config.tls_config(ureq_tls(tls).map_err(|message| ExportError {
+                    retry: false,
+                    message: format!("{}: {message}", endpoint.url),
+                })?);
+        }
+        let agent: ureq::Agent = config.build().into();
         let mut request = agent.post(&endpoint.url).header("content-type", "application/x-protobuf");
         for (k, v) in &endpoint.headers {
             request = request.header(k, v);
@@ -163,4 +178,33 @@ async fn http_post<R: Message + Default + Refused>(endpoint: &Endpoint, body: Ve
     })
     .await
     .map_err(|e| ExportError { retry: true, message: e.to_string() })?
+}
+
+/// ureq's TLS settings for `tls`: its CA certificates, or the compiled-in Mozilla roots.
+fn ureq_tls(tls: &crate::Tls) -> Result<ureq::tls::TlsConfig, String> {
+    use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
+    let mut config = TlsConfig::builder().provider(TlsProvider::Rustls);
+    if let Some(ca) = &tls.ca_pem {
+        let mut roots = Vec::new();
+        for item in ureq::tls::parse_pem(ca) {
+            if let PemItem::Certificate(cert) = item.map_err(|e| format!("CA certificates: {e}"))? {
+                roots.push(cert.to_owned());
+            }
+        }
+        if roots.is_empty() {
+            return Err("no certificate in the CA file".into());
+        }
+        config = config.root_certs(RootCerts::Specific(std::sync::Arc::new(roots)));
+    }
+    if let Some((cert, key)) = &tls.client_pem {
+        let mut chain = Vec::new();
+        for item in ureq::tls::parse_pem(cert) {
+            if let PemItem::Certificate(c) = item.map_err(|e| format!("client certificate: {e}"))? {
+                chain.push(c.to_owned());
+            }
+        }
+        let key = ureq::tls::PrivateKey::from_pem(key).map_err(|e| format!("client key: {e}"))?.to_owned();
+        config = config.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(config.build())
 }

@@ -248,15 +248,24 @@ fn past_the_disk_bound_records_are_dropped_and_counted() {
 
 /// Decision records reach an OTLP receiver (built from the official protobufs) as log records
 /// with their attributes, none lost while the receiver is down or the control plane restarts.
-fn exported_as_otlp_logs(protocol: Protocol) {
-    let mut receiver = OtlpReceiver::start(protocol);
+/// With `tls`, the receiver is an `https://` endpoint whose CA the control plane is given.
+fn exported_as_otlp_logs(protocol: Protocol, tls: bool) {
+    let certs = tempfile::tempdir().unwrap();
+    let mut receiver = match tls {
+        true => OtlpReceiver::start_tls(protocol, certs.path()),
+        false => OtlpReceiver::start(protocol),
+    };
     let endpoint = receiver.endpoint();
     let protocol_name = if protocol == Protocol::Grpc { "grpc" } else { "http/protobuf" };
-    let env = [
+    let ca = receiver.tls.as_ref().map(|(file, _, _)| file.to_str().unwrap().to_string());
+    let mut env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol_name),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
     ];
+    if let Some(ca) = &ca {
+        env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()));
+    }
     let mut fleet = Fleet::start_with(&[], &[], &env, &[]);
     let alice = fleet.token("alice", "jti-otlp", -10, 600);
     let mut made = 0;
@@ -333,13 +342,13 @@ fn exported_as_otlp_logs(protocol: Protocol) {
 }
 
 #[test]
-fn decision_records_are_exported_as_otlp_logs_over_grpc() {
-    exported_as_otlp_logs(Protocol::Grpc);
+fn decision_records_are_exported_as_otlp_logs_over_grpc_with_tls() {
+    exported_as_otlp_logs(Protocol::Grpc, true);
 }
 
 #[test]
 fn decision_records_are_exported_as_otlp_logs_over_http() {
-    exported_as_otlp_logs(Protocol::HttpProtobuf);
+    exported_as_otlp_logs(Protocol::HttpProtobuf, false);
 }
 
 /// The counts operators scrape: the control plane's per-decision counters and latency
@@ -378,12 +387,14 @@ fn decisions_are_counted_on_the_metrics_endpoints() {
 
 /// The same counts reach an OTLP receiver as metrics (cumulative sums, histograms, gauges).
 #[test]
-fn decisions_are_exported_as_otlp_metrics() {
-    let receiver = OtlpReceiver::start(Protocol::Grpc);
-    let endpoint = receiver.endpoint();
+fn decisions_are_exported_as_otlp_metrics_over_https() {
+    let certs = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start_tls(Protocol::HttpProtobuf, certs.path());
+    let endpoint = format!("{}/v1/metrics", receiver.endpoint());
+    let ca = receiver.tls.as_ref().unwrap().0.to_str().unwrap().to_string();
     let env = [
         ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", ca.as_str()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
     ];
     let fleet = Fleet::start_with(&[], &[], &env, &[]);

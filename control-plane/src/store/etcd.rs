@@ -4,10 +4,10 @@
 //! | key                               | value                                                   |
 //! |-----------------------------------|---------------------------------------------------------|
 //! | `<prefix>/store-id`               | the store's identity, set once                          |
-//! | `<prefix>/version`                | the configuration version (decimal)                     |
-//! | `<prefix>/resources/<Kind>/<name>`| `{"resourceVersion", "document"}`                       |
-//! | `<prefix>/keys/<issuer>`          | an issuer's fetched keys                                |
-//! | `<prefix>/audit/<version>`        | that version's audit entries (version zero-padded)      |
+//! | `<prefix>/config/version`         | the configuration version (decimal)                     |
+//! | `<prefix>/config/resources/<Kind>/<name>` | `{"resourceVersion", "document"}`               |
+//! | `<prefix>/config/keys/<issuer>`   | an issuer's fetched keys                                |
+//! | `<prefix>/audit/<version>`        | that version's write id and audit entries (zero-padded) |
 //! | `<prefix>/audit-exported`         | the last audit sequence delivered over OTLP             |
 //! | `<prefix>/join-tokens/<id>`       | a join token (hash of its secret, expiry, user)         |
 //! | `<prefix>/agents/<id>`            | a registered agent                                      |
@@ -19,8 +19,9 @@
 //! plans again. The version therefore orders configurations fleet-wide, whichever replica wrote
 //! them, and an agent moving between replicas resumes from the version it holds.
 //!
-//! Every replica follows the prefix with a watch ([`Etcd::follow`]) and publishes what the
-//! others wrote; after a compaction it cannot watch from, it reads everything again.
+//! Every replica follows `<prefix>/config/` with a watch ([`Etcd::follow`]) and publishes what
+//! the others wrote; after a compaction it cannot watch from, it reads everything again. Only
+//! configuration lives under `config/`, so presence and registry churn never crowds the watch.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +41,20 @@ use super::{
 
 /// Audit entries of one version are numbered within it: sequence = version << 20 | index.
 const AUDIT_INDEX_BITS: u32 = 20;
+
+/// Largest answer read from etcd (a whole configuration, a watch catching up).
+const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
+
+/// Consecutive watch failures after which the configuration is read whole instead of resuming.
+const RESUMES_BEFORE_RELOAD: u32 = 5;
+
+/// One version's audit record: the id of the write that made it (so a write retried after an
+/// unanswered attempt can tell that the attempt succeeded) and its audit entries.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AuditRecord {
+    write: String,
+    entries: Vec<AuditEntry>,
+}
 
 /// How to reach etcd.
 #[derive(Clone, Debug)]
@@ -199,14 +214,21 @@ impl Etcd {
         let id = format!("{:032x}", rand::random::<u128>());
         let first = etcd_client::Txn::new()
             .when([Compare::create_revision(store.key("store-id"), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(store.key("store-id"), id, None), TxnOp::put(store.key("version"), "0", None)]);
+            .and_then([
+                TxnOp::put(store.key("store-id"), id, None),
+                TxnOp::put(store.key("config/version"), "0", None),
+            ]);
         store.txn(first).await?;
         Ok(store)
     }
 
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_ANSWER_BYTES)
+    }
+
     async fn txn(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse, StoreError> {
         retrying(|| {
-            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            let (mut kv, txn) = (self.kv(), txn.clone());
             async move { kv.txn(txn).await }
         })
         .await
@@ -215,7 +237,7 @@ impl Etcd {
 
     async fn get(&self, key: String, options: Option<GetOptions>) -> Result<etcd_client::GetResponse, StoreError> {
         retrying(|| {
-            let (mut kv, key, options) = (self.client.kv_client(), key.clone(), options.clone());
+            let (mut kv, key, options) = (self.kv(), key.clone(), options.clone());
             async move { kv.get(key, options).await }
         })
         .await
@@ -224,7 +246,7 @@ impl Etcd {
 
     async fn put(&self, key: String, value: Vec<u8>) -> Result<(), StoreError> {
         retrying(|| {
-            let (mut kv, key, value) = (self.client.kv_client(), key.clone(), value.clone());
+            let (mut kv, key, value) = (self.kv(), key.clone(), value.clone());
             async move { kv.put(key, value, None).await }
         })
         .await
@@ -256,9 +278,9 @@ impl Etcd {
         let dir = |d: &str| TxnOp::get(self.key(&format!("{d}/")), Some(GetOptions::new().with_prefix()));
         let read = etcd_client::Txn::new().and_then([
             TxnOp::get(self.key("store-id"), None),
-            TxnOp::get(self.key("version"), None),
-            dir("resources"),
-            dir("keys"),
+            TxnOp::get(self.key("config/version"), None),
+            dir("config/resources"),
+            dir("config/keys"),
         ]);
         let response = self.txn(read).await?;
         let revision = response.header().map_or(0, |h| h.revision());
@@ -277,8 +299,8 @@ impl Etcd {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
             .ok_or_else(|| corrupt(&self.key("store-id"), "missing"))?;
         let version = match version.kvs().first() {
-            Some(kv) => decimal(&self.key("version"), kv.value())?,
-            None => return Err(corrupt(&self.key("version"), "missing")),
+            Some(kv) => decimal(&self.key("config/version"), kv.value())?,
+            None => return Err(corrupt(&self.key("config/version"), "missing")),
         };
         let mut loaded = Loaded { store_id, version, resources: BTreeMap::new(), keys: BTreeMap::new(), revision };
         for kv in resources.kvs() {
@@ -297,46 +319,61 @@ impl Etcd {
     /// Writes `changes` as version `base + 1` in one transaction, if the version is still `base`.
     pub fn commit(&self, base: u64, changes: &[Change<'_>], audit: &[AuditEntry]) -> Result<u64, StoreError> {
         let next = base + 1;
-        let mut ops = vec![TxnOp::put(self.key("version"), next.to_string(), None)];
+        let mut ops = vec![TxnOp::put(self.key("config/version"), next.to_string(), None)];
         for change in changes {
             ops.push(match change {
                 Change::Put { key, json } => TxnOp::put(
-                    self.key(&format!("resources/{}", resource_key_text(key))),
+                    self.key(&format!("config/resources/{}", resource_key_text(key))),
                     super::encode_resource(key, json, next)?,
                     None,
                 ),
-                Change::Delete(key) => TxnOp::delete(self.key(&format!("resources/{}", resource_key_text(key))), None),
+                Change::Delete(key) => {
+                    TxnOp::delete(self.key(&format!("config/resources/{}", resource_key_text(key))), None)
+                }
                 Change::PutKeys { issuer, record } => {
                     let record = KeyRecord { version: next, ..(*record).clone() };
                     TxnOp::put(
-                        self.key(&format!("keys/{issuer}")),
+                        self.key(&format!("config/keys/{issuer}")),
                         serde_json::to_vec(&record).expect("serializes"),
                         None,
                     )
                 }
-                Change::DeleteKeys(issuer) => TxnOp::delete(self.key(&format!("keys/{issuer}")), None),
+                Change::DeleteKeys(issuer) => TxnOp::delete(self.key(&format!("config/keys/{issuer}")), None),
             });
         }
-        if !audit.is_empty() {
-            let entries = serde_json::to_vec(audit).expect("audit entries serialize");
-            ops.push(TxnOp::put(self.key(&format!("audit/{next:020}")), entries, None));
-        }
+        let write_id = format!("{:032x}", rand::random::<u128>());
+        let audit_key = self.key(&format!("audit/{next:020}"));
+        let record = AuditRecord { write: write_id.clone(), entries: audit.to_vec() };
+        ops.push(TxnOp::put(audit_key.clone(), serde_json::to_vec(&record).expect("audit records serialize"), None));
         let write = etcd_client::Txn::new()
-            .when([Compare::value(self.key("version"), CompareOp::Equal, base.to_string())])
+            .when([Compare::value(self.key("config/version"), CompareOp::Equal, base.to_string())])
             .and_then(ops)
-            .or_else([TxnOp::get(self.key("version"), None)]);
+            .or_else([TxnOp::get(self.key("config/version"), None), TxnOp::get(audit_key, None)]);
         let response = self.wait(self.txn(write))?;
         if response.succeeded() {
             return Ok(next);
         }
-        let found = response
+        let answers: Vec<etcd_client::GetResponse> = response
             .op_responses()
             .into_iter()
-            .find_map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| decimal(&self.key("version"), kv.value())),
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g),
                 _ => None,
             })
-            .unwrap_or_else(|| Err(corrupt(&self.key("version"), "missing")))?;
+            .collect();
+        // An attempt that got no answer (the member went away) may have been applied: then the
+        // version it made carries its write id.
+        let ours = answers
+            .get(1)
+            .and_then(|g| g.kvs().first())
+            .is_some_and(|kv| serde_json::from_slice::<AuditRecord>(kv.value()).is_ok_and(|r| r.write == write_id));
+        if ours {
+            return Ok(next);
+        }
+        let found = match answers.first().and_then(|g| g.kvs().first()) {
+            Some(kv) => decimal(&self.key("config/version"), kv.value())?,
+            None => return Err(corrupt(&self.key("config/version"), "missing")),
+        };
         Err(StoreError::VersionMoved { expected: base, found })
     }
 
@@ -346,8 +383,10 @@ impl Etcd {
         for kv in response.kvs() {
             let key = String::from_utf8_lossy(kv.key());
             let version = decimal(&key, key.rsplit('/').next().unwrap_or_default().as_bytes())?;
-            let entries: Vec<AuditEntry> = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
-            out.extend(entries.into_iter().enumerate().map(|(i, e)| ((version << AUDIT_INDEX_BITS) | i as u64, e)));
+            let record: AuditRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
+            out.extend(
+                record.entries.into_iter().enumerate().map(|(i, e)| ((version << AUDIT_INDEX_BITS) | i as u64, e)),
+            );
         }
         Ok(out)
     }
@@ -466,8 +505,8 @@ impl Etcd {
         }
         let mut puts: Vec<(String, Vec<u8>)> = Vec::new();
         let dirs = [
-            ("resources", dump.resources),
-            ("keys", dump.keys),
+            ("config/resources", dump.resources),
+            ("config/keys", dump.keys),
             ("join-tokens", dump.join_tokens),
             ("agents", dump.agents),
         ];
@@ -485,7 +524,8 @@ impl Etcd {
             entries.push(entry);
         }
         for (version, entries) in by_version {
-            puts.push((self.key(&format!("audit/{version:020}")), serde_json::to_vec(&entries).expect("serializes")));
+            let record = AuditRecord { write: "migrated".into(), entries };
+            puts.push((self.key(&format!("audit/{version:020}")), serde_json::to_vec(&record).expect("serializes")));
         }
         if exported > 0 {
             puts.push((self.key("audit-exported"), exported.to_string().into_bytes()));
@@ -498,7 +538,7 @@ impl Etcd {
             .when([Compare::create_revision(self.key("store-id"), CompareOp::Equal, 0)])
             .and_then([
                 TxnOp::put(self.key("store-id"), dump.store_id, None),
-                TxnOp::put(self.key("version"), dump.version.to_string(), None),
+                TxnOp::put(self.key("config/version"), dump.version.to_string(), None),
             ]);
         if !self.txn(identity).await?.succeeded() {
             return Err(StoreError::Etcd(format!(
@@ -509,8 +549,9 @@ impl Etcd {
         Ok(())
     }
 
-    /// Grants a lease of `ttl`: what this replica's leadership and presence entries hang on.
-    pub async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+    /// Grants a lease of about `ttl`: what this replica's leadership and presence entries hang
+    /// on. Returns its id and the lifetime etcd gave it.
+    pub async fn grant(&self, ttl: Duration) -> Result<(i64, Duration), StoreError> {
         let ttl = ttl.as_secs().max(2) as i64;
         let granted = retrying(|| {
             let mut lease = self.client.lease_client();
@@ -518,7 +559,7 @@ impl Etcd {
         })
         .await
         .map_err(etcd_err)?;
-        Ok(granted.id())
+        Ok((granted.id(), Duration::from_secs(granted.ttl().max(1) as u64)))
     }
 
     /// Keeps `lease` alive, refreshing it every third of `ttl`; returns once it is lost (expired,
@@ -552,7 +593,9 @@ impl Etcd {
                     }
                     Ok(Ok(Some(answer))) if answer.ttl() > 0 => refreshed = tokio::time::Instant::now(),
                     // Expired or revoked: nothing left to keep.
-                    Ok(Ok(_)) => return,
+                    Ok(Ok(Some(_))) => return,
+                    // The stream ended without an answer: open another.
+                    Ok(Ok(None)) => break,
                 }
                 tokio::time::sleep(ttl / 3).await;
             }
@@ -577,7 +620,10 @@ impl Etcd {
             return Ok(true);
         }
         Ok(response.op_responses().into_iter().any(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().is_some_and(|kv| kv.value() == replica.as_bytes()),
+            // Ours only on this lease: a key left on a lost lease of ours is about to expire.
+            TxnOpResponse::Get(g) => {
+                g.kvs().first().is_some_and(|kv| kv.value() == replica.as_bytes() && kv.lease() == lease)
+            }
             _ => false,
         }))
     }
@@ -625,8 +671,9 @@ impl Etcd {
     }
 
     /// Follows every configuration write after `revision` (whichever replica made it) into
-    /// `out`, until `shutdown`. A broken watch is re-established from the last revision seen;
-    /// one that cannot resume because etcd compacted that history is replaced by a full read.
+    /// `out`, until `shutdown`. A broken watch is re-established from the last revision seen; one
+    /// that cannot resume (etcd compacted that history, it keeps failing, or a write does not
+    /// decode) is replaced by a full read.
     pub async fn follow(&self, mut revision: i64, out: mpsc::Sender<Followed>, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
         loop {
@@ -637,9 +684,18 @@ impl Etcd {
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
             }
+            if failures >= RESUMES_BEFORE_RELOAD {
+                tracing::warn!(revision, failures, "the etcd watch keeps failing; reading the configuration again");
+                match self.reload(&out).await {
+                    Some(Ok(r)) => (revision, failures) = (r, 0),
+                    Some(Err(())) => failures += 1,
+                    None => return,
+                }
+                continue;
+            }
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-            let mut client = self.client.watch_client();
-            let mut stream = match client.watch(self.key(""), Some(options)).await {
+            let mut client = self.client.watch_client().max_decoding_message_size(MAX_ANSWER_BYTES);
+            let mut stream = match client.watch(self.key("config/"), Some(options)).await {
                 Ok(w) => w,
                 Err(e) => {
                     failures += 1;
@@ -654,14 +710,16 @@ impl Etcd {
                 };
                 let response = match message {
                     Ok(Some(r)) => r,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        failures += 1;
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!("etcd watch: {e}; resuming from revision {revision}");
                         failures += 1;
                         break;
                     }
                 };
-                failures = 0;
                 if response.compact_revision() > 0 {
                     // The history after `revision` is gone: read everything again.
                     tracing::warn!(
@@ -669,17 +727,10 @@ impl Etcd {
                         compacted = response.compact_revision(),
                         "etcd compacted past this replica's watch; reading the configuration again"
                     );
-                    match self.read_all().await {
-                        Ok(loaded) => {
-                            revision = loaded.revision;
-                            if out.send(Followed::Reloaded(loaded)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("reading the configuration from etcd: {e}");
-                            failures += 1;
-                        }
+                    match self.reload(&out).await {
+                        Some(Ok(r)) => (revision, failures) = (r, 0),
+                        Some(Err(())) => failures += 1,
+                        None => return,
                     }
                     break;
                 }
@@ -688,21 +739,56 @@ impl Etcd {
                     failures += 1;
                     break;
                 }
-                for (rev, committed) in self.committed(response.events()) {
-                    revision = revision.max(rev);
-                    if let Some(c) = committed
-                        && out.send(Followed::Committed(c)).await.is_err()
-                    {
-                        return;
+                failures = 0;
+                let mut broken = false;
+                for (rev, decoded) in self.committed(response.events()) {
+                    match decoded {
+                        Decoded::Write(c) => {
+                            if out.send(Followed::Committed(c)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Decoded::Other => {}
+                        Decoded::Broken => {
+                            broken = true;
+                            break;
+                        }
                     }
+                    revision = revision.max(rev);
                 }
+                if broken {
+                    // Publishing the write without what did not decode would leave this replica
+                    // wrong for good: read everything instead.
+                    match self.reload(&out).await {
+                        Some(Ok(r)) => revision = r,
+                        Some(Err(())) => failures += 1,
+                        None => return,
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reads everything and sends it: `Some(Ok(revision))` read at, `Some(Err(()))` the read
+    /// failed, `None` nobody listens any more.
+    async fn reload(&self, out: &mpsc::Sender<Followed>) -> Option<Result<i64, ()>> {
+        match self.read_all().await {
+            Ok(loaded) => {
+                let revision = loaded.revision;
+                out.send(Followed::Reloaded(loaded)).await.ok()?;
+                Some(Ok(revision))
+            }
+            Err(e) => {
+                tracing::warn!("reading the configuration from etcd: {e}");
+                Some(Err(()))
             }
         }
     }
 
     /// Groups watched events by revision (one transaction each) and decodes the configuration
     /// writes among them: those that moved the version.
-    fn committed(&self, events: &[etcd_client::Event]) -> Vec<(i64, Option<Committed>)> {
+    fn committed(&self, events: &[etcd_client::Event]) -> Vec<(i64, Decoded)> {
         let mut groups: Vec<(i64, Vec<&etcd_client::Event>)> = Vec::new();
         for event in events {
             let Some(kv) = event.kv() else { continue };
@@ -714,8 +800,9 @@ impl Etcd {
         groups.into_iter().map(|(rev, group)| (rev, self.decode(&group))).collect()
     }
 
-    fn decode(&self, events: &[&etcd_client::Event]) -> Option<Committed> {
-        let (version_key, resources, keys) = (self.key("version"), self.key("resources/"), self.key("keys/"));
+    fn decode(&self, events: &[&etcd_client::Event]) -> Decoded {
+        let (version_key, resources, keys) =
+            (self.key("config/version"), self.key("config/resources/"), self.key("config/keys/"));
         let mut committed = Committed {
             version: 0,
             puts: Vec::new(),
@@ -725,34 +812,53 @@ impl Etcd {
         };
         let mut is_write = false;
         for event in events {
-            let kv = event.kv()?;
+            let Some(kv) = event.kv() else { return Decoded::Broken };
             let key = String::from_utf8_lossy(kv.key());
             let put = event.event_type() == EventType::Put;
-            if key == version_key && put {
-                committed.version = decimal(&key, kv.value()).ok()?;
-                is_write = true;
+            let decoded: Result<(), String> = if key == version_key && put {
+                decimal(&key, kv.value()).map(|v| committed.version = v).map_err(|e| e.to_string())
             } else if let Some(rest) = key.strip_prefix(&resources) {
                 if put {
-                    match super::decode_resource(&key, kv.value()) {
-                        Ok(r) => committed.puts.push((r.document.key(), r)),
-                        Err(e) => tracing::error!("{e}"),
+                    super::decode_resource(&key, kv.value())
+                        .map(|r| committed.puts.push((r.document.key(), r)))
+                        .map_err(|e| e.to_string())
+                } else {
+                    match rest.split_once('/').and_then(|(kind, name)| Some((Kind::parse_loose(kind)?, name))) {
+                        Some((kind, name)) => {
+                            committed.deletes.push(ResourceKey { kind, name: name.to_string() });
+                            Ok(())
+                        }
+                        None => Err(format!("{key}: not a resource key")),
                     }
-                } else if let Some((kind, name)) = rest.split_once('/')
-                    && let Some(kind) = Kind::parse_loose(kind)
-                {
-                    committed.deletes.push(ResourceKey { kind, name: name.to_string() });
                 }
             } else if let Some(issuer) = key.strip_prefix(&keys) {
                 if put {
-                    match serde_json::from_slice(kv.value()) {
-                        Ok(record) => committed.key_puts.push((issuer.to_string(), record)),
-                        Err(e) => tracing::error!("{key}: {e}"),
-                    }
+                    serde_json::from_slice(kv.value())
+                        .map(|record| committed.key_puts.push((issuer.to_string(), record)))
+                        .map_err(|e| format!("{key}: {e}"))
                 } else {
                     committed.key_deletes.push(issuer.to_string());
+                    Ok(())
                 }
+            } else {
+                Ok(())
+            };
+            if let Err(e) = decoded {
+                tracing::error!("a watched configuration write does not decode: {e}");
+                return Decoded::Broken;
             }
+            is_write |= key == version_key && put;
         }
-        is_write.then_some(committed)
+        if is_write { Decoded::Write(committed) } else { Decoded::Other }
     }
+}
+
+/// One watched transaction.
+enum Decoded {
+    /// A configuration write.
+    Write(Committed),
+    /// Something else under the prefix.
+    Other,
+    /// A configuration write this replica cannot read.
+    Broken,
 }
