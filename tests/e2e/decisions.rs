@@ -176,6 +176,13 @@ fn decisions_arrive_with_who_what_and_why() {
     assert_eq!(summary["topDeniedTargets"][0], json!({"target": "notes/delete_repository", "denies": 1}));
     assert_eq!(summary["agents"][0]["denies"], 3);
     assert_eq!(summary["agents"][0]["dropped"], 0);
+    // Rates per agent over the window asked for: `--since 10m` is 600 s.
+    let recent = fleet.cp.ctl_json(&["decisions", "--summary", "--since", "10m"]);
+    assert_eq!(recent["windowSeconds"], 600.0);
+    let agent = &recent["agents"][0];
+    let all = agent["allows"].as_u64().unwrap() + agent["denies"].as_u64().unwrap();
+    assert_eq!(agent["perSecond"].as_f64().unwrap(), all as f64 / 600.0);
+    assert_eq!(agent["deniesPerSecond"].as_f64().unwrap(), 3.0 / 600.0);
 }
 
 #[test]

@@ -128,7 +128,8 @@ enum Command {
         /// Keep printing new decisions as they arrive.
         #[arg(long, short = 'f')]
         follow: bool,
-        /// Print a summary instead: top denied tools, top deny reasons, decisions per agent.
+        /// Print a summary instead: top denied tools, top deny reasons, decisions and rates per
+        /// agent (over --since, or since the oldest record).
         #[arg(long, conflicts_with = "follow")]
         summary: bool,
     },
@@ -360,7 +361,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             if summary {
-                output::decision_summary(kept.make_contiguous(), &dropped, received, cli.output)?;
+                // Rates are over --since, or else since the oldest record shown.
+                let oldest = kept.iter().filter_map(|d| d.record.as_ref()).map(|r| r.time_unix_nanos).min();
+                let window = since.unwrap_or_else(|| {
+                    oldest.map_or(Duration::ZERO, |t| now.saturating_sub(Duration::from_nanos(t.max(0) as u64)))
+                });
+                let window = window.max(Duration::from_secs(1));
+                output::decision_summary(kept.make_contiguous(), &dropped, received, window, cli.output)?;
                 return Ok(ExitCode::SUCCESS);
             }
             output::decisions(kept.make_contiguous(), cli.output, true)?;

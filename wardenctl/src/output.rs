@@ -330,8 +330,11 @@ pub fn decision_summary(
     decisions: &[pb::StoredDecision],
     dropped: &std::collections::HashMap<String, u64>,
     received: u64,
+    window: std::time::Duration,
     format: Format,
 ) -> anyhow::Result<()> {
+    let seconds = window.as_secs_f64();
+    let rate = |n: u64| n as f64 / seconds;
     use std::collections::BTreeMap;
     let mut denied_targets: BTreeMap<String, u64> = BTreeMap::new();
     let mut deny_reasons: BTreeMap<String, u64> = BTreeMap::new();
@@ -359,15 +362,16 @@ pub fn decision_summary(
     let (targets, reasons) = (top(denied_targets), top(deny_reasons));
     if format != Format::Table {
         let value = json!({
-            "decisions": decisions.len(), "receivedTotal": received, "dropped": dropped,
+            "decisions": decisions.len(), "receivedTotal": received, "dropped": dropped, "windowSeconds": seconds,
             "topDeniedTargets": targets.iter().map(|(t, n)| json!({"target": t, "denies": n})).collect::<Vec<_>>(),
             "topDenyReasons": reasons.iter().map(|(r, n)| json!({"reason": r, "denies": n})).collect::<Vec<_>>(),
             "agents": per_agent.iter().map(|(a, (allow, deny))| json!({"agent": a, "allows": allow, "denies": deny,
+                "perSecond": rate(allow + deny), "deniesPerSecond": rate(*deny),
                 "dropped": dropped.get(a).copied().unwrap_or(0)})).collect::<Vec<_>>(),
         });
         return emit(&value, format);
     }
-    println!("{} decisions ({} received in all)\n", decisions.len(), received);
+    println!("{} decisions over {seconds:.0}s ({} received in all)\n", decisions.len(), received);
     print_table(&["DENIED TARGET", "DENIES"], targets.into_iter().map(|(t, n)| vec![t, n.to_string()]).collect());
     println!();
     print_table(&["DENY REASON", "DENIES"], reasons.into_iter().map(|(r, n)| vec![r, n.to_string()]).collect());
@@ -376,10 +380,11 @@ pub fn decision_summary(
         .into_iter()
         .map(|(a, (allow, deny))| {
             let lost = dropped.get(&a).copied().unwrap_or(0);
-            vec![a, allow.to_string(), deny.to_string(), lost.to_string()]
+            let per_second = format!("{:.2}", rate(allow + deny));
+            vec![a, allow.to_string(), deny.to_string(), per_second, format!("{:.2}", rate(deny)), lost.to_string()]
         })
         .collect();
-    print_table(&["AGENT", "ALLOWS", "DENIES", "DROPPED"], rows);
+    print_table(&["AGENT", "ALLOWS", "DENIES", "PER SECOND", "DENIES/S", "DROPPED"], rows);
     Ok(())
 }
 
