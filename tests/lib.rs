@@ -701,6 +701,19 @@ pub fn post(url: &str, token: Option<&str>, headers: &[(&str, &str)], body: &str
 pub struct Etcd {
     members: Vec<EtcdMember>,
     cluster: String,
+    /// With TLS: client URLs are https, clients must present a certificate of `ca`.
+    tls: Option<EtcdTls>,
+}
+
+/// PEM files of an etcd that serves TLS and asks clients for certificates.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// The CA that signed the members' and the client's certificates.
+    pub ca: PathBuf,
+    /// The members' certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// A client certificate and key.
+    pub client: (PathBuf, PathBuf),
 }
 
 struct EtcdMember {
@@ -714,6 +727,12 @@ struct EtcdMember {
 impl Etcd {
     /// Starts a cluster of `size` members under `dir/etcd` and waits until it has a leader.
     pub fn start(dir: &Path, size: usize) -> Etcd {
+        Etcd::start_with(dir, size, false)
+    }
+
+    /// [`Etcd::start`]; with `tls`, clients speak TLS and must present a certificate from the
+    /// cluster's own CA ([`Etcd::tls`]).
+    pub fn start_with(dir: &Path, size: usize, tls: bool) -> Etcd {
         let members: Vec<EtcdMember> = (0..size)
             .map(|i| {
                 let client = loopback_addr();
@@ -729,7 +748,12 @@ impl Etcd {
             })
             .collect();
         let cluster = members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
-        let mut etcd = Etcd { members, cluster };
+        let tls = tls.then(|| {
+            let ips: Vec<std::net::IpAddr> =
+                members.iter().map(|m| host_of(&m.client).parse().expect("an IP")).collect();
+            etcd_certificates(&dir.join("etcd"), &ips)
+        });
+        let mut etcd = Etcd { members, cluster, tls };
         for i in 0..size {
             etcd.launch(i, "new");
         }
@@ -740,13 +764,24 @@ impl Etcd {
     fn launch(&mut self, i: usize, state: &str) {
         let member = &mut self.members[i];
         std::fs::create_dir_all(&member.data_dir).expect("etcd data dir");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server.0)
+                .arg("--key-file")
+                .arg(&tls.server.1)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&member.data_dir)
-            .args(["--listen-client-urls", &format!("http://{}", member.client)])
-            .args(["--advertise-client-urls", &format!("http://{}", member.client)])
+            .args(["--listen-client-urls", &format!("{scheme}://{}", member.client)])
+            .args(["--advertise-client-urls", &format!("{scheme}://{}", member.client)])
             .args(["--listen-peer-urls", &format!("http://{}", member.peer)])
             .args(["--initial-advertise-peer-urls", &format!("http://{}", member.peer)])
             .args(["--initial-cluster", &self.cluster, "--initial-cluster-state", state])
@@ -789,10 +824,21 @@ impl Etcd {
         });
     }
 
+    /// The certificates, when it serves TLS.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
     fn ctl_at(&self, endpoint: &str, args: &[&str]) -> Option<String> {
-        let out = Command::new("etcdctl")
+        let mut command = Command::new("etcdctl");
+        if let Some(tls) = &self.tls {
+            command.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client.0).arg("--key").arg(&tls.client.1);
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint: Vec<String> = endpoint.split(',').map(|e| format!("{scheme}://{e}")).collect();
+        let out = command
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoint, "--command-timeout", "3s"])
+            .args(["--endpoints", &endpoint.join(","), "--command-timeout", "3s"])
             .args(args)
             .output()
             .expect("run etcdctl (Debian's etcd-client)");
@@ -829,6 +875,36 @@ impl Etcd {
         let revision = status[0]["Status"]["header"]["revision"].as_i64().expect("revision");
         self.ctl(&["compact", &revision.to_string(), "--physical"]);
         revision
+    }
+}
+
+/// A CA, a certificate for etcd members at `ips`, and a client certificate, as PEM files in `dir`.
+fn etcd_certificates(dir: &Path, ips: &[std::net::IpAddr]) -> EtcdTls {
+    std::fs::create_dir_all(dir).expect("etcd dir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write PEM");
+        path
+    };
+    let issue = |sans: Vec<rcgen::SanType>, usage: rcgen::ExtendedKeyUsagePurpose, name: &str| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![usage];
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        (write(&format!("{name}.crt"), cert.pem()), write(&format!("{name}.key"), key.serialize_pem()))
+    };
+    let sans = ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)).collect();
+    EtcdTls {
+        ca: write("etcd-ca.crt", ca.pem()),
+        server: issue(sans, rcgen::ExtendedKeyUsagePurpose::ServerAuth, "etcd-member"),
+        client: issue(Vec::new(), rcgen::ExtendedKeyUsagePurpose::ClientAuth, "warden-cp"),
     }
 }
 

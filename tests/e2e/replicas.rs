@@ -249,3 +249,47 @@ fn an_embedded_store_moves_to_etcd_and_its_agents_carry_on_without_a_resend() {
     applied(&cp.apply(&fleet_yaml("fetch")));
     cp.wait_converged(&["agent-0", "agent-1"], version + 1);
 }
+
+#[test]
+fn replicas_reach_etcd_over_mutual_tls_and_without_a_client_certificate_do_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start_with(dir.path(), 1, true);
+    let tls = etcd.tls().unwrap().clone();
+    let ca = shared_ca(dir.path());
+    let url = etcd.url();
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let (fleet_cert, fleet_key, etcd_ca) = (path(&ca.0), path(&ca.1), path(&tls.ca));
+    let (client_cert, client_key) = (path(&tls.client.0), path(&tls.client.1));
+    let flags = [
+        "--store",
+        url.as_str(),
+        "--ca-cert",
+        &fleet_cert,
+        "--ca-key",
+        &fleet_key,
+        "--etcd-ca",
+        &etcd_ca,
+        "--etcd-cert",
+        &client_cert,
+        "--etcd-key",
+        &client_key,
+    ];
+    let a = ControlPlane::start(&dir.path().join("a"), &flags);
+    let b = ControlPlane::start(&dir.path().join("b"), &flags);
+    let join = a.join_token("5m");
+    let _agent = Agent::start(dir.path(), "agent-b", &[&b.address], Some(&join));
+    applied(&a.apply(&fleet_yaml("search")));
+    b.wait_converged(&["agent-b"], a.version());
+
+    // etcd asks for a client certificate: a replica without one is refused and says so.
+    let out = Command::new(bin("warden-cp"))
+        .arg("--data-dir")
+        .arg(dir.path().join("c"))
+        .args(["--listen", &tests::loopback_addr(), "--store", &url, "--ca-cert", &fleet_cert, "--ca-key", &fleet_key])
+        .args(["--etcd-ca", &etcd_ca])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: etcd"), "{stderr}");
+}
