@@ -133,16 +133,30 @@ fn bench(c: &mut Criterion) {
         // The decision: token verification plus Cedar evaluation of a tools/call.
         let authorizer = Authorizer::new(&config(&jwk, name));
         let facts = RequestFacts { source_ip: "10.1.2.3".parse().unwrap(), now: NOW, granted_tools: &[] };
-        let decide = |verifier: &Verifier, token: &str| {
+        let decide_at = |verifier: &Verifier, token: &str, facts: &RequestFacts<'_>| {
             let workload = verifier.verify(token, "github", NOW, &revocations, Presenter::default()).unwrap();
             let outcome =
-                authorizer.authorize("github", &workload, "tools/call", Target::Tool("search"), &facts).unwrap();
+                authorizer.authorize("github", &workload, "tools/call", Target::Tool("search"), facts).unwrap();
             assert!(outcome.allowed);
         };
+        let decide = |verifier: &Verifier, token: &str| decide_at(verifier, token, &facts);
         c.bench_function(&format!("{name}: decision (verify + policy), uncached"), |b| {
             b.iter(|| {
                 next = (next + 1) % fresh.len();
                 decide(&uncached.0, black_box(&fresh[next]))
+            })
+        });
+        // A new token and a new second each time: neither the outcome nor the context is
+        // remembered, so both are built and Cedar evaluates; the workload's principal and
+        // entities are reused.
+        let mut second = 0i64;
+        c.bench_function(&format!("{name}: decision (verify + policy), uncached, policy evaluated"), |b| {
+            b.iter(|| {
+                next = (next + 1) % fresh.len();
+                // One more second than the authorizer's caches hold, in turn: every one misses.
+                second = (second + 1) % (warden_core::authorize::CACHE_ENTRIES as i64 + 1);
+                let facts = RequestFacts { now: NOW - second, ..facts.clone() };
+                decide_at(&uncached.0, black_box(&fresh[next]), &facts)
             })
         });
         c.bench_function(&format!("{name}: decision (verify + policy), uncached, a new workload each time"), |b| {

@@ -6,7 +6,9 @@
 //! set of a request are each built once per distinct input and reused (bounded caches keyed by
 //! a digest of everything they are built from): pure functions of their inputs, so reuse
 //! cannot change a decision, only skip Cedar's costly construction (text-parsed `ip()` and
-//! `datetime()` values, the entities' transitive closure).
+//! `datetime()` values, the entities' transitive closure). For the same reason the outcome
+//! itself is kept per digest of (principal, server, target, method, context): Cedar is
+//! deterministic, so the same inputs under the same policies decide the same.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -81,6 +83,8 @@ pub struct Authorizer {
     /// The entities of a (principal, server, target), by digest: building them computes a
     /// transitive closure, which costs more than evaluating the policies.
     entities: Mutex<BoundedMap<[u8; 32], Arc<Entities>>>,
+    /// Outcomes by a digest of every input of the evaluation.
+    outcomes: Mutex<BoundedMap<[u8; 32], Outcome>>,
 }
 
 /// One server's policies and its entity.
@@ -183,6 +187,7 @@ impl Authorizer {
             principals: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
             contexts: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
             entities: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
+            outcomes: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
         }
     }
 
@@ -212,34 +217,40 @@ impl Authorizer {
             Target::Resource(uri) => ("McpResource", "uri", uri),
             Target::Prompt(name) => ("Prompt", "name", name),
         };
-        let resource = if kind == "Server" { policies.uid.clone() } else { uid(kind, &format!("{server}/{name}")) };
         let key = digest([&principal.key[..], server.as_bytes(), kind.as_bytes(), name.as_bytes()]);
-        let entities = cached(&self.entities, key, || {
-            let child = (kind != "Server")
-                .then(|| {
-                    let attrs = HashMap::from([(attr.to_string(), RestrictedExpression::new_string(name.to_string()))]);
-                    Entity::new(resource.clone(), attrs, HashSet::from([policies.uid.clone()])).map_err(err)
-                })
-                .transpose()?;
-            // Built here from typed values, so not validated against the schema again.
-            let all = [policies.entity.clone()].into_iter().chain(principal.entities.iter().cloned()).chain(child);
-            Ok(Arc::new(Entities::from_entities(all, None).map_err(err)?))
-        })?;
-        let context = self.context(workload, facts)?;
-        let action = uid("Action", method);
-        // Principal, resource and context are built to the schema's types right here; tests (debug
-        // builds) validate every request against the schema, release builds skip the cost.
-        let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
-        let request = Request::new(principal.uid.clone(), action, resource, context, schema).map_err(err)?;
-        let response = self.cedar.is_authorized(&request, &policies.set, &entities);
-        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
-        Ok(Outcome {
-            // Cedar skips a policy whose evaluation fails; a skipped `forbid` must not turn into
-            // an allow, so any evaluation error denies (fail closed).
-            allowed: response.decision() == Decision::Allow && errors.is_empty(),
-            policies: response.diagnostics().reason().map(|p| p.to_string()).collect(),
-            errors,
-            not_granted: false,
+        let context_key = context_key(workload, facts);
+        let outcome_key = digest([&key[..], &context_key[..], method.as_bytes()]);
+        // Cedar is deterministic: the same request under the same policies decides the same.
+        cached(&self.outcomes, outcome_key, || {
+            let resource = if kind == "Server" { policies.uid.clone() } else { uid(kind, &format!("{server}/{name}")) };
+            let entities = cached(&self.entities, key, || {
+                let child = (kind != "Server")
+                    .then(|| {
+                        let attrs =
+                            HashMap::from([(attr.to_string(), RestrictedExpression::new_string(name.to_string()))]);
+                        Entity::new(resource.clone(), attrs, HashSet::from([policies.uid.clone()])).map_err(err)
+                    })
+                    .transpose()?;
+                // Built here from typed values, so not validated against the schema again.
+                let all = [policies.entity.clone()].into_iter().chain(principal.entities.iter().cloned()).chain(child);
+                Ok(Arc::new(Entities::from_entities(all, None).map_err(err)?))
+            })?;
+            let context = self.context(context_key, workload, facts)?;
+            let action = uid("Action", method);
+            // Principal, resource and context are built to the schema's types right here; tests (debug
+            // builds) validate every request against the schema, release builds skip the cost.
+            let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
+            let request = Request::new(principal.uid.clone(), action, resource, context, schema).map_err(err)?;
+            let response = self.cedar.is_authorized(&request, &policies.set, &entities);
+            let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+            Ok(Outcome {
+                // Cedar skips a policy whose evaluation fails; a skipped `forbid` must not turn into
+                // an allow, so any evaluation error denies (fail closed).
+                allowed: response.decision() == Decision::Allow && errors.is_empty(),
+                policies: response.diagnostics().reason().map(|p| p.to_string()).collect(),
+                errors,
+                not_granted: false,
+            })
         })
     }
 
@@ -287,20 +298,9 @@ impl Authorizer {
 
     /// The request context, built once per distinct input: Cedar parses `ip()` and
     /// `datetime()` values from text, which costs more than most evaluations.
-    fn context(&self, workload: &Verified, facts: &RequestFacts<'_>) -> Result<Context, RequestError> {
+    fn context(&self, key: [u8; 32], workload: &Verified, facts: &RequestFacts<'_>) -> Result<Context, RequestError> {
         let tenant = workload.claims.get("tenant").and_then(|v| v.as_str());
         let ip = facts.source_ip.to_string();
-        let counts = [workload.scopes.len() as u64, facts.granted_tools.len() as u64].map(u64::to_le_bytes);
-        let now = facts.now.to_le_bytes();
-        let absent: &[u8] = &[0xff];
-        let key = digest(
-            [&counts[0][..]]
-                .into_iter()
-                .chain(workload.scopes.iter().map(|s| s.as_bytes()))
-                .chain([&counts[1][..]])
-                .chain(facts.granted_tools.iter().map(|s| s.as_bytes()))
-                .chain([tenant.map_or(absent, str::as_bytes), ip.as_bytes(), &now]),
-        );
         cached(&self.contexts, key, || {
             let mut pairs = vec![
                 ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
@@ -315,6 +315,27 @@ impl Authorizer {
             Context::from_pairs(pairs).map_err(err)
         })
     }
+}
+
+/// The digest of everything the request context is built from (scopes, granted tools, tenant,
+/// address, second).
+fn context_key(workload: &Verified, facts: &RequestFacts<'_>) -> [u8; 32] {
+    let tenant = workload.claims.get("tenant").and_then(|v| v.as_str());
+    let ip = match facts.source_ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let counts = [workload.scopes.len() as u64, facts.granted_tools.len() as u64].map(u64::to_le_bytes);
+    let now = facts.now.to_le_bytes();
+    let absent: &[u8] = &[0xff];
+    digest(
+        [&counts[0][..]]
+            .into_iter()
+            .chain(workload.scopes.iter().map(|s| s.as_bytes()))
+            .chain([&counts[1][..]])
+            .chain(facts.granted_tools.iter().map(|s| s.as_bytes()))
+            .chain([tenant.map_or(absent, str::as_bytes), &ip, &now]),
+    )
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDThh:mm:ssZ`, what Cedar's `datetime()` reads.

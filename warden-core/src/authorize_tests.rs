@@ -219,3 +219,41 @@ spec:
     let bob = workload("bob", serde_json::json!({}));
     assert!(!a.authorize("github", &bob, EXCHANGE_ACTION, Target::Tool("search"), &facts).unwrap().allowed);
 }
+
+#[test]
+fn a_remembered_outcome_answers_only_the_very_same_request() {
+    // One authorizer sees every request (and remembers outcomes); each answer must equal that of
+    // an authorizer seeing the request for the first time.
+    let warm = authorizer(COOKBOOK);
+    let mut requests = Vec::new();
+    for subject in ["ci-runner", "accountant", "contractor"] {
+        for tenant in [None, Some("acme"), Some("other")] {
+            for scopes in [vec![], vec!["repo:read".to_string()]] {
+                for now in [NOW, NOW - 10 * 3600] {
+                    for ip in ["10.1.2.3", "192.0.2.7"] {
+                        let mut w = workload(subject, serde_json::json!({}));
+                        if let Some(t) = tenant {
+                            w.claims.insert("tenant".into(), t.into());
+                        }
+                        w.scopes = scopes.clone();
+                        requests.push((w, now, ip));
+                    }
+                }
+            }
+        }
+    }
+    for _ in 0..2 {
+        for (w, now, ip) in &requests {
+            let facts = RequestFacts { source_ip: ip.parse().unwrap(), now: *now, granted_tools: &[] };
+            for (server, method, target) in [
+                ("github", "tools/call", Target::Tool("search")),
+                ("github", "tools/call", Target::Tool("delete_repository")),
+                ("github", "tools/list", Target::Server),
+                ("billing", "tools/call", Target::Tool("invoice")),
+            ] {
+                let fresh = authorizer(COOKBOOK).authorize(server, w, method, target, &facts);
+                assert_eq!(warm.authorize(server, w, method, target, &facts), fresh, "{server} {method} {target:?}");
+            }
+        }
+    }
+}
