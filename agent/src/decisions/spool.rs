@@ -46,10 +46,15 @@ pub struct Spool {
     pending_drops: u64,
 }
 
+/// The spool's page cache.
+const SPOOL_CACHE_BYTES: usize = 2 * 1024 * 1024;
+
 impl Spool {
     /// Opens (or creates) the spool at `path`, holding at most `capacity` records.
     pub fn open(path: &Path, capacity: u64) -> Result<Spool, SpoolError> {
-        let db = Database::create(path).map_err(db_err)?;
+        // A queue on disk, read once front to back: redb's page cache (1 GiB by default) would
+        // only keep spilled records in memory, which is what spilling is meant to avoid.
+        let db = Database::builder().set_cache_size(SPOOL_CACHE_BYTES).create(path).map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         let (next, len, pending_drops) = {
             let records = txn.open_table(RECORDS).map_err(db_err)?;
