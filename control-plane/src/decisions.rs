@@ -58,11 +58,19 @@ pub struct Decisions {
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The decision store's page cache.
+const DECISIONS_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 impl Decisions {
     /// Opens `decisions.redb` in `data_dir`, keeping at most `retention` records, and starts
     /// the writer, which counts what it stores into `counts`.
     pub fn open(data_dir: &Path, retention: u64, counts: crate::metrics::Counts) -> Result<Decisions, DecisionError> {
-        let db = Database::create(data_dir.join("decisions.redb")).map_err(db_err)?;
+        // Records are written once and read in order by exporters and `wardenctl`: redb's
+        // default page cache (up to 1 GiB) would keep what was written resident for nothing.
+        let db = Database::builder()
+            .set_cache_size(DECISIONS_CACHE_BYTES)
+            .create(data_dir.join("decisions.redb"))
+            .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(RECORDS).map_err(db_err)?;
         txn.open_table(CURSORS).map_err(db_err)?;

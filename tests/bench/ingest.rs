@@ -19,7 +19,7 @@ use agent::identity::{self, Files};
 use agent::last_good::LastGood;
 use agent::sync::{Backoff, Link, Sync};
 use proto::v1 as pb;
-use tests::{ControlPlane, cpu_time};
+use tests::{ControlPlane, cpu_time, rss_kib};
 use tokio::sync::watch;
 
 struct Args {
@@ -139,6 +139,7 @@ fn main() -> std::process::ExitCode {
         rate / baseline,
         cp_cpu.as_secs_f64() * 1e6 / total as f64
     );
+    println!("control-plane RSS after storing them: {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
     std::process::ExitCode::SUCCESS
 }
 

@@ -35,7 +35,12 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
 impl Embedded {
     /// Opens (creating on first start) `warden.redb` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Embedded, StoreError> {
-        let db = Database::create(data_dir.join("warden.redb")).map_err(db_err)?;
+        // The configuration is read whole at start and held in memory: a small page cache is
+        // enough (redb's default reaches 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(16 * 1024 * 1024)
+            .create(data_dir.join("warden.redb"))
+            .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             let mut meta = txn.open_table(META).map_err(db_err)?;
