@@ -191,17 +191,7 @@ async fn run_replicas(args: &Args, dir: &std::path::Path, replicas: &[ControlPla
         args.agents,
         started.elapsed().as_secs_f64()
     );
-    let mut samples = Vec::with_capacity(args.rounds);
-    for round in 0..args.rounds {
-        let t0 = Instant::now();
-        let response = admin.apply(apply(format!("tool-{round}"))).await.expect("apply").into_inner();
-        if wait_all(&agents, response.version, Duration::from_secs(30)).await.is_none() {
-            eprintln!("round {round}: not every agent applied version {} within 30s", response.version);
-            std::process::exit(1);
-        }
-        samples.push(t0.elapsed());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut samples = policy_rounds(&mut admin, &agents, args.rounds).await;
     let _ = stop_tx.send(true);
     samples.sort();
     println!(
@@ -234,17 +224,7 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) ->
     let loaded_rss = rss_kib(pid);
 
     let (cp_cpu0, own_cpu0) = (cpu_time(pid), cpu_time(std::process::id()));
-    let mut samples = Vec::with_capacity(args.rounds);
-    for round in 0..args.rounds {
-        let t0 = Instant::now();
-        let response = admin.apply(apply(format!("tool-{round}"))).await.expect("apply").into_inner();
-        if wait_all(&agents, response.version, Duration::from_secs(30)).await.is_none() {
-            eprintln!("round {round}: not every agent applied version {} within 30s", response.version);
-            std::process::exit(1);
-        }
-        samples.push(t0.elapsed());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut samples = policy_rounds(&mut admin, &agents, args.rounds).await;
     let rounds = args.rounds as u32;
     let cp_cpu = (cpu_time(pid) - cp_cpu0) / rounds;
     let own_cpu = (cpu_time(std::process::id()) - own_cpu0) / rounds;
@@ -306,6 +286,28 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) ->
         args.agents
     );
     let _ = stop_tx.send(true);
+    samples
+}
+
+/// `rounds` policy changes, each timed from the apply to the last agent applied.
+async fn policy_rounds(
+    admin: &mut proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    agents: &[watch::Receiver<u64>],
+    rounds: usize,
+) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let request =
+            pb::ApplyRequest { documents_json: tests::fleet_yaml_documents(&format!("tool-{round}")), dry_run: false };
+        let t0 = Instant::now();
+        let response = admin.apply(request).await.expect("apply").into_inner();
+        if wait_all(agents, response.version, Duration::from_secs(30)).await.is_none() {
+            eprintln!("round {round}: not every agent applied version {} within 30s", response.version);
+            std::process::exit(1);
+        }
+        samples.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     samples
 }
 
