@@ -878,33 +878,64 @@ impl Etcd {
     }
 }
 
+/// A throwaway certificate authority for TLS peers in the tests (etcd, the OTLP receiver).
+pub struct TestCa {
+    /// Its certificate, PEM.
+    pub pem: String,
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    /// A new CA.
+    pub fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).expect("CA").pem();
+        TestCa { pem, params, key }
+    }
+
+    /// A certificate for `ips` named `name` (PEM certificate, PEM key); `usage` when given.
+    pub fn issue(
+        &self,
+        ips: &[std::net::IpAddr],
+        usage: Option<rcgen::ExtendedKeyUsagePurpose>,
+        name: &str,
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)).collect();
+        params.extended_key_usages = usage.into_iter().collect();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &rcgen::Issuer::from_params(&self.params, &self.key)).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> TestCa {
+        TestCa::new()
+    }
+}
+
 /// A CA, a certificate for etcd members at `ips`, and a client certificate, as PEM files in `dir`.
 fn etcd_certificates(dir: &Path, ips: &[std::net::IpAddr]) -> EtcdTls {
     std::fs::create_dir_all(dir).expect("etcd dir");
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let write = |name: &str, text: String| {
+    let ca = TestCa::new();
+    let write = |name: &str, text: &str| {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("write PEM");
         path
     };
-    let issue = |sans: Vec<rcgen::SanType>, usage: rcgen::ExtendedKeyUsagePurpose, name: &str| {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.subject_alt_names = sans;
-        params.extended_key_usages = vec![usage];
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = params.signed_by(&key, &issuer).expect("certificate");
-        (write(&format!("{name}.crt"), cert.pem()), write(&format!("{name}.key"), key.serialize_pem()))
+    let pair = |(cert, key): (String, String), name: &str| {
+        (write(&format!("{name}.crt"), &cert), write(&format!("{name}.key"), &key))
     };
-    let sans = ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)).collect();
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
     EtcdTls {
-        ca: write("etcd-ca.crt", ca.pem()),
-        server: issue(sans, rcgen::ExtendedKeyUsagePurpose::ServerAuth, "etcd-member"),
-        client: issue(Vec::new(), rcgen::ExtendedKeyUsagePurpose::ClientAuth, "warden-cp"),
+        ca: write("etcd-ca.crt", &ca.pem),
+        server: pair(ca.issue(ips, Some(ServerAuth), "etcd-member"), "etcd-member"),
+        client: pair(ca.issue(&[], Some(ClientAuth), "warden-cp"), "warden-cp"),
     }
 }
 

@@ -207,9 +207,17 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts one on a free loopback port.
     pub fn start(protocol: Protocol) -> OtlpReceiver {
+        OtlpReceiver::start_at(crate::loopback_addr(), None, protocol)
+    }
+
+    fn start_at(
+        address: String,
+        tls: Option<(std::path::PathBuf, String, String)>,
+        protocol: Protocol,
+    ) -> OtlpReceiver {
         let mut receiver = OtlpReceiver {
-            address: crate::loopback_addr(),
-            tls: None,
+            address,
+            tls,
             protocol,
             received: Arc::default(),
             metrics: Arc::default(),
@@ -224,28 +232,11 @@ impl OtlpReceiver {
     pub fn start_tls(protocol: Protocol, dir: &std::path::Path) -> OtlpReceiver {
         let address = crate::loopback_addr();
         let ip: std::net::IpAddr = address.rsplit_once(':').unwrap().0.parse().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![rcgen::SanType::IpAddress(ip)];
-        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
+        let ca = crate::TestCa::new();
+        let (cert, key) = ca.issue(&[ip], None, "otlp-receiver");
         let ca_file = dir.join("otlp-ca.pem");
-        std::fs::write(&ca_file, ca.pem()).unwrap();
-        let mut receiver = OtlpReceiver {
-            address,
-            tls: Some((ca_file, cert.pem(), key.serialize_pem())),
-            protocol,
-            received: Arc::default(),
-            metrics: Arc::default(),
-            spans: Arc::default(),
-            stop: None,
-        };
-        receiver.restart();
-        receiver
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        OtlpReceiver::start_at(address, Some((ca_file, cert, key)), protocol)
     }
 
     /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT`.

@@ -63,11 +63,7 @@ impl Embedded {
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let meta = txn.open_table(META).map_err(db_err)?;
-        let store_id = meta
-            .get(META_STORE_ID)
-            .map_err(db_err)?
-            .map(|v| String::from_utf8_lossy(v.value()).into_owned())
-            .ok_or_else(|| corrupt(META_STORE_ID, "missing"))?;
+        let store_id = read_store_id(&meta)?;
         let version = read_version(&meta)?;
         let table = txn.open_table(RESOURCES).map_err(db_err)?;
         let mut resources = BTreeMap::new();
@@ -189,11 +185,7 @@ impl Embedded {
         let (resources, keys, join_tokens, agents) =
             (rows(RESOURCES)?, rows(ISSUER_KEYS)?, rows(JOIN_TOKENS)?, rows(AGENTS)?);
         let meta = txn.open_table(META).map_err(db_err)?;
-        let store_id = meta
-            .get(META_STORE_ID)
-            .map_err(db_err)?
-            .map(|v| String::from_utf8_lossy(v.value()).into_owned())
-            .ok_or_else(|| corrupt(META_STORE_ID, "missing"))?;
+        let store_id = read_store_id(&meta)?;
         let version = read_version(&meta)?;
         let exported = meta
             .get(META_AUDIT_EXPORTED)
@@ -275,6 +267,11 @@ impl Embedded {
         }
         Ok(out)
     }
+}
+
+fn read_store_id(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<String, StoreError> {
+    let v = meta.get(META_STORE_ID).map_err(db_err)?.ok_or_else(|| corrupt(META_STORE_ID, "missing"))?;
+    Ok(String::from_utf8_lossy(v.value()).into_owned())
 }
 
 fn read_version(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
