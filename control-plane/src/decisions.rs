@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use prost::Message;
+use prost::bytes::Bytes;
 use proto::v1 as pb;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
@@ -45,7 +46,11 @@ fn db_err(e: impl Into<redb::Error>) -> DecisionError {
 
 struct Ingest {
     agent: String,
-    batch: pb::DecisionBatch,
+    boot: u64,
+    /// Each record decoded (checked whole; its fields feed the metrics) and as received (what
+    /// is stored).
+    records: Vec<(pb::DecisionRecord, Bytes)>,
+    dropped: u64,
     done: oneshot::Sender<Result<u64, DecisionError>>,
 }
 
@@ -89,10 +94,21 @@ impl Decisions {
     }
 
     /// Stores `batch` from `agent` (the identity of its certificate); the highest sequence of
-    /// the batch's run now stored, to acknowledge.
+    /// the batch's run now stored, to acknowledge. A record that does not decode refuses the
+    /// whole batch, so the store only ever holds records its readers can decode.
     pub async fn ingest(&self, agent: &str, batch: pb::DecisionBatch) -> Result<u64, DecisionError> {
+        // Decoded here, on the caller's task, not on the one writer thread all agents share.
+        let records = batch
+            .records
+            .into_iter()
+            .enumerate()
+            .map(|(i, encoded)| match pb::DecisionRecord::decode(encoded.clone()) {
+                Ok(record) => Ok((record, encoded)),
+                Err(e) => Err(DecisionError(format!("record {i} of a batch from {agent} does not decode: {e}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (done, answer) = oneshot::channel();
-        let request = Ingest { agent: agent.to_string(), batch, done };
+        let request = Ingest { agent: agent.to_string(), boot: batch.boot, records, dropped: batch.dropped, done };
         let queue = self.ingest.as_ref().ok_or_else(|| DecisionError("the writer stopped".into()))?;
         queue.send(request).await.map_err(|_| DecisionError("the writer stopped".into()))?;
         answer.await.map_err(|_| DecisionError("the writer stopped".into()))?
@@ -212,7 +228,8 @@ fn write_forever(
                 for (ingest, ack) in group.iter().zip(&acks) {
                     // The records above the previous cursor are the ones stored now.
                     let first_new = ack.1;
-                    for r in ingest.batch.records.iter().filter(|r| r.sequence >= first_new && r.sequence <= ack.0) {
+                    let records = ingest.records.iter().map(|(r, _)| r);
+                    for r in records.filter(|r| r.sequence >= first_new && r.sequence <= ack.0) {
                         counts.observe(&ingest.agent, r);
                     }
                 }
@@ -251,34 +268,28 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
         let mut next = records.last().map_err(db_err)?.map_or(1, |(k, _)| k.value() + 1);
         let mut received = counters.get("received").map_err(db_err)?.map_or(0, |v| v.value());
         let mut value = Vec::new();
-        for Ingest { agent, batch, .. } in group {
-            let key = (agent.as_str(), batch.boot);
+        for Ingest { agent, boot, records: batch, dropped, .. } in group {
+            let key = (agent.as_str(), *boot);
             let mut cursor = cursors.get(key).map_err(db_err)?.map_or(0, |v| v.value());
             let first_new = cursor + 1;
-            for record in &batch.records {
+            for (record, encoded) in batch {
                 // Already stored (a resend): skipped, so each record is kept once.
                 if record.sequence <= cursor {
                     continue;
                 }
                 cursor = record.sequence;
-                let stored = pb::StoredDecision {
-                    cursor: next,
-                    agent: agent.clone(),
-                    record: Some(record.clone()),
-                    boot: batch.boot,
-                };
                 value.clear();
-                stored.encode(&mut value).expect("a Vec grows as needed");
+                encode_stored(next, agent, encoded, *boot, &mut value);
                 records.insert(next, value.as_slice()).map_err(db_err)?;
                 next += 1;
                 received += 1;
             }
             cursors.insert(key, cursor).map_err(db_err)?;
             let known = drops.get(key).map_err(db_err)?.map_or(0, |v| v.value());
-            if batch.dropped > known {
-                tracing::warn!(%agent, dropped = batch.dropped, "an agent reports dropped decision records");
-                drops.insert(key, batch.dropped).map_err(db_err)?;
-                moved_drops.push((agent.clone(), known, batch.dropped));
+            if *dropped > known {
+                tracing::warn!(%agent, dropped, "an agent reports dropped decision records");
+                drops.insert(key, *dropped).map_err(db_err)?;
+                moved_drops.push((agent.clone(), known, *dropped));
             }
             acks.push((cursor, first_new));
         }
@@ -293,6 +304,26 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
     Ok((acks, moved_drops))
 }
 
+/// `StoredDecision { cursor, agent, record, boot }` in the bytes prost would write, with the
+/// record as the agent encoded it (a message field and a bytes field look the same on the wire).
+fn encode_stored(cursor: u64, agent: &str, record: &[u8], boot: u64, out: &mut Vec<u8>) {
+    use prost::encoding::{self, WireType};
+    if cursor != 0 {
+        encoding::uint64::encode(1, &cursor, out);
+    }
+    if !agent.is_empty() {
+        encoding::encode_key(2, WireType::LengthDelimited, out);
+        encoding::encode_varint(agent.len() as u64, out);
+        out.extend_from_slice(agent.as_bytes());
+    }
+    encoding::encode_key(3, WireType::LengthDelimited, out);
+    encoding::encode_varint(record.len() as u64, out);
+    out.extend_from_slice(record);
+    if boot != 0 {
+        encoding::fixed64::encode(4, &boot, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,8 +331,27 @@ mod tests {
     fn batch(boot: u64, sequences: std::ops::RangeInclusive<u64>, dropped: u64) -> pb::DecisionBatch {
         let records = sequences
             .map(|sequence| pb::DecisionRecord { sequence, server: "github".into(), ..Default::default() })
+            .map(|r| r.encode_to_vec().into())
             .collect();
         pb::DecisionBatch { boot, records, dropped }
+    }
+
+    #[test]
+    fn a_stored_record_is_written_as_prost_writes_it() {
+        let record = pb::DecisionRecord {
+            sequence: 4,
+            server: "files".into(),
+            policies: vec!["p.0".into()],
+            decision: pb::Decision::Deny as i32,
+            ..Default::default()
+        };
+        for (cursor, agent, boot) in [(1, "agent-1", 7), (0, "", 0), (u64::MAX, "a", u64::MAX)] {
+            let expected =
+                pb::StoredDecision { cursor, agent: agent.into(), record: Some(record.clone()), boot }.encode_to_vec();
+            let mut written = Vec::new();
+            encode_stored(cursor, agent, &record.encode_to_vec(), boot, &mut written);
+            assert_eq!(written, expected, "cursor {cursor}, agent {agent:?}, boot {boot}");
+        }
     }
 
     #[tokio::test]
@@ -330,6 +380,25 @@ mod tests {
         let rest = store.list(&pb::ListDecisionsRequest { after: page.next, ..Default::default() }).unwrap();
         assert_eq!(rest.decisions.len(), 5);
         assert_eq!(rest.decisions[0].cursor, page.next + 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_a_record_that_does_not_decode_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Decisions::open(dir.path(), 100, Default::default()).unwrap();
+        // A truncated record, and a record whose `server` is not UTF-8.
+        let mut truncated = batch(7, 1..=3, 0);
+        truncated.records[1] = truncated.records[1].slice(..3);
+        let mut not_utf8 = batch(7, 1..=3, 0);
+        not_utf8.records[2] = Bytes::from_static(&[0x08, 0x03, 0x1a, 0x02, 0xff, 0xfe]);
+        for bad in [truncated, not_utf8] {
+            let error = store.ingest("a1", bad).await.unwrap_err().to_string();
+            assert!(error.contains("does not decode") && error.contains("a1"), "{error}");
+        }
+        let all = store.list(&pb::ListDecisionsRequest::default()).unwrap();
+        assert_eq!((all.received, all.decisions.len()), (0, 0), "nothing of either batch was stored");
+        // The agent's run is not advanced: the good batch is taken whole afterwards.
+        assert_eq!(store.ingest("a1", batch(7, 1..=3, 0)).await.unwrap(), 3);
     }
 
     #[tokio::test]

@@ -132,7 +132,7 @@ async fn store(
         *sequence += 1;
         record.sequence = *sequence;
     }
-    let records = std::mem::take(batch);
+    let records: Vec<_> = batch.drain(..).map(|r| prost::Message::encode_to_vec(&r).into()).collect();
     let count = records.len();
     let dropped = dropped.load(Ordering::Relaxed);
     if let Err(e) = decisions.ingest(AGENT, pb::DecisionBatch { boot, records, dropped }).await {

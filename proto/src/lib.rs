@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod decision_record;
 
 /// Version 1 of the `warden.v1` package.
 pub mod v1 {

@@ -94,6 +94,7 @@ fn main() -> std::process::ExitCode {
                         records: chunk
                             .iter()
                             .map(|&i| pb::DecisionRecord { sequence: i as u64 + 1, ..record(agent, i) })
+                            .map(|r| prost::Message::encode_to_vec(&r).into())
                             .collect(),
                         dropped: 0,
                     })
@@ -168,7 +169,7 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, to
         let limits = Limits { memory_records: args.records + 1, spool_records: 1, batch_records: 1_000, enabled: true };
         let outbox = Outbox::open(&data, limits).expect("outbox");
         for n in 0..args.records {
-            outbox.record(record(i, n));
+            outbox.record(&(&record(i, n)).into());
         }
         syncs.push(Sync {
             agent_id: id,

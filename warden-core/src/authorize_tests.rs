@@ -40,6 +40,7 @@ fn workload(subject: &str, claims: serde_json::Value) -> Verified {
         issuer: "corp-idp".into(),
         subject: subject.into(),
         jti: None,
+        jti_hash: None,
         expires_at: NOW + 600,
         issued_at: NOW - 60,
         valid_until: NOW + 660,

@@ -93,6 +93,7 @@ fn verified(subject: &str, claims: Value) -> Verified {
         issuer: "corp".into(),
         subject: subject.into(),
         jti: None,
+        jti_hash: None,
         expires_at: 2_000,
         issued_at: 900,
         valid_until: 2_060,

@@ -104,6 +104,9 @@ pub struct Verified {
     pub subject: String,
     /// `jti`, when present.
     pub jti: Option<String>,
+    /// [`jti_hash`] of the issuer and `jti`, computed once per verified token (decision records
+    /// carry it on every request).
+    pub jti_hash: Option<String>,
     /// `exp`, seconds since the epoch.
     pub expires_at: i64,
     /// `iat`, seconds since the epoch.
@@ -565,6 +568,7 @@ impl Verifier {
             task,
             issuer: issuer.name.clone(),
             subject,
+            jti_hash: jti.as_deref().map(|jti| jti_hash(&issuer.name, jti)),
             jti,
             expires_at: exp,
             issued_at: iat,

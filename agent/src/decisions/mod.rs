@@ -20,7 +20,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
+use bytes::{Bytes, BytesMut};
+use proto::decision_record::DecisionRecordRef;
 use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
 
@@ -71,12 +72,21 @@ impl InFlight {
 /// decision reaches the control plane at most this much later.
 const LINGER: Duration = Duration::from_millis(50);
 
-/// A queued record, encoded: one allocation instead of a dozen strings, made and freed on the
-/// gateway thread that built the record (cross-thread frees of many small strings grew the
-/// allocator's per-thread arenas under load; see BENCHMARKS.md).
+/// A queued record, encoded: a slice of its gateway thread's current [`ARENA_CHUNK`], not an
+/// allocation of its own (cross-thread frees of many small allocations grew the allocator's
+/// per-thread arenas under load; see BENCHMARKS.md), shared with the batch that carries it
+/// rather than copied into it.
 struct Queued {
     sequence: u64,
-    encoded: Box<[u8]>,
+    encoded: Bytes,
+}
+
+/// Each gateway thread encodes its records one after the other into a buffer of this size and
+/// slices them off; the buffer is freed when its last record is acknowledged.
+const ARENA_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 struct Memory {
@@ -138,16 +148,31 @@ impl Outbox {
 
     /// Queues one record (its sequence is assigned here). Never blocks on I/O: with memory full
     /// (the spool writer behind), the record is dropped and counted.
-    pub fn record(&self, mut record: pb::DecisionRecord) {
-        let mut memory = self.memory();
-        if memory.records.len() >= self.limits.memory_records {
-            memory.dropped += 1;
-            return;
-        }
-        memory.next_sequence += 1;
-        record.sequence = memory.next_sequence;
-        let queued = Queued { sequence: record.sequence, encoded: record.encode_to_vec().into_boxed_slice() };
-        memory.records.push_back(queued);
+    pub fn record(&self, record: &DecisionRecordRef<'_>) {
+        ARENA.with_borrow_mut(|arena| {
+            let room = record.encoded_len() + DecisionRecordRef::MAX_SEQUENCE_LEN;
+            if arena.capacity() < room {
+                // The full chunk stays alive as long as records sliced from it do.
+                *arena = BytesMut::with_capacity(ARENA_CHUNK.max(room));
+            }
+            // Encoded before taking the lock, which the other gateway threads wait for.
+            record.encode_into(arena);
+            let mut memory = self.memory();
+            if memory.records.len() >= self.limits.memory_records {
+                memory.dropped += 1;
+                arena.clear();
+                return;
+            }
+            memory.next_sequence += 1;
+            let sequence = memory.next_sequence;
+            DecisionRecordRef::append_sequence(arena, sequence);
+            memory.records.push_back(Queued { sequence, encoded: arena.split().freeze() });
+            self.queued(memory);
+        });
+    }
+
+    /// Wakes the sender and the spiller as the queue grows (`memory` just took a record).
+    fn queued(&self, mut memory: std::sync::MutexGuard<'_, Memory>) {
         let queued = memory.records.len();
         if queued == 1 {
             memory.oldest_at = Some(tokio::time::Instant::now());
@@ -196,8 +221,10 @@ impl Outbox {
                 .await
                 .map_err(|e| SpoolError::Db(format!("spool task: {e}")))?
             };
-            let front = match spooled? {
-                Some(front) => Some(front),
+            let batch = match spooled? {
+                Some(Front { boot, records, last, dropped }) => {
+                    Some((pb::DecisionBatch { boot, records, dropped }, InFlight { boot, last, dropped }))
+                }
                 None => match self.memory_front(max) {
                     Ok(front) => front,
                     Err(linger) => {
@@ -211,16 +238,15 @@ impl Outbox {
                 },
             };
             drop(guard);
-            if let Some(Front { boot, records, dropped }) = front {
-                let in_flight = InFlight { boot, last: records.last().map_or(0, |r| r.sequence), dropped };
-                return Ok((pb::DecisionBatch { boot, records, dropped }, in_flight));
+            if let Some(batch) = batch {
+                return Ok(batch);
             }
             arrived.await;
         }
     }
 
     /// The next batch from memory; `Err(wait)` while a partial batch is still lingering.
-    fn memory_front(&self, max: usize) -> Result<Option<Front>, Duration> {
+    fn memory_front(&self, max: usize) -> Result<Option<(pb::DecisionBatch, InFlight)>, Duration> {
         let memory = self.memory();
         if memory.records.is_empty() && memory.dropped == memory.dropped_acknowledged {
             return Ok(None);
@@ -233,13 +259,12 @@ impl Outbox {
                 return Err(LINGER - waited);
             }
         }
-        let records = memory
-            .records
-            .iter()
-            .take(max)
-            .map(|q| pb::DecisionRecord::decode(&*q.encoded).expect("encoded here"))
-            .collect();
-        Ok(Some(Front { boot: self.boot, records, dropped: memory.dropped }))
+        // Shared as they are (no decoding, no copy): the lock is held for a count per record.
+        let taken = memory.records.len().min(max);
+        let last = taken.checked_sub(1).map_or(0, |i| memory.records[i].sequence);
+        let records = memory.records.iter().take(taken).map(|q| q.encoded.clone()).collect();
+        let batch = pb::DecisionBatch { boot: self.boot, records, dropped: memory.dropped };
+        Ok(Some((batch, InFlight { boot: self.boot, last, dropped: memory.dropped })))
     }
 
     /// The control plane stored `batch` (acknowledged up to `sequence`): forget it.
@@ -273,7 +298,7 @@ impl Outbox {
             let room = guard.room().min(memory.records.len() as u64) as usize;
             let lost = memory.records.len() - room;
             memory.dropped += lost as u64;
-            let records: Vec<Box<[u8]>> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
+            let records: Vec<Bytes> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
             (records, memory.dropped)
         };
         if records.is_empty() && dropped == 0 {
@@ -314,9 +339,19 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
-    fn record() -> pb::DecisionRecord {
-        pb::DecisionRecord { server: "s".into(), ..Default::default() }
+    fn record() -> DecisionRecordRef<'static> {
+        DecisionRecordRef { server: "s", ..Default::default() }
+    }
+
+    /// The next batch, with the sequences of its records.
+    async fn next(outbox: &Outbox) -> (pb::DecisionBatch, InFlight, Vec<u64>) {
+        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        let sequences: Vec<u64> =
+            batch.records.iter().map(|r| pb::DecisionRecord::decode(r.clone()).unwrap().sequence).collect();
+        assert_eq!(sequences.last().copied().unwrap_or(0), in_flight.last);
+        (batch, in_flight, sequences)
     }
 
     fn outbox(dir: &std::path::Path, memory: usize, spool: u64) -> Arc<Outbox> {
@@ -329,22 +364,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = outbox(dir.path(), 100, 100);
         for _ in 0..4 {
-            outbox.record(record());
+            outbox.record(&record());
         }
-        let (batch, in_flight) = outbox.next_batch().await.unwrap();
-        assert_eq!(batch.records.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3]);
+        let (batch, in_flight, sequences) = next(&outbox).await;
+        assert_eq!(sequences, [1, 2, 3]);
         // Not acknowledged (the stream broke): the same records again.
-        let (again, _) = outbox.next_batch().await.unwrap();
+        let (again, _, _) = next(&outbox).await;
         assert_eq!(again, batch);
         outbox.acknowledge(in_flight, 3).await.unwrap();
-        let (batch, in_flight) = outbox.next_batch().await.unwrap();
-        assert_eq!(batch.records.iter().map(|r| r.sequence).collect::<Vec<_>>(), [4]);
+        let (_, in_flight, sequences) = next(&outbox).await;
+        assert_eq!(sequences, [4]);
         // Spilled while in flight: the acknowledgement still finds them.
-        outbox.record(record());
+        outbox.record(&record());
         outbox.spill().await.unwrap();
         outbox.acknowledge(in_flight, 4).await.unwrap();
-        let (batch, _) = outbox.next_batch().await.unwrap();
-        assert_eq!(batch.records.iter().map(|r| r.sequence).collect::<Vec<_>>(), [5]);
+        let (_, _, sequences) = next(&outbox).await;
+        assert_eq!(sequences, [5]);
     }
 
     #[tokio::test]
@@ -352,17 +387,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first_boot = {
             let outbox = outbox(dir.path(), 100, 100);
-            outbox.record(record());
-            outbox.record(record());
+            outbox.record(&record());
+            outbox.record(&record());
             outbox.persist().await;
             outbox.boot
         };
         let outbox = outbox(dir.path(), 100, 100);
-        outbox.record(record());
-        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        outbox.record(&record());
+        let (batch, in_flight, _) = next(&outbox).await;
         assert_eq!((batch.boot, batch.records.len()), (first_boot, 2));
         outbox.acknowledge(in_flight, 2).await.unwrap();
-        let (batch, _) = outbox.next_batch().await.unwrap();
+        let (batch, _, _) = next(&outbox).await;
         assert_eq!((batch.boot, batch.records.len()), (outbox.boot, 1));
     }
 
@@ -371,23 +406,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = outbox(dir.path(), 4, 2);
         for _ in 0..6 {
-            outbox.record(record());
+            outbox.record(&record());
         }
         // Memory took 4, two were dropped; the spool takes 2 of the 4, two more dropped.
         outbox.spill().await.unwrap();
         assert_eq!(outbox.made(), (4, 4));
-        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        let (batch, in_flight, _) = next(&outbox).await;
         assert_eq!((batch.records.len(), batch.dropped), (2, 4));
         outbox.acknowledge(in_flight, 2).await.unwrap();
         // Memory again: four kept, one dropped; the count rides with the next batches.
         for _ in 0..5 {
-            outbox.record(record());
+            outbox.record(&record());
         }
-        let (batch, in_flight) = outbox.next_batch().await.unwrap();
-        let sequences: Vec<u64> = batch.records.iter().map(|r| r.sequence).collect();
+        let (batch, in_flight, sequences) = next(&outbox).await;
         assert_eq!((sequences, batch.dropped), (vec![5, 6, 7], 5));
         outbox.acknowledge(in_flight, 7).await.unwrap();
-        let (batch, in_flight) = outbox.next_batch().await.unwrap();
+        let (batch, in_flight, _) = next(&outbox).await;
         assert_eq!((batch.records.len(), batch.dropped), (1, 5));
         outbox.acknowledge(in_flight, 8).await.unwrap();
         let pending = tokio::time::timeout(Duration::from_millis(100), outbox.next_batch()).await;

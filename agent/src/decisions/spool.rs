@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use prost::Message;
 use proto::v1 as pb;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -28,11 +29,14 @@ fn db_err(e: impl Into<redb::Error>) -> SpoolError {
     SpoolError::Db(e.into().to_string())
 }
 
-/// Records of one run of the agent, oldest first, with that run's drop count.
+/// Records of one run of the agent, oldest first (each an encoded `DecisionRecord`), with that
+/// run's drop count.
 #[derive(Debug, Default)]
 pub struct Front {
     pub boot: u64,
-    pub records: Vec<pb::DecisionRecord>,
+    pub records: Vec<Bytes>,
+    /// The sequence of the last record (0 when there is none).
+    pub last: u64,
     pub dropped: u64,
 }
 
@@ -88,7 +92,7 @@ impl Spool {
 
     /// Appends `records` of `boot` (each an encoded `DecisionRecord`; the caller keeps within
     /// [`Spool::room`]) and records that run's drop count, in one transaction.
-    pub fn append(&mut self, boot: u64, records: &[Box<[u8]>], dropped: u64) -> Result<(), SpoolError> {
+    pub fn append(&mut self, boot: u64, records: &[Bytes], dropped: u64) -> Result<(), SpoolError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(RECORDS).map_err(db_err)?;
@@ -123,12 +127,14 @@ impl Spool {
             let (key, value) = (key.value(), value.value());
             let (boot, bytes) = value.split_at_checked(8).ok_or(SpoolError::Corrupt(key))?;
             let boot = u64::from_le_bytes(boot.try_into().expect("eight bytes"));
+            // Decoded to be sure it is whole: the control plane refuses a batch with a broken record.
             let record = pb::DecisionRecord::decode(bytes).map_err(|_| SpoolError::Corrupt(key))?;
             let f = front.get_or_insert_with(|| Front { boot, ..Front::default() });
             if f.boot != boot || f.records.len() >= max {
                 break;
             }
-            f.records.push(record);
+            f.records.push(Bytes::copy_from_slice(bytes));
+            f.last = record.sequence;
         }
         if front.is_none() {
             let first = drops.first().map_err(db_err)?;
@@ -181,14 +187,17 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn records(from: u64, to: u64) -> Vec<Box<[u8]>> {
+    fn records(from: u64, to: u64) -> Vec<Bytes> {
         (from..=to)
-            .map(|sequence| pb::DecisionRecord { sequence, ..Default::default() }.encode_to_vec().into_boxed_slice())
+            .map(|sequence| pb::DecisionRecord { sequence, ..Default::default() }.encode_to_vec().into())
             .collect()
     }
 
     fn sequences(front: &Front) -> Vec<u64> {
-        front.records.iter().map(|r| r.sequence).collect()
+        let sequences: Vec<u64> =
+            front.records.iter().map(|r| pb::DecisionRecord::decode(r.clone()).unwrap().sequence).collect();
+        assert_eq!(sequences.last().copied().unwrap_or(0), front.last);
+        sequences
     }
 
     #[test]

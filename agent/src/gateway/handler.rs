@@ -139,15 +139,8 @@ pub(crate) fn admit(
     }
     // Every refusal from here on is a decision, recorded with its reason.
     let refused = |workload: Option<&Verified>, reason: &str| {
-        let decision = Decision {
-            server,
-            method: method.as_str(),
-            target: None,
-            workload,
-            allowed: false,
-            reason,
-            policies: Vec::new(),
-        };
+        let decision =
+            Decision { server, method: method.as_str(), target: None, workload, allowed: false, reason, policies: &[] };
         record::record(
             &shared.outbox,
             caller.arrived,
@@ -328,7 +321,7 @@ impl Decider {
             workload: Some(&self.verified),
             allowed,
             reason,
-            policies,
+            policies: &policies,
         };
         record::record(&self.outbox, self.arrived, self.via, headers, self.trace.as_ref().map(|(t, _)| t), decision);
     }

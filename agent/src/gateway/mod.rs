@@ -120,9 +120,9 @@ impl Shared {
 
     /// Whether `verified` is a task token whose session ended on this agent.
     fn task_ended(&self, verified: &warden_core::token::Verified, now: i64) -> bool {
-        let (Some(_), Some(jti)) = (&verified.task, &verified.jti) else { return false };
+        let (Some(_), Some(hash)) = (&verified.task, &verified.jti_hash) else { return false };
         let ended = self.ended_tasks.lock().unwrap_or_else(|e| e.into_inner());
-        ended.get(&warden_core::token::jti_hash(&verified.issuer, jti)).is_some_and(|expires| *expires + 300 >= now)
+        ended.get(hash).is_some_and(|expires| *expires + 300 >= now)
     }
 
     /// Whether this agent serves `spec`.

@@ -4,9 +4,10 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
+use proto::decision_record::DecisionRecordRef;
 use proto::v1 as pb;
 use warden_core::authorize::Target;
-use warden_core::token::{Verified, jti_hash};
+use warden_core::token::Verified;
 
 use crate::decisions::Outbox;
 use crate::spans::TraceContext;
@@ -21,7 +22,7 @@ pub(crate) struct Decision<'a> {
     pub allowed: bool,
     /// A stable code; empty on allow.
     pub reason: &'a str,
-    pub policies: Vec<String>,
+    pub policies: &'a [String],
 }
 
 /// Queues the record of `decision` for the control plane; the request arrived at `arrived`
@@ -46,32 +47,45 @@ pub(crate) fn record(
         Some(Target::Prompt(name)) => ("prompt", name),
     };
     let workload = decision.workload;
-    outbox.record(pb::DecisionRecord {
-        sequence: 0,
+    let mut hex = [0; 32];
+    let trace_id = match trace {
+        Some(context) => hex_of(&context.trace_id, &mut hex),
+        None => trace_id(headers).unwrap_or_default(),
+    };
+    // Borrowed from the request and encoded as it is queued: no string is copied.
+    outbox.record(&DecisionRecordRef {
         time_unix_nanos: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
-        server: decision.server.to_string(),
-        method: decision.method.to_string(),
-        target_kind: target_kind.to_string(),
-        target: target.to_string(),
-        subject: workload.map(|w| w.subject.clone()).unwrap_or_default(),
-        issuer: workload.map(|w| w.issuer.clone()).unwrap_or_default(),
-        decision: if decision.allowed { pb::Decision::Allow } else { pb::Decision::Deny } as i32,
-        reason: decision.reason.to_string(),
+        server: decision.server,
+        method: decision.method,
+        target_kind,
+        target,
+        subject: workload.map_or("", |w| &w.subject),
+        issuer: workload.map_or("", |w| &w.issuer),
+        decision: if decision.allowed { pb::Decision::Allow } else { pb::Decision::Deny },
+        reason: decision.reason,
         policies: decision.policies,
         latency_micros: Instant::now().saturating_duration_since(arrived).as_micros() as u64,
-        trace_id: match trace {
-            Some(context) => context.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
-            None => trace_id(headers).unwrap_or_default(),
-        },
-        jti_hash: workload.and_then(|w| Some(jti_hash(&w.issuer, w.jti.as_deref()?))).unwrap_or_default(),
-        via: via.to_string(),
+        trace_id,
+        jti_hash: workload.and_then(|w| w.jti_hash.as_deref()).unwrap_or_default(),
+        via,
         token_lifetime_seconds: workload.map_or(0, |w| w.expires_at.saturating_sub(w.issued_at).max(0) as u64),
-        ..Default::default()
+        actor: "",
+        binding: "",
     });
 }
 
+/// Lower-case hex of a trace id, written into `out`.
+fn hex_of<'a>(id: &[u8; 16], out: &'a mut [u8; 32]) -> &'a str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(id) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+    std::str::from_utf8(out).unwrap_or_default()
+}
+
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
-pub(crate) fn trace_id(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn trace_id(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get("traceparent")?.to_str().ok()?;
     let mut parts = value.split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -82,7 +96,7 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> Option<String> {
         && trace.bytes().any(|b| b != b'0')
         && hex(parent, 16)
         && hex(flags, 2);
-    valid.then(|| trace.to_string())
+    valid.then_some(trace)
 }
 
 #[cfg(test)]
@@ -94,12 +108,14 @@ mod tests {
         let with = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert("traceparent", http::HeaderValue::from_static(v));
-            trace_id(&h)
+            trace_id(&h).map(str::to_string)
         };
         assert_eq!(
             with("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
+        let id = [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
+        assert_eq!(hex_of(&id, &mut [0; 32]), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(with("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
         assert_eq!(with("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"), None);
         assert_eq!(with("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), None);

@@ -1,0 +1,197 @@
+//! A decision record encoded straight from the request it is about.
+//!
+//! The agent makes a record per request. Building a `DecisionRecord` would copy a dozen strings
+//! only to encode them; [`DecisionRecordRef`] borrows them and writes the same bytes prost
+//! would (a test holds the two together), which the agent queues and sends as they are
+//! (`DecisionBatch.records` are bytes on purpose, see agent.proto).
+
+use prost::bytes::BufMut;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+use crate::v1::{Decision, DecisionRecord};
+
+/// A `DecisionRecord` borrowing its strings from the request it is about.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecisionRecordRef<'a> {
+    pub time_unix_nanos: i64,
+    pub server: &'a str,
+    pub method: &'a str,
+    pub target_kind: &'a str,
+    pub target: &'a str,
+    pub subject: &'a str,
+    pub issuer: &'a str,
+    pub decision: Decision,
+    pub reason: &'a str,
+    pub policies: &'a [String],
+    pub latency_micros: u64,
+    pub trace_id: &'a str,
+    pub jti_hash: &'a str,
+    pub via: &'a str,
+    pub token_lifetime_seconds: u64,
+    pub actor: &'a str,
+    pub binding: &'a str,
+}
+
+/// Field numbers of `DecisionRecord`.
+const RECORD_SEQUENCE: u32 = 1;
+
+impl DecisionRecordRef<'_> {
+    /// Appends the record's wire form to `out`, without `sequence`: that goes last (a decoder
+    /// takes fields in any order), so a queue can number a record encoded before it took the
+    /// queue's lock (see [`DecisionRecordRef::append_sequence`]).
+    /// ([`DecisionRecordRef::encoded_len`] bytes: reserve them first.)
+    pub fn encode_into(&self, out: &mut impl BufMut) {
+        // Fields in number order, defaults left out, as prost writes them.
+        varint(2, self.time_unix_nanos as u64, out);
+        string(3, self.server, out);
+        string(4, self.method, out);
+        string(5, self.target_kind, out);
+        string(6, self.target, out);
+        string(7, self.subject, out);
+        string(8, self.issuer, out);
+        varint(9, self.decision as i32 as u64, out);
+        string(10, self.reason, out);
+        for policy in self.policies {
+            encode_key(11, WireType::LengthDelimited, out);
+            encode_varint(policy.len() as u64, out);
+            out.put_slice(policy.as_bytes());
+        }
+        varint(12, self.latency_micros, out);
+        string(13, self.trace_id, out);
+        string(14, self.jti_hash, out);
+        string(15, self.via, out);
+        varint(16, self.token_lifetime_seconds, out);
+        string(17, self.actor, out);
+        string(18, self.binding, out);
+    }
+
+    /// Bytes [`DecisionRecordRef::append_sequence`] writes at most (a key and a 10-byte varint).
+    pub const MAX_SEQUENCE_LEN: usize = 11;
+
+    /// Appends the `sequence` field to a record encoded by [`DecisionRecordRef::encode_into`].
+    pub fn append_sequence(encoded: &mut impl BufMut, sequence: u64) {
+        if sequence != 0 {
+            varint(RECORD_SEQUENCE, sequence, encoded);
+        }
+    }
+
+    /// The length of [`DecisionRecordRef::encode`]'s output, without the sequence.
+    pub fn encoded_len(&self) -> usize {
+        let varint_len = |tag: u32, v: u64| if v == 0 { 0 } else { key_len(tag) + encoded_len_varint(v) };
+        let string_len = |tag: u32, s: &str| {
+            if s.is_empty() { 0 } else { key_len(tag) + encoded_len_varint(s.len() as u64) + s.len() }
+        };
+        let strings = [
+            (3, self.server),
+            (4, self.method),
+            (5, self.target_kind),
+            (6, self.target),
+            (7, self.subject),
+            (8, self.issuer),
+            (10, self.reason),
+            (13, self.trace_id),
+            (14, self.jti_hash),
+            (15, self.via),
+            (17, self.actor),
+            (18, self.binding),
+        ];
+        varint_len(2, self.time_unix_nanos as u64)
+            + strings.iter().map(|&(tag, s)| string_len(tag, s)).sum::<usize>()
+            + varint_len(9, self.decision as i32 as u64)
+            + self.policies.iter().map(|p| key_len(11) + encoded_len_varint(p.len() as u64) + p.len()).sum::<usize>()
+            + varint_len(12, self.latency_micros)
+            + varint_len(16, self.token_lifetime_seconds)
+    }
+}
+
+impl<'a> From<&'a DecisionRecord> for DecisionRecordRef<'a> {
+    /// The record without its sequence.
+    fn from(r: &'a DecisionRecord) -> DecisionRecordRef<'a> {
+        DecisionRecordRef {
+            time_unix_nanos: r.time_unix_nanos,
+            server: &r.server,
+            method: &r.method,
+            target_kind: &r.target_kind,
+            target: &r.target,
+            subject: &r.subject,
+            issuer: &r.issuer,
+            decision: r.decision(),
+            reason: &r.reason,
+            policies: &r.policies,
+            latency_micros: r.latency_micros,
+            trace_id: &r.trace_id,
+            jti_hash: &r.jti_hash,
+            via: &r.via,
+            token_lifetime_seconds: r.token_lifetime_seconds,
+            actor: &r.actor,
+            binding: &r.binding,
+        }
+    }
+}
+
+fn varint(tag: u32, value: u64, out: &mut impl BufMut) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(value, out);
+    }
+}
+
+fn string(tag: u32, value: &str, out: &mut impl BufMut) {
+    if !value.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(value.len() as u64, out);
+        out.put_slice(value.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// Every field set (no `..Default::default()`: a field added to the proto fails to compile
+    /// here until the encoder writes it too).
+    fn full_record(sequence: u64, subject: &str) -> DecisionRecord {
+        DecisionRecord {
+            sequence,
+            time_unix_nanos: 1_764_000_000_123_456_789,
+            server: "github".into(),
+            method: "tools/call".into(),
+            target_kind: "tool".into(),
+            target: "search_issues".into(),
+            subject: subject.into(),
+            issuer: "corp-idp".into(),
+            decision: Decision::Deny as i32,
+            reason: "policy_denied".into(),
+            policies: vec!["readers.0".into(), "x".repeat(200)],
+            latency_micros: 41,
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            jti_hash: "00f067aa0ba902b700f067aa0ba902b7".into(),
+            via: "gateway".into(),
+            token_lifetime_seconds: 300,
+            actor: "corp-idp/agent-7".into(),
+            binding: "dpop".into(),
+        }
+    }
+
+    #[test]
+    fn a_record_encoded_from_borrowed_fields_is_what_prost_encodes() {
+        let negative_time = DecisionRecord { time_unix_nanos: -5, ..full_record(0, "a") };
+        let records =
+            [full_record(0, "workload-1"), full_record(0, &"é".repeat(100)), DecisionRecord::default(), negative_time];
+        for record in &records {
+            let borrowed = DecisionRecordRef::from(record);
+            let mut encoded = b"before".to_vec();
+            borrowed.encode_into(&mut encoded);
+            let encoded = encoded.split_off(6);
+            assert_eq!(encoded, record.encode_to_vec());
+            assert_eq!(borrowed.encoded_len(), encoded.len());
+            for sequence in [1, 300, u64::MAX] {
+                let mut numbered = encoded.clone();
+                DecisionRecordRef::append_sequence(&mut numbered, sequence);
+                let decoded = DecisionRecord::decode(numbered.as_slice()).unwrap();
+                assert_eq!(decoded, DecisionRecord { sequence, ..record.clone() });
+            }
+        }
+    }
+}
