@@ -302,7 +302,7 @@ mod tests {
         };
         let next = from_delta(Some(&base), revoke).unwrap();
         assert!(Arc::ptr_eq(&next.verifier, &base.verifier) && Arc::ptr_eq(&next.authorizer, &base.authorizer));
-        assert!(next.config.revoked.by_jti.contains(&("a".to_string(), "t-1".to_string())));
+        assert!(next.config.revoked.jti_revoked("a", "t-1"));
         assert_eq!(next.to_snapshot().resources.len(), 2, "persisted with the revocation");
         // Lifting it: the same shortcut, and the token is good again.
         let lift = pb::Delta {
@@ -312,7 +312,7 @@ mod tests {
             removals: vec![pb::ResourceRef { kind: "Revocation".into(), name: "r1".into() }],
             ..Default::default()
         };
-        assert!(from_delta(Some(&next), lift).unwrap().config.revoked.by_jti.is_empty());
+        assert!(from_delta(Some(&next), lift).unwrap().config.revoked.is_empty());
         // Checked like any configuration: a revocation of an unknown issuer is refused whole.
         let dangling = pb::Delta {
             store_id: "s".into(),
@@ -332,7 +332,7 @@ mod tests {
         };
         let rebuilt = from_delta(Some(&base), mixed).unwrap();
         assert!(!Arc::ptr_eq(&rebuilt.verifier, &base.verifier));
-        assert!(rebuilt.config.revoked.by_jti.contains(&("a".to_string(), "t-1".to_string())));
+        assert!(rebuilt.config.revoked.jti_revoked("a", "t-1"));
     }
 
     #[test]

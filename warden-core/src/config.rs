@@ -176,19 +176,13 @@ impl Config {
                     missing: key(Kind::TrustedIssuer, &revocation.issuer),
                 });
             }
-            let issuer = revocation.issuer.clone();
+            let issuer = &revocation.issuer;
             if let Some(jti) = &revocation.jti {
-                self.revoked.by_jti.insert((issuer.clone(), jti.clone()));
+                self.revoked.revoke_jti(issuer, jti);
             }
             match (&revocation.subject, revocation.issued_before_unix()) {
-                (Some(subject), Some(before)) => {
-                    let entry = self.revoked.subjects_before.entry((issuer, subject.clone())).or_insert(before);
-                    *entry = (*entry).max(before);
-                }
-                (None, Some(before)) => {
-                    let entry = self.revoked.issuers_before.entry(issuer).or_insert(before);
-                    *entry = (*entry).max(before);
-                }
+                (Some(subject), Some(before)) => self.revoked.revoke_subject_before(issuer, subject, before),
+                (None, Some(before)) => self.revoked.revoke_issuer_before(issuer, before),
                 _ => {}
             }
         }

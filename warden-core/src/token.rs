@@ -152,15 +152,54 @@ impl Verified {
 }
 
 /// Revoked tokens: by `(issuer, jti)`, and by `(issuer, subject)` for every token issued at or
-/// before a time.
+/// before a time. Keyed by issuer first, so a check per request borrows its keys instead of
+/// allocating them.
 #[derive(Clone, Debug, Default)]
 pub struct Revocations {
-    /// `(issuer name, jti)`.
-    pub by_jti: HashSet<(String, String)>,
-    /// `(issuer name, subject)` → tokens with `iat` at or before this are revoked.
-    pub subjects_before: HashMap<(String, String), i64>,
+    /// Issuer name → revoked `jti`s.
+    by_jti: HashMap<String, HashSet<String>>,
+    /// Issuer name → subject → tokens with `iat` at or before this are revoked.
+    subjects_before: HashMap<String, HashMap<String, i64>>,
     /// Issuer name → every token it issued with `iat` at or before this is revoked.
-    pub issuers_before: HashMap<String, i64>,
+    issuers_before: HashMap<String, i64>,
+}
+
+impl Revocations {
+    /// Revokes the token `jti` of `issuer`.
+    pub fn revoke_jti(&mut self, issuer: &str, jti: &str) {
+        self.by_jti.entry(issuer.to_string()).or_default().insert(jti.to_string());
+    }
+
+    /// Revokes `subject`'s tokens from `issuer` issued at or before `before` (the latest cut
+    /// given wins).
+    pub fn revoke_subject_before(&mut self, issuer: &str, subject: &str, before: i64) {
+        let cut =
+            self.subjects_before.entry(issuer.to_string()).or_default().entry(subject.to_string()).or_insert(before);
+        *cut = (*cut).max(before);
+    }
+
+    /// Revokes every token `issuer` issued at or before `before` (the latest cut given wins).
+    pub fn revoke_issuer_before(&mut self, issuer: &str, before: i64) {
+        let cut = self.issuers_before.entry(issuer.to_string()).or_insert(before);
+        *cut = (*cut).max(before);
+    }
+
+    /// Whether the token `jti` of `issuer` is revoked by name.
+    pub fn jti_revoked(&self, issuer: &str, jti: &str) -> bool {
+        self.by_jti.get(issuer).is_some_and(|jtis| jtis.contains(jti))
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.by_jti.is_empty() && self.subjects_before.is_empty() && self.issuers_before.is_empty()
+    }
+
+    /// Whether a token of `subject` from `issuer`, issued at `issued_at`, falls under a cut.
+    fn cut(&self, issuer: &str, subject: &str, issued_at: i64) -> bool {
+        let subject_cut = self.subjects_before.get(issuer).and_then(|s| s.get(subject));
+        let issuer_cut = self.issuers_before.get(issuer);
+        subject_cut.into_iter().chain(issuer_cut).any(|before| issued_at <= *before)
+    }
 }
 
 /// The presenter's proof, for bound tokens.
@@ -588,7 +627,7 @@ fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Pre
         return Err(Reason::Expired);
     }
     if let Some(jti) = &v.jti
-        && revocations.by_jti.contains(&(v.issuer.clone(), jti.clone()))
+        && revocations.jti_revoked(&v.issuer, jti)
     {
         return Err(Reason::Revoked);
     }
@@ -596,9 +635,7 @@ fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Pre
     // was exchanged for revokes it too.
     let issuers = [Some(v.issuer.as_str()), v.task.as_ref().map(|t| t.subject_issuer.as_str())];
     for issuer in issuers.into_iter().flatten() {
-        let subject_cut = revocations.subjects_before.get(&(issuer.to_string(), v.subject.clone()));
-        let issuer_cut = revocations.issuers_before.get(issuer);
-        if subject_cut.into_iter().chain(issuer_cut).any(|before| v.issued_at <= *before) {
+        if revocations.cut(issuer, &v.subject, v.issued_at) {
             return Err(Reason::Revoked);
         }
     }

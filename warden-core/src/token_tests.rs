@@ -211,13 +211,14 @@ fn required_claims_and_revocations() {
 
     let token = es.sign(&claims());
     let mut revoked = Revocations::default();
-    revoked.by_jti.insert(("corp-idp".into(), "t-1".into()));
+    revoked.revoke_jti("corp-idp", "t-1");
     assert_eq!(v.verify(&token, "github", NOW, &revoked, Presenter::default()).unwrap_err(), Reason::Revoked);
     let mut revoked = Revocations::default();
-    revoked.subjects_before.insert(("corp-idp".into(), "ci-runner".into()), NOW - 60);
+    revoked.revoke_subject_before("corp-idp", "ci-runner", NOW - 60);
     assert_eq!(v.verify(&token, "github", NOW, &revoked, Presenter::default()).unwrap_err(), Reason::Revoked);
     // Tokens issued after the cut-off are fine.
-    revoked.subjects_before.insert(("corp-idp".into(), "ci-runner".into()), NOW - 61);
+    let mut revoked = Revocations::default();
+    revoked.revoke_subject_before("corp-idp", "ci-runner", NOW - 61);
     v.verify(&token, "github", NOW, &revoked, Presenter::default()).unwrap();
 }
 
@@ -318,7 +319,7 @@ fn a_cached_token_is_still_refused_once_expired_revoked_or_presented_without_its
     later(NOW + 630).unwrap();
     assert_eq!(later(NOW + 631).unwrap_err(), Reason::Expired);
     let mut revoked = Revocations::default();
-    revoked.by_jti.insert(("corp-idp".into(), "t-1".into()));
+    revoked.revoke_jti("corp-idp", "t-1");
     assert_eq!(v.verify(&token, "github", NOW, &revoked, Presenter::default()).unwrap_err(), Reason::Revoked);
     // Another server is another cache entry, checked from scratch (and refused: wrong audience).
     assert_eq!(
@@ -417,18 +418,18 @@ fn revoking_a_workload_or_its_issuer_revokes_its_task_tokens() {
     let v = task_verifier(&corp, &cp);
     let token = cp.sign(&task_claims_for(json!(["get_issue"])));
     let mut by_subject = Revocations::default();
-    by_subject.subjects_before.insert(("corp-idp".into(), "ci-runner".into()), NOW);
+    by_subject.revoke_subject_before("corp-idp", "ci-runner", NOW);
     assert_eq!(v.verify(&token, "github", NOW, &by_subject, Presenter::default()).unwrap_err(), Reason::Revoked);
     let mut earlier = Revocations::default();
-    earlier.subjects_before.insert(("corp-idp".into(), "ci-runner".into()), NOW - 61);
+    earlier.revoke_subject_before("corp-idp", "ci-runner", NOW - 61);
     assert!(v.verify(&token, "github", NOW, &earlier, Presenter::default()).is_ok(), "issued after the cut");
     let mut by_issuer = Revocations::default();
-    by_issuer.issuers_before.insert("corp-idp".into(), NOW);
+    by_issuer.revoke_issuer_before("corp-idp", NOW);
     assert_eq!(v.verify(&token, "github", NOW, &by_issuer, Presenter::default()).unwrap_err(), Reason::Revoked);
     let plain = corp.sign(&claims());
     assert_eq!(v.verify(&plain, "github", NOW, &by_issuer, Presenter::default()).unwrap_err(), Reason::Revoked);
     let mut by_jti = Revocations::default();
-    by_jti.by_jti.insert(("warden".into(), "task-1".into()));
+    by_jti.revoke_jti("warden", "task-1");
     assert_eq!(v.verify(&token, "github", NOW, &by_jti, Presenter::default()).unwrap_err(), Reason::Revoked);
 }
 
@@ -454,7 +455,7 @@ fn the_token_service_accepts_workload_tokens_for_itself_and_never_its_own() {
     );
     // The exchange checks revocation like any server.
     let mut revoked = Revocations::default();
-    revoked.subjects_before.insert(("corp-idp".into(), "ci-runner".into()), NOW);
+    revoked.revoke_subject_before("corp-idp", "ci-runner", NOW);
     assert_eq!(
         v.verify_for_exchange(&corp.sign(&for_cp), CP_ISS, NOW, &revoked, Presenter::default()).unwrap_err(),
         Reason::Revoked

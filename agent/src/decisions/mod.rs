@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use proto::decision_record::DecisionRecordRef;
 use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
@@ -45,9 +45,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        // A batch of 2,000 records is about 500 kB on the wire; one in flight per round trip
-        // (the control plane's fsync included) keeps up with a busy gateway.
-        Limits { memory_records: 20_000, spool_records: 1_000_000, batch_records: 2_000, enabled: true }
+        // A batch of 1,000 records is about 200 kB on the wire; one in flight per round trip
+        // (the control plane's fsync included) keeps up with a busy gateway. Larger batches
+        // kept more of the stream's buffers resident (BENCHMARKS.md).
+        Limits { memory_records: 20_000, spool_records: 1_000_000, batch_records: 1_000, enabled: true }
     }
 }
 
@@ -72,21 +73,17 @@ impl InFlight {
 /// decision reaches the control plane at most this much later.
 const LINGER: Duration = Duration::from_millis(50);
 
-/// A queued record, encoded: a slice of its gateway thread's current [`ARENA_CHUNK`], not an
-/// allocation of its own (cross-thread frees of many small allocations grew the allocator's
-/// per-thread arenas under load; see BENCHMARKS.md), shared with the batch that carries it
-/// rather than copied into it.
+/// A queued record, encoded: one exactly sized allocation instead of a dozen strings
+/// (cross-thread frees of many small strings grew the allocator's per-thread arenas under load;
+/// see BENCHMARKS.md), shared with the batch that carries it rather than copied into it.
 struct Queued {
     sequence: u64,
-    encoded: Bytes,
+    encoded: Arc<[u8]>,
 }
 
-/// Each gateway thread encodes its records one after the other into a buffer of this size and
-/// slices them off; the buffer is freed when its last record is acknowledged.
-const ARENA_CHUNK: usize = 64 * 1024;
-
 thread_local! {
-    static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    /// Where a gateway thread encodes a record before it is queued.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Memory {
@@ -149,24 +146,20 @@ impl Outbox {
     /// Queues one record (its sequence is assigned here). Never blocks on I/O: with memory full
     /// (the spool writer behind), the record is dropped and counted.
     pub fn record(&self, record: &DecisionRecordRef<'_>) {
-        ARENA.with_borrow_mut(|arena| {
-            let room = record.encoded_len() + DecisionRecordRef::MAX_SEQUENCE_LEN;
-            if arena.capacity() < room {
-                // The full chunk stays alive as long as records sliced from it do.
-                *arena = BytesMut::with_capacity(ARENA_CHUNK.max(room));
-            }
+        SCRATCH.with_borrow_mut(|scratch| {
             // Encoded before taking the lock, which the other gateway threads wait for.
-            record.encode_into(arena);
+            scratch.clear();
+            scratch.reserve(record.encoded_len() + DecisionRecordRef::MAX_SEQUENCE_LEN);
+            record.encode_into(scratch);
             let mut memory = self.memory();
             if memory.records.len() >= self.limits.memory_records {
                 memory.dropped += 1;
-                arena.clear();
                 return;
             }
             memory.next_sequence += 1;
             let sequence = memory.next_sequence;
-            DecisionRecordRef::append_sequence(arena, sequence);
-            memory.records.push_back(Queued { sequence, encoded: arena.split().freeze() });
+            DecisionRecordRef::append_sequence(scratch, sequence);
+            memory.records.push_back(Queued { sequence, encoded: Arc::from(scratch.as_slice()) });
             self.queued(memory);
         });
     }
@@ -262,9 +255,12 @@ impl Outbox {
         // Shared as they are (no decoding, no copy): the lock is held for a count per record.
         let taken = memory.records.len().min(max);
         let last = taken.checked_sub(1).map_or(0, |i| memory.records[i].sequence);
-        let records = memory.records.iter().take(taken).map(|q| q.encoded.clone()).collect();
-        let batch = pb::DecisionBatch { boot: self.boot, records, dropped: memory.dropped };
-        Ok(Some((batch, InFlight { boot: self.boot, last, dropped: memory.dropped })))
+        let shared: Vec<Arc<[u8]>> = memory.records.iter().take(taken).map(|q| q.encoded.clone()).collect();
+        let dropped = memory.dropped;
+        drop(memory);
+        let records = shared.into_iter().map(Bytes::from_owner).collect();
+        let batch = pb::DecisionBatch { boot: self.boot, records, dropped };
+        Ok(Some((batch, InFlight { boot: self.boot, last, dropped })))
     }
 
     /// The control plane stored `batch` (acknowledged up to `sequence`): forget it.
@@ -298,7 +294,7 @@ impl Outbox {
             let room = guard.room().min(memory.records.len() as u64) as usize;
             let lost = memory.records.len() - room;
             memory.dropped += lost as u64;
-            let records: Vec<Bytes> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
+            let records: Vec<Arc<[u8]>> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
             (records, memory.dropped)
         };
         if records.is_empty() && dropped == 0 {
