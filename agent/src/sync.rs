@@ -267,6 +267,8 @@ impl Sync {
         }
         tracing::info!(version = applied.version, resources = applied.resources.len(), "configuration applied");
         self.current.set(applied);
+        // Compiling a configuration is a burst of allocations, most of them garbage now.
+        crate::allocator::trim_soon();
     }
 }
 

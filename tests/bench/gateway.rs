@@ -50,8 +50,24 @@ const BODY: &str =
     r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
 const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
 
+/// An nginx instance, stopped with SIGTERM when dropped: killing its master outright would leave
+/// its workers running.
+struct Nginx(tests::Process);
+
+impl Nginx {
+    fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.0.terminate();
+    }
+}
+
 /// An nginx instance in `dir` with `servers` (http-level configuration).
-fn nginx(dir: &Path, servers: &str) -> tests::Process {
+fn nginx(dir: &Path, servers: &str) -> Nginx {
     std::fs::create_dir_all(dir).expect("nginx dir");
     let conf = format!(
         r#"
@@ -76,7 +92,7 @@ http {{
     std::fs::write(&path, conf).expect("nginx.conf");
     let mut command = Command::new("nginx");
     command.arg("-c").arg(&path).arg("-p").arg(dir);
-    tests::Process::spawn(command, dir.join("nginx.log"))
+    Nginx(tests::Process::spawn(command, dir.join("nginx.log")))
 }
 
 /// An ES256 key pair: the JWKS for the issuer and a token signed by it for each audience.
