@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use prost::bytes::Bytes;
+use proto::decision_record::DecisionRecordView;
 use proto::v1 as pb;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
@@ -47,11 +48,12 @@ fn db_err(e: impl Into<redb::Error>) -> DecisionError {
 struct Ingest {
     agent: String,
     boot: u64,
-    /// Each record decoded (checked whole; its fields feed the metrics) and as received (what
-    /// is stored).
-    records: Vec<(pb::DecisionRecord, Bytes)>,
+    /// Each record's sequence, and the record as received (checked to decode; what is stored).
+    records: Vec<(u64, Bytes)>,
     dropped: u64,
-    done: oneshot::Sender<Result<u64, DecisionError>>,
+    /// The sequence to acknowledge and the first sequence stored now (the records from it to
+    /// the acknowledged one are new).
+    done: oneshot::Sender<Result<(u64, u64), DecisionError>>,
 }
 
 /// The store and its writer.
@@ -61,6 +63,8 @@ pub struct Decisions {
     stored: Arc<tokio::sync::Notify>,
     ingest: Option<mpsc::Sender<Ingest>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// What the metrics count of the records stored.
+    counts: crate::metrics::Counts,
 }
 
 /// The decision store's page cache.
@@ -68,7 +72,7 @@ const DECISIONS_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl Decisions {
     /// Opens `decisions.redb` in `data_dir`, keeping at most `retention` records, and starts
-    /// the writer, which counts what it stores into `counts`.
+    /// the writer; what is stored is counted into `counts`.
     pub fn open(data_dir: &Path, retention: u64, counts: crate::metrics::Counts) -> Result<Decisions, DecisionError> {
         // Records are written once and read in order by exporters and `wardenctl`: redb's
         // default page cache (up to 1 GiB) would keep what was written resident for nothing.
@@ -85,33 +89,40 @@ impl Decisions {
         let db = Arc::new(db);
         let (ingest, queue) = mpsc::channel(1024);
         let (writer, stored) = (db.clone(), Arc::new(tokio::sync::Notify::new()));
-        let notify = stored.clone();
+        let (notify, drops) = (stored.clone(), counts.clone());
         let writer = std::thread::Builder::new()
             .name("decision-writer".into())
-            .spawn(move || write_forever(&writer, queue, retention.max(1), &notify, &counts))
+            .spawn(move || write_forever(&writer, queue, retention.max(1), &notify, &drops))
             .map_err(|e| DecisionError(format!("starting the writer: {e}")))?;
-        Ok(Decisions { db, stored, ingest: Some(ingest), writer: Some(writer) })
+        Ok(Decisions { db, stored, ingest: Some(ingest), writer: Some(writer), counts })
     }
 
     /// Stores `batch` from `agent` (the identity of its certificate); the highest sequence of
     /// the batch's run now stored, to acknowledge. A record that does not decode refuses the
     /// whole batch, so the store only ever holds records its readers can decode.
     pub async fn ingest(&self, agent: &str, batch: pb::DecisionBatch) -> Result<u64, DecisionError> {
-        // Decoded here, on the caller's task, not on the one writer thread all agents share.
-        let records = batch
+        // Read here, on the caller's task, not on the one writer thread all agents share.
+        let views = batch
             .records
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(i, encoded)| match pb::DecisionRecord::decode(encoded.clone()) {
-                Ok(record) => Ok((record, encoded)),
-                Err(e) => Err(DecisionError(format!("record {i} of a batch from {agent} does not decode: {e}"))),
+            .map(|(i, encoded)| {
+                DecisionRecordView::parse(encoded)
+                    .map_err(|e| DecisionError(format!("record {i} of a batch from {agent} does not decode: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let records = views.iter().zip(&batch.records).map(|(v, encoded)| (v.sequence, encoded.clone())).collect();
         let (done, answer) = oneshot::channel();
         let request = Ingest { agent: agent.to_string(), boot: batch.boot, records, dropped: batch.dropped, done };
         let queue = self.ingest.as_ref().ok_or_else(|| DecisionError("the writer stopped".into()))?;
         queue.send(request).await.map_err(|_| DecisionError("the writer stopped".into()))?;
-        answer.await.map_err(|_| DecisionError("the writer stopped".into()))?
+        let (ack, first_new) = answer.await.map_err(|_| DecisionError("the writer stopped".into()))??;
+        // Counted once stored, and only what is new (not a resend's duplicates).
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for view in views.iter().filter(|v| v.sequence >= first_new && v.sequence <= ack) {
+            counts.observe(agent, view);
+        }
+        Ok(ack)
     }
 
     /// Notified after every commit of new records.
@@ -225,19 +236,10 @@ fn write_forever(
             Ok((acks, drops)) => {
                 stored.notify_waiters();
                 let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
-                for (ingest, ack) in group.iter().zip(&acks) {
-                    // The records above the previous cursor are the ones stored now.
-                    let first_new = ack.1;
-                    let records = ingest.records.iter().map(|(r, _)| r);
-                    for r in records.filter(|r| r.sequence >= first_new && r.sequence <= ack.0) {
-                        counts.observe(&ingest.agent, r);
-                    }
-                }
                 for (agent, before, now) in drops {
                     counts.dropped(&agent, before, now);
                 }
                 drop(counts);
-                let acks: Vec<u64> = acks.into_iter().map(|(ack, _)| ack).collect();
                 for (ingest, ack) in group.into_iter().zip(acks) {
                     let _ = ingest.done.send(Ok(ack));
                 }
@@ -272,12 +274,12 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
             let key = (agent.as_str(), *boot);
             let mut cursor = cursors.get(key).map_err(db_err)?.map_or(0, |v| v.value());
             let first_new = cursor + 1;
-            for (record, encoded) in batch {
+            for (sequence, encoded) in batch {
                 // Already stored (a resend): skipped, so each record is kept once.
-                if record.sequence <= cursor {
+                if *sequence <= cursor {
                     continue;
                 }
-                cursor = record.sequence;
+                cursor = *sequence;
                 value.clear();
                 encode_stored(next, agent, encoded, *boot, &mut value);
                 records.insert(next, value.as_slice()).map_err(db_err)?;
@@ -357,7 +359,8 @@ mod tests {
     #[tokio::test]
     async fn each_record_is_kept_once_whatever_is_resent() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Decisions::open(dir.path(), 100, Default::default()).unwrap();
+        let counts = crate::metrics::Counts::default();
+        let store = Decisions::open(dir.path(), 100, counts.clone()).unwrap();
         assert_eq!(store.ingest("a1", batch(7, 1..=3, 0)).await.unwrap(), 3);
         // Resent whole, resent in part with new ones, and another run of the same agent.
         assert_eq!(store.ingest("a1", batch(7, 1..=3, 0)).await.unwrap(), 3);
@@ -368,6 +371,7 @@ mod tests {
         let all = store.list(&pb::ListDecisionsRequest::default()).unwrap();
         assert_eq!(all.received, 8);
         assert_eq!(all.decisions.len(), 8);
+        assert_eq!(counts.lock().unwrap().total(), 8, "the metrics count each record once too");
         assert_eq!(all.dropped.get("a1"), Some(&2));
         let a1: Vec<u64> =
             all.decisions.iter().filter(|d| d.agent == "a1").map(|d| d.record.as_ref().unwrap().sequence).collect();

@@ -2,12 +2,15 @@
 //! `/metrics` (Prometheus text), `/healthz`, `/readyz`.
 
 use std::collections::HashMap;
+use std::hash::RandomState;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
+use hashbrown::Equivalent;
 use opentelemetry_proto::tonic as otel;
 use opentelemetry_proto::tonic::metrics::v1 as om;
+use proto::decision_record::DecisionRecordView;
 use proto::v1 as pb;
 use tokio::sync::watch;
 use warden_core::prometheus::{Exposition, Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
@@ -21,12 +24,38 @@ const MAX_SERIES: usize = 10_000;
 /// (agent, server, tool/resource/prompt, decision, reason).
 type DecisionKey = (String, String, String, &'static str, String);
 
+/// A [`DecisionKey`] borrowed from a record, to look a series up without allocating. It hashes
+/// as the key does: a tuple and a tuple struct both hash their fields in order, and `String`
+/// hashes as `str`.
+#[derive(Hash)]
+struct DecisionLabels<'a>(&'a str, &'a str, &'a str, &'static str, &'a str);
+
+impl Equivalent<DecisionKey> for DecisionLabels<'_> {
+    fn equivalent(&self, k: &DecisionKey) -> bool {
+        (self.0, self.1, self.2, self.3, self.4) == (k.0.as_str(), k.1.as_str(), k.2.as_str(), k.3, k.4.as_str())
+    }
+}
+
+/// (server, decision), borrowed likewise.
+#[derive(Hash)]
+struct LatencyLabels<'a>(&'a str, &'static str);
+
+impl Equivalent<(String, &'static str)> for LatencyLabels<'_> {
+    fn equivalent(&self, k: &(String, &'static str)) -> bool {
+        self.0 == k.0 && self.1 == k.1
+    }
+}
+
+/// Maps keyed by label sets that agents' and callers' strings make: SipHash with a per-process
+/// key, as std's maps use.
+type LabelMap<K, V> = hashbrown::HashMap<K, V, RandomState>;
+
 /// Decision counts from the records stored since the control plane started.
 #[derive(Default)]
 pub struct DecisionCounts {
-    decisions: HashMap<DecisionKey, u64>,
+    decisions: LabelMap<DecisionKey, u64>,
     /// (server, decision) → decision latency.
-    latency: HashMap<(String, &'static str), Histogram>,
+    latency: LabelMap<(String, &'static str), Histogram>,
     /// Issuer → lifetime (`exp - iat`) of the tokens decisions were made with.
     lifetimes: HashMap<String, Histogram>,
     overflow: u64,
@@ -39,30 +68,40 @@ fn decision_name(d: i32) -> &'static str {
 }
 
 impl DecisionCounts {
-    /// Counts one stored record of `agent`.
-    pub fn observe(&mut self, agent: &str, r: &pb::DecisionRecord) {
+    /// Counts one stored record of `agent` (allocating only for a series not seen before).
+    pub fn observe(&mut self, agent: &str, r: &DecisionRecordView<'_>) {
         let decision = decision_name(r.decision);
-        let key = (agent.to_string(), r.server.clone(), r.target.clone(), decision, r.reason.clone());
-        if let Some(n) = self.decisions.get_mut(&key) {
+        if let Some(n) = self.decisions.get_mut(&DecisionLabels(agent, r.server, r.target, decision, r.reason)) {
             *n += 1;
         } else if self.decisions.len() < MAX_SERIES {
-            self.decisions.insert(key, 1);
+            self.decisions.insert((agent.into(), r.server.into(), r.target.into(), decision, r.reason.into()), 1);
         } else {
             self.overflow += 1;
         }
-        if r.token_lifetime_seconds > 0 && (self.lifetimes.contains_key(&r.issuer) || self.lifetimes.len() < MAX_SERIES)
-        {
-            let h = self.lifetimes.entry(r.issuer.clone()).or_insert_with(|| Histogram::new(LIFETIME_BUCKETS));
-            h.observe(r.token_lifetime_seconds as f64);
+        if r.token_lifetime_seconds > 0 {
+            let lifetime = r.token_lifetime_seconds as f64;
+            if let Some(h) = self.lifetimes.get_mut(r.issuer) {
+                h.observe(lifetime);
+            } else if self.lifetimes.len() < MAX_SERIES {
+                let mut h = Histogram::new(LIFETIME_BUCKETS);
+                h.observe(lifetime);
+                self.lifetimes.insert(r.issuer.to_string(), h);
+            }
         }
-        let series = (r.server.clone(), decision);
-        if !self.latency.contains_key(&series) && self.latency.len() >= MAX_SERIES {
-            return;
+        let latency = r.latency_micros as f64 / 1e6;
+        if let Some(h) = self.latency.get_mut(&LatencyLabels(r.server, decision)) {
+            h.observe(latency);
+        } else if self.latency.len() < MAX_SERIES {
+            let mut h = Histogram::new(LATENCY_BUCKETS);
+            h.observe(latency);
+            self.latency.insert((r.server.to_string(), decision), h);
         }
-        self.latency
-            .entry(series)
-            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
-            .observe(r.latency_micros as f64 / 1e6);
+    }
+
+    /// Decisions counted, all series.
+    #[cfg(test)]
+    pub fn total(&self) -> u64 {
+        self.decisions.values().sum::<u64>() + self.overflow
     }
 
     /// An agent's cumulative drop count for one run moved from `before` to `now`.
@@ -322,4 +361,38 @@ pub async fn serve(cp: Arc<ControlPlane>, listener: tokio::net::TcpListener, mut
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_is_found_again_by_its_borrowed_labels() {
+        let mut counts = DecisionCounts::default();
+        let allowed = DecisionRecordView {
+            server: "github",
+            target: "search",
+            issuer: "corp",
+            decision: pb::Decision::Allow as i32,
+            latency_micros: 40,
+            token_lifetime_seconds: 300,
+            ..Default::default()
+        };
+        let denied = DecisionRecordView { decision: pb::Decision::Deny as i32, reason: "policy_denied", ..allowed };
+        for _ in 0..3 {
+            counts.observe("agent-1", &allowed);
+        }
+        counts.observe("agent-1", &denied);
+        counts.observe("agent-2", &allowed);
+        let key = |agent: &str, decision, reason: &str| {
+            (agent.to_string(), "github".to_string(), "search".to_string(), decision, reason.to_string())
+        };
+        assert_eq!(counts.decisions.len(), 3);
+        assert_eq!(counts.decisions[&key("agent-1", "allow", "")], 3);
+        assert_eq!(counts.decisions[&key("agent-1", "deny", "policy_denied")], 1);
+        assert_eq!(counts.decisions[&key("agent-2", "allow", "")], 1);
+        assert_eq!(counts.latency.len(), 2, "one histogram per (server, decision)");
+        assert_eq!(counts.lifetimes.len(), 1);
+    }
 }

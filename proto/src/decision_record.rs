@@ -1,12 +1,18 @@
-//! A decision record encoded straight from the request it is about.
+//! Decision records without a `DecisionRecord` in between.
 //!
 //! The agent makes a record per request. Building a `DecisionRecord` would copy a dozen strings
 //! only to encode them; [`DecisionRecordRef`] borrows them and writes the same bytes prost
-//! would (a test holds the two together), which the agent queues and sends as they are
-//! (`DecisionBatch.records` are bytes on purpose, see agent.proto).
+//! would, which the agent queues and sends as they are (`DecisionBatch.records` are bytes on
+//! purpose, see agent.proto). The control plane stores each record as received and reads what
+//! it needs of it through a [`DecisionRecordView`], which accepts exactly what prost's decoding
+//! accepts. Tests hold both against prost.
 
+use prost::DecodeError;
 use prost::bytes::BufMut;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{
+    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
+    skip_field,
+};
 
 use crate::v1::{Decision, DecisionRecord};
 
@@ -104,6 +110,95 @@ impl DecisionRecordRef<'_> {
     }
 }
 
+/// What the control plane reads of a received record, its strings borrowed from the bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecisionRecordView<'a> {
+    pub sequence: u64,
+    pub server: &'a str,
+    pub target: &'a str,
+    pub issuer: &'a str,
+    /// `Decision` as sent (an open enum: unknown values are kept).
+    pub decision: i32,
+    pub reason: &'a str,
+    pub latency_micros: u64,
+    pub token_lifetime_seconds: u64,
+}
+
+impl<'a> DecisionRecordView<'a> {
+    /// Reads an encoded `DecisionRecord`, failing exactly where `DecisionRecord::decode` would
+    /// (key, wire type of a known field, varint, length, UTF-8 of every string field, unknown
+    /// fields skipped as prost skips them), so what passes here decodes later.
+    pub fn parse(mut bytes: &'a [u8]) -> Result<DecisionRecordView<'a>, RecordError> {
+        let mut view = DecisionRecordView::default();
+        while !bytes.is_empty() {
+            let (tag, wire_type) = decode_key(&mut bytes)?;
+            match tag {
+                1 | 2 | 9 | 12 | 16 => {
+                    expect(wire_type, WireType::Varint)?;
+                    let value = decode_varint(&mut bytes)?;
+                    match tag {
+                        1 => view.sequence = value,
+                        9 => view.decision = value as i32,
+                        12 => view.latency_micros = value,
+                        16 => view.token_lifetime_seconds = value,
+                        _ => {} // the time: not read here
+                    }
+                }
+                3..=8 | 10 | 11 | 13..=15 | 17 | 18 => {
+                    expect(wire_type, WireType::LengthDelimited)?;
+                    let len = decode_varint(&mut bytes)?;
+                    let len = usize::try_from(len).ok().filter(|&l| l <= bytes.len());
+                    let (value, rest) = bytes.split_at(len.ok_or(RecordError::Truncated { field: tag })?);
+                    bytes = rest;
+                    let value = std::str::from_utf8(value).map_err(|_| RecordError::NotUtf8 { field: tag })?;
+                    match tag {
+                        3 => view.server = value,
+                        6 => view.target = value,
+                        8 => view.issuer = value,
+                        10 => view.reason = value,
+                        _ => {}
+                    }
+                }
+                _ => skip_field(wire_type, tag, &mut bytes, DecodeContext::default())?,
+            }
+        }
+        Ok(view)
+    }
+}
+
+fn expect(actual: WireType, expected: WireType) -> Result<(), DecodeError> {
+    prost::encoding::check_wire_type(expected, actual)
+}
+
+/// Why a received record does not decode.
+#[derive(Debug)]
+pub enum RecordError {
+    /// A malformed key, varint or unknown field, or a field of the wrong wire type.
+    Decode(DecodeError),
+    /// A string field longer than what is left of the record.
+    Truncated { field: u32 },
+    /// A string field that is not UTF-8.
+    NotUtf8 { field: u32 },
+}
+
+impl From<DecodeError> for RecordError {
+    fn from(e: DecodeError) -> RecordError {
+        RecordError::Decode(e)
+    }
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Decode(e) => write!(f, "{e}"),
+            RecordError::Truncated { field } => write!(f, "field {field} runs past the end of the record"),
+            RecordError::NotUtf8 { field } => write!(f, "field {field} is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
 impl<'a> From<&'a DecisionRecord> for DecisionRecordRef<'a> {
     /// The record without its sequence.
     fn from(r: &'a DecisionRecord) -> DecisionRecordRef<'a> {
@@ -172,6 +267,81 @@ mod tests {
             actor: "corp-idp/agent-7".into(),
             binding: "dpop".into(),
         }
+    }
+
+    /// xorshift64*: a fixed sequence of mutations, the same on every run.
+    struct Mutations(u64);
+
+    impl Mutations {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+
+        /// Flips, overwrites, inserts, removes or cuts bytes of `record`.
+        fn mutate(&mut self, record: &[u8]) -> Vec<u8> {
+            let mut out = record.to_vec();
+            for _ in 0..1 + self.below(3) {
+                let at = self.below(out.len());
+                match self.below(5) {
+                    0 if !out.is_empty() => out[at] ^= 1 << self.below(8),
+                    1 if !out.is_empty() => out[at] = self.next() as u8,
+                    2 => out.insert(at, self.next() as u8),
+                    3 if !out.is_empty() => drop(out.remove(at)),
+                    _ => out.truncate(at),
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn a_record_view_accepts_exactly_what_prost_decodes_and_reads_the_same() {
+        let mut unknown = full_record(7, "workload-1").encode_to_vec();
+        // Unknown fields of every wire type, as a newer agent might send.
+        unknown
+            .extend_from_slice(&[0xa8, 0x01, 0x05, 0xb1, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0xba, 0x01, 0x02, 0x68, 0x69]);
+        unknown.extend_from_slice(&[0xc5, 0x01, 1, 2, 3, 4, 0xcb, 0x01, 0x08, 0x01, 0xcc, 0x01]);
+        let seeds = [
+            full_record(7, "workload-1").encode_to_vec(),
+            full_record(u64::MAX, &"é".repeat(40)).encode_to_vec(),
+            DecisionRecord::default().encode_to_vec(),
+            unknown,
+        ];
+        let mut mutations = Mutations(0x9e37_79b9_7f4a_7c15);
+        let (mut accepted, mut refused) = (0, 0);
+        for seed in &seeds {
+            for n in 0..5_000 {
+                let input = if n == 0 { seed.clone() } else { mutations.mutate(seed) };
+                let decoded = DecisionRecord::decode(input.as_slice());
+                let view = DecisionRecordView::parse(&input);
+                match (&decoded, &view) {
+                    (Ok(d), Ok(v)) => {
+                        accepted += 1;
+                        let expected = DecisionRecordView {
+                            sequence: d.sequence,
+                            server: &d.server,
+                            target: &d.target,
+                            issuer: &d.issuer,
+                            decision: d.decision,
+                            reason: &d.reason,
+                            latency_micros: d.latency_micros,
+                            token_lifetime_seconds: d.token_lifetime_seconds,
+                        };
+                        assert_eq!(*v, expected, "{input:02x?}");
+                    }
+                    (Err(_), Err(_)) => refused += 1,
+                    _ => panic!("prost {decoded:?}, view {view:?}, input {input:02x?}"),
+                }
+            }
+        }
+        assert!(accepted > 1_000 && refused > 1_000, "both sides exercised: {accepted} accepted, {refused} refused");
     }
 
     #[test]

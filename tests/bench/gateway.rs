@@ -306,8 +306,12 @@ spec:
     for (_, url, pid, script, _) in &targets {
         wrk(url, script, &args, 2, *pid); // warm-up: connections, pools, caches
     }
-    for _ in 0..args.rounds {
-        for (i, (_, url, pid, script, _)) in targets.iter().enumerate() {
+    for round in 0..args.rounds {
+        // The two agents swap places every round, so neither always runs on the heels of the
+        // same neighbour.
+        let order = if round % 2 == 0 { [0, 1, 2, 3] } else { [0, 1, 3, 2] };
+        for i in order {
+            let (_, url, pid, script, _) = &targets[i];
             results[i].push(wrk(url, script, &args, args.duration_secs, *pid));
         }
     }
@@ -338,6 +342,12 @@ spec:
     let (with, without) =
         (median_of(&results[2], |l| l.requests_per_sec), median_of(&results[3], |l| l.requests_per_sec));
     println!("throughput with decision records / without: {:.3}", with / without);
+    // Adjacent runs share the machine's state (other load, frequency, caches): the ratio of each
+    // round's pair drifts less than the ratio of medians.
+    let paired: Vec<f64> =
+        results[2].iter().zip(&results[3]).map(|(w, wo)| w.requests_per_sec / wo.requests_per_sec).collect();
+    let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();
+    println!("  per round: {} (median {:.3})", listed.join(", "), median(paired));
 
     // Memory: the agent with one policy, then with many.
     let one = rss_kib(agent_pid);
