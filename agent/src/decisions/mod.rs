@@ -46,8 +46,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         // A batch of 1,000 records is about 200 kB on the wire; one in flight per round trip
-        // (the control plane's fsync included) keeps up with a busy gateway. Larger batches
-        // kept more of the stream's buffers resident (BENCHMARKS.md).
+        // (the control plane's fsync included) keeps up with a busy gateway. The stream's
+        // buffers (tonic's, HTTP/2's, TLS's) grow to the largest batch sent.
         Limits { memory_records: 20_000, spool_records: 1_000_000, batch_records: 1_000, enabled: true }
     }
 }
