@@ -60,7 +60,7 @@ fn snapshot(policies: usize) -> pb::Snapshot {
 }
 
 fn bench(c: &mut Criterion) {
-    for policies in [1, 100] {
+    for policies in [1, 100, 1000] {
         let snap = snapshot(policies);
         let wire = snap.encode_to_vec();
         let base = applied::from_snapshot(snap.clone(), Source::ControlPlane).unwrap();

@@ -326,18 +326,29 @@ fn exported_as_otlp_logs(protocol: Protocol, tls: bool) {
     let ids: HashSet<String> = logs.iter().filter_map(|l| l.attribute("warden.record.id")).collect();
     assert_eq!(ids.len(), made, "every decision exported");
 
-    // The audit trail goes the same way: the three resources the operator applied (and the
-    // control plane's own key refreshes), who did what.
-    let audit: Vec<_> = receiver.logs().into_iter().filter(|l| l.record.event_name == "warden.audit").collect();
-    let mut applied: Vec<(String, String)> = audit
-        .iter()
-        .filter(|l| l.attribute("warden.audit.operation").as_deref() == Some("apply"))
-        .map(|l| (l.attribute("warden.resource.kind").unwrap(), l.attribute("warden.resource.name").unwrap()))
-        .collect();
-    applied.sort();
-    applied.dedup();
+    // The audit trail goes the same way, by its own exporter (so it may arrive after the
+    // decisions): the three resources the operator applied (and the control plane's own key
+    // refreshes), who did what.
+    let applied_in = |audit: &[tests::otlp::ReceivedLog]| -> Vec<(String, String)> {
+        let mut applied: Vec<(String, String)> = audit
+            .iter()
+            .filter(|l| l.attribute("warden.audit.operation").as_deref() == Some("apply"))
+            .map(|l| (l.attribute("warden.resource.kind").unwrap(), l.attribute("warden.resource.name").unwrap()))
+            .collect();
+        applied.sort();
+        applied.dedup();
+        applied
+    };
+    let audit = wait_for_or(
+        "the audit trail at the receiver",
+        || fleet.cp.process.as_ref().unwrap().log_text(),
+        || {
+            let audit: Vec<_> = receiver.logs().into_iter().filter(|l| l.record.event_name == "warden.audit").collect();
+            (applied_in(&audit).len() >= 3).then_some(audit)
+        },
+    );
     let expected = [("McpServer", "notes"), ("Policy", "echo-only"), ("TrustedIssuer", "test-idp")];
-    assert_eq!(applied, expected.map(|(k, n)| (k.to_string(), n.to_string())));
+    assert_eq!(applied_in(&audit), expected.map(|(k, n)| (k.to_string(), n.to_string())));
     for entry in &audit {
         let (operation, actor) = (entry.attribute("warden.audit.operation"), entry.attribute("warden.audit.actor"));
         match operation.as_deref() {

@@ -156,6 +156,14 @@ fn err(e: impl std::fmt::Display) -> RequestError {
 impl Authorizer {
     /// Compiles the per-server policy sets of `config`: a policy with no `servers` applies to all.
     pub fn new(config: &Config) -> Authorizer {
+        // The compiled policies by the `Policy` resource that holds them (ids are
+        // `<Policy name>.<n>`), grouped once rather than searched per server and resource.
+        let mut by_resource: HashMap<String, Vec<&cedar_policy::Policy>> = HashMap::new();
+        for p in config.policy_set.policies() {
+            if let Some((resource, _)) = p.id().to_string().rsplit_once('.') {
+                by_resource.entry(resource.to_string()).or_default().push(p);
+            }
+        }
         let mut per_server = HashMap::new();
         for (server, spec) in &config.servers {
             let mut set = PolicySet::new();
@@ -163,13 +171,9 @@ impl Authorizer {
                 if !(policy.servers.is_empty() || policy.servers.contains(server)) {
                     continue;
                 }
-                for p in config
-                    .policy_set
-                    .policies()
-                    .filter(|p| p.id().to_string().rsplit_once('.').is_some_and(|(resource, _)| resource == name))
-                {
+                for p in by_resource.get(name).into_iter().flatten() {
                     // Ids are unique across the configuration, so adding cannot clash.
-                    let _ = set.add(p.clone());
+                    let _ = set.add((*p).clone());
                 }
             }
             let uid = uid("Server", server);
