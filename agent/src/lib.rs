@@ -11,6 +11,7 @@
 pub mod allocator;
 pub mod applied;
 pub mod decisions;
+pub mod export;
 pub mod ext_authz;
 pub mod gateway;
 pub mod identity;
@@ -64,7 +65,8 @@ pub struct Options {
     pub ext_authz_listen: Option<String>,
     /// Bounds of the decision records' outbox.
     pub decisions: decisions::Limits,
-    /// OpenTelemetry export (from the `OTEL_*` variables): spans of gateway requests.
+    /// OpenTelemetry export (from the `OTEL_*` variables): spans of gateway requests and, with
+    /// a logs endpoint, decision records straight from this agent.
     pub otlp: warden_otlp::Config,
 }
 
@@ -109,8 +111,18 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let spiller = tokio::spawn(outbox.clone().run_spiller(link_rx.clone(), stop_rx.clone()));
     tokio::spawn(allocator::trim_periodically(stop_rx.clone()));
     let (not_after_tx, not_after_rx) = watch::channel(0i64);
-    let spans =
-        options.otlp.traces.clone().map(|e| spans::Spans::start(e, options.otlp.resource.clone(), stop_rx.clone()));
+    let spans = options.otlp.traces.as_ref().and_then(|endpoint| {
+        spans::Spans::start(endpoint, options.otlp.resource.clone(), stop_rx.clone())
+            .inspect_err(|e| tracing::error!("OTLP traces exporter: {e}"))
+            .ok()
+    });
+    if let Some(endpoint) = &options.otlp.logs {
+        let (resource, agent) = (options.otlp.resource.clone(), options.agent_id.clone());
+        match decisions::direct::start(endpoint, resource, agent, outbox.boot(), stop_rx.clone()) {
+            Ok(direct) => outbox.export_directly(direct),
+            Err(e) => tracing::error!("OTLP logs exporter: {e}"),
+        }
+    }
     let status_task = match options.status_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)

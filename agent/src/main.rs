@@ -125,7 +125,7 @@ async fn start() -> anyhow::Result<()> {
         gateway_workers: args
             .gateway_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        otlp: warden_otlp::Config::from_env("warden-agent", warden_otlp::process_env)?,
+        otlp: otlp_config()?,
         decisions: agent::decisions::Limits {
             memory_records: args.decision_memory_records.max(2),
             spool_records: args.decision_spool_records,
@@ -142,6 +142,17 @@ async fn start() -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
+/// The `OTEL_*` configuration. Decision records reach the backend through the control plane;
+/// the agent exports them itself only when asked by name (`OTEL_LOGS_EXPORTER=otlp`), since an
+/// endpoint set for its spans would otherwise have every decision recorded twice.
+fn otlp_config() -> Result<warden_otlp::Config, warden_otlp::ConfigError> {
+    let mut config = warden_otlp::Config::from_env("warden-agent", warden_otlp::process_env)?;
+    if warden_otlp::process_env("OTEL_LOGS_EXPORTER").is_none_or(|v| v.trim() != "otlp") {
+        config.logs = None;
+    }
+    Ok(config)
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {

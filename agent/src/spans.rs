@@ -1,23 +1,19 @@
 //! A span per gateway request, exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, with W3C trace context continued from the
-//! caller and passed on to the upstream MCP server. Best effort, unlike decision records: a
-//! bounded queue whose overflow is counted, never a wait on the request path.
+//! caller and passed on to the upstream MCP server. Best effort, unlike decision records
+//! (`crate::export`): never a wait on the request path.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use warden_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use warden_otlp::proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use warden_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
 use warden_otlp::{Endpoint, Sender, attribute};
 
-/// Spans waiting to be exported at most; past this they are dropped and counted.
-const QUEUE: usize = 8_192;
-/// Spans per export request.
-const BATCH: usize = 512;
+use crate::export::Queue;
 
 /// A request's place in a trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,23 +98,45 @@ fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The exporter's queue.
+/// The exporter of gateway spans.
 pub struct Spans {
-    queue: mpsc::Sender<Span>,
-    dropped: AtomicU64,
+    queue: Arc<Queue<Span>>,
 }
 
 impl Spans {
     /// Starts exporting to `endpoint` on the current runtime until `stop`.
-    pub fn start(endpoint: Endpoint, resource: Vec<(String, String)>, stop: watch::Receiver<bool>) -> Arc<Spans> {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(export(rx, endpoint, resource, stop));
-        Arc::new(Spans { queue, dropped: AtomicU64::new(0) })
+    pub fn start(
+        endpoint: &Endpoint,
+        resource: Vec<(String, String)>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Spans>, String> {
+        let sender = Sender::new(endpoint)?;
+        tracing::info!(endpoint = %endpoint.url, "exporting gateway spans over OTLP");
+        let send = move |spans: Vec<Span>| {
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(warden_otlp::resource(&resource)),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "warden.gateway".into(),
+                            version: env!("CARGO_PKG_VERSION").into(),
+                            ..Default::default()
+                        }),
+                        spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            let sender = sender.clone();
+            async move { sender.traces(request).await }
+        };
+        Ok(Arc::new(Spans { queue: Queue::start("spans", crate::export::LINGER, send, stop) }))
     }
 
-    /// Spans dropped because the queue was full.
+    /// Spans not exported (see [`Queue::dropped`]).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
+        self.queue.dropped()
     }
 
     /// Ends the span of a request that started at `started` (nanoseconds since the epoch) and
@@ -176,60 +194,13 @@ impl Spans {
             flags: 0x100 | u32::from(context.sampled),
             ..Default::default()
         };
-        if self.queue.try_send(span).is_err() {
-            self.dropped.fetch_add(1, Relaxed);
-        }
+        self.queue.offer(span);
     }
 }
 
 /// Now, for a span's start.
 pub fn started() -> u64 {
     now_nanos()
-}
-
-async fn export(
-    mut rx: mpsc::Receiver<Span>,
-    endpoint: Endpoint,
-    resource: Vec<(String, String)>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let sender = match Sender::new(&endpoint) {
-        Ok(s) => s,
-        Err(e) => return tracing::error!("OTLP traces exporter: {e}"),
-    };
-    tracing::info!(endpoint = %endpoint.url, "exporting gateway spans over OTLP");
-    loop {
-        let mut batch = Vec::new();
-        tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        // A moment for more, so requests become batches rather than one export each.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        while batch.len() < BATCH
-            && let Ok(more) = rx.try_recv()
-        {
-            batch.push(more);
-        }
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(warden_otlp::resource(&resource)),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "warden.gateway".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans: batch,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        if let Err(e) = sender.traces(request).await {
-            tracing::warn!("OTLP traces export failed ({}); those spans are dropped", e.message);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -100,8 +100,20 @@ async fn metrics(State(s): State<Shared>) -> impl axum::response::IntoResponse {
         e.family("warden_agent_decision_spool_records", "gauge", "Decision records waiting on disk.");
         e.sample("warden_agent_decision_spool_records", &[], spooled as f64);
     }
+    if let Some(direct) = s.outbox.direct() {
+        e.family(
+            "warden_agent_decision_logs_dropped_total",
+            "counter",
+            "Decision records this agent did not export over OTLP itself: queue full, export failed or refused.",
+        );
+        e.sample("warden_agent_decision_logs_dropped_total", &[], direct.dropped() as f64);
+    }
     if let Some(spans) = &s.spans {
-        e.family("warden_agent_spans_dropped_total", "counter", "Spans dropped because the export queue was full.");
+        e.family(
+            "warden_agent_spans_dropped_total",
+            "counter",
+            "Spans not exported: queue full, export failed or refused.",
+        );
         e.sample("warden_agent_spans_dropped_total", &[], spans.dropped() as f64);
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], e.finish())

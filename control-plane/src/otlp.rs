@@ -12,10 +12,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
 use proto::v1 as pb;
 use tokio::sync::watch;
@@ -27,95 +26,10 @@ use crate::decisions::Decisions;
 /// Decision records per export request.
 const BATCH: usize = 512;
 
-/// One decision as an OTLP log record. Attribute names follow OpenTelemetry's semantic
-/// conventions where they exist (`mcp.method.name`, `gen_ai.tool.name`, `mcp.resource.uri`,
-/// `gen_ai.prompt.name`); the rest are `warden.*`.
+/// One stored decision as an OTLP log record.
 pub fn log_record(stored: &pb::StoredDecision) -> LogRecord {
-    let r = stored.record.clone().unwrap_or_default();
-    let allowed = r.decision == pb::Decision::Allow as i32;
-    let mut attributes = vec![
-        attribute("mcp.method.name", &r.method),
-        attribute("warden.decision", if allowed { "allow" } else { "deny" }),
-        attribute("warden.agent", &stored.agent),
-        attribute("warden.server", &r.server),
-        attribute("warden.record.id", format!("{}/{:016x}/{}", stored.agent, stored.boot, r.sequence)),
-        attribute("warden.via", &r.via),
-        KeyValue {
-            key: "warden.latency_us".into(),
-            value: Some(AnyValue { value: Some(any_value::Value::IntValue(r.latency_micros as i64)) }),
-            ..Default::default()
-        },
-    ];
-    let target_key = match r.target_kind.as_str() {
-        "tool" => Some("gen_ai.tool.name"),
-        "resource" => Some("mcp.resource.uri"),
-        "prompt" => Some("gen_ai.prompt.name"),
-        _ => None,
-    };
-    if let Some(key) = target_key {
-        attributes.push(attribute(key, &r.target));
-    }
-    for (key, value) in [
-        ("warden.reason", &r.reason),
-        ("warden.subject", &r.subject),
-        ("warden.issuer", &r.issuer),
-        ("warden.jti_hash", &r.jti_hash),
-        ("warden.actor", &r.actor),
-        ("warden.binding", &r.binding),
-    ] {
-        if !value.is_empty() {
-            attributes.push(attribute(key, value));
-        }
-    }
-    if !r.policies.is_empty() {
-        let values = r.policies.iter().map(|p| AnyValue { value: Some(any_value::Value::StringValue(p.clone())) });
-        attributes.push(KeyValue {
-            key: "warden.policies".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::ArrayValue(ArrayValue { values: values.collect() })),
-            }),
-            ..Default::default()
-        });
-    }
-    let target = if r.target.is_empty() { String::new() } else { format!(" {}", r.target) };
-    let why = if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) };
-    let body = format!("{} {}{target} on {}{why}", if allowed { "allow" } else { "deny" }, r.method, r.server);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    LogRecord {
-        time_unix_nano: r.time_unix_nanos.max(0) as u64,
-        observed_time_unix_nano: now,
-        severity_number: if allowed { SeverityNumber::Info } else { SeverityNumber::Warn } as i32,
-        severity_text: if allowed { "INFO" } else { "WARN" }.into(),
-        body: string(body),
-        attributes,
-        trace_id: hex_bytes(&r.trace_id).unwrap_or_default(),
-        event_name: "warden.decision".into(),
-        ..Default::default()
-    }
-}
-
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    (text.len() == 32).then_some(())?;
-    (0..16).map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()).collect()
-}
-
-/// The request carrying `records`.
-pub fn logs_request(resource: &[(String, String)], scope: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(otel_resource(resource)),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: scope.into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                log_records: records,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    let empty = pb::DecisionRecord::default();
+    warden_otlp::decision::log_record(stored.record.as_ref().unwrap_or(&empty), &stored.agent, stored.boot)
 }
 
 /// Exports the control plane's metrics (cumulative) every `interval` until `stop`. Nothing is
@@ -314,7 +228,7 @@ pub async fn export_logs<S: LogSource>(
         }
         let count = records.len() as u64;
         let outcome = tokio::select! {
-            r = sender.logs(logs_request(&resource, scope, records)) => r,
+            r = sender.logs(warden_otlp::logs_request(&resource, scope, records)) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         let advance = match outcome {
@@ -356,48 +270,5 @@ pub async fn export_logs<S: LogSource>(
                 Err(e) => tracing::error!(scope, "OTLP logs exporter: {e}"),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_decision_becomes_a_log_record_with_semantic_attributes() {
-        let stored = pb::StoredDecision {
-            cursor: 9,
-            agent: "host-1".into(),
-            boot: 0xab,
-            record: Some(pb::DecisionRecord {
-                sequence: 4,
-                time_unix_nanos: 1_700_000_000_000_000_000,
-                server: "github".into(),
-                method: "tools/call".into(),
-                target_kind: "tool".into(),
-                target: "delete_repository".into(),
-                subject: "ci-bot".into(),
-                issuer: "corp".into(),
-                decision: pb::Decision::Deny as i32,
-                reason: "policy_denied".into(),
-                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-                ..Default::default()
-            }),
-        };
-        let log = log_record(&stored);
-        let attr = |k: &str| {
-            log.attributes.iter().find(|a| a.key == k).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-                any_value::Value::StringValue(s) => Some(s.clone()),
-                _ => None,
-            })
-        };
-        assert_eq!(attr("gen_ai.tool.name").as_deref(), Some("delete_repository"));
-        assert_eq!(attr("mcp.method.name").as_deref(), Some("tools/call"));
-        assert_eq!(attr("warden.reason").as_deref(), Some("policy_denied"));
-        assert_eq!(attr("warden.record.id").as_deref(), Some("host-1/00000000000000ab/4"));
-        assert_eq!(log.severity_number, SeverityNumber::Warn as i32);
-        assert_eq!(log.time_unix_nano, 1_700_000_000_000_000_000);
-        assert_eq!(log.trace_id.len(), 16);
-        assert_eq!(log.event_name, "warden.decision");
     }
 }

@@ -149,8 +149,16 @@ impl Config {
     }
 }
 
-/// The endpoint of one signal, from its own variables or the general ones.
+/// The endpoint of one signal, from its own variables or the general ones; none when the
+/// signal's exporter is `none` (`OTEL_LOGS_EXPORTER`, …; `otlp`, the default, is the other
+/// value these binaries know).
 fn endpoint(signal: &str, path: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Endpoint>, ConfigError> {
+    let exporter = format!("OTEL_{signal}_EXPORTER");
+    match get(&exporter).as_deref() {
+        None | Some("otlp") => {}
+        Some("none") => return Ok(None),
+        Some(other) => return Err(bad(&exporter, format!("{other:?}: use otlp or none"))),
+    }
     let specific = |name: &str| format!("OTEL_EXPORTER_OTLP_{signal}_{name}");
     let either = |name: &str| get(&specific(name)).or_else(|| get(&format!("OTEL_EXPORTER_OTLP_{name}")));
     let protocol = match either("PROTOCOL").as_deref() {
@@ -259,6 +267,17 @@ mod tests {
             env_of(&[("OTEL_SDK_DISABLED", "true"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")]),
         );
         assert_eq!(disabled.unwrap().logs, None);
+        let some = Config::from_env(
+            "x",
+            env_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                ("OTEL_TRACES_EXPORTER", "none"),
+                ("OTEL_LOGS_EXPORTER", "otlp"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((some.traces, some.logs.map(|l| l.url)), (None, Some("http://c/v1/logs".to_string())));
+        assert!(some.metrics.is_some(), "a signal not named keeps the default, otlp");
     }
 
     #[test]
@@ -269,6 +288,10 @@ mod tests {
                 .starts_with("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL:")
         );
         assert!(err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c")]).starts_with("OTEL_EXPORTER_OTLP_ENDPOINT:"));
+        assert!(
+            err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_LOGS_EXPORTER", "console")])
+                .starts_with("OTEL_LOGS_EXPORTER: \"console\": use otlp or none")
+        );
         assert!(
             err(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c"),

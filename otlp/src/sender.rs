@@ -21,7 +21,8 @@ pub struct ExportError {
     pub message: String,
 }
 
-/// Sends export requests of one signal to one endpoint.
+/// Sends export requests of one signal to one endpoint. Clones share the gRPC connection.
+#[derive(Clone)]
 pub enum Sender {
     Grpc(tonic::transport::Channel, Endpoint),
     Http(Endpoint),

@@ -199,6 +199,12 @@ impl std::fmt::Display for RecordError {
 
 impl std::error::Error for RecordError {}
 
+/// A record's id across the fleet, `agent/boot/sequence` (the run in 16 hex digits): what the
+/// control plane de-duplicates by, and what every export of the record carries.
+pub fn record_id(agent: &str, boot: u64, sequence: u64) -> String {
+    format!("{agent}/{boot:016x}/{sequence}")
+}
+
 impl<'a> From<&'a DecisionRecord> for DecisionRecordRef<'a> {
     /// The record without its sequence.
     fn from(r: &'a DecisionRecord) -> DecisionRecordRef<'a> {

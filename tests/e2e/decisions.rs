@@ -454,7 +454,9 @@ fn decisions_are_exported_as_otlp_metrics_over_https() {
 fn gateway_requests_are_spans_whose_context_reaches_the_upstream() {
     let receiver = OtlpReceiver::start(Protocol::Grpc);
     let endpoint = receiver.endpoint();
-    let env = [("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
+    // The general endpoint: the agent exports spans to it, and no decision logs (the control
+    // plane's job) unless asked by `OTEL_LOGS_EXPORTER=otlp`.
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
     let fleet = Fleet::start_with(&[], &[], &[], &env);
     let alice = fleet.token("alice", "jti-traces", -10, 600);
     let call: &[&str] = &["call", "seen_headers", "{}"];
@@ -504,4 +506,54 @@ fn gateway_requests_are_spans_whose_context_reaches_the_upstream() {
         .read_to_string()
         .unwrap();
     assert!(metrics.contains("warden_agent_spans_dropped_total 0\n"), "{metrics}");
+    assert!(!metrics.contains("warden_agent_decision_logs_dropped_total"), "{metrics}");
+    assert!(receiver.logs().is_empty(), "the agent exported decision logs unasked");
+}
+
+/// Asked to (`OTEL_LOGS_EXPORTER=otlp`), an agent exports its decision records as OTLP logs
+/// itself, with the attributes and record ids the control plane's export gives them, and still
+/// sends every record to the control plane.
+#[test]
+fn an_agent_asked_to_exports_its_decision_records_itself() {
+    let receiver = OtlpReceiver::start(Protocol::HttpProtobuf);
+    let endpoint = receiver.endpoint();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_LOGS_EXPORTER", "otlp"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "host.name=mcp-host-1"),
+    ];
+    let fleet = Fleet::start_with(&[], &[], &[], &env);
+    let alice = fleet.token("alice", "jti-direct", -10, 600);
+    for tool in ["echo", "delete_repository", "echo"] {
+        fleet.call(Some(&alice), tool);
+    }
+    let stored = fleet.wait_for_decisions(3);
+    let logs = wait_for_or(
+        "the agent's decision logs",
+        || fleet.agent.log_text(),
+        || {
+            let logs: Vec<_> =
+                receiver.logs().into_iter().filter(|l| l.record.event_name == "warden.decision").collect();
+            (logs.len() >= 3).then_some(logs)
+        },
+    );
+    let exported: HashSet<String> = logs.iter().filter_map(|l| l.attribute("warden.record.id")).collect();
+    let at_cp: HashSet<String> = stored.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!((exported.len(), &exported), (3, &at_cp), "the same three records, by the same ids");
+    let denied = logs.iter().find(|l| l.attribute("warden.decision").as_deref() == Some("deny")).expect("a deny");
+    assert_eq!(denied.attribute("gen_ai.tool.name").as_deref(), Some("delete_repository"));
+    assert_eq!(denied.attribute("warden.reason").as_deref(), Some("policy_denied"));
+    assert_eq!(denied.attribute("warden.agent").as_deref(), Some("agent-d"));
+    assert_eq!(denied.attribute("warden.subject").as_deref(), Some("alice"));
+    assert_eq!(denied.resource.get("service.name").map(String::as_str), Some("warden-agent"));
+    assert_eq!(denied.resource.get("host.name").map(String::as_str), Some("mcp-host-1"));
+    assert!(receiver.spans().is_empty(), "OTEL_TRACES_EXPORTER=none");
+    let metrics = ureq::get(&format!("http://{}/metrics", fleet.agent.status_addr))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("warden_agent_decision_logs_dropped_total 0\n"), "{metrics}");
 }

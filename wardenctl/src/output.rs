@@ -262,7 +262,8 @@ fn decision_name(decision: i32) -> &'static str {
 fn decision_value(d: &pb::StoredDecision) -> Value {
     let r = d.record.clone().unwrap_or_default();
     json!({
-        "cursor": d.cursor, "agent": d.agent, "time": rfc3339(r.time_unix_nanos), "server": r.server,
+        "cursor": d.cursor, "id": proto::decision_record::record_id(&d.agent, d.boot, r.sequence),
+        "agent": d.agent, "time": rfc3339(r.time_unix_nanos), "server": r.server,
         "method": r.method, "targetKind": r.target_kind, "target": r.target, "subject": r.subject,
         "issuer": r.issuer, "decision": decision_name(r.decision), "reason": r.reason, "policies": r.policies,
         "latencyMicros": r.latency_micros, "traceId": r.trace_id, "jtiHash": r.jti_hash, "via": r.via,

@@ -7,13 +7,15 @@
 //! memory queue fills, records move to the on-disk [`spool::Spool`] in the data directory, which
 //! is sent first on reconnect, so order is kept. Records are dropped only when both are full;
 //! the drops are counted and reported with the next batch. On SIGTERM whatever is still in
-//! memory goes to the spool.
+//! memory goes to the spool. When the agent also exports records itself ([`direct`]), each
+//! queued record is offered to that best-effort exporter as well.
 //!
 //! Ordering invariant: every record in the spool is older than every record in memory. The
 //! spool's lock is held from "take what memory holds" to "appended to the spool", and by the
 //! sender from "the spool is empty" to "took a batch from memory", so no batch ever overtakes
 //! older records (the control plane would take the older ones for duplicates).
 
+pub mod direct;
 pub mod spool;
 
 use std::collections::VecDeque;
@@ -109,6 +111,8 @@ pub struct Outbox {
     /// Memory is filling (for the spiller).
     pressure: Notify,
     limits: Limits,
+    /// Where records also go when the agent exports them itself.
+    direct: std::sync::OnceLock<Arc<direct::Direct>>,
 }
 
 impl Outbox {
@@ -131,11 +135,27 @@ impl Outbox {
             arrived: Notify::new(),
             pressure: Notify::new(),
             limits,
+            direct: std::sync::OnceLock::new(),
         }))
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This run of the agent, as records identify it.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// Sends every record from now on to `direct` as well (once; later calls change nothing).
+    pub fn export_directly(&self, direct: Arc<direct::Direct>) {
+        let _ = self.direct.set(direct);
+    }
+
+    /// The direct exporter, if any.
+    pub fn direct(&self) -> Option<&direct::Direct> {
+        self.direct.get().map(|d| &**d)
     }
 
     /// Whether records are kept (the gateway skips building them otherwise).
@@ -159,8 +179,13 @@ impl Outbox {
             memory.next_sequence += 1;
             let sequence = memory.next_sequence;
             DecisionRecordRef::append_sequence(scratch, sequence);
-            memory.records.push_back(Queued { sequence, encoded: Arc::from(scratch.as_slice()) });
+            let encoded: Arc<[u8]> = Arc::from(scratch.as_slice());
+            let direct = self.direct.get().map(|direct| (direct, encoded.clone()));
+            memory.records.push_back(Queued { sequence, encoded });
             self.queued(memory);
+            if let Some((direct, encoded)) = direct {
+                direct.offer(encoded);
+            }
         });
     }
 

@@ -1,0 +1,40 @@
+//! Decision records exported straight from the agent as OTLP logs, when the operator asks for
+//! it (`OTEL_LOGS_EXPORTER=otlp`): for a backend near the host that should not depend on the
+//! control plane. Best effort (`crate::export`); every record still goes to the control plane,
+//! the reliable path, and both give it the same `warden.record.id` for de-duplication.
+
+use std::sync::Arc;
+
+use prost::Message;
+use proto::v1 as pb;
+use tokio::sync::watch;
+use warden_otlp::{Endpoint, Sender, decision};
+
+use crate::export::Queue;
+
+/// Records as the outbox queued them (encoded `DecisionRecord`s).
+pub type Direct = Queue<Arc<[u8]>>;
+
+/// Starts exporting the records of `agent`'s run `boot` to `endpoint` until `stop`.
+pub fn start(
+    endpoint: &Endpoint,
+    resource: Vec<(String, String)>,
+    agent: String,
+    boot: u64,
+    stop: watch::Receiver<bool>,
+) -> Result<Arc<Direct>, String> {
+    let sender = Sender::new(endpoint)?;
+    tracing::info!(endpoint = %endpoint.url, "exporting decision records over OTLP from this agent too");
+    let send = move |encoded: Vec<Arc<[u8]>>| {
+        // Decoded here, off the request path: the outbox keeps only the encoded form.
+        let records = encoded
+            .iter()
+            .filter_map(|bytes| pb::DecisionRecord::decode(&bytes[..]).ok())
+            .map(|record| decision::log_record(&record, &agent, boot))
+            .collect();
+        let request = warden_otlp::logs_request(&resource, "warden.agent", records);
+        let sender = sender.clone();
+        async move { sender.logs(request).await }
+    };
+    Ok(Queue::start("decision records", crate::export::LINGER, send, stop))
+}
