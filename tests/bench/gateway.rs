@@ -131,14 +131,18 @@ fn signed_tokens(issuer: &str, audiences: &[&str]) -> (String, Vec<String>) {
 struct Load {
     /// CPU the proxy itself used per request (none for the direct connection).
     proxy_cpu_us: f64,
+    /// CPU the control plane used per request meanwhile (storing the records of those requests,
+    /// on the same two cores here; on a host of its own in a deployment).
+    cp_cpu_us: f64,
     requests_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
     non_2xx: u64,
 }
 
-fn wrk(url: &str, script: &Path, args: &Args, duration_secs: u64, proxy: Option<u32>) -> Load {
+fn wrk(url: &str, script: &Path, args: &Args, duration_secs: u64, proxy: Option<u32>, cp: u32) -> Load {
     let cpu_before = proxy.map(cpu_time_with_children);
+    let cp_before = cpu_time_with_children(cp);
     let out = Command::new("wrk")
         .args(["-t2", &format!("-c{}", args.connections), &format!("-d{duration_secs}s"), "--latency", "-s"])
         .arg(script)
@@ -166,8 +170,10 @@ fn wrk(url: &str, script: &Path, args: &Args, duration_secs: u64, proxy: Option<
     };
     let requests_per_sec: f64 = field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let cpu = proxy.zip(cpu_before).map(|(pid, before)| cpu_time_with_children(pid) - before);
+    let requests = requests_per_sec * duration_secs as f64;
     Load {
-        proxy_cpu_us: cpu.map_or(0.0, |c| c.as_secs_f64() * 1e6 / (requests_per_sec * duration_secs as f64)),
+        proxy_cpu_us: cpu.map_or(0.0, |c| c.as_secs_f64() * 1e6 / requests),
+        cp_cpu_us: (cpu_time_with_children(cp) - cp_before).as_secs_f64() * 1e6 / requests,
         requests_per_sec,
         p50_ms: field("50%").map(millis).unwrap_or(f64::NAN),
         p99_ms: field("99%").map(millis).unwrap_or(f64::NAN),
@@ -274,6 +280,7 @@ spec:
     };
     let (script, quiet_script) = (script("post", &token), script("quiet", &quiet_token));
     let agent_pid = agent.process.as_ref().expect("agent runs").pid();
+    let cp_pid = cp.process.as_ref().expect("control plane runs").pid();
     let quiet_pid = quiet.process.as_ref().expect("agent runs").pid();
     let targets = [
         ("direct", format!("http://{upstream}/mcp"), None, &script, &token),
@@ -304,7 +311,7 @@ spec:
     );
     let mut results: Vec<Vec<Load>> = targets.iter().map(|_| Vec::new()).collect();
     for (_, url, pid, script, _) in &targets {
-        wrk(url, script, &args, 2, *pid); // warm-up: connections, pools, caches
+        wrk(url, script, &args, 2, *pid, cp_pid); // warm-up: connections, pools, caches
     }
     for round in 0..args.rounds {
         // The two agents swap places every round, so neither always runs on the heels of the
@@ -312,7 +319,7 @@ spec:
         let order = if round % 2 == 0 { [0, 1, 2, 3] } else { [0, 1, 3, 2] };
         for i in order {
             let (_, url, pid, script, _) = &targets[i];
-            results[i].push(wrk(url, script, &args, args.duration_secs, *pid));
+            results[i].push(wrk(url, script, &args, args.duration_secs, *pid, cp_pid));
         }
     }
     let median_of = |r: &[Load], f: fn(&Load) -> f64| median(r.iter().map(f).collect());
@@ -320,14 +327,23 @@ spec:
         (median_of(&results[0], |l| l.requests_per_sec), median_of(&results[1], |l| l.requests_per_sec));
     let direct_p50 = median_of(&results[0], |l| l.p50_ms);
     println!(
-        "{:<10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8} {:>14} {:>8}",
-        "target", "req/s", "vs direct", "vs nginx", "p50 ms", "added p50", "p99 ms", "proxy CPU/req", "non-2xx"
+        "{:<10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>8} {:>14} {:>11} {:>8}",
+        "target",
+        "req/s",
+        "vs direct",
+        "vs nginx",
+        "p50 ms",
+        "added p50",
+        "p99 ms",
+        "proxy CPU/req",
+        "CP CPU/req",
+        "non-2xx"
     );
     for ((name, ..), r) in targets.iter().zip(&results) {
         let rps = median_of(r, |l| l.requests_per_sec);
         let p50 = median_of(r, |l| l.p50_ms);
         println!(
-            "{:<10} {:>9.0} {:>9.2} {:>9.2} {:>8.3} {:>10.3} {:>8.3} {:>11.1} µs {:>8}",
+            "{:<10} {:>9.0} {:>9.2} {:>9.2} {:>8.3} {:>10.3} {:>8.3} {:>11.1} µs {:>8.2} µs {:>8}",
             name,
             rps,
             rps / direct,
@@ -336,6 +352,7 @@ spec:
             p50 - direct_p50,
             median_of(r, |l| l.p99_ms),
             median_of(r, |l| l.proxy_cpu_us),
+            median_of(r, |l| l.cp_cpu_us),
             r.iter().map(|l| l.non_2xx).sum::<u64>()
         );
     }

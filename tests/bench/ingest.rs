@@ -2,7 +2,7 @@
 //!
 //! N agents are simulated in this process with the agent's real join, stream and outbox code:
 //! each outbox is filled with M realistic records, then every agent connects and sends them as
-//! real agents do (batches of 1,000, one in flight, forgotten on acknowledgement). The clock
+//! real agents do (batches of 1,000 unless `--batch`, one in flight, forgotten on acknowledgement). The clock
 //! runs from the connections to the moment the control plane reports every record stored. The
 //! baseline, measured in the same run, is the control plane's decision store fed the same
 //! batches in-process (no TLS, no gRPC): the storage ceiling.
@@ -25,10 +25,12 @@ use tokio::sync::watch;
 struct Args {
     agents: usize,
     records: usize,
+    /// Records per batch (the agent's default: 1,000).
+    batch: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { agents: 20, records: 50_000 };
+    let mut args = Args { agents: 20, records: 50_000, batch: 1_000 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -36,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--agents" => args.agents = n.clamp(1, 1_000),
             "--records" => args.records = n.clamp(1, 1_000_000),
+            "--batch" => args.batch = n.clamp(1, 100_000),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -131,8 +134,8 @@ fn main() -> std::process::ExitCode {
     let pid = cp.process.as_ref().map(|p| p.pid()).expect("running");
     let (rate, cp_cpu) = runtime.block_on(run(&args, agents_dir.path(), &cp, pid, total));
     println!(
-        "{} agents × {} records = {total} decision records, batches of 1,000, one in flight per agent",
-        args.agents, args.records
+        "{} agents × {} records = {total} decision records, batches of {}, one in flight per agent",
+        args.agents, args.records, args.batch
     );
     println!("baseline (the store in-process, no TLS/gRPC): {baseline:>10.0} records/s");
     println!(
@@ -166,7 +169,8 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, to
         std::fs::create_dir_all(&data).expect("agent dir");
         let identity =
             identity::join(&Files::new(&data), &cp.address, &token, &id, &BTreeMap::new()).await.expect("join");
-        let limits = Limits { memory_records: args.records + 1, spool_records: 1, batch_records: 1_000, enabled: true };
+        let limits =
+            Limits { memory_records: args.records + 1, spool_records: 1, batch_records: args.batch, enabled: true };
         let outbox = Outbox::open(&data, limits).expect("outbox");
         for n in 0..args.records {
             outbox.record(&(&record(i, n)).into());

@@ -183,6 +183,15 @@ fn decisions_arrive_with_who_what_and_why() {
     let all = agent["allows"].as_u64().unwrap() + agent["denies"].as_u64().unwrap();
     assert_eq!(agent["perSecond"].as_f64().unwrap(), all as f64 / 600.0);
     assert_eq!(agent["deniesPerSecond"].as_f64().unwrap(), 3.0 / 600.0);
+
+    // A caller names its tool: a 200 kB name is refused like any other, and its record keeps
+    // only the first kilobyte, so records stay small whatever callers send.
+    let long = "x".repeat(200_000);
+    assert_eq!(fleet.call(Some(&alice), &long), 200, "a JSON-RPC error, as for any denied tool");
+    let all = fleet.wait_for_decisions(5);
+    let cut = all[4]["target"].as_str().unwrap();
+    assert_eq!((cut.len(), all[4]["decision"].as_str()), (1024, Some("deny")));
+    assert!(long.starts_with(cut));
 }
 
 #[test]

@@ -80,6 +80,11 @@ pub struct Authorizer {
     principals: Mutex<BoundedMap<[u8; 32], Arc<Principal>>>,
     /// Contexts by a digest of their inputs (scopes, granted tools, tenant, address, second).
     contexts: Mutex<BoundedMap<[u8; 32], Context>>,
+    /// Cedar `ip()` values by address and `datetime()` values by second, for the contexts:
+    /// making either runs Cedar's parser on the extension's name, which costs more than
+    /// evaluating most policies, and a new second needs new contexts for every caller.
+    ips: Mutex<BoundedMap<IpAddr, RestrictedExpression>>,
+    times: Mutex<BoundedMap<i64, RestrictedExpression>>,
     /// The entities of a (principal, server, target), by digest: building them computes a
     /// transitive closure, which costs more than evaluating the policies.
     entities: Mutex<BoundedMap<[u8; 32], Arc<Entities>>>,
@@ -116,9 +121,9 @@ fn digest<'a>(fields: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn cached<V: Clone>(
-    cache: &Mutex<BoundedMap<[u8; 32], V>>,
-    key: [u8; 32],
+fn cached<K: std::hash::Hash + Eq + Clone, V: Clone>(
+    cache: &Mutex<BoundedMap<K, V>>,
+    key: K,
     build: impl FnOnce() -> Result<V, RequestError>,
 ) -> Result<V, RequestError> {
     if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -190,6 +195,9 @@ impl Authorizer {
             cedar: CedarAuthorizer::new(),
             principals: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
             contexts: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
+            ips: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
+            // Requests are decided at the current second, give or take a few.
+            times: Mutex::new(BoundedMap::new(16)),
             entities: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
             outcomes: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
         }
@@ -304,14 +312,16 @@ impl Authorizer {
     /// `datetime()` values from text, which costs more than most evaluations.
     fn context(&self, key: [u8; 32], workload: &Verified, facts: &RequestFacts<'_>) -> Result<Context, RequestError> {
         let tenant = workload.claims.get("tenant").and_then(|v| v.as_str());
-        let ip = facts.source_ip.to_string();
         cached(&self.contexts, key, || {
+            // Built directly, not parsed from Cedar text: parsing costs tens of µs.
+            let ip =
+                cached(&self.ips, facts.source_ip, || Ok(RestrictedExpression::new_ip(facts.source_ip.to_string())))?;
+            let time = cached(&self.times, facts.now, || Ok(RestrictedExpression::new_datetime(iso8601(facts.now))))?;
             let mut pairs = vec![
                 ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
                 ("granted_tools".to_string(), string_set(facts.granted_tools.iter().cloned())),
-                // Built directly, not parsed from Cedar text: parsing costs tens of µs.
-                ("source_ip".to_string(), RestrictedExpression::new_ip(ip.clone())),
-                ("time".to_string(), RestrictedExpression::new_datetime(iso8601(facts.now))),
+                ("source_ip".to_string(), ip),
+                ("time".to_string(), time),
             ];
             if let Some(tenant) = tenant {
                 pairs.push(("tenant".to_string(), RestrictedExpression::new_string(tenant.to_string())));

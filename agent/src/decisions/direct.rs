@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use prost::Message;
 use proto::v1 as pb;
 use tokio::sync::watch;
@@ -13,7 +14,7 @@ use warden_otlp::{Endpoint, Sender, decision};
 use crate::export::Queue;
 
 /// Records as the outbox queued them (encoded `DecisionRecord`s).
-pub type Direct = Queue<Arc<[u8]>>;
+pub type Direct = Queue<Bytes>;
 
 /// Starts exporting the records of `agent`'s run `boot` to `endpoint` until `stop`.
 pub fn start(
@@ -25,7 +26,7 @@ pub fn start(
 ) -> Result<Arc<Direct>, String> {
     let sender = Sender::new(endpoint)?;
     tracing::info!(endpoint = %endpoint.url, "exporting decision records over OTLP from this agent too");
-    let send = move |encoded: Vec<Arc<[u8]>>| {
+    let send = move |encoded: Vec<Bytes>| {
         // Decoded here, off the request path: the outbox keeps only the encoded form.
         let records = encoded
             .iter()

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use proto::decision_record::DecisionRecordRef;
 use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
@@ -75,13 +75,18 @@ impl InFlight {
 /// decision reaches the control plane at most this much later.
 const LINGER: Duration = Duration::from_millis(50);
 
-/// A queued record, encoded: one exactly sized allocation instead of a dozen strings
-/// (cross-thread frees of many small strings grew the allocator's per-thread arenas under load;
-/// see BENCHMARKS.md), shared with the batch that carries it rather than copied into it.
+/// A queued record, encoded: a slice of a [`CHUNK`] shared by the records queued around it,
+/// instead of a dozen strings or an allocation of its own (cross-thread frees of many small
+/// allocations grew the allocator's per-thread arenas under load and cost the gateway threads
+/// allocator locks; see BENCHMARKS.md). The batch that carries it refers to it, not a copy.
 struct Queued {
     sequence: u64,
-    encoded: Arc<[u8]>,
+    encoded: Bytes,
 }
+
+/// Records are written one after another into buffers of this size; a buffer is freed when
+/// the last record in it is (acknowledged, or spilled to disk).
+const CHUNK: usize = 64 * 1024;
 
 thread_local! {
     /// Where a gateway thread encodes a record before it is queued.
@@ -91,6 +96,8 @@ thread_local! {
 struct Memory {
     next_sequence: u64,
     records: VecDeque<Queued>,
+    /// The unused end of the chunk records are being written to.
+    chunk: BytesMut,
     /// When the oldest unsent record was queued (for [`LINGER`]).
     oldest_at: Option<tokio::time::Instant>,
     /// Records of this run dropped: memory full while the spool could not take them, or the
@@ -127,6 +134,7 @@ impl Outbox {
             memory: Mutex::new(Memory {
                 next_sequence: 0,
                 records: VecDeque::new(),
+                chunk: BytesMut::new(),
                 oldest_at: None,
                 dropped: 0,
                 dropped_acknowledged: 0,
@@ -179,7 +187,11 @@ impl Outbox {
             memory.next_sequence += 1;
             let sequence = memory.next_sequence;
             DecisionRecordRef::append_sequence(scratch, sequence);
-            let encoded: Arc<[u8]> = Arc::from(scratch.as_slice());
+            if memory.chunk.capacity() < scratch.len() {
+                memory.chunk = BytesMut::with_capacity(CHUNK.max(scratch.len()));
+            }
+            memory.chunk.extend_from_slice(scratch);
+            let encoded = memory.chunk.split().freeze();
             let direct = self.direct.get().map(|direct| (direct, encoded.clone()));
             memory.records.push_back(Queued { sequence, encoded });
             self.queued(memory);
@@ -280,10 +292,9 @@ impl Outbox {
         // Shared as they are (no decoding, no copy): the lock is held for a count per record.
         let taken = memory.records.len().min(max);
         let last = taken.checked_sub(1).map_or(0, |i| memory.records[i].sequence);
-        let shared: Vec<Arc<[u8]>> = memory.records.iter().take(taken).map(|q| q.encoded.clone()).collect();
+        let records = memory.records.iter().take(taken).map(|q| q.encoded.clone()).collect();
         let dropped = memory.dropped;
         drop(memory);
-        let records = shared.into_iter().map(Bytes::from_owner).collect();
         let batch = pb::DecisionBatch { boot: self.boot, records, dropped };
         Ok(Some((batch, InFlight { boot: self.boot, last, dropped })))
     }
@@ -319,7 +330,7 @@ impl Outbox {
             let room = guard.room().min(memory.records.len() as u64) as usize;
             let lost = memory.records.len() - room;
             memory.dropped += lost as u64;
-            let records: Vec<Arc<[u8]>> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
+            let records: Vec<Bytes> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
             (records, memory.dropped)
         };
         if records.is_empty() && dropped == 0 {

@@ -92,7 +92,7 @@ impl Spool {
 
     /// Appends `records` of `boot` (each an encoded `DecisionRecord`; the caller keeps within
     /// [`Spool::room`]) and records that run's drop count, in one transaction.
-    pub fn append(&mut self, boot: u64, records: &[std::sync::Arc<[u8]>], dropped: u64) -> Result<(), SpoolError> {
+    pub fn append(&mut self, boot: u64, records: &[Bytes], dropped: u64) -> Result<(), SpoolError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(RECORDS).map_err(db_err)?;
@@ -187,7 +187,7 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn records(from: u64, to: u64) -> Vec<std::sync::Arc<[u8]>> {
+    fn records(from: u64, to: u64) -> Vec<Bytes> {
         (from..=to)
             .map(|sequence| pb::DecisionRecord { sequence, ..Default::default() }.encode_to_vec().into())
             .collect()

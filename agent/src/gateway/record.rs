@@ -25,6 +25,19 @@ pub(crate) struct Decision<'a> {
     pub policies: &'a [String],
 }
 
+/// The longest method name a record keeps, in bytes.
+const MAX_METHOD: usize = 128;
+/// The longest tool name, resource URI, prompt name, subject or issuer a record keeps, in bytes.
+const MAX_NAME: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary). A caller names the method and
+/// the target in its request body, which may be a megabyte: uncut, a workload with a valid
+/// token could fill the outbox's bounded count of records with gigabytes, and batches could
+/// outgrow what the control plane accepts.
+fn bounded(text: &str, max: usize) -> &str {
+    &text[..text.floor_char_boundary(max)]
+}
+
 /// Queues the record of `decision` for the control plane; the request arrived at `arrived`
 /// through `via` ("gateway" or "ext_authz"). With tracing on, `trace` is the request's trace
 /// (which the gateway may have started), so the record and the span share one trace id.
@@ -56,11 +69,11 @@ pub(crate) fn record(
     outbox.record(&DecisionRecordRef {
         time_unix_nanos: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
         server: decision.server,
-        method: decision.method,
+        method: bounded(decision.method, MAX_METHOD),
         target_kind,
-        target,
-        subject: workload.map_or("", |w| &w.subject),
-        issuer: workload.map_or("", |w| &w.issuer),
+        target: bounded(target, MAX_NAME),
+        subject: bounded(workload.map_or("", |w| &w.subject), MAX_NAME),
+        issuer: bounded(workload.map_or("", |w| &w.issuer), MAX_NAME),
         decision: if decision.allowed { pb::Decision::Allow } else { pb::Decision::Deny },
         reason: decision.reason,
         policies: decision.policies,
@@ -102,6 +115,15 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded("tools/call", MAX_METHOD), "tools/call");
+        let long = "é".repeat(MAX_NAME);
+        let cut = bounded(&long, MAX_NAME);
+        assert_eq!((cut.len(), cut.chars().count()), (MAX_NAME, MAX_NAME / 2));
+        assert_eq!(bounded("aé", 2), "a", "never half a character");
+    }
 
     #[test]
     fn only_valid_traceparents_give_a_trace_id() {
