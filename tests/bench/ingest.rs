@@ -169,8 +169,12 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, to
         std::fs::create_dir_all(&data).expect("agent dir");
         let identity =
             identity::join(&Files::new(&data), &cp.address, &token, &id, &BTreeMap::new()).await.expect("join");
-        let limits =
-            Limits { memory_records: args.records + 1, spool_records: 1, batch_records: args.batch, enabled: true };
+        let limits = Limits {
+            memory_records: args.records + 1,
+            spool_records: 1,
+            batch_records: args.batch,
+            ..Limits::default()
+        };
         let outbox = Outbox::open(&data, limits).expect("outbox");
         for n in 0..args.records {
             outbox.record(&(&record(i, n)).into());

@@ -117,11 +117,12 @@ impl Spool {
 
     /// Up to `max` of the oldest records, all of one boot; or, when no record is left, a boot
     /// whose drop count the control plane has not acknowledged (with no records).
-    pub fn front(&self, max: usize) -> Result<Option<Front>, SpoolError> {
+    pub fn front(&self, max: usize, max_bytes: usize) -> Result<Option<Front>, SpoolError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(RECORDS).map_err(db_err)?;
         let drops = txn.open_table(DROPS).map_err(db_err)?;
         let mut front: Option<Front> = None;
+        let mut taken_bytes = 0;
         for entry in table.iter().map_err(db_err)? {
             let (key, value) = entry.map_err(db_err)?;
             let (key, value) = (key.value(), value.value());
@@ -130,9 +131,11 @@ impl Spool {
             // Decoded to be sure it is whole: the control plane refuses a batch with a broken record.
             let record = pb::DecisionRecord::decode(bytes).map_err(|_| SpoolError::Corrupt(key))?;
             let f = front.get_or_insert_with(|| Front { boot, ..Front::default() });
-            if f.boot != boot || f.records.len() >= max {
+            let over = !f.records.is_empty() && taken_bytes + bytes.len() > max_bytes;
+            if f.boot != boot || f.records.len() >= max || over {
                 break;
             }
+            taken_bytes += bytes.len();
             f.records.push(Bytes::copy_from_slice(bytes));
             f.last = record.sequence;
         }
@@ -212,25 +215,29 @@ mod tests {
         }
         let mut spool = Spool::open(&path, 10).unwrap();
         assert_eq!(spool.len(), 5);
-        let front = spool.front(100).unwrap().unwrap();
+        let front = spool.front(100, usize::MAX).unwrap().unwrap();
         assert_eq!((front.boot, sequences(&front), front.dropped), (7, vec![1, 2, 3], 0));
-        assert_eq!(sequences(&spool.front(2).unwrap().unwrap()), [1, 2]);
+        assert_eq!(sequences(&spool.front(2, usize::MAX).unwrap().unwrap()), [1, 2]);
+        // Bounded in bytes too, but never empty: a record larger than the bound goes alone.
+        let one = front.records[0].len();
+        assert_eq!(sequences(&spool.front(100, 2 * one + 1).unwrap().unwrap()), [1, 2]);
+        assert_eq!(sequences(&spool.front(100, 1).unwrap().unwrap()), [1]);
         spool.acknowledge(7, 2, 0).unwrap();
-        assert_eq!(sequences(&spool.front(100).unwrap().unwrap()), [3]);
+        assert_eq!(sequences(&spool.front(100, usize::MAX).unwrap().unwrap()), [3]);
         spool.acknowledge(7, 3, 0).unwrap();
-        let front = spool.front(100).unwrap().unwrap();
+        let front = spool.front(100, usize::MAX).unwrap().unwrap();
         assert_eq!((front.boot, sequences(&front), front.dropped), (9, vec![1, 2], 4));
         // An acknowledgement of another run removes nothing.
         spool.acknowledge(7, 99, 0).unwrap();
         assert_eq!(spool.len(), 2);
         spool.acknowledge(9, 2, 3).unwrap();
         // The records went; the drop count stays until acknowledged whole.
-        let front = spool.front(100).unwrap().unwrap();
+        let front = spool.front(100, usize::MAX).unwrap().unwrap();
         assert_eq!((front.boot, front.records.len(), front.dropped), (9, 0, 4));
         spool.acknowledge(9, 2, 4).unwrap();
-        assert!(spool.front(100).unwrap().is_none());
+        assert!(spool.front(100, usize::MAX).unwrap().is_none());
         // New records continue after the old ones.
         spool.append(11, &records(1, 1), 0).unwrap();
-        assert_eq!(spool.front(100).unwrap().unwrap().boot, 11);
+        assert_eq!(spool.front(100, usize::MAX).unwrap().unwrap().boot, 11);
     }
 }
