@@ -2,10 +2,10 @@
 //!
 //! N agents are simulated in this process with the agent's real join, stream and outbox code:
 //! each outbox is filled with M realistic records, then every agent connects and sends them as
-//! real agents do (batches of 1,000 unless `--batch`, one in flight, forgotten on acknowledgement). The clock
-//! runs from the connections to the moment the control plane reports every record stored. The
-//! baseline, measured in the same run, is the control plane's decision store fed the same
-//! batches in-process (no TLS, no gRPC): the storage ceiling.
+//! real agents do (batches of the agent's size unless `--batch` says otherwise, one in flight,
+//! forgotten on acknowledgement). The clock runs from the connections to the moment the control
+//! plane reports every record stored. The baseline, measured in the same run, is the control
+//! plane's decision store fed the same batches in-process (no TLS, no gRPC): the storage ceiling.
 //!
 //! `cargo build --release -p tests --bin ingest && ./target/release/ingest --agents 20 --records 50000`
 
@@ -25,12 +25,12 @@ use tokio::sync::watch;
 struct Args {
     agents: usize,
     records: usize,
-    /// Records per batch (the agent's default: 1,000).
+    /// Records per batch (the agent's default unless given).
     batch: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { agents: 20, records: 50_000, batch: 1_000 };
+    let mut args = Args { agents: 20, records: 50_000, batch: Limits::default().batch_records };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;

@@ -104,6 +104,12 @@ spec:
         out.lines().map(|l| serde_json::from_str(l).expect("a JSON object per line")).collect()
     }
 
+    /// The agent's Prometheus text.
+    fn agent_metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.agent.status_addr);
+        ureq::get(&url).call().expect("the agent's /metrics").body_mut().read_to_string().unwrap()
+    }
+
     fn summary(&self) -> Value {
         self.cp.ctl_json(&["decisions", "--summary"])
     }
@@ -508,12 +514,7 @@ fn gateway_requests_are_spans_whose_context_reaches_the_upstream() {
     );
     assert_eq!((denied.trace_id.as_str(), denied.parent_span_id.as_str()), (caller_trace, "00f067aa0ba902b7"));
     assert_eq!(denied.attributes.get("warden.reason").map(String::as_str), Some("policy_denied"));
-    let metrics = ureq::get(&format!("http://{}/metrics", fleet.agent.status_addr))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = fleet.agent_metrics();
     assert!(metrics.contains("warden_agent_spans_dropped_total 0\n"), "{metrics}");
     assert!(!metrics.contains("warden_agent_decision_logs_dropped_total"), "{metrics}");
     assert!(receiver.logs().is_empty(), "the agent exported decision logs unasked");
@@ -558,11 +559,6 @@ fn an_agent_asked_to_exports_its_decision_records_itself() {
     assert_eq!(denied.resource.get("service.name").map(String::as_str), Some("warden-agent"));
     assert_eq!(denied.resource.get("host.name").map(String::as_str), Some("mcp-host-1"));
     assert!(receiver.spans().is_empty(), "OTEL_TRACES_EXPORTER=none");
-    let metrics = ureq::get(&format!("http://{}/metrics", fleet.agent.status_addr))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = fleet.agent_metrics();
     assert!(metrics.contains("warden_agent_decision_logs_dropped_total 0\n"), "{metrics}");
 }
