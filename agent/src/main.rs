@@ -146,11 +146,7 @@ async fn start() -> anyhow::Result<()> {
 /// the agent exports them itself only when asked by name (`OTEL_LOGS_EXPORTER=otlp`), since an
 /// endpoint set for its spans would otherwise have every decision recorded twice.
 fn otlp_config() -> Result<warden_otlp::Config, warden_otlp::ConfigError> {
-    let mut config = warden_otlp::Config::from_env("warden-agent", warden_otlp::process_env)?;
-    if warden_otlp::process_env("OTEL_LOGS_EXPORTER").is_none_or(|v| v.trim() != "otlp") {
-        config.logs = None;
-    }
-    Ok(config)
+    warden_otlp::Config::from_env_opting_in("warden-agent", &["LOGS"], warden_otlp::process_env)
 }
 
 async fn shutdown_signal() {

@@ -111,6 +111,16 @@ impl Config {
     /// Reads the standard variables through `var` (the process environment in production).
     /// `service` is the default `service.name`.
     pub fn from_env(service: &str, var: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::from_env_opting_in(service, &[], var)
+    }
+
+    /// [`Config::from_env`], with the signals in `opt_in` (`"LOGS"`, …) exported only when their
+    /// `OTEL_<SIGNAL>_EXPORTER` names `otlp` (their variables are not even read otherwise).
+    pub fn from_env_opting_in(
+        service: &str,
+        opt_in: &[&str],
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let get = |name: &str| var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(Config::default());
@@ -140,9 +150,9 @@ impl Config {
             None => Duration::from_secs(60),
         };
         Ok(Config {
-            logs: endpoint("LOGS", "logs", &get)?,
-            metrics: endpoint("METRICS", "metrics", &get)?,
-            traces: endpoint("TRACES", "traces", &get)?,
+            logs: endpoint("LOGS", "logs", opt_in, &get)?,
+            metrics: endpoint("METRICS", "metrics", opt_in, &get)?,
+            traces: endpoint("TRACES", "traces", opt_in, &get)?,
             metric_interval,
             resource,
         })
@@ -150,11 +160,17 @@ impl Config {
 }
 
 /// The endpoint of one signal, from its own variables or the general ones; none when the
-/// signal's exporter is `none` (`OTEL_LOGS_EXPORTER`, …; `otlp`, the default, is the other
-/// value these binaries know).
-fn endpoint(signal: &str, path: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Endpoint>, ConfigError> {
+/// signal's exporter is `none` (`OTEL_LOGS_EXPORTER`, …; `otlp` is the other value these
+/// binaries know, and the default unless the signal is in `opt_in`).
+fn endpoint(
+    signal: &str,
+    path: &str,
+    opt_in: &[&str],
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Endpoint>, ConfigError> {
     let exporter = format!("OTEL_{signal}_EXPORTER");
     match get(&exporter).as_deref() {
+        None if opt_in.contains(&signal) => return Ok(None),
         None | Some("otlp") => {}
         Some("none") => return Ok(None),
         Some(other) => return Err(bad(&exporter, format!("{other:?}: use otlp or none"))),
@@ -278,6 +294,11 @@ mod tests {
         .unwrap();
         assert_eq!((some.traces, some.logs.map(|l| l.url)), (None, Some("http://c/v1/logs".to_string())));
         assert!(some.metrics.is_some(), "a signal not named keeps the default, otlp");
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c");
+        let opted = |pairs: &[(&str, &str)]| Config::from_env_opting_in("x", &["LOGS"], env_of(pairs)).unwrap();
+        assert_eq!(opted(&[endpoint]).logs, None, "an opt-in signal is off unless named");
+        assert!(opted(&[endpoint]).traces.is_some());
+        assert!(opted(&[endpoint, ("OTEL_LOGS_EXPORTER", "otlp")]).logs.is_some());
     }
 
     #[test]

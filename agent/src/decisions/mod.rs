@@ -405,10 +405,7 @@ mod tests {
     }
 
     fn outbox(dir: &std::path::Path, memory: usize, spool: u64) -> Arc<Outbox> {
-        outbox_with(dir, Limits { memory_records: memory, spool_records: spool, batch_records: 3, ..Limits::default() })
-    }
-
-    fn outbox_with(dir: &std::path::Path, limits: Limits) -> Arc<Outbox> {
+        let limits = Limits { memory_records: memory, spool_records: spool, batch_records: 3, ..Limits::default() };
         Outbox::open(dir, limits).unwrap()
     }
 
@@ -418,7 +415,8 @@ mod tests {
         let size = record().encoded_len() + 2;
         for (batch_bytes, want) in [(2 * size, vec![vec![1, 2], vec![3]]), (1, vec![vec![1], vec![2], vec![3]])] {
             let dir = tempfile::tempdir().unwrap();
-            let outbox = outbox_with(dir.path(), Limits { batch_records: 3, batch_bytes, ..Limits::default() });
+            let outbox =
+                Outbox::open(dir.path(), Limits { batch_records: 3, batch_bytes, ..Limits::default() }).unwrap();
             for _ in 0..3 {
                 outbox.record(&record());
             }
