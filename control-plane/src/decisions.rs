@@ -10,6 +10,12 @@
 //! batches), then answers each. The file is `decisions.redb` in the data directory, apart from
 //! the configuration store so telemetry volume never slows configuration writes. The oldest
 //! records beyond the retention bound are deleted as new ones arrive.
+//!
+//! Each record has a cursor (its place in arrival order, from 1, without gaps), which readers
+//! page by. The new records of a batch are stored together as one value under the cursor of the
+//! first: one B-tree insert per batch rather than per record, which was most of what a record
+//! cost the control plane. Retention moves the first cursor kept; a stored batch goes once all
+//! of its records are older than that.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,18 +24,38 @@ use prost::Message;
 use prost::bytes::Bytes;
 use proto::decision_record::DecisionRecordView;
 use proto::v1 as pb;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::{mpsc, oneshot};
 
-/// Arrival order → encoded `StoredDecision`.
-const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+/// Cursor of a batch's first record → the batch's new records, an encoded [`StoredBatch`].
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+/// Cursor → encoded `StoredDecision`: how records were stored before batches were stored whole;
+/// moved into `BATCHES` when such a file is opened.
+const LEGACY_RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 /// (agent, boot) → highest sequence stored.
 const CURSORS: TableDefinition<(&str, u64), u64> = TableDefinition::new("cursors");
 /// (agent, boot) → records that run reported dropping (cumulative).
 const DROPS: TableDefinition<(&str, u64), u64> = TableDefinition::new("drops");
-/// "received" → records stored since the file was created; "exported" → the cursor of the last
-/// record the OTLP exporter delivered.
+/// "received" → records stored since the file was created (so also the last cursor); "first" →
+/// the oldest cursor kept; "exported" → the cursor of the last record the OTLP exporter
+/// delivered.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// Records per stored batch at most when a file of single records is migrated (what an agent
+/// sends per batch by default).
+const MIGRATED_BATCH: usize = 4_000;
+
+/// The new records of one agent's batch as stored: each record as the agent encoded it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredBatch {
+    #[prost(string, tag = "1")]
+    agent: String,
+    #[prost(fixed64, tag = "2")]
+    boot: u64,
+    /// Encoded `DecisionRecord`s; the first has the batch's key as its cursor, the next one more.
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    records: Vec<Bytes>,
+}
 
 /// Records examined per query at most (a query that matched little returns where it stopped).
 const SCAN_LIMIT: usize = 200_000;
@@ -81,10 +107,11 @@ impl Decisions {
             .create(data_dir.join("decisions.redb"))
             .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
-        txn.open_table(RECORDS).map_err(db_err)?;
+        txn.open_table(BATCHES).map_err(db_err)?;
         txn.open_table(CURSORS).map_err(db_err)?;
         txn.open_table(DROPS).map_err(db_err)?;
         txn.open_table(COUNTERS).map_err(db_err)?;
+        migrate_single_records(&txn)?;
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
         let (ingest, queue) = mpsc::channel(1024);
@@ -133,25 +160,22 @@ impl Decisions {
     /// Up to `max` records after the export cursor, with the cursor of the last (blocking).
     pub fn unexported(&self, max: usize) -> Result<(u64, Vec<pb::StoredDecision>), DecisionError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let exported =
-            txn.open_table(COUNTERS).map_err(db_err)?.get("exported").map_err(db_err)?.map_or(0, |v| v.value());
-        let records = txn.open_table(RECORDS).map_err(db_err)?;
-        let mut out = Vec::new();
-        let mut last = exported;
-        for entry in records.range(exported + 1..).map_err(db_err)?.take(max) {
-            let (key, value) = entry.map_err(db_err)?;
-            if out.is_empty() && key.value() > exported + 1 && exported > 0 {
-                tracing::warn!(
-                    lost = key.value() - exported - 1,
-                    "decision records were deleted by retention before they could be exported"
-                );
-            }
-            last = key.value();
-            out.push(
-                pb::StoredDecision::decode(value.value())
-                    .map_err(|e| DecisionError(format!("record {last} does not decode: {e}")))?,
+        let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let exported = counter(&counters, "exported")?;
+        let first = counter(&counters, "first")?.max(1);
+        if exported > 0 && first > exported + 1 {
+            tracing::warn!(
+                lost = first - exported - 1,
+                "decision records were deleted by retention before they could be exported"
             );
         }
+        let mut out = Vec::new();
+        let mut last = exported;
+        visit_from(&txn, exported + 1, |stored| {
+            last = stored.cursor;
+            out.push(stored);
+            out.len() < max
+        })?;
         Ok((last, out))
     }
 
@@ -165,33 +189,119 @@ impl Decisions {
     /// Records matching `filter`, oldest first (blocking: call from `spawn_blocking`).
     pub fn list(&self, filter: &pb::ListDecisionsRequest) -> Result<pb::ListDecisionsResponse, DecisionError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let records = txn.open_table(RECORDS).map_err(db_err)?;
         let limit = match filter.limit {
             0 => LIST_LIMIT,
             n => n.min(LIST_LIMIT),
         } as usize;
         let mut out = pb::ListDecisionsResponse { next: filter.after, ..Default::default() };
-        let start = filter.after.saturating_add(1);
-        for (scanned, entry) in records.range(start..).map_err(db_err)?.enumerate() {
-            if scanned >= SCAN_LIMIT || out.decisions.len() >= limit {
-                break;
-            }
-            let (key, value) = entry.map_err(db_err)?;
-            out.next = key.value();
-            let stored = pb::StoredDecision::decode(value.value())
-                .map_err(|e| DecisionError(format!("record {} does not decode: {e}", key.value())))?;
+        let mut scanned = 0;
+        visit_from(&txn, filter.after.saturating_add(1), |stored| {
+            scanned += 1;
+            out.next = stored.cursor;
             if matches(filter, &stored) {
                 out.decisions.push(stored);
             }
-        }
+            scanned < SCAN_LIMIT && out.decisions.len() < limit
+        })?;
         for entry in txn.open_table(DROPS).map_err(db_err)?.iter().map_err(db_err)? {
             let (key, dropped) = entry.map_err(db_err)?;
             *out.dropped.entry(key.value().0.to_string()).or_default() += dropped.value();
         }
-        out.received =
-            txn.open_table(COUNTERS).map_err(db_err)?.get("received").map_err(db_err)?.map_or(0, |v| v.value());
+        out.received = counter(&txn.open_table(COUNTERS).map_err(db_err)?, "received")?;
         Ok(out)
     }
+}
+
+fn counter(counters: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, DecisionError> {
+    Ok(counters.get(name).map_err(db_err)?.map_or(0, |v| v.value()))
+}
+
+/// Calls `visit` with each record kept from cursor `start` on, oldest first, until it returns
+/// false.
+fn visit_from(
+    txn: &redb::ReadTransaction,
+    start: u64,
+    mut visit: impl FnMut(pb::StoredDecision) -> bool,
+) -> Result<(), DecisionError> {
+    let start = start.max(counter(&txn.open_table(COUNTERS).map_err(db_err)?, "first")?);
+    let batches = txn.open_table(BATCHES).map_err(db_err)?;
+    // The batch holding `start` begins at or before it.
+    let from = match batches.range(..=start).map_err(db_err)?.next_back() {
+        Some(entry) => entry.map_err(db_err)?.0.value(),
+        None => start,
+    };
+    for entry in batches.range(from..).map_err(db_err)? {
+        let (key, value) = entry.map_err(db_err)?;
+        let key = key.value();
+        // Copied once so the records are slices of it rather than one allocation each.
+        let batch = StoredBatch::decode(Bytes::copy_from_slice(value.value()))
+            .map_err(|e| DecisionError(format!("the batch stored at {key} does not decode: {e}")))?;
+        for (cursor, encoded) in (key..).zip(&batch.records) {
+            if cursor < start {
+                continue;
+            }
+            let record = pb::DecisionRecord::decode(encoded.as_ref())
+                .map_err(|e| DecisionError(format!("record {cursor} does not decode: {e}")))?;
+            let stored =
+                pb::StoredDecision { cursor, agent: batch.agent.clone(), record: Some(record), boot: batch.boot };
+            if !visit(stored) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves the records of a file written when each was stored alone (one row per record) into
+/// stored batches, keeping their cursors; nothing to do for any other file.
+fn migrate_single_records(txn: &redb::WriteTransaction) -> Result<(), DecisionError> {
+    if !txn.list_tables().map_err(db_err)?.any(|t| t.name() == LEGACY_RECORDS.name()) {
+        return Ok(());
+    }
+    let mut batches = txn.open_table(BATCHES).map_err(db_err)?;
+    let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let (mut moved, mut first, mut last) = (0u64, None, 0);
+    {
+        let legacy = txn.open_table(LEGACY_RECORDS).map_err(db_err)?;
+        // The batch being put together: its first cursor and its records.
+        let mut pending: Option<(u64, StoredBatch)> = None;
+        for entry in legacy.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let cursor = key.value();
+            let single = pb::StoredDecision::decode(value.value())
+                .map_err(|e| DecisionError(format!("migrating record {cursor}: it does not decode: {e}")))?;
+            let record = single.record.unwrap_or_default().encode_to_vec().into();
+            first.get_or_insert(cursor);
+            let joins = pending.as_ref().is_some_and(|(at, batch)| {
+                batch.agent == single.agent
+                    && batch.boot == single.boot
+                    && batch.records.len() < MIGRATED_BATCH
+                    && at + batch.records.len() as u64 == cursor
+            });
+            if !joins {
+                if let Some((at, batch)) = pending.take() {
+                    batches.insert(at, batch.encode_to_vec().as_slice()).map_err(db_err)?;
+                }
+                pending = Some((cursor, StoredBatch { agent: single.agent, boot: single.boot, records: Vec::new() }));
+            }
+            if let Some((_, batch)) = pending.as_mut() {
+                batch.records.push(record);
+            }
+            (moved, last) = (moved + 1, cursor);
+        }
+        if let Some((at, batch)) = pending {
+            batches.insert(at, batch.encode_to_vec().as_slice()).map_err(db_err)?;
+        }
+    }
+    if let Some(first) = first {
+        counters.insert("first", first).map_err(db_err)?;
+        let received = counter(&counters, "received")?.max(last);
+        counters.insert("received", received).map_err(db_err)?;
+    }
+    drop((batches, counters));
+    txn.delete_table(LEGACY_RECORDS).map_err(db_err)?;
+    tracing::info!(records = moved, "decision records stored one by one were moved into stored batches");
+    Ok(())
 }
 
 impl Drop for Decisions {
@@ -263,72 +373,67 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
     let mut acks = Vec::with_capacity(group.len());
     let mut moved_drops = Vec::new();
     {
-        let mut records = txn.open_table(RECORDS).map_err(db_err)?;
+        let mut batches = txn.open_table(BATCHES).map_err(db_err)?;
         let mut cursors = txn.open_table(CURSORS).map_err(db_err)?;
         let mut drops = txn.open_table(DROPS).map_err(db_err)?;
         let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
-        let mut next = records.last().map_err(db_err)?.map_or(1, |(k, _)| k.value() + 1);
-        let mut received = counters.get("received").map_err(db_err)?.map_or(0, |v| v.value());
+        let mut received = counter(&counters, "received")?;
         let mut value = Vec::new();
         for Ingest { agent, boot, records: batch, dropped, .. } in group {
             let key = (agent.as_str(), *boot);
-            let mut cursor = cursors.get(key).map_err(db_err)?.map_or(0, |v| v.value());
-            let first_new = cursor + 1;
-            for (sequence, encoded) in batch {
-                // Already stored (a resend): skipped, so each record is kept once.
-                if *sequence <= cursor {
-                    continue;
-                }
-                cursor = *sequence;
+            let cursor = cursors.get(key).map_err(db_err)?.map_or(0, |v| v.value());
+            // Records already stored (a resend) are skipped, so each is kept once.
+            let mut stored_to = cursor;
+            let new: Vec<Bytes> = batch
+                .iter()
+                .filter(|(sequence, _)| {
+                    *sequence > stored_to && {
+                        stored_to = *sequence;
+                        true
+                    }
+                })
+                .map(|(_, encoded)| encoded.clone())
+                .collect();
+            if !new.is_empty() {
+                let count = new.len() as u64;
                 value.clear();
-                encode_stored(next, agent, encoded, *boot, &mut value);
-                records.insert(next, value.as_slice()).map_err(db_err)?;
-                next += 1;
-                received += 1;
+                StoredBatch { agent: agent.clone(), boot: *boot, records: new }
+                    .encode(&mut value)
+                    .map_err(|e| DecisionError(format!("encoding a batch: {e}")))?;
+                batches.insert(received + 1, value.as_slice()).map_err(db_err)?;
+                received += count;
             }
-            cursors.insert(key, cursor).map_err(db_err)?;
+            cursors.insert(key, stored_to).map_err(db_err)?;
             let known = drops.get(key).map_err(db_err)?.map_or(0, |v| v.value());
             if *dropped > known {
                 tracing::warn!(%agent, dropped, "an agent reports dropped decision records");
                 drops.insert(key, *dropped).map_err(db_err)?;
                 moved_drops.push((agent.clone(), known, *dropped));
             }
-            acks.push((cursor, first_new));
+            acks.push((stored_to, cursor + 1));
         }
         counters.insert("received", received).map_err(db_err)?;
-        // Retention: the oldest go first.
-        let excess = records.len().map_err(db_err)?.saturating_sub(retention);
-        for _ in 0..excess {
-            records.pop_first().map_err(db_err)?;
+        // Retention: the oldest go first; a stored batch once none of its records is kept.
+        let first = counter(&counters, "first")?.max(1).max(received.saturating_sub(retention) + 1);
+        counters.insert("first", first).map_err(db_err)?;
+        loop {
+            let mut older = batches.range(..=first).map_err(db_err)?;
+            // The second batch at or before `first` begins after every record of the first.
+            if older.next().is_none() || older.next().is_none() {
+                break;
+            }
+            drop(older);
+            batches.pop_first().map_err(db_err)?;
         }
     }
     txn.commit().map_err(db_err)?;
     Ok((acks, moved_drops))
 }
 
-/// `StoredDecision { cursor, agent, record, boot }` in the bytes prost would write, with the
-/// record as the agent encoded it (a message field and a bytes field look the same on the wire).
-fn encode_stored(cursor: u64, agent: &str, record: &[u8], boot: u64, out: &mut Vec<u8>) {
-    use prost::encoding::{self, WireType};
-    if cursor != 0 {
-        encoding::uint64::encode(1, &cursor, out);
-    }
-    if !agent.is_empty() {
-        encoding::encode_key(2, WireType::LengthDelimited, out);
-        encoding::encode_varint(agent.len() as u64, out);
-        out.extend_from_slice(agent.as_bytes());
-    }
-    encoding::encode_key(3, WireType::LengthDelimited, out);
-    encoding::encode_varint(record.len() as u64, out);
-    out.extend_from_slice(record);
-    if boot != 0 {
-        encoding::fixed64::encode(4, &boot, out);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
 
     fn batch(boot: u64, sequences: std::ops::RangeInclusive<u64>, dropped: u64) -> pb::DecisionBatch {
         let records = sequences
@@ -336,24 +441,6 @@ mod tests {
             .map(|r| r.encode_to_vec().into())
             .collect();
         pb::DecisionBatch { boot, records, dropped }
-    }
-
-    #[test]
-    fn a_stored_record_is_written_as_prost_writes_it() {
-        let record = pb::DecisionRecord {
-            sequence: 4,
-            server: "files".into(),
-            policies: vec!["p.0".into()],
-            decision: pb::Decision::Deny as i32,
-            ..Default::default()
-        };
-        for (cursor, agent, boot) in [(1, "agent-1", 7), (0, "", 0), (u64::MAX, "a", u64::MAX)] {
-            let expected =
-                pb::StoredDecision { cursor, agent: agent.into(), record: Some(record.clone()), boot }.encode_to_vec();
-            let mut written = Vec::new();
-            encode_stored(cursor, agent, &record.encode_to_vec(), boot, &mut written);
-            assert_eq!(written, expected, "cursor {cursor}, agent {agent:?}, boot {boot}");
-        }
     }
 
     #[tokio::test]
@@ -384,6 +471,13 @@ mod tests {
         let rest = store.list(&pb::ListDecisionsRequest { after: page.next, ..Default::default() }).unwrap();
         assert_eq!(rest.decisions.len(), 5);
         assert_eq!(rest.decisions[0].cursor, page.next + 1);
+        // A page may end inside a stored batch: the next starts at the following record.
+        let mid = store.list(&pb::ListDecisionsRequest { after: 1, limit: 3, ..Default::default() }).unwrap();
+        let cursors: Vec<u64> = mid.decisions.iter().map(|d| d.cursor).collect();
+        assert_eq!((cursors, mid.next), (vec![2, 3, 4], 4));
+        let (last, unexported) = store.unexported(4).unwrap();
+        assert_eq!((last, unexported.len()), (4, 4));
+        assert_eq!(unexported.iter().map(|d| d.cursor).collect::<Vec<_>>(), [1, 2, 3, 4]);
     }
 
     #[tokio::test]
@@ -417,6 +511,55 @@ mod tests {
         }
         let store = Decisions::open(dir.path(), 4, Default::default()).unwrap();
         assert_eq!(store.ingest("a1", batch(1, 5..=7, 0)).await.unwrap(), 7);
-        assert_eq!(store.list(&pb::ListDecisionsRequest::default()).unwrap().received, 7);
+        let all = store.list(&pb::ListDecisionsRequest::default()).unwrap();
+        let kept: Vec<u64> = all.decisions.iter().map(|d| d.cursor).collect();
+        assert_eq!((kept, all.received), (vec![4, 5, 6, 7], 7));
+        // A stored batch goes once none of its records is kept.
+        let stored = || store.db.begin_read().unwrap().open_table(BATCHES).unwrap().len().unwrap();
+        assert_eq!(stored(), 2, "records 1-6 (4-6 kept) and 7");
+        store.ingest("a1", batch(1, 8..=10, 0)).await.unwrap();
+        assert_eq!(stored(), 2, "records 7 and 8-10; the batch of 1-6 is gone");
+        let kept: Vec<u64> = store.list(&Default::default()).unwrap().decisions.iter().map(|d| d.cursor).collect();
+        assert_eq!(kept, [7, 8, 9, 10]);
+        let (_, unexported) = store.unexported(10).unwrap();
+        assert_eq!(unexported.iter().map(|d| d.cursor).collect::<Vec<_>>(), [7, 8, 9, 10]);
+    }
+
+    #[tokio::test]
+    async fn a_file_of_single_records_is_migrated_keeping_cursors_and_export_position() {
+        let dir = tempfile::tempdir().unwrap();
+        // Written as before batches were stored whole: one row per record, oldest two deleted.
+        {
+            let db = Database::create(dir.path().join("decisions.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut rows = txn.open_table(LEGACY_RECORDS).unwrap();
+                let runs = [(3, "a1", 7), (4, "a1", 7), (5, "a2", 1), (6, "a1", 7), (7, "a1", 7)];
+                for (cursor, agent, boot) in runs {
+                    let record = pb::DecisionRecord { sequence: cursor, server: "files".into(), ..Default::default() };
+                    let stored = pb::StoredDecision { cursor, agent: agent.into(), record: Some(record), boot };
+                    rows.insert(cursor, stored.encode_to_vec().as_slice()).unwrap();
+                }
+                let mut counters = txn.open_table(COUNTERS).unwrap();
+                counters.insert("received", 7).unwrap();
+                counters.insert("exported", 4).unwrap();
+                txn.open_table(CURSORS).unwrap().insert(("a1", 7), 7).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Decisions::open(dir.path(), 100, Default::default()).unwrap();
+        let all = store.list(&Default::default()).unwrap();
+        let kept: Vec<(u64, &str, u64)> =
+            all.decisions.iter().map(|d| (d.cursor, d.agent.as_str(), d.record.as_ref().unwrap().sequence)).collect();
+        assert_eq!(kept, [(3, "a1", 3), (4, "a1", 4), (5, "a2", 5), (6, "a1", 6), (7, "a1", 7)]);
+        assert_eq!(all.received, 7);
+        let (last, unexported) = store.unexported(10).unwrap();
+        assert_eq!((last, unexported.len()), (7, 3), "the exporter goes on after record 4");
+        // New records follow the migrated ones; the runs' cursors still drop resends.
+        assert_eq!(store.ingest("a1", batch(7, 6..=8, 0)).await.unwrap(), 8);
+        let after = store.list(&pb::ListDecisionsRequest { after: 7, ..Default::default() }).unwrap();
+        assert_eq!(after.decisions.iter().map(|d| d.cursor).collect::<Vec<_>>(), [8]);
+        let txn = store.db.begin_write().unwrap();
+        assert!(!txn.list_tables().unwrap().any(|t| t.name() == LEGACY_RECORDS.name()), "the old table is gone");
     }
 }

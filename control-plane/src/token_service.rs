@@ -277,7 +277,7 @@ fn decide(
             "unknown_scope",
         ));
     }
-    let facts = RequestFacts { source_ip: peer.address.ip(), now, granted_tools: &request.tools };
+    let facts = RequestFacts { source_ip: peer.address.ip(), now, granted_tools: &request.tools, arguments: None };
     let mut denied = Vec::new();
     for tool in &request.tools {
         let allowed = compiled

@@ -36,6 +36,8 @@ const POLICY: &str = r#"
       when { principal has groups && principal.groups.contains("admins") };
     permit(principal, action == Action::"resources/read", resource) when { resource.uri == "notes://public" };
     permit(principal, action == Action::"prompts/get", resource);
+    forbid(principal, action == Action::"tools/call", resource)
+      when { context.arguments.hasTag("text") && context.arguments.getTag("text") like "*secret*" };
 "#;
 
 impl Fleet {
@@ -189,7 +191,7 @@ fn real_mcp_clients_get_allowed_tools_only_and_the_server_never_sees_their_token
     let admin = fleet.token("root", json!({"groups": ["admins"]}), json!({"key": "eddsa"}));
     let expired = fleet.token("alice", json!({"iat": now() - 600, "exp": now() - 300}), json!({}));
     for mode in ["legacy", "modern"] {
-        let steps: [(&str, &[&str]); 14] = [
+        let steps: [(&str, &[&str]); 15] = [
             (&alice, &["list-tools"]),
             (&alice, &["call", "echo", r#"{"text":"hello"}"#]),
             (&alice, &["call", "delete_repository", r#"{"name":"warden"}"#]),
@@ -204,6 +206,7 @@ fn real_mcp_clients_get_allowed_tools_only_and_the_server_never_sees_their_token
             (&expired, &["list-tools"]),
             ("-", &["list-tools"]),
             (&alice, &["get-prompt", "review"]),
+            (&alice, &["call", "echo", r#"{"text":"the secret plan"}"#]),
         ];
         let out = mcp_client(&fleet.url(), mode, &steps);
         let context = |i: usize| format!("{mode} {:?}: {}", steps[i].1, out[i]);
@@ -223,6 +226,8 @@ fn real_mcp_clients_get_allowed_tools_only_and_the_server_never_sees_their_token
         assert_eq!(out[8]["error"]["code"], -32001, "{}", context(8));
         assert_eq!(out[9]["result"], json!(["review"]), "{}", context(9));
         assert_eq!(out[13]["result"], json!(["Review this: x"]), "{}", context(13));
+        // Policy reads the call's arguments: the same tool is refused for this text.
+        assert_eq!(out[14]["error"], json!({"code": -32001, "message": "denied by policy"}), "{}", context(14));
         // The upstream sees the identity context, never the caller's token.
         let seen = out[10]["result"]["text"][0].as_str().unwrap_or_default();
         assert!(seen.contains("x-warden-subject=alice"), "{}", context(10));
@@ -384,6 +389,11 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
     assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
     let nameless = post(&url, Some(&alice), &[], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#);
     assert_eq!((nameless.status, error_code(&nameless)), (400, json!(-32602)));
+    // An argument named twice: policy and the server could each read a different one.
+    let twice = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"the secret","text":"hi"}}}"#;
+    let twice = post(&url, Some(&alice), &[], twice);
+    assert_eq!((twice.status, error_code(&twice)), (400, json!(-32602)), "{}", twice.body);
+    assert!(twice.body.contains("unique names"), "{}", twice.body);
     let unknown_version = post(&url, Some(&alice), &[("mcp-protocol-version", "1999-01-01")], INITIALIZE);
     assert_eq!(unknown_version.status, 400);
 

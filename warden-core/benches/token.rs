@@ -132,7 +132,8 @@ fn bench(c: &mut Criterion) {
         });
         // The decision: token verification plus Cedar evaluation of a tools/call.
         let authorizer = Authorizer::new(&config(&jwk, name));
-        let facts = RequestFacts { source_ip: "10.1.2.3".parse().unwrap(), now: NOW, granted_tools: &[] };
+        let facts =
+            RequestFacts { source_ip: "10.1.2.3".parse().unwrap(), now: NOW, granted_tools: &[], arguments: None };
         let decide_at = |verifier: &Verifier, token: &str, facts: &RequestFacts<'_>| {
             let workload = verifier.verify(token, "github", NOW, &revocations, Presenter::default()).unwrap();
             let outcome =
@@ -156,6 +157,22 @@ fn bench(c: &mut Criterion) {
                 // One more second than the authorizer's caches hold, in turn: every one misses.
                 second = (second + 1) % (warden_core::authorize::CACHE_ENTRIES as i64 + 1);
                 let facts = RequestFacts { now: NOW - second, ..facts.clone() };
+                decide_at(&uncached.0, black_box(&fresh[next]), &facts)
+            })
+        });
+        // A new token and new arguments each time (the same second): the outcome is not
+        // remembered, the entities are built with the call's arguments, and Cedar evaluates.
+        let arguments: Vec<Box<serde_json::value::RawValue>> = (0..=warden_core::authorize::CACHE_ENTRIES)
+            .map(|i| {
+                serde_json::value::RawValue::from_string(format!(r#"{{"query":"issue {i}","limit":10}}"#)).unwrap()
+            })
+            .collect();
+        let mut call = 0usize;
+        c.bench_function(&format!("{name}: decision (verify + policy), uncached, new arguments"), |b| {
+            b.iter(|| {
+                next = (next + 1) % fresh.len();
+                call = (call + 1) % arguments.len();
+                let facts = RequestFacts { arguments: Some(&arguments[call]), ..facts.clone() };
                 decide_at(&uncached.0, black_box(&fresh[next]), &facts)
             })
         });

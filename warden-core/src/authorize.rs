@@ -7,13 +7,19 @@
 //! a digest of everything they are built from): pure functions of their inputs, so reuse
 //! cannot change a decision, only skip Cedar's costly construction (text-parsed `ip()` and
 //! `datetime()` values, the entities' transitive closure). For the same reason the outcome
-//! itself is kept per digest of (principal, server, target, method, context): Cedar is
-//! deterministic, so the same inputs under the same policies decide the same.
+//! itself is kept per digest of (principal, server, target, arguments, method, context): Cedar
+//! is deterministic, so the same inputs under the same policies decide the same.
+//!
+//! A call's arguments reach policy as the tags of an `Arguments` entity that the context names
+//! (`context.arguments.getTag("path")`): Cedar records are closed, so open-ended names need
+//! tags, and each value is text (a string as it is, anything else as compact JSON).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
 
 use cedar_policy::{
     Authorizer as CedarAuthorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
@@ -49,6 +55,9 @@ pub struct RequestFacts<'a> {
     pub now: i64,
     /// Tools granted to a task token (token exchange); empty for others.
     pub granted_tools: &'a [String],
+    /// The request's arguments (`params.arguments` of `tools/call` and `prompts/get`): a JSON
+    /// object with unique names, as [`crate::mcp`] checked it; `None` for none.
+    pub arguments: Option<&'a RawValue>,
 }
 
 /// The outcome.
@@ -138,7 +147,7 @@ fn cached<K: std::hash::Hash + Eq + Clone, V: Clone>(
 fn type_name(kind: &str) -> EntityTypeName {
     static NAMES: std::sync::OnceLock<HashMap<&'static str, EntityTypeName>> = std::sync::OnceLock::new();
     let names = NAMES.get_or_init(|| {
-        ["Action", "Issuer", "Workload", "Server", "Tool", "McpResource", "Prompt"]
+        ["Action", "Issuer", "Workload", "Server", "Tool", "McpResource", "Prompt", "Arguments"]
             .into_iter()
             .map(|k| (k, EntityTypeName::from_str(k).expect("schema type names parse")))
             .collect()
@@ -148,6 +157,31 @@ fn type_name(kind: &str) -> EntityTypeName {
 
 fn uid(kind: &str, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(type_name(kind), EntityId::new(id))
+}
+
+/// The one `Arguments` entity of every request (each request is evaluated with its own set).
+fn arguments_uid() -> EntityUid {
+    uid("Arguments", "")
+}
+
+/// The `Arguments` entity: one tag per argument, its value as text — a JSON string as the
+/// string it holds, any other value as compact JSON (`42`, `true`, `{"a":[1]}`).
+fn arguments_entity(arguments: Option<&RawValue>) -> Result<Entity, RequestError> {
+    let mut tags = HashMap::new();
+    if let Some(arguments) = arguments {
+        let members: crate::mcp::ArgumentList<'_> = serde_json::from_str(arguments.get()).map_err(err)?;
+        for (name, value) in members.0 {
+            let text = match serde_json::from_str::<serde_json::Value>(value.get()).map_err(err)? {
+                serde_json::Value::String(text) => text,
+                other => other.to_string(),
+            };
+            // Unique names were checked with the body; a repeat here would be a bug: deny.
+            if tags.insert(name.into_owned(), RestrictedExpression::new_string(text)).is_some() {
+                return Err(RequestError("an argument name repeats".into()));
+            }
+        }
+    }
+    Entity::new_with_tags(arguments_uid(), HashMap::new(), HashSet::new(), tags).map_err(err)
 }
 
 fn string_set(values: impl IntoIterator<Item = String>) -> RestrictedExpression {
@@ -231,7 +265,9 @@ impl Authorizer {
         };
         let key = digest([&principal.key[..], server.as_bytes(), kind.as_bytes(), name.as_bytes()]);
         let context_key = context_key(workload, facts);
-        let outcome_key = digest([&key[..], &context_key[..], method.as_bytes()]);
+        // The arguments as sent: the same text decides the same (and is parsed only then).
+        let arguments = facts.arguments.map_or(&[0xff][..], |a| a.get().as_bytes());
+        let outcome_key = digest([&key[..], &context_key[..], method.as_bytes(), arguments]);
         // Cedar is deterministic: the same request under the same policies decides the same.
         cached(&self.outcomes, outcome_key, || {
             let resource = if kind == "Server" { policies.uid.clone() } else { uid(kind, &format!("{server}/{name}")) };
@@ -243,10 +279,25 @@ impl Authorizer {
                         Entity::new(resource.clone(), attrs, HashSet::from([policies.uid.clone()])).map_err(err)
                     })
                     .transpose()?;
+                // With no arguments; a call's own are put in below.
+                let arguments = arguments_entity(None)?;
                 // Built here from typed values, so not validated against the schema again.
-                let all = [policies.entity.clone()].into_iter().chain(principal.entities.iter().cloned()).chain(child);
+                let all = [policies.entity.clone(), arguments]
+                    .into_iter()
+                    .chain(principal.entities.iter().cloned())
+                    .chain(child);
                 Ok(Arc::new(Entities::from_entities(all, None).map_err(err)?))
             })?;
+            // Replacing the `Arguments` entity (no parents, no children) repairs the transitive
+            // closure for it alone: far cheaper than building the set again.
+            let entities = match facts.arguments {
+                None => entities,
+                Some(arguments) => Arc::new(
+                    Entities::clone(&entities)
+                        .upsert_entities([arguments_entity(Some(arguments))?], None)
+                        .map_err(err)?,
+                ),
+            };
             let context = self.context(context_key, workload, facts)?;
             let action = uid("Action", method);
             // Principal, resource and context are built to the schema's types right here; tests (debug
@@ -322,6 +373,7 @@ impl Authorizer {
                 ("granted_tools".to_string(), string_set(facts.granted_tools.iter().cloned())),
                 ("source_ip".to_string(), ip),
                 ("time".to_string(), time),
+                ("arguments".to_string(), RestrictedExpression::new_entity_uid(arguments_uid())),
             ];
             if let Some(tenant) = tenant {
                 pairs.push(("tenant".to_string(), RestrictedExpression::new_string(tenant.to_string())));

@@ -53,7 +53,7 @@ fn workload(subject: &str, claims: serde_json::Value) -> Verified {
 }
 
 fn facts() -> RequestFacts<'static> {
-    RequestFacts { source_ip: "10.1.2.3".parse().unwrap(), now: NOW, granted_tools: &[] }
+    RequestFacts { source_ip: "10.1.2.3".parse().unwrap(), now: NOW, granted_tools: &[], arguments: None }
 }
 
 const COOKBOOK: &str = r#"
@@ -84,7 +84,22 @@ spec:
   cedar: |
     permit(principal, action == Action::"tools/call", resource)
     when { resource.name == "invoice" && context.time.toTime() >= duration("8h") && context.time.toTime() < duration("18h") };
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: public-files-only}
+spec:
+  servers: [github]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource == Tool::"github/read_file");
+    forbid(principal, action == Action::"tools/call", resource == Tool::"github/read_file")
+    unless { context.arguments.hasTag("path") && context.arguments.getTag("path") like "/srv/public/*"
+             && !(context.arguments.getTag("path") like "*..*") };
 "#;
+
+fn raw(json: &str) -> Box<RawValue> {
+    RawValue::from_string(json.to_string()).unwrap()
+}
 
 #[test]
 fn per_tool_permits_with_default_deny() {
@@ -124,6 +139,71 @@ fn time_windows_use_the_request_time() {
     };
     assert!(!at(NOW), "22:13 UTC is outside office hours");
     assert!(at(NOW - 10 * 3600), "12:13 UTC is inside");
+}
+
+#[test]
+fn arguments_reach_policy_as_tags() {
+    let a = authorizer(COOKBOOK);
+    let w = workload("ci-runner", serde_json::json!({}));
+    let read = |arguments: Option<&str>| {
+        let arguments = arguments.map(raw);
+        let facts = RequestFacts { arguments: arguments.as_deref(), ..facts() };
+        a.authorize("github", &w, "tools/call", Target::Tool("read_file"), &facts).unwrap()
+    };
+    for _ in 0..2 {
+        // The second time, each answer comes from the outcomes remembered: by arguments too.
+        assert!(read(Some(r#"{"path": "/srv/public/a.txt", "lines": 10}"#)).allowed);
+        assert!(read(Some(r#"{"path":"/srv/public/\u0061.txt"}"#)).allowed, "escapes decoded");
+        let denied = read(Some(r#"{"path": "/etc/passwd"}"#));
+        assert_eq!((denied.allowed, &denied.policies[..]), (false, &["public-files-only.1".to_string()][..]));
+        assert!(!read(Some(r#"{"path": "/srv/public/../../etc/passwd"}"#)).allowed);
+        assert!(!read(Some(r#"{"file": "/srv/public/a.txt"}"#)).allowed, "no path: forbidden");
+        assert!(!read(Some(r#"{"path": ["/srv/public/a.txt"]}"#)).allowed, "an array is its JSON text");
+        assert!(!read(None).allowed);
+    }
+}
+
+#[test]
+fn argument_values_other_than_strings_are_their_compact_json() {
+    let policy = r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: shapes}
+spec:
+  servers: [github]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource)
+    when { context.arguments.hasTag("limit") && context.arguments.getTag("limit") == "10"
+           && context.arguments.hasTag("draft") && context.arguments.getTag("draft") == "false"
+           && context.arguments.hasTag("labels")
+           && context.arguments.getTag("labels") == "[\"a\",{\"b\":null}]" };
+"#;
+    let a = authorizer(policy);
+    let w = workload("ci-runner", serde_json::json!({}));
+    let call = |arguments: &str| {
+        let arguments = raw(arguments);
+        let facts = RequestFacts { arguments: Some(&arguments), ..facts() };
+        a.authorize("github", &w, "tools/call", Target::Tool("create_issue"), &facts).unwrap()
+    };
+    assert!(call(r#"{"limit": 10, "draft": false, "labels": [ "a", {"b": null} ]}"#).allowed);
+    assert!(!call(r#"{"limit": "11", "draft": false, "labels": ["a", {"b": null}]}"#).allowed);
+    // Policies must guard every tag read with `hasTag` (strict validation), so a missing
+    // argument makes the condition false rather than an error.
+    let missing = call(r#"{"limit": 10}"#);
+    assert!(!missing.allowed && missing.errors.is_empty(), "{missing:?}");
+    let unguarded = r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: unguarded}
+spec:
+  cedar: |
+    permit(principal, action, resource) when { context.arguments.getTag("limit") == "10" };
+"#;
+    let document = crate::resource::yaml_documents(unguarded).unwrap().remove(0);
+    let refused = crate::resource::Document::from_json(document, &Default::default()).unwrap_err().to_string();
+    assert!(refused.contains("unable to guarantee safety of access to tag"), "{refused}");
 }
 
 #[test]
@@ -245,7 +325,7 @@ fn a_remembered_outcome_answers_only_the_very_same_request() {
     }
     for _ in 0..2 {
         for (w, now, ip) in &requests {
-            let facts = RequestFacts { source_ip: ip.parse().unwrap(), now: *now, granted_tools: &[] };
+            let facts = RequestFacts { source_ip: ip.parse().unwrap(), now: *now, granted_tools: &[], arguments: None };
             for (server, method, target) in [
                 ("github", "tools/call", Target::Tool("search")),
                 ("github", "tools/call", Target::Tool("delete_repository")),
@@ -254,6 +334,13 @@ fn a_remembered_outcome_answers_only_the_very_same_request() {
             ] {
                 let fresh = authorizer(COOKBOOK).authorize(server, w, method, target, &facts);
                 assert_eq!(warm.authorize(server, w, method, target, &facts), fresh, "{server} {method} {target:?}");
+            }
+            for arguments in [r#"{"path":"/srv/public/a"}"#, r#"{"path":"/etc/passwd"}"#, "{}"] {
+                let arguments = raw(arguments);
+                let facts = RequestFacts { arguments: Some(&arguments), ..facts.clone() };
+                let target = Target::Tool("read_file");
+                let fresh = authorizer(COOKBOOK).authorize("github", w, "tools/call", target, &facts);
+                assert_eq!(warm.authorize("github", w, "tools/call", target, &facts), fresh, "{arguments}");
             }
         }
     }

@@ -95,6 +95,8 @@ pub struct Message<'a> {
     /// policy decides (`completion/complete` of a `ref/prompt` → `prompts/get`, of a
     /// `ref/resource` → `resources/read`; `resources/subscribe` → `resources/read`).
     pub decided_as: Option<&'static str>,
+    /// `params.arguments` of `tools/call` and `prompts/get`, verbatim (`null` is none).
+    pub arguments: Option<&'a RawValue>,
 }
 
 /// A parsed body.
@@ -125,6 +127,8 @@ struct Params<'a> {
     uri: Option<Cow<'a, str>>,
     #[serde(borrow, default, rename = "ref")]
     reference: Option<Reference<'a>>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
 }
 
 /// `completion/complete`'s `params.ref`.
@@ -188,7 +192,11 @@ fn message(text: &str) -> Result<Message<'_>, BodyError> {
         },
         _ => (None, None),
     };
-    Ok(Message { id: wire.id, method: wire.method, name, decided_as })
+    let arguments = match wire.method.as_deref() {
+        Some("tools/call" | "prompts/get") => params.arguments.filter(|a| a.get() != "null"),
+        _ => None,
+    };
+    Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments })
 }
 
 /// Refuses nesting deeper than `max` without building anything: one pass over the bytes.
@@ -226,11 +234,51 @@ pub fn decision<'m>(message: &'m Message<'_>) -> Result<Option<(&'m str, Target<
         return Ok(None);
     };
     let action = message.decided_as.unwrap_or(method);
+    if let Some(arguments) = message.arguments {
+        check_arguments(arguments)?;
+    }
     let target = match message.decided_as {
         Some(_) => target(action, message.name.as_deref()).map_err(|_| "needs params.ref or params.uri")?,
         None => target(method, message.name.as_deref())?,
     };
     Ok(target.map(|t| (action, t)))
+}
+
+/// `params.arguments` must be an object whose names are unique: policy reads the arguments
+/// as Warden parses them and the server as it does, and JSON parsers disagree over a repeated
+/// name (first or last wins), so a repeated name could show policy one value and the server
+/// another.
+fn check_arguments(arguments: &RawValue) -> Result<(), &'static str> {
+    const NOT_AN_OBJECT: &str = "params.arguments must be an object with unique names";
+    let names: Vec<(Cow<'_, str>, &RawValue)> = match serde_json::from_str::<ArgumentList<'_>>(arguments.get()) {
+        Ok(ArgumentList(names)) => names,
+        Err(_) => return Err(NOT_AN_OBJECT),
+    };
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    if names.iter().all(|(name, _)| seen.insert(name.as_ref())) { Ok(()) } else { Err(NOT_AN_OBJECT) }
+}
+
+/// A JSON object's members in order, duplicates kept (a map would drop them silently).
+pub struct ArgumentList<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for ArgumentList<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
+            type Value = ArgumentList<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(ArgumentList(members))
+            }
+        }
+        deserializer.deserialize_map(Members(std::marker::PhantomData))
+    }
 }
 
 /// What policy decides about a method, if anything. `Err` when the method needs a name the
@@ -374,6 +422,29 @@ mod tests {
         assert!(target("tools/call", None).is_err());
         assert_eq!(target("initialize", None), Ok(None));
         assert_eq!(target("ping", None), Ok(None));
+    }
+
+    #[test]
+    fn call_arguments_are_kept_for_policy_and_must_be_an_object_with_unique_names() {
+        let call = |params: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#);
+        let arguments = |body: &str| {
+            let parsed = parse(body.as_bytes(), Limits::default()).unwrap();
+            let m = &parsed.messages[0];
+            (m.arguments.map(|a| a.get().to_string()), decision(m).map(|d| d.is_some()))
+        };
+        let path = call(r#"{"name":"read_file","arguments":{"path":"/srv/a"}}"#);
+        assert_eq!(arguments(&path), (Some(r#"{"path":"/srv/a"}"#.into()), Ok(true)));
+        assert_eq!(arguments(&call(r#"{"name":"read_file"}"#)), (None, Ok(true)));
+        assert_eq!(arguments(&call(r#"{"name":"read_file","arguments":null}"#)), (None, Ok(true)));
+        let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"a":"b"}}}"#;
+        assert_eq!(arguments(prompt).0.as_deref(), Some(r#"{"a":"b"}"#));
+        // Other methods' arguments are not theirs to decide on.
+        let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"arguments":[1]}}"#;
+        assert_eq!(arguments(other), (None, Ok(true)));
+        for bad in [r#"[1]"#, r#""x""#, "7", r#"{"path":"/srv/a","path":"/etc/passwd"}"#, r#"{"a":1,"a":2}"#] {
+            let body = call(&format!(r#"{{"name":"read_file","arguments":{bad}}}"#));
+            assert_eq!(arguments(&body).1, Err("params.arguments must be an object with unique names"), "{bad}");
+        }
     }
 
     #[test]

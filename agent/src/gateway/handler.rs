@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use warden_core::authorize::{RequestFacts, Target};
 use warden_core::server::McpServerSpec;
 use warden_core::token::{Presenter, Reason, Verified};
@@ -273,9 +274,14 @@ struct Decider {
 impl Decider {
     /// Puts one MCP method on one target to policy: allowed, and the reason code when not,
     /// with the ids of the policies that decided.
-    fn decide(&self, method: &str, target: Target<'_>) -> (bool, &'static str, Vec<String>) {
+    fn decide(
+        &self,
+        method: &str,
+        target: Target<'_>,
+        arguments: Option<&RawValue>,
+    ) -> (bool, &'static str, Vec<String>) {
         let granted_tools = self.verified.task.as_ref().map_or(&[][..], |t| &t.tools[..]);
-        let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools };
+        let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools, arguments };
         match self.applied.authorizer.authorize(&self.server, &self.verified, method, target, &facts) {
             Ok(outcome) => {
                 for e in &outcome.errors {
@@ -328,8 +334,9 @@ impl Decider {
 }
 
 impl Allows for Decider {
+    /// A list entry is shown when calling it without arguments would be allowed.
     fn allows(&self, method: &str, target: Target<'_>) -> bool {
-        self.decide(method, target).0
+        self.decide(method, target, None).0
     }
 }
 
@@ -442,7 +449,7 @@ fn decide_body(
                 return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message));
             }
         };
-        let outcome = decider.decide(action, target);
+        let outcome = decider.decide(action, target, m.arguments);
         let allowed = outcome.0;
         decider.record(headers, action, Some(target), outcome);
         if !allowed {
