@@ -4,6 +4,8 @@
 //!   3. the Warden gateway (token validation + Cedar policy on every request, each decision
 //!      recorded and sent to the control plane) in front of it,
 //!   4. the same with decision records off (`--no-decision-records`), for their cost,
+//!   5. a bare proxy on the gateway's HTTP stack (`bare-proxy`: the agent's worker layout,
+//!      hyper server and client, no Warden work at all), for what that stack reaches here,
 //!
 //! interleaved over several rounds, reporting the median of each with ratios against the
 //! direct connection and nginx. The upstream is nginx answering a fixed JSON-RPC result (a
@@ -192,8 +194,8 @@ fn main() {
         std::process::exit(2)
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    let (upstream, proxy, gateway, quiet_gateway) =
-        (loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr());
+    let (upstream, proxy, gateway, quiet_gateway, bare) =
+        (loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr());
     // Two instances, so the proxy's CPU is told apart from the upstream's and both proxies hand
     // requests to another process, as the gateway does.
     let _upstream = nginx(
@@ -209,6 +211,9 @@ fn main() {
              proxy_pass http://mcp; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
         ),
     );
+    let mut command = Command::new(tests::bin("bare-proxy"));
+    command.args([bare.as_str(), &format!("http://{upstream}/mcp")]).args(args.workers.map(|n| n.to_string()));
+    let bare_proxy = tests::Process::spawn(command, dir.path().join("bare-proxy.log"));
 
     let cp = ControlPlane::start(dir.path(), &[]);
     let join = cp.join_token("5m");
@@ -287,6 +292,7 @@ spec:
         ("nginx", format!("http://{proxy}/mcp"), Some(nginx_proxy.pid()), &script, &token),
         ("warden", format!("http://{gateway}/mcp"), Some(agent_pid), &script, &token),
         ("no-records", format!("http://{quiet_gateway}/mcp"), Some(quiet_pid), &quiet_script, &quiet_token),
+        ("hyper-bare", format!("http://{bare}/mcp"), Some(bare_proxy.pid()), &script, &token),
     ];
     for (name, url, _, _, token) in &targets {
         wait_for(&format!("{name} to answer 200"), || {
@@ -316,7 +322,7 @@ spec:
     for round in 0..args.rounds {
         // The two agents swap places every round, so neither always runs on the heels of the
         // same neighbour.
-        let order = if round % 2 == 0 { [0, 1, 2, 3] } else { [0, 1, 3, 2] };
+        let order = if round % 2 == 0 { [0, 1, 4, 2, 3] } else { [0, 1, 4, 3, 2] };
         for i in order {
             let (_, url, pid, script, _) = &targets[i];
             results[i].push(wrk(url, script, &args, args.duration_secs, *pid, cp_pid));
