@@ -48,6 +48,9 @@ struct Args {
     /// Most JSON-RPC messages in one batch.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
+    /// Most arguments (top-level names) of one tools/call or prompts/get.
+    #[arg(long, default_value_t = 256)]
+    max_arguments: usize,
     /// Gateway worker threads [default: one per CPU].
     #[arg(long)]
     gateway_workers: Option<usize>,
@@ -134,7 +137,11 @@ async fn start() -> anyhow::Result<()> {
         },
         gateway_limits: agent::gateway::Limits {
             max_body_bytes: args.max_request_bytes,
-            json: warden_core::mcp::Limits { max_depth: args.max_json_depth, max_batch: args.max_batch },
+            json: warden_core::mcp::Limits {
+                max_depth: args.max_json_depth,
+                max_batch: args.max_batch,
+                max_arguments: args.max_arguments,
+            },
         },
     };
     agent::run(options, shutdown_signal()).await?;

@@ -393,7 +393,7 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
     let twice = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"the secret","text":"hi"}}}"#;
     let twice = post(&url, Some(&alice), &[], twice);
     assert_eq!((twice.status, error_code(&twice)), (400, json!(-32602)), "{}", twice.body);
-    assert!(twice.body.contains("unique names"), "{}", twice.body);
+    assert!(twice.body.contains("params.arguments names an argument twice"), "{}", twice.body);
     let unknown_version = post(&url, Some(&alice), &[("mcp-protocol-version", "1999-01-01")], INITIALIZE);
     assert_eq!(unknown_version.status, 400);
 

@@ -37,11 +37,14 @@ pub struct Limits {
     pub max_depth: usize,
     /// Most messages in one batch.
     pub max_batch: usize,
+    /// Most arguments (top-level names of `params.arguments`) of one call: each becomes a tag
+    /// of the Cedar entity the call's policy reads.
+    pub max_arguments: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_depth: 64, max_batch: 32 }
+        Limits { max_depth: 64, max_batch: 32, max_arguments: 256 }
     }
 }
 
@@ -68,6 +71,9 @@ pub enum BodyError {
     /// JSON, but not a JSON-RPC 2.0 message (or batch of them).
     #[error("not a JSON-RPC 2.0 message: {0}")]
     NotJsonRpc(String),
+    /// `params.arguments` of a call is not an object with unique names, or has too many.
+    #[error("params.arguments {0}")]
+    BadArguments(String),
 }
 
 impl BodyError {
@@ -75,6 +81,7 @@ impl BodyError {
     pub fn code(&self) -> i64 {
         match self {
             BodyError::NotJson(_) => PARSE_ERROR,
+            BodyError::BadArguments(_) => INVALID_PARAMS,
             _ => INVALID_REQUEST,
         }
     }
@@ -154,16 +161,16 @@ pub fn parse(bytes: &[u8], limits: Limits) -> Result<Body<'_>, BodyError> {
         if items.len() > limits.max_batch {
             return Err(BodyError::BatchTooLarge { len: items.len(), max: limits.max_batch });
         }
-        let messages = items.into_iter().map(|raw| message(raw.get())).collect::<Result<_, _>>()?;
+        let messages = items.into_iter().map(|raw| message(raw.get(), limits)).collect::<Result<_, _>>()?;
         return Ok(Body { messages, batch: true });
     }
     let text = std::str::from_utf8(bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
     // Parsed to a value first so a non-JSON body is told apart from a wrong-shaped one.
     let _: &RawValue = serde_json::from_str(text).map_err(|e| BodyError::NotJson(e.to_string()))?;
-    Ok(Body { messages: vec![message(text)?], batch: false })
+    Ok(Body { messages: vec![message(text, limits)?], batch: false })
 }
 
-fn message(text: &str) -> Result<Message<'_>, BodyError> {
+fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
     let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| BodyError::NotJsonRpc(e.to_string()))?;
     if wire.jsonrpc != "2.0" {
         return Err(BodyError::NotJsonRpc("\"jsonrpc\" must be \"2.0\"".into()));
@@ -196,6 +203,9 @@ fn message(text: &str) -> Result<Message<'_>, BodyError> {
         Some("tools/call" | "prompts/get") => params.arguments.filter(|a| a.get() != "null"),
         _ => None,
     };
+    if let Some(arguments) = arguments {
+        check_arguments(arguments, limits.max_arguments)?;
+    }
     Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments })
 }
 
@@ -234,9 +244,6 @@ pub fn decision<'m>(message: &'m Message<'_>) -> Result<Option<(&'m str, Target<
         return Ok(None);
     };
     let action = message.decided_as.unwrap_or(method);
-    if let Some(arguments) = message.arguments {
-        check_arguments(arguments)?;
-    }
     let target = match message.decided_as {
         Some(_) => target(action, message.name.as_deref()).map_err(|_| "needs params.ref or params.uri")?,
         None => target(method, message.name.as_deref())?,
@@ -248,14 +255,20 @@ pub fn decision<'m>(message: &'m Message<'_>) -> Result<Option<(&'m str, Target<
 /// as Warden parses them and the server as it does, and JSON parsers disagree over a repeated
 /// name (first or last wins), so a repeated name could show policy one value and the server
 /// another.
-fn check_arguments(arguments: &RawValue) -> Result<(), &'static str> {
-    const NOT_AN_OBJECT: &str = "params.arguments must be an object with unique names";
-    let names: Vec<(Cow<'_, str>, &RawValue)> = match serde_json::from_str::<ArgumentList<'_>>(arguments.get()) {
-        Ok(ArgumentList(names)) => names,
-        Err(_) => return Err(NOT_AN_OBJECT),
+fn check_arguments(arguments: &RawValue, max: usize) -> Result<(), BodyError> {
+    let bad = |why: String| Err(BodyError::BadArguments(why));
+    let Ok(ArgumentList(names)) = serde_json::from_str::<ArgumentList<'_>>(arguments.get()) else {
+        return bad("must be an object".into());
     };
+    if names.len() > max {
+        return bad(format!("has {} names; at most {max} are accepted", names.len()));
+    }
     let mut seen = std::collections::HashSet::with_capacity(names.len());
-    if names.iter().all(|(name, _)| seen.insert(name.as_ref())) { Ok(()) } else { Err(NOT_AN_OBJECT) }
+    if names.iter().all(|(name, _)| seen.insert(name.as_ref())) {
+        Ok(())
+    } else {
+        bad("names an argument twice".into())
+    }
 }
 
 /// A JSON object's members in order, duplicates kept (a map would drop them silently).
@@ -390,7 +403,7 @@ mod tests {
 
     #[test]
     fn bad_bodies_get_the_json_rpc_error_that_fits() {
-        let limits = Limits { max_depth: 4, max_batch: 2 };
+        let limits = Limits { max_depth: 4, max_batch: 2, ..Limits::default() };
         let cases: [(&[u8], i64); 9] = [
             (b"{not json", PARSE_ERROR),
             (b"", PARSE_ERROR),
@@ -427,8 +440,9 @@ mod tests {
     #[test]
     fn call_arguments_are_kept_for_policy_and_must_be_an_object_with_unique_names() {
         let call = |params: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#);
+        let limits = Limits { max_arguments: 3, ..Limits::default() };
         let arguments = |body: &str| {
-            let parsed = parse(body.as_bytes(), Limits::default()).unwrap();
+            let parsed = parse(body.as_bytes(), limits).unwrap();
             let m = &parsed.messages[0];
             (m.arguments.map(|a| a.get().to_string()), decision(m).map(|d| d.is_some()))
         };
@@ -441,9 +455,19 @@ mod tests {
         // Other methods' arguments are not theirs to decide on.
         let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"arguments":[1]}}"#;
         assert_eq!(arguments(other), (None, Ok(true)));
-        for bad in [r#"[1]"#, r#""x""#, "7", r#"{"path":"/srv/a","path":"/etc/passwd"}"#, r#"{"a":1,"a":2}"#] {
+        assert!(arguments(&call(r#"{"name":"f","arguments":{"a":1,"b":2,"c":3}}"#)).0.is_some());
+        let cases = [
+            (r#"[1]"#, "must be an object"),
+            (r#""x""#, "must be an object"),
+            ("7", "must be an object"),
+            (r#"{"path":"/srv/a","path":"/etc/passwd"}"#, "names an argument twice"),
+            (r#"{"a":1,"\u0061":2}"#, "names an argument twice"),
+            (r#"{"a":1,"b":2,"c":3,"d":4}"#, "has 4 names; at most 3 are accepted"),
+        ];
+        for (bad, why) in cases {
             let body = call(&format!(r#"{{"name":"read_file","arguments":{bad}}}"#));
-            assert_eq!(arguments(&body).1, Err("params.arguments must be an object with unique names"), "{bad}");
+            let e = parse(body.as_bytes(), limits).unwrap_err();
+            assert_eq!((e.code(), e.to_string()), (INVALID_PARAMS, format!("params.arguments {why}")), "{bad}");
         }
     }
 
