@@ -24,7 +24,7 @@ use prost::Message;
 use prost::bytes::Bytes;
 use proto::decision_record::DecisionRecordView;
 use proto::v1 as pb;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use tokio::sync::{mpsc, oneshot};
 
 /// Cursor of a batch's first record → the batch's new records, an encoded [`StoredBatch`].
@@ -160,6 +160,9 @@ impl Decisions {
     /// Up to `max` records after the export cursor, with the cursor of the last (blocking).
     pub fn unexported(&self, max: usize) -> Result<(u64, Vec<pb::StoredDecision>), DecisionError> {
         let txn = self.db.begin_read().map_err(db_err)?;
+        if max == 0 {
+            return Ok((counter(&txn.open_table(COUNTERS).map_err(db_err)?, "exported")?, Vec::new()));
+        }
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;
         let exported = counter(&counters, "exported")?;
         let first = counter(&counters, "first")?.max(1);
@@ -254,22 +257,38 @@ fn visit_from(
 
 /// Moves the records of a file written when each was stored alone (one row per record) into
 /// stored batches, keeping their cursors; nothing to do for any other file.
+///
+/// If the file also holds stored batches (an older version wrote to it after this one: a
+/// rollback), that version numbered its records from 1 again: they are renumbered to follow
+/// the stored batches rather than overwrite them.
 fn migrate_single_records(txn: &redb::WriteTransaction) -> Result<(), DecisionError> {
     if !txn.list_tables().map_err(db_err)?.any(|t| t.name() == LEGACY_RECORDS.name()) {
         return Ok(());
     }
     let mut batches = txn.open_table(BATCHES).map_err(db_err)?;
     let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let renumber_from = match batches.last().map_err(db_err)? {
+        Some((key, value)) => {
+            let stored = StoredBatch::decode(value.value())
+                .map_err(|e| DecisionError(format!("the batch stored at {} does not decode: {e}", key.value())))?;
+            Some(key.value() + stored.records.len() as u64)
+        }
+        None => None,
+    };
     let (mut moved, mut first, mut last) = (0u64, None, 0);
     {
         let legacy = txn.open_table(LEGACY_RECORDS).map_err(db_err)?;
+        tracing::info!(
+            records = legacy.len().map_err(db_err)?,
+            "converting decision records stored one by one into stored batches"
+        );
         // The batch being put together: its first cursor and its records.
         let mut pending: Option<(u64, StoredBatch)> = None;
         for entry in legacy.iter().map_err(db_err)? {
             let (key, value) = entry.map_err(db_err)?;
-            let cursor = key.value();
             let single = pb::StoredDecision::decode(value.value())
-                .map_err(|e| DecisionError(format!("migrating record {cursor}: it does not decode: {e}")))?;
+                .map_err(|e| DecisionError(format!("migrating record {}: it does not decode: {e}", key.value())))?;
+            let cursor = renumber_from.map_or(key.value(), |from| from + moved);
             let record = single.record.unwrap_or_default().encode_to_vec().into();
             first.get_or_insert(cursor);
             let joins = pending.as_ref().is_some_and(|(at, batch)| {
@@ -294,13 +313,15 @@ fn migrate_single_records(txn: &redb::WriteTransaction) -> Result<(), DecisionEr
         }
     }
     if let Some(first) = first {
-        counters.insert("first", first).map_err(db_err)?;
+        if renumber_from.is_none() {
+            counters.insert("first", first).map_err(db_err)?;
+        }
         let received = counter(&counters, "received")?.max(last);
         counters.insert("received", received).map_err(db_err)?;
     }
     drop((batches, counters));
     txn.delete_table(LEGACY_RECORDS).map_err(db_err)?;
-    tracing::info!(records = moved, "decision records stored one by one were moved into stored batches");
+    tracing::info!(records = moved, "decision records converted");
     Ok(())
 }
 
@@ -433,7 +454,6 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTableMetadata;
 
     fn batch(boot: u64, sequences: std::ops::RangeInclusive<u64>, dropped: u64) -> pb::DecisionBatch {
         let records = sequences
@@ -561,5 +581,39 @@ mod tests {
         assert_eq!(after.decisions.iter().map(|d| d.cursor).collect::<Vec<_>>(), [8]);
         let txn = store.db.begin_write().unwrap();
         assert!(!txn.list_tables().unwrap().any(|t| t.name() == LEGACY_RECORDS.name()), "the old table is gone");
+    }
+
+    #[tokio::test]
+    async fn single_records_written_after_stored_batches_follow_them() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Decisions::open(dir.path(), 100, Default::default()).unwrap();
+            store.ingest("a1", batch(7, 1..=3, 0)).await.unwrap();
+        }
+        // Rolled back: the older version numbers its own table from 1 again.
+        {
+            let db = Database::create(dir.path().join("decisions.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut rows = txn.open_table(LEGACY_RECORDS).unwrap();
+                for (cursor, sequence) in [(1, 4), (2, 5)] {
+                    let record = pb::DecisionRecord { sequence, server: "files".into(), ..Default::default() };
+                    let stored = pb::StoredDecision { cursor, agent: "a1".into(), record: Some(record), boot: 7 };
+                    rows.insert(cursor, stored.encode_to_vec().as_slice()).unwrap();
+                }
+                txn.open_table(COUNTERS).unwrap().insert("received", 5).unwrap();
+                txn.open_table(CURSORS).unwrap().insert(("a1", 7), 5).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Decisions::open(dir.path(), 100, Default::default()).unwrap();
+        let all = store.list(&Default::default()).unwrap();
+        let kept: Vec<(u64, u64)> =
+            all.decisions.iter().map(|d| (d.cursor, d.record.as_ref().unwrap().sequence)).collect();
+        assert_eq!(kept, [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)], "nothing overwritten, nothing lost");
+        assert_eq!(all.received, 5);
+        assert_eq!(store.ingest("a1", batch(7, 5..=6, 0)).await.unwrap(), 6);
+        assert_eq!(store.list(&Default::default()).unwrap().decisions.last().map(|d| d.cursor), Some(6));
+        assert!(store.unexported(0).unwrap().1.is_empty());
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! A call's arguments reach policy as the tags of an `Arguments` entity that the context names
 //! (`context.arguments.getTag("path")`): Cedar records are closed, so open-ended names need
-//! tags, and each value is text (a string as it is, anything else as compact JSON).
+//! tags, and each value is text (see [`crate::arguments`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -164,23 +164,12 @@ fn arguments_uid() -> EntityUid {
     uid("Arguments", "")
 }
 
-/// The `Arguments` entity: one tag per argument, its value as text — a JSON string as the
-/// string it holds, any other value as compact JSON (`42`, `true`, `{"a":[1]}`).
+/// The `Arguments` entity: one tag per argument, as [`crate::arguments::tags`] reads them.
 fn arguments_entity(arguments: Option<&RawValue>) -> Result<Entity, RequestError> {
-    let mut tags = HashMap::new();
-    if let Some(arguments) = arguments {
-        let members: crate::mcp::ArgumentList<'_> = serde_json::from_str(arguments.get()).map_err(err)?;
-        for (name, value) in members.0 {
-            let text = match serde_json::from_str::<serde_json::Value>(value.get()).map_err(err)? {
-                serde_json::Value::String(text) => text,
-                other => other.to_string(),
-            };
-            // Unique names were checked with the body; a repeat here would be a bug: deny.
-            if tags.insert(name.into_owned(), RestrictedExpression::new_string(text)).is_some() {
-                return Err(RequestError("an argument name repeats".into()));
-            }
-        }
-    }
+    // The count was bounded when the body was read.
+    let tags = arguments.map(|a| crate::arguments::tags(a, usize::MAX)).transpose().map_err(err)?.unwrap_or_default();
+    let tags: HashMap<_, _> =
+        tags.into_iter().map(|(name, text)| (name, RestrictedExpression::new_string(text))).collect();
     Entity::new_with_tags(arguments_uid(), HashMap::new(), HashSet::new(), tags).map_err(err)
 }
 

@@ -164,7 +164,7 @@ fn arguments_reach_policy_as_tags() {
 }
 
 #[test]
-fn argument_values_other_than_strings_are_their_compact_json() {
+fn argument_values_other_than_strings_are_their_canonical_json() {
     let policy = r#"
 ---
 apiVersion: warden.dev/v1

@@ -5,6 +5,7 @@
 //! storage or async runtimes, so everything in it can be unit-tested and fuzzed directly.
 #![forbid(unsafe_code)]
 
+pub mod arguments;
 pub mod authorize;
 pub mod bounded;
 pub mod config;

@@ -203,8 +203,10 @@ fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
         Some("tools/call" | "prompts/get") => params.arguments.filter(|a| a.get() != "null"),
         _ => None,
     };
+    // Checked here, with the body, so a call policy could misread is refused before any
+    // decision (and the authorizer reads them again only when it evaluates).
     if let Some(arguments) = arguments {
-        check_arguments(arguments, limits.max_arguments)?;
+        crate::arguments::tags(arguments, limits.max_arguments).map_err(|e| BodyError::BadArguments(e.to_string()))?;
     }
     Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments })
 }
@@ -249,49 +251,6 @@ pub fn decision<'m>(message: &'m Message<'_>) -> Result<Option<(&'m str, Target<
         None => target(method, message.name.as_deref())?,
     };
     Ok(target.map(|t| (action, t)))
-}
-
-/// `params.arguments` must be an object whose names are unique: policy reads the arguments
-/// as Warden parses them and the server as it does, and JSON parsers disagree over a repeated
-/// name (first or last wins), so a repeated name could show policy one value and the server
-/// another.
-fn check_arguments(arguments: &RawValue, max: usize) -> Result<(), BodyError> {
-    let bad = |why: String| Err(BodyError::BadArguments(why));
-    let Ok(ArgumentList(names)) = serde_json::from_str::<ArgumentList<'_>>(arguments.get()) else {
-        return bad("must be an object".into());
-    };
-    if names.len() > max {
-        return bad(format!("has {} names; at most {max} are accepted", names.len()));
-    }
-    let mut seen = std::collections::HashSet::with_capacity(names.len());
-    if names.iter().all(|(name, _)| seen.insert(name.as_ref())) {
-        Ok(())
-    } else {
-        bad("names an argument twice".into())
-    }
-}
-
-/// A JSON object's members in order, duplicates kept (a map would drop them silently).
-pub struct ArgumentList<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for ArgumentList<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
-            type Value = ArgumentList<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    members.push(member);
-                }
-                Ok(ArgumentList(members))
-            }
-        }
-        deserializer.deserialize_map(Members(std::marker::PhantomData))
-    }
 }
 
 /// What policy decides about a method, if anything. `Err` when the method needs a name the
