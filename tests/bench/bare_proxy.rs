@@ -104,16 +104,9 @@ async fn forward_conn(
     upstream: Uri,
     request: Request<Incoming>,
 ) -> Result<Answer, Infallible> {
-    let (parts, body) = request.into_parts();
-    let Ok(body) = Limited::new(body, 1024 * 1024).collect().await.map(|c| c.to_bytes()) else {
+    let Some(out) = outgoing(request, Uri::from_static("/mcp")).await else {
         return Ok(plain(StatusCode::BAD_REQUEST));
     };
-    let mut headers = parts.headers;
-    headers.remove(header::CONNECTION);
-    let mut out = Request::new(Full::new(body));
-    *out.method_mut() = parts.method;
-    *out.uri_mut() = Uri::from_static("/mcp");
-    *out.headers_mut() = headers;
     let mut pooled = pool.lock().unwrap().pop();
     let ready = match pooled.as_mut() {
         Some(s) => s.ready().await.is_ok(),
@@ -143,21 +136,27 @@ async fn forward_conn(
 }
 
 async fn forward(client: Upstream, upstream: Uri, request: Request<Incoming>) -> Result<Answer, Infallible> {
-    let (parts, body) = request.into_parts();
-    let Ok(body) = Limited::new(body, 1024 * 1024).collect().await.map(|c| c.to_bytes()) else {
+    let Some(out) = outgoing(request, upstream).await else {
         return Ok(plain(StatusCode::BAD_REQUEST));
     };
-    let mut headers = parts.headers;
-    headers.remove(header::HOST);
-    headers.remove(header::CONNECTION);
-    let mut out = Request::new(Full::new(body));
-    *out.method_mut() = parts.method;
-    *out.uri_mut() = upstream;
-    *out.headers_mut() = headers;
     Ok(match client.request(out).await {
         Ok(answer) => answer.map(Either::Left),
         Err(_) => plain(StatusCode::BAD_GATEWAY),
     })
+}
+
+/// The request to send upstream to `uri`: the body read whole (as the gateway reads it, up to
+/// 1 MiB), the caller's headers but `Connection` (its `Host` too: HTTP/1.1 needs one).
+async fn outgoing(request: Request<Incoming>, uri: Uri) -> Option<Request<Full<Bytes>>> {
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, 1024 * 1024).collect().await.ok()?.to_bytes();
+    let mut headers = parts.headers;
+    headers.remove(header::CONNECTION);
+    let mut out = Request::new(Full::new(body));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.headers_mut() = headers;
+    Some(out)
 }
 
 fn plain(status: StatusCode) -> Answer {
