@@ -286,9 +286,9 @@ impl ControlPlane {
         self.ctl_json(&["get", "agents"])["version"].as_u64().expect("version")
     }
 
-    /// A new join token.
-    pub fn join_token(&self, ttl: &str) -> String {
-        self.ctl_ok(&["join-token", "create", "--ttl", ttl]).trim().to_string()
+    /// A new join token for agent `agent`.
+    pub fn join_token(&self, ttl: &str, agent: &str) -> String {
+        self.ctl_ok(&["join-token", "create", "--ttl", ttl, "--agent", agent]).trim().to_string()
     }
 
     /// Waits until every agent in `ids` is connected and has applied `version`.
@@ -804,6 +804,11 @@ impl Etcd {
     pub fn stop_member(&mut self, i: usize) {
         let mut process = self.members[i].process.take().expect("running");
         process.terminate();
+    }
+
+    /// Kills member `i` (SIGKILL: no leadership hand-over).
+    pub fn kill_member(&mut self, i: usize) {
+        drop(self.members[i].process.take().expect("running"));
     }
 
     /// Starts member `i` again on its data.

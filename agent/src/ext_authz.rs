@@ -67,13 +67,19 @@ impl Authorization for LocalCheck {
             }
         }
         let workload = admitted.workload();
+        // The same identity, encoded the same way, as the gateway sends its upstream.
+        let (issuer, subject) = crate::gateway::proxy::identity(workload);
         let add = |key: &str, value: &str| core::HeaderValueOption {
-            header: Some(core::HeaderValue { key: key.into(), value: value.into(), raw_value: Vec::new() }),
+            header: Some(core::HeaderValue {
+                key: key.into(),
+                value: crate::gateway::proxy::header_value(value).to_str().unwrap_or_default().into(),
+                raw_value: Vec::new(),
+            }),
             append: None,
             append_action: core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         };
         let ok = auth::OkHttpResponse {
-            headers: vec![add("x-warden-issuer", &workload.issuer), add("x-warden-subject", &workload.subject)],
+            headers: vec![add("x-warden-issuer", issuer), add("x-warden-subject", subject)],
             headers_to_remove: vec!["authorization".into(), "dpop".into()],
             response_headers_to_add: Vec::new(),
         };
@@ -180,8 +186,24 @@ fn client_certificate(encoded: &str) -> Option<Vec<u8>> {
     crate::tls::certs_from_pem(&pem).ok()?.into_iter().next().map(|c| c.as_ref().to_vec())
 }
 
-/// Serves the local check API on `listen` (`unix:/path` or `host:port`) until `stop`.
+/// Where the local check API may listen: a Unix socket, or a loopback address. Anyone who can
+/// reach it can ask for decisions about any token, so it never listens beyond this host.
+pub fn check_listen(listen: &str) -> Result<(), String> {
+    if listen.strip_prefix("unix:").is_some_and(|p| !p.is_empty()) {
+        return Ok(());
+    }
+    let addr: SocketAddr = listen.parse().map_err(|_| format!("{listen:?} is not unix:/path or host:port"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "the local check API listens on loopback or a Unix socket only, not {addr}: anyone who reaches it can ask for decisions"
+        ));
+    }
+    Ok(())
+}
+
+/// Serves the local check API on `listen` (`unix:/path` or a loopback `host:port`) until `stop`.
 pub async fn serve(shared: Shared, listen: String, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    check_listen(&listen)?;
     let service = AuthorizationServer::new(LocalCheck { shared });
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -203,5 +225,18 @@ pub async fn serve(shared: Shared, listen: String, mut stop: watch::Receiver<boo
         tracing::info!(%addr, "local check API (ext_authz) listening");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_local_check_api_listens_only_on_this_host() {
+        for ok in ["unix:/run/warden/authz.sock", "127.0.0.1:9191", "127.8.0.1:1", "[::1]:9191"] {
+            assert_eq!(super::check_listen(ok), Ok(()), "{ok}");
+        }
+        for refused in ["0.0.0.0:9191", "[::]:9191", "10.0.0.5:9191", "unix:", "localhost:9191", "9191"] {
+            assert!(super::check_listen(refused).is_err(), "{refused}");
+        }
     }
 }

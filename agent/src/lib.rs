@@ -63,6 +63,8 @@ pub struct Options {
     pub gateway_tls: Option<gateway::GatewayTls>,
     /// Where the local check API (Envoy ext_authz) listens: `unix:/path` or `host:port`.
     pub ext_authz_listen: Option<String>,
+    /// The session-sealing key file (default `<data_dir>/session.key`).
+    pub session_key: Option<PathBuf>,
     /// Bounds of the decision records' outbox.
     pub decisions: decisions::Limits,
     /// OpenTelemetry export (from the `OTEL_*` variables): spans of gateway requests and, with
@@ -83,6 +85,9 @@ pub enum RunError {
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    if let Some(listen) = &options.ext_authz_listen {
+        ext_authz::check_listen(listen).map_err(|e| RunError::Io(format!("--ext-authz-listen: {e}")))?;
+    }
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|e| RunError::Io(format!("creating {}: {e}", options.data_dir.display())))?;
     let current = Current::default();
@@ -155,6 +160,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     });
 
     // The gateway serves from the last good configuration even before the control plane answers.
+    let session_key_file = options.session_key.clone().unwrap_or_else(|| options.data_dir.join("session.key"));
+    let session_key = load_or_create_key(&session_key_file)
+        .map_err(|e| RunError::Io(format!("session key {}: {e}", session_key_file.display())))?;
     let (requests, request_queues) = sync::requests();
     let shared = gateway::Shared::new(
         current.clone(),
@@ -164,7 +172,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         options.labels.clone(),
         outbox.clone(),
         spans,
+        &session_key,
     );
+    let refusals = tokio::spawn(shared.record_refusals(stop_rx.clone()));
     let ext_authz_task = options.ext_authz_listen.clone().map(|listen| {
         let (shared, stop) = (shared.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -209,6 +219,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         let _ = task.await;
     }
     // The gateway has stopped: no record can be added after this.
+    let _ = refusals.await;
     let _ = spiller.await;
     outbox.persist().await;
     tracing::info!("agent stopped");
@@ -279,5 +290,26 @@ async fn renew_forever(
                 attempt += 1;
             }
         }
+    }
+}
+
+/// The session-sealing key in `path`, made (random, owner-only) when the file does not exist.
+/// A file of another size is an error, never silently replaced: that would log out every
+/// session the agents sharing it vouch for.
+fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; gateway::SESSION_KEY_BYTES]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
+            std::io::Error::other(format!("holds {} bytes; a session key is {}", b.len(), gateway::SESSION_KEY_BYTES))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; gateway::SESSION_KEY_BYTES] = rand::random();
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            file.write_all(&key)?;
+            file.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
     }
 }

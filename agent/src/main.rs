@@ -51,6 +51,24 @@ struct Args {
     /// Most arguments (top-level names) of one tools/call or prompts/get.
     #[arg(long, default_value_t = 256)]
     max_arguments: usize,
+    /// How long an upstream MCP server may take to start answering a request.
+    #[arg(long, default_value = "300s", value_parser = warden_core::duration::parse)]
+    upstream_response_timeout: Duration,
+    /// How long reading a whole body may take: a caller's request, an upstream's list answer.
+    #[arg(long, default_value = "30s", value_parser = warden_core::duration::parse)]
+    body_read_timeout: Duration,
+    /// How long a caller may take to send a request's headers (and stay idle between requests).
+    #[arg(long, default_value = "10s", value_parser = warden_core::duration::parse)]
+    header_read_timeout: Duration,
+    /// Connections each gateway listener serves at a time; past it, new ones are closed.
+    #[arg(long, default_value_t = 4096)]
+    max_connections_per_listener: usize,
+    /// DPoP proofs each server remembers against replay (each for about a minute).
+    #[arg(long, default_value_t = agent::gateway::DPOP_PROOFS_REMEMBERED)]
+    dpop_proofs_per_server: usize,
+    /// Of those, the most one DPoP key may hold.
+    #[arg(long, default_value_t = agent::gateway::DPOP_PROOFS_PER_KEY)]
+    dpop_proofs_per_key: usize,
     /// Gateway worker threads [default: one per CPU].
     #[arg(long)]
     gateway_workers: Option<usize>,
@@ -63,6 +81,11 @@ struct Args {
     /// Serve the local check API (Envoy ext_authz v3 gRPC) on `unix:/path` or a loopback `host:port`.
     #[arg(long, env = "WARDEN_EXT_AUTHZ_LISTEN")]
     ext_authz_listen: Option<String>,
+    /// The key sealing MCP session ids to the workload that opened them (32 bytes; created,
+    /// 0600, when missing). Agents in front of the same upstream may share one file to accept
+    /// each other's sessions. [default: <data-dir>/session.key]
+    #[arg(long)]
+    session_key: Option<PathBuf>,
     /// Decision records held in memory on their way to the control plane.
     #[arg(long, default_value_t = 20_000)]
     decision_memory_records: usize,
@@ -116,6 +139,7 @@ async fn start() -> anyhow::Result<()> {
     let options = agent::Options {
         gateway_tls,
         ext_authz_listen: args.ext_authz_listen,
+        session_key: args.session_key,
         agent_id,
         labels,
         data_dir: args.data_dir,
@@ -142,6 +166,12 @@ async fn start() -> anyhow::Result<()> {
                 max_batch: args.max_batch,
                 max_arguments: args.max_arguments,
             },
+            upstream_response_timeout: args.upstream_response_timeout,
+            body_read_timeout: args.body_read_timeout,
+            header_read_timeout: args.header_read_timeout,
+            max_connections_per_listener: args.max_connections_per_listener.max(1),
+            dpop_proofs_per_server: args.dpop_proofs_per_server.max(1),
+            dpop_proofs_per_key: args.dpop_proofs_per_key.max(1),
         },
     };
     agent::run(options, shutdown_signal()).await?;

@@ -152,7 +152,8 @@ impl Sync {
     async fn session(&self, address: &str) -> Result<(), String> {
         let config = self.identity.borrow().client_config().map_err(|e| e.to_string())?;
         let channel = tls::connect(address, config).await.map_err(|e| e.to_string())?;
-        let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+        let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
+            .max_decoding_message_size(proto::MAX_CONFIG_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let held = self.current.get();
         let hello = pb::Hello {

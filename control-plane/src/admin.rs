@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use warden_core::{Document, Kind, ResourceKey};
 
 use crate::ControlPlane;
-use crate::peer::admin_actor;
+use crate::peer::{AdminCaller, admin_caller};
 use crate::state::{self, WriteError};
 use crate::store::StoreError;
 
@@ -33,8 +33,25 @@ impl AdminService {
         AdminService { cp }
     }
 
-    fn actor<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        admin_actor(request, self.cp.ca.trust_domain())
+    /// The caller, for the audit trail; an operator certificate only while the registry lists
+    /// it (not revoked, and issued since certificates were registered), read on every call so a
+    /// revocation holds at once on every replica.
+    async fn actor<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let caller = admin_caller(request, self.cp.ca.trust_domain())?;
+        if let AdminCaller::Operator(name, serial) = &caller {
+            let (store, lookup) = (self.cp.store.clone(), name.clone());
+            let record = tokio::task::spawn_blocking(move || store.operator(&lookup))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::unavailable(format!("the operator registry cannot be read: {e}")))?;
+            if !record.is_some_and(|r| r.accepts(serial)) {
+                tracing::warn!(operator = %name, serial, "refused a revoked or unregistered operator certificate");
+                return Err(Status::permission_denied(format!(
+                    "this operator certificate for {name} was revoked (or predates the operator registry): have a new one issued over the admin socket"
+                )));
+            }
+        }
+        Ok(caller.actor())
     }
 }
 
@@ -49,7 +66,7 @@ fn parse_kind(text: &str) -> Result<Kind, Status> {
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminService {
     async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
-        let actor = self.actor(&request)?;
+        let actor = self.actor(&request).await?;
         let request = request.into_inner();
         if request.documents_json.len() > MAX_DOCUMENTS_PER_APPLY {
             return Err(Status::invalid_argument(format!(
@@ -107,7 +124,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.actor(&request)?;
+        self.actor(&request).await?;
         let request = request.into_inner();
         let kind = if request.kind.is_empty() { None } else { Some(parse_kind(&request.kind)?) };
         let state = self.cp.state.borrow().clone();
@@ -146,7 +163,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let actor = self.actor(&request)?;
+        let actor = self.actor(&request).await?;
         let request = request.into_inner();
         let key = ResourceKey { kind: parse_kind(&request.kind)?, name: request.name };
         let expected = request.expected_resource_version;
@@ -161,7 +178,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        self.actor(&request)?;
+        self.actor(&request).await?;
         let store = self.cp.store.clone();
         let read = tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.agents()?, store.presence()?)));
         let (registered, elsewhere) = match read.await {
@@ -182,10 +199,17 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        let actor = self.actor(&request)?;
-        let ttl = Duration::from_secs(request.into_inner().ttl_seconds);
+        let actor = self.actor(&request).await?;
+        let request = request.into_inner();
+        let ttl = Duration::from_secs(request.ttl_seconds);
         if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
             return Err(Status::invalid_argument("join token ttl must be between 1s and 7 days"));
+        }
+        let agent = request.agent_id;
+        warden_core::resource::validate_name(&agent)
+            .map_err(|m| Status::invalid_argument(format!("agent id {agent:?}: {m}")))?;
+        if crate::store::RESERVED_AGENT_IDS.contains(&agent.as_str()) {
+            return Err(Status::invalid_argument(format!("agent id {agent:?} is reserved")));
         }
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         // Hex, so a token never starts with '-' and reads as a flag on a command line.
@@ -194,21 +218,70 @@ impl pb::admin_service_server::AdminService for AdminService {
         let expires_unix = crate::now_unix_ms() / 1000 + ttl.as_secs() as i64;
         let hash = warden_core::identity::secret_hash(&secret);
         let store = self.cp.store.clone();
-        let id_for_store = id.clone();
-        tokio::task::spawn_blocking(move || store.create_join_token(&id_for_store, &hash, expires_unix))
+        let (id_for_store, agent_for_store) = (id.clone(), agent.clone());
+        let registered = tokio::task::spawn_blocking(move || {
+            if store.agent(&agent_for_store)?.is_some() {
+                return Ok(true);
+            }
+            store.create_join_token(&id_for_store, &hash, expires_unix, &agent_for_store).map(|()| false)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        if registered {
+            return Err(Status::already_exists(format!(
+                "agent {agent} is registered already: `wardenctl delete agent {agent}` first if its host was rebuilt"
+            )));
+        }
+        tracing::info!(%actor, token_id = %id, %agent, expires_unix, "join token created");
+        let token = warden_core::identity::JoinToken { id, secret, ca_pin: self.cp.ca.pin() };
+        Ok(Response::new(pb::CreateJoinTokenResponse { token: token.to_text(), expires_unix }))
+    }
+
+    async fn revoke_operator_certificates(
+        &self,
+        request: Request<pb::RevokeOperatorCertificatesRequest>,
+    ) -> Result<Response<pb::RevokeOperatorCertificatesResponse>, Status> {
+        let actor = self.actor(&request).await?;
+        let name = request.into_inner().name;
+        let (store, lookup) = (self.cp.store.clone(), name.clone());
+        let removed = tokio::task::spawn_blocking(move || store.delete_operator(&lookup))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
-        tracing::info!(%actor, token_id = %id, expires_unix, "join token created");
-        let token = warden_core::identity::JoinToken { id, secret, ca_pin: self.cp.ca.pin() };
-        Ok(Response::new(pb::CreateJoinTokenResponse { token: token.to_text(), expires_unix }))
+        if !removed {
+            return Err(Status::not_found(format!("no operator certificates were issued to {name}")));
+        }
+        tracing::warn!(%actor, operator = %name, "operator certificates revoked");
+        Ok(Response::new(pb::RevokeOperatorCertificatesResponse {}))
+    }
+
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+        let actor = self.actor(&request).await?;
+        let agent = request.into_inner().agent_id;
+        let store = self.cp.store.clone();
+        let id = agent.clone();
+        let removed = tokio::task::spawn_blocking(move || store.delete_agent(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !removed {
+            return Err(Status::not_found(format!("no agent {agent} is registered")));
+        }
+        // This replica's session ends at once; other replicas see the deletion in their watch.
+        let _ = self.cp.deleted_agents.send(Some(agent.clone()));
+        tracing::warn!(%actor, %agent, "agent deleted: its certificates are refused from now on");
+        Ok(Response::new(pb::DeleteAgentResponse {}))
     }
 
     async fn list_decisions(
         &self,
         request: Request<pb::ListDecisionsRequest>,
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
-        self.actor(&request)?;
+        self.actor(&request).await?;
         let filter = request.into_inner();
         let cp = self.cp.clone();
         let answer = tokio::task::spawn_blocking(move || cp.decisions.list(&filter))
@@ -219,7 +292,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     }
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
-        self.actor(&request)?;
+        self.actor(&request).await?;
         let limit = match request.into_inner().limit {
             0 => 100,
             n => n.min(10_000) as usize,
@@ -248,7 +321,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::SignOperatorCertificateRequest>,
     ) -> Result<Response<pb::SignOperatorCertificateResponse>, Status> {
-        let actor = self.actor(&request)?;
+        let actor = self.actor(&request).await?;
         if !actor.starts_with("uid:") {
             return Err(Status::permission_denied("operator certificates are issued only over the local admin socket"));
         }
@@ -265,6 +338,13 @@ impl pb::admin_service_server::AdminService for AdminService {
             .ca
             .sign_client_csr(&request.csr_pem, &spiffe_id, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (store, name, serial, not_after) =
+            (self.cp.store.clone(), request.name.clone(), cert.serial.clone(), cert.not_after_unix);
+        let now = crate::now_unix_ms() / 1000;
+        tokio::task::spawn_blocking(move || store.operator_issued(&name, &serial, not_after, now))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(%actor, operator = %request.name, not_after = cert.not_after_unix, "operator certificate issued");
         Ok(Response::new(pb::SignOperatorCertificateResponse {
             certificate_pem: cert.pem,

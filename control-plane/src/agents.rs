@@ -18,9 +18,9 @@ use warden_core::identity::{FleetIdentity, JoinToken, secret_hash};
 use warden_core::resource::validate_name;
 
 use crate::ControlPlane;
-use crate::peer::certificate_identity;
+use crate::peer::certificate;
 use crate::state::FleetState;
-use crate::store::{AgentRecord, JoinTokenError};
+use crate::store::{AgentRecord, JoinTokenError, RESERVED_AGENT_IDS};
 
 /// How long an agent has to say hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,11 +36,28 @@ impl AgentService {
         AgentService { cp }
     }
 
-    /// The agent id in the caller's certificate; refuses anyone else.
-    fn agent_id<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        match certificate_identity(request, self.cp.ca.trust_domain()) {
-            Some(FleetIdentity::Agent(id)) => Ok(id),
-            _ => Err(Status::unauthenticated("this call needs an agent certificate issued by the fleet CA")),
+    /// The registered agent the caller's certificate names; refuses anyone else, an agent that
+    /// was deleted, and a certificate the registry does not list for it (issued before the agent
+    /// was deleted and joined again).
+    async fn registered_agent<T>(&self, request: &Request<T>) -> Result<AgentRecord, Status> {
+        let (id, serial) = match certificate(request, self.cp.ca.trust_domain()) {
+            Some((FleetIdentity::Agent(id), serial)) => (id, serial),
+            _ => return Err(Status::unauthenticated("this call needs an agent certificate issued by the fleet CA")),
+        };
+        let store = self.cp.store.clone();
+        let lookup = id.clone();
+        let record = tokio::task::spawn_blocking(move || store.agent(&lookup))
+            .await
+            .map_err(blocking_error)?
+            .map_err(|e| Status::unavailable(format!("the agent registry cannot be read: {e}")))?;
+        match record {
+            Some(record) if record.accepts(&serial) => Ok(record),
+            _ => {
+                tracing::warn!(agent = %id, serial, "refused a certificate of a deleted agent (or one it no longer holds)");
+                Err(Status::permission_denied(format!(
+                    "agent {id} is not registered with this certificate (deleted by an operator?); join again with a new join token"
+                )))
+            }
         }
     }
 }
@@ -67,6 +84,9 @@ impl pb::agent_service_server::AgentService for AgentService {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let request = request.into_inner();
         validate_name(&request.agent_id).map_err(|m| Status::invalid_argument(format!("agent id: {m}")))?;
+        if RESERVED_AGENT_IDS.contains(&request.agent_id.as_str()) {
+            return Err(Status::invalid_argument(format!("agent id {:?} is reserved", request.agent_id)));
+        }
         let (id, secret) = JoinToken::parse_credential(&request.token)
             .map_err(|_| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
         let spiffe_id = self.cp.ca.agent_spiffe_id(&request.agent_id);
@@ -75,12 +95,14 @@ impl pb::agent_service_server::AgentService for AgentService {
             .ca
             .sign_client_csr(&request.csr_pem, &spiffe_id, self.cp.options.agent_cert_ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let record = AgentRecord {
+        let mut record = AgentRecord {
             id: request.agent_id.clone(),
             labels: request.labels.into_iter().collect::<BTreeMap<_, _>>(),
             joined_unix: now_unix(),
             certificate_not_after_unix: cert.not_after_unix,
+            certificates: Vec::new(),
         };
+        record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
         let store = self.cp.store.clone();
         let (id, hash) = (id.to_string(), secret_hash(secret));
         let token_id = id.clone();
@@ -97,26 +119,23 @@ impl pb::agent_service_server::AgentService for AgentService {
     }
 
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
-        let agent = self.agent_id(&request)?;
-        let store = self.cp.store.clone();
-        let mut record = tokio::task::spawn_blocking(move || store.agents())
-            .await
-            .map_err(blocking_error)?
-            .map_err(|e| Status::internal(e.to_string()))?
-            .remove(&agent)
-            .ok_or_else(|| Status::permission_denied(format!("agent {agent} is not registered")))?;
+        let mut record = self.registered_agent(&request).await?;
+        let agent = record.id.clone();
         let spiffe_id = self.cp.ca.agent_spiffe_id(&agent);
         let cert = self
             .cp
             .ca
             .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.cp.options.agent_cert_ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        record.certificate_not_after_unix = cert.not_after_unix;
+        record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
         let store = self.cp.store.clone();
-        tokio::task::spawn_blocking(move || store.put_agent(&record))
+        let registered = tokio::task::spawn_blocking(move || store.put_agent(&record))
             .await
             .map_err(blocking_error)?
             .map_err(|e| Status::internal(e.to_string()))?;
+        if !registered {
+            return Err(Status::permission_denied(format!("agent {agent} was deleted")));
+        }
         tracing::info!(%agent, not_after = cert.not_after_unix, "agent certificate renewed");
         Ok(Response::new(pb::RenewResponse { certificate_pem: cert.pem, ca_pem: self.cp.ca.cert_pem().to_string() }))
     }
@@ -127,7 +146,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let agent = self.agent_id(&request)?;
+        let agent = self.registered_agent(&request).await?.id;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::AgentMessage { message: Some(pb::agent_message::Message::Hello(hello)) }))) => hello,
@@ -170,6 +189,10 @@ struct Session {
     state_rx: watch::Receiver<Arc<FleetState>>,
     shutdown: watch::Receiver<bool>,
     heartbeat: tokio::time::Interval,
+    /// Deletions from the agent registry: this agent's ends the stream.
+    deleted: tokio::sync::broadcast::Receiver<Option<String>>,
+    /// Moves when the same agent opens another stream, which replaces this one.
+    superseded: watch::Receiver<u64>,
     sent: Sent,
     /// A message decided before the next poll (the answer to Hello).
     pending: Option<Out>,
@@ -177,7 +200,8 @@ struct Session {
 
 impl Session {
     fn start(cp: Arc<ControlPlane>, agent: String, hello: pb::Hello, inbound: Streaming<pb::AgentMessage>) -> Session {
-        let generation = cp.presence.connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
+        let (generation, superseded) =
+            cp.presence.connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
         let mut state_rx = cp.state.subscribe();
         let current = state_rx.borrow_and_update().clone();
         let (sent, pending) = if hello.applied_store_id == current.store_id && hello.applied_version == current.version
@@ -191,7 +215,20 @@ impl Session {
         };
         let mut heartbeat = tokio::time::interval(cp.options.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Session { shutdown: cp.shutdown.clone(), cp, agent, generation, inbound, state_rx, heartbeat, sent, pending }
+        let deleted = cp.deleted_agents.subscribe();
+        Session {
+            shutdown: cp.shutdown.clone(),
+            cp,
+            agent,
+            generation,
+            inbound,
+            state_rx,
+            heartbeat,
+            deleted,
+            superseded,
+            sent,
+            pending,
+        }
     }
 
     /// The next message for the agent; `None` ends the stream.
@@ -224,9 +261,36 @@ impl Session {
                     let version = self.cp.state.borrow().version;
                     return Some(Out::Heartbeat(pb::Heartbeat { applied_version: version }));
                 }
+                changed = self.superseded.changed() => {
+                    // One stream per agent: a newer one (a reconnect the old TCP connection did
+                    // not notice, or an agent opening streams in a loop) replaces this one.
+                    if changed.is_err() || *self.superseded.borrow() != self.generation {
+                        tracing::info!(agent = %self.agent, "a newer stream of this agent replaces this one");
+                        return None;
+                    }
+                }
+                deleted = self.deleted.recv() => {
+                    let named = match deleted {
+                        Ok(Some(id)) => id == self.agent,
+                        // Deletions may have been missed: ask the registry.
+                        Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => !self.registered().await,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
+                    };
+                    if named {
+                        tracing::warn!(agent = %self.agent, "agent deleted from the registry: its stream ends");
+                        return None;
+                    }
+                }
                 _ = self.shutdown.changed() => return None,
             }
         }
+    }
+
+    /// Whether the agent is still registered (true when the registry cannot be read: a store
+    /// outage must not disconnect the fleet).
+    async fn registered(&self) -> bool {
+        let (store, id) = (self.cp.store.clone(), self.agent.clone());
+        !matches!(tokio::task::spawn_blocking(move || store.agent(&id)).await, Ok(Ok(None)))
     }
 
     /// Stores a batch of decision records, then acknowledges it. While this waits for the disk
@@ -253,7 +317,8 @@ impl Session {
                 cp.presence.acked(agent, ack.version);
             }
             Ok(Some(pb::AgentMessage { message: Some(In::Nack(nack)) })) => {
-                tracing::warn!(%agent, version = nack.version, error = %nack.error, "NACK");
+                let error = crate::presence::bounded(&nack.error, 1024);
+                tracing::warn!(%agent, version = nack.version, %error, "NACK");
                 cp.presence.nacked(agent, &nack.error);
                 // A refused delta means the agent does not hold what we thought: resend whole.
                 // A refused snapshot is not retried until the configuration moves.

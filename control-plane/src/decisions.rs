@@ -41,6 +41,30 @@ const DROPS: TableDefinition<(&str, u64), u64> = TableDefinition::new("drops");
 /// delivered.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
+/// Runs of one agent whose de-duplication state is kept. An agent has a new run at every start,
+/// and only the last few can still have records in flight; without a bound, an agent sending
+/// a new `boot` per batch would grow these tables for good.
+const BOOTS_PER_AGENT: usize = 64;
+
+/// Makes room for one more run of `agent`: past [`BOOTS_PER_AGENT`], the run with the lowest
+/// id is forgotten (a resend of its records, should one ever come, would be stored again).
+fn forget_old_boots(
+    cursors: &mut redb::Table<(&str, u64), u64>,
+    drops: &mut redb::Table<(&str, u64), u64>,
+    agent: &str,
+) -> Result<(), DecisionError> {
+    let runs = cursors.range((agent, 0)..=(agent, u64::MAX)).map_err(db_err)?;
+    let mut boots = Vec::new();
+    for run in runs {
+        boots.push(run.map_err(db_err)?.0.value().1);
+    }
+    for boot in boots.iter().take((boots.len() + 1).saturating_sub(BOOTS_PER_AGENT)) {
+        cursors.remove((agent, *boot)).map_err(db_err)?;
+        drops.remove((agent, *boot)).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// Records per stored batch at most when a file of single records is migrated (what an agent
 /// sends per batch by default).
 const MIGRATED_BATCH: usize = 4_000;
@@ -402,7 +426,11 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
         let mut value = Vec::new();
         for Ingest { agent, boot, records: batch, dropped, .. } in group {
             let key = (agent.as_str(), *boot);
-            let cursor = cursors.get(key).map_err(db_err)?.map_or(0, |v| v.value());
+            let known_boot = cursors.get(key).map_err(db_err)?.map(|v| v.value());
+            if known_boot.is_none() {
+                forget_old_boots(&mut cursors, &mut drops, agent)?;
+            }
+            let cursor = known_boot.unwrap_or(0);
             // Records already stored (a resend) are skipped, so each is kept once.
             let mut stored_to = cursor;
             let new: Vec<Bytes> = batch
@@ -461,6 +489,25 @@ mod tests {
             .map(|r| r.encode_to_vec().into())
             .collect();
         pb::DecisionBatch { boot, records, dropped }
+    }
+
+    #[tokio::test]
+    async fn an_agent_inventing_runs_cannot_grow_the_de_duplication_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Decisions::open(dir.path(), 100_000, crate::metrics::Counts::default()).unwrap();
+        for boot in 0..200 {
+            store.ingest("a1", batch(boot, 1..=1, 1)).await.unwrap();
+        }
+        store.ingest("a2", batch(5, 1..=1, 0)).await.unwrap();
+        let txn = store.db.begin_read().unwrap();
+        let cursors = txn.open_table(CURSORS).unwrap();
+        let runs = |agent| cursors.range((agent, 0)..=(agent, u64::MAX)).unwrap().count();
+        assert_eq!((runs("a1"), runs("a2")), (BOOTS_PER_AGENT, 1));
+        // The newest runs are the ones kept: a resend of the last is still recognised.
+        drop((cursors, txn));
+        assert_eq!(store.ingest("a1", batch(199, 1..=1, 1)).await.unwrap(), 1);
+        let all = store.list(&pb::ListDecisionsRequest { agent: "a1".into(), ..Default::default() }).unwrap();
+        assert_eq!(all.received, 201, "the resend was not stored twice");
     }
 
     #[tokio::test]

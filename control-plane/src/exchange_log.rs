@@ -86,6 +86,8 @@ impl ExchangeLog {
             token_lifetime_seconds: exchange.lifetime_seconds.max(0) as u64,
             actor: exchange.actor,
             binding: exchange.binding.into(),
+            count: 0,
+            source: String::new(),
         };
         if self.queue.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -69,6 +69,9 @@ pub struct Options {
     pub ca_files: Option<(PathBuf, PathBuf)>,
     /// Lifetime of agent client certificates; agents renew at two thirds of it.
     pub agent_cert_ttl: Duration,
+    /// Largest encoded configuration snapshot a write may produce (at most
+    /// [`proto::MAX_CONFIG_MESSAGE_BYTES`], what agents decode).
+    pub max_config_bytes: usize,
     /// How often each stream carries a heartbeat when nothing else moves.
     pub heartbeat_interval: Duration,
     /// Accept http:// issuer URLs (local testing only).
@@ -153,6 +156,12 @@ pub struct ControlPlane {
     /// Whether this replica does the singleton duties (scheduled key refresh, expiry of
     /// revocations, audit export): always on the embedded store, the elected one on etcd.
     leading: watch::Sender<bool>,
+    /// Agents deleted from the registry (by this replica or, watched, another): each session
+    /// ends its stream when its agent is named, or checks the registry on `None` (deletions
+    /// may have been missed).
+    deleted_agents: tokio::sync::broadcast::Sender<Option<String>>,
+    /// Bounds the revocations token holders and agents may write.
+    revocation_writes: revocations::WriteLimit,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -241,6 +250,11 @@ impl ControlPlane {
         let (store, states) = (self.store.clone(), self.state.clone());
         let base = current.version;
         let next = state::next_state(current, plan, version);
+        // Refused here, naming the limit, rather than met by an agent that cannot load it.
+        let size = prost::Message::encoded_len(&next.snapshot());
+        if size > self.options.max_config_bytes {
+            return Err(WriteError::TooLarge { size, limit: self.options.max_config_bytes });
+        }
         // Committed and published on the blocking pool: a caller that goes away mid-write (an
         // operator's Ctrl-C) cannot leave a committed version unpublished.
         let written = tokio::task::spawn_blocking(move || {
@@ -393,6 +407,8 @@ pub async fn run(
             rand::random::<u32>() & 0xff_ffff
         ),
         leading: watch::Sender::new(matches!(options.store, StoreOptions::Embedded)),
+        deleted_agents: tokio::sync::broadcast::Sender::new(256),
+        revocation_writes: Default::default(),
         shutdown: stop_rx.clone(),
         options,
     });

@@ -40,8 +40,10 @@ struct Args {
     /// Address of the agent/operator mTLS port.
     #[arg(long, env = "WARDEN_LISTEN", default_value = "0.0.0.0:7443")]
     listen: SocketAddr,
-    /// Admin socket path [default: <data-dir>/admin.sock].
-    #[arg(long, env = "WARDEN_ADMIN_SOCKET")]
+    /// Admin socket path [default: <data-dir>/admin.sock]. No environment variable: operators
+    /// export WARDEN_ADMIN_SOCKET for wardenctl, and a control plane started from that shell
+    /// must not take over another one's socket.
+    #[arg(long)]
     admin_socket: Option<PathBuf>,
     /// SPIFFE trust domain of fleet identities.
     #[arg(long, env = "WARDEN_TRUST_DOMAIN", default_value = "warden.local")]
@@ -59,6 +61,10 @@ struct Args {
     /// Lifetime of agent client certificates.
     #[arg(long, env = "WARDEN_AGENT_CERT_TTL", default_value = "24h", value_parser = humantime_duration)]
     agent_cert_ttl: Duration,
+    /// Largest configuration, as one encoded snapshot, an apply may produce (bytes; at most
+    /// what agents accept, 32 MiB). An apply past it is refused with the limit named.
+    #[arg(long, default_value_t = proto::MAX_CONFIG_MESSAGE_BYTES)]
+    max_config_bytes: usize,
     /// Heartbeat interval on agent streams.
     #[arg(long, default_value = "15s", value_parser = humantime_duration)]
     heartbeat_interval: Duration,
@@ -208,6 +214,12 @@ async fn start() -> anyhow::Result<()> {
     if args.agent_cert_ttl < Duration::from_secs(10) {
         anyhow::bail!("--agent-cert-ttl must be at least 10s");
     }
+    if args.max_config_bytes == 0 || args.max_config_bytes > proto::MAX_CONFIG_MESSAGE_BYTES {
+        anyhow::bail!(
+            "--max-config-bytes must be between 1 and {} (what agents accept in one message)",
+            proto::MAX_CONFIG_MESSAGE_BYTES
+        );
+    }
     if args.signing_key_rotation < Duration::from_secs(1) {
         anyhow::bail!("--signing-key-rotation must be at least 1s");
     }
@@ -222,6 +234,7 @@ async fn start() -> anyhow::Result<()> {
         server_names: args.server_names,
         ca_files: args.ca_cert.zip(args.ca_key),
         agent_cert_ttl: args.agent_cert_ttl,
+        max_config_bytes: args.max_config_bytes,
         heartbeat_interval: args.heartbeat_interval,
         allow_http_issuers: args.allow_http_issuers,
         key_refresh: control_plane::issuer_keys::RefreshPolicy {

@@ -21,6 +21,13 @@ use crate::ControlPlane;
 /// hostile or runaway tool names cannot grow the control plane's memory.
 const MAX_SERIES: usize = 10_000;
 
+/// Distinct targets (tool, resource, prompt) labelled per agent and server; further ones are
+/// counted under [`OTHER_TARGET`]. Target names come from callers: one caller inventing names
+/// can then use up only its own server's share of the label budget, never the fleet's.
+const MAX_TARGETS_PER_SERVER: usize = 256;
+/// The target label of decisions past [`MAX_TARGETS_PER_SERVER`].
+const OTHER_TARGET: &str = "_other";
+
 /// (agent, server, tool/resource/prompt, decision, reason).
 type DecisionKey = (String, String, String, &'static str, String);
 
@@ -33,6 +40,16 @@ struct DecisionLabels<'a>(&'a str, &'a str, &'a str, &'static str, &'a str);
 impl Equivalent<DecisionKey> for DecisionLabels<'_> {
     fn equivalent(&self, k: &DecisionKey) -> bool {
         (self.0, self.1, self.2, self.3, self.4) == (k.0.as_str(), k.1.as_str(), k.2.as_str(), k.3, k.4.as_str())
+    }
+}
+
+/// (agent, server), borrowed likewise.
+#[derive(Hash)]
+struct ServerLabels<'a>(&'a str, &'a str);
+
+impl Equivalent<(String, String)> for ServerLabels<'_> {
+    fn equivalent(&self, k: &(String, String)) -> bool {
+        self.0 == k.0 && self.1 == k.1
     }
 }
 
@@ -61,6 +78,8 @@ pub struct DecisionCounts {
     overflow: u64,
     /// Records agents reported dropping, all runs (cumulative).
     dropped: HashMap<String, u64>,
+    /// (agent, server) → the targets labelled.
+    targets: LabelMap<(String, String), std::collections::HashSet<String>>,
 }
 
 fn decision_name(d: i32) -> &'static str {
@@ -71,13 +90,33 @@ impl DecisionCounts {
     /// Counts one stored record of `agent` (allocating only for a series not seen before).
     pub fn observe(&mut self, agent: &str, r: &DecisionRecordView<'_>) {
         let decision = decision_name(r.decision);
-        if let Some(n) = self.decisions.get_mut(&DecisionLabels(agent, r.server, r.target, decision, r.reason)) {
-            *n += 1;
-        } else if self.decisions.len() < MAX_SERIES {
-            self.decisions.insert((agent.into(), r.server.into(), r.target.into(), decision, r.reason.into()), 1);
-        } else {
-            self.overflow += 1;
+        let n = r.decisions();
+        let mut target = r.target;
+        if let Some(count) = self.decisions.get_mut(&DecisionLabels(agent, r.server, target, decision, r.reason)) {
+            *count += n;
+            return self.observe_rest(decision, r);
         }
+        // A target not labelled yet for this agent and server: past the share, counted as other.
+        let labelled = self.targets.get(&ServerLabels(agent, r.server));
+        if !labelled.is_some_and(|t| t.contains(target)) {
+            if labelled.is_some_and(|t| t.len() >= MAX_TARGETS_PER_SERVER) {
+                target = OTHER_TARGET;
+            } else if self.decisions.len() < MAX_SERIES {
+                self.targets.entry((agent.to_string(), r.server.to_string())).or_default().insert(target.to_string());
+            }
+        }
+        if let Some(count) = self.decisions.get_mut(&DecisionLabels(agent, r.server, target, decision, r.reason)) {
+            *count += n;
+        } else if self.decisions.len() < MAX_SERIES {
+            self.decisions.insert((agent.into(), r.server.into(), target.into(), decision, r.reason.into()), n);
+        } else {
+            self.overflow += n;
+        }
+        self.observe_rest(decision, r);
+    }
+
+    /// The token-lifetime and latency histograms of one record.
+    fn observe_rest(&mut self, decision: &'static str, r: &DecisionRecordView<'_>) {
         if r.token_lifetime_seconds > 0 {
             let lifetime = r.token_lifetime_seconds as f64;
             if let Some(h) = self.lifetimes.get_mut(r.issuer) {

@@ -149,8 +149,9 @@ impl FleetCa {
         params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let not_after = params.not_after;
+        let serial = params.serial_number.as_ref().map(|s| hex_serial(s.as_ref())).unwrap_or_default();
         let cert = params.signed_by(public_key, &self.issuer)?;
-        Ok(IssuedCert { pem: cert.pem(), not_after_unix: not_after.unix_timestamp() })
+        Ok(IssuedCert { pem: cert.pem(), not_after_unix: not_after.unix_timestamp(), serial })
     }
 }
 
@@ -160,6 +161,17 @@ pub struct IssuedCert {
     pub pem: String,
     /// Its expiry, seconds since the epoch.
     pub not_after_unix: i64,
+    /// Its serial number, lower-case hex: what the registry keeps to tell this certificate
+    /// apart from every other one issued for the same identity.
+    pub serial: String,
+}
+
+/// A certificate serial number as the registry writes it: lower-case hex, no leading zeros
+/// (DER may add a zero byte to keep the number positive; the number is the same).
+pub fn hex_serial(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() { "0".into() } else { trimmed.into() }
 }
 
 fn generate_ca(trust_domain: &str) -> Result<(String, String), PkiError> {

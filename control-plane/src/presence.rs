@@ -17,6 +17,24 @@ struct Live {
     applied_version: u64,
     last_seen_unix_ms: i64,
     last_error: String,
+    /// The current generation, watched by every session of the agent: one stream per agent,
+    /// the newest; an older one ends when it sees a newer generation.
+    current: Option<tokio::sync::watch::Sender<u64>>,
+}
+
+/// The longest NACK reason kept and shown, in bytes: an agent's message, whatever it sends.
+const MAX_ERROR_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary.
+pub(crate) fn bounded(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Live status of every agent that connected since the control plane started.
@@ -33,14 +51,24 @@ impl Presence {
         f(live)
     }
 
-    /// An agent opened its stream; returns the connection's generation.
-    pub fn connected(&self, id: &str, labels: BTreeMap<String, String>, applied_version: u64) -> u64 {
+    /// An agent opened its stream; returns the connection's generation, and a watch that
+    /// moves when a newer stream of the same agent replaces this one.
+    pub fn connected(
+        &self,
+        id: &str,
+        labels: BTreeMap<String, String>,
+        applied_version: u64,
+    ) -> (u64, tokio::sync::watch::Receiver<u64>) {
         self.with(id, |live| {
             live.connected = true;
             live.generation += 1;
             live.labels = labels;
             live.applied_version = applied_version;
-            live.generation
+            let current = live.current.get_or_insert_with(|| tokio::sync::watch::Sender::new(0));
+            current.send_replace(live.generation);
+            let mut watching = current.subscribe();
+            watching.mark_unchanged();
+            (live.generation, watching)
         })
     }
 
@@ -54,7 +82,7 @@ impl Presence {
 
     /// The agent refused `version`.
     pub fn nacked(&self, id: &str, error: &str) {
-        self.with(id, |live| live.last_error = error.to_string());
+        self.with(id, |live| live.last_error = bounded(error, MAX_ERROR_BYTES).to_string());
     }
 
     /// The agent was heard from.
@@ -89,6 +117,7 @@ impl Presence {
                     labels: live.labels.clone(),
                     joined_unix: 0,
                     certificate_not_after_unix: 0,
+                    certificates: Vec::new(),
                 };
                 (id.clone(), record)
             })

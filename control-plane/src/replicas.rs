@@ -2,7 +2,8 @@
 //!
 //! * every configuration write any replica makes is watched and published here as the next
 //!   state, exactly as if this replica had made it, so agents converge whichever replica they
-//!   are connected to ([`follow`]);
+//!   are connected to ([`follow`]); so is every deletion from the agent registry, which ends the
+//!   deleted agent's stream wherever it is connected;
 //! * a lease holds this replica's part: the leader key (one replica does the singleton duties)
 //!   and the presence of the agents connected here, so a replica that crashes loses both within
 //!   the lease's lifetime and another takes over ([`hold_lease`]).
@@ -24,6 +25,14 @@ pub async fn follow(cp: Arc<ControlPlane>, revision: i64) {
     if !matches!(*cp.store, Store::Etcd(_)) {
         return;
     }
+    let registry = {
+        let (cp, shutdown) = (cp.clone(), cp.shutdown.clone());
+        tokio::spawn(async move {
+            if let Store::Etcd(etcd) = &*cp.store {
+                etcd.follow_deleted_agents(cp.deleted_agents.clone(), shutdown).await;
+            }
+        })
+    };
     let (tx, mut rx) = mpsc::channel(64);
     let watcher = {
         let (cp, shutdown) = (cp.clone(), cp.shutdown.clone());
@@ -37,6 +46,7 @@ pub async fn follow(cp: Arc<ControlPlane>, revision: i64) {
         apply(&cp, followed).await;
     }
     let _ = watcher.await;
+    let _ = registry.await;
 }
 
 async fn apply(cp: &Arc<ControlPlane>, followed: Followed) {

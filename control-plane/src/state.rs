@@ -160,6 +160,17 @@ pub enum WriteError {
     /// The result would not be a consistent configuration.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The configuration would be larger than agents accept in one message.
+    #[error(
+        "the configuration would be {size} bytes, over the {limit}-byte limit of one configuration message (--max-config-bytes; agents accept at most {}): nothing was changed",
+        proto::MAX_CONFIG_MESSAGE_BYTES
+    )]
+    TooLarge {
+        /// The encoded snapshot's size.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -168,9 +179,10 @@ pub enum WriteError {
 impl From<WriteError> for tonic::Status {
     fn from(e: WriteError) -> tonic::Status {
         match &e {
-            WriteError::Document { .. } | WriteError::Duplicate(_) | WriteError::Config(_) => {
-                tonic::Status::invalid_argument(e.to_string())
-            }
+            WriteError::Document { .. }
+            | WriteError::Duplicate(_)
+            | WriteError::Config(_)
+            | WriteError::TooLarge { .. } => tonic::Status::invalid_argument(e.to_string()),
             WriteError::Conflict { .. } => tonic::Status::aborted(e.to_string()),
             WriteError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             WriteError::Store(crate::store::StoreError::TooLarge(_)) => tonic::Status::invalid_argument(e.to_string()),

@@ -57,6 +57,14 @@ pub enum JoinTokenError {
     /// The token is past its expiry.
     #[error("join token expired at {0} (unix seconds); create a new one with `wardenctl join-token create`")]
     Expired(i64),
+    /// The token was created for another agent id (or, made by an earlier version, for none).
+    #[error("this join token does not admit agent {0}: a join token admits only the agent named when it was created")]
+    WrongAgent(String),
+    /// An agent with this id is registered already.
+    #[error(
+        "agent {0} is registered already: `wardenctl delete agent {0}` first if its host was rebuilt (its certificates are then refused)"
+    )]
+    AgentExists(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -158,7 +166,58 @@ pub struct AgentRecord {
     pub joined_unix: i64,
     /// Expiry of its newest certificate, seconds since the epoch.
     pub certificate_not_after_unix: i64,
+    /// Serial numbers (hex) of the certificates issued to it that have not expired yet: only
+    /// these are accepted for it, so a certificate of an agent that was deleted and joined again
+    /// stays refused. Empty in records written before serials were kept: any certificate for
+    /// the id is accepted until the next renewal writes one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<IssuedSerial>,
 }
+
+/// One certificate issued to an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedSerial {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// Expiry, seconds since the epoch.
+    pub not_after_unix: i64,
+}
+
+impl AgentRecord {
+    /// Whether a certificate with `serial` (hex) is one this agent holds.
+    pub fn accepts(&self, serial: &str) -> bool {
+        self.certificates.is_empty() || self.certificates.iter().any(|c| c.serial == serial)
+    }
+
+    /// Records a newly issued certificate, forgetting those expired by `now_unix`.
+    pub fn issued(&mut self, serial: String, not_after_unix: i64, now_unix: i64) {
+        self.certificates.retain(|c| c.not_after_unix > now_unix);
+        self.certificates.push(IssuedSerial { serial, not_after_unix });
+        self.certificate_not_after_unix = not_after_unix;
+    }
+}
+
+/// The operator certificates issued to one name and not yet expired: only these are accepted on
+/// the admin API, so `wardenctl operator-cert revoke` cuts the name off at once, everywhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorRecord {
+    /// The operator's name (`spiffe://<td>/operator/<name>`).
+    pub name: String,
+    /// Its certificates.
+    pub certificates: Vec<IssuedSerial>,
+}
+
+impl OperatorRecord {
+    /// Whether a certificate with `serial` (hex) was issued to it and not revoked.
+    pub fn accepts(&self, serial: &str) -> bool {
+        self.certificates.iter().any(|c| c.serial == serial)
+    }
+}
+
+/// Agent ids no agent may take: names the control plane itself records under.
+pub const RESERVED_AGENT_IDS: [&str; 1] = ["control-plane"];
 
 /// A resource as stored.
 #[derive(Serialize, Deserialize)]
@@ -174,6 +233,10 @@ pub(crate) struct JoinTokenRecord {
     pub(crate) secret_sha256: String,
     pub(crate) expires_unix: i64,
     pub(crate) used_by: Option<String>,
+    /// The only agent id the token admits (absent in tokens from before tokens named one:
+    /// those are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent: Option<String>,
 }
 
 /// An agent's stream to one control-plane replica, as that replica publishes it for the others
@@ -269,13 +332,26 @@ impl Store {
         each!(self, s => s.set_audit_exported(sequence))
     }
 
-    /// Records a new join token (only the hash of its secret).
-    pub fn create_join_token(&self, id: &str, secret_hash: &[u8; 32], expires_unix: i64) -> Result<(), StoreError> {
-        each!(self, s => s.create_join_token(id, secret_hash, expires_unix))
+    /// Records a new join token for `agent` (only the hash of its secret).
+    pub fn create_join_token(
+        &self,
+        id: &str,
+        secret_hash: &[u8; 32],
+        expires_unix: i64,
+        agent: &str,
+    ) -> Result<(), StoreError> {
+        let record = JoinTokenRecord {
+            secret_sha256: hex(secret_hash),
+            expires_unix,
+            used_by: None,
+            agent: Some(agent.to_string()),
+        };
+        each!(self, s => s.create_join_token(id, &record))
     }
 
     /// Checks a join token and, atomically, marks it used by `agent` and registers the agent, so
-    /// a token can never admit two agents (not even through two replicas).
+    /// a token can never admit two agents (not even through two replicas), an agent only with
+    /// the token made for it, and never one whose id is registered already.
     pub fn consume_join_token(
         &self,
         id: &str,
@@ -286,14 +362,51 @@ impl Store {
         each!(self, s => s.consume_join_token(id, secret_hash, now_unix, agent))
     }
 
-    /// Updates a registered agent (e.g. after a certificate renewal).
-    pub fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+    /// Updates a registered agent (e.g. after a certificate renewal); whether it was still
+    /// registered (a deleted agent is not written back).
+    pub fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
         each!(self, s => s.put_agent(agent))
     }
 
     /// Every registered agent.
     pub fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
         each!(self, s => s.agents())
+    }
+
+    /// One registered agent.
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        each!(self, s => s.agent(id))
+    }
+
+    /// Removes an agent from the registry: its certificates are refused from then on. Whether
+    /// it was registered.
+    pub fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
+        each!(self, s => s.delete_agent(id))
+    }
+
+    /// The certificates issued to operator `name`.
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        each!(self, s => s.operator(name))
+    }
+
+    /// Records a certificate issued to operator `name` (forgetting its expired ones).
+    pub fn operator_issued(
+        &self,
+        name: &str,
+        serial: &str,
+        not_after_unix: i64,
+        now_unix: i64,
+    ) -> Result<(), StoreError> {
+        let mut record =
+            self.operator(name)?.unwrap_or_else(|| OperatorRecord { name: name.into(), ..Default::default() });
+        record.certificates.retain(|c| c.not_after_unix > now_unix);
+        record.certificates.push(IssuedSerial { serial: serial.into(), not_after_unix });
+        each!(self, s => s.put_operator(&record))
+    }
+
+    /// Revokes every certificate of operator `name`; whether it had any.
+    pub fn delete_operator(&self, name: &str) -> Result<bool, StoreError> {
+        each!(self, s => s.delete_operator(name))
     }
 
     /// Agent streams published by every replica (none on the embedded store: there is one).
@@ -311,6 +424,7 @@ pub(crate) fn check_join_token(
     record: &JoinTokenRecord,
     secret_hash: &[u8; 32],
     now_unix: i64,
+    agent: &str,
 ) -> Result<(), JoinTokenError> {
     let stored = unhex(&record.secret_sha256).ok_or_else(|| corrupt(id, "bad hash"))?;
     if !warden_core::identity::digests_equal(&stored, secret_hash) {
@@ -321,6 +435,9 @@ pub(crate) fn check_join_token(
     }
     if now_unix >= record.expires_unix {
         return Err(JoinTokenError::Expired(record.expires_unix));
+    }
+    if record.agent.as_deref() != Some(agent) {
+        return Err(JoinTokenError::WrongAgent(agent.to_string()));
     }
     Ok(())
 }

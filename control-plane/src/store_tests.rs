@@ -10,7 +10,13 @@ fn issuer(name: &str, url: &str) -> Document {
 }
 
 fn agent(id: &str) -> AgentRecord {
-    AgentRecord { id: id.into(), labels: BTreeMap::new(), joined_unix: 1, certificate_not_after_unix: 2 }
+    AgentRecord {
+        id: id.into(),
+        labels: BTreeMap::new(),
+        joined_unix: 1,
+        certificate_not_after_unix: 2,
+        certificates: Vec::new(),
+    }
 }
 
 #[test]
@@ -67,11 +73,13 @@ fn a_join_token_admits_one_agent_once_before_it_expires() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let hash = warden_core::identity::secret_hash("s3cret");
-    store.create_join_token("t1", &hash, 1_000).unwrap();
+    store.create_join_token("t1", &hash, 1_000, "a1").unwrap();
     let wrong = warden_core::identity::secret_hash("guess");
     assert!(matches!(store.consume_join_token("t1", &wrong, 10, &agent("a1")), Err(JoinTokenError::Invalid)));
     assert!(matches!(store.consume_join_token("nope", &hash, 10, &agent("a1")), Err(JoinTokenError::Invalid)));
     assert!(matches!(store.consume_join_token("t1", &hash, 1_000, &agent("a1")), Err(JoinTokenError::Expired(1_000))));
+    // The token names its agent: another id is refused, and the token is not spent by it.
+    assert!(matches!(store.consume_join_token("t1", &hash, 10, &agent("a2")), Err(JoinTokenError::WrongAgent(_))));
     assert!(store.agents().unwrap().is_empty(), "refused joins register nothing");
     store.consume_join_token("t1", &hash, 999, &agent("a1")).unwrap();
     match store.consume_join_token("t1", &hash, 999, &agent("a2")) {
@@ -79,4 +87,27 @@ fn a_join_token_admits_one_agent_once_before_it_expires() {
         other => panic!("expected Used, got {other:?}"),
     }
     assert_eq!(store.agents().unwrap().keys().collect::<Vec<_>>(), ["a1"]);
+    // A second token for a registered id cannot take it over.
+    store.create_join_token("t2", &hash, 1_000, "a1").unwrap();
+    assert!(matches!(store.consume_join_token("t2", &hash, 10, &agent("a1")), Err(JoinTokenError::AgentExists(_))));
+    // Deleted, the agent is gone, and a renewal racing the deletion cannot bring it back.
+    assert!(store.delete_agent("a1").unwrap());
+    assert!(!store.delete_agent("a1").unwrap());
+    assert!(!store.put_agent(&agent("a1")).unwrap());
+    assert!(store.agent("a1").unwrap().is_none());
+    store.consume_join_token("t2", &hash, 10, &agent("a1")).unwrap();
+    assert!(store.agent("a1").unwrap().is_some());
+}
+
+#[test]
+fn an_agent_accepts_only_the_certificates_issued_to_it_that_have_not_expired() {
+    let mut record = agent("a1");
+    assert!(record.accepts("anything"), "records from before serials were kept accept any certificate");
+    record.issued("0a".into(), 100, 0);
+    assert!(record.accepts("0a") && !record.accepts("0b"));
+    record.issued("0b".into(), 200, 50);
+    assert!(record.accepts("0a") && record.accepts("0b"), "the previous certificate lives until it expires");
+    record.issued("0c".into(), 300, 150);
+    assert!(!record.accepts("0a") && record.accepts("0b") && record.accepts("0c"));
+    assert_eq!(record.certificate_not_after_unix, 300);
 }

@@ -32,8 +32,10 @@ use crate::{ControlPlane, exchange_log, state};
 
 /// Default lifetime of a task token when the request names none.
 pub const DEFAULT_LIFETIME_SECONDS: i64 = 300;
-/// DPoP proofs remembered against replay (each is fresh for a minute).
+/// DPoP proofs remembered against replay (each is fresh for a minute), and at most by one key:
+/// only holders of a valid subject token get this far, and none can take all the room.
 const DPOP_PROOFS_REMEMBERED: usize = 65_536;
+const DPOP_PROOFS_PER_KEY: usize = 4_096;
 /// How old a DPoP proof may be, and how far ahead of our clock, in seconds.
 const DPOP_MAX_AGE: i64 = 60;
 const DPOP_SKEW: i64 = 5;
@@ -56,7 +58,11 @@ pub struct TokenService {
 impl TokenService {
     /// The service of `cp`.
     pub fn new(cp: Arc<ControlPlane>) -> TokenService {
-        TokenService { cp, compiled: Mutex::new(None), replay: Mutex::new(ReplayCache::new(DPOP_PROOFS_REMEMBERED)) }
+        TokenService {
+            cp,
+            compiled: Mutex::new(None),
+            replay: Mutex::new(ReplayCache::with_key_quota(DPOP_PROOFS_REMEMBERED, DPOP_PROOFS_PER_KEY)),
+        }
     }
 
     /// The current configuration, compiled once per version.
@@ -136,12 +142,12 @@ async fn token(
     }
 }
 
-/// A refusal, with the exchange record when the workload was identified (boxed: refusals are
+/// A refusal, with the exchange record once the request could be read (boxed: refusals are
 /// the rare path and the record is large).
 type Refusal = Box<(OAuthError, Option<exchange_log::Exchange>)>;
 
-/// One token exchange: the answer, and the record of what was decided for whom (absent when
-/// the request did not get as far as a verified subject token).
+/// One token exchange: the answer, and the record of what was decided (absent only when the
+/// request was not a token exchange form at all).
 fn exchange(
     service: &TokenService,
     peer: &Peer,
@@ -157,7 +163,9 @@ fn exchange(
     }
 }
 
-/// Every check in order; the first failure answers.
+/// Every check in order; the first failure answers. Once the form is read, every refusal is
+/// recorded — an exchange tried with a stolen, expired or forged token is what an operator
+/// most needs to see — naming the workload only once its token verified.
 fn decide(
     service: &TokenService,
     peer: &Peer,
@@ -172,26 +180,48 @@ fn decide(
         )));
     }
     let request = ExchangeRequest::from_form(body).map_err(|e| Box::new((e, None)))?;
-    let compiled = service.compiled().map_err(|e| Box::new((e, None)))?;
-    let (issuer_name, issuer) = service_issuer(&compiled.config).map_err(|e| Box::new((e, None)))?;
+    // What is known so far, recorded with any refusal from here on.
+    let mut partial = exchange_log::Exchange { tools: request.tools.clone(), ..Default::default() };
+    let refuse_early = |partial: &exchange_log::Exchange, error: OAuthError, reason: &str| -> Refusal {
+        let record = exchange_log::Exchange { reason: reason.to_string(), ..partial.clone() };
+        Box::new((error, Some(record)))
+    };
+    let compiled = service.compiled().map_err(|e| refuse_early(&partial, e, "unavailable"))?;
+    let (issuer_name, issuer) =
+        service_issuer(&compiled.config).map_err(|e| refuse_early(&partial, e, "unavailable"))?;
     let signer = service.cp.signing_keys.active().ok_or_else(|| {
-        Box::new((
+        refuse_early(
+            &partial,
             OAuthError::temporarily_unavailable("the signing key is still being published to the fleet; retry shortly"),
-            None,
-        ))
+            "unavailable",
+        )
     })?;
     let now = now();
     let token_endpoint = format!("{}/token", issuer.issuer.trim_end_matches('/'));
 
+    // The target server, before the tokens: an unknown server is the caller's mistake whoever
+    // they are.
+    let (server_name, server) = match &request.target {
+        Target::Resource(r) => compiled.config.servers.iter().find(|(_, s)| s.resource == *r),
+        Target::Audience(a) => compiled.config.servers.get_key_value(a),
+    }
+    .ok_or_else(|| {
+        refuse_early(&partial, OAuthError::invalid_target("no McpServer has this resource (or name)"), "unknown_server")
+    })?;
+    partial.server = server_name.to_string();
+
     // Proof of a key, when the client offers one: the task token is then bound to it — to the
     // DPoP key when a proof is sent, else to the TLS client certificate when one was presented.
-    let binding = match headers.get("dpop") {
+    // The proof's `jti` is remembered against replay only once the subject token verified, so
+    // nobody without a valid identity can fill the replay cache.
+    let (binding, proof) = match headers.get("dpop") {
         None => match &peer.certificate {
-            Some(der) => Binding::Certificate(warden_core::token::certificate_thumbprint(der)),
-            None => Binding::None,
+            Some(der) => (Binding::Certificate(warden_core::token::certificate_thumbprint(der)), None),
+            None => (Binding::None, None),
         },
         Some(proof) => {
-            let proof = proof.to_str().map_err(|_| Box::new((invalid_dpop("malformed"), None)))?;
+            let proof =
+                proof.to_str().map_err(|_| refuse_early(&partial, invalid_dpop("malformed"), "dpop_invalid"))?;
             let uris = [token_endpoint.as_str()];
             let request = warden_core::dpop::Request {
                 method: "POST",
@@ -202,16 +232,11 @@ fn decide(
                 skew: DPOP_SKEW,
             };
             let proven = warden_core::dpop::verify(proof, &request)
-                .map_err(|e| Box::new((invalid_dpop(&e.to_string()), None)))?;
-            service
-                .replay
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(&proven, now, DPOP_MAX_AGE + DPOP_SKEW)
-                .map_err(|e| Box::new((invalid_dpop(&e.to_string()), None)))?;
-            Binding::Dpop(proven.jkt)
+                .map_err(|e| refuse_early(&partial, invalid_dpop(&e.to_string()), "dpop_invalid"))?;
+            (Binding::Dpop(proven.jkt.clone()), Some(proven))
         }
     };
+    partial.binding = binding.kind();
     let presenter = Presenter {
         client_certificate: peer.certificate.as_deref(),
         dpop_key_thumbprint: match &binding {
@@ -220,19 +245,23 @@ fn decide(
         },
     };
 
-    // The target server, before the tokens: an unknown server is the caller's mistake whoever
-    // they are.
-    let (server_name, server) = match &request.target {
-        Target::Resource(r) => compiled.config.servers.iter().find(|(_, s)| s.resource == *r),
-        Target::Audience(a) => compiled.config.servers.get_key_value(a),
-    }
-    .ok_or_else(|| Box::new((OAuthError::invalid_target("no McpServer has this resource (or name)"), None)))?;
-
     let revoked = &compiled.config.revoked;
     let subject = compiled
         .verifier
         .verify_for_exchange(&request.subject_token, &issuer.issuer, now, revoked, presenter)
-        .map_err(|reason| Box::new((OAuthError::invalid_grant(format!("subject_token refused: {reason}")), None)))?;
+        .map_err(|reason| {
+            refuse_early(&partial, OAuthError::invalid_grant(format!("subject_token refused: {reason}")), reason.code())
+        })?;
+    partial.subject = subject.subject.clone();
+    partial.issuer = subject.issuer.clone();
+    if let Some(proven) = &proof {
+        service
+            .replay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(proven, now, DPOP_MAX_AGE + DPOP_SKEW)
+            .map_err(|e| refuse_early(&partial, invalid_dpop(&e.to_string()), "dpop_replayed"))?;
+    }
     let subject_issuer_url = compiled.config.issuers.get(&subject.issuer).map(|s| s.issuer.as_str()).unwrap_or("");
     let actor = match &request.actor_token {
         None => None,
@@ -241,28 +270,16 @@ fn decide(
                 .verifier
                 .verify_for_exchange(token, &issuer.issuer, now, revoked, Presenter::default())
                 .map_err(|reason| {
-                    Box::new((OAuthError::invalid_grant(format!("actor_token refused: {reason}")), None))
+                    let error = OAuthError::invalid_grant(format!("actor_token refused: {reason}"));
+                    refuse_early(&partial, error, "actor_refused")
                 })?;
             let url = compiled.config.issuers.get(&actor.issuer).map(|s| s.issuer.clone()).unwrap_or_default();
             Some((actor, url))
         }
     };
+    partial.actor = actor.as_ref().map(|(a, _)| format!("{}/{}", a.issuer, a.subject)).unwrap_or_default();
 
-    let record = |reason: &str, lifetime_seconds: i64, jti_hash: String| exchange_log::Exchange {
-        subject: subject.subject.clone(),
-        issuer: subject.issuer.clone(),
-        actor: actor.as_ref().map(|(a, _)| format!("{}/{}", a.issuer, a.subject)).unwrap_or_default(),
-        server: server_name.to_string(),
-        tools: request.tools.clone(),
-        allowed: reason.is_empty(),
-        reason: reason.to_string(),
-        lifetime_seconds,
-        jti_hash,
-        binding: binding.kind(),
-        latency: std::time::Duration::ZERO,
-    };
-    let refuse =
-        |error: OAuthError, reason: &str| -> Refusal { Box::new((error, Some(record(reason, 0, String::new())))) };
+    let refuse = |error: OAuthError, reason: &str| refuse_early(&partial, error, reason);
     if !server.issuers.iter().any(|i| i == issuer_name) {
         return Err(refuse(
             OAuthError::invalid_target(format!(
@@ -271,12 +288,25 @@ fn decide(
             "server_refuses_task_tokens",
         ));
     }
+    // A task token only ever narrows what its subject token already grants: each scope asked
+    // for must be one of the server's and one the subject token carries, and the server's
+    // required scopes must all be in the subject token (else the exchange would mint access
+    // the workload never had).
     if let Some(scope) = request.scopes.iter().find(|s| !server.scopes.contains(s)) {
         return Err(refuse(
             OAuthError::invalid_scope(format!("scope {scope:?} is not one of McpServer {server_name}'s scopes")),
             "unknown_scope",
         ));
     }
+    if let Some(scope) = server.scopes.iter().find(|s| !subject.scopes.contains(s)) {
+        return Err(refuse(
+            OAuthError::invalid_scope(format!(
+                "McpServer {server_name} requires scope {scope:?}, which the subject token does not carry"
+            )),
+            "insufficient_scope",
+        ));
+    }
+    let scopes: Vec<String> = request.scopes.iter().filter(|s| subject.scopes.contains(s)).cloned().collect();
     let facts = RequestFacts { source_ip: peer.address.ip(), now, granted_tools: &request.tools, arguments: None };
     let mut denied = Vec::new();
     for tool in &request.tools {
@@ -303,7 +333,6 @@ fn decide(
     let mut id = [0u8; 16];
     rand::rng().fill_bytes(&mut id);
     let jti = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
-    let scopes = &request.scopes;
     let task = TaskToken {
         issuer: &issuer.issuer,
         subject_issuer_url,
@@ -311,13 +340,14 @@ fn decide(
         actor: actor.as_ref().map(|(v, url)| (&**v, url.as_str())),
         audience: &server.resource,
         tools: &request.tools,
-        scopes,
+        scopes: &scopes,
         jti: &jti,
         issued_at: now,
         lifetime,
         binding: &binding,
     };
     let access_token = signer.sign(&task.claims());
+    // RFC 8693 §2.2.1: `scope` says what was granted, which may be less than was asked for.
     let granted: Vec<String> = request
         .tools
         .iter()
@@ -339,7 +369,13 @@ fn decide(
         }]);
     }
     tracing::debug!(server = %server_name, subject = %subject.subject, tools = ?request.tools, lifetime, "task token issued");
-    Ok((response, record("", lifetime, warden_core::token::jti_hash(issuer_name, &jti))))
+    let record = exchange_log::Exchange {
+        allowed: true,
+        lifetime_seconds: lifetime,
+        jti_hash: warden_core::token::jti_hash(issuer_name, &jti),
+        ..partial
+    };
+    Ok((response, record))
 }
 
 fn invalid_dpop(code: &str) -> OAuthError {
@@ -367,17 +403,30 @@ async fn revoke(State(service): State<Arc<TokenService>>, headers: HeaderMap, bo
         Err(e) => return oauth_error(&e),
     };
     let now = now();
-    if let Some(revocable) = compiled.verifier.revocable(token, now) {
-        let spec = compiled.config.issuers.get(&revocable.issuer);
-        let document =
-            match crate::revocations::token_revocation(&revocable.issuer, spec, &revocable.jti, revocable.expires_at) {
-                Ok(d) => d,
-                Err(e) => {
-                    // A jti too long for a revocation: nothing the holder can fix, nothing revoked.
-                    tracing::warn!("a presented token cannot be revoked: {e}");
-                    return oauth_error(&OAuthError::invalid_request(format!("this token cannot be revoked: {e}")));
-                }
-            };
+    if let Some(revocable) = compiled.verifier.revocable(token, now)
+        && let Some(spec) = compiled.config.issuers.get(&revocable.issuer)
+    {
+        let principal = format!("{}/{}", revocable.issuer, revocable.subject);
+        if let Err(wait) = service.cp.revocation_writes.take(&principal) {
+            let error = OAuthError::temporarily_unavailable("too many revocations from this holder; retry later");
+            let mut response = oauth_error(&error);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return response;
+        }
+        let document = match crate::revocations::token_revocation(
+            &revocable.issuer,
+            spec,
+            &revocable.jti,
+            revocable.expires_at,
+            now,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                // A jti too long for a revocation: nothing the holder can fix, nothing revoked.
+                tracing::warn!("a presented token cannot be revoked: {e}");
+                return oauth_error(&OAuthError::invalid_request(format!("this token cannot be revoked: {e}")));
+            }
+        };
         match crate::admin::apply_documents(&service.cp, vec![document], "token-service", "revoke").await {
             Ok(version) => tracing::info!(
                 issuer = %revocable.issuer,

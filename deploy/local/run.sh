@@ -34,7 +34,7 @@ step "wardenctl apply -f deploy/examples/"
 "$bin/wardenctl" get all
 
 step "join an agent with a one-time token"
-token=$("$bin/wardenctl" join-token create --ttl 10m 2>/dev/null)
+token=$("$bin/wardenctl" join-token create --ttl 10m --agent demo-agent 2>/dev/null)
 # The example server's resource is https: its gateway listener needs a certificate. A
 # self-signed one for 127.0.0.1 does for the demo (skipped where openssl is missing).
 gateway_tls=()

@@ -230,7 +230,9 @@ fn endpoint(
     Ok(Some(Endpoint { url, protocol, headers, timeout, tls }))
 }
 
-/// The process environment as a lookup.
+/// The process environment as a lookup: the one place the `OTEL_*` variables are read, called
+/// from each binary's start-up (`Config::from_env`).
+#[allow(clippy::disallowed_methods, reason = "this is the configuration read at start-up")]
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }

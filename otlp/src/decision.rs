@@ -28,6 +28,14 @@ pub fn log_record(r: &pb::DecisionRecord, agent: &str, boot: u64) -> LogRecord {
             ..Default::default()
         },
     ];
+    if r.count > 1 {
+        // An aggregated refusal: how many it stands for.
+        attributes.push(KeyValue {
+            key: "warden.count".into(),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(r.count.min(i64::MAX as u64) as i64)) }),
+            ..Default::default()
+        });
+    }
     let target_key = match r.target_kind.as_str() {
         "tool" => Some("gen_ai.tool.name"),
         "resource" => Some("mcp.resource.uri"),
@@ -44,6 +52,7 @@ pub fn log_record(r: &pb::DecisionRecord, agent: &str, boot: u64) -> LogRecord {
         ("warden.jti_hash", &r.jti_hash),
         ("warden.actor", &r.actor),
         ("warden.binding", &r.binding),
+        ("client.address", &r.source),
     ] {
         if !value.is_empty() {
             attributes.push(attribute(key, value));

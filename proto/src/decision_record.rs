@@ -36,6 +36,9 @@ pub struct DecisionRecordRef<'a> {
     pub token_lifetime_seconds: u64,
     pub actor: &'a str,
     pub binding: &'a str,
+    /// How many refusals the record stands for (0: one).
+    pub count: u64,
+    pub source: &'a str,
 }
 
 /// Field numbers of `DecisionRecord`.
@@ -69,6 +72,8 @@ impl DecisionRecordRef<'_> {
         varint(16, self.token_lifetime_seconds, out);
         string(17, self.actor, out);
         string(18, self.binding, out);
+        varint(19, self.count, out);
+        string(20, self.source, out);
     }
 
     /// Bytes [`DecisionRecordRef::append_sequence`] writes at most (a key and a 10-byte varint).
@@ -100,6 +105,7 @@ impl DecisionRecordRef<'_> {
             (15, self.via),
             (17, self.actor),
             (18, self.binding),
+            (20, self.source),
         ];
         varint_len(2, self.time_unix_nanos as u64)
             + strings.iter().map(|&(tag, s)| string_len(tag, s)).sum::<usize>()
@@ -107,6 +113,7 @@ impl DecisionRecordRef<'_> {
             + self.policies.iter().map(|p| key_len(11) + encoded_len_varint(p.len() as u64) + p.len()).sum::<usize>()
             + varint_len(12, self.latency_micros)
             + varint_len(16, self.token_lifetime_seconds)
+            + varint_len(19, self.count)
     }
 }
 
@@ -122,9 +129,16 @@ pub struct DecisionRecordView<'a> {
     pub reason: &'a str,
     pub latency_micros: u64,
     pub token_lifetime_seconds: u64,
+    /// How many refusals the record stands for (0: one; see [`DecisionRecordView::decisions`]).
+    pub count: u64,
 }
 
 impl<'a> DecisionRecordView<'a> {
+    /// The decisions the record stands for: 1, or the count of an aggregated refusal.
+    pub fn decisions(&self) -> u64 {
+        self.count.max(1)
+    }
+
     /// Reads an encoded `DecisionRecord`, failing exactly where `DecisionRecord::decode` would
     /// (key, wire type of a known field, varint, length, UTF-8 of every string field, unknown
     /// fields skipped as prost skips them), so what passes here decodes later.
@@ -133,7 +147,7 @@ impl<'a> DecisionRecordView<'a> {
         while !bytes.is_empty() {
             let (tag, wire_type) = decode_key(&mut bytes)?;
             match tag {
-                1 | 2 | 9 | 12 | 16 => {
+                1 | 2 | 9 | 12 | 16 | 19 => {
                     expect(wire_type, WireType::Varint)?;
                     let value = decode_varint(&mut bytes)?;
                     match tag {
@@ -141,10 +155,11 @@ impl<'a> DecisionRecordView<'a> {
                         9 => view.decision = value as i32,
                         12 => view.latency_micros = value,
                         16 => view.token_lifetime_seconds = value,
+                        19 => view.count = value,
                         _ => {} // the time: not read here
                     }
                 }
-                3..=8 | 10 | 11 | 13..=15 | 17 | 18 => {
+                3..=8 | 10 | 11 | 13..=15 | 17 | 18 | 20 => {
                     expect(wire_type, WireType::LengthDelimited)?;
                     let len = decode_varint(&mut bytes)?;
                     let len = usize::try_from(len).ok().filter(|&l| l <= bytes.len());
@@ -226,6 +241,8 @@ impl<'a> From<&'a DecisionRecord> for DecisionRecordRef<'a> {
             token_lifetime_seconds: r.token_lifetime_seconds,
             actor: &r.actor,
             binding: &r.binding,
+            count: r.count,
+            source: &r.source,
         }
     }
 }
@@ -272,82 +289,78 @@ mod tests {
             token_lifetime_seconds: 300,
             actor: "corp-idp/agent-7".into(),
             binding: "dpop".into(),
+            count: 17,
+            source: "192.0.2.7".into(),
         }
     }
 
-    /// xorshift64*: a fixed sequence of mutations, the same on every run.
-    struct Mutations(u64);
-
-    impl Mutations {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-
-        /// Flips, overwrites, inserts, removes or cuts bytes of `record`.
-        fn mutate(&mut self, record: &[u8]) -> Vec<u8> {
-            let mut out = record.to_vec();
-            for _ in 0..1 + self.below(3) {
-                let at = self.below(out.len());
-                match self.below(5) {
-                    0 if !out.is_empty() => out[at] ^= 1 << self.below(8),
-                    1 if !out.is_empty() => out[at] = self.next() as u8,
-                    2 => out.insert(at, self.next() as u8),
-                    3 if !out.is_empty() => drop(out.remove(at)),
-                    _ => out.truncate(at),
-                }
-            }
-            out
-        }
-    }
-
+    /// Held against prost on generated input (`crate::props`): the seeds above edited byte by
+    /// byte, any record prost encodes (with a newer agent's unknown fields, edited or not),
+    /// field soup and any bytes. 20,000 cases unless `PROPTEST_CASES` says otherwise.
     #[test]
     fn a_record_view_accepts_exactly_what_prost_decodes_and_reads_the_same() {
+        use crate::props::{Wire, apply, cases, edits, received_record};
+        use proptest::prelude::*;
+        use proptest::test_runner::TestRunner;
+        use std::cell::Cell;
+
         let mut unknown = full_record(7, "workload-1").encode_to_vec();
         // Unknown fields of every wire type, as a newer agent might send.
         unknown
             .extend_from_slice(&[0xa8, 0x01, 0x05, 0xb1, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0xba, 0x01, 0x02, 0x68, 0x69]);
         unknown.extend_from_slice(&[0xc5, 0x01, 1, 2, 3, 4, 0xcb, 0x01, 0x08, 0x01, 0xcc, 0x01]);
-        let seeds = [
+        let seeds = vec![
             full_record(7, "workload-1").encode_to_vec(),
             full_record(u64::MAX, &"é".repeat(40)).encode_to_vec(),
             DecisionRecord::default().encode_to_vec(),
             unknown,
         ];
-        let mut mutations = Mutations(0x9e37_79b9_7f4a_7c15);
-        let (mut accepted, mut refused) = (0, 0);
         for seed in &seeds {
-            for n in 0..5_000 {
-                let input = if n == 0 { seed.clone() } else { mutations.mutate(seed) };
-                let decoded = DecisionRecord::decode(input.as_slice());
-                let view = DecisionRecordView::parse(&input);
-                match (&decoded, &view) {
-                    (Ok(d), Ok(v)) => {
-                        accepted += 1;
-                        let expected = DecisionRecordView {
-                            sequence: d.sequence,
-                            server: &d.server,
-                            target: &d.target,
-                            issuer: &d.issuer,
-                            decision: d.decision,
-                            reason: &d.reason,
-                            latency_micros: d.latency_micros,
-                            token_lifetime_seconds: d.token_lifetime_seconds,
-                        };
-                        assert_eq!(*v, expected, "{input:02x?}");
-                    }
-                    (Err(_), Err(_)) => refused += 1,
-                    _ => panic!("prost {decoded:?}, view {view:?}, input {input:02x?}"),
-                }
-            }
+            assert!(DecisionRecordView::parse(seed).is_ok() && DecisionRecord::decode(seed.as_slice()).is_ok());
         }
-        assert!(accepted > 1_000 && refused > 1_000, "both sides exercised: {accepted} accepted, {refused} refused");
+        let input = prop_oneof![
+            3 => (prop::sample::select(seeds), edits()).prop_map(|(seed, e)| apply(&seed, &e)),
+            4 => received_record(),
+        ]
+        .prop_map(Wire);
+        let config = ProptestConfig { source_file: Some(file!()), ..cases(20_000) };
+        let (accepted, refused) = (Cell::new(0u32), Cell::new(0u32));
+        let mut runner = TestRunner::new(config.clone());
+        let result = runner.run(&input, |Wire(input)| {
+            let decoded = DecisionRecord::decode(input.as_slice());
+            let view = DecisionRecordView::parse(&input);
+            match (&decoded, &view) {
+                (Ok(d), Ok(v)) => {
+                    accepted.set(accepted.get() + 1);
+                    let expected = DecisionRecordView {
+                        sequence: d.sequence,
+                        server: &d.server,
+                        target: &d.target,
+                        issuer: &d.issuer,
+                        decision: d.decision,
+                        reason: &d.reason,
+                        latency_micros: d.latency_micros,
+                        token_lifetime_seconds: d.token_lifetime_seconds,
+                        count: d.count,
+                    };
+                    prop_assert_eq!(*v, expected);
+                }
+                (Err(_), Err(_)) => refused.set(refused.get() + 1),
+                _ => prop_assert!(false, "prost {decoded:?}, view {view:?}"),
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        // The generators reach both sides (checked when there are enough cases to tell).
+        let (accepted, refused) = (accepted.get(), refused.get());
+        if config.cases >= 1_000 {
+            assert!(
+                accepted * 10 > config.cases && refused * 10 > config.cases,
+                "both sides exercised: {accepted} accepted, {refused} refused"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,16 @@
 pub mod codec;
 pub mod decision_record;
 
+#[cfg(test)]
+mod props;
+
+/// The largest control message (a configuration snapshot or delta) an agent decodes. The
+/// control plane refuses, at apply time and naming this limit, any write whose snapshot would
+/// be larger (`warden-cp --max-config-bytes`, at most this), so no agent ever meets a
+/// configuration it cannot load. gRPC's default of 4 MiB would be met by a large fleet's
+/// policies; this is the contract both sides are built with.
+pub const MAX_CONFIG_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Version 1 of the `warden.v1` package.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -71,6 +71,7 @@ async fn serve(listen: SocketAddr, upstream: Uri) {
     let client: Upstream =
         Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
     let pool = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    #[allow(clippy::disallowed_methods, reason = "a benchmark harness's switch, read once at start")]
     let conn_pool = std::env::var("BARE_PROXY_POOL").as_deref() == Ok("conn");
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };

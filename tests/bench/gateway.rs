@@ -216,12 +216,12 @@ fn main() {
     let bare_proxy = tests::Process::spawn(command, dir.path().join("bare-proxy.log"));
 
     let cp = ControlPlane::start(dir.path(), &[]);
-    let join = cp.join_token("5m");
+    let join = cp.join_token("5m", "bench-agent");
     let workers = args.workers.map(|n| n.to_string());
     let mut flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
     flags.extend(["--label", "records=on"]);
     let agent = Agent::start_with(dir.path(), "bench-agent", &[&cp.address], Some(&join), &flags);
-    let quiet_join = cp.join_token("5m");
+    let quiet_join = cp.join_token("5m", "bench-agent");
     let mut quiet_flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
     quiet_flags.extend(["--label", "records=off", "--no-decision-records"]);
     let quiet = Agent::start_with(dir.path(), "bench-quiet", &[&cp.address], Some(&quiet_join), &quiet_flags);

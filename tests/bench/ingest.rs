@@ -158,13 +158,13 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, to
     let (_stop_tx, stop_rx) = watch::channel(false);
     let mut syncs = Vec::with_capacity(args.agents);
     for i in 0..args.agents {
+        let id = format!("sim-{i}");
         let token = admin
-            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600 })
+            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600, agent_id: id.clone() })
             .await
             .expect("join token")
             .into_inner()
             .token;
-        let id = format!("sim-{i}");
         let data = dir.join(&id);
         std::fs::create_dir_all(&data).expect("agent dir");
         let identity =

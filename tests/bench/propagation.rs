@@ -139,13 +139,13 @@ async fn start_agents(
 ) -> Vec<watch::Receiver<u64>> {
     let mut agents = Vec::with_capacity(count);
     for i in 0..count {
+        let id = format!("sim-{i}");
         let token = admin
-            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600 })
+            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600, agent_id: id.clone() })
             .await
             .expect("join token")
             .into_inner()
             .token;
-        let id = format!("sim-{i}");
         let data = dir.join(&id);
         std::fs::create_dir_all(&data).expect("agent dir");
         let files = Files::new(&data);

@@ -35,7 +35,7 @@ impl Fleet {
         let upstream = McpUpstream::start(dir.path());
         let flags: Vec<&str> = ["--allow-http-issuers"].into_iter().chain(cp_flags.iter().copied()).collect();
         let cp = ControlPlane::start_with_env(dir.path(), &flags, cp_env);
-        let token = cp.join_token("5m");
+        let token = cp.join_token("5m", "agent-d");
         let gateway = loopback_addr();
         let agent = Agent::start_with_env(dir.path(), "agent-d", &[&cp.address], Some(&token), agent_flags, agent_env);
         let yaml = format!(
@@ -217,6 +217,22 @@ fn nothing_is_lost_through_a_control_plane_outage_and_an_agent_restart() {
         fleet.call(Some(&alice), if i % 2 == 0 { "echo" } else { "delete_repository" });
         made += 1;
     }
+    // Waiting records are counted once, in memory or on disk (the spiller moves them to disk
+    // while the control plane is away), never in both.
+    let gauge = |text: &str, name: &str| -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).map(|v| v as u64)
+    };
+    let depths = wait_for_or(
+        "the waiting records to be counted",
+        || fleet.agent_metrics(),
+        || {
+            let m = fleet.agent_metrics();
+            let (queued, spooled) =
+                (gauge(&m, "warden_agent_decision_queue_records")?, gauge(&m, "warden_agent_decision_spool_records")?);
+            (spooled > 0 && queued == 0).then_some((queued, spooled))
+        },
+    );
+    assert_eq!(depths, (0, 20), "{}", fleet.agent_metrics());
     // Stopped while still cut off: what it holds must survive to its next run.
     fleet.agent.stop();
     fleet.agent.restart();
@@ -226,6 +242,17 @@ fn nothing_is_lost_through_a_control_plane_outage_and_an_agent_restart() {
         fleet.call(Some(&alice), "echo");
         made += 1;
     }
+    // (Counted twice, the figures would never settle on this.)
+    wait_for_or(
+        "the restarted agent's 25 waiting records, all on disk",
+        || fleet.agent_metrics(),
+        || {
+            let m = fleet.agent_metrics();
+            let depths =
+                (gauge(&m, "warden_agent_decision_queue_records")?, gauge(&m, "warden_agent_decision_spool_records")?);
+            (depths == (0, 25)).then_some(())
+        },
+    );
     fleet.cp.restart();
 
     let all = fleet.wait_for_decisions(made);
@@ -561,4 +588,56 @@ fn an_agent_asked_to_exports_its_decision_records_itself() {
     assert!(receiver.spans().is_empty(), "OTEL_TRACES_EXPORTER=none");
     let metrics = fleet.agent_metrics();
     assert!(metrics.contains("warden_agent_decision_logs_dropped_total 0\n"), "{metrics}");
+}
+
+/// Garbage costs its sender nothing: refusals before any token was accepted are tallied into one
+/// record per second, server, reason and source, so they cannot roll the decision log over;
+/// and invented tool names cannot use up the metrics' label budget.
+#[test]
+fn unauthenticated_floods_are_counted_not_stored_one_by_one_and_invented_names_stay_bounded() {
+    let metrics_addr = loopback_addr();
+    let fleet = Fleet::start_with(&[], &["--metrics-listen", &metrics_addr], &[], &[]);
+    let alice = fleet.token("alice", "jti-flood", -10, 600);
+    for _ in 0..300 {
+        assert_eq!(fleet.call(None, "echo"), 401);
+    }
+    for _ in 0..100 {
+        assert_eq!(fleet.call(Some("not.a.token"), "echo"), 401);
+    }
+    fleet.call(Some(&alice), "echo");
+    let summary = wait_for_or(
+        "the refusals to be counted",
+        || fleet.summary().to_string(),
+        || {
+            let s = fleet.summary();
+            (s["decisions"] == 401).then_some(s)
+        },
+    );
+    // A handful of records (one per reason per second), standing for 400 refusals, and the
+    // authenticated call as a record of its own.
+    let records = summary["receivedTotal"].as_u64().unwrap();
+    assert!(records <= 1 + 2 * 10, "{summary}");
+    let all = fleet.decisions();
+    let missing: u64 =
+        all.iter().filter(|d| d["reason"] == "missing_token").map(|d| d["count"].as_u64().unwrap()).sum();
+    assert_eq!(missing, 300, "{all:#?}");
+    let anonymous = all.iter().find(|d| d["reason"] == "missing_token").unwrap();
+    assert_eq!((anonymous["source"].as_str(), anonymous["subject"].as_str()), (Some("127.0.0.1"), Some("")));
+    let get = |url: &str| ureq::get(url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok());
+    let cp = get(&format!("http://{metrics_addr}/metrics")).expect("the control plane's /metrics");
+    assert!(
+        cp.contains(r#"warden_decisions_total{agent="agent-d",server="notes",tool="",decision="deny",reason="missing_token"} 300"#),
+        "{cp}"
+    );
+
+    // An authenticated caller inventing tool names labels at most 256 of them for its server;
+    // the rest are counted as "_other".
+    for i in 0..300 {
+        fleet.call(Some(&alice), &format!("invented-{i}"));
+    }
+    fleet.wait_for_decisions(records as usize + 300);
+    let cp = get(&format!("http://{metrics_addr}/metrics")).expect("the control plane's /metrics");
+    let labelled = cp.lines().filter(|l| l.starts_with("warden_decisions_total{") && l.contains("invented-")).count();
+    assert!(labelled <= 256, "{labelled} invented names labelled");
+    assert!(cp.contains(r#"tool="_other",decision="deny",reason="policy_denied"}"#), "{cp}");
 }

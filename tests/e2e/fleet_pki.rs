@@ -7,7 +7,7 @@ use tests::{Agent, ControlPlane, wait_for};
 fn a_reused_join_token_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path(), &[]);
-    let token = cp.join_token("5m");
+    let token = cp.join_token("5m", "first");
     let first = Agent::start(dir.path(), "first", &[&cp.address], Some(&token));
     cp.wait_converged(&["first"], 0);
     drop(first);
@@ -26,14 +26,14 @@ fn a_reused_join_token_is_refused_with_a_clear_error() {
 fn an_expired_or_forged_join_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path(), &[]);
-    let token = cp.join_token("1s");
+    let token = cp.join_token("1s", "late");
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let mut late = Agent::start(dir.path(), "late", &[&cp.address], Some(&token));
     assert_eq!(late.process.as_mut().unwrap().wait_exit(), Some(1));
     assert!(late.log_text().contains("join token expired"), "{}", late.log_text());
 
     // Right id and CA pin, wrong secret.
-    let good = cp.join_token("5m");
+    let good = cp.join_token("5m", "ok");
     let parts: Vec<&str> = good.split('.').collect();
     let forged = format!("{}.{}.{}", parts[0], "A".repeat(parts[1].len()), parts[2]);
     let mut forger = Agent::start(dir.path(), "forger", &[&cp.address], Some(&forged));
@@ -101,7 +101,7 @@ fn operators_with_a_certificate_use_the_tls_port_and_agents_cannot() {
     assert_eq!(mode & 0o777, 0o600);
 
     let remote = |cert: &std::path::Path, key: &std::path::Path, args: &[&str]| {
-        let mut all: Vec<String> = ["--server", &cp.address, "--ca"].iter().map(|s| s.to_string()).collect();
+        let mut all: Vec<String> = ["--control-plane", &cp.address, "--ca"].iter().map(|s| s.to_string()).collect();
         all.push(creds.join("ca.crt").display().to_string());
         all.extend(["--cert".to_string(), cert.display().to_string(), "--key".to_string(), key.display().to_string()]);
         all.extend(args.iter().map(|s| s.to_string()));
@@ -125,8 +125,23 @@ fn operators_with_a_certificate_use_the_tls_port_and_agents_cannot() {
     assert!(!more.status.success());
     assert!(String::from_utf8_lossy(&more.stderr).contains("only over the local admin socket"));
 
+    // `--server` is the McpServer filter of `decisions`, not the connection (README's example).
+    let out = cp.ctl(&["decisions", "--server", "notes", "--limit", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A closed pipe ends wardenctl quietly (no panic, no backtrace).
+    // (`true` exits at once, so the token is written to a pipe nobody reads.)
+    let wardenctl = tests::bin("wardenctl");
+    let piped = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("'{}' join-token create --agent piped | true; echo \"${{PIPESTATUS[0]}}\"", wardenctl.display()))
+        .env("WARDEN_ADMIN_SOCKET", cp.data_dir.join("admin.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&piped.stdout).trim(), "141", "{}", String::from_utf8_lossy(&piped.stderr));
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&piped.stderr));
+
     // An agent's certificate is a fleet certificate too, but not an operator's.
-    let token = cp.join_token("5m");
+    let token = cp.join_token("5m", "agent-0");
     let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
     cp.wait_converged(&["agent-0"], 1);
     let out = remote(&agent.data_dir.join("agent.crt"), &agent.data_dir.join("agent.key"), &["get", "all"]);
@@ -136,6 +151,19 @@ fn operators_with_a_certificate_use_the_tls_port_and_agents_cannot() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Alice's laptop is lost: her certificates are revoked, and refused from the next call on.
+    let (cert, key) = (creds.join("operator.crt"), creds.join("operator.key"));
+    assert!(remote(&cert, &key, &["get", "all"]).status.success());
+    cp.ctl_ok(&["operator-cert", "revoke", "--name", "alice"]);
+    let out = remote(&cert, &key, &["get", "all"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("revoked"), "{stderr}");
+    // A new certificate for her works; the revoked one stays refused.
+    let fresh = dir.path().join("alice-2");
+    cp.ctl_ok(&["operator-cert", "create", "--name", "alice", "--out", fresh.to_str().unwrap(), "--ttl", "1h"]);
+    assert!(remote(&fresh.join("operator.crt"), &fresh.join("operator.key"), &["get", "all"]).status.success());
+    assert!(!remote(&cert, &key, &["get", "all"]).status.success());
 }
 
 #[test]
@@ -143,7 +171,7 @@ fn agents_renew_their_certificate_before_it_expires_and_stay_connected() {
     let dir = tempfile::tempdir().unwrap();
     // Renewal is due two thirds into the certificate's life: about 8s here.
     let cp = ControlPlane::start(dir.path(), &["--agent-cert-ttl", "12s"]);
-    let token = cp.join_token("5m");
+    let token = cp.join_token("5m", "agent-0");
     let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
     cp.wait_converged(&["agent-0"], 0);
     let first = agent.status()["certificateNotAfter"].as_i64().unwrap();
@@ -178,8 +206,123 @@ fn an_operator_provided_ca_signs_the_fleet() {
         &["--ca-cert", cert_file.to_str().unwrap(), "--ca-key", key_file.to_str().unwrap()],
     );
     assert!(!cp.data_dir.join("ca.key").exists(), "no CA of its own is generated");
-    let token = cp.join_token("5m");
+    let token = cp.join_token("5m", "agent-0");
     let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
     cp.wait_converged(&["agent-0"], 0);
     assert_eq!(std::fs::read_to_string(agent.data_dir.join("ca.crt")).unwrap(), ca.pem());
+}
+
+#[test]
+fn a_join_token_admits_only_its_agent_and_a_deleted_agent_is_cut_off_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]);
+    let refused = |token: &str, id: &str, expected: &str| {
+        let mut agent = Agent::start(dir.path(), id, &[&cp.address], Some(token));
+        assert_eq!(agent.process.as_mut().unwrap().wait_exit(), Some(1));
+        assert!(agent.log_text().contains(expected), "{}", agent.log_text());
+        assert!(!agent.data_dir.join("agent.crt").exists(), "no certificate for a refused join");
+    };
+
+    // A token made for agent-0 cannot name another agent (here, the name exchange records use).
+    let token = cp.join_token("5m", "agent-0");
+    refused(&token, "control-plane", "reserved");
+    refused(&token, "agent-1", "does not admit agent agent-1");
+    // ...nor is a token made for a reserved or registered id.
+    let out = cp.ctl(&["join-token", "create", "--agent", "control-plane"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("reserved"));
+    let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+    cp.wait_converged(&["agent-0"], 0);
+    let out = cp.ctl(&["join-token", "create", "--agent", "agent-0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("registered already"));
+
+    // A host is compromised: its certificate and key are copied elsewhere.
+    let stolen = dir.path().join("stolen");
+    std::fs::create_dir_all(&stolen).unwrap();
+    for file in ["agent.crt", "agent.key", "ca.crt"] {
+        std::fs::copy(agent.data_dir.join(file), stolen.join(file)).unwrap();
+    }
+
+    // The operator deletes the agent: its open stream ends, and it cannot come back.
+    cp.ctl_ok(&["delete", "agent", "agent-0"]);
+    wait_for("the deleted agent's stream to be refused", || {
+        agent.log_text().contains("not registered with this certificate").then_some(())
+    });
+    assert_eq!(agent.status()["link"]["connected"], false);
+    assert!(cp.ctl_json(&["get", "agents"])["agents"].as_array().unwrap().is_empty());
+    let out = cp.ctl(&["delete", "agent", "agent-0"]);
+    assert!(!out.status.success(), "deleting twice is an error");
+    drop(agent);
+
+    // The host is rebuilt and joins again under the same id with a new token...
+    let rejoin = cp.join_token("5m", "agent-0");
+    std::fs::rename(dir.path().join("agent-0"), dir.path().join("agent-0.old")).unwrap();
+    let rebuilt = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&rejoin));
+    cp.wait_converged(&["agent-0"], 0);
+    // ...and the stolen certificate, for the same id, is still refused.
+    let thieves = dir.path().join("thief");
+    std::fs::create_dir_all(&thieves).unwrap();
+    std::fs::rename(&stolen, thieves.join("agent-0")).unwrap();
+    let thief = Agent::start(&thieves, "agent-0", &[&cp.address], None);
+    wait_for("the stolen certificate to be refused", || {
+        thief.log_text().contains("not registered with this certificate").then_some(())
+    });
+    assert_eq!(thief.status()["link"]["connected"], false);
+    drop(rebuilt);
+}
+
+#[test]
+fn an_agent_holds_one_stream_and_what_it_says_is_bounded() {
+    use proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]);
+    let token = cp.join_token("5m", "agent-0");
+    let mut real = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+    cp.wait_converged(&["agent-0"], 0);
+    real.stop();
+
+    // The host's certificate, used by a hostile program instead of the agent. (A runtime with a
+    // worker of its own: the streams' connections keep sending while the test waits below.)
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let identity = agent::identity::Files::new(&real.data_dir).load().unwrap().unwrap();
+        let open = |nack: Option<String>| {
+            let (address, config) = (cp.address.clone(), identity.client_config().unwrap());
+            async move {
+                let channel = agent::tls::connect(&address, config).await.unwrap();
+                let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let message = |m| pb::AgentMessage { message: Some(m) };
+                let hello = pb::Hello { agent_id: "agent-0".into(), ..Default::default() };
+                tx.send(message(pb::agent_message::Message::Hello(hello))).await.unwrap();
+                if let Some(error) = nack {
+                    tx.send(message(pb::agent_message::Message::Nack(pb::Nack { version: 1, error }))).await.unwrap();
+                }
+                let mut inbound =
+                    client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+                inbound.message().await.unwrap().expect("the snapshot answering Hello");
+                (tx, inbound)
+            }
+        };
+        // A second stream of the same agent replaces the first, which ends.
+        let (_first_tx, mut first) = open(None).await;
+        let (_second_tx, _second) = open(Some("x".repeat(1024 * 1024))).await;
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match first.message().await {
+                    Ok(Some(_)) => continue, // a heartbeat sent before the replacement
+                    other => return other.map(|_| ()),
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the replaced stream ended");
+        // A megabyte of NACK text is kept as its first KiB.
+        let log = || cp.process.as_ref().map(|p| p.log_text()).unwrap_or_default();
+        let error = tests::wait_for_or("the NACK to be reported", log, || {
+            let agents = cp.ctl_json(&["get", "agents"]);
+            let error = agents["agents"][0]["lastError"].as_str().unwrap_or_default().to_string();
+            (!error.is_empty()).then_some(error)
+        });
+        assert!(error.len() == 1024 && error.chars().all(|c| c == 'x'), "{} bytes", error.len());
+    });
 }

@@ -12,7 +12,7 @@ fn fleet(dir: &std::path::Path, n: usize) -> (ControlPlane, Vec<Agent>) {
     let cp = ControlPlane::start(dir, &[]);
     let agents = (0..n)
         .map(|i| {
-            let token = cp.join_token("5m");
+            let token = cp.join_token("5m", &format!("agent-{i}"));
             Agent::start(dir, &format!("agent-{i}"), &[&cp.address], Some(&token))
         })
         .collect();

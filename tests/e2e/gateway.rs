@@ -42,6 +42,11 @@ const POLICY: &str = r#"
 
 impl Fleet {
     fn start() -> Fleet {
+        Fleet::start_with(&[])
+    }
+
+    /// [`Fleet::start`] with `extra` flags for the agent.
+    fn start_with(extra: &[&str]) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let idp = MintingIdp::start(dir.path());
         let upstream = McpUpstream::start(dir.path());
@@ -49,7 +54,7 @@ impl Fleet {
             dir.path(),
             &["--allow-http-issuers", "--key-refresh-default", "1h", "--key-refresh-request-interval", "1s"],
         );
-        let token = cp.join_token("5m");
+        let token = cp.join_token("5m", "agent-0");
         let (gateway, bound_gateway, elsewhere) = (loopback_addr(), loopback_addr(), loopback_addr());
         let dpop_gateway = loopback_addr();
         let host = bound_gateway.rsplit_once(':').unwrap().0.to_string();
@@ -69,6 +74,7 @@ impl Fleet {
             "--ext-authz-listen",
             &ext_authz,
         ];
+        let flags: Vec<&str> = flags.iter().copied().chain(extra.iter().copied()).collect();
         let agent = Agent::start_with(dir.path(), "agent-0", &[&cp.address], Some(&token), &flags);
         let policy: String = POLICY.lines().map(|l| format!("    {l}\n")).collect();
         let yaml = format!(
@@ -445,6 +451,41 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
     assert_eq!(post(&url, Some(&alice), &with_session, ping).status, 200);
 }
 
+#[test]
+fn a_session_id_is_sealed_to_its_workload_and_holds_across_an_agent_restart() {
+    let mut fleet = Fleet::start();
+    let url = fleet.url();
+    let alice = fleet.token("alice", json!({}), json!({}));
+    let bob = fleet.token("bob", json!({}), json!({}));
+    let ping = r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#;
+    let with = |session: &str| [("mcp-session-id", session.to_string()), ("mcp-protocol-version", "2025-11-25".into())];
+    let status = |token: &str, session: &str| {
+        let headers = with(session);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        post(&url, Some(token), &headers, ping).status
+    };
+    let session = post(&url, Some(&alice), &[], INITIALIZE).session.expect("the upstream opened a session");
+    // The caller sees the gateway's sealed id, never the upstream's own.
+    let upstream_id = session.strip_prefix("w1.").and_then(|rest| rest.split_once('.')).map(|(_, id)| id.to_string());
+    let upstream_id = upstream_id.unwrap_or_else(|| panic!("a sealed id: {session}"));
+    assert_eq!((status(&alice, &session), status(&bob, &session)), (200, 404));
+
+    // After a restart the agent remembers nobody, and still vouches only for alice: before
+    // sealing, the first workload to present the id after a restart took the session over.
+    fleet.agent.stop();
+    fleet.agent.restart();
+    assert_eq!(status(&bob, &session), 404, "bob cannot take alice's session after a restart");
+    assert_eq!(status(&alice, &session), 200, "alice's session survives the restart");
+    // The upstream's own id, or one with a forged seal, is no session at the gateway.
+    assert_eq!(status(&alice, &upstream_id), 404);
+    let forged = format!("w1.{}.{upstream_id}", "A".repeat(43));
+    assert_eq!(status(&alice, &forged), 404);
+    // The key is the agent's own, kept owner-only in its data directory.
+    let key = fleet.agent.data_dir.join("session.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!((std::fs::read(&key).unwrap().len(), mode & 0o777), (32, 0o600));
+}
+
 /// A self-signed client certificate in `dir`: (certificate PEM path, key PEM path, DER).
 fn client_certificate(dir: &std::path::Path, name: &str) -> (String, String, Vec<u8>) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -629,4 +670,670 @@ fn a_stopping_agent_lets_calls_in_flight_finish() {
     assert_eq!(answer.status, 200);
     assert!(answer.body.contains("counted to 40"), "{}\n{}", answer.body, fleet.agent.log_text());
     assert_eq!(answer.body.matches("notifications/progress").count(), 40, "{}", answer.body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile upstreams and raw HTTP: what the SDKs would never send, byte for byte.
+
+/// An upstream that answers every request with the raw bytes the test chose (what a broken or
+/// hostile MCP server could send) and keeps each request it got (head and body, names lower
+/// case as hyper sends them). An empty answer holds the connection open without answering; an
+/// answer ending in [`HOLD`] is sent without it, and the connection then held open.
+struct RawUpstream {
+    url: String,
+    answer: std::sync::Arc<std::sync::Mutex<Answerer>>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+type Answerer = Box<dyn Fn(&str) -> Vec<u8> + Send>;
+
+/// The end of a [`RawUpstream`] answer after which it sends nothing more, nor closes.
+const HOLD: &[u8] = b"<hold>";
+
+impl RawUpstream {
+    fn start() -> RawUpstream {
+        use std::io::{Read, Write};
+        let addr = loopback_addr();
+        let listener = std::net::TcpListener::bind(&addr).unwrap();
+        let answer: std::sync::Arc<std::sync::Mutex<Answerer>> =
+            std::sync::Arc::new(std::sync::Mutex::new(Box::new(|_: &str| Vec::new())));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (answer2, requests2) = (answer.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (answer, requests) = (answer2.clone(), requests2.clone());
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let request = String::from_utf8_lossy(&buf).to_string();
+                    requests.lock().unwrap().push(request.clone());
+                    let bytes = (answer.lock().unwrap())(&request);
+                    let (bytes, hold) = match bytes.strip_suffix(HOLD) {
+                        Some(sent) => (sent, true),
+                        None => (&bytes[..], bytes.is_empty()),
+                    };
+                    let _ = stream.write_all(bytes);
+                    if hold {
+                        std::thread::sleep(std::time::Duration::from_secs(60));
+                        return;
+                    }
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        RawUpstream { url: format!("http://{addr}/mcp"), answer, requests }
+    }
+
+    /// Answers every request from now on with `answer(request)`.
+    fn answer(&self, answer: impl Fn(&str) -> Vec<u8> + Send + 'static) {
+        *self.answer.lock().unwrap() = Box::new(answer);
+    }
+
+    /// Answers every request from now on with `bytes`.
+    fn always(&self, bytes: Vec<u8>) {
+        self.answer(move |_| bytes.clone());
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A raw HTTP/1.1 response: the head `status` line and `headers` as sent, then `body`.
+fn http_response(status: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\n").into_bytes();
+    for h in headers {
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// What a raw request got back.
+#[derive(Debug)]
+struct RawAnswer {
+    status: u16,
+    /// Header lines, names lower case.
+    headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    body: Vec<u8>,
+}
+
+impl RawAnswer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+
+    fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// POSTs `body` to the gateway at `addr` over a connection of its own, with `headers` (each
+/// `name: value`), and reads the whole answer.
+fn raw_post(addr: &str, headers: &[&str], body: &str) -> RawAnswer {
+    try_raw_post(addr, headers, body).expect("a response head")
+}
+
+/// [`raw_post`], `None` when the connection closed before a response head.
+fn try_raw_post(addr: &str, headers: &[&str], body: &str) -> Option<RawAnswer> {
+    use std::io::{Read, Write};
+    let mut request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    // An aborted answer ends in an error: what arrived before it is what the caller got.
+    let _ = stream.read_to_end(&mut raw);
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[head_end..].to_vec();
+    if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) {
+        let (mut out, mut rest) = (Vec::new(), &body[..]);
+        while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..i]).unwrap().trim(), 16).unwrap_or(0);
+            if size == 0 || rest.len() < i + 2 + size {
+                break;
+            }
+            out.extend_from_slice(&rest[i + 2..i + 2 + size]);
+            rest = &rest[(i + 4 + size).min(rest.len())..];
+        }
+        body = out;
+    }
+    Some(RawAnswer { status, headers, body })
+}
+
+/// The `data` of each event an SSE client following the HTML Standard would dispatch from
+/// `body`: one leading BOM dropped, invalid UTF-8 replaced, lines ended by CRLF, LF or CR, an
+/// event dispatched at each empty line (an unterminated last one is not).
+fn sse_data(body: &[u8]) -> Vec<String> {
+    let body = body.strip_prefix("\u{feff}".as_bytes()).unwrap_or(body);
+    let text = String::from_utf8_lossy(body);
+    let (mut events, mut data, mut rest) = (Vec::new(), String::new(), &text[..]);
+    while let Some(i) = rest.find(['\r', '\n']) {
+        let line = &rest[..i];
+        rest = &rest[i + if rest[i..].starts_with("\r\n") { 2 } else { 1 }..];
+        if line.is_empty() {
+            if !data.is_empty() {
+                events.push(data.strip_suffix('\n').unwrap_or(&data).to_string());
+            }
+            data.clear();
+        } else if let Some(value) = line.strip_prefix("data:") {
+            data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            data.push('\n');
+        } else if line == "data" {
+            data.push('\n');
+        }
+    }
+    events
+}
+
+/// A gzip member holding `data` in stored (uncompressed) deflate blocks: what a server's
+/// compression middleware sends, readable here without a compressor.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let len = data.len() as u16;
+    out.push(1); // final stored block
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(&(!crc).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+impl Fleet {
+    /// Serves one more `McpServer` `name` in front of `upstream` (with `binding`, if any) under
+    /// POLICY plus `extra_policy`; its gateway's address once it listens.
+    fn add_server(&self, name: &str, upstream: &str, binding: Option<&str>, extra_policy: &str) -> String {
+        let addr = loopback_addr();
+        let binding = binding.map(|b| format!("\n  binding: {b}")).unwrap_or_default();
+        // POLICY's lines are indented; the extra ones are brought to the same depth.
+        let extra: String = extra_policy.lines().map(|l| format!("    {l}\n")).collect();
+        let policy: String = format!("{POLICY}\n{extra}").lines().map(|l| format!("    {l}\n")).collect();
+        let yaml = format!(
+            r#"
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: {name}}}
+spec:
+  resource: http://{addr}/mcp
+  issuers: [test-idp]
+  upstream: {upstream}
+  listen: {addr}{binding}
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {{name: {name}-access}}
+spec:
+  servers: [{name}]
+  cedar: |
+{policy}"#
+        );
+        let out = self.cp.apply(&yaml);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let metadata = format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
+        wait_for_or("the new server to be served", || self.agent.log_text(), || ureq::get(&metadata).call().ok());
+        addr
+    }
+
+    /// A token of `sub` for the server whose gateway is at `addr`.
+    fn token_for(&self, sub: &str, addr: &str) -> String {
+        self.token(sub, json!({ "aud": format!("http://{addr}/mcp") }), json!({}))
+    }
+}
+
+const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+
+/// A tools/list answer naming a tool alice may call and one she may not.
+const LIST_ANSWER: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"delete_repository","inputSchema":{"type":"object"}}]}}"#;
+
+const PROGRESS: &str =
+    r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
+
+/// The tool names of every list in `events`.
+fn listed_tools(events: &[String]) -> Vec<Vec<String>> {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|v| v["result"]["tools"].as_array().cloned())
+        .map(|tools| tools.iter().map(|t| t["name"].as_str().unwrap_or_default().to_string()).collect())
+        .collect()
+}
+
+#[test]
+fn list_answers_never_reach_the_caller_unfiltered_whatever_the_upstream_sends() {
+    let fleet = Fleet::start();
+    let upstream = RawUpstream::start();
+    let addr = fleet.add_server("raw", &upstream.url, None, "");
+    let alice = fleet.token_for("alice", &addr);
+    let bearer = format!("authorization: Bearer {alice}");
+    let sse = "content-type: text/event-stream";
+    let list_event = format!("event: message\ndata: {LIST_ANSWER}\n\n");
+
+    // Compression: a caller's Accept-Encoding must not make the answer unreadable to the filter.
+    let plain = list_event.clone();
+    upstream.answer(move |request| {
+        if request.to_ascii_lowercase().contains("accept-encoding: gzip") {
+            http_response("200 OK", &[sse, "content-encoding: gzip"], &gzip_stored(plain.as_bytes()))
+        } else {
+            http_response("200 OK", &[sse], plain.as_bytes())
+        }
+    });
+    let answer = raw_post(&addr, &[&bearer, "accept-encoding: gzip"], TOOLS_LIST);
+    assert!(!answer.text().contains("delete_repository"), "compressed and unfiltered: {answer:?}");
+    assert_eq!(listed_tools(&sse_data(&answer.body)), [["echo"]], "{answer:?}");
+    assert!(answer.header_values("content-encoding").is_empty(), "{answer:?}");
+    let asked = upstream.requests();
+    let asked = asked.last().unwrap().to_ascii_lowercase();
+    assert!(asked.contains("accept-encoding: identity"), "{asked}");
+    assert!(!asked.contains("gzip"), "{asked}");
+    // An upstream that compresses unasked: refused, never passed through.
+    upstream.always(http_response("200 OK", &[sse, "content-encoding: gzip"], &gzip_stored(list_event.as_bytes())));
+    let answer = raw_post(&addr, &[&bearer], TOOLS_LIST);
+    assert_eq!(answer.status, 502, "{answer:?}");
+    assert!(!answer.text().contains("delete_repository"), "{answer:?}");
+
+    // Event framing exactly as clients parse it: CR, LF and CRLF line ends in every mix, a
+    // byte-order mark, bytes that are not UTF-8.
+    let streams: Vec<(&str, Vec<u8>)> = vec![
+        ("CRLF then CR", format!("data: {PROGRESS}\r\n\rdata: {LIST_ANSWER}\n\n").into_bytes()),
+        ("LF then CRLF", format!("data: {PROGRESS}\n\r\ndata: {LIST_ANSWER}\n\n").into_bytes()),
+        ("CR only", format!("data: {PROGRESS}\r\rdata: {LIST_ANSWER}\r\r").into_bytes()),
+        ("CRLF", format!("data: {PROGRESS}\r\n\r\ndata: {LIST_ANSWER}\r\n\r\n").into_bytes()),
+        ("byte-order mark", format!("\u{feff}data: {LIST_ANSWER}\n\n").into_bytes()),
+        ("not UTF-8", {
+            let mut bytes = format!("data: {PROGRESS}\n\n").into_bytes();
+            let list =
+                LIST_ANSWER.replace(r#""name":"delete_repository""#, r#""name":"delete_repository","title":"\xff""#);
+            let mut list = list.into_bytes();
+            let at = list.windows(4).position(|w| w == b"\\xff").unwrap();
+            list.splice(at..at + 4, [0xff]);
+            bytes.extend_from_slice(b"data: ");
+            bytes.extend_from_slice(&list);
+            bytes.extend_from_slice(b"\n\n");
+            bytes
+        }),
+    ];
+    for (case, stream) in streams {
+        upstream.always(http_response("200 OK", &[sse], &stream));
+        let answer = raw_post(&addr, &[&bearer], TOOLS_LIST);
+        let events = sse_data(&answer.body);
+        assert!(!answer.text().contains("delete_repository"), "{case}: unfiltered: {events:?}");
+        assert_eq!(listed_tools(&events), [["echo"]], "{case}: {events:?} {answer:?}");
+    }
+
+    // While a list answer is pending, what cannot be filtered ends the stream with an error.
+    let nan = LIST_ANSWER.replace(r#""id":1"#, r#""id":1,"n":NaN"#);
+    upstream.always(http_response("200 OK", &[sse], format!("data: {PROGRESS}\n\ndata: {nan}\n\n").as_bytes()));
+    let answer = raw_post(&addr, &[&bearer], TOOLS_LIST);
+    assert!(!answer.text().contains("delete_repository"), "non-JSON event passed: {answer:?}");
+    let events = sse_data(&answer.body);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], -32603, "{events:?}");
+
+    // Error statuses are filtered too, and keep their status; a body that cannot be filtered
+    // is replaced by the gateway's own.
+    upstream.always(http_response(
+        "500 Internal Server Error",
+        &["content-type: application/json"],
+        LIST_ANSWER.as_bytes(),
+    ));
+    let answer = raw_post(&addr, &[&bearer], TOOLS_LIST);
+    assert_eq!(answer.status, 500, "{answer:?}");
+    assert!(!answer.text().contains("delete_repository"), "{answer:?}");
+    let body: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["result"]["tools"], json!([{"name": "echo", "inputSchema": {"type": "object"}}]));
+    upstream.always(http_response("404 Not Found", &["content-type: text/plain"], LIST_ANSWER.as_bytes()));
+    let answer = raw_post(&addr, &[&bearer], TOOLS_LIST);
+    assert_eq!(answer.status, 404, "{answer:?}");
+    assert!(!answer.text().contains("delete_repository"), "{answer:?}");
+    upstream.always(http_response("400 Bad Request", &[sse], list_event.as_bytes()));
+    let answer = raw_post(&addr, &[&bearer], TOOLS_LIST);
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_eq!(listed_tools(&sse_data(&answer.body)), [["echo"]], "{answer:?}");
+
+    // Two media types: the gateway and the caller could each read the body as another one.
+    upstream.always(http_response("200 OK", &[sse, "content-type: application/json"], LIST_ANSWER.as_bytes()));
+    let answer = raw_post(&addr, &[&bearer], TOOLS_LIST);
+    assert_eq!(answer.status, 502, "{answer:?}");
+    assert!(!answer.text().contains("delete_repository"), "{answer:?}");
+
+    // Answers to anything else stream through as they were sent.
+    upstream.always(http_response("200 OK", &[sse], format!("data: {PROGRESS}\r\rdata: x\r\r").as_bytes()));
+    let answer = raw_post(&addr, &[&bearer], &call("echo"));
+    assert_eq!(answer.body, format!("data: {PROGRESS}\r\rdata: x\r\r").into_bytes());
+}
+
+#[test]
+fn methods_the_gateway_does_not_know_never_reach_the_upstream() {
+    let fleet = Fleet::start();
+    let upstream = RawUpstream::start();
+    upstream.always(http_response(
+        "200 OK",
+        &["content-type: application/json"],
+        br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
+    // The 2025-11-25 task methods are actions policy can name: here only tasks/get is allowed.
+    let permit_tasks = r#"permit(principal, action == Action::"tasks/get", resource);"#;
+    let addr = fleet.add_server("raw", &upstream.url, None, permit_tasks);
+    let alice = fleet.token_for("alice", &addr);
+    let url = format!("http://{addr}/mcp");
+    let reached = |method: &str| upstream.requests().iter().any(|r| r.contains(&format!("\"method\":\"{method}\"")));
+    let request = |method: &str, params: Value| {
+        json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).to_string()
+    };
+
+    let unknown = [
+        ("Tools/Call", json!({"name": "delete_repository"})),
+        ("tools/call ", json!({"name": "delete_repository"})),
+        ("TOOLS/LIST", json!({})),
+        ("acme/deleteEverything", json!({})),
+        ("tasks/cancel", json!({"taskId": "t-1"})),
+    ];
+    for (method, params) in unknown {
+        let answer = post(&url, Some(&alice), &[], &request(method, params));
+        let body: Value = serde_json::from_str(&answer.body).unwrap_or_default();
+        assert!(!reached(method), "{method:?} reached the upstream: {}", answer.body);
+        assert_eq!(answer.status, 200, "{method:?}: {}", answer.body);
+        assert_eq!(body["id"], 7, "{method:?}: {}", answer.body);
+        let code = if method == "tasks/cancel" { -32001 } else { -32601 };
+        assert_eq!(body["error"]["code"], code, "{method:?}: {}", answer.body);
+    }
+    let unknown_reason = |method: &str| {
+        let body = post(&url, Some(&alice), &[], &request(method, json!({}))).body;
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["data"]["reason"].clone()
+    };
+    assert_eq!(unknown_reason("Tools/Call"), "unknown_method");
+    assert_eq!(unknown_reason("tasks/result"), "policy_denied");
+    // A notification of a kind the gateway does not know: refused with no answer body to give.
+    let vendor = json!({"jsonrpc": "2.0", "method": "notifications/acme/wipe"}).to_string();
+    assert_eq!(post(&url, Some(&alice), &[], &vendor).status, 403);
+    assert!(!reached("notifications/acme/wipe"));
+    // One unknown method refuses its whole batch.
+    let batch = format!("[{TOOLS_LIST},{}]", request("Tools/Call", json!({"name": "echo"})));
+    let answer = post(&url, Some(&alice), &[], &batch);
+    let answers: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(answers[1]["error"]["data"]["reason"], "unknown_method", "{}", answer.body);
+    assert!(!reached("Tools/Call"));
+
+    // What the protocol defines without a target still passes on the token alone, and what
+    // names one is decided like the method it stands for.
+    for (method, params) in [
+        ("ping", json!({})),
+        (
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+        ),
+        ("server/discover", json!({})),
+        ("logging/setLevel", json!({"level": "info"})),
+        ("resources/templates/list", json!({})),
+        ("tasks/get", json!({"taskId": "t-1"})),
+        (
+            "subscriptions/listen",
+            json!({"notifications": {"toolsListChanged": true, "resourceSubscriptions": ["notes://public"]}}),
+        ),
+    ] {
+        let answer = post(&url, Some(&alice), &[], &request(method, params));
+        assert_eq!(answer.status, 200, "{method}: {}", answer.body);
+        assert!(reached(method), "{method} did not reach the upstream: {}", answer.body);
+    }
+    let secret = json!({"notifications": {"resourceSubscriptions": ["notes://public", "notes://secret"]}});
+    let before = upstream.requests().len();
+    let answer = post(&url, Some(&alice), &[], &request("subscriptions/listen", secret));
+    assert_eq!(serde_json::from_str::<Value>(&answer.body).unwrap()["error"]["code"], -32001, "{}", answer.body);
+    assert_eq!(upstream.requests().len(), before, "a subscription to a resource alice may not read was forwarded");
+
+    // Each refusal is a decision record with its stable reason.
+    let records = wait_for_or(
+        "the unknown methods' records",
+        || fleet.agent.log_text(),
+        || {
+            let out = fleet.cp.ctl_ok(&["decisions", "--reason", "unknown_method", "-o", "json"]);
+            let records: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            (records.len() >= 7).then_some(records)
+        },
+    );
+    let methods: Vec<&str> = records.iter().filter_map(|r| r["method"].as_str()).collect();
+    for method in ["Tools/Call", "tools/call ", "acme/deleteEverything", "notifications/acme/wipe"] {
+        assert!(methods.contains(&method), "{method:?} not in {records:#?}");
+    }
+    assert!(records.iter().all(|r| r["decision"] == "deny" && r["subject"] == "alice"), "{records:#?}");
+}
+
+#[test]
+fn dpop_replay_memory_is_per_server_kept_for_bound_tokens_and_shared_fairly_between_keys() {
+    // Room for 8 proofs per server, 2 per key, so filling it takes a few requests.
+    let fleet = Fleet::start_with(&["--dpop-proofs-per-server", "8", "--dpop-proofs-per-key", "2"]);
+    let proofs_url = format!("http://{}/mcp", fleet.dpop_gateway);
+    let now = now();
+    let bound = |url: &str, sub: &str, client: &str| {
+        let jkt = fleet.idp.dpop(client, "POST", url, "-")["jkt"].as_str().unwrap().to_string();
+        let claims = json!({"iss": fleet.idp.issuer, "sub": sub, "aud": url, "iat": now, "exp": now + 300,
+            "scope": "notes.use", "cnf": {"jkt": jkt}});
+        fleet.idp.mint(&json!({ "claims": claims }))
+    };
+    let with_proof = |url: &str, token: &str, client: &str| {
+        let proof = fleet.idp.dpop(client, "POST", url, token)["proof"].as_str().unwrap().to_string();
+        post(url, None, &[("authorization", &format!("DPoP {token}")), ("dpop", &proof)], INITIALIZE)
+    };
+    let refused_because = |answer: &Answer| {
+        answer.challenge.rsplit_once("error_description=\"").map(|(_, r)| r.trim_end_matches('"').to_string())
+    };
+
+    // Mallory holds an ordinary bearer token for `notes` and sends it with throw-away proofs:
+    // accepted (it is a bearer token), but those proofs prove nothing and are not remembered.
+    let mallory = fleet.token("mallory", json!({}), json!({}));
+    for _ in 0..10 {
+        let answer = with_proof(&fleet.url(), &mallory, "mallory");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    // So alice's bound token still works on `proofs`.
+    let alice = bound(&proofs_url, "alice", "alice");
+    let answer = with_proof(&proofs_url, &alice, "alice");
+    assert_eq!(answer.status, 200, "{:?}: {}", refused_because(&answer), answer.body);
+
+    // One key gets its quota of the server's memory, not all of it.
+    let answer = with_proof(&proofs_url, &alice, "alice");
+    assert_eq!(answer.status, 200, "{:?}", refused_because(&answer));
+    let answer = with_proof(&proofs_url, &alice, "alice");
+    assert_eq!((answer.status, refused_because(&answer).as_deref()), (401, Some("too_many_proofs")));
+    let bob = bound(&proofs_url, "bob", "bob");
+    assert_eq!(with_proof(&proofs_url, &bob, "bob").status, 200);
+
+    // A server's memory filled by many keys leaves other servers' untouched.
+    for client in ["c", "d", "e"] {
+        let token = bound(&proofs_url, client, client);
+        for _ in 0..2 {
+            let answer = with_proof(&proofs_url, &token, client);
+            if answer.status != 200 {
+                assert_eq!(refused_because(&answer).as_deref(), Some("replay_cache_full"), "{client}");
+            }
+        }
+    }
+    let frank = bound(&proofs_url, "frank", "frank");
+    let full = with_proof(&proofs_url, &frank, "frank");
+    assert_eq!((full.status, refused_because(&full).as_deref()), (401, Some("replay_cache_full")));
+    let other = fleet.add_server("proofs2", &fleet.upstream.url, Some("dpop"), "");
+    let other_url = format!("http://{other}/mcp");
+    let frank = bound(&other_url, "frank", "frank");
+    let answer = with_proof(&other_url, &frank, "frank");
+    assert_eq!(answer.status, 200, "{:?}: {}", refused_because(&answer), answer.body);
+}
+
+#[test]
+fn routing_headers_are_checked_whenever_sent_and_caller_forwarding_headers_stop_here() {
+    let fleet = Fleet::start();
+    let upstream = RawUpstream::start();
+    upstream.always(http_response(
+        "200 OK",
+        &["content-type: application/json"],
+        br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
+    let addr = fleet.add_server("raw", &upstream.url, None, "");
+    let alice = fleet.token_for("alice", &addr);
+    let url = format!("http://{addr}/mcp");
+    let code =
+        |a: &Answer| serde_json::from_str::<Value>(&a.body).map(|v| v["error"]["code"].clone()).unwrap_or_default();
+
+    // Under a revision without routing headers, a proxy before the upstream may still route on
+    // them: whenever present they must agree with the body, once each.
+    let old = ("mcp-protocol-version", "2025-11-25");
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, Headers, String); 5] = [
+        ("a name the body does not call", &[old, ("mcp-name", "delete_repository")], call("echo")),
+        ("a method the body does not call", &[old, ("mcp-method", "tools/list")], call("echo")),
+        ("a name for a method that names none", &[("mcp-name", "echo")], TOOLS_LIST.to_string()),
+        ("Mcp-Name twice", &[old, ("mcp-name", "echo"), ("mcp-name", "delete_repository")], call("echo")),
+        ("Mcp-Method twice", &[("mcp-method", "tools/call"), ("mcp-method", "tools/list")], call("echo")),
+    ];
+    for (case, headers, body) in cases {
+        let before = upstream.requests().len();
+        let answer = post(&url, Some(&alice), headers, &body);
+        assert_eq!((answer.status, code(&answer)), (400, json!(-32020)), "{case}: {}", answer.body);
+        assert_eq!(upstream.requests().len(), before, "{case}: forwarded");
+    }
+    let agreeing = post(&url, Some(&alice), &[old, ("mcp-method", "tools/call"), ("mcp-name", "echo")], &call("echo"));
+    assert_eq!(agreeing.status, 200, "{}", agreeing.body);
+
+    // Cookies and forwarding claims are the caller's word: they stop at the gateway.
+    let sent = [
+        ("cookie", "session=caller-chosen"),
+        ("forwarded", "for=10.0.0.1;by=trusted-proxy"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-host", "admin.internal"),
+        ("x-forwarded-proto", "https"),
+        ("x-real-ip", "10.0.0.1"),
+        ("x-custom", "kept"),
+    ];
+    assert_eq!(post(&url, Some(&alice), &sent, &call("echo")).status, 200);
+    let request = upstream.requests().last().unwrap().to_ascii_lowercase();
+    for (name, _) in &sent[..6] {
+        assert!(!request.contains(&format!("\r\n{name}:")), "{name} was forwarded:\n{request}");
+    }
+    assert!(request.contains("\r\nx-custom: kept"), "{request}");
+    assert!(request.contains("\r\nx-warden-subject: alice"), "{request}");
+}
+
+#[test]
+fn slow_peers_and_connection_floods_are_cut_off() {
+    let fleet = Fleet::start_with(&[
+        "--upstream-response-timeout",
+        "2s",
+        "--body-read-timeout",
+        "1s",
+        "--header-read-timeout",
+        "1s",
+        "--max-connections-per-listener",
+        "3",
+    ]);
+    let upstream = RawUpstream::start();
+    let addr = fleet.add_server("raw", &upstream.url, None, "");
+    let alice = fleet.token_for("alice", &addr);
+    let bearer = format!("authorization: Bearer {alice}");
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    // An upstream that never answers: the gateway answers for it.
+    let started = Instant::now();
+    let answer = raw_post(&addr, &[&bearer], &call("echo"));
+    assert_eq!(answer.status, 504, "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // An upstream that sends the head of a list answer but never its body.
+    upstream.always(http_response("200 OK", &["content-type: application/json", "content-length: 500"], b"{<hold>"));
+    let answer = raw_post(&addr, &[&bearer], TOOLS_LIST);
+    assert_eq!(answer.status, 504, "{answer:?}");
+
+    // A caller that never finishes its body.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\n{bearer}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"jsonrpc\""
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    let mut status = [0u8; 12];
+    slow.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&status));
+
+    // A caller that never finishes its headers (slowloris): cut after the header timeout.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    slow.write_all(b"POST /mcp HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(5), "the connection stayed open {:?}", started.elapsed());
+
+    // Past the cap, connections are closed at once; below it again, served.
+    std::thread::sleep(Duration::from_millis(300));
+    let idle: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    let started = Instant::now();
+    let cut = match extra.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(cut && started.elapsed() < Duration::from_millis(500), "a connection past the cap was kept open");
+    drop(idle);
+    upstream.always(http_response(
+        "200 OK",
+        &["content-type: application/json"],
+        br#"{"jsonrpc":"2.0","id":0,"result":{}}"#,
+    ));
+    wait_for_or(
+        "a connection below the cap to be served",
+        || fleet.agent.log_text(),
+        || try_raw_post(&addr, &[&bearer], INITIALIZE).filter(|a| a.status == 200).map(drop),
+    );
 }

@@ -36,7 +36,7 @@ fn keys_found_by_discovery_reach_agents_follow_rotation_and_survive_outages() {
         dir.path(),
         &["--allow-http-issuers", "--key-refresh-default", "1s", "--key-refresh-min", "1s"],
     );
-    let token = cp.join_token("5m");
+    let token = cp.join_token("5m", "agent-0");
     let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
 
     let out = cp.apply(&issuer_yaml(&idp.issuer));
@@ -120,7 +120,7 @@ fn an_unknown_kid_prompts_one_refresh_per_interval() {
     // No scheduled refresh during the test (1h): only requests can cause one, at most one per 3s
     // counting from the last fetch of any kind.
     let cp = ControlPlane::start(dir.path(), &["--allow-http-issuers", "--key-refresh-request-interval", "3s"]);
-    let token = cp.join_token("5m");
+    let token = cp.join_token("5m", "agent-0");
     let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
     assert!(cp.apply(&issuer_yaml(&idp.issuer)).status.success());
     wait_kids(&agent, &["k1"]);

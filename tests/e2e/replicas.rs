@@ -63,9 +63,9 @@ fn replicas_on_one_etcd_serve_the_same_fleet_and_agents_fail_over() {
     let b = replica(dir.path(), "b", &etcd.url(), &ca);
 
     // A join token created through A admits an agent at B, once.
-    let join = a.join_token("5m");
+    let join = a.join_token("5m", "agent-b");
     let on_b = Agent::start(dir.path(), "agent-b", &[&b.address], Some(&join));
-    let join = b.join_token("5m");
+    let join = b.join_token("5m", "agent-ab");
     let either = Agent::start(dir.path(), "agent-ab", &[&a.address, &b.address], Some(&join));
 
     // A write through A reaches the agent connected to B, under the same version number.
@@ -154,15 +154,16 @@ fn a_three_member_etcd_loses_a_member_and_a_cut_off_replica_catches_up_after_com
     let through_proxy = format!("etcd://{}", proxies.iter().map(|p| p.address.clone()).collect::<Vec<_>>().join(","));
     let a = replica(dir.path(), "a", &through_proxy, &ca);
     let b = replica(dir.path(), "b", &etcd.url(), &ca);
-    let join = a.join_token("5m");
+    let join = a.join_token("5m", "agent-a");
     let agent = Agent::start(dir.path(), "agent-a", &[&a.address], Some(&join));
     applied(&b.apply(&fleet_yaml("search")));
     let v1 = b.version();
     a.wait_converged(&["agent-a"], v1);
 
-    // etcd's leader stops: a new one is elected, and writes and propagation go on.
+    // etcd's leader is killed: a new one is elected, and the write caught in the election is
+    // retried (not answered "request timed out"); propagation goes on.
     let leader = etcd.leader();
-    etcd.stop_member(leader);
+    etcd.kill_member(leader);
     applied(&b.apply(&policy("while-degraded")));
     let v2 = b.version();
     a.wait_converged(&["agent-a"], v2);
@@ -211,10 +212,10 @@ fn an_embedded_store_moves_to_etcd_and_its_agents_carry_on_without_a_resend() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path(), 1);
     let mut cp = ControlPlane::start(dir.path(), &[]);
-    let join = cp.join_token("5m");
+    let join = cp.join_token("5m", "agent-0");
     let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&join));
     applied(&cp.apply(&fleet_yaml("search")));
-    let spare = cp.join_token("5m");
+    let spare = cp.join_token("5m", "agent-1");
     let version = cp.version();
     cp.wait_converged(&["agent-0"], version);
     let store_id = agent.status()["storeId"].clone();
@@ -276,7 +277,7 @@ fn replicas_reach_etcd_over_mutual_tls_and_without_a_client_certificate_do_not_s
     ];
     let a = ControlPlane::start(&dir.path().join("a"), &flags);
     let b = ControlPlane::start(&dir.path().join("b"), &flags);
-    let join = a.join_token("5m");
+    let join = a.join_token("5m", "agent-b");
     let _agent = Agent::start(dir.path(), "agent-b", &[&b.address], Some(&join));
     applied(&a.apply(&fleet_yaml("search")));
     b.wait_converged(&["agent-b"], a.version());

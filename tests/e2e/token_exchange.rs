@@ -56,7 +56,7 @@ impl Fleet {
         ];
         flags.extend_from_slice(extra);
         let cp = ControlPlane::start(dir.path(), &flags);
-        let join = cp.join_token("5m");
+        let join = cp.join_token("5m", "agent-0");
         let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&join));
         let (gateway, other_gateway) = (loopback_addr(), loopback_addr());
         let service = format!("https://{token_listen}");
@@ -379,6 +379,15 @@ fn bound_task_tokens_need_their_key_and_revocation_reaches_the_fleet_and_survive
     // DPoP at the exchange binds the task token to the client's key.
     let proof = fleet.idp.dpop("client-a", "POST", &token_endpoint, "");
     let _ = fleet.task_token(&alice, "tool:echo"); // the service signs by now
+    // A proof sent with a subject token that does not verify is not remembered: nobody without
+    // a valid identity fills the replay memory, or spends a proof someone else will send.
+    let early = fleet.idp.dpop("client-b", "POST", &token_endpoint, "");
+    let early = early["proof"].as_str().unwrap();
+    let (status, body) =
+        fleet.exchange_with("not-a-token", &fleet.url(), &[("scope", "tool:echo")], &[("dpop", early)]);
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    let (status, body) = fleet.exchange_with(&alice, &fleet.url(), &[("scope", "tool:echo")], &[("dpop", early)]);
+    assert_eq!(status, 200, "the proof was not spent by the refused exchange: {body}");
     let (status, body) = fleet.exchange_with(
         &alice,
         &fleet.url(),
@@ -557,4 +566,160 @@ fn signing_keys_rotate_without_a_single_refusal() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(kids.len() >= 3, "two rotations in 8s: {kids:?} over {used} exchanges");
+}
+
+#[test]
+fn a_task_token_never_carries_more_than_its_subject_token_and_every_refusal_is_on_record() {
+    let fleet = Fleet::start();
+    // A server that requires a scope of every token.
+    let scoped_gateway = loopback_addr();
+    let scoped = format!("http://{scoped_gateway}/mcp");
+    let yaml = format!(
+        "apiVersion: warden.dev/v1\nkind: McpServer\nmetadata: {{name: scoped}}\nspec:\n  resource: {scoped}\n  \
+         issuers: [warden]\n  upstream: {upstream}\n  listen: {scoped_gateway}\n  scopes: [notes.read]\n---\n\
+         apiVersion: warden.dev/v1\nkind: Policy\nmetadata: {{name: scoped}}\nspec:\n  cedar: |\n    \
+         permit(principal, action == Action::\"token/exchange\", resource in Server::\"scoped\");\n    \
+         permit(principal, action in [Action::\"resources/read\", Action::\"prompts/get\"], resource);\n",
+        upstream = fleet._upstream.url,
+    );
+    let out = fleet.cp.apply(&yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fleet.converge();
+    let alice = fleet.subject_token("alice");
+    let _ = fleet.task_token(&alice, "tool:echo"); // the service signs by now
+
+    // Alice's identity token carries no scope: asking for the server's scope in the exchange
+    // must not mint it (the task token would pass the gateway's scope gate).
+    let (status, body) = fleet.exchange(&alice, &scoped, &[("scope", "tool:echo notes.read")]);
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("notes.read"), "{body}");
+    // Nor by leaving it out: the server requires it, the subject does not have it.
+    let (status, body) = fleet.exchange(&alice, &scoped, &[("scope", "tool:echo")]);
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+
+    // Dave's identity token carries it: the task token gets it, and only what was asked for.
+    let now = now();
+    let dave = fleet.idp.mint(&json!({"claims": {"iss": fleet.idp.issuer, "sub": "dave", "aud": fleet.service,
+        "iat": now, "exp": now + 600, "scope": "notes.read notes.write calendar"}}));
+    let (status, body) = fleet.exchange(&dave, &scoped, &[("scope", "tool:echo notes.read")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "tool:echo notes.read");
+    let task = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(claims(&task)["scope"], "notes.read");
+    let answer = post(&scoped, Some(&task), &[], INITIALIZE);
+    assert_eq!(answer.status, 200, "{} {}", answer.challenge, answer.body);
+
+    // The upstream is told the workload's own issuer, not the token service's.
+    let seen = fleet.task_token(&alice, "tool:seen_headers");
+    let out = mcp_client(&fleet.url(), "modern", &[(&seen, &["call", "seen_headers", "{}"])]);
+    let headers = out[0]["result"]["text"][0].as_str().unwrap_or_default();
+    assert!(headers.contains("x-warden-issuer=test-idp") && headers.contains("x-warden-subject=alice"), "{out:?}");
+
+    // A task token grants tools only: no resource, prompt or completion, although the
+    // workload's own policy would allow every method.
+    let notes_task = fleet.task_token(&alice, "tool:echo");
+    for body in [
+        json!({"jsonrpc": "2.0", "id": 7, "method": "resources/read", "params": {"uri": "file:///etc/passwd"}}),
+        json!({"jsonrpc": "2.0", "id": 7, "method": "prompts/get", "params": {"name": "summarise"}}),
+    ] {
+        let answer = post(&fleet.url(), Some(&notes_task), &[], &body.to_string());
+        let reply: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+        assert!(reply["error"]["code"].as_i64().is_some(), "{} refused: {}", body["method"], answer.body);
+        assert_eq!(reply["error"]["data"]["reason"], "tool_not_granted", "{}", answer.body);
+    }
+
+    // Refused exchanges are on record, even when the subject token never verified.
+    let expired = fleet.idp.mint(&json!({"claims": {"iss": fleet.idp.issuer, "sub": "mallory", "aud": fleet.service,
+        "iat": now - 900, "exp": now - 300}}));
+    let (status, _) = fleet.exchange(&expired, &fleet.url(), &[("scope", "tool:echo")]);
+    assert_eq!(status, 400);
+    let (status, _) = fleet.exchange(&alice, "http://127.0.0.1:1/unknown", &[("scope", "tool:secrets")]);
+    assert_eq!(status, 400);
+    let records = || -> Vec<Value> {
+        let out = fleet.cp.ctl_ok(&["decisions", "--agent", "control-plane", "--limit", "1000", "-o", "json"]);
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let denied = |reason: &'static str| move |r: &&Value| r["decision"] == "deny" && r["reason"] == reason;
+    let (expired_record, unknown_record, scope_record) = wait_for_or(
+        "refused exchanges on record",
+        || format!("{:?}", records()),
+        || {
+            let all = records();
+            Some((
+                all.iter().find(denied("expired"))?.clone(),
+                all.iter().find(denied("unknown_server"))?.clone(),
+                all.iter().find(denied("insufficient_scope"))?.clone(),
+            ))
+        },
+    );
+    assert_eq!((expired_record["subject"].as_str(), expired_record["server"].as_str()), (Some(""), Some("notes")));
+    assert_eq!(expired_record["target"], "echo");
+    assert_eq!(unknown_record["target"], "secrets");
+    assert_eq!((scope_record["subject"].as_str(), scope_record["server"].as_str()), (Some("alice"), Some("scoped")));
+}
+
+#[test]
+fn revocations_from_holders_are_bounded_in_number_and_time_and_an_oversized_configuration_is_refused() {
+    let fleet = Fleet::start_with(&["--max-config-bytes", "65536"]);
+    let alice = fleet.subject_token("alice");
+    let _ = fleet.task_token(&alice, "tool:echo"); // the service signs by now
+
+    // A token claiming to live ten years plants no revocation beyond what a usable token of its
+    // issuer can live (10m, plus its skew): agents refuse it after that anyway.
+    let now = now();
+    let forever = fleet.idp.mint(&json!({"claims": {"iss": fleet.idp.issuer, "sub": "bob", "aud": fleet.service,
+        "iat": now, "exp": now + 10 * 365 * 86400, "jti": "bob-forever"}}));
+    assert_eq!(fleet.form("/revoke", &[("token", &forever)], &[]).0, 200);
+    let revocations = fleet.cp.ctl_json(&["get", "revocations"]);
+    let expires = revocations
+        .as_array()
+        .and_then(|r| r.iter().find(|d| d["spec"]["jti"] == "bob-forever"))
+        .map(|d| d["spec"]["expires"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{revocations}"));
+    let expires = time::OffsetDateTime::parse(&expires, &time::format_description::well_known::Rfc3339).unwrap();
+    assert!(expires.unix_timestamp() <= now + 600 + 120, "{expires}");
+
+    // One holder looping /token + /revoke writes a bounded number of fleet-wide revocations.
+    let version = fleet.cp.version();
+    let mut answers = Vec::new();
+    for _ in 0..14 {
+        let task = fleet.task_token(&alice, "tool:echo");
+        let body = url::form_urlencoded::Serializer::new(String::new()).append_pair("token", &task).finish();
+        let response = fleet
+            .http
+            .post(format!("{}/revoke", fleet.service))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send(body)
+            .unwrap();
+        answers.push((response.status().as_u16(), response.headers().get("retry-after").is_some()));
+    }
+    assert_eq!(answers[..10], [(200, false); 10], "{answers:?}");
+    assert!(answers[10..].iter().all(|a| *a == (503, true)), "{answers:?}");
+    assert_eq!(fleet.cp.version(), version + 10);
+    // Another holder is not held back by it.
+    let carol = fleet.task_token(&fleet.subject_token("carol"), "tool:echo");
+    assert_eq!(fleet.form("/revoke", &[("token", &carol)], &[]).0, 200);
+
+    // A configuration larger than agents take in one message is refused at apply, naming the
+    // limit, and changes nothing.
+    let version = fleet.cp.version();
+    // (Each Policy within its own 64 KiB bound; together past the 64 KiB configuration.)
+    let yaml: String = (0..3)
+        .map(|p| {
+            let lines: String = (0..500)
+                .map(|i| {
+                    format!(
+                        "    forbid(principal, action, resource) when {{ context.scopes.contains(\"no-{p}-{i}\") }};\n"
+                    )
+                })
+                .collect();
+            format!(
+                "---\napiVersion: warden.dev/v1\nkind: Policy\nmetadata: {{name: huge-{p}}}\nspec:\n  cedar: |\n{lines}"
+            )
+        })
+        .collect();
+    let out = fleet.cp.apply(&yaml);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--max-config-bytes"), "{stderr}");
+    assert_eq!(fleet.cp.version(), version);
 }

@@ -215,6 +215,12 @@ mod tests {
             assert_eq!(text(spelling), "1000", "{spelling}");
         }
         assert_eq!(text("-0.50"), "-0.5");
+        // Found by the property tests (props::resource): without serde_json's correctly
+        // rounded parsing, these spellings of one number read as two neighbouring `f64`s, so a
+        // policy comparing the text could be passed by spelling the number otherwise.
+        for spelling in ["2.157012179808385e288", "21570121798083850e272", "0.2157012179808385e289"] {
+            assert_eq!(text(spelling), format!("{}", 2.157012179808385e288_f64), "{spelling}");
+        }
         assert_eq!(text(r#"{"z":1,"a":{"y":2,"b":3}}"#), r#"{"a":{"b":3,"y":2},"z":1}"#);
         assert_eq!(
             tags_of(r#"{"b":"2","a":1}"#).unwrap(),

@@ -239,10 +239,16 @@ impl Authorizer {
             return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new(), not_granted: false });
         };
         // A task token carries the only tools its task may call, whatever else policy allows the
-        // workload (the exchange that granted them was itself put to policy).
-        if let (Some(task), Target::Tool(tool)) = (&workload.task, target)
-            && !task.tools.iter().any(|t| t == tool)
-        {
+        // workload (the exchange that granted them was itself put to policy). It grants no
+        // resource or prompt at all (nor their completions or subscriptions): a task is as
+        // narrow as what was exchanged for it, on every method.
+        let granted = |tool: &str| workload.task.as_ref().is_none_or(|t| t.tools.iter().any(|g| g == tool));
+        let not_granted = match target {
+            Target::Tool(tool) => !granted(tool),
+            Target::Resource(_) | Target::Prompt(_) => workload.task.is_some(),
+            Target::Server => false,
+        };
+        if not_granted {
             return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new(), not_granted: true });
         }
         let principal = self.principal(workload)?;
@@ -289,6 +295,14 @@ impl Authorizer {
             };
             let context = self.context(context_key, workload, facts)?;
             let action = uid("Action", method);
+            // The method and the target come from the caller, so they are checked in every build:
+            // a method the schema does not know, or applies to another kind of resource, would
+            // otherwise reach release builds' policies unvalidated (an unscoped `permit` allows it).
+            let applies =
+                schema().resources_for_action(&action).is_some_and(|mut kinds| kinds.any(|k| *k == type_name(kind)));
+            if !applies {
+                return Err(RequestError(format!("{method:?} is not an action on a {kind}")));
+            }
             // Principal, resource and context are built to the schema's types right here; tests (debug
             // builds) validate every request against the schema, release builds skip the cost.
             let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
@@ -353,9 +367,11 @@ impl Authorizer {
     fn context(&self, key: [u8; 32], workload: &Verified, facts: &RequestFacts<'_>) -> Result<Context, RequestError> {
         let tenant = workload.claims.get("tenant").and_then(|v| v.as_str());
         cached(&self.contexts, key, || {
-            // Built directly, not parsed from Cedar text: parsing costs tens of µs.
-            let ip =
-                cached(&self.ips, facts.source_ip, || Ok(RestrictedExpression::new_ip(facts.source_ip.to_string())))?;
+            // Built directly, not parsed from Cedar text: parsing costs tens of µs. A dual-stack
+            // listener sees IPv4 callers as IPv4-mapped IPv6 (`::ffff:10.1.2.3`), which Cedar's
+            // `ip()` refuses: policy sees the IPv4 address it stands for.
+            let source_ip = facts.source_ip.to_canonical();
+            let ip = cached(&self.ips, source_ip, || Ok(RestrictedExpression::new_ip(source_ip.to_string())))?;
             let time = cached(&self.times, facts.now, || Ok(RestrictedExpression::new_datetime(iso8601(facts.now))))?;
             let mut pairs = vec![
                 ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),

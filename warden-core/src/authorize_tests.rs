@@ -293,6 +293,17 @@ spec:
     let other = call("delete_repository");
     assert!(!other.allowed && other.not_granted, "policy would allow it; the task was not granted it");
     assert!(a.authorize("github", &task, "tools/list", Target::Server, &facts).unwrap().allowed);
+    // Resources and prompts (and so their completions and subscriptions, which are decided as
+    // these actions) were never granted: the workload's own policy allows them, the task token
+    // does not.
+    for (method, target) in
+        [("resources/read", Target::Resource("file:///etc/passwd")), ("prompts/get", Target::Prompt("summarise"))]
+    {
+        let outcome = a.authorize("github", &task, method, target, &facts).unwrap();
+        assert!(!outcome.allowed && outcome.not_granted, "{method}: {outcome:?}");
+        let own = workload("alice", serde_json::json!({}));
+        assert!(a.authorize("github", &own, method, target, &facts).unwrap().allowed, "{method}");
+    }
     // The exchange itself is put to policy, per tool, with its own action (for the workload's
     // own token: a task token is never exchanged again).
     let alice = workload("alice", serde_json::json!({}));
@@ -343,5 +354,64 @@ fn a_remembered_outcome_answers_only_the_very_same_request() {
                 assert_eq!(warm.authorize("github", w, "tools/call", target, &facts), fresh, "{arguments}");
             }
         }
+    }
+}
+
+#[test]
+fn an_ipv4_caller_seen_through_a_dual_stack_listener_is_decided_by_its_ipv4_address() {
+    // Found by the property tests (props::authorize): Cedar's `ip()` refuses IPv4-mapped IPv6,
+    // so every request through a `[::]` listener from an IPv4 caller failed to build and was
+    // denied, whatever policy said.
+    let policy = r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: office-network}
+spec:
+  cedar: |
+    permit(principal, action == Action::"tools/list", resource)
+    when { context.source_ip.isInRange(ip("10.0.0.0/8")) };
+"#;
+    let a = authorizer(policy);
+    let w = workload("ci-runner", serde_json::json!({}));
+    let from = |ip: &str| {
+        let facts = RequestFacts { source_ip: ip.parse().unwrap(), ..facts() };
+        a.authorize("github", &w, "tools/list", Target::Server, &facts)
+    };
+    assert!(from("10.1.2.3").unwrap().allowed);
+    assert!(from("::ffff:10.1.2.3").unwrap().allowed, "the same caller, mapped");
+    assert!(!from("::ffff:192.0.2.1").unwrap().allowed);
+    assert!(!from("2001:db8::1").unwrap().allowed);
+}
+
+#[test]
+fn a_method_is_decided_only_on_the_kind_of_resource_it_applies_to_in_every_build() {
+    // Found by the property tests (props::authorize) in a release build: only debug builds
+    // validated the request against the schema, so there a method on the wrong kind of target,
+    // or a method the schema does not know, was put to the policies, and an unscoped `permit`
+    // allowed it.
+    let policy = r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: everything}
+spec:
+  cedar: |
+    permit(principal, action, resource);
+"#;
+    let a = authorizer(policy);
+    let w = workload("ci-runner", serde_json::json!({}));
+    let decide = |method, target| a.authorize("github", &w, method, target, &facts());
+    assert!(decide("tools/call", Target::Tool("search")).unwrap().allowed);
+    assert!(decide("tools/list", Target::Server).unwrap().allowed);
+    for (method, target) in [
+        ("tools/list", Target::Tool("search")),
+        ("tools/call", Target::Server),
+        ("resources/read", Target::Prompt("p")),
+        ("Tools/Call", Target::Tool("search")),
+        ("acme/deleteEverything", Target::Server),
+    ] {
+        let refused = decide(method, target).unwrap_err();
+        assert!(refused.to_string().contains("is not an action on a"), "{method} {target:?}: {refused}");
     }
 }

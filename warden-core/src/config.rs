@@ -49,6 +49,18 @@ pub enum ConfigError {
         /// Cedar's message.
         message: String,
     },
+    /// Two servers one agent could serve listen on the same address.
+    #[error(
+        "{first} and {second} both listen on {listen} and an agent could serve both: give them different addresses or agent selectors that cannot both match"
+    )]
+    SharedListen {
+        /// The first server.
+        first: ResourceKey,
+        /// The second.
+        second: ResourceKey,
+        /// The address.
+        listen: String,
+    },
 }
 
 /// A consistent configuration at one version.
@@ -128,6 +140,25 @@ impl Config {
                         from: key(Kind::McpServer, name),
                         field: "spec.issuers",
                         missing: key(Kind::TrustedIssuer, issuer),
+                    });
+                }
+            }
+        }
+        // Listeners share their port with SO_REUSEPORT (one per gateway worker), so two servers
+        // on one address would both bind, and the kernel would hand either one's connections to
+        // the other. Servers for disjoint sets of agents (a label both name, with other values)
+        // may use the same address, each on its own hosts.
+        let listening: Vec<(&String, &crate::server::McpServerSpec, &str)> =
+            config.servers.iter().filter_map(|(n, s)| Some((n, s, s.listen.as_deref()?))).collect();
+        for (i, (first, a, listen)) in listening.iter().enumerate() {
+            for (second, b, other) in &listening[i + 1..] {
+                let disjoint =
+                    a.agents.match_labels.iter().any(|(k, v)| b.agents.match_labels.get(k).is_some_and(|w| w != v));
+                if listen == other && !disjoint {
+                    return Err(ConfigError::SharedListen {
+                        first: key(Kind::McpServer, first),
+                        second: key(Kind::McpServer, second),
+                        listen: listen.to_string(),
                     });
                 }
             }

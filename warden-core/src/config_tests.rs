@@ -72,4 +72,35 @@ fn fetched_keys_attach_to_issuers_that_fetch_them_only() {
     let private = serde_json::json!({"keys": [{"kty": "RSA", "kid": "r1", "n": "AQAB", "e": "AQAB", "d": "x"}]});
     let refused = Config::build(&docs).unwrap().with_fetched_keys([("corp-idp".to_string(), private)]);
     assert!(matches!(refused, Err(ConfigError::Keys { .. })));
+    // Two keys under one kid: which one a token's kid means is left to chance.
+    let ambiguous = serde_json::json!({"keys": [
+        {"kty": "RSA", "kid": "r1", "n": "AQAB", "e": "AQAB"},
+        {"kty": "RSA", "kid": "r1", "n": "AQAC", "e": "AQAB"},
+    ]});
+    let refused = Config::build(&docs).unwrap().with_fetched_keys([("corp-idp".to_string(), ambiguous)]);
+    assert!(matches!(&refused, Err(ConfigError::Keys { message, .. }) if message.contains("\"r1\"")), "{refused:?}");
+}
+
+#[test]
+fn two_servers_one_agent_could_serve_cannot_share_a_listen_address() {
+    let server = |name: &str, listen: &str, labels: &str| {
+        format!(
+            "---\napiVersion: warden.dev/v1\nkind: McpServer\nmetadata: {{name: {name}}}\nspec:\n  resource: https://mcp.example.com/{name}\n  \
+             issuers: [corp-idp]\n  upstream: http://127.0.0.1:3000/mcp\n  listen: {listen}\n  agents: {{matchLabels: {{{labels}}}}}\n"
+        )
+    };
+    let with = |extra: &str| documents(&format!("{FLEET}{extra}"));
+    // Same address, agents that could serve both (no selector, or selectors that can both match).
+    for (a, b) in [("", ""), ("role: git", ""), ("role: git", "zone: eu")] {
+        let docs = with(&format!("{}{}", server("a", "127.0.0.1:8443", a), server("b", "127.0.0.1:8443", b)));
+        let err = Config::build(&docs).unwrap_err();
+        assert!(matches!(err, ConfigError::SharedListen { .. }), "{a:?} {b:?}: {err}");
+        assert!(err.to_string().contains("127.0.0.1:8443"), "{err}");
+    }
+    // Disjoint agents, or different addresses: fine.
+    let docs =
+        with(&format!("{}{}", server("a", "127.0.0.1:8443", "role: git"), server("b", "127.0.0.1:8443", "role: docs")));
+    Config::build(&docs).unwrap();
+    let docs = with(&format!("{}{}", server("a", "127.0.0.1:8443", ""), server("b", "127.0.0.1:8444", "")));
+    Config::build(&docs).unwrap();
 }

@@ -4,7 +4,7 @@
 //!
 //! [`verify`] checks one proof; a [`ReplayCache`] held by the caller remembers the `jti`s seen.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use base64::Engine;
 use serde::Deserialize;
@@ -52,6 +52,10 @@ pub enum ProofError {
     /// rather than forgetting one that could then be replayed.
     #[error("replay_cache_full")]
     ReplayCacheFull,
+    /// More proofs by one key within one freshness window than its share of the
+    /// [`ReplayCache`]: one key (one token holder) cannot take the memory every other key needs.
+    #[error("too_many_proofs")]
+    TooManyProofs,
 }
 
 /// What a valid proof establishes.
@@ -166,50 +170,85 @@ pub fn thumbprint(jwk: &serde_json::Value) -> Option<String> {
 /// The proofs seen, each remembered until it would be refused as stale anyway, so a replay is
 /// caught however many proofs came in between. Bounded: when every slot holds a proof still
 /// fresh, new proofs are refused ([`ProofError::ReplayCacheFull`]) — forgetting one early would
-/// let it be replayed.
+/// let it be replayed. Each key (JWK thumbprint) may hold at most its quota of the slots
+/// ([`ProofError::TooManyProofs`]), so one token holder cannot fill them for everyone.
+///
+/// Record only proofs that proved something: proofs of a token bound to their key, after the
+/// token was verified. Anyone can make a valid proof with a fresh key of their own.
 pub struct ReplayCache {
     seen: HashSet<[u8; 16]>,
-    /// Keys with the time they may be forgotten, in insertion order, which is also the order
-    /// of those times (they are `now` plus a constant).
-    order: VecDeque<([u8; 16], i64)>,
+    /// Proofs with their key's digest and the time they may be forgotten, in insertion order,
+    /// which is also the order of those times (they are `now` plus a constant).
+    order: VecDeque<([u8; 16], [u8; 16], i64)>,
+    /// Proofs remembered per key digest (keys with none are not kept).
+    per_key: HashMap<[u8; 16], usize>,
     capacity: usize,
+    key_quota: usize,
+}
+
+/// The first 128 bits of SHA-256 over `parts`, each followed by a zero byte: collisions out of
+/// reach at half the memory per entry.
+fn digest16(parts: &[&[u8]]) -> [u8; 16] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+        hasher.update([0]);
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hasher.finalize()[..16]);
+    out
 }
 
 impl ReplayCache {
-    /// Remembers at most `capacity` proofs at a time.
+    /// Remembers at most `capacity` proofs at a time, any number of them by one key.
     pub fn new(capacity: usize) -> ReplayCache {
-        ReplayCache { seen: HashSet::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+        ReplayCache::with_key_quota(capacity, capacity)
+    }
+
+    /// Remembers at most `capacity` proofs at a time, at most `key_quota` of them by one key.
+    pub fn with_key_quota(capacity: usize, key_quota: usize) -> ReplayCache {
+        ReplayCache {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            per_key: HashMap::new(),
+            capacity: capacity.max(1),
+            key_quota: key_quota.max(1),
+        }
     }
 
     /// Records `proven`, accepted at `now` (seconds) by a check that refuses proofs more than
     /// `fresh_for` seconds away from their `iat` (`max_age + skew`); `Err` when it was seen
-    /// before or there is no room to remember it.
+    /// before, its key has used its quota, or there is no room to remember it.
     pub fn record(&mut self, proven: &Proven, now: i64, fresh_for: i64) -> Result<(), ProofError> {
-        while let Some(&(key, forget_at)) = self.order.front() {
+        while let Some(&(key, owner, forget_at)) = self.order.front() {
             if forget_at >= now {
                 break;
             }
             self.seen.remove(&key);
+            if let Some(count) = self.per_key.get_mut(&owner) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.per_key.remove(&owner);
+                }
+            }
             self.order.pop_front();
         }
-        // The key's JWK thumbprint scopes the jti: two keys may pick the same one. 128 bits of
-        // SHA-256 keep collisions out of reach while halving the memory per entry.
-        let digest = Sha256::new()
-            .chain_update(proven.jkt.as_bytes())
-            .chain_update([0])
-            .chain_update(proven.jti.as_bytes())
-            .finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
+        // The key's JWK thumbprint scopes the jti: two keys may pick the same one.
+        let key = digest16(&[proven.jkt.as_bytes(), proven.jti.as_bytes()]);
         if self.seen.contains(&key) {
             return Err(ProofError::Replayed);
+        }
+        let owner = digest16(&[proven.jkt.as_bytes()]);
+        if self.per_key.get(&owner).is_some_and(|n| *n >= self.key_quota) {
+            return Err(ProofError::TooManyProofs);
         }
         if self.seen.len() >= self.capacity {
             return Err(ProofError::ReplayCacheFull);
         }
         self.seen.insert(key);
+        *self.per_key.entry(owner).or_default() += 1;
         // Stale after `iat + max_age`, and `iat` is at most `now + skew`.
-        self.order.push_back((key, now + fresh_for));
+        self.order.push_back((key, owner, now + fresh_for));
         Ok(())
     }
 
@@ -285,6 +324,30 @@ mod tests {
         assert_eq!(cache.record(&proven("k1", "b"), NOW + 66, 65), Ok(()));
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.record(&proven("k1", "a"), NOW + 67, 65), Ok(()));
+    }
+
+    #[test]
+    fn one_key_gets_its_quota_of_the_cache_and_no_more() {
+        let proven = |jkt: &str, jti: &str| Proven { jkt: jkt.into(), jti: jti.into() };
+        let mut cache = ReplayCache::with_key_quota(4, 2);
+        assert_eq!(cache.record(&proven("k1", "a"), NOW, 65), Ok(()));
+        assert_eq!(cache.record(&proven("k1", "b"), NOW, 65), Ok(()));
+        assert_eq!(cache.record(&proven("k1", "c"), NOW, 65), Err(ProofError::TooManyProofs));
+        // A replay is still a replay, whatever the quota says.
+        assert_eq!(cache.record(&proven("k1", "a"), NOW, 65), Err(ProofError::Replayed));
+        // Other keys keep their room.
+        assert_eq!(cache.record(&proven("k2", "a"), NOW, 65), Ok(()));
+        assert_eq!(cache.record(&proven("k3", "a"), NOW + 1, 65), Ok(()));
+        assert_eq!(cache.record(&proven("k4", "a"), NOW + 1, 65), Err(ProofError::ReplayCacheFull));
+        // Once k1's proofs are stale, k1 has its quota again.
+        assert_eq!(cache.record(&proven("k1", "c"), NOW + 66, 65), Ok(()));
+        assert_eq!(cache.record(&proven("k1", "d"), NOW + 66, 65), Ok(()));
+        assert_eq!(cache.record(&proven("k1", "e"), NOW + 66, 65), Err(ProofError::TooManyProofs));
+        // k1's two, and k3's (recorded a second later, so fresh a second longer).
+        assert_eq!(cache.len(), 3);
+        // Forgotten keys leave no count behind.
+        assert_eq!(cache.record(&proven("k5", "a"), NOW + 200, 65), Ok(()));
+        assert_eq!((cache.len(), cache.per_key.len()), (1, 1));
     }
 
     #[test]

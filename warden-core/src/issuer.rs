@@ -35,6 +35,22 @@ pub enum Algorithm {
     EdDSA,
 }
 
+impl Algorithm {
+    /// Every algorithm Warden verifies. A new variant belongs here too: whether two keys under
+    /// one kid leave a token a choice is decided over this list.
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+}
+
 /// Where the issuer's public keys come from. Exactly one source is set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

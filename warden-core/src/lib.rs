@@ -23,5 +23,8 @@ pub mod revocation;
 pub mod server;
 pub mod token;
 
+#[cfg(test)]
+mod props;
+
 pub use config::{Config, ConfigError};
 pub use resource::{Admission, Document, DocumentError, Kind, ResourceKey};

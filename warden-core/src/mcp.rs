@@ -2,7 +2,11 @@
 //! prompt each request names, read from a bounded body, plus the HTTP header rules of the
 //! Streamable HTTP transport that depend on the body (the 2026-07-28 routing headers).
 //!
-//! Only what a decision needs is read; the body itself is forwarded unchanged.
+//! Only what a decision needs is read; the body itself is forwarded unchanged. Methods are
+//! default-deny: the few that name no target pass on a valid token ([`TOKEN_ONLY_METHODS`]),
+//! the ones that name or act on something are put to policy, and any other method — a case
+//! variant, a trailing space, a vendor method — is refused ([`Undecidable::UnknownMethod`]),
+//! since the gateway cannot know what it would do upstream.
 
 use std::borrow::Cow;
 
@@ -29,6 +33,31 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const HEADER_MISMATCH: i64 = -32020;
 /// Warden: refused by policy. In the implementation-defined server-error range.
 pub const POLICY_DENIED: i64 = -32001;
+/// JSON-RPC: the method does not exist or is not available (here: not through the gateway).
+pub const METHOD_NOT_FOUND: i64 = -32601;
+
+/// Methods that name no tool, resource or prompt and act on nothing a policy guards, across
+/// the revisions of [`PROTOCOL_VERSIONS`]: lifecycle and utilities (2026-07-28's
+/// `server/discover` included), the resource-template list (templates are patterns, not
+/// resources; reading one is decided by its URI), dropping a subscription, and the
+/// notifications a client sends. A valid token is enough for them. The list methods are not
+/// here: they are put to policy and their answers filtered.
+pub const TOKEN_ONLY_METHODS: [&str; 11] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "server/discover",
+    "resources/templates/list",
+    "resources/unsubscribe",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "notifications/tasks/status",
+];
+
+/// Most resources one `subscriptions/listen` may subscribe to: each is a policy decision.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
 
 /// Bounds on a request body beyond its size (which the HTTP layer enforces).
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +103,10 @@ pub enum BodyError {
     /// `params.arguments` of a call is not an object with unique names, or has too many.
     #[error("params.arguments {0}")]
     BadArguments(String),
+    /// Other parameters a decision reads are malformed (`subscriptions/listen`'s
+    /// `params.notifications`).
+    #[error("params.{0}")]
+    BadParams(String),
 }
 
 impl BodyError {
@@ -81,7 +114,7 @@ impl BodyError {
     pub fn code(&self) -> i64 {
         match self {
             BodyError::NotJson(_) => PARSE_ERROR,
-            BodyError::BadArguments(_) => INVALID_PARAMS,
+            BodyError::BadArguments(_) | BodyError::BadParams(_) => INVALID_PARAMS,
             _ => INVALID_REQUEST,
         }
     }
@@ -104,6 +137,9 @@ pub struct Message<'a> {
     pub decided_as: Option<&'static str>,
     /// `params.arguments` of `tools/call` and `prompts/get`, verbatim (`null` is none).
     pub arguments: Option<&'a RawValue>,
+    /// The URIs of `subscriptions/listen`'s `params.notifications.resourceSubscriptions`
+    /// (2026-07-28: it replaces `resources/subscribe`), each decided as reading it.
+    pub subscriptions: Vec<Cow<'a, str>>,
 }
 
 /// A parsed body.
@@ -122,8 +158,9 @@ struct Wire<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     method: Option<Cow<'a, str>>,
+    /// Read as [`Params`] once it is known to be an object (see [`object`]).
     #[serde(borrow, default)]
-    params: Option<Params<'a>>,
+    params: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -132,10 +169,21 @@ struct Params<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     uri: Option<Cow<'a, str>>,
+    /// Read as [`Reference`] once it is known to be an object.
     #[serde(borrow, default, rename = "ref")]
-    reference: Option<Reference<'a>>,
+    reference: Option<&'a RawValue>,
     #[serde(borrow, default)]
     arguments: Option<&'a RawValue>,
+    /// Read only for `subscriptions/listen`: other methods may use the name differently.
+    #[serde(borrow, default)]
+    notifications: Option<&'a RawValue>,
+}
+
+/// `subscriptions/listen`'s `params.notifications`: only the part that names resources.
+#[derive(Deserialize)]
+struct Listen<'a> {
+    #[serde(borrow, default, rename = "resourceSubscriptions")]
+    resource_subscriptions: Option<Vec<Cow<'a, str>>>,
 }
 
 /// `completion/complete`'s `params.ref`.
@@ -170,8 +218,19 @@ pub fn parse(bytes: &[u8], limits: Limits) -> Result<Body<'_>, BodyError> {
     Ok(Body { messages: vec![message(text, limits)?], batch: false })
 }
 
+/// JSON `text` as `T` when it is an object. serde reads a struct from a JSON array too
+/// (`["2.0", 1, "tools/call", ["echo"]]`, or `"params": ["echo"]`): the gateway would then read
+/// a positional field as a name that the upstream, reading the same bytes, never sees as one.
+/// MCP messages, params and references are objects; anything else is refused.
+fn object<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, String> {
+    if !text.trim_start().starts_with('{') {
+        return Err("must be a JSON object".into());
+    }
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
 fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
-    let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| BodyError::NotJsonRpc(e.to_string()))?;
+    let wire: Wire<'_> = object(text).map_err(|e| BodyError::NotJsonRpc(format!("a message {e}")))?;
     if wire.jsonrpc != "2.0" {
         return Err(BodyError::NotJsonRpc("\"jsonrpc\" must be \"2.0\"".into()));
     }
@@ -184,7 +243,17 @@ fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
     {
         return Err(BodyError::NotJsonRpc("a request id is a string or an integer".into()));
     }
-    let params = wire.params.unwrap_or_default();
+    let params: Params<'_> = match wire.params.filter(|p| p.get() != "null") {
+        Some(raw) => object(raw.get()).map_err(|e| BodyError::BadParams(format!("params {e}")))?,
+        None => Params::default(),
+    };
+    // Only completion reads `ref`; other methods may use the name for anything.
+    let reference: Option<Reference<'_>> = match (wire.method.as_deref(), params.reference) {
+        (Some("completion/complete"), Some(raw)) => {
+            Some(object(raw.get()).map_err(|e| BodyError::BadParams(format!("ref {e}")))?)
+        }
+        _ => None,
+    };
     let (name, decided_as) = match wire.method.as_deref() {
         Some("tools/call" | "prompts/get") => (params.name, None),
         Some("resources/read") => (params.uri, None),
@@ -192,7 +261,7 @@ fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
         Some("resources/subscribe") => (params.uri, Some("resources/read")),
         // Completing a prompt's or resource's arguments runs server code for it: decided as
         // using it. An unknown reference type is decided as a prompt with no name (refused).
-        Some("completion/complete") => match params.reference {
+        Some("completion/complete") => match reference {
             Some(r) if r.kind == "ref/resource" => (r.uri, Some("resources/read")),
             Some(r) if r.kind == "ref/prompt" => (r.name, Some("prompts/get")),
             _ => (None, Some("prompts/get")),
@@ -208,7 +277,22 @@ fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
     if let Some(arguments) = arguments {
         crate::arguments::tags(arguments, limits.max_arguments).map_err(|e| BodyError::BadArguments(e.to_string()))?;
     }
-    Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments })
+    let subscriptions = match (wire.method.as_deref(), params.notifications) {
+        (Some("subscriptions/listen"), Some(raw)) => {
+            let listen: Listen<'_> =
+                object(raw.get()).map_err(|e| BodyError::BadParams(format!("notifications {e}")))?;
+            let uris = listen.resource_subscriptions.unwrap_or_default();
+            if uris.len() > MAX_SUBSCRIPTIONS {
+                return Err(BodyError::BadParams(format!(
+                    "notifications.resourceSubscriptions names {} resources; at most {MAX_SUBSCRIPTIONS} are accepted",
+                    uris.len()
+                )));
+            }
+            uris
+        }
+        _ => Vec::new(),
+    };
+    Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments, subscriptions })
 }
 
 /// Refuses nesting deeper than `max` without building anything: one pass over the bytes.
@@ -239,28 +323,104 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), BodyError> {
     Ok(())
 }
 
-/// The policy action and target that decide `message`, if any (`Err` when it lacks the name
-/// its method needs).
-pub fn decision<'m>(message: &'m Message<'_>) -> Result<Option<(&'m str, Target<'m>)>, &'static str> {
-    let Some(method) = message.method.as_deref() else {
-        return Ok(None);
-    };
-    let action = message.decided_as.unwrap_or(method);
-    let target = match message.decided_as {
-        Some(_) => target(action, message.name.as_deref()).map_err(|_| "needs params.ref or params.uri")?,
-        None => target(method, message.name.as_deref())?,
-    };
-    Ok(target.map(|t| (action, t)))
+/// How the gateway decides one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision<'m> {
+    /// A response to a server's request, or a method of [`TOKEN_ONLY_METHODS`]: a valid token
+    /// is enough.
+    TokenOnly,
+    /// Put to policy as `action` on each of `targets`; every one must be allowed.
+    Policy {
+        /// The Cedar action (the method, or the one it is decided as).
+        action: &'m str,
+        /// What the action is on.
+        targets: Targets<'m>,
+    },
 }
 
-/// What policy decides about a method, if anything. `Err` when the method needs a name the
-/// request does not give.
+/// What one message acts on: one target, or (`subscriptions/listen`) one resource per URI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Targets<'m> {
+    /// One tool, resource, prompt, or the server itself.
+    One(Target<'m>),
+    /// Resources by URI.
+    Resources(&'m [Cow<'m, str>]),
+}
+
+impl<'m> Targets<'m> {
+    /// Each target, in order.
+    pub fn iter(self) -> impl Iterator<Item = Target<'m>> {
+        let (one, uris) = match self {
+            Targets::One(target) => (Some(target), &[][..]),
+            Targets::Resources(uris) => (None, uris),
+        };
+        one.into_iter().chain(uris.iter().map(|uri| Target::Resource(uri.as_ref())))
+    }
+}
+
+/// Why a message cannot be decided; it is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Undecidable {
+    /// A method that is neither token-only nor one policy can decide: a case or spacing
+    /// variant of a known one, a vendor method, a method of a later revision. What it would do
+    /// upstream is unknown, so it is refused (reason code `unknown_method`).
+    #[error("the method is not one the gateway can decide")]
+    UnknownMethod,
+    /// The method needs a name or URI the request does not give.
+    #[error("{0}")]
+    MissingName(&'static str),
+}
+
+impl Undecidable {
+    /// The stable reason code of the refusal.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Undecidable::UnknownMethod => "unknown_method",
+            Undecidable::MissingName(_) => "invalid_params",
+        }
+    }
+}
+
+/// How `message` is decided. Default deny: a method that is not token-only and names nothing
+/// policy can decide on is [`Undecidable::UnknownMethod`].
+pub fn decision<'m>(message: &'m Message<'_>) -> Result<Decision<'m>, Undecidable> {
+    let Some(method) = message.method.as_deref() else {
+        return Ok(Decision::TokenOnly);
+    };
+    if TOKEN_ONLY_METHODS.contains(&method) {
+        return Ok(Decision::TokenOnly);
+    }
+    if method == "subscriptions/listen" {
+        // List-change notifications name nothing; each subscribed resource is decided as
+        // reading it, like `resources/subscribe` before it.
+        if message.subscriptions.is_empty() {
+            return Ok(Decision::TokenOnly);
+        }
+        return Ok(Decision::Policy { action: "resources/read", targets: Targets::Resources(&message.subscriptions) });
+    }
+    let action = message.decided_as.unwrap_or(method);
+    let target = match message.decided_as {
+        Some(_) => target(action, message.name.as_deref())
+            .map_err(|_| Undecidable::MissingName("needs params.ref or params.uri"))?,
+        None => target(method, message.name.as_deref()).map_err(Undecidable::MissingName)?,
+    };
+    match target {
+        Some(target) => Ok(Decision::Policy { action, targets: Targets::One(target) }),
+        None => Err(Undecidable::UnknownMethod),
+    }
+}
+
+/// What policy decides about a method, if anything (`None`: not a method policy decides).
+/// `Err` when the method needs a name the request does not give.
 pub fn target<'m>(method: &str, name: Option<&'m str>) -> Result<Option<Target<'m>>, &'static str> {
     Ok(Some(match method {
         "tools/call" => Target::Tool(name.ok_or("tools/call needs params.name")?),
         "resources/read" => Target::Resource(name.ok_or("resources/read needs params.uri")?),
         "prompts/get" => Target::Prompt(name.ok_or("prompts/get needs params.name")?),
         "tools/list" | "resources/list" | "prompts/list" => Target::Server,
+        // Tasks (2025-11-25; an extension from 2026-07-28) name a task id the gateway cannot
+        // tie to the call that started it: whether a workload may use them at all is policy's.
+        "tasks/get" | "tasks/result" | "tasks/list" | "tasks/cancel" | "tasks/update" => Target::Server,
         _ => return Ok(None),
     }))
 }
@@ -288,31 +448,40 @@ pub fn list_filter(method: &str) -> Option<ListFilter> {
     Some(ListFilter { array, key, decided_by })
 }
 
-/// For revisions with routing headers: `Mcp-Method` must equal the body's method and, for
-/// methods that name a tool, prompt or resource, `Mcp-Name` its name. Proxies and servers may
-/// route on the headers while Warden decides on the body, so they must not disagree.
+/// `Mcp-Method` must equal the body's method and `Mcp-Name` the name or URI it names.
+/// Proxies and servers may route on the headers while Warden decides on the body, so they must
+/// never disagree: whenever a header is present it is checked, whatever the revision. With
+/// `required` (revisions with routing headers) `Mcp-Method` must be sent, and `Mcp-Name` for
+/// the methods that name their target (those decided as another method — completions,
+/// subscriptions — need not send it, but may not contradict).
 pub fn check_routing_headers(
     message: &Message<'_>,
     method_header: Option<&str>,
     name_header: Option<&str>,
+    required: bool,
 ) -> Result<(), String> {
     let Some(method) = message.method.as_deref() else {
+        // A response to the server: there is no method or name for a header to name.
+        if method_header.is_some() || name_header.is_some() {
+            return Err("routing headers sent with a message that is not a request".into());
+        }
         return Ok(());
     };
-    if method_header != Some(method) {
-        return Err("Mcp-Method header does not match the request body's method".into());
+    match method_header {
+        Some(header) if header != method => {
+            return Err("Mcp-Method header does not match the request body's method".into());
+        }
+        None if required => return Err("Mcp-Method header is missing".into()),
+        _ => {}
     }
-    // `Mcp-Name` is required for the methods that name their target; the ones decided as
-    // another method (completions, subscriptions) need not send it, but may not contradict.
-    let Some(name) = message.name.as_deref() else {
-        return Ok(());
-    };
-    if (message.decided_as.is_none() || name_header.is_some())
-        && decode_header_value(name_header).as_deref() != Some(name)
-    {
-        return Err("Mcp-Name header does not match the request body's name".into());
+    match (message.name.as_deref(), name_header) {
+        (Some(name), Some(_)) if decode_header_value(name_header).as_deref() != Some(name) => {
+            Err("Mcp-Name header does not match the request body's name".into())
+        }
+        (Some(_), None) if required && message.decided_as.is_none() => Err("Mcp-Name header is missing".into()),
+        (None, Some(_)) => Err("Mcp-Name header names something the request body does not".into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// `=?base64?…?=` carries values that are not plain visible ASCII; anything else is verbatim.
@@ -363,7 +532,7 @@ mod tests {
     #[test]
     fn bad_bodies_get_the_json_rpc_error_that_fits() {
         let limits = Limits { max_depth: 4, max_batch: 2, ..Limits::default() };
-        let cases: [(&[u8], i64); 9] = [
+        let cases: [(&[u8], i64); 13] = [
             (b"{not json", PARSE_ERROR),
             (b"", PARSE_ERROR),
             (b"[]", INVALID_REQUEST),
@@ -376,6 +545,16 @@ mod tests {
             (br#"{"jsonrpc":"2.0","method":7}"#, INVALID_REQUEST),
             (br#"{"jsonrpc":"2.0","id":-0,"method":"tools/list"}"#, INVALID_REQUEST),
             (br#"{"jsonrpc":"2.0","id":1.0,"method":"tools/list"}"#, INVALID_REQUEST),
+            // Positional forms, which serde would read as the fields in order: a message, its
+            // params and a completion's ref are objects (the gateway must read the name the
+            // upstream reads).
+            (br#"["2.0", 1, "tools/call", {"name": "echo"}]"#, INVALID_REQUEST),
+            (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["delete_repo"]}"#, INVALID_PARAMS),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":["ref/prompt","x"]}}"#,
+                INVALID_PARAMS,
+            ),
+            (br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"echo"}"#, INVALID_PARAMS),
         ];
         for (body, code) in cases {
             let e = parse(body, limits).expect_err(std::str::from_utf8(body).unwrap());
@@ -403,7 +582,7 @@ mod tests {
         let arguments = |body: &str| {
             let parsed = parse(body.as_bytes(), limits).unwrap();
             let m = &parsed.messages[0];
-            (m.arguments.map(|a| a.get().to_string()), decision(m).map(|d| d.is_some()))
+            (m.arguments.map(|a| a.get().to_string()), decision(m).map(|d| matches!(d, Decision::Policy { .. })))
         };
         let path = call(r#"{"name":"read_file","arguments":{"path":"/srv/a"}}"#);
         assert_eq!(arguments(&path), (Some(r#"{"path":"/srv/a"}"#.into()), Ok(true)));
@@ -434,7 +613,12 @@ mod tests {
     fn completions_are_decided_as_using_what_they_complete() {
         let decide = |body: &str| {
             let parsed = parse(body.as_bytes(), Limits::default()).unwrap();
-            decision(&parsed.messages[0]).map(|d| d.map(|(a, t)| (a.to_string(), format!("{t:?}"))))
+            decision(&parsed.messages[0]).map(|d| match d {
+                Decision::Policy { action, targets } => {
+                    Some((action.to_string(), targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(" ")))
+                }
+                Decision::TokenOnly => None,
+            })
         };
         let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"review"},"argument":{"name":"code","value":"x"}}}"#;
         assert_eq!(decide(prompt), Ok(Some(("prompts/get".into(), "Prompt(\"review\")".into()))));
@@ -459,15 +643,15 @@ mod tests {
         .unwrap();
         let m = &body.messages[0];
         // "café" is not visible ASCII, so clients send it base64-encoded.
-        assert!(check_routing_headers(m, Some("tools/call"), Some("=?base64?Y2Fmw6k=?=")).is_ok());
-        assert!(check_routing_headers(m, Some("tools/call"), Some("cafe")).is_err());
-        assert!(check_routing_headers(m, Some("tools/call"), None).is_err());
-        assert!(check_routing_headers(m, Some("tools/list"), Some("=?base64?Y2Fmw6k=?=")).is_err());
-        assert!(check_routing_headers(m, None, Some("=?base64?Y2Fmw6k=?=")).is_err());
+        assert!(check_routing_headers(m, Some("tools/call"), Some("=?base64?Y2Fmw6k=?="), true).is_ok());
+        assert!(check_routing_headers(m, Some("tools/call"), Some("cafe"), true).is_err());
+        assert!(check_routing_headers(m, Some("tools/call"), None, true).is_err());
+        assert!(check_routing_headers(m, Some("tools/list"), Some("=?base64?Y2Fmw6k=?="), true).is_err());
+        assert!(check_routing_headers(m, None, Some("=?base64?Y2Fmw6k=?="), true).is_err());
         // Non-canonical base64 never matches.
-        assert!(check_routing_headers(m, Some("tools/call"), Some("=?base64?Y2Fmw6l=?=")).is_err());
+        assert!(check_routing_headers(m, Some("tools/call"), Some("=?base64?Y2Fmw6l=?="), true).is_err());
         let list = parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Limits::default()).unwrap();
-        assert!(check_routing_headers(&list.messages[0], Some("tools/list"), None).is_ok());
+        assert!(check_routing_headers(&list.messages[0], Some("tools/list"), None, true).is_ok());
         // A subscription names its resource in the body only; a header, if sent, must agree.
         let sub = parse(
             br#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"notes://a"}}"#,
@@ -475,8 +659,104 @@ mod tests {
         )
         .unwrap();
         let m = &sub.messages[0];
-        assert!(check_routing_headers(m, Some("resources/subscribe"), None).is_ok());
-        assert!(check_routing_headers(m, Some("resources/subscribe"), Some("notes://a")).is_ok());
-        assert!(check_routing_headers(m, Some("resources/subscribe"), Some("notes://b")).is_err());
+        assert!(check_routing_headers(m, Some("resources/subscribe"), None, true).is_ok());
+        assert!(check_routing_headers(m, Some("resources/subscribe"), Some("notes://a"), true).is_ok());
+        assert!(check_routing_headers(m, Some("resources/subscribe"), Some("notes://b"), true).is_err());
+    }
+
+    #[test]
+    fn routing_headers_are_checked_whenever_present_even_when_not_required() {
+        let call =
+            parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#, Limits::default())
+                .unwrap();
+        let m = &call.messages[0];
+        assert!(check_routing_headers(m, None, None, false).is_ok());
+        assert!(check_routing_headers(m, Some("tools/call"), None, false).is_ok());
+        assert!(check_routing_headers(m, None, Some("echo"), false).is_ok());
+        assert!(check_routing_headers(m, None, Some("delete_repository"), false).is_err());
+        assert!(check_routing_headers(m, Some("tools/list"), None, false).is_err());
+        assert!(check_routing_headers(m, Some("Tools/Call"), Some("echo"), false).is_err());
+        let list = parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Limits::default()).unwrap();
+        // A name for a request that names nothing: a router could act on it.
+        assert!(check_routing_headers(&list.messages[0], None, Some("echo"), false).is_err());
+        let response = parse(br#"{"jsonrpc":"2.0","id":"s-1","result":{}}"#, Limits::default()).unwrap();
+        assert!(check_routing_headers(&response.messages[0], None, None, true).is_ok());
+        assert!(check_routing_headers(&response.messages[0], Some("tools/call"), None, false).is_err());
+    }
+
+    fn decided(body: &str) -> Result<Option<(String, Vec<String>)>, Undecidable> {
+        let parsed = parse(body.as_bytes(), Limits::default()).unwrap();
+        decision(&parsed.messages[0]).map(|d| match d {
+            Decision::Policy { action, targets } => {
+                Some((action.to_string(), targets.iter().map(|t| format!("{t:?}")).collect()))
+            }
+            Decision::TokenOnly => None,
+        })
+    }
+
+    #[test]
+    fn methods_are_default_deny() {
+        let request =
+            |method: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":{method:?},"params":{{"name":"echo"}}}}"#);
+        let notification = |method: &str| format!(r#"{{"jsonrpc":"2.0","method":{method:?}}}"#);
+        // Every revision's target-less client methods and notifications pass on the token.
+        for method in TOKEN_ONLY_METHODS {
+            assert_eq!(decided(&request(method)), Ok(None), "{method}");
+        }
+        assert_eq!(decided(&notification("notifications/initialized")), Ok(None));
+        // Variants of known methods, vendor methods, unknown notifications: refused.
+        for method in [
+            "Tools/Call",
+            "tools/call ",
+            " tools/call",
+            "TOOLS/LIST",
+            "tools/",
+            "",
+            "acme/deleteEverything",
+            "notifications/acme/wipe",
+            "resources/subscribe/all",
+            "rpc.discover",
+        ] {
+            assert_eq!(decided(&request(method)), Err(Undecidable::UnknownMethod), "{method:?}");
+            assert_eq!(Undecidable::UnknownMethod.reason(), "unknown_method");
+        }
+        assert_eq!(decided(&notification("notifications/acme/wipe")), Err(Undecidable::UnknownMethod));
+        // Escapes decode before the comparison: this is tools/call and is decided as such.
+        let escaped = r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"echo"}}"#;
+        assert_eq!(decided(escaped), Ok(Some(("tools/call".into(), vec!["Tool(\"echo\")".into()]))));
+        // Tasks are put to policy, on the server.
+        for method in ["tasks/get", "tasks/result", "tasks/list", "tasks/cancel", "tasks/update"] {
+            assert_eq!(decided(&request(method)), Ok(Some((method.into(), vec!["Server".into()]))), "{method}");
+        }
+        // A response to the server decides nothing.
+        assert_eq!(decided(r#"{"jsonrpc":"2.0","id":"s-1","result":{}}"#), Ok(None));
+    }
+
+    #[test]
+    fn a_subscription_stream_is_decided_as_reading_each_resource_it_names() {
+        let listen = |notifications: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{{"notifications":{notifications}}}}}"#
+            )
+        };
+        assert_eq!(decided(&listen(r#"{"toolsListChanged":true}"#)), Ok(None));
+        assert_eq!(decided(&listen(r#"{"resourceSubscriptions":[]}"#)), Ok(None));
+        assert_eq!(
+            decided(&listen(r#"{"toolsListChanged":true,"resourceSubscriptions":["notes://a","notes://b"]}"#)),
+            Ok(Some((
+                "resources/read".into(),
+                vec!["Resource(\"notes://a\")".into(), "Resource(\"notes://b\")".into()]
+            )))
+        );
+        for bad in [r#"{"resourceSubscriptions":"notes://a"}"#, r#"{"resourceSubscriptions":[1]}"#, "7"] {
+            let e = parse(listen(bad).as_bytes(), Limits::default()).unwrap_err();
+            assert_eq!(e.code(), INVALID_PARAMS, "{bad}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_SUBSCRIPTIONS).map(|i| format!("\"r://{i}\"")).collect();
+        let many = listen(&format!(r#"{{"resourceSubscriptions":[{}]}}"#, many.join(",")));
+        assert_eq!(parse(many.as_bytes(), Limits::default()).unwrap_err().code(), INVALID_PARAMS);
+        // Another method's `notifications` parameter is not read.
+        let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"n","notifications":7}}"#;
+        assert!(parse(other.as_bytes(), Limits::default()).is_ok());
     }
 }

@@ -21,6 +21,12 @@ pub const API_VERSION: &str = "warden.dev/v1";
 /// Longest resource name accepted (a DNS label's length, so names fit in hostnames and keys).
 pub const MAX_NAME_LEN: usize = 63;
 
+/// Deepest nesting of arrays and objects accepted in a document, its envelope being the first
+/// level. Real documents nest 7 at most (a JWK's `x5c`); the bound keeps every form a document is
+/// kept in (inside a store record, a snapshot) far below serde_json's 128, so whatever is
+/// admitted reads back.
+pub const MAX_DEPTH: usize = 32;
+
 /// The kinds of resource an operator can apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
@@ -210,6 +216,9 @@ impl Document {
     /// Parses and validates one document given as a JSON value (what YAML documents are
     /// converted to, and what travels in snapshots).
     pub fn from_json(value: serde_json::Value, admission: &Admission) -> Result<Document, DocumentError> {
+        if depth(&value) > MAX_DEPTH {
+            return Err(DocumentError::field("document", format!("nests deeper than {MAX_DEPTH} levels")));
+        }
         let envelope: Envelope = typed("", value)?;
         if envelope.api_version != API_VERSION {
             return Err(DocumentError::field(
@@ -284,6 +293,21 @@ impl Document {
 
 fn env<'a, S: Serialize>(kind: &'a str, metadata: &'a Metadata, spec: &'a S) -> EnvelopeOut<'a, S> {
     EnvelopeOut { api_version: API_VERSION, kind, metadata, spec }
+}
+
+/// How deeply arrays and objects nest in `value` (a scalar is 0), walked without recursion.
+pub(crate) fn depth(value: &serde_json::Value) -> usize {
+    let (mut deepest, mut stack) = (0, vec![(value, 0)]);
+    while let Some((value, level)) = stack.pop() {
+        let children: Vec<&serde_json::Value> = match value {
+            serde_json::Value::Array(items) => items.iter().collect(),
+            serde_json::Value::Object(members) => members.values().collect(),
+            _ => continue,
+        };
+        deepest = deepest.max(level + 1);
+        stack.extend(children.into_iter().map(|child| (child, level + 1)));
+    }
+    deepest
 }
 
 /// Deserializes `value` as `T`, reporting the failing field's full path.

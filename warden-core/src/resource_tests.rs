@@ -204,3 +204,42 @@ fn loose_kind_names() {
     assert_eq!(Kind::parse_loose("issuers"), Some(Kind::TrustedIssuer));
     assert_eq!(Kind::parse_loose("secrets"), None);
 }
+
+#[test]
+fn inline_keys_may_not_give_one_kid_to_two_keys_a_token_could_select() {
+    let second = r#"{kty: EC, kid: k1, crv: P-256, x: "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", y: "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU"}"#;
+    let (path, message) = field_error(&ISSUER.replace("]}\n", &format!(", {second}]}}\n")));
+    assert_eq!(path, "spec.keys.jwks");
+    assert!(message.contains("keys[1]") && message.contains("\"k1\"") && message.contains("keys[0]"), "{message}");
+    // The same kid for an encryption key is no choice: it never verifies a signature.
+    let enc = second.replace("kty: EC,", "kty: EC, use: enc,");
+    parse(&ISSUER.replace("]}\n", &format!(", {enc}]}}\n"))).unwrap();
+}
+
+#[test]
+fn a_document_nested_near_the_parsers_limit_is_refused_so_its_stored_form_reads_back() {
+    // Found by the property tests (props::resource): a TrustedIssuer whose JWK carried a member
+    // nested to serde_json's limit (127 levels) was admitted, and its store record, the
+    // document one level deeper, did not parse: the control plane could not load its store.
+    let with_member = |levels: usize| {
+        let mut value = yaml_documents(ISSUER).unwrap().remove(0);
+        let nested = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        value["spec"]["keys"]["jwks"]["keys"][0]["x-note"] = serde_json::from_str(&nested).unwrap();
+        Document::from_json_bytes(&serde_json::to_vec(&value).unwrap(), &Admission::default())
+    };
+    // The JWK is 6 levels down: 121 more make 127.
+    match with_member(121) {
+        Err(DocumentError::Field { path, message }) => {
+            assert_eq!((path.as_str(), message), ("document", format!("nests deeper than {MAX_DEPTH} levels")))
+        }
+        other => panic!("{other:?}"),
+    }
+    // The deepest such document admitted (its key set at `jwks::MAX_DEPTH`) reads back from a
+    // store record.
+    let doc = with_member(crate::jwks::MAX_DEPTH - 3).unwrap();
+    let json = String::from_utf8(doc.to_canonical_json()).unwrap();
+    let record = format!(r#"{{"resourceVersion":7,"document":{json}}}"#);
+    let read: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(Document::from_json(read["document"].clone(), &Admission::from_control_plane()).unwrap(), doc);
+    assert!(with_member(crate::jwks::MAX_DEPTH - 2).is_err());
+}

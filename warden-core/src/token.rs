@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use ring::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::bounded::BoundedMap;
@@ -31,7 +32,9 @@ pub const CACHE_CAPACITY: usize = 4096;
 /// Why a token was refused. The codes are stable: telemetry and operators rely on them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// Not a compact JWS of three base64url parts with JSON header and claims, or too large.
+    /// Not a compact JWS of three base64url parts with JSON header and claims, or too large; a
+    /// member named twice in the header or the claims, at any depth; a header with `crit`
+    /// (Warden implements no JWS extension) or `b64: false`.
     Malformed,
     /// `alg: none`: unsigned tokens are never accepted.
     AlgNone,
@@ -55,7 +58,8 @@ pub enum Reason {
     IssuedInFuture,
     /// `exp - iat` exceeds the issuer's maximum lifetime.
     LifetimeTooLong,
-    /// A required claim (including `exp`, `iat` and the subject claim) is missing or mistyped.
+    /// A required claim (including `exp`, `iat` and the subject claim) is missing or mistyped;
+    /// a time claim that is not a number from 0 to [`MAX_NUMERIC_DATE`].
     MissingClaim,
     /// Revoked by `jti`, by subject or by issuer.
     Revoked,
@@ -107,9 +111,11 @@ pub struct Verified {
     /// [`jti_hash`] of the issuer and `jti`, computed once per verified token (decision records
     /// carry it on every request).
     pub jti_hash: Option<String>,
-    /// `exp`, seconds since the epoch.
+    /// `exp`, seconds since the epoch (a fraction rounded down: the token is refused from the
+    /// first whole second past it).
     pub expires_at: i64,
-    /// `iat`, seconds since the epoch.
+    /// `iat`, seconds since the epoch (a fraction rounded up: a cut-off at a whole second
+    /// revokes the token exactly when it was issued at or before it).
     pub issued_at: i64,
     /// `exp` plus the issuer's clock skew: refused after this.
     pub(crate) valid_until: i64,
@@ -222,11 +228,13 @@ struct IssuerRules {
     skew: i64,
     required: Vec<String>,
     subject_claim: String,
-    /// Keys by `kid`.
-    keys: HashMap<String, Arc<PublicKey>>,
+    /// Signature keys by `kid`: usually one; more only when the token's algorithm picks one of
+    /// them (`select`), never a choice between two keys.
+    keys: HashMap<String, Vec<PublicKey>>,
 }
 
 /// A public key from a JWK, ready for ring.
+#[derive(PartialEq, Eq)]
 enum Material {
     Rsa { n: Vec<u8>, e: Vec<u8> },
     P256(Vec<u8>),
@@ -268,10 +276,37 @@ impl PublicKey {
         Some(PublicKey { material, pinned })
     }
 
+    /// Whether this key verifies `alg`: the algorithm fits the key's type and the key's own
+    /// `alg`, when it pins one.
+    fn accepts(&self, alg: Algorithm) -> bool {
+        let fits = match self.material {
+            Material::Rsa { .. } => matches!(
+                alg,
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
+            ),
+            Material::P256(_) => alg == Algorithm::ES256,
+            Material::P384(_) => alg == Algorithm::ES384,
+            Material::Ed25519(_) => alg == Algorithm::EdDSA,
+        };
+        fits && self.pinned.is_none_or(|p| p == alg)
+    }
+
+    /// Whether a token naming both keys' kid could be checked with either: another key, for an
+    /// algorithm both verify. One key listed twice is not a choice, nor are keys that the
+    /// token's `alg` tells apart.
+    pub(crate) fn confusable_with(&self, other: &PublicKey) -> bool {
+        self.material != other.material && Algorithm::ALL.iter().any(|&alg| self.accepts(alg) && other.accepts(alg))
+    }
+
     /// Checks `signature` over `message` with `alg`, which must fit this key's type: no
     /// algorithm confusion, and HMAC does not exist here at all.
     pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), Reason> {
-        if self.pinned.is_some_and(|p| p != alg) {
+        if !self.accepts(alg) {
             return Err(Reason::AlgNotAllowed);
         }
         let checked = match (&self.material, alg) {
@@ -371,23 +406,32 @@ pub(crate) fn parse_alg(text: &str) -> Option<Algorithm> {
 }
 
 impl Verifier {
-    /// Compiles the token rules of `config`. Keys that do not parse are skipped (and counted):
-    /// a token signed with one is refused as `unknown_kid`, never accepted.
+    /// Compiles the token rules of `config`. Keys that do not parse, and keys under a kid that
+    /// would leave a token a choice between two of them (`jwks::check_public_jwks` refuses such
+    /// sets; this holds for any `Config`), are skipped and counted: a token signed with one is
+    /// refused as `unknown_kid`, never accepted. Keys not meant for signatures (`use: "enc"`,
+    /// `key_ops` without `verify`) are left out without counting: they are not for tokens.
     pub fn new(config: &Config) -> (Verifier, usize) {
         let mut skipped = 0;
         let mut issuers = HashMap::new();
         for (name, spec) in &config.issuers {
-            let mut keys = HashMap::new();
+            let mut keys: HashMap<String, Vec<PublicKey>> = HashMap::new();
             let jwks = config.keys.get(name).and_then(|j| j.get("keys")).and_then(|k| k.as_array());
-            for value in jwks.into_iter().flatten() {
+            for value in jwks.into_iter().flatten().filter(|jwk| crate::jwks::for_signatures(jwk)) {
                 let kid = value.get("kid").and_then(|k| k.as_str());
                 match (kid, PublicKey::from_jwk(value)) {
-                    (Some(kid), Some(key)) => {
-                        keys.insert(kid.to_string(), Arc::new(key));
-                    }
+                    (Some(kid), Some(key)) => keys.entry(kid.to_string()).or_default().push(key),
                     _ => skipped += 1,
                 }
             }
+            keys.retain(|_, same_kid| {
+                let ambiguous =
+                    same_kid.iter().enumerate().any(|(i, a)| same_kid[i + 1..].iter().any(|b| a.confusable_with(b)));
+                if ambiguous {
+                    skipped += same_kid.len();
+                }
+                !ambiguous
+            });
             issuers.insert(
                 spec.issuer.clone(),
                 IssuerRules {
@@ -479,30 +523,31 @@ impl Verifier {
             return None;
         }
         let (issuer, claims) = self.signed(token).ok()?;
-        let expires_at = int_claim(&claims, "exp").ok()??;
+        let expires_at = time_claim(&claims, "exp").ok()??.floor();
         if now > expires_at.saturating_add(issuer.skew) {
             return None;
         }
         let jti = claims.get("jti")?.as_str()?.to_string();
-        Some(Revocable { issuer: issuer.name.clone(), jti, expires_at })
+        let subject = claims.get("sub").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        Some(Revocable { issuer: issuer.name.clone(), subject, jti, expires_at })
     }
 
     /// The issuer and claims of `token` once its signature verified with that issuer's key for
     /// its `kid`, under an algorithm the issuer allows: what every use of a token starts with.
-    fn signed(&self, token: &str) -> Result<(&IssuerRules, serde_json::Map<String, serde_json::Value>), Reason> {
+    fn signed(&self, token: &str) -> Result<(&IssuerRules, Map<String, Value>), Reason> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Reason::Malformed);
         };
-        let header: Header = decode_json(header_b64)?;
+        let header = Header::parse(header_b64)?;
         let alg = match header.alg.as_str() {
             "none" | "None" | "NONE" => return Err(Reason::AlgNone),
             // HS256 and anything else unknown: not an algorithm Warden verifies.
             other => parse_alg(other).ok_or(Reason::AlgNotAllowed)?,
         };
-        let claims: serde_json::Map<String, serde_json::Value> = decode_json(claims_b64)?;
+        let claims = decode_object(claims_b64)?;
         let iss = claims.get("iss").and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?;
         let issuer = self.issuers.get(iss).ok_or(Reason::UntrustedIssuer)?;
         // The algorithm must be allowed for the issuer, fit the key's type, and match the key's
@@ -511,7 +556,7 @@ impl Verifier {
             return Err(Reason::AlgNotAllowed);
         }
         let kid = header.kid.as_deref().ok_or(Reason::UnknownKey)?;
-        let key = issuer.keys.get(kid).ok_or(Reason::UnknownKey)?;
+        let key = select(issuer.keys.get(kid).ok_or(Reason::UnknownKey)?, alg)?;
         let signature =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reason::BadSignature)?;
         let message_len = header_b64.len() + 1 + claims_b64.len();
@@ -537,20 +582,30 @@ impl Verifier {
         if !audience_ok || !(issuer.audiences.is_empty() || issuer.audiences.iter().any(|a| a == resource)) {
             return Err(Reason::WrongAudience);
         }
-        let exp = int_claim(&claims, "exp")?.ok_or(Reason::MissingClaim)?;
-        let iat = int_claim(&claims, "iat")?.ok_or(Reason::MissingClaim)?;
-        if now > exp.saturating_add(issuer.skew) {
+        let exp = time_claim(&claims, "exp")?.ok_or(Reason::MissingClaim)?;
+        let iat = time_claim(&claims, "iat")?.ok_or(Reason::MissingClaim)?;
+        // `now` is whole seconds, so each comparison is exact through one rounding of the claim
+        // (for a whole n and any x: n > x ⇔ n > ⌊x⌋, and n < x ⇔ n < ⌈x⌉): `exp` rounds down
+        // (expired from the first whole second past it), `nbf` and `iat` round up (not valid,
+        // or issued in the future, until the first whole second at or after them). Rounding
+        // the other way would accept a token for up to a second it is not valid in.
+        let (expires_at, issued_at) = (exp.floor(), iat.ceil());
+        if now > expires_at.saturating_add(issuer.skew) {
             return Err(Reason::Expired);
         }
-        if let Some(nbf) = int_claim(&claims, "nbf")?
-            && now.saturating_add(issuer.skew) < nbf
+        if let Some(nbf) = time_claim(&claims, "nbf")?
+            && now.saturating_add(issuer.skew) < nbf.ceil()
         {
             return Err(Reason::NotYetValid);
         }
-        if iat > now.saturating_add(issuer.skew) {
+        if issued_at > now.saturating_add(issuer.skew) {
             return Err(Reason::IssuedInFuture);
         }
-        if exp.saturating_sub(iat) > issuer.max_lifetime {
+        // The lifetime as given, not of rounded ends: rounding down would let a token live up
+        // to two seconds longer than allowed, rounding up would refuse an issuer that mints
+        // `exp = iat + maximum` with a fraction. Both are at most `MAX_NUMERIC_DATE`, far below
+        // 2^53, so whole seconds are exact, and so is a fraction both share below year 2038.
+        if exp.0 - iat.0 > issuer.max_lifetime as f64 {
             return Err(Reason::LifetimeTooLong);
         }
         if issuer.required.iter().any(|c| !claims.contains_key(c)) {
@@ -609,9 +664,9 @@ impl Verifier {
             subject,
             jti_hash: jti.as_deref().map(|jti| jti_hash(&issuer.name, jti)),
             jti,
-            expires_at: exp,
-            issued_at: iat,
-            valid_until: exp.saturating_add(issuer.skew),
+            expires_at,
+            issued_at,
+            valid_until: expires_at.saturating_add(issuer.skew),
             bound_certificate,
             bound_dpop_key,
             scopes,
@@ -658,6 +713,8 @@ fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Pre
 pub struct Revocable {
     /// The TrustedIssuer's name.
     pub issuer: String,
+    /// `sub` (empty when absent): whose token, for limiting how often one holder revokes.
+    pub subject: String,
     /// The token's `jti`.
     pub jti: String,
     /// `exp`: the revocation is needed until then.
@@ -684,11 +741,51 @@ pub fn certificate_thumbprint(der: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der))
 }
 
-#[derive(Deserialize)]
+/// The one key among those of a token's kid that verifies its `alg`. Keys that share a kid
+/// are told apart by the algorithm (`Verifier::new` drops kids where they are not), so more
+/// than one different key here is a configuration that bypassed those checks: refused as
+/// unknown rather than tried in turn.
+fn select(same_kid: &[PublicKey], alg: Algorithm) -> Result<&PublicKey, Reason> {
+    let mut fitting = same_kid.iter().filter(|key| key.accepts(alg));
+    match fitting.next() {
+        // A key of another type, or pinned to another algorithm.
+        None => Err(Reason::AlgNotAllowed),
+        Some(key) if fitting.all(|other| other.material == key.material) => Ok(key),
+        Some(_) => Err(Reason::UnknownKey),
+    }
+}
+
+/// The JOSE header members Warden reads.
 struct Header {
     alg: String,
-    #[serde(default)]
     kid: Option<String>,
+}
+
+impl Header {
+    fn parse(part: &str) -> Result<Header, Reason> {
+        let mut members = decode_object(part)?;
+        // RFC 7515 §4.1.11: a JWS whose `crit` names an extension the recipient does not
+        // implement is invalid. Warden implements none, so any `crit` is refused (an empty or
+        // non-array one is malformed anyway).
+        if members.contains_key("crit") {
+            return Err(Reason::Malformed);
+        }
+        // RFC 7797: `b64: false` signs the payload unencoded, so the signed bytes are not the
+        // ones read here; it must also be critical, but is refused even when a signer left
+        // `crit` out. `true` is the ordinary encoding.
+        if members.get("b64").is_some_and(|b64| b64 != &Value::Bool(true)) {
+            return Err(Reason::Malformed);
+        }
+        let Some(Value::String(alg)) = members.remove("alg") else {
+            return Err(Reason::Malformed);
+        };
+        let kid = match members.remove("kid") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(kid)) => Some(kid),
+            Some(_) => return Err(Reason::Malformed),
+        };
+        Ok(Header { alg, kid })
+    }
 }
 
 pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> {
@@ -696,12 +793,111 @@ pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<
     serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
 }
 
-/// A NumericDate claim: absent is `None`; present but not an integer is refused.
-fn int_claim(claims: &serde_json::Map<String, serde_json::Value>, name: &str) -> Result<Option<i64>, Reason> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(v) => v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)).map(Some).ok_or(Reason::MissingClaim),
+/// A token's header or claims: a JSON object in which no object names a member twice, at any
+/// depth. RFC 7519 §4 and RFC 7515 §4 let a recipient take the last of two members or refuse;
+/// parsers disagree on which one counts, so policy could see one `sub` and another system the
+/// other: refused. Checked while the object is built, in the one parse it needs anyway.
+fn decode_object(part: &str) -> Result<Map<String, Value>, Reason> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).map_err(|_| Reason::Malformed)?;
+    let mut json = serde_json::Deserializer::from_slice(&bytes);
+    let value = UniqueNames.deserialize(&mut json).map_err(|_| Reason::Malformed)?;
+    json.end().map_err(|_| Reason::Malformed)?;
+    match value {
+        Value::Object(members) => Ok(members),
+        _ => Err(Reason::Malformed),
     }
+}
+
+/// Builds a `serde_json::Value` as serde_json would, refusing an object that names a member
+/// twice instead of keeping the last. (`arguments` walks argument JSON for the same reason but
+/// writes canonical text, not a value; claims must stay a map for policy.)
+struct UniqueNames;
+
+impl<'de> DeserializeSeed<'de> for UniqueNames {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueNames {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        // JSON has no NaN or infinity; serde_json refuses numbers out of range before this.
+        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("not a finite number"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(UniqueNames)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        // Names compare unescaped: `"sub"` and `"\u0073ub"` are one name.
+        while let Some(name) = map.next_key::<String>()? {
+            let value = map.next_value_seed(UniqueNames)?;
+            if members.insert(name, value).is_some() {
+                return Err(A::Error::custom("a member name repeats"));
+            }
+        }
+        Ok(Value::Object(members))
+    }
+}
+
+/// The latest NumericDate accepted: 9999-12-31T23:59:59Z, the last second an RFC 3339 date
+/// names. Anything later is no time a real token carries (and far below 2^53, so every whole
+/// second up to it is exact as an `f64`).
+pub const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
+
+/// A time claim (RFC 7519 §2 NumericDate): seconds since the epoch, a fraction allowed.
+#[derive(Clone, Copy, Debug)]
+struct NumericDate(f64);
+
+impl NumericDate {
+    fn floor(self) -> i64 {
+        // Within 0..=MAX_NUMERIC_DATE (`time_claim`): the conversion is exact.
+        self.0.floor() as i64
+    }
+
+    fn ceil(self) -> i64 {
+        self.0.ceil() as i64
+    }
+}
+
+/// A NumericDate claim: absent is `None`; present, it must be a finite number from 0 to
+/// [`MAX_NUMERIC_DATE`], integral or not. A string, boolean, null, negative or absurdly large
+/// value is refused, never clamped or truncated into a time.
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<NumericDate>, Reason> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    // Integers up to the maximum convert exactly; anything beyond is refused by the range.
+    let seconds = value.as_f64().filter(|s| s.is_finite() && (0.0..=MAX_NUMERIC_DATE as f64).contains(s));
+    seconds.map(|s| Some(NumericDate(s))).ok_or(Reason::MissingClaim)
 }
 
 #[cfg(test)]

@@ -39,6 +39,21 @@ impl Signer {
         header.kid = Some(self.kid.to_string());
         encode(&header, claims, &self.key).unwrap()
     }
+
+    /// Signs header and claims exactly as written: JSON that `json!` cannot express (a member
+    /// named twice, an exact number spelling).
+    fn sign_raw(&self, header: &str, claims: &str) -> String {
+        let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, self.alg).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    /// This signer's header, with `extra` members appended.
+    fn header(&self, extra: &str) -> String {
+        let alg = serde_json::to_string(&self.alg).unwrap();
+        let extra = if extra.is_empty() { String::new() } else { format!(",{extra}") };
+        format!(r#"{{"alg":{alg},"kid":"{}"{extra}}}"#, self.kid)
+    }
 }
 
 fn claims() -> serde_json::Value {
@@ -46,10 +61,21 @@ fn claims() -> serde_json::Value {
            "jti": "t-1", "scope": "repo:read issues:write"})
 }
 
-/// A configuration trusting `signers` (their JWKs inline) with `extra` issuer YAML, and a
-/// `github` server with `binding`.
+/// A verifier trusting `signers` (their JWKs inline) for `algs`, and a `github` server with
+/// `binding`.
 fn verifier(signers: &[&Signer], algs: &str, binding: &str) -> Verifier {
-    let keys: Vec<serde_json::Value> = signers.iter().map(|s| s.jwk.clone()).collect();
+    verifier_with_keys(signers.iter().map(|s| s.jwk.clone()).collect(), algs, binding)
+}
+
+fn verifier_with_keys(keys: Vec<serde_json::Value>, algs: &str, binding: &str) -> Verifier {
+    let (verifier, skipped) = Verifier::new(&config_with_keys(keys, algs, binding));
+    assert_eq!(skipped, 0);
+    verifier
+}
+
+/// corp-idp with `keys` inline and `algs` allowed (15m lifetime, 30s skew, `jti` required),
+/// other-idp with the same keys, and a `github` server with `binding` trusting corp-idp.
+fn config_with_keys(keys: Vec<serde_json::Value>, algs: &str, binding: &str) -> Config {
     let yaml = format!(
         r#"
 apiVersion: warden.dev/v1
@@ -82,10 +108,7 @@ spec:
 "#,
         jwks = json!({ "keys": keys })
     );
-    let docs = test_documents(&yaml);
-    let (verifier, skipped) = Verifier::new(&Config::build(&docs).unwrap());
-    assert_eq!(skipped, 0);
-    verifier
+    Config::build(&test_documents(&yaml)).unwrap()
 }
 
 fn check(v: &Verifier, token: &str) -> Result<Arc<Verified>, Reason> {
@@ -470,3 +493,168 @@ fn the_jti_hash_is_stable_and_reveals_nothing_of_the_jti() {
     assert_ne!(h, jti_hash("other", "token-123"));
     assert!(!h.contains("123"));
 }
+
+#[test]
+fn a_critical_header_extension_is_refused_since_warden_understands_none() {
+    let es = ec_signer("k1");
+    let v = verifier(&[&es], "[ES256]", "none");
+    let claims = claims().to_string();
+    let with = |extra: &str| check(&v, &es.sign_raw(&es.header(extra), &claims)).map(|_| ());
+    assert_eq!(with(""), Ok(()));
+    // A member Warden does not understand is ignored unless it is critical (RFC 7515 §4), and
+    // `b64: true` is the ordinary encoding (RFC 7797 §3).
+    assert_eq!(with(r#""typ":"at+jwt","x-note":{"a":1}"#), Ok(()));
+    assert_eq!(with(r#""b64":true"#), Ok(()));
+    for refused in [
+        // An extension the signer says must be understood: Warden implements none.
+        r#""crit":["exp"],"exp":1800000600"#,
+        r#""crit":["https://example.com/policy"],"https://example.com/policy":"strict""#,
+        // RFC 7797's unencoded payload, critical or not: what was signed is not what is read.
+        r#""crit":["b64"],"b64":false"#,
+        r#""b64":false"#,
+        r#""b64":"false""#,
+        // Malformed `crit` (RFC 7515 §4.1.11: a non-empty array of names).
+        r#""crit":[]"#,
+        r#""crit":"exp""#,
+        r#""crit":[7]"#,
+        r#""crit":null"#,
+    ] {
+        assert_eq!(with(refused), Err(Reason::Malformed), "{refused}");
+    }
+}
+
+#[test]
+fn a_claim_or_header_member_named_twice_is_refused() {
+    let es = ec_signer("k1");
+    let v = verifier(&[&es], "[ES256]", "none");
+    let registered = format!(r#""iss":"{ISS}","aud":"{RESOURCE}","iat":{},"exp":{},"jti":"t-1""#, NOW - 60, NOW + 600);
+    let with_claims = |members: &str| {
+        let token = es.sign_raw(&es.header(""), &format!("{{{registered},{members}}}"));
+        check(&v, &token).map(|ok| ok.subject.clone())
+    };
+    assert_eq!(with_claims(r#""sub":"ci-runner""#), Ok("ci-runner".to_string()));
+    // Parsers disagree on which of two members counts (first, last, error), so policy could
+    // see one value and the upstream or an audit tool another.
+    for repeated in [
+        r#""sub":"admin","sub":"ci-runner""#,
+        r#""sub":"ci-runner","\u0073ub":"admin""#,
+        &format!(r#""sub":"ci-runner","exp":{}"#, NOW + 60),
+        // At any depth: cnf decides which certificate the token is bound to.
+        r#""sub":"ci-runner","cnf":{"x5t#S256":"a","x5t#S256":"b"}"#,
+        r#""sub":"ci-runner","groups":[{"name":"dev","name":"admin"}]"#,
+    ] {
+        assert_eq!(with_claims(repeated), Err(Reason::Malformed), "{repeated}");
+    }
+    // The walk that looks for them is bounded by serde_json's nesting limit.
+    let deep = format!(r#""sub":"ci-runner","x":{}{}"#, "[".repeat(5000), "]".repeat(5000));
+    assert_eq!(with_claims(&deep), Err(Reason::Malformed));
+    let claims = claims().to_string();
+    for header in [
+        r#"{"alg":"ES256","kid":"k1","typ":"JWT","typ":"at+jwt"}"#,
+        r#"{"alg":"ES256","kid":"k1","kid":"k1"}"#,
+        r#"{"alg":"ES256","kid":"k1","x-note":{"a":1,"a":2}}"#,
+    ] {
+        assert_eq!(check(&v, &es.sign_raw(header, &claims)).unwrap_err(), Reason::Malformed, "{header}");
+    }
+}
+
+#[test]
+fn keys_for_encryption_or_without_verify_never_verify_signatures() {
+    let es = ec_signer("k1");
+    let token = es.sign(&claims());
+    // RFC 7517 §4.2 and §4.3: `use` and `key_ops` say what a key is for.
+    for (members, expected) in [
+        (json!({"use": "enc"}), Err(Reason::UnknownKey)),
+        (json!({"use": "x-other"}), Err(Reason::UnknownKey)),
+        (json!({"key_ops": ["encrypt", "wrapKey"]}), Err(Reason::UnknownKey)),
+        (json!({"key_ops": []}), Err(Reason::UnknownKey)),
+        (json!({"key_ops": "verify"}), Err(Reason::UnknownKey)),
+        (json!({"use": "sig"}), Ok(())),
+        (json!({"key_ops": ["verify"]}), Ok(())),
+        (json!({"use": "sig", "key_ops": ["sign", "verify"]}), Ok(())),
+    ] {
+        let mut jwk = es.jwk.clone();
+        jwk.as_object_mut().unwrap().extend(members.as_object().unwrap().clone());
+        let v = verifier_with_keys(vec![jwk], "[ES256]", "none");
+        assert_eq!(check(&v, &token).map(|_| ()), expected, "{members}");
+    }
+}
+
+#[test]
+fn one_kid_may_name_keys_of_different_types_each_for_its_own_algorithm() {
+    // RFC 7517 §4.5's example of a kid shared on purpose: the token's algorithm tells the keys
+    // apart, so the kid still selects one key.
+    let (es, ed) = (ec_signer("k1"), ed_signer("k1"));
+    let v = verifier(&[&es, &ed], "[ES256, EdDSA]", "none");
+    check(&v, &es.sign(&claims())).unwrap();
+    check(&v, &ed.sign(&claims())).unwrap();
+    let v = verifier(&[&ed, &es], "[ES256, EdDSA]", "none");
+    check(&v, &es.sign(&claims())).unwrap();
+    check(&v, &ed.sign(&claims())).unwrap();
+}
+
+#[test]
+fn a_kid_never_selects_between_two_keys() {
+    let (first, second) = (ec_signer("k1"), ec_signer("k1"));
+    let both = json!({"keys": [first.jwk, second.jwk]});
+    // Refused where keys come in (inline documents, fetched sets: `jwks::check_public_jwks`).
+    let message = crate::jwks::check_public_jwks(&both).unwrap_err();
+    assert!(message.contains("\"k1\""), "{message}");
+    // A configuration put together without that check still never picks one of them.
+    let mut config = config_with_keys(vec![first.jwk.clone()], "[ES256]", "none");
+    config.keys.insert("corp-idp".into(), Arc::new(both));
+    let (v, skipped) = Verifier::new(&config);
+    assert_eq!(skipped, 2);
+    assert_eq!(check(&v, &first.sign(&claims())).unwrap_err(), Reason::UnknownKey);
+    assert_eq!(check(&v, &second.sign(&claims())).unwrap_err(), Reason::UnknownKey);
+}
+
+#[test]
+fn numeric_dates_may_be_fractional_and_each_is_rounded_the_way_that_refuses() {
+    let es = ec_signer("k1");
+    let v = verifier(&[&es], "[ES256]", "none"); // 30s skew, 15m lifetime
+    let at = |members: &[(&str, serde_json::Value)]| {
+        let mut c = claims();
+        for (name, value) in members {
+            c[*name] = value.clone();
+        }
+        check(&v, &es.sign(&c))
+    };
+    let f = |offset: f64| json!(NOW as f64 + offset);
+    // exp: refused once now is past it (plus skew); its floor gives exactly that for whole
+    // seconds, and is what `expires_at` reports (the most a caller may rely on).
+    assert_eq!(at(&[("exp", f(-29.5))]).unwrap().expires_at, NOW - 30);
+    assert_eq!(at(&[("exp", f(-30.5))]).unwrap_err(), Reason::Expired);
+    // nbf and iat: refused while still ahead of now (plus skew): their ceiling.
+    at(&[("nbf", f(29.5))]).unwrap();
+    assert_eq!(at(&[("nbf", f(30.5))]).unwrap_err(), Reason::NotYetValid);
+    assert_eq!(at(&[("iat", f(29.5))]).unwrap().issued_at, NOW + 30);
+    assert_eq!(at(&[("iat", f(30.5))]).unwrap_err(), Reason::IssuedInFuture);
+    // The lifetime is exp - iat as given, neither rounded up nor down.
+    at(&[("iat", f(-60.25)), ("exp", f(-60.25 + 900.0))]).unwrap();
+    assert_eq!(at(&[("iat", json!(NOW - 60)), ("exp", f(-60.0 + 900.5))]).unwrap_err(), Reason::LifetimeTooLong);
+    // A cut-off revokes tokens issued at or before it, and no token issued after it.
+    let issued = |iat: f64| {
+        let mut c = claims();
+        c["iat"] = f(iat);
+        es.sign(&c)
+    };
+    let mut revoked = Revocations::default();
+    revoked.revoke_subject_before("corp-idp", "ci-runner", NOW - 60);
+    let presented = |token: &str| v.verify(token, "github", NOW, &revoked, Presenter::default()).map(|_| ());
+    assert_eq!(presented(&issued(-60.5)), Err(Reason::Revoked));
+    assert_eq!(presented(&issued(-59.5)), Ok(()));
+
+    // Not a NumericDate: negative, past year 9999, not a number.
+    for bad in [json!(-1), json!(-0.5), json!(253_402_300_800_i64), json!(1e300), json!(u64::MAX), json!(true)] {
+        for claim in ["exp", "nbf", "iat"] {
+            assert_eq!(at(&[(claim, bad.clone())]).unwrap_err(), Reason::MissingClaim, "{claim}: {bad}");
+        }
+    }
+    // A number JSON cannot hold as a float does not parse at all.
+    let huge = format!(r#"{{"iss":"{ISS}","sub":"x","aud":"{RESOURCE}","iat":{},"exp":1e400,"jti":"t"}}"#, NOW);
+    assert_eq!(check(&v, &es.sign_raw(&es.header(""), &huge)).unwrap_err(), Reason::Malformed);
+}
+
+#[path = "token_props.rs"]
+mod props;

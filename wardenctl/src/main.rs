@@ -3,6 +3,17 @@
 //! or with an operator certificate.
 #![forbid(unsafe_code)]
 
+// `println!`/`print!` that end the process quietly when standard output is closed
+// (`wardenctl decisions | head -1`), as a Unix tool stopped by SIGPIPE does, where std's
+// would panic. Defined before the modules so they use these too.
+macro_rules! println {
+    () => { $crate::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
 mod output;
 
 use wardenctl::client;
@@ -24,16 +35,16 @@ struct Cli {
     #[arg(long, env = "WARDEN_ADMIN_SOCKET", default_value = "/var/lib/warden-cp/admin.sock", global = true)]
     socket: PathBuf,
     /// Use the control plane's TLS port (`host:port`) with an operator certificate instead of
-    /// the socket.
-    #[arg(long, env = "WARDEN_SERVER", global = true, requires_all = ["cert", "key", "ca"])]
-    server: Option<String>,
-    /// Operator certificate (PEM), with --server.
+    /// the socket. (Not `--server`: that filters by McpServer, as in `decisions --server`.)
+    #[arg(long, env = "WARDEN_CONTROL_PLANE", global = true, requires_all = ["cert", "key", "ca"])]
+    control_plane: Option<String>,
+    /// Operator certificate (PEM), with --control-plane.
     #[arg(long, env = "WARDEN_CERT", global = true)]
     cert: Option<PathBuf>,
-    /// Operator key (PEM), with --server.
+    /// Operator key (PEM), with --control-plane.
     #[arg(long, env = "WARDEN_KEY", global = true)]
     key: Option<PathBuf>,
-    /// Fleet CA certificate (PEM), with --server.
+    /// Fleet CA certificate (PEM), with --control-plane.
     #[arg(long, env = "WARDEN_CA", global = true)]
     ca: Option<PathBuf>,
     /// Output format.
@@ -73,9 +84,10 @@ enum Command {
         /// One resource's name.
         name: Option<String>,
     },
-    /// Delete a resource.
+    /// Delete a resource, or an agent (`delete agent ID`: its certificates are refused at once
+    /// by every control plane, its stream ends; it may join again only with a new join token).
     Delete {
-        /// Its kind.
+        /// Its kind, or `agent`.
         kind: String,
         /// Its name.
         name: String,
@@ -94,7 +106,7 @@ enum Command {
         #[command(subcommand)]
         command: JoinTokenCommand,
     },
-    /// Operator client certificates, for `--server` access from another machine.
+    /// Operator client certificates, for `--control-plane` access from another machine.
     OperatorCert {
         #[command(subcommand)]
         command: OperatorCertCommand,
@@ -180,16 +192,39 @@ enum OperatorCertCommand {
         #[arg(long, default_value = "24h", value_parser = warden_core::duration::parse)]
         ttl: Duration,
     },
+    /// Revoke every certificate issued to an operator name: refused from the next call on, by
+    /// every control plane.
+    Revoke {
+        /// The operator's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum JoinTokenCommand {
-    /// Create a one-time join token.
+    /// Create a one-time join token for one agent.
     Create {
         /// How long the token stays usable.
         #[arg(long, default_value = "1h", value_parser = warden_core::duration::parse)]
         ttl: Duration,
+        /// The only agent id the token admits (`warden-agent --id`).
+        #[arg(long)]
+        agent: String,
     },
+}
+
+/// Writes to standard output; a closed pipe ends the process with the status a shell reports
+/// for SIGPIPE (128 + 13), any other failure with an error.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: writing the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -205,7 +240,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let target = match &cli.server {
+    let target = match &cli.control_plane {
         Some(server) => client::Target::Tls {
             address: server.clone(),
             cert: cli.cert.clone().unwrap_or_default(),
@@ -250,6 +285,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 output::resources(&response, cli.output)?;
             }
+        }
+        Command::Delete { kind, name, resource_version: _ } if matches!(kind.as_str(), "agent" | "agents") => {
+            let mut admin = client::connect(&target).await?;
+            admin.delete_agent(pb::DeleteAgentRequest { agent_id: name.clone() }).await.map_err(client::status)?;
+            println!("agent {name} deleted: its certificates are refused from now on");
         }
         Command::Delete { kind, name, resource_version } => {
             let kind = Kind::parse_loose(&kind).with_context(|| format!("unknown kind {kind:?}"))?;
@@ -298,14 +338,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let changed = output::diff(&documents, &stored)?;
             return Ok(if changed { ExitCode::from(1) } else { ExitCode::SUCCESS });
         }
-        Command::JoinToken { command: JoinTokenCommand::Create { ttl } } => {
+        Command::JoinToken { command: JoinTokenCommand::Create { ttl, agent } } => {
             let mut admin = client::connect(&target).await?;
             let response = admin
-                .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: ttl.as_secs().max(1) })
+                .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: ttl.as_secs().max(1), agent_id: agent })
                 .await
                 .map_err(client::status)?
                 .into_inner();
             output::join_token(&response, cli.output)?;
+        }
+        Command::OperatorCert { command: OperatorCertCommand::Revoke { name } } => {
+            let mut admin = client::connect(&target).await?;
+            admin
+                .revoke_operator_certificates(pb::RevokeOperatorCertificatesRequest { name: name.clone() })
+                .await
+                .map_err(client::status)?;
+            println!("operator certificates of {name} revoked");
         }
         Command::OperatorCert { command: OperatorCertCommand::Create { name, out, ttl } } => {
             let key = rcgen::KeyPair::generate()?;

@@ -268,6 +268,7 @@ fn decision_value(d: &pb::StoredDecision) -> Value {
         "issuer": r.issuer, "decision": decision_name(r.decision), "reason": r.reason, "policies": r.policies,
         "latencyMicros": r.latency_micros, "traceId": r.trace_id, "jtiHash": r.jti_hash, "via": r.via,
         "tokenLifetimeSeconds": r.token_lifetime_seconds, "actor": r.actor, "binding": r.binding,
+        "count": r.count.max(1), "source": r.source,
     })
 }
 
@@ -302,7 +303,12 @@ pub fn decisions(decisions: &[pb::StoredDecision], format: Format, header: bool)
                         target,
                         if r.subject.is_empty() { "-".into() } else { r.subject },
                         decision_name(r.decision).into(),
-                        if r.reason.is_empty() { "-".into() } else { r.reason },
+                        // An aggregated refusal says how many it stands for.
+                        match (r.reason.is_empty(), r.count) {
+                            (true, _) => "-".into(),
+                            (false, 0 | 1) => r.reason,
+                            (false, n) => format!("{} ×{n}", r.reason),
+                        },
                         format!("{}µs", r.latency_micros),
                     ]
                 })
@@ -340,18 +346,22 @@ pub fn decision_summary(
     let mut denied_targets: BTreeMap<String, u64> = BTreeMap::new();
     let mut deny_reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut total = 0;
     for d in decisions {
         let Some(r) = &d.record else { continue };
+        // An aggregated refusal (before any token was accepted) stands for `count` decisions.
+        let n = r.count.max(1);
+        total += n;
         let deny = r.decision == pb::Decision::Deny as i32;
         let entry = per_agent.entry(d.agent.clone()).or_default();
         if deny {
-            entry.1 += 1;
-            *deny_reasons.entry(r.reason.clone()).or_default() += 1;
+            entry.1 += n;
+            *deny_reasons.entry(r.reason.clone()).or_default() += n;
             if !r.target.is_empty() {
-                *denied_targets.entry(format!("{}/{}", r.server, r.target)).or_default() += 1;
+                *denied_targets.entry(format!("{}/{}", r.server, r.target)).or_default() += n;
             }
         } else {
-            entry.0 += 1;
+            entry.0 += n;
         }
     }
     let top = |counts: BTreeMap<String, u64>| {
@@ -363,7 +373,7 @@ pub fn decision_summary(
     let (targets, reasons) = (top(denied_targets), top(deny_reasons));
     if format != Format::Table {
         let value = json!({
-            "decisions": decisions.len(), "receivedTotal": received, "dropped": dropped, "windowSeconds": seconds,
+            "decisions": total, "records": decisions.len(), "receivedTotal": received, "dropped": dropped, "windowSeconds": seconds,
             "topDeniedTargets": targets.iter().map(|(t, n)| json!({"target": t, "denies": n})).collect::<Vec<_>>(),
             "topDenyReasons": reasons.iter().map(|(r, n)| json!({"reason": r, "denies": n})).collect::<Vec<_>>(),
             "agents": per_agent.iter().map(|(a, (allow, deny))| json!({"agent": a, "allows": allow, "denies": deny,
@@ -372,7 +382,7 @@ pub fn decision_summary(
         });
         return emit(&value, format);
     }
-    println!("{} decisions over {seconds:.0}s ({} received in all)\n", decisions.len(), received);
+    println!("{total} decisions over {seconds:.0}s ({} records received in all)\n", received);
     print_table(&["DENIED TARGET", "DENIES"], targets.into_iter().map(|(t, n)| vec![t, n.to_string()]).collect());
     println!();
     print_table(&["DENY REASON", "DENIES"], reasons.into_iter().map(|(r, n)| vec![r, n.to_string()]).collect());

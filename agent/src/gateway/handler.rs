@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -19,23 +19,47 @@ use warden_core::{dpop, mcp};
 use super::filter::{self, Allows, Lists};
 use super::record::{self, Decision};
 use super::reply::{self, Body, Route};
-use super::{Shared, Worker, proxy, sessions};
+use super::{Shared, Worker, proxy, refusals, sessions};
 use crate::applied::Applied;
 use crate::spans::{Facts, TraceContext};
 use crate::sync::KeyRefresh;
 
-/// Bounds on what callers may send.
+/// Bounds on what callers and upstreams may send, and how long they may take.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Largest request body.
     pub max_body_bytes: usize,
     /// JSON depth and batch size.
     pub json: mcp::Limits,
+    /// How long an upstream may take to start its answer (its status and headers).
+    pub upstream_response_timeout: Duration,
+    /// How long reading a whole body may take: a caller's request, an upstream's list answer
+    /// read for filtering. (Answers that stream through, SSE above all, are not bounded.)
+    pub body_read_timeout: Duration,
+    /// How long a caller may take to send a request's headers, and a connection may stay
+    /// idle between requests (against slowloris).
+    pub header_read_timeout: Duration,
+    /// Connections one server's listener serves at a time (all workers together); past it,
+    /// new ones are closed at once.
+    pub max_connections_per_listener: usize,
+    /// DPoP proofs remembered against replay per server (see `warden_core::dpop::ReplayCache`).
+    pub dpop_proofs_per_server: usize,
+    /// Of those, the most one key may hold.
+    pub dpop_proofs_per_key: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_body_bytes: 1024 * 1024, json: mcp::Limits::default() }
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            json: mcp::Limits::default(),
+            upstream_response_timeout: Duration::from_secs(300),
+            body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_listener: 4096,
+            dpop_proofs_per_server: super::DPOP_PROOFS_REMEMBERED,
+            dpop_proofs_per_key: super::DPOP_PROOFS_PER_KEY,
+        }
     }
 }
 
@@ -80,7 +104,7 @@ pub(super) async fn handle(
                 ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
             });
             admitted.decider.record(&parts.headers, parts.method.as_str(), None, (true, "", Vec::new()));
-            forward(worker, &admitted.decider, admitted.principal, &parts, Bytes::new(), lists).await
+            forward(worker, &admitted, &parts, Bytes::new(), lists).await
         }
     }
 }
@@ -92,6 +116,8 @@ pub(crate) type Refused = Box<Response<Body>>;
 pub(crate) struct Admitted {
     decider: Decider,
     principal: sessions::Principal,
+    /// The session the request belongs to, as the upstream knows it.
+    session: Option<HeaderValue>,
 }
 
 impl Admitted {
@@ -138,18 +164,42 @@ pub(crate) fn admit(
             _ => method_not_allowed("GET"),
         }));
     }
-    // Every refusal from here on is a decision, recorded with its reason.
+    // Every refusal from here on is a decision, recorded with its reason: those of an accepted
+    // token one record each, those before any token was accepted tallied per second and source
+    // (garbage costs its sender nothing and must not flush the decision log).
     let refused = |workload: Option<&Verified>, reason: &str| {
-        let decision =
-            Decision { server, method: method.as_str(), target: None, workload, allowed: false, reason, policies: &[] };
-        record::record(
-            &shared.outbox,
-            caller.arrived,
-            caller.via,
-            headers,
-            caller.trace.as_ref().map(|(t, _)| t),
-            decision,
-        );
+        let trace = caller.trace.as_ref().map(|(t, _)| t);
+        match workload {
+            Some(_) => {
+                let decision = Decision {
+                    server,
+                    method: method.as_str(),
+                    target: None,
+                    workload,
+                    allowed: false,
+                    reason,
+                    policies: &[],
+                };
+                record::record(&shared.outbox, caller.arrived, caller.via, headers, trace, decision);
+            }
+            None if shared.outbox.enabled() => {
+                let mut hex = [0; 32];
+                let trace_id = match trace {
+                    Some(context) => record::hex_of(&context.trace_id, &mut hex),
+                    None => record::trace_id(headers).unwrap_or_default(),
+                };
+                shared.refusals.add(refusals::Refusal {
+                    server,
+                    method: method.as_str(),
+                    reason,
+                    source: caller.address.ip(),
+                    via: caller.via,
+                    latency_micros: caller.arrived.elapsed().as_micros() as u64,
+                    trace_id,
+                });
+            }
+            None => {}
+        }
         if let Some((_, facts)) = &caller.trace {
             facts.lock().unwrap_or_else(|p| p.into_inner()).decided(method.as_str(), None, false, reason);
         }
@@ -191,14 +241,20 @@ pub(crate) fn admit(
         let jkt = proven.as_ref().map(|p| p.jkt.as_str());
         let presenter = Presenter { client_certificate: caller.certificate, dpop_key_thumbprint: jkt };
         match applied.verifier.verify(token, server, now, &applied.config.revoked, presenter) {
-            // A proof's jti is remembered only once the token it came with is accepted, so
-            // strangers cannot flood the replay set.
-            Ok(v) => match proven.as_ref().map(|p| shared.record_proof(p, now, PROOF_MAX_AGE + PROOF_SKEW)) {
-                Some(Err(e)) => {
-                    refused(Some(&v), "invalid_dpop_proof");
-                    return Err(Box::new(reply::invalid_dpop_proof(route, &e.to_string())));
-                }
-                _ => v,
+            // A proof's jti is remembered only once the token it came with is accepted, and
+            // only when that token is bound to the proof's key: anyone can sign proofs with a
+            // key of their own, and a proof sent with a bearer token proves nothing (the token
+            // is enough without it). So only a bound token's holder can use the server's
+            // replay memory, and each key only its quota of it.
+            Ok(v) => match proven.as_ref().filter(|p| bound_key(&v) == Some(p.jkt.as_str())) {
+                Some(p) => match shared.record_proof(server, p, now, PROOF_MAX_AGE + PROOF_SKEW) {
+                    Ok(()) => v,
+                    Err(e) => {
+                        refused(Some(&v), "invalid_dpop_proof");
+                        return Err(Box::new(reply::invalid_dpop_proof(route, &e.to_string())));
+                    }
+                },
+                None => v,
             },
             Err(reason) => {
                 tracing::info!(server = %server, reason = %reason, "token refused");
@@ -226,13 +282,28 @@ pub(crate) fn admit(
     if sessions.next().is_some() || session.is_some_and(|s| s.as_bytes().contains(&b',')) {
         return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, "one Mcp-Session-Id header, one value")));
     }
-    if let Some(session) = session
-        && !shared.sessions.allows(session.as_bytes(), &principal)
-    {
-        tracing::warn!(server = %server, "a session was presented by another workload than the one that opened it");
-        refused(Some(&verified), "session_mismatch");
-        return Err(Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload")));
-    }
+    // The gateway hands out sealed ids and takes back only those it sealed for this workload;
+    // the upstream sees its own id. Behind Envoy (the local check API) the caller holds the
+    // upstream's id, bound to the first workload seen with it.
+    let session = match session {
+        None => None,
+        Some(presented) if caller.via == VIA_GATEWAY => {
+            match shared.seal.open(presented.as_bytes(), &principal).map(HeaderValue::from_bytes) {
+                Some(Ok(upstream)) => Some(upstream),
+                _ => {
+                    tracing::warn!(server = %server, "a session id this gateway did not seal for this workload");
+                    refused(Some(&verified), "session_mismatch");
+                    return Err(Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload")));
+                }
+            }
+        }
+        Some(presented) if shared.sessions.allows(presented.as_bytes(), &principal) => Some(presented.clone()),
+        Some(_) => {
+            tracing::warn!(server = %server, "a session was presented by another workload than the one that opened it");
+            refused(Some(&verified), "session_mismatch");
+            return Err(Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload")));
+        }
+    };
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     if matches!(*method, Method::GET | Method::DELETE) && has_body {
@@ -253,7 +324,7 @@ pub(crate) fn admit(
         outbox: shared.outbox.clone(),
         trace: caller.trace.clone(),
     };
-    Ok(Admitted { decider, principal })
+    Ok(Admitted { decider, principal, session })
 }
 
 /// The caller's decisions for one request: its verified token under the configuration that
@@ -350,16 +421,19 @@ async fn post(worker: &Worker, admitted: Admitted, request: Request<hyper::body:
         return too_large(limit);
     }
     let (parts, body) = request.into_parts();
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
-        Err(e) => return reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+    // A caller that sends its body slowly holds a connection and a buffer: bounded in time too.
+    let read = tokio::time::timeout(worker.shared.limits.body_read_timeout, Limited::new(body, limit).collect());
+    let bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
+        Ok(Err(e)) => return reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        Err(_) => return reply::error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
     };
     let lists = match decide_body(&admitted.decider, &parts.headers, &bytes, worker.shared.limits.json) {
         Ok(lists) => lists,
         Err(refusal) => return *refusal,
     };
-    forward(worker, &admitted.decider, admitted.principal, &parts, bytes, Some(lists)).await
+    forward(worker, &admitted, &parts, bytes, Some(lists)).await
 }
 
 /// The local check API's body step: the body Envoy buffered, checked and decided like the
@@ -414,22 +488,30 @@ fn decide_body(
         let message = format!("unsupported MCP-Protocol-Version; supported: {}", mcp::PROTOCOL_VERSIONS.join(", "));
         return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, mcp::INVALID_REQUEST, &message));
     }
-    let routed =
-        version.is_some_and(|v| mcp::ROUTING_HEADER_VERSIONS.contains(&v)) || headers.contains_key("mcp-method");
-    if routed {
-        let first_id = body.messages.first().and_then(|m| m.id);
-        let mismatch =
-            |message: &str| reply::jsonrpc_error(StatusCode::BAD_REQUEST, first_id, mcp::HEADER_MISMATCH, message);
+    // Proxies and servers may route on these headers while Warden decides on the body: each one
+    // sent is checked, and must be sent once, whatever the revision (2026-07-28 requires them).
+    let first_id = body.messages.first().and_then(|m| m.id);
+    let mismatch =
+        |message: &str| reply::jsonrpc_error(StatusCode::BAD_REQUEST, first_id, mcp::HEADER_MISMATCH, message);
+    for name in ["mcp-method", "mcp-name", "mcp-protocol-version"] {
+        if headers.get_all(name).iter().count() > 1 {
+            return refuse(mismatch(&format!("{name} header appears more than once")));
+        }
+    }
+    let required = version.is_some_and(|v| mcp::ROUTING_HEADER_VERSIONS.contains(&v));
+    let (method_header, name_header) = (headers.get("mcp-method"), headers.get("mcp-name"));
+    if required || method_header.is_some() || name_header.is_some() {
         if body.batch {
             return refuse(mismatch("batches cannot carry routing headers"));
         }
-        for name in ["mcp-method", "mcp-name", "mcp-protocol-version"] {
-            if headers.get_all(name).iter().count() > 1 {
-                return refuse(mismatch(&format!("{name} header appears more than once")));
-            }
-        }
-        let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-        if let Err(message) = mcp::check_routing_headers(&body.messages[0], header("mcp-method"), header("mcp-name")) {
+        // A value that is not visible ASCII cannot equal the body's (such names are sent
+        // base64-encoded), and another reader could decode its bytes as something else.
+        let (method_header, name_header) =
+            (method_header.map(HeaderValue::to_str).transpose(), name_header.map(HeaderValue::to_str).transpose());
+        let (Ok(method_header), Ok(name_header)) = (method_header, name_header) else {
+            return refuse(mismatch("routing headers must be visible ASCII"));
+        };
+        if let Err(message) = mcp::check_routing_headers(&body.messages[0], method_header, name_header, required) {
             return refuse(mismatch(&message));
         }
     }
@@ -438,22 +520,38 @@ fn decide_body(
     let mut lists = Vec::new();
     for (i, m) in body.messages.iter().enumerate() {
         let Some(method) = m.method.as_deref() else { continue };
-        let (action, target) = match mcp::decision(m) {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                // A method no policy decides (initialize, ping, notifications): the token was enough.
+        let (action, targets) = match mcp::decision(m) {
+            Ok(mcp::Decision::Policy { action, targets }) => (action, targets),
+            Ok(mcp::Decision::TokenOnly) => {
+                // A method that names no target (initialize, ping, notifications): the token was enough.
                 decider.record(headers, method, None, (true, "", Vec::new()));
                 continue;
             }
-            Err(message) => {
+            Err(e @ mcp::Undecidable::UnknownMethod) => {
+                // Default deny: what a method the gateway does not know does upstream cannot be
+                // known here (a case variant of a known one may well be served as that one).
+                decider.record(headers, method, None, (false, e.reason(), Vec::new()));
+                denied.push((i, e.reason()));
+                continue;
+            }
+            Err(mcp::Undecidable::MissingName(message)) => {
                 return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message));
             }
         };
-        let outcome = decider.decide(action, target, m.arguments);
-        let allowed = outcome.0;
-        decider.record(headers, action, Some(target), outcome);
-        if !allowed {
-            denied.push(i);
+        // Every target must be allowed (a subscription names several resources); each one is a
+        // decision of its own.
+        let mut refusal = None;
+        for target in targets.iter() {
+            let outcome = decider.decide(action, target, m.arguments);
+            let (allowed, reason) = (outcome.0, outcome.1);
+            decider.record(headers, action, Some(target), outcome);
+            if !allowed {
+                refusal = Some(reason);
+                break;
+            }
+        }
+        if let Some(reason) = refusal {
+            denied.push((i, reason));
         } else if let Some(filter) = mcp::list_filter(method)
             && !lists.contains(&filter)
         {
@@ -463,19 +561,20 @@ fn decide_body(
     if denied.is_empty() {
         return Ok(lists);
     }
-    let error = |m: &mcp::Message<'_>, message: &str| {
-        reply::jsonrpc_error_value(
-            m.id,
-            mcp::POLICY_DENIED,
-            message,
-            Some(serde_json::json!({"reason": "policy_denied"})),
-        )
+    // The caller reads the same reason code the decision record holds.
+    let error = |m: &mcp::Message<'_>, message: &str, reason: &str| {
+        let (code, message) = if reason == mcp::Undecidable::UnknownMethod.reason() {
+            (mcp::METHOD_NOT_FOUND, "method not available through the gateway")
+        } else {
+            (mcp::POLICY_DENIED, message)
+        };
+        reply::jsonrpc_error_value(m.id, code, message, Some(serde_json::json!({"reason": reason})))
     };
     if !body.batch {
         let m = &body.messages[0];
         // A denied notification has no id to answer; the HTTP status carries the refusal.
         let status = if m.id.is_some() { StatusCode::OK } else { StatusCode::FORBIDDEN };
-        return refuse(reply::json(status, &error(m, "denied by policy")));
+        return refuse(reply::json(status, &error(m, "denied by policy", denied[0].1)));
     }
     // A batch goes upstream whole or not at all: each request gets an error.
     let answers: Vec<Value> = body
@@ -483,12 +582,9 @@ fn decide_body(
         .iter()
         .enumerate()
         .filter(|(_, m)| m.id.is_some())
-        .map(|(i, m)| {
-            if denied.contains(&i) {
-                error(m, "denied by policy")
-            } else {
-                error(m, "not sent: another request in the batch was denied")
-            }
+        .map(|(i, m)| match denied.iter().find(|(d, _)| *d == i) {
+            Some((_, reason)) => error(m, "denied by policy", reason),
+            None => error(m, "not sent: another request in the batch was denied", "batch_denied"),
         })
         .collect();
     refuse(reply::json(StatusCode::OK, &Value::Array(answers)))
@@ -496,12 +592,12 @@ fn decide_body(
 
 async fn forward(
     worker: &Worker,
-    decider: &Decider,
-    principal: sessions::Principal,
+    admitted: &Admitted,
     parts: &http::request::Parts,
     body: Bytes,
     lists: Option<Vec<mcp::ListFilter>>,
 ) -> Response<Body> {
+    let decider = &admitted.decider;
     let spec: &McpServerSpec = match decider.applied.config.servers.get(&*decider.server) {
         Some(s) => s,
         None => return reply::error(StatusCode::NOT_FOUND, "the server is no longer configured"),
@@ -510,52 +606,104 @@ async fn forward(
         Ok(r) => r,
         Err(e) => return reply::error(StatusCode::BAD_GATEWAY, e),
     };
+    if let Some(session) = &admitted.session {
+        upstream.headers_mut().insert(MCP_SESSION_ID, session.clone());
+    }
     // The upstream's parent span is this request's (W3C trace context).
     if let Some((context, _)) = &decider.trace
         && let Ok(value) = HeaderValue::from_str(&context.traceparent())
     {
         upstream.headers_mut().insert("traceparent", value);
     }
-    let response = match worker.client.request(upstream).await {
-        Ok(r) => r,
-        Err(e) => {
+    let shared = &worker.shared;
+    let response = match tokio::time::timeout(shared.limits.upstream_response_timeout, worker.client.request(upstream))
+        .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             tracing::warn!(server = %decider.server, "upstream: {e}");
             return reply::error(StatusCode::BAD_GATEWAY, "the upstream MCP server did not answer");
         }
+        Err(_) => {
+            tracing::warn!(server = %decider.server, "upstream: no answer within {:?}", shared.limits.upstream_response_timeout);
+            return reply::error(StatusCode::GATEWAY_TIMEOUT, "the upstream MCP server did not answer in time");
+        }
     };
-    let shared = &worker.shared;
-    if let Some(session) = response.headers().get("mcp-session-id") {
-        shared.sessions.bind(session.as_bytes(), principal, ended_task(spec, &decider.verified));
+    if let Some(session) = response.headers().get(MCP_SESSION_ID) {
+        shared.sessions.bind(session.as_bytes(), admitted.principal, ended_task(spec, &decider.verified));
     }
     if parts.method == Method::DELETE
         && response.status().is_success()
-        && let Some(session) = parts.headers.get("mcp-session-id")
+        && let Some(session) = &admitted.session
         && let Some(task) = shared.sessions.end(session.as_bytes())
     {
         shared.end_task(task);
     }
     let (mut head, incoming) = response.into_parts();
     head.headers = proxy::forwardable(&head.headers);
-    let lists = lists.filter(|l| !l.is_empty() && head.status.is_success());
-    let Some(kinds) = lists else {
+    // The caller gets the id sealed to its workload, never the upstream's own.
+    let opened =
+        head.headers.get_all(MCP_SESSION_ID).iter().map(|s| shared.seal.seal(s.as_bytes(), &admitted.principal));
+    let sealed: Option<Vec<Option<HeaderValue>>> =
+        (head.headers.contains_key(MCP_SESSION_ID)).then(|| opened.collect());
+    if let Some(sealed) = sealed {
+        head.headers.remove(MCP_SESSION_ID);
+        match &sealed[..] {
+            [Some(one)] => {
+                head.headers.insert(MCP_SESSION_ID, one.clone());
+            }
+            _ => {
+                tracing::warn!(server = %decider.server, "the upstream answered with several or unusable session ids");
+                return reply::error(StatusCode::BAD_GATEWAY, "the upstream's session id could not be passed on");
+            }
+        }
+    }
+    // Error answers are filtered too: a list in one would reach the caller all the same.
+    let Some(kinds) = lists.filter(|l| !l.is_empty()) else {
         return Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync());
     };
-    let media = head.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let lists = Arc::new(Lists { kinds, allows: decider.clone() });
+    let unfiltered = |why: &str| {
+        tracing::warn!(server = %decider.server, "the upstream's list answer {why}: refused");
+        reply::error(StatusCode::BAD_GATEWAY, "the upstream's list answer could not be filtered")
+    };
+    // The filter must read the body as the caller will: as one media type, and as sent. (The
+    // gateway asked for identity encoding; an upstream that compresses anyway is refused.)
+    let mut types = head.headers.get_all(header::CONTENT_TYPE).iter();
+    let media = match (types.next(), types.next()) {
+        (Some(_), Some(_)) => return unfiltered("names two media types"),
+        (one, _) => one.and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase(),
+    };
+    if head.headers.get_all(header::CONTENT_ENCODING).iter().any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity")) {
+        return unfiltered("has a content coding");
+    }
+    head.headers.remove(header::CONTENT_ENCODING);
     head.headers.remove(header::CONTENT_LENGTH);
-    if media.starts_with("text/event-stream") {
+    let lists = Arc::new(Lists { kinds, allows: decider.clone() });
+    if media.split(';').next().is_some_and(|essence| essence.trim() == "text/event-stream") {
         return Response::from_parts(head, filter::sse(lists, incoming));
     }
-    let bytes = match Limited::new(incoming, filter::MAX_FILTERED_BYTES).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            tracing::warn!(server = %decider.server, "upstream list answer not read: {e}");
-            return reply::error(StatusCode::BAD_GATEWAY, "the upstream's list answer could not be filtered");
+    let read = tokio::time::timeout(
+        shared.limits.body_read_timeout,
+        Limited::new(incoming, filter::MAX_FILTERED_BYTES).collect(),
+    );
+    let bytes = match read.await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) => return unfiltered(&format!("was not read: {e}")),
+        Err(_) => {
+            tracing::warn!(server = %decider.server, "the upstream's list answer did not arrive in time");
+            return reply::error(StatusCode::GATEWAY_TIMEOUT, "the upstream's list answer did not arrive in time");
         }
     };
     match lists.json(&bytes) {
         Some(filtered) => Response::from_parts(head, reply::full(filtered)),
-        None => reply::error(StatusCode::BAD_GATEWAY, "the upstream's list answer could not be filtered"),
+        // An error status keeps its meaning (a 404 tells the client its session is gone); only
+        // the body the filter could not read is withheld.
+        None if !head.status.is_success() => {
+            head.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let body = serde_json::json!({"error": "the upstream's answer is withheld: it could not be filtered"});
+            Response::from_parts(head, reply::full(body.to_string()))
+        }
+        None => unfiltered("is not JSON"),
     }
 }
 
@@ -613,7 +761,18 @@ fn credentials<'h>(headers: &'h HeaderMap, query: Option<&str>) -> Result<Option
     }
 }
 
+/// The `cnf.jkt` a verified token is bound to, if any (the verifier checked it against the
+/// proof's key).
+fn bound_key(verified: &Verified) -> Option<&str> {
+    verified.claims.get("cnf")?.get("jkt")?.as_str()
+}
+
 /// How old a DPoP proof may be (seconds), and how far ahead of our clock.
+/// The gateway's own front door, as `Caller::via` names it (the local check API is another).
+pub(crate) const VIA_GATEWAY: &str = "gateway";
+/// The MCP session header.
+const MCP_SESSION_ID: http::HeaderName = http::HeaderName::from_static("mcp-session-id");
+
 const PROOF_MAX_AGE: i64 = 60;
 const PROOF_SKEW: i64 = 5;
 

@@ -17,8 +17,9 @@
 
 mod filter;
 mod handler;
-mod proxy;
+pub(crate) mod proxy;
 mod record;
+mod refusals;
 mod reply;
 mod sessions;
 mod tls;
@@ -40,7 +41,7 @@ pub use handler::Limits;
 pub(crate) use handler::{Caller, admit, check_body};
 pub use reply::Body;
 pub use reply::Route;
-pub use sessions::EndedTask;
+pub use sessions::{EndedTask, KEY_BYTES as SESSION_KEY_BYTES};
 pub use tls::GatewayTls;
 
 /// What every worker shares.
@@ -50,6 +51,10 @@ pub struct Shared {
     pub current: Current,
     /// Which workload opened which MCP session.
     sessions: Arc<sessions::Sessions>,
+    /// Seals the session ids callers see to the workload that opened them.
+    seal: Arc<sessions::Seal>,
+    /// Refusals before any token was accepted, tallied into one record per second and source.
+    refusals: Arc<refusals::Refusals>,
     /// Request bounds.
     limits: Limits,
     /// Asks the control plane to refetch an issuer's keys (a token named a `kid` we lack) and
@@ -66,8 +71,11 @@ pub struct Shared {
     outbox: Arc<crate::decisions::Outbox>,
     /// Where spans go, when tracing is on.
     spans: Option<Arc<crate::spans::Spans>>,
-    /// DPoP proofs seen (by key and `jti`), against replay.
-    dpop_proofs_seen: Arc<std::sync::Mutex<warden_core::dpop::ReplayCache>>,
+    /// DPoP proofs seen (by key and `jti`), against replay, per server: one server's callers
+    /// cannot fill another's.
+    dpop_proofs_seen: Arc<std::sync::Mutex<HashMap<Arc<str>, warden_core::dpop::ReplayCache>>>,
+    /// Connections open per server's listener, across workers.
+    connections: Arc<std::sync::Mutex<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>>,
 }
 
 impl Shared {
@@ -80,12 +88,13 @@ impl Shared {
         labels: BTreeMap<String, String>,
         outbox: Arc<crate::decisions::Outbox>,
         spans: Option<Arc<crate::spans::Spans>>,
+        session_key: &[u8; sessions::KEY_BYTES],
     ) -> Shared {
-        let dpop_proofs_seen =
-            Arc::new(std::sync::Mutex::new(warden_core::dpop::ReplayCache::new(DPOP_PROOFS_REMEMBERED)));
         Shared {
             current,
             sessions: Arc::default(),
+            seal: Arc::new(sessions::Seal::new(session_key)),
+            refusals: Arc::default(),
             limits,
             requests,
             ended_tasks: Arc::new(std::sync::Mutex::new(warden_core::bounded::BoundedMap::new(ENDED_TASKS_REMEMBERED))),
@@ -93,19 +102,51 @@ impl Shared {
             labels: Arc::new(labels),
             outbox,
             spans,
-            dpop_proofs_seen,
+            dpop_proofs_seen: Arc::default(),
+            connections: Arc::default(),
         }
     }
 
-    /// Records a DPoP proof (see [`warden_core::dpop::ReplayCache::record`]); `Err` for a
-    /// replay, or when there is no room to remember it.
+    /// Turns tallied refusals into decision records every second until `stop`, then once more
+    /// (await it before the outbox is persisted).
+    pub fn record_refusals(&self, stop: tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
+        self.refusals.clone().run(self.outbox.clone(), stop)
+    }
+
+    /// Records a DPoP proof made for `server` (see
+    /// [`warden_core::dpop::ReplayCache::record`]); `Err` for a replay, when its key used its
+    /// quota, or when there is no room to remember it.
     fn record_proof(
         &self,
+        server: &Arc<str>,
         proven: &warden_core::dpop::Proven,
         now: i64,
         fresh_for: i64,
     ) -> Result<(), warden_core::dpop::ProofError> {
-        self.dpop_proofs_seen.lock().unwrap_or_else(|e| e.into_inner()).record(proven, now, fresh_for)
+        let mut caches = self.dpop_proofs_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if !caches.contains_key(server)
+            && let Some(applied) = self.current.get()
+        {
+            // The caches of servers no longer configured go when another one is made.
+            caches.retain(|name, _| applied.config.servers.contains_key(&**name));
+        }
+        let (capacity, per_key) = (self.limits.dpop_proofs_per_server, self.limits.dpop_proofs_per_key);
+        caches
+            .entry(server.clone())
+            .or_insert_with(|| warden_core::dpop::ReplayCache::with_key_quota(capacity, per_key))
+            .record(proven, now, fresh_for)
+    }
+
+    /// The connection slots of `server`'s listener (shared by every worker's listener).
+    fn connection_slots(&self, server: &Arc<str>) -> Arc<tokio::sync::Semaphore> {
+        let mut slots = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry(server.clone())
+            .or_insert_with(|| {
+                let cap = self.limits.max_connections_per_listener.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+                Arc::new(tokio::sync::Semaphore::new(cap))
+            })
+            .clone()
     }
 
     /// A task token's session ended: refuse the token here from now on and have the control
@@ -131,9 +172,13 @@ impl Shared {
     }
 }
 
-/// DPoP proofs remembered against replay, each for the proof freshness window (65 s): a
-/// sustained ~2,000 DPoP requests/s per agent, ~7 MiB when full. Beyond it proofs are refused.
+/// DPoP proofs remembered against replay per server, each for the proof freshness window
+/// (65 s): a sustained ~2,000 DPoP requests/s per server, ~9 MiB when full. Beyond it proofs
+/// are refused.
 pub const DPOP_PROOFS_REMEMBERED: usize = 131_072;
+
+/// Of those, the most one key may hold: a sustained ~125 DPoP requests/s per key and server.
+pub const DPOP_PROOFS_PER_KEY: usize = 8_192;
 
 /// Task tokens whose sessions ended remembered by the agent itself; past it the oldest is
 /// forgotten (the control plane's revocation covers it).
@@ -308,6 +353,8 @@ async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = worker.shared.connection_slots(&server);
+    let mut last_warned: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -321,9 +368,20 @@ async fn serve(
             },
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         };
+        // Past the cap a connection is closed at once: left in the backlog it would only wait,
+        // and served it would take memory the open ones need.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                last_warned = Some(std::time::Instant::now());
+                tracing::warn!(server = %server, "connection cap reached; new connections are closed");
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (worker, server, stop, tls) = (worker.clone(), server.clone(), stop.clone(), tls.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(config) = tls else {
                 return connection(worker, server, peer, None, TokioIo::new(stream), stop).await;
             };
@@ -353,12 +411,13 @@ async fn connection<IO>(
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let _open = Open::new(&worker.open);
+    let header_read_timeout = worker.shared.limits.header_read_timeout;
     let service = hyper::service::service_fn(move |req| {
         let (worker, server, certificate) = (worker.clone(), server.clone(), certificate.clone());
         async move {
             let arrived = std::time::Instant::now();
             let Some(spans) = worker.shared.spans.clone() else {
-                let caller = handler::Caller::new(peer, certificate.as_deref(), arrived, "gateway");
+                let caller = handler::Caller::new(peer, certificate.as_deref(), arrived, handler::VIA_GATEWAY);
                 return Ok::<_, std::convert::Infallible>(handler::handle(&worker, &server, caller, req).await);
             };
             let (context, started) = (crate::spans::TraceContext::from_headers(req.headers()), crate::spans::started());
@@ -367,7 +426,7 @@ async fn connection<IO>(
                 ..Default::default()
             }));
             let http_method = req.method().clone();
-            let mut caller = handler::Caller::new(peer, certificate.as_deref(), arrived, "gateway");
+            let mut caller = handler::Caller::new(peer, certificate.as_deref(), arrived, handler::VIA_GATEWAY);
             caller.trace = Some((context, facts.clone()));
             let response = handler::handle(&worker, &server, caller, req).await;
             spans.finish(&context, started, &facts, http_method.as_str(), response.status().as_u16());
@@ -377,7 +436,7 @@ async fn connection<IO>(
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_buf_size(64 * 1024)
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(header_read_timeout)
         .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {

@@ -1,5 +1,8 @@
 //! Forwarding to the upstream MCP server: the caller's credentials stay at the gateway, only
-//! the minimum identity context goes on, and hop-by-hop headers stop at each hop.
+//! the minimum identity context goes on, and hop-by-hop headers stop at each hop. What the
+//! caller claims about the path its request took (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`)
+//! and its cookies stop here too: the upstream could take them as the gateway's word. Answers
+//! are asked for in identity encoding, so list answers can always be read and filtered.
 
 use std::time::Duration;
 
@@ -72,10 +75,15 @@ fn forwardable_except(from: &HeaderMap, also: fn(&HeaderName) -> bool) -> Header
     out
 }
 
-/// Headers that describe the body as the caller sent it: hyper frames the forwarded body
-/// itself, so a caller's length can never disagree with what reaches the upstream.
-fn framing(name: &HeaderName) -> bool {
-    matches!(name.as_str(), "content-length" | "expect")
+/// What is withheld from the upstream request beyond [`dropped`]: headers that describe the body
+/// as the caller sent it (hyper frames the forwarded body itself, so a caller's length can
+/// never disagree with what reaches the upstream); the encodings the caller accepts (the
+/// gateway asks for identity); the caller's cookies and its claims about the path the request
+/// took, which an upstream behind the gateway would read as the gateway's (the caller's
+/// address is not passed on at all: identity is `X-Warden-*`).
+fn withheld(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "content-length" | "expect" | "accept-encoding" | "cookie" | "forwarded" | "x-real-ip")
+        || name.as_str().starts_with("x-forwarded-")
 }
 
 /// The request to send upstream for an allowed one.
@@ -86,7 +94,18 @@ pub fn request(
     body: Bytes,
     workload: &Verified,
 ) -> Result<Request<Full<Bytes>>, String> {
-    request_as(upstream, method, headers, body, &workload.issuer, &workload.subject)
+    let (issuer, subject) = identity(workload);
+    request_as(upstream, method, headers, body, issuer, subject)
+}
+
+/// Who the upstream is told is calling: the workload's own issuer (for a task token, the
+/// issuer of the identity it was exchanged for, not the token service) and subject.
+pub(crate) fn identity(workload: &Verified) -> (&str, &str) {
+    (own_issuer(&workload.issuer, workload.task.as_ref()), &workload.subject)
+}
+
+fn own_issuer<'a>(issuer: &'a str, task: Option<&'a warden_core::token::Task>) -> &'a str {
+    task.map_or(issuer, |t| t.subject_issuer.as_str())
 }
 
 fn request_as(
@@ -104,18 +123,24 @@ fn request_as(
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
-    let mut forwarded = forwardable_except(headers, framing);
+    let mut forwarded = forwardable_except(headers, withheld);
+    // A compressed answer could not be filtered; every answer is asked for as it is.
+    forwarded.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     forwarded.insert(ISSUER_HEADER, header_value(issuer));
     forwarded.insert(SUBJECT_HEADER, header_value(subject));
     *request.headers_mut() = forwarded;
     Ok(request)
 }
 
-/// A claim as a header value: verbatim when it is visible ASCII, otherwise in the
-/// `=?base64?…?=` form MCP uses for such header values.
-fn header_value(text: &str) -> HeaderValue {
+/// A claim as a header value: verbatim when it is visible ASCII and does not itself look
+/// encoded, otherwise in the `=?base64?…?=` form MCP uses for such header values. A subject
+/// that is literally `=?base64?…?=` is encoded too, so decoding (unwrap and decode what is
+/// wrapped, take anything else as it is) always gives back the claim, never someone else's.
+pub(crate) fn header_value(text: &str) -> HeaderValue {
     use base64::Engine;
-    if text.bytes().all(|b| (0x20..0x7f).contains(&b))
+    if text.bytes().all(|b| (0x21..0x7f).contains(&b) || b == b' ')
+        && !text.starts_with("=?")
+        && text.trim() == text
         && let Ok(v) = HeaderValue::from_str(text)
     {
         return v;
@@ -155,6 +180,31 @@ mod tests {
     }
 
     #[test]
+    fn the_caller_s_cookies_path_claims_and_encodings_stay_here() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("cookie", "session=1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-real-ip", "10.0.0.1"),
+            ("accept-encoding", "gzip, br"),
+            ("accept", "application/json, text/event-stream"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let r = request_as("http://127.0.0.1:9/mcp", &Method::POST, &h, Bytes::new(), "corp", "s").unwrap();
+        let mut names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "accept-encoding", "x-warden-issuer", "x-warden-subject"]);
+        assert_eq!(r.headers().get_all("accept-encoding").iter().collect::<Vec<_>>(), ["identity"]);
+        // Answers keep what the upstream sets (its cookies are the caller's to keep).
+        let mut answer = HeaderMap::new();
+        answer.insert("set-cookie", HeaderValue::from_static("a=1"));
+        assert!(forwardable(&answer).contains_key("set-cookie"));
+    }
+
+    #[test]
     fn identity_context_replaces_what_the_caller_claimed() {
         let mut h = HeaderMap::new();
         h.insert("x-warden-subject", HeaderValue::from_static("admin"));
@@ -163,5 +213,35 @@ mod tests {
         assert_eq!(r.headers().get_all("x-warden-subject").iter().count(), 1);
         assert_eq!(r.headers()["x-warden-subject"], "=?base64?w7xuw69jb2Rl?=");
         assert!(request_as("https://up/mcp", &Method::POST, &h, Bytes::new(), "corp", "s").is_err());
+    }
+
+    /// What an upstream does with an identity header: unwrap and decode an encoded value, take
+    /// anything else as it is.
+    fn decode(value: &HeaderValue) -> String {
+        use base64::Engine;
+        let text = value.to_str().unwrap();
+        match text.strip_prefix("=?base64?").and_then(|t| t.strip_suffix("?=")) {
+            Some(b64) => String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap(),
+            None => text.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_subject_decodes_to_itself_and_never_to_someone_else() {
+        // "=?base64?YWRtaW4=?=" is the encoding of "admin": sent verbatim, an upstream would
+        // read admin.
+        for subject in ["alice", "=?base64?YWRtaW4=?=", "=?x", " admin", "admin ", "ünïcode", "a\tb", "", "=?base64??="]
+        {
+            let value = header_value(subject);
+            assert_eq!(decode(&value), subject, "{subject:?} sent as {value:?}");
+        }
+        assert_eq!(header_value("alice"), "alice", "plain subjects stay readable");
+    }
+
+    #[test]
+    fn a_task_token_names_the_workload_s_own_issuer() {
+        assert_eq!(own_issuer("corp-idp", None), "corp-idp");
+        let task = warden_core::token::Task { subject_issuer: "corp-idp".into(), tools: vec!["search".into()] };
+        assert_eq!(own_issuer("warden", Some(&task)), "corp-idp", "not the token service");
     }
 }

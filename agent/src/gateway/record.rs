@@ -84,11 +84,13 @@ pub(crate) fn record(
         token_lifetime_seconds: workload.map_or(0, |w| w.expires_at.saturating_sub(w.issued_at).max(0) as u64),
         actor: "",
         binding: "",
+        count: 0,
+        source: "",
     });
 }
 
 /// Lower-case hex of a trace id, written into `out`.
-fn hex_of<'a>(id: &[u8; 16], out: &'a mut [u8; 32]) -> &'a str {
+pub(crate) fn hex_of<'a>(id: &[u8; 16], out: &'a mut [u8; 32]) -> &'a str {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(id) {
         pair[0] = HEX[usize::from(b >> 4)];

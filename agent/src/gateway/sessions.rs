@@ -1,6 +1,15 @@
 //! Which workload opened which MCP session. A session id is a bearer handle to server-side
 //! state; bound to the workload whose token opened it, a leaked id is useless to anyone else
 //! (MCP security best practices, "session hijacking").
+//!
+//! The gateway never shows a caller the upstream's session id: it hands out a sealed one,
+//! `w1.<MAC>.<upstream id>`, the MAC over (the opening workload's principal, the upstream id)
+//! with the agent's session key ([`Seal`]). Only that workload can present it, on this agent
+//! after a restart, or on any agent sharing the key file; an id the gateway cannot vouch for
+//! (forged, another workload's, from before sealing, or from an agent with another key) is
+//! refused like an unknown session (404: MCP clients then open a new one). The table below
+//! remains for what a session's end triggers (revoking the task token that opened it), and
+//! for the local check API, where Envoy — not Warden — carries the upstream's id.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -18,6 +27,58 @@ pub const PER_WORKLOAD: usize = 1_024;
 
 /// A hash of (issuer, subject): what a session is bound to.
 pub type Principal = [u8; 32];
+
+/// The bytes of a session key.
+pub const KEY_BYTES: usize = 32;
+
+/// Seals and opens the session ids callers see (see the module docs).
+pub struct Seal {
+    key: ring::hmac::Key,
+}
+
+/// Sealed ids start with this (a version, so the form can change).
+const SEALED_PREFIX: &str = "w1.";
+/// An HMAC-SHA256 tag as unpadded base64url.
+const MAC_CHARS: usize = 43;
+
+impl Seal {
+    /// A seal with `secret` as its key.
+    pub fn new(secret: &[u8; KEY_BYTES]) -> Seal {
+        Seal { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret) }
+    }
+
+    /// What the MAC covers: the principal (fixed length) then the upstream's id.
+    fn message(upstream: &[u8], principal: &Principal) -> Vec<u8> {
+        [&principal[..], upstream].concat()
+    }
+
+    /// The id to give the caller for the upstream's `upstream` id, opened by `principal`.
+    pub fn seal(&self, upstream: &[u8], principal: &Principal) -> Option<http::HeaderValue> {
+        use base64::Engine;
+        let tag = ring::hmac::sign(&self.key, &Seal::message(upstream, principal));
+        let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref());
+        let mut sealed = Vec::with_capacity(SEALED_PREFIX.len() + MAC_CHARS + 1 + upstream.len());
+        sealed.extend_from_slice(SEALED_PREFIX.as_bytes());
+        sealed.extend_from_slice(mac.as_bytes());
+        sealed.push(b'.');
+        sealed.extend_from_slice(upstream);
+        http::HeaderValue::from_bytes(&sealed).ok()
+    }
+
+    /// The upstream's id inside `presented`, when `principal` is the workload it was sealed for.
+    pub fn open<'a>(&self, presented: &'a [u8], principal: &Principal) -> Option<&'a [u8]> {
+        use base64::Engine;
+        let rest = presented.strip_prefix(SEALED_PREFIX.as_bytes())?;
+        if rest.len() <= MAC_CHARS || rest[MAC_CHARS] != b'.' {
+            return None;
+        }
+        let (mac, upstream) = (&rest[..MAC_CHARS], &rest[MAC_CHARS + 1..]);
+        let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(mac).ok()?;
+        // In constant time: the comparison must not tell a forger how much of a MAC was right.
+        ring::hmac::verify(&self.key, &Seal::message(upstream, principal), &mac).ok()?;
+        Some(upstream)
+    }
+}
 
 type SessionKey = [u8; 32];
 
@@ -117,6 +178,30 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_id_opens_only_for_the_workload_it_was_sealed_for() {
+        let seal = Seal::new(&[7; KEY_BYTES]);
+        let (alice, bob) = ([1; 32], [2; 32]);
+        let sealed = seal.seal(b"upstream-42", &alice).unwrap();
+        assert!(sealed.to_str().unwrap().starts_with("w1."));
+        assert_eq!(seal.open(sealed.as_bytes(), &alice), Some(&b"upstream-42"[..]));
+        assert_eq!(seal.open(sealed.as_bytes(), &bob), None, "another workload's");
+        assert_eq!(Seal::new(&[8; KEY_BYTES]).open(sealed.as_bytes(), &alice), None, "another key's");
+        // The upstream's own id, a changed upstream id or MAC, and garbage: refused.
+        let text = sealed.to_str().unwrap();
+        for forged in [
+            "upstream-42".to_string(),
+            text.replace("upstream-42", "upstream-43"),
+            format!("w1.{}{}", &text[3..10].replace(|_| true, "A"), &text[10..]),
+            "w1.".into(),
+            format!("w1.{}", "A".repeat(43)),
+            format!("w1.{}.", "A".repeat(43)),
+            format!("w1.{}.x", "!".repeat(43)),
+        ] {
+            assert_eq!(seal.open(forged.as_bytes(), &alice), None, "{forged}");
+        }
+    }
 
     #[test]
     fn a_session_serves_only_the_workload_that_opened_it() {

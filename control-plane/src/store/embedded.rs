@@ -7,14 +7,15 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, StoreError, corrupt, hex,
-    resource_key_text,
+    AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, OperatorRecord, StoreError,
+    corrupt, resource_key_text,
 };
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 const JOIN_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("join_tokens");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const OPERATORS: TableDefinition<&str, &[u8]> = TableDefinition::new("operators");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const ISSUER_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("issuer_keys");
 
@@ -52,6 +53,7 @@ impl Embedded {
             txn.open_table(RESOURCES).map_err(db_err)?;
             txn.open_table(JOIN_TOKENS).map_err(db_err)?;
             txn.open_table(AGENTS).map_err(db_err)?;
+            txn.open_table(OPERATORS).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(ISSUER_KEYS).map_err(db_err)?;
         }
@@ -205,8 +207,7 @@ impl Embedded {
     }
 
     /// Records a new join token (only the hash of its secret).
-    pub fn create_join_token(&self, id: &str, secret_hash: &[u8; 32], expires_unix: i64) -> Result<(), StoreError> {
-        let record = JoinTokenRecord { secret_sha256: hex(secret_hash), expires_unix, used_by: None };
+    pub(crate) fn create_join_token(&self, id: &str, record: &JoinTokenRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(JOIN_TOKENS).map_err(db_err)?;
@@ -231,10 +232,13 @@ impl Embedded {
                 Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?,
                 None => return Err(JoinTokenError::Invalid),
             };
-            super::check_join_token(id, &record, secret_hash, now_unix)?;
+            super::check_join_token(id, &record, secret_hash, now_unix, &agent.id)?;
+            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
+            if agents.get(agent.id.as_str()).map_err(db_err)?.is_some() {
+                return Err(JoinTokenError::AgentExists(agent.id.clone()));
+            }
             record.used_by = Some(agent.id.clone());
             table.insert(id, serde_json::to_vec(&record).expect("serializes").as_slice()).map_err(db_err)?;
-            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
             agents
                 .insert(agent.id.as_str(), serde_json::to_vec(agent).expect("serializes").as_slice())
                 .map_err(db_err)?;
@@ -243,16 +247,21 @@ impl Embedded {
         Ok(())
     }
 
-    /// Updates a registered agent (e.g. after a certificate renewal).
-    pub fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+    /// Updates a registered agent (e.g. after a certificate renewal); whether it was still
+    /// registered (a deleted agent is not written back).
+    pub fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
+            if agents.get(agent.id.as_str()).map_err(db_err)?.is_none() {
+                return Ok(false);
+            }
             agents
                 .insert(agent.id.as_str(), serde_json::to_vec(agent).expect("serializes").as_slice())
                 .map_err(db_err)?;
         }
-        txn.commit().map_err(db_err)
+        txn.commit().map_err(db_err)?;
+        Ok(true)
     }
 
     /// Every registered agent.
@@ -266,6 +275,52 @@ impl Embedded {
             out.insert(record.id.clone(), record);
         }
         Ok(out)
+    }
+
+    /// One registered agent.
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(AGENTS).map_err(db_err)?;
+        let Some(v) = table.get(id).map_err(db_err)? else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?))
+    }
+
+    /// The certificates issued to operator `name`.
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(OPERATORS).map_err(db_err)?;
+        let Some(v) = table.get(name).map_err(db_err)? else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(v.value()).map_err(|e| corrupt(name, e))?))
+    }
+
+    /// Stores an operator's certificates.
+    pub fn put_operator(&self, record: &OperatorRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(OPERATORS).map_err(db_err)?;
+            let bytes = serde_json::to_vec(record).expect("serializes");
+            table.insert(record.name.as_str(), bytes.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Forgets an operator's certificates; whether it had any.
+    pub fn delete_operator(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = txn.open_table(OPERATORS).map_err(db_err)?.remove(name).map_err(db_err)?.is_some();
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    /// Removes an agent from the registry; whether it was there.
+    pub fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
+            agents.remove(id).map_err(db_err)?.is_some()
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
     }
 }
 

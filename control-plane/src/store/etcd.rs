@@ -29,14 +29,14 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, TxnOp, TxnOpResponse,
-    WatchOptions,
+    WatchFilterType, WatchOptions,
 };
 use tokio::sync::{mpsc, watch};
 use warden_core::{Kind, ResourceKey};
 
 use super::{
     AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, LoadedResource,
-    PresenceRecord, StoreError, corrupt, hex, resource_key_text,
+    OperatorRecord, PresenceRecord, StoreError, corrupt, resource_key_text,
 };
 
 /// Audit entries of one version are numbered within it: sequence = version << 20 | index.
@@ -149,17 +149,25 @@ const UNREACHABLE_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// Runs `call` again while it fails because the member it went to cannot be reached: the
 /// client balances over every endpoint and may pick one that just went away. Any other error
-/// (or the member still unreachable after [`UNREACHABLE_RETRY_FOR`]) is returned. A write
-/// retried after it was in fact applied meets the version guard and is planned again, which
-/// then finds nothing left to do.
+/// (or the member still unreachable after [`UNREACHABLE_RETRY_FOR`]) is returned. A call caught
+/// in a leader election (etcd answers "request timed out" or "leader changed" only after its
+/// election timeout, which may use up the whole deadline) is tried [`ELECTION_ATTEMPTS`] times
+/// whatever the deadline. A write retried after it was in fact applied meets the version guard
+/// and is planned again, which then finds nothing left to do.
 async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
     mut call: impl FnMut() -> F,
 ) -> Result<T, etcd_client::Error> {
     let deadline = tokio::time::Instant::now() + UNREACHABLE_RETRY_FOR;
     let mut delay = Duration::from_millis(25);
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         match call().await {
-            Err(e) if unreachable(&e) && tokio::time::Instant::now() + delay < deadline => {
+            Err(e)
+                if unreachable(&e)
+                    && (tokio::time::Instant::now() + delay < deadline || attempts < ELECTION_ATTEMPTS) =>
+            {
+                tracing::debug!(attempts, "etcd: {e}; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(500));
             }
@@ -168,9 +176,18 @@ async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
     }
 }
 
+/// Attempts of a call that keeps meeting an election, however long each took.
+const ELECTION_ATTEMPTS: u32 = 3;
+
 fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
-        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        // etcd's timeouts during an election are Unavailable ("request timed out", "leader
+        // changed", "no leader"); a client deadline that passed is DeadlineExceeded.
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+                || status.message().contains("leader changed")
+                || status.message().contains("request timed out")
+        }
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     }
@@ -428,9 +445,8 @@ impl Etcd {
     }
 
     /// Records a new join token (only the hash of its secret).
-    pub fn create_join_token(&self, id: &str, secret_hash: &[u8; 32], expires_unix: i64) -> Result<(), StoreError> {
-        let record = JoinTokenRecord { secret_sha256: hex(secret_hash), expires_unix, used_by: None };
-        let (key, value) = (self.key(&format!("join-tokens/{id}")), serde_json::to_vec(&record).expect("serializes"));
+    pub(crate) fn create_join_token(&self, id: &str, record: &JoinTokenRecord) -> Result<(), StoreError> {
+        let (key, value) = (self.key(&format!("join-tokens/{id}")), serde_json::to_vec(record).expect("serializes"));
         self.wait(self.put(key, value))?;
         Ok(())
     }
@@ -450,21 +466,26 @@ impl Etcd {
             let response = self.wait(self.get(key.clone(), None))?;
             let Some(kv) = response.kvs().first() else { return Err(JoinTokenError::Invalid) };
             let mut record: JoinTokenRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
-            super::check_join_token(id, &record, secret_hash, now_unix)?;
+            super::check_join_token(id, &record, secret_hash, now_unix, &agent.id)?;
             record.used_by = Some(agent.id.clone());
+            let agent_key = self.key(&format!("agents/{}", agent.id));
+            // The token unchanged since read, and no agent of this id registered (a key never
+            // created has create revision 0).
             let claim = etcd_client::Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+                .when([
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                    Compare::create_revision(agent_key.clone(), CompareOp::Equal, 0),
+                ])
                 .and_then([
                     TxnOp::put(key.clone(), serde_json::to_vec(&record).expect("serializes"), None),
-                    TxnOp::put(
-                        self.key(&format!("agents/{}", agent.id)),
-                        serde_json::to_vec(agent).expect("serializes"),
-                        None,
-                    ),
+                    TxnOp::put(agent_key.clone(), serde_json::to_vec(agent).expect("serializes"), None),
                 ]);
             let response = self.wait(self.txn(claim))?;
             if response.succeeded() {
                 return Ok(());
+            }
+            if !self.wait(self.get(agent_key, None))?.kvs().is_empty() {
+                return Err(JoinTokenError::AgentExists(agent.id.clone()));
             }
             // Changed under us (another replica used it): read it again and say why it fails.
         }
@@ -472,10 +493,64 @@ impl Etcd {
     }
 
     /// Updates a registered agent.
-    pub fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+    pub fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
         let (key, value) = (self.key(&format!("agents/{}", agent.id)), serde_json::to_vec(agent).expect("serializes"));
-        self.wait(self.put(key, value))?;
-        Ok(())
+        // Only while registered: a renewal racing a deletion must not bring the agent back.
+        let txn = etcd_client::Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::NotEqual, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        Ok(self.wait(self.txn(txn))?.succeeded())
+    }
+
+    /// One registered agent.
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let key = self.key(&format!("agents/{id}"));
+        let response = self.wait(self.get(key.clone(), None))?;
+        let Some(kv) = response.kvs().first() else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?))
+    }
+
+    /// Removes an agent from the registry; whether it was there. Every replica watches these
+    /// deletions ([`Etcd::follow_deleted_agents`]) and ends the agent's stream.
+    pub fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
+        let key = self.key(&format!("agents/{id}"));
+        let response = self.wait(async {
+            retrying(|| {
+                let (mut kv, key) = (self.kv(), key.clone());
+                async move { kv.delete(key, None).await }
+            })
+            .await
+            .map_err(etcd_err)
+        })?;
+        Ok(response.deleted() > 0)
+    }
+
+    /// The certificates issued to operator `name`.
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        let key = self.key(&format!("operators/{name}"));
+        let response = self.wait(self.get(key.clone(), None))?;
+        let Some(kv) = response.kvs().first() else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?))
+    }
+
+    /// Stores an operator's certificates.
+    pub fn put_operator(&self, record: &OperatorRecord) -> Result<(), StoreError> {
+        let key = self.key(&format!("operators/{}", record.name));
+        self.wait(self.put(key, serde_json::to_vec(record).expect("serializes")))
+    }
+
+    /// Forgets an operator's certificates; whether it had any.
+    pub fn delete_operator(&self, name: &str) -> Result<bool, StoreError> {
+        let key = self.key(&format!("operators/{name}"));
+        let response = self.wait(async {
+            retrying(|| {
+                let (mut kv, key) = (self.kv(), key.clone());
+                async move { kv.delete(key, None).await }
+            })
+            .await
+            .map_err(etcd_err)
+        })?;
+        Ok(response.deleted() > 0)
     }
 
     /// Every registered agent.
@@ -765,6 +840,71 @@ impl Etcd {
                         None => return,
                     }
                     break;
+                }
+            }
+        }
+    }
+
+    /// Sends the id of every agent deleted from the registry (by any replica) to `out`, until
+    /// `shutdown`, so each replica ends the deleted agent's stream at once. When deletions may
+    /// have been missed (the watch broke and etcd compacted past it), sends `None`: every
+    /// session then checks its agent is still registered.
+    pub async fn follow_deleted_agents(
+        &self,
+        out: tokio::sync::broadcast::Sender<Option<String>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let prefix = self.key("agents/");
+        let mut revision: Option<i64> = None;
+        let mut failures = 0u32;
+        loop {
+            if failures > 0 {
+                let delay = Duration::from_millis(100 * u64::from(failures.min(20)));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+            let mut options = WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]);
+            if let Some(r) = revision {
+                options = options.with_start_revision(r + 1);
+            }
+            let mut stream = match self.client.watch_client().watch(prefix.clone(), Some(options)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!("etcd watch of the agent registry: {e}; retrying");
+                    continue;
+                }
+            };
+            loop {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                };
+                let response = match message {
+                    Ok(Some(r)) if !r.canceled() && r.compact_revision() == 0 => r,
+                    Ok(Some(r)) if r.compact_revision() > 0 => {
+                        // Deletions after `revision` may be lost: every session checks itself.
+                        let _ = out.send(None);
+                        revision = Some(r.compact_revision() - 1);
+                        break;
+                    }
+                    _ => {
+                        failures += 1;
+                        break;
+                    }
+                };
+                failures = 0;
+                if let Some(header) = response.header() {
+                    revision = Some(revision.map_or(header.revision(), |r| r.max(header.revision())));
+                }
+                for event in response.events() {
+                    if let Some(kv) = event.kv()
+                        && let Some(id) = kv.key().strip_prefix(prefix.as_bytes())
+                    {
+                        let _ = out.send(Some(String::from_utf8_lossy(id).into_owned()));
+                    }
                 }
             }
         }
