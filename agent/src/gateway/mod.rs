@@ -80,6 +80,7 @@ pub struct Shared {
 
 impl Shared {
     /// State for the gateway's workers.
+    #[allow(clippy::too_many_arguments, reason = "each is a separate part the agent owns; built once at start")]
     pub fn new(
         current: Current,
         limits: Limits,
