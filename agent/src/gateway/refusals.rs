@@ -155,7 +155,7 @@ mod tests {
         assert_eq!(counts(&refusals), [1, 1, 1, 1000]);
         // A spray from a million addresses stays within the bound, every refusal counted.
         let sprayed = Refusals::default();
-        for i in 0..10_000u32 {
+        for i in 1..=10_000u32 {
             sprayed.add(refusal(&notes, "missing_token", &std::net::Ipv4Addr::from(i).to_string()));
         }
         let tallies = sprayed.tallies.lock().unwrap();
