@@ -152,17 +152,25 @@ const UNREACHABLE_RETRY_FOR: Duration = Duration::from_secs(5);
 /// (or the member still unreachable after [`UNREACHABLE_RETRY_FOR`]) is returned. A call caught
 /// in a leader election (etcd answers "request timed out" or "leader changed" only after its
 /// election timeout, which may use up the whole deadline) is tried [`ELECTION_ATTEMPTS`] times
-/// whatever the deadline. A write retried after it was in fact applied meets the version guard
-/// and is planned again, which then finds nothing left to do.
+/// whatever the deadline. A call that never left because its endpoint refused the connection
+/// is tried again at once, up to [`REFUSED_ATTEMPTS`] times whatever the deadline: the
+/// balancer favours the least-loaded endpoint, and a dead member carries no load, so it keeps
+/// being picked while elections use up the deadline. A write retried after it was in fact
+/// applied meets the version guard and is planned again, which then finds nothing left to do.
 async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
     mut call: impl FnMut() -> F,
 ) -> Result<T, etcd_client::Error> {
     let deadline = tokio::time::Instant::now() + UNREACHABLE_RETRY_FOR;
     let mut delay = Duration::from_millis(25);
-    let mut attempts = 0;
+    let (mut attempts, mut refused) = (0, 0);
     loop {
         attempts += 1;
         match call().await {
+            Err(e) if never_sent(&e) && refused < REFUSED_ATTEMPTS => {
+                refused += 1;
+                tracing::debug!(refused, "etcd: {e}; trying another endpoint");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             Err(e)
                 if unreachable(&e)
                     && (tokio::time::Instant::now() + delay < deadline || attempts < ELECTION_ATTEMPTS) =>
@@ -179,6 +187,9 @@ async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
 /// Attempts of a call that keeps meeting an election, however long each took.
 const ELECTION_ATTEMPTS: u32 = 3;
 
+/// Calls refused a connection (each fails at once) tried before the deadline rule applies.
+const REFUSED_ATTEMPTS: u32 = 20;
+
 fn unreachable(e: &etcd_client::Error) -> bool {
     match e {
         // etcd's timeouts during an election are Unavailable ("request timed out", "leader
@@ -191,6 +202,12 @@ fn unreachable(e: &etcd_client::Error) -> bool {
         etcd_client::Error::TransportError(_) => true,
         _ => false,
     }
+}
+
+/// The call failed connecting, before any of it reached a member.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::Unavailable && status.message().contains("connect error"))
 }
 
 fn decimal(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
