@@ -56,7 +56,7 @@ fn snapshot(policies: usize) -> pb::Snapshot {
         ),
     ];
     resources.extend((0..policies).map(|i| policy(&format!("p{i}"), &format!("tool-{i}"), 1)));
-    pb::Snapshot { store_id: "s".into(), version: 1, resources, issuer_keys: vec![] }
+    pb::Snapshot { store_id: "s".into(), version: 1, resources, issuer_keys: vec![], revocations: None }
 }
 
 fn bench(c: &mut Criterion) {

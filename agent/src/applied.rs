@@ -9,7 +9,8 @@ use arc_swap::ArcSwapOption;
 use proto::v1 as pb;
 use warden_core::authorize::Authorizer;
 use warden_core::resource::Spec;
-use warden_core::token::Verifier;
+use warden_core::revocation::{Changes, CutKey, Target};
+use warden_core::token::{Revocations, Verifier};
 use warden_core::{Admission, Config, Document, Kind, ResourceKey};
 
 /// Where the enforced configuration came from.
@@ -36,6 +37,10 @@ pub struct Applied {
     pub keys: BTreeMap<String, pb::IssuerKeys>,
     /// The compiled configuration.
     pub config: Config,
+    /// Revoked tokens, checked per request (kept apart from the compiled configuration).
+    pub revocations: Revocations,
+    /// Whether this version changed revocations alone (its resources are the previous one's).
+    pub revocations_only: bool,
     /// Its token rules, with the tokens verified under them (shared with the previous version
     /// when only revocations changed: revocations are checked per request, not compiled in).
     pub verifier: Arc<Verifier>,
@@ -55,23 +60,60 @@ impl Applied {
             version: self.version,
             resources: self.resources.values().cloned().collect(),
             issuer_keys: self.keys.values().cloned().collect(),
+            revocations: Some(pb::Revocations::from_parts(
+                &self.revocations.tokens(),
+                self.revocations.cuts().map(|(key, before)| (key.issuer, key.subject, before)),
+            )),
         }
     }
+}
+
+/// The changes `revoked` and `unrevoked` make (as a delta carries them).
+fn changes(revoked: Option<pb::Revocations>, unrevoked: Option<pb::Revocations>) -> Result<Changes, String> {
+    let keys = |r: &Option<pb::Revocations>| {
+        r.as_ref()
+            .map_or(Some(Vec::new()), |r| proto::unpack_token_keys(&r.token_keys))
+            .ok_or_else(|| "revoked token keys are not whole 16-byte keys".to_string())
+    };
+    let cut_keys = |r: Option<pb::Revocations>| {
+        r.map(|r| r.cuts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (CutKey { issuer: c.issuer, subject: c.subject }, c.issued_before_unix))
+    };
+    let (revoked_tokens, unrevoked_tokens) = (keys(&revoked)?, keys(&unrevoked)?);
+    Ok(Changes {
+        revoked: revoked_tokens,
+        unrevoked: unrevoked_tokens,
+        cuts: cut_keys(revoked).collect(),
+        uncut: cut_keys(unrevoked).map(|(key, _)| key).collect(),
+    })
 }
 
 /// Builds a configuration from a full snapshot.
 pub fn from_snapshot(snapshot: pb::Snapshot, source: Source) -> Result<Applied, String> {
     let mut resources = BTreeMap::new();
     let mut documents = BTreeMap::new();
+    let mut revoked = changes(snapshot.revocations, None)?;
     for r in snapshot.resources {
         let key = resource_key(&r.kind, &r.name)?;
-        documents.insert(key.clone(), parse(&key, &r)?);
+        let document = parse(&key, &r)?;
+        // Snapshots persisted before revocations were kept apart carry them as resources.
+        if let Spec::Revocation(spec) = &document.spec {
+            match spec.target() {
+                Target::Token(key) => revoked.revoked.push(key),
+                Target::Cut(key, before) => revoked.cuts.push((key, before)),
+            }
+            continue;
+        }
+        documents.insert(key.clone(), document);
         if resources.insert(key.clone(), r).is_some() {
             return Err(format!("{key} appears twice in the snapshot"));
         }
     }
     let keys = snapshot.issuer_keys.into_iter().map(|k| (k.issuer.clone(), k)).collect();
-    build(snapshot.store_id, snapshot.version, resources, documents, keys, source)
+    let revocations = Revocations::new(revoked.revoked, revoked.cuts);
+    build(snapshot.store_id, snapshot.version, resources, documents, keys, revocations, source)
 }
 
 /// Builds the configuration that `delta` makes of `current`.
@@ -83,47 +125,43 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
             delta.base_version, current.version
         ));
     }
-    let mut resources = current.resources.clone();
-    let mut documents = current.documents.clone();
-    let mut changed = Vec::with_capacity(delta.removals.len() + delta.upserts.len());
-    for r in delta.removals {
-        let key = resource_key(&r.kind, &r.name)?;
-        resources.remove(&key);
-        documents.remove(&key);
-        changed.push(key);
-    }
-    for r in delta.upserts {
-        let key = resource_key(&r.kind, &r.name)?;
-        documents.insert(key.clone(), parse(&key, &r)?);
-        resources.insert(key.clone(), r);
-        changed.push(key);
-    }
+    let revocations = current.revocations.apply(&changes(delta.revoked, delta.unrevoked)?);
     // Revocations are what must reach the fleet fastest, and they change no key, server or
     // policy: keep the compiled rest instead of compiling every policy again.
-    let revocations_only = delta.upserted_keys.is_empty()
-        && delta.removed_keys.is_empty()
-        && changed.iter().all(|key| key.kind == Kind::Revocation);
+    let revocations_only = delta.upserts.is_empty()
+        && delta.removals.is_empty()
+        && delta.upserted_keys.is_empty()
+        && delta.removed_keys.is_empty();
     if revocations_only {
-        let revocations = documents
-            .iter()
-            .filter_map(|(key, doc)| match &doc.spec {
-                Spec::Revocation(spec) => Some((key.name.clone(), spec.clone())),
-                _ => None,
-            })
-            .collect();
-        let config = current.config.clone().with_revocations(revocations).map_err(|e| e.to_string())?;
         return Ok(Applied {
             store_id: delta.store_id,
             version: delta.version,
-            resources,
-            documents,
+            resources: current.resources.clone(),
+            documents: current.documents.clone(),
             keys: current.keys.clone(),
-            config,
+            config: current.config.clone(),
+            revocations,
+            revocations_only: true,
             verifier: current.verifier.clone(),
             authorizer: current.authorizer.clone(),
             routes: std::sync::OnceLock::new(),
             source: Source::ControlPlane,
         });
+    }
+    let mut resources = current.resources.clone();
+    let mut documents = current.documents.clone();
+    for r in delta.removals {
+        let key = resource_key(&r.kind, &r.name)?;
+        resources.remove(&key);
+        documents.remove(&key);
+    }
+    for r in delta.upserts {
+        let key = resource_key(&r.kind, &r.name)?;
+        if key.kind == Kind::Revocation {
+            return Err(format!("{key}: revocations travel apart from resources"));
+        }
+        documents.insert(key.clone(), parse(&key, &r)?);
+        resources.insert(key.clone(), r);
     }
     let mut keys = current.keys.clone();
     for issuer in delta.removed_keys {
@@ -132,7 +170,7 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
     for k in delta.upserted_keys {
         keys.insert(k.issuer.clone(), k);
     }
-    build(delta.store_id, delta.version, resources, documents, keys, Source::ControlPlane)
+    build(delta.store_id, delta.version, resources, documents, keys, revocations, Source::ControlPlane)
 }
 
 fn resource_key(kind: &str, name: &str) -> Result<ResourceKey, String> {
@@ -156,6 +194,7 @@ fn build(
     resources: BTreeMap<ResourceKey, pb::Resource>,
     documents: BTreeMap<ResourceKey, Arc<Document>>,
     keys: BTreeMap<String, pb::IssuerKeys>,
+    revocations: Revocations,
     source: Source,
 ) -> Result<Applied, String> {
     let mut fetched = Vec::with_capacity(keys.len());
@@ -173,7 +212,20 @@ fn build(
     }
     let (verifier, authorizer) = (Arc::new(verifier), Arc::new(Authorizer::new(&config)));
     let routes = std::sync::OnceLock::new();
-    Ok(Applied { store_id, version, resources, documents, keys, config, verifier, authorizer, routes, source })
+    Ok(Applied {
+        store_id,
+        version,
+        resources,
+        documents,
+        keys,
+        config,
+        revocations,
+        revocations_only: false,
+        verifier,
+        authorizer,
+        routes,
+        source,
+    })
 }
 
 /// The configuration in force, shared by everything that enforces it.
@@ -228,7 +280,8 @@ mod tests {
     }
 
     fn snapshot(version: u64, resources: Vec<pb::Resource>) -> pb::Snapshot {
-        pb::Snapshot { store_id: "s".into(), version, resources, issuer_keys: vec![] }
+        let revocations = Some(pb::Revocations::default());
+        pb::Snapshot { store_id: "s".into(), version, resources, issuer_keys: vec![], revocations }
     }
 
     fn keys(issuer: &str, kid: &str) -> pb::IssuerKeys {
@@ -290,6 +343,12 @@ mod tests {
         }
     }
 
+    fn tokens(issuer: &str, jtis: &[&str]) -> Option<pb::Revocations> {
+        let mut keys: Vec<u128> = jtis.iter().map(|jti| warden_core::token::jti_key(issuer, jti)).collect();
+        keys.sort();
+        Some(pb::Revocations::from_parts(&keys, []))
+    }
+
     #[test]
     fn a_revocation_alone_keeps_the_compiled_rules_and_is_in_force() {
         let base = from_snapshot(snapshot(3, vec![issuer("a", 3)]), Source::ControlPlane).unwrap();
@@ -297,42 +356,70 @@ mod tests {
             store_id: "s".into(),
             base_version: 3,
             version: 4,
-            upserts: vec![revocation("r1", "a", "t-1")],
+            revoked: tokens("a", &["t-1"]),
             ..Default::default()
         };
         let next = from_delta(Some(&base), revoke).unwrap();
+        assert!(next.revocations_only);
         assert!(Arc::ptr_eq(&next.verifier, &base.verifier) && Arc::ptr_eq(&next.authorizer, &base.authorizer));
-        assert!(next.config.revoked.jti_revoked("a", "t-1"));
-        assert_eq!(next.to_snapshot().resources.len(), 2, "persisted with the revocation");
+        assert!(next.revocations.jti_revoked("a", "t-1") && !next.revocations.jti_revoked("a", "t-2"));
+        let persisted = next.to_snapshot();
+        assert_eq!(persisted.revocations, tokens("a", &["t-1"]), "persisted with the revocation");
+        assert!(from_snapshot(persisted, Source::Disk).unwrap().revocations.jti_revoked("a", "t-1"));
         // Lifting it: the same shortcut, and the token is good again.
         let lift = pb::Delta {
             store_id: "s".into(),
             base_version: 4,
             version: 5,
-            removals: vec![pb::ResourceRef { kind: "Revocation".into(), name: "r1".into() }],
+            unrevoked: tokens("a", &["t-1"]),
             ..Default::default()
         };
-        assert!(from_delta(Some(&next), lift).unwrap().config.revoked.is_empty());
-        // Checked like any configuration: a revocation of an unknown issuer is refused whole.
-        let dangling = pb::Delta {
-            store_id: "s".into(),
-            base_version: 3,
-            version: 4,
-            upserts: vec![revocation("r2", "zzz", "t-1")],
-            ..Default::default()
-        };
-        assert!(from_delta(Some(&base), dangling).err().unwrap().contains("zzz"));
+        assert!(from_delta(Some(&next), lift).unwrap().revocations.is_empty());
         // Anything else in the delta: compiled again.
         let mixed = pb::Delta {
             store_id: "s".into(),
             base_version: 3,
             version: 4,
-            upserts: vec![revocation("r1", "a", "t-1"), issuer("b", 4)],
+            upserts: vec![issuer("b", 4)],
+            revoked: tokens("a", &["t-1"]),
             ..Default::default()
         };
         let rebuilt = from_delta(Some(&base), mixed).unwrap();
-        assert!(!Arc::ptr_eq(&rebuilt.verifier, &base.verifier));
-        assert!(rebuilt.config.revoked.jti_revoked("a", "t-1"));
+        assert!(!rebuilt.revocations_only && !Arc::ptr_eq(&rebuilt.verifier, &base.verifier));
+        assert!(rebuilt.revocations.jti_revoked("a", "t-1"));
+    }
+
+    #[test]
+    fn malformed_revocations_are_refused_whole() {
+        let base = from_snapshot(snapshot(3, vec![issuer("a", 3)]), Source::ControlPlane).unwrap();
+        let partial_key = pb::Revocations { token_keys: vec![0; 15], cuts: vec![] };
+        let delta = pb::Delta {
+            store_id: "s".into(),
+            base_version: 3,
+            version: 4,
+            revoked: Some(partial_key.clone()),
+            ..Default::default()
+        };
+        assert!(from_delta(Some(&base), delta).err().unwrap().contains("16-byte"));
+        let snapshot = pb::Snapshot { revocations: Some(partial_key), ..snapshot(3, vec![issuer("a", 3)]) };
+        assert!(from_snapshot(snapshot, Source::ControlPlane).is_err());
+        // Revocations never travel as resources in a delta.
+        let as_resource = pb::Delta {
+            store_id: "s".into(),
+            base_version: 3,
+            version: 4,
+            upserts: vec![revocation("r1", "a", "t-1")],
+            ..Default::default()
+        };
+        assert!(from_delta(Some(&base), as_resource).err().unwrap().contains("apart"));
+    }
+
+    #[test]
+    fn a_snapshot_persisted_with_revocations_as_resources_loads_them_into_the_list() {
+        let old = snapshot(3, vec![issuer("a", 3), revocation("r1", "a", "t-1")]);
+        let loaded = from_snapshot(old, Source::Disk).unwrap();
+        assert!(loaded.revocations.jti_revoked("a", "t-1"));
+        assert_eq!(loaded.resources.len(), 1);
     }
 
     #[test]

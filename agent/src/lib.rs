@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::applied::{Current, Source};
+use crate::applied::Current;
 use crate::identity::{Files, Identity, IdentityError};
 use crate::last_good::LastGood;
 use crate::sync::{Backoff, Link, Sync};
@@ -93,18 +93,13 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let current = Current::default();
     let last_good = Arc::new(LastGood::new(&options.data_dir));
     match last_good.load() {
-        Ok(Some(snapshot)) => match applied::from_snapshot(snapshot, Source::Disk) {
-            Ok(applied) => {
-                tracing::info!(version = applied.version, "enforcing the last good configuration from disk");
-                current.set(applied);
-            }
-            Err(e) => tracing::error!(
-                "the stored configuration does not apply ({e}); denying everything until the control plane answers"
-            ),
-        },
+        Ok(Some(applied)) => {
+            tracing::info!(version = applied.version, "enforcing the last good configuration from disk");
+            current.set(applied);
+        }
         Ok(None) => tracing::warn!("no configuration yet: denying everything until the control plane answers"),
         Err(e) => tracing::error!(
-            "the stored configuration is unreadable ({e}); denying everything until the control plane answers"
+            "the stored configuration is unreadable or does not apply ({e}); denying everything until the control plane answers"
         ),
     }
 

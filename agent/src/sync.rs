@@ -243,14 +243,22 @@ impl Sync {
     /// Applies one control message; returns the ACK or NACK to send.
     fn handle(&self, message: pb::ControlMessage) -> Option<pb::agent_message::Message> {
         use pb::control_message::Message;
-        let (version, result) = match message.message? {
-            Message::Snapshot(s) => (s.version, applied::from_snapshot(s, Source::ControlPlane)),
-            Message::Delta(d) => (d.version, applied::from_delta(self.current.get().as_deref(), d)),
+        let (version, result, journal) = match message.message? {
+            Message::Snapshot(s) => (s.version, applied::from_snapshot(s, Source::ControlPlane), None),
+            Message::Delta(d) => {
+                // What is journaled on disk when only revocations change (small: no resources).
+                let revocations_only = d.upserts.is_empty()
+                    && d.removals.is_empty()
+                    && d.upserted_keys.is_empty()
+                    && d.removed_keys.is_empty();
+                let journal = revocations_only.then(|| d.clone());
+                (d.version, applied::from_delta(self.current.get().as_deref(), d), journal)
+            }
             Message::Heartbeat(_) | Message::DecisionsAck(_) => return None,
         };
         Some(match result {
             Ok(applied) => {
-                self.enforce(applied);
+                self.enforce(applied, journal.as_ref());
                 pb::agent_message::Message::Ack(pb::Ack { version })
             }
             Err(error) => {
@@ -260,16 +268,24 @@ impl Sync {
         })
     }
 
-    fn enforce(&self, applied: Applied) {
+    fn enforce(&self, applied: Applied, delta: Option<&pb::Delta>) {
         // Persist first so a crash right after the ACK still restarts on this version; a disk
         // failure does not stop the newer configuration from being enforced.
-        if let Err(e) = self.last_good.store(&applied.to_snapshot()) {
+        if let Err(e) = self.last_good.keep(&applied, delta) {
             tracing::error!("could not persist the configuration: {e}");
         }
-        tracing::info!(version = applied.version, resources = applied.resources.len(), "configuration applied");
+        let (version, revoked) = (applied.version, applied.revocations.len());
+        let compiled = !applied.revocations_only;
+        if compiled {
+            tracing::info!(version, resources = applied.resources.len(), revoked, "configuration applied");
+        } else {
+            tracing::debug!(version, revoked, "revocations applied");
+        }
         self.current.set(applied);
-        // Compiling a configuration is a burst of allocations, most of them garbage now.
-        crate::allocator::trim_soon();
+        if compiled {
+            // Compiling a configuration is a burst of allocations, most of them garbage now.
+            crate::allocator::trim_soon();
+        }
     }
 }
 

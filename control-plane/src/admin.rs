@@ -103,6 +103,20 @@ impl pb::admin_service_server::AdminService for AdminService {
             let plan = state::plan_apply(&current, documents)?;
             return Ok(Response::new(pb::ApplyResponse { results: results_of(&plan), version: current.version }));
         }
+        if !documents.is_empty() && documents.iter().all(|d| d.key().kind == Kind::Revocation) {
+            // Committed with whatever other revocations are waiting.
+            let (version, applied) = crate::revocations::apply(&self.cp, documents, &actor, "apply").await?;
+            let results = applied
+                .into_iter()
+                .map(|(key, action, stored)| pb::ApplyResult {
+                    kind: key.kind.as_str().into(),
+                    name: key.name,
+                    action: action.as_str().into(),
+                    resource_version: if action == state::Action::Unchanged { stored } else { version },
+                })
+                .collect();
+            return Ok(Response::new(pb::ApplyResponse { results, version }));
+        }
         let (version, results) = self
             .cp
             .write(&actor, "apply", |current| {
@@ -128,13 +142,8 @@ impl pb::admin_service_server::AdminService for AdminService {
         let request = request.into_inner();
         let kind = if request.kind.is_empty() { None } else { Some(parse_kind(&request.kind)?) };
         let state = self.cp.state.borrow().clone();
-        let resources: Vec<pb::Resource> = state
-            .snapshot()
-            .resources
-            .into_iter()
-            .filter(|r| kind.is_none_or(|k| r.kind == k.as_str()))
-            .filter(|r| request.name.is_empty() || r.name == request.name)
-            .collect();
+        let name = (!request.name.is_empty()).then_some(request.name.as_str());
+        let resources = state.documents(kind, name);
         if !request.name.is_empty() && resources.is_empty() {
             return Err(Status::not_found(format!(
                 "{}/{} not found",
@@ -351,20 +360,6 @@ impl pb::admin_service_server::AdminService for AdminService {
             ca_pem: self.cp.ca.cert_pem().to_string(),
         }))
     }
-}
-
-/// Applies validated documents on behalf of the control plane itself (the token service's
-/// revocations, expiry of revocations): the same planning, checks and audit as an operator's
-/// apply. Returns the version that holds them (the current one when nothing changed).
-pub(crate) async fn apply_documents(
-    cp: &ControlPlane,
-    documents: Vec<Document>,
-    actor: &str,
-    operation: &str,
-) -> Result<u64, WriteError> {
-    let (version, ()) =
-        cp.write(actor, operation, |current| Ok((state::plan_apply(current, documents.clone())?, ()))).await?;
-    Ok(version)
 }
 
 /// Deletes resources on behalf of the control plane itself; one that is already gone is skipped.

@@ -18,6 +18,7 @@ pub mod peer;
 pub mod pki;
 pub mod presence;
 pub mod replicas;
+pub mod revocation_table;
 pub mod revocations;
 pub mod signing;
 pub mod state;
@@ -162,6 +163,8 @@ pub struct ControlPlane {
     deleted_agents: tokio::sync::broadcast::Sender<Option<String>>,
     /// Bounds the revocations token holders and agents may write.
     revocation_writes: revocations::WriteLimit,
+    /// Revocation writes waiting to be committed together.
+    revocation_queue: revocations::Queue,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -223,24 +226,26 @@ impl ControlPlane {
     ) -> Result<u64, WriteError> {
         let version = current.version + 1;
         let time_unix_ms = now_unix_ms();
-        let audit = |key: &ResourceKey, previous: u64| AuditEntry {
+        let audit = |key: &ResourceKey, previous: u64, by: Option<&(String, String)>| AuditEntry {
             version,
             time_unix_ms,
-            actor: actor.to_string(),
-            operation: operation.to_string(),
+            actor: by.map_or(actor, |(a, _)| a.as_str()).to_string(),
+            operation: by.map_or(operation, |(_, o)| o.as_str()).to_string(),
             kind: key.kind.as_str().to_string(),
             name: key.name.clone(),
             previous_resource_version: previous,
         };
         let mut entries: Vec<AuditEntry> = Vec::new();
-        for (key, _action, previous) in plan.results.iter().filter(|(_, a, _)| *a != state::Action::Unchanged) {
-            entries.push(audit(key, *previous));
+        for (i, (key, action, previous)) in plan.results.iter().enumerate() {
+            if *action != state::Action::Unchanged {
+                entries.push(audit(key, *previous, plan.actors.get(i)));
+            }
         }
         for (key, previous) in &plan.deletes {
-            entries.push(audit(key, *previous));
+            entries.push(audit(key, *previous, None));
         }
         for (issuer, _) in &plan.key_puts {
-            entries.push(audit(&ResourceKey { kind: warden_core::Kind::TrustedIssuer, name: issuer.clone() }, 0));
+            entries.push(audit(&ResourceKey { kind: warden_core::Kind::TrustedIssuer, name: issuer.clone() }, 0, None));
         }
         let puts: Vec<(ResourceKey, Vec<u8>)> = plan.puts.iter().map(|(k, _, j)| (k.clone(), j.clone())).collect();
         let deletes: Vec<ResourceKey> = plan.deletes.iter().map(|(k, _)| k.clone()).collect();
@@ -251,7 +256,7 @@ impl ControlPlane {
         let base = current.version;
         let next = state::next_state(current, plan, version);
         // Refused here, naming the limit, rather than met by an agent that cannot load it.
-        let size = prost::Message::encoded_len(&next.snapshot());
+        let size = next.snapshot_bytes();
         if size > self.options.max_config_bytes {
             return Err(WriteError::TooLarge { size, limit: self.options.max_config_bytes });
         }
@@ -276,6 +281,7 @@ impl ControlPlane {
         })??;
         debug_assert_eq!(written, version);
         for entry in &entries_logged {
+            let (actor, operation) = (&entry.actor, &entry.operation);
             tracing::info!(%actor, resource = %format!("{}/{}", entry.kind, entry.name), version, "{operation}");
         }
         Ok(version)
@@ -283,10 +289,11 @@ impl ControlPlane {
 }
 
 /// Publishes `next` unless `states` holds that version or a newer one already.
-fn publish_to(states: &watch::Sender<Arc<FleetState>>, next: FleetState) -> bool {
-    states.send_if_modified(|held| {
+fn publish_to(states: &watch::Sender<Arc<FleetState>>, mut next: FleetState) -> bool {
+    states.send_if_modified(move |held| {
         let newer = next.version > held.version || next.store_id != held.store_id;
         if newer {
+            next.published(held);
             *held = Arc::new(next);
         }
         newer
@@ -409,6 +416,7 @@ pub async fn run(
         leading: watch::Sender::new(matches!(options.store, StoreOptions::Embedded)),
         deleted_agents: tokio::sync::broadcast::Sender::new(256),
         revocation_writes: Default::default(),
+        revocation_queue: revocations::Queue::default(),
         shutdown: stop_rx.clone(),
         options,
     });
@@ -441,6 +449,7 @@ pub async fn run(
     tokio::spawn(issuer_keys::run(cp.clone(), refresh_rx));
     tokio::spawn(signing::run(cp.clone()));
     tokio::spawn(revocations::expire(cp.clone()));
+    tokio::spawn(revocations::coalesce(cp.clone()));
     let exchange_writer = tokio::spawn(exchange_log::run(exchange_writer, cp.decisions.clone(), stop_rx.clone()));
     let token_server = match (cp.options.token_listen, token_tls) {
         (Some(addr), Some(tls)) => {

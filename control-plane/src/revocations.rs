@@ -7,13 +7,18 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use serde_json::json;
+use warden_core::ResourceKey;
 use warden_core::issuer::TrustedIssuerSpec;
-use warden_core::resource::Spec;
 
 use crate::ControlPlane;
+use crate::state::{self, Action, WriteError};
+use crate::store::StoreError;
 
 /// Checked at least this often, and within a second of the next expiry.
 const INTERVAL: Duration = Duration::from_secs(60);
+
+/// Expired revocations deleted in one write (more wait for the next, right after).
+const EXPIRED_PER_WRITE: usize = 10_000;
 
 /// Runs until shutdown, on the leading replica only (a singleton duty).
 pub async fn expire(cp: Arc<ControlPlane>) {
@@ -30,19 +35,9 @@ pub async fn expire(cp: Arc<ControlPlane>) {
         }
         let current = state_rx.borrow_and_update().clone();
         let now = crate::now_unix_ms() / 1000;
-        let mut expired = Vec::new();
-        let mut next: Option<i64> = None;
-        for (key, entry) in &current.resources {
-            if let Spec::Revocation(spec) = &entry.document.spec
-                && let Some(expires) = spec.expires_unix()
-            {
-                if expires <= now {
-                    expired.push(key.clone());
-                } else {
-                    next = Some(next.map_or(expires, |n| n.min(expires)));
-                }
-            }
-        }
+        let (expired, next) = current.revocation_table().expired(now, EXPIRED_PER_WRITE);
+        let expired: Vec<ResourceKey> =
+            expired.into_iter().map(|name| ResourceKey { kind: warden_core::Kind::Revocation, name }).collect();
         let mut wait = INTERVAL;
         if !expired.is_empty() {
             let count = expired.len();
@@ -128,10 +123,127 @@ pub(crate) async fn end_task(cp: Arc<ControlPlane>, agent: String, task: pb::Tas
         tracing::warn!(%agent, %jti_hash, wait, "an agent reports ended tasks faster than revocations may be written; not revoked fleet-wide");
         return;
     }
-    match crate::admin::apply_documents(&cp, vec![document], &actor, "end-task").await {
-        Ok(version) => tracing::info!(%agent, %jti_hash, version, "task token revoked: its session ended"),
+    match apply(&cp, vec![document], &actor, "end-task").await {
+        Ok((version, _)) => tracing::info!(%agent, %jti_hash, version, "task token revoked: its session ended"),
         Err(e) => tracing::error!(%agent, %jti_hash, "revoking an ended task's token failed: {e}"),
     }
+}
+
+/// Revocation writes waiting to be committed together: the writes of many callers (operators,
+/// token holders at `/revoke`, agents reporting ended tasks) that arrive while one commit is
+/// under way become one version, so the store, the audit trail and every agent see one change
+/// per commit instead of one per revocation.
+pub struct Queue {
+    tx: tokio::sync::mpsc::Sender<Queued>,
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Queued>>>,
+}
+
+/// Revocation writes waiting at most (callers wait for room beyond).
+const QUEUED: usize = 4096;
+
+/// Documents committed together at most.
+const DOCUMENTS_PER_COMMIT: usize = 10_000;
+
+impl Default for Queue {
+    fn default() -> Queue {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUED);
+        Queue { tx, rx: std::sync::Mutex::new(Some(rx)) }
+    }
+}
+
+/// One caller's revocations, waiting.
+struct Queued {
+    documents: Vec<warden_core::Document>,
+    actor: String,
+    operation: String,
+    done: tokio::sync::oneshot::Sender<Result<Applied, WriteError>>,
+}
+
+/// What one caller's revocations did: the version, and per document its key, action and
+/// previous resource version.
+pub(crate) type Applied = (u64, Vec<(ResourceKey, Action, u64)>);
+
+/// Writes `documents` (each of kind Revocation) as `actor`, committed with whatever other
+/// revocations are waiting.
+pub(crate) async fn apply(
+    cp: &ControlPlane,
+    documents: Vec<warden_core::Document>,
+    actor: &str,
+    operation: &str,
+) -> Result<Applied, WriteError> {
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let queued = Queued { documents, actor: actor.to_string(), operation: operation.to_string(), done };
+    let closed =
+        || WriteError::Store(StoreError::Corrupt { key: "revocations".into(), message: "shutting down".into() });
+    cp.revocation_queue.tx.send(queued).await.map_err(|_| closed())?;
+    answer.await.map_err(|_| closed())?
+}
+
+/// Commits queued revocations until shutdown: everything waiting (up to
+/// [`DOCUMENTS_PER_COMMIT`]) as one write. When that write is refused (two callers named one
+/// revocation differently, or one caller's document is bad), each caller's is written alone,
+/// so every caller gets its own answer.
+pub async fn coalesce(cp: Arc<ControlPlane>) {
+    let Some(mut rx) = cp.revocation_queue.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+    let mut shutdown = cp.shutdown.clone();
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => match first { Some(q) => q, None => return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let mut documents = first.documents.len();
+        let mut batch = vec![first];
+        while documents < DOCUMENTS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(q) => {
+                    documents += q.documents.len();
+                    batch.push(q);
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.len() > 1 {
+            match write_together(&cp, &batch).await {
+                Ok((version, mut results)) => {
+                    for q in batch {
+                        let rest = results.split_off(q.documents.len());
+                        let _ = q.done.send(Ok((version, std::mem::replace(&mut results, rest))));
+                    }
+                    continue;
+                }
+                Err(e) => tracing::debug!(
+                    callers = batch.len(),
+                    "revocations written together were refused ({e}); writing each alone"
+                ),
+            }
+        }
+        for q in batch {
+            let documents = q.documents;
+            let written = cp
+                .write(&q.actor, &q.operation, |current| {
+                    let plan = state::plan_apply(current, documents.clone())?;
+                    let results = plan.results.clone();
+                    Ok((plan, results))
+                })
+                .await;
+            let _ = q.done.send(written);
+        }
+    }
+}
+
+async fn write_together(cp: &ControlPlane, batch: &[Queued]) -> Result<Applied, WriteError> {
+    let documents: Vec<warden_core::Document> = batch.iter().flat_map(|q| q.documents.iter().cloned()).collect();
+    let actors: Vec<(String, String)> = batch
+        .iter()
+        .flat_map(|q| std::iter::repeat_n((q.actor.clone(), q.operation.clone()), q.documents.len()))
+        .collect();
+    cp.write("control-plane", "revoke", |current| {
+        let mut plan = state::plan_apply(current, documents.clone())?;
+        plan.actors = actors.clone();
+        let results = plan.results.clone();
+        Ok((plan, results))
+    })
+    .await
 }
 
 /// How often revocations may be written on request from outside the operators — token holders

@@ -7,13 +7,14 @@
 //! plan is valid as a whole.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use proto::v1 as pb;
 use warden_core::issuer::TrustedIssuerSpec;
 use warden_core::resource::Spec;
-use warden_core::{Config, ConfigError, Document, DocumentError, ResourceKey};
+use warden_core::{Config, ConfigError, Document, DocumentError, Kind, ResourceKey};
 
+use crate::revocation_table::{self, RevocationTable};
 use crate::store::{KeyRecord, Loaded, StoreError};
 
 /// One stored resource.
@@ -45,10 +46,35 @@ pub struct FleetState {
     pub store_id: String,
     /// The configuration version.
     pub version: u64,
-    /// Every resource.
+    /// Every resource but revocations.
     pub resources: BTreeMap<ResourceKey, Arc<Entry>>,
     /// Fetched issuer keys, by issuer name.
     pub keys: BTreeMap<String, Arc<KeyRecord>>,
+    /// The version of the last change to `resources` or `keys` (what compiles).
+    pub resources_version: u64,
+    /// The encoded size of a snapshot of `resources` and `keys`.
+    pub resources_bytes: usize,
+    /// Revoked tokens at this version: set when the version is published.
+    pub revoked: warden_core::token::Revocations,
+    /// Every revocation, shared by the states of one store and moved at publication (see
+    /// [`RevocationTable`]): may be ahead of this version, never behind it.
+    pub revocation_table: Arc<Mutex<RevocationTable>>,
+    /// The revocations this version writes and removes, applied to the table at publication.
+    pub revocation_write: RevocationWrite,
+    /// Deltas to this version computed so far, by base version (of this store).
+    deltas: Mutex<Vec<(u64, pb::Delta)>>,
+}
+
+/// Deltas kept per state (by base version).
+const DELTAS_CACHED: usize = 4;
+
+/// The revocations one version writes and removes.
+#[derive(Debug, Default)]
+pub struct RevocationWrite {
+    /// Documents of kind Revocation with their canonical JSON.
+    pub puts: Vec<(Document, Vec<u8>)>,
+    /// Names removed.
+    pub deletes: Vec<String>,
 }
 
 fn keys_to_proto(issuer: &str, record: &KeyRecord) -> pb::IssuerKeys {
@@ -64,16 +90,72 @@ fn keys_to_proto(issuer: &str, record: &KeyRecord) -> pb::IssuerKeys {
 impl FleetState {
     /// The state a store holds.
     pub fn from_loaded(loaded: Loaded) -> FleetState {
-        let resources = loaded
+        let mut resources = BTreeMap::new();
+        let mut table = RevocationTable::default();
+        let mut resources_version = 0;
+        for (key, r) in loaded.resources {
+            let json = r.document.to_canonical_json();
+            if key.kind == warden_core::Kind::Revocation {
+                table.apply(&[(&r.document, &json)], &[], r.resource_version);
+                continue;
+            }
+            resources_version = resources_version.max(r.resource_version);
+            resources.insert(key, Arc::new(Entry { resource_version: r.resource_version, document: r.document, json }));
+        }
+        let keys: BTreeMap<String, Arc<KeyRecord>> = loaded.keys.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
+        resources_version = keys.values().map(|k| k.version).fold(resources_version, u64::max);
+        let mut state = FleetState {
+            store_id: loaded.store_id,
+            version: loaded.version,
+            resources,
+            keys,
+            resources_version,
+            resources_bytes: 0,
+            revoked: table.revocations(),
+            revocation_table: Arc::new(Mutex::new(table)),
+            revocation_write: RevocationWrite::default(),
+            deltas: Mutex::default(),
+        };
+        state.resources_bytes = prost::Message::encoded_len(&state.resources_snapshot());
+        state
+    }
+
+    /// The revocation table (a poisoned lock still holds a consistent table: it is only
+    /// changed whole, under it).
+    pub fn revocation_table(&self) -> std::sync::MutexGuard<'_, RevocationTable> {
+        self.revocation_table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The resources of `kind` (every kind: `None`) named `name` (any: `None`), revocations
+    /// included, as agents once received them.
+    pub fn documents(&self, kind: Option<Kind>, name: Option<&str>) -> Vec<pb::Resource> {
+        let mut out: Vec<pb::Resource> = self
             .resources
-            .into_iter()
-            .map(|(key, r)| {
-                let json = r.document.to_canonical_json();
-                (key, Arc::new(Entry { resource_version: r.resource_version, document: r.document, json }))
-            })
+            .iter()
+            .filter(|(k, _)| kind.is_none_or(|kind| k.kind == kind) && name.is_none_or(|n| k.name == n))
+            .map(|(k, e)| e.to_proto(k))
             .collect();
-        let keys = loaded.keys.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
-        FleetState { store_id: loaded.store_id, version: loaded.version, resources, keys }
+        if kind.is_none_or(|k| k == Kind::Revocation) {
+            out.extend(self.revocation_table().resources(name));
+        }
+        out
+    }
+
+    /// The snapshot without its revocations.
+    fn resources_snapshot(&self) -> pb::Snapshot {
+        pb::Snapshot {
+            store_id: self.store_id.clone(),
+            version: self.version,
+            resources: self.resources.iter().map(|(k, e)| e.to_proto(k)).collect(),
+            issuer_keys: self.keys.iter().map(|(issuer, r)| keys_to_proto(issuer, r)).collect(),
+            revocations: None,
+        }
+    }
+
+    /// Encoded bytes of a snapshot holding `tokens` revoked tokens and these cut-offs, at most.
+    fn config_bytes(&self, tokens: usize) -> usize {
+        let cuts: usize = self.revoked.cuts().map(|(k, _)| k.issuer.len() + k.subject.len() + 24).sum();
+        self.resources_bytes + tokens * proto::TOKEN_KEY_BYTES + cuts + 16
     }
 
     /// The token service's issuer (the `TrustedIssuer` with `controlPlane` keys): its name,
@@ -87,16 +169,25 @@ impl FleetState {
 
     /// The full snapshot agents apply.
     pub fn snapshot(&self) -> pb::Snapshot {
-        pb::Snapshot {
-            store_id: self.store_id.clone(),
-            version: self.version,
-            resources: self.resources.iter().map(|(k, e)| e.to_proto(k)).collect(),
-            issuer_keys: self.keys.iter().map(|(issuer, r)| keys_to_proto(issuer, r)).collect(),
-        }
+        pb::Snapshot { revocations: Some(revocation_table::to_proto(&self.revoked)), ..self.resources_snapshot() }
     }
 
-    /// The changes that take an agent holding `base` to this state.
+    /// The changes that take an agent holding `base` to this state: computed once per base
+    /// (the agents of a fleet mostly hold the same one), as the revocation lists may be long.
     pub fn delta_from(&self, base: &FleetState) -> pb::Delta {
+        let mut cache = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, delta)) = cache.iter().find(|(from, _)| *from == base.version) {
+            return delta.clone();
+        }
+        let delta = self.compute_delta_from(base);
+        if cache.len() == DELTAS_CACHED {
+            cache.remove(0);
+        }
+        cache.push((base.version, delta.clone()));
+        delta
+    }
+
+    fn compute_delta_from(&self, base: &FleetState) -> pb::Delta {
         let upserts = self
             .resources
             .iter()
@@ -116,7 +207,10 @@ impl FleetState {
             .map(|(issuer, r)| keys_to_proto(issuer, r))
             .collect();
         let removed_keys = base.keys.keys().filter(|k| !self.keys.contains_key(*k)).cloned().collect();
+        let (revoked, unrevoked) = revocation_table::changes_to_proto(self.revoked.changes_from(&base.revoked));
         pb::Delta {
+            revoked,
+            unrevoked,
             store_id: self.store_id.clone(),
             base_version: base.version,
             version: self.version,
@@ -221,6 +315,9 @@ impl Action {
 pub struct Plan {
     /// Per document: its key, what happens, and its stored version before the write (0: none).
     pub results: Vec<(ResourceKey, Action, u64)>,
+    /// Per document, when writes of several callers are committed together: who asked, and
+    /// for what (the audit trail's actor and operation). Empty: the write's own.
+    pub actors: Vec<(String, String)>,
     /// Resources created or replaced.
     pub puts: Vec<(ResourceKey, Document, Vec<u8>)>,
     /// Resources removed.
@@ -235,6 +332,7 @@ impl Plan {
     pub(crate) fn empty() -> Plan {
         Plan {
             results: Vec::new(),
+            actors: Vec::new(),
             puts: Vec::new(),
             deletes: Vec::new(),
             key_puts: Vec::new(),
@@ -259,22 +357,25 @@ fn key_origin(doc: &Document) -> Option<(&str, &warden_core::issuer::KeySource)>
 /// Plans an apply of `documents` onto `current`.
 pub fn plan_apply(current: &FleetState, documents: Vec<Document>) -> Result<Plan, WriteError> {
     let mut plan = Plan::empty();
+    let table = current.revocation_table();
     for doc in documents {
         let key = doc.key();
         if plan.results.iter().any(|(k, _, _)| *k == key) {
             return Err(WriteError::Duplicate(key));
         }
         let existing = current.resources.get(&key);
-        let stored = existing.map_or(0, |e| e.resource_version);
+        let revocation = (key.kind == Kind::Revocation).then(|| table.get(&key.name)).flatten();
+        let stored = existing.map(|e| e.resource_version).or(revocation.map(|r| r.resource_version)).unwrap_or(0);
         if let Some(expected) = doc.metadata.resource_version
             && expected != stored
         {
             return Err(WriteError::Conflict { key, expected, stored });
         }
         let json = doc.to_canonical_json();
-        let action = match existing {
+        let stored_json = existing.map(|e| &e.json[..]).or(revocation.map(|r| &r.json[..]));
+        let action = match stored_json {
             None => Action::Created,
-            Some(e) if e.json == json => Action::Unchanged,
+            Some(stored) if stored == json => Action::Unchanged,
             Some(_) => Action::Configured,
         };
         plan.results.push((key.clone(), action, stored));
@@ -288,23 +389,27 @@ pub fn plan_apply(current: &FleetState, documents: Vec<Document>) -> Result<Plan
             plan.puts.push((key, doc, json));
         }
     }
-    check(current, &plan)?;
+    check(current, &table, &plan)?;
     Ok(plan)
 }
 
 /// Plans the removal of `key`, refused if `expected` (non-zero) is not its stored version.
 pub fn plan_delete(current: &FleetState, key: ResourceKey, expected: u64) -> Result<Plan, WriteError> {
-    let stored =
-        current.resources.get(&key).map(|e| e.resource_version).ok_or_else(|| WriteError::NotFound(key.clone()))?;
+    let table = current.revocation_table();
+    let stored = match key.kind {
+        Kind::Revocation => table.get(&key.name).map(|r| r.resource_version),
+        _ => current.resources.get(&key).map(|e| e.resource_version),
+    }
+    .ok_or_else(|| WriteError::NotFound(key.clone()))?;
     if expected != 0 && expected != stored {
         return Err(WriteError::Conflict { key, expected, stored });
     }
     let mut plan = Plan::empty();
-    if key.kind == warden_core::Kind::TrustedIssuer && current.keys.contains_key(&key.name) {
+    if key.kind == Kind::TrustedIssuer && current.keys.contains_key(&key.name) {
         plan.key_deletes.push(key.name.clone());
     }
     plan.deletes.push((key, stored));
-    check(current, &plan)?;
+    check(current, &table, &plan)?;
     Ok(plan)
 }
 
@@ -312,7 +417,7 @@ pub fn plan_delete(current: &FleetState, key: ResourceKey, expected: u64) -> Res
 /// have. The issuer must still exist with the key origin the keys were fetched for.
 pub fn plan_keys(current: &FleetState, issuer: &str, origin_version: u64, record: KeyRecord) -> Plan {
     let mut plan = Plan::empty();
-    let key = ResourceKey { kind: warden_core::Kind::TrustedIssuer, name: issuer.to_string() };
+    let key = ResourceKey { kind: Kind::TrustedIssuer, name: issuer.to_string() };
     let still_current = current.resources.get(&key).is_some_and(|e| e.resource_version == origin_version);
     let unchanged = current.keys.get(issuer).is_some_and(|r| r.jwks == record.jwks);
     if still_current && !unchanged {
@@ -322,10 +427,46 @@ pub fn plan_keys(current: &FleetState, issuer: &str, origin_version: u64, record
 }
 
 /// The configuration after `plan` must compile, or the write is refused: a bad configuration
-/// never reaches an agent.
-fn check(current: &FleetState, plan: &Plan) -> Result<(), WriteError> {
+/// never reaches an agent. Revocations are checked on their own (each names an existing
+/// issuer; an issuer stays while revocations name it): a write of revocations alone compiles
+/// nothing, whatever else is stored.
+fn check(current: &FleetState, table: &RevocationTable, plan: &Plan) -> Result<(), WriteError> {
+    let revocation = |key: &ResourceKey| key.kind == Kind::Revocation;
+    let issuer_exists = |issuer: &str| {
+        let key = ResourceKey { kind: Kind::TrustedIssuer, name: issuer.to_string() };
+        let deleted = plan.deletes.iter().any(|(k, _)| *k == key);
+        let put = plan.puts.iter().any(|(k, _, _)| *k == key);
+        put || (!deleted && current.resources.contains_key(&key))
+    };
+    for (key, doc, _) in plan.puts.iter().filter(|(k, _, _)| revocation(k)) {
+        if let Spec::Revocation(spec) = &doc.spec
+            && !issuer_exists(&spec.issuer)
+        {
+            return Err(ConfigError::DanglingReference {
+                from: key.clone(),
+                field: "spec.issuer",
+                missing: ResourceKey { kind: Kind::TrustedIssuer, name: spec.issuer.clone() },
+            }
+            .into());
+        }
+    }
+    let removed_revocations: Vec<&str> =
+        plan.deletes.iter().filter(|(k, _)| revocation(k)).map(|(k, _)| k.name.as_str()).collect();
+    for (key, _) in plan.deletes.iter().filter(|(k, _)| k.kind == Kind::TrustedIssuer) {
+        if let Some(name) = table.naming_issuer(&key.name, &removed_revocations) {
+            return Err(ConfigError::DanglingReference {
+                from: ResourceKey { kind: Kind::Revocation, name },
+                field: "spec.issuer",
+                missing: key.clone(),
+            }
+            .into());
+        }
+    }
+    if plan.puts.iter().all(|(k, _, _)| revocation(k)) && plan.deletes.iter().all(|(k, _)| revocation(k)) {
+        return Ok(());
+    }
     let mut docs: BTreeMap<&ResourceKey, &Document> = current.resources.iter().map(|(k, e)| (k, &e.document)).collect();
-    for (key, doc, _) in &plan.puts {
+    for (key, doc, _) in plan.puts.iter().filter(|(k, _, _)| !revocation(k)) {
         docs.insert(key, doc);
     }
     for (key, _) in &plan.deletes {
@@ -348,14 +489,27 @@ pub fn plan_committed(committed: crate::store::etcd::Committed) -> Plan {
     plan
 }
 
-/// The state after committing `plan` as `version`.
+/// The state after committing `plan` as `version` (its revocations move the table when it is
+/// published: see [`FleetState::published`]).
 pub fn next_state(current: &FleetState, plan: Plan, version: u64) -> FleetState {
     let mut resources = current.resources.clone();
+    let mut revocation_write = RevocationWrite::default();
+    let mut resources_changed = !plan.key_deletes.is_empty() || !plan.key_puts.is_empty();
     for (key, document, json) in plan.puts {
-        resources.insert(key, Arc::new(Entry { resource_version: version, document, json }));
+        if key.kind == Kind::Revocation {
+            revocation_write.puts.push((document, json));
+        } else {
+            resources_changed = true;
+            resources.insert(key, Arc::new(Entry { resource_version: version, document, json }));
+        }
     }
     for (key, _) in plan.deletes {
-        resources.remove(&key);
+        if key.kind == Kind::Revocation {
+            revocation_write.deletes.push(key.name);
+        } else {
+            resources_changed = true;
+            resources.remove(&key);
+        }
     }
     let mut keys = current.keys.clone();
     for issuer in plan.key_deletes {
@@ -364,7 +518,51 @@ pub fn next_state(current: &FleetState, plan: Plan, version: u64) -> FleetState 
     for (issuer, record) in plan.key_puts {
         keys.insert(issuer, Arc::new(KeyRecord { version, ..record }));
     }
-    FleetState { store_id: current.store_id.clone(), version, resources, keys }
+    let mut next = FleetState {
+        store_id: current.store_id.clone(),
+        version,
+        resources,
+        keys,
+        resources_version: if resources_changed { version } else { current.resources_version },
+        resources_bytes: current.resources_bytes,
+        revoked: current.revoked.clone(),
+        revocation_table: current.revocation_table.clone(),
+        revocation_write,
+        deltas: Mutex::default(),
+    };
+    if resources_changed {
+        next.resources_bytes = prost::Message::encoded_len(&next.resources_snapshot());
+    }
+    next
+}
+
+impl FleetState {
+    /// The encoded size of this state's snapshot, at most (its revocations are counted before
+    /// they are applied, each as one more token).
+    pub fn snapshot_bytes(&self) -> usize {
+        self.config_bytes(self.revoked.len() + self.revocation_write.puts.len())
+    }
+
+    /// Called as this state replaces `held` as the published one: moves the revocation table
+    /// by this version's write (when both are of one table, this version following `held`'s)
+    /// and takes the revoked tokens from it.
+    pub fn published(&mut self, held: &FleetState) {
+        if !Arc::ptr_eq(&self.revocation_table, &held.revocation_table) {
+            return;
+        }
+        if self.version != held.version + 1 {
+            // Not reached: states are built from the published one. Read the table whole.
+            tracing::error!(held = held.version, next = self.version, "a configuration version was skipped");
+            let revoked = self.revocation_table().revocations();
+            self.revoked = revoked;
+            return;
+        }
+        let write = &self.revocation_write;
+        let puts: Vec<(&Document, &[u8])> = write.puts.iter().map(|(d, j)| (d, &j[..])).collect();
+        let deletes: Vec<&str> = write.deletes.iter().map(String::as_str).collect();
+        let changes = self.revocation_table().apply(&puts, &deletes, self.version);
+        self.revoked = held.revoked.apply(&changes);
+    }
 }
 
 #[cfg(test)]

@@ -121,3 +121,54 @@ fn fetched_keys_are_stored_once_and_dropped_with_their_origin() {
     let gone = next_state(&with_keys, plan, 3);
     assert_eq!(gone.delta_from(&with_keys).removed_keys, ["a"]);
 }
+
+fn revocation(name: &str, issuer: &str, jti: &str) -> Document {
+    doc(serde_json::json!({
+        "apiVersion": "warden.dev/v1", "kind": "Revocation", "metadata": {"name": name},
+        "spec": {"issuer": issuer, "jti": jti}
+    }))
+}
+
+/// Publishes `next` over `held` as the control plane does.
+fn publish(held: &FleetState, mut next: FleetState) -> FleetState {
+    next.published(held);
+    next
+}
+
+#[test]
+fn revocations_are_kept_apart_and_travel_as_token_keys() {
+    let base = state(1, vec![issuer("a"), revocation("r0", "a", "t-0")]);
+    assert_eq!(base.resources.len(), 1, "the revocation is not a resource");
+    assert!(base.revoked.jti_revoked("a", "t-0"));
+    assert_eq!(base.snapshot().revocations.unwrap().token_keys.len(), 16);
+
+    // A write of revocations alone compiles nothing and moves only the list.
+    let plan = plan_apply(&base, vec![revocation("r1", "a", "t-1"), revocation("r2", "a", "t-2")]).unwrap();
+    let next = publish(&base, next_state(&base, plan, 2));
+    assert_eq!(next.resources_version, base.resources_version);
+    assert!(next.revoked.jti_revoked("a", "t-1") && next.revoked.jti_revoked("a", "t-0"));
+    let delta = next.delta_from(&base);
+    assert!(delta.upserts.is_empty() && delta.removals.is_empty());
+    assert_eq!(delta.revoked.unwrap().token_keys.len(), 32);
+    // `get` still shows them as documents.
+    let shown: Vec<String> = next.documents(Some(Kind::Revocation), None).into_iter().map(|r| r.name).collect();
+    assert_eq!(shown, ["r0", "r1", "r2"]);
+    assert_eq!(plan_apply(&next, vec![revocation("r1", "a", "t-1")]).unwrap().results[0].1, Action::Unchanged);
+
+    // Deleting one: the token is no longer revoked.
+    let plan = plan_delete(&next, revocation("r1", "a", "t-1").key(), 0).unwrap();
+    let after = publish(&next, next_state(&next, plan, 3));
+    assert!(!after.revoked.jti_revoked("a", "t-1"));
+    assert_eq!(after.delta_from(&next).unrevoked.unwrap().token_keys.len(), 16);
+
+    // References hold as before: no revocation of an unknown issuer, no issuer deleted while
+    // revocations name it.
+    assert!(matches!(
+        plan_apply(&after, vec![revocation("r9", "zzz", "t")]),
+        Err(WriteError::Config(ConfigError::DanglingReference { .. }))
+    ));
+    assert!(matches!(
+        plan_delete(&after, issuer("a").key(), 0),
+        Err(WriteError::Config(ConfigError::DanglingReference { .. }))
+    ));
+}

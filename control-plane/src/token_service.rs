@@ -42,6 +42,7 @@ const DPOP_SKEW: i64 = 5;
 
 /// The configuration one version of the fleet state compiles to, as the token service uses it.
 pub struct Compiled {
+    /// `FleetState::resources_version` it was compiled at.
     version: u64,
     config: Config,
     verifier: Verifier,
@@ -65,11 +66,12 @@ impl TokenService {
         }
     }
 
-    /// The current configuration, compiled once per version.
+    /// The current configuration, compiled once per change of what compiles (a version that
+    /// changes revocations alone compiles nothing), with the revocations of the current version.
     fn compiled(&self) -> Result<Arc<Compiled>, OAuthError> {
         let state = self.cp.state.borrow().clone();
         if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
-            && c.version == state.version
+            && c.version == state.resources_version
         {
             return Ok(c.clone());
         }
@@ -87,7 +89,7 @@ fn compile(state: &state::FleetState) -> Result<Compiled, warden_core::ConfigErr
         .with_fetched_keys(state.keys.iter().map(|(name, r)| (name.clone(), r.jwks.clone())))?;
     let (verifier, _) = Verifier::new(&config);
     let authorizer = Authorizer::new(&config);
-    Ok(Compiled { version: state.version, config, verifier, authorizer })
+    Ok(Compiled { version: state.resources_version, config, verifier, authorizer })
 }
 
 /// The token service issuer of `config`: name, spec.
@@ -245,7 +247,7 @@ fn decide(
         },
     };
 
-    let revoked = &compiled.config.revoked;
+    let revoked = &service.cp.state.borrow().revoked.clone();
     let subject = compiled
         .verifier
         .verify_for_exchange(&request.subject_token, &issuer.issuer, now, revoked, presenter)
@@ -427,8 +429,8 @@ async fn revoke(State(service): State<Arc<TokenService>>, headers: HeaderMap, bo
                 return oauth_error(&OAuthError::invalid_request(format!("this token cannot be revoked: {e}")));
             }
         };
-        match crate::admin::apply_documents(&service.cp, vec![document], "token-service", "revoke").await {
-            Ok(version) => tracing::info!(
+        match crate::revocations::apply(&service.cp, vec![document], "token-service", "revoke").await {
+            Ok((version, _)) => tracing::info!(
                 issuer = %revocable.issuer,
                 jti_hash = %warden_core::token::jti_hash(&revocable.issuer, &revocable.jti),
                 version,

@@ -41,6 +41,7 @@ fn workload(subject: &str, claims: serde_json::Value) -> Verified {
         subject: subject.into(),
         jti: None,
         jti_hash: None,
+        jti_key: None,
         expires_at: NOW + 600,
         issued_at: NOW - 60,
         valid_until: NOW + 660,

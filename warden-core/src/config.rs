@@ -13,9 +13,7 @@ use cedar_policy::{PolicyId, PolicySet};
 use crate::issuer::TrustedIssuerSpec;
 use crate::policy::PolicySpec;
 use crate::resource::{Document, Kind, ResourceKey, Spec};
-use crate::revocation::RevocationSpec;
 use crate::server::McpServerSpec;
-use crate::token::Revocations;
 
 /// Why a set of documents does not form a configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -74,10 +72,6 @@ pub struct Config {
     pub policies: BTreeMap<String, PolicySpec>,
     /// Every policy of every `Policy` resource, each with the id `<resource>.<n>`.
     pub policy_set: PolicySet,
-    /// Revocations by name.
-    pub revocations: BTreeMap<String, RevocationSpec>,
-    /// The same, compiled for per-request checks.
-    pub revoked: Revocations,
     /// Each issuer's public keys (a JWKS): inline from its document, or as the control plane
     /// fetched them. An issuer with no entry accepts no token.
     pub keys: BTreeMap<String, Arc<serde_json::Value>>,
@@ -91,8 +85,6 @@ impl Config {
             servers: BTreeMap::new(),
             policies: BTreeMap::new(),
             policy_set: PolicySet::new(),
-            revocations: BTreeMap::new(),
-            revoked: Revocations::default(),
             keys: BTreeMap::new(),
         }
     }
@@ -101,6 +93,7 @@ impl Config {
     pub fn build<'a>(documents: impl IntoIterator<Item = &'a Document>) -> Result<Config, ConfigError> {
         let mut config = Config::empty();
         let mut seen = BTreeSet::new();
+        let mut revocation_issuers = Vec::new();
         for doc in documents {
             if !seen.insert(doc.key()) {
                 return Err(ConfigError::Duplicate(doc.key()));
@@ -119,9 +112,19 @@ impl Config {
                 Spec::Policy(s) => {
                     config.policies.insert(name, s.clone());
                 }
-                Spec::Revocation(s) => {
-                    config.revocations.insert(name, s.clone());
-                }
+                // Kept apart, in `revocation::Revocations`: only checked here. (The control plane
+                // and agents hold them apart and build without them; the control plane checks
+                // the same reference as each is written.)
+                Spec::Revocation(s) => revocation_issuers.push((name, s.issuer.clone())),
+            }
+        }
+        for (name, issuer) in revocation_issuers {
+            if !config.issuers.contains_key(&issuer) {
+                return Err(ConfigError::DanglingReference {
+                    from: key(Kind::Revocation, &name),
+                    field: "spec.issuer",
+                    missing: key(Kind::TrustedIssuer, &issuer),
+                });
             }
         }
         let mut token_services = config.issuers.iter().filter(|(_, s)| s.keys.control_plane).map(|(n, _)| n);
@@ -132,7 +135,6 @@ impl Config {
                     .into(),
             });
         }
-        config.compile_revocations()?;
         for (name, server) in &config.servers {
             for issuer in &server.issuers {
                 if !config.issuers.contains_key(issuer) {
@@ -186,38 +188,6 @@ impl Config {
             }
         }
         Ok(config)
-    }
-
-    /// The same configuration with `revocations` in place of its own: what a change of
-    /// revocations alone makes of it, without compiling anything else again.
-    pub fn with_revocations(mut self, revocations: BTreeMap<String, RevocationSpec>) -> Result<Config, ConfigError> {
-        self.revocations = revocations;
-        self.revoked = Revocations::default();
-        self.compile_revocations()?;
-        Ok(self)
-    }
-
-    /// Checks every revocation names an issuer and compiles them for per-request checks.
-    fn compile_revocations(&mut self) -> Result<(), ConfigError> {
-        for (name, revocation) in &self.revocations {
-            if !self.issuers.contains_key(&revocation.issuer) {
-                return Err(ConfigError::DanglingReference {
-                    from: key(Kind::Revocation, name),
-                    field: "spec.issuer",
-                    missing: key(Kind::TrustedIssuer, &revocation.issuer),
-                });
-            }
-            let issuer = &revocation.issuer;
-            if let Some(jti) = &revocation.jti {
-                self.revoked.revoke_jti(issuer, jti);
-            }
-            match (&revocation.subject, revocation.issued_before_unix()) {
-                (Some(subject), Some(before)) => self.revoked.revoke_subject_before(issuer, subject, before),
-                (None, Some(before)) => self.revoked.revoke_issuer_before(issuer, before),
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     /// The `TrustedIssuer` whose keys are the control plane's own (the token service), if any.

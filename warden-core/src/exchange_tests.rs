@@ -94,6 +94,7 @@ fn verified(subject: &str, claims: Value) -> Verified {
         subject: subject.into(),
         jti: None,
         jti_hash: None,
+        jti_key: None,
         expires_at: 2_000,
         issued_at: 900,
         valid_until: 2_060,

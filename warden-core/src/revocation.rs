@@ -3,6 +3,15 @@
 //! Agents refuse them as `revoked` from the moment the configuration version carrying the
 //! revocation reaches them. A revocation may say when every token it covers has expired
 //! (`expires`); the control plane deletes it then, so the list stays small.
+//!
+//! Revocations are kept apart from the compiled configuration ([`crate::Config`]): there may be
+//! a million of them, each written at any time, and none changes a key, server or policy. What
+//! is checked per request is [`Revocations`]: 16-byte token keys ([`crate::token::jti_key`]) in
+//! a sorted array plus a small overlay of recent changes, and cut-offs per issuer and subject.
+//! A change costs the size of the overlay, not of the list.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +89,263 @@ impl RevocationSpec {
     pub fn issued_before_unix(&self) -> Option<i64> {
         self.issued_before.as_deref().and_then(|t| parse_time(t).ok())
     }
+
+    /// What this revocation adds to the list agents check.
+    pub fn target(&self) -> Target {
+        match (&self.jti, self.issued_before_unix()) {
+            (Some(jti), _) => Target::Token(crate::token::jti_key(&self.issuer, jti)),
+            (None, before) => Target::Cut(
+                CutKey { issuer: self.issuer.clone(), subject: self.subject.clone().unwrap_or_default() },
+                // Validated on admission: a cut always has its time.
+                before.unwrap_or(i64::MIN),
+            ),
+        }
+    }
+}
+
+/// What one revocation contributes to the list agents check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One token, by [`crate::token::jti_key`].
+    Token(u128),
+    /// Every token of an issuer (or of one subject of it) issued at or before a time.
+    Cut(CutKey, i64),
+}
+
+/// Whose tokens a cut-off covers: an issuer's subject, or (empty subject) the whole issuer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CutKey {
+    /// The TrustedIssuer's name.
+    pub issuer: String,
+    /// The subject; empty for every token of the issuer (a subject is never empty).
+    pub subject: String,
+}
+
+/// Changes to a [`Revocations`] list: what travels to agents, one configuration version's worth
+/// or many coalesced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Token keys revoked.
+    pub revoked: Vec<u128>,
+    /// Token keys no longer revoked (every token they name has expired).
+    pub unrevoked: Vec<u128>,
+    /// Cut-offs set, or moved.
+    pub cuts: Vec<(CutKey, i64)>,
+    /// Cut-offs lifted.
+    pub uncut: Vec<CutKey>,
+}
+
+impl Changes {
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.revoked.is_empty() && self.unrevoked.is_empty() && self.cuts.is_empty() && self.uncut.is_empty()
+    }
+
+    /// `later` applied after these: one set of changes with the same effect.
+    pub fn then(&mut self, later: &Changes) {
+        let unrevoked: HashSet<u128> = later.unrevoked.iter().copied().collect();
+        let revoked: HashSet<u128> = later.revoked.iter().copied().collect();
+        self.revoked.retain(|k| !unrevoked.contains(k));
+        self.unrevoked.retain(|k| !revoked.contains(k));
+        self.revoked.extend(&later.revoked);
+        self.unrevoked.extend(&later.unrevoked);
+        let touched: HashSet<&CutKey> = later.cuts.iter().map(|(k, _)| k).chain(&later.uncut).collect();
+        self.cuts.retain(|(k, _)| !touched.contains(k));
+        self.uncut.retain(|k| !touched.contains(k));
+        self.cuts.extend(later.cuts.iter().cloned());
+        self.uncut.extend(later.uncut.iter().cloned());
+    }
+}
+
+/// Changes waiting in the overlay before they are merged into the sorted array: at least this
+/// many, or a 64th of the array when that is more, so merging costs O(1) per change amortised.
+const OVERLAY_MIN: usize = 4096;
+
+/// Revoked tokens as checked per request: by token key, and by cut-off for every token of an
+/// issuer's subject (or of the whole issuer) issued at or before a time. Cheap to clone and to
+/// change: the sorted array is shared, only the overlay and, when one moves, the cut-offs are
+/// copied.
+#[derive(Clone, Debug, Default)]
+pub struct Revocations {
+    /// Revoked token keys as of the last merge, ascending.
+    merged: Arc<Vec<u128>>,
+    /// Revoked since, absent from `merged`.
+    added: Arc<HashSet<u128>>,
+    /// No longer revoked since, present in `merged`.
+    removed: Arc<HashSet<u128>>,
+    /// Issuer → subject (empty: every subject) → tokens with `iat` at or before this are revoked.
+    cuts: Arc<BTreeMap<String, BTreeMap<String, i64>>>,
+}
+
+impl Revocations {
+    /// A list of `tokens` (any order, duplicates allowed) and `cuts`.
+    pub fn new(mut tokens: Vec<u128>, cuts: impl IntoIterator<Item = (CutKey, i64)>) -> Revocations {
+        tokens.sort_unstable();
+        tokens.dedup();
+        let mut by_issuer: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (key, before) in cuts {
+            let cut = by_issuer.entry(key.issuer).or_default().entry(key.subject).or_insert(before);
+            *cut = (*cut).max(before);
+        }
+        Revocations { merged: Arc::new(tokens), cuts: Arc::new(by_issuer), ..Revocations::default() }
+    }
+
+    /// These with `changes` applied.
+    pub fn apply(&self, changes: &Changes) -> Revocations {
+        let mut next = self.clone();
+        if !changes.revoked.is_empty() || !changes.unrevoked.is_empty() {
+            let (added, removed) = (Arc::make_mut(&mut next.added), Arc::make_mut(&mut next.removed));
+            for key in &changes.unrevoked {
+                if !added.remove(key) && next.merged.binary_search(key).is_ok() {
+                    removed.insert(*key);
+                }
+            }
+            for key in &changes.revoked {
+                if !removed.remove(key) && next.merged.binary_search(key).is_err() {
+                    added.insert(*key);
+                }
+            }
+            if next.added.len() + next.removed.len() > OVERLAY_MIN.max(next.merged.len() / 64) {
+                next = Revocations { merged: Arc::new(next.tokens()), cuts: next.cuts, ..Revocations::default() };
+            }
+        }
+        if !changes.cuts.is_empty() || !changes.uncut.is_empty() {
+            let cuts = Arc::make_mut(&mut next.cuts);
+            for key in &changes.uncut {
+                if let Some(subjects) = cuts.get_mut(&key.issuer) {
+                    subjects.remove(&key.subject);
+                    if subjects.is_empty() {
+                        cuts.remove(&key.issuer);
+                    }
+                }
+            }
+            for (key, before) in &changes.cuts {
+                cuts.entry(key.issuer.clone()).or_default().insert(key.subject.clone(), *before);
+            }
+        }
+        next
+    }
+
+    /// Revokes the token `jti` of `issuer`.
+    pub fn revoke_jti(&mut self, issuer: &str, jti: &str) {
+        *self = self.apply(&Changes { revoked: vec![crate::token::jti_key(issuer, jti)], ..Changes::default() });
+    }
+
+    /// Revokes `subject`'s tokens from `issuer` issued at or before `before` (the latest cut
+    /// given wins).
+    pub fn revoke_subject_before(&mut self, issuer: &str, subject: &str, before: i64) {
+        let key = CutKey { issuer: issuer.into(), subject: subject.into() };
+        let before = self.cuts.get(issuer).and_then(|s| s.get(subject)).map_or(before, |b| before.max(*b));
+        *self = self.apply(&Changes { cuts: vec![(key, before)], ..Changes::default() });
+    }
+
+    /// Revokes every token `issuer` issued at or before `before` (the latest cut given wins).
+    pub fn revoke_issuer_before(&mut self, issuer: &str, before: i64) {
+        self.revoke_subject_before(issuer, "", before);
+    }
+
+    /// Whether the token with this [`crate::token::jti_key`] is revoked by name.
+    pub fn token_revoked(&self, key: u128) -> bool {
+        if self.added.contains(&key) {
+            return true;
+        }
+        !self.removed.contains(&key) && self.merged.binary_search(&key).is_ok()
+    }
+
+    /// Whether the token `jti` of `issuer` is revoked by name.
+    pub fn jti_revoked(&self, issuer: &str, jti: &str) -> bool {
+        self.token_revoked(crate::token::jti_key(issuer, jti))
+    }
+
+    /// Whether a token of `subject` from `issuer`, issued at `issued_at`, falls under a cut.
+    pub fn cut(&self, issuer: &str, subject: &str, issued_at: i64) -> bool {
+        let Some(subjects) = self.cuts.get(issuer) else { return false };
+        [subject, ""].into_iter().filter_map(|s| subjects.get(s)).any(|before| issued_at <= *before)
+    }
+
+    /// Every revoked token key, ascending.
+    pub fn tokens(&self) -> Vec<u128> {
+        if self.added.is_empty() && self.removed.is_empty() {
+            return self.merged.to_vec();
+        }
+        let mut added: Vec<u128> = self.added.iter().copied().collect();
+        added.sort_unstable();
+        let kept = self.merged.iter().copied().filter(|k| !self.removed.contains(k));
+        let mut out = Vec::with_capacity(self.len());
+        let mut added = added.into_iter().peekable();
+        for key in kept {
+            while let Some(a) = added.next_if(|a| *a < key) {
+                out.push(a);
+            }
+            out.push(key);
+        }
+        out.extend(added);
+        out
+    }
+
+    /// What takes a holder of `base` to these. Costs the size of the overlays while both share
+    /// their sorted array (a clone changed since), the size of both lists otherwise.
+    pub fn changes_from(&self, base: &Revocations) -> Changes {
+        let mut changes = Changes::default();
+        if Arc::ptr_eq(&self.merged, &base.merged) {
+            // Revoked here but not there: added here and not there, or removed there and not here.
+            changes.revoked.extend(self.added.iter().filter(|k| !base.added.contains(*k)));
+            changes.revoked.extend(base.removed.iter().filter(|k| !self.removed.contains(*k)));
+            changes.unrevoked.extend(base.added.iter().filter(|k| !self.added.contains(*k)));
+            changes.unrevoked.extend(self.removed.iter().filter(|k| !base.removed.contains(*k)));
+        } else {
+            let (mine, theirs) = (self.tokens(), base.tokens());
+            let (mut i, mut j) = (0, 0);
+            loop {
+                match (mine.get(i), theirs.get(j)) {
+                    (Some(a), Some(b)) if a == b => {
+                        i += 1;
+                        j += 1;
+                    }
+                    (Some(a), Some(b)) if b < a => {
+                        changes.unrevoked.push(*b);
+                        j += 1;
+                    }
+                    (Some(a), _) => {
+                        changes.revoked.push(*a);
+                        i += 1;
+                    }
+                    (None, Some(b)) => {
+                        changes.unrevoked.push(*b);
+                        j += 1;
+                    }
+                    (None, None) => break,
+                }
+            }
+        }
+        if !Arc::ptr_eq(&self.cuts, &base.cuts) {
+            let (mine, theirs): (BTreeMap<CutKey, i64>, BTreeMap<CutKey, i64>) =
+                (self.cuts().collect(), base.cuts().collect());
+            changes.cuts =
+                mine.iter().filter(|(k, v)| theirs.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), *v)).collect();
+            changes.uncut = theirs.keys().filter(|k| !mine.contains_key(*k)).cloned().collect();
+        }
+        changes
+    }
+
+    /// Every cut-off.
+    pub fn cuts(&self) -> impl Iterator<Item = (CutKey, i64)> + '_ {
+        self.cuts.iter().flat_map(|(issuer, subjects)| {
+            subjects
+                .iter()
+                .map(|(subject, before)| (CutKey { issuer: issuer.clone(), subject: subject.clone() }, *before))
+        })
+    }
+
+    /// How many tokens are revoked by name.
+    pub fn len(&self) -> usize {
+        self.merged.len() + self.added.len() - self.removed.len()
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0 && self.cuts.is_empty()
+    }
 }
 
 /// The name of the revocation of one token: from the hash of (issuer, jti), so whoever revokes
@@ -107,6 +373,79 @@ fn parse_time(text: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_changed_many_times_holds_what_a_list_built_at_once_holds() {
+        // More changes than the overlay holds, so merges happen along the way.
+        let mut list = Revocations::default();
+        let mut expected = std::collections::BTreeSet::new();
+        for round in 0..5u128 {
+            let revoked: Vec<u128> = (0..3000).map(|i| i * 7 + round * 1000).collect();
+            let unrevoked: Vec<u128> = (0..1000).map(|i| i * 7 + round * 900).collect();
+            list = list.apply(&Changes { revoked: revoked.clone(), ..Changes::default() });
+            list = list.apply(&Changes { unrevoked: unrevoked.clone(), ..Changes::default() });
+            expected.extend(revoked);
+            for k in &unrevoked {
+                expected.remove(k);
+            }
+        }
+        assert_eq!(list.tokens(), expected.iter().copied().collect::<Vec<_>>());
+        assert_eq!(list.len(), expected.len());
+        for key in 0..40_000u128 {
+            assert_eq!(list.token_revoked(key), expected.contains(&key), "{key}");
+        }
+        // A clone taken before a change does not see it.
+        let before = list.clone();
+        let after = list.apply(&Changes { revoked: vec![u128::MAX], ..Changes::default() });
+        assert!(after.token_revoked(u128::MAX) && !before.token_revoked(u128::MAX));
+    }
+
+    #[test]
+    fn cut_offs_cover_a_subject_or_the_whole_issuer_up_to_their_time() {
+        let key = |subject: &str| CutKey { issuer: "corp".into(), subject: subject.into() };
+        let list = Revocations::new(vec![], [(key("alice"), 100), (key("alice"), 50)]);
+        assert!(list.cut("corp", "alice", 100), "the latest cut given wins");
+        assert!(!list.cut("corp", "alice", 101) && !list.cut("corp", "bob", 0) && !list.cut("other", "alice", 0));
+        let whole = list.apply(&Changes { cuts: vec![(key(""), 10)], ..Changes::default() });
+        assert!(whole.cut("corp", "bob", 10) && !whole.cut("corp", "bob", 11));
+        let lifted = whole.apply(&Changes { uncut: vec![key("alice"), key("")], ..Changes::default() });
+        assert!(lifted.is_empty());
+    }
+
+    #[test]
+    fn the_changes_between_two_lists_take_one_to_the_other() {
+        let key = |subject: &str| CutKey { issuer: "corp".into(), subject: subject.into() };
+        let base = Revocations::new((0..100).collect(), [(key("a"), 5), (key("b"), 5)]);
+        // Sharing the sorted array (an overlay apart), and after a merge (more than the overlay).
+        let near = base.apply(&Changes {
+            revoked: vec![500, 501],
+            unrevoked: vec![3],
+            cuts: vec![(key("a"), 6)],
+            uncut: vec![key("b")],
+        });
+        let far =
+            near.apply(&Changes { revoked: (1000..10_000).collect(), unrevoked: vec![4, 500], ..Changes::default() });
+        for (from, to) in [(&base, &near), (&near, &base), (&base, &far), (&far, &near), (&near, &far)] {
+            let reached = from.apply(&to.changes_from(from));
+            assert_eq!(reached.tokens(), to.tokens());
+            assert_eq!(reached.cuts().collect::<Vec<_>>(), to.cuts().collect::<Vec<_>>());
+        }
+        assert!(near.changes_from(&near).is_empty());
+    }
+
+    #[test]
+    fn changes_coalesce_to_the_same_effect() {
+        let key = |subject: &str| CutKey { issuer: "corp".into(), subject: subject.into() };
+        let first = Changes { revoked: vec![1, 2], cuts: vec![(key("a"), 5)], ..Changes::default() };
+        let second = Changes { unrevoked: vec![2], revoked: vec![3], uncut: vec![key("a")], ..Changes::default() };
+        let base = Revocations::new(vec![9], []);
+        let mut both = first.clone();
+        both.then(&second);
+        let (one_by_one, at_once) = (base.apply(&first).apply(&second), base.apply(&both));
+        assert_eq!(one_by_one.tokens(), at_once.tokens());
+        assert_eq!(one_by_one.cuts().collect::<Vec<_>>(), at_once.cuts().collect::<Vec<_>>());
+        assert_eq!(at_once.tokens(), [1, 3, 9]);
+    }
 
     fn spec(jti: Option<&str>, subject: Option<&str>, before: Option<&str>) -> RevocationSpec {
         RevocationSpec {

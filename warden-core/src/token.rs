@@ -9,7 +9,7 @@
 //! more for ES256 (see BENCHMARKS.md); the tests sign with jsonwebtoken, so every token is made
 //! by one implementation and checked by another.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -111,6 +111,8 @@ pub struct Verified {
     /// [`jti_hash`] of the issuer and `jti`, computed once per verified token (decision records
     /// carry it on every request).
     pub jti_hash: Option<String>,
+    /// [`jti_key`] of the issuer and `jti`: how revocation lists name the token.
+    pub jti_key: Option<u128>,
     /// `exp`, seconds since the epoch (a fraction rounded down: the token is refused from the
     /// first whole second past it).
     pub expires_at: i64,
@@ -157,56 +159,7 @@ impl Verified {
     }
 }
 
-/// Revoked tokens: by `(issuer, jti)`, and by `(issuer, subject)` for every token issued at or
-/// before a time. Keyed by issuer first, so a check per request borrows its keys instead of
-/// allocating them.
-#[derive(Clone, Debug, Default)]
-pub struct Revocations {
-    /// Issuer name → revoked `jti`s.
-    by_jti: HashMap<String, HashSet<String>>,
-    /// Issuer name → subject → tokens with `iat` at or before this are revoked.
-    subjects_before: HashMap<String, HashMap<String, i64>>,
-    /// Issuer name → every token it issued with `iat` at or before this is revoked.
-    issuers_before: HashMap<String, i64>,
-}
-
-impl Revocations {
-    /// Revokes the token `jti` of `issuer`.
-    pub fn revoke_jti(&mut self, issuer: &str, jti: &str) {
-        self.by_jti.entry(issuer.to_string()).or_default().insert(jti.to_string());
-    }
-
-    /// Revokes `subject`'s tokens from `issuer` issued at or before `before` (the latest cut
-    /// given wins).
-    pub fn revoke_subject_before(&mut self, issuer: &str, subject: &str, before: i64) {
-        let cut =
-            self.subjects_before.entry(issuer.to_string()).or_default().entry(subject.to_string()).or_insert(before);
-        *cut = (*cut).max(before);
-    }
-
-    /// Revokes every token `issuer` issued at or before `before` (the latest cut given wins).
-    pub fn revoke_issuer_before(&mut self, issuer: &str, before: i64) {
-        let cut = self.issuers_before.entry(issuer.to_string()).or_insert(before);
-        *cut = (*cut).max(before);
-    }
-
-    /// Whether the token `jti` of `issuer` is revoked by name.
-    pub fn jti_revoked(&self, issuer: &str, jti: &str) -> bool {
-        self.by_jti.get(issuer).is_some_and(|jtis| jtis.contains(jti))
-    }
-
-    /// Whether nothing is revoked.
-    pub fn is_empty(&self) -> bool {
-        self.by_jti.is_empty() && self.subjects_before.is_empty() && self.issuers_before.is_empty()
-    }
-
-    /// Whether a token of `subject` from `issuer`, issued at `issued_at`, falls under a cut.
-    fn cut(&self, issuer: &str, subject: &str, issued_at: i64) -> bool {
-        let subject_cut = self.subjects_before.get(issuer).and_then(|s| s.get(subject));
-        let issuer_cut = self.issuers_before.get(issuer);
-        subject_cut.into_iter().chain(issuer_cut).any(|before| issued_at <= *before)
-    }
-}
+pub use crate::revocation::Revocations;
 
 /// The presenter's proof, for bound tokens.
 #[derive(Clone, Copy, Debug, Default)]
@@ -663,6 +616,7 @@ impl Verifier {
             issuer: issuer.name.clone(),
             subject,
             jti_hash: jti.as_deref().map(|jti| jti_hash(&issuer.name, jti)),
+            jti_key: jti.as_deref().map(|jti| jti_key(&issuer.name, jti)),
             jti,
             expires_at,
             issued_at,
@@ -681,8 +635,8 @@ fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Pre
     if now > v.valid_until {
         return Err(Reason::Expired);
     }
-    if let Some(jti) = &v.jti
-        && revocations.jti_revoked(&v.issuer, jti)
+    if let Some(key) = v.jti_key
+        && revocations.token_revoked(key)
     {
         return Err(Reason::Revoked);
     }
@@ -725,15 +679,17 @@ pub struct Revocable {
 /// over (issuer name, jti), hex. The agent's decision records and the token service's exchange
 /// records use the same, so a decision links to the exchange that issued its token.
 pub fn jti_hash(issuer: &str, jti: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    format!("{:032x}", jti_key(issuer, jti))
+}
+
+/// The same 128 bits as a number: how revocation lists hold a token (16 bytes, whatever the
+/// length of its `jti`).
+pub fn jti_key(issuer: &str, jti: &str) -> u128 {
     let digest =
         Sha256::new().chain_update(issuer.as_bytes()).chain_update([0]).chain_update(jti.as_bytes()).finalize();
-    let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
 }
 
 /// RFC 8705 §3.1: base64url (no padding) SHA-256 of the certificate's DER.

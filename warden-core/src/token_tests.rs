@@ -3,6 +3,7 @@ use crate::resource::test_documents;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm as JwtAlgorithm, EncodingKey, Header as JwtHeader, encode};
 use serde_json::json;
+use std::collections::HashSet;
 
 const NOW: i64 = 1_800_000_000;
 const ISS: &str = "https://idp.example.com";

@@ -240,7 +240,7 @@ pub(crate) fn admit(
         };
         let jkt = proven.as_ref().map(|p| p.jkt.as_str());
         let presenter = Presenter { client_certificate: caller.certificate, dpop_key_thumbprint: jkt };
-        match applied.verifier.verify(token, server, now, &applied.config.revoked, presenter) {
+        match applied.verifier.verify(token, server, now, &applied.revocations, presenter) {
             // A proof's jti is remembered only once the token it came with is accepted, and
             // only when that token is bound to the proof's key: anyone can sign proofs with a
             // key of their own, and a proof sent with a bearer token proves nothing (the token

@@ -125,6 +125,7 @@ impl Input {
             subject: self.subject.clone(),
             jti: None,
             jti_hash: None,
+            jti_key: None,
             expires_at: NOW + 600,
             issued_at: NOW - 60,
             valid_until: NOW + 660,
