@@ -30,9 +30,25 @@ pub fn trim() -> bool {
     false
 }
 
-/// [`trim`] on a blocking thread, not holding up the caller.
+/// Whether a trim is scheduled and has not started.
+static SCHEDULED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Trims asked for within this long of each other are one trim.
+const COALESCE: Duration = Duration::from_millis(100);
+
+/// [`trim`] on a blocking thread shortly after, not holding up the caller. A burst of calls (a
+/// burst of configuration versions) is one trim: each walks and locks every arena of the
+/// process, so trimming per call would cost more than it gives back.
 pub fn trim_soon() {
-    tokio::task::spawn_blocking(trim);
+    use std::sync::atomic::Ordering;
+    if SCHEDULED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async {
+        tokio::time::sleep(COALESCE).await;
+        SCHEDULED.store(false, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(trim).await;
+    });
 }
 
 /// Trims every [`INTERVAL`] until `stop`.

@@ -30,13 +30,15 @@ pub struct Applied {
     /// Configuration version.
     pub version: u64,
     /// The resources as received, kept to apply deltas and to persist.
-    pub resources: BTreeMap<ResourceKey, pb::Resource>,
+    /// (Shared, like the rest of what compiles, with the previous version when only revocations
+    /// changed.)
+    pub resources: Arc<BTreeMap<ResourceKey, pb::Resource>>,
     /// The same, parsed; a delta parses only what it changes.
-    documents: BTreeMap<ResourceKey, Arc<Document>>,
+    documents: Arc<BTreeMap<ResourceKey, Arc<Document>>>,
     /// Fetched issuer keys as received, by issuer name.
-    pub keys: BTreeMap<String, pb::IssuerKeys>,
+    pub keys: Arc<BTreeMap<String, pb::IssuerKeys>>,
     /// The compiled configuration.
-    pub config: Config,
+    pub config: Arc<Config>,
     /// Revoked tokens, checked per request (kept apart from the compiled configuration).
     pub revocations: Revocations,
     /// Whether this version changed revocations alone (its resources are the previous one's).
@@ -148,8 +150,8 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
             source: Source::ControlPlane,
         });
     }
-    let mut resources = current.resources.clone();
-    let mut documents = current.documents.clone();
+    let mut resources = (*current.resources).clone();
+    let mut documents = (*current.documents).clone();
     for r in delta.removals {
         let key = resource_key(&r.kind, &r.name)?;
         resources.remove(&key);
@@ -163,7 +165,7 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
         documents.insert(key.clone(), parse(&key, &r)?);
         resources.insert(key.clone(), r);
     }
-    let mut keys = current.keys.clone();
+    let mut keys = (*current.keys).clone();
     for issuer in delta.removed_keys {
         keys.remove(&issuer);
     }
@@ -215,10 +217,10 @@ fn build(
     Ok(Applied {
         store_id,
         version,
-        resources,
-        documents,
-        keys,
-        config,
+        resources: Arc::new(resources),
+        documents: Arc::new(documents),
+        keys: Arc::new(keys),
+        config: Arc::new(config),
         revocations,
         revocations_only: false,
         verifier,

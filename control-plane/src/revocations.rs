@@ -141,8 +141,9 @@ pub struct Queue {
 /// Revocation writes waiting at most (callers wait for room beyond).
 const QUEUED: usize = 4096;
 
-/// Documents committed together at most.
-const DOCUMENTS_PER_COMMIT: usize = 10_000;
+/// Documents committed together at most: with their audit entries, well within one etcd
+/// request (1.5 MiB by default).
+const DOCUMENTS_PER_COMMIT: usize = 1000;
 
 impl Default for Queue {
     fn default() -> Queue {

@@ -9,7 +9,13 @@
 //! member (Debian's `etcd-server`), the agents spread evenly over them, every write made on the
 //! first: from the apply to the last agent applied, wherever it is connected.
 //!
+//! With `--revocation-load R` it then measures revocations under load: `--preload N`
+//! revocations stored first, then R single-revocation writes a second from concurrent callers
+//! (as token holders and operators would write them) while `--rounds` marker revocations are
+//! timed from their apply to the last agent applied.
+//!
 //! `ulimit -n 16384 && cargo run --release -p tests --bin propagation -- --agents 1000 --rounds 50 --replicas 2`
+//! `cargo run --release -p tests --bin propagation -- --agents 1000 --rounds 30 --revocation-load 1000 --preload 100000`
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,10 +33,12 @@ struct Args {
     agents: usize,
     rounds: usize,
     replicas: usize,
+    revocation_load: usize,
+    preload: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { agents: 1000, rounds: 50, replicas: 0 };
+    let mut args = Args { agents: 1000, rounds: 50, replicas: 0, revocation_load: 0, preload: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -39,6 +47,8 @@ fn parse_args() -> Result<Args, String> {
             "--agents" => args.agents = n.clamp(1, 10_000),
             "--rounds" => args.rounds = n.clamp(1, 1_000),
             "--replicas" => args.replicas = n.min(8),
+            "--revocation-load" => args.revocation_load = n.min(20_000),
+            "--preload" => args.preload = n.min(2_000_000),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -60,7 +70,9 @@ fn main() -> std::process::ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}\nusage: propagation [--agents N] [--rounds R] [--replicas N]");
+            eprintln!(
+                "error: {e}\nusage: propagation [--agents N] [--rounds R] [--replicas N] [--revocation-load R --preload N]"
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -285,8 +297,118 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) ->
         "control-plane RSS: idle {idle_rss} KiB (baseline), with {} idle agents {loaded_rss} KiB: {per_agent:.1} KiB per agent",
         args.agents
     );
+    if args.revocation_load > 0 {
+        revocations_under_load(args, &mut admin, &agents, pid).await;
+    }
     let _ = stop_tx.send(true);
     samples
+}
+
+fn revocation(name: &str) -> Vec<u8> {
+    let document = serde_json::json!({
+        "apiVersion": "warden.dev/v1", "kind": "Revocation", "metadata": {"name": name},
+        "spec": {"issuer": "corp-idp", "jti": name, "expires": "2099-01-01T00:00:00Z"},
+    });
+    serde_json::to_vec(&document).expect("serializes")
+}
+
+/// Stores `--preload` revocations, then times marker revocations while `--revocation-load`
+/// others a second are written by concurrent callers.
+async fn revocations_under_load(
+    args: &Args,
+    admin: &mut proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    agents: &[watch::Receiver<u64>],
+    pid: u32,
+) {
+    let before_rss = rss_kib(pid);
+    let t0 = Instant::now();
+    for chunk in (0..args.preload).collect::<Vec<_>>().chunks(1000) {
+        let documents_json = chunk.iter().map(|i| revocation(&format!("pre-{i}"))).collect();
+        admin.apply(pb::ApplyRequest { documents_json, dry_run: false }).await.expect("preload");
+    }
+    let version = admin.get(pb::GetRequest { kind: "McpServer".into(), ..Default::default() }).await.expect("get");
+    let version = version.into_inner().version;
+    wait_all(agents, version, Duration::from_secs(300)).await.expect("agents hold the preloaded revocations");
+    println!(
+        "preloaded {} revocations in {:.1}s; control-plane RSS {before_rss} -> {} KiB",
+        args.preload,
+        t0.elapsed().as_secs_f64(),
+        rss_kib(pid)
+    );
+
+    // Writers: concurrent callers, each one revocation every 200 ms (as many callers as the
+    // rate needs: each waits for its write), for as long as the markers take (bounded by the
+    // rounds' own limits, and a deadline).
+    let callers = (args.revocation_load / 5).clamp(1, 4000);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let period = Duration::from_secs_f64(callers as f64 / args.revocation_load as f64);
+    let mut writers = Vec::new();
+    for caller in 0..callers {
+        let (mut admin, stop, written, refused) = (admin.clone(), stop_rx.clone(), written.clone(), refused.clone());
+        writers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let deadline = Instant::now() + Duration::from_secs(600);
+            for n in 0u64.. {
+                tick.tick().await;
+                if *stop.borrow() || Instant::now() > deadline {
+                    break;
+                }
+                let request = pb::ApplyRequest { documents_json: vec![revocation(&format!("load-{caller}-{n}"))], dry_run: false };
+                match admin.apply(request).await {
+                    Ok(_) => written.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    Err(_) => refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (load_t0, written0) = (Instant::now(), written.load(std::sync::atomic::Ordering::Relaxed));
+    let version0 = admin.get(pb::GetRequest { kind: "McpServer".into(), ..Default::default() }).await.expect("get");
+    let version0 = version0.into_inner().version;
+    let (cp_cpu0, own_cpu0) = (cpu_time(pid), cpu_time(std::process::id()));
+    let mut samples = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        let request = pb::ApplyRequest { documents_json: vec![revocation(&format!("marker-{round}"))], dry_run: false };
+        let t0 = Instant::now();
+        let response = admin.apply(request).await.expect("marker").into_inner();
+        if wait_all(agents, response.version, Duration::from_secs(30)).await.is_none() {
+            eprintln!("marker {round}: not every agent applied version {} within 30s", response.version);
+            std::process::exit(1);
+        }
+        samples.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = load_t0.elapsed();
+    let rate = (written.load(std::sync::atomic::Ordering::Relaxed) - written0) as f64 / elapsed.as_secs_f64();
+    let version1 = admin.get(pb::GetRequest { kind: "McpServer".into(), ..Default::default() }).await.expect("get");
+    let versions = (version1.into_inner().version - version0) as f64 / elapsed.as_secs_f64();
+    let (cp_cpu, own_cpu) = (cpu_time(pid) - cp_cpu0, cpu_time(std::process::id()) - own_cpu0);
+    let _ = stop_tx.send(true);
+    for w in writers {
+        let _ = w.await;
+    }
+    samples.sort();
+    println!(
+        "revocation under load ({} stored, {rate:.0} revocations/s written by {callers} callers, {versions:.1} versions/s, \
+         {} refused) -> last of {} agents applied: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        args.preload,
+        refused.load(std::sync::atomic::Ordering::Relaxed),
+        args.agents,
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().expect("samples"))
+    );
+    println!(
+        "CPU under revocation load: control plane {:.2} cores, the {} simulated agents and the writers {:.2} cores; \
+         control-plane RSS {} KiB",
+        cp_cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        args.agents,
+        own_cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        rss_kib(pid)
+    );
 }
 
 /// `rounds` policy changes, each timed from the apply to the last agent applied.
