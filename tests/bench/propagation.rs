@@ -356,7 +356,10 @@ async fn revocations_under_load(
                 if *stop.borrow() || Instant::now() > deadline {
                     break;
                 }
-                let request = pb::ApplyRequest { documents_json: vec![revocation(&format!("load-{caller}-{n}"))], dry_run: false };
+                let request = pb::ApplyRequest {
+                    documents_json: vec![revocation(&format!("load-{caller}-{n}"))],
+                    dry_run: false,
+                };
                 match admin.apply(request).await {
                     Ok(_) => written.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     Err(_) => refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed),

@@ -479,6 +479,16 @@ fn bound_task_tokens_need_their_key_and_revocation_reaches_the_fleet_and_survive
             None => assert_eq!(post(&fleet.url(), Some(token), &[], INITIALIZE).status, 200),
         }
     }
+
+    // Revoking the subject token itself (by its holder, RFC 7009) revokes every task token
+    // minted from it, and no other.
+    let dave = fleet.subject_token("dave");
+    let from_dave = fleet.task_token(&dave, "tool:echo");
+    assert_eq!(post(&fleet.url(), Some(&from_dave), &[], INITIALIZE).status, 200);
+    assert_eq!(fleet.form("/revoke", &[("token", &dave)], &[]).0, 200);
+    fleet.converge();
+    assert_eq!(refusal(&post(&fleet.url(), Some(&from_dave), &[], &call("echo"))), "revoked");
+    assert_eq!(post(&fleet.url(), Some(&after), &[], INITIALIZE).status, 200);
 }
 
 #[test]

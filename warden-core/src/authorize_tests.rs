@@ -285,7 +285,11 @@ spec:
     );
     let mut task = workload("alice", serde_json::json!({}));
     task.issuer = "warden".into();
-    task.task = Some(crate::token::Task { subject_issuer: "corp-idp".into(), tools: vec!["search".into()] });
+    task.task = Some(crate::token::Task {
+        subject_issuer: "corp-idp".into(),
+        tools: vec!["search".into()],
+        subject_token: None,
+    });
     let granted = ["search".to_string()];
     let facts = RequestFacts { granted_tools: &granted, ..facts() };
     let call = |tool| a.authorize("github", &task, "tools/call", Target::Tool(tool), &facts).unwrap();

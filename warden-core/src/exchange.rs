@@ -328,6 +328,9 @@ impl TaskToken<'_> {
         claims.insert("jti".into(), self.jti.into());
         claims.insert(task_claims::SUBJECT_ISSUER.into(), self.subject_issuer_url.into());
         claims.insert(task_claims::TOOLS.into(), self.tools.iter().map(|t| Value::from(t.as_str())).collect());
+        if let Some(hash) = &self.subject.jti_hash {
+            claims.insert(task_claims::SUBJECT_JTI.into(), hash.clone().into());
+        }
         if !self.scopes.is_empty() {
             claims.insert("scope".into(), self.scopes.join(" ").into());
         }

@@ -141,12 +141,17 @@ pub struct Task {
     pub subject_issuer: String,
     /// The tools granted (the `tools` claim).
     pub tools: Vec<String>,
+    /// [`jti_key`] of the subject token exchanged, when it had a `jti` (the `subject_jti`
+    /// claim): revoking that token revokes the task tokens minted from it.
+    pub subject_token: Option<u128>,
 }
 
 /// Claims the control plane puts in task tokens beyond the registered ones.
 pub mod task_claims {
     /// The `iss` of the subject token exchanged: the workload's own identity provider.
     pub const SUBJECT_ISSUER: &str = "subject_iss";
+    /// [`super::jti_hash`] of the subject token exchanged (32 hex digits), when it had a `jti`.
+    pub const SUBJECT_JTI: &str = "subject_jti";
     /// The tools granted, an array of names.
     pub const TOOLS: &str = "tools";
 }
@@ -607,7 +612,16 @@ impl Verifier {
             let source = self.issuers.get(source).filter(|r| !r.control_plane).ok_or(Reason::UntrustedIssuer)?;
             let tools = claims.get(task_claims::TOOLS).and_then(|v| v.as_array()).ok_or(Reason::MissingClaim)?;
             let tools = tools.iter().map(|t| t.as_str().map(String::from)).collect::<Option<Vec<_>>>();
-            Some(Task { subject_issuer: source.name.clone(), tools: tools.ok_or(Reason::MissingClaim)? })
+            let subject_token = match claims.get(task_claims::SUBJECT_JTI) {
+                None => None,
+                Some(hash) => Some(
+                    hash.as_str()
+                        .filter(|h| h.len() == 32)
+                        .and_then(|h| u128::from_str_radix(h, 16).ok())
+                        .ok_or(Reason::Malformed)?,
+                ),
+            };
+            Some(Task { subject_issuer: source.name.clone(), tools: tools.ok_or(Reason::MissingClaim)?, subject_token })
         } else {
             None
         };
@@ -635,9 +649,9 @@ fn live_checks(v: &Verified, now: i64, revocations: &Revocations, presenter: Pre
     if now > v.valid_until {
         return Err(Reason::Expired);
     }
-    if let Some(key) = v.jti_key
-        && revocations.token_revoked(key)
-    {
+    // A task token falls with the subject token it was exchanged for, too.
+    let subject_token = v.task.as_ref().and_then(|t| t.subject_token);
+    if [v.jti_key, subject_token].into_iter().flatten().any(|key| revocations.token_revoked(key)) {
         return Err(Reason::Revoked);
     }
     // A task token falls with its workload: revoking the subject or the issuer of the token it

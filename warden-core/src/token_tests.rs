@@ -413,7 +413,10 @@ fn a_task_token_speaks_for_the_workload_it_was_exchanged_for_and_carries_its_too
     let verified = v.verify(&token, "github", NOW, &none, Presenter::default()).unwrap();
     assert_eq!(verified.issuer, "warden");
     assert_eq!(verified.principal_issuer(), "corp-idp");
-    assert_eq!(verified.task, Some(Task { subject_issuer: "corp-idp".into(), tools: vec!["get_issue".into()] }));
+    assert_eq!(
+        verified.task,
+        Some(Task { subject_issuer: "corp-idp".into(), tools: vec!["get_issue".into()], subject_token: None })
+    );
     // An ordinary token is no task.
     let plain = corp.sign(&claims());
     assert_eq!(v.verify(&plain, "github", NOW, &none, Presenter::default()).unwrap().task, None);
@@ -455,6 +458,22 @@ fn revoking_a_workload_or_its_issuer_revokes_its_task_tokens() {
     let mut by_jti = Revocations::default();
     by_jti.revoke_jti("warden", "task-1");
     assert_eq!(v.verify(&token, "github", NOW, &by_jti, Presenter::default()).unwrap_err(), Reason::Revoked);
+
+    // Revoking the subject token (by its jti) revokes the task tokens minted from it, and only
+    // those; a `subject_jti` that is not a hash is refused.
+    let mut from_subject = task_claims_for(json!(["get_issue"]));
+    from_subject["subject_jti"] = json!(jti_hash("corp-idp", "subject-1"));
+    let minted = cp.sign(&from_subject);
+    let mut subject_revoked = Revocations::default();
+    subject_revoked.revoke_jti("corp-idp", "subject-1");
+    assert_eq!(v.verify(&minted, "github", NOW, &subject_revoked, Presenter::default()).unwrap_err(), Reason::Revoked);
+    assert!(v.verify(&token, "github", NOW, &subject_revoked, Presenter::default()).is_ok(), "another subject token's");
+    from_subject["subject_jti"] = json!("subject-1");
+    let bad = cp.sign(&from_subject);
+    assert_eq!(
+        v.verify(&bad, "github", NOW, &Revocations::default(), Presenter::default()).unwrap_err(),
+        Reason::Malformed
+    );
 }
 
 #[test]

@@ -241,7 +241,11 @@ mod tests {
     #[test]
     fn a_task_token_names_the_workload_s_own_issuer() {
         assert_eq!(own_issuer("corp-idp", None), "corp-idp");
-        let task = warden_core::token::Task { subject_issuer: "corp-idp".into(), tools: vec!["search".into()] };
+        let task = warden_core::token::Task {
+            subject_issuer: "corp-idp".into(),
+            tools: vec!["search".into()],
+            subject_token: None,
+        };
         assert_eq!(own_issuer("warden", Some(&task)), "corp-idp", "not the token service");
     }
 }

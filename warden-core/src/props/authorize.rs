@@ -133,7 +133,7 @@ impl Input {
             bound_dpop_key: None,
             scopes: self.scopes.clone(),
             claims: self.claims.clone(),
-            task: self.task.clone().map(|tools| Task { subject_issuer: "corp-idp".into(), tools }),
+            task: self.task.clone().map(|tools| Task { subject_issuer: "corp-idp".into(), tools, subject_token: None }),
         }
     }
 
