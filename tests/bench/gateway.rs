@@ -221,7 +221,7 @@ fn main() {
     let mut flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
     flags.extend(["--label", "records=on"]);
     let agent = Agent::start_with(dir.path(), "bench-agent", &[&cp.address], Some(&join), &flags);
-    let quiet_join = cp.join_token("5m", "bench-agent");
+    let quiet_join = cp.join_token("5m", "bench-quiet");
     let mut quiet_flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
     quiet_flags.extend(["--label", "records=off", "--no-decision-records"]);
     let quiet = Agent::start_with(dir.path(), "bench-quiet", &[&cp.address], Some(&quiet_join), &quiet_flags);
