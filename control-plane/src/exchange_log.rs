@@ -6,9 +6,17 @@
 //! Recording never slows an exchange down: records go through a bounded queue to one task that
 //! writes them in batches; past the bound they are counted as dropped, and the count is stored
 //! with the next batch, as an agent's drops are.
+//!
+//! Refusals before the subject token verified (no such server, a forged, expired or garbage
+//! token, a bad DPoP proof) cost their sender nothing, so they are tallied as the gateway
+//! tallies its own: one record per server, reason and source address each second, carrying how
+//! many it stands for (`count`) and the source. Every exchange of a verified workload is a
+//! record of its own.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1 as pb;
@@ -22,6 +30,16 @@ pub const AGENT: &str = "control-plane";
 const QUEUE: usize = 65_536;
 /// Records per stored batch, at most.
 const BATCH: usize = 2_000;
+/// How often tallied refusals become records.
+const WINDOW: Duration = Duration::from_secs(1);
+/// Distinct (server, reason, source) tallies per window; past it, refusals from new sources are
+/// tallied under the unspecified address (still counted, in bounded memory).
+const MAX_TALLIES: usize = 4_096;
+/// Where refusals past [`MAX_TALLIES`] are tallied.
+const ELSEWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+/// Refusals of the current window: (server, reason, source) → (count, first record).
+type Tallies = Mutex<HashMap<(String, String, IpAddr), (u64, pb::DecisionRecord)>>;
 
 /// One exchange, as the token service decided it.
 #[derive(Clone, Debug, Default)]
@@ -54,6 +72,7 @@ pub struct Exchange {
 pub struct ExchangeLog {
     queue: mpsc::Sender<pb::DecisionRecord>,
     dropped: Arc<AtomicU64>,
+    tallies: Arc<Tallies>,
 }
 
 impl ExchangeLog {
@@ -61,11 +80,15 @@ impl ExchangeLog {
     pub fn new() -> (ExchangeLog, Writer) {
         let (queue, records) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        (ExchangeLog { queue, dropped: dropped.clone() }, Writer { records, dropped })
+        let tallies = Arc::new(Tallies::default());
+        let log = ExchangeLog { queue: queue.clone(), dropped: dropped.clone(), tallies: tallies.clone() };
+        (log, Writer { records, dropped, tallies, queue })
     }
 
-    /// Queues one exchange record; counts it as dropped when the queue is full.
-    pub fn record(&self, exchange: Exchange) {
+    /// Queues one exchange record (counted as dropped when the queue is full), or tallies it
+    /// when it is a refusal before the subject token verified.
+    pub fn record(&self, exchange: Exchange, source: IpAddr) {
+        let unverified = !exchange.allowed && exchange.subject.is_empty();
         let time_unix_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
         let record = pb::DecisionRecord {
             sequence: 0,
@@ -89,16 +112,43 @@ impl ExchangeLog {
             count: 0,
             source: String::new(),
         };
+        if unverified {
+            let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
+            let mut key = (record.server.clone(), record.reason.clone(), source);
+            if tallies.len() >= MAX_TALLIES && !tallies.contains_key(&key) {
+                key.2 = ELSEWHERE;
+            }
+            tallies.entry(key).or_insert((0, record)).0 += 1;
+            return;
+        }
         if self.queue.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
+/// The tallied refusals as records (each with its count and source), the tallies emptied.
+fn drain(tallies: &Tallies) -> Vec<pb::DecisionRecord> {
+    let taken = std::mem::take(&mut *tallies.lock().unwrap_or_else(|e| e.into_inner()));
+    taken
+        .into_iter()
+        .map(|((_, _, source), (count, record))| pb::DecisionRecord {
+            count,
+            source: source.to_string(),
+            // The tools asked for differ between the refusals a record stands for.
+            target: String::new(),
+            ..record
+        })
+        .collect()
+}
+
 /// The receiving end of an [`ExchangeLog`].
 pub struct Writer {
     records: mpsc::Receiver<pb::DecisionRecord>,
     dropped: Arc<AtomicU64>,
+    tallies: Arc<Tallies>,
+    /// Where tallies go each window (the same queue).
+    queue: mpsc::Sender<pb::DecisionRecord>,
 }
 
 /// Stores queued exchange records in batches until shutdown, then what is still queued.
@@ -106,15 +156,29 @@ pub async fn run(mut writer: Writer, decisions: Arc<Decisions>, mut stop: watch:
     // This run's records are told apart from the previous run's by a random boot id.
     let boot: u64 = rand::random();
     let mut sequence = 0u64;
+    let mut window = tokio::time::interval(WINDOW);
+    window.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut batch = Vec::new();
         let stopping = tokio::select! {
             received = writer.records.recv_many(&mut batch, BATCH) => received == 0,
+            _ = window.tick() => {
+                for record in drain(&writer.tallies) {
+                    if writer.queue.try_send(record).is_err() {
+                        writer.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
             _ = stop.wait_for(|s| *s) => true,
         };
         if stopping {
+            batch.extend(drain(&writer.tallies));
             writer.records.close();
             while writer.records.recv_many(&mut batch, BATCH).await > 0 {
+                store(&decisions, &mut batch, boot, &mut sequence, &writer.dropped).await;
+            }
+            if !batch.is_empty() {
                 store(&decisions, &mut batch, boot, &mut sequence, &writer.dropped).await;
             }
             return;

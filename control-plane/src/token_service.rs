@@ -132,7 +132,7 @@ async fn token(
     let (answer, record) = exchange(&service, &peer, &headers, &body);
     if let Some(mut record) = record {
         record.latency = started.elapsed();
-        service.cp.exchange_log.record(record);
+        service.cp.exchange_log.record(record, peer.address.ip());
     }
     match answer {
         Ok(response) => {

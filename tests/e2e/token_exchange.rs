@@ -645,6 +645,12 @@ fn a_task_token_never_carries_more_than_its_subject_token_and_every_refusal_is_o
     assert_eq!(status, 400);
     let (status, _) = fleet.exchange(&alice, "http://127.0.0.1:1/unknown", &[("scope", "tool:secrets")]);
     assert_eq!(status, 400);
+    // Garbage costs its sender nothing: refusals before the subject token verified are tallied
+    // (one record per server, reason and source each second), so a flood cannot roll the
+    // decision log over.
+    for _ in 0..50 {
+        assert_eq!(fleet.exchange("garbage", &fleet.url(), &[("scope", "tool:echo")]).0, 400);
+    }
     let records = || -> Vec<Value> {
         let out = fleet.cp.ctl_ok(&["decisions", "--agent", "control-plane", "--limit", "1000", "-o", "json"]);
         out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -663,8 +669,18 @@ fn a_task_token_never_carries_more_than_its_subject_token_and_every_refusal_is_o
         },
     );
     assert_eq!((expired_record["subject"].as_str(), expired_record["server"].as_str()), (Some(""), Some("notes")));
-    assert_eq!(expired_record["target"], "echo");
-    assert_eq!(unknown_record["target"], "secrets");
+    assert_eq!((expired_record["count"].as_u64(), expired_record["source"].as_str()), (Some(1), Some("127.0.0.1")));
+    assert_eq!((unknown_record["server"].as_str(), unknown_record["count"].as_u64()), (Some(""), Some(1)));
+    let garbage = wait_for_or(
+        "the garbage exchanges tallied",
+        || format!("{:?}", records()),
+        || {
+            let tallied: Vec<Value> = records().into_iter().filter(|r| r["reason"] == "malformed").collect();
+            let count: u64 = tallied.iter().map(|r| r["count"].as_u64().unwrap_or(1)).sum();
+            (count == 50).then_some(tallied)
+        },
+    );
+    assert!(garbage.len() <= 10, "50 refusals in a few records, not 50: {garbage:?}");
     assert_eq!((scope_record["subject"].as_str(), scope_record["server"].as_str()), (Some("alice"), Some("scoped")));
 }
 
