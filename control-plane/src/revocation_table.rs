@@ -5,6 +5,7 @@
 //! version and cheap to clone) is derived from it then.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use proto::v1 as pb;
 use warden_core::revocation::{Changes, CutKey, Target};
@@ -17,26 +18,28 @@ pub struct Stored {
     pub resource_version: u64,
     /// Its canonical JSON, what `wardenctl get` shows.
     pub json: Box<[u8]>,
-    /// The TrustedIssuer whose tokens it revokes.
-    pub issuer: String,
+    /// The TrustedIssuer whose tokens it revokes (one allocation shared by all of its).
+    pub issuer: Arc<str>,
     /// What it revokes.
     pub target: Target,
     /// When every token it covers has expired (seconds since the epoch), if it says.
     pub expires: Option<i64>,
 }
 
-/// Every revocation of a store, by name, and what they revoke together.
+/// Every revocation of a store, by name, and what they revoke together. A million of them take
+/// about 450 bytes each (BENCHMARKS.md): names are shared with the expiry index, issuers shared
+/// by all of theirs, and entries boxed, as a hash table at a million rows is mostly empty slots.
 #[derive(Debug, Default)]
 pub struct RevocationTable {
-    entries: HashMap<String, Stored>,
+    entries: HashMap<Arc<str>, Box<Stored>>,
     /// Token key → how many revocations name it (an operator's and a holder's may both).
     token_refs: HashMap<u128, u32>,
     /// Cut-off → the revocations setting it, by name, with their times (the latest wins).
     cuts: BTreeMap<CutKey, BTreeMap<String, i64>>,
     /// (expiry, name), soonest first.
-    expiries: BTreeSet<(i64, String)>,
+    expiries: BTreeSet<(i64, Arc<str>)>,
     /// TrustedIssuer → how many revocations name it.
-    issuer_refs: HashMap<String, usize>,
+    issuer_refs: HashMap<Arc<str>, usize>,
 }
 
 impl RevocationTable {
@@ -52,12 +55,12 @@ impl RevocationTable {
 
     /// The revocation named `name`.
     pub fn get(&self, name: &str) -> Option<&Stored> {
-        self.entries.get(name)
+        self.entries.get(name).map(|stored| &**stored)
     }
 
     /// Every revocation as agents once received it, in name order (`wardenctl get`).
     pub fn resources(&self, name: Option<&str>) -> Vec<pb::Resource> {
-        let mut names: Vec<&String> = match name {
+        let mut names: Vec<&Arc<str>> = match name {
             Some(n) => self.entries.get_key_value(n).map(|(k, _)| k).into_iter().collect(),
             None => self.entries.keys().collect(),
         };
@@ -68,7 +71,7 @@ impl RevocationTable {
                 let stored = &self.entries[name];
                 pb::Resource {
                     kind: Kind::Revocation.as_str().to_string(),
-                    name: name.clone(),
+                    name: name.to_string(),
                     resource_version: stored.resource_version,
                     document_json: stored.json.to_vec(),
                 }
@@ -79,14 +82,14 @@ impl RevocationTable {
     /// A revocation other than `except` naming `issuer`, if any: the issuer cannot go.
     pub fn naming_issuer(&self, issuer: &str, except: &[&str]) -> Option<String> {
         self.issuer_refs.get(issuer)?;
-        let mut naming = self.entries.iter().filter(|(name, s)| s.issuer == issuer && !except.contains(&name.as_str()));
-        naming.next().map(|(name, _)| name.clone())
+        let mut naming = self.entries.iter().filter(|(name, s)| &*s.issuer == issuer && !except.contains(&&***name));
+        naming.next().map(|(name, _)| name.to_string())
     }
 
     /// Revocations whose `expires` is at or before `now`, and the soonest expiry after it.
     pub fn expired(&self, now: i64, max: usize) -> (Vec<String>, Option<i64>) {
         let expired: Vec<String> =
-            self.expiries.iter().take_while(|(at, _)| *at <= now).take(max).map(|(_, n)| n.clone()).collect();
+            self.expiries.iter().take_while(|(at, _)| *at <= now).take(max).map(|(_, n)| n.to_string()).collect();
         let next = self.expiries.iter().find(|(at, _)| *at > now).map(|(at, _)| *at);
         (expired, next)
     }
@@ -118,14 +121,18 @@ impl RevocationTable {
                     touched_cuts.insert(key.clone());
                 }
             }
+            let name: Arc<str> = Arc::from(name.as_str());
             let expires = spec.expires_unix();
             if let Some(at) = expires {
                 self.expiries.insert((at, name.clone()));
             }
-            *self.issuer_refs.entry(spec.issuer.clone()).or_insert(0) += 1;
-            let issuer = spec.issuer.clone();
+            let issuer = match self.issuer_refs.get_key_value(spec.issuer.as_str()) {
+                Some((shared, _)) => shared.clone(),
+                None => Arc::from(spec.issuer.as_str()),
+            };
+            *self.issuer_refs.entry(issuer.clone()).or_insert(0) += 1;
             let stored = Stored { resource_version: version, json: json.to_vec().into(), issuer, target, expires };
-            self.entries.insert(name.clone(), stored);
+            self.entries.insert(name, Box::new(stored));
         }
         for key in touched_cuts {
             match self.cuts.get(&key).and_then(|by_name| by_name.values().max()) {
@@ -137,14 +144,14 @@ impl RevocationTable {
     }
 
     fn remove(&mut self, name: &str, changes: &mut Changes, touched_cuts: &mut BTreeSet<CutKey>) {
-        let Some(stored) = self.entries.remove(name) else { return };
+        let Some((name, stored)) = self.entries.remove_entry(name) else { return };
         if let Some(at) = stored.expires {
-            self.expiries.remove(&(at, name.to_string()));
+            self.expiries.remove(&(at, name.clone()));
         }
-        if let Some(refs) = self.issuer_refs.get_mut(&stored.issuer) {
+        if let Some(refs) = self.issuer_refs.get_mut(&*stored.issuer) {
             *refs -= 1;
             if *refs == 0 {
-                self.issuer_refs.remove(&stored.issuer);
+                self.issuer_refs.remove(&*stored.issuer);
             }
         }
         match stored.target {
@@ -160,7 +167,7 @@ impl RevocationTable {
             }
             Target::Cut(key, _) => {
                 if let Some(by_name) = self.cuts.get_mut(&key) {
-                    by_name.remove(name);
+                    by_name.remove(&*name);
                     if by_name.is_empty() {
                         self.cuts.remove(&key);
                     }
