@@ -326,6 +326,30 @@ fn decide(
             "policy_denied",
         ));
     }
+    // Delegation narrows too: an actor becomes `act` only for tools policy allows the actor
+    // itself to be granted (the task token is then no more than either could get alone).
+    if let Some((actor, _)) = &actor {
+        let denied: Vec<&str> = request
+            .tools
+            .iter()
+            .filter(|tool| {
+                !compiled
+                    .authorizer
+                    .authorize(server_name, actor, EXCHANGE_ACTION, PolicyTarget::Tool(tool), &facts)
+                    .is_ok_and(|o| o.allowed)
+            })
+            .map(String::as_str)
+            .collect();
+        if !denied.is_empty() {
+            return Err(refuse(
+                OAuthError::invalid_grant(format!(
+                    "actor_token: policy does not allow the actor the tools: {}",
+                    denied.join(", ")
+                )),
+                "actor_policy_denied",
+            ));
+        }
+    }
     let maxima = [issuer.max_token_lifetime.0.as_secs() as i64, signer.tokens_expire_by - now]
         .into_iter()
         .chain(server.max_task_token_lifetime.map(|d| d.0.as_secs() as i64));

@@ -285,6 +285,20 @@ fn a_workload_exchanges_its_identity_for_a_task_token_that_opens_only_its_tools(
     let delegated = claims(body["access_token"].as_str().unwrap());
     assert_eq!(delegated["sub"], "alice");
     assert_eq!(delegated["act"], json!({"sub": "ci-runner", "iss": fleet.idp.issuer}));
+    // The actor is put to policy too: one that may not be granted the tools itself (bob) cannot
+    // act for alice, who may.
+    let bob_actor = fleet.subject_token("bob");
+    let (status, body) = fleet.exchange(
+        &alice,
+        &fleet.url(),
+        &[
+            ("scope", "tool:echo"),
+            ("actor_token", &bob_actor),
+            ("actor_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ],
+    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("echo"), "{body}");
 
     // An expired task token is refused.
     let (_, short) = fleet.exchange(&alice, &fleet.url(), &[("scope", "tool:echo"), ("expires_in", "1")]);
