@@ -449,6 +449,37 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
     let with_session = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-11-25")];
     assert_eq!(post(&url, Some(&bob), &with_session, ping).status, 404);
     assert_eq!(post(&url, Some(&alice), &with_session, ping).status, 200);
+
+    // An authenticated caller's malformed requests are decisions on record, with their reasons.
+    let plain: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let wrong_type = plain
+        .post(&url)
+        .header("content-type", "text/plain")
+        .header("authorization", &format!("Bearer {alice}"))
+        .send("{}")
+        .unwrap();
+    assert_eq!(wrong_type.status().as_u16(), 415);
+    let expected = [
+        ("malformed_body", "POST"),
+        ("body_too_large", "POST"),
+        ("missing_name", "tools/call"),
+        ("unsupported_protocol_version", "initialize"),
+        ("routing_header_mismatch", "tools/call"),
+        ("unsupported_media_type", "POST"),
+    ];
+    let records = wait_for_or(
+        "the malformed requests' records",
+        || fleet.agent.log_text(),
+        || {
+            let out = fleet.cp.ctl_ok(&["decisions", "--subject", "alice", "--decision", "deny", "-o", "json"]);
+            let records: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let found = |(reason, method): &(&str, &str)| {
+                records.iter().any(|r| r["reason"] == *reason && r["method"] == *method)
+            };
+            expected.iter().all(found).then_some(records)
+        },
+    );
+    assert!(records.iter().all(|r| r["issuer"] == "test-idp"), "{records:#?}");
 }
 
 #[test]

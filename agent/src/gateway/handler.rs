@@ -373,6 +373,14 @@ impl Decider {
         }
     }
 
+    /// Refuses this caller's request for what its body is (or is not): a decision, recorded
+    /// with `reason` (an authenticated caller's malformed requests are as much on record as
+    /// its denied ones).
+    fn refuse_body(&self, headers: &HeaderMap, method: &str, reason: &str, answer: Response<Body>) -> Refused {
+        self.record(headers, method, None, (false, reason, Vec::new()));
+        Box::new(answer)
+    }
+
     /// Records a decision about this caller's request.
     fn record(
         &self,
@@ -412,22 +420,31 @@ impl Allows for Decider {
 }
 
 async fn post(worker: &Worker, admitted: Admitted, request: Request<hyper::body::Incoming>) -> Response<Body> {
+    let refuse =
+        |reason: &str, answer: Response<Body>| *admitted.decider.refuse_body(request.headers(), "POST", reason, answer);
     if let Err(answer) = json_content(request.headers()) {
-        return *answer;
+        return refuse("unsupported_media_type", *answer);
     }
     let limit = worker.shared.limits.max_body_bytes;
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(limit);
+        return refuse("body_too_large", too_large(limit));
     }
     let (parts, body) = request.into_parts();
+    let refuse =
+        |reason: &str, answer: Response<Body>| *admitted.decider.refuse_body(&parts.headers, "POST", reason, answer);
     // A caller that sends its body slowly holds a connection and a buffer: bounded in time too.
     let read = tokio::time::timeout(worker.shared.limits.body_read_timeout, Limited::new(body, limit).collect());
     let bytes = match read.await {
         Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
-        Ok(Err(e)) => return reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
-        Err(_) => return reply::error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return refuse("body_too_large", too_large(limit)),
+        Ok(Err(e)) => {
+            return refuse("body_unreadable", reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")));
+        }
+        Err(_) => {
+            let answer = reply::error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time");
+            return refuse("body_timeout", answer);
+        }
     };
     let lists = match decide_body(&admitted.decider, &parts.headers, &bytes, worker.shared.limits.json) {
         Ok(lists) => lists,
@@ -444,9 +461,10 @@ pub(crate) fn check_body(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), Refused> {
-    json_content(headers)?;
+    let decider = &admitted.decider;
+    json_content(headers).map_err(|answer| decider.refuse_body(headers, "POST", "unsupported_media_type", *answer))?;
     if body.len() > shared.limits.max_body_bytes {
-        return Err(Box::new(too_large(shared.limits.max_body_bytes)));
+        return Err(decider.refuse_body(headers, "POST", "body_too_large", too_large(shared.limits.max_body_bytes)));
     }
     decide_body(&admitted.decider, headers, body, shared.limits.json).map(drop)
 }
@@ -476,17 +494,23 @@ fn decide_body(
     bytes: &[u8],
     limits: mcp::Limits,
 ) -> Result<Vec<mcp::ListFilter>, Refused> {
-    let refuse = |answer| Err(Box::new(answer));
     let body = match mcp::parse(bytes, limits) {
         Ok(b) => b,
-        Err(e) => return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string())),
+        Err(e) => {
+            let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string());
+            return Err(decider.refuse_body(headers, "POST", "malformed_body", answer));
+        }
     };
+    // Refusals of a body that parsed are recorded under its (first) method.
+    let method = body.messages.first().and_then(|m| m.method.as_deref()).unwrap_or("POST");
+    let refuse = |reason: &str, answer| Err(decider.refuse_body(headers, method, reason, answer));
     let version = headers.get("mcp-protocol-version").map(|v| v.to_str().unwrap_or(""));
     if let Some(v) = version
         && !mcp::PROTOCOL_VERSIONS.contains(&v)
     {
         let message = format!("unsupported MCP-Protocol-Version; supported: {}", mcp::PROTOCOL_VERSIONS.join(", "));
-        return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, mcp::INVALID_REQUEST, &message));
+        let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, mcp::INVALID_REQUEST, &message);
+        return refuse("unsupported_protocol_version", answer);
     }
     // Proxies and servers may route on these headers while Warden decides on the body: each one
     // sent is checked, and must be sent once, whatever the revision (2026-07-28 requires them).
@@ -495,24 +519,24 @@ fn decide_body(
         |message: &str| reply::jsonrpc_error(StatusCode::BAD_REQUEST, first_id, mcp::HEADER_MISMATCH, message);
     for name in ["mcp-method", "mcp-name", "mcp-protocol-version"] {
         if headers.get_all(name).iter().count() > 1 {
-            return refuse(mismatch(&format!("{name} header appears more than once")));
+            return refuse("routing_header_mismatch", mismatch(&format!("{name} header appears more than once")));
         }
     }
     let required = version.is_some_and(|v| mcp::ROUTING_HEADER_VERSIONS.contains(&v));
     let (method_header, name_header) = (headers.get("mcp-method"), headers.get("mcp-name"));
     if required || method_header.is_some() || name_header.is_some() {
         if body.batch {
-            return refuse(mismatch("batches cannot carry routing headers"));
+            return refuse("routing_header_mismatch", mismatch("batches cannot carry routing headers"));
         }
         // A value that is not visible ASCII cannot equal the body's (such names are sent
         // base64-encoded), and another reader could decode its bytes as something else.
         let (method_header, name_header) =
             (method_header.map(HeaderValue::to_str).transpose(), name_header.map(HeaderValue::to_str).transpose());
         let (Ok(method_header), Ok(name_header)) = (method_header, name_header) else {
-            return refuse(mismatch("routing headers must be visible ASCII"));
+            return refuse("routing_header_mismatch", mismatch("routing headers must be visible ASCII"));
         };
         if let Err(message) = mcp::check_routing_headers(&body.messages[0], method_header, name_header, required) {
-            return refuse(mismatch(&message));
+            return refuse("routing_header_mismatch", mismatch(&message));
         }
     }
 
@@ -535,7 +559,8 @@ fn decide_body(
                 continue;
             }
             Err(mcp::Undecidable::MissingName(message)) => {
-                return refuse(reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message));
+                let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message);
+                return refuse("missing_name", answer);
             }
         };
         // Every target must be allowed (a subscription names several resources); each one is a
@@ -574,7 +599,8 @@ fn decide_body(
         let m = &body.messages[0];
         // A denied notification has no id to answer; the HTTP status carries the refusal.
         let status = if m.id.is_some() { StatusCode::OK } else { StatusCode::FORBIDDEN };
-        return refuse(reply::json(status, &error(m, "denied by policy", denied[0].1)));
+        // (Each denial is on record already, message by message.)
+        return Err(Box::new(reply::json(status, &error(m, "denied by policy", denied[0].1))));
     }
     // A batch goes upstream whole or not at all: each request gets an error.
     let answers: Vec<Value> = body
@@ -587,7 +613,7 @@ fn decide_body(
             None => error(m, "not sent: another request in the batch was denied", "batch_denied"),
         })
         .collect();
-    refuse(reply::json(StatusCode::OK, &Value::Array(answers)))
+    Err(Box::new(reply::json(StatusCode::OK, &Value::Array(answers))))
 }
 
 async fn forward(
