@@ -168,7 +168,8 @@ impl pb::admin_service_server::AdminService for AdminService {
                 })
             })
             .collect();
-        Ok(Response::new(pb::GetResponse { resources, version: state.version, issuer_keys }))
+        let revocations_total = state.revocation_table().len() as u64;
+        Ok(Response::new(pb::GetResponse { resources, version: state.version, issuer_keys, revocations_total }))
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {

@@ -58,8 +58,9 @@ impl RevocationTable {
         self.entries.get(name).map(|stored| &**stored)
     }
 
-    /// Every revocation as agents once received it, in name order (`wardenctl get`).
-    pub fn resources(&self, name: Option<&str>) -> Vec<pb::Resource> {
+    /// Revocations as agents once received them, in name order, at most `limit` (`wardenctl
+    /// get`).
+    pub fn resources(&self, name: Option<&str>, limit: usize) -> Vec<pb::Resource> {
         let mut names: Vec<&Arc<str>> = match name {
             Some(n) => self.entries.get_key_value(n).map(|(k, _)| k).into_iter().collect(),
             None => self.entries.keys().collect(),
@@ -67,6 +68,7 @@ impl RevocationTable {
         names.sort();
         names
             .into_iter()
+            .take(limit)
             .map(|name| {
                 let stored = &self.entries[name];
                 pb::Resource {
@@ -226,6 +228,10 @@ mod tests {
             serde_json::json!({"issuer": "idp", "jti": "t-1", "expires": "2026-01-01T00:00:00Z"}),
         );
         let changes = table.apply(&[(&op, &op_json), (&holder, &holder_json)], &[], 1);
+        // Listed in name order, cut at the limit; one by name whatever the limit.
+        let listed: Vec<String> = table.resources(None, 1).into_iter().map(|r| r.name).collect();
+        assert_eq!(listed, ["by-operator"]);
+        assert_eq!(table.resources(Some("jti-holder"), 1)[0].document_json, holder_json);
         let key = warden_core::token::jti_key("idp", "t-1");
         assert_eq!(changes.revoked, [key], "named twice, revoked once");
         assert!(table.apply(&[], &["by-operator"], 2).is_empty(), "the holder's revocation still names it");

@@ -65,6 +65,9 @@ pub struct FleetState {
     deltas: Mutex<Vec<(u64, pb::Delta)>>,
 }
 
+/// Revocations one `get` lists at most: a million would not fit one answer.
+pub const LISTED_REVOCATIONS: usize = 10_000;
+
 /// Deltas kept per state (by base version).
 const DELTAS_CACHED: usize = 4;
 
@@ -127,7 +130,7 @@ impl FleetState {
     }
 
     /// The resources of `kind` (every kind: `None`) named `name` (any: `None`), revocations
-    /// included, as agents once received them.
+    /// included (at most [`LISTED_REVOCATIONS`] of them), as agents once received them.
     pub fn documents(&self, kind: Option<Kind>, name: Option<&str>) -> Vec<pb::Resource> {
         let mut out: Vec<pb::Resource> = self
             .resources
@@ -136,7 +139,7 @@ impl FleetState {
             .map(|(k, e)| e.to_proto(k))
             .collect();
         if kind.is_none_or(|k| k == Kind::Revocation) {
-            out.extend(self.revocation_table().resources(name));
+            out.extend(self.revocation_table().resources(name, LISTED_REVOCATIONS));
         }
         out
     }

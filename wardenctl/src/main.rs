@@ -278,11 +278,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .as_str()
                         .to_string(),
                 };
+                let by_name = name.is_some();
                 let response = admin
                     .get(pb::GetRequest { kind, name: name.unwrap_or_default() })
                     .await
                     .map_err(client::status)?
                     .into_inner();
+                let listed = response.resources.iter().filter(|r| r.kind == Kind::Revocation.as_str()).count() as u64;
+                if !by_name && listed > 0 && response.revocations_total > listed {
+                    eprintln!(
+                        "showing {listed} of {} revocations, in name order; get one by name: wardenctl get revocation NAME",
+                        response.revocations_total
+                    );
+                }
                 output::resources(&response, cli.output)?;
             }
         }
