@@ -5,8 +5,6 @@
 //! `decision_record`'s test of the record view against prost.
 
 use proptest::prelude::*;
-use proptest::sample::Index;
-use proptest::test_runner::Config as ProptestConfig;
 use prost::Message;
 use prost::bytes::Bytes;
 
@@ -16,17 +14,7 @@ use crate::v1::{
     RenewRequest, TaskEnded, agent_message,
 };
 
-/// Cases per property: `PROPTEST_CASES` when set (a longer run), otherwise `default`, sized so
-/// the whole set stays well under a minute in a debug build (CI runs it on every change).
-// The variable is proptest's own (it reads it too); a test knob, not configuration.
-#[allow(clippy::disallowed_methods)]
-pub(crate) fn cases(default: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = default;
-    }
-    config
-}
+pub(crate) use warden_mutations::{apply, cases};
 
 /// Bytes, shown in hex when a case fails.
 #[derive(Clone)]
@@ -38,20 +26,9 @@ impl std::fmt::Debug for Wire {
     }
 }
 
-/// One byte-level edit, as a mutation fuzzer makes them.
-#[derive(Clone, Debug)]
-pub(crate) enum Edit {
-    Flip(Index, u8),
-    Set(Index, u8),
-    Insert(Index, Vec<u8>),
-    Remove(Index, usize),
-    Truncate(Index),
-    Duplicate(Index, usize),
-}
-
 /// One to four edits; inserted bytes are random or ones that matter to the protobuf wire
 /// format (continuation bits, group markers, a 10-byte varint, a huge length).
-pub(crate) fn edits() -> impl Strategy<Value = Vec<Edit>> {
+pub(crate) fn edits() -> impl Strategy<Value = Vec<warden_mutations::Edit>> {
     let bytes = prop_oneof![
         prop::collection::vec(any::<u8>(), 1..4),
         prop::sample::select(vec![
@@ -67,54 +44,7 @@ pub(crate) fn edits() -> impl Strategy<Value = Vec<Edit>> {
             vec![0xed, 0xa0, 0x80],
         ]),
     ];
-    let edit = prop_oneof![
-        (any::<Index>(), 0..8u8).prop_map(|(at, bit)| Edit::Flip(at, bit)),
-        (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Edit::Set(at, b)),
-        (any::<Index>(), bytes).prop_map(|(at, b)| Edit::Insert(at, b)),
-        (any::<Index>(), 1..8usize).prop_map(|(at, n)| Edit::Remove(at, n)),
-        any::<Index>().prop_map(Edit::Truncate),
-        (any::<Index>(), 1..32usize).prop_map(|(at, n)| Edit::Duplicate(at, n)),
-    ];
-    prop::collection::vec(edit, 1..5)
-}
-
-/// `input` with `edits` applied in turn.
-pub(crate) fn apply(input: &[u8], edits: &[Edit]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    for edit in edits {
-        let at = |i: &Index, len: usize| if len == 0 { 0 } else { i.index(len) };
-        match edit {
-            Edit::Flip(i, bit) if !out.is_empty() => {
-                let at = at(i, out.len());
-                out[at] ^= 1 << bit;
-            }
-            Edit::Set(i, b) if !out.is_empty() => {
-                let at = at(i, out.len());
-                out[at] = *b;
-            }
-            Edit::Insert(i, bytes) => {
-                let at = at(i, out.len() + 1);
-                out.splice(at..at, bytes.iter().copied());
-            }
-            Edit::Remove(i, n) if !out.is_empty() => {
-                let at = at(i, out.len());
-                let end = (at + n).min(out.len());
-                out.drain(at..end);
-            }
-            Edit::Truncate(i) => {
-                let at = at(i, out.len() + 1);
-                out.truncate(at);
-            }
-            Edit::Duplicate(i, n) if !out.is_empty() => {
-                let at = at(i, out.len());
-                let end = (at + n).min(out.len());
-                let copy = out[at..end].to_vec();
-                out.splice(end..end, copy);
-            }
-            _ => {}
-        }
-    }
-    out
+    warden_mutations::edits(bytes, 8, 32)
 }
 
 fn varint(mut value: u64, out: &mut Vec<u8>) {

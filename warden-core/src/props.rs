@@ -9,24 +9,12 @@
 //! fixtures. Cases per property: [`cases`].
 
 use proptest::prelude::*;
-use proptest::sample::Index;
-use proptest::test_runner::Config as ProptestConfig;
 
 mod authorize;
 mod mcp;
 mod resource;
 
-/// Cases per property: `PROPTEST_CASES` when set (a longer run), otherwise `default`, sized so
-/// the whole set stays well under a minute in a debug build (CI runs it on every change).
-// The variable is proptest's own (it reads it too); a test knob, not configuration.
-#[allow(clippy::disallowed_methods)]
-pub(crate) fn cases(default: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = default;
-    }
-    config
-}
+pub(crate) use warden_mutations::{Edit, apply, cases};
 
 /// JSON text as a hostile client may write it, and whether any object in it names a member
 /// twice (names compared unescaped). Always JSON by the grammar; not always what serde_json
@@ -174,17 +162,6 @@ pub(crate) fn tree() -> BoxedStrategy<Json> {
     .boxed()
 }
 
-/// One byte-level edit, as a mutation fuzzer makes them.
-#[derive(Clone, Debug)]
-pub(crate) enum Edit {
-    Flip(Index, u8),
-    Set(Index, u8),
-    Insert(Index, Vec<u8>),
-    Remove(Index, usize),
-    Truncate(Index),
-    Duplicate(Index, usize),
-}
-
 /// A few edits; inserted bytes are random or a token that matters to JSON, YAML or JOSE.
 pub(crate) fn edits() -> impl Strategy<Value = Vec<Edit>> {
     let token = prop_oneof![
@@ -225,54 +202,7 @@ pub(crate) fn edits() -> impl Strategy<Value = Vec<Edit>> {
         ])
         .prop_map(|t| t.as_bytes().to_vec()),
     ];
-    let edit = prop_oneof![
-        (any::<Index>(), 0..8u8).prop_map(|(at, bit)| Edit::Flip(at, bit)),
-        (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Edit::Set(at, b)),
-        (any::<Index>(), token).prop_map(|(at, t)| Edit::Insert(at, t)),
-        (any::<Index>(), 1..16usize).prop_map(|(at, n)| Edit::Remove(at, n)),
-        any::<Index>().prop_map(Edit::Truncate),
-        (any::<Index>(), 1..64usize).prop_map(|(at, n)| Edit::Duplicate(at, n)),
-    ];
-    prop::collection::vec(edit, 1..5)
-}
-
-/// `input` with `edits` applied in turn.
-pub(crate) fn apply(input: &[u8], edits: &[Edit]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    for edit in edits {
-        let at = |i: &Index, len: usize| if len == 0 { 0 } else { i.index(len) };
-        match edit {
-            Edit::Flip(i, bit) if !out.is_empty() => {
-                let at = at(i, out.len());
-                out[at] ^= 1 << bit;
-            }
-            Edit::Set(i, b) if !out.is_empty() => {
-                let at = at(i, out.len());
-                out[at] = *b;
-            }
-            Edit::Insert(i, bytes) => {
-                let at = at(i, out.len() + 1);
-                out.splice(at..at, bytes.iter().copied());
-            }
-            Edit::Remove(i, n) if !out.is_empty() => {
-                let at = at(i, out.len());
-                let end = (at + n).min(out.len());
-                out.drain(at..end);
-            }
-            Edit::Truncate(i) => {
-                let at = at(i, out.len() + 1);
-                out.truncate(at);
-            }
-            Edit::Duplicate(i, n) if !out.is_empty() => {
-                let at = at(i, out.len());
-                let end = (at + n).min(out.len());
-                let copy = out[at..end].to_vec();
-                out.splice(end..end, copy);
-            }
-            _ => {}
-        }
-    }
-    out
+    warden_mutations::edits(token, 16, 64)
 }
 
 #[test]
