@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn malformed_revocations_are_refused_whole() {
         let base = from_snapshot(snapshot(3, vec![issuer("a", 3)]), Source::ControlPlane).unwrap();
-        let partial_key = pb::Revocations { token_keys: vec![0; 15], cuts: vec![] };
+        let partial_key = pb::Revocations { token_keys: vec![0; 15].into(), cuts: vec![] };
         let delta = pb::Delta {
             store_id: "s".into(),
             base_version: 3,

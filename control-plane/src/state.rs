@@ -63,6 +63,8 @@ pub struct FleetState {
     pub revocation_write: RevocationWrite,
     /// Deltas to this version computed so far, by base version (of this store).
     deltas: Mutex<Vec<(u64, pb::Delta)>>,
+    /// The snapshot of this version, once built (after publication: `revoked` is final then).
+    snapshot: std::sync::OnceLock<pb::Snapshot>,
 }
 
 /// Revocations one `get` lists at most: a million would not fit one answer.
@@ -118,6 +120,7 @@ impl FleetState {
             revocation_table: Arc::new(Mutex::new(table)),
             revocation_write: RevocationWrite::default(),
             deltas: Mutex::default(),
+            snapshot: std::sync::OnceLock::new(),
         };
         state.resources_bytes = prost::Message::encoded_len(&state.resources_snapshot());
         state
@@ -172,7 +175,14 @@ impl FleetState {
 
     /// The full snapshot agents apply.
     pub fn snapshot(&self) -> pb::Snapshot {
-        pb::Snapshot { revocations: Some(revocation_table::to_proto(&self.revoked)), ..self.resources_snapshot() }
+        // Built once per version: after a control-plane restart every agent asks for one, and
+        // the revocation list alone may be 16 MB (shared, not copied, by each clone).
+        self.snapshot
+            .get_or_init(|| pb::Snapshot {
+                revocations: Some(revocation_table::to_proto(&self.revoked)),
+                ..self.resources_snapshot()
+            })
+            .clone()
     }
 
     /// The changes that take an agent holding `base` to this state: computed once per base
@@ -532,6 +542,7 @@ pub fn next_state(current: &FleetState, plan: Plan, version: u64) -> FleetState 
         revocation_table: current.revocation_table.clone(),
         revocation_write,
         deltas: Mutex::default(),
+        snapshot: std::sync::OnceLock::new(),
     };
     if resources_changed {
         next.resources_bytes = prost::Message::encoded_len(&next.resources_snapshot());

@@ -50,7 +50,7 @@ impl v1::Revocations {
     /// Revoked `tokens` (ascending) and `cuts` as (issuer, subject or empty, issued before).
     pub fn from_parts(tokens: &[u128], cuts: impl IntoIterator<Item = (String, String, i64)>) -> v1::Revocations {
         v1::Revocations {
-            token_keys: pack_token_keys(tokens),
+            token_keys: pack_token_keys(tokens).into(),
             cuts: cuts
                 .into_iter()
                 .map(|(issuer, subject, issued_before_unix)| v1::Cut { issuer, subject, issued_before_unix })
