@@ -121,8 +121,7 @@ pub struct CutKey {
     pub subject: String,
 }
 
-/// Changes to a [`Revocations`] list: what travels to agents, one configuration version's worth
-/// or many coalesced.
+/// Changes to a [`Revocations`] list: what travels to agents between two versions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Token keys revoked.
@@ -140,21 +139,6 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.revoked.is_empty() && self.unrevoked.is_empty() && self.cuts.is_empty() && self.uncut.is_empty()
     }
-
-    /// `later` applied after these: one set of changes with the same effect.
-    pub fn then(&mut self, later: &Changes) {
-        let unrevoked: HashSet<u128> = later.unrevoked.iter().copied().collect();
-        let revoked: HashSet<u128> = later.revoked.iter().copied().collect();
-        self.revoked.retain(|k| !unrevoked.contains(k));
-        self.unrevoked.retain(|k| !revoked.contains(k));
-        self.revoked.extend(&later.revoked);
-        self.unrevoked.extend(&later.unrevoked);
-        let touched: HashSet<&CutKey> = later.cuts.iter().map(|(k, _)| k).chain(&later.uncut).collect();
-        self.cuts.retain(|(k, _)| !touched.contains(k));
-        self.uncut.retain(|k| !touched.contains(k));
-        self.cuts.extend(later.cuts.iter().cloned());
-        self.uncut.extend(later.uncut.iter().cloned());
-    }
 }
 
 /// Changes waiting in the overlay before they are merged into the sorted array: at least this
@@ -168,7 +152,7 @@ const OVERLAY_SHARE: usize = 256;
 /// only cost. Mixed with a per-process secret, so that an issuer grinding `jti`s for digests
 /// that share low bits cannot aim them at one bucket.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct KeyHasher(u64);
+struct KeyHasher(u64);
 
 /// The per-process secret of [`KeyHasher`].
 fn key_seed() -> u64 {
@@ -467,20 +451,6 @@ mod tests {
             assert_eq!(reached.cuts().collect::<Vec<_>>(), to.cuts().collect::<Vec<_>>());
         }
         assert!(near.changes_from(&near).is_empty());
-    }
-
-    #[test]
-    fn changes_coalesce_to_the_same_effect() {
-        let key = |subject: &str| CutKey { issuer: "corp".into(), subject: subject.into() };
-        let first = Changes { revoked: vec![1, 2], cuts: vec![(key("a"), 5)], ..Changes::default() };
-        let second = Changes { unrevoked: vec![2], revoked: vec![3], uncut: vec![key("a")], ..Changes::default() };
-        let base = Revocations::new(vec![9], []);
-        let mut both = first.clone();
-        both.then(&second);
-        let (one_by_one, at_once) = (base.apply(&first).apply(&second), base.apply(&both));
-        assert_eq!(one_by_one.tokens(), at_once.tokens());
-        assert_eq!(one_by_one.cuts().collect::<Vec<_>>(), at_once.cuts().collect::<Vec<_>>());
-        assert_eq!(at_once.tokens(), [1, 3, 9]);
     }
 
     fn spec(jti: Option<&str>, subject: Option<&str>, before: Option<&str>) -> RevocationSpec {
