@@ -127,14 +127,11 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
             delta.base_version, current.version
         ));
     }
-    let revocations = current.revocations.apply(&changes(delta.revoked, delta.unrevoked)?);
     // Revocations are what must reach the fleet fastest, and they change no key, server or
     // policy: keep the compiled rest instead of compiling every policy again.
-    let revocations_only = delta.upserts.is_empty()
-        && delta.removals.is_empty()
-        && delta.upserted_keys.is_empty()
-        && delta.removed_keys.is_empty();
-    if revocations_only {
+    let only_revocations = revocations_only(&delta);
+    let revocations = current.revocations.apply(&changes(delta.revoked, delta.unrevoked)?);
+    if only_revocations {
         return Ok(Applied {
             store_id: delta.store_id,
             version: delta.version,
@@ -173,6 +170,14 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
         keys.insert(k.issuer.clone(), k);
     }
     build(delta.store_id, delta.version, resources, documents, keys, revocations, Source::ControlPlane)
+}
+
+/// Whether `delta` changes revocations alone (no resource, no key): nothing is compiled again.
+pub fn revocations_only(delta: &pb::Delta) -> bool {
+    delta.upserts.is_empty()
+        && delta.removals.is_empty()
+        && delta.upserted_keys.is_empty()
+        && delta.removed_keys.is_empty()
 }
 
 fn resource_key(kind: &str, name: &str) -> Result<ResourceKey, String> {

@@ -247,11 +247,7 @@ impl Sync {
             Message::Snapshot(s) => (s.version, applied::from_snapshot(s, Source::ControlPlane), None),
             Message::Delta(d) => {
                 // What is journaled on disk when only revocations change (small: no resources).
-                let revocations_only = d.upserts.is_empty()
-                    && d.removals.is_empty()
-                    && d.upserted_keys.is_empty()
-                    && d.removed_keys.is_empty();
-                let journal = revocations_only.then(|| d.clone());
+                let journal = applied::revocations_only(&d).then(|| d.clone());
                 (d.version, applied::from_delta(self.current.get().as_deref(), d), journal)
             }
             Message::Heartbeat(_) | Message::DecisionsAck(_) => return None,
