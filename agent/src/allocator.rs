@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use warden_tasks::Shutdown;
 
 /// How often the free pages are given back while the agent runs.
 pub const INTERVAL: Duration = Duration::from_secs(30);
@@ -52,14 +52,14 @@ pub fn trim_soon() {
 }
 
 /// Trims every [`INTERVAL`] until `stop`.
-pub async fn trim_periodically(mut stop: watch::Receiver<bool>) {
+pub async fn trim_periodically(mut stop: Shutdown) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tokio::select! {
             _ = tick.tick() => trim_soon(),
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.requested() => return,
         }
     }
 }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use warden_otlp::ExportError;
+use warden_tasks::Shutdown;
 
 /// Items waiting at most; past this they are dropped and counted.
 const QUEUE: usize = 8_192;
@@ -27,15 +28,15 @@ pub struct Queue<T> {
 }
 
 impl<T: Send + 'static> Queue<T> {
-    /// Exports batches with `send` on the current runtime, a batch's first item waiting
-    /// `linger` for more; at `stop`, what is queued then goes out before the exporter ends.
-    /// `what` names the items in the log.
+    /// The queue, and the exporter to run (in the agent's task set): it sends batches with
+    /// `send`, a batch's first item waiting `linger` for more; at `stop`, what is queued then
+    /// goes out before the exporter ends. `what` names the items in the log.
     pub fn start<F, Fut>(
         what: &'static str,
         linger: Duration,
         send: F,
-        mut stop: watch::Receiver<bool>,
-    ) -> Arc<Queue<T>>
+        mut stop: Shutdown,
+    ) -> (Arc<Queue<T>>, impl Future<Output = ()> + Send + 'static)
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<i64, ExportError>> + Send,
@@ -43,7 +44,7 @@ impl<T: Send + 'static> Queue<T> {
         let (items, mut rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = dropped.clone();
-        tokio::spawn(async move {
+        let exporter = async move {
             let mut stopping = false;
             loop {
                 let mut batch = Vec::with_capacity(BATCH);
@@ -54,14 +55,14 @@ impl<T: Send + 'static> Queue<T> {
                 } else {
                     tokio::select! {
                         n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
-                        _ = stop.wait_for(|s| *s) => {
+                        _ = stop.requested() => {
                             stopping = true;
                             continue;
                         }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(linger) => {}
-                        _ = stop.wait_for(|s| *s) => stopping = true,
+                        _ = stop.requested() => stopping = true,
                     }
                 }
                 while batch.len() < BATCH
@@ -82,8 +83,8 @@ impl<T: Send + 'static> Queue<T> {
                     }
                 }
             }
-        });
-        Arc::new(Queue { items, dropped })
+        };
+        (Arc::new(Queue { items, dropped }), exporter)
     }
 
     /// Queues `item`, or drops and counts it when the queue is full.
@@ -117,7 +118,7 @@ mod tests {
     #[tokio::test]
     async fn items_go_out_in_batches_failures_are_counted_and_stop_flushes() {
         let sent = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
-        let (stop_tx, stop) = watch::channel(false);
+        let (stop_tx, stop) = warden_tasks::channel();
         let record = sent.clone();
         let send = move |batch: Vec<u32>| {
             let failing = batch.contains(&13);
@@ -129,7 +130,8 @@ mod tests {
                 }
             }
         };
-        let queue = Queue::start("numbers", Duration::from_millis(50), send, stop);
+        let (queue, exporter) = Queue::start("numbers", Duration::from_millis(50), send, stop);
+        let exporter = tokio::spawn(exporter);
         for i in 0..3 {
             queue.offer(i);
         }
@@ -149,7 +151,8 @@ mod tests {
         assert_eq!(queue.dropped(), 4, "the failed batch is counted whole");
         // Queued when the agent stops: still sent, without waiting out the linger.
         queue.offer(20);
-        stop_tx.send_replace(true);
-        until(&sent, |s| s.last() == Some(&vec![20])).await;
+        stop_tx.fire();
+        exporter.await.unwrap();
+        assert_eq!(sent.lock().unwrap().last(), Some(&vec![20]), "flushed before the exporter ended");
     }
 }

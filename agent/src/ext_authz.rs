@@ -21,8 +21,8 @@ use proto::envoy::service::auth::v3::authorization_server::{Authorization, Autho
 use proto::envoy::service::auth::v3::{self as auth, CheckRequest, CheckResponse};
 use proto::envoy::r#type::v3::HttpStatus;
 use proto::google::rpc::Status as RpcStatus;
-use tokio::sync::watch;
 use tonic::{Request, Response, Status};
+use warden_tasks::Shutdown;
 
 use crate::gateway::{self, Caller, Shared};
 
@@ -201,13 +201,18 @@ pub fn check_listen(listen: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// [`serve`], logging why it could not.
+pub async fn serve_logged(shared: Shared, listen: String, stop: Shutdown) {
+    if let Err(e) = serve(shared, listen, stop).await {
+        tracing::error!("local check API: {e}");
+    }
+}
+
 /// Serves the local check API on `listen` (`unix:/path` or a loopback `host:port`) until `stop`.
-pub async fn serve(shared: Shared, listen: String, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+pub async fn serve(shared: Shared, listen: String, mut stop: Shutdown) -> Result<(), String> {
     check_listen(&listen)?;
     let service = AuthorizationServer::new(LocalCheck { shared });
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
+    let shutdown = async move { stop.requested().await };
     let router = tonic::transport::Server::builder().add_service(service);
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);

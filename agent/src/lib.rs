@@ -28,11 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use warden_tasks::{Backoff, Shutdown, Tasks};
 
 use crate::applied::Current;
 use crate::identity::{Files, Identity, IdentityError};
 use crate::last_good::LastGood;
-use crate::sync::{Backoff, Link, Sync};
+use crate::sync::{Link, Sync};
 
 /// Everything `run` needs, parsed and validated by `main`.
 #[derive(Clone)]
@@ -83,76 +84,43 @@ pub enum RunError {
     Io(String),
 }
 
-/// Runs the agent until `shutdown` resolves.
+/// Runs the agent until `shutdown` resolves. On shutdown the gateway drains, every background
+/// task finishes (telemetry flushed), and what the outbox still holds goes to disk before this
+/// returns.
 pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
     if let Some(listen) = &options.ext_authz_listen {
         ext_authz::check_listen(listen).map_err(|e| RunError::Io(format!("--ext-authz-listen: {e}")))?;
     }
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|e| RunError::Io(format!("creating {}: {e}", options.data_dir.display())))?;
-    let current = Current::default();
     let last_good = Arc::new(LastGood::new(&options.data_dir));
-    match last_good.load() {
-        Ok(Some(applied)) => {
-            tracing::info!(version = applied.version, "enforcing the last good configuration from disk");
-            current.set(applied);
-        }
-        Ok(None) => tracing::warn!("no configuration yet: denying everything until the control plane answers"),
-        Err(e) => tracing::error!(
-            "the stored configuration is unreadable or does not apply ({e}); denying everything until the control plane answers"
-        ),
-    }
-
+    let current = enforce_last_good(&last_good);
     let outbox = decisions::Outbox::open(&options.data_dir, options.decisions)
         .map_err(|e| RunError::Io(format!("opening the decision spool: {e}")))?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (link_tx, link_rx) = watch::channel(Link::default());
-    let spiller = tokio::spawn(outbox.clone().run_spiller(link_rx.clone(), stop_rx.clone()));
-    tokio::spawn(allocator::trim_periodically(stop_rx.clone()));
-    let (not_after_tx, not_after_rx) = watch::channel(0i64);
-    let spans = options.otlp.traces.as_ref().and_then(|endpoint| {
-        spans::Spans::start(endpoint, options.otlp.resource.clone(), stop_rx.clone())
-            .inspect_err(|e| tracing::error!("OTLP traces exporter: {e}"))
-            .ok()
-    });
-    if let Some(endpoint) = &options.otlp.logs {
-        let (resource, agent) = (options.otlp.resource.clone(), options.agent_id.clone());
-        match decisions::direct::start(endpoint, resource, agent, outbox.boot(), stop_rx.clone()) {
-            Ok(direct) => outbox.export_directly(direct),
-            Err(e) => tracing::error!("OTLP logs exporter: {e}"),
-        }
-    }
-    let status_task = match options.status_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| RunError::Io(format!("binding status endpoint {addr}: {e}")))?;
-            tracing::info!(%addr, "status endpoint listening");
-            let app = status::router(
-                options.agent_id.clone(),
-                current.clone(),
-                link_rx,
-                not_after_rx,
-                outbox.clone(),
-                spans.clone(),
-            );
-            let mut stop = stop_rx.clone();
-            Some(tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-            }))
-        }
-        None => None,
-    };
-    tokio::spawn(async move {
+    let (trigger, stop) = warden_tasks::channel();
+    let mut tasks = Tasks::new();
+    tasks.spawn("shutdown signal", async move {
         shutdown.await;
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        trigger.fire();
     });
+    let (link_tx, link_rx) = watch::channel(Link::default());
+    let (not_after_tx, not_after_rx) = watch::channel(0i64);
+    tasks.spawn("decision spiller", outbox.clone().run_spiller(link_rx.clone(), stop.clone()));
+    tasks.spawn("allocator trim", allocator::trim_periodically(stop.clone()));
+    let spans = start_exports(&options, &outbox, &stop, &mut tasks);
+    if let Some(addr) = options.status_listen {
+        let status = status::router(
+            options.agent_id.clone(),
+            current.clone(),
+            link_rx,
+            not_after_rx,
+            outbox.clone(),
+            spans.clone(),
+        );
+        tasks.spawn("status endpoint", status::serve(status, bind(addr, "status endpoint").await?, stop.clone()));
+    }
 
     // The gateway serves from the last good configuration even before the control plane answers.
     let session_key_file = options.session_key.clone().unwrap_or_else(|| options.data_dir.join("session.key"));
@@ -169,60 +137,92 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         spans,
         &session_key,
     );
-    let refusals = tokio::spawn(shared.record_refusals(stop_rx.clone()));
-    let ext_authz_task = options.ext_authz_listen.clone().map(|listen| {
-        let (shared, stop) = (shared.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = ext_authz::serve(shared, listen, stop).await {
-                tracing::error!("local check API: {e}");
-            }
-        })
-    });
-    let gateway_workers = gateway::start(shared, options.gateway_workers, stop_rx.clone())
+    tasks.spawn("refusal tallies", shared.record_refusals(stop.clone()));
+    if let Some(listen) = options.ext_authz_listen.clone() {
+        tasks.spawn("local check API", ext_authz::serve_logged(shared.clone(), listen, stop.clone()));
+    }
+    let gateway_workers = gateway::start(shared, options.gateway_workers, stop.clone())
         .map_err(|e| RunError::Io(format!("starting gateway workers: {e}")))?;
 
     let files = Files::new(&options.data_dir);
+    let mut waiting = stop.clone();
     let identity = tokio::select! {
-        id = obtain_identity(&options, &files) => id?,
-        _ = wait(stop_rx.clone()) => return Ok(()),
+        id = obtain_identity(&options, &files) => Some(id?),
+        () = waiting.requested() => None,
     };
-    not_after_tx.send_replace(identity.not_after);
-    let (identity_tx, identity_rx) = watch::channel(identity);
-
-    let sync = Sync {
-        agent_id: options.agent_id.clone(),
-        labels: options.labels.clone(),
-        addresses: options.control_planes.clone(),
-        identity: identity_rx,
-        current,
-        last_good,
-        backoff: options.backoff,
-        idle_timeout: options.idle_timeout,
-        heartbeat_interval: options.heartbeat_interval,
-        link: link_tx,
-        requests: tokio::sync::Mutex::new(request_queues),
-        outbox: Some(outbox.clone()),
-    };
-    let renewal = tokio::spawn(renew_forever(options.clone(), identity_tx, not_after_tx, stop_rx.clone()));
-    sync.run(stop_rx.clone()).await;
-    renewal.abort();
+    if let Some(identity) = identity {
+        not_after_tx.send_replace(identity.not_after);
+        let (identity_tx, identity_rx) = watch::channel(identity);
+        let sync = Sync {
+            agent_id: options.agent_id.clone(),
+            labels: options.labels.clone(),
+            addresses: options.control_planes.clone(),
+            identity: identity_rx,
+            current,
+            last_good,
+            backoff: options.backoff,
+            idle_timeout: options.idle_timeout,
+            heartbeat_interval: options.heartbeat_interval,
+            link: link_tx,
+            requests: tokio::sync::Mutex::new(request_queues),
+            outbox: Some(outbox.clone()),
+        };
+        tasks.spawn("certificate renewal", renew_forever(options.clone(), identity_tx, not_after_tx, stop.clone()));
+        sync.run(stop.clone()).await;
+    }
     let _ = tokio::task::spawn_blocking(move || gateway_workers.into_iter().for_each(|w| drop(w.join()))).await;
-    if let Some(task) = ext_authz_task {
-        let _ = task.await;
-    }
-    if let Some(task) = status_task {
-        let _ = task.await;
-    }
-    // The gateway has stopped: no record can be added after this.
-    let _ = refusals.await;
-    let _ = spiller.await;
+    // The gateway has stopped: no record can be added after the tallies' last flush.
+    tasks.join().await;
     outbox.persist().await;
     tracing::info!("agent stopped");
     Ok(())
 }
 
-async fn wait(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+/// The last good configuration from disk, enforced at once; without one, everything is denied
+/// until the control plane answers.
+fn enforce_last_good(last_good: &LastGood) -> Current {
+    let current = Current::default();
+    match last_good.load() {
+        Ok(Some(applied)) => {
+            tracing::info!(version = applied.version, "enforcing the last good configuration from disk");
+            current.set(applied);
+        }
+        Ok(None) => tracing::warn!("no configuration yet: denying everything until the control plane answers"),
+        Err(e) => tracing::error!(
+            "the stored configuration is unreadable or does not apply ({e}); denying everything until the control plane answers"
+        ),
+    }
+    current
+}
+
+/// Starts the OTLP exporters the options name: gateway spans, and decision records straight
+/// from this agent. Returns the span exporter, if any.
+fn start_exports(
+    options: &Options,
+    outbox: &Arc<decisions::Outbox>,
+    stop: &Shutdown,
+    tasks: &mut Tasks,
+) -> Option<Arc<spans::Spans>> {
+    let spans = options.otlp.traces.as_ref().and_then(|endpoint| {
+        spans::Spans::start(endpoint, options.otlp.resource.clone(), stop.clone(), tasks)
+            .inspect_err(|e| tracing::error!("OTLP traces exporter: {e}"))
+            .ok()
+    });
+    if let Some(endpoint) = &options.otlp.logs {
+        let (resource, agent) = (options.otlp.resource.clone(), options.agent_id.clone());
+        match decisions::direct::start(endpoint, resource, agent, outbox.boot(), stop.clone(), tasks) {
+            Ok(direct) => outbox.export_directly(direct),
+            Err(e) => tracing::error!("OTLP logs exporter: {e}"),
+        }
+    }
+    spans
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, RunError> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| RunError::Io(format!("binding {what} {addr}: {e}")))?;
+    tracing::info!(%addr, "{what} listening");
+    Ok(listener)
 }
 
 /// The stored identity, or a new one from the join token. A refused join token is final (the
@@ -251,7 +251,7 @@ async fn renew_forever(
     options: Options,
     identity_tx: watch::Sender<Identity>,
     not_after_tx: watch::Sender<i64>,
-    stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let files = Files::new(&options.data_dir);
     let mut attempt = 0;
@@ -259,15 +259,17 @@ async fn renew_forever(
     loop {
         let current = identity_tx.borrow().clone();
         let wait_secs = (current.renew_at() - identity::now_unix()).max(0) as u64;
-        if wait_secs > 0 {
-            tokio::time::sleep(Duration::from_secs(wait_secs)).await;
-        }
-        if *stop.borrow() {
-            return;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait_secs)) => {}
+            () = stop.requested() => return,
         }
         let address = &options.control_planes[next_address % options.control_planes.len()];
         next_address += 1;
-        match identity::renew(&files, address, &options.agent_id, &current).await {
+        let renewed = tokio::select! {
+            renewed = identity::renew(&files, address, &options.agent_id, &current) => renewed,
+            () = stop.requested() => return,
+        };
+        match renewed {
             Ok(id) => {
                 attempt = 0;
                 not_after_tx.send_replace(id.not_after);
@@ -281,7 +283,10 @@ async fn renew_forever(
                 } else {
                     tracing::warn!(control_plane = %address, "certificate renewal failed: {e}");
                 }
-                tokio::time::sleep(options.backoff.delay(attempt).max(Duration::from_secs(1))).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(options.backoff.delay(attempt).max(Duration::from_secs(1))) => {}
+                    () = stop.requested() => return,
+                }
                 attempt += 1;
             }
         }

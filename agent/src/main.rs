@@ -146,7 +146,7 @@ async fn start() -> anyhow::Result<()> {
         control_planes: args.control_planes,
         join_token: args.join_token,
         status_listen: Some(args.status_listen),
-        backoff: agent::sync::Backoff { base: args.backoff_base, max: args.backoff_max },
+        backoff: warden_tasks::Backoff::new(args.backoff_base, args.backoff_max),
         heartbeat_interval: args.heartbeat_interval,
         idle_timeout: args.heartbeat_interval * 3 + Duration::from_secs(15),
         gateway_workers: args

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
-use tokio::sync::watch;
 use warden_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use warden_otlp::proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use warden_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
 use warden_otlp::{Endpoint, Sender, attribute};
+use warden_tasks::{Shutdown, Tasks};
 
 use crate::export::Queue;
 
@@ -104,11 +104,12 @@ pub struct Spans {
 }
 
 impl Spans {
-    /// Starts exporting to `endpoint` on the current runtime until `stop`.
+    /// Starts exporting to `endpoint` (a task of `tasks`) until `stop`.
     pub fn start(
         endpoint: &Endpoint,
         resource: Vec<(String, String)>,
-        stop: watch::Receiver<bool>,
+        stop: Shutdown,
+        tasks: &mut Tasks,
     ) -> Result<Arc<Spans>, String> {
         let sender = Sender::new(endpoint)?;
         tracing::info!(endpoint = %endpoint.url, "exporting gateway spans over OTLP");
@@ -131,7 +132,9 @@ impl Spans {
             let sender = sender.clone();
             async move { sender.traces(request).await }
         };
-        Ok(Arc::new(Spans { queue: Queue::start("spans", crate::export::LINGER, send, stop) }))
+        let (queue, exporter) = Queue::start("spans", crate::export::LINGER, send, stop);
+        tasks.spawn("span export", exporter);
+        Ok(Arc::new(Spans { queue }))
     }
 
     /// Spans not exported (see [`Queue::dropped`]).

@@ -52,6 +52,11 @@ struct Shared {
     spans: Option<Arc<Spans>>,
 }
 
+/// Serves `router` on `listener` until `stop`.
+pub async fn serve(router: Router, listener: tokio::net::TcpListener, mut stop: warden_tasks::Shutdown) {
+    let _ = axum::serve(listener, router).with_graceful_shutdown(async move { stop.requested().await }).await;
+}
+
 /// The status routes: `/status` (JSON), `/metrics` (Prometheus text), `/healthz` (the process
 /// runs), `/readyz` (a configuration is in force).
 pub fn router(

@@ -9,30 +9,13 @@ use std::time::{Duration, Instant};
 use proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use warden_tasks::{Backoff, Shutdown};
 
 use crate::applied::{self, Applied, Current, Source};
 use crate::decisions::{InFlight, Outbox};
 use crate::identity::Identity;
 use crate::last_good::LastGood;
 use crate::tls;
-
-/// Reconnect backoff bounds.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    /// First delay.
-    pub base: Duration,
-    /// Largest delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// A delay drawn uniformly from [0, min(max, base * 2^attempt)] ("full jitter"), so a fleet
-    /// that lost its control plane does not reconnect in lockstep.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max);
-        ceiling.mul_f64(rand::random::<f64>())
-    }
-}
 
 /// Connection state, for the status endpoint.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -114,7 +97,7 @@ pub struct KeyRefresh {
 
 impl Sync {
     /// Runs until `shutdown` flips to true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: Shutdown) {
         let mut attempt = 0u32;
         let mut next = rand::random::<u32>() as usize % self.addresses.len().max(1);
         loop {
@@ -123,7 +106,7 @@ impl Sync {
             let started = Instant::now();
             let result = tokio::select! {
                 r = self.session(&address) => r,
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.requested() => return,
             };
             let error = match result {
                 Ok(()) => "the control plane closed the stream".to_string(),
@@ -143,7 +126,7 @@ impl Sync {
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.requested() => return,
             }
         }
     }

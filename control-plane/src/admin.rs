@@ -8,10 +8,13 @@ use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use warden_core::{Document, Kind, ResourceKey};
 
-use crate::ControlPlane;
-use crate::peer::{AdminCaller, admin_caller};
-use crate::state::{self, WriteError};
-use crate::store::StoreError;
+use crate::configuration::Configuration;
+use crate::configuration::state::{self, WriteError};
+use crate::configuration::store::StoreError;
+use crate::fleet::Fleet;
+use crate::fleet::peer::{AdminCaller, admin_caller};
+use crate::telemetry::Telemetry;
+use crate::tokens::Tokens;
 
 /// Most documents in one apply.
 pub const MAX_DOCUMENTS_PER_APPLY: usize = 1000;
@@ -22,24 +25,33 @@ pub const MAX_OPERATOR_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Longest join-token lifetime.
 pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The admin service over a shared [`ControlPlane`].
+/// The operators' view of every subsystem: the one service that reads them all.
+#[derive(Clone)]
 pub struct AdminService {
-    cp: Arc<ControlPlane>,
+    configuration: Arc<Configuration>,
+    fleet: Arc<Fleet>,
+    tokens: Arc<Tokens>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl AdminService {
-    /// A service answering from `cp`.
-    pub fn new(cp: Arc<ControlPlane>) -> AdminService {
-        AdminService { cp }
+    /// A service over the subsystems of one control plane.
+    pub fn new(
+        configuration: Arc<Configuration>,
+        fleet: Arc<Fleet>,
+        tokens: Arc<Tokens>,
+        telemetry: Arc<Telemetry>,
+    ) -> AdminService {
+        AdminService { configuration, fleet, tokens, telemetry }
     }
 
     /// The caller, for the audit trail; an operator certificate only while the registry lists
     /// it (not revoked, and issued since certificates were registered), read on every call so a
     /// revocation holds at once on every replica.
     async fn actor<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let caller = admin_caller(request, self.cp.ca.trust_domain())?;
+        let caller = admin_caller(request, self.fleet.ca().trust_domain())?;
         if let AdminCaller::Operator(name, serial) = &caller {
-            let (store, lookup) = (self.cp.store.clone(), name.clone());
+            let (store, lookup) = (self.configuration.store().clone(), name.clone());
             let record = tokio::task::spawn_blocking(move || store.operator(&lookup))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
@@ -83,7 +95,7 @@ impl pb::admin_service_server::AdminService for AdminService {
                     bytes.len()
                 )));
             }
-            let doc = Document::from_json_bytes(bytes, &self.cp.admission)
+            let doc = Document::from_json_bytes(bytes, self.configuration.admission())
                 .map_err(|error| WriteError::Document { index: i + 1, error })?;
             documents.push(doc);
         }
@@ -99,13 +111,13 @@ impl pb::admin_service_server::AdminService for AdminService {
                 .collect::<Vec<_>>()
         };
         if request.dry_run {
-            let current = self.cp.state.borrow().clone();
+            let current = self.configuration.current();
             let plan = state::plan_apply(&current, documents)?;
             return Ok(Response::new(pb::ApplyResponse { results: results_of(&plan), version: current.version }));
         }
         if !documents.is_empty() && documents.iter().all(|d| d.key().kind == Kind::Revocation) {
             // Committed with whatever other revocations are waiting.
-            let (version, applied) = crate::revocations::apply(&self.cp, documents, &actor, "apply").await?;
+            let (version, applied) = self.tokens.revoker().apply(documents, &actor, "apply").await?;
             let results = applied
                 .into_iter()
                 .map(|(key, action, stored)| pb::ApplyResult {
@@ -118,7 +130,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             return Ok(Response::new(pb::ApplyResponse { results, version }));
         }
         let (version, results) = self
-            .cp
+            .configuration
             .write(&actor, "apply", |current| {
                 let plan = state::plan_apply(current, documents.clone())?;
                 let results = results_of(&plan);
@@ -141,7 +153,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         self.actor(&request).await?;
         let request = request.into_inner();
         let kind = if request.kind.is_empty() { None } else { Some(parse_kind(&request.kind)?) };
-        let state = self.cp.state.borrow().clone();
+        let state = self.configuration.current();
         let name = (!request.name.is_empty()).then_some(request.name.as_str());
         let resources = state.documents(kind, name);
         if !request.name.is_empty() && resources.is_empty() {
@@ -151,7 +163,7 @@ impl pb::admin_service_server::AdminService for AdminService {
                 request.name
             )));
         }
-        let statuses = self.cp.key_status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let statuses = self.tokens.key_statuses().snapshot();
         let issuer_keys = resources
             .iter()
             .filter(|r| r.kind == Kind::TrustedIssuer.as_str())
@@ -178,7 +190,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         let key = ResourceKey { kind: parse_kind(&request.kind)?, name: request.name };
         let expected = request.expected_resource_version;
         let (version, ()) = self
-            .cp
+            .configuration
             .write(&actor, "delete", |current| Ok((state::plan_delete(current, key.clone(), expected)?, ())))
             .await?;
         Ok(Response::new(pb::DeleteResponse { version }))
@@ -189,7 +201,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.actor(&request).await?;
-        let store = self.cp.store.clone();
+        let store = self.configuration.store().clone();
         let read = tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.agents()?, store.presence()?)));
         let (registered, elsewhere) = match read.await {
             Ok(Ok(read)) => read,
@@ -197,12 +209,12 @@ impl pb::admin_service_server::AdminService for AdminService {
             // connected to it (an etcd outage is when operators look).
             Ok(Err(e)) => {
                 tracing::warn!("listing agents from what this replica sees: the store cannot be read: {e}");
-                (self.cp.presence.seen_here(), Vec::new())
+                (self.fleet.presence().seen_here(), Vec::new())
             }
             Err(e) => return Err(Status::internal(e.to_string())),
         };
-        let agents = self.cp.presence.report(registered, &elsewhere);
-        Ok(Response::new(pb::ListAgentsResponse { agents, version: self.cp.state.borrow().version }))
+        let agents = self.fleet.presence().report(registered, &elsewhere);
+        Ok(Response::new(pb::ListAgentsResponse { agents, version: self.configuration.version() }))
     }
 
     async fn create_join_token(
@@ -218,7 +230,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         let agent = request.agent_id;
         warden_core::resource::validate_name(&agent)
             .map_err(|m| Status::invalid_argument(format!("agent id {agent:?}: {m}")))?;
-        if crate::store::RESERVED_AGENT_IDS.contains(&agent.as_str()) {
+        if crate::configuration::store::RESERVED_AGENT_IDS.contains(&agent.as_str()) {
             return Err(Status::invalid_argument(format!("agent id {agent:?} is reserved")));
         }
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -227,7 +239,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         let secret = b64.encode(rand::random::<[u8; 24]>());
         let expires_unix = crate::now_unix_ms() / 1000 + ttl.as_secs() as i64;
         let hash = warden_core::identity::secret_hash(&secret);
-        let store = self.cp.store.clone();
+        let store = self.configuration.store().clone();
         let (id_for_store, agent_for_store) = (id.clone(), agent.clone());
         let registered = tokio::task::spawn_blocking(move || {
             if store.agent(&agent_for_store)?.is_some() {
@@ -244,7 +256,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             )));
         }
         tracing::info!(%actor, token_id = %id, %agent, expires_unix, "join token created");
-        let token = warden_core::identity::JoinToken { id, secret, ca_pin: self.cp.ca.pin() };
+        let token = warden_core::identity::JoinToken { id, secret, ca_pin: self.fleet.ca().pin() };
         Ok(Response::new(pb::CreateJoinTokenResponse { token: token.to_text(), expires_unix }))
     }
 
@@ -254,7 +266,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::RevokeOperatorCertificatesResponse>, Status> {
         let actor = self.actor(&request).await?;
         let name = request.into_inner().name;
-        let (store, lookup) = (self.cp.store.clone(), name.clone());
+        let (store, lookup) = (self.configuration.store().clone(), name.clone());
         let removed = tokio::task::spawn_blocking(move || store.delete_operator(&lookup))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -272,7 +284,7 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let actor = self.actor(&request).await?;
         let agent = request.into_inner().agent_id;
-        let store = self.cp.store.clone();
+        let store = self.configuration.store().clone();
         let id = agent.clone();
         let removed = tokio::task::spawn_blocking(move || store.delete_agent(&id))
             .await
@@ -282,7 +294,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             return Err(Status::not_found(format!("no agent {agent} is registered")));
         }
         // This replica's session ends at once; other replicas see the deletion in their watch.
-        let _ = self.cp.deleted_agents.send(Some(agent.clone()));
+        self.fleet.agent_deleted(Some(agent.clone()));
         tracing::warn!(%actor, %agent, "agent deleted: its certificates are refused from now on");
         Ok(Response::new(pb::DeleteAgentResponse {}))
     }
@@ -293,8 +305,8 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
         self.actor(&request).await?;
         let filter = request.into_inner();
-        let cp = self.cp.clone();
-        let answer = tokio::task::spawn_blocking(move || cp.decisions.list(&filter))
+        let decisions = self.telemetry.decisions().clone();
+        let answer = tokio::task::spawn_blocking(move || decisions.list(&filter))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -307,7 +319,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             0 => 100,
             n => n.min(10_000) as usize,
         };
-        let store = self.cp.store.clone();
+        let store = self.configuration.store().clone();
         let entries = tokio::task::spawn_blocking(move || store.audit(limit))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -342,14 +354,14 @@ impl pb::admin_service_server::AdminService for AdminService {
         if ttl.is_zero() || ttl > MAX_OPERATOR_CERT_TTL {
             return Err(Status::invalid_argument("operator certificate ttl must be between 1s and 90 days"));
         }
-        let spiffe_id = self.cp.ca.operator_spiffe_id(&request.name);
+        let spiffe_id = self.fleet.ca().operator_spiffe_id(&request.name);
         let cert = self
-            .cp
-            .ca
+            .fleet
+            .ca()
             .sign_client_csr(&request.csr_pem, &spiffe_id, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (store, name, serial, not_after) =
-            (self.cp.store.clone(), request.name.clone(), cert.serial.clone(), cert.not_after_unix);
+            (self.configuration.store().clone(), request.name.clone(), cert.serial.clone(), cert.not_after_unix);
         let now = crate::now_unix_ms() / 1000;
         tokio::task::spawn_blocking(move || store.operator_issued(&name, &serial, not_after, now))
             .await
@@ -358,29 +370,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         tracing::info!(%actor, operator = %request.name, not_after = cert.not_after_unix, "operator certificate issued");
         Ok(Response::new(pb::SignOperatorCertificateResponse {
             certificate_pem: cert.pem,
-            ca_pem: self.cp.ca.cert_pem().to_string(),
+            ca_pem: self.fleet.ca().cert_pem().to_string(),
         }))
     }
-}
-
-/// Deletes resources on behalf of the control plane itself; one that is already gone is skipped.
-pub(crate) async fn delete_resources(
-    cp: &ControlPlane,
-    keys: Vec<ResourceKey>,
-    actor: &str,
-    operation: &str,
-) -> Result<u64, WriteError> {
-    let (version, ()) = cp
-        .write(actor, operation, |current| {
-            let mut plan = state::Plan::empty();
-            for key in &keys {
-                if let Ok(one) = state::plan_delete(current, key.clone(), 0) {
-                    plan.deletes.extend(one.deletes);
-                    plan.key_deletes.extend(one.key_deletes);
-                }
-            }
-            Ok((plan, ()))
-        })
-        .await?;
-    Ok(version)
 }

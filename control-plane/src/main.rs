@@ -125,8 +125,11 @@ enum Command {
 }
 
 /// `warden-cp migrate`: the embedded store in `data_dir` into etcd.
-async fn migrate(data_dir: &std::path::Path, etcd: &control_plane::store::etcd::Options) -> anyhow::Result<()> {
-    use control_plane::store::{embedded::Embedded, etcd::Etcd};
+async fn migrate(
+    data_dir: &std::path::Path,
+    etcd: &control_plane::configuration::store::etcd::Options,
+) -> anyhow::Result<()> {
+    use control_plane::configuration::store::{embedded::Embedded, etcd::Etcd};
     if !data_dir.join("warden.redb").exists() {
         anyhow::bail!("no embedded store in {}", data_dir.display());
     }
@@ -186,8 +189,8 @@ async fn start() -> anyhow::Result<()> {
             anyhow::bail!("{} already holds a CA; nothing written", out.display());
         }
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let ca = control_plane::pki::FleetCa::load_or_create(
-            control_plane::pki::CaSource::DataDir(out),
+        let ca = control_plane::fleet::pki::FleetCa::load_or_create(
+            control_plane::fleet::pki::CaSource::DataDir(out),
             &args.trust_domain,
         )?;
         println!("{}/ca.crt and ca.key created (trust domain {}, pin {})", out.display(), args.trust_domain, ca.pin());
@@ -196,9 +199,9 @@ async fn start() -> anyhow::Result<()> {
     let store = match args.store.as_str() {
         "embedded" => control_plane::StoreOptions::Embedded,
         url => {
-            let mut etcd = control_plane::store::etcd::Options::parse(url, &args.etcd_prefix)
+            let mut etcd = control_plane::configuration::store::etcd::Options::parse(url, &args.etcd_prefix)
                 .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
-            etcd.tls = args.etcd_ca.clone().map(|ca| control_plane::store::etcd::Tls {
+            etcd.tls = args.etcd_ca.clone().map(|ca| control_plane::configuration::store::etcd::Tls {
                 ca,
                 identity: args.etcd_cert.clone().zip(args.etcd_key.clone()),
             });
@@ -237,7 +240,7 @@ async fn start() -> anyhow::Result<()> {
         max_config_bytes: args.max_config_bytes,
         heartbeat_interval: args.heartbeat_interval,
         allow_http_issuers: args.allow_http_issuers,
-        key_refresh: control_plane::issuer_keys::RefreshPolicy {
+        key_refresh: control_plane::tokens::issuer_keys::RefreshPolicy {
             default_interval: args.key_refresh_default,
             min_interval: args.key_refresh_min,
             max_interval: args.key_refresh_max,
@@ -248,7 +251,7 @@ async fn start() -> anyhow::Result<()> {
         token_listen: args.token_listen,
         token_tls_files: args.token_tls_cert.zip(args.token_tls_key),
         lease_ttl: args.etcd_lease_ttl,
-        signing: control_plane::signing::Timing {
+        signing: control_plane::tokens::signing::Timing {
             rotation: args.signing_key_rotation,
             publish_delay: args.signing_key_publish_delay,
             ..Default::default()

@@ -17,10 +17,11 @@ use agent::applied::Current;
 use agent::decisions::{Limits, Outbox};
 use agent::identity::{self, Files};
 use agent::last_good::LastGood;
-use agent::sync::{Backoff, Link, Sync};
+use agent::sync::{Link, Sync};
 use proto::v1 as pb;
 use tests::{ControlPlane, cpu_time, rss_kib};
 use tokio::sync::watch;
+use warden_tasks::Backoff;
 
 struct Args {
     agents: usize,
@@ -84,7 +85,7 @@ fn main() -> std::process::ExitCode {
     let baseline_dir = tempfile::tempdir().expect("temp dir");
     let baseline = runtime.block_on(async {
         let store = Arc::new(
-            control_plane::decisions::Decisions::open(baseline_dir.path(), u64::MAX, Default::default())
+            control_plane::telemetry::decisions::Decisions::open(baseline_dir.path(), u64::MAX, Default::default())
                 .expect("store"),
         );
         // Built before the clock starts, as the real run fills its outboxes first.
@@ -155,7 +156,7 @@ fn rand_boot(agent: usize) -> u64 {
 async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, total: u64) -> (f64, Duration) {
     let target = wardenctl::client::Target::Socket(cp.socket());
     let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
-    let (_stop_tx, stop_rx) = watch::channel(false);
+    let (_stop_tx, stop_rx) = warden_tasks::channel();
     let mut syncs = Vec::with_capacity(args.agents);
     for i in 0..args.agents {
         let id = format!("sim-{i}");
@@ -186,7 +187,7 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, to
             identity: watch::channel(identity).1,
             current: Current::default(),
             last_good: Arc::new(LastGood::without_fsync(&data)),
-            backoff: Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) },
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             idle_timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(60),
             link: watch::channel(Link::default()).0,

@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use agent::applied::Current;
 use agent::identity::{self, Files};
 use agent::last_good::LastGood;
-use agent::sync::{Backoff, Link, Sync};
+use agent::sync::{Link, Sync};
 use proto::v1 as pb;
 use tests::{ControlPlane, cpu_time, rss_kib};
 use tokio::sync::watch;
+use warden_tasks::{Backoff, Shutdown};
 
 struct Args {
     agents: usize,
@@ -147,7 +148,7 @@ async fn start_agents(
     dir: &std::path::Path,
     addresses: &[String],
     count: usize,
-    stop: &watch::Receiver<bool>,
+    stop: &Shutdown,
 ) -> Vec<watch::Receiver<u64>> {
     let mut agents = Vec::with_capacity(count);
     for i in 0..count {
@@ -172,7 +173,7 @@ async fn start_agents(
             identity: watch::channel(identity).1,
             current: current.clone(),
             last_good: Arc::new(LastGood::without_fsync(&data)),
-            backoff: Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) },
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             idle_timeout: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(60),
             link,
@@ -191,7 +192,7 @@ async fn run_replicas(args: &Args, dir: &std::path::Path, replicas: &[ControlPla
     let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
     let apply = |tool: String| pb::ApplyRequest { documents_json: tests::fleet_yaml_documents(&tool), dry_run: false };
     admin.apply(apply("warmup".into())).await.expect("first apply");
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = warden_tasks::channel();
     let addresses: Vec<String> = replicas.iter().map(|r| r.address.clone()).collect();
     let started = Instant::now();
     let agents = start_agents(&mut admin, dir, &addresses, args.agents, &stop_rx).await;
@@ -204,7 +205,7 @@ async fn run_replicas(args: &Args, dir: &std::path::Path, replicas: &[ControlPla
         started.elapsed().as_secs_f64()
     );
     let mut samples = policy_rounds(&mut admin, &agents, args.rounds).await;
-    let _ = stop_tx.send(true);
+    stop_tx.fire();
     samples.sort();
     println!(
         "{} replicas on etcd, apply on the first -> last agent applied: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
@@ -227,7 +228,7 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) ->
 
     // Join every agent with its own one-time token, key and certificate.
     let started = Instant::now();
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = warden_tasks::channel();
     let agents = start_agents(&mut admin, dir, std::slice::from_ref(&cp.address), args.agents, &stop_rx).await;
     let version = admin.get(pb::GetRequest::default()).await.expect("get").into_inner().version;
     wait_all(&agents, version, Duration::from_secs(120)).await.expect("initial convergence");
@@ -300,7 +301,7 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) ->
     if args.revocation_load > 0 {
         revocations_under_load(args, &mut admin, &agents, pid).await;
     }
-    let _ = stop_tx.send(true);
+    stop_tx.fire();
     samples
 }
 

@@ -8,21 +8,23 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prost::Message;
 use proto::v1 as pb;
-use tokio::sync::watch;
 use warden_otlp::{Endpoint, Sender, decision};
+use warden_tasks::{Shutdown, Tasks};
 
 use crate::export::Queue;
 
 /// Records as the outbox queued them (encoded `DecisionRecord`s).
 pub type Direct = Queue<Bytes>;
 
-/// Starts exporting the records of `agent`'s run `boot` to `endpoint` until `stop`.
+/// Starts exporting the records of `agent`'s run `boot` to `endpoint` (a task of `tasks`) until
+/// `stop`.
 pub fn start(
     endpoint: &Endpoint,
     resource: Vec<(String, String)>,
     agent: String,
     boot: u64,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
+    tasks: &mut Tasks,
 ) -> Result<Arc<Direct>, String> {
     let sender = Sender::new(endpoint)?;
     tracing::info!(endpoint = %endpoint.url, "exporting decision records over OTLP from this agent too");
@@ -37,5 +39,7 @@ pub fn start(
         let sender = sender.clone();
         async move { sender.logs(request).await }
     };
-    Ok(Queue::start("decision records", crate::export::LINGER, send, stop))
+    let (queue, exporter) = Queue::start("decision records", crate::export::LINGER, send, stop);
+    tasks.spawn("decision log export", exporter);
+    Ok(queue)
 }

@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use proto::decision_record::DecisionRecordRef;
 use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
+use warden_tasks::Shutdown;
 
 use crate::sync::Link;
 use spool::{Front, Spool, SpoolError};
@@ -362,13 +363,13 @@ impl Outbox {
 
     /// Spills when memory fills, and every second while the control plane is unreachable,
     /// until `stop`; then spills what is left.
-    pub async fn run_spiller(self: Arc<Self>, link: watch::Receiver<Link>, mut stop: watch::Receiver<bool>) {
+    pub async fn run_spiller(self: Arc<Self>, link: watch::Receiver<Link>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let due = tokio::select! {
                 _ = self.pressure.notified() => true,
                 _ = tick.tick() => !link.borrow().connected && !self.memory().records.is_empty(),
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.requested() => break,
             };
             if due && let Err(e) = self.spill().await {
                 tracing::error!("{e}");

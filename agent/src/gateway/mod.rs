@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use warden_tasks::Shutdown;
 
 use crate::applied::Current;
 use crate::sync::Requests;
@@ -110,7 +110,7 @@ impl Shared {
 
     /// Turns tallied refusals into decision records every second until `stop`, then once more
     /// (await it before the outbox is persisted).
-    pub fn record_refusals(&self, stop: tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
+    pub fn record_refusals(&self, stop: Shutdown) -> impl Future<Output = ()> + use<> {
         self.refusals.clone().run(self.outbox.clone(), stop)
     }
 
@@ -233,7 +233,7 @@ impl Drop for Open {
 }
 
 /// Starts `workers` gateway threads; they stop when `stop` turns true.
-pub fn start(shared: Shared, workers: usize, stop: watch::Receiver<bool>) -> std::io::Result<Vec<JoinHandle<()>>> {
+pub fn start(shared: Shared, workers: usize, stop: Shutdown) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..workers.max(1))
         .map(|i| {
             let (shared, stop) = (shared.clone(), stop.clone());
@@ -274,11 +274,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 struct Listening {
     addr: SocketAddr,
     transport: Transport,
-    stop: watch::Sender<bool>,
+    /// Stops this listener (also when dropped).
+    stop: warden_tasks::Trigger,
 }
 
 /// Keeps one listener per served server until `stop` turns true.
-async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+async fn run(worker: Arc<Worker>, mut stop: Shutdown) {
     let mut version = worker.shared.current.watch_version();
     let mut listening: HashMap<String, Listening> = HashMap::new();
     loop {
@@ -296,7 +297,7 @@ async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
             let keep = desired.get(name) == Some(&(l.addr, l.transport));
             if !keep {
                 tracing::info!(server = %name, addr = %l.addr, "gateway listener stopped");
-                l.stop.send_replace(true);
+                l.stop.fire();
             }
             keep
         });
@@ -318,7 +319,7 @@ async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
             match bind(addr) {
                 Ok(listener) => {
                     tracing::debug!(server = %name, %addr, "gateway worker listening");
-                    let (stop_tx, stop_rx) = watch::channel(false);
+                    let (stop_tx, stop_rx) = warden_tasks::channel();
                     tokio::spawn(serve(worker.clone(), Arc::from(name.as_str()), listener, tls, stop_rx));
                     listening.insert(name, Listening { addr, transport, stop: stop_tx });
                 }
@@ -338,12 +339,12 @@ async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
         };
         tokio::select! {
             changed = version.changed() => if changed.is_err() { break },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.requested() => break,
             _ = retry => {}
         }
     }
     for l in listening.values() {
-        l.stop.send_replace(true);
+        l.stop.fire();
     }
 }
 
@@ -352,7 +353,7 @@ async fn serve(
     server: Arc<str>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let slots = worker.shared.connection_slots(&server);
     let mut last_warned: Option<std::time::Instant> = None;
@@ -367,7 +368,7 @@ async fn serve(
                     continue;
                 }
             },
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            _ = stop.requested() => return,
         };
         // Past the cap a connection is closed at once: left in the backlog it would only wait,
         // and served it would take memory the open ones need.
@@ -407,7 +408,7 @@ async fn connection<IO>(
     peer: SocketAddr,
     certificate: Option<Arc<[u8]>>,
     io: IO,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -442,7 +443,7 @@ async fn connection<IO>(
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+        _ = stop.requested() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

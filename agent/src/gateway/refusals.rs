@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::decision_record::DecisionRecordRef;
 use proto::v1 as pb;
-use tokio::sync::watch;
+use warden_tasks::Shutdown;
 
 use crate::decisions::Outbox;
 
@@ -108,13 +108,13 @@ impl Refusals {
     }
 
     /// Flushes every [`WINDOW`] until `stop`, then once more.
-    pub async fn run(self: Arc<Self>, outbox: Arc<Outbox>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, outbox: Arc<Outbox>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(WINDOW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.flush(&outbox),
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.requested() => break,
             }
         }
         self.flush(&outbox);

@@ -1,18 +1,26 @@
-//! Keeping the revocation list small: a `Revocation` that says when every token it covers has
-//! expired (`expires`, which the token service and `wardenctl revoke` always set) is deleted
-//! then — an ordinary audited write, so agents drop it with the next version.
+//! Writing revocations and keeping their list small.
+//!
+//! Every caller's revocation (operators' apply, token holders at `/revoke`, agents reporting
+//! ended tasks) goes through one [`Revoker`]: bounded per principal and in all when it comes
+//! from outside the operators ([`WriteLimit`]), and committed with whatever other revocations
+//! are waiting ([`coalesce`]). A `Revocation` that says when every token it covers has expired
+//! (`expires`, which the token service and `wardenctl revoke` always set) is deleted then
+//! ([`expire`]) — an ordinary audited write, so agents drop it with the next version.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v1 as pb;
 use serde_json::json;
+use tokio::sync::mpsc;
 use warden_core::ResourceKey;
 use warden_core::issuer::TrustedIssuerSpec;
+use warden_tasks::Shutdown;
 
-use crate::ControlPlane;
-use crate::state::{self, Action, WriteError};
-use crate::store::StoreError;
+use crate::configuration::Configuration;
+use crate::configuration::state::{self, Action, WriteError};
+use crate::configuration::store::StoreError;
+use crate::fleet::replicas::Leadership;
 
 /// Checked at least this often, and within a second of the next expiry.
 const INTERVAL: Duration = Duration::from_secs(60);
@@ -21,15 +29,13 @@ const INTERVAL: Duration = Duration::from_secs(60);
 const EXPIRED_PER_WRITE: usize = 10_000;
 
 /// Runs until shutdown, on the leading replica only (a singleton duty).
-pub async fn expire(cp: Arc<ControlPlane>) {
-    let mut state_rx = cp.state.subscribe();
-    let mut shutdown = cp.shutdown.clone();
-    let mut leading = cp.leading.subscribe();
+pub async fn expire(configuration: Arc<Configuration>, mut leading: Leadership, mut shutdown: Shutdown) {
+    let mut state_rx = configuration.subscribe();
     loop {
-        if !*leading.borrow_and_update() {
+        if !leading.observe() {
             tokio::select! {
-                changed = leading.changed() => if changed.is_err() { return },
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = leading.changed() => {}
+                _ = shutdown.requested() => return,
             }
             continue;
         }
@@ -41,7 +47,7 @@ pub async fn expire(cp: Arc<ControlPlane>) {
         let mut wait = INTERVAL;
         if !expired.is_empty() {
             let count = expired.len();
-            match crate::admin::delete_resources(&cp, expired, "control-plane", "expire-revocations").await {
+            match configuration.delete(expired, "control-plane", "expire-revocations").await {
                 Ok(version) => tracing::info!(count, version, "expired revocations deleted"),
                 Err(e) => {
                     tracing::error!("deleting expired revocations failed: {e}");
@@ -55,7 +61,7 @@ pub async fn expire(cp: Arc<ControlPlane>) {
             changed = state_rx.changed() => if changed.is_err() { return },
             _ = leading.changed() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.requested() => return,
         }
     }
 }
@@ -93,8 +99,8 @@ pub(crate) fn token_revocation(
 /// fleet-wide, recorded in the audit trail as done by that agent. Only this control plane's own
 /// task tokens can be revoked this way, and never for longer than such a token can live, so an
 /// agent can neither cut off an identity provider's tokens nor grow the list without bound.
-pub(crate) async fn end_task(cp: Arc<ControlPlane>, agent: String, task: pb::TaskEnded) {
-    let current = cp.state.borrow().clone();
+async fn end_task(revoker: &Revoker, agent: String, task: pb::TaskEnded) {
+    let current = revoker.configuration.current();
     let Some((issuer, _, spec)) = current.token_service_issuer() else {
         tracing::warn!(%agent, "an agent reported an ended task, but no token service issuer is configured");
         return;
@@ -118,25 +124,29 @@ pub(crate) async fn end_task(cp: Arc<ControlPlane>, agent: String, task: pb::Tas
         }
     };
     let actor = format!("agent:{agent}");
-    if let Err(wait) = cp.revocation_writes.take(&actor) {
+    if let Err(wait) = revoker.limit.take(&actor) {
         // The agent refuses the token itself already; the fleet-wide revocation is what waits.
         tracing::warn!(%agent, %jti_hash, wait, "an agent reports ended tasks faster than revocations may be written; not revoked fleet-wide");
         return;
     }
-    match apply(&cp, vec![document], &actor, "end-task").await {
+    match revoker.apply(vec![document], &actor, "end-task").await {
         Ok((version, _)) => tracing::info!(%agent, %jti_hash, version, "task token revoked: its session ended"),
         Err(e) => tracing::error!(%agent, %jti_hash, "revoking an ended task's token failed: {e}"),
     }
 }
 
-/// Revocation writes waiting to be committed together: the writes of many callers (operators,
-/// token holders at `/revoke`, agents reporting ended tasks) that arrive while one commit is
-/// under way become one version, so the store, the audit trail and every agent see one change
-/// per commit instead of one per revocation.
-pub struct Queue {
-    tx: tokio::sync::mpsc::Sender<Queued>,
-    rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Queued>>>,
+/// Writes revocations for every caller. Revocation writes that arrive while one commit is
+/// under way are committed together as one version ([`coalesce`]), so the store, the audit trail
+/// and every agent see one change per commit instead of one per revocation.
+pub struct Revoker {
+    configuration: Arc<Configuration>,
+    /// Bounds the revocations token holders and agents may write.
+    limit: WriteLimit,
+    queue: mpsc::Sender<Queued>,
 }
+
+/// The revocation writes waiting for [`coalesce`].
+pub struct Waiting(mpsc::Receiver<Queued>);
 
 /// Revocation writes waiting at most (callers wait for room beyond).
 const QUEUED: usize = 4096;
@@ -145,10 +155,38 @@ const QUEUED: usize = 4096;
 /// request (1.5 MiB by default).
 const DOCUMENTS_PER_COMMIT: usize = 1000;
 
-impl Default for Queue {
-    fn default() -> Queue {
-        let (tx, rx) = tokio::sync::mpsc::channel(QUEUED);
-        Queue { tx, rx: std::sync::Mutex::new(Some(rx)) }
+impl Revoker {
+    /// A revoker writing to `configuration`, and the queue [`coalesce`] commits from.
+    pub fn new(configuration: Arc<Configuration>) -> (Revoker, Waiting) {
+        let (queue, waiting) = mpsc::channel(QUEUED);
+        (Revoker { configuration, limit: WriteLimit::default(), queue }, Waiting(waiting))
+    }
+
+    /// Takes one write for `principal` from outside the operators; `Err(seconds)` to wait
+    /// when over a limit.
+    pub fn take(&self, principal: &str) -> Result<(), u64> {
+        self.limit.take(principal)
+    }
+
+    /// Writes `documents` (each of kind Revocation) as `actor`, committed with whatever other
+    /// revocations are waiting.
+    pub(crate) async fn apply(
+        &self,
+        documents: Vec<warden_core::Document>,
+        actor: &str,
+        operation: &str,
+    ) -> Result<Applied, WriteError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let queued = Queued { documents, actor: actor.to_string(), operation: operation.to_string(), done };
+        let closed =
+            || WriteError::Store(StoreError::Corrupt { key: "revocations".into(), message: "shutting down".into() });
+        self.queue.send(queued).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Revokes the task token whose session ended, as [`end_task`] says.
+    pub(crate) async fn end_task(&self, agent: String, task: pb::TaskEnded) {
+        end_task(self, agent, task).await
     }
 }
 
@@ -164,33 +202,16 @@ struct Queued {
 /// previous resource version.
 pub(crate) type Applied = (u64, Vec<(ResourceKey, Action, u64)>);
 
-/// Writes `documents` (each of kind Revocation) as `actor`, committed with whatever other
-/// revocations are waiting.
-pub(crate) async fn apply(
-    cp: &ControlPlane,
-    documents: Vec<warden_core::Document>,
-    actor: &str,
-    operation: &str,
-) -> Result<Applied, WriteError> {
-    let (done, answer) = tokio::sync::oneshot::channel();
-    let queued = Queued { documents, actor: actor.to_string(), operation: operation.to_string(), done };
-    let closed =
-        || WriteError::Store(StoreError::Corrupt { key: "revocations".into(), message: "shutting down".into() });
-    cp.revocation_queue.tx.send(queued).await.map_err(|_| closed())?;
-    answer.await.map_err(|_| closed())?
-}
-
 /// Commits queued revocations until shutdown: everything waiting (up to
 /// [`DOCUMENTS_PER_COMMIT`]) as one write. When that write is refused (two callers named one
 /// revocation differently, or one caller's document is bad), each caller's is written alone,
 /// so every caller gets its own answer.
-pub async fn coalesce(cp: Arc<ControlPlane>) {
-    let Some(mut rx) = cp.revocation_queue.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-    let mut shutdown = cp.shutdown.clone();
+pub async fn coalesce(configuration: Arc<Configuration>, waiting: Waiting, mut shutdown: Shutdown) {
+    let mut rx = waiting.0;
     loop {
         let first = tokio::select! {
             first = rx.recv() => match first { Some(q) => q, None => return },
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.requested() => return,
         };
         let mut documents = first.documents.len();
         let mut batch = vec![first];
@@ -204,7 +225,7 @@ pub async fn coalesce(cp: Arc<ControlPlane>) {
             }
         }
         if batch.len() > 1 {
-            match write_together(&cp, &batch).await {
+            match write_together(&configuration, &batch).await {
                 Ok((version, mut results)) => {
                     for q in batch {
                         let rest = results.split_off(q.documents.len());
@@ -220,7 +241,7 @@ pub async fn coalesce(cp: Arc<ControlPlane>) {
         }
         for q in batch {
             let documents = q.documents;
-            let written = cp
+            let written = configuration
                 .write(&q.actor, &q.operation, |current| {
                     let plan = state::plan_apply(current, documents.clone())?;
                     let results = plan.results.clone();
@@ -232,26 +253,27 @@ pub async fn coalesce(cp: Arc<ControlPlane>) {
     }
 }
 
-async fn write_together(cp: &ControlPlane, batch: &[Queued]) -> Result<Applied, WriteError> {
+async fn write_together(configuration: &Configuration, batch: &[Queued]) -> Result<Applied, WriteError> {
     let documents: Vec<warden_core::Document> = batch.iter().flat_map(|q| q.documents.iter().cloned()).collect();
     let actors: Vec<(String, String)> = batch
         .iter()
         .flat_map(|q| std::iter::repeat_n((q.actor.clone(), q.operation.clone()), q.documents.len()))
         .collect();
-    cp.write("control-plane", "revoke", |current| {
-        let mut plan = state::plan_apply(current, documents.clone())?;
-        plan.actors = actors.clone();
-        let results = plan.results.clone();
-        Ok((plan, results))
-    })
-    .await
+    configuration
+        .write("control-plane", "revoke", |current| {
+            let mut plan = state::plan_apply(current, documents.clone())?;
+            plan.actors = actors.clone();
+            let results = plan.results.clone();
+            Ok((plan, results))
+        })
+        .await
 }
 
 /// How often revocations may be written on request from outside the operators — token holders
 /// at `/revoke`, agents reporting ended tasks — per principal and in all. Each is a configuration
 /// version every agent receives, so without a bound one workload looping `/token` + `/revoke`
 /// (or one compromised agent) would flood the fleet.
-pub struct WriteLimit {
+struct WriteLimit {
     buckets: std::sync::Mutex<(warden_core::bounded::BoundedMap<String, Bucket>, Bucket)>,
 }
 

@@ -17,34 +17,53 @@ use tonic::{Request, Response, Status, Streaming};
 use warden_core::identity::{FleetIdentity, JoinToken, secret_hash};
 use warden_core::resource::validate_name;
 
-use crate::ControlPlane;
-use crate::peer::certificate;
-use crate::state::FleetState;
-use crate::store::{AgentRecord, JoinTokenError, RESERVED_AGENT_IDS};
+use warden_tasks::Shutdown;
+
+use crate::configuration::Configuration;
+use crate::configuration::state::FleetState;
+use crate::configuration::store::{AgentRecord, JoinTokenError, RESERVED_AGENT_IDS};
+use crate::fleet::Fleet;
+use crate::fleet::peer::certificate;
+use crate::telemetry::decisions::Decisions;
+use crate::tokens::Tokens;
 
 /// How long an agent has to say hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The agent service over a shared [`ControlPlane`].
+/// What the agent service and each of its sessions use.
+#[derive(Clone)]
 pub struct AgentService {
-    cp: Arc<ControlPlane>,
+    configuration: Arc<Configuration>,
+    fleet: Arc<Fleet>,
+    /// Where agents' decision records are stored.
+    decisions: Arc<Decisions>,
+    /// Key refreshes and ended tasks agents report.
+    tokens: Arc<Tokens>,
+    shutdown: Shutdown,
 }
 
 impl AgentService {
-    /// A service answering from `cp`.
-    pub fn new(cp: Arc<ControlPlane>) -> AgentService {
-        AgentService { cp }
+    /// A service admitting the agents of `fleet` to `configuration`; its streams end at
+    /// `shutdown`.
+    pub fn new(
+        configuration: Arc<Configuration>,
+        fleet: Arc<Fleet>,
+        decisions: Arc<Decisions>,
+        tokens: Arc<Tokens>,
+        shutdown: Shutdown,
+    ) -> AgentService {
+        AgentService { configuration, fleet, decisions, tokens, shutdown }
     }
 
     /// The registered agent the caller's certificate names; refuses anyone else, an agent that
     /// was deleted, and a certificate the registry does not list for it (issued before the agent
     /// was deleted and joined again).
     async fn registered_agent<T>(&self, request: &Request<T>) -> Result<AgentRecord, Status> {
-        let (id, serial) = match certificate(request, self.cp.ca.trust_domain()) {
+        let (id, serial) = match certificate(request, self.fleet.ca().trust_domain()) {
             Some((FleetIdentity::Agent(id), serial)) => (id, serial),
             _ => return Err(Status::unauthenticated("this call needs an agent certificate issued by the fleet CA")),
         };
-        let store = self.cp.store.clone();
+        let store = self.configuration.store().clone();
         let lookup = id.clone();
         let record = tokio::task::spawn_blocking(move || store.agent(&lookup))
             .await
@@ -89,11 +108,11 @@ impl pb::agent_service_server::AgentService for AgentService {
         }
         let (id, secret) = JoinToken::parse_credential(&request.token)
             .map_err(|_| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
-        let spiffe_id = self.cp.ca.agent_spiffe_id(&request.agent_id);
+        let spiffe_id = self.fleet.ca().agent_spiffe_id(&request.agent_id);
         let cert = self
-            .cp
-            .ca
-            .sign_client_csr(&request.csr_pem, &spiffe_id, self.cp.options.agent_cert_ttl)
+            .fleet
+            .ca()
+            .sign_client_csr(&request.csr_pem, &spiffe_id, self.fleet.agent_cert_ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut record = AgentRecord {
             id: request.agent_id.clone(),
@@ -103,7 +122,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             certificates: Vec::new(),
         };
         record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
-        let store = self.cp.store.clone();
+        let store = self.configuration.store().clone();
         let (id, hash) = (id.to_string(), secret_hash(secret));
         let token_id = id.clone();
         tokio::task::spawn_blocking(move || store.consume_join_token(&id, &hash, now_unix(), &record))
@@ -113,7 +132,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         tracing::info!(%token_id, agent = %request.agent_id, "agent joined");
         Ok(Response::new(pb::JoinResponse {
             certificate_pem: cert.pem,
-            ca_pem: self.cp.ca.cert_pem().to_string(),
+            ca_pem: self.fleet.ca().cert_pem().to_string(),
             spiffe_id,
         }))
     }
@@ -121,14 +140,14 @@ impl pb::agent_service_server::AgentService for AgentService {
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
         let mut record = self.registered_agent(&request).await?;
         let agent = record.id.clone();
-        let spiffe_id = self.cp.ca.agent_spiffe_id(&agent);
+        let spiffe_id = self.fleet.ca().agent_spiffe_id(&agent);
         let cert = self
-            .cp
-            .ca
-            .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.cp.options.agent_cert_ttl)
+            .fleet
+            .ca()
+            .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.fleet.agent_cert_ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
-        let store = self.cp.store.clone();
+        let store = self.configuration.store().clone();
         let registered = tokio::task::spawn_blocking(move || store.put_agent(&record))
             .await
             .map_err(blocking_error)?
@@ -137,7 +156,10 @@ impl pb::agent_service_server::AgentService for AgentService {
             return Err(Status::permission_denied(format!("agent {agent} was deleted")));
         }
         tracing::info!(%agent, not_after = cert.not_after_unix, "agent certificate renewed");
-        Ok(Response::new(pb::RenewResponse { certificate_pem: cert.pem, ca_pem: self.cp.ca.cert_pem().to_string() }))
+        Ok(Response::new(pb::RenewResponse {
+            certificate_pem: cert.pem,
+            ca_pem: self.fleet.ca().cert_pem().to_string(),
+        }))
     }
 
     type StreamStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send + 'static>>;
@@ -160,7 +182,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                 hello.agent_id
             )));
         }
-        let session = Session::start(self.cp.clone(), agent, hello, inbound);
+        let session = Session::start(self.clone(), agent, hello, inbound);
         let stream = futures_util::stream::unfold(session, |mut session| async move {
             let message = session.next().await?;
             Some((Ok(pb::ControlMessage { message: Some(message) }), session))
@@ -182,12 +204,12 @@ enum Sent {
 /// the connection can take a message, so a slow agent applies back-pressure to its own session
 /// only, and an idle session costs only this struct.
 struct Session {
-    cp: Arc<ControlPlane>,
+    service: AgentService,
     agent: String,
     generation: u64,
     inbound: Streaming<pb::AgentMessage>,
     state_rx: watch::Receiver<Arc<FleetState>>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     heartbeat: tokio::time::Interval,
     /// Deletions from the agent registry: this agent's ends the stream.
     deleted: tokio::sync::broadcast::Receiver<Option<String>>,
@@ -199,10 +221,10 @@ struct Session {
 }
 
 impl Session {
-    fn start(cp: Arc<ControlPlane>, agent: String, hello: pb::Hello, inbound: Streaming<pb::AgentMessage>) -> Session {
+    fn start(service: AgentService, agent: String, hello: pb::Hello, inbound: Streaming<pb::AgentMessage>) -> Session {
         let (generation, superseded) =
-            cp.presence.connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
-        let mut state_rx = cp.state.subscribe();
+            service.fleet.presence().connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
+        let mut state_rx = service.configuration.subscribe();
         let current = state_rx.borrow_and_update().clone();
         let (sent, pending) = if hello.applied_store_id == current.store_id && hello.applied_version == current.version
         {
@@ -213,12 +235,12 @@ impl Session {
             let snapshot = Out::Snapshot(current.snapshot());
             (Sent::State(current, true), Some(snapshot))
         };
-        let mut heartbeat = tokio::time::interval(cp.options.heartbeat_interval);
+        let mut heartbeat = tokio::time::interval(service.fleet.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let deleted = cp.deleted_agents.subscribe();
+        let deleted = service.fleet.deletions();
         Session {
-            shutdown: cp.shutdown.clone(),
-            cp,
+            shutdown: service.shutdown.clone(),
+            service,
             agent,
             generation,
             inbound,
@@ -258,7 +280,7 @@ impl Session {
                     }
                 }
                 _ = self.heartbeat.tick() => {
-                    let version = self.cp.state.borrow().version;
+                    let version = self.service.configuration.version();
                     return Some(Out::Heartbeat(pb::Heartbeat { applied_version: version }));
                 }
                 changed = self.superseded.changed() => {
@@ -281,7 +303,7 @@ impl Session {
                         return None;
                     }
                 }
-                _ = self.shutdown.changed() => return None,
+                _ = self.shutdown.requested() => return None,
             }
         }
     }
@@ -289,7 +311,7 @@ impl Session {
     /// Whether the agent is still registered (true when the registry cannot be read: a store
     /// outage must not disconnect the fleet).
     async fn registered(&self) -> bool {
-        let (store, id) = (self.cp.store.clone(), self.agent.clone());
+        let (store, id) = (self.service.configuration.store().clone(), self.agent.clone());
         !matches!(tokio::task::spawn_blocking(move || store.agent(&id)).await, Ok(Ok(None)))
     }
 
@@ -298,7 +320,7 @@ impl Session {
     /// store failure ends the stream; the agent keeps the records and resends them.
     async fn store_decisions(&self, batch: pb::DecisionBatch) -> Option<Out> {
         let boot = batch.boot;
-        match self.cp.decisions.ingest(&self.agent, batch).await {
+        match self.service.decisions.ingest(&self.agent, batch).await {
             Ok(sequence) => Some(Out::DecisionsAck(pb::DecisionAck { boot, sequence })),
             Err(e) => {
                 tracing::error!(agent = %self.agent, "{e}");
@@ -310,34 +332,34 @@ impl Session {
     /// Handles one message from the agent: `None` ends the stream, `Some(Some(m))` answers.
     fn handle(&mut self, message: Result<Option<pb::AgentMessage>, Status>) -> Option<Option<Out>> {
         use pb::agent_message::Message as In;
-        let (cp, agent) = (&self.cp, &self.agent);
+        let (service, agent) = (&self.service, &self.agent);
         match message {
             Ok(Some(pb::AgentMessage { message: Some(In::Ack(ack)) })) => {
                 tracing::debug!(%agent, version = ack.version, "ACK");
-                cp.presence.acked(agent, ack.version);
+                service.fleet.presence().acked(agent, ack.version);
             }
             Ok(Some(pb::AgentMessage { message: Some(In::Nack(nack)) })) => {
-                let error = crate::presence::bounded(&nack.error, 1024);
+                let error = crate::fleet::presence::bounded(&nack.error, 1024);
                 tracing::warn!(%agent, version = nack.version, %error, "NACK");
-                cp.presence.nacked(agent, &nack.error);
+                service.fleet.presence().nacked(agent, &nack.error);
                 // A refused delta means the agent does not hold what we thought: resend whole.
                 // A refused snapshot is not retried until the configuration moves.
                 if let Sent::State(_, false) = self.sent {
-                    let current = cp.state.borrow().clone();
+                    let current = service.configuration.current();
                     let snapshot = Out::Snapshot(current.snapshot());
                     self.sent = Sent::State(current, true);
                     return Some(Some(snapshot));
                 }
                 self.sent = Sent::Unknown;
             }
-            Ok(Some(pb::AgentMessage { message: Some(In::Heartbeat(_)) })) => cp.presence.seen(agent),
+            Ok(Some(pb::AgentMessage { message: Some(In::Heartbeat(_)) })) => service.fleet.presence().seen(agent),
             Ok(Some(pb::AgentMessage { message: Some(In::KeyRefresh(request)) })) => {
                 tracing::debug!(%agent, issuer = %request.issuer, "key refresh requested");
-                // Full queue: a refresh is already pending; the resolver rate-limits anyway.
-                let _ = cp.key_refresh.try_send(request.issuer);
+                service.tokens.request_key_refresh(request.issuer);
             }
             Ok(Some(pb::AgentMessage { message: Some(In::TaskEnded(task)) })) => {
-                tokio::spawn(crate::revocations::end_task(cp.clone(), agent.clone(), task));
+                let (tokens, agent) = (service.tokens.clone(), agent.clone());
+                tokio::spawn(async move { tokens.revoker().end_task(agent, task).await });
             }
             Ok(Some(_)) => {}
             Ok(None) => return None,
@@ -353,6 +375,6 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         tracing::info!(agent = %self.agent, "agent disconnected");
-        self.cp.presence.disconnected(&self.agent, self.generation);
+        self.service.fleet.presence().disconnected(&self.agent, self.generation);
     }
 }

@@ -12,8 +12,11 @@ use tokio::time::Instant;
 use warden_core::issuer::TrustedIssuerSpec;
 use warden_core::resource::Spec;
 
-use crate::store::KeyRecord;
-use crate::{ControlPlane, state};
+use warden_tasks::{Backoff, Shutdown};
+
+use crate::configuration::store::KeyRecord;
+use crate::configuration::{Configuration, state};
+use crate::fleet::replicas::Leadership;
 
 /// Largest discovery document or JWKS accepted.
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -63,7 +66,8 @@ impl RefreshPolicy {
     /// The retry delay after `failures` consecutive failures: doubling from 5s, capped at the
     /// minimum interval (the old keys stay in force meanwhile).
     pub fn retry(&self, failures: u32) -> Duration {
-        Duration::from_secs(5).saturating_mul(1 << failures.min(10)).min(self.min_interval.max(Duration::from_secs(5)))
+        let first = Duration::from_secs(5);
+        Backoff::new(first, self.min_interval.max(first)).ceiling(failures)
     }
 }
 
@@ -74,6 +78,21 @@ pub struct KeyStatus {
     pub last_error: String,
     /// When the next refresh is due, seconds since the epoch.
     pub next_refresh_unix: i64,
+}
+
+/// Every fetching issuer's [`KeyStatus`], by issuer name.
+#[derive(Debug, Default)]
+pub struct KeyStatuses(std::sync::Mutex<HashMap<String, KeyStatus>>);
+
+impl KeyStatuses {
+    /// The statuses now.
+    pub fn snapshot(&self) -> HashMap<String, KeyStatus> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyStatus>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Tracked {
@@ -96,18 +115,22 @@ struct Fetched {
 
 /// Runs until the control plane shuts down: keeps every fetching issuer's keys fresh, and
 /// refetches promptly on an agent's request.
-pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
+pub async fn run(
+    cp: Arc<Configuration>,
+    statuses: Arc<KeyStatuses>,
+    policy: RefreshPolicy,
+    mut leading: Leadership,
+    mut requests: mpsc::Receiver<String>,
+    mut shutdown: Shutdown,
+) {
     let http: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .max_redirects(3)
-        .https_only(!cp.admission.allow_http_issuers)
+        .https_only(!cp.admission().allow_http_issuers)
         .build()
         .into();
-    let policy = cp.options.key_refresh;
     let mut tracked: HashMap<String, Tracked> = HashMap::new();
-    let mut state_rx = cp.state.subscribe();
-    let mut shutdown = cp.shutdown.clone();
-    let mut leading = cp.leading.subscribe();
+    let mut state_rx = cp.subscribe();
     loop {
         // Level-triggered: follow whatever the configuration says now.
         let current = state_rx.borrow_and_update().clone();
@@ -121,7 +144,7 @@ pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
             }
         }
         tracked.retain(|name, _| fetching.contains_key(name));
-        cp.key_status.lock().unwrap_or_else(|e| e.into_inner()).retain(|name, _| fetching.contains_key(name));
+        statuses.lock().retain(|name, _| fetching.contains_key(name));
         for (name, (origin_version, spec)) in fetching {
             let fresh = tracked.get(&name).is_none_or(|t| t.origin_version != origin_version);
             if fresh {
@@ -135,7 +158,7 @@ pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
 
         // Scheduled refreshes are a singleton duty (one replica fetches for the fleet); an
         // agent's prompt request is served by the replica it asked.
-        let leads = *leading.borrow_and_update();
+        let leads = leading.observe();
         let now = Instant::now();
         let due: Vec<String> =
             tracked.iter().filter(|(_, t)| t.due <= now && (leads || t.prompted)).map(|(n, _)| n.clone()).collect();
@@ -152,14 +175,14 @@ pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
                     t.failures = 0;
                     let interval = policy.interval(fetched.cache_control.as_deref());
                     store(&cp, &name, t.origin_version, fetched).await;
-                    set_status(&cp, &name, String::new(), interval);
+                    set_status(&statuses, &name, String::new(), interval);
                     interval
                 }
                 Err(error) => {
                     t.failures += 1;
                     let retry = policy.retry(t.failures);
                     tracing::warn!(issuer = %name, "key refresh failed, keeping the previous keys: {error}");
-                    set_status(&cp, &name, error, retry);
+                    set_status(&statuses, &name, error, retry);
                     retry
                 }
             };
@@ -185,21 +208,18 @@ pub async fn run(cp: Arc<ControlPlane>, mut requests: mpsc::Receiver<String>) {
                     t.prompted = true;
                 }
             }
-            _ = shutdown.changed() => return,
+            _ = shutdown.requested() => return,
         }
     }
 }
 
-fn set_status(cp: &ControlPlane, issuer: &str, last_error: String, next: Duration) {
+fn set_status(statuses: &KeyStatuses, issuer: &str, last_error: String, next: Duration) {
     let next_refresh_unix = (crate::now_unix_ms() / 1000) + next.as_secs() as i64;
-    cp.key_status
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(issuer.to_string(), KeyStatus { last_error, next_refresh_unix });
+    statuses.lock().insert(issuer.to_string(), KeyStatus { last_error, next_refresh_unix });
 }
 
 /// Commits fetched keys if they differ from what agents have.
-async fn store(cp: &ControlPlane, issuer: &str, origin_version: u64, fetched: Fetched) {
+async fn store(cp: &Configuration, issuer: &str, origin_version: u64, fetched: Fetched) {
     let record = KeyRecord {
         version: 0,
         jwks: fetched.jwks,

@@ -114,7 +114,7 @@ pub struct Decisions {
     ingest: Option<mpsc::Sender<Ingest>>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// What the metrics count of the records stored.
-    counts: crate::metrics::Counts,
+    counts: crate::telemetry::metrics::Counts,
 }
 
 /// The decision store's page cache.
@@ -123,7 +123,11 @@ const DECISIONS_CACHE_BYTES: usize = 32 * 1024 * 1024;
 impl Decisions {
     /// Opens `decisions.redb` in `data_dir`, keeping at most `retention` records, and starts
     /// the writer; what is stored is counted into `counts`.
-    pub fn open(data_dir: &Path, retention: u64, counts: crate::metrics::Counts) -> Result<Decisions, DecisionError> {
+    pub fn open(
+        data_dir: &Path,
+        retention: u64,
+        counts: crate::telemetry::metrics::Counts,
+    ) -> Result<Decisions, DecisionError> {
         // Records are written once and read in order by exporters and `wardenctl`: redb's
         // default page cache (up to 1 GiB) would keep what was written resident for nothing.
         let db = Database::builder()
@@ -377,7 +381,7 @@ fn write_forever(
     mut queue: mpsc::Receiver<Ingest>,
     retention: u64,
     stored: &tokio::sync::Notify,
-    counts: &crate::metrics::Counts,
+    counts: &crate::telemetry::metrics::Counts,
 ) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
@@ -494,7 +498,7 @@ mod tests {
     #[tokio::test]
     async fn an_agent_inventing_runs_cannot_grow_the_de_duplication_tables() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Decisions::open(dir.path(), 100_000, crate::metrics::Counts::default()).unwrap();
+        let store = Decisions::open(dir.path(), 100_000, crate::telemetry::metrics::Counts::default()).unwrap();
         for boot in 0..200 {
             store.ingest("a1", batch(boot, 1..=1, 1)).await.unwrap();
         }
@@ -513,7 +517,7 @@ mod tests {
     #[tokio::test]
     async fn each_record_is_kept_once_whatever_is_resent() {
         let dir = tempfile::tempdir().unwrap();
-        let counts = crate::metrics::Counts::default();
+        let counts = crate::telemetry::metrics::Counts::default();
         let store = Decisions::open(dir.path(), 100, counts.clone()).unwrap();
         assert_eq!(store.ingest("a1", batch(7, 1..=3, 0)).await.unwrap(), 3);
         // Resent whole, resent in part with new ones, and another run of the same agent.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use proto::v1 as pb;
 
-use crate::store::{AgentRecord, PresenceRecord};
+use crate::configuration::store::{AgentRecord, PresenceRecord};
 
 #[derive(Default)]
 struct Live {

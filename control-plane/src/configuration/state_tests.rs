@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::LoadedResource;
+use crate::configuration::store::LoadedResource;
 use warden_core::{Admission, Kind};
 
 fn doc(value: serde_json::Value) -> Document {

@@ -18,8 +18,11 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use crate::store::KeyRecord;
-use crate::{ControlPlane, state};
+use warden_tasks::Shutdown;
+
+use crate::configuration::store::KeyRecord;
+use crate::configuration::{Configuration, state};
+use crate::fleet::Fleet;
 
 /// When keys rotate and how they are published.
 #[derive(Clone, Copy, Debug)]
@@ -137,7 +140,7 @@ fn next_record(current: Option<&KeyRecord>, signer: Option<&Signer>, skew: i64, 
 
 /// Commits the token service issuer's key set with `signer` added and expired keys dropped;
 /// returns the version that carries it (the current one if nothing changed).
-async fn publish(cp: &ControlPlane, signer: Option<&Signer>) -> Option<u64> {
+async fn publish(cp: &Configuration, signer: Option<&Signer>) -> Option<u64> {
     // Planned on the latest state at each attempt: another replica may have published its own
     // key meanwhile, and its keys must stay in the set.
     let written = cp
@@ -165,10 +168,14 @@ async fn publish(cp: &ControlPlane, signer: Option<&Signer>) -> Option<u64> {
 }
 
 /// Runs until shutdown: keeps a published key active, rotates it, and drops expired keys.
-pub async fn run(cp: Arc<ControlPlane>) {
-    let timing = cp.options.signing;
-    let mut state_rx = cp.state.subscribe();
-    let mut shutdown = cp.shutdown.clone();
+pub async fn run(
+    configuration: Arc<Configuration>,
+    keys: Arc<SigningKeys>,
+    fleet: Arc<Fleet>,
+    timing: Timing,
+    mut shutdown: Shutdown,
+) {
+    let mut state_rx = configuration.subscribe();
     // The issuer (name, resource version) the active key was published for, and when it rotates.
     let mut published_for: Option<(String, u64)> = None;
     let mut rotate_at = Instant::now();
@@ -183,11 +190,11 @@ pub async fn run(cp: Arc<ControlPlane>) {
         let mut wake = Instant::now() + Duration::from_secs(60);
         match issuer {
             None => {
-                cp.signing_keys.set(None);
+                keys.set(None);
                 published_for = None;
             }
             Some((name, resource_version, lifetime)) => {
-                let active = cp.signing_keys.active();
+                let active = keys.active();
                 let held = active.as_ref().is_some_and(|s| {
                     current.keys.get(&name).and_then(|r| r.expires_unix.get(&s.kid)).is_some()
                         && published_for.as_ref() == Some(&(name.clone(), resource_version))
@@ -197,18 +204,18 @@ pub async fn run(cp: Arc<ControlPlane>) {
                     // published lifetime allows for that.
                     let signing_for = timing.rotation + timing.publish_timeout;
                     let signer = Signer::generate(now + signing_for.as_secs() as i64 + lifetime);
-                    if let Some(version) = publish(&cp, Some(&signer)).await {
+                    if let Some(version) = publish(&configuration, Some(&signer)).await {
                         let published = Instant::now();
                         while published.elapsed() < timing.publish_timeout
-                            && (published.elapsed() < timing.publish_delay || cp.presence.behind(version) > 0)
+                            && (published.elapsed() < timing.publish_delay || fleet.presence().behind(version) > 0)
                         {
                             tokio::select! {
                                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                                _ = shutdown.wait_for(|s| *s) => return,
+                                _ = shutdown.requested() => return,
                             }
                         }
                         tracing::info!(kid = %signer.kid, issuer = %name, version, "signing key active");
-                        cp.signing_keys.set(Some(Arc::new(signer)));
+                        keys.set(Some(Arc::new(signer)));
                         published_for = Some((name, resource_version));
                         rotate_at = Instant::now() + timing.rotation;
                     } else {
@@ -219,7 +226,7 @@ pub async fn run(cp: Arc<ControlPlane>) {
                 // Drop keys whose tokens have all expired.
                 if let Some(record) = current.keys.get(&name) {
                     if record.expires_unix.values().any(|&until| until <= now) {
-                        publish(&cp, None).await;
+                        publish(&configuration, None).await;
                         continue;
                     }
                     if let Some(next) = record.expires_unix.values().min() {
@@ -233,7 +240,7 @@ pub async fn run(cp: Arc<ControlPlane>) {
         tokio::select! {
             changed = state_rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep_until(wake) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.requested() => return,
         }
     }
 }

@@ -17,14 +17,19 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, Key
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
 use proto::v1 as pb;
-use tokio::sync::watch;
 pub use warden_otlp::{Config, Endpoint};
 use warden_otlp::{ExportError, Sender, attribute, resource as otel_resource, string};
+use warden_tasks::{Backoff, Shutdown};
 
-use crate::decisions::Decisions;
+use crate::fleet::replicas::Leadership;
+use crate::telemetry::decisions::Decisions;
+use crate::telemetry::metrics::Sources;
 
 /// Decision records per export request.
 const BATCH: usize = 512;
+
+/// Pacing of a batch the receiver could not take (it is retried until it can).
+const RETRY: Backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(30));
 
 /// One stored decision as an OTLP log record.
 pub fn log_record(stored: &pb::StoredDecision) -> LogRecord {
@@ -35,11 +40,11 @@ pub fn log_record(stored: &pb::StoredDecision) -> LogRecord {
 /// Exports the control plane's metrics (cumulative) every `interval` until `stop`. Nothing is
 /// kept for a failed export: the next one carries the totals.
 pub async fn export_metrics(
-    cp: Arc<crate::ControlPlane>,
+    cp: Arc<Sources>,
     endpoint: Endpoint,
     resource: Vec<(String, String)>,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let sender = match Sender::new(&endpoint) {
         Ok(s) => s,
@@ -52,11 +57,11 @@ pub async fn export_metrics(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.requested() => return,
         }
         let snapshot = {
             let cp = cp.clone();
-            tokio::task::spawn_blocking(move || crate::metrics::otlp(&cp)).await.unwrap_or_default()
+            tokio::task::spawn_blocking(move || crate::telemetry::metrics::otlp(&cp)).await.unwrap_or_default()
         };
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
@@ -128,9 +133,9 @@ impl LogSource for Decisions {
 /// share its trail (and its export cursor): only the leading one exports it.
 pub struct AuditTrail {
     /// The configuration store.
-    pub store: Arc<crate::store::Store>,
+    pub store: Arc<crate::configuration::store::Store>,
     /// Whether this replica leads.
-    pub leading: tokio::sync::watch::Receiver<bool>,
+    pub leadership: Leadership,
 }
 
 impl LogSource for AuditTrail {
@@ -139,7 +144,7 @@ impl LogSource for AuditTrail {
     }
 
     fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), String> {
-        if !*self.leading.borrow() {
+        if !self.leadership.is_leading() {
             return Ok((0, Vec::new()));
         }
         let after = self.store.audit_exported().map_err(|e| e.to_string())?;
@@ -154,7 +159,7 @@ impl LogSource for AuditTrail {
 }
 
 /// One admin change as an OTLP log record.
-pub fn audit_record(e: &crate::store::AuditEntry) -> LogRecord {
+pub fn audit_record(e: &crate::configuration::store::AuditEntry) -> LogRecord {
     let resource = format!("{}/{}", e.kind, e.name);
     let body = format!("{} {resource} by {} (configuration version {})", e.operation, e.actor, e.version);
     let int = |key: &str, value: u64| KeyValue {
@@ -188,7 +193,7 @@ pub async fn export_logs<S: LogSource>(
     endpoint: Endpoint,
     resource: Vec<(String, String)>,
     stats: Arc<ExportStats>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let scope = source.scope();
@@ -222,14 +227,14 @@ pub async fn export_logs<S: LogSource>(
             tokio::select! {
                 _ = stored => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.requested() => return,
             }
             continue;
         }
         let count = records.len() as u64;
         let outcome = tokio::select! {
             r = sender.logs(warden_otlp::logs_request(&resource, scope, records)) => r,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.requested() => return,
         };
         let advance = match outcome {
             Ok(rejected) => {
@@ -252,12 +257,12 @@ pub async fn export_logs<S: LogSource>(
                 true
             }
             Err(ExportError { retry: true, message }) => {
+                let delay = RETRY.ceiling(failures);
                 failures = failures.saturating_add(1);
-                let delay = Duration::from_millis(200u64 << failures.min(7)).min(Duration::from_secs(30));
                 tracing::warn!(scope, "OTLP logs export failed ({message}); retrying in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.requested() => return,
                 }
                 false
             }

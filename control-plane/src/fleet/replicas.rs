@@ -6,67 +6,125 @@
 //!   deleted agent's stream wherever it is connected;
 //! * a lease holds this replica's part: the leader key (one replica does the singleton duties)
 //!   and the presence of the agents connected here, so a replica that crashes loses both within
-//!   the lease's lifetime and another takes over ([`hold_lease`]).
+//!   the lease's lifetime and another takes over ([`hold_lease`]). [`Leadership`] is how the
+//!   tasks that do singleton duties know whether they should.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use warden_tasks::Shutdown;
 
-use crate::ControlPlane;
-use crate::state::{self, FleetState};
-use crate::store::etcd::Followed;
-use crate::store::{PresenceRecord, Store};
+use crate::configuration::Configuration;
+use crate::configuration::state::{self, FleetState};
+use crate::configuration::store::etcd::Followed;
+use crate::configuration::store::{PresenceRecord, Store};
+use crate::fleet::Fleet;
+
+/// This process among the replicas sharing the store, and whether it leads.
+pub struct Replica {
+    /// `<server name>:<port>/<random>`.
+    id: String,
+    leading: watch::Sender<bool>,
+}
+
+impl Replica {
+    /// Replica `id`; the one control plane of an embedded store leads from the start.
+    pub fn new(id: String, alone: bool) -> Replica {
+        Replica { id, leading: watch::Sender::new(alone) }
+    }
+
+    /// Whether this replica leads, watched.
+    pub fn leadership(&self) -> Leadership {
+        Leadership(self.leading.subscribe())
+    }
+
+    fn set_leading(&self, leading: bool) {
+        let changed = self.leading.send_if_modified(|held| std::mem::replace(held, leading) != leading);
+        if changed {
+            if leading {
+                tracing::info!(replica = %self.id, "this replica now leads the singleton duties");
+            } else {
+                tracing::info!(replica = %self.id, "this replica no longer leads");
+            }
+        }
+    }
+}
+
+/// Whether this replica does the singleton duties (scheduled key refresh, expiry of
+/// revocations, audit export): always on the embedded store, the elected one on etcd.
+#[derive(Clone, Debug)]
+pub struct Leadership(watch::Receiver<bool>);
+
+impl Leadership {
+    /// Whether this replica leads now.
+    pub fn is_leading(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Whether it leads now, marking that seen for [`Leadership::changed`].
+    pub fn observe(&mut self) -> bool {
+        *self.0.borrow_and_update()
+    }
+
+    /// Resolves when leadership changes (never, once the replica is gone).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// Runs until shutdown (nothing to do on the embedded store), following writes after etcd
 /// revision `revision` (where this replica's configuration was read).
-pub async fn follow(cp: Arc<ControlPlane>, revision: i64) {
-    if !matches!(*cp.store, Store::Etcd(_)) {
+pub async fn follow(configuration: Arc<Configuration>, fleet: Arc<Fleet>, revision: i64, shutdown: Shutdown) {
+    if !matches!(**configuration.store(), Store::Etcd(_)) {
         return;
     }
     let registry = {
-        let (cp, shutdown) = (cp.clone(), cp.shutdown.clone());
-        tokio::spawn(async move {
-            if let Store::Etcd(etcd) = &*cp.store {
-                etcd.follow_deleted_agents(cp.deleted_agents.clone(), shutdown).await;
+        let (store, deletions, shutdown) = (configuration.store().clone(), fleet.deletions_sender(), shutdown.clone());
+        async move {
+            if let Store::Etcd(etcd) = &*store {
+                etcd.follow_deleted_agents(deletions, shutdown).await;
             }
-        })
+        }
     };
     let (tx, mut rx) = mpsc::channel(64);
     let watcher = {
-        let (cp, shutdown) = (cp.clone(), cp.shutdown.clone());
-        tokio::spawn(async move {
-            if let Store::Etcd(etcd) = &*cp.store {
+        let store = configuration.store().clone();
+        async move {
+            if let Store::Etcd(etcd) = &*store {
                 etcd.follow(revision, tx, shutdown).await;
             }
-        })
+        }
     };
-    while let Some(followed) = rx.recv().await {
-        apply(&cp, followed).await;
-    }
-    let _ = watcher.await;
-    let _ = registry.await;
+    let publisher = async {
+        while let Some(followed) = rx.recv().await {
+            apply(&configuration, followed).await;
+        }
+    };
+    tokio::join!(registry, watcher, publisher);
 }
 
-async fn apply(cp: &Arc<ControlPlane>, followed: Followed) {
-    let current = cp.state.borrow().clone();
+async fn apply(configuration: &Configuration, followed: Followed) {
+    let current = configuration.current();
     match followed {
         // This replica's own write, or one it already has.
         Followed::Committed(c) if c.version <= current.version => {}
         Followed::Committed(c) if c.version == current.version + 1 => {
             let version = c.version;
-            if cp.publish(state::next_state(&current, state::plan_committed(c), version)) {
+            if configuration.publish(state::next_state(&current, state::plan_committed(c), version)) {
                 tracing::info!(version, "configuration written by another replica");
             }
         }
         Followed::Committed(c) => {
             // A gap: versions this replica never saw. Read everything again.
             tracing::warn!(held = current.version, watched = c.version, "missed configuration versions; reading all");
-            let store = cp.store.clone();
+            let store = configuration.store().clone();
             match tokio::task::spawn_blocking(move || store.load()).await {
                 Ok(Ok(loaded)) => {
-                    cp.publish(FleetState::from_loaded(loaded));
+                    configuration.publish(FleetState::from_loaded(loaded));
                 }
                 Ok(Err(e)) => tracing::error!("reading the configuration: {e}"),
                 Err(e) => tracing::error!("reading the configuration: {e}"),
@@ -74,7 +132,7 @@ async fn apply(cp: &Arc<ControlPlane>, followed: Followed) {
         }
         Followed::Reloaded(loaded) => {
             let version = loaded.version;
-            if cp.publish(FleetState::from_loaded(loaded)) {
+            if configuration.publish(FleetState::from_loaded(loaded)) {
                 tracing::info!(version, "configuration read again after an etcd compaction");
             }
         }
@@ -87,17 +145,16 @@ const LEASE_TICK: Duration = Duration::from_secs(1);
 /// Runs until shutdown (on etcd; the embedded store's one control plane always leads): holds
 /// this replica's lease, campaigns for leadership, publishes the agents connected here, and
 /// revokes the lease on the way out so the others take over at once.
-pub async fn hold_lease(cp: Arc<ControlPlane>) {
-    let Store::Etcd(etcd) = &*cp.store else { return };
-    let mut shutdown = cp.shutdown.clone();
+pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, ttl: Duration, mut shutdown: Shutdown) {
+    let Store::Etcd(etcd) = &*store else { return };
     loop {
-        let (lease, ttl) = match etcd.grant(cp.options.lease_ttl).await {
+        let (lease, ttl) = match etcd.grant(ttl).await {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!("etcd lease: {e}; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(LEASE_TICK) => continue,
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = shutdown.requested() => return,
                 }
             }
         };
@@ -105,9 +162,9 @@ pub async fn hold_lease(cp: Arc<ControlPlane>) {
         let mut published: HashMap<String, PresenceRecord> = HashMap::new();
         // Refreshed on a task of its own, so slow elections or presence writes never delay it.
         let mut alive = {
-            let cp = cp.clone();
+            let store = store.clone();
             tokio::spawn(async move {
-                if let Store::Etcd(etcd) = &*cp.store {
+                if let Store::Etcd(etcd) = &*store {
                     etcd.keep_alive(lease, ttl).await;
                 }
             })
@@ -119,15 +176,15 @@ pub async fn hold_lease(cp: Arc<ControlPlane>) {
             tokio::select! {
                 _ = &mut alive => {
                     tracing::warn!("this replica's etcd lease was lost; no longer leading");
-                    set_leading(&cp, false);
+                    replica.set_leading(false);
                     break;
                 }
                 _ = tick.tick() => {
-                    match etcd.lead(lease, &cp.replica).await {
-                        Ok(leading) => set_leading(&cp, leading),
+                    match etcd.lead(lease, &replica.id).await {
+                        Ok(leading) => replica.set_leading(leading),
                         Err(e) => tracing::warn!("etcd leader election: {e}"),
                     }
-                    let now = cp.presence.records(&cp.replica);
+                    let now = fleet.presence().records(&replica.id);
                     let mut changes: Vec<(String, Option<PresenceRecord>)> = now
                         .iter()
                         .filter(|(agent, record)| published.get(*agent) != Some(record))
@@ -135,19 +192,16 @@ pub async fn hold_lease(cp: Arc<ControlPlane>) {
                         .collect();
                     changes.extend(published.keys().filter(|a| !now.contains_key(*a)).map(|a| (a.clone(), None)));
                     if !changes.is_empty() {
-                        match etcd.put_presence(lease, &cp.replica, &changes).await {
+                        match etcd.put_presence(lease, &replica.id, &changes).await {
                             Ok(()) => published = now,
                             Err(e) => tracing::warn!("publishing agent presence: {e}"),
                         }
                     }
                 }
-                changed = shutdown.changed() => {
-                    let stopping = changed.is_err() || *shutdown.borrow();
-                    if stopping {
-                        set_leading(&cp, false);
-                        etcd.revoke(lease).await;
-                        return;
-                    }
+                _ = shutdown.requested() => {
+                    replica.set_leading(false);
+                    etcd.revoke(lease).await;
+                    return;
                 }
             }
         }
@@ -160,16 +214,5 @@ struct AbortOnDrop(tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-fn set_leading(cp: &ControlPlane, leading: bool) {
-    let changed = cp.leading.send_if_modified(|held| std::mem::replace(held, leading) != leading);
-    if changed {
-        if leading {
-            tracing::info!(replica = %cp.replica, "this replica now leads the singleton duties");
-        } else {
-            tracing::info!(replica = %cp.replica, "this replica no longer leads");
-        }
     }
 }

@@ -7,7 +7,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// The fleet identity named by the caller's verified client certificate (the TLS layer has
 /// already checked the chain against the fleet CA; this reads the URI SAN) and the certificate's
-/// serial number (hex, as [`crate::pki::hex_serial`] writes it), which tells apart the certificates
+/// serial number (hex, as [`crate::fleet::pki::hex_serial`] writes it), which tells apart the certificates
 /// issued for one identity.
 pub fn certificate<T>(request: &Request<T>, trust_domain: &str) -> Option<(FleetIdentity, String)> {
     let certs = request.peer_certs()?;
@@ -18,7 +18,7 @@ pub fn certificate<T>(request: &Request<T>, trust_domain: &str) -> Option<(Fleet
         GeneralName::URI(uri) => parse_spiffe_id(uri, trust_domain),
         _ => None,
     })?;
-    Some((identity, crate::pki::hex_serial(cert.raw_serial())))
+    Some((identity, crate::fleet::pki::hex_serial(cert.raw_serial())))
 }
 
 /// Who is making an admin call.

@@ -20,7 +20,6 @@ use base64::Engine;
 use rand::RngCore;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use warden_core::Config;
 use warden_core::authorize::{Authorizer, EXCHANGE_ACTION, RequestFacts, Target as PolicyTarget};
 use warden_core::dpop::ReplayCache;
@@ -28,7 +27,11 @@ use warden_core::exchange::{self, Binding, ExchangeRequest, OAuthError, Target, 
 use warden_core::issuer::TrustedIssuerSpec;
 use warden_core::token::{Presenter, Verifier};
 
-use crate::{ControlPlane, exchange_log, state};
+use warden_tasks::Shutdown;
+
+use crate::configuration::{Configuration, state};
+use crate::telemetry::exchange_log::{self, ExchangeLog};
+use crate::tokens::Tokens;
 
 /// Default lifetime of a task token when the request names none.
 pub const DEFAULT_LIFETIME_SECONDS: i64 = 300;
@@ -51,16 +54,20 @@ pub struct Compiled {
 
 /// What the token service shares between requests.
 pub struct TokenService {
-    cp: Arc<ControlPlane>,
+    configuration: Arc<Configuration>,
+    tokens: Arc<Tokens>,
+    exchange_log: ExchangeLog,
     compiled: Mutex<Option<Arc<Compiled>>>,
     replay: Mutex<ReplayCache>,
 }
 
 impl TokenService {
-    /// The service of `cp`.
-    pub fn new(cp: Arc<ControlPlane>) -> TokenService {
+    /// The service minting from `configuration` with the keys of `tokens`, logging each exchange.
+    pub fn new(configuration: Arc<Configuration>, tokens: Arc<Tokens>, exchange_log: ExchangeLog) -> TokenService {
         TokenService {
-            cp,
+            configuration,
+            tokens,
+            exchange_log,
             compiled: Mutex::new(None),
             replay: Mutex::new(ReplayCache::with_key_quota(DPOP_PROOFS_REMEMBERED, DPOP_PROOFS_PER_KEY)),
         }
@@ -69,7 +76,7 @@ impl TokenService {
     /// The current configuration, compiled once per change of what compiles (a version that
     /// changes revocations alone compiles nothing), with the revocations of the current version.
     fn compiled(&self) -> Result<Arc<Compiled>, OAuthError> {
-        let state = self.cp.state.borrow().clone();
+        let state = self.configuration.current();
         if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
             && c.version == state.resources_version
         {
@@ -132,7 +139,7 @@ async fn token(
     let (answer, record) = exchange(&service, &peer, &headers, &body);
     if let Some(mut record) = record {
         record.latency = started.elapsed();
-        service.cp.exchange_log.record(record, peer.address.ip());
+        service.exchange_log.record(record, peer.address.ip());
     }
     match answer {
         Ok(response) => {
@@ -165,9 +172,16 @@ fn exchange(
     }
 }
 
+/// Why a step refused: the answer, and the reason code it is recorded under.
+type Refused = (OAuthError, &'static str);
+
 /// Every check in order; the first failure answers. Once the form is read, every refusal is
 /// recorded — an exchange tried with a stolen, expired or forged token is what an operator
 /// most needs to see — naming the workload only once its token verified.
+///
+/// The steps: read the form → the service's configuration and signing key → the target server
+/// → the key the token will be bound to → the subject (and actor) token → what may be granted
+/// → the lifetime → mint.
 fn decide(
     service: &TokenService,
     peer: &Peer,
@@ -184,22 +198,18 @@ fn decide(
     let request = ExchangeRequest::from_form(body).map_err(|e| Box::new((e, None)))?;
     // What is known so far, recorded with any refusal from here on.
     let mut partial = exchange_log::Exchange { tools: request.tools.clone(), ..Default::default() };
-    let refuse_early = |partial: &exchange_log::Exchange, error: OAuthError, reason: &str| -> Refusal {
+    let refused = |partial: &exchange_log::Exchange, (error, reason): Refused| -> Refusal {
         let record = exchange_log::Exchange { reason: reason.to_string(), ..partial.clone() };
         Box::new((error, Some(record)))
     };
-    let compiled = service.compiled().map_err(|e| refuse_early(&partial, e, "unavailable"))?;
-    let (issuer_name, issuer) =
-        service_issuer(&compiled.config).map_err(|e| refuse_early(&partial, e, "unavailable"))?;
-    let signer = service.cp.signing_keys.active().ok_or_else(|| {
-        refuse_early(
-            &partial,
-            OAuthError::temporarily_unavailable("the signing key is still being published to the fleet; retry shortly"),
-            "unavailable",
-        )
+    let compiled = service.compiled().map_err(|e| refused(&partial, (e, "unavailable")))?;
+    let (issuer_name, issuer) = service_issuer(&compiled.config).map_err(|e| refused(&partial, (e, "unavailable")))?;
+    let signer = service.tokens.signing_keys().active().ok_or_else(|| {
+        let error =
+            OAuthError::temporarily_unavailable("the signing key is still being published to the fleet; retry shortly");
+        refused(&partial, (error, "unavailable"))
     })?;
     let now = now();
-    let token_endpoint = format!("{}/token", issuer.issuer.trim_end_matches('/'));
 
     // The target server, before the tokens: an unknown server is the caller's mistake whoever
     // they are.
@@ -208,36 +218,12 @@ fn decide(
         Target::Audience(a) => compiled.config.servers.get_key_value(a),
     }
     .ok_or_else(|| {
-        refuse_early(&partial, OAuthError::invalid_target("no McpServer has this resource (or name)"), "unknown_server")
+        let error = OAuthError::invalid_target("no McpServer has this resource (or name)");
+        refused(&partial, (error, "unknown_server"))
     })?;
     partial.server = server_name.to_string();
 
-    // Proof of a key, when the client offers one: the task token is then bound to it — to the
-    // DPoP key when a proof is sent, else to the TLS client certificate when one was presented.
-    // The proof's `jti` is remembered against replay only once the subject token verified, so
-    // nobody without a valid identity can fill the replay cache.
-    let (binding, proof) = match headers.get("dpop") {
-        None => match &peer.certificate {
-            Some(der) => (Binding::Certificate(warden_core::token::certificate_thumbprint(der)), None),
-            None => (Binding::None, None),
-        },
-        Some(proof) => {
-            let proof =
-                proof.to_str().map_err(|_| refuse_early(&partial, invalid_dpop("malformed"), "dpop_invalid"))?;
-            let uris = [token_endpoint.as_str()];
-            let request = warden_core::dpop::Request {
-                method: "POST",
-                uris: &uris,
-                access_token: None,
-                now,
-                max_age: DPOP_MAX_AGE,
-                skew: DPOP_SKEW,
-            };
-            let proven = warden_core::dpop::verify(proof, &request)
-                .map_err(|e| refuse_early(&partial, invalid_dpop(&e.to_string()), "dpop_invalid"))?;
-            (Binding::Dpop(proven.jkt.clone()), Some(proven))
-        }
-    };
+    let (binding, proof) = key_binding(headers, peer, issuer, now).map_err(|r| refused(&partial, r))?;
     partial.binding = binding.kind();
     let presenter = Presenter {
         client_certificate: peer.certificate.as_deref(),
@@ -246,13 +232,13 @@ fn decide(
             _ => None,
         },
     };
-
-    let revoked = &service.cp.state.borrow().revoked.clone();
+    let revoked = &service.configuration.current().revoked.clone();
     let subject = compiled
         .verifier
         .verify_for_exchange(&request.subject_token, &issuer.issuer, now, revoked, presenter)
         .map_err(|reason| {
-            refuse_early(&partial, OAuthError::invalid_grant(format!("subject_token refused: {reason}")), reason.code())
+            let error = OAuthError::invalid_grant(format!("subject_token refused: {reason}"));
+            refused(&partial, (error, reason.code()))
         })?;
     partial.subject = subject.subject.clone();
     partial.issuer = subject.issuer.clone();
@@ -262,9 +248,8 @@ fn decide(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(proven, now, DPOP_MAX_AGE + DPOP_SKEW)
-            .map_err(|e| refuse_early(&partial, invalid_dpop(&e.to_string()), "dpop_replayed"))?;
+            .map_err(|e| refused(&partial, (invalid_dpop(&e.to_string()), "dpop_replayed")))?;
     }
-    let subject_issuer_url = compiled.config.issuers.get(&subject.issuer).map(|s| s.issuer.as_str()).unwrap_or("");
     let actor = match &request.actor_token {
         None => None,
         Some(token) => {
@@ -273,7 +258,7 @@ fn decide(
                 .verify_for_exchange(token, &issuer.issuer, now, revoked, Presenter::default())
                 .map_err(|reason| {
                     let error = OAuthError::invalid_grant(format!("actor_token refused: {reason}"));
-                    refuse_early(&partial, error, "actor_refused")
+                    refused(&partial, (error, "actor_refused"))
                 })?;
             let url = compiled.config.issuers.get(&actor.issuer).map(|s| s.issuer.clone()).unwrap_or_default();
             Some((actor, url))
@@ -281,84 +266,19 @@ fn decide(
     };
     partial.actor = actor.as_ref().map(|(a, _)| format!("{}/{}", a.issuer, a.subject)).unwrap_or_default();
 
-    let refuse = |error: OAuthError, reason: &str| refuse_early(&partial, error, reason);
-    if !server.issuers.iter().any(|i| i == issuer_name) {
-        return Err(refuse(
-            OAuthError::invalid_target(format!(
-                "McpServer {server_name} does not accept task tokens: add {issuer_name} to its issuers"
-            )),
-            "server_refuses_task_tokens",
-        ));
-    }
-    // A task token only ever narrows what its subject token already grants: each scope asked
-    // for must be one of the server's and one the subject token carries, and the server's
-    // required scopes must all be in the subject token (else the exchange would mint access
-    // the workload never had).
-    if let Some(scope) = request.scopes.iter().find(|s| !server.scopes.contains(s)) {
-        return Err(refuse(
-            OAuthError::invalid_scope(format!("scope {scope:?} is not one of McpServer {server_name}'s scopes")),
-            "unknown_scope",
-        ));
-    }
-    if let Some(scope) = server.scopes.iter().find(|s| !subject.scopes.contains(s)) {
-        return Err(refuse(
-            OAuthError::invalid_scope(format!(
-                "McpServer {server_name} requires scope {scope:?}, which the subject token does not carry"
-            )),
-            "insufficient_scope",
-        ));
-    }
-    let scopes: Vec<String> = request.scopes.iter().filter(|s| subject.scopes.contains(s)).cloned().collect();
+    let grant = Grant { compiled: &compiled, issuer_name, server_name, server, request: &request };
     let facts = RequestFacts { source_ip: peer.address.ip(), now, granted_tools: &request.tools, arguments: None };
-    let mut denied = Vec::new();
-    for tool in &request.tools {
-        let allowed = compiled
-            .authorizer
-            .authorize(server_name, &subject, EXCHANGE_ACTION, PolicyTarget::Tool(tool), &facts)
-            .is_ok_and(|o| o.allowed);
-        if !allowed {
-            denied.push(tool.as_str());
-        }
-    }
-    if !denied.is_empty() {
-        return Err(refuse(
-            OAuthError::invalid_scope(format!("policy does not allow this workload the tools: {}", denied.join(", "))),
-            "policy_denied",
-        ));
-    }
-    // Delegation narrows too: an actor becomes `act` only for tools policy allows the actor
-    // itself to be granted (the task token is then no more than either could get alone).
-    if let Some((actor, _)) = &actor {
-        let denied: Vec<&str> = request
-            .tools
-            .iter()
-            .filter(|tool| {
-                !compiled
-                    .authorizer
-                    .authorize(server_name, actor, EXCHANGE_ACTION, PolicyTarget::Tool(tool), &facts)
-                    .is_ok_and(|o| o.allowed)
-            })
-            .map(String::as_str)
-            .collect();
-        if !denied.is_empty() {
-            return Err(refuse(
-                OAuthError::invalid_grant(format!(
-                    "actor_token: policy does not allow the actor the tools: {}",
-                    denied.join(", ")
-                )),
-                "actor_policy_denied",
-            ));
-        }
-    }
+    let scopes = grant.check(&subject, actor.as_ref().map(|(a, _)| &**a), &facts).map_err(|r| refused(&partial, r))?;
     let maxima = [issuer.max_token_lifetime.0.as_secs() as i64, signer.tokens_expire_by - now]
         .into_iter()
         .chain(server.max_task_token_lifetime.map(|d| d.0.as_secs() as i64));
     let lifetime = exchange::lifetime(request.lifetime, DEFAULT_LIFETIME_SECONDS, maxima, subject.expires_at, now)
-        .map_err(|e| refuse(e, "subject_expiring"))?;
+        .map_err(|e| refused(&partial, (e, "subject_expiring")))?;
 
     let mut id = [0u8; 16];
     rand::rng().fill_bytes(&mut id);
     let jti = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+    let subject_issuer_url = compiled.config.issuers.get(&subject.issuer).map(|s| s.issuer.as_str()).unwrap_or("");
     let task = TaskToken {
         issuer: &issuer.issuer,
         subject_issuer_url,
@@ -372,7 +292,141 @@ fn decide(
         lifetime,
         binding: &binding,
     };
-    let access_token = signer.sign(&task.claims());
+    let response = token_response(signer.sign(&task.claims()), &request, &scopes, &binding, lifetime, &server.resource);
+    tracing::debug!(server = %server_name, subject = %subject.subject, tools = ?request.tools, lifetime, "task token issued");
+    let record = exchange_log::Exchange {
+        allowed: true,
+        lifetime_seconds: lifetime,
+        jti_hash: warden_core::token::jti_hash(issuer_name, &jti),
+        ..partial
+    };
+    Ok((response, record))
+}
+
+/// Proof of a key, when the client offers one: the task token is then bound to it — to the DPoP
+/// key when a proof is sent, else to the TLS client certificate when one was presented. The
+/// proof's `jti` is remembered against replay by the caller, only once the subject token
+/// verified, so nobody without a valid identity can fill the replay cache.
+fn key_binding(
+    headers: &HeaderMap,
+    peer: &Peer,
+    issuer: &TrustedIssuerSpec,
+    now: i64,
+) -> Result<(Binding, Option<warden_core::dpop::Proven>), Refused> {
+    let Some(proof) = headers.get("dpop") else {
+        return Ok(match &peer.certificate {
+            Some(der) => (Binding::Certificate(warden_core::token::certificate_thumbprint(der)), None),
+            None => (Binding::None, None),
+        });
+    };
+    let proof = proof.to_str().map_err(|_| (invalid_dpop("malformed"), "dpop_invalid"))?;
+    let token_endpoint = format!("{}/token", issuer.issuer.trim_end_matches('/'));
+    let uris = [token_endpoint.as_str()];
+    let request = warden_core::dpop::Request {
+        method: "POST",
+        uris: &uris,
+        access_token: None,
+        now,
+        max_age: DPOP_MAX_AGE,
+        skew: DPOP_SKEW,
+    };
+    let proven =
+        warden_core::dpop::verify(proof, &request).map_err(|e| (invalid_dpop(&e.to_string()), "dpop_invalid"))?;
+    Ok((Binding::Dpop(proven.jkt.clone()), Some(proven)))
+}
+
+/// What one exchange asks of one server, checked against what its verified tokens may have.
+struct Grant<'a> {
+    compiled: &'a Compiled,
+    /// The token service issuer's name.
+    issuer_name: &'a str,
+    server_name: &'a str,
+    server: &'a warden_core::server::McpServerSpec,
+    request: &'a ExchangeRequest,
+}
+
+impl Grant<'_> {
+    /// The scopes to grant, once the server takes task tokens, every scope and tool asked for
+    /// is within what the subject token carries and policy allows it, and (with an actor) what
+    /// policy allows the actor too.
+    fn check(
+        &self,
+        subject: &warden_core::token::Verified,
+        actor: Option<&warden_core::token::Verified>,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Vec<String>, Refused> {
+        let (server_name, server, request) = (self.server_name, self.server, self.request);
+        if !server.issuers.iter().any(|i| i == self.issuer_name) {
+            let error = OAuthError::invalid_target(format!(
+                "McpServer {server_name} does not accept task tokens: add {} to its issuers",
+                self.issuer_name
+            ));
+            return Err((error, "server_refuses_task_tokens"));
+        }
+        // A task token only ever narrows what its subject token already grants: each scope
+        // asked for must be one of the server's and one the subject token carries, and the
+        // server's required scopes must all be in the subject token (else the exchange would
+        // mint access the workload never had).
+        if let Some(scope) = request.scopes.iter().find(|s| !server.scopes.contains(s)) {
+            let error =
+                OAuthError::invalid_scope(format!("scope {scope:?} is not one of McpServer {server_name}'s scopes"));
+            return Err((error, "unknown_scope"));
+        }
+        if let Some(scope) = server.scopes.iter().find(|s| !subject.scopes.contains(s)) {
+            let error = OAuthError::invalid_scope(format!(
+                "McpServer {server_name} requires scope {scope:?}, which the subject token does not carry"
+            ));
+            return Err((error, "insufficient_scope"));
+        }
+        let denied = self.denied_tools(subject, facts);
+        if !denied.is_empty() {
+            let error = OAuthError::invalid_scope(format!(
+                "policy does not allow this workload the tools: {}",
+                denied.join(", ")
+            ));
+            return Err((error, "policy_denied"));
+        }
+        // Delegation narrows too: an actor becomes `act` only for tools policy allows the actor
+        // itself to be granted (the task token is then no more than either could get alone).
+        if let Some(actor) = actor {
+            let denied = self.denied_tools(actor, facts);
+            if !denied.is_empty() {
+                let error = OAuthError::invalid_grant(format!(
+                    "actor_token: policy does not allow the actor the tools: {}",
+                    denied.join(", ")
+                ));
+                return Err((error, "actor_policy_denied"));
+            }
+        }
+        Ok(request.scopes.iter().filter(|s| subject.scopes.contains(s)).cloned().collect())
+    }
+
+    /// The tools asked for that policy does not allow `principal` to be granted.
+    fn denied_tools(&self, principal: &warden_core::token::Verified, facts: &RequestFacts<'_>) -> Vec<&str> {
+        self.request
+            .tools
+            .iter()
+            .filter(|tool| {
+                !self
+                    .compiled
+                    .authorizer
+                    .authorize(self.server_name, principal, EXCHANGE_ACTION, PolicyTarget::Tool(tool), facts)
+                    .is_ok_and(|o| o.allowed)
+            })
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// The RFC 8693 answer carrying `access_token`.
+fn token_response(
+    access_token: String,
+    request: &ExchangeRequest,
+    scopes: &[String],
+    binding: &Binding,
+    lifetime: i64,
+    resource: &str,
+) -> Value {
     // RFC 8693 §2.2.1: `scope` says what was granted, which may be less than was asked for.
     let granted: Vec<String> = request
         .tools
@@ -390,18 +444,11 @@ fn decide(
     if request.authorization_details {
         response["authorization_details"] = json!([{
             "type": exchange::AUTHORIZATION_DETAILS_TYPE,
-            "locations": [server.resource],
+            "locations": [resource],
             "tools": request.tools,
         }]);
     }
-    tracing::debug!(server = %server_name, subject = %subject.subject, tools = ?request.tools, lifetime, "task token issued");
-    let record = exchange_log::Exchange {
-        allowed: true,
-        lifetime_seconds: lifetime,
-        jti_hash: warden_core::token::jti_hash(issuer_name, &jti),
-        ..partial
-    };
-    Ok((response, record))
+    response
 }
 
 fn invalid_dpop(code: &str) -> OAuthError {
@@ -433,13 +480,13 @@ async fn revoke(State(service): State<Arc<TokenService>>, headers: HeaderMap, bo
         && let Some(spec) = compiled.config.issuers.get(&revocable.issuer)
     {
         let principal = format!("{}/{}", revocable.issuer, revocable.subject);
-        if let Err(wait) = service.cp.revocation_writes.take(&principal) {
+        if let Err(wait) = service.tokens.revoker().take(&principal) {
             let error = OAuthError::temporarily_unavailable("too many revocations from this holder; retry later");
             let mut response = oauth_error(&error);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
             return response;
         }
-        let document = match crate::revocations::token_revocation(
+        let document = match crate::tokens::revocations::token_revocation(
             &revocable.issuer,
             spec,
             &revocable.jti,
@@ -453,7 +500,7 @@ async fn revoke(State(service): State<Arc<TokenService>>, headers: HeaderMap, bo
                 return oauth_error(&OAuthError::invalid_request(format!("this token cannot be revoked: {e}")));
             }
         };
-        match crate::revocations::apply(&service.cp, vec![document], "token-service", "revoke").await {
+        match service.tokens.revoker().apply(vec![document], "token-service", "revoke").await {
             Ok((version, _)) => tracing::info!(
                 issuer = %revocable.issuer,
                 jti_hash = %warden_core::token::jti_hash(&revocable.issuer, &revocable.jti),
@@ -500,7 +547,7 @@ async fn metadata(State(service): State<Arc<TokenService>>) -> Response {
 
 /// The public keys task tokens are signed with (as agents receive them).
 async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
-    let state = service.cp.state.borrow().clone();
+    let state = service.configuration.current();
     let keys = state
         .token_service_issuer()
         .and_then(|(name, _, _)| state.keys.get(name))
@@ -552,13 +599,22 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn tls_listener(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+/// The accept loop runs until `shutdown`, when it closes the listening socket.
+fn tls_listener(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    mut shutdown: Shutdown,
+) -> std::io::Result<TlsListener> {
     let local = listener.local_addr()?;
     let (tx, incoming) = tokio::sync::mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.requested() => return,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // Out of descriptors and the like: back off rather than spin.
@@ -583,14 +639,9 @@ fn tls_listener(listener: TcpListener, tls: Arc<rustls::ServerConfig>) -> std::i
 }
 
 /// Serves the token service on `listener` with `tls` until shutdown.
-pub async fn serve(
-    cp: Arc<ControlPlane>,
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(service: TokenService, listener: TcpListener, tls: Arc<rustls::ServerConfig>, mut stop: Shutdown) {
     let local = listener.local_addr().ok();
-    let listener = match tls_listener(listener, tls) {
+    let listener = match tls_listener(listener, tls, stop.clone()) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("token service: {e}");
@@ -598,7 +649,7 @@ pub async fn serve(
         }
     };
     tracing::info!(addr = ?local, "token service listening");
-    let service = Arc::new(TokenService::new(cp));
+    let service = Arc::new(service);
     let app = axum::Router::new()
         .route("/token", post(token))
         .route("/revoke", post(revoke))
@@ -607,8 +658,6 @@ pub async fn serve(
         .layer(axum::extract::DefaultBodyLimit::max(exchange::MAX_REQUEST_BYTES))
         .with_state(service);
     let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
+        .with_graceful_shutdown(async move { stop.requested().await })
         .await;
 }

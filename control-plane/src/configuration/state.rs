@@ -14,8 +14,8 @@ use warden_core::issuer::TrustedIssuerSpec;
 use warden_core::resource::Spec;
 use warden_core::{Config, ConfigError, Document, DocumentError, Kind, ResourceKey};
 
-use crate::revocation_table::{self, RevocationTable};
-use crate::store::{KeyRecord, Loaded, StoreError};
+use crate::configuration::revocation_table::{self, RevocationTable};
+use crate::configuration::store::{KeyRecord, Loaded, StoreError};
 
 /// One stored resource.
 #[derive(Debug)]
@@ -292,11 +292,15 @@ impl From<WriteError> for tonic::Status {
             | WriteError::TooLarge { .. } => tonic::Status::invalid_argument(e.to_string()),
             WriteError::Conflict { .. } => tonic::Status::aborted(e.to_string()),
             WriteError::NotFound(_) => tonic::Status::not_found(e.to_string()),
-            WriteError::Store(crate::store::StoreError::TooLarge(_)) => tonic::Status::invalid_argument(e.to_string()),
-            WriteError::Store(crate::store::StoreError::VersionMoved { .. }) => {
+            WriteError::Store(crate::configuration::store::StoreError::TooLarge(_)) => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
+            WriteError::Store(crate::configuration::store::StoreError::VersionMoved { .. }) => {
                 tonic::Status::aborted(format!("{e}: other replicas keep writing; retry"))
             }
-            WriteError::Store(crate::store::StoreError::Etcd(_)) => tonic::Status::unavailable(e.to_string()),
+            WriteError::Store(crate::configuration::store::StoreError::Etcd(_)) => {
+                tonic::Status::unavailable(e.to_string())
+            }
             WriteError::Store(_) => tonic::Status::internal(e.to_string()),
         }
     }
@@ -490,7 +494,7 @@ fn check(current: &FleetState, table: &RevocationTable, plan: &Plan) -> Result<(
 }
 
 /// The write another replica committed, as a plan to apply onto the state it was based on.
-pub fn plan_committed(committed: crate::store::etcd::Committed) -> Plan {
+pub fn plan_committed(committed: crate::configuration::store::etcd::Committed) -> Plan {
     let mut plan = Plan::empty();
     for (key, resource) in committed.puts {
         let json = resource.document.to_canonical_json();

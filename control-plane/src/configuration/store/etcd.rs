@@ -31,8 +31,9 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder, SortTarget, TxnOp, TxnOpResponse,
     WatchFilterType, WatchOptions,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use warden_core::{Kind, ResourceKey};
+use warden_tasks::{Backoff, Shutdown};
 
 use super::{
     AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, LoadedResource,
@@ -47,6 +48,12 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
 /// Consecutive watch failures after which the configuration is read whole instead of resuming.
 const RESUMES_BEFORE_RELOAD: u32 = 5;
+
+/// Pacing of a broken watch's re-establishment.
+const WATCH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+
+/// Pacing of a store call retried within its deadline (elections, a member restarting).
+const CALL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(500));
 
 /// One version's audit record: the id of the write that made it (so a write retried after an
 /// unanswered attempt can tell that the attempt succeeded) and its audit entries.
@@ -161,8 +168,7 @@ async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
     mut call: impl FnMut() -> F,
 ) -> Result<T, etcd_client::Error> {
     let deadline = tokio::time::Instant::now() + UNREACHABLE_RETRY_FOR;
-    let mut delay = Duration::from_millis(25);
-    let (mut attempts, mut refused) = (0, 0);
+    let (mut attempts, mut refused, mut waits) = (0, 0, 0);
     loop {
         attempts += 1;
         match call().await {
@@ -173,11 +179,12 @@ async fn retrying<T, F: Future<Output = Result<T, etcd_client::Error>>>(
             }
             Err(e)
                 if unreachable(&e)
-                    && (tokio::time::Instant::now() + delay < deadline || attempts < ELECTION_ATTEMPTS) =>
+                    && (tokio::time::Instant::now() + CALL_BACKOFF.ceiling(waits) < deadline
+                        || attempts < ELECTION_ATTEMPTS) =>
             {
                 tracing::debug!(attempts, "etcd: {e}; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
+                tokio::time::sleep(CALL_BACKOFF.ceiling(waits)).await;
+                waits += 1;
             }
             result => return result,
         }
@@ -766,14 +773,14 @@ impl Etcd {
     /// `out`, until `shutdown`. A broken watch is re-established from the last revision seen; one
     /// that cannot resume (etcd compacted that history, it keeps failing, or a write does not
     /// decode) is replaced by a full read.
-    pub async fn follow(&self, mut revision: i64, out: mpsc::Sender<Followed>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn follow(&self, mut revision: i64, out: mpsc::Sender<Followed>, mut shutdown: Shutdown) {
         let mut failures = 0u32;
         loop {
             if failures > 0 {
-                let delay = Duration::from_millis(100 * u64::from(failures.min(20)));
+                let delay = WATCH_BACKOFF.ceiling(failures - 1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = shutdown.requested() => return,
                 }
             }
             if failures >= RESUMES_BEFORE_RELOAD {
@@ -798,7 +805,7 @@ impl Etcd {
             loop {
                 let message = tokio::select! {
                     m = stream.message() => m,
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = shutdown.requested() => return,
                 };
                 let response = match message {
                     Ok(Some(r)) => r,
@@ -869,17 +876,17 @@ impl Etcd {
     pub async fn follow_deleted_agents(
         &self,
         out: tokio::sync::broadcast::Sender<Option<String>>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) {
         let prefix = self.key("agents/");
         let mut revision: Option<i64> = None;
         let mut failures = 0u32;
         loop {
             if failures > 0 {
-                let delay = Duration::from_millis(100 * u64::from(failures.min(20)));
+                let delay = WATCH_BACKOFF.ceiling(failures - 1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = shutdown.requested() => return,
                 }
             }
             let mut options = WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]);
@@ -897,7 +904,7 @@ impl Etcd {
             loop {
                 let message = tokio::select! {
                     m = stream.message() => m,
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = shutdown.requested() => return,
                 };
                 let response = match message {
                     Ok(Some(r)) if !r.canceled() && r.compact_revision() == 0 => r,

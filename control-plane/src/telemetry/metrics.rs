@@ -12,10 +12,25 @@ use opentelemetry_proto::tonic as otel;
 use opentelemetry_proto::tonic::metrics::v1 as om;
 use proto::decision_record::DecisionRecordView;
 use proto::v1 as pb;
-use tokio::sync::watch;
 use warden_core::prometheus::{Exposition, Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
+use warden_tasks::Shutdown;
 
-use crate::ControlPlane;
+use crate::configuration::Configuration;
+use crate::fleet::Fleet;
+use crate::fleet::replicas::Leadership;
+use crate::telemetry::Telemetry;
+
+/// What the metrics are read from.
+pub struct Sources {
+    /// Decision counts and export figures.
+    pub telemetry: Arc<Telemetry>,
+    /// The version in force, and the agent registry.
+    pub configuration: Arc<Configuration>,
+    /// Who is connected and what each applied.
+    pub fleet: Arc<Fleet>,
+    /// Whether this replica leads.
+    pub leadership: Leadership,
+}
 
 /// Label sets kept per family; past this, decisions are counted in an overflow counter only, so
 /// hostile or runaway tool names cannot grow the control plane's memory.
@@ -153,10 +168,10 @@ impl DecisionCounts {
 pub type Counts = Arc<Mutex<DecisionCounts>>;
 
 /// The Prometheus text of everything the control plane knows.
-pub fn render(cp: &ControlPlane) -> String {
+pub fn render(cp: &Sources) -> String {
     let mut e = Exposition::default();
     {
-        let counts = cp.decision_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = cp.telemetry.counts.lock().unwrap_or_else(|p| p.into_inner());
         e.family(
             "warden_decisions_total",
             "counter",
@@ -203,7 +218,7 @@ pub fn render(cp: &ControlPlane) -> String {
             e.sample("warden_decision_records_dropped_total", &[("agent", agent)], *n as f64);
         }
     }
-    let version = cp.state.borrow().version;
+    let version = cp.configuration.version();
     e.family("warden_config_version", "gauge", "The configuration version in force.");
     e.sample("warden_config_version", &[], version as f64);
     e.family(
@@ -211,8 +226,8 @@ pub fn render(cp: &ControlPlane) -> String {
         "gauge",
         "1 on the replica doing the singleton duties (key refresh, revocation expiry, audit export).",
     );
-    e.sample("warden_control_plane_leader", &[], if *cp.leading.borrow() { 1.0 } else { 0.0 });
-    let agents = cp.presence.report(cp.store.agents().unwrap_or_default(), &[]);
+    e.sample("warden_control_plane_leader", &[], if cp.leadership.is_leading() { 1.0 } else { 0.0 });
+    let agents = cp.fleet.presence().report(cp.configuration.store().agents().unwrap_or_default(), &[]);
     e.family("warden_agents_connected", "gauge", "Agents with an open stream to this control plane.");
     e.sample("warden_agents_connected", &[], agents.iter().filter(|a| a.connected).count() as f64);
     e.family(
@@ -228,13 +243,13 @@ pub fn render(cp: &ControlPlane) -> String {
         );
     }
     e.family("warden_otlp_log_records_exported_total", "counter", "Decision records an OTLP receiver accepted.");
-    e.sample("warden_otlp_log_records_exported_total", &[], cp.export_stats.exported.load(Relaxed) as f64);
+    e.sample("warden_otlp_log_records_exported_total", &[], cp.telemetry.export_stats.exported.load(Relaxed) as f64);
     e.family(
         "warden_otlp_log_records_rejected_total",
         "counter",
         "Decision records an OTLP receiver refused for good.",
     );
-    e.sample("warden_otlp_log_records_rejected_total", &[], cp.export_stats.rejected.load(Relaxed) as f64);
+    e.sample("warden_otlp_log_records_rejected_total", &[], cp.telemetry.export_stats.rejected.load(Relaxed) as f64);
     e.finish()
 }
 
@@ -257,9 +272,9 @@ fn attributes(pairs: &[(&str, &str)]) -> Vec<otel::common::v1::KeyValue> {
 
 /// The same figures as OTLP metrics (cumulative since the process started), named in
 /// OpenTelemetry's dotted style.
-pub fn otlp(cp: &ControlPlane) -> Vec<om::Metric> {
+pub fn otlp(cp: &Sources) -> Vec<om::Metric> {
     use om::metric::Data;
-    let (start, now) = (nanos(cp.started), nanos(std::time::SystemTime::now()));
+    let (start, now) = (nanos(cp.telemetry.started), nanos(std::time::SystemTime::now()));
     let cumulative = om::AggregationTemporality::Cumulative as i32;
     let point = |pairs: &[(&str, &str)], value: f64| om::NumberDataPoint {
         attributes: attributes(pairs),
@@ -284,7 +299,7 @@ pub fn otlp(cp: &ControlPlane) -> Vec<om::Metric> {
     };
     let mut out = Vec::new();
     {
-        let counts = cp.decision_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = cp.telemetry.counts.lock().unwrap_or_else(|p| p.into_inner());
         let points = counts
             .decisions
             .iter()
@@ -354,8 +369,8 @@ pub fn otlp(cp: &ControlPlane) -> Vec<om::Metric> {
             dropped,
         ));
     }
-    let version = cp.state.borrow().version;
-    let agents = cp.presence.report(cp.store.agents().unwrap_or_default(), &[]);
+    let version = cp.configuration.version();
+    let agents = cp.fleet.presence().report(cp.configuration.store().agents().unwrap_or_default(), &[]);
     let connected = agents.iter().filter(|a| a.connected).count();
     out.push(gauge(
         "warden.agents.connected",
@@ -379,14 +394,14 @@ pub fn otlp(cp: &ControlPlane) -> Vec<om::Metric> {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
-pub async fn serve(cp: Arc<ControlPlane>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(sources: Arc<Sources>, listener: tokio::net::TcpListener, mut stop: Shutdown) {
     use axum::routing::get;
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "metrics endpoint listening");
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(|axum::extract::State(cp): axum::extract::State<Arc<ControlPlane>>| async move {
+            get(|axum::extract::State(cp): axum::extract::State<Arc<Sources>>| async move {
                 let text = tokio::task::spawn_blocking(move || render(&cp)).await.unwrap_or_default();
                 ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
             }),
@@ -394,12 +409,8 @@ pub async fn serve(cp: Arc<ControlPlane>, listener: tokio::net::TcpListener, mut
         .route("/healthz", get(|| async { "ok" }))
         // Serving means the store was loaded and the CA is in place: nothing else gates it.
         .route("/readyz", get(|| async { "ready" }))
-        .with_state(cp);
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+        .with_state(sources);
+    let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.requested().await }).await;
 }
 
 #[cfg(test)]

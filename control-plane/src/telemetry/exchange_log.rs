@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::v1 as pb;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use warden_tasks::Shutdown;
 
-use crate::decisions::Decisions;
+use crate::telemetry::decisions::Decisions;
 
 /// The name exchange records are stored under.
 pub const AGENT: &str = "control-plane";
@@ -69,6 +70,7 @@ pub struct Exchange {
 }
 
 /// The queue in front of the decision store.
+#[derive(Clone)]
 pub struct ExchangeLog {
     queue: mpsc::Sender<pb::DecisionRecord>,
     dropped: Arc<AtomicU64>,
@@ -152,7 +154,7 @@ pub struct Writer {
 }
 
 /// Stores queued exchange records in batches until shutdown, then what is still queued.
-pub async fn run(mut writer: Writer, decisions: Arc<Decisions>, mut stop: watch::Receiver<bool>) {
+pub async fn run(mut writer: Writer, decisions: Arc<Decisions>, mut stop: Shutdown) {
     // This run's records are told apart from the previous run's by a random boot id.
     let boot: u64 = rand::random();
     let mut sequence = 0u64;
@@ -170,7 +172,7 @@ pub async fn run(mut writer: Writer, decisions: Arc<Decisions>, mut stop: watch:
                 }
                 continue;
             }
-            _ = stop.wait_for(|s| *s) => true,
+            _ = stop.requested() => true,
         };
         if stopping {
             batch.extend(drain(&writer.tallies));

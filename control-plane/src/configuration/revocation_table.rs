@@ -1,6 +1,6 @@
 //! The `Revocation` resources a store holds, kept apart from the other resources: there may be a
 //! million of them, so a write of one must cost what it changes, not what is stored. The table
-//! is shared by every [`crate::state::FleetState`] of one store and moves only when a version
+//! is shared by every [`crate::configuration::state::FleetState`] of one store and moves only when a version
 //! is published, in version order; what agents check (`token::Revocations`, immutable per
 //! version and cheap to clone) is derived from it then.
 

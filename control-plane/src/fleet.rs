@@ -1,0 +1,71 @@
+//! The fleet subsystem: the agents and what they need to reach the configuration — the fleet CA
+//! and its certificates ([`pki`], [`peer`]), the agent service and one session per stream
+//! ([`agents`]), who is connected and what each applied ([`presence`]), and the other replicas
+//! sharing an etcd store ([`replicas`]).
+
+pub mod agents;
+pub mod peer;
+pub mod pki;
+pub mod presence;
+pub mod replicas;
+
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use self::pki::FleetCa;
+use self::presence::Presence;
+
+/// The fleet as this replica sees it.
+pub struct Fleet {
+    ca: FleetCa,
+    presence: Presence,
+    /// Agents deleted from the registry (by this replica or, watched, another): each session
+    /// ends its stream when its agent is named, or checks the registry on `None` (deletions may
+    /// have been missed).
+    deleted: broadcast::Sender<Option<String>>,
+    /// Lifetime of agent client certificates.
+    agent_cert_ttl: Duration,
+    /// How often each stream carries a heartbeat when nothing else moves.
+    heartbeat_interval: Duration,
+}
+
+impl Fleet {
+    /// The fleet of `ca`, with no agent connected yet.
+    pub fn new(ca: FleetCa, agent_cert_ttl: Duration, heartbeat_interval: Duration) -> Fleet {
+        Fleet {
+            ca,
+            presence: Presence::default(),
+            deleted: broadcast::Sender::new(256),
+            agent_cert_ttl,
+            heartbeat_interval,
+        }
+    }
+
+    /// The fleet CA.
+    pub fn ca(&self) -> &FleetCa {
+        &self.ca
+    }
+
+    /// Live status of the agents connected here.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// Ends the stream of `agent` on this replica (`None`: of every agent the registry no
+    /// longer lists).
+    pub fn agent_deleted(&self, agent: Option<String>) {
+        // No receiver: no session is open.
+        let _ = self.deleted.send(agent);
+    }
+
+    /// Deletions from the agent registry, from now on.
+    pub(crate) fn deletions(&self) -> broadcast::Receiver<Option<String>> {
+        self.deleted.subscribe()
+    }
+
+    /// Where deletions other replicas made are announced.
+    pub(crate) fn deletions_sender(&self) -> broadcast::Sender<Option<String>> {
+        self.deleted.clone()
+    }
+}
