@@ -466,6 +466,8 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
         ("unsupported_protocol_version", "initialize"),
         ("routing_header_mismatch", "tools/call"),
         ("unsupported_media_type", "POST"),
+        ("session_header_invalid", "POST"),
+        ("body_not_allowed", "DELETE"),
     ];
     let records = wait_for_or(
         "the malformed requests' records",

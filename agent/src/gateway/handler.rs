@@ -129,6 +129,9 @@ impl Admitted {
 
 /// Everything decided before the body: the gateway and the local check API (ext_authz) share
 /// it. `Err` is the answer that refuses the request (or, for the metadata document, serves it).
+///
+/// The steps: the server and its route → the MCP path and `Origin` → the token (and its proof)
+/// → scopes → the session → the method's framing. Every refusal from the path on is a decision.
 pub(crate) fn admit(
     shared: &Shared,
     server: &Arc<str>,
@@ -144,173 +147,40 @@ pub(crate) fn admit(
             "no configuration received yet; every request is refused",
         )));
     };
-    let Some(spec) = applied.config.servers.get(&**server).filter(|s| shared.serves(s)) else {
-        return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("server {server} is not served here"))));
-    };
-    let routes = applied
-        .routes
-        .get_or_init(|| applied.config.servers.iter().filter_map(|(n, s)| Some((n.clone(), Route::new(s)?))).collect());
-    let Some(route) = routes.get(&**server) else {
-        return Err(Box::new(reply::error(StatusCode::INTERNAL_SERVER_ERROR, "the server's resource is not a URL")));
-    };
-    let path = uri.path();
-    if route.is_metadata(path) {
-        return Err(Box::new(match *method {
-            Method::GET | Method::HEAD => {
-                let issuers =
-                    spec.issuers.iter().filter_map(|i| applied.config.issuers.get(i)).map(|i| i.issuer.clone());
-                reply::metadata(server, spec, issuers.collect())
-            }
-            _ => method_not_allowed("GET"),
-        }));
-    }
-    // Every refusal from here on is a decision, recorded with its reason: those of an accepted
-    // token one record each, those before any token was accepted tallied per second and source
-    // (garbage costs its sender nothing and must not flush the decision log).
-    let refused = |workload: Option<&Verified>, reason: &str| {
-        let trace = caller.trace.as_ref().map(|(t, _)| t);
-        match workload {
-            Some(_) => {
-                let decision = Decision {
-                    server,
-                    method: method.as_str(),
-                    target: None,
-                    workload,
-                    allowed: false,
-                    reason,
-                    policies: &[],
-                };
-                record::record(&shared.outbox, caller.arrived, caller.via, headers, trace, decision);
-            }
-            None if shared.outbox.enabled() => {
-                let mut hex = [0; 32];
-                let trace_id = match trace {
-                    Some(context) => record::hex_of(&context.trace_id, &mut hex),
-                    None => record::trace_id(headers).unwrap_or_default(),
-                };
-                shared.refusals.add(refusals::Refusal {
-                    server,
-                    method: method.as_str(),
-                    reason,
-                    source: caller.address.ip(),
-                    via: caller.via,
-                    latency_micros: caller.arrived.elapsed().as_micros() as u64,
-                    trace_id,
-                });
-            }
-            None => {}
-        }
-        if let Some((_, facts)) = &caller.trace {
-            facts.lock().unwrap_or_else(|p| p.into_inner()).decided(method.as_str(), None, false, reason);
-        }
-    };
-    if path != route.mcp_path {
+    let (spec, route) = resolve(shared, &applied, server, method, uri)?;
+    let refusal = Refusal { shared, server, caller, method, headers };
+    if uri.path() != route.mcp_path {
+        refusal.record(None, "unknown_path");
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path))));
     }
     if let Some(origin) = headers.get(header::ORIGIN)
         && !origin_allowed(origin, route, spec)
     {
         // Against DNS rebinding: a browser page from another origin must not reach the server.
-        refused(None, "origin_refused");
+        refusal.record(None, "origin_refused");
         return Err(Box::new(reply::error(StatusCode::FORBIDDEN, "this Origin may not call the server")));
     }
-
     let now = crate::identity::now_unix();
-    let verified = {
-        let (scheme, token) = match credentials(headers, uri.query()) {
-            Ok(Some(credentials)) => credentials,
-            Ok(None) => {
-                refused(None, "missing_token");
-                return Err(Box::new(reply::unauthorized(route, None)));
-            }
-            Err(message) => {
-                refused(None, "malformed_credentials");
-                return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, message)));
-            }
-        };
-        let proven = match scheme {
-            Scheme::Dpop => match dpop_proof(route, method, headers, token, now) {
-                Ok(p) => Some(p),
-                Err(answer) => {
-                    refused(None, "invalid_dpop_proof");
-                    return Err(answer);
-                }
-            },
-            Scheme::Bearer => None,
-        };
-        let jkt = proven.as_ref().map(|p| p.jkt.as_str());
-        let presenter = Presenter { client_certificate: caller.certificate, dpop_key_thumbprint: jkt };
-        match applied.verifier.verify(token, server, now, &applied.revocations, presenter) {
-            // A proof's jti is remembered only once the token it came with is accepted, and
-            // only when that token is bound to the proof's key: anyone can sign proofs with a
-            // key of their own, and a proof sent with a bearer token proves nothing (the token
-            // is enough without it). So only a bound token's holder can use the server's
-            // replay memory, and each key only its quota of it.
-            Ok(v) => match proven.as_ref().filter(|p| bound_key(&v) == Some(p.jkt.as_str())) {
-                Some(p) => match shared.record_proof(server, p, now, PROOF_MAX_AGE + PROOF_SKEW) {
-                    Ok(()) => v,
-                    Err(e) => {
-                        refused(Some(&v), "invalid_dpop_proof");
-                        return Err(Box::new(reply::invalid_dpop_proof(route, &e.to_string())));
-                    }
-                },
-                None => v,
-            },
-            Err(reason) => {
-                tracing::info!(server = %server, reason = %reason, "token refused");
-                refused(None, reason.code());
-                if reason == Reason::UnknownKey {
-                    ask_for_keys(shared, &applied, token);
-                }
-                return Err(Box::new(reply::unauthorized(route, Some(reason))));
-            }
-        }
-    };
+    let verified = authenticate(&refusal, &applied, route, uri, now)?;
     if shared.task_ended(&verified, now) {
-        refused(Some(&verified), Reason::Revoked.code());
+        refusal.record(Some(&verified), Reason::Revoked.code());
         return Err(Box::new(reply::unauthorized(route, Some(Reason::Revoked))));
     }
     if !spec.scopes.iter().all(|s| verified.scopes.contains(s)) {
-        refused(Some(&verified), "insufficient_scope");
+        refusal.record(Some(&verified), "insufficient_scope");
         return Err(Box::new(reply::insufficient_scope(route, &spec.scopes)));
     }
     let principal = sessions::principal(&verified);
-    let mut sessions = headers.get_all("mcp-session-id").iter();
-    let session = sessions.next();
-    // One session id, without commas: proxies join repeated headers with commas, and the
-    // upstream might pick another value than the one checked here.
-    if sessions.next().is_some() || session.is_some_and(|s| s.as_bytes().contains(&b',')) {
-        return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, "one Mcp-Session-Id header, one value")));
-    }
-    // The gateway hands out sealed ids and takes back only those it sealed for this workload;
-    // the upstream sees its own id. Behind Envoy (the local check API) the caller holds the
-    // upstream's id, bound to the first workload seen with it.
-    let session = match session {
-        None => None,
-        Some(presented) if caller.via == VIA_GATEWAY => {
-            match shared.seal.open(presented.as_bytes(), &principal).map(HeaderValue::from_bytes) {
-                Some(Ok(upstream)) => Some(upstream),
-                _ => {
-                    tracing::warn!(server = %server, "a session id this gateway did not seal for this workload");
-                    refused(Some(&verified), "session_mismatch");
-                    return Err(Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload")));
-                }
-            }
-        }
-        Some(presented) if shared.sessions.allows(presented.as_bytes(), &principal) => Some(presented.clone()),
-        Some(_) => {
-            tracing::warn!(server = %server, "a session was presented by another workload than the one that opened it");
-            refused(Some(&verified), "session_mismatch");
-            return Err(Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload")));
-        }
-    };
+    let session = session(&refusal, &verified, &principal)?;
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     if matches!(*method, Method::GET | Method::DELETE) && has_body {
         // Its body is not forwarded; a length that promises one would desync the upstream.
+        refusal.record(Some(&verified), "body_not_allowed");
         return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, "GET and DELETE carry no body")));
     }
     if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
+        refusal.record(Some(&verified), "method_not_allowed");
         return Err(Box::new(method_not_allowed("GET, POST, DELETE")));
     }
     let decider = Decider {
@@ -325,6 +195,184 @@ pub(crate) fn admit(
         trace: caller.trace.clone(),
     };
     Ok(Admitted { decider, principal, session })
+}
+
+/// The server's spec and route in `applied`; the metadata document is served here. Nothing is
+/// recorded yet: a server not served here and metadata are not decisions about a caller.
+fn resolve<'a>(
+    shared: &Shared,
+    applied: &'a Applied,
+    server: &Arc<str>,
+    method: &Method,
+    uri: &http::Uri,
+) -> Result<(&'a McpServerSpec, &'a Route), Refused> {
+    let Some(spec) = applied.config.servers.get(&**server).filter(|s| shared.serves(s)) else {
+        return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("server {server} is not served here"))));
+    };
+    let routes = applied
+        .routes
+        .get_or_init(|| applied.config.servers.iter().filter_map(|(n, s)| Some((n.clone(), Route::new(s)?))).collect());
+    let Some(route) = routes.get(&**server) else {
+        return Err(Box::new(reply::error(StatusCode::INTERNAL_SERVER_ERROR, "the server's resource is not a URL")));
+    };
+    if route.is_metadata(uri.path()) {
+        return Err(Box::new(match *method {
+            Method::GET | Method::HEAD => {
+                let issuers =
+                    spec.issuers.iter().filter_map(|i| applied.config.issuers.get(i)).map(|i| i.issuer.clone());
+                reply::metadata(server, spec, issuers.collect())
+            }
+            _ => method_not_allowed("GET"),
+        }));
+    }
+    Ok((spec, route))
+}
+
+/// Records a refusal of the request being admitted as a decision with its reason: those of an
+/// accepted token one record each, those before any token was accepted tallied per second and
+/// source (garbage costs its sender nothing and must not flush the decision log).
+struct Refusal<'a> {
+    shared: &'a Shared,
+    server: &'a Arc<str>,
+    caller: &'a Caller<'a>,
+    method: &'a Method,
+    headers: &'a HeaderMap,
+}
+
+impl Refusal<'_> {
+    fn record(&self, workload: Option<&Verified>, reason: &str) {
+        let (shared, caller, method) = (self.shared, self.caller, self.method);
+        let trace = caller.trace.as_ref().map(|(t, _)| t);
+        match workload {
+            Some(_) => {
+                let decision = Decision {
+                    server: self.server,
+                    method: method.as_str(),
+                    target: None,
+                    workload,
+                    allowed: false,
+                    reason,
+                    policies: &[],
+                };
+                record::record(&shared.outbox, caller.arrived, caller.via, self.headers, trace, decision);
+            }
+            None if shared.outbox.enabled() => {
+                let mut hex = [0; 32];
+                let trace_id = match trace {
+                    Some(context) => record::hex_of(&context.trace_id, &mut hex),
+                    None => record::trace_id(self.headers).unwrap_or_default(),
+                };
+                shared.refusals.add(refusals::Refusal {
+                    server: self.server,
+                    method: method.as_str(),
+                    reason,
+                    source: caller.address.ip(),
+                    via: caller.via,
+                    latency_micros: caller.arrived.elapsed().as_micros() as u64,
+                    trace_id,
+                });
+            }
+            None => {}
+        }
+        if let Some((_, facts)) = &caller.trace {
+            facts.lock().unwrap_or_else(|p| p.into_inner()).decided(method.as_str(), None, false, reason);
+        }
+    }
+}
+
+/// The caller's token, verified under `applied` (and its DPoP proof, when it is bound to one).
+fn authenticate(
+    refusal: &Refusal<'_>,
+    applied: &Applied,
+    route: &Route,
+    uri: &http::Uri,
+    now: i64,
+) -> Result<Arc<Verified>, Refused> {
+    let (shared, server, headers) = (refusal.shared, refusal.server, refusal.headers);
+    let (scheme, token) = match credentials(headers, uri.query()) {
+        Ok(Some(credentials)) => credentials,
+        Ok(None) => {
+            refusal.record(None, "missing_token");
+            return Err(Box::new(reply::unauthorized(route, None)));
+        }
+        Err(message) => {
+            refusal.record(None, "malformed_credentials");
+            return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, message)));
+        }
+    };
+    let proven = match scheme {
+        Scheme::Dpop => match dpop_proof(route, refusal.method, headers, token, now) {
+            Ok(p) => Some(p),
+            Err(answer) => {
+                refusal.record(None, "invalid_dpop_proof");
+                return Err(answer);
+            }
+        },
+        Scheme::Bearer => None,
+    };
+    let jkt = proven.as_ref().map(|p| p.jkt.as_str());
+    let presenter = Presenter { client_certificate: refusal.caller.certificate, dpop_key_thumbprint: jkt };
+    match applied.verifier.verify(token, server, now, &applied.revocations, presenter) {
+        // A proof's jti is remembered only once the token it came with is accepted, and only
+        // when that token is bound to the proof's key: anyone can sign proofs with a key of
+        // their own, and a proof sent with a bearer token proves nothing (the token is enough
+        // without it). So only a bound token's holder can use the server's replay memory, and
+        // each key only its quota of it.
+        Ok(v) => match proven.as_ref().filter(|p| bound_key(&v) == Some(p.jkt.as_str())) {
+            Some(p) => match shared.record_proof(server, p, now, PROOF_MAX_AGE + PROOF_SKEW) {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    refusal.record(Some(&v), "invalid_dpop_proof");
+                    Err(Box::new(reply::invalid_dpop_proof(route, &e.to_string())))
+                }
+            },
+            None => Ok(v),
+        },
+        Err(reason) => {
+            tracing::info!(server = %server, reason = %reason, "token refused");
+            refusal.record(None, reason.code());
+            if reason == Reason::UnknownKey {
+                ask_for_keys(shared, applied, token);
+            }
+            Err(Box::new(reply::unauthorized(route, Some(reason))))
+        }
+    }
+}
+
+/// The session the request names, as the upstream knows it. The gateway hands out sealed ids
+/// and takes back only those it sealed for this workload; the upstream sees its own id. Behind
+/// Envoy (the local check API) the caller holds the upstream's id, bound to the first workload
+/// seen with it.
+fn session(
+    refusal: &Refusal<'_>,
+    verified: &Verified,
+    principal: &sessions::Principal,
+) -> Result<Option<HeaderValue>, Refused> {
+    let (shared, server) = (refusal.shared, refusal.server);
+    let mut sessions = refusal.headers.get_all("mcp-session-id").iter();
+    let session = sessions.next();
+    // One session id, without commas: proxies join repeated headers with commas, and the
+    // upstream might pick another value than the one checked here.
+    if sessions.next().is_some() || session.is_some_and(|s| s.as_bytes().contains(&b',')) {
+        refusal.record(Some(verified), "session_header_invalid");
+        return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, "one Mcp-Session-Id header, one value")));
+    }
+    let mismatch = |warning: &str| -> Refused {
+        tracing::warn!(server = %server, "{warning}");
+        refusal.record(Some(verified), "session_mismatch");
+        Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload"))
+    };
+    match session {
+        None => Ok(None),
+        Some(presented) if refusal.caller.via == VIA_GATEWAY => {
+            match shared.seal.open(presented.as_bytes(), principal).map(HeaderValue::from_bytes) {
+                Some(Ok(upstream)) => Ok(Some(upstream)),
+                _ => Err(mismatch("a session id this gateway did not seal for this workload")),
+            }
+        }
+        Some(presented) if shared.sessions.allows(presented.as_bytes(), principal) => Ok(Some(presented.clone())),
+        Some(_) => Err(mismatch("a session was presented by another workload than the one that opened it")),
+    }
 }
 
 /// The caller's decisions for one request: its verified token under the configuration that
@@ -502,44 +550,8 @@ fn decide_body(
         }
     };
     // Refusals of a body that parsed are recorded under its (first) method.
-    let method = body.messages.first().and_then(|m| m.method.as_deref()).unwrap_or("POST");
-    let refuse = |reason: &str, answer| Err(decider.refuse_body(headers, method, reason, answer));
-    let version = headers.get("mcp-protocol-version").map(|v| v.to_str().unwrap_or(""));
-    if let Some(v) = version
-        && !mcp::PROTOCOL_VERSIONS.contains(&v)
-    {
-        let message = format!("unsupported MCP-Protocol-Version; supported: {}", mcp::PROTOCOL_VERSIONS.join(", "));
-        let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, mcp::INVALID_REQUEST, &message);
-        return refuse("unsupported_protocol_version", answer);
-    }
-    // Proxies and servers may route on these headers while Warden decides on the body: each one
-    // sent is checked, and must be sent once, whatever the revision (2026-07-28 requires them).
-    let first_id = body.messages.first().and_then(|m| m.id);
-    let mismatch =
-        |message: &str| reply::jsonrpc_error(StatusCode::BAD_REQUEST, first_id, mcp::HEADER_MISMATCH, message);
-    for name in ["mcp-method", "mcp-name", "mcp-protocol-version"] {
-        if headers.get_all(name).iter().count() > 1 {
-            return refuse("routing_header_mismatch", mismatch(&format!("{name} header appears more than once")));
-        }
-    }
-    let required = version.is_some_and(|v| mcp::ROUTING_HEADER_VERSIONS.contains(&v));
-    let (method_header, name_header) = (headers.get("mcp-method"), headers.get("mcp-name"));
-    if required || method_header.is_some() || name_header.is_some() {
-        if body.batch {
-            return refuse("routing_header_mismatch", mismatch("batches cannot carry routing headers"));
-        }
-        // A value that is not visible ASCII cannot equal the body's (such names are sent
-        // base64-encoded), and another reader could decode its bytes as something else.
-        let (method_header, name_header) =
-            (method_header.map(HeaderValue::to_str).transpose(), name_header.map(HeaderValue::to_str).transpose());
-        let (Ok(method_header), Ok(name_header)) = (method_header, name_header) else {
-            return refuse("routing_header_mismatch", mismatch("routing headers must be visible ASCII"));
-        };
-        if let Err(message) = mcp::check_routing_headers(&body.messages[0], method_header, name_header, required) {
-            return refuse("routing_header_mismatch", mismatch(&message));
-        }
-    }
-
+    let first = body.messages.first().and_then(|m| m.method.as_deref()).unwrap_or("POST");
+    check_headers(&body, headers).map_err(|(reason, answer)| decider.refuse_body(headers, first, reason, *answer))?;
     let mut denied = Vec::new();
     let mut lists = Vec::new();
     for (i, m) in body.messages.iter().enumerate() {
@@ -560,7 +572,7 @@ fn decide_body(
             }
             Err(mcp::Undecidable::MissingName(message)) => {
                 let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message);
-                return refuse("missing_name", answer);
+                return Err(decider.refuse_body(headers, first, "missing_name", answer));
             }
         };
         // Every target must be allowed (a subscription names several resources); each one is a
@@ -586,7 +598,57 @@ fn decide_body(
     if denied.is_empty() {
         return Ok(lists);
     }
-    // The caller reads the same reason code the decision record holds.
+    // (Each denial is on record already, message by message.)
+    Err(Box::new(denial(&body, &denied)))
+}
+
+/// The protocol version and the routing headers, checked against the body: the reason and the
+/// answer that refuse it.
+fn check_headers(body: &mcp::Body<'_>, headers: &HeaderMap) -> Result<(), (&'static str, Refused)> {
+    let version = headers.get("mcp-protocol-version").map(|v| v.to_str().unwrap_or(""));
+    if let Some(v) = version
+        && !mcp::PROTOCOL_VERSIONS.contains(&v)
+    {
+        let message = format!("unsupported MCP-Protocol-Version; supported: {}", mcp::PROTOCOL_VERSIONS.join(", "));
+        let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, mcp::INVALID_REQUEST, &message);
+        return Err(("unsupported_protocol_version", Box::new(answer)));
+    }
+    // Proxies and servers may route on these headers while Warden decides on the body: each one
+    // sent is checked, and must be sent once, whatever the revision (2026-07-28 requires them).
+    let first_id = body.messages.first().and_then(|m| m.id);
+    let mismatch = |message: &str| {
+        let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, first_id, mcp::HEADER_MISMATCH, message);
+        Err(("routing_header_mismatch", Box::new(answer)))
+    };
+    for name in ["mcp-method", "mcp-name", "mcp-protocol-version"] {
+        if headers.get_all(name).iter().count() > 1 {
+            return mismatch(&format!("{name} header appears more than once"));
+        }
+    }
+    let required = version.is_some_and(|v| mcp::ROUTING_HEADER_VERSIONS.contains(&v));
+    let (method_header, name_header) = (headers.get("mcp-method"), headers.get("mcp-name"));
+    if required || method_header.is_some() || name_header.is_some() {
+        if body.batch {
+            return mismatch("batches cannot carry routing headers");
+        }
+        // A value that is not visible ASCII cannot equal the body's (such names are sent
+        // base64-encoded), and another reader could decode its bytes as something else.
+        let (method_header, name_header) =
+            (method_header.map(HeaderValue::to_str).transpose(), name_header.map(HeaderValue::to_str).transpose());
+        let (Ok(method_header), Ok(name_header)) = (method_header, name_header) else {
+            return mismatch("routing headers must be visible ASCII");
+        };
+        if let Err(message) = mcp::check_routing_headers(&body.messages[0], method_header, name_header, required) {
+            return mismatch(&message);
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a body with `denied` messages (index, reason): the caller reads the same
+/// reason code the decision record holds. A batch goes upstream whole or not at all, so each of
+/// its requests gets an error.
+fn denial(body: &mcp::Body<'_>, denied: &[(usize, &str)]) -> Response<Body> {
     let error = |m: &mcp::Message<'_>, message: &str, reason: &str| {
         let (code, message) = if reason == mcp::Undecidable::UnknownMethod.reason() {
             (mcp::METHOD_NOT_FOUND, "method not available through the gateway")
@@ -599,10 +661,8 @@ fn decide_body(
         let m = &body.messages[0];
         // A denied notification has no id to answer; the HTTP status carries the refusal.
         let status = if m.id.is_some() { StatusCode::OK } else { StatusCode::FORBIDDEN };
-        // (Each denial is on record already, message by message.)
-        return Err(Box::new(reply::json(status, &error(m, "denied by policy", denied[0].1))));
+        return reply::json(status, &error(m, "denied by policy", denied[0].1));
     }
-    // A batch goes upstream whole or not at all: each request gets an error.
     let answers: Vec<Value> = body
         .messages
         .iter()
@@ -613,9 +673,11 @@ fn decide_body(
             None => error(m, "not sent: another request in the batch was denied", "batch_denied"),
         })
         .collect();
-    Err(Box::new(reply::json(StatusCode::OK, &Value::Array(answers))))
+    reply::json(StatusCode::OK, &Value::Array(answers))
 }
 
+/// Sends the decided request upstream and passes the answer on: the session id sealed to the
+/// caller's workload, list answers filtered.
 async fn forward(
     worker: &Worker,
     admitted: &Admitted,
@@ -628,33 +690,11 @@ async fn forward(
         Some(s) => s,
         None => return reply::error(StatusCode::NOT_FOUND, "the server is no longer configured"),
     };
-    let mut upstream = match proxy::request(&spec.upstream, &parts.method, &parts.headers, body, &decider.verified) {
+    let response = match send_upstream(worker, admitted, spec, parts, body).await {
         Ok(r) => r,
-        Err(e) => return reply::error(StatusCode::BAD_GATEWAY, e),
+        Err(answer) => return *answer,
     };
-    if let Some(session) = &admitted.session {
-        upstream.headers_mut().insert(MCP_SESSION_ID, session.clone());
-    }
-    // The upstream's parent span is this request's (W3C trace context).
-    if let Some((context, _)) = &decider.trace
-        && let Ok(value) = HeaderValue::from_str(&context.traceparent())
-    {
-        upstream.headers_mut().insert("traceparent", value);
-    }
     let shared = &worker.shared;
-    let response = match tokio::time::timeout(shared.limits.upstream_response_timeout, worker.client.request(upstream))
-        .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(server = %decider.server, "upstream: {e}");
-            return reply::error(StatusCode::BAD_GATEWAY, "the upstream MCP server did not answer");
-        }
-        Err(_) => {
-            tracing::warn!(server = %decider.server, "upstream: no answer within {:?}", shared.limits.upstream_response_timeout);
-            return reply::error(StatusCode::GATEWAY_TIMEOUT, "the upstream MCP server did not answer in time");
-        }
-    };
     if let Some(session) = response.headers().get(MCP_SESSION_ID) {
         shared.sessions.bind(session.as_bytes(), admitted.principal, ended_task(spec, &decider.verified));
     }
@@ -685,9 +725,56 @@ async fn forward(
         }
     }
     // Error answers are filtered too: a list in one would reach the caller all the same.
-    let Some(kinds) = lists.filter(|l| !l.is_empty()) else {
-        return Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync());
-    };
+    match lists.filter(|l| !l.is_empty()) {
+        None => Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync()),
+        Some(kinds) => filter_answer(worker, decider, kinds, head, incoming).await,
+    }
+}
+
+/// The upstream's answer (its status and headers) to the request as the proxy rewrites it,
+/// within the response timeout.
+async fn send_upstream(
+    worker: &Worker,
+    admitted: &Admitted,
+    spec: &McpServerSpec,
+    parts: &http::request::Parts,
+    body: Bytes,
+) -> Result<Response<hyper::body::Incoming>, Refused> {
+    let decider = &admitted.decider;
+    let mut upstream = proxy::request(&spec.upstream, &parts.method, &parts.headers, body, &decider.verified)
+        .map_err(|e| Box::new(reply::error(StatusCode::BAD_GATEWAY, e)))?;
+    if let Some(session) = &admitted.session {
+        upstream.headers_mut().insert(MCP_SESSION_ID, session.clone());
+    }
+    // The upstream's parent span is this request's (W3C trace context).
+    if let Some((context, _)) = &decider.trace
+        && let Ok(value) = HeaderValue::from_str(&context.traceparent())
+    {
+        upstream.headers_mut().insert("traceparent", value);
+    }
+    let timeout = worker.shared.limits.upstream_response_timeout;
+    match tokio::time::timeout(timeout, worker.client.request(upstream)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            tracing::warn!(server = %decider.server, "upstream: {e}");
+            Err(Box::new(reply::error(StatusCode::BAD_GATEWAY, "the upstream MCP server did not answer")))
+        }
+        Err(_) => {
+            tracing::warn!(server = %decider.server, "upstream: no answer within {timeout:?}");
+            Err(Box::new(reply::error(StatusCode::GATEWAY_TIMEOUT, "the upstream MCP server did not answer in time")))
+        }
+    }
+}
+
+/// A list answer with what the caller may not see removed, or refused when it cannot be read
+/// as the caller would read it (fail closed).
+async fn filter_answer(
+    worker: &Worker,
+    decider: &Decider,
+    kinds: Vec<mcp::ListFilter>,
+    mut head: http::response::Parts,
+    incoming: hyper::body::Incoming,
+) -> Response<Body> {
     let unfiltered = |why: &str| {
         tracing::warn!(server = %decider.server, "the upstream's list answer {why}: refused");
         reply::error(StatusCode::BAD_GATEWAY, "the upstream's list answer could not be filtered")
@@ -709,7 +796,7 @@ async fn forward(
         return Response::from_parts(head, filter::sse(lists, incoming));
     }
     let read = tokio::time::timeout(
-        shared.limits.body_read_timeout,
+        worker.shared.limits.body_read_timeout,
         Limited::new(incoming, filter::MAX_FILTERED_BYTES).collect(),
     );
     let bytes = match read.await {

@@ -32,6 +32,7 @@ use warden_tasks::Shutdown;
 use crate::configuration::{Configuration, state};
 use crate::telemetry::exchange_log::{self, ExchangeLog};
 use crate::tokens::Tokens;
+use crate::tokens::signing::Signer;
 
 /// Default lifetime of a task token when the request names none.
 pub const DEFAULT_LIFETIME_SECONDS: i64 = 300;
@@ -275,31 +276,12 @@ fn decide(
     let lifetime = exchange::lifetime(request.lifetime, DEFAULT_LIFETIME_SECONDS, maxima, subject.expires_at, now)
         .map_err(|e| refused(&partial, (e, "subject_expiring")))?;
 
-    let mut id = [0u8; 16];
-    rand::rng().fill_bytes(&mut id);
-    let jti = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+    let minted = Mint { issuer, issuer_name, server, request: &request, scopes: &scopes, binding: &binding };
     let subject_issuer_url = compiled.config.issuers.get(&subject.issuer).map(|s| s.issuer.as_str()).unwrap_or("");
-    let task = TaskToken {
-        issuer: &issuer.issuer,
-        subject_issuer_url,
-        subject: &subject,
-        actor: actor.as_ref().map(|(v, url)| (&**v, url.as_str())),
-        audience: &server.resource,
-        tools: &request.tools,
-        scopes: &scopes,
-        jti: &jti,
-        issued_at: now,
-        lifetime,
-        binding: &binding,
-    };
-    let response = token_response(signer.sign(&task.claims()), &request, &scopes, &binding, lifetime, &server.resource);
+    let actor = actor.as_ref().map(|(v, url)| (&**v, url.as_str()));
+    let (response, jti_hash) = minted.sign(&signer, &subject, subject_issuer_url, actor, now, lifetime);
     tracing::debug!(server = %server_name, subject = %subject.subject, tools = ?request.tools, lifetime, "task token issued");
-    let record = exchange_log::Exchange {
-        allowed: true,
-        lifetime_seconds: lifetime,
-        jti_hash: warden_core::token::jti_hash(issuer_name, &jti),
-        ..partial
-    };
+    let record = exchange_log::Exchange { allowed: true, lifetime_seconds: lifetime, jti_hash, ..partial };
     Ok((response, record))
 }
 
@@ -415,6 +397,51 @@ impl Grant<'_> {
             })
             .map(String::as_str)
             .collect()
+    }
+}
+
+/// A task token about to be signed: what was granted, for whom, bound to what.
+struct Mint<'a> {
+    issuer: &'a TrustedIssuerSpec,
+    issuer_name: &'a str,
+    server: &'a warden_core::server::McpServerSpec,
+    request: &'a ExchangeRequest,
+    scopes: &'a [String],
+    binding: &'a Binding,
+}
+
+impl Mint<'_> {
+    /// Signs the task token with a fresh `jti`: the RFC 8693 answer, and the hash of the `jti`
+    /// for the record.
+    fn sign(
+        &self,
+        signer: &Signer,
+        subject: &warden_core::token::Verified,
+        subject_issuer_url: &str,
+        actor: Option<(&warden_core::token::Verified, &str)>,
+        now: i64,
+        lifetime: i64,
+    ) -> (Value, String) {
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let jti = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+        let task = TaskToken {
+            issuer: &self.issuer.issuer,
+            subject_issuer_url,
+            subject,
+            actor,
+            audience: &self.server.resource,
+            tools: &self.request.tools,
+            scopes: self.scopes,
+            jti: &jti,
+            issued_at: now,
+            lifetime,
+            binding: self.binding,
+        };
+        let access_token = signer.sign(&task.claims());
+        let response =
+            token_response(access_token, self.request, self.scopes, self.binding, lifetime, &self.server.resource);
+        (response, warden_core::token::jti_hash(self.issuer_name, &jti))
     }
 }
 
