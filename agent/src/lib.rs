@@ -33,7 +33,7 @@ use warden_tasks::{Backoff, Shutdown, Tasks};
 use crate::applied::Current;
 use crate::identity::{Files, Identity, IdentityError};
 use crate::last_good::LastGood;
-use crate::sync::{Link, Sync};
+use crate::sync::{Client, Link};
 
 /// Everything `run` needs, parsed and validated by `main`.
 #[derive(Clone)]
@@ -153,7 +153,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     if let Some(identity) = identity {
         not_after_tx.send_replace(identity.not_after);
         let (identity_tx, identity_rx) = watch::channel(identity);
-        let sync = Sync {
+        let client = Client {
             agent_id: options.agent_id.clone(),
             labels: options.labels.clone(),
             addresses: options.control_planes.clone(),
@@ -168,7 +168,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
             outbox: Some(outbox.clone()),
         };
         tasks.spawn("certificate renewal", renew_forever(options.clone(), identity_tx, not_after_tx, stop.clone()));
-        sync.run(stop.clone()).await;
+        client.run(stop.clone()).await;
     }
     let _ = tokio::task::spawn_blocking(move || gateway_workers.into_iter().for_each(|w| drop(w.join()))).await;
     // The gateway has stopped: no record can be added after the tallies' last flush.

@@ -29,8 +29,8 @@ pub struct Link {
     pub last_error: String,
 }
 
-/// Everything the stream client needs.
-pub struct Sync {
+/// The configuration stream's client: everything it needs.
+pub struct Client {
     /// This agent's id.
     pub agent_id: String,
     /// Its labels.
@@ -95,7 +95,7 @@ pub struct KeyRefresh {
     pub kid: String,
 }
 
-impl Sync {
+impl Client {
     /// Runs until `shutdown` flips to true.
     pub async fn run(self, mut shutdown: Shutdown) {
         let mut attempt = 0u32;

@@ -17,7 +17,7 @@ use agent::applied::Current;
 use agent::decisions::{Limits, Outbox};
 use agent::identity::{self, Files};
 use agent::last_good::LastGood;
-use agent::sync::{Link, Sync};
+use agent::sync::{Client, Link};
 use proto::v1 as pb;
 use tests::{ControlPlane, cpu_time, rss_kib};
 use tokio::sync::watch;
@@ -180,7 +180,7 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, to
         for n in 0..args.records {
             outbox.record(&(&record(i, n)).into());
         }
-        syncs.push(Sync {
+        syncs.push(Client {
             agent_id: id,
             labels: BTreeMap::new(),
             addresses: vec![cp.address.clone()],

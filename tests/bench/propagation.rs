@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use agent::applied::Current;
 use agent::identity::{self, Files};
 use agent::last_good::LastGood;
-use agent::sync::{Link, Sync};
+use agent::sync::{Client, Link};
 use proto::v1 as pb;
 use tests::{ControlPlane, cpu_time, rss_kib};
 use tokio::sync::watch;
@@ -166,7 +166,7 @@ async fn start_agents(
         let identity = identity::join(&files, &address, &token, &id, &BTreeMap::new()).await.expect("join");
         let current = Current::default();
         let (link, _) = watch::channel(Link::default());
-        let sync = Sync {
+        let sync = Client {
             agent_id: id,
             labels: BTreeMap::new(),
             addresses: vec![address],
