@@ -48,8 +48,6 @@ pub struct Applied {
     pub verifier: Arc<Verifier>,
     /// Its policies, per server (shared likewise).
     pub authorizer: Arc<Authorizer>,
-    /// The gateway's routes per server, derived on first use.
-    pub(crate) routes: std::sync::OnceLock<std::collections::HashMap<String, crate::gateway::Route>>,
     /// Where it came from.
     pub source: Source,
 }
@@ -143,7 +141,6 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
             revocations_only: true,
             verifier: current.verifier.clone(),
             authorizer: current.authorizer.clone(),
-            routes: std::sync::OnceLock::new(),
             source: Source::ControlPlane,
         });
     }
@@ -218,7 +215,6 @@ fn build(
         tracing::warn!(version, skipped, "issuer keys that do not parse were left out");
     }
     let (verifier, authorizer) = (Arc::new(verifier), Arc::new(Authorizer::new(&config)));
-    let routes = std::sync::OnceLock::new();
     Ok(Applied {
         store_id,
         version,
@@ -230,7 +226,6 @@ fn build(
         revocations_only: false,
         verifier,
         authorizer,
-        routes,
         source,
     })
 }

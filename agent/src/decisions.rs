@@ -25,10 +25,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use proto::decision_record::DecisionRecordRef;
 use proto::v1 as pb;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use warden_tasks::Shutdown;
 
-use crate::sync::Link;
 use spool::{Front, Spool, SpoolError};
 
 /// Bounds of the outbox.
@@ -363,12 +362,12 @@ impl Outbox {
 
     /// Spills when memory fills, and every second while the control plane is unreachable,
     /// until `stop`; then spills what is left.
-    pub async fn run_spiller(self: Arc<Self>, link: watch::Receiver<Link>, mut stop: Shutdown) {
+    pub async fn run_spiller(self: Arc<Self>, connected: impl Fn() -> bool, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let due = tokio::select! {
                 _ = self.pressure.notified() => true,
-                _ = tick.tick() => !link.borrow().connected && !self.memory().records.is_empty(),
+                _ = tick.tick() => !connected() && !self.memory().records.is_empty(),
                 _ = stop.requested() => break,
             };
             if due && let Err(e) = self.spill().await {

@@ -34,14 +34,16 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use warden_tasks::Shutdown;
 
-use crate::applied::Current;
-use crate::sync::Requests;
+use arc_swap::ArcSwapOption;
+
+use crate::applied::{Applied, Current};
+use crate::sync::{EndedTask, Requests};
 
 pub use handler::Limits;
 pub(crate) use handler::{Caller, admit, check_body};
 pub use reply::Body;
 pub use reply::Route;
-pub use sessions::{EndedTask, KEY_BYTES as SESSION_KEY_BYTES};
+pub use sessions::KEY_BYTES as SESSION_KEY_BYTES;
 pub use tls::GatewayTls;
 
 /// What every worker shares.
@@ -76,6 +78,15 @@ pub struct Shared {
     dpop_proofs_seen: Arc<std::sync::Mutex<HashMap<Arc<str>, warden_core::dpop::ReplayCache>>>,
     /// Connections open per server's listener, across workers.
     connections: Arc<std::sync::Mutex<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>>,
+    /// The routes of the configuration in force (see [`Shared::route`]).
+    routes: Arc<ArcSwapOption<RouteCache>>,
+}
+
+/// The routes of one compiled configuration: they depend on its servers only, so a version
+/// that changes revocations alone keeps them.
+struct RouteCache {
+    config: Arc<warden_core::Config>,
+    routes: HashMap<String, Arc<Route>>,
 }
 
 impl Shared {
@@ -105,7 +116,23 @@ impl Shared {
             spans,
             dpop_proofs_seen: Arc::default(),
             connections: Arc::default(),
+            routes: Arc::default(),
         }
+    }
+
+    /// `server`'s routes in `applied` (`None`: its resource is not a URL), derived once per
+    /// compiled configuration.
+    fn route(&self, applied: &Applied, server: &str) -> Option<Arc<Route>> {
+        if let Some(cached) = self.routes.load().as_ref()
+            && Arc::ptr_eq(&cached.config, &applied.config)
+        {
+            return cached.routes.get(server).cloned();
+        }
+        let routes = applied.config.servers.iter().filter_map(|(n, s)| Some((n.clone(), Arc::new(Route::new(s)?))));
+        let fresh = RouteCache { config: applied.config.clone(), routes: routes.collect() };
+        let route = fresh.routes.get(server).cloned();
+        self.routes.store(Some(Arc::new(fresh)));
+        route
     }
 
     /// Turns tallied refusals into decision records every second until `stop`, then once more

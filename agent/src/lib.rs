@@ -107,7 +107,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     });
     let (link_tx, link_rx) = watch::channel(Link::default());
     let (not_after_tx, not_after_rx) = watch::channel(0i64);
-    tasks.spawn("decision spiller", outbox.clone().run_spiller(link_rx.clone(), stop.clone()));
+    let link = link_rx.clone();
+    let connected = move || link.borrow().connected;
+    tasks.spawn("decision spiller", outbox.clone().run_spiller(connected, stop.clone()));
     tasks.spawn("allocator trim", allocator::trim_periodically(stop.clone()));
     let spans = start_exports(&options, &outbox, &stop, &mut tasks);
     if let Some(addr) = options.status_listen {

@@ -67,13 +67,13 @@ pub struct Requests {
     /// Refetch an issuer's keys.
     pub key_refresh: mpsc::Sender<KeyRefresh>,
     /// Revoke a task token whose session ended.
-    pub ended_tasks: mpsc::Sender<crate::gateway::EndedTask>,
+    pub ended_tasks: mpsc::Sender<EndedTask>,
 }
 
 /// The stream's side of [`Requests`]; what queued while no stream was open is sent on the next.
 pub struct RequestQueues {
     key_refresh: mpsc::Receiver<KeyRefresh>,
-    ended_tasks: mpsc::Receiver<crate::gateway::EndedTask>,
+    ended_tasks: mpsc::Receiver<EndedTask>,
 }
 
 /// Ended tasks queued for the control plane at most.
@@ -84,6 +84,17 @@ pub fn requests() -> (Requests, RequestQueues) {
     let (key_refresh, key_refresh_rx) = mpsc::channel(16);
     let (ended_tasks, ended_tasks_rx) = mpsc::channel(ENDED_TASKS_QUEUED);
     (Requests { key_refresh, ended_tasks }, RequestQueues { key_refresh: key_refresh_rx, ended_tasks: ended_tasks_rx })
+}
+
+/// A task token that opened a session, to be revoked fleet-wide when the session ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndedTask {
+    /// The TrustedIssuer's name (the control plane's token service).
+    pub issuer: String,
+    /// The token's `jti`.
+    pub jti: String,
+    /// The token's `exp`, seconds since the epoch.
+    pub expires_unix: i64,
 }
 
 /// A token named a key its issuer's keys lack: the issuer may have rotated.
@@ -211,7 +222,7 @@ impl Client {
                     send(&tx, pb::agent_message::Message::KeyRefresh(pb::KeyRefreshRequest { issuer, kid })).await?;
                 }
                 Some(task) = ended_tasks.recv() => {
-                    let crate::gateway::EndedTask { issuer, jti, expires_unix } = task;
+                    let EndedTask { issuer, jti, expires_unix } = task;
                     tracing::info!(%issuer, jti_hash = %warden_core::token::jti_hash(&issuer, &jti), "a task's session ended: asking the control plane to revoke its token");
                     send(&tx, pb::agent_message::Message::TaskEnded(pb::TaskEnded { issuer, jti, expires_unix })).await?;
                 }

@@ -1,9 +1,9 @@
-//! The fleet subsystem: the agents and what they need to reach the configuration — the fleet CA
-//! and its certificates ([`pki`], [`peer`]), the agent service and one session per stream
-//! ([`agents`]), who is connected and what each applied ([`presence`]), and the other replicas
-//! sharing an etcd store ([`replicas`]).
+//! The fleet subsystem: the fleet CA and its certificates ([`pki`], [`peer`]), who is
+//! connected and what each applied ([`presence`]), and the other replicas sharing an etcd store
+//! ([`replicas`]: following their writes, leadership, the lease). The agent service that admits
+//! agents and runs their streams (`crate::agents`) is built on it, with the token and telemetry
+//! subsystems beside it.
 
-pub mod agents;
 pub mod peer;
 pub mod pki;
 pub mod presence;
@@ -62,6 +62,16 @@ impl Fleet {
     /// Deletions from the agent registry, from now on.
     pub(crate) fn deletions(&self) -> broadcast::Receiver<Option<String>> {
         self.deleted.subscribe()
+    }
+
+    /// Lifetime of agent client certificates.
+    pub fn agent_cert_ttl(&self) -> Duration {
+        self.agent_cert_ttl
+    }
+
+    /// How often each stream carries a heartbeat when nothing else moves.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
     }
 
     /// Where deletions other replicas made are announced.

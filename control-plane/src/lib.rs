@@ -5,14 +5,16 @@
 //! and pushes each new configuration version to every connected agent over its mTLS stream.
 //!
 //! Four subsystems own the state, each behind a narrow handle: [`configuration`] (store,
-//! published states, the write path), [`fleet`] (CA, agent sessions, presence, replicas),
+//! published states, the write path), [`fleet`] (CA, presence, replicas),
 //! [`tokens`] (token service, signing keys, revocations, issuer keys) and [`telemetry`]
-//! (decision records, metrics, OTLP export); [`admin`] is the operators' view of all four.
+//! (decision records, metrics, OTLP export). Two services sit on them at the edge: [`agents`]
+//! (join, renewal, one configuration stream per agent) and [`admin`] (the operators' view).
 //! [`run`] only builds them, starts their tasks and serves: the binary's `main` only parses
 //! flags and binds.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agents;
 pub mod configuration;
 pub mod fleet;
 pub mod telemetry;
@@ -32,11 +34,11 @@ use warden_core::Admission;
 use warden_tasks::Tasks;
 
 use crate::admin::AdminService;
+use crate::agents::AgentService;
 use crate::configuration::Configuration;
 use crate::configuration::state::FleetState;
 use crate::configuration::store::Store;
 use crate::fleet::Fleet;
-use crate::fleet::agents::AgentService;
 use crate::fleet::pki::{CaSource, FleetCa};
 use crate::fleet::replicas::{self, Replica};
 use crate::telemetry::Telemetry;

@@ -16,7 +16,7 @@ use warden_tasks::{Shutdown, Tasks};
 
 use self::decisions::{DecisionError, Decisions};
 use self::exchange_log::ExchangeLog;
-use self::otlp::ExportStats;
+use self::metrics::ExportStats;
 use crate::configuration::Configuration;
 use crate::fleet::Fleet;
 use crate::fleet::replicas::Leadership;
@@ -65,7 +65,7 @@ impl Telemetry {
     /// from, for the `/metrics` endpoint.
     #[allow(clippy::too_many_arguments)]
     pub fn spawn(
-        self: &Arc<Self>,
+        &self,
         duties: Duties,
         configuration: &Arc<Configuration>,
         fleet: &Arc<Fleet>,
@@ -77,7 +77,9 @@ impl Telemetry {
         tasks
             .spawn("exchange log", exchange_log::run(duties.exchange_writer, self.decisions.clone(), shutdown.clone()));
         let sources = Arc::new(metrics::Sources {
-            telemetry: self.clone(),
+            counts: self.counts.clone(),
+            export_stats: self.export_stats.clone(),
+            started: self.started,
             configuration: configuration.clone(),
             fleet: fleet.clone(),
             leadership: leadership.clone(),

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::issuer::Algorithm;
-use crate::token::{PublicKey, decode_json, parse_alg};
+use crate::signature::PublicKey;
+use crate::token::{decode_json, parse_alg};
 
 /// Longest proof accepted, before parsing.
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;

@@ -4,52 +4,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
-use crate::resource::{Admission, DocumentError};
+use crate::validation::{Admission, DocumentError};
 
 /// Upper bound on `maxTokenLifetime`: Warden is for short-lived credentials.
 pub const MAX_TOKEN_LIFETIME_CEILING: HumanDuration = HumanDuration::from_secs(24 * 3600);
 /// Upper bound on `clockSkew`.
 pub const CLOCK_SKEW_CEILING: HumanDuration = HumanDuration::from_secs(300);
 
-/// Signature algorithms an issuer may use. Only asymmetric ones exist here: `none` and the
-/// HMAC family are refused at parse time, so no configuration can enable them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Algorithm {
-    /// RSASSA-PKCS1-v1_5 with SHA-256.
-    RS256,
-    /// RSASSA-PKCS1-v1_5 with SHA-384.
-    RS384,
-    /// RSASSA-PKCS1-v1_5 with SHA-512.
-    RS512,
-    /// RSASSA-PSS with SHA-256.
-    PS256,
-    /// RSASSA-PSS with SHA-384.
-    PS384,
-    /// RSASSA-PSS with SHA-512.
-    PS512,
-    /// ECDSA P-256 with SHA-256.
-    ES256,
-    /// ECDSA P-384 with SHA-384.
-    ES384,
-    /// Ed25519.
-    EdDSA,
-}
-
-impl Algorithm {
-    /// Every algorithm Warden verifies. A new variant belongs here too: whether two keys under
-    /// one kid leave a token a choice is decided over this list.
-    pub const ALL: [Algorithm; 9] = [
-        Algorithm::RS256,
-        Algorithm::RS384,
-        Algorithm::RS512,
-        Algorithm::PS256,
-        Algorithm::PS384,
-        Algorithm::PS512,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::EdDSA,
-    ];
-}
+pub use crate::signature::Algorithm;
 
 /// Where the issuer's public keys come from. Exactly one source is set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

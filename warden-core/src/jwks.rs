@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::token::PublicKey;
+use crate::signature::PublicKey;
 
 /// Deepest nesting of arrays and objects accepted in a key set (a JWK's `x5c` is the third
 /// level).
@@ -25,7 +25,7 @@ pub const MAX_DEPTH: usize = 16;
 pub fn check_public_jwks(jwks: &serde_json::Value) -> Result<(), String> {
     // A fetched set is stored inside a record one level deeper: nested near serde_json's limit,
     // it would be stored and then never read back (the control plane could not load its store).
-    if crate::resource::depth(jwks) > MAX_DEPTH {
+    if crate::validation::depth(jwks) > MAX_DEPTH {
         return Err(format!("nests deeper than {MAX_DEPTH} levels"));
     }
     let keys = jwks.get("keys").and_then(|k| k.as_array()).ok_or("must be a JWKS object with a \"keys\" array")?;

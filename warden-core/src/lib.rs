@@ -21,7 +21,9 @@ pub mod prometheus;
 pub mod resource;
 pub mod revocation;
 pub mod server;
+pub mod signature;
 pub mod token;
+pub mod validation;
 
 #[cfg(test)]
 mod props;

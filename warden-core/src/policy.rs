@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use cedar_policy::{PolicySet, Schema, ValidationMode, Validator};
 use serde::{Deserialize, Serialize};
 
-use crate::resource::{DocumentError, validate_name};
+use crate::validation::{DocumentError, validate_name};
 
 /// The Cedar schema every policy is validated against; see `schema.cedarschema`.
 pub const SCHEMA_TEXT: &str = include_str!("schema.cedarschema");

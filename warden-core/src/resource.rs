@@ -14,12 +14,11 @@ use crate::issuer::TrustedIssuerSpec;
 use crate::policy::PolicySpec;
 use crate::revocation::RevocationSpec;
 use crate::server::McpServerSpec;
+use crate::validation::depth;
+pub use crate::validation::{Admission, DocumentError, MAX_NAME_LEN, validate_name};
 
 /// The only `apiVersion` this release accepts.
 pub const API_VERSION: &str = "warden.dev/v1";
-
-/// Longest resource name accepted (a DNS label's length, so names fit in hostnames and keys).
-pub const MAX_NAME_LEN: usize = 63;
 
 /// Deepest nesting of arrays and objects accepted in a document, its envelope being the first
 /// level. Real documents nest 7 at most (a JWK's `x5c`); the bound keeps every form a document is
@@ -128,50 +127,6 @@ pub struct Document {
     pub metadata: Metadata,
     /// `spec`, typed by `kind`.
     pub spec: Spec,
-}
-
-/// Rules that depend on who is applying, not on the document's shape.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Admission {
-    /// Accept `http://` issuer and key URLs. For local testing only; the control plane sets it
-    /// from an explicit flag.
-    pub allow_http_issuers: bool,
-}
-
-impl Admission {
-    /// What an agent uses for documents that came from its control plane: the control plane has
-    /// already applied its admission rules, so only the shape is checked again.
-    pub fn from_control_plane() -> Admission {
-        Admission { allow_http_issuers: true }
-    }
-}
-
-/// A document that was refused, with the path of the offending field.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DocumentError {
-    /// The text is not YAML or JSON at all.
-    #[error("document {index}: not valid YAML: {message}")]
-    Syntax {
-        /// 1-based position of the document in its file.
-        index: usize,
-        /// The parser's message, with line and column.
-        message: String,
-    },
-    /// A field is missing, unknown, or has a value that is not allowed.
-    #[error("{path}: {message}")]
-    Field {
-        /// Dotted path of the field, e.g. `spec.keys.jwksUri`.
-        path: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
-
-impl DocumentError {
-    /// An error about the field at `path`.
-    pub fn field(path: impl Into<String>, message: impl Into<String>) -> DocumentError {
-        DocumentError::Field { path: path.into(), message: message.into() }
-    }
 }
 
 /// The envelope, read before the spec so the spec can be typed by `kind`.
@@ -295,21 +250,6 @@ fn env<'a, S: Serialize>(kind: &'a str, metadata: &'a Metadata, spec: &'a S) -> 
     EnvelopeOut { api_version: API_VERSION, kind, metadata, spec }
 }
 
-/// How deeply arrays and objects nest in `value` (a scalar is 0), walked without recursion.
-pub(crate) fn depth(value: &serde_json::Value) -> usize {
-    let (mut deepest, mut stack) = (0, vec![(value, 0)]);
-    while let Some((value, level)) = stack.pop() {
-        let children: Vec<&serde_json::Value> = match value {
-            serde_json::Value::Array(items) => items.iter().collect(),
-            serde_json::Value::Object(members) => members.values().collect(),
-            _ => continue,
-        };
-        deepest = deepest.max(level + 1);
-        stack.extend(children.into_iter().map(|child| (child, level + 1)));
-    }
-    deepest
-}
-
 /// Deserializes `value` as `T`, reporting the failing field's full path.
 fn typed<T: serde::de::DeserializeOwned>(prefix: &str, value: serde_json::Value) -> Result<T, DocumentError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -322,22 +262,6 @@ fn typed<T: serde::de::DeserializeOwned>(prefix: &str, value: serde_json::Value)
         };
         DocumentError::field(path, e.into_inner().to_string())
     })
-}
-
-/// Checks a name: 1 to 63 characters of lower-case letters, digits, `-` and `.`, starting and
-/// ending with a letter or digit.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!("must be 1 to {MAX_NAME_LEN} characters"));
-    }
-    if !name.chars().all(ok_char) || !ends_ok(name.chars().next()) || !ends_ok(name.chars().last()) {
-        return Err(format!(
-            "{name:?} is not a valid name: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
-        ));
-    }
-    Ok(())
 }
 
 /// Splits YAML (one or more `---`-separated documents) into JSON values, one per non-empty

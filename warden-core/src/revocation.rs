@@ -6,7 +6,7 @@
 //!
 //! Revocations are kept apart from the compiled configuration ([`crate::Config`]): there may be
 //! a million of them, each written at any time, and none changes a key, server or policy. What
-//! is checked per request is [`Revocations`]: 16-byte token keys ([`crate::token::jti_key`]) in
+//! is checked per request is [`Revocations`]: 16-byte token keys ([`jti_key`]) in
 //! a sorted array plus a small overlay of recent changes, and cut-offs per issuer and subject.
 //! A change costs the size of the overlay, not of the list.
 
@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::resource::{DocumentError, validate_name};
+use crate::validation::{DocumentError, validate_name};
 
 /// `spec` of a `Revocation`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +94,7 @@ impl RevocationSpec {
     /// What this revocation adds to the list agents check.
     pub fn target(&self) -> Target {
         match (&self.jti, self.issued_before_unix()) {
-            (Some(jti), _) => Target::Token(crate::token::jti_key(&self.issuer, jti)),
+            (Some(jti), _) => Target::Token(jti_key(&self.issuer, jti)),
             (None, before) => Target::Cut(
                 CutKey { issuer: self.issuer.clone(), subject: self.subject.clone().unwrap_or_default() },
                 // Validated on admission: a cut always has its time.
@@ -106,7 +107,7 @@ impl RevocationSpec {
 /// What one revocation contributes to the list agents check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// One token, by [`crate::token::jti_key`].
+    /// One token, by [`jti_key`].
     Token(u128),
     /// Every token of an issuer (or of one subject of it) issued at or before a time.
     Cut(CutKey, i64),
@@ -248,7 +249,7 @@ impl Revocations {
 
     /// Revokes the token `jti` of `issuer`.
     pub fn revoke_jti(&mut self, issuer: &str, jti: &str) {
-        *self = self.apply(&Changes { revoked: vec![crate::token::jti_key(issuer, jti)], ..Changes::default() });
+        *self = self.apply(&Changes { revoked: vec![jti_key(issuer, jti)], ..Changes::default() });
     }
 
     /// Revokes `subject`'s tokens from `issuer` issued at or before `before` (the latest cut
@@ -264,7 +265,7 @@ impl Revocations {
         self.revoke_subject_before(issuer, "", before);
     }
 
-    /// Whether the token with this [`crate::token::jti_key`] is revoked by name.
+    /// Whether the token with this [`jti_key`] is revoked by name.
     pub fn token_revoked(&self, key: u128) -> bool {
         if self.added.contains(&key) {
             return true;
@@ -274,7 +275,7 @@ impl Revocations {
 
     /// Whether the token `jti` of `issuer` is revoked by name.
     pub fn jti_revoked(&self, issuer: &str, jti: &str) -> bool {
-        self.token_revoked(crate::token::jti_key(issuer, jti))
+        self.token_revoked(jti_key(issuer, jti))
     }
 
     /// Whether a token of `subject` from `issuer`, issued at `issued_at`, falls under a cut.
@@ -372,7 +373,7 @@ impl Revocations {
 /// it — its holder at the token service, an operator with `wardenctl revoke` — writes the same
 /// resource, and revoking twice changes nothing.
 pub fn token_revocation_name(issuer: &str, jti: &str) -> String {
-    format!("jti-{}", &crate::token::jti_hash(issuer, jti)[..16])
+    format!("jti-{}", &jti_hash(issuer, jti)[..16])
 }
 
 /// Seconds since the epoch as an RFC 3339 time (UTC).
@@ -388,6 +389,23 @@ fn parse_time(text: &str) -> Result<i64, String> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
         .map_err(|e| format!("{text:?} is not an RFC 3339 time like 2026-11-24T05:00:00Z: {e}"))
+}
+
+/// The hash that names a token in records and logs instead of its `jti`: 128 bits of SHA-256
+/// over (issuer name, jti), hex. The agent's decision records and the token service's exchange
+/// records use the same, so a decision links to the exchange that issued its token.
+pub fn jti_hash(issuer: &str, jti: &str) -> String {
+    format!("{:032x}", jti_key(issuer, jti))
+}
+
+/// The same 128 bits as a number: how revocation lists hold a token (16 bytes, whatever the
+/// length of its `jti`).
+pub fn jti_key(issuer: &str, jti: &str) -> u128 {
+    let digest =
+        Sha256::new().chain_update(issuer.as_bytes()).chain_update([0]).chain_update(jti.as_bytes()).finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
 }
 
 #[cfg(test)]

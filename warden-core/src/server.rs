@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
-use crate::resource::{DocumentError, validate_name};
+use crate::validation::{DocumentError, validate_name};
 
 /// How a token must be bound to its presenter on this server.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

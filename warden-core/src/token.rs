@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use ring::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -22,6 +21,7 @@ use crate::bounded::BoundedMap;
 use crate::config::Config;
 use crate::issuer::Algorithm;
 use crate::server::Binding;
+use crate::signature::{PublicKey, SignatureError};
 
 /// Longest token accepted, before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -189,117 +189,6 @@ struct IssuerRules {
     /// Signature keys by `kid`: usually one; more only when the token's algorithm picks one of
     /// them (`select`), never a choice between two keys.
     keys: HashMap<String, Vec<PublicKey>>,
-}
-
-/// A public key from a JWK, ready for ring.
-#[derive(PartialEq, Eq)]
-enum Material {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
-    P256(Vec<u8>),
-    P384(Vec<u8>),
-    Ed25519(Vec<u8>),
-}
-
-pub(crate) struct PublicKey {
-    material: Material,
-    /// The algorithm the JWK pins with its own `alg`, if it does.
-    pinned: Option<Algorithm>,
-}
-
-impl PublicKey {
-    /// Reads a public JWK; `None` for anything malformed or unsupported.
-    pub(crate) fn from_jwk(jwk: &serde_json::Value) -> Option<PublicKey> {
-        let field = |name: &str| -> Option<Vec<u8>> {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()
-        };
-        let material = match (jwk.get("kty")?.as_str()?, jwk.get("crv").and_then(|c| c.as_str())) {
-            ("RSA", _) => Material::Rsa { n: field("n")?, e: field("e")? },
-            ("EC", Some(curve @ ("P-256" | "P-384"))) => {
-                let (x, y) = (field("x")?, field("y")?);
-                let size = if curve == "P-256" { 32 } else { 48 };
-                if x.len() != size || y.len() != size {
-                    return None;
-                }
-                // Uncompressed SEC1 point, what ring expects.
-                let point = [&[4u8][..], &x, &y].concat();
-                if size == 32 { Material::P256(point) } else { Material::P384(point) }
-            }
-            ("OKP", Some("Ed25519")) => Material::Ed25519(field("x")?),
-            _ => return None,
-        };
-        let pinned = match jwk.get("alg") {
-            None => None,
-            Some(alg) => Some(serde_json::from_value::<Algorithm>(alg.clone()).ok()?),
-        };
-        Some(PublicKey { material, pinned })
-    }
-
-    /// Whether this key verifies `alg`: the algorithm fits the key's type and the key's own
-    /// `alg`, when it pins one.
-    fn accepts(&self, alg: Algorithm) -> bool {
-        let fits = match self.material {
-            Material::Rsa { .. } => matches!(
-                alg,
-                Algorithm::RS256
-                    | Algorithm::RS384
-                    | Algorithm::RS512
-                    | Algorithm::PS256
-                    | Algorithm::PS384
-                    | Algorithm::PS512
-            ),
-            Material::P256(_) => alg == Algorithm::ES256,
-            Material::P384(_) => alg == Algorithm::ES384,
-            Material::Ed25519(_) => alg == Algorithm::EdDSA,
-        };
-        fits && self.pinned.is_none_or(|p| p == alg)
-    }
-
-    /// Whether a token naming both keys' kid could be checked with either: another key, for an
-    /// algorithm both verify. One key listed twice is not a choice, nor are keys that the
-    /// token's `alg` tells apart.
-    pub(crate) fn confusable_with(&self, other: &PublicKey) -> bool {
-        self.material != other.material && Algorithm::ALL.iter().any(|&alg| self.accepts(alg) && other.accepts(alg))
-    }
-
-    /// Checks `signature` over `message` with `alg`, which must fit this key's type: no
-    /// algorithm confusion, and HMAC does not exist here at all.
-    pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), Reason> {
-        if !self.accepts(alg) {
-            return Err(Reason::AlgNotAllowed);
-        }
-        let checked = match (&self.material, alg) {
-            (Material::Rsa { n, e }, _) => {
-                let params = match alg {
-                    Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-                    Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-                    Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-                    Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-                    Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-                    Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-                    _ => return Err(Reason::AlgNotAllowed),
-                };
-                RsaPublicKeyComponents { n, e }.verify(params, message, signature)
-            }
-            (Material::P256(point), Algorithm::ES256) => {
-                ring_verify(&sig::ECDSA_P256_SHA256_FIXED, point, message, signature)
-            }
-            (Material::P384(point), Algorithm::ES384) => {
-                ring_verify(&sig::ECDSA_P384_SHA384_FIXED, point, message, signature)
-            }
-            (Material::Ed25519(x), Algorithm::EdDSA) => ring_verify(&sig::ED25519, x, message, signature),
-            _ => return Err(Reason::AlgNotAllowed),
-        };
-        checked.map_err(|_| Reason::BadSignature)
-    }
-}
-
-fn ring_verify(
-    alg: &'static dyn VerificationAlgorithm,
-    key: &[u8],
-    message: &[u8],
-    signature: &[u8],
-) -> Result<(), ring::error::Unspecified> {
-    UnparsedPublicKey::new(alg, key).verify(message, signature)
 }
 
 /// Whom a token must be for.
@@ -518,7 +407,10 @@ impl Verifier {
         let signature =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reason::BadSignature)?;
         let message_len = header_b64.len() + 1 + claims_b64.len();
-        key.verify(alg, &token.as_bytes()[..message_len], &signature)?;
+        key.verify(alg, &token.as_bytes()[..message_len], &signature).map_err(|e| match e {
+            SignatureError::AlgNotAllowed => Reason::AlgNotAllowed,
+            SignatureError::Bad => Reason::BadSignature,
+        })?;
         Ok((issuer, claims))
     }
 
@@ -689,22 +581,7 @@ pub struct Revocable {
     pub expires_at: i64,
 }
 
-/// The hash that names a token in records and logs instead of its `jti`: 128 bits of SHA-256
-/// over (issuer name, jti), hex. The agent's decision records and the token service's exchange
-/// records use the same, so a decision links to the exchange that issued its token.
-pub fn jti_hash(issuer: &str, jti: &str) -> String {
-    format!("{:032x}", jti_key(issuer, jti))
-}
-
-/// The same 128 bits as a number: how revocation lists hold a token (16 bytes, whatever the
-/// length of its `jti`).
-pub fn jti_key(issuer: &str, jti: &str) -> u128 {
-    let digest =
-        Sha256::new().chain_update(issuer.as_bytes()).chain_update([0]).chain_update(jti.as_bytes()).finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&digest[..16]);
-    u128::from_be_bytes(first)
-}
+pub use crate::revocation::{jti_hash, jti_key};
 
 /// RFC 8705 §3.1: base64url (no padding) SHA-256 of the certificate's DER.
 pub fn certificate_thumbprint(der: &[u8]) -> String {
@@ -720,7 +597,7 @@ fn select(same_kid: &[PublicKey], alg: Algorithm) -> Result<&PublicKey, Reason> 
     match fitting.next() {
         // A key of another type, or pinned to another algorithm.
         None => Err(Reason::AlgNotAllowed),
-        Some(key) if fitting.all(|other| other.material == key.material) => Ok(key),
+        Some(key) if fitting.all(|other| other.same_key(key)) => Ok(key),
         Some(_) => Err(Reason::UnknownKey),
     }
 }

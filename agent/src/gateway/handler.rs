@@ -22,7 +22,7 @@ use super::reply::{self, Body, Route};
 use super::{Shared, Worker, proxy, refusals, sessions};
 use crate::applied::Applied;
 use crate::spans::{Facts, TraceContext};
-use crate::sync::KeyRefresh;
+use crate::sync::{EndedTask, KeyRefresh};
 
 /// Bounds on what callers and upstreams may send, and how long they may take.
 #[derive(Clone, Copy, Debug)]
@@ -148,6 +148,7 @@ pub(crate) fn admit(
         )));
     };
     let (spec, route) = resolve(shared, &applied, server, method, uri)?;
+    let route = &*route;
     let refusal = Refusal { shared, server, caller, method, headers };
     if uri.path() != route.mcp_path {
         refusal.record(None, "unknown_path");
@@ -205,14 +206,11 @@ fn resolve<'a>(
     server: &Arc<str>,
     method: &Method,
     uri: &http::Uri,
-) -> Result<(&'a McpServerSpec, &'a Route), Refused> {
+) -> Result<(&'a McpServerSpec, Arc<Route>), Refused> {
     let Some(spec) = applied.config.servers.get(&**server).filter(|s| shared.serves(s)) else {
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("server {server} is not served here"))));
     };
-    let routes = applied
-        .routes
-        .get_or_init(|| applied.config.servers.iter().filter_map(|(n, s)| Some((n.clone(), Route::new(s)?))).collect());
-    let Some(route) = routes.get(&**server) else {
+    let Some(route) = shared.route(applied, server) else {
         return Err(Box::new(reply::error(StatusCode::INTERNAL_SERVER_ERROR, "the server's resource is not a URL")));
     };
     if route.is_metadata(uri.path()) {
@@ -821,15 +819,11 @@ async fn filter_answer(
 }
 
 /// The task token to revoke when the session `verified` opens ends, if the server asks for it.
-fn ended_task(spec: &McpServerSpec, verified: &Verified) -> Option<sessions::EndedTask> {
+fn ended_task(spec: &McpServerSpec, verified: &Verified) -> Option<EndedTask> {
     if !spec.revoke_task_token_on_session_end || verified.task.is_none() {
         return None;
     }
-    Some(sessions::EndedTask {
-        issuer: verified.issuer.clone(),
-        jti: verified.jti.clone()?,
-        expires_unix: verified.expires_at,
-    })
+    Some(EndedTask { issuer: verified.issuer.clone(), jti: verified.jti.clone()?, expires_unix: verified.expires_at })
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {

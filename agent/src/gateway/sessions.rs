@@ -17,6 +17,8 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 use warden_core::token::Verified;
 
+use crate::sync::EndedTask;
+
 /// Sessions remembered; past it the oldest is forgotten first. A forgotten session is served to
 /// any valid token again, like one opened before the agent started.
 pub const CAPACITY: usize = 65_536;
@@ -89,17 +91,6 @@ pub fn principal(workload: &Verified) -> Principal {
     h.update([0]);
     h.update(workload.subject.as_bytes());
     h.finalize().into()
-}
-
-/// A task token that opened a session, to be revoked when the session ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EndedTask {
-    /// The TrustedIssuer's name (the control plane's token service).
-    pub issuer: String,
-    /// The token's `jti`.
-    pub jti: String,
-    /// The token's `exp`, seconds since the epoch.
-    pub expires_unix: i64,
 }
 
 /// Who opened a session, and the task token to revoke when it ends, if any.

@@ -18,12 +18,24 @@ use warden_tasks::Shutdown;
 use crate::configuration::Configuration;
 use crate::fleet::Fleet;
 use crate::fleet::replicas::Leadership;
-use crate::telemetry::Telemetry;
+
+/// Counts of the log export, for operators.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Records the receiver accepted.
+    pub exported: std::sync::atomic::AtomicU64,
+    /// Records the receiver refused for good (counted and skipped).
+    pub rejected: std::sync::atomic::AtomicU64,
+}
 
 /// What the metrics are read from.
 pub struct Sources {
-    /// Decision counts and export figures.
-    pub telemetry: Arc<Telemetry>,
+    /// Counts of the stored decision records.
+    pub counts: Counts,
+    /// The OTLP log export's counts.
+    pub export_stats: Arc<ExportStats>,
+    /// When this process started: the start of every cumulative metric.
+    pub started: std::time::SystemTime,
     /// The version in force, and the agent registry.
     pub configuration: Arc<Configuration>,
     /// Who is connected and what each applied.
@@ -171,7 +183,7 @@ pub type Counts = Arc<Mutex<DecisionCounts>>;
 pub fn render(cp: &Sources) -> String {
     let mut e = Exposition::default();
     {
-        let counts = cp.telemetry.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
         e.family(
             "warden_decisions_total",
             "counter",
@@ -243,13 +255,13 @@ pub fn render(cp: &Sources) -> String {
         );
     }
     e.family("warden_otlp_log_records_exported_total", "counter", "Decision records an OTLP receiver accepted.");
-    e.sample("warden_otlp_log_records_exported_total", &[], cp.telemetry.export_stats.exported.load(Relaxed) as f64);
+    e.sample("warden_otlp_log_records_exported_total", &[], cp.export_stats.exported.load(Relaxed) as f64);
     e.family(
         "warden_otlp_log_records_rejected_total",
         "counter",
         "Decision records an OTLP receiver refused for good.",
     );
-    e.sample("warden_otlp_log_records_rejected_total", &[], cp.telemetry.export_stats.rejected.load(Relaxed) as f64);
+    e.sample("warden_otlp_log_records_rejected_total", &[], cp.export_stats.rejected.load(Relaxed) as f64);
     e.finish()
 }
 
@@ -274,7 +286,7 @@ fn attributes(pairs: &[(&str, &str)]) -> Vec<otel::common::v1::KeyValue> {
 /// OpenTelemetry's dotted style.
 pub fn otlp(cp: &Sources) -> Vec<om::Metric> {
     use om::metric::Data;
-    let (start, now) = (nanos(cp.telemetry.started), nanos(std::time::SystemTime::now()));
+    let (start, now) = (nanos(cp.started), nanos(std::time::SystemTime::now()));
     let cumulative = om::AggregationTemporality::Cumulative as i32;
     let point = |pairs: &[(&str, &str)], value: f64| om::NumberDataPoint {
         attributes: attributes(pairs),
@@ -299,7 +311,7 @@ pub fn otlp(cp: &Sources) -> Vec<om::Metric> {
     };
     let mut out = Vec::new();
     {
-        let counts = cp.telemetry.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
         let points = counts
             .decisions
             .iter()

@@ -23,7 +23,7 @@ use warden_tasks::{Backoff, Shutdown};
 
 use crate::fleet::replicas::Leadership;
 use crate::telemetry::decisions::Decisions;
-use crate::telemetry::metrics::Sources;
+use crate::telemetry::metrics::{ExportStats, Sources};
 
 /// Decision records per export request.
 const BATCH: usize = 512;
@@ -84,15 +84,6 @@ pub async fn export_metrics(
             Err(ExportError { message, .. }) => tracing::warn!("OTLP metrics export failed: {message}"),
         }
     }
-}
-
-/// Counts of the log export, for operators.
-#[derive(Debug, Default)]
-pub struct ExportStats {
-    /// Records the receiver accepted.
-    pub exported: std::sync::atomic::AtomicU64,
-    /// Records the receiver refused for good (counted and skipped).
-    pub rejected: std::sync::atomic::AtomicU64,
 }
 
 /// Records exported as logs from a durable cursor. The methods block (storage): they are called

@@ -112,7 +112,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let cert = self
             .fleet
             .ca()
-            .sign_client_csr(&request.csr_pem, &spiffe_id, self.fleet.agent_cert_ttl)
+            .sign_client_csr(&request.csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut record = AgentRecord {
             id: request.agent_id.clone(),
@@ -144,7 +144,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         let cert = self
             .fleet
             .ca()
-            .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.fleet.agent_cert_ttl)
+            .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
         let store = self.configuration.store().clone();
@@ -235,7 +235,7 @@ impl Session {
             let snapshot = Out::Snapshot(current.snapshot());
             (Sent::State(current, true), Some(snapshot))
         };
-        let mut heartbeat = tokio::time::interval(service.fleet.heartbeat_interval);
+        let mut heartbeat = tokio::time::interval(service.fleet.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deleted = service.fleet.deletions();
         Session {
