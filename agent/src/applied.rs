@@ -11,7 +11,7 @@ use warden_core::authorize::Authorizer;
 use warden_core::resource::Spec;
 use warden_core::revocation::{Changes, CutKey, Target};
 use warden_core::token::{Revocations, Verifier};
-use warden_core::{Admission, Config, Document, Kind, ResourceKey};
+use warden_core::{Admission, Config, ConfigError, Document, DocumentError, Kind, ResourceKey};
 
 /// Where the enforced configuration came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -68,12 +68,66 @@ impl Applied {
     }
 }
 
+/// Why a configuration the control plane sent (or the disk held) was refused whole: the text
+/// is what the NACK carries to operators (`wardenctl get agents`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A delta arrived before any configuration.
+    #[error("received changes but holds no configuration to apply them to")]
+    NoBase,
+    /// A delta is based on another version than the one in force.
+    #[error("changes are based on version {base} but version {held} is applied")]
+    WrongBase {
+        /// The delta's base version.
+        base: u64,
+        /// The version in force.
+        held: u64,
+    },
+    /// A revocation list's token keys are not a whole number of keys.
+    #[error("revoked token keys are not whole 16-byte keys")]
+    TokenKeys,
+    /// A resource of a kind this agent does not know.
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    /// One resource twice in a snapshot.
+    #[error("{0} appears twice in the snapshot")]
+    Duplicate(ResourceKey),
+    /// A revocation among the resources of a delta.
+    #[error("{0}: revocations travel apart from resources")]
+    RevocationAsResource(ResourceKey),
+    /// A document that does not parse or validate.
+    #[error("{key}: {error}")]
+    Document {
+        /// The resource it was sent as.
+        key: ResourceKey,
+        /// What is wrong with it.
+        error: DocumentError,
+    },
+    /// A document sent under another resource's name.
+    #[error("{key}: the document inside is {found}")]
+    Mismatch {
+        /// The resource it was sent as.
+        key: ResourceKey,
+        /// The resource the document says it is.
+        found: ResourceKey,
+    },
+    /// Fetched issuer keys that are not JSON.
+    #[error("keys of issuer {issuer}: {error}")]
+    Keys {
+        /// The issuer's name.
+        issuer: String,
+        /// The parser's message.
+        error: serde_json::Error,
+    },
+    /// The documents do not make a consistent configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
 /// The changes `revoked` and `unrevoked` make (as a delta carries them).
-fn changes(revoked: Option<pb::Revocations>, unrevoked: Option<pb::Revocations>) -> Result<Changes, String> {
+fn changes(revoked: Option<pb::Revocations>, unrevoked: Option<pb::Revocations>) -> Result<Changes, ApplyError> {
     let keys = |r: &Option<pb::Revocations>| {
-        r.as_ref()
-            .map_or(Some(Vec::new()), |r| proto::unpack_token_keys(&r.token_keys))
-            .ok_or_else(|| "revoked token keys are not whole 16-byte keys".to_string())
+        r.as_ref().map_or(Some(Vec::new()), |r| proto::unpack_token_keys(&r.token_keys)).ok_or(ApplyError::TokenKeys)
     };
     let cut_keys = |r: Option<pb::Revocations>| {
         r.map(|r| r.cuts)
@@ -91,7 +145,7 @@ fn changes(revoked: Option<pb::Revocations>, unrevoked: Option<pb::Revocations>)
 }
 
 /// Builds a configuration from a full snapshot.
-pub fn from_snapshot(snapshot: pb::Snapshot, source: Source) -> Result<Applied, String> {
+pub fn from_snapshot(snapshot: pb::Snapshot, source: Source) -> Result<Applied, ApplyError> {
     let mut resources = BTreeMap::new();
     let mut documents = BTreeMap::new();
     let mut revoked = changes(snapshot.revocations, None)?;
@@ -108,7 +162,7 @@ pub fn from_snapshot(snapshot: pb::Snapshot, source: Source) -> Result<Applied, 
         }
         documents.insert(key.clone(), document);
         if resources.insert(key.clone(), r).is_some() {
-            return Err(format!("{key} appears twice in the snapshot"));
+            return Err(ApplyError::Duplicate(key));
         }
     }
     let keys = snapshot.issuer_keys.into_iter().map(|k| (k.issuer.clone(), k)).collect();
@@ -117,13 +171,10 @@ pub fn from_snapshot(snapshot: pb::Snapshot, source: Source) -> Result<Applied, 
 }
 
 /// Builds the configuration that `delta` makes of `current`.
-pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied, String> {
-    let current = current.ok_or("received changes but holds no configuration to apply them to")?;
+pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied, ApplyError> {
+    let current = current.ok_or(ApplyError::NoBase)?;
     if current.store_id != delta.store_id || current.version != delta.base_version {
-        return Err(format!(
-            "changes are based on version {} but version {} is applied",
-            delta.base_version, current.version
-        ));
+        return Err(ApplyError::WrongBase { base: delta.base_version, held: current.version });
     }
     // Revocations are what must reach the fleet fastest, and they change no key, server or
     // policy: keep the compiled rest instead of compiling every policy again.
@@ -154,7 +205,7 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
     for r in delta.upserts {
         let key = resource_key(&r.kind, &r.name)?;
         if key.kind == Kind::Revocation {
-            return Err(format!("{key}: revocations travel apart from resources"));
+            return Err(ApplyError::RevocationAsResource(key));
         }
         documents.insert(key.clone(), parse(&key, &r)?);
         resources.insert(key.clone(), r);
@@ -177,17 +228,18 @@ pub fn revocations_only(delta: &pb::Delta) -> bool {
         && delta.removed_keys.is_empty()
 }
 
-fn resource_key(kind: &str, name: &str) -> Result<ResourceKey, String> {
-    let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+fn resource_key(kind: &str, name: &str) -> Result<ResourceKey, ApplyError> {
+    let kind =
+        Kind::ALL.into_iter().find(|k| k.as_str() == kind).ok_or_else(|| ApplyError::UnknownKind(kind.to_string()))?;
     Ok(ResourceKey { kind, name: name.to_string() })
 }
 
 /// Parses one received resource with the same parser the control plane admitted it with.
-fn parse(key: &ResourceKey, r: &pb::Resource) -> Result<Arc<Document>, String> {
+fn parse(key: &ResourceKey, r: &pb::Resource) -> Result<Arc<Document>, ApplyError> {
     let doc = Document::from_json_bytes(&r.document_json, &Admission::from_control_plane())
-        .map_err(|e| format!("{key}: {e}"))?;
+        .map_err(|error| ApplyError::Document { key: key.clone(), error })?;
     if doc.key() != *key {
-        return Err(format!("{key}: the document inside is {}", doc.key()));
+        return Err(ApplyError::Mismatch { key: key.clone(), found: doc.key() });
     }
     Ok(Arc::new(doc))
 }
@@ -200,15 +252,14 @@ fn build(
     keys: BTreeMap<String, pb::IssuerKeys>,
     revocations: Revocations,
     source: Source,
-) -> Result<Applied, String> {
+) -> Result<Applied, ApplyError> {
     let mut fetched = Vec::with_capacity(keys.len());
     for (issuer, k) in &keys {
-        let jwks = serde_json::from_slice(&k.jwks_json).map_err(|e| format!("keys of issuer {issuer}: {e}"))?;
+        let jwks =
+            serde_json::from_slice(&k.jwks_json).map_err(|error| ApplyError::Keys { issuer: issuer.clone(), error })?;
         fetched.push((issuer.clone(), jwks));
     }
-    let config = Config::build(documents.values().map(|d| d.as_ref()))
-        .and_then(|c| c.with_fetched_keys(fetched))
-        .map_err(|e| e.to_string())?;
+    let config = Config::build(documents.values().map(|d| d.as_ref())).and_then(|c| c.with_fetched_keys(fetched))?;
     let (verifier, skipped) = Verifier::new(&config);
     if skipped > 0 {
         // Tokens signed with these keys are refused as unknown_kid, never accepted.
@@ -402,7 +453,7 @@ mod tests {
             revoked: Some(partial_key.clone()),
             ..Default::default()
         };
-        assert!(from_delta(Some(&base), delta).err().unwrap().contains("16-byte"));
+        assert!(matches!(from_delta(Some(&base), delta), Err(ApplyError::TokenKeys)));
         let snapshot = pb::Snapshot { revocations: Some(partial_key), ..snapshot(3, vec![issuer("a", 3)]) };
         assert!(from_snapshot(snapshot, Source::ControlPlane).is_err());
         // Revocations never travel as resources in a delta.
@@ -413,7 +464,9 @@ mod tests {
             upserts: vec![revocation("r1", "a", "t-1")],
             ..Default::default()
         };
-        assert!(from_delta(Some(&base), as_resource).err().unwrap().contains("apart"));
+        let refused = from_delta(Some(&base), as_resource).err().unwrap();
+        assert!(matches!(refused, ApplyError::RevocationAsResource(_)), "{refused}");
+        assert!(refused.to_string().contains("apart"), "{refused}");
     }
 
     #[test]
@@ -439,8 +492,10 @@ mod tests {
         assert_eq!(next.version, 4);
         assert_eq!(next.config.issuers.keys().collect::<Vec<_>>(), ["b"]);
         let stale = pb::Delta { base_version: 2, ..delta.clone() };
-        assert!(from_delta(Some(&base), stale).err().unwrap().contains("based on version 2"));
-        assert!(from_delta(None, delta).is_err());
+        let stale = from_delta(Some(&base), stale).err().unwrap();
+        assert!(matches!(stale, ApplyError::WrongBase { base: 2, held: 3 }), "{stale}");
+        assert_eq!(stale.to_string(), "changes are based on version 2 but version 3 is applied");
+        assert!(matches!(from_delta(None, delta), Err(ApplyError::NoBase)));
     }
 
     #[test]
@@ -449,10 +504,12 @@ mod tests {
         bad.document_json =
             br#"{"apiVersion":"warden.dev/v1","kind":"TrustedIssuer","metadata":{"name":"b"},"spec":{}}"#.to_vec();
         let err = from_snapshot(snapshot(5, vec![issuer("a", 5), bad]), Source::ControlPlane).err().unwrap();
-        assert!(err.starts_with("TrustedIssuer/b: spec"), "{err}");
+        assert!(matches!(&err, ApplyError::Document { key, .. } if key.name == "b"), "{err}");
+        assert!(err.to_string().starts_with("TrustedIssuer/b: spec"), "{err}");
         let mut mislabelled = issuer("c", 5);
         mislabelled.name = "d".into();
-        assert!(from_snapshot(snapshot(5, vec![mislabelled]), Source::ControlPlane).is_err());
+        let err = from_snapshot(snapshot(5, vec![mislabelled]), Source::ControlPlane).err().unwrap();
+        assert!(matches!(&err, ApplyError::Mismatch { key, found } if key.name == "d" && found.name == "c"), "{err}");
     }
 
     #[test]

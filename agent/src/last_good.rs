@@ -18,6 +18,31 @@ use crate::applied::{self, Applied, Source};
 /// The journal is folded into a new snapshot past this size.
 pub const JOURNAL_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Why the stored configuration could not be loaded (the agent then denies everything until the
+/// control plane answers).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The snapshot does not decode.
+    #[error("{}: {source}", path.display())]
+    Decode {
+        /// Which file.
+        path: PathBuf,
+        /// The cause.
+        source: prost::DecodeError,
+    },
+    /// What was stored does not apply.
+    #[error(transparent)]
+    Apply(#[from] applied::ApplyError),
+}
+
 /// The snapshot and journal files in a data directory.
 pub struct LastGood {
     path: PathBuf,
@@ -40,17 +65,18 @@ impl LastGood {
     /// The stored configuration, if any: the snapshot, then each journaled change that follows
     /// it. A file that does not decode is reported, not trusted; a journal that ends in a torn
     /// write (a crash mid-append) is read up to it.
-    pub fn load(&self) -> Result<Option<Applied>, String> {
+    pub fn load(&self) -> Result<Option<Applied>, LoadError> {
         let snapshot = match std::fs::read(&self.path) {
-            Ok(bytes) => pb::Snapshot::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", self.path.display()))?,
+            Ok(bytes) => pb::Snapshot::decode(bytes.as_slice())
+                .map_err(|source| LoadError::Decode { path: self.path.clone(), source })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+            Err(source) => return Err(LoadError::Read { path: self.path.clone(), source }),
         };
         let mut applied = applied::from_snapshot(snapshot, Source::Disk)?;
         let journal = match std::fs::read(&self.journal) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(format!("{}: {e}", self.journal.display())),
+            Err(source) => return Err(LoadError::Read { path: self.journal.clone(), source }),
         };
         let mut rest = journal.as_slice();
         while !rest.is_empty() {

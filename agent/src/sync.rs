@@ -253,7 +253,7 @@ impl Client {
             }
             Err(error) => {
                 tracing::warn!(version, %error, "configuration refused; keeping the one in force");
-                pb::agent_message::Message::Nack(pb::Nack { version, error })
+                pb::agent_message::Message::Nack(pb::Nack { version, error: error.to_string() })
             }
         })
     }

@@ -298,9 +298,10 @@ impl From<WriteError> for tonic::Status {
             WriteError::Store(crate::configuration::store::StoreError::VersionMoved { .. }) => {
                 tonic::Status::aborted(format!("{e}: other replicas keep writing; retry"))
             }
-            WriteError::Store(crate::configuration::store::StoreError::Etcd(_)) => {
-                tonic::Status::unavailable(e.to_string())
-            }
+            WriteError::Store(
+                crate::configuration::store::StoreError::Etcd(_)
+                | crate::configuration::store::StoreError::Contended(_),
+            ) => tonic::Status::unavailable(e.to_string()),
             WriteError::Store(_) => tonic::Status::internal(e.to_string()),
         }
     }

@@ -22,10 +22,34 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     /// etcd failed or could not be reached.
     #[error("etcd: {0}")]
-    Etcd(String),
+    Etcd(#[from] etcd_client::Error),
+    /// A file etcd's client needs (its TLS CA, certificate or key) could not be read.
+    #[error("etcd: reading {}: {source}", path.display())]
+    EtcdFile {
+        /// Which file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A record other writers keep changing, so a guarded update never lands.
+    #[error("etcd: {0} keeps changing; retry")]
+    Contended(String),
+    /// A migration into etcd found the prefix in use.
+    #[error(
+        "etcd: {prefix}/ already holds {keys} keys: migrate only into an empty prefix (a replica started on it creates keys)"
+    )]
+    PrefixInUse {
+        /// The key prefix.
+        prefix: String,
+        /// How many keys it holds.
+        keys: usize,
+    },
+    /// A replica started on the prefix while a migration wrote to it.
+    #[error("etcd: a replica started on {0}/ during the migration; start again on an empty prefix")]
+    MigrationRaced(String),
     /// A write is larger than etcd accepts in one request.
     #[error("{0}")]
-    TooLarge(String),
+    TooLarge(EtcdLimit),
     /// A stored record does not decode; the store was written by something else.
     #[error("store record {key}: {message}")]
     Corrupt {
@@ -43,6 +67,21 @@ pub enum StoreError {
         /// The stored version.
         found: u64,
     },
+}
+
+/// Which of etcd's bounds on one request a write went past.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdLimit {
+    /// Operations in one transaction.
+    #[error(
+        "this write has more operations than etcd accepts in one transaction (its --max-txn-ops, 128 by default): apply fewer documents at once, or raise --max-txn-ops"
+    )]
+    Operations,
+    /// Bytes in one request.
+    #[error(
+        "this write is larger than etcd accepts in one request (its --max-request-bytes, 1.5 MiB by default): apply fewer documents at once, or raise --max-request-bytes"
+    )]
+    Bytes,
 }
 
 /// Why a join token was refused.

@@ -36,7 +36,7 @@ use warden_core::{Kind, ResourceKey};
 use warden_tasks::{Backoff, Shutdown};
 
 use super::{
-    AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, LoadedResource,
+    AgentRecord, AuditEntry, Change, EtcdLimit, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, LoadedResource,
     OperatorRecord, PresenceRecord, StoreError, corrupt, resource_key_text,
 };
 
@@ -132,23 +132,17 @@ pub struct Etcd {
     runtime: tokio::runtime::Handle,
 }
 
+/// The store's error for `e`, telling etcd's request bounds apart (etcd says which only in its
+/// message).
 fn etcd_err(e: etcd_client::Error) -> StoreError {
     let text = e.to_string();
     if text.contains("too many operations in txn request") {
-        return StoreError::TooLarge(
-            "this write has more operations than etcd accepts in one transaction (its --max-txn-ops, 128 by \
-             default): apply fewer documents at once, or raise --max-txn-ops"
-                .into(),
-        );
+        return StoreError::TooLarge(EtcdLimit::Operations);
     }
     if text.contains("request is too large") || text.contains("larger than max") {
-        return StoreError::TooLarge(
-            "this write is larger than etcd accepts in one request (its --max-request-bytes, 1.5 MiB by default): \
-             apply fewer documents at once, or raise --max-request-bytes"
-                .into(),
-        );
+        return StoreError::TooLarge(EtcdLimit::Bytes);
     }
-    StoreError::Etcd(text)
+    StoreError::Etcd(e)
 }
 
 /// How long a call keeps being retried while no etcd member can be reached.
@@ -232,7 +226,7 @@ impl Etcd {
         let scheme = match &options.tls {
             Some(tls) => {
                 let read = |path: &PathBuf| {
-                    std::fs::read(path).map_err(|e| StoreError::Etcd(format!("reading {}: {e}", path.display())))
+                    std::fs::read(path).map_err(|source| StoreError::EtcdFile { path: path.clone(), source })
                 };
                 let mut config =
                     etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
@@ -513,7 +507,7 @@ impl Etcd {
             }
             // Changed under us (another replica used it): read it again and say why it fails.
         }
-        Err(JoinTokenError::Store(StoreError::Etcd(format!("join token {id} keeps changing; retry"))))
+        Err(JoinTokenError::Store(StoreError::Contended(format!("join token {id}"))))
     }
 
     /// Updates a registered agent.
@@ -596,11 +590,7 @@ impl Etcd {
     pub async fn import(&self, dump: super::Dump, batch: usize) -> Result<(), StoreError> {
         let taken = self.get(self.key(""), Some(GetOptions::new().with_prefix().with_count_only())).await?;
         if taken.count() > 0 {
-            return Err(StoreError::Etcd(format!(
-                "{}/ already holds {} keys: migrate only into an empty prefix (a replica started on it creates keys)",
-                self.prefix,
-                taken.count()
-            )));
+            return Err(StoreError::PrefixInUse { prefix: self.prefix.clone(), keys: taken.count() as usize });
         }
         let mut puts: Vec<(String, Vec<u8>)> = Vec::new();
         let dirs = [
@@ -640,10 +630,7 @@ impl Etcd {
                 TxnOp::put(self.key("config/version"), dump.version.to_string(), None),
             ]);
         if !self.txn(identity).await?.succeeded() {
-            return Err(StoreError::Etcd(format!(
-                "a replica started on {}/ during the migration; start again on an empty prefix",
-                self.prefix
-            )));
+            return Err(StoreError::MigrationRaced(self.prefix.clone()));
         }
         Ok(())
     }
