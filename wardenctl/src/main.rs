@@ -152,4 +152,14 @@ mod tests {
     fn the_command_line_is_consistent() {
         super::Cli::command().debug_assert();
     }
+
+    #[test]
+    fn a_jti_or_subject_starting_with_a_dash_is_a_value_not_a_flag() {
+        use clap::Parser;
+        for which in ["--jti", "--subject"] {
+            let args = ["wardenctl", "revoke", "--issuer", "warden", which, "-v4K9ZTw31ey7DEx_7DR_A"];
+            let parsed = super::Cli::try_parse_from(args).map(|cli| format!("{cli:?}"));
+            assert!(parsed.as_ref().is_ok_and(|debug| debug.contains("\"-v4K9ZTw31ey7DEx_7DR_A\"")), "{parsed:?}");
+        }
+    }
 }

@@ -19,10 +19,11 @@ pub struct Revoke {
     #[arg(long)]
     issuer: String,
     /// One token, by its `jti`.
-    #[arg(long)]
+    // A `jti` is often random base64url, which starts with `-` one time in 64.
+    #[arg(long, allow_hyphen_values = true)]
     jti: Option<String>,
     /// Every token of this subject issued up to now.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     subject: Option<String>,
     /// Every token of the issuer issued up to now.
     #[arg(long)]
