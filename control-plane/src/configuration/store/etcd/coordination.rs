@@ -1,0 +1,134 @@
+//! What replicas coordinate through etcd rather than store in it: each replica's lease, the
+//! leader key on it (one replica does the singleton duties), and the presence of the agents
+//! connected to each replica (on that replica's lease, so a crashed replica's entries expire
+//! with it). Nothing here is configuration: none of it is under `config/`, none is watched.
+
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, TxnOp, TxnOpResponse};
+
+use super::{Etcd, etcd_err, retrying};
+use crate::configuration::store::{PresenceRecord, StoreError};
+
+impl Etcd {
+    /// Grants a lease of about `ttl`: what this replica's leadership and presence entries hang
+    /// on. Returns its id and the lifetime etcd gave it.
+    pub async fn grant(&self, ttl: Duration) -> Result<(i64, Duration), StoreError> {
+        let ttl = ttl.as_secs().max(2) as i64;
+        let granted = retrying(|| {
+            let mut lease = self.client.lease_client();
+            async move { lease.grant(ttl, None).await }
+        })
+        .await
+        .map_err(etcd_err)?;
+        Ok((granted.id(), Duration::from_secs(granted.ttl().max(1) as u64)))
+    }
+
+    /// Keeps `lease` alive, refreshing it every third of `ttl`; returns once it is lost (expired,
+    /// revoked, or etcd unreachable for longer than `ttl`).
+    pub async fn keep_alive(&self, lease: i64, ttl: Duration) {
+        let mut refreshed = tokio::time::Instant::now();
+        loop {
+            let remaining = ttl.saturating_sub(refreshed.elapsed());
+            let opened = tokio::time::timeout(remaining, self.client.lease_client().keep_alive(lease)).await;
+            let (mut keeper, mut responses) = match opened {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!("etcd lease keep-alive: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            loop {
+                let remaining = ttl.saturating_sub(refreshed.elapsed());
+                let round = async {
+                    keeper.keep_alive().await?;
+                    responses.message().await
+                };
+                match tokio::time::timeout(remaining, round).await {
+                    // etcd unreachable for as long as the lease lives: it is gone.
+                    Err(_) => return,
+                    Ok(Err(e)) => {
+                        tracing::warn!("etcd lease keep-alive: {e}; reopening");
+                        break;
+                    }
+                    Ok(Ok(Some(answer))) if answer.ttl() > 0 => refreshed = tokio::time::Instant::now(),
+                    // Expired or revoked: nothing left to keep.
+                    Ok(Ok(Some(_))) => return,
+                    // The stream ended without an answer: open another.
+                    Ok(Ok(None)) => break,
+                }
+                tokio::time::sleep(ttl / 3).await;
+            }
+        }
+    }
+
+    /// Ends `lease` at once (a clean shutdown): leadership and presence entries go with it.
+    pub async fn revoke(&self, lease: i64) {
+        let _ = self.client.lease_client().revoke(lease).await;
+    }
+
+    /// Takes `<prefix>/leader` for `replica` on `lease` if nobody holds it; whether `replica`
+    /// holds it now.
+    pub async fn lead(&self, lease: i64, replica: &str) -> Result<bool, StoreError> {
+        let key = self.key("leader");
+        let take = etcd_client::Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), replica, Some(etcd_client::PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key, None)]);
+        let response = self.txn(take).await?;
+        if response.succeeded() {
+            return Ok(true);
+        }
+        Ok(response.op_responses().into_iter().any(|r| match r {
+            // Ours only on this lease: a key left on a lost lease of ours is about to expire.
+            TxnOpResponse::Get(g) => {
+                g.kvs().first().is_some_and(|kv| kv.value() == replica.as_bytes() && kv.lease() == lease)
+            }
+            _ => false,
+        }))
+    }
+
+    /// Publishes this replica's agent streams on `lease`: `Some` writes an entry, `None`
+    /// removes it.
+    pub async fn put_presence(
+        &self,
+        lease: i64,
+        replica: &str,
+        changes: &[(String, Option<PresenceRecord>)],
+    ) -> Result<(), StoreError> {
+        // Within etcd's default --max-txn-ops.
+        for chunk in changes.chunks(100) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(agent, record)| {
+                    let key = self.key(&format!("presence/{agent}/{replica}"));
+                    match record {
+                        Some(r) => TxnOp::put(
+                            key,
+                            serde_json::to_vec(r).expect("serializes"),
+                            Some(etcd_client::PutOptions::new().with_lease(lease)),
+                        ),
+                        None => TxnOp::delete(key, None),
+                    }
+                })
+                .collect();
+            self.txn(etcd_client::Txn::new().and_then(ops)).await?;
+        }
+        Ok(())
+    }
+
+    /// Every replica's agent streams.
+    pub fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
+        let response = self.wait(self.get(self.key("presence/"), Some(GetOptions::new().with_prefix())))?;
+        let mut out = Vec::new();
+        for kv in response.kvs() {
+            match serde_json::from_slice(kv.value()) {
+                Ok(record) => out.push(record),
+                Err(e) => tracing::warn!("{}: {e}", String::from_utf8_lossy(kv.key())),
+            }
+        }
+        Ok(out)
+    }
+}
