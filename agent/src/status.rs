@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use warden_core::prometheus::Exposition;
+use warden_core::metrics::{Descriptor, Family, Kind};
 
 use crate::applied::{Current, Source};
 use crate::decisions::Outbox;
@@ -75,53 +75,98 @@ pub fn router(
         .with_state(Shared { agent_id, current, link, not_after, outbox, spans })
 }
 
-async fn metrics(State(s): State<Shared>) -> impl axum::response::IntoResponse {
-    let mut e = Exposition::default();
-    e.family(
-        "warden_agent_config_version",
-        "gauge",
-        "The configuration version this agent enforces (0: none, everything denied).",
-    );
-    e.sample("warden_agent_config_version", &[], s.current.get().map_or(0, |a| a.version) as f64);
-    e.family("warden_agent_connected", "gauge", "Whether the stream to a control plane is open.");
-    e.sample("warden_agent_connected", &[], if s.link.borrow().connected { 1.0 } else { 0.0 });
+/// Every metric the agent exports, described once (`warden_core::metrics`).
+const CONFIG_VERSION: Descriptor = Descriptor {
+    prometheus: "warden_agent_config_version",
+    otel: "warden.agent.config.version",
+    unit: "{version}",
+    help: "The configuration version this agent enforces (0: none, everything denied).",
+    kind: Kind::Gauge,
+    labels: &[],
+};
+const CONNECTED: Descriptor = Descriptor {
+    prometheus: "warden_agent_connected",
+    otel: "warden.agent.connected",
+    unit: "1",
+    help: "Whether the stream to a control plane is open.",
+    kind: Kind::Gauge,
+    labels: &[],
+};
+const RECORDS: Descriptor = Descriptor {
+    prometheus: "warden_agent_decision_records_total",
+    otel: "warden.agent.decision_records",
+    unit: "{record}",
+    help: "Decision records this run of the agent queued for the control plane.",
+    kind: Kind::Counter,
+    labels: &[],
+};
+const RECORDS_DROPPED: Descriptor = Descriptor {
+    prometheus: "warden_agent_decision_records_dropped_total",
+    otel: "warden.agent.decision_records.dropped",
+    unit: "{record}",
+    help: "Decision records dropped: memory and disk bounds both reached.",
+    kind: Kind::Counter,
+    labels: &[],
+};
+const QUEUE: Descriptor = Descriptor {
+    prometheus: "warden_agent_decision_queue_records",
+    otel: "warden.agent.decision_queue.records",
+    unit: "{record}",
+    help: "Decision records waiting in memory.",
+    kind: Kind::Gauge,
+    labels: &[],
+};
+const SPOOL: Descriptor = Descriptor {
+    prometheus: "warden_agent_decision_spool_records",
+    otel: "warden.agent.decision_spool.records",
+    unit: "{record}",
+    help: "Decision records waiting on disk.",
+    kind: Kind::Gauge,
+    labels: &[],
+};
+const LOGS_DROPPED: Descriptor = Descriptor {
+    prometheus: "warden_agent_decision_logs_dropped_total",
+    otel: "warden.agent.decision_logs.dropped",
+    unit: "{record}",
+    help: "Decision records this agent did not export over OTLP itself: queue full, export failed or refused.",
+    kind: Kind::Counter,
+    labels: &[],
+};
+const SPANS_DROPPED: Descriptor = Descriptor {
+    prometheus: "warden_agent_spans_dropped_total",
+    otel: "warden.agent.spans.dropped",
+    unit: "{span}",
+    help: "Spans not exported: queue full, export failed or refused.",
+    kind: Kind::Counter,
+    labels: &[],
+};
+
+/// Every family the agent knows, now.
+fn families(s: &Shared) -> Vec<Family> {
     let (made, dropped) = s.outbox.made();
     let (queued, spooled) = s.outbox.depths();
-    e.family(
-        "warden_agent_decision_records_total",
-        "counter",
-        "Decision records this run of the agent queued for the control plane.",
-    );
-    e.sample("warden_agent_decision_records_total", &[], made as f64);
-    e.family(
-        "warden_agent_decision_records_dropped_total",
-        "counter",
-        "Decision records dropped: memory and disk bounds both reached.",
-    );
-    e.sample("warden_agent_decision_records_dropped_total", &[], dropped as f64);
-    e.family("warden_agent_decision_queue_records", "gauge", "Decision records waiting in memory.");
-    e.sample("warden_agent_decision_queue_records", &[], queued as f64);
+    let mut out = vec![
+        Family::single(&CONFIG_VERSION, s.current.get().map_or(0, |a| a.version) as f64),
+        Family::single(&CONNECTED, if s.link.borrow().connected { 1.0 } else { 0.0 }),
+        Family::single(&RECORDS, made as f64),
+        Family::single(&RECORDS_DROPPED, dropped as f64),
+        Family::single(&QUEUE, queued as f64),
+    ];
     if let Some(spooled) = spooled {
-        e.family("warden_agent_decision_spool_records", "gauge", "Decision records waiting on disk.");
-        e.sample("warden_agent_decision_spool_records", &[], spooled as f64);
+        out.push(Family::single(&SPOOL, spooled as f64));
     }
     if let Some(direct) = s.outbox.direct() {
-        e.family(
-            "warden_agent_decision_logs_dropped_total",
-            "counter",
-            "Decision records this agent did not export over OTLP itself: queue full, export failed or refused.",
-        );
-        e.sample("warden_agent_decision_logs_dropped_total", &[], direct.dropped() as f64);
+        out.push(Family::single(&LOGS_DROPPED, direct.dropped() as f64));
     }
     if let Some(spans) = &s.spans {
-        e.family(
-            "warden_agent_spans_dropped_total",
-            "counter",
-            "Spans not exported: queue full, export failed or refused.",
-        );
-        e.sample("warden_agent_spans_dropped_total", &[], spans.dropped() as f64);
+        out.push(Family::single(&SPANS_DROPPED, spans.dropped() as f64));
     }
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], e.finish())
+    out
+}
+
+async fn metrics(State(s): State<Shared>) -> impl axum::response::IntoResponse {
+    let text = warden_core::metrics::prometheus_text(&families(&s));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn status(State(s): State<Shared>) -> Json<Status> {

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use warden_core::authorize::{RequestFacts, Target};
+use warden_core::refusal::Refusal;
 use warden_core::server::McpServerSpec;
 use warden_core::token::{Presenter, Reason, Verified};
 use warden_core::{dpop, mcp};
@@ -103,11 +104,15 @@ pub(super) async fn handle(
             let lists = (parts.method == Method::GET).then(|| {
                 ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
             });
-            admitted.decider.record(&parts.headers, parts.method.as_str(), None, (true, "", Vec::new()));
+            admitted.decider.record(&parts.headers, parts.method.as_str(), None, (None, Vec::new()));
             forward(worker, &admitted, &parts, Bytes::new(), lists).await
         }
     }
 }
+
+/// A decision: why the request was refused (`None`: allowed), and the ids of the policies that
+/// decided.
+type Outcome = (Option<Refusal>, Vec<String>);
 
 /// The answer that refuses a request, boxed: refusals are the rare path.
 pub(crate) type Refused = Box<Response<Body>>;
@@ -149,26 +154,26 @@ pub(crate) fn admit(
     };
     let (spec, route) = resolve(shared, &applied, server, method, uri)?;
     let route = &*route;
-    let refusal = Refusal { shared, server, caller, method, headers };
+    let refusal = Refuser { shared, server, caller, method, headers };
     if uri.path() != route.mcp_path {
-        refusal.record(None, "unknown_path");
+        refusal.record(None, Refusal::UnknownPath);
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path))));
     }
     if let Some(origin) = headers.get(header::ORIGIN)
         && !origin_allowed(origin, route, spec)
     {
         // Against DNS rebinding: a browser page from another origin must not reach the server.
-        refusal.record(None, "origin_refused");
+        refusal.record(None, Refusal::OriginRefused);
         return Err(Box::new(reply::error(StatusCode::FORBIDDEN, "this Origin may not call the server")));
     }
     let now = crate::identity::now_unix();
     let verified = authenticate(&refusal, &applied, route, uri, now)?;
     if shared.task_ended(&verified, now) {
-        refusal.record(Some(&verified), Reason::Revoked.code());
+        refusal.record(Some(&verified), Refusal::Token(Reason::Revoked));
         return Err(Box::new(reply::unauthorized(route, Some(Reason::Revoked))));
     }
     if !spec.scopes.iter().all(|s| verified.scopes.contains(s)) {
-        refusal.record(Some(&verified), "insufficient_scope");
+        refusal.record(Some(&verified), Refusal::InsufficientScope);
         return Err(Box::new(reply::insufficient_scope(route, &spec.scopes)));
     }
     let principal = sessions::principal(&verified);
@@ -177,11 +182,11 @@ pub(crate) fn admit(
         || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     if matches!(*method, Method::GET | Method::DELETE) && has_body {
         // Its body is not forwarded; a length that promises one would desync the upstream.
-        refusal.record(Some(&verified), "body_not_allowed");
+        refusal.record(Some(&verified), Refusal::BodyNotAllowed);
         return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, "GET and DELETE carry no body")));
     }
     if !matches!(*method, Method::POST | Method::GET | Method::DELETE) {
-        refusal.record(Some(&verified), "method_not_allowed");
+        refusal.record(Some(&verified), Refusal::MethodNotAllowed);
         return Err(Box::new(method_not_allowed("GET, POST, DELETE")));
     }
     let decider = Decider {
@@ -229,7 +234,7 @@ fn resolve<'a>(
 /// Records a refusal of the request being admitted as a decision with its reason: those of an
 /// accepted token one record each, those before any token was accepted tallied per second and
 /// source (garbage costs its sender nothing and must not flush the decision log).
-struct Refusal<'a> {
+struct Refuser<'a> {
     shared: &'a Shared,
     server: &'a Arc<str>,
     caller: &'a Caller<'a>,
@@ -237,8 +242,9 @@ struct Refusal<'a> {
     headers: &'a HeaderMap,
 }
 
-impl Refusal<'_> {
-    fn record(&self, workload: Option<&Verified>, reason: &str) {
+impl Refuser<'_> {
+    fn record(&self, workload: Option<&Verified>, refusal: Refusal) {
+        let reason = refusal.code();
         let (shared, caller, method) = (self.shared, self.caller, self.method);
         let trace = caller.trace.as_ref().map(|(t, _)| t);
         match workload {
@@ -280,7 +286,7 @@ impl Refusal<'_> {
 
 /// The caller's token, verified under `applied` (and its DPoP proof, when it is bound to one).
 fn authenticate(
-    refusal: &Refusal<'_>,
+    refusal: &Refuser<'_>,
     applied: &Applied,
     route: &Route,
     uri: &http::Uri,
@@ -290,11 +296,11 @@ fn authenticate(
     let (scheme, token) = match credentials(headers, uri.query()) {
         Ok(Some(credentials)) => credentials,
         Ok(None) => {
-            refusal.record(None, "missing_token");
+            refusal.record(None, Refusal::MissingToken);
             return Err(Box::new(reply::unauthorized(route, None)));
         }
         Err(message) => {
-            refusal.record(None, "malformed_credentials");
+            refusal.record(None, Refusal::MalformedCredentials);
             return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, message)));
         }
     };
@@ -302,7 +308,7 @@ fn authenticate(
         Scheme::Dpop => match dpop_proof(route, refusal.method, headers, token, now) {
             Ok(p) => Some(p),
             Err(answer) => {
-                refusal.record(None, "invalid_dpop_proof");
+                refusal.record(None, Refusal::InvalidDpopProof);
                 return Err(answer);
             }
         },
@@ -320,7 +326,7 @@ fn authenticate(
             Some(p) => match shared.record_proof(server, p, now, PROOF_MAX_AGE + PROOF_SKEW) {
                 Ok(()) => Ok(v),
                 Err(e) => {
-                    refusal.record(Some(&v), "invalid_dpop_proof");
+                    refusal.record(Some(&v), Refusal::InvalidDpopProof);
                     Err(Box::new(reply::invalid_dpop_proof(route, &e.to_string())))
                 }
             },
@@ -328,7 +334,7 @@ fn authenticate(
         },
         Err(reason) => {
             tracing::info!(server = %server, reason = %reason, "token refused");
-            refusal.record(None, reason.code());
+            refusal.record(None, Refusal::Token(reason));
             if reason == Reason::UnknownKey {
                 ask_for_keys(shared, applied, token);
             }
@@ -342,7 +348,7 @@ fn authenticate(
 /// Envoy (the local check API) the caller holds the upstream's id, bound to the first workload
 /// seen with it.
 fn session(
-    refusal: &Refusal<'_>,
+    refusal: &Refuser<'_>,
     verified: &Verified,
     principal: &sessions::Principal,
 ) -> Result<Option<HeaderValue>, Refused> {
@@ -352,12 +358,12 @@ fn session(
     // One session id, without commas: proxies join repeated headers with commas, and the
     // upstream might pick another value than the one checked here.
     if sessions.next().is_some() || session.is_some_and(|s| s.as_bytes().contains(&b',')) {
-        refusal.record(Some(verified), "session_header_invalid");
+        refusal.record(Some(verified), Refusal::SessionHeaderInvalid);
         return Err(Box::new(reply::error(StatusCode::BAD_REQUEST, "one Mcp-Session-Id header, one value")));
     }
     let mismatch = |warning: &str| -> Refused {
         tracing::warn!(server = %server, "{warning}");
-        refusal.record(Some(verified), "session_mismatch");
+        refusal.record(Some(verified), Refusal::SessionMismatch);
         Box::new(reply::error(StatusCode::NOT_FOUND, "no such session for this workload"))
     };
     match session {
@@ -389,14 +395,9 @@ struct Decider {
 }
 
 impl Decider {
-    /// Puts one MCP method on one target to policy: allowed, and the reason code when not,
-    /// with the ids of the policies that decided.
-    fn decide(
-        &self,
-        method: &str,
-        target: Target<'_>,
-        arguments: Option<&RawValue>,
-    ) -> (bool, &'static str, Vec<String>) {
+    /// Puts one MCP method on one target to policy: why not (`None`: allowed), with the ids of
+    /// the policies that decided.
+    fn decide(&self, method: &str, target: Target<'_>, arguments: Option<&RawValue>) -> Outcome {
         let granted_tools = self.verified.task.as_ref().map_or(&[][..], |t| &t.tools[..]);
         let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools, arguments };
         match self.applied.authorizer.authorize(&self.server, &self.verified, method, target, &facts) {
@@ -404,17 +405,17 @@ impl Decider {
                 for e in &outcome.errors {
                     tracing::warn!(server = %self.server, method, "policy evaluation error (denied): {e}");
                 }
-                let reason = match (outcome.allowed, outcome.errors.is_empty()) {
-                    (true, _) => "",
-                    (false, _) if outcome.not_granted => "tool_not_granted",
-                    (false, true) => "policy_denied",
-                    (false, false) => "policy_error",
+                let refusal = match (outcome.allowed, outcome.errors.is_empty()) {
+                    (true, _) => None,
+                    (false, _) if outcome.not_granted => Some(Refusal::ToolNotGranted),
+                    (false, true) => Some(Refusal::PolicyDenied),
+                    (false, false) => Some(Refusal::PolicyError),
                 };
-                (outcome.allowed, reason, outcome.policies)
+                (refusal, outcome.policies)
             }
             Err(e) => {
                 tracing::warn!(server = %self.server, method, "{e} (denied)");
-                (false, "policy_error", Vec::new())
+                (Some(Refusal::PolicyError), Vec::new())
             }
         }
     }
@@ -422,20 +423,15 @@ impl Decider {
     /// Refuses this caller's request for what its body is (or is not): a decision, recorded
     /// with `reason` (an authenticated caller's malformed requests are as much on record as
     /// its denied ones).
-    fn refuse_body(&self, headers: &HeaderMap, method: &str, reason: &str, answer: Response<Body>) -> Refused {
-        self.record(headers, method, None, (false, reason, Vec::new()));
+    fn refuse_body(&self, headers: &HeaderMap, method: &str, refusal: Refusal, answer: Response<Body>) -> Refused {
+        self.record(headers, method, None, (Some(refusal), Vec::new()));
         Box::new(answer)
     }
 
     /// Records a decision about this caller's request.
-    fn record(
-        &self,
-        headers: &HeaderMap,
-        method: &str,
-        target: Option<Target<'_>>,
-        outcome: (bool, &str, Vec<String>),
-    ) {
-        let (allowed, reason, policies) = outcome;
+    fn record(&self, headers: &HeaderMap, method: &str, target: Option<Target<'_>>, outcome: Outcome) {
+        let (refusal, policies) = outcome;
+        let (allowed, reason) = (refusal.is_none(), refusal.map_or("", Refusal::code));
         if let Some((_, facts)) = &self.trace {
             let named = target.map(|t| match t {
                 Target::Server => ("server", ""),
@@ -461,35 +457,42 @@ impl Decider {
 impl Allows for Decider {
     /// A list entry is shown when calling it without arguments would be allowed.
     fn allows(&self, method: &str, target: Target<'_>) -> bool {
-        self.decide(method, target, None).0
+        self.decide(method, target, None).0.is_none()
     }
 }
 
 async fn post(worker: &Worker, admitted: Admitted, request: Request<hyper::body::Incoming>) -> Response<Body> {
-    let refuse =
-        |reason: &str, answer: Response<Body>| *admitted.decider.refuse_body(request.headers(), "POST", reason, answer);
+    let refuse = |refusal: Refusal, answer: Response<Body>| {
+        *admitted.decider.refuse_body(request.headers(), "POST", refusal, answer)
+    };
     if let Err(answer) = json_content(request.headers()) {
-        return refuse("unsupported_media_type", *answer);
+        return refuse(Refusal::UnsupportedMediaType, *answer);
     }
     let limit = worker.shared.limits.max_body_bytes;
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return refuse("body_too_large", too_large(limit));
+        return refuse(Refusal::BodyTooLarge, too_large(limit));
     }
     let (parts, body) = request.into_parts();
-    let refuse =
-        |reason: &str, answer: Response<Body>| *admitted.decider.refuse_body(&parts.headers, "POST", reason, answer);
+    let refuse = |refusal: Refusal, answer: Response<Body>| {
+        *admitted.decider.refuse_body(&parts.headers, "POST", refusal, answer)
+    };
     // A caller that sends its body slowly holds a connection and a buffer: bounded in time too.
     let read = tokio::time::timeout(worker.shared.limits.body_read_timeout, Limited::new(body, limit).collect());
     let bytes = match read.await {
         Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return refuse("body_too_large", too_large(limit)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return refuse(Refusal::BodyTooLarge, too_large(limit));
+        }
         Ok(Err(e)) => {
-            return refuse("body_unreadable", reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")));
+            return refuse(
+                Refusal::BodyUnreadable,
+                reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+            );
         }
         Err(_) => {
             let answer = reply::error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time");
-            return refuse("body_timeout", answer);
+            return refuse(Refusal::BodyTimeout, answer);
         }
     };
     let lists = match decide_body(&admitted.decider, &parts.headers, &bytes, worker.shared.limits.json) {
@@ -508,9 +511,15 @@ pub(crate) fn check_body(
     body: &[u8],
 ) -> Result<(), Refused> {
     let decider = &admitted.decider;
-    json_content(headers).map_err(|answer| decider.refuse_body(headers, "POST", "unsupported_media_type", *answer))?;
+    json_content(headers)
+        .map_err(|answer| decider.refuse_body(headers, "POST", Refusal::UnsupportedMediaType, *answer))?;
     if body.len() > shared.limits.max_body_bytes {
-        return Err(decider.refuse_body(headers, "POST", "body_too_large", too_large(shared.limits.max_body_bytes)));
+        return Err(decider.refuse_body(
+            headers,
+            "POST",
+            Refusal::BodyTooLarge,
+            too_large(shared.limits.max_body_bytes),
+        ));
     }
     decide_body(&admitted.decider, headers, body, shared.limits.json).map(drop)
 }
@@ -544,7 +553,7 @@ fn decide_body(
         Ok(b) => b,
         Err(e) => {
             let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string());
-            return Err(decider.refuse_body(headers, "POST", "malformed_body", answer));
+            return Err(decider.refuse_body(headers, "POST", Refusal::MalformedBody, answer));
         }
     };
     // Refusals of a body that parsed are recorded under its (first) method.
@@ -558,19 +567,19 @@ fn decide_body(
             Ok(mcp::Decision::Policy { action, targets }) => (action, targets),
             Ok(mcp::Decision::TokenOnly) => {
                 // A method that names no target (initialize, ping, notifications): the token was enough.
-                decider.record(headers, method, None, (true, "", Vec::new()));
+                decider.record(headers, method, None, (None, Vec::new()));
                 continue;
             }
-            Err(e @ mcp::Undecidable::UnknownMethod) => {
+            Err(mcp::Undecidable::UnknownMethod) => {
                 // Default deny: what a method the gateway does not know does upstream cannot be
                 // known here (a case variant of a known one may well be served as that one).
-                decider.record(headers, method, None, (false, e.reason(), Vec::new()));
-                denied.push((i, e.reason()));
+                decider.record(headers, method, None, (Some(Refusal::UnknownMethod), Vec::new()));
+                denied.push((i, Refusal::UnknownMethod));
                 continue;
             }
             Err(mcp::Undecidable::MissingName(message)) => {
                 let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, m.id, mcp::INVALID_PARAMS, message);
-                return Err(decider.refuse_body(headers, first, "missing_name", answer));
+                return Err(decider.refuse_body(headers, first, Refusal::MissingName, answer));
             }
         };
         // Every target must be allowed (a subscription names several resources); each one is a
@@ -578,10 +587,10 @@ fn decide_body(
         let mut refusal = None;
         for target in targets.iter() {
             let outcome = decider.decide(action, target, m.arguments);
-            let (allowed, reason) = (outcome.0, outcome.1);
+            let refused = outcome.0;
             decider.record(headers, action, Some(target), outcome);
-            if !allowed {
-                refusal = Some(reason);
+            if refused.is_some() {
+                refusal = refused;
                 break;
             }
         }
@@ -602,21 +611,21 @@ fn decide_body(
 
 /// The protocol version and the routing headers, checked against the body: the reason and the
 /// answer that refuse it.
-fn check_headers(body: &mcp::Body<'_>, headers: &HeaderMap) -> Result<(), (&'static str, Refused)> {
+fn check_headers(body: &mcp::Body<'_>, headers: &HeaderMap) -> Result<(), (Refusal, Refused)> {
     let version = headers.get("mcp-protocol-version").map(|v| v.to_str().unwrap_or(""));
     if let Some(v) = version
         && !mcp::PROTOCOL_VERSIONS.contains(&v)
     {
         let message = format!("unsupported MCP-Protocol-Version; supported: {}", mcp::PROTOCOL_VERSIONS.join(", "));
         let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, None, mcp::INVALID_REQUEST, &message);
-        return Err(("unsupported_protocol_version", Box::new(answer)));
+        return Err((Refusal::UnsupportedProtocolVersion, Box::new(answer)));
     }
     // Proxies and servers may route on these headers while Warden decides on the body: each one
     // sent is checked, and must be sent once, whatever the revision (2026-07-28 requires them).
     let first_id = body.messages.first().and_then(|m| m.id);
     let mismatch = |message: &str| {
         let answer = reply::jsonrpc_error(StatusCode::BAD_REQUEST, first_id, mcp::HEADER_MISMATCH, message);
-        Err(("routing_header_mismatch", Box::new(answer)))
+        Err((Refusal::RoutingHeaderMismatch, Box::new(answer)))
     };
     for name in ["mcp-method", "mcp-name", "mcp-protocol-version"] {
         if headers.get_all(name).iter().count() > 1 {
@@ -646,9 +655,9 @@ fn check_headers(body: &mcp::Body<'_>, headers: &HeaderMap) -> Result<(), (&'sta
 /// The answer to a body with `denied` messages (index, reason): the caller reads the same
 /// reason code the decision record holds. A batch goes upstream whole or not at all, so each of
 /// its requests gets an error.
-fn denial(body: &mcp::Body<'_>, denied: &[(usize, &str)]) -> Response<Body> {
+fn denial(body: &mcp::Body<'_>, denied: &[(usize, Refusal)]) -> Response<Body> {
     let error = |m: &mcp::Message<'_>, message: &str, reason: &str| {
-        let (code, message) = if reason == mcp::Undecidable::UnknownMethod.reason() {
+        let (code, message) = if reason == Refusal::UnknownMethod.code() {
             (mcp::METHOD_NOT_FOUND, "method not available through the gateway")
         } else {
             (mcp::POLICY_DENIED, message)
@@ -659,7 +668,7 @@ fn denial(body: &mcp::Body<'_>, denied: &[(usize, &str)]) -> Response<Body> {
         let m = &body.messages[0];
         // A denied notification has no id to answer; the HTTP status carries the refusal.
         let status = if m.id.is_some() { StatusCode::OK } else { StatusCode::FORBIDDEN };
-        return reply::json(status, &error(m, "denied by policy", denied[0].1));
+        return reply::json(status, &error(m, "denied by policy", denied[0].1.code()));
     }
     let answers: Vec<Value> = body
         .messages
@@ -667,7 +676,7 @@ fn denial(body: &mcp::Body<'_>, denied: &[(usize, &str)]) -> Response<Body> {
         .enumerate()
         .filter(|(_, m)| m.id.is_some())
         .map(|(i, m)| match denied.iter().find(|(d, _)| *d == i) {
-            Some((_, reason)) => error(m, "denied by policy", reason),
+            Some((_, reason)) => error(m, "denied by policy", reason.code()),
             None => error(m, "not sent: another request in the batch was denied", "batch_denied"),
         })
         .collect();

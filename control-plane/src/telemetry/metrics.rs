@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use hashbrown::Equivalent;
-use opentelemetry_proto::tonic as otel;
 use opentelemetry_proto::tonic::metrics::v1 as om;
 use proto::decision_record::DecisionRecordView;
 use proto::v1 as pb;
-use warden_core::prometheus::{Exposition, Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
+use warden_core::metrics::{self, Descriptor, Family, Kind, Label};
+use warden_core::prometheus::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
 use warden_tasks::Shutdown;
 
 use crate::configuration::Configuration;
@@ -179,230 +179,152 @@ impl DecisionCounts {
 /// Shared handle to the counts.
 pub type Counts = Arc<Mutex<DecisionCounts>>;
 
-/// The Prometheus text of everything the control plane knows.
-pub fn render(cp: &Sources) -> String {
-    let mut e = Exposition::default();
-    {
-        let counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
-        e.family(
-            "warden_decisions_total",
-            "counter",
-            "Decisions the agents made, stored by this control plane since it started.",
-        );
-        for ((agent, server, tool, decision, reason), n) in &counts.decisions {
-            let labels = [
-                ("agent", agent.as_str()),
-                ("server", server.as_str()),
-                ("tool", tool.as_str()),
-                ("decision", decision),
-                ("reason", reason.as_str()),
-            ];
-            e.sample("warden_decisions_total", &labels, *n as f64);
-        }
-        e.family(
-            "warden_decisions_overflow_total",
-            "counter",
-            "Decisions not broken down by labels: too many label sets.",
-        );
-        e.sample("warden_decisions_overflow_total", &[], counts.overflow as f64);
-        e.family(
-            "warden_decision_latency_seconds",
-            "histogram",
-            "Time from a request's arrival at the agent to its decision.",
-        );
-        for ((server, decision), h) in &counts.latency {
-            e.histogram("warden_decision_latency_seconds", &[("server", server), ("decision", decision)], h);
-        }
-        e.family(
-            "warden_token_lifetime_seconds",
-            "histogram",
-            "Lifetime (exp - iat) of the tokens decisions were made with.",
-        );
-        for (issuer, h) in &counts.lifetimes {
-            e.histogram("warden_token_lifetime_seconds", &[("issuer", issuer)], h);
-        }
-        e.family(
-            "warden_decision_records_dropped_total",
-            "counter",
-            "Decision records agents dropped because their disk bound was reached.",
-        );
-        for (agent, n) in &counts.dropped {
-            e.sample("warden_decision_records_dropped_total", &[("agent", agent)], *n as f64);
-        }
-    }
-    let version = cp.configuration.version();
-    e.family("warden_config_version", "gauge", "The configuration version in force.");
-    e.sample("warden_config_version", &[], version as f64);
-    e.family(
-        "warden_control_plane_leader",
-        "gauge",
-        "1 on the replica doing the singleton duties (key refresh, revocation expiry, audit export).",
-    );
-    e.sample("warden_control_plane_leader", &[], if cp.leadership.is_leading() { 1.0 } else { 0.0 });
-    let agents = cp.fleet.presence().report(cp.configuration.store().agents().unwrap_or_default(), &[]);
-    e.family("warden_agents_connected", "gauge", "Agents with an open stream to this control plane.");
-    e.sample("warden_agents_connected", &[], agents.iter().filter(|a| a.connected).count() as f64);
-    e.family(
-        "warden_agent_config_lag_versions",
-        "gauge",
-        "Versions between the configuration in force and what each connected agent applied.",
-    );
-    for a in agents.iter().filter(|a| a.connected) {
-        e.sample(
-            "warden_agent_config_lag_versions",
-            &[("agent", &a.id)],
-            version.saturating_sub(a.applied_version) as f64,
-        );
-    }
-    e.family("warden_otlp_log_records_exported_total", "counter", "Decision records an OTLP receiver accepted.");
-    e.sample("warden_otlp_log_records_exported_total", &[], cp.export_stats.exported.load(Relaxed) as f64);
-    e.family(
-        "warden_otlp_log_records_rejected_total",
-        "counter",
-        "Decision records an OTLP receiver refused for good.",
-    );
-    e.sample("warden_otlp_log_records_rejected_total", &[], cp.export_stats.rejected.load(Relaxed) as f64);
-    e.finish()
-}
+const AGENT: Label = Label { prometheus: "agent", otel: "warden.agent" };
+const SERVER: Label = Label { prometheus: "server", otel: "warden.server" };
+const TOOL: Label = Label { prometheus: "tool", otel: "gen_ai.tool.name" };
+const DECISION: Label = Label { prometheus: "decision", otel: "warden.decision" };
+const REASON: Label = Label { prometheus: "reason", otel: "warden.reason" };
+const ISSUER: Label = Label { prometheus: "issuer", otel: "warden.issuer" };
 
-fn nanos(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
+/// Every metric the control plane exports, described once.
+const DECISIONS: Descriptor = Descriptor {
+    prometheus: "warden_decisions_total",
+    otel: "warden.decisions",
+    unit: "{decision}",
+    help: "Decisions the agents made, stored by this control plane since it started.",
+    kind: Kind::Counter,
+    labels: &[AGENT, SERVER, TOOL, DECISION, REASON],
+};
+const DECISIONS_OVERFLOW: Descriptor = Descriptor {
+    prometheus: "warden_decisions_overflow_total",
+    otel: "warden.decisions.overflow",
+    unit: "{decision}",
+    help: "Decisions not broken down by labels: too many label sets.",
+    kind: Kind::Counter,
+    labels: &[],
+};
+const DECISION_LATENCY: Descriptor = Descriptor {
+    prometheus: "warden_decision_latency_seconds",
+    otel: "warden.decision.duration",
+    unit: "s",
+    help: "Time from a request's arrival at the agent to its decision.",
+    kind: Kind::Histogram,
+    labels: &[SERVER, DECISION],
+};
+const TOKEN_LIFETIME: Descriptor = Descriptor {
+    prometheus: "warden_token_lifetime_seconds",
+    otel: "warden.token.lifetime",
+    unit: "s",
+    help: "Lifetime (exp - iat) of the tokens decisions were made with.",
+    kind: Kind::Histogram,
+    labels: &[ISSUER],
+};
+const RECORDS_DROPPED: Descriptor = Descriptor {
+    prometheus: "warden_decision_records_dropped_total",
+    otel: "warden.decision_records.dropped",
+    unit: "{record}",
+    help: "Decision records agents dropped because their disk bound was reached.",
+    kind: Kind::Counter,
+    labels: &[AGENT],
+};
+const CONFIG_VERSION: Descriptor = Descriptor {
+    prometheus: "warden_config_version",
+    otel: "warden.config.version",
+    unit: "{version}",
+    help: "The configuration version in force.",
+    kind: Kind::Gauge,
+    labels: &[],
+};
+const LEADER: Descriptor = Descriptor {
+    prometheus: "warden_control_plane_leader",
+    otel: "warden.control_plane.leader",
+    unit: "1",
+    help: "1 on the replica doing the singleton duties (key refresh, revocation expiry, audit export).",
+    kind: Kind::Gauge,
+    labels: &[],
+};
+const AGENTS_CONNECTED: Descriptor = Descriptor {
+    prometheus: "warden_agents_connected",
+    otel: "warden.agents.connected",
+    unit: "{agent}",
+    help: "Agents with an open stream to this control plane.",
+    kind: Kind::Gauge,
+    labels: &[],
+};
+const CONFIG_LAG: Descriptor = Descriptor {
+    prometheus: "warden_agent_config_lag_versions",
+    otel: "warden.agent.config_lag",
+    unit: "{version}",
+    help: "Versions between the configuration in force and what each connected agent applied.",
+    kind: Kind::Gauge,
+    labels: &[AGENT],
+};
+const LOG_RECORDS_EXPORTED: Descriptor = Descriptor {
+    prometheus: "warden_otlp_log_records_exported_total",
+    otel: "warden.otlp.log_records.exported",
+    unit: "{record}",
+    help: "Decision records an OTLP receiver accepted.",
+    kind: Kind::Counter,
+    labels: &[],
+};
+const LOG_RECORDS_REJECTED: Descriptor = Descriptor {
+    prometheus: "warden_otlp_log_records_rejected_total",
+    otel: "warden.otlp.log_records.rejected",
+    unit: "{record}",
+    help: "Decision records an OTLP receiver refused for good.",
+    kind: Kind::Counter,
+    labels: &[],
+};
 
-fn attributes(pairs: &[(&str, &str)]) -> Vec<otel::common::v1::KeyValue> {
-    pairs
-        .iter()
-        .map(|(k, v)| otel::common::v1::KeyValue {
-            key: k.to_string(),
-            value: Some(otel::common::v1::AnyValue {
-                value: Some(otel::common::v1::any_value::Value::StringValue(v.to_string())),
-            }),
-            ..Default::default()
-        })
-        .collect()
-}
-
-/// The same figures as OTLP metrics (cumulative since the process started), named in
-/// OpenTelemetry's dotted style.
-pub fn otlp(cp: &Sources) -> Vec<om::Metric> {
-    use om::metric::Data;
-    let (start, now) = (nanos(cp.started), nanos(std::time::SystemTime::now()));
-    let cumulative = om::AggregationTemporality::Cumulative as i32;
-    let point = |pairs: &[(&str, &str)], value: f64| om::NumberDataPoint {
-        attributes: attributes(pairs),
-        start_time_unix_nano: start,
-        time_unix_nano: now,
-        value: Some(om::number_data_point::Value::AsInt(value as i64)),
-        ..Default::default()
-    };
-    let sum = |name: &str, unit: &str, description: &str, data_points| om::Metric {
-        name: name.into(),
-        unit: unit.into(),
-        description: description.into(),
-        data: Some(Data::Sum(om::Sum { data_points, aggregation_temporality: cumulative, is_monotonic: true })),
-        ..Default::default()
-    };
-    let gauge = |name: &str, unit: &str, description: &str, data_points| om::Metric {
-        name: name.into(),
-        unit: unit.into(),
-        description: description.into(),
-        data: Some(Data::Gauge(om::Gauge { data_points })),
-        ..Default::default()
-    };
+/// Every family the control plane knows, now: what `/metrics` and the OTLP export both read.
+pub fn families(cp: &Sources) -> Vec<Family> {
     let mut out = Vec::new();
     {
         let counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let points = counts
-            .decisions
-            .iter()
-            .map(|((agent, server, tool, decision, reason), n)| {
-                let pairs = [
-                    ("warden.agent", agent.as_str()),
-                    ("warden.server", server.as_str()),
-                    ("gen_ai.tool.name", tool.as_str()),
-                    ("warden.decision", decision),
-                    ("warden.reason", reason.as_str()),
-                ];
-                point(&pairs, *n as f64)
-            })
-            .collect();
-        out.push(sum(
-            "warden.decisions",
-            "{decision}",
-            "Decisions the agents made, stored by this control plane.",
-            points,
-        ));
-        let histogram = |name: &str, description: &str, series: Vec<(Vec<(&str, &str)>, &Histogram)>| {
-            let data_points = series
-                .into_iter()
-                .map(|(pairs, h)| om::HistogramDataPoint {
-                    attributes: attributes(&pairs),
-                    start_time_unix_nano: start,
-                    time_unix_nano: now,
-                    count: h.count(),
-                    sum: Some(h.sum()),
-                    bucket_counts: h.bucket_counts().to_vec(),
-                    explicit_bounds: h.bounds().to_vec(),
-                    ..Default::default()
-                })
-                .collect();
-            om::Metric {
-                name: name.into(),
-                unit: "s".into(),
-                description: description.into(),
-                data: Some(Data::Histogram(om::Histogram { data_points, aggregation_temporality: cumulative })),
-                ..Default::default()
-            }
-        };
-        let latency = counts
-            .latency
-            .iter()
-            .map(|((server, decision), h)| {
-                (vec![("warden.server", server.as_str()), ("warden.decision", *decision)], h)
-            })
-            .collect();
-        out.push(histogram(
-            "warden.decision.duration",
-            "Time from a request's arrival at the agent to its decision.",
-            latency,
-        ));
-        let lifetimes =
-            counts.lifetimes.iter().map(|(issuer, h)| (vec![("warden.issuer", issuer.as_str())], h)).collect();
-        out.push(histogram(
-            "warden.token.lifetime",
-            "Lifetime (exp - iat) of the tokens decisions were made with.",
-            lifetimes,
-        ));
-        let dropped = counts.dropped.iter().map(|(agent, n)| point(&[("warden.agent", agent)], *n as f64)).collect();
-        out.push(sum(
-            "warden.decision_records.dropped",
-            "{record}",
-            "Decision records agents dropped (disk bound reached).",
-            dropped,
-        ));
+        let mut decisions = Family::new(&DECISIONS);
+        for ((agent, server, tool, decision, reason), n) in &counts.decisions {
+            decisions.add(&[agent, server, tool, decision, reason], *n as f64);
+        }
+        let mut latency = Family::new(&DECISION_LATENCY);
+        for ((server, decision), h) in &counts.latency {
+            latency.add_histogram(&[server, decision], h);
+        }
+        let mut lifetimes = Family::new(&TOKEN_LIFETIME);
+        for (issuer, h) in &counts.lifetimes {
+            lifetimes.add_histogram(&[issuer], h);
+        }
+        let mut dropped = Family::new(&RECORDS_DROPPED);
+        for (agent, n) in &counts.dropped {
+            dropped.add(&[agent], *n as f64);
+        }
+        let overflow = Family::single(&DECISIONS_OVERFLOW, counts.overflow as f64);
+        out.extend([decisions, overflow, latency, lifetimes, dropped]);
     }
     let version = cp.configuration.version();
+    out.push(Family::single(&CONFIG_VERSION, version as f64));
+    out.push(Family::single(&LEADER, if cp.leadership.is_leading() { 1.0 } else { 0.0 }));
     let agents = cp.fleet.presence().report(cp.configuration.store().agents().unwrap_or_default(), &[]);
-    let connected = agents.iter().filter(|a| a.connected).count();
-    out.push(gauge(
-        "warden.agents.connected",
-        "{agent}",
-        "Agents with an open stream.",
-        vec![point(&[], connected as f64)],
-    ));
-    let lag = agents
-        .iter()
-        .filter(|a| a.connected)
-        .map(|a| point(&[("warden.agent", &a.id)], version.saturating_sub(a.applied_version) as f64))
-        .collect();
-    out.push(gauge("warden.agent.config_lag", "{version}", "Versions each connected agent is behind.", lag));
-    out.push(gauge(
-        "warden.config.version",
-        "{version}",
-        "The configuration version in force.",
-        vec![point(&[], version as f64)],
-    ));
+    let connected: Vec<_> = agents.iter().filter(|a| a.connected).collect();
+    out.push(Family::single(&AGENTS_CONNECTED, connected.len() as f64));
+    let mut lag = Family::new(&CONFIG_LAG);
+    for a in connected {
+        lag.add(&[&a.id], version.saturating_sub(a.applied_version) as f64);
+    }
+    out.push(lag);
+    out.push(Family::single(&LOG_RECORDS_EXPORTED, cp.export_stats.exported.load(Relaxed) as f64));
+    out.push(Family::single(&LOG_RECORDS_REJECTED, cp.export_stats.rejected.load(Relaxed) as f64));
     out
+}
+
+/// The Prometheus text of everything the control plane knows.
+pub fn render(cp: &Sources) -> String {
+    metrics::prometheus_text(&families(cp))
+}
+
+/// The same families as OTLP metrics, cumulative since the process started.
+pub fn otlp(cp: &Sources) -> Vec<om::Metric> {
+    let nanos = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    warden_otlp::metrics::metrics(&families(cp), nanos(cp.started), nanos(std::time::SystemTime::now()))
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.

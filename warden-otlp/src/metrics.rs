@@ -1,0 +1,140 @@
+//! The metric families a binary describes once (`warden_core::metrics`) as OTLP metrics:
+//! counters as cumulative monotonic sums, gauges as gauges, histograms as cumulative explicit-
+//! bucket histograms, named and labelled in the OpenTelemetry vocabulary.
+
+use opentelemetry_proto::tonic::metrics::v1 as om;
+use warden_core::metrics::{Family, Kind, Value};
+
+use crate::attribute;
+
+/// `families` as OTLP metrics, cumulative from `start` (nanoseconds since the epoch) to `now`.
+pub fn metrics(families: &[Family], start: u64, now: u64) -> Vec<om::Metric> {
+    use om::metric::Data;
+    let cumulative = om::AggregationTemporality::Cumulative as i32;
+    families
+        .iter()
+        .map(|family| {
+            let d = family.descriptor;
+            let attributes = |labels: &[String]| {
+                d.labels.iter().zip(labels).map(|(label, value)| attribute(label.otel, value.as_str())).collect()
+            };
+            let numbers = || {
+                family
+                    .points
+                    .iter()
+                    .filter_map(|p| match &p.value {
+                        Value::Number(n) => Some(om::NumberDataPoint {
+                            attributes: attributes(&p.labels),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            value: Some(om::number_data_point::Value::AsInt(*n as i64)),
+                            ..Default::default()
+                        }),
+                        Value::Histogram(_) => None,
+                    })
+                    .collect()
+            };
+            let data = match d.kind {
+                Kind::Counter => Data::Sum(om::Sum {
+                    data_points: numbers(),
+                    aggregation_temporality: cumulative,
+                    is_monotonic: true,
+                }),
+                Kind::Gauge => Data::Gauge(om::Gauge { data_points: numbers() }),
+                Kind::Histogram => Data::Histogram(om::Histogram {
+                    data_points: family
+                        .points
+                        .iter()
+                        .filter_map(|p| match &p.value {
+                            Value::Histogram(h) => Some(om::HistogramDataPoint {
+                                attributes: attributes(&p.labels),
+                                start_time_unix_nano: start,
+                                time_unix_nano: now,
+                                count: h.count(),
+                                sum: Some(h.sum()),
+                                bucket_counts: h.bucket_counts().to_vec(),
+                                explicit_bounds: h.bounds().to_vec(),
+                                ..Default::default()
+                            }),
+                            Value::Number(_) => None,
+                        })
+                        .collect(),
+                    aggregation_temporality: cumulative,
+                }),
+            };
+            om::Metric {
+                name: d.otel.into(),
+                unit: d.unit.into(),
+                description: d.help.into(),
+                data: Some(data),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use warden_core::metrics::{Descriptor, Label};
+    use warden_core::prometheus::Histogram;
+
+    use super::*;
+
+    const SERVER: Label = Label { prometheus: "server", otel: "warden.server" };
+    const CALLS: Descriptor = Descriptor {
+        prometheus: "warden_calls_total",
+        otel: "warden.calls",
+        unit: "{call}",
+        help: "Calls.",
+        kind: Kind::Counter,
+        labels: &[SERVER],
+    };
+    const UP: Descriptor = Descriptor {
+        prometheus: "warden_up",
+        otel: "warden.up",
+        unit: "1",
+        help: "Up.",
+        kind: Kind::Gauge,
+        labels: &[],
+    };
+    const LATENCY: Descriptor = Descriptor {
+        prometheus: "warden_latency_seconds",
+        otel: "warden.latency",
+        unit: "s",
+        help: "Latency.",
+        kind: Kind::Histogram,
+        labels: &[SERVER],
+    };
+
+    #[test]
+    fn each_kind_becomes_its_otlp_data_with_otel_names_and_attributes() {
+        let mut calls = Family::new(&CALLS);
+        calls.add(&["github"], 3.0);
+        let mut h = Histogram::new(&[0.001]);
+        h.observe(0.0005);
+        h.observe(0.5);
+        let mut latency = Family::new(&LATENCY);
+        latency.add_histogram(&["github"], &h);
+        let out = metrics(&[calls, Family::single(&UP, 1.0), latency], 10, 20);
+        assert_eq!(
+            out.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["warden.calls", "warden.up", "warden.latency"]
+        );
+        let Some(om::metric::Data::Sum(sum)) = &out[0].data else { panic!("{:?}", out[0]) };
+        assert!(sum.is_monotonic);
+        assert_eq!(sum.aggregation_temporality, om::AggregationTemporality::Cumulative as i32);
+        let point = &sum.data_points[0];
+        assert_eq!((point.start_time_unix_nano, point.time_unix_nano), (10, 20));
+        assert_eq!(point.value, Some(om::number_data_point::Value::AsInt(3)));
+        assert_eq!(point.attributes[0].key, "warden.server");
+        assert_eq!(out[0].unit, "{call}");
+        assert!(matches!(&out[1].data, Some(om::metric::Data::Gauge(g)) if g.data_points.len() == 1));
+        let Some(om::metric::Data::Histogram(hist)) = &out[2].data else { panic!("{:?}", out[2]) };
+        let point = &hist.data_points[0];
+        assert_eq!(
+            (point.count, point.bucket_counts.clone(), point.explicit_bounds.clone()),
+            (2, vec![1, 1], vec![0.001])
+        );
+        assert_eq!(out[2].unit, "s");
+    }
+}
