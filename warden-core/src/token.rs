@@ -465,58 +465,9 @@ impl Verifier {
             claims.get(&issuer.subject_claim).and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?.to_string();
         let jti = claims.get("jti").and_then(|v| v.as_str()).map(str::to_string);
 
-        // RFC 7800 confirmation: only the methods Warden can enforce. A token bound some other
-        // way (`jwk`, `jku`, a non-string thumbprint) must not pass as a bearer token.
-        let (mut bound_certificate, mut bound_dpop_key) = (None, None);
-        if let Some(cnf) = claims.get("cnf") {
-            let members = cnf.as_object().ok_or(Reason::BindingMismatch)?;
-            for (member, value) in members {
-                let value = value.as_str().ok_or(Reason::BindingMismatch)?.to_string();
-                match member.as_str() {
-                    "x5t#S256" => bound_certificate = Some(value),
-                    "jkt" => bound_dpop_key = Some(value),
-                    _ => return Err(Reason::BindingMismatch),
-                }
-            }
-            if bound_certificate.is_none() && bound_dpop_key.is_none() {
-                return Err(Reason::BindingMismatch);
-            }
-        }
-        match binding {
-            Binding::Mtls if bound_certificate.is_none() => return Err(Reason::BindingRequired),
-            Binding::Dpop if bound_dpop_key.is_none() => return Err(Reason::BindingRequired),
-            _ => {}
-        }
-
-        let scopes = match (claims.get("scope"), claims.get("scp")) {
-            (Some(serde_json::Value::String(s)), _) => {
-                s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect()
-            }
-            (_, Some(serde_json::Value::Array(list))) => {
-                list.iter().filter_map(|s| s.as_str().map(String::from)).collect()
-            }
-            _ => Vec::new(),
-        };
-        let task = if issuer.control_plane {
-            let source =
-                claims.get(task_claims::SUBJECT_ISSUER).and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?;
-            // The workload's own issuer must still be trusted: removing it cuts off its tasks.
-            let source = self.issuers.get(source).filter(|r| !r.control_plane).ok_or(Reason::UntrustedIssuer)?;
-            let tools = claims.get(task_claims::TOOLS).and_then(|v| v.as_array()).ok_or(Reason::MissingClaim)?;
-            let tools = tools.iter().map(|t| t.as_str().map(String::from)).collect::<Option<Vec<_>>>();
-            let subject_token = match claims.get(task_claims::SUBJECT_JTI) {
-                None => None,
-                Some(hash) => Some(
-                    hash.as_str()
-                        .filter(|h| h.len() == 32)
-                        .and_then(|h| u128::from_str_radix(h, 16).ok())
-                        .ok_or(Reason::Malformed)?,
-                ),
-            };
-            Some(Task { subject_issuer: source.name.clone(), tools: tools.ok_or(Reason::MissingClaim)?, subject_token })
-        } else {
-            None
-        };
+        let (bound_certificate, bound_dpop_key) = confirmation(&claims, binding)?;
+        let scopes = scopes(&claims);
+        let task = if issuer.control_plane { Some(self.task(&claims)?) } else { None };
         Ok(Verified {
             task,
             issuer: issuer.name.clone(),
@@ -532,6 +483,60 @@ impl Verifier {
             scopes,
             claims,
         })
+    }
+
+    /// What a task token (one the control plane's token service issued) grants, from its own
+    /// claims; the workload's issuer must still be trusted: removing it cuts off its tasks.
+    fn task(&self, claims: &Map<String, Value>) -> Result<Task, Reason> {
+        let source = claims.get(task_claims::SUBJECT_ISSUER).and_then(|v| v.as_str()).ok_or(Reason::MissingClaim)?;
+        let source = self.issuers.get(source).filter(|r| !r.control_plane).ok_or(Reason::UntrustedIssuer)?;
+        let tools = claims.get(task_claims::TOOLS).and_then(|v| v.as_array()).ok_or(Reason::MissingClaim)?;
+        let tools = tools.iter().map(|t| t.as_str().map(String::from)).collect::<Option<Vec<_>>>();
+        let subject_token = match claims.get(task_claims::SUBJECT_JTI) {
+            None => None,
+            Some(hash) => Some(
+                hash.as_str()
+                    .filter(|h| h.len() == 32)
+                    .and_then(|h| u128::from_str_radix(h, 16).ok())
+                    .ok_or(Reason::Malformed)?,
+            ),
+        };
+        Ok(Task { subject_issuer: source.name.clone(), tools: tools.ok_or(Reason::MissingClaim)?, subject_token })
+    }
+}
+
+/// RFC 7800 confirmation: only the methods Warden can enforce (the certificate and DPoP key
+/// thumbprints, in that order). A token bound some other way (`jwk`, `jku`, a non-string
+/// thumbprint) must not pass as a bearer token, and a server's required binding must be there.
+fn confirmation(claims: &Map<String, Value>, binding: Binding) -> Result<(Option<String>, Option<String>), Reason> {
+    let (mut bound_certificate, mut bound_dpop_key) = (None, None);
+    if let Some(cnf) = claims.get("cnf") {
+        let members = cnf.as_object().ok_or(Reason::BindingMismatch)?;
+        for (member, value) in members {
+            let value = value.as_str().ok_or(Reason::BindingMismatch)?.to_string();
+            match member.as_str() {
+                "x5t#S256" => bound_certificate = Some(value),
+                "jkt" => bound_dpop_key = Some(value),
+                _ => return Err(Reason::BindingMismatch),
+            }
+        }
+        if bound_certificate.is_none() && bound_dpop_key.is_none() {
+            return Err(Reason::BindingMismatch);
+        }
+    }
+    match binding {
+        Binding::Mtls if bound_certificate.is_none() => Err(Reason::BindingRequired),
+        Binding::Dpop if bound_dpop_key.is_none() => Err(Reason::BindingRequired),
+        _ => Ok((bound_certificate, bound_dpop_key)),
+    }
+}
+
+/// The scopes a token carries: `scope` (space-separated, RFC 8693) or else `scp` (a list).
+fn scopes(claims: &Map<String, Value>) -> Vec<String> {
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) => s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+        (_, Some(Value::Array(list))) => list.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
+        _ => Vec::new(),
     }
 }
 
