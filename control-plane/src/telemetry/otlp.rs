@@ -86,15 +86,26 @@ pub async fn export_metrics(
     }
 }
 
+/// Why a log source could not be read or its cursor moved.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The decision store failed.
+    #[error(transparent)]
+    Decisions(#[from] crate::telemetry::decisions::DecisionError),
+    /// The configuration store (the audit trail) failed.
+    #[error(transparent)]
+    Store(#[from] crate::configuration::store::StoreError),
+}
+
 /// Records exported as logs from a durable cursor. The methods block (storage): they are called
 /// from `spawn_blocking`.
 pub trait LogSource: Send + Sync + 'static {
     /// The instrumentation scope of the records (`warden.decisions`, `warden.audit`).
     fn scope(&self) -> &'static str;
     /// Up to `max` records after the delivered cursor, with the cursor of the last.
-    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), String>;
+    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), SourceError>;
     /// Everything up to `cursor` was delivered (or refused for good).
-    fn delivered(&self, cursor: u64) -> Result<(), String>;
+    fn delivered(&self, cursor: u64) -> Result<(), SourceError>;
     /// Woken when new records are stored, if the source can tell (otherwise polled each second).
     fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
@@ -106,13 +117,13 @@ impl LogSource for Decisions {
         "warden.decisions"
     }
 
-    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), String> {
-        let (cursor, stored) = self.unexported(max).map_err(|e| e.to_string())?;
+    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), SourceError> {
+        let (cursor, stored) = self.unexported(max)?;
         Ok((cursor, stored.iter().map(log_record).collect()))
     }
 
-    fn delivered(&self, cursor: u64) -> Result<(), String> {
-        self.set_exported(cursor).map_err(|e| e.to_string())
+    fn delivered(&self, cursor: u64) -> Result<(), SourceError> {
+        Ok(self.set_exported(cursor)?)
     }
 
     fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
@@ -134,18 +145,18 @@ impl LogSource for AuditTrail {
         "warden.audit"
     }
 
-    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), String> {
+    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), SourceError> {
         if !self.leadership.is_leading() {
             return Ok((0, Vec::new()));
         }
-        let after = self.store.audit_exported().map_err(|e| e.to_string())?;
-        let entries = self.store.audit_after(after, max).map_err(|e| e.to_string())?;
+        let after = self.store.audit_exported()?;
+        let entries = self.store.audit_after(after, max)?;
         let cursor = entries.last().map_or(after, |(seq, _)| *seq);
         Ok((cursor, entries.iter().map(|(_, e)| audit_record(e)).collect()))
     }
 
-    fn delivered(&self, cursor: u64) -> Result<(), String> {
-        self.store.set_audit_exported(cursor).map_err(|e| e.to_string())
+    fn delivered(&self, cursor: u64) -> Result<(), SourceError> {
+        Ok(self.store.set_audit_exported(cursor)?)
     }
 }
 
