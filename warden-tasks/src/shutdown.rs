@@ -54,13 +54,6 @@ impl Shutdown {
         // An error means the trigger is gone, which fires it.
         let _ = self.0.wait_for(|stop| *stop).await;
     }
-
-    /// A signal that never fires, for tests and tools that stop by dropping.
-    pub fn never() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        Shutdown(rx)
-    }
 }
 
 /// The background tasks of one process, awaited on exit.
@@ -69,7 +62,9 @@ impl Shutdown {
 /// detached. Tasks that end early (an exporter that is not configured) are simply done.
 #[derive(Debug, Default)]
 pub struct Tasks {
-    set: JoinSet<&'static str>,
+    set: JoinSet<()>,
+    /// Each task's name, by id: a panic's `JoinError` carries only the id.
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
 }
 
 impl Tasks {
@@ -83,30 +78,23 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.set.spawn(async move {
-            task.await;
-            name
-        });
-    }
-
-    /// How many tasks are still running or not yet joined.
-    pub fn len(&self) -> usize {
-        self.set.len()
-    }
-
-    /// Whether no task is left.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
     }
 
     /// Waits for every task to finish (they should have been told to stop). A task that
     /// panicked is logged by name; the others are still awaited.
     pub async fn join(mut self) {
-        while let Some(done) = self.set.join_next().await {
+        while let Some(done) = self.set.join_next_with_id().await {
+            let id = match &done {
+                Ok((id, ())) => *id,
+                Err(e) => e.id(),
+            };
+            let task = self.names.get(&id).copied().unwrap_or("unnamed");
             match done {
-                Ok(name) => tracing::debug!(task = name, "task finished"),
-                Err(e) if e.is_panic() => tracing::error!("a background task panicked: {e}"),
-                Err(e) => tracing::warn!("a background task was cancelled: {e}"),
+                Ok(_) => tracing::debug!(task, "task finished"),
+                Err(e) if e.is_panic() => tracing::error!(task, "a background task panicked: {e}"),
+                Err(e) => tracing::warn!(task, "a background task was cancelled: {e}"),
             }
         }
     }
