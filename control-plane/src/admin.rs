@@ -51,10 +51,11 @@ impl AdminService {
     async fn actor<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let caller = admin_caller(request, self.fleet.ca().trust_domain())?;
         if let AdminCaller::Operator(name, serial) = &caller {
-            let (store, lookup) = (self.configuration.store().clone(), name.clone());
-            let record = tokio::task::spawn_blocking(move || store.operator(&lookup))
+            let record = self
+                .configuration
+                .store()
+                .operator(name)
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::unavailable(format!("the operator registry cannot be read: {e}")))?;
             if !record.is_some_and(|r| r.accepts(serial)) {
                 tracing::warn!(operator = %name, serial, "refused a revoked or unregistered operator certificate");
@@ -201,17 +202,16 @@ impl pb::admin_service_server::AdminService for AdminService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.actor(&request).await?;
-        let store = self.configuration.store().clone();
-        let read = tokio::task::spawn_blocking(move || Ok::<_, StoreError>((store.agents()?, store.presence()?)));
+        let store = self.configuration.store();
+        let read = async { Ok::<_, StoreError>((store.agents().await?, store.presence().await?)) };
         let (registered, elsewhere) = match read.await {
-            Ok(Ok(read)) => read,
+            Ok(read) => read,
             // The registry is in the store; without it, this replica still knows who is
             // connected to it (an etcd outage is when operators look).
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::warn!("listing agents from what this replica sees: the store cannot be read: {e}");
                 (self.fleet.presence().seen_here(), Vec::new())
             }
-            Err(e) => return Err(Status::internal(e.to_string())),
         };
         let agents = self.fleet.presence().report(registered, &elsewhere);
         Ok(Response::new(pb::ListAgentsResponse { agents, version: self.configuration.version() }))
@@ -239,17 +239,15 @@ impl pb::admin_service_server::AdminService for AdminService {
         let secret = b64.encode(rand::random::<[u8; 24]>());
         let expires_unix = crate::now_unix_ms() / 1000 + ttl.as_secs() as i64;
         let hash = warden_core::identity::secret_hash(&secret);
-        let store = self.configuration.store().clone();
-        let (id_for_store, agent_for_store) = (id.clone(), agent.clone());
-        let registered = tokio::task::spawn_blocking(move || {
-            if store.agent(&agent_for_store)?.is_some() {
+        let store = self.configuration.store();
+        let registered = async {
+            if store.agent(&agent).await?.is_some() {
                 return Ok(true);
             }
-            store.create_join_token(&id_for_store, &hash, expires_unix, &agent_for_store).map(|()| false)
-        })
+            store.create_join_token(&id, &hash, expires_unix, &agent).await.map(|()| false)
+        }
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e: StoreError| Status::internal(e.to_string()))?;
         if registered {
             return Err(Status::already_exists(format!(
                 "agent {agent} is registered already: `wardenctl delete agent {agent}` first if its host was rebuilt"
@@ -266,11 +264,8 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::RevokeOperatorCertificatesResponse>, Status> {
         let actor = self.actor(&request).await?;
         let name = request.into_inner().name;
-        let (store, lookup) = (self.configuration.store().clone(), name.clone());
-        let removed = tokio::task::spawn_blocking(move || store.delete_operator(&lookup))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let removed =
+            self.configuration.store().delete_operator(&name).await.map_err(|e| Status::internal(e.to_string()))?;
         if !removed {
             return Err(Status::not_found(format!("no operator certificates were issued to {name}")));
         }
@@ -284,12 +279,8 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let actor = self.actor(&request).await?;
         let agent = request.into_inner().agent_id;
-        let store = self.configuration.store().clone();
-        let id = agent.clone();
-        let removed = tokio::task::spawn_blocking(move || store.delete_agent(&id))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let removed =
+            self.configuration.store().delete_agent(&agent).await.map_err(|e| Status::internal(e.to_string()))?;
         if !removed {
             return Err(Status::not_found(format!("no agent {agent} is registered")));
         }
@@ -319,11 +310,7 @@ impl pb::admin_service_server::AdminService for AdminService {
             0 => 100,
             n => n.min(10_000) as usize,
         };
-        let store = self.configuration.store().clone();
-        let entries = tokio::task::spawn_blocking(move || store.audit(limit))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let entries = self.configuration.store().audit(limit).await.map_err(|e| Status::internal(e.to_string()))?;
         let records = entries
             .into_iter()
             .map(|e| pb::AuditRecord {
@@ -360,12 +347,11 @@ impl pb::admin_service_server::AdminService for AdminService {
             .ca()
             .sign_client_csr(&request.csr_pem, &spiffe_id, ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (store, name, serial, not_after) =
-            (self.configuration.store().clone(), request.name.clone(), cert.serial.clone(), cert.not_after_unix);
         let now = crate::now_unix_ms() / 1000;
-        tokio::task::spawn_blocking(move || store.operator_issued(&name, &serial, not_after, now))
+        self.configuration
+            .store()
+            .operator_issued(&request.name, &cert.serial, cert.not_after_unix, now)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(%actor, operator = %request.name, not_after = cert.not_after_unix, "operator certificate issued");
         Ok(Response::new(pb::SignOperatorCertificateResponse {

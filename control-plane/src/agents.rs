@@ -63,11 +63,11 @@ impl AgentService {
             Some((FleetIdentity::Agent(id), serial)) => (id, serial),
             _ => return Err(Status::unauthenticated("this call needs an agent certificate issued by the fleet CA")),
         };
-        let store = self.configuration.store().clone();
-        let lookup = id.clone();
-        let record = tokio::task::spawn_blocking(move || store.agent(&lookup))
+        let record = self
+            .configuration
+            .store()
+            .agent(&id)
             .await
-            .map_err(blocking_error)?
             .map_err(|e| Status::unavailable(format!("the agent registry cannot be read: {e}")))?;
         match record {
             Some(record) if record.accepts(&serial) => Ok(record),
@@ -83,10 +83,6 @@ impl AgentService {
 
 fn now_unix() -> i64 {
     crate::now_unix_ms() / 1000
-}
-
-fn blocking_error(e: tokio::task::JoinError) -> Status {
-    Status::internal(e.to_string())
 }
 
 impl From<JoinTokenError> for Status {
@@ -122,14 +118,12 @@ impl pb::agent_service_server::AgentService for AgentService {
             certificates: Vec::new(),
         };
         record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
-        let store = self.configuration.store().clone();
-        let (id, hash) = (id.to_string(), secret_hash(secret));
-        let token_id = id.clone();
-        tokio::task::spawn_blocking(move || store.consume_join_token(&id, &hash, now_unix(), &record))
+        self.configuration
+            .store()
+            .consume_join_token(id, &secret_hash(secret), now_unix(), &record)
             .await
-            .map_err(blocking_error)?
-            .inspect_err(|e| tracing::warn!(%token_id, agent = %request.agent_id, "join refused: {e}"))?;
-        tracing::info!(%token_id, agent = %request.agent_id, "agent joined");
+            .inspect_err(|e| tracing::warn!(token_id = %id, agent = %request.agent_id, "join refused: {e}"))?;
+        tracing::info!(token_id = %id, agent = %request.agent_id, "agent joined");
         Ok(Response::new(pb::JoinResponse {
             certificate_pem: cert.pem,
             ca_pem: self.fleet.ca().cert_pem().to_string(),
@@ -147,11 +141,8 @@ impl pb::agent_service_server::AgentService for AgentService {
             .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
-        let store = self.configuration.store().clone();
-        let registered = tokio::task::spawn_blocking(move || store.put_agent(&record))
-            .await
-            .map_err(blocking_error)?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let registered =
+            self.configuration.store().put_agent(&record).await.map_err(|e| Status::internal(e.to_string()))?;
         if !registered {
             return Err(Status::permission_denied(format!("agent {agent} was deleted")));
         }
@@ -311,8 +302,7 @@ impl Session {
     /// Whether the agent is still registered (true when the registry cannot be read: a store
     /// outage must not disconnect the fleet).
     async fn registered(&self) -> bool {
-        let (store, id) = (self.service.configuration.store().clone(), self.agent.clone());
-        !matches!(tokio::task::spawn_blocking(move || store.agent(&id)).await, Ok(Ok(None)))
+        !matches!(self.service.configuration.store().agent(&self.agent).await, Ok(None))
     }
 
     /// Stores a batch of decision records, then acknowledges it. While this waits for the disk

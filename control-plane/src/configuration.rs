@@ -159,10 +159,18 @@ impl Configuration {
         for (issuer, _) in &plan.key_puts {
             entries.push(audit(&ResourceKey { kind: warden_core::Kind::TrustedIssuer, name: issuer.clone() }, 0, None));
         }
-        let puts: Vec<(ResourceKey, Vec<u8>)> = plan.puts.iter().map(|(k, _, j)| (k.clone(), j.clone())).collect();
-        let deletes: Vec<ResourceKey> = plan.deletes.iter().map(|(k, _)| k.clone()).collect();
-        let key_puts = plan.key_puts.clone();
-        let key_deletes = plan.key_deletes.clone();
+        let changes: Vec<Change> = plan
+            .puts
+            .iter()
+            .map(|(key, _, json)| Change::Put { key: key.clone(), json: json.clone() })
+            .chain(plan.deletes.iter().map(|(key, _)| Change::Delete(key.clone())))
+            .chain(
+                plan.key_puts
+                    .iter()
+                    .map(|(issuer, record)| Change::PutKeys { issuer: issuer.clone(), record: record.clone() }),
+            )
+            .chain(plan.key_deletes.iter().map(|issuer| Change::DeleteKeys(issuer.clone())))
+            .collect();
         let entries_logged = entries.clone();
         let (store, states) = (self.store.clone(), self.state.clone());
         let base = current.version;
@@ -172,23 +180,16 @@ impl Configuration {
         if size > self.max_config_bytes {
             return Err(WriteError::TooLarge { size, limit: self.max_config_bytes });
         }
-        // Committed and published on the blocking pool: a caller that goes away mid-write (an
+        // Committed and published in a task of its own: a caller that goes away mid-write (an
         // operator's Ctrl-C) cannot leave a committed version unpublished.
-        let written = tokio::task::spawn_blocking(move || {
-            let changes: Vec<Change<'_>> = puts
-                .iter()
-                .map(|(key, json)| Change::Put { key, json })
-                .chain(deletes.iter().map(Change::Delete))
-                .chain(key_puts.iter().map(|(issuer, record)| Change::PutKeys { issuer, record }))
-                .chain(key_deletes.iter().map(|issuer| Change::DeleteKeys(issuer)))
-                .collect();
-            let written = store.commit(base, &changes, &entries)?;
+        let written = tokio::spawn(async move {
+            let written = store.commit(base, changes, entries).await?;
             // Even if the watch of this write got here first: then this changes nothing.
             publish_to(&states, next);
             Ok::<_, StoreError>(written)
         })
         .await
-        .map_err(|e| WriteError::Store(StoreError::Corrupt { key: "commit".into(), message: e.to_string() }))??;
+        .map_err(|e| WriteError::Store(StoreError::Interrupted(e.to_string())))??;
         debug_assert_eq!(written, version);
         for entry in &entries_logged {
             let (actor, operation) = (&entry.actor, &entry.operation);

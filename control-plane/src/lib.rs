@@ -285,10 +285,7 @@ async fn open_configuration(options: &Options) -> Result<(Configuration, i64), R
         }
         StoreOptions::Etcd(etcd) => Store::Etcd(Box::new(configuration::store::etcd::Etcd::open(etcd).await?)),
     };
-    let loaded = match &store {
-        Store::Etcd(etcd) => etcd.read_all().await?,
-        embedded => embedded.load()?,
-    };
+    let loaded = store.load().await?;
     tracing::info!(store_id = %loaded.store_id, version = loaded.version, resources = loaded.resources.len(), revision = loaded.revision, "store loaded");
     let admission = Admission { allow_http_issuers: options.allow_http_issuers };
     let revision = loaded.revision;

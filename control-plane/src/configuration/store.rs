@@ -10,6 +10,7 @@ pub mod etcd;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use warden_core::{Document, ResourceKey};
@@ -50,6 +51,10 @@ pub enum StoreError {
     /// A write is larger than etcd accepts in one request.
     #[error("{0}")]
     TooLarge(EtcdLimit),
+    /// A store call's task ended before answering (it panicked, or the runtime is shutting
+    /// down).
+    #[error("store call interrupted: {0}")]
+    Interrupted(String),
     /// A stored record does not decode; the store was written by something else.
     #[error("store record {key}: {message}")]
     Corrupt {
@@ -152,25 +157,25 @@ pub struct Loaded {
 }
 
 /// One change in a write.
-pub enum Change<'a> {
+pub enum Change {
     /// Create or replace a resource.
     Put {
         /// Which.
-        key: &'a ResourceKey,
+        key: ResourceKey,
         /// Its canonical JSON.
-        json: &'a [u8],
+        json: Vec<u8>,
     },
     /// Remove a resource.
-    Delete(&'a ResourceKey),
+    Delete(ResourceKey),
     /// Store an issuer's fetched keys.
     PutKeys {
         /// The issuer's name.
-        issuer: &'a str,
+        issuer: String,
         /// The keys.
-        record: &'a KeyRecord,
+        record: KeyRecord,
     },
     /// Forget an issuer's fetched keys.
-    DeleteKeys(&'a str),
+    DeleteKeys(String),
 }
 
 /// An admin change, as recorded.
@@ -316,63 +321,86 @@ pub struct Dump {
     pub agents: Vec<(String, Vec<u8>)>,
 }
 
-/// The configuration store a control plane runs on.
+/// The configuration store a control plane runs on. Its API is async whatever the backend:
+/// etcd's client is async, and the embedded store runs each redb transaction (which blocks on
+/// the disk) on the blocking pool, so no caller blocks a runtime thread or manages threads.
 pub enum Store {
     /// One redb file in the data directory (one control plane).
-    Embedded(embedded::Embedded),
+    Embedded(Arc<embedded::Embedded>),
     /// An etcd cluster shared by several control-plane replicas.
     Etcd(Box<etcd::Etcd>),
 }
 
-macro_rules! each {
-    ($self:ident, $store:ident => $e:expr) => {
-        match $self {
-            Store::Embedded($store) => $e,
-            Store::Etcd($store) => $e,
-        }
-    };
+/// Runs `call` on the embedded store on the blocking pool.
+async fn blocking<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+    store: &Arc<embedded::Embedded>,
+    call: impl FnOnce(&embedded::Embedded) -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || call(&store)).await {
+        Ok(result) => result,
+        Err(e) => Err(StoreError::Interrupted(e.to_string()).into()),
+    }
 }
 
 impl Store {
     /// Opens (creating on first start) the embedded store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        embedded::Embedded::open(data_dir).map(Store::Embedded)
+        embedded::Embedded::open(data_dir).map(|e| Store::Embedded(Arc::new(e)))
     }
 
     /// Reads the whole configuration.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
-        each!(self, s => s.load())
+    pub async fn load(&self) -> Result<Loaded, StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, |s| s.load()).await,
+            Store::Etcd(s) => s.load().await,
+        }
     }
 
     /// Writes `changes` as configuration version `base + 1`, with their audit entries, in one
     /// transaction. Refused with [`StoreError::VersionMoved`] if the stored version is not
     /// `base`.
-    pub fn commit(&self, base: u64, changes: &[Change<'_>], audit: &[AuditEntry]) -> Result<u64, StoreError> {
-        each!(self, s => s.commit(base, changes, audit))
+    pub async fn commit(&self, base: u64, changes: Vec<Change>, audit: Vec<AuditEntry>) -> Result<u64, StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.commit(base, &changes, &audit)).await,
+            Store::Etcd(s) => s.commit(base, &changes, &audit).await,
+        }
     }
 
     /// The newest `limit` audit entries, oldest first.
-    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        each!(self, s => s.audit(limit))
+    pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.audit(limit)).await,
+            Store::Etcd(s) => s.audit(limit).await,
+        }
     }
 
     /// Audit entries after sequence `after`, oldest first, at most `max`, with their sequence.
-    pub fn audit_after(&self, after: u64, max: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
-        each!(self, s => s.audit_after(after, max))
+    pub async fn audit_after(&self, after: u64, max: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.audit_after(after, max)).await,
+            Store::Etcd(s) => s.audit_after(after, max).await,
+        }
     }
 
     /// The sequence of the last audit entry exported over OTLP (0: none).
-    pub fn audit_exported(&self) -> Result<u64, StoreError> {
-        each!(self, s => s.audit_exported())
+    pub async fn audit_exported(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, |s| s.audit_exported()).await,
+            Store::Etcd(s) => s.audit_exported().await,
+        }
     }
 
     /// Records that audit entries up to `sequence` were exported.
-    pub fn set_audit_exported(&self, sequence: u64) -> Result<(), StoreError> {
-        each!(self, s => s.set_audit_exported(sequence))
+    pub async fn set_audit_exported(&self, sequence: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.set_audit_exported(sequence)).await,
+            Store::Etcd(s) => s.set_audit_exported(sequence).await,
+        }
     }
 
     /// Records a new join token for `agent` (only the hash of its secret).
-    pub fn create_join_token(
+    pub async fn create_join_token(
         &self,
         id: &str,
         secret_hash: &[u8; 32],
@@ -385,51 +413,90 @@ impl Store {
             used_by: None,
             agent: Some(agent.to_string()),
         };
-        each!(self, s => s.create_join_token(id, &record))
+        match self {
+            Store::Embedded(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.create_join_token(&id, &record)).await
+            }
+            Store::Etcd(s) => s.create_join_token(id, &record).await,
+        }
     }
 
     /// Checks a join token and, atomically, marks it used by `agent` and registers the agent, so
     /// a token can never admit two agents (not even through two replicas), an agent only with
     /// the token made for it, and never one whose id is registered already.
-    pub fn consume_join_token(
+    pub async fn consume_join_token(
         &self,
         id: &str,
         secret_hash: &[u8; 32],
         now_unix: i64,
         agent: &AgentRecord,
     ) -> Result<(), JoinTokenError> {
-        each!(self, s => s.consume_join_token(id, secret_hash, now_unix, agent))
+        match self {
+            Store::Embedded(s) => {
+                let (id, hash, agent) = (id.to_string(), *secret_hash, agent.clone());
+                blocking(s, move |s| s.consume_join_token(&id, &hash, now_unix, &agent)).await
+            }
+            Store::Etcd(s) => s.consume_join_token(id, secret_hash, now_unix, agent).await,
+        }
     }
 
     /// Updates a registered agent (e.g. after a certificate renewal); whether it was still
     /// registered (a deleted agent is not written back).
-    pub fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
-        each!(self, s => s.put_agent(agent))
+    pub async fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let agent = agent.clone();
+                blocking(s, move |s| s.put_agent(&agent)).await
+            }
+            Store::Etcd(s) => s.put_agent(agent).await,
+        }
     }
 
     /// Every registered agent.
-    pub fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
-        each!(self, s => s.agents())
+    pub async fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, |s| s.agents()).await,
+            Store::Etcd(s) => s.agents().await,
+        }
     }
 
     /// One registered agent.
-    pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        each!(self, s => s.agent(id))
+    pub async fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.agent(&id)).await
+            }
+            Store::Etcd(s) => s.agent(id).await,
+        }
     }
 
     /// Removes an agent from the registry: its certificates are refused from then on. Whether
     /// it was registered.
-    pub fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
-        each!(self, s => s.delete_agent(id))
+    pub async fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.delete_agent(&id)).await
+            }
+            Store::Etcd(s) => s.delete_agent(id).await,
+        }
     }
 
     /// The certificates issued to operator `name`.
-    pub fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
-        each!(self, s => s.operator(name))
+    pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let name = name.to_string();
+                blocking(s, move |s| s.operator(&name)).await
+            }
+            Store::Etcd(s) => s.operator(name).await,
+        }
     }
 
     /// Records a certificate issued to operator `name` (forgetting its expired ones).
-    pub fn operator_issued(
+    pub async fn operator_issued(
         &self,
         name: &str,
         serial: &str,
@@ -437,22 +504,31 @@ impl Store {
         now_unix: i64,
     ) -> Result<(), StoreError> {
         let mut record =
-            self.operator(name)?.unwrap_or_else(|| OperatorRecord { name: name.into(), ..Default::default() });
+            self.operator(name).await?.unwrap_or_else(|| OperatorRecord { name: name.into(), ..Default::default() });
         record.certificates.retain(|c| c.not_after_unix > now_unix);
         record.certificates.push(IssuedSerial { serial: serial.into(), not_after_unix });
-        each!(self, s => s.put_operator(&record))
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.put_operator(&record)).await,
+            Store::Etcd(s) => s.put_operator(&record).await,
+        }
     }
 
     /// Revokes every certificate of operator `name`; whether it had any.
-    pub fn delete_operator(&self, name: &str) -> Result<bool, StoreError> {
-        each!(self, s => s.delete_operator(name))
+    pub async fn delete_operator(&self, name: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let name = name.to_string();
+                blocking(s, move |s| s.delete_operator(&name)).await
+            }
+            Store::Etcd(s) => s.delete_operator(name).await,
+        }
     }
 
     /// Agent streams published by every replica (none on the embedded store: there is one).
-    pub fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
+    pub async fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
         match self {
             Store::Embedded(_) => Ok(Vec::new()),
-            Store::Etcd(etcd) => etcd.presence(),
+            Store::Etcd(etcd) => etcd.presence().await,
         }
     }
 }

@@ -19,35 +19,38 @@ fn agent(id: &str) -> AgentRecord {
     }
 }
 
-#[test]
-fn writes_survive_reopening_and_versions_only_move_forward() {
+#[tokio::test]
+async fn writes_survive_reopening_and_versions_only_move_forward() {
     let dir = tempfile::tempdir().unwrap();
     let a = issuer("a", "https://a.example.com");
     let key = a.key();
     let json = a.to_canonical_json();
     let store_id = {
         let store = Store::open(dir.path()).unwrap();
-        let loaded = store.load().unwrap();
+        let loaded = store.load().await.unwrap();
         assert_eq!(loaded.version, 0);
-        assert_eq!(store.commit(0, &[Change::Put { key: &key, json: &json }], &[]).unwrap(), 1);
+        assert_eq!(
+            store.commit(0, vec![Change::Put { key: key.clone(), json: json.clone() }], vec![]).await.unwrap(),
+            1
+        );
         // A write based on a version that is no longer current is refused and changes nothing.
-        let err = store.commit(0, &[Change::Delete(&key)], &[]).unwrap_err();
+        let err = store.commit(0, vec![Change::Delete(key.clone())], vec![]).await.unwrap_err();
         assert!(matches!(err, StoreError::VersionMoved { expected: 0, found: 1 }), "{err}");
         loaded.store_id
     };
     let store = Store::open(dir.path()).unwrap();
-    let loaded = store.load().unwrap();
+    let loaded = store.load().await.unwrap();
     assert_eq!(loaded.store_id, store_id, "the store keeps its identity");
     assert_eq!(loaded.version, 1);
     let stored = &loaded.resources[&key];
     assert_eq!(stored.resource_version, 1);
     assert_eq!(stored.document, a);
-    store.commit(1, &[Change::Delete(&key)], &[]).unwrap();
-    assert!(store.load().unwrap().resources.is_empty());
+    store.commit(1, vec![Change::Delete(key.clone())], vec![]).await.unwrap();
+    assert!(store.load().await.unwrap().resources.is_empty());
 }
 
-#[test]
-fn audit_entries_are_kept_in_order() {
+#[tokio::test]
+async fn audit_entries_are_kept_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let key = ResourceKey { kind: Kind::TrustedIssuer, name: "a".into() };
@@ -62,41 +65,50 @@ fn audit_entries_are_kept_in_order() {
             name: "a".into(),
             previous_resource_version: base,
         };
-        store.commit(base, &[Change::Put { key: &key, json: &json }], &[entry]).unwrap();
+        store.commit(base, vec![Change::Put { key: key.clone(), json: json.clone() }], vec![entry]).await.unwrap();
     }
-    let entries = store.audit(2).unwrap();
+    let entries = store.audit(2).await.unwrap();
     assert_eq!(entries.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
 }
 
-#[test]
-fn a_join_token_admits_one_agent_once_before_it_expires() {
+#[tokio::test]
+async fn a_join_token_admits_one_agent_once_before_it_expires() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let hash = warden_core::identity::secret_hash("s3cret");
-    store.create_join_token("t1", &hash, 1_000, "a1").unwrap();
+    store.create_join_token("t1", &hash, 1_000, "a1").await.unwrap();
     let wrong = warden_core::identity::secret_hash("guess");
-    assert!(matches!(store.consume_join_token("t1", &wrong, 10, &agent("a1")), Err(JoinTokenError::Invalid)));
-    assert!(matches!(store.consume_join_token("nope", &hash, 10, &agent("a1")), Err(JoinTokenError::Invalid)));
-    assert!(matches!(store.consume_join_token("t1", &hash, 1_000, &agent("a1")), Err(JoinTokenError::Expired(1_000))));
+    assert!(matches!(store.consume_join_token("t1", &wrong, 10, &agent("a1")).await, Err(JoinTokenError::Invalid)));
+    assert!(matches!(store.consume_join_token("nope", &hash, 10, &agent("a1")).await, Err(JoinTokenError::Invalid)));
+    assert!(matches!(
+        store.consume_join_token("t1", &hash, 1_000, &agent("a1")).await,
+        Err(JoinTokenError::Expired(1_000))
+    ));
     // The token names its agent: another id is refused, and the token is not spent by it.
-    assert!(matches!(store.consume_join_token("t1", &hash, 10, &agent("a2")), Err(JoinTokenError::WrongAgent(_))));
-    assert!(store.agents().unwrap().is_empty(), "refused joins register nothing");
-    store.consume_join_token("t1", &hash, 999, &agent("a1")).unwrap();
-    match store.consume_join_token("t1", &hash, 999, &agent("a2")) {
+    assert!(matches!(
+        store.consume_join_token("t1", &hash, 10, &agent("a2")).await,
+        Err(JoinTokenError::WrongAgent(_))
+    ));
+    assert!(store.agents().await.unwrap().is_empty(), "refused joins register nothing");
+    store.consume_join_token("t1", &hash, 999, &agent("a1")).await.unwrap();
+    match store.consume_join_token("t1", &hash, 999, &agent("a2")).await {
         Err(JoinTokenError::Used(by)) => assert_eq!(by, "a1"),
         other => panic!("expected Used, got {other:?}"),
     }
-    assert_eq!(store.agents().unwrap().keys().collect::<Vec<_>>(), ["a1"]);
+    assert_eq!(store.agents().await.unwrap().keys().collect::<Vec<_>>(), ["a1"]);
     // A second token for a registered id cannot take it over.
-    store.create_join_token("t2", &hash, 1_000, "a1").unwrap();
-    assert!(matches!(store.consume_join_token("t2", &hash, 10, &agent("a1")), Err(JoinTokenError::AgentExists(_))));
+    store.create_join_token("t2", &hash, 1_000, "a1").await.unwrap();
+    assert!(matches!(
+        store.consume_join_token("t2", &hash, 10, &agent("a1")).await,
+        Err(JoinTokenError::AgentExists(_))
+    ));
     // Deleted, the agent is gone, and a renewal racing the deletion cannot bring it back.
-    assert!(store.delete_agent("a1").unwrap());
-    assert!(!store.delete_agent("a1").unwrap());
-    assert!(!store.put_agent(&agent("a1")).unwrap());
-    assert!(store.agent("a1").unwrap().is_none());
-    store.consume_join_token("t2", &hash, 10, &agent("a1")).unwrap();
-    assert!(store.agent("a1").unwrap().is_some());
+    assert!(store.delete_agent("a1").await.unwrap());
+    assert!(!store.delete_agent("a1").await.unwrap());
+    assert!(!store.put_agent(&agent("a1")).await.unwrap());
+    assert!(store.agent("a1").await.unwrap().is_none());
+    store.consume_join_token("t2", &hash, 10, &agent("a1")).await.unwrap();
+    assert!(store.agent("a1").await.unwrap().is_some());
 }
 
 #[test]

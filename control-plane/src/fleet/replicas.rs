@@ -121,12 +121,10 @@ async fn apply(configuration: &Configuration, followed: Followed) {
         Followed::Committed(c) => {
             // A gap: versions this replica never saw. Read everything again.
             tracing::warn!(held = current.version, watched = c.version, "missed configuration versions; reading all");
-            let store = configuration.store().clone();
-            match tokio::task::spawn_blocking(move || store.load()).await {
-                Ok(Ok(loaded)) => {
+            match configuration.store().load().await {
+                Ok(loaded) => {
                     configuration.publish(FleetState::from_loaded(loaded));
                 }
-                Ok(Err(e)) => tracing::error!("reading the configuration: {e}"),
                 Err(e) => tracing::error!("reading the configuration: {e}"),
             }
         }

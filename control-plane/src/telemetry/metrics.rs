@@ -277,7 +277,8 @@ const LOG_RECORDS_REJECTED: Descriptor = Descriptor {
 };
 
 /// Every family the control plane knows, now: what `/metrics` and the OTLP export both read.
-pub fn families(cp: &Sources) -> Vec<Family> {
+pub async fn families(cp: &Sources) -> Vec<Family> {
+    let registered = cp.configuration.store().agents().await.unwrap_or_default();
     let mut out = Vec::new();
     {
         let counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
@@ -303,7 +304,7 @@ pub fn families(cp: &Sources) -> Vec<Family> {
     let version = cp.configuration.version();
     out.push(Family::single(&CONFIG_VERSION, version as f64));
     out.push(Family::single(&LEADER, if cp.leadership.is_leading() { 1.0 } else { 0.0 }));
-    let agents = cp.fleet.presence().report(cp.configuration.store().agents().unwrap_or_default(), &[]);
+    let agents = cp.fleet.presence().report(registered, &[]);
     let connected: Vec<_> = agents.iter().filter(|a| a.connected).collect();
     out.push(Family::single(&AGENTS_CONNECTED, connected.len() as f64));
     let mut lag = Family::new(&CONFIG_LAG);
@@ -317,14 +318,15 @@ pub fn families(cp: &Sources) -> Vec<Family> {
 }
 
 /// The Prometheus text of everything the control plane knows.
-pub fn render(cp: &Sources) -> String {
-    metrics::prometheus_text(&families(cp))
+pub async fn render(cp: &Sources) -> String {
+    metrics::prometheus_text(&families(cp).await)
 }
 
 /// The same families as OTLP metrics, cumulative since the process started.
-pub fn otlp(cp: &Sources) -> Vec<om::Metric> {
+pub async fn otlp(cp: &Sources) -> Vec<om::Metric> {
+    let families = families(cp).await;
     let nanos = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    warden_otlp::metrics::metrics(&families(cp), nanos(cp.started), nanos(std::time::SystemTime::now()))
+    warden_otlp::metrics::metrics(&families, nanos(cp.started), nanos(std::time::SystemTime::now()))
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
@@ -336,7 +338,7 @@ pub async fn serve(sources: Arc<Sources>, listener: tokio::net::TcpListener, mut
         .route(
             "/metrics",
             get(|axum::extract::State(cp): axum::extract::State<Arc<Sources>>| async move {
-                let text = tokio::task::spawn_blocking(move || render(&cp)).await.unwrap_or_default();
+                let text = render(&cp).await;
                 ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
             }),
         )

@@ -59,10 +59,7 @@ pub async fn export_metrics(
             _ = tick.tick() => {}
             _ = stop.requested() => return,
         }
-        let snapshot = {
-            let cp = cp.clone();
-            tokio::task::spawn_blocking(move || crate::telemetry::metrics::otlp(&cp)).await.unwrap_or_default()
-        };
+        let snapshot = crate::telemetry::metrics::otlp(&cp).await;
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(otel_resource(&resource)),
@@ -92,20 +89,25 @@ pub enum SourceError {
     /// The decision store failed.
     #[error(transparent)]
     Decisions(#[from] crate::telemetry::decisions::DecisionError),
+    /// A read or write on the blocking pool ended before answering.
+    #[error("decision store call interrupted: {0}")]
+    Interrupted(String),
     /// The configuration store (the audit trail) failed.
     #[error(transparent)]
     Store(#[from] crate::configuration::store::StoreError),
 }
 
-/// Records exported as logs from a durable cursor. The methods block (storage): they are called
-/// from `spawn_blocking`.
+/// Records exported as logs from a durable cursor.
 pub trait LogSource: Send + Sync + 'static {
     /// The instrumentation scope of the records (`warden.decisions`, `warden.audit`).
     fn scope(&self) -> &'static str;
     /// Up to `max` records after the delivered cursor, with the cursor of the last.
-    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), SourceError>;
+    fn after_cursor(
+        self: Arc<Self>,
+        max: usize,
+    ) -> impl Future<Output = Result<(u64, Vec<LogRecord>), SourceError>> + Send;
     /// Everything up to `cursor` was delivered (or refused for good).
-    fn delivered(&self, cursor: u64) -> Result<(), SourceError>;
+    fn delivered(self: Arc<Self>, cursor: u64) -> impl Future<Output = Result<(), SourceError>> + Send;
     /// Woken when new records are stored, if the source can tell (otherwise polled each second).
     fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
@@ -117,13 +119,16 @@ impl LogSource for Decisions {
         "warden.decisions"
     }
 
-    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), SourceError> {
-        let (cursor, stored) = self.unexported(max)?;
+    // The decision store is a local redb file: its reads and writes run on the blocking pool.
+    async fn after_cursor(self: Arc<Self>, max: usize) -> Result<(u64, Vec<LogRecord>), SourceError> {
+        let read = tokio::task::spawn_blocking(move || self.unexported(max)).await;
+        let (cursor, stored) = read.map_err(|e| SourceError::Interrupted(e.to_string()))??;
         Ok((cursor, stored.iter().map(log_record).collect()))
     }
 
-    fn delivered(&self, cursor: u64) -> Result<(), SourceError> {
-        Ok(self.set_exported(cursor)?)
+    async fn delivered(self: Arc<Self>, cursor: u64) -> Result<(), SourceError> {
+        let written = tokio::task::spawn_blocking(move || self.set_exported(cursor)).await;
+        Ok(written.map_err(|e| SourceError::Interrupted(e.to_string()))??)
     }
 
     fn wakeup(&self) -> Option<Arc<tokio::sync::Notify>> {
@@ -145,18 +150,18 @@ impl LogSource for AuditTrail {
         "warden.audit"
     }
 
-    fn after_cursor(&self, max: usize) -> Result<(u64, Vec<LogRecord>), SourceError> {
+    async fn after_cursor(self: Arc<Self>, max: usize) -> Result<(u64, Vec<LogRecord>), SourceError> {
         if !self.leadership.is_leading() {
             return Ok((0, Vec::new()));
         }
-        let after = self.store.audit_exported()?;
-        let entries = self.store.audit_after(after, max)?;
+        let after = self.store.audit_exported().await?;
+        let entries = self.store.audit_after(after, max).await?;
         let cursor = entries.last().map_or(after, |(seq, _)| *seq);
         Ok((cursor, entries.iter().map(|(_, e)| audit_record(e)).collect()))
     }
 
-    fn delivered(&self, cursor: u64) -> Result<(), SourceError> {
-        Ok(self.store.set_audit_exported(cursor)?)
+    async fn delivered(self: Arc<Self>, cursor: u64) -> Result<(), SourceError> {
+        Ok(self.store.set_audit_exported(cursor).await?)
     }
 }
 
@@ -210,16 +215,8 @@ pub async fn export_logs<S: LogSource>(
         let stored = wakeup.notified();
         tokio::pin!(stored);
         stored.as_mut().enable();
-        let batch = {
-            let source = source.clone();
-            tokio::task::spawn_blocking(move || source.after_cursor(BATCH)).await
-        };
-        let (cursor, records) = match batch {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::error!(scope, "OTLP logs exporter: {e}");
-                (0, Vec::new())
-            }
+        let (cursor, records) = match source.clone().after_cursor(BATCH).await {
+            Ok(batch) => batch,
             Err(e) => {
                 tracing::error!(scope, "OTLP logs exporter: {e}");
                 (0, Vec::new())
@@ -269,13 +266,8 @@ pub async fn export_logs<S: LogSource>(
                 false
             }
         };
-        if advance {
-            let source = source.clone();
-            match tokio::task::spawn_blocking(move || source.delivered(cursor)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(scope, "OTLP logs exporter: {e}"),
-                Err(e) => tracing::error!(scope, "OTLP logs exporter: {e}"),
-            }
+        if advance && let Err(e) = source.clone().delivered(cursor).await {
+            tracing::error!(scope, "OTLP logs exporter: {e}");
         }
     }
 }

@@ -86,7 +86,7 @@ impl Embedded {
 
     /// Writes `changes` as configuration version `base + 1`, with their audit entries, in one
     /// transaction. Refused if the stored version is not `base`.
-    pub fn commit(&self, base: u64, changes: &[Change<'_>], audit: &[AuditEntry]) -> Result<u64, StoreError> {
+    pub fn commit(&self, base: u64, changes: &[Change], audit: &[AuditEntry]) -> Result<u64, StoreError> {
         let next = base + 1;
         let txn = self.db.begin_write().map_err(db_err)?;
         {
@@ -110,10 +110,10 @@ impl Embedded {
                     Change::PutKeys { issuer, record } => {
                         let record = KeyRecord { version: next, ..(*record).clone() };
                         let bytes = serde_json::to_vec(&record).expect("records serialize");
-                        keys.insert(*issuer, bytes.as_slice()).map_err(db_err)?;
+                        keys.insert(issuer.as_str(), bytes.as_slice()).map_err(db_err)?;
                     }
                     Change::DeleteKeys(issuer) => {
-                        keys.remove(*issuer).map_err(db_err)?;
+                        keys.remove(issuer.as_str()).map_err(db_err)?;
                     }
                 }
             }

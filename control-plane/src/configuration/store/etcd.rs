@@ -103,8 +103,6 @@ impl Options {
 pub struct Etcd {
     client: Client,
     prefix: String,
-    /// Synchronous callers (on the blocking pool) wait for etcd on this runtime.
-    runtime: tokio::runtime::Handle,
 }
 
 /// The store's error for `e`, telling etcd's request bounds apart (etcd says which only in its
@@ -215,7 +213,7 @@ impl Etcd {
         };
         let endpoints: Vec<String> = options.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();
         let client = Client::connect(&endpoints, Some(connect)).await.map_err(etcd_err)?;
-        Ok(Etcd { client, prefix: options.prefix.clone(), runtime: tokio::runtime::Handle::current() })
+        Ok(Etcd { client, prefix: options.prefix.clone() })
     }
 
     /// Connects and, on the first start of a fleet, creates its store identity and version.
@@ -268,23 +266,25 @@ impl Etcd {
         format!("{}/{rest}", self.prefix)
     }
 
+    /// Deletes `key`; whether it was there.
+    async fn delete(&self, key: String) -> Result<bool, StoreError> {
+        let response = retrying(|| {
+            let (mut kv, key) = (self.kv(), key.clone());
+            async move { kv.delete(key, None).await }
+        })
+        .await
+        .map_err(etcd_err)?;
+        Ok(response.deleted() > 0)
+    }
+
     /// The end of the range of keys starting with `<prefix>/<dir>/`.
     fn dir_end(&self, dir: &str) -> String {
         // '0' is the byte after '/'.
         format!("{}/{dir}0", self.prefix)
     }
 
-    fn wait<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        self.runtime.block_on(f)
-    }
-
     /// Reads the whole configuration, at one revision.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
-        self.wait(self.read_all())
-    }
-
-    /// [`Etcd::load`] for async callers.
-    pub async fn read_all(&self) -> Result<Loaded, StoreError> {
+    pub async fn load(&self) -> Result<Loaded, StoreError> {
         let dir = |d: &str| TxnOp::get(self.key(&format!("{d}/")), Some(GetOptions::new().with_prefix()));
         let read = etcd_client::Txn::new().and_then([
             TxnOp::get(self.key("store-id"), None),
@@ -327,7 +327,7 @@ impl Etcd {
     }
 
     /// Writes `changes` as version `base + 1` in one transaction, if the version is still `base`.
-    pub fn commit(&self, base: u64, changes: &[Change<'_>], audit: &[AuditEntry]) -> Result<u64, StoreError> {
+    pub async fn commit(&self, base: u64, changes: &[Change], audit: &[AuditEntry]) -> Result<u64, StoreError> {
         let next = base + 1;
         let mut ops = vec![TxnOp::put(self.key("config/version"), next.to_string(), None)];
         for change in changes {
@@ -359,7 +359,7 @@ impl Etcd {
             .when([Compare::value(self.key("config/version"), CompareOp::Equal, base.to_string())])
             .and_then(ops)
             .or_else([TxnOp::get(self.key("config/version"), None), TxnOp::get(audit_key, None)]);
-        let response = self.wait(self.txn(write))?;
+        let response = self.txn(write).await?;
         if response.succeeded() {
             return Ok(next);
         }
@@ -402,52 +402,52 @@ impl Etcd {
     }
 
     /// The newest `limit` audit entries, oldest first.
-    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         // Each version holds at least one entry: `limit` versions are enough.
         let options = GetOptions::new()
             .with_range(self.dir_end("audit"))
             .with_sort(SortTarget::Key, SortOrder::Descend)
             .with_limit(limit as i64);
-        let mut rows = self.wait(self.audit_rows(options, self.key("audit/")))?;
+        let mut rows = self.audit_rows(options, self.key("audit/")).await?;
         rows.sort_by_key(|(seq, _)| *seq);
         let skip = rows.len().saturating_sub(limit);
         Ok(rows.into_iter().skip(skip).map(|(_, e)| e).collect())
     }
 
     /// Audit entries after sequence `after`, oldest first, at most `max`, with their sequence.
-    pub fn audit_after(&self, after: u64, max: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+    pub async fn audit_after(&self, after: u64, max: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
         let from = self.key(&format!("audit/{:020}", after >> AUDIT_INDEX_BITS));
         let options = GetOptions::new().with_range(self.dir_end("audit")).with_limit(max as i64 + 1);
-        let rows = self.wait(self.audit_rows(options, from))?;
+        let rows = self.audit_rows(options, from).await?;
         Ok(rows.into_iter().filter(|(seq, _)| *seq > after).take(max).collect())
     }
 
     /// The sequence of the last audit entry exported over OTLP (0: none).
-    pub fn audit_exported(&self) -> Result<u64, StoreError> {
+    pub async fn audit_exported(&self) -> Result<u64, StoreError> {
         let key = self.key("audit-exported");
-        let response = self.wait(self.get(key.clone(), None))?;
+        let response = self.get(key.clone(), None).await?;
         response.kvs().first().map_or(Ok(0), |kv| decimal(&key, kv.value()))
     }
 
     /// Records that audit entries up to `sequence` were exported.
-    pub fn set_audit_exported(&self, sequence: u64) -> Result<(), StoreError> {
+    pub async fn set_audit_exported(&self, sequence: u64) -> Result<(), StoreError> {
         let key = self.key("audit-exported");
         let value = sequence.to_string();
-        self.wait(self.put(key, value.into_bytes()))?;
+        self.put(key, value.into_bytes()).await?;
         Ok(())
     }
 
     /// Records a new join token (only the hash of its secret).
-    pub(crate) fn create_join_token(&self, id: &str, record: &JoinTokenRecord) -> Result<(), StoreError> {
+    pub(crate) async fn create_join_token(&self, id: &str, record: &JoinTokenRecord) -> Result<(), StoreError> {
         let (key, value) = (self.key(&format!("join-tokens/{id}")), serde_json::to_vec(record).expect("serializes"));
-        self.wait(self.put(key, value))?;
+        self.put(key, value).await?;
         Ok(())
     }
 
     /// Checks a join token and marks it used by `agent` while registering the agent, in one
     /// transaction that fails if the token changed since it was read: two replicas cannot both
     /// admit an agent with it.
-    pub fn consume_join_token(
+    pub async fn consume_join_token(
         &self,
         id: &str,
         secret_hash: &[u8; 32],
@@ -456,7 +456,7 @@ impl Etcd {
     ) -> Result<(), JoinTokenError> {
         let key = self.key(&format!("join-tokens/{id}"));
         for _ in 0..3 {
-            let response = self.wait(self.get(key.clone(), None))?;
+            let response = self.get(key.clone(), None).await?;
             let Some(kv) = response.kvs().first() else { return Err(JoinTokenError::Invalid) };
             let mut record: JoinTokenRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
             super::check_join_token(id, &record, secret_hash, now_unix, &agent.id)?;
@@ -473,11 +473,11 @@ impl Etcd {
                     TxnOp::put(key.clone(), serde_json::to_vec(&record).expect("serializes"), None),
                     TxnOp::put(agent_key.clone(), serde_json::to_vec(agent).expect("serializes"), None),
                 ]);
-            let response = self.wait(self.txn(claim))?;
+            let response = self.txn(claim).await?;
             if response.succeeded() {
                 return Ok(());
             }
-            if !self.wait(self.get(agent_key, None))?.kvs().is_empty() {
+            if !self.get(agent_key, None).await?.kvs().is_empty() {
                 return Err(JoinTokenError::AgentExists(agent.id.clone()));
             }
             // Changed under us (another replica used it): read it again and say why it fails.
@@ -486,70 +486,54 @@ impl Etcd {
     }
 
     /// Updates a registered agent.
-    pub fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
+    pub async fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
         let (key, value) = (self.key(&format!("agents/{}", agent.id)), serde_json::to_vec(agent).expect("serializes"));
         // Only while registered: a renewal racing a deletion must not bring the agent back.
         let txn = etcd_client::Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::NotEqual, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        Ok(self.wait(self.txn(txn))?.succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// One registered agent.
-    pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+    pub async fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         let key = self.key(&format!("agents/{id}"));
-        let response = self.wait(self.get(key.clone(), None))?;
+        let response = self.get(key.clone(), None).await?;
         let Some(kv) = response.kvs().first() else { return Ok(None) };
         Ok(Some(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?))
     }
 
     /// Removes an agent from the registry; whether it was there. Every replica watches these
     /// deletions ([`Etcd::follow_deleted_agents`]) and ends the agent's stream.
-    pub fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
         let key = self.key(&format!("agents/{id}"));
-        let response = self.wait(async {
-            retrying(|| {
-                let (mut kv, key) = (self.kv(), key.clone());
-                async move { kv.delete(key, None).await }
-            })
-            .await
-            .map_err(etcd_err)
-        })?;
-        Ok(response.deleted() > 0)
+        self.delete(key).await
     }
 
     /// The certificates issued to operator `name`.
-    pub fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
+    pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, StoreError> {
         let key = self.key(&format!("operators/{name}"));
-        let response = self.wait(self.get(key.clone(), None))?;
+        let response = self.get(key.clone(), None).await?;
         let Some(kv) = response.kvs().first() else { return Ok(None) };
         Ok(Some(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?))
     }
 
     /// Stores an operator's certificates.
-    pub fn put_operator(&self, record: &OperatorRecord) -> Result<(), StoreError> {
+    pub async fn put_operator(&self, record: &OperatorRecord) -> Result<(), StoreError> {
         let key = self.key(&format!("operators/{}", record.name));
-        self.wait(self.put(key, serde_json::to_vec(record).expect("serializes")))
+        self.put(key, serde_json::to_vec(record).expect("serializes")).await
     }
 
     /// Forgets an operator's certificates; whether it had any.
-    pub fn delete_operator(&self, name: &str) -> Result<bool, StoreError> {
+    pub async fn delete_operator(&self, name: &str) -> Result<bool, StoreError> {
         let key = self.key(&format!("operators/{name}"));
-        let response = self.wait(async {
-            retrying(|| {
-                let (mut kv, key) = (self.kv(), key.clone());
-                async move { kv.delete(key, None).await }
-            })
-            .await
-            .map_err(etcd_err)
-        })?;
-        Ok(response.deleted() > 0)
+        self.delete(key).await
     }
 
     /// Every registered agent.
-    pub fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
+    pub async fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
         let options = GetOptions::new().with_prefix();
-        let response = self.wait(self.get(self.key("agents/"), Some(options)))?;
+        let response = self.get(self.key("agents/"), Some(options)).await?;
         let mut out = BTreeMap::new();
         for kv in response.kvs() {
             let record: AgentRecord =

@@ -120,8 +120,8 @@ impl Etcd {
     }
 
     /// Every replica's agent streams.
-    pub fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
-        let response = self.wait(self.get(self.key("presence/"), Some(GetOptions::new().with_prefix())))?;
+    pub async fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
+        let response = self.get(self.key("presence/"), Some(GetOptions::new().with_prefix())).await?;
         let mut out = Vec::new();
         for kv in response.kvs() {
             match serde_json::from_slice(kv.value()) {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchFilterType, WatchOptions};
+use etcd_client::{EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::mpsc;
 use warden_core::{Kind, ResourceKey};
 use warden_tasks::{Backoff, Shutdown};
@@ -41,57 +41,109 @@ pub struct Committed {
     pub key_deletes: Vec<String>,
 }
 
+/// What every watch here shares: re-established after each break (paced by
+/// [`WATCH_BACKOFF`] from its consecutive failures) until shutdown.
+struct Resuming<'a> {
+    etcd: &'a Etcd,
+    /// The watched key prefix.
+    key: String,
+    /// For logs.
+    what: &'static str,
+    failures: u32,
+    shutdown: Shutdown,
+}
+
+/// Shutdown was requested.
+struct Stopped;
+
+impl Resuming<'_> {
+    /// Waits out the backoff the failures so far call for.
+    async fn pause(&mut self) -> Result<(), Stopped> {
+        if self.failures == 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_BACKOFF.ceiling(self.failures - 1)) => Ok(()),
+            _ = self.shutdown.requested() => Err(Stopped),
+        }
+    }
+
+    /// Opens the watch; `None` (a failure counted) if etcd refused it.
+    async fn open(&mut self, options: WatchOptions) -> Option<WatchStream> {
+        let mut client = self.etcd.client.watch_client().max_decoding_message_size(MAX_ANSWER_BYTES);
+        match client.watch(self.key.clone(), Some(options)).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                self.failures += 1;
+                tracing::warn!("etcd watch of {}: {e}; retrying", self.what);
+                None
+            }
+        }
+    }
+
+    /// The next response; `Ok(None)` (a failure counted) when the stream broke or etcd cancelled
+    /// the watch. A response that says etcd compacted past the watch is returned for the caller
+    /// to handle.
+    async fn next(&mut self, stream: &mut WatchStream) -> Result<Option<WatchResponse>, Stopped> {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = self.shutdown.requested() => return Err(Stopped),
+        };
+        match message {
+            Ok(Some(r)) if r.compact_revision() > 0 => Ok(Some(r)),
+            Ok(Some(r)) if r.canceled() => {
+                tracing::warn!("etcd cancelled the watch of {}: {}", self.what, r.cancel_reason());
+                self.failures += 1;
+                Ok(None)
+            }
+            Ok(Some(r)) => {
+                self.failures = 0;
+                Ok(Some(r))
+            }
+            Ok(None) => {
+                self.failures += 1;
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!("etcd watch of {}: {e}; resuming", self.what);
+                self.failures += 1;
+                Ok(None)
+            }
+        }
+    }
+}
+
 impl Etcd {
     /// Follows every configuration write after `revision` (whichever replica made it) into
     /// `out`, until `shutdown`. A broken watch is re-established from the last revision seen; one
     /// that cannot resume (etcd compacted that history, it keeps failing, or a write does not
     /// decode) is replaced by a full read.
-    pub async fn follow(&self, mut revision: i64, out: mpsc::Sender<Followed>, mut shutdown: Shutdown) {
-        let mut failures = 0u32;
+    pub async fn follow(&self, revision: i64, out: mpsc::Sender<Followed>, shutdown: Shutdown) {
+        let mut watch =
+            Resuming { etcd: self, key: self.key("config/"), what: "the configuration", failures: 0, shutdown };
+        let _ = self.follow_from(&mut watch, revision, &out).await;
+    }
+
+    async fn follow_from(
+        &self,
+        watch: &mut Resuming<'_>,
+        mut revision: i64,
+        out: &mpsc::Sender<Followed>,
+    ) -> Result<(), Stopped> {
         loop {
-            if failures > 0 {
-                let delay = WATCH_BACKOFF.ceiling(failures - 1);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.requested() => return,
-                }
-            }
-            if failures >= RESUMES_BEFORE_RELOAD {
-                tracing::warn!(revision, failures, "the etcd watch keeps failing; reading the configuration again");
-                match self.reload(&out).await {
-                    Some(Ok(r)) => (revision, failures) = (r, 0),
-                    Some(Err(())) => failures += 1,
-                    None => return,
-                }
+            watch.pause().await?;
+            if watch.failures >= RESUMES_BEFORE_RELOAD {
+                tracing::warn!(
+                    revision,
+                    failures = watch.failures,
+                    "the etcd watch keeps failing; reading the configuration again"
+                );
+                self.reload(out, &mut revision, watch).await?;
                 continue;
             }
             let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-            let mut client = self.client.watch_client().max_decoding_message_size(MAX_ANSWER_BYTES);
-            let mut stream = match client.watch(self.key("config/"), Some(options)).await {
-                Ok(w) => w,
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!("etcd watch: {e}; retrying");
-                    continue;
-                }
-            };
-            loop {
-                let message = tokio::select! {
-                    m = stream.message() => m,
-                    _ = shutdown.requested() => return,
-                };
-                let response = match message {
-                    Ok(Some(r)) => r,
-                    Ok(None) => {
-                        failures += 1;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!("etcd watch: {e}; resuming from revision {revision}");
-                        failures += 1;
-                        break;
-                    }
-                };
+            let Some(mut stream) = watch.open(options).await else { continue };
+            while let Some(response) = watch.next(&mut stream).await? {
                 if response.compact_revision() > 0 {
                     // The history after `revision` is gone: read everything again.
                     tracing::warn!(
@@ -99,27 +151,13 @@ impl Etcd {
                         compacted = response.compact_revision(),
                         "etcd compacted past this replica's watch; reading the configuration again"
                     );
-                    match self.reload(&out).await {
-                        Some(Ok(r)) => (revision, failures) = (r, 0),
-                        Some(Err(())) => failures += 1,
-                        None => return,
-                    }
+                    self.reload(out, &mut revision, watch).await?;
                     break;
                 }
-                if response.canceled() {
-                    tracing::warn!("etcd cancelled the watch: {}", response.cancel_reason());
-                    failures += 1;
-                    break;
-                }
-                failures = 0;
                 let mut broken = false;
                 for (rev, decoded) in self.committed(response.events()) {
                     match decoded {
-                        Decoded::Write(c) => {
-                            if out.send(Followed::Committed(c)).await.is_err() {
-                                return;
-                            }
-                        }
+                        Decoded::Write(c) => out.send(Followed::Committed(c)).await.map_err(|_| Stopped)?,
                         Decoded::Other => {}
                         Decoded::Broken => {
                             broken = true;
@@ -131,11 +169,7 @@ impl Etcd {
                 if broken {
                     // Publishing the write without what did not decode would leave this replica
                     // wrong for good: read everything instead.
-                    match self.reload(&out).await {
-                        Some(Ok(r)) => revision = r,
-                        Some(Err(())) => failures += 1,
-                        None => return,
-                    }
+                    self.reload(out, &mut revision, watch).await?;
                     break;
                 }
             }
@@ -146,53 +180,31 @@ impl Etcd {
     /// `shutdown`, so each replica ends the deleted agent's stream at once. When deletions may
     /// have been missed (the watch broke and etcd compacted past it), sends `None`: every
     /// session then checks its agent is still registered.
-    pub async fn follow_deleted_agents(
-        &self,
-        out: tokio::sync::broadcast::Sender<Option<String>>,
-        mut shutdown: Shutdown,
-    ) {
+    pub async fn follow_deleted_agents(&self, out: tokio::sync::broadcast::Sender<Option<String>>, shutdown: Shutdown) {
         let prefix = self.key("agents/");
+        let mut watch = Resuming { etcd: self, key: prefix.clone(), what: "the agent registry", failures: 0, shutdown };
         let mut revision: Option<i64> = None;
-        let mut failures = 0u32;
         loop {
-            if failures > 0 {
-                let delay = WATCH_BACKOFF.ceiling(failures - 1);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.requested() => return,
-                }
+            if watch.pause().await.is_err() {
+                return;
             }
             let mut options = WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]);
             if let Some(r) = revision {
                 options = options.with_start_revision(r + 1);
             }
-            let mut stream = match self.client.watch_client().watch(prefix.clone(), Some(options)).await {
-                Ok(w) => w,
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!("etcd watch of the agent registry: {e}; retrying");
-                    continue;
-                }
-            };
+            let Some(mut stream) = watch.open(options).await else { continue };
             loop {
-                let message = tokio::select! {
-                    m = stream.message() => m,
-                    _ = shutdown.requested() => return,
+                let response = match watch.next(&mut stream).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(Stopped) => return,
                 };
-                let response = match message {
-                    Ok(Some(r)) if !r.canceled() && r.compact_revision() == 0 => r,
-                    Ok(Some(r)) if r.compact_revision() > 0 => {
-                        // Deletions after `revision` may be lost: every session checks itself.
-                        let _ = out.send(None);
-                        revision = Some(r.compact_revision() - 1);
-                        break;
-                    }
-                    _ => {
-                        failures += 1;
-                        break;
-                    }
-                };
-                failures = 0;
+                if response.compact_revision() > 0 {
+                    // Deletions after `revision` may be lost: every session checks itself.
+                    let _ = out.send(None);
+                    revision = Some(response.compact_revision() - 1);
+                    break;
+                }
                 if let Some(header) = response.header() {
                     revision = Some(revision.map_or(header.revision(), |r| r.max(header.revision())));
                 }
@@ -207,18 +219,23 @@ impl Etcd {
         }
     }
 
-    /// Reads everything and sends it: `Some(Ok(revision))` read at, `Some(Err(()))` the read
-    /// failed, `None` nobody listens any more.
-    async fn reload(&self, out: &mpsc::Sender<Followed>) -> Option<Result<i64, ()>> {
-        match self.read_all().await {
+    /// Reads everything and sends it, moving `revision` to where it was read (a failed read
+    /// counts as a watch failure). `Err` when nobody listens any more.
+    async fn reload(
+        &self,
+        out: &mpsc::Sender<Followed>,
+        revision: &mut i64,
+        watch: &mut Resuming<'_>,
+    ) -> Result<(), Stopped> {
+        match self.load().await {
             Ok(loaded) => {
-                let revision = loaded.revision;
-                out.send(Followed::Reloaded(loaded)).await.ok()?;
-                Some(Ok(revision))
+                (*revision, watch.failures) = (loaded.revision, 0);
+                out.send(Followed::Reloaded(loaded)).await.map_err(|_| Stopped)
             }
             Err(e) => {
                 tracing::warn!("reading the configuration from etcd: {e}");
-                Some(Err(()))
+                watch.failures += 1;
+                Ok(())
             }
         }
     }
