@@ -186,17 +186,41 @@ fn client_certificate(encoded: &str) -> Option<Vec<u8>> {
     crate::tls::certs_from_pem(&pem).ok()?.into_iter().next().map(|c| c.as_ref().to_vec())
 }
 
+/// Why the local check API cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Neither `unix:/path` nor `host:port`.
+    #[error("{0:?} is not unix:/path or host:port")]
+    NotAnAddress(String),
+    /// An address beyond this host.
+    #[error(
+        "the local check API listens on loopback or a Unix socket only, not {0}: anyone who reaches it can ask for decisions"
+    )]
+    NotLoopback(SocketAddr),
+    /// The socket could not be bound or restricted.
+    #[error("{what} {at}: {source}")]
+    Socket {
+        /// What failed (binding, restricting).
+        what: &'static str,
+        /// The path or address.
+        at: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server failed.
+    #[error("{0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
 /// Where the local check API may listen: a Unix socket, or a loopback address. Anyone who can
 /// reach it can ask for decisions about any token, so it never listens beyond this host.
-pub fn check_listen(listen: &str) -> Result<(), String> {
+pub fn check_listen(listen: &str) -> Result<(), ListenError> {
     if listen.strip_prefix("unix:").is_some_and(|p| !p.is_empty()) {
         return Ok(());
     }
-    let addr: SocketAddr = listen.parse().map_err(|_| format!("{listen:?} is not unix:/path or host:port"))?;
+    let addr: SocketAddr = listen.parse().map_err(|_| ListenError::NotAnAddress(listen.to_string()))?;
     if !addr.ip().is_loopback() {
-        return Err(format!(
-            "the local check API listens on loopback or a Unix socket only, not {addr}: anyone who reaches it can ask for decisions"
-        ));
+        return Err(ListenError::NotLoopback(addr));
     }
     Ok(())
 }
@@ -209,27 +233,31 @@ pub async fn serve_logged(shared: Shared, listen: String, stop: Shutdown) {
 }
 
 /// Serves the local check API on `listen` (`unix:/path` or a loopback `host:port`) until `stop`.
-pub async fn serve(shared: Shared, listen: String, mut stop: Shutdown) -> Result<(), String> {
+pub async fn serve(shared: Shared, listen: String, mut stop: Shutdown) -> Result<(), ListenError> {
     check_listen(&listen)?;
     let service = AuthorizationServer::new(LocalCheck { shared });
     let shutdown = async move { stop.requested().await };
     let router = tonic::transport::Server::builder().add_service(service);
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path).map_err(|e| format!("binding {path}: {e}"))?;
+        let socket = |what| move |source| ListenError::Socket { what, at: path.to_string(), source };
+        let listener = tokio::net::UnixListener::bind(path).map_err(socket("binding"))?;
         // Only this user may ask: a caller that can reach the socket learns decisions.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("restricting {path}: {e}"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket("restricting"))?;
         tracing::info!(%path, "local check API (ext_authz) listening");
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| e.to_string())
+        Ok(router.serve_with_incoming_shutdown(incoming, shutdown).await?)
     } else {
-        let addr: SocketAddr = listen.parse().map_err(|_| format!("{listen:?} is not unix:/path or host:port"))?;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
+        let addr: SocketAddr = listen.parse().map_err(|_| ListenError::NotAnAddress(listen.clone()))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ListenError::Socket {
+            what: "binding",
+            at: addr.to_string(),
+            source,
+        })?;
         tracing::info!(%addr, "local check API (ext_authz) listening");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        router.serve_with_incoming_shutdown(incoming, shutdown).await.map_err(|e| e.to_string())
+        Ok(router.serve_with_incoming_shutdown(incoming, shutdown).await?)
     }
 }
 
@@ -238,7 +266,7 @@ mod tests {
     #[test]
     fn the_local_check_api_listens_only_on_this_host() {
         for ok in ["unix:/run/warden/authz.sock", "127.0.0.1:9191", "127.8.0.1:1", "[::1]:9191"] {
-            assert_eq!(super::check_listen(ok), Ok(()), "{ok}");
+            assert!(super::check_listen(ok).is_ok(), "{ok}");
         }
         for refused in ["0.0.0.0:9191", "[::]:9191", "10.0.0.5:9191", "unix:", "localhost:9191", "9191"] {
             assert!(super::check_listen(refused).is_err(), "{refused}");

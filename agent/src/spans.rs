@@ -110,7 +110,7 @@ impl Spans {
         resource: Vec<(String, String)>,
         stop: Shutdown,
         tasks: &mut Tasks,
-    ) -> Result<Arc<Spans>, String> {
+    ) -> Result<Arc<Spans>, warden_otlp::EndpointError> {
         let sender = Sender::new(endpoint)?;
         tracing::info!(endpoint = %endpoint.url, "exporting gateway spans over OTLP");
         let send = move |spans: Vec<Span>| {

@@ -106,6 +106,26 @@ pub struct KeyRefresh {
     pub kid: String,
 }
 
+/// Why a configuration stream ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// This agent's TLS identity or the address does not serve.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The control plane refused the stream.
+    #[error("{} ({})", .0.message(), tls::error_chain(.0))]
+    Refused(tonic::Status),
+    /// Nothing came within the idle timeout.
+    #[error("nothing heard for {0:?}")]
+    Silent(Duration),
+    /// The stream failed.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Broken(tonic::Status),
+    /// The outgoing half closed.
+    #[error("the stream closed")]
+    Closed,
+}
+
 impl Client {
     /// Runs until `shutdown` flips to true.
     pub async fn run(self, mut shutdown: Shutdown) {
@@ -121,7 +141,7 @@ impl Client {
             };
             let error = match result {
                 Ok(()) => "the control plane closed the stream".to_string(),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             tracing::warn!(control_plane = %address, "configuration stream: {error}");
             self.link.send_modify(|l| {
@@ -143,9 +163,9 @@ impl Client {
     }
 
     /// One connection, until it fails or the control plane closes it.
-    async fn session(&self, address: &str) -> Result<(), String> {
-        let config = self.identity.borrow().client_config().map_err(|e| e.to_string())?;
-        let channel = tls::connect(address, config).await.map_err(|e| e.to_string())?;
+    async fn session(&self, address: &str) -> Result<(), SessionError> {
+        let config = self.identity.borrow().client_config()?;
+        let channel = tls::connect(address, config).await?;
         let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
             .max_decoding_message_size(proto::MAX_CONFIG_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
@@ -158,11 +178,7 @@ impl Client {
             applied_version: held.as_ref().map_or(0, |a| a.version),
         };
         send(&tx, pb::agent_message::Message::Hello(hello)).await?;
-        let mut inbound = client
-            .stream(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| format!("{} ({})", s.message(), tls::error_chain(&s)))?
-            .into_inner();
+        let mut inbound = client.stream(ReceiverStream::new(rx)).await.map_err(SessionError::Refused)?.into_inner();
         tracing::info!(control_plane = %address, "configuration stream open");
         self.link.send_modify(|l| {
             l.connected = true;
@@ -182,8 +198,8 @@ impl Client {
             tokio::select! {
                 message = tokio::time::timeout(self.idle_timeout, inbound.message()) => {
                     let message = match message {
-                        Err(_) => return Err(format!("nothing heard for {:?}", self.idle_timeout)),
-                        Ok(Err(status)) => return Err(format!("{}: {}", status.code(), status.message())),
+                        Err(_) => return Err(SessionError::Silent(self.idle_timeout)),
+                        Ok(Err(status)) => return Err(SessionError::Broken(status)),
                         Ok(Ok(None)) => return Ok(()),
                         Ok(Ok(Some(m))) => m,
                     };
@@ -288,6 +304,6 @@ async fn next_batch(
     }
 }
 
-async fn send(tx: &mpsc::Sender<pb::AgentMessage>, message: pb::agent_message::Message) -> Result<(), String> {
-    tx.send(pb::AgentMessage { message: Some(message) }).await.map_err(|_| "the stream closed".to_string())
+async fn send(tx: &mpsc::Sender<pb::AgentMessage>, message: pb::agent_message::Message) -> Result<(), SessionError> {
+    tx.send(pb::AgentMessage { message: Some(message) }).await.map_err(|_| SessionError::Closed)
 }

@@ -35,7 +35,7 @@ struct Args {
     etcd_key: Option<PathBuf>,
     /// Lifetime of this replica's etcd lease: after a crash, its leadership and its agents'
     /// presence last this long.
-    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "10s", value_parser = warden_core::duration::parse)]
     etcd_lease_ttl: Duration,
     /// Address of the agent/operator mTLS port.
     #[arg(long, env = "WARDEN_LISTEN", default_value = "0.0.0.0:7443")]
@@ -59,29 +59,29 @@ struct Args {
     #[arg(long, env = "WARDEN_CA_KEY", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
     /// Lifetime of agent client certificates.
-    #[arg(long, env = "WARDEN_AGENT_CERT_TTL", default_value = "24h", value_parser = humantime_duration)]
+    #[arg(long, env = "WARDEN_AGENT_CERT_TTL", default_value = "24h", value_parser = warden_core::duration::parse)]
     agent_cert_ttl: Duration,
     /// Largest configuration, as one encoded snapshot, an apply may produce (bytes; at most
     /// what agents accept, 32 MiB). An apply past it is refused with the limit named.
     #[arg(long, default_value_t = proto::MAX_CONFIG_MESSAGE_BYTES)]
     max_config_bytes: usize,
     /// Heartbeat interval on agent streams.
-    #[arg(long, default_value = "15s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "15s", value_parser = warden_core::duration::parse)]
     heartbeat_interval: Duration,
     /// Accept http:// issuer URLs. For local testing only.
     #[arg(long)]
     allow_http_issuers: bool,
     /// Issuer key refresh interval when the provider sends no Cache-Control max-age.
-    #[arg(long, default_value = "1h", value_parser = humantime_duration)]
+    #[arg(long, default_value = "1h", value_parser = warden_core::duration::parse)]
     key_refresh_default: Duration,
     /// Lower bound on the provider's max-age.
-    #[arg(long, default_value = "5m", value_parser = humantime_duration)]
+    #[arg(long, default_value = "5m", value_parser = warden_core::duration::parse)]
     key_refresh_min: Duration,
     /// Upper bound on the provider's max-age.
-    #[arg(long, default_value = "24h", value_parser = humantime_duration)]
+    #[arg(long, default_value = "24h", value_parser = warden_core::duration::parse)]
     key_refresh_max: Duration,
     /// How often an agent's request for a prompt key refresh (unknown kid) is honoured per issuer.
-    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "30s", value_parser = warden_core::duration::parse)]
     key_refresh_request_interval: Duration,
     /// Decision records kept in the data directory; the oldest are deleted past this.
     #[arg(long, default_value_t = 5_000_000)]
@@ -101,11 +101,11 @@ struct Args {
     #[arg(long, env = "WARDEN_TOKEN_TLS_KEY", requires = "token_tls_cert")]
     token_tls_key: Option<PathBuf>,
     /// How long a signing key signs task tokens before the next replaces it.
-    #[arg(long, default_value = "6h", value_parser = humantime_duration)]
+    #[arg(long, default_value = "6h", value_parser = warden_core::duration::parse)]
     signing_key_rotation: Duration,
     /// A new signing key is published this long before it signs (and until the connected
     /// agents applied it, up to 30s).
-    #[arg(long, default_value = "2s", value_parser = humantime_duration)]
+    #[arg(long, default_value = "2s", value_parser = warden_core::duration::parse)]
     signing_key_publish_delay: Duration,
 }
 
@@ -158,10 +158,6 @@ async fn migrate(
         );
     }
     Ok(())
-}
-
-fn humantime_duration(text: &str) -> Result<Duration, String> {
-    warden_core::duration::parse(text)
 }
 
 #[tokio::main]

@@ -208,7 +208,7 @@ impl Config {
             if spec.keys.jwks.is_some() {
                 return Err(error("the issuer's keys are inline; fetched keys are not used".into()));
             }
-            crate::jwks::check_public_jwks(&jwks).map_err(error)?;
+            crate::jwks::check_public_jwks(&jwks).map_err(|e| error(e.to_string()))?;
             self.keys.insert(issuer, Arc::new(jwks));
         }
         Ok(self)

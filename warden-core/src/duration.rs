@@ -37,7 +37,17 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// Duration text that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{text:?} is not a duration like \"90s\" or \"1h\": {source}")]
+pub struct DurationError {
+    /// The text given.
+    pub text: String,
+    /// Why it does not parse.
+    pub source: humantime::DurationError,
+}
+
 /// Parses human duration text, for command-line flags.
-pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like \"90s\" or \"1h\": {e}"))
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(text).map_err(|source| DurationError { text: text.to_string(), source })
 }

@@ -9,6 +9,47 @@ use crate::signature::PublicKey;
 /// level).
 pub const MAX_DEPTH: usize = 16;
 
+/// Why a published key set is refused; each names the key by its index in `keys`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    /// Nested deeper than [`MAX_DEPTH`].
+    #[error("nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// Not an object with a `keys` array.
+    #[error("must be a JWKS object with a \"keys\" array")]
+    NotASet,
+    /// `keys` is empty.
+    #[error("\"keys\" is empty")]
+    Empty,
+    /// A key without `kty`.
+    #[error("keys[{0}]: missing \"kty\"")]
+    MissingType(usize),
+    /// A symmetric key.
+    #[error("keys[{0}]: symmetric (oct) keys are refused")]
+    Symmetric(usize),
+    /// A key type other than RSA, EC and OKP.
+    #[error("keys[{0}]: unsupported key type {1:?}")]
+    UnsupportedType(usize, String),
+    /// A key with private material.
+    #[error("keys[{0}]: holds private key material; publish public keys only")]
+    Private(usize),
+    /// A key without `kid`.
+    #[error("keys[{0}]: missing \"kid\" (keys are selected by kid)")]
+    MissingKid(usize),
+    /// Two keys for one algorithm under one kid.
+    #[error(
+        "keys[{index}]: kid {kid:?} also names keys[{first}], another key for the same algorithm; a token's kid must select one key (RFC 7517 §4.5)"
+    )]
+    AmbiguousKid {
+        /// The later key.
+        index: usize,
+        /// The shared kid.
+        kid: String,
+        /// The earlier key.
+        first: usize,
+    },
+}
+
 /// Refuses a JWKS that is malformed (or nested deeper than [`MAX_DEPTH`]), holds a symmetric
 /// key, holds private key material, or gives one `kid` to two keys that could verify the same
 /// algorithm.
@@ -22,29 +63,29 @@ pub const MAX_DEPTH: usize = 16;
 /// one key under one kid for several algorithms, so only a real choice is refused: two
 /// different keys that would both verify some algorithm. `Verifier::new` drops such kids too,
 /// for configurations put together without this check.
-pub fn check_public_jwks(jwks: &serde_json::Value) -> Result<(), String> {
+pub fn check_public_jwks(jwks: &serde_json::Value) -> Result<(), JwksError> {
     // A fetched set is stored inside a record one level deeper: nested near serde_json's limit,
     // it would be stored and then never read back (the control plane could not load its store).
     if crate::validation::depth(jwks) > MAX_DEPTH {
-        return Err(format!("nests deeper than {MAX_DEPTH} levels"));
+        return Err(JwksError::TooDeep);
     }
-    let keys = jwks.get("keys").and_then(|k| k.as_array()).ok_or("must be a JWKS object with a \"keys\" array")?;
+    let keys = jwks.get("keys").and_then(|k| k.as_array()).ok_or(JwksError::NotASet)?;
     if keys.is_empty() {
-        return Err("\"keys\" is empty".into());
+        return Err(JwksError::Empty);
     }
     for (i, key) in keys.iter().enumerate() {
-        let kty = key.get("kty").and_then(|v| v.as_str()).ok_or(format!("keys[{i}]: missing \"kty\""))?;
+        let kty = key.get("kty").and_then(|v| v.as_str()).ok_or(JwksError::MissingType(i))?;
         match kty {
             "RSA" | "EC" | "OKP" => {}
-            "oct" => return Err(format!("keys[{i}]: symmetric (oct) keys are refused")),
-            other => return Err(format!("keys[{i}]: unsupported key type {other:?}")),
+            "oct" => return Err(JwksError::Symmetric(i)),
+            other => return Err(JwksError::UnsupportedType(i, other.to_string())),
         }
         // "d" is the private exponent / scalar for every asymmetric key type.
         if key.get("d").is_some() {
-            return Err(format!("keys[{i}]: holds private key material; publish public keys only"));
+            return Err(JwksError::Private(i));
         }
         if key.get("kid").and_then(|v| v.as_str()).is_none_or(str::is_empty) {
-            return Err(format!("keys[{i}]: missing \"kid\" (keys are selected by kid)"));
+            return Err(JwksError::MissingKid(i));
         }
     }
     // Only keys that can verify a signature can be chosen by a token's kid.
@@ -56,9 +97,7 @@ pub fn check_public_jwks(jwks: &serde_json::Value) -> Result<(), String> {
         };
         let same_kid = by_kid.entry(kid).or_default();
         if let Some((first, _)) = same_kid.iter().find(|(_, other)| other.confusable_with(&key)) {
-            return Err(format!(
-                "keys[{i}]: kid {kid:?} also names keys[{first}], another key for the same algorithm; a token's kid must select one key (RFC 7517 §4.5)"
-            ));
+            return Err(JwksError::AmbiguousKid { index: i, kid: kid.to_string(), first: *first });
         }
         same_kid.push((i, key));
     }
@@ -97,7 +136,7 @@ mod tests {
     }
 
     fn set(keys: Vec<Value>) -> Result<(), String> {
-        check_public_jwks(&json!({ "keys": keys }))
+        check_public_jwks(&json!({ "keys": keys })).map_err(|e| e.to_string())
     }
 
     #[test]

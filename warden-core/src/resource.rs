@@ -15,7 +15,7 @@ use crate::policy::PolicySpec;
 use crate::revocation::RevocationSpec;
 use crate::server::McpServerSpec;
 use crate::validation::depth;
-pub use crate::validation::{Admission, DocumentError, MAX_NAME_LEN, validate_name};
+pub use crate::validation::{Admission, DocumentError, MAX_NAME_LEN, NameError, validate_name};
 
 /// The only `apiVersion` this release accepts.
 pub const API_VERSION: &str = "warden.dev/v1";

@@ -44,23 +44,34 @@ pub enum DocumentError {
 
 impl DocumentError {
     /// An error about the field at `path`.
-    pub fn field(path: impl Into<String>, message: impl Into<String>) -> DocumentError {
-        DocumentError::Field { path: path.into(), message: message.into() }
+    pub fn field(path: impl Into<String>, message: impl std::fmt::Display) -> DocumentError {
+        DocumentError::Field { path: path.into(), message: message.to_string() }
     }
+}
+
+/// Why a name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty or longer than [`MAX_NAME_LEN`].
+    #[error("must be 1 to {MAX_NAME_LEN} characters")]
+    Length,
+    /// A character outside the allowed set, or a bad first or last one.
+    #[error(
+        "{0:?} is not a valid name: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+    )]
+    Characters(String),
 }
 
 /// Checks a name: 1 to 63 characters of lower-case letters, digits, `-` and `.`, starting and
 /// ending with a letter or digit.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), NameError> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!("must be 1 to {MAX_NAME_LEN} characters"));
+        return Err(NameError::Length);
     }
     if !name.chars().all(ok_char) || !ends_ok(name.chars().next()) || !ends_ok(name.chars().last()) {
-        return Err(format!(
-            "{name:?} is not a valid name: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
-        ));
+        return Err(NameError::Characters(name.to_string()));
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ mod sender;
 
 pub use config::{Config, ConfigError, Endpoint, Protocol, Tls, env_of, process_env};
 pub use opentelemetry_proto::tonic as proto;
-pub use sender::{ExportError, Sender};
+pub use sender::{EndpointError, ExportError, Sender, TlsError};
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;

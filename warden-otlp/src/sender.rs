@@ -21,11 +21,50 @@ pub struct ExportError {
     pub message: String,
 }
 
-/// Sends export requests of one signal to one endpoint. Clones share the gRPC connection.
+/// Sends export requests of one signal to one endpoint. Clones share the gRPC connection (or
+/// the HTTP client's connection pool).
 #[derive(Clone)]
 pub enum Sender {
     Grpc(tonic::transport::Channel, Endpoint),
-    Http(Endpoint),
+    Http(ureq::Agent, Endpoint),
+}
+
+/// An endpoint a sender cannot be made for: its URL or TLS files do not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// gRPC refused the URL or the TLS settings.
+    #[error("{url}: {source}")]
+    Grpc {
+        /// The endpoint.
+        url: String,
+        /// The cause.
+        source: tonic::transport::Error,
+    },
+    /// A TLS file for OTLP/HTTP does not hold what it should.
+    #[error("{url}: {source}")]
+    Tls {
+        /// The endpoint.
+        url: String,
+        /// The cause.
+        source: TlsError,
+    },
+}
+
+/// What is wrong with the TLS material given for OTLP/HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA file does not parse.
+    #[error("CA certificates: {0}")]
+    Ca(ureq::Error),
+    /// The CA file holds no certificate.
+    #[error("no certificate in the CA file")]
+    NoCa,
+    /// The client certificate does not parse.
+    #[error("client certificate: {0}")]
+    ClientCert(ureq::Error),
+    /// The client key does not parse.
+    #[error("client key: {0}")]
+    ClientKey(ureq::Error),
 }
 
 /// What the receiver refused of an accepted request (OTLP partial success).
@@ -84,11 +123,12 @@ fn grpc_error(status: tonic::Status) -> ExportError {
 
 impl Sender {
     /// A sender to `endpoint` (gRPC connections are made lazily, on the first request).
-    pub fn new(endpoint: &Endpoint) -> Result<Sender, String> {
+    pub fn new(endpoint: &Endpoint) -> Result<Sender, EndpointError> {
+        let grpc = |source| EndpointError::Grpc { url: endpoint.url.clone(), source };
         Ok(match endpoint.protocol {
             Protocol::Grpc => {
                 let mut channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())
-                    .map_err(|e| format!("{}: {e}", endpoint.url))?
+                    .map_err(grpc)?
                     .timeout(endpoint.timeout)
                     .connect_timeout(endpoint.timeout);
                 if let Some(tls) = &endpoint.tls {
@@ -100,11 +140,20 @@ impl Sender {
                     if let Some((cert, key)) = &tls.client_pem {
                         config = config.identity(tonic::transport::Identity::from_pem(cert, key));
                     }
-                    channel = channel.tls_config(config).map_err(|e| format!("{}: {e}", endpoint.url))?;
+                    channel = channel.tls_config(config).map_err(grpc)?;
                 }
                 Sender::Grpc(channel.connect_lazy(), endpoint.clone())
             }
-            Protocol::HttpProtobuf => Sender::Http(endpoint.clone()),
+            Protocol::HttpProtobuf => {
+                let mut config =
+                    ureq::Agent::config_builder().timeout_global(Some(endpoint.timeout)).http_status_as_error(false);
+                if let Some(tls) = &endpoint.tls {
+                    let tls =
+                        ureq_tls(tls).map_err(|source| EndpointError::Tls { url: endpoint.url.clone(), source })?;
+                    config = config.tls_config(tls);
+                }
+                Sender::Http(config.build().into(), endpoint.clone())
+            }
         })
     }
 
@@ -116,7 +165,9 @@ impl Sender {
                 let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
                 Ok(answer.into_inner().refused())
             }
-            Sender::Http(endpoint) => http_post::<ExportLogsServiceResponse>(endpoint, request.encode_to_vec()).await,
+            Sender::Http(agent, endpoint) => {
+                http_post::<ExportLogsServiceResponse>(agent, endpoint, request.encode_to_vec()).await
+            }
         }
     }
 
@@ -128,7 +179,9 @@ impl Sender {
                 let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
                 Ok(answer.into_inner().refused())
             }
-            Sender::Http(endpoint) => http_post::<ExportTraceServiceResponse>(endpoint, request.encode_to_vec()).await,
+            Sender::Http(agent, endpoint) => {
+                http_post::<ExportTraceServiceResponse>(agent, endpoint, request.encode_to_vec()).await
+            }
         }
     }
 
@@ -140,27 +193,21 @@ impl Sender {
                 let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
                 Ok(answer.into_inner().refused())
             }
-            Sender::Http(endpoint) => {
-                http_post::<ExportMetricsServiceResponse>(endpoint, request.encode_to_vec()).await
+            Sender::Http(agent, endpoint) => {
+                http_post::<ExportMetricsServiceResponse>(agent, endpoint, request.encode_to_vec()).await
             }
         }
     }
 }
 
 /// OTLP/HTTP: POST of the protobuf body (ureq blocks: off the async threads).
-async fn http_post<R: Message + Default + Refused>(endpoint: &Endpoint, body: Vec<u8>) -> Result<i64, ExportError> {
-    let endpoint = endpoint.clone();
+async fn http_post<R: Message + Default + Refused>(
+    agent: &ureq::Agent,
+    endpoint: &Endpoint,
+    body: Vec<u8>,
+) -> Result<i64, ExportError> {
+    let (agent, endpoint) = (agent.clone(), endpoint.clone());
     tokio::task::spawn_blocking(move || {
-        let mut config =
-            ureq::Agent::config_builder().timeout_global(Some(endpoint.timeout)).http_status_as_error(false);
-        if let Some(tls) = &endpoint.tls {
-            config =
-                config.tls_config(ureq_tls(tls).map_err(|message| ExportError {
-                    retry: false,
-                    message: format!("{}: {message}", endpoint.url),
-                })?);
-        }
-        let agent: ureq::Agent = config.build().into();
         let mut request = agent.post(&endpoint.url).header("content-type", "application/x-protobuf");
         for (k, v) in &endpoint.headers {
             request = request.header(k, v);
@@ -182,29 +229,29 @@ async fn http_post<R: Message + Default + Refused>(endpoint: &Endpoint, body: Ve
 }
 
 /// ureq's TLS settings for `tls`: its CA certificates, or the compiled-in Mozilla roots.
-fn ureq_tls(tls: &crate::Tls) -> Result<ureq::tls::TlsConfig, String> {
+fn ureq_tls(tls: &crate::Tls) -> Result<ureq::tls::TlsConfig, TlsError> {
     use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
     let mut config = TlsConfig::builder().provider(TlsProvider::Rustls);
     if let Some(ca) = &tls.ca_pem {
         let mut roots = Vec::new();
         for item in ureq::tls::parse_pem(ca) {
-            if let PemItem::Certificate(cert) = item.map_err(|e| format!("CA certificates: {e}"))? {
+            if let PemItem::Certificate(cert) = item.map_err(TlsError::Ca)? {
                 roots.push(cert.to_owned());
             }
         }
         if roots.is_empty() {
-            return Err("no certificate in the CA file".into());
+            return Err(TlsError::NoCa);
         }
         config = config.root_certs(RootCerts::Specific(std::sync::Arc::new(roots)));
     }
     if let Some((cert, key)) = &tls.client_pem {
         let mut chain = Vec::new();
         for item in ureq::tls::parse_pem(cert) {
-            if let PemItem::Certificate(c) = item.map_err(|e| format!("client certificate: {e}"))? {
+            if let PemItem::Certificate(c) = item.map_err(TlsError::ClientCert)? {
                 chain.push(c.to_owned());
             }
         }
-        let key = ureq::tls::PrivateKey::from_pem(key).map_err(|e| format!("client key: {e}"))?.to_owned();
+        let key = ureq::tls::PrivateKey::from_pem(key).map_err(TlsError::ClientKey)?.to_owned();
         config = config.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
     }
     Ok(config.build())

@@ -25,7 +25,7 @@ pub fn start(
     boot: u64,
     stop: Shutdown,
     tasks: &mut Tasks,
-) -> Result<Arc<Direct>, String> {
+) -> Result<Arc<Direct>, warden_otlp::EndpointError> {
     let sender = Sender::new(endpoint)?;
     tracing::info!(endpoint = %endpoint.url, "exporting decision records over OTLP from this agent too");
     let send = move |encoded: Vec<Bytes>| {

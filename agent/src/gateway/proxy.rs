@@ -93,7 +93,7 @@ pub fn request(
     headers: &HeaderMap,
     body: Bytes,
     workload: &Verified,
-) -> Result<Request<Full<Bytes>>, String> {
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let (issuer, subject) = identity(workload);
     request_as(upstream, method, headers, body, issuer, subject)
 }
@@ -108,6 +108,22 @@ fn own_issuer<'a>(issuer: &'a str, task: Option<&'a warden_core::token::Task>) -
     task.map_or(issuer, |t| t.subject_issuer.as_str())
 }
 
+/// An upstream the gateway cannot forward to.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Not a URI.
+    #[error("upstream {upstream:?}: {source}")]
+    Uri {
+        /// The configured upstream.
+        upstream: String,
+        /// Why it does not parse.
+        source: http::uri::InvalidUri,
+    },
+    /// Not `http:`.
+    #[error("upstream {0:?}: only http upstreams are supported on the gateway's host")]
+    Scheme(String),
+}
+
 fn request_as(
     upstream: &str,
     method: &Method,
@@ -115,10 +131,11 @@ fn request_as(
     body: Bytes,
     issuer: &str,
     subject: &str,
-) -> Result<Request<Full<Bytes>>, String> {
-    let uri: http::Uri = upstream.parse().map_err(|e| format!("upstream {upstream:?}: {e}"))?;
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let uri: http::Uri =
+        upstream.parse().map_err(|source| UpstreamError::Uri { upstream: upstream.to_string(), source })?;
     if uri.scheme_str() != Some("http") {
-        return Err(format!("upstream {upstream:?}: only http upstreams are supported on the gateway's host"));
+        return Err(UpstreamError::Scheme(upstream.to_string()));
     }
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method.clone();

@@ -169,7 +169,7 @@ pub async fn run(
             let (spec, agent) = (t.spec.clone(), http.clone());
             let result = tokio::task::spawn_blocking(move || fetch(&agent, &spec))
                 .await
-                .unwrap_or_else(|e| Err(format!("fetch task failed: {e}")));
+                .unwrap_or_else(|e| Err(FetchError::Interrupted(e.to_string())));
             let next = match result {
                 Ok(fetched) => {
                     t.failures = 0;
@@ -182,7 +182,7 @@ pub async fn run(
                     t.failures += 1;
                     let retry = policy.retry(t.failures);
                     tracing::warn!(issuer = %name, "key refresh failed, keeping the previous keys: {error}");
-                    set_status(&statuses, &name, error, retry);
+                    set_status(&statuses, &name, error.to_string(), retry);
                     retry
                 }
             };
@@ -237,8 +237,43 @@ async fn store(cp: &Configuration, issuer: &str, origin_version: u64, fetched: F
     }
 }
 
+/// Why an issuer's keys could not be fetched (kept as the issuer's status for operators).
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// The request or its answer failed.
+    #[error("{url}: {source}")]
+    Http {
+        /// What was fetched.
+        url: String,
+        /// The cause.
+        source: ureq::Error,
+    },
+    /// The discovery document names another issuer (OIDC Discovery 1.0 §4.3).
+    #[error("{url}: the discovery document's \"issuer\" is not {issuer:?}")]
+    WrongIssuer {
+        /// The discovery document.
+        url: String,
+        /// The issuer it should name.
+        issuer: String,
+    },
+    /// The discovery document names no key set.
+    #[error("{0}: no \"jwks_uri\" in the discovery document")]
+    NoJwksUri(String),
+    /// The key set is refused.
+    #[error("{url}: {source}")]
+    Keys {
+        /// The key set's address.
+        url: String,
+        /// Why it is refused.
+        source: warden_core::jwks::JwksError,
+    },
+    /// The fetch's task ended before answering.
+    #[error("fetch task failed: {0}")]
+    Interrupted(String),
+}
+
 /// Fetches an issuer's JWKS, through OIDC discovery when configured so. Blocking.
-fn fetch(http: &ureq::Agent, spec: &TrustedIssuerSpec) -> Result<Fetched, String> {
+fn fetch(http: &ureq::Agent, spec: &TrustedIssuerSpec) -> Result<Fetched, FetchError> {
     let jwks_uri = match &spec.keys.jwks_uri {
         Some(uri) => uri.clone(),
         None => {
@@ -246,28 +281,27 @@ fn fetch(http: &ureq::Agent, spec: &TrustedIssuerSpec) -> Result<Fetched, String
             let (doc, _) = get_json(http, &url)?;
             // OIDC Discovery 1.0 §4.3: the document must name exactly the issuer it was fetched for.
             if doc.get("issuer").and_then(|v| v.as_str()) != Some(spec.issuer.as_str()) {
-                return Err(format!("{url}: the discovery document's \"issuer\" is not {:?}", spec.issuer));
+                return Err(FetchError::WrongIssuer { url, issuer: spec.issuer.clone() });
             }
-            doc.get("jwks_uri")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| format!("{url}: no \"jwks_uri\" in the discovery document"))?
-                .to_string()
+            match doc.get("jwks_uri").and_then(|v| v.as_str()) {
+                Some(uri) => uri.to_string(),
+                None => return Err(FetchError::NoJwksUri(url)),
+            }
         }
     };
     let (jwks, cache_control) = get_json(http, &jwks_uri)?;
-    warden_core::jwks::check_public_jwks(&jwks).map_err(|e| format!("{jwks_uri}: {e}"))?;
+    if let Err(source) = warden_core::jwks::check_public_jwks(&jwks) {
+        return Err(FetchError::Keys { url: jwks_uri, source });
+    }
     Ok(Fetched { jwks, source_uri: jwks_uri, cache_control })
 }
 
-fn get_json(http: &ureq::Agent, url: &str) -> Result<(serde_json::Value, Option<String>), String> {
-    let mut response = http.get(url).header("Accept", "application/json").call().map_err(|e| format!("{url}: {e}"))?;
+fn get_json(http: &ureq::Agent, url: &str) -> Result<(serde_json::Value, Option<String>), FetchError> {
+    let failed = |source| FetchError::Http { url: url.to_string(), source };
+    let mut response = http.get(url).header("Accept", "application/json").call().map_err(failed)?;
     let cache_control = response.headers().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let value = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_BODY_BYTES)
-        .read_json::<serde_json::Value>()
-        .map_err(|e| format!("{url}: {e}"))?;
+    let value =
+        response.body_mut().with_config().limit(MAX_BODY_BYTES).read_json::<serde_json::Value>().map_err(failed)?;
     Ok((value, cache_control))
 }
 

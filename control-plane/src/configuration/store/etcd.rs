@@ -82,18 +82,31 @@ pub struct Tls {
     pub identity: Option<(PathBuf, PathBuf)>,
 }
 
+/// A `--store etcd://…` or `--etcd-prefix` that does not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    /// Not an `etcd://` URL.
+    #[error("{0:?}: expected etcd://host:port[,host:port…]")]
+    Scheme(String),
+    /// An endpoint that is not `host:port`.
+    #[error("{0:?}: each etcd endpoint is host:port")]
+    Endpoint(String),
+    /// A prefix that does not start with `/` or names nothing.
+    #[error("etcd prefix {0:?}: must start with / and name something")]
+    Prefix(String),
+}
+
 impl Options {
     /// Parses `etcd://host:port[,host:port…]`.
-    pub fn parse(url: &str, prefix: &str) -> Result<Options, String> {
-        let rest =
-            url.strip_prefix("etcd://").ok_or_else(|| format!("{url:?}: expected etcd://host:port[,host:port…]"))?;
+    pub fn parse(url: &str, prefix: &str) -> Result<Options, OptionsError> {
+        let rest = url.strip_prefix("etcd://").ok_or_else(|| OptionsError::Scheme(url.to_string()))?;
         let endpoints: Vec<String> = rest.trim_end_matches('/').split(',').map(|s| s.trim().to_string()).collect();
         if endpoints.iter().any(|e| e.is_empty() || !e.contains(':') || e.contains('/')) {
-            return Err(format!("{url:?}: each etcd endpoint is host:port"));
+            return Err(OptionsError::Endpoint(url.to_string()));
         }
         let prefix = prefix.trim_end_matches('/');
         if !prefix.starts_with('/') || prefix.len() < 2 {
-            return Err(format!("etcd prefix {prefix:?}: must start with / and name something"));
+            return Err(OptionsError::Prefix(prefix.to_string()));
         }
         Ok(Options { endpoints, prefix: prefix.to_string(), tls: None })
     }
