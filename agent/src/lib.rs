@@ -125,10 +125,46 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     }
 
     // The gateway serves from the last good configuration even before the control plane answers.
+    let (requests, request_queues) = sync::requests();
+    let gateway_workers = start_gateway(&options, &current, &outbox, spans, requests, &stop, &mut tasks)?;
+    let agent_outbox = outbox.clone();
+    let client = |identity| Client {
+        agent_id: options.agent_id.clone(),
+        labels: options.labels.clone(),
+        addresses: options.control_planes.clone(),
+        identity,
+        current,
+        last_good,
+        backoff: options.backoff,
+        idle_timeout: options.idle_timeout,
+        heartbeat_interval: options.heartbeat_interval,
+        link: link_tx,
+        requests: tokio::sync::Mutex::new(request_queues),
+        outbox: Some(agent_outbox),
+    };
+    follow_control_plane(&options, client, not_after_tx, &stop, &mut tasks).await?;
+    let _ = tokio::task::spawn_blocking(move || gateway_workers.into_iter().for_each(|w| drop(w.join()))).await;
+    // The gateway has stopped: no record can be added after the tallies' last flush.
+    tasks.join().await;
+    outbox.persist().await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Starts the gateway (its worker threads, the refusal tallies and the optional local check
+/// API) on `current`; returns the workers, to be joined once `stop` fires.
+fn start_gateway(
+    options: &Options,
+    current: &Current,
+    outbox: &Arc<decisions::Outbox>,
+    spans: Option<Arc<spans::Spans>>,
+    requests: sync::Requests,
+    stop: &Shutdown,
+    tasks: &mut Tasks,
+) -> Result<Vec<std::thread::JoinHandle<()>>, RunError> {
     let session_key_file = options.session_key.clone().unwrap_or_else(|| options.data_dir.join("session.key"));
     let session_key = load_or_create_key(&session_key_file)
         .map_err(|e| RunError::Io(format!("session key {}: {e}", session_key_file.display())))?;
-    let (requests, request_queues) = sync::requests();
     let shared = gateway::Shared::new(
         current.clone(),
         options.gateway_limits,
@@ -143,40 +179,29 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     if let Some(listen) = options.ext_authz_listen.clone() {
         tasks.spawn("local check API", ext_authz::serve_logged(shared.clone(), listen, stop.clone()));
     }
-    let gateway_workers = gateway::start(shared, options.gateway_workers, stop.clone())
-        .map_err(|e| RunError::Io(format!("starting gateway workers: {e}")))?;
+    gateway::start(shared, options.gateway_workers, stop.clone())
+        .map_err(|e| RunError::Io(format!("starting gateway workers: {e}")))
+}
 
+/// Obtains this agent's identity (joining the fleet the first time), keeps its certificate
+/// renewed, and follows the control plane with the client made for it until `stop`.
+async fn follow_control_plane(
+    options: &Options,
+    client: impl FnOnce(watch::Receiver<Identity>) -> Client,
+    not_after: watch::Sender<i64>,
+    stop: &Shutdown,
+    tasks: &mut Tasks,
+) -> Result<(), RunError> {
     let files = Files::new(&options.data_dir);
     let mut waiting = stop.clone();
     let identity = tokio::select! {
-        id = obtain_identity(&options, &files) => Some(id?),
-        () = waiting.requested() => None,
+        id = obtain_identity(options, &files) => id?,
+        () = waiting.requested() => return Ok(()),
     };
-    if let Some(identity) = identity {
-        not_after_tx.send_replace(identity.not_after);
-        let (identity_tx, identity_rx) = watch::channel(identity);
-        let client = Client {
-            agent_id: options.agent_id.clone(),
-            labels: options.labels.clone(),
-            addresses: options.control_planes.clone(),
-            identity: identity_rx,
-            current,
-            last_good,
-            backoff: options.backoff,
-            idle_timeout: options.idle_timeout,
-            heartbeat_interval: options.heartbeat_interval,
-            link: link_tx,
-            requests: tokio::sync::Mutex::new(request_queues),
-            outbox: Some(outbox.clone()),
-        };
-        tasks.spawn("certificate renewal", renew_forever(options.clone(), identity_tx, not_after_tx, stop.clone()));
-        client.run(stop.clone()).await;
-    }
-    let _ = tokio::task::spawn_blocking(move || gateway_workers.into_iter().for_each(|w| drop(w.join()))).await;
-    // The gateway has stopped: no record can be added after the tallies' last flush.
-    tasks.join().await;
-    outbox.persist().await;
-    tracing::info!("agent stopped");
+    not_after.send_replace(identity.not_after);
+    let (identity_tx, identity_rx) = watch::channel(identity);
+    tasks.spawn("certificate renewal", renew_forever(options.clone(), identity_tx, not_after, stop.clone()));
+    client(identity_rx).run(stop.clone()).await;
     Ok(())
 }
 

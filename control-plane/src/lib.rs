@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use warden_core::Admission;
-use warden_tasks::Tasks;
+use warden_tasks::{Shutdown, Tasks, Trigger};
 
 use crate::admin::AdminService;
 use crate::agents::AgentService;
@@ -179,9 +179,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // The subsystems, each on the ones below it.
     let (configuration, revision) = open_configuration(&options).await?;
     let configuration = Arc::new(configuration);
-    let replica = replica_id(&options, &listener);
+    let replica = Replica::new(replica_id(&options, &listener), matches!(options.store, StoreOptions::Embedded));
+    let leadership = replica.leadership();
     let ca = match &options.ca_files {
         Some((cert, key)) => FleetCa::load_or_create(CaSource::Files { cert, key }, &options.trust_domain)?,
         None => FleetCa::load_or_create(CaSource::DataDir(&options.data_dir), &options.trust_domain)?,
@@ -189,21 +191,17 @@ pub async fn run(
     let agent_tls = agent_tls(&options, &ca)?;
     let token_tls = options.token_listen.map(|_| token_tls(&options, &ca)).transpose()?;
     let fleet = Arc::new(Fleet::new(ca, options.agent_cert_ttl, options.heartbeat_interval));
-    let replica = Replica::new(replica, matches!(options.store, StoreOptions::Embedded));
-    let leadership = replica.leadership();
     let (telemetry, telemetry_duties) = Telemetry::open(&options.data_dir, options.decision_retention)?;
     let (tokens, token_duties) = Tokens::new(configuration.clone());
-    let admin = AdminService::new(configuration.clone(), fleet.clone(), tokens.clone(), telemetry.clone());
 
+    // Their background duties and the optional endpoints, in one task set.
     let (trigger, stop) = warden_tasks::channel();
     let mut tasks = Tasks::new();
     tasks.spawn("replica follower", replicas::follow(configuration.clone(), fleet.clone(), revision, stop.clone()));
     // Last to finish: gives up leadership and this replica's presence entries at once.
-    let lease_ttl = options.lease_ttl;
-    tasks.spawn(
-        "replica lease",
-        replicas::hold_lease(replica, configuration.store().clone(), fleet.clone(), lease_ttl, stop.clone()),
-    );
+    let lease =
+        replicas::hold_lease(replica, configuration.store().clone(), fleet.clone(), options.lease_ttl, stop.clone());
+    tasks.spawn("replica lease", lease);
     let (refresh, signing) = (options.key_refresh, options.signing);
     tokens.spawn(token_duties, &configuration, &fleet, &leadership, refresh, signing, &mut tasks, &stop);
     let metrics =
@@ -218,14 +216,7 @@ pub async fn run(
         tasks.spawn("metrics endpoint", telemetry::metrics::serve(metrics, listener, stop.clone()));
     }
 
-    let _ = std::fs::remove_file(&options.admin_socket);
-    let admin_listener =
-        UnixListener::bind(&options.admin_socket).map_err(io(format!("binding {}", options.admin_socket.display())))?;
-    std::fs::set_permissions(&options.admin_socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("restricting the admin socket to its owner"))?;
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, admin_socket = %options.admin_socket.display(), "control plane listening");
-
+    // The two edge services, until shutdown or until one of them fails.
     let agents = AgentService::new(
         configuration.clone(),
         fleet.clone(),
@@ -233,7 +224,38 @@ pub async fn run(
         tokens.clone(),
         stop.clone(),
     );
-    let (mut tls_stop, mut admin_stop) = (stop.clone(), stop.clone());
+    let admin = AdminService::new(configuration, fleet, tokens, telemetry);
+    let served = serve(&options, listener, agent_tls, agents, admin, shutdown, &trigger, stop).await;
+    trigger.fire();
+    tasks.join().await;
+    let _ = std::fs::remove_file(&options.admin_socket);
+    served?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+/// Serves agents and operators on the TLS `listener` and operators on the admin socket until
+/// `shutdown` (then fires `trigger`, so agent streams close and the servers drain) or until
+/// one server fails (which ends the other).
+#[allow(clippy::too_many_arguments)] // each is one part the servers are made of
+async fn serve(
+    options: &Options,
+    listener: TcpListener,
+    agent_tls: ServerTlsConfig,
+    agents: AgentService,
+    admin: AdminService,
+    shutdown: impl Future<Output = ()>,
+    trigger: &Trigger,
+    stop: Shutdown,
+) -> Result<(), RunError> {
+    let _ = std::fs::remove_file(&options.admin_socket);
+    let admin_listener =
+        UnixListener::bind(&options.admin_socket).map_err(io(format!("binding {}", options.admin_socket.display())))?;
+    std::fs::set_permissions(&options.admin_socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restricting the admin socket to its owner"))?;
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, admin_socket = %options.admin_socket.display(), "control plane listening");
+    let (mut tls_stop, mut admin_stop) = (stop.clone(), stop);
     let tls_server = Server::builder()
         .tls_config(agent_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -249,22 +271,16 @@ pub async fn run(
             UnixListenerStream::new(admin_listener),
             async move { admin_stop.requested().await },
         );
-    // A server that fails ends the other (`try_join`) and then everything else (the trigger).
     let serving = async { tokio::try_join!(tls_server, admin_server) };
     tokio::pin!(serving);
-    let served = tokio::select! {
-        served = &mut serving => served,
+    tokio::select! {
+        served = &mut serving => served?,
         () = shutdown => {
             tracing::info!("shutting down: closing agent streams");
             trigger.fire();
-            serving.await
+            serving.await?
         }
     };
-    trigger.fire();
-    tasks.join().await;
-    let _ = std::fs::remove_file(&options.admin_socket);
-    served?;
-    tracing::info!("control plane stopped");
     Ok(())
 }
 
