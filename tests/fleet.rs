@@ -1,5 +1,6 @@
 //! Warden's own binaries as the tests drive them: a [`ControlPlane`] (`warden-cp`, driven with
-//! the real `wardenctl`), an [`Agent`] (`warden-agent`, read through its status endpoint), and a
+//! the real `wardenctl`), an [`Agent`] (`warden-agent`, read through its status endpoint), a
+//! [`Fleet`] of both (with the peers a gateway needs, if asked) in a directory of its own, and a
 //! sample fleet definition to apply.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 use crate::loopback::{host_of, loopback_addr};
+use crate::peers::{McpUpstream, MintingIdp};
 use crate::process::{Process, bin};
 use crate::wait::{wait_for, wait_for_or};
 
@@ -112,6 +114,12 @@ impl ControlPlane {
         let file = self.data_dir.with_extension(format!("apply-{}.yaml", rand_suffix()));
         std::fs::write(&file, yaml).expect("write manifest");
         self.ctl(&["apply", "-f", file.to_str().expect("utf-8 path")])
+    }
+
+    /// Applies YAML text, failing the test if it is refused.
+    pub fn apply_ok(&self, yaml: &str) {
+        let out = self.apply(yaml);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The configuration version.
@@ -261,6 +269,169 @@ impl Agent {
     /// Everything the agent printed so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// A control plane and its joined agents in a temporary directory of their own, with an
+/// identity provider and an MCP server if asked ([`FleetBuilder::peers`]); everything is stopped
+/// and removed when dropped. Made by [`Fleet::builder`]:
+///
+/// ```ignore
+/// let fleet = Fleet::builder().peers().agent_ids(&["agent-d"]).cp_flags(&["--metrics-listen", &addr]).start();
+/// fleet.cp.apply_ok(&yaml); // servers whose gateways listen at addresses of the test's choosing
+/// fleet.wait_serving(&gateway);
+/// ```
+pub struct Fleet {
+    /// The agents, in the order of their ids.
+    pub agents: Vec<Agent>,
+    /// The control plane.
+    pub cp: ControlPlane,
+    peers: Option<(MintingIdp, McpUpstream)>,
+    /// Where all of them keep their data and logs (last, so it outlives the processes).
+    pub dir: tempfile::TempDir,
+}
+
+/// How a [`Fleet`] is to be started: see each option; by default a control plane and one agent,
+/// `agent-0`, with the harness's usual flags only.
+pub struct FleetBuilder {
+    dir: tempfile::TempDir,
+    agent_ids: Vec<String>,
+    cp_flags: Vec<String>,
+    cp_env: Vec<(String, String)>,
+    agent_flags: Vec<String>,
+    agent_env: Vec<(String, String)>,
+    peers: bool,
+}
+
+fn owned(items: &[&str]) -> impl Iterator<Item = String> {
+    items.iter().map(|s| s.to_string())
+}
+
+fn owned_pairs(items: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    items.iter().map(|(k, v)| (k.to_string(), v.to_string()))
+}
+
+fn borrowed(items: &[String]) -> Vec<&str> {
+    items.iter().map(String::as_str).collect()
+}
+
+fn borrowed_pairs(items: &[(String, String)]) -> Vec<(&str, &str)> {
+    items.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+impl FleetBuilder {
+    /// The fleet's directory, made already: for files its flags name (certificates, sockets).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `n` agents, `agent-0` to `agent-<n-1>`.
+    pub fn agents(self, n: usize) -> FleetBuilder {
+        FleetBuilder { agent_ids: (0..n).map(|i| format!("agent-{i}")).collect(), ..self }
+    }
+
+    /// Agents with these ids.
+    pub fn agent_ids(self, ids: &[&str]) -> FleetBuilder {
+        FleetBuilder { agent_ids: owned(ids).collect(), ..self }
+    }
+
+    /// More flags for the control plane.
+    pub fn cp_flags(mut self, flags: &[&str]) -> FleetBuilder {
+        self.cp_flags.extend(owned(flags));
+        self
+    }
+
+    /// Environment variables for the control plane (`OTEL_*`, …).
+    pub fn cp_env(mut self, env: &[(&str, &str)]) -> FleetBuilder {
+        self.cp_env.extend(owned_pairs(env));
+        self
+    }
+
+    /// More flags for every agent.
+    pub fn agent_flags(mut self, flags: &[&str]) -> FleetBuilder {
+        self.agent_flags.extend(owned(flags));
+        self
+    }
+
+    /// Environment variables for every agent (`OTEL_*`, …).
+    pub fn agent_env(mut self, env: &[(&str, &str)]) -> FleetBuilder {
+        self.agent_env.extend(owned_pairs(env));
+        self
+    }
+
+    /// A gateway's peers: an identity provider that mints tokens ([`Fleet::idp`]) and the MCP
+    /// Python SDK's server ([`Fleet::upstream`]); the control plane gets `--allow-http-issuers`,
+    /// as the provider's issuer is a plain `http://` URL.
+    pub fn peers(self) -> FleetBuilder {
+        FleetBuilder { peers: true, ..self }
+    }
+
+    /// Starts the peers (if asked), the control plane, and each agent with a join token of its
+    /// own. Applies nothing: the agents have no configuration yet.
+    pub fn start(self) -> Fleet {
+        let dir = self.dir.path();
+        let peers = self.peers.then(|| (MintingIdp::start(dir), McpUpstream::start(dir)));
+        let mut cp_flags = borrowed(&self.cp_flags);
+        if self.peers {
+            cp_flags.insert(0, "--allow-http-issuers");
+        }
+        let cp = ControlPlane::start_with_env(dir, &cp_flags, &borrowed_pairs(&self.cp_env));
+        let (agent_flags, agent_env) = (borrowed(&self.agent_flags), borrowed_pairs(&self.agent_env));
+        let agents = self
+            .agent_ids
+            .iter()
+            .map(|id| {
+                let token = cp.join_token("5m", id);
+                Agent::start_with_env(dir, id, &[&cp.address], Some(&token), &agent_flags, &agent_env)
+            })
+            .collect();
+        Fleet { agents, cp, peers, dir: self.dir }
+    }
+}
+
+impl Fleet {
+    /// A fleet to configure, then [`FleetBuilder::start`].
+    pub fn builder() -> FleetBuilder {
+        FleetBuilder {
+            dir: tempfile::tempdir().expect("temp dir"),
+            agent_ids: vec!["agent-0".to_string()],
+            cp_flags: Vec::new(),
+            cp_env: Vec::new(),
+            agent_flags: Vec::new(),
+            agent_env: Vec::new(),
+            peers: false,
+        }
+    }
+
+    /// The first agent.
+    pub fn agent(&self) -> &Agent {
+        &self.agents[0]
+    }
+
+    /// The first agent, to stop or restart.
+    pub fn agent_mut(&mut self) -> &mut Agent {
+        &mut self.agents[0]
+    }
+
+    /// The identity provider ([`FleetBuilder::peers`]).
+    pub fn idp(&self) -> &MintingIdp {
+        &self.peers.as_ref().expect("a fleet started with peers()").0
+    }
+
+    /// The MCP server behind the gateways ([`FleetBuilder::peers`]).
+    pub fn upstream(&self) -> &McpUpstream {
+        &self.peers.as_ref().expect("a fleet started with peers()").1
+    }
+
+    /// Waits until the first agent's gateway at `addr` serves (its protected-resource metadata
+    /// answers): the configuration naming it has arrived.
+    pub fn wait_serving(&self, addr: &str) {
+        let metadata = format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
+        wait_for_or(
+            &format!("the gateway at {addr} to serve"),
+            || self.agent().log_text(),
+            || ureq::get(&metadata).call().ok().map(|_| ()),
+        );
     }
 }
 

@@ -9,8 +9,8 @@
 //! - `loopback`: addresses for the servers a test starts ([`loopback_addr`]).
 //! - `process`: workspace binaries ([`bin`]) and child processes killed when dropped ([`Process`]).
 //! - `usage`: a process's memory and CPU time, for the load harnesses.
-//! - `fleet`: Warden itself: [`ControlPlane`], [`Agent`], and a sample fleet definition
-//!   ([`fleet_yaml`]).
+//! - `fleet`: Warden itself: [`ControlPlane`], [`Agent`], a [`Fleet`] of both with a gateway's
+//!   peers if asked ([`Fleet::builder`]), and a sample fleet definition ([`fleet_yaml`]).
 //! - `peers`: peers written by others: identity providers, the MCP Python SDK's server and
 //!   client, Envoy's ext_authz stubs.
 //! - `gateway`: raw HTTP exchanges with an agent's gateway ([`post`]).
@@ -18,6 +18,7 @@
 //! - `ca`: a throwaway certificate authority ([`TestCa`]).
 //! - `proxy`: a TCP proxy a test can cut: a network partition ([`Proxy`]).
 //! - [`otlp`]: an OTLP receiver.
+//! - `simulated`: agents simulated in a load harness's process ([`simulated_agent`]).
 #![forbid(unsafe_code)]
 
 mod ca;
@@ -29,16 +30,18 @@ pub mod otlp;
 mod peers;
 mod process;
 mod proxy;
+mod simulated;
 mod usage;
 mod wait;
 
 pub use ca::TestCa;
 pub use etcd::{Etcd, EtcdTls};
-pub use fleet::{Agent, ControlPlane, fleet_yaml, fleet_yaml_documents};
+pub use fleet::{Agent, ControlPlane, Fleet, FleetBuilder, fleet_yaml, fleet_yaml_documents};
 pub use gateway::{Answer, post};
 pub use loopback::loopback_addr;
 pub use peers::{McpUpstream, MintingIdp, StaticIdp, ext_authz_client, mcp_client, mcp_client_with, peer, python};
 pub use process::{Process, bin};
 pub use proxy::Proxy;
+pub use simulated::{simulated_agent, simulated_agents_dir};
 pub use usage::{cpu_time, cpu_time_with_children, rss_kib};
 pub use wait::{PATIENCE, wait_for, wait_for_or};

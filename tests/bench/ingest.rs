@@ -9,19 +9,12 @@
 //!
 //! `cargo build --release -p tests --bin ingest && ./target/release/ingest --agents 20 --records 50000`
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::applied::Current;
 use agent::decisions::{Limits, Outbox};
-use agent::identity::{self, Files};
-use agent::last_good::LastGood;
-use agent::sync::{Client, Link};
 use proto::v1 as pb;
 use tests::{ControlPlane, cpu_time, rss_kib};
-use tokio::sync::watch;
-use warden_tasks::Backoff;
 
 struct Args {
     agents: usize,
@@ -126,11 +119,7 @@ fn main() -> std::process::ExitCode {
     drop(baseline_dir);
 
     let cp_dir = tempfile::tempdir().expect("temp dir");
-    let agents_dir = match std::path::Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm"),
-        false => tempfile::tempdir(),
-    }
-    .expect("temp dir");
+    let agents_dir = tests::simulated_agents_dir();
     let cp = ControlPlane::start(cp_dir.path(), &["--heartbeat-interval", "60s"]);
     let pid = cp.process.as_ref().map(|p| p.pid()).expect("running");
     let (rate, cp_cpu) = runtime.block_on(run(&args, agents_dir.path(), &cp, pid, total));
@@ -160,40 +149,19 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32, to
     let mut syncs = Vec::with_capacity(args.agents);
     for i in 0..args.agents {
         let id = format!("sim-{i}");
-        let token = admin
-            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600, agent_id: id.clone() })
-            .await
-            .expect("join token")
-            .into_inner()
-            .token;
-        let data = dir.join(&id);
-        std::fs::create_dir_all(&data).expect("agent dir");
-        let identity =
-            identity::join(&Files::new(&data), &cp.address, &token, &id, &BTreeMap::new()).await.expect("join");
+        let mut sync = tests::simulated_agent(&mut admin, dir, &id, &cp.address).await;
         let limits = Limits {
             memory_records: args.records + 1,
             spool_records: 1,
             batch_records: args.batch,
             ..Limits::default()
         };
-        let outbox = Outbox::open(&data, limits).expect("outbox");
+        let outbox = Outbox::open(&dir.join(&id), limits).expect("outbox");
         for n in 0..args.records {
             outbox.record(&(&record(i, n)).into());
         }
-        syncs.push(Client {
-            agent_id: id,
-            labels: BTreeMap::new(),
-            addresses: vec![cp.address.clone()],
-            identity: watch::channel(identity).1,
-            current: Current::default(),
-            last_good: Arc::new(LastGood::without_fsync(&data)),
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
-            idle_timeout: Duration::from_secs(300),
-            heartbeat_interval: Duration::from_secs(60),
-            link: watch::channel(Link::default()).0,
-            requests: tokio::sync::Mutex::new(agent::sync::requests().1),
-            outbox: Some(outbox),
-        });
+        sync.outbox = Some(outbox);
+        syncs.push(sync);
     }
     let cpu0 = cpu_time(pid);
     let started = Instant::now();

@@ -17,18 +17,13 @@
 //! `ulimit -n 16384 && cargo run --release -p tests --bin propagation -- --agents 1000 --rounds 50 --replicas 2`
 //! `cargo run --release -p tests --bin propagation -- --agents 1000 --rounds 30 --revocation-load 1000 --preload 100000`
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::applied::Current;
-use agent::identity::{self, Files};
-use agent::last_good::LastGood;
-use agent::sync::{Client, Link};
 use proto::v1 as pb;
 use tests::{ControlPlane, cpu_time, rss_kib};
 use tokio::sync::watch;
-use warden_tasks::{Backoff, Shutdown};
+use warden_tasks::Shutdown;
 
 struct Args {
     agents: usize,
@@ -82,15 +77,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {} agents need about {needed} open files here; raise it first: ulimit -n 16384", args.agents);
         return std::process::ExitCode::FAILURE;
     }
-    // Each real agent persists to its own disk; 1000 simulated ones sharing this machine's one
-    // filesystem would measure its metadata locking instead, so their files go to tmpfs. The
-    // control plane's store stays on disk, with its fsyncs.
+    // The simulated agents' files go to tmpfs; the control plane's store stays on disk, with its
+    // fsyncs.
     let cp_dir = tempfile::tempdir().expect("temp dir");
-    let agents_dir = match std::path::Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm"),
-        false => tempfile::tempdir(),
-    }
-    .expect("temp dir");
+    let agents_dir = tests::simulated_agents_dir();
     // Heartbeats well apart so idle memory is measured idle.
     let cp = ControlPlane::start(cp_dir.path(), &["--heartbeat-interval", "60s"]);
     let pid = cp.process.as_ref().map(|p| p.pid()).expect("running");
@@ -99,11 +89,7 @@ fn main() -> std::process::ExitCode {
     drop(cp);
     if args.replicas >= 2 {
         let dir = tempfile::tempdir().expect("temp dir");
-        let agents_dir = match std::path::Path::new("/dev/shm").is_dir() {
-            true => tempfile::tempdir_in("/dev/shm"),
-            false => tempfile::tempdir(),
-        }
-        .expect("temp dir");
+        let agents_dir = tests::simulated_agents_dir();
         let etcd = tests::Etcd::start(dir.path(), 1);
         let ca = dir.path().join("fleet-ca");
         let created = std::process::Command::new(tests::bin("warden-cp"))
@@ -142,7 +128,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Joins `count` simulated agents, agent `i` through and to `addresses[i % len]`, each with its
-/// own one-time token, key and certificate; their applied versions.
+/// own one-time token, key and certificate, and starts them; their applied versions.
 async fn start_agents(
     admin: &mut proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
     dir: &std::path::Path,
@@ -152,36 +138,11 @@ async fn start_agents(
 ) -> Vec<watch::Receiver<u64>> {
     let mut agents = Vec::with_capacity(count);
     for i in 0..count {
-        let id = format!("sim-{i}");
-        let token = admin
-            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600, agent_id: id.clone() })
-            .await
-            .expect("join token")
-            .into_inner()
-            .token;
-        let data = dir.join(&id);
-        std::fs::create_dir_all(&data).expect("agent dir");
-        let files = Files::new(&data);
-        let address = addresses[i % addresses.len()].clone();
-        let identity = identity::join(&files, &address, &token, &id, &BTreeMap::new()).await.expect("join");
-        let current = Current::default();
-        let (link, _) = watch::channel(Link::default());
-        let sync = Client {
-            agent_id: id,
-            labels: BTreeMap::new(),
-            addresses: vec![address],
-            identity: watch::channel(identity).1,
-            current: current.clone(),
-            last_good: Arc::new(LastGood::without_fsync(&data)),
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
-            idle_timeout: Duration::from_secs(300),
-            heartbeat_interval: Duration::from_secs(60),
-            link,
-            requests: tokio::sync::Mutex::new(agent::sync::requests().1),
-            outbox: None,
-        };
+        let address = &addresses[i % addresses.len()];
+        let sync = tests::simulated_agent(admin, dir, &format!("sim-{i}"), address).await;
+        let version = sync.current.watch_version();
         tokio::spawn(sync.run(stop.clone()));
-        agents.push(current.watch_version());
+        agents.push(version);
     }
     agents
 }

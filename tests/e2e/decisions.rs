@@ -7,15 +7,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tests::otlp::{OtlpReceiver, Protocol};
-use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, post, wait_for_or};
+use tests::{loopback_addr, post, wait_for_or};
 
+/// One agent, `agent-d`, serving `notes` at `gateway` under policy `echo-only`.
 struct Fleet {
-    idp: MintingIdp,
-    _upstream: McpUpstream,
-    cp: ControlPlane,
-    agent: Agent,
+    fleet: tests::Fleet,
     gateway: String,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = tests::Fleet;
+    fn deref(&self) -> &tests::Fleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut tests::Fleet {
+        &mut self.fleet
+    }
 }
 
 impl Fleet {
@@ -30,15 +40,16 @@ impl Fleet {
         cp_env: &[(&str, &str)],
         agent_env: &[(&str, &str)],
     ) -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
-        let idp = MintingIdp::start(dir.path());
-        let upstream = McpUpstream::start(dir.path());
-        let flags: Vec<&str> = ["--allow-http-issuers"].into_iter().chain(cp_flags.iter().copied()).collect();
-        let cp = ControlPlane::start_with_env(dir.path(), &flags, cp_env);
-        let token = cp.join_token("5m", "agent-d");
+        let fleet = tests::Fleet::builder()
+            .peers()
+            .agent_ids(&["agent-d"])
+            .cp_flags(cp_flags)
+            .cp_env(cp_env)
+            .agent_flags(agent_flags)
+            .agent_env(agent_env)
+            .start();
         let gateway = loopback_addr();
-        let agent = Agent::start_with_env(dir.path(), "agent-d", &[&cp.address], Some(&token), agent_flags, agent_env);
-        let yaml = format!(
+        fleet.cp.apply_ok(&format!(
             r#"
 apiVersion: warden.dev/v1
 kind: TrustedIssuer
@@ -66,15 +77,11 @@ spec:
     permit(principal, action == Action::"tools/call", resource) when {{ ["echo", "seen_headers"].contains(resource.name) }};
     permit(principal, action == Action::"tools/list", resource);
 "#,
-            issuer = idp.issuer,
-            upstream = upstream.url,
-        );
-        let out = cp.apply(&yaml);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let fleet = Fleet { idp, _upstream: upstream, cp, agent, gateway, _dir: dir };
-        let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
-        wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
-        fleet
+            issuer = fleet.idp().issuer,
+            upstream = fleet.upstream().url,
+        ));
+        fleet.wait_serving(&gateway);
+        Fleet { fleet, gateway }
     }
 
     fn url(&self) -> String {
@@ -85,10 +92,10 @@ spec:
     fn token(&self, sub: &str, jti: &str, issued: i64, expires: i64) -> String {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
         let claims = json!({
-            "iss": self.idp.issuer, "sub": sub, "aud": self.url(), "iat": now + issued, "exp": now + expires,
+            "iss": self.idp().issuer, "sub": sub, "aud": self.url(), "iat": now + issued, "exp": now + expires,
             "jti": jti,
         });
-        self.idp.mint(&json!({ "claims": claims }))
+        self.idp().mint(&json!({ "claims": claims }))
     }
 
     /// One request that makes exactly one decision: `tool` called by `token`.
@@ -106,7 +113,7 @@ spec:
 
     /// The agent's Prometheus text.
     fn agent_metrics(&self) -> String {
-        let url = format!("http://{}/metrics", self.agent.status_addr);
+        let url = format!("http://{}/metrics", self.agent().status_addr);
         ureq::get(&url).call().expect("the agent's /metrics").body_mut().read_to_string().unwrap()
     }
 
@@ -118,7 +125,7 @@ spec:
     fn wait_for_decisions(&self, n: usize) -> Vec<Value> {
         wait_for_or(
             &format!("{n} decisions at the control plane"),
-            || format!("{}\n{}", self.agent.log_text(), self.cp.ctl_ok(&["decisions", "--limit", "100000"])),
+            || format!("{}\n{}", self.agent().log_text(), self.cp.ctl_ok(&["decisions", "--limit", "100000"])),
             || {
                 let all = self.decisions();
                 (all.len() >= n).then_some(all)
@@ -237,10 +244,10 @@ fn nothing_is_lost_through_a_control_plane_outage_and_an_agent_restart() {
     );
     assert_eq!(depths, (0, 20), "{}", fleet.agent_metrics());
     // Stopped while still cut off: what it holds must survive to its next run.
-    fleet.agent.stop();
-    fleet.agent.restart();
+    fleet.agent_mut().stop();
+    fleet.agent_mut().restart();
     let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
-    wait_for_or("the gateway to serve again", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok());
+    wait_for_or("the gateway to serve again", || fleet.agent().log_text(), || ureq::get(&metadata).call().ok());
     for _ in 0..5 {
         fleet.call(Some(&alice), "echo");
         made += 1;
@@ -287,7 +294,7 @@ fn past_the_disk_bound_records_are_dropped_and_counted() {
     fleet.cp.restart();
     let summary = wait_for_or(
         "every record stored or reported dropped",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || {
             let s = fleet.summary();
             let dropped = s["agents"][0]["dropped"].as_u64().unwrap_or(0);
@@ -442,7 +449,7 @@ fn decisions_are_counted_on_the_metrics_endpoints() {
     assert!(cp.contains(r#"warden_token_lifetime_seconds_bucket{issuer="test-idp",le="300"} 0"#), "{cp}");
     assert!(cp.contains(r#"warden_token_lifetime_seconds_bucket{issuer="test-idp",le="900"} 3"#), "{cp}");
     assert_eq!(get(&format!("http://{metrics_addr}/readyz")).as_deref(), Some("ready"));
-    let agent = get(&format!("http://{}/metrics", fleet.agent.status_addr)).expect("the agent's /metrics");
+    let agent = get(&format!("http://{}/metrics", fleet.agent().status_addr)).expect("the agent's /metrics");
     assert!(agent.contains("warden_agent_decision_records_total 3\n"), "{agent}");
     assert!(agent.contains("warden_agent_decision_records_dropped_total 0\n"), "{agent}");
     assert!(agent.contains("warden_agent_connected 1\n"), "{agent}");
@@ -512,14 +519,14 @@ fn gateway_requests_are_spans_whose_context_reaches_the_upstream() {
     let (trace_id, parent) = (parts[1].to_string(), parts[2].to_string());
     let span = wait_for_or(
         "the span at the receiver",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || receiver.spans().into_iter().find(|s| s.name == "tools/call seen_headers"),
     );
     assert_eq!((span.trace_id.as_str(), span.span_id.as_str()), (trace_id.as_str(), parent.as_str()));
     // The gateway started this trace (the client sent none); its decision record links to it.
     let record = wait_for_or(
         "the call's decision record",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || fleet.decisions().into_iter().find(|d| d["target"] == "seen_headers"),
     );
     assert_eq!(record["traceId"], trace_id.as_str());
@@ -539,7 +546,7 @@ fn gateway_requests_are_spans_whose_context_reaches_the_upstream() {
     post(&fleet.url(), Some(&alice), &headers, &body.to_string());
     let denied = wait_for_or(
         "the denied call's span",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || receiver.spans().into_iter().find(|s| s.name == "tools/call delete_repository"),
     );
     assert_eq!((denied.trace_id.as_str(), denied.parent_span_id.as_str()), (caller_trace, "00f067aa0ba902b7"));
@@ -571,7 +578,7 @@ fn an_agent_asked_to_exports_its_decision_records_itself() {
     let stored = fleet.wait_for_decisions(3);
     let logs = wait_for_or(
         "the agent's decision logs",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || {
             let logs: Vec<_> =
                 receiver.logs().into_iter().filter(|l| l.record.event_name == "warden.decision").collect();

@@ -1,28 +1,16 @@
 //! Configuration flows from `wardenctl apply` through the control plane to every agent, and
 //! survives restarts of either side.
 
-use tests::{Agent, ControlPlane, fleet_yaml, wait_for};
+use tests::{Agent, Fleet, fleet_yaml, wait_for};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Starts a control plane and `n` joined agents.
-fn fleet(dir: &std::path::Path, n: usize) -> (ControlPlane, Vec<Agent>) {
-    let cp = ControlPlane::start(dir, &[]);
-    let agents = (0..n)
-        .map(|i| {
-            let token = cp.join_token("5m", &format!("agent-{i}"));
-            Agent::start(dir, &format!("agent-{i}"), &[&cp.address], Some(&token))
-        })
-        .collect();
-    (cp, agents)
-}
-
 #[test]
 fn apply_reaches_every_agent_and_each_acks_the_new_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, agents) = fleet(dir.path(), 3);
+    let fleet = Fleet::builder().agents(3).start();
+    let Fleet { cp, agents, .. } = &fleet;
     let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
     cp.wait_converged(&ids, 0);
 
@@ -31,7 +19,7 @@ fn apply_reaches_every_agent_and_each_acks_the_new_version() {
     let v1 = cp.version();
     assert_eq!(v1, 1);
     cp.wait_converged(&ids, v1);
-    for agent in &agents {
+    for agent in agents {
         let status = agent.status();
         assert_eq!(status["version"], v1);
         assert_eq!(status["enforcing"], true);
@@ -60,8 +48,8 @@ fn apply_reaches_every_agent_and_each_acks_the_new_version() {
 
 #[test]
 fn invalid_resources_are_refused_with_the_field_named_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, agents) = fleet(dir.path(), 1);
+    let fleet = Fleet::builder().agents(1).start();
+    let Fleet { cp, agents, .. } = &fleet;
     assert!(cp.apply(&fleet_yaml("search")).status.success());
     cp.wait_converged(&["agent-0"], 1);
     let before = cp.ctl_ok(&["get", "all", "-o", "yaml"]);
@@ -102,8 +90,8 @@ fn invalid_resources_are_refused_with_the_field_named_and_change_nothing() {
 
 #[test]
 fn an_agent_restarted_while_the_control_plane_is_down_enforces_its_last_good_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut cp, mut agents) = fleet(dir.path(), 1);
+    let mut fleet = Fleet::builder().agents(1).start();
+    let Fleet { cp, agents, .. } = &mut fleet;
     assert!(cp.apply(&fleet_yaml("search")).status.success());
     assert!(cp.apply(&fleet_yaml("fetch")).status.success());
     cp.wait_converged(&["agent-0"], 2);
@@ -133,8 +121,8 @@ fn an_agent_restarted_while_the_control_plane_is_down_enforces_its_last_good_con
 
 #[test]
 fn a_control_plane_restart_keeps_all_state_and_agents_reconverge() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut cp, agents) = fleet(dir.path(), 2);
+    let mut fleet = Fleet::builder().agents(2).start();
+    let Fleet { cp, agents, .. } = &mut fleet;
     assert!(cp.apply(&fleet_yaml("search")).status.success());
     cp.wait_converged(&["agent-0", "agent-1"], 1);
     let resources = cp.ctl_ok(&["get", "all", "-o", "yaml"]);
@@ -152,7 +140,7 @@ fn a_control_plane_restart_keeps_all_state_and_agents_reconverge() {
     cp.wait_converged(&["agent-0", "agent-1"], 1);
     assert!(cp.apply(&fleet_yaml("fetch")).status.success());
     cp.wait_converged(&["agent-0", "agent-1"], 2);
-    for agent in &agents {
+    for agent in agents {
         assert_eq!(agent.status()["version"], 2);
     }
 }
@@ -172,8 +160,8 @@ fn an_agent_that_never_had_a_configuration_denies_everything() {
 
 #[test]
 fn agents_and_control_plane_shut_down_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut cp, mut agents) = fleet(dir.path(), 1);
+    let mut fleet = Fleet::builder().agents(1).start();
+    let Fleet { cp, agents, .. } = &mut fleet;
     cp.wait_converged(&["agent-0"], 0);
     // Each stop asserts a zero exit within the harness's patience, with the stream still open.
     agents[0].stop();

@@ -4,17 +4,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tests::{
-    Agent, Answer, ControlPlane, McpUpstream, MintingIdp, ext_authz_client, loopback_addr, mcp_client, mcp_client_with,
-    post, wait_for_or,
-};
+use tests::{Answer, ext_authz_client, loopback_addr, mcp_client, mcp_client_with, post, wait_for_or};
 
-/// Everything one test needs running.
+/// One agent, `agent-0`, serving `notes`, `bound`, `proofs` (and not `elsewhere`) under POLICY.
 struct Fleet {
-    idp: MintingIdp,
-    upstream: McpUpstream,
-    cp: ControlPlane,
-    agent: Agent,
+    fleet: tests::Fleet,
     /// The gateway of server `notes`.
     gateway: String,
     /// The gateway of server `bound` (TLS; requires certificate-bound tokens).
@@ -25,7 +19,19 @@ struct Fleet {
     elsewhere: String,
     /// The gateway's TLS certificate (self-signed, for the bound gateway's address).
     gateway_ca: std::path::PathBuf,
-    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = tests::Fleet;
+    fn deref(&self) -> &tests::Fleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut tests::Fleet {
+        &mut self.fleet
+    }
 }
 
 const POLICY: &str = r#"
@@ -47,14 +53,13 @@ impl Fleet {
 
     /// [`Fleet::start`] with `extra` flags for the agent.
     fn start_with(extra: &[&str]) -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
-        let idp = MintingIdp::start(dir.path());
-        let upstream = McpUpstream::start(dir.path());
-        let cp = ControlPlane::start(
-            dir.path(),
-            &["--allow-http-issuers", "--key-refresh-default", "1h", "--key-refresh-request-interval", "1s"],
-        );
-        let token = cp.join_token("5m", "agent-0");
+        let builder = tests::Fleet::builder().peers().cp_flags(&[
+            "--key-refresh-default",
+            "1h",
+            "--key-refresh-request-interval",
+            "1s",
+        ]);
+        let dir = builder.dir().to_path_buf();
         let (gateway, bound_gateway, elsewhere) = (loopback_addr(), loopback_addr(), loopback_addr());
         let dpop_gateway = loopback_addr();
         let host = bound_gateway.rsplit_once(':').unwrap().0.to_string();
@@ -62,10 +67,10 @@ impl Fleet {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = vec![rcgen::SanType::IpAddress(host.parse().unwrap())];
         let cert = params.self_signed(&key).unwrap();
-        let (gateway_ca, gateway_key) = (dir.path().join("gateway.crt"), dir.path().join("gateway.key"));
+        let (gateway_ca, gateway_key) = (dir.join("gateway.crt"), dir.join("gateway.key"));
         std::fs::write(&gateway_ca, cert.pem()).unwrap();
         std::fs::write(&gateway_key, key.serialize_pem()).unwrap();
-        let ext_authz = format!("unix:{}", dir.path().join("authz.sock").display());
+        let ext_authz = format!("unix:{}", dir.join("authz.sock").display());
         let flags = [
             "--gateway-tls-cert",
             gateway_ca.to_str().unwrap(),
@@ -74,10 +79,9 @@ impl Fleet {
             "--ext-authz-listen",
             &ext_authz,
         ];
-        let flags: Vec<&str> = flags.iter().copied().chain(extra.iter().copied()).collect();
-        let agent = Agent::start_with(dir.path(), "agent-0", &[&cp.address], Some(&token), &flags);
+        let fleet = builder.agent_flags(&flags).agent_flags(extra).start();
         let policy: String = POLICY.lines().map(|l| format!("    {l}\n")).collect();
-        let yaml = format!(
+        fleet.cp.apply_ok(&format!(
             r#"
 apiVersion: warden.dev/v1
 kind: TrustedIssuer
@@ -135,16 +139,11 @@ spec:
   servers: [notes, bound, proofs]
   cedar: |
 {policy}"#,
-            issuer = idp.issuer,
-            upstream = upstream.url,
-        );
-        let out = cp.apply(&yaml);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let fleet =
-            Fleet { idp, upstream, cp, agent, gateway, bound_gateway, dpop_gateway, elsewhere, gateway_ca, dir };
-        let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
-        wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
-        fleet
+            issuer = fleet.idp().issuer,
+            upstream = fleet.upstream().url,
+        ));
+        fleet.wait_serving(&gateway);
+        Fleet { fleet, gateway, bound_gateway, dpop_gateway, elsewhere, gateway_ca }
     }
 
     fn url(&self) -> String {
@@ -156,7 +155,7 @@ spec:
     fn token(&self, sub: &str, extra: Value, options: Value) -> String {
         let now = now();
         let mut claims = json!({
-            "iss": self.idp.issuer, "sub": sub, "aud": self.url(), "iat": now, "exp": now + 300,
+            "iss": self.idp().issuer, "sub": sub, "aud": self.url(), "iat": now, "exp": now + 300,
             "jti": format!("{sub}-{now}-{}", rand_suffix()), "scope": "notes.use",
         });
         for (k, v) in extra.as_object().unwrap() {
@@ -170,7 +169,44 @@ spec:
         for (k, v) in options.as_object().unwrap() {
             request[k] = v.clone();
         }
-        self.idp.mint(&request)
+        self.idp().mint(&request)
+    }
+
+    /// Serves one more `McpServer` `name` in front of `upstream` (with `binding`, if any) under
+    /// POLICY plus `extra_policy`; its gateway's address once it listens.
+    fn add_server(&self, name: &str, upstream: &str, binding: Option<&str>, extra_policy: &str) -> String {
+        let addr = loopback_addr();
+        let binding = binding.map(|b| format!("\n  binding: {b}")).unwrap_or_default();
+        // POLICY's lines are indented; the extra ones are brought to the same depth.
+        let extra: String = extra_policy.lines().map(|l| format!("    {l}\n")).collect();
+        let policy: String = format!("{POLICY}\n{extra}").lines().map(|l| format!("    {l}\n")).collect();
+        let yaml = format!(
+            r#"
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: {name}}}
+spec:
+  resource: http://{addr}/mcp
+  issuers: [test-idp]
+  upstream: {upstream}
+  listen: {addr}{binding}
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {{name: {name}-access}}
+spec:
+  servers: [{name}]
+  cedar: |
+{policy}"#
+        );
+        self.cp.apply_ok(&yaml);
+        self.wait_serving(&addr);
+        addr
+    }
+
+    /// A token of `sub` for the server whose gateway is at `addr`.
+    fn token_for(&self, sub: &str, addr: &str) -> String {
+        self.token(sub, json!({ "aud": format!("http://{addr}/mcp") }), json!({}))
     }
 }
 
@@ -243,7 +279,7 @@ fn real_mcp_clients_get_allowed_tools_only_and_the_server_never_sees_their_token
         assert_eq!(out[11]["ok"], false, "{}", context(11));
         assert_eq!(out[12]["ok"], false, "{}", context(12));
     }
-    let log = fleet.agent.log_text();
+    let log = fleet.agent().log_text();
     assert!(log.contains("token refused server=notes reason=expired"), "{log}");
 }
 
@@ -261,7 +297,7 @@ fn each_bad_token_is_refused_with_its_reason() {
         let doc: Value =
             ureq::get(&format!("http://{}{path}", fleet.gateway)).call().unwrap().body_mut().read_json().unwrap();
         assert_eq!(doc["resource"], url);
-        assert_eq!(doc["authorization_servers"], json!([fleet.idp.issuer]));
+        assert_eq!(doc["authorization_servers"], json!([fleet.idp().issuer]));
         assert_eq!(doc["scopes_supported"], json!(["notes.use"]));
     }
 
@@ -337,7 +373,7 @@ spec: {{issuer: test-idp, subject: mallory, issuedBefore: "{}"}}
     for token in [&leaked, &mallory_old] {
         let refused = wait_for_or(
             "the revocation to reach the agent",
-            || fleet.agent.log_text(),
+            || fleet.agent().log_text(),
             || Some(post(&url, Some(token), &[], INITIALIZE)).filter(|a| a.status == 401),
         );
         assert!(refused.challenge.ends_with("error_description=\"revoked\""), "{}", refused.challenge);
@@ -352,7 +388,7 @@ spec: {{issuer: test-idp, subject: mallory, issuedBefore: "{}"}}
 #[test]
 fn a_rotated_issuer_key_is_fetched_when_a_token_first_names_it() {
     let fleet = Fleet::start();
-    fleet.idp.rotate("es256-2");
+    fleet.idp().rotate("es256-2");
     let token = fleet.token("alice", json!({}), json!({"key": "es256-2"}));
     // The first request is refused (the agent does not have the key yet) and makes the agent
     // ask the control plane, whose periodic refresh is an hour away, to refetch now.
@@ -361,7 +397,7 @@ fn a_rotated_issuer_key_is_fetched_when_a_token_first_names_it() {
     assert!(first.challenge.ends_with("\"unknown_kid\""), "{}", first.challenge);
     wait_for_or(
         "the new key to be accepted",
-        || format!("{}\n{}", fleet.agent.log_text(), fleet.cp.process.as_ref().unwrap().log_text()),
+        || format!("{}\n{}", fleet.agent().log_text(), fleet.cp.process.as_ref().unwrap().log_text()),
         || (post(&fleet.url(), Some(&token), &[], INITIALIZE).status == 200).then_some(()),
     );
 }
@@ -471,7 +507,7 @@ fn malformed_and_mismatched_requests_are_refused_before_the_upstream() {
     ];
     let records = wait_for_or(
         "the malformed requests' records",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || {
             let out = fleet.cp.ctl_ok(&["decisions", "--subject", "alice", "--decision", "deny", "-o", "json"]);
             let records: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
@@ -505,8 +541,8 @@ fn a_session_id_is_sealed_to_its_workload_and_holds_across_an_agent_restart() {
 
     // After a restart the agent remembers nobody, and still vouches only for alice: before
     // sealing, the first workload to present the id after a restart took the session over.
-    fleet.agent.stop();
-    fleet.agent.restart();
+    fleet.agent_mut().stop();
+    fleet.agent_mut().restart();
     assert_eq!(status(&bob, &session), 404, "bob cannot take alice's session after a restart");
     assert_eq!(status(&alice, &session), 200, "alice's session survives the restart");
     // The upstream's own id, or one with a forged seal, is no session at the gateway.
@@ -514,7 +550,7 @@ fn a_session_id_is_sealed_to_its_workload_and_holds_across_an_agent_restart() {
     let forged = format!("w1.{}.{upstream_id}", "A".repeat(43));
     assert_eq!(status(&alice, &forged), 404);
     // The key is the agent's own, kept owner-only in its data directory.
-    let key = fleet.agent.data_dir.join("session.key");
+    let key = fleet.agent().data_dir.join("session.key");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!((std::fs::read(&key).unwrap().len(), mode & 0o777), (32, 0o600));
 }
@@ -537,11 +573,11 @@ fn certificate_bound_tokens_work_only_with_their_certificate() {
     let (b_cert, b_key, _) = client_certificate(fleet.dir.path(), "workload-b");
     let now = now();
     let mint = |cnf: Option<Value>| {
-        let mut claims = json!({"iss": fleet.idp.issuer, "sub": "alice", "aud": url, "iat": now, "exp": now + 300});
+        let mut claims = json!({"iss": fleet.idp().issuer, "sub": "alice", "aud": url, "iat": now, "exp": now + 300});
         if let Some(cnf) = cnf {
             claims["cnf"] = cnf;
         }
-        fleet.idp.mint(&json!({ "claims": claims }))
+        fleet.idp().mint(&json!({ "claims": claims }))
     };
     let bound = mint(Some(json!({"x5t#S256": warden_core::token::certificate_thumbprint(&a_der)})));
     let bearer = mint(None);
@@ -550,13 +586,13 @@ fn certificate_bound_tokens_work_only_with_their_certificate() {
     let op: &[&str] = &["call", "echo", r#"{"text":"bound"}"#];
     // The token's own certificate: the call goes through (the SDK client over mutual TLS).
     let ok = mcp_client_with(&url, "legacy", &with(&a_cert, &a_key), &[(&bound, op)]);
-    assert_eq!(ok[0]["result"]["text"], json!(["bound"]), "{ok:?}\n{}", fleet.agent.log_text());
+    assert_eq!(ok[0]["result"]["text"], json!(["bound"]), "{ok:?}\n{}", fleet.agent().log_text());
     // Another certificate, or a bearer token with the right certificate: refused, with reasons.
     let stolen = mcp_client_with(&url, "legacy", &with(&b_cert, &b_key), &[(&bound, op)]);
     assert_eq!(stolen[0]["ok"], false, "{stolen:?}");
     let unbound = mcp_client_with(&url, "legacy", &with(&a_cert, &a_key), &[(&bearer, op)]);
     assert_eq!(unbound[0]["ok"], false, "{unbound:?}");
-    let log = fleet.agent.log_text();
+    let log = fleet.agent().log_text();
     assert!(log.contains("token refused server=bound reason=binding_mismatch"), "{log}");
     assert!(log.contains("token refused server=bound reason=binding_required"), "{log}");
     // Without any client certificate the TLS handshake itself fails.
@@ -568,7 +604,7 @@ fn certificate_bound_tokens_work_only_with_their_certificate() {
 fn envoy_ext_authz_checks_are_answered_like_the_gateway_answers() {
     let fleet = Fleet::start();
     let socket = fleet.dir.path().join("authz.sock");
-    wait_for_or("the local check API", || fleet.agent.log_text(), || socket.exists().then_some(()));
+    wait_for_or("the local check API", || fleet.agent().log_text(), || socket.exists().then_some(()));
     let alice = fleet.token("alice", json!({}), json!({}));
     let expired = fleet.token("alice", json!({"iat": now() - 600, "exp": now() - 300}), json!({}));
     let host = fleet.gateway.clone();
@@ -636,22 +672,22 @@ fn dpop_bound_tokens_need_a_fresh_proof_by_their_key() {
     let url = format!("http://{}/mcp", fleet.dpop_gateway);
     let now = now();
     let claims = |cnf: Option<Value>| {
-        let mut c = json!({"iss": fleet.idp.issuer, "sub": "alice", "aud": url, "iat": now, "exp": now + 300});
+        let mut c = json!({"iss": fleet.idp().issuer, "sub": "alice", "aud": url, "iat": now, "exp": now + 300});
         if let Some(cnf) = cnf {
             c["cnf"] = cnf;
         }
-        fleet.idp.mint(&json!({ "claims": c }))
+        fleet.idp().mint(&json!({ "claims": c }))
     };
     // The thumbprint of client a's key, as PyJWT's side computes it.
-    let jkt = fleet.idp.dpop("a", "POST", &url, "-")["jkt"].as_str().unwrap().to_string();
+    let jkt = fleet.idp().dpop("a", "POST", &url, "-")["jkt"].as_str().unwrap().to_string();
     let token = claims(Some(json!({ "jkt": jkt })));
     let with_proof = |proof: &Value| {
         let proof = proof["proof"].as_str().unwrap().to_string();
         post(&url, None, &[("authorization", &format!("DPoP {token}")), ("dpop", &proof)], INITIALIZE)
     };
-    let proof = fleet.idp.dpop("a", "POST", &url, &token);
+    let proof = fleet.idp().dpop("a", "POST", &url, &token);
     let ok = with_proof(&proof);
-    assert_eq!(ok.status, 200, "{}\n{}", ok.body, fleet.agent.log_text());
+    assert_eq!(ok.status, 200, "{}\n{}", ok.body, fleet.agent().log_text());
     let refused = |answer: Answer, error: &str, why: &str| {
         assert_eq!(answer.status, 401, "{why}: {}", answer.body);
         let tail = format!("error=\"{error}\", error_description=\"{why}\"");
@@ -662,9 +698,13 @@ fn dpop_bound_tokens_need_a_fresh_proof_by_their_key() {
         );
     };
     refused(with_proof(&proof), "invalid_dpop_proof", "replayed");
-    refused(with_proof(&fleet.idp.dpop("b", "POST", &url, &token)), "invalid_token", "binding_mismatch");
-    refused(with_proof(&fleet.idp.dpop("a", "GET", &url, &token)), "invalid_dpop_proof", "wrong_request");
-    refused(with_proof(&fleet.idp.dpop("a", "POST", &url, "another-token")), "invalid_dpop_proof", "wrong_token_hash");
+    refused(with_proof(&fleet.idp().dpop("b", "POST", &url, &token)), "invalid_token", "binding_mismatch");
+    refused(with_proof(&fleet.idp().dpop("a", "GET", &url, &token)), "invalid_dpop_proof", "wrong_request");
+    refused(
+        with_proof(&fleet.idp().dpop("a", "POST", &url, "another-token")),
+        "invalid_dpop_proof",
+        "wrong_token_hash",
+    );
     // The bound token as a bearer token, and an unbound token: refused by the token rules.
     refused(post(&url, Some(&token), &[], &call("echo")), "invalid_token", "binding_mismatch");
     refused(post(&url, Some(&claims(None)), &[], &call("echo")), "invalid_token", "binding_required");
@@ -695,13 +735,13 @@ fn a_stopping_agent_lets_calls_in_flight_finish() {
     });
     wait_for_or(
         "the call to reach the upstream",
-        || fleet.upstream.process.log_text(),
-        || fleet.upstream.process.log_text().contains("count to 40 started").then_some(()),
+        || fleet.upstream().process.log_text(),
+        || fleet.upstream().process.log_text().contains("count to 40 started").then_some(()),
     );
-    fleet.agent.stop();
+    fleet.agent_mut().stop();
     let answer = call.join().unwrap();
     assert_eq!(answer.status, 200);
-    assert!(answer.body.contains("counted to 40"), "{}\n{}", answer.body, fleet.agent.log_text());
+    assert!(answer.body.contains("counted to 40"), "{}\n{}", answer.body, fleet.agent().log_text());
     assert_eq!(answer.body.matches("notifications/progress").count(), 40, "{}", answer.body);
 }
 
@@ -923,47 +963,6 @@ fn gzip_stored(data: &[u8]) -> Vec<u8> {
     out
 }
 
-impl Fleet {
-    /// Serves one more `McpServer` `name` in front of `upstream` (with `binding`, if any) under
-    /// POLICY plus `extra_policy`; its gateway's address once it listens.
-    fn add_server(&self, name: &str, upstream: &str, binding: Option<&str>, extra_policy: &str) -> String {
-        let addr = loopback_addr();
-        let binding = binding.map(|b| format!("\n  binding: {b}")).unwrap_or_default();
-        // POLICY's lines are indented; the extra ones are brought to the same depth.
-        let extra: String = extra_policy.lines().map(|l| format!("    {l}\n")).collect();
-        let policy: String = format!("{POLICY}\n{extra}").lines().map(|l| format!("    {l}\n")).collect();
-        let yaml = format!(
-            r#"
-apiVersion: warden.dev/v1
-kind: McpServer
-metadata: {{name: {name}}}
-spec:
-  resource: http://{addr}/mcp
-  issuers: [test-idp]
-  upstream: {upstream}
-  listen: {addr}{binding}
----
-apiVersion: warden.dev/v1
-kind: Policy
-metadata: {{name: {name}-access}}
-spec:
-  servers: [{name}]
-  cedar: |
-{policy}"#
-        );
-        let out = self.cp.apply(&yaml);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let metadata = format!("http://{addr}/.well-known/oauth-protected-resource/mcp");
-        wait_for_or("the new server to be served", || self.agent.log_text(), || ureq::get(&metadata).call().ok());
-        addr
-    }
-
-    /// A token of `sub` for the server whose gateway is at `addr`.
-    fn token_for(&self, sub: &str, addr: &str) -> String {
-        self.token(sub, json!({ "aud": format!("http://{addr}/mcp") }), json!({}))
-    }
-}
-
 const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
 
 /// A tools/list answer naming a tool alice may call and one she may not.
@@ -1168,7 +1167,7 @@ fn methods_the_gateway_does_not_know_never_reach_the_upstream() {
     // Each refusal is a decision record with its stable reason.
     let records = wait_for_or(
         "the unknown methods' records",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || {
             let out = fleet.cp.ctl_ok(&["decisions", "--reason", "unknown_method", "-o", "json"]);
             let records: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
@@ -1189,13 +1188,13 @@ fn dpop_replay_memory_is_per_server_kept_for_bound_tokens_and_shared_fairly_betw
     let proofs_url = format!("http://{}/mcp", fleet.dpop_gateway);
     let now = now();
     let bound = |url: &str, sub: &str, client: &str| {
-        let jkt = fleet.idp.dpop(client, "POST", url, "-")["jkt"].as_str().unwrap().to_string();
-        let claims = json!({"iss": fleet.idp.issuer, "sub": sub, "aud": url, "iat": now, "exp": now + 300,
+        let jkt = fleet.idp().dpop(client, "POST", url, "-")["jkt"].as_str().unwrap().to_string();
+        let claims = json!({"iss": fleet.idp().issuer, "sub": sub, "aud": url, "iat": now, "exp": now + 300,
             "scope": "notes.use", "cnf": {"jkt": jkt}});
-        fleet.idp.mint(&json!({ "claims": claims }))
+        fleet.idp().mint(&json!({ "claims": claims }))
     };
     let with_proof = |url: &str, token: &str, client: &str| {
-        let proof = fleet.idp.dpop(client, "POST", url, token)["proof"].as_str().unwrap().to_string();
+        let proof = fleet.idp().dpop(client, "POST", url, token)["proof"].as_str().unwrap().to_string();
         post(url, None, &[("authorization", &format!("DPoP {token}")), ("dpop", &proof)], INITIALIZE)
     };
     let refused_because = |answer: &Answer| {
@@ -1235,7 +1234,7 @@ fn dpop_replay_memory_is_per_server_kept_for_bound_tokens_and_shared_fairly_betw
     let frank = bound(&proofs_url, "frank", "frank");
     let full = with_proof(&proofs_url, &frank, "frank");
     assert_eq!((full.status, refused_because(&full).as_deref()), (401, Some("replay_cache_full")));
-    let other = fleet.add_server("proofs2", &fleet.upstream.url, Some("dpop"), "");
+    let other = fleet.add_server("proofs2", &fleet.upstream().url, Some("dpop"), "");
     let other_url = format!("http://{other}/mcp");
     let frank = bound(&other_url, "frank", "frank");
     let answer = with_proof(&other_url, &frank, "frank");
@@ -1366,7 +1365,7 @@ fn slow_peers_and_connection_floods_are_cut_off() {
     ));
     wait_for_or(
         "a connection below the cap to be served",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || try_raw_post(&addr, &[&bearer], INITIALIZE).filter(|a| a.status == 200).map(drop),
     );
 }

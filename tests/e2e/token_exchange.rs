@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use tests::{Agent, ControlPlane, McpUpstream, MintingIdp, loopback_addr, mcp_client, post, wait_for_or};
+use tests::{ControlPlane, loopback_addr, mcp_client, post, wait_for_or};
 
 const POLICY: &str = r#"
     permit(principal, action in [Action::"tools/list", Action::"tools/call"], resource);
@@ -16,17 +16,28 @@ const POLICY: &str = r#"
     permit(principal, action == Action::"token/exchange", resource in Server::"other");
 "#;
 
+/// One agent, `agent-0`, serving `notes` and `other` for task tokens of the control plane's
+/// token service.
 struct Fleet {
-    idp: MintingIdp,
-    _upstream: McpUpstream,
-    cp: ControlPlane,
-    agent: Agent,
+    fleet: tests::Fleet,
     /// `https://127.0.0.1:<port>`: the token service, and the issuer of task tokens.
     service: String,
     gateway: String,
     other_gateway: String,
     http: ureq::Agent,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = tests::Fleet;
+    fn deref(&self) -> &tests::Fleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for Fleet {
+    fn deref_mut(&mut self) -> &mut tests::Fleet {
+        &mut self.fleet
+    }
 }
 
 fn now() -> i64 {
@@ -40,28 +51,14 @@ impl Fleet {
 
     /// With `extra` control-plane flags.
     fn start_with(extra: &[&str]) -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
-        let idp = MintingIdp::start(dir.path());
-        let upstream = McpUpstream::start(dir.path());
         let token_listen = loopback_addr();
         let token_host = token_listen.rsplit_once(':').unwrap().0;
-        let mut flags = vec![
-            "--allow-http-issuers",
-            "--token-listen",
-            &token_listen,
-            "--server-name",
-            token_host,
-            "--signing-key-publish-delay",
-            "0s",
-        ];
-        flags.extend_from_slice(extra);
-        let cp = ControlPlane::start(dir.path(), &flags);
-        let join = cp.join_token("5m", "agent-0");
-        let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&join));
+        let flags = ["--token-listen", &token_listen, "--server-name", token_host, "--signing-key-publish-delay", "0s"];
+        let fleet = tests::Fleet::builder().peers().cp_flags(&flags).cp_flags(extra).start();
         let (gateway, other_gateway) = (loopback_addr(), loopback_addr());
         let service = format!("https://{token_listen}");
         let policy: String = POLICY.lines().map(|l| format!("    {l}\n")).collect();
-        let yaml = format!(
+        fleet.cp.apply_ok(&format!(
             r#"
 apiVersion: warden.dev/v1
 kind: TrustedIssuer
@@ -107,16 +104,12 @@ metadata: {{name: tasks}}
 spec:
   cedar: |
 {policy}"#,
-            issuer = idp.issuer,
-            upstream = upstream.url,
-        );
-        let out = cp.apply(&yaml);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let http = https_client(&cp, None);
-        let fleet = Fleet { idp, _upstream: upstream, cp, agent, service, gateway, other_gateway, http, _dir: dir };
-        let metadata = format!("http://{}/.well-known/oauth-protected-resource/mcp", fleet.gateway);
-        wait_for_or("the gateway to serve", || fleet.agent.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
-        fleet
+            issuer = fleet.idp().issuer,
+            upstream = fleet.upstream().url,
+        ));
+        let http = https_client(&fleet.cp, None);
+        fleet.wait_serving(&gateway);
+        Fleet { fleet, service, gateway, other_gateway, http }
     }
 
     fn url(&self) -> String {
@@ -126,9 +119,9 @@ spec:
     /// `sub`'s identity token from the IdP, for the token service.
     fn subject_token(&self, sub: &str) -> String {
         let now = now();
-        let claims = json!({"iss": self.idp.issuer, "sub": sub, "aud": self.service, "iat": now, "exp": now + 600,
+        let claims = json!({"iss": self.idp().issuer, "sub": sub, "aud": self.service, "iat": now, "exp": now + 600,
                             "jti": format!("{sub}-{}", rand::random::<u64>())});
-        self.idp.mint(&json!({ "claims": claims }))
+        self.idp().mint(&json!({ "claims": claims }))
     }
 
     /// POSTs a form to the token service: (status, JSON body).
@@ -234,7 +227,7 @@ fn a_workload_exchanges_its_identity_for_a_task_token_that_opens_only_its_tools(
     assert_eq!(c["iss"], fleet.service);
     assert_eq!(c["sub"], "alice");
     assert_eq!(c["aud"], fleet.url());
-    assert_eq!(c["subject_iss"], fleet.idp.issuer);
+    assert_eq!(c["subject_iss"], fleet.idp().issuer);
     assert_eq!(c["tools"], json!(["echo"]));
     assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 300, "the default lifetime");
     assert!(c["jti"].as_str().is_some_and(|j| j.len() >= 22));
@@ -284,7 +277,7 @@ fn a_workload_exchanges_its_identity_for_a_task_token_that_opens_only_its_tools(
     assert_eq!(status, 200, "{body}");
     let delegated = claims(body["access_token"].as_str().unwrap());
     assert_eq!(delegated["sub"], "alice");
-    assert_eq!(delegated["act"], json!({"sub": "ci-runner", "iss": fleet.idp.issuer}));
+    assert_eq!(delegated["act"], json!({"sub": "ci-runner", "iss": fleet.idp().issuer}));
     // The actor is put to policy too: one that may not be granted the tools itself (bob) cannot
     // act for alice, who may.
     let bob_actor = fleet.subject_token("bob");
@@ -328,7 +321,8 @@ fn a_workload_exchanges_its_identity_for_a_task_token_that_opens_only_its_tools(
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
     // A token for an MCP server is not a token for the token service.
     let now = now();
-    let misdirected = fleet.idp.mint(&json!({"claims": {"iss": fleet.idp.issuer, "sub": "alice", "aud": fleet.url(),
+    let misdirected =
+        fleet.idp().mint(&json!({"claims": {"iss": fleet.idp().issuer, "sub": "alice", "aud": fleet.url(),
         "iat": now, "exp": now + 300}}));
     let (status, body) = fleet.exchange(&misdirected, &for_notes, &[("scope", "tool:echo")]);
     assert_eq!(body["error_description"], "subject_token refused: wrong_audience", "{status}");
@@ -391,11 +385,11 @@ fn bound_task_tokens_need_their_key_and_revocation_reaches_the_fleet_and_survive
     let token_endpoint = format!("{}/token", fleet.service);
 
     // DPoP at the exchange binds the task token to the client's key.
-    let proof = fleet.idp.dpop("client-a", "POST", &token_endpoint, "");
+    let proof = fleet.idp().dpop("client-a", "POST", &token_endpoint, "");
     let _ = fleet.task_token(&alice, "tool:echo"); // the service signs by now
     // A proof sent with a subject token that does not verify is not remembered: nobody without
     // a valid identity fills the replay memory, or spends a proof someone else will send.
-    let early = fleet.idp.dpop("client-b", "POST", &token_endpoint, "");
+    let early = fleet.idp().dpop("client-b", "POST", &token_endpoint, "");
     let early = early["proof"].as_str().unwrap();
     let (status, body) =
         fleet.exchange_with("not-a-token", &fleet.url(), &[("scope", "tool:echo")], &[("dpop", early)]);
@@ -414,7 +408,7 @@ fn bound_task_tokens_need_their_key_and_revocation_reaches_the_fleet_and_survive
     assert_eq!(claims(&bound)["cnf"]["jkt"], proof["jkt"]);
     // Stolen and presented without the key: refused.
     assert_eq!(refusal(&post(&fleet.url(), Some(&bound), &[], &call("echo"))), "binding_mismatch");
-    let with_key = fleet.idp.dpop("client-a", "POST", &fleet.url(), &bound);
+    let with_key = fleet.idp().dpop("client-a", "POST", &fleet.url(), &bound);
     let dpop_headers =
         [("authorization", format!("DPoP {bound}")), ("dpop", with_key["proof"].as_str().unwrap().into())];
     let dpop_headers: Vec<(&str, &str)> = dpop_headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -512,7 +506,7 @@ fn a_task_token_dies_with_the_mcp_session_it_opened_when_the_server_asks_for_it(
         "apiVersion: warden.dev/v1\nkind: McpServer\nmetadata: {{name: notes}}\nspec:\n  resource: {url}\n  \
          issuers: [warden]\n  upstream: {upstream}\n  listen: {gateway}\n  revokeTaskTokenOnSessionEnd: true\n",
         url = fleet.url(),
-        upstream = fleet._upstream.url,
+        upstream = fleet.upstream().url,
         gateway = fleet.gateway,
     );
     let out = fleet.cp.apply(&yaml);
@@ -533,7 +527,7 @@ fn a_task_token_dies_with_the_mcp_session_it_opened_when_the_server_asks_for_it(
     // ...then by the whole fleet: the control plane stored the revocation, done by the agent.
     wait_for_or(
         "the control plane to revoke the ended task",
-        || fleet.agent.log_text(),
+        || fleet.agent().log_text(),
         || (fleet.cp.version() > version).then_some(()),
     );
     let history = fleet.cp.ctl_ok(&["history"]);
@@ -543,8 +537,8 @@ fn a_task_token_dies_with_the_mcp_session_it_opened_when_the_server_asks_for_it(
     assert!(revocations.to_string().contains(&jti), "{revocations}");
     fleet.converge();
     // A restarted agent forgot what it saw itself, and refuses the token from the configuration.
-    fleet.agent.stop();
-    fleet.agent.restart();
+    fleet.agent_mut().stop();
+    fleet.agent_mut().restart();
     assert_eq!(refusal(&post(&fleet.url(), Some(&task), &[], &call("echo"))), "revoked");
     // Other task tokens of the same workload are untouched.
     let answer = post(&fleet.url(), Some(&sibling), &[], INITIALIZE);
@@ -581,7 +575,7 @@ fn signing_keys_rotate_without_a_single_refusal() {
         let token = body["access_token"].as_str().unwrap();
         for t in [token, first.as_str()] {
             let answer = post(&fleet.url(), Some(t), &[], INITIALIZE);
-            assert_eq!(answer.status, 200, "{} {}", answer.challenge, fleet.agent.log_text());
+            assert_eq!(answer.status, 200, "{} {}", answer.challenge, fleet.agent().log_text());
         }
         if !kids.contains(&kid(token)) {
             kids.push(kid(token));
@@ -604,7 +598,7 @@ fn a_task_token_never_carries_more_than_its_subject_token_and_every_refusal_is_o
          apiVersion: warden.dev/v1\nkind: Policy\nmetadata: {{name: scoped}}\nspec:\n  cedar: |\n    \
          permit(principal, action == Action::\"token/exchange\", resource in Server::\"scoped\");\n    \
          permit(principal, action in [Action::\"resources/read\", Action::\"prompts/get\"], resource);\n",
-        upstream = fleet._upstream.url,
+        upstream = fleet.upstream().url,
     );
     let out = fleet.cp.apply(&yaml);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -623,7 +617,7 @@ fn a_task_token_never_carries_more_than_its_subject_token_and_every_refusal_is_o
 
     // Dave's identity token carries it: the task token gets it, and only what was asked for.
     let now = now();
-    let dave = fleet.idp.mint(&json!({"claims": {"iss": fleet.idp.issuer, "sub": "dave", "aud": fleet.service,
+    let dave = fleet.idp().mint(&json!({"claims": {"iss": fleet.idp().issuer, "sub": "dave", "aud": fleet.service,
         "iat": now, "exp": now + 600, "scope": "notes.read notes.write calendar"}}));
     let (status, body) = fleet.exchange(&dave, &scoped, &[("scope", "tool:echo notes.read")]);
     assert_eq!(status, 200, "{body}");
@@ -653,7 +647,8 @@ fn a_task_token_never_carries_more_than_its_subject_token_and_every_refusal_is_o
     }
 
     // Refused exchanges are on record, even when the subject token never verified.
-    let expired = fleet.idp.mint(&json!({"claims": {"iss": fleet.idp.issuer, "sub": "mallory", "aud": fleet.service,
+    let expired =
+        fleet.idp().mint(&json!({"claims": {"iss": fleet.idp().issuer, "sub": "mallory", "aud": fleet.service,
         "iat": now - 900, "exp": now - 300}}));
     let (status, _) = fleet.exchange(&expired, &fleet.url(), &[("scope", "tool:echo")]);
     assert_eq!(status, 400);
@@ -707,7 +702,7 @@ fn revocations_from_holders_are_bounded_in_number_and_time_and_an_oversized_conf
     // A token claiming to live ten years plants no revocation beyond what a usable token of its
     // issuer can live (10m, plus its skew): agents refuse it after that anyway.
     let now = now();
-    let forever = fleet.idp.mint(&json!({"claims": {"iss": fleet.idp.issuer, "sub": "bob", "aud": fleet.service,
+    let forever = fleet.idp().mint(&json!({"claims": {"iss": fleet.idp().issuer, "sub": "bob", "aud": fleet.service,
         "iat": now, "exp": now + 10 * 365 * 86400, "jti": "bob-forever"}}));
     assert_eq!(fleet.form("/revoke", &[("token", &forever)], &[]).0, 200);
     let revocations = fleet.cp.ctl_json(&["get", "revocations"]);
