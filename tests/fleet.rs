@@ -227,6 +227,9 @@ impl Agent {
             .args(["--control-plane", &self.control_planes.join(",")])
             .args(["--status-listen", &self.status_addr])
             .args(["--backoff-base", "50ms", "--backoff-max", "500ms", "--heartbeat-interval", "2s"])
+            // Hermetic: the test machine's own home directories are not scanned for secrets
+            // (a test that scans names its directory with --scan-path).
+            .arg("--no-scan-homes")
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(token) = join_token {

@@ -54,5 +54,7 @@ pub async fn simulated_agent(admin: &mut AdminServiceClient<Channel>, dir: &Path
         link: watch::channel(Link::default()).0,
         requests: tokio::sync::Mutex::new(agent::sync::requests().1),
         outbox: None,
+        fleet_key: watch::channel(None).0,
+        findings: watch::channel(None).1,
     }
 }

@@ -15,6 +15,7 @@ pub mod export;
 pub mod ext_authz;
 pub mod gateway;
 pub mod identity;
+pub mod inventory;
 pub mod last_good;
 pub mod spans;
 pub mod status;
@@ -71,6 +72,8 @@ pub struct Options {
     /// OpenTelemetry export (from the `OTEL_*` variables): spans of gateway requests and, with
     /// a logs endpoint, decision records straight from this agent.
     pub otlp: warden_otlp::Config,
+    /// Scanning this host for static secrets in MCP configuration.
+    pub scan: inventory::ScanOptions,
 }
 
 /// Why the agent stopped with an error.
@@ -112,6 +115,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     tasks.spawn("decision spiller", outbox.clone().run_spiller(connected, stop.clone()));
     tasks.spawn("allocator trim", allocator::trim_periodically(stop.clone()));
     let spans = start_exports(&options, &outbox, &stop, &mut tasks);
+    let (fleet_key, key_rx) = watch::channel(None);
+    let (findings_tx, findings) = watch::channel(None);
+    tasks.spawn("secret inventory", inventory::run(options.scan.clone(), key_rx, findings_tx, stop.clone()));
     if let Some(addr) = options.status_listen {
         let status = status::router(
             options.agent_id.clone(),
@@ -141,6 +147,8 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
         link: link_tx,
         requests: tokio::sync::Mutex::new(request_queues),
         outbox: Some(agent_outbox),
+        fleet_key,
+        findings,
     };
     follow_control_plane(&options, client, not_after_tx, &stop, &mut tasks).await?;
     let _ = tokio::task::spawn_blocking(move || gateway_workers.into_iter().for_each(|w| drop(w.join()))).await;

@@ -10,8 +10,10 @@ use clap::Parser;
 
 /// Warden agent.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// This agent's id [default: the host name].
     #[arg(long, env = "WARDEN_AGENT_ID")]
     id: Option<String>,
@@ -96,6 +98,46 @@ struct Args {
     /// Keep no decision records at all (nothing is sent to the control plane).
     #[arg(long)]
     no_decision_records: bool,
+    /// Files or directories to scan for static secrets in MCP configuration, besides the
+    /// default places in users' home directories (repeatable or comma-separated).
+    #[arg(long = "scan-path", env = "WARDEN_SCAN_PATHS", value_delimiter = ',')]
+    scan_paths: Vec<PathBuf>,
+    /// Do not scan the default places in users' home directories (/root, /home/*).
+    #[arg(long)]
+    no_scan_homes: bool,
+    /// How often to scan this host's MCP configuration for static secrets (0s: never).
+    #[arg(long, default_value = "10m", value_parser = warden_core::duration::parse)]
+    scan_interval: Duration,
+    /// How often the files a scan read are checked for changes (a change is scanned at once).
+    #[arg(long, default_value = "15s", value_parser = warden_core::duration::parse)]
+    scan_watch_interval: Duration,
+    /// The agent's own home directory, scanned with the others.
+    #[arg(long, env = "HOME", hide = true)]
+    home: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Scan files and directories for static secrets in MCP configuration, as the agent does,
+    /// and exit with status 1 when anything is found (for a pre-commit hook or a CI step).
+    /// Values are never printed: where each secret is, its kind and a fingerprint.
+    Scan(ScanArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ScanArgs {
+    /// Files and directories [default: the default places in this user's home directory].
+    paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, default_value = "table", value_parser = ["table", "json", "sarif"])]
+    output: String,
+    /// A file of 32 bytes to key fingerprints with, so runs can be compared [default: a
+    /// random key for this run].
+    #[arg(long)]
+    fingerprint_key_file: Option<PathBuf>,
+    /// The home directory whose default places are scanned when no path is given.
+    #[arg(long, env = "HOME", hide = true)]
+    home: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -106,7 +148,11 @@ async fn main() -> std::process::ExitCode {
         // Colour codes only for a terminal: logs that go to files stay greppable.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match start().await {
+    let args = Args::parse();
+    if let Some(Command::Scan(scan_args)) = args.command {
+        return scan(scan_args);
+    }
+    match start(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Printed whole, without a backtrace: this is what an operator reads.
@@ -116,8 +162,46 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn start() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// `warden-agent scan`: 0 when nothing was found, 1 when something was, 2 when the scan could
+/// not run.
+fn scan(args: ScanArgs) -> std::process::ExitCode {
+    let key = match &args.fingerprint_key_file {
+        None => warden_scan::FingerprintKey::random(),
+        Some(path) => match std::fs::read(path).map(<[u8; 32]>::try_from) {
+            Ok(Ok(bytes)) => warden_scan::FingerprintKey::new(bytes),
+            Ok(Err(_)) => {
+                eprintln!("error: {} does not hold exactly 32 bytes", path.display());
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("error: reading {}: {e}", path.display());
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    let paths = if args.paths.is_empty() {
+        match &args.home {
+            Some(home) => warden_scan::default_roots(home),
+            None => {
+                eprintln!("error: no paths given and HOME is not set");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    } else {
+        args.paths
+    };
+    let scanner = warden_scan::Scanner::new(key, warden_scan::Limits::default());
+    let report = scanner.scan_paths(&paths);
+    let text = match args.output.as_str() {
+        "json" => warden_scan::report::json(&report),
+        "sarif" => warden_scan::report::sarif(&report),
+        _ => warden_scan::report::table(&report),
+    };
+    print!("{text}");
+    if report.findings.is_empty() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) }
+}
+
+async fn start(args: Args) -> anyhow::Result<()> {
     let agent_id = match args.id {
         Some(id) => id,
         None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_default(),
@@ -153,6 +237,12 @@ async fn start() -> anyhow::Result<()> {
             .gateway_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         otlp: otlp_config()?,
+        scan: agent::inventory::ScanOptions {
+            paths: args.scan_paths,
+            homes: if args.no_scan_homes { Vec::new() } else { agent::inventory::home_directories(args.home) },
+            interval: args.scan_interval,
+            watch_interval: args.scan_watch_interval.max(Duration::from_secs(1)),
+        },
         decisions: agent::decisions::Limits {
             memory_records: args.decision_memory_records.max(2),
             spool_records: args.decision_spool_records,
@@ -178,7 +268,6 @@ async fn start() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
 /// The `OTEL_*` configuration. Decision records reach the backend through the control plane;
 /// the agent exports them itself only when asked by name (`OTEL_LOGS_EXPORTER=otlp`), since an
 /// endpoint set for its spans would otherwise have every decision recorded twice.
@@ -186,6 +275,7 @@ fn otlp_config() -> Result<warden_otlp::Config, warden_otlp::ConfigError> {
     warden_otlp::Config::from_env_opting_in("warden-agent", &["LOGS"], warden_otlp::process_env)
 }
 
+/// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {

@@ -56,6 +56,11 @@ pub struct Client {
     /// Decision records to send up (none for agents that make no decisions, such as the
     /// propagation benchmark's simulated ones).
     pub outbox: Option<Arc<Outbox>>,
+    /// Where the fleet's fingerprint key goes when the control plane sends it (to the scanner).
+    pub fleet_key: watch::Sender<Option<[u8; 32]>>,
+    /// The scanner's newest findings report, sent at the start of each stream and whenever it
+    /// changes.
+    pub findings: watch::Receiver<Option<Arc<pb::Findings>>>,
 }
 
 /// The gateway's side of its requests to the control plane. Both are bounded and never block
@@ -187,6 +192,13 @@ impl Client {
         });
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.tick().await;
+        // The control plane replaces a host's findings with each report: the newest goes on
+        // every new stream, then each change.
+        let mut findings = self.findings.clone();
+        let held = findings.borrow_and_update().clone();
+        if let Some(report) = held {
+            send(&tx, pb::agent_message::Message::Findings((*report).clone())).await?;
+        }
         let mut requests = self.requests.lock().await;
         let RequestQueues { key_refresh, ended_tasks } = &mut *requests;
         // One batch of decision records in flight at a time; unacknowledged ones are resent on
@@ -242,6 +254,12 @@ impl Client {
                     tracing::info!(%issuer, jti_hash = %warden_core::token::jti_hash(&issuer, &jti), "a task's session ended: asking the control plane to revoke its token");
                     send(&tx, pb::agent_message::Message::TaskEnded(pb::TaskEnded { issuer, jti, expires_unix })).await?;
                 }
+                Ok(()) = findings.changed() => {
+                    let held = findings.borrow_and_update().clone();
+                    if let Some(report) = held {
+                        send(&tx, pb::agent_message::Message::Findings((*report).clone())).await?;
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let version = self.current.get().map_or(0, |a| a.version);
                     send(&tx, pb::agent_message::Message::Heartbeat(pb::Heartbeat { applied_version: version })).await?;
@@ -259,6 +277,19 @@ impl Client {
                 // What is journaled on disk when only revocations change (small: no resources).
                 let journal = applied::revocations_only(&d).then(|| d.clone());
                 (d.version, applied::from_delta(self.current.get().as_deref(), d), journal)
+            }
+            Message::FleetKeys(keys) => {
+                match <[u8; 32]>::try_from(keys.finding_fingerprint_key.as_slice()) {
+                    Ok(key) => {
+                        self.fleet_key.send_if_modified(|held| {
+                            let changed = *held != Some(key);
+                            *held = Some(key);
+                            changed
+                        });
+                    }
+                    Err(_) => tracing::warn!("the control plane sent a fingerprint key that is not 32 bytes; ignored"),
+                }
+                return None;
             }
             Message::Heartbeat(_) | Message::DecisionsAck(_) => return None,
         };

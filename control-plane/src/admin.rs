@@ -13,6 +13,7 @@ use crate::configuration::state::{self, WriteError};
 use crate::configuration::store::StoreError;
 use crate::fleet::Fleet;
 use crate::fleet::peer::{AdminCaller, admin_caller};
+use crate::inventory::Inventory;
 use crate::telemetry::Telemetry;
 use crate::tokens::Tokens;
 
@@ -32,6 +33,7 @@ pub struct AdminService {
     fleet: Arc<Fleet>,
     tokens: Arc<Tokens>,
     telemetry: Arc<Telemetry>,
+    inventory: Arc<Inventory>,
 }
 
 impl AdminService {
@@ -41,8 +43,9 @@ impl AdminService {
         fleet: Arc<Fleet>,
         tokens: Arc<Tokens>,
         telemetry: Arc<Telemetry>,
+        inventory: Arc<Inventory>,
     ) -> AdminService {
-        AdminService { configuration, fleet, tokens, telemetry }
+        AdminService { configuration, fleet, tokens, telemetry, inventory }
     }
 
     /// The caller, for the audit trail; an operator certificate only while the registry lists
@@ -288,6 +291,19 @@ impl pb::admin_service_server::AdminService for AdminService {
         self.fleet.agent_deleted(Some(agent.clone()));
         tracing::warn!(%actor, %agent, "agent deleted: its certificates are refused from now on");
         Ok(Response::new(pb::DeleteAgentResponse {}))
+    }
+
+    async fn list_findings(
+        &self,
+        request: Request<pb::ListFindingsRequest>,
+    ) -> Result<Response<pb::ListFindingsResponse>, Status> {
+        self.actor(&request).await?;
+        let answer = self
+            .inventory
+            .list(request.get_ref())
+            .await
+            .map_err(|e| Status::unavailable(format!("the findings cannot be read: {e}")))?;
+        Ok(Response::new(answer))
     }
 
     async fn list_decisions(

@@ -4,7 +4,7 @@
 //! state moves, it sends the agent whatever takes it from what it holds to the current state (a
 //! delta when it holds a version of this store, a full snapshot otherwise).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use crate::configuration::state::FleetState;
 use crate::configuration::store::{AgentRecord, JoinTokenError, RESERVED_AGENT_IDS};
 use crate::fleet::Fleet;
 use crate::fleet::peer::certificate;
+use crate::inventory::{self, Inventory};
 use crate::telemetry::decisions::Decisions;
 use crate::tokens::Tokens;
 
@@ -39,6 +40,8 @@ pub struct AgentService {
     decisions: Arc<Decisions>,
     /// Key refreshes and ended tasks agents report.
     tokens: Arc<Tokens>,
+    /// Where the secrets agents find on their hosts are kept.
+    inventory: Arc<Inventory>,
     shutdown: Shutdown,
 }
 
@@ -50,9 +53,10 @@ impl AgentService {
         fleet: Arc<Fleet>,
         decisions: Arc<Decisions>,
         tokens: Arc<Tokens>,
+        inventory: Arc<Inventory>,
         shutdown: Shutdown,
     ) -> AgentService {
-        AgentService { configuration, fleet, decisions, tokens, shutdown }
+        AgentService { configuration, fleet, decisions, tokens, inventory, shutdown }
     }
 
     /// The registered agent the caller's certificate names; refuses anyone else, an agent that
@@ -207,8 +211,12 @@ struct Session {
     /// Moves when the same agent opens another stream, which replaces this one.
     superseded: watch::Receiver<u64>,
     sent: Sent,
-    /// A message decided before the next poll (the answer to Hello).
-    pending: Option<Out>,
+    /// Messages decided before the next poll (the fleet keys and the answer to Hello).
+    pending: VecDeque<Out>,
+    /// The newest findings report not stored yet, and when it may be (one write per
+    /// [`inventory::WRITE_INTERVAL`]).
+    findings: Option<pb::Findings>,
+    findings_due: tokio::time::Instant,
 }
 
 impl Session {
@@ -217,14 +225,15 @@ impl Session {
             service.fleet.presence().connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
         let mut state_rx = service.configuration.subscribe();
         let current = state_rx.borrow_and_update().clone();
-        let (sent, pending) = if hello.applied_store_id == current.store_id && hello.applied_version == current.version
-        {
+        let keys = pb::FleetKeys { finding_fingerprint_key: service.inventory.fingerprint_key().to_vec() };
+        let mut pending = VecDeque::from([Out::FleetKeys(keys)]);
+        let sent = if hello.applied_store_id == current.store_id && hello.applied_version == current.version {
             tracing::info!(%agent, version = current.version, "agent connected, up to date");
-            (Sent::State(current, false), None)
+            Sent::State(current, false)
         } else {
             tracing::info!(%agent, from = hello.applied_version, to = current.version, "agent connected, sending snapshot");
-            let snapshot = Out::Snapshot(current.snapshot());
-            (Sent::State(current, true), Some(snapshot))
+            pending.push_back(Out::Snapshot(current.snapshot()));
+            Sent::State(current, true)
         };
         let mut heartbeat = tokio::time::interval(service.fleet.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,12 +250,14 @@ impl Session {
             superseded,
             sent,
             pending,
+            findings: None,
+            findings_due: tokio::time::Instant::now(),
         }
     }
 
     /// The next message for the agent; `None` ends the stream.
     async fn next(&mut self) -> Option<Out> {
-        if let Some(message) = self.pending.take() {
+        if let Some(message) = self.pending.pop_front() {
             return Some(message);
         }
         loop {
@@ -263,12 +274,26 @@ impl Session {
                     return Some(message);
                 }
                 message = self.inbound.message() => {
-                    if let Ok(Some(pb::AgentMessage { message: Some(pb::agent_message::Message::Decisions(batch)) })) = message {
-                        return self.store_decisions(batch).await;
+                    use pb::agent_message::Message as In;
+                    match message {
+                        Ok(Some(pb::AgentMessage { message: Some(In::Decisions(batch)) })) => {
+                            return self.store_decisions(batch).await;
+                        }
+                        Ok(Some(pb::AgentMessage { message: Some(In::Findings(report)) })) => {
+                            self.findings = Some(report);
+                            if self.findings_due <= tokio::time::Instant::now() {
+                                self.store_findings().await;
+                            }
+                            continue;
+                        }
+                        _ => {}
                     }
                     if let Some(reply) = self.handle(message)? {
                         return Some(reply);
                     }
+                }
+                () = tokio::time::sleep_until(self.findings_due), if self.findings.is_some() => {
+                    self.store_findings().await;
                 }
                 _ = self.heartbeat.tick() => {
                     let version = self.service.configuration.version();
@@ -316,6 +341,23 @@ impl Session {
                 tracing::error!(agent = %self.agent, "{e}");
                 None
             }
+        }
+    }
+
+    /// Stores the pending findings report (a refused or failed one is logged and dropped: the
+    /// agent sends its set again after its next scan or reconnect).
+    async fn store_findings(&mut self) {
+        let Some(report) = self.findings.take() else { return };
+        self.findings_due = tokio::time::Instant::now() + inventory::WRITE_INTERVAL;
+        let now = crate::now_unix_ms() / 1000;
+        match self.service.inventory.record(&self.agent, &report, now).await {
+            Ok(changes) => {
+                let (opened, gone, open) = (changes.opened, changes.gone, changes.open);
+                if opened > 0 || gone > 0 {
+                    tracing::warn!(agent = %self.agent, opened, gone, open, "static secrets found on this agent's host changed");
+                }
+            }
+            Err(e) => tracing::warn!(agent = %self.agent, "findings report not stored: {e}"),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod agents;
 pub mod configuration;
 pub mod fleet;
+pub mod inventory;
 pub mod telemetry;
 pub mod tokens;
 
@@ -41,6 +42,7 @@ use crate::configuration::store::Store;
 use crate::fleet::Fleet;
 use crate::fleet::pki::{CaSource, FleetCa};
 use crate::fleet::replicas::{self, Replica};
+use crate::inventory::Inventory;
 use crate::telemetry::Telemetry;
 use crate::tokens::Tokens;
 use crate::tokens::token_service::{self, TokenService};
@@ -193,6 +195,8 @@ pub async fn run(
     let fleet = Arc::new(Fleet::new(ca, options.agent_cert_ttl, options.heartbeat_interval));
     let (telemetry, telemetry_duties) = Telemetry::open(&options.data_dir, options.decision_retention)?;
     let (tokens, token_duties) = Tokens::new(configuration.clone());
+    let fingerprint_key = fleet.ca().derived_key(inventory::FINGERPRINT_PURPOSE);
+    let inventory = Arc::new(Inventory::new(configuration.clone(), fingerprint_key));
 
     // Their background duties and the optional endpoints, in one task set.
     let (trigger, stop) = warden_tasks::channel();
@@ -222,9 +226,10 @@ pub async fn run(
         fleet.clone(),
         telemetry.decisions().clone(),
         tokens.clone(),
+        inventory.clone(),
         stop.clone(),
     );
-    let admin = AdminService::new(configuration, fleet, tokens, telemetry);
+    let admin = AdminService::new(configuration, fleet, tokens, telemetry, inventory);
     let served = serve(&options, listener, agent_tls, agents, admin, shutdown, &trigger, stop).await;
     trigger.fire();
     tasks.join().await;

@@ -5,6 +5,7 @@ mod decisions;
 mod fleet_pki;
 mod fleet_sync;
 mod gateway;
+mod inventory;
 mod issuer_keys;
 mod replicas;
 mod token_exchange;

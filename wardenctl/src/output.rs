@@ -202,6 +202,79 @@ pub fn agents(response: &pb::ListAgentsResponse, only: Option<&str>, format: For
     Ok(())
 }
 
+/// `get findings`: where static secrets are on the fleet's hosts (never their values).
+pub fn findings(response: &pb::ListFindingsResponse, format: Format) -> anyhow::Result<()> {
+    let state = |f: &pb::StoredFinding| if f.gone_unix == 0 { "open" } else { "gone" };
+    if format != Format::Table {
+        let findings: Vec<Value> = response
+            .findings
+            .iter()
+            .map(|f| {
+                let found = f.finding.clone().unwrap_or_default();
+                json!({
+                    "host": f.agent,
+                    "file": found.file,
+                    "location": found.location,
+                    "server": found.server,
+                    "client": found.client,
+                    "kind": found.kind,
+                    "fingerprint": found.fingerprint,
+                    "state": state(f),
+                    "firstSeenUnix": f.first_seen_unix,
+                    "lastSeenUnix": f.last_seen_unix,
+                    "goneUnix": (f.gone_unix != 0).then_some(f.gone_unix),
+                })
+            })
+            .collect();
+        let hosts: Vec<Value> = response
+            .hosts
+            .iter()
+            .map(|h| {
+                let unreadable: Vec<Value> =
+                    h.unreadable.iter().map(|u| json!({"file": u.file, "reason": u.reason})).collect();
+                json!({
+                    "host": h.agent,
+                    "scannedUnix": h.scanned_unix,
+                    "filesScanned": h.files_scanned,
+                    "truncated": h.truncated,
+                    "dropped": h.dropped,
+                    "unreadable": unreadable,
+                })
+            })
+            .collect();
+        return emit(&json!({"findings": findings, "hosts": hosts}), format);
+    }
+    let rows = response
+        .findings
+        .iter()
+        .map(|f| {
+            let found = f.finding.clone().unwrap_or_default();
+            vec![
+                f.agent.clone(),
+                found.kind,
+                if found.server.is_empty() { "-".into() } else { found.server },
+                format!("{}  {}", found.file, found.location),
+                found.fingerprint.chars().take(12).collect(),
+                state(f).to_string(),
+                ago(f.first_seen_unix.saturating_mul(1000)),
+            ]
+        })
+        .collect();
+    print_table(&["HOST", "KIND", "SERVER", "WHERE", "FINGERPRINT", "STATE", "FIRST SEEN"], rows);
+    for h in &response.hosts {
+        if h.truncated || h.dropped > 0 {
+            eprintln!(
+                "{}: the scan was cut short by a limit or findings were dropped ({} dropped)",
+                h.agent, h.dropped
+            );
+        }
+        for u in &h.unreadable {
+            eprintln!("{}: could not read {}: {}", h.agent, u.file, u.reason);
+        }
+    }
+    Ok(())
+}
+
 /// `join-token create`.
 pub fn join_token(response: &pb::CreateJoinTokenResponse, format: Format) -> anyhow::Result<()> {
     if format == Format::Table {

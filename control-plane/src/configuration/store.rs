@@ -319,6 +319,53 @@ pub struct Dump {
     pub join_tokens: Vec<(String, Vec<u8>)>,
     /// Registered agents by id.
     pub agents: Vec<(String, Vec<u8>)>,
+    /// Hosts' findings by agent id.
+    pub findings: Vec<(String, Vec<u8>)>,
+}
+
+/// What the scans of one agent's host found, as stored: every finding still open, and those
+/// gone within the retention (for "resolved over the window"). Never a secret's value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FindingsRecord {
+    /// The agent.
+    pub agent: String,
+    /// When its last scan ran (the agent's clock).
+    pub scanned_unix: i64,
+    /// How many files it read.
+    pub files_scanned: u32,
+    /// Whether a limit cut it short.
+    pub truncated: bool,
+    /// Files it could not read, with why.
+    pub unreadable: Vec<(String, String)>,
+    /// Findings beyond what is kept per host (their count only).
+    pub dropped: u32,
+    /// The findings.
+    pub findings: Vec<StoredFinding>,
+}
+
+/// One finding with its history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredFinding {
+    /// The file, as the agent names it.
+    pub file: String,
+    /// Where in the file.
+    pub location: String,
+    /// The MCP server entry it belongs to (empty: none).
+    pub server: String,
+    /// Whose configuration the file is.
+    pub client: String,
+    /// The credential's kind.
+    pub kind: String,
+    /// The keyed fingerprint of its value.
+    pub fingerprint: String,
+    /// First reported.
+    pub first_seen_unix: i64,
+    /// Last reported.
+    pub last_seen_unix: i64,
+    /// When a scan first no longer found it; 0 while open.
+    pub gone_unix: i64,
 }
 
 /// The configuration store a control plane runs on. Its API is async whatever the backend:
@@ -521,6 +568,33 @@ impl Store {
                 blocking(s, move |s| s.delete_operator(&name)).await
             }
             Store::Etcd(s) => s.delete_operator(name).await,
+        }
+    }
+
+    /// What the last scan of `agent`'s host found.
+    pub async fn findings_of(&self, agent: &str) -> Result<Option<FindingsRecord>, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let agent = agent.to_string();
+                blocking(s, move |s| s.findings_of(&agent)).await
+            }
+            Store::Etcd(s) => s.findings_of(agent).await,
+        }
+    }
+
+    /// Every host's findings.
+    pub async fn findings(&self) -> Result<Vec<FindingsRecord>, StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, |s| s.findings()).await,
+            Store::Etcd(s) => s.findings().await,
+        }
+    }
+
+    /// Stores a host's findings, replacing what was stored for it.
+    pub async fn put_findings(&self, record: FindingsRecord) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.put_findings(&record)).await,
+            Store::Etcd(s) => s.put_findings(&record).await,
         }
     }
 

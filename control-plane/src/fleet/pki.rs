@@ -87,6 +87,17 @@ impl FleetCa {
         Ok(FleetCa { issuer, cert_pem, cert_der, trust_domain: trust_domain.to_string() })
     }
 
+    /// A key for `purpose`, derived from the CA's private key (HMAC-SHA256 of the purpose under
+    /// the key's DER): the same on every replica sharing the CA, never written anywhere, and
+    /// gone with the CA.
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.issuer.key().serialize_der());
+        let tag = ring::hmac::sign(&key, purpose.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// The CA certificate (PEM), what every member of the fleet trusts.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem

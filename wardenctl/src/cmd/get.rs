@@ -1,5 +1,6 @@
-//! `wardenctl get`: shows stored resources (of one kind, one by name, or all), or the agents
-//! the control plane knows and what each has applied.
+//! `wardenctl get`: shows stored resources (of one kind, one by name, or all), the agents the
+//! control plane knows and what each has applied, or the static secrets agents found on their
+//! hosts.
 
 use std::process::ExitCode;
 
@@ -10,19 +11,47 @@ use wardenctl::client;
 
 use crate::{Format, output};
 
-/// Show resources (`get issuers`, `get policy NAME`, `get all`) or agents (`get agents`).
+/// Show resources (`get issuers`, `get policy NAME`, `get all`), agents (`get agents`) or the
+/// static secrets found on their hosts (`get findings`).
 #[derive(clap::Args, Debug)]
 pub struct Get {
-    /// `issuers`, `servers`, `policies`, `all` or `agents`.
+    /// `issuers`, `servers`, `policies`, `all`, `agents` or `findings`.
     what: String,
     /// One resource's name.
     name: Option<String>,
+    /// Findings: only on this agent's host.
+    #[arg(long, value_name = "AGENT")]
+    host: Option<String>,
+    /// Findings: only in this MCP server's entry.
+    #[arg(long)]
+    server: Option<String>,
+    /// Findings: only of this kind (github_token, aws_secret_access_key, generic_secret, ...).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Findings: `open` (still on the host) or `gone`.
+    #[arg(long, value_parser = ["open", "gone"])]
+    state: Option<String>,
 }
 
 impl Get {
     pub async fn run(self, target: &client::Target, format: Format) -> anyhow::Result<ExitCode> {
-        let Get { what, name } = self;
+        let Get { what, name, host, server, kind, state } = self;
+        let findings_filter = host.is_some() || server.is_some() || kind.is_some() || state.is_some();
+        if findings_filter && !matches!(what.as_str(), "findings" | "finding") {
+            anyhow::bail!("--host, --server, --kind and --state filter `get findings` only");
+        }
         let mut admin = client::connect(target).await?;
+        if what == "findings" || what == "finding" {
+            let filter = pb::ListFindingsRequest {
+                agent: host.unwrap_or_default(),
+                server: server.unwrap_or_default(),
+                kind: kind.unwrap_or_default(),
+                state: state.unwrap_or_default(),
+            };
+            let response = admin.list_findings(filter).await.map_err(client::status)?.into_inner();
+            output::findings(&response, format)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         if what == "agents" || what == "agent" {
             let response = admin.list_agents(pb::ListAgentsRequest {}).await.map_err(client::status)?.into_inner();
             output::agents(&response, name.as_deref(), format)?;
@@ -31,7 +60,9 @@ impl Get {
         let kind = match what.as_str() {
             "all" => String::new(),
             other => Kind::parse_loose(other)
-                .with_context(|| format!("unknown kind {other:?}: use issuers, servers, policies, all or agents"))?
+                .with_context(|| {
+                    format!("unknown kind {other:?}: use issuers, servers, policies, all, agents or findings")
+                })?
                 .as_str()
                 .to_string(),
         };

@@ -7,8 +7,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    AgentRecord, AuditEntry, Change, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, OperatorRecord, StoreError,
-    corrupt, resource_key_text,
+    AgentRecord, AuditEntry, Change, FindingsRecord, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded,
+    OperatorRecord, StoreError, corrupt, resource_key_text,
 };
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -18,6 +18,7 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const OPERATORS: TableDefinition<&str, &[u8]> = TableDefinition::new("operators");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const ISSUER_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("issuer_keys");
+const FINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("findings");
 
 const META_STORE_ID: &str = "store_id";
 const META_VERSION: &str = "version";
@@ -56,6 +57,7 @@ impl Embedded {
             txn.open_table(OPERATORS).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(ISSUER_KEYS).map_err(db_err)?;
+            txn.open_table(FINDINGS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Embedded { db })
@@ -184,8 +186,8 @@ impl Embedded {
             }
             Ok(out)
         };
-        let (resources, keys, join_tokens, agents) =
-            (rows(RESOURCES)?, rows(ISSUER_KEYS)?, rows(JOIN_TOKENS)?, rows(AGENTS)?);
+        let (resources, keys, join_tokens, agents, findings) =
+            (rows(RESOURCES)?, rows(ISSUER_KEYS)?, rows(JOIN_TOKENS)?, rows(AGENTS)?, rows(FINDINGS)?);
         let meta = txn.open_table(META).map_err(db_err)?;
         let store_id = read_store_id(&meta)?;
         let version = read_version(&meta)?;
@@ -203,7 +205,7 @@ impl Embedded {
                 audit_exported = audit.len();
             }
         }
-        Ok(super::Dump { store_id, version, resources, keys, audit, audit_exported, join_tokens, agents })
+        Ok(super::Dump { store_id, version, resources, keys, audit, audit_exported, join_tokens, agents, findings })
     }
 
     /// Records a new join token (only the hash of its secret).
@@ -310,6 +312,37 @@ impl Embedded {
         let removed = txn.open_table(OPERATORS).map_err(db_err)?.remove(name).map_err(db_err)?.is_some();
         txn.commit().map_err(db_err)?;
         Ok(removed)
+    }
+
+    /// What the last scan of `agent`'s host found.
+    pub fn findings_of(&self, agent: &str) -> Result<Option<FindingsRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(FINDINGS).map_err(db_err)?;
+        let Some(v) = table.get(agent).map_err(db_err)? else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(v.value()).map_err(|e| corrupt(agent, e))?))
+    }
+
+    /// Every host's findings.
+    pub fn findings(&self) -> Result<Vec<FindingsRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(FINDINGS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a host's findings, replacing what was stored for it.
+    pub fn put_findings(&self, record: &FindingsRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(FINDINGS).map_err(db_err)?;
+            let bytes = serde_json::to_vec(record).expect("serializes");
+            table.insert(record.agent.as_str(), bytes.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
     }
 
     /// Removes an agent from the registry; whether it was there.

@@ -40,8 +40,8 @@ use warden_tasks::Backoff;
 
 pub use self::watch::{Committed, Followed};
 use super::{
-    AgentRecord, AuditEntry, Change, EtcdLimit, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, OperatorRecord,
-    StoreError, corrupt, resource_key_text,
+    AgentRecord, AuditEntry, Change, EtcdLimit, FindingsRecord, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded,
+    OperatorRecord, StoreError, corrupt, resource_key_text,
 };
 
 /// Audit entries of one version are numbered within it: sequence = version << 20 | index.
@@ -543,6 +543,30 @@ impl Etcd {
         self.delete(key).await
     }
 
+    /// What the last scan of `agent`'s host found.
+    pub async fn findings_of(&self, agent: &str) -> Result<Option<FindingsRecord>, StoreError> {
+        let key = self.key(&format!("findings/{agent}"));
+        let response = self.get(key.clone(), None).await?;
+        let Some(kv) = response.kvs().first() else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?))
+    }
+
+    /// Every host's findings.
+    pub async fn findings(&self) -> Result<Vec<FindingsRecord>, StoreError> {
+        let response = self.get(self.key("findings/"), Some(GetOptions::new().with_prefix())).await?;
+        let mut out = Vec::new();
+        for kv in response.kvs() {
+            out.push(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&String::from_utf8_lossy(kv.key()), e))?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a host's findings, replacing what was stored for it.
+    pub async fn put_findings(&self, record: &FindingsRecord) -> Result<(), StoreError> {
+        let key = self.key(&format!("findings/{}", record.agent));
+        self.put(key, serde_json::to_vec(record).expect("serializes")).await
+    }
+
     /// Every registered agent.
     pub async fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
         let options = GetOptions::new().with_prefix();
@@ -570,6 +594,7 @@ impl Etcd {
             ("config/keys", dump.keys),
             ("join-tokens", dump.join_tokens),
             ("agents", dump.agents),
+            ("findings", dump.findings),
         ];
         for (dir, rows) in dirs {
             puts.extend(rows.into_iter().map(|(k, v)| (self.key(&format!("{dir}/{k}")), v)));
