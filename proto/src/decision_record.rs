@@ -39,6 +39,9 @@ pub struct DecisionRecordRef<'a> {
     /// How many refusals the record stands for (0: one).
     pub count: u64,
     pub source: &'a str,
+    /// `shadow_allow` / `shadow_deny`, or empty.
+    pub shadow: &'a str,
+    pub shadow_policies: &'a [String],
 }
 
 /// Field numbers of `DecisionRecord`.
@@ -74,6 +77,12 @@ impl DecisionRecordRef<'_> {
         string(18, self.binding, out);
         varint(19, self.count, out);
         string(20, self.source, out);
+        string(21, self.shadow, out);
+        for policy in self.shadow_policies {
+            encode_key(22, WireType::LengthDelimited, out);
+            encode_varint(policy.len() as u64, out);
+            out.put_slice(policy.as_bytes());
+        }
     }
 
     /// Bytes [`DecisionRecordRef::append_sequence`] writes at most (a key and a 10-byte varint).
@@ -106,11 +115,17 @@ impl DecisionRecordRef<'_> {
             (17, self.actor),
             (18, self.binding),
             (20, self.source),
+            (21, self.shadow),
         ];
         varint_len(2, self.time_unix_nanos as u64)
             + strings.iter().map(|&(tag, s)| string_len(tag, s)).sum::<usize>()
             + varint_len(9, self.decision as i32 as u64)
             + self.policies.iter().map(|p| key_len(11) + encoded_len_varint(p.len() as u64) + p.len()).sum::<usize>()
+            + self
+                .shadow_policies
+                .iter()
+                .map(|p| key_len(22) + encoded_len_varint(p.len() as u64) + p.len())
+                .sum::<usize>()
             + varint_len(12, self.latency_micros)
             + varint_len(16, self.token_lifetime_seconds)
             + varint_len(19, self.count)
@@ -159,7 +174,7 @@ impl<'a> DecisionRecordView<'a> {
                         _ => {} // the time: not read here
                     }
                 }
-                3..=8 | 10 | 11 | 13..=15 | 17 | 18 | 20 => {
+                3..=8 | 10 | 11 | 13..=15 | 17 | 18 | 20..=22 => {
                     expect(wire_type, WireType::LengthDelimited)?;
                     let len = decode_varint(&mut bytes)?;
                     let len = usize::try_from(len).ok().filter(|&l| l <= bytes.len());
@@ -243,6 +258,8 @@ impl<'a> From<&'a DecisionRecord> for DecisionRecordRef<'a> {
             binding: &r.binding,
             count: r.count,
             source: &r.source,
+            shadow: &r.shadow,
+            shadow_policies: &r.shadow_policies,
         }
     }
 }
@@ -291,6 +308,8 @@ mod tests {
             binding: "dpop".into(),
             count: 17,
             source: "192.0.2.7".into(),
+            shadow: "shadow_allow".into(),
+            shadow_policies: vec!["next.0".into()],
         }
     }
 
@@ -307,8 +326,8 @@ mod tests {
         let mut unknown = full_record(7, "workload-1").encode_to_vec();
         // Unknown fields of every wire type, as a newer agent might send.
         unknown
-            .extend_from_slice(&[0xa8, 0x01, 0x05, 0xb1, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0xba, 0x01, 0x02, 0x68, 0x69]);
-        unknown.extend_from_slice(&[0xc5, 0x01, 1, 2, 3, 4, 0xcb, 0x01, 0x08, 0x01, 0xcc, 0x01]);
+            .extend_from_slice(&[0xf8, 0x01, 0x05, 0x81, 0x02, 1, 2, 3, 4, 5, 6, 7, 8, 0x8a, 0x02, 0x02, 0x68, 0x69]);
+        unknown.extend_from_slice(&[0x95, 0x02, 1, 2, 3, 4, 0x9b, 0x02, 0x08, 0x01, 0x9c, 0x02]);
         let seeds = vec![
             full_record(7, "workload-1").encode_to_vec(),
             full_record(u64::MAX, &"é".repeat(40)).encode_to_vec(),

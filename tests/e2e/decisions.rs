@@ -651,3 +651,71 @@ fn unauthenticated_floods_are_counted_not_stored_one_by_one_and_invented_names_s
     assert!(labelled <= 256, "{labelled} invented names labelled");
     assert!(cp.contains(r#"tool="_other",decision="deny",reason="policy_denied"}"#), "{cp}");
 }
+
+#[test]
+fn a_shadow_policy_records_exactly_the_calls_it_would_flip_and_changes_none() {
+    let fleet = Fleet::start(&[]);
+    // Tried on live traffic: `echo` closed to bob, `add` opened to everyone (the upstream has
+    // it; the enforced `echo-only` policy does not permit it).
+    fleet.cp.apply_ok(
+        r#"
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: next-rules}
+spec:
+  servers: [notes]
+  mode: shadow
+  cedar: |
+    forbid(principal, action == Action::"tools/call", resource) when { resource.name == "echo" && principal.subject == "bob" };
+    permit(principal, action == Action::"tools/call", resource) when { resource.name == "add" };
+"#,
+    );
+    fleet.cp.wait_converged(&["agent-d"], fleet.cp.version());
+    let (alice, bob) = (fleet.token("alice", "ja", -5, 300), fleet.token("bob", "jb", -5, 300));
+    let before = fleet.decisions().len();
+    // The scripted run (what policy decided is in the records; the answers are the upstream's
+    // or a JSON-RPC error).
+    let script = [(&alice, "echo"), (&bob, "echo"), (&bob, "echo"), (&alice, "add"), (&alice, "delete")];
+    for (token, tool) in script {
+        fleet.call(Some(token), tool);
+    }
+    let all = wait_for_or(
+        "the scripted decisions at the control plane",
+        || fleet.agent().log_text(),
+        || {
+            let all = fleet.decisions();
+            (all.len() >= before + script.len()).then_some(all)
+        },
+    );
+    let run = &all[before..];
+    let outcomes: Vec<(&str, &str, &str, &str)> = run
+        .iter()
+        .map(|d| {
+            let text = |k: &str| d[k].as_str().unwrap_or_default();
+            (text("subject"), text("target"), text("decision"), text("shadow"))
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("alice", "echo", "allow", ""),
+            ("bob", "echo", "allow", "shadow_deny"),
+            ("bob", "echo", "allow", "shadow_deny"),
+            ("alice", "add", "deny", "shadow_allow"),
+            ("alice", "delete", "deny", ""),
+        ],
+        "enforced outcomes unchanged; exactly the flips recorded"
+    );
+    assert_eq!(run[1]["shadowPolicies"], json!(["next-rules.0"]));
+    assert_eq!(run[3]["shadowPolicies"], json!(["next-rules.1"]));
+    // What switching it to enforce would change, counted.
+    let table = fleet.cp.ctl_ok(&["decisions", "--shadow-diff", "--subject", "bob"]);
+    assert!(table.contains("allow (shadow: deny)"), "{table}");
+    let flips = fleet.cp.ctl_ok(&["decisions", "--shadow-diff"]);
+    assert!(
+        flips.contains(
+            "3 decisions would flip under the shadow policies: 2 allow → deny, 1 deny → allow (deciding: next-rules.0 ×2, next-rules.1 ×1)"
+        ),
+        "{flips}"
+    );
+}

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bounded::BoundedMap;
 use crate::config::Config;
-use crate::policy::schema;
+use crate::policy::{PolicyMode, schema};
 use crate::token::Verified;
 
 /// What is being asked for.
@@ -71,6 +71,25 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// Denied before policy: a task token asked for a tool its task was not granted.
     pub not_granted: bool,
+    /// The outcome under the enforced and the shadow policies together, when the server has
+    /// shadow policies and that outcome differs from this one.
+    pub shadow: Option<Shadow>,
+}
+
+/// What the shadow policies would change about a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    /// Whether the request would be allowed.
+    pub allowed: bool,
+    /// Ids of the policies that would decide.
+    pub policies: Vec<String>,
+}
+
+impl Shadow {
+    /// The record's code: `shadow_allow` or `shadow_deny`.
+    pub fn code(&self) -> &'static str {
+        if self.allowed { "shadow_allow" } else { "shadow_deny" }
+    }
 }
 
 /// The action that authorizes a token exchange, per tool requested.
@@ -103,7 +122,10 @@ pub struct Authorizer {
 
 /// One server's policies and its entity.
 struct ServerPolicies {
+    /// The enforced policies.
     set: PolicySet,
+    /// The enforced and the shadow policies together, when any shadow policy applies.
+    shadow: Option<PolicySet>,
     uid: EntityUid,
     entity: Entity,
 }
@@ -194,16 +216,23 @@ impl Authorizer {
         }
         let mut per_server = HashMap::new();
         for (server, spec) in &config.servers {
-            let mut set = PolicySet::new();
+            let (mut set, mut shadow) = (PolicySet::new(), PolicySet::new());
+            let mut shadowed = false;
             for (name, policy) in &config.policies {
                 if !(policy.servers.is_empty() || policy.servers.contains(server)) {
                     continue;
                 }
+                let enforced = policy.mode == PolicyMode::Enforce;
+                shadowed |= !enforced;
                 for p in by_resource.get(name).into_iter().flatten() {
                     // Ids are unique across the configuration, so adding cannot clash.
-                    let _ = set.add((*p).clone());
+                    if enforced {
+                        let _ = set.add((*p).clone());
+                    }
+                    let _ = shadow.add((*p).clone());
                 }
             }
+            let shadow = shadowed.then_some(shadow);
             let uid = uid("Server", server);
             let attrs =
                 HashMap::from([("resource".to_string(), RestrictedExpression::new_string(spec.resource.clone()))]);
@@ -211,7 +240,7 @@ impl Authorizer {
                 // A string attribute always evaluates; without an entity the server denies all.
                 continue;
             };
-            per_server.insert(server.clone(), ServerPolicies { set, uid, entity });
+            per_server.insert(server.clone(), ServerPolicies { set, shadow, uid, entity });
         }
         Authorizer {
             per_server,
@@ -236,7 +265,13 @@ impl Authorizer {
         facts: &RequestFacts<'_>,
     ) -> Result<Outcome, RequestError> {
         let Some(policies) = self.per_server.get(server) else {
-            return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new(), not_granted: false });
+            return Ok(Outcome {
+                allowed: false,
+                policies: Vec::new(),
+                errors: Vec::new(),
+                not_granted: false,
+                shadow: None,
+            });
         };
         // A task token carries the only tools its task may call, whatever else policy allows the
         // workload (the exchange that granted them was itself put to policy). It grants no
@@ -249,7 +284,13 @@ impl Authorizer {
             Target::Server => false,
         };
         if not_granted {
-            return Ok(Outcome { allowed: false, policies: Vec::new(), errors: Vec::new(), not_granted: true });
+            return Ok(Outcome {
+                allowed: false,
+                policies: Vec::new(),
+                errors: Vec::new(),
+                not_granted: true,
+                shadow: None,
+            });
         }
         let principal = self.principal(workload)?;
         let (kind, attr, name) = match target {
@@ -307,16 +348,20 @@ impl Authorizer {
             // builds) validate every request against the schema, release builds skip the cost.
             let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
             let request = Request::new(principal.uid.clone(), action, resource, context, schema).map_err(err)?;
-            let response = self.cedar.is_authorized(&request, &policies.set, &entities);
-            let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
-            Ok(Outcome {
-                // Cedar skips a policy whose evaluation fails; a skipped `forbid` must not turn into
-                // an allow, so any evaluation error denies (fail closed).
-                allowed: response.decision() == Decision::Allow && errors.is_empty(),
-                policies: response.diagnostics().reason().map(|p| p.to_string()).collect(),
-                errors,
-                not_granted: false,
-            })
+            let evaluate = |set: &PolicySet| {
+                let response = self.cedar.is_authorized(&request, set, &entities);
+                let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+                // Cedar skips a policy whose evaluation fails; a skipped `forbid` must not turn
+                // into an allow, so any evaluation error denies (fail closed).
+                let allowed = response.decision() == Decision::Allow && errors.is_empty();
+                (allowed, response.diagnostics().reason().map(|p| p.to_string()).collect::<Vec<_>>(), errors)
+            };
+            let (allowed, decided, errors) = evaluate(&policies.set);
+            let shadow = policies.shadow.as_ref().and_then(|set| {
+                let (shadow_allowed, shadow_decided, _) = evaluate(set);
+                (shadow_allowed != allowed).then_some(Shadow { allowed: shadow_allowed, policies: shadow_decided })
+            });
+            Ok(Outcome { allowed, policies: decided, errors, not_granted: false, shadow })
         })
     }
 

@@ -420,3 +420,56 @@ spec:
         assert!(refused.to_string().contains("is not an action on a"), "{method} {target:?}: {refused}");
     }
 }
+
+#[test]
+fn shadow_policies_change_no_outcome_and_name_every_flip() {
+    let policies = r#"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: github-tools}
+spec:
+  servers: [github]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource) when { resource.name == "search" };
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: next-tools}
+spec:
+  servers: [github]
+  mode: shadow
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource) when { resource.name == "get_file" };
+    forbid(principal, action == Action::"tools/call", resource) when { resource.name == "search" && principal.subject == "ci-bot" };
+"#;
+    let a = authorizer(policies);
+    let call = |who: &str, tool: &str| {
+        a.authorize("github", &workload(who, serde_json::json!({})), "tools/call", Target::Tool(tool), &facts())
+            .unwrap()
+    };
+    // Enforced outcomes as without the shadow policy; the records say what it would flip.
+    let allowed_now = call("alice", "search");
+    assert!(allowed_now.allowed);
+    assert_eq!(allowed_now.shadow, None, "same outcome under the shadow policy: nothing to record");
+    let newly_allowed = call("alice", "get_file");
+    assert!(!newly_allowed.allowed, "a shadow permit allows nothing");
+    let shadow = newly_allowed.shadow.expect("a flip");
+    assert_eq!(
+        (shadow.allowed, shadow.code(), shadow.policies),
+        (true, "shadow_allow", vec!["next-tools.0".to_string()])
+    );
+    let newly_denied = call("ci-bot", "search");
+    assert!(newly_denied.allowed, "a shadow forbid denies nothing");
+    let shadow = newly_denied.shadow.expect("a flip");
+    assert_eq!(
+        (shadow.allowed, shadow.code(), shadow.policies),
+        (false, "shadow_deny", vec!["next-tools.1".to_string()])
+    );
+    assert_eq!(call("alice", "delete_repo").shadow, None, "denied either way");
+    // On a server no shadow policy applies to, nothing is evaluated twice.
+    let billing = a
+        .authorize("billing", &workload("alice", serde_json::json!({})), "tools/call", Target::Tool("x"), &facts())
+        .unwrap();
+    assert_eq!(billing.shadow, None);
+}

@@ -37,6 +37,9 @@ pub struct PolicySpec {
     pub servers: Vec<String>,
     /// One or more Cedar policies.
     pub cedar: String,
+    /// Whether the policies decide (`enforce`, the default) or are only tried (`shadow`).
+    #[serde(default, skip_serializing_if = "PolicyMode::is_enforce")]
+    pub mode: PolicyMode,
     /// The parsed and validated policies, kept from validation so that assembling a
     /// configuration never parses the same text twice.
     #[serde(skip)]
@@ -45,7 +48,27 @@ pub struct PolicySpec {
 
 impl PartialEq for PolicySpec {
     fn eq(&self, other: &PolicySpec) -> bool {
-        self.servers == other.servers && self.cedar == other.cedar
+        self.servers == other.servers && self.cedar == other.cedar && self.mode == other.mode
+    }
+}
+
+/// How a `Policy` takes part in decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyMode {
+    /// It decides requests.
+    #[default]
+    Enforce,
+    /// It is evaluated beside the enforced policies on every request and never changes an
+    /// outcome: where the enforced policies together with the shadow ones would decide
+    /// otherwise, the decision record says so (`shadow_allow` / `shadow_deny`), so a policy can
+    /// be tried on live traffic before it is switched to `enforce`.
+    Shadow,
+}
+
+impl PolicyMode {
+    fn is_enforce(&self) -> bool {
+        *self == PolicyMode::Enforce
     }
 }
 

@@ -53,20 +53,23 @@ pub fn log_record(r: &pb::DecisionRecord, agent: &str, boot: u64) -> LogRecord {
         ("warden.actor", &r.actor),
         ("warden.binding", &r.binding),
         ("client.address", &r.source),
+        ("warden.shadow", &r.shadow),
     ] {
         if !value.is_empty() {
             attributes.push(attribute(key, value));
         }
     }
-    if !r.policies.is_empty() {
-        let values = r.policies.iter().map(|p| AnyValue { value: Some(any_value::Value::StringValue(p.clone())) });
-        attributes.push(KeyValue {
-            key: "warden.policies".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::ArrayValue(ArrayValue { values: values.collect() })),
-            }),
-            ..Default::default()
-        });
+    for (key, list) in [("warden.policies", &r.policies), ("warden.shadow.policies", &r.shadow_policies)] {
+        if !list.is_empty() {
+            let values = list.iter().map(|p| AnyValue { value: Some(any_value::Value::StringValue(p.clone())) });
+            attributes.push(KeyValue {
+                key: key.into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::ArrayValue(ArrayValue { values: values.collect() })),
+                }),
+                ..Default::default()
+            });
+        }
     }
     let target = if r.target.is_empty() { String::new() } else { format!(" {}", r.target) };
     let why = if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) };

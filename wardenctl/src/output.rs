@@ -341,8 +341,27 @@ fn decision_value(d: &pb::StoredDecision) -> Value {
         "issuer": r.issuer, "decision": decision_name(r.decision), "reason": r.reason, "policies": r.policies,
         "latencyMicros": r.latency_micros, "traceId": r.trace_id, "jtiHash": r.jti_hash, "via": r.via,
         "tokenLifetimeSeconds": r.token_lifetime_seconds, "actor": r.actor, "binding": r.binding,
-        "count": r.count.max(1), "source": r.source,
+        "count": r.count.max(1), "source": r.source, "shadow": r.shadow, "shadowPolicies": r.shadow_policies,
     })
+}
+
+/// `decisions --shadow-diff`, after the list: how many decisions the shadow policies would flip,
+/// each way, and which policies would decide them.
+pub fn shadow_flips(decisions: &[pb::StoredDecision]) {
+    let records: Vec<&pb::DecisionRecord> =
+        decisions.iter().filter_map(|d| d.record.as_ref()).filter(|r| !r.shadow.is_empty()).collect();
+    let to_deny = records.iter().filter(|r| r.shadow == "shadow_deny").count();
+    let to_allow = records.iter().filter(|r| r.shadow == "shadow_allow").count();
+    let mut by_policy: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for policy in records.iter().flat_map(|r| &r.shadow_policies) {
+        *by_policy.entry(policy).or_default() += 1;
+    }
+    let policies: Vec<String> = by_policy.iter().map(|(p, n)| format!("{p} ×{n}")).collect();
+    println!(
+        "\n{} decisions would flip under the shadow policies: {to_deny} allow → deny, {to_allow} deny → allow{}",
+        records.len(),
+        if policies.is_empty() { String::new() } else { format!(" (deciding: {})", policies.join(", ")) }
+    );
 }
 
 /// `decisions`: a table (with its header when `header`), or one JSON object per line (so
@@ -375,7 +394,10 @@ pub fn decisions(decisions: &[pb::StoredDecision], format: Format, header: bool)
                         r.method,
                         target,
                         if r.subject.is_empty() { "-".into() } else { r.subject },
-                        decision_name(r.decision).into(),
+                        match r.shadow.strip_prefix("shadow_") {
+                            Some(shadow) => format!("{} (shadow: {shadow})", decision_name(r.decision)),
+                            None => decision_name(r.decision).into(),
+                        },
                         // An aggregated refusal says how many it stands for.
                         match (r.reason.is_empty(), r.count) {
                             (true, _) => "-".into(),

@@ -11,7 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use warden_core::authorize::{RequestFacts, Target};
+use warden_core::authorize::{RequestFacts, Shadow, Target};
 use warden_core::refusal::Refusal;
 use warden_core::server::McpServerSpec;
 use warden_core::token::{Presenter, Reason, Verified};
@@ -104,15 +104,26 @@ pub(super) async fn handle(
             let lists = (parts.method == Method::GET).then(|| {
                 ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
             });
-            admitted.decider.record(&parts.headers, parts.method.as_str(), None, (None, Vec::new()));
+            admitted.decider.record(&parts.headers, parts.method.as_str(), None, Outcome::default());
             forward(worker, &admitted, &parts, Bytes::new(), lists).await
         }
     }
 }
 
-/// A decision: why the request was refused (`None`: allowed), and the ids of the policies that
-/// decided.
-type Outcome = (Option<Refusal>, Vec<String>);
+/// A decision: why the request was refused (`None`: allowed), the ids of the policies that
+/// decided, and what the server's shadow policies would have decided instead, if otherwise.
+#[derive(Default)]
+struct Outcome {
+    refusal: Option<Refusal>,
+    policies: Vec<String>,
+    shadow: Option<Shadow>,
+}
+
+impl Outcome {
+    fn refused(refusal: Refusal) -> Outcome {
+        Outcome { refusal: Some(refusal), ..Outcome::default() }
+    }
+}
 
 /// The answer that refuses a request, boxed: refusals are the rare path.
 pub(crate) type Refused = Box<Response<Body>>;
@@ -257,6 +268,7 @@ impl Refuser<'_> {
                     allowed: false,
                     reason,
                     policies: &[],
+                    shadow: None,
                 };
                 record::record(&shared.outbox, caller.arrived, caller.via, self.headers, trace, decision);
             }
@@ -411,11 +423,11 @@ impl Decider {
                     (false, true) => Some(Refusal::PolicyDenied),
                     (false, false) => Some(Refusal::PolicyError),
                 };
-                (refusal, outcome.policies)
+                Outcome { refusal, policies: outcome.policies, shadow: outcome.shadow }
             }
             Err(e) => {
                 tracing::warn!(server = %self.server, method, "{e} (denied)");
-                (Some(Refusal::PolicyError), Vec::new())
+                Outcome::refused(Refusal::PolicyError)
             }
         }
     }
@@ -424,13 +436,13 @@ impl Decider {
     /// with `reason` (an authenticated caller's malformed requests are as much on record as
     /// its denied ones).
     fn refuse_body(&self, headers: &HeaderMap, method: &str, refusal: Refusal, answer: Response<Body>) -> Refused {
-        self.record(headers, method, None, (Some(refusal), Vec::new()));
+        self.record(headers, method, None, Outcome::refused(refusal));
         Box::new(answer)
     }
 
     /// Records a decision about this caller's request.
     fn record(&self, headers: &HeaderMap, method: &str, target: Option<Target<'_>>, outcome: Outcome) {
-        let (refusal, policies) = outcome;
+        let Outcome { refusal, policies, shadow } = outcome;
         let (allowed, reason) = (refusal.is_none(), refusal.map_or("", Refusal::code));
         if let Some((_, facts)) = &self.trace {
             let named = target.map(|t| match t {
@@ -449,6 +461,7 @@ impl Decider {
             allowed,
             reason,
             policies: &policies,
+            shadow: shadow.as_ref(),
         };
         record::record(&self.outbox, self.arrived, self.via, headers, self.trace.as_ref().map(|(t, _)| t), decision);
     }
@@ -457,7 +470,7 @@ impl Decider {
 impl Allows for Decider {
     /// A list entry is shown when calling it without arguments would be allowed.
     fn allows(&self, method: &str, target: Target<'_>) -> bool {
-        self.decide(method, target, None).0.is_none()
+        self.decide(method, target, None).refusal.is_none()
     }
 }
 
@@ -567,13 +580,13 @@ fn decide_body(
             Ok(mcp::Decision::Policy { action, targets }) => (action, targets),
             Ok(mcp::Decision::TokenOnly) => {
                 // A method that names no target (initialize, ping, notifications): the token was enough.
-                decider.record(headers, method, None, (None, Vec::new()));
+                decider.record(headers, method, None, Outcome::default());
                 continue;
             }
             Err(mcp::Undecidable::UnknownMethod) => {
                 // Default deny: what a method the gateway does not know does upstream cannot be
                 // known here (a case variant of a known one may well be served as that one).
-                decider.record(headers, method, None, (Some(Refusal::UnknownMethod), Vec::new()));
+                decider.record(headers, method, None, Outcome::refused(Refusal::UnknownMethod));
                 denied.push((i, Refusal::UnknownMethod));
                 continue;
             }
@@ -587,7 +600,7 @@ fn decide_body(
         let mut refusal = None;
         for target in targets.iter() {
             let outcome = decider.decide(action, target, m.arguments);
-            let refused = outcome.0;
+            let refused = outcome.refusal;
             decider.record(headers, action, Some(target), outcome);
             if refused.is_some() {
                 refusal = refused;

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use proto::decision_record::DecisionRecordRef;
 use proto::v1 as pb;
-use warden_core::authorize::Target;
+use warden_core::authorize::{Shadow, Target};
 use warden_core::token::Verified;
 
 use crate::decisions::Outbox;
@@ -23,6 +23,8 @@ pub(crate) struct Decision<'a> {
     /// A stable code; empty on allow.
     pub reason: &'a str,
     pub policies: &'a [String],
+    /// What the server's shadow policies would have decided, when otherwise.
+    pub shadow: Option<&'a Shadow>,
 }
 
 /// The longest method name a record keeps, in bytes.
@@ -86,6 +88,8 @@ pub(crate) fn record(
         binding: "",
         count: 0,
         source: "",
+        shadow: decision.shadow.map_or("", Shadow::code),
+        shadow_policies: decision.shadow.map_or(&[], |s| &s.policies[..]),
     });
 }
 

@@ -373,6 +373,7 @@ fn matches(filter: &pb::ListDecisionsRequest, stored: &pb::StoredDecision) -> bo
         && eq(&filter.reason, &r.reason)
         && (filter.decision == 0 || filter.decision == r.decision)
         && r.time_unix_nanos >= filter.since_unix_nanos
+        && (!filter.shadow_diff || !r.shadow.is_empty())
 }
 
 /// The writer: takes every batch waiting, stores them in one transaction, answers each.

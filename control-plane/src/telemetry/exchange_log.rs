@@ -113,6 +113,9 @@ impl ExchangeLog {
             binding: exchange.binding.into(),
             count: 0,
             source: String::new(),
+            // Exchanges are put to the enforced policies only.
+            shadow: String::new(),
+            shadow_policies: Vec::new(),
         };
         if unverified {
             let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());

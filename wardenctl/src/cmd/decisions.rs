@@ -45,6 +45,10 @@ pub struct Decisions {
     /// agent (over --since, or since the oldest record).
     #[arg(long, conflicts_with = "follow")]
     summary: bool,
+    /// Only the decisions the servers' shadow policies (`mode: shadow`) would have made
+    /// otherwise, with how many flip each way: what switching them to `enforce` would change.
+    #[arg(long)]
+    shadow_diff: bool,
 }
 
 // Its variants' names are the values of `--decision`.
@@ -56,7 +60,8 @@ enum DecisionFilter {
 
 impl Decisions {
     pub async fn run(self, target: &client::Target, format: Format) -> anyhow::Result<ExitCode> {
-        let Decisions { agent, server, tool, subject, decision, reason, since, limit, follow, summary } = self;
+        let Decisions { agent, server, tool, subject, decision, reason, since, limit, follow, summary, shadow_diff } =
+            self;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut filter = pb::ListDecisionsRequest {
             agent: agent.unwrap_or_default(),
@@ -70,6 +75,7 @@ impl Decisions {
             } as i32,
             reason: reason.unwrap_or_default(),
             since_unix_nanos: since.map_or(0, |s| now.saturating_sub(s).as_nanos() as i64),
+            shadow_diff,
             ..Default::default()
         };
         let mut admin = client::connect(target).await?;
@@ -98,6 +104,9 @@ impl Decisions {
             return Ok(ExitCode::SUCCESS);
         }
         output::decisions(kept.make_contiguous(), format, true)?;
+        if shadow_diff && format == Format::Table {
+            output::shadow_flips(kept.make_contiguous());
+        }
         if !follow {
             return Ok(ExitCode::SUCCESS);
         }
