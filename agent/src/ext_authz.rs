@@ -56,6 +56,19 @@ impl Authorization for LocalCheck {
         let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| Status::invalid_argument("bad method"))?;
         let uri: http::Uri = http.path.parse().map_err(|_| Status::invalid_argument("bad path"))?;
         let headers = header_map(&http);
+        if gateway::in_audit(&self.shared, &server) {
+            // Audit mode: what Warden would decide is recorded; the request passes unchanged.
+            if let Ok(admitted) = gateway::admit(&self.shared, &server, &caller, &method, &uri, &headers)
+                && method == Method::POST
+            {
+                let body = if http.raw_body.is_empty() { http.body.as_bytes() } else { &http.raw_body };
+                let _ = gateway::check_body(&self.shared, &admitted, &headers, body);
+            }
+            return Ok(Response::new(CheckResponse {
+                status: Some(RpcStatus { code: OK, message: String::new(), details: Vec::new() }),
+                http_response: Some(auth::check_response::HttpResponse::OkResponse(auth::OkHttpResponse::default())),
+            }));
+        }
         let admitted = match gateway::admit(&self.shared, &server, &caller, &method, &uri, &headers) {
             Ok(a) => a,
             Err(answer) => return Ok(Response::new(denied(&answer_parts(*answer).await))),

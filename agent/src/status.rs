@@ -40,6 +40,9 @@ pub struct Status {
     pub link: Link,
     /// Expiry of the agent's certificate, seconds since the epoch.
     pub certificate_not_after: i64,
+    /// Servers in audit mode (requests forwarded whatever Warden would decide), with when their
+    /// audit ends (`auditUntil`): nobody should forget one is on.
+    pub audit_servers: BTreeMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -132,6 +135,14 @@ const LOGS_DROPPED: Descriptor = Descriptor {
     kind: Kind::Counter,
     labels: &[],
 };
+const AUDIT_SERVERS: Descriptor = Descriptor {
+    prometheus: "warden_agent_servers_in_audit_mode",
+    otel: "warden.agent.servers.audit_mode",
+    unit: "{server}",
+    help: "Servers this agent forwards every request to, recording what it would decide (enforcement: audit).",
+    kind: Kind::Gauge,
+    labels: &[],
+};
 const SPANS_DROPPED: Descriptor = Descriptor {
     prometheus: "warden_agent_spans_dropped_total",
     otel: "warden.agent.spans.dropped",
@@ -151,6 +162,7 @@ fn families(s: &Shared) -> Vec<Family> {
         Family::single(&RECORDS, made as f64),
         Family::single(&RECORDS_DROPPED, dropped as f64),
         Family::single(&QUEUE, queued as f64),
+        Family::single(&AUDIT_SERVERS, audit_servers(s).len() as f64),
     ];
     if let Some(spooled) = spooled {
         out.push(Family::single(&SPOOL, spooled as f64));
@@ -162,6 +174,19 @@ fn families(s: &Shared) -> Vec<Family> {
         out.push(Family::single(&SPANS_DROPPED, spans.dropped() as f64));
     }
     out
+}
+
+/// The servers in audit mode now, with when it ends.
+fn audit_servers(s: &Shared) -> BTreeMap<String, String> {
+    let now = crate::identity::now_unix();
+    let Some(applied) = s.current.get() else { return BTreeMap::new() };
+    applied
+        .config
+        .servers
+        .iter()
+        .filter(|(_, spec)| spec.in_audit(now))
+        .map(|(name, spec)| (name.clone(), spec.audit_until.clone().unwrap_or_default()))
+        .collect()
 }
 
 async fn metrics(State(s): State<Shared>) -> impl axum::response::IntoResponse {
@@ -190,6 +215,7 @@ async fn status(State(s): State<Shared>) -> Json<Status> {
             .unwrap_or_default(),
         link: s.link.borrow().clone(),
         certificate_not_after: *s.not_after.borrow(),
+        audit_servers: audit_servers(&s),
     })
 }
 

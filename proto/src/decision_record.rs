@@ -42,6 +42,8 @@ pub struct DecisionRecordRef<'a> {
     /// `shadow_allow` / `shadow_deny`, or empty.
     pub shadow: &'a str,
     pub shadow_policies: &'a [String],
+    /// `would_allow` / `would_deny` in audit mode, or empty.
+    pub audit: &'a str,
 }
 
 /// Field numbers of `DecisionRecord`.
@@ -83,6 +85,7 @@ impl DecisionRecordRef<'_> {
             encode_varint(policy.len() as u64, out);
             out.put_slice(policy.as_bytes());
         }
+        string(23, self.audit, out);
     }
 
     /// Bytes [`DecisionRecordRef::append_sequence`] writes at most (a key and a 10-byte varint).
@@ -116,6 +119,7 @@ impl DecisionRecordRef<'_> {
             (18, self.binding),
             (20, self.source),
             (21, self.shadow),
+            (23, self.audit),
         ];
         varint_len(2, self.time_unix_nanos as u64)
             + strings.iter().map(|&(tag, s)| string_len(tag, s)).sum::<usize>()
@@ -174,7 +178,7 @@ impl<'a> DecisionRecordView<'a> {
                         _ => {} // the time: not read here
                     }
                 }
-                3..=8 | 10 | 11 | 13..=15 | 17 | 18 | 20..=22 => {
+                3..=8 | 10 | 11 | 13..=15 | 17 | 18 | 20..=23 => {
                     expect(wire_type, WireType::LengthDelimited)?;
                     let len = decode_varint(&mut bytes)?;
                     let len = usize::try_from(len).ok().filter(|&l| l <= bytes.len());
@@ -260,6 +264,7 @@ impl<'a> From<&'a DecisionRecord> for DecisionRecordRef<'a> {
             source: &r.source,
             shadow: &r.shadow,
             shadow_policies: &r.shadow_policies,
+            audit: &r.audit,
         }
     }
 }
@@ -310,6 +315,7 @@ mod tests {
             source: "192.0.2.7".into(),
             shadow: "shadow_allow".into(),
             shadow_policies: vec!["next.0".into()],
+            audit: "would_deny".into(),
         }
     }
 

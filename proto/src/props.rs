@@ -112,7 +112,7 @@ fn text() -> impl Strategy<Value = String> {
 /// Any `DecisionRecord`, every field of any value.
 pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
     let numbers = (any::<u64>(), any::<i64>(), any::<i32>(), any::<u64>(), any::<u64>(), any::<u64>());
-    let strings = prop::collection::vec(text(), 14);
+    let strings = prop::collection::vec(text(), 15);
     let lists = (prop::collection::vec(text(), 0..4), prop::collection::vec(text(), 0..3));
     (numbers, strings, lists).prop_map(
         |((sequence, time_unix_nanos, decision, latency_micros, token_lifetime_seconds, count), s, lists)| {
@@ -132,7 +132,8 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
                 binding,
                 source,
                 shadow,
-            ] = <[String; 14]>::try_from(s).expect("fourteen strings");
+                audit,
+            ] = <[String; 15]>::try_from(s).expect("fifteen strings");
             DecisionRecord {
                 sequence,
                 time_unix_nanos,
@@ -156,6 +157,7 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
                 source,
                 shadow,
                 shadow_policies,
+                audit,
             }
         },
     )
@@ -164,7 +166,7 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
 /// A record as the control plane may receive it: prost's encoding of any record (with unknown
 /// fields after it, as a newer agent's), edited or not, field soup, or any bytes.
 pub(crate) fn received_record() -> impl Strategy<Value = Vec<u8>> {
-    let encoded = (record(), field_soup(23, 40), any::<bool>())
+    let encoded = (record(), field_soup(24, 40), any::<bool>())
         .prop_map(|(r, unknown, extend)| {
             let mut out = r.encode_to_vec();
             if extend {

@@ -719,3 +719,90 @@ spec:
         "{flips}"
     );
 }
+
+#[test]
+fn a_server_in_audit_mode_forwards_every_request_as_it_came_and_records_what_would_be_denied() {
+    let fleet = Fleet::start(&[]);
+    // Audit mode for a while: long enough for the calls below, short enough to see it end.
+    let until = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 + 12;
+    let until_text = time::OffsetDateTime::from_unix_timestamp(until)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    fleet.cp.apply_ok(&format!(
+        r#"
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: notes}}
+spec:
+  resource: http://{gateway}/mcp
+  issuers: [test-idp]
+  upstream: {upstream}
+  listen: {gateway}
+  enforcement: audit
+  auditUntil: "{until_text}"
+"#,
+        gateway = fleet.gateway,
+        upstream = fleet.upstream().url,
+    ));
+    fleet.cp.wait_converged(&["agent-d"], fleet.cp.version());
+    assert_eq!(fleet.agent().status()["auditServers"]["notes"], until_text.as_str(), "the status says audit is on");
+    let before = fleet.decisions().len();
+    // An MCP session, opened through the gateway: in audit mode the upstream's own session id
+    // comes back as it is.
+    let alice = fleet.token("alice", "jti-audit-1", -5, 300);
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "audit-test", "version": "1"}}});
+    let opened = post(&fleet.url(), Some(&alice), &[], &init.to_string());
+    let session = opened.session.clone().unwrap_or_else(|| panic!("a session: {} {}", opened.status, opened.body));
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    post(&fleet.url(), Some(&alice), &[("mcp-session-id", &session)], &initialized.to_string());
+    let call = |token: &str, tool: &str, arguments: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}});
+        post(&fleet.url(), Some(token), &[("mcp-session-id", &session)], &body.to_string())
+    };
+    // A legacy client with the server's own static key: not a token Warden accepts, and the
+    // upstream gets it as sent.
+    let legacy = call("legacy-static-key-0123456789", "seen_headers", json!({}));
+    assert_eq!(legacy.status, 200, "{}", legacy.body);
+    assert!(legacy.body.contains("authorization=Bearer legacy-static-key-0123456789"), "{}", legacy.body);
+    // A valid token calling a tool the policy denies: forwarded, answered by the upstream.
+    let denied = call(&alice, "delete_repository", json!({"name": "x"}));
+    assert!(denied.body.contains("deleted x"), "forwarded although policy denies it: {}", denied.body);
+    let allowed = call(&alice, "echo", json!({"text": "hello"}));
+    assert!(allowed.body.contains("hello"), "{}", allowed.body);
+    let fields = |d: &Value| {
+        let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+        (text("target"), text("decision"), text("audit"), text("reason"))
+    };
+    let run = wait_for_or(
+        "the audit decisions at the control plane",
+        || fleet.agent().log_text(),
+        || {
+            let run: Vec<_> = fleet.decisions()[before..].iter().map(fields).collect();
+            (run.iter().filter(|r| r.2 == "would_deny").count() >= 2 && run.iter().any(|r| r.0 == "echo"))
+                .then_some(run)
+        },
+    );
+    assert!(run.iter().all(|r| r.1 == "allow" && !r.2.is_empty()), "every request forwarded, each audited: {run:?}");
+    let mut would_deny: Vec<_> = run.iter().filter(|r| r.2 == "would_deny").cloned().collect();
+    would_deny.sort();
+    assert_eq!(
+        would_deny,
+        [
+            (String::new(), "allow".into(), "would_deny".into(), "malformed".into()),
+            ("delete_repository".into(), "allow".into(), "would_deny".into(), "policy_denied".into()),
+        ],
+        "exactly the two requests Warden would have refused, each with its reason"
+    );
+    assert!(run.contains(&("echo".into(), "allow".into(), "would_allow".into(), String::new())), "{run:?}");
+    let table = fleet.cp.ctl_ok(&["decisions", "--tool", "delete_repository"]);
+    assert!(table.contains("allow (audit: would deny)"), "{table}");
+    // An audit never outlives its date: then the server is enforced.
+    wait_for_or(
+        "audit mode to end at auditUntil",
+        || fleet.agent().log_text(),
+        || (call("legacy-static-key-0123456789", "seen_headers", json!({})).status == 401).then_some(()),
+    );
+    assert!(fleet.agent().status()["auditServers"].as_object().is_some_and(|o| o.is_empty()));
+}

@@ -154,6 +154,18 @@ spec:
     assert_eq!(field_error(&server.replace("[corp-idp]", "[corp-idp]\n  scopes: [\"bad scope\"]")).0, "spec.scopes[0]");
     let origins = server.replace("[corp-idp]", "[corp-idp]\n  allowedOrigins: [https://app.example.com/x]");
     assert_eq!(field_error(&origins).0, "spec.allowedOrigins[0]");
+    // Audit mode needs its end date, a real one, and the date needs audit mode.
+    let audit = |extra: &str| server.replace("binding: mtls", &format!("binding: mtls\n  {extra}"));
+    let until = "enforcement: audit\n  auditUntil: \"2026-12-31T00:00:00Z\"";
+    let doc = parse(&audit(until)).unwrap();
+    let Spec::McpServer(audited) = &doc.spec else { panic!("wrong kind") };
+    let end = 1_798_675_200; // 2026-12-31T00:00:00Z
+    assert!(audited.in_audit(end - 1) && !audited.in_audit(end), "audit ends at auditUntil");
+    assert!(!spec.in_audit(0), "enforce by default");
+    assert_eq!(field_error(&audit("enforcement: audit")).0, "spec.auditUntil");
+    assert_eq!(field_error(&audit("auditUntil: \"2026-12-31T00:00:00Z\"")).0, "spec.auditUntil");
+    assert_eq!(field_error(&audit("enforcement: audit\n  auditUntil: next-week")).0, "spec.auditUntil");
+    assert_eq!(field_error(&audit("enforcement: observe")).0, "spec.enforcement");
 }
 
 const POLICY: &str = r#"

@@ -72,9 +72,47 @@ pub struct McpServerSpec {
     /// one session. Off by default, since a client may open several sessions with one token.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoke_task_token_on_session_end: bool,
+    /// `enforce` (the default), or `audit`: until `auditUntil`, every request is forwarded as it
+    /// came — its credentials included, for the server's own handling — and recorded with the
+    /// decision Warden would have made.
+    #[serde(default, skip_serializing_if = "Enforcement::is_enforce")]
+    pub enforcement: Enforcement,
+    /// When audit mode ends (RFC 3339); required with `enforcement: audit`. From then on the
+    /// server is enforced, whatever `enforcement` says: an audit never outlives its date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_until: Option<String>,
+}
+
+/// Whether Warden decides a server's requests or only records what it would decide.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Requests are decided.
+    #[default]
+    Enforce,
+    /// Requests are forwarded as they came and recorded with the decision Warden would make.
+    Audit,
+}
+
+impl Enforcement {
+    fn is_enforce(&self) -> bool {
+        *self == Enforcement::Enforce
+    }
+}
+
+/// The unix time of an RFC 3339 text.
+fn unix_time(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
 }
 
 impl McpServerSpec {
+    /// Whether the server is in audit mode at unix time `now`: `enforcement: audit` and its
+    /// `auditUntil` still ahead.
+    pub fn in_audit(&self, now: i64) -> bool {
+        self.enforcement == Enforcement::Audit
+            && self.audit_until.as_deref().and_then(unix_time).is_some_and(|until| now < until)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), DocumentError> {
         let resource = url::Url::parse(&self.resource).map_err(|e| {
             DocumentError::field("spec.resource", format!("{:?} is not an absolute URI: {e}", self.resource))
@@ -87,6 +125,21 @@ impl McpServerSpec {
                 return Err(DocumentError::field(
                     "spec.binding",
                     "mtls needs an https resource: callers present their certificate to the gateway over TLS",
+                ));
+            }
+            _ => {}
+        }
+        match (self.enforcement, &self.audit_until) {
+            (Enforcement::Audit, None) => {
+                return Err(DocumentError::field("spec.auditUntil", "is required with enforcement: audit"));
+            }
+            (Enforcement::Enforce, Some(_)) => {
+                return Err(DocumentError::field("spec.auditUntil", "applies only with enforcement: audit"));
+            }
+            (_, Some(until)) if unix_time(until).is_none() => {
+                return Err(DocumentError::field(
+                    "spec.auditUntil",
+                    format!("{until:?} is not an RFC 3339 time like 2026-12-31T00:00:00Z"),
                 ));
             }
             _ => {}

@@ -54,6 +54,7 @@ pub fn log_record(r: &pb::DecisionRecord, agent: &str, boot: u64) -> LogRecord {
         ("warden.binding", &r.binding),
         ("client.address", &r.source),
         ("warden.shadow", &r.shadow),
+        ("warden.audit", &r.audit),
     ] {
         if !value.is_empty() {
             attributes.push(attribute(key, value));

@@ -341,7 +341,7 @@ fn decision_value(d: &pb::StoredDecision) -> Value {
         "issuer": r.issuer, "decision": decision_name(r.decision), "reason": r.reason, "policies": r.policies,
         "latencyMicros": r.latency_micros, "traceId": r.trace_id, "jtiHash": r.jti_hash, "via": r.via,
         "tokenLifetimeSeconds": r.token_lifetime_seconds, "actor": r.actor, "binding": r.binding,
-        "count": r.count.max(1), "source": r.source, "shadow": r.shadow, "shadowPolicies": r.shadow_policies,
+        "count": r.count.max(1), "source": r.source, "shadow": r.shadow, "shadowPolicies": r.shadow_policies, "audit": r.audit,
     })
 }
 
@@ -394,9 +394,10 @@ pub fn decisions(decisions: &[pb::StoredDecision], format: Format, header: bool)
                         r.method,
                         target,
                         if r.subject.is_empty() { "-".into() } else { r.subject },
-                        match r.shadow.strip_prefix("shadow_") {
-                            Some(shadow) => format!("{} (shadow: {shadow})", decision_name(r.decision)),
-                            None => decision_name(r.decision).into(),
+                        match (r.audit.strip_prefix("would_"), r.shadow.strip_prefix("shadow_")) {
+                            (Some(would), _) => format!("{} (audit: would {would})", decision_name(r.decision)),
+                            (None, Some(shadow)) => format!("{} (shadow: {shadow})", decision_name(r.decision)),
+                            (None, None) => decision_name(r.decision).into(),
                         },
                         // An aggregated refusal says how many it stands for.
                         match (r.reason.is_empty(), r.count) {

@@ -92,6 +92,9 @@ pub(super) async fn handle(
     caller: Caller<'_>,
     request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
+    if in_audit(&worker.shared, server) {
+        return audit(worker, server, caller, request).await;
+    }
     let admitted = match admit(&worker.shared, server, &caller, request.method(), request.uri(), request.headers()) {
         Ok(a) => a,
         Err(answer) => return *answer,
@@ -143,6 +146,70 @@ impl Admitted {
     }
 }
 
+/// Whether `server` is in audit mode now (`enforcement: audit` before its `auditUntil`).
+pub(crate) fn in_audit(shared: &Shared, server: &str) -> bool {
+    let now = crate::identity::now_unix();
+    shared.current.get().is_some_and(|applied| applied.config.servers.get(server).is_some_and(|s| s.in_audit(now)))
+}
+
+/// A request to a server in audit mode: every decision Warden would make is recorded (with
+/// `audit`), and the request goes to the upstream as it came — its credentials included, for
+/// the server's own handling — whatever they say; the answer comes back unfiltered. What
+/// Warden serves itself (the metadata document, a server not served here) and its own bounds
+/// (body size, read timeouts) hold in every mode.
+async fn audit(
+    worker: &Worker,
+    server: &Arc<str>,
+    caller: Caller<'_>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let shared = &worker.shared;
+    let Some(applied) = shared.current.get() else {
+        return reply::error(StatusCode::SERVICE_UNAVAILABLE, "no configuration received yet");
+    };
+    let spec = match resolve(shared, &applied, server, request.method(), request.uri()) {
+        Ok((spec, _)) => spec.clone(),
+        Err(answer) => return *answer,
+    };
+    // A refusal here is recorded (as would_deny) and changes nothing.
+    let admitted = admit(shared, server, &caller, request.method(), request.uri(), request.headers()).ok();
+    let (parts, body) = request.into_parts();
+    let limit = shared.limits.max_body_bytes;
+    let read = tokio::time::timeout(shared.limits.body_read_timeout, Limited::new(body, limit).collect());
+    let bytes = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit),
+        Ok(Err(e)) => return reply::error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        Err(_) => return reply::error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
+    };
+    if let Some(admitted) = &admitted {
+        match parts.method {
+            Method::POST => {
+                // Each message decided and recorded as it would be; the verdict is not used.
+                let _ = decide_body(&admitted.decider, &parts.headers, &bytes, shared.limits.json);
+            }
+            _ => admitted.decider.record(&parts.headers, parts.method.as_str(), None, Outcome::default()),
+        }
+    }
+    let upstream = match proxy::passthrough(&spec.upstream, &parts.method, &parts.headers, bytes) {
+        Ok(upstream) => upstream,
+        Err(e) => return reply::error(StatusCode::BAD_GATEWAY, e),
+    };
+    let timeout = shared.limits.upstream_response_timeout;
+    match tokio::time::timeout(timeout, worker.client.request(upstream)).await {
+        Ok(Ok(response)) => {
+            let (mut head, incoming) = response.into_parts();
+            head.headers = proxy::forwardable(&head.headers);
+            Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync())
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%server, "upstream: {e}");
+            reply::error(StatusCode::BAD_GATEWAY, "the upstream MCP server did not answer")
+        }
+        Err(_) => reply::error(StatusCode::GATEWAY_TIMEOUT, "the upstream MCP server did not answer in time"),
+    }
+}
+
 /// Everything decided before the body: the gateway and the local check API (ext_authz) share
 /// it. `Err` is the answer that refuses the request (or, for the metadata document, serves it).
 ///
@@ -165,7 +232,9 @@ pub(crate) fn admit(
     };
     let (spec, route) = resolve(shared, &applied, server, method, uri)?;
     let route = &*route;
-    let refusal = Refuser { shared, server, caller, method, headers };
+    let now = crate::identity::now_unix();
+    let audit = spec.in_audit(now);
+    let refusal = Refuser { shared, server, caller, method, headers, audit };
     if uri.path() != route.mcp_path {
         refusal.record(None, Refusal::UnknownPath);
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path))));
@@ -177,7 +246,6 @@ pub(crate) fn admit(
         refusal.record(None, Refusal::OriginRefused);
         return Err(Box::new(reply::error(StatusCode::FORBIDDEN, "this Origin may not call the server")));
     }
-    let now = crate::identity::now_unix();
     let verified = authenticate(&refusal, &applied, route, uri, now)?;
     if shared.task_ended(&verified, now) {
         refusal.record(Some(&verified), Refusal::Token(Reason::Revoked));
@@ -188,7 +256,8 @@ pub(crate) fn admit(
         return Err(Box::new(reply::insufficient_scope(route, &spec.scopes)));
     }
     let principal = sessions::principal(&verified);
-    let session = session(&refusal, &verified, &principal)?;
+    // In audit mode session ids are the upstream's own (nothing is sealed): not checked here.
+    let session = if audit { None } else { session(&refusal, &verified, &principal)? };
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
     if matches!(*method, Method::GET | Method::DELETE) && has_body {
@@ -210,6 +279,7 @@ pub(crate) fn admit(
         via: caller.via,
         outbox: shared.outbox.clone(),
         trace: caller.trace.clone(),
+        audit,
     };
     Ok(Admitted { decider, principal, session })
 }
@@ -251,6 +321,8 @@ struct Refuser<'a> {
     caller: &'a Caller<'a>,
     method: &'a Method,
     headers: &'a HeaderMap,
+    /// The server is in audit mode: what is recorded is what Warden would do.
+    audit: bool,
 }
 
 impl Refuser<'_> {
@@ -269,6 +341,7 @@ impl Refuser<'_> {
                     reason,
                     policies: &[],
                     shadow: None,
+                    audit: self.audit,
                 };
                 record::record(&shared.outbox, caller.arrived, caller.via, self.headers, trace, decision);
             }
@@ -286,6 +359,7 @@ impl Refuser<'_> {
                     via: caller.via,
                     latency_micros: caller.arrived.elapsed().as_micros() as u64,
                     trace_id,
+                    audit: self.audit,
                 });
             }
             None => {}
@@ -404,6 +478,8 @@ struct Decider {
     via: &'static str,
     outbox: Arc<crate::decisions::Outbox>,
     trace: Option<(TraceContext, Arc<Mutex<Facts>>)>,
+    /// The server is in audit mode: decisions are recorded as what Warden would do.
+    audit: bool,
 }
 
 impl Decider {
@@ -462,6 +538,7 @@ impl Decider {
             reason,
             policies: &policies,
             shadow: shadow.as_ref(),
+            audit: self.audit,
         };
         record::record(&self.outbox, self.arrived, self.via, headers, self.trace.as_ref().map(|(t, _)| t), decision);
     }

@@ -86,6 +86,56 @@ fn withheld(name: &HeaderName) -> bool {
         || name.as_str().starts_with("x-forwarded-")
 }
 
+/// What audit mode passes on beyond hop-by-hop headers: everything the caller sent, its
+/// credentials included (the upstream still checks them itself), except `Host`, the framing
+/// hyper redoes, and `X-Warden-*` (which an upstream behind Warden must be able to trust).
+fn passed_through(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "expect"
+    ) && !name.as_str().starts_with(IDENTITY_PREFIX)
+}
+
+/// The request to send upstream for a server in audit mode: as the caller sent it.
+pub fn passthrough(
+    upstream: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    let uri: http::Uri =
+        upstream.parse().map_err(|source| UpstreamError::Uri { upstream: upstream.to_string(), source })?;
+    if uri.scheme_str() != Some("http") {
+        return Err(UpstreamError::Scheme(upstream.to_string()));
+    }
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    for (name, value) in headers {
+        if passed_through(name) && !named.iter().any(|n| n == name.as_str()) {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    Ok(request)
+}
+
 /// The request to send upstream for an allowed one.
 pub fn request(
     upstream: &str,

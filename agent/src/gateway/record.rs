@@ -25,6 +25,9 @@ pub(crate) struct Decision<'a> {
     pub policies: &'a [String],
     /// What the server's shadow policies would have decided, when otherwise.
     pub shadow: Option<&'a Shadow>,
+    /// The server is in audit mode: the request is forwarded whatever `allowed` says, which is
+    /// what Warden would have decided.
+    pub audit: bool,
 }
 
 /// The longest method name a record keeps, in bytes.
@@ -76,7 +79,7 @@ pub(crate) fn record(
         target: bounded(target, MAX_NAME),
         subject: bounded(workload.map_or("", |w| &w.subject), MAX_NAME),
         issuer: bounded(workload.map_or("", |w| &w.issuer), MAX_NAME),
-        decision: if decision.allowed { pb::Decision::Allow } else { pb::Decision::Deny },
+        decision: if decision.allowed || decision.audit { pb::Decision::Allow } else { pb::Decision::Deny },
         reason: decision.reason,
         policies: decision.policies,
         latency_micros: Instant::now().saturating_duration_since(arrived).as_micros() as u64,
@@ -90,6 +93,11 @@ pub(crate) fn record(
         source: "",
         shadow: decision.shadow.map_or("", Shadow::code),
         shadow_policies: decision.shadow.map_or(&[], |s| &s.policies[..]),
+        audit: match (decision.audit, decision.allowed) {
+            (false, _) => "",
+            (true, true) => "would_allow",
+            (true, false) => "would_deny",
+        },
     });
 }
 

@@ -34,6 +34,8 @@ struct Key {
     method: String,
     source: IpAddr,
     via: &'static str,
+    /// The server was in audit mode: the request was forwarded all the same.
+    audit: bool,
 }
 
 struct Tally {
@@ -60,6 +62,8 @@ pub(crate) struct Refusal<'a> {
     pub via: &'static str,
     pub latency_micros: u64,
     pub trace_id: &'a str,
+    /// The server is in audit mode: the request is forwarded, and this is what Warden would do.
+    pub audit: bool,
 }
 
 impl Refusals {
@@ -73,6 +77,7 @@ impl Refusals {
             method: refusal.method[..refusal.method.floor_char_boundary(16)].to_string(),
             source: refusal.source,
             via: refusal.via,
+            audit: refusal.audit,
         };
         if tallies.len() >= MAX_TALLIES && !tallies.contains_key(&key) {
             key.source = ELSEWHERE;
@@ -95,7 +100,9 @@ impl Refusals {
                 time_unix_nanos: tally.first_unix_nanos,
                 server: &key.server,
                 method: &key.method,
-                decision: pb::Decision::Deny,
+                // In audit mode the requests went through: what Warden would do is `audit`.
+                decision: if key.audit { pb::Decision::Allow } else { pb::Decision::Deny },
+                audit: if key.audit { "would_deny" } else { "" },
                 reason: &key.reason,
                 latency_micros: tally.latency_micros,
                 trace_id: &tally.trace_id,
@@ -134,6 +141,7 @@ mod tests {
             via: "gateway",
             latency_micros: 3,
             trace_id: "",
+            audit: false,
         }
     }
 

@@ -116,6 +116,7 @@ impl ExchangeLog {
             // Exchanges are put to the enforced policies only.
             shadow: String::new(),
             shadow_policies: Vec::new(),
+            audit: String::new(),
         };
         if unverified {
             let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
