@@ -213,10 +213,8 @@ struct Session {
     sent: Sent,
     /// Messages decided before the next poll (the fleet keys and the answer to Hello).
     pending: VecDeque<Out>,
-    /// The newest findings report not stored yet, and when it may be (one write per
-    /// [`inventory::WRITE_INTERVAL`]).
-    findings: Option<pb::Findings>,
-    findings_due: tokio::time::Instant,
+    /// Findings reports on their way to the store, one write per [`inventory::WRITE_INTERVAL`].
+    findings: inventory::Paced<pb::Findings>,
 }
 
 impl Session {
@@ -250,8 +248,7 @@ impl Session {
             superseded,
             sent,
             pending,
-            findings: None,
-            findings_due: tokio::time::Instant::now(),
+            findings: inventory::Paced::new(inventory::WRITE_INTERVAL, tokio::time::Instant::now()),
         }
     }
 
@@ -280,9 +277,8 @@ impl Session {
                             return self.store_decisions(batch).await;
                         }
                         Ok(Some(pb::AgentMessage { message: Some(In::Findings(report)) })) => {
-                            self.findings = Some(report);
-                            if self.findings_due <= tokio::time::Instant::now() {
-                                self.store_findings().await;
+                            if let Some(report) = self.findings.offer(report, tokio::time::Instant::now()) {
+                                self.store_findings(report).await;
                             }
                             continue;
                         }
@@ -292,8 +288,10 @@ impl Session {
                         return Some(reply);
                     }
                 }
-                () = tokio::time::sleep_until(self.findings_due), if self.findings.is_some() => {
-                    self.store_findings().await;
+                () = sleep_until_some(self.findings.deadline()) => {
+                    if let Some(report) = self.findings.take(tokio::time::Instant::now()) {
+                        self.store_findings(report).await;
+                    }
                 }
                 _ = self.heartbeat.tick() => {
                     let version = self.service.configuration.version();
@@ -344,11 +342,9 @@ impl Session {
         }
     }
 
-    /// Stores the pending findings report (a refused or failed one is logged and dropped: the
-    /// agent sends its set again after its next scan or reconnect).
-    async fn store_findings(&mut self) {
-        let Some(report) = self.findings.take() else { return };
-        self.findings_due = tokio::time::Instant::now() + inventory::WRITE_INTERVAL;
+    /// Stores a findings report (a refused or failed one is logged and dropped: the agent sends
+    /// its set again after its next scan or reconnect).
+    async fn store_findings(&self, report: pb::Findings) {
         let now = crate::now_unix_ms() / 1000;
         match self.service.inventory.record(&self.agent, &report, now).await {
             Ok(changes) => {
@@ -401,6 +397,14 @@ impl Session {
             }
         }
         Some(None)
+    }
+}
+
+/// Sleeps until `deadline`; never wakes without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -81,6 +81,44 @@ pub struct Changes {
     pub open: usize,
 }
 
+/// One agent's reports on their way to the store: at most one write per `interval`; a report
+/// that arrives sooner waits, and a newer one replaces it (each report is the complete set, so
+/// only the newest matters).
+pub struct Paced<T> {
+    waiting: Option<T>,
+    due: tokio::time::Instant,
+    interval: Duration,
+}
+
+impl<T> Paced<T> {
+    /// Nothing waiting; the first report may be written at once.
+    pub fn new(interval: Duration, now: tokio::time::Instant) -> Paced<T> {
+        Paced { waiting: None, due: now, interval }
+    }
+
+    /// Offers a report at `now`: returned when it may be written now (the next slot is then
+    /// `interval` away), kept (replacing any waiting one) otherwise.
+    pub fn offer(&mut self, report: T, now: tokio::time::Instant) -> Option<T> {
+        self.waiting = Some(report);
+        self.take(now)
+    }
+
+    /// The waiting report, if its slot has come.
+    pub fn take(&mut self, now: tokio::time::Instant) -> Option<T> {
+        if now < self.due {
+            return None;
+        }
+        let report = self.waiting.take()?;
+        self.due = now + self.interval;
+        Some(report)
+    }
+
+    /// When the waiting report may be written, if one waits.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.waiting.as_ref().map(|_| self.due)
+    }
+}
+
 /// The inventory of every host's findings.
 pub struct Inventory {
     configuration: Arc<Configuration>,
@@ -363,6 +401,24 @@ mod tests {
         }
         let many = vec![ok; MAX_FINDINGS_PER_HOST * 5 + 1];
         assert!(matches!(check(&report(many, false)), Err(ReportError::TooMany { .. })));
+    }
+
+    #[test]
+    fn reports_are_written_at_most_once_per_interval_the_newest_kept() {
+        let start = tokio::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut paced = Paced::new(WRITE_INTERVAL, start);
+        assert_eq!(paced.offer(1, at(0)), Some(1), "the first goes at once");
+        // A burst within the interval: nothing written, only the newest waits.
+        for (i, ms) in [(2, 10), (3, 2_000), (4, 9_999)] {
+            assert_eq!(paced.offer(i, at(ms)), None);
+        }
+        assert_eq!(paced.deadline(), Some(at(10_000)));
+        assert_eq!(paced.take(at(9_999)), None);
+        assert_eq!(paced.take(at(10_000)), Some(4), "the newest, when its slot comes");
+        assert_eq!(paced.deadline(), None);
+        assert_eq!(paced.offer(5, at(15_000)), None, "the next slot is an interval after the last write");
+        assert_eq!(paced.take(at(20_000)), Some(5));
     }
 
     #[test]
