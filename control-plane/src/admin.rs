@@ -306,6 +306,39 @@ impl pb::admin_service_server::AdminService for AdminService {
         Ok(Response::new(answer))
     }
 
+    async fn scorecard(
+        &self,
+        request: Request<pb::ScorecardRequest>,
+    ) -> Result<Response<pb::ScorecardResponse>, Status> {
+        self.actor(&request).await?;
+        let since = request.into_inner().since_unix_nanos;
+        let decisions = self.telemetry.decisions().clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut tally = crate::scorecard::Tally::since(since);
+            let truncated = decisions.visit_all(crate::scorecard::MAX_RECORDS, |r| tally.add(r))?;
+            Ok::<_, crate::telemetry::decisions::DecisionError>((tally, truncated))
+        });
+        let (tally, truncated) =
+            read.await.map_err(|e| Status::internal(e.to_string()))?.map_err(|e| Status::internal(e.to_string()))?;
+        let findings = self
+            .configuration
+            .store()
+            .findings()
+            .await
+            .map_err(|e| Status::unavailable(format!("the findings cannot be read: {e}")))?;
+        let now = crate::now_unix_ms() / 1000;
+        let state = self.configuration.current();
+        let audit = state
+            .resources
+            .iter()
+            .filter_map(|(key, entry)| match &entry.document.spec {
+                warden_core::resource::Spec::McpServer(s) if s.in_audit(now) => Some(key.name.clone()),
+                _ => None,
+            })
+            .collect();
+        Ok(Response::new(tally.finish(&findings, audit, truncated)))
+    }
+
     async fn list_decisions(
         &self,
         request: Request<pb::ListDecisionsRequest>,

@@ -806,3 +806,38 @@ spec:
     );
     assert!(fleet.agent().status()["auditServers"].as_object().is_some_and(|o| o.is_empty()));
 }
+
+#[test]
+fn the_scorecard_counts_exactly_what_the_fleet_did() {
+    let fleet = Fleet::start(&[]);
+    let alice = fleet.token("alice", "jti-card-1", -5, 300); // lives 305 s
+    let bob = fleet.token("bob", "jti-card-2", -5, 3_595); // lives an hour
+    let expired = fleet.token("carol", "jti-card-3", -600, -300);
+    fleet.call(Some(&alice), "echo");
+    fleet.call(Some(&alice), "echo");
+    fleet.call(Some(&alice), "delete_repository"); // denied by policy, on a validated token
+    fleet.call(Some(&bob), "echo");
+    assert_eq!(fleet.call(None, "echo"), 401);
+    assert_eq!(fleet.call(Some(&expired), "echo"), 401);
+    fleet.wait_for_decisions(6);
+    let card = fleet.cp.ctl_json(&["scorecard", "--since", "1h"]);
+    assert_eq!(
+        card["requests"],
+        json!({"total": 6, "validated": 4, "audited": 0, "bridged": 0, "refused": 2}),
+        "{card}"
+    );
+    assert_eq!(
+        card["tokenLifetimes"],
+        json!({"decisions": 4, "p50Seconds": 305, "p95Seconds": 3600, "maxSeconds": 3600, "atMost15m": 3}),
+        "{card}"
+    );
+    // The agent scanned nothing (the harness keeps it off the machine's homes) and said so.
+    assert_eq!(card["secrets"]["open"], 0);
+    wait_for_or(
+        "the agent's (empty) scan report",
+        || fleet.agent().log_text(),
+        || (fleet.cp.ctl_json(&["scorecard"])["secrets"]["hostsScanned"] == 1).then_some(()),
+    );
+    let table = fleet.cp.ctl_ok(&["scorecard", "--since", "1h"]);
+    assert!(table.contains("6 requests: 66.7% on a validated token"), "{table}");
+}

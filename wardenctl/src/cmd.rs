@@ -11,3 +11,4 @@ pub mod history;
 pub mod join_token;
 pub mod operator_cert;
 pub mod revoke;
+pub mod scorecard;

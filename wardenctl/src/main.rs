@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use cmd::{
     apply::Apply, decisions::Decisions, delete::Delete, diff::Diff, get::Get, history::History, join_token::JoinToken,
-    operator_cert::OperatorCert, revoke::Revoke,
+    operator_cert::OperatorCert, revoke::Revoke, scorecard::Scorecard,
 };
 
 /// Warden operators' CLI.
@@ -98,6 +98,7 @@ enum Command {
     Decisions(Decisions),
     Revoke(Revoke),
     History(History),
+    Scorecard(Scorecard),
 }
 
 /// Writes to standard output; a closed pipe ends the process with the status a shell reports
@@ -139,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decisions(decisions) => decisions.run(&target, format).await,
         Command::Revoke(revoke) => revoke.run(&target).await,
         Command::History(history) => history.run(&target, format).await,
+        Command::Scorecard(scorecard) => scorecard.run(&target, format).await,
     }
 }
 

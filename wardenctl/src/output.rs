@@ -275,6 +275,71 @@ pub fn findings(response: &pb::ListFindingsResponse, format: Format) -> anyhow::
     Ok(())
 }
 
+/// `scorecard`.
+pub fn scorecard(card: &pb::ScorecardResponse, format: Format) -> anyhow::Result<()> {
+    let share = |n: u64| if card.requests == 0 { 0.0 } else { 100.0 * n as f64 / card.requests as f64 };
+    if format != Format::Table {
+        let value = json!({
+            "sinceUnixNanos": card.since_unix_nanos,
+            "secrets": {
+                "open": card.secrets_open, "new": card.secrets_new, "resolved": card.secrets_resolved,
+                "openByKind": card.secrets_open_by_kind, "hostsScanned": card.hosts_scanned,
+            },
+            "tokenLifetimes": {
+                "decisions": card.token_decisions, "p50Seconds": card.lifetime_p50_seconds,
+                "p95Seconds": card.lifetime_p95_seconds, "maxSeconds": card.lifetime_max_seconds,
+                "atMost15m": card.lifetime_at_most_15m,
+            },
+            "requests": {
+                "total": card.requests, "validated": card.validated, "audited": card.audited,
+                "bridged": card.bridged, "refused": card.refused,
+            },
+            "serversInAudit": card.servers_in_audit,
+            "recordsRead": card.records_read,
+            "truncated": card.truncated,
+        });
+        return emit(&value, format);
+    }
+    let window = if card.since_unix_nanos == 0 {
+        "everything stored".to_string()
+    } else {
+        format!("since {}", rfc3339(card.since_unix_nanos))
+    };
+    println!("Secretless scorecard ({window})\n");
+    let mut kinds: Vec<String> = card.secrets_open_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    kinds.sort();
+    println!(
+        "Stored secrets       {} open on {} hosts scanned; {} new, {} resolved in the window",
+        card.secrets_open, card.hosts_scanned, card.secrets_new, card.secrets_resolved
+    );
+    if !kinds.is_empty() {
+        println!("                     by kind: {}", kinds.join(", "));
+    }
+    let short = if card.token_decisions == 0 {
+        0.0
+    } else {
+        100.0 * card.lifetime_at_most_15m as f64 / card.token_decisions as f64
+    };
+    println!(
+        "Token lifetimes      p50 {}s, p95 {}s, max {}s over {} decisions; {short:.1}% at most 15 min",
+        card.lifetime_p50_seconds, card.lifetime_p95_seconds, card.lifetime_max_seconds, card.token_decisions
+    );
+    println!(
+        "Claim validation     {} requests: {:.1}% on a validated token, {:.1}% in audit mode, {:.1}% through a bridge, {:.1}% refused",
+        card.requests,
+        share(card.validated),
+        share(card.audited),
+        share(card.bridged),
+        share(card.refused)
+    );
+    let audit = if card.servers_in_audit.is_empty() { "none".to_string() } else { card.servers_in_audit.join(", ") };
+    println!("Servers in audit     {audit}");
+    if card.truncated {
+        println!("\n(only the first {} decision records were read)", card.records_read);
+    }
+    Ok(())
+}
+
 /// `join-token create`.
 pub fn join_token(response: &pb::CreateJoinTokenResponse, format: Format) -> anyhow::Result<()> {
     if format == Format::Table {

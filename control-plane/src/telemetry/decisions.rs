@@ -243,6 +243,23 @@ impl Decisions {
     }
 }
 
+impl Decisions {
+    /// Calls `visit` with every stored record, oldest first, at most `max`; whether it stopped
+    /// at `max` (blocking: call from `spawn_blocking`).
+    pub fn visit_all(&self, max: usize, mut visit: impl FnMut(&pb::DecisionRecord)) -> Result<bool, DecisionError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let mut read = 0usize;
+        visit_from(&txn, 0, |stored| {
+            if let Some(record) = &stored.record {
+                visit(record);
+            }
+            read += 1;
+            read < max
+        })?;
+        Ok(read >= max)
+    }
+}
+
 fn counter(counters: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, DecisionError> {
     Ok(counters.get(name).map_err(db_err)?.map_or(0, |v| v.value()))
 }
