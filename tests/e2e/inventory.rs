@@ -42,7 +42,7 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
     // Outside the fleet's directory, so the search for values below covers only what Warden
     // wrote: the corpus itself holds them, of course.
     let hosts = tempfile::tempdir().expect("corpus dir");
-    let corpus = warden_scan::corpus::generate(rand::random(), 1);
+    let corpus = warden_scan_corpus::generate(rand::random(), 1);
     corpus.write(hosts.path()).expect("write corpus");
     let root = hosts.path().to_str().expect("utf-8 path").to_string();
     let mut fleet =

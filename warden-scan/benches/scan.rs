@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use warden_scan::{FingerprintKey, Limits, Scanner, corpus};
+use warden_scan::{FingerprintKey, Limits, Scanner};
+use warden_scan_corpus as corpus;
 
 /// Hosts in the corpus: 18 files each.
 const HOSTS: usize = 10;

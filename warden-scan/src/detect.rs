@@ -9,20 +9,30 @@
 //! 3. `named` applied to names *inside* the string (`pairs`): `--api-key=VALUE`, `KEY=VALUE`,
 //!    `--token VALUE`, `Authorization: Bearer VALUE`, `?api_key=VALUE`, `Password=VALUE;`.
 //!
+//! A value under an `Authorization` name, or `<scheme> <credential>` under any name that says
+//! header (`AUTH_HEADER=Bearer …`, as mcp-remote is configured), is judged as an Authorization
+//! header's; anything else under a name by the secret-name rule.
+//!
 //! Where two hits overlap, the more specific one is kept (`Rank`): `Bearer ghp_…` is a GitHub
 //! token, not an Authorization header; `API_KEY=sk-ant-…` an Anthropic key, not a generic secret.
+//!
+//! Bounded per field whatever the string holds (`Candidates`, `MAX_HITS_PER_FIELD`), with
+//! overlaps resolved in O(n log n); offsets are computed from the text, so every range is taken
+//! with `get`, never a slice that could panic (and print the string).
 
 mod known;
 mod named;
+mod pem;
 mod placeholder;
 mod shape;
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
 
 use crate::Kind;
 use crate::fields::Field;
 
-pub(crate) use known::pem_fingerprint_input;
-#[cfg(feature = "corpus")]
-pub(crate) use known::{base62_6, crc32};
+pub(crate) use pem::pem_fingerprint_input;
 
 /// A credential inside a field's value: `value[start..end]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,24 +61,84 @@ pub(crate) enum Rank {
 /// Shortest string that can hold anything reported: a URL with a 6-character password is longer.
 const MIN_FIELD_LEN: usize = 8;
 
+/// Credentials reported per field at most. A real field holds one, an argument list joined into
+/// one `command` string a few; a string of thousands of key-shaped words (hostile, or expanded
+/// by YAML aliases) stops here, and the scan says it was cut short.
+pub(crate) const MAX_HITS_PER_FIELD: usize = 100;
+
+/// Candidates collected per field before overlaps are resolved: one credential can be found by
+/// several sources (its format, its name, an `Authorization` header), so more than are kept.
+const MAX_CANDIDATES_PER_FIELD: usize = 4 * MAX_HITS_PER_FIELD;
+
+/// The credentials of one field.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Detected {
+    /// In string order, none overlapping, at most `MAX_HITS_PER_FIELD`.
+    pub(crate) hits: Vec<Hit>,
+    /// The field held more than the bounds let through: some were not looked at or dropped.
+    pub(crate) truncated: bool,
+}
+
+/// Hits found in one field so far, before overlaps are resolved; bounded, so a hostile string
+/// costs at most `MAX_CANDIDATES_PER_FIELD` hits of memory whatever it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Candidates {
+    hits: Vec<Hit>,
+    full: bool,
+}
+
+impl Candidates {
+    /// Adds `hit`, unless the bound is reached (then `is_full`).
+    pub(crate) fn push(&mut self, hit: Hit) {
+        if self.hits.len() < MAX_CANDIDATES_PER_FIELD {
+            self.hits.push(hit);
+        } else {
+            self.full = true;
+        }
+    }
+
+    /// The bound was reached: sources stop looking.
+    pub(crate) fn is_full(&self) -> bool {
+        self.full
+    }
+
+    #[cfg(test)]
+    pub(crate) fn as_slice(&self) -> &[Hit] {
+        &self.hits
+    }
+}
+
 /// The credentials in `field`'s value, in order, none overlapping.
-pub(crate) fn detect(field: &Field<'_, '_>) -> Vec<Hit> {
+pub(crate) fn detect(field: &Field<'_, '_>) -> Detected {
     let value = field.value;
-    let mut hits = Vec::new();
     if value.len() < MIN_FIELD_LEN {
-        return hits;
+        return Detected::default();
     }
-    known::scan(value, field.service_account, &mut hits);
+    let mut candidates = Candidates::default();
+    known::scan(value, field.service_account, &mut candidates);
     if let Some(name) = field.name {
-        named_value(name, value, 0, &mut hits);
+        named_value(name, value, 0, &mut candidates);
     }
-    pairs(value, &mut |name, start, end| named_value(name, &value[start..end], start, &mut hits));
-    resolve(hits)
+    pairs(value, &mut |name, start, end| {
+        // Offsets are computed from the text; a wrong one must skip the value, never panic: a
+        // string-slicing panic message quotes the string, which here is a secret.
+        if let Some(inner) = value.get(start..end)
+            && !candidates.is_full()
+        {
+            named_value(name, inner, start, &mut candidates);
+        }
+    });
+    let mut hits = resolve(candidates.hits);
+    let truncated = candidates.full || hits.len() > MAX_HITS_PER_FIELD;
+    hits.truncate(MAX_HITS_PER_FIELD);
+    Detected { hits, truncated }
 }
 
 /// Judges `value` (at `offset` in the field) as the value of `name`.
-fn named_value(name: &str, value: &str, offset: usize, hits: &mut Vec<Hit>) {
-    if named::is_authorization(name) {
+fn named_value(name: &str, value: &str, offset: usize, hits: &mut Candidates) {
+    // `AUTH_HEADER=Bearer …` (how mcp-remote is configured), `--header "Token …"`: a header's
+    // value with a scheme is judged as an `Authorization` header whatever the header's name.
+    if named::is_authorization(name) || (named::is_header_name(name) && named::has_auth_scheme(value)) {
         named::authorization(value, offset, hits);
     } else {
         named::check(name, value, offset, hits);
@@ -76,16 +146,25 @@ fn named_value(name: &str, value: &str, offset: usize, hits: &mut Vec<Hit>) {
 }
 
 /// Keeps, of overlapping hits, the most specific; returns them in string order.
+///
+/// Hits are taken most specific first (then leftmost, then longest) and kept unless they overlap
+/// one already kept. Kept hits never overlap, so ordered by start they are ordered by end too: a
+/// new hit can only overlap the kept hit that starts last before its end, one ordered-map lookup.
+/// O(n log n), where comparing each hit with every kept one was O(n²) on hostile strings.
 fn resolve(mut hits: Vec<Hit>) -> Vec<Hit> {
-    hits.sort_by_key(|h| (h.rank, h.start, std::cmp::Reverse(h.end)));
-    let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
+    // Stable: among hits of equal rank and span, the first source's kind wins.
+    hits.sort_by_key(|h| (h.rank, h.start, Reverse(h.end)));
+    let mut kept: BTreeMap<usize, Hit> = BTreeMap::new();
     for hit in hits {
-        if !kept.iter().any(|k| k.start < hit.end && hit.start < k.end) {
-            kept.push(hit);
+        if hit.start >= hit.end {
+            continue;
+        }
+        let overlaps = kept.range(..hit.end).next_back().is_some_and(|(_, k)| k.end > hit.start);
+        if !overlaps {
+            kept.insert(hit.start, hit);
         }
     }
-    kept.sort_by_key(|h| h.start);
-    kept
+    kept.into_values().collect()
 }
 
 /// Calls `emit(name, start, end)` for every named value inside `value`.
@@ -101,9 +180,11 @@ fn pairs(value: &str, emit: &mut dyn FnMut(&str, usize, usize)) {
         for segment in value.split(';') {
             if let Some((k, v)) = segment.split_once('=') {
                 let key = k.trim();
-                let start = at + k.len() + 1 + (v.len() - v.trim_start().len());
-                if !key.is_empty() {
-                    emit(key, start, at + k.len() + 1 + v.trim_end().len());
+                let trimmed = v.trim();
+                // `Encrypt= ;`: nothing to judge (and no range to compute from it).
+                if !key.is_empty() && !trimmed.is_empty() {
+                    let start = at + k.len() + 1 + (v.len() - v.trim_start().len());
+                    emit(key, start, start + trimmed.len());
                 }
             }
             at += segment.len() + 1;
@@ -157,8 +238,9 @@ fn is_assignment_key(k: &str) -> bool {
 fn query_params(url: &str, offset: usize, emit: &mut dyn FnMut(&str, usize, usize)) {
     let Some(q) = url.find('?') else { return };
     let query_end = url.find('#').filter(|&h| h > q).unwrap_or(url.len());
+    let Some(query) = url.get(q + 1..query_end) else { return };
     let mut at = q + 1;
-    for pair in url[q + 1..query_end].split('&') {
+    for pair in query.split('&') {
         if let Some((k, _)) = pair.split_once('=') {
             emit(k, offset + at + k.len() + 1, offset + at + pair.len());
         }
@@ -172,33 +254,21 @@ fn words(value: &str) -> Vec<(usize, &str)> {
     let mut start = None;
     for (i, c) in value.char_indices() {
         if c.is_whitespace() {
-            if let Some(s) = start.take() {
-                out.push((s, &value[s..i]));
+            if let Some(word) = start.take().and_then(|s| Some((s, value.get(s..i)?))) {
+                out.push(word);
             }
         } else if start.is_none() {
             start = Some(i);
         }
     }
-    if let Some(s) = start {
-        out.push((s, &value[s..]));
+    if let Some(word) = start.and_then(|s| Some((s, value.get(s..)?))) {
+        out.push(word);
     }
     out
 }
 
-/// Detection over a bare name and value, for other modules' tests.
 #[cfg(test)]
-pub(crate) mod tests_support {
-    use super::*;
-
-    /// The kinds and secret texts `detect` finds in `value` under `name`.
-    pub(crate) fn detect_value(name: &str, value: &str) -> Vec<(Kind, String)> {
-        let field = Field { path: &[], server: None, name: Some(name), value, line: None, service_account: false };
-        detect(&field).iter().map(|h| (h.kind, value[h.start..h.end].to_string())).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn field<'a>(name: Option<&'a str>, value: &'a str) -> Field<'a, 'a> {
@@ -206,7 +276,7 @@ mod tests {
     }
 
     fn found(name: Option<&str>, value: &str) -> Vec<(Kind, String)> {
-        detect(&field(name, value)).iter().map(|h| (h.kind, value[h.start..h.end].to_string())).collect()
+        detect(&field(name, value)).hits.iter().map(|h| (h.kind, value[h.start..h.end].to_string())).collect()
     }
 
     const R: &str = "q8Zr2LmX0pVb7NcT4yWe";
@@ -267,5 +337,114 @@ mod tests {
         ] {
             assert_eq!(found(Some(name), value), [], "{name}={value}");
         }
+    }
+
+    #[test]
+    fn blank_connection_string_values_do_not_panic() {
+        // A segment whose value is only whitespace once gave `start > end`, and the slice panic
+        // printed the whole string, password included, to stderr.
+        let password = "Hunter2Secret!";
+        let g = vec![(Kind::GenericSecret, password.to_string())];
+        for value in [
+            "Server=db;Password=Hunter2Secret!;Encrypt= ;",
+            "Server=db;Password=Hunter2Secret!;Encrypt= ",
+            "Server=db;Password=Hunter2Secret!;Encrypt=\t\u{3000};",
+            "Server=db; = ;Password=Hunter2Secret!;=;;Encrypt=",
+        ] {
+            assert_eq!(found(None, value), g, "{value:?}");
+        }
+        let mut seen = Vec::new();
+        pairs("A= ;B=\u{3000};C=x ;", &mut |name, start, end| seen.push((name.to_string(), start, end)));
+        assert_eq!(seen, [("C".to_string(), 12, 13)]);
+    }
+
+    #[test]
+    fn overlaps_resolve_to_the_most_specific() {
+        let hit = |rank, start, end| Hit { kind: Kind::GenericSecret, start, end, rank };
+        let got = resolve(vec![
+            hit(Rank::Generic, 0, 10),
+            hit(Rank::Format, 2, 5),
+            hit(Rank::Header, 4, 12),
+            hit(Rank::Url, 12, 14),
+            hit(Rank::Named, 20, 30),
+            hit(Rank::Generic, 29, 31),
+            hit(Rank::Generic, 31, 40),
+            hit(Rank::Format, 7, 7),
+        ]);
+        assert_eq!(
+            got,
+            [hit(Rank::Format, 2, 5), hit(Rank::Url, 12, 14), hit(Rank::Named, 20, 30), hit(Rank::Generic, 31, 40)]
+        );
+    }
+
+    #[test]
+    fn hits_per_field_are_bounded() {
+        // Thousands of key-shaped words in one string: at most `MAX_HITS_PER_FIELD`, and said so.
+        let keys: Vec<String> = (0..5_000u32).map(aws_key).collect();
+        let value = keys.join(" ");
+        let detected = detect(&field(Some("args"), &value));
+        assert_eq!(detected.hits.len(), MAX_HITS_PER_FIELD);
+        assert!(detected.truncated);
+        assert!(detected.hits.iter().all(|h| h.kind == Kind::AwsAccessKeyId));
+        let few = keys[..3].join(" ");
+        let detected = detect(&field(Some("args"), &few));
+        assert_eq!((detected.hits.len(), detected.truncated), (3, false));
+    }
+
+    #[test]
+    fn header_values_with_a_scheme_are_authorization_headers() {
+        // mcp-remote's README: `"env": {"AUTH_HEADER": "Bearer <token>"}`.
+        let header = |s: &str| vec![(Kind::AuthorizationHeader, s.to_string())];
+        assert_eq!(found(Some("AUTH_HEADER"), &format!("Bearer {R}")), header(R));
+        assert_eq!(found(Some("authHeader"), &format!("Token {R}")), header(R));
+        assert_eq!(found(Some("CUSTOM_HEADERS"), &format!("Bot {R}")), header(R));
+        assert_eq!(found(Some("--header"), &format!("Basic {R}")), header(R));
+        // The specific kind still wins; references and bare values under a header name do not count.
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.c2lnbmF0dXJlX2J5dGVzXzEyMzQ1Njc4OQ";
+        assert_eq!(found(Some("AUTH_HEADER"), &format!("Bearer {jwt}")), vec![(Kind::Jwt, jwt.to_string())]);
+        assert_eq!(found(Some("AUTH_HEADER"), "Bearer ${MCP_TOKEN}"), []);
+        assert_eq!(found(Some("AUTH_HEADER"), R), []);
+        assert_eq!(found(Some("HEADER_NAME"), &format!("Bearer {R}")), []);
+    }
+
+    #[test]
+    fn supabase_public_keys_are_not_reported() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = |role: &str| {
+            let claims =
+                format!(r#"{{"iss":"supabase","ref":"abcdefghijklmnopqrst","role":"{role}","iat":1700000000}}"#);
+            format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}.{R}{R}", URL_SAFE_NO_PAD.encode(claims))
+        };
+        let anon = jwt("anon");
+        for (name, value) in [
+            ("SUPABASE_ANON_KEY", anon.clone()),
+            ("SUPABASE_KEY", anon.clone()),
+            ("apikey", anon.clone()),
+            ("Authorization", format!("Bearer {anon}")),
+            ("args", format!("--supabase-key={anon}")),
+            ("SUPABASE_KEY", "sb_publishable_Qx7Lm2Rt9VbN4cW8yEz1Ka_3Hj6pDs0F".to_string()),
+            ("Authorization", "Bearer sb_publishable_Qx7Lm2Rt9VbN4cW8yEz1Ka_3Hj6pDs0F".to_string()),
+        ] {
+            assert_eq!(found(Some(name), &value), [], "{name}={value}");
+        }
+        let service = jwt("service_role");
+        assert_eq!(found(Some("SUPABASE_SERVICE_ROLE_KEY"), &service), vec![(Kind::Jwt, service.clone())]);
+        assert_eq!(found(Some("SUPABASE_KEY"), "sb_secret_Qx7Lm2Rt9VbN4cW8yEz1Ka_3Hj6pDs0F").len(), 1);
+    }
+
+    /// A valid-looking AWS access key id, different for every `n`.
+    pub(crate) fn aws_key(n: u32) -> String {
+        const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        let mut x = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xdead_beef_cafe;
+        let body: String = (0..16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(BASE32[(x % 32) as usize])
+            })
+            .collect();
+        format!("AKIA{body}")
     }
 }

@@ -9,12 +9,15 @@
 
 mod env;
 mod json;
+mod lines;
 mod toml;
 mod yaml;
 
 use std::path::Path;
 
 use crate::client::is_env_file_name;
+
+pub(crate) use lines::LineLocator;
 
 /// Deepest nesting of arrays and objects accepted. Real MCP files nest five or six levels;
 /// the bound keeps recursion over hostile input (`[[[[…`) off the end of the stack.
@@ -49,8 +52,9 @@ pub enum FormatError {
         /// 1-based column, or 0 when unknown.
         column: u32,
     },
-    /// A YAML file whose aliases expand to more values than the scanner builds.
-    #[error("expands to too many values")]
+    /// A text longer than `Limits::max_file_bytes` (`Scanner::scan_text`), or a YAML file whose
+    /// aliases expand to more values or bytes than the scanner builds.
+    #[error("too large: longer than the size limit, or expands to too many values")]
     TooLarge,
     /// Arrays and objects nested deeper than the scanner follows.
     #[error("nested deeper than {MAX_DEPTH} levels")]
@@ -89,7 +93,8 @@ pub(crate) struct Document {
     pub(crate) roots: Vec<Node>,
 }
 
-/// A value and the line it starts on, where the parser knows it.
+/// A value and the line it starts on, where the parser knows it (TOML gives lines to strings
+/// only: nothing reads a line of anything else).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Node {
     pub(crate) value: Value,
@@ -147,10 +152,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<(Format, Document), Forma
     }
 }
 
-/// 1-based line and column (in bytes) of byte `offset` in `text`.
+/// 1-based line and column (in bytes) of byte `offset` in `text`: one pass, for one position (a
+/// parse error's). Many positions in one text take `lines::Lines`, built once.
 pub(crate) fn line_column(text: &str, offset: usize) -> (u32, u32) {
     let offset = offset.min(text.len());
-    let before = &text.as_bytes()[..offset];
+    let before = text.as_bytes().get(..offset).unwrap_or_default();
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
     let column = offset - before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
     (saturate(line), saturate(column))

@@ -1,12 +1,16 @@
 //! `Field`: every string of a `Document` together with what detection needs to judge it — the
 //! path to it (the finding's `location`), the MCP server entry it belongs to, and the name it
-//! sits under (its key, or the `--flag` before it in an argument list). Also collects the env
-//! files a configuration points at (`envFile`, `--env-file`), so the scan can follow them.
+//! sits under (its key, or the `--flag` before it in an argument list). `visit` hands each to a
+//! callback, in document order, until the callback says stop. Also collects the env files a
+//! configuration points at (`envFile`, `--env-file`), so the scan can follow them.
 //!
 //! Server entries are recognised by the keys MCP clients keep them under, at any depth (Claude
 //! Code nests `mcpServers` under `projects.<path>`; VS Code's settings under `mcp.servers`).
 
+use std::ops::ControlFlow;
+
 use crate::document::{Document, Node, Value};
+use crate::location::Segment;
 
 /// Keys whose value holds one entry per MCP server: an object keyed by server name, or (Continue)
 /// a list of objects with a `name`.
@@ -15,13 +19,6 @@ const SERVER_CONTAINERS: &[&str] =
 
 /// Keys and flags that name a dotenv file to load.
 const ENV_FILE_KEYS: &[&str] = &["envFile", "env_file", "envfile", "--env-file"];
-
-/// One step of a path into a document.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Segment<'d> {
-    Key(&'d str),
-    Index(usize),
-}
 
 /// One string of a document, with its context.
 #[derive(Debug)]
@@ -46,17 +43,22 @@ pub(crate) struct EnvRef {
     pub(crate) server: Option<String>,
 }
 
-/// Calls `visit` for every string in `document`, in document order, and returns the env files
-/// it references.
-pub(crate) fn walk<'d>(document: &'d Document, visit: &mut dyn FnMut(&Field<'d, '_>)) -> Vec<EnvRef> {
-    let mut walker = Walker { path: Vec::new(), refs: Vec::new(), visit };
+/// Calls `each` for every string in `document`, in document order, until it returns `Break`;
+/// returns the env files referenced by the strings visited.
+pub(crate) fn visit<'d>(
+    document: &'d Document,
+    each: &mut dyn FnMut(&Field<'d, '_>) -> ControlFlow<()>,
+) -> Vec<EnvRef> {
+    let mut visitor = Visitor { path: Vec::new(), refs: Vec::new(), each };
     for root in &document.roots {
-        walker.node(root, Context::default());
+        if visitor.node(root, Context::default()).is_break() {
+            break;
+        }
     }
-    walker.refs
+    visitor.refs
 }
 
-/// What the walk knows about the node it is in.
+/// What the visitor knows about the node it is in.
 #[derive(Clone, Copy, Default)]
 struct Context<'d> {
     server: Option<&'d str>,
@@ -66,14 +68,14 @@ struct Context<'d> {
     service_account: bool,
 }
 
-struct Walker<'d, 'v> {
+struct Visitor<'d, 'v> {
     path: Vec<Segment<'d>>,
     refs: Vec<EnvRef>,
-    visit: &'v mut dyn FnMut(&Field<'d, '_>),
+    each: &'v mut dyn FnMut(&Field<'d, '_>) -> ControlFlow<()>,
 }
 
-impl<'d> Walker<'d, '_> {
-    fn node(&mut self, node: &'d Node, cx: Context<'d>) {
+impl<'d> Visitor<'d, '_> {
+    fn node(&mut self, node: &'d Node, cx: Context<'d>) -> ControlFlow<()> {
         match &node.value {
             Value::String(value) => {
                 let field = Field {
@@ -84,7 +86,7 @@ impl<'d> Walker<'d, '_> {
                     line: node.line,
                     service_account: cx.service_account,
                 };
-                (self.visit)(&field);
+                let flow = (self.each)(&field);
                 let referenced = match value.strip_prefix("--env-file=") {
                     Some(path) => Some(path),
                     None if cx.name.is_some_and(|n| ENV_FILE_KEYS.contains(&n)) => Some(value.as_str()),
@@ -93,14 +95,15 @@ impl<'d> Walker<'d, '_> {
                 if let Some(path) = referenced.filter(|p| !p.is_empty()) {
                     self.refs.push(EnvRef { path: path.to_string(), server: cx.server.map(str::to_string) });
                 }
+                flow
             }
             Value::Object(entries) => self.object(node, entries, cx),
             Value::Array(items) => self.array(items, cx),
-            Value::Other => {}
+            Value::Other => ControlFlow::Continue(()),
         }
     }
 
-    fn object(&mut self, node: &'d Node, entries: &'d [(String, Node)], cx: Context<'d>) {
+    fn object(&mut self, node: &'d Node, entries: &'d [(String, Node)], cx: Context<'d>) -> ControlFlow<()> {
         let service_account = node.get_str("type") == Some("service_account");
         for (key, child) in entries {
             let server = if cx.servers_here { Some(key.as_str()) } else { cx.server };
@@ -112,12 +115,14 @@ impl<'d> Walker<'d, '_> {
                 service_account,
             };
             self.path.push(Segment::Key(key));
-            self.node(child, child_cx);
+            let flow = self.node(child, child_cx);
             self.path.pop();
+            flow?;
         }
+        ControlFlow::Continue(())
     }
 
-    fn array(&mut self, items: &'d [Node], cx: Context<'d>) {
+    fn array(&mut self, items: &'d [Node], cx: Context<'d>) -> ControlFlow<()> {
         let mut previous_flag: Option<&'d str> = None;
         for (index, item) in items.iter().enumerate() {
             let server = if cx.servers_here { item.get_str("name").or(cx.server) } else { cx.server };
@@ -129,13 +134,15 @@ impl<'d> Walker<'d, '_> {
             };
             let item_cx = Context { server, name, servers_here: false, ..cx };
             self.path.push(Segment::Index(index));
-            self.node(item, item_cx);
+            let flow = self.node(item, item_cx);
             self.path.pop();
+            flow?;
             previous_flag = match &item.value {
                 Value::String(s) if is_flag(s) => Some(s.as_str()),
                 _ => None,
             };
         }
+        ControlFlow::Continue(())
     }
 }
 
@@ -144,43 +151,11 @@ fn is_flag(s: &str) -> bool {
     s.starts_with('-') && s.len() > 1 && !s.contains('=') && !s.contains(char::is_whitespace) && s != "--"
 }
 
-/// Renders a path as a finding's `location`: `mcpServers.github.env.GITHUB_TOKEN`,
-/// `mcpServers.x.args[3]`, and keys other than plain names quoted in brackets
-/// (`projects["/home/u/app"].mcpServers`).
-pub(crate) fn render(path: &[Segment<'_>]) -> String {
-    let mut out = String::new();
-    for segment in path {
-        match segment {
-            Segment::Key(key) if is_plain(key) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Key(key) => {
-                out.push('[');
-                out.push_str(&serde_json::Value::String((*key).to_string()).to_string());
-                out.push(']');
-            }
-            Segment::Index(index) => {
-                out.push('[');
-                out.push_str(&index.to_string());
-                out.push(']');
-            }
-        }
-    }
-    out
-}
-
-/// A key written bare in a location.
-fn is_plain(key: &str) -> bool {
-    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::document::{Format, parse_as};
+    use crate::location::render;
 
     #[derive(Debug, PartialEq)]
     struct Seen {
@@ -193,13 +168,14 @@ mod tests {
     fn seen(format: Format, text: &str) -> (Vec<Seen>, Vec<EnvRef>) {
         let doc = parse_as(format, text).unwrap();
         let mut out = Vec::new();
-        let refs = walk(&doc, &mut |f| {
+        let refs = visit(&doc, &mut |f| {
             out.push(Seen {
                 location: render(f.path),
                 server: f.server.map(str::to_string),
                 name: f.name.map(str::to_string),
                 value: f.value.to_string(),
-            })
+            });
+            ControlFlow::Continue(())
         });
         (out, refs)
     }
@@ -257,11 +233,14 @@ mod tests {
     }
 
     #[test]
-    fn rendering() {
-        use Segment::*;
-        assert_eq!(render(&[Key("a"), Index(2), Key("b-c_d")]), "a[2].b-c_d");
-        assert_eq!(render(&[Key("a.b"), Key("x y"), Key("q\"")]), r#"["a.b"]["x y"]["q\""]"#);
-        assert_eq!(render(&[Index(0), Key("k")]), "[0].k");
-        assert_eq!(render(&[Key("")]), r#"[""]"#);
+    fn visiting_stops_when_asked() {
+        let doc = parse_as(Format::Json, r#"{"a": ["1", "2", {"b": "3"}], "c": "4", "envFile": ".env"}"#).unwrap();
+        let mut seen = Vec::new();
+        let refs = visit(&doc, &mut |f| {
+            seen.push(f.value.to_string());
+            if f.value == "2" { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        });
+        assert_eq!(seen, ["1", "2"]);
+        assert!(refs.is_empty());
     }
 }

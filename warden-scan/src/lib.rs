@@ -10,15 +10,17 @@
 //! The pipeline (`scanner`): `walk` picks files within `Limits` → `document` parses JSONC, TOML,
 //! YAML or dotenv into one tree → `fields` visits every string with its path, server entry and
 //! name → `detect` finds credentials by shape (`known` formats) and by name (`named`, with the
-//! entropy and placeholder rules documented there) → `fingerprint` → `Finding`.
+//! entropy and placeholder rules documented there) → `fingerprint` → `Finding`, its `location`
+//! written by `location`.
 //!
-//! The `corpus` feature adds fake credentials of every kind, look-alikes that must not be
-//! reported, and whole configuration trees with ground truth, for tests and benchmarks.
+//! Fake credentials, look-alikes and whole configuration trees with ground truth, for tests and
+//! benchmarks, are the `warden-scan-corpus` crate's: nothing of them is built into this one.
 #![forbid(unsafe_code)]
+// A string-slicing panic prints the string, and the strings here are secrets: slice with `get`.
+// (Tests slice freely: they hold fakes.)
+#![cfg_attr(not(test), deny(clippy::string_slice))]
 
 mod client;
-#[cfg(feature = "corpus")]
-pub mod corpus;
 mod detect;
 mod document;
 mod fields;
@@ -26,6 +28,7 @@ mod finding;
 mod fingerprint;
 mod kind;
 mod limits;
+pub mod location;
 pub mod report;
 mod roots;
 mod scanner;

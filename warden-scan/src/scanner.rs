@@ -1,13 +1,14 @@
 //! `Scanner`: the pipeline from a file's text to its findings, in one function read top to bottom
-//! (`Scanner::scan_document`): parse → walk its strings → detect credentials in each →
+//! (`Scanner::scan_document`): parse → visit its strings → detect credentials in each →
 //! fingerprint → record where. `scan_paths` feeds it files from `walk`.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::detect::{self, pem_fingerprint_input};
-use crate::document::{self, Format, FormatError};
+use crate::document::{self, Format, FormatError, LineLocator};
 use crate::fields::{self, EnvRef};
-use crate::{Client, Finding, FingerprintKey, Kind, Limits, Report};
+use crate::{Client, Finding, FingerprintKey, Kind, Limits, Report, location};
 
 /// Finds credentials in MCP configuration. Holds the fingerprint key and the limits; cheap to
 /// share across threads (`&Scanner` is all a scan needs).
@@ -21,6 +22,8 @@ pub struct Scanner {
 pub(crate) struct Scanned {
     pub(crate) findings: Vec<Finding>,
     pub(crate) env_refs: Vec<EnvRef>,
+    /// A bound cut the file's scan short: the findings budget, or a field's hit limit.
+    pub(crate) truncated: bool,
 }
 
 impl Scanner {
@@ -43,21 +46,28 @@ impl Scanner {
         crate::walk::run(self, paths)
     }
 
-    /// The findings in one file's text. `name` is the file's path: it chooses the format and
-    /// the client and becomes `Finding::file`. Pure: reads nothing from disk (env files the text
-    /// references are followed only by `scan_paths`).
+    /// The findings in one file's text, at most `Limits::max_findings`. `name` is the file's
+    /// path: it chooses the format and the client and becomes `Finding::file`. Pure: reads
+    /// nothing from disk (env files the text references are followed only by `scan_paths`).
+    /// A text longer than `Limits::max_file_bytes` is refused (`FormatError::TooLarge`), as
+    /// `scan_paths` refuses such a file.
     pub fn scan_text(&self, name: &Path, text: &str) -> Result<Vec<Finding>, FormatError> {
-        self.scan_document(name, text, None, None).map(|scanned| scanned.findings)
+        if text.len() as u64 > self.limits.max_file_bytes {
+            return Err(FormatError::TooLarge);
+        }
+        self.scan_document(name, text, None, None, self.limits.max_findings).map(|scanned| scanned.findings)
     }
 
     /// The pipeline. `format` forces a format (an env file referenced under any name);
-    /// `server` is the server entry that referenced this file, if any.
+    /// `server` is the server entry that referenced this file, if any; `budget` is how many
+    /// findings the scan may still keep (the rest of `max_findings`): detection stops there.
     pub(crate) fn scan_document(
         &self,
         name: &Path,
         text: &str,
         format: Option<Format>,
         server: Option<&str>,
+        budget: usize,
     ) -> Result<Scanned, FormatError> {
         // Parse: the format from the name unless forced.
         let (format, document) = match format {
@@ -67,13 +77,21 @@ impl Scanner {
         let client = if format == Format::Env { Client::EnvFile } else { Client::from_path(name) };
         let mut lines = LineLocator::new(text);
         let mut findings = Vec::new();
-        // Walk every string with its context; detect; fingerprint; record.
-        let env_refs = fields::walk(&document, &mut |field| {
-            for hit in detect::detect(field) {
-                let secret = &field.value[hit.start..hit.end];
+        let mut truncated = false;
+        // Visit every string with its context; detect; fingerprint; record; stop at the budget.
+        let env_refs = fields::visit(&document, &mut |field| {
+            let detected = detect::detect(field);
+            truncated |= detected.truncated;
+            for hit in detected.hits {
+                if findings.len() >= budget {
+                    truncated = true;
+                    return ControlFlow::Break(());
+                }
+                // `detect` returns ranges of the value; one that is not is skipped, not sliced.
+                let Some(secret) = field.value.get(hit.start..hit.end) else { continue };
                 findings.push(Finding {
                     file: name.to_path_buf(),
-                    location: fields::render(field.path),
+                    location: location::render(field.path),
                     server: field.server.or(server).map(str::to_string),
                     client,
                     kind: hit.kind,
@@ -82,10 +100,11 @@ impl Scanner {
                     line: field.line.or_else(|| lines.find(secret)),
                 });
             }
+            ControlFlow::Continue(())
         });
         // Env files point at nothing further: no chains to follow.
         let env_refs = if format == Format::Env { Vec::new() } else { env_refs };
-        Ok(Scanned { findings, env_refs })
+        Ok(Scanned { findings, env_refs, truncated })
     }
 
     /// A private key is fingerprinted over its base64 body, so line breaks and escaping do not
@@ -100,82 +119,32 @@ impl Scanner {
     }
 }
 
-/// Finds the line of a secret in a file whose parser gives no lines (YAML). Findings arrive in
-/// file order, so each search starts after the previous match: the same value under two keys
-/// gets two different lines.
-struct LineLocator<'t> {
-    text: &'t str,
-    cursor: usize,
-    line_starts: Option<Vec<usize>>,
-    /// Bytes left to search: a file of thousands of findings whose values are written escaped
-    /// (so never found) must not cost thousands of passes over it.
-    budget: usize,
-}
-
-/// Passes over a file the line search may make in all.
-const LINE_SEARCH_PASSES: usize = 64;
-
-impl<'t> LineLocator<'t> {
-    fn new(text: &'t str) -> Self {
-        LineLocator { text, cursor: 0, line_starts: None, budget: text.len().saturating_mul(LINE_SEARCH_PASSES) }
-    }
-
-    /// Searches `text[from..]` for `needle`, within the budget.
-    fn search(&mut self, from: usize, needle: &str) -> Option<usize> {
-        let rest = self.text.get(from..)?;
-        if self.budget < rest.len() {
-            return None;
-        }
-        let found = rest.find(needle);
-        self.budget -= found.map_or(rest.len(), |p| p + needle.len());
-        found.map(|p| from + p)
-    }
-
-    fn find(&mut self, secret: &str) -> Option<u32> {
-        // The secret up to the first character a writer might escape (a line break, a quote, a
-        // backslash): a PEM block's BEGIN line, a token whole.
-        let end = secret.find(['\n', '\r', '\\', '"', '\t']).unwrap_or(secret.len());
-        let needle = truncate(secret[..end].trim(), 120);
-        if needle.is_empty() {
-            return None;
-        }
-        let at = match self.search(self.cursor, needle) {
-            Some(at) => at,
-            None => self.search(0, needle)?,
-        };
-        self.cursor = at + needle.len();
-        let starts = self.line_starts.get_or_insert_with(|| {
-            std::iter::once(0).chain(self.text.match_indices('\n').map(|(i, _)| i + 1)).collect()
-        });
-        let line = starts.partition_point(|&s| s <= at);
-        Some(document::saturate(line))
-    }
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn scanner(limits: Limits) -> Scanner {
+        Scanner::new(FingerprintKey::new([7; 32]), limits)
+    }
+
     #[test]
-    fn locator_walks_forward() {
-        let text = "a: x\nb: TOKEN\nc: TOKEN\n";
-        let mut l = LineLocator::new(text);
-        assert_eq!(l.find("TOKEN"), Some(2));
-        assert_eq!(l.find("TOKEN"), Some(3));
-        assert_eq!(l.find("TOKEN"), Some(2));
-        assert_eq!(l.find("absent"), None);
-        assert_eq!(truncate("éé", 3), "é");
+    fn the_budget_stops_a_document() {
+        let keys: Vec<String> = (0..40).map(detect::tests::aws_key).collect();
+        let text = serde_json::json!({"env": keys}).to_string();
+        let scanned = scanner(Limits::default()).scan_document(Path::new("mcp.json"), &text, None, None, 25).unwrap();
+        assert_eq!(scanned.findings.len(), 25);
+        assert!(scanned.truncated);
+        let scanned = scanner(Limits::default()).scan_document(Path::new("mcp.json"), &text, None, None, 40).unwrap();
+        assert_eq!((scanned.findings.len(), scanned.truncated), (40, false));
+    }
+
+    #[test]
+    fn scan_text_applies_the_size_limit() {
+        let limits = Limits { max_file_bytes: 16, ..Limits::default() };
+        assert_eq!(
+            scanner(limits).scan_text(Path::new("mcp.json"), "{\"a\": \"0123456789\"}"),
+            Err(FormatError::TooLarge)
+        );
+        assert_eq!(scanner(limits).scan_text(Path::new("mcp.json"), "{\"a\": \"0123\"}"), Ok(Vec::new()));
     }
 }

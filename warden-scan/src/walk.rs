@@ -5,9 +5,14 @@
 //! trees), with every folder and file remembered by (device, inode): a link loop ends at the
 //! second visit, and a file reached twice is scanned once. Depth, entry and file counts bound
 //! the rest, so the walk is finite on any tree.
+//!
+//! Files are read only through `read_regular_file`, which judges the opened handle rather than
+//! the path (a path checked, then swapped for a FIFO, must not block the scan). Env files that a
+//! configuration references are followed only outside the kernel's trees (`KERNEL_FOLDERS`): a
+//! project file must not make the scan read `/proc/self/environ`.
 
 use std::collections::HashSet;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -42,6 +47,14 @@ const SKIPPED_FOLDERS: &[&str] = &[
 
 /// Kernel and device trees under `/`: reading them is at best slow and at worst blocks.
 const SKIPPED_ROOT_FOLDERS: &[&str] = &["/proc", "/sys", "/dev", "/run"];
+
+/// Where an env file reference is never followed: the kernel's views of processes and devices
+/// (`/proc/self/environ` is this process's environment, `/dev/*` are devices), which no
+/// configuration has a reason to load and which a hostile project file could point at.
+const KERNEL_FOLDERS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Why an env file reference was not followed.
+const OUTSIDE_SCANNED_PLACES: &str = "not followed: the env file reference points into /proc, /sys or /dev";
 
 /// A file or folder's identity, so links cannot make the walk visit it twice.
 #[cfg(unix)]
@@ -97,7 +110,7 @@ impl Walk<'_> {
                 self.seen_folders.insert(identity(path, &meta));
                 self.folder(path, 0);
             }
-            Ok(meta) => self.file(path, &meta, None, None),
+            Ok(meta) => self.file(path, &meta, None),
         }
     }
 
@@ -143,14 +156,14 @@ impl Walk<'_> {
                     self.folder(&path, depth + 1);
                 }
             } else if is_mcp_config(&path) {
-                self.file(&path, &meta, None, None);
+                self.file(&path, &meta, None);
             }
         }
     }
 
-    /// Reads and scans one file (`format` forced for referenced env files; `server` is the
-    /// entry that referenced it).
-    fn file(&mut self, path: &Path, meta: &Metadata, format: Option<Format>, server: Option<&str>) {
+    /// Reads and scans one file: one the walk found or was given (`referenced` is `None`), or an
+    /// env file a configuration references (read as dotenv whatever its name).
+    fn file(&mut self, path: &Path, meta: &Metadata, referenced: Option<Reference<'_>>) {
         if !self.seen_files.insert(identity(path, meta)) {
             return;
         }
@@ -165,35 +178,56 @@ impl Walk<'_> {
         if meta.len() > limits.max_file_bytes {
             return self.unreadable(path, too_large(limits.max_file_bytes));
         }
-        let bytes = match read_at_most(path, limits.max_file_bytes) {
-            Ok(Some(bytes)) => bytes,
-            // It grew past the limit between the size check and the read.
-            Ok(None) => return self.unreadable(path, too_large(limits.max_file_bytes)),
-            Err(e) => return self.unreadable(path, reason(&e)),
+        // A referenced env file is opened by its resolved path, the one checked to lie outside
+        // the kernel's trees; it is still reported under the path the reference gives.
+        let open = referenced.as_ref().map_or(path, |r| r.canonical);
+        let bytes = match read_regular_file(open, limits.max_file_bytes, referenced.is_some()) {
+            Ok(bytes) => bytes,
+            Err(refusal) => return self.unreadable(path, refusal.reason(limits.max_file_bytes)),
         };
         self.report.files_scanned += 1;
         let text = String::from_utf8_lossy(&bytes);
-        let scanned = match self.scanner.scan_document(path, &text, format, server) {
+        let format = referenced.as_ref().map(|_| Format::Env);
+        let server = referenced.as_ref().and_then(|r| r.server);
+        let budget = limits.max_findings.saturating_sub(self.report.findings.len());
+        let scanned = match self.scanner.scan_document(path, &text, format, server, budget) {
             Ok(scanned) => scanned,
             Err(e) => return self.unreadable(path, e.to_string()),
         };
-        for finding in scanned.findings {
+        self.report.findings.extend(scanned.findings);
+        if scanned.truncated {
+            self.report.truncated = true;
+            // The findings budget is spent: nothing further can be kept. (A field's own hit
+            // limit truncates that field only; the scan goes on.)
             if self.report.findings.len() >= limits.max_findings {
                 return self.stop();
             }
-            self.report.findings.push(finding);
         }
         for env_ref in scanned.env_refs {
             let Some(env_path) = resolve_env_file(path, &env_ref.path) else { continue };
-            match fs::metadata(&env_path) {
-                Ok(meta) => self.file(&env_path, &meta, Some(Format::Env), env_ref.server.as_deref()),
-                // A configuration naming an env file that is not there holds no secret here.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => self.unreadable(&env_path, reason(&e)),
-            }
+            self.referenced_env_file(&env_path, env_ref.server.as_deref());
             if self.stopped {
                 return;
             }
+        }
+    }
+
+    /// Follows an env file reference: links and `..` resolved first, and never into the
+    /// kernel's trees.
+    fn referenced_env_file(&mut self, env_path: &Path, server: Option<&str>) {
+        let canonical = match fs::canonicalize(env_path) {
+            Ok(canonical) => canonical,
+            // A configuration naming an env file that is not there holds no secret here.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => return self.unreadable(env_path, reason(&e)),
+        };
+        if is_kernel_path(&canonical) {
+            return self.unreadable(env_path, OUTSIDE_SCANNED_PLACES.to_string());
+        }
+        match fs::metadata(&canonical) {
+            Ok(meta) => self.file(env_path, &meta, Some(Reference { canonical: &canonical, server })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => self.unreadable(env_path, reason(&e)),
         }
     }
 
@@ -216,11 +250,98 @@ fn reason(e: &io::Error) -> String {
     e.to_string()
 }
 
-/// The whole file, or `None` if it is longer than `max` bytes.
-fn read_at_most(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+/// An env file reached through a configuration's reference rather than the walk.
+struct Reference<'r> {
+    /// Its path with links and `..` resolved: what is opened, known to be outside
+    /// `KERNEL_FOLDERS`.
+    canonical: &'r Path,
+    /// The server entry whose configuration referenced it.
+    server: Option<&'r str>,
+}
+
+/// Why `read_regular_file` read nothing.
+#[derive(Debug)]
+enum Refusal {
+    /// A FIFO, socket, device or folder.
+    NotRegular,
+    /// Longer than the size limit (when opened, or by the time it was read).
+    TooLarge,
+    /// A referenced env file that turned out, once opened, to be in the kernel's trees.
+    Outside,
+    Io(io::Error),
+}
+
+impl Refusal {
+    fn reason(&self, max: u64) -> String {
+        match self {
+            Refusal::NotRegular => "not a regular file".to_string(),
+            Refusal::TooLarge => too_large(max),
+            Refusal::Outside => OUTSIDE_SCANNED_PLACES.to_string(),
+            Refusal::Io(e) => reason(e),
+        }
+    }
+}
+
+impl From<io::Error> for Refusal {
+    fn from(e: io::Error) -> Self {
+        Refusal::Io(e)
+    }
+}
+
+/// The whole of `path`, if it is a regular file of at most `max` bytes: the one way this crate
+/// reads a file.
+///
+/// Every check is made on the opened handle, because the path can change between a `metadata`
+/// call and the open: a file swapped for a FIFO would block `open` until a writer came (and the
+/// read after it), and `O_NONBLOCK` makes that open return at once instead, so the handle's
+/// metadata can refuse it unread. `O_NOCTTY`: a terminal swapped in must not become the
+/// process's controlling terminal. With `confined` (a referenced env file), the file the handle
+/// really is must also lie outside `KERNEL_FOLDERS`.
+fn read_regular_file(path: &Path, max: u64, confined: bool) -> Result<Vec<u8>, Refusal> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Refusal::NotRegular);
+    }
+    if confined && opened_path(&file).is_some_and(|opened| is_kernel_path(&opened)) {
+        return Err(Refusal::Outside);
+    }
+    if meta.len() > max {
+        return Err(Refusal::TooLarge);
+    }
     let mut bytes = Vec::new();
-    File::open(path)?.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
-    Ok((bytes.len() as u64 <= max).then_some(bytes))
+    // It may grow between the size check and the read: read one byte past the limit to tell.
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Refusal::TooLarge);
+    }
+    Ok(bytes)
+}
+
+/// The path of the file `file` is, as the kernel knows it (Linux: its `/proc/self/fd` link),
+/// so a link swapped in after `canonicalize` cannot lead the read elsewhere unnoticed. `None`
+/// where that is unknown (no `/proc`, another OS): the check before the open stands alone.
+#[cfg(target_os = "linux")]
+fn opened_path(file: &File) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn opened_path(_file: &File) -> Option<PathBuf> {
+    None
+}
+
+/// Whether `path` (absolute, resolved) lies in one of `KERNEL_FOLDERS`.
+fn is_kernel_path(path: &Path) -> bool {
+    KERNEL_FOLDERS.iter().any(|folder| path.starts_with(folder))
 }
 
 fn is_skipped(path: &Path) -> bool {
@@ -274,5 +395,55 @@ mod tests {
         assert!(is_skipped(Path::new("/proc")));
         assert!(!is_skipped(Path::new("/home/u/proc")));
         assert!(!is_skipped(Path::new("/p/.vscode")));
+    }
+
+    #[test]
+    fn kernel_paths() {
+        assert!(is_kernel_path(Path::new("/proc/self/environ")));
+        assert!(is_kernel_path(Path::new("/dev/null")));
+        assert!(is_kernel_path(Path::new("/sys")));
+        assert!(!is_kernel_path(Path::new("/procfs/x")));
+        assert!(!is_kernel_path(Path::new("/home/u/proc/x")));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("mcp.json");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        if !made {
+            return; // No mkfifo(1) here: nothing to test with.
+        }
+        // On another thread, so a regression (an open that waits for a writer) fails the test
+        // instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_regular_file(&fifo, 1 << 20, false));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("opening a FIFO returns at once");
+        assert!(matches!(got, Err(Refusal::NotRegular)), "{got:?}");
+    }
+
+    #[test]
+    fn regular_files_read_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mcp.json");
+        fs::write(&file, "0123456789").unwrap();
+        assert_eq!(read_regular_file(&file, 10, true).unwrap(), b"0123456789");
+        assert!(matches!(read_regular_file(&file, 9, false), Err(Refusal::TooLarge)));
+        assert!(matches!(read_regular_file(dir.path(), 10, false), Err(Refusal::NotRegular)));
+        assert!(matches!(read_regular_file(&dir.path().join("nope"), 10, false), Err(Refusal::Io(_))));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn confined_reads_refuse_the_kernel_trees_by_the_opened_file() {
+        // Reached through a link whose own path says nothing of /proc.
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("innocent.env");
+        std::os::unix::fs::symlink("/proc/self/environ", &link).unwrap();
+        if fs::File::open(&link).is_ok() {
+            assert!(matches!(read_regular_file(&link, 1 << 20, true), Err(Refusal::Outside)));
+        }
     }
 }

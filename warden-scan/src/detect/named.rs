@@ -29,7 +29,7 @@ use super::shape::{
     char_classes, entropy, is_base64_text, is_code_identifier, is_email, is_env_var_name, is_hex, is_hex_digest,
     is_identifier_like, is_number_or_bool, is_path, is_url, is_uuid, is_version,
 };
-use super::{Hit, Rank};
+use super::{Candidates, Hit, Rank};
 use crate::Kind;
 
 /// Shortest value reported under a token/key/secret/auth name. API keys are 20 characters and
@@ -233,7 +233,7 @@ pub(crate) fn classify(name: &str) -> Option<Strength> {
     let words = words(name);
     let last = words.last()?;
     let hashy = |w: &String| {
-        HASH_WORDS.contains(&w.as_str()) || (w.starts_with("sha") && w[3..].bytes().all(|b| b.is_ascii_digit()))
+        HASH_WORDS.contains(&w.as_str()) || w.strip_prefix("sha").is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
     };
     if words.iter().any(hashy) || NOT_SECRET_LAST.contains(&last.as_str()) {
         return None;
@@ -277,8 +277,22 @@ pub(crate) fn is_authorization(name: &str) -> bool {
     name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("proxy-authorization")
 }
 
+/// Whether `name` says its value is a header (`AUTH_HEADER`, `authHeader`, `--header`,
+/// `CUSTOM_HEADERS`): the value may then be an `Authorization` header's.
+pub(crate) fn is_header_name(name: &str) -> bool {
+    words(name).last().is_some_and(|w| w == "header" || w == "headers")
+}
+
+/// Whether `value` reads `<scheme> <credential>` with a scheme of `AUTH_SCHEMES`
+/// (`Bearer abc…`, `Token abc…`, `Bot abc…`).
+pub(crate) fn has_auth_scheme(value: &str) -> bool {
+    value.trim_start().split_once(char::is_whitespace).is_some_and(|(scheme, rest)| {
+        AUTH_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) && !rest.trim().is_empty()
+    })
+}
+
 /// Adds a hit if `value` (at `offset` in the field) is a secret under `name`.
-pub(crate) fn check(name: &str, value: &str, offset: usize, hits: &mut Vec<Hit>) {
+pub(crate) fn check(name: &str, value: &str, offset: usize, hits: &mut Candidates) {
     let Some(strength) = classify(name) else { return };
     let (start, value) = unquote(value);
     let (start, end) = (offset + start, offset + start + value.len());
@@ -312,7 +326,7 @@ pub(crate) fn check(name: &str, value: &str, offset: usize, hits: &mut Vec<Hit>)
 
 /// Adds a hit for the credential of an `Authorization` header value (`Bearer X`, `Basic X`, or
 /// a bare `X`) at `offset` in the field.
-pub(crate) fn authorization(value: &str, offset: usize, hits: &mut Vec<Hit>) {
+pub(crate) fn authorization(value: &str, offset: usize, hits: &mut Candidates) {
     let trimmed_start = value.len() - value.trim_start().len();
     let value_t = value.trim();
     let (credential_start, credential) = match value_t.split_once(char::is_whitespace) {
@@ -365,9 +379,9 @@ mod tests {
     use super::*;
 
     fn found(name: &str, value: &str) -> Option<Kind> {
-        let mut hits = Vec::new();
+        let mut hits = Candidates::default();
         check(name, value, 0, &mut hits);
-        hits.first().map(|h| h.kind)
+        hits.as_slice().first().map(|h| h.kind)
     }
 
     #[test]
@@ -456,9 +470,9 @@ mod tests {
     #[test]
     fn authorization_values() {
         fn auth(v: &str) -> Option<&str> {
-            let mut hits = Vec::new();
+            let mut hits = Candidates::default();
             authorization(v, 0, &mut hits);
-            hits.first().map(|h| &v[h.start..h.end])
+            hits.as_slice().first().map(|h| &v[h.start..h.end])
         }
         assert_eq!(auth("Bearer q8Zr2LmX0pVb7NcT4yWe"), Some("q8Zr2LmX0pVb7NcT4yWe"));
         assert_eq!(auth("  token  q8Zr2LmX0pVb7NcT4yWe"), Some("q8Zr2LmX0pVb7NcT4yWe"));
@@ -467,5 +481,21 @@ mod tests {
         assert_eq!(auth("Bearer <token>"), None);
         assert_eq!(auth("Bearer"), None);
         assert_eq!(auth("Digest username=\"x\", realm=\"y\""), None);
+    }
+
+    #[test]
+    fn header_names_and_schemes() {
+        for name in ["AUTH_HEADER", "authHeader", "--header", "CUSTOM_HEADERS", "X-Header"] {
+            assert!(is_header_name(name), "{name}");
+        }
+        for name in ["HEADER_NAME", "Authorization", "headerless", "API_KEY"] {
+            assert!(!is_header_name(name), "{name}");
+        }
+        for value in ["Bearer q8Zr2LmX0pVb7NcT4yWe", "  token q8Zr", "Bot x", "ApiKey x", "basic dXNlcjpwYXNz"] {
+            assert!(has_auth_scheme(value), "{value}");
+        }
+        for value in ["Bearer", "Bearer  ", "q8Zr2LmX0pVb7NcT4yWe", "Accept: application/json", "Digest x"] {
+            assert!(!has_auth_scheme(value), "{value}");
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! Values that stand in for a secret without being one: references the client resolves at run
 //! time (`${VAR}`, `${env:VAR}`, `${input:id}`, `$VAR`, `%VAR%`, `{{ secrets.X }}`) and
 //! placeholders people leave in templates (`<your-token>`, `your-api-key-here`, `REPLACE_ME`,
-//! `sk-...`, `xxxxxxxx`, AWS's documented `…EXAMPLE` keys). Recognising these is what keeps the
-//! false-positive rate at zero on real configuration, where most secret-named values are exactly
-//! this.
+//! `sk-...`, `xxxxxxxx`, AWS's documented `…EXAMPLE` keys) — and keys that look secret but are
+//! public by design (Supabase's anon JWT and `sb_publishable_` keys). Recognising these is what
+//! keeps the false-positive rate at zero on real configuration, where most secret-named values
+//! are exactly this.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -65,26 +66,48 @@ const PUBLIC_VALUES: &[&str] = &[
 
 /// JWTs everyone has: the Supabase CLI's local-development keys (`"iss": "supabase-demo"`, the
 /// same on every machine, printed by `supabase status`) and jwt.io's sample (`John Doe`).
-fn is_example_jwt(value: &str) -> bool {
-    let Some(payload) = value.strip_prefix("eyJ").and_then(|v| v.split('.').nth(1)) else { return false };
-    let Ok(claims) = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')) else { return false };
-    let claims = String::from_utf8_lossy(&claims);
+fn is_example_jwt(claims: &str) -> bool {
     claims.contains("\"supabase-demo\"") || (claims.contains("\"John Doe\"") && claims.contains("\"1234567890\""))
+}
+
+/// Keys that are public by design: Supabase's anon key (a JWT whose `role` claim is `anon`,
+/// shipped in every web and mobile client of the project, gated by row-level security) and its
+/// successor, the `sb_publishable_` key. Their secret siblings (`service_role` JWTs,
+/// `sb_secret_` keys) stay reported.
+fn is_public_by_design(value: &str, claims: Option<&str>) -> bool {
+    value.starts_with("sb_publishable_")
+        || claims
+            .and_then(|claims| serde_json::from_str::<serde_json::Value>(claims).ok())
+            .is_some_and(|claims| claims.get("role").and_then(serde_json::Value::as_str) == Some("anon"))
+}
+
+/// The decoded payload of `value` if it is shaped like a JWT (`eyJ….….…`).
+fn jwt_claims(value: &str) -> Option<String> {
+    let payload = value.strip_prefix("eyJ")?.split('.').nth(1)?;
+    let claims = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    Some(String::from_utf8_lossy(&claims).into_owned())
 }
 
 /// Whether `value` is a template placeholder (or a published, public value) rather than a value.
 pub(crate) fn is_placeholder(value: &str) -> bool {
-    if PUBLIC_VALUES.contains(&value) || is_example_jwt(value) {
+    is_template(value) || longest_run(value) >= 6
+}
+
+/// `is_placeholder` without the repeated-character rule, for values whose structure has runs of
+/// its own (the base64 of a DER or OpenSSH key, where zero bytes encode as `AAAA…`).
+pub(crate) fn is_template(value: &str) -> bool {
+    if PUBLIC_VALUES.contains(&value) {
+        return true;
+    }
+    let claims = jwt_claims(value);
+    if claims.as_deref().is_some_and(is_example_jwt) || is_public_by_design(value, claims.as_deref()) {
         return true;
     }
     if value.contains("...") || value.contains('…') || has_angle_slot(value) {
         return true;
     }
     let lower = value.to_ascii_lowercase();
-    if PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w)) {
-        return true;
-    }
-    longest_run(value) >= 6
+    PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w))
 }
 
 /// Passwords so common in templates and local-development defaults that reporting them would
@@ -105,7 +128,7 @@ pub(crate) fn is_weak_word(value: &str) -> bool {
 fn has_angle_slot(value: &str) -> bool {
     let mut rest = value;
     while let Some(open) = rest.find('<') {
-        rest = &rest[open + 1..];
+        rest = rest.get(open + 1..).unwrap_or_default();
         let inner_len = rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || b" _.-:".contains(b)).count();
         if inner_len > 0 && rest.as_bytes().get(inner_len) == Some(&b'>') {
             return true;
@@ -195,5 +218,24 @@ mod tests {
         assert!(is_weak_word("Password"));
         assert!(is_weak_word("postgres"));
         assert!(!is_weak_word("Tr0ub4dor&3"));
+    }
+
+    #[test]
+    fn public_by_design() {
+        let jwt = |claims: &str| {
+            format!(
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}.Zm9yZ2VkLXNpZ25hdHVyZS1ieXRlcy0xMjM0NTY3OA",
+                URL_SAFE_NO_PAD.encode(claims)
+            )
+        };
+        let anon =
+            jwt(r#"{"iss":"supabase","ref":"qwertyuiopasdfghjklz","role":"anon","iat":1700000000,"exp":2015576000}"#);
+        assert!(is_placeholder(&anon));
+        assert!(is_placeholder(&jwt(r#"{"role": "anon", "iss": "https://x.supabase.co/auth/v1"}"#)));
+        assert!(is_placeholder("sb_publishable_Qx7Lm2Rt9VbN4cW8yEz1Ka_3Hj6pDs0F"));
+        let service = jwt(r#"{"iss":"supabase","ref":"qwertyuiopasdfghjklz","role":"service_role","iat":1700000000}"#);
+        assert!(!is_placeholder(&service));
+        assert!(!is_placeholder(&jwt(r#"{"sub":"anon","role":"authenticated"}"#)));
+        assert!(!is_placeholder("sb_secret_Qx7Lm2Rt9VbN4cW8yEz1Ka_3Hj6pDs0F"));
     }
 }

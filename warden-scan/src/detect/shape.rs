@@ -146,12 +146,15 @@ fn camel_words(piece: &str) -> Vec<&str> {
     let mut words = Vec::new();
     let mut start = 0;
     for i in 1..bytes.len() {
-        if bytes[i].is_ascii_uppercase() && !bytes[i - 1].is_ascii_uppercase() {
-            words.push(&piece[start..i]);
+        if bytes[i].is_ascii_uppercase()
+            && !bytes[i - 1].is_ascii_uppercase()
+            && let Some(word) = piece.get(start..i)
+        {
+            words.push(word);
             start = i;
         }
     }
-    words.push(&piece[start..]);
+    words.extend(piece.get(start..));
     words
 }
 

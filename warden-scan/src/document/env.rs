@@ -13,13 +13,12 @@ pub(super) fn parse(text: &str) -> Node {
     while let Some((index, line)) = lines.next() {
         let Some((key, rest)) = assignment(line) else { continue };
         let line_number = Some(saturate(index + 1));
-        let value = match rest.chars().next() {
-            Some('\'') => match rest[1..].find('\'') {
-                Some(end) => rest[1..1 + end].to_string(),
-                None => rest[1..].to_string(),
-            },
-            Some('"') => double_quoted(&rest[1..], &mut lines),
-            _ => unquoted(rest),
+        let value = if let Some(inner) = rest.strip_prefix('\'') {
+            inner.split_once('\'').map_or(inner, |(value, _)| value).to_string()
+        } else if let Some(inner) = rest.strip_prefix('"') {
+            double_quoted(inner, &mut lines)
+        } else {
+            unquoted(rest)
         };
         entries.push((key.to_string(), Node::new(Value::String(value), line_number)));
     }
@@ -62,7 +61,7 @@ fn assignment(line: &str) -> Option<(&str, &str)> {
 /// An unquoted value: up to an inline ` #` comment, trimmed.
 fn unquoted(rest: &str) -> String {
     let end = rest.find(" #").or_else(|| rest.find("\t#")).unwrap_or(rest.len());
-    rest[..end].trim().to_string()
+    rest.get(..end).unwrap_or(rest).trim().to_string()
 }
 
 /// A double-quoted value after its opening quote, continuing over lines until the closing quote.

@@ -168,12 +168,12 @@ impl Parser<'_> {
             match self.peek() {
                 None => return Err(self.error("closing '\"'")),
                 Some(b'"') => {
-                    out.push_str(&self.text[run_start..self.pos]);
+                    out.push_str(self.run(run_start)?);
                     self.pos += 1;
                     return Ok(out);
                 }
                 Some(b'\\') => {
-                    out.push_str(&self.text[run_start..self.pos]);
+                    out.push_str(self.run(run_start)?);
                     self.pos += 1;
                     self.escape(&mut out)?;
                     run_start = self.pos;
@@ -181,6 +181,14 @@ impl Parser<'_> {
                 Some(_) => self.bump(),
             }
         }
+    }
+
+    /// The text from `start` to the current position: a run of a string between escapes. Both
+    /// ends sit at ASCII bytes (a quote, a backslash, the end of an escape), so always character
+    /// boundaries; `get` rather than a slice all the same, since a slice's panic would print the
+    /// string, and strings here are secrets.
+    fn run(&self, start: usize) -> Result<&str, FormatError> {
+        self.text.get(start..self.pos).ok_or_else(|| self.error("a string"))
     }
 
     /// One escape after its backslash.

@@ -1,10 +1,14 @@
 //! TOML (Codex's `~/.codex/config.toml`), read through the `toml` crate's spanned parse tree
 //! (`DeTable`): every value keeps its byte span, which gives its line without a search. The
 //! parser's recursion limit (on unless the crate's `unbounded` feature is set) bounds nesting.
+//!
+//! Lines come from one table of line starts (`Lines`), and only strings get one: a 1 MiB line
+//! of numbers costs one pass, where a scan from the file's start for every value cost O(n²).
 
 use ::toml::Spanned;
 use ::toml::de::{DeTable, DeValue};
 
+use super::lines::Lines;
 use super::{FormatError, MAX_DEPTH, Node, Value, line_column};
 
 /// Parses one TOML document.
@@ -14,34 +18,37 @@ pub(super) fn parse(text: &str) -> Result<Node, FormatError> {
         let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
         FormatError::Toml { line, column }
     })?;
-    let line = Some(line_column(text, table.span().start).0);
-    Ok(Node::new(lower_table(text, table.get_ref(), 0)?, line))
+    let lines = Lines::new(text);
+    let line = Some(lines.line(table.span().start));
+    Ok(Node::new(lower_table(&lines, table.get_ref(), 0)?, line))
 }
 
-fn lower_table(text: &str, table: &DeTable<'_>, depth: usize) -> Result<Value, FormatError> {
+fn lower_table(lines: &Lines, table: &DeTable<'_>, depth: usize) -> Result<Value, FormatError> {
     let mut entries = Vec::with_capacity(table.len());
     for (key, value) in table.iter() {
-        entries.push((key.get_ref().to_string(), lower(text, value, depth + 1)?));
+        entries.push((value.span().start, key.get_ref().to_string(), lower(lines, value, depth + 1)?));
     }
     // Spans give the file's order back (the tree itself sorts keys).
-    entries.sort_by_key(|(_, node)| node.line);
-    Ok(Value::Object(entries))
+    entries.sort_by_key(|(start, _, _)| *start);
+    Ok(Value::Object(entries.into_iter().map(|(_, key, node)| (key, node)).collect()))
 }
 
-fn lower(text: &str, value: &Spanned<DeValue<'_>>, depth: usize) -> Result<Node, FormatError> {
+fn lower(lines: &Lines, value: &Spanned<DeValue<'_>>, depth: usize) -> Result<Node, FormatError> {
     if depth >= MAX_DEPTH {
         return Err(FormatError::TooDeep);
     }
-    let line = Some(line_column(text, value.span().start).0);
-    let lowered = match value.get_ref() {
-        DeValue::String(s) => Value::String(s.to_string()),
-        DeValue::Array(items) => {
-            Value::Array(items.iter().map(|item| lower(text, item, depth + 1)).collect::<Result<_, _>>()?)
+    let node = match value.get_ref() {
+        DeValue::String(s) => Node::new(Value::String(s.to_string()), Some(lines.line(value.span().start))),
+        DeValue::Array(items) => Node::new(
+            Value::Array(items.iter().map(|item| lower(lines, item, depth + 1)).collect::<Result<_, _>>()?),
+            None,
+        ),
+        DeValue::Table(table) => Node::new(lower_table(lines, table, depth)?, None),
+        DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => {
+            Node::new(Value::Other, None)
         }
-        DeValue::Table(table) => lower_table(text, table, depth)?,
-        DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => Value::Other,
     };
-    Ok(Node::new(lowered, line))
+    Ok(node)
 }
 
 #[cfg(test)]
@@ -75,6 +82,33 @@ mod tests {
         let err = parse("a = 1\nb = ghp_SECRETVALUE\n").unwrap_err();
         assert!(matches!(err, FormatError::Toml { line: 2, .. }), "{err:?}");
         assert!(!err.to_string().contains("ghp_"));
+    }
+
+    #[test]
+    fn keys_keep_file_order_within_a_line() {
+        let root = parse("env = { \"Z\" = \"1\", \"A\" = \"2\" }\n").unwrap();
+        let Value::Object(top) = &root.value else { panic!("object") };
+        let Value::Object(env) = &top[0].1.value else { panic!("env") };
+        let keys: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["Z", "A"]);
+    }
+
+    #[test]
+    fn a_long_line_of_numbers_is_one_pass() {
+        // 1 MiB on one line: a line search per value from the file's start was O(n²) here.
+        let mut text = String::from("a = [");
+        let mut n = 0u64;
+        while text.len() < (1 << 20) - 32 {
+            text.push_str(&n.to_string());
+            text.push(',');
+            n += 1;
+        }
+        text.push_str("\"last\"]\n");
+        let root = parse(&text).unwrap();
+        let Value::Object(top) = &root.value else { panic!("object") };
+        let Value::Array(items) = &top[0].1.value else { panic!("array") };
+        assert_eq!(items.len() as u64, n + 1);
+        assert_eq!(items.last().map(|n| (&n.value, n.line)), Some((&Value::String("last".into()), Some(1))));
     }
 
     #[test]

@@ -197,3 +197,105 @@ fn referenced_env_files_are_scanned_once_with_their_server() {
     let f = &report.findings[0];
     assert_eq!((f.location.as_str(), f.server.as_deref(), f.client), ("GITHUB_TOKEN", Some("tools"), Client::EnvFile));
 }
+
+/// A valid-looking AWS access key id, different for every `n` (base32 body from a xorshift).
+fn aws_key(n: u32) -> String {
+    const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut x = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let body: String = (0..16)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(BASE32[(x % 32) as usize])
+        })
+        .collect();
+    format!("AKIA{body}")
+}
+
+#[test]
+fn aliases_of_a_string_of_many_keys_stop_at_the_findings_budget() {
+    // One anchored string of 5 000 key-shaped words, referenced 100 times: half a million
+    // candidates, each once a finding and an O(n²) overlap check before `max_findings` applied.
+    let keys: Vec<String> = (0..5_000).map(aws_key).collect();
+    let text = format!("a: &a \"{}\"\nb: [{}]\n", keys.join(" "), vec!["*a"; 100].join(", "));
+    let (_dir, root) = temp();
+    let file = root.join(".continue/config.yaml");
+    write(&file, &text);
+
+    let report = scanner(Limits::default()).scan_paths(std::slice::from_ref(&file));
+    assert_eq!(report.findings.len(), Limits::default().max_findings);
+    assert!(report.truncated);
+    assert!(report.findings.iter().all(|f| f.kind == Kind::AwsAccessKeyId));
+
+    let limits = Limits { max_findings: 250, ..Limits::default() };
+    let report = scanner(limits).scan_paths(std::slice::from_ref(&file));
+    assert_eq!((report.findings.len(), report.truncated), (250, true));
+    let findings = scanner(limits).scan_text(&file, &text).expect("parses");
+    assert_eq!(findings.len(), 250);
+
+    // A field's own bound truncates that field, and the scan goes on to the next file.
+    let other = root.join(".cursor/mcp.json");
+    write(&other, ONE_TOKEN);
+    write(&file, &format!("a: \"{}\"\n", keys.join(" ")));
+    let report = scanner(Limits::default()).scan_paths(&[file.clone(), other.clone()]);
+    assert!(report.truncated, "a field past its hit limit is reported as cut short");
+    assert_eq!(report.findings.len(), 100 + 1, "the field's first 100, then the next file's token");
+}
+
+#[test]
+fn a_megabyte_line_of_toml_numbers_scans() {
+    // Once every value's line was found by a scan from the file's start: O(n²) on one line.
+    let mut text = String::from("model = \"o3\"\nnumbers = [");
+    let mut n = 0u64;
+    while text.len() < (1 << 20) - 128 {
+        text.push_str(&n.to_string());
+        text.push(',');
+        n += 1;
+    }
+    text.push_str("0]\n[mcp_servers.github.env]\nGITHUB_TOKEN = \"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\"\n");
+    assert!(text.len() as u64 <= Limits::default().max_file_bytes);
+    let started = std::time::Instant::now();
+    let findings = scanner(Limits::default()).scan_text(Path::new(".codex/config.toml"), &text).expect("parses");
+    println!("1 MiB TOML line: {} numbers, scanned in {:?}", n, started.elapsed());
+    assert_eq!(findings.len(), 1);
+    assert_eq!((findings[0].location.as_str(), findings[0].line), ("mcp_servers.github.env.GITHUB_TOKEN", Some(4)));
+}
+
+#[test]
+fn scan_text_refuses_what_scan_paths_would_not_read() {
+    let limits = Limits { max_file_bytes: 64, ..Limits::default() };
+    let text = format!("{ONE_TOKEN}{}", " ".repeat(10));
+    let err = scanner(limits).scan_text(Path::new("claude_desktop_config.json"), &text).unwrap_err();
+    assert_eq!(err, warden_scan::FormatError::TooLarge);
+    assert!(!err.to_string().contains("ghp_"));
+}
+
+#[test]
+fn env_references_into_the_kernel_trees_are_not_followed() {
+    let (_dir, root) = temp();
+    let project = root.join("proj");
+    fs::create_dir_all(&project).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", project.join("linked.env")).unwrap();
+    write(
+        &project.join(".vscode/mcp.json"),
+        r#"{"servers": {
+            "a": {"command": "x", "envFile": "/proc/self/environ"},
+            "b": {"command": "docker", "args": ["run", "--env-file", "../../../../../../../../../../../proc/self/environ"]},
+            "c": {"command": "x", "envFile": "${workspaceFolder}/linked.env"},
+            "d": {"command": "x", "envFile": "/dev/null"},
+            "e": {"command": "x", "envFile": "${workspaceFolder}/.env"}}}"#,
+    );
+    write(&project.join(".env"), "GITHUB_TOKEN=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\n");
+    let report = scanner(Limits::default()).scan_paths(std::slice::from_ref(&project));
+    // The configuration and the one env file inside the project; nothing from the kernel.
+    assert_eq!(report.files_scanned, 2, "{report:?}");
+    assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+    assert_eq!(report.findings[0].server.as_deref(), Some("e"));
+    let refused: Vec<_> = report.unreadable.iter().filter(|u| u.reason.contains("/proc, /sys or /dev")).collect();
+    assert_eq!(refused.len(), 4, "{:?}", report.unreadable);
+    assert_eq!(report.unreadable.len(), 4, "{:?}", report.unreadable);
+    assert!(refused.iter().any(|u| u.file == Path::new("/proc/self/environ")));
+    assert!(refused.iter().any(|u| u.file == project.join("linked.env")));
+    assert!(refused.iter().any(|u| u.file == Path::new("/dev/null")));
+}

@@ -33,6 +33,8 @@ proptest! {
                 Just("="), Just("\n"), Just("  "), Just("- "), Just("#"), Just("//"), Just("/*"), Just("*/"),
                 Just("\\u12"), Just("\\"), Just("&a"), Just("*a"), Just("!tag"), Just("---"), Just("key"),
                 Just("ghp_"), Just("${X}"), Just("[[t]]"), Just("\"\"\""),
+                // Connection-string shapes: `Key= ;` once sliced backwards and panicked.
+                Just(";"), Just("= "), Just("Password="), Just("Hunter2Secret!"), Just("\t"),
             ],
             0..200,
         ),
@@ -64,5 +66,28 @@ proptest! {
         let text = serde_json::json!({"mcpServers": {"s": {"env": {name: value}, "args": [name, value]}}}).to_string();
         let findings = scanner(Limits::default()).scan_text(Path::new("mcp.json"), &text).unwrap();
         prop_assert!(findings.is_empty(), "{:?}", findings);
+    }
+
+    /// Connection strings of any segments, blank values among them: never a panic, and the
+    /// password is found wherever it sits.
+    #[test]
+    fn connection_strings_never_panic(
+        segments in proptest::collection::vec(
+            prop_oneof![
+                Just("Server=db"), Just("Encrypt= "), Just("Encrypt=\t"), Just(" = "), Just("="), Just(""),
+                Just("User Id= sa "), Just("Key=\u{3000}"), Just("Timeout=30"),
+            ],
+            0..8,
+        ),
+        at in 0..8usize,
+        trailing in prop_oneof![Just(""), Just(";"), Just(" "), Just("; ")],
+    ) {
+        let mut segments: Vec<&str> = segments;
+        segments.insert(at.min(segments.len()), "Password=Hunter2Secret!");
+        let value = format!("{}{trailing}", segments.join(";"));
+        let text = serde_json::json!({"mcpServers": {"db": {"env": {"DB": value}}}}).to_string();
+        let findings = scanner(Limits::default()).scan_text(Path::new("mcp.json"), &text).unwrap();
+        prop_assert_eq!(findings.len(), 1, "{:?}", value);
+        prop_assert_eq!(findings[0].fingerprint.clone(), super::key().fingerprint(b"Hunter2Secret!"));
     }
 }

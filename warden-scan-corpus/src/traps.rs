@@ -2,7 +2,8 @@
 //! configuration puts it: references the client resolves (`${VAR}`, `${input:x}`, `{{ secrets.X }}`),
 //! template placeholders and documented examples, truncated prefixes (`sk-...`), UUIDs, digests
 //! (even under `token_hash`), versions, paths, plain URLs, package arguments, booleans, ports,
-//! base64 of ordinary text, and weak values under secret names. A scanner must report none.
+//! base64 of ordinary text, weak values under secret names, and keys public by design
+//! (Supabase's anon JWT and `sb_publishable_` keys). A scanner must report none.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -50,6 +51,24 @@ fn supabase_demo_jwt(rng: &mut impl Rng) -> String {
     )
 }
 
+/// Shaped like a Supabase project's anon key: a JWT with `"role":"anon"`, public by design (it
+/// ships in every browser and app build of the project; row-level security guards the data).
+fn supabase_anon_jwt(rng: &mut impl Rng) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let iat: u64 = rng.random_range(1_600_000_000..1_800_000_000);
+    let claims = format!(
+        r#"{{"iss":"supabase","ref":"{}","role":"anon","iat":{iat},"exp":{}}}"#,
+        draw(rng, b"abcdefghijklmnopqrstuvwxyz", 20),
+        iat + 315_360_000
+    );
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims),
+        draw(rng, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", 43)
+    )
+}
+
 /// Short ordinary text, base64-encoded.
 fn base64_text(rng: &mut impl Rng) -> String {
     let texts =
@@ -70,6 +89,12 @@ pub fn named(rng: &mut impl Rng) -> Vec<Trap> {
         trap("STRIPE_SECRET_KEY", "sk_live_xxxxxxxxxxxxxxxxxxxxxxxx"),
         trap("STRIPE_API_KEY", "sk_test_4eC39HqLyjWDarjtT1zdp7dc"),
         trap("SUPABASE_ANON_KEY", supabase_demo_jwt(rng)),
+        trap("SUPABASE_ANON_KEY", supabase_anon_jwt(rng)),
+        trap("SUPABASE_KEY", supabase_anon_jwt(rng)),
+        trap("SUPABASE_KEY", format!("sb_publishable_{}", draw(rng, BASE62, 31))),
+        trap("AUTH_HEADER", "Bearer ${MCP_REMOTE_TOKEN}"),
+        trap("AUTH_HEADER", "Bearer <your-token>"),
+        trap("CUSTOM_HEADERS", "Accept: application/json"),
         trap("GITHUB_TOKEN", "ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
         trap("OPENAI_API_KEY", "sk-..."),
         trap("GH_TOKEN", "ghp_..."),
@@ -131,8 +156,10 @@ pub fn named(rng: &mut impl Rng) -> Vec<Trap> {
 }
 
 /// Traps for `headers` objects.
-pub fn headers() -> Vec<Trap> {
+pub fn headers(rng: &mut impl Rng) -> Vec<Trap> {
     vec![
+        trap("apikey", supabase_anon_jwt(rng)),
+        trap("Authorization", format!("Bearer {}", supabase_anon_jwt(rng))),
         trap("Authorization", "Bearer ${input:github-token}"),
         trap("Authorization", "Bearer <your-token>"),
         trap("Authorization", "Basic ${BASIC_AUTH}"),

@@ -244,10 +244,39 @@ pub(crate) fn env(entries: &[(String, String)], style: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::document::{Format, Node, Value, parse_as};
+    //! The writers checked through the scanner's public API: a credential written into every
+    //! kind of place (quoted keys, arrays, inline and separate tables), with quotes, backslashes
+    //! and line breaks that each format must escape, is found where it was put and fingerprinted
+    //! over exactly its text — so the writer wrote it, and the scanner read it back, unchanged.
 
-    fn sample() -> Tree {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use warden_scan::{FingerprintKey, Kind, Limits, Scanner};
+
+    use super::*;
+    use crate::fakes;
+
+    struct Secrets {
+        token: String,
+        url: String,
+        password: String,
+        pem: String,
+    }
+
+    fn secrets() -> Secrets {
+        let mut rng = StdRng::seed_from_u64(11);
+        let token = fakes::fake(Kind::GithubToken, &mut rng).value;
+        // A password with a quote and a backslash, which every writer must escape.
+        let password = "Zq8r\"T2\\vL9xW4".to_string();
+        let url = format!("postgresql://app:{password}@db.internal:5432/app");
+        let pem = fakes::pem(&mut rng, "OPENSSH PRIVATE KEY");
+        Secrets { token, url, password, pem }
+    }
+
+    fn sample(s: &Secrets) -> Tree {
         Tree::Obj(vec![
             ("model".into(), Tree::s("o3")),
             (
@@ -256,12 +285,19 @@ mod tests {
                     "git hub".into(),
                     Tree::Obj(vec![
                         ("command".into(), Tree::s("npx")),
-                        ("args".into(), Tree::Arr(vec![Tree::s("-y"), Tree::s("a\"b\\c\nd")])),
-                        ("env".into(), Tree::Obj(vec![("K-1".into(), Tree::s("v"))])),
+                        ("args".into(), Tree::Arr(vec![Tree::s("-y"), Tree::s("a\"b\\c\nd"), Tree::s(&s.token)])),
+                        (
+                            "env".into(),
+                            Tree::Obj(vec![
+                                ("K-1".into(), Tree::s(&s.token)),
+                                ("DB_URL".into(), Tree::s(&s.url)),
+                                ("SSH_KEY".into(), Tree::s(&s.pem)),
+                            ]),
+                        ),
                         ("timeout".into(), Tree::Num(30)),
                         (
                             "list".into(),
-                            Tree::Arr(vec![Tree::Obj(vec![("name".into(), Tree::s("n"))]), Tree::Bool(true)]),
+                            Tree::Arr(vec![Tree::Obj(vec![("name".into(), Tree::s(&s.token))]), Tree::Bool(true)]),
                         ),
                         ("empty".into(), Tree::Obj(vec![])),
                     ]),
@@ -270,49 +306,76 @@ mod tests {
         ])
     }
 
-    /// The same document read back through the crate's parsers has the same strings at the same
-    /// places.
-    fn strings(node: &Node, path: String, out: &mut Vec<(String, String)>) {
-        match &node.value {
-            Value::String(s) => out.push((path, s.clone())),
-            Value::Array(items) => items.iter().enumerate().for_each(|(i, n)| strings(n, format!("{path}[{i}]"), out)),
-            Value::Object(entries) => entries.iter().for_each(|(k, n)| strings(n, format!("{path}.{k}"), out)),
-            Value::Other => {}
-        }
+    fn key() -> FingerprintKey {
+        FingerprintKey::new([9; 32])
     }
 
-    fn read(format: Format, text: &str) -> Vec<(String, String)> {
-        let doc = parse_as(format, text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let mut out = Vec::new();
-        strings(&doc.roots[0], String::new(), &mut out);
-        out.sort();
-        out
+    /// (location, kind, fingerprint) of everything the scanner finds in `text`.
+    fn found(name: &str, text: &str) -> BTreeSet<(String, Kind, String)> {
+        let findings = Scanner::new(key(), Limits::default())
+            .scan_text(Path::new(name), text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        findings.into_iter().map(|f| (f.location, f.kind, f.fingerprint)).collect()
     }
 
-    #[test]
-    fn every_writer_reads_back() {
-        let tree = sample();
-        let want = read(Format::Json, &json(&tree, JsonStyle::default()));
-        assert_eq!(want.len(), 6);
-        assert_eq!(read(Format::Json, &json(&tree, JsonStyle { comments: true, trailing_commas: true })), want);
-        assert_eq!(read(Format::Yaml, &yaml(&tree)), want);
-        assert_eq!(read(Format::Toml, &toml(&tree, &|k| k == "env")), want);
-        assert_eq!(read(Format::Toml, &toml(&tree, &|_| false)), want);
+    fn expected(s: &Secrets, places: &[(&str, Kind)]) -> BTreeSet<(String, Kind, String)> {
+        let pem_body: String = s.pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        places
+            .iter()
+            .map(|&(location, kind)| {
+                let secret = match kind {
+                    Kind::GithubToken => s.token.as_str(),
+                    Kind::UrlCredentials => s.password.as_str(),
+                    _ => pem_body.as_str(),
+                };
+                (location.to_string(), kind, key().fingerprint(secret.as_bytes()))
+            })
+            .collect()
     }
 
     #[test]
-    fn env_reads_back() {
-        let entries: Vec<(String, String)> =
-            [("A", "plain"), ("B", "has space"), ("C", "multi\nline"), ("D", "q\"uote"), ("E", "x'y")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-        for style in 0..3 {
-            let mut got = read(Format::Env, &env(&entries, style));
-            got.iter_mut().for_each(|(k, _)| *k = k.trim_start_matches('.').to_string());
-            let mut want: Vec<_> = entries.clone();
-            want.sort();
-            assert_eq!(got, want, "style {style}");
+    fn every_writer_round_trips_through_the_scanner() {
+        let s = secrets();
+        let tree = sample(&s);
+        let want = expected(
+            &s,
+            &[
+                (r#"mcp_servers["git hub"].args[2]"#, Kind::GithubToken),
+                (r#"mcp_servers["git hub"].env.K-1"#, Kind::GithubToken),
+                (r#"mcp_servers["git hub"].env.DB_URL"#, Kind::UrlCredentials),
+                (r#"mcp_servers["git hub"].env.SSH_KEY"#, Kind::PrivateKey),
+                (r#"mcp_servers["git hub"].list[0].name"#, Kind::GithubToken),
+            ],
+        );
+        assert_eq!(found("mcp.json", &json(&tree, JsonStyle::default())), want);
+        assert_eq!(found("mcp.json", &json(&tree, JsonStyle { comments: true, trailing_commas: true })), want);
+        assert_eq!(found("config.yaml", &yaml(&tree)), want);
+        assert_eq!(found("config.toml", &toml(&tree, &|k| k == "env")), want);
+        assert_eq!(found("config.toml", &toml(&tree, &|_| false)), want);
+    }
+
+    #[test]
+    fn env_round_trips_through_the_scanner() {
+        let s = secrets();
+        let entries: Vec<(String, String)> = [
+            ("A", "plain"),
+            ("B", "has space"),
+            ("TOKEN", s.token.as_str()),
+            ("C", "multi\nline"),
+            ("DB_URL", s.url.as_str()),
+            ("D", "q\"uote"),
+            ("SSH_KEY", s.pem.as_str()),
+            ("E", "x'y"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let want = expected(
+            &s,
+            &[("TOKEN", Kind::GithubToken), ("DB_URL", Kind::UrlCredentials), ("SSH_KEY", Kind::PrivateKey)],
+        );
+        for style in 0..4 {
+            assert_eq!(found(".env", &env(&entries, style)), want, "style {style}");
         }
     }
 }

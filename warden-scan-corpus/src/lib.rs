@@ -1,11 +1,19 @@
-//! A generated corpus for measuring the scanner (feature `corpus`): fake credentials of every
-//! `Kind` (`fakes`), look-alikes that are not credentials (`traps`), and whole host trees of MCP
-//! configuration files for every `Client`, with the ground truth — file, location, kind — of
-//! every planted credential.
+//! A generated corpus for measuring `warden-scan`: fake credentials of every `Kind` (`fakes`),
+//! look-alikes that are not credentials (`traps`), and whole host trees of MCP configuration
+//! files for every `Client`, with the ground truth — file, location, kind — of every planted
+//! credential.
 //!
 //! Everything is generated at run time from a seed (`StdRng`), so no fixture is committed and no
 //! value is a real secret. A traps-only corpus has the same files with nothing planted: any
 //! finding in it is a false positive.
+//!
+//! A crate of its own, used only by test code (warden-scan's tests and bench, the `tests`
+//! package's end-to-end suites), so no shipped binary links fake credentials — which a cargo
+//! feature of warden-scan could not promise, features being unified across a build. It sees the
+//! scanner only through its public API: fakes are written to each format's published shape
+//! (GitHub's and npm's CRC32 computed here, independently of the detector's), and locations are
+//! rendered by `warden_scan::location`, the one definition of that form.
+#![forbid(unsafe_code)]
 
 mod fakes;
 mod layout;
@@ -22,7 +30,7 @@ use rand::rngs::StdRng;
 pub use fakes::{Fake, fake};
 pub use traps::{Trap, args as trap_args, headers as trap_headers, named as trap_named, urls as trap_urls};
 
-use crate::{Client, Kind};
+use warden_scan::{Client, Kind};
 
 /// A credential planted in a corpus file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +142,23 @@ mod tests {
             let file = corpus.files.iter().find(|f| f.path == p.file).unwrap();
             let first_line = p.secret.lines().next().unwrap();
             assert!(file.text.contains(first_line), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn mcp_remote_auth_headers_are_planted() {
+        // `"env": {"AUTH_HEADER": "Bearer …"}` with `--header Authorization:${AUTH_HEADER}`.
+        let corpus = generate(0x5ca9_2024, 20);
+        let planted: Vec<_> = corpus
+            .planted
+            .iter()
+            .filter(|p| p.location.ends_with("env.AUTH_HEADER") && p.kind == Kind::AuthorizationHeader)
+            .collect();
+        assert!(!planted.is_empty());
+        for p in planted {
+            let file = corpus.files.iter().find(|f| f.path == p.file).unwrap();
+            assert!(file.text.contains(&format!("Bearer {}", p.secret)), "{p:?}");
+            assert!(file.text.contains("Authorization:${AUTH_HEADER}"), "{p:?}");
         }
     }
 }

@@ -15,8 +15,8 @@ use super::fakes;
 use super::servers::{self, Dialect, Plan, Plant, Seg, Server};
 use super::traps;
 use super::tree::{self, JsonStyle, Tree};
-use crate::fields::{Segment, render};
-use crate::{Client, Kind};
+use warden_scan::location::{Segment, render};
+use warden_scan::{Client, Kind};
 
 /// A generated file and what was planted in it.
 pub(crate) struct GeneratedFile {

@@ -15,7 +15,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use super::fakes::{self, Fake};
 use super::traps;
 use super::tree::Tree;
-use crate::Kind;
+use warden_scan::Kind;
 
 /// One step of a path in a corpus document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +98,9 @@ enum Slot {
     DockerEnv(&'static str),
     /// `args: ["--header", "Authorization: Bearer value"]` (mcp-remote).
     HeaderArg,
+    /// `env.NAME = "Bearer value"` with `args: ["--header", "Authorization:${NAME}"]`: how
+    /// mcp-remote's README has the token kept out of the argument list.
+    HeaderEnv(&'static str),
     /// `args: [..., "value"]`: a positional connection URL.
     Positional,
     /// `env.OPENAPI_MCP_HEADERS = '{"Authorization": "Bearer value", …}'` (Notion's server).
@@ -131,6 +134,7 @@ fn slots(kind: Kind) -> Vec<Slot> {
             DockerEnv("GITHUB_PERSONAL_ACCESS_TOKEN"),
             Authorization("Bearer"),
             HeaderArg,
+            HeaderEnv("AUTH_HEADER"),
             GitUrl,
         ],
         Kind::GithubOauthToken | Kind::GithubAppToken | Kind::GithubFineGrainedToken => {
@@ -166,7 +170,9 @@ fn slots(kind: Kind) -> Vec<Slot> {
         Kind::SentryToken => vec![Env("SENTRY_AUTH_TOKEN"), ArgEquals("--access-token")],
         Kind::PrivateKey => vec![Env("SSH_PRIVATE_KEY"), Env("GITHUB_APP_PRIVATE_KEY")],
         Kind::UrlCredentials => vec![Env("DATABASE_URL"), Env("MONGODB_URI"), Positional, Url],
-        Kind::AuthorizationHeader => vec![Authorization("Bearer"), Authorization("Token"), HeaderArg],
+        Kind::AuthorizationHeader => {
+            vec![Authorization("Bearer"), Authorization("Token"), HeaderArg, HeaderEnv("AUTH_HEADER")]
+        }
         Kind::Jwt => vec![Env("SUPABASE_SERVICE_ROLE_KEY"), Authorization("Bearer")],
         Kind::GenericSecret => vec![
             Env("API_KEY"),
@@ -308,6 +314,7 @@ impl Entry {
             Slot::Header(name) => format!("header:{}", name.to_ascii_lowercase()),
             Slot::UrlQuery(_) | Slot::Url => "url".to_string(),
             Slot::GitUrl => "env:REPO_URL".to_string(),
+            Slot::HeaderEnv(name) => format!("env:{name}"),
             Slot::Positional => "positional".to_string(),
             Slot::DockerEnv(name) => format!("docker:{name}"),
             Slot::ArgEquals(_) | Slot::ArgSeparate(_) | Slot::HeaderArg => String::new(),
@@ -350,6 +357,12 @@ impl Entry {
                 self.arg_plants.push((self.args.len(), kind, fake.secret));
                 self.args.push(format!("{name}={}", fake.value));
             }
+            Slot::HeaderEnv(name) => {
+                self.args.push("--header".to_string());
+                self.args.push(format!("Authorization:${{{name}}}"));
+                self.env.push((name.to_string(), format!("Bearer {}", fake.value)));
+                self.env_plants.push((name.to_string(), kind, fake.secret));
+            }
             Slot::HeaderArg => {
                 self.args.push("--header".to_string());
                 self.arg_plants.push((self.args.len(), kind, fake.secret));
@@ -389,7 +402,7 @@ impl Entry {
             }
         }
         if http {
-            let headers = traps::headers();
+            let headers = traps::headers(rng);
             for trap in headers.choose_multiple(rng, 2) {
                 if self.used.insert(format!("header:{}", trap.name.to_ascii_lowercase())) {
                     self.headers.push((trap.name.clone(), trap.value.clone()));
