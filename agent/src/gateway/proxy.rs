@@ -33,8 +33,9 @@ pub const IDENTITY_PREFIX: &str = "x-warden-";
 const ISSUER_HEADER: HeaderName = HeaderName::from_static("x-warden-issuer");
 const SUBJECT_HEADER: HeaderName = HeaderName::from_static("x-warden-subject");
 
-/// RFC 9110 §7.6.1 hop-by-hop headers, plus the ones that carry the caller's credentials.
-fn dropped(name: &HeaderName) -> bool {
+/// RFC 9110 §7.6.1 hop-by-hop headers, `Host`, and `X-Warden-*` (which an upstream behind
+/// Warden must be able to trust): never passed on, in any mode.
+fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -47,11 +48,13 @@ fn dropped(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "host"
-            // The caller's token and DPoP proof: never passed through (MCP authorization spec,
-            // "token passthrough" is forbidden).
-            | "authorization"
-            | "dpop"
     ) || name.as_str().starts_with(IDENTITY_PREFIX)
+}
+
+/// [`hop_by_hop`], plus the caller's token and DPoP proof: never passed through (MCP
+/// authorization spec, "token passthrough" is forbidden).
+fn dropped(name: &HeaderName) -> bool {
+    hop_by_hop(name) || matches!(name.as_str(), "authorization" | "dpop")
 }
 
 /// Copies `from` without hop-by-hop headers, those `Connection` names, and credentials.
@@ -60,6 +63,11 @@ pub fn forwardable(from: &HeaderMap) -> HeaderMap {
 }
 
 fn forwardable_except(from: &HeaderMap, also: fn(&HeaderName) -> bool) -> HeaderMap {
+    copied(from, |name| dropped(name) || also(name))
+}
+
+/// `from` without the headers `left_out` names and those its `Connection` header names.
+fn copied(from: &HeaderMap, left_out: impl Fn(&HeaderName) -> bool) -> HeaderMap {
     let named: Vec<String> = from
         .get_all(header::CONNECTION)
         .iter()
@@ -68,7 +76,7 @@ fn forwardable_except(from: &HeaderMap, also: fn(&HeaderName) -> bool) -> Header
         .collect();
     let mut out = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
-        if !dropped(name) && !also(name) && !named.iter().any(|n| n == name.as_str()) {
+        if !left_out(name) && !named.iter().any(|n| n == name.as_str()) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -86,27 +94,6 @@ fn withheld(name: &HeaderName) -> bool {
         || name.as_str().starts_with("x-forwarded-")
 }
 
-/// What audit mode passes on beyond hop-by-hop headers: everything the caller sent, its
-/// credentials included (the upstream still checks them itself), except `Host`, the framing
-/// hyper redoes, and `X-Warden-*` (which an upstream behind Warden must be able to trust).
-fn passed_through(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "expect"
-    ) && !name.as_str().starts_with(IDENTITY_PREFIX)
-}
-
 /// The request to send upstream for a server in audit mode: as the caller sent it.
 pub fn passthrough(
     upstream: &str,
@@ -119,20 +106,13 @@ pub fn passthrough(
     if uri.scheme_str() != Some("http") {
         return Err(UpstreamError::Scheme(upstream.to_string()));
     }
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
-    for (name, value) in headers {
-        if passed_through(name) && !named.iter().any(|n| n == name.as_str()) {
-            request.headers_mut().append(name.clone(), value.clone());
-        }
-    }
+    // Everything the caller sent, its credentials included (the upstream still checks them
+    // itself), but what never passes and the framing hyper redoes.
+    *request.headers_mut() =
+        copied(headers, |name| hop_by_hop(name) || matches!(name.as_str(), "content-length" | "expect"));
     Ok(request)
 }
 
@@ -244,6 +224,28 @@ mod tests {
         // On the request the body's framing is hyper's: the caller's length never goes on.
         let r = request_as("http://127.0.0.1:9/mcp", &Method::DELETE, &h, Bytes::new(), "corp", "s").unwrap();
         assert!(r.headers().get("content-length").is_none());
+    }
+
+    #[test]
+    fn audit_mode_passes_credentials_but_never_hop_by_hop_or_identity_headers() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer static-key"),
+            ("connection", "x-custom"),
+            ("x-custom", "1"),
+            ("x-warden-subject", "admin"),
+            ("host", "gateway"),
+            ("cookie", "a=b"),
+            ("content-length", "300"),
+            ("mcp-session-id", "s1"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let r = passthrough("http://127.0.0.1:9/mcp", &Method::POST, &h, Bytes::new()).unwrap();
+        let mut names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["authorization", "cookie", "mcp-session-id"]);
+        assert!(passthrough("https://up/mcp", &Method::POST, &h, Bytes::new()).is_err());
     }
 
     #[test]
