@@ -29,17 +29,6 @@ pub struct ScanOptions {
     pub watch_interval: Duration,
 }
 
-impl Default for ScanOptions {
-    fn default() -> Self {
-        ScanOptions {
-            paths: Vec::new(),
-            homes: Vec::new(),
-            interval: Duration::from_secs(600),
-            watch_interval: Duration::from_secs(15),
-        }
-    }
-}
-
 /// Every user's home directory on this host: `/root`, each directory in `/home`, and `home`
 /// (the agent's own `$HOME`), once each.
 pub fn home_directories(home: Option<PathBuf>) -> Vec<PathBuf> {
