@@ -19,6 +19,7 @@
 //! - `proxy`: a TCP proxy a test can cut: a network partition ([`Proxy`]).
 //! - [`otlp`]: an OTLP receiver.
 //! - `simulated`: agents simulated in a load harness's process ([`simulated_agent`]).
+//! - `secrets`: where a secret's text turns up in what Warden wrote ([`files_containing`]).
 #![forbid(unsafe_code)]
 
 mod ca;
@@ -30,6 +31,7 @@ pub mod otlp;
 mod peers;
 mod process;
 mod proxy;
+mod secrets;
 mod simulated;
 mod usage;
 mod wait;
@@ -42,6 +44,7 @@ pub use loopback::loopback_addr;
 pub use peers::{McpUpstream, MintingIdp, StaticIdp, ext_authz_client, mcp_client, mcp_client_with, peer, python};
 pub use process::{Process, bin};
 pub use proxy::Proxy;
+pub use secrets::{contains_bytes, every_file, files_containing};
 pub use simulated::{simulated_agent, simulated_agents_dir};
 pub use usage::{cpu_time, cpu_time_with_children, rss_kib};
 pub use wait::{PATIENCE, wait_for, wait_for_or};

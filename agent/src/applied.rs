@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use proto::v1 as pb;
 use warden_core::authorize::Authorizer;
+use warden_core::bridge::Bridges;
 use warden_core::resource::Spec;
 use warden_core::revocation::{Changes, CutKey, Target};
 use warden_core::token::{Revocations, Verifier};
@@ -48,6 +49,8 @@ pub struct Applied {
     pub verifier: Arc<Verifier>,
     /// Its policies, per server (shared likewise).
     pub authorizer: Arc<Authorizer>,
+    /// Its credential bridges, per server (shared likewise).
+    pub bridges: Arc<Bridges>,
     /// Where it came from.
     pub source: Source,
 }
@@ -192,6 +195,7 @@ pub fn from_delta(current: Option<&Applied>, delta: pb::Delta) -> Result<Applied
             revocations_only: true,
             verifier: current.verifier.clone(),
             authorizer: current.authorizer.clone(),
+            bridges: current.bridges.clone(),
             source: Source::ControlPlane,
         });
     }
@@ -266,6 +270,7 @@ fn build(
         tracing::warn!(version, skipped, "issuer keys that do not parse were left out");
     }
     let (verifier, authorizer) = (Arc::new(verifier), Arc::new(Authorizer::new(&config)));
+    let bridges = Arc::new(Bridges::new(&config.bridges));
     Ok(Applied {
         store_id,
         version,
@@ -277,6 +282,7 @@ fn build(
         revocations_only: false,
         verifier,
         authorizer,
+        bridges,
         source,
     })
 }

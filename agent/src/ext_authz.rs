@@ -93,7 +93,7 @@ impl Authorization for LocalCheck {
         };
         let ok = auth::OkHttpResponse {
             headers: vec![add("x-warden-issuer", issuer), add("x-warden-subject", subject)],
-            headers_to_remove: vec!["authorization".into(), "dpop".into()],
+            headers_to_remove: removed_headers(&admitted),
             response_headers_to_add: Vec::new(),
         };
         Ok(Response::new(CheckResponse {
@@ -101,6 +101,19 @@ impl Authorization for LocalCheck {
             http_response: Some(auth::check_response::HttpResponse::OkResponse(ok)),
         }))
     }
+}
+
+/// The headers Envoy must take off before the request goes upstream: the caller's token and
+/// proof, and the headers the server's credential bridges read, unless the bridge that admitted
+/// the request forwards its key.
+fn removed_headers(admitted: &gateway::Admitted) -> Vec<String> {
+    let kept = admitted.workload().bridge.as_ref().filter(|b| b.forward_key).map(|b| b.header.as_str());
+    ["authorization", "dpop"]
+        .into_iter()
+        .chain(admitted.bridge_headers().iter().map(String::as_str))
+        .filter(|name| Some(*name) != kept)
+        .map(str::to_string)
+        .collect()
 }
 
 /// An answer taken apart: status, headers, body.

@@ -40,7 +40,7 @@ use crate::applied::{Applied, Current};
 use crate::sync::{EndedTask, Requests};
 
 pub use handler::Limits;
-pub(crate) use handler::{Caller, admit, check_body, in_audit};
+pub(crate) use handler::{Admitted, Caller, admit, check_body, in_audit};
 pub use reply::Body;
 pub use reply::Route;
 pub use sessions::KEY_BYTES as SESSION_KEY_BYTES;

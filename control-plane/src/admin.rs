@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
-use warden_core::{Document, Kind, ResourceKey};
+use warden_core::{Admission, Document, Kind, ResourceKey};
 
 use crate::configuration::Configuration;
 use crate::configuration::state::{self, WriteError};
@@ -91,6 +91,8 @@ impl pb::admin_service_server::AdminService for AdminService {
             )));
         }
         let mut documents = Vec::with_capacity(request.documents_json.len());
+        // Bounds that count from the write (a bridge's expiry) count from now.
+        let admission = Admission { now: Some(crate::now_unix_ms() / 1000), ..*self.configuration.admission() };
         for (i, bytes) in request.documents_json.iter().enumerate() {
             if bytes.len() > MAX_DOCUMENT_BYTES {
                 return Err(Status::invalid_argument(format!(
@@ -99,7 +101,7 @@ impl pb::admin_service_server::AdminService for AdminService {
                     bytes.len()
                 )));
             }
-            let doc = Document::from_json_bytes(bytes, self.configuration.admission())
+            let doc = Document::from_json_bytes(bytes, &admission)
                 .map_err(|error| WriteError::Document { index: i + 1, error })?;
             documents.push(doc);
         }
@@ -185,7 +187,18 @@ impl pb::admin_service_server::AdminService for AdminService {
             })
             .collect();
         let revocations_total = state.revocation_table().len() as u64;
-        Ok(Response::new(pb::GetResponse { resources, version: state.version, issuer_keys, revocations_total }))
+        let now = crate::now_unix_ms() / 1000;
+        let bridges = bridges(&state, now)
+            .into_iter()
+            .filter(|b| resources.iter().any(|r| r.kind == Kind::CredentialBridge.as_str() && r.name == b.name))
+            .collect();
+        Ok(Response::new(pb::GetResponse {
+            resources,
+            version: state.version,
+            issuer_keys,
+            revocations_total,
+            bridges,
+        }))
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -336,7 +349,7 @@ impl pb::admin_service_server::AdminService for AdminService {
                 _ => None,
             })
             .collect();
-        Ok(Response::new(tally.finish(&findings, audit, truncated)))
+        Ok(Response::new(tally.finish(&findings, audit, bridges(&state, now), truncated)))
     }
 
     async fn list_decisions(
@@ -408,4 +421,33 @@ impl pb::admin_service_server::AdminService for AdminService {
             ca_pem: self.fleet.ca().cert_pem().to_string(),
         }))
     }
+}
+
+/// The credential bridges of `state` at `now`, with their state (revoked when their key is in
+/// the revocation list agents check).
+fn bridges(state: &state::FleetState, now: i64) -> Vec<pb::BridgeStatus> {
+    state
+        .resources
+        .iter()
+        .filter_map(|(key, entry)| match &entry.document.spec {
+            warden_core::resource::Spec::CredentialBridge(b) => Some((key, b)),
+            _ => None,
+        })
+        .map(|(key, b)| {
+            let state = match state.revoked.jti_revoked(&key.name, &b.key_digest) {
+                true => "revoked",
+                false => warden_core::bridge::State::at(b.expires_unix(), now).as_str(),
+            };
+            pb::BridgeStatus {
+                name: key.name.clone(),
+                server: b.server.clone(),
+                principal: b.principal.clone(),
+                owner: b.owner.clone(),
+                expires_unix: b.expires_unix(),
+                state: state.into(),
+                forwards_key: b.forward_key,
+                requests: 0,
+            }
+        })
+        .collect()
 }

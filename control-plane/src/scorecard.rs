@@ -16,6 +16,9 @@ pub const MAX_RECORDS: usize = 5_000_000;
 /// policy: no token, a bad one, a missing scope, a malformed request).
 const POLICY_REASONS: &[&str] = &["policy_denied", "policy_error", "tool_not_granted"];
 
+/// Bridges counted one by one (records name them; a configuration holds far fewer).
+const MAX_BRIDGES: usize = 10_000;
+
 /// The figures of the decision records within a window, added up record by record.
 #[derive(Default)]
 pub struct Tally {
@@ -25,6 +28,8 @@ pub struct Tally {
     validated: u64,
     audited: u64,
     bridged: u64,
+    /// Bridged requests by bridge (a bridged record's issuer is its bridge).
+    by_bridge: std::collections::HashMap<String, u64>,
     refused: u64,
     read: u64,
 }
@@ -49,6 +54,11 @@ impl Tally {
             self.audited += n;
         } else if r.via == "bridge" {
             self.bridged += n;
+            if let Some(count) = self.by_bridge.get_mut(&r.issuer) {
+                *count += n;
+            } else if self.by_bridge.len() < MAX_BRIDGES {
+                self.by_bridge.insert(r.issuer.clone(), n);
+            }
         } else if allowed || POLICY_REASONS.contains(&r.reason.as_str()) {
             self.validated += n;
         } else {
@@ -64,8 +74,12 @@ impl Tally {
         mut self,
         findings: &[crate::configuration::store::FindingsRecord],
         servers_in_audit: Vec<String>,
+        mut bridges: Vec<pb::BridgeStatus>,
         truncated: bool,
     ) -> pb::ScorecardResponse {
+        for bridge in &mut bridges {
+            bridge.requests = self.by_bridge.get(&bridge.name).copied().unwrap_or(0);
+        }
         self.lifetimes.sort_unstable();
         // Nearest-rank percentiles: a value some decision's token actually had.
         let rank = |p: u64| {
@@ -86,6 +100,7 @@ impl Tally {
             bridged: self.bridged,
             refused: self.refused,
             servers_in_audit,
+            bridges,
             records_read: self.read,
             truncated,
             hosts_scanned: findings.len() as u64,
@@ -132,6 +147,10 @@ mod tests {
         tally.add(&pb::DecisionRecord { audit: "would_deny".into(), ..record(pb::Decision::Allow, "malformed", 0) });
         tally.add(&pb::DecisionRecord { via: "token-exchange".into(), ..record(pb::Decision::Allow, "", 300) });
         tally.add(&pb::DecisionRecord { time_unix_nanos: 1, ..record(pb::Decision::Allow, "", 300) });
+        let bridged =
+            |decision| pb::DecisionRecord { via: "bridge".into(), issuer: "legacy".into(), ..record(decision, "", 0) };
+        tally.add(&bridged(pb::Decision::Allow));
+        tally.add(&bridged(pb::Decision::Deny));
         let gone = |kind: &str, first: i64, gone: i64| StoredFinding {
             kind: kind.into(),
             first_seen_unix: first,
@@ -142,8 +161,10 @@ mod tests {
             findings: vec![gone("github_token", 500, 0), gone("github_token", 1_500, 0), gone("jwt", 100, 1_200)],
             ..Default::default()
         }];
-        let card = tally.finish(&findings, vec!["notes".into()], false);
-        assert_eq!((card.requests, card.validated, card.refused, card.audited, card.bridged), (11, 3, 7, 1, 0));
+        let bridges = ["legacy", "idle"].map(|name| pb::BridgeStatus { name: name.into(), ..Default::default() });
+        let card = tally.finish(&findings, vec!["notes".into()], bridges.to_vec(), false);
+        assert_eq!((card.requests, card.validated, card.refused, card.audited, card.bridged), (13, 3, 7, 1, 2));
+        assert_eq!(card.bridges.iter().map(|b| b.requests).collect::<Vec<_>>(), [2, 0]);
         assert_eq!((card.token_decisions, card.lifetime_at_most_15m), (3, 2));
         assert_eq!(
             (card.lifetime_p50_seconds, card.lifetime_p95_seconds, card.lifetime_max_seconds),
@@ -151,6 +172,6 @@ mod tests {
         );
         assert_eq!((card.secrets_open, card.secrets_new, card.secrets_resolved), (2, 1, 1));
         assert_eq!(card.secrets_open_by_kind.get("github_token"), Some(&2));
-        assert_eq!((card.records_read, card.servers_in_audit.len()), (7, 1));
+        assert_eq!((card.records_read, card.servers_in_audit.len()), (9, 1));
     }
 }

@@ -3,11 +3,10 @@
 //! they report, and `wardenctl get findings` shows it — where each secret is, never what it is.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use tests::{Fleet, bin, wait_for_or};
+use tests::{Fleet, bin, contains_bytes, every_file, wait_for_or};
 
 /// (file, location, kind) of each finding in a `get findings -o json` or `scan -o json` list.
 fn places(findings: &[Value], file_key: &str) -> BTreeSet<(String, String, String)> {
@@ -18,22 +17,6 @@ fn places(findings: &[Value], file_key: &str) -> BTreeSet<(String, String, Strin
             (text(file_key), text("location"), text("kind"))
         })
         .collect()
-}
-
-/// Every file under `dir`, read whole (binary files too).
-fn every_file(dir: &Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
-    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            every_file(&path, out);
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.push((path, bytes));
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
@@ -124,14 +107,13 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
         agent.stop();
     }
     fleet.cp.stop();
-    let mut written = Vec::new();
-    every_file(fleet.dir.path(), &mut written);
+    let mut written = every_file(fleet.dir.path());
     written.extend(outputs.drain(..).enumerate().map(|(i, o)| (format!("output {i}").into(), o)));
     assert!(written.len() > 10, "the fleet wrote its stores and logs");
     for planted in &corpus.planted {
         for (path, bytes) in &written {
             assert!(
-                !contains(bytes, planted.secret.as_bytes()),
+                !contains_bytes(bytes, planted.secret.as_bytes()),
                 "a planted {} value appears in {}",
                 planted.kind.as_str(),
                 path.display()

@@ -1,8 +1,9 @@
 """An MCP client written with the official Python SDK, for the gateway's end-to-end tests.
 
 Reads a JSON list of steps on stdin, each {"token": T, "op": [OP, ARGS...]} and optionally
-"ca" (PEM file trusted for https URLs) and "cert"/"key" (a client certificate to present); runs
-each as its own connection to URL with `Authorization: Bearer T` (none when T is "-"), and
+"ca" (PEM file trusted for https URLs), "cert"/"key" (a client certificate to present) and
+"headers" (more request headers, e.g. a legacy client's static key); runs each as its own
+connection to URL with `Authorization: Bearer T` (none when T is "-"), and
 prints a JSON list of results, one per step: {"ok": true, "result": ...} or {"ok": false, ...}.
 
 Usage: mcp_client.py URL MODE < steps.json
@@ -35,6 +36,7 @@ def http_client(headers, tls):
 
 async def run(url, token, mode, op, args, tls):
     headers = {} if token == "-" else {"Authorization": f"Bearer {token}"}
+    headers.update(tls.get("headers", {}))
     progress = []
 
     async def on_progress(p, total, message):

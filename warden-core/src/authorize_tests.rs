@@ -50,6 +50,7 @@ fn workload(subject: &str, claims: serde_json::Value) -> Verified {
         scopes: vec!["repo:read".into()],
         claims: claims.as_object().cloned().unwrap_or_default(),
         task: None,
+        bridge: None,
     }
 }
 

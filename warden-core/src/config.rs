@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use cedar_policy::{PolicyId, PolicySet};
 
+use crate::bridge::CredentialBridgeSpec;
 use crate::issuer::TrustedIssuerSpec;
 use crate::policy::PolicySpec;
 use crate::resource::{Document, Kind, ResourceKey, Spec};
@@ -47,6 +48,14 @@ pub enum ConfigError {
         /// Cedar's message.
         message: String,
     },
+    /// A CredentialBridge that cannot work as written.
+    #[error("{from}: {message}")]
+    Bridge {
+        /// The CredentialBridge.
+        from: ResourceKey,
+        /// What is wrong.
+        message: String,
+    },
     /// Two servers one agent could serve listen on the same address.
     #[error(
         "{first} and {second} both listen on {listen} and an agent could serve both: give them different addresses or agent selectors that cannot both match"
@@ -70,6 +79,8 @@ pub struct Config {
     pub servers: BTreeMap<String, McpServerSpec>,
     /// Policies by name.
     pub policies: BTreeMap<String, PolicySpec>,
+    /// Credential bridges by name.
+    pub bridges: BTreeMap<String, CredentialBridgeSpec>,
     /// Every policy of every `Policy` resource, each with the id `<resource>.<n>`.
     pub policy_set: PolicySet,
     /// Each issuer's public keys (a JWKS): inline from its document, or as the control plane
@@ -84,6 +95,7 @@ impl Config {
             issuers: BTreeMap::new(),
             servers: BTreeMap::new(),
             policies: BTreeMap::new(),
+            bridges: BTreeMap::new(),
             policy_set: PolicySet::new(),
             keys: BTreeMap::new(),
         }
@@ -116,10 +128,14 @@ impl Config {
                 // and agents hold them apart and build without them; the control plane checks
                 // the same reference as each is written.)
                 Spec::Revocation(s) => revocation_issuers.push((name, s.issuer.clone())),
+                Spec::CredentialBridge(s) => {
+                    config.bridges.insert(name, s.clone());
+                }
             }
         }
+        // A revocation names whose credentials it revokes: an issuer's tokens or a bridge's key.
         for (name, issuer) in revocation_issuers {
-            if !config.issuers.contains_key(&issuer) {
+            if !config.issuers.contains_key(&issuer) && !config.bridges.contains_key(&issuer) {
                 return Err(ConfigError::DanglingReference {
                     from: key(Kind::Revocation, &name),
                     field: "spec.issuer",
@@ -165,6 +181,7 @@ impl Config {
                 }
             }
         }
+        config.check_bridges()?;
         for (name, policy) in &config.policies {
             for server in &policy.servers {
                 if !config.servers.contains_key(server) {
@@ -188,6 +205,39 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// Each bridge opens a server that exists and takes unbound tokens (a static key cannot be
+    /// bound to its presenter), has a name no issuer has (the bridge is its principal's
+    /// issuer, in policies and revocations), and a key no other bridge of its server has.
+    fn check_bridges(&self) -> Result<(), ConfigError> {
+        let mut digests = BTreeMap::new();
+        for (name, bridge) in &self.bridges {
+            let from = || key(Kind::CredentialBridge, name);
+            let message = |message: String| ConfigError::Bridge { from: from(), message };
+            let Some(server) = self.servers.get(&bridge.server) else {
+                return Err(ConfigError::DanglingReference {
+                    from: from(),
+                    field: "spec.server",
+                    missing: key(Kind::McpServer, &bridge.server),
+                });
+            };
+            if server.binding != crate::server::Binding::None {
+                return Err(message(format!(
+                    "server {} requires tokens bound to their presenter; a static key cannot be bound",
+                    bridge.server
+                )));
+            }
+            if self.issuers.contains_key(name) {
+                return Err(message(format!(
+                    "TrustedIssuer {name} has the same name: a bridge names its principal's issuer, so the names must differ"
+                )));
+            }
+            if let Some(other) = digests.insert((&bridge.server, &bridge.key_digest), name) {
+                return Err(message(format!("bridge {other} of the same server has the same key")));
+            }
+        }
+        Ok(())
     }
 
     /// The `TrustedIssuer` whose keys are the control plane's own (the token service), if any.

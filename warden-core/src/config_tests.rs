@@ -104,3 +104,31 @@ fn two_servers_one_agent_could_serve_cannot_share_a_listen_address() {
     let docs = with(&format!("{}{}", server("a", "127.0.0.1:8443", ""), server("b", "127.0.0.1:8444", "")));
     Config::build(&docs).unwrap();
 }
+
+#[test]
+fn a_bridge_opens_an_unbound_server_under_a_name_of_its_own_with_a_key_of_its_own() {
+    let bridge = |name: &str, server: &str, key: &str| {
+        format!(
+            "---\napiVersion: warden.dev/v1\nkind: CredentialBridge\nmetadata: {{name: {name}}}\nspec:\n  server: {server}\n  header: X-Api-Key\n  key: {key}\n  principal: ci\n  owner: team-ci\n  exitPlan: tokens by March\n  expires: 2027-02-01T00:00:00Z\n"
+        )
+    };
+    let (one, two) = ("4f9c2a7e1b8d3f60a5c9e2b71d4f8a3c", "9d2f7a1c5e8b3d6f9a2c4e7b0d1f4f9c");
+    let build = |extra: String| Config::build(&documents(&format!("{FLEET}{extra}"))).map_err(|e| e.to_string());
+    let config = build(bridge("legacy", "github", one)).unwrap();
+    assert_eq!(config.bridges["legacy"].principal, "ci");
+    assert!(build(bridge("legacy", "gitlab", one)).unwrap_err().contains("spec.server names McpServer/gitlab"));
+    assert!(build(bridge("corp-idp", "github", one)).unwrap_err().contains("same name"));
+    let twice = format!("{}{}", bridge("legacy", "github", one), bridge("again", "github", one));
+    assert!(build(twice).unwrap_err().contains("same key"));
+    let two_keys = format!("{}{}", bridge("legacy", "github", one), bridge("again", "github", two));
+    assert_eq!(build(two_keys).unwrap().bridges.len(), 2);
+    let bound = format!("{FLEET}{}", bridge("legacy", "github", one))
+        .replace("upstream: http://127.0.0.1:3000/mcp", "upstream: http://127.0.0.1:3000/mcp\n  binding: dpop");
+    assert!(Config::build(&documents(&bound)).unwrap_err().to_string().contains("cannot be bound"));
+    // A bridge is revoked as its principal's issuer.
+    let revoked = format!(
+        "{}---\napiVersion: warden.dev/v1\nkind: Revocation\nmetadata: {{name: r}}\nspec: {{issuer: legacy, jti: 'sha256:00'}}\n",
+        bridge("legacy", "github", one)
+    );
+    assert!(build(revoked).is_ok());
+}

@@ -103,6 +103,7 @@ fn verified(subject: &str, claims: Value) -> Verified {
         scopes: Vec::new(),
         claims,
         task: None,
+        bridge: None,
     }
 }
 

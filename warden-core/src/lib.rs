@@ -8,6 +8,7 @@
 pub mod arguments;
 pub mod authorize;
 pub mod bounded;
+pub mod bridge;
 pub mod config;
 pub mod dpop;
 pub mod duration;

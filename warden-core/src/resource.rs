@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bridge::CredentialBridgeSpec;
 use crate::issuer::TrustedIssuerSpec;
 use crate::policy::PolicySpec;
 use crate::revocation::RevocationSpec;
@@ -37,12 +38,15 @@ pub enum Kind {
     Policy,
     /// Tokens cut off before they expire.
     Revocation,
+    /// A legacy static key one server accepts for a bounded time (see [`crate::bridge`]).
+    CredentialBridge,
 }
 
 impl Kind {
     /// Every kind, in the order they are listed and applied (issuers before the servers that
     /// name them, servers before the policies scoped to them).
-    pub const ALL: [Kind; 4] = [Kind::TrustedIssuer, Kind::McpServer, Kind::Policy, Kind::Revocation];
+    pub const ALL: [Kind; 5] =
+        [Kind::TrustedIssuer, Kind::McpServer, Kind::Policy, Kind::CredentialBridge, Kind::Revocation];
 
     /// The canonical name, as written in `kind:`.
     pub fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Kind {
             Kind::McpServer => "McpServer",
             Kind::Policy => "Policy",
             Kind::Revocation => "Revocation",
+            Kind::CredentialBridge => "CredentialBridge",
         }
     }
 
@@ -62,6 +67,7 @@ impl Kind {
             "mcpserver" | "mcpservers" | "server" | "servers" => Some(Kind::McpServer),
             "policy" | "policies" => Some(Kind::Policy),
             "revocation" | "revocations" => Some(Kind::Revocation),
+            "credentialbridge" | "credentialbridges" | "bridge" | "bridges" => Some(Kind::CredentialBridge),
             _ => None,
         }
     }
@@ -118,6 +124,8 @@ pub enum Spec {
     Policy(PolicySpec),
     /// `kind: Revocation`.
     Revocation(RevocationSpec),
+    /// `kind: CredentialBridge`.
+    CredentialBridge(CredentialBridgeSpec),
 }
 
 /// One validated resource document.
@@ -160,6 +168,7 @@ impl Document {
             Spec::McpServer(_) => Kind::McpServer,
             Spec::Policy(_) => Kind::Policy,
             Spec::Revocation(_) => Kind::Revocation,
+            Spec::CredentialBridge(_) => Kind::CredentialBridge,
         }
     }
 
@@ -185,7 +194,7 @@ impl Document {
             DocumentError::field(
                 "kind",
                 format!(
-                    "unknown kind {:?}; expected one of TrustedIssuer, McpServer, Policy, Revocation",
+                    "unknown kind {:?}; expected one of TrustedIssuer, McpServer, Policy, CredentialBridge, Revocation",
                     envelope.kind
                 ),
             )
@@ -218,6 +227,11 @@ impl Document {
                 spec.validate()?;
                 Spec::Revocation(spec)
             }
+            Kind::CredentialBridge => {
+                let mut spec: CredentialBridgeSpec = typed("spec", envelope.spec)?;
+                spec.validate(admission)?;
+                Spec::CredentialBridge(spec)
+            }
         };
         metadata.resource_version = expected;
         Ok(Document { metadata, spec })
@@ -241,6 +255,7 @@ impl Document {
             Spec::McpServer(s) => serde_json::to_vec(&env(kind, &metadata, s)),
             Spec::Policy(s) => serde_json::to_vec(&env(kind, &metadata, s)),
             Spec::Revocation(s) => serde_json::to_vec(&env(kind, &metadata, s)),
+            Spec::CredentialBridge(s) => serde_json::to_vec(&env(kind, &metadata, s)),
         };
         out.expect("documents always serialize")
     }

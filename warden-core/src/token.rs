@@ -67,6 +67,8 @@ pub enum Reason {
     BindingRequired,
     /// The token is bound to another certificate than the one presented.
     BindingMismatch,
+    /// A `CredentialBridge`'s key, presented after the bridge's expiry.
+    BridgeExpired,
 }
 
 impl Reason {
@@ -89,6 +91,7 @@ impl Reason {
             Reason::Revoked => "revoked",
             Reason::BindingRequired => "binding_required",
             Reason::BindingMismatch => "binding_mismatch",
+            Reason::BridgeExpired => "bridge_expired",
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct Verified {
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// Set for a task token, minted by the control plane's token service.
     pub task: Option<Task>,
+    /// Set for a legacy client admitted by a `CredentialBridge`'s static key (no token).
+    pub bridge: Option<Arc<crate::bridge::Bridge>>,
 }
 
 /// What a task token (RFC 8693 token exchange at the control plane) adds: whose identity the
@@ -157,6 +162,27 @@ pub mod task_claims {
 }
 
 impl Verified {
+    /// The workload a bridge admits: the bridge as its issuer, its principal as subject. It
+    /// has no token, so no lifetime (`issued_at` is its expiry), `jti` or binding.
+    pub(crate) fn bridged(bridge: Arc<crate::bridge::Bridge>) -> Verified {
+        Verified {
+            issuer: bridge.name.clone(),
+            subject: bridge.principal.clone(),
+            jti: None,
+            jti_hash: None,
+            jti_key: None,
+            expires_at: bridge.expires_at,
+            issued_at: bridge.expires_at,
+            valid_until: bridge.expires_at,
+            bound_certificate: None,
+            bound_dpop_key: None,
+            scopes: bridge.scopes.clone(),
+            claims: serde_json::Map::new(),
+            task: None,
+            bridge: Some(bridge),
+        }
+    }
+
     /// The TrustedIssuer that identifies the workload: the issuer of the token, or for a task
     /// token, the issuer of the subject token it was exchanged for.
     pub fn principal_issuer(&self) -> &str {
@@ -482,6 +508,7 @@ impl Verifier {
             bound_dpop_key,
             scopes,
             claims,
+            bridge: None,
         })
     }
 

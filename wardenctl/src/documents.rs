@@ -9,6 +9,28 @@ use warden_core::{Admission, Document};
 /// Reads every YAML/JSON document under `paths`, validating each locally first so mistakes are
 /// reported with their file; the control plane validates again, authoritatively.
 pub fn read(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Document)>> {
+    Ok(read_all(paths)?.into_iter().map(|read| (read.path, read.document)).collect())
+}
+
+/// What `apply` sends for each document under `paths`: its canonical JSON (with
+/// `metadata.resourceVersion` when the operator set one), except a `CredentialBridge` that
+/// carries its key, which goes as written (its `keyFile` read): the control plane checks the
+/// key's strength itself before it keeps only the digest.
+pub fn wire(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    Ok(read_all(paths)?.into_iter().map(|read| read.written.unwrap_or_else(|| with_version(&read.document))).collect())
+}
+
+/// One document read.
+struct Read {
+    /// Its file.
+    path: PathBuf,
+    document: Document,
+    /// For a bridge with a key, the JSON as written.
+    written: Option<Vec<u8>>,
+}
+
+/// Each document under `paths`.
+fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Read>> {
     let mut files = Vec::new();
     for path in paths {
         collect_files(path, &mut files)?;
@@ -20,14 +42,47 @@ pub fn read(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Document)>> {
     for file in files {
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
         let values = warden_core::resource::yaml_documents(&text).with_context(|| file.display().to_string())?;
-        for (i, value) in values.into_iter().enumerate() {
+        for (i, mut value) in values.into_iter().enumerate() {
+            let context = || format!("{} (document {})", file.display(), i + 1);
+            let keyed = bridge_key(&mut value, &file).with_context(context)?;
+            let written = keyed.then(|| serde_json::to_vec(&value).expect("JSON values serialize"));
             // http issuers are an admission rule of the control plane: let it decide.
-            let doc = Document::from_json(value, &Admission { allow_http_issuers: true })
-                .with_context(|| format!("{} (document {})", file.display(), i + 1))?;
-            out.push((file.clone(), doc));
+            let doc =
+                Document::from_json(value, &Admission { allow_http_issuers: true, now: None }).with_context(context)?;
+            out.push(Read { path: file.clone(), document: doc, written });
         }
     }
     Ok(out)
+}
+
+/// For a `CredentialBridge`, reads `spec.keyFile` (relative to the document's file; one line,
+/// surrounding white space dropped) into `spec.key`; whether the document carries a key.
+fn bridge_key(value: &mut serde_json::Value, file: &Path) -> anyhow::Result<bool> {
+    if value["kind"] != "CredentialBridge" {
+        return Ok(false);
+    }
+    let Some(spec) = value.get_mut("spec").and_then(|s| s.as_object_mut()) else { return Ok(false) };
+    if let Some(key_file) = spec.remove("keyFile") {
+        if spec.contains_key("key") {
+            bail!("spec: give key or keyFile, not both");
+        }
+        let key_file = key_file.as_str().context("spec.keyFile: must be a path")?;
+        let path = file.parent().unwrap_or(Path::new(".")).join(key_file);
+        let key =
+            std::fs::read_to_string(&path).with_context(|| format!("spec.keyFile: reading {}", path.display()))?;
+        spec.insert("key".into(), key.trim().into());
+    }
+    Ok(spec.contains_key("key"))
+}
+
+/// Canonical JSON, keeping `metadata.resourceVersion` when the operator set it (optimistic
+/// concurrency).
+fn with_version(document: &Document) -> Vec<u8> {
+    let json = document.to_canonical_json();
+    let Some(version) = document.metadata.resource_version else { return json };
+    let mut value: serde_json::Value = serde_json::from_slice(&json).expect("canonical JSON parses");
+    value["metadata"]["resourceVersion"] = version.into();
+    serde_json::to_vec(&value).expect("serializes")
 }
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -51,4 +106,37 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         out.push(path.to_path_buf());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bridge_s_key_file_is_read_beside_its_document_and_sent_as_written() {
+        let dir = std::env::temp_dir().join(format!("wardenctl-bridge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = "4f9c2a7e1b8d3f60a5c9e2b71d4f8a3c6e0b9d2f";
+        std::fs::write(dir.join("ci.key"), format!("{key}\n")).unwrap();
+        let document = |key_line: &str| {
+            format!(
+                "apiVersion: warden.dev/v1\nkind: CredentialBridge\nmetadata: {{name: ci}}\nspec:\n  server: notes\n  {key_line}\n  principal: ci\n  owner: team\n  exitPlan: tokens\n  expires: 2027-01-01T00:00:00Z\n"
+            )
+        };
+        let file = dir.join("bridge.yaml");
+        std::fs::write(&file, document("keyFile: ci.key")).unwrap();
+        let sent = wire(std::slice::from_ref(&file)).unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&sent[0]).unwrap();
+        assert_eq!(sent["spec"]["key"], key, "the control plane checks the key itself");
+        assert!(sent["spec"].get("keyFile").is_none());
+        // What `diff` compares holds the digest only.
+        let (_, parsed) = &read(std::slice::from_ref(&file)).unwrap()[0];
+        assert!(!String::from_utf8(parsed.to_canonical_json()).unwrap().contains(key));
+        std::fs::write(&file, document(&format!("keyFile: ci.key\n  key: {key}"))).unwrap();
+        let both = read(std::slice::from_ref(&file)).unwrap_err();
+        assert!(format!("{both:#}").contains("not both"), "{both:#}");
+        std::fs::write(&file, document("keyFile: missing.key")).unwrap();
+        assert!(format!("{:#}", read(std::slice::from_ref(&file)).unwrap_err()).contains("missing.key"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

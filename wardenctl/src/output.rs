@@ -123,6 +123,40 @@ pub fn resources(response: &pb::GetResponse, format: Format) -> anyhow::Result<(
     }
 }
 
+/// `get bridges`: each bridge with its days left and state (`open`, `expiring` within 7 days,
+/// `expired` or `revoked`), and whether its key goes upstream.
+pub fn bridges(response: &pb::GetResponse, format: Format) -> anyhow::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let mut rows = Vec::new();
+    let mut values = Vec::new();
+    for b in &response.bridges {
+        // Whole days left, rounded up: 1 on the last day, 0 once it has closed.
+        let days_left = ((b.expires_unix - now).max(0) + 86_399) / 86_400;
+        rows.push(vec![
+            b.name.clone(),
+            b.server.clone(),
+            format!("{}/{}", b.name, b.principal),
+            b.owner.clone(),
+            warden_core::revocation::format_time(b.expires_unix),
+            days_left.to_string(),
+            b.state.clone(),
+            if b.forwards_key { "FORWARDED UPSTREAM".into() } else { "kept at gateway".into() },
+        ]);
+        if let Some(r) = response.resources.iter().find(|r| r.kind == "CredentialBridge" && r.name == b.name) {
+            let mut value = document(r, None)?;
+            value["status"] = json!({"state": b.state, "daysLeft": days_left});
+            values.push(value);
+        }
+    }
+    match format {
+        Format::Table => {
+            print_table(&["NAME", "SERVER", "PRINCIPAL", "OWNER", "EXPIRES", "DAYS LEFT", "STATE", "KEY"], rows);
+            Ok(())
+        }
+        _ => emit(&Value::Array(values), format),
+    }
+}
+
 /// `apply`.
 pub fn apply(response: &pb::ApplyResponse, dry_run: bool, format: Format) -> anyhow::Result<()> {
     if format != Format::Table {
@@ -295,6 +329,11 @@ pub fn scorecard(card: &pb::ScorecardResponse, format: Format) -> anyhow::Result
                 "bridged": card.bridged, "refused": card.refused,
             },
             "serversInAudit": card.servers_in_audit,
+            "bridges": card.bridges.iter().map(|b| json!({
+                "name": b.name, "server": b.server, "principal": b.principal, "owner": b.owner,
+                "expiresUnix": b.expires_unix, "state": b.state, "forwardsKey": b.forwards_key,
+                "requests": b.requests,
+            })).collect::<Vec<_>>(),
             "recordsRead": card.records_read,
             "truncated": card.truncated,
         });
@@ -334,6 +373,17 @@ pub fn scorecard(card: &pb::ScorecardResponse, format: Format) -> anyhow::Result
     );
     let audit = if card.servers_in_audit.is_empty() { "none".to_string() } else { card.servers_in_audit.join(", ") };
     println!("Servers in audit     {audit}");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let open = card.bridges.iter().filter(|b| matches!(b.state.as_str(), "open" | "expiring")).count();
+    println!("Bridges              {open} open of {}", card.bridges.len());
+    for b in &card.bridges {
+        let days = ((b.expires_unix - now).max(0) + 86_399) / 86_400;
+        let forwarded = if b.forwards_key { "; THE STATIC KEY STILL GOES UPSTREAM" } else { "" };
+        println!(
+            "                     {} -> {}: {}, {days} days left, {} requests (owner {}){forwarded}",
+            b.name, b.server, b.state, b.requests, b.owner
+        );
+    }
     if card.truncated {
         println!("\n(only the first {} decision records were read)", card.records_read);
     }

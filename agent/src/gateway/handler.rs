@@ -144,6 +144,11 @@ impl Admitted {
     pub(crate) fn workload(&self) -> &Verified {
         &self.decider.verified
     }
+
+    /// The headers the server's credential bridges read (lower case).
+    pub(crate) fn bridge_headers(&self) -> &[String] {
+        self.decider.applied.bridges.headers(&self.decider.server)
+    }
 }
 
 /// Whether `server` is in audit mode now (`enforcement: audit` before its `auditUntil`).
@@ -379,6 +384,17 @@ fn authenticate(
     now: i64,
 ) -> Result<Arc<Verified>, Refused> {
     let (shared, server, headers) = (refusal.shared, refusal.server, refusal.headers);
+    // A legacy client's static key, where a bridge of this server takes one: decided like a
+    // token's workload from here on. A key no bridge knows goes on as a token would.
+    let values = |name: &str| headers.get_all(name).iter().map(HeaderValue::as_bytes).collect();
+    if let Some(bridge) = applied.bridges.find(server, values) {
+        return bridge.admit(now, &applied.revocations).map_err(|reason| {
+            tracing::info!(server = %server, bridge = %bridge.name, reason = %reason, "bridged key refused");
+            // The key matched: the refusal is on record under the bridge's principal.
+            refusal.record(Some(&bridge.workload()), Refusal::Token(reason));
+            Box::new(reply::unauthorized(route, Some(reason)))
+        });
+    }
     let (scheme, token) = match credentials(headers, uri.query()) {
         Ok(Some(credentials)) => credentials,
         Ok(None) => {
@@ -838,8 +854,10 @@ async fn send_upstream(
     body: Bytes,
 ) -> Result<Response<hyper::body::Incoming>, Refused> {
     let decider = &admitted.decider;
-    let mut upstream = proxy::request(&spec.upstream, &parts.method, &parts.headers, body, &decider.verified)
-        .map_err(|e| Box::new(reply::error(StatusCode::BAD_GATEWAY, e)))?;
+    let bridge_headers = decider.applied.bridges.headers(&decider.server);
+    let mut upstream =
+        proxy::request(&spec.upstream, &parts.method, &parts.headers, body, &decider.verified, bridge_headers)
+            .map_err(|e| Box::new(reply::error(StatusCode::BAD_GATEWAY, e)))?;
     if let Some(session) = &admitted.session {
         upstream.headers_mut().insert(MCP_SESSION_ID, session.clone());
     }

@@ -116,16 +116,30 @@ pub fn passthrough(
     Ok(request)
 }
 
-/// The request to send upstream for an allowed one.
+/// The request to send upstream for an allowed one. `bridge_headers` are the headers the
+/// server's credential bridges read: a static key stops here like a token, unless the bridge
+/// that admitted the request says the upstream still needs it.
 pub fn request(
     upstream: &str,
     method: &Method,
     headers: &HeaderMap,
     body: Bytes,
     workload: &Verified,
+    bridge_headers: &[String],
 ) -> Result<Request<Full<Bytes>>, UpstreamError> {
     let (issuer, subject) = identity(workload);
-    request_as(upstream, method, headers, body, issuer, subject)
+    let mut request = request_as(upstream, method, headers, body, issuer, subject)?;
+    for name in bridge_headers {
+        request.headers_mut().remove(name.as_str());
+    }
+    if let Some(bridge) = workload.bridge.as_ref().filter(|b| b.forward_key) {
+        for value in headers.get_all(bridge.header.as_str()) {
+            if let Ok(name) = HeaderName::from_bytes(bridge.header.as_bytes()) {
+                request.headers_mut().append(name, value.clone());
+            }
+        }
+    }
+    Ok(request)
 }
 
 /// Who the upstream is told is calling: the workload's own issuer (for a task token, the
@@ -305,6 +319,41 @@ mod tests {
             assert_eq!(decode(&value), subject, "{subject:?} sent as {value:?}");
         }
         assert_eq!(header_value("alice"), "alice", "plain subjects stay readable");
+    }
+
+    #[test]
+    fn a_bridged_key_stops_here_unless_its_bridge_forwards_it() {
+        use std::sync::Arc;
+        use warden_core::bridge::Bridge;
+        let bridge = |header: &str, forward_key: bool| {
+            Arc::new(Bridge {
+                name: "legacy".into(),
+                header: header.into(),
+                digest: "sha256:00".into(),
+                principal: "ci".into(),
+                scopes: Vec::new(),
+                expires_at: i64::MAX,
+                forward_key,
+            })
+            .workload()
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("static-key"));
+        h.insert("authorization", HeaderValue::from_static("Bearer static-key"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        let read = ["x-api-key".to_string(), "authorization".to_string()];
+        let sent = |workload| {
+            let r = request("http://127.0.0.1:9/mcp", &Method::POST, &h, Bytes::new(), &workload, &read).unwrap();
+            let mut names: Vec<String> =
+                r.headers().keys().map(|k| k.to_string()).filter(|k| !k.starts_with("x-warden")).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(sent(bridge("x-api-key", false)), ["accept-encoding", "x-other"]);
+        assert_eq!(sent(bridge("x-api-key", true)), ["accept-encoding", "x-api-key", "x-other"]);
+        assert_eq!(sent(bridge("authorization", true)), ["accept-encoding", "authorization", "x-other"]);
+        let r = request("http://127.0.0.1:9/mcp", &Method::POST, &h, Bytes::new(), &bridge("x-api-key", true), &read);
+        assert_eq!(r.unwrap().headers()["x-api-key"], "static-key");
     }
 
     #[test]

@@ -43,8 +43,11 @@ fn bounded(text: &str, max: usize) -> &str {
     &text[..text.floor_char_boundary(max)]
 }
 
+/// `via` of a request a `CredentialBridge` admitted (or refused after matching its key).
+pub(crate) const VIA_BRIDGE: &str = "bridge";
+
 /// Queues the record of `decision` for the control plane; the request arrived at `arrived`
-/// through `via` ("gateway" or "ext_authz"). With tracing on, `trace` is the request's trace
+/// through `via` ("gateway" or "ext_authz"; "bridge" for a bridged key's). With tracing on, `trace` is the request's trace
 /// (which the gateway may have started), so the record and the span share one trace id.
 pub(crate) fn record(
     outbox: &Outbox,
@@ -65,6 +68,8 @@ pub(crate) fn record(
         Some(Target::Prompt(name)) => ("prompt", name),
     };
     let workload = decision.workload;
+    // However it arrived, a legacy client's request is on record as bridged.
+    let via = if workload.is_some_and(|w| w.bridge.is_some()) { VIA_BRIDGE } else { via };
     let mut hex = [0; 32];
     let trace_id = match trace {
         Some(context) => hex_of(&context.trace_id, &mut hex),

@@ -403,6 +403,19 @@ pub fn plan_apply(current: &FleetState, documents: Vec<Document>) -> Result<Plan
         {
             plan.key_deletes.push(key.name.clone());
         }
+        if let Spec::CredentialBridge(bridge) = &doc.spec
+            && !bridge.key_checked()
+            && existing.is_none_or(
+                |e| !matches!(&e.document.spec, Spec::CredentialBridge(b) if b.key_digest == bridge.key_digest),
+            )
+        {
+            // A digest's key was never seen, so its strength was never checked.
+            return Err(ConfigError::Bridge {
+                from: key,
+                message: "spec.keyDigest: give the key itself (spec.key, or keyFile with wardenctl) so its strength can be checked; a digest alone is accepted only as it is stored".into(),
+            }
+            .into());
+        }
         if action != Action::Unchanged {
             plan.puts.push((key, doc, json));
         }
@@ -450,16 +463,26 @@ pub fn plan_keys(current: &FleetState, issuer: &str, origin_version: u64, record
 /// nothing, whatever else is stored.
 fn check(current: &FleetState, table: &RevocationTable, plan: &Plan) -> Result<(), WriteError> {
     let revocation = |key: &ResourceKey| key.kind == Kind::Revocation;
-    let issuer_exists = |issuer: &str| {
-        let key = ResourceKey { kind: Kind::TrustedIssuer, name: issuer.to_string() };
+    // Whose credentials a revocation names: an issuer's tokens, or a bridge's key.
+    let exists = |kind: Kind, issuer: &str| {
+        let key = ResourceKey { kind, name: issuer.to_string() };
         let deleted = plan.deletes.iter().any(|(k, _)| *k == key);
         let put = plan.puts.iter().any(|(k, _, _)| *k == key);
         put || (!deleted && current.resources.contains_key(&key))
     };
     for (key, doc, _) in plan.puts.iter().filter(|(k, _, _)| revocation(k)) {
-        if let Spec::Revocation(spec) = &doc.spec
-            && !issuer_exists(&spec.issuer)
-        {
+        let Spec::Revocation(spec) = &doc.spec else { continue };
+        if exists(Kind::CredentialBridge, &spec.issuer) {
+            if spec.jti.is_none() {
+                return Err(ConfigError::Bridge {
+                    from: ResourceKey { kind: Kind::CredentialBridge, name: spec.issuer.clone() },
+                    message: format!(
+                        "{key}: a bridge is revoked by its key (jti: its keyDigest; wardenctl revoke --bridge)"
+                    ),
+                }
+                .into());
+            }
+        } else if !exists(Kind::TrustedIssuer, &spec.issuer) {
             return Err(ConfigError::DanglingReference {
                 from: key.clone(),
                 field: "spec.issuer",
@@ -470,6 +493,8 @@ fn check(current: &FleetState, table: &RevocationTable, plan: &Plan) -> Result<(
     }
     let removed_revocations: Vec<&str> =
         plan.deletes.iter().filter(|(k, _)| revocation(k)).map(|(k, _)| k.name.as_str()).collect();
+    // (A bridge may go while its key's revocation stays: the key stays dead if the bridge is
+    // made again.)
     for (key, _) in plan.deletes.iter().filter(|(k, _)| k.kind == Kind::TrustedIssuer) {
         if let Some(name) = table.naming_issuer(&key.name, &removed_revocations) {
             return Err(ConfigError::DanglingReference {

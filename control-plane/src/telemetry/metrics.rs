@@ -185,6 +185,9 @@ const TOOL: Label = Label { prometheus: "tool", otel: "gen_ai.tool.name" };
 const DECISION: Label = Label { prometheus: "decision", otel: "warden.decision" };
 const REASON: Label = Label { prometheus: "reason", otel: "warden.reason" };
 const ISSUER: Label = Label { prometheus: "issuer", otel: "warden.issuer" };
+const BRIDGE: Label = Label { prometheus: "bridge", otel: "warden.credential_bridge" };
+const FORWARDS_KEY: Label = Label { prometheus: "forwards_key", otel: "warden.credential_bridge.forwards_key" };
+const STATE: Label = Label { prometheus: "state", otel: "warden.credential_bridge.state" };
 
 /// Every metric the control plane exports, described once.
 const DECISIONS: Descriptor = Descriptor {
@@ -276,6 +279,23 @@ const LOG_RECORDS_REJECTED: Descriptor = Descriptor {
     labels: &[],
 };
 
+const BRIDGE_EXPIRY: Descriptor = Descriptor {
+    prometheus: "warden_credential_bridge_expiry_timestamp_seconds",
+    otel: "warden.credential_bridge.expiry",
+    unit: "s",
+    help: "When each credential bridge closes (unix time); its legacy key is refused as bridge_expired from then on.",
+    kind: Kind::Gauge,
+    labels: &[BRIDGE, SERVER, FORWARDS_KEY],
+};
+const BRIDGES: Descriptor = Descriptor {
+    prometheus: "warden_credential_bridges",
+    otel: "warden.credential_bridges",
+    unit: "{bridge}",
+    help: "Credential bridges by state: open, expiring (within 7 days: warn the owner) or expired.",
+    kind: Kind::Gauge,
+    labels: &[STATE],
+};
+
 /// Every family the control plane knows, now: what `/metrics` and the OTLP export both read.
 pub async fn families(cp: &Sources) -> Vec<Family> {
     let registered = cp.configuration.store().agents().await.unwrap_or_default();
@@ -312,9 +332,30 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
         lag.add(&[&a.id], version.saturating_sub(a.applied_version) as f64);
     }
     out.push(lag);
+    out.extend(bridges(&cp.configuration.current(), crate::now_unix_ms() / 1000));
     out.push(Family::single(&LOG_RECORDS_EXPORTED, cp.export_stats.exported.load(Relaxed) as f64));
     out.push(Family::single(&LOG_RECORDS_REJECTED, cp.export_stats.rejected.load(Relaxed) as f64));
     out
+}
+
+/// The credential bridges of `state` at `now`: each one's expiry, and how many are in each
+/// state (every state present, so an alert on `expiring` sees its first one).
+fn bridges(state: &crate::configuration::state::FleetState, now: i64) -> [Family; 2] {
+    use warden_core::bridge::State;
+    let mut expiry = Family::new(&BRIDGE_EXPIRY);
+    let mut by_state = [(State::Open, 0u32), (State::Expiring, 0), (State::Expired, 0)];
+    for (key, entry) in &state.resources {
+        let warden_core::resource::Spec::CredentialBridge(bridge) = &entry.document.spec else { continue };
+        let forwards = if bridge.forward_key { "true" } else { "false" };
+        expiry.add(&[&key.name, &bridge.server, forwards], bridge.expires_unix() as f64);
+        let at = State::at(bridge.expires_unix(), now);
+        by_state.iter_mut().filter(|(s, _)| *s == at).for_each(|(_, n)| *n += 1);
+    }
+    let mut states = Family::new(&BRIDGES);
+    for (state, n) in by_state {
+        states.add(&[state.as_str()], f64::from(n));
+    }
+    [expiry, states]
 }
 
 /// The Prometheus text of everything the control plane knows.

@@ -134,6 +134,7 @@ impl Input {
             scopes: self.scopes.clone(),
             claims: self.claims.clone(),
             task: self.task.clone().map(|tools| Task { subject_issuer: "corp-idp".into(), tools, subject_token: None }),
+            bridge: None,
         }
     }
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use proto::v1 as pb;
-use warden_core::Document;
 use wardenctl::client;
 
 use crate::{Format, documents, output};
@@ -24,33 +23,14 @@ pub struct Apply {
 
 impl Apply {
     pub async fn run(self, target: &client::Target, format: Format) -> anyhow::Result<ExitCode> {
-        let documents = documents::read(&self.files)?;
+        let documents_json = documents::wire(&self.files)?;
         let mut admin = client::connect(target).await?;
         let response = admin
-            .apply(pb::ApplyRequest {
-                documents_json: documents.iter().map(|(_, d)| d.to_canonical_json_with_version()).collect(),
-                dry_run: self.dry_run,
-            })
+            .apply(pb::ApplyRequest { documents_json, dry_run: self.dry_run })
             .await
             .map_err(client::status)?
             .into_inner();
         output::apply(&response, self.dry_run, format)?;
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-/// The wire form of a document for apply: canonical JSON, keeping `metadata.resourceVersion`
-/// when the operator set it (optimistic concurrency).
-trait WithVersion {
-    fn to_canonical_json_with_version(&self) -> Vec<u8>;
-}
-
-impl WithVersion for Document {
-    fn to_canonical_json_with_version(&self) -> Vec<u8> {
-        let json = self.to_canonical_json();
-        let Some(version) = self.metadata.resource_version else { return json };
-        let mut value: serde_json::Value = serde_json::from_slice(&json).expect("canonical JSON parses");
-        value["metadata"]["resourceVersion"] = version.into();
-        serde_json::to_vec(&value).expect("serializes")
     }
 }

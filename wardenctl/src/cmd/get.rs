@@ -15,7 +15,7 @@ use crate::{Format, output};
 /// static secrets found on their hosts (`get findings`).
 #[derive(clap::Args, Debug)]
 pub struct Get {
-    /// `issuers`, `servers`, `policies`, `all`, `agents` or `findings`.
+    /// `issuers`, `servers`, `policies`, `bridges`, `revocations`, `all`, `agents` or `findings`.
     what: String,
     /// One resource's name.
     name: Option<String>,
@@ -61,14 +61,14 @@ impl Get {
             "all" => String::new(),
             other => Kind::parse_loose(other)
                 .with_context(|| {
-                    format!("unknown kind {other:?}: use issuers, servers, policies, all, agents or findings")
+                    format!("unknown kind {other:?}: use issuers, servers, policies, bridges, revocations, all, agents or findings")
                 })?
                 .as_str()
                 .to_string(),
         };
         let by_name = name.is_some();
         let response = admin
-            .get(pb::GetRequest { kind, name: name.unwrap_or_default() })
+            .get(pb::GetRequest { kind: kind.clone(), name: name.unwrap_or_default() })
             .await
             .map_err(client::status)?
             .into_inner();
@@ -78,6 +78,10 @@ impl Get {
                 "showing {listed} of {} revocations, in name order; get one by name: wardenctl get revocation NAME",
                 response.revocations_total
             );
+        }
+        if kind == Kind::CredentialBridge.as_str() {
+            output::bridges(&response, format)?;
+            return Ok(ExitCode::SUCCESS);
         }
         output::resources(&response, format)?;
         Ok(ExitCode::SUCCESS)

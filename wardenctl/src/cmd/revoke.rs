@@ -10,14 +10,15 @@ use warden_core::{Admission, Document, Kind};
 use wardenctl::client;
 
 /// Revoke tokens across the fleet, now: one token by its `jti`, every token of a subject,
-/// or every token of an issuer issued up to now (task tokens exchanged for them included).
-/// The revocation is deleted by the control plane once every token it covers has expired.
+/// or every token of an issuer issued up to now (task tokens exchanged for them included);
+/// or a credential bridge's key (`--bridge`). The revocation is deleted by the control plane
+/// once every token it covers has expired (a bridge's: at the bridge's expiry).
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["jti", "subject", "all"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["jti", "subject", "all", "bridge"])))]
 pub struct Revoke {
     /// The TrustedIssuer (name) whose token(s) to revoke.
-    #[arg(long)]
-    issuer: String,
+    #[arg(long, required_unless_present = "bridge", conflicts_with = "bridge")]
+    issuer: Option<String>,
     /// One token, by its `jti`.
     // A `jti` is often random base64url, which starts with `-` one time in 64.
     #[arg(long, allow_hyphen_values = true)]
@@ -28,29 +29,45 @@ pub struct Revoke {
     /// Every token of the issuer issued up to now.
     #[arg(long)]
     all: bool,
+    /// A CredentialBridge (name): its key is refused everywhere from now on (`revoked`); a
+    /// new key can be set on the bridge later.
+    #[arg(long)]
+    bridge: Option<String>,
 }
 
 impl Revoke {
     pub async fn run(self, target: &client::Target) -> anyhow::Result<ExitCode> {
-        // `--all` is what neither `--jti` nor `--subject` means; clap requires one of the three.
-        let Revoke { issuer, jti, subject, all: _ } = self;
+        // `--all` is what neither `--jti` nor `--subject` means; clap requires one of the four.
+        let Revoke { issuer, jti, subject, all: _, bridge } = self;
         let mut admin = client::connect(target).await?;
+        let (kind, name) = match (&bridge, &issuer) {
+            (Some(bridge), _) => (Kind::CredentialBridge, bridge.clone()),
+            (None, Some(issuer)) => (Kind::TrustedIssuer, issuer.clone()),
+            (None, None) => bail!("--issuer or --bridge is required"),
+        };
         let stored = admin
-            .get(pb::GetRequest { kind: Kind::TrustedIssuer.as_str().into(), name: issuer.clone() })
+            .get(pb::GetRequest { kind: kind.as_str().into(), name: name.clone() })
             .await
             .map_err(client::status)?
             .into_inner();
-        let resource = stored.resources.first().with_context(|| format!("no TrustedIssuer {issuer:?}"))?;
+        let resource = stored.resources.first().with_context(|| format!("no {kind} {name:?}"))?;
         // Stored documents were admitted already: read back whatever URL rules applied then.
-        let admission = Admission { allow_http_issuers: true };
-        let spec = match Document::from_json_bytes(&resource.document_json, &admission)?.spec {
-            warden_core::resource::Spec::TrustedIssuer(spec) => spec,
-            _ => bail!("{issuer} is not a TrustedIssuer"),
-        };
+        let admission = Admission { allow_http_issuers: true, now: None };
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
-        // Every token issued up to now has expired by then.
-        let expires = now + spec.max_token_lifetime.0.as_secs() as i64 + spec.clock_skew.0.as_secs() as i64;
-        let document = revocation(&issuer, jti.as_deref(), subject.as_deref(), now, expires)?;
+        let document = match Document::from_json_bytes(&resource.document_json, &admission)?.spec {
+            warden_core::resource::Spec::CredentialBridge(spec) => {
+                // The key is named by its digest, as the gateway checks it. The revocation
+                // never expires: the bridge's expiry can be moved, and a revoked key must stay
+                // dead (deleting the bridge leaves it in force for a bridge made again).
+                revocation(&name, Some(&spec.key_digest), None, now, None)?
+            }
+            warden_core::resource::Spec::TrustedIssuer(spec) => {
+                // Every token issued up to now has expired by then.
+                let expires = now + spec.max_token_lifetime.0.as_secs() as i64 + spec.clock_skew.0.as_secs() as i64;
+                revocation(&name, jti.as_deref(), subject.as_deref(), now, Some(expires))?
+            }
+            _ => bail!("{name} is not a {kind}"),
+        };
         let key = document.key();
         let response = admin
             .apply(pb::ApplyRequest { documents_json: vec![document.to_canonical_json()], dry_run: false })
@@ -69,7 +86,7 @@ fn revocation(
     jti: Option<&str>,
     subject: Option<&str>,
     now: i64,
-    expires: i64,
+    expires: Option<i64>,
 ) -> anyhow::Result<Document> {
     use warden_core::revocation::format_time;
     let digest = |text: &str| warden_core::token::jti_hash(issuer, text)[..16].to_string();
@@ -85,7 +102,9 @@ fn revocation(
     };
     let mut spec = spec;
     spec["issuer"] = issuer.into();
-    spec["expires"] = format_time(expires).into();
+    if let Some(expires) = expires {
+        spec["expires"] = format_time(expires).into();
+    }
     let document = serde_json::json!({
         "apiVersion": warden_core::resource::API_VERSION,
         "kind": "Revocation",
