@@ -69,12 +69,32 @@ impl AdminService {
         }
         Ok(caller.actor())
     }
+
+    /// Revocations written at or after `since_unix_ms`, by source, from the audit trail (the
+    /// newest [`AUDIT_READ`] entries at most).
+    async fn revocations_by_source(
+        &self,
+        since_unix_ms: i64,
+    ) -> Result<std::collections::HashMap<String, u64>, Status> {
+        let unavailable = |e: StoreError| Status::unavailable(format!("the audit trail cannot be read: {e}"));
+        let entries = self.configuration.store().audit(AUDIT_READ).await.map_err(unavailable)?;
+        let mut by_source = std::collections::HashMap::new();
+        for entry in entries.iter().filter(|e| e.time_unix_ms >= since_unix_ms) {
+            if let Some(source) = crate::scorecard::revocation_source(entry) {
+                *by_source.entry(source.to_string()).or_default() += 1;
+            }
+        }
+        Ok(by_source)
+    }
 }
+
+/// Audit entries the scorecard reads for its revocation counts.
+const AUDIT_READ: usize = 100_000;
 
 fn parse_kind(text: &str) -> Result<Kind, Status> {
     Kind::parse_loose(text).ok_or_else(|| {
         Status::invalid_argument(format!(
-            "unknown kind {text:?}; expected TrustedIssuer, McpServer, Policy or Revocation"
+            "unknown kind {text:?}; expected TrustedIssuer, McpServer, Policy, CredentialBridge or Revocation"
         ))
     })
 }
@@ -349,7 +369,15 @@ impl pb::admin_service_server::AdminService for AdminService {
                 _ => None,
             })
             .collect();
-        Ok(Response::new(tally.finish(&findings, audit, bridges(&state, now), truncated)))
+        let since_ms = since.div_euclid(1_000_000);
+        let parts = crate::scorecard::Parts {
+            findings: &findings,
+            servers_in_audit: audit,
+            bridges: bridges(&state, now),
+            revocations_by_source: self.revocations_by_source(since_ms).await?,
+            enforcement_ms: self.fleet.presence().enforcement_times(since_ms),
+        };
+        Ok(Response::new(tally.finish(parts, truncated)))
     }
 
     async fn list_decisions(

@@ -79,3 +79,26 @@ impl Fleet {
         self.deleted.clone()
     }
 }
+
+/// Tells `fleet`'s presence of every version carrying new revocations that this replica sees
+/// published, so their time to enforcement is measured, until `stop`. (A version published
+/// and replaced before this task looks is not measured.)
+pub async fn watch_revocations(
+    configuration: std::sync::Arc<crate::configuration::Configuration>,
+    fleet: std::sync::Arc<Fleet>,
+    mut stop: warden_tasks::Shutdown,
+) {
+    let mut states = configuration.subscribe();
+    let mut seen = states.borrow_and_update().version;
+    loop {
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            _ = stop.requested() => return,
+        }
+        let state = states.borrow_and_update().clone();
+        if state.version > seen && !state.revocation_write.puts.is_empty() {
+            fleet.presence().revocations_published(state.version, crate::now_unix_ms());
+        }
+        seen = seen.max(state.version);
+    }
+}

@@ -207,6 +207,7 @@ pub async fn run(
     let lease =
         replicas::hold_lease(replica, configuration.store().clone(), fleet.clone(), options.lease_ttl, stop.clone());
     tasks.spawn("replica lease", lease);
+    tasks.spawn("revocation enforcement", fleet::watch_revocations(configuration.clone(), fleet.clone(), stop.clone()));
     let (refresh, signing) = (options.key_refresh, options.signing);
     tokens.spawn(token_duties, &configuration, &fleet, &leadership, refresh, signing, &mut tasks, &stop);
     let metrics =

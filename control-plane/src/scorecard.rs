@@ -4,6 +4,8 @@
 //! configuration (servers in audit mode). Nothing is estimated: every figure is a count or an
 //! order statistic of stored records.
 
+use std::collections::HashMap;
+
 use proto::v1 as pb;
 
 /// The longest token lifetime counted as short (15 minutes).
@@ -16,21 +18,99 @@ pub const MAX_RECORDS: usize = 5_000_000;
 /// policy: no token, a bad one, a missing scope, a malformed request).
 const POLICY_REASONS: &[&str] = &["policy_denied", "policy_error", "tool_not_granted"];
 
-/// Bridges counted one by one (records name them; a configuration holds far fewer).
-const MAX_BRIDGES: usize = 10_000;
+/// Bridges, servers and issuers counted one by one (records name them; a configuration holds
+/// far fewer); past this, a record counts under [`OTHER`].
+const MAX_NAMES: usize = 10_000;
+/// Where records of names past [`MAX_NAMES`] are counted.
+const OTHER: &str = "_other";
+
+/// Requests by how they were decided.
+#[derive(Clone, Copy, Default)]
+struct Requests {
+    requests: u64,
+    validated: u64,
+    audited: u64,
+    bridged: u64,
+    refused: u64,
+}
+
+/// How one record's request was decided.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
+    Validated,
+    Audited,
+    Bridged,
+    Refused,
+}
+
+impl Requests {
+    fn add(&mut self, how: How, n: u64) {
+        self.requests += n;
+        *match how {
+            How::Validated => &mut self.validated,
+            How::Audited => &mut self.audited,
+            How::Bridged => &mut self.bridged,
+            How::Refused => &mut self.refused,
+        } += n;
+    }
+
+    fn to_proto(self) -> pb::RequestCounts {
+        let Requests { requests, validated, audited, bridged, refused } = self;
+        pb::RequestCounts { requests, validated, audited, bridged, refused }
+    }
+}
+
+/// Token lifetimes seen, as counts per lifetime: exact order statistics in the memory of the
+/// distinct lifetimes (a few per issuer), not of the records.
+#[derive(Default)]
+struct Lifetimes(std::collections::BTreeMap<u64, u64>);
+
+impl Lifetimes {
+    fn add(&mut self, lifetime: u64, n: u64) {
+        *self.0.entry(lifetime).or_default() += n;
+    }
+
+    fn to_proto(&self) -> pb::TokenLifetimes {
+        let decisions: u64 = self.0.values().sum();
+        // Nearest rank: a lifetime some decision's token actually had.
+        let rank = |p: u64| {
+            let wanted = (p * decisions).div_ceil(100).max(1);
+            let mut seen = 0;
+            self.0.iter().find(|(_, n)| {
+                seen += **n;
+                seen >= wanted
+            })
+        };
+        let at = |p: u64| if decisions == 0 { 0 } else { rank(p).map_or(0, |(l, _)| *l) };
+        pb::TokenLifetimes {
+            decisions,
+            p50_seconds: at(50),
+            p95_seconds: at(95),
+            max_seconds: self.0.keys().next_back().copied().unwrap_or(0),
+            at_most_15m: self.0.range(..=SHORT_LIFETIME_SECONDS).map(|(_, n)| n).sum(),
+        }
+    }
+}
+
+/// `map[name]`, made if there is room for another name, else `map[OTHER]`.
+fn entry<'a, T: Default>(map: &'a mut HashMap<String, T>, name: &str) -> &'a mut T {
+    if !map.contains_key(name) {
+        let key = if map.len() < MAX_NAMES { name } else { OTHER };
+        return map.entry(key.to_string()).or_default();
+    }
+    map.get_mut(name).expect("present")
+}
 
 /// The figures of the decision records within a window, added up record by record.
 #[derive(Default)]
 pub struct Tally {
     since_unix_nanos: i64,
-    lifetimes: Vec<u64>,
-    requests: u64,
-    validated: u64,
-    audited: u64,
-    bridged: u64,
+    fleet: Requests,
+    by_server: HashMap<String, Requests>,
+    lifetimes: Lifetimes,
+    by_issuer: HashMap<String, Lifetimes>,
     /// Bridged requests by bridge (a bridged record's issuer is its bridge).
-    by_bridge: std::collections::HashMap<String, u64>,
-    refused: u64,
+    by_bridge: HashMap<String, u64>,
     read: u64,
 }
 
@@ -48,57 +128,60 @@ impl Tally {
             return;
         }
         let n = r.count.max(1);
-        self.requests += n;
         let allowed = r.decision == pb::Decision::Allow as i32;
-        if !r.audit.is_empty() {
-            self.audited += n;
+        let how = if !r.audit.is_empty() {
+            How::Audited
         } else if r.via == "bridge" {
-            self.bridged += n;
-            if let Some(count) = self.by_bridge.get_mut(&r.issuer) {
-                *count += n;
-            } else if self.by_bridge.len() < MAX_BRIDGES {
-                self.by_bridge.insert(r.issuer.clone(), n);
-            }
+            How::Bridged
         } else if allowed || POLICY_REASONS.contains(&r.reason.as_str()) {
-            self.validated += n;
+            How::Validated
         } else {
-            self.refused += n;
+            How::Refused
+        };
+        self.fleet.add(how, n);
+        entry(&mut self.by_server, &r.server).add(how, n);
+        if how == How::Bridged {
+            *entry(&mut self.by_bridge, &r.issuer) += n;
         }
         if r.token_lifetime_seconds > 0 {
-            self.lifetimes.push(r.token_lifetime_seconds);
+            self.lifetimes.add(r.token_lifetime_seconds, n);
+            entry(&mut self.by_issuer, &r.issuer).add(r.token_lifetime_seconds, n);
         }
     }
 
-    /// The scorecard: these figures with the findings and the servers in audit mode.
-    pub fn finish(
-        mut self,
-        findings: &[crate::configuration::store::FindingsRecord],
-        servers_in_audit: Vec<String>,
-        mut bridges: Vec<pb::BridgeStatus>,
-        truncated: bool,
-    ) -> pb::ScorecardResponse {
+    /// The scorecard: these figures with the findings, the servers in audit mode, the bridges,
+    /// the revocations by source and their enforcement times.
+    pub fn finish(self, parts: Parts<'_>, truncated: bool) -> pb::ScorecardResponse {
+        let Parts { findings, servers_in_audit, mut bridges, revocations_by_source, enforcement_ms } = parts;
         for bridge in &mut bridges {
             bridge.requests = self.by_bridge.get(&bridge.name).copied().unwrap_or(0);
         }
-        self.lifetimes.sort_unstable();
-        // Nearest-rank percentiles: a value some decision's token actually had.
-        let rank = |p: u64| {
-            let n = self.lifetimes.len() as u64;
-            if n == 0 { 0 } else { self.lifetimes[((p * n).div_ceil(100).max(1) - 1) as usize] }
-        };
         let since_secs = self.since_unix_nanos.div_euclid(1_000_000_000);
+        let lifetimes = self.lifetimes.to_proto();
+        let mut enforcement = Lifetimes::default();
+        for ms in enforcement_ms {
+            enforcement.add(ms, 1);
+        }
+        let enforcement = enforcement.to_proto();
         let mut card = pb::ScorecardResponse {
             since_unix_nanos: self.since_unix_nanos,
-            token_decisions: self.lifetimes.len() as u64,
-            lifetime_p50_seconds: rank(50),
-            lifetime_p95_seconds: rank(95),
-            lifetime_max_seconds: self.lifetimes.last().copied().unwrap_or(0),
-            lifetime_at_most_15m: self.lifetimes.iter().filter(|&&l| l <= SHORT_LIFETIME_SECONDS).count() as u64,
-            requests: self.requests,
-            validated: self.validated,
-            audited: self.audited,
-            bridged: self.bridged,
-            refused: self.refused,
+            token_decisions: lifetimes.decisions,
+            lifetime_p50_seconds: lifetimes.p50_seconds,
+            lifetime_p95_seconds: lifetimes.p95_seconds,
+            lifetime_max_seconds: lifetimes.max_seconds,
+            lifetime_at_most_15m: lifetimes.at_most_15m,
+            requests: self.fleet.requests,
+            validated: self.fleet.validated,
+            audited: self.fleet.audited,
+            bridged: self.fleet.bridged,
+            refused: self.fleet.refused,
+            requests_by_server: self.by_server.into_iter().map(|(k, v)| (k, v.to_proto())).collect(),
+            lifetimes_by_issuer: self.by_issuer.iter().map(|(k, v)| (k.clone(), v.to_proto())).collect(),
+            revocations_by_source,
+            enforcement_measured: enforcement.decisions,
+            enforcement_p50_ms: enforcement.p50_seconds,
+            enforcement_p95_ms: enforcement.p95_seconds,
+            enforcement_max_ms: enforcement.max_seconds,
             servers_in_audit,
             bridges,
             records_read: self.read,
@@ -118,6 +201,35 @@ impl Tally {
             }
         }
         card
+    }
+}
+
+/// What the scorecard takes from elsewhere than the decision records.
+pub struct Parts<'a> {
+    /// Every host's findings.
+    pub findings: &'a [crate::configuration::store::FindingsRecord],
+    /// Servers in audit mode now.
+    pub servers_in_audit: Vec<String>,
+    /// Credential bridges now (their request counts are filled in here).
+    pub bridges: Vec<pb::BridgeStatus>,
+    /// Revocations written within the window, by source.
+    pub revocations_by_source: HashMap<String, u64>,
+    /// Times from commit to fleet-wide enforcement of the revocations within the window (ms).
+    pub enforcement_ms: Vec<u64>,
+}
+
+/// The source of a revocation as the audit trail names its write (operation `apply` of kind
+/// Revocation by an operator, `revoke` by the token service, `end-task` by an agent);
+/// `None` for other entries (a deletion: expiry or an operator's).
+pub fn revocation_source(entry: &crate::configuration::store::AuditEntry) -> Option<&'static str> {
+    if entry.kind != warden_core::Kind::Revocation.as_str() {
+        return None;
+    }
+    match entry.operation.as_str() {
+        "end-task" => Some("session_end"),
+        "revoke" if entry.actor == "token-service" => Some("rfc7009"),
+        "apply" => Some("operator"),
+        _ => None,
     }
 }
 
@@ -162,7 +274,14 @@ mod tests {
             ..Default::default()
         }];
         let bridges = ["legacy", "idle"].map(|name| pb::BridgeStatus { name: name.into(), ..Default::default() });
-        let card = tally.finish(&findings, vec!["notes".into()], bridges.to_vec(), false);
+        let parts = Parts {
+            findings: &findings,
+            servers_in_audit: vec!["notes".into()],
+            bridges: bridges.to_vec(),
+            revocations_by_source: HashMap::from([("operator".to_string(), 2)]),
+            enforcement_ms: vec![120, 80, 400],
+        };
+        let card = tally.finish(parts, false);
         assert_eq!((card.requests, card.validated, card.refused, card.audited, card.bridged), (13, 3, 7, 1, 2));
         assert_eq!(card.bridges.iter().map(|b| b.requests).collect::<Vec<_>>(), [2, 0]);
         assert_eq!((card.token_decisions, card.lifetime_at_most_15m), (3, 2));
@@ -173,5 +292,60 @@ mod tests {
         assert_eq!((card.secrets_open, card.secrets_new, card.secrets_resolved), (2, 1, 1));
         assert_eq!(card.secrets_open_by_kind.get("github_token"), Some(&2));
         assert_eq!((card.records_read, card.servers_in_audit.len()), (9, 1));
+        assert_eq!(
+            (card.enforcement_measured, card.enforcement_p50_ms, card.enforcement_p95_ms, card.enforcement_max_ms),
+            (3, 120, 400, 400)
+        );
+        assert_eq!(card.revocations_by_source.get("operator"), Some(&2));
+    }
+
+    #[test]
+    fn servers_and_issuers_are_broken_down_and_add_up_to_the_fleet() {
+        let mut tally = Tally::since(0);
+        let at = |server: &str, issuer: &str, decision, reason: &str, lifetime| pb::DecisionRecord {
+            server: server.into(),
+            issuer: issuer.into(),
+            ..record(decision, reason, lifetime)
+        };
+        tally.add(&at("github", "corp", pb::Decision::Allow, "", 300));
+        tally.add(&at("github", "corp", pb::Decision::Allow, "", 300));
+        tally.add(&at("github", "ci", pb::Decision::Allow, "", 900));
+        tally.add(&at("jira", "ci", pb::Decision::Deny, "policy_denied", 3_600));
+        tally.add(&pb::DecisionRecord { count: 4, ..at("jira", "", pb::Decision::Deny, "missing_token", 0) });
+        let parts = Parts {
+            findings: &[],
+            servers_in_audit: Vec::new(),
+            bridges: Vec::new(),
+            revocations_by_source: HashMap::new(),
+            enforcement_ms: Vec::new(),
+        };
+        let card = tally.finish(parts, false);
+        let github = card.requests_by_server["github"];
+        let jira = card.requests_by_server["jira"];
+        assert_eq!((github.requests, github.validated, github.refused), (3, 3, 0));
+        assert_eq!((jira.requests, jira.validated, jira.refused), (5, 1, 4));
+        assert_eq!(github.requests + jira.requests, card.requests);
+        let (corp, ci) = (card.lifetimes_by_issuer["corp"], card.lifetimes_by_issuer["ci"]);
+        assert_eq!((corp.decisions, corp.p50_seconds, corp.max_seconds, corp.at_most_15m), (2, 300, 300, 2));
+        assert_eq!((ci.decisions, ci.p50_seconds, ci.p95_seconds, ci.at_most_15m), (2, 900, 3_600, 1));
+        assert_eq!((card.token_decisions, card.lifetime_p50_seconds), (4, 300));
+    }
+
+    #[test]
+    fn revocations_are_told_apart_by_who_wrote_them() {
+        let entry = |actor: &str, operation: &str, kind: &str| crate::configuration::store::AuditEntry {
+            version: 1,
+            time_unix_ms: 0,
+            actor: actor.into(),
+            operation: operation.into(),
+            kind: kind.into(),
+            name: "r".into(),
+            previous_resource_version: 0,
+        };
+        assert_eq!(revocation_source(&entry("agent:a", "end-task", "Revocation")), Some("session_end"));
+        assert_eq!(revocation_source(&entry("token-service", "revoke", "Revocation")), Some("rfc7009"));
+        assert_eq!(revocation_source(&entry("uid:0", "apply", "Revocation")), Some("operator"));
+        assert_eq!(revocation_source(&entry("control-plane", "delete", "Revocation")), None, "an expiry");
+        assert_eq!(revocation_source(&entry("uid:0", "apply", "Policy")), None);
     }
 }

@@ -831,6 +831,21 @@ fn the_scorecard_counts_exactly_what_the_fleet_did() {
         json!({"decisions": 4, "p50Seconds": 305, "p95Seconds": 3600, "maxSeconds": 3600, "atMost15m": 3}),
         "{card}"
     );
+    // The same per server and per issuer.
+    assert_eq!(card["requestsByServer"]["notes"]["total"], 6, "{card}");
+    assert_eq!(card["tokenLifetimesByIssuer"]["test-idp"]["decisions"], 4, "{card}");
+    // An operator's revocation: counted by source, and timed until the agent applied it.
+    assert_eq!(card["revocations"]["bySource"], json!({}), "{card}");
+    fleet.cp.ctl_ok(&["revoke", "--issuer", "test-idp", "--jti", "jti-card-2"]);
+    let card = wait_for_or(
+        "the revocation's enforcement to be measured",
+        || fleet.agent().log_text(),
+        || {
+            let card = fleet.cp.ctl_json(&["scorecard", "--since", "1h"]);
+            (card["revocations"]["enforcement"]["measured"] == 1).then_some(card)
+        },
+    );
+    assert_eq!(card["revocations"]["bySource"], json!({"operator": 1}), "{card}");
     // The agent scanned nothing (the harness keeps it off the machine's homes) and said so.
     assert_eq!(card["secrets"]["open"], 0);
     wait_for_or(

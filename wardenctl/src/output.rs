@@ -328,6 +328,21 @@ pub fn scorecard(card: &pb::ScorecardResponse, format: Format) -> anyhow::Result
                 "total": card.requests, "validated": card.validated, "audited": card.audited,
                 "bridged": card.bridged, "refused": card.refused,
             },
+            "requestsByServer": card.requests_by_server.iter().map(|(server, r)| (server.clone(), json!({
+                "total": r.requests, "validated": r.validated, "audited": r.audited,
+                "bridged": r.bridged, "refused": r.refused,
+            }))).collect::<serde_json::Map<_, _>>(),
+            "tokenLifetimesByIssuer": card.lifetimes_by_issuer.iter().map(|(issuer, l)| (issuer.clone(), json!({
+                "decisions": l.decisions, "p50Seconds": l.p50_seconds, "p95Seconds": l.p95_seconds,
+                "maxSeconds": l.max_seconds, "atMost15m": l.at_most_15m,
+            }))).collect::<serde_json::Map<_, _>>(),
+            "revocations": {
+                "bySource": card.revocations_by_source,
+                "enforcement": {
+                    "measured": card.enforcement_measured, "p50Ms": card.enforcement_p50_ms,
+                    "p95Ms": card.enforcement_p95_ms, "maxMs": card.enforcement_max_ms,
+                },
+            },
             "serversInAudit": card.servers_in_audit,
             "bridges": card.bridges.iter().map(|b| json!({
                 "name": b.name, "server": b.server, "principal": b.principal, "owner": b.owner,
@@ -371,6 +386,37 @@ pub fn scorecard(card: &pb::ScorecardResponse, format: Format) -> anyhow::Result
         share(card.bridged),
         share(card.refused)
     );
+    let mut servers: Vec<_> = card.requests_by_server.iter().collect();
+    servers.sort_by(|a, b| a.0.cmp(b.0));
+    for (server, r) in servers {
+        let share = |n: u64| if r.requests == 0 { 0.0 } else { 100.0 * n as f64 / r.requests as f64 };
+        println!(
+            "  {server:<18} {} requests: {:.1}% validated, {:.1}% audit, {:.1}% bridge, {:.1}% refused",
+            r.requests,
+            share(r.validated),
+            share(r.audited),
+            share(r.bridged),
+            share(r.refused)
+        );
+    }
+    let mut issuers: Vec<_> = card.lifetimes_by_issuer.iter().collect();
+    issuers.sort_by(|a, b| a.0.cmp(b.0));
+    for (issuer, l) in issuers {
+        println!(
+            "  tokens of {issuer}: p50 {}s, p95 {}s, max {}s over {} decisions",
+            l.p50_seconds, l.p95_seconds, l.max_seconds, l.decisions
+        );
+    }
+    let mut sources: Vec<String> = card.revocations_by_source.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    sources.sort();
+    let sources = if sources.is_empty() { "none".to_string() } else { sources.join(", ") };
+    println!("Revocations          {sources}");
+    if card.enforcement_measured > 0 {
+        println!(
+            "                     enforced by every connected agent in p50 {} ms, p95 {} ms, max {} ms ({} measured)",
+            card.enforcement_p50_ms, card.enforcement_p95_ms, card.enforcement_max_ms, card.enforcement_measured
+        );
+    }
     let audit = if card.servers_in_audit.is_empty() { "none".to_string() } else { card.servers_in_audit.join(", ") };
     println!("Servers in audit     {audit}");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);

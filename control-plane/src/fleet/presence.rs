@@ -1,7 +1,7 @@
 //! Which agents are connected, what they applied and when they were last heard from. Kept in
 //! memory: after a restart every agent reconnects and reports again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use proto::v1 as pb;
@@ -41,7 +41,23 @@ pub(crate) fn bounded(text: &str, max: usize) -> &str {
 #[derive(Default)]
 pub struct Presence {
     agents: Mutex<HashMap<String, Live>>,
+    /// Revocation versions not yet applied by every agent connected when they were published.
+    waiting: Mutex<std::collections::VecDeque<Waiting>>,
+    /// How long the last revocation versions took to be enforced: (published, milliseconds).
+    enforced: Mutex<std::collections::VecDeque<(i64, u64)>>,
 }
+
+/// A version carrying revocations, and the connected agents that had not applied it yet.
+struct Waiting {
+    version: u64,
+    published_unix_ms: i64,
+    behind: HashSet<String>,
+}
+
+/// Revocation versions waited on at once; past it the oldest is given up (not measured).
+const MAX_WAITING: usize = 64;
+/// Enforcement times kept (the oldest go first).
+const MAX_ENFORCED: usize = 10_000;
 
 impl Presence {
     fn with<R>(&self, id: &str, f: impl FnOnce(&mut Live) -> R) -> R {
@@ -74,10 +90,73 @@ impl Presence {
 
     /// The agent applied `version`.
     pub fn acked(&self, id: &str, version: u64) {
-        self.with(id, |live| {
-            live.applied_version = version;
+        let before = self.with(id, |live| {
             live.last_error.clear();
+            std::mem::replace(&mut live.applied_version, version)
         });
+        if version > before {
+            self.caught_up(id, |v| v <= version);
+        }
+    }
+
+    /// A version carrying revocations was published at `published_unix_ms`: it is enforced
+    /// once every agent connected now has applied it (see [`Presence::enforcement_times`]).
+    pub fn revocations_published(&self, version: u64, published_unix_ms: i64) {
+        let behind: HashSet<String> = {
+            let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            agents
+                .iter()
+                .filter(|(_, live)| live.connected && live.applied_version < version)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        // With no agent behind there is nothing to measure.
+        if behind.is_empty() {
+            return;
+        }
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting.len() == MAX_WAITING {
+            waiting.pop_front();
+        }
+        waiting.push_back(Waiting { version, published_unix_ms, behind });
+    }
+
+    /// Agent `id` no longer holds up the versions `done` says it has (applied, or left).
+    fn caught_up(&self, id: &str, done: impl Fn(u64) -> bool) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting.is_empty() {
+            return;
+        }
+        let now = crate::now_unix_ms();
+        let mut enforced = Vec::new();
+        waiting.retain_mut(|w| {
+            if done(w.version) {
+                w.behind.remove(id);
+            }
+            let all = w.behind.is_empty();
+            if all {
+                enforced.push((w.published_unix_ms, (now - w.published_unix_ms).max(0) as u64));
+            }
+            !all
+        });
+        drop(waiting);
+        if !enforced.is_empty() {
+            let mut times = self.enforced.lock().unwrap_or_else(|e| e.into_inner());
+            for time in enforced {
+                if times.len() == MAX_ENFORCED {
+                    times.pop_front();
+                }
+                times.push_back(time);
+            }
+        }
+    }
+
+    /// How long revocation versions published at or after `since_unix_ms` took until every
+    /// agent connected at their publication had applied them (or left), in milliseconds: the
+    /// last [`MAX_ENFORCED`] measured since this process started.
+    pub fn enforcement_times(&self, since_unix_ms: i64) -> Vec<u64> {
+        let times = self.enforced.lock().unwrap_or_else(|e| e.into_inner());
+        times.iter().filter(|(at, _)| *at >= since_unix_ms).map(|(_, ms)| *ms).collect()
     }
 
     /// The agent refused `version`.
@@ -98,11 +177,17 @@ impl Presence {
 
     /// The stream of connection `generation` ended.
     pub fn disconnected(&self, id: &str, generation: u64) {
-        self.with(id, |live| {
-            if live.generation == generation {
+        let gone = self.with(id, |live| {
+            let gone = live.generation == generation;
+            if gone {
                 live.connected = false;
             }
+            gone
         });
+        // A disconnected agent is not part of the fleet a revocation must reach.
+        if gone {
+            self.caught_up(id, |_| true);
+        }
     }
 
     /// The agents seen since this process started, as registry records (when the registry
@@ -188,5 +273,32 @@ impl Presence {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_is_enforced_when_every_agent_connected_at_its_publication_applied_it_or_left() {
+        let presence = Presence::default();
+        let (_, _) = presence.connected("a", BTreeMap::new(), 4);
+        let (b, _) = presence.connected("b", BTreeMap::new(), 4);
+        let (_, _) = presence.connected("c", BTreeMap::new(), 5);
+        let published = crate::now_unix_ms();
+        presence.revocations_published(5, published);
+        presence.revocations_published(6, published);
+        presence.acked("a", 5);
+        assert!(presence.enforcement_times(0).is_empty(), "b has applied neither");
+        presence.disconnected("b", b);
+        assert_eq!(presence.enforcement_times(0).len(), 1, "version 5: a applied it, b left, c had it");
+        presence.acked("c", 6);
+        presence.acked("a", 7);
+        assert_eq!(presence.enforcement_times(0).len(), 2, "a skipped to 7, which holds 6");
+        assert!(presence.enforcement_times(published + 60_000).is_empty(), "the window is by publication");
+        // Nobody behind: nothing to measure.
+        presence.revocations_published(7, published);
+        assert_eq!(presence.enforcement_times(0).len(), 2);
     }
 }
