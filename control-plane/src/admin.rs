@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
-use warden_core::{Admission, Document, Kind, ResourceKey};
+use warden_core::{Document, Kind, ResourceKey};
 
 use crate::configuration::Configuration;
 use crate::configuration::state::{self, WriteError};
@@ -111,8 +111,6 @@ impl pb::admin_service_server::AdminService for AdminService {
             )));
         }
         let mut documents = Vec::with_capacity(request.documents_json.len());
-        // Bounds that count from the write (a bridge's expiry) count from now.
-        let admission = Admission { now: Some(crate::now_unix_ms() / 1000), ..*self.configuration.admission() };
         for (i, bytes) in request.documents_json.iter().enumerate() {
             if bytes.len() > MAX_DOCUMENT_BYTES {
                 return Err(Status::invalid_argument(format!(
@@ -121,7 +119,7 @@ impl pb::admin_service_server::AdminService for AdminService {
                     bytes.len()
                 )));
             }
-            let doc = Document::from_json_bytes(bytes, &admission)
+            let doc = Document::from_json_bytes(bytes, self.configuration.admission())
                 .map_err(|error| WriteError::Document { index: i + 1, error })?;
             documents.push(doc);
         }
@@ -138,7 +136,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         };
         if request.dry_run {
             let current = self.configuration.current();
-            let plan = state::plan_apply(&current, documents)?;
+            let plan = state::plan_operator_apply(&current, documents, crate::now_unix_ms() / 1000)?;
             return Ok(Response::new(pb::ApplyResponse { results: results_of(&plan), version: current.version }));
         }
         if !documents.is_empty() && documents.iter().all(|d| d.key().kind == Kind::Revocation) {
@@ -158,7 +156,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         let (version, results) = self
             .configuration
             .write(&actor, "apply", |current| {
-                let plan = state::plan_apply(current, documents.clone())?;
+                let plan = state::plan_operator_apply(current, documents.clone(), crate::now_unix_ms() / 1000)?;
                 let results = results_of(&plan);
                 Ok((plan, results))
             })
@@ -462,7 +460,7 @@ fn bridges(state: &state::FleetState, now: i64) -> Vec<pb::BridgeStatus> {
             _ => None,
         })
         .map(|(key, b)| {
-            let state = match state.revoked.jti_revoked(&key.name, &b.key_digest) {
+            let state = match state.revoked.token_revoked(warden_core::revocation::bridge_key(&b.key_digest)) {
                 true => "revoked",
                 false => warden_core::bridge::State::at(b.expires_unix(), now).as_str(),
             };

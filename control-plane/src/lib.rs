@@ -310,7 +310,7 @@ async fn open_configuration(options: &Options) -> Result<(Configuration, i64), R
     };
     let loaded = store.load().await?;
     tracing::info!(store_id = %loaded.store_id, version = loaded.version, resources = loaded.resources.len(), revision = loaded.revision, "store loaded");
-    let admission = Admission { allow_http_issuers: options.allow_http_issuers, now: None };
+    let admission = Admission { allow_http_issuers: options.allow_http_issuers };
     let revision = loaded.revision;
     Ok((Configuration::new(store, FleetState::from_loaded(loaded), admission, options.max_config_bytes), revision))
 }

@@ -157,6 +157,10 @@ spec:
     let revoked = post(&url, Some(&other_key), &[], INITIALIZE);
     assert_eq!(revoked.status, 401);
     assert!(revoked.challenge.contains(r#"error_description="revoked""#), "{}", revoked.challenge);
+    // A revoked key stays revoked, whichever bridge would present it.
+    let again = bridge("ops-again", "Authorization", &format!("keyFile: {}", other_file.display()), now() + 86_400, "");
+    let reused = refused(&again);
+    assert!(reused.contains("was revoked"), "{reused}");
     let states: Vec<(String, String)> = fleet
         .cp
         .ctl_json(&["get", "bridges"])
@@ -169,6 +173,9 @@ spec:
         .collect();
     assert!(states.contains(&("ops-bridge".into(), "revoked".into())), "{states:?}");
 
+    // A client that sends a token besides its key is decided on the token (here: not one).
+    let both = post(&url, Some("not-a-token"), &[("x-api-key", &key)], INITIALIZE);
+    assert!(both.status == 401 && both.challenge.contains("malformed"), "{} {}", both.status, both.challenge);
     // After its expiry the key is refused as bridge_expired, by the real client too.
     wait_for_or(
         "the bridge to expire",
@@ -191,8 +198,12 @@ spec:
         || fleet.agent().log_text(),
         || {
             let all = decisions();
-            let expired = all.iter().filter(|d| d["reason"] == "bridge_expired").count();
-            let revoked = all.iter().filter(|d| d["reason"] == "revoked").count();
+            // Refusals of a key are tallied like a refused token's: one record per second
+            // with its count.
+            let count = |reason: &str| -> u64 {
+                all.iter().filter(|d| d["reason"] == reason).map(|d| d["count"].as_u64().unwrap_or(1).max(1)).sum()
+            };
+            let (expired, revoked) = (count("bridge_expired"), count("revoked"));
             (expired >= 3 && revoked >= 1)
                 .then_some(all.into_iter().filter(|d| d["via"] == "bridge").collect::<Vec<_>>())
         },

@@ -7,8 +7,9 @@
 //! plain hash safe to keep ([`MIN_KEY_BITS`]). A request presenting the key is then a workload
 //! like any other: its principal is `Workload::"<bridge>/<principal>"` (in
 //! `Issuer::"<bridge>"`), decided by the server's policies, recorded with `via=bridge`. After
-//! its expiry the key is refused as `bridge_expired`; a bridge is revoked like a token
-//! (a `Revocation` of issuer `<bridge>` and `jti` its key digest).
+//! its expiry the key is refused as `bridge_expired`; a key is revoked like a token (a
+//! `Revocation` of issuer `<bridge>` and `keyDigest` its digest), for good: refused whichever
+//! bridge presents it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::revocation::Revocations;
 use crate::token::{Reason, Verified};
-use crate::validation::{Admission, DocumentError, validate_name};
+use crate::validation::{DocumentError, validate_name};
 
 /// The longest a bridge may stay open, counted from the write that sets its expiry: 90 days.
 pub const MAX_LIFETIME_SECS: i64 = 90 * 86_400;
@@ -43,10 +44,38 @@ const MAX_SCOPES: usize = 64;
 /// The header a bridge reads by default: `Authorization: Bearer <key>`.
 pub const DEFAULT_HEADER: &str = "Authorization";
 
-/// The key as written in a document: kept only until it is hashed, and never printed.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
+/// The key as written in a document: kept only until it is hashed, and never printed (not
+/// even in the error for a key that is not a string, where serde would quote the value).
+#[derive(Clone)]
 struct Key(String);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Key, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the key as a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Key, E> {
+                Err(E::custom("must be a string (quote it)"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Key, E> {
+                Err(E::custom("must be a string (quote it)"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Key, E> {
+                Err(E::custom("must be a string (quote it)"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Key, E> {
+                Err(E::custom("must be a string (quote it)"))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -81,8 +110,13 @@ pub struct CredentialBridgeSpec {
     pub owner: String,
     /// How the legacy client moves to tokens before the bridge expires.
     pub exit_plan: String,
-    /// When the bridge closes (RFC 3339): at most 90 days after the write that sets it.
+    /// When the bridge closes (RFC 3339): at most 90 days after its key was first admitted.
     pub expires: String,
+    /// When the control plane first admitted this key (RFC 3339): set by the control plane
+    /// (whatever a document says), kept while the key stays the same. The 90 days count from
+    /// here, so re-applying a bridge cannot keep one key open longer: a new key can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_since: Option<String>,
     /// Pass the key on to the upstream: only for an upstream that still checks it itself.
     /// Otherwise the key stops at the gateway like a token does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -108,6 +142,7 @@ impl PartialEq for CredentialBridgeSpec {
             && self.owner == other.owner
             && self.exit_plan == other.exit_plan
             && self.expires == other.expires
+            && self.key_since == other.key_since
             && self.forward_key == other.forward_key
     }
 }
@@ -149,10 +184,10 @@ fn unix_time(text: &str) -> Option<i64> {
 }
 
 impl CredentialBridgeSpec {
-    /// Checks the document and turns a given key into its digest. With `admission.now` (the
-    /// control plane admitting an operator's write) the expiry must also lie ahead, within
-    /// [`MAX_LIFETIME_SECS`].
-    pub(crate) fn validate(&mut self, admission: &Admission) -> Result<(), DocumentError> {
+    /// Checks the document and turns a given key into its digest. (The bounds on its expiry,
+    /// which count from when the key was first admitted, are the control plane's:
+    /// [`CredentialBridgeSpec::admit`].)
+    pub(crate) fn validate(&mut self) -> Result<(), DocumentError> {
         validate_name(&self.server).map_err(|m| DocumentError::field("spec.server", m))?;
         let header = self.header.to_ascii_lowercase();
         if header.is_empty() || !header.bytes().all(is_tchar) {
@@ -209,25 +244,44 @@ impl CredentialBridgeSpec {
                 ));
             }
         }
-        let Some(expires) = unix_time(&self.expires) else {
+        if unix_time(&self.expires).is_none() {
             return Err(DocumentError::field(
                 "spec.expires",
                 format!("{:?} is not an RFC 3339 time like 2027-01-31T00:00:00Z", self.expires),
             ));
-        };
-        if let Some(now) = admission.now {
-            if expires <= now {
-                return Err(DocumentError::field("spec.expires", "is already past"));
-            }
-            if expires - now > MAX_LIFETIME_SECS {
-                let latest = crate::revocation::format_time(now + MAX_LIFETIME_SECS);
-                return Err(DocumentError::field(
-                    "spec.expires",
-                    format!("a bridge stays open at most 90 days: {} is later than {latest}", self.expires),
-                ));
-            }
+        }
+        if self.key_since.as_deref().is_some_and(|t| unix_time(t).is_none()) {
+            return Err(DocumentError::field("spec.keySince", "is not an RFC 3339 time"));
         }
         Ok(())
+    }
+
+    /// The control plane admitting this bridge at `now`, its key first admitted at
+    /// `key_since` (now, for a new key): sets `keySince`, and the expiry must lie ahead and
+    /// at most [`MAX_LIFETIME_SECS`] after it.
+    pub fn admit(&mut self, key_since: i64, now: i64) -> Result<(), DocumentError> {
+        self.key_since = Some(crate::revocation::format_time(key_since));
+        let expires = self.expires_unix();
+        if expires <= now {
+            return Err(DocumentError::field("spec.expires", "is already past"));
+        }
+        if expires - key_since > MAX_LIFETIME_SECS {
+            let latest = crate::revocation::format_time(key_since + MAX_LIFETIME_SECS);
+            return Err(DocumentError::field(
+                "spec.expires",
+                format!(
+                    "a key is bridged at most 90 days from when it was first admitted ({}): {} is later than {latest}; set a new key to go on",
+                    crate::revocation::format_time(key_since),
+                    self.expires
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// When the key was first admitted (unix seconds), if the control plane said so.
+    pub fn key_since_unix(&self) -> Option<i64> {
+        self.key_since.as_deref().and_then(unix_time)
     }
 
     /// `expires` in seconds since the epoch (validated on admission).
@@ -246,51 +300,154 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// The estimated entropy of `key` in bits: its length times the bits per character of the
-/// alphabet its characters span (hex digits of one case 4; otherwise lower case, upper case,
-/// digits and other visible characters each widen it). A key whose characters repeat more
-/// than random ones would (Shannon entropy per character under 70% of the most its length and
-/// alphabet allow, or fewer than 3 in 4 of its three-character runs distinct) is estimated at
-/// that entropy, scaled by the share of distinct runs, instead: `aaaa…` or `password` repeated
-/// are not strong whatever their length.
+/// The estimated entropy of `key` in bits, meant to refuse what a person chose and accept
+/// what a generator made:
+///
+/// - a vendor prefix (`sk_live_`, `ghp_`: letters and `_`/`-`, before at least 16 more
+///   characters) counts nothing, nor do the separators `-`, `_`, `.`, `=`;
+/// - each other character counts the bits of the alphabet the key's characters span: digits
+///   alone 10, hex digits of one case 16, otherwise 26 for each case of letters present
+///   (capitals that only start words do not count), 10 for digits and one per distinct other
+///   symbol;
+/// - a character that continues a run of three (the fourth of `abcd`, `aaaa`, `4321`, or of a
+///   keyboard walk like `qwer`) counts nothing;
+/// - a key that reads like words (a quarter or more of its adjacent letter pairs among
+///   English's commonest, a fifth without digits, where random letters have one in
+///   fourteen) counts half;
+/// - a UUID counts the 122 bits of a random (version 4) one: under the bound;
+/// - a key whose characters repeat more than random ones would (Shannon entropy per character
+///   under 70% of the most its length and alphabet allow, or fewer than 3 in 4 of its runs of
+///   three characters distinct) counts that entropy, scaled by the share of distinct runs.
 pub fn estimated_bits(key: &str) -> f64 {
-    let bytes = key.as_bytes();
-    if bytes.is_empty() {
+    if is_uuid(key.as_bytes()) {
+        return 122.0;
+    }
+    let body = without_prefix(key.as_bytes());
+    let separator = |b: u8| matches!(b, b'-' | b'_' | b'.' | b'=');
+    let chars: Vec<u8> = body.iter().copied().filter(|b| !separator(*b)).collect();
+    if chars.is_empty() {
         return 0.0;
     }
-    let hex_lower = bytes.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
-    let hex_upper = bytes.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
-    let alphabet: f64 = if hex_lower || hex_upper {
+    let digits_only = chars.iter().all(u8::is_ascii_digit);
+    let hex = chars.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        || chars.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
+    let alphabet: f64 = if digits_only {
+        10.0
+    } else if hex {
         16.0
     } else {
-        let mut size = 0.0;
-        if bytes.iter().any(u8::is_ascii_lowercase) {
-            size += 26.0;
-        }
-        if bytes.iter().any(u8::is_ascii_uppercase) {
-            size += 26.0;
-        }
-        if bytes.iter().any(u8::is_ascii_digit) {
-            size += 10.0;
-        }
-        if bytes.iter().any(|b| !b.is_ascii_alphanumeric()) {
-            size += 33.0;
-        }
-        size
+        let mut symbols: Vec<u8> = chars.iter().copied().filter(|b| !b.is_ascii_alphanumeric()).collect();
+        symbols.sort_unstable();
+        symbols.dedup();
+        let has = |f: fn(&u8) -> bool| if chars.iter().any(f) { 1.0 } else { 0.0 };
+        // Capitals that only start words (`MyCompanyKey`) say nothing a guesser must try.
+        let upper = if title_case(&chars) { 0.0 } else { has(u8::is_ascii_uppercase) };
+        26.0 * has(u8::is_ascii_lowercase) + 26.0 * upper + 10.0 * has(u8::is_ascii_digit) + symbols.len() as f64
     };
-    let n = bytes.len() as f64;
+    // Runs of three happen by chance (one key in three of 32 random hex digits has one); the
+    // fourth character of a run counts nothing, and each after it.
+    let unpredictable = (0..chars.len()).filter(|&i| {
+        i < 3
+            || !(continues_run(chars[i - 3], chars[i - 2], chars[i - 1])
+                && continues_run(chars[i - 2], chars[i - 1], chars[i]))
+    });
+    let mut bits = unpredictable.count() as f64 * alphabet.log2();
+    if !hex && !digits_only && reads_like_words(body) {
+        bits /= 2.0;
+    }
+    let n = chars.len() as f64;
     let mut counts = [0u32; 256];
-    for b in bytes {
+    for b in &chars {
         counts[usize::from(*b)] += 1;
     }
     let shannon: f64 = counts.iter().filter(|c| **c > 0).map(|c| f64::from(*c) / n).map(|p| -p * p.log2()).sum();
     let most = n.min(alphabet).log2();
     // Repeated words: random keys of any length have nearly every run of three characters
     // once; `password` ten times has 8 distinct runs in 78.
-    let runs: Vec<&[u8]> = bytes.windows(3).collect();
+    let runs: Vec<&[u8]> = chars.windows(3).collect();
     let distinct = runs.iter().collect::<std::collections::HashSet<_>>().len();
     let spread = if runs.is_empty() { 1.0 } else { distinct as f64 / runs.len() as f64 };
-    if shannon < 0.7 * most || spread < 0.75 { n * shannon * spread } else { n * alphabet.log2() }
+    if shannon < 0.7 * most || spread < 0.75 { bits.min(n * shannon * spread) } else { bits }
+}
+
+/// Whether every capital of `chars` (one at least) starts a word: after a small letter, a
+/// digit, a symbol or nothing, and before a small letter (random capitals pass one time in
+/// six each).
+fn title_case(chars: &[u8]) -> bool {
+    let mut capitals = chars.iter().enumerate().filter(|(_, b)| b.is_ascii_uppercase()).peekable();
+    capitals.peek().is_some()
+        && capitals.all(|(i, _)| {
+            let before = i.checked_sub(1).map(|j| chars[j]);
+            before.is_none_or(|b| !b.is_ascii_uppercase()) && chars.get(i + 1).is_some_and(u8::is_ascii_lowercase)
+        })
+}
+
+/// Whether `key` is a UUID: 8-4-4-4-12 hex digits.
+fn is_uuid(key: &[u8]) -> bool {
+    key.len() == 36
+        && key.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// `key` without a vendor prefix: letters in one or two parts, each ending in `_` or `-`,
+/// followed by at least 16 characters.
+fn without_prefix(key: &[u8]) -> &[u8] {
+    let mut at = 0;
+    for _ in 0..2 {
+        let letters = key[at..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
+        match key.get(at + letters) {
+            Some(b'_' | b'-') if (1..=10).contains(&letters) => at += letters + 1,
+            _ => break,
+        }
+    }
+    if key.len() - at >= 16 { &key[at..] } else { key }
+}
+
+/// Whether `c` continues the run `a`, `b`: the same step of at most one, in character codes
+/// (`abc`, `aaa`, `cba`, any case) or along a keyboard row (`qwe`, `lkj`, `789`).
+fn continues_run(a: u8, b: u8, c: u8) -> bool {
+    let code = |x: u8| i16::from(x.to_ascii_lowercase());
+    let (s1, s2) = (code(b) - code(a), code(c) - code(b));
+    if s1 == s2 && s1.abs() <= 1 {
+        return true;
+    }
+    const ROWS: [&[u8]; 4] = [b"1234567890", b"qwertyuiop", b"asdfghjkl", b"zxcvbnm"];
+    let place = |x: u8| {
+        let x = x.to_ascii_lowercase();
+        ROWS.iter().enumerate().find_map(|(r, row)| row.iter().position(|k| *k == x).map(|c| (r, c as i16)))
+    };
+    match (place(a), place(b), place(c)) {
+        (Some((ra, ca)), Some((rb, cb)), Some((rc, cc))) => {
+            ra == rb && rb == rc && cb - ca == cc - cb && (cb - ca).abs() == 1
+        }
+        _ => false,
+    }
+}
+
+/// The fifty commonest letter pairs of English text.
+const COMMON_PAIRS: [&[u8; 2]; 50] = [
+    b"th", b"he", b"in", b"er", b"an", b"re", b"on", b"at", b"en", b"nd", b"ti", b"es", b"or", b"te", b"of", b"ed",
+    b"is", b"it", b"al", b"ar", b"st", b"to", b"nt", b"ng", b"se", b"ha", b"as", b"ou", b"io", b"le", b"ve", b"co",
+    b"me", b"de", b"hi", b"ri", b"ro", b"ic", b"ne", b"ea", b"ra", b"ce", b"li", b"ch", b"ll", b"be", b"ma", b"si",
+    b"om", b"ur",
+];
+
+/// Whether `key` reads like words: of its pairs of adjacent letters, six or more and a quarter
+/// or more are among English's fifty commonest, a fifth for a key without digits (random
+/// letters: one in fourteen; under one random key of letters and digits in 200 reads like
+/// words).
+fn reads_like_words(key: &[u8]) -> bool {
+    let pairs: Vec<[u8; 2]> = key
+        .windows(2)
+        .filter(|w| w[0].is_ascii_alphabetic() && w[1].is_ascii_alphabetic())
+        .map(|w| [w[0].to_ascii_lowercase(), w[1].to_ascii_lowercase()])
+        .collect();
+    let common = pairs.iter().filter(|p| COMMON_PAIRS.contains(p)).count();
+    // Without digits a fifth is enough; generated keys nearly always have digits.
+    let share = if key.iter().any(u8::is_ascii_digit) { 4 } else { 5 };
+    common >= 6 && common * share >= pairs.len()
 }
 
 /// `sha256:<hex>` of a key strong enough to be bridged, or why it is not.
@@ -353,7 +510,7 @@ impl Bridge {
         if now >= self.expires_at {
             return Err(Reason::BridgeExpired);
         }
-        if revocations.jti_revoked(&self.name, &self.digest) {
+        if revocations.token_revoked(crate::revocation::bridge_key(&self.digest)) {
             return Err(Reason::Revoked);
         }
         Ok(Arc::new(self.workload()))
@@ -434,10 +591,12 @@ impl Bridges {
     }
 }
 
-/// The credential of `Bearer <credential>` (scheme case-insensitive, one space).
+/// The credential of `Bearer <credential>` (scheme case-insensitive, spaces after it skipped,
+/// as the token path reads it).
 fn bearer_credential(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(7)?;
-    scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+    let (scheme, rest) = value.split_at_checked(6)?;
+    let credential = rest.trim_ascii_start();
+    (scheme.eq_ignore_ascii_case(b"bearer") && credential.len() < rest.len()).then_some(credential)
 }
 
 /// A bridge's state for operators, at `now`.
@@ -489,7 +648,14 @@ mod tests {
 
     #[test]
     fn strong_keys_pass_and_weak_ones_are_refused_whatever_their_length() {
-        for strong in [STRONG, "sk_live_4eC39HqLyjWDarjtT1zdp7dc9Xk2Lm8Q", "2c4e7b0d1f4f9c2a7e1b8d3f60a5c9e2"] {
+        for strong in [
+            STRONG,
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc9Xk2Lm8Q",
+            "ghp_R8Tm2xQv9LkW4pZbN7cYd3FhJs6GaE1uKo5i",
+            "2c4e7b0d1f4f9c2a7e1b8d3f60a5c9e2",
+            "9f3b1c7e-4a2d-4e8b-b6f0-2d9c7a1e5b3f9d4c",
+            "Xk9vQ2mZr7LpT4wYb8NcH3jFs6dGa1uE5oRi0tKz",
+        ] {
             assert!(digest_of_key(strong).is_ok(), "{strong}: {:.0} bits", estimated_bits(strong));
         }
         for weak in [
@@ -500,6 +666,15 @@ mod tests {
             &"abc".repeat(40),
             "Summer2026!",
             "2c4e7b0d1f4f9c2a7e1b8d3f60a5c9e",
+            "MyCompany-Legacy-Key-2019!",
+            "correct-horse-battery-staple",
+            "thequickbrownfoxjumpsoverthelazydog",
+            "qwertyuiopasdfghjklzxcvbnm1234567890",
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            "0123456789abcdeffedcba9876543210",
+            "sk_live_0123456789abcdef",
+            "sk_live_4eC39HqLyjWDarjt",
+            "12345678901234567890123456789012",
         ] {
             assert!(digest_of_key(weak).is_err(), "{weak}: {:.0} bits", estimated_bits(weak));
         }
@@ -507,44 +682,114 @@ mod tests {
     }
 
     #[test]
+    fn keys_from_common_generators_are_accepted_nearly_always() {
+        // A fixed-seed generator (xorshift), so the rates below are the same every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut draw = |alphabet: &[u8], len: usize| -> String {
+            (0..len).map(|_| char::from(alphabet[next(alphabet.len())])).collect()
+        };
+        let hex = b"0123456789abcdef";
+        let base62 = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let base64url = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_";
+        // (generator, most refused in 1,000)
+        let formats = [
+            ("openssl rand -hex 32", 0),
+            ("openssl rand -hex 16", 20),
+            ("uuid v4 (122 bits: refused)", 1000),
+            ("sk_live_ + 24 base62", 10),
+            ("43 base64url (32 bytes)", 20),
+        ];
+        for (name, most_refused) in formats {
+            let refused = (0..1000)
+                .filter(|_| {
+                    let key = match name {
+                        "openssl rand -hex 32" => draw(hex, 64),
+                        "openssl rand -hex 16" => draw(hex, 32),
+                        "uuid v4 (122 bits: refused)" => {
+                            let h = draw(hex, 32);
+                            format!("{}-{}-4{}-a{}-{}", &h[..8], &h[8..12], &h[13..16], &h[17..20], &h[20..])
+                        }
+                        "sk_live_ + 24 base62" => format!("sk_live_{}", draw(base62, 24)),
+                        _ => draw(base64url, 43),
+                    };
+                    digest_of_key(&key).is_err()
+                })
+                .count();
+            assert!(refused <= most_refused, "{name}: {refused} of 1000 refused");
+            if name.starts_with("uuid") {
+                assert_eq!(refused, 1000, "a UUID carries 122 random bits at most");
+            }
+        }
+    }
+
+    #[test]
     fn parsing_keeps_the_digest_and_never_the_key() {
         let mut s = spec(STRONG);
-        s.validate(&Admission::default()).unwrap();
+        s.validate().unwrap();
         assert!(s.key_checked());
         assert_eq!(s.key_digest, format!("sha256:{}", hex(&Sha256::digest(STRONG.as_bytes()))));
         let written = serde_json::to_string(&s).unwrap();
         assert!(!written.contains(STRONG) && !format!("{s:?}").contains(STRONG), "{written}");
         // Read back and applied again: the digest alone, not checked again.
         let mut back: CredentialBridgeSpec = serde_json::from_str(&written).unwrap();
-        back.validate(&Admission::default()).unwrap();
+        back.validate().unwrap();
         assert!(!back.key_checked());
         assert_eq!(back, s);
     }
 
     #[test]
+    fn a_key_that_is_not_a_string_is_refused_without_quoting_it() {
+        for key in [serde_json::json!(401_234_567_890_123_456_789_u128 as f64), serde_json::json!(4_012_345_678_u64)] {
+            let error = serde_json::from_value::<CredentialBridgeSpec>(serde_json::json!({
+                "server": "github", "key": key, "principal": "ci", "owner": "o", "exitPlan": "p",
+                "expires": "2027-01-31T00:00:00Z",
+            }))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains("must be a string") && !error.contains("4012") && !error.contains("4.01"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn a_weak_key_is_refused_without_quoting_it() {
         let mut s = spec("hunter2hunter2");
-        let error = s.validate(&Admission::default()).unwrap_err().to_string();
+        let error = s.validate().unwrap_err().to_string();
         assert!(error.contains("spec.key") && error.contains("too weak") && !error.contains("hunter2"), "{error}");
     }
 
     #[test]
-    fn expiry_is_at_most_ninety_days_from_the_write() {
+    fn expiry_is_at_most_ninety_days_from_when_the_key_was_first_admitted() {
         let now = unix_time("2026-12-04T00:00:00Z").unwrap();
-        let admission = Admission { now: Some(now), ..Admission::default() };
-        let at = |expires: &str| {
+        let at = |expires: &str, key_since: i64| {
             let mut s = spec(STRONG);
             s.expires = expires.into();
-            s.validate(&admission).map_err(|e| e.to_string())
+            s.validate().map_err(|e| e.to_string())?;
+            s.admit(key_since, now).map_err(|e| e.to_string()).map(|()| s)
         };
-        assert!(at("2027-03-04T00:00:00Z").is_ok(), "exactly 90 days");
-        assert!(at("2027-03-04T00:00:01Z").unwrap_err().contains("at most 90 days"));
-        assert!(at("2026-12-03T00:00:00Z").unwrap_err().contains("past"));
-        assert!(at("next week").unwrap_err().contains("RFC 3339"));
+        let admitted = at("2027-03-04T00:00:00Z", now).expect("exactly 90 days");
+        assert_eq!(admitted.key_since.as_deref(), Some("2026-12-04T00:00:00Z"));
+        assert!(at("2027-03-04T00:00:01Z", now).unwrap_err().contains("at most 90 days"));
+        assert!(at("2026-12-03T00:00:00Z", now).unwrap_err().contains("past"));
+        // The same key, admitted 60 days ago: 30 days more at most, however often applied.
+        let since = now - 60 * 86_400;
+        assert!(at("2027-01-03T00:00:00Z", since).is_ok());
+        assert!(at("2027-01-03T00:00:01Z", since).unwrap_err().contains("set a new key"));
+        let mut s = spec(STRONG);
+        s.expires = "next week".into();
+        assert!(s.validate().unwrap_err().to_string().contains("RFC 3339"));
         // Agents re-read stored documents without a clock: no bound applies there.
         let mut s = spec(STRONG);
         s.expires = "2030-01-01T00:00:00Z".into();
-        assert!(s.validate(&Admission::default()).is_ok());
+        assert!(s.validate().is_ok());
     }
 
     #[test]
@@ -552,17 +797,17 @@ mod tests {
         for header in ["Host", "Cookie", "DPoP", "Mcp-Session-Id", "X-Warden-Subject", "Content-Type", "bad header"] {
             let mut s = spec(STRONG);
             s.header = header.into();
-            assert!(s.validate(&Admission::default()).is_err(), "{header}");
+            assert!(s.validate().is_err(), "{header}");
         }
     }
 
     #[test]
     fn a_key_is_found_by_its_header_and_only_there() {
         let mut s = spec(STRONG);
-        s.validate(&Admission::default()).unwrap();
+        s.validate().unwrap();
         let mut bearer = spec(&STRONG.to_uppercase());
         bearer.header = "Authorization".into();
-        bearer.validate(&Admission::default()).unwrap();
+        bearer.validate().unwrap();
         let bridges = Bridges::new(&BTreeMap::from([("legacy".to_string(), s), ("bearer".to_string(), bearer)]));
         let upper = STRONG.to_uppercase();
         let with = |headers: &[(&str, &str)]| {
@@ -577,6 +822,8 @@ mod tests {
         // `find` borrows header values for as long as it runs only.
         assert_eq!(with(&[("x-api-key", STRONG)]).as_deref(), Some("legacy"));
         assert_eq!(with(&[("authorization", &format!("bearer {upper}"))]).as_deref(), Some("bearer"));
+        assert_eq!(with(&[("authorization", &format!("Bearer   {upper}"))]).as_deref(), Some("bearer"));
+        assert_eq!(with(&[("authorization", &format!("Bearer{upper}"))]), None);
         assert_eq!(with(&[("authorization", &format!("Bearer {STRONG}"))]), None, "another bridge's header");
         assert_eq!(with(&[("x-api-key", &upper)]), None);
         assert_eq!(with(&[("x-api-key", STRONG), ("x-api-key", STRONG)]), None, "sent twice: not read");
@@ -601,8 +848,10 @@ mod tests {
         assert_eq!((workload.issuer.as_str(), workload.subject.as_str()), ("legacy", "ci"));
         assert_eq!(workload.scopes, ["mcp"]);
         assert_eq!(bridge.admit(1_000, &none).unwrap_err(), Reason::BridgeExpired);
-        let mut revoked = Revocations::default();
-        revoked.revoke_jti("legacy", "sha256:00");
+        let revoked = Revocations::default().apply(&crate::revocation::Changes {
+            revoked: vec![crate::revocation::bridge_key("sha256:00")],
+            ..Default::default()
+        });
         assert_eq!(bridge.admit(999, &revoked).unwrap_err(), Reason::Revoked);
         assert_eq!(State::at(1_000, 999), State::Expiring);
         assert_eq!(State::at(1_000 + WARN_BEFORE_SECS + 1, 0), State::Open);

@@ -229,7 +229,7 @@ impl Document {
             }
             Kind::CredentialBridge => {
                 let mut spec: CredentialBridgeSpec = typed("spec", envelope.spec)?;
-                spec.validate(admission)?;
+                spec.validate()?;
                 Spec::CredentialBridge(spec)
             }
         };

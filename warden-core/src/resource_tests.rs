@@ -70,7 +70,7 @@ fn issuer_urls_must_be_https_unless_admission_allows_http() {
     let (path, message) = field_error(&http);
     assert_eq!(path, "spec.issuer");
     assert!(message.contains("https"), "{message}");
-    parse_with(&http, &Admission { allow_http_issuers: true, now: None }).unwrap();
+    parse_with(&http, &Admission { allow_http_issuers: true }).unwrap();
     let (path, _) = field_error(&ISSUER.replace("https://idp.example.com", "ftp://idp.example.com"));
     assert_eq!(path, "spec.issuer");
 }

@@ -31,6 +31,10 @@ pub struct RevocationSpec {
     /// before `issuedBefore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// A credential bridge's key, by its digest (`sha256:<hex>`): `issuer` is then the bridge.
+    /// A key revoked this way is refused whichever bridge presents it, now or later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_digest: Option<String>,
     /// For a subject or whole-issuer revocation: RFC 3339 time, e.g. `2026-11-24T05:00:00Z`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_before: Option<String>,
@@ -50,6 +54,25 @@ impl RevocationSpec {
             if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > MAX_VALUE_LEN) {
                 return Err(DocumentError::field(path, format!("must be 1 to {MAX_VALUE_LEN} characters")));
             }
+        }
+        if let Some(digest) = &self.key_digest {
+            if self.jti.is_some() || self.subject.is_some() || self.issued_before.is_some() {
+                return Err(DocumentError::field(
+                    "spec.keyDigest",
+                    "revokes a bridge's key alone: no jti, subject or issuedBefore",
+                ));
+            }
+            let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(DocumentError::field(
+                    "spec.keyDigest",
+                    "must be sha256: and 64 lower-case hex digits, as the bridge shows it",
+                ));
+            }
+            if let Some(t) = &self.expires {
+                parse_time(t).map_err(|m| DocumentError::field("spec.expires", m))?;
+            }
+            return Ok(());
         }
         match (&self.jti, &self.subject, &self.issued_before) {
             (Some(_), None, None) => {}
@@ -93,6 +116,9 @@ impl RevocationSpec {
 
     /// What this revocation adds to the list agents check.
     pub fn target(&self) -> Target {
+        if let Some(digest) = &self.key_digest {
+            return Target::Token(bridge_key(digest));
+        }
         match (&self.jti, self.issued_before_unix()) {
             (Some(jti), _) => Target::Token(jti_key(&self.issuer, jti)),
             (None, before) => Target::Cut(
@@ -398,6 +424,12 @@ pub fn jti_hash(issuer: &str, jti: &str) -> String {
     format!("{:032x}", jti_key(issuer, jti))
 }
 
+/// How revocation lists hold a credential bridge's key: by its digest alone, whichever bridge
+/// names it (no issuer has the empty name, so no token's key can be the same).
+pub fn bridge_key(digest: &str) -> u128 {
+    jti_key("", digest)
+}
+
 /// The same 128 bits as a number: how revocation lists hold a token (16 bytes, whatever the
 /// length of its `jti`).
 pub fn jti_key(issuer: &str, jti: &str) -> u128 {
@@ -477,7 +509,23 @@ mod tests {
             jti: jti.map(Into::into),
             subject: subject.map(Into::into),
             issued_before: before.map(Into::into),
+            key_digest: None,
             expires: None,
+        }
+    }
+
+    #[test]
+    fn a_bridge_s_key_is_revoked_by_its_digest_alone() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let key = RevocationSpec { key_digest: Some(digest.clone()), ..spec(None, None, None) };
+        assert!(key.validate().is_ok());
+        assert_eq!(key.target(), Target::Token(bridge_key(&digest)));
+        assert_ne!(bridge_key(&digest), jti_key("corp", &digest), "not any issuer's token");
+        for bad in [
+            RevocationSpec { key_digest: Some("the-key-itself-1234".into()), ..spec(None, None, None) },
+            RevocationSpec { key_digest: Some(digest.clone()), ..spec(Some("t1"), None, None) },
+        ] {
+            assert!(bad.validate().unwrap_err().to_string().contains("spec.keyDigest"), "{bad:?}");
         }
     }
 

@@ -11,17 +11,13 @@ pub struct Admission {
     /// Accept `http://` issuer and key URLs. For local testing only; the control plane sets it
     /// from an explicit flag.
     pub allow_http_issuers: bool,
-    /// The time of the write (unix seconds), when the control plane admits an operator's
-    /// documents: bounds that count from the write (a bridge's expiry) are checked against it.
-    /// `None` for documents already admitted once (an agent, a replica reading the store).
-    pub now: Option<i64>,
 }
 
 impl Admission {
     /// What an agent uses for documents that came from its control plane: the control plane has
     /// already applied its admission rules, so only the shape is checked again.
     pub fn from_control_plane() -> Admission {
-        Admission { allow_http_issuers: true, now: None }
+        Admission { allow_http_issuers: true }
     }
 }
 

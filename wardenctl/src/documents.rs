@@ -47,8 +47,7 @@ fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Read>> {
             let keyed = bridge_key(&mut value, &file).with_context(context)?;
             let written = keyed.then(|| serde_json::to_vec(&value).expect("JSON values serialize"));
             // http issuers are an admission rule of the control plane: let it decide.
-            let doc =
-                Document::from_json(value, &Admission { allow_http_issuers: true, now: None }).with_context(context)?;
+            let doc = Document::from_json(value, &Admission { allow_http_issuers: true }).with_context(context)?;
             out.push(Read { path: file.clone(), document: doc, written });
         }
     }

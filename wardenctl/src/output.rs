@@ -92,6 +92,13 @@ pub fn resources(response: &pb::GetResponse, format: Format) -> anyhow::Result<(
                             }
                             None => "servers: all".to_string(),
                         },
+                        "Revocation" if spec["keyDigest"].is_string() => {
+                            format!(
+                                "bridge {}: key {}",
+                                spec["issuer"].as_str().unwrap_or_default(),
+                                spec["keyDigest"].as_str().unwrap_or_default()
+                            )
+                        }
                         "Revocation" => match (spec["jti"].as_str(), spec["subject"].as_str()) {
                             (Some(jti), _) => format!("{}: jti {jti}", spec["issuer"].as_str().unwrap_or_default()),
                             (_, Some(subject)) => format!(

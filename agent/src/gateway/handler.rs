@@ -385,13 +385,17 @@ fn authenticate(
 ) -> Result<Arc<Verified>, Refused> {
     let (shared, server, headers) = (refusal.shared, refusal.server, refusal.headers);
     // A legacy client's static key, where a bridge of this server takes one: decided like a
-    // token's workload from here on. A key no bridge knows goes on as a token would.
+    // token's workload from here on. A key no bridge knows goes on as a token would, and so
+    // does a request with a token besides a key in a header of its own (a client moving to
+    // tokens keeps working when its bridge closes).
     let values = |name: &str| headers.get_all(name).iter().map(HeaderValue::as_bytes).collect();
-    if let Some(bridge) = applied.bridges.find(server, values) {
+    let has_token = headers.contains_key(header::AUTHORIZATION);
+    if let Some(bridge) = applied.bridges.find(server, values).filter(|b| b.header == "authorization" || !has_token) {
         return bridge.admit(now, &applied.revocations).map_err(|reason| {
             tracing::info!(server = %server, bridge = %bridge.name, reason = %reason, "bridged key refused");
-            // The key matched: the refusal is on record under the bridge's principal.
-            refusal.record(Some(&bridge.workload()), Refusal::Token(reason));
+            // Tallied like a refused token: a leaked key, expired or revoked, cannot flood the
+            // decision log.
+            refusal.record(None, Refusal::Token(reason));
             Box::new(reply::unauthorized(route, Some(reason)))
         });
     }

@@ -424,6 +424,40 @@ pub fn plan_apply(current: &FleetState, documents: Vec<Document>) -> Result<Plan
     Ok(plan)
 }
 
+/// Plans an operator's apply at unix time `now`: as [`plan_apply`], after admitting its
+/// credential bridges. A bridge's `keySince` is the control plane's: kept while its key stays
+/// the same, `now` for a new key; a changed bridge must close in the future and at most 90
+/// days after `keySince` (re-applying cannot keep one key open longer); a revoked key is
+/// refused whichever bridge presents it.
+pub fn plan_operator_apply(current: &FleetState, mut documents: Vec<Document>, now: i64) -> Result<Plan, WriteError> {
+    for (index, doc) in documents.iter_mut().enumerate() {
+        let key = doc.key();
+        let Spec::CredentialBridge(bridge) = &mut doc.spec else { continue };
+        if current.revoked.token_revoked(warden_core::revocation::bridge_key(&bridge.key_digest)) {
+            return Err(ConfigError::Bridge {
+                from: key,
+                message: "its key was revoked (wardenctl revoke --bridge): set a new key".into(),
+            }
+            .into());
+        }
+        let stored = current.resources.get(&key);
+        let key_since = stored
+            .and_then(|e| match &e.document.spec {
+                Spec::CredentialBridge(b) if b.key_digest == bridge.key_digest => b.key_since_unix(),
+                _ => None,
+            })
+            .unwrap_or(now);
+        bridge.key_since = Some(warden_core::revocation::format_time(key_since));
+        let unchanged = stored.is_some_and(|e| e.json[..] == doc.to_canonical_json()[..]);
+        if let Spec::CredentialBridge(bridge) = &mut doc.spec
+            && !unchanged
+        {
+            bridge.admit(key_since, now).map_err(|error| WriteError::Document { index: index + 1, error })?;
+        }
+    }
+    plan_apply(current, documents)
+}
+
 /// Plans the removal of `key`, refused if `expected` (non-zero) is not its stored version.
 pub fn plan_delete(current: &FleetState, key: ResourceKey, expected: u64) -> Result<Plan, WriteError> {
     let table = current.revocation_table();
@@ -472,17 +506,16 @@ fn check(current: &FleetState, table: &RevocationTable, plan: &Plan) -> Result<(
     };
     for (key, doc, _) in plan.puts.iter().filter(|(k, _, _)| revocation(k)) {
         let Spec::Revocation(spec) = &doc.spec else { continue };
-        if exists(Kind::CredentialBridge, &spec.issuer) {
-            if spec.jti.is_none() {
-                return Err(ConfigError::Bridge {
-                    from: ResourceKey { kind: Kind::CredentialBridge, name: spec.issuer.clone() },
-                    message: format!(
-                        "{key}: a bridge is revoked by its key (jti: its keyDigest; wardenctl revoke --bridge)"
-                    ),
-                }
-                .into());
+        if exists(Kind::CredentialBridge, &spec.issuer) != spec.key_digest.is_some() {
+            return Err(ConfigError::Bridge {
+                from: ResourceKey { kind: Kind::CredentialBridge, name: spec.issuer.clone() },
+                message: format!(
+                    "{key}: a bridge's key is revoked by its digest (issuer: the bridge, keyDigest: its digest; wardenctl revoke --bridge), and only a bridge's"
+                ),
             }
-        } else if !exists(Kind::TrustedIssuer, &spec.issuer) {
+            .into());
+        }
+        if spec.key_digest.is_none() && !exists(Kind::TrustedIssuer, &spec.issuer) {
             return Err(ConfigError::DanglingReference {
                 from: key.clone(),
                 field: "spec.issuer",

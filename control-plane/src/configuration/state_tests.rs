@@ -172,3 +172,66 @@ fn revocations_are_kept_apart_and_travel_as_token_keys() {
         Err(WriteError::Config(ConfigError::DanglingReference { .. }))
     ));
 }
+
+fn bridge(name: &str, key: serde_json::Value, expires: i64) -> Document {
+    let mut spec = serde_json::json!({
+        "server": "s", "header": "X-Api-Key", "principal": "ci", "owner": "team", "exitPlan": "tokens",
+        "expires": warden_core::revocation::format_time(expires),
+    });
+    match key {
+        serde_json::Value::String(k) if k.starts_with("sha256:") => spec["keyDigest"] = k.into(),
+        key => spec["key"] = key,
+    }
+    doc(serde_json::json!({
+        "apiVersion": "warden.dev/v1", "kind": "CredentialBridge", "metadata": {"name": name}, "spec": spec
+    }))
+}
+
+#[test]
+fn a_bridged_key_lives_at_most_ninety_days_however_often_it_is_applied_and_stays_revoked() {
+    const DAY: i64 = 86_400;
+    let (key, other) = ("4f9c2a7e1b8d3f60a5c9e2b71d4f8a3c6e0b9d2f", "9d2f7a1c5e8b3d6f9a2c4e7b0d1f4f9c2a7e1b8d");
+    let t0 = 1_800_000_000;
+    let base = state(1, vec![issuer("a"), server("s", "a")]);
+    let plan = plan_operator_apply(&base, vec![bridge("ci", key.into(), t0 + 30 * DAY)], t0).unwrap();
+    let stored = publish(&base, next_state(&base, plan, 2));
+    let Spec::CredentialBridge(b) = &stored.resources[&bridge("ci", key.into(), 0).key()].document.spec else {
+        panic!("a bridge")
+    };
+    assert_eq!(b.key_since_unix(), Some(t0));
+    let digest = b.key_digest.clone();
+    // 60 days on, the same key (given again, or as its digest) can be extended to day 90 only.
+    let later = t0 + 60 * DAY;
+    for same in [key.to_string(), digest.clone()] {
+        assert!(plan_operator_apply(&stored, vec![bridge("ci", same.clone().into(), t0 + 90 * DAY)], later).is_ok());
+        let refused = plan_operator_apply(&stored, vec![bridge("ci", same.into(), t0 + 91 * DAY)], later);
+        assert!(refused.err().map(|e| e.to_string()).unwrap_or_default().contains("set a new key"));
+    }
+    // A new key starts its own 90 days.
+    assert!(plan_operator_apply(&stored, vec![bridge("ci", other.into(), later + 90 * DAY)], later).is_ok());
+    // Read back and applied again unchanged, even once expired: nothing to refuse.
+    let read_back =
+        Document::from_json_bytes(&stored.resources[&bridge("ci", key.into(), 0).key()].json, &Admission::default())
+            .unwrap();
+    let plan = plan_operator_apply(&stored, vec![read_back], t0 + 100 * DAY).unwrap();
+    assert_eq!(plan.results[0].1, Action::Unchanged);
+    // Revoked by its digest: refused for this bridge and any other.
+    let revoke = doc(serde_json::json!({
+        "apiVersion": "warden.dev/v1", "kind": "Revocation", "metadata": {"name": "bridge-key"},
+        "spec": {"issuer": "ci", "keyDigest": digest}
+    }));
+    let revoked = publish(&stored, next_state(&stored, plan_apply(&stored, vec![revoke]).unwrap(), 3));
+    for name in ["ci", "ci-again"] {
+        let refused = plan_operator_apply(&revoked, vec![bridge(name, key.into(), later + DAY)], later);
+        assert!(refused.err().map(|e| e.to_string()).unwrap_or_default().contains("was revoked"), "{name}");
+    }
+    // A bridge's revocation names its key, and only a bridge's does.
+    let by_jti = revocation("r", "ci", "t");
+    assert!(
+        plan_apply(&stored, vec![by_jti])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("revoked by its digest")
+    );
+}

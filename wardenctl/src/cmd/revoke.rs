@@ -52,19 +52,14 @@ impl Revoke {
             .into_inner();
         let resource = stored.resources.first().with_context(|| format!("no {kind} {name:?}"))?;
         // Stored documents were admitted already: read back whatever URL rules applied then.
-        let admission = Admission { allow_http_issuers: true, now: None };
+        let admission = Admission { allow_http_issuers: true };
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
         let document = match Document::from_json_bytes(&resource.document_json, &admission)?.spec {
-            warden_core::resource::Spec::CredentialBridge(spec) => {
-                // The key is named by its digest, as the gateway checks it. The revocation
-                // never expires: the bridge's expiry can be moved, and a revoked key must stay
-                // dead (deleting the bridge leaves it in force for a bridge made again).
-                revocation(&name, Some(&spec.key_digest), None, now, None)?
-            }
+            warden_core::resource::Spec::CredentialBridge(spec) => bridge_revocation(&name, &spec.key_digest)?,
             warden_core::resource::Spec::TrustedIssuer(spec) => {
                 // Every token issued up to now has expired by then.
                 let expires = now + spec.max_token_lifetime.0.as_secs() as i64 + spec.clock_skew.0.as_secs() as i64;
-                revocation(&name, jti.as_deref(), subject.as_deref(), now, Some(expires))?
+                revocation(&name, jti.as_deref(), subject.as_deref(), now, expires)?
             }
             _ => bail!("{name} is not a {kind}"),
         };
@@ -86,7 +81,7 @@ fn revocation(
     jti: Option<&str>,
     subject: Option<&str>,
     now: i64,
-    expires: Option<i64>,
+    expires: i64,
 ) -> anyhow::Result<Document> {
     use warden_core::revocation::format_time;
     let digest = |text: &str| warden_core::token::jti_hash(issuer, text)[..16].to_string();
@@ -102,14 +97,26 @@ fn revocation(
     };
     let mut spec = spec;
     spec["issuer"] = issuer.into();
-    if let Some(expires) = expires {
-        spec["expires"] = format_time(expires).into();
-    }
+    spec["expires"] = format_time(expires).into();
     let document = serde_json::json!({
         "apiVersion": warden_core::resource::API_VERSION,
         "kind": "Revocation",
         "metadata": {"name": name},
         "spec": spec,
+    });
+    Ok(Document::from_json(document, &Admission::default())?)
+}
+
+/// The `Revocation` of a credential bridge's key: by its digest, as the gateway checks it, so
+/// it holds whichever bridge presents the key; named after the digest, so revoking twice
+/// changes nothing. It never expires: a revoked key stays dead.
+fn bridge_revocation(bridge: &str, digest: &str) -> anyhow::Result<Document> {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    let document = serde_json::json!({
+        "apiVersion": warden_core::resource::API_VERSION,
+        "kind": "Revocation",
+        "metadata": {"name": format!("bridge-key-{}", hex.get(..16).unwrap_or(hex))},
+        "spec": {"issuer": bridge, "keyDigest": digest},
     });
     Ok(Document::from_json(document, &Admission::default())?)
 }
