@@ -80,7 +80,7 @@ impl AdminService {
         let entries = self.configuration.store().audit(AUDIT_READ).await.map_err(unavailable)?;
         let mut by_source = std::collections::HashMap::new();
         for entry in entries.iter().filter(|e| e.time_unix_ms >= since_unix_ms) {
-            if let Some(source) = crate::scorecard::revocation_source(entry) {
+            if let Some(source) = entry.revocation_source() {
                 *by_source.entry(source.to_string()).or_default() += 1;
             }
         }

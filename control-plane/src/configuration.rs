@@ -32,6 +32,9 @@ pub struct Configuration {
     max_config_bytes: usize,
     /// What documents may say (http issuers for local testing).
     admission: Admission,
+    /// Revocations this replica committed since it started, by source
+    /// ([`AuditEntry::revocation_source`]): `session_end`, `rfc7009`, `operator`.
+    revocations: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Configuration {
@@ -43,7 +46,17 @@ impl Configuration {
             writer: Mutex::new(()),
             max_config_bytes,
             admission,
+            revocations: std::sync::Mutex::new(
+                ["session_end", "rfc7009", "operator"].into_iter().map(|source| (source, 0)).collect(),
+            ),
         }
+    }
+
+    /// Revocations this replica committed since it started, by source (every source present,
+    /// from 0).
+    pub fn revocations_committed(&self) -> Vec<(&'static str, u64)> {
+        let counts = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(source, n)| (*source, *n)).collect()
     }
 
     /// The state published last.
@@ -191,6 +204,12 @@ impl Configuration {
         .await
         .map_err(|e| WriteError::Store(StoreError::Interrupted(e.to_string())))??;
         debug_assert_eq!(written, version);
+        {
+            let mut counts = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+            for source in entries_logged.iter().filter_map(AuditEntry::revocation_source) {
+                *counts.entry(source).or_default() += 1;
+            }
+        }
         for entry in &entries_logged {
             let (actor, operation) = (&entry.actor, &entry.operation);
             tracing::info!(%actor, resource = %format!("{}/{}", entry.kind, entry.name), version, "{operation}");

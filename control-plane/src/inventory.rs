@@ -123,12 +123,18 @@ impl<T> Paced<T> {
 pub struct Inventory {
     configuration: Arc<Configuration>,
     fingerprint_key: [u8; 32],
+    /// Open findings by kind across every host, and when they were counted (for metrics,
+    /// which must not read every host's findings at every scrape).
+    open: tokio::sync::Mutex<Option<(tokio::time::Instant, BTreeMap<String, u64>)>>,
 }
+
+/// How long a count of open findings is reused.
+const OPEN_COUNT_AGE: Duration = Duration::from_secs(60);
 
 impl Inventory {
     /// The inventory, stored beside `configuration`, with the fleet's fingerprint key.
     pub fn new(configuration: Arc<Configuration>, fingerprint_key: [u8; 32]) -> Inventory {
-        Inventory { configuration, fingerprint_key }
+        Inventory { configuration, fingerprint_key, open: tokio::sync::Mutex::new(None) }
     }
 
     /// The key every agent fingerprints found secrets with.
@@ -144,6 +150,25 @@ impl Inventory {
         let (record, changes) = merge(agent, previous, report, now_unix);
         store.put_findings(record).await?;
         Ok(changes)
+    }
+
+    /// Open findings by kind across every host, as of at most a minute ago.
+    pub async fn open_by_kind(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut open = self.open.lock().await;
+        let now = tokio::time::Instant::now();
+        if let Some((at, counts)) = open.as_ref()
+            && now.duration_since(*at) < OPEN_COUNT_AGE
+        {
+            return Ok(counts.clone());
+        }
+        let mut counts = BTreeMap::new();
+        for record in self.configuration.store().findings().await? {
+            for f in record.findings.iter().filter(|f| f.gone_unix == 0) {
+                *counts.entry(f.kind.clone()).or_default() += 1;
+            }
+        }
+        *open = Some((now, counts.clone()));
+        Ok(counts)
     }
 
     /// Findings matching `filter` (each field ignored when empty), and every host's last scan.

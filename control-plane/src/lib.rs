@@ -210,8 +210,16 @@ pub async fn run(
     tasks.spawn("revocation enforcement", fleet::watch_revocations(configuration.clone(), fleet.clone(), stop.clone()));
     let (refresh, signing) = (options.key_refresh, options.signing);
     tokens.spawn(token_duties, &configuration, &fleet, &leadership, refresh, signing, &mut tasks, &stop);
-    let metrics =
-        telemetry.spawn(telemetry_duties, &configuration, &fleet, &leadership, &options.otlp, &mut tasks, &stop);
+    let metrics = telemetry.spawn(
+        telemetry_duties,
+        &configuration,
+        &fleet,
+        &inventory,
+        &leadership,
+        &options.otlp,
+        &mut tasks,
+        &stop,
+    );
     if let (Some(addr), Some(tls)) = (options.token_listen, token_tls) {
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the token service {addr}")))?;
         let service = TokenService::new(configuration.clone(), tokens.clone(), telemetry.exchange_log().clone());

@@ -218,21 +218,6 @@ pub struct Parts<'a> {
     pub enforcement_ms: Vec<u64>,
 }
 
-/// The source of a revocation as the audit trail names its write (operation `apply` of kind
-/// Revocation by an operator, `revoke` by the token service, `end-task` by an agent);
-/// `None` for other entries (a deletion: expiry or an operator's).
-pub fn revocation_source(entry: &crate::configuration::store::AuditEntry) -> Option<&'static str> {
-    if entry.kind != warden_core::Kind::Revocation.as_str() {
-        return None;
-    }
-    match entry.operation.as_str() {
-        "end-task" => Some("session_end"),
-        "revoke" if entry.actor == "token-service" => Some("rfc7009"),
-        "apply" => Some("operator"),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,10 +327,10 @@ mod tests {
             name: "r".into(),
             previous_resource_version: 0,
         };
-        assert_eq!(revocation_source(&entry("agent:a", "end-task", "Revocation")), Some("session_end"));
-        assert_eq!(revocation_source(&entry("token-service", "revoke", "Revocation")), Some("rfc7009"));
-        assert_eq!(revocation_source(&entry("uid:0", "apply", "Revocation")), Some("operator"));
-        assert_eq!(revocation_source(&entry("control-plane", "delete", "Revocation")), None, "an expiry");
-        assert_eq!(revocation_source(&entry("uid:0", "apply", "Policy")), None);
+        assert_eq!(entry("agent:a", "end-task", "Revocation").revocation_source(), Some("session_end"));
+        assert_eq!(entry("token-service", "revoke", "Revocation").revocation_source(), Some("rfc7009"));
+        assert_eq!(entry("uid:0", "apply", "Revocation").revocation_source(), Some("operator"));
+        assert_eq!(entry("control-plane", "delete", "Revocation").revocation_source(), None, "an expiry");
+        assert_eq!(entry("uid:0", "apply", "Policy").revocation_source(), None);
     }
 }

@@ -69,6 +69,7 @@ impl Telemetry {
         duties: Duties,
         configuration: &Arc<Configuration>,
         fleet: &Arc<Fleet>,
+        inventory: &Arc<crate::inventory::Inventory>,
         leadership: &Leadership,
         otlp: &otlp::Config,
         tasks: &mut Tasks,
@@ -83,6 +84,7 @@ impl Telemetry {
             configuration: configuration.clone(),
             fleet: fleet.clone(),
             leadership: leadership.clone(),
+            inventory: inventory.clone(),
         });
         if let Some(endpoint) = otlp.logs.clone() {
             let audit = otlp::AuditTrail { store: configuration.store().clone(), leadership: leadership.clone() };

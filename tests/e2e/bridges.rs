@@ -157,6 +157,19 @@ spec:
     let revoked = post(&url, Some(&other_key), &[], INITIALIZE);
     assert_eq!(revoked.status, 401);
     assert!(revoked.challenge.contains(r#"error_description="revoked""#), "{}", revoked.challenge);
+    // On /metrics: the revocation by its source, and its time until the agent applied it.
+    wait_for_or(
+        "the revocation on /metrics",
+        || ureq::get(&metrics_url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()).unwrap_or_default(),
+        || {
+            let text = ureq::get(&metrics_url).call().ok()?.body_mut().read_to_string().ok()?;
+            (text.contains(r#"warden_revocations_total{source="operator"} 1"#)
+                && text.contains(r#"warden_revocations_total{source="rfc7009"} 0"#)
+                && text.contains("warden_revocation_enforcement_seconds_count 1")
+                && text.contains("warden_servers_in_audit_mode 0"))
+            .then_some(())
+        },
+    );
     // A revoked key stays revoked, whichever bridge would present it.
     let again = bridge("ops-again", "Authorization", &format!("keyFile: {}", other_file.display()), now() + 86_400, "");
     let reused = refused(&again);

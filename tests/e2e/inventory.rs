@@ -28,8 +28,11 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
     let corpus = warden_scan_corpus::generate(rand::random(), 1);
     corpus.write(hosts.path()).expect("write corpus");
     let root = hosts.path().to_str().expect("utf-8 path").to_string();
-    let mut fleet =
-        builder.agent_flags(&["--scan-path", &root, "--scan-watch-interval", "1s", "--scan-interval", "1h"]).start();
+    let metrics_addr = tests::loopback_addr();
+    let mut fleet = builder
+        .cp_flags(&["--metrics-listen", &metrics_addr])
+        .agent_flags(&["--scan-path", &root, "--scan-watch-interval", "1s", "--scan-interval", "1h"])
+        .start();
 
     // The scanner on its own, as a pre-commit hook runs it: exit 1, and what it finds.
     let scan = Command::new(bin("warden-agent")).args(["scan", "-o", "json", &root]).output().expect("scan runs");
@@ -71,6 +74,20 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
         assert_eq!(f["state"], "open");
         let fingerprint = f["fingerprint"].as_str().unwrap_or_default();
         assert!(fingerprint.len() == 32 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()), "{fingerprint}");
+    }
+    // The open secrets by kind on /metrics, counted over both hosts.
+    let metrics = ureq::get(&format!("http://{metrics_addr}/metrics"))
+        .call()
+        .expect("/metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("text");
+    let mut by_kind = std::collections::BTreeMap::<&str, usize>::new();
+    for f in &listed {
+        *by_kind.entry(f["kind"].as_str().unwrap_or_default()).or_default() += 1;
+    }
+    for (kind, n) in by_kind {
+        assert!(metrics.contains(&format!("warden_secrets_open{{kind=\"{kind}\"}} {n}\n")), "{kind} {n}:\n{metrics}");
     }
     let table = fleet.cp.ctl_ok(&["get", "findings", "--host", "agent-1", "--state", "open"]);
     assert!(table.contains("agent-1") && !table.contains("agent-0"), "filtered by host:\n{table}");

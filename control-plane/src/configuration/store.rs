@@ -198,6 +198,23 @@ pub struct AuditEntry {
     pub previous_resource_version: u64,
 }
 
+impl AuditEntry {
+    /// The source of a revocation this entry records a write of: `session_end` (an agent's
+    /// `end-task`), `rfc7009` (the token service's `revoke`), `operator` (`apply`); `None` for
+    /// other entries (a revocation's deletion: its expiry, or an operator's).
+    pub fn revocation_source(&self) -> Option<&'static str> {
+        if self.kind != warden_core::Kind::Revocation.as_str() {
+            return None;
+        }
+        match self.operation.as_str() {
+            "end-task" => Some("session_end"),
+            "revoke" if self.actor == "token-service" => Some("rfc7009"),
+            "apply" => Some("operator"),
+            _ => None,
+        }
+    }
+}
+
 /// A registered agent.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

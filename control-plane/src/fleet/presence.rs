@@ -45,6 +45,8 @@ pub struct Presence {
     waiting: Mutex<std::collections::VecDeque<Waiting>>,
     /// How long the last revocation versions took to be enforced: (published, milliseconds).
     enforced: Mutex<std::collections::VecDeque<(i64, u64)>>,
+    /// The same, every one since this process started, as seconds.
+    enforcement: Mutex<Option<warden_core::prometheus::Histogram>>,
 }
 
 /// A version carrying revocations, and the connected agents that had not applied it yet.
@@ -56,6 +58,10 @@ struct Waiting {
 
 /// Revocation versions waited on at once; past it the oldest is given up (not measured).
 const MAX_WAITING: usize = 64;
+/// Buckets of the enforcement-time histogram, in seconds (a fleet takes a quarter of a second;
+/// an agent that stalls, seconds).
+pub const ENFORCEMENT_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 /// Enforcement times kept (the oldest go first).
 const MAX_ENFORCED: usize = 10_000;
 
@@ -141,6 +147,12 @@ impl Presence {
         });
         drop(waiting);
         if !enforced.is_empty() {
+            let mut histogram = self.enforcement.lock().unwrap_or_else(|e| e.into_inner());
+            let histogram =
+                histogram.get_or_insert_with(|| warden_core::prometheus::Histogram::new(ENFORCEMENT_BUCKETS));
+            for (_, ms) in &enforced {
+                histogram.observe(*ms as f64 / 1000.0);
+            }
             let mut times = self.enforced.lock().unwrap_or_else(|e| e.into_inner());
             for time in enforced {
                 if times.len() == MAX_ENFORCED {
@@ -149,6 +161,12 @@ impl Presence {
                 times.push_back(time);
             }
         }
+    }
+
+    /// Every enforcement time measured since this process started, in seconds.
+    pub fn enforcement_histogram(&self) -> warden_core::prometheus::Histogram {
+        let histogram = self.enforcement.lock().unwrap_or_else(|e| e.into_inner());
+        histogram.clone().unwrap_or_else(|| warden_core::prometheus::Histogram::new(ENFORCEMENT_BUCKETS))
     }
 
     /// How long revocation versions published at or after `since_unix_ms` took until every

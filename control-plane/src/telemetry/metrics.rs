@@ -13,6 +13,7 @@ use proto::decision_record::DecisionRecordView;
 use proto::v1 as pb;
 use warden_core::metrics::{self, Descriptor, Family, Kind, Label};
 use warden_core::prometheus::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
+use warden_core::resource::Spec;
 use warden_tasks::Shutdown;
 
 use crate::configuration::Configuration;
@@ -42,6 +43,8 @@ pub struct Sources {
     pub fleet: Arc<Fleet>,
     /// Whether this replica leads.
     pub leadership: Leadership,
+    /// The static secrets agents found.
+    pub inventory: Arc<crate::inventory::Inventory>,
 }
 
 /// Label sets kept per family; past this, decisions are counted in an overflow counter only, so
@@ -188,6 +191,8 @@ const ISSUER: Label = Label { prometheus: "issuer", otel: "warden.issuer" };
 const BRIDGE: Label = Label { prometheus: "bridge", otel: "warden.credential_bridge" };
 const FORWARDS_KEY: Label = Label { prometheus: "forwards_key", otel: "warden.credential_bridge.forwards_key" };
 const STATE: Label = Label { prometheus: "state", otel: "warden.credential_bridge.state" };
+const KIND: Label = Label { prometheus: "kind", otel: "warden.secret.kind" };
+const SOURCE: Label = Label { prometheus: "source", otel: "warden.revocation.source" };
 
 /// Every metric the control plane exports, described once.
 const DECISIONS: Descriptor = Descriptor {
@@ -296,6 +301,39 @@ const BRIDGES: Descriptor = Descriptor {
     labels: &[STATE],
 };
 
+const SECRETS_OPEN: Descriptor = Descriptor {
+    prometheus: "warden_secrets_open",
+    otel: "warden.secrets.open",
+    unit: "{secret}",
+    help: "Static secrets the agents found on their hosts and still see, by kind (counted at most once a minute).",
+    kind: Kind::Gauge,
+    labels: &[KIND],
+};
+const REVOCATIONS: Descriptor = Descriptor {
+    prometheus: "warden_revocations_total",
+    otel: "warden.revocations",
+    unit: "{revocation}",
+    help: "Revocations this replica committed since it started, by source: session_end, rfc7009, operator.",
+    kind: Kind::Counter,
+    labels: &[SOURCE],
+};
+const ENFORCEMENT: Descriptor = Descriptor {
+    prometheus: "warden_revocation_enforcement_seconds",
+    otel: "warden.revocation.enforcement",
+    unit: "s",
+    help: "Time from a version carrying revocations to its application by every agent connected to this replica then.",
+    kind: Kind::Histogram,
+    labels: &[],
+};
+const SERVERS_IN_AUDIT: Descriptor = Descriptor {
+    prometheus: "warden_servers_in_audit_mode",
+    otel: "warden.servers.audit_mode",
+    unit: "{server}",
+    help: "McpServers in audit mode now: forwarded unenforced, Warden's decisions only recorded.",
+    kind: Kind::Gauge,
+    labels: &[],
+};
+
 /// Every family the control plane knows, now: what `/metrics` and the OTLP export both read.
 pub async fn families(cp: &Sources) -> Vec<Family> {
     let registered = cp.configuration.store().agents().await.unwrap_or_default();
@@ -332,7 +370,27 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
         lag.add(&[&a.id], version.saturating_sub(a.applied_version) as f64);
     }
     out.push(lag);
-    out.extend(bridges(&cp.configuration.current(), crate::now_unix_ms() / 1000));
+    let (state, now) = (cp.configuration.current(), crate::now_unix_ms() / 1000);
+    out.extend(bridges(&state, now));
+    let in_audit =
+        state.resources.values().filter(|e| matches!(&e.document.spec, Spec::McpServer(s) if s.in_audit(now)));
+    out.push(Family::single(&SERVERS_IN_AUDIT, in_audit.count() as f64));
+    let mut revocations = Family::new(&REVOCATIONS);
+    for (source, n) in cp.configuration.revocations_committed() {
+        revocations.add(&[source], n as f64);
+    }
+    out.push(revocations);
+    let mut enforcement = Family::new(&ENFORCEMENT);
+    enforcement.add_histogram(&[], &cp.fleet.presence().enforcement_histogram());
+    out.push(enforcement);
+    // A store that cannot be read leaves the family out rather than report no secrets.
+    if let Ok(open) = cp.inventory.open_by_kind().await {
+        let mut secrets = Family::new(&SECRETS_OPEN);
+        for (kind, n) in &open {
+            secrets.add(&[kind], *n as f64);
+        }
+        out.push(secrets);
+    }
     out.push(Family::single(&LOG_RECORDS_EXPORTED, cp.export_stats.exported.load(Relaxed) as f64));
     out.push(Family::single(&LOG_RECORDS_REJECTED, cp.export_stats.rejected.load(Relaxed) as f64));
     out
@@ -345,7 +403,7 @@ fn bridges(state: &crate::configuration::state::FleetState, now: i64) -> [Family
     let mut expiry = Family::new(&BRIDGE_EXPIRY);
     let mut by_state = [(State::Open, 0u32), (State::Expiring, 0), (State::Expired, 0)];
     for (key, entry) in &state.resources {
-        let warden_core::resource::Spec::CredentialBridge(bridge) = &entry.document.spec else { continue };
+        let Spec::CredentialBridge(bridge) = &entry.document.spec else { continue };
         let forwards = if bridge.forward_key { "true" } else { "false" };
         expiry.add(&[&key.name, &bridge.server, forwards], bridge.expires_unix() as f64);
         let at = State::at(bridge.expires_unix(), now);
