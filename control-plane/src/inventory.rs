@@ -126,6 +126,9 @@ pub struct Inventory {
     /// Open findings by kind across every host, and when they were counted (for metrics,
     /// which must not read every host's findings at every scrape).
     open: tokio::sync::Mutex<Option<(tokio::time::Instant, BTreeMap<String, u64>)>>,
+    /// Set when a report opened or closed a finding here (the findings' event export reads
+    /// the store when it is set, or every half minute for other replicas' reports).
+    changed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long a count of open findings is reused.
@@ -134,7 +137,7 @@ const OPEN_COUNT_AGE: Duration = Duration::from_secs(60);
 impl Inventory {
     /// The inventory, stored beside `configuration`, with the fleet's fingerprint key.
     pub fn new(configuration: Arc<Configuration>, fingerprint_key: [u8; 32]) -> Inventory {
-        Inventory { configuration, fingerprint_key, open: tokio::sync::Mutex::new(None) }
+        Inventory { configuration, fingerprint_key, open: tokio::sync::Mutex::new(None), changed: Arc::default() }
     }
 
     /// The key every agent fingerprints found secrets with.
@@ -149,7 +152,15 @@ impl Inventory {
         let previous = store.findings_of(agent).await?;
         let (record, changes) = merge(agent, previous, report, now_unix);
         store.put_findings(record).await?;
+        if changes.opened + changes.gone > 0 {
+            self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(changes)
+    }
+
+    /// The flag set when a report here opened or closed a finding.
+    pub fn changed(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.changed.clone()
     }
 
     /// Open findings by kind across every host, as of at most a minute ago.
@@ -289,6 +300,7 @@ fn merge(agent: &str, previous: Option<FindingsRecord>, report: &pb::Findings, n
                 if stored.gone_unix != 0 {
                     changes.opened += 1;
                     stored.gone_unix = 0;
+                    stored.opened_unix = now;
                 }
                 stored.last_seen_unix = now;
                 stored.server.clone_from(&f.server);
@@ -307,6 +319,7 @@ fn merge(agent: &str, previous: Option<FindingsRecord>, report: &pb::Findings, n
                     first_seen_unix: now,
                     last_seen_unix: now,
                     gone_unix: 0,
+                    opened_unix: now,
                 }
             }
         };

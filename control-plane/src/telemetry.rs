@@ -5,6 +5,7 @@
 
 pub mod decisions;
 pub mod exchange_log;
+pub mod finding_events;
 pub mod metrics;
 pub mod otlp;
 
@@ -100,7 +101,28 @@ impl Telemetry {
             );
             tasks.spawn(
                 "audit export",
-                otlp::export_logs(Arc::new(audit), endpoint, otlp.resource.clone(), Arc::default(), shutdown.clone()),
+                otlp::export_logs(
+                    Arc::new(audit),
+                    endpoint.clone(),
+                    otlp.resource.clone(),
+                    Arc::default(),
+                    shutdown.clone(),
+                ),
+            );
+            let findings = finding_events::FindingEvents::new(
+                configuration.store().clone(),
+                leadership.clone(),
+                inventory.changed(),
+            );
+            tasks.spawn(
+                "findings export",
+                otlp::export_logs(
+                    Arc::new(findings),
+                    endpoint,
+                    otlp.resource.clone(),
+                    Arc::default(),
+                    shutdown.clone(),
+                ),
             );
         }
         if let Some(endpoint) = otlp.metrics.clone() {

@@ -29,7 +29,11 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
     corpus.write(hosts.path()).expect("write corpus");
     let root = hosts.path().to_str().expect("utf-8 path").to_string();
     let metrics_addr = tests::loopback_addr();
+    // The findings' events reach an OTLP backend as logs.
+    let receiver = tests::otlp::OtlpReceiver::start(tests::otlp::Protocol::HttpProtobuf);
+    let endpoint = format!("http://{}", receiver.address);
     let mut fleet = builder
+        .cp_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
         .cp_flags(&["--metrics-listen", &metrics_addr])
         .agent_flags(&["--scan-path", &root, "--scan-watch-interval", "1s", "--scan-interval", "1h"])
         .start();
@@ -109,6 +113,45 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
             (this["state"] == "gone").then_some(())
         },
     );
+    // Every finding of both hosts was an event ("found"), and the removed one's going on each
+    // host (both scan the same directory) is too.
+    let events = |state: &str| -> BTreeSet<(String, String, String)> {
+        receiver
+            .logs()
+            .iter()
+            .filter(|l| {
+                l.record.event_name == "warden.finding" && l.attribute("warden.finding.state").as_deref() == Some(state)
+            })
+            .map(|l| {
+                let text = |k: &str| l.attribute(k).unwrap_or_default();
+                (text("warden.agent"), text("warden.finding.file"), text("warden.finding.location"))
+            })
+            .collect()
+    };
+    let found_on = |host: &str| -> BTreeSet<(String, String, String)> {
+        listed
+            .iter()
+            .filter(|f| f["host"] == host)
+            .map(|f| {
+                (
+                    host.to_string(),
+                    f["file"].as_str().unwrap_or_default().into(),
+                    f["location"].as_str().unwrap_or_default().into(),
+                )
+            })
+            .collect()
+    };
+    let everything: BTreeSet<_> = found_on("agent-0").union(&found_on("agent-1")).cloned().collect();
+    wait_for_or(
+        "the findings' events at the OTLP receiver",
+        || fleet.cp.process.as_ref().map(|p| p.log_text()).unwrap_or_default(),
+        || {
+            (events("open") == everything
+                && events("gone")
+                    == ["agent-0", "agent-1"].map(|h| (h.to_string(), path.clone(), removed.location.clone())).into())
+            .then_some(())
+        },
+    );
     let open = fleet.cp.ctl_json(&["get", "findings", "--host", "agent-0", "--state", "open"]);
     assert_eq!(open["findings"].as_array().map(Vec::len), Some(local.len() - 1), "only the removed one is gone");
 
@@ -119,6 +162,7 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
         Command::new(bin("warden-agent")).args(["scan", &root]).output().expect("table").stdout,
         fleet.cp.ctl(&["get", "findings", "-o", "json"]).stdout,
         fleet.cp.ctl(&["get", "findings"]).stdout,
+        format!("{:?}", receiver.logs()).into_bytes(),
     ];
     for agent in &mut fleet.agents {
         agent.stop();

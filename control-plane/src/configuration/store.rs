@@ -383,6 +383,10 @@ pub struct StoredFinding {
     pub last_seen_unix: i64,
     /// When a scan first no longer found it; 0 while open.
     pub gone_unix: i64,
+    /// When it was last found after not being there (first seen, or reopened); 0 in records
+    /// from before it was kept (then `first_seen_unix`).
+    #[serde(default)]
+    pub opened_unix: i64,
 }
 
 /// The configuration store a control plane runs on. Its API is async whatever the backend:
@@ -444,6 +448,22 @@ impl Store {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.audit_after(after, max)).await,
             Store::Etcd(s) => s.audit_after(after, max).await,
+        }
+    }
+
+    /// How far the findings' events were exported over OTLP (0: none).
+    pub async fn findings_exported(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, |s| s.findings_exported()).await,
+            Store::Etcd(s) => s.findings_exported().await,
+        }
+    }
+
+    /// Records that the findings' events up to `cursor` were exported.
+    pub async fn set_findings_exported(&self, cursor: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.set_findings_exported(cursor)).await,
+            Store::Etcd(s) => s.set_findings_exported(cursor).await,
         }
     }
 

@@ -24,6 +24,7 @@ const META_STORE_ID: &str = "store_id";
 const META_VERSION: &str = "version";
 /// The last audit entry delivered to the OTLP receiver.
 const META_AUDIT_EXPORTED: &str = "audit_exported";
+const META_FINDINGS_EXPORTED: &str = "findings_exported";
 
 /// The embedded store: one redb file in the data directory.
 pub struct Embedded {
@@ -158,19 +159,34 @@ impl Embedded {
 
     /// The sequence of the last audit entry exported over OTLP (0: none).
     pub fn audit_exported(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let meta = txn.open_table(META).map_err(db_err)?;
-        let value = meta.get(META_AUDIT_EXPORTED).map_err(db_err)?;
-        Ok(value.and_then(|v| v.value().try_into().ok()).map_or(0, u64::from_be_bytes))
+        self.cursor(META_AUDIT_EXPORTED)
     }
 
     /// Records that audit entries up to `sequence` were exported.
     pub fn set_audit_exported(&self, sequence: u64) -> Result<(), StoreError> {
+        self.set_cursor(META_AUDIT_EXPORTED, sequence)
+    }
+
+    /// How far the findings' events were exported over OTLP (0: none).
+    pub fn findings_exported(&self) -> Result<u64, StoreError> {
+        self.cursor(META_FINDINGS_EXPORTED)
+    }
+
+    /// Records that the findings' events up to `cursor` were exported.
+    pub fn set_findings_exported(&self, cursor: u64) -> Result<(), StoreError> {
+        self.set_cursor(META_FINDINGS_EXPORTED, cursor)
+    }
+
+    fn cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let value = meta.get(name).map_err(db_err)?;
+        Ok(value.and_then(|v| v.value().try_into().ok()).map_or(0, u64::from_be_bytes))
+    }
+
+    fn set_cursor(&self, name: &str, value: u64) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(META)
-            .map_err(db_err)?
-            .insert(META_AUDIT_EXPORTED, sequence.to_be_bytes().as_slice())
-            .map_err(db_err)?;
+        txn.open_table(META).map_err(db_err)?.insert(name, value.to_be_bytes().as_slice()).map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 

@@ -450,6 +450,19 @@ impl Etcd {
         Ok(())
     }
 
+    /// How far the findings' events were exported over OTLP (0: none).
+    pub async fn findings_exported(&self) -> Result<u64, StoreError> {
+        let key = self.key("findings-exported");
+        let response = self.get(key.clone(), None).await?;
+        response.kvs().first().map_or(Ok(0), |kv| decimal(&key, kv.value()))
+    }
+
+    /// Records that the findings' events up to `cursor` were exported.
+    pub async fn set_findings_exported(&self, cursor: u64) -> Result<(), StoreError> {
+        self.put(self.key("findings-exported"), cursor.to_string().into_bytes()).await?;
+        Ok(())
+    }
+
     /// Records a new join token (only the hash of its secret).
     pub(crate) async fn create_join_token(&self, id: &str, record: &JoinTokenRecord) -> Result<(), StoreError> {
         let (key, value) = (self.key(&format!("join-tokens/{id}")), serde_json::to_vec(record).expect("serializes"));
