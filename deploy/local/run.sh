@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A working local fleet on the embedded store: one control plane, one agent, the example
-# resources; shows the agent converging on each new configuration version.
+# resources; shows the agent converging on each new configuration version, then the road from
+# static secrets: a planted (fake) key found on the host, a legacy client using it through a
+# credential bridge within its policy, a shadow policy's flips, and the scorecard.
 # Everything lives in a temporary directory and stops on exit (Ctrl-C, or at the end unless
 # KEEP=1 keeps the fleet running).
 set -euo pipefail
@@ -11,6 +13,8 @@ bin=target/debug
 work=$(mktemp -d -t warden-local.XXXXXX)
 cp_port=${CP_PORT:-17443}
 status_port=${STATUS_PORT:-17480}
+notes_port=${NOTES_PORT:-18444}
+mcp_port=${MCP_PORT:-13001}
 export WARDEN_ADMIN_SOCKET="$work/cp/admin.sock"
 
 pids=()
@@ -43,9 +47,17 @@ if command -v openssl >/dev/null 2>&1; then
     -addext subjectAltName=IP:127.0.0.1 -keyout "$work/gateway.key" -out "$work/gateway.crt" 2>/dev/null
   gateway_tls=(--gateway-tls-cert "$work/gateway.crt" --gateway-tls-key "$work/gateway.key")
 fi
+# A project on this host whose MCP client configuration holds a static key (a fake one, made
+# here): the agent scans it (and not your home directory: --no-scan-homes).
+mkdir -p "$work/project/.cursor"
+legacy_key=$(od -An -tx1 -N20 /dev/urandom | tr -d ' \n')
+cat >"$work/project/.cursor/mcp.json" <<JSON
+{"mcpServers": {"notes": {"url": "http://127.0.0.1:$notes_port/mcp", "headers": {"X-Api-Key": "$legacy_key"}}}}
+JSON
 "$bin/warden-agent" --id demo-agent --label role=github --data-dir "$work/agent" \
   --control-plane "127.0.0.1:$cp_port" --join-token "$token" \
-  --status-listen "127.0.0.1:$status_port" "${gateway_tls[@]}" 2>"$work/agent.log" &
+  --status-listen "127.0.0.1:$status_port" "${gateway_tls[@]}" \
+  --no-scan-homes --scan-path "$work/project" 2>"$work/agent.log" &
 pids+=($!)
 
 wait_version() {
@@ -90,6 +102,90 @@ step "an invalid resource is refused and changes nothing"
 sed 's/maxTokenLifetime/maxTokenLifeTime/' deploy/examples/fleet.yaml > "$work/bad.yaml"
 "$bin/wardenctl" apply -f "$work/bad.yaml" || true
 "$bin/wardenctl" history
+
+step "the road from static secrets, 1: the agent found the key in the project's MCP configuration"
+for _ in $(seq 100); do
+  "$bin/wardenctl" get findings -o json | grep -q '"kind"' && break
+  sleep 0.1
+done
+"$bin/wardenctl" get findings
+echo "(where the key is and a keyed fingerprint of it; its value never leaves the host)"
+
+step "2: the notes server still takes that static key: a credential bridge lets its client in, within a policy"
+"$bin/warden-demo-mcp" --listen "127.0.0.1:$mcp_port" 2>"$work/mcp.log" &
+pids+=($!)
+echo "$legacy_key" >"$work/legacy.key"
+expires=$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)
+cat >"$work/notes.yaml" <<YAML
+apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {name: notes}
+spec:
+  resource: http://127.0.0.1:$notes_port/mcp
+  issuers: [corp-idp]
+  upstream: http://127.0.0.1:$mcp_port/mcp
+  listen: 127.0.0.1:$notes_port
+---
+apiVersion: warden.dev/v1
+kind: CredentialBridge
+metadata: {name: notes-bridge}
+spec:
+  server: notes
+  header: X-Api-Key
+  keyFile: legacy.key
+  principal: legacy-notes-client
+  owner: team-notes
+  exitPlan: the notes client moves to token exchange by the end of the quarter
+  expires: "$expires"
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: notes-legacy}
+spec:
+  servers: [notes]
+  cedar: |
+    permit(principal in Issuer::"notes-bridge", action == Action::"tools/list", resource);
+    permit(principal in Issuer::"notes-bridge", action == Action::"tools/call", resource)
+    when { ["echo", "whoami"].contains(resource.name) };
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: notes-next}
+spec:
+  servers: [notes]
+  mode: shadow
+  cedar: |
+    // Tried on live traffic before it is enforced: the bridged client loses whoami.
+    forbid(principal in Issuer::"notes-bridge", action == Action::"tools/call", resource)
+    when { resource.name == "whoami" };
+YAML
+applied=$("$bin/wardenctl" apply -f "$work/notes.yaml")
+echo "$applied"
+wait_version "$(echo "$applied" | sed -n 's/^configuration version //p')"
+"$bin/wardenctl" get bridges
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$notes_port/.well-known/oauth-protected-resource/mcp" && break; sleep 0.1; done
+legacy() {
+  curl -s "http://127.0.0.1:$notes_port/mcp" -H "x-api-key: $legacy_key" -H 'content-type: application/json' \
+    -H 'accept: application/json, text/event-stream' -d "$1"
+  echo
+}
+echo "the legacy client (its static key, no token) lists tools: only those its policy allows"
+legacy '{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+echo "calls whoami: the server learns who called; the key stayed at the gateway"
+legacy '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}}'
+echo "calls echo, then the dangerous delete_repository (refused by policy)"
+legacy '{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}'
+legacy '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"delete_repository","arguments":{"name":"notes"}}}'
+
+step "3: what the shadow policy would change, before anyone enforces it"
+for _ in $(seq 50); do
+  [ "$("$bin/wardenctl" decisions --server notes -o json | wc -l)" -ge 4 ] && break
+  sleep 0.1
+done
+"$bin/wardenctl" decisions --server notes --shadow-diff
+
+step "4: the secretless scorecard"
+"$bin/wardenctl" scorecard
 
 if [ "${KEEP:-0}" = 1 ]; then
   step "fleet running (WARDEN_ADMIN_SOCKET=$WARDEN_ADMIN_SOCKET); Ctrl-C stops it"

@@ -3,6 +3,7 @@
 
 mod bridges;
 mod decisions;
+mod demo;
 mod fleet_pki;
 mod fleet_sync;
 mod gateway;

@@ -370,8 +370,12 @@ pub fn scorecard(card: &pb::ScorecardResponse, format: Format) -> anyhow::Result
     let mut kinds: Vec<String> = card.secrets_open_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
     kinds.sort();
     println!(
-        "Stored secrets       {} open on {} hosts scanned; {} new, {} resolved in the window",
-        card.secrets_open, card.hosts_scanned, card.secrets_new, card.secrets_resolved
+        "Stored secrets       {} open on {} {} scanned; {} new, {} resolved in the window",
+        card.secrets_open,
+        card.hosts_scanned,
+        if card.hosts_scanned == 1 { "host" } else { "hosts" },
+        card.secrets_new,
+        card.secrets_resolved
     );
     if !kinds.is_empty() {
         println!("                     by kind: {}", kinds.join(", "));
@@ -525,9 +529,10 @@ pub fn shadow_flips(decisions: &[pb::StoredDecision]) {
         *by_policy.entry(policy).or_default() += 1;
     }
     let policies: Vec<String> = by_policy.iter().map(|(p, n)| format!("{p} ×{n}")).collect();
+    let n = records.len();
     println!(
-        "\n{} decisions would flip under the shadow policies: {to_deny} allow → deny, {to_allow} deny → allow{}",
-        records.len(),
+        "\n{n} {} would flip under the shadow policies: {to_deny} allow → deny, {to_allow} deny → allow{}",
+        if n == 1 { "decision" } else { "decisions" },
         if policies.is_empty() { String::new() } else { format!(" (deciding: {})", policies.join(", ")) }
     );
 }
