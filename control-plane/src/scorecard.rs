@@ -36,11 +36,46 @@ struct Requests {
 
 /// How one record's request was decided.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum How {
+pub enum How {
+    /// Policy decided it on a validated token (allowed or denied).
     Validated,
+    /// Forwarded in audit mode, Warden's decision only recorded.
     Audited,
+    /// A credential bridge's key admitted it (or matched and was refused).
     Bridged,
+    /// Refused before policy: no token, a bad one, a missing scope, a malformed request.
     Refused,
+}
+
+impl How {
+    /// Every way, in the order figures list them.
+    pub const ALL: [How; 4] = [How::Validated, How::Audited, How::Bridged, How::Refused];
+
+    /// How a record of `decision` with `reason`, `via` and `audit` was decided; `None` for a
+    /// token exchange (the token service's decision, not a request to a server).
+    pub fn of(decision: i32, reason: &str, via: &str, audit: &str) -> Option<How> {
+        Some(if via == "token-exchange" {
+            return None;
+        } else if !audit.is_empty() {
+            How::Audited
+        } else if via == "bridge" {
+            How::Bridged
+        } else if decision == pb::Decision::Allow as i32 || POLICY_REASONS.contains(&reason) {
+            How::Validated
+        } else {
+            How::Refused
+        })
+    }
+
+    /// As metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Validated => "validated",
+            How::Audited => "audited",
+            How::Bridged => "bridged",
+            How::Refused => "refused",
+        }
+    }
 }
 
 impl Requests {
@@ -124,20 +159,9 @@ impl Tally {
     pub fn add(&mut self, r: &pb::DecisionRecord) {
         self.read += 1;
         // Exchanges are the token service's decisions, not requests to a server.
-        if r.time_unix_nanos < self.since_unix_nanos || r.via == "token-exchange" {
-            return;
-        }
+        let how = How::of(r.decision, &r.reason, &r.via, &r.audit);
+        let Some(how) = how.filter(|_| r.time_unix_nanos >= self.since_unix_nanos) else { return };
         let n = r.count.max(1);
-        let allowed = r.decision == pb::Decision::Allow as i32;
-        let how = if !r.audit.is_empty() {
-            How::Audited
-        } else if r.via == "bridge" {
-            How::Bridged
-        } else if allowed || POLICY_REASONS.contains(&r.reason.as_str()) {
-            How::Validated
-        } else {
-            How::Refused
-        };
         self.fleet.add(how, n);
         entry(&mut self.by_server, &r.server).add(how, n);
         if how == How::Bridged {

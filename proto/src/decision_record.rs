@@ -150,6 +150,10 @@ pub struct DecisionRecordView<'a> {
     pub token_lifetime_seconds: u64,
     /// How many refusals the record stands for (0: one; see [`DecisionRecordView::decisions`]).
     pub count: u64,
+    /// Which front door, or `bridge` for a credential bridge's key.
+    pub via: &'a str,
+    /// In audit mode: `would_allow` or `would_deny`.
+    pub audit: &'a str,
 }
 
 impl<'a> DecisionRecordView<'a> {
@@ -190,6 +194,8 @@ impl<'a> DecisionRecordView<'a> {
                         6 => view.target = value,
                         8 => view.issuer = value,
                         10 => view.reason = value,
+                        15 => view.via = value,
+                        23 => view.audit = value,
                         _ => {}
                     }
                 }
@@ -367,6 +373,8 @@ mod tests {
                         latency_micros: d.latency_micros,
                         token_lifetime_seconds: d.token_lifetime_seconds,
                         count: d.count,
+                        via: &d.via,
+                        audit: &d.audit,
                     };
                     prop_assert_eq!(*v, expected);
                 }

@@ -248,6 +248,15 @@ spec:
             ("ops-bridge".to_string(), per_bridge("ops-bridge") as u64, "revoked".to_string(), false),
         ]
     );
+    // /metrics counts the same requests the same way (per server, every way from 0).
+    let metrics = ureq::get(&metrics_url).call().expect("/metrics").body_mut().read_to_string().unwrap();
+    let series = |decided: &str| format!("warden_requests_total{{server=\"legacy-notes\",decided=\"{decided}\"}}");
+    for (decided, key) in
+        [("bridged", "bridged"), ("refused", "refused"), ("validated", "validated"), ("audited", "audited")]
+    {
+        let line = format!("{} {}\n", series(decided), card["requestsByServer"]["legacy-notes"][key]);
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
     let card_text = fleet.cp.ctl_ok(&["scorecard"]);
     assert!(card_text.contains("THE STATIC KEY STILL GOES UPSTREAM"), "{card_text}");
 

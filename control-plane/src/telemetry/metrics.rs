@@ -14,6 +14,8 @@ use proto::v1 as pb;
 use warden_core::metrics::{self, Descriptor, Family, Kind, Label};
 use warden_core::prometheus::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
 use warden_core::resource::Spec;
+
+use crate::scorecard::How;
 use warden_tasks::Shutdown;
 
 use crate::configuration::Configuration;
@@ -110,6 +112,8 @@ pub struct DecisionCounts {
     dropped: HashMap<String, u64>,
     /// (agent, server) → the targets labelled.
     targets: LabelMap<(String, String), std::collections::HashSet<String>>,
+    /// Server → requests by how they were decided (the scorecard's claim validation).
+    requests: HashMap<String, [u64; 4]>,
 }
 
 fn decision_name(d: i32) -> &'static str {
@@ -145,8 +149,19 @@ impl DecisionCounts {
         self.observe_rest(decision, r);
     }
 
-    /// The token-lifetime and latency histograms of one record.
+    /// The token-lifetime and latency histograms of one record, and how it was decided.
     fn observe_rest(&mut self, decision: &'static str, r: &DecisionRecordView<'_>) {
+        if let Some(how) = How::of(r.decision, r.reason, r.via, r.audit) {
+            let index = How::ALL.iter().position(|h| *h == how).unwrap_or(0);
+            if let Some(counts) = self.requests.get_mut(r.server) {
+                counts[index] += r.decisions();
+            } else if self.requests.len() < MAX_SERIES {
+                // Every way from 0, so the first of each is an increase.
+                let mut counts = [0; 4];
+                counts[index] = r.decisions();
+                self.requests.insert(r.server.to_string(), counts);
+            }
+        }
         if r.token_lifetime_seconds > 0 {
             let lifetime = r.token_lifetime_seconds as f64;
             if let Some(h) = self.lifetimes.get_mut(r.issuer) {
@@ -192,6 +207,7 @@ const BRIDGE: Label = Label { prometheus: "bridge", otel: "warden.credential_bri
 const FORWARDS_KEY: Label = Label { prometheus: "forwards_key", otel: "warden.credential_bridge.forwards_key" };
 const STATE: Label = Label { prometheus: "state", otel: "warden.credential_bridge.state" };
 const KIND: Label = Label { prometheus: "kind", otel: "warden.secret.kind" };
+const HOW: Label = Label { prometheus: "decided", otel: "warden.request.decided" };
 const SOURCE: Label = Label { prometheus: "source", otel: "warden.revocation.source" };
 
 /// Every metric the control plane exports, described once.
@@ -301,6 +317,14 @@ const BRIDGES: Descriptor = Descriptor {
     labels: &[STATE],
 };
 
+const REQUESTS: Descriptor = Descriptor {
+    prometheus: "warden_requests_total",
+    otel: "warden.requests",
+    unit: "{request}",
+    help: "Requests to MCP servers by how they were decided: validated (policy decided on a validated token), audited, bridged (a credential bridge's key), refused (before policy).",
+    kind: Kind::Counter,
+    labels: &[SERVER, HOW],
+};
 const SECRETS_OPEN: Descriptor = Descriptor {
     prometheus: "warden_secrets_open",
     otel: "warden.secrets.open",
@@ -357,7 +381,13 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
             dropped.add(&[agent], *n as f64);
         }
         let overflow = Family::single(&DECISIONS_OVERFLOW, counts.overflow as f64);
-        out.extend([decisions, overflow, latency, lifetimes, dropped]);
+        let mut requests = Family::new(&REQUESTS);
+        for (server, by_how) in &counts.requests {
+            for (how, n) in How::ALL.iter().zip(by_how) {
+                requests.add(&[server, how.as_str()], *n as f64);
+            }
+        }
+        out.extend([decisions, overflow, latency, lifetimes, dropped, requests]);
     }
     let version = cp.configuration.version();
     out.push(Family::single(&CONFIG_VERSION, version as f64));
@@ -479,5 +509,12 @@ mod tests {
         assert_eq!(counts.decisions[&key("agent-2", "allow", "")], 1);
         assert_eq!(counts.latency.len(), 2, "one histogram per (server, decision)");
         assert_eq!(counts.lifetimes.len(), 1);
+        // How each was decided: on a validated token, allowed or denied by policy.
+        assert_eq!(counts.requests["github"], [5, 0, 0, 0]);
+        counts.observe("agent-1", &DecisionRecordView { via: "bridge", ..allowed });
+        counts.observe("agent-1", &DecisionRecordView { audit: "would_deny", ..denied });
+        counts.observe("agent-1", &DecisionRecordView { reason: "expired", count: 3, ..denied });
+        counts.observe("agent-1", &DecisionRecordView { via: "token-exchange", ..allowed });
+        assert_eq!(counts.requests["github"], [5, 1, 1, 3], "validated, audited, bridged, refused");
     }
 }
