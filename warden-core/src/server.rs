@@ -158,17 +158,7 @@ impl McpServerSpec {
         if !matches!(upstream.scheme(), "http" | "https") || upstream.host().is_none() {
             return Err(DocumentError::field("spec.upstream", "must be an http or https URL with a host"));
         }
-        for (i, scope) in self.scopes.iter().enumerate() {
-            // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-            if scope.is_empty()
-                || !scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-            {
-                return Err(DocumentError::field(
-                    format!("spec.scopes[{i}]"),
-                    format!("{scope:?} is not a scope token"),
-                ));
-            }
-        }
+        crate::validation::validate_scopes("spec.scopes", &self.scopes)?;
         for (i, origin) in self.allowed_origins.iter().enumerate() {
             let parsed = url::Url::parse(origin)
                 .ok()

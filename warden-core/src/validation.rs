@@ -90,3 +90,16 @@ pub(crate) fn depth(value: &serde_json::Value) -> usize {
     }
     deepest
 }
+
+/// Each of `scopes` must be an RFC 6749 §3.3 scope token (`1*( %x21 / %x23-5B / %x5D-7E )`);
+/// errors name `<path>[i]`.
+pub(crate) fn validate_scopes(path: &str, scopes: &[String]) -> Result<(), DocumentError> {
+    for (i, scope) in scopes.iter().enumerate() {
+        if scope.is_empty()
+            || !scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        {
+            return Err(DocumentError::field(format!("{path}[{i}]"), format!("{scope:?} is not a scope token")));
+        }
+    }
+    Ok(())
+}
