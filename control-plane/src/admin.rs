@@ -206,7 +206,8 @@ impl pb::admin_service_server::AdminService for AdminService {
             .collect();
         let revocations_total = state.revocation_table().len() as u64;
         let now = crate::now_unix_ms() / 1000;
-        let bridges = bridges(&state, now)
+        let bridges = state
+            .bridges(now)
             .into_iter()
             .filter(|b| resources.iter().any(|r| r.kind == Kind::CredentialBridge.as_str() && r.name == b.name))
             .collect();
@@ -371,7 +372,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         let parts = crate::scorecard::Parts {
             findings: &findings,
             servers_in_audit: audit,
-            bridges: bridges(&state, now),
+            bridges: state.bridges(now),
             revocations_by_source: self.revocations_by_source(since_ms).await?,
             enforcement_ms: self.fleet.presence().enforcement_times(since_ms),
         };
@@ -447,33 +448,4 @@ impl pb::admin_service_server::AdminService for AdminService {
             ca_pem: self.fleet.ca().cert_pem().to_string(),
         }))
     }
-}
-
-/// The credential bridges of `state` at `now`, with their state (revoked when their key is in
-/// the revocation list agents check).
-fn bridges(state: &state::FleetState, now: i64) -> Vec<pb::BridgeStatus> {
-    state
-        .resources
-        .iter()
-        .filter_map(|(key, entry)| match &entry.document.spec {
-            warden_core::resource::Spec::CredentialBridge(b) => Some((key, b)),
-            _ => None,
-        })
-        .map(|(key, b)| {
-            let state = match state.revoked.token_revoked(warden_core::revocation::bridge_key(&b.key_digest)) {
-                true => "revoked",
-                false => warden_core::bridge::State::at(b.expires_unix(), now).as_str(),
-            };
-            pb::BridgeStatus {
-                name: key.name.clone(),
-                server: b.server.clone(),
-                principal: b.principal.clone(),
-                owner: b.owner.clone(),
-                expires_unix: b.expires_unix(),
-                state: state.into(),
-                forwards_key: b.forward_key,
-                requests: 0,
-            }
-        })
-        .collect()
 }

@@ -41,7 +41,7 @@ pub enum How {
     Validated,
     /// Forwarded in audit mode, Warden's decision only recorded.
     Audited,
-    /// A credential bridge's key admitted it (or matched and was refused).
+    /// A credential bridge's key admitted it (a refused key is counted as refused).
     Bridged,
     /// Refused before policy: no token, a bad one, a missing scope, a malformed request.
     Refused,

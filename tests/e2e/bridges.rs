@@ -166,7 +166,8 @@ spec:
             (text.contains(r#"warden_revocations_total{source="operator"} 1"#)
                 && text.contains(r#"warden_revocations_total{source="rfc7009"} 0"#)
                 && text.contains("warden_revocation_enforcement_seconds_count 1")
-                && text.contains("warden_servers_in_audit_mode 0"))
+                && text.contains("warden_servers_in_audit_mode 0")
+                && text.contains(r#"warden_credential_bridges{state="revoked"} 1"#))
             .then_some(())
         },
     );

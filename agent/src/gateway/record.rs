@@ -43,12 +43,13 @@ fn bounded(text: &str, max: usize) -> &str {
     &text[..text.floor_char_boundary(max)]
 }
 
-/// `via` of a request a `CredentialBridge` admitted (or refused after matching its key).
+/// `via` of a request a `CredentialBridge` admitted.
 pub(crate) const VIA_BRIDGE: &str = "bridge";
 
 /// Queues the record of `decision` for the control plane; the request arrived at `arrived`
-/// through `via` ("gateway" or "ext_authz"; "bridge" for a bridged key's). With tracing on, `trace` is the request's trace
-/// (which the gateway may have started), so the record and the span share one trace id.
+/// through `via` ("gateway" or "ext_authz"; recorded as "bridge" when a bridge admitted it).
+/// With tracing on, `trace` is the request's trace (which the gateway may have started), so the
+/// record and the span share one trace id.
 pub(crate) fn record(
     outbox: &Outbox,
     arrived: Instant,

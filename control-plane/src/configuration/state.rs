@@ -164,6 +164,32 @@ impl FleetState {
         self.resources_bytes + tokens * proto::TOKEN_KEY_BYTES + cuts + 16
     }
 
+    /// Every credential bridge at unix time `now` with its state: `revoked` when its key is in
+    /// the revocation list agents check, else `open`, `expiring` (within 7 days) or `expired`.
+    pub fn bridges(&self, now: i64) -> Vec<pb::BridgeStatus> {
+        let bridges = self.resources.iter().filter_map(|(key, entry)| match &entry.document.spec {
+            Spec::CredentialBridge(b) => Some((key, b)),
+            _ => None,
+        });
+        bridges
+            .map(|(key, b)| {
+                let revoked = self.revoked.token_revoked(warden_core::revocation::bridge_key(&b.key_digest));
+                let state =
+                    if revoked { "revoked" } else { warden_core::bridge::State::at(b.expires_unix(), now).as_str() };
+                pb::BridgeStatus {
+                    name: key.name.clone(),
+                    server: b.server.clone(),
+                    principal: b.principal.clone(),
+                    owner: b.owner.clone(),
+                    expires_unix: b.expires_unix(),
+                    state: state.into(),
+                    forwards_key: b.forward_key,
+                    requests: 0,
+                }
+            })
+            .collect()
+    }
+
     /// The token service's issuer (the `TrustedIssuer` with `controlPlane` keys): its name,
     /// entry and spec. `Config::build` admits at most one.
     pub fn token_service_issuer(&self) -> Option<(&str, &Arc<Entry>, &TrustedIssuerSpec)> {

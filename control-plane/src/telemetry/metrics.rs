@@ -312,7 +312,7 @@ const BRIDGES: Descriptor = Descriptor {
     prometheus: "warden_credential_bridges",
     otel: "warden.credential_bridges",
     unit: "{bridge}",
-    help: "Credential bridges by state: open, expiring (within 7 days: warn the owner) or expired.",
+    help: "Credential bridges by state: open, expiring (within 7 days: warn the owner), expired or revoked.",
     kind: Kind::Gauge,
     labels: &[STATE],
 };
@@ -426,22 +426,19 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
     out
 }
 
-/// The credential bridges of `state` at `now`: each one's expiry, and how many are in each
+/// The credential bridges of `state` at `now`: each one's close time, and how many are in each
 /// state (every state present, so an alert on `expiring` sees its first one).
 fn bridges(state: &crate::configuration::state::FleetState, now: i64) -> [Family; 2] {
-    use warden_core::bridge::State;
     let mut expiry = Family::new(&BRIDGE_EXPIRY);
-    let mut by_state = [(State::Open, 0u32), (State::Expiring, 0), (State::Expired, 0)];
-    for (key, entry) in &state.resources {
-        let Spec::CredentialBridge(bridge) = &entry.document.spec else { continue };
-        let forwards = if bridge.forward_key { "true" } else { "false" };
-        expiry.add(&[&key.name, &bridge.server, forwards], bridge.expires_unix() as f64);
-        let at = State::at(bridge.expires_unix(), now);
-        by_state.iter_mut().filter(|(s, _)| *s == at).for_each(|(_, n)| *n += 1);
+    let mut by_state = [("open", 0u32), ("expiring", 0), ("expired", 0), ("revoked", 0)];
+    for bridge in state.bridges(now) {
+        let forwards = if bridge.forwards_key { "true" } else { "false" };
+        expiry.add(&[&bridge.name, &bridge.server, forwards], bridge.expires_unix as f64);
+        by_state.iter_mut().filter(|(s, _)| *s == bridge.state).for_each(|(_, n)| *n += 1);
     }
     let mut states = Family::new(&BRIDGES);
     for (state, n) in by_state {
-        states.add(&[state.as_str()], f64::from(n));
+        states.add(&[state], f64::from(n));
     }
     [expiry, states]
 }
