@@ -1,7 +1,8 @@
 //! The local demo (`deploy/local/run.sh`, README's one command for the main job) runs to the
-//! end on this machine and tells its story: a fleet converging, a planted static key found,
-//! a legacy client through a credential bridge within its policy, a shadow policy's flip, the
-//! scorecard.
+//! end on this machine and tells its story: a fleet converging; a workload with no secret
+//! exchanging its identity token for a task token, calling what it grants, refused the rest and
+//! refused everywhere once the token is revoked; a planted static key found; a legacy client
+//! through a credential bridge within its policy; a shadow policy's flip; the scorecard.
 
 use std::process::Command;
 
@@ -30,7 +31,7 @@ const PACKAGE_VARIABLES: [&str; 14] = [
 ];
 
 #[test]
-fn the_local_demo_runs_the_road_from_static_secrets_end_to_end() {
+fn the_local_demo_runs_the_main_job_and_the_road_from_static_secrets_end_to_end() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut demo = Command::new("bash");
     for name in PACKAGE_VARIABLES {
@@ -43,6 +44,8 @@ fn the_local_demo_runs_the_road_from_static_secrets_end_to_end() {
         .env("STATUS_PORT", free_port())
         .env("NOTES_PORT", free_port())
         .env("MCP_PORT", free_port())
+        .env("TOKEN_PORT", free_port())
+        .env("ISSUER_PORT", free_port())
         .env_remove("KEEP")
         // What cargo sets for this test binary: left in, the demo's own `cargo build` would see
         // build scripts' inputs changed and compile again.
@@ -58,6 +61,13 @@ fn the_local_demo_runs_the_road_from_static_secrets_end_to_end() {
         // The fleet converges on each version; a bad document changes nothing.
         "Policy/github-readers configured",
         "unknown field `maxTokenLifeTime`",
+        // The main job: a workload's identity token exchanged for a task token that opens its
+        // tools and no other, refused everywhere once revoked.
+        "A DEVELOPMENT ISSUER",
+        "issuer=dev-idp subject=report-builder credential-reached-the-server=false",
+        r#""reason":"tool_not_granted""#,
+        "ms: HTTP 401",
+        "token/exchange",
         // The planted key is found, where it is and what kind, never its value.
         "generic_secret",
         "mcpServers.notes.headers.X-Api-Key",
@@ -68,7 +78,7 @@ fn the_local_demo_runs_the_road_from_static_secrets_end_to_end() {
         r#""message":"denied by policy""#,
         // The shadow policy's flip, and the scorecard.
         "1 decision would flip under the shadow policies: 1 allow → deny",
-        "100.0% bridge",
+        "Revocations          rfc7009 1",
         "notes-bridge -> notes: open, 30 days left, 4 requests (owner team-notes)",
     ] {
         assert!(told.contains(shown), "{shown:?} not in the demo's output:\n{told}");
