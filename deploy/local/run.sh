@@ -183,9 +183,13 @@ for _ in $(seq 100); do
 done
 [ -n "$task" ] || { echo "no task token: $(exchange)" >&2; exit 1; }
 echo "  ${task:0:24}…"
+# The workload's requests carry W3C trace context, as an instrumented client's do: each
+# decision record keeps its trace id, so a trace in a tracing backend finds its decision.
+trace=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 call() {
   curl -s "http://127.0.0.1:$notes_port/mcp" -H "authorization: Bearer $1" -H 'content-type: application/json' \
-    -H 'accept: application/json, text/event-stream' -w ' [HTTP %{http_code}]' -d "$2"
+    -H 'accept: application/json, text/event-stream' -H "traceparent: 00-$trace-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')-01" \
+    -w ' [HTTP %{http_code}]' -d "$2"
   echo
 }
 echo "lists tools (only those its task grants):"
@@ -210,6 +214,9 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 "$bin/wardenctl" decisions --server notes
+echo "the workload's trace ($trace) holds its decisions:"
+"$bin/wardenctl" decisions --server notes -o json | grep "\"traceId\":\"$trace\"" |
+  sed -n 's/.*"method":"\([^"]*\)".*"target":"\([^"]*\)".*"decision":"\([^"]*\)".*"traceId":"\([^"]*\)".*/  \4  \1 \2: \3/p'
 
 step "the road from static secrets, 1: the agent found the key in the project's MCP configuration"
 for _ in $(seq 100); do

@@ -68,6 +68,8 @@ fn the_local_demo_runs_the_main_job_and_the_road_from_static_secrets_end_to_end(
         r#""reason":"tool_not_granted""#,
         "ms: HTTP 401",
         "token/exchange",
+        // Its decisions found by the trace its requests carried.
+        "tools/call delete_repository: deny",
         // The planted key is found, where it is and what kind, never its value.
         "generic_secret",
         "mcpServers.notes.headers.X-Api-Key",
