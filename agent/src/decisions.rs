@@ -132,6 +132,8 @@ pub struct Outbox {
     limits: Limits,
     /// Where records also go when the agent exports them itself.
     direct: std::sync::OnceLock<Arc<direct::Direct>>,
+    /// `Memory::dropped`, readable without the lock (see [`Outbox::drop_count`]).
+    drops: std::sync::atomic::AtomicU64,
 }
 
 impl Outbox {
@@ -156,6 +158,7 @@ impl Outbox {
             pressure: Notify::new(),
             limits,
             direct: std::sync::OnceLock::new(),
+            drops: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -194,6 +197,7 @@ impl Outbox {
             let mut memory = self.memory();
             if memory.records.len() >= self.limits.memory_records {
                 memory.dropped += 1;
+                self.drops.store(memory.dropped, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
             memory.next_sequence += 1;
@@ -235,6 +239,12 @@ impl Outbox {
     pub fn depths(&self) -> (usize, Option<u64>) {
         let queued = self.memory().records.len();
         (queued, self.spool.try_lock().ok().map(|s| s.len()))
+    }
+
+    /// Records of this run dropped so far, without waiting for the queue's lock: a record that
+    /// carried a caller's facts may be among them, so a change means sending facts again.
+    pub fn drop_count(&self) -> u64 {
+        self.drops.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records made so far by this run: sent, queued or dropped.
@@ -348,6 +358,7 @@ impl Outbox {
             let room = guard.room().min(memory.records.len() as u64) as usize;
             let lost = memory.records.len() - room;
             memory.dropped += lost as u64;
+            self.drops.store(memory.dropped, std::sync::atomic::Ordering::Relaxed);
             let records: Vec<Bytes> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
             (records, memory.dropped)
         };

@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
+use warden_core::authorize::Authorizer;
 use warden_core::{Document, Kind, ResourceKey};
 
 use crate::configuration::Configuration;
@@ -99,19 +100,17 @@ fn parse_kind(text: &str) -> Result<Kind, Status> {
     })
 }
 
-#[tonic::async_trait]
-impl pb::admin_service_server::AdminService for AdminService {
-    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
-        let actor = self.actor(&request).await?;
-        let request = request.into_inner();
-        if request.documents_json.len() > MAX_DOCUMENTS_PER_APPLY {
+impl AdminService {
+    /// The documents of an apply, each parsed and validated.
+    fn documents(&self, documents_json: &[Vec<u8>]) -> Result<Vec<Document>, Status> {
+        if documents_json.len() > MAX_DOCUMENTS_PER_APPLY {
             return Err(Status::invalid_argument(format!(
                 "{} documents in one apply; the limit is {MAX_DOCUMENTS_PER_APPLY}",
-                request.documents_json.len()
+                documents_json.len()
             )));
         }
-        let mut documents = Vec::with_capacity(request.documents_json.len());
-        for (i, bytes) in request.documents_json.iter().enumerate() {
+        let mut documents = Vec::with_capacity(documents_json.len());
+        for (i, bytes) in documents_json.iter().enumerate() {
             if bytes.len() > MAX_DOCUMENT_BYTES {
                 return Err(Status::invalid_argument(format!(
                     "document {}: {} bytes; the limit is {MAX_DOCUMENT_BYTES}",
@@ -123,17 +122,72 @@ impl pb::admin_service_server::AdminService for AdminService {
                 .map_err(|error| WriteError::Document { index: i + 1, error })?;
             documents.push(doc);
         }
-        let results_of = |plan: &state::Plan| {
-            plan.results
-                .iter()
-                .map(|(key, action, stored)| pb::ApplyResult {
-                    kind: key.kind.as_str().into(),
-                    name: key.name.clone(),
-                    action: action.as_str().into(),
-                    resource_version: *stored,
-                })
-                .collect::<Vec<_>>()
-        };
+        Ok(documents)
+    }
+}
+
+/// What an apply does to each document, as the plan says.
+fn results_of(plan: &state::Plan) -> Vec<pb::ApplyResult> {
+    plan.results
+        .iter()
+        .map(|(key, action, stored)| pb::ApplyResult {
+            kind: key.kind.as_str().into(),
+            name: key.name.clone(),
+            action: action.as_str().into(),
+            resource_version: *stored,
+        })
+        .collect()
+}
+
+/// The policies of `config`, compiled.
+fn authorizer(config: Result<warden_core::Config, warden_core::ConfigError>) -> Result<Authorizer, Status> {
+    let config = config.map_err(|e| Status::failed_precondition(format!("the configuration does not compile: {e}")))?;
+    Ok(Authorizer::new(&config))
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminService {
+    async fn explain(&self, request: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainResponse>, Status> {
+        self.actor(&request).await?;
+        let id = request.into_inner().record;
+        let state = self.configuration.current();
+        let authorizer = authorizer(warden_core::Config::build(state.resources.values().map(|e| &e.document)))?;
+        let decisions = self.telemetry.decisions().clone();
+        let version = state.version;
+        let answer = tokio::task::spawn_blocking(move || crate::replay::explain(&decisions, &authorizer, version, &id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(answer))
+    }
+
+    async fn test_apply(
+        &self,
+        request: Request<pb::TestApplyRequest>,
+    ) -> Result<Response<pb::TestApplyResponse>, Status> {
+        self.actor(&request).await?;
+        let request = request.into_inner();
+        let documents = self.documents(&request.documents_json)?;
+        let current = self.configuration.current();
+        let plan = state::plan_operator_apply(&current, documents, crate::now_unix_ms() / 1000)?;
+        let proposed = authorizer(state::proposed(&current, &plan))?;
+        let decisions = self.telemetry.decisions().clone();
+        let (since, examples) =
+            (request.since_unix_nanos, if request.examples == 0 { 3 } else { request.examples.min(100) });
+        let mut answer = tokio::task::spawn_blocking(move || {
+            crate::replay::test_apply(&decisions, &proposed, since, examples as usize)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+        answer.results = results_of(&plan);
+        answer.version = current.version;
+        Ok(Response::new(answer))
+    }
+
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let actor = self.actor(&request).await?;
+        let request = request.into_inner();
+        let documents = self.documents(&request.documents_json)?;
         if request.dry_run {
             let current = self.configuration.current();
             let plan = state::plan_operator_apply(&current, documents, crate::now_unix_ms() / 1000)?;

@@ -18,6 +18,7 @@ pub mod agents;
 pub mod configuration;
 pub mod fleet;
 pub mod inventory;
+pub mod replay;
 pub mod scorecard;
 pub mod telemetry;
 pub mod tokens;

@@ -14,7 +14,7 @@ use prost::encoding::{
     skip_field,
 };
 
-use crate::v1::{Decision, DecisionRecord};
+use crate::v1::Decision;
 
 /// A `DecisionRecord` borrowing its strings from the request it is about.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,6 +44,13 @@ pub struct DecisionRecordRef<'a> {
     pub shadow_policies: &'a [String],
     /// `would_allow` / `would_deny` in audit mode, or empty.
     pub audit: &'a str,
+    /// The caller's digest (16 bytes), or empty.
+    pub caller: &'a [u8],
+    /// The caller's facts, an encoded `Caller`, when this record carries them.
+    pub caller_facts: Option<&'a [u8]>,
+    /// The call had arguments.
+    pub arguments: bool,
+    pub config_version: u64,
 }
 
 /// Field numbers of `DecisionRecord`.
@@ -86,6 +93,14 @@ impl DecisionRecordRef<'_> {
             out.put_slice(policy.as_bytes());
         }
         string(23, self.audit, out);
+        bytes(24, self.caller, out);
+        if let Some(facts) = self.caller_facts {
+            encode_key(25, WireType::LengthDelimited, out);
+            encode_varint(facts.len() as u64, out);
+            out.put_slice(facts);
+        }
+        varint(26, u64::from(self.arguments), out);
+        varint(27, self.config_version, out);
     }
 
     /// Bytes [`DecisionRecordRef::append_sequence`] writes at most (a key and a 10-byte varint).
@@ -133,6 +148,14 @@ impl DecisionRecordRef<'_> {
             + varint_len(12, self.latency_micros)
             + varint_len(16, self.token_lifetime_seconds)
             + varint_len(19, self.count)
+            + if self.caller.is_empty() {
+                0
+            } else {
+                key_len(24) + encoded_len_varint(self.caller.len() as u64) + self.caller.len()
+            }
+            + self.caller_facts.map_or(0, |f| key_len(25) + encoded_len_varint(f.len() as u64) + f.len())
+            + varint_len(26, u64::from(self.arguments))
+            + varint_len(27, self.config_version)
     }
 }
 
@@ -154,6 +177,10 @@ pub struct DecisionRecordView<'a> {
     pub via: &'a str,
     /// In audit mode: `would_allow` or `would_deny`.
     pub audit: &'a str,
+    /// The caller's digest, or empty.
+    pub caller: &'a [u8],
+    /// The caller's facts (an encoded `Caller` that decodes), when the record carries them.
+    pub caller_facts: Option<&'a [u8]>,
 }
 
 impl<'a> DecisionRecordView<'a> {
@@ -170,7 +197,7 @@ impl<'a> DecisionRecordView<'a> {
         while !bytes.is_empty() {
             let (tag, wire_type) = decode_key(&mut bytes)?;
             match tag {
-                1 | 2 | 9 | 12 | 16 | 19 => {
+                1 | 2 | 9 | 12 | 16 | 19 | 26 | 27 => {
                     expect(wire_type, WireType::Varint)?;
                     let value = decode_varint(&mut bytes)?;
                     match tag {
@@ -179,7 +206,7 @@ impl<'a> DecisionRecordView<'a> {
                         12 => view.latency_micros = value,
                         16 => view.token_lifetime_seconds = value,
                         19 => view.count = value,
-                        _ => {} // the time: not read here
+                        _ => {} // the time, arguments, version: not read here
                     }
                 }
                 3..=8 | 10 | 11 | 13..=15 | 17 | 18 | 20..=23 => {
@@ -197,6 +224,22 @@ impl<'a> DecisionRecordView<'a> {
                         15 => view.via = value,
                         23 => view.audit = value,
                         _ => {}
+                    }
+                }
+                24 | 25 => {
+                    expect(wire_type, WireType::LengthDelimited)?;
+                    let len = decode_varint(&mut bytes)?;
+                    let len = usize::try_from(len).ok().filter(|&l| l <= bytes.len());
+                    let (value, rest) = bytes.split_at(len.ok_or(RecordError::Truncated { field: tag })?);
+                    bytes = rest;
+                    if tag == 24 {
+                        view.caller = value;
+                    } else {
+                        // An embedded message: prost decodes it, so it must decode. (prost
+                        // merges repeated occurrences; the last one read is kept here, which
+                        // is what a writer that sends it once means.)
+                        <crate::v1::Caller as prost::Message>::decode(value)?;
+                        view.caller_facts = Some(value);
                     }
                 }
                 _ => skip_field(wire_type, tag, &mut bytes, DecodeContext::default())?,
@@ -245,9 +288,10 @@ pub fn record_id(agent: &str, boot: u64, sequence: u64) -> String {
     format!("{agent}/{boot:016x}/{sequence}")
 }
 
-impl<'a> From<&'a DecisionRecord> for DecisionRecordRef<'a> {
-    /// The record without its sequence.
-    fn from(r: &'a DecisionRecord) -> DecisionRecordRef<'a> {
+impl<'a> From<&'a crate::v1::DecisionRecord> for DecisionRecordRef<'a> {
+    /// The record without its sequence, and without its caller facts (an embedded message,
+    /// not borrowed bytes: a queue encodes them once per caller itself).
+    fn from(r: &'a crate::v1::DecisionRecord) -> DecisionRecordRef<'a> {
         DecisionRecordRef {
             time_unix_nanos: r.time_unix_nanos,
             server: &r.server,
@@ -271,6 +315,10 @@ impl<'a> From<&'a DecisionRecord> for DecisionRecordRef<'a> {
             shadow: &r.shadow,
             shadow_policies: &r.shadow_policies,
             audit: &r.audit,
+            caller: &r.caller,
+            caller_facts: None,
+            arguments: r.arguments,
+            config_version: r.config_version,
         }
     }
 }
@@ -279,6 +327,14 @@ fn varint(tag: u32, value: u64, out: &mut impl BufMut) {
     if value != 0 {
         encode_key(tag, WireType::Varint, out);
         encode_varint(value, out);
+    }
+}
+
+fn bytes(tag: u32, value: &[u8], out: &mut impl BufMut) {
+    if !value.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(value.len() as u64, out);
+        out.put_slice(value);
     }
 }
 
@@ -293,6 +349,7 @@ fn string(tag: u32, value: &str, out: &mut impl BufMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::v1::DecisionRecord;
     use prost::Message;
 
     /// Every field set (no `..Default::default()`: a field added to the proto fails to compile
@@ -322,7 +379,35 @@ mod tests {
             shadow: "shadow_allow".into(),
             shadow_policies: vec!["next.0".into()],
             audit: "would_deny".into(),
+            caller: vec![7; 16],
+            caller_facts: Some(crate::v1::Caller {
+                issuer: "corp-idp".into(),
+                subject: subject.into(),
+                scopes: vec!["repo:read".into()],
+                tenant: Some(String::new()),
+                has_groups: true,
+                ..Default::default()
+            }),
+            arguments: true,
+            config_version: 41,
         }
+    }
+
+    /// The bytes of the last `caller_facts` field of an encoded record (what the view keeps),
+    /// found by prost's own field walk.
+    fn view_facts(mut bytes: &[u8]) -> Option<&[u8]> {
+        let mut last = None;
+        while !bytes.is_empty() {
+            let (tag, wire_type) = decode_key(&mut bytes).ok()?;
+            if tag == 25 && wire_type == WireType::LengthDelimited {
+                let len = decode_varint(&mut bytes).ok()? as usize;
+                last = Some(&bytes[..len]);
+                bytes = &bytes[len..];
+            } else {
+                skip_field(wire_type, tag, &mut bytes, DecodeContext::default()).ok()?;
+            }
+        }
+        last
     }
 
     /// Held against prost on generated input (`crate::props`): the seeds above edited byte by
@@ -375,6 +460,8 @@ mod tests {
                         count: d.count,
                         via: &d.via,
                         audit: &d.audit,
+                        caller: &d.caller,
+                        caller_facts: view_facts(&input),
                     };
                     prop_assert_eq!(*v, expected);
                 }
@@ -396,13 +483,22 @@ mod tests {
         }
     }
 
+    /// The record without its sequence, its caller facts encoded into `facts`.
+    fn borrowed<'a>(r: &'a DecisionRecord, facts: &'a mut Vec<u8>) -> DecisionRecordRef<'a> {
+        if let Some(f) = &r.caller_facts {
+            *facts = f.encode_to_vec();
+        }
+        DecisionRecordRef { caller_facts: r.caller_facts.as_ref().map(|_| facts.as_slice()), ..r.into() }
+    }
+
     #[test]
     fn a_record_encoded_from_borrowed_fields_is_what_prost_encodes() {
         let negative_time = DecisionRecord { time_unix_nanos: -5, ..full_record(0, "a") };
         let records =
             [full_record(0, "workload-1"), full_record(0, &"é".repeat(100)), DecisionRecord::default(), negative_time];
         for record in &records {
-            let borrowed = DecisionRecordRef::from(record);
+            let mut facts = Vec::new();
+            let borrowed = borrowed(record, &mut facts);
             let mut encoded = b"before".to_vec();
             borrowed.encode_into(&mut encoded);
             let encoded = encoded.split_off(6);

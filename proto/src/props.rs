@@ -114,8 +114,37 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
     let numbers = (any::<u64>(), any::<i64>(), any::<i32>(), any::<u64>(), any::<u64>(), any::<u64>());
     let strings = prop::collection::vec(text(), 15);
     let lists = (prop::collection::vec(text(), 0..4), prop::collection::vec(text(), 0..3));
-    (numbers, strings, lists).prop_map(
-        |((sequence, time_unix_nanos, decision, latency_micros, token_lifetime_seconds, count), s, lists)| {
+    let caller = (
+        prop::collection::vec(any::<u8>(), 0..20),
+        prop::option::of((
+            text(),
+            text(),
+            prop::collection::vec(text(), 0..3),
+            prop::option::of(text()),
+            any::<bool>(),
+        )),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(digest, facts, arguments, version)| {
+            let facts = facts.map(|(issuer, subject, scopes, tenant, task)| crate::v1::Caller {
+                issuer,
+                subject,
+                granted_tools: if task { scopes.clone() } else { Vec::new() },
+                scopes,
+                tenant,
+                task,
+                ..Default::default()
+            });
+            (digest, facts, arguments, version)
+        });
+    (numbers, strings, lists, caller).prop_map(
+        |(
+            (sequence, time_unix_nanos, decision, latency_micros, token_lifetime_seconds, count),
+            s,
+            lists,
+            (caller, caller_facts, arguments, config_version),
+        )| {
             let (policies, shadow_policies) = lists;
             let [
                 server,
@@ -158,6 +187,10 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
                 shadow,
                 shadow_policies,
                 audit,
+                caller,
+                caller_facts,
+                arguments,
+                config_version,
             }
         },
     )
@@ -166,7 +199,7 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
 /// A record as the control plane may receive it: prost's encoding of any record (with unknown
 /// fields after it, as a newer agent's), edited or not, field soup, or any bytes.
 pub(crate) fn received_record() -> impl Strategy<Value = Vec<u8>> {
-    let encoded = (record(), field_soup(24, 40), any::<bool>())
+    let encoded = (record(), field_soup(28, 40), any::<bool>())
         .prop_map(|(r, unknown, extend)| {
             let mut out = r.encode_to_vec();
             if extend {

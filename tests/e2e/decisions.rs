@@ -10,7 +10,7 @@ use tests::otlp::{OtlpReceiver, Protocol};
 use tests::{loopback_addr, post, wait_for_or};
 
 /// One agent, `agent-d`, serving `notes` at `gateway` under policy `echo-only`.
-struct Fleet {
+pub(crate) struct Fleet {
     fleet: tests::Fleet,
     gateway: String,
 }
@@ -29,7 +29,7 @@ impl std::ops::DerefMut for Fleet {
 }
 
 impl Fleet {
-    fn start(agent_flags: &[&str]) -> Fleet {
+    pub(crate) fn start(agent_flags: &[&str]) -> Fleet {
         Fleet::start_with(agent_flags, &[], &[], &[])
     }
 
@@ -84,7 +84,7 @@ spec:
         Fleet { fleet, gateway }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/mcp", self.gateway)
     }
 
@@ -99,14 +99,14 @@ spec:
     }
 
     /// One request that makes exactly one decision: `tool` called by `token`.
-    fn call(&self, token: Option<&str>, tool: &str) -> u16 {
+    pub(crate) fn call(&self, token: Option<&str>, tool: &str) -> u16 {
         let body =
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
         post(&self.url(), token, &[], &body.to_string()).status
     }
 
     /// Every stored decision (JSON lines of `wardenctl decisions -o json`).
-    fn decisions(&self) -> Vec<Value> {
+    pub(crate) fn decisions(&self) -> Vec<Value> {
         let out = self.cp.ctl_ok(&["decisions", "--limit", "100000", "-o", "json"]);
         out.lines().map(|l| serde_json::from_str(l).expect("a JSON object per line")).collect()
     }
@@ -122,7 +122,7 @@ spec:
     }
 
     /// Waits until `n` decisions are stored.
-    fn wait_for_decisions(&self, n: usize) -> Vec<Value> {
+    pub(crate) fn wait_for_decisions(&self, n: usize) -> Vec<Value> {
         wait_for_or(
             &format!("{n} decisions at the control plane"),
             || format!("{}\n{}", self.agent().log_text(), self.cp.ctl_ok(&["decisions", "--limit", "100000"])),

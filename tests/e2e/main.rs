@@ -9,5 +9,6 @@ mod fleet_sync;
 mod gateway;
 mod inventory;
 mod issuer_keys;
+mod replay;
 mod replicas;
 mod token_exchange;

@@ -121,13 +121,23 @@ pub struct Authorizer {
 }
 
 /// One server's policies and its entity.
-struct ServerPolicies {
+pub(crate) struct ServerPolicies {
     /// The enforced policies.
-    set: PolicySet,
+    pub(crate) set: PolicySet,
     /// The enforced and the shadow policies together, when any shadow policy applies.
-    shadow: Option<PolicySet>,
+    pub(crate) shadow: Option<PolicySet>,
     uid: EntityUid,
     entity: Entity,
+    /// Whether any of the policies (enforced or shadow) reads a call's arguments.
+    pub(crate) reads_arguments: bool,
+}
+
+/// One evaluation's parts, for [`crate::explain`] to ask Cedar about parts of policies.
+pub(crate) struct Evaluation<'a> {
+    pub(crate) cedar: &'a CedarAuthorizer,
+    pub(crate) policies: &'a ServerPolicies,
+    pub(crate) request: Request,
+    pub(crate) entities: Arc<Entities>,
 }
 
 /// A workload as Cedar sees it.
@@ -240,7 +250,8 @@ impl Authorizer {
                 // A string attribute always evaluates; without an entity the server denies all.
                 continue;
             };
-            per_server.insert(server.clone(), ServerPolicies { set, shadow, uid, entity });
+            let reads_arguments = shadow.as_ref().unwrap_or(&set).policies().any(crate::explain::reads_arguments);
+            per_server.insert(server.clone(), ServerPolicies { set, shadow, uid, entity, reads_arguments });
         }
         Authorizer {
             per_server,
@@ -293,12 +304,7 @@ impl Authorizer {
             });
         }
         let principal = self.principal(workload)?;
-        let (kind, attr, name) = match target {
-            Target::Server => ("Server", "", ""),
-            Target::Tool(name) => ("Tool", "name", name),
-            Target::Resource(uri) => ("McpResource", "uri", uri),
-            Target::Prompt(name) => ("Prompt", "name", name),
-        };
+        let (kind, _, name) = target_parts(target);
         let key = digest([&principal.key[..], server.as_bytes(), kind.as_bytes(), name.as_bytes()]);
         let context_key = context_key(workload, facts);
         // The arguments as sent: the same text decides the same (and is parsed only then).
@@ -306,48 +312,8 @@ impl Authorizer {
         let outcome_key = digest([&key[..], &context_key[..], method.as_bytes(), arguments]);
         // Cedar is deterministic: the same request under the same policies decides the same.
         cached(&self.outcomes, outcome_key, || {
-            let resource = if kind == "Server" { policies.uid.clone() } else { uid(kind, &format!("{server}/{name}")) };
-            let entities = cached(&self.entities, key, || {
-                let child = (kind != "Server")
-                    .then(|| {
-                        let attrs =
-                            HashMap::from([(attr.to_string(), RestrictedExpression::new_string(name.to_string()))]);
-                        Entity::new(resource.clone(), attrs, HashSet::from([policies.uid.clone()])).map_err(err)
-                    })
-                    .transpose()?;
-                // With no arguments; a call's own are put in below.
-                let arguments = arguments_entity(None)?;
-                // Built here from typed values, so not validated against the schema again.
-                let all = [policies.entity.clone(), arguments]
-                    .into_iter()
-                    .chain(principal.entities.iter().cloned())
-                    .chain(child);
-                Ok(Arc::new(Entities::from_entities(all, None).map_err(err)?))
-            })?;
-            // Replacing the `Arguments` entity (no parents, no children) repairs the transitive
-            // closure for it alone: far cheaper than building the set again.
-            let entities = match facts.arguments {
-                None => entities,
-                Some(arguments) => Arc::new(
-                    Entities::clone(&entities)
-                        .upsert_entities([arguments_entity(Some(arguments))?], None)
-                        .map_err(err)?,
-                ),
-            };
-            let context = self.context(context_key, workload, facts)?;
-            let action = uid("Action", method);
-            // The method and the target come from the caller, so they are checked in every build:
-            // a method the schema does not know, or applies to another kind of resource, would
-            // otherwise reach release builds' policies unvalidated (an unscoped `permit` allows it).
-            let applies =
-                schema().resources_for_action(&action).is_some_and(|mut kinds| kinds.any(|k| *k == type_name(kind)));
-            if !applies {
-                return Err(RequestError(format!("{method:?} is not an action on a {kind}")));
-            }
-            // Principal, resource and context are built to the schema's types right here; tests (debug
-            // builds) validate every request against the schema, release builds skip the cost.
-            let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
-            let request = Request::new(principal.uid.clone(), action, resource, context, schema).map_err(err)?;
+            let (request, entities) =
+                self.request(policies, &principal, server, method, target, key, context_key, workload, facts)?;
             let evaluate = |set: &PolicySet| {
                 let response = self.cedar.is_authorized(&request, set, &entities);
                 let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
@@ -363,6 +329,87 @@ impl Authorizer {
             });
             Ok(Outcome { allowed, policies: decided, errors, not_granted: false, shadow })
         })
+    }
+
+    /// The Cedar request and entities of one evaluation.
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &self,
+        policies: &ServerPolicies,
+        principal: &Principal,
+        server: &str,
+        method: &str,
+        target: Target<'_>,
+        key: [u8; 32],
+        context_key: [u8; 32],
+        workload: &Verified,
+        facts: &RequestFacts<'_>,
+    ) -> Result<(Request, Arc<Entities>), RequestError> {
+        let (kind, attr, name) = target_parts(target);
+        let resource = if kind == "Server" { policies.uid.clone() } else { uid(kind, &format!("{server}/{name}")) };
+        let entities = cached(&self.entities, key, || {
+            let child = (kind != "Server")
+                .then(|| {
+                    let attrs = HashMap::from([(attr.to_string(), RestrictedExpression::new_string(name.to_string()))]);
+                    Entity::new(resource.clone(), attrs, HashSet::from([policies.uid.clone()])).map_err(err)
+                })
+                .transpose()?;
+            // With no arguments; a call's own are put in below.
+            let arguments = arguments_entity(None)?;
+            // Built here from typed values, so not validated against the schema again.
+            let all =
+                [policies.entity.clone(), arguments].into_iter().chain(principal.entities.iter().cloned()).chain(child);
+            Ok(Arc::new(Entities::from_entities(all, None).map_err(err)?))
+        })?;
+        // Replacing the `Arguments` entity (no parents, no children) repairs the transitive
+        // closure for it alone: far cheaper than building the set again.
+        let entities = match facts.arguments {
+            None => entities,
+            Some(arguments) => Arc::new(
+                Entities::clone(&entities).upsert_entities([arguments_entity(Some(arguments))?], None).map_err(err)?,
+            ),
+        };
+        let context = self.context(context_key, workload, facts)?;
+        let action = uid("Action", method);
+        // The method and the target come from the caller, so they are checked in every build:
+        // a method the schema does not know, or applies to another kind of resource, would
+        // otherwise reach release builds' policies unvalidated (an unscoped `permit` allows it).
+        let applies =
+            schema().resources_for_action(&action).is_some_and(|mut kinds| kinds.any(|k| *k == type_name(kind)));
+        if !applies {
+            return Err(RequestError(format!("{method:?} is not an action on a {kind}")));
+        }
+        // Principal, resource and context are built to the schema's types right here; tests (debug
+        // builds) validate every request against the schema, release builds skip the cost.
+        let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
+        let request = Request::new(principal.uid.clone(), action, resource, context, schema).map_err(err)?;
+        Ok((request, entities))
+    }
+
+    /// Whether a policy of `server` reads a call's arguments (which records never keep: a
+    /// recorded call with arguments cannot be replayed against them).
+    pub fn reads_arguments(&self, server: &str) -> bool {
+        self.per_server.get(server).is_some_and(|p| p.reads_arguments)
+    }
+
+    /// The Cedar authorizer, the server's policies, and the request and entities of one
+    /// evaluation (for [`crate::explain`]); `None` for a server with no policies.
+    pub(crate) fn evaluation(
+        &self,
+        server: &str,
+        workload: &Verified,
+        method: &str,
+        target: Target<'_>,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Option<Evaluation<'_>>, RequestError> {
+        let Some(policies) = self.per_server.get(server) else { return Ok(None) };
+        let principal = self.principal(workload)?;
+        let (kind, _, name) = target_parts(target);
+        let key = digest([&principal.key[..], server.as_bytes(), kind.as_bytes(), name.as_bytes()]);
+        let context_key = context_key(workload, facts);
+        let (request, entities) =
+            self.request(policies, &principal, server, method, target, key, context_key, workload, facts)?;
+        Ok(Some(Evaluation { cedar: &self.cedar, policies, request, entities }))
     }
 
     /// The workload's entities, built once per distinct set of the claims they carry.
@@ -430,6 +477,16 @@ impl Authorizer {
             }
             Context::from_pairs(pairs).map_err(err)
         })
+    }
+}
+
+/// The entity type of a target, its naming attribute and its name.
+fn target_parts(target: Target<'_>) -> (&'static str, &'static str, &str) {
+    match target {
+        Target::Server => ("Server", "", ""),
+        Target::Tool(name) => ("Tool", "name", name),
+        Target::Resource(uri) => ("McpResource", "uri", uri),
+        Target::Prompt(name) => ("Prompt", "name", name),
     }
 }
 

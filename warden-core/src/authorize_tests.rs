@@ -51,6 +51,7 @@ fn workload(subject: &str, claims: serde_json::Value) -> Verified {
         claims: claims.as_object().cloned().unwrap_or_default(),
         task: None,
         bridge: None,
+        caller: Default::default(),
     }
 }
 

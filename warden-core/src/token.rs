@@ -136,6 +136,8 @@ pub struct Verified {
     pub task: Option<Task>,
     /// Set for a legacy client admitted by a `CredentialBridge`'s static key (no token).
     pub bridge: Option<Arc<crate::bridge::Bridge>>,
+    /// [`crate::caller::Caller::digest`], once asked for.
+    pub(crate) caller: std::sync::OnceLock<[u8; crate::caller::DIGEST_LEN]>,
 }
 
 /// What a task token (RFC 8693 token exchange at the control plane) adds: whose identity the
@@ -180,6 +182,7 @@ impl Verified {
             claims: serde_json::Map::new(),
             task: None,
             bridge: Some(bridge),
+            caller: Default::default(),
         }
     }
 
@@ -509,6 +512,7 @@ impl Verifier {
             scopes,
             claims,
             bridge: None,
+            caller: Default::default(),
         })
     }
 

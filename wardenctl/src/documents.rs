@@ -4,21 +4,36 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use warden_core::policy_test::PolicyTest;
 use warden_core::{Admission, Document};
 
 /// Reads every YAML/JSON document under `paths`, validating each locally first so mistakes are
 /// reported with their file; the control plane validates again, authoritatively.
 pub fn read(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Document)>> {
-    Ok(read_all(paths)?.into_iter().map(|read| (read.path, read.document)).collect())
+    Ok(read_all(paths)?.0.into_iter().map(|read| (read.path, read.document)).collect())
+}
+
+/// The resources and the `PolicyTest`s under `paths`.
+pub fn read_with_tests(paths: &[PathBuf]) -> anyhow::Result<(Vec<Document>, Vec<Test>)> {
+    let (resources, tests) = read_all(paths)?;
+    Ok((resources.into_iter().map(|r| r.document).collect(), tests))
 }
 
 /// What `apply` sends for each document under `paths`: its canonical JSON (with
 /// `metadata.resourceVersion` when the operator set one), except a `CredentialBridge` that
 /// carries its key, which goes as written (its `keyFile` read): the control plane checks the
-/// key's strength itself before it keeps only the digest.
+/// key's strength itself before it keeps only the digest. `PolicyTest`s are not resources:
+/// they are left out, and said so on standard error.
 pub fn wire(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
-    Ok(read_all(paths)?.into_iter().map(|read| read.written.unwrap_or_else(|| with_version(&read.document))).collect())
+    let (resources, tests) = read_all(paths)?;
+    if !tests.is_empty() {
+        eprintln!("skipping {} PolicyTest document(s): run them with wardenctl test", tests.len());
+    }
+    Ok(resources.into_iter().map(|read| read.written.unwrap_or_else(|| with_version(&read.document))).collect())
 }
+
+/// A `PolicyTest` and its file.
+pub type Test = (PathBuf, PolicyTest);
 
 /// One document read.
 struct Read {
@@ -29,8 +44,8 @@ struct Read {
     written: Option<Vec<u8>>,
 }
 
-/// Each document under `paths`.
-fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Read>> {
+/// Each document under `paths`: the resources, and the policy tests.
+fn read_all(paths: &[PathBuf]) -> anyhow::Result<(Vec<Read>, Vec<Test>)> {
     let mut files = Vec::new();
     for path in paths {
         collect_files(path, &mut files)?;
@@ -38,12 +53,16 @@ fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Read>> {
     if files.is_empty() {
         bail!("no .yaml, .yml or .json files in {paths:?}");
     }
-    let mut out = Vec::new();
+    let (mut out, mut tests) = (Vec::new(), Vec::new());
     for file in files {
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
         let values = warden_core::resource::yaml_documents(&text).with_context(|| file.display().to_string())?;
         for (i, mut value) in values.into_iter().enumerate() {
             let context = || format!("{} (document {})", file.display(), i + 1);
+            if PolicyTest::is(&value) {
+                tests.push((file.clone(), PolicyTest::from_json(value).with_context(context)?));
+                continue;
+            }
             let keyed = bridge_key(&mut value, &file).with_context(context)?;
             let written = keyed.then(|| serde_json::to_vec(&value).expect("JSON values serialize"));
             // http issuers are an admission rule of the control plane: let it decide.
@@ -51,7 +70,7 @@ fn read_all(paths: &[PathBuf]) -> anyhow::Result<Vec<Read>> {
             out.push(Read { path: file.clone(), document: doc, written });
         }
     }
-    Ok(out)
+    Ok((out, tests))
 }
 
 /// For a `CredentialBridge`, reads `spec.keyFile` (relative to the document's file; one line,

@@ -29,8 +29,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use cmd::{
-    apply::Apply, decisions::Decisions, delete::Delete, diff::Diff, get::Get, history::History, join_token::JoinToken,
-    operator_cert::OperatorCert, revoke::Revoke, scorecard::Scorecard,
+    apply::Apply, decisions::Decisions, delete::Delete, diff::Diff, explain::Explain, get::Get, history::History,
+    join_token::JoinToken, operator_cert::OperatorCert, revoke::Revoke, scorecard::Scorecard, test::Test,
 };
 
 /// Warden operators' CLI.
@@ -96,9 +96,11 @@ enum Command {
     JoinToken(JoinToken),
     OperatorCert(OperatorCert),
     Decisions(Decisions),
+    Explain(Explain),
     Revoke(Revoke),
     History(History),
     Scorecard(Scorecard),
+    Test(Test),
 }
 
 /// Writes to standard output; a closed pipe ends the process with the status a shell reports
@@ -141,6 +143,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revoke(revoke) => revoke.run(&target).await,
         Command::History(history) => history.run(&target, format).await,
         Command::Scorecard(scorecard) => scorecard.run(&target, format).await,
+        Command::Explain(explain) => explain.run(&target, format).await,
+        Command::Test(test) => test.run(),
     }
 }
 

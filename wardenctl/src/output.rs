@@ -514,6 +514,7 @@ fn decision_value(d: &pb::StoredDecision) -> Value {
         "latencyMicros": r.latency_micros, "traceId": r.trace_id, "jtiHash": r.jti_hash, "via": r.via,
         "tokenLifetimeSeconds": r.token_lifetime_seconds, "actor": r.actor, "binding": r.binding,
         "count": r.count.max(1), "source": r.source, "shadow": r.shadow, "shadowPolicies": r.shadow_policies, "audit": r.audit,
+        "caller": hex(&r.caller), "arguments": r.arguments, "configVersion": r.config_version,
     })
 }
 
@@ -561,6 +562,7 @@ pub fn decisions(decisions: &[pb::StoredDecision], format: Format, header: bool)
                     let r = d.record.clone().unwrap_or_default();
                     let target = if r.target.is_empty() { "-".to_string() } else { r.target };
                     vec![
+                        d.cursor.to_string(),
                         rfc3339(r.time_unix_nanos),
                         d.agent.clone(),
                         r.server,
@@ -582,7 +584,8 @@ pub fn decisions(decisions: &[pb::StoredDecision], format: Format, header: bool)
                     ]
                 })
                 .collect();
-            let names = ["TIME", "AGENT", "SERVER", "METHOD", "TARGET", "SUBJECT", "DECISION", "REASON", "LATENCY"];
+            let names =
+                ["ID", "TIME", "AGENT", "SERVER", "METHOD", "TARGET", "SUBJECT", "DECISION", "REASON", "LATENCY"];
             if header {
                 print_table(&names, rows);
             } else {
@@ -704,4 +707,191 @@ pub fn diff(documents: &[(PathBuf, Document)], stored: &[pb::Resource]) -> anyho
         }
     }
     Ok(changed)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn caller_value(c: &pb::Caller) -> Value {
+    json!({
+        "issuer": c.issuer, "subject": c.subject, "scopes": c.scopes, "tenant": c.tenant, "email": c.email,
+        "groups": c.has_groups.then_some(&c.groups), "grantedTools": c.task.then_some(&c.granted_tools),
+    })
+}
+
+/// `explain`: the decision, what policy saw, each policy part by part, what would allow it.
+pub fn explain(e: &pb::ExplainResponse, format: Format) -> anyhow::Result<()> {
+    let stored = e.decision.clone().unwrap_or_default();
+    let r = stored.record.clone().unwrap_or_default();
+    if format != Format::Table {
+        let policies: Vec<Value> = e
+            .policies
+            .iter()
+            .map(|p| {
+                let clauses: Vec<Value> = p
+                    .clauses
+                    .iter()
+                    .map(|c| json!({"text": c.text, "check": c.check, "error": c.error, "fix": c.fix}))
+                    .collect();
+                json!({"id": p.id, "effect": p.effect, "shadow": p.shadow, "scope": p.scope,
+                    "scopeCheck": p.scope_check, "matched": p.matched, "clauses": clauses})
+            })
+            .collect();
+        return emit(
+            &json!({"decision": decision_value(&stored), "caller": e.caller.as_ref().map(caller_value),
+                "sourceIp": e.source_ip, "version": e.version, "replayed": e.replayed,
+                "notReplayed": e.not_replayed, "decidedBy": e.decided_by, "policies": policies,
+                "changes": e.changes}),
+            format,
+        );
+    }
+    let target = if r.target.is_empty() { r.target_kind.clone() } else { format!("{} {}", r.target_kind, r.target) };
+    let recorded = match r.audit.strip_prefix("would_") {
+        Some(would) => format!("{} (audit: would {would})", decision_name(r.decision)),
+        None => decision_name(r.decision).to_string(),
+    };
+    let reason = if r.reason.is_empty() { String::new() } else { format!(" ({})", r.reason) };
+    println!(
+        "decision {} ({}) at {}",
+        stored.cursor,
+        proto::decision_record::record_id(&stored.agent, stored.boot, r.sequence),
+        rfc3339(r.time_unix_nanos)
+    );
+    println!("  {} {target} on {} via {}: {recorded}{reason}", r.method, r.server, r.via);
+    if !r.policies.is_empty() {
+        println!("  decided by {}", r.policies.join(", "));
+    }
+    if r.config_version != 0 {
+        println!("  under configuration version {}", r.config_version);
+    }
+    if let Some(c) = &e.caller {
+        println!("\nwhat policy saw:");
+        println!("  principal  Workload::\"{}/{}\" in Issuer::\"{}\"", c.issuer, c.subject, c.issuer);
+        println!("  scopes     [{}]", c.scopes.join(", "));
+        for (name, value) in [("tenant", &c.tenant), ("email", &c.email)] {
+            if let Some(v) = value {
+                println!("  {name:<10} {v}");
+            }
+        }
+        if c.has_groups {
+            println!("  groups     [{}]", c.groups.join(", "));
+        }
+        if c.task {
+            println!("  task token granting [{}]", c.granted_tools.join(", "));
+        }
+        println!("  source_ip  {}", e.source_ip);
+        println!("  time       {}", rfc3339(r.time_unix_nanos));
+        println!("  arguments  {}", if r.arguments { "present (values are never recorded)" } else { "none" });
+    }
+    if !e.not_replayed.is_empty() {
+        println!("\n{}", e.not_replayed);
+    }
+    if e.replayed.is_empty() {
+        return Ok(());
+    }
+    let then = if r.audit.is_empty() {
+        decision_name(r.decision)
+    } else if r.audit == "would_allow" {
+        "allow"
+    } else {
+        "deny"
+    };
+    let same = if then == e.replayed {
+        "the same as recorded"
+    } else {
+        "NOT what was recorded: the configuration changed since"
+    };
+    println!("\nunder the current configuration (version {}): {}, {same}", e.version, e.replayed);
+    if !e.decided_by.is_empty() {
+        println!("  decided by {}", e.decided_by.join(", "));
+    }
+    println!("\npolicies of {}:", r.server);
+    for p in &e.policies {
+        let mark = if p.matched { "MATCHED" } else { "did not match" };
+        let shadow = if p.shadow { " (shadow)" } else { "" };
+        println!("  {} {}{shadow}: {mark}", p.id, p.effect);
+        println!("    {:<7} {}", p.scope_check, p.scope);
+        for c in &p.clauses {
+            let fix = if c.fix.is_empty() { String::new() } else { format!("   → needs {}", c.fix) };
+            let error = if c.error.is_empty() { String::new() } else { format!(" ({})", c.error) };
+            println!("    {:<7} {}{error}{fix}", c.check, c.text);
+        }
+    }
+    if !e.changes.is_empty() {
+        println!("\nwhat would allow it:");
+        for c in &e.changes {
+            println!("  - {c}");
+        }
+    }
+    Ok(())
+}
+
+/// `apply --test`: what the apply would change, then every decision it would flip.
+pub fn test_apply(t: &pb::TestApplyResponse, format: Format) -> anyhow::Result<()> {
+    let flips = |direction: &str| t.flips.iter().filter(|f| f.direction == direction).map(|f| f.count).sum::<u64>();
+    if format != Format::Table {
+        let results: Vec<Value> =
+            t.results.iter().map(|r| json!({"kind": r.kind, "name": r.name, "action": r.action})).collect();
+        let groups: Vec<Value> = t
+            .flips
+            .iter()
+            .map(|f| {
+                json!({"direction": f.direction, "server": f.server, "method": f.method, "target": f.target,
+                "policies": f.policies, "wasAllowedBy": f.was_allowed_by, "count": f.count,
+                "callers": f.callers, "examples": f.examples})
+            })
+            .collect();
+        return emit(
+            &json!({"version": t.version, "results": results, "records": t.records, "replayed": t.replayed,
+                "unchanged": t.unchanged, "notPolicy": t.not_policy, "cannotJudge": t.cannot_judge,
+                "allowToDeny": flips("allow_to_deny"), "denyToAllow": flips("deny_to_allow"),
+                "flips": groups, "truncated": t.truncated}),
+            format,
+        );
+    }
+    for r in &t.results {
+        println!("{}/{} {} (test)", r.kind, r.name, r.action);
+    }
+    let since = if t.first_unix_nanos == 0 {
+        "the window".to_string()
+    } else {
+        format!("since {}", rfc3339(t.first_unix_nanos))
+    };
+    println!(
+        "\nreplayed {} of {} decisions {since} against the proposed configuration (based on version {})",
+        t.replayed, t.records, t.version
+    );
+    println!("  unchanged        {}", t.unchanged);
+    println!("  allow → deny     {}", flips("allow_to_deny"));
+    println!("  deny → allow     {}", flips("deny_to_allow"));
+    println!("  not by policy    {} (token refusals and methods that pass on the token)", t.not_policy);
+    let cannot: u64 = t.cannot_judge.values().sum();
+    if cannot > 0 {
+        let why: Vec<String> = t.cannot_judge.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        println!("  cannot judge     {cannot} ({})", why.join(", "));
+    }
+    if t.truncated {
+        println!("  (stopped at the control plane's bound: later decisions were not read)");
+    }
+    for f in &t.flips {
+        let arrow = if f.direction == "allow_to_deny" { "allow → deny" } else { "deny → allow" };
+        let target = if f.target.is_empty() { String::new() } else { format!(" {}", f.target) };
+        let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        println!(
+            "\n{arrow}: {}{target} on {} — {}, {}",
+            f.method,
+            f.server,
+            plural(f.count, "decision", "decisions"),
+            plural(f.callers, "caller", "callers")
+        );
+        let why = match (f.direction.as_str(), f.policies.is_empty()) {
+            ("allow_to_deny", true) => format!("no permit would match (allowed by {})", f.was_allowed_by.join(", ")),
+            ("allow_to_deny", false) => format!("forbidden by {}", f.policies.join(", ")),
+            _ => format!("permitted by {}", f.policies.join(", ")),
+        };
+        println!("  {why}");
+        println!("  e.g. {}", f.examples.join(", "));
+    }
+    Ok(())
 }

@@ -107,7 +107,7 @@ pub(super) async fn handle(
             let lists = (parts.method == Method::GET).then(|| {
                 ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
             });
-            admitted.decider.record(&parts.headers, parts.method.as_str(), None, Outcome::default());
+            admitted.decider.record(&parts.headers, parts.method.as_str(), None, false, Outcome::default());
             forward(worker, &admitted, &parts, Bytes::new(), lists).await
         }
     }
@@ -193,7 +193,7 @@ async fn audit(
                 // Each message decided and recorded as it would be; the verdict is not used.
                 let _ = decide_body(&admitted.decider, &parts.headers, &bytes, shared.limits.json);
             }
-            _ => admitted.decider.record(&parts.headers, parts.method.as_str(), None, Outcome::default()),
+            _ => admitted.decider.record(&parts.headers, parts.method.as_str(), None, false, Outcome::default()),
         }
     }
     let upstream = match proxy::passthrough(&spec.upstream, &parts.method, &parts.headers, bytes) {
@@ -239,7 +239,7 @@ pub(crate) fn admit(
     let route = &*route;
     let now = crate::identity::now_unix();
     let audit = spec.in_audit(now);
-    let refusal = Refuser { shared, server, caller, method, headers, audit };
+    let refusal = Refuser { shared, server, caller, method, headers, audit, version: applied.version };
     if uri.path() != route.mcp_path {
         refusal.record(None, Refusal::UnknownPath);
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path))));
@@ -328,6 +328,8 @@ struct Refuser<'a> {
     headers: &'a HeaderMap,
     /// The server is in audit mode: what is recorded is what Warden would do.
     audit: bool,
+    /// The configuration version deciding.
+    version: u64,
 }
 
 impl Refuser<'_> {
@@ -347,6 +349,9 @@ impl Refuser<'_> {
                     policies: &[],
                     shadow: None,
                     audit: self.audit,
+                    source_ip: caller.address.ip(),
+                    arguments: false,
+                    config_version: self.version,
                 };
                 record::record(&shared.outbox, caller.arrived, caller.via, self.headers, trace, decision);
             }
@@ -532,12 +537,12 @@ impl Decider {
     /// with `reason` (an authenticated caller's malformed requests are as much on record as
     /// its denied ones).
     fn refuse_body(&self, headers: &HeaderMap, method: &str, refusal: Refusal, answer: Response<Body>) -> Refused {
-        self.record(headers, method, None, Outcome::refused(refusal));
+        self.record(headers, method, None, false, Outcome::refused(refusal));
         Box::new(answer)
     }
 
-    /// Records a decision about this caller's request.
-    fn record(&self, headers: &HeaderMap, method: &str, target: Option<Target<'_>>, outcome: Outcome) {
+    /// Records a decision about this caller's request (`arguments`: the call had some).
+    fn record(&self, headers: &HeaderMap, method: &str, target: Option<Target<'_>>, arguments: bool, outcome: Outcome) {
         let Outcome { refusal, policies, shadow } = outcome;
         let (allowed, reason) = (refusal.is_none(), refusal.map_or("", Refusal::code));
         if let Some((_, facts)) = &self.trace {
@@ -559,6 +564,9 @@ impl Decider {
             policies: &policies,
             shadow: shadow.as_ref(),
             audit: self.audit,
+            source_ip: self.source_ip,
+            arguments,
+            config_version: self.applied.version,
         };
         record::record(&self.outbox, self.arrived, self.via, headers, self.trace.as_ref().map(|(t, _)| t), decision);
     }
@@ -651,6 +659,14 @@ fn too_large(limit: usize) -> Response<Body> {
     reply::jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, None, mcp::INVALID_REQUEST, &message)
 }
 
+/// Whether a call's arguments name anything (`{}` and `null` name nothing).
+fn has_arguments(arguments: Option<&RawValue>) -> bool {
+    arguments.is_some_and(|a| {
+        let text = a.get().trim();
+        text != "null" && text.strip_prefix('{').is_none_or(|rest| rest.trim_start() != "}")
+    })
+}
+
 /// Checks the body and decides each message; the list requests whose answers need filtering,
 /// or the response that refuses the request.
 fn decide_body(
@@ -677,13 +693,13 @@ fn decide_body(
             Ok(mcp::Decision::Policy { action, targets }) => (action, targets),
             Ok(mcp::Decision::TokenOnly) => {
                 // A method that names no target (initialize, ping, notifications): the token was enough.
-                decider.record(headers, method, None, Outcome::default());
+                decider.record(headers, method, None, false, Outcome::default());
                 continue;
             }
             Err(mcp::Undecidable::UnknownMethod) => {
                 // Default deny: what a method the gateway does not know does upstream cannot be
                 // known here (a case variant of a known one may well be served as that one).
-                decider.record(headers, method, None, Outcome::refused(Refusal::UnknownMethod));
+                decider.record(headers, method, None, false, Outcome::refused(Refusal::UnknownMethod));
                 denied.push((i, Refusal::UnknownMethod));
                 continue;
             }
@@ -698,7 +714,7 @@ fn decide_body(
         for target in targets.iter() {
             let outcome = decider.decide(action, target, m.arguments);
             let refused = outcome.refusal;
-            decider.record(headers, action, Some(target), outcome);
+            decider.record(headers, action, Some(target), has_arguments(m.arguments), outcome);
             if refused.is_some() {
                 refusal = refused;
                 break;

@@ -1,7 +1,11 @@
 //! The decision record of each allow and deny (see `crate::decisions`): who called what, on
 //! which server, the outcome and why. Never the token, a claim's secret or an argument value.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use proto::decision_record::DecisionRecordRef;
@@ -28,6 +32,62 @@ pub(crate) struct Decision<'a> {
     /// The server is in audit mode: the request is forwarded whatever `allowed` says, which is
     /// what Warden would have decided.
     pub audit: bool,
+    /// The caller's address.
+    pub source_ip: IpAddr,
+    /// The call had arguments (never recorded themselves).
+    pub arguments: bool,
+    /// The configuration version that decided.
+    pub config_version: u64,
+}
+
+/// How long a thread goes on naming a caller by digest alone before it sends the caller's
+/// facts again: the control plane forgets facts no kept record needs, by their last sighting.
+const FACTS_RESENT_AFTER: Duration = Duration::from_secs(3600);
+/// Callers a thread remembers having sent (then it forgets them all and sends again).
+const FACTS_REMEMBERED: usize = 4096;
+
+/// Callers whose facts a thread put on a record: by (outbox run, digest), the outbox's drop
+/// count then (a dropped record may have carried them) and when.
+type FactsSent = HashMap<(u64, [u8; 16]), (u64, Instant)>;
+
+thread_local! {
+    static FACTS_SENT: RefCell<FactsSent> = RefCell::new(HashMap::new());
+}
+
+/// Whether the record about to name `digest` must carry the caller's facts.
+fn facts_due(outbox: &Outbox, digest: [u8; 16], now: Instant) -> bool {
+    FACTS_SENT.with_borrow_mut(|sent| {
+        let drops = outbox.drop_count();
+        let key = (outbox.boot(), digest);
+        match sent.get(&key) {
+            Some(&(d, at)) if d == drops && now.saturating_duration_since(at) < FACTS_RESENT_AFTER => false,
+            _ => {
+                if sent.len() >= FACTS_REMEMBERED {
+                    sent.clear();
+                }
+                sent.insert(key, (drops, now));
+                true
+            }
+        }
+    })
+}
+
+/// The encoded `Caller` of `workload`.
+fn encoded_facts(workload: &Verified) -> Vec<u8> {
+    use prost::Message as _;
+    let c = warden_core::caller::Caller::of(workload);
+    pb::Caller {
+        issuer: c.issuer,
+        subject: c.subject,
+        scopes: c.scopes,
+        tenant: c.tenant,
+        email: c.email,
+        has_groups: c.groups.is_some(),
+        groups: c.groups.unwrap_or_default(),
+        task: c.granted_tools.is_some(),
+        granted_tools: c.granted_tools.unwrap_or_default(),
+    }
+    .encode_to_vec()
 }
 
 /// The longest method name a record keeps, in bytes.
@@ -76,6 +136,19 @@ pub(crate) fn record(
         Some(context) => hex_of(&context.trace_id, &mut hex),
         None => trace_id(headers).unwrap_or_default(),
     };
+    let now = Instant::now();
+    let caller = workload.map(|w| w.caller_digest());
+    let facts = match (workload, caller) {
+        (Some(w), Some(digest)) if facts_due(outbox, digest, now) => Some(encoded_facts(w)),
+        _ => None,
+    };
+    let mut address = [0u8; 48];
+    let source = {
+        let mut cursor = std::io::Cursor::new(&mut address[..]);
+        let _ = write!(cursor, "{}", decision.source_ip.to_canonical());
+        let written = cursor.position() as usize;
+        std::str::from_utf8(&address[..written]).unwrap_or_default()
+    };
     // Borrowed from the request and encoded as it is queued: no string is copied.
     outbox.record(&DecisionRecordRef {
         time_unix_nanos: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
@@ -88,7 +161,7 @@ pub(crate) fn record(
         decision: if decision.allowed || decision.audit { pb::Decision::Allow } else { pb::Decision::Deny },
         reason: decision.reason,
         policies: decision.policies,
-        latency_micros: Instant::now().saturating_duration_since(arrived).as_micros() as u64,
+        latency_micros: now.saturating_duration_since(arrived).as_micros() as u64,
         trace_id,
         jti_hash: workload.and_then(|w| w.jti_hash.as_deref()).unwrap_or_default(),
         via,
@@ -96,7 +169,7 @@ pub(crate) fn record(
         actor: "",
         binding: "",
         count: 0,
-        source: "",
+        source,
         shadow: decision.shadow.map_or("", Shadow::code),
         shadow_policies: decision.shadow.map_or(&[], |s| &s.policies[..]),
         audit: match (decision.audit, decision.allowed) {
@@ -104,6 +177,10 @@ pub(crate) fn record(
             (true, true) => "would_allow",
             (true, false) => "would_deny",
         },
+        caller: caller.as_ref().map_or(&[][..], |d| &d[..]),
+        caller_facts: facts.as_deref(),
+        arguments: decision.arguments,
+        config_version: decision.config_version,
     });
 }
 
@@ -135,6 +212,29 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caller_s_facts_go_once_per_run_and_again_after_a_drop_or_an_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = crate::decisions::Limits { memory_records: 1, ..Default::default() };
+        let outbox = crate::decisions::Outbox::open(dir.path(), limits).unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = crate::decisions::Outbox::open(other_dir.path(), limits).unwrap();
+        let now = Instant::now();
+        let (alice, bob) = ([1; 16], [2; 16]);
+        assert!(facts_due(&outbox, alice, now));
+        assert!(!facts_due(&outbox, alice, now), "named by digest alone from then on");
+        assert!(facts_due(&outbox, bob, now));
+        assert!(facts_due(&other, alice, now), "another agent's queue sends its own");
+        assert!(facts_due(&outbox, alice, now + FACTS_RESENT_AFTER), "again after an hour");
+        assert!(!facts_due(&outbox, alice, now + FACTS_RESENT_AFTER));
+        // A record dropped may have carried them: sent again.
+        let record = DecisionRecordRef { server: "s", ..Default::default() };
+        outbox.record(&record);
+        outbox.record(&record);
+        assert_eq!(outbox.drop_count(), 1);
+        assert!(facts_due(&outbox, alice, now + FACTS_RESENT_AFTER));
+    }
 
     #[test]
     fn long_names_are_cut_on_a_character_boundary() {

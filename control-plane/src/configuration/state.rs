@@ -567,6 +567,13 @@ fn check(current: &FleetState, table: &RevocationTable, plan: &Plan) -> Result<(
     if plan.puts.iter().all(|(k, _, _)| revocation(k)) && plan.deletes.iter().all(|(k, _)| revocation(k)) {
         return Ok(());
     }
+    proposed(current, plan)?;
+    Ok(())
+}
+
+/// The configuration `current` would compile to once `plan` is committed (revocations aside).
+pub fn proposed(current: &FleetState, plan: &Plan) -> Result<Config, ConfigError> {
+    let revocation = |key: &ResourceKey| key.kind == Kind::Revocation;
     let mut docs: BTreeMap<&ResourceKey, &Document> = current.resources.iter().map(|(k, e)| (k, &e.document)).collect();
     for (key, doc, _) in plan.puts.iter().filter(|(k, _, _)| !revocation(k)) {
         docs.insert(key, doc);
@@ -574,8 +581,7 @@ fn check(current: &FleetState, table: &RevocationTable, plan: &Plan) -> Result<(
     for (key, _) in &plan.deletes {
         docs.remove(key);
     }
-    Config::build(docs.into_values())?;
-    Ok(())
+    Config::build(docs.into_values())
 }
 
 /// The write another replica committed, as a plan to apply onto the state it was based on.

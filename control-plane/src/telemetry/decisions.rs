@@ -40,6 +40,39 @@ const DROPS: TableDefinition<(&str, u64), u64> = TableDefinition::new("drops");
 /// the oldest cursor kept; "exported" → the cursor of the last record the OTLP exporter
 /// delivered.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// A caller's digest → when its facts were last received (unix seconds, 8 bytes little-endian)
+/// followed by the facts, an encoded `Caller`: what `explain` and `apply --test` replay with.
+/// Records name callers by digest; agents send the facts with the first record of a run that
+/// names them and again at least hourly, so facts no kept record needs can be forgotten.
+const CALLERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("callers");
+
+/// Callers are swept when this many records (or the retention bound, if smaller) have gone by
+/// retention since the last sweep.
+const CALLER_SWEEP_RECORDS: u64 = 65_536;
+/// Facts are kept this long past the oldest record kept (agents resend them hourly).
+const CALLER_GRACE_SECS: u64 = 2 * 3600;
+
+/// What policy read of a caller, from its stored facts.
+pub fn caller_of(facts: &pb::Caller) -> warden_core::caller::Caller {
+    warden_core::caller::Caller {
+        issuer: facts.issuer.clone(),
+        subject: facts.subject.clone(),
+        scopes: facts.scopes.clone(),
+        tenant: facts.tenant.clone(),
+        email: facts.email.clone(),
+        groups: facts.has_groups.then(|| facts.groups.clone()),
+        granted_tools: facts.task.then(|| facts.granted_tools.clone()),
+    }
+}
+
+/// The facts a record carries, when they are what its digest names (an agent cannot file
+/// facts under another caller's digest).
+fn checked_facts(view: &DecisionRecordView<'_>) -> Option<([u8; 16], Bytes)> {
+    let bytes = view.caller_facts?;
+    let digest: [u8; 16] = view.caller.try_into().ok()?;
+    let facts = pb::Caller::decode(bytes).ok()?;
+    (caller_of(&facts).digest() == digest).then(|| (digest, Bytes::copy_from_slice(bytes)))
+}
 
 /// Runs of one agent whose de-duplication state is kept. An agent has a new run at every start,
 /// and only the last few can still have records in flight; without a bound, an agent sending
@@ -100,6 +133,8 @@ struct Ingest {
     boot: u64,
     /// Each record's sequence, and the record as received (checked to decode; what is stored).
     records: Vec<(u64, Bytes)>,
+    /// Caller facts the records carry, by digest (checked).
+    callers: Vec<([u8; 16], Bytes)>,
     dropped: u64,
     /// The sequence to acknowledge and the first sequence stored now (the records from it to
     /// the acknowledged one are new).
@@ -139,6 +174,7 @@ impl Decisions {
         txn.open_table(CURSORS).map_err(db_err)?;
         txn.open_table(DROPS).map_err(db_err)?;
         txn.open_table(COUNTERS).map_err(db_err)?;
+        txn.open_table(CALLERS).map_err(db_err)?;
         migrate_single_records(&txn)?;
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
@@ -167,8 +203,15 @@ impl Decisions {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let records = views.iter().zip(&batch.records).map(|(v, encoded)| (v.sequence, encoded.clone())).collect();
+        let mut callers: Vec<([u8; 16], Bytes)> = Vec::new();
+        for facts in views.iter().filter_map(checked_facts) {
+            if !callers.iter().any(|(d, _)| *d == facts.0) {
+                callers.push(facts);
+            }
+        }
         let (done, answer) = oneshot::channel();
-        let request = Ingest { agent: agent.to_string(), boot: batch.boot, records, dropped: batch.dropped, done };
+        let request =
+            Ingest { agent: agent.to_string(), boot: batch.boot, records, callers, dropped: batch.dropped, done };
         let queue = self.ingest.as_ref().ok_or_else(|| DecisionError("the writer stopped".into()))?;
         queue.send(request).await.map_err(|_| DecisionError("the writer stopped".into()))?;
         let (ack, first_new) = answer.await.map_err(|_| DecisionError("the writer stopped".into()))??;
@@ -244,6 +287,65 @@ impl Decisions {
 }
 
 impl Decisions {
+    /// The facts of the caller `digest` names, when they are kept (blocking).
+    pub fn caller(&self, digest: &[u8]) -> Result<Option<pb::Caller>, DecisionError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(CALLERS).map_err(db_err)?;
+        let Some(row) = table.get(digest).map_err(db_err)? else { return Ok(None) };
+        let row = row.value();
+        Ok(row.get(8..).and_then(|facts| pb::Caller::decode(facts).ok()))
+    }
+
+    /// The record at `cursor`, or with the id `agent/boot/sequence` (searched among the newest
+    /// [`SCAN_LIMIT`] records) (blocking).
+    pub fn find(&self, record: &str) -> Result<Option<pb::StoredDecision>, DecisionError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        if let Ok(cursor) = record.parse::<u64>() {
+            let mut found = None;
+            visit_from(&txn, cursor, |stored| {
+                found = (stored.cursor == cursor).then_some(stored);
+                false
+            })?;
+            return Ok(found);
+        }
+        let Some((agent, rest)) = record.rsplit_once('/').and_then(|(head, seq)| {
+            let (agent, boot) = head.rsplit_once('/')?;
+            Some((agent, (u64::from_str_radix(boot, 16).ok()?, seq.parse::<u64>().ok()?)))
+        }) else {
+            return Err(DecisionError(format!("{record:?} is neither a cursor nor a record id (agent/boot/sequence)")));
+        };
+        let received = counter(&txn.open_table(COUNTERS).map_err(db_err)?, "received")?;
+        let mut found = None;
+        visit_from(&txn, received.saturating_sub(SCAN_LIMIT as u64) + 1, |stored| {
+            let hit = stored.agent == agent && (stored.boot, stored.record.as_ref().map_or(0, |r| r.sequence)) == rest;
+            if hit {
+                found = Some(stored);
+            }
+            !hit
+        })?;
+        Ok(found)
+    }
+
+    /// Calls `visit` with each record made at or after `since_unix_nanos`, oldest first, at
+    /// most `max` read; whether it stopped at `max` (blocking).
+    pub fn visit_since(
+        &self,
+        since_unix_nanos: i64,
+        max: usize,
+        mut visit: impl FnMut(&pb::StoredDecision),
+    ) -> Result<bool, DecisionError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let mut read = 0usize;
+        visit_from(&txn, 0, |stored| {
+            read += 1;
+            if stored.record.as_ref().is_some_and(|r| r.time_unix_nanos >= since_unix_nanos) {
+                visit(&stored);
+            }
+            read < max
+        })?;
+        Ok(read >= max)
+    }
+
     /// Calls `visit` with every stored record, oldest first, at most `max`; whether it stopped
     /// at `max` (blocking: call from `spawn_blocking`).
     pub fn visit_all(&self, max: usize, mut visit: impl FnMut(&pb::DecisionRecord)) -> Result<bool, DecisionError> {
@@ -298,6 +400,21 @@ fn visit_from(
         }
     }
     Ok(())
+}
+
+/// The time (unix seconds) of the record at `cursor`, if it is stored.
+fn record_time_unix(
+    batches: &impl ReadableTable<u64, &'static [u8]>,
+    cursor: u64,
+) -> Result<Option<u64>, DecisionError> {
+    let Some(entry) = batches.range(..=cursor).map_err(db_err)?.next_back() else { return Ok(None) };
+    let (key, value) = entry.map_err(db_err)?;
+    let batch = StoredBatch::decode(value.value()).map_err(|e| DecisionError(format!("a stored batch: {e}")))?;
+    let Some(encoded) = usize::try_from(cursor - key.value()).ok().and_then(|i| batch.records.get(i)) else {
+        return Ok(None);
+    };
+    let record = pb::DecisionRecord::decode(encoded.as_ref()).map_err(|e| DecisionError(format!("a record: {e}")))?;
+    Ok(Some((record.time_unix_nanos.max(0) as u64) / 1_000_000_000))
 }
 
 /// Moves the records of a file written when each was stored alone (one row per record) into
@@ -444,8 +561,18 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
         let mut cursors = txn.open_table(CURSORS).map_err(db_err)?;
         let mut drops = txn.open_table(DROPS).map_err(db_err)?;
         let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let mut callers = txn.open_table(CALLERS).map_err(db_err)?;
         let mut received = counter(&counters, "received")?;
         let mut value = Vec::new();
+        let now = (crate::now_unix_ms() / 1000).max(0) as u64;
+        for ingest in group {
+            for (digest, facts) in &ingest.callers {
+                let mut row = Vec::with_capacity(8 + facts.len());
+                row.extend_from_slice(&now.to_le_bytes());
+                row.extend_from_slice(facts);
+                callers.insert(&digest[..], row.as_slice()).map_err(db_err)?;
+            }
+        }
         for Ingest { agent, boot, records: batch, dropped, .. } in group {
             let key = (agent.as_str(), *boot);
             let known_boot = cursors.get(key).map_err(db_err)?.map(|v| v.value());
@@ -485,8 +612,20 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
         }
         counters.insert("received", received).map_err(db_err)?;
         // Retention: the oldest go first; a stored batch once none of its records is kept.
-        let first = counter(&counters, "first")?.max(1).max(received.saturating_sub(retention) + 1);
+        let before = counter(&counters, "first")?.max(1);
+        let first = before.max(received.saturating_sub(retention) + 1);
         counters.insert("first", first).map_err(db_err)?;
+        let sweep_every = CALLER_SWEEP_RECORDS.min(retention);
+        if first / sweep_every != before / sweep_every
+            && let Some(oldest) = record_time_unix(&batches, first)?
+        {
+            let cut = oldest.saturating_sub(CALLER_GRACE_SECS);
+            callers
+                .retain(|_, row| {
+                    row.get(..8).is_some_and(|t| u64::from_le_bytes(t.try_into().unwrap_or_default()) >= cut)
+                })
+                .map_err(db_err)?;
+        }
         loop {
             let mut older = batches.range(..=first).map_err(db_err)?;
             // The second batch at or before `first` begins after every record of the first.
@@ -511,6 +650,61 @@ mod tests {
             .map(|r| r.encode_to_vec().into())
             .collect();
         pb::DecisionBatch { boot, records, dropped }
+    }
+
+    /// A record of `subject` at `time_unix_nanos` naming its caller, with the facts when `facts`
+    /// (and with the digest of another caller when `forged`).
+    fn naming(sequence: u64, subject: &str, time_unix_nanos: i64, facts: bool, forged: bool) -> Bytes {
+        let caller = pb::Caller {
+            issuer: "corp".into(),
+            subject: subject.into(),
+            scopes: vec!["a".into()],
+            ..Default::default()
+        };
+        let named =
+            if forged { pb::Caller { subject: "someone-else".into(), ..caller.clone() } } else { caller.clone() };
+        pb::DecisionRecord {
+            sequence,
+            time_unix_nanos,
+            server: "github".into(),
+            caller: caller_of(&named).digest().to_vec(),
+            caller_facts: facts.then_some(caller),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    #[tokio::test]
+    async fn caller_facts_are_kept_by_their_digest_forged_ones_never_and_forgotten_past_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Decisions::open(dir.path(), 10, crate::telemetry::metrics::Counts::default()).unwrap();
+        let now = crate::now_unix_ms() * 1_000_000;
+        let records = vec![
+            naming(1, "alice", now, true, false),
+            naming(2, "bob", now, true, true),
+            naming(3, "alice", now, false, false),
+        ];
+        store.ingest("agent-a", pb::DecisionBatch { boot: 1, records, dropped: 0 }).await.unwrap();
+        let digest = |subject: &str| {
+            caller_of(&pb::Caller {
+                issuer: "corp".into(),
+                subject: subject.into(),
+                scopes: vec!["a".into()],
+                ..Default::default()
+            })
+            .digest()
+        };
+        let alice = store.caller(&digest("alice")).unwrap().expect("alice's facts are kept");
+        assert_eq!((alice.subject.as_str(), alice.scopes.as_slice()), ("alice", &["a".to_string()][..]));
+        assert!(store.caller(&digest("bob")).unwrap().is_none(), "facts filed under another caller's digest");
+        assert!(store.caller(&digest("someone-else")).unwrap().is_none());
+        // Once the records kept are all hours newer than the facts' last sighting, no kept
+        // record can need them.
+        let later = now + 10 * 3600 * 1_000_000_000;
+        let records = (4..=40).map(|s| naming(s, "carol", later, false, false)).collect();
+        store.ingest("agent-a", pb::DecisionBatch { boot: 1, records, dropped: 0 }).await.unwrap();
+        assert!(store.caller(&digest("alice")).unwrap().is_none(), "swept with the records that needed it");
     }
 
     #[tokio::test]

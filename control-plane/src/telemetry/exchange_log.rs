@@ -117,6 +117,11 @@ impl ExchangeLog {
             shadow: String::new(),
             shadow_policies: Vec::new(),
             audit: String::new(),
+            // An exchange is put to policy per tool; `explain` and replays read the gateways'.
+            caller: Vec::new(),
+            caller_facts: None,
+            arguments: false,
+            config_version: 0,
         };
         if unverified {
             let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
