@@ -170,11 +170,12 @@ impl pb::admin_service_server::AdminService for AdminService {
         let current = self.configuration.current();
         let plan = state::plan_operator_apply(&current, documents, crate::now_unix_ms() / 1000)?;
         let proposed = authorizer(state::proposed(&current, &plan))?;
+        let now = authorizer(warden_core::Config::build(current.resources.values().map(|e| &e.document)))?;
         let decisions = self.telemetry.decisions().clone();
         let (since, examples) =
             (request.since_unix_nanos, if request.examples == 0 { 3 } else { request.examples.min(100) });
         let mut answer = tokio::task::spawn_blocking(move || {
-            crate::replay::test_apply(&decisions, &proposed, since, examples as usize)
+            crate::replay::test_apply(&decisions, &now, &proposed, since, examples as usize)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?

@@ -25,6 +25,9 @@ pub const MAX_RECORDS: usize = 5_000_000;
 /// Flip groups reported at most (the largest).
 const MAX_FLIPS: usize = 200;
 
+/// Distinct callers counted per flip group (the answer says "at least" past it).
+pub const MAX_CALLERS_COUNTED: usize = 10_000;
+
 /// Whether policy decided a record, and what it decided (for audit mode, what Warden would
 /// have decided); `None` for a decision no policy made.
 fn recorded_decision(r: &pb::DecisionRecord) -> Option<bool> {
@@ -38,7 +41,10 @@ fn recorded_decision(r: &pb::DecisionRecord) -> Option<bool> {
     })
 }
 
-/// Caller facts by digest, each looked up once per run.
+/// Callers remembered per run (then forgotten and looked up again).
+const CALLERS_REMEMBERED: usize = 65_536;
+
+/// Caller facts by digest, each looked up once per run (within [`CALLERS_REMEMBERED`]).
 struct Callers<'a> {
     decisions: &'a Decisions,
     known: HashMap<Vec<u8>, Option<(pb::Caller, Arc<Verified>)>>,
@@ -47,6 +53,9 @@ struct Callers<'a> {
 impl Callers<'_> {
     fn get(&mut self, digest: &[u8]) -> Result<Option<&(pb::Caller, Arc<Verified>)>, DecisionError> {
         if !self.known.contains_key(digest) {
+            if self.known.len() >= CALLERS_REMEMBERED {
+                self.known.clear();
+            }
             let facts = if digest.is_empty() { None } else { self.decisions.caller(digest)? };
             let entry = facts.map(|f| {
                 let workload = Arc::new(caller_of(&f).workload());
@@ -58,8 +67,11 @@ impl Callers<'_> {
     }
 }
 
-fn seconds(r: &pb::DecisionRecord) -> i64 {
-    r.time_unix_nanos.div_euclid(1_000_000_000)
+/// The time policy saw: the request's arrival, which the record keeps as a lag before its own.
+fn policy_time(r: &pb::DecisionRecord) -> i64 {
+    r.time_unix_nanos
+        .div_euclid(1_000_000_000)
+        .saturating_sub(i64::try_from(r.policy_time_lag_seconds).unwrap_or(i64::MAX))
 }
 
 fn source_ip(r: &pb::DecisionRecord) -> Option<IpAddr> {
@@ -80,6 +92,7 @@ pub fn explain(
     let record = stored.record.clone().unwrap_or_default();
     let mut out =
         pb::ExplainResponse { decision: Some(stored), version, source_ip: record.source.clone(), ..Default::default() };
+    out.policy_time_unix = policy_time(&record);
     if recorded_decision(&record).is_none() {
         out.not_replayed = "no policy decided it: it was refused or passed on the token alone (see its reason)".into();
         return Ok(out);
@@ -107,7 +120,7 @@ pub fn explain(
             .into();
     }
     let granted = workload.task.as_ref().map_or(&[][..], |t| &t.tools[..]);
-    let facts = RequestFacts { source_ip, now: seconds(&record), granted_tools: granted, arguments: None };
+    let facts = RequestFacts { source_ip, now: policy_time(&record), granted_tools: granted, arguments: None };
     let explained = explain::explain(authorizer, &record.server, &workload, &record.method, target, &facts)
         .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?;
     out.replayed = if explained.outcome.allowed { "allow" } else { "deny" }.into();
@@ -149,9 +162,12 @@ struct Group {
     callers: std::collections::HashSet<Vec<u8>>,
 }
 
-/// Replays every decision stored since `since_unix_nanos` against `proposed` (blocking).
+/// Replays every decision stored since `since_unix_nanos` against the `current` configuration
+/// and the `proposed` one, and reports where they differ: what the change would flip, not what
+/// changed since a decision was recorded (blocking).
 pub fn test_apply(
     decisions: &Decisions,
+    current: &Authorizer,
     proposed: &Authorizer,
     since_unix_nanos: i64,
     examples: usize,
@@ -171,7 +187,7 @@ pub fn test_apply(
         if out.first_unix_nanos == 0 {
             out.first_unix_nanos = record.time_unix_nanos;
         }
-        let Some(was_allowed) = recorded_decision(record) else {
+        let Some(recorded_allowed) = recorded_decision(record) else {
             out.not_policy += 1;
             return;
         };
@@ -192,14 +208,18 @@ pub fn test_apply(
             target: &record.target,
             workload: &workload,
             source_ip,
-            time: seconds(record),
+            time: policy_time(record),
             arguments: record.arguments,
         };
-        let outcome = match explain::replay(proposed, &recorded) {
-            Replayed::Decided(o) => o,
-            Replayed::CannotJudge(why) => return cannot(why),
+        let (now, outcome) = match (explain::replay(current, &recorded), explain::replay(proposed, &recorded)) {
+            (Replayed::Decided(now), Replayed::Decided(then)) => (now, then),
+            (Replayed::CannotJudge(why), _) | (_, Replayed::CannotJudge(why)) => return cannot(why),
         };
         out.replayed += 1;
+        if now.allowed != recorded_allowed {
+            out.differs_from_recorded += 1;
+        }
+        let was_allowed = now.allowed;
         if outcome.allowed == was_allowed {
             out.unchanged += 1;
             return;
@@ -211,14 +231,14 @@ pub fn test_apply(
             record.method.clone(),
             record.target.clone(),
             outcome.policies.clone(),
-            if was_allowed { record.policies.clone() } else { Vec::new() },
+            if was_allowed { now.policies.clone() } else { Vec::new() },
         );
         let group = groups.entry(key).or_default();
         group.count += 1;
         if group.examples.len() < examples {
             group.examples.push(record_id(&stored.agent, stored.boot, record.sequence));
         }
-        if group.callers.len() < 10_000 {
+        if group.callers.len() < MAX_CALLERS_COUNTED {
             group.callers.insert(record.caller.clone());
         }
     })?;

@@ -51,6 +51,7 @@ pub struct DecisionRecordRef<'a> {
     /// The call had arguments.
     pub arguments: bool,
     pub config_version: u64,
+    pub policy_time_lag_seconds: u64,
 }
 
 /// Field numbers of `DecisionRecord`.
@@ -101,6 +102,7 @@ impl DecisionRecordRef<'_> {
         }
         varint(26, u64::from(self.arguments), out);
         varint(27, self.config_version, out);
+        varint(28, self.policy_time_lag_seconds, out);
     }
 
     /// Bytes [`DecisionRecordRef::append_sequence`] writes at most (a key and a 10-byte varint).
@@ -156,6 +158,7 @@ impl DecisionRecordRef<'_> {
             + self.caller_facts.map_or(0, |f| key_len(25) + encoded_len_varint(f.len() as u64) + f.len())
             + varint_len(26, u64::from(self.arguments))
             + varint_len(27, self.config_version)
+            + varint_len(28, self.policy_time_lag_seconds)
     }
 }
 
@@ -197,7 +200,7 @@ impl<'a> DecisionRecordView<'a> {
         while !bytes.is_empty() {
             let (tag, wire_type) = decode_key(&mut bytes)?;
             match tag {
-                1 | 2 | 9 | 12 | 16 | 19 | 26 | 27 => {
+                1 | 2 | 9 | 12 | 16 | 19 | 26..=28 => {
                     expect(wire_type, WireType::Varint)?;
                     let value = decode_varint(&mut bytes)?;
                     match tag {
@@ -319,6 +322,7 @@ impl<'a> From<&'a crate::v1::DecisionRecord> for DecisionRecordRef<'a> {
             caller_facts: None,
             arguments: r.arguments,
             config_version: r.config_version,
+            policy_time_lag_seconds: r.policy_time_lag_seconds,
         }
     }
 }
@@ -390,6 +394,7 @@ mod tests {
             }),
             arguments: true,
             config_version: 41,
+            policy_time_lag_seconds: 2,
         }
     }
 

@@ -124,9 +124,9 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
             any::<bool>(),
         )),
         any::<bool>(),
-        any::<u64>(),
+        (any::<u64>(), any::<u64>()),
     )
-        .prop_map(|(digest, facts, arguments, version)| {
+        .prop_map(|(digest, facts, arguments, (version, lag))| {
             let facts = facts.map(|(issuer, subject, scopes, tenant, task)| crate::v1::Caller {
                 issuer,
                 subject,
@@ -136,14 +136,14 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
                 task,
                 ..Default::default()
             });
-            (digest, facts, arguments, version)
+            (digest, facts, arguments, version, lag)
         });
     (numbers, strings, lists, caller).prop_map(
         |(
             (sequence, time_unix_nanos, decision, latency_micros, token_lifetime_seconds, count),
             s,
             lists,
-            (caller, caller_facts, arguments, config_version),
+            (caller, caller_facts, arguments, config_version, policy_time_lag_seconds),
         )| {
             let (policies, shadow_policies) = lists;
             let [
@@ -191,6 +191,7 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
                 caller_facts,
                 arguments,
                 config_version,
+                policy_time_lag_seconds,
             }
         },
     )
@@ -199,7 +200,7 @@ pub(crate) fn record() -> impl Strategy<Value = DecisionRecord> {
 /// A record as the control plane may receive it: prost's encoding of any record (with unknown
 /// fields after it, as a newer agent's), edited or not, field soup, or any bytes.
 pub(crate) fn received_record() -> impl Strategy<Value = Vec<u8>> {
-    let encoded = (record(), field_soup(28, 40), any::<bool>())
+    let encoded = (record(), field_soup(29, 40), any::<bool>())
         .prop_map(|(r, unknown, extend)| {
             let mut out = r.encode_to_vec();
             if extend {

@@ -75,7 +75,7 @@ fn explain_and_apply_test_report_exactly_what_a_scripted_day_implies() {
     for _ in 0..3 {
         fleet.call(Some(&alice), "echo");
     }
-    call_with(&fleet, &alice, "add", json!({"a": 1, "b": 2}));
+    call_with(&fleet, &alice, "add", json!({"a": 1, "b": 2, "note": "argument-value-never-recorded"}));
     call_with(&fleet, &alice, "add", json!({"a": 5, "b": 8}));
     fleet.call(Some(&alice), "seen_headers");
     fleet.call(Some(&bob), "echo");
@@ -100,9 +100,12 @@ fn explain_and_apply_test_report_exactly_what_a_scripted_day_implies() {
     assert_eq!(find("alice", "add")["arguments"], true);
     assert_eq!(find("alice", "echo")["arguments"], false);
     let text = serde_json::to_string(&day).unwrap();
-    for secret in ["jti-alice-secret", alice.as_str(), "\"b\":2"] {
+    for secret in ["jti-alice-secret", alice.as_str(), "argument-value-never-recorded"] {
         assert!(!text.contains(secret), "a record reveals {secret:?}");
     }
+    let add = find("alice", "add")["cursor"].to_string();
+    let explained_add = fleet.cp.ctl_ok(&["explain", &add, "-o", "json"]);
+    assert!(!explained_add.contains("argument-value-never-recorded"), "{explained_add}");
 
     // Why bob was refused: what policy saw, each condition, and what would allow it.
     let cursor = denied["cursor"].to_string();
@@ -175,10 +178,18 @@ fn explain_and_apply_test_report_exactly_what_a_scripted_day_implies() {
     assert_eq!(test["cannotJudge"], json!({"policy_reads_arguments": 2}), "{test:#}");
     assert_eq!((test["replayed"].as_u64(), test["unchanged"].as_u64()), (Some(8), Some(6)), "{test:#}");
     assert!(test["notPolicy"].as_u64().unwrap() >= 1);
+    assert_eq!(test["differsFromRecorded"], 0);
     assert_eq!(fleet.cp.version(), version, "a test applies nothing");
     let table = fleet.cp.ctl_ok(&["apply", "--test", "--since", "1h", "-f", file.to_str().unwrap()]);
     assert!(table.contains("allow → deny: tools/call echo on notes — 1 decision, 1 caller"), "{table}");
     assert!(table.contains("forbidden by no-contractors.0"), "{table}");
+    // Once the change is applied, testing it again flips nothing: flips are counted against the
+    // configuration in force, and the two decisions it changed are said to differ from their
+    // records.
+    fleet.cp.apply_ok(PROPOSED);
+    let again = fleet.cp.ctl_json(&["apply", "--test", "--since", "1h", "-f", file.to_str().unwrap()]);
+    assert_eq!(again["flips"], json!([]), "{again:#}");
+    assert_eq!(again["differsFromRecorded"], 2, "{again:#}");
     // A proposal that does not compile is refused, and nothing is replayed.
     std::fs::write(&file, PROPOSED.replace("principal.groups.contains", "principal.groupz.contains")).unwrap();
     let refused = fleet.cp.ctl(&["apply", "--test", "-f", file.to_str().unwrap()]);

@@ -250,7 +250,8 @@ impl Authorizer {
                 // A string attribute always evaluates; without an entity the server denies all.
                 continue;
             };
-            let reads_arguments = shadow.as_ref().unwrap_or(&set).policies().any(crate::explain::reads_arguments);
+            // The enforced policies decide; a replay judges only what they decide.
+            let reads_arguments = set.policies().any(crate::explain::reads_arguments);
             per_server.insert(server.clone(), ServerPolicies { set, shadow, uid, entity, reads_arguments });
         }
         Authorizer {
@@ -386,7 +387,12 @@ impl Authorizer {
         Ok((request, entities))
     }
 
-    /// Whether a policy of `server` reads a call's arguments (which records never keep: a
+    /// Whether the server has policies in this configuration.
+    pub fn serves(&self, server: &str) -> bool {
+        self.per_server.contains_key(server)
+    }
+
+    /// Whether an enforced policy of `server` reads a call's arguments (which records never keep: a
     /// recorded call with arguments cannot be replayed against them).
     pub fn reads_arguments(&self, server: &str) -> bool {
         self.per_server.get(server).is_some_and(|p| p.reads_arguments)

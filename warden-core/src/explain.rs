@@ -20,6 +20,9 @@ use crate::token::Verified;
 pub enum Check {
     Held,
     Failed,
+    /// Cedar never evaluates it for this request: an earlier conjunct of its `when` (a guard
+    /// such as `principal has groups`) is false, and alone it would not evaluate.
+    NotReached,
     /// Evaluating it failed (an attribute missing, a type error): the policy is skipped, and
     /// any error denies the request.
     Error(String),
@@ -30,6 +33,7 @@ impl Check {
         match self {
             Check::Held => "held",
             Check::Failed => "failed",
+            Check::NotReached => "not reached",
             Check::Error(_) => "error",
         }
     }
@@ -161,7 +165,7 @@ fn read(policy: &Policy, shadow: bool, ask: &dyn Fn(Policy) -> Check, target: Ta
         let unless = condition["kind"] == "unless";
         // A `when` is each of its conjuncts; an `unless` holds only as a whole.
         let pieces = if unless { vec![&condition["body"]] } else { conjuncts(&condition["body"]) };
-        for body in pieces {
+        for (i, body) in pieces.iter().copied().enumerate() {
             let kind = if unless { "unless" } else { "when" };
             let (Some(p), Some(shown)) = (
                 part(&all, &all, &all, json!([{"kind": kind, "body": body}])),
@@ -171,8 +175,23 @@ fn read(policy: &Policy, shadow: bool, ask: &dyn Fn(Policy) -> Check, target: Ta
                 continue;
             };
             let text = condition_text(&shown);
-            let check = ask(p);
-            let fix = if check == Check::Held || unless { None } else { fix(body, target) };
+            let mut check = ask(p);
+            if matches!(check, Check::Error(_)) && i > 0 {
+                // Alone it fails to evaluate; Cedar evaluates `&&` left to right and stops at
+                // the first false, so with the conjuncts before it, it may never be reached.
+                let prefix = pieces[..=i]
+                    .iter()
+                    .copied()
+                    .cloned()
+                    .reduce(|left, right| json!({"&&": {"left": left, "right": right}}));
+                if let Some(p) = prefix.and_then(|b| part(&all, &all, &all, json!([{"kind": "when", "body": b}])))
+                    && ask(p) == Check::Failed
+                {
+                    check = Check::NotReached;
+                }
+            }
+            // What would make it hold; of a forbid, that would be how to be refused.
+            let fix = if check == Check::Held || unless || forbid { None } else { fix(body, target) };
             clauses.push(Clause { text: if unless { format!("unless {text}") } else { text }, check, fix });
         }
     }
@@ -282,10 +301,13 @@ fn changes(outcome: &Outcome, readings: &[Reading], workload: &Verified, target:
         return out;
     }
     let enforced = || readings.iter().filter(|r| !r.shadow);
-    for r in enforced().filter(|r| r.scope_check != Check::Held || r.clauses.iter().any(|c| c.check != Check::Held)) {
-        for c in r.clauses.iter().filter(|c| matches!(c.check, Check::Error(_))) {
-            if let Check::Error(e) = &c.check {
-                out.push(format!("{} fails to evaluate `{}` ({e}): any evaluation error denies", r.id, c.text));
+    // Only errors Cedar met deciding the request (not those of a part asked alone).
+    if !outcome.errors.is_empty() {
+        for r in enforced().filter(|r| r.scope_check == Check::Held) {
+            for c in &r.clauses {
+                if let Check::Error(e) = &c.check {
+                    out.push(format!("{} fails to evaluate `{}` ({e}): any evaluation error denies", r.id, c.text));
+                }
             }
         }
     }
@@ -515,6 +537,26 @@ unless { principal has groups && principal.groups.contains("admins") };"#;
         let e = explain(&a, "github", &admin, "tools/call", Target::Tool("comment"), &facts()).unwrap();
         assert!(e.outcome.allowed && e.changes.is_empty());
         assert!(e.readings[0].matched() && !e.readings[2].matched());
+    }
+
+    #[test]
+    fn a_conjunct_behind_a_false_guard_is_not_reached_rather_than_an_error() {
+        let a = authorizer(
+            r#"permit(principal, action == Action::"tools/call", resource) when { principal has groups && principal.groups.contains("admins") };
+forbid(principal, action == Action::"tools/call", resource) when { principal has tenant && principal.tenant == "acme" };"#,
+        );
+        let mut who = caller(&[], &[]);
+        who.claims.remove("groups");
+        let e = explain(&a, "github", &who, "tools/call", Target::Tool("merge"), &facts()).unwrap();
+        let checks: Vec<&str> = e.readings[0].clauses.iter().map(|c| c.check.as_str()).collect();
+        assert_eq!(checks, ["failed", "not reached"]);
+        assert_eq!(e.readings[1].clauses[1].check, Check::NotReached);
+        assert!(e.readings[1].clauses.iter().all(|c| c.fix.is_none()), "a forbid's conditions are not advice");
+        assert_eq!(
+            e.changes,
+            [r#"p.0 would permit it with `principal has groups` to hold and a caller in the group "admins""#],
+            "no evaluation error is claimed where Cedar met none"
+        );
     }
 
     #[test]

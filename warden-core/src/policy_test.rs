@@ -184,6 +184,10 @@ impl Case {
     pub fn run(&self, authorizer: &Authorizer, now: i64) -> CaseResult {
         let fail =
             |why: String| CaseResult { name: self.name.clone(), passed: false, explanation: None, failure: Some(why) };
+        // Else an `expect: deny` passes on a misspelt server, which denies everything.
+        if !authorizer.serves(&self.server) {
+            return fail(format!("the configuration has no McpServer {:?}", self.server));
+        }
         let caller = Caller {
             issuer: self.principal.issuer.clone(),
             subject: self.principal.subject.clone(),
@@ -306,6 +310,8 @@ spec:
        time: "2027-02-01T00:00:00Z", expect: deny}
     - {name: no such action, server: files, principal: {issuer: corp, subject: a}, method: tools/delete,
        expect: deny}
+    - {name: no such server, server: filez, principal: {issuer: corp, subject: a}, method: tools/list,
+       expect: deny}
 "#,
         )
         .unwrap();
@@ -320,7 +326,8 @@ spec:
                 ("a task not granted it", true),
                 ("lists until 2027", false),
                 ("not after", true),
-                ("no such action", false)
+                ("no such action", false),
+                ("no such server", false)
             ]
         );
         assert_eq!(results[2].failure.as_deref(), Some("expected allow, policy decided deny"));
@@ -331,6 +338,7 @@ spec:
             Some("expected to be decided by [readers.0], decided by [readers.1]")
         );
         assert!(results[6].failure.as_deref().unwrap().starts_with("not a request policy can decide"));
+        assert_eq!(results[7].failure.as_deref(), Some(r#"the configuration has no McpServer "filez""#));
     }
 
     #[test]

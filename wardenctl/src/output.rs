@@ -781,7 +781,7 @@ pub fn explain(e: &pb::ExplainResponse, format: Format) -> anyhow::Result<()> {
             println!("  task token granting [{}]", c.granted_tools.join(", "));
         }
         println!("  source_ip  {}", e.source_ip);
-        println!("  time       {}", rfc3339(r.time_unix_nanos));
+        println!("  time       {}", rfc3339(e.policy_time_unix.saturating_mul(1_000_000_000)));
         println!("  arguments  {}", if r.arguments { "present (values are never recorded)" } else { "none" });
     }
     if !e.not_replayed.is_empty() {
@@ -797,10 +797,14 @@ pub fn explain(e: &pb::ExplainResponse, format: Format) -> anyhow::Result<()> {
     } else {
         "deny"
     };
-    let same = if then == e.replayed {
-        "the same as recorded"
-    } else {
-        "NOT what was recorded: the configuration changed since"
+    let same = match (then == e.replayed, r.config_version) {
+        (true, _) => "the same as recorded".to_string(),
+        (false, v) if v != 0 && v != e.version => {
+            format!("NOT what was recorded: the configuration changed since (decided under version {v})")
+        }
+        (false, _) => "NOT what was recorded: the same configuration decides otherwise now (a condition on the time, \
+                       or on arguments the record does not keep)"
+            .to_string(),
     };
     println!("\nunder the current configuration (version {}): {}, {same}", e.version, e.replayed);
     if !e.decided_by.is_empty() {
@@ -845,6 +849,7 @@ pub fn test_apply(t: &pb::TestApplyResponse, format: Format) -> anyhow::Result<(
         return emit(
             &json!({"version": t.version, "results": results, "records": t.records, "replayed": t.replayed,
                 "unchanged": t.unchanged, "notPolicy": t.not_policy, "cannotJudge": t.cannot_judge,
+                "differsFromRecorded": t.differs_from_recorded,
                 "allowToDeny": flips("allow_to_deny"), "denyToAllow": flips("deny_to_allow"),
                 "flips": groups, "truncated": t.truncated}),
             format,
@@ -863,6 +868,13 @@ pub fn test_apply(t: &pb::TestApplyResponse, format: Format) -> anyhow::Result<(
         t.replayed, t.records, t.version
     );
     println!("  unchanged        {}", t.unchanged);
+    if t.differs_from_recorded > 0 {
+        println!(
+            "  (of those replayed, {} the current configuration already decides otherwise than recorded: \
+             flips are counted against the current configuration)",
+            t.differs_from_recorded
+        );
+    }
     println!("  allow → deny     {}", flips("allow_to_deny"));
     println!("  deny → allow     {}", flips("deny_to_allow"));
     println!("  not by policy    {} (token refusals and methods that pass on the token)", t.not_policy);
@@ -883,7 +895,7 @@ pub fn test_apply(t: &pb::TestApplyResponse, format: Format) -> anyhow::Result<(
             f.method,
             f.server,
             plural(f.count, "decision", "decisions"),
-            plural(f.callers, "caller", "callers")
+            if f.callers >= 10_000 { "10,000+ callers".to_string() } else { plural(f.callers, "caller", "callers") }
         );
         let why = match (f.direction.as_str(), f.policies.is_empty()) {
             ("allow_to_deny", true) => format!("no permit would match (allowed by {})", f.was_allowed_by.join(", ")),

@@ -239,7 +239,7 @@ pub(crate) fn admit(
     let route = &*route;
     let now = crate::identity::now_unix();
     let audit = spec.in_audit(now);
-    let refusal = Refuser { shared, server, caller, method, headers, audit, version: applied.version };
+    let refusal = Refuser { shared, server, caller, method, headers, audit, version: applied.version, now };
     if uri.path() != route.mcp_path {
         refusal.record(None, Refusal::UnknownPath);
         return Err(Box::new(reply::error(StatusCode::NOT_FOUND, format!("the MCP endpoint is {}", route.mcp_path))));
@@ -330,6 +330,8 @@ struct Refuser<'a> {
     audit: bool,
     /// The configuration version deciding.
     version: u64,
+    /// When the request arrived (seconds since the epoch).
+    now: i64,
 }
 
 impl Refuser<'_> {
@@ -352,6 +354,7 @@ impl Refuser<'_> {
                     source_ip: caller.address.ip(),
                     arguments: false,
                     config_version: self.version,
+                    policy_time: self.now,
                 };
                 record::record(&shared.outbox, caller.arrived, caller.via, self.headers, trace, decision);
             }
@@ -567,6 +570,7 @@ impl Decider {
             source_ip: self.source_ip,
             arguments,
             config_version: self.applied.version,
+            policy_time: self.now,
         };
         record::record(&self.outbox, self.arrived, self.via, headers, self.trace.as_ref().map(|(t, _)| t), decision);
     }

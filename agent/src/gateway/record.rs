@@ -38,6 +38,8 @@ pub(crate) struct Decision<'a> {
     pub arguments: bool,
     /// The configuration version that decided.
     pub config_version: u64,
+    /// The time policy saw (`context.time`: the request's arrival), seconds since the epoch.
+    pub policy_time: i64,
 }
 
 /// How long a thread goes on naming a caller by digest alone before it sends the caller's
@@ -149,9 +151,10 @@ pub(crate) fn record(
         let written = cursor.position() as usize;
         std::str::from_utf8(&address[..written]).unwrap_or_default()
     };
+    let time_unix_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
     // Borrowed from the request and encoded as it is queued: no string is copied.
     outbox.record(&DecisionRecordRef {
-        time_unix_nanos: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+        time_unix_nanos,
         server: decision.server,
         method: bounded(decision.method, MAX_METHOD),
         target_kind,
@@ -181,6 +184,8 @@ pub(crate) fn record(
         caller_facts: facts.as_deref(),
         arguments: decision.arguments,
         config_version: decision.config_version,
+        policy_time_lag_seconds: time_unix_nanos.div_euclid(1_000_000_000).saturating_sub(decision.policy_time).max(0)
+            as u64,
     });
 }
 

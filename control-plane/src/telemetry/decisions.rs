@@ -40,17 +40,17 @@ const DROPS: TableDefinition<(&str, u64), u64> = TableDefinition::new("drops");
 /// the oldest cursor kept; "exported" → the cursor of the last record the OTLP exporter
 /// delivered.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-/// A caller's digest → when its facts were last received (unix seconds, 8 bytes little-endian)
-/// followed by the facts, an encoded `Caller`: what `explain` and `apply --test` replay with.
+/// A caller's digest → the cursor around which a record last named it (8 bytes little-endian),
+/// followed by its facts, an encoded `Caller`: what `explain` and `apply --test` replay with.
 /// Records name callers by digest; agents send the facts with the first record of a run that
-/// names them and again at least hourly, so facts no kept record needs can be forgotten.
+/// names them. Naming a caller moves its cursor (at most once per quarter of the retention
+/// bound), so facts are forgotten only once no kept record can name them: the table holds at
+/// most the callers of the records kept, each once.
 const CALLERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("callers");
 
 /// Callers are swept when this many records (or the retention bound, if smaller) have gone by
 /// retention since the last sweep.
 const CALLER_SWEEP_RECORDS: u64 = 65_536;
-/// Facts are kept this long past the oldest record kept (agents resend them hourly).
-const CALLER_GRACE_SECS: u64 = 2 * 3600;
 
 /// What policy read of a caller, from its stored facts.
 pub fn caller_of(facts: &pb::Caller) -> warden_core::caller::Caller {
@@ -133,8 +133,8 @@ struct Ingest {
     boot: u64,
     /// Each record's sequence, and the record as received (checked to decode; what is stored).
     records: Vec<(u64, Bytes)>,
-    /// Caller facts the records carry, by digest (checked).
-    callers: Vec<([u8; 16], Bytes)>,
+    /// Each caller the records name, once, with the facts one of them carried (checked).
+    callers: Vec<([u8; 16], Option<Bytes>)>,
     dropped: u64,
     /// The sequence to acknowledge and the first sequence stored now (the records from it to
     /// the acknowledged one are new).
@@ -203,12 +203,15 @@ impl Decisions {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let records = views.iter().zip(&batch.records).map(|(v, encoded)| (v.sequence, encoded.clone())).collect();
-        let mut callers: Vec<([u8; 16], Bytes)> = Vec::new();
-        for facts in views.iter().filter_map(checked_facts) {
-            if !callers.iter().any(|(d, _)| *d == facts.0) {
-                callers.push(facts);
+        let mut named: std::collections::HashMap<[u8; 16], Option<Bytes>> = std::collections::HashMap::new();
+        for view in &views {
+            let Ok(digest) = <[u8; 16]>::try_from(view.caller) else { continue };
+            let entry = named.entry(digest).or_default();
+            if entry.is_none() {
+                *entry = checked_facts(view).map(|(_, facts)| facts);
             }
         }
+        let callers = named.into_iter().collect();
         let (done, answer) = oneshot::channel();
         let request =
             Ingest { agent: agent.to_string(), boot: batch.boot, records, callers, dropped: batch.dropped, done };
@@ -326,8 +329,8 @@ impl Decisions {
         Ok(found)
     }
 
-    /// Calls `visit` with each record made at or after `since_unix_nanos`, oldest first, at
-    /// most `max` read; whether it stopped at `max` (blocking).
+    /// Calls `visit` with each record made at or after `since_unix_nanos` among the newest `max`
+    /// kept, oldest first; whether older records of the window were left out (blocking).
     pub fn visit_since(
         &self,
         since_unix_nanos: i64,
@@ -335,15 +338,25 @@ impl Decisions {
         mut visit: impl FnMut(&pb::StoredDecision),
     ) -> Result<bool, DecisionError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let mut read = 0usize;
-        visit_from(&txn, 0, |stored| {
-            read += 1;
-            if stored.record.as_ref().is_some_and(|r| r.time_unix_nanos >= since_unix_nanos) {
+        let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let (received, first) = (counter(&counters, "received")?, counter(&counters, "first")?.max(1));
+        // The newest `max` records at most: the window ends now.
+        let start = first.max(received.saturating_sub(max as u64) + 1);
+        let mut cut = false;
+        let mut seen_first = false;
+        visit_from(&txn, start, |stored| {
+            let time = stored.record.as_ref().map_or(i64::MIN, |r| r.time_unix_nanos);
+            if !seen_first {
+                seen_first = true;
+                // Records older than the first read were left out: did the window reach them?
+                cut = start > first && time >= since_unix_nanos;
+            }
+            if time >= since_unix_nanos {
                 visit(&stored);
             }
-            read < max
+            true
         })?;
-        Ok(read >= max)
+        Ok(cut)
     }
 
     /// Calls `visit` with every stored record, oldest first, at most `max`; whether it stopped
@@ -402,19 +415,9 @@ fn visit_from(
     Ok(())
 }
 
-/// The time (unix seconds) of the record at `cursor`, if it is stored.
-fn record_time_unix(
-    batches: &impl ReadableTable<u64, &'static [u8]>,
-    cursor: u64,
-) -> Result<Option<u64>, DecisionError> {
-    let Some(entry) = batches.range(..=cursor).map_err(db_err)?.next_back() else { return Ok(None) };
-    let (key, value) = entry.map_err(db_err)?;
-    let batch = StoredBatch::decode(value.value()).map_err(|e| DecisionError(format!("a stored batch: {e}")))?;
-    let Some(encoded) = usize::try_from(cursor - key.value()).ok().and_then(|i| batch.records.get(i)) else {
-        return Ok(None);
-    };
-    let record = pb::DecisionRecord::decode(encoded.as_ref()).map_err(|e| DecisionError(format!("a record: {e}")))?;
-    Ok(Some((record.time_unix_nanos.max(0) as u64) / 1_000_000_000))
+/// The cursor a caller row says it was last named around.
+fn last_named(row: &[u8]) -> u64 {
+    row.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
 }
 
 /// Moves the records of a file written when each was stored alone (one row per record) into
@@ -564,12 +567,24 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
         let mut callers = txn.open_table(CALLERS).map_err(db_err)?;
         let mut received = counter(&counters, "received")?;
         let mut value = Vec::new();
-        let now = (crate::now_unix_ms() / 1000).max(0) as u64;
+        // Facts received are stored; a caller named again moves its cursor once it is a
+        // quarter of the retention bound behind.
+        let stale = received.saturating_sub(retention / 4);
+        let mut row = Vec::new();
         for ingest in group {
             for (digest, facts) in &ingest.callers {
-                let mut row = Vec::with_capacity(8 + facts.len());
-                row.extend_from_slice(&now.to_le_bytes());
-                row.extend_from_slice(facts);
+                let facts = match facts {
+                    Some(facts) => facts.clone(),
+                    None => match callers.get(&digest[..]).map_err(db_err)? {
+                        Some(stored) if last_named(stored.value()) < stale => {
+                            Bytes::copy_from_slice(stored.value().get(8..).unwrap_or_default())
+                        }
+                        _ => continue,
+                    },
+                };
+                row.clear();
+                row.extend_from_slice(&received.to_le_bytes());
+                row.extend_from_slice(&facts);
                 callers.insert(&digest[..], row.as_slice()).map_err(db_err)?;
             }
         }
@@ -616,15 +631,11 @@ fn write_group(db: &Database, group: &[Ingest], retention: u64) -> Result<Writte
         let first = before.max(received.saturating_sub(retention) + 1);
         counters.insert("first", first).map_err(db_err)?;
         let sweep_every = CALLER_SWEEP_RECORDS.min(retention);
-        if first / sweep_every != before / sweep_every
-            && let Some(oldest) = record_time_unix(&batches, first)?
-        {
-            let cut = oldest.saturating_sub(CALLER_GRACE_SECS);
-            callers
-                .retain(|_, row| {
-                    row.get(..8).is_some_and(|t| u64::from_le_bytes(t.try_into().unwrap_or_default()) >= cut)
-                })
-                .map_err(db_err)?;
+        if first / sweep_every != before / sweep_every {
+            // A kept record (cursor ≥ first) named its caller at most a quarter of the bound
+            // (and one group) before the cursor it has: half the bound back is safe.
+            let cut = first.saturating_sub(retention / 2 + 1);
+            callers.retain(|_, row| last_named(row) >= cut).map_err(db_err)?;
         }
         loop {
             let mut older = batches.range(..=first).map_err(db_err)?;
@@ -677,6 +688,7 @@ mod tests {
 
     #[tokio::test]
     async fn caller_facts_are_kept_by_their_digest_forged_ones_never_and_forgotten_past_retention() {
+        // (Retention of 10 records: callers are swept every 10, facts kept half of that past.)
         let dir = tempfile::tempdir().unwrap();
         let store = Decisions::open(dir.path(), 10, crate::telemetry::metrics::Counts::default()).unwrap();
         let now = crate::now_unix_ms() * 1_000_000;
@@ -699,12 +711,21 @@ mod tests {
         assert_eq!((alice.subject.as_str(), alice.scopes.as_slice()), ("alice", &["a".to_string()][..]));
         assert!(store.caller(&digest("bob")).unwrap().is_none(), "facts filed under another caller's digest");
         assert!(store.caller(&digest("someone-else")).unwrap().is_none());
-        // Once the records kept are all hours newer than the facts' last sighting, no kept
-        // record can need them.
-        let later = now + 10 * 3600 * 1_000_000_000;
-        let records = (4..=40).map(|s| naming(s, "carol", later, false, false)).collect();
-        store.ingest("agent-a", pb::DecisionBatch { boot: 1, records, dropped: 0 }).await.unwrap();
-        assert!(store.caller(&digest("alice")).unwrap().is_none(), "swept with the records that needed it");
+        // Records keep naming dave (facts sent once, long ago in records) and stop naming
+        // alice: once no kept record names alice, her facts go; dave's stay.
+        store
+            .ingest(
+                "agent-a",
+                pb::DecisionBatch { boot: 1, records: vec![naming(4, "dave", now, true, false)], dropped: 0 },
+            )
+            .await
+            .unwrap();
+        for batch in 0..8u64 {
+            let records = (0..5).map(|i| naming(5 + batch * 5 + i, "dave", now, false, false)).collect();
+            store.ingest("agent-a", pb::DecisionBatch { boot: 1, records, dropped: 0 }).await.unwrap();
+        }
+        assert!(store.caller(&digest("alice")).unwrap().is_none(), "swept once no kept record names alice");
+        assert!(store.caller(&digest("dave")).unwrap().is_some(), "kept while kept records name dave");
     }
 
     #[tokio::test]

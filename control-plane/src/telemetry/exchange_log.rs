@@ -122,6 +122,7 @@ impl ExchangeLog {
             caller_facts: None,
             arguments: false,
             config_version: 0,
+            policy_time_lag_seconds: 0,
         };
         if unverified {
             let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
