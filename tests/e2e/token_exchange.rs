@@ -182,7 +182,7 @@ spec:
 
 /// A client of the token service, which presents a certificate from the fleet CA; with
 /// `client` (certificate PEM, key PEM), one that proves a certificate of its own.
-fn https_client(cp: &ControlPlane, client: Option<(&str, &str)>) -> ureq::Agent {
+pub(crate) fn https_client(cp: &ControlPlane, client: Option<(&str, &str)>) -> ureq::Agent {
     let ca = std::fs::read(cp.data_dir.join("ca.crt")).unwrap();
     let ca = ureq::tls::Certificate::from_pem(&ca).unwrap().to_owned();
     let client = client.map(|(cert, key)| {

@@ -564,8 +564,11 @@ fn confirmation(claims: &Map<String, Value>, binding: Binding) -> Result<(Option
 
 /// The scopes a token carries: `scope` (space-separated, RFC 8693) or else `scp` (a list).
 fn scopes(claims: &Map<String, Value>) -> Vec<String> {
+    // `scp` is an array at Okta and Keycloak, a space-separated string at Entra ID.
     match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect(),
+        (Some(Value::String(s)), _) | (_, Some(Value::String(s))) => {
+            s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect()
+        }
         (_, Some(Value::Array(list))) => list.iter().filter_map(|s| s.as_str().map(String::from)).collect(),
         _ => Vec::new(),
     }
