@@ -55,20 +55,26 @@ impl HowTo {
         self.fleet.idp().mint(&json!({"claims": claims, "key": key}))
     }
 
-    /// How the gateway answers `tool` called with `token`: "allow" (forwarded: the answer is the
-    /// upstream's, which wants a session first), the refusal's reason, or the status of a
-    /// refused token (401, 403).
+    /// How the gateway answers `tool` called with `token`: "allow" when the request reached
+    /// the upstream (whose answer to a call outside a session is its own 400, "Missing session
+    /// ID"), the reason of a policy refusal, "401 <reason>" for a refused token; anything else
+    /// verbatim, so no other answer passes for one of these.
     fn call(&self, token: &str, tool: &str) -> String {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
+        let body =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
         let answer = post(&self.resource, Some(token), &[], &body.to_string());
-        if matches!(answer.status, 401 | 403) {
-            return answer.status.to_string();
-        }
         let value: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-        match value["error"]["data"]["reason"].as_str() {
-            Some(reason) => reason.to_string(),
-            None => "allow".into(),
+        if answer.status == 401 {
+            let reason = answer.challenge.split("error_description=\"").nth(1).and_then(|r| r.split('"').next());
+            return format!("401 {}", reason.unwrap_or("-"));
         }
+        if let (200, Some(reason)) = (answer.status, value["error"]["data"]["reason"].as_str()) {
+            return reason.to_string();
+        }
+        if answer.status == 400 && answer.body.contains("Missing session ID") {
+            return "allow".into();
+        }
+        format!("{} {}", answer.status, answer.body)
     }
 }
 
@@ -99,14 +105,14 @@ fn kubernetes_service_account_tokens() {
     assert_eq!(h.call(&outsider, "search"), "policy_denied");
     // A token of the same issuer that is not a service-account token (no `kubernetes.io`).
     let other = h.token("rs256", 600, json!({"aud": h.resource, "sub": "system:serviceaccount:agents:research-bot"}));
-    assert_eq!(h.call(&other, "search"), "401");
+    assert_eq!(h.call(&other, "search"), "401 missing_claim");
     // Longer than the projected token can live.
     let long = h.token(
         "rs256",
         7200,
         json!({"aud": h.resource, "sub": "system:serviceaccount:agents:helper", "kubernetes.io": {}}),
     );
-    assert_eq!(h.call(&long, "search"), "401");
+    assert_eq!(h.call(&long, "search"), "401 lifetime_too_long");
 }
 
 #[test]
@@ -139,7 +145,7 @@ fn github_actions_oidc_tokens() {
     assert_eq!(h.call(&foreign, "search"), "policy_denied");
     // A token of the issuer without a run (not a job's token).
     let bare = h.token("rs256", 300, json!({"aud": h.resource, "sub": "repo:acme/deploy-tools:ref:refs/heads/main"}));
-    assert_eq!(h.call(&bare, "search"), "401");
+    assert_eq!(h.call(&bare, "search"), "401 missing_claim");
 }
 
 #[test]
@@ -173,14 +179,14 @@ fn a_corporate_idp_client_credentials_token_exchanged_for_task_tokens() {
         ],
     );
     let http = super::token_exchange::https_client(&h.fleet.cp, None);
-    // A client-credentials access token: sub and azp the application's client id, scopes as the
-    // IdP granted them (Entra writes `scp` as a string), the token service as audience.
-    let app = |client_id: &str, scp: &str| {
+    // A client-credentials access token as Okta mints it: sub and cid the application's client
+    // id, `scp` an array of the scopes granted, the token service as audience.
+    let app = |client_id: &str, scp: &[&str]| {
         h.token(
             "rs256",
             3600,
-            json!({"aud": service, "sub": client_id, "azp": client_id, "appid": client_id, "scp": scp,
-                   "tid": "tenant-1", "ver": "2.0", "jti": format!("{client_id}-{}", now())}),
+            json!({"aud": service, "sub": client_id, "cid": client_id, "scp": scp, "ver": 1,
+                   "jti": format!("AT.{client_id}-{}", now())}),
         )
     };
     let exchange = |subject: &str, scope: &str| -> (u16, Value) {
@@ -201,8 +207,8 @@ fn a_corporate_idp_client_credentials_token_exchanged_for_task_tokens() {
         let status = response.status().as_u16();
         (status, serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null))
     };
-    let reader = app("3f2a9c1e-reader", "tickets.read");
-    let writer = app("7b4d0e2f-writer", "tickets.read tickets.write");
+    let reader = app("0oa3f2a9c1ereader", &["tickets.read"]);
+    let writer = app("0oa7b4d0e2fwriter", &["tickets.read", "tickets.write"]);
     // The token service signs once its key reached the agents.
     let (status, task) = wait_for_or(
         "the token service to issue a task token",
@@ -216,13 +222,14 @@ fn a_corporate_idp_client_credentials_token_exchanged_for_task_tokens() {
     assert_eq!(h.call(&task, "search"), "allow");
     assert_eq!(h.call(&task, "delete_everything"), "tool_not_granted");
     // The reader's scopes get it search only; asking for more is refused whole.
-    let (status, _) = exchange(&reader, "tool:search tool:file_ticket");
-    assert_eq!(status, 400);
+    let (status, refused) = exchange(&reader, "tool:search tool:file_ticket");
+    assert_eq!((status, refused["error"].as_str()), (400, Some("invalid_scope")), "{refused}");
+    assert!(refused["error_description"].as_str().unwrap().contains("file_ticket"), "{refused}");
     let (status, body) = exchange(&reader, "tool:search");
     assert_eq!(status, 200, "{body}");
     let search_only = body["access_token"].as_str().unwrap();
     assert_eq!(h.call(search_only, "search"), "allow");
     assert_eq!(h.call(search_only, "file_ticket"), "tool_not_granted");
     // The IdP token itself is no key to the server: only task tokens are.
-    assert_eq!(h.call(&writer, "search"), "401");
+    assert_eq!(h.call(&writer, "search"), "401 issuer_not_allowed");
 }

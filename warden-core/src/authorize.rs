@@ -128,8 +128,11 @@ pub(crate) struct ServerPolicies {
     pub(crate) shadow: Option<PolicySet>,
     uid: EntityUid,
     entity: Entity,
-    /// Whether any of the policies (enforced or shadow) reads a call's arguments.
+    /// Whether an enforced policy reads a call's arguments.
     pub(crate) reads_arguments: bool,
+    /// Whether an enforced policy reads `context.time`, `context.source_ip`.
+    reads_time: bool,
+    reads_source_ip: bool,
 }
 
 /// One evaluation's parts, for [`crate::explain`] to ask Cedar about parts of policies.
@@ -252,7 +255,12 @@ impl Authorizer {
             };
             // The enforced policies decide; a replay judges only what they decide.
             let reads_arguments = set.policies().any(crate::explain::reads_arguments);
-            per_server.insert(server.clone(), ServerPolicies { set, shadow, uid, entity, reads_arguments });
+            let reads = |attr: &str| set.policies().any(|p| crate::explain::reads_context(p, attr));
+            let (reads_time, reads_source_ip) = (reads("time"), reads("source_ip"));
+            per_server.insert(
+                server.clone(),
+                ServerPolicies { set, shadow, uid, entity, reads_arguments, reads_time, reads_source_ip },
+            );
         }
         Authorizer {
             per_server,
@@ -385,6 +393,11 @@ impl Authorizer {
         let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
         let request = Request::new(principal.uid.clone(), action, resource, context, schema).map_err(err)?;
         Ok((request, entities))
+    }
+
+    /// Whether an enforced policy of `server` reads `context.time`, `context.source_ip`.
+    pub fn reads_time_and_address(&self, server: &str) -> (bool, bool) {
+        self.per_server.get(server).map_or((false, false), |p| (p.reads_time, p.reads_source_ip))
     }
 
     /// Whether the server has policies in this configuration.

@@ -401,11 +401,47 @@ pub fn replay(authorizer: &Authorizer, r: &Recorded<'_>) -> Replayed {
         return Replayed::CannotJudge("policy_reads_arguments");
     }
     let granted = r.workload.task.as_ref().map_or(&[][..], |t| &t.tools[..]);
-    let facts = RequestFacts { source_ip: r.source_ip, now: r.time, granted_tools: granted, arguments: None };
+    // What no policy of the server reads cannot change the outcome: fixed, it lets records
+    // that differ only in it share a cached outcome (else every second is a new evaluation).
+    let (reads_time, reads_ip) = authorizer.reads_time_and_address(r.server);
+    let facts = RequestFacts {
+        source_ip: if reads_ip { r.source_ip } else { std::net::IpAddr::from([0, 0, 0, 0]) },
+        now: if reads_time { r.time } else { 0 },
+        granted_tools: granted,
+        arguments: None,
+    };
     match authorizer.authorize(r.server, r.workload, r.method, target, &facts) {
         Ok(outcome) => Replayed::Decided(outcome),
         Err(_) => Replayed::CannotJudge("not_an_action"),
     }
+}
+
+/// Whether a policy may read `context.<attr>`: it names it, or uses `context` otherwise than
+/// through its attributes (then anything may depend on it). A replay gives a context attribute
+/// no policy reads one fixed value, so records that differ only in it (the time, above all)
+/// share one cached outcome.
+pub fn reads_context(policy: &Policy, attr: &str) -> bool {
+    fn walk(v: &Value, attr: &str) -> bool {
+        match v {
+            Value::Object(o) => {
+                for op in [".", "has"] {
+                    if let Some(inner) = o.get(op)
+                        && inner["left"].get("Var").and_then(Value::as_str) == Some("context")
+                    {
+                        // `context has x` reads no value.
+                        return op == "." && inner["attr"] == attr;
+                    }
+                }
+                if o.get("Var").and_then(Value::as_str) == Some("context") {
+                    return true;
+                }
+                o.values().any(|v| walk(v, attr))
+            }
+            Value::Array(a) => a.iter().any(|v| walk(v, attr)),
+            _ => false,
+        }
+    }
+    policy.to_json().map_or(true, |est| walk(&est, attr))
 }
 
 /// Whether a policy reads a call's arguments: `context.arguments`, or an `Arguments` entity
@@ -604,6 +640,47 @@ forbid(principal, action == Action::"tools/call", resource) when { principal has
         let mut odd = recorded("comment", false);
         odd.target_kind = "";
         assert_eq!(replay(&b, &odd), Replayed::CannotJudge("no_target"));
+    }
+
+    #[test]
+    fn what_a_policy_reads_of_the_context_is_known_conservatively() {
+        let reads = |cedar: &str, attr: &str| {
+            authorizer(cedar).reads_time_and_address("github")
+                == (attr == "time" || attr == "both", attr == "ip" || attr == "both")
+        };
+        assert!(reads(
+            r#"permit(principal, action, resource) when { context.time < datetime("2027-01-01T00:00:00Z") };"#,
+            "time"
+        ));
+        assert!(reads(r#"permit(principal, action, resource) when { context.source_ip.isLoopback() };"#, "ip"));
+        assert!(reads(
+            r#"permit(principal, action, resource) when { context.scopes.contains("a") && context has tenant };"#,
+            "neither"
+        ));
+        assert!(
+            reads(r#"permit(principal, action, resource) when { context == context };"#, "both"),
+            "the whole context: anything"
+        );
+        // Replayed at different seconds with no policy reading the time: one outcome.
+        let a = authorizer(r#"permit(principal, action, resource) when { context.scopes.contains("a") };"#);
+        let who = caller(&["a"], &[]);
+        let at = |time: i64| Recorded {
+            server: "github",
+            method: "tools/call",
+            target_kind: "tool",
+            target: "x",
+            workload: &who,
+            source_ip: "10.1.2.3".parse().unwrap(),
+            time,
+            arguments: false,
+        };
+        assert_eq!(replay(&a, &at(NOW)), replay(&a, &at(NOW + 1)));
+        // With one that does, each second is its own decision.
+        let b = authorizer(
+            r#"permit(principal, action, resource) when { context.time < datetime("2026-05-28T20:26:41Z") };"#,
+        );
+        assert!(matches!(replay(&b, &at(NOW)), Replayed::Decided(o) if o.allowed));
+        assert!(matches!(replay(&b, &at(NOW + 2)), Replayed::Decided(o) if !o.allowed));
     }
 
     #[test]

@@ -564,7 +564,8 @@ fn confirmation(claims: &Map<String, Value>, binding: Binding) -> Result<(Option
 
 /// The scopes a token carries: `scope` (space-separated, RFC 8693) or else `scp` (a list).
 fn scopes(claims: &Map<String, Value>) -> Vec<String> {
-    // `scp` is an array at Okta and Keycloak, a space-separated string at Entra ID.
+    // RFC 9068 `scope` is a string (Auth0, Keycloak); `scp` is an array at Okta, a
+    // space-separated string at Entra ID.
     match (claims.get("scope"), claims.get("scp")) {
         (Some(Value::String(s)), _) | (_, Some(Value::String(s))) => {
             s.split(' ').filter(|s| !s.is_empty()).map(String::from).collect()

@@ -686,7 +686,7 @@ mod props;
 fn scopes_come_from_scope_or_scp_as_each_identity_provider_writes_them() {
     let of = |claims: serde_json::Value| scopes(claims.as_object().unwrap());
     assert_eq!(of(serde_json::json!({"scope": "a  b"})), ["a", "b"], "RFC 8693 / RFC 9068 `scope`");
-    assert_eq!(of(serde_json::json!({"scp": ["a", "b", 3]})), ["a", "b"], "Okta, Keycloak: an array");
+    assert_eq!(of(serde_json::json!({"scp": ["a", "b", 3]})), ["a", "b"], "Okta: an array");
     assert_eq!(of(serde_json::json!({"scp": "a b"})), ["a", "b"], "Entra ID: a space-separated string");
     assert_eq!(of(serde_json::json!({"scope": "a", "scp": ["b"]})), ["a"], "`scope` first");
     assert!(of(serde_json::json!({"scp": {"a": 1}})).is_empty());
