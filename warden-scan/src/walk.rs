@@ -10,6 +10,10 @@
 //! the path (a path checked, then swapped for a FIFO, must not block the scan). Env files that a
 //! configuration references are followed only outside the kernel's trees (`KERNEL_FOLDERS`): a
 //! project file must not make the scan read `/proc/self/environ`.
+//!
+//! Under a folder another user than root owns (a home), only that user's files are read: a
+//! link or env-file reference there, which the user controls, must not make a scan running
+//! with more privilege read someone else's files (the findings would tell their kinds).
 
 use std::collections::HashSet;
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -57,6 +61,32 @@ const KERNEL_FOLDERS: &[&str] = &["/proc", "/sys", "/dev"];
 const OUTSIDE_SCANNED_PLACES: &str = "not followed: the env file reference points into /proc, /sys or /dev";
 
 /// A file or folder's identity, so links cannot make the walk visit it twice.
+/// Why a file under another user's folder was not read.
+const NOT_OWNED: &str = "not read: owned by another user than the one whose folder is scanned";
+
+/// The owner a root's files must have: its own, unless root owns it (then anyone's).
+#[cfg(unix)]
+fn confined_to(meta: &Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Some(meta.uid()).filter(|&uid| uid != 0)
+}
+
+#[cfg(not(unix))]
+fn confined_to(_meta: &Metadata) -> Option<u32> {
+    None
+}
+
+#[cfg(unix)]
+fn owned_by(meta: &Metadata, owner: Option<u32>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    owner.is_none_or(|owner| meta.uid() == owner)
+}
+
+#[cfg(not(unix))]
+fn owned_by(_meta: &Metadata, _owner: Option<u32>) -> bool {
+    true
+}
+
 #[cfg(unix)]
 type Identity = (u64, u64);
 #[cfg(not(unix))]
@@ -81,6 +111,7 @@ pub(crate) fn run(scanner: &Scanner, paths: &[PathBuf]) -> Report {
         seen_folders: HashSet::new(),
         entries: 0,
         stopped: false,
+        owner: None,
     };
     for path in paths {
         if walk.stopped {
@@ -100,10 +131,13 @@ struct Walk<'s> {
     entries: usize,
     /// A limit was reached: scan nothing more.
     stopped: bool,
+    /// Whose files the current root may have read: its owner's, unless that is root.
+    owner: Option<u32>,
 }
 
 impl Walk<'_> {
     fn root(&mut self, path: &Path) {
+        self.owner = fs::metadata(path).ok().and_then(|meta| confined_to(&meta));
         match fs::metadata(path) {
             Err(e) => self.unreadable(path, reason(&e)),
             Ok(meta) if meta.is_dir() => {
@@ -164,6 +198,11 @@ impl Walk<'_> {
     /// Reads and scans one file: one the walk found or was given (`referenced` is `None`), or an
     /// env file a configuration references (read as dotenv whatever its name).
     fn file(&mut self, path: &Path, meta: &Metadata, referenced: Option<Reference<'_>>) {
+        // Before it counts as seen: its owner's own scan (of their home, or root's of all) must
+        // still read it.
+        if !owned_by(meta, self.owner) {
+            return self.unreadable(path, NOT_OWNED.to_string());
+        }
         if !self.seen_files.insert(identity(path, meta)) {
             return;
         }
@@ -181,7 +220,7 @@ impl Walk<'_> {
         // A referenced env file is opened by its resolved path, the one checked to lie outside
         // the kernel's trees; it is still reported under the path the reference gives.
         let open = referenced.as_ref().map_or(path, |r| r.canonical);
-        let bytes = match read_regular_file(open, limits.max_file_bytes, referenced.is_some()) {
+        let bytes = match read_regular_file(open, limits.max_file_bytes, referenced.is_some(), self.owner) {
             Ok(bytes) => bytes,
             Err(refusal) => return self.unreadable(path, refusal.reason(limits.max_file_bytes)),
         };
@@ -268,6 +307,8 @@ enum Refusal {
     TooLarge,
     /// A referenced env file that turned out, once opened, to be in the kernel's trees.
     Outside,
+    /// Owned by another user than the one whose folder is scanned.
+    NotOwned,
     Io(io::Error),
 }
 
@@ -277,6 +318,7 @@ impl Refusal {
             Refusal::NotRegular => "not a regular file".to_string(),
             Refusal::TooLarge => too_large(max),
             Refusal::Outside => OUTSIDE_SCANNED_PLACES.to_string(),
+            Refusal::NotOwned => NOT_OWNED.to_string(),
             Refusal::Io(e) => reason(e),
         }
     }
@@ -297,7 +339,7 @@ impl From<io::Error> for Refusal {
 /// metadata can refuse it unread. `O_NOCTTY`: a terminal swapped in must not become the
 /// process's controlling terminal. With `confined` (a referenced env file), the file the handle
 /// really is must also lie outside `KERNEL_FOLDERS`.
-fn read_regular_file(path: &Path, max: u64, confined: bool) -> Result<Vec<u8>, Refusal> {
+fn read_regular_file(path: &Path, max: u64, confined: bool, owner: Option<u32>) -> Result<Vec<u8>, Refusal> {
     let mut options = OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -309,6 +351,9 @@ fn read_regular_file(path: &Path, max: u64, confined: bool) -> Result<Vec<u8>, R
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(Refusal::NotRegular);
+    }
+    if !owned_by(&meta, owner) {
+        return Err(Refusal::NotOwned);
     }
     if confined && opened_path(&file).is_some_and(|opened| is_kernel_path(&opened)) {
         return Err(Refusal::Outside);
@@ -418,7 +463,7 @@ mod tests {
         // instead of hanging it.
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(read_regular_file(&fifo, 1 << 20, false));
+            let _ = tx.send(read_regular_file(&fifo, 1 << 20, false, None));
         });
         let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("opening a FIFO returns at once");
         assert!(matches!(got, Err(Refusal::NotRegular)), "{got:?}");
@@ -429,10 +474,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("mcp.json");
         fs::write(&file, "0123456789").unwrap();
-        assert_eq!(read_regular_file(&file, 10, true).unwrap(), b"0123456789");
-        assert!(matches!(read_regular_file(&file, 9, false), Err(Refusal::TooLarge)));
-        assert!(matches!(read_regular_file(dir.path(), 10, false), Err(Refusal::NotRegular)));
-        assert!(matches!(read_regular_file(&dir.path().join("nope"), 10, false), Err(Refusal::Io(_))));
+        assert_eq!(read_regular_file(&file, 10, true, None).unwrap(), b"0123456789");
+        assert!(matches!(read_regular_file(&file, 9, false, None), Err(Refusal::TooLarge)));
+        assert!(matches!(read_regular_file(dir.path(), 10, false, None), Err(Refusal::NotRegular)));
+        assert!(matches!(read_regular_file(&dir.path().join("nope"), 10, false, None), Err(Refusal::Io(_))));
     }
 
     #[cfg(target_os = "linux")]
@@ -443,7 +488,49 @@ mod tests {
         let link = dir.path().join("innocent.env");
         std::os::unix::fs::symlink("/proc/self/environ", &link).unwrap();
         if fs::File::open(&link).is_ok() {
-            assert!(matches!(read_regular_file(&link, 1 << 20, true), Err(Refusal::Outside)));
+            assert!(matches!(read_regular_file(&link, 1 << 20, true, None), Err(Refusal::Outside)));
         }
+    }
+
+    /// A user's link and env-file reference to root's files: not read from their home, and
+    /// still read from root's own. Needs root (to make a home another user owns).
+    #[cfg(unix)]
+    #[test]
+    fn a_home_s_links_and_references_read_only_its_owner_s_files() {
+        use std::os::unix::fs::{MetadataExt, chown, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let (root_home, user_home) = (dir.path().join("root"), dir.path().join("alice"));
+        fs::create_dir_all(root_home.join(".cursor")).unwrap();
+        fs::create_dir_all(user_home.join(".cursor")).unwrap();
+        let secret =
+            r#"{"mcpServers": {"gh": {"env": {"SERVICE_API_KEY": "Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNmQ"}}}}"#;
+        fs::write(root_home.join(".cursor/mcp.json"), secret).unwrap();
+        fs::write(
+            root_home.join("private.env"),
+            "OPENAI_API_KEY=sk-proj-Zx9Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0LzXcVbNmQwErTyUiOpAsDfGhJk\n",
+        )
+        .unwrap();
+        if chown(&user_home, Some(1000), Some(1000)).is_err() {
+            eprintln!("not run: making a folder another user owns needs root");
+            return;
+        }
+        // Alice links root's configuration into her home and references root's env file.
+        symlink(root_home.join(".cursor/mcp.json"), user_home.join(".cursor/mcp.json")).unwrap();
+        let own = format!(
+            r#"{{"mcpServers": {{"x": {{"command": "x", "envFile": "{}"}}}}}}"#,
+            root_home.join("private.env").display()
+        );
+        fs::write(user_home.join("mcp.json"), own).unwrap();
+        chown(user_home.join("mcp.json"), Some(1000), Some(1000)).unwrap();
+        chown(user_home.join(".cursor"), Some(1000), Some(1000)).unwrap();
+        assert_eq!(fs::metadata(user_home.join("mcp.json")).unwrap().uid(), 1000);
+        let scanner = Scanner::new(crate::FingerprintKey::new([7; 32]), crate::Limits::default());
+        // Her home first: what it refuses must still be read from root's own.
+        let report = run(&scanner, &[user_home.clone(), root_home.clone()]);
+        let found: Vec<String> = report.findings.iter().map(|f| f.file.display().to_string()).collect();
+        assert!(found.iter().all(|f| f.starts_with(root_home.to_str().unwrap())), "{found:?}");
+        assert!(found.iter().any(|f| f.ends_with(".cursor/mcp.json")), "root's own file is scanned: {found:?}");
+        let refused: Vec<&Unreadable> = report.unreadable.iter().filter(|u| u.reason == NOT_OWNED).collect();
+        assert_eq!(refused.len(), 2, "{:?}", report.unreadable);
     }
 }
