@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod agents;
 pub mod configuration;
+pub mod console;
 pub mod fleet;
 pub mod inventory;
 pub mod replay;
@@ -91,6 +92,8 @@ pub struct Options {
     pub otlp: telemetry::otlp::Config,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the read-only console is served, if anywhere (loopback only).
+    pub console_listen: Option<SocketAddr>,
     /// Where the token service (token exchange, revocation) is served over HTTPS, if anywhere.
     pub token_listen: Option<SocketAddr>,
     /// The token service's certificate chain and key (PEM files); without them it presents a
@@ -229,6 +232,11 @@ pub async fn run(
     if let Some(addr) = options.metrics_listen {
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the metrics endpoint {addr}")))?;
         tasks.spawn("metrics endpoint", telemetry::metrics::serve(metrics, listener, stop.clone()));
+    }
+    if let Some(addr) = options.console_listen {
+        let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the console {addr}")))?;
+        let router = console::router(configuration.clone(), fleet.clone(), telemetry.clone());
+        tasks.spawn("console", console::serve(router, listener, stop.clone()));
     }
 
     // The two edge services, until shutdown or until one of them fails.

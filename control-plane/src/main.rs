@@ -89,6 +89,10 @@ struct Args {
     /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this address.
     #[arg(long, env = "WARDEN_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the read-only console (fleet, resources, decisions, explanations) on this loopback
+    /// address; it has no login, so other addresses are refused.
+    #[arg(long, env = "WARDEN_CONSOLE_LISTEN", value_parser = loopback)]
+    console_listen: Option<std::net::SocketAddr>,
     /// Serve the token service (RFC 8693 token exchange, RFC 7009 revocation, RFC 8414
     /// metadata, JWKS) over HTTPS on this address.
     #[arg(long, env = "WARDEN_TOKEN_LISTEN")]
@@ -244,6 +248,7 @@ async fn start() -> anyhow::Result<()> {
         },
         decision_retention: args.decision_retention,
         metrics_listen: args.metrics_listen,
+        console_listen: args.console_listen,
         token_listen: args.token_listen,
         token_tls_files: args.token_tls_cert.zip(args.token_tls_key),
         lease_ttl: args.etcd_lease_ttl,
@@ -267,4 +272,16 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// A loopback socket address (the console has no login of its own).
+fn loopback(text: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = text.parse().map_err(|e| format!("{e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the console has no login of its own, so it serves \
+             loopback only (reach it over SSH port forwarding)"
+        ));
+    }
+    Ok(addr)
 }

@@ -34,7 +34,7 @@ impl Fleet {
     }
 
     /// With `cp_flags` and `cp_env` for the control plane, `agent_env` for the agent.
-    fn start_with(
+    pub(crate) fn start_with(
         agent_flags: &[&str],
         cp_flags: &[&str],
         cp_env: &[(&str, &str)],
@@ -89,7 +89,7 @@ spec:
     }
 
     /// A token for `sub`, issued and expiring these many seconds from now.
-    fn token(&self, sub: &str, jti: &str, issued: i64, expires: i64) -> String {
+    pub(crate) fn token(&self, sub: &str, jti: &str, issued: i64, expires: i64) -> String {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
         let claims = json!({
             "iss": self.idp().issuer, "sub": sub, "aud": self.url(), "iat": now + issued, "exp": now + expires,

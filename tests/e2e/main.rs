@@ -2,6 +2,7 @@
 //! once.
 
 mod bridges;
+mod console;
 mod decisions;
 mod demo;
 mod fleet_pki;

@@ -290,6 +290,12 @@ impl Decisions {
 }
 
 impl Decisions {
+    /// The cursor of the newest record stored (0: none yet) (blocking).
+    pub fn last_cursor(&self) -> Result<u64, DecisionError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        counter(&txn.open_table(COUNTERS).map_err(db_err)?, "received")
+    }
+
     /// The facts of the caller `digest` names, when they are kept (blocking).
     pub fn caller(&self, digest: &[u8]) -> Result<Option<pb::Caller>, DecisionError> {
         let txn = self.db.begin_read().map_err(db_err)?;

@@ -1,0 +1,156 @@
+//! The read-only console, as a browser shows it: pages served by the real control plane, loaded
+//! in Debian's Chromium (headless), with a subject chosen to be markup; screenshots are kept in
+//! `target/test-artifacts/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tests::{bin, loopback_addr};
+
+use super::decisions::Fleet;
+
+/// The DOM Chromium builds from `url` (scripts would run; the console has none).
+fn browse(url: &str, screenshot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut command = Command::new("chromium");
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--window-size=1280,900",
+        &format!("--user-data-dir={}", profile.path().display()),
+    ]);
+    match screenshot {
+        Some(path) => command.arg(format!("--screenshot={}", path.display())),
+        None => command.arg("--dump-dom"),
+    };
+    let out = command.arg(url).output().expect("chromium runs (Debian's `chromium` package)");
+    assert!(out.status.success(), "chromium {url}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The rows of the decisions table in `dom`, as their cells' text.
+fn rows(dom: &str) -> Vec<Vec<String>> {
+    let Some(body) = dom.split("<tbody>").nth(1).and_then(|b| b.split("</tbody>").next()) else { return Vec::new() };
+    body.split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("<td")
+                .skip(1)
+                .map(|cell| {
+                    let inner = cell.split_once('>').map_or("", |(_, rest)| rest);
+                    let inner = inner.split("</td>").next().unwrap_or("");
+                    // Text without tags.
+                    let mut text = String::new();
+                    let mut in_tag = false;
+                    for c in inner.chars() {
+                        match c {
+                            '<' => in_tag = true,
+                            '>' => in_tag = false,
+                            c if !in_tag => text.push(c),
+                            _ => {}
+                        }
+                    }
+                    // As the browser shows it: entities decoded.
+                    text.replace("&lt;", "<")
+                        .replace("&gt;", ">")
+                        .replace("&quot;", "\"")
+                        .replace("&#39;", "'")
+                        .replace("&amp;", "&")
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_console_shows_the_fleet_and_decisions_filtered_and_explained_in_a_browser() {
+    let console = loopback_addr();
+    let fleet = Fleet::start_with(&[], &["--console-listen", &console], &[], &[]);
+    let alice = fleet.token("alice", "jti-console-a", -5, 300);
+    let marked = fleet.token("<img src=x onerror=alert(1)>", "jti-console-m", -5, 300);
+    fleet.call(Some(&alice), "echo");
+    fleet.call(Some(&alice), "delete_repository");
+    fleet.call(Some(&marked), "delete_repository");
+    let all = fleet.wait_for_decisions(3);
+    let base = format!("http://{console}");
+
+    // The fleet: the agent, connected, on the current version.
+    let dom = browse(&format!("{base}/"), None);
+    assert!(dom.contains(&format!("Configuration version <strong>{}</strong>", fleet.cp.version())), "{dom}");
+    let agents = rows(&dom);
+    assert_eq!(agents.len(), 1, "{dom}");
+    assert_eq!((agents[0][0].as_str(), agents[0][2].as_str(), agents[0][4].as_str()), ("agent-d", "yes", "0"));
+
+    // Decisions, newest first, and filtered as a form submits them.
+    let dom = browse(&format!("{base}/decisions"), None);
+    let listed = rows(&dom);
+    assert_eq!(listed.len(), all.len(), "{dom}");
+    let subjects: Vec<&str> = listed.iter().map(|r| r[6].as_str()).collect();
+    assert_eq!(subjects, ["<img src=x onerror=alert(1)>", "alice", "alice"], "shown as text, newest first");
+    assert!(!dom.contains("<img src=\"x\""), "a subject never becomes markup: {dom}");
+    let dom = browse(&format!("{base}/decisions?subject=alice&decision=deny"), None);
+    let denied = rows(&dom);
+    assert_eq!(denied.len(), 1, "{dom}");
+    assert_eq!(
+        (denied[0][5].as_str(), denied[0][7].as_str(), denied[0][8].as_str()),
+        ("delete_repository", "deny", "policy_denied")
+    );
+    assert!(dom.contains(r#"<option value="deny" selected="">deny</option>"#), "the filter stays chosen: {dom}");
+
+    // One decision explained.
+    let cursor = &denied[0][0];
+    let dom = browse(&format!("{base}/decisions/{cursor}"), None);
+    assert!(dom.contains("What policy saw"), "{dom}");
+    assert!(dom.contains("echo-only.0 permit"), "{dom}");
+    assert!(dom.contains("What would allow it"), "{dom}");
+    assert!(
+        dom.contains(
+            r#"echo-only.0 would permit it with "delete_repository" added to the list ["echo", "seen_headers"]"#
+        ),
+        "{dom}"
+    );
+    assert!(!dom.contains(&alice), "no token on any page");
+
+    // Resources, and a decision that is not there.
+    let dom = browse(&format!("{base}/resources"), None);
+    assert!(dom.contains("echo-only") && dom.contains("McpServer"), "{dom}");
+    let missing =
+        ureq::get(&format!("{base}/decisions/999999")).config().http_status_as_error(false).build().call().unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+
+    // Screenshots, kept for people to look at.
+    for (name, path) in [("fleet", "/"), ("decisions", "/decisions"), ("explain", &format!("/decisions/{cursor}")[..])]
+    {
+        let file = artifacts().join(format!("console-{name}.png"));
+        let _ = std::fs::remove_file(&file);
+        browse(&format!("{base}{path}"), Some(&file));
+        assert!(std::fs::metadata(&file).map(|m| m.len() > 10_000).unwrap_or(false), "{} written", file.display());
+    }
+}
+
+#[test]
+fn the_console_listens_on_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("warden-cp"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &loopback_addr(),
+            "--console-listen",
+            "0.0.0.0:7499",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a loopback address"), "{stderr}");
+}
