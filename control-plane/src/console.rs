@@ -5,9 +5,12 @@
 //! decisions with filters, and each decision explained (`crate::replay::explain`). Every value
 //! shown passes through [`escape`]: subjects, tool names and reasons come from callers.
 //!
-//! It has no login of its own: it listens on loopback only, trusting whoever can reach the
-//! host's loopback as the admin socket trusts whoever can open it. (Operator mTLS for a
-//! console on other addresses is not built yet; a non-loopback address is refused at start.)
+//! It has no login of its own: it listens on loopback only, so whoever can reach the host's
+//! loopback can read it — every local user and process, and containers sharing the network
+//! namespace (unlike the admin socket, which is 0600 and names its caller). It answers only
+//! requests for a loopback host, so a page of another site cannot read it through DNS
+//! rebinding. (Operator mTLS for a console on other addresses is not built yet; a non-loopback
+//! address is refused at start.)
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,7 +48,32 @@ pub fn router(configuration: Arc<Configuration>, fleet: Arc<Fleet>, telemetry: A
         .route("/resources", get(resources_page))
         .route("/decisions", get(decisions_page))
         .route("/decisions/{id}", get(decision_page))
+        .layer(axum::middleware::from_fn(loopback_hosts_only))
         .with_state(Console { configuration, fleet, telemetry })
+}
+
+/// Against DNS rebinding: a page from another site whose name resolves to 127.0.0.1 would have
+/// the operator's browser read the console for it. Its requests name that site in `Host`.
+async fn loopback_hosts_only(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let cross_site = request.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site");
+    if !loopback_host(host) || cross_site {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the console answers only requests for a loopback host (localhost, 127.0.0.1, [::1])",
+        );
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` value names this machine's loopback: `localhost` or a loopback address,
+/// with or without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Serves `router` on `listener` until `stop`.
@@ -95,7 +123,22 @@ code{{font-size:.85rem}} form label{{margin-right:.8rem}} .held{{color:#116329}}
 {body}</main></body></html>"#,
         title = escape(title),
     );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // No script runs, nothing loads from elsewhere, no other site frames it.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -125,16 +168,24 @@ fn rfc3339(unix_nanos: i64) -> String {
 
 async fn fleet_page(State(c): State<Console>) -> Response {
     let store = c.configuration.store();
+    let mut body = String::new();
     let (registered, elsewhere) = match (store.agents().await, store.presence().await) {
         (Ok(agents), Ok(presence)) => (agents, presence),
-        _ => (c.fleet.presence().seen_here(), Vec::new()),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("console: listing agents from what this replica sees: the store cannot be read: {e}");
+            body.push_str(
+                "<p role=\"alert\">The store cannot be read: only the agents connected to this replica are shown.</p>\n",
+            );
+            (c.fleet.presence().seen_here(), Vec::new())
+        }
     };
     let mut agents = c.fleet.presence().report(registered, &elsewhere);
     agents.sort_by(|a, b| a.id.cmp(&b.id));
     let version = c.configuration.version();
     let connected = agents.iter().filter(|a| a.connected).count();
     let current = agents.iter().filter(|a| a.connected && a.applied_version == version).count();
-    let mut body = format!(
+    let _ = write!(
+        body,
         "<p>Configuration version <strong>{version}</strong>. {} agents, {connected} connected, {current} on the \
          current version.</p>\n<table><caption>Agents</caption><thead><tr><th scope=\"col\">Agent</th>\
          <th scope=\"col\">Labels</th><th scope=\"col\">Connected</th><th scope=\"col\">Applied</th>\
@@ -203,9 +254,6 @@ struct Filters {
     decision: String,
     #[serde(default)]
     reason: String,
-    /// Show decisions after this cursor (older pages); absent: the newest, refreshed.
-    #[serde(default)]
-    after: Option<u64>,
 }
 
 async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> Response {
@@ -216,11 +264,6 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
         _ => return error(StatusCode::BAD_REQUEST, "decision is allow or deny"),
     };
     let decisions = c.telemetry.decisions().clone();
-    let live = f.after.is_none();
-    let newest = match decisions.last_cursor() {
-        Ok(last) => last,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
     let mut request = pb::ListDecisionsRequest {
         agent: f.agent.clone(),
         server: f.server.clone(),
@@ -228,17 +271,19 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
         subject: f.subject.clone(),
         reason: f.reason.clone(),
         decision,
-        after: f.after.unwrap_or(newest.saturating_sub(SEARCHED)),
         limit: crate::telemetry::decisions::LIST_LIMIT,
         ..Default::default()
     };
     let listed = tokio::task::spawn_blocking(move || {
-        // The newest page: the last records matching, read up to where the store ends.
+        // The newest matches within the last `SEARCHED` records stored when the view began:
+        // bounded work per view, however fast records keep arriving.
+        let end = decisions.last_cursor()?;
+        request.after = end.saturating_sub(SEARCHED);
         let mut newest: Vec<pb::StoredDecision> = Vec::new();
         loop {
             let page = decisions.list(&request)?;
-            let done = page.decisions.is_empty() || page.next == request.after;
-            newest.extend(page.decisions);
+            let done = page.next == request.after || page.next >= end;
+            newest.extend(page.decisions.into_iter().filter(|d| d.cursor <= end));
             let excess = newest.len().saturating_sub(PAGE as usize);
             newest.drain(..excess);
             if done {
@@ -277,11 +322,7 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
         chosen(""),
         chosen("allow"),
         chosen("deny"),
-        if live {
-            "The newest matching decisions among the last 50,000 stored, reloaded every 5 seconds."
-        } else {
-            "Decisions after the cursor given (not reloaded)."
-        },
+        "The newest matching decisions (exact matches) among the last 50,000 stored, reloaded every 5 seconds.",
     );
     for d in &listed {
         let r = d.record.clone().unwrap_or_default();
@@ -316,26 +357,28 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
     if listed.is_empty() {
         body.push_str("<p>No decision matches.</p>");
     }
-    page("Decisions", live.then_some(5), &body)
+    page("Decisions", Some(5), &body)
 }
 
 async fn decision_page(State(c): State<Console>, Path(id): Path<String>) -> Response {
     let state = c.configuration.current();
-    let config = match warden_core::Config::build(state.resources.values().map(|e| &e.document)) {
-        Ok(config) => config,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("the configuration does not compile: {e}")),
-    };
-    let authorizer = Authorizer::new(&config);
     let decisions = c.telemetry.decisions().clone();
-    let version = state.version;
-    let explained =
-        tokio::task::spawn_blocking(move || crate::replay::explain(&decisions, &authorizer, version, &id)).await;
+    let explained = tokio::task::spawn_blocking(move || {
+        let config = warden_core::Config::build(state.resources.values().map(|e| &e.document))
+            .map_err(|e| tonic::Status::internal(format!("the configuration does not compile: {e}")))?;
+        crate::replay::explain(&decisions, &Authorizer::new(&config), state.version, &id)
+    })
+    .await;
     let e = match explained {
         Ok(Ok(e)) => e,
-        Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
-            return error(StatusCode::NOT_FOUND, status.message());
+        Ok(Err(status)) => {
+            let code = match status.code() {
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error(code, status.message());
         }
-        Ok(Err(status)) => return error(StatusCode::BAD_REQUEST, status.message()),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let stored = e.decision.clone().unwrap_or_default();
@@ -448,6 +491,18 @@ async fn decision_page(State(c): State<Console>, Path(id): Path<String>) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_hosts_are_answered() {
+        for host in ["localhost", "localhost:7491", "LOCALHOST:1", "127.0.0.1:7491", "127.1.2.3", "[::1]:7491", "[::1]"]
+        {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in ["", "evil.example:7491", "localhost.evil.example", "10.0.0.1:7491", "[::2]:1", "127.0.0.1.evil:80"]
+        {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn what_callers_chose_cannot_become_markup() {

@@ -234,6 +234,11 @@ pub async fn run(
         tasks.spawn("metrics endpoint", telemetry::metrics::serve(metrics, listener, stop.clone()));
     }
     if let Some(addr) = options.console_listen {
+        if !addr.ip().is_loopback() {
+            return Err(io(format!("the console at {addr}"))(std::io::Error::other(
+                "not a loopback address: the console has no login of its own",
+            )));
+        }
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the console {addr}")))?;
         let router = console::router(configuration.clone(), fleet.clone(), telemetry.clone());
         tasks.spawn("console", console::serve(router, listener, stop.clone()));
