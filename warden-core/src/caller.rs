@@ -131,11 +131,6 @@ impl Verified {
     }
 }
 
-/// Lower-case hex of a digest (how operators and JSON output name a caller).
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
