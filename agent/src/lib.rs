@@ -114,25 +114,28 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()> + Send + '
     let connected = move || link.borrow().connected;
     tasks.spawn("decision spiller", outbox.clone().run_spiller(connected, stop.clone()));
     tasks.spawn("allocator trim", allocator::trim_periodically(stop.clone()));
-    let spans = start_exports(&options, &outbox, &stop, &mut tasks);
+    let exports = start_exports(&options, &outbox, &stop, &mut tasks);
     let (fleet_key, key_rx) = watch::channel(None);
     let (findings_tx, findings) = watch::channel(None);
     tasks.spawn("secret inventory", inventory::run(options.scan.clone(), key_rx, findings_tx, stop.clone()));
+    let shared = status::Shared::new(
+        options.agent_id.clone(),
+        current.clone(),
+        link_rx,
+        not_after_rx,
+        outbox.clone(),
+        exports.spans.clone(),
+        (options.otlp.clone(), exports.counts.clone()),
+    );
+    start_metrics_export(&options, &exports, &shared, &stop, &mut tasks);
     if let Some(addr) = options.status_listen {
-        let status = status::router(
-            options.agent_id.clone(),
-            current.clone(),
-            link_rx,
-            not_after_rx,
-            outbox.clone(),
-            spans.clone(),
-        );
+        let status = status::router(shared);
         tasks.spawn("status endpoint", status::serve(status, bind(addr, "status endpoint").await?, stop.clone()));
     }
 
     // The gateway serves from the last good configuration even before the control plane answers.
     let (requests, request_queues) = sync::requests();
-    let gateway_workers = start_gateway(&options, &current, &outbox, spans, requests, &stop, &mut tasks)?;
+    let gateway_workers = start_gateway(&options, &current, &outbox, exports.spans, requests, &stop, &mut tasks)?;
     let agent_outbox = outbox.clone();
     let client = |identity| Client {
         agent_id: options.agent_id.clone(),
@@ -230,27 +233,69 @@ fn enforce_last_good(last_good: &LastGood) -> Current {
     current
 }
 
-/// Starts the OTLP exporters the options name: gateway spans, and decision records straight
-/// from this agent. Returns the span exporter, if any.
-fn start_exports(
+/// The OTLP exporters the options name: gateway spans, decision records straight from this
+/// agent, and (once [`start_metrics_export`] runs) its metrics.
+struct Exports {
+    spans: Option<Arc<spans::Spans>>,
+    /// Every export request, counted by signal and outcome.
+    counts: Arc<warden_otlp::Exports>,
+    /// The resource every export names: the options', with this agent's id as
+    /// `service.instance.id` unless the operator set one (the Collector makes it `instance`).
+    resource: Vec<(String, String)>,
+}
+
+/// Starts the span and decision-log exporters the options name.
+fn start_exports(options: &Options, outbox: &Arc<decisions::Outbox>, stop: &Shutdown, tasks: &mut Tasks) -> Exports {
+    let counts = Arc::new(warden_otlp::Exports::default());
+    let mut resource = options.otlp.resource.clone();
+    if !resource.iter().any(|(k, _)| k == "service.instance.id") {
+        resource.push(("service.instance.id".into(), options.agent_id.clone()));
+    }
+    let sender = |endpoint: &warden_otlp::Endpoint, what: &str| {
+        warden_otlp::Sender::new(endpoint, counts.clone())
+            .inspect(|_| tracing::info!(endpoint = %endpoint.url, "exporting {what} over OTLP"))
+            .inspect_err(|e| tracing::error!("OTLP {what} exporter: {e}"))
+            .ok()
+    };
+    let spans = options
+        .otlp
+        .traces
+        .as_ref()
+        .and_then(|endpoint| sender(endpoint, "gateway spans"))
+        .map(|sender| spans::Spans::start(sender, resource.clone(), stop.clone(), tasks));
+    if let Some(sender) = options.otlp.logs.as_ref().and_then(|endpoint| sender(endpoint, "decision records")) {
+        let agent = options.agent_id.clone();
+        let direct = decisions::direct::start(sender, resource.clone(), agent, outbox.boot(), stop.clone(), tasks);
+        outbox.export_directly(direct);
+    }
+    Exports { spans, counts, resource }
+}
+
+/// Exports what `/metrics` shows over OTLP too, when the options name a metrics endpoint.
+fn start_metrics_export(
     options: &Options,
-    outbox: &Arc<decisions::Outbox>,
+    exports: &Exports,
+    shared: &status::Shared,
     stop: &Shutdown,
     tasks: &mut Tasks,
-) -> Option<Arc<spans::Spans>> {
-    let spans = options.otlp.traces.as_ref().and_then(|endpoint| {
-        spans::Spans::start(endpoint, options.otlp.resource.clone(), stop.clone(), tasks)
-            .inspect_err(|e| tracing::error!("OTLP traces exporter: {e}"))
-            .ok()
-    });
-    if let Some(endpoint) = &options.otlp.logs {
-        let (resource, agent) = (options.otlp.resource.clone(), options.agent_id.clone());
-        match decisions::direct::start(endpoint, resource, agent, outbox.boot(), stop.clone(), tasks) {
-            Ok(direct) => outbox.export_directly(direct),
-            Err(e) => tracing::error!("OTLP logs exporter: {e}"),
-        }
-    }
-    spans
+) {
+    let Some(endpoint) = &options.otlp.metrics else { return };
+    let sender = match warden_otlp::Sender::new(endpoint, exports.counts.clone()) {
+        Ok(sender) => sender,
+        Err(e) => return tracing::error!("OTLP metrics exporter: {e}"),
+    };
+    tracing::info!(endpoint = %endpoint.url, interval = ?options.otlp.metric_interval, "exporting metrics over OTLP");
+    let (shared, mut stop) = (shared.clone(), stop.clone());
+    let export = warden_otlp::metrics::export_periodically(
+        sender,
+        exports.resource.clone(),
+        "warden.agent",
+        options.otlp.metric_interval,
+        std::time::SystemTime::now(),
+        move || std::future::ready(status::families(&shared)),
+        async move { stop.requested().await },
+    );
+    tasks.spawn("metrics export", export);
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, RunError> {

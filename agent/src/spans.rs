@@ -10,7 +10,7 @@ use http::HeaderMap;
 use warden_otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use warden_otlp::proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use warden_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
-use warden_otlp::{Endpoint, Sender, attribute};
+use warden_otlp::{Sender, attribute};
 use warden_tasks::{Shutdown, Tasks};
 
 use crate::export::Queue;
@@ -104,15 +104,8 @@ pub struct Spans {
 }
 
 impl Spans {
-    /// Starts exporting to `endpoint` (a task of `tasks`) until `stop`.
-    pub fn start(
-        endpoint: &Endpoint,
-        resource: Vec<(String, String)>,
-        stop: Shutdown,
-        tasks: &mut Tasks,
-    ) -> Result<Arc<Spans>, warden_otlp::EndpointError> {
-        let sender = Sender::new(endpoint)?;
-        tracing::info!(endpoint = %endpoint.url, "exporting gateway spans over OTLP");
+    /// Starts exporting with `sender` (a task of `tasks`) until `stop`.
+    pub fn start(sender: Sender, resource: Vec<(String, String)>, stop: Shutdown, tasks: &mut Tasks) -> Arc<Spans> {
         let send = move |spans: Vec<Span>| {
             let request = ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
@@ -134,7 +127,7 @@ impl Spans {
         };
         let (queue, exporter) = Queue::start("spans", crate::export::LINGER, send, stop);
         tasks.spawn("span export", exporter);
-        Ok(Arc::new(Spans { queue }))
+        Arc::new(Spans { queue })
     }
 
     /// Spans not exported (see [`Queue::dropped`]).

@@ -45,14 +45,33 @@ pub struct Status {
     pub audit_servers: BTreeMap<String, String>,
 }
 
+/// What the status endpoint and the agent's metrics read.
 #[derive(Clone)]
-struct Shared {
+pub struct Shared {
     agent_id: String,
     current: Current,
     link: watch::Receiver<Link>,
     not_after: watch::Receiver<i64>,
     outbox: Arc<Outbox>,
     spans: Option<Arc<Spans>>,
+    /// What is exported over OTLP, and how each export request went.
+    otlp: (warden_otlp::Config, Arc<warden_otlp::Exports>),
+}
+
+impl Shared {
+    /// What the agent reports on: its configuration, link, certificate, outbox, span export
+    /// and OTLP exports.
+    pub fn new(
+        agent_id: String,
+        current: Current,
+        link: watch::Receiver<Link>,
+        not_after: watch::Receiver<i64>,
+        outbox: Arc<Outbox>,
+        spans: Option<Arc<Spans>>,
+        otlp: (warden_otlp::Config, Arc<warden_otlp::Exports>),
+    ) -> Shared {
+        Shared { agent_id, current, link, not_after, outbox, spans, otlp }
+    }
 }
 
 /// Serves `router` on `listener` until `stop`.
@@ -62,98 +81,82 @@ pub async fn serve(router: Router, listener: tokio::net::TcpListener, mut stop: 
 
 /// The status routes: `/status` (JSON), `/metrics` (Prometheus text), `/healthz` (the process
 /// runs), `/readyz` (a configuration is in force).
-pub fn router(
-    agent_id: String,
-    current: Current,
-    link: watch::Receiver<Link>,
-    not_after: watch::Receiver<i64>,
-    outbox: Arc<Outbox>,
-    spans: Option<Arc<Spans>>,
-) -> Router {
+pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(Shared { agent_id, current, link, not_after, outbox, spans })
+        .with_state(shared)
 }
 
 /// Every metric the agent exports, described once (`warden_core::metrics`).
 const CONFIG_VERSION: Descriptor = Descriptor {
-    prometheus: "warden_agent_config_version",
-    otel: "warden.agent.config.version",
+    name: "warden.agent.config.version",
     unit: "{version}",
     help: "The configuration version this agent enforces (0: none, everything denied).",
     kind: Kind::Gauge,
     labels: &[],
 };
 const CONNECTED: Descriptor = Descriptor {
-    prometheus: "warden_agent_connected",
-    otel: "warden.agent.connected",
-    unit: "1",
+    name: "warden.agent.connected",
+    unit: "{connection}",
     help: "Whether the stream to a control plane is open.",
     kind: Kind::Gauge,
     labels: &[],
 };
 const RECORDS: Descriptor = Descriptor {
-    prometheus: "warden_agent_decision_records_total",
-    otel: "warden.agent.decision_records",
+    name: "warden.agent.decision_records",
     unit: "{record}",
     help: "Decision records this run of the agent queued for the control plane.",
     kind: Kind::Counter,
     labels: &[],
 };
 const RECORDS_DROPPED: Descriptor = Descriptor {
-    prometheus: "warden_agent_decision_records_dropped_total",
-    otel: "warden.agent.decision_records.dropped",
+    name: "warden.agent.decision_records.dropped",
     unit: "{record}",
     help: "Decision records dropped: memory and disk bounds both reached.",
     kind: Kind::Counter,
     labels: &[],
 };
 const QUEUE: Descriptor = Descriptor {
-    prometheus: "warden_agent_decision_queue_records",
-    otel: "warden.agent.decision_queue.records",
+    name: "warden.agent.decision_queue.records",
     unit: "{record}",
     help: "Decision records waiting in memory.",
     kind: Kind::Gauge,
     labels: &[],
 };
 const SPOOL: Descriptor = Descriptor {
-    prometheus: "warden_agent_decision_spool_records",
-    otel: "warden.agent.decision_spool.records",
+    name: "warden.agent.decision_spool.records",
     unit: "{record}",
     help: "Decision records waiting on disk.",
     kind: Kind::Gauge,
     labels: &[],
 };
 const LOGS_DROPPED: Descriptor = Descriptor {
-    prometheus: "warden_agent_decision_logs_dropped_total",
-    otel: "warden.agent.decision_logs.dropped",
+    name: "warden.agent.decision_logs.dropped",
     unit: "{record}",
     help: "Decision records this agent did not export over OTLP itself: queue full, export failed or refused.",
     kind: Kind::Counter,
     labels: &[],
 };
 const AUDIT_SERVERS: Descriptor = Descriptor {
-    prometheus: "warden_agent_servers_in_audit_mode",
-    otel: "warden.agent.servers.audit_mode",
+    name: "warden.agent.servers.audit_mode",
     unit: "{server}",
     help: "Servers this agent forwards every request to, recording what it would decide (enforcement: audit).",
     kind: Kind::Gauge,
     labels: &[],
 };
 const SPANS_DROPPED: Descriptor = Descriptor {
-    prometheus: "warden_agent_spans_dropped_total",
-    otel: "warden.agent.spans.dropped",
+    name: "warden.agent.spans.dropped",
     unit: "{span}",
     help: "Spans not exported: queue full, export failed or refused.",
     kind: Kind::Counter,
     labels: &[],
 };
 
-/// Every family the agent knows, now.
-fn families(s: &Shared) -> Vec<Family> {
+/// Every family the agent knows, now: what `/metrics` and the OTLP export both read.
+pub fn families(s: &Shared) -> Vec<Family> {
     let (made, dropped) = s.outbox.made();
     let (queued, spooled) = s.outbox.depths();
     let mut out = vec![
@@ -173,6 +176,7 @@ fn families(s: &Shared) -> Vec<Family> {
     if let Some(spans) = &s.spans {
         out.push(Family::single(&SPANS_DROPPED, spans.dropped() as f64));
     }
+    out.push(s.otlp.1.family(&s.otlp.0));
     out
 }
 

@@ -92,6 +92,9 @@ pub struct Options {
     pub otlp: telemetry::otlp::Config,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long a metric series first seen in a record (a tool's name, an unconfigured server)
+    /// reads 0 before its count, so that `rate()` and `increase()` count its first events.
+    pub metrics_new_series_delay: Duration,
     /// Where the read-only console is served, if anywhere (loopback only).
     pub console_listen: Option<SocketAddr>,
     /// Where the token service (token exchange, revocation) is served over HTTPS, if anywhere.
@@ -198,7 +201,14 @@ pub async fn run(
     let agent_tls = agent_tls(&options, &ca)?;
     let token_tls = options.token_listen.map(|_| token_tls(&options, &ca)).transpose()?;
     let fleet = Arc::new(Fleet::new(ca, options.agent_cert_ttl, options.heartbeat_interval));
-    let (telemetry, telemetry_duties) = Telemetry::open(&options.data_dir, options.decision_retention)?;
+    // The zero of a new series must reach the OTLP export too: it is held a full export
+    // interval at least.
+    let mut new_series_delay = options.metrics_new_series_delay;
+    if options.otlp.metrics.is_some() {
+        new_series_delay = new_series_delay.max(options.otlp.metric_interval + Duration::from_secs(1));
+    }
+    let (telemetry, telemetry_duties) =
+        Telemetry::open(&options.data_dir, options.decision_retention, new_series_delay)?;
     let (tokens, token_duties) = Tokens::new(configuration.clone());
     let fingerprint_key = fleet.ca().derived_key(inventory::FINGERPRINT_PURPOSE);
     let inventory = Arc::new(Inventory::new(configuration.clone(), fingerprint_key));
@@ -219,8 +229,9 @@ pub async fn run(
         &configuration,
         &fleet,
         &inventory,
+        tokens.key_statuses(),
         &leadership,
-        &options.otlp,
+        &otlp_config(&options, &listener),
         &mut tasks,
         &stop,
     );
@@ -338,6 +349,19 @@ async fn open_configuration(options: &Options) -> Result<(Configuration, i64), R
 }
 
 /// This process among the replicas sharing the store: `<server name>:<port>/<random>`.
+/// The OTLP configuration, with this replica's address as `service.instance.id` unless the
+/// operator set one: the Collector makes it the `instance` label, and replicas sharing one
+/// would overwrite each other's series there.
+fn otlp_config(options: &Options, listener: &TcpListener) -> telemetry::otlp::Config {
+    let mut otlp = options.otlp.clone();
+    if !otlp.resource.iter().any(|(k, _)| k == "service.instance.id") {
+        let port = listener.local_addr().map_or(0, |a| a.port());
+        let host = options.server_names.first().map_or("localhost", String::as_str);
+        otlp.resource.push(("service.instance.id".into(), format!("{host}:{port}")));
+    }
+    otlp
+}
+
 fn replica_id(options: &Options, listener: &TcpListener) -> String {
     format!(
         "{}:{}/{:06x}",

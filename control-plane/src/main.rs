@@ -89,6 +89,11 @@ struct Args {
     /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this address.
     #[arg(long, env = "WARDEN_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// How long a metric series first seen in a decision record (a tool's name, a server not
+    /// configured) reads 0 before its count, so that rate() and increase() count its first
+    /// events: at least the longest scrape interval (series known ahead start at 0 anyway).
+    #[arg(long, default_value = "60s", value_parser = warden_core::duration::parse)]
+    metrics_new_series_delay: Duration,
     /// Serve the read-only console (fleet, resources, decisions, explanations) on this loopback
     /// address; it has no login, so other addresses are refused.
     #[arg(long, env = "WARDEN_CONSOLE_LISTEN", value_parser = loopback)]
@@ -248,6 +253,7 @@ async fn start() -> anyhow::Result<()> {
         },
         decision_retention: args.decision_retention,
         metrics_listen: args.metrics_listen,
+        metrics_new_series_delay: args.metrics_new_series_delay,
         console_listen: args.console_listen,
         token_listen: args.token_listen,
         token_tls_files: args.token_tls_cert.zip(args.token_tls_key),

@@ -41,9 +41,14 @@ pub struct Duties {
 }
 
 impl Telemetry {
-    /// Opens the decision store in `data_dir`, keeping at most `retention` records.
-    pub fn open(data_dir: &Path, retention: u64) -> Result<(Arc<Telemetry>, Duties), DecisionError> {
-        let counts = metrics::Counts::default();
+    /// Opens the decision store in `data_dir`, keeping at most `retention` records; a metric
+    /// series first seen in a record reads 0 for `new_series_delay` (see [`metrics`]).
+    pub fn open(
+        data_dir: &Path,
+        retention: u64,
+        new_series_delay: std::time::Duration,
+    ) -> Result<(Arc<Telemetry>, Duties), DecisionError> {
+        let counts = Arc::new(std::sync::Mutex::new(metrics::DecisionCounts::new(new_series_delay)));
         let decisions = Arc::new(Decisions::open(data_dir, retention, counts.clone())?);
         let (exchange_log, exchange_writer) = ExchangeLog::new();
         let telemetry =
@@ -71,6 +76,7 @@ impl Telemetry {
         configuration: &Arc<Configuration>,
         fleet: &Arc<Fleet>,
         inventory: &Arc<crate::inventory::Inventory>,
+        key_statuses: &Arc<crate::tokens::issuer_keys::KeyStatuses>,
         leadership: &Leadership,
         otlp: &otlp::Config,
         tasks: &mut Tasks,
@@ -78,14 +84,17 @@ impl Telemetry {
     ) -> Arc<metrics::Sources> {
         tasks
             .spawn("exchange log", exchange_log::run(duties.exchange_writer, self.decisions.clone(), shutdown.clone()));
+        // Every OTLP export request of this process, counted by signal and outcome.
+        let exports = Arc::new(warden_otlp::Exports::default());
         let sources = Arc::new(metrics::Sources {
             counts: self.counts.clone(),
             export_stats: self.export_stats.clone(),
-            started: self.started,
             configuration: configuration.clone(),
             fleet: fleet.clone(),
             leadership: leadership.clone(),
             inventory: inventory.clone(),
+            key_statuses: key_statuses.clone(),
+            otlp: (otlp.clone(), exports.clone()),
         });
         if let Some(endpoint) = otlp.logs.clone() {
             let audit = otlp::AuditTrail { store: configuration.store().clone(), leadership: leadership.clone() };
@@ -96,6 +105,7 @@ impl Telemetry {
                     endpoint.clone(),
                     otlp.resource.clone(),
                     self.export_stats.clone(),
+                    exports.clone(),
                     shutdown.clone(),
                 ),
             );
@@ -106,6 +116,7 @@ impl Telemetry {
                     endpoint.clone(),
                     otlp.resource.clone(),
                     Arc::default(),
+                    exports.clone(),
                     shutdown.clone(),
                 ),
             );
@@ -121,21 +132,32 @@ impl Telemetry {
                     endpoint,
                     otlp.resource.clone(),
                     Arc::default(),
+                    exports.clone(),
                     shutdown.clone(),
                 ),
             );
         }
         if let Some(endpoint) = otlp.metrics.clone() {
-            tasks.spawn(
-                "metrics export",
-                otlp::export_metrics(
-                    sources.clone(),
-                    endpoint,
-                    otlp.resource.clone(),
-                    otlp.metric_interval,
-                    shutdown.clone(),
-                ),
-            );
+            match warden_otlp::Sender::new(&endpoint, exports) {
+                Ok(sender) => {
+                    tracing::info!(endpoint = %endpoint.url, interval = ?otlp.metric_interval, "exporting metrics over OTLP");
+                    let (cp, mut stop) = (sources.clone(), shutdown.clone());
+                    let export = warden_otlp::metrics::export_periodically(
+                        sender,
+                        otlp.resource.clone(),
+                        "warden.control_plane",
+                        otlp.metric_interval,
+                        self.started,
+                        move || {
+                            let cp = cp.clone();
+                            async move { metrics::families(&cp).await }
+                        },
+                        async move { stop.requested().await },
+                    );
+                    tasks.spawn("metrics export", export);
+                }
+                Err(e) => tracing::error!("OTLP metrics exporter: {e}"),
+            }
         }
         sources
     }

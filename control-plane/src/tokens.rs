@@ -58,7 +58,7 @@ impl Tokens {
     }
 
     /// Issuer key resolution, as operators see it.
-    pub fn key_statuses(&self) -> &KeyStatuses {
+    pub fn key_statuses(&self) -> &Arc<KeyStatuses> {
         &self.key_statuses
     }
 

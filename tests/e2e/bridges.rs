@@ -136,10 +136,10 @@ spec:
     assert!(out[0]["result"]["text"][0].as_str().unwrap_or_default().contains("x-api-key"), "{out:?}");
     let metrics_url = format!("http://{metrics_addr}/metrics");
     let metrics = ureq::get(&metrics_url).call().expect("/metrics").body_mut().read_to_string().unwrap();
-    assert!(metrics.contains(r#"warden_credential_bridges{state="expiring"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"warden_credential_bridges{warden_credential_bridge_state="expiring"} 1"#), "{metrics}");
     assert!(
         metrics.contains(&format!(
-            r#"warden_credential_bridge_expiry_timestamp_seconds{{bridge="ci-bridge",server="legacy-notes",forwards_key="true"}} {closes}"#
+            r#"warden_credential_bridge_expiry_timestamp_seconds{{warden_credential_bridge="ci-bridge",warden_server="legacy-notes",warden_credential_bridge_forwards_key="true"}} {closes}"#
         )),
         "{metrics}"
     );
@@ -163,11 +163,11 @@ spec:
         || ureq::get(&metrics_url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()).unwrap_or_default(),
         || {
             let text = ureq::get(&metrics_url).call().ok()?.body_mut().read_to_string().ok()?;
-            (text.contains(r#"warden_revocations_total{source="operator"} 1"#)
-                && text.contains(r#"warden_revocations_total{source="rfc7009"} 0"#)
+            (text.contains(r#"warden_revocations_total{warden_revocation_source="operator"} 1"#)
+                && text.contains(r#"warden_revocations_total{warden_revocation_source="rfc7009"} 0"#)
                 && text.contains("warden_revocation_enforcement_seconds_count 1")
-                && text.contains("warden_servers_in_audit_mode 0")
-                && text.contains(r#"warden_credential_bridges{state="revoked"} 1"#))
+                && text.contains("warden_servers_audit_mode 0")
+                && text.contains(r#"warden_credential_bridges{warden_credential_bridge_state="revoked"} 1"#))
             .then_some(())
         },
     );
@@ -251,7 +251,9 @@ spec:
     );
     // /metrics counts the same requests the same way (per server, every way from 0).
     let metrics = ureq::get(&metrics_url).call().expect("/metrics").body_mut().read_to_string().unwrap();
-    let series = |decided: &str| format!("warden_requests_total{{server=\"legacy-notes\",decided=\"{decided}\"}}");
+    let series = |decided: &str| {
+        format!("warden_requests_total{{warden_server=\"legacy-notes\",warden_request_decided=\"{decided}\"}}")
+    };
     for (decided, key) in
         [("bridged", "bridged"), ("refused", "refused"), ("validated", "validated"), ("audited", "audited")]
     {

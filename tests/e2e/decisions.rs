@@ -426,7 +426,8 @@ fn decision_records_are_exported_as_otlp_logs_over_http() {
 #[test]
 fn decisions_are_counted_on_the_metrics_endpoints() {
     let metrics_addr = loopback_addr();
-    let fleet = Fleet::start_with(&[], &["--metrics-listen", &metrics_addr], &[], &[]);
+    let cp_flags = ["--metrics-listen", &metrics_addr, "--metrics-new-series-delay", "0s"];
+    let fleet = Fleet::start_with(&[], &cp_flags, &[], &[]);
     let alice = fleet.token("alice", "jti-metrics", -10, 600);
     for tool in ["echo", "delete_repository", "delete_repository"] {
         fleet.call(Some(&alice), tool);
@@ -434,20 +435,24 @@ fn decisions_are_counted_on_the_metrics_endpoints() {
     fleet.wait_for_decisions(3);
     let get = |url: &str| ureq::get(url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok());
     let cp = get(&format!("http://{metrics_addr}/metrics")).expect("the control plane's /metrics");
-    let denied = r#"warden_decisions_total{agent="agent-d",server="notes",tool="delete_repository",decision="deny",reason="policy_denied"} 2"#;
-    assert!(cp.contains(denied), "{cp}");
-    assert!(
-        cp.contains(
-            r#"warden_decisions_total{agent="agent-d",server="notes",tool="echo",decision="allow",reason=""} 1"#
-        ),
-        "{cp}"
+    let has = |line: &str| assert!(cp.contains(line), "{line} in:\n{cp}");
+    has(r#"warden_decisions_total{warden_server="notes",warden_decision="deny",warden_reason="policy_denied"} 2"#);
+    has(r#"warden_decisions_total{warden_server="notes",warden_decision="allow",warden_reason=""} 1"#);
+    // Every refusal code of a configured server is there from zero.
+    has(r#"warden_decisions_total{warden_server="notes",warden_decision="deny",warden_reason="expired"} 0"#);
+    has(
+        r#"warden_target_decisions_total{warden_server="notes",warden_target="delete_repository",warden_decision="deny"} 2"#,
     );
-    assert!(cp.contains(r#"warden_decision_latency_seconds_count{server="notes",decision="deny"} 2"#), "{cp}");
-    assert!(cp.contains("warden_agents_connected 1\n"), "{cp}");
-    assert!(cp.contains(r#"warden_agent_config_lag_versions{agent="agent-d"} 0"#), "{cp}");
+    has(r#"warden_target_decisions_total{warden_server="notes",warden_target="echo",warden_decision="allow"} 1"#);
+    has(r#"warden_fleet_agent_decisions_total{warden_agent="agent-d",warden_decision="deny"} 2"#);
+    has(r#"warden_fleet_agent_decision_records_dropped_total{warden_agent="agent-d"} 0"#);
+    has(r#"warden_decision_duration_seconds_count{warden_server="notes",warden_decision="deny"} 2"#);
+    has("warden_agents_connected 1\n");
+    has(r#"warden_fleet_agent_connected{warden_agent="agent-d"} 1"#);
+    has(r#"warden_fleet_agent_config_lag{warden_agent="agent-d"} 0"#);
     // Three decisions with one 610 s token: all in the 900 s bucket, none in the 300 s one.
-    assert!(cp.contains(r#"warden_token_lifetime_seconds_bucket{issuer="test-idp",le="300"} 0"#), "{cp}");
-    assert!(cp.contains(r#"warden_token_lifetime_seconds_bucket{issuer="test-idp",le="900"} 3"#), "{cp}");
+    has(r#"warden_token_lifetime_seconds_bucket{warden_issuer="test-idp",le="300"} 0"#);
+    has(r#"warden_token_lifetime_seconds_bucket{warden_issuer="test-idp",le="900"} 3"#);
     assert_eq!(get(&format!("http://{metrics_addr}/readyz")).as_deref(), Some("ready"));
     let agent = get(&format!("http://{}/metrics", fleet.agent().status_addr)).expect("the agent's /metrics");
     assert!(agent.contains("warden_agent_decision_records_total 3\n"), "{agent}");
@@ -467,7 +472,7 @@ fn decisions_are_exported_as_otlp_metrics_over_https() {
         ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", ca.as_str()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
     ];
-    let fleet = Fleet::start_with(&[], &[], &env, &[]);
+    let fleet = Fleet::start_with(&[], &["--metrics-new-series-delay", "0s"], &env, &[]);
     let alice = fleet.token("alice", "jti-otlp-metrics", -10, 600);
     for tool in ["echo", "delete_repository", "delete_repository"] {
         fleet.call(Some(&alice), tool);
@@ -477,8 +482,8 @@ fn decisions_are_exported_as_otlp_metrics_over_https() {
         points
             .iter()
             .find(|p| {
-                p.metric == "warden.decisions"
-                    && p.attributes.get("gen_ai.tool.name").map(String::as_str) == Some("delete_repository")
+                p.metric == "warden.target.decisions"
+                    && p.attributes.get("warden.target").map(String::as_str) == Some("delete_repository")
             })
             .map(|p| (p.value, p.attributes.clone()))
     };
@@ -489,9 +494,14 @@ fn decisions_are_exported_as_otlp_metrics_over_https() {
     );
     assert_eq!(value, 2.0);
     assert_eq!(attributes.get("warden.decision").map(String::as_str), Some("deny"));
-    assert_eq!(attributes.get("warden.reason").map(String::as_str), Some("policy_denied"));
-    assert_eq!(attributes.get("warden.agent").map(String::as_str), Some("agent-d"));
+    assert_eq!(attributes.get("warden.server").map(String::as_str), Some("notes"));
     let points = receiver.latest_metrics();
+    let by_agent = points.iter().find(|p| {
+        p.metric == "warden.fleet.agent.decisions"
+            && p.attributes.get("warden.agent").map(String::as_str) == Some("agent-d")
+            && p.attributes.get("warden.decision").map(String::as_str) == Some("deny")
+    });
+    assert_eq!(by_agent.map(|p| p.value), Some(2.0));
     let connected = points.iter().find(|p| p.metric == "warden.agents.connected").map(|p| p.value);
     assert_eq!(connected, Some(1.0));
     let latency: f64 = points.iter().filter(|p| p.metric == "warden.decision.duration").map(|p| p.value).sum();
@@ -636,7 +646,9 @@ fn unauthenticated_floods_are_counted_not_stored_one_by_one_and_invented_names_s
     let get = |url: &str| ureq::get(url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok());
     let cp = get(&format!("http://{metrics_addr}/metrics")).expect("the control plane's /metrics");
     assert!(
-        cp.contains(r#"warden_decisions_total{agent="agent-d",server="notes",tool="",decision="deny",reason="missing_token"} 300"#),
+        cp.contains(
+            r#"warden_decisions_total{warden_server="notes",warden_decision="deny",warden_reason="missing_token"} 300"#
+        ),
         "{cp}"
     );
 
@@ -647,9 +659,10 @@ fn unauthenticated_floods_are_counted_not_stored_one_by_one_and_invented_names_s
     }
     fleet.wait_for_decisions(records as usize + 300);
     let cp = get(&format!("http://{metrics_addr}/metrics")).expect("the control plane's /metrics");
-    let labelled = cp.lines().filter(|l| l.starts_with("warden_decisions_total{") && l.contains("invented-")).count();
-    assert!(labelled <= 256, "{labelled} invented names labelled");
-    assert!(cp.contains(r#"tool="_other",decision="deny",reason="policy_denied"}"#), "{cp}");
+    let labelled =
+        cp.lines().filter(|l| l.starts_with("warden_target_decisions_total{") && l.contains("invented-")).count();
+    assert!((250..=256).contains(&labelled), "{labelled} invented names labelled");
+    assert!(cp.contains(r#"warden_target="_other",warden_decision="deny"}"#), "{cp}");
 }
 
 #[test]

@@ -91,7 +91,10 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
         *by_kind.entry(f["kind"].as_str().unwrap_or_default()).or_default() += 1;
     }
     for (kind, n) in by_kind {
-        assert!(metrics.contains(&format!("warden_secrets_open{{kind=\"{kind}\"}} {n}\n")), "{kind} {n}:\n{metrics}");
+        assert!(
+            metrics.contains(&format!("warden_secrets_open{{warden_secret_kind=\"{kind}\"}} {n}\n")),
+            "{kind} {n}:\n{metrics}"
+        );
     }
     let table = fleet.cp.ctl_ok(&["get", "findings", "--host", "agent-1", "--state", "open"]);
     assert!(table.contains("agent-1") && !table.contains("agent-0"), "filtered by host:\n{table}");

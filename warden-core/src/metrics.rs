@@ -1,19 +1,20 @@
 //! One description of every metric, read by every exporter.
 //!
-//! A binary describes each family once (a [`Descriptor`]: its names, unit, help, kind and
-//! labels) and fills it with points from what it counts; the Prometheus text
+//! A binary describes each family once (a [`Descriptor`]: its OpenTelemetry name, unit, help,
+//! kind and attribute names) and fills it with points from what it counts; the Prometheus text
 //! ([`prometheus_text`]) and OTLP (`warden_otlp::metrics`) are two renderings of the same
-//! [`Family`] list, so a metric cannot exist on one path and not the other, or mean something
-//! else there. A family also carries the Prometheus spelling of its name and labels beside the
-//! OpenTelemetry one: the two vocabularies are made one in their own change (Prometheus names
-//! are what dashboards and alerts already use).
+//! [`Family`] list. The Prometheus names are not written down anywhere: they are derived from
+//! the OpenTelemetry ones by the translation OpenTelemetry specifies for Prometheus
+//! ("Prometheus and OpenMetrics Compatibility", which the Collector's Prometheus exporter
+//! implements), so a series scraped from a Warden binary and the same series sent over OTLP
+//! through a Collector have one name and one set of labels, and one dashboard reads both.
 
 use crate::prometheus::{Exposition, Histogram};
 
 /// What a family's points are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// Only goes up (cumulative since the process started).
+    /// Only goes up (cumulative since the process started): an OTLP monotonic sum.
     Counter,
     /// A value now.
     Gauge,
@@ -31,30 +32,110 @@ impl Kind {
     }
 }
 
-/// A label, as each path spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Label {
-    /// Its Prometheus name.
-    pub prometheus: &'static str,
-    /// Its OpenTelemetry attribute name.
-    pub otel: &'static str,
-}
-
 /// Everything about a family but its points.
 #[derive(Clone, Copy, Debug)]
 pub struct Descriptor {
-    /// Its Prometheus name (with a counter's `_total`, a unit suffix).
-    pub prometheus: &'static str,
-    /// Its OpenTelemetry name.
-    pub otel: &'static str,
-    /// Its unit, UCUM as OpenTelemetry writes it (`s`, `{decision}`, `1`).
+    /// Its OpenTelemetry name (`warden.decisions`).
+    pub name: &'static str,
+    /// Its unit, UCUM as OpenTelemetry writes it (`s`, `{decision}`); a count of things is an
+    /// annotation in braces, which Prometheus names leave out.
     pub unit: &'static str,
     /// What it counts.
     pub help: &'static str,
     /// What its points are.
     pub kind: Kind,
-    /// The labels every point has, in order.
-    pub labels: &'static [Label],
+    /// The attributes every point has, in order, by their OpenTelemetry names.
+    pub labels: &'static [&'static str],
+}
+
+impl Descriptor {
+    /// The Prometheus name: the OpenTelemetry name with `.` (and any other character a
+    /// Prometheus name cannot hold) as `_`, then the unit's suffix unless the name already
+    /// holds it (`s` → `_seconds`, `By` → `_bytes`, `1` on a gauge → `_ratio`, an annotation
+    /// such as `{decision}` → nothing), then `_total` for a counter.
+    pub fn prometheus_name(&self) -> String {
+        let mut tokens: Vec<&str> = tokens(self.name).collect();
+        let (main, per) = unit_suffixes(self.unit);
+        if let Some(main) = main
+            && !tokens.contains(&main)
+        {
+            tokens.push(main);
+        }
+        if let Some(per) = per
+            && !tokens.ends_with(&["per", per])
+        {
+            tokens.extend(["per", per]);
+        }
+        match self.kind {
+            Kind::Counter => {
+                tokens.retain(|t| *t != "total");
+                tokens.push("total");
+            }
+            Kind::Gauge if self.unit == "1" => {
+                tokens.retain(|t| *t != "ratio");
+                tokens.push("ratio");
+            }
+            _ => {}
+        }
+        let name = tokens.join("_");
+        if name.starts_with(|c: char| c.is_ascii_digit()) { format!("_{name}") } else { name }
+    }
+}
+
+/// The alphanumeric runs of `name`, which Prometheus names join with `_`.
+fn tokens(name: &str) -> impl Iterator<Item = &str> {
+    name.split(|c: char| !c.is_ascii_alphanumeric()).filter(|t| !t.is_empty())
+}
+
+/// The suffixes of a UCUM unit: its main unit's and its "per" unit's, by the specification's
+/// table; annotations (`{request}`) and `1` give none.
+fn unit_suffixes(unit: &str) -> (Option<&'static str>, Option<&'static str>) {
+    let (main, per) = match unit.split_once('/') {
+        Some((main, per)) => (main.trim(), Some(per.trim())),
+        None => (unit.trim(), None),
+    };
+    let main = match main {
+        "" | "1" => None,
+        m if m.contains(['{', '}']) => None,
+        m => MAIN_UNITS.iter().find(|(ucum, _)| *ucum == m).map(|(_, word)| *word),
+    };
+    let per = per.and_then(|p| PER_UNITS.iter().find(|(ucum, _)| *ucum == p).map(|(_, word)| *word));
+    (main, per)
+}
+
+/// UCUM units and their Prometheus words (the units this table lacks give no suffix: a
+/// descriptor should use one it has).
+const MAIN_UNITS: &[(&str, &str)] = &[
+    ("d", "days"),
+    ("h", "hours"),
+    ("min", "minutes"),
+    ("s", "seconds"),
+    ("ms", "milliseconds"),
+    ("us", "microseconds"),
+    ("ns", "nanoseconds"),
+    ("By", "bytes"),
+    ("KiBy", "kibibytes"),
+    ("MiBy", "mebibytes"),
+    ("GiBy", "gibibytes"),
+    ("%", "percent"),
+];
+
+/// The units of "per" suffixes (`By/s` → `_bytes_per_second`).
+const PER_UNITS: &[(&str, &str)] =
+    &[("s", "second"), ("m", "minute"), ("h", "hour"), ("d", "day"), ("w", "week"), ("mo", "month"), ("y", "year")];
+
+/// The Prometheus label of an OpenTelemetry attribute: every character a label cannot hold as
+/// `_`, runs of `_` as one, and `key_` before a leading digit (`warden.server` →
+/// `warden_server`).
+pub fn prometheus_label(attribute: &str) -> String {
+    let mut label = String::with_capacity(attribute.len());
+    for c in attribute.chars() {
+        let c = if c.is_ascii_alphanumeric() { c } else { '_' };
+        if !(c == '_' && label.ends_with('_')) {
+            label.push(c);
+        }
+    }
+    if label.starts_with(|c: char| c.is_ascii_digit()) { format!("key_{label}") } else { label }
 }
 
 /// One point's value.
@@ -108,7 +189,7 @@ impl Family {
     }
 
     fn push(&mut self, labels: &[&str], value: Value) {
-        debug_assert_eq!(labels.len(), self.descriptor.labels.len(), "{}", self.descriptor.prometheus);
+        debug_assert_eq!(labels.len(), self.descriptor.labels.len(), "{}", self.descriptor.name);
         self.points.push(Point { labels: labels.iter().map(|l| l.to_string()).collect(), value });
     }
 }
@@ -118,13 +199,15 @@ pub fn prometheus_text(families: &[Family]) -> String {
     let mut e = Exposition::default();
     for family in families {
         let d = family.descriptor;
-        e.family(d.prometheus, d.kind.prometheus(), d.help);
+        let name = d.prometheus_name();
+        let labels: Vec<String> = d.labels.iter().map(|l| prometheus_label(l)).collect();
+        e.family(&name, d.kind.prometheus(), d.help);
         for point in &family.points {
             let pairs: Vec<(&str, &str)> =
-                d.labels.iter().zip(&point.labels).map(|(label, value)| (label.prometheus, value.as_str())).collect();
+                labels.iter().zip(&point.labels).map(|(label, value)| (label.as_str(), value.as_str())).collect();
             match &point.value {
-                Value::Number(n) => e.sample(d.prometheus, &pairs, *n),
-                Value::Histogram(h) => e.histogram(d.prometheus, &pairs, h),
+                Value::Number(n) => e.sample(&name, &pairs, *n),
+                Value::Histogram(h) => e.histogram(&name, &pairs, h),
             }
         }
     }
@@ -135,23 +218,44 @@ pub fn prometheus_text(families: &[Family]) -> String {
 mod tests {
     use super::*;
 
-    const SERVER: Label = Label { prometheus: "server", otel: "warden.server" };
     const CALLS: Descriptor = Descriptor {
-        prometheus: "warden_calls_total",
-        otel: "warden.calls",
+        name: "warden.calls",
         unit: "{call}",
         help: "Calls.",
         kind: Kind::Counter,
-        labels: &[SERVER],
+        labels: &["warden.server"],
     };
     const LATENCY: Descriptor = Descriptor {
-        prometheus: "warden_latency_seconds",
-        otel: "warden.latency",
+        name: "warden.latency",
         unit: "s",
         help: "Latency.",
         kind: Kind::Histogram,
-        labels: &[SERVER],
+        labels: &["warden.server"],
     };
+
+    fn named(name: &'static str, unit: &'static str, kind: Kind) -> String {
+        Descriptor { name, unit, help: "", kind, labels: &[] }.prometheus_name()
+    }
+
+    #[test]
+    fn prometheus_names_follow_the_opentelemetry_translation() {
+        // The specification's and the Collector's own examples, and this project's shapes.
+        assert_eq!(named("http.server.request.duration", "s", Kind::Histogram), "http_server_request_duration_seconds");
+        assert_eq!(named("system.network.io", "By", Kind::Counter), "system_network_io_bytes_total");
+        assert_eq!(named("warden.decisions", "{decision}", Kind::Counter), "warden_decisions_total");
+        assert_eq!(named("warden.fleet.agent.config_lag", "{version}", Kind::Gauge), "warden_fleet_agent_config_lag");
+        assert_eq!(named("system.cpu.utilization", "1", Kind::Gauge), "system_cpu_utilization_ratio");
+        assert_eq!(named("hits", "1", Kind::Counter), "hits_total", "1 gives ratio to gauges only");
+        assert_eq!(named("net.throughput", "By/s", Kind::Gauge), "net_throughput_bytes_per_second");
+        // A unit the name already holds, a total already there, odd characters and digits.
+        assert_eq!(named("job.duration_seconds", "s", Kind::Gauge), "job_duration_seconds");
+        assert_eq!(named("requests.total", "{request}", Kind::Counter), "requests_total");
+        assert_eq!(named("a..b-c", "", Kind::Gauge), "a_b_c");
+        assert_eq!(named("2xx.responses", "", Kind::Gauge), "_2xx_responses");
+        assert_eq!(prometheus_label("gen_ai.tool.name"), "gen_ai_tool_name");
+        assert_eq!(prometheus_label("warden..odd-key"), "warden_odd_key");
+        assert_eq!(prometheus_label("1st"), "key_1st");
+    }
 
     #[test]
     fn families_render_as_the_text_format_with_their_prometheus_names() {
@@ -165,12 +269,12 @@ mod tests {
         let empty = Family::new(&CALLS);
         let text = prometheus_text(&[calls, latency, empty]);
         let expected = "# HELP warden_calls_total Calls.\n# TYPE warden_calls_total counter\n\
-            warden_calls_total{server=\"github\"} 3\nwarden_calls_total{server=\"notes\"} 1\n\
+            warden_calls_total{warden_server=\"github\"} 3\nwarden_calls_total{warden_server=\"notes\"} 1\n\
             # HELP warden_latency_seconds Latency.\n# TYPE warden_latency_seconds histogram\n\
-            warden_latency_seconds_bucket{server=\"github\",le=\"0.001\"} 1\n\
-            warden_latency_seconds_bucket{server=\"github\",le=\"+Inf\"} 1\n\
-            warden_latency_seconds_sum{server=\"github\"} 0.0005\n\
-            warden_latency_seconds_count{server=\"github\"} 1\n\
+            warden_latency_seconds_bucket{warden_server=\"github\",le=\"0.001\"} 1\n\
+            warden_latency_seconds_bucket{warden_server=\"github\",le=\"+Inf\"} 1\n\
+            warden_latency_seconds_sum{warden_server=\"github\"} 0.0005\n\
+            warden_latency_seconds_count{warden_server=\"github\"} 1\n\
             # HELP warden_calls_total Calls.\n# TYPE warden_calls_total counter\n";
         assert_eq!(text, expected);
     }

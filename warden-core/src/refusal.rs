@@ -56,6 +56,37 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal but the token's own reasons ([`Refusal::all`] has those too).
+    const OWN: [Refusal; 22] = [
+        Refusal::MissingToken,
+        Refusal::MalformedCredentials,
+        Refusal::InvalidDpopProof,
+        Refusal::OriginRefused,
+        Refusal::UnknownPath,
+        Refusal::InsufficientScope,
+        Refusal::SessionMismatch,
+        Refusal::SessionHeaderInvalid,
+        Refusal::BodyNotAllowed,
+        Refusal::MethodNotAllowed,
+        Refusal::UnsupportedMediaType,
+        Refusal::BodyTooLarge,
+        Refusal::BodyUnreadable,
+        Refusal::BodyTimeout,
+        Refusal::MalformedBody,
+        Refusal::UnsupportedProtocolVersion,
+        Refusal::RoutingHeaderMismatch,
+        Refusal::MissingName,
+        Refusal::UnknownMethod,
+        Refusal::PolicyDenied,
+        Refusal::PolicyError,
+        Refusal::ToolNotGranted,
+    ];
+
+    /// Every refusal there is, token reasons included: what metrics count from zero.
+    pub fn all() -> impl Iterator<Item = Refusal> {
+        Refusal::OWN.into_iter().chain(Reason::ALL.into_iter().map(Refusal::Token))
+    }
+
     /// The stable code.
     pub fn code(self) -> &'static str {
         match self {
@@ -104,6 +135,7 @@ mod tests {
 
     #[test]
     fn every_code_is_distinct_snake_case_and_token_refusals_keep_theirs() {
+        assert_eq!(Refusal::all().map(Refusal::code).collect::<std::collections::HashSet<_>>().len(), 22 + 17);
         let all = [
             Refusal::MissingToken,
             Refusal::MalformedCredentials,

@@ -72,6 +72,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 17] = [
+        Reason::Malformed,
+        Reason::AlgNone,
+        Reason::AlgNotAllowed,
+        Reason::UntrustedIssuer,
+        Reason::IssuerNotAllowed,
+        Reason::UnknownKey,
+        Reason::BadSignature,
+        Reason::WrongAudience,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::IssuedInFuture,
+        Reason::LifetimeTooLong,
+        Reason::MissingClaim,
+        Reason::Revoked,
+        Reason::BindingRequired,
+        Reason::BindingMismatch,
+        Reason::BridgeExpired,
+    ];
+
     /// The stable code, as it appears in telemetry and `WWW-Authenticate` descriptions.
     pub fn code(self) -> &'static str {
         match self {

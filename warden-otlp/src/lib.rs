@@ -1,17 +1,20 @@
 //! OTLP export plumbing shared by the control plane and the agent: the standard `OTEL_*`
 //! configuration ([`Config`]), a [`Sender`] for logs, metrics and traces over gRPC or HTTP
 //! with protobuf bodies, the log record a decision becomes ([`decision`]), which both send, and
-//! the OTLP form of the metric families both describe once ([`metrics`]).
+//! the OTLP form of the metric families both describe once and their periodic export
+//! ([`metrics`]), and the count of every export request by outcome ([`exports`]).
 //! The wire types are the official OpenTelemetry protobufs (`opentelemetry-proto`). When to
 //! send, and how reliably, is each binary's business.
 #![forbid(unsafe_code)]
 
 mod config;
 pub mod decision;
+pub mod exports;
 pub mod metrics;
 mod sender;
 
 pub use config::{Config, ConfigError, Endpoint, Protocol, Tls, env_of, process_env};
+pub use exports::{Exports, Signal};
 pub use opentelemetry_proto::tonic as proto;
 pub use sender::{EndpointError, ExportError, Sender, TlsError};
 

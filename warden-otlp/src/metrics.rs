@@ -1,11 +1,69 @@
 //! The metric families a binary describes once (`warden_core::metrics`) as OTLP metrics:
 //! counters as cumulative monotonic sums, gauges as gauges, histograms as cumulative explicit-
-//! bucket histograms, named and labelled in the OpenTelemetry vocabulary.
+//! bucket histograms, named and labelled in the OpenTelemetry vocabulary; and the periodic
+//! export both binaries run.
 
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1 as om;
 use warden_core::metrics::{Family, Kind, Value};
 
-use crate::attribute;
+use crate::{ExportError, Sender, attribute};
+
+/// Sends what `families` reads, as cumulative metrics since `started`, every `interval` until
+/// `stop` resolves. Nothing is kept of a failed export (the sender counts it): the next one
+/// carries the totals.
+pub async fn export_periodically<F, Fut>(
+    sender: Sender,
+    resource: Vec<(String, String)>,
+    scope: &'static str,
+    interval: Duration,
+    started: SystemTime,
+    families: F,
+    stop: impl Future<Output = ()>,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<Family>>,
+{
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![om::ResourceMetrics {
+                resource: Some(crate::resource(&resource)),
+                scope_metrics: vec![om::ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: scope.into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    metrics: metrics(&families().await, nanos(started), nanos(SystemTime::now())),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        match sender.metrics(request).await {
+            Ok(0) => {}
+            Ok(refused) => tracing::warn!(refused, "the OTLP receiver refused some data points"),
+            Err(ExportError { message, .. }) => tracing::warn!("OTLP metrics export failed: {message}"),
+        }
+    }
+}
+
+/// Nanoseconds since the epoch.
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
 
 /// `families` as OTLP metrics, cumulative from `start` (nanoseconds since the epoch) to `now`.
 pub fn metrics(families: &[Family], start: u64, now: u64) -> Vec<om::Metric> {
@@ -16,7 +74,7 @@ pub fn metrics(families: &[Family], start: u64, now: u64) -> Vec<om::Metric> {
         .map(|family| {
             let d = family.descriptor;
             let attributes = |labels: &[String]| {
-                d.labels.iter().zip(labels).map(|(label, value)| attribute(label.otel, value.as_str())).collect()
+                d.labels.iter().zip(labels).map(|(label, value)| attribute(label, value.as_str())).collect()
             };
             let numbers = || {
                 family
@@ -63,7 +121,7 @@ pub fn metrics(families: &[Family], start: u64, now: u64) -> Vec<om::Metric> {
                 }),
             };
             om::Metric {
-                name: d.otel.into(),
+                name: d.name.into(),
                 unit: d.unit.into(),
                 description: d.help.into(),
                 data: Some(data),
@@ -75,36 +133,17 @@ pub fn metrics(families: &[Family], start: u64, now: u64) -> Vec<om::Metric> {
 
 #[cfg(test)]
 mod tests {
-    use warden_core::metrics::{Descriptor, Label};
+    use warden_core::metrics::Descriptor;
     use warden_core::prometheus::Histogram;
 
     use super::*;
 
-    const SERVER: Label = Label { prometheus: "server", otel: "warden.server" };
-    const CALLS: Descriptor = Descriptor {
-        prometheus: "warden_calls_total",
-        otel: "warden.calls",
-        unit: "{call}",
-        help: "Calls.",
-        kind: Kind::Counter,
-        labels: &[SERVER],
-    };
-    const UP: Descriptor = Descriptor {
-        prometheus: "warden_up",
-        otel: "warden.up",
-        unit: "1",
-        help: "Up.",
-        kind: Kind::Gauge,
-        labels: &[],
-    };
-    const LATENCY: Descriptor = Descriptor {
-        prometheus: "warden_latency_seconds",
-        otel: "warden.latency",
-        unit: "s",
-        help: "Latency.",
-        kind: Kind::Histogram,
-        labels: &[SERVER],
-    };
+    const SERVER: &str = "warden.server";
+    const CALLS: Descriptor =
+        Descriptor { name: "warden.calls", unit: "{call}", help: "Calls.", kind: Kind::Counter, labels: &[SERVER] };
+    const UP: Descriptor = Descriptor { name: "warden.up", unit: "1", help: "Up.", kind: Kind::Gauge, labels: &[] };
+    const LATENCY: Descriptor =
+        Descriptor { name: "warden.latency", unit: "s", help: "Latency.", kind: Kind::Histogram, labels: &[SERVER] };
 
     #[test]
     fn each_kind_becomes_its_otlp_data_with_otel_names_and_attributes() {

@@ -9,8 +9,11 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client,
 };
+use std::sync::Arc;
+
 use prost::Message;
 
+use crate::exports::{Exports, Outcome, Signal};
 use crate::{Endpoint, Protocol};
 
 /// Why an export failed, and whether to try the same batch again.
@@ -21,10 +24,17 @@ pub struct ExportError {
     pub message: String,
 }
 
-/// Sends export requests of one signal to one endpoint. Clones share the gRPC connection (or
-/// the HTTP client's connection pool).
+/// Sends export requests of one signal to one endpoint, counting how each ended in the
+/// process's [`Exports`]. Clones share the gRPC connection (or the HTTP client's connection
+/// pool).
 #[derive(Clone)]
-pub enum Sender {
+pub struct Sender {
+    transport: Transport,
+    exports: Arc<Exports>,
+}
+
+#[derive(Clone)]
+enum Transport {
     Grpc(tonic::transport::Channel, Endpoint),
     Http(ureq::Agent, Endpoint),
 }
@@ -122,10 +132,11 @@ fn grpc_error(status: tonic::Status) -> ExportError {
 }
 
 impl Sender {
-    /// A sender to `endpoint` (gRPC connections are made lazily, on the first request).
-    pub fn new(endpoint: &Endpoint) -> Result<Sender, EndpointError> {
+    /// A sender to `endpoint` (gRPC connections are made lazily, on the first request) that
+    /// counts its requests in `exports`.
+    pub fn new(endpoint: &Endpoint, exports: Arc<Exports>) -> Result<Sender, EndpointError> {
         let grpc = |source| EndpointError::Grpc { url: endpoint.url.clone(), source };
-        Ok(match endpoint.protocol {
+        let transport = match endpoint.protocol {
             Protocol::Grpc => {
                 let mut channel = tonic::transport::Endpoint::from_shared(endpoint.url.clone())
                     .map_err(grpc)?
@@ -142,7 +153,7 @@ impl Sender {
                     }
                     channel = channel.tls_config(config).map_err(grpc)?;
                 }
-                Sender::Grpc(channel.connect_lazy(), endpoint.clone())
+                Transport::Grpc(channel.connect_lazy(), endpoint.clone())
             }
             Protocol::HttpProtobuf => {
                 let mut config =
@@ -152,51 +163,75 @@ impl Sender {
                         ureq_tls(tls).map_err(|source| EndpointError::Tls { url: endpoint.url.clone(), source })?;
                     config = config.tls_config(tls);
                 }
-                Sender::Http(config.build().into(), endpoint.clone())
+                Transport::Http(config.build().into(), endpoint.clone())
             }
-        })
+        };
+        Ok(Sender { transport, exports })
+    }
+
+    /// Counts how a request of `signal` ended, and passes the result on.
+    fn counted(&self, signal: Signal, result: Result<i64, ExportError>) -> Result<i64, ExportError> {
+        let outcome = match &result {
+            Ok(0) => Outcome::Success,
+            Ok(_) | Err(ExportError { retry: false, .. }) => Outcome::Rejected,
+            Err(ExportError { retry: true, .. }) => Outcome::Failure,
+        };
+        self.exports.count(signal, outcome);
+        result
     }
 
     /// Sends logs; `Ok` with the number of records the receiver refused.
     pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<i64, ExportError> {
-        match self {
-            Sender::Grpc(channel, endpoint) => {
+        let result = match &self.transport {
+            Transport::Grpc(channel, endpoint) => {
                 let mut client = logs_service_client::LogsServiceClient::new(channel.clone());
-                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
-                Ok(answer.into_inner().refused())
+                client
+                    .export(with_headers(request, endpoint))
+                    .await
+                    .map(|a| a.into_inner().refused())
+                    .map_err(grpc_error)
             }
-            Sender::Http(agent, endpoint) => {
+            Transport::Http(agent, endpoint) => {
                 http_post::<ExportLogsServiceResponse>(agent, endpoint, request.encode_to_vec()).await
             }
-        }
+        };
+        self.counted(Signal::Logs, result)
     }
 
     /// Sends spans; `Ok` with the number of spans the receiver refused.
     pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<i64, ExportError> {
-        match self {
-            Sender::Grpc(channel, endpoint) => {
+        let result = match &self.transport {
+            Transport::Grpc(channel, endpoint) => {
                 let mut client = trace_service_client::TraceServiceClient::new(channel.clone());
-                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
-                Ok(answer.into_inner().refused())
+                client
+                    .export(with_headers(request, endpoint))
+                    .await
+                    .map(|a| a.into_inner().refused())
+                    .map_err(grpc_error)
             }
-            Sender::Http(agent, endpoint) => {
+            Transport::Http(agent, endpoint) => {
                 http_post::<ExportTraceServiceResponse>(agent, endpoint, request.encode_to_vec()).await
             }
-        }
+        };
+        self.counted(Signal::Traces, result)
     }
 
     /// Sends metrics; `Ok` with the number of data points the receiver refused.
     pub async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<i64, ExportError> {
-        match self {
-            Sender::Grpc(channel, endpoint) => {
+        let result = match &self.transport {
+            Transport::Grpc(channel, endpoint) => {
                 let mut client = metrics_service_client::MetricsServiceClient::new(channel.clone());
-                let answer = client.export(with_headers(request, endpoint)).await.map_err(grpc_error)?;
-                Ok(answer.into_inner().refused())
+                client
+                    .export(with_headers(request, endpoint))
+                    .await
+                    .map(|a| a.into_inner().refused())
+                    .map_err(grpc_error)
             }
-            Sender::Http(agent, endpoint) => {
+            Transport::Http(agent, endpoint) => {
                 http_post::<ExportMetricsServiceResponse>(agent, endpoint, request.encode_to_vec()).await
             }
-        }
+        };
+        self.counted(Signal::Metrics, result)
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prost::Message;
 use proto::v1 as pb;
-use warden_otlp::{Endpoint, Sender, decision};
+use warden_otlp::{Sender, decision};
 use warden_tasks::{Shutdown, Tasks};
 
 use crate::export::Queue;
@@ -16,18 +16,16 @@ use crate::export::Queue;
 /// Records as the outbox queued them (encoded `DecisionRecord`s).
 pub type Direct = Queue<Bytes>;
 
-/// Starts exporting the records of `agent`'s run `boot` to `endpoint` (a task of `tasks`) until
+/// Starts exporting the records of `agent`'s run `boot` with `sender` (a task of `tasks`) until
 /// `stop`.
 pub fn start(
-    endpoint: &Endpoint,
+    sender: Sender,
     resource: Vec<(String, String)>,
     agent: String,
     boot: u64,
     stop: Shutdown,
     tasks: &mut Tasks,
-) -> Result<Arc<Direct>, warden_otlp::EndpointError> {
-    let sender = Sender::new(endpoint)?;
-    tracing::info!(endpoint = %endpoint.url, "exporting decision records over OTLP from this agent too");
+) -> Arc<Direct> {
     let send = move |encoded: Vec<Bytes>| {
         // Decoded here, off the request path: the outbox keeps only the encoded form.
         let records = encoded
@@ -41,5 +39,5 @@ pub fn start(
     };
     let (queue, exporter) = Queue::start("decision records", crate::export::LINGER, send, stop);
     tasks.spawn("decision log export", exporter);
-    Ok(queue)
+    queue
 }

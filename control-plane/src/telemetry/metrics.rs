@@ -1,5 +1,13 @@
 //! The control plane's metrics, kept from what it stores and sees, and its HTTP endpoint:
 //! `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+//!
+//! A counter a panel or an alert reads is present from zero before its first event, or
+//! `increase()` never counts that event (Prometheus does not count a series' first value). Where
+//! the label values are known ahead — the configured servers and issuers, every refusal code,
+//! the registered agents — every series is there from the start. Where they are not (a tool's
+//! name, a server no longer configured), a new series reads 0 for the new-series delay before
+//! it shows its count: a scraper or OTLP export in that time sees the zero, later ones the
+//! count, so the first events are late on a dashboard but never lost.
 
 use std::collections::HashMap;
 use std::hash::RandomState;
@@ -8,11 +16,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use hashbrown::Equivalent;
-use opentelemetry_proto::tonic::metrics::v1 as om;
 use proto::decision_record::DecisionRecordView;
 use proto::v1 as pb;
-use warden_core::metrics::{self, Descriptor, Family, Kind, Label};
+use warden_core::metrics::{self, Descriptor, Family, Kind};
 use warden_core::prometheus::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
+use warden_core::refusal::Refusal;
 use warden_core::resource::Spec;
 
 use crate::scorecard::How;
@@ -21,6 +29,7 @@ use warden_tasks::Shutdown;
 use crate::configuration::Configuration;
 use crate::fleet::Fleet;
 use crate::fleet::replicas::Leadership;
+use crate::tokens::issuer_keys::KeyStatuses;
 
 /// Counts of the log export, for operators.
 #[derive(Debug, Default)]
@@ -37,8 +46,6 @@ pub struct Sources {
     pub counts: Counts,
     /// The OTLP log export's counts.
     pub export_stats: Arc<ExportStats>,
-    /// When this process started: the start of every cumulative metric.
-    pub started: std::time::SystemTime,
     /// The version in force, and the agent registry.
     pub configuration: Arc<Configuration>,
     /// Who is connected and what each applied.
@@ -47,49 +54,71 @@ pub struct Sources {
     pub leadership: Leadership,
     /// The static secrets agents found.
     pub inventory: Arc<crate::inventory::Inventory>,
+    /// How fetching issuers' key refreshes went.
+    pub key_statuses: Arc<KeyStatuses>,
+    /// What is exported over OTLP, and how each export request went.
+    pub otlp: (warden_otlp::Config, Arc<warden_otlp::Exports>),
 }
 
 /// Label sets kept per family; past this, decisions are counted in an overflow counter only, so
-/// hostile or runaway tool names cannot grow the control plane's memory.
+/// hostile or runaway names cannot grow the control plane's memory.
 const MAX_SERIES: usize = 10_000;
 
-/// Distinct targets (tool, resource, prompt) labelled per agent and server; further ones are
-/// counted under [`OTHER_TARGET`]. Target names come from callers: one caller inventing names
-/// can then use up only its own server's share of the label budget, never the fleet's.
+/// Distinct targets (tool, resource, prompt) labelled per server; further ones are counted
+/// under [`OTHER_TARGET`]. Target names come from callers: one caller inventing names can then
+/// use up only its own server's share of the label budget, never the fleet's.
 const MAX_TARGETS_PER_SERVER: usize = 256;
 /// The target label of decisions past [`MAX_TARGETS_PER_SERVER`].
 const OTHER_TARGET: &str = "_other";
 
-/// (agent, server, tool/resource/prompt, decision, reason).
-type DecisionKey = (String, String, String, &'static str, String);
+/// A count, and when its series was first seen (milliseconds since the epoch).
+#[derive(Clone, Copy, Debug)]
+struct Count {
+    n: u64,
+    born_ms: i64,
+}
 
-/// A [`DecisionKey`] borrowed from a record, to look a series up without allocating. It hashes
+impl Count {
+    /// What a scrape at `now_ms` reads: 0 while a series not known ahead is younger than
+    /// `delay_ms` (see the module's comment).
+    fn shown(&self, now_ms: i64, delay_ms: i64) -> f64 {
+        if now_ms - self.born_ms < delay_ms { 0.0 } else { self.n as f64 }
+    }
+}
+
+/// (server, decision, reason).
+type ReasonKey = (String, &'static str, String);
+/// (server, target, decision).
+type TargetKey = (String, String, &'static str);
+
+/// A [`ReasonKey`] borrowed from a record, to look a series up without allocating. It hashes
 /// as the key does: a tuple and a tuple struct both hash their fields in order, and `String`
 /// hashes as `str`.
 #[derive(Hash)]
-struct DecisionLabels<'a>(&'a str, &'a str, &'a str, &'static str, &'a str);
+struct ReasonLabels<'a>(&'a str, &'static str, &'a str);
 
-impl Equivalent<DecisionKey> for DecisionLabels<'_> {
-    fn equivalent(&self, k: &DecisionKey) -> bool {
-        (self.0, self.1, self.2, self.3, self.4) == (k.0.as_str(), k.1.as_str(), k.2.as_str(), k.3, k.4.as_str())
+impl Equivalent<ReasonKey> for ReasonLabels<'_> {
+    fn equivalent(&self, k: &ReasonKey) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2
     }
 }
 
-/// (agent, server), borrowed likewise.
+/// A [`TargetKey`], borrowed likewise.
 #[derive(Hash)]
-struct ServerLabels<'a>(&'a str, &'a str);
+struct TargetLabels<'a>(&'a str, &'a str, &'static str);
 
-impl Equivalent<(String, String)> for ServerLabels<'_> {
-    fn equivalent(&self, k: &(String, String)) -> bool {
-        self.0 == k.0 && self.1 == k.1
+impl Equivalent<TargetKey> for TargetLabels<'_> {
+    fn equivalent(&self, k: &TargetKey) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2
     }
 }
 
-/// (server, decision), borrowed likewise.
+/// (a name, decision), borrowed likewise: the latency's (server, decision) and the per-agent
+/// counts' (agent, decision).
 #[derive(Hash)]
-struct LatencyLabels<'a>(&'a str, &'static str);
+struct NameLabels<'a>(&'a str, &'static str);
 
-impl Equivalent<(String, &'static str)> for LatencyLabels<'_> {
+impl Equivalent<(String, &'static str)> for NameLabels<'_> {
     fn equivalent(&self, k: &(String, &'static str)) -> bool {
         self.0 == k.0 && self.1 == k.1
     }
@@ -99,51 +128,105 @@ impl Equivalent<(String, &'static str)> for LatencyLabels<'_> {
 /// key, as std's maps use.
 type LabelMap<K, V> = hashbrown::HashMap<K, V, RandomState>;
 
+/// Adds `n` to the series `labels` names, making it (born now) from `key` if there is room;
+/// false when there is not.
+fn bump<K: std::hash::Hash + Eq, Q: std::hash::Hash + Equivalent<K>>(
+    map: &mut LabelMap<K, Count>,
+    labels: Q,
+    n: u64,
+    key: impl FnOnce() -> K,
+) -> bool {
+    if let Some(count) = map.get_mut(&labels) {
+        count.n += n;
+        true
+    } else if map.len() < MAX_SERIES {
+        map.insert(key(), Count { n, born_ms: crate::now_unix_ms() });
+        true
+    } else {
+        false
+    }
+}
+
 /// Decision counts from the records stored since the control plane started.
-#[derive(Default)]
 pub struct DecisionCounts {
-    decisions: LabelMap<DecisionKey, u64>,
+    /// (server, decision, reason) → decisions.
+    decisions: LabelMap<ReasonKey, Count>,
+    /// (server, target, decision) → decisions.
+    by_target: LabelMap<TargetKey, Count>,
+    /// (agent, decision) → decisions.
+    by_agent: LabelMap<(String, &'static str), Count>,
     /// (server, decision) → decision latency.
     latency: LabelMap<(String, &'static str), Histogram>,
     /// Issuer → lifetime (`exp - iat`) of the tokens decisions were made with.
     lifetimes: HashMap<String, Histogram>,
+    /// Decisions some breakdown could not count: too many label sets.
     overflow: u64,
     /// Records agents reported dropping, all runs (cumulative).
-    dropped: HashMap<String, u64>,
-    /// (agent, server) → the targets labelled.
-    targets: LabelMap<(String, String), std::collections::HashSet<String>>,
+    dropped: LabelMap<(String, &'static str), Count>,
+    /// Server → the targets labelled.
+    targets: HashMap<String, std::collections::HashSet<String>>,
     /// Server → requests by how they were decided (the scorecard's claim validation).
     requests: HashMap<String, [u64; 4]>,
+    /// How long a series not known ahead reads 0 (see the module's comment).
+    new_series_delay_ms: i64,
+}
+
+/// How long a new series reads 0 unless the operator says otherwise: a scrape or export
+/// interval of up to a minute sees its zero.
+pub const NEW_SERIES_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Default for DecisionCounts {
+    fn default() -> DecisionCounts {
+        DecisionCounts::new(NEW_SERIES_DELAY)
+    }
 }
 
 fn decision_name(d: i32) -> &'static str {
     if d == pb::Decision::Allow as i32 { "allow" } else { "deny" }
 }
 
+/// The drop counts' key: (agent, "") so that they share [`NameLabels`].
+const DROPPED: &str = "";
+
 impl DecisionCounts {
+    /// No counts yet; a series not known ahead reads 0 for `new_series_delay`.
+    pub fn new(new_series_delay: std::time::Duration) -> DecisionCounts {
+        DecisionCounts {
+            decisions: LabelMap::default(),
+            by_target: LabelMap::default(),
+            by_agent: LabelMap::default(),
+            latency: LabelMap::default(),
+            lifetimes: HashMap::new(),
+            overflow: 0,
+            dropped: LabelMap::default(),
+            targets: HashMap::new(),
+            requests: HashMap::new(),
+            new_series_delay_ms: new_series_delay.as_millis().min(i64::MAX as u128) as i64,
+        }
+    }
+
     /// Counts one stored record of `agent` (allocating only for a series not seen before).
     pub fn observe(&mut self, agent: &str, r: &DecisionRecordView<'_>) {
         let decision = decision_name(r.decision);
         let n = r.decisions();
+        let mut counted = bump(&mut self.decisions, ReasonLabels(r.server, decision, r.reason), n, || {
+            (r.server.into(), decision, r.reason.into())
+        });
+        counted &= bump(&mut self.by_agent, NameLabels(agent, decision), n, || (agent.into(), decision));
         let mut target = r.target;
-        if let Some(count) = self.decisions.get_mut(&DecisionLabels(agent, r.server, target, decision, r.reason)) {
-            *count += n;
-            return self.observe_rest(decision, r);
-        }
-        // A target not labelled yet for this agent and server: past the share, counted as other.
-        let labelled = self.targets.get(&ServerLabels(agent, r.server));
+        // A target not labelled yet for this server: past the share, counted as other.
+        let labelled = self.targets.get(r.server);
         if !labelled.is_some_and(|t| t.contains(target)) {
             if labelled.is_some_and(|t| t.len() >= MAX_TARGETS_PER_SERVER) {
                 target = OTHER_TARGET;
-            } else if self.decisions.len() < MAX_SERIES {
-                self.targets.entry((agent.to_string(), r.server.to_string())).or_default().insert(target.to_string());
+            } else if self.by_target.len() < MAX_SERIES {
+                self.targets.entry(r.server.to_string()).or_default().insert(target.to_string());
             }
         }
-        if let Some(count) = self.decisions.get_mut(&DecisionLabels(agent, r.server, target, decision, r.reason)) {
-            *count += n;
-        } else if self.decisions.len() < MAX_SERIES {
-            self.decisions.insert((agent.into(), r.server.into(), target.into(), decision, r.reason.into()), n);
-        } else {
+        counted &= bump(&mut self.by_target, TargetLabels(r.server, target, decision), n, || {
+            (r.server.into(), target.into(), decision)
+        });
+        if !counted {
             self.overflow += n;
         }
         self.observe_rest(decision, r);
@@ -173,7 +256,7 @@ impl DecisionCounts {
             }
         }
         let latency = r.latency_micros as f64 / 1e6;
-        if let Some(h) = self.latency.get_mut(&LatencyLabels(r.server, decision)) {
+        if let Some(h) = self.latency.get_mut(&NameLabels(r.server, decision)) {
             h.observe(latency);
         } else if self.latency.len() < MAX_SERIES {
             let mut h = Histogram::new(LATENCY_BUCKETS);
@@ -182,232 +265,341 @@ impl DecisionCounts {
         }
     }
 
-    /// Decisions counted, all series.
+    /// Decisions counted by server, decision and reason, and those no breakdown could count.
     #[cfg(test)]
     pub fn total(&self) -> u64 {
-        self.decisions.values().sum::<u64>() + self.overflow
+        self.decisions.values().map(|c| c.n).sum::<u64>() + self.overflow
     }
 
     /// An agent's cumulative drop count for one run moved from `before` to `now`.
     pub fn dropped(&mut self, agent: &str, before: u64, now: u64) {
-        *self.dropped.entry(agent.to_string()).or_default() += now.saturating_sub(before);
+        let n = now.saturating_sub(before);
+        if n > 0 && !bump(&mut self.dropped, NameLabels(agent, DROPPED), n, || (agent.into(), DROPPED)) {
+            self.overflow += 0; // drops are not decisions: nothing else to count
+        }
     }
 }
 
 /// Shared handle to the counts.
 pub type Counts = Arc<Mutex<DecisionCounts>>;
 
-const AGENT: Label = Label { prometheus: "agent", otel: "warden.agent" };
-const SERVER: Label = Label { prometheus: "server", otel: "warden.server" };
-const TOOL: Label = Label { prometheus: "tool", otel: "gen_ai.tool.name" };
-const DECISION: Label = Label { prometheus: "decision", otel: "warden.decision" };
-const REASON: Label = Label { prometheus: "reason", otel: "warden.reason" };
-const ISSUER: Label = Label { prometheus: "issuer", otel: "warden.issuer" };
-const BRIDGE: Label = Label { prometheus: "bridge", otel: "warden.credential_bridge" };
-const FORWARDS_KEY: Label = Label { prometheus: "forwards_key", otel: "warden.credential_bridge.forwards_key" };
-const STATE: Label = Label { prometheus: "state", otel: "warden.credential_bridge.state" };
-const KIND: Label = Label { prometheus: "kind", otel: "warden.secret.kind" };
-const HOW: Label = Label { prometheus: "decided", otel: "warden.request.decided" };
-const SOURCE: Label = Label { prometheus: "source", otel: "warden.revocation.source" };
+const AGENT: &str = "warden.agent";
+const SERVER: &str = "warden.server";
+const TARGET: &str = "warden.target";
+const DECISION: &str = "warden.decision";
+const REASON: &str = "warden.reason";
+const ISSUER: &str = "warden.issuer";
+const OUTCOME: &str = "warden.outcome";
 
-/// Every metric the control plane exports, described once.
+/// Every metric the control plane exports, described once; the Prometheus names follow from
+/// these (`warden.decisions` → `warden_decisions_total`, `warden.server` → `warden_server`).
 const DECISIONS: Descriptor = Descriptor {
-    prometheus: "warden_decisions_total",
-    otel: "warden.decisions",
+    name: "warden.decisions",
     unit: "{decision}",
-    help: "Decisions the agents made, stored by this control plane since it started.",
+    help: "Decisions the agents made, stored by this control plane since it started, by server, decision and reason (every configured server and refusal code from zero).",
     kind: Kind::Counter,
-    labels: &[AGENT, SERVER, TOOL, DECISION, REASON],
+    labels: &[SERVER, DECISION, REASON],
+};
+const TARGET_DECISIONS: Descriptor = Descriptor {
+    name: "warden.target.decisions",
+    unit: "{decision}",
+    help: "Decisions by the tool, resource or prompt they were about (at most 256 targets per server; the rest as _other).",
+    kind: Kind::Counter,
+    labels: &[SERVER, TARGET, DECISION],
+};
+const AGENT_DECISIONS: Descriptor = Descriptor {
+    name: "warden.fleet.agent.decisions",
+    unit: "{decision}",
+    help: "Decisions by the agent that made them (every registered agent from zero).",
+    kind: Kind::Counter,
+    labels: &[AGENT, DECISION],
 };
 const DECISIONS_OVERFLOW: Descriptor = Descriptor {
-    prometheus: "warden_decisions_overflow_total",
-    otel: "warden.decisions.overflow",
+    name: "warden.decisions.overflow",
     unit: "{decision}",
-    help: "Decisions not broken down by labels: too many label sets.",
+    help: "Decisions some breakdown could not count: too many label sets.",
     kind: Kind::Counter,
     labels: &[],
 };
-const DECISION_LATENCY: Descriptor = Descriptor {
-    prometheus: "warden_decision_latency_seconds",
-    otel: "warden.decision.duration",
+const DECISION_DURATION: Descriptor = Descriptor {
+    name: "warden.decision.duration",
     unit: "s",
     help: "Time from a request's arrival at the agent to its decision.",
     kind: Kind::Histogram,
     labels: &[SERVER, DECISION],
 };
 const TOKEN_LIFETIME: Descriptor = Descriptor {
-    prometheus: "warden_token_lifetime_seconds",
-    otel: "warden.token.lifetime",
+    name: "warden.token.lifetime",
     unit: "s",
     help: "Lifetime (exp - iat) of the tokens decisions were made with.",
     kind: Kind::Histogram,
     labels: &[ISSUER],
 };
 const RECORDS_DROPPED: Descriptor = Descriptor {
-    prometheus: "warden_decision_records_dropped_total",
-    otel: "warden.decision_records.dropped",
+    name: "warden.fleet.agent.decision_records.dropped",
     unit: "{record}",
-    help: "Decision records agents dropped because their disk bound was reached.",
+    help: "Decision records agents dropped because their memory and disk bounds were reached (every registered agent from zero).",
     kind: Kind::Counter,
     labels: &[AGENT],
 };
+const AGENT_CONNECTED: Descriptor = Descriptor {
+    name: "warden.fleet.agent.connected",
+    unit: "{connection}",
+    help: "1 for each registered agent with an open stream to this replica, 0 for the others (take the max across replicas).",
+    kind: Kind::Gauge,
+    labels: &[AGENT],
+};
+const CONFIG_LAG: Descriptor = Descriptor {
+    name: "warden.fleet.agent.config_lag",
+    unit: "{version}",
+    help: "Versions between the configuration in force and what each agent connected to this replica applied.",
+    kind: Kind::Gauge,
+    labels: &[AGENT],
+};
+const AGENTS_CONNECTED: Descriptor = Descriptor {
+    name: "warden.agents.connected",
+    unit: "{agent}",
+    help: "Agents with an open stream to this control plane.",
+    kind: Kind::Gauge,
+    labels: &[],
+};
 const CONFIG_VERSION: Descriptor = Descriptor {
-    prometheus: "warden_config_version",
-    otel: "warden.config.version",
+    name: "warden.config.version",
     unit: "{version}",
     help: "The configuration version in force.",
     kind: Kind::Gauge,
     labels: &[],
 };
 const LEADER: Descriptor = Descriptor {
-    prometheus: "warden_control_plane_leader",
-    otel: "warden.control_plane.leader",
-    unit: "1",
+    name: "warden.control_plane.leader",
+    unit: "{replica}",
     help: "1 on the replica doing the singleton duties (key refresh, revocation expiry, audit export).",
     kind: Kind::Gauge,
     labels: &[],
 };
-const AGENTS_CONNECTED: Descriptor = Descriptor {
-    prometheus: "warden_agents_connected",
-    otel: "warden.agents.connected",
-    unit: "{agent}",
-    help: "Agents with an open stream to this control plane.",
-    kind: Kind::Gauge,
-    labels: &[],
-};
-const CONFIG_LAG: Descriptor = Descriptor {
-    prometheus: "warden_agent_config_lag_versions",
-    otel: "warden.agent.config_lag",
-    unit: "{version}",
-    help: "Versions between the configuration in force and what each connected agent applied.",
-    kind: Kind::Gauge,
-    labels: &[AGENT],
-};
 const LOG_RECORDS_EXPORTED: Descriptor = Descriptor {
-    prometheus: "warden_otlp_log_records_exported_total",
-    otel: "warden.otlp.log_records.exported",
+    name: "warden.otlp.log_records.exported",
     unit: "{record}",
     help: "Decision records an OTLP receiver accepted.",
     kind: Kind::Counter,
     labels: &[],
 };
 const LOG_RECORDS_REJECTED: Descriptor = Descriptor {
-    prometheus: "warden_otlp_log_records_rejected_total",
-    otel: "warden.otlp.log_records.rejected",
+    name: "warden.otlp.log_records.rejected",
     unit: "{record}",
     help: "Decision records an OTLP receiver refused for good.",
     kind: Kind::Counter,
     labels: &[],
 };
+const KEY_REFRESHES: Descriptor = Descriptor {
+    name: "warden.issuer.key_refreshes",
+    unit: "{refresh}",
+    help: "Fetches of issuers' keys (JWKS) by this replica, by outcome: success or failure (every fetching issuer from zero).",
+    kind: Kind::Counter,
+    labels: &[ISSUER, OUTCOME],
+};
+const KEY_REFRESH_FAILING: Descriptor = Descriptor {
+    name: "warden.issuer.key_refresh.consecutive_failures",
+    unit: "{failure}",
+    help: "Failed fetches of an issuer's keys since its last success on this replica (the previous keys stay in force meanwhile).",
+    kind: Kind::Gauge,
+    labels: &[ISSUER],
+};
 
 const BRIDGE_EXPIRY: Descriptor = Descriptor {
-    prometheus: "warden_credential_bridge_expiry_timestamp_seconds",
-    otel: "warden.credential_bridge.expiry",
+    name: "warden.credential_bridge.expiry_timestamp",
     unit: "s",
     help: "When each credential bridge closes (unix time); its legacy key is refused as bridge_expired from then on.",
     kind: Kind::Gauge,
-    labels: &[BRIDGE, SERVER, FORWARDS_KEY],
+    labels: &["warden.credential_bridge", SERVER, "warden.credential_bridge.forwards_key"],
 };
 const BRIDGES: Descriptor = Descriptor {
-    prometheus: "warden_credential_bridges",
-    otel: "warden.credential_bridges",
+    name: "warden.credential_bridges",
     unit: "{bridge}",
     help: "Credential bridges by state: open, expiring (within 7 days: warn the owner), expired or revoked.",
     kind: Kind::Gauge,
-    labels: &[STATE],
+    labels: &["warden.credential_bridge.state"],
 };
 
 const REQUESTS: Descriptor = Descriptor {
-    prometheus: "warden_requests_total",
-    otel: "warden.requests",
+    name: "warden.requests",
     unit: "{request}",
     help: "Requests to MCP servers by how they were decided: validated (policy decided on a validated token), audited, bridged (a credential bridge's key), refused (before policy).",
     kind: Kind::Counter,
-    labels: &[SERVER, HOW],
+    labels: &[SERVER, "warden.request.decided"],
 };
 const SECRETS_OPEN: Descriptor = Descriptor {
-    prometheus: "warden_secrets_open",
-    otel: "warden.secrets.open",
+    name: "warden.secrets.open",
     unit: "{secret}",
     help: "Static secrets the agents found on their hosts and still see, by kind (counted at most once a minute).",
     kind: Kind::Gauge,
-    labels: &[KIND],
+    labels: &["warden.secret.kind"],
 };
 const REVOCATIONS: Descriptor = Descriptor {
-    prometheus: "warden_revocations_total",
-    otel: "warden.revocations",
+    name: "warden.revocations",
     unit: "{revocation}",
     help: "Revocations this replica committed since it started, by source: session_end, rfc7009, operator.",
     kind: Kind::Counter,
-    labels: &[SOURCE],
+    labels: &["warden.revocation.source"],
 };
+/// The sources of revocations, each counted from zero.
+const REVOCATION_SOURCES: [&str; 3] = ["session_end", "rfc7009", "operator"];
 const ENFORCEMENT: Descriptor = Descriptor {
-    prometheus: "warden_revocation_enforcement_seconds",
-    otel: "warden.revocation.enforcement",
+    name: "warden.revocation.enforcement",
     unit: "s",
     help: "Time from a version carrying revocations to its application by every agent connected to this replica then.",
     kind: Kind::Histogram,
     labels: &[],
 };
 const SERVERS_IN_AUDIT: Descriptor = Descriptor {
-    prometheus: "warden_servers_in_audit_mode",
-    otel: "warden.servers.audit_mode",
+    name: "warden.servers.audit_mode",
     unit: "{server}",
     help: "McpServers in audit mode now: forwarded unenforced, Warden's decisions only recorded.",
     kind: Kind::Gauge,
     labels: &[],
 };
 
-/// Every family the control plane knows, now: what `/metrics` and the OTLP export both read.
-pub async fn families(cp: &Sources) -> Vec<Family> {
-    let registered = cp.configuration.store().agents().await.unwrap_or_default();
-    let mut out = Vec::new();
-    {
-        let counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let mut decisions = Family::new(&DECISIONS);
-        for ((agent, server, tool, decision, reason), n) in &counts.decisions {
-            decisions.add(&[agent, server, tool, decision, reason], *n as f64);
+/// What the configuration names ahead of any record: the series counted from zero.
+struct Known {
+    servers: Vec<String>,
+    issuers: Vec<String>,
+    agents: Vec<String>,
+}
+
+/// The decision families from `counts`: the known series first (zero when nothing was
+/// counted), then those first seen in records.
+fn decision_families(counts: &DecisionCounts, known: &Known, now_ms: i64) -> Vec<Family> {
+    use std::collections::HashSet;
+    let delay = counts.new_series_delay_ms;
+    let refusals: Vec<&'static str> = Refusal::all().map(Refusal::code).collect();
+
+    let mut decisions = Family::new(&DECISIONS);
+    let mut seen: HashSet<(&str, &str, &str)> = HashSet::new();
+    for server in &known.servers {
+        let keys = std::iter::once(("allow", "")).chain(refusals.iter().map(|r| ("deny", *r)));
+        for (decision, reason) in keys {
+            let n = counts.decisions.get(&ReasonLabels(server, decision, reason)).map_or(0, |c| c.n);
+            decisions.add(&[server, decision, reason], n as f64);
+            seen.insert((server, decision, reason));
         }
-        let mut latency = Family::new(&DECISION_LATENCY);
-        for ((server, decision), h) in &counts.latency {
+    }
+    for ((server, decision, reason), count) in &counts.decisions {
+        if !seen.contains(&(server.as_str(), *decision, reason.as_str())) {
+            decisions.add(&[server, decision, reason], count.shown(now_ms, delay));
+        }
+    }
+
+    let mut by_target = Family::new(&TARGET_DECISIONS);
+    for ((server, target, decision), count) in &counts.by_target {
+        by_target.add(&[server, target, decision], count.shown(now_ms, delay));
+    }
+
+    let (mut by_agent, mut dropped) = (Family::new(&AGENT_DECISIONS), Family::new(&RECORDS_DROPPED));
+    let mut agents: HashSet<&str> = HashSet::new();
+    for agent in &known.agents {
+        for decision in ["allow", "deny"] {
+            let n = counts.by_agent.get(&NameLabels(agent, decision)).map_or(0, |c| c.n);
+            by_agent.add(&[agent, decision], n as f64);
+        }
+        dropped.add(&[agent], counts.dropped.get(&NameLabels(agent, DROPPED)).map_or(0, |c| c.n) as f64);
+        agents.insert(agent);
+    }
+    for ((agent, decision), count) in &counts.by_agent {
+        if !agents.contains(agent.as_str()) {
+            by_agent.add(&[agent, decision], count.shown(now_ms, delay));
+        }
+    }
+    for ((agent, _), count) in &counts.dropped {
+        if !agents.contains(agent.as_str()) {
+            dropped.add(&[agent], count.shown(now_ms, delay));
+        }
+    }
+
+    let mut latency = Family::new(&DECISION_DURATION);
+    let empty = Histogram::new(LATENCY_BUCKETS);
+    for server in &known.servers {
+        for decision in ["allow", "deny"] {
+            latency.add_histogram(
+                &[server, decision],
+                counts.latency.get(&NameLabels(server, decision)).unwrap_or(&empty),
+            );
+        }
+    }
+    for ((server, decision), h) in &counts.latency {
+        if !known.servers.contains(server) {
             latency.add_histogram(&[server, decision], h);
         }
-        let mut lifetimes = Family::new(&TOKEN_LIFETIME);
-        for (issuer, h) in &counts.lifetimes {
+    }
+    let mut lifetimes = Family::new(&TOKEN_LIFETIME);
+    let empty = Histogram::new(LIFETIME_BUCKETS);
+    for issuer in &known.issuers {
+        lifetimes.add_histogram(&[issuer], counts.lifetimes.get(issuer).unwrap_or(&empty));
+    }
+    for (issuer, h) in &counts.lifetimes {
+        if !known.issuers.contains(issuer) {
             lifetimes.add_histogram(&[issuer], h);
         }
-        let mut dropped = Family::new(&RECORDS_DROPPED);
-        for (agent, n) in &counts.dropped {
-            dropped.add(&[agent], *n as f64);
+    }
+    let mut requests = Family::new(&REQUESTS);
+    for server in &known.servers {
+        let by_how = counts.requests.get(server).copied().unwrap_or_default();
+        for (how, n) in How::ALL.iter().zip(by_how) {
+            requests.add(&[server, how.as_str()], n as f64);
         }
-        let overflow = Family::single(&DECISIONS_OVERFLOW, counts.overflow as f64);
-        let mut requests = Family::new(&REQUESTS);
-        for (server, by_how) in &counts.requests {
+    }
+    for (server, by_how) in &counts.requests {
+        if !known.servers.contains(server) {
             for (how, n) in How::ALL.iter().zip(by_how) {
                 requests.add(&[server, how.as_str()], *n as f64);
             }
         }
-        out.extend([decisions, overflow, latency, lifetimes, dropped, requests]);
     }
+    let overflow = Family::single(&DECISIONS_OVERFLOW, counts.overflow as f64);
+    vec![decisions, by_target, by_agent, overflow, latency, lifetimes, dropped, requests]
+}
+
+/// Every family the control plane knows, now: what `/metrics` and the OTLP export both read.
+pub async fn families(cp: &Sources) -> Vec<Family> {
+    let registered = cp.configuration.store().agents().await.unwrap_or_default();
+    let (state, now_ms) = (cp.configuration.current(), crate::now_unix_ms());
+    let now = now_ms / 1000;
+    let named = |kind: fn(&Spec) -> bool| -> Vec<String> {
+        state.resources.iter().filter(|(_, e)| kind(&e.document.spec)).map(|(k, _)| k.name.clone()).collect()
+    };
+    let known = Known {
+        servers: named(|s| matches!(s, Spec::McpServer(_))),
+        issuers: named(|s| matches!(s, Spec::TrustedIssuer(_))),
+        agents: registered.keys().cloned().collect(),
+    };
+    let mut out = {
+        let counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
+        decision_families(&counts, &known, now_ms)
+    };
     let version = cp.configuration.version();
     out.push(Family::single(&CONFIG_VERSION, version as f64));
     out.push(Family::single(&LEADER, if cp.leadership.is_leading() { 1.0 } else { 0.0 }));
     let agents = cp.fleet.presence().report(registered, &[]);
-    let connected: Vec<_> = agents.iter().filter(|a| a.connected).collect();
-    out.push(Family::single(&AGENTS_CONNECTED, connected.len() as f64));
-    let mut lag = Family::new(&CONFIG_LAG);
-    for a in connected {
-        lag.add(&[&a.id], version.saturating_sub(a.applied_version) as f64);
+    let (mut connected, mut lag) = (Family::new(&AGENT_CONNECTED), Family::new(&CONFIG_LAG));
+    for a in &agents {
+        connected.add(&[&a.id], if a.connected { 1.0 } else { 0.0 });
+        if a.connected {
+            lag.add(&[&a.id], version.saturating_sub(a.applied_version) as f64);
+        }
     }
-    out.push(lag);
-    let (state, now) = (cp.configuration.current(), crate::now_unix_ms() / 1000);
+    out.push(Family::single(&AGENTS_CONNECTED, agents.iter().filter(|a| a.connected).count() as f64));
+    out.extend([connected, lag]);
     out.extend(bridges(&state, now));
     let in_audit =
         state.resources.values().filter(|e| matches!(&e.document.spec, Spec::McpServer(s) if s.in_audit(now)));
     out.push(Family::single(&SERVERS_IN_AUDIT, in_audit.count() as f64));
+    let committed = cp.configuration.revocations_committed();
     let mut revocations = Family::new(&REVOCATIONS);
-    for (source, n) in cp.configuration.revocations_committed() {
+    for source in REVOCATION_SOURCES {
+        let n = committed.iter().filter(|(s, _)| *s == source).map(|(_, n)| *n).sum::<u64>();
         revocations.add(&[source], n as f64);
+    }
+    for (source, n) in committed.iter().filter(|(s, _)| !REVOCATION_SOURCES.contains(s)) {
+        revocations.add(&[source], *n as f64);
     }
     out.push(revocations);
     let mut enforcement = Family::new(&ENFORCEMENT);
@@ -421,8 +613,18 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
         }
         out.push(secrets);
     }
+    let (mut refreshes, mut failing) = (Family::new(&KEY_REFRESHES), Family::new(&KEY_REFRESH_FAILING));
+    let mut statuses: Vec<_> = cp.key_statuses.snapshot().into_iter().collect();
+    statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    for (issuer, status) in &statuses {
+        refreshes.add(&[issuer, "success"], status.succeeded as f64);
+        refreshes.add(&[issuer, "failure"], status.failed as f64);
+        failing.add(&[issuer], f64::from(status.consecutive_failures));
+    }
+    out.extend([refreshes, failing]);
     out.push(Family::single(&LOG_RECORDS_EXPORTED, cp.export_stats.exported.load(Relaxed) as f64));
     out.push(Family::single(&LOG_RECORDS_REJECTED, cp.export_stats.rejected.load(Relaxed) as f64));
+    out.push(cp.otlp.1.family(&cp.otlp.0));
     out
 }
 
@@ -446,13 +648,6 @@ fn bridges(state: &crate::configuration::state::FleetState, now: i64) -> [Family
 /// The Prometheus text of everything the control plane knows.
 pub async fn render(cp: &Sources) -> String {
     metrics::prometheus_text(&families(cp).await)
-}
-
-/// The same families as OTLP metrics, cumulative since the process started.
-pub async fn otlp(cp: &Sources) -> Vec<om::Metric> {
-    let families = families(cp).await;
-    let nanos = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    warden_otlp::metrics::metrics(&families, nanos(cp.started), nanos(std::time::SystemTime::now()))
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
@@ -479,9 +674,16 @@ pub async fn serve(sources: Arc<Sources>, listener: tokio::net::TcpListener, mut
 mod tests {
     use super::*;
 
+    fn value(family: &Family, labels: &[&str]) -> Option<f64> {
+        family.points.iter().find(|p| p.labels == labels).map(|p| match p.value {
+            metrics::Value::Number(n) => n,
+            metrics::Value::Histogram(ref h) => h.count() as f64,
+        })
+    }
+
     #[test]
     fn a_series_is_found_again_by_its_borrowed_labels() {
-        let mut counts = DecisionCounts::default();
+        let mut counts = DecisionCounts::new(std::time::Duration::ZERO);
         let allowed = DecisionRecordView {
             server: "github",
             target: "search",
@@ -497,13 +699,12 @@ mod tests {
         }
         counts.observe("agent-1", &denied);
         counts.observe("agent-2", &allowed);
-        let key = |agent: &str, decision, reason: &str| {
-            (agent.to_string(), "github".to_string(), "search".to_string(), decision, reason.to_string())
-        };
-        assert_eq!(counts.decisions.len(), 3);
-        assert_eq!(counts.decisions[&key("agent-1", "allow", "")], 3);
-        assert_eq!(counts.decisions[&key("agent-1", "deny", "policy_denied")], 1);
-        assert_eq!(counts.decisions[&key("agent-2", "allow", "")], 1);
+        assert_eq!(counts.decisions.len(), 2);
+        assert_eq!(counts.decisions[&ReasonLabels("github", "allow", "")].n, 4);
+        assert_eq!(counts.decisions[&ReasonLabels("github", "deny", "policy_denied")].n, 1);
+        assert_eq!(counts.by_target[&TargetLabels("github", "search", "deny")].n, 1);
+        assert_eq!(counts.by_agent[&NameLabels("agent-1", "allow")].n, 3);
+        assert_eq!(counts.by_agent[&NameLabels("agent-2", "allow")].n, 1);
         assert_eq!(counts.latency.len(), 2, "one histogram per (server, decision)");
         assert_eq!(counts.lifetimes.len(), 1);
         // How each was decided: on a validated token, allowed or denied by policy.
@@ -513,5 +714,52 @@ mod tests {
         counts.observe("agent-1", &DecisionRecordView { reason: "expired", count: 3, ..denied });
         counts.observe("agent-1", &DecisionRecordView { via: "token-exchange", ..allowed });
         assert_eq!(counts.requests["github"], [5, 1, 1, 3], "validated, audited, bridged, refused");
+        assert_eq!(counts.total(), 11);
+    }
+
+    #[test]
+    fn known_series_start_at_zero_and_new_ones_read_zero_for_the_delay() {
+        let mut counts = DecisionCounts::new(std::time::Duration::from_secs(60));
+        let known = Known { servers: vec!["notes".into()], issuers: vec!["corp".into()], agents: vec!["a1".into()] };
+        let now = crate::now_unix_ms();
+        let families = decision_families(&counts, &known, now);
+        let by = |name: &str| families.iter().find(|f| f.descriptor.name == name).unwrap().clone();
+        // Before any record: every refusal code of the configured server, and the agent, at 0.
+        let decisions = by("warden.decisions");
+        assert_eq!(decisions.points.len(), 1 + 39);
+        assert_eq!(value(&decisions, &["notes", "deny", "expired"]), Some(0.0));
+        assert_eq!(value(&decisions, &["notes", "deny", "tool_not_granted"]), Some(0.0));
+        assert_eq!(value(&by("warden.fleet.agent.decision_records.dropped"), &["a1"]), Some(0.0));
+        assert_eq!(value(&by("warden.fleet.agent.decisions"), &["a1", "deny"]), Some(0.0));
+        assert_eq!(value(&by("warden.requests"), &["notes", "refused"]), Some(0.0));
+        assert_eq!(value(&by("warden.token.lifetime"), &["corp"]), Some(0.0));
+
+        // A refusal of a known server counts at once; a tool and a server first seen read 0
+        // until the delay has passed.
+        let refused = DecisionRecordView {
+            server: "notes",
+            target: "delete",
+            decision: pb::Decision::Deny as i32,
+            reason: "expired",
+            ..Default::default()
+        };
+        counts.observe("a1", &refused);
+        counts.observe("a1", &DecisionRecordView { server: "gone", ..refused });
+        counts.dropped("a1", 0, 1);
+        counts.dropped("a9", 0, 2);
+        let families = decision_families(&counts, &known, now);
+        let by = |name: &str| families.iter().find(|f| f.descriptor.name == name).unwrap().clone();
+        assert_eq!(value(&by("warden.decisions"), &["notes", "deny", "expired"]), Some(1.0));
+        assert_eq!(value(&by("warden.decisions"), &["gone", "deny", "expired"]), Some(0.0));
+        assert_eq!(value(&by("warden.target.decisions"), &["notes", "delete", "deny"]), Some(0.0));
+        assert_eq!(value(&by("warden.fleet.agent.decisions"), &["a1", "deny"]), Some(2.0));
+        assert_eq!(value(&by("warden.fleet.agent.decision_records.dropped"), &["a1"]), Some(1.0));
+        assert_eq!(value(&by("warden.fleet.agent.decision_records.dropped"), &["a9"]), Some(0.0));
+        let later = decision_families(&counts, &known, now + 61_000);
+        let by = |name: &str| later.iter().find(|f| f.descriptor.name == name).unwrap().clone();
+        assert_eq!(value(&by("warden.decisions"), &["gone", "deny", "expired"]), Some(1.0));
+        assert_eq!(value(&by("warden.target.decisions"), &["notes", "delete", "deny"]), Some(1.0));
+        assert_eq!(value(&by("warden.target.decisions"), &["gone", "delete", "deny"]), Some(1.0));
+        assert_eq!(value(&by("warden.fleet.agent.decision_records.dropped"), &["a9"]), Some(2.0));
     }
 }

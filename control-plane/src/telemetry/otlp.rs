@@ -12,18 +12,16 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
-use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
 use proto::v1 as pb;
 pub use warden_otlp::{Config, Endpoint};
-use warden_otlp::{ExportError, Sender, attribute, resource as otel_resource, string};
+use warden_otlp::{ExportError, Exports, Sender, attribute, string};
 use warden_tasks::{Backoff, Shutdown};
 
 use crate::fleet::replicas::Leadership;
 use crate::telemetry::decisions::Decisions;
-use crate::telemetry::metrics::{ExportStats, Sources};
+use crate::telemetry::metrics::ExportStats;
 
 /// Decision records per export request.
 const BATCH: usize = 512;
@@ -35,52 +33,6 @@ const RETRY: Backoff = Backoff::new(Duration::from_millis(400), Duration::from_s
 pub fn log_record(stored: &pb::StoredDecision) -> LogRecord {
     let empty = pb::DecisionRecord::default();
     warden_otlp::decision::log_record(stored.record.as_ref().unwrap_or(&empty), &stored.agent, stored.boot)
-}
-
-/// Exports the control plane's metrics (cumulative) every `interval` until `stop`. Nothing is
-/// kept for a failed export: the next one carries the totals.
-pub async fn export_metrics(
-    cp: Arc<Sources>,
-    endpoint: Endpoint,
-    resource: Vec<(String, String)>,
-    interval: Duration,
-    mut stop: Shutdown,
-) {
-    let sender = match Sender::new(&endpoint) {
-        Ok(s) => s,
-        Err(e) => return tracing::error!("OTLP metrics exporter: {e}"),
-    };
-    tracing::info!(endpoint = %endpoint.url, protocol = ?endpoint.protocol, ?interval, "exporting metrics over OTLP");
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.requested() => return,
-        }
-        let snapshot = crate::telemetry::metrics::otlp(&cp).await;
-        let request = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(otel_resource(&resource)),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "warden.control_plane".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    metrics: snapshot,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        match sender.metrics(request).await {
-            Ok(0) => {}
-            Ok(refused) => tracing::warn!(refused, "the OTLP receiver refused some data points"),
-            Err(ExportError { message, .. }) => tracing::warn!("OTLP metrics export failed: {message}"),
-        }
-    }
 }
 
 /// Why a log source could not be read or its cursor moved.
@@ -200,11 +152,12 @@ pub async fn export_logs<S: LogSource>(
     endpoint: Endpoint,
     resource: Vec<(String, String)>,
     stats: Arc<ExportStats>,
+    exports: Arc<Exports>,
     mut stop: Shutdown,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let scope = source.scope();
-    let sender = match Sender::new(&endpoint) {
+    let sender = match Sender::new(&endpoint, exports) {
         Ok(s) => s,
         Err(e) => return tracing::error!(scope, "OTLP logs exporter: {e}"),
     };

@@ -78,6 +78,12 @@ pub struct KeyStatus {
     pub last_error: String,
     /// When the next refresh is due, seconds since the epoch.
     pub next_refresh_unix: i64,
+    /// Fetches that succeeded, since this replica started.
+    pub succeeded: u64,
+    /// Fetches that failed, likewise.
+    pub failed: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
 }
 
 /// Every fetching issuer's [`KeyStatus`], by issuer name.
@@ -144,7 +150,14 @@ pub async fn run(
             }
         }
         tracked.retain(|name, _| fetching.contains_key(name));
-        statuses.lock().retain(|name, _| fetching.contains_key(name));
+        {
+            // Every fetching issuer has a status from the start: its counts begin at zero.
+            let mut statuses = statuses.lock();
+            statuses.retain(|name, _| fetching.contains_key(name));
+            for name in fetching.keys() {
+                statuses.entry(name.clone()).or_default();
+            }
+        }
         for (name, (origin_version, spec)) in fetching {
             let fresh = tracked.get(&name).is_none_or(|t| t.origin_version != origin_version);
             if fresh {
@@ -175,14 +188,14 @@ pub async fn run(
                     t.failures = 0;
                     let interval = policy.interval(fetched.cache_control.as_deref());
                     store(&cp, &name, t.origin_version, fetched).await;
-                    set_status(&statuses, &name, String::new(), interval);
+                    set_status(&statuses, &name, Ok(()), interval);
                     interval
                 }
                 Err(error) => {
                     t.failures += 1;
                     let retry = policy.retry(t.failures);
                     tracing::warn!(issuer = %name, "key refresh failed, keeping the previous keys: {error}");
-                    set_status(&statuses, &name, error.to_string(), retry);
+                    set_status(&statuses, &name, Err(error.to_string()), retry);
                     retry
                 }
             };
@@ -213,9 +226,22 @@ pub async fn run(
     }
 }
 
-fn set_status(statuses: &KeyStatuses, issuer: &str, last_error: String, next: Duration) {
-    let next_refresh_unix = (crate::now_unix_ms() / 1000) + next.as_secs() as i64;
-    statuses.lock().insert(issuer.to_string(), KeyStatus { last_error, next_refresh_unix });
+fn set_status(statuses: &KeyStatuses, issuer: &str, outcome: Result<(), String>, next: Duration) {
+    let mut statuses = statuses.lock();
+    let status = statuses.entry(issuer.to_string()).or_default();
+    status.next_refresh_unix = (crate::now_unix_ms() / 1000) + next.as_secs() as i64;
+    match outcome {
+        Ok(()) => {
+            status.last_error.clear();
+            status.succeeded += 1;
+            status.consecutive_failures = 0;
+        }
+        Err(error) => {
+            status.last_error = error;
+            status.failed += 1;
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+        }
+    }
 }
 
 /// Commits fetched keys if they differ from what agents have.

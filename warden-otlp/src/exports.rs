@@ -1,0 +1,124 @@
+//! How a process's OTLP exports went, by signal and outcome: the `warden.otlp.exports` counter
+//! both binaries serve, so an operator can alert on an export that keeps failing (the data it
+//! carries cannot say so itself).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use warden_core::metrics::{Descriptor, Family, Kind};
+
+use crate::Config;
+
+/// What OTLP carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Log records (decision records, the audit trail, finding events).
+    Logs,
+    /// Metrics.
+    Metrics,
+    /// Spans.
+    Traces,
+}
+
+impl Signal {
+    const ALL: [Signal; 3] = [Signal::Logs, Signal::Metrics, Signal::Traces];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
+            Signal::Traces => "traces",
+        }
+    }
+}
+
+/// How one export request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver took all of it.
+    Success,
+    /// The receiver answered and refused some or all of it for good (OTLP partial success, or
+    /// a final error status).
+    Rejected,
+    /// No answer, or one worth retrying (unavailable, overloaded, timed out).
+    Failure,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Success, Outcome::Rejected, Outcome::Failure];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Rejected => "rejected",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+/// The export requests of one process, counted by signal and outcome.
+#[derive(Debug, Default)]
+pub struct Exports {
+    counts: [[AtomicU64; 3]; 3],
+}
+
+/// Export requests by signal and outcome.
+pub const EXPORTS: Descriptor = Descriptor {
+    name: "warden.otlp.exports",
+    unit: "{request}",
+    help: "OTLP export requests this process sent, by signal and outcome: success, rejected (refused for good, in part or whole), failure (no answer, or one worth retrying).",
+    kind: Kind::Counter,
+    labels: &["warden.otlp.signal", "warden.outcome"],
+};
+
+impl Exports {
+    /// Counts one request of `signal` that ended in `outcome`.
+    pub fn count(&self, signal: Signal, outcome: Outcome) {
+        self.counts[signal as usize][outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The requests so far of every signal `config` exports, every outcome present from zero so
+    /// that the first failure is an increase.
+    pub fn family(&self, config: &Config) -> Family {
+        let mut family = Family::new(&EXPORTS);
+        let exported = |s: Signal| match s {
+            Signal::Logs => config.logs.is_some(),
+            Signal::Metrics => config.metrics.is_some(),
+            Signal::Traces => config.traces.is_some(),
+        };
+        for signal in Signal::ALL.into_iter().filter(|s| exported(*s)) {
+            for outcome in Outcome::ALL {
+                let n = self.counts[signal as usize][outcome as usize].load(Relaxed);
+                family.add(&[signal.as_str(), outcome.as_str()], n as f64);
+            }
+        }
+        family
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_of_each_exported_signal_is_present_from_zero() {
+        let exports = Exports::default();
+        let endpoint = crate::Endpoint {
+            url: "http://127.0.0.1:4318/v1/logs".into(),
+            protocol: crate::Protocol::HttpProtobuf,
+            headers: Vec::new(),
+            timeout: std::time::Duration::from_secs(1),
+            tls: None,
+        };
+        let config = Config { logs: Some(endpoint), ..Config::default() };
+        let family = exports.family(&config);
+        let points: Vec<_> = family.points.iter().map(|p| p.labels.join("/")).collect();
+        assert_eq!(points, ["logs/success", "logs/rejected", "logs/failure"]);
+        exports.count(Signal::Logs, Outcome::Failure);
+        exports.count(Signal::Logs, Outcome::Failure);
+        exports.count(Signal::Traces, Outcome::Success);
+        let family = exports.family(&config);
+        let failures = family.points.iter().find(|p| p.labels == ["logs", "failure"]).unwrap();
+        assert!(matches!(failures.value, warden_core::metrics::Value::Number(n) if n == 2.0));
+        assert_eq!(family.points.len(), 3, "traces are not exported here");
+    }
+}
