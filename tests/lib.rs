@@ -18,11 +18,14 @@
 //! - `ca`: a throwaway certificate authority ([`TestCa`]).
 //! - `proxy`: a TCP proxy a test can cut: a network partition ([`Proxy`]).
 //! - [`otlp`]: an OTLP receiver.
+//! - [`collector`]: an OpenTelemetry Collector's Prometheus exporter, as the specification says it
+//!   translates (a stand-in: the real one needs a container runtime).
 //! - `simulated`: agents simulated in a load harness's process ([`simulated_agent`]).
 //! - `secrets`: where a secret's text turns up in what Warden wrote ([`files_containing`]).
 #![forbid(unsafe_code)]
 
 mod ca;
+pub mod collector;
 mod etcd;
 mod fleet;
 mod gateway;

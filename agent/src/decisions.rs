@@ -350,19 +350,30 @@ impl Outbox {
         Ok(())
     }
 
-    /// Moves what memory holds to the spool (as much as fits; the rest is dropped and counted).
+    /// Moves what memory holds to the spool, oldest first, as much as fits; the rest stays in
+    /// memory (where a full queue drops new records one by one, each counted), so a full spool
+    /// does not cost the records already queued.
     pub async fn spill(&self) -> Result<(), SpoolError> {
+        self.move_to_spool(false).await
+    }
+
+    /// Moves memory to the spool; with `final_`, what does not fit is dropped and counted (the
+    /// process is ending), and the drop count is written even with no record to move.
+    async fn move_to_spool(&self, final_: bool) -> Result<(), SpoolError> {
         let mut guard = self.spool.clone().lock_owned().await;
-        let (records, dropped) = {
+        let (records, dropped, lost) = {
             let mut memory = self.memory();
             let room = guard.room().min(memory.records.len() as u64) as usize;
-            let lost = memory.records.len() - room;
+            let lost = if final_ { memory.records.len() - room } else { 0 };
             memory.dropped += lost as u64;
             self.drops.store(memory.dropped, std::sync::atomic::Ordering::Relaxed);
-            let records: Vec<Bytes> = memory.records.drain(..).take(room).map(|q| q.encoded).collect();
-            (records, memory.dropped)
+            let records: Vec<Bytes> = memory.records.drain(..room).map(|q| q.encoded).collect();
+            if final_ {
+                memory.records.clear();
+            }
+            (records, memory.dropped, lost)
         };
-        if records.is_empty() && dropped == 0 {
+        if records.is_empty() && (lost == 0 && (!final_ || dropped == 0)) {
             return Ok(());
         }
         let boot = self.boot;
@@ -390,7 +401,7 @@ impl Outbox {
     /// At shutdown, after the gateway stopped: everything still in memory goes to disk.
     pub async fn persist(&self) {
         let (made, dropped) = self.made();
-        match self.spill().await {
+        match self.move_to_spool(true).await {
             Ok(()) => tracing::info!(made, dropped, "decision records persisted for the next run"),
             Err(e) => tracing::error!("decision records could not be persisted: {e}"),
         }
@@ -493,23 +504,40 @@ mod tests {
         for _ in 0..6 {
             outbox.record(&record());
         }
-        // Memory took 4, two were dropped; the spool takes 2 of the 4, two more dropped.
+        // Memory took 4, two were dropped; the spool takes the oldest 2, memory keeps the rest.
         outbox.spill().await.unwrap();
-        assert_eq!(outbox.made(), (4, 4));
-        let (batch, in_flight, _) = next(&outbox).await;
-        assert_eq!((batch.records.len(), batch.dropped), (2, 4));
+        assert_eq!(outbox.made(), (4, 2));
+        let (batch, in_flight, sequences) = next(&outbox).await;
+        assert_eq!((sequences, batch.dropped), (vec![1, 2], 2));
         outbox.acknowledge(in_flight, 2).await.unwrap();
-        // Memory again: four kept, one dropped; the count rides with the next batches.
+        // Memory again: two more kept, three dropped; the count rides with the next batches.
         for _ in 0..5 {
             outbox.record(&record());
         }
         let (batch, in_flight, sequences) = next(&outbox).await;
-        assert_eq!((sequences, batch.dropped), (vec![5, 6, 7], 5));
-        outbox.acknowledge(in_flight, 7).await.unwrap();
-        let (batch, in_flight, _) = next(&outbox).await;
-        assert_eq!((batch.records.len(), batch.dropped), (1, 5));
-        outbox.acknowledge(in_flight, 8).await.unwrap();
+        assert_eq!((sequences, batch.dropped), (vec![3, 4, 5], 5));
+        outbox.acknowledge(in_flight, 5).await.unwrap();
+        let (batch, in_flight, sequences) = next(&outbox).await;
+        assert_eq!((sequences, batch.dropped), (vec![6], 5));
+        outbox.acknowledge(in_flight, 6).await.unwrap();
         let pending = tokio::time::timeout(Duration::from_millis(100), outbox.next_batch()).await;
         assert!(pending.is_err(), "nothing more to send");
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_what_the_spool_cannot_take_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_boot = {
+            let outbox = outbox(dir.path(), 4, 2);
+            for _ in 0..4 {
+                outbox.record(&record());
+            }
+            outbox.persist().await;
+            assert_eq!(outbox.made(), (4, 2));
+            outbox.boot
+        };
+        let outbox = outbox(dir.path(), 4, 2);
+        let (batch, _, sequences) = next(&outbox).await;
+        assert_eq!((batch.boot, sequences, batch.dropped), (first_boot, vec![1, 2], 2));
     }
 }

@@ -117,7 +117,7 @@ spec:
         ureq::get(&url).call().expect("the agent's /metrics").body_mut().read_to_string().unwrap()
     }
 
-    fn summary(&self) -> Value {
+    pub(crate) fn summary(&self) -> Value {
         self.cp.ctl_json(&["decisions", "--summary"])
     }
 

@@ -12,6 +12,7 @@ mod identity_sources;
 mod inventory;
 mod issuer_keys;
 mod packaging;
+mod prometheus;
 mod replay;
 mod replicas;
 mod token_exchange;
