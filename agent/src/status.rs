@@ -176,7 +176,13 @@ pub fn families(s: &Shared) -> Vec<Family> {
     if let Some(spans) = &s.spans {
         out.push(Family::single(&SPANS_DROPPED, spans.dropped() as f64));
     }
-    out.push(s.otlp.1.family(&s.otlp.0));
+    let (config, exports) = &s.otlp;
+    let signals = [
+        (warden_otlp::Signal::Logs, config.logs.is_some()),
+        (warden_otlp::Signal::Metrics, config.metrics.is_some()),
+        (warden_otlp::Signal::Traces, config.traces.is_some()),
+    ];
+    out.push(exports.family(signals.into_iter().filter(|(_, on)| *on).map(|(s, _)| s)));
     out
 }
 

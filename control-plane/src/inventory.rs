@@ -154,6 +154,9 @@ impl Inventory {
         store.put_findings(record).await?;
         if changes.opened + changes.gone > 0 {
             self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Counted again at the next scrape: a report here shows at once (another replica's
+            // within the minute).
+            *self.open.lock().await = None;
         }
         Ok(changes)
     }
@@ -163,7 +166,8 @@ impl Inventory {
         self.changed.clone()
     }
 
-    /// Open findings by kind across every host, as of at most a minute ago.
+    /// Open findings by kind across every host, as of at most a minute ago (or this replica's
+    /// last report that changed any).
     pub async fn open_by_kind(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut open = self.open.lock().await;
         let now = tokio::time::Instant::now();

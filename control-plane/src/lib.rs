@@ -92,8 +92,8 @@ pub struct Options {
     pub otlp: telemetry::otlp::Config,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
-    /// How long a metric series first seen in a record (a tool's name, an unconfigured server)
-    /// reads 0 before its count, so that `rate()` and `increase()` count its first events.
+    /// How long a metric series reads 0 after its labels are first known or seen in a record,
+    /// so that `rate()` and `increase()` count its first events.
     pub metrics_new_series_delay: Duration,
     /// Where the read-only console is served, if anywhere (loopback only).
     pub console_listen: Option<SocketAddr>,
@@ -192,7 +192,8 @@ pub async fn run(
     // The subsystems, each on the ones below it.
     let (configuration, revision) = open_configuration(&options).await?;
     let configuration = Arc::new(configuration);
-    let replica = Replica::new(replica_id(&options, &listener), matches!(options.store, StoreOptions::Embedded));
+    let replica_name = replica_id(&options, &listener);
+    let replica = Replica::new(replica_name.clone(), matches!(options.store, StoreOptions::Embedded));
     let leadership = replica.leadership();
     let ca = match &options.ca_files {
         Some((cert, key)) => FleetCa::load_or_create(CaSource::Files { cert, key }, &options.trust_domain)?,
@@ -231,7 +232,7 @@ pub async fn run(
         &inventory,
         tokens.key_statuses(),
         &leadership,
-        &otlp_config(&options, &listener),
+        &otlp_config(&options, &replica_name),
         &mut tasks,
         &stop,
     );
@@ -349,19 +350,18 @@ async fn open_configuration(options: &Options) -> Result<(Configuration, i64), R
 }
 
 /// This process among the replicas sharing the store: `<server name>:<port>/<random>`.
-/// The OTLP configuration, with this replica's address as `service.instance.id` unless the
-/// operator set one: the Collector makes it the `instance` label, and replicas sharing one
-/// would overwrite each other's series there.
-fn otlp_config(options: &Options, listener: &TcpListener) -> telemetry::otlp::Config {
+/// The OTLP configuration, with this replica's id as `service.instance.id` unless the operator
+/// set one: the Collector makes it the `instance` label, and replicas sharing one (behind one
+/// service name and port) would overwrite each other's series there.
+fn otlp_config(options: &Options, replica: &str) -> telemetry::otlp::Config {
     let mut otlp = options.otlp.clone();
     if !otlp.resource.iter().any(|(k, _)| k == "service.instance.id") {
-        let port = listener.local_addr().map_or(0, |a| a.port());
-        let host = options.server_names.first().map_or("localhost", String::as_str);
-        otlp.resource.push(("service.instance.id".into(), format!("{host}:{port}")));
+        otlp.resource.push(("service.instance.id".into(), replica.to_string()));
     }
     otlp
 }
 
+/// This process among the replicas sharing the store: `<server name>:<port>/<random>`.
 fn replica_id(options: &Options, listener: &TcpListener) -> String {
     format!(
         "{}:{}/{:06x}",

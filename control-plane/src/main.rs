@@ -89,9 +89,10 @@ struct Args {
     /// Serve `/metrics` (Prometheus text), `/healthz` and `/readyz` on this address.
     #[arg(long, env = "WARDEN_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// How long a metric series first seen in a decision record (a tool's name, a server not
-    /// configured) reads 0 before its count, so that rate() and increase() count its first
-    /// events: at least the longest scrape interval (series known ahead start at 0 anyway).
+    /// How long a metric series reads 0 after its labels are first known (a server or agent
+    /// added) or seen in a decision record (a tool's name), so that rate() and increase()
+    /// count its first events: at least the longest scrape interval (with OTLP metrics on, the
+    /// control plane makes it at least the export interval).
     #[arg(long, default_value = "60s", value_parser = warden_core::duration::parse)]
     metrics_new_series_delay: Duration,
     /// Serve the read-only console (fleet, resources, decisions, explanations) on this loopback

@@ -47,7 +47,11 @@ const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","param
 #[test]
 fn a_legacy_client_works_through_a_bridge_within_its_policy_until_the_bridge_expires_or_is_revoked() {
     let metrics_addr = loopback_addr();
-    let fleet = Fleet::builder().peers().agent_ids(&["agent-b"]).cp_flags(&["--metrics-listen", &metrics_addr]).start();
+    let fleet = Fleet::builder()
+        .peers()
+        .agent_ids(&["agent-b"])
+        .cp_flags(&["--metrics-listen", &metrics_addr, "--metrics-new-series-delay", "0s"])
+        .start();
     // Outside the fleet's directory, so the search for the keys below covers only what Warden
     // wrote.
     let keys = tempfile::tempdir().expect("key dir");

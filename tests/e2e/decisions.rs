@@ -616,7 +616,8 @@ fn an_agent_asked_to_exports_its_decision_records_itself() {
 #[test]
 fn unauthenticated_floods_are_counted_not_stored_one_by_one_and_invented_names_stay_bounded() {
     let metrics_addr = loopback_addr();
-    let fleet = Fleet::start_with(&[], &["--metrics-listen", &metrics_addr], &[], &[]);
+    let fleet =
+        Fleet::start_with(&[], &["--metrics-listen", &metrics_addr, "--metrics-new-series-delay", "0s"], &[], &[]);
     let alice = fleet.token("alice", "jti-flood", -10, 600);
     for _ in 0..300 {
         assert_eq!(fleet.call(None, "echo"), 401);

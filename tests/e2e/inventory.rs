@@ -34,7 +34,7 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
     let endpoint = format!("http://{}", receiver.address);
     let mut fleet = builder
         .cp_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
-        .cp_flags(&["--metrics-listen", &metrics_addr])
+        .cp_flags(&["--metrics-listen", &metrics_addr, "--metrics-new-series-delay", "0s"])
         .agent_flags(&["--scan-path", &root, "--scan-watch-interval", "1s", "--scan-interval", "1h"])
         .start();
 

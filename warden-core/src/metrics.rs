@@ -56,14 +56,10 @@ impl Descriptor {
     pub fn prometheus_name(&self) -> String {
         let mut tokens: Vec<&str> = tokens(self.name).collect();
         let (main, per) = unit_suffixes(self.unit);
-        if let Some(main) = main
-            && !tokens.contains(&main)
-        {
+        if !main.is_empty() && !tokens.contains(&main) {
             tokens.push(main);
         }
-        if let Some(per) = per
-            && !tokens.ends_with(&["per", per])
-        {
+        if !per.is_empty() && !tokens.ends_with(&["per", per]) {
             tokens.extend(["per", per]);
         }
         match self.kind {
@@ -88,23 +84,27 @@ fn tokens(name: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The suffixes of a UCUM unit: its main unit's and its "per" unit's, by the specification's
-/// table; annotations (`{request}`) and `1` give none.
-fn unit_suffixes(unit: &str) -> (Option<&'static str>, Option<&'static str>) {
+/// table; annotations (`{request}`) and `1` give none, and a unit the table lacks is used as it
+/// is, as the Collector does (a descriptor should use one the table has).
+fn unit_suffixes(unit: &str) -> (&str, &str) {
     let (main, per) = match unit.split_once('/') {
-        Some((main, per)) => (main.trim(), Some(per.trim())),
-        None => (unit.trim(), None),
+        Some((main, per)) => (main.trim(), per.trim()),
+        None => (unit.trim(), ""),
     };
+    let word = |unit: &'static [(&'static str, &'static str)], u: &str| -> Option<&'static str> {
+        unit.iter().find(|(ucum, _)| *ucum == u).map(|(_, word)| *word)
+    };
+    // Only a plain word can be a name's token.
+    let plain = |u: &str| u.chars().all(|c| c.is_ascii_alphanumeric());
     let main = match main {
-        "" | "1" => None,
-        m if m.contains(['{', '}']) => None,
-        m => MAIN_UNITS.iter().find(|(ucum, _)| *ucum == m).map(|(_, word)| *word),
+        "1" => "",
+        m => word(MAIN_UNITS, m).unwrap_or(if plain(m) { m } else { "" }),
     };
-    let per = per.and_then(|p| PER_UNITS.iter().find(|(ucum, _)| *ucum == p).map(|(_, word)| *word));
+    let per = word(PER_UNITS, per).unwrap_or(if plain(per) { per } else { "" });
     (main, per)
 }
 
-/// UCUM units and their Prometheus words (the units this table lacks give no suffix: a
-/// descriptor should use one it has).
+/// UCUM units and their Prometheus words.
 const MAIN_UNITS: &[(&str, &str)] = &[
     ("d", "days"),
     ("h", "hours"),
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn prometheus_names_follow_the_opentelemetry_translation() {
-        // The specification's and the Collector's own examples, and this project's shapes.
+        // The specification's examples, and this project's shapes.
         assert_eq!(named("http.server.request.duration", "s", Kind::Histogram), "http_server_request_duration_seconds");
         assert_eq!(named("system.network.io", "By", Kind::Counter), "system_network_io_bytes_total");
         assert_eq!(named("warden.decisions", "{decision}", Kind::Counter), "warden_decisions_total");
@@ -247,6 +247,7 @@ mod tests {
         assert_eq!(named("system.cpu.utilization", "1", Kind::Gauge), "system_cpu_utilization_ratio");
         assert_eq!(named("hits", "1", Kind::Counter), "hits_total", "1 gives ratio to gauges only");
         assert_eq!(named("net.throughput", "By/s", Kind::Gauge), "net_throughput_bytes_per_second");
+        assert_eq!(named("fuel", "gal", Kind::Gauge), "fuel_gal", "a unit the table lacks, as it is");
         // A unit the name already holds, a total already there, odd characters and digits.
         assert_eq!(named("job.duration_seconds", "s", Kind::Gauge), "job_duration_seconds");
         assert_eq!(named("requests.total", "{request}", Kind::Counter), "requests_total");

@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use warden_core::metrics::{Descriptor, Family, Kind};
 
-use crate::Config;
-
 /// What OTLP carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -20,8 +18,6 @@ pub enum Signal {
 }
 
 impl Signal {
-    const ALL: [Signal; 3] = [Signal::Logs, Signal::Metrics, Signal::Traces];
-
     fn as_str(self) -> &'static str {
         match self {
             Signal::Logs => "logs",
@@ -76,16 +72,11 @@ impl Exports {
         self.counts[signal as usize][outcome as usize].fetch_add(1, Relaxed);
     }
 
-    /// The requests so far of every signal `config` exports, every outcome present from zero so
-    /// that the first failure is an increase.
-    pub fn family(&self, config: &Config) -> Family {
+    /// The requests so far of each of `signals` (those the process exports), every outcome
+    /// present from zero so that the first failure is an increase.
+    pub fn family(&self, signals: impl IntoIterator<Item = Signal>) -> Family {
         let mut family = Family::new(&EXPORTS);
-        let exported = |s: Signal| match s {
-            Signal::Logs => config.logs.is_some(),
-            Signal::Metrics => config.metrics.is_some(),
-            Signal::Traces => config.traces.is_some(),
-        };
-        for signal in Signal::ALL.into_iter().filter(|s| exported(*s)) {
+        for signal in signals {
             for outcome in Outcome::ALL {
                 let n = self.counts[signal as usize][outcome as usize].load(Relaxed);
                 family.add(&[signal.as_str(), outcome.as_str()], n as f64);
@@ -102,21 +93,13 @@ mod tests {
     #[test]
     fn every_outcome_of_each_exported_signal_is_present_from_zero() {
         let exports = Exports::default();
-        let endpoint = crate::Endpoint {
-            url: "http://127.0.0.1:4318/v1/logs".into(),
-            protocol: crate::Protocol::HttpProtobuf,
-            headers: Vec::new(),
-            timeout: std::time::Duration::from_secs(1),
-            tls: None,
-        };
-        let config = Config { logs: Some(endpoint), ..Config::default() };
-        let family = exports.family(&config);
+        let family = exports.family([Signal::Logs]);
         let points: Vec<_> = family.points.iter().map(|p| p.labels.join("/")).collect();
         assert_eq!(points, ["logs/success", "logs/rejected", "logs/failure"]);
         exports.count(Signal::Logs, Outcome::Failure);
         exports.count(Signal::Logs, Outcome::Failure);
         exports.count(Signal::Traces, Outcome::Success);
-        let family = exports.family(&config);
+        let family = exports.family([Signal::Logs]);
         let failures = family.points.iter().find(|p| p.labels == ["logs", "failure"]).unwrap();
         assert!(matches!(failures.value, warden_core::metrics::Value::Number(n) if n == 2.0));
         assert_eq!(family.points.len(), 3, "traces are not exported here");

@@ -28,9 +28,9 @@ pub async fn export_periodically<F, Fut>(
     F: Fn() -> Fut,
     Fut: Future<Output = Vec<Family>>,
 {
+    // The first tick is at once: a receiver has every series from the start.
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     tokio::pin!(stop);
     loop {
         tokio::select! {

@@ -4,10 +4,11 @@
 //! A counter a panel or an alert reads is present from zero before its first event, or
 //! `increase()` never counts that event (Prometheus does not count a series' first value). Where
 //! the label values are known ahead — the configured servers and issuers, every refusal code,
-//! the registered agents — every series is there from the start. Where they are not (a tool's
-//! name, a server no longer configured), a new series reads 0 for the new-series delay before
-//! it shows its count: a scraper or OTLP export in that time sees the zero, later ones the
-//! count, so the first events are late on a dashboard but never lost.
+//! the registered agents — every series is there from the start. Every series, those and the
+//! ones whose labels only records name (a tool's name, a server no longer configured), reads 0
+//! for the new-series delay after its labels were first known or seen before it shows its
+//! count: a scraper or OTLP export in that time sees the zero, later ones the count, so the
+//! first events are late on a dashboard but never lost, even for a server added at runtime.
 
 use std::collections::HashMap;
 use std::hash::RandomState;
@@ -22,6 +23,7 @@ use warden_core::metrics::{self, Descriptor, Family, Kind};
 use warden_core::prometheus::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
 use warden_core::refusal::Refusal;
 use warden_core::resource::Spec;
+use warden_otlp::Signal;
 
 use crate::scorecard::How;
 use warden_tasks::Shutdown;
@@ -71,19 +73,27 @@ const MAX_TARGETS_PER_SERVER: usize = 256;
 /// The target label of decisions past [`MAX_TARGETS_PER_SERVER`].
 const OTHER_TARGET: &str = "_other";
 
-/// A count, and when its series was first seen (milliseconds since the epoch).
-#[derive(Clone, Copy, Debug)]
-struct Count {
-    n: u64,
+/// A series' value, and when the series was first seen (milliseconds since the epoch).
+#[derive(Clone, Debug)]
+struct Born<T> {
+    value: T,
     born_ms: i64,
 }
 
-impl Count {
-    /// What a scrape at `now_ms` reads: 0 while a series not known ahead is younger than
-    /// `delay_ms` (see the module's comment).
-    fn shown(&self, now_ms: i64, delay_ms: i64) -> f64 {
-        if now_ms - self.born_ms < delay_ms { 0.0 } else { self.n as f64 }
+impl<T> Born<T> {
+    fn now(value: T) -> Born<T> {
+        Born { value, born_ms: crate::now_unix_ms() }
     }
+}
+
+/// Longest label value counted as is; longer ones (which no well-behaved agent sends: it bounds
+/// names to 1 KiB) are counted as [`TOO_LONG`], so one series costs at most this much memory.
+const MAX_LABEL_BYTES: usize = 1024;
+/// The label value of what was longer than [`MAX_LABEL_BYTES`].
+const TOO_LONG: &str = "_too_long";
+
+fn bounded(value: &str) -> &str {
+    if value.len() > MAX_LABEL_BYTES { TOO_LONG } else { value }
 }
 
 /// (server, decision, reason).
@@ -128,46 +138,78 @@ impl Equivalent<(String, &'static str)> for NameLabels<'_> {
 /// key, as std's maps use.
 type LabelMap<K, V> = hashbrown::HashMap<K, V, RandomState>;
 
-/// Adds `n` to the series `labels` names, making it (born now) from `key` if there is room;
-/// false when there is not.
+/// Adds `n` to the series `labels` names, making it (born now) from `key` if there is room or
+/// the series' labels are `known` (configured: bounded by the configuration, so an agent
+/// sending invented names can never crowd them out); false when it was not counted.
 fn bump<K: std::hash::Hash + Eq, Q: std::hash::Hash + Equivalent<K>>(
-    map: &mut LabelMap<K, Count>,
+    map: &mut LabelMap<K, Born<u64>>,
     labels: Q,
     n: u64,
+    known: bool,
     key: impl FnOnce() -> K,
 ) -> bool {
     if let Some(count) = map.get_mut(&labels) {
-        count.n += n;
+        count.value += n;
         true
-    } else if map.len() < MAX_SERIES {
-        map.insert(key(), Count { n, born_ms: crate::now_unix_ms() });
+    } else if known || map.len() < MAX_SERIES {
+        map.insert(key(), Born::now(n));
         true
     } else {
         false
     }
 }
 
+/// How much of a series' labels the configuration named ahead.
+#[derive(Clone, Copy)]
+enum Labels {
+    /// All of them, since this time (milliseconds since the epoch): the series has been shown
+    /// at zero since then.
+    Known(i64),
+    /// Some (since this time) or none: the series exists since its first record.
+    Partly(Option<i64>),
+}
+
+/// The label values the configuration names, each with when it was first shown in a
+/// rendering (milliseconds since the epoch): its series are there from zero, and read zero for
+/// the new-series delay from then, so that a server added at runtime counts its first events
+/// too.
+#[derive(Default)]
+struct KnownSince {
+    servers: HashMap<String, i64>,
+    issuers: HashMap<String, i64>,
+    agents: HashMap<String, i64>,
+}
+
+fn refresh(since: &mut HashMap<String, i64>, now: &[String], now_ms: i64) {
+    since.retain(|name, _| now.contains(name));
+    for name in now {
+        since.entry(name.clone()).or_insert(now_ms);
+    }
+}
+
 /// Decision counts from the records stored since the control plane started.
 pub struct DecisionCounts {
     /// (server, decision, reason) → decisions.
-    decisions: LabelMap<ReasonKey, Count>,
+    decisions: LabelMap<ReasonKey, Born<u64>>,
     /// (server, target, decision) → decisions.
-    by_target: LabelMap<TargetKey, Count>,
+    by_target: LabelMap<TargetKey, Born<u64>>,
     /// (agent, decision) → decisions.
-    by_agent: LabelMap<(String, &'static str), Count>,
+    by_agent: LabelMap<(String, &'static str), Born<u64>>,
     /// (server, decision) → decision latency.
-    latency: LabelMap<(String, &'static str), Histogram>,
+    latency: LabelMap<(String, &'static str), Born<Histogram>>,
     /// Issuer → lifetime (`exp - iat`) of the tokens decisions were made with.
-    lifetimes: HashMap<String, Histogram>,
+    lifetimes: HashMap<String, Born<Histogram>>,
     /// Decisions some breakdown could not count: too many label sets.
     overflow: u64,
     /// Records agents reported dropping, all runs (cumulative).
-    dropped: LabelMap<(String, &'static str), Count>,
+    dropped: LabelMap<(String, &'static str), Born<u64>>,
     /// Server → the targets labelled.
     targets: HashMap<String, std::collections::HashSet<String>>,
     /// Server → requests by how they were decided (the scorecard's claim validation).
-    requests: HashMap<String, [u64; 4]>,
-    /// How long a series not known ahead reads 0 (see the module's comment).
+    requests: HashMap<String, Born<[u64; 4]>>,
+    /// What the configuration names, as of the last rendering.
+    known: KnownSince,
+    /// How long a new series reads 0 (see the module's comment).
     new_series_delay_ms: i64,
 }
 
@@ -201,81 +243,104 @@ impl DecisionCounts {
             dropped: LabelMap::default(),
             targets: HashMap::new(),
             requests: HashMap::new(),
+            known: KnownSince::default(),
             new_series_delay_ms: new_series_delay.as_millis().min(i64::MAX as u128) as i64,
         }
+    }
+
+    /// Whether a series shows its value at `now_ms`, rather than 0: the delay has passed since
+    /// its labels were known (`Labels::Known`, since then) or since it was first seen in a record
+    /// (`born_ms`; when only some of its labels were known ahead, the later of the two).
+    fn visible(&self, labels: Labels, born_ms: i64, now_ms: i64) -> bool {
+        let since = match labels {
+            Labels::Known(since) => since,
+            Labels::Partly(Some(since)) => since.max(born_ms),
+            Labels::Partly(None) => born_ms,
+        };
+        now_ms - since >= self.new_series_delay_ms
+    }
+
+    /// How long a new series reads 0, in milliseconds.
+    pub fn new_series_delay_ms(&self) -> i64 {
+        self.new_series_delay_ms
     }
 
     /// Counts one stored record of `agent` (allocating only for a series not seen before).
     pub fn observe(&mut self, agent: &str, r: &DecisionRecordView<'_>) {
         let decision = decision_name(r.decision);
         let n = r.decisions();
-        let mut counted = bump(&mut self.decisions, ReasonLabels(r.server, decision, r.reason), n, || {
-            (r.server.into(), decision, r.reason.into())
+        let (server, reason) = (bounded(r.server), bounded(r.reason));
+        let known_server = self.known.servers.contains_key(server);
+        let mut counted = bump(&mut self.decisions, ReasonLabels(server, decision, reason), n, known_server, || {
+            (server.into(), decision, reason.into())
         });
-        counted &= bump(&mut self.by_agent, NameLabels(agent, decision), n, || (agent.into(), decision));
-        let mut target = r.target;
+        let known_agent = self.known.agents.contains_key(agent);
+        counted &= bump(&mut self.by_agent, NameLabels(agent, decision), n, known_agent, || (agent.into(), decision));
+        let mut target = bounded(r.target);
         // A target not labelled yet for this server: past the share, counted as other.
-        let labelled = self.targets.get(r.server);
+        let labelled = self.targets.get(server);
         if !labelled.is_some_and(|t| t.contains(target)) {
             if labelled.is_some_and(|t| t.len() >= MAX_TARGETS_PER_SERVER) {
                 target = OTHER_TARGET;
-            } else if self.by_target.len() < MAX_SERIES {
-                self.targets.entry(r.server.to_string()).or_default().insert(target.to_string());
+            } else if known_server || self.by_target.len() < MAX_SERIES {
+                self.targets.entry(server.to_string()).or_default().insert(target.to_string());
             }
         }
-        counted &= bump(&mut self.by_target, TargetLabels(r.server, target, decision), n, || {
-            (r.server.into(), target.into(), decision)
+        counted &= bump(&mut self.by_target, TargetLabels(server, target, decision), n, known_server, || {
+            (server.into(), target.into(), decision)
         });
         if !counted {
             self.overflow += n;
         }
-        self.observe_rest(decision, r);
+        self.observe_rest(decision, server, known_server, r);
     }
 
     /// The token-lifetime and latency histograms of one record, and how it was decided.
-    fn observe_rest(&mut self, decision: &'static str, r: &DecisionRecordView<'_>) {
+    fn observe_rest(&mut self, decision: &'static str, server: &str, known_server: bool, r: &DecisionRecordView<'_>) {
         if let Some(how) = How::of(r.decision, r.reason, r.via, r.audit) {
             let index = How::ALL.iter().position(|h| *h == how).unwrap_or(0);
-            if let Some(counts) = self.requests.get_mut(r.server) {
-                counts[index] += r.decisions();
-            } else if self.requests.len() < MAX_SERIES {
+            if let Some(counts) = self.requests.get_mut(server) {
+                counts.value[index] += r.decisions();
+            } else if known_server || self.requests.len() < MAX_SERIES {
                 // Every way from 0, so the first of each is an increase.
                 let mut counts = [0; 4];
                 counts[index] = r.decisions();
-                self.requests.insert(r.server.to_string(), counts);
+                self.requests.insert(server.to_string(), Born::now(counts));
             }
         }
         if r.token_lifetime_seconds > 0 {
-            let lifetime = r.token_lifetime_seconds as f64;
-            if let Some(h) = self.lifetimes.get_mut(r.issuer) {
-                h.observe(lifetime);
-            } else if self.lifetimes.len() < MAX_SERIES {
+            let (issuer, lifetime) = (bounded(r.issuer), r.token_lifetime_seconds as f64);
+            if let Some(h) = self.lifetimes.get_mut(issuer) {
+                h.value.observe(lifetime);
+            } else if self.known.issuers.contains_key(issuer) || self.lifetimes.len() < MAX_SERIES {
                 let mut h = Histogram::new(LIFETIME_BUCKETS);
                 h.observe(lifetime);
-                self.lifetimes.insert(r.issuer.to_string(), h);
+                self.lifetimes.insert(issuer.to_string(), Born::now(h));
             }
         }
         let latency = r.latency_micros as f64 / 1e6;
-        if let Some(h) = self.latency.get_mut(&NameLabels(r.server, decision)) {
-            h.observe(latency);
-        } else if self.latency.len() < MAX_SERIES {
+        if let Some(h) = self.latency.get_mut(&NameLabels(server, decision)) {
+            h.value.observe(latency);
+        } else if known_server || self.latency.len() < MAX_SERIES {
             let mut h = Histogram::new(LATENCY_BUCKETS);
             h.observe(latency);
-            self.latency.insert((r.server.to_string(), decision), h);
+            self.latency.insert((server.to_string(), decision), Born::now(h));
         }
     }
 
     /// Decisions counted by server, decision and reason, and those no breakdown could count.
     #[cfg(test)]
     pub fn total(&self) -> u64 {
-        self.decisions.values().map(|c| c.n).sum::<u64>() + self.overflow
+        self.decisions.values().map(|c| c.value).sum::<u64>() + self.overflow
     }
 
     /// An agent's cumulative drop count for one run moved from `before` to `now`.
     pub fn dropped(&mut self, agent: &str, before: u64, now: u64) {
         let n = now.saturating_sub(before);
-        if n > 0 && !bump(&mut self.dropped, NameLabels(agent, DROPPED), n, || (agent.into(), DROPPED)) {
-            self.overflow += 0; // drops are not decisions: nothing else to count
+        let known = self.known.agents.contains_key(agent);
+        // Past the series bound a drop goes uncounted here; the agent's own counter has it.
+        if n > 0 {
+            bump(&mut self.dropped, NameLabels(agent, DROPPED), n, known, || (agent.into(), DROPPED));
         }
     }
 }
@@ -401,7 +466,7 @@ const KEY_REFRESHES: Descriptor = Descriptor {
 const KEY_REFRESH_FAILING: Descriptor = Descriptor {
     name: "warden.issuer.key_refresh.consecutive_failures",
     unit: "{failure}",
-    help: "Failed fetches of an issuer's keys since its last success on this replica (the previous keys stay in force meanwhile).",
+    help: "Failed fetches of an issuer's keys since the last success, on the leading replica (which does the scheduled refreshes; the previous keys stay in force meanwhile).",
     kind: Kind::Gauge,
     labels: &[ISSUER],
 };
@@ -467,10 +532,22 @@ struct Known {
 }
 
 /// The decision families from `counts`: the known series first (zero when nothing was
-/// counted), then those first seen in records.
-fn decision_families(counts: &DecisionCounts, known: &Known, now_ms: i64) -> Vec<Family> {
+/// counted), then those first seen in records; each reads zero until the new-series delay has
+/// passed since its labels were first known or seen.
+fn decision_families(counts: &mut DecisionCounts, known: &Known, now_ms: i64) -> Vec<Family> {
     use std::collections::HashSet;
-    let delay = counts.new_series_delay_ms;
+    refresh(&mut counts.known.servers, &known.servers, now_ms);
+    refresh(&mut counts.known.issuers, &known.issuers, now_ms);
+    refresh(&mut counts.known.agents, &known.agents, now_ms);
+    let counts = &*counts;
+    let k = &counts.known;
+    let all = |since: &HashMap<String, i64>, value: &str| {
+        since.get(value).map_or(Labels::Partly(None), |t| Labels::Known(*t))
+    };
+    let some = |since: &HashMap<String, i64>, value: &str| Labels::Partly(since.get(value).copied());
+    let number = |labels: Labels, c: &Born<u64>| {
+        if counts.visible(labels, c.born_ms, now_ms) { c.value as f64 } else { 0.0 }
+    };
     let refusals: Vec<&'static str> = Refusal::all().map(Refusal::code).collect();
 
     let mut decisions = Family::new(&DECISIONS);
@@ -478,80 +555,79 @@ fn decision_families(counts: &DecisionCounts, known: &Known, now_ms: i64) -> Vec
     for server in &known.servers {
         let keys = std::iter::once(("allow", "")).chain(refusals.iter().map(|r| ("deny", *r)));
         for (decision, reason) in keys {
-            let n = counts.decisions.get(&ReasonLabels(server, decision, reason)).map_or(0, |c| c.n);
-            decisions.add(&[server, decision, reason], n as f64);
+            let n = counts
+                .decisions
+                .get(&ReasonLabels(server, decision, reason))
+                .map_or(0.0, |c| number(all(&k.servers, server), c));
+            decisions.add(&[server, decision, reason], n);
             seen.insert((server, decision, reason));
         }
     }
     for ((server, decision, reason), count) in &counts.decisions {
         if !seen.contains(&(server.as_str(), *decision, reason.as_str())) {
-            decisions.add(&[server, decision, reason], count.shown(now_ms, delay));
+            decisions.add(&[server, decision, reason], number(some(&k.servers, server), count));
         }
     }
 
     let mut by_target = Family::new(&TARGET_DECISIONS);
     for ((server, target, decision), count) in &counts.by_target {
-        by_target.add(&[server, target, decision], count.shown(now_ms, delay));
+        by_target.add(&[server, target, decision], number(some(&k.servers, server), count));
     }
 
     let (mut by_agent, mut dropped) = (Family::new(&AGENT_DECISIONS), Family::new(&RECORDS_DROPPED));
-    let mut agents: HashSet<&str> = HashSet::new();
     for agent in &known.agents {
         for decision in ["allow", "deny"] {
-            let n = counts.by_agent.get(&NameLabels(agent, decision)).map_or(0, |c| c.n);
-            by_agent.add(&[agent, decision], n as f64);
+            let n = counts.by_agent.get(&NameLabels(agent, decision)).map_or(0.0, |c| number(all(&k.agents, agent), c));
+            by_agent.add(&[agent, decision], n);
         }
-        dropped.add(&[agent], counts.dropped.get(&NameLabels(agent, DROPPED)).map_or(0, |c| c.n) as f64);
-        agents.insert(agent);
+        let n = counts.dropped.get(&NameLabels(agent, DROPPED)).map_or(0.0, |c| number(all(&k.agents, agent), c));
+        dropped.add(&[agent], n);
     }
-    for ((agent, decision), count) in &counts.by_agent {
-        if !agents.contains(agent.as_str()) {
-            by_agent.add(&[agent, decision], count.shown(now_ms, delay));
-        }
+    for ((agent, decision), count) in counts.by_agent.iter().filter(|((a, _), _)| !k.agents.contains_key(a)) {
+        by_agent.add(&[agent, decision], number(Labels::Partly(None), count));
     }
-    for ((agent, _), count) in &counts.dropped {
-        if !agents.contains(agent.as_str()) {
-            dropped.add(&[agent], count.shown(now_ms, delay));
-        }
+    for ((agent, _), count) in counts.dropped.iter().filter(|((a, _), _)| !k.agents.contains_key(a)) {
+        dropped.add(&[agent], number(Labels::Partly(None), count));
     }
 
+    // Histograms and the per-server request counts: empty until visible, likewise.
+    let histogram = |labels: Labels, h: Option<&Born<Histogram>>, empty: &Histogram| match h {
+        Some(h) if counts.visible(labels, h.born_ms, now_ms) => h.value.clone(),
+        _ => empty.clone(),
+    };
     let mut latency = Family::new(&DECISION_DURATION);
     let empty = Histogram::new(LATENCY_BUCKETS);
     for server in &known.servers {
         for decision in ["allow", "deny"] {
-            latency.add_histogram(
-                &[server, decision],
-                counts.latency.get(&NameLabels(server, decision)).unwrap_or(&empty),
-            );
+            let h = histogram(all(&k.servers, server), counts.latency.get(&NameLabels(server, decision)), &empty);
+            latency.add_histogram(&[server, decision], &h);
         }
     }
-    for ((server, decision), h) in &counts.latency {
-        if !known.servers.contains(server) {
-            latency.add_histogram(&[server, decision], h);
-        }
+    for ((server, decision), h) in counts.latency.iter().filter(|((s, _), _)| !k.servers.contains_key(s)) {
+        latency.add_histogram(&[server, decision], &histogram(Labels::Partly(None), Some(h), &empty));
     }
     let mut lifetimes = Family::new(&TOKEN_LIFETIME);
     let empty = Histogram::new(LIFETIME_BUCKETS);
     for issuer in &known.issuers {
-        lifetimes.add_histogram(&[issuer], counts.lifetimes.get(issuer).unwrap_or(&empty));
+        lifetimes.add_histogram(&[issuer], &histogram(all(&k.issuers, issuer), counts.lifetimes.get(issuer), &empty));
     }
-    for (issuer, h) in &counts.lifetimes {
-        if !known.issuers.contains(issuer) {
-            lifetimes.add_histogram(&[issuer], h);
-        }
+    for (issuer, h) in counts.lifetimes.iter().filter(|(i, _)| !k.issuers.contains_key(*i)) {
+        lifetimes.add_histogram(&[issuer], &histogram(Labels::Partly(None), Some(h), &empty));
     }
     let mut requests = Family::new(&REQUESTS);
-    for server in &known.servers {
-        let by_how = counts.requests.get(server).copied().unwrap_or_default();
-        for (how, n) in How::ALL.iter().zip(by_how) {
+    let by_how = |labels: Labels, c: Option<&Born<[u64; 4]>>| match c {
+        Some(c) if counts.visible(labels, c.born_ms, now_ms) => c.value,
+        _ => [0; 4],
+    };
+    let servers = known.servers.iter().map(|s| (s, by_how(all(&k.servers, s), counts.requests.get(s))));
+    let others = counts
+        .requests
+        .iter()
+        .filter(|(s, _)| !k.servers.contains_key(*s))
+        .map(|(s, c)| (s, by_how(Labels::Partly(None), Some(c))));
+    for (server, counts) in servers.chain(others) {
+        for (how, n) in How::ALL.iter().zip(counts) {
             requests.add(&[server, how.as_str()], n as f64);
-        }
-    }
-    for (server, by_how) in &counts.requests {
-        if !known.servers.contains(server) {
-            for (how, n) in How::ALL.iter().zip(by_how) {
-                requests.add(&[server, how.as_str()], *n as f64);
-            }
         }
     }
     let overflow = Family::single(&DECISIONS_OVERFLOW, counts.overflow as f64);
@@ -571,9 +647,9 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
         issuers: named(|s| matches!(s, Spec::TrustedIssuer(_))),
         agents: registered.keys().cloned().collect(),
     };
-    let mut out = {
-        let counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
-        decision_families(&counts, &known, now_ms)
+    let (mut out, delay_ms) = {
+        let mut counts = cp.counts.lock().unwrap_or_else(|p| p.into_inner());
+        (decision_families(&mut counts, &known, now_ms), counts.new_series_delay_ms())
     };
     let version = cp.configuration.version();
     out.push(Family::single(&CONFIG_VERSION, version as f64));
@@ -616,15 +692,24 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
     let (mut refreshes, mut failing) = (Family::new(&KEY_REFRESHES), Family::new(&KEY_REFRESH_FAILING));
     let mut statuses: Vec<_> = cp.key_statuses.snapshot().into_iter().collect();
     statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    let leading = cp.leadership.is_leading();
     for (issuer, status) in &statuses {
-        refreshes.add(&[issuer, "success"], status.succeeded as f64);
-        refreshes.add(&[issuer, "failure"], status.failed as f64);
-        failing.add(&[issuer], f64::from(status.consecutive_failures));
+        // Zero until the delay has passed since the issuer was first tracked, as above.
+        let shown = now_ms - status.tracked_since_ms >= delay_ms;
+        let count = |n: u64| if shown { n as f64 } else { 0.0 };
+        refreshes.add(&[issuer, "success"], count(status.succeeded));
+        refreshes.add(&[issuer, "failure"], count(status.failed));
+        // The leader's scheduled refreshes are the fleet's: a replica that does not lead (any
+        // more) would keep a stale count of its own.
+        if leading {
+            failing.add(&[issuer], f64::from(status.consecutive_failures));
+        }
     }
     out.extend([refreshes, failing]);
     out.push(Family::single(&LOG_RECORDS_EXPORTED, cp.export_stats.exported.load(Relaxed) as f64));
     out.push(Family::single(&LOG_RECORDS_REJECTED, cp.export_stats.rejected.load(Relaxed) as f64));
-    out.push(cp.otlp.1.family(&cp.otlp.0));
+    let signals = [(Signal::Logs, cp.otlp.0.logs.is_some()), (Signal::Metrics, cp.otlp.0.metrics.is_some())];
+    out.push(cp.otlp.1.family(signals.iter().filter(|(_, on)| *on).map(|(s, _)| *s)));
     out
 }
 
@@ -700,42 +785,42 @@ mod tests {
         counts.observe("agent-1", &denied);
         counts.observe("agent-2", &allowed);
         assert_eq!(counts.decisions.len(), 2);
-        assert_eq!(counts.decisions[&ReasonLabels("github", "allow", "")].n, 4);
-        assert_eq!(counts.decisions[&ReasonLabels("github", "deny", "policy_denied")].n, 1);
-        assert_eq!(counts.by_target[&TargetLabels("github", "search", "deny")].n, 1);
-        assert_eq!(counts.by_agent[&NameLabels("agent-1", "allow")].n, 3);
-        assert_eq!(counts.by_agent[&NameLabels("agent-2", "allow")].n, 1);
+        assert_eq!(counts.decisions[&ReasonLabels("github", "allow", "")].value, 4);
+        assert_eq!(counts.decisions[&ReasonLabels("github", "deny", "policy_denied")].value, 1);
+        assert_eq!(counts.by_target[&TargetLabels("github", "search", "deny")].value, 1);
+        assert_eq!(counts.by_agent[&NameLabels("agent-1", "allow")].value, 3);
+        assert_eq!(counts.by_agent[&NameLabels("agent-2", "allow")].value, 1);
         assert_eq!(counts.latency.len(), 2, "one histogram per (server, decision)");
         assert_eq!(counts.lifetimes.len(), 1);
         // How each was decided: on a validated token, allowed or denied by policy.
-        assert_eq!(counts.requests["github"], [5, 0, 0, 0]);
+        assert_eq!(counts.requests["github"].value, [5, 0, 0, 0]);
         counts.observe("agent-1", &DecisionRecordView { via: "bridge", ..allowed });
         counts.observe("agent-1", &DecisionRecordView { audit: "would_deny", ..denied });
         counts.observe("agent-1", &DecisionRecordView { reason: "expired", count: 3, ..denied });
         counts.observe("agent-1", &DecisionRecordView { via: "token-exchange", ..allowed });
-        assert_eq!(counts.requests["github"], [5, 1, 1, 3], "validated, audited, bridged, refused");
+        assert_eq!(counts.requests["github"].value, [5, 1, 1, 3], "validated, audited, bridged, refused");
         assert_eq!(counts.total(), 11);
     }
 
     #[test]
-    fn known_series_start_at_zero_and_new_ones_read_zero_for_the_delay() {
+    fn every_series_reads_zero_for_the_delay_after_its_labels_are_first_known_or_seen() {
         let mut counts = DecisionCounts::new(std::time::Duration::from_secs(60));
         let known = Known { servers: vec!["notes".into()], issuers: vec!["corp".into()], agents: vec!["a1".into()] };
         let now = crate::now_unix_ms();
-        let families = decision_families(&counts, &known, now);
-        let by = |name: &str| families.iter().find(|f| f.descriptor.name == name).unwrap().clone();
+        let families = decision_families(&mut counts, &known, now);
+        let by = |families: &[Family], name: &str| families.iter().find(|f| f.descriptor.name == name).unwrap().clone();
         // Before any record: every refusal code of the configured server, and the agent, at 0.
-        let decisions = by("warden.decisions");
+        let decisions = by(&families, "warden.decisions");
         assert_eq!(decisions.points.len(), 1 + 39);
         assert_eq!(value(&decisions, &["notes", "deny", "expired"]), Some(0.0));
         assert_eq!(value(&decisions, &["notes", "deny", "tool_not_granted"]), Some(0.0));
-        assert_eq!(value(&by("warden.fleet.agent.decision_records.dropped"), &["a1"]), Some(0.0));
-        assert_eq!(value(&by("warden.fleet.agent.decisions"), &["a1", "deny"]), Some(0.0));
-        assert_eq!(value(&by("warden.requests"), &["notes", "refused"]), Some(0.0));
-        assert_eq!(value(&by("warden.token.lifetime"), &["corp"]), Some(0.0));
+        assert_eq!(value(&by(&families, "warden.fleet.agent.decision_records.dropped"), &["a1"]), Some(0.0));
+        assert_eq!(value(&by(&families, "warden.fleet.agent.decisions"), &["a1", "deny"]), Some(0.0));
+        assert_eq!(value(&by(&families, "warden.requests"), &["notes", "refused"]), Some(0.0));
+        assert_eq!(value(&by(&families, "warden.token.lifetime"), &["corp"]), Some(0.0));
 
-        // A refusal of a known server counts at once; a tool and a server first seen read 0
-        // until the delay has passed.
+        // Records of the known server and of one first seen; drops of a known agent and of one
+        // that is not registered (any more).
         let refused = DecisionRecordView {
             server: "notes",
             target: "delete",
@@ -747,19 +832,67 @@ mod tests {
         counts.observe("a1", &DecisionRecordView { server: "gone", ..refused });
         counts.dropped("a1", 0, 1);
         counts.dropped("a9", 0, 2);
-        let families = decision_families(&counts, &known, now);
-        let by = |name: &str| families.iter().find(|f| f.descriptor.name == name).unwrap().clone();
-        assert_eq!(value(&by("warden.decisions"), &["notes", "deny", "expired"]), Some(1.0));
-        assert_eq!(value(&by("warden.decisions"), &["gone", "deny", "expired"]), Some(0.0));
-        assert_eq!(value(&by("warden.target.decisions"), &["notes", "delete", "deny"]), Some(0.0));
-        assert_eq!(value(&by("warden.fleet.agent.decisions"), &["a1", "deny"]), Some(2.0));
-        assert_eq!(value(&by("warden.fleet.agent.decision_records.dropped"), &["a1"]), Some(1.0));
-        assert_eq!(value(&by("warden.fleet.agent.decision_records.dropped"), &["a9"]), Some(0.0));
-        let later = decision_families(&counts, &known, now + 61_000);
-        let by = |name: &str| later.iter().find(|f| f.descriptor.name == name).unwrap().clone();
-        assert_eq!(value(&by("warden.decisions"), &["gone", "deny", "expired"]), Some(1.0));
-        assert_eq!(value(&by("warden.target.decisions"), &["notes", "delete", "deny"]), Some(1.0));
-        assert_eq!(value(&by("warden.target.decisions"), &["gone", "delete", "deny"]), Some(1.0));
-        assert_eq!(value(&by("warden.fleet.agent.decision_records.dropped"), &["a9"]), Some(2.0));
+        // Within the delay, all read 0: a scraper sees the zero before the count.
+        let soon = decision_families(&mut counts, &known, now + 1_000);
+        for (family, labels) in [
+            ("warden.decisions", &["notes", "deny", "expired"][..]),
+            ("warden.decisions", &["gone", "deny", "expired"]),
+            ("warden.target.decisions", &["notes", "delete", "deny"]),
+            ("warden.fleet.agent.decisions", &["a1", "deny"]),
+            ("warden.fleet.agent.decision_records.dropped", &["a1"]),
+            ("warden.fleet.agent.decision_records.dropped", &["a9"]),
+            ("warden.requests", &["gone", "refused"]),
+        ] {
+            assert_eq!(value(&by(&soon, family), labels), Some(0.0), "{family} {labels:?}");
+        }
+        let later = decision_families(&mut counts, &known, now + 61_000);
+        for (family, labels, n) in [
+            ("warden.decisions", &["notes", "deny", "expired"][..], 1.0),
+            ("warden.decisions", &["gone", "deny", "expired"], 1.0),
+            ("warden.target.decisions", &["notes", "delete", "deny"], 1.0),
+            ("warden.target.decisions", &["gone", "delete", "deny"], 1.0),
+            ("warden.fleet.agent.decisions", &["a1", "deny"], 2.0),
+            ("warden.fleet.agent.decision_records.dropped", &["a1"], 1.0),
+            ("warden.fleet.agent.decision_records.dropped", &["a9"], 2.0),
+            ("warden.requests", &["gone", "refused"], 1.0),
+        ] {
+            assert_eq!(value(&by(&later, family), labels), Some(n), "{family} {labels:?}");
+        }
+
+        // Long after the server was first shown, a tool first seen now still reads 0 for the
+        // delay (its label was not known ahead), while the server's own series count at once.
+        counts.known.servers.insert("notes".into(), now - 600_000);
+        counts.observe("a1", &DecisionRecordView { target: "fresh", ..refused });
+        let t = crate::now_unix_ms() + 1_000;
+        let families = decision_families(&mut counts, &known, t);
+        assert_eq!(value(&by(&families, "warden.target.decisions"), &["notes", "fresh", "deny"]), Some(0.0));
+        assert_eq!(value(&by(&families, "warden.decisions"), &["notes", "deny", "expired"]), Some(2.0));
+        let families = decision_families(&mut counts, &known, t + 60_000);
+        assert_eq!(value(&by(&families, "warden.target.decisions"), &["notes", "fresh", "deny"]), Some(1.0));
+    }
+
+    #[test]
+    fn invented_names_cannot_crowd_out_the_configured_servers_nor_grow_without_bound() {
+        let mut counts = DecisionCounts::new(std::time::Duration::ZERO);
+        let known = Known { servers: vec!["notes".into()], issuers: Vec::new(), agents: vec!["a1".into()] };
+        decision_families(&mut counts, &known, crate::now_unix_ms());
+        let names: Vec<String> = (0..MAX_SERIES + 5).map(|i| format!("invented-{i}")).collect();
+        let denied =
+            DecisionRecordView { decision: pb::Decision::Deny as i32, reason: "policy_denied", ..Default::default() };
+        for name in &names {
+            counts.observe("a1", &DecisionRecordView { server: name, target: name, ..denied });
+        }
+        assert_eq!(counts.decisions.len(), MAX_SERIES);
+        assert!(counts.by_target.len() <= MAX_SERIES);
+        assert_eq!(counts.overflow, 5);
+        // The configured server is counted all the same.
+        counts.observe("a1", &DecisionRecordView { server: "notes", target: "echo", ..denied });
+        assert_eq!(counts.decisions[&ReasonLabels("notes", "deny", "policy_denied")].value, 1);
+        assert_eq!(counts.by_target[&TargetLabels("notes", "echo", "deny")].value, 1);
+        assert_eq!(counts.overflow, 5);
+        // A value longer than any agent sends is one series, whatever it says.
+        let long = "x".repeat(MAX_LABEL_BYTES + 1);
+        counts.observe("a1", &DecisionRecordView { server: "notes", target: &long, ..denied });
+        assert_eq!(counts.by_target[&TargetLabels("notes", TOO_LONG, "deny")].value, 1);
     }
 }

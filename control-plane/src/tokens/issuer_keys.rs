@@ -84,6 +84,8 @@ pub struct KeyStatus {
     pub failed: u64,
     /// Failures since the last success.
     pub consecutive_failures: u32,
+    /// When this replica began tracking the issuer, milliseconds since the epoch.
+    pub tracked_since_ms: i64,
 }
 
 /// Every fetching issuer's [`KeyStatus`], by issuer name.
@@ -155,7 +157,9 @@ pub async fn run(
             let mut statuses = statuses.lock();
             statuses.retain(|name, _| fetching.contains_key(name));
             for name in fetching.keys() {
-                statuses.entry(name.clone()).or_default();
+                statuses
+                    .entry(name.clone())
+                    .or_insert_with(|| KeyStatus { tracked_since_ms: crate::now_unix_ms(), ..KeyStatus::default() });
             }
         }
         for (name, (origin_version, spec)) in fetching {
