@@ -9,6 +9,8 @@ pub struct Answer {
     pub challenge: String,
     /// `Mcp-Session-Id`.
     pub session: Option<String>,
+    /// `Retry-After`.
+    pub retry_after: Option<String>,
     /// The body, as text.
     pub body: String,
 }
@@ -29,10 +31,12 @@ pub fn post(url: &str, token: Option<&str>, headers: &[(&str, &str)], body: &str
     let mut response = request.send(body).expect("the gateway answers");
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (challenge, session) = (header("www-authenticate").unwrap_or_default(), header("mcp-session-id"));
+    let retry_after = header("retry-after");
     Answer {
         status: response.status().as_u16(),
         challenge,
         session,
+        retry_after,
         body: response.body_mut().read_to_string().unwrap(),
     }
 }

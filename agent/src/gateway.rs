@@ -36,6 +36,8 @@ use warden_tasks::Shutdown;
 
 use arc_swap::ArcSwapOption;
 
+use warden_core::rate_limit::{Limiter, RateLimit};
+
 use crate::applied::{Applied, Current};
 use crate::sync::{EndedTask, Requests};
 
@@ -80,7 +82,16 @@ pub struct Shared {
     connections: Arc<std::sync::Mutex<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>>,
     /// The routes of the configuration in force (see [`Shared::route`]).
     routes: Arc<ArcSwapOption<RouteCache>>,
+    /// The buckets of every server's rate limits, by server and limit: a new configuration
+    /// version keeps the buckets of the limits it leaves as they were.
+    limiters: Arc<std::sync::Mutex<Limiters>>,
 }
+
+/// The buckets of each server's rate limits, by server name and limit.
+type Limiters = HashMap<(String, RateLimit), Arc<Limiter>>;
+
+/// Buckets kept per rate limit at most: about 32 MB of them (see `warden_core::rate_limit`).
+const RATE_LIMIT_KEYS: usize = 1_000_000;
 
 /// The routes of one compiled configuration: they depend on its servers only, so a version
 /// that changes revocations alone keeps them.
@@ -117,6 +128,7 @@ impl Shared {
             dpop_proofs_seen: Arc::default(),
             connections: Arc::default(),
             routes: Arc::default(),
+            limiters: Arc::default(),
         }
     }
 
@@ -128,8 +140,26 @@ impl Shared {
         {
             return cached.routes.get(server).cloned();
         }
-        let routes = applied.config.servers.iter().filter_map(|(n, s)| Some((n.clone(), Arc::new(Route::new(s)?))));
+        let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = HashMap::new();
+        let mut limits_of = |name: &String, spec: &warden_core::server::McpServerSpec| -> Vec<reply::ServerLimit> {
+            let limits = spec.rate_limits.iter().map(|limit| {
+                let key = (name.clone(), limit.clone());
+                let limiter = limiters.remove(&key).unwrap_or_else(|| Arc::new(Limiter::new(limit, RATE_LIMIT_KEYS)));
+                kept.insert(key, limiter.clone());
+                reply::ServerLimit { limit: limit.clone(), limiter }
+            });
+            limits.collect()
+        };
+        let routes = applied
+            .config
+            .servers
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), Arc::new(Route::new(s)?.with_limits(limits_of(n, s))))));
         let fresh = RouteCache { config: applied.config.clone(), routes: routes.collect() };
+        // The limits no server has any more are forgotten with their buckets.
+        *limiters = kept;
+        drop(limiters);
         let route = fresh.routes.get(server).cloned();
         self.routes.store(Some(Arc::new(fresh)));
         route

@@ -6,11 +6,13 @@
 //!   4. the same with decision records off (`--no-decision-records`), for their cost,
 //!   5. a bare proxy on the gateway's HTTP stack (`bare-proxy`: the agent's worker layout,
 //!      hyper server and client, no Warden work at all), for what that stack reaches here,
+//!   6. the Warden gateway with a rate limit per caller and tool (high enough never to refuse:
+//!      the cost of keeping count), against 3,
 //!
 //! interleaved over several rounds, reporting the median of each with ratios against the
 //! direct connection and nginx. The upstream is nginx answering a fixed JSON-RPC result (a
 //! trivial upstream, so the proxies' own cost shows). Then the agent's resident memory with one
-//! policy and with `--policies` policies loaded.
+//! policy and with `--policies` policies loaded, and what a million callers' buckets take.
 //!
 //! Needs nginx and wrk (Debian: `apt-get install nginx wrk`) and release binaries:
 //! `cargo build --release --workspace --bins && ./target/release/gateway-bench`
@@ -183,6 +185,30 @@ fn wrk(url: &str, script: &Path, args: &Args, duration_secs: u64, proxy: Option<
     }
 }
 
+/// What the buckets of a million distinct callers take: this process's resident memory before
+/// and after a million checks of one limit, each by another caller.
+fn buckets_of_a_million_callers() {
+    use warden_core::rate_limit::{Limiter, RateLimit, Subject};
+    let limit: RateLimit = serde_json::from_str(r#"{"requests": 10, "period": "1m"}"#).expect("a limit");
+    let limiter = Limiter::new(&limit, 1_000_000);
+    let before = rss_kib(std::process::id());
+    let started = std::time::Instant::now();
+    for i in 0..1_000_000u64 {
+        let subject = format!("workload-{i}");
+        let who = Subject { issuer: "https://idp.bench.example", subject: &subject, tool: None, tenant: None };
+        assert!(limiter.check(&who, i).is_ok());
+    }
+    let took = started.elapsed();
+    let after = rss_kib(std::process::id());
+    println!(
+        "rate limit buckets: {} callers kept, {:.1} MiB more resident ({:.0} bytes each), {:.0} ns a check",
+        limiter.keys(),
+        after.saturating_sub(before) as f64 / 1024.0,
+        after.saturating_sub(before) as f64 * 1024.0 / limiter.keys() as f64,
+        took.as_nanos() as f64 / 1e6
+    );
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -194,8 +220,8 @@ fn main() {
         std::process::exit(2)
     });
     let dir = tempfile::tempdir().expect("temp dir");
-    let (upstream, proxy, gateway, quiet_gateway, bare) =
-        (loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr());
+    let (upstream, proxy, gateway, quiet_gateway, bare, limited_gateway) =
+        (loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr());
     // Two instances, so the proxy's CPU is told apart from the upstream's and both proxies hand
     // requests to another process, as the gateway does.
     let _upstream = nginx(
@@ -225,10 +251,15 @@ fn main() {
     let mut quiet_flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
     quiet_flags.extend(["--label", "records=off", "--no-decision-records"]);
     let quiet = Agent::start_with(dir.path(), "bench-quiet", &[&cp.address], Some(&quiet_join), &quiet_flags);
+    let limited_join = cp.join_token("5m", "bench-limited");
+    let mut limited_flags: Vec<&str> = workers.iter().flat_map(|n| ["--gateway-workers", n.as_str()]).collect();
+    limited_flags.extend(["--label", "records=limited"]);
+    let limited = Agent::start_with(dir.path(), "bench-limited", &[&cp.address], Some(&limited_join), &limited_flags);
     let resource = format!("http://{gateway}/mcp");
     let quiet_resource = format!("http://{quiet_gateway}/mcp");
-    let (jwks, tokens) = signed_tokens("https://idp.bench.example", &[&resource, &quiet_resource]);
-    let (token, quiet_token) = (tokens[0].clone(), tokens[1].clone());
+    let limited_resource = format!("http://{limited_gateway}/mcp");
+    let (jwks, tokens) = signed_tokens("https://idp.bench.example", &[&resource, &quiet_resource, &limited_resource]);
+    let (token, quiet_token, limited_token) = (tokens[0].clone(), tokens[1].clone(), tokens[2].clone());
     let base = format!(
         r#"
 apiVersion: warden.dev/v1
@@ -260,10 +291,21 @@ spec:
   agents: {{matchLabels: {{records: "off"}}}}
 ---
 apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: bench-limited}}
+spec:
+  resource: {limited_resource}
+  issuers: [bench-idp]
+  upstream: http://{upstream}/mcp
+  listen: {limited_gateway}
+  agents: {{matchLabels: {{records: "limited"}}}}
+  rateLimits: [{{requests: 1000000000, period: 1s, per: [caller, tool]}}]
+---
+apiVersion: warden.dev/v1
 kind: Policy
 metadata: {{name: bench-tools}}
 spec:
-  servers: [bench, bench-quiet]
+  servers: [bench, bench-quiet, bench-limited]
   cedar: |
     permit(principal, action == Action::"tools/call", resource) when {{ resource.name == "echo" }};
 "#
@@ -283,16 +325,19 @@ spec:
         .expect("wrk script");
         path
     };
-    let (script, quiet_script) = (script("post", &token), script("quiet", &quiet_token));
+    let (script, quiet_script, limited_script) =
+        (script("post", &token), script("quiet", &quiet_token), script("limited", &limited_token));
     let agent_pid = agent.process.as_ref().expect("agent runs").pid();
     let cp_pid = cp.process.as_ref().expect("control plane runs").pid();
     let quiet_pid = quiet.process.as_ref().expect("agent runs").pid();
+    let limited_pid = limited.process.as_ref().expect("agent runs").pid();
     let targets = [
         ("direct", format!("http://{upstream}/mcp"), None, &script, &token),
         ("nginx", format!("http://{proxy}/mcp"), Some(nginx_proxy.pid()), &script, &token),
         ("warden", format!("http://{gateway}/mcp"), Some(agent_pid), &script, &token),
         ("no-records", format!("http://{quiet_gateway}/mcp"), Some(quiet_pid), &quiet_script, &quiet_token),
         ("hyper-bare", format!("http://{bare}/mcp"), Some(bare_proxy.pid()), &script, &token),
+        ("limited", format!("http://{limited_gateway}/mcp"), Some(limited_pid), &limited_script, &limited_token),
     ];
     for (name, url, _, _, token) in &targets {
         wait_for(&format!("{name} to answer 200"), || {
@@ -322,7 +367,7 @@ spec:
     for round in 0..args.rounds {
         // The two agents swap places every round, so neither always runs on the heels of the
         // same neighbour.
-        let order = if round % 2 == 0 { [0, 1, 4, 2, 3] } else { [0, 1, 4, 3, 2] };
+        let order = if round % 2 == 0 { [0, 1, 4, 2, 5, 3] } else { [0, 1, 4, 3, 5, 2] };
         for i in order {
             let (_, url, pid, script, _) = &targets[i];
             results[i].push(wrk(url, script, &args, args.duration_secs, *pid, cp_pid));
@@ -371,6 +416,13 @@ spec:
         results[2].iter().zip(&results[3]).map(|(w, wo)| w.requests_per_sec / wo.requests_per_sec).collect();
     let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();
     println!("  per round: {} (median {:.3})", listed.join(", "), median(paired));
+    let limited_rps = median_of(&results[5], |l| l.requests_per_sec);
+    println!("throughput with a rate limit per caller and tool / without: {:.3}", limited_rps / with);
+    let paired: Vec<f64> =
+        results[5].iter().zip(&results[2]).map(|(l, w)| l.requests_per_sec / w.requests_per_sec).collect();
+    let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();
+    println!("  per round: {} (median {:.3})", listed.join(", "), median(paired));
+    buckets_of_a_million_callers();
 
     // Memory: the agent with one policy, then with many.
     let one = rss_kib(agent_pid);

@@ -13,6 +13,7 @@ mod inventory;
 mod issuer_keys;
 mod packaging;
 mod prometheus;
+mod rate_limits;
 mod replay;
 mod replicas;
 mod token_exchange;

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod policy;
 pub mod policy_test;
 pub mod prometheus;
+pub mod rate_limit;
 pub mod refusal;
 pub mod resource;
 pub mod revocation;

@@ -33,6 +33,9 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const HEADER_MISMATCH: i64 = -32020;
 /// Warden: refused by policy. In the implementation-defined server-error range.
 pub const POLICY_DENIED: i64 = -32001;
+/// JSON-RPC error code of a request past one of the server's rate limits (HTTP 429 carries
+/// `Retry-After`; `data.retryAfterSeconds` says the same inside the body).
+pub const RATE_LIMITED: i64 = -32029;
 /// JSON-RPC: the method does not exist or is not available (here: not through the gateway).
 pub const METHOD_NOT_FOUND: i64 = -32601;
 

@@ -53,11 +53,13 @@ pub enum Refusal {
     PolicyError,
     /// A task token used for a tool it was not granted.
     ToolNotGranted,
+    /// Past one of the server's rate limits for this caller.
+    RateLimited,
 }
 
 impl Refusal {
     /// Every refusal but the token's own reasons ([`Refusal::all`] has those too).
-    const OWN: [Refusal; 22] = [
+    const OWN: [Refusal; 23] = [
         Refusal::MissingToken,
         Refusal::MalformedCredentials,
         Refusal::InvalidDpopProof,
@@ -80,6 +82,7 @@ impl Refusal {
         Refusal::PolicyDenied,
         Refusal::PolicyError,
         Refusal::ToolNotGranted,
+        Refusal::RateLimited,
     ];
 
     /// Every refusal there is, token reasons included: what metrics count from zero.
@@ -113,6 +116,7 @@ impl Refusal {
             Refusal::PolicyDenied => "policy_denied",
             Refusal::PolicyError => "policy_error",
             Refusal::ToolNotGranted => "tool_not_granted",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }
@@ -135,7 +139,7 @@ mod tests {
 
     #[test]
     fn every_code_is_distinct_snake_case_and_token_refusals_keep_theirs() {
-        assert_eq!(Refusal::all().map(Refusal::code).collect::<std::collections::HashSet<_>>().len(), 22 + 17);
+        assert_eq!(Refusal::all().map(Refusal::code).collect::<std::collections::HashSet<_>>().len(), 23 + 17);
         let all = [
             Refusal::MissingToken,
             Refusal::MalformedCredentials,
@@ -159,6 +163,7 @@ mod tests {
             Refusal::PolicyDenied,
             Refusal::PolicyError,
             Refusal::ToolNotGranted,
+            Refusal::RateLimited,
             Refusal::Token(Reason::Expired),
             Refusal::Token(Reason::Revoked),
         ];

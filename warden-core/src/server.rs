@@ -81,6 +81,10 @@ pub struct McpServerSpec {
     /// server is enforced, whatever `enforcement` says: an audit never outlives its date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_until: Option<String>,
+    /// Requests each caller may make (token buckets kept by each agent): past one, a request is
+    /// answered `429` with `Retry-After` and recorded as `rate_limited`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::rate_limit::RateLimit>,
 }
 
 /// Whether Warden decides a server's requests or only records what it would decide.
@@ -169,6 +173,15 @@ impl McpServerSpec {
                     format!("{origin:?} is not an origin like https://app.example.com"),
                 ));
             }
+        }
+        if self.rate_limits.len() > crate::rate_limit::MAX_RATE_LIMITS {
+            return Err(DocumentError::field(
+                "spec.rateLimits",
+                format!("at most {} per server", crate::rate_limit::MAX_RATE_LIMITS),
+            ));
+        }
+        for (i, limit) in self.rate_limits.iter().enumerate() {
+            limit.validate(&format!("spec.rateLimits[{i}]"))?;
         }
         if let Some(listen) = &self.listen
             && listen.parse::<std::net::SocketAddr>().is_err()

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use warden_core::authorize::{RequestFacts, Shadow, Target};
+use warden_core::rate_limit::Subject;
 use warden_core::refusal::Refusal;
 use warden_core::server::McpServerSpec;
 use warden_core::token::{Presenter, Reason, Verified};
@@ -19,7 +20,7 @@ use warden_core::{dpop, mcp};
 
 use super::filter::{self, Allows, Lists};
 use super::record::{self, Decision};
-use super::reply::{self, Body, Route};
+use super::reply::{self, Body, Route, ServerLimit};
 use super::{Shared, Worker, proxy, refusals, sessions};
 use crate::applied::Applied;
 use crate::spans::{Facts, TraceContext};
@@ -285,6 +286,7 @@ pub(crate) fn admit(
         outbox: shared.outbox.clone(),
         trace: caller.trace.clone(),
         audit,
+        limits: route.limits.clone(),
     };
     Ok(Admitted { decider, principal, session })
 }
@@ -493,6 +495,9 @@ fn session(
     }
 }
 
+/// The clock rate limits count on: monotonic, from the first request.
+static RATE_CLOCK: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
 /// The caller's decisions for one request: its verified token under the configuration that
 /// verified it.
 #[derive(Clone)]
@@ -508,9 +513,36 @@ struct Decider {
     trace: Option<(TraceContext, Arc<Mutex<Facts>>)>,
     /// The server is in audit mode: decisions are recorded as what Warden would do.
     audit: bool,
+    /// The server's rate limits.
+    limits: Arc<[reply::ServerLimit]>,
 }
 
 impl Decider {
+    /// Counts `body` against the server's rate limits that apply to it: `Err` with how long
+    /// until it would be allowed, past one of them. Every request counts (a batch as one), or
+    /// for a limit on some tools, a body calling one of them.
+    fn rate_limit(&self, body: &mcp::Body<'_>) -> Result<(), std::time::Duration> {
+        if self.limits.is_empty() {
+            return Ok(());
+        }
+        let verified = &*self.verified;
+        let tenant = verified.claims.get("tenant").and_then(|t| t.as_str());
+        let now = RATE_CLOCK.elapsed().as_nanos() as u64;
+        let mut wait = None;
+        for ServerLimit { limit, limiter } in self.limits.iter() {
+            let called = body.messages.iter().find_map(|m| {
+                let method = m.method.as_deref()?;
+                let tool = if method == "tools/call" { m.name.as_deref() } else { None };
+                limit.applies(method, tool).then_some(tool)
+            });
+            let Some(tool) = called else { continue };
+            let subject = Subject { issuer: &verified.issuer, subject: &verified.subject, tool, tenant };
+            if let Err(w) = limiter.check(&subject, now) {
+                wait = Some(wait.map_or(w, |other: std::time::Duration| other.max(w)));
+            }
+        }
+        wait.map_or(Ok(()), Err)
+    }
     /// Puts one MCP method on one target to policy: why not (`None`: allowed), with the ids of
     /// the policies that decided.
     fn decide(&self, method: &str, target: Target<'_>, arguments: Option<&RawValue>) -> Outcome {
@@ -689,6 +721,11 @@ fn decide_body(
     // Refusals of a body that parsed are recorded under its (first) method.
     let first = body.messages.first().and_then(|m| m.method.as_deref()).unwrap_or("POST");
     check_headers(&body, headers).map_err(|(reason, answer)| decider.refuse_body(headers, first, reason, *answer))?;
+    // Limits before policy: a caller hammering what policy refuses is held to them too.
+    if let Err(wait) = decider.rate_limit(&body) {
+        let first_id = body.messages.first().and_then(|m| m.id);
+        return Err(decider.refuse_body(headers, first, Refusal::RateLimited, reply::rate_limited(first_id, wait)));
+    }
     let mut denied = Vec::new();
     let mut lists = Vec::new();
     for (i, m) in body.messages.iter().enumerate() {

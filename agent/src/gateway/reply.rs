@@ -1,6 +1,8 @@
 //! The answers the gateway gives itself: JSON-RPC errors, the OAuth challenges the MCP
 //! authorization spec requires (RFC 6750 §3, RFC 9728 §5.1), and protected resource metadata.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
@@ -49,6 +51,18 @@ pub fn jsonrpc_error(status: StatusCode, id: Option<&RawValue>, code: i64, messa
     json(status, &jsonrpc_error_value(id, code, message, None))
 }
 
+/// A request past a rate limit: `429` with `Retry-After` (whole seconds, at least 1) and the
+/// JSON-RPC error MCP clients read, which says the same.
+pub fn rate_limited(id: Option<&RawValue>, wait: std::time::Duration) -> Response<Body> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let data = json!({"reason": "rate_limited", "retryAfterSeconds": seconds});
+    let body = jsonrpc_error_value(id, warden_core::mcp::RATE_LIMITED, "rate limited", Some(data));
+    let mut answer = json(StatusCode::TOO_MANY_REQUESTS, &body);
+    answer.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+    answer
+}
+
 /// Where a server's URLs are: the MCP endpoint path and the metadata document, derived from its
 /// resource identifier.
 pub struct Route {
@@ -65,6 +79,17 @@ pub struct Route {
     /// The start of every challenge: the scheme the server expects (`DPoP` with the accepted
     /// algorithms for `binding: dpop`, else `Bearer`) and the metadata URL.
     challenge: String,
+    /// The server's rate limits, with their buckets (kept across configuration versions that
+    /// leave a limit as it is).
+    pub limits: Arc<[ServerLimit]>,
+}
+
+/// One of a server's rate limits and the buckets this agent keeps for it.
+pub struct ServerLimit {
+    /// The limit as configured.
+    pub limit: warden_core::rate_limit::RateLimit,
+    /// Its buckets.
+    pub limiter: Arc<warden_core::rate_limit::Limiter>,
 }
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
@@ -82,7 +107,20 @@ impl Route {
             _ => format!("Bearer resource_metadata=\"{metadata_url}\""),
         };
         let mcp_path = if path.is_empty() { "/".to_string() } else { path.to_string() };
-        Some(Route { url: format!("{origin}{mcp_path}"), mcp_path, metadata_url, metadata_path, origin, challenge })
+        Some(Route {
+            url: format!("{origin}{mcp_path}"),
+            mcp_path,
+            metadata_url,
+            metadata_path,
+            origin,
+            challenge,
+            limits: Arc::from([]),
+        })
+    }
+
+    /// The route with `limits`.
+    pub fn with_limits(self, limits: Vec<ServerLimit>) -> Route {
+        Route { limits: limits.into(), ..self }
     }
 
     /// Whether `path` asks for the metadata: the path-inserted form or the root form.

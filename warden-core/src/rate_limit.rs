@@ -1,0 +1,277 @@
+//! Rate limits per caller: an McpServer's `rateLimits`, and the table of buckets an agent keeps
+//! for each.
+//!
+//! Each bucket is the generic cell rate algorithm (GCRA, the token bucket kept as one number):
+//! a request at time `t` is allowed when the bucket's theoretical arrival time `tat` is at most
+//! `t + τ` (τ = the burst less one, in emission intervals), and moves `tat` on by one emission
+//! interval (`period / requests`). A bucket whose `tat` has passed is the same as a new one, so
+//! it can be forgotten at any time: that is how the table stays bounded. One bucket costs a
+//! 64-bit key (a keyed hash of its caller, tool and tenant) and a 64-bit time.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+use crate::validation::DocumentError;
+
+/// What one bucket is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPart {
+    /// The validated workload: the token's issuer and subject.
+    Caller,
+    /// The tool a `tools/call` names (other requests share the empty tool).
+    Tool,
+    /// The token's `tenant` claim.
+    Tenant,
+}
+
+/// One of an McpServer's `rateLimits`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Requests allowed per `period`, on average.
+    pub requests: u32,
+    /// The period `requests` are counted over (`1s`, `1m`, `1h`).
+    pub period: HumanDuration,
+    /// Requests allowed at once after a quiet spell (default: `requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// What a bucket is kept for (default: `[caller]`).
+    #[serde(default = "caller", skip_serializing_if = "is_caller")]
+    pub per: Vec<KeyPart>,
+    /// Only calls of these tools count (default: every request to the server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+}
+
+fn caller() -> Vec<KeyPart> {
+    vec![KeyPart::Caller]
+}
+
+fn is_caller(per: &[KeyPart]) -> bool {
+    per == [KeyPart::Caller]
+}
+
+/// Rate limits per server at most.
+pub const MAX_RATE_LIMITS: usize = 16;
+
+impl RateLimit {
+    /// Checks the limit at `path` (`spec.rateLimits[0]`).
+    pub(crate) fn validate(&self, path: &str) -> Result<(), DocumentError> {
+        if self.requests == 0 {
+            return Err(DocumentError::field(format!("{path}.requests"), "must be at least 1"));
+        }
+        let period = self.period.0;
+        if period < Duration::from_millis(1) || period > Duration::from_secs(24 * 3600) {
+            return Err(DocumentError::field(format!("{path}.period"), "must be from 1ms to 24h"));
+        }
+        if self.burst == Some(0) {
+            return Err(DocumentError::field(format!("{path}.burst"), "must be at least 1"));
+        }
+        if self.per.is_empty() {
+            return Err(DocumentError::field(format!("{path}.per"), "name at least one of caller, tool, tenant"));
+        }
+        for (i, part) in self.per.iter().enumerate() {
+            if self.per[..i].contains(part) {
+                return Err(DocumentError::field(format!("{path}.per"), format!("{part:?} is named twice")));
+            }
+        }
+        for (i, tool) in self.tools.iter().enumerate() {
+            if tool.is_empty() || tool.len() > 256 {
+                return Err(DocumentError::field(format!("{path}.tools[{i}]"), "must be 1 to 256 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The emission interval (`period / requests`) and the tolerance (`burst - 1` intervals),
+    /// in nanoseconds.
+    fn gcra(&self) -> (u64, u64) {
+        let interval = (self.period.0.as_nanos() / u128::from(self.requests)).max(1) as u64;
+        let burst = u64::from(self.burst.unwrap_or(self.requests).max(1));
+        (interval, interval.saturating_mul(burst - 1))
+    }
+
+    /// Whether a request of `method` naming `tool` counts against this limit.
+    pub fn applies(&self, method: &str, tool: Option<&str>) -> bool {
+        self.tools.is_empty() || (method == "tools/call" && tool.is_some_and(|t| self.tools.iter().any(|l| l == t)))
+    }
+}
+
+/// Independent tables, so that gateway threads rarely wait for each other.
+const SHARDS: usize = 16;
+
+/// The buckets of one rate limit: at most `max_keys` of them.
+pub struct Limiter {
+    interval: u64,
+    tolerance: u64,
+    per: Vec<KeyPart>,
+    max_per_shard: usize,
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<u64, u64>>]>,
+}
+
+/// What a request is counted as.
+pub struct Subject<'a> {
+    /// The token's issuer.
+    pub issuer: &'a str,
+    /// The token's subject.
+    pub subject: &'a str,
+    /// The tool a `tools/call` names.
+    pub tool: Option<&'a str>,
+    /// The token's `tenant` claim.
+    pub tenant: Option<&'a str>,
+}
+
+impl Limiter {
+    /// The buckets of `limit`, at most `max_keys` at a time.
+    pub fn new(limit: &RateLimit, max_keys: usize) -> Limiter {
+        let (interval, tolerance) = limit.gcra();
+        Limiter {
+            interval,
+            tolerance,
+            per: limit.per.clone(),
+            max_per_shard: max_keys.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn key(&self, s: &Subject<'_>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for part in &self.per {
+            // Length-prefixed, so that no two subjects run together into one key.
+            let value = match part {
+                KeyPart::Caller => {
+                    h.write_usize(s.issuer.len());
+                    h.write(s.issuer.as_bytes());
+                    s.subject
+                }
+                KeyPart::Tool => s.tool.unwrap_or(""),
+                KeyPart::Tenant => s.tenant.unwrap_or(""),
+            };
+            h.write_usize(value.len());
+            h.write(value.as_bytes());
+        }
+        h.finish()
+    }
+
+    /// Counts a request of `subject` at `now` (nanoseconds on a monotonic clock): allowed, or
+    /// refused with how long until one would be.
+    pub fn check(&self, subject: &Subject<'_>, now: u64) -> Result<(), Duration> {
+        let key = self.key(subject);
+        let mut shard = self.shards[(key as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        let tat = shard.get(&key).copied().unwrap_or(now).max(now);
+        let allow_at = tat.saturating_sub(self.tolerance);
+        if allow_at > now {
+            return Err(Duration::from_nanos(allow_at - now));
+        }
+        if !shard.contains_key(&key) && shard.len() >= self.max_per_shard {
+            make_room(&mut shard, now, self.max_per_shard);
+        }
+        shard.insert(key, tat + self.interval);
+        Ok(())
+    }
+
+    /// Buckets kept now.
+    pub fn keys(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+    }
+}
+
+/// Frees room in a full shard: first every bucket as good as new (its time has passed); if
+/// that frees less than an eighth, arbitrary ones too, each of which may then take a burst
+/// again (callers are validated workloads, so a flood of new ones needs that many identities).
+fn make_room(shard: &mut HashMap<u64, u64>, now: u64, max: usize) {
+    shard.retain(|_, tat| *tat > now);
+    let target = max - max / 8;
+    if shard.len() > target {
+        let excess: Vec<u64> = shard.keys().take(shard.len() - target).copied().collect();
+        for key in excess {
+            shard.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn limit(requests: u32, period: u64, burst: Option<u32>) -> RateLimit {
+        RateLimit { requests, period: HumanDuration::from_secs(period), burst, per: caller(), tools: Vec::new() }
+    }
+
+    fn who(subject: &str) -> Subject<'_> {
+        Subject { issuer: "corp", subject, tool: None, tenant: None }
+    }
+
+    #[test]
+    fn a_caller_gets_its_burst_then_the_rate() {
+        let limiter = Limiter::new(&limit(10, 1, Some(5)), 1000);
+        let t0 = 1_000 * SECOND;
+        let allowed = (0..20).filter(|_| limiter.check(&who("a"), t0).is_ok()).count();
+        assert_eq!(allowed, 5, "the burst at once");
+        let wait = limiter.check(&who("a"), t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100), "one emission interval");
+        // Over the next 10 s, a request every millisecond: 10 a second get through.
+        let later = (1..=10_000u64).filter(|ms| limiter.check(&who("a"), t0 + ms * 1_000_000).is_ok()).count();
+        assert_eq!(later, 100);
+        // Another caller has a bucket of its own.
+        assert!(limiter.check(&who("b"), t0).is_ok());
+    }
+
+    #[test]
+    fn the_key_is_what_per_names_and_subjects_cannot_run_together() {
+        let mut per_tool = limit(1, 60, None);
+        per_tool.per = vec![KeyPart::Caller, KeyPart::Tool];
+        let limiter = Limiter::new(&per_tool, 1000);
+        let call = |tool| Subject { issuer: "corp", subject: "a", tool: Some(tool), tenant: None };
+        assert!(limiter.check(&call("search"), SECOND).is_ok());
+        assert!(limiter.check(&call("search"), SECOND).is_err());
+        assert!(limiter.check(&call("delete"), SECOND).is_ok());
+        let tenant = RateLimit { per: vec![KeyPart::Tenant], ..limit(1, 60, None) };
+        let limiter = Limiter::new(&tenant, 1000);
+        let of = |subject, tenant| Subject { issuer: "corp", subject, tool: None, tenant: Some(tenant) };
+        assert!(limiter.check(&of("a", "acme"), SECOND).is_ok());
+        assert!(limiter.check(&of("b", "acme"), SECOND).is_err(), "one bucket per tenant");
+        let caller = Limiter::new(&limit(1, 60, None), 1000);
+        let raw = |issuer, subject| Subject { issuer, subject, tool: None, tenant: None };
+        assert!(caller.check(&raw("ab", "c"), SECOND).is_ok());
+        assert!(caller.check(&raw("a", "bc"), SECOND).is_ok(), "ab+c is not a+bc");
+    }
+
+    #[test]
+    fn the_table_stays_bounded_under_many_callers() {
+        let limiter = Limiter::new(&limit(1, 3600, None), 10_000);
+        for i in 0..300_000u64 {
+            let subject = i.to_string();
+            assert!(limiter.check(&who(&subject), SECOND + i).is_ok());
+        }
+        assert!(limiter.keys() <= 10_000 + SHARDS, "{} buckets", limiter.keys());
+        assert!(limiter.keys() >= 10_000 / 2, "the recent ones are kept: {}", limiter.keys());
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused_with_the_field_named() {
+        let error = |l: RateLimit| l.validate("spec.rateLimits[0]").unwrap_err().to_string();
+        assert_eq!(error(limit(0, 1, None)), "spec.rateLimits[0].requests: must be at least 1");
+        assert_eq!(error(limit(1, 0, None)), "spec.rateLimits[0].period: must be from 1ms to 24h");
+        assert_eq!(error(limit(1, 1, Some(0))), "spec.rateLimits[0].burst: must be at least 1");
+        let twice = RateLimit { per: vec![KeyPart::Caller, KeyPart::Caller], ..limit(1, 1, None) };
+        assert_eq!(error(twice), "spec.rateLimits[0].per: Caller is named twice");
+        let parsed: RateLimit = serde_json::from_str(r#"{"requests": 5, "period": "1m"}"#).unwrap();
+        assert_eq!(parsed, RateLimit { period: HumanDuration::from_secs(60), ..limit(5, 60, None) });
+        assert!(serde_json::from_str::<RateLimit>(r#"{"requests": 5, "period": "1m", "rate": 1}"#).is_err());
+        assert!(limit(5, 1, None).applies("resources/read", None));
+        let tools = RateLimit { tools: vec!["search".into()], ..limit(5, 1, None) };
+        assert!(tools.applies("tools/call", Some("search")));
+        assert!(!tools.applies("tools/call", Some("echo")) && !tools.applies("tools/list", None));
+    }
+}
