@@ -36,6 +36,7 @@ const OK: i32 = 0;
 const INVALID_ARGUMENT: i32 = 3;
 const NOT_FOUND: i32 = 5;
 const PERMISSION_DENIED: i32 = 7;
+const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
 const UNAUTHENTICATED: i32 = 16;
 
@@ -134,6 +135,7 @@ fn denied(answer: &Answer) -> CheckResponse {
         401 => UNAUTHENTICATED,
         400 | 413 | 415 => INVALID_ARGUMENT,
         404 => NOT_FOUND,
+        429 => RESOURCE_EXHAUSTED,
         503 => UNAVAILABLE,
         _ => PERMISSION_DENIED,
     };

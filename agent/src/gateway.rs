@@ -97,6 +97,8 @@ const RATE_LIMIT_KEYS: usize = 1_000_000;
 /// that changes revocations alone keeps them.
 struct RouteCache {
     config: Arc<warden_core::Config>,
+    /// The version `config` was compiled for.
+    version: u64,
     routes: HashMap<String, Arc<Route>>,
 }
 
@@ -141,11 +143,16 @@ impl Shared {
             return cached.routes.get(server).cloned();
         }
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        // A request still on an older version than the cache (it read the configuration just
+        // before a new one came) gets its routes without replacing the newer ones, whose
+        // buckets it would otherwise reset.
+        let newer = self.routes.load().as_ref().is_some_and(|cached| cached.version > applied.version);
         let mut kept = HashMap::new();
         let mut limits_of = |name: &String, spec: &warden_core::server::McpServerSpec| -> Vec<reply::ServerLimit> {
             let limits = spec.rate_limits.iter().map(|limit| {
                 let key = (name.clone(), limit.clone());
-                let limiter = limiters.remove(&key).unwrap_or_else(|| Arc::new(Limiter::new(limit, RATE_LIMIT_KEYS)));
+                let existing = if newer { limiters.get(&key).cloned() } else { limiters.remove(&key) };
+                let limiter = existing.unwrap_or_else(|| Arc::new(Limiter::new(limit, RATE_LIMIT_KEYS)));
                 kept.insert(key, limiter.clone());
                 reply::ServerLimit { limit: limit.clone(), limiter }
             });
@@ -156,12 +163,13 @@ impl Shared {
             .servers
             .iter()
             .filter_map(|(n, s)| Some((n.clone(), Arc::new(Route::new(s)?.with_limits(limits_of(n, s))))));
-        let fresh = RouteCache { config: applied.config.clone(), routes: routes.collect() };
-        // The limits no server has any more are forgotten with their buckets.
-        *limiters = kept;
-        drop(limiters);
+        let fresh = RouteCache { config: applied.config.clone(), version: applied.version, routes: routes.collect() };
         let route = fresh.routes.get(server).cloned();
-        self.routes.store(Some(Arc::new(fresh)));
+        if !newer {
+            // The limits no server has any more are forgotten with their buckets.
+            *limiters = kept;
+            self.routes.store(Some(Arc::new(fresh)));
+        }
         route
     }
 

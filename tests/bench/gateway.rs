@@ -299,7 +299,7 @@ spec:
   upstream: http://{upstream}/mcp
   listen: {limited_gateway}
   agents: {{matchLabels: {{records: "limited"}}}}
-  rateLimits: [{{requests: 1000000000, period: 1s, per: [caller, tool]}}]
+  rateLimits: [{{requests: 1000000, period: 1s, burst: 1000000, per: [caller, tool], tools: [echo]}}]
 ---
 apiVersion: warden.dev/v1
 kind: Policy

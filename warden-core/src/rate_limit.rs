@@ -60,6 +60,10 @@ fn is_caller(per: &[KeyPart]) -> bool {
 /// Rate limits per server at most.
 pub const MAX_RATE_LIMITS: usize = 16;
 
+/// The largest burst: with the longest interval (24 h), the bucket's time stays far from
+/// overflowing.
+pub const MAX_BURST: u32 = 1_000_000;
+
 impl RateLimit {
     /// Checks the limit at `path` (`spec.rateLimits[0]`).
     pub(crate) fn validate(&self, path: &str) -> Result<(), DocumentError> {
@@ -70,8 +74,18 @@ impl RateLimit {
         if period < Duration::from_millis(1) || period > Duration::from_secs(24 * 3600) {
             return Err(DocumentError::field(format!("{path}.period"), "must be from 1ms to 24h"));
         }
-        if self.burst == Some(0) {
-            return Err(DocumentError::field(format!("{path}.burst"), "must be at least 1"));
+        if period.as_nanos() / u128::from(self.requests) < 1_000 {
+            return Err(DocumentError::field(
+                format!("{path}.requests"),
+                "at most one a microsecond (requests per period)",
+            ));
+        }
+        match self.burst {
+            Some(0) => return Err(DocumentError::field(format!("{path}.burst"), "must be at least 1")),
+            Some(b) if b > MAX_BURST => {
+                return Err(DocumentError::field(format!("{path}.burst"), format!("must be at most {MAX_BURST}")));
+            }
+            _ => {}
         }
         if self.per.is_empty() {
             return Err(DocumentError::field(format!("{path}.per"), "name at least one of caller, tool, tenant"));
@@ -80,6 +94,13 @@ impl RateLimit {
             if self.per[..i].contains(part) {
                 return Err(DocumentError::field(format!("{path}.per"), format!("{part:?} is named twice")));
             }
+        }
+        if self.per.contains(&KeyPart::Tool) && self.tools.is_empty() {
+            // A bucket per name the caller makes up would be no limit at all.
+            return Err(DocumentError::field(
+                format!("{path}.per"),
+                "tool needs the tools it counts listed in tools (a bucket for each of them)",
+            ));
         }
         for (i, tool) in self.tools.iter().enumerate() {
             if tool.is_empty() || tool.len() > 256 {
@@ -124,7 +145,7 @@ pub struct Subject<'a> {
     pub subject: &'a str,
     /// The tool a `tools/call` names.
     pub tool: Option<&'a str>,
-    /// The token's `tenant` claim.
+    /// The token's `tenant` claim (a caller without one is its own tenant).
     pub tenant: Option<&'a str>,
 }
 
@@ -153,7 +174,17 @@ impl Limiter {
                     s.subject
                 }
                 KeyPart::Tool => s.tool.unwrap_or(""),
-                KeyPart::Tenant => s.tenant.unwrap_or(""),
+                KeyPart::Tenant => match s.tenant {
+                    Some(tenant) => tenant,
+                    None => {
+                        // No tenant: a bucket of the caller's own, never one shared by all the
+                        // callers without one.
+                        h.write_u8(0xff);
+                        h.write_usize(s.issuer.len());
+                        h.write(s.issuer.as_bytes());
+                        s.subject
+                    }
+                },
             };
             h.write_usize(value.len());
             h.write(value.as_bytes());
@@ -161,21 +192,45 @@ impl Limiter {
         h.finish()
     }
 
-    /// Counts a request of `subject` at `now` (nanoseconds on a monotonic clock): allowed, or
-    /// refused with how long until one would be.
+    /// The bucket `subject` counts against.
+    pub fn bucket(&self, subject: &Subject<'_>) -> u64 {
+        self.key(subject)
+    }
+
+    /// Whether `n` requests against `bucket` at `now` (nanoseconds on a monotonic clock) would
+    /// be allowed; if not, how long until they would be. Nothing is counted.
+    pub fn would_allow(&self, bucket: u64, n: u64, now: u64) -> Result<(), Duration> {
+        let shard = self.shards[(bucket as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        self.admits(shard.get(&bucket).copied(), n, now).map(|_| ())
+    }
+
+    /// Counts `n` requests against `bucket` at `now`: allowed (and counted), or refused with
+    /// how long until they would be (and not counted).
+    pub fn take(&self, bucket: u64, n: u64, now: u64) -> Result<(), Duration> {
+        let mut shard = self.shards[(bucket as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        let tat = self.admits(shard.get(&bucket).copied(), n, now)?;
+        if !shard.contains_key(&bucket) && shard.len() >= self.max_per_shard {
+            make_room(&mut shard, now, self.max_per_shard);
+        }
+        shard.insert(bucket, tat);
+        Ok(())
+    }
+
+    /// One request of `subject` at `now`: [`Limiter::take`] of one.
     pub fn check(&self, subject: &Subject<'_>, now: u64) -> Result<(), Duration> {
-        let key = self.key(subject);
-        let mut shard = self.shards[(key as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
-        let tat = shard.get(&key).copied().unwrap_or(now).max(now);
-        let allow_at = tat.saturating_sub(self.tolerance);
+        self.take(self.key(subject), 1, now)
+    }
+
+    /// GCRA for `n` requests at once: the bucket's new time if allowed. They are allowed when
+    /// the last of them would be (`tat + (n - 1)·T - τ ≤ now`).
+    fn admits(&self, tat: Option<u64>, n: u64, now: u64) -> Result<u64, Duration> {
+        let tat = tat.unwrap_or(now).max(now);
+        let last = tat.saturating_add(self.interval.saturating_mul(n.saturating_sub(1)));
+        let allow_at = last.saturating_sub(self.tolerance);
         if allow_at > now {
             return Err(Duration::from_nanos(allow_at - now));
         }
-        if !shard.contains_key(&key) && shard.len() >= self.max_per_shard {
-            make_room(&mut shard, now, self.max_per_shard);
-        }
-        shard.insert(key, tat + self.interval);
-        Ok(())
+        Ok(tat.saturating_add(self.interval.saturating_mul(n)))
     }
 
     /// Buckets kept now.
@@ -185,16 +240,23 @@ impl Limiter {
 }
 
 /// Frees room in a full shard: first every bucket as good as new (its time has passed); if
-/// that frees less than an eighth, arbitrary ones too, each of which may then take a burst
-/// again (callers are validated workloads, so a flood of new ones needs that many identities).
+/// that frees less than an eighth, the buckets nearest to refilled too, each of which may then
+/// take its burst a little early (callers are validated workloads, so crowding others out
+/// takes that many identities).
 fn make_room(shard: &mut HashMap<u64, u64>, now: u64, max: usize) {
     shard.retain(|_, tat| *tat > now);
     let target = max - max / 8;
     if shard.len() > target {
-        let excess: Vec<u64> = shard.keys().take(shard.len() - target).copied().collect();
-        for key in excess {
-            shard.remove(&key);
-        }
+        let mut times: Vec<u64> = shard.values().copied().collect();
+        let excess = shard.len() - target;
+        let (_, threshold, _) = times.select_nth_unstable(excess - 1);
+        let threshold = *threshold;
+        let mut removed = 0;
+        shard.retain(|_, tat| {
+            let keep = *tat > threshold || removed >= excess;
+            removed += usize::from(!keep);
+            keep
+        });
     }
 }
 
@@ -231,6 +293,7 @@ mod tests {
     fn the_key_is_what_per_names_and_subjects_cannot_run_together() {
         let mut per_tool = limit(1, 60, None);
         per_tool.per = vec![KeyPart::Caller, KeyPart::Tool];
+        per_tool.tools = vec!["search".into(), "delete".into()];
         let limiter = Limiter::new(&per_tool, 1000);
         let call = |tool| Subject { issuer: "corp", subject: "a", tool: Some(tool), tenant: None };
         assert!(limiter.check(&call("search"), SECOND).is_ok());
@@ -245,6 +308,38 @@ mod tests {
         let raw = |issuer, subject| Subject { issuer, subject, tool: None, tenant: None };
         assert!(caller.check(&raw("ab", "c"), SECOND).is_ok());
         assert!(caller.check(&raw("a", "bc"), SECOND).is_ok(), "ab+c is not a+bc");
+    }
+
+    #[test]
+    fn a_batch_costs_a_request_each_and_is_allowed_whole_or_not_at_all() {
+        let limiter = Limiter::new(&limit(10, 1, Some(5)), 1000);
+        let bucket = limiter.bucket(&who("a"));
+        let t0 = 1_000 * SECOND;
+        assert!(limiter.would_allow(bucket, 6, t0).is_err(), "more than the burst at once");
+        assert!(limiter.take(bucket, 4, t0).is_ok());
+        assert_eq!(limiter.take(bucket, 2, t0), Err(Duration::from_millis(100)), "only one left");
+        assert!(limiter.take(bucket, 1, t0).is_ok(), "a refused batch counted nothing");
+        assert!(limiter.would_allow(bucket, 1, t0).is_err());
+    }
+
+    #[test]
+    fn callers_without_a_tenant_do_not_share_one_bucket() {
+        let tenant = RateLimit { per: vec![KeyPart::Tenant], ..limit(1, 60, None) };
+        let limiter = Limiter::new(&tenant, 1000);
+        let none = |subject| Subject { issuer: "corp", subject, tool: None, tenant: None };
+        assert!(limiter.check(&none("a"), SECOND).is_ok());
+        assert!(limiter.check(&none("b"), SECOND).is_ok());
+        assert!(limiter.check(&none("a"), SECOND).is_err());
+        let named = Subject { issuer: "corp", subject: "a", tool: None, tenant: Some("") };
+        assert!(limiter.check(&named, SECOND).is_ok(), "an empty tenant is a tenant, not the caller");
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_buckets_nearest_to_refilled_first() {
+        let mut shard: HashMap<u64, u64> = (0..80).map(|k| (k, 1_000 + k)).collect();
+        make_room(&mut shard, 0, 80);
+        assert_eq!(shard.len(), 70);
+        assert!(shard.keys().all(|k| *k >= 10), "the ten nearest to refilled went: {:?}", shard.keys().min());
     }
 
     #[test]
@@ -266,6 +361,11 @@ mod tests {
         assert_eq!(error(limit(1, 1, Some(0))), "spec.rateLimits[0].burst: must be at least 1");
         let twice = RateLimit { per: vec![KeyPart::Caller, KeyPart::Caller], ..limit(1, 1, None) };
         assert_eq!(error(twice), "spec.rateLimits[0].per: Caller is named twice");
+        let any_tool = RateLimit { per: vec![KeyPart::Caller, KeyPart::Tool], ..limit(1, 1, None) };
+        assert!(error(any_tool).starts_with("spec.rateLimits[0].per: tool needs the tools it counts listed"));
+        let too_fast = limit(2_000_000, 1, None);
+        assert_eq!(error(too_fast), "spec.rateLimits[0].requests: at most one a microsecond (requests per period)");
+        assert_eq!(error(limit(1, 1, Some(MAX_BURST + 1))), "spec.rateLimits[0].burst: must be at most 1000000");
         let parsed: RateLimit = serde_json::from_str(r#"{"requests": 5, "period": "1m"}"#).unwrap();
         assert_eq!(parsed, RateLimit { period: HumanDuration::from_secs(60), ..limit(5, 60, None) });
         assert!(serde_json::from_str::<RateLimit>(r#"{"requests": 5, "period": "1m", "rate": 1}"#).is_err());

@@ -182,6 +182,9 @@ impl McpServerSpec {
         }
         for (i, limit) in self.rate_limits.iter().enumerate() {
             limit.validate(&format!("spec.rateLimits[{i}]"))?;
+            if self.rate_limits[..i].contains(limit) {
+                return Err(DocumentError::field(format!("spec.rateLimits[{i}]"), "is the same as an earlier one"));
+            }
         }
         if let Some(listen) = &self.listen
             && listen.parse::<std::net::SocketAddr>().is_err()

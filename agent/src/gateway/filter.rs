@@ -45,6 +45,9 @@ pub struct Lists<A> {
     pub kinds: Vec<mcp::ListFilter>,
     /// The caller's decisions.
     pub allows: A,
+    /// How long the caller's token has left, in milliseconds: a filtered list is fresh no
+    /// longer (MCP 2026-07-28 `ttlMs`).
+    pub ttl_cap_ms: u64,
 }
 
 impl<A: Allows> Lists<A> {
@@ -69,6 +72,15 @@ impl<A: Allows> Lists<A> {
                     _ => false,
                 }
             });
+            // What is left is this caller's list: no cache may share it with another
+            // authorization context, nor keep it past the token it was filtered for.
+            if let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) {
+                result.insert("cacheScope".into(), Value::from("private"));
+                if let Some(ttl) = result.get("ttlMs") {
+                    let ttl = ttl.as_u64().unwrap_or(0).min(self.ttl_cap_ms);
+                    result.insert("ttlMs".into(), Value::from(ttl));
+                }
+            }
         }
     }
 
@@ -351,11 +363,32 @@ mod tests {
     }
 
     fn lists() -> Arc<Lists<OnlyEcho>> {
-        Arc::new(Lists { kinds: vec![mcp::list_filter("tools/list").unwrap()], allows: OnlyEcho })
+        Arc::new(Lists { kinds: vec![mcp::list_filter("tools/list").unwrap()], allows: OnlyEcho, ttl_cap_ms: 60_000 })
     }
 
     const LIST: &str =
         r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo"},{"name":"delete"},{"nameless":1}]}}"#;
+
+    #[test]
+    fn a_filtered_list_is_private_and_fresh_no_longer_than_the_token() {
+        let filter = lists();
+        let upstream =
+            r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo"}],"ttlMs":3600000,"cacheScope":"public"}}"#;
+        let out: Value = serde_json::from_slice(&filter.json(upstream.as_bytes()).unwrap()).unwrap();
+        assert_eq!((&out["result"]["cacheScope"], &out["result"]["ttlMs"]), (&json!("private"), &json!(60_000)));
+        let short = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[],"ttlMs":500,"cacheScope":"public"}}"#;
+        let out: Value = serde_json::from_slice(&filter.json(short.as_bytes()).unwrap()).unwrap();
+        assert_eq!((&out["result"]["cacheScope"], &out["result"]["ttlMs"]), (&json!("private"), &json!(500)));
+        // An older revision's list has no ttlMs: none is made up; the scope is said all the same.
+        let old = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo"}]}}"#;
+        let out: Value = serde_json::from_slice(&filter.json(old.as_bytes()).unwrap()).unwrap();
+        assert_eq!(out["result"]["cacheScope"], "private");
+        assert!(out["result"].get("ttlMs").is_none());
+        // Not a list: untouched.
+        let plain = r#"{"jsonrpc":"2.0","id":3,"result":{"content":[],"ttlMs":5}}"#;
+        let out: Value = serde_json::from_slice(&filter.json(plain.as_bytes()).unwrap()).unwrap();
+        assert!(out["result"].get("cacheScope").is_none());
+    }
 
     #[test]
     fn json_answers_keep_only_allowed_entries() {

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use warden_core::authorize::{RequestFacts, Shadow, Target};
-use warden_core::rate_limit::Subject;
+use warden_core::rate_limit::{Limiter, Subject};
 use warden_core::refusal::Refusal;
 use warden_core::server::McpServerSpec;
 use warden_core::token::{Presenter, Reason, Verified};
@@ -519,8 +519,9 @@ struct Decider {
 
 impl Decider {
     /// Counts `body` against the server's rate limits that apply to it: `Err` with how long
-    /// until it would be allowed, past one of them. Every request counts (a batch as one), or
-    /// for a limit on some tools, a body calling one of them.
+    /// until it would be allowed, past one of them. Each request or notification counts (every
+    /// one of a batch), or for a limit on some tools, each call of one of them. Nothing is
+    /// counted unless every limit allows the whole body.
     fn rate_limit(&self, body: &mcp::Body<'_>) -> Result<(), std::time::Duration> {
         if self.limits.is_empty() {
             return Ok(());
@@ -528,21 +529,34 @@ impl Decider {
         let verified = &*self.verified;
         let tenant = verified.claims.get("tenant").and_then(|t| t.as_str());
         let now = RATE_CLOCK.elapsed().as_nanos() as u64;
-        let mut wait = None;
+        // (limit, bucket, requests)
+        let mut charges: Vec<(&Limiter, u64, u64)> = Vec::new();
         for ServerLimit { limit, limiter } in self.limits.iter() {
-            let called = body.messages.iter().find_map(|m| {
-                let method = m.method.as_deref()?;
+            for m in &body.messages {
+                let Some(method) = m.method.as_deref() else { continue };
                 let tool = if method == "tools/call" { m.name.as_deref() } else { None };
-                limit.applies(method, tool).then_some(tool)
-            });
-            let Some(tool) = called else { continue };
-            let subject = Subject { issuer: &verified.issuer, subject: &verified.subject, tool, tenant };
-            if let Err(w) = limiter.check(&subject, now) {
-                wait = Some(wait.map_or(w, |other: std::time::Duration| other.max(w)));
+                if !limit.applies(method, tool) {
+                    continue;
+                }
+                let subject = Subject { issuer: &verified.issuer, subject: &verified.subject, tool, tenant };
+                let bucket = limiter.bucket(&subject);
+                match charges.iter_mut().find(|(l, b, _)| std::ptr::eq(*l, &**limiter) && *b == bucket) {
+                    Some((_, _, n)) => *n += 1,
+                    None => charges.push((limiter, bucket, 1)),
+                }
             }
         }
-        wait.map_or(Ok(()), Err)
+        let refused = charges.iter().filter_map(|(limiter, bucket, n)| limiter.would_allow(*bucket, *n, now).err());
+        if let Some(wait) = refused.max() {
+            return Err(wait);
+        }
+        for (limiter, bucket, n) in charges {
+            // Another request of the same caller may have taken the room since: refused then.
+            limiter.take(bucket, n, now)?;
+        }
+        Ok(())
     }
+
     /// Puts one MCP method on one target to policy: why not (`None`: allowed), with the ids of
     /// the policies that decided.
     fn decide(&self, method: &str, target: Target<'_>, arguments: Option<&RawValue>) -> Outcome {
@@ -723,8 +737,9 @@ fn decide_body(
     check_headers(&body, headers).map_err(|(reason, answer)| decider.refuse_body(headers, first, reason, *answer))?;
     // Limits before policy: a caller hammering what policy refuses is held to them too.
     if let Err(wait) = decider.rate_limit(&body) {
-        let first_id = body.messages.first().and_then(|m| m.id);
-        return Err(decider.refuse_body(headers, first, Refusal::RateLimited, reply::rate_limited(first_id, wait)));
+        let ids: Vec<Option<&RawValue>> = body.messages.iter().map(|m| m.id).collect();
+        let answer = reply::rate_limited(&ids, body.batch, wait);
+        return Err(decider.refuse_body(headers, first, Refusal::RateLimited, answer));
     }
     let mut denied = Vec::new();
     let mut lists = Vec::new();
@@ -967,7 +982,8 @@ async fn filter_answer(
     }
     head.headers.remove(header::CONTENT_ENCODING);
     head.headers.remove(header::CONTENT_LENGTH);
-    let lists = Arc::new(Lists { kinds, allows: decider.clone() });
+    let left = decider.verified.expires_at.saturating_sub(crate::identity::now_unix()).max(0);
+    let lists = Arc::new(Lists { kinds, allows: decider.clone(), ttl_cap_ms: left as u64 * 1000 });
     if media.split(';').next().is_some_and(|essence| essence.trim() == "text/event-stream") {
         return Response::from_parts(head, filter::sse(lists, incoming));
     }

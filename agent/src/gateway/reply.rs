@@ -51,13 +51,19 @@ pub fn jsonrpc_error(status: StatusCode, id: Option<&RawValue>, code: i64, messa
     json(status, &jsonrpc_error_value(id, code, message, None))
 }
 
-/// A request past a rate limit: `429` with `Retry-After` (whole seconds, at least 1) and the
-/// JSON-RPC error MCP clients read, which says the same.
-pub fn rate_limited(id: Option<&RawValue>, wait: std::time::Duration) -> Response<Body> {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let seconds = seconds.max(1);
-    let data = json!({"reason": "rate_limited", "retryAfterSeconds": seconds});
-    let body = jsonrpc_error_value(id, warden_core::mcp::RATE_LIMITED, "rate limited", Some(data));
+/// A body past a rate limit: `429` with `Retry-After` (whole seconds, at least 1) and the
+/// JSON-RPC error MCP clients read, which says the same — one per request of a batch.
+pub fn rate_limited(ids: &[Option<&RawValue>], batch: bool, wait: std::time::Duration) -> Response<Body> {
+    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    let error = |id| {
+        let data = json!({"reason": "rate_limited", "retryAfterSeconds": seconds});
+        jsonrpc_error_value(id, warden_core::mcp::RATE_LIMITED, "rate limited", Some(data))
+    };
+    let body = if batch {
+        Value::Array(ids.iter().filter(|id| id.is_some()).map(|id| error(*id)).collect())
+    } else {
+        error(ids.first().copied().flatten())
+    };
     let mut answer = json(StatusCode::TOO_MANY_REQUESTS, &body);
     answer.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
     answer
