@@ -6,10 +6,20 @@
 
 use std::process::Command;
 
-/// A free TCP port on 127.0.0.1 (the demo binds there).
+/// A free TCP port on 127.0.0.1 (the demo binds there), below the ephemeral range: a port the
+/// system hands out for the source of outgoing connections (other tests make thousands) could
+/// be taken between this check and the demo's bind.
 fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port().to_string()
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0u64..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port.to_string();
+        }
+    }
+    panic!("no free port on 127.0.0.1 between 20000 and 32000");
 }
 
 /// The `CARGO_PKG_*` variables cargo sets for a test binary.
