@@ -36,7 +36,7 @@ use warden_tasks::Shutdown;
 
 use arc_swap::ArcSwapOption;
 
-use warden_core::rate_limit::{Limiter, RateLimit};
+use warden_core::rate_limit::{ConcurrencyLimit, InFlight, Limiter, RateLimit};
 
 use crate::applied::{Applied, Current};
 use crate::sync::{EndedTask, Requests};
@@ -87,8 +87,13 @@ pub struct Shared {
     limiters: Arc<std::sync::Mutex<Limiters>>,
 }
 
-/// The buckets of each server's rate limits, by server name and limit.
-type Limiters = HashMap<(String, RateLimit), Arc<Limiter>>;
+/// The buckets of each server's rate limits and the counts of its concurrency limits, by
+/// server name and limit.
+#[derive(Default)]
+struct Limiters {
+    rate: HashMap<(String, RateLimit), Arc<Limiter>>,
+    concurrency: HashMap<(String, ConcurrencyLimit), Arc<InFlight>>,
+}
 
 /// Buckets kept per rate limit at most: about 32 MB of them (see `warden_core::rate_limit`).
 const RATE_LIMIT_KEYS: usize = 1_000_000;
@@ -147,22 +152,30 @@ impl Shared {
         // before a new one came) gets its routes without replacing the newer ones, whose
         // buckets it would otherwise reset.
         let newer = self.routes.load().as_ref().is_some_and(|cached| cached.version > applied.version);
-        let mut kept = HashMap::new();
-        let mut limits_of = |name: &String, spec: &warden_core::server::McpServerSpec| -> Vec<reply::ServerLimit> {
-            let limits = spec.rate_limits.iter().map(|limit| {
+        let mut kept = Limiters::default();
+        let mut limits_of = |name: &String, spec: &warden_core::server::McpServerSpec| {
+            let rate = spec.rate_limits.iter().map(|limit| {
                 let key = (name.clone(), limit.clone());
-                let existing = if newer { limiters.get(&key).cloned() } else { limiters.remove(&key) };
+                let existing = if newer { limiters.rate.get(&key).cloned() } else { limiters.rate.remove(&key) };
                 let limiter = existing.unwrap_or_else(|| Arc::new(Limiter::new(limit, RATE_LIMIT_KEYS)));
-                kept.insert(key, limiter.clone());
+                kept.rate.insert(key, limiter.clone());
                 reply::ServerLimit { limit: limit.clone(), limiter }
             });
-            limits.collect()
+            let rate = rate.collect();
+            let concurrency = spec.concurrency_limits.iter().map(|limit| {
+                let key = (name.clone(), limit.clone());
+                let existing =
+                    if newer { limiters.concurrency.get(&key).cloned() } else { limiters.concurrency.remove(&key) };
+                let in_flight = existing.unwrap_or_else(|| Arc::new(InFlight::new(limit)));
+                kept.concurrency.insert(key, in_flight.clone());
+                reply::ServerConcurrency { limit: limit.clone(), in_flight }
+            });
+            (rate, concurrency.collect())
         };
-        let routes = applied
-            .config
-            .servers
-            .iter()
-            .filter_map(|(n, s)| Some((n.clone(), Arc::new(Route::new(s)?.with_limits(limits_of(n, s))))));
+        let routes = applied.config.servers.iter().filter_map(|(n, s)| {
+            let (rate, concurrency) = limits_of(n, s);
+            Some((n.clone(), Arc::new(Route::new(s)?.with_limits(rate, concurrency))))
+        });
         let fresh = RouteCache { config: applied.config.clone(), version: applied.version, routes: routes.collect() };
         let route = fresh.routes.get(server).cloned();
         if !newer {

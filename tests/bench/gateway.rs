@@ -6,8 +6,8 @@
 //!   4. the same with decision records off (`--no-decision-records`), for their cost,
 //!   5. a bare proxy on the gateway's HTTP stack (`bare-proxy`: the agent's worker layout,
 //!      hyper server and client, no Warden work at all), for what that stack reaches here,
-//!   6. the Warden gateway with a rate limit per caller and tool (high enough never to refuse:
-//!      the cost of keeping count), against 3,
+//!   6. the Warden gateway with a rate limit per caller and tool and a concurrency limit (high
+//!      enough never to refuse: the cost of keeping count), against 3,
 //!
 //! interleaved over several rounds, reporting the median of each with ratios against the
 //! direct connection and nginx. The upstream is nginx answering a fixed JSON-RPC result (a
@@ -300,6 +300,7 @@ spec:
   listen: {limited_gateway}
   agents: {{matchLabels: {{records: "limited"}}}}
   rateLimits: [{{requests: 1000000, period: 1s, burst: 1000000, per: [caller, tool], tools: [echo]}}]
+  concurrencyLimits: [{{max: 1000, tools: [echo]}}]
 ---
 apiVersion: warden.dev/v1
 kind: Policy
@@ -417,7 +418,7 @@ spec:
     let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();
     println!("  per round: {} (median {:.3})", listed.join(", "), median(paired));
     let limited_rps = median_of(&results[5], |l| l.requests_per_sec);
-    println!("throughput with a rate limit per caller and tool / without: {:.3}", limited_rps / with);
+    println!("throughput with a rate and a concurrency limit / without: {:.3}", limited_rps / with);
     let paired: Vec<f64> =
         results[5].iter().zip(&results[2]).map(|(l, w)| l.requests_per_sec / w.requests_per_sec).collect();
     let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();

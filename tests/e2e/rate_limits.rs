@@ -11,9 +11,14 @@ use crate::decisions::Fleet;
 
 /// `notes` again, with `limits` (YAML flow sequence) as its rate limits.
 fn limit(fleet: &Fleet, limits: &str) {
+    serve_with(fleet, &format!("rateLimits: {limits}"));
+}
+
+/// `notes` again, with `spec` (one line of its spec) added.
+fn serve_with(fleet: &Fleet, spec: &str) {
     let gateway = fleet.url().trim_start_matches("http://").trim_end_matches("/mcp").to_string();
     fleet.cp.apply_ok(&format!(
-        "apiVersion: warden.dev/v1\nkind: McpServer\nmetadata: {{name: notes}}\nspec:\n  resource: http://{gateway}/mcp\n  issuers: [test-idp]\n  upstream: {}\n  listen: {gateway}\n  rateLimits: {limits}\n",
+        "apiVersion: warden.dev/v1\nkind: McpServer\nmetadata: {{name: notes}}\nspec:\n  resource: http://{gateway}/mcp\n  issuers: [test-idp]\n  upstream: {}\n  listen: {gateway}\n  {spec}\n",
         fleet.upstream().url
     ));
     let version = fleet.cp.version();
@@ -134,4 +139,57 @@ fn limits_that_cannot_work_are_refused_at_apply_and_change_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("spec.rateLimits[0].requests: must be at least 1"), "{stderr}");
     assert_eq!(fleet.cp.version(), version);
+}
+
+#[test]
+fn a_caller_has_at_most_its_concurrency_limit_in_flight_and_a_finished_call_frees_its_place() {
+    let fleet = Fleet::start(&[]);
+    fleet.cp.apply_ok(
+        "apiVersion: warden.dev/v1\nkind: Policy\nmetadata: {name: counting}\nspec:\n  servers: [notes]\n  cedar: |\n    permit(principal, action == Action::\"tools/call\", resource) when { resource.name == \"count\" };\n",
+    );
+    serve_with(&fleet, "concurrencyLimits: [{max: 2, tools: [count]}]");
+    let alice = fleet.token("alice", "jti-concurrent", -10, 600);
+    let url = fleet.url();
+    let initialize = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let session = post(&url, Some(&alice), &[], initialize).session.expect("a session");
+    let headers = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(post(&url, Some(&alice), &headers, initialized).status, 202);
+    // Each request its own id: the session answers by id.
+    let count = |id: u32, to: u32| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"count","arguments":{{"to":{to}}},"_meta":{{"progressToken":{id}}}}}}}"#
+        )
+    };
+    // Two calls whose answers stream for about two seconds each.
+    let calls: Vec<_> = (2..4)
+        .map(|id| {
+            let (url, alice, session, body) = (url.clone(), alice.clone(), session.clone(), count(id, 40));
+            std::thread::spawn(move || {
+                let headers = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-11-25")];
+                post(&url, Some(&alice), &headers, &body)
+            })
+        })
+        .collect();
+    wait_for_or(
+        "both calls at the upstream",
+        || fleet.upstream().process.log_text(),
+        || (fleet.upstream().process.log_text().matches("count to 40 started").count() == 2).then_some(()),
+    );
+    // A third at once is refused, and never reaches the upstream; a tool the limit does not
+    // cover is not.
+    let third = post(&url, Some(&alice), &headers, &count(4, 1));
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert_eq!(third.retry_after.as_deref(), Some("1"));
+    assert!(third.body.contains("rate_limited"), "{}", third.body);
+    assert_ne!(call(&fleet, &alice, "echo").status, 429);
+    for answer in calls.into_iter().map(|c| c.join().unwrap()) {
+        assert_eq!(answer.status, 200);
+        assert!(answer.body.contains("counted to 40"), "{}", answer.body);
+    }
+    assert!(!fleet.upstream().process.log_text().contains("count to 1 started"));
+    // Their answers sent, their places are free.
+    let after = post(&url, Some(&alice), &headers, &count(5, 1));
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert!(after.body.contains("counted to 1"), "{}", after.body);
 }

@@ -164,32 +164,7 @@ impl Limiter {
     }
 
     fn key(&self, s: &Subject<'_>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        for part in &self.per {
-            // Length-prefixed, so that no two subjects run together into one key.
-            let value = match part {
-                KeyPart::Caller => {
-                    h.write_usize(s.issuer.len());
-                    h.write(s.issuer.as_bytes());
-                    s.subject
-                }
-                KeyPart::Tool => s.tool.unwrap_or(""),
-                KeyPart::Tenant => match s.tenant {
-                    Some(tenant) => tenant,
-                    None => {
-                        // No tenant: a bucket of the caller's own, never one shared by all the
-                        // callers without one.
-                        h.write_u8(0xff);
-                        h.write_usize(s.issuer.len());
-                        h.write(s.issuer.as_bytes());
-                        s.subject
-                    }
-                },
-            };
-            h.write_usize(value.len());
-            h.write(value.as_bytes());
-        }
-        h.finish()
+        bucket_of(&self.hasher, &self.per, s)
     }
 
     /// The bucket `subject` counts against.
@@ -236,6 +211,141 @@ impl Limiter {
     /// Buckets kept now.
     pub fn keys(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+    }
+}
+
+/// The 64-bit key of `s`'s bucket under `per`: a hash keyed per table, so callers can neither
+/// predict nor aim at another's bucket.
+fn bucket_of(hasher: &RandomState, per: &[KeyPart], s: &Subject<'_>) -> u64 {
+    let mut h = hasher.build_hasher();
+    for part in per {
+        // Length-prefixed, so that no two subjects run together into one key.
+        let value = match part {
+            KeyPart::Caller => {
+                h.write_usize(s.issuer.len());
+                h.write(s.issuer.as_bytes());
+                s.subject
+            }
+            KeyPart::Tool => s.tool.unwrap_or(""),
+            KeyPart::Tenant => match s.tenant {
+                Some(tenant) => tenant,
+                None => {
+                    // No tenant: a bucket of the caller's own, never one shared by all the
+                    // callers without one.
+                    h.write_u8(0xff);
+                    h.write_usize(s.issuer.len());
+                    h.write(s.issuer.as_bytes());
+                    s.subject
+                }
+            },
+        };
+        h.write_usize(value.len());
+        h.write(value.as_bytes());
+    }
+    h.finish()
+}
+
+/// One of an McpServer's `concurrencyLimits`: requests of one caller (or tool, or tenant) in
+/// flight at once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConcurrencyLimit {
+    /// Requests in flight at once, at most.
+    pub max: u32,
+    /// What one count is kept for (default: `[caller]`).
+    #[serde(default = "caller", skip_serializing_if = "is_caller")]
+    pub per: Vec<KeyPart>,
+    /// Only calls of these tools count (default: every request to the server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+}
+
+impl ConcurrencyLimit {
+    /// Checks the limit at `path` (`spec.concurrencyLimits[0]`).
+    pub(crate) fn validate(&self, path: &str) -> Result<(), DocumentError> {
+        if self.max == 0 || self.max > MAX_BURST {
+            return Err(DocumentError::field(format!("{path}.max"), format!("must be from 1 to {MAX_BURST}")));
+        }
+        // The same rules as a rate limit's, for the keys and tools.
+        let as_rate = RateLimit {
+            requests: 1,
+            period: HumanDuration::from_secs(1),
+            burst: None,
+            per: self.per.clone(),
+            tools: self.tools.clone(),
+        };
+        as_rate.validate(path)
+    }
+
+    /// Whether a request of `method` naming `tool` counts against this limit.
+    pub fn applies(&self, method: &str, tool: Option<&str>) -> bool {
+        self.tools.is_empty() || (method == "tools/call" && tool.is_some_and(|t| self.tools.iter().any(|l| l == t)))
+    }
+}
+
+/// The requests in flight under one concurrency limit, by caller (or tool, or tenant): an
+/// entry exists only while requests of its key are in flight, so the table is bounded by them.
+pub struct InFlight {
+    max: u32,
+    per: Vec<KeyPart>,
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<u64, u32>>]>,
+}
+
+/// Requests counted in flight until it is dropped (when their answers have been sent, or the
+/// caller went away).
+pub struct Permit {
+    in_flight: std::sync::Arc<InFlight>,
+    key: u64,
+    n: u32,
+}
+
+impl InFlight {
+    /// The counts of `limit`.
+    pub fn new(limit: &ConcurrencyLimit) -> InFlight {
+        InFlight {
+            max: limit.max,
+            per: limit.per.clone(),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// The count `subject` is kept under.
+    pub fn key(&self, subject: &Subject<'_>) -> u64 {
+        bucket_of(&self.hasher, &self.per, subject)
+    }
+
+    /// `n` more requests of `key` in flight, if that stays within the limit.
+    pub fn acquire(self: &std::sync::Arc<Self>, key: u64, n: u32) -> Option<Permit> {
+        let mut shard = self.shards[(key as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        let count = shard.entry(key).or_insert(0);
+        if count.saturating_add(n) > self.max {
+            if *count == 0 {
+                shard.remove(&key);
+            }
+            return None;
+        }
+        *count += n;
+        Some(Permit { in_flight: self.clone(), key, n })
+    }
+
+    /// Keys with requests in flight now.
+    pub fn keys(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let in_flight = &self.in_flight;
+        let mut shard = in_flight.shards[(self.key as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = shard.get_mut(&self.key) {
+            *count = count.saturating_sub(self.n);
+            if *count == 0 {
+                shard.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -320,6 +430,24 @@ mod tests {
         assert_eq!(limiter.take(bucket, 2, t0), Err(Duration::from_millis(100)), "only one left");
         assert!(limiter.take(bucket, 1, t0).is_ok(), "a refused batch counted nothing");
         assert!(limiter.would_allow(bucket, 1, t0).is_err());
+    }
+
+    #[test]
+    fn requests_in_flight_are_held_to_the_limit_until_their_permits_go() {
+        let limit = ConcurrencyLimit { max: 2, per: caller(), tools: Vec::new() };
+        let in_flight = std::sync::Arc::new(InFlight::new(&limit));
+        let key = in_flight.key(&who("a"));
+        let first = in_flight.acquire(key, 1).unwrap();
+        let second = in_flight.acquire(key, 1).unwrap();
+        assert!(in_flight.acquire(key, 1).is_none(), "a third at once");
+        assert!(in_flight.acquire(in_flight.key(&who("b")), 2).is_some(), "another caller's own count");
+        drop(first);
+        let third = in_flight.acquire(key, 1).unwrap();
+        assert!(in_flight.acquire(key, 2).is_none());
+        drop((second, third));
+        assert_eq!(in_flight.keys(), 0, "no entry is kept for a caller with nothing in flight");
+        let error = ConcurrencyLimit { max: 0, ..limit }.validate("spec.concurrencyLimits[0]").unwrap_err();
+        assert_eq!(error.to_string(), "spec.concurrencyLimits[0].max: must be from 1 to 1000000");
     }
 
     #[test]

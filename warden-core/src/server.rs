@@ -85,6 +85,10 @@ pub struct McpServerSpec {
     /// answered `429` with `Retry-After` and recorded as `rate_limited`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::rate_limit::RateLimit>,
+    /// Requests each caller may have in flight at once (counted by each agent): past one, a
+    /// request is answered `429` with `Retry-After: 1` and recorded as `rate_limited`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrency_limits: Vec<crate::rate_limit::ConcurrencyLimit>,
 }
 
 /// Whether Warden decides a server's requests or only records what it would decide.
@@ -184,6 +188,21 @@ impl McpServerSpec {
             limit.validate(&format!("spec.rateLimits[{i}]"))?;
             if self.rate_limits[..i].contains(limit) {
                 return Err(DocumentError::field(format!("spec.rateLimits[{i}]"), "is the same as an earlier one"));
+            }
+        }
+        if self.concurrency_limits.len() > crate::rate_limit::MAX_RATE_LIMITS {
+            return Err(DocumentError::field(
+                "spec.concurrencyLimits",
+                format!("at most {} per server", crate::rate_limit::MAX_RATE_LIMITS),
+            ));
+        }
+        for (i, limit) in self.concurrency_limits.iter().enumerate() {
+            limit.validate(&format!("spec.concurrencyLimits[{i}]"))?;
+            if self.concurrency_limits[..i].contains(limit) {
+                return Err(DocumentError::field(
+                    format!("spec.concurrencyLimits[{i}]"),
+                    "is the same as an earlier one",
+                ));
             }
         }
         if let Some(listen) = &self.listen

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use warden_core::authorize::{RequestFacts, Shadow, Target};
-use warden_core::rate_limit::{Limiter, Subject};
+use warden_core::rate_limit::{Limiter, Permit, Subject};
 use warden_core::refusal::Refusal;
 use warden_core::server::McpServerSpec;
 use warden_core::token::{Presenter, Reason, Verified};
@@ -20,7 +20,7 @@ use warden_core::{dpop, mcp};
 
 use super::filter::{self, Allows, Lists};
 use super::record::{self, Decision};
-use super::reply::{self, Body, Route, ServerLimit};
+use super::reply::{self, Body, Route, ServerConcurrency, ServerLimit};
 use super::{Shared, Worker, proxy, refusals, sessions};
 use crate::applied::Applied;
 use crate::spans::{Facts, TraceContext};
@@ -287,6 +287,7 @@ pub(crate) fn admit(
         trace: caller.trace.clone(),
         audit,
         limits: route.limits.clone(),
+        concurrency: route.concurrency.clone(),
     };
     Ok(Admitted { decider, principal, session })
 }
@@ -515,6 +516,8 @@ struct Decider {
     audit: bool,
     /// The server's rate limits.
     limits: Arc<[reply::ServerLimit]>,
+    /// The server's concurrency limits.
+    concurrency: Arc<[reply::ServerConcurrency]>,
 }
 
 impl Decider {
@@ -555,6 +558,38 @@ impl Decider {
             limiter.take(bucket, n, now)?;
         }
         Ok(())
+    }
+
+    /// Counts `body`'s requests in flight under the server's concurrency limits that apply to
+    /// it (each message of a batch); `Err` past one of them, with nothing counted.
+    fn in_flight(&self, body: &mcp::Body<'_>) -> Result<Vec<Permit>, ()> {
+        let mut permits = Vec::new();
+        if self.concurrency.is_empty() {
+            return Ok(permits);
+        }
+        let verified = &*self.verified;
+        let tenant = verified.claims.get("tenant").and_then(|t| t.as_str());
+        for ServerConcurrency { limit, in_flight } in self.concurrency.iter() {
+            let mut counts: Vec<(u64, u32)> = Vec::new();
+            for m in &body.messages {
+                let Some(method) = m.method.as_deref() else { continue };
+                let tool = if method == "tools/call" { m.name.as_deref() } else { None };
+                if !limit.applies(method, tool) {
+                    continue;
+                }
+                let key =
+                    in_flight.key(&Subject { issuer: &verified.issuer, subject: &verified.subject, tool, tenant });
+                match counts.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((key, 1)),
+                }
+            }
+            for (key, n) in counts {
+                // A refusal drops the permits taken so far: nothing stays counted.
+                permits.push(in_flight.acquire(key, n).ok_or(())?);
+            }
+        }
+        Ok(permits)
     }
 
     /// Puts one MCP method on one target to policy: why not (`None`: allowed), with the ids of
@@ -663,11 +698,21 @@ async fn post(worker: &Worker, admitted: Admitted, request: Request<hyper::body:
             return refuse(Refusal::BodyTimeout, answer);
         }
     };
-    let lists = match decide_body(&admitted.decider, &parts.headers, &bytes, worker.shared.limits.json) {
-        Ok(lists) => lists,
+    let (lists, permits) = match decide_body(&admitted.decider, &parts.headers, &bytes, worker.shared.limits.json) {
+        Ok(decided) => decided,
         Err(refusal) => return *refusal,
     };
-    forward(worker, &admitted, &parts, bytes, Some(lists)).await
+    let answer = forward(worker, &admitted, &parts, bytes, Some(lists)).await;
+    if permits.is_empty() {
+        return answer;
+    }
+    // In flight until the answer's body is sent in full or dropped (the caller went away).
+    let (head, body) = answer.into_parts();
+    let body = body.map_frame(move |frame| {
+        let _held = &permits;
+        frame
+    });
+    Response::from_parts(head, body.boxed_unsync())
 }
 
 /// The local check API's body step: the body Envoy buffered, checked and decided like the
@@ -689,6 +734,7 @@ pub(crate) fn check_body(
             too_large(shared.limits.max_body_bytes),
         ));
     }
+    // Envoy does not say when the answer is done: concurrency limits cannot be held here.
     decide_body(&admitted.decider, headers, body, shared.limits.json).map(drop)
 }
 
@@ -717,14 +763,15 @@ fn has_arguments(arguments: Option<&RawValue>) -> bool {
     })
 }
 
-/// Checks the body and decides each message; the list requests whose answers need filtering,
-/// or the response that refuses the request.
+/// Checks the body and decides each message; the list requests whose answers need filtering
+/// and the permits of the requests in flight (to hold until the answer is sent), or the
+/// response that refuses the request.
 fn decide_body(
     decider: &Decider,
     headers: &HeaderMap,
     bytes: &[u8],
     limits: mcp::Limits,
-) -> Result<Vec<mcp::ListFilter>, Refused> {
+) -> Result<(Vec<mcp::ListFilter>, Vec<Permit>), Refused> {
     let body = match mcp::parse(bytes, limits) {
         Ok(b) => b,
         Err(e) => {
@@ -735,12 +782,19 @@ fn decide_body(
     // Refusals of a body that parsed are recorded under its (first) method.
     let first = body.messages.first().and_then(|m| m.method.as_deref()).unwrap_or("POST");
     check_headers(&body, headers).map_err(|(reason, answer)| decider.refuse_body(headers, first, reason, *answer))?;
-    // Limits before policy: a caller hammering what policy refuses is held to them too.
-    if let Err(wait) = decider.rate_limit(&body) {
+    // Limits before policy: a caller hammering what policy refuses is held to them too. The
+    // requests in flight first, so that a body refused there uses up none of its rate.
+    let permits = decider.in_flight(&body);
+    let limited = match permits {
+        Ok(_) => decider.rate_limit(&body).err(),
+        Err(()) => Some(Duration::from_secs(1)),
+    };
+    if let Some(wait) = limited {
         let ids: Vec<Option<&RawValue>> = body.messages.iter().map(|m| m.id).collect();
         let answer = reply::rate_limited(&ids, body.batch, wait);
         return Err(decider.refuse_body(headers, first, Refusal::RateLimited, answer));
     }
+    let permits = permits.unwrap_or_default();
     let mut denied = Vec::new();
     let mut lists = Vec::new();
     for (i, m) in body.messages.iter().enumerate() {
@@ -785,7 +839,7 @@ fn decide_body(
         }
     }
     if denied.is_empty() {
-        return Ok(lists);
+        return Ok((lists, permits));
     }
     // (Each denial is on record already, message by message.)
     Err(Box::new(denial(&body, &denied)))

@@ -88,6 +88,16 @@ pub struct Route {
     /// The server's rate limits, with their buckets (kept across configuration versions that
     /// leave a limit as it is).
     pub limits: Arc<[ServerLimit]>,
+    /// The server's concurrency limits, with their counts of requests in flight (kept likewise).
+    pub concurrency: Arc<[ServerConcurrency]>,
+}
+
+/// One of a server's concurrency limits and this agent's count of requests in flight under it.
+pub struct ServerConcurrency {
+    /// The limit as configured.
+    pub limit: warden_core::rate_limit::ConcurrencyLimit,
+    /// Requests in flight, by caller.
+    pub in_flight: Arc<warden_core::rate_limit::InFlight>,
 }
 
 /// One of a server's rate limits and the buckets this agent keeps for it.
@@ -121,12 +131,13 @@ impl Route {
             origin,
             challenge,
             limits: Arc::from([]),
+            concurrency: Arc::from([]),
         })
     }
 
-    /// The route with `limits`.
-    pub fn with_limits(self, limits: Vec<ServerLimit>) -> Route {
-        Route { limits: limits.into(), ..self }
+    /// The route with its rate and concurrency limits.
+    pub fn with_limits(self, limits: Vec<ServerLimit>, concurrency: Vec<ServerConcurrency>) -> Route {
+        Route { limits: limits.into(), concurrency: concurrency.into(), ..self }
     }
 
     /// Whether `path` asks for the metadata: the path-inserted form or the root form.
