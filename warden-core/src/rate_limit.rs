@@ -120,8 +120,14 @@ impl RateLimit {
 
     /// Whether a request of `method` naming `tool` counts against this limit.
     pub fn applies(&self, method: &str, tool: Option<&str>) -> bool {
-        self.tools.is_empty() || (method == "tools/call" && tool.is_some_and(|t| self.tools.iter().any(|l| l == t)))
+        counts(&self.tools, method, tool)
     }
+}
+
+/// Whether a request of `method` naming `tool` counts against a limit on `tools` (none: every
+/// request; else the calls of those tools).
+fn counts(tools: &[String], method: &str, tool: Option<&str>) -> bool {
+    tools.is_empty() || (method == "tools/call" && tool.is_some_and(|t| tools.iter().any(|l| l == t)))
 }
 
 /// Independent tables, so that gateway threads rarely wait for each other.
@@ -279,7 +285,7 @@ impl ConcurrencyLimit {
 
     /// Whether a request of `method` naming `tool` counts against this limit.
     pub fn applies(&self, method: &str, tool: Option<&str>) -> bool {
-        self.tools.is_empty() || (method == "tools/call" && tool.is_some_and(|t| self.tools.iter().any(|l| l == t)))
+        counts(&self.tools, method, tool)
     }
 }
 

@@ -496,6 +496,19 @@ fn session(
     }
 }
 
+/// The tool (of a `tools/call`, else none) of each message of `body` a limit counts, by
+/// `applies(method, tool)`: requests and notifications, never responses.
+fn counted<'a>(
+    body: &'a mcp::Body<'_>,
+    applies: impl Fn(&str, Option<&str>) -> bool + 'a,
+) -> impl Iterator<Item = Option<&'a str>> + 'a {
+    body.messages.iter().filter_map(move |m| {
+        let method = m.method.as_deref()?;
+        let tool = if method == "tools/call" { m.name.as_deref() } else { None };
+        applies(method, tool).then_some(tool)
+    })
+}
+
 /// The clock rate limits count on: monotonic, from the first request.
 static RATE_CLOCK: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
@@ -535,12 +548,7 @@ impl Decider {
         // (limit, bucket, requests)
         let mut charges: Vec<(&Limiter, u64, u64)> = Vec::new();
         for ServerLimit { limit, limiter } in self.limits.iter() {
-            for m in &body.messages {
-                let Some(method) = m.method.as_deref() else { continue };
-                let tool = if method == "tools/call" { m.name.as_deref() } else { None };
-                if !limit.applies(method, tool) {
-                    continue;
-                }
+            for tool in counted(body, |method, tool| limit.applies(method, tool)) {
                 let subject = Subject { issuer: &verified.issuer, subject: &verified.subject, tool, tenant };
                 let bucket = limiter.bucket(&subject);
                 match charges.iter_mut().find(|(l, b, _)| std::ptr::eq(*l, &**limiter) && *b == bucket) {
@@ -571,12 +579,7 @@ impl Decider {
         let tenant = verified.claims.get("tenant").and_then(|t| t.as_str());
         for ServerConcurrency { limit, in_flight } in self.concurrency.iter() {
             let mut counts: Vec<(u64, u32)> = Vec::new();
-            for m in &body.messages {
-                let Some(method) = m.method.as_deref() else { continue };
-                let tool = if method == "tools/call" { m.name.as_deref() } else { None };
-                if !limit.applies(method, tool) {
-                    continue;
-                }
+            for tool in counted(body, |method, tool| limit.applies(method, tool)) {
                 let key =
                     in_flight.key(&Subject { issuer: &verified.issuer, subject: &verified.subject, tool, tenant });
                 match counts.iter_mut().find(|(k, _)| *k == key) {
