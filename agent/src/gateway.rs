@@ -36,6 +36,7 @@ use warden_tasks::Shutdown;
 
 use arc_swap::ArcSwapOption;
 
+use warden_core::pinning::ServerPins;
 use warden_core::rate_limit::{ConcurrencyLimit, InFlight, Limiter, RateLimit};
 
 use crate::applied::{Applied, Current};
@@ -174,13 +175,23 @@ impl Shared {
         };
         let routes = applied.config.servers.iter().filter_map(|(n, s)| {
             let (rate, concurrency) = limits_of(n, s);
-            Some((n.clone(), Arc::new(Route::new(s)?.with_limits(rate, concurrency))))
+            let pins = ServerPins::new(n, s.tool_pinning.as_ref(), &applied.config.tool_approvals);
+            let pins = pins.records().then(|| {
+                Arc::new(filter::Pinned {
+                    server: Arc::from(n.as_str()),
+                    pins,
+                    observed: self.requests.definitions.clone(),
+                })
+            });
+            Some((n.clone(), Arc::new(Route::new(s)?.with_limits(rate, concurrency).with_pins(pins))))
         });
         let fresh = RouteCache { config: applied.config.clone(), version: applied.version, routes: routes.collect() };
         let route = fresh.routes.get(server).cloned();
         if !newer {
-            // The limits no server has any more are forgotten with their buckets.
+            // The limits no server has any more are forgotten with their buckets, and the
+            // definitions of servers no longer pinned with them.
             *limiters = kept;
+            self.requests.definitions.retain(|name| fresh.routes.get(name).is_some_and(|r| r.pins.is_some()));
             self.routes.store(Some(Arc::new(fresh)));
         }
         route

@@ -11,6 +11,7 @@
 pub mod allocator;
 pub mod applied;
 pub mod decisions;
+pub mod definitions;
 pub mod export;
 pub mod ext_authz;
 pub mod gateway;

@@ -13,6 +13,7 @@ use warden_tasks::{Backoff, Shutdown};
 
 use crate::applied::{self, Applied, Current, Source};
 use crate::decisions::{InFlight, Outbox};
+use crate::definitions::Observed;
 use crate::identity::Identity;
 use crate::last_good::LastGood;
 use crate::tls;
@@ -73,13 +74,20 @@ pub struct Requests {
     pub key_refresh: mpsc::Sender<KeyRefresh>,
     /// Revoke a task token whose session ended.
     pub ended_tasks: mpsc::Sender<EndedTask>,
+    /// The definitions servers listed (tool pinning), reported as they change.
+    pub definitions: Arc<Observed>,
 }
 
 /// The stream's side of [`Requests`]; what queued while no stream was open is sent on the next.
 pub struct RequestQueues {
     key_refresh: mpsc::Receiver<KeyRefresh>,
     ended_tasks: mpsc::Receiver<EndedTask>,
+    definitions: Arc<Observed>,
 }
+
+/// How long definitions that changed wait before they are reported, so a burst of list
+/// answers becomes one report.
+const DEFINITIONS_DELAY: Duration = Duration::from_secs(1);
 
 /// Ended tasks queued for the control plane at most.
 pub const ENDED_TASKS_QUEUED: usize = 4096;
@@ -88,7 +96,11 @@ pub const ENDED_TASKS_QUEUED: usize = 4096;
 pub fn requests() -> (Requests, RequestQueues) {
     let (key_refresh, key_refresh_rx) = mpsc::channel(16);
     let (ended_tasks, ended_tasks_rx) = mpsc::channel(ENDED_TASKS_QUEUED);
-    (Requests { key_refresh, ended_tasks }, RequestQueues { key_refresh: key_refresh_rx, ended_tasks: ended_tasks_rx })
+    let definitions = Arc::new(Observed::default());
+    (
+        Requests { key_refresh, ended_tasks, definitions: definitions.clone() },
+        RequestQueues { key_refresh: key_refresh_rx, ended_tasks: ended_tasks_rx, definitions },
+    )
 }
 
 /// A task token that opened a session, to be revoked fleet-wide when the session ends.
@@ -200,7 +212,16 @@ impl Client {
             send(&tx, pb::agent_message::Message::Findings((*report).clone())).await?;
         }
         let mut requests = self.requests.lock().await;
-        let RequestQueues { key_refresh, ended_tasks } = &mut *requests;
+        let RequestQueues { key_refresh, ended_tasks, definitions } = &mut *requests;
+        // Every definition remembered goes on each new stream (the control plane keeps each
+        // version once), then what changes, a second after it does.
+        let mut definitions_changed = definitions.subscribe();
+        definitions_changed.borrow_and_update();
+        let (reports, mut definitions_sent) = definitions.reports_since(0);
+        for report in reports {
+            send(&tx, pb::agent_message::Message::ToolDefinitions(report)).await?;
+        }
+        let mut definitions_due: Option<tokio::time::Instant> = None;
         // One batch of decision records in flight at a time; unacknowledged ones are resent on
         // the next stream (the outbox forgets a record only when acknowledged).
         let mut in_flight: Option<InFlight> = None;
@@ -253,6 +274,18 @@ impl Client {
                     let EndedTask { issuer, jti, expires_unix } = task;
                     tracing::info!(%issuer, jti_hash = %warden_core::token::jti_hash(&issuer, &jti), "a task's session ended: asking the control plane to revoke its token");
                     send(&tx, pb::agent_message::Message::TaskEnded(pb::TaskEnded { issuer, jti, expires_unix })).await?;
+                }
+                Ok(()) = definitions_changed.changed(), if definitions_due.is_none() => {
+                    definitions_due = Some(tokio::time::Instant::now() + DEFINITIONS_DELAY);
+                }
+                _ = async { tokio::time::sleep_until(definitions_due.unwrap_or_else(tokio::time::Instant::now)).await }, if definitions_due.is_some() => {
+                    definitions_due = None;
+                    definitions_changed.borrow_and_update();
+                    let (reports, at) = definitions.reports_since(definitions_sent);
+                    definitions_sent = at;
+                    for report in reports {
+                        send(&tx, pb::agent_message::Message::ToolDefinitions(report)).await?;
+                    }
                 }
                 Ok(()) = findings.changed() => {
                     let held = findings.borrow_and_update().clone();

@@ -15,6 +15,7 @@ use crate::configuration::store::StoreError;
 use crate::fleet::Fleet;
 use crate::fleet::peer::{AdminCaller, admin_caller};
 use crate::inventory::Inventory;
+use crate::pinning::Pinning;
 use crate::telemetry::Telemetry;
 use crate::tokens::Tokens;
 
@@ -35,6 +36,7 @@ pub struct AdminService {
     tokens: Arc<Tokens>,
     telemetry: Arc<Telemetry>,
     inventory: Arc<Inventory>,
+    pinning: Arc<Pinning>,
 }
 
 impl AdminService {
@@ -45,8 +47,9 @@ impl AdminService {
         tokens: Arc<Tokens>,
         telemetry: Arc<Telemetry>,
         inventory: Arc<Inventory>,
+        pinning: Arc<Pinning>,
     ) -> AdminService {
-        AdminService { configuration, fleet, tokens, telemetry, inventory }
+        AdminService { configuration, fleet, tokens, telemetry, inventory, pinning }
     }
 
     /// The caller, for the audit trail; an operator certificate only while the registry lists
@@ -95,7 +98,7 @@ const AUDIT_READ: usize = 100_000;
 fn parse_kind(text: &str) -> Result<Kind, Status> {
     Kind::parse_loose(text).ok_or_else(|| {
         Status::invalid_argument(format!(
-            "unknown kind {text:?}; expected TrustedIssuer, McpServer, Policy, CredentialBridge or Revocation"
+            "unknown kind {text:?}; expected TrustedIssuer, McpServer, Policy, CredentialBridge, ToolApproval or Revocation"
         ))
     })
 }
@@ -378,6 +381,23 @@ impl pb::admin_service_server::AdminService for AdminService {
         self.fleet.agent_deleted(Some(agent.clone()));
         tracing::warn!(%actor, %agent, "agent deleted: its certificates are refused from now on");
         Ok(Response::new(pb::DeleteAgentResponse {}))
+    }
+
+    async fn list_tool_definitions(
+        &self,
+        request: Request<pb::ListToolDefinitionsRequest>,
+    ) -> Result<Response<pb::ListToolDefinitionsResponse>, Status> {
+        self.actor(&request).await?;
+        Ok(Response::new(self.pinning.list(request.get_ref()).await?))
+    }
+
+    async fn decide_tool_definition(
+        &self,
+        request: Request<pb::DecideToolDefinitionRequest>,
+    ) -> Result<Response<pb::DecideToolDefinitionResponse>, Status> {
+        let actor = self.actor(&request).await?;
+        let (version, approval, digest) = self.pinning.decide(&actor, request.get_ref()).await?;
+        Ok(Response::new(pb::DecideToolDefinitionResponse { version, approval, digest }))
     }
 
     async fn list_findings(

@@ -25,6 +25,7 @@ use crate::configuration::store::{AgentRecord, JoinTokenError, RESERVED_AGENT_ID
 use crate::fleet::Fleet;
 use crate::fleet::peer::certificate;
 use crate::inventory::{self, Inventory};
+use crate::pinning::Pinning;
 use crate::telemetry::decisions::Decisions;
 use crate::tokens::Tokens;
 
@@ -42,6 +43,8 @@ pub struct AgentService {
     tokens: Arc<Tokens>,
     /// Where the secrets agents find on their hosts are kept.
     inventory: Arc<Inventory>,
+    /// Where the definitions servers listed are kept (tool pinning).
+    pinning: Arc<Pinning>,
     shutdown: Shutdown,
 }
 
@@ -54,9 +57,10 @@ impl AgentService {
         decisions: Arc<Decisions>,
         tokens: Arc<Tokens>,
         inventory: Arc<Inventory>,
+        pinning: Arc<Pinning>,
         shutdown: Shutdown,
     ) -> AgentService {
-        AgentService { configuration, fleet, decisions, tokens, inventory, shutdown }
+        AgentService { configuration, fleet, decisions, tokens, inventory, pinning, shutdown }
     }
 
     /// The registered agent the caller's certificate names; refuses anyone else, an agent that
@@ -215,12 +219,15 @@ struct Session {
     pending: VecDeque<Out>,
     /// Findings reports on their way to the store, one write per [`inventory::WRITE_INTERVAL`].
     findings: inventory::Paced<pb::Findings>,
+    /// The labels the agent said hello with: which servers it serves.
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Session {
     fn start(service: AgentService, agent: String, hello: pb::Hello, inbound: Streaming<pb::AgentMessage>) -> Session {
+        let labels: std::collections::BTreeMap<String, String> = hello.labels.into_iter().collect();
         let (generation, superseded) =
-            service.fleet.presence().connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
+            service.fleet.presence().connected(&agent, labels.clone(), hello.applied_version);
         let mut state_rx = service.configuration.subscribe();
         let current = state_rx.borrow_and_update().clone();
         let keys = pb::FleetKeys { finding_fingerprint_key: service.inventory.fingerprint_key().to_vec() };
@@ -249,6 +256,7 @@ impl Session {
             sent,
             pending,
             findings: inventory::Paced::new(inventory::WRITE_INTERVAL, tokio::time::Instant::now()),
+            labels,
         }
     }
 
@@ -275,6 +283,14 @@ impl Session {
                     match message {
                         Ok(Some(pb::AgentMessage { message: Some(In::Decisions(batch)) })) => {
                             return self.store_decisions(batch).await;
+                        }
+                        Ok(Some(pb::AgentMessage { message: Some(In::ToolDefinitions(report)) })) => {
+                            // Stored before the next message is read: back-pressure on this agent.
+                            let now = crate::now_unix_ms() / 1000;
+                            if let Err(e) = self.service.pinning.record(&self.agent, &self.labels, &report, now).await {
+                                tracing::warn!(agent = %self.agent, "tool definitions not stored: {e}");
+                            }
+                            continue;
                         }
                         Ok(Some(pb::AgentMessage { message: Some(In::Findings(report)) })) => {
                             if let Some(report) = self.findings.offer(report, tokio::time::Instant::now()) {

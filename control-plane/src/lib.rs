@@ -19,6 +19,7 @@ pub mod configuration;
 pub mod console;
 pub mod fleet;
 pub mod inventory;
+pub mod pinning;
 pub mod replay;
 pub mod scorecard;
 pub mod telemetry;
@@ -46,6 +47,7 @@ use crate::fleet::Fleet;
 use crate::fleet::pki::{CaSource, FleetCa};
 use crate::fleet::replicas::{self, Replica};
 use crate::inventory::Inventory;
+use crate::pinning::Pinning;
 use crate::telemetry::Telemetry;
 use crate::tokens::Tokens;
 use crate::tokens::token_service::{self, TokenService};
@@ -213,6 +215,7 @@ pub async fn run(
     let (tokens, token_duties) = Tokens::new(configuration.clone());
     let fingerprint_key = fleet.ca().derived_key(inventory::FINGERPRINT_PURPOSE);
     let inventory = Arc::new(Inventory::new(configuration.clone(), fingerprint_key));
+    let pinning = Arc::new(Pinning::new(configuration.clone()));
 
     // Their background duties and the optional endpoints, in one task set.
     let (trigger, stop) = warden_tasks::channel();
@@ -263,9 +266,10 @@ pub async fn run(
         telemetry.decisions().clone(),
         tokens.clone(),
         inventory.clone(),
+        pinning.clone(),
         stop.clone(),
     );
-    let admin = AdminService::new(configuration, fleet, tokens, telemetry, inventory);
+    let admin = AdminService::new(configuration, fleet, tokens, telemetry, inventory, pinning);
     let served = serve(&options, listener, agent_tls, agents, admin, shutdown, &trigger, stop).await;
     trigger.fire();
     tasks.join().await;

@@ -34,6 +34,10 @@ fn recorded_decision(r: &pb::DecisionRecord) -> Option<bool> {
     if r.target_kind.is_empty() || r.via == "token-exchange" || r.subject.is_empty() {
         return None;
     }
+    // Tool pinning refused a call policy allowed: policy's decision was to allow.
+    if r.reason == "tool_definition_changed" || r.reason == "tool_not_approved" {
+        return Some(true);
+    }
     Some(match r.audit.as_str() {
         "would_allow" => true,
         "would_deny" => false,

@@ -14,9 +14,10 @@ const SHORT_LIFETIME_SECONDS: u64 = 15 * 60;
 /// The most decision records one scorecard reads (a retention's worth on most fleets).
 pub const MAX_RECORDS: usize = 5_000_000;
 
-/// Reasons given when policy decided on a validated token (any other deny was a refusal before
-/// policy: no token, a bad one, a missing scope, a malformed request).
-const POLICY_REASONS: &[&str] = &["policy_denied", "policy_error", "tool_not_granted"];
+/// Reasons given when a validated token's request was decided past policy (any other deny was
+/// a refusal before policy: no token, a bad one, a missing scope, a malformed request).
+const POLICY_REASONS: &[&str] =
+    &["policy_denied", "policy_error", "tool_not_granted", "tool_definition_changed", "tool_not_approved"];
 
 /// Bridges, servers and issuers counted one by one (records name them; a configuration holds
 /// far fewer); past this, a record counts under [`OTHER`].

@@ -301,6 +301,12 @@ spec:
   agents: {{matchLabels: {{records: "limited"}}}}
   rateLimits: [{{requests: 1000000, period: 1s, burst: 1000000, per: [caller, tool], tools: [echo]}}]
   concurrencyLimits: [{{max: 1000, tools: [echo]}}]
+  toolPinning: {{mode: enforce}}
+---
+apiVersion: warden.dev/v1
+kind: ToolApproval
+metadata: {{name: bench-limited-echo}}
+spec: {{server: bench-limited, kind: tool, name: echo, approved: "sha256:{approved}"}}
 ---
 apiVersion: warden.dev/v1
 kind: Policy
@@ -309,7 +315,8 @@ spec:
   servers: [bench, bench-quiet, bench-limited]
   cedar: |
     permit(principal, action == Action::"tools/call", resource) when {{ resource.name == "echo" }};
-"#
+"#,
+        approved = "0".repeat(64),
     );
     let out = cp.apply(&base);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -418,7 +425,7 @@ spec:
     let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();
     println!("  per round: {} (median {:.3})", listed.join(", "), median(paired));
     let limited_rps = median_of(&results[5], |l| l.requests_per_sec);
-    println!("throughput with a rate and a concurrency limit / without: {:.3}", limited_rps / with);
+    println!("throughput with a rate limit, a concurrency limit and tool pinning / without: {:.3}", limited_rps / with);
     let paired: Vec<f64> =
         results[5].iter().zip(&results[2]).map(|(l, w)| l.requests_per_sec / w.requests_per_sec).collect();
     let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();

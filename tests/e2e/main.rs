@@ -12,6 +12,7 @@ mod identity_sources;
 mod inventory;
 mod issuer_keys;
 mod packaging;
+mod pinning;
 mod prometheus;
 mod rate_limits;
 mod replay;

@@ -457,12 +457,12 @@ pub fn digest_of_key(key: &str) -> Result<String, String> {
     Ok(format!("sha256:{}", hex(&Sha256::digest(key.as_bytes()))))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The 32 bytes of a `sha256:<hex>` digest.
-fn parse_digest(text: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_digest(text: &str) -> Option<[u8; 32]> {
     let hex = text.strip_prefix("sha256:")?;
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;

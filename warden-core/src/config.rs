@@ -12,6 +12,7 @@ use cedar_policy::{PolicyId, PolicySet};
 
 use crate::bridge::CredentialBridgeSpec;
 use crate::issuer::TrustedIssuerSpec;
+use crate::pinning::ToolApprovalSpec;
 use crate::policy::PolicySpec;
 use crate::resource::{Document, Kind, ResourceKey, Spec};
 use crate::server::McpServerSpec;
@@ -56,6 +57,14 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// Two ToolApprovals for one definition.
+    #[error("{from}: {message}")]
+    ToolApproval {
+        /// The second ToolApproval.
+        from: ResourceKey,
+        /// What is wrong.
+        message: String,
+    },
     /// Two servers one agent could serve listen on the same address.
     #[error(
         "{first} and {second} both listen on {listen} and an agent could serve both: give them different addresses or agent selectors that cannot both match"
@@ -81,6 +90,8 @@ pub struct Config {
     pub policies: BTreeMap<String, PolicySpec>,
     /// Credential bridges by name.
     pub bridges: BTreeMap<String, CredentialBridgeSpec>,
+    /// Approved (and rejected) tool definitions by name.
+    pub tool_approvals: BTreeMap<String, ToolApprovalSpec>,
     /// Every policy of every `Policy` resource, each with the id `<resource>.<n>`.
     pub policy_set: PolicySet,
     /// Each issuer's public keys (a JWKS): inline from its document, or as the control plane
@@ -96,6 +107,7 @@ impl Config {
             servers: BTreeMap::new(),
             policies: BTreeMap::new(),
             bridges: BTreeMap::new(),
+            tool_approvals: BTreeMap::new(),
             policy_set: PolicySet::new(),
             keys: BTreeMap::new(),
         }
@@ -130,6 +142,9 @@ impl Config {
                 Spec::Revocation(s) => revocation_issuers.push((name, s.issuer.clone())),
                 Spec::CredentialBridge(s) => {
                     config.bridges.insert(name, s.clone());
+                }
+                Spec::ToolApproval(s) => {
+                    config.tool_approvals.insert(name, s.clone());
                 }
             }
         }
@@ -182,6 +197,7 @@ impl Config {
             }
         }
         config.check_bridges()?;
+        config.check_tool_approvals()?;
         for (name, policy) in &config.policies {
             for server in &policy.servers {
                 if !config.servers.contains_key(server) {
@@ -235,6 +251,31 @@ impl Config {
             }
             if let Some(other) = digests.insert((&bridge.server, &bridge.key_digest), name) {
                 return Err(message(format!("bridge {other} of the same server has the same key")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each approval names a server that exists, and no two name the same definition (which
+    /// would leave the approved one ambiguous).
+    fn check_tool_approvals(&self) -> Result<(), ConfigError> {
+        let mut seen = BTreeMap::new();
+        for (name, approval) in &self.tool_approvals {
+            if !self.servers.contains_key(&approval.server) {
+                return Err(ConfigError::DanglingReference {
+                    from: key(Kind::ToolApproval, name),
+                    field: "spec.server",
+                    missing: key(Kind::McpServer, &approval.server),
+                });
+            }
+            if let Some(other) = seen.insert((&approval.server, approval.kind, &approval.name), name) {
+                return Err(ConfigError::ToolApproval {
+                    from: key(Kind::ToolApproval, name),
+                    message: format!(
+                        "ToolApproval {other} already approves {} {:?} of server {}",
+                        approval.kind, approval.name, approval.server
+                    ),
+                });
             }
         }
         Ok(())

@@ -55,11 +55,16 @@ pub enum Refusal {
     ToolNotGranted,
     /// Past one of the server's rate limits for this caller.
     RateLimited,
+    /// The server's definition of the tool or prompt is not the approved one (tool pinning).
+    ToolDefinitionChanged,
+    /// Nothing is approved for the tool or prompt and the server holds new definitions, or
+    /// its definition was rejected or shows signs of poisoning (tool pinning).
+    ToolNotApproved,
 }
 
 impl Refusal {
     /// Every refusal but the token's own reasons ([`Refusal::all`] has those too).
-    const OWN: [Refusal; 23] = [
+    const OWN: [Refusal; 25] = [
         Refusal::MissingToken,
         Refusal::MalformedCredentials,
         Refusal::InvalidDpopProof,
@@ -83,6 +88,8 @@ impl Refusal {
         Refusal::PolicyError,
         Refusal::ToolNotGranted,
         Refusal::RateLimited,
+        Refusal::ToolDefinitionChanged,
+        Refusal::ToolNotApproved,
     ];
 
     /// Every refusal there is, token reasons included: what metrics count from zero.
@@ -117,6 +124,8 @@ impl Refusal {
             Refusal::PolicyError => "policy_error",
             Refusal::ToolNotGranted => "tool_not_granted",
             Refusal::RateLimited => "rate_limited",
+            Refusal::ToolDefinitionChanged => "tool_definition_changed",
+            Refusal::ToolNotApproved => "tool_not_approved",
         }
     }
 }
@@ -140,7 +149,7 @@ mod tests {
     #[test]
     fn every_code_is_distinct_snake_case_and_token_refusals_keep_theirs() {
         let all: Vec<Refusal> = Refusal::all().collect();
-        assert_eq!(all.len(), 23 + 17);
+        assert_eq!(all.len(), 25 + 17);
         let codes: std::collections::HashSet<&str> = all.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), all.len());
         assert!(codes.iter().all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')), "{codes:?}");

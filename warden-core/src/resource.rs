@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bridge::CredentialBridgeSpec;
 use crate::issuer::TrustedIssuerSpec;
+use crate::pinning::ToolApprovalSpec;
 use crate::policy::PolicySpec;
 use crate::revocation::RevocationSpec;
 use crate::server::McpServerSpec;
@@ -40,13 +41,22 @@ pub enum Kind {
     Revocation,
     /// A legacy static key one server accepts for a bounded time (see [`crate::bridge`]).
     CredentialBridge,
+    /// The approved definition of one server's tool, prompt or resource template (see
+    /// [`crate::pinning`]).
+    ToolApproval,
 }
 
 impl Kind {
     /// Every kind, in the order they are listed and applied (issuers before the servers that
     /// name them, servers before the policies scoped to them).
-    pub const ALL: [Kind; 5] =
-        [Kind::TrustedIssuer, Kind::McpServer, Kind::Policy, Kind::CredentialBridge, Kind::Revocation];
+    pub const ALL: [Kind; 6] = [
+        Kind::TrustedIssuer,
+        Kind::McpServer,
+        Kind::Policy,
+        Kind::CredentialBridge,
+        Kind::ToolApproval,
+        Kind::Revocation,
+    ];
 
     /// The canonical name, as written in `kind:`.
     pub fn as_str(self) -> &'static str {
@@ -56,6 +66,7 @@ impl Kind {
             Kind::Policy => "Policy",
             Kind::Revocation => "Revocation",
             Kind::CredentialBridge => "CredentialBridge",
+            Kind::ToolApproval => "ToolApproval",
         }
     }
 
@@ -68,6 +79,7 @@ impl Kind {
             "policy" | "policies" => Some(Kind::Policy),
             "revocation" | "revocations" => Some(Kind::Revocation),
             "credentialbridge" | "credentialbridges" | "bridge" | "bridges" => Some(Kind::CredentialBridge),
+            "toolapproval" | "toolapprovals" | "approval" | "approvals" => Some(Kind::ToolApproval),
             _ => None,
         }
     }
@@ -126,6 +138,8 @@ pub enum Spec {
     Revocation(RevocationSpec),
     /// `kind: CredentialBridge`.
     CredentialBridge(CredentialBridgeSpec),
+    /// `kind: ToolApproval`.
+    ToolApproval(ToolApprovalSpec),
 }
 
 /// One validated resource document.
@@ -169,6 +183,7 @@ impl Document {
             Spec::Policy(_) => Kind::Policy,
             Spec::Revocation(_) => Kind::Revocation,
             Spec::CredentialBridge(_) => Kind::CredentialBridge,
+            Spec::ToolApproval(_) => Kind::ToolApproval,
         }
     }
 
@@ -194,7 +209,7 @@ impl Document {
             DocumentError::field(
                 "kind",
                 format!(
-                    "unknown kind {:?}; expected one of TrustedIssuer, McpServer, Policy, CredentialBridge, Revocation",
+                    "unknown kind {:?}; expected one of TrustedIssuer, McpServer, Policy, CredentialBridge, ToolApproval, Revocation",
                     envelope.kind
                 ),
             )
@@ -232,6 +247,11 @@ impl Document {
                 spec.validate()?;
                 Spec::CredentialBridge(spec)
             }
+            Kind::ToolApproval => {
+                let spec: ToolApprovalSpec = typed("spec", envelope.spec)?;
+                spec.validate()?;
+                Spec::ToolApproval(spec)
+            }
         };
         metadata.resource_version = expected;
         Ok(Document { metadata, spec })
@@ -256,6 +276,7 @@ impl Document {
             Spec::Policy(s) => serde_json::to_vec(&env(kind, &metadata, s)),
             Spec::Revocation(s) => serde_json::to_vec(&env(kind, &metadata, s)),
             Spec::CredentialBridge(s) => serde_json::to_vec(&env(kind, &metadata, s)),
+            Spec::ToolApproval(s) => serde_json::to_vec(&env(kind, &metadata, s)),
         };
         out.expect("documents always serialize")
     }

@@ -89,6 +89,10 @@ pub struct McpServerSpec {
     /// request is answered `429` with `Retry-After: 1` and recorded as `rate_limited`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub concurrency_limits: Vec<crate::rate_limit::ConcurrencyLimit>,
+    /// Whether agents record the definitions this server lists (tools, prompts, resource
+    /// templates) and, under `enforce`, withhold one that differs from its `ToolApproval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_pinning: Option<crate::pinning::ToolPinning>,
 }
 
 /// Whether Warden decides a server's requests or only records what it would decide.

@@ -14,3 +14,4 @@ pub mod operator_cert;
 pub mod revoke;
 pub mod scorecard;
 pub mod test;
+pub mod tools;

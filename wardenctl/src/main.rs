@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use cmd::{
     apply::Apply, decisions::Decisions, delete::Delete, diff::Diff, explain::Explain, get::Get, history::History,
-    join_token::JoinToken, operator_cert::OperatorCert, revoke::Revoke, scorecard::Scorecard, test::Test,
+    join_token::JoinToken, operator_cert::OperatorCert, revoke::Revoke, scorecard::Scorecard, test::Test, tools::Tools,
 };
 
 /// Warden operators' CLI.
@@ -100,6 +100,7 @@ enum Command {
     Revoke(Revoke),
     History(History),
     Scorecard(Scorecard),
+    Tools(Tools),
     Test(Test),
 }
 
@@ -144,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(history) => history.run(&target, format).await,
         Command::Scorecard(scorecard) => scorecard.run(&target, format).await,
         Command::Explain(explain) => explain.run(&target, format).await,
+        Command::Tools(tools) => tools.run(&target, format).await,
         Command::Test(test) => test.run(),
     }
 }

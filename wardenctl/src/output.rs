@@ -907,3 +907,172 @@ pub fn test_apply(t: &pb::TestApplyResponse, format: Format) -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// `text` with what a terminal would act on or not show — control characters (ESC among them),
+/// direction overrides, zero-width and other invisible characters — written as `\u{…}`: tool
+/// names and definitions come from MCP servers, the party pinning guards against.
+fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if warden_core::pinning::invisible(c) || (c.is_control() && c != '\n') {
+            out.push_str(&format!("\\u{{{:04X}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The first 12 hex digits of a `sha256:` digest, as tables show it.
+fn short_digest(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    hex.chars().take(12).collect()
+}
+
+fn definition_flags(flags: &[pb::DefinitionFlag]) -> Vec<Value> {
+    flags.iter().map(|f| json!({"sign": f.sign, "at": f.at, "detail": f.detail})).collect()
+}
+
+/// `wardenctl tools list`.
+pub fn tool_definitions(response: &pb::ListToolDefinitionsResponse, format: Format) -> anyhow::Result<()> {
+    if format != Format::Table {
+        let definitions: Vec<Value> = response
+            .definitions
+            .iter()
+            .map(|d| {
+                let seen: Vec<Value> = d
+                    .seen
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "digest": s.digest,
+                            "definition": serde_json::from_str::<Value>(&s.definition).ok(),
+                            "firstSeenUnix": s.first_seen_unix,
+                            "lastSeenUnix": s.last_seen_unix,
+                            "firstAgent": s.first_agent,
+                            "flags": definition_flags(&s.flags),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "server": d.server, "kind": d.kind, "name": d.name, "state": d.state, "pinning": d.pinning,
+                    "approval": (!d.approval.is_empty()).then_some(&d.approval),
+                    "approvedDigest": (!d.approved_digest.is_empty()).then_some(&d.approved_digest),
+                    "rejectedDigests": d.rejected_digests, "seen": seen,
+                })
+            })
+            .collect();
+        return emit(&json!({"definitions": definitions}), format);
+    }
+    let rows = response
+        .definitions
+        .iter()
+        .map(|d| {
+            let listed = d.seen.first();
+            let flags: Vec<String> = listed
+                .map(|s| {
+                    let mut signs: Vec<String> = s.flags.iter().map(|f| f.sign.clone()).collect();
+                    signs.sort();
+                    signs.dedup();
+                    signs
+                })
+                .unwrap_or_default();
+            vec![
+                d.server.clone(),
+                d.kind.clone(),
+                visible(&d.name),
+                d.state.clone(),
+                d.pinning.clone(),
+                listed.map_or("-".into(), |s| short_digest(&s.digest)),
+                if d.approved_digest.is_empty() { "-".into() } else { short_digest(&d.approved_digest) },
+                if flags.is_empty() { "-".into() } else { flags.join(",") },
+                listed.map_or("-".into(), |s| ago(s.last_seen_unix * 1000)),
+            ]
+        })
+        .collect();
+    print_table(&["SERVER", "KIND", "NAME", "STATE", "PINNING", "LISTED", "APPROVED", "FLAGS", "LISTED-AT"], rows);
+    Ok(())
+}
+
+/// A definition as people read it: canonical JSON indented, one member per line.
+fn readable_definition(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => serde_json::to_string_pretty(&value).unwrap_or_default() + "\n",
+        Err(_) if text.is_empty() => "(not kept: larger than the control plane keeps)\n".into(),
+        Err(_) => text.to_string() + "\n",
+    }
+}
+
+/// `wardenctl tools diff`: the approved definition (or, with none, the one seen before) against
+/// the one listed last (or `digest`).
+pub fn tool_diff(status: &pb::ToolDefinitionStatus, digest: Option<&str>) -> anyhow::Result<()> {
+    let new = match digest {
+        Some(d) => status.seen.iter().find(|s| s.digest == d),
+        None => status.seen.first(),
+    };
+    let Some(new) = new else {
+        anyhow::bail!("{} is not a definition seen for {:?}", digest.unwrap_or("-"), status.name)
+    };
+    let old = if status.approved_digest.is_empty() {
+        status.seen.iter().find(|s| s.digest != new.digest)
+    } else {
+        status.seen.iter().find(|s| s.digest == status.approved_digest)
+    };
+    println!(
+        "{} {} of server {} ({}, pinning: {})",
+        status.kind,
+        visible(&format!("{:?}", status.name)),
+        status.server,
+        status.state,
+        status.pinning
+    );
+    let old_text = match old {
+        Some(old) => {
+            let what = if old.digest == status.approved_digest { "approved" } else { "seen before" };
+            println!("--- {} ({what})", old.digest);
+            readable_definition(&old.definition)
+        }
+        None if !status.approved_digest.is_empty() => {
+            println!("--- {} (approved; its text is no longer kept)", status.approved_digest);
+            String::new()
+        }
+        None => {
+            println!("--- (nothing approved or seen before)");
+            String::new()
+        }
+    };
+    println!("+++ {} (first seen {} from {})", new.digest, ago(new.first_seen_unix * 1000), new.first_agent);
+    if old.is_some_and(|o| o.digest == new.digest) {
+        println!("(no change: this is the approved definition)");
+    } else {
+        let new_text = readable_definition(&new.definition);
+        for change in similar::TextDiff::from_lines(&old_text, &new_text).iter_all_changes() {
+            let sign = match change.tag() {
+                similar::ChangeTag::Delete => "-",
+                similar::ChangeTag::Insert => "+",
+                similar::ChangeTag::Equal => " ",
+            };
+            print!("{sign}{}", visible(&change.to_string()));
+        }
+    }
+    if new.flags.is_empty() {
+        println!("signs of poisoning: none found");
+    } else {
+        println!("signs of poisoning:");
+        for f in &new.flags {
+            println!("  {}  at {}: {}", f.sign, visible(&f.at), visible(&f.detail));
+        }
+    }
+    // What the operator read is what they approve, whatever the server lists meanwhile.
+    let name = visible(&status.name);
+    let name = if name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+        name
+    } else {
+        format!("'{}'", name.replace('\'', "'\\''"))
+    };
+    println!(
+        "to approve it: wardenctl tools approve {} {name} --kind {} --digest {}",
+        status.server, status.kind, new.digest
+    );
+    Ok(())
+}

@@ -18,6 +18,9 @@ use hyper::body::Frame;
 use serde_json::Value;
 use warden_core::authorize::Target;
 use warden_core::mcp;
+use warden_core::pinning::{Definition, DefinitionKind, PinningMode, ServerPins, Verdict};
+
+use crate::definitions::Observed;
 
 use super::reply::{Body, BoxError};
 
@@ -37,6 +40,42 @@ pub trait Allows: Send + Sync + 'static {
     fn allows(&self, method: &str, target: Target<'_>) -> bool;
 }
 
+/// A server's tool pinning as the gateway applies it: every definition it lists is
+/// remembered (and reported), and under `enforce` one that is not approved is withheld.
+pub struct Pinned {
+    /// The server.
+    pub server: Arc<str>,
+    /// Its pinning and approvals in the configuration in force.
+    pub pins: ServerPins,
+    /// The definitions listed last, per server and name.
+    pub observed: Arc<Observed>,
+}
+
+impl Pinned {
+    /// Remembers every definition in `message`'s lists, and removes those not to be passed on.
+    fn filter(&self, message: &mut Value) {
+        let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) else { return };
+        for kind in DefinitionKind::ALL {
+            let Some(entries) = result.get_mut(kind.array()).and_then(Value::as_array_mut) else { continue };
+            entries.retain(|entry| match Definition::from_listed(kind, entry) {
+                Some(definition) => {
+                    let flagged = self.observed.observe(&self.server, &definition);
+                    let verdict = self.pins.verdict(kind, &definition.name, Some((&definition.digest, flagged)));
+                    if verdict != Verdict::Allowed {
+                        tracing::warn!(
+                            server = %self.server, kind = %kind, name = %definition.name, digest = %definition.digest_text(),
+                            "a listed definition is not the approved one ({verdict:?}): withheld"
+                        );
+                    }
+                    verdict == Verdict::Allowed
+                }
+                // Nothing to pin it by: withheld where definitions must be approved.
+                None => self.pins.mode != PinningMode::Enforce,
+            });
+        }
+    }
+}
+
 /// The kinds of list answer to filter in one response, and who asks. Any message of the
 /// response carrying such a list is filtered, whatever its id: matching ids would let a caller
 /// slip past with an id the upstream rewrites (`-0` answered as `0`).
@@ -48,6 +87,8 @@ pub struct Lists<A> {
     /// How long the caller's token has left, in milliseconds: a filtered list is fresh no
     /// longer (MCP 2026-07-28 `ttlMs`).
     pub ttl_cap_ms: u64,
+    /// The server's tool pinning, when it records definitions.
+    pub pins: Option<Arc<Pinned>>,
 }
 
 impl<A: Allows> Lists<A> {
@@ -59,6 +100,10 @@ impl<A: Allows> Lists<A> {
                 self.filter_message(m);
             }
             return;
+        }
+        // Definitions first: each is remembered as listed, whoever may use it.
+        if let Some(pins) = &self.pins {
+            pins.filter(message);
         }
         for &mcp::ListFilter { array, key, decided_by } in &self.kinds {
             let Some(items) = message.get_mut("result").and_then(|r| r.get_mut(array)).and_then(Value::as_array_mut)
@@ -363,7 +408,12 @@ mod tests {
     }
 
     fn lists() -> Arc<Lists<OnlyEcho>> {
-        Arc::new(Lists { kinds: vec![mcp::list_filter("tools/list").unwrap()], allows: OnlyEcho, ttl_cap_ms: 60_000 })
+        Arc::new(Lists {
+            kinds: vec![mcp::list_filter("tools/list").unwrap()],
+            allows: OnlyEcho,
+            ttl_cap_ms: 60_000,
+            pins: None,
+        })
     }
 
     const LIST: &str =

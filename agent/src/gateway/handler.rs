@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use warden_core::authorize::{RequestFacts, Shadow, Target};
+use warden_core::pinning::{DefinitionKind, Verdict};
 use warden_core::rate_limit::{Limiter, Permit, Subject};
 use warden_core::refusal::Refusal;
 use warden_core::server::McpServerSpec;
@@ -288,6 +289,7 @@ pub(crate) fn admit(
         audit,
         limits: route.limits.clone(),
         concurrency: route.concurrency.clone(),
+        pins: route.pins.clone(),
     };
     Ok(Admitted { decider, principal, session })
 }
@@ -531,6 +533,8 @@ struct Decider {
     limits: Arc<[reply::ServerLimit]>,
     /// The server's concurrency limits.
     concurrency: Arc<[reply::ServerConcurrency]>,
+    /// The server's tool pinning, when it records definitions.
+    pins: Option<Arc<filter::Pinned>>,
 }
 
 impl Decider {
@@ -620,6 +624,20 @@ impl Decider {
         }
     }
 
+    /// Whether a call of `method` on `target` uses a definition other than the approved one
+    /// (tool pinning under `enforce`), judged by the definition this gateway saw listed last.
+    fn pinned(&self, method: &str, target: Target<'_>) -> Option<Refusal> {
+        let pinned = self.pins.as_ref()?;
+        let kind = DefinitionKind::used_by(method)?;
+        let (Target::Tool(name) | Target::Prompt(name)) = target else { return None };
+        let observed = pinned.observed.get(&pinned.server, kind, name);
+        match pinned.pins.verdict(kind, name, observed.as_ref().map(|(digest, flagged)| (digest, *flagged))) {
+            Verdict::Allowed => None,
+            Verdict::Changed => Some(Refusal::ToolDefinitionChanged),
+            Verdict::NotApproved => Some(Refusal::ToolNotApproved),
+        }
+    }
+
     /// Refuses this caller's request for what its body is (or is not): a decision, recorded
     /// with `reason` (an authenticated caller's malformed requests are as much on record as
     /// its denied ones).
@@ -701,10 +719,11 @@ async fn post(worker: &Worker, admitted: Admitted, request: Request<hyper::body:
             return refuse(Refusal::BodyTimeout, answer);
         }
     };
-    let (lists, permits) = match decide_body(&admitted.decider, &parts.headers, &bytes, worker.shared.limits.json) {
-        Ok(decided) => decided,
-        Err(refusal) => return *refusal,
-    };
+    let Decided { lists, permits } =
+        match decide_body(&admitted.decider, &parts.headers, &bytes, worker.shared.limits.json) {
+            Ok(decided) => decided,
+            Err(refusal) => return *refusal,
+        };
     let answer = forward(worker, &admitted, &parts, bytes, Some(lists)).await;
     if permits.is_empty() {
         return answer;
@@ -766,15 +785,17 @@ fn has_arguments(arguments: Option<&RawValue>) -> bool {
     })
 }
 
-/// Checks the body and decides each message; the list requests whose answers need filtering
-/// and the permits of the requests in flight (to hold until the answer is sent), or the
-/// response that refuses the request.
-fn decide_body(
-    decider: &Decider,
-    headers: &HeaderMap,
-    bytes: &[u8],
-    limits: mcp::Limits,
-) -> Result<(Vec<mcp::ListFilter>, Vec<Permit>), Refused> {
+/// A body decided and allowed.
+struct Decided {
+    /// The list requests whose answers policy filters.
+    lists: Vec<mcp::ListFilter>,
+    /// The permits of the requests in flight, held until the answer is sent.
+    permits: Vec<Permit>,
+}
+
+/// Checks the body and decides each message: what its answer needs, or the response that
+/// refuses the request.
+fn decide_body(decider: &Decider, headers: &HeaderMap, bytes: &[u8], limits: mcp::Limits) -> Result<Decided, Refused> {
     let body = match mcp::parse(bytes, limits) {
         Ok(b) => b,
         Err(e) => {
@@ -825,7 +846,10 @@ fn decide_body(
         // decision of its own.
         let mut refusal = None;
         for target in targets.iter() {
-            let outcome = decider.decide(action, target, m.arguments);
+            let mut outcome = decider.decide(action, target, m.arguments);
+            if outcome.refusal.is_none() {
+                outcome.refusal = decider.pinned(action, target);
+            }
             let refused = outcome.refusal;
             decider.record(headers, action, Some(target), has_arguments(m.arguments), outcome);
             if refused.is_some() {
@@ -842,7 +866,7 @@ fn decide_body(
         }
     }
     if denied.is_empty() {
-        return Ok((lists, permits));
+        return Ok(Decided { lists, permits });
     }
     // (Each denial is on record already, message by message.)
     Err(Box::new(denial(&body, &denied)))
@@ -898,6 +922,10 @@ fn denial(body: &mcp::Body<'_>, denied: &[(usize, Refusal)]) -> Response<Body> {
     let error = |m: &mcp::Message<'_>, message: &str, reason: &str| {
         let (code, message) = if reason == Refusal::UnknownMethod.code() {
             (mcp::METHOD_NOT_FOUND, "method not available through the gateway")
+        } else if reason == Refusal::ToolDefinitionChanged.code() {
+            (mcp::POLICY_DENIED, "its definition changed since it was approved: an operator must approve the new one")
+        } else if reason == Refusal::ToolNotApproved.code() {
+            (mcp::POLICY_DENIED, "its definition is not approved")
         } else {
             (mcp::POLICY_DENIED, message)
         };
@@ -971,7 +999,11 @@ async fn forward(
         }
     }
     // Error answers are filtered too: a list in one would reach the caller all the same.
-    match lists.filter(|l| !l.is_empty()) {
+    // Under tool pinning every answer is read (JSON whole, SSE event by event): the upstream is
+    // the party pinning guards against, and it could answer a list request pending on one
+    // stream with a message on another (clients match answers by id, not by stream).
+    let pinned = decider.pins.is_some();
+    match lists.filter(|l| !l.is_empty() || pinned) {
         None => Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync()),
         Some(kinds) => filter_answer(worker, decider, kinds, head, incoming).await,
     }
@@ -1040,7 +1072,8 @@ async fn filter_answer(
     head.headers.remove(header::CONTENT_ENCODING);
     head.headers.remove(header::CONTENT_LENGTH);
     let left = decider.verified.expires_at.saturating_sub(crate::identity::now_unix()).max(0);
-    let lists = Arc::new(Lists { kinds, allows: decider.clone(), ttl_cap_ms: left as u64 * 1000 });
+    let lists =
+        Arc::new(Lists { kinds, allows: decider.clone(), ttl_cap_ms: left as u64 * 1000, pins: decider.pins.clone() });
     if media.split(';').next().is_some_and(|essence| essence.trim() == "text/event-stream") {
         return Response::from_parts(head, filter::sse(lists, incoming));
     }

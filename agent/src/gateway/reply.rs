@@ -90,6 +90,8 @@ pub struct Route {
     pub limits: Arc<[ServerLimit]>,
     /// The server's concurrency limits, with their counts of requests in flight (kept likewise).
     pub concurrency: Arc<[ServerConcurrency]>,
+    /// The server's tool pinning, when it records definitions.
+    pub pins: Option<Arc<super::filter::Pinned>>,
 }
 
 /// One of a server's concurrency limits and this agent's count of requests in flight under it.
@@ -132,12 +134,18 @@ impl Route {
             challenge,
             limits: Arc::from([]),
             concurrency: Arc::from([]),
+            pins: None,
         })
     }
 
     /// The route with its rate and concurrency limits.
     pub fn with_limits(self, limits: Vec<ServerLimit>, concurrency: Vec<ServerConcurrency>) -> Route {
         Route { limits: limits.into(), concurrency: concurrency.into(), ..self }
+    }
+
+    /// The route with its tool pinning.
+    pub fn with_pins(self, pins: Option<Arc<super::filter::Pinned>>) -> Route {
+        Route { pins, ..self }
     }
 
     /// Whether `path` asks for the metadata: the path-inserted form or the root form.

@@ -499,6 +499,16 @@ pub fn plan_delete(current: &FleetState, key: ResourceKey, expected: u64) -> Res
     if key.kind == Kind::TrustedIssuer && current.keys.contains_key(&key.name) {
         plan.key_deletes.push(key.name.clone());
     }
+    // A server's ToolApprovals (most written by the control plane itself) go with it.
+    if key.kind == Kind::McpServer {
+        for (approval, entry) in &current.resources {
+            if let Spec::ToolApproval(a) = &entry.document.spec
+                && a.server == key.name
+            {
+                plan.deletes.push((approval.clone(), entry.resource_version));
+            }
+        }
+    }
     plan.deletes.push((key, stored));
     check(current, &table, &plan)?;
     Ok(plan)

@@ -338,6 +338,53 @@ pub struct Dump {
     pub agents: Vec<(String, Vec<u8>)>,
     /// Hosts' findings by agent id.
     pub findings: Vec<(String, Vec<u8>)>,
+    /// Definitions servers listed, by `server/kind/name`.
+    pub definitions: Vec<(String, Vec<u8>)>,
+}
+
+/// Every definition seen for one server's tool, prompt or resource template (tool pinning),
+/// the one listed last first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionsRecord {
+    /// The McpServer.
+    pub server: String,
+    /// `tool`, `prompt` or `resourceTemplate`.
+    pub kind: String,
+    /// The name it is listed by.
+    pub name: String,
+    /// The definitions seen, the one listed last first.
+    pub seen: Vec<SeenDefinition>,
+}
+
+impl DefinitionsRecord {
+    /// Its key in the store: `server/kind/name` (server names and kinds have no `/`).
+    pub fn key(&self) -> String {
+        definitions_key(&self.server, &self.kind, &self.name)
+    }
+}
+
+/// The store key of one name's definitions.
+pub fn definitions_key(server: &str, kind: &str, name: &str) -> String {
+    format!("{server}/{kind}/{name}")
+}
+
+/// One definition seen.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenDefinition {
+    /// `sha256:<hex>` of the definition.
+    pub digest: String,
+    /// Its canonical JSON (empty when over the size kept).
+    pub definition: String,
+    /// First reported.
+    pub first_seen_unix: i64,
+    /// Last reported as the one listed.
+    pub last_seen_unix: i64,
+    /// The agent that reported it first.
+    pub first_agent: String,
+    /// Its signs of poisoning.
+    pub flags: Vec<warden_core::pinning::Flag>,
 }
 
 /// What the scans of one agent's host found, as stored: every finding still open, and those
@@ -632,6 +679,43 @@ impl Store {
         match self {
             Store::Embedded(s) => blocking(s, move |s| s.put_findings(&record)).await,
             Store::Etcd(s) => s.put_findings(&record).await,
+        }
+    }
+
+    /// The definitions seen for one server's `kind` `name`.
+    pub async fn definitions_of(&self, key: &str) -> Result<Option<DefinitionsRecord>, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let key = key.to_string();
+                blocking(s, move |s| s.definitions_of(&key)).await
+            }
+            Store::Etcd(s) => s.definitions_of(key).await,
+        }
+    }
+
+    /// Every definition seen, of one server or (empty) all.
+    pub async fn definitions(&self, server: &str) -> Result<Vec<DefinitionsRecord>, StoreError> {
+        let prefix = if server.is_empty() { String::new() } else { format!("{server}/") };
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.definitions(&prefix)).await,
+            Store::Etcd(s) => s.definitions(&prefix).await,
+        }
+    }
+
+    /// How many names have definitions stored for `server` (their keys counted, not read).
+    pub async fn definitions_count(&self, server: &str) -> Result<usize, StoreError> {
+        let prefix = format!("{server}/");
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.definitions_count(&prefix)).await,
+            Store::Etcd(s) => s.definitions_count(&prefix).await,
+        }
+    }
+
+    /// Stores one name's definitions, replacing what was stored for it.
+    pub async fn put_definitions(&self, record: DefinitionsRecord) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.put_definitions(&record)).await,
+            Store::Etcd(s) => s.put_definitions(&record).await,
         }
     }
 

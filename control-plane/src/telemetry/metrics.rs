@@ -811,7 +811,7 @@ mod tests {
         let by = |families: &[Family], name: &str| families.iter().find(|f| f.descriptor.name == name).unwrap().clone();
         // Before any record: every refusal code of the configured server, and the agent, at 0.
         let decisions = by(&families, "warden.decisions");
-        assert_eq!(decisions.points.len(), 1 + 40);
+        assert_eq!(decisions.points.len(), 1 + warden_core::refusal::Refusal::all().count());
         assert_eq!(value(&decisions, &["notes", "deny", "expired"]), Some(0.0));
         assert_eq!(value(&decisions, &["notes", "deny", "tool_not_granted"]), Some(0.0));
         assert_eq!(value(&by(&families, "warden.fleet.agent.decision_records.dropped"), &["a1"]), Some(0.0));

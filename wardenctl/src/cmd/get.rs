@@ -15,7 +15,8 @@ use crate::{Format, output};
 /// static secrets found on their hosts (`get findings`).
 #[derive(clap::Args, Debug)]
 pub struct Get {
-    /// `issuers`, `servers`, `policies`, `bridges`, `revocations`, `all`, `agents` or `findings`.
+    /// `issuers`, `servers`, `policies`, `bridges`, `toolapprovals`, `revocations`, `all`, `agents` or
+    /// `findings`.
     what: String,
     /// One resource's name.
     name: Option<String>,
@@ -61,7 +62,7 @@ impl Get {
             "all" => String::new(),
             other => Kind::parse_loose(other)
                 .with_context(|| {
-                    format!("unknown kind {other:?}: use issuers, servers, policies, bridges, revocations, all, agents or findings")
+                    format!("unknown kind {other:?}: use issuers, servers, policies, bridges, toolapprovals, revocations, all, agents or findings")
                 })?
                 .as_str()
                 .to_string(),

@@ -7,8 +7,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    AgentRecord, AuditEntry, Change, FindingsRecord, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded,
-    OperatorRecord, StoreError, corrupt, resource_key_text,
+    AgentRecord, AuditEntry, Change, DefinitionsRecord, FindingsRecord, JoinTokenError, JoinTokenRecord, KeyRecord,
+    Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
 };
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -19,6 +19,7 @@ const OPERATORS: TableDefinition<&str, &[u8]> = TableDefinition::new("operators"
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const ISSUER_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("issuer_keys");
 const FINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("findings");
+const DEFINITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("definitions");
 
 const META_STORE_ID: &str = "store_id";
 const META_VERSION: &str = "version";
@@ -59,6 +60,7 @@ impl Embedded {
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(ISSUER_KEYS).map_err(db_err)?;
             txn.open_table(FINDINGS).map_err(db_err)?;
+            txn.open_table(DEFINITIONS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Embedded { db })
@@ -202,8 +204,14 @@ impl Embedded {
             }
             Ok(out)
         };
-        let (resources, keys, join_tokens, agents, findings) =
-            (rows(RESOURCES)?, rows(ISSUER_KEYS)?, rows(JOIN_TOKENS)?, rows(AGENTS)?, rows(FINDINGS)?);
+        let (resources, keys, join_tokens, agents, findings, definitions) = (
+            rows(RESOURCES)?,
+            rows(ISSUER_KEYS)?,
+            rows(JOIN_TOKENS)?,
+            rows(AGENTS)?,
+            rows(FINDINGS)?,
+            rows(DEFINITIONS)?,
+        );
         let meta = txn.open_table(META).map_err(db_err)?;
         let store_id = read_store_id(&meta)?;
         let version = read_version(&meta)?;
@@ -221,7 +229,18 @@ impl Embedded {
                 audit_exported = audit.len();
             }
         }
-        Ok(super::Dump { store_id, version, resources, keys, audit, audit_exported, join_tokens, agents, findings })
+        Ok(super::Dump {
+            store_id,
+            version,
+            resources,
+            keys,
+            audit,
+            audit_exported,
+            join_tokens,
+            agents,
+            findings,
+            definitions,
+        })
     }
 
     /// Records a new join token (only the hash of its secret).
@@ -357,6 +376,55 @@ impl Embedded {
             let mut table = txn.open_table(FINDINGS).map_err(db_err)?;
             let bytes = serde_json::to_vec(record).expect("serializes");
             table.insert(record.agent.as_str(), bytes.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The definitions seen for one `server/kind/name`.
+    pub fn definitions_of(&self, key: &str) -> Result<Option<DefinitionsRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DEFINITIONS).map_err(db_err)?;
+        let Some(v) = table.get(key).map_err(db_err)? else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(v.value()).map_err(|e| corrupt(key, e))?))
+    }
+
+    /// The definitions seen under keys starting with `prefix`.
+    pub fn definitions(&self, prefix: &str) -> Result<Vec<DefinitionsRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DEFINITIONS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.range(prefix..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?);
+        }
+        Ok(out)
+    }
+
+    /// How many keys start with `prefix`.
+    pub fn definitions_count(&self, prefix: &str) -> Result<usize, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(DEFINITIONS).map_err(db_err)?;
+        let mut count = 0;
+        for row in table.range(prefix..).map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Stores one name's definitions.
+    pub fn put_definitions(&self, record: &DefinitionsRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(DEFINITIONS).map_err(db_err)?;
+            let bytes = serde_json::to_vec(record).expect("serializes");
+            table.insert(record.key().as_str(), bytes.as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }

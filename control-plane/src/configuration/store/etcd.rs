@@ -40,8 +40,8 @@ use warden_tasks::Backoff;
 
 pub use self::watch::{Committed, Followed};
 use super::{
-    AgentRecord, AuditEntry, Change, EtcdLimit, FindingsRecord, JoinTokenError, JoinTokenRecord, KeyRecord, Loaded,
-    OperatorRecord, StoreError, corrupt, resource_key_text,
+    AgentRecord, AuditEntry, Change, DefinitionsRecord, EtcdLimit, FindingsRecord, JoinTokenError, JoinTokenRecord,
+    KeyRecord, Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
 };
 
 /// Audit entries of one version are numbered within it: sequence = version << 20 | index.
@@ -580,6 +580,38 @@ impl Etcd {
         self.put(key, serde_json::to_vec(record).expect("serializes")).await
     }
 
+    /// The definitions seen for one `server/kind/name`.
+    pub async fn definitions_of(&self, key: &str) -> Result<Option<DefinitionsRecord>, StoreError> {
+        let key = self.key(&format!("definitions/{key}"));
+        let response = self.get(key.clone(), None).await?;
+        let Some(kv) = response.kvs().first() else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?))
+    }
+
+    /// The definitions seen under keys starting with `prefix`.
+    pub async fn definitions(&self, prefix: &str) -> Result<Vec<DefinitionsRecord>, StoreError> {
+        let response =
+            self.get(self.key(&format!("definitions/{prefix}")), Some(GetOptions::new().with_prefix())).await?;
+        let mut out = Vec::new();
+        for kv in response.kvs() {
+            out.push(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&String::from_utf8_lossy(kv.key()), e))?);
+        }
+        Ok(out)
+    }
+
+    /// How many keys start with `prefix`.
+    pub async fn definitions_count(&self, prefix: &str) -> Result<usize, StoreError> {
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let response = self.get(self.key(&format!("definitions/{prefix}")), Some(options)).await?;
+        Ok(response.count() as usize)
+    }
+
+    /// Stores one name's definitions.
+    pub async fn put_definitions(&self, record: &DefinitionsRecord) -> Result<(), StoreError> {
+        let key = self.key(&format!("definitions/{}", record.key()));
+        self.put(key, serde_json::to_vec(record).expect("serializes")).await
+    }
+
     /// Every registered agent.
     pub async fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
         let options = GetOptions::new().with_prefix();
@@ -608,6 +640,7 @@ impl Etcd {
             ("join-tokens", dump.join_tokens),
             ("agents", dump.agents),
             ("findings", dump.findings),
+            ("definitions", dump.definitions),
         ];
         for (dir, rows) in dirs {
             puts.extend(rows.into_iter().map(|(k, v)| (self.key(&format!("{dir}/{k}")), v)));
