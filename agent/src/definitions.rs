@@ -48,6 +48,8 @@ struct Server {
     names: [HashMap<String, Entry>; 3],
     count: usize,
     text_bytes: usize,
+    /// A name was not remembered (past [`MAX_NAMES`]).
+    overflowed: bool,
 }
 
 struct Entry {
@@ -77,17 +79,22 @@ impl Observed {
                 return entry.flagged;
             }
         }
-        // Read outside the lock: other requests' lookups do not wait on it.
-        let flagged = serde_json::from_str(&definition.canonical)
-            .map(|v| !warden_core::pinning::flags(&v).is_empty())
-            .unwrap_or(true);
+        // Read outside the lock: other requests' lookups do not wait on it. A definition over
+        // the size kept is held without reading it (its text could not be reviewed anyway).
+        let flagged = definition.canonical.len() > warden_core::pinning::MAX_DEFINITION_BYTES
+            || serde_json::from_str(&definition.canonical)
+                .map(|v| !warden_core::pinning::flags(&v).is_empty())
+                .unwrap_or(true);
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *guard;
         let generation = inner.generation + 1;
         let entries = inner.servers.entry(server.clone()).or_default();
         let old = match entries.names[kind].remove(name) {
             Some(old) => old.text.map_or(0, |t| t.len()),
-            None if entries.count >= MAX_NAMES => return flagged,
+            None if entries.count >= MAX_NAMES => {
+                entries.overflowed = true;
+                return flagged;
+            }
             None => {
                 entries.count += 1;
                 0
@@ -98,6 +105,8 @@ impl Observed {
             && entries.text_bytes + definition.canonical.len() <= MAX_TEXT_BYTES;
         let text = fits.then(|| Arc::<str>::from(definition.canonical.as_str()));
         entries.text_bytes += text.as_ref().map_or(0, |t| t.len());
+        // Without its text the control plane cannot show it, so it is held like a flagged one.
+        let flagged = flagged || text.is_none();
         entries.names[kind].insert(name.clone(), Entry { digest: definition.digest, flagged, text, generation });
         inner.generation = generation;
         drop(guard);
@@ -111,6 +120,12 @@ impl Observed {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let entry = inner.servers.get(server)?.names[kind.index()].get(name)?;
         Some((entry.digest, entry.flagged))
+    }
+
+    /// Whether `server` listed more names than are remembered: a call of a name not
+    /// remembered may then be of one listed (and withheld).
+    pub fn overflowed(&self, server: &str) -> bool {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).servers.get(server).is_some_and(|s| s.overflowed)
     }
 
     /// Forgets every server `keep` does not name (those whose pinning is off or that are gone).
@@ -211,6 +226,7 @@ mod tests {
             observed.observe(&small, &Definition::from_listed(DefinitionKind::Tool, &entry).unwrap());
         }
         assert!(observed.get("big", DefinitionKind::Tool, &format!("t{}", MAX_NAMES + 5)).is_none());
+        assert!(observed.overflowed("big") && !observed.overflowed("small"));
         assert!(observed.get("small", DefinitionKind::Tool, "p149").is_some(), "its own quota");
         let (reports, _) = observed.reports_since(0);
         let sent: Vec<&pb::ToolDefinition> = reports.iter().flat_map(|r| &r.definitions).collect();
@@ -222,5 +238,7 @@ mod tests {
         let per = sent.iter().find(|d| d.server == "small").unwrap().definition.len();
         let texts = sent.iter().filter(|d| d.server == "small" && !d.definition.is_empty()).count();
         assert_eq!(texts, MAX_TEXT_BYTES / per);
+        // What went without its text is held, as flagged.
+        assert!(sent.iter().filter(|d| d.server == "small").all(|d| d.definition.is_empty() == d.flagged));
     }
 }

@@ -89,6 +89,9 @@ pub struct RequestQueues {
 /// answers becomes one report.
 const DEFINITIONS_DELAY: Duration = Duration::from_secs(1);
 
+/// How often every definition remembered is reported again.
+const DEFINITIONS_RESENT: Duration = Duration::from_secs(300);
+
 /// Ended tasks queued for the control plane at most.
 pub const ENDED_TASKS_QUEUED: usize = 4096;
 
@@ -222,6 +225,10 @@ impl Client {
             send(&tx, pb::agent_message::Message::ToolDefinitions(report)).await?;
         }
         let mut definitions_due: Option<tokio::time::Instant> = None;
+        // And everything again now and then: the control plane may have skipped some (it paces
+        // each server's writes), and this is how it hears of them again.
+        let mut definitions_again = tokio::time::interval(DEFINITIONS_RESENT);
+        definitions_again.tick().await;
         // One batch of decision records in flight at a time; unacknowledged ones are resent on
         // the next stream (the outbox forgets a record only when acknowledged).
         let mut in_flight: Option<InFlight> = None;
@@ -274,6 +281,10 @@ impl Client {
                     let EndedTask { issuer, jti, expires_unix } = task;
                     tracing::info!(%issuer, jti_hash = %warden_core::token::jti_hash(&issuer, &jti), "a task's session ended: asking the control plane to revoke its token");
                     send(&tx, pb::agent_message::Message::TaskEnded(pb::TaskEnded { issuer, jti, expires_unix })).await?;
+                }
+                _ = definitions_again.tick() => {
+                    definitions_sent = 0;
+                    definitions_due.get_or_insert_with(tokio::time::Instant::now);
                 }
                 Ok(()) = definitions_changed.changed(), if definitions_due.is_none() => {
                     definitions_due = Some(tokio::time::Instant::now() + DEFINITIONS_DELAY);

@@ -92,6 +92,10 @@ impl AdminService {
     }
 }
 
+/// Resources one cascading delete removes per write at most (etcd's default `--max-txn-ops`
+/// is 128).
+const DELETED_PER_WRITE: usize = 100;
+
 /// Audit entries the scorecard reads for its revocation counts.
 const AUDIT_READ: usize = 100_000;
 
@@ -283,6 +287,23 @@ impl pb::admin_service_server::AdminService for AdminService {
         let request = request.into_inner();
         let key = ResourceKey { kind: parse_kind(&request.kind)?, name: request.name };
         let expected = request.expected_resource_version;
+        if key.kind == Kind::McpServer {
+            // Its ToolApprovals go with it (`plan_delete`); a server with many goes in steps, so
+            // no transaction is over etcd's operation limit.
+            let approvals: Vec<ResourceKey> = self
+                .configuration
+                .current()
+                .resources
+                .iter()
+                .filter(|(_, e)| matches!(&e.document.spec, warden_core::resource::Spec::ToolApproval(a) if a.server == key.name))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if approvals.len() > DELETED_PER_WRITE {
+                for chunk in approvals.chunks(DELETED_PER_WRITE) {
+                    self.configuration.delete(chunk.to_vec(), &actor, "delete").await?;
+                }
+            }
+        }
         let (version, ()) = self
             .configuration
             .write(&actor, "delete", |current| Ok((state::plan_delete(current, key.clone(), expected)?, ())))

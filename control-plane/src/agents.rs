@@ -167,7 +167,8 @@ impl pb::agent_service_server::AgentService for AgentService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let agent = self.registered_agent(&request).await?.id;
+        let record = self.registered_agent(&request).await?;
+        let (agent, registered_labels) = (record.id, record.labels);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::AgentMessage { message: Some(pb::agent_message::Message::Hello(hello)) }))) => hello,
@@ -181,7 +182,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                 hello.agent_id
             )));
         }
-        let session = Session::start(self.clone(), agent, hello, inbound);
+        let session = Session::start(self.clone(), agent, registered_labels, hello, inbound);
         let stream = futures_util::stream::unfold(session, |mut session| async move {
             let message = session.next().await?;
             Some((Ok(pb::ControlMessage { message: Some(message) }), session))
@@ -219,15 +220,21 @@ struct Session {
     pending: VecDeque<Out>,
     /// Findings reports on their way to the store, one write per [`inventory::WRITE_INTERVAL`].
     findings: inventory::Paced<pb::Findings>,
-    /// The labels the agent said hello with: which servers it serves.
+    /// The labels the registry gave the agent when it joined: which servers it serves (not
+    /// what its Hello claims).
     labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Session {
-    fn start(service: AgentService, agent: String, hello: pb::Hello, inbound: Streaming<pb::AgentMessage>) -> Session {
-        let labels: std::collections::BTreeMap<String, String> = hello.labels.into_iter().collect();
+    fn start(
+        service: AgentService,
+        agent: String,
+        labels: std::collections::BTreeMap<String, String>,
+        hello: pb::Hello,
+        inbound: Streaming<pb::AgentMessage>,
+    ) -> Session {
         let (generation, superseded) =
-            service.fleet.presence().connected(&agent, labels.clone(), hello.applied_version);
+            service.fleet.presence().connected(&agent, hello.labels.into_iter().collect(), hello.applied_version);
         let mut state_rx = service.configuration.subscribe();
         let current = state_rx.borrow_and_update().clone();
         let keys = pb::FleetKeys { finding_fingerprint_key: service.inventory.fingerprint_key().to_vec() };

@@ -85,6 +85,10 @@ pub struct Pinning {
     writes: std::sync::Mutex<HashMap<String, (f64, std::time::Instant)>>,
 }
 
+/// ToolApprovals one first-use write carries at most (etcd's default `--max-txn-ops` is 128
+/// and a write takes two more); the rest are written when reported again.
+const FIRST_USE_PER_WRITE: usize = 100;
+
 /// Entries of [`Pinning::latest`] at most.
 const LATEST_CACHED: usize = 100_000;
 
@@ -157,11 +161,10 @@ impl Pinning {
                 }
             };
             let key = definitions_key(&reported.server, kind.as_str(), &reported.name);
-            if self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(&key) == Some(&digest) {
-                continue;
-            }
-            if !self.may_write(&reported.server) {
-                tracing::warn!(%agent, server = %reported.server, "the server's definitions change faster than they are stored: skipped");
+            // Known as listed last, and settled (pinned, held or approved): nothing to do. A
+            // name whose approval went (deleted, or its server made anew) is looked at again.
+            let settled_here = self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(&key) == Some(&digest);
+            if settled_here && approval_of(&current, &reported.server, kind, &reported.name).is_some() {
                 continue;
             }
             let mut record = match store.definitions_of(&key).await? {
@@ -180,6 +183,11 @@ impl Pinning {
                 }
             };
             let listed_last = record.seen.first().is_some_and(|s| s.digest == digest);
+            // Paced per server, and charged only for what is written.
+            if !listed_last && !self.may_write(&reported.server) {
+                tracing::warn!(%agent, server = %reported.server, "the server's definitions change faster than they are stored: skipped (reported again within minutes)");
+                continue;
+            }
             if !listed_last {
                 let seen = match record.seen.iter().position(|s| s.digest == digest) {
                     Some(i) => record.seen.remove(i),
@@ -244,6 +252,10 @@ impl Pinning {
                         if approval_of(current, server, *kind, name).is_some() {
                             continue;
                         }
+                        // One etcd transaction holds 128 operations by default.
+                        if documents.len() == FIRST_USE_PER_WRITE {
+                            break;
+                        }
                         let spec = ToolApprovalSpec {
                             server: server.clone(),
                             kind: *kind,
@@ -305,19 +317,11 @@ impl Pinning {
                 seen: record
                     .seen
                     .iter()
-                    .enumerate()
-                    .map(|(i, s)| pb::SeenDefinition {
+                    .map(|s| pb::SeenDefinition {
                         digest: s.digest.clone(),
-                        // Every version's text when one name is asked for; else the listed
-                        // and the approved one's, so a listing of many names stays small.
-                        definition: if filter.name.is_empty()
-                            && i > 0
-                            && approval.and_then(|(_, a)| a.approved.as_ref()) != Some(&s.digest)
-                        {
-                            String::new()
-                        } else {
-                            s.definition.clone()
-                        },
+                        // Texts only when one name is asked for (`tools diff`): a listing of a
+                        // fleet's names stays small.
+                        definition: if filter.name.is_empty() { String::new() } else { s.definition.clone() },
                         first_seen_unix: s.first_seen_unix,
                         last_seen_unix: s.last_seen_unix,
                         first_agent: s.first_agent.clone(),

@@ -64,7 +64,9 @@ fn a_rewritten_tool_is_withheld_and_refused_until_its_new_definition_is_approved
     assert_eq!(pinned["pinning"], "enforce");
     let first = pinned["seen"][0]["digest"].as_str().unwrap().to_string();
     assert_eq!(pinned["approvedDigest"], first.as_str());
-    assert_eq!(pinned["seen"][0]["definition"]["description"], "Returns the forecast for a city.");
+    let texts = fleet.cp.ctl_ok(&["tools", "diff", "notes", "weather"]);
+    assert!(texts.contains("\"description\": \"Returns the forecast for a city.\""), "{texts}");
+    assert!(texts.contains("(no change: this is the approved definition)"), "{texts}");
     let history = fleet.cp.ctl_ok(&["history"]);
     assert!(history.contains("pin-first-use"), "{history}");
     converge(&fleet);
@@ -116,6 +118,16 @@ fn a_rewritten_tool_is_withheld_and_refused_until_its_new_definition_is_approved
     converge(&fleet);
     assert_eq!(tools(&fleet, &alice), json!(["echo", "seen_headers", "weather"]));
     assert_eq!(call_weather(&fleet, &alice)["result"]["text"], json!(["sunny in Paris"]));
+    // An older revision's client too: its session, notifications (202, no body) and SSE
+    // answers all pass through the filter every answer goes through under pinning.
+    let legacy = mcp_client(
+        &fleet.url(),
+        "legacy",
+        &[(&alice, &["list-tools"]), (&alice, &["call", "weather", r#"{"city": "Oslo"}"#]), (&alice, &["count", "2"])],
+    );
+    assert_eq!(legacy[0]["result"], json!(["echo", "seen_headers", "weather"]), "{legacy:?}");
+    assert_eq!(legacy[1]["result"]["text"], json!(["sunny in Oslo"]), "{legacy:?}");
+    assert_eq!(legacy[2]["ok"], false, "count is not allowed by policy: {legacy:?}");
     let history = fleet.cp.ctl_json(&["history"]);
     assert!(
         history

@@ -328,27 +328,72 @@ const CREDENTIAL_PATHS: &[&str] = &[
 /// Words for a credential, for "another tool's …".
 const CREDENTIAL_WORDS: &[&str] = &["api key", "apikey", "api_key", "token", "password", "credential", "secret"];
 
+/// One step of a path into a definition.
+enum Step<'a> {
+    Root,
+    Member(&'a str),
+    Item(usize),
+}
+
+/// The path of node `at` (`inputSchema.properties.path.description`, `arguments[0].name`),
+/// cut to [`MAX_FLAG_PATH`] bytes.
+fn path_of(nodes: &[(usize, Step<'_>)], mut at: usize) -> String {
+    let mut steps = Vec::new();
+    while at != 0 {
+        steps.push(&nodes[at].1);
+        at = nodes[at].0;
+    }
+    let mut path = String::new();
+    for step in steps.into_iter().rev() {
+        match step {
+            Step::Member(name) if path.is_empty() => path.push_str(name),
+            Step::Member(name) => {
+                path.push('.');
+                path.push_str(name);
+            }
+            Step::Item(i) => path.push_str(&format!("[{i}]")),
+            Step::Root => {}
+        }
+        if path.len() > MAX_FLAG_PATH {
+            break;
+        }
+    }
+    if path.len() > MAX_FLAG_PATH {
+        let mut end = MAX_FLAG_PATH;
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        path.truncate(end);
+        path.push('…');
+    }
+    path
+}
+
 /// What a model could read in `definition` that looks like tool poisoning: every string,
-/// member names included, is read.
+/// member names included, is read. A path is written only for what is flagged (a node is a
+/// parent and one step), so memory stays proportional to the definition.
 pub fn flags(definition: &Value) -> Vec<Flag> {
     let mut out = Vec::new();
-    let mut stack: Vec<(String, &Value)> = vec![(String::new(), definition)];
-    while let Some((at, value)) = stack.pop() {
+    let mut nodes: Vec<(usize, Step<'_>)> = vec![(0, Step::Root)];
+    let mut stack: Vec<(usize, &Value)> = vec![(0, definition)];
+    while let Some((node, value)) = stack.pop() {
         if out.len() >= MAX_FLAGS {
             break;
         }
         match value {
-            Value::String(s) => read_text(&at, s, &mut out),
+            Value::String(s) => read_text(|| path_of(&nodes, node), s, &mut out),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate().rev() {
-                    stack.push((format!("{at}[{i}]"), item));
+                    nodes.push((node, Step::Item(i)));
+                    stack.push((nodes.len() - 1, item));
                 }
             }
             Value::Object(members) => {
                 for (name, member) in members.iter().rev() {
-                    let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
-                    read_text(&path, name, &mut out);
-                    stack.push((path, member));
+                    nodes.push((node, Step::Member(name)));
+                    let id = nodes.len() - 1;
+                    read_text(|| path_of(&nodes, id), name, &mut out);
+                    stack.push((id, member));
                 }
             }
             _ => {}
@@ -358,18 +403,10 @@ pub fn flags(definition: &Value) -> Vec<Flag> {
     out
 }
 
-/// The signs in one string, at most one of each.
-fn read_text(at: &str, text: &str, out: &mut Vec<Flag>) {
+/// The signs in one string, at most one of each; `at` names where it is.
+fn read_text(at: impl Fn() -> String, text: &str, out: &mut Vec<Flag>) {
     let mut flag = |sign: Sign, detail: String| {
-        let mut at = at.to_string();
-        if at.len() > MAX_FLAG_PATH {
-            let mut end = MAX_FLAG_PATH;
-            while !at.is_char_boundary(end) {
-                end -= 1;
-            }
-            at.truncate(end);
-            at.push('…');
-        }
+        let at = at();
         if !out.iter().any(|f| f.sign == sign && f.at == at) {
             out.push(Flag { sign, at, detail });
         }
@@ -703,9 +740,14 @@ mod tests {
         assert!(
             flags(&json!({"description": "load it from .env"})).iter().any(|f| f.sign == Sign::CredentialReference)
         );
-        // Bounded, whatever the size.
+        // Bounded, whatever the size: flags, and the paths they name (written only for them).
         let many: Vec<Value> = (0..100).map(|_| json!("ignore previous instructions")).collect();
         assert_eq!(flags(&json!({"name": "x", "inputSchema": many})).len(), MAX_FLAGS);
+        let long = "k".repeat(100_000);
+        let wide = json!({"name": "x", "inputSchema": {long: vec![json!(0); 100_000]}});
+        assert_eq!(flags(&wide), vec![]);
+        let found = flags(&json!({"name": "x", "inputSchema": {"k".repeat(1000): ["ignore previous"]}}));
+        assert!(found[0].at.starts_with("inputSchema.kkk") && found[0].at.len() <= MAX_FLAG_PATH + 3, "{found:?}");
     }
 
     fn pins(mode: PinningMode, new: NewDefinitions, approvals: &[(&str, Option<&Digest>, &[&Digest])]) -> ServerPins {

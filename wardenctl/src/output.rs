@@ -923,6 +923,30 @@ fn visible(text: &str) -> String {
     out
 }
 
+/// [`visible`] for one line (a table cell, a path): line ends escaped too, so a name cannot
+/// make rows of its own.
+fn visible_line(text: &str) -> String {
+    visible(text).replace('\n', "\\u{000A}").replace('\u{2028}', "\\u{2028}").replace('\u{2029}', "\\u{2029}")
+}
+
+/// `word` as one shell word that means exactly it: as is when plain, else `$'…'` with every
+/// other byte escaped.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b)) {
+        return word.to_string();
+    }
+    let mut out = String::from("$'");
+    for b in word.bytes() {
+        if b.is_ascii_alphanumeric() || b" _-.:/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('\'');
+    out
+}
+
 /// The first 12 hex digits of a `sha256:` digest, as tables show it.
 fn short_digest(digest: &str) -> String {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
@@ -980,7 +1004,7 @@ pub fn tool_definitions(response: &pb::ListToolDefinitionsResponse, format: Form
             vec![
                 d.server.clone(),
                 d.kind.clone(),
-                visible(&d.name),
+                visible_line(&d.name),
                 d.state.clone(),
                 d.pinning.clone(),
                 listed.map_or("-".into(), |s| short_digest(&s.digest)),
@@ -1021,7 +1045,7 @@ pub fn tool_diff(status: &pb::ToolDefinitionStatus, digest: Option<&str>) -> any
     println!(
         "{} {} of server {} ({}, pinning: {})",
         status.kind,
-        visible(&format!("{:?}", status.name)),
+        visible_line(&format!("{:?}", status.name)),
         status.server,
         status.state,
         status.pinning
@@ -1044,6 +1068,9 @@ pub fn tool_diff(status: &pb::ToolDefinitionStatus, digest: Option<&str>) -> any
     println!("+++ {} (first seen {} from {})", new.digest, ago(new.first_seen_unix * 1000), new.first_agent);
     if old.is_some_and(|o| o.digest == new.digest) {
         println!("(no change: this is the approved definition)");
+        for line in readable_definition(&new.definition).lines() {
+            println!(" {}", visible(line));
+        }
     } else {
         let new_text = readable_definition(&new.definition);
         for change in similar::TextDiff::from_lines(&old_text, &new_text).iter_all_changes() {
@@ -1060,19 +1087,33 @@ pub fn tool_diff(status: &pb::ToolDefinitionStatus, digest: Option<&str>) -> any
     } else {
         println!("signs of poisoning:");
         for f in &new.flags {
-            println!("  {}  at {}: {}", f.sign, visible(&f.at), visible(&f.detail));
+            println!("  {}  at {}: {}", f.sign, visible_line(&f.at), visible_line(&f.detail));
         }
     }
     // What the operator read is what they approve, whatever the server lists meanwhile.
-    let name = visible(&status.name);
-    let name = if name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
-        name
-    } else {
-        format!("'{}'", name.replace('\'', "'\\''"))
-    };
     println!(
-        "to approve it: wardenctl tools approve {} {name} --kind {} --digest {}",
-        status.server, status.kind, new.digest
+        "to approve it: wardenctl tools approve {} {} --kind {} --digest {}",
+        status.server,
+        shell_word(&status.name),
+        status.kind,
+        new.digest
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_chosen_text_cannot_move_the_terminal_or_make_rows() {
+        let name = "read\u{1b}[2J\u{202e}elif\nrow";
+        let shown = visible_line(name);
+        assert_eq!(shown, "read\\u{001B}[2J\\u{202E}elif\\u{000A}row");
+        assert!(!shown.chars().any(|c| c.is_control()));
+        // The approve command names the very tool, bytes and all.
+        assert_eq!(shell_word("read_file"), "read_file");
+        assert_eq!(shell_word("it's"), "$'it\\x27s'");
+        assert_eq!(shell_word("a\u{200b}b"), "$'a\\xe2\\x80\\x8bb'");
+    }
 }

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use warden_core::authorize::{RequestFacts, Shadow, Target};
-use warden_core::pinning::{DefinitionKind, Verdict};
+use warden_core::pinning::{DefinitionKind, PinningMode, Verdict};
 use warden_core::rate_limit::{Limiter, Permit, Subject};
 use warden_core::refusal::Refusal;
 use warden_core::server::McpServerSpec;
@@ -631,6 +631,12 @@ impl Decider {
         let kind = DefinitionKind::used_by(method)?;
         let (Target::Tool(name) | Target::Prompt(name)) = target else { return None };
         let observed = pinned.observed.get(&pinned.server, kind, name);
+        // A name past what is remembered may have been listed (and withheld): not judged on
+        // its approval alone.
+        if observed.is_none() && pinned.pins.mode == PinningMode::Enforce && pinned.observed.overflowed(&pinned.server)
+        {
+            return Some(Refusal::ToolNotApproved);
+        }
         match pinned.pins.verdict(kind, name, observed.as_ref().map(|(digest, flagged)| (digest, *flagged))) {
             Verdict::Allowed => None,
             Verdict::Changed => Some(Refusal::ToolDefinitionChanged),
@@ -1062,9 +1068,23 @@ async fn filter_answer(
     // The filter must read the body as the caller will: as one media type, and as sent. (The
     // gateway asked for identity encoding; an upstream that compresses anyway is refused.)
     let mut types = head.headers.get_all(header::CONTENT_TYPE).iter();
-    let media = match (types.next(), types.next()) {
+    let named = match (types.next(), types.next()) {
         (Some(_), Some(_)) => return unfiltered("names two media types"),
-        (one, _) => one.and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase(),
+        (one, _) => one.map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase()),
+    };
+    // No list was asked for (tool pinning reads every answer): one whose media type names
+    // neither JSON nor an event stream anywhere — clients match the whole value by substring —
+    // is not read as JSON-RPC by any client, and passes as it came.
+    let unasked = kinds.is_empty();
+    if unasked && named.as_deref().is_some_and(|m| !m.contains("json") && !m.contains("event-stream")) {
+        return Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync());
+    }
+    let media = named.unwrap_or_default();
+    // A list an upstream put in an answer to something else is filtered like an asked one.
+    let kinds = if unasked {
+        ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
+    } else {
+        kinds
     };
     if head.headers.get_all(header::CONTENT_ENCODING).iter().any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity")) {
         return unfiltered("has a content coding");
@@ -1072,8 +1092,13 @@ async fn filter_answer(
     head.headers.remove(header::CONTENT_ENCODING);
     head.headers.remove(header::CONTENT_LENGTH);
     let left = decider.verified.expires_at.saturating_sub(crate::identity::now_unix()).max(0);
-    let lists =
-        Arc::new(Lists { kinds, allows: decider.clone(), ttl_cap_ms: left as u64 * 1000, pins: decider.pins.clone() });
+    let lists = Arc::new(Lists {
+        kinds,
+        allows: decider.clone(),
+        ttl_cap_ms: left as u64 * 1000,
+        pins: decider.pins.clone(),
+        unasked,
+    });
     if media.split(';').next().is_some_and(|essence| essence.trim() == "text/event-stream") {
         return Response::from_parts(head, filter::sse(lists, incoming));
     }
@@ -1089,6 +1114,10 @@ async fn filter_answer(
             return reply::error(StatusCode::GATEWAY_TIMEOUT, "the upstream's list answer did not arrive in time");
         }
     };
+    if bytes.is_empty() && unasked {
+        // Nothing to read (a 202 to a notification that names a JSON type anyway).
+        return Response::from_parts(head, reply::full(bytes));
+    }
     match lists.json(&bytes) {
         Some(filtered) => Response::from_parts(head, reply::full(filtered)),
         // An error status keeps its meaning (a 404 tells the client its session is gone); only
