@@ -17,4 +17,5 @@ mod prometheus;
 mod rate_limits;
 mod replay;
 mod replicas;
+mod step_up;
 mod token_exchange;

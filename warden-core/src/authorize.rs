@@ -133,6 +133,8 @@ pub(crate) struct ServerPolicies {
     /// Whether an enforced policy reads `context.time`, `context.source_ip`.
     reads_time: bool,
     reads_source_ip: bool,
+    /// The enforced policies that say which scopes they need (`@scope("a b")`), by id.
+    step_ups: Vec<(String, Vec<String>)>,
 }
 
 /// One evaluation's parts, for [`crate::explain`] to ask Cedar about parts of policies.
@@ -257,9 +259,13 @@ impl Authorizer {
             let reads_arguments = set.policies().any(crate::explain::reads_arguments);
             let reads = |attr: &str| set.policies().any(|p| crate::explain::reads_context(p, attr));
             let (reads_time, reads_source_ip) = (reads("time"), reads("source_ip"));
+            let step_ups = set
+                .policies()
+                .filter_map(|p| Some((p.id().to_string(), crate::policy::scope_annotation(p)?)))
+                .collect();
             per_server.insert(
                 server.clone(),
-                ServerPolicies { set, shadow, uid, entity, reads_arguments, reads_time, reads_source_ip },
+                ServerPolicies { set, shadow, uid, entity, reads_arguments, reads_time, reads_source_ip, step_ups },
             );
         }
         Authorizer {
@@ -338,6 +344,48 @@ impl Authorizer {
             });
             Ok(Outcome { allowed, policies: decided, errors, not_granted: false, shadow })
         })
+    }
+
+    /// For a request policy denied: the scopes that would allow it, when a policy says which
+    /// scopes it needs (`@scope("…")`) and `workload` with those scopes would be allowed (the
+    /// scopes of the policies that would then decide, or all it lacks of the annotated ones).
+    /// What MCP clients turn into a step-up authorization (`403 insufficient_scope`).
+    pub fn step_up(
+        &self,
+        server: &str,
+        workload: &Verified,
+        method: &str,
+        target: Target<'_>,
+        facts: &RequestFacts<'_>,
+    ) -> Option<Vec<String>> {
+        let policies = self.per_server.get(server)?;
+        let lacks = |scope: &&String| !workload.scopes.contains(scope);
+        // In the order the policies name them, each once.
+        let distinct = |scopes: &mut Vec<&String>| {
+            let mut seen = std::collections::HashSet::new();
+            scopes.retain(|s| seen.insert(*s));
+        };
+        let mut missing: Vec<&String> = policies.step_ups.iter().flat_map(|(_, scopes)| scopes).filter(lacks).collect();
+        distinct(&mut missing);
+        if missing.is_empty() {
+            return None;
+        }
+        let mut raised = workload.clone();
+        raised.scopes.extend(missing.iter().map(|s| s.to_string()));
+        let outcome = self.authorize(server, &raised, method, target, facts).ok()?;
+        if !outcome.allowed {
+            return None;
+        }
+        let mut decided: Vec<&String> = policies
+            .step_ups
+            .iter()
+            .filter(|(id, _)| outcome.policies.contains(id))
+            .flat_map(|(_, scopes)| scopes)
+            .filter(lacks)
+            .collect();
+        distinct(&mut decided);
+        let needed = if decided.is_empty() { missing } else { decided };
+        Some(needed.into_iter().cloned().collect())
     }
 
     /// The Cedar request and entities of one evaluation.

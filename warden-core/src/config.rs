@@ -213,6 +213,18 @@ impl Config {
             // Cedar numbers policies per text ("policy0", ...); prefix with the resource name so
             // ids stay unique across resources and a decision can name the resource it came from.
             for (i, p) in set.policies().enumerate() {
+                // The scopes a policy needs go into challenges: each must be a scope token.
+                if let Some(scope) = p.annotation("scope")
+                    && (scope.split(' ').all(str::is_empty)
+                        || !scope.split(' ').filter(|s| !s.is_empty()).all(crate::policy::is_scope_token))
+                {
+                    return Err(ConfigError::Policy {
+                        from: from(),
+                        message: format!(
+                            "@scope({scope:?}) of policy {i}: give OAuth scope tokens separated by spaces"
+                        ),
+                    });
+                }
                 let renamed = p.new_id(PolicyId::new(format!("{name}.{i}")));
                 config
                     .policy_set

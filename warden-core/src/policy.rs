@@ -127,3 +127,15 @@ fn render(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// The scopes a policy says it needs (`@scope("repo:read repo:write")`), when it says so.
+pub fn scope_annotation(policy: &cedar_policy::Policy) -> Option<Vec<String>> {
+    let scopes: Vec<String> =
+        policy.annotation("scope")?.split(' ').filter(|s| !s.is_empty()).map(String::from).collect();
+    (!scopes.is_empty()).then_some(scopes)
+}
+
+/// Whether `scope` is an OAuth scope token (RFC 6749 §3.3): what may go in a challenge.
+pub fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty() && scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}

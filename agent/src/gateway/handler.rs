@@ -237,8 +237,8 @@ pub(crate) fn admit(
             "no configuration received yet; every request is refused",
         )));
     };
-    let (spec, route) = resolve(shared, &applied, server, method, uri)?;
-    let route = &*route;
+    let (spec, route_shared) = resolve(shared, &applied, server, method, uri)?;
+    let route = &*route_shared;
     let now = crate::identity::now_unix();
     let audit = spec.in_audit(now);
     let refusal = Refuser { shared, server, caller, method, headers, audit, version: applied.version, now };
@@ -290,6 +290,7 @@ pub(crate) fn admit(
         limits: route.limits.clone(),
         concurrency: route.concurrency.clone(),
         pins: route.pins.clone(),
+        route: route_shared.clone(),
     };
     Ok(Admitted { decider, principal, session })
 }
@@ -535,6 +536,8 @@ struct Decider {
     concurrency: Arc<[reply::ServerConcurrency]>,
     /// The server's tool pinning, when it records definitions.
     pins: Option<Arc<filter::Pinned>>,
+    /// The server's route (its challenges).
+    route: Arc<Route>,
 }
 
 impl Decider {
@@ -622,6 +625,29 @@ impl Decider {
                 Outcome::refused(Refusal::PolicyError)
             }
         }
+    }
+
+    /// The scopes that would allow a request policy denied (see
+    /// [`warden_core::authorize::Authorizer::step_up`]).
+    fn step_up(&self, method: &str, target: Target<'_>, arguments: Option<&RawValue>) -> Option<Vec<String>> {
+        let granted_tools = self.verified.task.as_ref().map_or(&[][..], |t| &t.tools[..]);
+        let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools, arguments };
+        self.applied.authorizer.step_up(&self.server, &self.verified, method, target, &facts)
+    }
+
+    /// The `403 insufficient_scope` challenge naming every scope the request needs at once: the
+    /// server's, the caller's own (a client asking again keeps them) and `needed`.
+    fn insufficient_scope(&self, needed: &[String]) -> Response<Body> {
+        let spec = self.applied.config.servers.get(&*self.server);
+        let mut scopes: Vec<String> = Vec::new();
+        let all = spec.map_or(&[][..], |s| &s.scopes[..]).iter().chain(&self.verified.scopes).chain(needed);
+        for scope in all {
+            // A token's scopes are the caller's text: only scope tokens go into the header.
+            if warden_core::policy::is_scope_token(scope) && !scopes.contains(scope) {
+                scopes.push(scope.clone());
+            }
+        }
+        reply::insufficient_scope(&self.route, &scopes)
     }
 
     /// Whether a call of `method` on `target` uses a definition other than the approved one
@@ -855,6 +881,17 @@ fn decide_body(decider: &Decider, headers: &HeaderMap, bytes: &[u8], limits: mcp
             let mut outcome = decider.decide(action, target, m.arguments);
             if outcome.refusal.is_none() {
                 outcome.refusal = decider.pinned(action, target);
+            }
+            // Denied for want of a scope a policy names: the caller is told which, as MCP
+            // clients expect, to step up its authorization (one request: a batch cannot be
+            // answered for one of its messages with a status).
+            if outcome.refusal == Some(Refusal::PolicyDenied)
+                && !body.batch
+                && let Some(needed) = decider.step_up(action, target, m.arguments)
+            {
+                outcome.refusal = Some(Refusal::InsufficientScope);
+                decider.record(headers, action, Some(target), has_arguments(m.arguments), outcome);
+                return Err(Box::new(decider.insufficient_scope(&needed)));
             }
             let refused = outcome.refusal;
             decider.record(headers, action, Some(target), has_arguments(m.arguments), outcome);
@@ -1092,15 +1129,17 @@ async fn filter_answer(
     head.headers.remove(header::CONTENT_ENCODING);
     head.headers.remove(header::CONTENT_LENGTH);
     let left = decider.verified.expires_at.saturating_sub(crate::identity::now_unix()).max(0);
-    let lists = Arc::new(Lists {
-        kinds,
-        allows: decider.clone(),
-        ttl_cap_ms: left as u64 * 1000,
-        pins: decider.pins.clone(),
-        unasked,
-    });
+    let lists = || {
+        Arc::new(Lists {
+            kinds,
+            allows: decider.clone(),
+            ttl_cap_ms: left as u64 * 1000,
+            pins: decider.pins.clone(),
+            unasked,
+        })
+    };
     if media.split(';').next().is_some_and(|essence| essence.trim() == "text/event-stream") {
-        return Response::from_parts(head, filter::sse(lists, incoming));
+        return Response::from_parts(head, filter::sse(lists(), incoming));
     }
     let read = tokio::time::timeout(
         worker.shared.limits.body_read_timeout,
@@ -1114,10 +1153,12 @@ async fn filter_answer(
             return reply::error(StatusCode::GATEWAY_TIMEOUT, "the upstream's list answer did not arrive in time");
         }
     };
-    if bytes.is_empty() && unasked {
-        // Nothing to read (a 202 to a notification that names a JSON type anyway).
+    // Nothing asked for a list and none can be in it (or there is nothing at all, as in a 202
+    // to a notification): passed on as it came, unparsed and uncopied.
+    if unasked && (bytes.is_empty() || !filter::may_hold_list(&bytes)) {
         return Response::from_parts(head, reply::full(bytes));
     }
+    let lists = lists();
     match lists.json(&bytes) {
         Some(filtered) => Response::from_parts(head, reply::full(filtered)),
         // An error status keeps its meaning (a 404 tells the client its session is gone); only
