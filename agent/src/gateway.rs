@@ -520,6 +520,8 @@ async fn connection<IO>(
             let mut caller = handler::Caller::new(peer, certificate.as_deref(), arrived, handler::VIA_GATEWAY);
             caller.trace = Some((context, facts.clone()));
             let response = handler::handle(&worker, &server, caller, req).await;
+            // The trace a message named in `_meta`, if the headers named none.
+            let context = facts.lock().unwrap_or_else(|p| p.into_inner()).adopted.unwrap_or(context);
             spans.finish(&context, started, &facts, http_method.as_str(), response.status().as_u16());
             Ok(response)
         }

@@ -44,13 +44,25 @@ fn to_hex(bytes: &[u8]) -> String {
 impl TraceContext {
     /// Continues the caller's trace (a valid W3C `traceparent`) or starts one.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+        TraceContext::continuing(headers.get("traceparent").and_then(|v| v.to_str().ok()))
+    }
+
+    /// This request's span in the trace `traceparent` names (from `_meta`, SEP-414), when it
+    /// is valid: the caller sent its trace context in the message rather than in a header.
+    pub fn adopting(&self, traceparent: &str) -> Option<TraceContext> {
+        let continued = TraceContext::continuing(Some(traceparent));
+        continued.parent.is_some().then_some(TraceContext { span_id: self.span_id, ..continued })
+    }
+
+    /// Continues the trace of a valid W3C `traceparent`, or starts one.
+    fn continuing(traceparent: Option<&str>) -> TraceContext {
         let span_id = loop {
             let id: [u8; 8] = rand::random();
             if id != [0; 8] {
                 break id;
             }
         };
-        let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|v| {
+        let parent = traceparent.and_then(|v| {
             let mut parts = v.split('-');
             let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
             if version == "ff" || hex::<1>(version).is_none() {
@@ -74,6 +86,8 @@ impl TraceContext {
 /// What the request turned out to be, filled in as it is decided.
 #[derive(Debug, Default)]
 pub struct Facts {
+    /// The trace the request's messages named in `_meta`, when its headers named none.
+    pub adopted: Option<TraceContext>,
     pub method: Option<String>,
     pub target: Option<(&'static str, String)>,
     pub allowed: Option<bool>,

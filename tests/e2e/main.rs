@@ -17,5 +17,6 @@ mod prometheus;
 mod rate_limits;
 mod replay;
 mod replicas;
+mod revision;
 mod step_up;
 mod token_exchange;

@@ -52,6 +52,17 @@ fn weather_calls(fleet: &Fleet) -> usize {
     fleet.upstream().process.log_text().matches("weather for ").count()
 }
 
+/// Has the upstream rewrite `weather`'s description (SIGUSR1), and waits until it did.
+fn rug_pull(fleet: &Fleet) {
+    let pid = fleet.upstream().process.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+    wait_for_or(
+        "the upstream to rewrite its tool",
+        || fleet.upstream().process.log_text(),
+        || fleet.upstream().process.log_text().contains("description rewritten").then_some(()),
+    );
+}
+
 #[test]
 fn a_rewritten_tool_is_withheld_and_refused_until_its_new_definition_is_approved() {
     let fleet = Fleet::start(&[]);
@@ -73,13 +84,7 @@ fn a_rewritten_tool_is_withheld_and_refused_until_its_new_definition_is_approved
     assert_eq!(call_weather(&fleet, &alice)["result"]["text"], json!(["sunny in Paris"]));
 
     // The rug pull: the server rewrites the description.
-    let pid = fleet.upstream().process.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
-    wait_for_or(
-        "the upstream to rewrite its tool",
-        || fleet.upstream().process.log_text(),
-        || fleet.upstream().process.log_text().contains("description rewritten").then_some(()),
-    );
+    rug_pull(&fleet);
     assert_eq!(tools(&fleet, &alice), json!(["echo", "seen_headers"]), "the changed tool is withheld");
     let calls = weather_calls(&fleet);
     let refused = call_weather(&fleet, &alice);
@@ -182,13 +187,7 @@ fn a_tool_poisoned_from_the_start_is_never_pinned_and_its_name_is_held() {
     let fleet = Fleet::start(&[]);
     serve_with(&fleet, "toolPinning: {mode: enforce}");
     // The server is poisoned before anything was listed through Warden.
-    let pid = fleet.upstream().process.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
-    wait_for_or(
-        "the upstream to rewrite its tool",
-        || fleet.upstream().process.log_text(),
-        || fleet.upstream().process.log_text().contains("description rewritten").then_some(()),
-    );
+    rug_pull(&fleet);
     let alice = fleet.token("alice", "jti-poisoned", -10, 600);
     // Withheld at once by the agent (it reads the signs too), and held by the control plane.
     assert_eq!(tools(&fleet, &alice), json!(["echo", "seen_headers"]));

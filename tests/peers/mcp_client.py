@@ -7,7 +7,8 @@ connection to URL with `Authorization: Bearer T` (none when T is "-"), and
 prints a JSON list of results, one per step: {"ok": true, "result": ...} or {"ok": false, ...}.
 
 Usage: mcp_client.py URL MODE < steps.json
-  MODE: legacy (initialize handshake, 2025-11-25) or modern (2026-07-28, per-request envelope)
+  MODE: legacy (initialize handshake, 2025-11-25), modern (2026-07-28, per-request envelope) or
+        auto (probes server/discover first, as the SDK does by default)
   OP:   list-tools | call NAME JSON_ARGS | count N | list-prompts | get-prompt NAME |
         list-resources | read URI
 """
@@ -44,7 +45,7 @@ async def run(url, token, mode, op, args, tls):
 
     async with http_client(headers, tls) as http:
         transport = streamable_http_client(url, http_client=http)
-        client_mode = "legacy" if mode == "legacy" else "2026-07-28"
+        client_mode = {"legacy": "legacy", "auto": "auto"}.get(mode, "2026-07-28")
         async with Client(transport, mode=client_mode, cache=None) as client:
             if op == "list-tools":
                 tools = await client.list_tools()

@@ -143,6 +143,9 @@ pub struct Message<'a> {
     /// The URIs of `subscriptions/listen`'s `params.notifications.resourceSubscriptions`
     /// (2026-07-28: it replaces `resources/subscribe`), each decided as reading it.
     pub subscriptions: Vec<Cow<'a, str>>,
+    /// `params._meta.traceparent` (OpenTelemetry trace context in `_meta`, SEP-414), when a
+    /// string; checked by whoever continues the trace.
+    pub traceparent: Option<Cow<'a, str>>,
 }
 
 /// A parsed body.
@@ -180,6 +183,15 @@ struct Params<'a> {
     /// Read only for `subscriptions/listen`: other methods may use the name differently.
     #[serde(borrow, default)]
     notifications: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<&'a RawValue>,
+}
+
+/// `params._meta`: only the trace context is read (anything else there is the peers' own).
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, default)]
+    traceparent: Option<&'a RawValue>,
 }
 
 /// `subscriptions/listen`'s `params.notifications`: only the part that names resources.
@@ -295,7 +307,12 @@ fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
         }
         _ => Vec::new(),
     };
-    Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments, subscriptions })
+    // Not a decision's input: `_meta` that does not read as expected carries no trace.
+    let traceparent = params
+        .meta
+        .and_then(|raw| serde_json::from_str::<Meta<'_>>(raw.get()).ok())
+        .and_then(|meta| serde_json::from_str::<Cow<'_, str>>(meta.traceparent?.get()).ok());
+    Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments, subscriptions, traceparent })
 }
 
 /// Refuses nesting deeper than `max` without building anything: one pass over the bytes.
@@ -505,6 +522,24 @@ fn decode_header_value(value: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_context_in_meta_is_read_and_nothing_else_there_matters() {
+        let traced = |meta: &str| {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","_meta":{meta}}}}}"#
+            );
+            parse(body.as_bytes(), Limits::default()).map(|b| b.messages[0].traceparent.as_deref().map(str::to_string))
+        };
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+        assert_eq!(traced(&format!(r#"{{"traceparent":"{tp}","other":{{"x":1}}}}"#)).unwrap().as_deref(), Some(tp));
+        // Escapes are decoded; a value that is not a string, or `_meta` that is not an object,
+        // carries no trace, and the message is decided all the same.
+        assert_eq!(traced(r#"{"traceparent":"\u0030\u0030-x"}"#).unwrap().as_deref(), Some("00-x"));
+        for meta in [r#"{"traceparent":7}"#, r#"[1]"#, r#""s""#, r#"{"traceparent":"a","traceparent":"b"}"#] {
+            assert_eq!(traced(meta).unwrap(), None, "{meta}");
+        }
+    }
 
     #[test]
     fn requests_notifications_and_responses_are_told_apart() {

@@ -291,6 +291,7 @@ pub(crate) fn admit(
         concurrency: route.concurrency.clone(),
         pins: route.pins.clone(),
         route: route_shared.clone(),
+        adopted: std::sync::OnceLock::new(),
     };
     Ok(Admitted { decider, principal, session })
 }
@@ -538,6 +539,9 @@ struct Decider {
     pins: Option<Arc<filter::Pinned>>,
     /// The server's route (its challenges).
     route: Arc<Route>,
+    /// The trace the body named in `_meta` (SEP-414), when the headers named none: records,
+    /// the span and the upstream's `traceparent` continue it.
+    adopted: std::sync::OnceLock<TraceContext>,
 }
 
 impl Decider {
@@ -627,6 +631,22 @@ impl Decider {
         }
     }
 
+    /// Continues the trace `traceparent` (from a message's `_meta`) names, if it is valid.
+    fn adopt(&self, traceparent: &str) {
+        let base = self.trace.as_ref().map_or_else(|| TraceContext::from_headers(&HeaderMap::new()), |(t, _)| *t);
+        let Some(context) = base.adopting(traceparent) else { return };
+        if self.adopted.set(context).is_ok()
+            && let Some((_, facts)) = &self.trace
+        {
+            facts.lock().unwrap_or_else(|p| p.into_inner()).adopted = Some(context);
+        }
+    }
+
+    /// The request's trace: the one `_meta` named, else the headers' (or the one started).
+    fn trace_context(&self) -> Option<&TraceContext> {
+        self.adopted.get().or(self.trace.as_ref().map(|(t, _)| t))
+    }
+
     /// The scopes that would allow a request policy denied (see
     /// [`warden_core::authorize::Authorizer::step_up`]).
     fn step_up(&self, method: &str, target: Target<'_>, arguments: Option<&RawValue>) -> Option<Vec<String>> {
@@ -706,7 +726,7 @@ impl Decider {
             config_version: self.applied.version,
             policy_time: self.now,
         };
-        record::record(&self.outbox, self.arrived, self.via, headers, self.trace.as_ref().map(|(t, _)| t), decision);
+        record::record(&self.outbox, self.arrived, self.via, headers, self.trace_context(), decision);
     }
 }
 
@@ -835,6 +855,13 @@ fn decide_body(decider: &Decider, headers: &HeaderMap, bytes: &[u8], limits: mcp
             return Err(decider.refuse_body(headers, "POST", Refusal::MalformedBody, answer));
         }
     };
+    // A single message may carry its trace context in `_meta` instead of the headers.
+    if !body.batch
+        && !headers.contains_key("traceparent")
+        && let Some(traceparent) = body.messages.first().and_then(|m| m.traceparent.as_deref())
+    {
+        decider.adopt(traceparent);
+    }
     // Refusals of a body that parsed are recorded under its (first) method.
     let first = body.messages.first().and_then(|m| m.method.as_deref()).unwrap_or("POST");
     check_headers(&body, headers).map_err(|(reason, answer)| decider.refuse_body(headers, first, reason, *answer))?;
@@ -1069,8 +1096,9 @@ async fn send_upstream(
     if let Some(session) = &admitted.session {
         upstream.headers_mut().insert(MCP_SESSION_ID, session.clone());
     }
-    // The upstream's parent span is this request's (W3C trace context).
-    if let Some((context, _)) = &decider.trace
+    // The upstream's parent span is this request's (W3C trace context), when spans are on.
+    if decider.trace.is_some()
+        && let Some(context) = decider.trace_context()
         && let Ok(value) = HeaderValue::from_str(&context.traceparent())
     {
         upstream.headers_mut().insert("traceparent", value);
