@@ -52,16 +52,20 @@ impl How {
     /// Every way, in the order figures list them.
     pub const ALL: [How; 4] = [How::Validated, How::Audited, How::Bridged, How::Refused];
 
-    /// How a record of `decision` with `reason`, `via` and `audit` was decided; `None` for a
-    /// token exchange (the token service's decision, not a request to a server).
-    pub fn of(decision: i32, reason: &str, via: &str, audit: &str) -> Option<How> {
+    /// How a record of `decision` with `reason`, `via` and `audit` (naming a target or not) was
+    /// decided; `None` for a token exchange (the token service's decision, not a request to a
+    /// server). `insufficient_scope` on a target is policy's step-up, not the server's scopes.
+    pub fn of(decision: i32, reason: &str, via: &str, audit: &str, targeted: bool) -> Option<How> {
         Some(if via == "token-exchange" {
             return None;
         } else if !audit.is_empty() {
             How::Audited
         } else if via == "bridge" {
             How::Bridged
-        } else if decision == pb::Decision::Allow as i32 || POLICY_REASONS.contains(&reason) {
+        } else if decision == pb::Decision::Allow as i32
+            || POLICY_REASONS.contains(&reason)
+            || (targeted && reason == "insufficient_scope")
+        {
             How::Validated
         } else {
             How::Refused
@@ -160,7 +164,7 @@ impl Tally {
     pub fn add(&mut self, r: &pb::DecisionRecord) {
         self.read += 1;
         // Exchanges are the token service's decisions, not requests to a server.
-        let how = How::of(r.decision, &r.reason, &r.via, &r.audit);
+        let how = How::of(r.decision, &r.reason, &r.via, &r.audit, !r.target_kind.is_empty());
         let Some(how) = how.filter(|_| r.time_unix_nanos >= self.since_unix_nanos) else { return };
         let n = r.count.max(1);
         self.fleet.add(how, n);

@@ -346,10 +346,12 @@ impl Authorizer {
         })
     }
 
-    /// For a request policy denied: the scopes that would allow it, when a policy says which
-    /// scopes it needs (`@scope("…")`) and `workload` with those scopes would be allowed (the
-    /// scopes of the policies that would then decide, or all it lacks of the annotated ones).
-    /// What MCP clients turn into a step-up authorization (`403 insufficient_scope`).
+    /// For a request policy denied (`denied_by`: the policies that denied it, the matching
+    /// `forbid`s): the scopes that would allow it, when policies say which scopes they need
+    /// (`@scope("…")`) and `workload` with them is allowed. Those named by the permits that would
+    /// then allow it and by the forbids that denied it, when they are enough; else every
+    /// annotated one it lacks. What MCP clients turn into a step-up authorization (`403
+    /// insufficient_scope`); advisory only: the request stays refused.
     pub fn step_up(
         &self,
         server: &str,
@@ -357,6 +359,7 @@ impl Authorizer {
         method: &str,
         target: Target<'_>,
         facts: &RequestFacts<'_>,
+        denied_by: &[String],
     ) -> Option<Vec<String>> {
         let policies = self.per_server.get(server)?;
         let lacks = |scope: &&String| !workload.scopes.contains(scope);
@@ -370,21 +373,21 @@ impl Authorizer {
         if missing.is_empty() {
             return None;
         }
-        let mut raised = workload.clone();
-        raised.scopes.extend(missing.iter().map(|s| s.to_string()));
-        let outcome = self.authorize(server, &raised, method, target, facts).ok()?;
-        if !outcome.allowed {
-            return None;
-        }
+        let allows = |scopes: &[&String]| {
+            let mut raised = workload.clone();
+            raised.scopes.extend(scopes.iter().map(|s| s.to_string()));
+            self.authorize(server, &raised, method, target, facts).ok().filter(|o| o.allowed)
+        };
+        let outcome = allows(&missing)?;
         let mut decided: Vec<&String> = policies
             .step_ups
             .iter()
-            .filter(|(id, _)| outcome.policies.contains(id))
+            .filter(|(id, _)| outcome.policies.contains(id) || denied_by.contains(id))
             .flat_map(|(_, scopes)| scopes)
             .filter(lacks)
             .collect();
         distinct(&mut decided);
-        let needed = if decided.is_empty() { missing } else { decided };
+        let needed = if !decided.is_empty() && allows(&decided).is_some() { decided } else { missing };
         Some(needed.into_iter().cloned().collect())
     }
 

@@ -475,3 +475,45 @@ spec:
         .unwrap();
     assert_eq!(billing.shadow, None);
 }
+
+#[test]
+fn step_up_names_the_scopes_of_the_permits_that_would_allow_and_the_forbids_that_denied() {
+    let a = authorizer(
+        r#"---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: scoped}
+spec:
+  servers: [github]
+  cedar: |
+    @scope("repo:write")
+    permit(principal, action == Action::"tools/call", resource)
+    when { resource.name == "merge" && context.scopes.contains("repo:write") };
+    @scope("repo:admin")
+    forbid(principal, action == Action::"tools/call", resource)
+    when { resource.name == "merge" } unless { context.scopes.contains("repo:admin") };
+    @scope("billing:audit")
+    permit(principal, action == Action::"tools/call", resource)
+    when { resource.name == "ledger" && context.scopes.contains("billing:audit") };
+"#,
+    );
+    let caller = workload("alice", serde_json::json!({}));
+    let merge = Target::Tool("merge");
+    let denied = a.authorize("github", &caller, "tools/call", merge, &facts()).unwrap();
+    assert!(!denied.allowed);
+    // Both the permit's and the forbid's scopes, and not the unrelated one.
+    let needed = a.step_up("github", &caller, "tools/call", merge, &facts(), &denied.policies).unwrap();
+    assert_eq!(needed, ["repo:write", "repo:admin"]);
+    // Advisory only: the caller's own request is still denied.
+    assert!(!a.authorize("github", &caller, "tools/call", merge, &facts()).unwrap().allowed);
+    // Holding one, only the other is named.
+    let mut half = caller.clone();
+    half.scopes.push("repo:admin".into());
+    let denied = a.authorize("github", &half, "tools/call", merge, &facts()).unwrap();
+    assert_eq!(a.step_up("github", &half, "tools/call", merge, &facts(), &denied.policies).unwrap(), ["repo:write"]);
+    // Nothing any scope would open: no step-up.
+    let other = Target::Tool("delete");
+    assert_eq!(a.step_up("github", &caller, "tools/call", other, &facts(), &[]), None);
+    // A server with no annotated policy: none.
+    assert_eq!(a.step_up("billing", &caller, "tools/call", merge, &facts(), &[]), None);
+}

@@ -183,15 +183,29 @@ struct Params<'a> {
     /// Read only for `subscriptions/listen`: other methods may use the name differently.
     #[serde(borrow, default)]
     notifications: Option<&'a RawValue>,
+}
+
+/// `params._meta`, read apart from the fields that decide (see [`trace_of`]).
+#[derive(Deserialize)]
+struct WithMeta<'a> {
     #[serde(borrow, default, rename = "_meta")]
     meta: Option<&'a RawValue>,
 }
 
-/// `params._meta`: only the trace context is read (anything else there is the peers' own).
+/// `params._meta` itself: only the trace context is read (the rest is the peers' own).
 #[derive(Deserialize)]
 struct Meta<'a> {
     #[serde(borrow, default)]
     traceparent: Option<&'a RawValue>,
+}
+
+/// `params._meta.traceparent` of `params`, when `_meta` is an object naming it once as a
+/// string. Read in a pass of its own that never fails the message: `_meta` is not a
+/// decision's input, so nothing about it (named twice, of another shape) refuses a request.
+fn trace_of(params: &str) -> Option<Cow<'_, str>> {
+    let with: WithMeta<'_> = object(params).ok()?;
+    let meta: Meta<'_> = object(with.meta?.get()).ok()?;
+    serde_json::from_str(meta.traceparent?.get()).ok()
 }
 
 /// `subscriptions/listen`'s `params.notifications`: only the part that names resources.
@@ -307,11 +321,7 @@ fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
         }
         _ => Vec::new(),
     };
-    // Not a decision's input: `_meta` that does not read as expected carries no trace.
-    let traceparent = params
-        .meta
-        .and_then(|raw| serde_json::from_str::<Meta<'_>>(raw.get()).ok())
-        .and_then(|meta| serde_json::from_str::<Cow<'_, str>>(meta.traceparent?.get()).ok());
+    let traceparent = wire.params.and_then(|raw| trace_of(raw.get()));
     Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments, subscriptions, traceparent })
 }
 
@@ -536,9 +546,16 @@ mod tests {
         // Escapes are decoded; a value that is not a string, or `_meta` that is not an object,
         // carries no trace, and the message is decided all the same.
         assert_eq!(traced(r#"{"traceparent":"\u0030\u0030-x"}"#).unwrap().as_deref(), Some("00-x"));
-        for meta in [r#"{"traceparent":7}"#, r#"[1]"#, r#""s""#, r#"{"traceparent":"a","traceparent":"b"}"#] {
+        for meta in
+            [r#"{"traceparent":7}"#, r#"[1]"#, r#"["00-x"]"#, r#""s""#, r#"{"traceparent":"a","traceparent":"b"}"#]
+        {
             assert_eq!(traced(meta).unwrap(), None, "{meta}");
         }
+        // `_meta` named twice: no trace, and the request still parses (it did before `_meta`
+        // was read at all).
+        let twice = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{},"name":"echo","_meta":{}}}"#;
+        let parsed = parse(twice, Limits::default()).unwrap();
+        assert_eq!((parsed.messages[0].name.as_deref(), &parsed.messages[0].traceparent), (Some("echo"), &None));
     }
 
     #[test]

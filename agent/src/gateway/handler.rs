@@ -649,10 +649,16 @@ impl Decider {
 
     /// The scopes that would allow a request policy denied (see
     /// [`warden_core::authorize::Authorizer::step_up`]).
-    fn step_up(&self, method: &str, target: Target<'_>, arguments: Option<&RawValue>) -> Option<Vec<String>> {
+    fn step_up(
+        &self,
+        method: &str,
+        target: Target<'_>,
+        arguments: Option<&RawValue>,
+        denied_by: &[String],
+    ) -> Option<Vec<String>> {
         let granted_tools = self.verified.task.as_ref().map_or(&[][..], |t| &t.tools[..]);
         let facts = RequestFacts { source_ip: self.source_ip, now: self.now, granted_tools, arguments };
-        self.applied.authorizer.step_up(&self.server, &self.verified, method, target, &facts)
+        self.applied.authorizer.step_up(&self.server, &self.verified, method, target, &facts, denied_by)
     }
 
     /// The `403 insufficient_scope` challenge naming every scope the request needs at once: the
@@ -660,10 +666,11 @@ impl Decider {
     fn insufficient_scope(&self, needed: &[String]) -> Response<Body> {
         let spec = self.applied.config.servers.get(&*self.server);
         let mut scopes: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let all = spec.map_or(&[][..], |s| &s.scopes[..]).iter().chain(&self.verified.scopes).chain(needed);
         for scope in all {
             // A token's scopes are the caller's text: only scope tokens go into the header.
-            if warden_core::policy::is_scope_token(scope) && !scopes.contains(scope) {
+            if warden_core::policy::is_scope_token(scope) && seen.insert(scope.as_str()) {
                 scopes.push(scope.clone());
             }
         }
@@ -914,7 +921,8 @@ fn decide_body(decider: &Decider, headers: &HeaderMap, bytes: &[u8], limits: mcp
             // answered for one of its messages with a status).
             if outcome.refusal == Some(Refusal::PolicyDenied)
                 && !body.batch
-                && let Some(needed) = decider.step_up(action, target, m.arguments)
+                && targets.iter().count() == 1
+                && let Some(needed) = decider.step_up(action, target, m.arguments, &outcome.policies)
             {
                 outcome.refusal = Some(Refusal::InsufficientScope);
                 decider.record(headers, action, Some(target), has_arguments(m.arguments), outcome);

@@ -297,7 +297,7 @@ impl DecisionCounts {
 
     /// The token-lifetime and latency histograms of one record, and how it was decided.
     fn observe_rest(&mut self, decision: &'static str, server: &str, known_server: bool, r: &DecisionRecordView<'_>) {
-        if let Some(how) = How::of(r.decision, r.reason, r.via, r.audit) {
+        if let Some(how) = How::of(r.decision, r.reason, r.via, r.audit, !r.target.is_empty()) {
             let index = How::ALL.iter().position(|h| *h == how).unwrap_or(0);
             if let Some(counts) = self.requests.get_mut(server) {
                 counts.value[index] += r.decisions();
