@@ -321,7 +321,9 @@ fn message(text: &str, limits: Limits) -> Result<Message<'_>, BodyError> {
         }
         _ => Vec::new(),
     };
-    let traceparent = wire.params.and_then(|raw| trace_of(raw.get()));
+    // Most messages carry no `_meta`: their params are not read a second time. (One spelled
+    // with escapes is passed over: a trace is never a decision's input.)
+    let traceparent = wire.params.filter(|raw| raw.get().contains("\"_meta\"")).and_then(|raw| trace_of(raw.get()));
     Ok(Message { id: wire.id, method: wire.method, name, decided_as, arguments, subscriptions, traceparent })
 }
 
