@@ -100,7 +100,13 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
     assert!(table.contains("agent-1") && !table.contains("agent-0"), "filtered by host:\n{table}");
 
     // Removed from its file: gone at the next scan (the file changed), the rest stay open.
-    let removed = corpus.planted.iter().find(|p| p.kind.as_str() == "github_token").expect("a planted GitHub token");
+    // A GitHub token when the corpus (random seed) planted one, else whatever it planted first.
+    let removed = corpus
+        .planted
+        .iter()
+        .find(|p| p.kind.as_str() == "github_token")
+        .or_else(|| corpus.planted.first())
+        .expect("a planted secret");
     let file = hosts.path().join(&removed.file);
     let text = std::fs::read_to_string(&file).expect("read planted file");
     std::fs::write(&file, text.replace(&removed.secret, "${GITHUB_TOKEN}")).expect("rewrite");
@@ -109,7 +115,7 @@ fn agents_report_the_secrets_on_their_hosts_without_their_values_and_removed_one
         "the removed secret to show as gone",
         || fleet.agent().log_text(),
         || {
-            let answer = fleet.cp.ctl_json(&["get", "findings", "--host", "agent-0", "--kind", "github_token"]);
+            let answer = fleet.cp.ctl_json(&["get", "findings", "--host", "agent-0", "--kind", removed.kind.as_str()]);
             let findings = answer["findings"].as_array()?.clone();
             let this =
                 findings.iter().find(|f| f["file"] == path.as_str() && f["location"] == removed.location.as_str())?;
