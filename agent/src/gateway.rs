@@ -17,6 +17,7 @@
 
 mod filter;
 mod handler;
+mod param_headers;
 pub(crate) mod proxy;
 mod record;
 mod refusals;
@@ -81,6 +82,8 @@ pub struct Shared {
     dpop_proofs_seen: Arc<std::sync::Mutex<HashMap<Arc<str>, warden_core::dpop::ReplayCache>>>,
     /// Connections open per server's listener, across workers.
     connections: Arc<std::sync::Mutex<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>>,
+    /// The `Mcp-Param-*` headers the tools of each server declare, as last listed.
+    declarations: Arc<param_headers::Declarations>,
     /// The routes of the configuration in force (see [`Shared::route`]).
     routes: Arc<ArcSwapOption<RouteCache>>,
     /// The buckets of every server's rate limits, by server and limit: a new configuration
@@ -135,6 +138,7 @@ impl Shared {
             spans,
             dpop_proofs_seen: Arc::default(),
             connections: Arc::default(),
+            declarations: Arc::default(),
             routes: Arc::default(),
             limiters: Arc::default(),
         }
@@ -192,6 +196,7 @@ impl Shared {
             // definitions of servers no longer pinned with them.
             *limiters = kept;
             self.requests.definitions.retain(|name| fresh.routes.get(name).is_some_and(|r| r.pins.is_some()));
+            self.declarations.retain(|name| fresh.routes.contains_key(name));
             self.routes.store(Some(Arc::new(fresh)));
         }
         route

@@ -310,7 +310,7 @@ impl Pinning {
                 kind: record.kind.clone(),
                 name: record.name.clone(),
                 state: state.into(),
-                pinning: mode_name(pinning.mode).into(),
+                pinning: pinning.mode.as_str().into(),
                 approval: approval.map(|(n, _)| n.to_string()).unwrap_or_default(),
                 approved_digest: approval.and_then(|(_, a)| a.approved.clone()).unwrap_or_default(),
                 rejected_digests: approval.map(|(_, a)| a.rejected.clone()).unwrap_or_default(),
@@ -476,12 +476,4 @@ fn approval_document(
         "spec": spec,
     });
     Document::from_json(value, admission).map_err(|error| WriteError::Document { index: 1, error })
-}
-
-fn mode_name(mode: PinningMode) -> &'static str {
-    match mode {
-        PinningMode::Off => "off",
-        PinningMode::Record => "record",
-        PinningMode::Enforce => "enforce",
-    }
 }

@@ -9,7 +9,8 @@ prints a JSON list of results, one per step: {"ok": true, "result": ...} or {"ok
 Usage: mcp_client.py URL MODE < steps.json
   MODE: legacy (initialize handshake, 2025-11-25), modern (2026-07-28, per-request envelope) or
         auto (probes server/discover first, as the SDK does by default)
-  OP:   list-tools | call NAME JSON_ARGS | count N | list-prompts | get-prompt NAME |
+  OP:   list-tools | call NAME JSON_ARGS | list-then-call NAME JSON_ARGS (one client: lists the
+        tools first, so it knows which arguments to mirror into headers) | count N | list-prompts | get-prompt NAME |
         list-resources | read URI
 """
 
@@ -50,6 +51,10 @@ async def run(url, token, mode, op, args, tls):
             if op == "list-tools":
                 tools = await client.list_tools()
                 return sorted(t.name for t in tools.tools)
+            if op == "list-then-call":
+                await client.list_tools()
+                result = await client.call_tool(args[0], json.loads(args[1]))
+                return {"is_error": result.is_error, "text": [c.text for c in result.content]}
             if op == "call":
                 result = await client.call_tool(args[0], json.loads(args[1]))
                 return {"is_error": result.is_error, "text": [c.text for c in result.content]}

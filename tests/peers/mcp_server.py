@@ -1,6 +1,7 @@
 """An MCP server written with the official Python SDK, for the gateway's end-to-end tests.
 
-It knows nothing about identity. Its `seen_headers` tool reports which request headers reached
+It knows nothing about identity. Its `forecast` tool declares its `region` argument as an
+`Mcp-Param-Region` header (MCP 2026-07-28), which the SDK checks against the body too. Its `seen_headers` tool reports which request headers reached
 it, so a test can prove the caller's token never did. On SIGUSR1 it rewrites its `weather`
 tool's description to carry instructions for the model (a "rug pull"), as a compromised or
 malicious server would after its tools were reviewed.
@@ -11,6 +12,9 @@ Usage: mcp_server.py HOST PORT
 import asyncio
 import signal
 import sys
+from typing import Annotated
+
+from pydantic import Field
 
 from mcp.server.mcpserver import Context, MCPServer
 
@@ -51,6 +55,13 @@ def seen_headers(ctx: Context) -> str:
         else:
             shown.append(lower)
     return "\n".join(shown)
+
+
+@server.tool()
+def forecast(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})], days: int = 1) -> str:
+    """Its region is mirrored into an Mcp-Param-Region header by 2026-07-28 clients."""
+    print(f"forecast for {region}", file=sys.stderr, flush=True)
+    return f"{days} day(s) of sun in {region}"
 
 
 WEATHER = "Returns the forecast for a city."

@@ -20,6 +20,7 @@ pub mod issuer;
 pub mod jwks;
 pub mod mcp;
 pub mod metrics;
+pub mod param_headers;
 pub mod pinning;
 pub mod policy;
 pub mod policy_test;

@@ -518,7 +518,7 @@ pub fn check_routing_headers(
 
 /// `=?base64?…?=` carries values that are not plain visible ASCII; anything else is verbatim.
 /// A malformed or non-canonical encoding decodes to nothing, so it never matches.
-fn decode_header_value(value: Option<&str>) -> Option<String> {
+pub(crate) fn decode_header_value(value: Option<&str>) -> Option<String> {
     let value = value?;
     let Some(payload) = value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?=")) else {
         return Some(value.to_string());

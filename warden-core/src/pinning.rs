@@ -90,15 +90,6 @@ impl DefinitionKind {
         }
     }
 
-    /// The method that lists definitions of this kind.
-    pub fn list_method(self) -> &'static str {
-        match self {
-            DefinitionKind::Tool => "tools/list",
-            DefinitionKind::Prompt => "prompts/list",
-            DefinitionKind::ResourceTemplate => "resources/templates/list",
-        }
-    }
-
     /// The kind whose definition a call of `method` uses, by the name it gives.
     pub fn used_by(method: &str) -> Option<DefinitionKind> {
         match method {
@@ -478,6 +469,17 @@ pub enum PinningMode {
     Enforce,
 }
 
+impl PinningMode {
+    /// The mode as manifests spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinningMode::Off => "off",
+            PinningMode::Record => "record",
+            PinningMode::Enforce => "enforce",
+        }
+    }
+}
+
 /// What happens to a definition of a name nothing was approved or rejected for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -619,16 +621,6 @@ impl ServerPins {
         self.mode != PinningMode::Off
     }
 
-    /// Whether the approved definition of `kind` `name` is `digest`.
-    pub fn is_approved(&self, kind: DefinitionKind, name: &str, digest: &Digest) -> bool {
-        self.approvals[kind.index()].get(name).is_some_and(|a| a.as_ref() == Some(digest))
-    }
-
-    /// Whether anything was approved or rejected for `kind` `name`.
-    pub fn has_approval(&self, kind: DefinitionKind, name: &str) -> bool {
-        self.approvals[kind.index()].contains_key(name)
-    }
-
     /// What to do with `kind` `name` whose definition, as last listed here, was `observed`
     /// (its digest and whether it is flagged; `None`: not listed here yet — a call then
     /// stands on the approval alone). Everything is allowed unless the mode is `enforce`.
@@ -658,6 +650,13 @@ impl ServerPins {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_mode_is_named_as_manifests_spell_it() {
+        for mode in [PinningMode::Off, PinningMode::Record, PinningMode::Enforce] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), json!(mode.as_str()));
+        }
+    }
 
     #[test]
     fn a_definition_hashes_the_same_whatever_order_or_spacing_and_differs_on_any_change() {

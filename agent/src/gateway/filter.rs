@@ -22,6 +22,8 @@ use warden_core::pinning::{Definition, DefinitionKind, PinningMode, ServerPins, 
 
 use crate::definitions::Observed;
 
+use super::param_headers::ServerDeclarations;
+
 use super::reply::{Body, BoxError};
 
 /// Largest SSE event or JSON answer read whole for filtering; a larger one ends the answer
@@ -92,6 +94,8 @@ pub struct Lists<A> {
     /// No list was asked for (the answer is read for a list an upstream may have put in it
     /// anyway): a message that cannot hold one passes as it came, unparsed.
     pub unasked: bool,
+    /// Where the `Mcp-Param-*` headers the listed tools declare are remembered.
+    pub declarations: Option<ServerDeclarations>,
 }
 
 /// The members that carry lists (`tools`, `prompts`, `resources`, `resourceTemplates`; the
@@ -117,6 +121,11 @@ impl<A: Allows> Lists<A> {
             return;
         }
         // Definitions first: each is remembered as listed, whoever may use it.
+        if let Some(declarations) = &self.declarations
+            && let Some(tools) = message.get("result").and_then(|r| r.get("tools")).and_then(Value::as_array)
+        {
+            declarations.store.record(&declarations.server, tools);
+        }
         if let Some(pins) = &self.pins {
             pins.filter(message);
         }
@@ -435,6 +444,7 @@ mod tests {
             ttl_cap_ms: 60_000,
             pins: None,
             unasked: false,
+            declarations: None,
         })
     }
 
@@ -486,6 +496,7 @@ mod tests {
             ttl_cap_ms: 60_000,
             pins: Some(pinned),
             unasked: true,
+            declarations: None,
         };
         // An answer that cannot hold a list passes byte for byte, unparsed.
         let plain = br#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"a\nb"}]}}"#;

@@ -17,9 +17,10 @@ use warden_core::rate_limit::{Limiter, Permit, Subject};
 use warden_core::refusal::Refusal;
 use warden_core::server::McpServerSpec;
 use warden_core::token::{Presenter, Reason, Verified};
-use warden_core::{dpop, mcp};
+use warden_core::{dpop, mcp, param_headers};
 
 use super::filter::{self, Allows, Lists};
+use super::param_headers::{Declarations, ServerDeclarations};
 use super::record::{self, Decision};
 use super::reply::{self, Body, Route, ServerConcurrency, ServerLimit};
 use super::{Shared, Worker, proxy, refusals, sessions};
@@ -292,6 +293,7 @@ pub(crate) fn admit(
         pins: route.pins.clone(),
         route: route_shared.clone(),
         adopted: std::sync::OnceLock::new(),
+        declarations: shared.declarations.clone(),
     };
     Ok(Admitted { decider, principal, session })
 }
@@ -542,6 +544,8 @@ struct Decider {
     /// The trace the body named in `_meta` (SEP-414), when the headers named none: records,
     /// the span and the upstream's `traceparent` continue it.
     adopted: std::sync::OnceLock<TraceContext>,
+    /// The `Mcp-Param-*` headers each server's tools declare, as last listed.
+    declarations: Arc<Declarations>,
 }
 
 impl Decider {
@@ -871,7 +875,8 @@ fn decide_body(decider: &Decider, headers: &HeaderMap, bytes: &[u8], limits: mcp
     }
     // Refusals of a body that parsed are recorded under its (first) method.
     let first = body.messages.first().and_then(|m| m.method.as_deref()).unwrap_or("POST");
-    check_headers(&body, headers).map_err(|(reason, answer)| decider.refuse_body(headers, first, reason, *answer))?;
+    check_headers(&body, headers, decider)
+        .map_err(|(reason, answer)| decider.refuse_body(headers, first, reason, *answer))?;
     // Limits before policy: a caller hammering what policy refuses is held to them too. The
     // requests in flight first, so that a body refused there uses up none of its rate.
     let permits = decider.in_flight(&body);
@@ -952,7 +957,7 @@ fn decide_body(decider: &Decider, headers: &HeaderMap, bytes: &[u8], limits: mcp
 
 /// The protocol version and the routing headers, checked against the body: the reason and the
 /// answer that refuse it.
-fn check_headers(body: &mcp::Body<'_>, headers: &HeaderMap) -> Result<(), (Refusal, Refused)> {
+fn check_headers(body: &mcp::Body<'_>, headers: &HeaderMap, decider: &Decider) -> Result<(), (Refusal, Refused)> {
     let version = headers.get("mcp-protocol-version").map(|v| v.to_str().unwrap_or(""));
     if let Some(v) = version
         && !mcp::PROTOCOL_VERSIONS.contains(&v)
@@ -989,6 +994,34 @@ fn check_headers(body: &mcp::Body<'_>, headers: &HeaderMap) -> Result<(), (Refus
         if let Err(message) = mcp::check_routing_headers(&body.messages[0], method_header, name_header, required) {
             return mismatch(&message);
         }
+    }
+    // Arguments mirrored into `Mcp-Param-*` headers: each one sent says what the body says,
+    // and under 2026-07-28 each one the tool declares is sent.
+    let mut params = Vec::new();
+    for (name, value) in headers {
+        if name.as_str().starts_with(param_headers::PREFIX) {
+            let Ok(value) = value.to_str() else { return mismatch(&format!("{name} header is not visible ASCII")) };
+            params.push((name.as_str(), value));
+        }
+    }
+    let call = match &body.messages[..] {
+        [m] if m.method.as_deref() == Some("tools/call") => m.name.as_deref().map(|tool| (m, tool)),
+        _ => None,
+    };
+    match call {
+        Some((m, tool)) => {
+            let declared = decider.declarations.get(&decider.server, tool);
+            // Behind Envoy (ext_authz) no answer passes here, so no tool is ever seen listed:
+            // what a tool declares is unknown, and only the server can check its headers.
+            let unknowable = declared.is_none() && decider.via != VIA_GATEWAY;
+            if !unknowable
+                && let Err(message) = param_headers::check(declared.as_deref(), m.arguments, &params, required)
+            {
+                return mismatch(&message);
+            }
+        }
+        None if !params.is_empty() => return mismatch("Mcp-Param headers are sent with tools/call alone"),
+        None => {}
     }
     Ok(())
 }
@@ -1172,6 +1205,10 @@ async fn filter_answer(
             ttl_cap_ms: left as u64 * 1000,
             pins: decider.pins.clone(),
             unasked,
+            declarations: Some(ServerDeclarations {
+                server: decider.server.clone(),
+                store: decider.declarations.clone(),
+            }),
         })
     };
     if media.split(';').next().is_some_and(|essence| essence.trim() == "text/event-stream") {
