@@ -1120,6 +1120,16 @@ async fn forward(
     }
 }
 
+/// The body's next frame if it has already arrived, without waiting for it.
+fn ready_frame(incoming: &mut hyper::body::Incoming) -> Option<Result<hyper::body::Frame<Bytes>, hyper::Error>> {
+    use hyper::body::Body as _;
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(incoming).poll_frame(&mut context) {
+        std::task::Poll::Ready(frame) => frame,
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// The upstream's answer (its status and headers) to the request as the proxy rewrites it,
 /// within the response timeout.
 async fn send_upstream(
@@ -1186,12 +1196,6 @@ async fn filter_answer(
         return Response::from_parts(head, incoming.map_err(Into::into).boxed_unsync());
     }
     let media = named.unwrap_or_default();
-    // A list an upstream put in an answer to something else is filtered like an asked one.
-    let kinds = if unasked {
-        ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
-    } else {
-        kinds
-    };
     if head.headers.get_all(header::CONTENT_ENCODING).iter().any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity")) {
         return unfiltered("has a content coding");
     }
@@ -1199,6 +1203,12 @@ async fn filter_answer(
     head.headers.remove(header::CONTENT_LENGTH);
     let left = decider.verified.expires_at.saturating_sub(crate::identity::now_unix()).max(0);
     let lists = || {
+        // A list an upstream put in an answer to something else is filtered like an asked one.
+        let kinds = if unasked {
+            ["tools/list", "prompts/list", "resources/list"].into_iter().filter_map(mcp::list_filter).collect()
+        } else {
+            kinds
+        };
         Arc::new(Lists {
             kinds,
             allows: decider.clone(),
@@ -1214,16 +1224,37 @@ async fn filter_answer(
     if media.split(';').next().is_some_and(|essence| essence.trim() == "text/event-stream") {
         return Response::from_parts(head, filter::sse(lists(), incoming));
     }
-    let read = tokio::time::timeout(
-        worker.shared.limits.body_read_timeout,
-        Limited::new(incoming, filter::MAX_FILTERED_BYTES).collect(),
-    );
-    let bytes = match read.await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) => return unfiltered(&format!("was not read: {e}")),
-        Err(_) => {
-            tracing::warn!(server = %decider.server, "the upstream's list answer did not arrive in time");
-            return reply::error(StatusCode::GATEWAY_TIMEOUT, "the upstream's list answer did not arrive in time");
+    use hyper::body::Body as _;
+    let mut incoming = incoming;
+    // Most answers arrive whole with their head: one already read is taken without arming a
+    // timer or a collector (under tool pinning, every answer comes this way).
+    let first = match ready_frame(&mut incoming) {
+        Some(Ok(frame)) => frame.into_data().ok(),
+        Some(Err(e)) => return unfiltered(&format!("was not read: {e}")),
+        None => None,
+    };
+    let bytes = match first {
+        Some(first) if incoming.is_end_stream() && first.len() <= filter::MAX_FILTERED_BYTES => first,
+        first => {
+            let taken = first.as_ref().map_or(0, Bytes::len);
+            let read = tokio::time::timeout(
+                worker.shared.limits.body_read_timeout,
+                Limited::new(incoming, filter::MAX_FILTERED_BYTES.saturating_sub(taken)).collect(),
+            );
+            match read.await {
+                Ok(Ok(rest)) => match first {
+                    Some(first) => [first, rest.to_bytes()].concat().into(),
+                    None => rest.to_bytes(),
+                },
+                Ok(Err(e)) => return unfiltered(&format!("was not read: {e}")),
+                Err(_) => {
+                    tracing::warn!(server = %decider.server, "the upstream's list answer did not arrive in time");
+                    return reply::error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the upstream's list answer did not arrive in time",
+                    );
+                }
+            }
         }
     };
     // Nothing asked for a list and none can be in it (or there is nothing at all, as in a 202
