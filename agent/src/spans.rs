@@ -68,6 +68,10 @@ impl TraceContext {
             if version == "ff" || hex::<1>(version).is_none() {
                 return None;
             }
+            // Version 00 has exactly these four fields; a later version may append more.
+            if version == "00" && parts.next().is_some() {
+                return None;
+            }
             let (trace, parent, flags) = (hex::<16>(trace)?, hex::<8>(parent)?, hex::<1>(flags)?);
             (trace != [0; 16] && parent != [0; 8]).then_some((trace, parent, flags[0] & 1 == 1))
         });
@@ -232,11 +236,16 @@ mod tests {
             "garbage",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
         ] {
             headers.insert("traceparent", bad.parse().unwrap());
             let fresh = TraceContext::from_headers(&headers);
             assert_eq!(fresh.parent, None, "{bad}");
             assert_ne!(fresh.trace_id, [0; 16]);
         }
+        // A later version may carry more fields after the four it shares with 00.
+        headers.insert("traceparent", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more".parse().unwrap());
+        assert!(TraceContext::from_headers(&headers).parent.is_some());
     }
 }
