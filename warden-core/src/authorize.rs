@@ -128,13 +128,19 @@ pub(crate) struct ServerPolicies {
     pub(crate) shadow: Option<PolicySet>,
     uid: EntityUid,
     entity: Entity,
-    /// Whether an enforced policy reads a call's arguments.
-    pub(crate) reads_arguments: bool,
-    /// Whether an enforced policy reads `context.time`, `context.source_ip`.
-    reads_time: bool,
-    reads_source_ip: bool,
+    /// What the enforced policies read beyond principal, action and resource: found when a
+    /// replay first asks (agents never do, and finding out parses each policy's text again).
+    reads: std::sync::OnceLock<crate::explain::PolicyReads>,
     /// The enforced policies that say which scopes they need (`@scope("a b")`), by id.
     step_ups: Vec<(String, Vec<String>)>,
+}
+
+impl ServerPolicies {
+    /// What the enforced policies read (the enforced policies decide; a replay judges only
+    /// what they decide).
+    fn reads(&self) -> crate::explain::PolicyReads {
+        *self.reads.get_or_init(|| crate::explain::PolicyReads::any(self.set.policies()))
+    }
 }
 
 /// One evaluation's parts, for [`crate::explain`] to ask Cedar about parts of policies.
@@ -255,17 +261,13 @@ impl Authorizer {
                 // A string attribute always evaluates; without an entity the server denies all.
                 continue;
             };
-            // The enforced policies decide; a replay judges only what they decide.
-            let reads_arguments = set.policies().any(crate::explain::reads_arguments);
-            let reads = |attr: &str| set.policies().any(|p| crate::explain::reads_context(p, attr));
-            let (reads_time, reads_source_ip) = (reads("time"), reads("source_ip"));
             let step_ups = set
                 .policies()
                 .filter_map(|p| Some((p.id().to_string(), crate::policy::scope_annotation(p)?)))
                 .collect();
             per_server.insert(
                 server.clone(),
-                ServerPolicies { set, shadow, uid, entity, reads_arguments, reads_time, reads_source_ip, step_ups },
+                ServerPolicies { set, shadow, uid, entity, reads: std::sync::OnceLock::new(), step_ups },
             );
         }
         Authorizer {
@@ -448,7 +450,10 @@ impl Authorizer {
 
     /// Whether an enforced policy of `server` reads `context.time`, `context.source_ip`.
     pub fn reads_time_and_address(&self, server: &str) -> (bool, bool) {
-        self.per_server.get(server).map_or((false, false), |p| (p.reads_time, p.reads_source_ip))
+        self.per_server.get(server).map_or((false, false), |p| {
+            let reads = p.reads();
+            (reads.time, reads.source_ip)
+        })
     }
 
     /// Whether the server has policies in this configuration.
@@ -459,7 +464,7 @@ impl Authorizer {
     /// Whether an enforced policy of `server` reads a call's arguments (which records never keep: a
     /// recorded call with arguments cannot be replayed against them).
     pub fn reads_arguments(&self, server: &str) -> bool {
-        self.per_server.get(server).is_some_and(|p| p.reads_arguments)
+        self.per_server.get(server).is_some_and(|p| p.reads().arguments)
     }
 
     /// The Cedar authorizer, the server's policies, and the request and entities of one

@@ -416,58 +416,91 @@ pub fn replay(authorizer: &Authorizer, r: &Recorded<'_>) -> Replayed {
     }
 }
 
-/// Whether a policy may read `context.<attr>`: it names it, or uses `context` otherwise than
-/// through its attributes (then anything may depend on it). A replay gives a context attribute
-/// no policy reads one fixed value, so records that differ only in it (the time, above all)
-/// share one cached outcome.
-pub fn reads_context(policy: &Policy, attr: &str) -> bool {
-    fn walk(v: &Value, attr: &str) -> bool {
-        match v {
-            Value::Object(o) => {
-                for op in [".", "has"] {
-                    if let Some(inner) = o.get(op)
-                        && inner["left"].get("Var").and_then(Value::as_str) == Some("context")
-                    {
-                        // `context has x` reads no value.
-                        return op == "." && inner["attr"] == attr;
-                    }
-                }
-                if o.get("Var").and_then(Value::as_str) == Some("context") {
-                    return true;
-                }
-                o.values().any(|v| walk(v, attr))
-            }
-            Value::Array(a) => a.iter().any(|v| walk(v, attr)),
-            _ => false,
-        }
-    }
-    policy.to_json().map_or(true, |est| walk(&est, attr))
+/// What a policy reads of a request beyond its principal, action and resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyReads {
+    /// A call's arguments: `context.arguments`, or an `Arguments` entity named directly (which
+    /// records never keep: a recorded call with arguments cannot be replayed against it).
+    pub arguments: bool,
+    /// `context.time`.
+    pub time: bool,
+    /// `context.source_ip`.
+    pub source_ip: bool,
 }
 
-/// Whether a policy reads a call's arguments: `context.arguments`, or an `Arguments` entity
-/// named directly.
-pub fn reads_arguments(policy: &Policy) -> bool {
-    fn walk(v: &Value) -> bool {
-        match v {
-            Value::Object(o) => {
-                if attribute(v) == Some(("context", "arguments")) {
-                    return true;
-                }
-                if o.get("__entity").and_then(|e| e.get("type")).and_then(Value::as_str) == Some("Arguments") {
-                    return true;
-                }
-                // An entity literal in a scope: `{"type": "Arguments", "id": …}`.
-                if o.get("type").and_then(Value::as_str) == Some("Arguments") && o.contains_key("id") {
-                    return true;
-                }
-                o.values().any(walk)
-            }
-            Value::Array(a) => a.iter().any(walk),
-            _ => false,
+impl PolicyReads {
+    /// What `policy` may read. A policy may read `context.<attr>` when it names it, or uses
+    /// `context` otherwise than through its attributes (then anything may depend on it); a
+    /// replay gives a context attribute no policy reads one fixed value, so records that differ
+    /// only in it (the time, above all) share one cached outcome. A policy that cannot be read
+    /// back is taken to read everything (it cannot be judged).
+    pub fn of(policy: &Policy) -> PolicyReads {
+        // Cedar's only spellings of these are the words `context` and `Arguments`: a policy
+        // whose text has neither reads none of them, and is not parsed again to find out
+        // (`to_json` parses the text anew).
+        let text = policy.to_string();
+        if !text.contains("context") && !text.contains("Arguments") {
+            return PolicyReads::default();
+        }
+        let Ok(est) = policy.to_json() else {
+            return PolicyReads { arguments: true, time: true, source_ip: true };
+        };
+        PolicyReads {
+            arguments: reads_arguments(&est),
+            time: reads_context(&est, "time"),
+            source_ip: reads_context(&est, "source_ip"),
         }
     }
-    // A policy that cannot be read back is taken to read them (it cannot be judged).
-    policy.to_json().map_or(true, |est| walk(&est))
+
+    /// What any of `policies` reads.
+    pub fn any<'a>(policies: impl Iterator<Item = &'a Policy>) -> PolicyReads {
+        policies.map(PolicyReads::of).fold(PolicyReads::default(), |a, b| PolicyReads {
+            arguments: a.arguments || b.arguments,
+            time: a.time || b.time,
+            source_ip: a.source_ip || b.source_ip,
+        })
+    }
+}
+
+fn reads_context(v: &Value, attr: &str) -> bool {
+    match v {
+        Value::Object(o) => {
+            for op in [".", "has"] {
+                if let Some(inner) = o.get(op)
+                    && inner["left"].get("Var").and_then(Value::as_str) == Some("context")
+                {
+                    // `context has x` reads no value.
+                    return op == "." && inner["attr"] == attr;
+                }
+            }
+            if o.get("Var").and_then(Value::as_str) == Some("context") {
+                return true;
+            }
+            o.values().any(|v| reads_context(v, attr))
+        }
+        Value::Array(a) => a.iter().any(|v| reads_context(v, attr)),
+        _ => false,
+    }
+}
+
+fn reads_arguments(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => {
+            if attribute(v) == Some(("context", "arguments")) {
+                return true;
+            }
+            if o.get("__entity").and_then(|e| e.get("type")).and_then(Value::as_str) == Some("Arguments") {
+                return true;
+            }
+            // An entity literal in a scope: `{"type": "Arguments", "id": …}`.
+            if o.get("type").and_then(Value::as_str) == Some("Arguments") && o.contains_key("id") {
+                return true;
+            }
+            o.values().any(reads_arguments)
+        }
+        Value::Array(a) => a.iter().any(reads_arguments),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
