@@ -73,31 +73,11 @@ impl AdminService {
         }
         Ok(caller.actor())
     }
-
-    /// Revocations written at or after `since_unix_ms`, by source, from the audit trail (the
-    /// newest [`AUDIT_READ`] entries at most).
-    async fn revocations_by_source(
-        &self,
-        since_unix_ms: i64,
-    ) -> Result<std::collections::HashMap<String, u64>, Status> {
-        let unavailable = |e: StoreError| Status::unavailable(format!("the audit trail cannot be read: {e}"));
-        let entries = self.configuration.store().audit(AUDIT_READ).await.map_err(unavailable)?;
-        let mut by_source = std::collections::HashMap::new();
-        for entry in entries.iter().filter(|e| e.time_unix_ms >= since_unix_ms) {
-            if let Some(source) = entry.revocation_source() {
-                *by_source.entry(source.to_string()).or_default() += 1;
-            }
-        }
-        Ok(by_source)
-    }
 }
 
 /// Resources one cascading delete removes per write at most (etcd's default `--max-txn-ops`
 /// is 128).
 const DELETED_PER_WRITE: usize = 100;
-
-/// Audit entries the scorecard reads for its revocation counts.
-const AUDIT_READ: usize = 100_000;
 
 fn parse_kind(text: &str) -> Result<Kind, Status> {
     Kind::parse_loose(text).ok_or_else(|| {
@@ -440,39 +420,8 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::ScorecardResponse>, Status> {
         self.actor(&request).await?;
         let since = request.into_inner().since_unix_nanos;
-        let decisions = self.telemetry.decisions().clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let mut tally = crate::scorecard::Tally::since(since);
-            let truncated = decisions.visit_all(crate::scorecard::MAX_RECORDS, |r| tally.add(r))?;
-            Ok::<_, crate::telemetry::decisions::DecisionError>((tally, truncated))
-        });
-        let (tally, truncated) =
-            read.await.map_err(|e| Status::internal(e.to_string()))?.map_err(|e| Status::internal(e.to_string()))?;
-        let findings = self
-            .configuration
-            .store()
-            .findings()
-            .await
-            .map_err(|e| Status::unavailable(format!("the findings cannot be read: {e}")))?;
-        let now = crate::now_unix_ms() / 1000;
-        let state = self.configuration.current();
-        let audit = state
-            .resources
-            .iter()
-            .filter_map(|(key, entry)| match &entry.document.spec {
-                warden_core::resource::Spec::McpServer(s) if s.in_audit(now) => Some(key.name.clone()),
-                _ => None,
-            })
-            .collect();
-        let since_ms = since.div_euclid(1_000_000);
-        let parts = crate::scorecard::Parts {
-            findings: &findings,
-            servers_in_audit: audit,
-            bridges: state.bridges(now),
-            revocations_by_source: self.revocations_by_source(since_ms).await?,
-            enforcement_ms: self.fleet.presence().enforcement_times(since_ms),
-        };
-        Ok(Response::new(tally.finish(parts, truncated)))
+        let card = crate::scorecard::compute(&self.configuration, &self.fleet, &self.telemetry, since).await?;
+        Ok(Response::new(card))
     }
 
     async fn list_decisions(

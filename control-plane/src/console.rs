@@ -1,8 +1,10 @@
 //! The operators' console: read-only pages rendered here, on loopback (`--console-listen`).
 //!
 //! Server-rendered HTML with no script (a fresh machine needs no JavaScript build chain, and
-//! a page that runs nothing has nothing to inject into): the fleet, the resources, the newest
-//! decisions with filters, and each decision explained (`crate::replay::explain`). Every value
+//! a page that runs nothing has nothing to inject into): the fleet (paged, the agents that need
+//! looking at first), the resources and their change history, the decisions with filters
+//! (newest first, older ones page by page), each decision explained (`crate::replay::explain`),
+//! the stored secrets the agents found, and the secretless scorecard. Every value
 //! shown passes through [`escape`]: subjects, tool names and reasons come from callers.
 //!
 //! It has no login of its own: it listens on loopback only, so whoever can reach the host's
@@ -26,10 +28,13 @@ use warden_core::authorize::Authorizer;
 
 use crate::configuration::Configuration;
 use crate::fleet::Fleet;
+use crate::inventory::Inventory;
 use crate::telemetry::Telemetry;
 
-/// Decisions one page shows at most.
+/// Decisions (and agents) one page shows at most.
 const PAGE: u32 = 100;
+/// Audit entries the history page shows (the newest).
+const HISTORY: usize = 500;
 /// The newest records the decisions page searches (bounded work per page view, whatever the
 /// store holds).
 const SEARCHED: u64 = 50_000;
@@ -39,17 +44,26 @@ struct Console {
     configuration: Arc<Configuration>,
     fleet: Arc<Fleet>,
     telemetry: Arc<Telemetry>,
+    inventory: Arc<Inventory>,
 }
 
 /// The console's routes.
-pub fn router(configuration: Arc<Configuration>, fleet: Arc<Fleet>, telemetry: Arc<Telemetry>) -> Router {
+pub fn router(
+    configuration: Arc<Configuration>,
+    fleet: Arc<Fleet>,
+    telemetry: Arc<Telemetry>,
+    inventory: Arc<Inventory>,
+) -> Router {
     Router::new()
         .route("/", get(fleet_page))
         .route("/resources", get(resources_page))
+        .route("/history", get(history_page))
         .route("/decisions", get(decisions_page))
         .route("/decisions/{id}", get(decision_page))
+        .route("/findings", get(findings_page))
+        .route("/scorecard", get(scorecard_page))
         .layer(axum::middleware::from_fn(loopback_hosts_only))
-        .with_state(Console { configuration, fleet, telemetry })
+        .with_state(Console { configuration, fleet, telemetry, inventory })
 }
 
 /// Against DNS rebinding: a page from another site whose name resolves to 127.0.0.1 would have
@@ -118,7 +132,8 @@ th{{background:#f6f8fa}} .deny{{color:#a40e26;font-weight:600}} .allow{{color:#1
 code{{font-size:.85rem}} form label{{margin-right:.8rem}} .held{{color:#116329}} .failed,.error{{color:#a40e26}}
 </style></head>
 <body><header><nav aria-label="Console"><strong>Warden</strong> &nbsp;
-<a href="/">Fleet</a><a href="/resources">Resources</a><a href="/decisions">Decisions</a></nav></header>
+<a href="/">Fleet</a><a href="/resources">Resources</a><a href="/history">History</a>
+<a href="/decisions">Decisions</a><a href="/findings">Findings</a><a href="/scorecard">Scorecard</a></nav></header>
 <main><h1>{title}</h1>
 {body}</main></body></html>"#,
         title = escape(title),
@@ -166,7 +181,29 @@ fn rfc3339(unix_nanos: i64) -> String {
         .unwrap_or_else(|| unix_nanos.to_string())
 }
 
-async fn fleet_page(State(c): State<Console>) -> Response {
+/// Which page of a long table.
+#[derive(serde::Deserialize, Default)]
+struct Paged {
+    #[serde(default)]
+    page: usize,
+}
+
+/// Links to the pages before and after `page` of `pages`, at `path` (which ends in `?` or `&`).
+fn pager(path: &str, page: usize, pages: usize) -> String {
+    let mut links = Vec::new();
+    if page > 0 {
+        links.push(format!("<a href=\"{path}page={}\" rel=\"prev\">← Previous</a>", page - 1));
+    }
+    if page + 1 < pages {
+        links.push(format!("<a href=\"{path}page={}\" rel=\"next\">Next →</a>", page + 1));
+    }
+    if links.is_empty() {
+        return String::new();
+    }
+    format!("<nav aria-label=\"Pages\"><p>Page {} of {pages}. {}</p></nav>\n", page + 1, links.join(" "))
+}
+
+async fn fleet_page(State(c): State<Console>, Query(paged): Query<Paged>) -> Response {
     let store = c.configuration.store();
     let mut body = String::new();
     let (registered, elsewhere) = match (store.agents().await, store.presence().await) {
@@ -180,19 +217,25 @@ async fn fleet_page(State(c): State<Console>) -> Response {
         }
     };
     let mut agents = c.fleet.presence().report(registered, &elsewhere);
-    agents.sort_by(|a, b| a.id.cmp(&b.id));
     let version = c.configuration.version();
     let connected = agents.iter().filter(|a| a.connected).count();
     let current = agents.iter().filter(|a| a.connected && a.applied_version == version).count();
+    // Agents that need looking at first (not connected, behind, failing), then by name; a page
+    // at a time, so a fleet of thousands is not one page.
+    agents.sort_by_key(|a| (a.connected && a.applied_version == version && a.last_error.is_empty(), a.id.clone()));
+    let pages = agents.len().div_ceil(PAGE as usize).max(1);
+    let shown = paged.page.min(pages - 1);
     let _ = write!(
         body,
         "<p>Configuration version <strong>{version}</strong>. {} agents, {connected} connected, {current} on the \
-         current version.</p>\n<table><caption>Agents</caption><thead><tr><th scope=\"col\">Agent</th>\
+         current version. Agents that are not connected, behind or failing come first.</p>\n{}\
+         <table><caption>Agents</caption><thead><tr><th scope=\"col\">Agent</th>\
          <th scope=\"col\">Labels</th><th scope=\"col\">Connected</th><th scope=\"col\">Applied</th>\
          <th scope=\"col\">Lag</th><th scope=\"col\">Last seen</th><th scope=\"col\">Last error</th></tr></thead><tbody>\n",
-        agents.len()
+        agents.len(),
+        pager("/?", shown, pages),
     );
-    for a in &agents {
+    for a in agents.iter().skip(shown * PAGE as usize).take(PAGE as usize) {
         let labels: BTreeMap<&String, &String> = a.labels.iter().collect();
         let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(
@@ -254,6 +297,9 @@ struct Filters {
     decision: String,
     #[serde(default)]
     reason: String,
+    /// Only records stored before this cursor (the next page of older ones).
+    #[serde(default)]
+    before: Option<u64>,
 }
 
 async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> Response {
@@ -274,10 +320,12 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
         limit: crate::telemetry::decisions::LIST_LIMIT,
         ..Default::default()
     };
+    let before = f.before;
     let listed = tokio::task::spawn_blocking(move || {
         // The newest matches within the last `SEARCHED` records stored when the view began:
         // bounded work per view, however fast records keep arriving.
-        let end = decisions.last_cursor()?;
+        let last = decisions.last_cursor()?;
+        let end = before.map_or(last, |b| b.saturating_sub(1).min(last));
         request.after = end.saturating_sub(SEARCHED);
         let mut newest: Vec<pb::StoredDecision> = Vec::new();
         loop {
@@ -322,7 +370,11 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
         chosen(""),
         chosen("allow"),
         chosen("deny"),
-        "The newest matching decisions (exact matches) among the last 50,000 stored, reloaded every 5 seconds.",
+        if before.is_some() {
+            "Older matching decisions (exact matches), among the 50,000 stored before the ones on the page before."
+        } else {
+            "The newest matching decisions (exact matches) among the last 50,000 stored, reloaded every 5 seconds."
+        },
     );
     for d in &listed {
         let r = d.record.clone().unwrap_or_default();
@@ -357,7 +409,202 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
     if listed.is_empty() {
         body.push_str("<p>No decision matches.</p>");
     }
-    page("Decisions", Some(5), &body)
+    // Older matches: the same filters, searched from before the oldest one shown.
+    if let Some(oldest) = listed.last().filter(|_| listed.len() == PAGE as usize) {
+        let mut query: Vec<String> = [
+            ("agent", &f.agent),
+            ("server", &f.server),
+            ("tool", &f.tool),
+            ("subject", &f.subject),
+            ("decision", &f.decision),
+            ("reason", &f.reason),
+        ]
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", query_value(v)))
+        .collect();
+        query.push(format!("before={}", oldest.cursor));
+        let _ = write!(
+            body,
+            "<nav aria-label=\"Pages\"><p><a href=\"/decisions?{}\" rel=\"next\">Older decisions →</a></p></nav>",
+            escape(&query.join("&"))
+        );
+    }
+    // A page of older decisions stays as it is; the newest reload to show what arrives.
+    page("Decisions", before.is_none().then_some(5), &body)
+}
+
+async fn history_page(State(c): State<Console>) -> Response {
+    let entries = match c.configuration.store().audit(HISTORY).await {
+        Ok(entries) => entries,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("the audit trail cannot be read: {e}")),
+    };
+    let mut body = format!(
+        "<p>Every change to the configuration, newest first (the newest {HISTORY}; <code>wardenctl history</code> \
+         reads further).</p>\n<table><caption>Changes</caption><thead><tr><th scope=\"col\">Version</th>\
+         <th scope=\"col\">Time</th><th scope=\"col\">Who</th><th scope=\"col\">Change</th><th scope=\"col\">Kind</th>\
+         <th scope=\"col\">Name</th><th scope=\"col\">Resource version before</th></tr></thead><tbody>\n"
+    );
+    for e in entries.iter().rev() {
+        let _ = writeln!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            e.version,
+            rfc3339(e.time_unix_ms.saturating_mul(1_000_000)),
+            escape(&e.actor),
+            escape(&e.operation),
+            escape(&e.kind),
+            escape(&e.name),
+            match (e.previous_resource_version, e.operation.as_str()) {
+                (0, "apply") => "new".to_string(),
+                (0, _) => "-".to_string(),
+                (v, _) => v.to_string(),
+            },
+        );
+    }
+    body.push_str("</tbody></table>");
+    page("History", None, &body)
+}
+
+async fn findings_page(State(c): State<Console>, Query(paged): Query<Paged>) -> Response {
+    let listed = match c.inventory.list(&pb::ListFindingsRequest::default()).await {
+        Ok(listed) => listed,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("the findings cannot be read: {e}")),
+    };
+    let mut findings = listed.findings;
+    // Open ones first, newest first within each.
+    findings.sort_by_key(|f| (f.gone_unix != 0, std::cmp::Reverse(f.first_seen_unix)));
+    let open = findings.iter().filter(|f| f.gone_unix == 0).count();
+    let pages = findings.len().div_ceil(PAGE as usize).max(1);
+    let shown = paged.page.min(pages - 1);
+    let mut body = format!(
+        "<p>Static secrets the agents found on their hosts: <strong>{open}</strong> open, {} gone, on {} \
+         scanned. Values are never sent: a fingerprint names the same secret on several hosts.</p>\n{}\
+         <table><caption>Stored secrets</caption><thead><tr><th scope=\"col\">Host</th><th scope=\"col\">Kind</th>\
+         <th scope=\"col\">Client</th><th scope=\"col\">MCP server</th><th scope=\"col\">File</th>\
+         <th scope=\"col\">Where</th><th scope=\"col\">Fingerprint</th><th scope=\"col\">First seen</th>\
+         <th scope=\"col\">State</th></tr></thead><tbody>\n",
+        findings.len() - open,
+        if listed.hosts.len() == 1 { "1 host".to_string() } else { format!("{} hosts", listed.hosts.len()) },
+        pager("/findings?", shown, pages),
+    );
+    for f in findings.iter().skip(shown * PAGE as usize).take(PAGE as usize) {
+        let finding = f.finding.clone().unwrap_or_default();
+        let state = if f.gone_unix == 0 {
+            "<span class=\"deny\">open</span>".to_string()
+        } else {
+            format!("gone {}", rfc3339(f.gone_unix.saturating_mul(1_000_000_000)))
+        };
+        let _ = writeln!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td>\
+             <td><code>{}</code></td><td>{}</td><td>{state}</td></tr>",
+            escape(&f.agent),
+            escape(&finding.kind),
+            escape(&finding.client),
+            escape(if finding.server.is_empty() { "-" } else { &finding.server }),
+            escape(&finding.file),
+            escape(&finding.location),
+            escape(&finding.fingerprint),
+            rfc3339(f.first_seen_unix.saturating_mul(1_000_000_000)),
+        );
+    }
+    body.push_str("</tbody></table>");
+    if findings.is_empty() {
+        body.push_str("<p>No agent has reported a stored secret.</p>");
+    }
+    page("Findings", None, &body)
+}
+
+async fn scorecard_page(State(c): State<Console>) -> Response {
+    let card = match crate::scorecard::compute(&c.configuration, &c.fleet, &c.telemetry, 0).await {
+        Ok(card) => card,
+        Err(status) => return error(StatusCode::SERVICE_UNAVAILABLE, status.message()),
+    };
+    let share = |n: u64, of: u64| if of == 0 { 0.0 } else { 100.0 * n as f64 / of as f64 };
+    let mut kinds: Vec<String> = card.secrets_open_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    kinds.sort();
+    let mut sources: Vec<String> = card.revocations_by_source.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    sources.sort();
+    let mut body = format!(
+        "<p>The secretless scorecard over everything stored (<code>wardenctl scorecard --since</code> takes a window).</p>\n\
+         <table><caption>Outcomes</caption><tbody>\n\
+         <tr><th scope=\"row\">Stored secrets</th><td>{} open on {} scanned; {} resolved{}</td></tr>\n\
+         <tr><th scope=\"row\">Token lifetimes</th><td>p50 {}s, p95 {}s, max {}s over {} decisions; {:.1}% at most 15 min</td></tr>\n\
+         <tr><th scope=\"row\">Claim validation</th><td>{} requests: {:.1}% on a validated token, {:.1}% in audit mode, \
+         {:.1}% through a bridge, {:.1}% refused</td></tr>\n\
+         <tr><th scope=\"row\">Revocations</th><td>{}{}</td></tr>\n\
+         <tr><th scope=\"row\">Servers in audit</th><td>{}</td></tr>\n</tbody></table>\n",
+        card.secrets_open,
+        if card.hosts_scanned == 1 { "1 host".to_string() } else { format!("{} hosts", card.hosts_scanned) },
+        card.secrets_resolved,
+        if kinds.is_empty() { String::new() } else { format!(" (open by kind: {})", escape(&kinds.join(", "))) },
+        card.lifetime_p50_seconds,
+        card.lifetime_p95_seconds,
+        card.lifetime_max_seconds,
+        card.token_decisions,
+        share(card.lifetime_at_most_15m, card.token_decisions),
+        card.requests,
+        share(card.validated, card.requests),
+        share(card.audited, card.requests),
+        share(card.bridged, card.requests),
+        share(card.refused, card.requests),
+        if sources.is_empty() { "none".to_string() } else { escape(&sources.join(", ")) },
+        if card.enforcement_measured == 0 {
+            String::new()
+        } else {
+            format!(
+                "; enforced by every connected agent in p50 {} ms, p95 {} ms ({} measured)",
+                card.enforcement_p50_ms, card.enforcement_p95_ms, card.enforcement_measured
+            )
+        },
+        if card.servers_in_audit.is_empty() { "none".to_string() } else { escape(&card.servers_in_audit.join(", ")) },
+    );
+    let mut servers: Vec<_> = card.requests_by_server.iter().collect();
+    servers.sort_by(|a, b| a.0.cmp(b.0));
+    body.push_str(
+        "<table><caption>Requests by server</caption><thead><tr><th scope=\"col\">Server</th><th scope=\"col\">Requests</th>\
+         <th scope=\"col\">Validated</th><th scope=\"col\">Audit</th><th scope=\"col\">Bridge</th>\
+         <th scope=\"col\">Refused</th></tr></thead><tbody>\n",
+    );
+    for (server, r) in servers {
+        let _ = writeln!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{:.1}%</td><td>{:.1}%</td></tr>",
+            escape(server),
+            r.requests,
+            share(r.validated, r.requests),
+            share(r.audited, r.requests),
+            share(r.bridged, r.requests),
+            share(r.refused, r.requests),
+        );
+    }
+    body.push_str("</tbody></table>\n");
+    if !card.bridges.is_empty() {
+        body.push_str(
+            "<table><caption>Credential bridges</caption><thead><tr><th scope=\"col\">Bridge</th><th scope=\"col\">Server</th>\
+             <th scope=\"col\">State</th><th scope=\"col\">Expires</th><th scope=\"col\">Requests</th>\
+             <th scope=\"col\">Owner</th><th scope=\"col\">Static key upstream</th></tr></thead><tbody>\n",
+        );
+        for b in &card.bridges {
+            let _ = writeln!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&b.name),
+                escape(&b.server),
+                escape(&b.state),
+                rfc3339(b.expires_unix.saturating_mul(1_000_000_000)),
+                b.requests,
+                escape(&b.owner),
+                if b.forwards_key { "<span class=\"deny\">yes</span>" } else { "no" },
+            );
+        }
+        body.push_str("</tbody></table>\n");
+    }
+    if card.truncated {
+        let _ = write!(body, "<p role=\"note\">Only the first {} decision records were read.</p>", card.records_read);
+    }
+    page("Scorecard", None, &body)
 }
 
 async fn decision_page(State(c): State<Console>, Path(id): Path<String>) -> Response {
@@ -502,6 +749,17 @@ mod tests {
         {
             assert!(!loopback_host(host), "{host}");
         }
+    }
+
+    #[test]
+    fn long_tables_link_their_neighbouring_pages() {
+        assert_eq!(pager("/?", 0, 1), "");
+        let first = pager("/?", 0, 3);
+        assert!(first.contains("Page 1 of 3") && first.contains(r#"href="/?page=1""#) && !first.contains("prev"));
+        let middle = pager("/findings?", 1, 3);
+        assert!(middle.contains(r#"href="/findings?page=0""#) && middle.contains(r#"href="/findings?page=2""#));
+        let last = pager("/?", 2, 3);
+        assert!(last.contains(r#"rel="prev""#) && !last.contains(r#"rel="next""#));
     }
 
     #[test]

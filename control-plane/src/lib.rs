@@ -255,7 +255,7 @@ pub async fn run(
             )));
         }
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the console {addr}")))?;
-        let router = console::router(configuration.clone(), fleet.clone(), telemetry.clone());
+        let router = console::router(configuration.clone(), fleet.clone(), telemetry.clone(), inventory.clone());
         tasks.spawn("console", console::serve(router, listener, stop.clone()));
     }
 

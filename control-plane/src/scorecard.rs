@@ -7,6 +7,74 @@
 use std::collections::HashMap;
 
 use proto::v1 as pb;
+use tonic::Status;
+
+use crate::configuration::Configuration;
+use crate::configuration::store::StoreError;
+use crate::fleet::Fleet;
+use crate::telemetry::Telemetry;
+
+/// Audit entries the scorecard reads for its revocation counts.
+const AUDIT_READ: usize = 100_000;
+
+/// The scorecard of the window since `since_unix_nanos` (0: everything stored), as
+/// `wardenctl scorecard` and the console show it.
+pub async fn compute(
+    configuration: &Configuration,
+    fleet: &Fleet,
+    telemetry: &Telemetry,
+    since_unix_nanos: i64,
+) -> Result<pb::ScorecardResponse, Status> {
+    let decisions = telemetry.decisions().clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut tally = Tally::since(since_unix_nanos);
+        let truncated = decisions.visit_all(MAX_RECORDS, |r| tally.add(r))?;
+        Ok::<_, crate::telemetry::decisions::DecisionError>((tally, truncated))
+    });
+    let (tally, truncated) =
+        read.await.map_err(|e| Status::internal(e.to_string()))?.map_err(|e| Status::internal(e.to_string()))?;
+    let findings = configuration
+        .store()
+        .findings()
+        .await
+        .map_err(|e| Status::unavailable(format!("the findings cannot be read: {e}")))?;
+    let now = crate::now_unix_ms() / 1000;
+    let state = configuration.current();
+    let audit = state
+        .resources
+        .iter()
+        .filter_map(|(key, entry)| match &entry.document.spec {
+            warden_core::resource::Spec::McpServer(s) if s.in_audit(now) => Some(key.name.clone()),
+            _ => None,
+        })
+        .collect();
+    let since_ms = since_unix_nanos.div_euclid(1_000_000);
+    let parts = Parts {
+        findings: &findings,
+        servers_in_audit: audit,
+        bridges: state.bridges(now),
+        revocations_by_source: revocations_by_source(configuration, since_ms).await?,
+        enforcement_ms: fleet.presence().enforcement_times(since_ms),
+    };
+    Ok(tally.finish(parts, truncated))
+}
+
+/// Revocations written at or after `since_unix_ms`, by source, from the audit trail (the
+/// newest [`AUDIT_READ`] entries at most).
+async fn revocations_by_source(
+    configuration: &Configuration,
+    since_unix_ms: i64,
+) -> Result<HashMap<String, u64>, Status> {
+    let unavailable = |e: StoreError| Status::unavailable(format!("the audit trail cannot be read: {e}"));
+    let entries = configuration.store().audit(AUDIT_READ).await.map_err(unavailable)?;
+    let mut by_source = HashMap::new();
+    for entry in entries.iter().filter(|e| e.time_unix_ms >= since_unix_ms) {
+        if let Some(source) = entry.revocation_source() {
+            *by_source.entry(source.to_string()).or_default() += 1;
+        }
+    }
+    Ok(by_source)
+}
 
 /// The longest token lifetime counted as short (15 minutes).
 const SHORT_LIFETIME_SECONDS: u64 = 15 * 60;

@@ -135,9 +135,52 @@ fn the_console_shows_the_fleet_and_decisions_filtered_and_explained_in_a_browser
         .unwrap();
     assert_eq!(rebound.status().as_u16(), 403);
 
+    // The change history, the stored secrets (none reported here) and the scorecard.
+    let dom = browse(&format!("{base}/history"), None);
+    let changes = rows(&dom);
+    assert!(
+        changes.iter().any(|r| r[3] == "apply" && r[4] == "Policy" && r[5] == "echo-only" && r[6] == "new"),
+        "{dom}"
+    );
+    let dom = browse(&format!("{base}/findings"), None);
+    assert!(dom.contains("No agent has reported a stored secret."), "{dom}");
+    let dom = browse(&format!("{base}/scorecard"), None);
+    assert!(dom.contains("3 requests: 100.0% on a validated token"), "{dom}");
+    assert!(dom.contains("<tr><td>notes</td><td>3</td><td>100.0%</td>"), "{dom}");
+
+    // More decisions than a page holds: the newest page links to the older ones, which hold
+    // the rest, and every decision is on exactly one of them.
+    for _ in 0..105 {
+        fleet.call(Some(&alice), "echo");
+    }
+    let all = fleet.wait_for_decisions(108);
+    let dom = browse(&format!("{base}/decisions?subject=alice"), None);
+    let newest = rows(&dom);
+    assert_eq!(newest.len(), 100, "{dom}");
+    let older = dom
+        .split("href=\"/decisions?")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|q| q.replace("&amp;", "&"))
+        .unwrap_or_else(|| panic!("a link to older decisions: {dom}"));
+    assert!(older.starts_with("subject=alice&before="), "{older}");
+    let dom = browse(&format!("{base}/decisions?{older}"), None);
+    let rest = rows(&dom);
+    let alices = all.iter().filter(|d| d["subject"] == "alice").count();
+    assert_eq!(newest.len() + rest.len(), alices, "{dom}");
+    let mut cursors: Vec<&String> = newest.iter().chain(&rest).map(|r| &r[0]).collect();
+    cursors.dedup();
+    assert_eq!(cursors.len(), alices, "no decision on both pages");
+    assert!(!dom.contains("Older decisions"), "the last page links no further: {dom}");
+
     // Screenshots, kept for people to look at.
-    for (name, path) in [("fleet", "/"), ("decisions", "/decisions"), ("explain", &format!("/decisions/{cursor}")[..])]
-    {
+    for (name, path) in [
+        ("fleet", "/"),
+        ("decisions", "/decisions"),
+        ("explain", &format!("/decisions/{cursor}")[..]),
+        ("history", "/history"),
+        ("scorecard", "/scorecard"),
+    ] {
         let file = artifacts().join(format!("console-{name}.png"));
         let _ = std::fs::remove_file(&file);
         browse(&format!("{base}{path}"), Some(&file));
