@@ -339,10 +339,10 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
             }
             request.after = page.next;
         }
-        Ok::<_, crate::telemetry::decisions::DecisionError>(newest)
+        Ok::<_, crate::telemetry::decisions::DecisionError>((newest, end.saturating_sub(SEARCHED)))
     })
     .await;
-    let mut listed = match listed {
+    let (mut listed, searched_from) = match listed {
         Ok(Ok(listed)) => listed,
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -409,8 +409,14 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
     if listed.is_empty() {
         body.push_str("<p>No decision matches.</p>");
     }
-    // Older matches: the same filters, searched from before the oldest one shown.
-    if let Some(oldest) = listed.last().filter(|_| listed.len() == PAGE as usize) {
+    // Older matches: the same filters, searched from before the oldest one shown (a full page),
+    // or from before the records searched (fewer matches among them than a page holds).
+    let older = match listed.last() {
+        Some(oldest) if listed.len() == PAGE as usize => Some(oldest.cursor),
+        _ if searched_from > 0 => Some(searched_from + 1),
+        _ => None,
+    };
+    if let Some(before) = older {
         let mut query: Vec<String> = [
             ("agent", &f.agent),
             ("server", &f.server),
@@ -423,7 +429,7 @@ async fn decisions_page(State(c): State<Console>, Query(f): Query<Filters>) -> R
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| format!("{k}={}", query_value(v)))
         .collect();
-        query.push(format!("before={}", oldest.cursor));
+        query.push(format!("before={before}"));
         let _ = write!(
             body,
             "<nav aria-label=\"Pages\"><p><a href=\"/decisions?{}\" rel=\"next\">Older decisions →</a></p></nav>",

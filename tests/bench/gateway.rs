@@ -17,7 +17,7 @@
 //! Needs nginx and wrk (Debian: `apt-get install nginx wrk`) and release binaries:
 //! `cargo build --release --workspace --bins && ./target/release/gateway-bench`
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -99,8 +99,9 @@ http {{
     Nginx(tests::Process::spawn(command, dir.join("nginx.log")))
 }
 
-/// An ES256 key pair: the JWKS for the issuer and a token signed by it for each audience.
-fn signed_tokens(issuer: &str, audiences: &[&str]) -> (String, Vec<String>) {
+/// An ES256 key pair: the JWKS for the issuer and a token signed by it for each (audience,
+/// subject).
+fn signed_tokens(issuer: &str, audiences: &[(&str, String)]) -> (String, Vec<String>) {
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
@@ -119,10 +120,10 @@ fn signed_tokens(issuer: &str, audiences: &[&str]) -> (String, Vec<String>) {
             .expect("signing key");
     let tokens = audiences
         .iter()
-        .map(|audience| {
+        .map(|(audience, subject)| {
             let claims = serde_json::json!({
-                "iss": issuer, "sub": "bench", "aud": audience, "iat": now, "exp": now + 3000, "scope": "mcp",
-                "jti": format!("bench-{audience}"),
+                "iss": issuer, "sub": subject, "aud": audience, "iat": now, "exp": now + 3000, "scope": "mcp",
+                "jti": format!("bench-{audience}-{subject}"),
             });
             let signing_input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
             let signature = signer.sign(&rng, signing_input.as_bytes()).expect("sign");
@@ -130,6 +131,48 @@ fn signed_tokens(issuer: &str, audiences: &[&str]) -> (String, Vec<String>) {
         })
         .collect();
     (jwks, tokens)
+}
+
+/// Workloads of the realistic mix, each with a token of its own.
+const MIX_WORKLOADS: usize = 10_000;
+/// Tools the mix calls.
+const MIX_TOOLS: usize = 50;
+
+/// A wrk script cycling through requests of every workload in `tokens`, each calling one of
+/// [`MIX_TOOLS`] tools with arguments of its own (two requests per workload, with other tools
+/// and arguments). The requests are formatted once, at start, so wrk's own cost per request is
+/// what it is for one token.
+fn mix_script(dir: &Path, tokens: &[String]) -> PathBuf {
+    let mut lua = String::from("local tokens = {\n");
+    for token in tokens {
+        lua.push_str(&format!("  \"{token}\",\n"));
+    }
+    lua.push_str(&format!(
+        "}}\nlocal requests = {{}}\n\
+         init = function(args)\n\
+         \x20 for round = 0, 1 do\n\
+         \x20   for i = 1, #tokens do\n\
+         \x20     local tool = \"tool-\" .. ((i * 7 + round * 13) % {MIX_TOOLS})\n\
+         \x20     local body = '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"' .. tool .. \n\
+         \x20       '\",\"arguments\":{{\"text\":\"note ' .. i .. '-' .. round .. '\",\"limit\":' .. (i % 100) .. '}}}}}}'\n\
+         \x20     requests[#requests + 1] = wrk.format(\"POST\", nil, {{\n\
+         \x20       [\"Content-Type\"] = \"application/json\",\n\
+         \x20       [\"Accept\"] = \"application/json, text/event-stream\",\n\
+         \x20       [\"Authorization\"] = \"Bearer \" .. tokens[i],\n\
+         \x20     }}, body)\n\
+         \x20   end\n\
+         \x20 end\n\
+         end\n\
+         local n = math.random(1, {count})\n\
+         request = function()\n\
+         \x20 n = n % #requests + 1\n\
+         \x20 return requests[n]\n\
+         end\n",
+        count = tokens.len() * 2,
+    ));
+    let path = dir.join("mix.lua");
+    std::fs::write(&path, lua).expect("wrk script");
+    path
 }
 
 struct Load {
@@ -222,6 +265,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (upstream, proxy, gateway, quiet_gateway, bare, limited_gateway) =
         (loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr(), loopback_addr());
+    let mix_gateway = loopback_addr();
     // Two instances, so the proxy's CPU is told apart from the upstream's and both proxies hand
     // requests to another process, as the gateway does.
     let _upstream = nginx(
@@ -258,8 +302,18 @@ fn main() {
     let resource = format!("http://{gateway}/mcp");
     let quiet_resource = format!("http://{quiet_gateway}/mcp");
     let limited_resource = format!("http://{limited_gateway}/mcp");
-    let (jwks, tokens) = signed_tokens("https://idp.bench.example", &[&resource, &quiet_resource, &limited_resource]);
+    let mix_resource = format!("http://{mix_gateway}/mcp");
+    // The realistic mix: many workloads (a token each) calling many tools with varying
+    // arguments, on the same agent as "warden".
+    let mut audiences: Vec<(&str, String)> = vec![
+        (&resource, "bench".to_string()),
+        (&quiet_resource, "bench".to_string()),
+        (&limited_resource, "bench".to_string()),
+    ];
+    audiences.extend((0..MIX_WORKLOADS).map(|i| (mix_resource.as_str(), format!("workload-{i}"))));
+    let (jwks, tokens) = signed_tokens("https://idp.bench.example", &audiences);
     let (token, quiet_token, limited_token) = (tokens[0].clone(), tokens[1].clone(), tokens[2].clone());
+    let mix_tokens = &tokens[3..];
     let base = format!(
         r#"
 apiVersion: warden.dev/v1
@@ -304,6 +358,27 @@ spec:
   toolPinning: {{mode: enforce}}
 ---
 apiVersion: warden.dev/v1
+kind: McpServer
+metadata: {{name: bench-mix}}
+spec:
+  resource: {mix_resource}
+  issuers: [bench-idp]
+  upstream: http://{upstream}/mcp
+  listen: {mix_gateway}
+  agents: {{matchLabels: {{records: "on"}}}}
+---
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {{name: bench-mix-tools}}
+spec:
+  servers: [bench-mix]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource)
+      when {{ context.scopes.contains("mcp") && resource.name like "tool-*" }};
+    forbid(principal, action == Action::"tools/call", resource)
+      when {{ resource.name == "tool-delete" }};
+---
+apiVersion: warden.dev/v1
 kind: ToolApproval
 metadata: {{name: bench-limited-echo}}
 spec: {{server: bench-limited, kind: tool, name: echo, approved: "sha256:{approved}"}}
@@ -335,6 +410,7 @@ spec:
     };
     let (script, quiet_script, limited_script) =
         (script("post", &token), script("quiet", &quiet_token), script("limited", &limited_token));
+    let mix_script = mix_script(dir.path(), mix_tokens);
     let agent_pid = agent.process.as_ref().expect("agent runs").pid();
     let cp_pid = cp.process.as_ref().expect("control plane runs").pid();
     let quiet_pid = quiet.process.as_ref().expect("agent runs").pid();
@@ -346,6 +422,7 @@ spec:
         ("no-records", format!("http://{quiet_gateway}/mcp"), Some(quiet_pid), &quiet_script, &quiet_token),
         ("hyper-bare", format!("http://{bare}/mcp"), Some(bare_proxy.pid()), &script, &token),
         ("limited", format!("http://{limited_gateway}/mcp"), Some(limited_pid), &limited_script, &limited_token),
+        ("mix", format!("http://{mix_gateway}/mcp"), Some(agent_pid), &mix_script, &mix_tokens[0]),
     ];
     for (name, url, _, _, token) in &targets {
         wait_for(&format!("{name} to answer 200"), || {
@@ -375,7 +452,7 @@ spec:
     for round in 0..args.rounds {
         // The two agents swap places every round, so neither always runs on the heels of the
         // same neighbour.
-        let order = if round % 2 == 0 { [0, 1, 4, 2, 5, 3] } else { [0, 1, 4, 3, 5, 2] };
+        let order = if round % 2 == 0 { [0, 1, 4, 2, 6, 5, 3] } else { [0, 1, 4, 3, 5, 6, 2] };
         for i in order {
             let (_, url, pid, script, _) = &targets[i];
             results[i].push(wrk(url, script, &args, args.duration_secs, *pid, cp_pid));
@@ -428,6 +505,15 @@ spec:
     println!("throughput with a rate limit, a concurrency limit and tool pinning / without: {:.3}", limited_rps / with);
     let paired: Vec<f64> =
         results[5].iter().zip(&results[2]).map(|(l, w)| l.requests_per_sec / w.requests_per_sec).collect();
+    let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();
+    println!("  per round: {} (median {:.3})", listed.join(", "), median(paired));
+    let mix_rps = median_of(&results[6], |l| l.requests_per_sec);
+    println!(
+        "throughput of the realistic mix ({MIX_WORKLOADS} workloads, {MIX_TOOLS} tools, varying arguments) / one token: {:.3}",
+        mix_rps / with
+    );
+    let paired: Vec<f64> =
+        results[6].iter().zip(&results[2]).map(|(m, w)| m.requests_per_sec / w.requests_per_sec).collect();
     let listed: Vec<String> = paired.iter().map(|r| format!("{r:.3}")).collect();
     println!("  per round: {} (median {:.3})", listed.join(", "), median(paired));
     buckets_of_a_million_callers();

@@ -32,7 +32,7 @@ const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 /// invalid. Data keywords (`enum`, `const`, `default`, `examples`) are not schemas and are not
 /// entered, and `$ref` is never followed.
 const SUBSCHEMA: [&str; 11] = [
-    "items",
+    "additionalItems",
     "contains",
     "unevaluatedItems",
     "additionalProperties",
@@ -45,7 +45,12 @@ const SUBSCHEMA: [&str; 11] = [
     "contentSchema",
 ];
 const SUBSCHEMA_LISTS: [&str; 4] = ["allOf", "anyOf", "oneOf", "prefixItems"];
-const SUBSCHEMA_MAPS: [&str; 4] = ["patternProperties", "dependentSchemas", "$defs", "definitions"];
+const SUBSCHEMA_MAPS: [&str; 5] = ["patternProperties", "dependentSchemas", "$defs", "definitions", "dependencies"];
+
+/// Headers one tool may declare at most, and how deep in `properties` one may be: past either,
+/// the declarations are invalid (the upstream is not trusted to keep them small).
+const MAX_PARAMS: usize = 64;
+const MAX_PATH: usize = 16;
 
 /// One declared header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +75,7 @@ impl Declared {
     /// The declarations of `input_schema`; `None` when it declares no header.
     pub fn of(input_schema: &Value) -> Option<Declared> {
         let mut params: Vec<Param> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut invalid: Option<String> = None;
         // (path of `properties` keys, or None once another keyword was crossed; schema)
         let mut stack: Vec<(Option<Vec<String>>, &Value)> = vec![(Some(Vec::new()), input_schema)];
@@ -78,7 +84,10 @@ impl Declared {
             if let Some(token) = schema.get("x-mcp-header")
                 && invalid.is_none()
             {
-                match declaration(path.as_deref(), token, schema.get("type"), &params) {
+                match declaration(path.as_deref(), token, schema.get("type"), &mut seen) {
+                    Ok(_) if params.len() == MAX_PARAMS => {
+                        invalid = Some(format!("more than {MAX_PARAMS} x-mcp-header declarations"));
+                    }
                     Ok(param) => params.push(param),
                     Err(reason) => invalid = Some(reason),
                 }
@@ -91,6 +100,9 @@ impl Declared {
                             stack.push((path, sub));
                         }
                     }
+                    // `items` is one schema, or (before 2020-12) a list of them.
+                    ("items", Value::Array(list)) => stack.extend(list.iter().map(|sub| (None, sub))),
+                    ("items", v) => stack.push((None, v)),
                     (k, v) if SUBSCHEMA.contains(&k) => stack.push((None, v)),
                     (k, Value::Array(list)) if SUBSCHEMA_LISTS.contains(&k) => {
                         stack.extend(list.iter().map(|sub| (None, sub)));
@@ -115,8 +127,16 @@ impl Declared {
 }
 
 /// The declaration of `token` on the property at `path` (of type `kind`), or why it is invalid.
-fn declaration(path: Option<&[String]>, token: &Value, kind: Option<&Value>, seen: &[Param]) -> Result<Param, String> {
+fn declaration(
+    path: Option<&[String]>,
+    token: &Value,
+    kind: Option<&Value>,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<Param, String> {
     let path = match path {
+        Some(path) if path.len() > MAX_PATH => {
+            return Err(format!("x-mcp-header more than {MAX_PATH} properties deep"));
+        }
         Some(path) if !path.is_empty() => path,
         Some(_) => return Err("x-mcp-header on the schema's root".into()),
         None => return Err("x-mcp-header on a property not reached through `properties` alone".into()),
@@ -132,7 +152,7 @@ fn declaration(path: Option<&[String]>, token: &Value, kind: Option<&Value>, see
         return Err(format!("x-mcp-header on property {at:?}, which is not of type string, integer or boolean"));
     }
     let header = format!("Mcp-Param-{token}");
-    if seen.iter().any(|p| p.header.eq_ignore_ascii_case(&header)) {
+    if !seen.insert(header.to_ascii_lowercase()) {
         return Err(format!("x-mcp-header {token:?} is declared twice"));
     }
     Ok(Param { header, path: path.to_vec() })
@@ -227,24 +247,39 @@ pub fn check(
 }
 
 /// Whether header value `sent` mirrors `value`: a string as itself (or in the `=?base64?…?=`
-/// form), a boolean as `true`/`false`, a number as a number equal to it (`42.0` mirrors `42`).
+/// form), a boolean as `true`/`false`, an integer as a decimal integer equal to it (`42.0`
+/// mirrors `42`; no exponent, no rounding).
 fn matches(value: &Value, sent: &str) -> bool {
-    let Some(sent) = crate::mcp::decode_header_value(Some(sent)) else { return false };
     match value {
-        Value::String(s) => *s == sent,
+        // Only strings are ever base64-encoded (other values are visible ASCII as they are).
+        Value::String(s) => crate::mcp::decode_header_value(Some(sent)).is_some_and(|sent| *s == sent),
         Value::Bool(b) => sent == if *b { "true" } else { "false" },
-        Value::Number(n) => {
-            let Ok(parsed) = sent.parse::<serde_json::Number>() else { return false };
-            match (n.as_i64(), parsed.as_i64()) {
-                (Some(a), Some(b)) => a == b && (a as f64).abs() <= MAX_SAFE_INTEGER,
-                _ => match (n.as_f64(), parsed.as_f64()) {
-                    (Some(a), Some(b)) => a == b && a.is_finite() && a.abs() <= MAX_SAFE_INTEGER,
-                    _ => false,
-                },
-            }
-        }
+        Value::Number(n) => match (n.as_i64().or_else(|| whole(n.as_f64()?)), integer(sent)) {
+            (Some(a), Some(b)) => a == b && (a as f64).abs() <= MAX_SAFE_INTEGER,
+            // Not integers: a declaration is on integers, so nothing else is mirrored.
+            _ => false,
+        },
         _ => false,
     }
+}
+
+/// A JSON number written with a fraction (`42.0`) that is a whole number in the exact range.
+fn whole(n: f64) -> Option<i64> {
+    (n.fract() == 0.0 && n.abs() <= MAX_SAFE_INTEGER).then_some(n as i64)
+}
+
+/// A header value spelling an integer: decimal digits with an optional sign, and an optional
+/// fraction of zeros (`42`, `-7`, `42.0`); no exponent, no spaces.
+fn integer(text: &str) -> Option<i64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if !fraction.bytes().all(|b| b == b'0') || (text.contains('.') && fraction.is_empty()) {
+        return None;
+    }
+    let digits = whole.strip_prefix('-').unwrap_or(whole);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    whole.parse().ok()
 }
 
 #[cfg(test)]
@@ -313,7 +348,18 @@ mod tests {
         ] {
             assert!(under(keyword, sub).contains("not reached through"), "{keyword}");
         }
+        assert!(under("items", json!([annotated.clone()])).contains("not reached through"), "draft-07 items");
+        assert!(under("dependencies", json!({"b": annotated.clone()})).contains("not reached through"));
+        assert!(under("additionalItems", annotated.clone()).contains("not reached through"));
         assert!(invalid(json!({"type": "object", "x-mcp-header": "Root"})).contains("root"));
+        let many: serde_json::Map<String, Value> =
+            (0..65).map(|i| (format!("p{i}"), json!({"type": "string", "x-mcp-header": format!("H{i}")}))).collect();
+        assert!(invalid(json!({"type": "object", "properties": many})).contains("more than 64"));
+        let mut deep = json!({"type": "string", "x-mcp-header": "Deep"});
+        for _ in 0..17 {
+            deep = json!({"type": "object", "properties": {"a": deep}});
+        }
+        assert!(invalid(deep).contains("deep"));
         let property = |p: Value| invalid(json!({"type": "object", "properties": {"a": p}}));
         assert!(property(json!({"type": "number", "x-mcp-header": "A"})).contains("not of type"));
         assert!(property(json!({"type": ["string", "null"], "x-mcp-header": "A"})).contains("not of type"));
@@ -358,8 +404,9 @@ mod tests {
         let args = r#"{"region":"us-west1","shard":42,"dry":false,"nested":{"zone":"Hello, 世界"}}"#;
         assert_eq!(check(args, &all, true), Ok(()));
         // Numbers compare as numbers.
-        assert_eq!(check(r#"{"shard":42.0}"#, &[("mcp-param-shard", "42")], true), Ok(()));
         assert_eq!(check(r#"{"shard":42}"#, &[("mcp-param-shard", "42.0")], true), Ok(()));
+        assert_eq!(check(r#"{"shard":-7}"#, &[("mcp-param-shard", "-7")], true), Ok(()));
+        assert_eq!(check(r#"{"shard":42.0}"#, &[("mcp-param-shard", "42")], true), Ok(()));
         // Absent and null arguments are mirrored by no header.
         assert_eq!(check(r#"{"region":null}"#, &[], true), Ok(()));
         assert_eq!(check("{}", &[], true), Ok(()));
@@ -386,6 +433,12 @@ mod tests {
         );
         refused(r#"{"region":"eu"}"#, &[("mcp-param-region", "eu"), ("mcp-param-tenant", "t")], false, "declares");
         refused(r#"{"shard":9007199254740993}"#, &[("mcp-param-shard", "9007199254740993")], false, "does not match");
+        // Numbers as exact decimals: no exponent, no rounding, no base64 for what is not a string.
+        for sent in ["4.2e1", "42.0000000000000001", "42.", "+42", "=?base64?NDI=?=", "0x2a"] {
+            refused(r#"{"shard":42}"#, &[("mcp-param-shard", sent)], false, "does not match");
+        }
+        refused(r#"{"shard":0}"#, &[("mcp-param-shard", "1e-400")], false, "does not match");
+        refused(r#"{"dry":true}"#, &[("mcp-param-dry", "=?base64?dHJ1ZQ==?=")], false, "does not match");
         // Without `required`, a header not sent is not checked.
         assert_eq!(check(r#"{"region":"eu","shard":1}"#, &[("mcp-param-shard", "1")], false), Ok(()));
     }

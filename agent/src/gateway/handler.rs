@@ -1004,6 +1004,11 @@ fn check_headers(body: &mcp::Body<'_>, headers: &HeaderMap, decider: &Decider) -
             params.push((name.as_str(), value));
         }
     }
+    for (i, (name, _)) in params.iter().enumerate() {
+        if params[..i].iter().any(|(other, _)| other == name) {
+            return mismatch(&format!("{name} header appears more than once"));
+        }
+    }
     let call = match &body.messages[..] {
         [m] if m.method.as_deref() == Some("tools/call") => m.name.as_deref().map(|tool| (m, tool)),
         _ => None,
@@ -1121,13 +1126,12 @@ async fn forward(
 }
 
 /// The body's next frame if it has already arrived, without waiting for it.
-fn ready_frame(incoming: &mut hyper::body::Incoming) -> Option<Result<hyper::body::Frame<Bytes>, hyper::Error>> {
+fn ready_frame(
+    incoming: &mut hyper::body::Incoming,
+) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
     use hyper::body::Body as _;
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::Pin::new(incoming).poll_frame(&mut context) {
-        std::task::Poll::Ready(frame) => frame,
-        std::task::Poll::Pending => None,
-    }
+    std::pin::Pin::new(incoming).poll_frame(&mut context)
 }
 
 /// The upstream's answer (its status and headers) to the request as the proxy rewrites it,
@@ -1228,13 +1232,18 @@ async fn filter_answer(
     let mut incoming = incoming;
     // Most answers arrive whole with their head: one already read is taken without arming a
     // timer or a collector (under tool pinning, every answer comes this way).
-    let first = match ready_frame(&mut incoming) {
-        Some(Ok(frame)) => frame.into_data().ok(),
-        Some(Err(e)) => return unfiltered(&format!("was not read: {e}")),
-        None => None,
+    let (first, ended) = match ready_frame(&mut incoming) {
+        std::task::Poll::Ready(Some(Ok(frame))) => (Some(frame.into_data().unwrap_or_default()), false),
+        std::task::Poll::Ready(Some(Err(e))) => return unfiltered(&format!("was not read: {e}")),
+        // The body has ended: there is nothing to read.
+        std::task::Poll::Ready(None) => (Some(Bytes::new()), true),
+        std::task::Poll::Pending => (None, false),
     };
+    if first.as_ref().is_some_and(|f| f.len() > filter::MAX_FILTERED_BYTES) {
+        return unfiltered("is too large to filter");
+    }
     let bytes = match first {
-        Some(first) if incoming.is_end_stream() && first.len() <= filter::MAX_FILTERED_BYTES => first,
+        Some(first) if ended || incoming.is_end_stream() => first,
         first => {
             let taken = first.as_ref().map_or(0, Bytes::len);
             let read = tokio::time::timeout(

@@ -3,22 +3,24 @@
 //!
 //! Only tools that declare headers are remembered (a tool that declares none and one never
 //! seen are judged alike: no header may be sent for it), at most [`MAX_TOOLS`] per server so
-//! that one server cannot grow the agent without bound; a header for a tool past that is
-//! refused, which a client cannot tell from a tool never listed. A server no longer configured
-//! is forgotten.
+//! that one server cannot grow the agent without bound: past it the tool remembered longest
+//! ago is forgotten (a header for it is refused until the tools are listed again, as clients do
+//! on that refusal). Each tool's declarations are bounded by [`Declared::of`]. A server no
+//! longer configured is forgotten.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use warden_core::bounded::BoundedMap;
 use warden_core::param_headers::Declared;
 
 /// Tools with declarations remembered per server at most.
 pub const MAX_TOOLS: usize = 2_000;
 
 /// One server's tools that declare headers, by name.
-type Tools = HashMap<String, Arc<Declared>>;
+type Tools = BoundedMap<String, Arc<Declared>>;
 
 /// Where one server's listed declarations go (what a list answer's filter holds).
 #[derive(Clone)]
@@ -49,27 +51,20 @@ impl Declarations {
             return;
         }
         let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        let tools = servers.entry(server.clone()).or_default();
-        let mut full = false;
+        let tools = servers.entry(server.clone()).or_insert_with(|| BoundedMap::new(MAX_TOOLS));
         for (name, declared) in read {
+            let name = name.to_string();
             match declared {
                 // (Unchanged declarations keep their entry.)
-                Some(declared) if tools.get(name).is_some_and(|d| **d == declared) => {}
-                Some(declared) if tools.len() < MAX_TOOLS || tools.contains_key(name) => {
-                    tools.insert(name.to_string(), Arc::new(declared));
+                Some(declared) if tools.get(&name).is_some_and(|d| **d == declared) => {}
+                Some(declared) => {
+                    tools.insert(name, Arc::new(declared));
                     self.any.store(true, Ordering::Release);
                 }
-                Some(_) => full = true,
                 None => {
-                    tools.remove(name);
+                    tools.remove(&name);
                 }
             }
-        }
-        if full {
-            tracing::warn!(
-                server = %server,
-                "more than {MAX_TOOLS} tools declare Mcp-Param headers: calls with such headers to the others are refused"
-            );
         }
         if tools.is_empty() {
             servers.remove(&**server);
@@ -82,7 +77,7 @@ impl Declarations {
             return None;
         }
         let servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        servers.get(server)?.get(tool).cloned()
+        servers.get(server)?.get(&tool.to_string()).cloned()
     }
 
     /// Forgets the servers `keep` does not keep.
@@ -118,11 +113,13 @@ mod tests {
         // Listed again without the declaration: forgotten.
         declarations.record(&server, &[tool("query", None)]);
         assert!(declarations.get("github", "query").is_none());
-        // Bounded per server; another server has its own room.
+        // Bounded per server, the longest remembered going first (a new tool is never locked
+        // out); another server has its own room.
         let many: Vec<Value> = (0..MAX_TOOLS + 10).map(|i| tool(&format!("t{i}"), Some("Region"))).collect();
         declarations.record(&server, &many);
-        assert!(declarations.get("github", &format!("t{}", MAX_TOOLS - 1)).is_some());
-        assert!(declarations.get("github", &format!("t{}", MAX_TOOLS)).is_none());
+        assert!(declarations.get("github", "t0").is_none() && declarations.get("github", "t9").is_none());
+        assert!(declarations.get("github", "t10").is_some());
+        assert!(declarations.get("github", &format!("t{}", MAX_TOOLS + 9)).is_some());
         declarations.record(&Arc::from("other"), &[tool("query", Some("Region"))]);
         assert!(declarations.get("other", "query").is_some());
         declarations.retain(|name| name == "other");
