@@ -288,6 +288,18 @@ impl pb::admin_service_server::AdminService for AdminService {
             .configuration
             .write(&actor, "delete", |current| Ok((state::plan_delete(current, key.clone(), expected)?, ())))
             .await?;
+        // The definitions its agents reported go too: a server made anew under the name starts
+        // with none. (Agents forget a server no longer configured, so none are reported again.)
+        if key.kind == Kind::McpServer {
+            match self.configuration.store().delete_definitions(&key.name).await {
+                Ok(removed) => {
+                    tracing::info!(server = %key.name, removed, "the deleted server's tool definitions removed")
+                }
+                Err(e) => {
+                    tracing::warn!(server = %key.name, "the deleted server's tool definitions were not removed: {e}")
+                }
+            }
+        }
         Ok(Response::new(pb::DeleteResponse { version }))
     }
 

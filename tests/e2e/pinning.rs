@@ -4,7 +4,7 @@
 //! are flagged; new definitions can be held for approval.
 
 use serde_json::{Value, json};
-use tests::{mcp_client, wait_for_or};
+use tests::{Etcd, bin, mcp_client, wait_for_or};
 
 use crate::decisions::Fleet;
 
@@ -180,6 +180,16 @@ fn new_definitions_can_be_held_for_approval_and_a_rejected_one_stays_out() {
     // Record only: everything listed again, nothing withheld.
     serve_with(&fleet, "toolPinning: {mode: record, newDefinitions: hold}");
     assert_eq!(tools(&fleet, &alice), json!(["echo", "seen_headers", "weather"]));
+
+    // A deleted server takes its approvals and the definitions its agents reported with it:
+    // one made anew under its name starts with nothing approved and nothing seen.
+    assert!(!fleet.cp.ctl_json(&["tools", "list", "notes"])["definitions"].as_array().unwrap().is_empty());
+    for (kind, name) in [("policy", "weather"), ("policy", "echo-only"), ("mcpserver", "notes")] {
+        fleet.cp.ctl_ok(&["delete", kind, name]);
+    }
+    let left = fleet.cp.ctl_json(&["tools", "list", "notes"]);
+    assert!(left["definitions"].as_array().is_none_or(Vec::is_empty), "{left}");
+    assert!(!fleet.cp.ctl_ok(&["get", "toolapprovals"]).contains("notes-"));
 }
 
 #[test]
@@ -211,4 +221,26 @@ fn a_tool_poisoned_from_the_start_is_never_pinned_and_its_name_is_held() {
     fleet.cp.ctl_ok(&["tools", "approve", "notes", "weather", "--digest", digest]);
     converge(&fleet);
     assert_eq!(tools(&fleet, &alice), json!(["echo", "seen_headers", "weather"]));
+}
+
+#[test]
+fn on_etcd_a_deleted_server_takes_the_definitions_reported_for_it_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), 1);
+    let ca = dir.path().join("fleet-ca");
+    let out = std::process::Command::new(bin("warden-cp")).args(["create-ca", "--out"]).arg(&ca).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cert, key, url) = (ca.join("ca.crt"), ca.join("ca.key"), etcd.url());
+    let store = ["--store", &url, "--ca-cert", cert.to_str().unwrap(), "--ca-key", key.to_str().unwrap()];
+    let fleet = Fleet::start_with(&[], &store, &[], &[]);
+    serve_with(&fleet, "toolPinning: {mode: record}");
+    let alice = fleet.token("alice", "jti-etcd-pins", -10, 600);
+    assert_eq!(tools(&fleet, &alice), json!(["echo", "seen_headers", "weather"]));
+    tool_status(&fleet, "weather", |d| d["state"] == "approved");
+    for (kind, name) in [("policy", "weather"), ("policy", "echo-only"), ("mcpserver", "notes")] {
+        fleet.cp.ctl_ok(&["delete", kind, name]);
+    }
+    let left = fleet.cp.ctl_json(&["tools", "list", "notes"]);
+    let log = fleet.cp.process.as_ref().unwrap().log_text();
+    assert!(left["definitions"].as_array().is_none_or(Vec::is_empty), "{left}\n{log}");
 }

@@ -711,6 +711,15 @@ impl Store {
         }
     }
 
+    /// Forgets every definition seen of `server` (it was deleted); how many names there were.
+    pub async fn delete_definitions(&self, server: &str) -> Result<usize, StoreError> {
+        let prefix = format!("{server}/");
+        match self {
+            Store::Embedded(s) => blocking(s, move |s| s.delete_definitions(&prefix)).await,
+            Store::Etcd(s) => s.delete_definitions(&prefix).await,
+        }
+    }
+
     /// Stores one name's definitions, replacing what was stored for it.
     pub async fn put_definitions(&self, record: DefinitionsRecord) -> Result<(), StoreError> {
         match self {

@@ -429,6 +429,28 @@ impl Embedded {
         txn.commit().map_err(db_err)
     }
 
+    /// Removes every record whose key starts with `prefix`; how many there were.
+    pub fn delete_definitions(&self, prefix: &str) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut table = txn.open_table(DEFINITIONS).map_err(db_err)?;
+            let mut keys = Vec::new();
+            for row in table.range(prefix..).map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                keys.push(k.value().to_string());
+            }
+            for key in &keys {
+                table.remove(key.as_str()).map_err(db_err)?;
+            }
+            keys.len()
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
     /// Removes an agent from the registry; whether it was there.
     pub fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;

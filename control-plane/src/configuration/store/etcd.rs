@@ -612,6 +612,18 @@ impl Etcd {
         self.put(key, serde_json::to_vec(record).expect("serializes")).await
     }
 
+    /// Removes every record whose key starts with `prefix`; how many there were.
+    pub async fn delete_definitions(&self, prefix: &str) -> Result<usize, StoreError> {
+        let key = self.key(&format!("definitions/{prefix}"));
+        let response = retrying(|| {
+            let (mut kv, key) = (self.kv(), key.clone());
+            async move { kv.delete(key, Some(etcd_client::DeleteOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(etcd_err)?;
+        Ok(response.deleted() as usize)
+    }
+
     /// Every registered agent.
     pub async fn agents(&self) -> Result<BTreeMap<String, AgentRecord>, StoreError> {
         let options = GetOptions::new().with_prefix();
