@@ -16,11 +16,23 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::json;
-use warden_core::authorize::{Authorizer, RequestFacts, Target};
-use warden_core::token::{CACHE_CAPACITY, Presenter, Revocations, Verifier};
+use warden_core::authorize::{Authorizer, OUTCOME_ENTRIES, RequestFacts, Target};
+use warden_core::token::{Presenter, Revocations, Verifier};
 use warden_core::{Admission, Config, Document};
 
 const NOW: i64 = 1_800_000_000;
+
+/// Tokens the "uncached" verifier remembers: one more distinct token than that, used in turn,
+/// misses every time.
+const UNCACHED: usize = 64;
+
+/// The bench's policies and one that reads the time and a call's arguments.
+fn reading_policy() -> String {
+    format!(
+        "{POLICY_TEXT}\nforbid(principal, action, resource) when {{ context.time < datetime(\"2020-01-01T00:00:00Z\") || \
+         (context.arguments.hasTag(\"query\") && context.arguments.getTag(\"query\") == \"forbidden\") }};"
+    )
+}
 
 /// The policies every decision here is put to.
 const POLICY_TEXT: &str = r#"permit(principal, action == Action::"tools/call", resource)
@@ -60,13 +72,17 @@ fn sign_with_jti(alg: Algorithm, key: &EncodingKey, jti: usize, subject: &str) -
 }
 
 fn config(jwk: &serde_json::Value, alg: &str) -> Config {
+    config_with(jwk, alg, POLICY_TEXT)
+}
+
+fn config_with(jwk: &serde_json::Value, alg: &str, policy: &str) -> Config {
     let docs = [
         json!({"apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": "corp-idp"},
             "spec": {"issuer": "https://idp.example.com", "keys": {"jwks": {"keys": [jwk]}}, "allowedAlgorithms": [alg]}}),
         json!({"apiVersion": "warden.dev/v1", "kind": "McpServer", "metadata": {"name": "github"},
             "spec": {"resource": "https://mcp.example.com/github", "issuers": ["corp-idp"], "upstream": "http://127.0.0.1:1/mcp"}}),
         json!({"apiVersion": "warden.dev/v1", "kind": "Policy", "metadata": {"name": "github-tools"},
-            "spec": {"servers": ["github"], "cedar": POLICY_TEXT}}),
+            "spec": {"servers": ["github"], "cedar": policy}}),
     ];
     let docs: Vec<Document> =
         docs.into_iter().map(|d| Document::from_json(d, &Admission::default()).unwrap()).collect();
@@ -83,7 +99,7 @@ fn bench(c: &mut Criterion) {
     for (alg, name) in algorithms {
         let (token, jwk, encoding) = setup(alg);
         let (verifier, _) = Verifier::new(&config(&jwk, name));
-        let uncached = Verifier::new(&config(&jwk, name));
+        let uncached = Verifier::with_cache_capacity(&config(&jwk, name), UNCACHED);
         let key = DecodingKey::from_jwk(&serde_json::from_value::<Jwk>(jwk.clone()).unwrap()).unwrap();
         let (message, signature) = token.rsplit_once('.').unwrap();
         let raw_signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
@@ -122,10 +138,12 @@ fn bench(c: &mut Criterion) {
         });
         // One more distinct token than the cache holds, used in turn: with oldest-first eviction
         // every use misses, so each iteration pays the whole verification.
-        let fresh: Vec<String> = (0..=CACHE_CAPACITY).map(|i| sign_with_jti(alg, &encoding, i, "ci-runner")).collect();
-        // The same, each token for another workload: nothing the authorizer built is reused.
-        let strangers: Vec<String> =
-            (0..=CACHE_CAPACITY).map(|i| sign_with_jti(alg, &encoding, i, &format!("workload-{i}"))).collect();
+        let fresh: Vec<String> = (0..=UNCACHED).map(|i| sign_with_jti(alg, &encoding, i, "ci-runner")).collect();
+        // Each token for another workload (with a new second each time, below): as "policy
+        // evaluated", with another subject each time.
+        let strangers: Vec<String> = (0..=warden_core::authorize::CACHE_ENTRIES)
+            .map(|i| sign_with_jti(alg, &encoding, i, &format!("workload-{i}")))
+            .collect();
         let mut next = 0usize;
         c.bench_function(&format!("{name}: full token verification, uncached"), |b| {
             b.iter(|| {
@@ -137,8 +155,10 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("{name}: full token verification, cached"), |b| {
             b.iter(|| verifier.verify(black_box(&token), "github", NOW, &revocations, Presenter::default()).unwrap())
         });
-        // The decision: token verification plus Cedar evaluation of a tools/call.
-        let authorizer = Authorizer::new(&config(&jwk, name));
+        // The decision: token verification plus Cedar evaluation of a tools/call, under policies
+        // that read the time and the arguments (else both would be fixed, and a new second or
+        // new arguments would not make a new evaluation).
+        let authorizer = Authorizer::new(&config_with(&jwk, name, &reading_policy()));
         let facts =
             RequestFacts { source_ip: "10.1.2.3".parse().unwrap(), now: NOW, granted_tools: &[], arguments: None };
         let decide_at = |verifier: &Verifier, token: &str, facts: &RequestFacts<'_>| {
@@ -155,21 +175,22 @@ fn bench(c: &mut Criterion) {
             })
         });
         // A new token and a new second each time: neither the outcome nor the context is
-        // remembered, so both are built and Cedar evaluates; the workload's principal and
-        // entities are reused.
+        // remembered, so both are built and Cedar evaluates; the principal is built again (it is
+        // kept beside each verified token) and the target's entities are reused.
         let mut second = 0i64;
+        // One more second than the authorizer remembers outcomes for, in turn: every one misses.
+        let seconds = OUTCOME_ENTRIES as i64 + 1;
         c.bench_function(&format!("{name}: decision (verify + policy), uncached, policy evaluated"), |b| {
             b.iter(|| {
                 next = (next + 1) % fresh.len();
-                // One more second than the authorizer's caches hold, in turn: every one misses.
-                second = (second + 1) % (warden_core::authorize::CACHE_ENTRIES as i64 + 1);
+                second = (second + 1) % seconds;
                 let facts = RequestFacts { now: NOW - second, ..facts.clone() };
                 decide_at(&uncached.0, black_box(&fresh[next]), &facts)
             })
         });
         // A new token and new arguments each time (the same second): the outcome is not
         // remembered, the entities are built with the call's arguments, and Cedar evaluates.
-        let arguments: Vec<Box<serde_json::value::RawValue>> = (0..=warden_core::authorize::CACHE_ENTRIES)
+        let arguments: Vec<Box<serde_json::value::RawValue>> = (0..=OUTCOME_ENTRIES)
             .map(|i| {
                 serde_json::value::RawValue::from_string(format!(r#"{{"query":"issue {i}","limit":10}}"#)).unwrap()
             })
@@ -186,12 +207,86 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("{name}: decision (verify + policy), uncached, a new workload each time"), |b| {
             b.iter(|| {
                 next = (next + 1) % strangers.len();
-                decide(&uncached.0, black_box(&strangers[next]))
+                second = (second + 1) % seconds;
+                let facts = RequestFacts { now: NOW - second, ..facts.clone() };
+                decide_at(&uncached.0, black_box(&strangers[next]), &facts)
             })
         });
         c.bench_function(&format!("{name}: decision (verify + policy), cached"), |b| {
             b.iter(|| decide(&verifier, black_box(&token)))
         });
+    }
+}
+
+/// Workloads of the realistic case: fewer than the token cache holds, so each token is verified
+/// once and remembered, as a busy gateway's callers are.
+const WORKLOADS: usize = 5000;
+
+/// Tools the realistic case calls, each workload in turn calling the next: more (workload, tool)
+/// pairs than the authorizer remembers outcomes for, so taken in turn, each is evaluated. Two
+/// are allowed, the rest denied.
+const TOOLS: [&str; 8] = ["search", "get_file", "delete", "merge", "push", "admin", "comment", "close"];
+
+const _: () = assert!(
+    WORKLOADS * TOOLS.len() > OUTCOME_ENTRIES && WORKLOADS <= warden_core::token::CACHE_CAPACITY,
+    "every token remembered, every outcome evaluated"
+);
+
+/// The decision as realistic traffic makes it (issue 20): many workloads, each token
+/// remembered, and every request with a new workload, a new second and new arguments, so no
+/// outcome is remembered and Cedar evaluates every time. Measured beside the remembered token
+/// alone: the difference is what deciding adds to the token check (goal: at most 2× Cedar's own
+/// evaluation). Once with policies that read neither the time nor the arguments (they are
+/// fixed: contexts are reused, no `Arguments` entity is built), once with one that reads both.
+fn realistic(c: &mut Criterion) {
+    let (_, jwk, encoding) = setup(Algorithm::ES256);
+    let tokens: Vec<String> =
+        (0..WORKLOADS).map(|i| sign_with_jti(Algorithm::ES256, &encoding, i, &format!("workload-{i}"))).collect();
+    let arguments: Vec<Box<serde_json::value::RawValue>> = (0..=OUTCOME_ENTRIES)
+        .map(|i| serde_json::value::RawValue::from_string(format!(r#"{{"query":"issue {i}","limit":{i}}}"#)).unwrap())
+        .collect();
+    let revocations = Revocations::default();
+    let reading = reading_policy();
+    for (label, policy) in [("no policy reads time or arguments", POLICY_TEXT), ("a policy reads both", &reading)] {
+        let config = config_with(&jwk, "ES256", policy);
+        let (verifier, _) = Verifier::new(&config);
+        let authorizer = Authorizer::new(&config);
+        for token in &tokens {
+            verifier.verify(token, "github", NOW, &revocations, Presenter::default()).unwrap();
+        }
+        let mut next = 0usize;
+        c.bench_function(&format!("realistic, {label}: token remembered ({WORKLOADS} workloads in turn)"), |b| {
+            b.iter(|| {
+                next = (next + 1) % tokens.len();
+                verifier.verify(black_box(&tokens[next]), "github", NOW, &revocations, Presenter::default()).unwrap()
+            })
+        });
+        let (mut call, mut round) = (0usize, 0usize);
+        c.bench_function(
+            &format!("realistic, {label}: decision, token remembered, policy evaluated (new tool, second, arguments)"),
+            |b| {
+                b.iter(|| {
+                    // Every workload with one tool, then every workload with the next: the
+                    // 40,000 pairs in turn.
+                    round = (round + 1) % (tokens.len() * TOOLS.len());
+                    next = round % tokens.len();
+                    let tool = TOOLS[round / tokens.len()];
+                    call = (call + 1) % arguments.len();
+                    let workload = verifier
+                        .verify(black_box(&tokens[next]), "github", NOW, &revocations, Presenter::default())
+                        .unwrap();
+                    let facts = RequestFacts {
+                        source_ip: "10.1.2.3".parse().unwrap(),
+                        now: NOW + call as i64,
+                        granted_tools: &[],
+                        arguments: Some(&arguments[call]),
+                    };
+                    let outcome =
+                        authorizer.authorize("github", &workload, "tools/call", Target::Tool(tool), &facts).unwrap();
+                    assert_eq!(outcome.allowed, TOOLS[..2].contains(&tool));
+                })
+            },
+        );
     }
 }
 
@@ -238,5 +333,5 @@ fn cedar_alone(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, cedar_alone);
+criterion_group!(benches, bench, realistic, cedar_alone);
 criterion_main!(benches);

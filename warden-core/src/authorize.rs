@@ -2,13 +2,19 @@
 //! Cedar against the policies scoped to the server. Default deny; a `forbid` wins.
 //!
 //! [`Authorizer`] is compiled once per configuration version (one policy set per server), like
-//! the token [`Verifier`](crate::token::Verifier). The principal, the context and the entity
-//! set of a request are each built once per distinct input and reused (bounded caches keyed by
-//! a digest of everything they are built from): pure functions of their inputs, so reuse
-//! cannot change a decision, only skip Cedar's costly construction (text-parsed `ip()` and
+//! the token [`Verifier`](crate::token::Verifier). What a request is built from is built once
+//! and reused: the principal once per workload's claims (kept beside each verified token), the
+//! context once per distinct input, the target's entities once per target (bounded caches keyed
+//! by a digest of everything each is built from). They are pure functions of their inputs, so reuse cannot
+//! change a decision, only skip Cedar's costly construction (text-parsed `ip()` and
 //! `datetime()` values, the entities' transitive closure). For the same reason the outcome
 //! itself is kept per digest of (principal, server, target, arguments, method, context): Cedar
 //! is deterministic, so the same inputs under the same policies decide the same.
+//!
+//! What no policy of a server reads — the time, the caller's address, a call's arguments — is
+//! given one fixed value ([`PolicyReads`]): it cannot change an outcome, and left as it is, a
+//! new second (or a new address, or new arguments) would make every request a new context, a
+//! new set of entities and a new evaluation.
 //!
 //! A call's arguments reach policy as the tags of an `Arguments` entity that the context names
 //! (`context.arguments.getTag("path")`): Cedar records are closed, so open-ended names need
@@ -30,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bounded::BoundedMap;
 use crate::config::Config;
+use crate::explain::PolicyReads;
 use crate::policy::{PolicyMode, schema};
 use crate::token::Verified;
 
@@ -56,7 +63,8 @@ pub struct RequestFacts<'a> {
     /// Tools granted to a task token (token exchange); empty for others.
     pub granted_tools: &'a [String],
     /// The request's arguments (`params.arguments` of `tools/call` and `prompts/get`): a JSON
-    /// object with unique names, as [`crate::mcp`] checked it; `None` for none.
+    /// object with unique names, as [`crate::mcp`] checked it; `None` for none. Read only when a
+    /// policy of the server reads them, so not checked again here.
     pub arguments: Option<&'a RawValue>,
 }
 
@@ -103,22 +111,33 @@ pub struct RequestError(String);
 /// The policies of one configuration version, per server.
 pub struct Authorizer {
     per_server: HashMap<String, ServerPolicies>,
+    readings: Readings,
     cedar: CedarAuthorizer,
-    /// Principal entities by a digest of the claims they are built from.
+    /// Principals by a digest of the claims they are built from, for a workload's next token
+    /// (each verified token keeps its own beside it; these are the same, shared).
     principals: Mutex<BoundedMap<[u8; 32], Arc<Principal>>>,
-    /// Contexts by a digest of their inputs (scopes, granted tools, tenant, address, second).
+    /// Contexts by a digest of their inputs (scopes, granted tools, tenant, and the address and
+    /// second when a policy reads them).
     contexts: Mutex<BoundedMap<[u8; 32], Context>>,
     /// Cedar `ip()` values by address and `datetime()` values by second, for the contexts:
     /// making either runs Cedar's parser on the extension's name, which costs more than
     /// evaluating most policies, and a new second needs new contexts for every caller.
     ips: Mutex<BoundedMap<IpAddr, RestrictedExpression>>,
     times: Mutex<BoundedMap<i64, RestrictedExpression>>,
-    /// The entities of a (principal, server, target), by digest: building them computes a
-    /// transitive closure, which costs more than evaluating the policies.
-    entities: Mutex<BoundedMap<[u8; 32], Arc<Entities>>>,
+    /// The entities of a (server, target), by digest, and the target's uid: the server, the
+    /// target (a child of the server) and an empty `Arguments`. A request's principal (and its
+    /// arguments, when a policy reads them) joins a copy. Building the set computes a transitive
+    /// closure, which costs more than evaluating the policies; the copy shares the entities,
+    /// and its closure is repaired for the principal alone. (A set per principal and target
+    /// would save that too, but Cedar's entity sets take kilobytes each: ~6 KiB per caller and
+    /// target, measured with the `caller_memory` example.)
+    targets: Mutex<BoundedMap<[u8; 32], TargetEntities>>,
     /// Outcomes by a digest of every input of the evaluation.
     outcomes: Mutex<BoundedMap<[u8; 32], Outcome>>,
 }
+
+/// A target's entity set (see [`Authorizer::targets`]) and the target's uid.
+type TargetEntities = (Arc<Entities>, EntityUid);
 
 /// One server's policies and its entity.
 pub(crate) struct ServerPolicies {
@@ -128,9 +147,12 @@ pub(crate) struct ServerPolicies {
     pub(crate) shadow: Option<PolicySet>,
     uid: EntityUid,
     entity: Entity,
-    /// What the enforced policies read beyond principal, action and resource: found when a
-    /// replay first asks (agents never do, and finding out parses each policy's text again).
-    reads: std::sync::OnceLock<crate::explain::PolicyReads>,
+    /// What the enforced policies read beyond principal, action and resource, and what the
+    /// enforced and shadow policies together do: found when first asked for (by the first
+    /// request, or a replay), not when the configuration is applied, since finding out parses
+    /// each policy's text again.
+    reads: std::sync::OnceLock<PolicyReads>,
+    evaluated_reads: std::sync::OnceLock<PolicyReads>,
     /// The enforced policies that say which scopes they need (`@scope("a b")`), by id.
     step_ups: Vec<(String, Vec<String>)>,
 }
@@ -138,8 +160,32 @@ pub(crate) struct ServerPolicies {
 impl ServerPolicies {
     /// What the enforced policies read (the enforced policies decide; a replay judges only
     /// what they decide).
-    fn reads(&self) -> crate::explain::PolicyReads {
-        *self.reads.get_or_init(|| crate::explain::PolicyReads::any(self.set.policies()))
+    fn reads(&self, readings: &Readings) -> PolicyReads {
+        *self.reads.get_or_init(|| readings.any(self.set.policies()))
+    }
+
+    /// What the policies evaluated for a request read: the enforced ones, and the shadow ones
+    /// when there are any (the shadow set holds the enforced policies too).
+    fn evaluated_reads(&self, readings: &Readings) -> PolicyReads {
+        match &self.shadow {
+            None => self.reads(readings),
+            Some(shadow) => *self.evaluated_reads.get_or_init(|| readings.any(shadow.policies())),
+        }
+    }
+}
+
+/// What each policy reads, found when first asked for and once per configuration however many
+/// servers the policy applies to: finding out parses the policy's text again.
+#[derive(Default)]
+struct Readings(Mutex<HashMap<cedar_policy::PolicyId, PolicyReads>>);
+
+impl Readings {
+    /// What any of `policies` reads.
+    fn any<'a>(&self, policies: impl Iterator<Item = &'a cedar_policy::Policy>) -> PolicyReads {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        policies
+            .map(|p| *known.entry(p.id().clone()).or_insert_with(|| PolicyReads::of(p)))
+            .fold(PolicyReads::default(), PolicyReads::or)
     }
 }
 
@@ -151,17 +197,25 @@ pub(crate) struct Evaluation<'a> {
     pub(crate) entities: Arc<Entities>,
 }
 
-/// A workload as Cedar sees it.
-struct Principal {
+/// A workload as Cedar sees it, built once per verified token.
+pub(crate) struct Principal {
     /// Digest of the claims it was built from.
     key: [u8; 32],
     uid: EntityUid,
-    /// The workload and its issuer.
-    entities: [Entity; 2],
+    /// The workload (a child of its issuer).
+    entity: Entity,
+    /// Its issuer's uid: the issuer's entity (no attributes) is made per request, not kept, as
+    /// every entity Cedar holds takes a kilobyte or more.
+    issuer: EntityUid,
 }
 
-/// Entries each of the caches above keeps per configuration version.
+/// Entries each of the caches above keeps per configuration version (but outcomes).
 pub const CACHE_ENTRIES: usize = 4096;
+
+/// Outcomes kept per configuration version: a few hundred bytes each, so enough for ten
+/// thousand callers each using a few tools, whose repeated requests are then not evaluated
+/// again (when no policy reads the time, a caller's same call decides the same all day).
+pub const OUTCOME_ENTRIES: usize = 32_768;
 
 /// SHA-256 over length-prefixed fields, so no two distinct inputs encode alike.
 fn digest<'a>(fields: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
@@ -267,19 +321,28 @@ impl Authorizer {
                 .collect();
             per_server.insert(
                 server.clone(),
-                ServerPolicies { set, shadow, uid, entity, reads: std::sync::OnceLock::new(), step_ups },
+                ServerPolicies {
+                    set,
+                    shadow,
+                    uid,
+                    entity,
+                    reads: Default::default(),
+                    evaluated_reads: Default::default(),
+                    step_ups,
+                },
             );
         }
         Authorizer {
             per_server,
+            readings: Readings::default(),
             cedar: CedarAuthorizer::new(),
             principals: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
             contexts: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
             ips: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
             // Requests are decided at the current second, give or take a few.
             times: Mutex::new(BoundedMap::new(16)),
-            entities: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
-            outcomes: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
+            targets: Mutex::new(BoundedMap::new(CACHE_ENTRIES)),
+            outcomes: Mutex::new(BoundedMap::new(OUTCOME_ENTRIES)),
         }
     }
 
@@ -320,17 +383,26 @@ impl Authorizer {
                 shadow: None,
             });
         }
-        let principal = self.principal(workload)?;
+        let reads = policies.evaluated_reads(&self.readings);
+        let principal = principal(&self.principals, workload)?;
         let (kind, _, name) = target_parts(target);
-        let key = digest([&principal.key[..], server.as_bytes(), kind.as_bytes(), name.as_bytes()]);
-        let context_key = context_key(workload, facts);
-        // The arguments as sent: the same text decides the same (and is parsed only then).
-        let arguments = facts.arguments.map_or(&[0xff][..], |a| a.get().as_bytes());
-        let outcome_key = digest([&key[..], &context_key[..], method.as_bytes(), arguments]);
+        let context_key = context_key(workload, facts, reads);
+        // The arguments as sent, when a policy reads them: the same text decides the same (and
+        // is parsed only then).
+        let arguments = facts.arguments.filter(|_| reads.arguments).map_or(&[0xff][..], |a| a.get().as_bytes());
+        let outcome_key = digest([
+            &principal.key[..],
+            server.as_bytes(),
+            kind.as_bytes(),
+            name.as_bytes(),
+            &context_key[..],
+            method.as_bytes(),
+            arguments,
+        ]);
         // Cedar is deterministic: the same request under the same policies decides the same.
         cached(&self.outcomes, outcome_key, || {
             let (request, entities) =
-                self.request(policies, &principal, server, method, target, key, context_key, workload, facts)?;
+                self.request(policies, &principal, server, method, target, context_key, workload, facts, reads)?;
             let evaluate = |set: &PolicySet| {
                 let response = self.cedar.is_authorized(&request, set, &entities);
                 let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
@@ -402,36 +474,39 @@ impl Authorizer {
         server: &str,
         method: &str,
         target: Target<'_>,
-        key: [u8; 32],
         context_key: [u8; 32],
         workload: &Verified,
         facts: &RequestFacts<'_>,
+        reads: PolicyReads,
     ) -> Result<(Request, Arc<Entities>), RequestError> {
         let (kind, attr, name) = target_parts(target);
-        let resource = if kind == "Server" { policies.uid.clone() } else { uid(kind, &format!("{server}/{name}")) };
-        let entities = cached(&self.entities, key, || {
+        let key = digest([server.as_bytes(), kind.as_bytes(), name.as_bytes()]);
+        let (base, resource) = cached(&self.targets, key, || {
+            let resource = if kind == "Server" { policies.uid.clone() } else { uid(kind, &format!("{server}/{name}")) };
             let child = (kind != "Server")
                 .then(|| {
                     let attrs = HashMap::from([(attr.to_string(), RestrictedExpression::new_string(name.to_string()))]);
                     Entity::new(resource.clone(), attrs, HashSet::from([policies.uid.clone()])).map_err(err)
                 })
                 .transpose()?;
-            // With no arguments; a call's own are put in below.
+            // With no arguments; a call's own are put in below. Built here from typed values,
+            // so not validated against the schema again.
             let arguments = arguments_entity(None)?;
-            // Built here from typed values, so not validated against the schema again.
-            let all =
-                [policies.entity.clone(), arguments].into_iter().chain(principal.entities.iter().cloned()).chain(child);
-            Ok(Arc::new(Entities::from_entities(all, None).map_err(err)?))
+            let all = [policies.entity.clone(), arguments].into_iter().chain(child);
+            Ok((Arc::new(Entities::from_entities(all, None).map_err(err)?), resource))
         })?;
-        // Replacing the `Arguments` entity (no parents, no children) repairs the transitive
-        // closure for it alone: far cheaper than building the set again.
-        let entities = match facts.arguments {
-            None => entities,
-            Some(arguments) => Arc::new(
-                Entities::clone(&entities).upsert_entities([arguments_entity(Some(arguments))?], None).map_err(err)?,
-            ),
-        };
-        let context = self.context(context_key, workload, facts)?;
+        // The principal's entities (the workload and its issuer) and the call's `Arguments`
+        // (replacing the empty one; no parents, no children) join a copy of the target's.
+        let arguments = facts.arguments.filter(|_| reads.arguments).map(|a| arguments_entity(Some(a))).transpose()?;
+        let entities = Entities::clone(&base)
+            .upsert_entities(
+                [principal.entity.clone(), Entity::new_no_attrs(principal.issuer.clone(), HashSet::new())]
+                    .into_iter()
+                    .chain(arguments),
+                None,
+            )
+            .map_err(err)?;
+        let context = self.context(context_key, workload, facts, reads)?;
         let action = uid("Action", method);
         // The method and the target come from the caller, so they are checked in every build:
         // a method the schema does not know, or applies to another kind of resource, would
@@ -445,13 +520,14 @@ impl Authorizer {
         // builds) validate every request against the schema, release builds skip the cost.
         let schema = if cfg!(debug_assertions) { Some(schema()) } else { None };
         let request = Request::new(principal.uid.clone(), action, resource, context, schema).map_err(err)?;
-        Ok((request, entities))
+        Ok((request, Arc::new(entities)))
     }
 
     /// Whether an enforced policy of `server` reads `context.time`, `context.source_ip`.
-    pub fn reads_time_and_address(&self, server: &str) -> (bool, bool) {
+    #[cfg(test)]
+    pub(crate) fn reads_time_and_address(&self, server: &str) -> (bool, bool) {
         self.per_server.get(server).map_or((false, false), |p| {
-            let reads = p.reads();
+            let reads = p.reads(&self.readings);
             (reads.time, reads.source_ip)
         })
     }
@@ -464,7 +540,7 @@ impl Authorizer {
     /// Whether an enforced policy of `server` reads a call's arguments (which records never keep: a
     /// recorded call with arguments cannot be replayed against them).
     pub fn reads_arguments(&self, server: &str) -> bool {
-        self.per_server.get(server).is_some_and(|p| p.reads().arguments)
+        self.per_server.get(server).is_some_and(|p| p.reads(&self.readings).arguments)
     }
 
     /// The Cedar authorizer, the server's policies, and the request and entities of one
@@ -478,68 +554,33 @@ impl Authorizer {
         facts: &RequestFacts<'_>,
     ) -> Result<Option<Evaluation<'_>>, RequestError> {
         let Some(policies) = self.per_server.get(server) else { return Ok(None) };
-        let principal = self.principal(workload)?;
-        let (kind, _, name) = target_parts(target);
-        let key = digest([&principal.key[..], server.as_bytes(), kind.as_bytes(), name.as_bytes()]);
-        let context_key = context_key(workload, facts);
+        let principal = principal(&self.principals, workload)?;
+        // Explained as it was: every fact as the request had it.
+        let reads = PolicyReads::ALL;
+        let context_key = context_key(workload, facts, reads);
         let (request, entities) =
-            self.request(policies, &principal, server, method, target, key, context_key, workload, facts)?;
+            self.request(policies, &principal, server, method, target, context_key, workload, facts, reads)?;
         Ok(Some(Evaluation { cedar: &self.cedar, policies, request, entities }))
-    }
-
-    /// The workload's entities, built once per distinct set of the claims they carry.
-    fn principal(&self, workload: &Verified) -> Result<Arc<Principal>, RequestError> {
-        let claim = |name| workload.claims.get(name).and_then(|v: &serde_json::Value| v.as_str());
-        let (tenant, email) = (claim("tenant"), claim("email"));
-        let groups: Option<Vec<&str>> = workload
-            .claims
-            .get("groups")
-            .and_then(|v| v.as_array())
-            .map(|g| g.iter().filter_map(|g| g.as_str()).collect());
-        let counts = [workload.scopes.len() as u64, groups.as_ref().map_or(u64::MAX, |g| g.len() as u64)];
-        let counts: Vec<[u8; 8]> = counts.iter().map(|n| n.to_le_bytes()).collect();
-        let absent: &[u8] = &[0xff];
-        let issuer = workload.principal_issuer();
-        let key = digest(
-            [issuer.as_bytes(), workload.subject.as_bytes(), &counts[0]]
-                .into_iter()
-                .chain(workload.scopes.iter().map(|s| s.as_bytes()))
-                .chain([tenant.map_or(absent, str::as_bytes), email.map_or(absent, str::as_bytes), &counts[1]])
-                .chain(groups.iter().flatten().map(|g| g.as_bytes())),
-        );
-        cached(&self.principals, key, || {
-            let issuer_uid = uid("Issuer", issuer);
-            let mut attrs = HashMap::from([
-                ("issuer".to_string(), RestrictedExpression::new_string(issuer.to_string())),
-                ("subject".to_string(), RestrictedExpression::new_string(workload.subject.clone())),
-                ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
-            ]);
-            for (name, value) in [("tenant", tenant), ("email", email)] {
-                if let Some(v) = value {
-                    attrs.insert(name.to_string(), RestrictedExpression::new_string(v.to_string()));
-                }
-            }
-            if let Some(groups) = &groups {
-                attrs.insert("groups".into(), string_set(groups.iter().map(|g| g.to_string())));
-            }
-            let principal = uid("Workload", &format!("{issuer}/{}", workload.subject));
-            let entity = Entity::new(principal.clone(), attrs, HashSet::from([issuer_uid.clone()])).map_err(err)?;
-            let issuer = Entity::new_no_attrs(issuer_uid, HashSet::new());
-            Ok(Arc::new(Principal { key, uid: principal, entities: [entity, issuer] }))
-        })
     }
 
     /// The request context, built once per distinct input: Cedar parses `ip()` and
     /// `datetime()` values from text, which costs more than most evaluations.
-    fn context(&self, key: [u8; 32], workload: &Verified, facts: &RequestFacts<'_>) -> Result<Context, RequestError> {
+    fn context(
+        &self,
+        key: [u8; 32],
+        workload: &Verified,
+        facts: &RequestFacts<'_>,
+        reads: PolicyReads,
+    ) -> Result<Context, RequestError> {
         let tenant = workload.claims.get("tenant").and_then(|v| v.as_str());
         cached(&self.contexts, key, || {
             // Built directly, not parsed from Cedar text: parsing costs tens of µs. A dual-stack
             // listener sees IPv4 callers as IPv4-mapped IPv6 (`::ffff:10.1.2.3`), which Cedar's
             // `ip()` refuses: policy sees the IPv4 address it stands for.
-            let source_ip = facts.source_ip.to_canonical();
+            let (source_ip, now) = fixed_unless_read(facts, reads);
+            let source_ip = source_ip.to_canonical();
             let ip = cached(&self.ips, source_ip, || Ok(RestrictedExpression::new_ip(source_ip.to_string())))?;
-            let time = cached(&self.times, facts.now, || Ok(RestrictedExpression::new_datetime(iso8601(facts.now))))?;
+            let time = cached(&self.times, now, || Ok(RestrictedExpression::new_datetime(iso8601(now))))?;
             let mut pairs = vec![
                 ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
                 ("granted_tools".to_string(), string_set(facts.granted_tools.iter().cloned())),
@@ -555,6 +596,57 @@ impl Authorizer {
     }
 }
 
+/// The workload's entities, kept beside each verified token and shared by a workload's tokens
+/// while remembered (built once per distinct set of the claims they carry).
+fn principal(
+    principals: &Mutex<BoundedMap<[u8; 32], Arc<Principal>>>,
+    workload: &Verified,
+) -> Result<Arc<Principal>, RequestError> {
+    let claim = |name| workload.claims.get(name).and_then(|v: &serde_json::Value| v.as_str());
+    let (tenant, email) = (claim("tenant"), claim("email"));
+    let groups: Option<Vec<&str>> =
+        workload.claims.get("groups").and_then(|v| v.as_array()).map(|g| g.iter().filter_map(|g| g.as_str()).collect());
+    let counts = [workload.scopes.len() as u64, groups.as_ref().map_or(u64::MAX, |g| g.len() as u64)];
+    let counts: Vec<[u8; 8]> = counts.iter().map(|n| n.to_le_bytes()).collect();
+    let absent: &[u8] = &[0xff];
+    let issuer = workload.principal_issuer();
+    let key = digest(
+        [issuer.as_bytes(), workload.subject.as_bytes(), &counts[0]]
+            .into_iter()
+            .chain(workload.scopes.iter().map(|s| s.as_bytes()))
+            .chain([tenant.map_or(absent, str::as_bytes), email.map_or(absent, str::as_bytes), &counts[1]])
+            .chain(groups.iter().flatten().map(|g| g.as_bytes())),
+    );
+    // The key is computed every time (one SHA-256 of a few fields, far cheaper than the entity):
+    // a `Verified` changed after use must not be decided as it was.
+    if let Some(built) = workload.derived.principal.get().filter(|p| p.key == key) {
+        return Ok(built.clone());
+    }
+    // Another token of the same workload (a rotated one, a bridge's key): the same principal.
+    let built = cached(principals, key, || {
+        let issuer_uid = uid("Issuer", issuer);
+        let mut attrs = HashMap::from([
+            ("issuer".to_string(), RestrictedExpression::new_string(issuer.to_string())),
+            ("subject".to_string(), RestrictedExpression::new_string(workload.subject.clone())),
+            ("scopes".to_string(), string_set(workload.scopes.iter().cloned())),
+        ]);
+        for (name, value) in [("tenant", tenant), ("email", email)] {
+            if let Some(v) = value {
+                attrs.insert(name.to_string(), RestrictedExpression::new_string(v.to_string()));
+            }
+        }
+        if let Some(groups) = &groups {
+            attrs.insert("groups".into(), string_set(groups.iter().map(|g| g.to_string())));
+        }
+        let principal = uid("Workload", &format!("{issuer}/{}", workload.subject));
+        let entity = Entity::new(principal.clone(), attrs, HashSet::from([issuer_uid.clone()])).map_err(err)?;
+        Ok(Arc::new(Principal { key, uid: principal, entity, issuer: issuer_uid }))
+    })?;
+    // Kept unless another is kept already (a changed `Verified`: not kept, built per use).
+    Ok(workload.derived.principal.get_or_init(|| built.clone()).clone())
+        .map(|kept| if kept.key == key { kept } else { built })
+}
+
 /// The entity type of a target, its naming attribute and its name.
 fn target_parts(target: Target<'_>) -> (&'static str, &'static str, &str) {
     match target {
@@ -565,16 +657,23 @@ fn target_parts(target: Target<'_>) -> (&'static str, &'static str, &str) {
     }
 }
 
+/// The caller's address and the time as the context holds them: as they are when a policy reads
+/// them, else one fixed value (the unspecified address, the epoch).
+fn fixed_unless_read(facts: &RequestFacts<'_>, reads: PolicyReads) -> (IpAddr, i64) {
+    (if reads.source_ip { facts.source_ip } else { IpAddr::from([0, 0, 0, 0]) }, if reads.time { facts.now } else { 0 })
+}
+
 /// The digest of everything the request context is built from (scopes, granted tools, tenant,
 /// address, second).
-fn context_key(workload: &Verified, facts: &RequestFacts<'_>) -> [u8; 32] {
+fn context_key(workload: &Verified, facts: &RequestFacts<'_>, reads: PolicyReads) -> [u8; 32] {
     let tenant = workload.claims.get("tenant").and_then(|v| v.as_str());
-    let ip = match facts.source_ip {
+    let (source_ip, now) = fixed_unless_read(facts, reads);
+    let ip = match source_ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };
     let counts = [workload.scopes.len() as u64, facts.granted_tools.len() as u64].map(u64::to_le_bytes);
-    let now = facts.now.to_le_bytes();
+    let now = now.to_le_bytes();
     let absent: &[u8] = &[0xff];
     digest(
         [&counts[0][..]]

@@ -51,7 +51,7 @@ fn workload(subject: &str, claims: serde_json::Value) -> Verified {
         claims: claims.as_object().cloned().unwrap_or_default(),
         task: None,
         bridge: None,
-        caller: Default::default(),
+        derived: Default::default(),
     }
 }
 
@@ -122,13 +122,20 @@ fn per_tool_permits_with_default_deny() {
 #[test]
 fn claims_and_scopes_feed_the_decision_and_forbid_wins() {
     let a = authorizer(COOKBOOK);
-    let mut w = workload("ci-runner", serde_json::json!({"tenant": "blocked"}));
+    let w = workload("ci-runner", serde_json::json!({"tenant": "blocked"}));
     let denied = a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap();
     assert!(!denied.allowed);
     assert_eq!(denied.policies, ["tenant-isolation.0"], "the forbid decided");
-    w.claims.insert("tenant".into(), "acme".into());
+    // Another token of the same workload, with other claims.
+    let mut w = workload("ci-runner", serde_json::json!({"tenant": "acme"}));
     assert!(a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap().allowed);
-    w.scopes.clear();
+    w = Verified { scopes: Vec::new(), ..w.clone() };
+    assert!(!a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap().allowed);
+    // Changed in place after use (what is kept beside it was built from the old claims): decided
+    // as it now is, not as it was.
+    let mut w = workload("ci-runner", serde_json::json!({"tenant": "acme"}));
+    assert!(a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap().allowed);
+    w.claims.insert("tenant".into(), "blocked".into());
     assert!(!a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts()).unwrap().allowed);
 }
 
@@ -516,4 +523,90 @@ spec:
     assert_eq!(a.step_up("github", &caller, "tools/call", other, &facts(), &[]), None);
     // A server with no annotated policy: none.
     assert_eq!(a.step_up("billing", &caller, "tools/call", merge, &facts(), &[]), None);
+}
+
+/// One `Policy` document for the github server.
+fn github_policy(name: &str, mode: &str, cedar: &str) -> String {
+    let indented: String = cedar.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "---\napiVersion: warden.dev/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  servers: [github]\n  mode: {mode}\n  cedar: |\n{indented}"
+    )
+}
+
+#[test]
+fn what_no_policy_reads_is_fixed_so_new_seconds_and_addresses_reuse_the_outcome() {
+    let a = authorizer(&github_policy(
+        "tools",
+        "enforce",
+        r#"permit(principal, action == Action::"tools/call", resource) when { context.scopes.contains("repo:read") };"#,
+    ));
+    let w = workload("ci-runner", serde_json::json!({}));
+    for second in 0..50 {
+        let facts = RequestFacts { now: NOW + second, source_ip: IpAddr::from([10, 0, 0, second as u8]), ..facts() };
+        let arguments = raw(&format!(r#"{{"n": {second}}}"#));
+        let facts = RequestFacts { arguments: Some(&arguments), ..facts };
+        assert!(a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts).unwrap().allowed);
+    }
+    let lens = |a: &Authorizer| (a.outcomes.lock().unwrap().len(), a.contexts.lock().unwrap().len());
+    assert_eq!(lens(&a), (1, 1), "time, address and arguments read by no policy: one context, one evaluation");
+
+    // A policy that reads the time: a context and an outcome per second.
+    let a = authorizer(&github_policy(
+        "tools",
+        "enforce",
+        r#"permit(principal, action == Action::"tools/call", resource) when { context.time.toDate() > datetime("2020-01-01") };"#,
+    ));
+    for second in 0..5 {
+        let facts = RequestFacts { now: NOW + second, ..facts() };
+        assert!(a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts).unwrap().allowed);
+    }
+    assert_eq!(lens(&a), (5, 5));
+}
+
+#[test]
+fn a_shadow_policy_that_reads_the_time_sees_the_time() {
+    // The enforced policy reads no time; the shadow one does, and must see the request's.
+    let policies = github_policy(
+        "tools",
+        "enforce",
+        r#"permit(principal, action == Action::"tools/call", resource == Tool::"github/search");"#,
+    ) + &github_policy(
+        "office-hours",
+        "shadow",
+        r#"forbid(principal, action, resource) unless { context.time.toTime() >= duration("8h") && context.time.toTime() < duration("18h") };"#,
+    );
+    let a = authorizer(&policies);
+    let w = workload("ci-runner", serde_json::json!({}));
+    let at = |now| {
+        let facts = RequestFacts { now, ..facts() };
+        a.authorize("github", &w, "tools/call", Target::Tool("search"), &facts).unwrap()
+    };
+    let night = at(NOW);
+    assert!(night.allowed);
+    assert_eq!(night.shadow.map(|s| s.allowed), Some(false), "22:13 UTC: the shadow forbid would deny");
+    let day = at(NOW - 10 * 3600);
+    assert!(day.allowed && day.shadow.is_none(), "12:13 UTC: the same outcome");
+}
+
+#[test]
+fn arguments_reached_other_than_by_name_are_still_read() {
+    // `context` used through an expression, not `context.arguments`: the arguments are read, so
+    // they must not be fixed (else this forbid could never match, and would fail open).
+    let a = authorizer(&github_policy(
+        "files",
+        "enforce",
+        r#"permit(principal, action == Action::"tools/call", resource);
+forbid(principal, action == Action::"tools/call", resource)
+  when { (if true then context else context).arguments.hasTag("path") &&
+         (if true then context else context).arguments.getTag("path") == "/etc/passwd" };"#,
+    ));
+    assert!(a.reads_arguments("github"));
+    let w = workload("ci-runner", serde_json::json!({}));
+    let call = |arguments: &str| {
+        let arguments = raw(arguments);
+        let facts = RequestFacts { arguments: Some(&arguments), ..facts() };
+        a.authorize("github", &w, "tools/call", Target::Tool("read_file"), &facts).unwrap().allowed
+    };
+    assert!(call(r#"{"path": "/srv/a.txt"}"#));
+    assert!(!call(r#"{"path": "/etc/passwd"}"#), "the forbid sees the arguments");
 }

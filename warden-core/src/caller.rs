@@ -119,7 +119,7 @@ impl Caller {
                 subject_token: None,
             }),
             bridge: None,
-            caller: Default::default(),
+            derived: Default::default(),
         }
     }
 }
@@ -127,7 +127,7 @@ impl Caller {
 impl Verified {
     /// [`Caller::digest`] of this workload, computed once per verified token.
     pub fn caller_digest(&self) -> [u8; DIGEST_LEN] {
-        *self.caller.get_or_init(|| Caller::of(self).digest())
+        *self.derived.caller.get_or_init(|| Caller::of(self).digest())
     }
 }
 

@@ -104,7 +104,7 @@ fn verified(subject: &str, claims: Value) -> Verified {
         claims,
         task: None,
         bridge: None,
-        caller: Default::default(),
+        derived: Default::default(),
     }
 }
 

@@ -401,15 +401,9 @@ pub fn replay(authorizer: &Authorizer, r: &Recorded<'_>) -> Replayed {
         return Replayed::CannotJudge("policy_reads_arguments");
     }
     let granted = r.workload.task.as_ref().map_or(&[][..], |t| &t.tools[..]);
-    // What no policy of the server reads cannot change the outcome: fixed, it lets records
-    // that differ only in it share a cached outcome (else every second is a new evaluation).
-    let (reads_time, reads_ip) = authorizer.reads_time_and_address(r.server);
-    let facts = RequestFacts {
-        source_ip: if reads_ip { r.source_ip } else { std::net::IpAddr::from([0, 0, 0, 0]) },
-        now: if reads_time { r.time } else { 0 },
-        granted_tools: granted,
-        arguments: None,
-    };
+    // What no policy of the server reads, the authorizer fixes itself: records that differ only
+    // in it share a cached outcome.
+    let facts = RequestFacts { source_ip: r.source_ip, now: r.time, granted_tools: granted, arguments: None };
     match authorizer.authorize(r.server, r.workload, r.method, target, &facts) {
         Ok(outcome) => Replayed::Decided(outcome),
         Err(_) => Replayed::CannotJudge("not_an_action"),
@@ -429,11 +423,15 @@ pub struct PolicyReads {
 }
 
 impl PolicyReads {
+    /// Everything: what a policy that cannot be read back is taken to read.
+    pub const ALL: PolicyReads = PolicyReads { arguments: true, time: true, source_ip: true };
+
     /// What `policy` may read. A policy may read `context.<attr>` when it names it, or uses
-    /// `context` otherwise than through its attributes (then anything may depend on it); a
-    /// replay gives a context attribute no policy reads one fixed value, so records that differ
-    /// only in it (the time, above all) share one cached outcome. A policy that cannot be read
-    /// back is taken to read everything (it cannot be judged).
+    /// `context` otherwise than through its attributes (then anything may depend on it). The
+    /// authorizer gives what no policy of a server reads one fixed value, for every request and
+    /// replay, so requests that differ only in it (the time, above all) share one cached outcome:
+    /// an answer here that is too narrow would fail open. A policy that cannot be read back is
+    /// taken to read everything.
     pub fn of(policy: &Policy) -> PolicyReads {
         // Cedar's only spellings of these are the words `context` and `Arguments`: a policy
         // whose text has neither reads none of them, and is not parsed again to find out
@@ -443,7 +441,7 @@ impl PolicyReads {
             return PolicyReads::default();
         }
         let Ok(est) = policy.to_json() else {
-            return PolicyReads { arguments: true, time: true, source_ip: true };
+            return PolicyReads::ALL;
         };
         PolicyReads {
             arguments: reads_arguments(&est),
@@ -452,13 +450,13 @@ impl PolicyReads {
         }
     }
 
-    /// What any of `policies` reads.
-    pub fn any<'a>(policies: impl Iterator<Item = &'a Policy>) -> PolicyReads {
-        policies.map(PolicyReads::of).fold(PolicyReads::default(), |a, b| PolicyReads {
-            arguments: a.arguments || b.arguments,
-            time: a.time || b.time,
-            source_ip: a.source_ip || b.source_ip,
-        })
+    /// What either reads.
+    pub fn or(self, other: PolicyReads) -> PolicyReads {
+        PolicyReads {
+            arguments: self.arguments || other.arguments,
+            time: self.time || other.time,
+            source_ip: self.source_ip || other.source_ip,
+        }
     }
 }
 
@@ -483,12 +481,16 @@ fn reads_context(v: &Value, attr: &str) -> bool {
     }
 }
 
+/// Whether a policy may read a call's arguments: through `context.arguments` or `context` used
+/// otherwise than through another of its attributes (as [`reads_context`] finds), or through the
+/// `Arguments` entity named directly — the only ways to reach its tags.
 fn reads_arguments(v: &Value) -> bool {
+    reads_context(v, "arguments") || names_arguments_entity(v)
+}
+
+fn names_arguments_entity(v: &Value) -> bool {
     match v {
         Value::Object(o) => {
-            if attribute(v) == Some(("context", "arguments")) {
-                return true;
-            }
             if o.get("__entity").and_then(|e| e.get("type")).and_then(Value::as_str) == Some("Arguments") {
                 return true;
             }
@@ -496,9 +498,9 @@ fn reads_arguments(v: &Value) -> bool {
             if o.get("type").and_then(Value::as_str) == Some("Arguments") && o.contains_key("id") {
                 return true;
             }
-            o.values().any(reads_arguments)
+            o.values().any(names_arguments_entity)
         }
-        Value::Array(a) => a.iter().any(reads_arguments),
+        Value::Array(a) => a.iter().any(names_arguments_entity),
         _ => false,
     }
 }
@@ -694,6 +696,15 @@ forbid(principal, action == Action::"tools/call", resource) when { principal has
             reads(r#"permit(principal, action, resource) when { context == context };"#, "both"),
             "the whole context: anything"
         );
+        assert!(reads(
+            r#"permit(principal, action, resource) when { context["time"] < datetime("2027-01-01") };"#,
+            "time"
+        ));
+        assert!(reads(
+            r#"permit(principal, action, resource) when { {a: context}.a.source_ip.isLoopback() };"#,
+            "both"
+        ));
+        assert!(reads(r#"permit(principal, action, resource) when { [context].contains(context) };"#, "both"));
         // Replayed at different seconds with no policy reading the time: one outcome.
         let a = authorizer(r#"permit(principal, action, resource) when { context.scopes.contains("a") };"#);
         let who = caller(&["a"], &[]);
@@ -722,5 +733,10 @@ forbid(principal, action == Action::"tools/call", resource) when { principal has
         assert!(reads(r#"permit(principal, action, resource) when { context.arguments.hasTag("path") };"#));
         assert!(!reads(r#"permit(principal, action, resource) when { context.scopes.contains("a") };"#));
         assert!(!reads(r#"permit(principal, action, resource) when { context has arguments };"#));
+        // Reached otherwise than by name.
+        assert!(reads(r#"permit(principal, action, resource) when { context["arguments"].hasTag("path") };"#));
+        assert!(reads(r#"permit(principal, action, resource) when { Arguments::"".hasTag("path") };"#));
+        assert!(reads(r#"forbid(principal, action, resource in Arguments::"");"#));
+        assert!(reads(r#"permit(principal, action, resource) when { {c: context}.c.scopes.contains("a") };"#));
     }
 }

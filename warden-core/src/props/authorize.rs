@@ -135,7 +135,7 @@ impl Input {
             claims: self.claims.clone(),
             task: self.task.clone().map(|tools| Task { subject_issuer: "corp-idp".into(), tools, subject_token: None }),
             bridge: None,
-            caller: Default::default(),
+            derived: Default::default(),
         }
     }
 
