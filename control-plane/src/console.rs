@@ -47,23 +47,69 @@ struct Console {
     inventory: Arc<Inventory>,
 }
 
+/// Who may read the console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Whoever reaches a loopback address (plain HTTP, requests for a loopback host only).
+    Loopback,
+    /// Operators, by their client certificate (HTTPS, served by [`serve_tls`]): one the fleet CA
+    /// issued for `spiffe://<trust domain>/operator/<name>` and the operator registry still
+    /// lists, read on every request so a revocation holds at once.
+    Operators,
+}
+
 /// The console's routes.
 pub fn router(
     configuration: Arc<Configuration>,
     fleet: Arc<Fleet>,
     telemetry: Arc<Telemetry>,
     inventory: Arc<Inventory>,
+    access: Access,
 ) -> Router {
-    Router::new()
+    let console = Console { configuration, fleet, telemetry, inventory };
+    let routes = Router::new()
         .route("/", get(fleet_page))
         .route("/resources", get(resources_page))
         .route("/history", get(history_page))
         .route("/decisions", get(decisions_page))
         .route("/decisions/{id}", get(decision_page))
         .route("/findings", get(findings_page))
-        .route("/scorecard", get(scorecard_page))
-        .layer(axum::middleware::from_fn(loopback_hosts_only))
-        .with_state(Console { configuration, fleet, telemetry, inventory })
+        .route("/scorecard", get(scorecard_page));
+    let routes = match access {
+        Access::Loopback => routes.layer(axum::middleware::from_fn(loopback_hosts_only)),
+        Access::Operators => routes.layer(axum::middleware::from_fn_with_state(console.clone(), operators_only)),
+    };
+    routes.with_state(console)
+}
+
+/// Only operators, by a client certificate the registry still lists; and, as for loopback,
+/// no cross-site request (a browser sends its client certificate with those too).
+async fn operators_only(
+    State(console): State<Console>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<crate::tls_listener::Peer>>();
+    let trust_domain = console.fleet.ca().trust_domain();
+    let operator =
+        peer.and_then(|p| p.0.certificate.as_deref()).and_then(|der| crate::fleet::peer::identity(der, trust_domain));
+    let Some((warden_core::identity::FleetIdentity::Operator(name), serial)) = operator else {
+        return error(StatusCode::FORBIDDEN, "the console answers only operators' client certificates");
+    };
+    match console.configuration.store().operator(&name).await {
+        Ok(Some(record)) if record.accepts(&serial) => {}
+        Ok(_) => {
+            tracing::warn!(operator = %name, serial, "console: refused a revoked or unregistered operator certificate");
+            return error(StatusCode::FORBIDDEN, "this operator certificate was revoked: have a new one issued");
+        }
+        Err(e) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, &format!("the operator registry cannot be read: {e}"));
+        }
+    }
+    if request.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
+        return error(StatusCode::FORBIDDEN, "the console answers no cross-site request");
+    }
+    next.run(request).await
 }
 
 /// Against DNS rebinding: a page from another site whose name resolves to 127.0.0.1 would have
@@ -93,6 +139,25 @@ fn loopback_host(host: &str) -> bool {
 /// Serves `router` on `listener` until `stop`.
 pub async fn serve(router: Router, listener: tokio::net::TcpListener, mut stop: warden_tasks::Shutdown) {
     let _ = axum::serve(listener, router).with_graceful_shutdown(async move { stop.requested().await }).await;
+}
+
+/// Serves `router` over HTTPS with `tls` (which requires a client certificate of the fleet CA)
+/// on `listener` until `stop`.
+pub async fn serve_tls(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    mut stop: warden_tasks::Shutdown,
+) {
+    let listener = match crate::tls_listener::tls_listener(listener, tls, stop.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("console: {e}");
+            return;
+        }
+    };
+    let service = router.into_make_service_with_connect_info::<crate::tls_listener::Peer>();
+    let _ = axum::serve(listener, service).with_graceful_shutdown(async move { stop.requested().await }).await;
 }
 
 /// `text` safe inside HTML text and quoted attributes.

@@ -23,6 +23,7 @@ pub mod pinning;
 pub mod replay;
 pub mod scorecard;
 pub mod telemetry;
+pub mod tls_listener;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -97,8 +98,11 @@ pub struct Options {
     /// How long a metric series reads 0 after its labels are first known or seen in a record,
     /// so that `rate()` and `increase()` count its first events.
     pub metrics_new_series_delay: Duration,
-    /// Where the read-only console is served, if anywhere (loopback only).
+    /// Where the read-only console is served, if anywhere: a loopback address, unless
+    /// `console_operators`.
     pub console_listen: Option<SocketAddr>,
+    /// Serve the console over HTTPS to operators' client certificates only (on any address).
+    pub console_operators: bool,
     /// Where the token service (token exchange, revocation) is served over HTTPS, if anywhere.
     pub token_listen: Option<SocketAddr>,
     /// The token service's certificate chain and key (PEM files); without them it presents a
@@ -177,6 +181,39 @@ fn token_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// The console's TLS for operators: a serving certificate of the fleet CA for the server's
+/// names, and a client certificate of the fleet CA required (whose identity the console then
+/// checks is an operator's).
+fn console_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &str, e: &dyn std::fmt::Display| RunError::Io {
+        context: format!("the console's {what}"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    };
+    let (chain_pem, key_pem) = ca.issue_server(&options.server_names, Duration::from_secs(90 * 24 * 3600))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid("certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| invalid("key", &e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca_cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+        roots.add(ca_cert.map_err(|e| invalid("fleet CA", &e))?).map_err(|e| invalid("fleet CA", &e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| invalid("client verifier", &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS versions", &e))?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid("certificate", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let context = context.into();
     move |source| RunError::Io { context, source }
@@ -249,14 +286,22 @@ pub async fn run(
         tasks.spawn("metrics endpoint", telemetry::metrics::serve(metrics, listener, stop.clone()));
     }
     if let Some(addr) = options.console_listen {
-        if !addr.ip().is_loopback() {
-            return Err(io(format!("the console at {addr}"))(std::io::Error::other(
-                "not a loopback address: the console has no login of its own",
+        if !addr.ip().is_loopback() && !options.console_operators {
+            return Err(RunError::Config(format!(
+                "--console-listen {addr} is not a loopback address: without --console-mtls the console has no \
+                 login of its own, so it serves loopback only (reach it over SSH port forwarding)"
             )));
         }
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the console {addr}")))?;
-        let router = console::router(configuration.clone(), fleet.clone(), telemetry.clone(), inventory.clone());
-        tasks.spawn("console", console::serve(router, listener, stop.clone()));
+        let access = if options.console_operators { console::Access::Operators } else { console::Access::Loopback };
+        let router =
+            console::router(configuration.clone(), fleet.clone(), telemetry.clone(), inventory.clone(), access);
+        if options.console_operators {
+            let tls = console_tls(&options, fleet.ca())?;
+            tasks.spawn("console", console::serve_tls(router, listener, tls, stop.clone()));
+        } else {
+            tasks.spawn("console", console::serve(router, listener, stop.clone()));
+        }
     }
 
     // The two edge services, until shutdown or until one of them fails.

@@ -96,9 +96,15 @@ struct Args {
     #[arg(long, default_value = "60s", value_parser = warden_core::duration::parse)]
     metrics_new_series_delay: Duration,
     /// Serve the read-only console (fleet, resources, decisions, explanations) on this loopback
-    /// address; it has no login, so other addresses are refused.
-    #[arg(long, env = "WARDEN_CONSOLE_LISTEN", value_parser = loopback)]
+    /// address; it has no login of its own, so other addresses are refused unless
+    /// --console-mtls.
+    #[arg(long, env = "WARDEN_CONSOLE_LISTEN")]
     console_listen: Option<std::net::SocketAddr>,
+    /// Serve the console over HTTPS to operators only: each request must come with an operator
+    /// client certificate (`wardenctl operator-cert create`) the registry still lists. Allows
+    /// any --console-listen address.
+    #[arg(long, env = "WARDEN_CONSOLE_MTLS")]
+    console_mtls: bool,
     /// Serve the token service (RFC 8693 token exchange, RFC 7009 revocation, RFC 8414
     /// metadata, JWKS) over HTTPS on this address.
     #[arg(long, env = "WARDEN_TOKEN_LISTEN")]
@@ -256,6 +262,7 @@ async fn start() -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         metrics_new_series_delay: args.metrics_new_series_delay,
         console_listen: args.console_listen,
+        console_operators: args.console_mtls,
         token_listen: args.token_listen,
         token_tls_files: args.token_tls_cert.zip(args.token_tls_key),
         lease_ttl: args.etcd_lease_ttl,
@@ -279,16 +286,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-/// A loopback socket address (the console has no login of its own).
-fn loopback(text: &str) -> Result<std::net::SocketAddr, String> {
-    let addr: std::net::SocketAddr = text.parse().map_err(|e| format!("{e}"))?;
-    if !addr.ip().is_loopback() {
-        return Err(format!(
-            "{addr} is not a loopback address: the console has no login of its own, so it serves \
-             loopback only (reach it over SSH port forwarding)"
-        ));
-    }
-    Ok(addr)
 }

@@ -205,3 +205,62 @@ fn the_console_listens_on_loopback_only() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not a loopback address"), "{stderr}");
 }
+
+#[test]
+fn with_console_mtls_only_operators_certificates_read_the_console() {
+    use tests::{Agent, ControlPlane};
+    let dir = tempfile::tempdir().unwrap();
+    let console = loopback_addr();
+    let cp = ControlPlane::start(dir.path(), &["--console-listen", &console, "--console-mtls"]);
+    let creds = dir.path().join("alice");
+    cp.ctl_ok(&["operator-cert", "create", "--name", "alice", "--out", creds.to_str().unwrap(), "--ttl", "1h"]);
+    // The console's certificate names the control plane's host (its --server-name).
+    let (cp_host, port) = (cp.address.rsplit_once(':').unwrap().0, console.rsplit_once(':').unwrap().1);
+    let console_host = console.rsplit_once(':').unwrap().0;
+    let get = |client: Option<(&Path, &Path)>, path: &str| {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .arg(creds.join("ca.crt"))
+            .args(["--connect-to", &format!("{cp_host}:{port}:{console_host}:{port}")]);
+        if let Some((cert, key)) = client {
+            curl.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let out = curl.arg(format!("https://{cp_host}:{port}{path}")).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_string(), body.to_string())
+    };
+    let alice = (creds.join("operator.crt"), creds.join("operator.key"));
+    let alice = Some((alice.0.as_path(), alice.1.as_path()));
+
+    let (code, body) = get(alice, "/");
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("Fleet"), "{body}");
+    let (code, _) = get(alice, "/resources");
+    assert_eq!(code, "200");
+
+    // No client certificate: no TLS session at all.
+    let (code, _) = get(None, "/");
+    assert_eq!(code, "000", "the handshake requires a client certificate");
+    // Plain HTTP on the console's port is not served either.
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{console}/")])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+
+    // An agent's certificate is a fleet certificate too, but not an operator's.
+    let token = cp.join_token("5m", "agent-0");
+    let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+    let (cert, key) = (agent.data_dir.join("agent.crt"), agent.data_dir.join("agent.key"));
+    tests::wait_for("the agent's certificate", || (cert.exists() && key.exists()).then_some(()));
+    let (code, body) = get(Some((&cert, &key)), "/");
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("operators"), "{body}");
+
+    // Alice's certificate is revoked: refused from the next request on.
+    cp.ctl_ok(&["operator-cert", "revoke", "--name", "alice"]);
+    let (code, body) = get(alice, "/");
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("revoked"), "{body}");
+}

@@ -11,8 +11,12 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 /// issued for one identity.
 pub fn certificate<T>(request: &Request<T>, trust_domain: &str) -> Option<(FleetIdentity, String)> {
     let certs = request.peer_certs()?;
-    let leaf = certs.first()?;
-    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+    identity(certs.first()?.as_ref(), trust_domain)
+}
+
+/// The fleet identity a verified certificate (DER) names, and its serial (hex).
+pub fn identity(der: &[u8], trust_domain: &str) -> Option<(FleetIdentity, String)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
     let identity = san.value.general_names.iter().find_map(|name| match name {
         GeneralName::URI(uri) => parse_spiffe_id(uri, trust_domain),

@@ -9,7 +9,6 @@
 //! Cedar policies (action `token/exchange`, once per tool). No client secret exists: a client
 //! may prove a key with DPoP (RFC 9449), and the task token is then bound to it.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, State};
@@ -31,6 +30,7 @@ use warden_tasks::Shutdown;
 
 use crate::configuration::{Configuration, state};
 use crate::telemetry::exchange_log::{self, ExchangeLog};
+use crate::tls_listener::{Peer, tls_listener};
 use crate::tokens::Tokens;
 use crate::tokens::signing::Signer;
 
@@ -582,87 +582,6 @@ async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
     let mut response = axum::Json(keys).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
     response
-}
-
-/// TLS connections, handshaken concurrently off the accept loop, as axum's listener.
-struct TlsListener {
-    incoming: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.incoming.recv().await {
-            Some(connection) => connection,
-            // The accept loop ended (shutdown): no more connections.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// The caller, as handlers extract it: its address, and the certificate whose key it proved
-/// in the handshake, if it presented one.
-#[derive(Clone, Debug)]
-struct Peer {
-    address: SocketAddr,
-    certificate: Option<Arc<[u8]>>,
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Peer {
-        let certificate =
-            stream.io().get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().into());
-        Peer { address: *stream.remote_addr(), certificate }
-    }
-}
-
-/// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The accept loop runs until `shutdown`, when it closes the listening socket.
-fn tls_listener(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    mut shutdown: Shutdown,
-) -> std::io::Result<TlsListener> {
-    let local = listener.local_addr()?;
-    let (tx, incoming) = tokio::sync::mpsc::channel(256);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = shutdown.requested() => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!("token service accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, handshaken) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                if let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    let _ = handshaken.send((stream, peer)).await;
-                }
-            });
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    Ok(TlsListener { incoming, local })
 }
 
 /// Serves the token service on `listener` with `tls` until shutdown.
