@@ -64,7 +64,7 @@ impl AdminService {
                 .operator(name)
                 .await
                 .map_err(|e| Status::unavailable(format!("the operator registry cannot be read: {e}")))?;
-            if !record.is_some_and(|r| r.accepts(serial)) {
+            if !record.is_some_and(|r| r.accepts(serial, crate::now_unix_ms() / 1000)) {
                 tracing::warn!(operator = %name, serial, "refused a revoked or unregistered operator certificate");
                 return Err(Status::permission_denied(format!(
                     "this operator certificate for {name} was revoked (or predates the operator registry): have a new one issued over the admin socket"

@@ -1,4 +1,4 @@
-//! The operators' console: read-only pages rendered here, on loopback (`--console-listen`).
+//! The operators' console: read-only pages rendered here (`--console-listen`).
 //!
 //! Server-rendered HTML with no script (a fresh machine needs no JavaScript build chain, and
 //! a page that runs nothing has nothing to inject into): the fleet (paged, the agents that need
@@ -7,12 +7,13 @@
 //! the stored secrets the agents found, and the secretless scorecard. Every value
 //! shown passes through [`escape`]: subjects, tool names and reasons come from callers.
 //!
-//! It has no login of its own: it listens on loopback only, so whoever can reach the host's
-//! loopback can read it — every local user and process, and containers sharing the network
-//! namespace (unlike the admin socket, which is 0600 and names its caller). It answers only
-//! requests for a loopback host, so a page of another site cannot read it through DNS
-//! rebinding. (Operator mTLS for a console on other addresses is not built yet; a non-loopback
-//! address is refused at start.)
+//! Two ways to reach it ([`Access`]). By default it has no login of its own: it listens on
+//! loopback only, so whoever can reach the host's loopback can read it — every local user and
+//! process, and containers sharing the network namespace (unlike the admin socket, which is
+//! 0600 and names its caller) — and it answers only requests for a loopback host, so a page of
+//! another site cannot read it through DNS rebinding. With `--console-mtls` it serves HTTPS on
+//! any address to operators' client certificates only, checked against the operator registry
+//! on every request, as the admin API checks them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -96,18 +97,26 @@ async fn operators_only(
     let Some((warden_core::identity::FleetIdentity::Operator(name), serial)) = operator else {
         return error(StatusCode::FORBIDDEN, "the console answers only operators' client certificates");
     };
+    // A browser sends its client certificate with any site's requests: only the console's own
+    // pages, and addresses typed or bookmarked, are answered.
+    let site = request.headers().get("sec-fetch-site").map(|v| v.as_bytes());
+    if !matches!(site, None | Some(b"same-origin" | b"none")) {
+        return error(StatusCode::FORBIDDEN, "the console answers only its own pages and addresses typed in");
+    }
     match console.configuration.store().operator(&name).await {
-        Ok(Some(record)) if record.accepts(&serial) => {}
+        Ok(Some(record)) if record.accepts(&serial, crate::now_unix_ms() / 1000) => {}
         Ok(_) => {
-            tracing::warn!(operator = %name, serial, "console: refused a revoked or unregistered operator certificate");
-            return error(StatusCode::FORBIDDEN, "this operator certificate was revoked: have a new one issued");
+            tracing::warn!(operator = %name, serial, "console: refused a revoked, expired or unregistered operator certificate");
+            return error(
+                StatusCode::FORBIDDEN,
+                "this operator certificate was revoked or has expired (or predates the operator registry): have a new \
+                 one issued",
+            );
         }
         Err(e) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, &format!("the operator registry cannot be read: {e}"));
+            tracing::error!("console: the operator registry cannot be read: {e}");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the operator registry cannot be read: try again");
         }
-    }
-    if request.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
-        return error(StatusCode::FORBIDDEN, "the console answers no cross-site request");
     }
     next.run(request).await
 }

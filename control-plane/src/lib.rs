@@ -211,6 +211,11 @@ fn console_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConf
         .with_single_cert(chain, key)
         .map_err(|e| invalid("certificate", &e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No resumption: a resumed session carries the client certificate of its first handshake,
+    // unchecked again (the registry check on every request covers revocation and expiry, but a
+    // fresh handshake is cheap for a console).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -228,6 +233,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // Refused before anything is opened or started.
+    if let Some(addr) = options.console_listen.filter(|a| !a.ip().is_loopback() && !options.console_operators) {
+        return Err(RunError::Config(format!(
+            "--console-listen {addr} is not a loopback address: without --console-mtls the console has no login of \
+             its own, so it serves loopback only (reach it over SSH port forwarding)"
+        )));
+    }
     // The subsystems, each on the ones below it.
     let (configuration, revision) = open_configuration(&options).await?;
     let configuration = Arc::new(configuration);
@@ -240,6 +252,7 @@ pub async fn run(
     };
     let agent_tls = agent_tls(&options, &ca)?;
     let token_tls = options.token_listen.map(|_| token_tls(&options, &ca)).transpose()?;
+    let console_tls = options.console_operators.then(|| console_tls(&options, &ca)).transpose()?;
     let fleet = Arc::new(Fleet::new(ca, options.agent_cert_ttl, options.heartbeat_interval));
     // The zero of a new series must reach the OTLP export too: it is held a full export
     // interval at least.
@@ -286,22 +299,17 @@ pub async fn run(
         tasks.spawn("metrics endpoint", telemetry::metrics::serve(metrics, listener, stop.clone()));
     }
     if let Some(addr) = options.console_listen {
-        if !addr.ip().is_loopback() && !options.console_operators {
-            return Err(RunError::Config(format!(
-                "--console-listen {addr} is not a loopback address: without --console-mtls the console has no \
-                 login of its own, so it serves loopback only (reach it over SSH port forwarding)"
-            )));
-        }
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the console {addr}")))?;
-        let access = if options.console_operators { console::Access::Operators } else { console::Access::Loopback };
-        let router =
-            console::router(configuration.clone(), fleet.clone(), telemetry.clone(), inventory.clone(), access);
-        if options.console_operators {
-            let tls = console_tls(&options, fleet.ca())?;
-            tasks.spawn("console", console::serve_tls(router, listener, tls, stop.clone()));
-        } else {
-            tasks.spawn("console", console::serve(router, listener, stop.clone()));
-        }
+        let router = |access| {
+            console::router(configuration.clone(), fleet.clone(), telemetry.clone(), inventory.clone(), access)
+        };
+        // The access checks go with the way the console is served: operators' certificates
+        // with TLS, loopback hosts without.
+        let serving: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match console_tls {
+            Some(tls) => Box::pin(console::serve_tls(router(console::Access::Operators), listener, tls, stop.clone())),
+            None => Box::pin(console::serve(router(console::Access::Loopback), listener, stop.clone())),
+        };
+        tasks.spawn("console", serving);
     }
 
     // The two edge services, until shutdown or until one of them fails.

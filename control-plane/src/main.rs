@@ -103,7 +103,7 @@ struct Args {
     /// Serve the console over HTTPS to operators only: each request must come with an operator
     /// client certificate (`wardenctl operator-cert create`) the registry still lists. Allows
     /// any --console-listen address.
-    #[arg(long, env = "WARDEN_CONSOLE_MTLS")]
+    #[arg(long, env = "WARDEN_CONSOLE_MTLS", requires = "console_listen", value_parser = clap::builder::FalseyValueParser::new())]
     console_mtls: bool,
     /// Serve the token service (RFC 8693 token exchange, RFC 7009 revocation, RFC 8414
     /// metadata, JWKS) over HTTPS on this address.

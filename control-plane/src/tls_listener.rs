@@ -47,6 +47,10 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
     }
 }
 
+/// TLS handshakes in progress at once: past this, new connections are closed at once (a flood of
+/// silent clients costs a bounded number of tasks and descriptors, not one per connection).
+const MAX_HANDSHAKES: usize = 256;
+
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -59,6 +63,7 @@ pub fn tls_listener(
     let local = listener.local_addr()?;
     let (tx, incoming) = tokio::sync::mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -74,9 +79,14 @@ pub fn tls_listener(
                     continue;
                 }
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                // Dropped: closed at once.
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (acceptor, handshaken) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     let _ = handshaken.send((stream, peer)).await;
                 }

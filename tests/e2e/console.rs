@@ -211,56 +211,70 @@ fn with_console_mtls_only_operators_certificates_read_the_console() {
     use tests::{Agent, ControlPlane};
     let dir = tempfile::tempdir().unwrap();
     let console = loopback_addr();
-    let cp = ControlPlane::start(dir.path(), &["--console-listen", &console, "--console-mtls"]);
+    // Reached by a DNS name, as operators would: the serving certificate names it.
+    let cp = ControlPlane::start(
+        dir.path(),
+        &["--console-listen", &console, "--console-mtls", "--server-name", "console.test"],
+    );
     let creds = dir.path().join("alice");
     cp.ctl_ok(&["operator-cert", "create", "--name", "alice", "--out", creds.to_str().unwrap(), "--ttl", "1h"]);
-    // The console's certificate names the control plane's host (its --server-name).
-    let (cp_host, port) = (cp.address.rsplit_once(':').unwrap().0, console.rsplit_once(':').unwrap().1);
-    let console_host = console.rsplit_once(':').unwrap().0;
-    let get = |client: Option<(&Path, &Path)>, path: &str| {
+    let (host, port) = console.rsplit_once(':').unwrap();
+    // (status, body, curl's exit code)
+    let get = |client: Option<(&Path, &Path)>, path: &str, headers: &[&str]| {
         let mut curl = Command::new("curl");
         curl.args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
             .arg(creds.join("ca.crt"))
-            .args(["--connect-to", &format!("{cp_host}:{port}:{console_host}:{port}")]);
+            .args(["--connect-to", &format!("console.test:{port}:{host}:{port}")]);
         if let Some((cert, key)) = client {
             curl.arg("--cert").arg(cert).arg("--key").arg(key);
         }
-        let out = curl.arg(format!("https://{cp_host}:{port}{path}")).output().expect("curl");
+        for header in headers {
+            curl.args(["-H", header]);
+        }
+        let out = curl.arg(format!("https://console.test:{port}{path}")).output().expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.to_string(), body.to_string())
+        (code.to_string(), body.to_string(), out.status.code().unwrap_or(-1))
     };
     let alice = (creds.join("operator.crt"), creds.join("operator.key"));
     let alice = Some((alice.0.as_path(), alice.1.as_path()));
 
-    let (code, body) = get(alice, "/");
+    let (code, body, _) = get(alice, "/", &[]);
     assert_eq!(code, "200", "{body}");
-    assert!(body.contains("Fleet"), "{body}");
-    let (code, _) = get(alice, "/resources");
-    assert_eq!(code, "200");
+    assert!(body.contains("<h1>Fleet</h1>"), "{body}");
+    let (code, _, _) = get(alice, "/resources", &["Sec-Fetch-Site: same-origin"]);
+    assert_eq!(code, "200", "the console's own links");
 
-    // No client certificate: no TLS session at all.
-    let (code, _) = get(None, "/");
-    assert_eq!(code, "000", "the handshake requires a client certificate");
-    // Plain HTTP on the console's port is not served either.
+    // A browser sends the client certificate with other sites' requests too: refused.
+    for site in ["cross-site", "same-site"] {
+        let (code, body, _) = get(alice, "/", &[&format!("Sec-Fetch-Site: {site}")]);
+        assert_eq!(code, "403", "{site}: {body}");
+    }
+
+    // No client certificate: the TLS handshake is refused (the connection itself was made).
+    let (code, _, exit) = get(None, "/", &[]);
+    assert_eq!(code, "000");
+    assert!(exit != 0 && exit != 7, "a TLS failure, not a refused connection: curl exit {exit}");
+    // Plain HTTP on the console's port gets no page either.
     let plain = Command::new("curl")
         .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{console}/")])
         .output()
         .unwrap();
-    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "000");
+    assert_ne!(plain.status.code(), Some(7), "the console listens");
 
     // An agent's certificate is a fleet certificate too, but not an operator's.
     let token = cp.join_token("5m", "agent-0");
     let agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
     let (cert, key) = (agent.data_dir.join("agent.crt"), agent.data_dir.join("agent.key"));
     tests::wait_for("the agent's certificate", || (cert.exists() && key.exists()).then_some(()));
-    let (code, body) = get(Some((&cert, &key)), "/");
+    let (code, body, _) = get(Some((&cert, &key)), "/", &[]);
     assert_eq!(code, "403", "{body}");
     assert!(body.contains("operators"), "{body}");
 
     // Alice's certificate is revoked: refused from the next request on.
     cp.ctl_ok(&["operator-cert", "revoke", "--name", "alice"]);
-    let (code, body) = get(alice, "/");
+    let (code, body, _) = get(alice, "/", &[]);
     assert_eq!(code, "403", "{body}");
     assert!(body.contains("revoked"), "{body}");
 }

@@ -271,9 +271,11 @@ pub struct OperatorRecord {
 }
 
 impl OperatorRecord {
-    /// Whether a certificate with `serial` (hex) was issued to it and not revoked.
-    pub fn accepts(&self, serial: &str) -> bool {
-        self.certificates.iter().any(|c| c.serial == serial)
+    /// Whether a certificate with `serial` (hex) was issued to it, not revoked, and not expired
+    /// at `now_unix`: a TLS session resumed from a ticket does not check the certificate's
+    /// dates again, so they are checked here, on every call.
+    pub fn accepts(&self, serial: &str, now_unix: i64) -> bool {
+        self.certificates.iter().any(|c| c.serial == serial && c.not_after_unix > now_unix)
     }
 }
 

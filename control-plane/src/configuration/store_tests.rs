@@ -123,3 +123,19 @@ fn an_agent_accepts_only_the_certificates_issued_to_it_that_have_not_expired() {
     assert!(!record.accepts("0a") && record.accepts("0b") && record.accepts("0c"));
     assert_eq!(record.certificate_not_after_unix, 300);
 }
+
+#[test]
+fn an_operator_certificate_is_accepted_until_it_expires_or_is_revoked() {
+    let record = OperatorRecord {
+        name: "alice".into(),
+        certificates: vec![
+            IssuedSerial { serial: "0a".into(), not_after_unix: 100 },
+            IssuedSerial { serial: "0b".into(), not_after_unix: 200 },
+        ],
+    };
+    assert!(record.accepts("0a", 99) && record.accepts("0b", 99));
+    // Past its `notAfter` (a resumed TLS session does not check it again): refused.
+    assert!(!record.accepts("0a", 100) && record.accepts("0b", 100));
+    assert!(!record.accepts("0c", 0), "never issued (or revoked: the registry forgets it)");
+    assert!(!OperatorRecord { name: "alice".into(), certificates: Vec::new() }.accepts("0a", 0));
+}
