@@ -5,8 +5,8 @@
 //! the token [`Verifier`](crate::token::Verifier). What a request is built from is built once
 //! and reused: the principal once per workload's claims (kept beside each verified token), the
 //! context once per distinct input, the target's entities once per target (bounded caches keyed
-//! by a digest of everything each is built from). They are pure functions of their inputs, so reuse cannot
-//! change a decision, only skip Cedar's costly construction (text-parsed `ip()` and
+//! by a digest of everything each is built from). They are pure functions of their inputs, so
+//! reuse cannot change a decision, only skip Cedar's costly construction (text-parsed `ip()` and
 //! `datetime()` values, the entities' transitive closure). For the same reason the outcome
 //! itself is kept per digest of (principal, server, target, arguments, method, context): Cedar
 //! is deterministic, so the same inputs under the same policies decide the same.
@@ -197,7 +197,7 @@ pub(crate) struct Evaluation<'a> {
     pub(crate) entities: Arc<Entities>,
 }
 
-/// A workload as Cedar sees it, built once per verified token.
+/// A workload as Cedar sees it, built once per distinct set of the claims it is built from.
 pub(crate) struct Principal {
     /// Digest of the claims it was built from.
     key: [u8; 32],
