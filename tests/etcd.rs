@@ -110,6 +110,24 @@ impl Etcd {
         format!("etcd://{}", self.endpoints().join(","))
     }
 
+    /// The revision of the cluster a member (its client address) is in: every write moves it by
+    /// one, so it counts writes. From the member's JSON gateway: plain HTTP members only.
+    pub fn revision_at(endpoint: &str) -> u64 {
+        let url = format!("http://{endpoint}/v3/kv/range");
+        let answer: serde_json::Value = ureq::post(&url)
+            .send_json(serde_json::json!({"key": "AA=="}))
+            .expect("etcd's JSON gateway")
+            .body_mut()
+            .read_json()
+            .expect("JSON");
+        answer["header"]["revision"].as_str().and_then(|r| r.parse().ok()).expect("a revision")
+    }
+
+    /// The members' process ids (for their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.process.as_ref().map(Process::pid)).collect()
+    }
+
     /// Each member's client address.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client.clone()).collect()

@@ -48,6 +48,6 @@ pub use peers::{McpUpstream, MintingIdp, StaticIdp, ext_authz_client, mcp_client
 pub use process::{Process, bin};
 pub use proxy::Proxy;
 pub use secrets::{contains_bytes, every_file, files_containing};
-pub use simulated::{simulated_agent, simulated_agents_dir};
+pub use simulated::{LightAgent, simulated_agent, simulated_agents_dir};
 pub use usage::{cpu_time, cpu_time_with_children, rss_kib};
 pub use wait::{PATIENCE, wait_for, wait_for_or};

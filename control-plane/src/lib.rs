@@ -347,13 +347,14 @@ async fn serve(
     stop: Shutdown,
 ) -> Result<(), RunError> {
     let _ = std::fs::remove_file(&options.admin_socket);
-    let admin_listener =
-        UnixListener::bind(&options.admin_socket).map_err(io(format!("binding {}", options.admin_socket.display())))?;
+    let admin_listener = std::os::unix::net::UnixListener::bind(&options.admin_socket)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .map_err(io(format!("binding {}", options.admin_socket.display())))?;
     std::fs::set_permissions(&options.admin_socket, std::fs::Permissions::from_mode(0o600))
         .map_err(io("restricting the admin socket to its owner"))?;
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, admin_socket = %options.admin_socket.display(), "control plane listening");
-    let (mut tls_stop, mut admin_stop) = (stop.clone(), stop);
+    let (mut tls_stop, admin_stop) = (stop.clone(), stop);
     let tls_server = Server::builder()
         .tls_config(agent_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -363,12 +364,8 @@ async fn serve(
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
             tls_stop.requested().await
         });
-    let admin_server = Server::builder()
-        .add_service(pb::admin_service_server::AdminServiceServer::new(admin))
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(admin_listener),
-            async move { admin_stop.requested().await },
-        );
+    let tls_server = async { tls_server.await.map_err(RunError::from) };
+    let admin_server = serve_admin_apart(admin_listener, admin, admin_stop);
     let serving = async { tokio::try_join!(tls_server, admin_server) };
     tokio::pin!(serving);
     tokio::select! {
@@ -380,6 +377,43 @@ async fn serve(
         }
     };
     Ok(())
+}
+
+/// Serves the admin socket on a thread and runtime of its own, so an operator's call is answered
+/// promptly however busy the agents' port keeps the main runtime: ten thousand agents
+/// reconnecting after a restart keep both workers of a small machine busy for seconds, and a
+/// call queued behind their handshakes waited 3.5 s (BENCHMARKS.md, "Reconnect storms").
+/// Everything the admin service touches is shared through handles, whichever runtime polls it.
+async fn serve_admin_apart(
+    listener: std::os::unix::net::UnixListener,
+    admin: AdminService,
+    mut stop: Shutdown,
+) -> Result<(), RunError> {
+    let (done, served) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("admin-socket".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io("starting the admin socket's runtime"))
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        // Registered with this runtime's reactor, not the busy one's.
+                        let listener = UnixListener::from_std(listener).map_err(io("serving the admin socket"))?;
+                        Server::builder()
+                            .add_service(pb::admin_service_server::AdminServiceServer::new(admin))
+                            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                                stop.requested().await
+                            })
+                            .await
+                            .map_err(RunError::from)
+                    })
+                });
+            let _ = done.send(result);
+        })
+        .map_err(io("starting the admin socket's thread"))?;
+    served.await.unwrap_or_else(|_| Err(RunError::Config("the admin socket's thread ended without an answer".into())))
 }
 
 /// Prepares the data directory and loads the configuration from the store it names; with the

@@ -21,9 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
-use tests::{ControlPlane, cpu_time, rss_kib};
+use tests::{ControlPlane, LightAgent, cpu_time, rss_kib};
 use tokio::sync::watch;
 use warden_tasks::Shutdown;
+
+type AdminClient = proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>;
 
 struct Args {
     agents: usize,
@@ -31,18 +33,34 @@ struct Args {
     replicas: usize,
     revocation_load: usize,
     preload: usize,
+    /// Light simulated agents (`tests::LightAgent`): no configuration compiled.
+    light: bool,
+    /// After the rounds, restart the control plane and time the fleet's reconnection.
+    storm: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { agents: 1000, rounds: 50, replicas: 0, revocation_load: 0, preload: 0 };
+    let mut args =
+        Args { agents: 1000, rounds: 50, replicas: 0, revocation_load: 0, preload: 0, light: false, storm: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--light" => {
+                args.light = true;
+                continue;
+            }
+            "--storm" => {
+                args.storm = true;
+                continue;
+            }
+            _ => {}
+        }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         let n: usize = value.parse().map_err(|_| format!("{flag}: {value:?} is not a number"))?;
         match flag.as_str() {
             "--agents" => args.agents = n.clamp(1, 10_000),
             "--rounds" => args.rounds = n.clamp(1, 1_000),
-            "--replicas" => args.replicas = n.min(8),
+            "--replicas" => args.replicas = n.min(10),
             "--revocation-load" => args.revocation_load = n.min(20_000),
             "--preload" => args.preload = n.min(2_000_000),
             other => return Err(format!("unknown flag {other}")),
@@ -67,14 +85,16 @@ fn main() -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "error: {e}\nusage: propagation [--agents N] [--rounds R] [--replicas N] [--revocation-load R --preload N]"
+                "error: {e}\nusage: propagation [--agents N] [--rounds R] [--light] [--storm] [--replicas N] [--revocation-load R --preload N]"
             );
             return std::process::ExitCode::FAILURE;
         }
     };
-    let needed = (args.agents as u64) * 2 + 256;
+    // A full agent's files and socket, or a light one's socket; the control plane's own limit
+    // is the same (it inherits this one), with one socket per agent.
+    let needed = (args.agents as u64) * if args.light { 1 } else { 2 } + 256;
     if open_files_limit().is_some_and(|l| l < needed) {
-        eprintln!("error: {} agents need about {needed} open files here; raise it first: ulimit -n 16384", args.agents);
+        eprintln!("error: {} agents need about {needed} open files here; raise it first (ulimit -n)", args.agents);
         return std::process::ExitCode::FAILURE;
     }
     // The simulated agents' files go to tmpfs; the control plane's store stays on disk, with its
@@ -85,7 +105,8 @@ fn main() -> std::process::ExitCode {
     let cp = ControlPlane::start(cp_dir.path(), &["--heartbeat-interval", "60s"]);
     let pid = cp.process.as_ref().map(|p| p.pid()).expect("running");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let single = runtime.block_on(run(&args, agents_dir.path(), &cp, pid));
+    let mut cp = cp;
+    let single = runtime.block_on(run(&args, agents_dir.path(), &mut cp, pid));
     drop(cp);
     if args.replicas >= 2 {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -112,7 +133,7 @@ fn main() -> std::process::ExitCode {
         ];
         let replicas: Vec<ControlPlane> =
             (0..args.replicas).map(|i| ControlPlane::start(&dir.path().join(format!("r{i}")), &flags)).collect();
-        let replicated = runtime.block_on(run_replicas(&args, agents_dir.path(), &replicas));
+        let replicated = runtime.block_on(run_replicas(&args, agents_dir.path(), &replicas, &etcd));
         println!(
             "same run, apply -> last agent applied: one control plane (embedded) p50 {:.1} ms p99 {:.1} ms; {} replicas on \
              etcd p50 {:.1} ms p99 {:.1} ms ({:.2}x at p99)",
@@ -127,28 +148,66 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-/// Joins `count` simulated agents, agent `i` through and to `addresses[i % len]`, each with its
-/// own one-time token, key and certificate, and starts them; their applied versions.
+/// The simulated fleet: every agent's applied version, and the light agents themselves.
+struct Agents {
+    versions: Vec<watch::Receiver<u64>>,
+    light: Vec<Arc<LightAgent>>,
+}
+
+/// Joins at most this many agents at once.
+const JOINING: usize = 32;
+
+/// Joins `count` simulated agents (light ones with `light`), agent `i` through and to
+/// `addresses[i % len]`, each with its own one-time token, key and certificate, and starts them.
 async fn start_agents(
-    admin: &mut proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    admin: &AdminClient,
     dir: &std::path::Path,
     addresses: &[String],
     count: usize,
+    light: bool,
     stop: &Shutdown,
-) -> Vec<watch::Receiver<u64>> {
-    let mut agents = Vec::with_capacity(count);
+) -> Agents {
+    let mut joined = Vec::with_capacity(count);
+    let mut joining = tokio::task::JoinSet::new();
     for i in 0..count {
-        let address = &addresses[i % addresses.len()];
-        let sync = tests::simulated_agent(admin, dir, &format!("sim-{i}"), address).await;
-        let version = sync.current.watch_version();
-        tokio::spawn(sync.run(stop.clone()));
-        agents.push(version);
+        if joining.len() == JOINING {
+            joined.push(joining.join_next().await.expect("a join").expect("join task"));
+        }
+        let (mut admin, dir, address) = (admin.clone(), dir.to_path_buf(), addresses[i % addresses.len()].clone());
+        let stop = stop.clone();
+        joining.spawn(async move {
+            let id = format!("sim-{i}");
+            if light {
+                let agent = LightAgent::join(&mut admin, &dir, &id, &address).await;
+                tokio::spawn(agent.clone().run(stop));
+                (i, agent.watch_version(), Some(agent))
+            } else {
+                let sync = tests::simulated_agent(&mut admin, &dir, &id, &address).await;
+                let version = sync.current.watch_version();
+                tokio::spawn(sync.run(stop));
+                (i, version, None)
+            }
+        });
+    }
+    while let Some(done) = joining.join_next().await {
+        joined.push(done.expect("join task"));
+    }
+    joined.sort_by_key(|(i, _, _)| *i);
+    let mut agents = Agents { versions: Vec::with_capacity(count), light: Vec::new() };
+    for (_, version, light) in joined {
+        agents.versions.push(version);
+        agents.light.extend(light);
     }
     agents
 }
 
 /// Agents spread over the replicas, every write through the first; the sorted samples.
-async fn run_replicas(args: &Args, dir: &std::path::Path, replicas: &[ControlPlane]) -> Vec<Duration> {
+async fn run_replicas(
+    args: &Args,
+    dir: &std::path::Path,
+    replicas: &[ControlPlane],
+    etcd: &tests::Etcd,
+) -> Vec<Duration> {
     let target = wardenctl::client::Target::Socket(replicas[0].socket());
     let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
     let apply = |tool: String| pb::ApplyRequest { documents_json: tests::fleet_yaml_documents(&tool), dry_run: false };
@@ -156,7 +215,8 @@ async fn run_replicas(args: &Args, dir: &std::path::Path, replicas: &[ControlPla
     let (stop_tx, stop_rx) = warden_tasks::channel();
     let addresses: Vec<String> = replicas.iter().map(|r| r.address.clone()).collect();
     let started = Instant::now();
-    let agents = start_agents(&mut admin, dir, &addresses, args.agents, &stop_rx).await;
+    let agents = start_agents(&admin, dir, &addresses, args.agents, args.light, &stop_rx).await;
+    let agents = agents.versions;
     let version = admin.get(pb::GetRequest::default()).await.expect("get").into_inner().version;
     wait_all(&agents, version, Duration::from_secs(120)).await.expect("initial convergence");
     println!(
@@ -165,7 +225,25 @@ async fn run_replicas(args: &Args, dir: &std::path::Path, replicas: &[ControlPla
         args.agents,
         started.elapsed().as_secs_f64()
     );
+    // etcd's side: writes (revisions) and CPU per change, the change itself and the presence
+    // every replica publishes of its agents moving to it, until the last presence tick.
+    let etcd_cpu = || etcd.pids().into_iter().map(cpu_time).sum::<Duration>();
+    let revision = || {
+        let endpoint = etcd.endpoints().swap_remove(0);
+        tokio::task::spawn_blocking(move || tests::Etcd::revision_at(&endpoint))
+    };
+    let (revision0, etcd_cpu0) = (revision().await.expect("revision"), etcd_cpu());
     let mut samples = policy_rounds(&mut admin, &agents, args.rounds).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let revisions = revision().await.expect("revision") - revision0;
+    let rounds = args.rounds as f64;
+    println!(
+        "{} replicas on etcd: {:.1} etcd revisions per policy change (the change is one, the rest agents' presence), \
+         etcd CPU {:.1} ms per change",
+        replicas.len(),
+        revisions as f64 / rounds,
+        ms(etcd_cpu() - etcd_cpu0) / rounds
+    );
     stop_tx.fire();
     samples.sort();
     println!(
@@ -179,7 +257,7 @@ async fn run_replicas(args: &Args, dir: &std::path::Path, replicas: &[ControlPla
 }
 
 /// One control plane on its embedded store; the sorted policy-round samples.
-async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) -> Vec<Duration> {
+async fn run(args: &Args, dir: &std::path::Path, cp: &mut ControlPlane, pid: u32) -> Vec<Duration> {
     let target = wardenctl::client::Target::Socket(cp.socket());
     let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
     let apply = |tool: String| pb::ApplyRequest { documents_json: tests::fleet_yaml_documents(&tool), dry_run: false };
@@ -190,15 +268,17 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) ->
     // Join every agent with its own one-time token, key and certificate.
     let started = Instant::now();
     let (stop_tx, stop_rx) = warden_tasks::channel();
-    let agents = start_agents(&mut admin, dir, std::slice::from_ref(&cp.address), args.agents, &stop_rx).await;
+    let fleet = start_agents(&admin, dir, std::slice::from_ref(&cp.address), args.agents, args.light, &stop_rx).await;
+    let agents = &fleet.versions;
     let version = admin.get(pb::GetRequest::default()).await.expect("get").into_inner().version;
-    wait_all(&agents, version, Duration::from_secs(120)).await.expect("initial convergence");
-    println!("joined and converged {} agents in {:.1}s", args.agents, started.elapsed().as_secs_f64());
+    wait_all(agents, version, Duration::from_secs(300)).await.expect("initial convergence");
+    let kind = if args.light { "light" } else { "full" };
+    println!("joined and converged {} {kind} agents in {:.1}s", args.agents, started.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded_rss = rss_kib(pid);
 
     let (cp_cpu0, own_cpu0) = (cpu_time(pid), cpu_time(std::process::id()));
-    let mut samples = policy_rounds(&mut admin, &agents, args.rounds).await;
+    let mut samples = policy_rounds(&mut admin, agents, args.rounds).await;
     let rounds = args.rounds as u32;
     let cp_cpu = (cpu_time(pid) - cp_cpu0) / rounds;
     let own_cpu = (cpu_time(std::process::id()) - own_cpu0) / rounds;
@@ -215,7 +295,7 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) ->
         let request = pb::ApplyRequest { documents_json: vec![serde_json::to_vec(&document).unwrap()], dry_run: false };
         let t0 = Instant::now();
         let response = admin.apply(request).await.expect("revoke").into_inner();
-        if wait_all(&agents, response.version, Duration::from_secs(30)).await.is_none() {
+        if wait_all(agents, response.version, Duration::from_secs(30)).await.is_none() {
             eprintln!("revocation {round}: not every agent applied version {} within 30s", response.version);
             std::process::exit(1);
         }
@@ -260,10 +340,103 @@ async fn run(args: &Args, dir: &std::path::Path, cp: &ControlPlane, pid: u32) ->
         args.agents
     );
     if args.revocation_load > 0 {
-        revocations_under_load(args, &mut admin, &agents, pid).await;
+        revocations_under_load(args, &mut admin, agents, pid).await;
+    }
+    if args.storm {
+        drop(admin);
+        reconnect_storm(cp, &fleet).await;
     }
     stop_tx.fire();
     samples
+}
+
+/// Restarts the control plane under a connected fleet and times the storm that follows: until
+/// every agent has a new stream and holds the current version, how many snapshots went out
+/// (none is needed: the store, and so every agent, is at the same version), and how long the
+/// admin API took to answer meanwhile (a probe every 50 ms on the admin socket).
+async fn reconnect_storm(cp: &mut ControlPlane, fleet: &Agents) {
+    if fleet.light.is_empty() {
+        println!("reconnect storm: measured with --light agents only (they count streams and snapshots)");
+        return;
+    }
+    let streams = |agents: &[Arc<LightAgent>]| agents.iter().map(|a| a.streams()).collect::<Vec<_>>();
+    let snapshots = |agents: &[Arc<LightAgent>]| agents.iter().map(|a| a.snapshots()).sum::<u64>();
+    let (streams_before, snapshots_before) = (streams(&fleet.light), snapshots(&fleet.light));
+    let version = *fleet.versions[0].borrow();
+    let socket = cp.socket();
+    let t0 = Instant::now();
+    // The harness's other worker keeps the agents going meanwhile; the lint is for the
+    // product's streams.
+    #[allow(clippy::disallowed_methods, reason = "stopping and starting a process from the harness")]
+    tokio::task::block_in_place(|| {
+        cp.stop();
+        cp.restart();
+    });
+    let restarted = t0.elapsed();
+    let pid = cp.process.as_ref().map(|p| p.pid()).expect("running");
+    let cpu0 = cpu_time(pid);
+    // The admin probe: one call every 50 ms until the fleet is back (bounded: 120 s), from a
+    // thread and runtime of its own, as an operator's `wardenctl` is a process of its own (on
+    // this runtime it would wait behind the simulated agents' handshakes).
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let target = wardenctl::client::Target::Socket(socket);
+                let mut admin = wardenctl::client::connect(&target).await.expect("admin socket");
+                let mut latencies = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                    let t = Instant::now();
+                    let request = pb::GetRequest { kind: "McpServer".into(), ..Default::default() };
+                    admin.get(request).await.expect("admin get");
+                    latencies.push(t.elapsed());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                latencies
+            })
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let back = loop {
+        let now = streams(&fleet.light);
+        let reconnected = now.iter().zip(&streams_before).filter(|(n, b)| n > b).count();
+        let current = fleet.versions.iter().filter(|v| *v.borrow() == version).count();
+        if reconnected == fleet.light.len() && current == fleet.light.len() {
+            break Some(t0.elapsed());
+        }
+        if Instant::now() > deadline {
+            eprintln!("reconnect storm: {reconnected} reconnected and {current} current after 120s");
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cpu = cpu_time(pid) - cpu0;
+    let mut latencies = probe.join().expect("probe");
+    latencies.sort();
+    let Some(back) = back else { std::process::exit(1) };
+    println!(
+        "reconnect storm of {} agents: control plane restarted in {:.0} ms; every agent reconnected and current {:.2} s \
+         after the restart began; snapshots sent {} (streams opened {}); control-plane CPU {:.2} s",
+        fleet.light.len(),
+        ms(restarted),
+        back.as_secs_f64(),
+        snapshots(&fleet.light) - snapshots_before,
+        streams(&fleet.light).iter().sum::<u64>() - streams_before.iter().sum::<u64>(),
+        cpu.as_secs_f64()
+    );
+    if !latencies.is_empty() {
+        println!(
+            "admin API during the storm: {} calls, p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            latencies.len(),
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
+            ms(*latencies.last().expect("latencies"))
+        );
+    }
 }
 
 fn revocation(name: &str) -> Vec<u8> {

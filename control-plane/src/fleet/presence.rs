@@ -253,16 +253,25 @@ impl Presence {
         registered: BTreeMap<String, AgentRecord>,
         elsewhere: &[PresenceRecord],
     ) -> Vec<pb::AgentStatus> {
+        // Each agent's furthest stream elsewhere, found once: looked up per registered agent, a
+        // scan of `elsewhere` each time was 10^8 comparisons at 10,000 agents.
+        let mut furthest: HashMap<&str, &PresenceRecord> = HashMap::with_capacity(elsewhere.len());
+        for remote in elsewhere {
+            furthest
+                .entry(&remote.agent)
+                .and_modify(|held| {
+                    if remote.applied_version > held.applied_version {
+                        *held = remote;
+                    }
+                })
+                .or_insert(remote);
+        }
         let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
         registered
             .into_values()
             .map(|record| {
                 let live = agents.get(&record.id);
-                let remote = elsewhere
-                    .iter()
-                    .filter(|r| r.agent == record.id)
-                    .max_by_key(|r| r.applied_version)
-                    .filter(|_| !live.is_some_and(|l| l.connected));
+                let remote = furthest.get(record.id.as_str()).copied().filter(|_| !live.is_some_and(|l| l.connected));
                 if let Some(remote) = remote {
                     return pb::AgentStatus {
                         labels: remote.labels.clone().into_iter().collect(),

@@ -9,7 +9,7 @@
 //!   the lease's lifetime and another takes over ([`hold_lease`]). [`Leadership`] is how the
 //!   tasks that do singleton duties know whether they should.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use warden_tasks::Shutdown;
 
 use crate::configuration::Configuration;
 use crate::configuration::state::{self, FleetState};
-use crate::configuration::store::etcd::Followed;
+use crate::configuration::store::etcd::{Followed, presence_shard};
 use crate::configuration::store::{PresenceRecord, Store};
 use crate::fleet::Fleet;
 
@@ -183,12 +183,7 @@ pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, 
                         Err(e) => tracing::warn!("etcd leader election: {e}"),
                     }
                     let now = fleet.presence().records(&replica.id);
-                    let mut changes: Vec<(String, Option<PresenceRecord>)> = now
-                        .iter()
-                        .filter(|(agent, record)| published.get(*agent) != Some(record))
-                        .map(|(agent, record)| (agent.clone(), Some(record.clone())))
-                        .collect();
-                    changes.extend(published.keys().filter(|a| !now.contains_key(*a)).map(|a| (a.clone(), None)));
+                    let changes = presence_changes(&published, &now);
                     if !changes.is_empty() {
                         match etcd.put_presence(lease, &replica.id, &changes).await {
                             Ok(()) => published = now,
@@ -206,11 +201,84 @@ pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, 
     }
 }
 
+/// The presence shards to write (whole: `Some`) or remove (`None`) to go from `published` to
+/// `now`: those holding an agent that came, went or changed.
+fn presence_changes(
+    published: &HashMap<String, PresenceRecord>,
+    now: &HashMap<String, PresenceRecord>,
+) -> Vec<(u32, Option<Vec<PresenceRecord>>)> {
+    let changed = now.iter().filter(|(agent, record)| published.get(*agent) != Some(record)).map(|(a, _)| a);
+    let gone = published.keys().filter(|a| !now.contains_key(*a));
+    let mut shards: BTreeMap<u32, Vec<PresenceRecord>> =
+        changed.chain(gone).map(|agent| (presence_shard(agent), Vec::new())).collect();
+    for (agent, record) in now {
+        if let Some(records) = shards.get_mut(&presence_shard(agent)) {
+            records.push(record.clone());
+        }
+    }
+    shards
+        .into_iter()
+        .map(|(shard, mut records)| {
+            records.sort_by(|a, b| a.agent.cmp(&b.agent));
+            (shard, (!records.is_empty()).then_some(records))
+        })
+        .collect()
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::store::etcd::PRESENCE_SHARDS;
+
+    fn record(agent: &str, applied_version: u64) -> (String, PresenceRecord) {
+        let record = PresenceRecord {
+            agent: agent.into(),
+            replica: "cp-a".into(),
+            labels: Default::default(),
+            applied_version,
+            last_error: String::new(),
+        };
+        (agent.to_string(), record)
+    }
+
+    #[test]
+    fn a_change_rewrites_only_the_shards_of_the_agents_it_moved() {
+        let published: HashMap<_, _> = (0..10_000).map(|i| record(&format!("agent-{i}"), 7)).collect();
+        assert!(presence_changes(&published, &published).is_empty(), "nothing moved, nothing written");
+
+        // One agent applies a new version: its shard is written whole, and only it.
+        let mut now = published.clone();
+        now.insert("agent-42".into(), record("agent-42", 8).1);
+        let changes = presence_changes(&published, &now);
+        assert_eq!(changes.len(), 1);
+        let (shard, Some(records)) = &changes[0] else { panic!("a shard written: {changes:?}") };
+        assert_eq!(*shard, presence_shard("agent-42"));
+        let expected = now.keys().filter(|a| presence_shard(a) == *shard).count();
+        assert_eq!(records.len(), expected, "the shard holds every agent in it");
+        assert!(records.iter().any(|r| r.agent == "agent-42" && r.applied_version == 8));
+        assert!(records.windows(2).all(|w| w[0].agent < w[1].agent), "in a stable order");
+
+        // Every agent moves (a configuration change): at most one write per shard, not per agent.
+        let moved: HashMap<_, _> = (0..10_000).map(|i| record(&format!("agent-{i}"), 9)).collect();
+        let changes = presence_changes(&published, &moved);
+        assert!(changes.len() <= PRESENCE_SHARDS as usize && changes.len() > 200, "{} writes", changes.len());
+        let written: usize = changes.iter().map(|(_, r)| r.as_ref().map_or(0, Vec::len)).sum();
+        assert_eq!(written, 10_000);
+    }
+
+    #[test]
+    fn a_shard_whose_agents_all_went_is_removed() {
+        let published: HashMap<_, _> = [record("only", 3)].into_iter().collect();
+        let changes = presence_changes(&published, &HashMap::new());
+        assert_eq!(changes, vec![(presence_shard("only"), None)]);
     }
 }

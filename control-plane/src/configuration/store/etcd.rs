@@ -12,7 +12,7 @@
 //! | `<prefix>/join-tokens/<id>`       | a join token (hash of its secret, expiry, user)         |
 //! | `<prefix>/agents/<id>`            | a registered agent                                      |
 //! | `<prefix>/leader`                 | the replica doing singleton duties (on its lease)       |
-//! | `<prefix>/presence/<agent>/<cp>`  | an agent's stream to replica `cp` (on `cp`'s lease)     |
+//! | `<prefix>/presence/<cp>/<shard>`  | streams of the agents in that shard to replica `cp`, a JSON list (on `cp`'s lease) |
 //!
 //! A configuration write is one transaction guarded by `value(<prefix>/version) == base`: of two
 //! replicas writing at once, one wins and the other is told [`StoreError::VersionMoved`] and
@@ -38,6 +38,7 @@ use etcd_client::{
 };
 use warden_tasks::Backoff;
 
+pub use self::coordination::{PRESENCE_SHARDS, presence_shard};
 pub use self::watch::{Committed, Followed};
 use super::{
     AgentRecord, AuditEntry, Change, DefinitionsRecord, EtcdLimit, FindingsRecord, JoinTokenError, JoinTokenRecord,

@@ -10,6 +10,23 @@ use etcd_client::{Compare, CompareOp, GetOptions, TxnOp, TxnOpResponse};
 use super::{Etcd, etcd_err, retrying};
 use crate::configuration::store::{PresenceRecord, StoreError};
 
+/// Keys one replica spreads its agents' presence over. A configuration change moves every
+/// agent's applied version: with a key per agent, 10,000 agents on a replica were 10,000 puts
+/// (100 transactions) per change, and 100,000 across ten replicas a write storm; with shards it
+/// is at most this many puts per replica, a few transactions. 256 keeps each shard's value small
+/// (about 40 agents, 5 KB, at 10,000 agents a replica).
+pub const PRESENCE_SHARDS: u32 = 256;
+
+/// Bytes of presence values past which a transaction is sent and another begun.
+const PRESENCE_TXN_BYTES: usize = 512 * 1024;
+
+/// The presence shard of `agent`: FNV-1a of its id (the same in every build and on every
+/// machine, unlike std's hasher).
+pub fn presence_shard(agent: &str) -> u32 {
+    let hash = agent.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    hash % PRESENCE_SHARDS
+}
+
 impl Etcd {
     /// Grants a lease of about `ttl`: what this replica's leadership and presence entries hang
     /// on. Returns its id and the lifetime etcd gave it.
@@ -90,30 +107,34 @@ impl Etcd {
         }))
     }
 
-    /// Publishes this replica's agent streams on `lease`: `Some` writes an entry, `None`
-    /// removes it.
+    /// Publishes this replica's agent streams on `lease`, shard by shard
+    /// ([`presence_shard`]): `Some` writes a shard's records whole, `None` removes the shard.
     pub async fn put_presence(
         &self,
         lease: i64,
         replica: &str,
-        changes: &[(String, Option<PresenceRecord>)],
+        changes: &[(u32, Option<Vec<PresenceRecord>>)],
     ) -> Result<(), StoreError> {
-        // Within etcd's default --max-txn-ops.
-        for chunk in changes.chunks(100) {
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|(agent, record)| {
-                    let key = self.key(&format!("presence/{agent}/{replica}"));
-                    match record {
-                        Some(r) => TxnOp::put(
-                            key,
-                            serde_json::to_vec(r).expect("serializes"),
-                            Some(etcd_client::PutOptions::new().with_lease(lease)),
-                        ),
-                        None => TxnOp::delete(key, None),
-                    }
-                })
-                .collect();
+        let mut ops = Vec::new();
+        let mut bytes = 0;
+        for (shard, records) in changes {
+            let key = self.key(&format!("presence/{replica}/{shard:03}"));
+            let op = match records {
+                Some(records) => {
+                    let value = serde_json::to_vec(records).expect("serializes");
+                    bytes += value.len();
+                    TxnOp::put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease)))
+                }
+                None => TxnOp::delete(key, None),
+            };
+            ops.push(op);
+            // Within etcd's default --max-txn-ops (128) and request size (1.5 MiB).
+            if ops.len() == 100 || bytes > PRESENCE_TXN_BYTES {
+                self.txn(etcd_client::Txn::new().and_then(std::mem::take(&mut ops))).await?;
+                bytes = 0;
+            }
+        }
+        if !ops.is_empty() {
             self.txn(etcd_client::Txn::new().and_then(ops)).await?;
         }
         Ok(())
@@ -124,9 +145,13 @@ impl Etcd {
         let response = self.get(self.key("presence/"), Some(GetOptions::new().with_prefix())).await?;
         let mut out = Vec::new();
         for kv in response.kvs() {
-            match serde_json::from_slice(kv.value()) {
-                Ok(record) => out.push(record),
-                Err(e) => tracing::warn!("{}: {e}", String::from_utf8_lossy(kv.key())),
+            match serde_json::from_slice::<Vec<PresenceRecord>>(kv.value()) {
+                Ok(records) => out.extend(records),
+                // A replica of an earlier release (during a rolling upgrade): one agent a key.
+                Err(e) => match serde_json::from_slice::<PresenceRecord>(kv.value()) {
+                    Ok(record) => out.push(record),
+                    Err(_) => tracing::warn!("{}: {e}", String::from_utf8_lossy(kv.key())),
+                },
             }
         }
         Ok(out)
