@@ -23,7 +23,7 @@ use crate::configuration::Configuration;
 use crate::configuration::state::FleetState;
 use crate::configuration::store::{AgentRecord, JoinTokenError, RESERVED_AGENT_IDS};
 use crate::fleet::Fleet;
-use crate::fleet::peer::certificate;
+use crate::fleet::peer::{self, certificate};
 use crate::inventory::{self, Inventory};
 use crate::pinning::Pinning;
 use crate::telemetry::decisions::Decisions;
@@ -63,14 +63,22 @@ impl AgentService {
         AgentService { configuration, fleet, decisions, tokens, inventory, pinning, shutdown }
     }
 
-    /// The registered agent the caller's certificate names; refuses anyone else, an agent that
-    /// was deleted, and a certificate the registry does not list for it (issued before the agent
-    /// was deleted and joined again).
-    async fn registered_agent<T>(&self, request: &Request<T>) -> Result<AgentRecord, Status> {
+    /// The registered agent the caller's certificate names, and when that certificate expires;
+    /// refuses anyone else, an agent that was deleted, a certificate the registry does not list
+    /// for it (issued before the agent was deleted and joined again), and an expired one.
+    async fn registered_agent<T>(&self, request: &Request<T>) -> Result<(AgentRecord, i64), Status> {
         let (id, serial) = match certificate(request, self.fleet.ca().trust_domain()) {
             Some((FleetIdentity::Agent(id), serial)) => (id, serial),
             _ => return Err(Status::unauthenticated("this call needs an agent certificate issued by the fleet CA")),
         };
+        let now = now_unix();
+        let not_after = peer::not_after(request).unwrap_or(i64::MIN);
+        if not_after <= now {
+            tracing::warn!(agent = %id, serial, "refused an expired agent certificate (a resumed TLS session)");
+            return Err(Status::unauthenticated(format!(
+                "the certificate of agent {id} has expired; join again with a new join token"
+            )));
+        }
         let record = self
             .configuration
             .store()
@@ -78,7 +86,7 @@ impl AgentService {
             .await
             .map_err(|e| Status::unavailable(format!("the agent registry cannot be read: {e}")))?;
         match record {
-            Some(record) if record.accepts(&serial) => Ok(record),
+            Some(record) if record.accepts(&serial, now) => Ok((record, not_after)),
             _ => {
                 tracing::warn!(agent = %id, serial, "refused a certificate of a deleted agent (or one it no longer holds)");
                 Err(Status::permission_denied(format!(
@@ -140,7 +148,7 @@ impl pb::agent_service_server::AgentService for AgentService {
     }
 
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
-        let mut record = self.registered_agent(&request).await?;
+        let (mut record, _) = self.registered_agent(&request).await?;
         let agent = record.id.clone();
         let spiffe_id = self.fleet.ca().agent_spiffe_id(&agent);
         let cert = self
@@ -167,7 +175,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let record = self.registered_agent(&request).await?;
+        let (record, not_after) = self.registered_agent(&request).await?;
         let (agent, registered_labels) = (record.id, record.labels);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -182,7 +190,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                 hello.agent_id
             )));
         }
-        let session = Session::start(self.clone(), agent, registered_labels, hello, inbound);
+        let session = Session::start(self.clone(), agent, registered_labels, not_after, hello, inbound);
         let stream = futures_util::stream::unfold(session, |mut session| async move {
             let message = session.next().await?;
             Some((Ok(pb::ControlMessage { message: Some(message) }), session))
@@ -224,6 +232,10 @@ struct Session {
     /// The labels the registry gave the agent when it joined: which servers it serves (not
     /// what its Hello claims).
     labels: std::collections::BTreeMap<String, String>,
+    /// When the certificate the stream was opened with expires: the stream ends then, and the
+    /// agent comes back with its renewed one (or cannot). One timer for the stream's life, not
+    /// one per poll.
+    expires: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Session {
@@ -231,6 +243,7 @@ impl Session {
         service: AgentService,
         agent: String,
         labels: std::collections::BTreeMap<String, String>,
+        not_after_unix: i64,
         hello: pb::Hello,
         inbound: Streaming<pb::AgentMessage>,
     ) -> Session {
@@ -265,6 +278,9 @@ impl Session {
             pending,
             findings: inventory::Paced::new(inventory::WRITE_INTERVAL, tokio::time::Instant::now()),
             labels,
+            expires: Box::pin(tokio::time::sleep(Duration::from_secs(
+                u64::try_from(not_after_unix.saturating_sub(now_unix())).unwrap_or(0),
+            ))),
         }
     }
 
@@ -341,6 +357,10 @@ impl Session {
                         tracing::warn!(agent = %self.agent, "agent deleted from the registry: its stream ends");
                         return None;
                     }
+                }
+                () = &mut self.expires => {
+                    tracing::info!(agent = %self.agent, "the certificate this stream was opened with expired: the stream ends");
+                    return None;
                 }
                 _ = self.shutdown.requested() => return None,
             }

@@ -187,6 +187,17 @@ fn agents_renew_their_certificate_before_it_expires_and_stay_connected() {
     cp.wait_converged(&["agent-0"], 1);
     let agents = cp.ctl_json(&["get", "agents"]);
     assert_eq!(agents["agents"][0]["certificateNotAfterUnix"].as_i64(), Some(renewed));
+    // The stream opened with the first certificate ends when that certificate expires (a
+    // stream, like a resumed TLS session, is not checked against the dates again), and the
+    // agent comes back with its renewed one.
+    let log = || cp.process.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    wait_for("the stream of the expired certificate to end", || {
+        log().contains("the certificate this stream was opened with expired").then_some(())
+    });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(now >= first, "ended no earlier than the certificate's notAfter");
+    assert!(cp.apply(&tests::fleet_yaml("fetch")).status.success());
+    cp.wait_converged(&["agent-0"], 2);
 }
 
 #[test]

@@ -246,9 +246,12 @@ pub struct IssuedSerial {
 }
 
 impl AgentRecord {
-    /// Whether a certificate with `serial` (hex) is one this agent holds.
-    pub fn accepts(&self, serial: &str) -> bool {
-        self.certificates.is_empty() || self.certificates.iter().any(|c| c.serial == serial)
+    /// Whether a certificate with `serial` (hex) is one this agent holds, unexpired at
+    /// `now_unix` (a resumed TLS session does not check the dates again). A record from before
+    /// serials were kept lists none: then the caller checks the certificate's own dates.
+    pub fn accepts(&self, serial: &str, now_unix: i64) -> bool {
+        self.certificates.is_empty()
+            || self.certificates.iter().any(|c| c.serial == serial && c.not_after_unix > now_unix)
     }
 
     /// Records a newly issued certificate, forgetting those expired by `now_unix`.

@@ -114,13 +114,15 @@ async fn a_join_token_admits_one_agent_once_before_it_expires() {
 #[test]
 fn an_agent_accepts_only_the_certificates_issued_to_it_that_have_not_expired() {
     let mut record = agent("a1");
-    assert!(record.accepts("anything"), "records from before serials were kept accept any certificate");
+    assert!(record.accepts("anything", 0), "records from before serials were kept accept any certificate");
     record.issued("0a".into(), 100, 0);
-    assert!(record.accepts("0a") && !record.accepts("0b"));
+    assert!(record.accepts("0a", 50) && !record.accepts("0b", 50));
     record.issued("0b".into(), 200, 50);
-    assert!(record.accepts("0a") && record.accepts("0b"), "the previous certificate lives until it expires");
+    assert!(record.accepts("0a", 60) && record.accepts("0b", 60), "the previous certificate lives until it expires");
+    assert!(!record.accepts("0a", 100) && record.accepts("0b", 100), "listed, but past its notAfter");
     record.issued("0c".into(), 300, 150);
-    assert!(!record.accepts("0a") && record.accepts("0b") && record.accepts("0c"));
+    assert!(!record.accepts("0a", 0) && record.accepts("0b", 150) && record.accepts("0c", 150));
+    assert!(!record.accepts("0c", 300));
     assert_eq!(record.certificate_not_after_unix, 300);
 }
 

@@ -25,6 +25,15 @@ pub fn identity(der: &[u8], trust_domain: &str) -> Option<(FleetIdentity, String
     Some((identity, crate::fleet::pki::hex_serial(cert.raw_serial())))
 }
 
+/// When the caller's verified client certificate expires, seconds since the epoch. The TLS layer
+/// checks the dates at a full handshake, but not when it resumes a session, and never again
+/// during a stream that outlives the certificate.
+pub fn not_after<T>(request: &Request<T>) -> Option<i64> {
+    let certs = request.peer_certs()?;
+    let (_, cert) = X509Certificate::from_der(certs.first()?.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Who is making an admin call.
 pub enum AdminCaller {
     /// A local user on the admin socket (whose file permissions are the access control).
