@@ -90,7 +90,7 @@ async fn operators_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let peer = request.extensions().get::<axum::extract::ConnectInfo<crate::tls_listener::Peer>>();
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<crate::http_listener::Peer>>();
     let trust_domain = console.fleet.ca().trust_domain();
     let operator =
         peer.and_then(|p| p.0.certificate.as_deref()).and_then(|der| crate::fleet::peer::identity(der, trust_domain));
@@ -145,28 +145,15 @@ fn loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Serves `router` on `listener` until `stop`.
-pub async fn serve(router: Router, listener: tokio::net::TcpListener, mut stop: warden_tasks::Shutdown) {
-    let _ = axum::serve(listener, router).with_graceful_shutdown(async move { stop.requested().await }).await;
-}
-
-/// Serves `router` over HTTPS with `tls` (which requires a client certificate of the fleet CA)
-/// on `listener` until `stop`.
-pub async fn serve_tls(
+/// Serves `router` on `listener` until `stop`: over HTTPS with `tls` (which requires a client
+/// certificate of the fleet CA), else plain HTTP (loopback).
+pub async fn serve(
     router: Router,
     listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    mut stop: warden_tasks::Shutdown,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: warden_tasks::Shutdown,
 ) {
-    let listener = match crate::tls_listener::tls_listener(listener, tls, stop.clone()) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("console: {e}");
-            return;
-        }
-    };
-    let service = router.into_make_service_with_connect_info::<crate::tls_listener::Peer>();
-    let _ = axum::serve(listener, service).with_graceful_shutdown(async move { stop.requested().await }).await;
+    crate::http_listener::serve(router, listener, tls, crate::http_listener::Limits::default(), stop).await;
 }
 
 /// `text` safe inside HTML text and quoted attributes.

@@ -18,12 +18,12 @@ pub mod agents;
 pub mod configuration;
 pub mod console;
 pub mod fleet;
+pub mod http_listener;
 pub mod inventory;
 pub mod pinning;
 pub mod replay;
 pub mod scorecard;
 pub mod telemetry;
-pub mod tls_listener;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -305,11 +305,8 @@ pub async fn run(
         };
         // The access checks go with the way the console is served: operators' certificates
         // with TLS, loopback hosts without.
-        let serving: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match console_tls {
-            Some(tls) => Box::pin(console::serve_tls(router(console::Access::Operators), listener, tls, stop.clone())),
-            None => Box::pin(console::serve(router(console::Access::Loopback), listener, stop.clone())),
-        };
-        tasks.spawn("console", serving);
+        let access = if console_tls.is_some() { console::Access::Operators } else { console::Access::Loopback };
+        tasks.spawn("console", console::serve(router(access), listener, console_tls, stop.clone()));
     }
 
     // The two edge services, until shutdown or until one of them fails.

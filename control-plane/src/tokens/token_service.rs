@@ -29,8 +29,8 @@ use warden_core::token::{Presenter, Verifier};
 use warden_tasks::Shutdown;
 
 use crate::configuration::{Configuration, state};
+use crate::http_listener::{self, Peer};
 use crate::telemetry::exchange_log::{self, ExchangeLog};
-use crate::tls_listener::{Peer, tls_listener};
 use crate::tokens::Tokens;
 use crate::tokens::signing::Signer;
 
@@ -585,15 +585,8 @@ async fn jwks(State(service): State<Arc<TokenService>>) -> Response {
 }
 
 /// Serves the token service on `listener` with `tls` until shutdown.
-pub async fn serve(service: TokenService, listener: TcpListener, tls: Arc<rustls::ServerConfig>, mut stop: Shutdown) {
+pub async fn serve(service: TokenService, listener: TcpListener, tls: Arc<rustls::ServerConfig>, stop: Shutdown) {
     let local = listener.local_addr().ok();
-    let listener = match tls_listener(listener, tls, stop.clone()) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("token service: {e}");
-            return;
-        }
-    };
     tracing::info!(addr = ?local, "token service listening");
     let service = Arc::new(service);
     let app = axum::Router::new()
@@ -603,7 +596,5 @@ pub async fn serve(service: TokenService, listener: TcpListener, tls: Arc<rustls
         .route("/jwks.json", get(jwks))
         .layer(axum::extract::DefaultBodyLimit::max(exchange::MAX_REQUEST_BYTES))
         .with_state(service);
-    let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(async move { stop.requested().await })
-        .await;
+    http_listener::serve(app, listener, Some(tls), http_listener::Limits::default(), stop).await;
 }
