@@ -103,6 +103,10 @@ pub struct Options {
     pub console_listen: Option<SocketAddr>,
     /// Serve the console over HTTPS to operators' client certificates only (on any address).
     pub console_operators: bool,
+    /// The console's certificate chain and key (PEM files), from a CA browsers already trust;
+    /// without them it presents a certificate from the fleet CA for `server_names`. Either way
+    /// the client certificates it asks for are the fleet CA's.
+    pub console_tls_files: Option<(PathBuf, PathBuf)>,
     /// Where the token service (token exchange, revocation) is served over HTTPS, if anywhere.
     pub token_listen: Option<SocketAddr>,
     /// The token service's certificate chain and key (PEM files); without them it presents a
@@ -148,11 +152,17 @@ pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// The token service's TLS configuration: the operator's certificate, or one from the fleet CA.
-fn token_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig>, RunError> {
+/// A serving certificate chain and its key: from the operator's files, or issued by the fleet CA
+/// for the server's names. `what` names the service in errors.
+fn serving_identity(
+    files: Option<&(PathBuf, PathBuf)>,
+    options: &Options,
+    ca: &FleetCa,
+    what: &str,
+) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>), RunError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (chain_pem, key_pem) = match &options.token_tls_files {
+    let (chain_pem, key_pem) = match files {
         Some((cert, key)) => (
             std::fs::read(cert).map_err(io(format!("reading {}", cert.display())))?,
             std::fs::read(key).map_err(io(format!("reading {}", key.display())))?,
@@ -162,13 +172,26 @@ fn token_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig
             (chain.into_bytes(), key.into_bytes())
         }
     };
-    let invalid = |what: &str, e: &dyn std::fmt::Display| RunError::Io {
-        context: format!("the token service's {what}"),
+    let invalid = |part: &str, e: &dyn std::fmt::Display| RunError::Io {
+        context: format!("the {what}'s {part}"),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
     };
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&chain_pem).collect::<Result<_, _>>().map_err(|e| invalid("certificate", &e))?;
+    if chain.is_empty() {
+        return Err(invalid("certificate", &"no PEM certificate in the file"));
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| invalid("key", &e))?;
+    Ok((chain, key))
+}
+
+/// The token service's TLS configuration: the operator's certificate, or one from the fleet CA.
+fn token_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    let (chain, key) = serving_identity(options.token_tls_files.as_ref(), options, ca, "token service")?;
+    let invalid = |what: &str, e: &dyn std::fmt::Display| RunError::Io {
+        context: format!("the token service's {what}"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -181,21 +204,17 @@ fn token_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// The console's TLS for operators: a serving certificate of the fleet CA for the server's
-/// names, and a client certificate of the fleet CA required (whose identity the console then
-/// checks is an operator's).
+/// The console's TLS for operators: the operator's serving certificate, or one of the fleet CA
+/// for the server's names; and a client certificate of the fleet CA required (whose identity
+/// the console then checks is an operator's).
 fn console_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let invalid = |what: &str, e: &dyn std::fmt::Display| RunError::Io {
         context: format!("the console's {what}"),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
     };
-    let (chain_pem, key_pem) = ca.issue_server(&options.server_names, Duration::from_secs(90 * 24 * 3600))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| invalid("certificate", &e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| invalid("key", &e))?;
+    let (chain, key) = serving_identity(options.console_tls_files.as_ref(), options, ca, "console")?;
     let mut roots = rustls::RootCertStore::empty();
     for ca_cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
         roots.add(ca_cert.map_err(|e| invalid("fleet CA", &e))?).map_err(|e| invalid("fleet CA", &e))?;

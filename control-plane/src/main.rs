@@ -105,6 +105,14 @@ struct Args {
     /// any --console-listen address.
     #[arg(long, env = "WARDEN_CONSOLE_MTLS", requires = "console_listen", value_parser = clap::builder::FalseyValueParser::new())]
     console_mtls: bool,
+    /// The console's certificate chain (PEM), from a CA browsers already trust (the
+    /// organisation's) [default: one from the fleet CA for the --server-name values]. Client
+    /// certificates stay the fleet CA's.
+    #[arg(long, env = "WARDEN_CONSOLE_TLS_CERT", requires_all = ["console_tls_key", "console_mtls"])]
+    console_tls_cert: Option<PathBuf>,
+    /// The console's private key (PEM).
+    #[arg(long, env = "WARDEN_CONSOLE_TLS_KEY", requires = "console_tls_cert")]
+    console_tls_key: Option<PathBuf>,
     /// Serve the token service (RFC 8693 token exchange, RFC 7009 revocation, RFC 8414
     /// metadata, JWKS) over HTTPS on this address.
     #[arg(long, env = "WARDEN_TOKEN_LISTEN")]
@@ -263,6 +271,7 @@ async fn start() -> anyhow::Result<()> {
         metrics_new_series_delay: args.metrics_new_series_delay,
         console_listen: args.console_listen,
         console_operators: args.console_mtls,
+        console_tls_files: args.console_tls_cert.zip(args.console_tls_key),
         token_listen: args.token_listen,
         token_tls_files: args.token_tls_cert.zip(args.token_tls_key),
         lease_ttl: args.etcd_lease_ttl,

@@ -278,3 +278,54 @@ fn with_console_mtls_only_operators_certificates_read_the_console() {
     assert_eq!(code, "403", "{body}");
     assert!(body.contains("revoked"), "{body}");
 }
+
+#[test]
+fn the_console_can_present_a_certificate_from_the_organisations_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let console = loopback_addr();
+    let ip: std::net::IpAddr = console.rsplit_once(':').unwrap().0.parse().unwrap();
+    // The organisation's CA, which operators' browsers already trust; its certificate names the
+    // console's address.
+    let org = tests::TestCa::new();
+    let (cert_pem, key_pem) = org.issue(&[ip], Some(rcgen::ExtendedKeyUsagePurpose::ServerAuth), "console");
+    let (org_ca, cert, key) =
+        (dir.path().join("org-ca.crt"), dir.path().join("console.crt"), dir.path().join("console.key"));
+    std::fs::write(&org_ca, &org.pem).unwrap();
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let flags = ["--console-listen", &console, "--console-mtls", "--console-tls-cert", cert.to_str().unwrap()];
+    let cp =
+        tests::ControlPlane::start(dir.path(), &[&flags[..], &["--console-tls-key", key.to_str().unwrap()]].concat());
+    let creds = dir.path().join("alice");
+    cp.ctl_ok(&["operator-cert", "create", "--name", "alice", "--out", creds.to_str().unwrap(), "--ttl", "1h"]);
+    let get = |trust: &Path, client: bool| {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(trust);
+        if client {
+            curl.arg("--cert").arg(creds.join("operator.crt")).arg("--key").arg(creds.join("operator.key"));
+        }
+        let out = curl.arg(format!("https://{console}/")).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(get(&org_ca, true), "200", "trusted through the organisation's CA, the operator reads it");
+    assert_eq!(get(&creds.join("ca.crt"), true), "000", "the fleet CA did not sign what it presents");
+    assert_eq!(get(&org_ca, false), "000", "client certificates are still required");
+
+    // A file that holds no certificate is a clear error at start, and nothing is served.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("console.crt"), "not a certificate").unwrap();
+    let out = Command::new(bin("warden-cp"))
+        .arg("--data-dir")
+        .arg(bad.join("cp"))
+        .args(["--listen", &loopback_addr(), "--console-listen", &loopback_addr(), "--console-mtls"])
+        .arg("--console-tls-cert")
+        .arg(bad.join("console.crt"))
+        .arg("--console-tls-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the console's certificate"), "{stderr}");
+}
