@@ -253,8 +253,16 @@ impl Session {
         let current = state_rx.borrow_and_update().clone();
         let keys = pb::FleetKeys { finding_fingerprint_key: service.inventory.fingerprint_key().to_vec() };
         let mut pending = VecDeque::from([Out::FleetKeys(keys)]);
-        let sent = if hello.applied_store_id == current.store_id && hello.applied_version == current.version {
+        let same_store = hello.applied_store_id == current.store_id;
+        let delta = (same_store && hello.applied_version < current.version)
+            .then(|| current.cached_delta_from(hello.applied_version))
+            .flatten();
+        let sent = if same_store && hello.applied_version == current.version {
             tracing::info!(%agent, version = current.version, "agent connected, up to date");
+            Sent::State(current, false)
+        } else if let Some(delta) = delta {
+            tracing::info!(%agent, from = hello.applied_version, to = current.version, "agent connected, sending a delta from its version");
+            pending.push_back(Out::Delta(delta));
             Sent::State(current, false)
         } else {
             tracing::info!(%agent, from = hello.applied_version, to = current.version, "agent connected, sending snapshot");

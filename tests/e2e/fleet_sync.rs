@@ -168,3 +168,23 @@ fn agents_and_control_plane_shut_down_cleanly_on_sigterm() {
     cp.stop();
     assert!(!cp.socket().exists(), "the admin socket is removed on exit");
 }
+
+#[test]
+fn an_agent_that_missed_a_change_resumes_from_its_version_with_a_delta() {
+    let mut fleet = Fleet::builder().agents(2).start();
+    let ids: Vec<String> = fleet.agents.iter().map(|a| a.id.clone()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert!(fleet.cp.apply(&fleet_yaml("search")).status.success());
+    fleet.cp.wait_converged(&ids, 1);
+
+    // One agent is away while the configuration moves; the other takes the change as a delta.
+    fleet.agents[0].stop();
+    assert!(fleet.cp.apply(&fleet_yaml("fetch")).status.success());
+    fleet.cp.wait_converged(&ids[1..], 2);
+    fleet.agents[0].restart();
+    fleet.cp.wait_converged(&ids, 2);
+    assert_eq!(fleet.agents[0].status()["resources"]["Policy"], 1);
+    let log = fleet.cp.process.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    let resumed = log.lines().rev().find(|l| l.contains(ids[0]) && l.contains("agent connected")).unwrap_or("");
+    assert!(resumed.contains("sending a delta from its version"), "no snapshot for one missed change:\n{log}");
+}

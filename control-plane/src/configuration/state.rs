@@ -226,6 +226,16 @@ impl FleetState {
         delta
     }
 
+    /// The delta from `base_version` if one was computed already (for another agent that held
+    /// it), and smaller than a snapshot. An agent reconnecting after it missed a change mostly
+    /// holds what its connected peers held, so it resumes from its version with no base state
+    /// kept for it.
+    pub fn cached_delta_from(&self, base_version: u64) -> Option<pb::Delta> {
+        let cache = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, delta) = cache.iter().find(|(from, _)| *from == base_version)?;
+        (prost::Message::encoded_len(delta) < self.snapshot_bytes()).then(|| delta.clone())
+    }
+
     fn compute_delta_from(&self, base: &FleetState) -> pb::Delta {
         let upserts = self
             .resources

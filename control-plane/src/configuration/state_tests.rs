@@ -82,6 +82,34 @@ fn deltas_carry_only_what_moved() {
     assert_eq!(head.snapshot().resources.len(), 2);
 }
 
+#[test]
+fn a_reconnecting_agent_gets_a_delta_computed_for_others_only_if_smaller_than_a_snapshot() {
+    let base = state(1, vec![issuer("a"), issuer("b"), issuer("c"), issuer("d")]);
+    let next = next_state(&base, plan_apply(&base, vec![server("s", "a")]).unwrap(), 2);
+    assert!(next.cached_delta_from(1).is_none(), "nothing computed yet: no base state is kept to compute one");
+    let computed = next.delta_from(&base);
+    assert_eq!(next.cached_delta_from(1), Some(computed), "the delta connected agents got");
+    assert!(next.cached_delta_from(0).is_none(), "from a version no one held");
+
+    // Everything replaced or removed: the delta carries all a snapshot would, and the removals.
+    let small = state(1, vec![issuer("a"), issuer("b")]);
+    let changed = doc(serde_json::json!({
+        "apiVersion": "warden.dev/v1", "kind": "TrustedIssuer", "metadata": {"name": "a"},
+        "spec": {"issuer": "https://other.example.com", "keys": {"discovery": true}, "allowedAlgorithms": ["ES256"]}
+    }));
+    let replaced = next_state(&small, plan_apply(&small, vec![changed]).unwrap(), 2);
+    let replaced = next_state(&replaced, plan_delete(&replaced, issuer("b").key(), 0).unwrap(), 3);
+    let whole = delta_bigger_than_snapshot(&replaced, &small);
+    assert!(whole.is_none(), "a delta at least a snapshot's size is not offered");
+}
+
+/// `state`'s cached delta from `base` once computed, where it is no smaller than a snapshot.
+fn delta_bigger_than_snapshot(state: &FleetState, base: &FleetState) -> Option<pb::Delta> {
+    let delta = state.delta_from(base);
+    assert!(prost::Message::encoded_len(&delta) >= state.snapshot_bytes(), "the case this checks");
+    state.cached_delta_from(base.version)
+}
+
 fn keys(kid: &str) -> KeyRecord {
     KeyRecord {
         version: 0,
