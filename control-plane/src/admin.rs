@@ -37,6 +37,8 @@ pub struct AdminService {
     telemetry: Arc<Telemetry>,
     inventory: Arc<Inventory>,
     pinning: Arc<Pinning>,
+    /// The scorecard's kept tallies (shared with the console).
+    tallies: Arc<crate::scorecard::Tallies>,
 }
 
 impl AdminService {
@@ -48,8 +50,9 @@ impl AdminService {
         telemetry: Arc<Telemetry>,
         inventory: Arc<Inventory>,
         pinning: Arc<Pinning>,
+        tallies: Arc<crate::scorecard::Tallies>,
     ) -> AdminService {
-        AdminService { configuration, fleet, tokens, telemetry, inventory, pinning }
+        AdminService { configuration, fleet, tokens, telemetry, inventory, pinning, tallies }
     }
 
     /// The caller, for the audit trail; an operator certificate only while the registry lists
@@ -432,7 +435,8 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::ScorecardResponse>, Status> {
         self.actor(&request).await?;
         let since = request.into_inner().since_unix_nanos;
-        let card = crate::scorecard::compute(&self.configuration, &self.fleet, &self.telemetry, since).await?;
+        let card =
+            crate::scorecard::compute(&self.configuration, &self.fleet, &self.telemetry, &self.tallies, since).await?;
         Ok(Response::new(card))
     }
 

@@ -46,6 +46,7 @@ struct Console {
     fleet: Arc<Fleet>,
     telemetry: Arc<Telemetry>,
     inventory: Arc<Inventory>,
+    tallies: Arc<crate::scorecard::Tallies>,
 }
 
 /// Who may read the console.
@@ -65,9 +66,10 @@ pub fn router(
     fleet: Arc<Fleet>,
     telemetry: Arc<Telemetry>,
     inventory: Arc<Inventory>,
+    tallies: Arc<crate::scorecard::Tallies>,
     access: Access,
 ) -> Router {
-    let console = Console { configuration, fleet, telemetry, inventory };
+    let console = Console { configuration, fleet, telemetry, inventory, tallies };
     let routes = Router::new()
         .route("/", get(fleet_page))
         .route("/resources", get(resources_page))
@@ -584,7 +586,7 @@ async fn findings_page(State(c): State<Console>, Query(paged): Query<Paged>) -> 
 }
 
 async fn scorecard_page(State(c): State<Console>) -> Response {
-    let card = match crate::scorecard::compute(&c.configuration, &c.fleet, &c.telemetry, 0).await {
+    let card = match crate::scorecard::compute(&c.configuration, &c.fleet, &c.telemetry, &c.tallies, 0).await {
         Ok(card) => card,
         Err(status) => return error(StatusCode::SERVICE_UNAVAILABLE, status.message()),
     };

@@ -317,10 +317,13 @@ pub async fn run(
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the metrics endpoint {addr}")))?;
         tasks.spawn("metrics endpoint", telemetry::metrics::serve(metrics, listener, stop.clone()));
     }
+    // The scorecard's kept tallies, shared by the admin API and the console.
+    let tallies = Arc::new(scorecard::Tallies::default());
     if let Some(addr) = options.console_listen {
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the console {addr}")))?;
         let router = |access| {
-            console::router(configuration.clone(), fleet.clone(), telemetry.clone(), inventory.clone(), access)
+            let (telemetry, inventory, tallies) = (telemetry.clone(), inventory.clone(), tallies.clone());
+            console::router(configuration.clone(), fleet.clone(), telemetry, inventory, tallies, access)
         };
         // The access checks go with the way the console is served: operators' certificates
         // with TLS, loopback hosts without.
@@ -338,7 +341,7 @@ pub async fn run(
         pinning.clone(),
         stop.clone(),
     );
-    let admin = AdminService::new(configuration, fleet, tokens, telemetry, inventory, pinning);
+    let admin = AdminService::new(configuration, fleet, tokens, telemetry, inventory, pinning, tallies);
     let served = serve(&options, listener, agent_tls, agents, admin, shutdown, &trigger, stop).await;
     trigger.fire();
     tasks.join().await;

@@ -365,19 +365,47 @@ impl Decisions {
         Ok(cut)
     }
 
-    /// Calls `visit` with every stored record, oldest first, at most `max`; whether it stopped
-    /// at `max` (blocking: call from `spawn_blocking`).
-    pub fn visit_all(&self, max: usize, mut visit: impl FnMut(&pb::DecisionRecord)) -> Result<bool, DecisionError> {
+    /// A consistent view of the records kept, for reads that take several steps (blocking:
+    /// call from `spawn_blocking`).
+    pub fn snapshot(&self) -> Result<Snapshot, DecisionError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let mut read = 0usize;
-        visit_from(&txn, 0, |stored| {
+        let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let (received, first) = (counter(&counters, "received")?, counter(&counters, "first")?.max(1));
+        drop(counters);
+        Ok(Snapshot { txn, first, last: received })
+    }
+}
+
+/// The records kept at one moment: cursors `first..=last` (none when `last` is 0); records
+/// arriving or deleted meanwhile are not seen.
+pub struct Snapshot {
+    txn: redb::ReadTransaction,
+    /// The oldest record's cursor.
+    pub first: u64,
+    /// The newest record's cursor (0: none).
+    pub last: u64,
+}
+
+impl Snapshot {
+    /// Calls `visit` with each record of cursor `from..=through`, oldest first (blocking).
+    pub fn visit(
+        &self,
+        from: u64,
+        through: u64,
+        mut visit: impl FnMut(&pb::DecisionRecord),
+    ) -> Result<(), DecisionError> {
+        if from > through {
+            return Ok(());
+        }
+        visit_from(&self.txn, from, |stored| {
+            if stored.cursor > through {
+                return false;
+            }
             if let Some(record) = &stored.record {
                 visit(record);
             }
-            read += 1;
-            read < max
-        })?;
-        Ok(read >= max)
+            stored.cursor < through
+        })
     }
 }
 
