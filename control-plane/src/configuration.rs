@@ -159,11 +159,17 @@ impl Configuration {
             kind: key.kind.as_str().to_string(),
             name: key.name.clone(),
             previous_resource_version: previous,
+            document: None,
         };
         let mut entries: Vec<AuditEntry> = Vec::new();
         for (i, (key, action, previous)) in plan.results.iter().enumerate() {
             if *action != state::Action::Unchanged {
-                entries.push(audit(key, *previous, plan.actors.get(i)));
+                let mut entry = audit(key, *previous, plan.actors.get(i));
+                if key.kind != warden_core::Kind::Revocation {
+                    let json = plan.puts.iter().find(|(put, _, _)| put == key).map(|(_, _, json)| json);
+                    entry.document = json.map(|json| String::from_utf8_lossy(json).into_owned());
+                }
+                entries.push(entry);
             }
         }
         for (key, previous) in &plan.deletes {

@@ -74,6 +74,7 @@ pub fn router(
         .route("/", get(fleet_page))
         .route("/resources", get(resources_page))
         .route("/history", get(history_page))
+        .route("/history/{version}/{kind}/{name}", get(change_page))
         .route("/decisions", get(decisions_page))
         .route("/decisions/{id}", get(decision_page))
         .route("/findings", get(findings_page))
@@ -192,7 +193,9 @@ header{{background:#1b1f24;color:#fff;padding:.6rem 1rem}} header a{{color:#fff;
 main{{padding:1rem}} table{{border-collapse:collapse;width:100%;font-size:.9rem}}
 th,td{{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}}
 th{{background:#f6f8fa}} .deny{{color:#a40e26;font-weight:600}} .allow{{color:#116329}}
-code{{font-size:.85rem}} form label{{margin-right:.8rem}} .held{{color:#116329}} .failed,.error{{color:#a40e26}}
+code{{font-size:.85rem}} pre{{font-size:.85rem;background:#f6f8fa;padding:.5rem}}
+pre span,pre ins,pre del{{display:block;text-decoration:none}} ins{{background:#dafbe1}} del{{background:#ffebe9}}
+form label{{margin-right:.8rem}} .held{{color:#116329}} .failed,.error{{color:#a40e26}}
 </style></head>
 <body><header><nav aria-label="Console"><strong>Warden</strong> &nbsp;
 <a href="/">Fleet</a><a href="/resources">Resources</a><a href="/history">History</a>
@@ -512,12 +515,24 @@ async fn history_page(State(c): State<Console>) -> Response {
         "<p>Every change to the configuration, newest first (the newest {HISTORY}; <code>wardenctl history</code> \
          reads further).</p>\n<table><caption>Changes</caption><thead><tr><th scope=\"col\">Version</th>\
          <th scope=\"col\">Time</th><th scope=\"col\">Who</th><th scope=\"col\">Change</th><th scope=\"col\">Kind</th>\
-         <th scope=\"col\">Name</th><th scope=\"col\">Resource version before</th></tr></thead><tbody>\n"
+         <th scope=\"col\">Name</th><th scope=\"col\">Resource version before</th><th scope=\"col\">What changed</th>\
+         </tr></thead><tbody>\n"
     );
     for e in entries.iter().rev() {
+        let changed = if e.kind == warden_core::Kind::Revocation.as_str() {
+            "-".to_string()
+        } else {
+            let link = format!("/history/{}/{}/{}", e.version, query_value(&e.kind), query_value(&e.name));
+            format!(
+                "<a href=\"{}\" aria-label=\"what changed in {} at version {}\">diff</a>",
+                escape(&link),
+                escape(&format!("{}/{}", e.kind, e.name)),
+                e.version
+            )
+        };
         let _ = writeln!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             e.version,
             rfc3339(e.time_unix_ms.saturating_mul(1_000_000)),
             escape(&e.actor),
@@ -529,10 +544,100 @@ async fn history_page(State(c): State<Console>) -> Response {
                 (0, _) => "-".to_string(),
                 (v, _) => v.to_string(),
             },
+            changed,
         );
     }
     body.push_str("</tbody></table>");
     page("History", None, &body)
+}
+
+/// Audit entries the page of one change reads to find the resource's state before it.
+const CHANGE_READ: usize = 100_000;
+
+/// What a resource was, on one side of a change.
+enum Side {
+    /// It did not exist (before its creation, after its deletion).
+    Absent,
+    /// Its document, as YAML.
+    Known(String),
+    /// Not recorded: changed before documents were kept, or older than the entries read.
+    Unknown,
+}
+
+impl Side {
+    fn of(document: Option<&str>) -> Side {
+        let yaml = document
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+            .and_then(|value| serde_norway::to_string(&value).ok());
+        yaml.map_or(Side::Unknown, Side::Known)
+    }
+}
+
+/// One change to one resource: the document before and after it, line by line.
+async fn change_page(State(c): State<Console>, Path((version, kind, name)): Path<(u64, String, String)>) -> Response {
+    let entries = match c.configuration.store().audit(CHANGE_READ).await {
+        Ok(entries) => entries,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("the audit trail cannot be read: {e}")),
+    };
+    let same = |e: &&crate::configuration::store::AuditEntry| e.kind == kind && e.name == name;
+    let Some(at) = entries.iter().position(|e| e.version == version && same(&e)) else {
+        let message = format!("no change to {kind}/{name} at version {version} among the newest {CHANGE_READ}");
+        return error(StatusCode::NOT_FOUND, &message);
+    };
+    let this = &entries[at];
+    let deleted = |e: &crate::configuration::store::AuditEntry| e.operation == "delete";
+    let after = if deleted(this) { Side::Absent } else { Side::of(this.document.as_deref()) };
+    let before = match entries[..at].iter().rev().find(same) {
+        Some(e) if deleted(e) => Side::Absent,
+        Some(e) => Side::of(e.document.as_deref()),
+        None if this.previous_resource_version == 0 && !deleted(this) => Side::Absent,
+        None => Side::Unknown,
+    };
+    let mut body = format!(
+        "<p>Version {} · {} · by {} · {}</p>\n",
+        this.version,
+        rfc3339(this.time_unix_ms.saturating_mul(1_000_000)),
+        escape(&this.actor),
+        escape(&this.operation),
+    );
+    // Each line its own element (`pre span`, `del`, `ins` are blocks): no text between them.
+    let line =
+        |tag: &str, sign: &str, text: &str| format!("<{tag}>{sign} {}</{tag}>", escape(text.trim_end_matches('\n')));
+    let every = |tag: &str, sign: &str, text: &str| text.lines().map(|l| line(tag, sign, l)).collect::<String>();
+    let differences = match (&before, &after) {
+        (Side::Known(old), Side::Known(new)) if old == new => {
+            let _ = write!(body, "<p>No difference in the document.</p>");
+            Some(every("span", " ", new))
+        }
+        (Side::Known(old), Side::Known(new)) => Some(
+            similar::TextDiff::from_lines(old, new)
+                .iter_all_changes()
+                .map(|change| match change.tag() {
+                    similar::ChangeTag::Delete => line("del", "-", change.value()),
+                    similar::ChangeTag::Insert => line("ins", "+", change.value()),
+                    similar::ChangeTag::Equal => line("span", " ", change.value()),
+                })
+                .collect(),
+        ),
+        (Side::Absent, Side::Known(new)) => Some(every("ins", "+", new)),
+        (Side::Known(old), Side::Absent) => Some(every("del", "-", old)),
+        (_, Side::Known(new)) => {
+            let _ = write!(
+                body,
+                "<p>The document before this change was not recorded (changed before documents were kept, or older \
+                 than the newest {CHANGE_READ} changes). After it:</p>"
+            );
+            Some(every("span", " ", new))
+        }
+        _ => {
+            body.push_str("<p>The document was not recorded for this change.</p>");
+            None
+        }
+    };
+    if let Some(lines) = differences {
+        let _ = write!(body, "<pre aria-label=\"differences\">{lines}</pre>");
+    }
+    page(&format!("{kind}/{name} at version {version}"), None, &body)
 }
 
 async fn findings_page(State(c): State<Console>, Query(paged): Query<Paged>) -> Response {

@@ -523,6 +523,7 @@ mod tests {
     #[test]
     fn revocations_are_told_apart_by_who_wrote_them() {
         let entry = |actor: &str, operation: &str, kind: &str| crate::configuration::store::AuditEntry {
+            document: None,
             version: 1,
             time_unix_ms: 0,
             actor: actor.into(),

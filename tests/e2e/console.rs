@@ -142,6 +142,50 @@ fn the_console_shows_the_fleet_and_decisions_filtered_and_explained_in_a_browser
         changes.iter().any(|r| r[3] == "apply" && r[4] == "Policy" && r[5] == "echo-only" && r[6] == "new"),
         "{dom}"
     );
+    // A change to the policy, line by line: what it was, what it is.
+    fleet.cp.apply_ok(
+        r#"
+apiVersion: warden.dev/v1
+kind: Policy
+metadata: {name: echo-only}
+spec:
+  servers: [notes]
+  cedar: |
+    permit(principal, action == Action::"tools/call", resource) when { ["echo", "seen_headers", "add"].contains(resource.name) };
+    permit(principal, action == Action::"tools/list", resource);
+"#,
+    );
+    let version = fleet.cp.version();
+    let dom = browse(&format!("{base}/history"), None);
+    let change = format!("/history/{version}/Policy/echo-only");
+    assert!(dom.contains(&format!(r#"<a href="{change}""#)), "a link to what changed: {dom}");
+    let dom = browse(&format!("{base}{change}"), None);
+    assert!(
+        dom.contains(
+            r#"<del>-     permit(principal, action == Action::"tools/call", resource) when { ["echo", "seen_headers"]"#
+        ),
+        "{dom}"
+    );
+    assert!(dom.contains(r#"<ins>+     permit(principal, action == Action::"tools/call", resource) when { ["echo", "seen_headers", "add"]"#), "{dom}");
+    assert!(
+        dom.contains(r#"<span>      permit(principal, action == Action::"tools/list", resource);</span>"#),
+        "unchanged lines stay: {dom}"
+    );
+    // Its creation: every line added.
+    let created = rows(&browse(&format!("{base}/history"), None))
+        .into_iter()
+        .find(|r| r[4] == "Policy" && r[5] == "echo-only" && r[6] == "new")
+        .expect("the policy's creation");
+    let dom = browse(&format!("{base}/history/{}/Policy/echo-only", created[0]), None);
+    assert!(dom.contains("<ins>+ kind: Policy</ins>") && !dom.contains("<del>"), "{dom}");
+    let missing = ureq::get(&format!("{base}/history/{version}/Policy/nothing"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+
     let dom = browse(&format!("{base}/findings"), None);
     assert!(dom.contains("No agent has reported a stored secret."), "{dom}");
     let dom = browse(&format!("{base}/scorecard"), None);
@@ -178,6 +222,7 @@ fn the_console_shows_the_fleet_and_decisions_filtered_and_explained_in_a_browser
         ("decisions", "/decisions"),
         ("explain", &format!("/decisions/{cursor}")[..]),
         ("history", "/history"),
+        ("change", &change[..]),
         ("scorecard", "/scorecard"),
     ] {
         let file = artifacts().join(format!("console-{name}.png"));

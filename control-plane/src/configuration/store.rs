@@ -196,6 +196,11 @@ pub struct AuditEntry {
     pub name: String,
     /// Its version before the change (0 when it did not exist).
     pub previous_resource_version: u64,
+    /// The resource as an apply left it (canonical JSON), so history can show what changed.
+    /// Absent for deletions, for revocations (many, and their entry says all), for fetched
+    /// issuer keys, and in entries written before documents were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
 }
 
 impl AuditEntry {

@@ -57,6 +57,7 @@ async fn audit_entries_are_kept_in_order() {
     let json = issuer("a", "https://a.example.com").to_canonical_json();
     for base in 0..3u64 {
         let entry = AuditEntry {
+            document: None,
             version: base + 1,
             time_unix_ms: 0,
             actor: "uid:0".into(),
