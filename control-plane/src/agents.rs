@@ -97,6 +97,23 @@ impl AgentService {
     }
 }
 
+/// Labels an agent may give itself, and the bytes of each key and value.
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_KEY_BYTES: usize = 63;
+const MAX_LABEL_VALUE_BYTES: usize = 255;
+
+/// Refuses labels past [`MAX_LABELS`] or the bytes of a key or value.
+fn bounded_labels(labels: &std::collections::HashMap<String, String>) -> Result<(), Status> {
+    let oversized = labels.iter().find(|(k, v)| k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES);
+    if labels.len() > MAX_LABELS || oversized.is_some() {
+        return Err(Status::invalid_argument(format!(
+            "labels: at most {MAX_LABELS}, keys of at most {MAX_LABEL_KEY_BYTES} bytes, values of at most \
+             {MAX_LABEL_VALUE_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 fn now_unix() -> i64 {
     crate::now_unix_ms() / 1000
 }
@@ -118,6 +135,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         if RESERVED_AGENT_IDS.contains(&request.agent_id.as_str()) {
             return Err(Status::invalid_argument(format!("agent id {:?} is reserved", request.agent_id)));
         }
+        bounded_labels(&request.labels)?;
         let (id, secret) = JoinToken::parse_credential(&request.token)
             .map_err(|_| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
         let spiffe_id = self.fleet.ca().agent_spiffe_id(&request.agent_id);
@@ -184,6 +202,8 @@ impl pb::agent_service_server::AgentService for AgentService {
             Ok(_) => return Err(Status::invalid_argument("the first message on the stream must be Hello")),
             Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
         };
+        // What the agent says of itself is kept (presence) and published to etcd: bounded.
+        bounded_labels(&hello.labels)?;
         if hello.agent_id != agent {
             return Err(Status::permission_denied(format!(
                 "Hello names agent {:?} but the certificate is for {agent:?}",
@@ -475,6 +495,18 @@ mod tests {
     /// The size of the future `f` would return, without calling it.
     fn future_size<'a, F: std::future::Future>(_: impl FnOnce(&'a mut Session) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn labels_an_agent_gives_itself_are_bounded() {
+        let labels = |n: usize, key: usize, value: usize| -> std::collections::HashMap<String, String> {
+            (0..n).map(|i| (format!("{i:0>key$}"), "v".repeat(value))).collect()
+        };
+        assert!(bounded_labels(&labels(64, 63, 255)).is_ok());
+        for (n, key, value) in [(65, 8, 8), (1, 64, 8), (1, 8, 256)] {
+            let refused = bounded_labels(&labels(n, key, value)).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{n} labels, {key}/{value} bytes");
+        }
     }
 
     #[test]

@@ -21,6 +21,10 @@ use self::store::{AuditEntry, Change, Store, StoreError};
 /// Attempts of one write when other replicas keep writing first.
 const WRITE_ATTEMPTS: usize = 5;
 
+/// Bytes of applied documents one write's audit entries keep (for history's differences); past
+/// it, the rest of that write's entries keep none (history says so).
+const AUDIT_DOCUMENT_BYTES: usize = 256 * 1024;
+
 /// The configuration of the fleet: what is stored and what was published from it.
 pub struct Configuration {
     store: Arc<Store>,
@@ -35,6 +39,9 @@ pub struct Configuration {
     /// Revocations this replica committed since it started, by source
     /// ([`AuditEntry::revocation_source`]): `session_end`, `rfc7009`, `operator`.
     revocations: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// The runtime commits run on, whichever runtime the writer is on (the admin socket has
+    /// its own, which stops first at shutdown): the one `new` was called on, if any.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Configuration {
@@ -49,6 +56,7 @@ impl Configuration {
             revocations: std::sync::Mutex::new(
                 ["session_end", "rfc7009", "operator"].into_iter().map(|source| (source, 0)).collect(),
             ),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -162,12 +170,18 @@ impl Configuration {
             document: None,
         };
         let mut entries: Vec<AuditEntry> = Vec::new();
+        let mut documents_kept = 0;
         for (i, (key, action, previous)) in plan.results.iter().enumerate() {
             if *action != state::Action::Unchanged {
                 let mut entry = audit(key, *previous, plan.actors.get(i));
-                if key.kind != warden_core::Kind::Revocation {
-                    let json = plan.puts.iter().find(|(put, _, _)| put == key).map(|(_, _, json)| json);
-                    entry.document = json.map(|json| String::from_utf8_lossy(json).into_owned());
+                let json = plan.puts.iter().find(|(put, _, _)| put == key).map(|(_, _, json)| json);
+                // Within a bound per write: on etcd the audit record goes in the same
+                // transaction as the resources, under etcd's request size.
+                if let Some(json) = json.filter(|j| {
+                    key.kind != warden_core::Kind::Revocation && documents_kept + j.len() <= AUDIT_DOCUMENT_BYTES
+                }) {
+                    documents_kept += json.len();
+                    entry.document = Some(String::from_utf8_lossy(json).into_owned());
                 }
                 entries.push(entry);
             }
@@ -201,12 +215,16 @@ impl Configuration {
         }
         // Committed and published in a task of its own: a caller that goes away mid-write (an
         // operator's Ctrl-C) cannot leave a committed version unpublished.
-        let written = tokio::spawn(async move {
+        let committing = async move {
             let written = store.commit(base, changes, entries).await?;
             // Even if the watch of this write got here first: then this changes nothing.
             publish_to(&states, next);
             Ok::<_, StoreError>(written)
-        })
+        };
+        let written = match &self.runtime {
+            Some(runtime) => runtime.spawn(committing),
+            None => tokio::spawn(committing),
+        }
         .await
         .map_err(|e| WriteError::Store(StoreError::Interrupted(e.to_string())))??;
         debug_assert_eq!(written, version);

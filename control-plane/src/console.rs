@@ -519,7 +519,7 @@ async fn history_page(State(c): State<Console>) -> Response {
          </tr></thead><tbody>\n"
     );
     for e in entries.iter().rev() {
-        let changed = if e.kind == warden_core::Kind::Revocation.as_str() {
+        let changed = if !writes_document(e) {
             "-".to_string()
         } else {
             let link = format!("/history/{}/{}/{}", e.version, query_value(&e.kind), query_value(&e.name));
@@ -552,7 +552,16 @@ async fn history_page(State(c): State<Console>) -> Response {
 }
 
 /// Audit entries the page of one change reads to find the resource's state before it.
-const CHANGE_READ: usize = 100_000;
+const CHANGE_READ: usize = 10_000;
+
+/// How long one difference may take to work out (then it is coarser, never wrong).
+const DIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether `entry` is a write of a resource's document: not a revocation's (many, and the entry
+/// says all) nor a refresh of an issuer's fetched keys (the issuer's document unchanged).
+fn writes_document(entry: &crate::configuration::store::AuditEntry) -> bool {
+    entry.kind != warden_core::Kind::Revocation.as_str() && entry.operation != "refresh-keys"
+}
 
 /// What a resource was, on one side of a change.
 enum Side {
@@ -579,7 +588,7 @@ async fn change_page(State(c): State<Console>, Path((version, kind, name)): Path
         Ok(entries) => entries,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("the audit trail cannot be read: {e}")),
     };
-    let same = |e: &&crate::configuration::store::AuditEntry| e.kind == kind && e.name == name;
+    let same = |e: &&crate::configuration::store::AuditEntry| e.kind == kind && e.name == name && writes_document(e);
     let Some(at) = entries.iter().position(|e| e.version == version && same(&e)) else {
         let message = format!("no change to {kind}/{name} at version {version} among the newest {CHANGE_READ}");
         return error(StatusCode::NOT_FOUND, &message);
@@ -600,17 +609,31 @@ async fn change_page(State(c): State<Console>, Path((version, kind, name)): Path
         escape(&this.actor),
         escape(&this.operation),
     );
+    // Off the runtime's workers: a long document's difference is work (bounded by DIFF_TIMEOUT).
+    match tokio::task::spawn_blocking(move || differences(&before, &after)).await {
+        Ok(shown) => body.push_str(&shown),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    page(&format!("{kind}/{name} at version {version}"), None, &body)
+}
+
+/// The HTML of a change from `before` to `after`: a note where one side is unknown, and the
+/// document line by line, removed lines `del`, added `ins`.
+fn differences(before: &Side, after: &Side) -> String {
+    let mut out = String::new();
     // Each line its own element (`pre span`, `del`, `ins` are blocks): no text between them.
     let line =
         |tag: &str, sign: &str, text: &str| format!("<{tag}>{sign} {}</{tag}>", escape(text.trim_end_matches('\n')));
     let every = |tag: &str, sign: &str, text: &str| text.lines().map(|l| line(tag, sign, l)).collect::<String>();
-    let differences = match (&before, &after) {
+    let differences = match (before, after) {
         (Side::Known(old), Side::Known(new)) if old == new => {
-            let _ = write!(body, "<p>No difference in the document.</p>");
+            let _ = write!(out, "<p>No difference in the document.</p>");
             Some(every("span", " ", new))
         }
         (Side::Known(old), Side::Known(new)) => Some(
-            similar::TextDiff::from_lines(old, new)
+            similar::TextDiff::configure()
+                .timeout(DIFF_TIMEOUT)
+                .diff_lines(old, new)
                 .iter_all_changes()
                 .map(|change| match change.tag() {
                     similar::ChangeTag::Delete => line("del", "-", change.value()),
@@ -623,21 +646,21 @@ async fn change_page(State(c): State<Console>, Path((version, kind, name)): Path
         (Side::Known(old), Side::Absent) => Some(every("del", "-", old)),
         (_, Side::Known(new)) => {
             let _ = write!(
-                body,
+                out,
                 "<p>The document before this change was not recorded (changed before documents were kept, or older \
                  than the newest {CHANGE_READ} changes). After it:</p>"
             );
             Some(every("span", " ", new))
         }
         _ => {
-            body.push_str("<p>The document was not recorded for this change.</p>");
+            out.push_str("<p>The document was not recorded for this change.</p>");
             None
         }
     };
     if let Some(lines) = differences {
-        let _ = write!(body, "<pre aria-label=\"differences\">{lines}</pre>");
+        let _ = write!(out, "<pre aria-label=\"differences\">{lines}</pre>");
     }
-    page(&format!("{kind}/{name} at version {version}"), None, &body)
+    out
 }
 
 async fn findings_page(State(c): State<Console>, Query(paged): Query<Paged>) -> Response {
@@ -776,7 +799,7 @@ async fn scorecard_page(State(c): State<Console>) -> Response {
         body.push_str("</tbody></table>\n");
     }
     if card.truncated {
-        let _ = write!(body, "<p role=\"note\">Only the first {} decision records were read.</p>", card.records_read);
+        let _ = write!(body, "<p role=\"note\">Only the newest {} decision records were read.</p>", card.records_read);
     }
     page("Scorecard", None, &body)
 }

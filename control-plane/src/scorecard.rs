@@ -73,6 +73,13 @@ pub struct Tallies {
     held: Mutex<BTreeMap<u64, Arc<Stretch>>>,
 }
 
+/// Names (servers, issuers, bridges) and their bytes a stretch may count and still be kept.
+/// Names come from agents' records: a fleet has a few dozen, and an agent inventing them makes
+/// its stretches read anew on every scorecard rather than held (memory stays bounded: at most
+/// ~153 stretches at the default retention, each under these bounds).
+const KEPT_NAMES: usize = 256;
+const KEPT_NAME_BYTES: usize = 16 * 1024;
+
 /// One full stretch's tally (of every record, whatever its time) and the times it spans.
 struct Stretch {
     tally: Tally,
@@ -88,11 +95,21 @@ impl Tallies {
         records: &crate::telemetry::decisions::Snapshot,
         since_unix_nanos: i64,
     ) -> Result<(Tally, bool), crate::telemetry::decisions::DecisionError> {
+        self.tally_newest(records, since_unix_nanos, MAX_RECORDS as u64)
+    }
+
+    /// [`Tallies::tally`] among the newest `max` records.
+    fn tally_newest(
+        &self,
+        records: &crate::telemetry::decisions::Snapshot,
+        since_unix_nanos: i64,
+        max: u64,
+    ) -> Result<(Tally, bool), crate::telemetry::decisions::DecisionError> {
         let mut tally = Tally::since(since_unix_nanos);
         if records.last == 0 {
             return Ok((tally, false));
         }
-        let start = records.first.max(records.last.saturating_sub(MAX_RECORDS as u64) + 1);
+        let start = records.first.max(records.last.saturating_sub(max) + 1);
         let (first_stretch, last_stretch) = ((start - 1) / STRETCH, (records.last - 1) / STRETCH);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         // Stretches whose records were deleted are not needed again.
@@ -100,21 +117,27 @@ impl Tallies {
         let mut earliest = i64::MAX;
         for k in first_stretch..=last_stretch {
             let (from, through) = ((k * STRETCH + 1).max(start), ((k + 1) * STRETCH).min(records.last));
+            // Only a stretch read whole is kept or used: one whose oldest records were deleted,
+            // or that the newest `max` cut through, is read.
             let whole = from == k * STRETCH + 1 && through == (k + 1) * STRETCH;
             let stretch = match held.get(&k) {
-                Some(stretch) => Some(stretch.clone()),
-                None if whole => {
+                Some(stretch) if whole => Some(stretch.clone()),
+                _ if !whole => None,
+                _ => {
                     let mut stretch = Stretch { tally: Tally::since(i64::MIN), earliest: i64::MAX, latest: i64::MIN };
                     records.visit(from, through, |r| {
                         stretch.earliest = stretch.earliest.min(r.time_unix_nanos);
                         stretch.latest = stretch.latest.max(r.time_unix_nanos);
                         stretch.tally.add(r);
                     })?;
-                    let stretch = Arc::new(stretch);
-                    held.insert(k, stretch.clone());
-                    Some(stretch)
+                    // One of invented names is neither kept nor merged: read again below, in record
+                    // order, as a one-pass tally gives names their own entries.
+                    stretch.tally.names_within(KEPT_NAMES, KEPT_NAME_BYTES).then(|| {
+                        let stretch = Arc::new(stretch);
+                        held.insert(k, stretch.clone());
+                        stretch
+                    })
                 }
-                None => None,
             };
             match stretch {
                 Some(stretch) if stretch.earliest >= since_unix_nanos => {
@@ -318,8 +341,16 @@ impl Tally {
         Tally { since_unix_nanos, ..Tally::default() }
     }
 
+    /// Whether the names it counts are at most `names`, of at most `bytes` together.
+    fn names_within(&self, names: usize, bytes: usize) -> bool {
+        let keys = || self.by_server.keys().chain(self.by_issuer.keys()).chain(self.by_bridge.keys());
+        keys().count() <= names && keys().map(String::len).sum::<usize>() <= bytes
+    }
+
     /// Adds what `other` counted (records of the same window: [`Tallies`] merges only those
-    /// made within it). A name `other` counted that finds no room here counts under [`OTHER`].
+    /// made within it). A name `other` counted that finds no room here counts under [`OTHER`]:
+    /// past [`MAX_NAMES`] names, which ones have an entry of their own can differ from a
+    /// record-by-record tally (the counts, and the sum of the entries, do not).
     fn merge(&mut self, other: &Tally) {
         self.read += other.read;
         self.fleet.merge(&other.fleet);
@@ -614,7 +645,8 @@ mod tests {
     #[tokio::test]
     async fn stretches_of_deleted_records_are_let_go_and_the_rest_still_add_up() {
         let dir = tempfile::tempdir().unwrap();
-        let retention = 3 * STRETCH;
+        // Not a whole number of stretches: the oldest kept stretch is partly deleted.
+        let retention = 3 * STRETCH + 1_000;
         let store = crate::telemetry::decisions::Decisions::open(dir.path(), retention, Default::default()).unwrap();
         let tallies = Tallies::default();
         fill(&store, "a", 0, 3 * STRETCH as usize).await;
@@ -625,7 +657,47 @@ mod tests {
         assert!(records.first > 1, "records were deleted");
         let (plain, kept) = both_ways(&tallies, &store, 0);
         assert_eq!(kept, plain);
+        assert_ne!((records.first - 1) % STRETCH, 0, "the oldest stretch is partly deleted");
         let oldest_kept = (records.first - 1) / STRETCH;
         assert!(tallies.held.lock().unwrap().keys().all(|k| *k >= oldest_kept));
+        assert_eq!(both_ways(&tallies, &store, 0).1, plain, "and again, from what is kept");
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_records_are_counted_when_more_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::telemetry::decisions::Decisions::open(dir.path(), 1_000_000, Default::default()).unwrap();
+        let tallies = Tallies::default();
+        fill(&store, "a", 0, 3 * STRETCH as usize).await;
+        let records = store.snapshot().unwrap();
+        assert_eq!(both_ways(&tallies, &store, 0).1.requests, 3 * STRETCH, "every stretch kept");
+        // The newest 1.5 stretches: the stretch the bound cuts through is read, not taken whole.
+        let max = STRETCH + STRETCH / 2;
+        let (kept, truncated) = tallies.tally_newest(&records, 0, max).unwrap();
+        let mut plain = Tally::since(0);
+        records.visit(records.last - max + 1, records.last, |r| plain.add(r)).unwrap();
+        assert_eq!((kept.fleet.requests, kept.read), (plain.fleet.requests, max));
+        assert!(truncated, "older records of the window were left out");
+    }
+
+    #[tokio::test]
+    async fn a_stretch_of_invented_names_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::telemetry::decisions::Decisions::open(dir.path(), 1_000_000, Default::default()).unwrap();
+        let tallies = Tallies::default();
+        fill(&store, "a", 0, STRETCH as usize).await;
+        // A stretch whose records name a new server each.
+        let records = (0..STRETCH).map(|i| {
+            let record =
+                pb::DecisionRecord { sequence: STRETCH + i + 1, server: format!("invented-{i}"), ..Default::default() };
+            prost::Message::encode_to_vec(&record).into()
+        });
+        let records: Vec<prost::bytes::Bytes> = records.collect();
+        for chunk in records.chunks(1_000) {
+            store.ingest("a", pb::DecisionBatch { boot: 7, records: chunk.to_vec(), dropped: 0 }).await.unwrap();
+        }
+        let (plain, kept) = both_ways(&tallies, &store, 0);
+        assert_eq!(kept, plain);
+        assert_eq!(tallies.held.lock().unwrap().keys().copied().collect::<Vec<_>>(), [0], "only the ordinary one");
     }
 }

@@ -191,11 +191,16 @@ fn agents_renew_their_certificate_before_it_expires_and_stay_connected() {
     // stream, like a resumed TLS session, is not checked against the dates again), and the
     // agent comes back with its renewed one.
     let log = || cp.process.as_ref().map(|p| p.log_text()).unwrap_or_default();
-    wait_for("the stream of the expired certificate to end", || {
-        log().contains("the certificate this stream was opened with expired").then_some(())
+    let ended = wait_for("the stream of the expired certificate to end", || {
+        log().lines().find(|l| l.contains("the certificate this stream was opened with expired")).map(String::from)
     });
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!(now >= first, "ended no earlier than the certificate's notAfter");
+    // The log line's own time: when the stream ended.
+    let at = ended
+        .split_whitespace()
+        .next()
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+    let at = at.unwrap_or_else(|| panic!("a timestamp first: {ended}")).unix_timestamp();
+    assert!(at >= first, "ended no earlier than the certificate's notAfter ({first}): {ended}");
     assert!(cp.apply(&tests::fleet_yaml("fetch")).status.success());
     cp.wait_converged(&["agent-0"], 2);
 }

@@ -442,7 +442,7 @@ pub fn scorecard(card: &pb::ScorecardResponse, format: Format) -> anyhow::Result
         );
     }
     if card.truncated {
-        println!("\n(only the first {} decision records were read)", card.records_read);
+        println!("\n(only the newest {} decision records were read)", card.records_read);
     }
     Ok(())
 }
