@@ -29,11 +29,14 @@ pub fn simulated_agents_dir() -> tempfile::TempDir {
     .expect("temp dir")
 }
 
-/// Joins agent `id` to the control plane at `address` with a one-time join token from `admin`
-/// (its own key and certificate; its files in `dir/<id>`), and returns its stream client, not
-/// yet running: no labels, no outbox (set `outbox` for one that sends decision records), and
-/// heartbeats a minute apart so idle is idle. Run it with `tokio::spawn(client.run(stop))`.
-pub async fn simulated_agent(admin: &mut AdminServiceClient<Channel>, dir: &Path, id: &str, address: &str) -> Client {
+/// Agent `id` joined at `address` with a one-time join token from `admin`, as the agent does
+/// (its own key and certificate): its data directory `dir/<id>` and its identity.
+async fn join(
+    admin: &mut AdminServiceClient<Channel>,
+    dir: &Path,
+    id: &str,
+    address: &str,
+) -> (std::path::PathBuf, identity::Identity) {
     let token = admin
         .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600, agent_id: id.to_string() })
         .await
@@ -43,6 +46,15 @@ pub async fn simulated_agent(admin: &mut AdminServiceClient<Channel>, dir: &Path
     let data = dir.join(id);
     std::fs::create_dir_all(&data).expect("agent dir");
     let identity = identity::join(&Files::new(&data), address, &token, id, &BTreeMap::new()).await.expect("join");
+    (data, identity)
+}
+
+/// Joins agent `id` to the control plane at `address` with a one-time join token from `admin`
+/// (its own key and certificate; its files in `dir/<id>`), and returns its stream client, not
+/// yet running: no labels, no outbox (set `outbox` for one that sends decision records), and
+/// heartbeats a minute apart so idle is idle. Run it with `tokio::spawn(client.run(stop))`.
+pub async fn simulated_agent(admin: &mut AdminServiceClient<Channel>, dir: &Path, id: &str, address: &str) -> Client {
+    let (data, identity) = join(admin, dir, id, address).await;
     Client {
         agent_id: id.to_string(),
         labels: BTreeMap::new(),
@@ -83,15 +95,7 @@ impl LightAgent {
     /// Joins agent `id` at `address` with a one-time join token from `admin`; its identity files
     /// go to `dir/<id>` (as a real agent's do).
     pub async fn join(admin: &mut AdminServiceClient<Channel>, dir: &Path, id: &str, address: &str) -> Arc<LightAgent> {
-        let token = admin
-            .create_join_token(pb::CreateJoinTokenRequest { ttl_seconds: 600, agent_id: id.to_string() })
-            .await
-            .expect("join token")
-            .into_inner()
-            .token;
-        let data = dir.join(id);
-        std::fs::create_dir_all(&data).expect("agent dir");
-        let identity = identity::join(&Files::new(&data), address, &token, id, &BTreeMap::new()).await.expect("join");
+        let (_, identity) = join(admin, dir, id, address).await;
         Arc::new(LightAgent {
             id: id.to_string(),
             address: address.to_string(),
