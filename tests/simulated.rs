@@ -45,7 +45,8 @@ async fn join(
         .token;
     let data = dir.join(id);
     std::fs::create_dir_all(&data).expect("agent dir");
-    let identity = identity::join(&Files::new(&data), address, &token, id, &BTreeMap::new()).await.expect("join");
+    let join = identity::Join::Token(token);
+    let identity = identity::join(&Files::new(&data), address, &join, id, &BTreeMap::new()).await.expect("join");
     (data, identity)
 }
 

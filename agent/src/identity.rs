@@ -26,9 +26,9 @@ pub enum IdentityError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The agent never joined and was given no join token.
+    /// The agent never joined and was given no join token or attestation.
     #[error(
-        "this agent has not joined the fleet yet: pass --join-token (create one with `wardenctl join-token create`)"
+        "this agent has not joined the fleet yet: pass --join-token (create one with `wardenctl join-token create`), or --join-attestation-file and --fleet-ca"
     )]
     NotJoined,
     /// The join token is malformed.
@@ -138,25 +138,56 @@ fn new_key_and_csr(agent_id: &str) -> Result<(KeyPair, String), IdentityError> {
     Ok((key, csr))
 }
 
-/// Joins the fleet through the control plane at `address` with a one-time `token`, and stores
-/// the resulting identity.
+/// How an agent joins the fleet the first time.
+#[derive(Clone)]
+pub enum Join {
+    /// With a one-time join token an operator made for it (`<id>.<secret>.<ca-pin>`).
+    Token(String),
+    /// With a token its platform issued to where it runs (a Kubernetes projected
+    /// service-account token), read from `token_file` at each attempt (the platform rotates
+    /// it), trusting the control plane whose chain holds the CA in `fleet_ca`.
+    Attestation {
+        /// The token's file.
+        token_file: PathBuf,
+        /// The fleet CA certificate (PEM).
+        fleet_ca: PathBuf,
+    },
+}
+
+/// Joins the fleet through the control plane at `address` as `join` says, and stores the
+/// resulting identity.
 pub async fn join(
     files: &Files,
     address: &str,
-    token: &str,
+    join: &Join,
     agent_id: &str,
     labels: &BTreeMap<String, String>,
 ) -> Result<Identity, IdentityError> {
-    let token = JoinToken::parse(token).map_err(IdentityError::BadToken)?;
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| io(p, source));
+    let (token, attestation, ca_pin) = match join {
+        Join::Token(text) => {
+            let token = JoinToken::parse(text).map_err(IdentityError::BadToken)?;
+            (token.credential(), String::new(), token.ca_pin)
+        }
+        Join::Attestation { token_file, fleet_ca } => {
+            let ca = tls::certs_from_pem(&read(fleet_ca)?)?.remove(0);
+            let attestation = read(token_file)?.trim().to_string();
+            if attestation.is_empty() {
+                return Err(IdentityError::BadToken("the attestation token file is empty"));
+            }
+            (String::new(), attestation, warden_core::identity::ca_pin(ca.as_ref()))
+        }
+    };
     let (key, csr_pem) = new_key_and_csr(agent_id)?;
-    let channel = tls::connect(address, tls::pinned_config(&token.ca_pin)?).await?;
+    let channel = tls::connect(address, tls::pinned_config(&ca_pin)?).await?;
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
     let response = client
         .join(pb::JoinRequest {
-            token: token.credential(),
+            token,
             agent_id: agent_id.to_string(),
             labels: labels.clone().into_iter().collect(),
             csr_pem,
+            attestation,
         })
         .await
         .map_err(refused)?

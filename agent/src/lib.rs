@@ -48,8 +48,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Control-plane addresses (`host:port`), tried in turn.
     pub control_planes: Vec<String>,
-    /// One-time join token, needed only on the first start.
-    pub join_token: Option<String>,
+    /// How to join, needed only on the first start.
+    pub join: Option<identity::Join>,
     /// The local status endpoint.
     pub status_listen: Option<SocketAddr>,
     /// Reconnect backoff.
@@ -312,11 +312,11 @@ async fn obtain_identity(options: &Options, files: &Files) -> Result<Identity, R
     if let Some(id) = files.load()? {
         return Ok(id);
     }
-    let token = options.join_token.as_deref().ok_or(IdentityError::NotJoined)?;
+    let join = options.join.as_ref().ok_or(IdentityError::NotJoined)?;
     let mut attempt = 0;
     loop {
         for address in &options.control_planes {
-            match identity::join(files, address, token, &options.agent_id, &options.labels).await {
+            match identity::join(files, address, join, &options.agent_id, &options.labels).await {
                 Ok(id) => return Ok(id),
                 Err(e @ (IdentityError::Refused(_) | IdentityError::BadToken(_))) => return Err(e.into()),
                 Err(e) => tracing::warn!(control_plane = %address, "join: {e}"),

@@ -29,6 +29,15 @@ struct Args {
     /// One-time join token, needed on the first start only.
     #[arg(long, env = "WARDEN_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// Join with the token in this file, issued by the platform to where the agent runs (a
+    /// Kubernetes projected service-account token), in place of a join token; the control
+    /// plane's --join-attestation rules decide. Needed on the first start only.
+    #[arg(long, env = "WARDEN_JOIN_ATTESTATION_FILE", conflicts_with = "join_token", requires = "fleet_ca")]
+    join_attestation_file: Option<PathBuf>,
+    /// The fleet CA certificate (PEM) the control plane's certificate must chain to, for a join
+    /// with --join-attestation-file (a join token carries its own pin).
+    #[arg(long, env = "WARDEN_FLEET_CA", requires = "join_attestation_file")]
+    fleet_ca: Option<PathBuf>,
     /// Local status endpoint (`/status`, `/healthz`, `/readyz`).
     #[arg(long, env = "WARDEN_STATUS_LISTEN", default_value = "127.0.0.1:7480")]
     status_listen: SocketAddr,
@@ -228,7 +237,13 @@ async fn start(args: Args) -> anyhow::Result<()> {
         labels,
         data_dir: args.data_dir,
         control_planes: args.control_planes,
-        join_token: args.join_token,
+        join: match (args.join_token, args.join_attestation_file, args.fleet_ca) {
+            (Some(token), _, _) => Some(agent::identity::Join::Token(token)),
+            (None, Some(token_file), Some(fleet_ca)) => {
+                Some(agent::identity::Join::Attestation { token_file, fleet_ca })
+            }
+            _ => None,
+        },
         status_listen: Some(args.status_listen),
         backoff: warden_tasks::Backoff::new(args.backoff_base, args.backoff_max),
         heartbeat_interval: args.heartbeat_interval,

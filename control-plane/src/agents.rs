@@ -14,14 +14,16 @@ use proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use warden_core::attestation::Refusal;
 use warden_core::identity::{FleetIdentity, JoinToken, secret_hash};
 use warden_core::resource::validate_name;
+use warden_core::token::Presenter;
 
 use warden_tasks::Shutdown;
 
 use crate::configuration::Configuration;
 use crate::configuration::state::FleetState;
-use crate::configuration::store::{AgentRecord, JoinTokenError, RESERVED_AGENT_IDS};
+use crate::configuration::store::{AgentRecord, Attested, JoinTokenError, RESERVED_AGENT_IDS};
 use crate::fleet::Fleet;
 use crate::fleet::peer::{self, certificate};
 use crate::inventory::{self, Inventory};
@@ -97,6 +99,98 @@ impl AgentService {
     }
 }
 
+impl AgentService {
+    /// A join with a platform's token (`request.attestation`) under the `--join-attestation`
+    /// rules: the token verified like any (signature, issuer, the rule's audience, lifetime,
+    /// revocation) by the configuration agents enforce, then the rule's own checks (service
+    /// account, the agent id the token names), then registered unless the agent joined with
+    /// this token or a newer one already. Refusals tell the agent why, never echo the token.
+    async fn join_attested(&self, request: pb::JoinRequest) -> Result<Response<pb::JoinResponse>, Status> {
+        let rules = self.fleet.join_attestation();
+        if rules.is_empty() {
+            return Err(Status::unauthenticated(
+                "this control plane admits no attested joins (warden-cp --join-attestation); join with a join token",
+            ));
+        }
+        let compiled = self.configuration.compiled().map_err(|e| {
+            tracing::error!("the stored configuration does not compile: {e}");
+            Status::unavailable("the configuration cannot be read; try again")
+        })?;
+        let (now, state) = (now_unix(), self.configuration.current());
+        let revocations = &state.revoked;
+        let mut refusal = None;
+        let mut admitted = None;
+        for rule in rules.rules() {
+            let verified = match compiled.verifier.verify_for_exchange(
+                &request.attestation,
+                &rule.audience,
+                now,
+                revocations,
+                Presenter::default(),
+            ) {
+                Ok(v) if v.issuer == rule.issuer => v,
+                Ok(v) => {
+                    refusal.get_or_insert(
+                        Refusal::NoRule { issuer: v.issuer.clone(), audience: rule.audience.clone() }.to_string(),
+                    );
+                    continue;
+                }
+                Err(reason) => {
+                    refusal.get_or_insert(format!("the token is refused: {}", reason.code()));
+                    continue;
+                }
+            };
+            match rule.admit(&verified.claims, &request.agent_id) {
+                Ok(a) => {
+                    admitted = Some((a, verified.issued_at));
+                    break;
+                }
+                // Another rule of the same cluster and audience may list the account.
+                Err(e @ Refusal::ServiceAccountNotAllowed(_)) => refusal = Some(e.to_string()),
+                // The rule for this account refuses: final.
+                Err(e) => {
+                    refusal = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let Some((admitted, issued_at)) = admitted else {
+            let why = refusal.unwrap_or_else(|| "no join rule accepts this token".into());
+            tracing::warn!(agent = %request.agent_id, "attested join refused: {why}");
+            return Err(Status::unauthenticated(format!("attested join refused: {why}")));
+        };
+        let spiffe_id = self.fleet.ca().agent_spiffe_id(&admitted.agent_id);
+        let cert = self
+            .fleet
+            .ca()
+            .sign_client_csr(&request.csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut record = AgentRecord {
+            id: admitted.agent_id.clone(),
+            labels: request.labels.into_iter().collect(),
+            joined_unix: now,
+            certificate_not_after_unix: cert.not_after_unix,
+            certificates: Vec::new(),
+            attested: Some(Attested { rule: admitted.rule.clone(), issued_at }),
+        };
+        record.issued(cert.serial.clone(), cert.not_after_unix, now);
+        self.configuration.store().register_attested_agent(&record).await.inspect_err(
+            |e| tracing::warn!(agent = %admitted.agent_id, rule = %admitted.rule, "attested join refused: {e}"),
+        )?;
+        tracing::info!(
+            agent = %admitted.agent_id,
+            rule = %admitted.rule,
+            service_account = %admitted.service_account,
+            "agent joined with an attestation"
+        );
+        Ok(Response::new(pb::JoinResponse {
+            certificate_pem: cert.pem,
+            ca_pem: self.fleet.ca().cert_pem().to_string(),
+            spiffe_id,
+        }))
+    }
+}
+
 /// Labels an agent may give itself, and the bytes of each key and value.
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY_BYTES: usize = 63;
@@ -136,6 +230,9 @@ impl pb::agent_service_server::AgentService for AgentService {
             return Err(Status::invalid_argument(format!("agent id {:?} is reserved", request.agent_id)));
         }
         bounded_labels(&request.labels)?;
+        if !request.attestation.is_empty() {
+            return self.join_attested(request).await;
+        }
         let (id, secret) = JoinToken::parse_credential(&request.token)
             .map_err(|_| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
         let spiffe_id = self.fleet.ca().agent_spiffe_id(&request.agent_id);
@@ -150,6 +247,7 @@ impl pb::agent_service_server::AgentService for AgentService {
             joined_unix: now_unix(),
             certificate_not_after_unix: cert.not_after_unix,
             certificates: Vec::new(),
+            attested: None,
         };
         record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
         self.configuration

@@ -5,6 +5,7 @@
 //! new ones, and writes only through [`Configuration::write`], which serialises writes on this
 //! replica and retries when another replica sharing the store wrote first.
 
+pub mod compiled;
 pub mod revocation_table;
 pub mod state;
 pub mod store;
@@ -42,6 +43,8 @@ pub struct Configuration {
     /// The runtime commits run on, whichever runtime the writer is on (the admin socket has
     /// its own, which stops first at shutdown): the one `new` was called on, if any.
     runtime: Option<tokio::runtime::Handle>,
+    /// The current configuration compiled for the control plane's own token checks.
+    compiled: compiled::Cache,
 }
 
 impl Configuration {
@@ -57,7 +60,14 @@ impl Configuration {
                 ["session_end", "rfc7009", "operator"].into_iter().map(|source| (source, 0)).collect(),
             ),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            compiled: compiled::Cache::default(),
         }
+    }
+
+    /// The current state compiled for the token checks the control plane makes itself
+    /// (exchange, revocation, attested joins): once per change of its resources.
+    pub fn compiled(&self) -> Result<Arc<compiled::Compiled>, warden_core::ConfigError> {
+        self.compiled.get(&self.current())
     }
 
     /// Revocations this replica committed since it started, by source (every source present,

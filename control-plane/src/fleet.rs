@@ -12,6 +12,7 @@ pub mod replicas;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
+use warden_core::attestation::JoinAttestation;
 
 use self::pki::FleetCa;
 use self::presence::Presence;
@@ -28,6 +29,8 @@ pub struct Fleet {
     agent_cert_ttl: Duration,
     /// How often each stream carries a heartbeat when nothing else moves.
     heartbeat_interval: Duration,
+    /// Who may join with a platform's token in place of a join token (`--join-attestation`).
+    join_attestation: JoinAttestation,
 }
 
 impl Fleet {
@@ -39,7 +42,18 @@ impl Fleet {
             deleted: broadcast::Sender::new(256),
             agent_cert_ttl,
             heartbeat_interval,
+            join_attestation: JoinAttestation::default(),
         }
+    }
+
+    /// The fleet admitting agents that join with a platform's token under `rules`.
+    pub fn with_join_attestation(self, rules: JoinAttestation) -> Fleet {
+        Fleet { join_attestation: rules, ..self }
+    }
+
+    /// Who may join with a platform's token.
+    pub fn join_attestation(&self) -> &JoinAttestation {
+        &self.join_attestation
     }
 
     /// The fleet CA.

@@ -80,6 +80,8 @@ pub struct Options {
     pub ca_files: Option<(PathBuf, PathBuf)>,
     /// Lifetime of agent client certificates; agents renew at two thirds of it.
     pub agent_cert_ttl: Duration,
+    /// Who may join with a platform's token (`--join-attestation`); empty: nobody.
+    pub join_attestation: warden_core::attestation::JoinAttestation,
     /// Largest encoded configuration snapshot a write may produce (at most
     /// [`proto::MAX_CONFIG_MESSAGE_BYTES`], what agents decode).
     pub max_config_bytes: usize,
@@ -272,7 +274,10 @@ pub async fn run(
     let agent_tls = agent_tls(&options, &ca)?;
     let token_tls = options.token_listen.map(|_| token_tls(&options, &ca)).transpose()?;
     let console_tls = options.console_operators.then(|| console_tls(&options, &ca)).transpose()?;
-    let fleet = Arc::new(Fleet::new(ca, options.agent_cert_ttl, options.heartbeat_interval));
+    let fleet = Arc::new(
+        Fleet::new(ca, options.agent_cert_ttl, options.heartbeat_interval)
+            .with_join_attestation(options.join_attestation.clone()),
+    );
     // The zero of a new series must reach the OTLP export too: it is held a full export
     // interval at least.
     let mut new_series_delay = options.metrics_new_series_delay;

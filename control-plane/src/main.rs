@@ -61,6 +61,10 @@ struct Args {
     /// Lifetime of agent client certificates.
     #[arg(long, env = "WARDEN_AGENT_CERT_TTL", default_value = "24h", value_parser = warden_core::duration::parse)]
     agent_cert_ttl: Duration,
+    /// Who may join with a platform's token in place of a join token: a YAML file of rules
+    /// (Kubernetes projected service-account tokens; see deploy/kubernetes/README.md).
+    #[arg(long, env = "WARDEN_JOIN_ATTESTATION")]
+    join_attestation: Option<PathBuf>,
     /// Largest configuration, as one encoded snapshot, an apply may produce (bytes; at most
     /// what agents accept, 32 MiB). An apply past it is refused with the limit named.
     #[arg(long, default_value_t = proto::MAX_CONFIG_MESSAGE_BYTES)]
@@ -237,6 +241,14 @@ async fn start() -> anyhow::Result<()> {
     if args.agent_cert_ttl < Duration::from_secs(10) {
         anyhow::bail!("--agent-cert-ttl must be at least 10s");
     }
+    let join_attestation = match &args.join_attestation {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            warden_core::attestation::JoinAttestation::parse(&text)
+                .with_context(|| format!("--join-attestation {}", path.display()))?
+        }
+        None => Default::default(),
+    };
     if args.max_config_bytes == 0 || args.max_config_bytes > proto::MAX_CONFIG_MESSAGE_BYTES {
         anyhow::bail!(
             "--max-config-bytes must be between 1 and {} (what agents accept in one message)",
@@ -257,6 +269,7 @@ async fn start() -> anyhow::Result<()> {
         server_names: args.server_names,
         ca_files: args.ca_cert.zip(args.ca_key),
         agent_cert_ttl: args.agent_cert_ttl,
+        join_attestation,
         max_config_bytes: args.max_config_bytes,
         heartbeat_interval: args.heartbeat_interval,
         allow_http_issuers: args.allow_http_issuers,

@@ -1,6 +1,7 @@
 //! End-to-end suites: the real binaries, together, on loopback. One test binary so it links
 //! once.
 
+mod attested_join;
 mod bridges;
 mod console;
 mod decisions;

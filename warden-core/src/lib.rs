@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod arguments;
+pub mod attestation;
 pub mod authorize;
 pub mod bounded;
 pub mod bridge;

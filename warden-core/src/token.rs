@@ -313,6 +313,19 @@ impl TokenCache {
         h.finalize().into()
     }
 
+    /// The key of a token verified for the audience `audience` at the control plane (token
+    /// exchange, attested joins). A leading 1 keeps it apart from every server's key (a server
+    /// name starts with a letter or digit), and the audience is part of it: a token verified
+    /// for one audience must never pass for another on a cache hit.
+    fn audience_key(audience: &str, token: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([1]);
+        h.update(audience.as_bytes());
+        h.update([0]);
+        h.update(token.as_bytes());
+        h.finalize().into()
+    }
+
     fn get(&self, key: &[u8; 32], now: i64) -> Option<Arc<Verified>> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let hit = entries.get(key)?.clone();
@@ -420,9 +433,10 @@ impl Verifier {
         Ok(verified)
     }
 
-    /// Verifies a subject or actor token presented to the control plane's token service, whose
-    /// identifier is `audience`: the same checks as at a server, with any trusted issuer but the
-    /// token service itself (a task token is not exchanged again).
+    /// Verifies a token presented to the control plane itself for `audience`: a subject or
+    /// actor token at the token service (whose identifier it is), or a platform's token in an
+    /// attested join (the join rule's audience). The same checks as at a server, with any
+    /// trusted issuer but the token service itself (a task token is not exchanged again).
     pub fn verify_for_exchange(
         &self,
         token: &str,
@@ -434,8 +448,7 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Reason::Malformed);
         }
-        // A server name is never empty, so this cannot share an entry with a server's.
-        let key = TokenCache::key("", token);
+        let key = TokenCache::audience_key(audience, token);
         let verified = match self.cache.get(&key, now) {
             Some(hit) => hit,
             None => {

@@ -480,6 +480,23 @@ fn the_token_service_accepts_workload_tokens_for_itself_and_never_its_own() {
         v.verify_for_exchange(&cp.sign(&task), CP_ISS, NOW, &none, Presenter::default()).unwrap_err(),
         Reason::IssuerNotAllowed
     );
+    // Verified (and remembered) for one audience, a token is still refused for another.
+    let mut for_join = claims();
+    for_join["aud"] = json!("warden-join");
+    let for_join = corp.sign(&for_join);
+    assert!(v.verify_for_exchange(&for_join, "warden-join", NOW, &none, Presenter::default()).is_ok());
+    assert_eq!(
+        v.verify_for_exchange(&for_join, CP_ISS, NOW, &none, Presenter::default()).unwrap_err(),
+        Reason::WrongAudience
+    );
+    let for_cp = corp.sign(&for_cp);
+    assert!(v.verify_for_exchange(&for_cp, CP_ISS, NOW, &none, Presenter::default()).is_ok());
+    assert_eq!(
+        v.verify_for_exchange(&for_cp, "warden-join", NOW, &none, Presenter::default()).unwrap_err(),
+        Reason::WrongAudience
+    );
+    let mut for_cp = claims();
+    for_cp["aud"] = json!(CP_ISS);
     // The exchange checks revocation like any server.
     let mut revoked = Revocations::default();
     revoked.revoke_subject_before("corp-idp", "ci-runner", NOW);

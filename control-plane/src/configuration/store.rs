@@ -109,6 +109,16 @@ pub enum JoinTokenError {
         "agent {0} is registered already: `wardenctl delete agent {0}` first if its host was rebuilt (its certificates are then refused)"
     )]
     AgentExists(String),
+    /// An attested join for an agent that joined with a join token, or under another rule:
+    /// an attestation replaces only an agent its own rule admitted.
+    #[error(
+        "agent {0} is registered already, not by this attestation rule: `wardenctl delete agent {0}` first if it should join this way"
+    )]
+    NotAttested(String),
+    /// An attested join with a token no newer than the one the agent last joined with: a
+    /// replayed token, or one the platform has since replaced.
+    #[error("agent {0} joined with a newer token already (each platform token joins once; the platform rotates it)")]
+    Replayed(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -238,6 +248,20 @@ pub struct AgentRecord {
     /// the id is accepted until the next renewal writes one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<IssuedSerial>,
+    /// Set when it joined with an attestation rather than a join token: which rule admitted
+    /// it, with the token it used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attested: Option<Attested>,
+}
+
+/// The attestation an agent last joined with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attested {
+    /// The `--join-attestation` rule (cluster) that admitted it.
+    pub rule: String,
+    /// The token's `iat`: a join with a token issued no later than this one is a replay.
+    pub issued_at: i64,
 }
 
 /// One certificate issued to an agent.
@@ -582,6 +606,19 @@ impl Store {
         }
     }
 
+    /// Registers an agent an attestation admitted (`agent.attested` is set), in one
+    /// transaction: a new id, or one the same rule admitted with an older token, whose record
+    /// (and so whose certificates) this one replaces ([`attested_may_replace`]).
+    pub async fn register_attested_agent(&self, agent: &AgentRecord) -> Result<(), JoinTokenError> {
+        match self {
+            Store::Embedded(s) => {
+                let agent = agent.clone();
+                blocking(s, move |s| s.register_attested_agent(&agent)).await
+            }
+            Store::Etcd(s) => s.register_attested_agent(agent).await,
+        }
+    }
+
     /// Updates a registered agent (e.g. after a certificate renewal); whether it was still
     /// registered (a deleted agent is not written back).
     pub async fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
@@ -769,6 +806,18 @@ pub(crate) fn check_join_token(
         return Err(JoinTokenError::WrongAgent(agent.to_string()));
     }
     Ok(())
+}
+
+/// Whether the attested join of `new` may take its id from `existing`: always when no agent
+/// has it; when one has, only if the same rule admitted it with a token issued earlier. A token
+/// joins once, and a pod's token cannot take over an agent that joined with a join token.
+pub(crate) fn attested_may_replace(existing: Option<&AgentRecord>, new: &AgentRecord) -> Result<(), JoinTokenError> {
+    let (Some(existing), Some(attested)) = (existing, &new.attested) else { return Ok(()) };
+    match &existing.attested {
+        Some(before) if before.rule == attested.rule && before.issued_at < attested.issued_at => Ok(()),
+        Some(before) if before.rule == attested.rule => Err(JoinTokenError::Replayed(new.id.clone())),
+        _ => Err(JoinTokenError::NotAttested(new.id.clone())),
+    }
 }
 
 /// A stored resource record, decoded. Stored documents were admitted when written; only their

@@ -16,7 +16,15 @@ fn agent(id: &str) -> AgentRecord {
         joined_unix: 1,
         certificate_not_after_unix: 2,
         certificates: Vec::new(),
+        attested: None,
     }
+}
+
+fn attested(id: &str, rule: &str, issued_at: i64, serial: &str) -> AgentRecord {
+    let mut record = agent(id);
+    record.attested = Some(Attested { rule: rule.into(), issued_at });
+    record.issued(serial.into(), 100, 0);
+    record
 }
 
 #[tokio::test]
@@ -110,6 +118,33 @@ async fn a_join_token_admits_one_agent_once_before_it_expires() {
     assert!(store.agent("a1").await.unwrap().is_none());
     store.consume_join_token("t2", &hash, 10, &agent("a1")).await.unwrap();
     assert!(store.agent("a1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn an_attested_join_replaces_only_its_own_rules_agent_and_only_with_a_newer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.register_attested_agent(&attested("prod.node-1", "prod", 10, "01")).await.unwrap();
+    // The same token again (a replay), or an older one: refused, and the record stays.
+    for issued_at in [10, 9] {
+        let replay = store.register_attested_agent(&attested("prod.node-1", "prod", issued_at, "02")).await;
+        assert!(matches!(replay, Err(JoinTokenError::Replayed(_))), "{replay:?}");
+    }
+    assert!(store.agent("prod.node-1").await.unwrap().unwrap().accepts("01", 50));
+    // A newer token of the same rule (the pod came back, or a new pod on the node): its
+    // certificate replaces the old one, which is refused from then on.
+    store.register_attested_agent(&attested("prod.node-1", "prod", 11, "03")).await.unwrap();
+    let record = store.agent("prod.node-1").await.unwrap().unwrap();
+    assert!(record.accepts("03", 50) && !record.accepts("01", 50));
+    // Another rule, or an agent that joined with a join token: never taken over.
+    let other_rule = store.register_attested_agent(&attested("prod.node-1", "staging", 12, "04")).await;
+    assert!(matches!(other_rule, Err(JoinTokenError::NotAttested(_))), "{other_rule:?}");
+    let hash = warden_core::identity::secret_hash("s3cret");
+    store.create_join_token("t1", &hash, 1_000, "host-1").await.unwrap();
+    store.consume_join_token("t1", &hash, 10, &agent("host-1")).await.unwrap();
+    let takeover = store.register_attested_agent(&attested("host-1", "prod", 13, "05")).await;
+    assert!(matches!(takeover, Err(JoinTokenError::NotAttested(_))), "{takeover:?}");
+    assert!(store.agent("host-1").await.unwrap().unwrap().attested.is_none());
 }
 
 #[test]

@@ -221,6 +221,7 @@ impl Presence {
                     joined_unix: 0,
                     certificate_not_after_unix: 0,
                     certificates: Vec::new(),
+                    attested: None,
                 };
                 (id.clone(), record)
             })

@@ -20,15 +20,16 @@ use rand::RngCore;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use warden_core::Config;
-use warden_core::authorize::{Authorizer, EXCHANGE_ACTION, RequestFacts, Target as PolicyTarget};
+use warden_core::authorize::{EXCHANGE_ACTION, RequestFacts, Target as PolicyTarget};
 use warden_core::dpop::ReplayCache;
 use warden_core::exchange::{self, Binding, ExchangeRequest, OAuthError, Target, TaskToken};
 use warden_core::issuer::TrustedIssuerSpec;
-use warden_core::token::{Presenter, Verifier};
+use warden_core::token::Presenter;
 
 use warden_tasks::Shutdown;
 
-use crate::configuration::{Configuration, state};
+use crate::configuration::Configuration;
+use crate::configuration::compiled::Compiled;
 use crate::http_listener::{self, Peer};
 use crate::telemetry::exchange_log::{self, ExchangeLog};
 use crate::tokens::Tokens;
@@ -44,21 +45,11 @@ const DPOP_PROOFS_PER_KEY: usize = 4_096;
 const DPOP_MAX_AGE: i64 = 60;
 const DPOP_SKEW: i64 = 5;
 
-/// The configuration one version of the fleet state compiles to, as the token service uses it.
-pub struct Compiled {
-    /// `FleetState::resources_version` it was compiled at.
-    version: u64,
-    config: Config,
-    verifier: Verifier,
-    authorizer: Authorizer,
-}
-
 /// What the token service shares between requests.
 pub struct TokenService {
     configuration: Arc<Configuration>,
     tokens: Arc<Tokens>,
     exchange_log: ExchangeLog,
-    compiled: Mutex<Option<Arc<Compiled>>>,
     replay: Mutex<ReplayCache>,
 }
 
@@ -69,35 +60,17 @@ impl TokenService {
             configuration,
             tokens,
             exchange_log,
-            compiled: Mutex::new(None),
             replay: Mutex::new(ReplayCache::with_key_quota(DPOP_PROOFS_REMEMBERED, DPOP_PROOFS_PER_KEY)),
         }
     }
 
-    /// The current configuration, compiled once per change of what compiles (a version that
-    /// changes revocations alone compiles nothing), with the revocations of the current version.
+    /// The current configuration, compiled (shared with the rest of the control plane).
     fn compiled(&self) -> Result<Arc<Compiled>, OAuthError> {
-        let state = self.configuration.current();
-        if let Some(c) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
-            && c.version == state.resources_version
-        {
-            return Ok(c.clone());
-        }
-        let fresh = Arc::new(compile(&state).map_err(|e| {
-            tracing::error!(version = state.version, "the stored configuration does not compile: {e}");
+        self.configuration.compiled().map_err(|e| {
+            tracing::error!(version = self.configuration.version(), "the stored configuration does not compile: {e}");
             OAuthError::temporarily_unavailable("the configuration cannot be read; try again")
-        })?);
-        *self.compiled.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
-        Ok(fresh)
+        })
     }
-}
-
-fn compile(state: &state::FleetState) -> Result<Compiled, warden_core::ConfigError> {
-    let config = Config::build(state.resources.values().map(|e| &e.document))?
-        .with_fetched_keys(state.keys.iter().map(|(name, r)| (name.clone(), r.jwks.clone())))?;
-    let (verifier, _) = Verifier::new(&config);
-    let authorizer = Authorizer::new(&config);
-    Ok(Compiled { version: state.resources_version, config, verifier, authorizer })
 }
 
 /// The token service issuer of `config`: name, spec.

@@ -284,6 +284,24 @@ impl Embedded {
         Ok(())
     }
 
+    /// Registers an attested agent, replacing the record of one its rule admitted before.
+    pub fn register_attested_agent(&self, agent: &AgentRecord) -> Result<(), JoinTokenError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
+            let existing: Option<AgentRecord> = match agents.get(agent.id.as_str()).map_err(db_err)? {
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| corrupt(&agent.id, e))?),
+                None => None,
+            };
+            super::attested_may_replace(existing.as_ref(), agent)?;
+            agents
+                .insert(agent.id.as_str(), serde_json::to_vec(agent).expect("serializes").as_slice())
+                .map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(())
+    }
+
     /// Updates a registered agent (e.g. after a certificate renewal); whether it was still
     /// registered (a deleted agent is not written back).
     pub fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {

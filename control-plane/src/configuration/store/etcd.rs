@@ -512,6 +512,36 @@ impl Etcd {
         Err(JoinTokenError::Store(StoreError::Contended(format!("join token {id}"))))
     }
 
+    /// Registers an attested agent, replacing the record of one its rule admitted before, in a
+    /// transaction that fails if the record changed since it was read: two replicas cannot both
+    /// admit a replayed token.
+    pub async fn register_attested_agent(&self, agent: &AgentRecord) -> Result<(), JoinTokenError> {
+        let key = self.key(&format!("agents/{}", agent.id));
+        for _ in 0..3 {
+            let response = self.get(key.clone(), None).await?;
+            let kv = response.kvs().first();
+            let existing: Option<AgentRecord> = match kv {
+                Some(kv) => Some(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?),
+                None => None,
+            };
+            super::attested_may_replace(existing.as_ref(), agent)?;
+            // Unchanged since read (a key never created has create revision 0).
+            let unchanged = match kv {
+                Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            };
+            let txn = etcd_client::Txn::new().when([unchanged]).and_then([TxnOp::put(
+                key.clone(),
+                serde_json::to_vec(agent).expect("serializes"),
+                None,
+            )]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(JoinTokenError::Store(StoreError::Contended(format!("agent {}", agent.id))))
+    }
+
     /// Updates a registered agent.
     pub async fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
         let (key, value) = (self.key(&format!("agents/{}", agent.id)), serde_json::to_vec(agent).expect("serializes"));

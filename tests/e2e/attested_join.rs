@@ -1,0 +1,221 @@
+//! Agents that join with a platform's token in place of a join token: the rules of
+//! `deploy/kubernetes/join-attestation.yaml` as written, given to the real `warden-cp`, and
+//! tokens shaped like a kubelet's projected service-account tokens, signed by PyJWT. On the
+//! embedded store and on etcd (each checks replays in its own transaction).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agent::identity::{self, Files, IdentityError, Join};
+use serde_json::{Value, json};
+use tests::{Agent, ControlPlane, Etcd, MintingIdp, bin, wait_for_or};
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The rules file inside the ConfigMap of `deploy/kubernetes/join-attestation.yaml`.
+fn rules_file(dir: &Path) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/join-attestation.yaml");
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let (_, data) = text.split_once("  join-attestation.yaml: |\n").expect("the ConfigMap's file");
+    let rules: String = data.lines().map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l))).collect();
+    let path = dir.join("join-attestation.yaml");
+    std::fs::write(&path, rules).unwrap();
+    path
+}
+
+/// The cluster's issuer: the first document of `deploy/identity/kubernetes.yaml`, its URL the
+/// test IdP's.
+fn cluster_issuer(idp: &MintingIdp) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/identity/kubernetes.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let first = text.split("\n---\n").next().unwrap();
+    assert!(first.contains("kind: TrustedIssuer") && first.contains("name: k8s-prod"));
+    first.replace("https://oidc.prod-cluster.example.com", &idp.issuer)
+}
+
+/// A projected token as the kubelet mints it for `pod` of `namespace:account` on `node`.
+fn kubelet_token(idp: &MintingIdp, audience: &str, account: (&str, &str), pod: &str, node: &str, iat: i64) -> String {
+    let (ns, name) = account;
+    let claims = json!({
+        "iss": idp.issuer, "aud": [audience], "iat": iat, "nbf": iat, "exp": iat + 3600,
+        "sub": format!("system:serviceaccount:{ns}:{name}"),
+        "jti": format!("{pod}-{iat}"),
+        "kubernetes.io": {
+            "namespace": ns,
+            "node": {"name": node, "uid": "58456cb0-dd00-45ed-b797-5578fdceaced"},
+            "pod": {"name": pod, "uid": "778a530c-b3f4-47c0-9cd5-ab018fb64f33"},
+            "serviceaccount": {"name": name, "uid": "a087d5a0-e1dd-43ec-93ac-f13d89cd13af"},
+            "warnafter": iat + 2880
+        }
+    });
+    idp.mint(&json!({"claims": claims, "key": "rs256"}))
+}
+
+/// One attested join through the agent's own join code; the refusal's message if refused.
+fn join(cp: &ControlPlane, dir: &Path, fleet_ca: &Path, id: &str, token: &str) -> Result<(), String> {
+    let data = dir.join(format!("join-{id}-{}", rand_suffix()));
+    std::fs::create_dir_all(&data).unwrap();
+    let token_file = data.join("join-token");
+    std::fs::write(&token_file, token).unwrap();
+    let files = Files::new(&data);
+    let join = Join::Attestation { token_file, fleet_ca: fleet_ca.to_path_buf() };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    match runtime.block_on(identity::join(&files, &cp.address, &join, id, &Default::default())) {
+        Ok(_) => Ok(()),
+        Err(IdentityError::Refused(message)) => Err(message),
+        Err(other) => panic!("join of {id}: {other}"),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn registered(cp: &ControlPlane, id: &str) -> Option<Value> {
+    let agents = cp.ctl_json(&["get", "agents"]);
+    agents["agents"].as_array().unwrap().iter().find(|a| a["id"] == id).cloned()
+}
+
+/// Runs the story on `cp` (started with the rules), whose fleet CA certificate is `fleet_ca`.
+fn attested_joins(dir: &Path, cp: &ControlPlane, idp: &MintingIdp, fleet_ca: &Path) {
+    cp.apply_ok(&cluster_issuer(idp));
+    let agent_sa = ("warden", "warden-agent");
+    let t0 = now();
+
+    // A DaemonSet pod on node-1 joins as prod.node-1 with the real agent, and is served.
+    let token_file = dir.join("node-1-token");
+    std::fs::write(&token_file, kubelet_token(idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0))
+        .unwrap();
+    let (token_arg, ca_arg) = (token_file.to_str().unwrap(), fleet_ca.to_str().unwrap());
+    let flags = ["--join-attestation-file", token_arg, "--fleet-ca", ca_arg];
+    let mut node1 = Agent::start_with(dir, "prod.node-1", &[&cp.address], None, &flags);
+    wait_for_or("prod.node-1 to join", || node1.log_text(), || registered(cp, "prod.node-1"));
+    cp.wait_converged(&["prod.node-1"], cp.version());
+    let first_identity = node1.data_dir.clone();
+    node1.stop();
+
+    // The same token again (a replay, even by the same node): refused.
+    let replay = kubelet_token(idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0);
+    let refused = join(cp, dir, fleet_ca, "prod.node-1", &replay).unwrap_err();
+    assert!(refused.contains("joined with a newer token already"), "{refused}");
+    // node-1's token does not join as node-2.
+    let refused = join(cp, dir, fleet_ca, "prod.node-2", &replay).unwrap_err();
+    assert!(refused.contains("this token admits agent \"prod.node-1\", not \"prod.node-2\""), "{refused}");
+    // Another service account of the cluster, on the same node.
+    let web = kubelet_token(idp, "warden-join", ("default", "web"), "web-5f7d9", "node-1", t0 + 1);
+    let refused = join(cp, dir, fleet_ca, "prod.node-1", &web).unwrap_err();
+    assert!(refused.contains("service account default:web may not join"), "{refused}");
+    // A token for an MCP server (another audience) does not join.
+    let for_mcp =
+        kubelet_token(idp, "https://mcp.example.com/tickets", agent_sa, "warden-agent-x7k2p", "node-1", t0 + 1);
+    let refused = join(cp, dir, fleet_ca, "prod.node-1", &for_mcp).unwrap_err();
+    assert!(refused.contains("the token is refused: wrong_audience"), "{refused}");
+    // Signed by a key the cluster never published.
+    let mut rogue_claims = json!({"iss": idp.issuer, "aud": ["warden-join"], "iat": t0, "exp": t0 + 600,
+        "sub": "system:serviceaccount:warden:warden-agent",
+        "kubernetes.io": {"namespace": "warden", "serviceaccount": {"name": "warden-agent"}, "node": {"name": "node-1"}}});
+    let rogue = idp.mint(&json!({"claims": rogue_claims.clone(), "key": "rogue"}));
+    let refused = join(cp, dir, fleet_ca, "prod.node-1", &rogue).unwrap_err();
+    assert!(refused.contains("the token is refused: bad_signature"), "{refused}");
+    // Living longer than the issuer's maxTokenLifetime (1h).
+    rogue_claims["exp"] = json!(t0 + 7200);
+    let long = idp.mint(&json!({"claims": rogue_claims, "key": "rs256"}));
+    let refused = join(cp, dir, fleet_ca, "prod.node-1", &long).unwrap_err();
+    assert!(refused.contains("lifetime_too_long"), "{refused}");
+    // None of these registered anything.
+    assert!(registered(cp, "prod.node-2").is_none());
+
+    // A new pod on node-1 with a newer token takes the agent over; the old identity's
+    // certificate is refused from then on.
+    let newer = kubelet_token(idp, "warden-join", agent_sa, "warden-agent-q9m4t", "node-1", t0 + 2);
+    join(cp, dir, fleet_ca, "prod.node-1", &newer).expect("a newer token of the same node joins");
+    let old = Files::new(&first_identity).load().unwrap().expect("the first pod's identity");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let renewal =
+        runtime.block_on(identity::renew(&Files::new(&dir.join("scratch")), &cp.address, "prod.node-1", &old));
+    match renewal {
+        Err(IdentityError::Refused(message)) => {
+            assert!(message.contains("not registered with this certificate"), "{message}")
+        }
+        other => panic!("the replaced certificate renewed: {:?}", other.map(|_| ())),
+    }
+
+    // A sidecar: one agent per pod, named by namespace and pod.
+    let pod = "tickets-mcp-7d9f8c6b5-x2x4k";
+    let sidecar = kubelet_token(idp, "warden-join", ("tickets", "tickets-mcp"), pod, "node-3", t0);
+    join(cp, dir, fleet_ca, &format!("prod-mcp.tickets.{pod}"), &sidecar).expect("the sidecar joins");
+    let record = registered(cp, &format!("prod-mcp.tickets.{pod}")).expect("registered");
+    assert_eq!(record["connected"], false, "{record}");
+
+    // An agent that joined with a join token is never taken over by an attestation.
+    let join_token = cp.join_token("5m", "prod.node-7");
+    let mut by_token = Agent::start(dir, "prod.node-7", &[&cp.address], Some(&join_token));
+    wait_for_or("prod.node-7 to join", || by_token.log_text(), || registered(cp, "prod.node-7"));
+    by_token.stop();
+    let node7 = kubelet_token(idp, "warden-join", agent_sa, "warden-agent-z2z2z", "node-7", t0 + 3);
+    let refused = join(cp, dir, fleet_ca, "prod.node-7", &node7).unwrap_err();
+    assert!(refused.contains("not by this attestation rule"), "{refused}");
+}
+
+#[test]
+fn pods_join_with_their_service_account_tokens_under_the_clusters_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = MintingIdp::start(dir.path());
+    let rules = rules_file(dir.path());
+    let cp = ControlPlane::start(dir.path(), &["--allow-http-issuers", "--join-attestation", rules.to_str().unwrap()]);
+    attested_joins(dir.path(), &cp, &idp, &cp.data_dir.join("ca.crt"));
+}
+
+#[test]
+fn attested_joins_on_etcd_refuse_replays_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), 1);
+    let idp = MintingIdp::start(dir.path());
+    let rules = rules_file(dir.path());
+    let ca = dir.path().join("fleet-ca");
+    let created = Command::new(bin("warden-cp")).args(["create-ca", "--out"]).arg(&ca).output().unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let (cert, key) = (ca.join("ca.crt"), ca.join("ca.key"));
+    let flags = [
+        "--allow-http-issuers",
+        "--join-attestation",
+        rules.to_str().unwrap(),
+        "--store",
+        &etcd.url(),
+        "--ca-cert",
+        cert.to_str().unwrap(),
+        "--ca-key",
+        key.to_str().unwrap(),
+    ];
+    let cp = ControlPlane::start(&dir.path().join("replica"), &flags);
+    attested_joins(dir.path(), &cp, &idp, &cert);
+}
+
+#[test]
+fn a_control_plane_without_rules_refuses_attested_joins_and_a_broken_rules_file_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = MintingIdp::start(dir.path());
+    let cp = ControlPlane::start(dir.path(), &["--allow-http-issuers"]);
+    cp.apply_ok(&cluster_issuer(&idp));
+    let token = kubelet_token(&idp, "warden-join", ("warden", "warden-agent"), "p", "node-1", now());
+    let refused = join(&cp, dir.path(), &cp.data_dir.join("ca.crt"), "prod.node-1", &token).unwrap_err();
+    assert!(refused.contains("admits no attested joins"), "{refused}");
+
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "kubernetes:\n  - name: prod\n    issuer: k8s-prod\n    audience: warden-join\n    agentPer: node\n    serviceAccounts: [warden/agent]\n").unwrap();
+    let out = Command::new(bin("warden-cp"))
+        .args(["--data-dir"])
+        .arg(dir.path().join("other"))
+        .args(["--listen", "127.0.0.1:0", "--join-attestation"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kubernetes[0].serviceAccounts[0]"), "{stderr}");
+}
