@@ -10,8 +10,9 @@ use warden_core::authorize::Authorizer;
 use warden_core::{Document, Kind, ResourceKey};
 
 use crate::configuration::Configuration;
+use crate::configuration::history::{self, CHANGE_READ, Line};
 use crate::configuration::state::{self, WriteError};
-use crate::configuration::store::StoreError;
+use crate::configuration::store::{AuditEntry, StoreError};
 use crate::fleet::Fleet;
 use crate::fleet::peer::{AdminCaller, admin_caller};
 use crate::inventory::Inventory;
@@ -456,23 +457,64 @@ impl pb::admin_service_server::AdminService for AdminService {
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         self.actor(&request).await?;
-        let limit = match request.into_inner().limit {
+        let request = request.into_inner();
+        let record = |e: &AuditEntry| pb::AuditRecord {
+            version: e.version,
+            time_unix_ms: e.time_unix_ms,
+            actor: e.actor.clone(),
+            operation: e.operation.clone(),
+            kind: e.kind.clone(),
+            name: e.name.clone(),
+            resource_version: e.previous_resource_version,
+            difference: Vec::new(),
+            difference_note: String::new(),
+        };
+        if request.version != 0 {
+            let entries =
+                self.configuration.store().audit(CHANGE_READ).await.map_err(|e| Status::internal(e.to_string()))?;
+            // Off the runtime's workers: differences are work (each bounded in time).
+            let records = tokio::task::spawn_blocking(move || {
+                history::changes_at(&entries, request.version)
+                    .iter()
+                    .map(|change| {
+                        let difference = change.difference();
+                        pb::AuditRecord {
+                            difference: difference
+                                .lines
+                                .iter()
+                                .map(|(tag, text)| {
+                                    format!(
+                                        "{}{text}",
+                                        match tag {
+                                            Line::Same => "  ",
+                                            Line::Removed => "- ",
+                                            Line::Added => "+ ",
+                                        }
+                                    )
+                                })
+                                .collect(),
+                            difference_note: difference.note.unwrap_or_default().to_string(),
+                            ..record(change.entry)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+            if records.is_empty() {
+                return Err(Status::not_found(format!(
+                    "no document was written at version {} among the newest {CHANGE_READ} changes",
+                    request.version
+                )));
+            }
+            return Ok(Response::new(pb::HistoryResponse { records }));
+        }
+        let limit = match request.limit {
             0 => 100,
             n => n.min(10_000) as usize,
         };
         let entries = self.configuration.store().audit(limit).await.map_err(|e| Status::internal(e.to_string()))?;
-        let records = entries
-            .into_iter()
-            .map(|e| pb::AuditRecord {
-                version: e.version,
-                time_unix_ms: e.time_unix_ms,
-                actor: e.actor,
-                operation: e.operation,
-                kind: e.kind,
-                name: e.name,
-                resource_version: e.previous_resource_version,
-            })
-            .collect();
+        let records = entries.iter().map(record).collect();
         Ok(Response::new(pb::HistoryResponse { records }))
     }
 

@@ -6,6 +6,7 @@
 //! replica and retries when another replica sharing the store wrote first.
 
 pub mod compiled;
+pub mod history;
 pub mod revocation_table;
 pub mod state;
 pub mod store;

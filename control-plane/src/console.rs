@@ -28,6 +28,7 @@ use proto::v1 as pb;
 use warden_core::authorize::Authorizer;
 
 use crate::configuration::Configuration;
+use crate::configuration::history::{self, CHANGE_READ, Line};
 use crate::fleet::Fleet;
 use crate::inventory::Inventory;
 use crate::telemetry::Telemetry;
@@ -519,7 +520,7 @@ async fn history_page(State(c): State<Console>) -> Response {
          </tr></thead><tbody>\n"
     );
     for e in entries.iter().rev() {
-        let changed = if !writes_document(e) {
+        let changed = if !history::writes_document(e) {
             "-".to_string()
         } else {
             let link = format!("/history/{}/{}/{}", e.version, query_value(&e.kind), query_value(&e.name));
@@ -551,115 +552,57 @@ async fn history_page(State(c): State<Console>) -> Response {
     page("History", None, &body)
 }
 
-/// Audit entries the page of one change reads to find the resource's state before it.
-const CHANGE_READ: usize = 10_000;
-
-/// How long one difference may take to work out (then it is coarser, never wrong).
-const DIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Whether `entry` is a write of a resource's document: not a revocation's (many, and the entry
-/// says all) nor a refresh of an issuer's fetched keys (the issuer's document unchanged).
-fn writes_document(entry: &crate::configuration::store::AuditEntry) -> bool {
-    entry.kind != warden_core::Kind::Revocation.as_str() && entry.operation != "refresh-keys"
-}
-
-/// What a resource was, on one side of a change.
-enum Side {
-    /// It did not exist (before its creation, after its deletion).
-    Absent,
-    /// Its document, as YAML.
-    Known(String),
-    /// Not recorded: changed before documents were kept, or older than the entries read.
-    Unknown,
-}
-
-impl Side {
-    fn of(document: Option<&str>) -> Side {
-        let yaml = document
-            .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
-            .and_then(|value| serde_norway::to_string(&value).ok());
-        yaml.map_or(Side::Unknown, Side::Known)
-    }
-}
-
 /// One change to one resource: the document before and after it, line by line.
 async fn change_page(State(c): State<Console>, Path((version, kind, name)): Path<(u64, String, String)>) -> Response {
     let entries = match c.configuration.store().audit(CHANGE_READ).await {
         Ok(entries) => entries,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("the audit trail cannot be read: {e}")),
     };
-    let same = |e: &&crate::configuration::store::AuditEntry| e.kind == kind && e.name == name && writes_document(e);
-    let Some(at) = entries.iter().position(|e| e.version == version && same(&e)) else {
+    let Some(this) = history::change(&entries, version, &kind, &name) else {
         let message = format!("no change to {kind}/{name} at version {version} among the newest {CHANGE_READ}");
         return error(StatusCode::NOT_FOUND, &message);
     };
-    let this = &entries[at];
-    let deleted = |e: &crate::configuration::store::AuditEntry| e.operation == "delete";
-    let after = if deleted(this) { Side::Absent } else { Side::of(this.document.as_deref()) };
-    let before = match entries[..at].iter().rev().find(same) {
-        Some(e) if deleted(e) => Side::Absent,
-        Some(e) => Side::of(e.document.as_deref()),
-        None if this.previous_resource_version == 0 && !deleted(this) => Side::Absent,
-        None => Side::Unknown,
-    };
     let mut body = format!(
         "<p>Version {} · {} · by {} · {}</p>\n",
-        this.version,
-        rfc3339(this.time_unix_ms.saturating_mul(1_000_000)),
-        escape(&this.actor),
-        escape(&this.operation),
+        this.entry.version,
+        rfc3339(this.entry.time_unix_ms.saturating_mul(1_000_000)),
+        escape(&this.entry.actor),
+        escape(&this.entry.operation),
     );
-    // Off the runtime's workers: a long document's difference is work (bounded by DIFF_TIMEOUT).
-    match tokio::task::spawn_blocking(move || differences(&before, &after)).await {
+    let (before, after) = (this.before, this.after);
+    // Off the runtime's workers: a long document's difference is work (bounded in time).
+    let change = move || differences(&history::difference(&before, &after));
+    match tokio::task::spawn_blocking(change).await {
         Ok(shown) => body.push_str(&shown),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
     page(&format!("{kind}/{name} at version {version}"), None, &body)
 }
 
-/// The HTML of a change from `before` to `after`: a note where one side is unknown, and the
-/// document line by line, removed lines `del`, added `ins`.
-fn differences(before: &Side, after: &Side) -> String {
+/// The HTML of a difference: its note, and the document line by line, removed lines `del`,
+/// added `ins`.
+fn differences(difference: &history::Difference) -> String {
     let mut out = String::new();
-    // Each line its own element (`pre span`, `del`, `ins` are blocks): no text between them.
-    let line =
-        |tag: &str, sign: &str, text: &str| format!("<{tag}>{sign} {}</{tag}>", escape(text.trim_end_matches('\n')));
-    let every = |tag: &str, sign: &str, text: &str| text.lines().map(|l| line(tag, sign, l)).collect::<String>();
-    let differences = match (before, after) {
-        (Side::Known(old), Side::Known(new)) if old == new => {
-            let _ = write!(out, "<p>No difference in the document.</p>");
-            Some(every("span", " ", new))
-        }
-        (Side::Known(old), Side::Known(new)) => Some(
-            similar::TextDiff::configure()
-                .timeout(DIFF_TIMEOUT)
-                .diff_lines(old, new)
-                .iter_all_changes()
-                .map(|change| match change.tag() {
-                    similar::ChangeTag::Delete => line("del", "-", change.value()),
-                    similar::ChangeTag::Insert => line("ins", "+", change.value()),
-                    similar::ChangeTag::Equal => line("span", " ", change.value()),
-                })
-                .collect(),
-        ),
-        (Side::Absent, Side::Known(new)) => Some(every("ins", "+", new)),
-        (Side::Known(old), Side::Absent) => Some(every("del", "-", old)),
-        (_, Side::Known(new)) => {
-            let _ = write!(
-                out,
-                "<p>The document before this change was not recorded (changed before documents were kept, or older \
-                 than the newest {CHANGE_READ} changes). After it:</p>"
-            );
-            Some(every("span", " ", new))
-        }
-        _ => {
-            out.push_str("<p>The document was not recorded for this change.</p>");
-            None
-        }
-    };
-    if let Some(lines) = differences {
-        let _ = write!(out, "<pre aria-label=\"differences\">{lines}</pre>");
+    if let Some(note) = difference.note {
+        let _ = write!(out, "<p>{}</p>", escape(note));
     }
+    if difference.lines.is_empty() {
+        return out;
+    }
+    // Each line its own element (`pre span`, `del`, `ins` are blocks): no text between them.
+    let lines: String = difference
+        .lines
+        .iter()
+        .map(|(tag, text)| {
+            let (tag, sign) = match tag {
+                Line::Same => ("span", " "),
+                Line::Removed => ("del", "-"),
+                Line::Added => ("ins", "+"),
+            };
+            format!("<{tag}>{sign} {}</{tag}>", escape(text))
+        })
+        .collect();
+    let _ = write!(out, "<pre aria-label=\"differences\">{lines}</pre>");
     out
 }
 

@@ -1,7 +1,7 @@
 //! Configuration flows from `wardenctl apply` through the control plane to every agent, and
 //! survives restarts of either side.
 
-use tests::{Agent, Fleet, fleet_yaml, wait_for};
+use tests::{Agent, ControlPlane, Fleet, fleet_yaml, wait_for};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -187,4 +187,33 @@ fn an_agent_that_missed_a_change_resumes_from_its_version_with_a_delta() {
     let log = fleet.cp.process.as_ref().map(|p| p.log_text()).unwrap_or_default();
     let resumed = log.lines().rev().find(|l| l.contains(ids[0]) && l.contains("agent connected")).unwrap_or("");
     assert!(resumed.contains("sending a delta from its version"), "no snapshot for one missed change:\n{log}");
+}
+
+#[test]
+fn history_shows_what_one_change_did_to_each_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]);
+    cp.apply_ok(&fleet_yaml("search"));
+    cp.apply_ok(&fleet_yaml("list"));
+    let shown = cp.ctl_ok(&["history", "--version", "2"]);
+    let mut lines = shown.lines();
+    assert!(lines.next().unwrap().starts_with("apply Policy/github-tools at version 2 by uid:"), "{shown}");
+    // Only the policy changed; its one line went from one tool to the other, the rest stayed.
+    let removed: Vec<&str> = shown.lines().filter(|l| l.starts_with("- ")).collect();
+    let added: Vec<&str> = shown.lines().filter(|l| l.starts_with("+ ")).collect();
+    assert!(removed.len() == 1 && removed[0].contains("resource.name == \"search\""), "{shown}");
+    assert!(added.len() == 1 && added[0].contains("resource.name == \"list\""), "{shown}");
+    assert!(shown.lines().any(|l| l == "  kind: Policy"), "{shown}");
+    // The first version created all three: every line added.
+    let created = cp.ctl_json(&["history", "--version", "1"]);
+    let created = created.as_array().unwrap();
+    assert_eq!(created.len(), 3, "{created:?}");
+    for change in created {
+        let lines = change["difference"].as_array().unwrap();
+        assert!(!lines.is_empty() && lines.iter().all(|l| l.as_str().unwrap().starts_with("+ ")), "{change}");
+    }
+    // A version that wrote nothing is an error, not an empty answer.
+    let out = cp.ctl(&["history", "--version", "99"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no document was written at version 99"));
 }

@@ -489,6 +489,44 @@ pub fn history(response: &pb::HistoryResponse, format: Format) -> anyhow::Result
     Ok(())
 }
 
+/// `history --version`: each document the change wrote, its difference line by line.
+pub fn history_changes(response: &pb::HistoryResponse, format: Format) -> anyhow::Result<()> {
+    if format != Format::Table {
+        let values: Vec<Value> = response
+            .records
+            .iter()
+            .map(|r| {
+                json!({"version": r.version, "timeUnixMs": r.time_unix_ms, "actor": r.actor, "operation": r.operation,
+                       "kind": r.kind, "name": r.name, "previousResourceVersion": r.resource_version,
+                       "difference": r.difference, "differenceNote": r.difference_note})
+            })
+            .collect();
+        return emit(&Value::Array(values), format);
+    }
+    for (i, r) in response.records.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!(
+            "{} {}/{} at version {} by {} ({})",
+            visible_line(&r.operation),
+            visible_line(&r.kind),
+            visible_line(&r.name),
+            r.version,
+            visible_line(&r.actor),
+            rfc3339(r.time_unix_ms.saturating_mul(1_000_000)),
+        );
+        if !r.difference_note.is_empty() {
+            println!("({})", visible_line(&r.difference_note));
+        }
+        for line in &r.difference {
+            // A document's text is the applier's: nothing in it may move the terminal.
+            println!("{}", visible_line(line));
+        }
+    }
+    Ok(())
+}
+
 fn rfc3339(unix_nanos: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(unix_nanos as i128)
         .ok()
