@@ -310,7 +310,13 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, R
 /// operator must create another); an unreachable control plane is retried.
 async fn obtain_identity(options: &Options, files: &Files) -> Result<Identity, RunError> {
     if let Some(id) = files.load()? {
-        return Ok(id);
+        // An agent the platform vouches for joins again once its certificate expired (it could
+        // not renew in time); one with a join token needs a new token from an operator.
+        let attested = matches!(options.join, Some(identity::Join::Attestation { .. }));
+        if !(attested && id.not_after <= identity::now_unix()) {
+            return Ok(id);
+        }
+        tracing::warn!("the stored certificate has expired: joining again with the platform's token");
     }
     let join = options.join.as_ref().ok_or(IdentityError::NotJoined)?;
     let mut attempt = 0;

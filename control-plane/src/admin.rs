@@ -389,13 +389,17 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let actor = self.actor(&request).await?;
         let agent = request.into_inner().agent_id;
-        let removed =
-            self.configuration.store().delete_agent(&agent).await.map_err(|e| Status::internal(e.to_string()))?;
+        let removed = self
+            .configuration
+            .store()
+            .delete_agent(&agent, crate::now_unix_ms() / 1000)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         if !removed {
             return Err(Status::not_found(format!("no agent {agent} is registered")));
         }
         // This replica's session ends at once; other replicas see the deletion in their watch.
-        self.fleet.agent_deleted(Some(agent.clone()));
+        self.fleet.agent_changed(Some(agent.clone()));
         tracing::warn!(%actor, %agent, "agent deleted: its certificates are refused from now on");
         Ok(Response::new(pb::DeleteAgentResponse {}))
     }

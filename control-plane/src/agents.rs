@@ -23,7 +23,7 @@ use warden_tasks::Shutdown;
 
 use crate::configuration::Configuration;
 use crate::configuration::state::FleetState;
-use crate::configuration::store::{AgentRecord, Attested, JoinTokenError, RESERVED_AGENT_IDS};
+use crate::configuration::store::{AgentRecord, Attested, IssuedSerial, JoinTokenError, RESERVED_AGENT_IDS};
 use crate::fleet::Fleet;
 use crate::fleet::peer::{self, certificate};
 use crate::inventory::{self, Inventory};
@@ -65,10 +65,11 @@ impl AgentService {
         AgentService { configuration, fleet, decisions, tokens, inventory, pinning, shutdown }
     }
 
-    /// The registered agent the caller's certificate names, and when that certificate expires;
-    /// refuses anyone else, an agent that was deleted, a certificate the registry does not list
-    /// for it (issued before the agent was deleted and joined again), and an expired one.
-    async fn registered_agent<T>(&self, request: &Request<T>) -> Result<(AgentRecord, i64), Status> {
+    /// The registered agent the caller's certificate names, that certificate's serial (hex)
+    /// and when it expires; refuses anyone else, an agent that was deleted, a certificate the
+    /// registry does not list for it (issued before the agent was deleted and joined again, or
+    /// replaced by an attested join), and an expired one.
+    async fn registered_agent<T>(&self, request: &Request<T>) -> Result<(AgentRecord, String, i64), Status> {
         let (id, serial) = match certificate(request, self.fleet.ca().trust_domain()) {
             Some((FleetIdentity::Agent(id), serial)) => (id, serial),
             _ => return Err(Status::unauthenticated("this call needs an agent certificate issued by the fleet CA")),
@@ -88,7 +89,7 @@ impl AgentService {
             .await
             .map_err(|e| Status::unavailable(format!("the agent registry cannot be read: {e}")))?;
         match record {
-            Some(record) if record.accepts(&serial, now) => Ok((record, not_after)),
+            Some(record) if record.accepts(&serial, now) => Ok((record, serial, not_after)),
             _ => {
                 tracing::warn!(agent = %id, serial, "refused a certificate of a deleted agent (or one it no longer holds)");
                 Err(Status::permission_denied(format!(
@@ -121,6 +122,12 @@ impl AgentService {
         let mut refusal = None;
         let mut admitted = None;
         for rule in rules.rules() {
+            if let Some(also) = audience_in_use(&compiled.config, rule) {
+                // A token for that must never join: the rule is unusable until fixed.
+                tracing::error!(rule = %rule.name, audience = %rule.audience, "join rule refused: its audience is also {also}");
+                refusal.get_or_insert(format!("join rule {} is misconfigured: its audience is also {also}", rule.name));
+                continue;
+            }
             let verified = match compiled.verifier.verify_for_exchange(
                 &request.attestation,
                 &rule.audience,
@@ -167,16 +174,21 @@ impl AgentService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut record = AgentRecord {
             id: admitted.agent_id.clone(),
-            labels: request.labels.into_iter().collect(),
+            labels: admitted.labels,
             joined_unix: now,
             certificate_not_after_unix: cert.not_after_unix,
             certificates: Vec::new(),
             attested: Some(Attested { rule: admitted.rule.clone(), issued_at }),
         };
         record.issued(cert.serial.clone(), cert.not_after_unix, now);
-        self.configuration.store().register_attested_agent(&record).await.inspect_err(
+        let replaced = self.configuration.store().register_attested_agent(&record).await.inspect_err(
             |e| tracing::warn!(agent = %admitted.agent_id, rule = %admitted.rule, "attested join refused: {e}"),
         )?;
+        if replaced {
+            // The agent this join replaced loses its stream here at once (other replicas follow
+            // the registry): the registry no longer lists its certificate.
+            self.fleet.agent_changed(Some(admitted.agent_id.clone()));
+        }
         tracing::info!(
             agent = %admitted.agent_id,
             rule = %admitted.rule,
@@ -189,6 +201,20 @@ impl AgentService {
             spiffe_id,
         }))
     }
+}
+
+/// What else `rule`'s audience names in `config`, if anything: an MCP server's resource, or a
+/// trusted issuer's URL (the token service's identifier; a Kubernetes issuer's URL, its API
+/// server's default audience). A token for any of those is presented elsewhere, so it must
+/// not join.
+fn audience_in_use(config: &warden_core::Config, rule: &warden_core::attestation::KubernetesJoin) -> Option<String> {
+    if let Some((name, _)) = config.servers.iter().find(|(_, s)| s.resource == rule.audience) {
+        return Some(format!("McpServer {name}'s resource"));
+    }
+    if let Some((name, _)) = config.issuers.iter().find(|(_, i)| i.issuer == rule.audience) {
+        return Some(format!("TrustedIssuer {name}'s issuer URL"));
+    }
+    None
 }
 
 /// Labels an agent may give itself, and the bytes of each key and value.
@@ -264,19 +290,25 @@ impl pb::agent_service_server::AgentService for AgentService {
     }
 
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
-        let (mut record, _) = self.registered_agent(&request).await?;
-        let agent = record.id.clone();
+        let (record, serial, _) = self.registered_agent(&request).await?;
+        let agent = record.id;
         let spiffe_id = self.fleet.ca().agent_spiffe_id(&agent);
         let cert = self
             .fleet
             .ca()
             .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
-        let registered =
-            self.configuration.store().put_agent(&record).await.map_err(|e| Status::internal(e.to_string()))?;
-        if !registered {
-            return Err(Status::permission_denied(format!("agent {agent} was deleted")));
+        let issued = IssuedSerial { serial: cert.serial.clone(), not_after_unix: cert.not_after_unix };
+        let renewed = self
+            .configuration
+            .store()
+            .renew_agent(&agent, &serial, issued, now_unix())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !renewed {
+            return Err(Status::permission_denied(format!(
+                "agent {agent} was deleted or joined again with another certificate"
+            )));
         }
         tracing::info!(%agent, not_after = cert.not_after_unix, "agent certificate renewed");
         Ok(Response::new(pb::RenewResponse {
@@ -291,7 +323,7 @@ impl pb::agent_service_server::AgentService for AgentService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let (record, not_after) = self.registered_agent(&request).await?;
+        let (record, serial, not_after) = self.registered_agent(&request).await?;
         let (agent, registered_labels) = (record.id, record.labels);
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -308,7 +340,7 @@ impl pb::agent_service_server::AgentService for AgentService {
                 hello.agent_id
             )));
         }
-        let session = Session::start(self.clone(), agent, registered_labels, not_after, hello, inbound);
+        let session = Session::start(self.clone(), agent, serial, registered_labels, not_after, hello, inbound);
         let stream = futures_util::stream::unfold(session, |mut session| async move {
             let message = session.next().await?;
             Some((Ok(pb::ControlMessage { message: Some(message) }), session))
@@ -338,8 +370,11 @@ struct Session {
     state_rx: watch::Receiver<Arc<FleetState>>,
     shutdown: Shutdown,
     heartbeat: tokio::time::Interval,
-    /// Deletions from the agent registry: this agent's ends the stream.
-    deleted: tokio::sync::broadcast::Receiver<Option<String>>,
+    /// Changes to the agent registry: after one to this agent's record, the stream ends unless
+    /// the registry still lists its certificate.
+    changed: tokio::sync::broadcast::Receiver<Option<String>>,
+    /// The serial (hex) of the certificate the stream was opened with.
+    serial: String,
     /// Moves when the same agent opens another stream, which replaces this one.
     superseded: watch::Receiver<u64>,
     sent: Sent,
@@ -360,6 +395,7 @@ impl Session {
     fn start(
         service: AgentService,
         agent: String,
+        serial: String,
         labels: std::collections::BTreeMap<String, String>,
         not_after_unix: i64,
         hello: pb::Hello,
@@ -389,7 +425,7 @@ impl Session {
         };
         let mut heartbeat = tokio::time::interval(service.fleet.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let deleted = service.fleet.deletions();
+        let changed = service.fleet.registry_changes();
         Session {
             shutdown: service.shutdown.clone(),
             service,
@@ -398,7 +434,8 @@ impl Session {
             inbound,
             state_rx,
             heartbeat,
-            deleted,
+            changed,
+            serial,
             superseded,
             sent,
             pending,
@@ -472,15 +509,15 @@ impl Session {
                         return None;
                     }
                 }
-                deleted = self.deleted.recv() => {
-                    let named = match deleted {
+                changed = self.changed.recv() => {
+                    let check = match changed {
                         Ok(Some(id)) => id == self.agent,
-                        // Deletions may have been missed: ask the registry.
-                        Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => !Box::pin(self.registered()).await,
+                        // Changes may have been missed: ask the registry.
+                        Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
                     };
-                    if named {
-                        tracing::warn!(agent = %self.agent, "agent deleted from the registry: its stream ends");
+                    if check && !Box::pin(self.holds_certificate()).await {
+                        tracing::warn!(agent = %self.agent, "the registry no longer lists this stream's certificate (agent deleted or joined again): the stream ends");
                         return None;
                     }
                 }
@@ -493,10 +530,14 @@ impl Session {
         }
     }
 
-    /// Whether the agent is still registered (true when the registry cannot be read: a store
-    /// outage must not disconnect the fleet).
-    async fn registered(&self) -> bool {
-        !matches!(self.service.configuration.store().agent(&self.agent).await, Ok(None))
+    /// Whether the registry still lists the certificate the stream was opened with (true when
+    /// the registry cannot be read: a store outage must not disconnect the fleet).
+    async fn holds_certificate(&self) -> bool {
+        match self.service.configuration.store().agent(&self.agent).await {
+            Ok(Some(record)) => record.accepts(&self.serial, now_unix()),
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 
     /// Stores a batch of decision records, then acknowledges it. While this waits for the disk

@@ -21,10 +21,11 @@ use self::presence::Presence;
 pub struct Fleet {
     ca: FleetCa,
     presence: Presence,
-    /// Agents deleted from the registry (by this replica or, watched, another): each session
-    /// ends its stream when its agent is named, or checks the registry on `None` (deletions may
-    /// have been missed).
-    deleted: broadcast::Sender<Option<String>>,
+    /// Agents whose registry record changed (deleted, replaced by an attested join, renewed; by
+    /// this replica or, watched, another): each session of a named agent checks whether the
+    /// registry still lists its certificate, and on `None` every session does (changes may have
+    /// been missed).
+    changed: broadcast::Sender<Option<String>>,
     /// Lifetime of agent client certificates.
     agent_cert_ttl: Duration,
     /// How often each stream carries a heartbeat when nothing else moves.
@@ -39,7 +40,7 @@ impl Fleet {
         Fleet {
             ca,
             presence: Presence::default(),
-            deleted: broadcast::Sender::new(256),
+            changed: broadcast::Sender::new(256),
             agent_cert_ttl,
             heartbeat_interval,
             join_attestation: JoinAttestation::default(),
@@ -66,16 +67,16 @@ impl Fleet {
         &self.presence
     }
 
-    /// Ends the stream of `agent` on this replica (`None`: of every agent the registry no
-    /// longer lists).
-    pub fn agent_deleted(&self, agent: Option<String>) {
+    /// Tells the sessions on this replica that `agent`'s record changed (`None`: any may have):
+    /// the stream of a certificate the registry no longer lists ends.
+    pub fn agent_changed(&self, agent: Option<String>) {
         // No receiver: no session is open.
-        let _ = self.deleted.send(agent);
+        let _ = self.changed.send(agent);
     }
 
-    /// Deletions from the agent registry, from now on.
-    pub(crate) fn deletions(&self) -> broadcast::Receiver<Option<String>> {
-        self.deleted.subscribe()
+    /// Changes to the agent registry, from now on.
+    pub(crate) fn registry_changes(&self) -> broadcast::Receiver<Option<String>> {
+        self.changed.subscribe()
     }
 
     /// Lifetime of agent client certificates.
@@ -88,9 +89,9 @@ impl Fleet {
         self.heartbeat_interval
     }
 
-    /// Where deletions other replicas made are announced.
-    pub(crate) fn deletions_sender(&self) -> broadcast::Sender<Option<String>> {
-        self.deleted.clone()
+    /// Where changes other replicas made to the registry are announced.
+    pub(crate) fn registry_changes_sender(&self) -> broadcast::Sender<Option<String>> {
+        self.changed.clone()
     }
 }
 

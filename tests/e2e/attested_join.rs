@@ -81,11 +81,13 @@ fn registered(cp: &ControlPlane, id: &str) -> Option<Value> {
     agents["agents"].as_array().unwrap().iter().find(|a| a["id"] == id).cloned()
 }
 
-/// Runs the story on `cp` (started with the rules), whose fleet CA certificate is `fleet_ca`.
-fn attested_joins(dir: &Path, cp: &ControlPlane, idp: &MintingIdp, fleet_ca: &Path) {
+/// Runs the story on `cp` (started with the rules), whose fleet CA certificate is `fleet_ca`,
+/// the joins of the test's own making through `joiner` (`cp`, or another replica of its store).
+fn attested_joins(dir: &Path, cp: &ControlPlane, joiner: &ControlPlane, idp: &MintingIdp, fleet_ca: &Path) {
     cp.apply_ok(&cluster_issuer(idp));
     let agent_sa = ("warden", "warden-agent");
-    let t0 = now();
+    // Issued a while ago (still valid): room for tokens issued between a join and a deletion.
+    let t0 = now() - 100;
 
     // A DaemonSet pod on node-1 joins as prod.node-1 with the real agent, and is served.
     let token_file = dir.join("node-1-token");
@@ -97,35 +99,34 @@ fn attested_joins(dir: &Path, cp: &ControlPlane, idp: &MintingIdp, fleet_ca: &Pa
     wait_for_or("prod.node-1 to join", || node1.log_text(), || registered(cp, "prod.node-1"));
     cp.wait_converged(&["prod.node-1"], cp.version());
     let first_identity = node1.data_dir.clone();
-    node1.stop();
 
     // The same token again (a replay, even by the same node): refused.
     let replay = kubelet_token(idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0);
-    let refused = join(cp, dir, fleet_ca, "prod.node-1", &replay).unwrap_err();
+    let refused = join(joiner, dir, fleet_ca, "prod.node-1", &replay).unwrap_err();
     assert!(refused.contains("joined with a newer token already"), "{refused}");
     // node-1's token does not join as node-2.
-    let refused = join(cp, dir, fleet_ca, "prod.node-2", &replay).unwrap_err();
+    let refused = join(joiner, dir, fleet_ca, "prod.node-2", &replay).unwrap_err();
     assert!(refused.contains("this token admits agent \"prod.node-1\", not \"prod.node-2\""), "{refused}");
     // Another service account of the cluster, on the same node.
     let web = kubelet_token(idp, "warden-join", ("default", "web"), "web-5f7d9", "node-1", t0 + 1);
-    let refused = join(cp, dir, fleet_ca, "prod.node-1", &web).unwrap_err();
+    let refused = join(joiner, dir, fleet_ca, "prod.node-1", &web).unwrap_err();
     assert!(refused.contains("service account default:web may not join"), "{refused}");
     // A token for an MCP server (another audience) does not join.
     let for_mcp =
         kubelet_token(idp, "https://mcp.example.com/tickets", agent_sa, "warden-agent-x7k2p", "node-1", t0 + 1);
-    let refused = join(cp, dir, fleet_ca, "prod.node-1", &for_mcp).unwrap_err();
+    let refused = join(joiner, dir, fleet_ca, "prod.node-1", &for_mcp).unwrap_err();
     assert!(refused.contains("the token is refused: wrong_audience"), "{refused}");
     // Signed by a key the cluster never published.
     let mut rogue_claims = json!({"iss": idp.issuer, "aud": ["warden-join"], "iat": t0, "exp": t0 + 600,
         "sub": "system:serviceaccount:warden:warden-agent",
         "kubernetes.io": {"namespace": "warden", "serviceaccount": {"name": "warden-agent"}, "node": {"name": "node-1"}}});
     let rogue = idp.mint(&json!({"claims": rogue_claims.clone(), "key": "rogue"}));
-    let refused = join(cp, dir, fleet_ca, "prod.node-1", &rogue).unwrap_err();
+    let refused = join(joiner, dir, fleet_ca, "prod.node-1", &rogue).unwrap_err();
     assert!(refused.contains("the token is refused: bad_signature"), "{refused}");
     // Living longer than the issuer's maxTokenLifetime (1h).
     rogue_claims["exp"] = json!(t0 + 7200);
     let long = idp.mint(&json!({"claims": rogue_claims, "key": "rs256"}));
-    let refused = join(cp, dir, fleet_ca, "prod.node-1", &long).unwrap_err();
+    let refused = join(joiner, dir, fleet_ca, "prod.node-1", &long).unwrap_err();
     assert!(refused.contains("lifetime_too_long"), "{refused}");
     // None of these registered anything.
     assert!(registered(cp, "prod.node-2").is_none());
@@ -133,7 +134,19 @@ fn attested_joins(dir: &Path, cp: &ControlPlane, idp: &MintingIdp, fleet_ca: &Pa
     // A new pod on node-1 with a newer token takes the agent over; the old identity's
     // certificate is refused from then on.
     let newer = kubelet_token(idp, "warden-join", agent_sa, "warden-agent-q9m4t", "node-1", t0 + 2);
-    join(cp, dir, fleet_ca, "prod.node-1", &newer).expect("a newer token of the same node joins");
+    join(joiner, dir, fleet_ca, "prod.node-1", &newer).expect("a newer token of the same node joins");
+    // The replaced agent's stream ends, and it is refused when it comes back.
+    wait_for_or(
+        "the replaced agent to be refused",
+        || node1.log_text(),
+        || {
+            node1.try_status()?["link"]["lastError"]
+                .as_str()?
+                .contains("not registered with this certificate")
+                .then_some(())
+        },
+    );
+    node1.stop();
     let old = Files::new(&first_identity).load().unwrap().expect("the first pod's identity");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let renewal =
@@ -148,9 +161,21 @@ fn attested_joins(dir: &Path, cp: &ControlPlane, idp: &MintingIdp, fleet_ca: &Pa
     // A sidecar: one agent per pod, named by namespace and pod.
     let pod = "tickets-mcp-7d9f8c6b5-x2x4k";
     let sidecar = kubelet_token(idp, "warden-join", ("tickets", "tickets-mcp"), pod, "node-3", t0);
-    join(cp, dir, fleet_ca, &format!("prod-mcp.tickets.{pod}"), &sidecar).expect("the sidecar joins");
+    join(joiner, dir, fleet_ca, &format!("prod-mcp.tickets.{pod}"), &sidecar).expect("the sidecar joins");
     let record = registered(cp, &format!("prod-mcp.tickets.{pod}")).expect("registered");
-    assert_eq!(record["connected"], false, "{record}");
+    // The rule's labels, not the ones the agent asked for (none here).
+    assert_eq!(record["labels"]["cluster"], "prod", "{record}");
+    assert_eq!(record["labels"]["warden.dev/placement"], "sidecar", "{record}");
+
+    // Deleted, an attested agent comes back only with a token issued after the deletion: not
+    // with one newer than its last join but older than the deletion.
+    cp.ctl_ok(&["delete", "agent", "prod.node-1"]);
+    let before_deletion = kubelet_token(idp, "warden-join", agent_sa, "warden-agent-q9m4t", "node-1", t0 + 50);
+    let refused = join(joiner, dir, fleet_ca, "prod.node-1", &before_deletion).unwrap_err();
+    assert!(refused.contains("deleted after this token was issued"), "{refused}");
+    assert!(registered(cp, "prod.node-1").is_none());
+    let after_deletion = kubelet_token(idp, "warden-join", agent_sa, "warden-agent-q9m4t", "node-1", now() + 1);
+    join(joiner, dir, fleet_ca, "prod.node-1", &after_deletion).expect("a token issued after the deletion joins");
 
     // An agent that joined with a join token is never taken over by an attestation.
     let join_token = cp.join_token("5m", "prod.node-7");
@@ -158,7 +183,7 @@ fn attested_joins(dir: &Path, cp: &ControlPlane, idp: &MintingIdp, fleet_ca: &Pa
     wait_for_or("prod.node-7 to join", || by_token.log_text(), || registered(cp, "prod.node-7"));
     by_token.stop();
     let node7 = kubelet_token(idp, "warden-join", agent_sa, "warden-agent-z2z2z", "node-7", t0 + 3);
-    let refused = join(cp, dir, fleet_ca, "prod.node-7", &node7).unwrap_err();
+    let refused = join(joiner, dir, fleet_ca, "prod.node-7", &node7).unwrap_err();
     assert!(refused.contains("not by this attestation rule"), "{refused}");
 }
 
@@ -168,11 +193,11 @@ fn pods_join_with_their_service_account_tokens_under_the_clusters_rules() {
     let idp = MintingIdp::start(dir.path());
     let rules = rules_file(dir.path());
     let cp = ControlPlane::start(dir.path(), &["--allow-http-issuers", "--join-attestation", rules.to_str().unwrap()]);
-    attested_joins(dir.path(), &cp, &idp, &cp.data_dir.join("ca.crt"));
+    attested_joins(dir.path(), &cp, &cp, &idp, &cp.data_dir.join("ca.crt"));
 }
 
 #[test]
-fn attested_joins_on_etcd_refuse_replays_too() {
+fn attested_joins_through_another_replica_on_etcd_refuse_replays_and_end_replaced_streams() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path(), 1);
     let idp = MintingIdp::start(dir.path());
@@ -192,8 +217,10 @@ fn attested_joins_on_etcd_refuse_replays_too() {
         "--ca-key",
         key.to_str().unwrap(),
     ];
-    let cp = ControlPlane::start(&dir.path().join("replica"), &flags);
-    attested_joins(dir.path(), &cp, &idp, &cert);
+    // The agent on one replica, the joins that replace or refuse it through the other.
+    let a = ControlPlane::start(&dir.path().join("replica-a"), &flags);
+    let b = ControlPlane::start(&dir.path().join("replica-b"), &flags);
+    attested_joins(dir.path(), &a, &b, &idp, &cert);
 }
 
 #[test]
@@ -205,6 +232,26 @@ fn a_control_plane_without_rules_refuses_attested_joins_and_a_broken_rules_file_
     let token = kubelet_token(&idp, "warden-join", ("warden", "warden-agent"), "p", "node-1", now());
     let refused = join(&cp, dir.path(), &cp.data_dir.join("ca.crt"), "prod.node-1", &token).unwrap_err();
     assert!(refused.contains("admits no attested joins"), "{refused}");
+
+    // A rule whose audience is also the cluster issuer's URL (the API server's default
+    // audience: every automounted token has it) admits nobody, and says why.
+    let misconfigured = dir.path().join("misconfigured.yaml");
+    let rules = format!(
+        "kubernetes:\n  - name: prod\n    issuer: k8s-prod\n    audience: {}\n    agentPer: node\n    serviceAccounts: [warden:warden-agent]\n",
+        idp.issuer
+    );
+    std::fs::write(&misconfigured, rules).unwrap();
+    let other = ControlPlane::start(
+        &dir.path().join("other-cp"),
+        &["--allow-http-issuers", "--join-attestation", misconfigured.to_str().unwrap()],
+    );
+    other.apply_ok(&cluster_issuer(&idp));
+    let api_token = kubelet_token(&idp, &idp.issuer, ("warden", "warden-agent"), "p", "node-1", now());
+    let refused = join(&other, dir.path(), &other.data_dir.join("ca.crt"), "prod.node-1", &api_token).unwrap_err();
+    assert!(
+        refused.contains("join rule prod is misconfigured: its audience is also TrustedIssuer k8s-prod's issuer URL"),
+        "{refused}"
+    );
 
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, "kubernetes:\n  - name: prod\n    issuer: k8s-prod\n    audience: warden-join\n    agentPer: node\n    serviceAccounts: [warden/agent]\n").unwrap();

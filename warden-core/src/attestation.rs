@@ -13,10 +13,20 @@
 //! This module is the file's format and the decision on verified claims; signature, issuer,
 //! audience, lifetime and revocation are checked first by the same `Verifier` as every token.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::validation::validate_name;
+
+/// Labels a rule may give its agents, and the bytes of each key and value (as for the labels
+/// an agent gives itself).
+pub const MAX_LABELS: usize = 64;
+/// See [`MAX_LABELS`].
+pub const MAX_LABEL_KEY_BYTES: usize = 63;
+/// See [`MAX_LABELS`].
+pub const MAX_LABEL_VALUE_BYTES: usize = 255;
 
 /// The `--join-attestation` file.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -42,6 +52,11 @@ pub struct KubernetesJoin {
     pub service_accounts: Vec<String>,
     /// One agent per node or per pod.
     pub agent_per: AgentPer,
+    /// The labels the registry gives every agent this rule admits, whatever the agent asks
+    /// for: what the control plane trusts it for (the servers whose definitions it may report).
+    /// Anyone who can run a pod as a listed service account can be such an agent.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What one agent stands for, and so what names it.
@@ -108,6 +123,8 @@ pub struct Admitted {
     pub rule: String,
     /// The agent id.
     pub agent_id: String,
+    /// The labels to register: the rule's.
+    pub labels: BTreeMap<String, String>,
     /// `namespace:service account`, for logs.
     pub service_account: String,
 }
@@ -139,6 +156,19 @@ impl JoinAttestation {
             validate_name(&rule.issuer).map_err(|e| field(path("issuer"), e))?;
             if rule.audience.trim().is_empty() {
                 return Err(field(path("audience"), "must not be empty"));
+            }
+            let oversized = rule
+                .labels
+                .iter()
+                .find(|(k, v)| k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES);
+            if rule.labels.len() > MAX_LABELS || oversized.is_some() {
+                return Err(field(
+                    path("labels"),
+                    format!(
+                        "at most {MAX_LABELS}, keys of 1 to {MAX_LABEL_KEY_BYTES} bytes, values of at most \
+                         {MAX_LABEL_VALUE_BYTES}"
+                    ),
+                ));
             }
             if rule.service_accounts.is_empty() {
                 return Err(field(path("serviceAccounts"), "name at least one `namespace:name`"));
@@ -177,6 +207,16 @@ impl KubernetesJoin {
     /// Decides on the claims of a token verified for this rule's issuer and audience: the
     /// agent it admits, if it is the one asking (`asked`).
     pub fn admit(&self, claims: &Map<String, Value>, asked: &str) -> Result<Admitted, Refusal> {
+        // The kubelet asks for one audience: a token also meant for something else (which could
+        // present it here) is not a join token.
+        let single = match claims.get("aud") {
+            Some(Value::String(a)) => a == &self.audience,
+            Some(Value::Array(list)) => list.len() == 1 && list[0].as_str() == Some(self.audience.as_str()),
+            _ => false,
+        };
+        if !single {
+            return Err(Refusal::NotServiceAccountToken("a join token has the join audience alone"));
+        }
         let k8s = claims.get("kubernetes.io").ok_or(Refusal::NotServiceAccountToken("no kubernetes.io claim"))?;
         let namespace = string(k8s.get("namespace"), "no kubernetes.io.namespace")?;
         let account = string(k8s.pointer("/serviceaccount/name"), "no kubernetes.io.serviceaccount.name")?;
@@ -186,6 +226,9 @@ impl KubernetesJoin {
         if subject != Some(&format!("system:serviceaccount:{namespace}:{account}")) {
             return Err(Refusal::NotServiceAccountToken("sub does not name kubernetes.io's service account"));
         }
+        // Bound to a pod (not a Node-bound or unbound token of the account): a pod is where an
+        // agent runs.
+        string(k8s.pointer("/pod/uid"), "no kubernetes.io.pod (a token bound to a pod)")?;
         let service_account = format!("{namespace}:{account}");
         if !self.service_accounts.contains(&service_account) {
             return Err(Refusal::ServiceAccountNotAllowed(service_account));
@@ -206,7 +249,7 @@ impl KubernetesJoin {
         if asked != expected {
             return Err(Refusal::WrongAgent { expected, asked: asked.to_string() });
         }
-        Ok(Admitted { rule: self.name.clone(), agent_id: expected, service_account })
+        Ok(Admitted { rule: self.name.clone(), agent_id: expected, labels: self.labels.clone(), service_account })
     }
 }
 
@@ -223,9 +266,10 @@ kubernetes:
     audience: warden-join
     serviceAccounts: [warden:warden-agent]
     agentPer: node
+    labels: {cluster: prod}
   - name: mcp
     issuer: k8s-prod
-    audience: warden-join-sidecar
+    audience: warden-join
     serviceAccounts: [tickets:tickets-mcp]
     agentPer: pod
 ";
@@ -256,6 +300,7 @@ kubernetes:
         let node = claims("warden", "warden-agent", "warden-agent-x7k2p", "ip-10-0-1-23.ec2.internal");
         let admitted = node_rule.admit(&node, "prod.ip-10-0-1-23.ec2.internal").unwrap();
         assert_eq!(admitted.agent_id, "prod.ip-10-0-1-23.ec2.internal");
+        assert_eq!(admitted.labels, BTreeMap::from([("cluster".to_string(), "prod".to_string())]));
         assert_eq!(admitted.service_account, "warden:warden-agent");
 
         let sidecar = claims("tickets", "tickets-mcp", "tickets-7d9f8c6b5-x2x4k", "node-1");
@@ -286,6 +331,13 @@ kubernetes:
         let mut old = node1.clone();
         old["kubernetes.io"].as_object_mut().unwrap().remove("node");
         assert!(matches!(rule.admit(&old, "prod.node-1"), Err(Refusal::NotServiceAccountToken(_))));
+        // A Node-bound token of the account (no pod), and one with a second audience.
+        let mut node_bound = node1.clone();
+        node_bound["kubernetes.io"].as_object_mut().unwrap().remove("pod");
+        assert!(matches!(rule.admit(&node_bound, "prod.node-1"), Err(Refusal::NotServiceAccountToken(_))));
+        let mut shared = node1.clone();
+        shared.insert("aud".into(), json!(["warden-join", "https://kubernetes.default.svc"]));
+        assert!(matches!(rule.admit(&shared, "prod.node-1"), Err(Refusal::NotServiceAccountToken(_))));
         // A node name too long for an agent id is refused, not cut (two nodes would share one).
         let long = claims("warden", "warden-agent", "p", &"n".repeat(60));
         assert!(matches!(rule.admit(&long, "x"), Err(Refusal::BadAgentId(_))));
@@ -311,6 +363,8 @@ kubernetes:
         );
         assert!(refused(&rule("", ("warden:agent", "warden/agent"))).starts_with("kubernetes[0].serviceAccounts[0]"));
         assert!(refused(&rule("", ("[warden:agent]", "[]"))).starts_with("kubernetes[0].serviceAccounts"));
+        let long_label = format!("    labels: {{a: {}}}\n", "v".repeat(256));
+        assert!(refused(&rule(&long_label, ("", ""))).starts_with("kubernetes[0].labels"));
         assert!(refused(&rule("", ("audience: warden-join", "audience: ''"))).starts_with("kubernetes[0].audience"));
         let twice = format!("{}{}", rule("", ("", "")), rule("", ("kubernetes:\n", "")));
         assert!(refused(&twice).contains("named twice"));

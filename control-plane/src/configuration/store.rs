@@ -115,9 +115,12 @@ pub enum JoinTokenError {
         "agent {0} is registered already, not by this attestation rule: `wardenctl delete agent {0}` first if it should join this way"
     )]
     NotAttested(String),
-    /// An attested join with a token no newer than the one the agent last joined with: a
-    /// replayed token, or one the platform has since replaced.
-    #[error("agent {0} joined with a newer token already (each platform token joins once; the platform rotates it)")]
+    /// An attested join with a token no newer than the one the agent last joined with (a
+    /// replayed token, or one the platform has since replaced), or issued before an operator
+    /// deleted the agent.
+    #[error(
+        "agent {0} joined with a newer token already, or was deleted after this token was issued (each platform token joins once; the platform rotates it)"
+    )]
     Replayed(String),
     /// The store failed.
     #[error(transparent)]
@@ -608,26 +611,36 @@ impl Store {
 
     /// Registers an agent an attestation admitted (`agent.attested` is set), in one
     /// transaction: a new id, or one the same rule admitted with an older token, whose record
-    /// (and so whose certificates) this one replaces ([`attested_may_replace`]).
-    pub async fn register_attested_agent(&self, agent: &AgentRecord) -> Result<(), JoinTokenError> {
+    /// (and so whose certificates) this one replaces ([`attested_may_replace`]). Whether it
+    /// replaced one.
+    pub async fn register_attested_agent(&self, agent: &AgentRecord) -> Result<bool, JoinTokenError> {
+        // Only a record an attestation admitted takes an id this way.
+        let Some(attested) = agent.attested.clone() else { return Err(JoinTokenError::NotAttested(agent.id.clone())) };
         match self {
             Store::Embedded(s) => {
                 let agent = agent.clone();
-                blocking(s, move |s| s.register_attested_agent(&agent)).await
+                blocking(s, move |s| s.register_attested_agent(&agent, &attested)).await
             }
-            Store::Etcd(s) => s.register_attested_agent(agent).await,
+            Store::Etcd(s) => s.register_attested_agent(agent, &attested).await,
         }
     }
 
-    /// Updates a registered agent (e.g. after a certificate renewal); whether it was still
-    /// registered (a deleted agent is not written back).
-    pub async fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
+    /// Records the certificate a renewal issued to agent `id`, if it still holds the one it
+    /// renewed with (`presented`, hex serial), in one transaction; whether it did (a deleted or
+    /// replaced agent is not written back).
+    pub async fn renew_agent(
+        &self,
+        id: &str,
+        presented: &str,
+        issued: IssuedSerial,
+        now_unix: i64,
+    ) -> Result<bool, StoreError> {
         match self {
             Store::Embedded(s) => {
-                let agent = agent.clone();
-                blocking(s, move |s| s.put_agent(&agent)).await
+                let (id, presented) = (id.to_string(), presented.to_string());
+                blocking(s, move |s| s.renew_agent(&id, &presented, issued, now_unix)).await
             }
-            Store::Etcd(s) => s.put_agent(agent).await,
+            Store::Etcd(s) => s.renew_agent(id, presented, issued, now_unix).await,
         }
     }
 
@@ -650,15 +663,16 @@ impl Store {
         }
     }
 
-    /// Removes an agent from the registry: its certificates are refused from then on. Whether
-    /// it was registered.
-    pub async fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
+    /// Removes an agent from the registry: its certificates are refused from then on. An agent
+    /// that joined with an attestation comes back only with a token issued after `now_unix`.
+    /// Whether it was registered.
+    pub async fn delete_agent(&self, id: &str, now_unix: i64) -> Result<bool, StoreError> {
         match self {
             Store::Embedded(s) => {
                 let id = id.to_string();
-                blocking(s, move |s| s.delete_agent(&id)).await
+                blocking(s, move |s| s.delete_agent(&id, now_unix)).await
             }
-            Store::Etcd(s) => s.delete_agent(id).await,
+            Store::Etcd(s) => s.delete_agent(id, now_unix).await,
         }
     }
 
@@ -808,16 +822,35 @@ pub(crate) fn check_join_token(
     Ok(())
 }
 
-/// Whether the attested join of `new` may take its id from `existing`: always when no agent
-/// has it; when one has, only if the same rule admitted it with a token issued earlier. A token
-/// joins once, and a pod's token cannot take over an agent that joined with a join token.
-pub(crate) fn attested_may_replace(existing: Option<&AgentRecord>, new: &AgentRecord) -> Result<(), JoinTokenError> {
-    let (Some(existing), Some(attested)) = (existing, &new.attested) else { return Ok(()) };
+/// Whether an attested join of agent `id` with `attested` may take the id from `existing`:
+/// when no agent has it, if no operator deleted it after the token was issued (`floor`); when
+/// one has, only if the same rule admitted it with a token issued earlier. A token joins once,
+/// a deleted agent needs a token issued after the deletion, and a pod's token cannot take over
+/// an agent that joined with a join token.
+pub(crate) fn attested_may_replace(
+    existing: Option<&AgentRecord>,
+    floor: Option<i64>,
+    id: &str,
+    attested: &Attested,
+) -> Result<(), JoinTokenError> {
+    if floor.is_some_and(|deleted| attested.issued_at <= deleted) {
+        return Err(JoinTokenError::Replayed(id.to_string()));
+    }
+    let Some(existing) = existing else { return Ok(()) };
     match &existing.attested {
         Some(before) if before.rule == attested.rule && before.issued_at < attested.issued_at => Ok(()),
-        Some(before) if before.rule == attested.rule => Err(JoinTokenError::Replayed(new.id.clone())),
-        _ => Err(JoinTokenError::NotAttested(new.id.clone())),
+        Some(before) if before.rule == attested.rule => Err(JoinTokenError::Replayed(id.to_string())),
+        _ => Err(JoinTokenError::NotAttested(id.to_string())),
     }
+}
+
+/// Whether the deletion floor set at `floor` can be forgotten at `now_unix`: every token issued
+/// before it has expired (no issuer's tokens live longer than the lifetime ceiling, plus the
+/// largest clock skew).
+pub(crate) fn floor_expired(floor: i64, now_unix: i64) -> bool {
+    let longest = warden_core::issuer::MAX_TOKEN_LIFETIME_CEILING.0.as_secs()
+        + warden_core::issuer::CLOCK_SKEW_CEILING.0.as_secs();
+    now_unix > floor.saturating_add(longest as i64)
 }
 
 /// A stored resource record, decoded. Stored documents were admitted when written; only their

@@ -112,9 +112,10 @@ async fn a_join_token_admits_one_agent_once_before_it_expires() {
         Err(JoinTokenError::AgentExists(_))
     ));
     // Deleted, the agent is gone, and a renewal racing the deletion cannot bring it back.
-    assert!(store.delete_agent("a1").await.unwrap());
-    assert!(!store.delete_agent("a1").await.unwrap());
-    assert!(!store.put_agent(&agent("a1")).await.unwrap());
+    assert!(store.delete_agent("a1", 10).await.unwrap());
+    assert!(!store.delete_agent("a1", 10).await.unwrap());
+    let issued = IssuedSerial { serial: "0b".into(), not_after_unix: 100 };
+    assert!(!store.renew_agent("a1", "0a", issued, 10).await.unwrap());
     assert!(store.agent("a1").await.unwrap().is_none());
     store.consume_join_token("t2", &hash, 10, &agent("a1")).await.unwrap();
     assert!(store.agent("a1").await.unwrap().is_some());
@@ -145,6 +146,29 @@ async fn an_attested_join_replaces_only_its_own_rules_agent_and_only_with_a_newe
     let takeover = store.register_attested_agent(&attested("host-1", "prod", 13, "05")).await;
     assert!(matches!(takeover, Err(JoinTokenError::NotAttested(_))), "{takeover:?}");
     assert!(store.agent("host-1").await.unwrap().unwrap().attested.is_none());
+
+    // A renewal with the certificate a join replaced writes nothing back.
+    let issued = IssuedSerial { serial: "06".into(), not_after_unix: 100 };
+    assert!(!store.renew_agent("prod.node-1", "01", issued.clone(), 50).await.unwrap());
+    let record = store.agent("prod.node-1").await.unwrap().unwrap();
+    assert!(record.accepts("03", 50) && !record.accepts("06", 50));
+    assert_eq!(record.attested.as_ref().unwrap().issued_at, 11);
+    // One with the current certificate adds the new one and keeps what the join recorded.
+    assert!(store.renew_agent("prod.node-1", "03", issued, 50).await.unwrap());
+    let record = store.agent("prod.node-1").await.unwrap().unwrap();
+    assert!(record.accepts("03", 50) && record.accepts("06", 50));
+    assert_eq!(record.attested.as_ref().unwrap().issued_at, 11);
+
+    // Deleted, it comes back only with a token issued after the deletion; the floor is
+    // forgotten once every token issued before it has expired.
+    assert!(store.delete_agent("prod.node-1", 20).await.unwrap());
+    let early = store.register_attested_agent(&attested("prod.node-1", "prod", 20, "07")).await;
+    assert!(matches!(early, Err(JoinTokenError::Replayed(_))), "{early:?}");
+    store.register_attested_agent(&attested("prod.node-1", "prod", 21, "08")).await.unwrap();
+    assert!(!floor_expired(20, 20 + 24 * 3600 + 300) && floor_expired(20, 20 + 24 * 3600 + 301));
+    // A record no attestation admitted never takes an id this way.
+    let plain = store.register_attested_agent(&agent("prod.node-9")).await;
+    assert!(matches!(plain, Err(JoinTokenError::NotAttested(_))), "{plain:?}");
 }
 
 #[test]

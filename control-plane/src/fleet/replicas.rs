@@ -83,10 +83,11 @@ pub async fn follow(configuration: Arc<Configuration>, fleet: Arc<Fleet>, revisi
         return;
     }
     let registry = {
-        let (store, deletions, shutdown) = (configuration.store().clone(), fleet.deletions_sender(), shutdown.clone());
+        let (store, deletions, shutdown) =
+            (configuration.store().clone(), fleet.registry_changes_sender(), shutdown.clone());
         async move {
             if let Store::Etcd(etcd) = &*store {
-                etcd.follow_deleted_agents(deletions, shutdown).await;
+                etcd.follow_agent_registry(deletions, shutdown).await;
             }
         }
     };

@@ -7,8 +7,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    AgentRecord, AuditEntry, Change, DefinitionsRecord, FindingsRecord, JoinTokenError, JoinTokenRecord, KeyRecord,
-    Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
+    AgentRecord, Attested, AuditEntry, Change, DefinitionsRecord, FindingsRecord, IssuedSerial, JoinTokenError,
+    JoinTokenRecord, KeyRecord, Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
 };
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -20,6 +20,9 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const ISSUER_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("issuer_keys");
 const FINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("findings");
 const DEFINITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("definitions");
+/// Attested agents deleted by an operator, with the time of the deletion: tokens issued before
+/// it do not bring them back ([`super::attested_may_replace`]).
+const ATTESTATION_FLOORS: TableDefinition<&str, i64> = TableDefinition::new("attestation_floors");
 
 const META_STORE_ID: &str = "store_id";
 const META_VERSION: &str = "version";
@@ -61,6 +64,7 @@ impl Embedded {
             txn.open_table(ISSUER_KEYS).map_err(db_err)?;
             txn.open_table(FINDINGS).map_err(db_err)?;
             txn.open_table(DEFINITIONS).map_err(db_err)?;
+            txn.open_table(ATTESTATION_FLOORS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Embedded { db })
@@ -285,38 +289,24 @@ impl Embedded {
     }
 
     /// Registers an attested agent, replacing the record of one its rule admitted before.
-    pub fn register_attested_agent(&self, agent: &AgentRecord) -> Result<(), JoinTokenError> {
+    pub fn register_attested_agent(&self, agent: &AgentRecord, attested: &Attested) -> Result<bool, JoinTokenError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        {
+        let replaced = {
             let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
             let existing: Option<AgentRecord> = match agents.get(agent.id.as_str()).map_err(db_err)? {
                 Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| corrupt(&agent.id, e))?),
                 None => None,
             };
-            super::attested_may_replace(existing.as_ref(), agent)?;
+            let floors = txn.open_table(ATTESTATION_FLOORS).map_err(db_err)?;
+            let floor = floors.get(agent.id.as_str()).map_err(db_err)?.map(|v| v.value());
+            super::attested_may_replace(existing.as_ref(), floor, &agent.id, attested)?;
             agents
                 .insert(agent.id.as_str(), serde_json::to_vec(agent).expect("serializes").as_slice())
                 .map_err(db_err)?;
-        }
+            existing.is_some()
+        };
         txn.commit().map_err(db_err)?;
-        Ok(())
-    }
-
-    /// Updates a registered agent (e.g. after a certificate renewal); whether it was still
-    /// registered (a deleted agent is not written back).
-    pub fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
-            if agents.get(agent.id.as_str()).map_err(db_err)?.is_none() {
-                return Ok(false);
-            }
-            agents
-                .insert(agent.id.as_str(), serde_json::to_vec(agent).expect("serializes").as_slice())
-                .map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(true)
+        Ok(replaced)
     }
 
     /// Every registered agent.
@@ -470,14 +460,60 @@ impl Embedded {
     }
 
     /// Removes an agent from the registry; whether it was there.
-    pub fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
+    pub fn delete_agent(&self, id: &str, now_unix: i64) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         let removed = {
             let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
-            agents.remove(id).map_err(db_err)?.is_some()
+            let removed: Option<AgentRecord> = match agents.remove(id).map_err(db_err)? {
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?),
+                None => None,
+            };
+            let mut floors = txn.open_table(ATTESTATION_FLOORS).map_err(db_err)?;
+            // Floors past every token's life say nothing any more.
+            let stale: Vec<String> = floors
+                .iter()
+                .map_err(db_err)?
+                .filter_map(|row| row.ok())
+                .filter(|(_, floor)| super::floor_expired(floor.value(), now_unix))
+                .map(|(id, _)| id.value().to_string())
+                .collect();
+            for stale in stale {
+                floors.remove(stale.as_str()).map_err(db_err)?;
+            }
+            if removed.as_ref().is_some_and(|r| r.attested.is_some()) {
+                floors.insert(id, now_unix).map_err(db_err)?;
+            }
+            removed.is_some()
         };
         txn.commit().map_err(db_err)?;
         Ok(removed)
+    }
+
+    /// Records the certificate a renewal issued, if the agent still holds the one it renewed
+    /// with (`presented`); in one transaction, so a renewal cannot write back a record an
+    /// attested join or a deletion replaced since it was read.
+    pub fn renew_agent(
+        &self,
+        id: &str,
+        presented: &str,
+        issued: IssuedSerial,
+        now_unix: i64,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
+            let mut record: AgentRecord = match agents.get(id).map_err(db_err)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?,
+                None => return Ok(false),
+            };
+            if !record.accepts(presented, now_unix) {
+                return Ok(false);
+            }
+            record.issued(issued.serial, issued.not_after_unix, now_unix);
+            agents.insert(id, serde_json::to_vec(&record).expect("serializes").as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(true)
     }
 }
 

@@ -41,8 +41,8 @@ use warden_tasks::Backoff;
 pub use self::coordination::{PRESENCE_SHARDS, presence_shard};
 pub use self::watch::{Committed, Followed};
 use super::{
-    AgentRecord, AuditEntry, Change, DefinitionsRecord, EtcdLimit, FindingsRecord, JoinTokenError, JoinTokenRecord,
-    KeyRecord, Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
+    AgentRecord, Attested, AuditEntry, Change, DefinitionsRecord, EtcdLimit, FindingsRecord, IssuedSerial,
+    JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
 };
 
 /// Audit entries of one version are numbered within it: sequence = version << 20 | index.
@@ -513,43 +513,73 @@ impl Etcd {
     }
 
     /// Registers an attested agent, replacing the record of one its rule admitted before, in a
-    /// transaction that fails if the record changed since it was read: two replicas cannot both
-    /// admit a replayed token.
-    pub async fn register_attested_agent(&self, agent: &AgentRecord) -> Result<(), JoinTokenError> {
+    /// transaction that fails if the record or its deletion floor changed since they were read:
+    /// two replicas cannot both admit a replayed token, nor one race a deletion.
+    pub async fn register_attested_agent(
+        &self,
+        agent: &AgentRecord,
+        attested: &Attested,
+    ) -> Result<bool, JoinTokenError> {
         let key = self.key(&format!("agents/{}", agent.id));
+        let floor_key = self.key(&format!("attestation-floors/{}", agent.id));
         for _ in 0..3 {
-            let response = self.get(key.clone(), None).await?;
-            let kv = response.kvs().first();
-            let existing: Option<AgentRecord> = match kv {
+            let (record, floor) = (self.get(key.clone(), None).await?, self.get(floor_key.clone(), None).await?);
+            let existing: Option<AgentRecord> = match record.kvs().first() {
                 Some(kv) => Some(serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?),
                 None => None,
             };
-            super::attested_may_replace(existing.as_ref(), agent)?;
-            // Unchanged since read (a key never created has create revision 0).
-            let unchanged = match kv {
-                Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
-                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            let deleted_at = match floor.kvs().first() {
+                Some(kv) => Some(
+                    std::str::from_utf8(kv.value())
+                        .ok()
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .ok_or_else(|| corrupt(&floor_key, "not a time"))?,
+                ),
+                None => None,
             };
-            let txn = etcd_client::Txn::new().when([unchanged]).and_then([TxnOp::put(
-                key.clone(),
-                serde_json::to_vec(agent).expect("serializes"),
-                None,
-            )]);
+            super::attested_may_replace(existing.as_ref(), deleted_at, &agent.id, attested)?;
+            // Both unchanged since read (a key never created has create revision 0).
+            let unchanged = |key: &str, kv: Option<&etcd_client::KeyValue>| match kv {
+                Some(kv) => Compare::mod_revision(key.to_string(), CompareOp::Equal, kv.mod_revision()),
+                None => Compare::create_revision(key.to_string(), CompareOp::Equal, 0),
+            };
+            let txn = etcd_client::Txn::new()
+                .when([unchanged(&key, record.kvs().first()), unchanged(&floor_key, floor.kvs().first())])
+                .and_then([TxnOp::put(key.clone(), serde_json::to_vec(agent).expect("serializes"), None)]);
             if self.txn(txn).await?.succeeded() {
-                return Ok(());
+                return Ok(existing.is_some());
             }
         }
         Err(JoinTokenError::Store(StoreError::Contended(format!("agent {}", agent.id))))
     }
 
-    /// Updates a registered agent.
-    pub async fn put_agent(&self, agent: &AgentRecord) -> Result<bool, StoreError> {
-        let (key, value) = (self.key(&format!("agents/{}", agent.id)), serde_json::to_vec(agent).expect("serializes"));
-        // Only while registered: a renewal racing a deletion must not bring the agent back.
-        let txn = etcd_client::Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::NotEqual, 0)])
-            .and_then([TxnOp::put(key, value, None)]);
-        Ok(self.txn(txn).await?.succeeded())
+    /// Records the certificate a renewal issued, if the agent still holds the one it renewed
+    /// with, in a transaction that fails if the record changed since it was read (an attested
+    /// join replacing it, a deletion): a renewal never writes back a stale record.
+    pub async fn renew_agent(
+        &self,
+        id: &str,
+        presented: &str,
+        issued: IssuedSerial,
+        now_unix: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(&format!("agents/{id}"));
+        for _ in 0..3 {
+            let response = self.get(key.clone(), None).await?;
+            let Some(kv) = response.kvs().first() else { return Ok(false) };
+            let mut record: AgentRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
+            if !record.accepts(presented, now_unix) {
+                return Ok(false);
+            }
+            record.issued(issued.serial.clone(), issued.not_after_unix, now_unix);
+            let txn = etcd_client::Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+                .and_then([TxnOp::put(key.clone(), serde_json::to_vec(&record).expect("serializes"), None)]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Contended(format!("agent {id}")))
     }
 
     /// One registered agent.
@@ -561,10 +591,28 @@ impl Etcd {
     }
 
     /// Removes an agent from the registry; whether it was there. Every replica watches these
-    /// deletions ([`Etcd::follow_deleted_agents`]) and ends the agent's stream.
-    pub async fn delete_agent(&self, id: &str) -> Result<bool, StoreError> {
+    /// changes ([`Etcd::follow_agent_registry`]) and ends the agent's stream.
+    pub async fn delete_agent(&self, id: &str, now_unix: i64) -> Result<bool, StoreError> {
         let key = self.key(&format!("agents/{id}"));
-        self.delete(key).await
+        let response = self.get(key.clone(), None).await?;
+        let Some(kv) = response.kvs().first() else { return Ok(false) };
+        let record: AgentRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
+        let mut then = vec![TxnOp::delete(key.clone(), None)];
+        if record.attested.is_some() {
+            // Kept for the life of the tokens issued before it (a lease would outlive no one).
+            let ttl = warden_core::issuer::MAX_TOKEN_LIFETIME_CEILING.0 + warden_core::issuer::CLOCK_SKEW_CEILING.0;
+            let (lease, _) = self.grant(ttl).await?;
+            let floor = (self.key(&format!("attestation-floors/{id}")), now_unix.to_string());
+            then.push(TxnOp::put(floor.0, floor.1, Some(etcd_client::PutOptions::new().with_lease(lease))));
+        }
+        // Only the record read: a join that replaced it since is not deleted unseen.
+        let txn = etcd_client::Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision())])
+            .and_then(then);
+        if self.txn(txn).await?.succeeded() {
+            return Ok(true);
+        }
+        Err(StoreError::Contended(format!("agent {id}")))
     }
 
     /// The certificates issued to operator `name`.

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::mpsc;
 use warden_core::{Kind, ResourceKey};
 use warden_tasks::{Backoff, Shutdown};
 
 use super::{Etcd, MAX_ANSWER_BYTES, decimal};
-use crate::configuration::store::{KeyRecord, Loaded, LoadedResource};
+use crate::configuration::store::{AgentRecord, KeyRecord, Loaded, LoadedResource};
 
 /// Consecutive watch failures after which the configuration is read whole instead of resuming.
 const RESUMES_BEFORE_RELOAD: u32 = 5;
@@ -176,11 +176,12 @@ impl Etcd {
         }
     }
 
-    /// Sends the id of every agent deleted from the registry (by any replica) to `out`, until
-    /// `shutdown`, so each replica ends the deleted agent's stream at once. When deletions may
-    /// have been missed (the watch broke and etcd compacted past it), sends `None`: every
-    /// session then checks its agent is still registered.
-    pub async fn follow_deleted_agents(&self, out: tokio::sync::broadcast::Sender<Option<String>>, shutdown: Shutdown) {
+    /// Sends the id of every agent whose registry record changed (by any replica: deleted,
+    /// replaced by an attested join, renewed) to `out`, until `shutdown`, so each replica ends
+    /// at once the streams of certificates the registry no longer lists. When changes may have
+    /// been missed (the watch broke and etcd compacted past it), sends `None`: every session
+    /// then checks its certificate is still listed.
+    pub async fn follow_agent_registry(&self, out: tokio::sync::broadcast::Sender<Option<String>>, shutdown: Shutdown) {
         let prefix = self.key("agents/");
         let mut watch = Resuming { etcd: self, key: prefix.clone(), what: "the agent registry", failures: 0, shutdown };
         let mut revision: Option<i64> = None;
@@ -188,7 +189,7 @@ impl Etcd {
             if watch.pause().await.is_err() {
                 return;
             }
-            let mut options = WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]);
+            let mut options = WatchOptions::new().with_prefix().with_prev_key();
             if let Some(r) = revision {
                 options = options.with_start_revision(r + 1);
             }
@@ -200,7 +201,7 @@ impl Etcd {
                     Err(Stopped) => return,
                 };
                 if response.compact_revision() > 0 {
-                    // Deletions after `revision` may be lost: every session checks itself.
+                    // Changes after `revision` may be lost: every session checks itself.
                     let _ = out.send(None);
                     revision = Some(response.compact_revision() - 1);
                     break;
@@ -211,6 +212,7 @@ impl Etcd {
                 for event in response.events() {
                     if let Some(kv) = event.kv()
                         && let Some(id) = kv.key().strip_prefix(prefix.as_bytes())
+                        && (event.event_type() == EventType::Delete || drops_certificates(event.prev_kv(), kv))
                     {
                         let _ = out.send(Some(String::from_utf8_lossy(id).into_owned()));
                     }
@@ -315,4 +317,20 @@ enum Decoded {
     Other,
     /// A configuration write this replica cannot read.
     Broken,
+}
+
+/// Whether a put of an agent record stops listing a certificate the record before it listed
+/// (an attested join replacing the agent): only then may a session have to end. Joins (no
+/// record before) and renewals (every certificate kept) wake no session, which at ten thousand
+/// agents would be ten thousand wake-ups per join. A record that does not decode counts as a
+/// change: the sessions check the registry themselves.
+fn drops_certificates(before: Option<&etcd_client::KeyValue>, after: &etcd_client::KeyValue) -> bool {
+    let Some(before) = before else { return false };
+    let decode = |kv: &etcd_client::KeyValue| serde_json::from_slice::<AgentRecord>(kv.value()).ok();
+    match (decode(before), decode(after)) {
+        (Some(before), Some(after)) => {
+            before.certificates.iter().any(|c| !after.certificates.iter().any(|a| a.serial == c.serial))
+        }
+        _ => true,
+    }
 }
