@@ -39,7 +39,7 @@ mod simulated;
 mod usage;
 mod wait;
 
-pub use ca::TestCa;
+pub use ca::{TestCa, served_certificate};
 pub use etcd::{Etcd, EtcdTls};
 pub use fleet::{Agent, ControlPlane, Fleet, FleetBuilder, fleet_yaml, fleet_yaml_documents};
 pub use gateway::{Answer, post};

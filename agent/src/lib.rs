@@ -352,8 +352,19 @@ async fn renew_forever(
         }
         let address = &options.control_planes[next_address % options.control_planes.len()];
         next_address += 1;
+        // Past its certificate's end, an agent its platform vouches for joins again with the
+        // platform's current token (the kubelet's, rotated); one with a join token cannot.
+        let attested = options.join.as_ref().filter(|j| matches!(j, identity::Join::Attestation { .. }));
+        let expired = identity::now_unix() >= current.not_after;
         let renewed = tokio::select! {
-            renewed = identity::renew(&files, address, &options.agent_id, &current) => renewed,
+            renewed = async {
+                match attested {
+                    Some(join) if expired => {
+                        identity::join(&files, address, join, &options.agent_id, &options.labels).await
+                    }
+                    _ => identity::renew(&files, address, &options.agent_id, &current).await,
+                }
+            } => renewed,
             () = stop.requested() => return,
         };
         match renewed {
@@ -363,7 +374,9 @@ async fn renew_forever(
                 identity_tx.send_replace(id);
             }
             Err(e) => {
-                if identity::now_unix() >= current.not_after {
+                if expired && attested.is_some() {
+                    tracing::error!("certificate expired; joining again with the platform's token failed: {e}");
+                } else if expired {
                     tracing::error!(
                         "certificate expired and could not be renewed ({e}); the agent must join again with a new join token"
                     );

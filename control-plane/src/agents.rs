@@ -123,9 +123,13 @@ impl AgentService {
         let mut admitted = None;
         for rule in rules.rules() {
             if let Some(also) = audience_in_use(&compiled.config, rule) {
-                // A token for that must never join: the rule is unusable until fixed.
+                // A token for that must never join: the rule is unusable until fixed. The
+                // operator reads why in the log; the caller, unauthenticated, only that it is.
                 tracing::error!(rule = %rule.name, audience = %rule.audience, "join rule refused: its audience is also {also}");
-                refusal.get_or_insert(format!("join rule {} is misconfigured: its audience is also {also}", rule.name));
+                refusal.get_or_insert(format!(
+                    "join rule {} is misconfigured (its audience is used for something else: see the control plane's log)",
+                    rule.name
+                ));
                 continue;
             }
             let verified = match compiled.verifier.verify_for_exchange(
@@ -149,7 +153,8 @@ impl AgentService {
             };
             match rule.admit(&verified.claims, &request.agent_id) {
                 Ok(a) => {
-                    admitted = Some((a, verified.issued_at));
+                    let skew = compiled.config.issuers.get(&rule.issuer).map_or(0, |i| i.clock_skew.0.as_secs() as i64);
+                    admitted = Some((a, verified.issued_at, skew));
                     break;
                 }
                 // Another rule of the same cluster and audience may list the account.
@@ -161,7 +166,7 @@ impl AgentService {
                 }
             }
         }
-        let Some((admitted, issued_at)) = admitted else {
+        let Some((admitted, issued_at, skew)) = admitted else {
             let why = refusal.unwrap_or_else(|| "no join rule accepts this token".into());
             tracing::warn!(agent = %request.agent_id, "attested join refused: {why}");
             return Err(Status::unauthenticated(format!("attested join refused: {why}")));
@@ -181,7 +186,7 @@ impl AgentService {
             attested: Some(Attested { rule: admitted.rule.clone(), issued_at }),
         };
         record.issued(cert.serial.clone(), cert.not_after_unix, now);
-        let replaced = self.configuration.store().register_attested_agent(&record).await.inspect_err(
+        let replaced = self.configuration.store().register_attested_agent(&record, skew).await.inspect_err(
             |e| tracing::warn!(agent = %admitted.agent_id, rule = %admitted.rule, "attested join refused: {e}"),
         )?;
         if replaced {
@@ -208,6 +213,12 @@ impl AgentService {
 /// server's default audience). A token for any of those is presented elsewhere, so it must
 /// not join.
 fn audience_in_use(config: &warden_core::Config, rule: &warden_core::attestation::KubernetesJoin) -> Option<String> {
+    // What API servers take by default (`--api-audiences`) when it is not the issuer's URL.
+    const API_AUDIENCES: [&str; 3] =
+        ["https://kubernetes.default.svc", "https://kubernetes.default.svc.cluster.local", "kubernetes"];
+    if API_AUDIENCES.contains(&rule.audience.as_str()) {
+        return Some("a Kubernetes API server's default audience".into());
+    }
     if let Some((name, _)) = config.servers.iter().find(|(_, s)| s.resource == rule.audience) {
         return Some(format!("McpServer {name}'s resource"));
     }
@@ -323,6 +334,9 @@ impl pb::agent_service_server::AgentService for AgentService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        // Listening for registry changes before reading the registry: a deletion or a
+        // replacement landing while the agent takes its time with Hello still ends the stream.
+        let changes = self.fleet.registry_changes();
         let (record, serial, not_after) = self.registered_agent(&request).await?;
         let (agent, registered_labels) = (record.id, record.labels);
         let mut inbound = request.into_inner();
@@ -340,13 +354,24 @@ impl pb::agent_service_server::AgentService for AgentService {
                 hello.agent_id
             )));
         }
-        let session = Session::start(self.clone(), agent, serial, registered_labels, not_after, hello, inbound);
+        let presented = Presented { serial, not_after_unix: not_after, changes };
+        let session = Session::start(self.clone(), agent, presented, registered_labels, hello, inbound);
         let stream = futures_util::stream::unfold(session, |mut session| async move {
             let message = session.next().await?;
             Some((Ok(pb::ControlMessage { message: Some(message) }), session))
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The certificate a stream was opened with, and the registry changes that may end it (listened
+/// to from before the registry was read).
+struct Presented {
+    /// Its serial (hex).
+    serial: String,
+    /// When it expires, seconds since the epoch.
+    not_after_unix: i64,
+    changes: tokio::sync::broadcast::Receiver<Option<String>>,
 }
 
 /// What the session last sent, to decide between a delta and a snapshot.
@@ -375,6 +400,8 @@ struct Session {
     changed: tokio::sync::broadcast::Receiver<Option<String>>,
     /// The serial (hex) of the certificate the stream was opened with.
     serial: String,
+    /// The registry could not be read after a change: look again at the next heartbeat.
+    recheck: bool,
     /// Moves when the same agent opens another stream, which replaces this one.
     superseded: watch::Receiver<u64>,
     sent: Sent,
@@ -395,9 +422,8 @@ impl Session {
     fn start(
         service: AgentService,
         agent: String,
-        serial: String,
+        presented: Presented,
         labels: std::collections::BTreeMap<String, String>,
-        not_after_unix: i64,
         hello: pb::Hello,
         inbound: Streaming<pb::AgentMessage>,
     ) -> Session {
@@ -425,7 +451,6 @@ impl Session {
         };
         let mut heartbeat = tokio::time::interval(service.fleet.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let changed = service.fleet.registry_changes();
         Session {
             shutdown: service.shutdown.clone(),
             service,
@@ -434,15 +459,16 @@ impl Session {
             inbound,
             state_rx,
             heartbeat,
-            changed,
-            serial,
+            changed: presented.changes,
+            serial: presented.serial,
+            recheck: false,
             superseded,
             sent,
             pending,
             findings: inventory::Paced::new(inventory::WRITE_INTERVAL, tokio::time::Instant::now()),
             labels,
             expires: Box::pin(tokio::time::sleep(Duration::from_secs(
-                u64::try_from(not_after_unix.saturating_sub(now_unix())).unwrap_or(0),
+                u64::try_from(presented.not_after_unix.saturating_sub(now_unix())).unwrap_or(0),
             ))),
         }
     }
@@ -498,6 +524,9 @@ impl Session {
                     }
                 }
                 _ = self.heartbeat.tick() => {
+                    if self.recheck && !Box::pin(self.still_listed()).await {
+                        return None;
+                    }
                     let version = self.service.configuration.version();
                     return Some(Out::Heartbeat(pb::Heartbeat { applied_version: version }));
                 }
@@ -516,8 +545,7 @@ impl Session {
                         Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
                     };
-                    if check && !Box::pin(self.holds_certificate()).await {
-                        tracing::warn!(agent = %self.agent, "the registry no longer lists this stream's certificate (agent deleted or joined again): the stream ends");
+                    if check && !Box::pin(self.still_listed()).await {
                         return None;
                     }
                 }
@@ -530,14 +558,24 @@ impl Session {
         }
     }
 
-    /// Whether the registry still lists the certificate the stream was opened with (true when
-    /// the registry cannot be read: a store outage must not disconnect the fleet).
-    async fn holds_certificate(&self) -> bool {
-        match self.service.configuration.store().agent(&self.agent).await {
+    /// Whether the registry still lists the certificate the stream was opened with. When the
+    /// registry cannot be read, yes for now (a store outage must not disconnect the fleet),
+    /// and it is read again at the next heartbeat until it answers.
+    async fn still_listed(&mut self) -> bool {
+        let listed = match self.service.configuration.store().agent(&self.agent).await {
             Ok(Some(record)) => record.accepts(&self.serial, now_unix()),
             Ok(None) => false,
-            Err(_) => true,
+            Err(e) => {
+                tracing::warn!(agent = %self.agent, "the agent registry cannot be read ({e}): checking again at the next heartbeat");
+                self.recheck = true;
+                return true;
+            }
+        };
+        self.recheck = false;
+        if !listed {
+            tracing::warn!(agent = %self.agent, "the registry no longer lists this stream's certificate (agent deleted or joined again): the stream ends");
         }
+        listed
     }
 
     /// Stores a batch of decision records, then acknowledges it. While this waits for the disk

@@ -23,6 +23,7 @@ pub mod inventory;
 pub mod pinning;
 pub mod replay;
 pub mod scorecard;
+pub mod serving;
 pub mod telemetry;
 pub mod tokens;
 
@@ -35,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proto::v1 as pb;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use warden_core::Admission;
 use warden_tasks::{Shutdown, Tasks, Trigger};
 
@@ -49,6 +50,7 @@ use crate::fleet::pki::{CaSource, FleetCa};
 use crate::fleet::replicas::{self, Replica};
 use crate::inventory::Inventory;
 use crate::pinning::Pinning;
+use crate::serving::ServingCert;
 use crate::telemetry::Telemetry;
 use crate::tokens::Tokens;
 use crate::tokens::token_service::{self, TokenService};
@@ -80,6 +82,10 @@ pub struct Options {
     pub ca_files: Option<(PathBuf, PathBuf)>,
     /// Lifetime of agent client certificates; agents renew at two thirds of it.
     pub agent_cert_ttl: Duration,
+    /// Lifetime of the serving certificates the fleet CA issues (the agents' port's, and the
+    /// token service's and console's when no files are given); each is issued again two thirds
+    /// into it while the control plane runs.
+    pub serving_cert_ttl: Duration,
     /// Who may join with a platform's token (`--join-attestation`); empty: nobody.
     pub join_attestation: warden_core::attestation::JoinAttestation,
     /// Largest encoded configuration snapshot a write may produce (at most
@@ -154,89 +160,79 @@ pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// A serving certificate chain and its key: from the operator's files, or issued by the fleet CA
-/// for the server's names. `what` names the service in errors.
-fn serving_identity(
-    files: Option<&(PathBuf, PathBuf)>,
-    options: &Options,
-    ca: &FleetCa,
-    what: &str,
-) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>), RunError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (chain_pem, key_pem) = match files {
-        Some((cert, key)) => (
-            std::fs::read(cert).map_err(io(format!("reading {}", cert.display())))?,
-            std::fs::read(key).map_err(io(format!("reading {}", key.display())))?,
-        ),
-        None => {
-            let (chain, key) = ca.issue_server(&options.server_names, Duration::from_secs(90 * 24 * 3600))?;
-            (chain.into_bytes(), key.into_bytes())
-        }
-    };
-    let invalid = |part: &str, e: &dyn std::fmt::Display| RunError::Io {
+/// How the TLS configurations below fail.
+fn tls_invalid(what: &str, part: &str, e: &dyn std::fmt::Display) -> RunError {
+    RunError::Io {
         context: format!("the {what}'s {part}"),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-    };
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&chain_pem).collect::<Result<_, _>>().map_err(|e| invalid("certificate", &e))?;
-    if chain.is_empty() {
-        return Err(invalid("certificate", &"no PEM certificate in the file"));
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| invalid("key", &e))?;
-    Ok((chain, key))
 }
 
 /// The token service's TLS configuration: the operator's certificate, or one from the fleet CA.
-fn token_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig>, RunError> {
-    let (chain, key) = serving_identity(options.token_tls_files.as_ref(), options, ca, "token service")?;
-    let invalid = |what: &str, e: &dyn std::fmt::Display| RunError::Io {
-        context: format!("the token service's {what}"),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-    };
+fn token_tls(serving: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, RunError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("TLS versions", &e))?
+        .map_err(|e| tls_invalid("token service", "TLS versions", &e))?
         // A client may prove a certificate's key: its task token is then bound to it (RFC 8705).
         .with_client_cert_verifier(warden_tls::ProofOfPossession::optional())
-        .with_single_cert(chain, key)
-        .map_err(|e| invalid("certificate", &e))?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The fleet CA as the roots client certificates must chain to.
+fn fleet_roots(ca: &FleetCa, what: &str) -> Result<Arc<rustls::RootCertStore>, RunError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca_cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+        let ca_cert = ca_cert.map_err(|e| tls_invalid(what, "fleet CA", &e))?;
+        roots.add(ca_cert).map_err(|e| tls_invalid(what, "fleet CA", &e))?;
+    }
+    Ok(Arc::new(roots))
 }
 
 /// The console's TLS for operators: the operator's serving certificate, or one of the fleet CA
 /// for the server's names; and a client certificate of the fleet CA required (whose identity
 /// the console then checks is an operator's).
-fn console_tls(options: &Options, ca: &FleetCa) -> Result<Arc<rustls::ServerConfig>, RunError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let invalid = |what: &str, e: &dyn std::fmt::Display| RunError::Io {
-        context: format!("the console's {what}"),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-    };
-    let (chain, key) = serving_identity(options.console_tls_files.as_ref(), options, ca, "console")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca_cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
-        roots.add(ca_cert.map_err(|e| invalid("fleet CA", &e))?).map_err(|e| invalid("fleet CA", &e))?;
-    }
+fn console_tls(ca: &FleetCa, serving: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, RunError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| invalid("client verifier", &e))?;
+    let clients =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(fleet_roots(ca, "console")?, provider.clone())
+            .build()
+            .map_err(|e| tls_invalid("console", "client verifier", &e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("TLS versions", &e))?
+        .map_err(|e| tls_invalid("console", "TLS versions", &e))?
         .with_client_cert_verifier(clients)
-        .with_single_cert(chain, key)
-        .map_err(|e| invalid("certificate", &e))?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // No resumption: a resumed session carries the client certificate of its first handshake,
     // unchecked again (the registry check on every request covers revocation and expiry, but a
     // fresh handshake is cheap for a console).
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The agent/operator port's TLS: a serving certificate of the fleet CA (its key never written
+/// down, issued again while the control plane runs), and client certificates of the fleet CA,
+/// optional: Join is the one call made before the agent has a certificate; every other call
+/// checks the caller's certificate identity itself.
+fn agent_tls(ca: &FleetCa, serving: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let clients =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(fleet_roots(ca, "agents' port")?, provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| tls_invalid("agents' port", "client verifier", &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_invalid("agents' port", "TLS versions", &e))?
+        .with_client_cert_verifier(clients)
+        .with_cert_resolver(serving);
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -271,13 +267,24 @@ pub async fn run(
         Some((cert, key)) => FleetCa::load_or_create(CaSource::Files { cert, key }, &options.trust_domain)?,
         None => FleetCa::load_or_create(CaSource::DataDir(&options.data_dir), &options.trust_domain)?,
     };
-    let agent_tls = agent_tls(&options, &ca)?;
-    let token_tls = options.token_listen.map(|_| token_tls(&options, &ca)).transpose()?;
-    let console_tls = options.console_operators.then(|| console_tls(&options, &ca)).transpose()?;
     let fleet = Arc::new(
         Fleet::new(ca, options.agent_cert_ttl, options.heartbeat_interval)
             .with_join_attestation(options.join_attestation.clone()),
     );
+    // Serving certificates, each renewed while the control plane runs.
+    let (names, ttl) = (&options.server_names, options.serving_cert_ttl);
+    let agent_cert = ServingCert::issued(&fleet, names, ttl, "agents' port")?;
+    let agent_tls = agent_tls(fleet.ca(), agent_cert.clone())?;
+    let token_cert = options
+        .token_listen
+        .map(|_| ServingCert::for_service(&fleet, options.token_tls_files.as_ref(), names, ttl, "token service"))
+        .transpose()?;
+    let token_tls = token_cert.clone().map(token_tls).transpose()?;
+    let console_cert = options
+        .console_operators
+        .then(|| ServingCert::for_service(&fleet, options.console_tls_files.as_ref(), names, ttl, "console"))
+        .transpose()?;
+    let console_tls = console_cert.clone().map(|cert| console_tls(fleet.ca(), cert)).transpose()?;
     // The zero of a new series must reach the OTLP export too: it is held a full export
     // interval at least.
     let mut new_series_delay = options.metrics_new_series_delay;
@@ -295,6 +302,9 @@ pub async fn run(
     let (trigger, stop) = warden_tasks::channel();
     let mut tasks = Tasks::new();
     tasks.spawn("replica follower", replicas::follow(configuration.clone(), fleet.clone(), revision, stop.clone()));
+    for cert in [Some(agent_cert), token_cert, console_cert].into_iter().flatten() {
+        tasks.spawn("serving certificate", cert.keep_fresh(fleet.clone(), stop.clone()));
+    }
     // Last to finish: gives up leadership and this replica's presence entries at once.
     let lease =
         replicas::hold_lease(replica, configuration.store().clone(), fleet.clone(), options.lease_ttl, stop.clone());
@@ -324,6 +334,7 @@ pub async fn run(
     }
     // The scorecard's kept tallies, shared by the admin API and the console.
     let tallies = Arc::new(scorecard::Tallies::default());
+    tasks.spawn("scorecard warm-up", scorecard::warm_up(tallies.clone(), telemetry.decisions().clone(), stop.clone()));
     if let Some(addr) = options.console_listen {
         let listener = TcpListener::bind(addr).await.map_err(io(format!("binding the console {addr}")))?;
         let router = |access| {
@@ -363,7 +374,7 @@ pub async fn run(
 async fn serve(
     options: &Options,
     listener: TcpListener,
-    agent_tls: ServerTlsConfig,
+    agent_tls: Arc<rustls::ServerConfig>,
     agents: AgentService,
     admin: AdminService,
     shutdown: impl Future<Output = ()>,
@@ -379,15 +390,14 @@ async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, admin_socket = %options.admin_socket.display(), "control plane listening");
     let (mut tls_stop, admin_stop) = (stop.clone(), stop);
+    let incoming =
+        serving::incoming(listener, agent_tls, serving::HANDSHAKES, serving::HANDSHAKE_TIMEOUT, tls_stop.clone());
     let tls_server = Server::builder()
-        .tls_config(agent_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(pb::agent_service_server::AgentServiceServer::new(agents))
         .add_service(pb::admin_service_server::AdminServiceServer::new(admin.clone()))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
-            tls_stop.requested().await
-        });
+        .serve_with_incoming_shutdown(incoming, async move { tls_stop.requested().await });
     let tls_server = async { tls_server.await.map_err(RunError::from) };
     let admin_server = serve_admin_apart(admin_listener, admin, admin_stop);
     let serving = async { tokio::try_join!(tls_server, admin_server) };
@@ -484,16 +494,4 @@ fn replica_id(options: &Options, listener: &TcpListener) -> String {
         listener.local_addr().map_or(0, |a| a.port()),
         rand::random::<u32>() & 0xff_ffff
     )
-}
-
-/// The agent/operator port's TLS: a serving certificate reissued at every start (its key is
-/// never written down), and client certificates of the fleet CA.
-fn agent_tls(options: &Options, ca: &FleetCa) -> Result<ServerTlsConfig, RunError> {
-    let (chain_pem, key_pem) = ca.issue_server(&options.server_names, Duration::from_secs(90 * 24 * 3600))?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(chain_pem, key_pem))
-        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
-        // Join is the one call made before the agent has a certificate; every other call checks
-        // the caller's certificate identity itself.
-        .client_auth_optional(true))
 }

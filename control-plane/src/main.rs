@@ -61,6 +61,11 @@ struct Args {
     /// Lifetime of agent client certificates.
     #[arg(long, env = "WARDEN_AGENT_CERT_TTL", default_value = "24h", value_parser = warden_core::duration::parse)]
     agent_cert_ttl: Duration,
+    /// Lifetime of the serving certificates the fleet CA issues (the agents' port's, and the
+    /// token service's and console's without files); each is issued again two thirds into it,
+    /// while the control plane runs.
+    #[arg(long, default_value = "90d", value_parser = warden_core::duration::parse)]
+    serving_cert_ttl: Duration,
     /// Who may join with a platform's token in place of a join token: a YAML file of rules
     /// (Kubernetes projected service-account tokens; see deploy/kubernetes/README.md).
     #[arg(long, env = "WARDEN_JOIN_ATTESTATION")]
@@ -241,6 +246,9 @@ async fn start() -> anyhow::Result<()> {
     if args.agent_cert_ttl < Duration::from_secs(10) {
         anyhow::bail!("--agent-cert-ttl must be at least 10s");
     }
+    if args.serving_cert_ttl < Duration::from_secs(10) {
+        anyhow::bail!("--serving-cert-ttl must be at least 10s");
+    }
     let join_attestation = match &args.join_attestation {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -269,6 +277,7 @@ async fn start() -> anyhow::Result<()> {
         server_names: args.server_names,
         ca_files: args.ca_cert.zip(args.ca_key),
         agent_cert_ttl: args.agent_cert_ttl,
+        serving_cert_ttl: args.serving_cert_ttl,
         join_attestation,
         max_config_bytes: args.max_config_bytes,
         heartbeat_interval: args.heartbeat_interval,

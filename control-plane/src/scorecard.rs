@@ -57,6 +57,31 @@ pub async fn compute(
     Ok(tally.finish(parts, truncated))
 }
 
+/// How long after a start the kept tallies are read for the first time: once agents have
+/// reconnected (a storm of 10,000 settles within 10 s), before an operator's first scorecard.
+pub const WARM_UP_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads every whole stretch of the decision store into `tallies` once, [`WARM_UP_DELAY`] after
+/// a start, so that no operator's first scorecard waits for it (3.1 s at 5,000,000 records).
+/// Off the runtime's workers; a shutdown before it starts skips it.
+pub async fn warm_up(
+    tallies: Arc<Tallies>,
+    decisions: Arc<crate::telemetry::decisions::Decisions>,
+    mut stop: warden_tasks::Shutdown,
+) {
+    tokio::select! {
+        () = tokio::time::sleep(WARM_UP_DELAY) => {}
+        () = stop.requested() => return,
+    }
+    let started = std::time::Instant::now();
+    let read = tokio::task::spawn_blocking(move || decisions.snapshot().and_then(|records| tallies.tally(&records, 0)));
+    match read.await {
+        Ok(Ok(_)) => tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "scorecard tallies read"),
+        Ok(Err(e)) => tracing::warn!("reading the scorecard's tallies: {e}"),
+        Err(e) => tracing::warn!("reading the scorecard's tallies: {e}"),
+    }
+}
+
 /// Records per stretch whose tally is kept (the most a scorecard reads anew once the stretches
 /// before are kept: ~20 ms).
 const STRETCH: u64 = 32_768;
@@ -66,7 +91,8 @@ const STRETCH: u64 = 32_768;
 /// stretch's tally never changes: a scorecard reads only the records after the last full
 /// stretch, and those of a stretch its window cuts through, where reading all 5,000,000 kept
 /// took 3.2 s on every view (BENCHMARKS.md, "The console at 10,000 agents and 5,000,000
-/// records"). The first scorecard after a start reads everything once.
+/// records"). Everything is read once, by [`warm_up`] soon after a start (or by a scorecard
+/// before it).
 #[derive(Default)]
 pub struct Tallies {
     /// By stretch: stretch `k` holds cursors `k * STRETCH + 1 ..= (k + 1) * STRETCH`.

@@ -342,3 +342,63 @@ fn an_agent_holds_one_stream_and_what_it_says_is_bounded() {
         assert!(error.len() == 1024 && error.chars().all(|c| c == 'x'), "{} bytes", error.len());
     });
 }
+
+#[test]
+fn serving_certificates_are_renewed_while_the_control_plane_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // The token service on the operator's files, replaced in place later.
+    let ca = tests::TestCa::new();
+    let token_addr = tests::loopback_addr();
+    let ip: std::net::IpAddr = token_addr.rsplit_once(':').unwrap().0.parse().unwrap();
+    let issue = |name: &str| ca.issue(&[ip], Some(rcgen::ExtendedKeyUsagePurpose::ServerAuth), name);
+    let (cert, key) = (dir.path().join("token.crt"), dir.path().join("token.key"));
+    let (first_pem, first_key) = issue("token service 1");
+    std::fs::write(&cert, &first_pem).unwrap();
+    std::fs::write(&key, &first_key).unwrap();
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    // Issued for 12 s: issued again from 8 s on, looked at every 2 s (files too).
+    let flags = [
+        "--serving-cert-ttl",
+        "12s",
+        "--token-listen",
+        &token_addr,
+        "--token-tls-cert",
+        cert_arg,
+        "--token-tls-key",
+        key_arg,
+    ];
+    let cp = ControlPlane::start(dir.path(), &flags);
+    let token = cp.join_token("5m", "steady");
+    let steady = Agent::start(dir.path(), "steady", &[&cp.address], Some(&token));
+    cp.apply_ok(&tests::fleet_yaml("search"));
+    cp.wait_converged(&["steady"], 1);
+
+    let first = tests::served_certificate(&cp.address, b"h2");
+    let started = std::time::Instant::now();
+    wait_for("a new serving certificate on the agents' port", || {
+        (tests::served_certificate(&cp.address, b"h2") != first).then_some(())
+    });
+    assert!(started.elapsed() < std::time::Duration::from_secs(12), "renewed before the first one expired");
+    // The agent's stream carried on through it (connections stay; new handshakes get the new
+    // one), and a new agent joins and connects with the new one.
+    cp.apply_ok(&tests::fleet_yaml("list"));
+    cp.wait_converged(&["steady"], 2);
+    assert_eq!(steady.log_text().matches("configuration stream open").count(), 1, "{}", steady.log_text());
+    let token = cp.join_token("5m", "newcomer");
+    let _newcomer = Agent::start(dir.path(), "newcomer", &[&cp.address], Some(&token));
+    cp.wait_converged(&["steady", "newcomer"], 2);
+
+    // The operator's certificate replaced in place (key first, as a renewal tool may): served
+    // from the next look on, without a restart.
+    let served = tests::served_certificate(&token_addr, b"http/1.1");
+    let (second_pem, second_key) = issue("token service 2");
+    std::fs::write(&key, &second_key).unwrap();
+    std::fs::write(&cert, &second_pem).unwrap();
+    let second = rustls::pki_types::pem::PemObject::from_pem_slice(second_pem.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    assert_ne!(served, second);
+    wait_for("the token service to serve the replaced file", || {
+        (tests::served_certificate(&token_addr, b"http/1.1") == second).then_some(())
+    });
+}

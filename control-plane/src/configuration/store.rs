@@ -613,15 +613,18 @@ impl Store {
     /// transaction: a new id, or one the same rule admitted with an older token, whose record
     /// (and so whose certificates) this one replaces ([`attested_may_replace`]). Whether it
     /// replaced one.
-    pub async fn register_attested_agent(&self, agent: &AgentRecord) -> Result<bool, JoinTokenError> {
+    ///
+    /// `skew` is the issuer's clock skew, in seconds: a token must be issued more than that
+    /// after a deletion, as its issuer's clock may run ahead of ours.
+    pub async fn register_attested_agent(&self, agent: &AgentRecord, skew: i64) -> Result<bool, JoinTokenError> {
         // Only a record an attestation admitted takes an id this way.
         let Some(attested) = agent.attested.clone() else { return Err(JoinTokenError::NotAttested(agent.id.clone())) };
         match self {
             Store::Embedded(s) => {
                 let agent = agent.clone();
-                blocking(s, move |s| s.register_attested_agent(&agent, &attested)).await
+                blocking(s, move |s| s.register_attested_agent(&agent, &attested, skew)).await
             }
-            Store::Etcd(s) => s.register_attested_agent(agent, &attested).await,
+            Store::Etcd(s) => s.register_attested_agent(agent, &attested, skew).await,
         }
     }
 
@@ -823,17 +826,19 @@ pub(crate) fn check_join_token(
 }
 
 /// Whether an attested join of agent `id` with `attested` may take the id from `existing`:
-/// when no agent has it, if no operator deleted it after the token was issued (`floor`); when
+/// when no agent has it, if no operator deleted it after the token was issued (`floor`, with
+/// the issuer's clock `skew`); when
 /// one has, only if the same rule admitted it with a token issued earlier. A token joins once,
 /// a deleted agent needs a token issued after the deletion, and a pod's token cannot take over
 /// an agent that joined with a join token.
 pub(crate) fn attested_may_replace(
     existing: Option<&AgentRecord>,
     floor: Option<i64>,
+    skew: i64,
     id: &str,
     attested: &Attested,
 ) -> Result<(), JoinTokenError> {
-    if floor.is_some_and(|deleted| attested.issued_at <= deleted) {
+    if floor.is_some_and(|deleted| attested.issued_at <= deleted.saturating_add(skew)) {
         return Err(JoinTokenError::Replayed(id.to_string()));
     }
     let Some(existing) = existing else { return Ok(()) };

@@ -125,25 +125,25 @@ async fn a_join_token_admits_one_agent_once_before_it_expires() {
 async fn an_attested_join_replaces_only_its_own_rules_agent_and_only_with_a_newer_token() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    store.register_attested_agent(&attested("prod.node-1", "prod", 10, "01")).await.unwrap();
+    store.register_attested_agent(&attested("prod.node-1", "prod", 10, "01"), 0).await.unwrap();
     // The same token again (a replay), or an older one: refused, and the record stays.
     for issued_at in [10, 9] {
-        let replay = store.register_attested_agent(&attested("prod.node-1", "prod", issued_at, "02")).await;
+        let replay = store.register_attested_agent(&attested("prod.node-1", "prod", issued_at, "02"), 0).await;
         assert!(matches!(replay, Err(JoinTokenError::Replayed(_))), "{replay:?}");
     }
     assert!(store.agent("prod.node-1").await.unwrap().unwrap().accepts("01", 50));
     // A newer token of the same rule (the pod came back, or a new pod on the node): its
     // certificate replaces the old one, which is refused from then on.
-    store.register_attested_agent(&attested("prod.node-1", "prod", 11, "03")).await.unwrap();
+    store.register_attested_agent(&attested("prod.node-1", "prod", 11, "03"), 0).await.unwrap();
     let record = store.agent("prod.node-1").await.unwrap().unwrap();
     assert!(record.accepts("03", 50) && !record.accepts("01", 50));
     // Another rule, or an agent that joined with a join token: never taken over.
-    let other_rule = store.register_attested_agent(&attested("prod.node-1", "staging", 12, "04")).await;
+    let other_rule = store.register_attested_agent(&attested("prod.node-1", "staging", 12, "04"), 0).await;
     assert!(matches!(other_rule, Err(JoinTokenError::NotAttested(_))), "{other_rule:?}");
     let hash = warden_core::identity::secret_hash("s3cret");
     store.create_join_token("t1", &hash, 1_000, "host-1").await.unwrap();
     store.consume_join_token("t1", &hash, 10, &agent("host-1")).await.unwrap();
-    let takeover = store.register_attested_agent(&attested("host-1", "prod", 13, "05")).await;
+    let takeover = store.register_attested_agent(&attested("host-1", "prod", 13, "05"), 0).await;
     assert!(matches!(takeover, Err(JoinTokenError::NotAttested(_))), "{takeover:?}");
     assert!(store.agent("host-1").await.unwrap().unwrap().attested.is_none());
 
@@ -162,12 +162,15 @@ async fn an_attested_join_replaces_only_its_own_rules_agent_and_only_with_a_newe
     // Deleted, it comes back only with a token issued after the deletion; the floor is
     // forgotten once every token issued before it has expired.
     assert!(store.delete_agent("prod.node-1", 20).await.unwrap());
-    let early = store.register_attested_agent(&attested("prod.node-1", "prod", 20, "07")).await;
+    let early = store.register_attested_agent(&attested("prod.node-1", "prod", 20, "07"), 0).await;
     assert!(matches!(early, Err(JoinTokenError::Replayed(_))), "{early:?}");
-    store.register_attested_agent(&attested("prod.node-1", "prod", 21, "08")).await.unwrap();
+    // Within the issuer's clock skew of the deletion: its clock may run ahead of ours.
+    let skewed = store.register_attested_agent(&attested("prod.node-1", "prod", 24, "07"), 5).await;
+    assert!(matches!(skewed, Err(JoinTokenError::Replayed(_))), "{skewed:?}");
+    store.register_attested_agent(&attested("prod.node-1", "prod", 21, "08"), 0).await.unwrap();
     assert!(!floor_expired(20, 20 + 24 * 3600 + 300) && floor_expired(20, 20 + 24 * 3600 + 301));
     // A record no attestation admitted never takes an id this way.
-    let plain = store.register_attested_agent(&agent("prod.node-9")).await;
+    let plain = store.register_attested_agent(&agent("prod.node-9"), 0).await;
     assert!(matches!(plain, Err(JoinTokenError::NotAttested(_))), "{plain:?}");
 }
 

@@ -289,7 +289,12 @@ impl Embedded {
     }
 
     /// Registers an attested agent, replacing the record of one its rule admitted before.
-    pub fn register_attested_agent(&self, agent: &AgentRecord, attested: &Attested) -> Result<bool, JoinTokenError> {
+    pub fn register_attested_agent(
+        &self,
+        agent: &AgentRecord,
+        attested: &Attested,
+        skew: i64,
+    ) -> Result<bool, JoinTokenError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         let replaced = {
             let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
@@ -299,7 +304,7 @@ impl Embedded {
             };
             let floors = txn.open_table(ATTESTATION_FLOORS).map_err(db_err)?;
             let floor = floors.get(agent.id.as_str()).map_err(db_err)?.map(|v| v.value());
-            super::attested_may_replace(existing.as_ref(), floor, &agent.id, attested)?;
+            super::attested_may_replace(existing.as_ref(), floor, skew, &agent.id, attested)?;
             agents
                 .insert(agent.id.as_str(), serde_json::to_vec(agent).expect("serializes").as_slice())
                 .map_err(db_err)?;
@@ -464,10 +469,7 @@ impl Embedded {
         let txn = self.db.begin_write().map_err(db_err)?;
         let removed = {
             let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
-            let removed: Option<AgentRecord> = match agents.remove(id).map_err(db_err)? {
-                Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?),
-                None => None,
-            };
+            let removed = agents.remove(id).map_err(db_err)?.is_some();
             let mut floors = txn.open_table(ATTESTATION_FLOORS).map_err(db_err)?;
             // Floors past every token's life say nothing any more.
             let stale: Vec<String> = floors
@@ -480,10 +482,11 @@ impl Embedded {
             for stale in stale {
                 floors.remove(stale.as_str()).map_err(db_err)?;
             }
-            if removed.as_ref().is_some_and(|r| r.attested.is_some()) {
+            // Whatever the agent joined with: an attestation for the id must come after this.
+            if removed {
                 floors.insert(id, now_unix).map_err(db_err)?;
             }
-            removed.is_some()
+            removed
         };
         txn.commit().map_err(db_err)?;
         Ok(removed)

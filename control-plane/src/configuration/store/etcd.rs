@@ -519,6 +519,7 @@ impl Etcd {
         &self,
         agent: &AgentRecord,
         attested: &Attested,
+        skew: i64,
     ) -> Result<bool, JoinTokenError> {
         let key = self.key(&format!("agents/{}", agent.id));
         let floor_key = self.key(&format!("attestation-floors/{}", agent.id));
@@ -537,7 +538,7 @@ impl Etcd {
                 ),
                 None => None,
             };
-            super::attested_may_replace(existing.as_ref(), deleted_at, &agent.id, attested)?;
+            super::attested_may_replace(existing.as_ref(), deleted_at, skew, &agent.id, attested)?;
             // Both unchanged since read (a key never created has create revision 0).
             let unchanged = |key: &str, kv: Option<&etcd_client::KeyValue>| match kv {
                 Some(kv) => Compare::mod_revision(key.to_string(), CompareOp::Equal, kv.mod_revision()),
@@ -594,25 +595,23 @@ impl Etcd {
     /// changes ([`Etcd::follow_agent_registry`]) and ends the agent's stream.
     pub async fn delete_agent(&self, id: &str, now_unix: i64) -> Result<bool, StoreError> {
         let key = self.key(&format!("agents/{id}"));
-        let response = self.get(key.clone(), None).await?;
-        let Some(kv) = response.kvs().first() else { return Ok(false) };
-        let record: AgentRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
-        let mut then = vec![TxnOp::delete(key.clone(), None)];
-        if record.attested.is_some() {
-            // Kept for the life of the tokens issued before it (a lease would outlive no one).
-            let ttl = warden_core::issuer::MAX_TOKEN_LIFETIME_CEILING.0 + warden_core::issuer::CLOCK_SKEW_CEILING.0;
-            let (lease, _) = self.grant(ttl).await?;
-            let floor = (self.key(&format!("attestation-floors/{id}")), now_unix.to_string());
-            then.push(TxnOp::put(floor.0, floor.1, Some(etcd_client::PutOptions::new().with_lease(lease))));
+        // Whatever the agent joined with, an attestation for the id must come after this: the
+        // time is kept for the life of the tokens issued before it.
+        let ttl = warden_core::issuer::MAX_TOKEN_LIFETIME_CEILING.0 + warden_core::issuer::CLOCK_SKEW_CEILING.0;
+        let (lease, _) = self.grant(ttl).await?;
+        let floor = (self.key(&format!("attestation-floors/{id}")), now_unix.to_string());
+        // On the record existing only: a renewal moving it on does not make the delete fail.
+        let txn =
+            etcd_client::Txn::new().when([Compare::create_revision(key.clone(), CompareOp::NotEqual, 0)]).and_then([
+                TxnOp::delete(key, None),
+                TxnOp::put(floor.0, floor.1, Some(etcd_client::PutOptions::new().with_lease(lease))),
+            ]);
+        let deleted = self.txn(txn).await.map(|r| r.succeeded());
+        if !matches!(deleted, Ok(true)) {
+            // Nothing hangs on it.
+            let _ = self.client.lease_client().revoke(lease).await;
         }
-        // Only the record read: a join that replaced it since is not deleted unseen.
-        let txn = etcd_client::Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision())])
-            .and_then(then);
-        if self.txn(txn).await?.succeeded() {
-            return Ok(true);
-        }
-        Err(StoreError::Contended(format!("agent {id}")))
+        deleted
     }
 
     /// The certificates issued to operator `name`.

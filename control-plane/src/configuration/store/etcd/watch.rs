@@ -319,18 +319,21 @@ enum Decoded {
     Broken,
 }
 
-/// Whether a put of an agent record stops listing a certificate the record before it listed
-/// (an attested join replacing the agent): only then may a session have to end. Joins (no
-/// record before) and renewals (every certificate kept) wake no session, which at ten thousand
-/// agents would be ten thousand wake-ups per join. A record that does not decode counts as a
-/// change: the sessions check the registry themselves.
+/// Whether a put of an agent record stops listing an unexpired certificate the record before
+/// it listed (an attested join replacing the agent): only then may a session have to end.
+/// Joins (no record before) and renewals (which keep every certificate but expired ones) wake
+/// no session, where each broadcast wakes every session of the replica to compare the id. A
+/// record that does not decode counts as a change: the sessions check the registry themselves.
 fn drops_certificates(before: Option<&etcd_client::KeyValue>, after: &etcd_client::KeyValue) -> bool {
     let Some(before) = before else { return false };
     let decode = |kv: &etcd_client::KeyValue| serde_json::from_slice::<AgentRecord>(kv.value()).ok();
+    let now = crate::now_unix_ms() / 1000;
     match (decode(before), decode(after)) {
-        (Some(before), Some(after)) => {
-            before.certificates.iter().any(|c| !after.certificates.iter().any(|a| a.serial == c.serial))
-        }
+        (Some(before), Some(after)) => before
+            .certificates
+            .iter()
+            .filter(|c| c.not_after_unix > now)
+            .any(|c| !after.certificates.iter().any(|a| a.serial == c.serial)),
         _ => true,
     }
 }

@@ -1,0 +1,317 @@
+//! The control plane's serving certificates, kept fresh while it runs: one the fleet CA issues
+//! (its key in memory only) is issued again two thirds into its life, and one from the
+//! operator's files is read again when the files change (cert-manager and the like replace
+//! them in place). Each is a rustls certificate resolver, so new handshakes get the new
+//! certificate at once and open connections carry on. Before, a control plane that ran for 90
+//! days served an expired certificate, and a renewed file waited for a restart.
+//!
+//! The agents' port is served through [`incoming`]: its own TLS handshakes (bounded in number
+//! and time) in front of tonic, which takes the finished streams.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use warden_tasks::Shutdown;
+
+use crate::RunError;
+use crate::fleet::Fleet;
+
+/// How often a certificate is looked at (issued ones are reissued two thirds into their life;
+/// files are read again when changed), at most.
+const CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Handshakes on the agents' port at once, and how long one may take: past the first, new
+/// connections wait to be accepted (in the listen backlog); past the second, the connection is
+/// closed.
+pub const HANDSHAKES: usize = 4096;
+/// See [`HANDSHAKES`].
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a serving certificate comes from.
+enum Source {
+    /// Issued by the fleet CA for the server's names, for `ttl`.
+    Issued { names: Vec<String>, ttl: Duration },
+    /// The operator's PEM files, and when they were last changed as read.
+    Files { cert: PathBuf, key: PathBuf, modified: Mutex<Option<SystemTime>> },
+}
+
+/// A serving certificate that renews itself ([`ServingCert::keep_fresh`]).
+pub struct ServingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    /// When the current one was issued or read.
+    since: Mutex<SystemTime>,
+    source: Source,
+    /// How often it is looked at.
+    check: Duration,
+    /// The service, for errors and logs.
+    what: &'static str,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert").field("what", &self.what).finish_non_exhaustive()
+    }
+}
+
+fn invalid(what: &str, part: &str, e: &dyn std::fmt::Display) -> RunError {
+    RunError::Io {
+        context: format!("the {what}'s {part}"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    }
+}
+
+/// A chain and key, PEM, as rustls serves them; refused when the key is not the certificate's.
+fn certified(what: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, RunError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(what, "certificate", &e))?;
+    if chain.is_empty() {
+        return Err(invalid(what, "certificate", &"no PEM certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(what, "key", &e))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| invalid(what, "key", &e))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| invalid(what, "key", &e))?;
+    Ok(certified)
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl ServingCert {
+    /// A certificate the fleet CA of `fleet` issues for `names`, valid for `ttl`.
+    pub fn issued(
+        fleet: &Fleet,
+        names: &[String],
+        ttl: Duration,
+        what: &'static str,
+    ) -> Result<Arc<ServingCert>, RunError> {
+        let (chain, key) = fleet.ca().issue_server(names, ttl)?;
+        Ok(Arc::new(ServingCert {
+            current: RwLock::new(Arc::new(certified(what, chain.as_bytes(), key.as_bytes())?)),
+            since: Mutex::new(SystemTime::now()),
+            source: Source::Issued { names: names.to_vec(), ttl },
+            check: (ttl / 6).clamp(Duration::from_secs(1), CHECK_EVERY),
+            what,
+        }))
+    }
+
+    /// The operator's certificate chain and key (PEM files), looked at for changes every
+    /// minute (or a sixth of `ttl`, the issued certificates' lifetime, when shorter).
+    pub fn from_files(
+        cert: PathBuf,
+        key: PathBuf,
+        ttl: Duration,
+        what: &'static str,
+    ) -> Result<Arc<ServingCert>, RunError> {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| RunError::Io { context: format!("reading {}", p.display()), source })
+        };
+        let stamp = modified(&cert).max(modified(&key));
+        let current = certified(what, &read(&cert)?, &read(&key)?)?;
+        Ok(Arc::new(ServingCert {
+            current: RwLock::new(Arc::new(current)),
+            since: Mutex::new(SystemTime::now()),
+            source: Source::Files { cert, key, modified: Mutex::new(stamp) },
+            check: (ttl / 6).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            what,
+        }))
+    }
+
+    /// The one given (issued, or from `files`) for the service `what`.
+    pub fn for_service(
+        fleet: &Fleet,
+        files: Option<&(PathBuf, PathBuf)>,
+        names: &[String],
+        ttl: Duration,
+        what: &'static str,
+    ) -> Result<Arc<ServingCert>, RunError> {
+        match files {
+            Some((cert, key)) => ServingCert::from_files(cert.clone(), key.clone(), ttl, what),
+            None => ServingCert::issued(fleet, names, ttl, what),
+        }
+    }
+
+    /// The certificate served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Renews the certificate when due, once; whether it changed. A file that cannot be read
+    /// or does not hold a certificate and its key keeps the one served (and says why).
+    pub fn renew_if_due(&self, fleet: &Fleet, now: SystemTime) -> bool {
+        let fresh = match &self.source {
+            Source::Issued { names, ttl } => {
+                let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+                if now.duration_since(since).unwrap_or_default() < *ttl * 2 / 3 {
+                    return false;
+                }
+                fleet
+                    .ca()
+                    .issue_server(names, *ttl)
+                    .map_err(RunError::from)
+                    .and_then(|(chain, key)| certified(self.what, chain.as_bytes(), key.as_bytes()))
+            }
+            Source::Files { cert, key, modified: seen } => {
+                let stamp = modified(cert).max(modified(key));
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                if stamp == *seen {
+                    return false;
+                }
+                let read = match (std::fs::read(cert), std::fs::read(key)) {
+                    (Ok(c), Ok(k)) => certified(self.what, &c, &k),
+                    (Err(e), _) | (_, Err(e)) => {
+                        Err(RunError::Io { context: "reading the serving certificate".into(), source: e })
+                    }
+                };
+                // Read again at the next look until it reads whole (a certificate written
+                // before its key is a pair that does not match yet).
+                if read.is_ok() {
+                    *seen = stamp;
+                }
+                read
+            }
+        };
+        match fresh {
+            Ok(fresh) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+                *self.since.lock().unwrap_or_else(|e| e.into_inner()) = now;
+                tracing::info!(service = self.what, "serving certificate renewed");
+                true
+            }
+            Err(e) => {
+                tracing::error!(service = self.what, "serving certificate not renewed, the current one stays: {e}");
+                false
+            }
+        }
+    }
+
+    /// Renews the certificate when due until `stop`.
+    pub async fn keep_fresh(self: Arc<Self>, fleet: Arc<Fleet>, mut stop: Shutdown) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.check) => {}
+                () = stop.requested() => return,
+            }
+            self.renew_if_due(&fleet, SystemTime::now());
+        }
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The agents' port: TCP connections accepted on `listener`, their TLS handshakes under
+/// `config` done concurrently (at most `handshakes` at once, each within `timeout`: the port
+/// uses [`HANDSHAKES`] and [`HANDSHAKE_TIMEOUT`]), the finished streams handed to tonic, until
+/// `stop`.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    handshakes: usize,
+    timeout: Duration,
+    mut stop: Shutdown,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(handshakes));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                permit = handshakes.clone().acquire_owned() => permit.expect("never closed"),
+                () = stop.requested() => return,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors and the like: pause rather than spin.
+                        tracing::warn!("accepting an agent connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stop.requested() => return,
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        // The server is gone when the channel is: nothing to hand it to.
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake on the agents' port failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake on the agents' port timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    fn server_config() -> (Arc<rustls::ServerConfig>, rustls::pki_types::CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::try_from(key.serialize_der()).unwrap())
+            .unwrap();
+        (Arc::new(config), cert.der().clone())
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_holds_a_handshake_slot_only_until_the_timeout() {
+        let (config, cert) = server_config();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_trigger, stop) = warden_tasks::channel();
+        let mut incoming = incoming(listener, config, 1, Duration::from_millis(800), stop);
+        // A client that never speaks takes the one slot; a real client waits behind it.
+        let started = Instant::now();
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let real =
+            tokio::spawn(async move { connector.connect(name, TcpStream::connect(address).await.unwrap()).await });
+        // Not before the silent one is let go (past the bound, a connection is not accepted).
+        assert!(tokio::time::timeout(Duration::from_millis(500), incoming.next()).await.is_err());
+        // The silent one is closed at the timeout; the real one then completes its handshake.
+        let mut buffer = [0u8; 16];
+        assert_eq!(silent.read(&mut buffer).await.unwrap(), 0);
+        assert!(started.elapsed() >= Duration::from_millis(800), "closed at the timeout, not before");
+        let served = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await.unwrap().unwrap().unwrap();
+        assert!(served.get_ref().1.alpn_protocol().is_none());
+        real.await.unwrap().expect("the real client's handshake");
+    }
+}
