@@ -27,9 +27,11 @@ use crate::fleet::Fleet;
 /// files are read again when changed), at most.
 const CHECK_EVERY: Duration = Duration::from_secs(3600);
 
-/// Handshakes on the agents' port at once, and how long one may take: past the first, new
-/// connections wait to be accepted (in the listen backlog); past the second, the connection is
-/// closed.
+/// Handshakes on the agents' port worked on at once, and how long one may take: past the
+/// first, an accepted connection waits for a turn (at most three times the second; every
+/// connection is accepted at once: one left in the listen backlog, past its 1,024 places, is
+/// dropped and tried again by the kernel a second or more later, which made a reconnect storm
+/// of 10,000 agents take 3 s longer); past the second, it is closed.
 pub const HANDSHAKES: usize = 4096;
 /// See [`HANDSHAKES`].
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -228,10 +230,6 @@ pub fn incoming(
     let handshakes = Arc::new(tokio::sync::Semaphore::new(handshakes));
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                permit = handshakes.clone().acquire_owned() => permit.expect("never closed"),
-                () = stop.requested() => return,
-            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -244,9 +242,14 @@ pub fn incoming(
                 },
                 () = stop.requested() => return,
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, handshakes) = (acceptor.clone(), tx.clone(), handshakes.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                // A turn within three handshakes' time (at least a third of the turns come
+                // free in one: a queue of silent connections drains), then the handshake.
+                let Ok(_turn) = tokio::time::timeout(timeout * 3, handshakes.acquire()).await else {
+                    tracing::debug!(%peer, "no TLS handshake turn on the agents' port in time");
+                    return;
+                };
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         // The server is gone when the channel is: nothing to hand it to.
@@ -304,7 +307,7 @@ mod tests {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let real =
             tokio::spawn(async move { connector.connect(name, TcpStream::connect(address).await.unwrap()).await });
-        // Not before the silent one is let go (past the bound, a connection is not accepted).
+        // Not before the silent one is let go (past the bound, a connection waits its turn).
         assert!(tokio::time::timeout(Duration::from_millis(500), incoming.next()).await.is_err());
         // The silent one is closed at the timeout; the real one then completes its handshake.
         let mut buffer = [0u8; 16];
