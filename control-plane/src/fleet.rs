@@ -4,6 +4,7 @@
 //! agents and runs their streams (`crate::agents`) is built on it, with the token and telemetry
 //! subsystems beside it.
 
+pub mod departed;
 pub mod peer;
 pub mod pki;
 pub mod presence;

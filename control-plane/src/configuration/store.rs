@@ -278,6 +278,12 @@ pub struct IssuedSerial {
 }
 
 impl AgentRecord {
+    /// Whether it joined with an attestation and its newest certificate expired before
+    /// `expired_before` ([`Store::forget_expired_agent`]).
+    pub fn departed(&self, expired_before: i64) -> bool {
+        self.attested.is_some() && self.certificate_not_after_unix < expired_before
+    }
+
     /// Whether a certificate with `serial` (hex) is one this agent holds, unexpired at
     /// `now_unix` (a resumed TLS session does not check the dates again). A record from before
     /// serials were kept lists none: then the caller checks the certificate's own dates.
@@ -625,6 +631,21 @@ impl Store {
                 blocking(s, move |s| s.register_attested_agent(&agent, &attested, skew)).await
             }
             Store::Etcd(s) => s.register_attested_agent(agent, &attested, skew).await,
+        }
+    }
+
+    /// Removes agent `id` if it joined with an attestation and its newest certificate expired
+    /// before `expired_before` (unix seconds), in one transaction (a join or renewal since
+    /// keeps it); whether it did. Such an agent is gone with its pod or node, or joins again by
+    /// itself: every token it could have joined with is older than its certificates, and so
+    /// expired (no token outlives the lifetime ceiling, which is shorter than the wait).
+    pub async fn forget_expired_agent(&self, id: &str, expired_before: i64) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => {
+                let id = id.to_string();
+                blocking(s, move |s| s.forget_expired_agent(&id, expired_before)).await
+            }
+            Store::Etcd(s) => s.forget_expired_agent(id, expired_before).await,
         }
     }
 

@@ -492,6 +492,24 @@ impl Embedded {
         Ok(removed)
     }
 
+    /// Removes an attested agent whose certificates all expired before `expired_before`.
+    pub fn forget_expired_agent(&self, id: &str, expired_before: i64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
+            let record: AgentRecord = match agents.get(id).map_err(db_err)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?,
+                None => return Ok(false),
+            };
+            if !record.departed(expired_before) {
+                return Ok(false);
+            }
+            agents.remove(id).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(true)
+    }
+
     /// Records the certificate a renewal issued, if the agent still holds the one it renewed
     /// with (`presented`); in one transaction, so a renewal cannot write back a record an
     /// attested join or a deletion replaced since it was read.

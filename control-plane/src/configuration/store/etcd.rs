@@ -554,6 +554,22 @@ impl Etcd {
         Err(JoinTokenError::Store(StoreError::Contended(format!("agent {}", agent.id))))
     }
 
+    /// Removes an attested agent whose certificates all expired before `expired_before`, if its
+    /// record did not change since it was read.
+    pub async fn forget_expired_agent(&self, id: &str, expired_before: i64) -> Result<bool, StoreError> {
+        let key = self.key(&format!("agents/{id}"));
+        let response = self.get(key.clone(), None).await?;
+        let Some(kv) = response.kvs().first() else { return Ok(false) };
+        let record: AgentRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
+        if !record.departed(expired_before) {
+            return Ok(false);
+        }
+        let txn = etcd_client::Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
     /// Records the certificate a renewal issued, if the agent still holds the one it renewed
     /// with, in a transaction that fails if the record changed since it was read (an attested
     /// join replacing it, a deletion): a renewal never writes back a stale record.
