@@ -94,6 +94,9 @@ pub fn served_certificate(addr: &str, alpn: &[u8]) -> Vec<u8> {
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
     let mut socket = std::net::TcpStream::connect(addr).expect("connect");
+    // A server that never answers fails the test rather than hanging it.
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    socket.set_write_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
     while connection.is_handshaking() {
         connection.complete_io(&mut socket).expect("handshake");
     }

@@ -246,8 +246,8 @@ async fn start() -> anyhow::Result<()> {
     if args.agent_cert_ttl < Duration::from_secs(10) {
         anyhow::bail!("--agent-cert-ttl must be at least 10s");
     }
-    if args.serving_cert_ttl < Duration::from_secs(10) {
-        anyhow::bail!("--serving-cert-ttl must be at least 10s");
+    if args.serving_cert_ttl < Duration::from_secs(10) || args.serving_cert_ttl > control_plane::serving::MAX_TTL {
+        anyhow::bail!("--serving-cert-ttl must be at least 10s and at most 3650d (the fleet CA's own life)");
     }
     let join_attestation = match &args.join_attestation {
         Some(path) => {

@@ -23,25 +23,42 @@ use warden_tasks::Shutdown;
 use crate::RunError;
 use crate::fleet::Fleet;
 
+/// The `errno` values of running out of descriptors or memory (Linux).
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
+}
+
 /// How often a certificate is looked at (issued ones are reissued two thirds into their life;
 /// files are read again when changed), at most.
 const CHECK_EVERY: Duration = Duration::from_secs(3600);
 
-/// Handshakes on the agents' port worked on at once, and how long one may take: past the
-/// first, an accepted connection waits for a turn (at most three times the second; every
-/// connection is accepted at once: one left in the listen backlog, past its 1,024 places, is
+/// Handshakes on the agents' port worked on at once, and how long one may take. Every
+/// connection is accepted at once (one left in the listen backlog, past its 1,024 places, is
 /// dropped and tried again by the kernel a second or more later, which made a reconnect storm
-/// of 10,000 agents take 3 s longer); past the second, it is closed.
+/// of 10,000 agents take 3 s longer) and waits for a turn, up to [`TURN_WAIT`] (agents give up
+/// connecting after 5 s); at most [`WAITING`] wait at once, and past that a new connection is
+/// closed at once, so silent connections cannot take every descriptor of the process.
 pub const HANDSHAKES: usize = 4096;
 /// See [`HANDSHAKES`].
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// See [`HANDSHAKES`].
+pub const TURN_WAIT: Duration = Duration::from_secs(5);
+/// Connections accepted and not yet handed to tonic (waiting for a turn or in a handshake), at
+/// most; see [`HANDSHAKES`].
+pub const WAITING: usize = 16_384;
+
+/// The longest `--serving-cert-ttl`: the fleet CA's own life (ten years).
+pub const MAX_TTL: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Where a serving certificate comes from.
 enum Source {
     /// Issued by the fleet CA for the server's names, for `ttl`.
     Issued { names: Vec<String>, ttl: Duration },
-    /// The operator's PEM files, and when they were last changed as read.
-    Files { cert: PathBuf, key: PathBuf, modified: Mutex<Option<SystemTime>> },
+    /// The operator's PEM files, and a digest of what was last loaded from them.
+    Files { cert: PathBuf, key: PathBuf, loaded: Mutex<[u8; 32]> },
 }
 
 /// A serving certificate that renews itself ([`ServingCert::keep_fresh`]).
@@ -84,8 +101,14 @@ fn certified(what: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKe
     Ok(certified)
 }
 
-fn modified(path: &PathBuf) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// A digest of a certificate file and its key file as read together.
+fn digest(cert: &[u8], key: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update((cert.len() as u64).to_be_bytes());
+    h.update(cert);
+    h.update(key);
+    h.finalize().into()
 }
 
 impl ServingCert {
@@ -117,12 +140,12 @@ impl ServingCert {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|source| RunError::Io { context: format!("reading {}", p.display()), source })
         };
-        let stamp = modified(&cert).max(modified(&key));
-        let current = certified(what, &read(&cert)?, &read(&key)?)?;
+        let (cert_pem, key_pem) = (read(&cert)?, read(&key)?);
+        let current = certified(what, &cert_pem, &key_pem)?;
         Ok(Arc::new(ServingCert {
             current: RwLock::new(Arc::new(current)),
             since: Mutex::new(SystemTime::now()),
-            source: Source::Files { cert, key, modified: Mutex::new(stamp) },
+            source: Source::Files { cert, key, loaded: Mutex::new(digest(&cert_pem, &key_pem)) },
             check: (ttl / 6).clamp(Duration::from_secs(1), Duration::from_secs(60)),
             what,
         }))
@@ -153,8 +176,11 @@ impl ServingCert {
         let fresh = match &self.source {
             Source::Issued { names, ttl } => {
                 let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
-                if now.duration_since(since).unwrap_or_default() < *ttl * 2 / 3 {
-                    return false;
+                // Two thirds into its life; at once if the clock went back past its issue (it
+                // may then not be valid yet for clients whose clocks are right).
+                match now.duration_since(since) {
+                    Ok(age) if age < *ttl - *ttl / 3 => return false,
+                    _ => {}
                 }
                 fleet
                     .ca()
@@ -162,24 +188,31 @@ impl ServingCert {
                     .map_err(RunError::from)
                     .and_then(|(chain, key)| certified(self.what, chain.as_bytes(), key.as_bytes()))
             }
-            Source::Files { cert, key, modified: seen } => {
-                let stamp = modified(cert).max(modified(key));
-                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                if stamp == *seen {
-                    return false;
-                }
-                let read = match (std::fs::read(cert), std::fs::read(key)) {
-                    (Ok(c), Ok(k)) => certified(self.what, &c, &k),
+            Source::Files { cert, key, loaded } => {
+                let (cert_pem, key_pem) = match (std::fs::read(cert), std::fs::read(key)) {
+                    (Ok(c), Ok(k)) => (c, k),
                     (Err(e), _) | (_, Err(e)) => {
-                        Err(RunError::Io { context: "reading the serving certificate".into(), source: e })
+                        tracing::error!(
+                            service = self.what,
+                            "serving certificate files unreadable, the current one stays: {e}"
+                        );
+                        return false;
                     }
                 };
-                // Read again at the next look until it reads whole (a certificate written
-                // before its key is a pair that does not match yet).
-                if read.is_ok() {
-                    *seen = stamp;
+                // What the files hold, not their times: a copy that keeps times, or two writes
+                // within one tick, is still a change.
+                let read = digest(&cert_pem, &key_pem);
+                let mut loaded = loaded.lock().unwrap_or_else(|e| e.into_inner());
+                if read == *loaded {
+                    return false;
                 }
-                read
+                // A pair that does not match (a certificate written before its key) is read
+                // again at the next look, until it does.
+                let fresh = certified(self.what, &cert_pem, &key_pem);
+                if fresh.is_ok() {
+                    *loaded = read;
+                }
+                fresh
             }
         };
         match fresh {
@@ -216,8 +249,8 @@ impl ResolvesServerCert for ServingCert {
 
 /// The agents' port: TCP connections accepted on `listener`, their TLS handshakes under
 /// `config` done concurrently (at most `handshakes` at once, each within `timeout`: the port
-/// uses [`HANDSHAKES`] and [`HANDSHAKE_TIMEOUT`]), the finished streams handed to tonic, until
-/// `stop`.
+/// uses [`HANDSHAKES`] and [`HANDSHAKE_TIMEOUT`]; see there for the waiting), the finished
+/// streams handed to tonic, until `stop`.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -228,35 +261,57 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(handshakes));
+    let waiting = Arc::new(tokio::sync::Semaphore::new(WAITING));
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of descriptors and the like: pause rather than spin.
-                        tracing::warn!("accepting an agent connection: {e}");
+                    // Out of descriptors or memory: pause rather than spin.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)) => {
+                        tracing::warn!("accepting agent connections paused 50 ms: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                    // One connection's trouble (reset before accepted, and the like).
+                    Err(_) => continue,
                 },
                 () = stop.requested() => return,
             };
-            let (acceptor, tx, handshakes) = (acceptor.clone(), tx.clone(), handshakes.clone());
+            let Ok(held) = waiting.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "too many connections waiting for a TLS handshake on the agents' port: closed");
+                continue;
+            };
+            let (acceptor, tx, handshakes, mut stop) = (acceptor.clone(), tx.clone(), handshakes.clone(), stop.clone());
             tokio::spawn(async move {
-                // A turn within three handshakes' time (at least a third of the turns come
-                // free in one: a queue of silent connections drains), then the handshake.
-                let Ok(_turn) = tokio::time::timeout(timeout * 3, handshakes.acquire()).await else {
-                    tracing::debug!(%peer, "no TLS handshake turn on the agents' port in time");
-                    return;
-                };
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        // The server is gone when the channel is: nothing to hand it to.
-                        let _ = tx.send(Ok(tls)).await;
+                let _held = held;
+                let handshake = async {
+                    let Ok(Ok(turn)) = tokio::time::timeout(TURN_WAIT, handshakes.acquire()).await else {
+                        tracing::debug!(%peer, "no TLS handshake turn on the agents' port in time");
+                        return None;
+                    };
+                    let done = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+                    drop(turn);
+                    match done {
+                        Ok(Ok(tls)) => Some(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake on the agents' port failed: {e}");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake on the agents' port timed out");
+                            None
+                        }
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake on the agents' port failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake on the agents' port timed out"),
+                };
+                // At shutdown, no handshake is begun or finished for a server that is going.
+                let tls = tokio::select! {
+                    tls = handshake => tls,
+                    () = stop.requested() => None,
+                };
+                if let Some(tls) = tls {
+                    // The server is gone when the channel is: nothing to hand it to.
+                    let _ = tx.send(Ok(tls)).await;
                 }
             });
         }
@@ -311,10 +366,69 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(500), incoming.next()).await.is_err());
         // The silent one is closed at the timeout; the real one then completes its handshake.
         let mut buffer = [0u8; 16];
-        assert_eq!(silent.read(&mut buffer).await.unwrap(), 0);
+        let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buffer)).await;
+        assert_eq!(closed.expect("closed within the test").unwrap(), 0);
         assert!(started.elapsed() >= Duration::from_millis(800), "closed at the timeout, not before");
         let served = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await.unwrap().unwrap().unwrap();
         assert!(served.get_ref().1.alpn_protocol().is_none());
         real.await.unwrap().expect("the real client's handshake");
+    }
+
+    #[test]
+    fn a_replaced_certificate_file_is_served_once_it_reads_whole_and_a_broken_pair_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca =
+            crate::fleet::pki::FleetCa::load_or_create(crate::fleet::pki::CaSource::DataDir(dir.path()), "warden.test")
+                .unwrap();
+        let fleet = Fleet::new(ca, Duration::from_secs(60), Duration::from_secs(15));
+        let pair = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        };
+        let (cert, key) = (dir.path().join("serving.crt"), dir.path().join("serving.key"));
+        let (first_cert, first_key, first_der) = pair();
+        std::fs::write(&cert, &first_cert).unwrap();
+        std::fs::write(&key, &first_key).unwrap();
+        let serving = ServingCert::from_files(cert.clone(), key.clone(), Duration::from_secs(60), "test").unwrap();
+        let served = |s: &ServingCert| s.current().cert[0].to_vec();
+        assert_eq!(served(&serving), first_der);
+        assert!(!serving.renew_if_due(&fleet, SystemTime::now()), "nothing changed");
+        // The new certificate written, its key not yet: the pair does not match, the old stays.
+        let (second_cert, second_key, second_der) = pair();
+        std::fs::write(&cert, &second_cert).unwrap();
+        assert!(!serving.renew_if_due(&fleet, SystemTime::now()));
+        assert_eq!(served(&serving), first_der);
+        // Then the key: served from this look on.
+        std::fs::write(&key, &second_key).unwrap();
+        assert!(serving.renew_if_due(&fleet, SystemTime::now()));
+        assert_eq!(served(&serving), second_der);
+        // Garbage in the file, or a file gone: the one served stays.
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert!(!serving.renew_if_due(&fleet, SystemTime::now()));
+        std::fs::remove_file(&key).unwrap();
+        assert!(!serving.renew_if_due(&fleet, SystemTime::now()));
+        assert_eq!(served(&serving), second_der);
+    }
+
+    #[test]
+    fn an_issued_certificate_is_issued_again_two_thirds_into_its_life_or_when_the_clock_went_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca =
+            crate::fleet::pki::FleetCa::load_or_create(crate::fleet::pki::CaSource::DataDir(dir.path()), "warden.test")
+                .unwrap();
+        let fleet = Fleet::new(ca, Duration::from_secs(60), Duration::from_secs(15));
+        let ttl = Duration::from_secs(90);
+        let serving = ServingCert::issued(&fleet, &["localhost".into()], ttl, "test").unwrap();
+        let start = *serving.since.lock().unwrap();
+        let first = serving.current();
+        assert!(!serving.renew_if_due(&fleet, start + Duration::from_secs(59)));
+        assert!(Arc::ptr_eq(&first, &serving.current()));
+        assert!(serving.renew_if_due(&fleet, start + Duration::from_secs(60)));
+        let second = serving.current();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // A clock set back past the issue: issued again at once.
+        assert!(serving.renew_if_due(&fleet, start + Duration::from_secs(30)));
+        assert!(!Arc::ptr_eq(&second, &serving.current()));
     }
 }
