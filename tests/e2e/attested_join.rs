@@ -276,3 +276,62 @@ fn a_control_plane_without_rules_refuses_attested_joins_and_a_broken_rules_file_
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("kubernetes[0].serviceAccounts[0]"), "{stderr}");
 }
+
+#[test]
+fn a_sidecar_that_joined_with_its_pods_token_guards_its_mcp_server() {
+    let builder = tests::Fleet::builder().peers().agent_ids(&[]);
+    let (dir, rules) = (builder.dir().to_path_buf(), rules_file(builder.dir()));
+    let fleet = builder.cp_flags(&["--join-attestation", rules.to_str().unwrap()]).start();
+    let (cp, idp, dir) = (&fleet.cp, fleet.idp(), dir.as_path());
+    cp.apply_ok(&cluster_issuer(idp));
+    // The sidecar of deploy/kubernetes/agent-sidecar.yaml: its id and labels as the manifest
+    // gives them, joined with the pod's projected token.
+    let pod = "tickets-mcp-7d9f8c6b5-x2x4k";
+    let id = format!("prod-mcp.tickets.{pod}");
+    let token_file = dir.join("sidecar-token");
+    std::fs::write(&token_file, kubelet_token(idp, "warden-join", ("tickets", "tickets-mcp"), pod, "node-3", now()))
+        .unwrap();
+    let fleet_ca = cp.data_dir.join("ca.crt");
+    let flags = [
+        "--join-attestation-file",
+        token_file.to_str().unwrap(),
+        "--fleet-ca",
+        fleet_ca.to_str().unwrap(),
+        "--label",
+        "cluster=prod,warden.dev/placement=sidecar",
+    ];
+    let sidecar = Agent::start_with(dir, &id, &[&cp.address], None, &flags);
+    // The server the manifest's comment shows, on this machine's addresses, with a policy.
+    let gateway = tests::loopback_addr();
+    let resource = format!("http://{gateway}/mcp");
+    cp.apply_ok(&format!(
+        "apiVersion: warden.dev/v1\nkind: McpServer\nmetadata: {{name: tickets-sidecar}}\nspec:\n  resource: {resource}\n  \
+         issuers: [k8s-prod]\n  upstream: {}\n  listen: {gateway}\n  agents: {{matchLabels: {{cluster: prod, warden.dev/placement: sidecar}}}}\n\
+         ---\napiVersion: warden.dev/v1\nkind: Policy\nmetadata: {{name: research}}\nspec:\n  servers: [tickets-sidecar]\n  cedar: |\n    \
+         permit(principal == Workload::\"k8s-prod/system:serviceaccount:agents:research-bot\", action == Action::\"tools/call\", resource);\n",
+        fleet.upstream().url
+    ));
+    let metadata = format!("http://{gateway}/.well-known/oauth-protected-resource/mcp");
+    wait_for_or("the sidecar to serve", || sidecar.log_text(), || ureq::get(&metadata).call().ok().map(|_| ()));
+    // A workload's own service-account token for the server: the call reaches the upstream
+    // (whose answer outside a session is its own 400), another account's is refused by policy.
+    let body =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", "arguments": {}}});
+    let call = |account: (&str, &str)| {
+        let token = kubelet_token(idp, &resource, account, "research-bot-5c6d7-abcde", "node-3", now());
+        tests::post(&resource, Some(&token), &[], &body.to_string())
+    };
+    let allowed = call(("agents", "research-bot"));
+    assert!(
+        allowed.status == 400 && allowed.body.contains("Missing session ID"),
+        "{} {}",
+        allowed.status,
+        allowed.body
+    );
+    let refused = call(("agents", "helper"));
+    assert!(refused.body.contains("policy_denied"), "{} {}", refused.status, refused.body);
+    // The join token of the pod is no token for the server.
+    let join_token = std::fs::read_to_string(&token_file).unwrap();
+    let wrong = tests::post(&resource, Some(&join_token), &[], &body.to_string());
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+}
