@@ -108,6 +108,8 @@ fn replicas_on_one_etcd_serve_the_same_fleet_and_agents_fail_over() {
     assert_eq!(policies(&b), expected);
     b.wait_converged(&["agent-b"], v2);
     assert_eq!(on_b.status()["resources"]["Policy"], 11);
+    // And A sees it there: versions travel in B's one versions record, not in the shards.
+    a.wait_converged(&["agent-b"], v2);
     // The audit trail is the fleet's, whichever replica is asked.
     let history = b.ctl_ok(&["history"]);
     assert!(history.contains("a4") && history.contains("b4"), "{history}");

@@ -360,6 +360,44 @@ pub struct PresenceRecord {
     pub last_error: String,
 }
 
+/// The versions one replica's agents applied, kept apart from their shards of
+/// [`PresenceRecord`]s: a configuration change moves every agent's version and nothing else, so
+/// it rewrites this one small record per replica (the version most of them hold, and the few
+/// that hold another) rather than every shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceVersions {
+    /// The version most of the replica's agents applied.
+    pub version: u64,
+    /// The agents that applied another.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub others: BTreeMap<String, u64>,
+}
+
+impl PresenceVersions {
+    /// The versions of `records` (one replica's agents).
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a PresenceRecord>) -> PresenceVersions {
+        let records: Vec<&PresenceRecord> = records.into_iter().collect();
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in &records {
+            *counts.entry(r.applied_version).or_default() += 1;
+        }
+        // The most held; of two held as often, the newer.
+        let version = counts.iter().max_by_key(|(v, n)| (**n, **v)).map_or(0, |(v, _)| *v);
+        let others = records
+            .iter()
+            .filter(|r| r.applied_version != version)
+            .map(|r| (r.agent.clone(), r.applied_version))
+            .collect();
+        PresenceVersions { version, others }
+    }
+
+    /// The version `agent` applied.
+    pub fn of_agent(&self, agent: &str) -> u64 {
+        self.others.get(agent).copied().unwrap_or(self.version)
+    }
+}
+
 /// Everything a store holds, as stored, for moving a fleet to another backend
 /// (`warden-cp migrate`).
 pub struct Dump {

@@ -19,7 +19,7 @@ use warden_tasks::Shutdown;
 use crate::configuration::Configuration;
 use crate::configuration::state::{self, FleetState};
 use crate::configuration::store::etcd::{Followed, presence_shard};
-use crate::configuration::store::{PresenceRecord, Store};
+use crate::configuration::store::{PresenceRecord, PresenceVersions, Store};
 use crate::fleet::Fleet;
 
 /// This process among the replicas sharing the store, and whether it leads.
@@ -159,6 +159,7 @@ pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, 
         };
         // What etcd holds under this lease for the agents connected here.
         let mut published: HashMap<String, PresenceRecord> = HashMap::new();
+        let mut published_versions: Option<PresenceVersions> = None;
         // Refreshed on a task of its own, so slow elections or presence writes never delay it.
         let mut alive = {
             let store = store.clone();
@@ -185,9 +186,14 @@ pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, 
                     }
                     let now = fleet.presence().records(&replica.id);
                     let changes = presence_changes(&published, &now);
-                    if !changes.is_empty() {
-                        match etcd.put_presence(lease, &replica.id, &changes).await {
-                            Ok(()) => published = now,
+                    let versions = PresenceVersions::of(now.values());
+                    let moved = (published_versions.as_ref() != Some(&versions)).then_some(&versions);
+                    if !changes.is_empty() || moved.is_some() {
+                        match etcd.put_presence(lease, &replica.id, &changes, moved).await {
+                            Ok(()) => {
+                                published = now;
+                                published_versions = Some(versions);
+                            }
                             Err(e) => tracing::warn!("publishing agent presence: {e}"),
                         }
                     }
@@ -203,12 +209,17 @@ pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, 
 }
 
 /// The presence shards to write (whole: `Some`) or remove (`None`) to go from `published` to
-/// `now`: those holding an agent that came, went or changed.
+/// `now`: those holding an agent that came, went or changed other than in the version it
+/// applied (which [`PresenceVersions`] carries, one record per replica).
 fn presence_changes(
     published: &HashMap<String, PresenceRecord>,
     now: &HashMap<String, PresenceRecord>,
 ) -> Vec<(u32, Option<Vec<PresenceRecord>>)> {
-    let changed = now.iter().filter(|(agent, record)| published.get(*agent) != Some(record)).map(|(a, _)| a);
+    let same = |a: &PresenceRecord, b: &PresenceRecord| {
+        (&a.agent, &a.replica, &a.labels, &a.last_error) == (&b.agent, &b.replica, &b.labels, &b.last_error)
+    };
+    let changed =
+        now.iter().filter(|(agent, record)| !published.get(*agent).is_some_and(|p| same(p, record))).map(|(a, _)| a);
     let gone = published.keys().filter(|a| !now.contains_key(*a));
     let mut shards: BTreeMap<u32, Vec<PresenceRecord>> =
         changed.chain(gone).map(|agent| (presence_shard(agent), Vec::new())).collect();
@@ -252,13 +263,19 @@ mod tests {
     }
 
     #[test]
-    fn a_change_rewrites_only_the_shards_of_the_agents_it_moved() {
+    fn a_change_rewrites_one_versions_record_and_shards_only_for_what_else_moved() {
         let published: HashMap<_, _> = (0..10_000).map(|i| record(&format!("agent-{i}"), 7)).collect();
         assert!(presence_changes(&published, &published).is_empty(), "nothing moved, nothing written");
 
-        // One agent applies a new version: its shard is written whole, and only it.
+        // One agent applies a new version: no shard is written (the replica's versions record
+        // says it); one NACKs: its shard is written whole, and only it.
         let mut now = published.clone();
         now.insert("agent-42".into(), record("agent-42", 8).1);
+        assert!(presence_changes(&published, &now).is_empty());
+        let versions = PresenceVersions::of(now.values());
+        assert_eq!((versions.version, versions.of_agent("agent-42"), versions.of_agent("agent-1")), (7, 8, 7));
+        assert_eq!(versions.others.len(), 1);
+        now.get_mut("agent-42").unwrap().last_error = "refused".into();
         let changes = presence_changes(&published, &now);
         assert_eq!(changes.len(), 1);
         let (shard, Some(records)) = &changes[0] else { panic!("a shard written: {changes:?}") };
@@ -268,9 +285,14 @@ mod tests {
         assert!(records.iter().any(|r| r.agent == "agent-42" && r.applied_version == 8));
         assert!(records.windows(2).all(|w| w[0].agent < w[1].agent), "in a stable order");
 
-        // Every agent moves (a configuration change): at most one write per shard, not per agent.
+        // Every agent moves (a configuration change): no shard, one small versions record.
         let moved: HashMap<_, _> = (0..10_000).map(|i| record(&format!("agent-{i}"), 9)).collect();
-        let changes = presence_changes(&published, &moved);
+        assert!(presence_changes(&published, &moved).is_empty());
+        let versions = PresenceVersions::of(moved.values());
+        assert_eq!((versions.version, versions.others.len()), (9, 0));
+        assert!(serde_json::to_vec(&versions).unwrap().len() < 32);
+        // New agents: every shard they fall in, whole.
+        let changes = presence_changes(&HashMap::new(), &moved);
         assert!(changes.len() <= PRESENCE_SHARDS as usize && changes.len() > 200, "{} writes", changes.len());
         let written: usize = changes.iter().map(|(_, r)| r.as_ref().map_or(0, Vec::len)).sum();
         assert_eq!(written, 10_000);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, GetOptions, TxnOp, TxnOpResponse};
 
 use super::{Etcd, etcd_err, retrying};
-use crate::configuration::store::{PresenceRecord, StoreError};
+use crate::configuration::store::{PresenceRecord, PresenceVersions, StoreError};
 
 /// Keys one replica spreads its agents' presence over. A configuration change moves every
 /// agent's applied version: with a key per agent, 10,000 agents on a replica were 10,000 puts
@@ -108,15 +108,24 @@ impl Etcd {
     }
 
     /// Publishes this replica's agent streams on `lease`, shard by shard
-    /// ([`presence_shard`]): `Some` writes a shard's records whole, `None` removes the shard.
+    /// ([`presence_shard`]): `Some` writes a shard's records whole, `None` removes the shard;
+    /// and, when given, the versions its agents applied ([`PresenceVersions`]), which readers
+    /// take over the records' own.
     pub async fn put_presence(
         &self,
         lease: i64,
         replica: &str,
         changes: &[(u32, Option<Vec<PresenceRecord>>)],
+        versions: Option<&PresenceVersions>,
     ) -> Result<(), StoreError> {
         let mut ops = Vec::new();
         let mut bytes = 0;
+        if let Some(versions) = versions {
+            let value = serde_json::to_vec(versions).expect("serializes");
+            bytes += value.len();
+            let key = self.key(&format!("presence-versions/{replica}"));
+            ops.push(TxnOp::put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))));
+        }
         for (shard, records) in changes {
             let key = self.key(&format!("presence/{replica}/{shard:03}"));
             let op = match records {
@@ -140,8 +149,20 @@ impl Etcd {
         Ok(())
     }
 
-    /// Every replica's agent streams.
+    /// Every replica's agent streams, each with the version it applied.
     pub async fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
+        let prefix = self.key("presence-versions/");
+        let response = self.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await?;
+        let mut versions: std::collections::HashMap<String, PresenceVersions> = Default::default();
+        for kv in response.kvs() {
+            let replica = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+            match serde_json::from_slice::<PresenceVersions>(kv.value()) {
+                Ok(v) => {
+                    versions.insert(replica, v);
+                }
+                Err(e) => tracing::warn!("{}: {e}", String::from_utf8_lossy(kv.key())),
+            }
+        }
         let response = self.get(self.key("presence/"), Some(GetOptions::new().with_prefix())).await?;
         let mut out = Vec::new();
         for kv in response.kvs() {
@@ -152,6 +173,13 @@ impl Etcd {
                     Ok(record) => out.push(record),
                     Err(_) => tracing::warn!("{}: {e}", String::from_utf8_lossy(kv.key())),
                 },
+            }
+        }
+        // A replica's versions record is newer than its shards' (which a release before it
+        // keeps current instead, and writes no versions record).
+        for record in &mut out {
+            if let Some(v) = versions.get(&record.replica) {
+                record.applied_version = v.of_agent(&record.agent);
             }
         }
         Ok(out)
