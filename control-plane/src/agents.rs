@@ -171,21 +171,9 @@ impl AgentService {
             tracing::warn!(agent = %request.agent_id, "attested join refused: {why}");
             return Err(Status::unauthenticated(format!("attested join refused: {why}")));
         };
-        let spiffe_id = self.fleet.ca().agent_spiffe_id(&admitted.agent_id);
-        let cert = self
-            .fleet
-            .ca()
-            .sign_client_csr(&request.csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut record = AgentRecord {
-            id: admitted.agent_id.clone(),
-            labels: admitted.labels,
-            joined_unix: now,
-            certificate_not_after_unix: cert.not_after_unix,
-            certificates: Vec::new(),
-            attested: Some(Attested { rule: admitted.rule.clone(), issued_at }),
-        };
-        record.issued(cert.serial.clone(), cert.not_after_unix, now);
+        let attested = Attested { rule: admitted.rule.clone(), issued_at };
+        let (answer, record) =
+            self.certify(&admitted.agent_id, &request.csr_pem, admitted.labels, Some(attested), now)?;
         let replaced = self.configuration.store().register_attested_agent(&record, skew).await.inspect_err(
             |e| tracing::warn!(agent = %admitted.agent_id, rule = %admitted.rule, "attested join refused: {e}"),
         )?;
@@ -200,11 +188,37 @@ impl AgentService {
             service_account = %admitted.service_account,
             "agent joined with an attestation"
         );
-        Ok(Response::new(pb::JoinResponse {
-            certificate_pem: cert.pem,
-            ca_pem: self.fleet.ca().cert_pem().to_string(),
-            spiffe_id,
-        }))
+        Ok(Response::new(answer))
+    }
+
+    /// A certificate for agent `id` over its CSR, as the answer to its join, and the registry
+    /// record that lists it (to be written by the caller's check of how it joined).
+    fn certify(
+        &self,
+        id: &str,
+        csr_pem: &str,
+        labels: BTreeMap<String, String>,
+        attested: Option<Attested>,
+        now: i64,
+    ) -> Result<(pb::JoinResponse, AgentRecord), Status> {
+        let spiffe_id = self.fleet.ca().agent_spiffe_id(id);
+        let cert = self
+            .fleet
+            .ca()
+            .sign_client_csr(csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut record = AgentRecord {
+            id: id.to_string(),
+            labels,
+            joined_unix: now,
+            certificate_not_after_unix: cert.not_after_unix,
+            certificates: Vec::new(),
+            attested,
+        };
+        record.issued(cert.serial.clone(), cert.not_after_unix, now);
+        let answer =
+            pb::JoinResponse { certificate_pem: cert.pem, ca_pem: self.fleet.ca().cert_pem().to_string(), spiffe_id };
+        Ok((answer, record))
     }
 }
 
@@ -272,32 +286,15 @@ impl pb::agent_service_server::AgentService for AgentService {
         }
         let (id, secret) = JoinToken::parse_credential(&request.token)
             .map_err(|_| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
-        let spiffe_id = self.fleet.ca().agent_spiffe_id(&request.agent_id);
-        let cert = self
-            .fleet
-            .ca()
-            .sign_client_csr(&request.csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut record = AgentRecord {
-            id: request.agent_id.clone(),
-            labels: request.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            joined_unix: now_unix(),
-            certificate_not_after_unix: cert.not_after_unix,
-            certificates: Vec::new(),
-            attested: None,
-        };
-        record.issued(cert.serial.clone(), cert.not_after_unix, now_unix());
+        let labels = request.labels.into_iter().collect();
+        let (answer, record) = self.certify(&request.agent_id, &request.csr_pem, labels, None, now_unix())?;
         self.configuration
             .store()
             .consume_join_token(id, &secret_hash(secret), now_unix(), &record)
             .await
             .inspect_err(|e| tracing::warn!(token_id = %id, agent = %request.agent_id, "join refused: {e}"))?;
         tracing::info!(token_id = %id, agent = %request.agent_id, "agent joined");
-        Ok(Response::new(pb::JoinResponse {
-            certificate_pem: cert.pem,
-            ca_pem: self.fleet.ca().cert_pem().to_string(),
-            spiffe_id,
-        }))
+        Ok(Response::new(answer))
     }
 
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {

@@ -461,15 +461,7 @@ pub fn join_token(response: &pb::CreateJoinTokenResponse, format: Format) -> any
 /// `history`.
 pub fn history(response: &pb::HistoryResponse, format: Format) -> anyhow::Result<()> {
     if format != Format::Table {
-        let values: Vec<Value> = response
-            .records
-            .iter()
-            .map(|r| {
-                json!({"version": r.version, "timeUnixMs": r.time_unix_ms, "actor": r.actor, "operation": r.operation,
-                       "kind": r.kind, "name": r.name, "previousResourceVersion": r.resource_version})
-            })
-            .collect();
-        return emit(&Value::Array(values), format);
+        return emit(&Value::Array(response.records.iter().map(audit_json).collect()), format);
     }
     let rows = response
         .records
@@ -489,6 +481,12 @@ pub fn history(response: &pb::HistoryResponse, format: Format) -> anyhow::Result
     Ok(())
 }
 
+/// One audit entry as `history -o json` gives it.
+fn audit_json(r: &pb::AuditRecord) -> Value {
+    json!({"version": r.version, "timeUnixMs": r.time_unix_ms, "actor": r.actor, "operation": r.operation,
+           "kind": r.kind, "name": r.name, "previousResourceVersion": r.resource_version})
+}
+
 /// `history --version`: each document the change wrote, its difference line by line.
 pub fn history_changes(response: &pb::HistoryResponse, format: Format) -> anyhow::Result<()> {
     if format != Format::Table {
@@ -496,9 +494,10 @@ pub fn history_changes(response: &pb::HistoryResponse, format: Format) -> anyhow
             .records
             .iter()
             .map(|r| {
-                json!({"version": r.version, "timeUnixMs": r.time_unix_ms, "actor": r.actor, "operation": r.operation,
-                       "kind": r.kind, "name": r.name, "previousResourceVersion": r.resource_version,
-                       "difference": r.difference, "differenceNote": r.difference_note})
+                let mut value = audit_json(r);
+                value["difference"] = json!(r.difference);
+                value["differenceNote"] = json!(r.difference_note);
+                value
             })
             .collect();
         return emit(&Value::Array(values), format);
