@@ -59,7 +59,8 @@ pub struct Identity {
     pub not_before: i64,
     /// See `not_before`.
     pub not_after: i64,
-    /// When this agent got (joined, renewed) or loaded it, seconds since the epoch.
+    /// When this agent got it (joined, renewed), seconds since the epoch; for one loaded from
+    /// the data directory, its `notBefore`.
     pub held_since: i64,
 }
 
@@ -70,9 +71,9 @@ impl Identity {
     }
 
     /// When to renew: two thirds into the certificate's life as this agent holds it, from when
-    /// it was issued or loaded. Not from `notBefore`: the control plane back-dates that by five
-    /// minutes (for peers whose clocks are behind), so a certificate of under 150 s would be
-    /// renewed again at once, and again, for as long as it lived.
+    /// it got it. Not from `notBefore` for one it just got: the control plane back-dates that by
+    /// five minutes (for peers whose clocks are behind), so a certificate of under 150 s would
+    /// be renewed again at once, and again, for as long as it lived.
     pub fn renew_at(&self) -> i64 {
         let from = self.not_before.max(self.held_since);
         from + (self.not_after - from).max(0) * 2 / 3
@@ -98,7 +99,11 @@ impl Files {
             return Ok(None);
         }
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| io(p, source));
-        identity(read(&self.cert)?, read(&self.key)?, read(&self.ca)?).map(Some)
+        // Held since its `notBefore` (the most that is known): one loaded past two thirds of
+        // its life is renewed at once.
+        let mut loaded = identity(read(&self.cert)?, read(&self.key)?, read(&self.ca)?)?;
+        loaded.held_since = loaded.not_before;
+        Ok(Some(loaded))
     }
 
     fn store(&self, id: &Identity) -> Result<(), IdentityError> {
@@ -257,8 +262,10 @@ mod tests {
         // 12 s, back-dated five minutes: 8 s after it came, where counting from `notBefore`
         // said 92 s ago (a renewal at once, and again after it).
         assert_eq!(held(1_000 - 300, 1_012, 1_000).renew_at(), 1_008);
-        // Loaded late in its life: two thirds of what is left; expired: now.
+        // Got late in its life: two thirds of what is left; expired: now.
         assert_eq!(held(0, 900, 600).renew_at(), 800);
         assert_eq!(held(0, 900, 1_000).renew_at(), 1_000);
+        // Loaded from the data directory (held since `notBefore`) past two thirds: at once.
+        assert_eq!(held(0, 900, 0).renew_at(), 600);
     }
 }

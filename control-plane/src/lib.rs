@@ -302,7 +302,10 @@ pub async fn run(
     let (trigger, stop) = warden_tasks::channel();
     let mut tasks = Tasks::new();
     tasks.spawn("replica follower", replicas::follow(configuration.clone(), fleet.clone(), revision, stop.clone()));
-    tasks.spawn("departed agents", fleet::departed::forget(configuration.clone(), leadership.clone(), stop.clone()));
+    tasks.spawn(
+        "departed agents",
+        fleet::departed::forget(configuration.clone(), fleet.clone(), leadership.clone(), stop.clone()),
+    );
     for cert in [Some(agent_cert), token_cert, console_cert].into_iter().flatten() {
         tasks.spawn("serving certificate", cert.keep_fresh(fleet.clone(), stop.clone()));
     }

@@ -278,10 +278,12 @@ pub struct IssuedSerial {
 }
 
 impl AgentRecord {
-    /// Whether it joined with an attestation and its newest certificate expired before
-    /// `expired_before` ([`Store::forget_expired_agent`]).
-    pub fn departed(&self, expired_before: i64) -> bool {
-        self.attested.is_some() && self.certificate_not_after_unix < expired_before
+    /// Whether it joined with an attestation, its newest certificate expired before
+    /// `expired_before`, and the token it joined with has expired for sure at `now_unix`
+    /// ([`floor_expired`]: once its record is gone, nothing else refuses that token again).
+    pub fn departed(&self, expired_before: i64, now_unix: i64) -> bool {
+        self.attested.as_ref().is_some_and(|a| floor_expired(a.issued_at, now_unix))
+            && self.certificate_not_after_unix < expired_before
     }
 
     /// Whether a certificate with `serial` (hex) is one this agent holds, unexpired at
@@ -672,18 +674,16 @@ impl Store {
         }
     }
 
-    /// Removes agent `id` if it joined with an attestation and its newest certificate expired
-    /// before `expired_before` (unix seconds), in one transaction (a join or renewal since
-    /// keeps it); whether it did. Such an agent is gone with its pod or node, or joins again by
-    /// itself: every token it could have joined with is older than its certificates, and so
-    /// expired (no token outlives the lifetime ceiling, which is shorter than the wait).
-    pub async fn forget_expired_agent(&self, id: &str, expired_before: i64) -> Result<bool, StoreError> {
+    /// Removes agent `id` if it is [`AgentRecord::departed`] (`expired_before`, `now_unix`: unix
+    /// seconds), in one transaction (a join or renewal since keeps it); whether it did. Such an
+    /// agent is gone with its pod or node, or joins again by itself with a newer token.
+    pub async fn forget_expired_agent(&self, id: &str, expired_before: i64, now_unix: i64) -> Result<bool, StoreError> {
         match self {
             Store::Embedded(s) => {
                 let id = id.to_string();
-                blocking(s, move |s| s.forget_expired_agent(&id, expired_before)).await
+                blocking(s, move |s| s.forget_expired_agent(&id, expired_before, now_unix)).await
             }
-            Store::Etcd(s) => s.forget_expired_agent(id, expired_before).await,
+            Store::Etcd(s) => s.forget_expired_agent(id, expired_before, now_unix).await,
         }
     }
 

@@ -209,7 +209,7 @@ fn an_operator_certificate_is_accepted_until_it_expires_or_is_revoked() {
 async fn attested_agents_whose_certificates_expired_long_ago_are_forgotten_others_never() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    // Certificates until 100 (`attested`): departed for expiries before 101, not before 100.
+    // Joined with a token issued at 10, certificates until 100 (`attested`).
     store.register_attested_agent(&attested("prod.node-1", "prod", 10, "01"), 0).await.unwrap();
     let hash = warden_core::identity::secret_hash("s3cret");
     store.create_join_token("t1", &hash, 1_000, "host-1").await.unwrap();
@@ -217,15 +217,23 @@ async fn attested_agents_whose_certificates_expired_long_ago_are_forgotten_other
     by_token.issued("02".into(), 100, 0);
     store.consume_join_token("t1", &hash, 10, &by_token).await.unwrap();
     let agents = store.agents().await.unwrap();
-    let gone = |now| crate::fleet::departed::departed(agents.values(), now);
-    let grace = crate::fleet::departed::GRACE.as_secs() as i64;
-    assert!(gone(100 + grace).is_empty());
-    assert_eq!(gone(101 + grace), ["prod.node-1"], "the one that joined with a token stays");
+    let none = std::collections::HashSet::new();
+    let gone = |now, connected: &std::collections::HashSet<String>| {
+        crate::fleet::departed::departed(agents.values(), connected, now)
+    };
+    // Every token lives at most a day and five minutes: until then the record is what refuses
+    // the one it joined with again, so it stays, however long its certificate has expired.
+    let token_expired = 10 + 24 * 3600 + 300 + 1;
+    assert!(gone(token_expired - 1, &none).is_empty());
+    assert_eq!(gone(token_expired, &none), ["prod.node-1"], "the one that joined with a token stays");
+    // Connected somewhere (a clock gone wrong): never.
+    assert!(gone(token_expired, &["prod.node-1".to_string()].into()).is_empty());
     // The store checks again: not yet expired long enough, or renewed since, it stays.
-    assert!(!store.forget_expired_agent("prod.node-1", 100).await.unwrap());
-    assert!(!store.forget_expired_agent("host-1", 1_000).await.unwrap());
-    assert!(store.forget_expired_agent("prod.node-1", 101).await.unwrap());
+    assert!(!store.forget_expired_agent("prod.node-1", 100, token_expired).await.unwrap());
+    assert!(!store.forget_expired_agent("prod.node-1", 101, token_expired - 1).await.unwrap());
+    assert!(!store.forget_expired_agent("host-1", 1_000, token_expired).await.unwrap());
+    assert!(store.forget_expired_agent("prod.node-1", 101, token_expired).await.unwrap());
     assert!(store.agent("prod.node-1").await.unwrap().is_none());
     assert!(store.agent("host-1").await.unwrap().is_some());
-    assert!(!store.forget_expired_agent("prod.node-1", 101).await.unwrap(), "gone already");
+    assert!(!store.forget_expired_agent("prod.node-1", 101, token_expired).await.unwrap(), "gone already");
 }

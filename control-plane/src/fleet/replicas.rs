@@ -9,7 +9,7 @@
 //!   the lease's lifetime and another takes over ([`hold_lease`]). [`Leadership`] is how the
 //!   tasks that do singleton duties know whether they should.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use warden_tasks::Shutdown;
 
 use crate::configuration::Configuration;
 use crate::configuration::state::{self, FleetState};
+use crate::configuration::store::etcd::VersionsWrite;
 use crate::configuration::store::etcd::{Followed, presence_shard};
 use crate::configuration::store::{PresenceRecord, PresenceVersions, Store};
 use crate::fleet::Fleet;
@@ -158,8 +159,7 @@ pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, 
             }
         };
         // What etcd holds under this lease for the agents connected here.
-        let mut published: HashMap<String, PresenceRecord> = HashMap::new();
-        let mut published_versions: Option<PresenceVersions> = None;
+        let mut published = Published::default();
         // Refreshed on a task of its own, so slow elections or presence writes never delay it.
         let mut alive = {
             let store = store.clone();
@@ -185,17 +185,13 @@ pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, 
                         Err(e) => tracing::warn!("etcd leader election: {e}"),
                     }
                     let now = fleet.presence().records(&replica.id);
-                    let changes = presence_changes(&published, &now);
-                    let versions = PresenceVersions::of(now.values());
-                    let moved = (published_versions.as_ref() != Some(&versions)).then_some(&versions);
-                    if !changes.is_empty() || moved.is_some() {
-                        match etcd.put_presence(lease, &replica.id, &changes, moved).await {
-                            Ok(()) => {
-                                published = now;
-                                published_versions = Some(versions);
-                            }
-                            Err(e) => tracing::warn!("publishing agent presence: {e}"),
+                    let (changes, versions) = published.plan(&now);
+                    if !changes.is_empty() || !matches!(versions, VersionsWrite::Unchanged) {
+                        let written = etcd.put_presence(lease, &replica.id, &changes, &versions).await;
+                        if let Err(e) = &written {
+                            tracing::warn!("publishing agent presence: {e}");
                         }
+                        published.wrote(now, &changes, versions, written.is_ok());
                     }
                 }
                 _ = shutdown.requested() => {
@@ -208,21 +204,94 @@ pub async fn hold_lease(replica: Replica, store: Arc<Store>, fleet: Arc<Fleet>, 
     }
 }
 
+/// Presence shards to write whole (`Some`) or remove (`None`).
+type ShardWrites = Vec<(u32, Option<Vec<PresenceRecord>>)>;
+
+/// The largest versions record written: past it (many agents on other versions than most, on
+/// one replica), the versions go back into the shards, and the record is removed.
+const MAX_VERSIONS_BYTES: usize = 256 * 1024;
+
+/// What a replica last published of its agents' presence, and how.
+#[derive(Default)]
+struct Published {
+    records: HashMap<String, PresenceRecord>,
+    versions: Versions,
+    /// Shards whose last write may not have landed (a write of several transactions failed
+    /// part way): written again, from the records of the moment, at the next tick.
+    dirty: BTreeSet<u32>,
+}
+
+/// The replica's versions record as etcd holds it.
+#[derive(Default, PartialEq)]
+enum Versions {
+    /// None (a new lease holds none): the shards carry the versions.
+    #[default]
+    Absent,
+    /// This one: the shards need not carry versions.
+    Held(PresenceVersions),
+    /// Unknown after a failed write.
+    Unknown,
+}
+
+impl Published {
+    /// The shards to write and what to do with the versions record to go to `now`.
+    fn plan(&self, now: &HashMap<String, PresenceRecord>) -> (ShardWrites, VersionsWrite) {
+        let versions = PresenceVersions::of(now.values());
+        let fits = serde_json::to_vec(&versions).map_or(0, |v| v.len()) <= MAX_VERSIONS_BYTES;
+        let (write, in_shards, mut dirty) = match (&self.versions, fits) {
+            (Versions::Held(held), true) if *held == versions => (VersionsWrite::Unchanged, false, BTreeSet::new()),
+            (_, true) => (VersionsWrite::Put(versions), false, BTreeSet::new()),
+            (Versions::Absent, false) => (VersionsWrite::Unchanged, true, BTreeSet::new()),
+            // Back into the shards: every one is written with its versions.
+            (_, false) => (VersionsWrite::Delete, true, now.keys().map(|a| presence_shard(a)).collect()),
+        };
+        dirty.extend(&self.dirty);
+        (presence_changes(&self.records, now, in_shards, &dirty), write)
+    }
+
+    /// Records a write of `changes` and `versions`, which landed or not.
+    fn wrote(
+        &mut self,
+        now: HashMap<String, PresenceRecord>,
+        changes: &[(u32, Option<Vec<PresenceRecord>>)],
+        versions: VersionsWrite,
+        landed: bool,
+    ) {
+        self.records = now;
+        if landed {
+            self.dirty.clear();
+            match versions {
+                VersionsWrite::Unchanged => {}
+                VersionsWrite::Put(v) => self.versions = Versions::Held(v),
+                VersionsWrite::Delete => self.versions = Versions::Absent,
+            }
+        } else {
+            self.dirty.extend(changes.iter().map(|(shard, _)| *shard));
+            self.versions = Versions::Unknown;
+        }
+    }
+}
+
 /// The presence shards to write (whole: `Some`) or remove (`None`) to go from `published` to
 /// `now`: those holding an agent that came, went or changed other than in the version it
-/// applied (which [`PresenceVersions`] carries, one record per replica).
+/// applied (which [`PresenceVersions`] carries, one record per replica; in the version too
+/// when `with_versions`, the shards then carrying it), and those in `dirty`.
 fn presence_changes(
     published: &HashMap<String, PresenceRecord>,
     now: &HashMap<String, PresenceRecord>,
-) -> Vec<(u32, Option<Vec<PresenceRecord>>)> {
+    with_versions: bool,
+    dirty: &BTreeSet<u32>,
+) -> ShardWrites {
     let same = |a: &PresenceRecord, b: &PresenceRecord| {
         (&a.agent, &a.replica, &a.labels, &a.last_error) == (&b.agent, &b.replica, &b.labels, &b.last_error)
+            && (!with_versions || a.applied_version == b.applied_version)
     };
     let changed =
         now.iter().filter(|(agent, record)| !published.get(*agent).is_some_and(|p| same(p, record))).map(|(a, _)| a);
     let gone = published.keys().filter(|a| !now.contains_key(*a));
     let mut shards: BTreeMap<u32, Vec<PresenceRecord>> =
         changed.chain(gone).map(|agent| (presence_shard(agent), Vec::new())).collect();
+    shards.extend(dirty.iter().map(|shard| (*shard, Vec::new())));
     for (agent, record) in now {
         if let Some(records) = shards.get_mut(&presence_shard(agent)) {
             records.push(record.clone());
@@ -265,18 +334,21 @@ mod tests {
     #[test]
     fn a_change_rewrites_one_versions_record_and_shards_only_for_what_else_moved() {
         let published: HashMap<_, _> = (0..10_000).map(|i| record(&format!("agent-{i}"), 7)).collect();
-        assert!(presence_changes(&published, &published).is_empty(), "nothing moved, nothing written");
+        assert!(
+            presence_changes(&published, &published, false, &BTreeSet::new()).is_empty(),
+            "nothing moved, nothing written"
+        );
 
         // One agent applies a new version: no shard is written (the replica's versions record
         // says it); one NACKs: its shard is written whole, and only it.
         let mut now = published.clone();
         now.insert("agent-42".into(), record("agent-42", 8).1);
-        assert!(presence_changes(&published, &now).is_empty());
+        assert!(presence_changes(&published, &now, false, &BTreeSet::new()).is_empty());
         let versions = PresenceVersions::of(now.values());
         assert_eq!((versions.version, versions.of_agent("agent-42"), versions.of_agent("agent-1")), (7, 8, 7));
         assert_eq!(versions.others.len(), 1);
         now.get_mut("agent-42").unwrap().last_error = "refused".into();
-        let changes = presence_changes(&published, &now);
+        let changes = presence_changes(&published, &now, false, &BTreeSet::new());
         assert_eq!(changes.len(), 1);
         let (shard, Some(records)) = &changes[0] else { panic!("a shard written: {changes:?}") };
         assert_eq!(*shard, presence_shard("agent-42"));
@@ -287,12 +359,12 @@ mod tests {
 
         // Every agent moves (a configuration change): no shard, one small versions record.
         let moved: HashMap<_, _> = (0..10_000).map(|i| record(&format!("agent-{i}"), 9)).collect();
-        assert!(presence_changes(&published, &moved).is_empty());
+        assert!(presence_changes(&published, &moved, false, &BTreeSet::new()).is_empty());
         let versions = PresenceVersions::of(moved.values());
         assert_eq!((versions.version, versions.others.len()), (9, 0));
         assert!(serde_json::to_vec(&versions).unwrap().len() < 32);
         // New agents: every shard they fall in, whole.
-        let changes = presence_changes(&HashMap::new(), &moved);
+        let changes = presence_changes(&HashMap::new(), &moved, false, &BTreeSet::new());
         assert!(changes.len() <= PRESENCE_SHARDS as usize && changes.len() > 200, "{} writes", changes.len());
         let written: usize = changes.iter().map(|(_, r)| r.as_ref().map_or(0, Vec::len)).sum();
         assert_eq!(written, 10_000);
@@ -301,7 +373,46 @@ mod tests {
     #[test]
     fn a_shard_whose_agents_all_went_is_removed() {
         let published: HashMap<_, _> = [record("only", 3)].into_iter().collect();
-        let changes = presence_changes(&published, &HashMap::new());
+        let changes = presence_changes(&published, &HashMap::new(), false, &BTreeSet::new());
         assert_eq!(changes, vec![(presence_shard("only"), None)]);
+    }
+
+    #[test]
+    fn a_write_that_failed_is_made_again_and_too_many_versions_go_back_into_the_shards() {
+        let agents =
+            |version: u64| -> HashMap<_, _> { (0..1_000).map(|i| record(&format!("agent-{i}"), version)).collect() };
+        let mut published = Published::default();
+        let (changes, versions) = published.plan(&agents(1));
+        assert!(changes.len() > 200 && matches!(versions, VersionsWrite::Put(ref v) if v.version == 1));
+        published.wrote(agents(1), &changes, versions, true);
+        assert_eq!(published.plan(&agents(1)), (vec![], VersionsWrite::Unchanged), "nothing moved, nothing written");
+
+        // An agent leaves, and the write fails part way: its shard is written again next time,
+        // even though it came back unchanged in between, and the versions record too.
+        let mut without = agents(1);
+        without.remove("agent-7");
+        let (changes, versions) = published.plan(&without);
+        assert_eq!(changes.len(), 1);
+        published.wrote(without, &changes, versions, false);
+        let (changes, versions) = published.plan(&agents(1));
+        assert_eq!(changes.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [presence_shard("agent-7")]);
+        assert!(changes[0].1.as_ref().unwrap().iter().any(|r| r.agent == "agent-7"));
+        assert!(matches!(versions, VersionsWrite::Put(_)));
+        published.wrote(agents(1), &changes, versions, true);
+
+        // Half the agents on another version, with long ids: past the record's bound, the
+        // record goes and every shard carries its versions again; then versions moving
+        // rewrite shards.
+        let long = |i: usize, v: u64| record(&format!("{}-{i}", "a".repeat(60)), v);
+        let mixed: HashMap<_, _> = (0..8_000).map(|i| long(i, 1 + (i % 2) as u64)).collect();
+        let (changes, versions) = published.plan(&mixed);
+        assert_eq!(versions, VersionsWrite::Delete);
+        let written: usize = changes.iter().map(|(_, r)| r.as_ref().map_or(0, Vec::len)).sum();
+        assert_eq!(written, 8_000);
+        published.wrote(mixed.clone(), &changes, versions, true);
+        let mut one_moved = mixed.clone();
+        one_moved.insert(long(0, 5).0, long(0, 5).1);
+        let (changes, versions) = published.plan(&one_moved);
+        assert_eq!((changes.len(), versions), (1, VersionsWrite::Unchanged));
     }
 }

@@ -493,7 +493,7 @@ impl Embedded {
     }
 
     /// Removes an attested agent whose certificates all expired before `expired_before`.
-    pub fn forget_expired_agent(&self, id: &str, expired_before: i64) -> Result<bool, StoreError> {
+    pub fn forget_expired_agent(&self, id: &str, expired_before: i64, now_unix: i64) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut agents = txn.open_table(AGENTS).map_err(db_err)?;
@@ -501,7 +501,7 @@ impl Embedded {
                 Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?,
                 None => return Ok(false),
             };
-            if !record.departed(expired_before) {
+            if !record.departed(expired_before, now_unix) {
                 return Ok(false);
             }
             agents.remove(id).map_err(db_err)?;

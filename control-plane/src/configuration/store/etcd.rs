@@ -38,7 +38,7 @@ use etcd_client::{
 };
 use warden_tasks::Backoff;
 
-pub use self::coordination::{PRESENCE_SHARDS, presence_shard};
+pub use self::coordination::{PRESENCE_SHARDS, VersionsWrite, presence_shard};
 pub use self::watch::{Committed, Followed};
 use super::{
     AgentRecord, Attested, AuditEntry, Change, DefinitionsRecord, EtcdLimit, FindingsRecord, IssuedSerial,
@@ -556,12 +556,12 @@ impl Etcd {
 
     /// Removes an attested agent whose certificates all expired before `expired_before`, if its
     /// record did not change since it was read.
-    pub async fn forget_expired_agent(&self, id: &str, expired_before: i64) -> Result<bool, StoreError> {
+    pub async fn forget_expired_agent(&self, id: &str, expired_before: i64, now_unix: i64) -> Result<bool, StoreError> {
         let key = self.key(&format!("agents/{id}"));
         let response = self.get(key.clone(), None).await?;
         let Some(kv) = response.kvs().first() else { return Ok(false) };
         let record: AgentRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
-        if !record.departed(expired_before) {
+        if !record.departed(expired_before, now_unix) {
             return Ok(false);
         }
         let txn = etcd_client::Txn::new()

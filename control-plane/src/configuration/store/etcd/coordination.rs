@@ -17,6 +17,17 @@ use crate::configuration::store::{PresenceRecord, PresenceVersions, StoreError};
 /// (about 40 agents, 5 KB, at 10,000 agents a replica).
 pub const PRESENCE_SHARDS: u32 = 256;
 
+/// What a presence write does with the replica's [`PresenceVersions`] record.
+#[derive(Debug, PartialEq)]
+pub enum VersionsWrite {
+    /// Leaves it.
+    Unchanged,
+    /// Writes it.
+    Put(PresenceVersions),
+    /// Removes it: the shards carry the versions again.
+    Delete,
+}
+
 /// Bytes of presence values past which a transaction is sent and another begun.
 const PRESENCE_TXN_BYTES: usize = 512 * 1024;
 
@@ -116,15 +127,19 @@ impl Etcd {
         lease: i64,
         replica: &str,
         changes: &[(u32, Option<Vec<PresenceRecord>>)],
-        versions: Option<&PresenceVersions>,
+        versions: &VersionsWrite,
     ) -> Result<(), StoreError> {
         let mut ops = Vec::new();
         let mut bytes = 0;
-        if let Some(versions) = versions {
-            let value = serde_json::to_vec(versions).expect("serializes");
-            bytes += value.len();
-            let key = self.key(&format!("presence-versions/{replica}"));
-            ops.push(TxnOp::put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))));
+        let key = self.key(&format!("presence-versions/{replica}"));
+        match versions {
+            VersionsWrite::Unchanged => {}
+            VersionsWrite::Put(versions) => {
+                let value = serde_json::to_vec(versions).expect("serializes");
+                bytes += value.len();
+                ops.push(TxnOp::put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))));
+            }
+            VersionsWrite::Delete => ops.push(TxnOp::delete(key, None)),
         }
         for (shard, records) in changes {
             let key = self.key(&format!("presence/{replica}/{shard:03}"));
@@ -151,10 +166,11 @@ impl Etcd {
 
     /// Every replica's agent streams, each with the version it applied.
     pub async fn presence(&self) -> Result<Vec<PresenceRecord>, StoreError> {
-        let prefix = self.key("presence-versions/");
-        let response = self.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await?;
+        // Shards and versions records in one read: one revision of both.
+        let (shards, prefix) = (self.key("presence/"), self.key("presence-versions/"));
+        let response = self.get(self.key("presence"), Some(GetOptions::new().with_prefix())).await?;
         let mut versions: std::collections::HashMap<String, PresenceVersions> = Default::default();
-        for kv in response.kvs() {
+        for kv in response.kvs().iter().filter(|kv| kv.key().starts_with(prefix.as_bytes())) {
             let replica = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
             match serde_json::from_slice::<PresenceVersions>(kv.value()) {
                 Ok(v) => {
@@ -163,9 +179,8 @@ impl Etcd {
                 Err(e) => tracing::warn!("{}: {e}", String::from_utf8_lossy(kv.key())),
             }
         }
-        let response = self.get(self.key("presence/"), Some(GetOptions::new().with_prefix())).await?;
         let mut out = Vec::new();
-        for kv in response.kvs() {
+        for kv in response.kvs().iter().filter(|kv| kv.key().starts_with(shards.as_bytes())) {
             match serde_json::from_slice::<Vec<PresenceRecord>>(kv.value()) {
                 Ok(records) => out.extend(records),
                 // A replica of an earlier release (during a rolling upgrade): one agent a key.
