@@ -193,20 +193,33 @@ fn fleet_roots(ca: &FleetCa, what: &str) -> Result<Arc<rustls::RootCertStore>, R
     Ok(Arc::new(roots))
 }
 
+/// A TLS configuration serving `serving` and verifying client certificates of the fleet CA:
+/// required, or (`optional`) verified when one is given. `what` names the service in errors.
+fn fleet_mtls(
+    ca: &FleetCa,
+    serving: Arc<ServingCert>,
+    optional: bool,
+    what: &str,
+) -> Result<rustls::ServerConfig, RunError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut clients =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(fleet_roots(ca, what)?, provider.clone());
+    if optional {
+        clients = clients.allow_unauthenticated();
+    }
+    let clients = clients.build().map_err(|e| tls_invalid(what, "client verifier", &e))?;
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_invalid(what, "TLS versions", &e))?
+        .with_client_cert_verifier(clients)
+        .with_cert_resolver(serving))
+}
+
 /// The console's TLS for operators: the operator's serving certificate, or one of the fleet CA
 /// for the server's names; and a client certificate of the fleet CA required (whose identity
 /// the console then checks is an operator's).
 fn console_tls(ca: &FleetCa, serving: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, RunError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let clients =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(fleet_roots(ca, "console")?, provider.clone())
-            .build()
-            .map_err(|e| tls_invalid("console", "client verifier", &e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_invalid("console", "TLS versions", &e))?
-        .with_client_cert_verifier(clients)
-        .with_cert_resolver(serving);
+    let mut config = fleet_mtls(ca, serving, false, "console")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // No resumption: a resumed session carries the client certificate of its first handshake,
     // unchecked again (the registry check on every request covers revocation and expiry, but a
@@ -221,17 +234,7 @@ fn console_tls(ca: &FleetCa, serving: Arc<ServingCert>) -> Result<Arc<rustls::Se
 /// optional: Join is the one call made before the agent has a certificate; every other call
 /// checks the caller's certificate identity itself.
 fn agent_tls(ca: &FleetCa, serving: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, RunError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let clients =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(fleet_roots(ca, "agents' port")?, provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| tls_invalid("agents' port", "client verifier", &e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_invalid("agents' port", "TLS versions", &e))?
-        .with_client_cert_verifier(clients)
-        .with_cert_resolver(serving);
+    let mut config = fleet_mtls(ca, serving, true, "agents' port")?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
