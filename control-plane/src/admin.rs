@@ -7,6 +7,7 @@ use base64::Engine;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use warden_core::authorize::Authorizer;
+use warden_core::resource::validate_name;
 use warden_core::{Document, Kind, ResourceKey};
 
 use crate::configuration::Configuration;
@@ -389,6 +390,8 @@ impl pb::admin_service_server::AdminService for AdminService {
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let actor = self.actor(&request).await?;
         let agent = request.into_inner().agent_id;
+        // The store keeps a deletion floor under the id even when nothing is registered.
+        validate_name(&agent).map_err(|m| Status::invalid_argument(format!("agent id: {m}")))?;
         let removed = self
             .configuration
             .store()
@@ -396,7 +399,11 @@ impl pb::admin_service_server::AdminService for AdminService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         if !removed {
-            return Err(Status::not_found(format!("no agent {agent} is registered")));
+            tracing::warn!(%actor, %agent, "agent deleted while not registered: attestations issued before now are refused");
+            return Err(Status::not_found(format!(
+                "no agent {agent} is registered; attested joins as {agent} with platform tokens issued before now are \
+                 refused from now on all the same"
+            )));
         }
         // This replica's session ends at once; other replicas see the deletion in their watch.
         self.fleet.agent_changed(Some(agent.clone()));

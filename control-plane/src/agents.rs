@@ -126,10 +126,10 @@ impl AgentService {
                 // A token for that must never join: the rule is unusable until fixed. The
                 // operator reads why in the log; the caller, unauthenticated, only that it is.
                 tracing::error!(rule = %rule.name, audience = %rule.audience, "join rule refused: its audience is also {also}");
-                refusal.get_or_insert(format!(
-                    "join rule {} is misconfigured (its audience is used for something else: see the control plane's log)",
-                    rule.name
-                ));
+                refusal.get_or_insert(
+                    "a join rule is misconfigured (its audience is used for something else: see the control plane's log)"
+                        .to_string(),
+                );
                 continue;
             }
             let verified = match compiled.verifier.verify_for_exchange(
@@ -141,9 +141,10 @@ impl AgentService {
             ) {
                 Ok(v) if v.issuer == rule.issuer => v,
                 Ok(v) => {
-                    refusal.get_or_insert(
-                        Refusal::NoRule { issuer: v.issuer.clone(), audience: rule.audience.clone() }.to_string(),
-                    );
+                    // Which issuers are trusted is the configuration's: logged, not answered.
+                    let why = Refusal::NoRule { issuer: v.issuer.clone(), audience: rule.audience.clone() };
+                    tracing::warn!(agent = %request.agent_id, "attested join refused: {why}");
+                    refusal.get_or_insert("no join rule accepts tokens of this issuer for this audience".to_string());
                     continue;
                 }
                 Err(reason) => {

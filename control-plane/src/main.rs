@@ -171,14 +171,17 @@ async fn migrate(
         format!("reading {} (stop its control plane first)", data_dir.join("warden.redb").display())
     })?;
     let summary = format!(
-        "store {} at version {}: {} resources, {} key sets, {} audit entries, {} join tokens, {} agents",
+        "store {} at version {}: {} resources, {} key sets, {} audit entries, {} join tokens, {} agents, {} \
+         operators, {} recent agent deletions",
         dump.store_id,
         dump.version,
         dump.resources.len(),
         dump.keys.len(),
         dump.audit.len(),
         dump.join_tokens.len(),
-        dump.agents.len()
+        dump.agents.len(),
+        dump.operators.len(),
+        dump.attestation_floors.len(),
     );
     let target = Etcd::connect(etcd).await?;
     // Within etcd's default --max-txn-ops (128).

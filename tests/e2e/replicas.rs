@@ -221,6 +221,8 @@ fn an_embedded_store_moves_to_etcd_and_its_agents_carry_on_without_a_resend() {
     let version = cp.version();
     cp.wait_converged(&["agent-0"], version);
     let store_id = agent.status()["storeId"].clone();
+    let alice = dir.path().join("alice");
+    cp.ctl_ok(&["operator-cert", "create", "--name", "alice", "--out", alice.to_str().unwrap(), "--ttl", "1h"]);
 
     // A running control plane holds its store: nothing is copied.
     let out = migrate(&cp.data_dir, &etcd.url());
@@ -246,8 +248,13 @@ fn an_embedded_store_moves_to_etcd_and_its_agents_carry_on_without_a_resend() {
     let log = cp.process.as_ref().unwrap().log_text();
     let after_move = log.rsplit("store loaded").next().unwrap();
     assert!(after_move.contains("agent connected, up to date"), "no snapshot resent:\n{after_move}");
-    // History, join tokens and the registry came along.
+    // History, join tokens, the registry and operators' certificates came along.
     assert!(cp.ctl_ok(&["history"]).contains("github-tools"));
+    let path = |name: &str| alice.join(name).to_str().unwrap().to_string();
+    let (ca, crt, key) = (path("ca.crt"), path("operator.crt"), path("operator.key"));
+    let remote = ["--control-plane", &cp.address, "--ca", &ca, "--cert", &crt, "--key", &key, "get", "all"];
+    let out = Command::new(bin("wardenctl")).args(remote).output().unwrap();
+    assert!(out.status.success(), "alice's certificate is refused: {}", String::from_utf8_lossy(&out.stderr));
     let _second = Agent::start(dir.path(), "agent-1", &[&cp.address], Some(&spare));
     applied(&cp.apply(&fleet_yaml("fetch")));
     cp.wait_converged(&["agent-0", "agent-1"], version + 1);

@@ -280,9 +280,9 @@ pub struct IssuedSerial {
 impl AgentRecord {
     /// Whether it joined with an attestation, its newest certificate expired before
     /// `expired_before`, and the token it joined with has expired for sure at `now_unix`
-    /// ([`floor_expired`]: once its record is gone, nothing else refuses that token again).
+    /// ([`token_expired`]: once its record is gone, nothing else refuses that token again).
     pub fn departed(&self, expired_before: i64, now_unix: i64) -> bool {
-        self.attested.as_ref().is_some_and(|a| floor_expired(a.issued_at, now_unix))
+        self.attested.as_ref().is_some_and(|a| token_expired(a.issued_at, now_unix))
             && self.certificate_not_after_unix < expired_before
     }
 
@@ -423,6 +423,12 @@ pub struct Dump {
     pub findings: Vec<(String, Vec<u8>)>,
     /// Definitions servers listed, by `server/kind/name`.
     pub definitions: Vec<(String, Vec<u8>)>,
+    /// Operators' issued certificates by name: without them every operator certificate would be
+    /// refused after the move.
+    pub operators: Vec<(String, Vec<u8>)>,
+    /// When each deleted agent was deleted (Unix seconds), by id: without them a deleted
+    /// attested agent could join again, after the move, with a token issued before its deletion.
+    pub attestation_floors: Vec<(String, i64)>,
 }
 
 /// Every definition seen for one server's tool, prompt or resource template (tool pinning),
@@ -908,13 +914,25 @@ pub(crate) fn attested_may_replace(
     }
 }
 
-/// Whether the deletion floor set at `floor` can be forgotten at `now_unix`: every token issued
-/// before it has expired (no issuer's tokens live longer than the lifetime ceiling, plus the
-/// largest clock skew).
+/// Whether a token the issuer says it issued at `issued_at` has expired for sure at `now_unix`:
+/// no issuer's tokens live longer than the lifetime ceiling, and none is accepted more than the
+/// largest clock skew past its expiry.
+pub(crate) fn token_expired(issued_at: i64, now_unix: i64) -> bool {
+    let life = warden_core::issuer::MAX_TOKEN_LIFETIME_CEILING.0 + warden_core::issuer::CLOCK_SKEW_CEILING.0;
+    now_unix > issued_at.saturating_add(life.as_secs() as i64)
+}
+
+/// Whether the deletion floor set at `floor` can be forgotten at `now_unix`: every token it
+/// refuses has expired. The floor refuses tokens issued up to a clock skew after it
+/// ([`attested_may_replace`]), and those live a lifetime and a skew more.
 pub(crate) fn floor_expired(floor: i64, now_unix: i64) -> bool {
-    let longest = warden_core::issuer::MAX_TOKEN_LIFETIME_CEILING.0.as_secs()
-        + warden_core::issuer::CLOCK_SKEW_CEILING.0.as_secs();
-    now_unix > floor.saturating_add(longest as i64)
+    now_unix > floor.saturating_add(floor_life())
+}
+
+/// Seconds a deletion floor is kept: see [`floor_expired`].
+pub(crate) fn floor_life() -> i64 {
+    let skew = warden_core::issuer::CLOCK_SKEW_CEILING.0;
+    (warden_core::issuer::MAX_TOKEN_LIFETIME_CEILING.0 + skew + skew).as_secs() as i64
 }
 
 /// A stored resource record, decoded. Stored documents were admitted when written; only their

@@ -168,7 +168,15 @@ async fn an_attested_join_replaces_only_its_own_rules_agent_and_only_with_a_newe
     let skewed = store.register_attested_agent(&attested("prod.node-1", "prod", 24, "07"), 5).await;
     assert!(matches!(skewed, Err(JoinTokenError::Replayed(_))), "{skewed:?}");
     store.register_attested_agent(&attested("prod.node-1", "prod", 21, "08"), 0).await.unwrap();
-    assert!(!floor_expired(20, 20 + 24 * 3600 + 300) && floor_expired(20, 20 + 24 * 3600 + 301));
+    // A floor refuses tokens issued up to a skew (5 min at most) after it, which live 24 h and
+    // are accepted a skew past that: it is kept that long. A token is expired a skew past 24 h.
+    assert!(!floor_expired(20, 20 + 24 * 3600 + 600) && floor_expired(20, 20 + 24 * 3600 + 601));
+    assert!(!token_expired(20, 20 + 24 * 3600 + 300) && token_expired(20, 20 + 24 * 3600 + 301));
+    // An id deleted while nothing is registered under it (forgotten, or never joined) keeps a
+    // floor too: a stolen token issued before the deletion joins nowhere.
+    assert!(!store.delete_agent("prod.node-5", 30).await.unwrap());
+    let stolen = store.register_attested_agent(&attested("prod.node-5", "prod", 29, "09"), 0).await;
+    assert!(matches!(stolen, Err(JoinTokenError::Replayed(_))), "{stolen:?}");
     // A record no attestation admitted never takes an id this way.
     let plain = store.register_attested_agent(&agent("prod.node-9"), 0).await;
     assert!(matches!(plain, Err(JoinTokenError::NotAttested(_))), "{plain:?}");

@@ -208,14 +208,20 @@ impl Embedded {
             }
             Ok(out)
         };
-        let (resources, keys, join_tokens, agents, findings, definitions) = (
+        let (resources, keys, join_tokens, agents, findings, definitions, operators) = (
             rows(RESOURCES)?,
             rows(ISSUER_KEYS)?,
             rows(JOIN_TOKENS)?,
             rows(AGENTS)?,
             rows(FINDINGS)?,
             rows(DEFINITIONS)?,
+            rows(OPERATORS)?,
         );
+        let mut attestation_floors = Vec::new();
+        for row in txn.open_table(ATTESTATION_FLOORS).map_err(db_err)?.iter().map_err(db_err)? {
+            let (id, deleted_at) = row.map_err(db_err)?;
+            attestation_floors.push((id.value().to_string(), deleted_at.value()));
+        }
         let meta = txn.open_table(META).map_err(db_err)?;
         let store_id = read_store_id(&meta)?;
         let version = read_version(&meta)?;
@@ -244,6 +250,8 @@ impl Embedded {
             agents,
             findings,
             definitions,
+            operators,
+            attestation_floors,
         })
     }
 
@@ -482,10 +490,9 @@ impl Embedded {
             for stale in stale {
                 floors.remove(stale.as_str()).map_err(db_err)?;
             }
-            // Whatever the agent joined with: an attestation for the id must come after this.
-            if removed {
-                floors.insert(id, now_unix).map_err(db_err)?;
-            }
+            // Whatever the agent joined with, and even if it is not registered (forgotten, or
+            // not joined yet): an attestation for the id must come after this.
+            floors.insert(id, now_unix).map_err(db_err)?;
             removed
         };
         txn.commit().map_err(db_err)?;

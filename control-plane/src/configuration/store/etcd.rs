@@ -538,6 +538,11 @@ impl Etcd {
                 ),
                 None => None,
             };
+            // Our own write, committed though its answer was lost (and the transaction retried).
+            let ours = |e: &AgentRecord| e.attested == agent.attested && e.certificates == agent.certificates;
+            if existing.as_ref().is_some_and(ours) {
+                return Ok(true);
+            }
             super::attested_may_replace(existing.as_ref(), deleted_at, skew, &agent.id, attested)?;
             // Both unchanged since read (a key never created has create revision 0).
             let unchanged = |key: &str, kv: Option<&etcd_client::KeyValue>| match kv {
@@ -611,23 +616,22 @@ impl Etcd {
     /// changes ([`Etcd::follow_agent_registry`]) and ends the agent's stream.
     pub async fn delete_agent(&self, id: &str, now_unix: i64) -> Result<bool, StoreError> {
         let key = self.key(&format!("agents/{id}"));
-        // Whatever the agent joined with, an attestation for the id must come after this: the
-        // time is kept for the life of the tokens issued before it.
-        let ttl = warden_core::issuer::MAX_TOKEN_LIFETIME_CEILING.0 + warden_core::issuer::CLOCK_SKEW_CEILING.0;
-        let (lease, _) = self.grant(ttl).await?;
-        let floor = (self.key(&format!("attestation-floors/{id}")), now_unix.to_string());
-        // On the record existing only: a renewal moving it on does not make the delete fail.
-        let txn =
-            etcd_client::Txn::new().when([Compare::create_revision(key.clone(), CompareOp::NotEqual, 0)]).and_then([
-                TxnOp::delete(key, None),
-                TxnOp::put(floor.0, floor.1, Some(etcd_client::PutOptions::new().with_lease(lease))),
-            ]);
-        let deleted = self.txn(txn).await.map(|r| r.succeeded());
-        if !matches!(deleted, Ok(true)) {
-            // Nothing hangs on it.
-            let _ = self.client.lease_client().revoke(lease).await;
-        }
-        deleted
+        // Whatever the agent joined with, and even if it is not registered (forgotten, or not
+        // joined yet), an attestation for the id must come after this: the time is kept for
+        // the life of the tokens it refuses.
+        let (lease, _) = self.grant(std::time::Duration::from_secs(super::floor_life() as u64)).await?;
+        let floor = || {
+            let options = etcd_client::PutOptions::new().with_lease(lease);
+            TxnOp::put(self.key(&format!("attestation-floors/{id}")), now_unix.to_string(), Some(options))
+        };
+        // The record's existence decides only what is answered: a renewal moving it on does not
+        // make the delete fail. The lease is never revoked here: a write whose answer was lost
+        // (and retried) may have committed, and revoking would take its floor away.
+        let txn = etcd_client::Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::NotEqual, 0)])
+            .and_then([TxnOp::delete(key, None), floor()])
+            .or_else([floor()]);
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// The certificates issued to operator `name`.
@@ -747,6 +751,7 @@ impl Etcd {
             ("agents", dump.agents),
             ("findings", dump.findings),
             ("definitions", dump.definitions),
+            ("operators", dump.operators),
         ];
         for (dir, rows) in dirs {
             puts.extend(rows.into_iter().map(|(k, v)| (self.key(&format!("{dir}/{k}")), v)));
@@ -771,6 +776,23 @@ impl Etcd {
         for chunk in puts.chunks(batch.max(1)) {
             let ops: Vec<TxnOp> = chunk.iter().map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None)).collect();
             self.txn(etcd_client::Txn::new().and_then(ops)).await?;
+        }
+        // Deletion floors on leases for what is left of their life, as `delete_agent` writes
+        // them; those past every token's life say nothing any more and stay behind.
+        let now_unix = crate::now_unix_ms() / 1000;
+        for (id, deleted_at) in dump.attestation_floors {
+            let left = deleted_at.saturating_add(super::floor_life()).saturating_sub(now_unix);
+            if left <= 0 {
+                continue;
+            }
+            // One second over, never under: a lease's TTL is whole seconds.
+            let (lease, _) = self.grant(std::time::Duration::from_secs(left as u64 + 1)).await?;
+            let put = TxnOp::put(
+                self.key(&format!("attestation-floors/{id}")),
+                deleted_at.to_string(),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            );
+            self.txn(etcd_client::Txn::new().and_then([put])).await?;
         }
         let identity = etcd_client::Txn::new()
             .when([Compare::create_revision(self.key("store-id"), CompareOp::Equal, 0)])

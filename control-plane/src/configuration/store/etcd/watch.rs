@@ -206,6 +206,11 @@ impl Etcd {
                     revision = Some(response.compact_revision() - 1);
                     break;
                 }
+                if revision.is_none() {
+                    // The first answer of a watch opened from "now": a change made before it
+                    // (after a session read the registry) is in no event. Every session checks.
+                    let _ = out.send(None);
+                }
                 if let Some(header) = response.header() {
                     revision = Some(revision.map_or(header.revision(), |r| r.max(header.revision())));
                 }
