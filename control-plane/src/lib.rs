@@ -397,11 +397,13 @@ async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, admin_socket = %options.admin_socket.display(), "control plane listening");
     let (mut tls_stop, admin_stop) = (stop.clone(), stop);
-    let incoming =
-        serving::incoming(listener, agent_tls, serving::HANDSHAKES, serving::HANDSHAKE_TIMEOUT, tls_stop.clone());
+    let incoming = serving::incoming(listener, agent_tls, serving::Limits::AGENTS_PORT, tls_stop.clone());
     let tls_server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // An agent holds one stream and renews now and then; an operator's command is one call.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .layer(serving::OnlyJoinWithoutCertificateLayer)
         .add_service(pb::agent_service_server::AgentServiceServer::new(agents))
         .add_service(pb::admin_service_server::AdminServiceServer::new(admin.clone()))
         .serve_with_incoming_shutdown(incoming, async move { tls_stop.requested().await });
@@ -414,11 +416,25 @@ async fn serve(
         () = shutdown => {
             tracing::info!("shutting down: closing agent streams");
             trigger.fire();
-            serving.await?
+            // tonic waits for every connection to close, and a client can keep one open (a
+            // call whose body never ends): the drain has a deadline.
+            match tokio::time::timeout(DRAIN, &mut serving).await {
+                Ok(served) => served?,
+                Err(_) => {
+                    tracing::warn!(seconds = DRAIN.as_secs(), "connections still open after the drain: closed");
+                    Default::default()
+                }
+            }
         }
     };
     Ok(())
 }
+
+/// Streams a connection to the agents' port may open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// How long shutdown waits for the agents' port's connections to close.
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the admin socket on a thread and runtime of its own, so an operator's call is answered
 /// promptly however busy the agents' port keeps the main runtime: ten thousand agents

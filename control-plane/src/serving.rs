@@ -6,7 +6,12 @@
 //! days served an expired certificate, and a renewed file waited for a restart.
 //!
 //! The agents' port is served through [`incoming`]: its own TLS handshakes (bounded in number
-//! and time) in front of tonic, which takes the finished streams.
+//! and time) in front of tonic, which takes the finished streams as [`Connection`]s, bounded
+//! again after the handshake.
+
+mod connection;
+
+pub use connection::{Connection, JOIN_BYTES, Limits, OnlyJoinWithoutCertificateLayer};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,8 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use warden_tasks::Shutdown;
 
 use crate::RunError;
@@ -248,20 +252,21 @@ impl ResolvesServerCert for ServingCert {
 }
 
 /// The agents' port: TCP connections accepted on `listener`, their TLS handshakes under
-/// `config` done concurrently (at most `handshakes` at once, each within `timeout`: the port
-/// uses [`HANDSHAKES`] and [`HANDSHAKE_TIMEOUT`]; see there for the waiting), the finished
-/// streams handed to tonic, until `stop`.
+/// `config` done concurrently (at most `limits.handshakes` at once, each within
+/// `limits.handshake_timeout`: the port uses [`Limits::AGENTS_PORT`]; see [`HANDSHAKES`] for
+/// the waiting), the finished streams handed to tonic with the rest of `limits` on them, until
+/// `stop`.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-    handshakes: usize,
-    timeout: Duration,
+    limits: Limits,
     mut stop: Shutdown,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<Connection, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(handshakes));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.handshakes));
     let waiting = Arc::new(tokio::sync::Semaphore::new(WAITING));
+    let certless = Arc::new(tokio::sync::Semaphore::new(limits.certless_at_once));
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -282,7 +287,11 @@ pub fn incoming(
                 tracing::debug!(%peer, "too many connections waiting for a TLS handshake on the agents' port: closed");
                 continue;
             };
+            // gRPC's small frames (acknowledgements, pings) go out at once, not after the
+            // peer's delayed acknowledgement of the previous ones.
+            let _ = stream.set_nodelay(true);
             let (acceptor, tx, handshakes, mut stop) = (acceptor.clone(), tx.clone(), handshakes.clone(), stop.clone());
+            let certless = certless.clone();
             tokio::spawn(async move {
                 let _held = held;
                 let handshake = async {
@@ -290,7 +299,7 @@ pub fn incoming(
                         tracing::debug!(%peer, "no TLS handshake turn on the agents' port in time");
                         return None;
                     };
-                    let done = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+                    let done = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await;
                     drop(turn);
                     match done {
                         Ok(Ok(tls)) => Some(tls),
@@ -309,10 +318,18 @@ pub fn incoming(
                     tls = handshake => tls,
                     () = stop.requested() => None,
                 };
-                if let Some(tls) = tls {
-                    // The server is gone when the channel is: nothing to hand it to.
-                    let _ = tx.send(Ok(tls)).await;
-                }
+                let Some(tls) = tls else { return };
+                let place = if tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) {
+                    None
+                } else {
+                    let Ok(place) = certless.try_acquire_owned() else {
+                        tracing::debug!(%peer, "too many connections without a client certificate on the agents' port: closed");
+                        return;
+                    };
+                    Some(place)
+                };
+                // The server is gone when the channel is: nothing to hand it to.
+                let _ = tx.send(Ok(Connection::new(tls, &limits, place))).await;
             });
         }
     });
@@ -323,7 +340,8 @@ pub fn incoming(
 mod tests {
     use std::time::Instant;
 
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio_stream::StreamExt;
 
     use super::*;
@@ -346,7 +364,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (_trigger, stop) = warden_tasks::channel();
-        let mut incoming = incoming(listener, config, 1, Duration::from_millis(800), stop);
+        let limits = Limits { handshakes: 1, handshake_timeout: Duration::from_millis(800), ..Limits::AGENTS_PORT };
+        let mut incoming = incoming(listener, config, limits, stop);
         // A client that never speaks takes the one slot; a real client waits behind it.
         let started = Instant::now();
         let mut silent = TcpStream::connect(address).await.unwrap();
@@ -370,8 +389,73 @@ mod tests {
         assert_eq!(closed.expect("closed within the test").unwrap(), 0);
         assert!(started.elapsed() >= Duration::from_millis(800), "closed at the timeout, not before");
         let served = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await.unwrap().unwrap().unwrap();
-        assert!(served.get_ref().1.alpn_protocol().is_none());
+        assert!(served.tls().get_ref().1.alpn_protocol().is_none());
         real.await.unwrap().expect("the real client's handshake");
+    }
+
+    #[tokio::test]
+    async fn after_the_handshake_a_silent_connection_ends_and_one_without_a_certificate_lives_briefly() {
+        let (config, cert) = server_config();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_trigger, stop) = warden_tasks::channel();
+        let limits = Limits {
+            first_bytes: Duration::from_millis(300),
+            certless_life: Duration::from_millis(1200),
+            certless_at_once: 1,
+            ..Limits::AGENTS_PORT
+        };
+        let mut incoming = incoming(listener, config, limits, stop);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let connect = || {
+            let connector = connector.clone();
+            async move {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                connector.connect(name, tokio::net::TcpStream::connect(address).await.unwrap()).await.unwrap()
+            }
+        };
+        let mut buffer = [0u8; 64];
+
+        // Silent after its handshake: its first read fails at the deadline.
+        let _silent = connect().await;
+        let mut served = incoming.next().await.unwrap().unwrap();
+        let started = Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(5), served.read(&mut buffer)).await.unwrap();
+        assert_eq!(read.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+
+        // The one place for a connection without a certificate is taken while `served` lives:
+        // another is closed after its handshake and never reaches the server.
+        let mut refused = connect().await;
+        let closed = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut buffer)).await.unwrap();
+        assert!(
+            matches!(&closed, Ok(0)) || closed.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{closed:?}"
+        );
+        drop(served);
+
+        // One that talks is read until its life is over, then ends.
+        let mut talking = connect().await;
+        let mut served = incoming.next().await.unwrap().unwrap();
+        let started = Instant::now();
+        let ended = loop {
+            talking.write_all(b"ping").await.unwrap();
+            talking.flush().await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(5), served.read(&mut buffer)).await.unwrap() {
+                Ok(n) => assert!(n > 0),
+                Err(e) => break e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(ended.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(1000), "{:?}", started.elapsed());
     }
 
     #[test]

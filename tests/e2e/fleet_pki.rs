@@ -406,3 +406,100 @@ fn serving_certificates_are_renewed_while_the_control_plane_runs() {
         (tests::served_certificate(&token_addr, b"http/1.1") == second).then_some(())
     });
 }
+
+/// TLS to `cp`'s agents' port trusting its fleet CA, without a client certificate.
+fn without_certificate(cp: &ControlPlane) -> rustls::ClientConfig {
+    let ca = std::fs::read_to_string(cp.data_dir.join("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in agent::tls::certs_from_pem(&ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config
+}
+
+#[test]
+fn without_a_client_certificate_only_a_small_join_is_read() {
+    use proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]);
+    let config = without_certificate(&cp);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = agent::tls::connect(&cp.address, config).await.unwrap();
+        // Any call but Join is refused before its request is read.
+        let mut admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
+        let refused = admin.list_agents(pb::ListAgentsRequest::default()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains("needs the client certificate"), "{refused:?}");
+        let mut agents = pb::agent_service_client::AgentServiceClient::new(channel);
+        let hello = pb::AgentMessage { message: Some(pb::agent_message::Message::Hello(Default::default())) };
+        let refused = agents.stream(tokio_stream::iter([hello])).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        // A join is answered by the join code (a made-up request is refused there)...
+        let join = |csr_pem: String| pb::JoinRequest {
+            token: "abcdef.0123456789abcdef".into(),
+            agent_id: "agent-0".into(),
+            csr_pem,
+            ..Default::default()
+        };
+        let refused = agents.join(join("not a CSR".into())).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("certificate signing request refused"), "{refused:?}");
+        // ...but one past 64 KiB is not read to its end.
+        let refused = agents.join(join("x".repeat(100 * 1024))).await.unwrap_err();
+        assert!(refused.message().contains("length limit exceeded"), "{refused:?}");
+    });
+    // None of it registered anything; an agent with a join token still joins.
+    assert!(cp.ctl_json(&["get", "agents"])["agents"].as_array().unwrap().is_empty());
+    let token = cp.join_token("5m", "agent-0");
+    let _agent = Agent::start(dir.path(), "agent-0", &[&cp.address], Some(&token));
+    cp.wait_converged(&["agent-0"], 0);
+}
+
+#[test]
+fn a_call_whose_request_never_ends_does_not_hold_up_shutdown() {
+    use bytes::Bytes;
+    use hyper::body::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start(dir.path(), &[]);
+    let config = without_certificate(&cp);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let address = cp.address.clone();
+    let (_more, answer) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let host = address.rsplit_once(':').unwrap().0.to_string();
+        let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(connection);
+        // A Join whose message is announced at 1,000 bytes, of which 10 are sent, and no more.
+        let (more, body) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let mut first = vec![0u8, 0, 0, 0x03, 0xe8];
+        first.extend([0u8; 10]);
+        more.send(Ok(Frame::data(Bytes::from(first)))).await.unwrap();
+        let request = http::Request::post(format!("https://{address}/warden.v1.AgentService/Join"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body)))
+            .unwrap();
+        (more, tokio::spawn(sender.send_request(request)))
+    });
+    // The call is under way (no answer while its message is unfinished).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!answer.is_finished());
+    // The control plane still stops, and cleanly: within the wait of `stop` (20 s), where the
+    // connection would otherwise stay open for the 30 s a connection without a certificate
+    // lives, and one with a certificate for good.
+    let started = std::time::Instant::now();
+    cp.stop();
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+}
