@@ -209,17 +209,24 @@ pub async fn join(
     Ok(id)
 }
 
-/// Renews the certificate with a fresh key, authenticating with the current one.
+/// Renews the certificate with a fresh key, authenticating with the current one. An agent that
+/// joined with an attestation presents its platform's current token too (read from
+/// `attestation`, its file, at each renewal: the platform rotates it).
 pub async fn renew(
     files: &Files,
     address: &str,
     agent_id: &str,
     current: &Identity,
+    attestation: Option<&Path>,
 ) -> Result<Identity, IdentityError> {
+    let attestation = match attestation {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| io(path, source))?.trim().to_string(),
+        None => String::new(),
+    };
     let (key, csr_pem) = new_key_and_csr(agent_id)?;
     let channel = tls::connect(address, current.client_config()?).await?;
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
-    let response = client.renew(pb::RenewRequest { csr_pem }).await.map_err(refused)?.into_inner();
+    let response = client.renew(pb::RenewRequest { csr_pem, attestation }).await.map_err(refused)?.into_inner();
     let id = identity(response.certificate_pem, key.serialize_pem(), response.ca_pem)?;
     files.store(&id)?;
     tracing::info!(not_after = id.not_after, "certificate renewed");

@@ -354,7 +354,12 @@ async fn renew_forever(
         next_address += 1;
         // Past its certificate's end, an agent its platform vouches for joins again with the
         // platform's current token (the kubelet's, rotated); one with a join token cannot.
+        // Before, it renews with its certificate and the platform's current token together.
         let attested = options.join.as_ref().filter(|j| matches!(j, identity::Join::Attestation { .. }));
+        let token_file = match attested {
+            Some(identity::Join::Attestation { token_file, .. }) => Some(token_file.as_path()),
+            _ => None,
+        };
         let expired = identity::now_unix() >= current.not_after;
         let renewed = tokio::select! {
             renewed = async {
@@ -362,7 +367,7 @@ async fn renew_forever(
                     Some(join) if expired => {
                         identity::join(&files, address, join, &options.agent_id, &options.labels).await
                     }
-                    _ => identity::renew(&files, address, &options.agent_id, &current).await,
+                    _ => identity::renew(&files, address, &options.agent_id, &current, token_file).await,
                 }
             } => renewed,
             () = stop.requested() => return,

@@ -14,7 +14,7 @@ use proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
-use warden_core::attestation::Refusal;
+use warden_core::attestation::{Admitted, KubernetesJoin, Refusal};
 use warden_core::identity::{FleetIdentity, JoinToken, secret_hash};
 use warden_core::resource::validate_name;
 use warden_core::token::Presenter;
@@ -22,8 +22,9 @@ use warden_core::token::Presenter;
 use warden_tasks::Shutdown;
 
 use crate::configuration::Configuration;
+use crate::configuration::compiled::Compiled;
 use crate::configuration::state::FleetState;
-use crate::configuration::store::{AgentRecord, Attested, IssuedSerial, JoinTokenError, RESERVED_AGENT_IDS};
+use crate::configuration::store::{AgentRecord, Attested, IssuedSerial, JoinTokenError, RESERVED_AGENT_IDS, Renewal};
 use crate::fleet::Fleet;
 use crate::fleet::peer::{self, certificate};
 use crate::inventory::{self, Inventory};
@@ -113,55 +114,22 @@ impl AgentService {
                 "this control plane admits no attested joins (warden-cp --join-attestation); join with a join token",
             ));
         }
-        let compiled = self.configuration.compiled().map_err(|e| {
-            tracing::error!("the stored configuration does not compile: {e}");
-            Status::unavailable("the configuration cannot be read; try again")
-        })?;
-        let (now, state) = (now_unix(), self.configuration.current());
-        let revocations = &state.revoked;
+        let (compiled, now, state) = (self.compiled_for_joins()?, now_unix(), self.configuration.current());
         let mut refusal = None;
         let mut admitted = None;
         for rule in rules.rules() {
-            if let Some(also) = audience_in_use(&compiled.config, rule) {
-                // A token for that must never join: the rule is unusable until fixed. The
-                // operator reads why in the log; the caller, unauthenticated, only that it is.
-                tracing::error!(rule = %rule.name, audience = %rule.audience, "join rule refused: its audience is also {also}");
-                refusal.get_or_insert(
-                    "a join rule is misconfigured (its audience is used for something else: see the control plane's log)"
-                        .to_string(),
-                );
-                continue;
-            }
-            let verified = match compiled.verifier.verify_for_exchange(
-                &request.attestation,
-                &rule.audience,
-                now,
-                revocations,
-                Presenter::default(),
-            ) {
-                Ok(v) if v.issuer == rule.issuer => v,
-                Ok(v) => {
-                    // Which issuers are trusted is the configuration's: logged, not answered.
-                    let why = Refusal::NoRule { issuer: v.issuer.clone(), audience: rule.audience.clone() };
-                    tracing::warn!(agent = %request.agent_id, "attested join refused: {why}");
-                    refusal.get_or_insert("no join rule accepts tokens of this issuer for this audience".to_string());
-                    continue;
-                }
-                Err(reason) => {
-                    refusal.get_or_insert(format!("the token is refused: {}", reason.code()));
-                    continue;
-                }
-            };
-            match rule.admit(&verified.claims, &request.agent_id) {
-                Ok(a) => {
-                    let skew = compiled.config.issuers.get(&rule.issuer).map_or(0, |i| i.clock_skew.0.as_secs() as i64);
-                    admitted = Some((a, verified.issued_at, skew));
+            match judge(&compiled, &state.revoked, rule, &request.attestation, &request.agent_id, now) {
+                Verdict::Admitted { admitted: a, issued_at, skew } => {
+                    admitted = Some((a, issued_at, skew));
                     break;
                 }
+                Verdict::Refused(why) => {
+                    refusal.get_or_insert(why);
+                }
                 // Another rule of the same cluster and audience may list the account.
-                Err(e @ Refusal::ServiceAccountNotAllowed(_)) => refusal = Some(e.to_string()),
+                Verdict::RuleRefused(e @ Refusal::ServiceAccountNotAllowed(_)) => refusal = Some(e.to_string()),
                 // The rule for this account refuses: final.
-                Err(e) => {
+                Verdict::RuleRefused(e) => {
                     refusal = Some(e.to_string());
                     break;
                 }
@@ -190,6 +158,51 @@ impl AgentService {
             "agent joined with an attestation"
         );
         Ok(Response::new(answer))
+    }
+
+    /// The configuration compiled, for judging platform tokens.
+    fn compiled_for_joins(&self) -> Result<Arc<Compiled>, Status> {
+        self.configuration.compiled().map_err(|e| {
+            tracing::error!("the stored configuration does not compile: {e}");
+            Status::unavailable("the configuration cannot be read; try again")
+        })
+    }
+
+    /// For a renewal of agent `id`, which joined with an attestation (`before`): its platform's
+    /// current `token`, judged as a join would be by the rule that admitted it, and issued no
+    /// earlier than the one it last presented; the attestation and the rule's labels to
+    /// register. So an identity lasts only while its platform vouches for it (a stolen key
+    /// renews nothing without the pod's token), a rule or account taken out of
+    /// `--join-attestation` ends its agents at their next renewal, and a rule's changed labels
+    /// are registered.
+    fn vouched_again(
+        &self,
+        id: &str,
+        before: &Attested,
+        token: &str,
+    ) -> Result<(Attested, BTreeMap<String, String>), Status> {
+        let refuse = |why: String| {
+            tracing::warn!(agent = %id, rule = %before.rule, "renewal refused: {why}");
+            Status::permission_denied(format!("renewal of agent {id} refused: {why}"))
+        };
+        if token.is_empty() {
+            return Err(refuse("it joined with its platform's token, and renews only with the current one".into()));
+        }
+        let rules = self.fleet.join_attestation();
+        let Some(rule) = rules.rules().find(|r| r.name == before.rule) else {
+            return Err(refuse("the join rule that admitted it is no longer configured".into()));
+        };
+        let compiled = self.compiled_for_joins()?;
+        match judge(&compiled, &self.configuration.current().revoked, rule, token, id, now_unix()) {
+            Verdict::Admitted { issued_at, .. } if issued_at < before.issued_at => {
+                Err(refuse("the token is older than the one it presented last".into()))
+            }
+            Verdict::Admitted { admitted, issued_at, .. } => {
+                Ok((Attested { rule: admitted.rule, issued_at }, admitted.labels))
+            }
+            Verdict::Refused(why) => Err(refuse(why)),
+            Verdict::RuleRefused(e) => Err(refuse(e.to_string())),
+        }
     }
 
     /// A certificate for agent `id` over its CSR, as the answer to its join, and the registry
@@ -227,6 +240,56 @@ impl AgentService {
 /// trusted issuer's URL (the token service's identifier; a Kubernetes issuer's URL, its API
 /// server's default audience). A token for any of those is presented elsewhere, so it must
 /// not join.
+/// One join rule's verdict on a platform token offered for agent `id`.
+enum Verdict {
+    /// The rule admits it: the agent, when the token was issued, and the issuer's clock skew.
+    Admitted { admitted: Admitted, issued_at: i64, skew: i64 },
+    /// Not under this rule, or not at all, for a reason told to the caller as it is.
+    Refused(String),
+    /// The rule read the token and refuses it.
+    RuleRefused(Refusal),
+}
+
+/// `rule`'s verdict on `token` for agent `id`: the token verified like any (signature, issuer,
+/// the rule's audience, lifetime, `revoked`) by the configuration agents enforce, then the
+/// rule's own checks (service account, the agent id the token names). What the caller is told
+/// names nothing of the configuration; the log says which rule and why.
+fn judge(
+    compiled: &Compiled,
+    revoked: &warden_core::token::Revocations,
+    rule: &KubernetesJoin,
+    token: &str,
+    id: &str,
+    now: i64,
+) -> Verdict {
+    if let Some(also) = audience_in_use(&compiled.config, rule) {
+        // A token for that must never join: the rule is unusable until fixed.
+        tracing::error!(rule = %rule.name, audience = %rule.audience, "join rule refused: its audience is also {also}");
+        return Verdict::Refused(
+            "a join rule is misconfigured (its audience is used for something else: see the control plane's log)"
+                .into(),
+        );
+    }
+    let verified =
+        match compiled.verifier.verify_for_exchange(token, &rule.audience, now, revoked, Presenter::default()) {
+            Ok(v) if v.issuer == rule.issuer => v,
+            Ok(v) => {
+                // Which issuers are trusted is the configuration's: logged, not answered.
+                let why = Refusal::NoRule { issuer: v.issuer.clone(), audience: rule.audience.clone() };
+                tracing::warn!(agent = %id, "attested join refused: {why}");
+                return Verdict::Refused("no join rule accepts tokens of this issuer for this audience".into());
+            }
+            Err(reason) => return Verdict::Refused(format!("the token is refused: {}", reason.code())),
+        };
+    match rule.admit(&verified.claims, id) {
+        Ok(admitted) => {
+            let skew = compiled.config.issuers.get(&rule.issuer).map_or(0, |i| i.clock_skew.0.as_secs() as i64);
+            Verdict::Admitted { admitted, issued_at: verified.issued_at, skew }
+        }
+        Err(e) => Verdict::RuleRefused(e),
+    }
+}
+
 fn audience_in_use(config: &warden_core::Config, rule: &warden_core::attestation::KubernetesJoin) -> Option<String> {
     // What API servers take by default (`--api-audiences`) when it is not the issuer's URL.
     const API_AUDIENCES: [&str; 3] =
@@ -301,17 +364,22 @@ impl pb::agent_service_server::AgentService for AgentService {
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
         let (record, serial, _) = self.registered_agent(&request).await?;
         let agent = record.id;
+        let request = request.into_inner();
+        let attested = match &record.attested {
+            Some(before) => Some(self.vouched_again(&agent, before, &request.attestation)?),
+            None => None,
+        };
         let spiffe_id = self.fleet.ca().agent_spiffe_id(&agent);
         let cert = self
             .fleet
             .ca()
-            .sign_client_csr(&request.into_inner().csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
+            .sign_client_csr(&request.csr_pem, &spiffe_id, self.fleet.agent_cert_ttl())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let issued = IssuedSerial { serial: cert.serial.clone(), not_after_unix: cert.not_after_unix };
         let renewed = self
             .configuration
             .store()
-            .renew_agent(&agent, &serial, issued, now_unix())
+            .renew_agent(&agent, &serial, Renewal { issued, attested }, now_unix())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         if !renewed {

@@ -155,7 +155,7 @@ fn attested_joins(dir: &Path, cp: &ControlPlane, joiner: &ControlPlane, idp: &Mi
     let old = Files::new(&first_identity).load().unwrap().expect("the first pod's identity");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let renewal =
-        runtime.block_on(identity::renew(&Files::new(&dir.join("scratch")), &cp.address, "prod.node-1", &old));
+        runtime.block_on(identity::renew(&Files::new(&dir.join("scratch")), &cp.address, "prod.node-1", &old, None));
     match renewal {
         Err(IdentityError::Refused(message)) => {
             assert!(message.contains("not registered with this certificate"), "{message}")
@@ -391,4 +391,70 @@ fn a_deleted_agent_stays_out_when_its_store_moves_to_etcd() {
         .unwrap_or_else(|| panic!("{life}"));
     let full = 24 * 3600 + 600;
     assert!(remaining <= full + 1 && remaining > full - 300, "{life}");
+}
+
+#[test]
+fn an_attested_agent_renews_only_with_its_platforms_current_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = MintingIdp::start(dir.path());
+    let rules = rules_file(dir.path());
+    // Certificates of 12 s: renewed about 8 s in.
+    let flags = ["--allow-http-issuers", "--join-attestation", rules.to_str().unwrap(), "--agent-cert-ttl", "12s"];
+    let cp = ControlPlane::start(dir.path(), &flags);
+    cp.apply_ok(&cluster_issuer(&idp));
+    let fleet_ca = cp.data_dir.join("ca.crt");
+    let agent_sa = ("warden", "warden-agent");
+    let token_file = dir.path().join("node-1-token");
+    let t0 = now() - 100;
+    std::fs::write(&token_file, kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0))
+        .unwrap();
+    // The kubelet rotates the token in place: the agent reads it at each renewal.
+    let (token_arg, ca_arg) = (token_file.to_str().unwrap(), fleet_ca.to_str().unwrap());
+    let node1 = Agent::start_with(
+        dir.path(),
+        "prod.node-1",
+        &[&cp.address],
+        None,
+        &["--join-attestation-file", token_arg, "--fleet-ca", ca_arg],
+    );
+    wait_for_or("prod.node-1 to join", || node1.log_text(), || registered(&cp, "prod.node-1"));
+    std::fs::write(&token_file, kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0 + 60))
+        .unwrap();
+    wait_for_or("the renewal", || node1.log_text(), || node1.log_text().contains("certificate renewed").then_some(()));
+    assert!(!node1.log_text().contains("renewal failed"), "{}", node1.log_text());
+
+    // The agent's key alone renews nothing; nor does it with another node's token, or with
+    // an older token than the one it renewed with.
+    let held = Files::new(&node1.data_dir).load().unwrap().expect("the agent's identity");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    std::fs::create_dir_all(dir.path().join("scratch")).unwrap();
+    let renew = |token: Option<String>| {
+        let file = dir.path().join("offered-token");
+        if let Some(token) = &token {
+            std::fs::write(&file, token).unwrap();
+        }
+        let offered = token.as_ref().map(|_| file.as_path());
+        match runtime.block_on(identity::renew(
+            &Files::new(&dir.path().join("scratch")),
+            &cp.address,
+            "prod.node-1",
+            &held,
+            offered,
+        )) {
+            Ok(_) => Ok(()),
+            Err(IdentityError::Refused(message)) => Err(message),
+            Err(other) => panic!("renewal: {other}"),
+        }
+    };
+    let refused = renew(None).unwrap_err();
+    assert!(refused.contains("renews only with the current one"), "{refused}");
+    let other_node = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-b8b8b", "node-2", t0 + 70);
+    let refused = renew(Some(other_node)).unwrap_err();
+    assert!(refused.contains("this token admits agent \"prod.node-2\""), "{refused}");
+    let older = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0 + 30);
+    let refused = renew(Some(older)).unwrap_err();
+    assert!(refused.contains("older than the one it presented last"), "{refused}");
+    // The current one renews.
+    let current = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0 + 80);
+    renew(Some(current)).expect("a renewal with the current token");
 }

@@ -267,6 +267,16 @@ pub struct Attested {
     pub issued_at: i64,
 }
 
+/// What a renewal records: the certificate issued and, for an agent that joined with an
+/// attestation, the one its renewal presented with its rule's labels as they are now.
+#[derive(Clone, Debug)]
+pub struct Renewal {
+    /// The new certificate.
+    pub issued: IssuedSerial,
+    /// The attestation presented, and the rule's labels.
+    pub attested: Option<(Attested, BTreeMap<String, String>)>,
+}
+
 /// One certificate issued to an agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -284,6 +294,24 @@ impl AgentRecord {
     pub fn departed(&self, expired_before: i64, now_unix: i64) -> bool {
         self.attested.as_ref().is_some_and(|a| token_expired(a.issued_at, now_unix))
             && self.certificate_not_after_unix < expired_before
+    }
+
+    /// Records `renewal`, if it fits how the agent joined: an attested agent's must carry an
+    /// attestation of the same rule, no older than the last; another agent's none. Otherwise
+    /// false, and nothing changed.
+    pub fn renewed(&mut self, renewal: Renewal, now_unix: i64) -> bool {
+        match (&self.attested, renewal.attested) {
+            (None, None) => {}
+            (Some(before), Some((after, labels)))
+                if before.rule == after.rule && after.issued_at >= before.issued_at =>
+            {
+                self.attested = Some(after);
+                self.labels = labels;
+            }
+            _ => return false,
+        }
+        self.issued(renewal.issued.serial, renewal.issued.not_after_unix, now_unix);
+        true
     }
 
     /// Whether a certificate with `serial` (hex) is one this agent holds, unexpired at
@@ -700,15 +728,15 @@ impl Store {
         &self,
         id: &str,
         presented: &str,
-        issued: IssuedSerial,
+        renewal: Renewal,
         now_unix: i64,
     ) -> Result<bool, StoreError> {
         match self {
             Store::Embedded(s) => {
                 let (id, presented) = (id.to_string(), presented.to_string());
-                blocking(s, move |s| s.renew_agent(&id, &presented, issued, now_unix)).await
+                blocking(s, move |s| s.renew_agent(&id, &presented, renewal, now_unix)).await
             }
-            Store::Etcd(s) => s.renew_agent(id, presented, issued, now_unix).await,
+            Store::Etcd(s) => s.renew_agent(id, presented, renewal, now_unix).await,
         }
     }
 

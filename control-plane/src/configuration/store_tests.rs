@@ -115,7 +115,7 @@ async fn a_join_token_admits_one_agent_once_before_it_expires() {
     assert!(store.delete_agent("a1", 10).await.unwrap());
     assert!(!store.delete_agent("a1", 10).await.unwrap());
     let issued = IssuedSerial { serial: "0b".into(), not_after_unix: 100 };
-    assert!(!store.renew_agent("a1", "0a", issued, 10).await.unwrap());
+    assert!(!store.renew_agent("a1", "0a", Renewal { issued, attested: None }, 10).await.unwrap());
     assert!(store.agent("a1").await.unwrap().is_none());
     store.consume_join_token("t2", &hash, 10, &agent("a1")).await.unwrap();
     assert!(store.agent("a1").await.unwrap().is_some());
@@ -149,15 +149,28 @@ async fn an_attested_join_replaces_only_its_own_rules_agent_and_only_with_a_newe
 
     // A renewal with the certificate a join replaced writes nothing back.
     let issued = IssuedSerial { serial: "06".into(), not_after_unix: 100 };
-    assert!(!store.renew_agent("prod.node-1", "01", issued.clone(), 50).await.unwrap());
+    let vouched = |rule: &str, issued_at| {
+        let labels = BTreeMap::from([("cluster".to_string(), "prod".to_string())]);
+        Some((Attested { rule: rule.into(), issued_at }, labels))
+    };
+    let renewal = |attested| Renewal { issued: issued.clone(), attested };
+    assert!(!store.renew_agent("prod.node-1", "01", renewal(vouched("prod", 11)), 50).await.unwrap());
     let record = store.agent("prod.node-1").await.unwrap().unwrap();
     assert!(record.accepts("03", 50) && !record.accepts("06", 50));
     assert_eq!(record.attested.as_ref().unwrap().issued_at, 11);
-    // One with the current certificate adds the new one and keeps what the join recorded.
-    assert!(store.renew_agent("prod.node-1", "03", issued, 50).await.unwrap());
+    // With the current certificate but without an attestation, one of another rule or an
+    // older token: nothing either.
+    for attested in [None, vouched("staging", 12), vouched("prod", 10)] {
+        assert!(!store.renew_agent("prod.node-1", "03", renewal(attested), 50).await.unwrap());
+    }
+    assert!(!store.agent("prod.node-1").await.unwrap().unwrap().accepts("06", 50));
+    // With the current certificate and the platform's token, the same or newer: the new
+    // certificate, the token's time and the rule's labels as they are now.
+    assert!(store.renew_agent("prod.node-1", "03", renewal(vouched("prod", 12)), 50).await.unwrap());
     let record = store.agent("prod.node-1").await.unwrap().unwrap();
     assert!(record.accepts("03", 50) && record.accepts("06", 50));
-    assert_eq!(record.attested.as_ref().unwrap().issued_at, 11);
+    assert_eq!(record.attested.as_ref().unwrap().issued_at, 12);
+    assert_eq!(record.labels["cluster"], "prod");
 
     // Deleted, it comes back only with a token issued after the deletion; the floor is
     // forgotten once every token issued before it has expired.

@@ -7,8 +7,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    AgentRecord, Attested, AuditEntry, Change, DefinitionsRecord, FindingsRecord, IssuedSerial, JoinTokenError,
-    JoinTokenRecord, KeyRecord, Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
+    AgentRecord, Attested, AuditEntry, Change, DefinitionsRecord, FindingsRecord, JoinTokenError, JoinTokenRecord,
+    KeyRecord, Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
 };
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -524,7 +524,7 @@ impl Embedded {
         &self,
         id: &str,
         presented: &str,
-        issued: IssuedSerial,
+        renewal: super::Renewal,
         now_unix: i64,
     ) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -534,10 +534,9 @@ impl Embedded {
                 Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?,
                 None => return Ok(false),
             };
-            if !record.accepts(presented, now_unix) {
+            if !record.accepts(presented, now_unix) || !record.renewed(renewal, now_unix) {
                 return Ok(false);
             }
-            record.issued(issued.serial, issued.not_after_unix, now_unix);
             agents.insert(id, serde_json::to_vec(&record).expect("serializes").as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;

@@ -41,8 +41,8 @@ use warden_tasks::Backoff;
 pub use self::coordination::{PRESENCE_SHARDS, VersionsWrite, presence_shard};
 pub use self::watch::{Committed, Followed};
 use super::{
-    AgentRecord, Attested, AuditEntry, Change, DefinitionsRecord, EtcdLimit, FindingsRecord, IssuedSerial,
-    JoinTokenError, JoinTokenRecord, KeyRecord, Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
+    AgentRecord, Attested, AuditEntry, Change, DefinitionsRecord, EtcdLimit, FindingsRecord, JoinTokenError,
+    JoinTokenRecord, KeyRecord, Loaded, OperatorRecord, StoreError, corrupt, resource_key_text,
 };
 
 /// Audit entries of one version are numbered within it: sequence = version << 20 | index.
@@ -582,7 +582,7 @@ impl Etcd {
         &self,
         id: &str,
         presented: &str,
-        issued: IssuedSerial,
+        renewal: super::Renewal,
         now_unix: i64,
     ) -> Result<bool, StoreError> {
         let key = self.key(&format!("agents/{id}"));
@@ -590,10 +590,9 @@ impl Etcd {
             let response = self.get(key.clone(), None).await?;
             let Some(kv) = response.kvs().first() else { return Ok(false) };
             let mut record: AgentRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
-            if !record.accepts(presented, now_unix) {
+            if !record.accepts(presented, now_unix) || !record.renewed(renewal.clone(), now_unix) {
                 return Ok(false);
             }
-            record.issued(issued.serial.clone(), issued.not_after_unix, now_unix);
             let txn = etcd_client::Txn::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
                 .and_then([TxnOp::put(key.clone(), serde_json::to_vec(&record).expect("serializes"), None)]);
