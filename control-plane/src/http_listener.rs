@@ -1,11 +1,15 @@
 //! Serving an axum router over HTTP/1.1, with TLS or without, with every bound a port open to a
 //! network needs (axum's own `serve` sets none): connections at once, TLS handshakes in progress
 //! at once, the time a client may take over a handshake, over a request's headers, and over a
-//! whole request. The caller's address and proven certificate reach handlers as
-//! `ConnectInfo<Peer>`. Used by the token service and the console.
+//! whole request, and over a write (a client that stops reading). The caller's address and
+//! proven certificate reach handlers as `ConnectInfo<Peer>`. Used by the token service and the
+//! console.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +17,7 @@ use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -39,7 +44,8 @@ pub struct Limits {
     /// How long a client may take to send a request's headers, the first or the next one on a
     /// kept-alive connection: an idle or dripping connection is closed after it.
     pub headers: Duration,
-    /// How long one request may take, its body read included: past it, 408.
+    /// How long one request may take, its body read included: past it, 408. Also how long a
+    /// write may wait for the client to read: past it, the connection is closed.
     pub request: Duration,
 }
 
@@ -92,7 +98,7 @@ pub async fn serve(
             tokio::spawn(async move {
                 let _open = open;
                 let peer = Peer { address, certificate: None };
-                connection(router, peer, TokioIo::new(tcp), limits, stop).await;
+                connection(router, peer, TokioIo::new(WriteStall::new(tcp, limits.request)), limits, stop).await;
             });
             continue;
         };
@@ -106,8 +112,81 @@ pub async fn serve(
             };
             drop(handshaking);
             let certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().into());
-            connection(router, Peer { address, certificate }, TokioIo::new(stream), limits, stop).await;
+            let io = TokioIo::new(WriteStall::new(stream, limits.request));
+            connection(router, Peer { address, certificate }, io, limits, stop).await;
         });
+    }
+}
+
+/// A connection whose writes must make progress: one that waits longer than `limit` for the
+/// client to read fails, and hyper closes the connection. hyper has no write timeout, and its
+/// header timeout does not run while an answer waits to be written, so a client that sends
+/// requests and never reads the answers would otherwise hold its connection for good.
+struct WriteStall<T> {
+    inner: T,
+    limit: Duration,
+    /// Since the write that is waiting began to wait.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    fn new(inner: T, limit: Duration) -> WriteStall<T> {
+        WriteStall { inner, limit, stalled: None }
+    }
+
+    /// After a write: its result, the wait forgotten when it went through; a failure once it
+    /// has waited `limit`.
+    fn waited<R>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.waited(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.waited(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.waited(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -154,12 +233,14 @@ mod tests {
     /// A listener on loopback serving a router that names the caller's address and reads the
     /// body whole, with `limits`; its address, and the trigger that stops it.
     async fn start(limits: Limits, tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, warden_tasks::Trigger) {
-        let router = Router::new().route(
-            "/",
-            axum::routing::post(|ConnectInfo(peer): ConnectInfo<Peer>, body: String| async move {
-                format!("{} sent {} bytes", peer.address.ip(), body.len())
-            }),
-        );
+        let router = Router::new()
+            .route(
+                "/",
+                axum::routing::post(|ConnectInfo(peer): ConnectInfo<Peer>, body: String| async move {
+                    format!("{} sent {} bytes", peer.address.ip(), body.len())
+                }),
+            )
+            .route("/big", axum::routing::get(|| async { "x".repeat(256 * 1024) }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (trigger, stop) = warden_tasks::channel();
@@ -220,6 +301,22 @@ mod tests {
         let answer = read_to_close(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(started.elapsed() >= Duration::from_millis(300), "kept alive until the header timeout");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_its_answers_is_cut_off() {
+        let (address, _stop) = start(quick(), None).await;
+        let mut client = TcpStream::connect(address).await.unwrap();
+        // 200 answers of 256 KiB asked for at once, far more than the sockets' buffers hold.
+        let requests = "GET /big HTTP/1.1\r\nhost: x\r\n\r\n".repeat(200);
+        client.write_all(requests.as_bytes()).await.unwrap();
+        // Not read for longer than a write may wait (the request limit, 600 ms here).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the server kept the connection open");
+        let answers = String::from_utf8_lossy(&out).matches("HTTP/1.1 200").count();
+        assert!(answers < 200, "every answer was written: the connection was not cut off");
     }
 
     #[tokio::test]
