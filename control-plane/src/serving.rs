@@ -73,6 +73,9 @@ pub struct ServingCert {
     source: Source,
     /// How often it is looked at.
     check: Duration,
+    /// Woken by a handshake that finds an issued certificate due: after a suspend, the wall
+    /// clock is past the renewal while the monotonic timer of `keep_fresh` still waits.
+    due: tokio::sync::Notify,
     /// The service, for errors and logs.
     what: &'static str,
 }
@@ -129,6 +132,7 @@ impl ServingCert {
             since: Mutex::new(SystemTime::now()),
             source: Source::Issued { names: names.to_vec(), ttl },
             check: (ttl / 6).clamp(Duration::from_secs(1), CHECK_EVERY),
+            due: tokio::sync::Notify::new(),
             what,
         }))
     }
@@ -151,6 +155,7 @@ impl ServingCert {
             since: Mutex::new(SystemTime::now()),
             source: Source::Files { cert, key, loaded: Mutex::new(digest(&cert_pem, &key_pem)) },
             check: (ttl / 6).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            due: tokio::sync::Notify::new(),
             what,
         }))
     }
@@ -179,12 +184,8 @@ impl ServingCert {
     pub fn renew_if_due(&self, fleet: &Fleet, now: SystemTime) -> bool {
         let fresh = match &self.source {
             Source::Issued { names, ttl } => {
-                let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
-                // Two thirds into its life; at once if the clock went back past its issue (it
-                // may then not be valid yet for clients whose clocks are right).
-                match now.duration_since(since) {
-                    Ok(age) if age < *ttl - *ttl / 3 => return false,
-                    _ => {}
+                if !self.issued_due(now) {
+                    return false;
                 }
                 fleet
                     .ca()
@@ -212,7 +213,21 @@ impl ServingCert {
                 }
                 // A pair that does not match (a certificate written before its key) is read
                 // again at the next look, until it does.
-                let fresh = certified(self.what, &cert_pem, &key_pem);
+                let fresh = certified(self.what, &cert_pem, &key_pem).and_then(|fresh| {
+                    // A replacement outside its dates (a file copied from a backup, a clock
+                    // wrong where it was made) does not take the place of one that is valid.
+                    let now_unix = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+                    match (validity(&fresh), validity(&self.current())) {
+                        (Some((from, until)), Some((old_from, old_until)))
+                            if !(from..until).contains(&now_unix) && (old_from..old_until).contains(&now_unix) =>
+                        {
+                            Err(invalid(self.what, "certificate", &format!(
+                                "the new file's certificate is not valid now (valid from {from} to {until}, Unix seconds), and the current one is"
+                            )))
+                        }
+                        _ => Ok(fresh),
+                    }
+                });
                 if fresh.is_ok() {
                     *loaded = read;
                 }
@@ -233,20 +248,54 @@ impl ServingCert {
         }
     }
 
-    /// Renews the certificate when due until `stop`.
+    /// Whether an issued certificate is due at `now`: two thirds into its life, or at once if
+    /// the clock went back past its issue (it may then not be valid yet for clients whose
+    /// clocks are right). One read from files never is (they are looked at for changes).
+    fn issued_due(&self, now: SystemTime) -> bool {
+        let Source::Issued { ttl, .. } = &self.source else { return false };
+        let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+        !matches!(now.duration_since(since), Ok(age) if age < *ttl - *ttl / 3)
+    }
+
+    /// Renews the certificate when due until `stop`: looked at every `check`, and at once when
+    /// a handshake finds it due.
     pub async fn keep_fresh(self: Arc<Self>, fleet: Arc<Fleet>, mut stop: Shutdown) {
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(self.check) => {}
+            let woken = tokio::select! {
+                () = tokio::time::sleep(self.check) => false,
+                () = self.due.notified() => true,
                 () = stop.requested() => return,
+            };
+            if !self.renew_if_due(&fleet, SystemTime::now()) && woken {
+                // Handshakes keep waking it while the renewal fails: one try a second.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.requested() => return,
+                }
             }
-            self.renew_if_due(&fleet, SystemTime::now());
+        }
+    }
+
+    /// Wakes [`ServingCert::keep_fresh`] if the certificate is due now by the wall clock.
+    fn wake_if_due(&self) {
+        if self.issued_due(SystemTime::now()) {
+            self.due.notify_one();
         }
     }
 }
 
+/// The validity of a certificate's leaf, Unix seconds (from, until); `None` if it does not
+/// parse (it was parsed once already, by rustls's key check).
+fn validity(certified: &CertifiedKey) -> Option<(i64, i64)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, leaf) = X509Certificate::from_der(certified.cert.first()?.as_ref()).ok()?;
+    Some((leaf.validity().not_before.timestamp(), leaf.validity().not_after.timestamp()))
+}
+
 impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // This handshake gets the one there is; the next ones, a renewed one if it was due.
+        self.wake_if_due();
         Some(self.current())
     }
 }
@@ -493,6 +542,68 @@ mod tests {
         std::fs::remove_file(&key).unwrap();
         assert!(!serving.renew_if_due(&fleet, SystemTime::now()));
         assert_eq!(served(&serving), second_der);
+    }
+
+    #[tokio::test]
+    async fn a_handshake_that_finds_the_certificate_due_by_the_wall_clock_has_it_renewed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca =
+            crate::fleet::pki::FleetCa::load_or_create(crate::fleet::pki::CaSource::DataDir(dir.path()), "warden.test")
+                .unwrap();
+        let fleet = Arc::new(Fleet::new(ca, Duration::from_secs(60), Duration::from_secs(15)));
+        // Looked at every 10 minutes by the timer.
+        let serving = ServingCert::issued(&fleet, &["localhost".into()], Duration::from_secs(3600), "test").unwrap();
+        let (_trigger, stop) = warden_tasks::channel();
+        tokio::spawn(serving.clone().keep_fresh(fleet.clone(), stop));
+        let first = serving.current();
+        // Not due: nothing happens.
+        serving.wake_if_due();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Arc::ptr_eq(&first, &serving.current()));
+        // As after a suspend of 50 minutes, which the timer does not count: renewed at once.
+        *serving.since.lock().unwrap() -= Duration::from_secs(3000);
+        serving.wake_if_due();
+        let renewed = async {
+            while Arc::ptr_eq(&first, &serving.current()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), renewed).await.expect("renewed without waiting for the timer");
+    }
+
+    #[test]
+    fn a_replacement_file_outside_its_dates_does_not_replace_a_valid_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca =
+            crate::fleet::pki::FleetCa::load_or_create(crate::fleet::pki::CaSource::DataDir(dir.path()), "warden.test")
+                .unwrap();
+        let fleet = Fleet::new(ca, Duration::from_secs(60), Duration::from_secs(15));
+        let pair = |expired: bool| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        };
+        let (cert, key) = (dir.path().join("serving.crt"), dir.path().join("serving.key"));
+        let (valid_cert, valid_key, valid_der) = pair(false);
+        std::fs::write(&cert, &valid_cert).unwrap();
+        std::fs::write(&key, &valid_key).unwrap();
+        let serving = ServingCert::from_files(cert.clone(), key.clone(), Duration::from_secs(60), "test").unwrap();
+        let (old_cert, old_key, _) = pair(true);
+        std::fs::write(&cert, &old_cert).unwrap();
+        std::fs::write(&key, &old_key).unwrap();
+        assert!(!serving.renew_if_due(&fleet, SystemTime::now()));
+        assert_eq!(serving.current().cert[0].to_vec(), valid_der);
+        // A valid one after it is taken.
+        let (new_cert, new_key, new_der) = pair(false);
+        std::fs::write(&cert, &new_cert).unwrap();
+        std::fs::write(&key, &new_key).unwrap();
+        assert!(serving.renew_if_due(&fleet, SystemTime::now()));
+        assert_eq!(serving.current().cert[0].to_vec(), new_der);
     }
 
     #[test]
