@@ -443,6 +443,8 @@ pub struct Dump {
     pub audit: Vec<AuditEntry>,
     /// How many of the oldest audit entries were exported over OTLP already.
     pub audit_exported: usize,
+    /// Up to when (Unix seconds) findings events were exported over OTLP already.
+    pub findings_exported: u64,
     /// Join token records by id.
     pub join_tokens: Vec<(String, Vec<u8>)>,
     /// Registered agents by id.

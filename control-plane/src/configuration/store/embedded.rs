@@ -239,7 +239,13 @@ impl Embedded {
                 audit_exported = audit.len();
             }
         }
+        let findings_exported = meta
+            .get(META_FINDINGS_EXPORTED)
+            .map_err(db_err)?
+            .and_then(|v| v.value().try_into().ok())
+            .map_or(0, u64::from_be_bytes);
         Ok(super::Dump {
+            findings_exported,
             store_id,
             version,
             resources,

@@ -772,6 +772,9 @@ impl Etcd {
         if exported > 0 {
             puts.push((self.key("audit-exported"), exported.to_string().into_bytes()));
         }
+        if dump.findings_exported > 0 {
+            puts.push((self.key("findings-exported"), dump.findings_exported.to_string().into_bytes()));
+        }
         for chunk in puts.chunks(batch.max(1)) {
             let ops: Vec<TxnOp> = chunk.iter().map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None)).collect();
             self.txn(etcd_client::Txn::new().and_then(ops)).await?;
