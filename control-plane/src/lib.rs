@@ -309,8 +309,13 @@ pub async fn run(
         "departed agents",
         fleet::departed::forget(configuration.clone(), fleet.clone(), leadership.clone(), stop.clone()),
     );
-    for cert in [Some(agent_cert), token_cert, console_cert].into_iter().flatten() {
-        tasks.spawn("serving certificate", cert.keep_fresh(fleet.clone(), stop.clone()));
+    let certificates: Vec<(&'static str, Arc<ServingCert>)> =
+        [("agents_port", Some(agent_cert)), ("token_service", token_cert), ("console", console_cert)]
+            .into_iter()
+            .filter_map(|(what, cert)| Some((what, cert?)))
+            .collect();
+    for (_, cert) in &certificates {
+        tasks.spawn("serving certificate", cert.clone().keep_fresh(fleet.clone(), stop.clone()));
     }
     // Last to finish: gives up leadership and this replica's presence entries at once.
     let lease =
@@ -327,6 +332,7 @@ pub async fn run(
         tokens.key_statuses(),
         &leadership,
         &otlp_config(&options, &replica_name),
+        certificates,
         &mut tasks,
         &stop,
     );

@@ -174,6 +174,11 @@ impl ServingCert {
         }
     }
 
+    /// When the certificate served now expires (Unix seconds).
+    pub fn not_after_unix(&self) -> Option<i64> {
+        validity(&self.current()).map(|(_, until)| until)
+    }
+
     /// The certificate served now.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -407,6 +412,18 @@ mod tests {
         (Arc::new(config), cert.der().clone())
     }
 
+    /// A TLS client trusting `cert` only, without a certificate of its own.
+    fn connector_trusting(cert: rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(client))
+    }
+
     #[tokio::test]
     async fn a_silent_client_holds_a_handshake_slot_only_until_the_timeout() {
         let (config, cert) = server_config();
@@ -419,14 +436,7 @@ mod tests {
         let started = Instant::now();
         let mut silent = TcpStream::connect(address).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let connector = connector_trusting(cert);
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let real =
             tokio::spawn(async move { connector.connect(name, TcpStream::connect(address).await.unwrap()).await });
@@ -455,14 +465,7 @@ mod tests {
             ..Limits::AGENTS_PORT
         };
         let mut incoming = incoming(listener, config, limits, stop);
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let connector = connector_trusting(cert);
         let connect = || {
             let connector = connector.clone();
             async move {

@@ -79,6 +79,7 @@ impl Telemetry {
         key_statuses: &Arc<crate::tokens::issuer_keys::KeyStatuses>,
         leadership: &Leadership,
         otlp: &otlp::Config,
+        certificates: Vec<(&'static str, Arc<crate::serving::ServingCert>)>,
         tasks: &mut Tasks,
         shutdown: &Shutdown,
     ) -> Arc<metrics::Sources> {
@@ -95,6 +96,7 @@ impl Telemetry {
             inventory: inventory.clone(),
             key_statuses: key_statuses.clone(),
             otlp: (otlp.clone(), exports.clone()),
+            certificates,
         });
         if let Some(endpoint) = otlp.logs.clone() {
             let audit = otlp::AuditTrail { store: configuration.store().clone(), leadership: leadership.clone() };

@@ -109,6 +109,13 @@ impl FleetCa {
         warden_core::identity::ca_pin(&self.cert_der)
     }
 
+    /// When the CA certificate expires (Unix seconds); `None` if its dates do not parse.
+    pub fn not_after_unix(&self) -> Option<i64> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(&self.cert_der).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// The trust domain of SPIFFE IDs this CA issues.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain

@@ -60,6 +60,8 @@ pub struct Sources {
     pub key_statuses: Arc<KeyStatuses>,
     /// What is exported over OTLP, and how each export request went.
     pub otlp: (warden_otlp::Config, Arc<warden_otlp::Exports>),
+    /// The serving certificates, by what they serve (`agents_port`, `token_service`, `console`).
+    pub certificates: Vec<(&'static str, Arc<crate::serving::ServingCert>)>,
 }
 
 /// Label sets kept per family; past this, decisions are counted in an overflow counter only, so
@@ -478,6 +480,13 @@ const BRIDGE_EXPIRY: Descriptor = Descriptor {
     kind: Kind::Gauge,
     labels: &["warden.credential_bridge", SERVER, "warden.credential_bridge.forwards_key"],
 };
+const CERTIFICATE_EXPIRY: Descriptor = Descriptor {
+    name: "warden.certificate.expiry_timestamp",
+    unit: "s",
+    help: "When the fleet CA (fleet_ca) and each certificate the control plane serves with (agents_port, token_service, console) expire (unix time). Issued ones are renewed two thirds into their life; files are replaced by their operator.",
+    kind: Kind::Gauge,
+    labels: &["warden.certificate"],
+};
 const BRIDGES: Descriptor = Descriptor {
     name: "warden.credential_bridges",
     unit: "{bridge}",
@@ -710,7 +719,20 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
     out.push(Family::single(&LOG_RECORDS_REJECTED, cp.export_stats.rejected.load(Relaxed) as f64));
     let signals = [(Signal::Logs, cp.otlp.0.logs.is_some()), (Signal::Metrics, cp.otlp.0.metrics.is_some())];
     out.push(cp.otlp.1.family(signals.iter().filter(|(_, on)| *on).map(|(s, _)| *s)));
+    out.push(certificates(cp));
     out
+}
+
+/// When the fleet CA and each serving certificate expire.
+fn certificates(cp: &Sources) -> Family {
+    let mut expiry = Family::new(&CERTIFICATE_EXPIRY);
+    let served = cp.certificates.iter().map(|(what, cert)| (*what, cert.not_after_unix()));
+    for (what, until) in std::iter::once(("fleet_ca", cp.fleet.ca().not_after_unix())).chain(served) {
+        if let Some(until) = until {
+            expiry.add(&[what], until as f64);
+        }
+    }
+    expiry
 }
 
 /// The credential bridges of `state` at `now`: each one's close time, and how many are in each
