@@ -351,7 +351,10 @@ fn a_deleted_agent_stays_out_when_its_store_moves_to_etcd() {
     let agent_sa = ("warden", "warden-agent");
     let t0 = now() - 100;
     let first = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0);
-    join(&cp, dir.path(), &fleet_ca, "prod.node-1", &first).expect("node-1 joins");
+    // Once the control plane has fetched the cluster's keys.
+    let refused = std::cell::RefCell::new(String::new());
+    let joined = || join(&cp, dir.path(), &fleet_ca, "prod.node-1", &first).map_err(|e| *refused.borrow_mut() = e).ok();
+    wait_for_or("node-1 to join", || refused.borrow().clone(), joined);
     cp.ctl_ok(&["delete", "agent", "prod.node-1"]);
 
     cp.stop();
@@ -371,8 +374,16 @@ fn a_deleted_agent_stays_out_when_its_store_moves_to_etcd() {
 
     // A token issued after the first join but before the deletion still joins nowhere.
     let before_deletion = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-q9m4t", "node-1", t0 + 50);
-    let refused = join(&cp, dir.path(), &fleet_ca, "prod.node-1", &before_deletion).unwrap_err();
-    assert!(refused.contains("deleted after this token was issued"), "{refused}");
+    let last = std::cell::RefCell::new(String::new());
+    wait_for_or(
+        "the deletion to refuse the join",
+        || last.borrow().clone(),
+        || {
+            let refused = join(&cp, dir.path(), &fleet_ca, "prod.node-1", &before_deletion).expect_err("joined");
+            *last.borrow_mut() = refused.clone();
+            refused.contains("deleted after this token was issued").then_some(())
+        },
+    );
     assert!(registered(&cp, "prod.node-1").is_none());
     // The deletion is kept on etcd on a lease for what is left of its life (24 h 10 min from
     // the deletion), as a deletion there would be: etcd forgets it when no token it refuses can
