@@ -38,6 +38,9 @@ pub enum IdentityError {
     /// join token).
     #[error("control plane refused: {0}")]
     Refused(String),
+    /// The control plane is busy with other joins: try again later.
+    #[error("control plane busy: {0}")]
+    Busy(String),
     /// The control plane could not be reached or authenticated.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -235,6 +238,7 @@ pub async fn renew(
 
 fn refused(status: tonic::Status) -> IdentityError {
     match status.code() {
+        tonic::Code::ResourceExhausted => IdentityError::Busy(status.message().to_string()),
         tonic::Code::Unavailable | tonic::Code::Unknown => {
             IdentityError::Refused(format!("{} ({})", status.message(), tls::error_chain(&status)))
         }

@@ -325,6 +325,7 @@ async fn obtain_identity(options: &Options, files: &Files) -> Result<Identity, R
             match identity::join(files, address, join, &options.agent_id, &options.labels).await {
                 Ok(id) => return Ok(id),
                 Err(e @ (IdentityError::Refused(_) | IdentityError::BadToken(_))) => return Err(e.into()),
+                // Busy, unreachable, not authenticated: tried again after a while.
                 Err(e) => tracing::warn!(control_plane = %address, "join: {e}"),
             }
         }

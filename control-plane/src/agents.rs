@@ -170,7 +170,7 @@ impl AgentService {
 
     /// For a renewal of agent `id`, which joined with an attestation (`before`): its platform's
     /// current `token`, judged as a join would be by the rule that admitted it, and issued no
-    /// earlier than the one it last presented; the attestation and the rule's labels to
+    /// earlier than the one it joined with; the attestation and the rule's labels to
     /// register. So an identity lasts only while its platform vouches for it (a stolen key
     /// renews nothing without the pod's token), a rule or account taken out of
     /// `--join-attestation` ends its agents at their next renewal, and a rule's changed labels
@@ -195,7 +195,7 @@ impl AgentService {
         let compiled = self.compiled_for_joins()?;
         match judge(&compiled, &self.configuration.current().revoked, rule, token, id, now_unix()) {
             Verdict::Admitted { issued_at, .. } if issued_at < before.issued_at => {
-                Err(refuse("the token is older than the one it presented last".into()))
+                Err(refuse("the token is older than the one it joined with".into()))
             }
             Verdict::Admitted { admitted, issued_at, .. } => {
                 Ok((Attested { rule: admitted.rule, issued_at }, admitted.labels))
@@ -276,7 +276,8 @@ fn judge(
             Ok(v) => {
                 // Which issuers are trusted is the configuration's: logged, not answered.
                 let why = Refusal::NoRule { issuer: v.issuer.clone(), audience: rule.audience.clone() };
-                tracing::warn!(agent = %id, "attested join refused: {why}");
+                // Another rule (another cluster with the same audience) may admit it: debug only.
+                tracing::debug!(agent = %id, rule = %rule.name, "not under this join rule: {why}");
                 return Verdict::Refused("no join rule accepts tokens of this issuer for this audience".into());
             }
             Err(reason) => return Verdict::Refused(format!("the token is refused: {}", reason.code())),

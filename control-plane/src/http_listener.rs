@@ -185,8 +185,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
         this.waited(cx, polled)
     }
 
+    // A close (TLS's close_notify included) waits for the client to read like any write.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.waited(cx, polled)
     }
 }
 

@@ -409,7 +409,7 @@ async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // An agent holds one stream and renews now and then; an operator's command is one call.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .layer(serving::OnlyJoinWithoutCertificateLayer)
+        .layer(serving::OnlyJoinWithoutCertificateLayer::new(serving::JOINS_AT_ONCE))
         .add_service(pb::agent_service_server::AgentServiceServer::new(agents))
         .add_service(pb::admin_service_server::AdminServiceServer::new(admin.clone()))
         .serve_with_incoming_shutdown(incoming, async move { tls_stop.requested().await });
@@ -427,7 +427,7 @@ async fn serve(
             match tokio::time::timeout(DRAIN, &mut serving).await {
                 Ok(served) => served?,
                 Err(_) => {
-                    tracing::warn!(seconds = DRAIN.as_secs(), "connections still open after the drain: closed");
+                    tracing::warn!(seconds = DRAIN.as_secs(), "connections still open after the drain: no longer waited for (they end with the process)");
                     Default::default()
                 }
             }

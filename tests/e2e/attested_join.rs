@@ -435,7 +435,7 @@ fn an_attested_agent_renews_only_with_its_platforms_current_token() {
     assert!(!node1.log_text().contains("renewal failed"), "{}", node1.log_text());
 
     // The agent's key alone renews nothing; nor does it with another node's token, or with
-    // an older token than the one it renewed with.
+    // a token older than the one it joined with.
     let held = Files::new(&node1.data_dir).load().unwrap().expect("the agent's identity");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     std::fs::create_dir_all(dir.path().join("scratch")).unwrap();
@@ -462,9 +462,9 @@ fn an_attested_agent_renews_only_with_its_platforms_current_token() {
     let other_node = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-b8b8b", "node-2", t0 + 70);
     let refused = renew(Some(other_node)).unwrap_err();
     assert!(refused.contains("this token admits agent \"prod.node-2\""), "{refused}");
-    let older = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0 + 30);
+    let older = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0 - 10);
     let refused = renew(Some(older)).unwrap_err();
-    assert!(refused.contains("older than the one it presented last"), "{refused}");
+    assert!(refused.contains("older than the one it joined with"), "{refused}");
     // The current one renews.
     let current = kubelet_token(&idp, "warden-join", agent_sa, "warden-agent-x7k2p", "node-1", t0 + 80);
     renew(Some(current)).expect("a renewal with the current token");

@@ -268,7 +268,7 @@ pub struct Attested {
 }
 
 /// What a renewal records: the certificate issued and, for an agent that joined with an
-/// attestation, the one its renewal presented with its rule's labels as they are now.
+/// attestation, the one its renewal presented (checked) with its rule's labels as they are now.
 #[derive(Clone, Debug)]
 pub struct Renewal {
     /// The new certificate.
@@ -297,15 +297,14 @@ impl AgentRecord {
     }
 
     /// Records `renewal`, if it fits how the agent joined: an attested agent's must carry an
-    /// attestation of the same rule, no older than the last; another agent's none. Otherwise
-    /// false, and nothing changed.
+    /// attestation of the same rule, no older than the one it joined with (whose time stays
+    /// what joins and forgetting go by: a renewal does not make the token the agent would join
+    /// again with a replay), and takes the rule's labels; another agent's carries none.
+    /// Otherwise false, and nothing changed.
     pub fn renewed(&mut self, renewal: Renewal, now_unix: i64) -> bool {
         match (&self.attested, renewal.attested) {
             (None, None) => {}
-            (Some(before), Some((after, labels)))
-                if before.rule == after.rule && after.issued_at >= before.issued_at =>
-            {
-                self.attested = Some(after);
+            (Some(joined), Some((now, labels))) if joined.rule == now.rule && now.issued_at >= joined.issued_at => {
                 self.labels = labels;
             }
             _ => return false,

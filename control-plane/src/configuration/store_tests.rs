@@ -158,18 +158,19 @@ async fn an_attested_join_replaces_only_its_own_rules_agent_and_only_with_a_newe
     let record = store.agent("prod.node-1").await.unwrap().unwrap();
     assert!(record.accepts("03", 50) && !record.accepts("06", 50));
     assert_eq!(record.attested.as_ref().unwrap().issued_at, 11);
-    // With the current certificate but without an attestation, one of another rule or an
-    // older token: nothing either.
+    // With the current certificate but without an attestation, one of another rule or a token
+    // older than the join's: nothing either.
     for attested in [None, vouched("staging", 12), vouched("prod", 10)] {
         assert!(!store.renew_agent("prod.node-1", "03", renewal(attested), 50).await.unwrap());
     }
     assert!(!store.agent("prod.node-1").await.unwrap().unwrap().accepts("06", 50));
     // With the current certificate and the platform's token, the same or newer: the new
-    // certificate, the token's time and the rule's labels as they are now.
+    // certificate and the rule's labels as they are now.
     assert!(store.renew_agent("prod.node-1", "03", renewal(vouched("prod", 12)), 50).await.unwrap());
     let record = store.agent("prod.node-1").await.unwrap().unwrap();
     assert!(record.accepts("03", 50) && record.accepts("06", 50));
-    assert_eq!(record.attested.as_ref().unwrap().issued_at, 12);
+    // The join's time stays: a join again with a token newer than it still takes over.
+    assert_eq!(record.attested.as_ref().unwrap().issued_at, 11);
     assert_eq!(record.labels["cluster"], "prod");
 
     // Deleted, it comes back only with a token issued after the deletion; the floor is

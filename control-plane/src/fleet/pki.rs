@@ -109,11 +109,12 @@ impl FleetCa {
         warden_core::identity::ca_pin(&self.cert_der)
     }
 
-    /// When the CA certificate expires (Unix seconds); `None` if its dates do not parse.
-    pub fn not_after_unix(&self) -> Option<i64> {
+    /// When the CA certificate becomes valid and when it expires (Unix seconds); `None` if its
+    /// dates do not parse.
+    pub fn validity_unix(&self) -> Option<(i64, i64)> {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let (_, cert) = X509Certificate::from_der(&self.cert_der).ok()?;
-        Some(cert.validity().not_after.timestamp())
+        Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
     }
 
     /// The trust domain of SPIFFE IDs this CA issues.

@@ -487,6 +487,13 @@ const CERTIFICATE_EXPIRY: Descriptor = Descriptor {
     kind: Kind::Gauge,
     labels: &["warden.certificate"],
 };
+const CERTIFICATE_START: Descriptor = Descriptor {
+    name: "warden.certificate.start_timestamp",
+    unit: "s",
+    help: "When each of those certificates became valid (unix time): with the expiry, how much of its life is left.",
+    kind: Kind::Gauge,
+    labels: &["warden.certificate"],
+};
 const BRIDGES: Descriptor = Descriptor {
     name: "warden.credential_bridges",
     unit: "{bridge}",
@@ -719,20 +726,21 @@ pub async fn families(cp: &Sources) -> Vec<Family> {
     out.push(Family::single(&LOG_RECORDS_REJECTED, cp.export_stats.rejected.load(Relaxed) as f64));
     let signals = [(Signal::Logs, cp.otlp.0.logs.is_some()), (Signal::Metrics, cp.otlp.0.metrics.is_some())];
     out.push(cp.otlp.1.family(signals.iter().filter(|(_, on)| *on).map(|(s, _)| *s)));
-    out.push(certificates(cp));
+    out.extend(certificates(cp));
     out
 }
 
-/// When the fleet CA and each serving certificate expire.
-fn certificates(cp: &Sources) -> Family {
-    let mut expiry = Family::new(&CERTIFICATE_EXPIRY);
-    let served = cp.certificates.iter().map(|(what, cert)| (*what, cert.not_after_unix()));
-    for (what, until) in std::iter::once(("fleet_ca", cp.fleet.ca().not_after_unix())).chain(served) {
-        if let Some(until) = until {
+/// When the fleet CA and each serving certificate became valid and expire.
+fn certificates(cp: &Sources) -> [Family; 2] {
+    let (mut start, mut expiry) = (Family::new(&CERTIFICATE_START), Family::new(&CERTIFICATE_EXPIRY));
+    let served = cp.certificates.iter().map(|(what, cert)| (*what, cert.validity_unix()));
+    for (what, validity) in std::iter::once(("fleet_ca", cp.fleet.ca().validity_unix())).chain(served) {
+        if let Some((from, until)) = validity {
+            start.add(&[what], from as f64);
             expiry.add(&[what], until as f64);
         }
     }
-    expiry
+    [start, expiry]
 }
 
 /// The credential bridges of `state` at `now`: each one's close time, and how many are in each
