@@ -351,10 +351,14 @@ impl pb::agent_service_server::AgentService for AgentService {
         }
         let (id, secret) = JoinToken::parse_credential(&request.token)
             .map_err(|_| Status::unauthenticated(JoinTokenError::Invalid.to_string()))?;
+        let store = self.configuration.store();
+        store
+            .check_join_token(id, &secret_hash(secret), now_unix(), &request.agent_id)
+            .await
+            .inspect_err(|e| tracing::warn!(token_id = %id, agent = %request.agent_id, "join refused: {e}"))?;
         let labels = request.labels.into_iter().collect();
         let (answer, record) = self.certify(&request.agent_id, &request.csr_pem, labels, None, now_unix())?;
-        self.configuration
-            .store()
+        store
             .consume_join_token(id, &secret_hash(secret), now_unix(), &record)
             .await
             .inspect_err(|e| tracing::warn!(token_id = %id, agent = %request.agent_id, "join refused: {e}"))?;

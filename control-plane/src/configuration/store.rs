@@ -674,6 +674,25 @@ impl Store {
     /// Checks a join token and, atomically, marks it used by `agent` and registers the agent, so
     /// a token can never admit two agents (not even through two replicas), an agent only with
     /// the token made for it, and never one whose id is registered already.
+    /// Whether join token `id` would admit agent `agent` now, read only: checked before a CSR
+    /// is signed, so a caller with a made-up token has nothing signed. Consuming it checks again
+    /// in its transaction.
+    pub async fn check_join_token(
+        &self,
+        id: &str,
+        secret_hash: &[u8; 32],
+        now_unix: i64,
+        agent: &str,
+    ) -> Result<(), JoinTokenError> {
+        match self {
+            Store::Embedded(s) => {
+                let (id, hash, agent) = (id.to_string(), *secret_hash, agent.to_string());
+                blocking(s, move |s| s.check_join_token(&id, &hash, now_unix, &agent)).await
+            }
+            Store::Etcd(s) => s.check_join_token(id, secret_hash, now_unix, agent).await,
+        }
+    }
+
     pub async fn consume_join_token(
         &self,
         id: &str,

@@ -273,6 +273,24 @@ impl Embedded {
 
     /// Checks a join token and, in the same transaction, marks it used by `agent` and registers
     /// the agent, so a token can never admit two agents.
+    /// Whether join token `id` would admit agent `agent` now (read only; consuming it checks
+    /// again in its transaction).
+    pub fn check_join_token(
+        &self,
+        id: &str,
+        secret_hash: &[u8; 32],
+        now_unix: i64,
+        agent: &str,
+    ) -> Result<(), JoinTokenError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(JOIN_TOKENS).map_err(db_err)?;
+        let record: JoinTokenRecord = match table.get(id).map_err(db_err)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt(id, e))?,
+            None => return Err(JoinTokenError::Invalid),
+        };
+        super::check_join_token(id, &record, secret_hash, now_unix, agent)
+    }
+
     pub fn consume_join_token(
         &self,
         id: &str,

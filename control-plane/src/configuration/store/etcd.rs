@@ -474,6 +474,22 @@ impl Etcd {
     /// Checks a join token and marks it used by `agent` while registering the agent, in one
     /// transaction that fails if the token changed since it was read: two replicas cannot both
     /// admit an agent with it.
+    /// Whether join token `id` would admit agent `agent` now (read only; consuming it checks
+    /// again in its transaction).
+    pub async fn check_join_token(
+        &self,
+        id: &str,
+        secret_hash: &[u8; 32],
+        now_unix: i64,
+        agent: &str,
+    ) -> Result<(), JoinTokenError> {
+        let key = self.key(&format!("join-tokens/{id}"));
+        let response = self.get(key.clone(), None).await?;
+        let Some(kv) = response.kvs().first() else { return Err(JoinTokenError::Invalid) };
+        let record: JoinTokenRecord = serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
+        super::check_join_token(id, &record, secret_hash, now_unix, agent)
+    }
+
     pub async fn consume_join_token(
         &self,
         id: &str,
